@@ -1,0 +1,53 @@
+# One Makefile for people, CI (.ci/run) and pre-commit.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: build run test test-py test-rust lint fmt system-deps wheel bench loadtest clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 'maturin>=1.7,<2'
+
+# Builds the Rust extension (release) and installs the package with its dev extras, editable.
+build: $(PY)
+	$(BIN)/maturin develop --release -E dev -q
+
+# Servers the test suite starts itself (redis-server); installed from Debian when missing.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+run: build
+	$(BIN)/klawd serve
+
+test: build system-deps test-rust test-py
+
+test-rust:
+	cargo test --workspace --quiet
+
+test-py:
+	$(BIN)/pytest
+
+lint: build
+	$(BIN)/ruff check gateway tests loadtests
+	$(BIN)/ruff format --check gateway tests loadtests
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest gateway._core --allowlist .stubtest-allowlist
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --features python -- -D warnings
+
+fmt: $(PY)
+	$(BIN)/ruff format gateway tests loadtests
+	$(BIN)/ruff check --fix gateway tests loadtests
+	cargo fmt --all
+
+wheel: $(PY)
+	$(BIN)/maturin build --release --out dist
+
+clean:
+	rm -rf $(VENV) target dist gateway/_core*.so

@@ -1,0 +1,3 @@
+"""Stub of the Rust extension built from `rust_core/` (checked by `mypy.stubtest`)."""
+
+__version__: str

@@ -1,0 +1,93 @@
+"""The outermost pure-ASGI layer: request id, body-size limit, and the last-resort 500.
+
+It wraps the whole Starlette app, so that even an unexpected exception becomes the JSON envelope
+(with no internal text) and every response carries `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import INTERNAL_ERROR_MESSAGE, InternalError, RequestTooLarge
+
+log = logging.getLogger("klawd")
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        declared_length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _CLIENT_REQUEST_ID.match(candidate):
+                    request_id = candidate
+            elif name == b"content-length":
+                try:
+                    declared_length = int(value)
+                except ValueError:
+                    declared_length = None
+        request_id = request_id or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        too_large = RequestTooLarge(
+            f"The request body is larger than the gateway's limit of {self.max_body_bytes} bytes."
+        )
+        if declared_length is not None and declared_length > self.max_body_bytes:
+            await _send_error(send_with_id, too_large.status, too_large.body(), {})
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            if isinstance(exc, RequestTooLarge) and not started:
+                await _send_error(send_with_id, exc.status, exc.body(), {})
+                return
+            log.exception("unhandled error on %s %s (request %s)", scope["method"],
+                          scope["path"], request_id)
+            if not started:
+                error = InternalError(INTERNAL_ERROR_MESSAGE)
+                await _send_error(send_with_id, error.status, error.body(), {})
+
+
+async def _send_error(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,96 @@
+"""create_app(settings) -> the ASGI app: routes, error handlers, middleware and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from gateway.api import admin, chat, models, ops
+from gateway.api.middleware import GatewayMiddleware
+from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from gateway.settings import Settings, config_path, load_settings
+from gateway.state import build_state
+from gateway.store.base import StoreError
+
+log = logging.getLogger("klawd")
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(error.body(), error.status, error.headers(), media_type="application/json")
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    log.error("store error: %s", exc)
+    return error_response(ServiceUnavailable("The gateway's store is unavailable; retry shortly.",
+                                              retry_after_s=1))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        response = error_response(
+            InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.")
+        )
+        response.status_code = 405
+        return response
+    return error_response(InvalidRequest(str(exc.detail)))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
+        Route("/admin/accounts", admin.create_account, methods=["POST"]),
+        Route("/admin/accounts/{account_id}", admin.get_account, methods=["GET"]),
+        Route("/admin/accounts/{account_id}", admin.patch_account, methods=["PATCH"]),
+        Route("/admin/accounts/{account_id}/keys", admin.create_key, methods=["POST"]),
+        Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
+    env = dict(os.environ if environ is None else environ)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        state = await build_state(settings, env)
+        try:
+            yield {"klawd": state}
+        finally:
+            await state.close()
+
+    starlette = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: _gateway_error,
+            StoreError: _store_error,
+            HTTPException: _http_error,
+        },
+    )
+    return GatewayMiddleware(starlette, settings.server.max_body_bytes)
+
+
+def app_from_environment() -> ASGIApp:
+    """Granian's factory target: settings from KLAWD_CONFIG (set by `klawd serve`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return create_app(load_settings(config_path(None, os.environ)))

@@ -1,0 +1,131 @@
+"""The gateway's one exception tree, and the one place that turns it into the JSON envelope.
+
+    GatewayError (500 internal_error)
+    ├── InvalidRequest        400 invalid_request
+    ├── AuthenticationError   401 authentication_error
+    ├── InsufficientCredits   402 insufficient_credits
+    ├── PermissionDenied      403 permission_denied
+    ├── NotFound              404 not_found            (unknown model: code "model_not_found")
+    ├── RequestTooLarge       413 request_too_large
+    ├── RateLimited           429 rate_limit_exceeded  (+ Retry-After, whole seconds)
+    ├── InternalError         500 internal_error
+    ├── BadGateway            502 bad_gateway          (upstream answered nonsense, or refused our key)
+    ├── ServiceUnavailable    503 service_unavailable  (+ Retry-After when known)
+    └── GatewayTimeout        504 gateway_timeout
+
+Foreign errors (aiohttp, msgspec, sqlite, redis) are translated at the edge with ``raise … from exc``;
+their text never reaches a client unless it is known to be safe (validation messages).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    def envelope(self) -> dict[str, object]:
+        error: dict[str, object] = {"type": self.type, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        if self.code is not None:
+            error["code"] = self.code
+        return {"error": error}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(retry_after_header(self.retry_after_s))}
+
+    def sse_event(self) -> bytes:
+        """The final event of a stream that failed after its first byte."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+def retry_after_header(seconds: float) -> int:
+    """Retry-After in whole seconds: rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "authentication_error"
+
+
+class InsufficientCredits(GatewayError):
+    status = 402
+    type = "insufficient_credits"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    type = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_exceeded"
+
+
+class InternalError(GatewayError):
+    status = 500
+    type = "internal_error"
+
+
+class BadGateway(GatewayError):
+    status = 502
+    type = "bad_gateway"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    type = "gateway_timeout"
+
+
+def model_not_found(model: str) -> NotFound:
+    return NotFound(f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found")
+
+
+INTERNAL_ERROR_MESSAGE = "The gateway failed to process the request. It has been logged."

@@ -1,0 +1,270 @@
+"""The provider interface, and the shared HTTP plumbing that names no provider.
+
+A provider turns one OpenAI-shaped chat call into its upstream's wire format and back:
+
+    class Provider(Protocol):
+        name: str
+        async def complete(self, call) -> Completion        # non-streamed
+        async def stream(self, call) -> UpstreamStream      # streamed: OpenAI SSE bytes out
+
+HTTP providers subclass `HttpProvider` and only describe their format: `build_request`,
+`parse_response`, `reframer_kind` (their framing lives in the Rust reframer of that name) and
+`map_error`. Sending, timeouts and the translation of aiohttp failures are here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+from msgspec import Struct
+
+from gateway import _core
+from gateway.billing import TokenUsage
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    InvalidRequest,
+    RateLimited,
+    RequestTooLarge,
+    ServiceUnavailable,
+)
+from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.schemas.openai import ChatRequest
+from gateway.settings import ProviderSettings
+
+
+class ChatCall(Struct, frozen=True):
+    request: ChatRequest
+    body: bytes  # the client's raw JSON body, for pass-through of unknown fields
+    target: CatalogEntry
+    response_id: str
+    created: int
+
+
+class Completion(Struct, frozen=True):
+    body: dict[str, Any]  # an OpenAI chat.completion object, `model` already the catalog id
+    usage: TokenUsage
+
+
+class UpstreamStream(Protocol):
+    """OpenAI SSE bytes for the client, plus what the gateway needs to bill afterwards."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    @property
+    def usage(self) -> TokenUsage | None: ...
+    @property
+    def content_chars(self) -> int: ...
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, call: ChatCall) -> Completion: ...
+    async def stream(self, call: ChatCall) -> UpstreamStream: ...
+    async def close(self) -> None: ...
+
+
+class UpstreamRequest(Struct, frozen=True):
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def retry_after_from(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are ignored."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    seconds = headers.get("retry-after")
+    if seconds:
+        try:
+            return max(0.0, float(seconds))
+        except ValueError:
+            return None
+    return None
+
+
+def status_error(provider: str, status: int, message: str | None, retry_after: float | None) -> GatewayError:
+    """The default mapping of an upstream HTTP error status to the gateway's tree."""
+    if status in (400, 422):
+        return InvalidRequest(message or f"The upstream provider '{provider}' refused the request.")
+    if status in (401, 403):
+        return BadGateway(
+            f"The upstream provider '{provider}' refused the gateway's credentials "
+            "(the operator's provider key, not yours)."
+        )
+    if status == 404:
+        return BadGateway(f"The upstream provider '{provider}' does not know the configured model.")
+    if status == 408:
+        return GatewayTimeout(f"The upstream provider '{provider}' timed out.")
+    if status == 413:
+        return RequestTooLarge(message or "The request is too large for the upstream provider.")
+    if status == 429:
+        return RateLimited(
+            f"The upstream provider '{provider}' is rate limiting the gateway; retry later.",
+            retry_after_s=retry_after if retry_after is not None else 1.0,
+        )
+    if status >= 500:
+        return ServiceUnavailable(
+            f"The upstream provider '{provider}' is unavailable (HTTP {status}).",
+            retry_after_s=retry_after,
+        )
+    return BadGateway(f"The upstream provider '{provider}' answered HTTP {status}.")
+
+
+class HttpProvider:
+    """Shared sending for providers that speak HTTP + JSON + SSE."""
+
+    reframer_kind: ClassVar[str]
+
+    def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
+        self.name = name
+        self.settings = settings
+        self.api_key = api_key
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.pool_size, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(
+                total=settings.timeout_s,
+                sock_connect=settings.connect_timeout_s,
+                sock_read=settings.stream_idle_timeout_s,
+            ),
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+
+    # -- what each provider describes -----------------------------------------------------------
+    def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def parse_response(self, call: ChatCall, body: bytes) -> Completion:
+        raise NotImplementedError
+
+    def map_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+        raise NotImplementedError
+
+    def map_stream_error(self, kind: str, message: str) -> GatewayError:
+        """An error event inside a stream that had already started (type or status, message)."""
+        lowered = kind.lower()
+        if "overloaded" in lowered or "unavailable" in lowered or "server" in lowered:
+            return ServiceUnavailable(f"The upstream provider '{self.name}' failed mid-stream: "
+                                      f"{self.redact(message)[:500]}")
+        if "rate" in lowered or "exhausted" in lowered:
+            return RateLimited(f"The upstream provider '{self.name}' is rate limiting the gateway.")
+        return BadGateway(f"The upstream provider '{self.name}' failed mid-stream: "
+                          f"{self.redact(message)[:500]}")
+
+    # -- shared ---------------------------------------------------------------------------------
+    async def close(self) -> None:
+        await self._session.close()
+
+    def redact(self, text: str) -> str:
+        if self.api_key is not None and self.api_key.reveal():
+            text = text.replace(self.api_key.reveal(), "[redacted]")
+        return text
+
+    async def _send(self, upstream: UpstreamRequest) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout_s):
+                response = await self._session.post(
+                    upstream.url, data=upstream.body, headers=upstream.headers
+                )
+        except TimeoutError as exc:
+            raise GatewayTimeout(
+                f"The upstream provider '{self.name}' did not answer in time."
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ServiceUnavailable(f"The upstream provider '{self.name}' is unreachable.") from exc
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"The upstream provider '{self.name}' failed: {type(exc).__name__}.") from exc
+        if response.status >= 400:
+            try:
+                body = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                body = b""
+            finally:
+                response.release()
+            raise self.map_error(response.status, body, response.headers)
+        return response
+
+    async def complete(self, call: ChatCall) -> Completion:
+        response = await self._send(self.build_request(call, stream=False))
+        try:
+            body = await response.read()
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
+        finally:
+            response.release()
+        return self.parse_response(call, body)
+
+    async def stream(self, call: ChatCall) -> UpstreamStream:
+        response = await self._send(self.build_request(call, stream=True))
+        reframer = _core.Reframer(
+            self.reframer_kind,
+            call.target.model.id,
+            call.response_id,
+            call.created,
+            call.request.include_usage,
+        )
+        return ReframedStream(self, response, reframer)
+
+
+class ReframedStream:
+    """Moves upstream bytes through the provider's Rust reframer; knows no provider format."""
+
+    def __init__(
+        self, provider: HttpProvider, response: aiohttp.ClientResponse, reframer: _core.Reframer
+    ) -> None:
+        self._provider = provider
+        self._response = response
+        self._reframer = reframer
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        usage = self._reframer.usage
+        if usage is None:
+            return None
+        return TokenUsage(usage.prompt_tokens, usage.completion_tokens)
+
+    @property
+    def content_chars(self) -> int:
+        return self._reframer.content_chars
+
+    async def aclose(self) -> None:
+        # Closing (not releasing) drops the connection: the upstream stops generating at once.
+        self._response.close()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reframer = self._reframer
+        name = self._provider.name
+        try:
+            async for chunk in self._response.content.iter_any():
+                out = reframer.feed(chunk)
+                if out:
+                    yield out
+                if reframer.upstream_error is not None:
+                    raise self._provider.map_stream_error(*reframer.upstream_error)
+                if reframer.done:
+                    return
+            out = reframer.finish()
+            if out:
+                yield out
+        except _core.UpstreamStreamError as exc:
+            raise BadGateway(f"The upstream provider '{name}' ended the stream early.") from exc
+        except _core.SseError as exc:
+            raise BadGateway(f"The upstream provider '{name}' sent a malformed stream.") from exc
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"The upstream provider '{name}' went silent mid-stream.") from exc
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"The upstream provider '{name}' broke off the stream.") from exc
+        finally:
+            self._response.close()

@@ -1,0 +1,63 @@
+"""resolve(model id, request) -> the ordered list of catalog entries to try. Pure: no I/O.
+
+- A catalog model: itself, then its configured `fallbacks`.
+- A route with policy "ordered" (klawd/standard): its targets in order, skipping unavailable ones.
+- A route with policy "cheapest" (klawd/auto): among its targets, those that are available, are chat
+  models, have every capability the request needs (tools, vision, json) and whose context length
+  holds the estimated prompt plus the output budget; sorted by list price (input + output per
+  million tokens), ties kept in the configured order. The first is the choice; the rest are its
+  fallbacks. The response headers say which model served.
+"""
+
+from __future__ import annotations
+
+from gateway.billing import estimate_tokens
+from gateway.errors import InvalidRequest, ServiceUnavailable, model_not_found
+from gateway.routing.catalog import Catalog, CatalogEntry
+from gateway.schemas.openai import ChatRequest
+
+
+def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
+    entry = catalog.get(request.model)
+    if entry is not None:
+        if entry.model.kind != "chat":
+            raise InvalidRequest(
+                f"The model '{entry.model.id}' is an {entry.model.kind} model, "
+                "not a chat model.",
+                param="model",
+            )
+        if not entry.available:
+            raise ServiceUnavailable(f"The model '{entry.model.id}' is unavailable: "
+                                     f"{entry.unavailable_reason}.")
+        chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
+        return [e for e in chain if e.available]
+    route = catalog.routes.get(request.model)
+    if route is None:
+        raise model_not_found(request.model)
+    candidates = [catalog.entries[t] for t in route.targets]
+    usable = [e for e in candidates if e.available]
+    if not usable:
+        reasons = "; ".join(sorted({e.unavailable_reason or "" for e in candidates}))
+        raise ServiceUnavailable(f"No model behind '{request.model}' is available: {reasons}.")
+    if route.policy == "ordered":
+        return usable
+    needed = request.needs()
+    budget = estimate_tokens(request.prompt_chars()) + request.output_budget
+    suitable = [
+        e
+        for e in usable
+        if e.model.kind == "chat"
+        and needed.issubset(e.model.capabilities)
+        and (e.model.context_length == 0 or e.model.context_length >= budget)
+    ]
+    if not suitable:
+        raise InvalidRequest(
+            f"No model behind '{request.model}' supports this request "
+            f"(needs {sorted(needed) or 'text'}, about {budget} tokens of context).",
+            param="model",
+        )
+    order = {e.model.id: i for i, e in enumerate(suitable)}
+    return sorted(
+        suitable,
+        key=lambda e: (e.model.input_usd_per_mtok + e.model.output_usd_per_mtok, order[e.model.id]),
+    )

@@ -1,0 +1,178 @@
+"""msgspec Structs for the OpenAI-shaped request bodies, decoded and validated once per request.
+
+Only the fields the gateway reads or must check are declared; every other field is accepted and,
+for OpenAI-shaped upstreams, passed through from the raw body untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.errors import InvalidRequest
+
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_MAX_TOKENS = 4096
+
+
+class _Open(Struct, kw_only=True, omit_defaults=True):
+    """Unknown fields are ignored by the Struct (and kept in the raw body)."""
+
+
+class TextPart(_Open, tag="text", tag_field="type"):
+    text: str
+
+
+class ImageUrl(_Open):
+    url: Annotated[str, Meta(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Open, tag="image_url", tag_field="type"):
+    image_url: ImageUrl
+
+
+class InputAudioPart(_Open, tag="input_audio", tag_field="type"):
+    input_audio: dict[str, Any]
+
+
+class FilePart(_Open, tag="file", tag_field="type"):
+    file: dict[str, Any]
+
+
+class RefusalPart(_Open, tag="refusal", tag_field="type"):
+    refusal: str
+
+
+ContentPart = TextPart | ImagePart | InputAudioPart | FilePart | RefusalPart
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(_Open):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    function: FunctionDef
+    type: Literal["function"] = "function"
+
+
+class NamedFunction(_Open):
+    name: str
+
+
+class NamedToolChoice(_Open):
+    function: NamedFunction
+    type: Literal["function"] = "function"
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatRequest(_Open):
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    seed: int | None = None
+
+    @property
+    def output_budget(self) -> int:
+        """The most tokens this request may generate (the seed's default when unset)."""
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def needs(self) -> set[str]:
+        """Capabilities the target model must have to serve this request."""
+        needed: set[str] = set()
+        if self.tools:
+            needed.add("tools")
+        if self.response_format is not None and self.response_format.type != "text":
+            needed.add("json")
+        for message in self.messages:
+            if isinstance(message.content, list) and any(
+                isinstance(part, ImagePart) for part in message.content
+            ):
+                needed.add("vision")
+        return needed
+
+    def prompt_chars(self) -> int:
+        total = 0
+        for message in self.messages:
+            if isinstance(message.content, str):
+                total += len(message.content)
+            elif message.content:
+                for part in message.content:
+                    if isinstance(part, TextPart):
+                        total += len(part.text)
+            for call in message.tool_calls or ():
+                total += len(call.function.arguments) + len(call.function.name)
+        for tool in self.tools or ():
+            total += len(tool.function.name) + len(msgspec.json.encode(tool.function.parameters))
+        return total
+
+
+_chat_decoder = msgspec.json.Decoder(ChatRequest)
+
+
+def decode_chat_request(body: bytes) -> ChatRequest:
+    try:
+        return _chat_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, param = _split_validation_message(str(exc))
+        raise InvalidRequest(message, param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+
+
+def _split_validation_message(text: str) -> tuple[str, str | None]:
+    # msgspec: "Expected `float` <= 2.0, got `3` - at `$.temperature`"
+    message, _, location = text.partition(" - at `$")
+    param = location.rstrip("`").lstrip(".") or None
+    if message.startswith("Object missing required field `"):
+        field = message.split("`")[1]
+        param = f"{param}.{field}" if param else field
+    return (f"{message} (at {param})" if param else message), param

@@ -1,0 +1,213 @@
+"""`klawd.toml`: typed settings with a default for every field, loaded by one pure function.
+
+The file's shape is a public contract (DESIGN "Configuration"). The built-in plans, providers,
+models and routes are merged *under* the file: a table in the file overrides the built-in entry of
+the same name field by field, and new names add entries. Unknown keys are an error that names them.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.catalog_defaults import BUILTIN
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "replicate", "echo"]
+ModelKind = Literal["chat", "image", "embedding"]
+Capability = Literal["tools", "vision", "json", "images"]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used: the message is one line naming the field and why."""
+
+
+class _Strict(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class StreamsSettings(_Strict):
+    keepalive_s: PositiveFloat = 15.0
+    drain_grace_s: NonNegFloat = 30.0
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    workers: PositiveInt = 1
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    admin_token_env: str = "KLAWD_ADMIN_TOKEN"
+    streams: StreamsSettings = msgspec.field(default_factory=StreamsSettings)
+
+
+class StoreSettings(_Strict):
+    url: str = "sqlite:///./data/klawd.db"
+
+
+class RetrySettings(_Strict):
+    attempts: PositiveInt = 3
+    base_delay_s: NonNegFloat = 0.25
+    max_delay_s: NonNegFloat = 8.0
+    max_retry_after_s: NonNegFloat = 30.0
+
+
+class PlanSettings(_Strict):
+    requests_per_minute: PositiveInt
+    requests_per_day: PositiveInt
+    starting_credit_usd: NonNegFloat = 0.0
+    images: bool = False
+    tokens_per_minute: PositiveInt | None = None
+
+
+class ProviderSettings(_Strict):
+    kind: ProviderKind
+    base_url: str = ""
+    api_key_env: str = ""
+    connect_timeout_s: PositiveFloat = 5.0
+    first_byte_timeout_s: PositiveFloat = 60.0
+    stream_idle_timeout_s: PositiveFloat = 60.0
+    timeout_s: PositiveFloat = 600.0
+    pool_size: PositiveInt = 100
+    retry: RetrySettings | None = None
+
+
+class ModelSettings(_Strict):
+    id: str
+    provider: str
+    upstream_model: str = ""
+    kind: ModelKind = "chat"
+    context_length: Annotated[int, Meta(ge=0)] = 0
+    input_usd_per_mtok: NonNegFloat = 0.0
+    output_usd_per_mtok: NonNegFloat = 0.0
+    usd_per_image: NonNegFloat = 0.0
+    capabilities: list[Capability] = msgspec.field(default_factory=list)
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+
+
+class RouteSettings(_Strict):
+    targets: Annotated[list[str], Meta(min_length=1)]
+    # "ordered": try targets in order (fallbacks). "cheapest": the klawd/auto policy (routing/router.py).
+    policy: Literal["ordered", "cheapest"] = "ordered"
+
+
+class WebhookSettings(_Strict):
+    allow_private_networks: bool = False
+
+
+class Settings(_Strict):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    plans: dict[str, PlanSettings] = msgspec.field(default_factory=dict)
+    providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
+    models: list[ModelSettings] = msgspec.field(default_factory=list)
+    routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+
+    def provider_retry(self, provider: str) -> RetrySettings:
+        return self.providers[provider].retry or self.retry
+
+
+def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    chosen = cli_path or environ.get("KLAWD_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge over the built-ins, decode and check. Raises ConfigError with one clear line."""
+    del environ  # secrets are resolved later, by name (gateway.state); kept for a stable signature
+    raw: dict[str, Any] = {}
+    where = str(path) if path else "built-in defaults"
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{where}: file not found") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    merged = _merge_builtins(raw, where)
+    try:
+        settings = msgspec.convert(merged, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_readable(str(exc))}") from exc
+    _check(settings, where)
+    return settings
+
+
+def _readable(message: str) -> str:
+    # msgspec says "... - at `$.server.port`"; operators think in TOML keys.
+    return message.replace("`$.", "`").replace("`$`", "the top level")
+
+
+def _merge_builtins(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    merged = dict(raw)
+    for table in ("plans", "providers", "routes"):
+        builtin: dict[str, Any] = copy.deepcopy(BUILTIN[table])
+        given = raw.get(table, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: `{table}` must be a table")
+        for name, entry in given.items():
+            if isinstance(entry, dict) and isinstance(builtin.get(name), dict):
+                builtin[name] = {**builtin[name], **entry}
+            else:
+                builtin[name] = entry
+        merged[table] = builtin
+    given_models = raw.get("models", [])
+    if not isinstance(given_models, list):
+        raise ConfigError(f"{where}: `models` must be an array of tables ([[models]])")
+    models: dict[str, Any] = {m["id"]: copy.deepcopy(m) for m in BUILTIN["models"]}
+    for index, entry in enumerate(given_models):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise ConfigError(f"{where}: `models[{index}]` needs a string `id`")
+        base = models.get(entry["id"], {})
+        models[entry["id"]] = {**base, **entry}
+    merged["models"] = list(models.values())
+    return merged
+
+
+def _check(settings: Settings, where: str) -> None:
+    scheme = settings.store.url.split("://", 1)[0]
+    if scheme not in ("sqlite", "redis", "rediss"):
+        raise ConfigError(f"{where}: `store.url` must start with sqlite://, redis:// or rediss://")
+    if settings.server.workers > 1 and scheme == "sqlite":
+        raise ConfigError(
+            f"{where}: `server.workers` = {settings.server.workers} needs a shared store: "
+            "set `store.url` to redis://… (the embedded SQLite store and in-process limiter "
+            "are exact only within one process)"
+        )
+    if "free" not in settings.plans:
+        raise ConfigError(f"{where}: `plans` must keep the `free` plan (new accounts default to it)")
+    ids: set[str] = set()
+    for index, model in enumerate(settings.models):
+        if "/" not in model.id:
+            raise ConfigError(f"{where}: `models[{index}].id` must look like provider/model")
+        if model.provider not in settings.providers:
+            raise ConfigError(
+                f"{where}: `models[{index}].provider` = {model.provider!r} is not a configured provider"
+            )
+        ids.add(model.id)
+    for model in settings.models:
+        for fallback in model.fallbacks:
+            if fallback not in ids:
+                raise ConfigError(f"{where}: model {model.id!r} falls back to unknown {fallback!r}")
+    for name, route in settings.routes.items():
+        if name in ids:
+            raise ConfigError(f"{where}: route {name!r} has the id of a model")
+        for target in route.targets:
+            if target not in ids:
+                raise ConfigError(f"{where}: `routes.{name}.targets` names unknown model {target!r}")
+    for name, provider in settings.providers.items():
+        if provider.kind != "echo" and not provider.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: `providers.{name}.base_url` must be an http(s) URL")

@@ -1,0 +1,71 @@
+"""AppState: everything the app shares, built in the lifespan and closed in reverse order.
+
+This is the only shared mutable state of the gateway: no module global holds a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.auth import KeyCache
+from gateway.providers.base import Provider
+from gateway.providers.registry import build_provider
+from gateway.routing.catalog import Catalog, Secret, resolve_provider_keys
+from gateway.settings import Settings
+from gateway.store import Store, open_store
+
+log = logging.getLogger("klawd")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: Store
+    keys: KeyCache
+    catalog: Catalog
+    providers: dict[str, Provider]
+    admin_token: Secret | None
+    draining: bool = False
+    background: set[object] = field(default_factory=set)
+
+    async def close(self) -> None:
+        for provider in reversed(list(self.providers.values())):
+            await provider.close()
+        await self.store.close()
+
+
+async def build_state(settings: Settings, environ: Mapping[str, str]) -> AppState:
+    store = open_store(settings.store.url)
+    provider_keys = resolve_provider_keys(settings, environ)
+    providers: dict[str, Provider] = {}
+    unavailable: dict[str, str] = {}
+    for name, provider_settings in settings.providers.items():
+        key = provider_keys[name]
+        if provider_settings.kind != "echo" and key is None:
+            unavailable[name] = (
+                f"provider '{name}' has no API key: set the environment variable "
+                f"{provider_settings.api_key_env}"
+            )
+        provider = build_provider(name, provider_settings, key)
+        if provider is None:
+            unavailable.setdefault(
+                name, f"provider kind '{provider_settings.kind}' is not supported by this build yet"
+            )
+        else:
+            providers[name] = provider
+    admin_value = environ.get(settings.server.admin_token_env)
+    if not admin_value:
+        log.warning(
+            "admin API disabled: the environment variable %s is not set",
+            settings.server.admin_token_env,
+        )
+    return AppState(
+        settings=settings,
+        store=store,
+        keys=KeyCache(store),
+        catalog=Catalog(settings, unavailable),
+        providers=providers,
+        admin_token=Secret(admin_value) if admin_value else None,
+    )

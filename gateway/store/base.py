@@ -1,0 +1,78 @@
+"""The Store protocol: accounts and API keys (usage, credits and webhooks grow here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from msgspec import Struct
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered badly (mapped to 503 by the API)."""
+
+
+class CustomLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Per-account overrides of the plan's limits (enterprise accounts)."""
+
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+    tokens_per_minute: int | None = None
+
+
+class Account(Struct, frozen=True):
+    id: str
+    name: str
+    plan: str
+    credits_micros: int
+    limits: CustomLimits
+    created_at: int
+
+
+class ApiKey(Struct, frozen=True):
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    key_hash: str
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+
+class Store(Protocol):
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+    async def count_accounts(self) -> int: ...
+    async def create_account(self, name: str, plan: str, credits_micros: int) -> Account: ...
+    async def get_account(self, account_id: str) -> Account | None: ...
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        plan: str | None = None,
+        limits: CustomLimits | None = None,
+        add_credits_micros: int = 0,
+    ) -> Account | None: ...
+    async def create_key(
+        self, account_id: str, name: str, prefix: str, key_hash: str, expires_at: int | None
+    ) -> ApiKey: ...
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None: ...
+
+
+def open_store(url: str) -> Store:
+    """Build the store named by `store.url` (no I/O until first use)."""
+    if url.startswith("sqlite://"):
+        from gateway.store.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url))
+    raise StoreError(f"store {url.split('://', 1)[0]}:// is not available in this build")
+
+
+def sqlite_path(url: str) -> Path:
+    """sqlite:///./data/klawd.db is relative to the working directory; sqlite:////abs/path absolute."""
+    rest = url.removeprefix("sqlite://")
+    if rest.startswith("/"):
+        rest = rest[1:]
+    return Path(rest or "./data/klawd.db")

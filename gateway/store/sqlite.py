@@ -1,0 +1,197 @@
+"""The embedded store: one SQLite file, one connection, driven from one worker thread.
+
+SQLite calls block, so every call runs on a single-thread executor: the event loop never waits on
+disk, and the single thread serialises writes (no "database is locked" between our own calls).
+WAL mode and a busy timeout let the `klawd` CLI use the same file while the server runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from gateway.store.base import Account, ApiKey, CustomLimits, StoreError
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    credits_micros INTEGER NOT NULL,
+    limits TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
+"""
+
+_ACCOUNT_COLUMNS = "id, name, plan, credits_micros, limits, created_at"
+_KEY_COLUMNS = "id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at"
+_limits_decoder = msgspec.json.Decoder(CustomLimits)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klawd-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            return work(self._connect())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store failed: {exc.__class__.__name__}") from exc
+
+    def run_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """For the CLI: the same queries without an event loop."""
+        return self._executor.submit(lambda: work(self._connect())).result()
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- accounts -------------------------------------------------------------------------------
+    async def count_accounts(self) -> int:
+        row = await self._run(lambda c: c.execute("SELECT COUNT(*) FROM accounts").fetchone())
+        return int(row[0])
+
+    async def create_account(self, name: str, plan: str, credits_micros: int) -> Account:
+        account = Account(new_id("acct"), name, plan, credits_micros, CustomLimits(), _now())
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (account.id, name, plan, credits_micros, "{}", account.created_at),
+            )
+
+        await self._run(insert)
+        return account
+
+    async def get_account(self, account_id: str) -> Account | None:
+        return await self._run(lambda conn: _get_account(conn, account_id))
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        plan: str | None = None,
+        limits: CustomLimits | None = None,
+        add_credits_micros: int = 0,
+    ) -> Account | None:
+        def update(conn: sqlite3.Connection) -> Account | None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if _get_account(conn, account_id) is None:
+                    return None
+                conn.execute(
+                    "UPDATE accounts SET plan = COALESCE(?, plan),"
+                    " limits = COALESCE(?, limits), credits_micros = credits_micros + ?"
+                    " WHERE id = ?",
+                    (
+                        plan,
+                        msgspec.json.encode(limits).decode() if limits is not None else None,
+                        add_credits_micros,
+                        account_id,
+                    ),
+                )
+                return _get_account(conn, account_id)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(update)
+
+    # -- keys -----------------------------------------------------------------------------------
+    async def create_key(
+        self, account_id: str, name: str, prefix: str, key_hash: str, expires_at: int | None
+    ) -> ApiKey:
+        key = ApiKey(new_id("key"), account_id, name, prefix, key_hash, _now(), expires_at, None)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                msgspec.structs.astuple(key),
+            )
+
+        await self._run(insert)
+        return key
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        def select(conn: sqlite3.Connection) -> ApiKey | None:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+            ).fetchone()
+            return ApiKey(*row) if row else None
+
+        return await self._run(select)
+
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+        def revoke(conn: sqlite3.Connection) -> ApiKey | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                (now, key_id),
+            )
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+            return ApiKey(*row) if row else None
+
+        return await self._run(revoke)
+
+
+def _get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:
+    row: Any = conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return Account(row[0], row[1], row[2], row[3], _limits_decoder.decode(row[4]), row[5])
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,4 +1,14 @@
 //! Klawd Gateway's hot path: pure Rust modules, with the PyO3 shell in `py.rs`.
+//!
+//! - [`sse`]: incremental SSE parser.
+//! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
+//! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
+
+pub mod errors;
+mod json;
+pub mod reframe;
+pub mod sse;
+pub mod usage;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,9 +1,171 @@
 //! The only file that imports pyo3: every `#[pyclass]` and `#[pyfunction]` lives here.
+//!
+//! Bytes policy: `feed` borrows the upstream chunk (`&[u8]` from `bytes`, no copy) and returns
+//! one `bytes` holding zero or more complete events; no Python object is made per event. The
+//! GIL (or the thread state, on free-threaded builds) is released only for inputs larger than
+//! [`DETACH_ABOVE`], since per-chunk work is microseconds.
 
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::CoreError;
+use crate::reframe::{Options, Stream};
+use crate::usage::Usage;
+
+/// Inputs above this size are processed with the interpreter detached.
+const DETACH_ABOVE: usize = 64 * 1024;
+
+create_exception!(
+    _core,
+    SseError,
+    PyValueError,
+    "Malformed or oversized upstream stream (an event larger than max_event_bytes)."
+);
+create_exception!(
+    _core,
+    UpstreamStreamError,
+    PyException,
+    "The upstream stream ended without its terminator (cut off)."
+);
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Sse(m) => SseError::new_err(m),
+            CoreError::StreamCutOff(m) => UpstreamStreamError::new_err(m),
+            CoreError::InvalidArgument(m) => PyValueError::new_err(m),
+        }
+    }
+}
+
+/// Token usage in OpenAI's vocabulary.
+#[pyclass(module = "gateway._core", name = "Usage", frozen, eq, get_all)]
+#[derive(Clone, PartialEq, Eq)]
+#[allow(clippy::struct_field_names)] // the names are the OpenAI wire's
+struct PyUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    cached_tokens: u64,
+}
+
+impl From<Usage> for PyUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+            cached_tokens: u.cached_tokens,
+        }
+    }
+}
+
+#[pymethods]
+impl PyUsage {
+    fn __repr__(&self) -> String {
+        format!(
+            "Usage(prompt_tokens={}, completion_tokens={}, total_tokens={}, cached_tokens={})",
+            self.prompt_tokens, self.completion_tokens, self.total_tokens, self.cached_tokens
+        )
+    }
+}
+
+/// One upstream stream reframed to OpenAI chunk events.
+#[pyclass(module = "gateway._core", name = "Reframer")]
+struct PyReframer {
+    inner: Stream,
+    out: Vec<u8>,
+}
+
+#[pymethods]
+impl PyReframer {
+    #[new]
+    #[pyo3(signature = (kind, model, response_id, created, include_usage, max_event_bytes = 1_048_576))]
+    fn new(
+        kind: &str,
+        model: String,
+        response_id: String,
+        created: i64,
+        include_usage: bool,
+        max_event_bytes: usize,
+    ) -> PyResult<Self> {
+        let opts = Options {
+            model,
+            response_id,
+            created,
+            include_usage,
+        };
+        Ok(Self {
+            inner: Stream::new(kind, &opts, max_event_bytes)?,
+            out: Vec::new(),
+        })
+    }
+
+    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        self.out.clear();
+        let Self { inner, out } = self;
+        let result = if data.len() > DETACH_ABOVE {
+            py.detach(|| inner.feed(data, out))
+        } else {
+            inner.feed(data, out)
+        };
+        result?;
+        Ok(PyBytes::new(py, &self.out))
+    }
+
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.out.clear();
+        self.inner.finish(&mut self.out)?;
+        Ok(PyBytes::new(py, &self.out))
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.state().done
+    }
+
+    #[getter]
+    fn usage(&self) -> Option<PyUsage> {
+        self.inner.state().usage.map(PyUsage::from)
+    }
+
+    #[getter]
+    fn finish_reason(&self) -> Option<String> {
+        self.inner.state().finish_reason.clone()
+    }
+
+    #[getter]
+    fn upstream_error(&self) -> Option<(String, String)> {
+        self.inner.state().upstream_error.clone()
+    }
+
+    #[getter]
+    fn content_chars(&self) -> u64 {
+        self.inner.state().content_chars
+    }
+}
 
 #[pymodule(gil_used = false)]
 mod _core {
+    use pyo3::prelude::*;
+
+    #[allow(non_upper_case_globals)] // Python's dunder name
     #[pymodule_export]
     const __version__: &str = crate::VERSION;
+
+    #[pymodule_export]
+    use super::{PyReframer, PyUsage};
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
+        m.add("SseError", py.get_type::<super::SseError>())?;
+        m.add(
+            "UpstreamStreamError",
+            py.get_type::<super::UpstreamStreamError>(),
+        )?;
+        Ok(())
+    }
 }

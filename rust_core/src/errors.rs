@@ -1,0 +1,26 @@
+//! The one error type of the core. `py.rs` turns each variant into a typed Python exception.
+
+use std::fmt;
+
+/// Every failure the core reports. No variant carries upstream secrets: messages name sizes,
+/// positions and JSON errors only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreError {
+    /// The upstream stream is malformed (not SSE, not JSON where JSON is required) or one event is
+    /// larger than the configured bound. Python: `SseError` (a `ValueError`).
+    Sse(String),
+    /// The upstream stream ended before its terminator. Python: `UpstreamStreamError`.
+    StreamCutOff(String),
+    /// A caller-supplied argument is invalid (unknown reframer kind). Python: `ValueError`.
+    InvalidArgument(String),
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sse(m) | Self::StreamCutOff(m) | Self::InvalidArgument(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}

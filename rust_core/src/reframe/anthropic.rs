@@ -1,0 +1,232 @@
+//! Anthropic Messages streaming → OpenAI chunks.
+//!
+//! Events: `message_start` (usage: input and cache tokens) → the role chunk;
+//! `content_block_start` (a `tool_use` block → a tool-call start with id and name; a text block
+//! with initial text → content); `content_block_delta` (`text_delta` → content,
+//! `input_json_delta` → tool-call arguments); `message_delta` (stop reason → finish chunk,
+//! cumulative usage); `message_stop` → usage chunk (if asked) and `[DONE]`; `error` →
+//! `upstream_error`. `ping`, `content_block_stop`, unknown events and unknown delta types
+//! (`thinking_delta`, `signature_delta`, `citations_delta`) are dropped: thinking is not content.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{parse, ChunkWriter, Options, Reframe, StreamState};
+use crate::errors::CoreError;
+use crate::json;
+use crate::sse::Event;
+use crate::usage::{AnthropicUsage, Usage};
+
+#[derive(Deserialize)]
+struct AnthropicEvent<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(borrow, default)]
+    content_block: Option<ContentBlock<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+    #[serde(borrow, default)]
+    error: Option<ErrorBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// `content_block_delta.delta` and `message_delta.delta` share the key: one struct for both.
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+pub fn map_stop_reason(reason: &str) -> &'static str {
+    match reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and anything new.
+        _ => "stop",
+    }
+}
+
+/// Reframer for Anthropic upstreams.
+#[derive(Debug)]
+pub struct AnthropicReframer {
+    writer: ChunkWriter,
+    include_usage: bool,
+    role_sent: bool,
+    usage: AnthropicUsage,
+    /// `(content block index, tool-call index)` of each `tool_use` block.
+    tool_blocks: Vec<(u64, u32)>,
+}
+
+impl AnthropicReframer {
+    /// A reframer writing chunks with `opts`' id, created and model.
+    pub fn new(opts: &Options) -> Self {
+        Self {
+            writer: ChunkWriter::new(opts),
+            include_usage: opts.include_usage,
+            role_sent: false,
+            usage: AnthropicUsage::default(),
+            tool_blocks: Vec::new(),
+        }
+    }
+
+    fn ensure_role(&mut self, out: &mut Vec<u8>) {
+        if !self.role_sent {
+            self.role_sent = true;
+            self.writer.role(out);
+        }
+    }
+
+    fn tool_index(&self, block: u64) -> Option<u32> {
+        self.tool_blocks
+            .iter()
+            .rev()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+    }
+}
+
+impl Reframe for AnthropicReframer {
+    fn on_event(
+        &mut self,
+        ev: &Event<'_>,
+        st: &mut StreamState,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CoreError> {
+        let e: AnthropicEvent<'_> = parse("anthropic", &ev.data)?;
+        let kind = e.kind.as_deref().unwrap_or(&ev.event);
+        match kind {
+            "message_start" => {
+                if let Some(u) = e.message.and_then(|m| m.usage) {
+                    self.usage.merge(&u);
+                    st.usage = Some(Usage::from(&self.usage));
+                }
+                self.ensure_role(out);
+            }
+            "content_block_start" => {
+                let Some(block) = e.content_block else {
+                    return Ok(());
+                };
+                match block.kind.as_ref() {
+                    "text" => {
+                        if let Some(text) = block.text.filter(|t| !t.is_empty()) {
+                            self.ensure_role(out);
+                            st.content_chars += json::char_count(&text);
+                            self.writer.content(out, &text);
+                        }
+                    }
+                    "tool_use" => {
+                        let index = self.tool_blocks.len() as u32;
+                        self.tool_blocks.push((e.index.unwrap_or(0), index));
+                        self.ensure_role(out);
+                        self.writer.tool_call_start(
+                            out,
+                            index,
+                            block.id.as_deref().unwrap_or(""),
+                            block.name.as_deref().unwrap_or(""),
+                            "",
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let Some(delta) = e.delta else { return Ok(()) };
+                match delta.kind.as_deref() {
+                    Some("text_delta") => {
+                        if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
+                            self.ensure_role(out);
+                            st.content_chars += json::char_count(&text);
+                            self.writer.content(out, &text);
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let fragment = delta.partial_json.unwrap_or_default();
+                        let tool = self.tool_index(e.index.unwrap_or(0));
+                        if let (Some(tool), false) = (tool, fragment.is_empty()) {
+                            self.ensure_role(out);
+                            st.content_chars += json::char_count(&fragment);
+                            self.writer.tool_call_arguments(out, tool, &fragment);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = &e.usage {
+                    self.usage.merge(u);
+                    st.usage = Some(Usage::from(&self.usage));
+                }
+                if let Some(reason) = e.delta.and_then(|d| d.stop_reason) {
+                    let reason = map_stop_reason(&reason);
+                    st.finish_reason = Some(reason.to_owned());
+                    self.ensure_role(out);
+                    self.writer.finish(out, reason);
+                }
+            }
+            "message_stop" => {
+                self.ensure_role(out);
+                self.writer.end(out, st, self.include_usage);
+            }
+            "error" => {
+                let (kind, message) = e.error.map_or((None, None), |b| (b.kind, b.message));
+                st.upstream_error = Some((
+                    kind.map_or_else(|| "error".to_owned(), Cow::into_owned),
+                    message.map(Cow::into_owned).unwrap_or_default(),
+                ));
+            }
+            // ping, content_block_stop and event types added later.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_eof(&mut self, st: &mut StreamState, _out: &mut Vec<u8>) -> Result<(), CoreError> {
+        if st.closed() {
+            Ok(())
+        } else {
+            Err(CoreError::StreamCutOff(
+                "anthropic stream ended without message_stop".to_owned(),
+            ))
+        }
+    }
+}

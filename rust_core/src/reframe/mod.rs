@@ -1,0 +1,317 @@
+//! Per-provider reframers: upstream SSE events in, OpenAI `chat.completion.chunk` events out.
+//!
+//! [`Stream`] owns the SSE parser, the shared [`StreamState`] and one provider's [`Reframe`]
+//! implementation. Each provider module knows only its own wire format (framing lives with the
+//! provider); the output side is shared through [`ChunkWriter`].
+
+mod anthropic;
+mod gemini;
+mod openai;
+
+use crate::errors::CoreError;
+use crate::json;
+use crate::sse::{Event, Flow, SseParser};
+use crate::usage::Usage;
+
+pub use anthropic::AnthropicReframer;
+pub use gemini::GeminiReframer;
+pub use openai::OpenAiReframer;
+
+/// The OpenAI terminator event.
+pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+
+/// What every reframer reports besides its output bytes.
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    /// Usage extracted from the upstream (last report wins).
+    pub usage: Option<Usage>,
+    /// The finish reason, in OpenAI vocabulary.
+    pub finish_reason: Option<String>,
+    /// `(type or status, message)` of an in-stream upstream error event.
+    pub upstream_error: Option<(String, String)>,
+    /// Characters of content and tool-call arguments relayed so far.
+    pub content_chars: u64,
+    /// The terminator was seen and `[DONE]` emitted.
+    pub done: bool,
+}
+
+impl StreamState {
+    /// After the terminator or an upstream error, further input is ignored.
+    pub fn closed(&self) -> bool {
+        self.done || self.upstream_error.is_some()
+    }
+}
+
+/// Options shared by every reframer.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The gateway's catalog id, written into every chunk's `model`.
+    pub model: String,
+    /// The id of every emitted chunk (providers that have no OpenAI id).
+    pub response_id: String,
+    /// The `created` of every emitted chunk (providers that have no OpenAI created).
+    pub created: i64,
+    /// Whether the client asked for the final usage chunk.
+    pub include_usage: bool,
+}
+
+/// One provider's translation of SSE events.
+pub trait Reframe {
+    /// Handles one upstream event, appending complete OpenAI SSE events to `out`.
+    fn on_event(
+        &mut self,
+        ev: &Event<'_>,
+        st: &mut StreamState,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CoreError>;
+
+    /// Handles upstream EOF (after the parser's pending event). Errors when the stream was cut.
+    fn on_eof(&mut self, st: &mut StreamState, out: &mut Vec<u8>) -> Result<(), CoreError>;
+}
+
+/// The reframer kinds, dispatched statically.
+#[derive(Debug)]
+enum Kind {
+    OpenAi(OpenAiReframer),
+    Anthropic(AnthropicReframer),
+    Gemini(GeminiReframer),
+}
+
+impl Kind {
+    fn as_reframe(&mut self) -> &mut dyn Reframe {
+        match self {
+            Self::OpenAi(r) => r,
+            Self::Anthropic(r) => r,
+            Self::Gemini(r) => r,
+        }
+    }
+}
+
+/// An upstream stream being reframed: parser + state + provider reframer.
+#[derive(Debug)]
+pub struct Stream {
+    parser: SseParser,
+    state: StreamState,
+    kind: Kind,
+    /// A parse error is sticky: every later call returns it again.
+    failed: Option<CoreError>,
+}
+
+impl Stream {
+    /// `kind` is `"openai"`, `"anthropic"` or `"gemini"`.
+    pub fn new(kind: &str, opts: &Options, max_event_bytes: usize) -> Result<Self, CoreError> {
+        let kind = match kind {
+            "openai" => Kind::OpenAi(OpenAiReframer::new(opts)),
+            "anthropic" => Kind::Anthropic(AnthropicReframer::new(opts)),
+            "gemini" => Kind::Gemini(GeminiReframer::new(opts)),
+            other => {
+                return Err(CoreError::InvalidArgument(format!(
+                    "unknown reframer kind {other:?} (expected openai, anthropic or gemini)"
+                )))
+            }
+        };
+        Ok(Self {
+            parser: SseParser::new(max_event_bytes),
+            state: StreamState::default(),
+            kind,
+            failed: None,
+        })
+    }
+
+    /// The state reported so far.
+    pub fn state(&self) -> &StreamState {
+        &self.state
+    }
+
+    /// Bytes buffered by the parser (bounded by `max_event_bytes`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.parser.buffered_bytes()
+    }
+
+    /// Feeds one upstream chunk (any boundary); appends complete OpenAI events to `out`.
+    /// On error, `out` may hold events of this chunk that precede the error: discard them.
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CoreError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.state.closed() {
+            return Ok(());
+        }
+        let Self {
+            parser,
+            state,
+            kind,
+            ..
+        } = self;
+        let reframe = kind.as_reframe();
+        let mut sink = |ev: &Event<'_>| {
+            reframe.on_event(ev, state, out)?;
+            Ok(if state.closed() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        };
+        let result = parser.push(data, &mut sink).map(|_| ());
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    /// Upstream EOF: appends final events; errors when the stream was cut off.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), CoreError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.state.closed() {
+            return Ok(());
+        }
+        let Self {
+            parser,
+            state,
+            kind,
+            ..
+        } = self;
+        let reframe = kind.as_reframe();
+        let mut sink = |ev: &Event<'_>| {
+            reframe.on_event(ev, state, out)?;
+            Ok(if state.closed() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        };
+        let mut result = parser.finish(&mut sink).map(|_| ());
+        if result.is_ok() && !state.closed() {
+            result = reframe.on_eof(state, out);
+        }
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+}
+
+/// Writes OpenAI chunk events with a fixed id, created and model.
+#[derive(Debug, Clone)]
+pub struct ChunkWriter {
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…` (no closing brace).
+    head: Vec<u8>,
+}
+
+impl ChunkWriter {
+    /// Precomputes the common head of every chunk.
+    pub fn new(opts: &Options) -> Self {
+        let mut head = Vec::with_capacity(128);
+        head.extend_from_slice(b"data: {\"id\":");
+        json::write_str(&mut head, &opts.response_id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(opts.created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        json::write_str(&mut head, &opts.model);
+        Self { head }
+    }
+
+    /// One chunk with choice 0: `write_delta` writes the delta object's JSON.
+    pub fn chunk(
+        &self,
+        out: &mut Vec<u8>,
+        finish_reason: Option<&str>,
+        write_delta: impl FnOnce(&mut Vec<u8>),
+    ) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
+        write_delta(out);
+        out.extend_from_slice(b",\"finish_reason\":");
+        match finish_reason {
+            Some(r) => json::write_str(out, r),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
+    }
+
+    /// A content delta.
+    pub fn content(&self, out: &mut Vec<u8>, text: &str) {
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"content\":");
+            json::write_str(o, text);
+            o.push(b'}');
+        });
+    }
+
+    /// The first chunk: `{"role":"assistant","content":""}`.
+    pub fn role(&self, out: &mut Vec<u8>) {
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"role\":\"assistant\",\"content\":\"\"}");
+        });
+    }
+
+    /// The start of a tool call: id, type, name and empty arguments (or `arguments` when given).
+    pub fn tool_call_start(
+        &self,
+        out: &mut Vec<u8>,
+        index: u32,
+        id: &str,
+        name: &str,
+        arguments: &str,
+    ) {
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+            o.extend_from_slice(index.to_string().as_bytes());
+            o.extend_from_slice(b",\"id\":");
+            json::write_str(o, id);
+            o.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+            json::write_str(o, name);
+            o.extend_from_slice(b",\"arguments\":");
+            json::write_str(o, arguments);
+            o.extend_from_slice(b"}}]}");
+        });
+    }
+
+    /// A fragment of a tool call's arguments.
+    pub fn tool_call_arguments(&self, out: &mut Vec<u8>, index: u32, fragment: &str) {
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+            o.extend_from_slice(index.to_string().as_bytes());
+            o.extend_from_slice(b",\"function\":{\"arguments\":");
+            json::write_str(o, fragment);
+            o.extend_from_slice(b"}}]}");
+        });
+    }
+
+    /// The finish chunk: empty delta and the finish reason.
+    pub fn finish(&self, out: &mut Vec<u8>, reason: &str) {
+        self.chunk(out, Some(reason), |o| o.extend_from_slice(b"{}"));
+    }
+
+    /// The usage-only chunk (`choices: []`).
+    pub fn usage(&self, out: &mut Vec<u8>, u: &Usage) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b",\"choices\":[],\"usage\":{\"prompt_tokens\":");
+        out.extend_from_slice(u.prompt_tokens.to_string().as_bytes());
+        out.extend_from_slice(b",\"completion_tokens\":");
+        out.extend_from_slice(u.completion_tokens.to_string().as_bytes());
+        out.extend_from_slice(b",\"total_tokens\":");
+        out.extend_from_slice(u.total_tokens.to_string().as_bytes());
+        out.extend_from_slice(b"}}\n\n");
+    }
+
+    /// The end of a stream: the usage chunk when asked for, then `[DONE]`.
+    pub fn end(&self, out: &mut Vec<u8>, st: &mut StreamState, include_usage: bool) {
+        if include_usage {
+            self.usage(out, &st.usage.unwrap_or_default());
+        }
+        out.extend_from_slice(DONE_EVENT);
+        st.done = true;
+    }
+}
+
+/// Parses an event's JSON, turning a syntax error into [`CoreError::Sse`].
+pub(crate) fn parse<'a, T: serde::Deserialize<'a>>(
+    provider: &str,
+    data: &'a str,
+) -> Result<T, CoreError> {
+    serde_json::from_str(data)
+        .map_err(|e| CoreError::Sse(format!("malformed {provider} stream event: {e}")))
+}

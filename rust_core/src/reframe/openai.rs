@@ -1,0 +1,197 @@
+//! OpenAI (and OpenAI-compatible) upstream → OpenAI chunks: rewrite `model`, keep the rest.
+//!
+//! Each chunk's top-level members are kept in order with their raw JSON text (numbers, escapes
+//! and nested objects byte-exact); only the value of `model` is replaced by the gateway's id.
+//! Only `choices`, `usage` and `error` are decoded, to extract usage, finish reason and the
+//! character count. The gateway always asks upstream for usage; when the client did not, the
+//! usage-only chunk (`choices: []` with a usage) is dropped from the output.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{parse, Options, Reframe, StreamState, DONE_EVENT};
+use crate::errors::CoreError;
+use crate::json::{self, RawObject};
+use crate::sse::Event;
+use crate::usage::{OpenAiUsage, Usage};
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(borrow, default)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    code: Option<&'a RawValue>,
+}
+
+/// Reframer for OpenAI-shaped upstreams.
+#[derive(Debug)]
+pub struct OpenAiReframer {
+    /// The gateway model id as a JSON string literal.
+    model_json: Vec<u8>,
+    include_usage: bool,
+    /// Scratch buffer for events whose data spans several lines.
+    compact: Vec<u8>,
+}
+
+impl OpenAiReframer {
+    /// A reframer that writes `opts.model` into every chunk.
+    pub fn new(opts: &Options) -> Self {
+        let mut model_json = Vec::new();
+        json::write_str(&mut model_json, &opts.model);
+        Self {
+            model_json,
+            include_usage: opts.include_usage,
+            compact: Vec::new(),
+        }
+    }
+}
+
+fn upstream_error(raw: &RawValue) -> (String, String) {
+    match serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
+        Ok(e) => {
+            let kind = e.kind.map(Cow::into_owned).or_else(|| {
+                e.code.filter(|c| !json::is_null(c)).map(|c| {
+                    serde_json::from_str::<String>(c.get()).unwrap_or_else(|_| c.get().to_owned())
+                })
+            });
+            (
+                kind.unwrap_or_else(|| "error".to_owned()),
+                e.message.map(Cow::into_owned).unwrap_or_default(),
+            )
+        }
+        // `"error": "some text"` and other shapes.
+        Err(_) => (
+            "error".to_owned(),
+            serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned()),
+        ),
+    }
+}
+
+fn rewrite(obj: &RawObject<'_>, model_json: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: {");
+    let mut has_model = false;
+    for (i, (key, value)) in obj.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::write_str(out, key);
+        out.push(b':');
+        if key == "model" && !has_model {
+            has_model = true;
+            out.extend_from_slice(model_json);
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !has_model {
+        if !obj.0.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"model\":");
+        out.extend_from_slice(model_json);
+    }
+    out.extend_from_slice(b"}\n\n");
+}
+
+impl Reframe for OpenAiReframer {
+    fn on_event(
+        &mut self,
+        ev: &Event<'_>,
+        st: &mut StreamState,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CoreError> {
+        let data = ev
+            .data
+            .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        if data == "[DONE]" {
+            out.extend_from_slice(DONE_EVENT);
+            st.done = true;
+            return Ok(());
+        }
+        // Pretty-printed JSON over several data lines would break the one-line output.
+        let data = if data.contains(['\n', '\r']) {
+            self.compact.clear();
+            json::write_compact(&mut self.compact, data);
+            std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?
+        } else {
+            data
+        };
+        let obj: RawObject<'_> = parse("openai", data)?;
+        if let Some(err) = obj.get("error").filter(|e| !json::is_null(e)) {
+            st.upstream_error = Some(upstream_error(err));
+            return Ok(());
+        }
+        let choices: Vec<Choice<'_>> = match obj.get("choices") {
+            Some(raw) if !json::is_null(raw) => parse("openai", raw.get())?,
+            _ => Vec::new(),
+        };
+        let usage: Option<OpenAiUsage> = match obj.get("usage") {
+            Some(raw) => parse("openai", raw.get())?,
+            None => None,
+        };
+        for choice in &choices {
+            if let Some(reason) = &choice.finish_reason {
+                st.finish_reason = Some(reason.clone().into_owned());
+            }
+            let Some(delta) = &choice.delta else { continue };
+            if let Some(text) = &delta.content {
+                st.content_chars += json::char_count(text);
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                if let Some(args) = call.function.as_ref().and_then(|f| f.arguments.as_ref()) {
+                    st.content_chars += json::char_count(args);
+                }
+            }
+        }
+        if let Some(u) = &usage {
+            st.usage = Some(Usage::from(u));
+            if choices.is_empty() && !self.include_usage {
+                return Ok(());
+            }
+        }
+        rewrite(&obj, &self.model_json, out);
+        Ok(())
+    }
+
+    fn on_eof(&mut self, st: &mut StreamState, _out: &mut Vec<u8>) -> Result<(), CoreError> {
+        if st.closed() {
+            Ok(())
+        } else {
+            Err(CoreError::StreamCutOff(
+                "openai stream ended without data: [DONE]".to_owned(),
+            ))
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Incremental Server-Sent Events parser (WHATWG HTML, "Parsing an event stream").
+//!
+//! Bytes arrive in arbitrary chunks: a boundary may fall inside a multi-byte UTF-8 character,
+//! between `\r` and `\n`, or inside the leading BOM. Lines end with LF, CR or CRLF. Fields are
+//! `event`, `data` (several `data` lines joined with `\n`), `id` and `retry`; lines starting with
+//! `:` are comments; a line without a colon is a field with an empty value; one space after the
+//! colon is removed. An event is dispatched at a blank line, and only if it has data.
+//!
+//! **EOF rule (a deliberate deviation from the spec).** The spec discards an event that is not
+//! followed by a blank line at EOF. Some OpenAI-compatible servers end with `data: [DONE]\n`
+//! (one newline), so [`SseParser::finish`] dispatches a pending event whose lines were all
+//! *terminated*; an unterminated last line (cut off mid-line) is dropped, as it may be half a
+//! JSON document.
+//!
+//! **Bound.** The bytes of the pending event (event type + data + the current partial line) never
+//! exceed `max_event_bytes`; beyond that [`CoreError::Sse`] is returned, so memory stays bounded
+//! whatever the upstream sends.
+
+use std::borrow::Cow;
+
+use crate::errors::CoreError;
+
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+/// One dispatched event. The strings borrow the parser's buffers (invalid UTF-8 is replaced by
+/// U+FFFD, as the spec's decoder does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The `event` field, `"message"` when absent.
+    pub event: Cow<'a, str>,
+    /// The data lines joined with `\n`.
+    pub data: Cow<'a, str>,
+    /// The last event id seen so far (may be empty).
+    pub id: Cow<'a, str>,
+}
+
+/// What the event consumer wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep parsing.
+    Continue,
+    /// Stop: the rest of the input is ignored (e.g. after a terminator).
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bom {
+    /// This many bytes of the BOM have been matched at the start of the stream.
+    Checking(usize),
+    Done,
+}
+
+/// The parser state between chunks.
+#[derive(Debug, Clone)]
+pub struct SseParser {
+    max_event_bytes: usize,
+    bom: Bom,
+    /// The previous chunk ended with `\r`: a `\n` at the start of the next one belongs to it.
+    after_cr: bool,
+    /// The current, not yet terminated line.
+    line: Vec<u8>,
+    event_type: Vec<u8>,
+    data: Vec<u8>,
+    last_id: Vec<u8>,
+    retry_ms: Option<u64>,
+}
+
+impl SseParser {
+    /// A parser that refuses events (or lines) larger than `max_event_bytes`.
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            max_event_bytes,
+            bom: Bom::Checking(0),
+            after_cr: false,
+            line: Vec::new(),
+            event_type: Vec::new(),
+            data: Vec::new(),
+            last_id: Vec::new(),
+            retry_ms: None,
+        }
+    }
+
+    /// The last `retry` field value (milliseconds), if any.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
+    }
+
+    /// Bytes currently buffered (partial line + pending event): always `<= max_event_bytes`.
+    pub fn buffered_bytes(&self) -> usize {
+        self.line.len() + self.data.len() + self.event_type.len()
+    }
+
+    /// Feeds one chunk; `sink` is called once per complete event, in order.
+    pub fn push<F>(&mut self, input: &[u8], sink: &mut F) -> Result<Flow, CoreError>
+    where
+        F: FnMut(&Event<'_>) -> Result<Flow, CoreError>,
+    {
+        let mut input = input;
+        while let Bom::Checking(matched) = self.bom {
+            let Some((&byte, rest)) = input.split_first() else {
+                return Ok(Flow::Continue);
+            };
+            if byte == BOM[matched] {
+                input = rest;
+                self.bom = if matched + 1 == BOM.len() {
+                    Bom::Done
+                } else {
+                    Bom::Checking(matched + 1)
+                };
+            } else {
+                self.bom = Bom::Done;
+                // A partial BOM followed by something else is ordinary data.
+                if matched > 0 && self.push_lines(&BOM[..matched], sink)? == Flow::Stop {
+                    return Ok(Flow::Stop);
+                }
+            }
+        }
+        self.push_lines(input, sink)
+    }
+
+    /// Signals EOF: dispatches a pending event whose lines were all terminated (see the module
+    /// docs) and drops an unterminated last line.
+    pub fn finish<F>(&mut self, sink: &mut F) -> Result<Flow, CoreError>
+    where
+        F: FnMut(&Event<'_>) -> Result<Flow, CoreError>,
+    {
+        self.line.clear();
+        self.after_cr = false;
+        self.dispatch(sink)
+    }
+
+    fn push_lines<F>(&mut self, input: &[u8], sink: &mut F) -> Result<Flow, CoreError>
+    where
+        F: FnMut(&Event<'_>) -> Result<Flow, CoreError>,
+    {
+        let mut rest = input;
+        if self.after_cr {
+            if let Some((&first, tail)) = rest.split_first() {
+                self.after_cr = false;
+                if first == b'\n' {
+                    rest = tail;
+                }
+            }
+        }
+        loop {
+            let Some(pos) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.check_bound(rest.len())?;
+                self.line.extend_from_slice(rest);
+                return Ok(Flow::Continue);
+            };
+            let flow = if self.line.is_empty() {
+                self.process_line(&rest[..pos], sink)?
+            } else {
+                self.check_bound(pos)?;
+                self.line.extend_from_slice(&rest[..pos]);
+                let line = std::mem::take(&mut self.line);
+                let flow = self.process_line(&line, sink);
+                self.line = line;
+                self.line.clear();
+                flow?
+            };
+            let mut next = pos + 1;
+            if rest[pos] == b'\r' {
+                match rest.get(next) {
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            rest = &rest[next..];
+            if flow == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+    }
+
+    fn check_bound(&self, extra: usize) -> Result<(), CoreError> {
+        if self.buffered_bytes() + extra > self.max_event_bytes {
+            Err(CoreError::Sse(format!(
+                "upstream SSE event larger than max_event_bytes ({})",
+                self.max_event_bytes
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn process_line<F>(&mut self, line: &[u8], sink: &mut F) -> Result<Flow, CoreError>
+    where
+        F: FnMut(&Event<'_>) -> Result<Flow, CoreError>,
+    {
+        if line.is_empty() {
+            return self.dispatch(sink);
+        }
+        if line[0] == b':' {
+            return Ok(Flow::Continue);
+        }
+        let (name, value) = match memchr::memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &[][..]),
+        };
+        match name {
+            b"data" => {
+                // `line` may come straight from the input: bound it here too.
+                self.check_bound(value.len() + 1)?;
+                self.data.extend_from_slice(value);
+                self.data.push(b'\n');
+            }
+            b"event" => {
+                self.event_type.clear();
+                self.check_bound(value.len())?;
+                self.event_type.extend_from_slice(value);
+            }
+            b"id" if !value.contains(&0) && value.len() <= self.max_event_bytes => {
+                self.last_id.clear();
+                self.last_id.extend_from_slice(value);
+            }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry_ms = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
+            }
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn dispatch<F>(&mut self, sink: &mut F) -> Result<Flow, CoreError>
+    where
+        F: FnMut(&Event<'_>) -> Result<Flow, CoreError>,
+    {
+        if self.data.is_empty() {
+            self.event_type.clear();
+            return Ok(Flow::Continue);
+        }
+        self.data.pop(); // the LF appended after the last data line
+        let event = Event {
+            event: if self.event_type.is_empty() {
+                Cow::Borrowed("message")
+            } else {
+                String::from_utf8_lossy(&self.event_type)
+            },
+            data: String::from_utf8_lossy(&self.data),
+            id: String::from_utf8_lossy(&self.last_id),
+        };
+        let flow = sink(&event);
+        drop(event);
+        self.data.clear();
+        self.event_type.clear();
+        flow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests may unwrap: a failure is the test failing.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn collect(chunks: &[&[u8]], finish: bool) -> Vec<(String, String)> {
+        let mut p = SseParser::new(1 << 20);
+        let mut got = Vec::new();
+        let mut sink = |e: &Event<'_>| {
+            got.push((e.event.to_string(), e.data.to_string()));
+            Ok(Flow::Continue)
+        };
+        for c in chunks {
+            p.push(c, &mut sink).unwrap();
+        }
+        if finish {
+            p.finish(&mut sink).unwrap();
+        }
+        got
+    }
+
+    fn ev(e: &str, d: &str) -> (String, String) {
+        (e.to_string(), d.to_string())
+    }
+
+    #[test]
+    fn split_inside_crlf_yields_one_event() {
+        assert_eq!(
+            collect(&[b"data: a\r", b"\n\r", b"\n"], false),
+            vec![ev("message", "a")]
+        );
+    }
+
+    #[test]
+    fn cr_alone_ends_lines() {
+        assert_eq!(
+            collect(&[b"data: a\r\rdata: b\r\r"], false),
+            vec![ev("message", "a"), ev("message", "b")]
+        );
+    }
+
+    #[test]
+    fn multiple_data_lines_join_with_lf() {
+        assert_eq!(
+            collect(&[b"data: a\ndata:b\ndata\n\n"], false),
+            vec![ev("message", "a\nb\n")]
+        );
+    }
+
+    #[test]
+    fn comments_and_unknown_fields_are_ignored() {
+        assert_eq!(
+            collect(
+                &[b": keep-alive\n\nfoo: bar\nevent: x\ndata:  two spaces\n\n"],
+                false
+            ),
+            vec![ev("x", " two spaces")]
+        );
+    }
+
+    #[test]
+    fn event_without_data_is_not_dispatched_and_resets_type() {
+        assert_eq!(
+            collect(&[b"event: ping\n\ndata: x\n\n"], false),
+            vec![ev("message", "x")]
+        );
+    }
+
+    #[test]
+    fn bom_split_across_chunks_is_stripped() {
+        assert_eq!(
+            collect(&[b"\xEF", b"\xBB\xBFdata: a\n\n"], false),
+            vec![ev("message", "a")]
+        );
+    }
+
+    #[test]
+    fn partial_bom_is_data() {
+        let got = collect(&[b"\xEFdata: a\n\n"], false);
+        assert!(got.is_empty()); // "\u{FFFD}data" is an unknown field name
+    }
+
+    #[test]
+    fn multibyte_char_split_is_reassembled() {
+        let s = "data: é€\n\n".as_bytes();
+        assert_eq!(
+            collect(&[&s[..7], &s[7..9], &s[9..]], false),
+            vec![ev("message", "é€")]
+        );
+    }
+
+    #[test]
+    fn terminated_lines_without_blank_line_dispatch_at_eof() {
+        assert_eq!(
+            collect(&[b"data: [DONE]\n"], true),
+            vec![ev("message", "[DONE]")]
+        );
+    }
+
+    #[test]
+    fn unterminated_line_is_dropped_at_eof() {
+        assert!(collect(&[b"data: {\"a\":"], true).is_empty());
+    }
+
+    #[test]
+    fn oversized_event_is_an_error_and_buffer_stays_bounded() {
+        let mut p = SseParser::new(16);
+        let mut sink = |_: &Event<'_>| Ok(Flow::Continue);
+        assert!(p.push(b"data: 0123456789", &mut sink).is_ok());
+        assert!(matches!(
+            p.push(b"0123456789", &mut sink),
+            Err(CoreError::Sse(_))
+        ));
+        assert!(p.buffered_bytes() <= 16);
+        let mut p = SseParser::new(16);
+        assert!(p
+            .push(b"data: 0123456789\ndata: 0123456789\n", &mut sink)
+            .is_err());
+        assert!(p.buffered_bytes() <= 16);
+    }
+
+    #[test]
+    fn stop_ignores_the_rest_of_the_chunk() {
+        let mut p = SseParser::new(1024);
+        let mut n = 0;
+        let mut sink = |_: &Event<'_>| {
+            n += 1;
+            Ok(Flow::Stop)
+        };
+        assert_eq!(
+            p.push(b"data: a\n\ndata: b\n\n", &mut sink).unwrap(),
+            Flow::Stop
+        );
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn id_and_retry_fields_are_kept() {
+        let mut p = SseParser::new(1024);
+        let mut ids = Vec::new();
+        let mut sink = |e: &Event<'_>| {
+            ids.push(e.id.to_string());
+            Ok(Flow::Continue)
+        };
+        p.push(
+            b"id: 7\nretry: 1500\ndata: a\n\nretry: x\ndata: b\n\n",
+            &mut sink,
+        )
+        .unwrap();
+        assert_eq!(ids, vec!["7", "7"]);
+        assert_eq!(p.retry_ms(), Some(1500));
+    }
+}

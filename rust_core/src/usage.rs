@@ -1,0 +1,124 @@
+//! Token usage, extracted from each provider's own usage shape into one struct.
+
+use serde::Deserialize;
+
+/// Usage in OpenAI's vocabulary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens, cache reads and writes included.
+    pub prompt_tokens: u64,
+    /// Completion tokens (Gemini: thoughts included).
+    pub completion_tokens: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+    /// Prompt tokens read from a cache (0 when none).
+    pub cached_tokens: u64,
+}
+
+/// OpenAI `usage` (chat completion chunk or response).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OpenAiUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: Option<u64>,
+    prompt_tokens_details: Option<OpenAiPromptDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OpenAiPromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+impl From<&OpenAiUsage> for Usage {
+    fn from(u: &OpenAiUsage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u
+                .total_tokens
+                .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
+            cached_tokens: u
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Anthropic `usage` (in `message_start.message` and, cumulative, in `message_delta`).
+/// Every field is optional because `message_delta` may carry only `output_tokens`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct AnthropicUsage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Overwrites the fields that `later` carries (Anthropic's counts are cumulative).
+    pub fn merge(&mut self, later: &AnthropicUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
+    }
+}
+
+impl From<&AnthropicUsage> for Usage {
+    fn from(u: &AnthropicUsage) -> Self {
+        let cached = u.cache_read_input_tokens.unwrap_or(0);
+        let prompt = u
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(u.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(cached);
+        let completion = u.output_tokens.unwrap_or(0);
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+            cached_tokens: cached,
+        }
+    }
+}
+
+/// Gemini `usageMetadata` (field names are the wire's).
+#[allow(clippy::struct_field_names)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GeminiUsage {
+    prompt_token_count: u64,
+    candidates_token_count: u64,
+    total_token_count: Option<u64>,
+    cached_content_token_count: u64,
+    thoughts_token_count: u64,
+    tool_use_prompt_token_count: u64,
+}
+
+impl From<&GeminiUsage> for Usage {
+    fn from(u: &GeminiUsage) -> Self {
+        let prompt = u
+            .prompt_token_count
+            .saturating_add(u.tool_use_prompt_token_count);
+        let completion = u
+            .candidates_token_count
+            .saturating_add(u.thoughts_token_count);
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: u
+                .total_token_count
+                .unwrap_or(prompt.saturating_add(completion)),
+            cached_tokens: u.cached_content_token_count,
+        }
+    }
+}

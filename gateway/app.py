@@ -29,27 +29,28 @@ def error_response(error: GatewayError) -> Response:
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(exc)
+    return error_response(exc if isinstance(exc, GatewayError) else InvalidRequest(str(exc)))
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
     log.error("store error: %s", exc)
-    return error_response(ServiceUnavailable("The gateway's store is unavailable; retry shortly.",
-                                              retry_after_s=1))
+    return error_response(
+        ServiceUnavailable("The gateway's store is unavailable; retry shortly.", retry_after_s=1)
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
+    status = exc.status_code if isinstance(exc, HTTPException) else 400
+    detail = exc.detail if isinstance(exc, HTTPException) else "Bad request."
+    if status == 404:
         return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
-    if exc.status_code == 405:
+    if status == 405:
         response = error_response(
             InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.")
         )
         response.status_code = 405
         return response
-    return error_response(InvalidRequest(str(exc.detail)))
+    return error_response(InvalidRequest(str(detail)))
 
 
 def routes() -> list[Route]:

@@ -31,7 +31,9 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def token_cost_micros(usage: TokenUsage, input_usd_per_mtok: float, output_usd_per_mtok: float) -> int:
+def token_cost_micros(
+    usage: TokenUsage, input_usd_per_mtok: float, output_usd_per_mtok: float
+) -> int:
     """Exact integer math: prices become micro-dollars per million tokens, and the total is rounded
     up to the next whole micro-dollar (never bill less than was used)."""
     input_price = usd_to_micros(input_usd_per_mtok)

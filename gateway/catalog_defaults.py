@@ -1,4 +1,4 @@
-"""The built-in catalog, plans and providers (the seed's), as plain tables merged under klawd.toml."""
+"""The built-in catalog, plans and providers (the seed's): plain tables merged under klawd.toml."""
 
 from typing import Any
 

@@ -1,12 +1,12 @@
 """`klawd`: serve the gateway, and manage accounts and keys from the shell.
 
-    klawd serve [--config PATH] [--host H] [--port P] [--workers N]
-    klawd config check [--config PATH]
-    klawd accounts create --name N [--plan P] [--credits-usd X]
-    klawd accounts show ID
-    klawd accounts update ID [--plan P] [--credits-usd X] [--rpm N] [--rpd N] [--tpm N]
-    klawd keys create ACCOUNT_ID [--name N] [--expires-at WHEN]
-    klawd keys revoke KEY_ID
+klawd serve [--config PATH] [--host H] [--port P] [--workers N]
+klawd config check [--config PATH]
+klawd accounts create --name N [--plan P] [--credits-usd X]
+klawd accounts show ID
+klawd accounts update ID [--plan P] [--credits-usd X] [--rpm N] [--rpd N] [--tpm N]
+klawd keys create ACCOUNT_ID [--name N] [--expires-at WHEN]
+klawd keys revoke KEY_ID
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _first_start(settings: Settings, base_url: str) -> None:
         account = await accounts.create_account(
             store, settings, accounts.NewAccount(name="default", plan="free")
         )
-        key, plaintext = await accounts.create_key(store, account.id, accounts.NewKey(name="default"))
+        _, plaintext = await accounts.create_key(store, account.id, accounts.NewKey(name="default"))
         return account.id, plaintext
 
     created = _with_store(settings, bootstrap)
@@ -204,7 +204,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="klawd", description="Klawd Gateway: one API, every model.")
+    parser = argparse.ArgumentParser(
+        prog="klawd", description="Klawd Gateway: one API, every model."
+    )
     parser.add_argument("--version", action="version", version=f"klawd {__version__}")
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument("--config", help="klawd.toml (default: $KLAWD_CONFIG, else built-ins)")

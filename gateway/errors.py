@@ -9,12 +9,13 @@
     ├── RequestTooLarge       413 request_too_large
     ├── RateLimited           429 rate_limit_exceeded  (+ Retry-After, whole seconds)
     ├── InternalError         500 internal_error
-    ├── BadGateway            502 bad_gateway          (upstream answered nonsense, or refused our key)
+    ├── BadGateway            502 bad_gateway          (upstream nonsense, or it refused our key)
     ├── ServiceUnavailable    503 service_unavailable  (+ Retry-After when known)
     └── GatewayTimeout        504 gateway_timeout
 
-Foreign errors (aiohttp, msgspec, sqlite, redis) are translated at the edge with ``raise … from exc``;
-their text never reaches a client unless it is known to be safe (validation messages).
+Foreign errors (aiohttp, msgspec, sqlite, redis) are translated at the edge with
+``raise … from exc``; their text never reaches a client unless it is known to be safe
+(validation messages).
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ class GatewayTimeout(GatewayError):
 
 
 def model_not_found(model: str) -> NotFound:
-    return NotFound(f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found")
+    return NotFound(
+        f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found"
+    )
 
 
 INTERNAL_ERROR_MESSAGE = "The gateway failed to process the request. It has been logged."

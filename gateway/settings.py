@@ -46,7 +46,7 @@ class ServerSettings(_Strict):
     port: Port = 8080
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
-    admin_token_env: str = "KLAWD_ADMIN_TOKEN"
+    admin_token_env: str = "KLAWD_ADMIN_TOKEN"  # noqa: S105 (the variable's name, not a token)
     streams: StreamsSettings = msgspec.field(default_factory=StreamsSettings)
 
 
@@ -96,7 +96,8 @@ class ModelSettings(_Strict):
 
 class RouteSettings(_Strict):
     targets: Annotated[list[str], Meta(min_length=1)]
-    # "ordered": try targets in order (fallbacks). "cheapest": the klawd/auto policy (routing/router.py).
+    # "ordered": try targets in order (fallbacks).
+    # "cheapest": the klawd/auto policy (routing/router.py).
     policy: Literal["ordered", "cheapest"] = "ordered"
 
 
@@ -116,6 +117,13 @@ class Settings(_Strict):
 
     def provider_retry(self, provider: str) -> RetrySettings:
         return self.providers[provider].retry or self.retry
+
+
+_NAMED_TABLES: dict[str, type[Struct]] = {
+    "plans": PlanSettings,
+    "providers": ProviderSettings,
+    "routes": RouteSettings,
+}
 
 
 def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
@@ -138,6 +146,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
     merged = _merge_builtins(raw, where)
+    _check_named_tables(merged, where)
     try:
         settings = msgspec.convert(merged, Settings, strict=True)
     except msgspec.ValidationError as exc:
@@ -149,6 +158,20 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
 def _readable(message: str) -> str:
     # msgspec says "... - at `$.server.port`"; operators think in TOML keys.
     return message.replace("`$.", "`").replace("`$`", "the top level")
+
+
+def _check_named_tables(merged: dict[str, Any], where: str) -> None:
+    """msgspec names a bad entry of a dict as `providers[...]`; check entries one by one so the
+    message names `providers.NAME.field` instead."""
+    for table, kind in _NAMED_TABLES.items():
+        for name, entry in merged.get(table, {}).items():
+            try:
+                msgspec.convert(entry, kind, strict=True)
+            except msgspec.ValidationError as exc:
+                message = (
+                    str(exc).replace("`$.", f"`{table}.{name}.").replace("`$`", f"`{table}.{name}`")
+                )
+                raise ConfigError(f"{where}: {message}") from exc
 
 
 def _merge_builtins(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -188,14 +211,17 @@ def _check(settings: Settings, where: str) -> None:
             "are exact only within one process)"
         )
     if "free" not in settings.plans:
-        raise ConfigError(f"{where}: `plans` must keep the `free` plan (new accounts default to it)")
+        raise ConfigError(
+            f"{where}: `plans` must keep the `free` plan (new accounts default to it)"
+        )
     ids: set[str] = set()
     for index, model in enumerate(settings.models):
         if "/" not in model.id:
             raise ConfigError(f"{where}: `models[{index}].id` must look like provider/model")
         if model.provider not in settings.providers:
             raise ConfigError(
-                f"{where}: `models[{index}].provider` = {model.provider!r} is not a configured provider"
+                f"{where}: `models[{index}].provider` = {model.provider!r} "
+                "is not a configured provider"
             )
         ids.add(model.id)
     for model in settings.models:
@@ -207,7 +233,9 @@ def _check(settings: Settings, where: str) -> None:
             raise ConfigError(f"{where}: route {name!r} has the id of a model")
         for target in route.targets:
             if target not in ids:
-                raise ConfigError(f"{where}: `routes.{name}.targets` names unknown model {target!r}")
+                raise ConfigError(
+                    f"{where}: `routes.{name}.targets` names unknown model {target!r}"
+                )
     for name, provider in settings.providers.items():
         if provider.kind != "echo" and not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: `providers.{name}.base_url` must be an http(s) URL")

@@ -22,7 +22,9 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 

@@ -79,15 +79,19 @@ class GatewayMiddleware:
             if isinstance(exc, RequestTooLarge) and not started:
                 await _send_error(send_with_id, exc.status, exc.body(), {})
                 return
-            log.exception("unhandled error on %s %s (request %s)", scope["method"],
-                          scope["path"], request_id)
+            log.exception(
+                "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id
+            )
             if not started:
                 error = InternalError(INTERNAL_ERROR_MESSAGE)
                 await _send_error(send_with_id, error.status, error.body(), {})
 
 
 async def _send_error(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})

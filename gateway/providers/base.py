@@ -92,7 +92,9 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def status_error(provider: str, status: int, message: str | None, retry_after: float | None) -> GatewayError:
+def status_error(
+    provider: str, status: int, message: str | None, retry_after: float | None
+) -> GatewayError:
     """The default mapping of an upstream HTTP error status to the gateway's tree."""
     if status in (400, 422):
         return InvalidRequest(message or f"The upstream provider '{provider}' refused the request.")
@@ -154,12 +156,15 @@ class HttpProvider:
         """An error event inside a stream that had already started (type or status, message)."""
         lowered = kind.lower()
         if "overloaded" in lowered or "unavailable" in lowered or "server" in lowered:
-            return ServiceUnavailable(f"The upstream provider '{self.name}' failed mid-stream: "
-                                      f"{self.redact(message)[:500]}")
+            return ServiceUnavailable(
+                f"The upstream provider '{self.name}' failed mid-stream: "
+                f"{self.redact(message)[:500]}"
+            )
         if "rate" in lowered or "exhausted" in lowered:
             return RateLimited(f"The upstream provider '{self.name}' is rate limiting the gateway.")
-        return BadGateway(f"The upstream provider '{self.name}' failed mid-stream: "
-                          f"{self.redact(message)[:500]}")
+        return BadGateway(
+            f"The upstream provider '{self.name}' failed mid-stream: {self.redact(message)[:500]}"
+        )
 
     # -- shared ---------------------------------------------------------------------------------
     async def close(self) -> None:
@@ -181,9 +186,13 @@ class HttpProvider:
                 f"The upstream provider '{self.name}' did not answer in time."
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise ServiceUnavailable(f"The upstream provider '{self.name}' is unreachable.") from exc
+            raise ServiceUnavailable(
+                f"The upstream provider '{self.name}' is unreachable."
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise BadGateway(f"The upstream provider '{self.name}' failed: {type(exc).__name__}.") from exc
+            raise BadGateway(
+                f"The upstream provider '{self.name}' failed: {type(exc).__name__}."
+            ) from exc
         if response.status >= 400:
             try:
                 body = await response.read()

@@ -106,7 +106,12 @@ class EchoStream:
                     "created": call.created,
                     "model": call.target.model.id,
                     "choices": [
-                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "logprobs": None,
+                            "finish_reason": finish_reason,
+                        }
                     ],
                 }
             )

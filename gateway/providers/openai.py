@@ -38,8 +38,10 @@ class OpenAIProvider(HttpProvider):
             payload["max_tokens"] = DEFAULT_MAX_TOKENS
         if stream:
             options = payload.get("stream_options")
-            payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                         "include_usage": True}
+            payload["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
         headers = {"content-type": "application/json", "accept": "application/json"}
         if self.api_key is not None:
             headers["authorization"] = f"Bearer {self.api_key.reveal()}"
@@ -53,7 +55,9 @@ class OpenAIProvider(HttpProvider):
         try:
             completion = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise BadGateway(f"The upstream provider '{self.name}' answered with invalid JSON.") from exc
+            raise BadGateway(
+                f"The upstream provider '{self.name}' answered with invalid JSON."
+            ) from exc
         if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
             raise BadGateway(f"The upstream provider '{self.name}' answered without choices.")
         completion["model"] = call.target.model.id

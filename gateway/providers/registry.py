@@ -18,7 +18,9 @@ KINDS: dict[str, ProviderFactory] = {
 }
 
 
-def build_provider(name: str, settings: ProviderSettings, api_key: Secret | None) -> Provider | None:
+def build_provider(
+    name: str, settings: ProviderSettings, api_key: Secret | None
+) -> Provider | None:
     """The provider for one `[providers.NAME]` table; None for a kind this build cannot serve."""
     factory = KINDS.get(settings.kind)
     return factory(name, settings, api_key) if factory is not None else None

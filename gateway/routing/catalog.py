@@ -52,7 +52,10 @@ class CatalogEntry(Struct, frozen=True):
             "owned_by": owner,
             "kind": model.kind,
             "context_length": model.context_length,
-            "pricing": {"currency": "USD", "unit": "image" if model.kind == "image" else "1M tokens"}
+            "pricing": {
+                "currency": "USD",
+                "unit": "image" if model.kind == "image" else "1M tokens",
+            }
             | pricing,
             "capabilities": list(model.capabilities),
             "available": self.available,
@@ -88,7 +91,9 @@ class Catalog:
         }
 
 
-def resolve_provider_keys(settings: Settings, environ: Mapping[str, str]) -> dict[str, Secret | None]:
+def resolve_provider_keys(
+    settings: Settings, environ: Mapping[str, str]
+) -> dict[str, Secret | None]:
     keys: dict[str, Secret | None] = {}
     for name, provider in settings.providers.items():
         value = environ.get(provider.api_key_env) if provider.api_key_env else None

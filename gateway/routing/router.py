@@ -22,13 +22,13 @@ def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
     if entry is not None:
         if entry.model.kind != "chat":
             raise InvalidRequest(
-                f"The model '{entry.model.id}' is an {entry.model.kind} model, "
-                "not a chat model.",
+                f"The model '{entry.model.id}' is an {entry.model.kind} model, not a chat model.",
                 param="model",
             )
         if not entry.available:
-            raise ServiceUnavailable(f"The model '{entry.model.id}' is unavailable: "
-                                     f"{entry.unavailable_reason}.")
+            raise ServiceUnavailable(
+                f"The model '{entry.model.id}' is unavailable: {entry.unavailable_reason}."
+            )
         chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
         return [e for e in chain if e.available]
     route = catalog.routes.get(request.model)

@@ -71,7 +71,8 @@ def open_store(url: str) -> Store:
 
 
 def sqlite_path(url: str) -> Path:
-    """sqlite:///./data/klawd.db is relative to the working directory; sqlite:////abs/path absolute."""
+    """sqlite:///./data/klawd.db is relative to the working directory;
+    sqlite:////abs/path.db is absolute."""
     rest = url.removeprefix("sqlite://")
     if rest.startswith("/"):
         rest = rest[1:]

@@ -44,8 +44,23 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
 """
 
-_ACCOUNT_COLUMNS = "id, name, plan, credits_micros, limits, created_at"
-_KEY_COLUMNS = "id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at"
+INSERT_ACCOUNT = (
+    "INSERT INTO accounts (id, name, plan, credits_micros, limits, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+SELECT_ACCOUNT = (
+    "SELECT id, name, plan, credits_micros, limits, created_at FROM accounts WHERE id = ?"
+)
+INSERT_KEY = (
+    "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, expires_at,"
+    " revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SELECT_KEY = (
+    "SELECT id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at"
+    " FROM api_keys"
+)
+SELECT_KEY_BY_HASH = SELECT_KEY + " WHERE key_hash = ?"
+SELECT_KEY_BY_ID = SELECT_KEY + " WHERE id = ?"
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 
 
@@ -80,10 +95,6 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite store failed: {exc.__class__.__name__}") from exc
 
-    def run_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """For the CLI: the same queries without an event loop."""
-        return self._executor.submit(lambda: work(self._connect())).result()
-
     async def close(self) -> None:
         def shut() -> None:
             if self._conn is not None:
@@ -106,8 +117,7 @@ class SqliteStore:
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (account.id, name, plan, credits_micros, "{}", account.created_at),
+                INSERT_ACCOUNT, (account.id, name, plan, credits_micros, "{}", account.created_at)
             )
 
         await self._run(insert)
@@ -153,19 +163,14 @@ class SqliteStore:
         key = ApiKey(new_id("key"), account_id, name, prefix, key_hash, _now(), expires_at, None)
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                msgspec.structs.astuple(key),
-            )
+            conn.execute(INSERT_KEY, msgspec.structs.astuple(key))
 
         await self._run(insert)
         return key
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
         def select(conn: sqlite3.Connection) -> ApiKey | None:
-            row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
-            ).fetchone()
+            row = conn.execute(SELECT_KEY_BY_HASH, (key_hash,)).fetchone()
             return ApiKey(*row) if row else None
 
         return await self._run(select)
@@ -176,18 +181,14 @@ class SqliteStore:
                 "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
                 (now, key_id),
             )
-            row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
-            ).fetchone()
+            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
             return ApiKey(*row) if row else None
 
         return await self._run(revoke)
 
 
 def _get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:
-    row: Any = conn.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
-    ).fetchone()
+    row: Any = conn.execute(SELECT_ACCOUNT, (account_id,)).fetchone()
     if row is None:
         return None
     return Account(row[0], row[1], row[2], row[3], _limits_decoder.decode(row[4]), row[5])

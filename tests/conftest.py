@@ -1,0 +1,175 @@
+"""Shared fixtures: free ports, the fake upstreams, and the gateway as a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+KLAWD = str(Path(sys.executable).parent / "klawd")
+ADMIN_TOKEN = "test-admin-token-0123456789"
+UPSTREAM_KEY = "sk-upstream-SECRET-do-not-leak-42"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_healthy(
+    base_url: str, process: subprocess.Popen[bytes], timeout_s: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("gateway did not become healthy")
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    config: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        )
+
+    def new_key(self, plan: str = "enterprise", credits_usd: float = 100.0) -> str:
+        with self.admin() as admin:
+            account = admin.post(
+                "/admin/accounts", json={"name": "test", "plan": plan, "credits_usd": credits_usd}
+            )
+            assert account.status_code == 201, account.text
+            key = admin.post(f"/admin/accounts/{account.json()['id']}/keys", json={})
+            assert key.status_code == 201, key.text
+            value: str = key.json()["key"]
+            return value
+
+
+TEST_MODELS = [
+    "gpt-fake",
+    "tools-fake",
+    "pause-fake",
+    "cut-fake",
+    "error-event",
+    "fail-401",
+    "fail-429",
+    "fail-500",
+    "fail-400",
+    "garbage",
+]
+
+
+def gateway_config(path: Path, port: int, upstream_url: str, extra: str = "") -> None:
+    models = "\n".join(
+        f'[[models]]\nid = "openai/{name}"\nprovider = "openai"\nupstream_model = "{name}"\n'
+        f"context_length = 8192\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n"
+        f'capabilities = ["tools"]\n'
+        for name in TEST_MODELS
+    )
+    path.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[store]
+url = "sqlite:///{path.parent / "klawd.db"}"
+
+[providers.openai]
+base_url = "{upstream_url}"
+
+[[models]]
+id = "openai/fallback-chain"
+provider = "openai"
+upstream_model = "fail-500"
+fallbacks = ["openai/gpt-fake"]
+
+{models}
+{extra}
+"""
+    )
+
+
+def start_gateway(config: Path, port: int, env_extra: dict[str, str] | None = None) -> Gateway:
+    env = {
+        **os.environ,
+        "KLAWD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        **(env_extra or {}),
+    }
+    with (config.parent / "gateway.log").open("ab") as log:
+        process = subprocess.Popen(
+            [KLAWD, "serve", "--config", str(config), "--port", str(port)],
+            cwd=config.parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base_url, process)
+    except RuntimeError:
+        process.kill()
+        raise
+    return Gateway(base_url, config, env, process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    directory = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    config = directory / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    running = start_gateway(config, port)
+    yield running
+    stop(running.process)
+    log_text = (directory / "gateway.log").read_text(errors="replace")
+    assert UPSTREAM_KEY not in log_text, "the upstream key leaked into the gateway's log"
+
+
+@pytest.fixture
+def api_key(gateway: Gateway) -> str:
+    return gateway.new_key()

@@ -1,0 +1,252 @@
+"""A fake OpenAI-compatible upstream on loopback, speaking the real wire format byte for byte.
+
+Behaviour is chosen by the upstream model name in the request body, so tests can run in any
+order against one shared server:
+
+    gpt-fake      text answer; streamed: role chunk, 3 content chunks, finish, usage chunk, [DONE]
+                  (written in awkward TCP pieces: events split mid-JSON and several per write)
+    tools-fake    streamed tool call whose arguments arrive in many fragments
+    pause-fake    streamed: one event, then waits until the test releases it
+    cut-fake      streamed: two events, then the connection is cut (no [DONE])
+    error-event   streamed: one event, then `data: {"error": …}`
+    fail-401      401 whose message contains the upstream key (must never reach the client)
+    fail-429      429 with Retry-After: 7
+    fail-500      500
+    fail-400      400 with an upstream validation message
+    garbage       200 with a body that is not JSON
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+ANSWER_WORDS = ["Hello", " from", " the fake"]
+
+
+def completion(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-upstream123",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(ANSWER_WORDS), "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+    }
+
+
+def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-upstream123",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-upstream123",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+    }
+
+
+def sse(event: dict[str, Any] | str) -> bytes:
+    data = event if isinstance(event, str) else orjson.dumps(event).decode()
+    return f"data: {data}\n\n".encode()
+
+
+def text_stream(model: str, include_usage: bool) -> list[bytes]:
+    events = [sse(chunk(model, {"role": "assistant", "content": ""}))]
+    events += [sse(chunk(model, {"content": word})) for word in ANSWER_WORDS]
+    events.append(sse(chunk(model, {}, "stop")))
+    if include_usage:
+        events.append(sse(usage_chunk(model)))
+    events.append(sse("[DONE]"))
+    return events
+
+
+def tool_stream(model: str) -> list[bytes]:
+    fragments = ['{"ci', 'ty": "Par', "is", '", "unit"', ': "c"}']
+    events = [
+        sse(
+            chunk(
+                model,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_abc",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ],
+                },
+            )
+        )
+    ]
+    events += [
+        sse(chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": f}}]}))
+        for f in fragments
+    ]
+    events.append(sse(chunk(model, {}, "tool_calls")))
+    events.append(sse(usage_chunk(model)))
+    events.append(sse("[DONE]"))
+    return events
+
+
+def awkward_pieces(events: list[bytes]) -> list[bytes]:
+    """Re-cut the byte stream so writes split events mid-JSON, mid-"\\n\\n", and merge others."""
+    blob = b"".join(events)
+    sizes = [7, 1, 60, 2, 150, 3, 333]
+    pieces, at, i = [], 0, 0
+    while at < len(blob):
+        size = sizes[i % len(sizes)]
+        pieces.append(blob[at : at + size])
+        at += size
+        i += 1
+    return pieces
+
+
+class FakeOpenAI:
+    """Runs on its own event loop in a background thread; records every request it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._release = asyncio.Event()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._release.set)
+
+    def last_request(self, model: str) -> dict[str, Any]:
+        for recorded in reversed(self.requests):
+            if recorded["body"].get("model") == model:
+                return recorded
+        raise AssertionError(f"the fake received no request for {model}")
+
+    # -- the endpoint -------------------------------------------------------------------------
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        model = body.get("model", "")
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        key = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if model == "fail-401":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {key}.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                status=401,
+            )
+        if model == "fail-429":
+            return web.json_response(
+                {"error": {"message": "Rate limit reached", "type": "requests"}},
+                status=429,
+                headers={"retry-after": "7"},
+            )
+        if model == "fail-500":
+            return web.json_response(
+                {"error": {"message": "boom", "type": "server_error"}}, status=500
+            )
+        if model == "fail-400":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "max_tokens is too large for this model",
+                        "type": "invalid_request_error",
+                        "param": "max_tokens",
+                    }
+                },
+                status=400,
+            )
+        if model == "garbage":
+            return web.Response(body=b"<html>oops</html>", content_type="text/html")
+        if not stream:
+            return web.json_response(completion(model))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        if model == "tools-fake":
+            for piece in awkward_pieces(tool_stream(model)):
+                await response.write(piece)
+        elif model == "pause-fake":
+            events = text_stream(model, include_usage)
+            await response.write(events[0])
+            self._release.clear()
+            await asyncio.wait_for(self._release.wait(), timeout=30)
+            for event in events[1:]:
+                await response.write(event)
+        elif model == "cut-fake":
+            events = text_stream(model, include_usage)
+            await response.write(events[0] + events[1])
+            await asyncio.sleep(0.05)
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        elif model == "error-event":
+            events = text_stream(model, include_usage)
+            await response.write(events[0])
+            await response.write(
+                sse({"error": {"message": "The server had an error", "type": "server_error"}})
+            )
+        else:
+            for piece in awkward_pieces(text_stream(model, include_usage)):
+                await response.write(piece)
+        await response.write_eof()
+        return response

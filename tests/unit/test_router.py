@@ -1,0 +1,103 @@
+"""The routing policy: a table of requests and the model each one gets. No sockets."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.routing.catalog import Catalog
+from gateway.schemas.openai import ChatRequest
+from gateway.settings import load_settings
+
+SETTINGS = load_settings(None)
+ALL_AVAILABLE = Catalog(SETTINGS, {})
+NO_GOOGLE = Catalog(SETTINGS, {"google": "no key"})
+NOTHING = Catalog(SETTINGS, {p: "no key" for p in ("google", "anthropic", "openai")})
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+
+
+def request(**fields: object) -> ChatRequest:
+    body = {"messages": [{"role": "user", "content": "hi"}], **fields}
+    return msgspec.convert(body, ChatRequest)
+
+
+@pytest.mark.parametrize(
+    ("catalog", "fields", "chosen"),
+    [
+        (ALL_AVAILABLE, {"model": "klawd/auto"}, "google/gemini-2.0-flash"),
+        (NO_GOOGLE, {"model": "klawd/auto"}, "anthropic/claude-sonnet-4"),
+        (
+            NO_GOOGLE,
+            {"model": "klawd/auto", "response_format": {"type": "json_object"}},
+            "openai/gpt-4-turbo",
+        ),
+        (NO_GOOGLE, {"model": "klawd/auto", "tools": [TOOL]}, "anthropic/claude-sonnet-4"),
+        (
+            ALL_AVAILABLE,
+            {"model": "klawd/auto", "messages": [{"role": "user", "content": [IMAGE]}]},
+            "google/gemini-2.0-flash",
+        ),
+        # 150K tokens of prompt no longer fit gpt-4-turbo's 128K
+        (
+            NO_GOOGLE,
+            {
+                "model": "klawd/auto",
+                "messages": [{"role": "user", "content": "x" * 600_000}],
+                "response_format": {"type": "json_object"},
+            },
+            None,
+        ),
+        (ALL_AVAILABLE, {"model": "klawd/standard"}, "anthropic/claude-sonnet-4"),
+        (
+            Catalog(SETTINGS, {"anthropic": "no key"}),
+            {"model": "klawd/standard"},
+            "openai/gpt-4-turbo",
+        ),
+        (ALL_AVAILABLE, {"model": "openai/gpt-4-turbo"}, "openai/gpt-4-turbo"),
+    ],
+)
+def test_policy_table(catalog: Catalog, fields: dict[str, object], chosen: str | None) -> None:
+    from gateway.routing.router import resolve_chat
+
+    if chosen is None:
+        with pytest.raises(InvalidRequest):
+            resolve_chat(catalog, request(**fields))
+        return
+    assert resolve_chat(catalog, request(**fields))[0].model.id == chosen
+
+
+def test_auto_lists_the_other_suitable_models_as_fallbacks_cheapest_first() -> None:
+    from gateway.routing.router import resolve_chat
+
+    chain = [e.model.id for e in resolve_chat(ALL_AVAILABLE, request(model="klawd/auto"))]
+    assert chain == [
+        "google/gemini-2.0-flash",
+        "anthropic/claude-sonnet-4",
+        "openai/gpt-4-turbo",
+        "anthropic/claude-opus-4",
+    ]
+
+
+def test_unknown_model_is_model_not_found() -> None:
+    from gateway.routing.router import resolve_chat
+
+    with pytest.raises(NotFound) as caught:
+        resolve_chat(ALL_AVAILABLE, request(model="acme/x"))
+    assert caught.value.code == "model_not_found"
+
+
+def test_route_with_nothing_available_is_503() -> None:
+    from gateway.routing.router import resolve_chat
+
+    with pytest.raises(ServiceUnavailable):
+        resolve_chat(NOTHING, request(model="klawd/auto"))
+
+
+def test_image_model_is_not_a_chat_model() -> None:
+    from gateway.routing.router import resolve_chat
+
+    with pytest.raises(InvalidRequest):
+        resolve_chat(ALL_AVAILABLE, request(model="replicate/seedream-4.5"))

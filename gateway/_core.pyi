@@ -2,7 +2,15 @@
 
 from typing import Self, final
 
-__all__ = ["Reframer", "SseError", "UpstreamStreamError", "Usage", "__version__"]
+__all__ = [
+    "Decision",
+    "Limiter",
+    "Reframer",
+    "SseError",
+    "UpstreamStreamError",
+    "Usage",
+    "__version__",
+]
 __version__: str
 
 class SseError(ValueError):
@@ -62,3 +70,52 @@ class Reframer:
     def upstream_error(self) -> tuple[str, str] | None: ...
     @property
     def content_chars(self) -> int: ...
+
+@final
+class Decision:
+    """The answer of Limiter.acquire / Limiter.peek (frozen)."""
+
+    @property
+    def allowed(self) -> bool: ...
+    # 0.0 when allowed; else the wait until every denying limit would admit this cost.
+    # math.inf when one never will (cost above a capacity or a daily limit, or refill 0).
+    @property
+    def retry_after_s(self) -> float: ...
+    # Per limit, in the order given (buckets then quotas), after this decision, floored at 0.
+    @property
+    def remaining(self) -> list[int]: ...
+    # Per limit: bucket -> seconds until full again; quota -> seconds until next 00:00 UTC.
+    @property
+    def reset_s(self) -> list[float]: ...
+
+@final
+class Limiter:
+    """Token buckets and daily quotas, keyed, thread-safe, memory bounded by max_keys.
+
+    Time is passed in (now_s: unix seconds). Buckets start full and refill continuously; a
+    bucket allows when level >= cost (cost 0: when not in debt). Quotas reset at 00:00 UTC.
+    acquire admits only if every limit allows, then consumes from all; a denial consumes
+    nothing. Costs of limits sharing a key in one call add up. Non-finite or negative
+    capacity/rate/cost, or a non-finite now_s, raise ValueError.
+    """
+
+    def __new__(cls, max_keys: int = 1000000) -> Self: ...
+    # buckets: (key, capacity, refill_per_second, cost); quotas: (key, limit_per_utc_day, cost).
+    def acquire(
+        self,
+        buckets: list[tuple[str, float, float, float]],
+        quotas: list[tuple[str, int, int]],
+        now_s: float,
+    ) -> Decision: ...
+    def peek(
+        self,
+        buckets: list[tuple[str, float, float, float]],
+        quotas: list[tuple[str, int, int]],
+        now_s: float,
+    ) -> Decision: ...
+    # After-the-fact charge (tokens/minute from actual usage): may drive the level negative
+    # (debt). A negative amount refunds, up to the capacity.
+    def charge(
+        self, key: str, capacity: float, refill_per_s: float, amount: float, now_s: float
+    ) -> None: ...
+    def __len__(self) -> int: ...

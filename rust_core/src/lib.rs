@@ -4,8 +4,11 @@
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 
+pub mod bucket;
 pub mod errors;
 mod json;
+pub mod limiter;
+pub mod quota;
 pub mod reframe;
 pub mod sse;
 pub mod usage;

@@ -10,7 +10,9 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::bucket::BucketSpec;
 use crate::errors::CoreError;
+use crate::limiter::{BucketLimit, Decision, Limiter, QuotaLimit};
 use crate::reframe::{Options, Stream};
 use crate::usage::Usage;
 
@@ -147,6 +149,127 @@ impl PyReframer {
     }
 }
 
+/// The answer of `Limiter.acquire` / `Limiter.peek`.
+#[pyclass(module = "gateway._core", name = "Decision", frozen, get_all)]
+struct PyDecision {
+    allowed: bool,
+    retry_after_s: f64,
+    remaining: Vec<i64>,
+    reset_s: Vec<f64>,
+}
+
+impl From<Decision> for PyDecision {
+    fn from(d: Decision) -> Self {
+        Self {
+            allowed: d.allowed,
+            retry_after_s: d.retry_after_s,
+            remaining: d.remaining,
+            reset_s: d.reset_s,
+        }
+    }
+}
+
+#[pymethods]
+impl PyDecision {
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(allowed={}, retry_after_s={}, remaining={:?}, reset_s={:?})",
+            if self.allowed { "True" } else { "False" },
+            self.retry_after_s,
+            self.remaining,
+            self.reset_s
+        )
+    }
+}
+
+type BucketArg = (String, f64, f64, f64);
+type QuotaArg = (String, u64, u64);
+
+fn limits<'a>(
+    buckets: &'a [BucketArg],
+    quotas: &'a [QuotaArg],
+) -> (Vec<BucketLimit<'a>>, Vec<QuotaLimit<'a>>) {
+    (
+        buckets
+            .iter()
+            .map(|(key, capacity, rate, cost)| BucketLimit {
+                key,
+                spec: BucketSpec {
+                    capacity: *capacity,
+                    rate: *rate,
+                },
+                cost: *cost,
+            })
+            .collect(),
+        quotas
+            .iter()
+            .map(|(key, limit, cost)| QuotaLimit {
+                key,
+                limit: *limit,
+                cost: *cost,
+            })
+            .collect(),
+    )
+}
+
+/// Token buckets and daily quotas, keyed, thread-safe, with bounded memory.
+#[pyclass(module = "gateway._core", name = "Limiter", frozen)]
+struct PyLimiter {
+    inner: Limiter,
+}
+
+#[pymethods]
+impl PyLimiter {
+    #[new]
+    #[pyo3(signature = (max_keys = 1_000_000))]
+    fn new(max_keys: usize) -> Self {
+        Self {
+            inner: Limiter::new(max_keys),
+        }
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts owned lists
+    fn acquire(
+        &self,
+        buckets: Vec<BucketArg>,
+        quotas: Vec<QuotaArg>,
+        now_s: f64,
+    ) -> PyResult<PyDecision> {
+        let (b, q) = limits(&buckets, &quotas);
+        Ok(self.inner.acquire(&b, &q, now_s)?.into())
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts owned lists
+    fn peek(
+        &self,
+        buckets: Vec<BucketArg>,
+        quotas: Vec<QuotaArg>,
+        now_s: f64,
+    ) -> PyResult<PyDecision> {
+        let (b, q) = limits(&buckets, &quotas);
+        Ok(self.inner.peek(&b, &q, now_s)?.into())
+    }
+
+    fn charge(
+        &self,
+        key: &str,
+        capacity: f64,
+        refill_per_s: f64,
+        amount: f64,
+        now_s: f64,
+    ) -> PyResult<()> {
+        let spec = BucketSpec {
+            capacity,
+            rate: refill_per_s,
+        };
+        Ok(self.inner.charge(key, spec, amount, now_s)?)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+}
+
 #[pymodule(gil_used = false)]
 mod _core {
     use pyo3::prelude::*;
@@ -156,7 +279,7 @@ mod _core {
     const __version__: &str = crate::VERSION;
 
     #[pymodule_export]
-    use super::{PyReframer, PyUsage};
+    use super::{PyDecision, PyLimiter, PyReframer, PyUsage};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

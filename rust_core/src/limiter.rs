@@ -64,6 +64,8 @@ struct Inner {
     buckets: HashMap<String, Entry<TokenBucket>>,
     quotas: HashMap<String, Entry<DailyQuota>>,
     tick: u64,
+    /// Entries dropped by the LRU stage (the only inexact eviction).
+    lru_evicted: u64,
 }
 
 /// Thread-safe keyed limiter with bounded memory.
@@ -191,8 +193,10 @@ impl Inner {
             .collect();
         // Ticks are unique, so exactly `excess` entries are below the threshold.
         let (_, &mut threshold, _) = ticks.select_nth_unstable(excess - 1);
+        let before = self.len();
         self.buckets.retain(|_, e| e.last_used > threshold);
         self.quotas.retain(|_, e| e.last_used > threshold);
+        self.lru_evicted += (before - self.len()) as u64;
     }
 }
 
@@ -208,6 +212,11 @@ impl Limiter {
     /// Keys currently held.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// How many entries the LRU stage has dropped so far (0 means every answer was exact).
+    pub fn lru_evictions(&self) -> u64 {
+        self.lock().lru_evicted
     }
 
     /// No key held.

@@ -1,0 +1,187 @@
+//! Reframer behaviours on small hand-written streams (wire quirks the fixtures do not show).
+// Tests may unwrap/panic: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use _core::errors::CoreError;
+use _core::reframe::Stream;
+use common::{events, run, stream};
+
+fn out_of(kind: &str, input: &str) -> (Vec<String>, Stream) {
+    let mut s = stream(kind, true);
+    let mut out = Vec::new();
+    s.feed(input.as_bytes(), &mut out).unwrap();
+    s.finish(&mut out).unwrap();
+    (events(&out), s)
+}
+
+fn delta(ev: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(ev.strip_prefix("data: ").unwrap()).unwrap();
+    v["choices"][0]["delta"].clone()
+}
+
+#[test]
+fn openai_keeps_field_order_numbers_and_escapes_and_rewrites_only_model() {
+    let input = "data: {\"id\":\"x\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\u00e9\\n\"},\"logprobs\":{\"content\":[{\"logprob\":-1.0e-5}]},\"finish_reason\":null}],\"z\":1.50}\n\ndata: [DONE]\n\n";
+    let (evs, s) = out_of("openai", input);
+    assert_eq!(
+        evs[0],
+        "data: {\"id\":\"x\",\"model\":\"prov/model\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\u00e9\\n\"},\"logprobs\":{\"content\":[{\"logprob\":-1.0e-5}]},\"finish_reason\":null}],\"z\":1.50}"
+    );
+    assert_eq!(evs[1], "data: [DONE]");
+    assert_eq!(s.state().content_chars, 2);
+}
+
+#[test]
+fn openai_pretty_printed_multi_line_data_is_compacted_to_one_line() {
+    let input = "data: {\"id\": \"x\",\ndata:  \"choices\": [ ],\ndata: \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 4, \"total_tokens\": 7}}\n\ndata: [DONE]\n\n";
+    let (evs, s) = out_of("openai", input);
+    assert_eq!(
+        evs[0],
+        "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7},\"model\":\"prov/model\"}"
+    );
+    assert_eq!(s.state().usage.unwrap().total_tokens, 7);
+}
+
+#[test]
+fn openai_error_event_sets_upstream_error_and_stops() {
+    let input = "data: {\"choices\":[]}\n\ndata: {\"error\":{\"message\":\"Rate limit\",\"type\":null,\"code\":\"rate_limit_exceeded\"}}\n\ndata: [DONE]\n\n";
+    let (evs, s) = out_of("openai", input);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(
+        s.state().upstream_error,
+        Some(("rate_limit_exceeded".to_owned(), "Rate limit".to_owned()))
+    );
+    assert!(!s.state().done);
+}
+
+#[test]
+fn openai_done_without_final_blank_line_still_terminates() {
+    let (out, err) = run(
+        "openai",
+        &[b"data: {\"choices\":[]}\n\ndata: [DONE]\n"],
+        true,
+    );
+    assert_eq!(err, None);
+    assert!(out.ends_with(b"data: [DONE]\n\n"));
+}
+
+#[test]
+fn openai_non_json_data_is_an_sse_error() {
+    let (_, err) = run("openai", &[b"data: hello\n\n"], true);
+    assert!(matches!(err, Some(CoreError::Sse(_))));
+}
+
+#[test]
+fn anthropic_thinking_and_ping_are_not_relayed() {
+    let input = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm\"}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"Hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":9}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let (evs, s) = out_of("anthropic", input);
+    assert_eq!(
+        delta(&evs[0]),
+        serde_json::json!({"role":"assistant","content":""})
+    );
+    assert_eq!(delta(&evs[1]), serde_json::json!({"content":"Hi"}));
+    assert!(evs[2].contains("\"finish_reason\":\"length\""));
+    assert!(evs[3]
+        .contains("\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"total_tokens\":14}"));
+    assert_eq!(evs[4], "data: [DONE]");
+    assert_eq!(evs.len(), 5);
+    assert_eq!(s.state().content_chars, 2);
+}
+
+#[test]
+fn anthropic_second_tool_use_block_gets_tool_index_one() {
+    let input = concat!(
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"a\",\"name\":\"f\",\"input\":{}}}\n\n",
+        "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"b\",\"name\":\"g\",\"input\":{}}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+    let (evs, _) = out_of("anthropic", input);
+    assert_eq!(delta(&evs[2])["tool_calls"][0]["index"], 1);
+    assert_eq!(delta(&evs[2])["tool_calls"][0]["id"], "b");
+    assert_eq!(
+        delta(&evs[3]),
+        serde_json::json!({"tool_calls":[{"index":1,"function":{"arguments":"{}"}}]})
+    );
+}
+
+#[test]
+fn anthropic_stop_reasons_map_to_openai_vocabulary() {
+    for (reason, expected) in [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+    ] {
+        let input = format!(
+            "data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"{reason}\"}},\"usage\":{{\"output_tokens\":1}}}}\n\n"
+        );
+        let mut s = stream("anthropic", false);
+        s.feed(input.as_bytes(), &mut Vec::new()).unwrap();
+        assert_eq!(s.state().finish_reason.as_deref(), Some(expected));
+    }
+}
+
+#[test]
+fn gemini_error_object_sets_upstream_error() {
+    let input = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\ndata: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n";
+    let (evs, s) = out_of("gemini", input);
+    assert_eq!(evs.len(), 2);
+    assert_eq!(
+        s.state().upstream_error,
+        Some((
+            "UNAVAILABLE".to_owned(),
+            "The model is overloaded.".to_owned()
+        ))
+    );
+}
+
+#[test]
+fn gemini_finish_reasons_map_to_openai_vocabulary() {
+    for (reason, expected) in [
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("PROHIBITED_CONTENT", "content_filter"),
+        ("OTHER", "stop"),
+    ] {
+        let input = format!("data: {{\"candidates\":[{{\"finishReason\":\"{reason}\"}}]}}\n\n");
+        let (evs, s) = out_of("gemini", &input);
+        assert_eq!(s.state().finish_reason.as_deref(), Some(expected));
+        assert_eq!(evs.last().map(String::as_str), Some("data: [DONE]"));
+    }
+}
+
+#[test]
+fn gemini_blocked_prompt_finishes_with_content_filter() {
+    let input = "data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"},\"usageMetadata\":{\"promptTokenCount\":7,\"totalTokenCount\":7}}\n\n";
+    let (evs, s) = out_of("gemini", input);
+    assert_eq!(s.state().finish_reason.as_deref(), Some("content_filter"));
+    assert_eq!(evs.len(), 4); // role, finish, usage, [DONE]
+}
+
+#[test]
+fn gemini_usage_after_the_finish_reason_is_still_counted() {
+    let input = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]},\"finishReason\":\"STOP\"}]}\n\ndata: {\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":1,\"totalTokenCount\":3}}\n\n";
+    let (evs, s) = out_of("gemini", input);
+    assert_eq!(s.state().usage.unwrap().total_tokens, 3);
+    assert!(evs[evs.len() - 2].contains("\"total_tokens\":3"));
+}
+
+#[test]
+fn unknown_kind_is_an_invalid_argument() {
+    let err = Stream::new("replicate", &common::opts(true), 1024).err();
+    assert!(matches!(err, Some(CoreError::InvalidArgument(_))));
+}

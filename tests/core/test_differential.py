@@ -173,7 +173,9 @@ def test_anthropic_matches_reference(
 
 
 JSON_ARGS = st.dictionaries(
-    st.text(max_size=5), st.one_of(st.integers(), TEXT, st.booleans(), st.none()), max_size=4
+    st.text(max_size=5),
+    st.one_of(st.integers(-(2**63), 2**63 - 1), TEXT, st.booleans(), st.none()),
+    max_size=4,
 )
 PART = st.one_of(
     TEXT.map(lambda t: {"text": t}),

@@ -15,10 +15,12 @@ HTTP providers subclass `HttpProvider` and only describe their format: `build_re
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
+import orjson
 from msgspec import Struct
 
 from gateway import _core
@@ -33,6 +35,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.schemas.images import ImageRequest
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import ProviderSettings
 
@@ -73,6 +76,40 @@ class UpstreamRequest(Struct, frozen=True):
     url: str
     headers: dict[str, str]
     body: bytes
+    method: str = "POST"
+
+
+class UpstreamUnreachable(ServiceUnavailable):
+    """The connection to the upstream could not be made: the request provably never reached it,
+    so even a non-idempotent call (image generation) may be retried."""
+
+
+class ImageCall(Struct, frozen=True):
+    request: ImageRequest
+    body: bytes  # the client's raw JSON body, for pass-through to OpenAI-shaped upstreams
+    target: CatalogEntry
+    created: int
+
+
+class GeneratedImage(Struct, frozen=True, omit_defaults=True):
+    """One item of the OpenAI Images `data` array: exactly one of url / b64_json is set."""
+
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImageResult(Struct, frozen=True):
+    images: list[GeneratedImage]
+
+
+@runtime_checkable
+class ImageProvider(Protocol):
+    """A provider that can generate images (kind replicate; image models of kind openai)."""
+
+    name: str
+
+    async def generate_images(self, call: ImageCall) -> ImageResult: ...
 
 
 def retry_after_from(headers: Mapping[str, str]) -> float | None:
@@ -178,15 +215,18 @@ class HttpProvider:
     async def _send(self, upstream: UpstreamRequest) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                response = await self._session.post(
-                    upstream.url, data=upstream.body, headers=upstream.headers
+                response = await self._session.request(
+                    upstream.method,
+                    upstream.url,
+                    data=upstream.body or None,
+                    headers=upstream.headers,
                 )
         except TimeoutError as exc:
             raise GatewayTimeout(
                 f"The upstream provider '{self.name}' did not answer in time."
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise ServiceUnavailable(
+            raise UpstreamUnreachable(
                 f"The upstream provider '{self.name}' is unreachable."
             ) from exc
         except aiohttp.ClientError as exc:
@@ -202,6 +242,46 @@ class HttpProvider:
                 response.release()
             raise self.map_error(response.status, body, response.headers)
         return response
+
+    async def _send_json(self, upstream: UpstreamRequest) -> Any:
+        """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
+        response = await self._send(upstream)
+        try:
+            body = await response.read()
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
+        finally:
+            response.release()
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadGateway(
+                f"The upstream provider '{self.name}' answered with invalid JSON."
+            ) from exc
+
+    async def download_b64(self, url: str) -> str:
+        """Fetches a generated image (an upstream output URL) and base64-encodes its bytes."""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                async with self._session.get(url) as response:
+                    if response.status >= 400:
+                        raise BadGateway(
+                            f"The upstream provider '{self.name}' could not serve a generated "
+                            f"image (HTTP {response.status})."
+                        )
+                    data = await response.read()
+        except TimeoutError as exc:
+            raise GatewayTimeout(
+                f"The upstream provider '{self.name}' timed out serving an image."
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise BadGateway(
+                f"The upstream provider '{self.name}' failed serving an image: "
+                f"{type(exc).__name__}."
+            ) from exc
+        return base64.b64encode(data).decode("ascii")
 
     async def complete(self, call: ChatCall) -> Completion:
         response = await self._send(self.build_request(call, stream=False))

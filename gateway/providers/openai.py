@@ -17,7 +17,10 @@ from gateway.errors import BadGateway, GatewayError, InvalidRequest
 from gateway.providers.base import (
     ChatCall,
     Completion,
+    GeneratedImage,
     HttpProvider,
+    ImageCall,
+    ImageResult,
     UpstreamRequest,
     retry_after_from,
     status_error,
@@ -50,6 +53,44 @@ class OpenAIProvider(HttpProvider):
             headers=headers,
             body=orjson.dumps(payload),
         )
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        """`POST {base_url}/images/generations`: the client's body passes through with `model`
+        rewritten; a `url` answer is downloaded when the client asked for b64_json."""
+        try:
+            payload: dict[str, Any] = orjson.loads(call.body)
+        except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
+            raise InvalidRequest("The request body is not valid JSON.") from exc
+        payload["model"] = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.api_key is not None:
+            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
+        answer = await self._send_json(
+            UpstreamRequest(
+                url=f"{self.settings.base_url.rstrip('/')}/images/generations",
+                headers=headers,
+                body=orjson.dumps(payload),
+            )
+        )
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, list) or not data:
+            raise BadGateway(f"The upstream provider '{self.name}' answered without images.")
+        images: list[GeneratedImage] = []
+        for item in data:
+            url = item.get("url") if isinstance(item, dict) else None
+            b64 = item.get("b64_json") if isinstance(item, dict) else None
+            revised = item.get("revised_prompt") if isinstance(item, dict) else None
+            revised = revised if isinstance(revised, str) else None
+            if isinstance(b64, str):
+                images.append(GeneratedImage(b64_json=b64, revised_prompt=revised))
+            elif isinstance(url, str) and call.request.wants_b64:
+                b64 = await self.download_b64(url)
+                images.append(GeneratedImage(b64_json=b64, revised_prompt=revised))
+            elif isinstance(url, str):
+                images.append(GeneratedImage(url=url, revised_prompt=revised))
+            else:
+                raise BadGateway(f"The upstream provider '{self.name}' answered a malformed image.")
+        return ImageResult(images)
 
     def parse_response(self, call: ChatCall, body: bytes) -> Completion:
         try:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.echo import EchoProvider
+from gateway.providers.gemini import GeminiProvider
 from gateway.providers.openai import OpenAIProvider
+from gateway.providers.replicate import ReplicateProvider
 from gateway.routing.catalog import Secret
 from gateway.settings import ProviderSettings
 
@@ -14,6 +17,9 @@ ProviderFactory = Callable[[str, ProviderSettings, Secret | None], Provider]
 
 KINDS: dict[str, ProviderFactory] = {
     "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
+    "replicate": ReplicateProvider,
     "echo": lambda name, _settings, _key: EchoProvider(name),
 }
 

@@ -61,3 +61,21 @@ def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
         suitable,
         key=lambda e: (e.model.input_usd_per_mtok + e.model.output_usd_per_mtok, order[e.model.id]),
     )
+
+
+def resolve_image(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
+    """An image model: itself, then its available configured `fallbacks`."""
+    entry = catalog.get(model_id)
+    if entry is None:
+        raise model_not_found(model_id)
+    if entry.model.kind != "image":
+        raise InvalidRequest(
+            f"The model '{entry.model.id}' is a {entry.model.kind} model, not an image model.",
+            param="model",
+        )
+    if not entry.available:
+        raise ServiceUnavailable(
+            f"The model '{entry.model.id}' is unavailable: {entry.unavailable_reason}."
+        )
+    chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
+    return [e for e in chain if e.available and e.model.kind == "image"]

@@ -1,0 +1,371 @@
+"""Kind `anthropic`: the Anthropic Messages API (`POST {base_url}/v1/messages`).
+
+Request translation (OpenAI chat → Messages):
+- system and developer messages → the top-level `system` (joined by a blank line, in order);
+- user/assistant/tool turns → `messages`, consecutive turns of one role merged into one turn
+  (tool results are user turns holding `tool_result` blocks);
+- text parts → `text` blocks; image parts → `image` blocks (data: URLs → a base64 source,
+  http(s) URLs → a url source);
+- assistant `tool_calls` → `tool_use` blocks (arguments parsed to an object);
+- tools → `{name, description, input_schema}`; tool_choice auto/none/required/named →
+  `{"type": auto|none|any|tool}`; `parallel_tool_calls: false` → `disable_parallel_tool_use`;
+- `stop` → `stop_sequences`; `max_tokens` (required upstream) → the request's, else 4096;
+- temperature: Anthropic accepts 0-1, OpenAI 0-2. Values 0-1 are sent unchanged; above 1 is a
+  400 naming `temperature` (docs/decisions/0004-provider-translation.md);
+- `user` → `metadata.user_id`.
+Anything else the Messages API cannot honour (`n` > 1, logprobs, seed, penalties, JSON response
+formats, audio/file parts) is a 400 naming the parameter.
+
+Streams go through the Rust reframer "anthropic".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway.billing import TokenUsage
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    InvalidRequest,
+    RateLimited,
+    RequestTooLarge,
+    ServiceUnavailable,
+)
+from gateway.providers.base import (
+    ChatCall,
+    Completion,
+    HttpProvider,
+    UpstreamRequest,
+    retry_after_from,
+    status_error,
+)
+from gateway.providers.translate import (
+    completion_body,
+    error_message,
+    is_http_url,
+    parse_arguments,
+    parse_data_url,
+    parts_of,
+    raw_fields,
+    reject_unsupported,
+    stop_list,
+    text_of,
+    tool_call,
+)
+from gateway.schemas.openai import ImagePart, Message, NamedToolChoice, RefusalPart, TextPart
+
+API_VERSION = "2023-06-01"
+MAX_TEMPERATURE = 1.0
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+SUPPORTED = frozenset({"user", "parallel_tool_calls"})
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    """Anthropic `stop_reason` → OpenAI `finish_reason` (the reframer's table, non-streamed)."""
+    return STOP_REASONS.get(stop_reason or "", "stop")
+
+
+# -- request ------------------------------------------------------------------------------------
+
+
+def _image_block(part: ImagePart, param: str) -> dict[str, Any]:
+    url = part.image_url.url
+    if url.startswith("data:"):
+        mime, data = parse_data_url(url, param)
+        if mime not in IMAGE_TYPES:
+            raise InvalidRequest(
+                f"Anthropic models accept {', '.join(sorted(IMAGE_TYPES))} images, not {mime}.",
+                param=param,
+            )
+        return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+    if is_http_url(url):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise InvalidRequest("An image URL must be a data: URL or an http(s) URL.", param=param)
+
+
+def _content_blocks(message: Message, param: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for index, part in enumerate(parts_of(message.content)):
+        where = f"{param}.content[{index}]" if isinstance(message.content, list) else param
+        if isinstance(part, TextPart):
+            if part.text:
+                blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, RefusalPart):
+            if part.refusal:
+                blocks.append({"type": "text", "text": part.refusal})
+        elif isinstance(part, ImagePart):
+            blocks.append(_image_block(part, where))
+        else:
+            raise InvalidRequest(
+                f"Content parts of type '{type(part).__name__}' are not supported by "
+                "Anthropic models.",
+                param=where,
+            )
+    return blocks
+
+
+def _turn(message: Message, param: str) -> tuple[str, list[dict[str, Any]]]:
+    if message.role == "user":
+        return "user", _content_blocks(message, param)
+    if message.role == "assistant":
+        blocks = _content_blocks(message, param)
+        for index, call in enumerate(message.tool_calls or ()):
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.function.name,
+                    "input": parse_arguments(
+                        call.function.arguments, f"{param}.tool_calls[{index}].function.arguments"
+                    ),
+                }
+            )
+        return "assistant", blocks
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise InvalidRequest("A tool message needs `tool_call_id`.", param=param)
+        result = {
+            "type": "tool_result",
+            "tool_use_id": message.tool_call_id,
+            "content": text_of(message.content, f"{param}.content"),
+        }
+        return "user", [result]
+    raise InvalidRequest(
+        f"Messages with role '{message.role}' are not supported by Anthropic models; "
+        "use role 'tool'.",
+        param=f"{param}.role",
+    )
+
+
+def translate_messages(
+    messages: list[Message],
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """(top-level system text or None, alternating user/assistant turns)."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if message.role in ("system", "developer"):
+            text = text_of(message.content, f"{param}.content")
+            if text:
+                system.append(text)
+            continue
+        role, blocks = _turn(message, param)
+        if not blocks:
+            continue  # an empty turn carries nothing (and Anthropic rejects empty content)
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return ("\n\n".join(system) if system else None), turns
+
+
+def translate_tools(call: ChatCall, fields: Mapping[str, Any]) -> dict[str, Any]:
+    request = call.request
+    out: dict[str, Any] = {}
+    if request.tools:
+        out["tools"] = [
+            {
+                "name": tool.function.name,
+                **({"description": tool.function.description} if tool.function.description else {}),
+                "input_schema": tool.function.parameters or {"type": "object", "properties": {}},
+            }
+            for tool in request.tools
+        ]
+    choice: dict[str, Any] | None = None
+    if isinstance(request.tool_choice, NamedToolChoice):
+        choice = {"type": "tool", "name": request.tool_choice.function.name}
+    elif request.tool_choice is not None:
+        choice = {"type": {"auto": "auto", "none": "none", "required": "any"}[request.tool_choice]}
+    if fields.get("parallel_tool_calls") is False and request.tools:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        out["tool_choice"] = choice
+    return out
+
+
+def translate_request(call: ChatCall, stream: bool) -> dict[str, Any]:
+    """The Messages API body for one chat call (pure; raises InvalidRequest)."""
+    request = call.request
+    fields = raw_fields(call)
+    reject_unsupported(call, fields, SUPPORTED)
+    if request.response_format is not None and request.response_format.type != "text":
+        raise InvalidRequest(
+            f"'{call.target.model.id}' cannot honour a JSON `response_format`; "
+            "describe the format in the prompt or choose a model with the json capability.",
+            param="response_format",
+        )
+    if request.temperature is not None and request.temperature > MAX_TEMPERATURE:
+        raise InvalidRequest(
+            f"Anthropic models accept `temperature` from 0 to {MAX_TEMPERATURE:g}; "
+            f"got {request.temperature:g}.",
+            param="temperature",
+        )
+    system, messages = translate_messages(request.messages)
+    if not messages:
+        raise InvalidRequest(
+            "Anthropic models need at least one user or assistant message.", param="messages"
+        )
+    body: dict[str, Any] = {
+        "model": call.target.model.upstream_model or call.target.model.id.split("/", 1)[1],
+        "max_tokens": request.output_budget,
+        "messages": messages,
+    }
+    if system is not None:
+        body["system"] = system
+    if (stops := stop_list(call)) is not None:
+        body["stop_sequences"] = stops
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    body |= translate_tools(call, fields)
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+# -- response -----------------------------------------------------------------------------------
+
+
+def usage_of(usage: Any) -> tuple[TokenUsage, int]:
+    """(usage with cache writes and reads counted in the prompt, cache reads)."""
+    if not isinstance(usage, dict):
+        return TokenUsage(0, 0), 0
+    cached = int(usage.get("cache_read_input_tokens") or 0)
+    prompt = (
+        int(usage.get("input_tokens") or 0)
+        + int(usage.get("cache_creation_input_tokens") or 0)
+        + cached
+    )
+    return TokenUsage(prompt, int(usage.get("output_tokens") or 0)), cached
+
+
+def translate_response(call: ChatCall, message: Any) -> Completion:
+    """A Messages API response → an OpenAI chat.completion (raises BadGateway on nonsense)."""
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        raise BadGateway("The upstream provider answered without message content.")
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in message["content"]:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            calls.append(
+                tool_call(str(block.get("id")), str(block.get("name")), block.get("input"))
+            )
+        # thinking / redacted_thinking blocks are not content
+    usage, cached = usage_of(message.get("usage"))
+    reason = finish_reason(message.get("stop_reason"))
+    body = completion_body(call, "".join(texts), calls, reason, usage, cached)
+    return Completion(body, usage)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def error_for(
+    provider: str, error_type: str, message: str | None, retry_after: float | None
+) -> GatewayError | None:
+    """An Anthropic error `type` → the gateway's error; None for an unknown type."""
+    if error_type == "invalid_request_error":
+        return InvalidRequest(message or f"The upstream provider '{provider}' refused the request.")
+    if error_type in ("authentication_error", "permission_error"):
+        return BadGateway(
+            f"The upstream provider '{provider}' refused the gateway's credentials "
+            "(the operator's provider key, not yours)."
+        )
+    if error_type == "billing_error":
+        return BadGateway(f"The upstream provider '{provider}' refused the operator's billing.")
+    if error_type == "not_found_error":
+        return BadGateway(f"The upstream provider '{provider}' does not know the configured model.")
+    if error_type == "request_too_large":
+        return RequestTooLarge(message or "The request is too large for the upstream provider.")
+    if error_type == "rate_limit_error":
+        return RateLimited(
+            f"The upstream provider '{provider}' is rate limiting the gateway; retry later.",
+            retry_after_s=retry_after if retry_after is not None else 1.0,
+        )
+    if error_type == "timeout_error":
+        return GatewayTimeout(f"The upstream provider '{provider}' timed out.")
+    if error_type in ("overloaded_error", "api_error"):
+        return ServiceUnavailable(
+            f"The upstream provider '{provider}' is "
+            f"{'overloaded' if error_type == 'overloaded_error' else 'failing'}; retry later.",
+            retry_after_s=retry_after,
+        )
+    return None
+
+
+class AnthropicProvider(HttpProvider):
+    reframer_kind: ClassVar[str] = "anthropic"
+
+    def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "anthropic-version": API_VERSION,
+        }
+        if self.api_key is not None:
+            headers["x-api-key"] = self.api_key.reveal()
+        return UpstreamRequest(
+            url=f"{self.settings.base_url.rstrip('/')}/v1/messages",
+            headers=headers,
+            body=orjson.dumps(translate_request(call, stream)),
+        )
+
+    def parse_response(self, call: ChatCall, body: bytes) -> Completion:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadGateway(
+                f"The upstream provider '{self.name}' answered with invalid JSON."
+            ) from exc
+        try:
+            return translate_response(call, message)
+        except BadGateway as exc:
+            raise BadGateway(f"The upstream provider '{self.name}': {exc.message}") from exc
+
+    def map_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+        error_type: str | None = None
+        message: str | None = None
+        try:
+            parsed = orjson.loads(body)
+            error_type = error_message(parsed, "error", "type")
+            message = error_message(parsed, "error", "message")
+        except orjson.JSONDecodeError:
+            pass
+        if message is not None:
+            message = self.redact(message)[:1000]
+        retry_after = retry_after_from(headers)
+        mapped = error_for(self.name, error_type or "", message, retry_after)
+        return mapped or status_error(self.name, status, message, retry_after)
+
+    def map_stream_error(self, kind: str, message: str) -> GatewayError:
+        """`event: error` mid-stream; its type is one of the HTTP error types."""
+        mapped = error_for(self.name, kind, self.redact(message)[:500], None)
+        if mapped is None or isinstance(mapped, InvalidRequest | RequestTooLarge):
+            # After the first byte the client's request was accepted: this is the upstream's.
+            return super().map_stream_error(kind, message)
+        return mapped

@@ -1,0 +1,183 @@
+"""Kind `replicate`: image models on Replicate's predictions API.
+
+`POST {base_url}/v1/models/{owner}/{name}/predictions` with `Prefer: wait=N` creates the
+prediction and holds the connection while it runs (N below the first-byte timeout). If the answer
+is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succeeded`, `failed` or
+`canceled`, within the provider's `timeout_s`; past it the prediction is cancelled (`urls.cancel`,
+best effort) and the client gets 504.
+
+Input mapping (OpenAI Images → the model's input): `prompt`; `size` "WxH" → `width` and
+`height`; `n` > 1 → `num_outputs`. The output (a URL or a list of URLs) becomes `data[].url`;
+`response_format: b64_json` makes the gateway download each image and base64-encode it.
+
+Image generation is not idempotent: nothing here retries; the caller retries only
+`UpstreamUnreachable` from the create call (the request never reached Replicate). A connect
+failure while polling is a plain 503, since the prediction already exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    InvalidRequest,
+    ServiceUnavailable,
+)
+from gateway.providers.base import (
+    ChatCall,
+    Completion,
+    GeneratedImage,
+    HttpProvider,
+    ImageCall,
+    ImageResult,
+    UpstreamRequest,
+    UpstreamStream,
+    UpstreamUnreachable,
+    retry_after_from,
+    status_error,
+)
+from gateway.providers.translate import error_message
+from gateway.schemas.images import ImageRequest
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+POLL_FIRST_S = 0.25
+POLL_MAX_S = 2.0
+MAX_WAIT_S = 60
+
+
+def prediction_input(request: ImageRequest) -> dict[str, Any]:
+    """The OpenAI Images request as a Replicate model input (pure)."""
+    model_input: dict[str, Any] = {"prompt": request.prompt}
+    dimensions = request.dimensions()
+    if dimensions is not None:
+        model_input["width"], model_input["height"] = dimensions
+    if request.n > 1:
+        model_input["num_outputs"] = request.n
+    return model_input
+
+
+def output_urls(output: Any) -> list[str]:
+    """A prediction's output (one URL or a list of URLs) as a list of URLs."""
+    if isinstance(output, str):
+        return [output]
+    if isinstance(output, list) and all(isinstance(item, str) for item in output):
+        return list(output)
+    raise BadGateway("The image model answered without image URLs.")
+
+
+class ReplicateProvider(HttpProvider):
+    reframer_kind: ClassVar[str] = ""  # serves no chat streams
+
+    async def complete(self, call: ChatCall) -> Completion:
+        raise InvalidRequest(
+            f"'{call.target.model.id}' is served by Replicate, which serves image models only.",
+            param="model",
+        )
+
+    async def stream(self, call: ChatCall) -> UpstreamStream:
+        raise InvalidRequest(
+            f"'{call.target.model.id}' is served by Replicate, which serves image models only.",
+            param="model",
+        )
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"accept": "application/json"}
+        if self.api_key is not None:
+            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
+        return headers
+
+    def create_request(self, call: ImageCall) -> UpstreamRequest:
+        model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        owner, slash, name = model.partition("/")
+        if not slash or not owner or not name:
+            raise BadGateway(
+                f"The model '{call.target.model.id}' is misconfigured: its upstream_model must "
+                "look like owner/name."
+            )
+        wait = max(1, min(MAX_WAIT_S, int(self.settings.first_byte_timeout_s) - 1))
+        return UpstreamRequest(
+            url=f"{self.settings.base_url.rstrip('/')}/v1/models/{owner}/{name}/predictions",
+            headers=self._headers()
+            | {"content-type": "application/json", "prefer": f"wait={wait}"},
+            body=orjson.dumps({"input": prediction_input(call.request)}),
+        )
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout_s
+        prediction = self._prediction(await self._send_json(self.create_request(call)))
+        delay = POLL_FIRST_S
+        while prediction.get("status") not in TERMINAL:
+            if loop.time() + delay > deadline:
+                await self._cancel(prediction)
+                raise GatewayTimeout(
+                    f"The upstream provider '{self.name}' did not finish the image in time."
+                )
+            await asyncio.sleep(delay)
+            delay = min(POLL_MAX_S, delay * 2)
+            prediction = await self._poll(prediction)
+        status = prediction["status"]
+        if status == "failed":
+            detail = prediction.get("error")
+            raise BadGateway(
+                f"The image model failed: {self.redact(str(detail))[:500]}"
+                if detail
+                else "The image model failed."
+            )
+        if status == "canceled":
+            raise ServiceUnavailable(
+                f"The upstream provider '{self.name}' canceled the prediction; retry later."
+            )
+        urls = output_urls(prediction.get("output"))
+        if call.request.wants_b64:
+            return ImageResult([GeneratedImage(b64_json=await self.download_b64(u)) for u in urls])
+        return ImageResult([GeneratedImage(url=u) for u in urls])
+
+    def _prediction(self, parsed: Any) -> dict[str, Any]:
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("status"), str):
+            raise BadGateway(f"The upstream provider '{self.name}' answered without a prediction.")
+        return parsed
+
+    def _url(self, prediction: Mapping[str, Any], which: str) -> str | None:
+        urls = prediction.get("urls")
+        url = urls.get(which) if isinstance(urls, dict) else None
+        return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+    async def _poll(self, prediction: Mapping[str, Any]) -> dict[str, Any]:
+        url = self._url(prediction, "get")
+        if url is None:
+            raise BadGateway(f"The upstream provider '{self.name}' gave no URL to poll.")
+        try:
+            parsed = await self._send_json(UpstreamRequest(url, self._headers(), b"", "GET"))
+        except UpstreamUnreachable as exc:
+            # The prediction exists: this must never look like "never reached the upstream".
+            raise ServiceUnavailable(exc.message) from exc
+        return self._prediction(parsed)
+
+    async def _cancel(self, prediction: Mapping[str, Any]) -> None:
+        url = self._url(prediction, "cancel")
+        if url is None:
+            return
+        try:
+            await self._send_json(UpstreamRequest(url, self._headers(), b"", "POST"))
+        except GatewayError:
+            pass  # best effort: the client gets the timeout either way
+
+    def map_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+        """Replicate errors are RFC 7807 problem details: {"title", "detail", "status"}."""
+        detail: str | None = None
+        try:
+            parsed = orjson.loads(body)
+            detail = error_message(parsed, "detail") or error_message(parsed, "title")
+        except orjson.JSONDecodeError:
+            pass
+        if detail is not None:
+            detail = self.redact(detail)[:1000]
+        return status_error(self.name, status, detail, retry_after_from(headers))

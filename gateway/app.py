@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gateway.api import admin, chat, models, ops
+from gateway.api import admin, chat, images, models, ops
 from gateway.api.middleware import GatewayMiddleware
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
 from gateway.settings import Settings, config_path, load_settings
@@ -56,6 +56,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        Route("/api/images/generations", images.image_generations, methods=["POST"]),
+        Route("/v1/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
         Route("/admin/accounts", admin.create_account, methods=["POST"]),

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gateway.api import admin, chat, images, models, ops
+from gateway.api import account, admin, chat, images, models, ops
 from gateway.api.middleware import GatewayMiddleware
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
 from gateway.settings import Settings, config_path, load_settings
@@ -59,11 +59,13 @@ def routes() -> list[Route]:
         Route("/api/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/account", account.get_account, methods=["GET"]),
         Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
         Route("/admin/accounts", admin.create_account, methods=["POST"]),
         Route("/admin/accounts/{account_id}", admin.get_account, methods=["GET"]),
         Route("/admin/accounts/{account_id}", admin.patch_account, methods=["PATCH"]),
         Route("/admin/accounts/{account_id}/keys", admin.create_key, methods=["POST"]),
+        Route("/admin/accounts/{account_id}/usage", admin.account_usage, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),

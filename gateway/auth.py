@@ -91,6 +91,10 @@ class KeyCache:
             raise AuthenticationError("This API key has expired.")
         return context
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self._hash_by_key_id.clear()
+
     def invalidate(self, key_id: str) -> None:
         key_hash = self._hash_by_key_id.pop(key_id, None)
         if key_hash is not None:

@@ -43,6 +43,8 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        # Headers that belong on the error response too (e.g. x-ratelimit-* after admission).
+        self.extra_headers: dict[str, str] = {}
 
     def envelope(self) -> dict[str, object]:
         error: dict[str, object] = {"type": self.type, "message": self.message}
@@ -57,8 +59,8 @@ class GatewayError(Exception):
 
     def headers(self) -> dict[str, str]:
         if self.retry_after_s is None:
-            return {}
-        return {"retry-after": str(retry_after_header(self.retry_after_s))}
+            return dict(self.extra_headers)
+        return {**self.extra_headers, "retry-after": str(retry_after_header(self.retry_after_s))}
 
     def sse_event(self) -> bytes:
         """The final event of a stream that failed after its first byte."""

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.auth import KeyCache
+from gateway.metering import AccountCache, Meter
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_provider
 from gateway.routing.catalog import Catalog, Secret, resolve_provider_keys
 from gateway.settings import Settings
 from gateway.store import Store, open_store
+from gateway.usage import UsageRecorder
 
 log = logging.getLogger("klawd")
 
@@ -24,6 +26,9 @@ class AppState:
     settings: Settings
     store: Store
     keys: KeyCache
+    accounts: AccountCache
+    meter: Meter
+    recorder: UsageRecorder
     catalog: Catalog
     providers: dict[str, Provider]
     admin_token: Secret | None
@@ -33,6 +38,7 @@ class AppState:
     async def close(self) -> None:
         for provider in reversed(list(self.providers.values())):
             await provider.close()
+        await self.recorder.close()
         await self.store.close()
 
 
@@ -61,10 +67,28 @@ async def build_state(settings: Settings, environ: Mapping[str, str]) -> AppStat
             "admin API disabled: the environment variable %s is not set",
             settings.server.admin_token_env,
         )
+    keys = KeyCache(store)
+    accounts = AccountCache(store)
+
+    def invalidate(kind: str, ident: str) -> None:
+        if kind == "key":
+            keys.invalidate(ident)
+        elif kind == "account":
+            accounts.invalidate(ident)
+        else:
+            keys.clear()
+            accounts.clear()
+
+    store.on_invalidate(invalidate)
+    recorder = UsageRecorder(store)
+    recorder.start()
     return AppState(
         settings=settings,
         store=store,
-        keys=KeyCache(store),
+        keys=keys,
+        accounts=accounts,
+        meter=Meter(settings, accounts, store.limiter(), recorder),
+        recorder=recorder,
         catalog=Catalog(settings, unavailable),
         providers=providers,
         admin_token=Secret(admin_value) if admin_value else None,

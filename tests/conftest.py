@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 KLAWD = str(Path(sys.executable).parent / "klawd")
@@ -173,3 +174,11 @@ def gateway(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def api_key(gateway: Gateway) -> str:
     return gateway.new_key()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: auth → decode → route → upstream (with fallbacks) → respond."""
+"""POST /v1/chat/completions: auth → decode → route → admit → upstream (fallbacks) → bill."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.api.common import app_state, authenticate, json_response
-from gateway.billing import format_usd, token_cost_micros
+from gateway.billing import TokenUsage, estimate_tokens, format_usd
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadGateway,
@@ -21,6 +22,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from gateway.metering import Ticket, reserve_for_chat
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
@@ -33,29 +35,44 @@ log = logging.getLogger("klawd")
 FALLBACK_ON = (ServiceUnavailable, RateLimited, GatewayTimeout, BadGateway)
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+CLIENT_CLOSED = 499  # ledger status of a stream the client abandoned (nginx's convention)
 
 
 async def chat_completions(request: Request) -> Response:
     state = app_state(request)
-    await authenticate(request)
+    auth = await authenticate(request)
     body = await request.body()
     chat = decode_chat_request(body)
     targets = resolve_chat(state.catalog, chat)
+    ticket = await state.meter.admit(
+        auth, request.state.request_id, reserve_for_chat(chat, targets)
+    )
+    limit_headers = ticket.admission.headers()
     response_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
+    try:
+        if chat.stream:
+            stream, target = await _open_stream(state, chat, body, targets, response_id, created)
+        else:
+            completion, target = await _complete(state, chat, body, targets, response_id, created)
+    except GatewayError as exc:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, chat.stream)
+        exc.extra_headers.update(limit_headers)
+        raise
+    except BaseException:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, chat.stream)
+        raise
     if chat.stream:
-        stream, target = await _open_stream(state, chat, body, targets, response_id, created)
         return StreamingResponse(
-            _relay(stream),
+            _relay(state, ticket, chat, stream, target),
             media_type="text/event-stream",
-            headers=SSE_HEADERS | _served_by(target),
+            headers=SSE_HEADERS | _served_by(target) | limit_headers,
         )
-    completion, target = await _complete(state, chat, body, targets, response_id, created)
-    cost = token_cost_micros(
-        completion.usage, target.model.input_usd_per_mtok, target.model.output_usd_per_mtok
-    )
+    cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
+    await state.meter.charge_tokens(ticket, completion.usage)
     return json_response(
-        completion.body, headers=_served_by(target) | {"x-klawd-cost-usd": format_usd(cost)}
+        completion.body,
+        headers=_served_by(target) | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
     )
 
 
@@ -103,15 +120,32 @@ async def _open_stream(
     raise last_error or ServiceUnavailable("No target could serve the request.")
 
 
-async def _relay(stream: UpstreamStream) -> AsyncIterator[bytes]:
-    """Each piece is one or more whole SSE events, written in one send."""
+async def _relay(
+    state: AppState,
+    ticket: Ticket,
+    chat: ChatRequest,
+    stream: UpstreamStream,
+    target: CatalogEntry,
+) -> AsyncIterator[bytes]:
+    """Each piece is one or more whole SSE events, written in one send. Whatever ends the
+    stream (done, upstream failure, client gone), what was generated is billed."""
+    status = CLIENT_CLOSED
     try:
         async for piece in stream:
             yield piece
+        status = 200
     except GatewayError as exc:
+        status = exc.status
         yield exc.sse_event()
     except Exception:
         log.exception("stream relay failed")
+        status = 500
         yield InternalError(INTERNAL_ERROR_MESSAGE).sse_event()
     finally:
-        await stream.aclose()
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+            usage = stream.usage or TokenUsage(
+                estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
+            )
+            state.meter.settle(ticket, target, usage, 0, status, True)
+            await state.meter.charge_tokens(ticket, usage)

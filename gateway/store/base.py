@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from msgspec import Struct
+
+if TYPE_CHECKING:
+    from gateway.limits import Limiter
 
 
 class StoreError(Exception):
@@ -40,7 +44,48 @@ class ApiKey(Struct, frozen=True):
     revoked_at: int | None
 
 
+class UsageEntry(Struct, frozen=True):
+    """One request in the usage ledger. Settling it also moves the account's balance by
+    `reserved_micros - cost_micros` (the reservation made at admission is released)."""
+
+    id: str
+    ts: float
+    day: str  # UTC date, YYYY-MM-DD
+    account_id: str
+    key_id: str
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    cost_micros: int
+    reserved_micros: int
+    latency_ms: int
+    status: int
+    request_id: str
+    stream: bool
+
+
+class UsageRow(Struct, frozen=True):
+    day: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    cost_micros: int
+
+
 class Store(Protocol):
+    def limiter(self) -> Limiter:
+        """The admission limiter that matches this store (embedded or Redis)."""
+        ...
+
+    def on_invalidate(self, handler: Callable[[str, str], None]) -> None:
+        """Call handler(kind, id) when any process changes a key ("key"), an account
+        ("account"), or when changes may have been missed ("all")."""
+        ...
+
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
     async def count_accounts(self) -> int: ...
@@ -59,6 +104,18 @@ class Store(Protocol):
     ) -> ApiKey: ...
     async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
     async def revoke_key(self, key_id: str, now: int) -> ApiKey | None: ...
+    async def reserve_credits(self, account_id: str, micros: int) -> bool:
+        """Atomically take `micros` from the balance if it covers them; False otherwise."""
+        ...
+
+    async def release_credits(self, account_id: str, micros: int) -> None: ...
+    async def settle(self, entries: list[UsageEntry]) -> None:
+        """Record the entries and settle their reservations, each atomically."""
+        ...
+
+    async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
+        """Totals by UTC day and model, both days inclusive."""
+        ...
 
 
 def open_store(url: str) -> Store:
@@ -67,6 +124,10 @@ def open_store(url: str) -> Store:
         from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url))
+    if url.startswith(("redis://", "rediss://")):
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(url)
     raise StoreError(f"store {url.split('://', 1)[0]}:// is not available in this build")
 
 

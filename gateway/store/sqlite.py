@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.store.base import Account, ApiKey, CustomLimits, StoreError
+from gateway.limits import EmbeddedLimiter, Limiter
+from gateway.store.base import (
+    Account,
+    ApiKey,
+    CustomLimits,
+    StoreError,
+    UsageEntry,
+    UsageRow,
+)
 
 T = TypeVar("T")
 
@@ -42,6 +50,25 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
+CREATE TABLE IF NOT EXISTS usage_ledger (
+    id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    day TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    images INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    reserved_micros INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    stream INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_ledger_account_day ON usage_ledger(account_id, day);
 """
 
 INSERT_ACCOUNT = (
@@ -58,6 +85,23 @@ INSERT_KEY = (
 SELECT_KEY = (
     "SELECT id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at"
     " FROM api_keys"
+)
+INSERT_USAGE = (
+    "INSERT OR IGNORE INTO usage_ledger (id, ts, day, account_id, key_id, model, provider,"
+    " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
+    " request_id, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Settling never drives a balance below zero: if the actual cost exceeds the reservation by more
+# than what is left, the balance stops at zero (the ledger keeps the true cost).
+SETTLE = "UPDATE accounts SET credits_micros = MAX(0, credits_micros + ?) WHERE id = ?"
+RESERVE = (
+    "UPDATE accounts SET credits_micros = credits_micros - ? WHERE id = ? AND credits_micros >= ?"
+)
+RELEASE = "UPDATE accounts SET credits_micros = credits_micros + ? WHERE id = ?"
+SELECT_USAGE = (
+    "SELECT day, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),"
+    " SUM(cost_micros) FROM usage_ledger WHERE account_id = ? AND day >= ? AND day <= ?"
+    " GROUP BY day, model ORDER BY day, model"
 )
 SELECT_KEY_BY_HASH = SELECT_KEY + " WHERE key_hash = ?"
 SELECT_KEY_BY_ID = SELECT_KEY + " WHERE id = ?"
@@ -81,6 +125,7 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
             self._conn = conn
@@ -103,6 +148,12 @@ class SqliteStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
+
+    def limiter(self) -> Limiter:
+        return EmbeddedLimiter(self)
+
+    def on_invalidate(self, handler: Callable[[str, str], None]) -> None:
+        """One process owns an embedded store: it invalidates its own caches directly."""
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -185,6 +236,39 @@ class SqliteStore:
             return ApiKey(*row) if row else None
 
         return await self._run(revoke)
+
+    # -- credits and usage ----------------------------------------------------------------------
+    async def reserve_credits(self, account_id: str, micros: int) -> bool:
+        def reserve(conn: sqlite3.Connection) -> bool:
+            return conn.execute(RESERVE, (micros, account_id, micros)).rowcount == 1
+
+        return await self._run(reserve)
+
+    async def release_credits(self, account_id: str, micros: int) -> None:
+        await self._run(lambda conn: conn.execute(RELEASE, (micros, account_id)))
+
+    async def settle(self, entries: list[UsageEntry]) -> None:
+        def settle(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in entries:
+                    inserted = conn.execute(INSERT_USAGE, msgspec.structs.astuple(entry)).rowcount
+                    if inserted:  # a replayed entry (same id) settles nothing twice
+                        delta = entry.reserved_micros - entry.cost_micros
+                        conn.execute(SETTLE, (delta, entry.account_id))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(settle)
+
+    async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
+        def select(conn: sqlite3.Connection) -> list[UsageRow]:
+            rows = conn.execute(SELECT_USAGE, (account_id, since_day, until_day)).fetchall()
+            return [UsageRow(*row) for row in rows]
+
+        return await self._run(select)
 
 
 def _get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:

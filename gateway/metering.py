@@ -1,0 +1,203 @@
+"""Admission and settlement around one billable request (chat, images).
+
+    ticket = await meter.admit(auth, reserve_micros)     # limits + credit reservation, or raises
+    ...call the upstream...
+    meter.settle(ticket, served_model, usage, images, status)   # ledger + release the rest
+
+Raises RateLimited (429 + Retry-After) or InsufficientCredits (402); both, and every later error
+of the request, carry the x-ratelimit-* headers of the decision.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from msgspec import Struct
+
+from gateway.accounts import effective_limits
+from gateway.auth import AuthContext
+from gateway.billing import TokenUsage, token_cost_micros
+from gateway.errors import AuthenticationError, InsufficientCredits, RateLimited
+from gateway.limits import Admission, Limiter, LimitSpec
+from gateway.routing.catalog import CatalogEntry
+from gateway.schemas.openai import ChatRequest, ImagePart
+from gateway.settings import Settings
+from gateway.store.base import Account, Store, UsageEntry
+from gateway.usage import UsageRecorder
+
+# Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
+# framing per message, and a large image's worth per image part (settlement uses real counts).
+RESERVE_CHARS_PER_TOKEN = 3
+RESERVE_TOKENS_PER_MESSAGE = 4
+RESERVE_TOKENS_PER_IMAGE = 1600
+
+
+def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
+    """Worst case over every target the request may fall back to."""
+    images = sum(
+        1
+        for m in request.messages
+        if isinstance(m.content, list)
+        for p in m.content
+        if isinstance(p, ImagePart)
+    )
+    prompt = (
+        math.ceil(request.prompt_chars() / RESERVE_CHARS_PER_TOKEN)
+        + RESERVE_TOKENS_PER_MESSAGE * len(request.messages)
+        + RESERVE_TOKENS_PER_IMAGE * images
+    ) * (request.n or 1)
+    worst = TokenUsage(prompt, request.output_budget * (request.n or 1))
+    return max(
+        token_cost_micros(worst, t.model.input_usd_per_mtok, t.model.output_usd_per_mtok)
+        for t in targets
+    )
+
+
+class Ticket(Struct):
+    request_id: str
+    account: Account
+    key_id: str
+    spec: LimitSpec
+    admission: Admission
+    started: float
+
+
+class AccountCache:
+    """account id -> Account for a few seconds; dropped at once when this process changes it
+    (and, with Redis, when any replica does: see gateway/store/redis.py)."""
+
+    def __init__(
+        self, store: Store, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Account]] = {}
+
+    async def get(self, account_id: str) -> Account | None:
+        cached = self._entries.get(account_id)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        account = await self._store.get_account(account_id)
+        if account is not None:
+            if len(self._entries) > 100_000:
+                self._entries.clear()
+            self._entries[account_id] = (self._clock() + self._ttl_s, account)
+        return account
+
+    def invalidate(self, account_id: str) -> None:
+        self._entries.pop(account_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def limit_spec(settings: Settings, account: Account) -> LimitSpec:
+    limits = effective_limits(settings, account)
+    return LimitSpec(
+        requests_per_minute=limits["requests_per_minute"] or 1,
+        requests_per_day=limits["requests_per_day"] or 1,
+        tokens_per_minute=limits["tokens_per_minute"],
+    )
+
+
+def utc_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+class Meter:
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: AccountCache,
+        limiter: Limiter,
+        recorder: UsageRecorder,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._accounts = accounts
+        self._limiter = limiter
+        self._recorder = recorder
+        self._clock = clock
+
+    async def account(self, auth: AuthContext) -> Account:
+        account = await self._accounts.get(auth.account_id)
+        if account is None:
+            raise AuthenticationError("The account of this API key no longer exists.")
+        return account
+
+    async def admit(self, auth: AuthContext, request_id: str, reserve_micros: int) -> Ticket:
+        account = await self.account(auth)
+        spec = limit_spec(self._settings, account)
+        admission = await self._limiter.admit(account.id, spec, reserve_micros)
+        if admission.outcome == "rate_limited":
+            error = RateLimited(
+                "Rate limit reached for your plan "
+                f"({spec.requests_per_minute}/minute, {spec.requests_per_day}/day"
+                + (f", {spec.tokens_per_minute} tokens/minute" if spec.tokens_per_minute else "")
+                + ").",
+                retry_after_s=admission.retry_after_s
+                if math.isfinite(admission.retry_after_s)
+                else 86_400.0,
+            )
+            error.extra_headers.update(admission.headers())
+            raise error
+        if admission.outcome == "insufficient_credits":
+            error_402 = InsufficientCredits(
+                "Your credit balance cannot cover this request's worst-case cost "
+                f"(${reserve_micros / 1_000_000:.6f}); add credits or lower max_tokens."
+            )
+            error_402.extra_headers.update(admission.headers())
+            raise error_402
+        return Ticket(request_id, account, auth.key_id, spec, admission, self._clock())
+
+    async def peek(self, account: Account) -> Admission:
+        return await self._limiter.peek(account.id, limit_spec(self._settings, account))
+
+    def settle(
+        self,
+        ticket: Ticket,
+        served: CatalogEntry | None,
+        usage: TokenUsage,
+        images: int,
+        status: int,
+        stream: bool,
+    ) -> int:
+        """Queue the ledger entry (never awaits); returns the cost in micro-dollars."""
+        if served is None:
+            cost = 0
+        elif served.model.kind == "image":
+            cost = images * round(served.model.usd_per_image * 1_000_000)
+        else:
+            cost = token_cost_micros(
+                usage, served.model.input_usd_per_mtok, served.model.output_usd_per_mtok
+            )
+        now = self._clock()
+        self._recorder.record(
+            UsageEntry(
+                id=f"use_{secrets.token_hex(12)}",
+                ts=now,
+                day=utc_day(now),
+                account_id=ticket.account.id,
+                key_id=ticket.key_id,
+                model=served.model.id if served else "",
+                provider=served.model.provider if served else "",
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                images=images,
+                cost_micros=cost,
+                reserved_micros=ticket.admission.reserved_micros,
+                latency_ms=round((now - ticket.started) * 1000),
+                status=status,
+                request_id=ticket.request_id,
+                stream=stream,
+            )
+        )
+        return cost
+
+    async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:
+        await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)

@@ -1,0 +1,109 @@
+#!lua name=klawd_v1
+-- Klawd Gateway's Redis functions. The version is in every function name: a change of behaviour
+-- is a new name (klawd_admit_v2, ...), so replicas of two releases can share one Redis.
+-- Every key of one account carries the hash tag {acct_id}: one slot in Redis Cluster.
+-- Time is Redis server time (TIME), the one clock every replica shares.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A token bucket stored as {level, ts}; an absent key is a full bucket.
+local function level_of(key, capacity, now)
+  local state = redis.call('HMGET', key, 'level', 'ts')
+  local level = tonumber(state[1])
+  if level == nil then return capacity end
+  local elapsed = math.max(0, now - tonumber(state[2]))
+  return math.min(capacity, level + elapsed * capacity / 60000.0)
+end
+
+local function store_level(key, capacity, level, now)
+  redis.call('HSET', key, 'level', string.format('%.17g', level), 'ts', now)
+  -- once refilled the bucket is full, which is what an absent key means
+  local refill_ms = math.ceil((capacity - level) * 60000.0 / capacity) + 1000
+  redis.call('PEXPIRE', key, refill_ms)
+end
+
+-- KEYS: rpm bucket, rpd quota, tpm bucket, credits
+-- ARGV: rpm, rpd, tpm (0: none), reserve_micros, consume (1) or peek (0)
+-- -> {outcome (0 admitted, 1 rate limited, 2 insufficient credits), retry_after_ms,
+--     rpm remaining, rpm reset ms, rpd remaining, balance}
+local function admit(keys, args)
+  local now = now_ms()
+  local rpm_cap, rpd_cap, tpm_cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local reserve, consume = tonumber(args[4]), args[5] == '1'
+  local rpm = level_of(keys[1], rpm_cap, now)
+  local day = math.floor(now / 86400000)
+  local quota = redis.call('HMGET', keys[2], 'day', 'count')
+  local used = 0
+  if tonumber(quota[1]) == day then used = tonumber(quota[2]) or 0 end
+  local tpm = nil
+  if tpm_cap > 0 then tpm = level_of(keys[3], tpm_cap, now) end
+  local outcome, retry_ms = 0, 0
+  if rpm < 1 then
+    outcome = 1
+    retry_ms = math.max(retry_ms, math.ceil((1 - rpm) * 60000.0 / rpm_cap))
+  end
+  if used + 1 > rpd_cap then
+    outcome = 1
+    retry_ms = math.max(retry_ms, (day + 1) * 86400000 - now)
+  end
+  if tpm ~= nil and tpm < 0 then
+    outcome = 1
+    retry_ms = math.max(retry_ms, math.ceil(-tpm * 60000.0 / tpm_cap))
+  end
+  local balance = tonumber(redis.call('GET', keys[4]) or '0')
+  if outcome == 0 and reserve > 0 and balance < reserve then outcome = 2 end
+  if outcome == 0 and consume then
+    rpm = rpm - 1
+    used = used + 1
+    store_level(keys[1], rpm_cap, rpm, now)
+    redis.call('HSET', keys[2], 'day', day, 'count', used)
+    redis.call('PEXPIREAT', keys[2], (day + 2) * 86400000)
+    if reserve > 0 then balance = redis.call('DECRBY', keys[4], reserve) end
+  end
+  local reset_ms = math.ceil((rpm_cap - rpm) * 60000.0 / rpm_cap)
+  return {outcome, retry_ms, math.floor(math.max(rpm, 0)), reset_ms,
+          math.max(rpd_cap - used, 0), balance}
+end
+
+-- KEYS: tpm bucket; ARGV: tpm, tokens. May leave the bucket in debt.
+local function charge_tokens(keys, args)
+  local now = now_ms()
+  local cap, amount = tonumber(args[1]), tonumber(args[2])
+  local level = level_of(keys[1], cap, now) - amount
+  store_level(keys[1], cap, level, now)
+  return 1
+end
+
+-- KEYS: credits; ARGV: micros. Takes them only if the balance covers them.
+local function reserve(keys, args)
+  local amount = tonumber(args[1])
+  local balance = tonumber(redis.call('GET', keys[1]) or '0')
+  if balance < amount then return 0 end
+  redis.call('DECRBY', keys[1], amount)
+  return 1
+end
+
+-- KEYS: credits, usage hash of the day, ledger stream
+-- ARGV: balance delta (reserved - cost), model, prompt, completion, images, cost, entry (JSON)
+-- The balance never goes below zero; the ledger keeps the true cost.
+local function settle(keys, args)
+  local balance = tonumber(redis.call('GET', keys[1]) or '0')
+  local new = math.max(0, balance + tonumber(args[1]))
+  redis.call('SET', keys[1], string.format('%d', new))
+  local model = args[2]
+  redis.call('HINCRBY', keys[2], model .. '|requests', 1)
+  redis.call('HINCRBY', keys[2], model .. '|prompt_tokens', args[3])
+  redis.call('HINCRBY', keys[2], model .. '|completion_tokens', args[4])
+  redis.call('HINCRBY', keys[2], model .. '|images', args[5])
+  redis.call('HINCRBY', keys[2], model .. '|cost_micros', args[6])
+  redis.call('XADD', keys[3], '*', 'entry', args[7])
+  return new
+end
+
+redis.register_function('klawd_admit_v1', admit)
+redis.register_function('klawd_charge_tokens_v1', charge_tokens)
+redis.register_function('klawd_reserve_v1', reserve)
+redis.register_function('klawd_settle_v1', settle)

@@ -1,0 +1,359 @@
+"""The shared store: Redis, for many workers and replicas.
+
+Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL touches one slot):
+
+    klawd:acct:{A}              hash: name, plan, limits (JSON), created_at
+    klawd:acct:{A}:credits      integer micro-dollars
+    klawd:acct:{A}:rpm|rpd|tpm  limiter state (gateway/store/lua/klawd.lua)
+    klawd:acct:{A}:usage:DAY    hash: "<model>|requests", "<model>|cost_micros", …
+    klawd:acct:{A}:ledger       stream: one entry per request (JSON)
+    klawd:accounts              set of account ids
+    klawd:key:<sha256>          hash: the API key record
+    klawd:keyid:<key id>        the key's sha256
+
+Changes that caches must see at once (revocations, plan and limit changes) are published on
+`klawd:invalidate`; every replica drops the cached entry when the message arrives.
+
+Fail-closed: when Redis cannot be reached, requests get 503 `service_unavailable` within the
+socket timeouts (never a hang, never an unmetered request) and /readyz fails; redis-py reconnects
+by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.limits import Admission, Limiter, LimitSpec
+from gateway.store.base import (
+    Account,
+    ApiKey,
+    CustomLimits,
+    StoreError,
+    UsageEntry,
+    UsageRow,
+)
+
+log = logging.getLogger("klawd.redis")
+
+CHANNEL = "klawd:invalidate"
+LIBRARY = resources.files("gateway.store").joinpath("lua/klawd.lua").read_text(encoding="utf-8")
+_limits_decoder = msgspec.json.Decoder(CustomLimits)
+
+InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
+
+
+def _acct(account_id: str) -> str:
+    return f"klawd:acct:{{{account_id}}}"
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._redis: aioredis.Redis = aioredis.from_url(
+            url,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            health_check_interval=15,
+            max_connections=256,
+        )
+        self._library_loaded = False
+        self._listener: asyncio.Task[None] | None = None
+        self._handlers: list[InvalidationHandler] = []
+
+    def limiter(self) -> Limiter:
+        return RedisLimiter(self)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    async def _call(self, *args: Any) -> Any:
+        try:
+            return await self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+
+    async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
+        for attempt in (1, 2):
+            try:
+                if not self._library_loaded:
+                    await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                        "FUNCTION", "LOAD", "REPLACE", LIBRARY
+                    )
+                    self._library_loaded = True
+                return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "FCALL", function, len(keys), *keys, *args
+                )
+            except ResponseError as exc:
+                # A restarted Redis without persistence has forgotten the library: load again.
+                if attempt == 1 and "function not found" in str(exc).lower():
+                    self._library_loaded = False
+                    continue
+                raise StoreError(f"redis function {function} failed: {exc}") from exc
+            except RedisError as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        raise StoreError(f"redis function {function} is not available")
+
+    async def ping(self) -> None:
+        await self._call("PING")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    # -- invalidation across replicas -----------------------------------------------------------
+    def on_invalidate(self, handler: InvalidationHandler) -> None:
+        self._handlers.append(handler)
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _publish(self, kind: str, ident: str) -> None:
+        await self._call("PUBLISH", CHANNEL, f"{kind}:{ident}")
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    data = message.get("data")
+                    if isinstance(data, bytes):
+                        kind, _, ident = data.decode().partition(":")
+                        for handler in self._handlers:
+                            handler(kind, ident)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("invalidation channel lost; resubscribing in 1 s")
+                # Whatever was published while we were away is unknown: caches must not trust
+                # themselves beyond their TTL, which is short; signal a full drop.
+                for handler in self._handlers:
+                    handler("all", "")
+                await asyncio.sleep(1.0)
+
+    # -- accounts -------------------------------------------------------------------------------
+    async def count_accounts(self) -> int:
+        return int(await self._call("SCARD", "klawd:accounts"))
+
+    async def create_account(self, name: str, plan: str, credits_micros: int) -> Account:
+        account = Account(
+            _new_id("acct"), name, plan, credits_micros, CustomLimits(), int(time.time())
+        )
+        key = _acct(account.id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    key,
+                    mapping={
+                        "name": name,
+                        "plan": plan,
+                        "limits": "{}",
+                        "created_at": account.created_at,
+                    },
+                )
+                pipe.set(f"{key}:credits", credits_micros)
+                pipe.sadd("klawd:accounts", account.id)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        return account
+
+    async def get_account(self, account_id: str) -> Account | None:
+        key = _acct(account_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(key)
+                pipe.get(f"{key}:credits")
+                fields, credits = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        if not fields:
+            return None
+        return Account(
+            account_id,
+            fields[b"name"].decode(),
+            fields[b"plan"].decode(),
+            int(credits or 0),
+            _limits_decoder.decode(fields.get(b"limits", b"{}")),
+            int(fields[b"created_at"]),
+        )
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        plan: str | None = None,
+        limits: CustomLimits | None = None,
+        add_credits_micros: int = 0,
+    ) -> Account | None:
+        key = _acct(account_id)
+        if not await self._call("EXISTS", key):
+            return None
+        mapping: dict[str, str] = {}
+        if plan is not None:
+            mapping["plan"] = plan
+        if limits is not None:
+            mapping["limits"] = msgspec.json.encode(limits).decode()
+        if mapping:
+            await self._call("HSET", key, *[x for pair in mapping.items() for x in pair])
+        if add_credits_micros:
+            await self._call("INCRBY", f"{key}:credits", add_credits_micros)
+        await self._publish("account", account_id)
+        return await self.get_account(account_id)
+
+    # -- keys -----------------------------------------------------------------------------------
+    async def create_key(
+        self, account_id: str, name: str, prefix: str, key_hash: str, expires_at: int | None
+    ) -> ApiKey:
+        key = ApiKey(
+            _new_id("key"), account_id, name, prefix, key_hash, int(time.time()), expires_at, None
+        )
+        record = msgspec.json.encode(key)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(f"klawd:key:{key_hash}", record)
+                pipe.set(f"klawd:keyid:{key.id}", key_hash)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        return key
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        record = await self._call("GET", f"klawd:key:{key_hash}")
+        return msgspec.json.decode(record, type=ApiKey) if record else None
+
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+        key_hash = await self._call("GET", f"klawd:keyid:{key_id}")
+        if not key_hash:
+            return None
+        key = await self.key_by_hash(key_hash.decode())
+        if key is None:
+            return None
+        if key.revoked_at is None:
+            key = msgspec.structs.replace(key, revoked_at=now)
+            await self._call("SET", f"klawd:key:{key.key_hash}", msgspec.json.encode(key))
+        await self._publish("key", key_id)
+        return key
+
+    # -- credits and usage ----------------------------------------------------------------------
+    async def reserve_credits(self, account_id: str, micros: int) -> bool:
+        taken = await self.fcall("klawd_reserve_v1", [f"{_acct(account_id)}:credits"], [micros])
+        return bool(taken)
+
+    async def release_credits(self, account_id: str, micros: int) -> None:
+        await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
+
+    async def settle(self, entries: list[UsageEntry]) -> None:
+        for entry in entries:
+            key = _acct(entry.account_id)
+            await self.fcall(
+                "klawd_settle_v1",
+                [f"{key}:credits", f"{key}:usage:{entry.day}", f"{key}:ledger"],
+                [
+                    entry.reserved_micros - entry.cost_micros,
+                    entry.model or "-",
+                    entry.prompt_tokens,
+                    entry.completion_tokens,
+                    entry.images,
+                    entry.cost_micros,
+                    msgspec.json.encode(entry),
+                ],
+            )
+
+    async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
+        from datetime import date, timedelta
+
+        rows: list[UsageRow] = []
+        day = date.fromisoformat(since_day)
+        last = date.fromisoformat(until_day)
+        if (last - day).days > 366:
+            day = last - timedelta(days=366)
+        while day <= last:
+            fields = cast(
+                dict[bytes, bytes],
+                await self._call("HGETALL", f"{_acct(account_id)}:usage:{day.isoformat()}"),
+            )
+            per_model: dict[str, dict[str, int]] = {}
+            for field, value in fields.items():
+                model, _, measure = field.decode().rpartition("|")
+                per_model.setdefault(model, {})[measure] = int(value)
+            for model in sorted(per_model):
+                m = per_model[model]
+                rows.append(
+                    UsageRow(
+                        day.isoformat(),
+                        "" if model == "-" else model,
+                        m.get("requests", 0),
+                        m.get("prompt_tokens", 0),
+                        m.get("completion_tokens", 0),
+                        m.get("images", 0),
+                        m.get("cost_micros", 0),
+                    )
+                )
+            day += timedelta(days=1)
+        return rows
+
+
+class RedisLimiter:
+    """Admission in one FCALL on Redis server time: exact across every worker and replica."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    async def _run(
+        self, account_id: str, spec: LimitSpec, reserve: int, consume: bool
+    ) -> Admission:
+        key = _acct(account_id)
+        outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = await self._store.fcall(
+            "klawd_admit_v1",
+            [f"{key}:rpm", f"{key}:rpd", f"{key}:tpm", f"{key}:credits"],
+            [
+                spec.requests_per_minute,
+                spec.requests_per_day,
+                spec.tokens_per_minute or 0,
+                reserve,
+                1 if consume else 0,
+            ],
+        )
+        kinds = {0: "admitted", 1: "rate_limited", 2: "insufficient_credits"}
+        result = kinds[int(outcome)]
+        return Admission(
+            outcome=result,  # type: ignore[arg-type]
+            retry_after_s=int(retry_ms) / 1000,
+            limit_requests=spec.requests_per_minute,
+            remaining_requests=int(remaining),
+            reset_requests_s=int(reset_ms) / 1000,
+            limit_requests_day=spec.requests_per_day,
+            remaining_requests_day=int(remaining_day),
+            reserved_micros=reserve if result == "admitted" and consume else 0,
+        )
+
+    async def admit(self, account_id: str, spec: LimitSpec, reserve_micros: int) -> Admission:
+        return await self._run(account_id, spec, reserve_micros, consume=True)
+
+    async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
+        return await self._run(account_id, spec, 0, consume=False)
+
+    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
+        if not spec.tokens_per_minute or tokens <= 0:
+            return
+        await self._store.fcall(
+            "klawd_charge_tokens_v1",
+            [f"{_acct(account_id)}:tpm"],
+            [spec.tokens_per_minute, tokens],
+        )

@@ -1,0 +1,77 @@
+"""The usage recorder: ledger entries are queued on the hot path and written in batches.
+
+`record()` never blocks and never awaits (it is called from `finally` blocks of cancelled
+streams). A background task writes batches with `Store.settle`, retrying with backoff while the
+store is down; `close()` flushes everything before the store closes, so a clean shutdown loses
+nothing. If the store stays unreachable at shutdown, the entries are written to the log as JSON
+lines so that an operator can replay them (`UsageEntry` ids make a replay idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+
+from gateway.store.base import Store, UsageEntry
+
+log = logging.getLogger("klawd.usage")
+
+
+class UsageRecorder:
+    def __init__(self, store: Store, flush_interval_s: float = 0.2, max_batch: int = 500) -> None:
+        self._store = store
+        self._flush_interval_s = flush_interval_s
+        self._max_batch = max_batch
+        self._pending: list[UsageEntry] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="klawd-usage")
+
+    def record(self, entry: UsageEntry) -> None:
+        self._pending.append(entry)
+        if len(self._pending) >= self._max_batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            await self._store.settle(batch)
+            del self._pending[: len(batch)]
+
+    async def _run(self) -> None:
+        backoff = self._flush_interval_s
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            self._wake.clear()
+            try:
+                await self.flush()
+                backoff = self._flush_interval_s
+            except Exception:
+                log.exception("usage flush failed; %d entries kept for retry", len(self._pending))
+                backoff = min(5.0, backoff * 2)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        try:
+            await self.flush()
+        except Exception:
+            log.exception(
+                "usage flush failed at shutdown; writing %d entries to the log", len(self._pending)
+            )
+            for entry in self._pending:
+                log.error("unsettled usage entry %s", msgspec.json.encode(entry).decode())
+            self._pending.clear()

@@ -1,0 +1,199 @@
+"""One contract, two stores: SQLite (embedded) and a real redis-server. Same tests, same answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.limits import LimitSpec
+from gateway.store.base import CustomLimits, Store, UsageEntry, open_store
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path}/contract.db")
+    else:
+        redis_server.flush()
+        opened = open_store(redis_server.url)
+    yield opened
+    await opened.close()
+
+
+def entry(account_id: str, n: int, cost: int, reserved: int, model: str = "m/x") -> UsageEntry:
+    return UsageEntry(
+        id=f"use_{account_id}_{n}",
+        ts=1_795_000_000.0 + n,
+        day="2026-11-26",
+        account_id=account_id,
+        key_id="key_1",
+        model=model,
+        provider="m",
+        prompt_tokens=10 * n,
+        completion_tokens=n,
+        images=0,
+        cost_micros=cost,
+        reserved_micros=reserved,
+        latency_ms=5,
+        status=200,
+        request_id=f"req_{n}",
+        stream=False,
+    )
+
+
+async def test_accounts_round_trip(store: Store) -> None:
+    assert await store.count_accounts() == 0
+    account = await store.create_account("Ada", "free", 5_000_000)
+    assert await store.count_accounts() == 1
+    assert await store.get_account(account.id) == account
+    assert await store.get_account("acct_missing") is None
+    updated = await store.update_account(
+        account.id,
+        plan="pro",
+        limits=CustomLimits(requests_per_day=7),
+        add_credits_micros=250,
+    )
+    assert updated is not None
+    assert updated.plan == "pro"
+    assert updated.limits == CustomLimits(requests_per_day=7)
+    assert updated.credits_micros == 5_000_250
+    assert await store.update_account("acct_missing", plan="pro") is None
+
+
+async def test_keys_are_found_by_hash_and_revoked(store: Store) -> None:
+    account = await store.create_account("k", "free", 0)
+    key = await store.create_key(account.id, "laptop", "sk-klawd-abcd", "f" * 64, None)
+    assert await store.key_by_hash("f" * 64) == key
+    assert await store.key_by_hash("0" * 64) is None
+    revoked = await store.revoke_key(key.id, 1234)
+    assert revoked is not None and revoked.revoked_at == 1234
+    again = await store.revoke_key(key.id, 9999)
+    assert again is not None and again.revoked_at == 1234, "revocation time is kept"
+    found = await store.key_by_hash("f" * 64)
+    assert found is not None and found.revoked_at == 1234
+    assert await store.revoke_key("key_missing", 1) is None
+
+
+async def test_reservation_never_drives_balance_below_zero(store: Store) -> None:
+    account = await store.create_account("r", "free", 1000)
+    results = await asyncio.gather(*(store.reserve_credits(account.id, 300) for _ in range(10)))
+    assert sum(results) == 3
+    balance = await store.get_account(account.id)
+    assert balance is not None and balance.credits_micros == 100
+    await store.release_credits(account.id, 300)
+    after = await store.get_account(account.id)
+    assert after is not None and after.credits_micros == 400
+
+
+async def test_settling_releases_the_rest_and_records_usage(store: Store) -> None:
+    account = await store.create_account("s", "free", 1000)
+    assert await store.reserve_credits(account.id, 600)
+    await store.settle([entry(account.id, 1, cost=150, reserved=600)])
+    settled = await store.get_account(account.id)
+    assert settled is not None and settled.credits_micros == 850
+    rows = await store.usage(account.id, "2026-11-26", "2026-11-26")
+    assert [
+        (r.model, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_micros) for r in rows
+    ] == [("m/x", 1, 10, 1, 150)]
+
+
+async def test_settling_more_than_reserved_stops_at_zero(store: Store) -> None:
+    account = await store.create_account("z", "free", 100)
+    assert await store.reserve_credits(account.id, 100)
+    await store.settle([entry(account.id, 1, cost=500, reserved=100)])
+    after = await store.get_account(account.id)
+    assert after is not None and after.credits_micros == 0
+    rows = await store.usage(account.id, "2026-11-26", "2026-11-26")
+    assert rows[0].cost_micros == 500, "the ledger keeps the true cost"
+
+
+async def test_usage_is_grouped_by_day_and_model(store: Store) -> None:
+    account = await store.create_account("u", "free", 0)
+    await store.settle(
+        [
+            entry(account.id, 1, 10, 0, "a/1"),
+            entry(account.id, 2, 20, 0, "a/1"),
+            entry(account.id, 3, 30, 0, "b/2"),
+        ]
+    )
+    rows = await store.usage(account.id, "2026-11-20", "2026-11-30")
+    assert [(r.day, r.model, r.requests, r.cost_micros) for r in rows] == [
+        ("2026-11-26", "a/1", 2, 30),
+        ("2026-11-26", "b/2", 1, 30),
+    ]
+    assert await store.usage(account.id, "2026-11-27", "2026-11-30") == []
+
+
+async def test_limiter_admits_the_burst_then_denies(store: Store) -> None:
+    account = await store.create_account("l", "free", 0)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=3, requests_per_day=100)
+    outcomes = [(await limiter.admit(account.id, spec, 0)).outcome for _ in range(6)]
+    assert outcomes == ["admitted"] * 3 + ["rate_limited"] * 3
+    denied = await limiter.admit(account.id, spec, 0)
+    assert 0 < denied.retry_after_s <= 20.5
+    assert denied.remaining_requests == 0 and denied.limit_requests == 3
+
+
+async def test_concurrent_burst_admits_exactly_the_limit(store: Store) -> None:
+    account = await store.create_account("c", "free", 0)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=5, requests_per_day=100)
+    results = await asyncio.gather(*(limiter.admit(account.id, spec, 0) for _ in range(40)))
+    assert sum(r.admitted for r in results) == 5
+
+
+async def test_daily_quota_caps_admissions(store: Store) -> None:
+    account = await store.create_account("d", "free", 0)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=100, requests_per_day=2)
+    outcomes = [(await limiter.admit(account.id, spec, 0)).outcome for _ in range(4)]
+    assert outcomes == ["admitted", "admitted", "rate_limited", "rate_limited"]
+    denied = await limiter.admit(account.id, spec, 0)
+    assert denied.remaining_requests_day == 0
+    assert denied.retry_after_s > 0, "until the next 00:00 UTC"
+
+
+async def test_denied_request_consumes_nothing(store: Store) -> None:
+    account = await store.create_account("n", "free", 100)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=2, requests_per_day=100)
+    broke = await limiter.admit(account.id, spec, 500)
+    assert broke.outcome == "insufficient_credits"
+    peek = await limiter.peek(account.id, spec)
+    assert peek.remaining_requests == 2 and peek.remaining_requests_day == 100
+    after = await store.get_account(account.id)
+    assert after is not None and after.credits_micros == 100
+    assert (await limiter.admit(account.id, spec, 40)).admitted
+    assert (await limiter.admit(account.id, spec, 40)).admitted
+    limited = await limiter.admit(account.id, spec, 10)
+    assert limited.outcome == "rate_limited"
+    final = await store.get_account(account.id)
+    assert final is not None and final.credits_micros == 20, "the denied request reserved nothing"
+    assert (await limiter.peek(account.id, spec)).remaining_requests_day == 98
+
+
+async def test_peek_consumes_nothing(store: Store) -> None:
+    account = await store.create_account("p", "free", 0)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=1, requests_per_day=1)
+    for _ in range(5):
+        assert (await limiter.peek(account.id, spec)).admitted
+    assert (await limiter.admit(account.id, spec, 0)).admitted
+
+
+async def test_tokens_per_minute_debt_blocks_until_repaid(store: Store) -> None:
+    account = await store.create_account("t", "free", 0)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=100, requests_per_day=100, tokens_per_minute=600)
+    assert (await limiter.admit(account.id, spec, 0)).admitted
+    await limiter.charge_tokens(account.id, spec, 1200)  # 600 tokens of debt: 60 s to repay
+    blocked = await limiter.admit(account.id, spec, 0)
+    assert blocked.outcome == "rate_limited"
+    assert 55 <= blocked.retry_after_s <= 61

@@ -14,7 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.provider_config import PROVIDER_ENV, provider_config
+from tests.fakes.replicate_upstream import FakeReplicate
 from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +90,9 @@ TEST_MODELS = [
 ]
 
 
-def gateway_config(path: Path, port: int, upstream_url: str, extra: str = "") -> None:
+def gateway_config(
+    path: Path, port: int, upstream_url: str, extra: str = "", store_url: str | None = None
+) -> None:
     models = "\n".join(
         f'[[models]]\nid = "openai/{name}"\nprovider = "openai"\nupstream_model = "{name}"\n'
         f"context_length = 8192\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n"
@@ -100,7 +106,7 @@ host = "127.0.0.1"
 port = {port}
 
 [store]
-url = "sqlite:///{path.parent / "klawd.db"}"
+url = "{store_url or f"sqlite:///{path.parent / 'klawd.db'}"}"
 
 [providers.openai]
 base_url = "{upstream_url}"
@@ -117,7 +123,9 @@ fallbacks = ["openai/gpt-fake"]
     )
 
 
-def start_gateway(config: Path, port: int, env_extra: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    config: Path, port: int, env_extra: dict[str, str] | None = None, workers: int = 1
+) -> Gateway:
     env = {
         **os.environ,
         "KLAWD_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -126,7 +134,8 @@ def start_gateway(config: Path, port: int, env_extra: dict[str, str] | None = No
     }
     with (config.parent / "gateway.log").open("ab") as log:
         process = subprocess.Popen(
-            [KLAWD, "serve", "--config", str(config), "--port", str(port)],
+            [KLAWD, "serve", "--config", str(config), "--port", str(port)]
+            + (["--workers", str(workers)] if workers > 1 else []),
             cwd=config.parent,
             env=env,
             stdout=log,
@@ -159,16 +168,51 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="session")
-def gateway(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_replicate() -> Iterator[FakeReplicate]:
+    fake = FakeReplicate()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
+    fake_gemini: FakeGemini,
+    fake_replicate: FakeReplicate,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("gateway")
     port = free_port()
     config = directory / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url)
-    running = start_gateway(config, port)
+    providers = provider_config(
+        fake_anthropic.base_url, fake_gemini.base_url, fake_replicate.base_url
+    )
+    gateway_config(config, port, fake_openai.base_url, extra=providers)
+    running = start_gateway(config, port, PROVIDER_ENV)
     yield running
     stop(running.process)
     log_text = (directory / "gateway.log").read_text(errors="replace")
     assert UPSTREAM_KEY not in log_text, "the upstream key leaked into the gateway's log"
+    for secret in PROVIDER_ENV.values():
+        assert secret not in log_text, "a provider key leaked into the gateway's log"
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_requests_per_minute_are_exact_across_replicas(replicas: list[Gateway]) 
     started = time.monotonic()
     statuses = [r.status_code for r in burst(replicas, key, ECHO, 40)]
     elapsed = time.monotonic() - started
-    # capacity + rate × elapsed: exactly 7 unless the burst took longer than 60/7 s
+    # capacity + rate * elapsed: exactly 7 unless the burst took longer than 60/7 s
     assert 7 <= statuses.count(200) <= 7 + int(elapsed * 7 / 60)
     assert statuses.count(200) + statuses.count(429) == 40
 
@@ -159,7 +159,9 @@ def test_redis_outage_gives_fast_503_and_recovers(fake_openai: FakeOpenAI, tmp_p
             ).status_code
             == 200
         )
-        redis.Redis(port=server.port).save()
+        saver = redis.Redis(port=server.port)
+        saver.save()
+        saver.close()
         server.stop()
         started = time.monotonic()
         down = httpx.post(

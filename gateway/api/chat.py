@@ -8,11 +8,18 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.api.common import app_state, authenticate, json_response
-from gateway.billing import TokenUsage, estimate_tokens, format_usd
+from gateway.billing import (
+    TokenUsage,
+    estimate_tokens,
+    format_usd,
+    micros_to_usd,
+    token_cost_micros,
+)
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadGateway,
@@ -120,6 +127,35 @@ async def _open_stream(
     raise last_error or ServiceUnavailable("No target could serve the request.")
 
 
+DONE = b"data: [DONE]\n\n"
+
+
+def _with_cost(piece: bytes, target: CatalogEntry) -> bytes:
+    """Adds `usage.cost_usd` to the usage chunk (the event just before [DONE]) that a client
+    asked for with stream_options.include_usage. Events are one JSON line each, separated by a
+    blank line, so the last event starts after the last "\n\n" before [DONE]."""
+    head = piece[: -len(DONE)]
+    start = head.rfind(b"\n\n", 0, len(head) - 2)
+    start = 0 if start < 0 else start + 2
+    if not head.startswith(b"data: {", start):
+        return piece
+    try:
+        event = orjson.loads(head[start + len(b"data: ") : -2])
+    except orjson.JSONDecodeError:
+        return piece
+    usage = event.get("usage") if isinstance(event, dict) else None
+    if not isinstance(usage, dict):
+        return piece
+    tokens = TokenUsage(
+        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    )
+    cost = token_cost_micros(
+        tokens, target.model.input_usd_per_mtok, target.model.output_usd_per_mtok
+    )
+    usage["cost_usd"] = micros_to_usd(cost)
+    return head[:start] + b"data: " + orjson.dumps(event) + b"\n\n" + DONE
+
+
 async def _relay(
     state: AppState,
     ticket: Ticket,
@@ -132,6 +168,8 @@ async def _relay(
     status = CLIENT_CLOSED
     try:
         async for piece in stream:
+            if chat.include_usage and piece.endswith(DONE):
+                piece = _with_cost(piece, target)
             yield piece
         status = 200
     except GatewayError as exc:

@@ -85,6 +85,8 @@ def test_stream_with_include_usage_ends_with_usage_chunk(gateway: Gateway, api_k
     chunks = list(stream)
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    # 12 prompt tokens at $1/M + 4 completion tokens at $2/M
+    assert chunks[-1].usage.model_extra == {"cost_usd": 0.00002}
 
 
 def test_stream_is_exact_sse_with_whole_events(gateway: Gateway, api_key: str) -> None:
@@ -303,11 +305,9 @@ def test_model_without_provider_key_is_503_naming_the_variable(
     gateway: Gateway, api_key: str
 ) -> None:
     with pytest.raises(openai.InternalServerError) as caught:
-        client(gateway, api_key).chat.completions.create(
-            model="anthropic/claude-sonnet-4", messages=MESSAGES
-        )
+        client(gateway, api_key).chat.completions.create(model="keyless/claude", messages=MESSAGES)
     assert caught.value.status_code == 503
-    assert "ANTHROPIC_API_KEY" in caught.value.message
+    assert "KLAWD_TEST_UNSET_PROVIDER_KEY" in caught.value.message
 
 
 def test_request_id_is_echoed(gateway: Gateway) -> None:

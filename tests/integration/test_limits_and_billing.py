@@ -184,3 +184,26 @@ def test_usage_query_rejects_bad_dates(gateway: Gateway) -> None:
     with gateway.admin() as admin:
         response = admin.get(f"/admin/accounts/{account_id}/usage", params={"since": "yesterday"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "since"
+
+
+def test_clean_shutdown_loses_no_ledger_entry(fake_openai: Any, tmp_path: Any) -> None:
+    import sqlite3
+
+    from tests.conftest import free_port, gateway_config, start_gateway, stop
+
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    gateway = start_gateway(config, port)
+    try:
+        _, key = new_account(gateway, plan="enterprise", credits_usd=10.0)
+        statuses = [chat(gateway, key, FAKE).status_code for _ in range(25)]
+        assert statuses == [200] * 25
+    finally:
+        stop(gateway.process)  # SIGTERM right after the last answer: entries may still be queued
+    with sqlite3.connect(tmp_path / "klawd.db") as db:
+        count, cost = db.execute(
+            "SELECT COUNT(*), SUM(cost_micros) FROM usage_ledger WHERE model = 'openai/gpt-fake'"
+        ).fetchone()
+    assert count == 25
+    assert cost == 25 * 20

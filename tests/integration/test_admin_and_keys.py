@@ -148,7 +148,10 @@ def test_models_list_has_catalog_with_pricing_and_availability(
     sonnet = models["anthropic/claude-sonnet-4"]
     assert sonnet["context_length"] == 200_000
     assert sonnet["pricing"]["input"] == 3.0 and sonnet["pricing"]["output"] == 15.0
-    assert sonnet["available"] is False and "ANTHROPIC_API_KEY" in sonnet["unavailable_reason"]
+    assert sonnet["available"] is True
+    keyless = models["keyless/claude"]
+    assert keyless["available"] is False
+    assert "KLAWD_TEST_UNSET_PROVIDER_KEY" in keyless["unavailable_reason"]
     assert models["openai/gpt-4-turbo"]["available"] is True
     assert models["google/gemini-2.0-flash"]["pricing"]["input"] == 0.075
     assert models["replicate/seedream-4.5"]["pricing"]["per_image"] == 0.02

@@ -1,0 +1,90 @@
+"""The gateway config that points the built-in anthropic, google and replicate providers at the
+fakes, plus the test models each fake understands (see each fake's docstring)."""
+
+from __future__ import annotations
+
+ANTHROPIC_KEY = "sk-ant-upstream-SECRET-never-leak-7"
+GEMINI_KEY = "AIza-upstream-SECRET-never-leak-8"
+REPLICATE_TOKEN = "r8_upstream-SECRET-never-leak-9"
+PROVIDER_ENV = {
+    "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+    "GEMINI_API_KEY": GEMINI_KEY,
+    "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
+}
+
+ANTHROPIC_MODELS = [
+    "claude-fake",
+    "claude-tools",
+    "claude-length",
+    "claude-stop-seq",
+    "claude-refusal",
+    "claude-error-event",
+    "claude-cut",
+    "claude-overloaded",
+    "claude-rate-limit",
+    "claude-invalid",
+    "claude-auth",
+    "claude-permission",
+    "claude-not-found",
+    "claude-too-large",
+    "claude-api-error",
+]
+GEMINI_MODELS = [
+    "gemini-fake",
+    "gemini-tools",
+    "gemini-length",
+    "gemini-safety",
+    "gemini-blocked",
+    "gemini-error-event",
+    "gemini-cut",
+    "gemini-exhausted",
+    "gemini-invalid",
+    "gemini-bad-key",
+    "gemini-permission",
+    "gemini-not-found",
+    "gemini-internal",
+    "gemini-unavailable",
+]
+REPLICATE_MODELS = ["instant", "single", "slow", "fails", "canceled", "rate-limited", "invalid"]
+IMAGE_PRICE_USD = 0.02
+
+
+def _chat_model(model_id: str, provider: str, upstream: str) -> str:
+    return (
+        f'[[models]]\nid = "{model_id}"\nprovider = "{provider}"\nupstream_model = "{upstream}"\n'
+        "context_length = 100000\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n"
+        'capabilities = ["tools", "vision", "json"]\n'
+    )
+
+
+def _image_model(model_id: str, provider: str, upstream: str, price: float) -> str:
+    return (
+        f'[[models]]\nid = "{model_id}"\nprovider = "{provider}"\nupstream_model = "{upstream}"\n'
+        f'kind = "image"\nusd_per_image = {price}\ncapabilities = ["images"]\n'
+    )
+
+
+def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> str:
+    """TOML appended to the gateway's test config."""
+    tables = [
+        f'[providers.anthropic]\nbase_url = "{anthropic_url}"\n',
+        f'[providers.google]\nbase_url = "{gemini_url}"\n',
+        f'[providers.replicate]\nbase_url = "{replicate_url}"\n',
+        # A provider whose key variable is never set: its models are unavailable.
+        '[providers.keyless]\nkind = "anthropic"\nbase_url = "http://127.0.0.1:9"\n'
+        'api_key_env = "KLAWD_TEST_UNSET_PROVIDER_KEY"\n',
+        # The replicate fake behind a short whole-request deadline.
+        f'[providers.replicate-deadline]\nkind = "replicate"\nbase_url = "{replicate_url}"\n'
+        'api_key_env = "REPLICATE_API_TOKEN"\ntimeout_s = 1.5\n',
+        _chat_model("keyless/claude", "keyless", "claude-fake"),
+        _image_model("replicate-deadline/never", "replicate-deadline", "fake-owner/never", 0.02),
+        _image_model("openai/img-fake", "openai", "img-fake", 0.04),
+        _chat_model("replicate/not-chat", "replicate", "fake-owner/instant"),
+    ]
+    tables += [_chat_model(f"anthropic/{m}", "anthropic", m) for m in ANTHROPIC_MODELS]
+    tables += [_chat_model(f"google/{m}", "google", m) for m in GEMINI_MODELS]
+    tables += [
+        _image_model(f"replicate/{m}", "replicate", f"fake-owner/{m}", IMAGE_PRICE_USD)
+        for m in REPLICATE_MODELS
+    ]
+    return "\n".join(tables)

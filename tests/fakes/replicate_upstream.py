@@ -1,0 +1,197 @@
+"""A fake Replicate predictions API on loopback, in the documented wire format.
+
+    POST /v1/models/{owner}/{name}/predictions   create (honours `Prefer: wait[=n]`)
+    GET  /v1/predictions/{id}                    the prediction (its `urls.get`)
+    POST /v1/predictions/{id}/cancel             cancel (its `urls.cancel`)
+    GET  /files/{id}/out-{i}.png                 the generated images (PNG bytes)
+
+Predictions are JSON objects with id, model, version, input, logs, output, error, status
+(starting → processing → succeeded | failed | canceled), created_at/started_at/completed_at,
+metrics and urls {get, cancel, stream, web}. Errors are RFC 7807 problem details
+`{"title","detail","status"}`. Without `Authorization: Bearer <token>` it answers 401.
+Behaviour is chosen by the model name:
+
+    instant     succeeded within the create call; output: a list of n URLs (`num_outputs`)
+    single      succeeded at once; output: one URL string
+    slow        create answers `starting`; polls answer processing, processing, then succeeded
+    fails       create answers starting; the poll answers failed with an error message
+    canceled    create answers starting; the poll answers canceled
+    never       stays processing forever (for the gateway's deadline)
+    rate-limited 429 + retry-after: 9    invalid 422    unauthorized 401 (detail holds the token)
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.server import PNG_1X1, ThreadedServer
+
+ERRORS: dict[str, tuple[int, str, str]] = {
+    "rate-limited": (429, "Too Many Requests", "Request was throttled. Expected available in 9s."),
+    "invalid": (
+        422,
+        "Input validation failed",
+        "- input.width: Must be less than or equal to 4096",
+    ),
+}
+
+
+class FakeReplicate(ThreadedServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.predictions: dict[str, dict[str, Any]] = {}
+        self.polls: dict[str, int] = {}
+        self._ids = itertools.count(1)
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create)
+        app.router.add_get("/v1/predictions/{id}", self._get)
+        app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
+        app.router.add_get("/files/{id}/{file}", self._file)
+
+    @property
+    def base_url(self) -> str:
+        return self.origin
+
+    def creations(self, name: str) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests
+            if r["method"] == "POST" and r["path"].endswith(f"/{name}/predictions")
+        ]
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if token:
+            return None
+        return web.json_response(
+            {
+                "title": "Unauthenticated",
+                "detail": "You did not pass an authentication token",
+                "status": 401,
+            },
+            status=401,
+            content_type="application/problem+json",
+        )
+
+    def _prediction(self, prediction_id: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        api = f"{self.origin}/v1/predictions/{prediction_id}"
+        return {
+            "id": prediction_id,
+            "model": f"fake-owner/{name}",
+            "version": "hidden",
+            "input": body.get("input", {}),
+            "logs": "",
+            "output": None,
+            "data_removed": False,
+            "error": None,
+            "status": "starting",
+            "created_at": "2026-11-26T01:00:00.000Z",
+            "started_at": None,
+            "completed_at": None,
+            "metrics": {},
+            "urls": {
+                "cancel": f"{api}/cancel",
+                "get": api,
+                "stream": f"{self.origin}/stream/{prediction_id}",
+                "web": f"https://replicate.com/p/{prediction_id}",
+            },
+        }
+
+    def _succeed(self, prediction: dict[str, Any], single: bool = False) -> None:
+        count = int(prediction["input"].get("num_outputs", 1))
+        urls = [f"{self.origin}/files/{prediction['id']}/out-{i}.png" for i in range(count)]
+        prediction |= {
+            "status": "succeeded",
+            "output": urls[0] if single else urls,
+            "logs": "Generating...\n100%|██████████| 4/4",
+            "started_at": "2026-11-26T01:00:00.100Z",
+            "completed_at": "2026-11-26T01:00:02.000Z",
+            "metrics": {"predict_time": 1.9, "image_count": count},
+        }
+
+    async def _create(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else {}
+        self.record(request, body)
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        name = request.match_info["name"]
+        if name == "unauthorized":
+            token = request.headers["authorization"].removeprefix("Bearer ")
+            return web.json_response(
+                {"title": "Unauthenticated", "detail": f"Invalid token {token}", "status": 401},
+                status=401,
+                content_type="application/problem+json",
+            )
+        if name in ERRORS:
+            status, title, detail = ERRORS[name]
+            return web.json_response(
+                {"title": title, "detail": detail, "status": status},
+                status=status,
+                headers={"retry-after": "9"} if status == 429 else {},
+                content_type="application/problem+json",
+            )
+        if not isinstance(body.get("input"), dict):
+            return web.json_response(
+                {"title": "Invalid input", "detail": "input is required", "status": 422},
+                status=422,
+                content_type="application/problem+json",
+            )
+        prediction_id = f"fake{next(self._ids):04d}qw9rtx0cm8z2v"
+        prediction = self._prediction(prediction_id, name, body)
+        self.predictions[prediction_id] = prediction
+        self.polls[prediction_id] = 0
+        waits = request.headers.get("prefer", "").startswith("wait")
+        if name in ("instant", "single") and waits:
+            self._succeed(prediction, single=name == "single")
+        # Otherwise the Prefer-wait window passed: the API answers `starting` even while the
+        # prediction is processing (so the SDKs poll).
+        return web.json_response(prediction, status=201)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        self.record(request, None)
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        prediction = self.predictions.get(request.match_info["id"])
+        if prediction is None:
+            return web.json_response(
+                {"title": "Not found", "detail": "Prediction not found", "status": 404},
+                status=404,
+                content_type="application/problem+json",
+            )
+        self.polls[prediction["id"]] += 1
+        name = prediction["model"].split("/", 1)[1]
+        polls = self.polls[prediction["id"]]
+        if prediction["status"] in ("succeeded", "failed", "canceled"):
+            pass
+        elif name == "fails":
+            prediction |= {"status": "failed", "error": "CUDA out of memory (fake)"}
+        elif name == "canceled":
+            prediction["status"] = "canceled"
+        elif name == "never":
+            prediction["status"] = "processing"
+        elif polls < 3:
+            prediction["status"] = "processing"
+        else:
+            self._succeed(prediction, single=name == "single")
+        return web.json_response(prediction)
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        self.record(request, None)
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        prediction = self.predictions.get(request.match_info["id"])
+        if prediction is None:
+            return web.json_response({"title": "Not found", "status": 404}, status=404)
+        if prediction["status"] not in ("succeeded", "failed"):
+            prediction["status"] = "canceled"
+        return web.json_response(prediction)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        self.record(request, None)
+        return web.Response(body=PNG_1X1, content_type="image/png")

@@ -1,0 +1,278 @@
+"""Each fake upstream is proven against its provider's own official SDK before the gateway's
+tests trust it: if the SDK cannot parse an answer, a stream or an error, the fake is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import httpx2
+import pytest
+import replicate
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+from replicate.exceptions import ModelError, ReplicateError
+
+from tests.fakes.anthropic_upstream import ANSWER, TOOL_INPUT, FakeAnthropic
+from tests.fakes.gemini_upstream import ANSWER as GEMINI_ANSWER
+from tests.fakes.gemini_upstream import TOOL_ARGS, FakeGemini
+from tests.fakes.replicate_upstream import FakeReplicate
+
+MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello"}]
+
+
+# -- Anthropic ---------------------------------------------------------------------------------
+
+
+CLIENTS: list[anthropic.Anthropic] = []
+
+
+def claude(fake: FakeAnthropic) -> anthropic.Anthropic:
+    client = anthropic.Anthropic(api_key="sk-ant-test", base_url=fake.base_url, max_retries=0)
+    CLIENTS.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
+
+
+def test_anthropic_sdk_parses_the_fake_message(fake_anthropic: FakeAnthropic) -> None:
+    message = claude(fake_anthropic).messages.create(
+        model="claude-fake", max_tokens=100, messages=MESSAGES
+    )
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "".join(ANSWER)
+    assert message.stop_reason == "end_turn"
+    assert message.usage.cache_read_input_tokens == 20
+
+
+def test_anthropic_sdk_accumulates_the_fake_stream(fake_anthropic: FakeAnthropic) -> None:
+    with claude(fake_anthropic).messages.stream(
+        model="claude-fake", max_tokens=100, messages=MESSAGES
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "".join(ANSWER)
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 7
+
+
+def test_anthropic_sdk_reassembles_streamed_tool_input(fake_anthropic: FakeAnthropic) -> None:
+    with claude(fake_anthropic).messages.stream(
+        model="claude-tools", max_tokens=100, messages=MESSAGES
+    ) as stream:
+        final = stream.get_final_message()
+    tool_use = [block for block in final.content if block.type == "tool_use"]
+    assert tool_use[0].input == TOOL_INPUT
+    assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize(
+    ("model", "error_class", "status"),
+    [
+        ("claude-overloaded", anthropic.InternalServerError, 529),
+        ("claude-rate-limit", anthropic.RateLimitError, 429),
+        ("claude-invalid", anthropic.BadRequestError, 400),
+        ("claude-auth", anthropic.AuthenticationError, 401),
+        ("claude-permission", anthropic.PermissionDeniedError, 403),
+        ("claude-not-found", anthropic.NotFoundError, 404),
+        ("claude-api-error", anthropic.InternalServerError, 500),
+    ],
+)
+def test_anthropic_sdk_raises_its_error_class_for_the_fake_errors(
+    fake_anthropic: FakeAnthropic, model: str, error_class: type[Exception], status: int
+) -> None:
+    with pytest.raises(error_class) as caught:
+        claude(fake_anthropic).messages.create(model=model, max_tokens=100, messages=MESSAGES)
+    assert isinstance(caught.value, anthropic.APIStatusError)
+    assert caught.value.status_code == status
+    assert isinstance(caught.value.body, dict) and caught.value.body["type"] == "error"
+
+
+def test_anthropic_sdk_raises_on_the_fake_mid_stream_error_event(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with claude(fake_anthropic).messages.stream(
+            model="claude-error-event", max_tokens=100, messages=MESSAGES
+        ) as stream:
+            for _ in stream:
+                pass
+    assert "overloaded_error" in str(caught.value)
+
+
+def test_anthropic_sdk_fails_on_the_fake_cut_stream(fake_anthropic: FakeAnthropic) -> None:
+    with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
+        with claude(fake_anthropic).messages.stream(
+            model="claude-cut", max_tokens=100, messages=MESSAGES
+        ) as stream:
+            stream.get_final_message()
+
+
+def test_anthropic_fake_requires_max_tokens_like_the_real_api(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    response = httpx.post(
+        f"{fake_anthropic.base_url}/v1/messages",
+        headers={"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"},
+        json={"model": "claude-fake", "messages": MESSAGES},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "max_tokens: Field required",
+    }
+
+
+# -- Gemini -------------------------------------------------------------------------------------
+
+
+GEMINI_CLIENTS: list[genai.Client] = []
+
+
+def gemini(fake: FakeGemini) -> genai.Client:
+    client = genai.Client(
+        api_key="AIza-test",
+        http_options=genai_types.HttpOptions(
+            base_url=fake.base_url,
+            api_version="v1beta",
+            retry_options=genai_types.HttpRetryOptions(attempts=1),
+        ),
+    )
+    GEMINI_CLIENTS.append(client)  # a client closes its connections when collected
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_gemini_clients() -> Iterator[None]:
+    yield
+    while GEMINI_CLIENTS:
+        GEMINI_CLIENTS.pop().close()
+
+
+def test_gemini_sdk_parses_the_fake_response(fake_gemini: FakeGemini) -> None:
+    response = gemini(fake_gemini).models.generate_content(model="gemini-fake", contents="Hi")
+    assert response.text == "".join(GEMINI_ANSWER)
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.prompt_token_count == 11
+    assert fake_gemini.last_request("gemini-fake")["headers"]["x-goog-api-key"] == "AIza-test"
+
+
+def test_gemini_sdk_reads_the_fake_crlf_stream(fake_gemini: FakeGemini) -> None:
+    chunks = list(
+        gemini(fake_gemini).models.generate_content_stream(model="gemini-fake", contents="Hi")
+    )
+    assert "".join(c.text or "" for c in chunks) == "".join(GEMINI_ANSWER)
+    last = chunks[-1].candidates
+    assert last is not None and last[0].finish_reason == genai_types.FinishReason.STOP
+    assert fake_gemini.last_request("gemini-fake")["path"].endswith(
+        "gemini-fake:streamGenerateContent?alt=sse"
+    )
+
+
+def test_gemini_sdk_parses_the_fake_function_call(fake_gemini: FakeGemini) -> None:
+    response = gemini(fake_gemini).models.generate_content(model="gemini-tools", contents="Hi")
+    assert response.function_calls is not None
+    assert response.function_calls[0].name == "get_weather"
+    assert response.function_calls[0].args == TOOL_ARGS
+
+
+@pytest.mark.parametrize(
+    ("model", "error_class", "status"),
+    [
+        ("gemini-exhausted", genai_errors.ClientError, "RESOURCE_EXHAUSTED"),
+        ("gemini-invalid", genai_errors.ClientError, "INVALID_ARGUMENT"),
+        ("gemini-bad-key", genai_errors.ClientError, "INVALID_ARGUMENT"),
+        ("gemini-permission", genai_errors.ClientError, "PERMISSION_DENIED"),
+        ("gemini-not-found", genai_errors.ClientError, "NOT_FOUND"),
+        ("gemini-internal", genai_errors.ServerError, "INTERNAL"),
+        ("gemini-unavailable", genai_errors.ServerError, "UNAVAILABLE"),
+    ],
+)
+def test_gemini_sdk_raises_its_error_class_for_the_fake_errors(
+    fake_gemini: FakeGemini, model: str, error_class: type[Exception], status: str
+) -> None:
+    with pytest.raises(error_class) as caught:
+        gemini(fake_gemini).models.generate_content(model=model, contents="Hi")
+    assert isinstance(caught.value, genai_errors.APIError)
+    assert caught.value.status == status
+
+
+def test_gemini_sdk_raises_on_the_fake_mid_stream_error(fake_gemini: FakeGemini) -> None:
+    with pytest.raises(genai_errors.ServerError) as caught:
+        for _ in gemini(fake_gemini).models.generate_content_stream(
+            model="gemini-error-event", contents="Hi"
+        ):
+            pass
+    assert caught.value.status == "UNAVAILABLE"
+
+
+# -- Replicate ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def replicate_client(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[replicate.Client]:
+    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.01")
+    client = replicate.Client(api_token="r8_test", base_url=fake_replicate.base_url)
+    yield client
+    client._client.close()
+
+
+def test_replicate_sdk_runs_the_fake_prediction_with_prefer_wait(
+    replicate_client: replicate.Client, fake_replicate: FakeReplicate
+) -> None:
+    output = replicate_client.run(
+        "fake-owner/instant", input={"prompt": "a cat", "num_outputs": 2}, use_file_output=False
+    )
+    assert isinstance(output, list) and len(output) == 2
+    assert all(url.startswith(fake_replicate.base_url) for url in output)
+    created = fake_replicate.creations("instant")[-1]
+    assert created["headers"]["Prefer"] == "wait"
+
+
+def test_replicate_sdk_polls_the_fake_until_succeeded(
+    replicate_client: replicate.Client, fake_replicate: FakeReplicate
+) -> None:
+    prediction = replicate_client.models.predictions.create(
+        model="fake-owner/slow", input={"prompt": "a dog"}
+    )
+    assert prediction.status == "starting"
+    prediction.wait()
+    assert prediction.status == "succeeded"
+    assert isinstance(prediction.output, list) and prediction.output[0].endswith(".png")
+
+
+def test_replicate_sdk_raises_model_error_for_a_failed_fake_prediction(
+    replicate_client: replicate.Client,
+) -> None:
+    with pytest.raises(ModelError) as caught:
+        replicate_client.run("fake-owner/fails", input={"prompt": "x"})
+    assert "CUDA out of memory" in str(caught.value)
+
+
+def test_replicate_sdk_sees_a_canceled_fake_prediction(
+    replicate_client: replicate.Client,
+) -> None:
+    prediction = replicate_client.models.predictions.create(
+        model="fake-owner/canceled", input={"prompt": "x"}
+    )
+    prediction.wait()
+    assert prediction.status == "canceled"
+
+
+@pytest.mark.parametrize(("model", "status"), [("rate-limited", 429), ("invalid", 422)])
+def test_replicate_sdk_parses_the_fake_problem_details(
+    replicate_client: replicate.Client, model: str, status: int
+) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        replicate_client.run(f"fake-owner/{model}", input={"prompt": "x"})
+    assert caught.value.status == status
+    assert caught.value.detail

@@ -1,10 +1,6 @@
 //! Small JSON helpers for the reframers: string escaping, whitespace compaction, and a
-//! top-level object view that keeps every member's raw text and order.
+//! scanner that finds one top-level member's value span.
 
-use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// Appends `s` as a JSON string literal (quotes included). Escapes `"`, `\` and control
@@ -68,60 +64,100 @@ pub fn char_count(s: &str) -> u64 {
     s.chars().count() as u64
 }
 
-/// A string that borrows from the input when it has no escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CowStr<'a>(pub Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for CowStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CowStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v)))
-            }
+/// The byte range of the value of the first top-level member named `key` in `text`, a JSON
+/// object. This is a light scanner, not a validator: callers must also parse `text` with
+/// `serde_json` (which rejects invalid JSON), and on valid JSON the scan is exact. Keys written
+/// with escapes are unescaped before comparing.
+pub fn find_member(text: &str, key: &str) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None; // `}` of an empty object, or invalid
         }
-        d.deserialize_str(V)
+        let key_end = string_end(b, i)?;
+        let raw_key = &text[i + 1..key_end - 1];
+        let matches = if raw_key.contains('\\') {
+            serde_json::from_str::<String>(&text[i..key_end]).is_ok_and(|k| k == key)
+        } else {
+            raw_key == key
+        };
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = value_end(b, start)?;
+        if matches {
+            return Some((start, end));
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
     }
 }
 
-/// A JSON object's members in their original order, each value kept as raw text.
-#[derive(Debug, Default)]
-pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
 
-impl<'a> RawObject<'a> {
-    /// The raw value of the first member named `key`.
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+/// `b[start]` is `"`: the index just past the closing quote.
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2; // a backslash and the escaped byte
     }
 }
 
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, v)) = map.next_entry::<CowStr<'de>, &'de RawValue>()? {
-                    members.push((k.0, v));
+/// The index just past the value starting at `b[start]`.
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    match b.get(start)? {
+        b'"' => string_end(b, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            loop {
+                match b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(RawObject(members))
+                i += 1;
             }
         }
-        d.deserialize_map(V)
+        _ => {
+            let mut i = start;
+            while !matches!(
+                b.get(i),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                i += 1;
+            }
+            Some(i)
+        }
     }
 }
 
@@ -161,13 +197,18 @@ mod tests {
     }
 
     #[test]
-    fn raw_object_keeps_order_and_raw_text() {
-        let o: RawObject<'_> =
-            serde_json::from_str(r#"{"z":1.50,"a":{"b" : 2},"k\u0041":null}"#).unwrap();
-        let keys: Vec<&str> = o.0.iter().map(|(k, _)| k.as_ref()).collect();
-        assert_eq!(keys, ["z", "a", "kA"]);
-        assert_eq!(o.get("z").unwrap().get(), "1.50");
-        assert_eq!(o.get("a").unwrap().get(), "{\"b\" : 2}");
-        assert!(is_null(o.get("kA").unwrap()));
+    fn find_member_finds_top_level_values_only() {
+        let t = r#"{"a":{"model":1},"b":"x\"model\":","m\u006fdel" : [1,{"c":"]"}] ,"model":"z"}"#;
+        let (s, e) = find_member(t, "model").unwrap();
+        assert_eq!(&t[s..e], r#"[1,{"c":"]"}]"#);
+        let (s, e) = find_member(t, "b").unwrap();
+        assert_eq!(&t[s..e], r#""x\"model\":""#);
+        assert_eq!(find_member(r#"{"a":1}"#, "model"), None);
+        assert_eq!(find_member("{}", "model"), None);
+        assert_eq!(find_member(r#"{"model":null}"#, "model"), Some((9, 13)));
+        assert_eq!(
+            find_member(r#"{"n": -1.5e3 , "model": true}"#, "n"),
+            Some((6, 12))
+        );
     }
 }

@@ -8,7 +8,9 @@
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyBytes;
+use smallvec::SmallVec;
 
 use crate::bucket::BucketSpec;
 use crate::errors::CoreError;
@@ -182,13 +184,16 @@ impl PyDecision {
     }
 }
 
-type BucketArg = (String, f64, f64, f64);
-type QuotaArg = (String, u64, u64);
+// Keys are borrowed from the Python `str` (its cached UTF-8), not copied into a `String`, and
+// a call's few limits live on the stack: the limiter call is dominated by allocations otherwise.
+type BucketArg = (PyBackedStr, f64, f64, f64);
+type QuotaArg = (PyBackedStr, u64, u64);
+type Args<T> = SmallVec<[T; 2]>;
 
 fn limits<'a>(
     buckets: &'a [BucketArg],
     quotas: &'a [QuotaArg],
-) -> (Vec<BucketLimit<'a>>, Vec<QuotaLimit<'a>>) {
+) -> (Args<BucketLimit<'a>>, Args<QuotaLimit<'a>>) {
     (
         buckets
             .iter()

@@ -32,7 +32,9 @@ fn check_output(out: &[u8]) {
             assert!(!line.contains(&b'\r'));
             let body = &line[6..];
             if body != b"[DONE]" {
-                serde_json::from_slice::<serde_json::Value>(body).unwrap();
+                // Grammar check only: relayed upstream JSON may hold numbers beyond f64 or lone
+                // surrogate escapes, which are valid JSON text that `Value` refuses.
+                serde_json::from_slice::<serde::de::IgnoredAny>(body).unwrap();
             }
         }
     }

@@ -1,9 +1,10 @@
 //! OpenAI (and OpenAI-compatible) upstream → OpenAI chunks: rewrite `model`, keep the rest.
 //!
-//! Each chunk's top-level members are kept in order with their raw JSON text (numbers, escapes
-//! and nested objects byte-exact); only the value of `model` is replaced by the gateway's id.
-//! Only `choices`, `usage` and `error` are decoded, to extract usage, finish reason and the
-//! character count. The gateway always asks upstream for usage; when the client did not, the
+//! Each chunk is relayed byte for byte except the value of its top-level `model` member, which
+//! is replaced by the gateway's id (so field order, number formatting and escapes are kept);
+//! a chunk without `model` gets one appended. One `serde_json` pass decodes only `choices`,
+//! `usage` and `error` (and validates the JSON); a light scanner finds the `model` span. This is
+//! faster than re-serializing through `serde_json::Value` (measured in `docs/benchmarks.md`). The gateway always asks upstream for usage; when the client did not, the
 //! usage-only chunk (`choices: []` with a usage) is dropped from the output.
 
 use std::borrow::Cow;
@@ -13,9 +14,20 @@ use serde_json::value::RawValue;
 
 use super::{parse, Options, Reframe, StreamState, DONE_EVENT};
 use crate::errors::CoreError;
-use crate::json::{self, RawObject};
+use crate::json;
 use crate::sse::Event;
 use crate::usage::{OpenAiUsage, Usage};
+
+/// The members of a chunk that the gateway needs; the rest is skipped.
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
 
 #[derive(Deserialize)]
 struct Choice<'a> {
@@ -99,30 +111,29 @@ fn upstream_error(raw: &RawValue) -> (String, String) {
     }
 }
 
-fn rewrite(obj: &RawObject<'_>, model_json: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: {");
-    let mut has_model = false;
-    for (i, (key, value)) in obj.0.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json::write_str(out, key);
-        out.push(b':');
-        if key == "model" && !has_model {
-            has_model = true;
-            out.extend_from_slice(model_json);
-        } else {
-            out.extend_from_slice(value.get().as_bytes());
-        }
-    }
-    if !has_model {
-        if !obj.0.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"model\":");
+fn rewrite(data: &str, model_json: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    if let Some((start, end)) = json::find_member(data, "model") {
+        out.extend_from_slice(&data.as_bytes()[..start]);
         out.extend_from_slice(model_json);
+        out.extend_from_slice(&data.as_bytes()[end..]);
+    } else {
+        // Valid JSON object without "model": insert it before the closing brace.
+        let body = data.trim_end_matches([' ', '\t', '\n', '\r']);
+        let body = body.strip_suffix('}').unwrap_or(body);
+        out.extend_from_slice(body.as_bytes());
+        if body
+            .trim_end_matches([' ', '\t', '\n', '\r'])
+            .ends_with('{')
+        {
+            out.extend_from_slice(b"\"model\":");
+        } else {
+            out.extend_from_slice(b",\"model\":");
+        }
+        out.extend_from_slice(model_json);
+        out.push(b'}');
     }
-    out.extend_from_slice(b"}\n\n");
+    out.extend_from_slice(b"\n\n");
 }
 
 impl Reframe for OpenAiReframer {
@@ -148,19 +159,13 @@ impl Reframe for OpenAiReframer {
         } else {
             data
         };
-        let obj: RawObject<'_> = parse("openai", data)?;
-        if let Some(err) = obj.get("error").filter(|e| !json::is_null(e)) {
+        let view: ChunkView<'_> = parse("openai", data)?;
+        if let Some(err) = view.error {
             st.upstream_error = Some(upstream_error(err));
             return Ok(());
         }
-        let choices: Vec<Choice<'_>> = match obj.get("choices") {
-            Some(raw) if !json::is_null(raw) => parse("openai", raw.get())?,
-            _ => Vec::new(),
-        };
-        let usage: Option<OpenAiUsage> = match obj.get("usage") {
-            Some(raw) => parse("openai", raw.get())?,
-            None => None,
-        };
+        let choices = view.choices.unwrap_or_default();
+        let usage = view.usage;
         for choice in &choices {
             if let Some(reason) = &choice.finish_reason {
                 st.finish_reason = Some(reason.clone().into_owned());
@@ -181,7 +186,7 @@ impl Reframe for OpenAiReframer {
                 return Ok(());
             }
         }
-        rewrite(&obj, &self.model_json, out);
+        rewrite(data, &self.model_json, out);
         Ok(())
     }
 

@@ -1,0 +1,226 @@
+"""Benchmark gateway._core against the pure-Python reference (pyref.py), same input, same run.
+
+    .venv/bin/python loadtests/bench/core_bench.py [--reps 7] [--events 3000]
+
+Reframers: each provider's realistic stream (text deltas, tool calls, usage), fed in network
+sized chunks (random 1-4 KiB) and one event per chunk; the reported time is the median of
+`--reps` full passes (new reframer each pass). Limiter: acquire() with one bucket and one quota
+over 1000 account keys, binding vs a dict + float-math token bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pyref
+
+from gateway import _core
+
+WORDS = "the of and to in is that for it as with was on be at by this had not are but from".split()
+
+
+def _text(rng: random.Random) -> str:
+    return " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))
+
+
+def _sse(obj: Any, event: str | None = None, eol: str = "\n") -> str:
+    head = f"event: {event}{eol}" if event else ""
+    return f"{head}data: {orjson.dumps(obj).decode()}{eol}{eol}"
+
+
+def openai_stream(n: int, rng: random.Random) -> bytes:
+    base = {
+        "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+        "object": "chat.completion.chunk",
+        "created": 1741570283,
+        "model": "gpt-4o-2024-08-06",
+        "service_tier": "default",
+        "system_fingerprint": "fp_eb9dce56a8",
+    }
+    parts = []
+    for i in range(n):
+        delta = {"role": "assistant", "content": ""} if i == 0 else {"content": _text(rng)}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        parts.append(_sse({**base, "choices": [choice], "usage": None}))
+    end = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    parts.append(_sse({**base, "choices": [end], "usage": None}))
+    usage = {"prompt_tokens": 14, "completion_tokens": n, "total_tokens": n + 14}
+    parts.append(_sse({**base, "choices": [], "usage": usage}))
+    parts.append("data: [DONE]\n\n")
+    return "".join(parts).encode()
+
+
+def anthropic_stream(n: int, rng: random.Random) -> bytes:
+    usage = {"input_tokens": 472, "cache_read_input_tokens": 2048, "output_tokens": 2}
+    msg = {"id": "msg_014p7gG3wDgGV9EUtLvnow3U", "type": "message", "role": "assistant"}
+    msg |= {"model": "claude-sonnet-4-20250514", "content": [], "usage": usage}
+    parts = [_sse({"type": "message_start", "message": msg}, "message_start")]
+    block = {"type": "text", "text": ""}
+    start = {"type": "content_block_start", "index": 0, "content_block": block}
+    parts.append(_sse(start, "content_block_start"))
+    for i in range(n):
+        if i % 100 == 50:
+            parts.append(_sse({"type": "ping"}, "ping"))
+        delta = {"type": "text_delta", "text": _text(rng)}
+        ev = {"type": "content_block_delta", "index": 0, "delta": delta}
+        parts.append(_sse(ev, "content_block_delta"))
+    parts.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    tool = {"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather"}
+    start = {"type": "content_block_start", "index": 1, "content_block": tool | {"input": {}}}
+    parts.append(_sse(start, "content_block_start"))
+    for frag in ['{"location":', ' "San Fra', 'ncisco, CA"', ', "unit": "fah', 'renheit"}']:
+        delta = {"type": "input_json_delta", "partial_json": frag}
+        ev = {"type": "content_block_delta", "index": 1, "delta": delta}
+        parts.append(_sse(ev, "content_block_delta"))
+    parts.append(_sse({"type": "content_block_stop", "index": 1}, "content_block_stop"))
+    md = {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}}
+    parts.append(_sse(md | {"usage": {"output_tokens": n}}, "message_delta"))
+    parts.append(_sse({"type": "message_stop"}, "message_stop"))
+    return "".join(parts).encode()
+
+
+def gemini_stream(n: int, rng: random.Random) -> bytes:
+    parts = []
+    meta = {"modelVersion": "gemini-2.5-flash", "responseId": "mDAmaL2BNvGhz7IPxeLb4QQ"}
+    for i in range(n):
+        usage = {"promptTokenCount": 57, "candidatesTokenCount": i, "totalTokenCount": 57 + i}
+        content = {"parts": [{"text": _text(rng)}], "role": "model"}
+        resp = {"candidates": [{"content": content, "index": 0}], "usageMetadata": usage}
+        parts.append(_sse(resp | meta, eol="\r\n"))
+    call = {"functionCall": {"name": "get_weather", "args": {"location": "Paris", "days": [1, 2]}}}
+    last = {"content": {"parts": [call], "role": "model"}, "finishReason": "STOP", "index": 0}
+    usage = {"promptTokenCount": 57, "candidatesTokenCount": n, "totalTokenCount": 57 + n}
+    parts.append(_sse({"candidates": [last], "usageMetadata": usage} | meta, eol="\r\n"))
+    return "".join(parts).encode()
+
+
+def network_chunks(data: bytes, rng: random.Random) -> list[bytes]:
+    out, i = [], 0
+    while i < len(data):
+        size = rng.randint(1024, 4096)
+        out.append(data[i : i + size])
+        i += size
+    return out
+
+
+def event_chunks(data: bytes, eol: bytes) -> list[bytes]:
+    sep = eol + eol
+    pieces = data.split(sep)
+    return [p + sep for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+
+
+def run_once(make: Callable[[], Any], chunks: list[bytes]) -> tuple[float, bytes]:
+    r = make()
+    t = time.perf_counter()
+    out = [r.feed(c) for c in chunks]
+    out.append(r.finish())
+    return time.perf_counter() - t, b"".join(out)
+
+
+def median_time(make: Callable[[], Any], chunks: list[bytes], reps: int) -> tuple[float, bytes]:
+    times, out = [], b""
+    for _ in range(reps):
+        t, out = run_once(make, chunks)
+        times.append(t)
+    return statistics.median(times), out
+
+
+def bench_reframers(n: int, reps: int) -> list[str]:
+    rng = random.Random(42)
+    rows = [
+        "| stream | chunking | input | events out | Python MB/s | Rust MB/s | Python "
+        "events/s | Rust events/s | Rust / Python |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind, data, eol in [
+        ("openai", openai_stream(n, rng), b"\n"),
+        ("anthropic", anthropic_stream(n, rng), b"\n"),
+        ("gemini", gemini_stream(n, rng), b"\r\n"),
+    ]:
+        for label, chunks in [
+            ("1-4 KiB", network_chunks(data, rng)),
+            ("per event", event_chunks(data, eol)),
+        ]:
+            args = (kind, "openai/gpt-4o", "chatcmpl-klawd", 1700000000, True)
+            t_py, out_py = median_time(lambda a=args: pyref.reframer(*a), chunks, reps)
+            t_rs, out_rs = median_time(lambda a=args: _core.Reframer(*a), chunks, reps)
+            n_events = out_rs.count(b"\n\n")
+            assert n_events == out_py.count(b"\n\n"), kind
+            mb = len(data) / 1e6
+            rows.append(
+                f"| {kind} | {label} | {len(data) / 1024:.0f} KiB | {n_events} | "
+                f"{mb / t_py:.1f} | {mb / t_rs:.1f} | {n_events / t_py:,.0f} | "
+                f"{n_events / t_rs:,.0f} | **{t_py / t_rs:.1f}x** |"
+            )
+    return rows
+
+
+def bench_limiter(calls: int, reps: int) -> list[str]:
+    keys = [f"acct_{i}" for i in range(1000)]
+    args = [
+        ([(f"rpm:{k}", 600.0, 10.0, 1.0)], [(f"rpd:{k}", 10**9, 1)])
+        for k in (keys[i % len(keys)] for i in range(calls))
+    ]
+
+    def run(acquire: Callable[..., Any]) -> float:
+        now = 1_764_115_000.0
+        t = time.perf_counter()
+        for buckets, quotas in args:
+            now += 0.0001
+            acquire(buckets, quotas, now)
+        return time.perf_counter() - t
+
+    t_py = statistics.median(run(pyref.PyLimiter().acquire) for _ in range(reps))
+    t_rs = statistics.median(run(_core.Limiter().acquire) for _ in range(reps))
+    return [
+        "| limiter | calls | Python ns/call | Rust ns/call | Python calls/s | Rust calls/s |"
+        " Rust / Python |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| acquire(1 bucket + 1 quota), 1000 keys | {calls} | {t_py / calls * 1e9:,.0f} | "
+        f"{t_rs / calls * 1e9:,.0f} | {calls / t_py:,.0f} | {calls / t_rs:,.0f} | "
+        f"**{t_py / t_rs:.1f}x** |",
+    ]
+
+
+def versions() -> str:
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return (
+        f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
+        f"Python {platform.python_version()}; orjson {orjson.__version__}; "
+        f"gateway._core {_core.__version__}; {rustc or 'rustc ?'}; "
+        f"{platform.machine()} ({platform.processor() or 'cpu ?'})"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--events", type=int, default=3000)
+    p.add_argument("--calls", type=int, default=100_000)
+    a = p.parse_args()
+    lines = [
+        versions(),
+        "",
+        *bench_reframers(a.events, a.reps),
+        "",
+        *bench_limiter(a.calls, a.reps),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

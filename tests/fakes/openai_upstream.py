@@ -14,16 +14,22 @@ order against one shared server:
     fail-500      500
     fail-400      400 with an upstream validation message
     garbage       200 with a body that is not JSON
+
+Images (`POST /v1/images/generations`): `img-fake` answers n images as `url` (served at
+`/files/img-{i}.png`) or `b64_json`, as the request's response_format asks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.server import PNG_1X1
 
 ANSWER_WORDS = ["Hello", " from", " the fake"]
 
@@ -148,6 +154,8 @@ class FakeOpenAI:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_get("/files/{name}", self._file)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -176,7 +184,27 @@ class FakeOpenAI:
                 return recorded
         raise AssertionError(f"the fake received no request for {model}")
 
-    # -- the endpoint -------------------------------------------------------------------------
+    # -- the endpoints ------------------------------------------------------------------------
+    async def _images(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        if body.get("model") != "img-fake":
+            return web.json_response(
+                {"error": {"message": "Unknown model", "type": "invalid_request_error"}},
+                status=404,
+            )
+        count = int(body.get("n") or 1)
+        if body.get("response_format") == "b64_json":
+            encoded = base64.b64encode(PNG_1X1).decode()
+            data = [{"b64_json": encoded, "revised_prompt": body["prompt"]} for _ in range(count)]
+        else:
+            origin = f"http://127.0.0.1:{self.port}"
+            data = [{"url": f"{origin}/files/img-{i}.png"} for i in range(count)]
+        return web.json_response({"created": 1700000000, "data": data})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        return web.Response(body=PNG_1X1, content_type="image/png")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.requests.append({"headers": dict(request.headers), "body": body})

@@ -131,12 +131,17 @@ def run_once(make: Callable[[], Any], chunks: list[bytes]) -> tuple[float, bytes
     return time.perf_counter() - t, b"".join(out)
 
 
-def median_time(make: Callable[[], Any], chunks: list[bytes], reps: int) -> tuple[float, bytes]:
-    times, out = [], b""
+def median_times(
+    makers: list[Callable[[], Any]], chunks: list[bytes], reps: int
+) -> list[tuple[float, bytes]]:
+    """Median time of each implementation; repetitions interleaved so drift hits both alike."""
+    times: list[list[float]] = [[] for _ in makers]
+    outs = [b""] * len(makers)
     for _ in range(reps):
-        t, out = run_once(make, chunks)
-        times.append(t)
-    return statistics.median(times), out
+        for i, make in enumerate(makers):
+            t, outs[i] = run_once(make, chunks)
+            times[i].append(t)
+    return [(statistics.median(ts), out) for ts, out in zip(times, outs, strict=True)]
 
 
 def bench_reframers(n: int, reps: int) -> list[str]:
@@ -156,8 +161,9 @@ def bench_reframers(n: int, reps: int) -> list[str]:
             ("per event", event_chunks(data, eol)),
         ]:
             args = (kind, "openai/gpt-4o", "chatcmpl-klawd", 1700000000, True)
-            t_py, out_py = median_time(lambda a=args: pyref.reframer(*a), chunks, reps)
-            t_rs, out_rs = median_time(lambda a=args: _core.Reframer(*a), chunks, reps)
+            (t_py, out_py), (t_rs, out_rs) = median_times(
+                [lambda a=args: pyref.reframer(*a), lambda a=args: _core.Reframer(*a)], chunks, reps
+            )
             n_events = out_rs.count(b"\n\n")
             assert n_events == out_py.count(b"\n\n"), kind
             mb = len(data) / 1e6
@@ -184,8 +190,11 @@ def bench_limiter(calls: int, reps: int) -> list[str]:
             acquire(buckets, quotas, now)
         return time.perf_counter() - t
 
-    t_py = statistics.median(run(pyref.PyLimiter().acquire) for _ in range(reps))
-    t_rs = statistics.median(run(_core.Limiter().acquire) for _ in range(reps))
+    py_times, rs_times = [], []
+    for _ in range(reps):  # interleaved, fresh limiter each repetition
+        py_times.append(run(pyref.PyLimiter().acquire))
+        rs_times.append(run(_core.Limiter().acquire))
+    t_py, t_rs = statistics.median(py_times), statistics.median(rs_times)
     return [
         "| limiter | calls | Python ns/call | Rust ns/call | Python calls/s | Rust calls/s |"
         " Rust / Python |",

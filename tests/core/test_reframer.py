@@ -178,3 +178,16 @@ def test_sse_error_is_a_value_error_and_stream_error_is_not() -> None:
     assert issubclass(_core.SseError, ValueError)
     assert not issubclass(_core.UpstreamStreamError, ValueError)
     assert isinstance(_core.__version__, str)
+
+
+def test_large_input_released_from_the_interpreter_gives_the_same_output() -> None:
+    # Inputs above 64 KiB are processed with the interpreter detached: same bytes out.
+    body = b"".join(
+        b'data: {"id":"x","model":"m","choices":[{"index":0,"delta":{"content":"%d"}}]}\n\n' % i
+        for i in range(3000)
+    )
+    data = body + b"data: [DONE]\n\n"
+    assert len(data) > 64 * 1024
+    whole = run("openai", [data])
+    assert whole == run("openai", [data[i : i + 4096] for i in range(0, len(data), 4096)])
+    assert whole.count(b"\n\n") == 3001

@@ -36,7 +36,7 @@ TEXT = st.text(
     max_size=12,
 )
 EOL = st.sampled_from(["\n", "\r\n", "\r"])
-SETTINGS = settings(max_examples=80, deadline=None)
+SETTINGS = settings(max_examples=80, deadline=None, database=None)
 
 
 def sse(events: list[tuple[str | None, Any]], eol: str) -> bytes:

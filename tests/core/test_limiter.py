@@ -141,7 +141,7 @@ def test_eviction_of_refilled_buckets_keeps_answers_exact() -> None:
     assert len(small) <= 10
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, database=None)
 @given(
     ops=st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 4.0), st.booleans()), max_size=40)
 )

@@ -68,7 +68,7 @@ def test_every_event_is_one_line_of_json_or_done(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CASES)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(cuts=st.lists(st.integers(min_value=0), max_size=12))
 def test_any_split_of_a_fixture_gives_the_same_output(name: str, cuts: list[int]) -> None:
     data = fixture(name)

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 # A valid 1x1 transparent PNG: what the fake image upstreams serve as a generated image.
 PNG_1X1 = bytes.fromhex(
@@ -59,7 +60,7 @@ class ThreadedServer:
             {
                 "method": request.method,
                 "path": request.path_qs,
-                "headers": dict(request.headers),
+                "headers": CIMultiDict(request.headers),  # case-insensitive, as HTTP
                 "body": body,
                 **extra,
             }

@@ -1,0 +1,212 @@
+"""Image generation end to end: the official openai SDK's `images.generate` → the gateway
+process → the fake Replicate predictions API or the fake OpenAI images endpoint."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Gateway
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.provider_config import REPLICATE_TOKEN
+from tests.fakes.replicate_upstream import FakeReplicate
+from tests.fakes.server import PNG_1X1
+
+
+def client(gateway: Gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def test_replicate_urls_with_cost_and_translated_input(
+    gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
+) -> None:
+    response = client(gateway, api_key).images.with_raw_response.generate(
+        model="replicate/instant", prompt="a red fox", n=2, size="512x768"
+    )
+    images = response.parse()
+    assert images.data is not None and len(images.data) == 2
+    assert all((i.url or "").startswith(fake_replicate.base_url) for i in images.data)
+    assert images.created > 0
+    assert response.headers["x-klawd-model"] == "replicate/instant"
+    assert response.headers["x-klawd-provider"] == "replicate"
+    assert response.headers["x-klawd-cost-usd"] == "0.040000"  # 2 images x $0.02
+    created = fake_replicate.creations("instant")[-1]
+    assert created["path"] == "/v1/models/fake-owner/instant/predictions"
+    assert created["body"] == {
+        "input": {"prompt": "a red fox", "width": 512, "height": 768, "num_outputs": 2}
+    }
+    assert created["headers"]["Prefer"].startswith("wait")
+    assert created["headers"]["Authorization"] == f"Bearer {REPLICATE_TOKEN}"
+
+
+def test_replicate_b64_json_holds_the_downloaded_image(gateway: Gateway, api_key: str) -> None:
+    images = client(gateway, api_key).images.generate(
+        model="replicate/instant", prompt="a red fox", response_format="b64_json"
+    )
+    assert images.data is not None and len(images.data) == 1
+    assert images.data[0].url is None
+    assert base64.b64decode(images.data[0].b64_json or "") == PNG_1X1
+
+
+def test_replicate_single_url_output_is_one_image(gateway: Gateway, api_key: str) -> None:
+    images = client(gateway, api_key).images.generate(model="replicate/single", prompt="x")
+    assert images.data is not None and len(images.data) == 1
+    assert (images.data[0].url or "").endswith("/out-0.png")
+
+
+def test_replicate_prediction_still_running_is_polled_until_succeeded(
+    gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
+) -> None:
+    images = client(gateway, api_key).images.generate(model="replicate/slow", prompt="x")
+    assert images.data is not None and len(images.data) == 1
+    prediction_id = (images.data[0].url or "").split("/files/")[1].split("/")[0]
+    assert fake_replicate.polls[prediction_id] == 3
+    polled = [r for r in fake_replicate.requests if r["path"] == f"/v1/predictions/{prediction_id}"]
+    assert all(r["method"] == "GET" for r in polled)
+    assert polled[0]["headers"]["Authorization"] == f"Bearer {REPLICATE_TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "error_type"),
+    [
+        ("fails", 502, "bad_gateway"),
+        ("canceled", 503, "service_unavailable"),
+        ("rate-limited", 429, "rate_limit_exceeded"),
+        ("invalid", 400, "invalid_request"),
+    ],
+)
+def test_replicate_failures_map_to_the_envelope(
+    gateway: Gateway, api_key: str, model: str, status: int, error_type: str
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gateway, api_key).images.generate(model=f"replicate/{model}", prompt="x")
+    assert caught.value.status_code == status
+    assert caught.value.body["type"] == error_type  # type: ignore[index]
+    assert REPLICATE_TOKEN not in caught.value.response.text
+
+
+def test_failed_prediction_names_the_model_error(gateway: Gateway, api_key: str) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gateway, api_key).images.generate(model="replicate/fails", prompt="x")
+    assert "CUDA out of memory" in caught.value.message
+
+
+def test_rate_limited_create_carries_retry_after(gateway: Gateway, api_key: str) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        client(gateway, api_key).images.generate(model="replicate/rate-limited", prompt="x")
+    assert caught.value.response.headers["retry-after"] == "9"
+
+
+def test_failed_generation_is_not_retried(
+    gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
+) -> None:
+    before = len(fake_replicate.creations("canceled"))
+    with pytest.raises(openai.APIStatusError):
+        client(gateway, api_key).images.generate(model="replicate/canceled", prompt="x")
+    assert len(fake_replicate.creations("canceled")) == before + 1
+
+
+def test_prediction_past_the_deadline_is_cancelled_and_504(
+    gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gateway, api_key).images.generate(model="replicate-deadline/never", prompt="x")
+    assert caught.value.status_code == 504
+    assert caught.value.body["type"] == "gateway_timeout"  # type: ignore[index]
+    cancels = [r for r in fake_replicate.requests if r["path"].endswith("/cancel")]
+    assert cancels and cancels[-1]["method"] == "POST"
+    assert len(fake_replicate.creations("never")) == 1, "a timed-out generation is not retried"
+
+
+def test_free_plan_gets_403_and_nothing_reaches_the_upstream(
+    gateway: Gateway, fake_replicate: FakeReplicate
+) -> None:
+    free_key = gateway.new_key(plan="free", credits_usd=5.0)
+    before = len(fake_replicate.requests)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client(gateway, free_key).images.generate(model="replicate/instant", prompt="x")
+    assert caught.value.body["type"] == "permission_denied"  # type: ignore[index]
+    assert len(fake_replicate.requests) == before
+
+
+def test_api_path_alias_serves_the_same_endpoint(gateway: Gateway, api_key: str) -> None:
+    response = httpx.post(
+        f"{gateway.base_url}/api/images/generations",
+        headers={"authorization": f"Bearer {api_key}"},
+        json={"model": "replicate/instant", "prompt": "x"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"created", "data"}
+    assert list(body["data"][0]) == ["url"]
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+def test_openai_image_model(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI, response_format: str
+) -> None:
+    response = client(gateway, api_key).images.with_raw_response.generate(
+        model="openai/img-fake",
+        prompt="a lighthouse",
+        n=2,
+        response_format=response_format,  # type: ignore[arg-type]
+        extra_body={"quality": "hd"},
+    )
+    images = response.parse()
+    assert images.data is not None and len(images.data) == 2
+    if response_format == "url":
+        assert (images.data[0].url or "").endswith("/files/img-0.png")
+    else:
+        assert base64.b64decode(images.data[0].b64_json or "") == PNG_1X1
+    assert response.headers["x-klawd-cost-usd"] == "0.080000"
+    assert response.headers["x-klawd-provider"] == "openai"
+    body = fake_openai.last_request("img-fake")["body"]
+    assert body["prompt"] == "a lighthouse" and body["quality"] == "hd" and body["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "openai/gpt-fake", "prompt": "x"}, 400, "model"),
+        ({"model": "replicate/instant"}, 400, "prompt"),
+        ({"model": "replicate/instant", "prompt": "x", "n": 0}, 400, "n"),
+        ({"model": "replicate/instant", "prompt": "x", "size": "big"}, 400, "size"),
+        ({"model": "replicate/instant", "prompt": "x", "response_format": "png"}, 400, None),
+        ({"model": "nope/nothing", "prompt": "x"}, 404, "model"),
+    ],
+)
+def test_invalid_image_requests(
+    gateway: Gateway, api_key: str, body: dict[str, object], status: int, param: str | None
+) -> None:
+    response = httpx.post(
+        f"{gateway.base_url}/v1/images/generations",
+        headers={"authorization": f"Bearer {api_key}"},
+        json=body,
+    )
+    assert response.status_code == status
+    if param is not None:
+        assert response.json()["error"]["param"] == param
+
+
+def test_image_model_is_not_a_chat_model_and_back(gateway: Gateway, api_key: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(gateway, api_key).chat.completions.create(
+            model="replicate/instant", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.param == "model"
+    with pytest.raises(openai.BadRequestError):
+        client(gateway, api_key).chat.completions.create(
+            model="replicate/not-chat", messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+def test_images_need_a_key(gateway: Gateway) -> None:
+    response = httpx.post(
+        f"{gateway.base_url}/v1/images/generations",
+        json={"model": "replicate/instant", "prompt": "x"},
+    )
+    assert response.status_code == 401

@@ -201,6 +201,8 @@ class OpenAIRef(_Base):
         if not isinstance(obj, dict):
             raise SseError("malformed openai stream event")
         err = obj.get("error")
+        if err is None and obj.get("object") == "error":
+            err = obj  # vLLM's older top-level error object
         if err is not None:
             kind = err.get("type") or err.get("code") or "error"
             self.upstream_error = (str(kind), str(err.get("message") or ""))

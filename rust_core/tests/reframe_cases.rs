@@ -57,6 +57,17 @@ fn openai_error_event_sets_upstream_error_and_stops() {
 }
 
 #[test]
+fn openai_compatible_top_level_error_object_sets_upstream_error() {
+    let input = "data: {\"object\":\"error\",\"message\":\"context too long\",\"type\":\"BadRequestError\",\"param\":null,\"code\":400}\n\n";
+    let (evs, s) = out_of("openai", input);
+    assert!(evs.is_empty());
+    assert_eq!(
+        s.state().upstream_error,
+        Some(("BadRequestError".to_owned(), "context too long".to_owned()))
+    );
+}
+
+#[test]
 fn openai_done_without_final_blank_line_still_terminates() {
     let (out, err) = run(
         "openai",

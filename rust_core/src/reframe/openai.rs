@@ -27,6 +27,9 @@ struct ChunkView<'a> {
     usage: Option<OpenAiUsage>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
+    /// vLLM (older versions) streams errors as a top-level `{"object":"error","message":…}`.
+    #[serde(borrow, default)]
+    object: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -90,8 +93,8 @@ impl OpenAiReframer {
     }
 }
 
-fn upstream_error(raw: &RawValue) -> (String, String) {
-    match serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
+fn upstream_error(raw: &str) -> (String, String) {
+    match serde_json::from_str::<ErrorBody<'_>>(raw) {
         Ok(e) => {
             let kind = e.kind.map(Cow::into_owned).or_else(|| {
                 e.code.filter(|c| !json::is_null(c)).map(|c| {
@@ -106,7 +109,7 @@ fn upstream_error(raw: &RawValue) -> (String, String) {
         // `"error": "some text"` and other shapes.
         Err(_) => (
             "error".to_owned(),
-            serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned()),
+            serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned()),
         ),
     }
 }
@@ -161,7 +164,11 @@ impl Reframe for OpenAiReframer {
         };
         let view: ChunkView<'_> = parse("openai", data)?;
         if let Some(err) = view.error {
-            st.upstream_error = Some(upstream_error(err));
+            st.upstream_error = Some(upstream_error(err.get()));
+            return Ok(());
+        }
+        if view.object.as_deref() == Some("error") {
+            st.upstream_error = Some(upstream_error(data));
             return Ok(());
         }
         let choices = view.choices.unwrap_or_default();

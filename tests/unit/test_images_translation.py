@@ -1,0 +1,157 @@
+"""Image requests: the body schema, the Replicate input mapping, and the no-retry rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gateway.api.images import _generate
+from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest, ServiceUnavailable
+from gateway.providers.base import (
+    GeneratedImage,
+    ImageCall,
+    ImageResult,
+    UpstreamUnreachable,
+)
+from gateway.providers.replicate import ReplicateProvider, output_urls, prediction_input
+from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.schemas.images import decode_image_request
+from gateway.settings import ModelSettings, ProviderSettings, RetrySettings, Settings
+
+
+def test_size_becomes_width_and_height_and_n_num_outputs() -> None:
+    request = decode_image_request(b'{"model":"m/x","prompt":"p","size":"640x480","n":3}')
+    assert prediction_input(request) == {
+        "prompt": "p",
+        "width": 640,
+        "height": 480,
+        "num_outputs": 3,
+    }
+
+
+def test_defaults_send_only_the_prompt() -> None:
+    request = decode_image_request(b'{"model":"m/x","prompt":"p","size":"auto"}')
+    assert prediction_input(request) == {"prompt": "p"}
+
+
+@pytest.mark.parametrize("size", ["1024", "10x", "x10", "0x10", "1024X1024", "big"])
+def test_malformed_size_is_400_naming_it(size: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        decode_image_request(b'{"model":"m/x","prompt":"p","size":"' + size.encode() + b'"}')
+    assert caught.value.param == "size"
+
+
+@pytest.mark.parametrize(
+    ("output", "urls"), [("https://a/1.png", ["https://a/1.png"]), (["u1", "u2"], ["u1", "u2"])]
+)
+def test_output_url_or_list_becomes_a_list(output: Any, urls: list[str]) -> None:
+    assert output_urls(output) == urls
+
+
+@pytest.mark.parametrize("output", [None, 3, [1, 2], {"url": "x"}])
+def test_output_without_urls_is_bad_gateway(output: Any) -> None:
+    with pytest.raises(BadGateway):
+        output_urls(output)
+
+
+async def test_create_request_targets_the_model_predictions_with_prefer_wait() -> None:
+    settings = ProviderSettings(
+        kind="replicate", base_url="https://r.example/", first_byte_timeout_s=30
+    )
+    provider = ReplicateProvider("replicate", settings, Secret("r8_x"))
+    try:
+        call = ImageCall(
+            decode_image_request(b'{"model":"replicate/s","prompt":"p"}'),
+            b"{}",
+            CatalogEntry(
+                ModelSettings(id="replicate/s", provider="replicate", upstream_model="own/name"),
+                settings,
+                None,
+            ),
+            0,
+        )
+        upstream = provider.create_request(call)
+        bad = ImageCall(
+            call.request,
+            b"{}",
+            CatalogEntry(
+                ModelSettings(id="replicate/s", provider="replicate", upstream_model="nameonly"),
+                settings,
+                None,
+            ),
+            0,
+        )
+        with pytest.raises(BadGateway):
+            provider.create_request(bad)
+    finally:
+        await provider.close()
+    assert upstream.url == "https://r.example/v1/models/own/name/predictions"
+    assert upstream.headers["prefer"] == "wait=29"
+    assert upstream.headers["authorization"] == "Bearer r8_x"
+
+
+@dataclass
+class ScriptedImages:
+    """An ImageProvider that raises the scripted errors, then succeeds."""
+
+    errors: list[Exception]
+    name: str = "p"
+    calls: int = 0
+
+    async def generate_images(self, call: ImageCall) -> ImageResult:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return ImageResult([GeneratedImage(url="https://x/1.png")])
+
+
+@dataclass
+class FakeState:
+    providers: dict[str, Any]
+    settings: Settings = field(
+        default_factory=lambda: Settings(
+            retry=RetrySettings(attempts=3, base_delay_s=0.0, max_delay_s=0.0),
+            providers={"p": ProviderSettings(kind="replicate", base_url="http://x")},
+        )
+    )
+
+
+TARGET = CatalogEntry(
+    ModelSettings(id="p/img", provider="p", kind="image"),
+    ProviderSettings(kind="replicate", base_url="http://x"),
+    None,
+)
+REQUEST = decode_image_request(b'{"model":"p/img","prompt":"p"}')
+
+
+async def test_connect_errors_are_retried() -> None:
+    provider = ScriptedImages([UpstreamUnreachable("down"), UpstreamUnreachable("down")])
+    result, target = await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+    assert provider.calls == 3
+    assert result.images[0].url == "https://x/1.png" and target is TARGET
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        GatewayTimeout("slow"),
+        ServiceUnavailable("503 after sending"),
+        BadGateway("failed"),
+    ],
+)
+async def test_failures_after_the_request_reached_the_upstream_are_not_retried(
+    error: Exception,
+) -> None:
+    provider = ScriptedImages([error])
+    with pytest.raises(type(error)):
+        await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+    assert provider.calls == 1
+
+
+async def test_unreachable_every_time_gives_up_after_the_configured_attempts() -> None:
+    provider = ScriptedImages([UpstreamUnreachable("down")] * 5)
+    with pytest.raises(UpstreamUnreachable):
+        await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+    assert provider.calls == 3

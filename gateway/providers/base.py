@@ -72,6 +72,10 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
+# A generated image downloaded for `b64_json` larger than this is refused (memory bound).
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+
 class UpstreamRequest(Struct, frozen=True):
     url: str
     headers: dict[str, str]
@@ -271,7 +275,14 @@ class HttpProvider:
                             f"The upstream provider '{self.name}' could not serve a generated "
                             f"image (HTTP {response.status})."
                         )
-                    data = await response.read()
+                    data = bytearray()
+                    async for chunk in response.content.iter_any():
+                        data += chunk
+                        if len(data) > MAX_IMAGE_BYTES:
+                            raise BadGateway(
+                                f"The upstream provider '{self.name}' served an image larger "
+                                f"than {MAX_IMAGE_BYTES} bytes."
+                            )
         except TimeoutError as exc:
             raise GatewayTimeout(
                 f"The upstream provider '{self.name}' timed out serving an image."

@@ -9,7 +9,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 use smallvec::SmallVec;
 
 use crate::bucket::BucketSpec;
@@ -190,6 +190,15 @@ type BucketArg = (PyBackedStr, f64, f64, f64);
 type QuotaArg = (PyBackedStr, u64, u64);
 type Args<T> = SmallVec<[T; 2]>;
 
+/// Indexed access to the list (no Python iterator object per call).
+fn extract_list<'py, T: FromPyObjectOwned<'py>>(list: &Bound<'py, PyList>) -> PyResult<Vec<T>> {
+    let mut out = Vec::with_capacity(list.len());
+    for item in list.iter() {
+        out.push(item.extract::<T>().map_err(Into::into)?);
+    }
+    Ok(out)
+}
+
 fn limits<'a>(
     buckets: &'a [BucketArg],
     quotas: &'a [QuotaArg],
@@ -233,24 +242,24 @@ impl PyLimiter {
         }
     }
 
-    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts owned lists
     fn acquire(
         &self,
-        buckets: Vec<BucketArg>,
-        quotas: Vec<QuotaArg>,
+        buckets: &Bound<'_, PyList>,
+        quotas: &Bound<'_, PyList>,
         now_s: f64,
     ) -> PyResult<PyDecision> {
+        let (buckets, quotas) = (extract_list(buckets)?, extract_list(quotas)?);
         let (b, q) = limits(&buckets, &quotas);
         Ok(self.inner.acquire(&b, &q, now_s)?.into())
     }
 
-    #[allow(clippy::needless_pass_by_value)] // PyO3 extracts owned lists
     fn peek(
         &self,
-        buckets: Vec<BucketArg>,
-        quotas: Vec<QuotaArg>,
+        buckets: &Bound<'_, PyList>,
+        quotas: &Bound<'_, PyList>,
         now_s: f64,
     ) -> PyResult<PyDecision> {
+        let (buckets, quotas) = (extract_list(buckets)?, extract_list(quotas)?);
         let (b, q) = limits(&buckets, &quotas);
         Ok(self.inner.peek(&b, &q, now_s)?.into())
     }

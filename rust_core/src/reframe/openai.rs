@@ -155,7 +155,7 @@ impl Reframe for OpenAiReframer {
             return Ok(());
         }
         // Pretty-printed JSON over several data lines would break the one-line output.
-        let data = if data.contains(['\n', '\r']) {
+        let data = if memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
             self.compact.clear();
             json::write_compact(&mut self.compact, data);
             std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?

@@ -14,12 +14,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gateway.api import account, admin, chat, images, models, ops
+from gateway.api import account, admin, chat, images, models, ops, status
 from gateway.api.middleware import GatewayMiddleware
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from gateway.metrics import Metrics, worker_exited
+from gateway.observer import RequestObserver
+from gateway.providers.base import HttpProvider
+from gateway.requestlog import RequestLog
 from gateway.settings import Settings, config_path, load_settings
-from gateway.state import build_state
+from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
+from gateway.store_metrics import store_backend
 
 log = logging.getLogger("klawd")
 
@@ -69,19 +74,44 @@ def routes() -> list[Route]:
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+        Route("/status", status.status, methods=["GET"]),
     ]
+
+
+def build_observer(settings: Settings) -> RequestObserver:
+    """Collectors over the configured (bounded) label values, and the request log."""
+    metrics = Metrics(
+        models=[m.id for m in settings.models],
+        providers=settings.providers,
+        plans=settings.plans,
+        store_backend=store_backend(settings.store.url),
+    )
+    return RequestObserver(metrics, RequestLog())
+
+
+def attach_observer(state: AppState, observer: RequestObserver) -> None:
+    state.meter.observer = observer
+    for provider in state.providers.values():
+        if isinstance(provider, HttpProvider):
+            provider.observer = observer
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
     env = dict(os.environ if environ is None else environ)
+    observer = build_observer(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        state = await build_state(settings, env)
+        observer.request_log.start()
+        state = await build_state(settings, env, observer.metrics)
+        attach_observer(state, observer)
         try:
-            yield {"klawd": state}
+            yield {"klawd": state, "klawd_observer": observer}
         finally:
             await state.close()
+            observer.request_log.close()
+            worker_exited(os.getpid())
 
     starlette = Starlette(
         routes=routes(),
@@ -92,7 +122,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             HTTPException: _http_error,
         },
     )
-    return GatewayMiddleware(starlette, settings.server.max_body_bytes)
+    return GatewayMiddleware(starlette, settings.server.max_body_bytes, observer)
 
 
 def app_from_environment() -> ASGIApp:

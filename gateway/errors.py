@@ -37,12 +37,20 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        retryable: bool = False,
+        connect_failed: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        # An upstream failure worth another try of the same target (429, 5xx, connect errors,
+        # timeouts before the first byte); see gateway/routing/retry.py.
+        self.retryable = retryable
+        # The request provably never reached the upstream (safe to retry even non-idempotent
+        # calls such as image generation).
+        self.connect_failed = connect_failed
         # Headers that belong on the error response too (e.g. x-ratelimit-* after admission).
         self.extra_headers: dict[str, str] = {}
 

@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
@@ -28,6 +29,9 @@ from gateway.schemas.openai import ChatRequest, ImagePart
 from gateway.settings import Settings
 from gateway.store.base import Account, Store, UsageEntry
 from gateway.usage import UsageRecorder
+
+if TYPE_CHECKING:
+    from gateway.observer import RequestObserver
 
 # Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
 # framing per message, and a large image's worth per image part (settlement uses real counts).
@@ -64,6 +68,7 @@ class Ticket(Struct):
     spec: LimitSpec
     admission: Admission
     started: float
+    retries: int = 0  # upstream tries beyond the first (all targets)
 
 
 class AccountCache:
@@ -123,6 +128,8 @@ class Meter:
         self._limiter = limiter
         self._recorder = recorder
         self._clock = clock
+        # Metrics and the request log line (gateway/observer.py); set by create_app.
+        self.observer: RequestObserver | None = None
 
     async def account(self, auth: AuthContext) -> Account:
         account = await self._accounts.get(auth.account_id)
@@ -134,6 +141,8 @@ class Meter:
         account = await self.account(auth)
         spec = limit_spec(self._settings, account)
         admission = await self._limiter.admit(account.id, spec, reserve_micros)
+        if self.observer is not None:
+            self.observer.admitted_or_refused(account.id, account.plan, admission.outcome)
         if admission.outcome == "rate_limited":
             error = RateLimited(
                 "Rate limit reached for your plan "
@@ -197,6 +206,8 @@ class Meter:
                 stream=stream,
             )
         )
+        if self.observer is not None:
+            self.observer.settled(served, usage, status, stream, cost)
         return cost
 
     async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 
 from gateway.auth import KeyCache
 from gateway.metering import AccountCache, Meter
+from gateway.metrics import Metrics
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_provider
 from gateway.routing.catalog import Catalog, Secret, resolve_provider_keys
+from gateway.routing.health import Health
+from gateway.routing.retry import Retrier
 from gateway.settings import Settings
 from gateway.store import Store, open_store
+from gateway.store_metrics import timed_store
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger("klawd")
@@ -31,6 +35,8 @@ class AppState:
     recorder: UsageRecorder
     catalog: Catalog
     providers: dict[str, Provider]
+    health: Health
+    retrier: Retrier
     admin_token: Secret | None
     draining: bool = False
     background: set[object] = field(default_factory=set)
@@ -42,8 +48,12 @@ class AppState:
         await self.store.close()
 
 
-async def build_state(settings: Settings, environ: Mapping[str, str]) -> AppState:
+async def build_state(
+    settings: Settings, environ: Mapping[str, str], metrics: Metrics | None = None
+) -> AppState:
     store = open_store(settings.store.url)
+    if metrics is not None:
+        store = timed_store(store, metrics)  # store latency and errors
     provider_keys = resolve_provider_keys(settings, environ)
     providers: dict[str, Provider] = {}
     unavailable: dict[str, str] = {}
@@ -69,6 +79,7 @@ async def build_state(settings: Settings, environ: Mapping[str, str]) -> AppStat
         )
     keys = KeyCache(store)
     accounts = AccountCache(store)
+    health = Health()
 
     def invalidate(kind: str, ident: str) -> None:
         if kind == "key":
@@ -88,6 +99,8 @@ async def build_state(settings: Settings, environ: Mapping[str, str]) -> AppStat
         keys=keys,
         accounts=accounts,
         meter=Meter(settings, accounts, store.limiter(), recorder),
+        health=health,
+        retrier=Retrier(lambda target: settings.provider_retry(target.model.provider), health),
         recorder=recorder,
         catalog=Catalog(settings, unavailable),
         providers=providers,

@@ -87,6 +87,8 @@ TEST_MODELS = [
     "fail-500",
     "fail-400",
     "garbage",
+    "flaky",
+    "hold-fake",
 ]
 
 
@@ -105,6 +107,15 @@ def gateway_config(
 host = "127.0.0.1"
 port = {port}
 
+[server.streams]
+keepalive_s = 1
+
+[retry]
+attempts = 3
+base_delay_s = 0.01
+max_delay_s = 0.05
+max_retry_after_s = 5
+
 [store]
 url = "{store_url or f"sqlite:///{path.parent / 'klawd.db'}"}"
 
@@ -116,6 +127,23 @@ id = "openai/fallback-chain"
 provider = "openai"
 upstream_model = "fail-500"
 fallbacks = ["openai/gpt-fake"]
+
+# the same fake upstream behind short timeouts and no retries
+[providers.slowai]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "OPENAI_API_KEY"
+first_byte_timeout_s = 1
+stream_idle_timeout_s = 1
+retry = {{ attempts = 1 }}
+
+[[models]]
+id = "slowai/hang-headers"
+provider = "slowai"
+
+[[models]]
+id = "slowai/stall-stream"
+provider = "slowai"
 
 {models}
 {extra}

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.api.common import app_state, authenticate, json_response
+from gateway.api.streaming import with_keepalive
 from gateway.billing import (
     TokenUsage,
     estimate_tokens,
@@ -22,24 +23,18 @@ from gateway.billing import (
 )
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
-    BadGateway,
     GatewayError,
-    GatewayTimeout,
     InternalError,
-    RateLimited,
-    ServiceUnavailable,
 )
 from gateway.metering import Ticket, reserve_for_chat
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
+from gateway.routing.retry import Attempt
 from gateway.routing.router import resolve_chat
 from gateway.schemas.openai import ChatRequest, decode_chat_request
 from gateway.state import AppState
 
 log = logging.getLogger("klawd")
-
-# Upstream failures after which the next target of a route (or a model's fallback) is tried.
-FALLBACK_ON = (ServiceUnavailable, RateLimited, GatewayTimeout, BadGateway)
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 CLIENT_CLOSED = 499  # ledger status of a stream the client abandoned (nginx's convention)
@@ -59,9 +54,13 @@ async def chat_completions(request: Request) -> Response:
     created = int(time.time())
     try:
         if chat.stream:
-            stream, target = await _open_stream(state, chat, body, targets, response_id, created)
+            stream, target, tries = await _open_stream(
+                state, chat, body, targets, response_id, created
+            )
         else:
-            completion, target = await _complete(state, chat, body, targets, response_id, created)
+            completion, target, tries = await _complete(
+                state, chat, body, targets, response_id, created
+            )
     except GatewayError as exc:
         state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, chat.stream)
         exc.extra_headers.update(limit_headers)
@@ -69,6 +68,7 @@ async def chat_completions(request: Request) -> Response:
     except BaseException:
         state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, chat.stream)
         raise
+    ticket.retries = len(tries) - 1
     if chat.stream:
         return StreamingResponse(
             _relay(state, ticket, chat, stream, target),
@@ -94,16 +94,12 @@ async def _complete(
     targets: list[CatalogEntry],
     response_id: str,
     created: int,
-) -> tuple[Completion, CatalogEntry]:
-    last_error: GatewayError | None = None
-    for target in targets:
+) -> tuple[Completion, CatalogEntry, list[Attempt]]:
+    async def attempt(target: CatalogEntry) -> Completion:
         call = ChatCall(chat, body, target, response_id, created)
-        try:
-            return await state.providers[target.model.provider].complete(call), target
-        except FALLBACK_ON as exc:
-            log.info("target %s failed (%s); trying the next", target.model.id, exc.type)
-            last_error = exc
-    raise last_error or ServiceUnavailable("No target could serve the request.")
+        return await state.providers[target.model.provider].complete(call)
+
+    return await state.retrier.call_targets(targets, attempt)
 
 
 async def _open_stream(
@@ -113,18 +109,16 @@ async def _open_stream(
     targets: list[CatalogEntry],
     response_id: str,
     created: int,
-) -> tuple[UpstreamStream, CatalogEntry]:
+) -> tuple[UpstreamStream, CatalogEntry, list[Attempt]]:
     """Opens the upstream stream before answering, so that failures before the first byte are
-    real HTTP errors (and can fall back); after this, failures become a final error event."""
-    last_error: GatewayError | None = None
-    for target in targets:
+    real HTTP errors (retried, then falling back); after this, failures become a final error
+    event and nothing is retried."""
+
+    async def attempt(target: CatalogEntry) -> UpstreamStream:
         call = ChatCall(chat, body, target, response_id, created)
-        try:
-            return await state.providers[target.model.provider].stream(call), target
-        except FALLBACK_ON as exc:
-            log.info("target %s failed (%s); trying the next", target.model.id, exc.type)
-            last_error = exc
-    raise last_error or ServiceUnavailable("No target could serve the request.")
+        return await state.providers[target.model.provider].stream(call)
+
+    return await state.retrier.call_targets(targets, attempt)
 
 
 DONE = b"data: [DONE]\n\n"
@@ -166,8 +160,9 @@ async def _relay(
     """Each piece is one or more whole SSE events, written in one send. Whatever ends the
     stream (done, upstream failure, client gone), what was generated is billed."""
     status = CLIENT_CLOSED
+    keepalive_s = state.settings.server.streams.keepalive_s
     try:
-        async for piece in stream:
+        async for piece in with_keepalive(aiter(stream), keepalive_s):
             if chat.include_usage and piece.endswith(DONE):
                 piece = _with_cost(piece, target)
             yield piece

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
 import orjson
@@ -38,6 +39,9 @@ from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.images import ImageRequest
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import ProviderSettings
+
+if TYPE_CHECKING:
+    from gateway.observer import RequestObserver
 
 
 class ChatCall(Struct, frozen=True):
@@ -133,6 +137,9 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
 def status_error(
     provider: str, status: int, message: str | None, retry_after: float | None
 ) -> GatewayError:
@@ -147,18 +154,20 @@ def status_error(
     if status == 404:
         return BadGateway(f"The upstream provider '{provider}' does not know the configured model.")
     if status == 408:
-        return GatewayTimeout(f"The upstream provider '{provider}' timed out.")
+        return GatewayTimeout(f"The upstream provider '{provider}' timed out.", retryable=True)
     if status == 413:
         return RequestTooLarge(message or "The request is too large for the upstream provider.")
     if status == 429:
         return RateLimited(
             f"The upstream provider '{provider}' is rate limiting the gateway; retry later.",
             retry_after_s=retry_after if retry_after is not None else 1.0,
+            retryable=True,
         )
     if status >= 500:
         return ServiceUnavailable(
             f"The upstream provider '{provider}' is unavailable (HTTP {status}).",
             retry_after_s=retry_after,
+            retryable=status in RETRYABLE_STATUSES,
         )
     return BadGateway(f"The upstream provider '{provider}' answered HTTP {status}.")
 
@@ -167,6 +176,8 @@ class HttpProvider:
     """Shared sending for providers that speak HTTP + JSON + SSE."""
 
     reframer_kind: ClassVar[str]
+    # Upstream latency and errors for metrics and the request log; set by create_app.
+    observer: RequestObserver | None = None
 
     def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
         self.name = name
@@ -217,6 +228,19 @@ class HttpProvider:
         return text
 
     async def _send(self, upstream: UpstreamRequest) -> aiohttp.ClientResponse:
+        """One upstream call up to its response headers, reported to the observer."""
+        if self.observer is None:
+            return await self._send_unobserved(upstream)
+        started = time.perf_counter()
+        try:
+            response = await self._send_unobserved(upstream)
+        except GatewayError as exc:
+            self.observer.upstream_finished(self.name, time.perf_counter() - started, exc.type)
+            raise
+        self.observer.upstream_finished(self.name, time.perf_counter() - started, None)
+        return response
+
+    async def _send_unobserved(self, upstream: UpstreamRequest) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
                 response = await self._session.request(
@@ -227,11 +251,13 @@ class HttpProvider:
                 )
         except TimeoutError as exc:
             raise GatewayTimeout(
-                f"The upstream provider '{self.name}' did not answer in time."
+                f"The upstream provider '{self.name}' did not answer in time.", retryable=True
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(
-                f"The upstream provider '{self.name}' is unreachable."
+                f"The upstream provider '{self.name}' is unreachable.",
+                retryable=True,
+                connect_failed=True,
             ) from exc
         except aiohttp.ClientError as exc:
             raise BadGateway(

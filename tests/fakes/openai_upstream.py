@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -140,6 +141,8 @@ class FakeOpenAI:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.attempts: dict[str, int] = {}
+        self.disconnected_at: dict[str, float] = {}
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._release = asyncio.Event()
@@ -244,6 +247,17 @@ class FakeOpenAI:
                 },
                 status=400,
             )
+        if model == "flaky":
+            user = str(body.get("user"))
+            self.attempts[user] = self.attempts.get(user, 0) + 1
+            if self.attempts[user] <= 2:
+                return web.json_response(
+                    {"error": {"message": "overloaded", "type": "server_error"}},
+                    status=503,
+                    headers={"retry-after": "0"},
+                )
+        if model == "hang-headers":
+            await asyncio.sleep(3)
         if model == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="text/html")
         if not stream:
@@ -260,6 +274,18 @@ class FakeOpenAI:
             await asyncio.wait_for(self._release.wait(), timeout=30)
             for event in events[1:]:
                 await response.write(event)
+        elif model == "hold-fake":
+            await response.write(text_stream(model, include_usage)[0])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    self.disconnected_at[str(body.get("user"))] = time.monotonic()
+                    return response
+                await asyncio.sleep(0.02)
+        elif model == "stall-stream":
+            await response.write(text_stream(model, include_usage)[0])
+            await asyncio.sleep(3)
         elif model == "cut-fake":
             events = text_stream(model, include_usage)
             await response.write(events[0] + events[1])

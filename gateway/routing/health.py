@@ -1,0 +1,131 @@
+"""Provider health: one circuit breaker per catalog model, from its recent calls.
+
+closed → open when, among the last `window` calls, at least `min_failures` failed and the
+failure rate is at least `failure_rate`; open → half-open after `cool_down_s`, when one probe is
+let through; the probe's success closes the circuit, its failure opens it again. Latency is kept
+as an exponentially weighted mean for /status. State is per process (every replica learns on its
+own: no shared state is needed to stop hammering a failing upstream).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Literal
+
+from msgspec import Struct
+
+State = Literal["closed", "open", "half_open"]
+
+
+class CircuitView(Struct, frozen=True):
+    model: str
+    state: State
+    calls: int
+    error_rate: float
+    latency_ms: float | None
+
+
+class _Circuit:
+    __slots__ = ("latency_s", "opened_at", "outcomes", "probing", "state")
+
+    def __init__(self, window: int) -> None:
+        self.outcomes: deque[bool] = deque(maxlen=window)
+        self.state: State = "closed"
+        self.opened_at = 0.0
+        self.probing = False
+        self.latency_s: float | None = None
+
+
+class Health:
+    def __init__(
+        self,
+        window: int = 20,
+        min_failures: int = 5,
+        failure_rate: float = 0.5,
+        cool_down_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window = window
+        self._min_failures = min_failures
+        self._failure_rate = failure_rate
+        self._cool_down_s = cool_down_s
+        self._clock = clock
+        self._circuits: dict[str, _Circuit] = {}
+
+    def _circuit(self, model: str) -> _Circuit:
+        circuit = self._circuits.get(model)
+        if circuit is None:
+            circuit = self._circuits[model] = _Circuit(self._window)
+        return circuit
+
+    def allows(self, model: str) -> bool:
+        circuit = self._circuits.get(model)
+        if circuit is None or circuit.state == "closed":
+            return True
+        if circuit.state == "open":
+            if self._clock() - circuit.opened_at < self._cool_down_s:
+                return False
+            circuit.state = "half_open"
+            circuit.probing = False
+        if circuit.probing:
+            return False
+        circuit.probing = True  # exactly one probe at a time
+        return True
+
+    def reopens_in(self, model: str) -> float:
+        circuit = self._circuits.get(model)
+        if circuit is None or circuit.state != "open":
+            return 0.0
+        return max(0.0, self._cool_down_s - (self._clock() - circuit.opened_at))
+
+    def record(self, model: str, ok: bool, latency_s: float) -> None:
+        circuit = self._circuit(model)
+        circuit.outcomes.append(ok)
+        if ok:
+            circuit.latency_s = (
+                latency_s
+                if circuit.latency_s is None
+                else 0.8 * circuit.latency_s + 0.2 * latency_s
+            )
+        if circuit.state == "half_open":
+            circuit.probing = False
+            if ok:
+                circuit.state = "closed"
+                circuit.outcomes.clear()
+                circuit.outcomes.append(True)
+            else:
+                self._open(circuit)
+            return
+        failures = circuit.outcomes.count(False)
+        if (
+            circuit.state == "closed"
+            and failures >= self._min_failures
+            and failures / len(circuit.outcomes) >= self._failure_rate
+        ):
+            self._open(circuit)
+
+    def _open(self, circuit: _Circuit) -> None:
+        circuit.state = "open"
+        circuit.opened_at = self._clock()
+        circuit.probing = False
+
+    def view(self) -> list[CircuitView]:
+        out = []
+        for model, circuit in sorted(self._circuits.items()):
+            if circuit.state == "open" and self._clock() - circuit.opened_at >= self._cool_down_s:
+                state: State = "half_open"
+            else:
+                state = circuit.state
+            calls = len(circuit.outcomes)
+            out.append(
+                CircuitView(
+                    model=model,
+                    state=state,
+                    calls=calls,
+                    error_rate=circuit.outcomes.count(False) / calls if calls else 0.0,
+                    latency_ms=None if circuit.latency_s is None else circuit.latency_s * 1000,
+                )
+            )
+        return out

@@ -1,0 +1,108 @@
+"""Retries of one target, then the next target: shared by every provider, naming none.
+
+    result, target, tries = await call_targets(targets, attempt, policies, health)
+
+For each target in order (skipping open circuits): up to `attempts` tries. A failure marked
+`retryable` (connect errors, timeouts before the first byte, 429, 500, 502, 503, 504) sleeps
+U(0, min(max_delay_s, base_delay_s * 2^n)) — full jitter — or the upstream's Retry-After when it
+is longer, then tries again; a Retry-After above `max_retry_after_s` is not waited for: the next
+target is tried at once. Other upstream failures (a nonsense answer, the upstream refusing our
+key) skip to the next target. Client errors (400, 413, …) end the call at once. Everything here
+happens before the first byte reaches the client; nothing is retried after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from msgspec import Struct
+
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    RateLimited,
+    ServiceUnavailable,
+)
+from gateway.routing.catalog import CatalogEntry
+from gateway.routing.health import Health
+from gateway.settings import RetrySettings
+
+T = TypeVar("T")
+
+# Upstream failures after which the next target (a route's, or a model's fallback) is tried.
+FALLBACK_ON = (ServiceUnavailable, RateLimited, GatewayTimeout, BadGateway)
+
+
+class Attempt(Struct, frozen=True):
+    model: str
+    error: str | None  # the gateway error type of a failed try, None for the one that served
+    slept_s: float
+
+
+def backoff_delay(retry: int, policy: RetrySettings, rng: random.Random) -> float:
+    """Full jitter: U(0, min(cap, base * 2^retry)) for the retry-th retry (0-based)."""
+    return rng.uniform(0.0, min(policy.max_delay_s, policy.base_delay_s * (2**retry)))
+
+
+class Retrier:
+    def __init__(
+        self,
+        policy_for: Callable[[CatalogEntry], RetrySettings],
+        health: Health,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy_for = policy_for
+        self._health = health
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
+        self._sleep = sleep
+        self._clock = clock
+
+    async def call_targets(
+        self,
+        targets: list[CatalogEntry],
+        attempt: Callable[[CatalogEntry], Awaitable[T]],
+        may_retry: Callable[[GatewayError], bool] = lambda exc: exc.retryable,
+    ) -> tuple[T, CatalogEntry, list[Attempt]]:
+        tries: list[Attempt] = []
+        last_error: GatewayError | None = None
+        candidates = [t for t in targets if self._health.allows(t.model.id)]
+        if not candidates:
+            raise ServiceUnavailable(
+                "Every model that could serve this request is failing right now (circuit open).",
+                retry_after_s=min(self._health.reopens_in(t.model.id) for t in targets),
+            )
+        for target in candidates:
+            policy = self._policy_for(target)
+            slept = 0.0
+            for retry in range(policy.attempts):
+                started = self._clock()
+                try:
+                    result = await attempt(target)
+                except FALLBACK_ON as exc:
+                    self._health.record(
+                        target.model.id, ok=False, latency_s=self._clock() - started
+                    )
+                    tries.append(Attempt(target.model.id, exc.type, slept))
+                    last_error = exc
+                    if retry + 1 >= policy.attempts or not may_retry(exc):
+                        break
+                    delay = backoff_delay(retry, policy, self._rng)
+                    if exc.retry_after_s is not None:
+                        if exc.retry_after_s > policy.max_retry_after_s:
+                            break
+                        delay = max(delay, exc.retry_after_s)
+                    await self._sleep(delay)
+                    slept = delay
+                    continue
+                self._health.record(target.model.id, ok=True, latency_s=self._clock() - started)
+                tries.append(Attempt(target.model.id, None, slept))
+                return result, target, tries
+        assert last_error is not None  # noqa: S101 (the loop ran at least once and failed)
+        raise last_error

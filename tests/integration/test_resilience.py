@@ -1,0 +1,157 @@
+"""Resilience end to end: retries, timeouts, keepalive, client disconnects, /status."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import httpx
+import openai
+import orjson
+
+from tests.conftest import Gateway
+from tests.fakes.openai_upstream import FakeOpenAI
+
+
+def post(gateway: Gateway, key: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json=body,
+        timeout=30,
+    )
+
+
+def messages() -> list[dict[str, str]]:
+    return [{"role": "user", "content": "hi"}]
+
+
+def test_retryable_upstream_failures_are_retried(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    user = f"flaky-{uuid.uuid4()}"
+    response = post(
+        gateway, api_key, {"model": "openai/flaky", "messages": messages(), "user": user}
+    )
+    assert response.status_code == 200
+    assert fake_openai.attempts[user] == 3, "two 503s, then the answer"
+    assert response.json()["model"] == "openai/flaky"
+
+
+def test_first_byte_timeout_is_504(gateway: Gateway, api_key: str) -> None:
+    started = time.monotonic()
+    response = post(gateway, api_key, {"model": "slowai/hang-headers", "messages": messages()})
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "gateway_timeout"
+    assert time.monotonic() - started < 3, "the 1 s first-byte timeout cut it, not the upstream"
+
+
+def test_idle_stream_ends_with_a_timeout_event(gateway: Gateway, api_key: str) -> None:
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {api_key}"},
+        json={"model": "slowai/stall-stream", "messages": messages(), "stream": True},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        blob = response.read()
+    events = [e for e in blob.split(b"\n\n") if e and not e.startswith(b":")]
+    assert b"[DONE]" not in blob
+    last = orjson.loads(events[-1][len(b"data: ") :])
+    assert last["error"]["type"] == "gateway_timeout"
+
+
+def test_silent_upstream_gets_keepalive_comments_the_sdk_ignores(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {api_key}"},
+        json={"model": "openai/pause-fake", "messages": messages(), "stream": True},
+        timeout=30,
+    ) as response:
+        reads = []
+        for read in response.iter_raw():
+            reads.append(read)
+            if sum(r.count(b": keepalive\n\n") for r in reads) >= 2:
+                fake_openai.release()
+    blob = b"".join(reads)
+    assert blob.count(b": keepalive\n\n") >= 2
+    assert blob.endswith(b"data: [DONE]\n\n")
+    # the official SDK reads the same kind of stream without noticing the comments
+    client = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=api_key, max_retries=0)
+    stream = client.chat.completions.create(
+        model="openai/pause-fake", messages=messages(), stream=True
+    )  # type: ignore[arg-type]
+    first = next(iter(stream))
+    time.sleep(2.5)
+    fake_openai.release()
+    rest = list(stream)
+    assert first.choices[0].delta.role == "assistant"
+    assert rest[-1].choices[0].finish_reason == "stop"
+
+
+def test_client_disconnect_cancels_the_upstream_and_bills_what_was_sent(
+    gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    key = gateway.new_key(plan="enterprise", credits_usd=10.0)
+    user = f"hold-{uuid.uuid4()}"
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "openai/hold-fake", "messages": messages(), "stream": True, "user": user},
+        timeout=30,
+    ) as response:
+        first = next(response.iter_raw())
+        assert first.startswith(b"data: {")
+        closed_at = time.monotonic()
+    deadline = time.monotonic() + 10
+    while user not in fake_openai.disconnected_at and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert user in fake_openai.disconnected_at, "the upstream connection was never closed"
+    print(f"upstream closed {fake_openai.disconnected_at[user] - closed_at:.3f} s after the client")
+    assert fake_openai.disconnected_at[user] - closed_at < 5
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        view = httpx.get(
+            f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}
+        ).json()
+        if view["usage_today"]["requests"] == 1:
+            break
+        time.sleep(0.05)
+    assert view["usage_today"]["requests"] == 1, "the abandoned stream is in the ledger"
+    assert view["usage_today"]["prompt_tokens"] >= 1, "billed by estimate: no upstream usage came"
+
+
+def test_status_shows_provider_health_as_json_and_html(gateway: Gateway, api_key: str) -> None:
+    for _ in range(6):
+        post(gateway, api_key, {"model": "openai/fail-500", "messages": messages()})
+    post(gateway, api_key, {"model": "openai/gpt-fake", "messages": messages()})
+    status = httpx.get(f"{gateway.base_url}/status").json()
+    openai_status = next(p for p in status["providers"] if p["name"] == "openai")
+    models = {m["id"]: m for m in openai_status["models"]}
+    assert models["openai/fail-500"]["state"] == "open"
+    assert models["openai/gpt-fake"]["state"] == "closed"
+    assert openai_status["state"] == "degraded"
+    assert 0 < openai_status["error_rate"] < 1
+    assert openai_status["latency_ms"] is not None
+    page = httpx.get(f"{gateway.base_url}/status", headers={"accept": "text/html"})
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<table>" in page.text and "openai" in page.text
+
+
+def test_open_circuit_answers_503_fast_without_calling_upstream(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    for _ in range(6):
+        post(gateway, api_key, {"model": "openai/fail-500", "messages": messages()})
+    before = len(fake_openai.requests)
+    response = post(gateway, api_key, {"model": "openai/fail-500", "messages": messages()})
+    assert response.status_code == 503
+    assert "circuit open" in response.json()["error"]["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    assert len(fake_openai.requests) == before

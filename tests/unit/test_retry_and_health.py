@@ -1,0 +1,188 @@
+"""Retries with full jitter, Retry-After, fallbacks and circuit breakers, with an injected clock,
+sleep and random source. No sockets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gateway.errors import BadGateway, GatewayError, InvalidRequest, RateLimited, ServiceUnavailable
+from gateway.routing.catalog import Catalog, CatalogEntry
+from gateway.routing.health import Health
+from gateway.routing.retry import Retrier, backoff_delay
+from gateway.settings import RetrySettings, load_settings
+
+CATALOG = Catalog(load_settings(None), {})
+SONNET = CATALOG.entries["anthropic/claude-sonnet-4"]
+TURBO = CATALOG.entries["openai/gpt-4-turbo"]
+POLICY = RetrySettings(attempts=3, base_delay_s=0.25, max_delay_s=8.0, max_retry_after_s=30)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def retrier(clock: Clock, health: Health | None = None, seed: int = 7) -> Retrier:
+    return Retrier(
+        lambda _target: POLICY,
+        health or Health(clock=clock),
+        rng=random.Random(seed),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+
+
+def script(*outcomes: GatewayError | str) -> tuple[list[str], object]:
+    calls: list[str] = []
+    queue = list(outcomes)
+
+    async def attempt(target: CatalogEntry) -> str:
+        calls.append(target.model.id)
+        outcome = queue.pop(0)
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    return calls, attempt
+
+
+def unavailable(retry_after: float | None = None) -> ServiceUnavailable:
+    return ServiceUnavailable("503", retry_after_s=retry_after, retryable=True)
+
+
+@pytest.mark.parametrize("retry", range(8))
+def test_backoff_is_full_jitter_within_bounds(retry: int) -> None:
+    rng = random.Random(retry)
+    ceiling = min(POLICY.max_delay_s, POLICY.base_delay_s * 2**retry)
+    delays = [backoff_delay(retry, POLICY, rng) for _ in range(200)]
+    assert all(0 <= d <= ceiling for d in delays)
+    assert max(delays) > ceiling * 0.8, "the whole range is used"
+
+
+async def test_retryable_failures_are_retried_then_succeed() -> None:
+    clock = Clock()
+    calls, attempt = script(unavailable(), unavailable(), "ok")
+    result, target, tries = await retrier(clock).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert (result, target) == ("ok", SONNET)
+    assert calls == [SONNET.model.id] * 3
+    assert len(clock.slept) == 2
+    assert 0 <= clock.slept[0] <= 0.25 and 0 <= clock.slept[1] <= 0.5
+    assert [t.error for t in tries] == ["service_unavailable", "service_unavailable", None]
+
+
+async def test_retry_after_is_honoured_when_under_the_cap() -> None:
+    clock = Clock()
+    _, attempt = script(unavailable(retry_after=4.0), "ok")
+    await retrier(clock).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert clock.slept == [4.0]
+
+
+async def test_retry_after_over_the_cap_falls_back_at_once() -> None:
+    clock = Clock()
+    calls, attempt = script(
+        RateLimited("429", retry_after_s=120, retryable=True), "from the fallback"
+    )
+    result, target, _ = await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert (result, target) == ("from the fallback", TURBO)
+    assert calls == [SONNET.model.id, TURBO.model.id]
+    assert clock.slept == []
+
+
+async def test_attempts_exhausted_then_next_target() -> None:
+    clock = Clock()
+    calls, attempt = script(unavailable(), unavailable(), unavailable(), "ok")
+    _, target, _ = await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [SONNET.model.id] * 3 + [TURBO.model.id]
+    assert target == TURBO
+
+
+async def test_nonsense_answer_falls_back_without_retry() -> None:
+    clock = Clock()
+    calls, attempt = script(BadGateway("nonsense"), "ok")
+    await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [SONNET.model.id, TURBO.model.id]
+
+
+async def test_client_errors_are_neither_retried_nor_fallen_back() -> None:
+    clock = Clock()
+    calls, attempt = script(InvalidRequest("bad"), "never")
+    with pytest.raises(InvalidRequest):
+        await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [SONNET.model.id]
+
+
+async def test_last_error_is_raised_when_everything_fails() -> None:
+    clock = Clock()
+    _, attempt = script(*[unavailable()] * 6)
+    with pytest.raises(ServiceUnavailable):
+        await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+
+
+async def test_may_retry_limits_retries_to_connect_errors_for_images() -> None:
+    clock = Clock()
+    calls, attempt = script(unavailable(), "never")
+    with pytest.raises(ServiceUnavailable):
+        await retrier(clock).call_targets(
+            [SONNET],
+            attempt,  # type: ignore[arg-type]
+            may_retry=lambda exc: exc.connect_failed,
+        )
+    assert calls == [SONNET.model.id]
+
+
+def test_circuit_opens_after_failures_and_probes_after_cool_down() -> None:
+    clock = Clock()
+    health = Health(window=10, min_failures=3, failure_rate=0.5, cool_down_s=30, clock=clock)
+    model = SONNET.model.id
+    for _ in range(3):
+        assert health.allows(model)
+        health.record(model, ok=False, latency_s=0.1)
+    assert not health.allows(model)
+    assert health.reopens_in(model) == 30
+    clock.now += 30
+    assert health.allows(model), "one probe after the cool-down"
+    assert not health.allows(model), "and only one"
+    health.record(model, ok=False, latency_s=0.1)
+    assert not health.allows(model), "a failed probe opens it again"
+    clock.now += 30
+    assert health.allows(model)
+    health.record(model, ok=True, latency_s=0.2)
+    assert health.allows(model) and health.allows(model)
+    assert health.view()[0].state == "closed"
+
+
+def test_a_few_failures_among_many_successes_keep_it_closed() -> None:
+    clock = Clock()
+    health = Health(window=20, min_failures=5, failure_rate=0.5, clock=clock)
+    for i in range(40):
+        health.record("m", ok=i % 4 != 0, latency_s=0.1)
+    assert health.allows("m")
+
+
+async def test_open_circuit_is_skipped_in_favour_of_the_fallback() -> None:
+    clock = Clock()
+    health = Health(min_failures=1, failure_rate=0.1, clock=clock)
+    health.record(SONNET.model.id, ok=False, latency_s=0.1)
+    calls, attempt = script("ok")
+    _, target, _ = await retrier(clock, health).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [TURBO.model.id] and target == TURBO
+
+
+async def test_all_circuits_open_is_503_with_retry_after() -> None:
+    clock = Clock()
+    health = Health(min_failures=1, failure_rate=0.1, cool_down_s=30, clock=clock)
+    health.record(SONNET.model.id, ok=False, latency_s=0.1)
+    _, attempt = script("never")
+    with pytest.raises(ServiceUnavailable) as caught:
+        await retrier(clock, health).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert caught.value.retry_after_s == 30

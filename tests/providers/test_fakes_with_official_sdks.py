@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import anthropic
 import httpx
 import httpx2
+import openai
 import pytest
 import replicate
 from google import genai
@@ -18,6 +19,7 @@ from replicate.exceptions import ModelError, ReplicateError
 from tests.fakes.anthropic_upstream import ANSWER, TOOL_INPUT, FakeAnthropic
 from tests.fakes.gemini_upstream import ANSWER as GEMINI_ANSWER
 from tests.fakes.gemini_upstream import TOOL_ARGS, FakeGemini
+from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.replicate_upstream import FakeReplicate
 
 MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello"}]
@@ -276,3 +278,24 @@ def test_replicate_sdk_parses_the_fake_problem_details(
         replicate_client.run(f"fake-owner/{model}", input={"prompt": "x"})
     assert caught.value.status == status
     assert caught.value.detail
+
+
+# -- OpenAI images ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+def test_openai_sdk_parses_the_fake_images_answer(
+    fake_openai: FakeOpenAI, response_format: str
+) -> None:
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0) as sdk:
+        images = sdk.images.generate(
+            model="img-fake",
+            prompt="a lighthouse",
+            n=2,
+            response_format=response_format,  # type: ignore[arg-type]
+        )
+    assert images.data is not None and len(images.data) == 2
+    if response_format == "url":
+        assert (images.data[0].url or "").startswith("http://127.0.0.1:")
+    else:
+        assert images.data[0].b64_json and images.data[0].url is None

@@ -15,11 +15,16 @@ $(PY):
 build: $(PY)
 	$(BIN)/maturin develop --release -E dev -q
 
-# Servers the test suite starts itself (redis-server); installed from Debian when missing.
+# Servers the test suite starts itself (redis-server, prometheus + promtool); installed from
+# Debian when missing.
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v promtool >/dev/null || { \
+	  echo "installing prometheus (promtool) from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; }
 
 run: build
 	$(BIN)/klawd serve

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,7 @@ def _first_start(settings: Settings, base_url: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     settings = _settings(args)
     host = args.host or settings.server.host
@@ -114,11 +118,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["KLAWD_CONFIG"] = str(Path(args.config).resolve())
     token, token_file = _ensure_admin_token(settings)
+    metrics_dir = _prepare_metrics_dir()
     base_url = f"http://{host}:{port}"
     sys.stdout.write(f"Klawd Gateway {__version__} on {base_url} (store {settings.store.url})\n")
     if token is not None:
         sys.stdout.write(f"Admin token (saved in {token_file}): {token}\n")
     _first_start(settings, base_url)
+    if settings.server.metrics_port is not None:
+        _serve_metrics(host, settings.server.metrics_port)
+        sys.stdout.write(f"Metrics on http://{host}:{settings.server.metrics_port}/metrics\n")
+    sys.stdout.flush()
     Granian(
         "gateway.app:app_from_environment",
         factory=True,
@@ -128,8 +137,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         interface=Interfaces.ASGI,
         loop=Loops.uvloop,
         log_access=False,
+        # On SIGTERM Granian stops listening at once and lets open requests finish; a worker
+        # still busy after the drain grace period is stopped.
+        workers_kill_timeout=max(1, math.ceil(settings.server.streams.drain_grace_s)),
+        # Hostile clients: headers must arrive within 10 s and fit 64 KiB; at most 1024
+        # requests in flight per worker, the rest wait in the listen backlog.
+        http1_settings=HTTP1Settings(header_read_timeout=10_000, max_buffer_size=64 * 1024),
+        backpressure=1024,
     ).serve()
+    if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+METRICS_DIR_PREFIX = "klawd-metrics-"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not imported from gateway.metrics: see below
+
+
+def _prepare_metrics_dir() -> Path:
+    """prometheus-client's multiprocess mode: every worker writes its values to files in
+    $PROMETHEUS_MULTIPROC_DIR, and /metrics sums them. It must be set before a worker imports
+    prometheus_client, and emptied at start (a previous run's files would be summed in)."""
+    given = os.environ.get(MULTIPROC_ENV)
+    directory = Path(given) if given else Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX))
+    _empty_dir(directory)
+    os.environ[MULTIPROC_ENV] = str(directory)  # inherited by Granian's workers
+    return directory
+
+
+def _empty_dir(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """/metrics on its own port, from this (the supervising) process: it serves no traffic and
+    reads the workers' files at each scrape."""
+    from prometheus_client import start_http_server  # after the env is set
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
 
 
 # -- config, accounts, keys ---------------------------------------------------------------------

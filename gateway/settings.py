@@ -47,6 +47,8 @@ class ServerSettings(_Strict):
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     admin_token_env: str = "KLAWD_ADMIN_TOKEN"  # noqa: S105 (the variable's name, not a token)
+    # Serve /metrics on this port (same host) instead of the main one; unset: the main port.
+    metrics_port: Port | None = None
     streams: StreamsSettings = msgspec.field(default_factory=StreamsSettings)
 
 

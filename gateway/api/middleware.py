@@ -1,7 +1,10 @@
 """The outermost pure-ASGI layer: request id, body-size limit, and the last-resort 500.
 
 It wraps the whole Starlette app, so that even an unexpected exception becomes the JSON envelope
-(with no internal text) and every response carries `x-request-id`.
+(with no internal text) and every response carries `x-request-id`. It also opens the request's
+`RequestRecord` and, when the response has ended (a stream: when the stream has ended), reports
+route template, status, duration and time to first byte to the observer, which writes the
+request's JSON log line.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import INTERNAL_ERROR_MESSAGE, InternalError, RequestTooLarge
+from gateway.observer import RequestObserver
+from gateway.requestlog import RequestRecord, current_request
 
 log = logging.getLogger("klawd")
 
@@ -23,10 +29,23 @@ def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
 
 
+UNMATCHED_ROUTE = "unmatched"
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route Starlette matched (bounded), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, observer: RequestObserver | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,14 +65,55 @@ class GatewayMiddleware:
                     declared_length = None
         request_id = request_id or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        if self.observer is None:
+            await self._serve(scope, receive, send, request_id, declared_length, None)
+            return
+        arrived = time.perf_counter()
+        record = RequestRecord(request_id, scope["method"])
+        token = current_request.set(record)
+        try:
+            await self._serve(scope, receive, send, request_id, declared_length, record)
+        finally:
+            current_request.reset(token)
+            record.route = route_template(scope)
+            if record.stream_open:
+                self.observer.stream_closed(record.route)
+            self.observer.http_finished(record, arrived, time.perf_counter())
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        declared_length: int | None,
+        record: RequestRecord | None,
+    ) -> None:
         id_header = (b"x-request-id", request_id.encode())
         started = False
+        observer = self.observer
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), id_header]
+                headers = [*message.get("headers", []), id_header]
+                message["headers"] = headers
+                if record is not None and observer is not None:
+                    record.status = message["status"]
+                    if any(
+                        k == b"content-type" and v.startswith(b"text/event-stream")
+                        for k, v in headers
+                    ):
+                        record.stream_open = True
+                        record.route = route_template(scope)
+                        observer.stream_opened(record.route)
+            elif (
+                record is not None
+                and record.first_byte_at is None
+                and (message.get("body") or not message.get("more_body", False))
+            ):
+                record.first_byte_at = time.perf_counter()
             await send(message)
 
         too_large = RequestTooLarge(

@@ -1,0 +1,110 @@
+"""RequestObserver: the one object the request path reports to, for metrics and the request log.
+
+Hooks (each a few dictionary lookups and counter increments, never I/O):
+
+- GatewayMiddleware: `http_started` / `http_finished` for every HTTP request (route template,
+  status, duration, time to first byte, open streams), which also writes the JSON log line;
+- Meter.admit: `admitted` / `refused` (by plan);
+- Meter.settle: `settled`, once per billable request (served model, tokens, cost);
+- HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type);
+- the retry/fallback loop: `retried` / `fell_back`.
+"""
+
+from __future__ import annotations
+
+from gateway.billing import TokenUsage, micros_to_usd
+from gateway.metrics import CIRCUIT_STATES, Metrics, status_class
+from gateway.requestlog import RequestLog, RequestRecord, current_request
+from gateway.routing.catalog import CatalogEntry
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestObserver:
+    def __init__(self, metrics: Metrics, request_log: RequestLog) -> None:
+        self.metrics = metrics
+        self.request_log = request_log
+
+    # -- every HTTP request (middleware) ----------------------------------------------------------
+    def stream_opened(self, route: str) -> None:
+        self.metrics.open_streams.labels(route).inc()
+
+    def stream_closed(self, route: str) -> None:
+        self.metrics.open_streams.labels(route).dec()
+
+    def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
+        """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""
+        m = self.metrics
+        duration_s = ended - arrived
+        ttfb_s = None if record.first_byte_at is None else record.first_byte_at - arrived
+        method = record.method if record.method in HTTP_METHODS else "other"
+        m.http_requests.labels(record.route, method, status_class(record.status)).inc()
+        m.http_duration.labels(record.route).observe(duration_s)
+        if ttfb_s is not None:
+            m.http_ttfb.labels(record.route).observe(ttfb_s)
+        self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)
+
+    # -- admission and billing (Meter) ------------------------------------------------------------
+    def admitted_or_refused(self, account_id: str, plan: str, outcome: str) -> None:
+        """`outcome`: admitted | rate_limited | insufficient_credits (gateway/limits.py)."""
+        if outcome == "admitted":
+            self.metrics.admitted.labels(self.metrics.plan(plan)).inc()
+        else:
+            self.metrics.limited.labels(self.metrics.plan(plan), outcome).inc()
+        record = current_request.get()
+        if record is not None:
+            record.account_id = account_id
+            record.plan = plan
+
+    def settled(
+        self,
+        served: CatalogEntry | None,
+        usage: TokenUsage,
+        status: int,
+        stream: bool,
+        cost_micros: int,
+    ) -> None:
+        m = self.metrics
+        model = m.model(served.model.id if served else None)
+        provider = m.provider(served.model.provider if served else None)
+        kind = served.model.kind if served else "none"
+        m.requests.labels(
+            model, provider, kind, "true" if stream else "false", status_class(status)
+        ).inc()
+        if usage.prompt_tokens:
+            m.tokens.labels(model, provider, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            m.tokens.labels(model, provider, "completion").inc(usage.completion_tokens)
+        if cost_micros:
+            m.cost.labels(model, provider).inc(micros_to_usd(cost_micros))
+        record = current_request.get()
+        if record is not None:
+            record.model = served.model.id if served else None
+            record.provider = served.model.provider if served else None
+            record.stream = stream
+            record.prompt_tokens = usage.prompt_tokens
+            record.completion_tokens = usage.completion_tokens
+            record.cost_usd = micros_to_usd(cost_micros)
+
+    # -- upstream calls (providers, retry loop) ---------------------------------------------------
+    def upstream_finished(self, provider: str, duration_s: float, error_type: str | None) -> None:
+        m = self.metrics
+        label = m.provider(provider)
+        if error_type is None:
+            m.upstream_duration.labels(label).observe(duration_s)
+        else:
+            m.upstream_errors.labels(label, error_type).inc()
+        record = current_request.get()
+        if record is not None:
+            record.upstream_attempts += 1
+
+    def retried(self, provider: str) -> None:
+        self.metrics.upstream_retries.labels(self.metrics.provider(provider)).inc()
+
+    def fell_back(self, provider: str) -> None:
+        self.metrics.fallbacks.labels(self.metrics.provider(provider)).inc()
+
+    def circuit(self, provider: str, state: str) -> None:
+        """0 closed, 1 half-open, 2 open: the worst circuit among the provider's models."""
+        value = CIRCUIT_STATES.get(state, 0)
+        self.metrics.circuit_state.labels(self.metrics.provider(provider)).set(value)

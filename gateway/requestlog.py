@@ -1,0 +1,114 @@
+"""One JSON log line per request, written off the event loop.
+
+The outermost middleware opens a `RequestRecord` for each HTTP request and makes it the current
+one (a ContextVar: the handler, the stream relay and the upstream calls of that request run in
+the same context). Metering fills in the account, the served model, tokens and cost; upstream
+calls count themselves. When the response ends (for a stream: when the stream ends) the
+middleware writes the record as one JSON line to the `klawd.requests` logger, whose handler only
+puts it on a queue: a `QueueListener` thread does the writing.
+
+The record holds no key, prompt or completion: only ids, names from the catalog, and numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import queue
+import sys
+from contextvars import ContextVar
+from typing import TextIO
+
+import orjson
+
+REQUEST_LOGGER = "klawd.requests"
+
+
+class RequestRecord:
+    __slots__ = (
+        "account_id",
+        "completion_tokens",
+        "cost_usd",
+        "first_byte_at",
+        "method",
+        "model",
+        "plan",
+        "prompt_tokens",
+        "provider",
+        "request_id",
+        "route",
+        "status",
+        "stream",
+        "stream_open",
+        "upstream_attempts",
+    )
+
+    def __init__(self, request_id: str, method: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.route = ""
+        self.status = 0
+        self.first_byte_at: float | None = None  # time.perf_counter() of the first body byte
+        self.stream_open = False
+        self.account_id: str | None = None
+        self.plan: str | None = None
+        self.model: str | None = None
+        self.provider: str | None = None
+        self.stream = False
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0
+        self.upstream_attempts = 0
+
+    def line(self, latency_ms: float, ttfb_ms: float | None) -> str:
+        return orjson.dumps(
+            {
+                "event": "request",
+                "request_id": self.request_id,
+                "method": self.method,
+                "route": self.route,
+                "status": self.status,
+                "latency_ms": round(latency_ms, 3),
+                "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
+                "account_id": self.account_id,
+                "plan": self.plan,
+                "model": self.model,
+                "provider": self.provider,
+                "stream": self.stream,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cost_usd": self.cost_usd,
+                # Upstream calls beyond the first: retries of a target and fallbacks to the next.
+                "retries": max(0, self.upstream_attempts - 1),
+            }
+        ).decode()
+
+
+current_request: ContextVar[RequestRecord | None] = ContextVar("klawd_request", default=None)
+
+
+class RequestLog:
+    """The `klawd.requests` logger, fed through a queue to a writer thread."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
+        writer.setFormatter(logging.Formatter("%(message)s"))
+        self._listener = logging.handlers.QueueListener(self._queue, writer)
+        self._handler = logging.handlers.QueueHandler(self._queue)
+        self._logger = logging.getLogger(REQUEST_LOGGER)
+
+    def start(self) -> None:
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        self._logger.propagate = False
+        self._listener.start()
+
+    def write(self, record: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
+        if self._logger.isEnabledFor(logging.INFO):
+            self._logger.info(record.line(latency_ms, ttfb_ms))
+
+    def close(self) -> None:
+        """Writes what is queued, then stops the thread."""
+        self._logger.removeHandler(self._handler)
+        self._listener.stop()

@@ -1,0 +1,83 @@
+"""Metrics label bounding and the request log line, without sockets."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+from prometheus_client import generate_latest
+
+from gateway.billing import TokenUsage
+from gateway.metrics import Metrics, status_class
+from gateway.observer import RequestObserver
+from gateway.requestlog import RequestLog, RequestRecord, current_request
+from gateway.routing.catalog import Catalog
+from gateway.settings import load_settings
+from tests.scrape import parse, total
+
+
+def observer(stream: io.StringIO | None = None) -> RequestObserver:
+    metrics = Metrics(["openai/gpt-4-turbo"], ["openai"], ["free", "pro"], "sqlite")
+    return RequestObserver(metrics, RequestLog(stream or io.StringIO()))
+
+
+def test_unknown_model_provider_and_plan_become_unknown() -> None:
+    metrics = observer().metrics
+    assert metrics.model("openai/gpt-4-turbo") == "openai/gpt-4-turbo"
+    assert metrics.model("user typed this") == "unknown"
+    assert metrics.model(None) == "none"
+    assert metrics.provider("elsewhere") == "unknown"
+    assert metrics.plan("gold") == "unknown"
+
+
+def test_status_classes() -> None:
+    assert [status_class(s) for s in (200, 404, 429, 503, 99, 700)] == [
+        "2xx", "4xx", "4xx", "5xx", "unknown", "unknown"
+    ]  # fmt: skip
+
+
+def test_bounded_children_exist_before_any_traffic() -> None:
+    samples = parse(generate_latest(observer().metrics.registry).decode())
+    assert ("klawd_rate_limited_total", (("outcome", "rate_limited"), ("plan", "free"))) in samples
+    assert ("klawd_circuit_state", (("provider", "openai"),)) in samples
+    assert total(samples, "klawd_webhook_deliveries_total", outcome="failed") == 0
+
+
+def test_settle_counts_tokens_and_cost_of_the_catalog_model() -> None:
+    watcher = observer()
+    entry = Catalog(load_settings(None), {}).get("openai/gpt-4-turbo")
+    assert entry is not None
+    watcher.settled(entry, TokenUsage(10, 5), 200, False, 1_500_000)
+    samples = parse(generate_latest(watcher.metrics.registry).decode())
+    assert total(samples, "klawd_tokens_total", model="openai/gpt-4-turbo", type="prompt") == 10
+    assert total(samples, "klawd_tokens_total", model="openai/gpt-4-turbo", type="completion") == 5
+    assert total(samples, "klawd_cost_usd_total", model="openai/gpt-4-turbo") == 1.5
+    assert total(samples, "klawd_requests_total", status_class="2xx", stream="false") == 1
+
+
+def test_request_record_filled_in_context_becomes_one_json_line() -> None:
+    stream = io.StringIO()
+    watcher = observer(stream)
+    watcher.request_log.start()
+    record = RequestRecord("req_1", "POST")
+    record.route = "/v1/chat/completions"
+    record.status = 200
+    record.first_byte_at = 10.002
+    token = current_request.set(record)
+    try:
+        watcher.admitted_or_refused("acct_1", "pro", "admitted")
+        watcher.upstream_finished("openai", 0.001, "service_unavailable")
+        watcher.upstream_finished("openai", 0.001, None)
+        watcher.settled(None, TokenUsage(3, 4), 200, True, 0)
+    finally:
+        current_request.reset(token)
+    watcher.http_finished(record, arrived=10.0, ended=10.5)
+    watcher.request_log.close()
+    line = orjson.loads(stream.getvalue().strip())
+    assert line["request_id"] == "req_1"
+    assert line["account_id"] == "acct_1"
+    assert line["plan"] == "pro"
+    assert line["retries"] == 1
+    assert line["prompt_tokens"] == 3 and line["completion_tokens"] == 4
+    assert line["latency_ms"] == 500.0
+    assert line["ttfb_ms"] == 2.0

@@ -5,6 +5,23 @@
 //! requires the bucket not to be in debt). An after-the-fact charge may drive the level below
 //! zero (debt), which blocks every take until it has refilled.
 
+/// Time tolerance of a decision. Unix seconds near 1.7e9 have a resolution of ~2.4e-7 s, so a
+/// request made exactly when its token is due can compute a level a hair under the cost (600/min
+/// refilled for 0.1 s gives 0.99999905). A request within one microsecond of being due is
+/// admitted, and `remaining` is not shown one lower for rounding: at most `rate × 1 µs` of extra
+/// admission, once (the level then sits at most that far below zero).
+pub const TOLERANCE_S: f64 = 1e-6;
+
+/// The level tolerance of a bucket: one microsecond of refill, plus float noise.
+pub fn tolerance(spec: BucketSpec) -> f64 {
+    spec.rate * TOLERANCE_S + 1e-9
+}
+
+/// Whether a bucket at `level` allows taking `need`.
+pub fn allows(spec: BucketSpec, level: f64, need: f64) -> bool {
+    level + tolerance(spec) >= need
+}
+
 /// A bucket's parameters. They are given with every call, so a plan change applies at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BucketSpec {
@@ -48,7 +65,7 @@ impl TokenBucket {
     /// Takes `cost` if the level allows it; returns whether it did.
     pub fn try_take(&mut self, spec: BucketSpec, now: f64, cost: f64) -> bool {
         self.refill(spec, now);
-        if self.level >= cost {
+        if allows(spec, self.level, cost) {
             self.level -= cost;
             true
         } else {
@@ -76,7 +93,7 @@ impl TokenBucket {
 
 /// Seconds until a bucket at `level` holds `need` (0 if it does; infinite if it never will).
 pub fn wait_for(spec: BucketSpec, level: f64, need: f64) -> f64 {
-    if level >= need {
+    if allows(spec, level, need) {
         0.0
     } else if need > spec.capacity || spec.rate <= 0.0 {
         f64::INFINITY
@@ -115,6 +132,21 @@ mod tests {
         b.charge(SPEC, 0.0, 14.0);
         assert!(!b.try_take(SPEC, 0.0, 0.0));
         assert!(b.try_take(SPEC, 2.0, 0.0));
+    }
+
+    #[test]
+    fn token_due_now_is_granted_despite_timestamp_rounding() {
+        // 600/min, drained at a real unix time: 0.1 s later the computed level is 0.99999905.
+        let spec = BucketSpec {
+            capacity: 600.0,
+            rate: 10.0,
+        };
+        let t0 = 1_764_115_000.123;
+        let mut b = TokenBucket::full(spec, t0);
+        assert!(b.try_take(spec, t0, 600.0));
+        assert!(b.level_at(spec, t0 + 0.1) < 1.0);
+        assert!(b.try_take(spec, t0 + 0.1, 1.0));
+        assert!(!b.try_take(spec, t0 + 0.1, 1.0));
     }
 
     #[test]

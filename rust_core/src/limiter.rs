@@ -305,7 +305,7 @@ impl Limiter {
                 .filter(|o| o.key == b.key)
                 .map(|o| o.cost)
                 .sum();
-            if level < need {
+            if !bucket::allows(b.spec, level, need) {
                 allowed = false;
                 retry_after = retry_after.max(bucket::wait_for(b.spec, level, need));
             }
@@ -333,7 +333,7 @@ impl Limiter {
 
         for (b, &(level, need)) in buckets.iter().zip(&levels) {
             let after = if allowed { level - need } else { level };
-            remaining.push(floor_i64(after));
+            remaining.push(floor_i64(after + bucket::tolerance(b.spec)));
             reset_s.push(bucket::until_full(b.spec, after));
         }
         for (q, &(u, need)) in quotas.iter().zip(&used) {

@@ -90,7 +90,9 @@ proptest! {
                 Op::Charge { key, amount } => lim.charge(&names(key).0, SPEC, amount, now).unwrap(),
             }
             for a in admitted {
-                prop_assert!(a <= SPEC.capacity + SPEC.rate * (now - T0) + 1e-9);
+                // The tolerance admits at most one microsecond of refill early, once.
+                let slack = _core::bucket::tolerance(SPEC) + 1e-9;
+                prop_assert!(a <= SPEC.capacity + SPEC.rate * (now - T0) + slack);
             }
         }
     }

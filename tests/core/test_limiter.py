@@ -179,3 +179,15 @@ def test_concurrent_acquires_admit_exactly_the_capacity() -> None:
         t.join(timeout=30)
     assert sum(admitted) == 1000
     assert lim.peek([], [("day", 10**9, 0)], T0).remaining == [10**9 - 1000]
+
+
+def test_token_due_now_is_granted_despite_timestamp_rounding() -> None:
+    # 600/min drained at a real unix time: 0.1 s later float math gives a level of 0.99999905.
+    lim = _core.Limiter()
+    t0 = 1_764_115_000.123
+    bucket = ("rpm:b", 600.0, 10.0, 600.0)
+    assert lim.acquire([bucket], [], t0).allowed
+    d = lim.acquire([("rpm:b", 600.0, 10.0, 1.0)], [], t0 + 0.1)
+    assert d.allowed
+    assert d.remaining == [0]
+    assert not lim.acquire([("rpm:b", 600.0, 10.0, 1.0)], [], t0 + 0.1).allowed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -92,9 +93,24 @@ def build_observer(settings: Settings) -> RequestObserver:
 
 def attach_observer(state: AppState, observer: RequestObserver) -> None:
     state.meter.observer = observer
+    state.retrier.observer = observer
     for provider in state.providers.values():
         if isinstance(provider, HttpProvider):
             provider.observer = observer
+
+
+async def _report_circuits(state: AppState, observer: RequestObserver) -> None:
+    """The circuit gauge of each provider: the worst circuit among its models, every second."""
+    while True:
+        observer.circuits(
+            (entry.model.provider, view.state)
+            for view in state.health.view()
+            if (entry := state.catalog.get(view.model)) is not None
+        )
+        await asyncio.sleep(CIRCUIT_REPORT_INTERVAL_S)
+
+
+CIRCUIT_REPORT_INTERVAL_S = 1.0
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
@@ -106,9 +122,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         observer.request_log.start()
         state = await build_state(settings, env, observer.metrics)
         attach_observer(state, observer)
+        circuits = asyncio.get_running_loop().create_task(
+            _report_circuits(state, observer), name="klawd-circuit-metrics"
+        )
         try:
             yield {"klawd": state, "klawd_observer": observer}
         finally:
+            circuits.cancel()
             await state.close()
             observer.request_log.close()
             worker_exited(os.getpid())

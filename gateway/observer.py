@@ -7,10 +7,13 @@ Hooks (each a few dictionary lookups and counter increments, never I/O):
 - Meter.admit: `admitted` / `refused` (by plan);
 - Meter.settle: `settled`, once per billable request (served model, tokens, cost);
 - HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type);
-- the retry/fallback loop: `retried` / `fell_back`.
+- the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
+- a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from gateway.billing import TokenUsage, micros_to_usd
 from gateway.metrics import CIRCUIT_STATES, Metrics, status_class
@@ -104,7 +107,12 @@ class RequestObserver:
     def fell_back(self, provider: str) -> None:
         self.metrics.fallbacks.labels(self.metrics.provider(provider)).inc()
 
-    def circuit(self, provider: str, state: str) -> None:
-        """0 closed, 1 half-open, 2 open: the worst circuit among the provider's models."""
-        value = CIRCUIT_STATES.get(state, 0)
-        self.metrics.circuit_state.labels(self.metrics.provider(provider)).set(value)
+    def circuits(self, states: Iterable[tuple[str, str]]) -> None:
+        """(provider, circuit state of one of its models) pairs -> per provider, the worst:
+        0 closed, 1 half-open, 2 open. Providers not named are closed."""
+        worst = dict.fromkeys(self.metrics.providers, 0)
+        for provider, state in states:
+            if provider in worst:
+                worst[provider] = max(worst[provider], CIRCUIT_STATES.get(state, 0))
+        for provider, value in worst.items():
+            self.metrics.circuit_state.labels(provider).set(value)

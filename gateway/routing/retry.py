@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from msgspec import Struct
 
@@ -31,6 +31,9 @@ from gateway.errors import (
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.health import Health
 from gateway.settings import RetrySettings
+
+if TYPE_CHECKING:
+    from gateway.observer import RequestObserver
 
 T = TypeVar("T")
 
@@ -63,6 +66,8 @@ class Retrier:
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
         self._sleep = sleep
         self._clock = clock
+        # Retry and fallback counters (gateway/observer.py); set by create_app.
+        self.observer: RequestObserver | None = None
 
     async def call_targets(
         self,
@@ -78,7 +83,9 @@ class Retrier:
                 "Every model that could serve this request is failing right now (circuit open).",
                 retry_after_s=min(self._health.reopens_in(t.model.id) for t in targets),
             )
-        for target in candidates:
+        for index, target in enumerate(candidates):
+            if index and self.observer is not None:
+                self.observer.fell_back(candidates[index - 1].model.provider)
             policy = self._policy_for(target)
             slept = 0.0
             for retry in range(policy.attempts):
@@ -98,6 +105,8 @@ class Retrier:
                         if exc.retry_after_s > policy.max_retry_after_s:
                             break
                         delay = max(delay, exc.retry_after_s)
+                    if self.observer is not None:
+                        self.observer.retried(target.model.provider)
                     await self._sleep(delay)
                     slept = delay
                     continue

@@ -104,6 +104,9 @@ BUILTIN: dict[str, Any] = {
         "klawd/standard": {"targets": ["anthropic/claude-sonnet-4", "openai/gpt-4-turbo"]},
         "klawd/auto": {
             "policy": "cheapest",
+            "escalate_to": "anthropic/claude-sonnet-4",
+            "escalate_above_tokens": 100_000,
+            "escalate_for_tools": True,
             "targets": [
                 "google/gemini-2.0-flash",
                 "anthropic/claude-sonnet-4",

@@ -101,6 +101,11 @@ class RouteSettings(_Strict):
     # "ordered": try targets in order (fallbacks).
     # "cheapest": the klawd/auto policy (routing/router.py).
     policy: Literal["ordered", "cheapest"] = "ordered"
+    # "cheapest" only: requests that use tools, or whose prompt plus output budget exceeds
+    # escalate_above_tokens, are served by a model at least as expensive as escalate_to.
+    escalate_to: str | None = None
+    escalate_above_tokens: PositiveInt | None = None
+    escalate_for_tools: bool = False
 
 
 class WebhookSettings(_Strict):

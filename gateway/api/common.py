@@ -40,6 +40,10 @@ def decode_body(body: bytes, kind: type[T]) -> T:
         raise InvalidRequest(message, param=param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The request body is not valid UTF-8.") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is nested too deeply.") from exc
 
 
 async def authenticate(request: Request) -> AuthContext:

@@ -5,8 +5,11 @@
 - A route with policy "cheapest" (klawd/auto): among its targets, those that are available, are chat
   models, have every capability the request needs (tools, vision, json) and whose context length
   holds the estimated prompt plus the output budget; sorted by list price (input + output per
-  million tokens), ties kept in the configured order. The first is the choice; the rest are its
-  fallbacks. The response headers say which model served.
+  million tokens), ties kept in the configured order. Requests that use tools, or need more than
+  `escalate_above_tokens`, skip the tiers cheaper than `escalate_to` (klawd/auto: tools or over
+  100K tokens go to claude-sonnet-4's tier or above). Open circuits are skipped when the call is
+  made (routing/retry.py). The first is the choice; the rest are its fallbacks. The response
+  headers say which model served.
 """
 
 from __future__ import annotations
@@ -15,6 +18,31 @@ from gateway.billing import estimate_tokens
 from gateway.errors import InvalidRequest, ServiceUnavailable, model_not_found
 from gateway.routing.catalog import Catalog, CatalogEntry
 from gateway.schemas.openai import ChatRequest
+from gateway.settings import RouteSettings
+
+
+def _price(entry: CatalogEntry) -> float:
+    return entry.model.input_usd_per_mtok + entry.model.output_usd_per_mtok
+
+
+def _escalate(
+    catalog: Catalog,
+    route: RouteSettings,
+    request: ChatRequest,
+    budget: int,
+    suitable: list[CatalogEntry],
+) -> list[CatalogEntry]:
+    """Long or tool-using requests skip the tiers cheaper than `escalate_to` (when something
+    at or above that tier can serve them; otherwise the cheaper ones still do)."""
+    if route.escalate_to is None:
+        return suitable
+    long_request = route.escalate_above_tokens is not None and budget > route.escalate_above_tokens
+    tools = route.escalate_for_tools and bool(request.tools)
+    if not (long_request or tools):
+        return suitable
+    floor = _price(catalog.entries[route.escalate_to])
+    escalated = [e for e in suitable if _price(e) >= floor]
+    return escalated or suitable
 
 
 def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
@@ -56,10 +84,11 @@ def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
             f"(needs {sorted(needed) or 'text'}, about {budget} tokens of context).",
             param="model",
         )
+    suitable = _escalate(catalog, route, request, budget, suitable)
     order = {e.model.id: i for i, e in enumerate(suitable)}
     return sorted(
         suitable,
-        key=lambda e: (e.model.input_usd_per_mtok + e.model.output_usd_per_mtok, order[e.model.id]),
+        key=lambda e: (_price(e), order[e.model.id]),
     )
 
 

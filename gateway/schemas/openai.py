@@ -166,6 +166,10 @@ def decode_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequest(message, param=param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The request body is not valid UTF-8.") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is nested too deeply.") from exc
 
 
 def _split_validation_message(text: str) -> tuple[str, str | None]:

@@ -35,6 +35,20 @@ def request(**fields: object) -> ChatRequest:
             "openai/gpt-4-turbo",
         ),
         (NO_GOOGLE, {"model": "klawd/auto", "tools": [TOOL]}, "anthropic/claude-sonnet-4"),
+        # tools escalate past the cheapest tier even when it supports them
+        (ALL_AVAILABLE, {"model": "klawd/auto", "tools": [TOOL]}, "anthropic/claude-sonnet-4"),
+        # over 100K tokens escalates too: gemini fits 1M but is below sonnet's tier
+        (
+            ALL_AVAILABLE,
+            {"model": "klawd/auto", "messages": [{"role": "user", "content": "x" * 420_000}]},
+            "anthropic/claude-sonnet-4",
+        ),
+        # escalation target unavailable: the cheaper tier still serves
+        (
+            Catalog(SETTINGS, {"anthropic": "no key", "openai": "no key"}),
+            {"model": "klawd/auto", "tools": [TOOL]},
+            "google/gemini-2.0-flash",
+        ),
         (
             ALL_AVAILABLE,
             {"model": "klawd/auto", "messages": [{"role": "user", "content": [IMAGE]}]},

@@ -306,14 +306,16 @@ def error_for(
         return RateLimited(
             f"The upstream provider '{provider}' is rate limiting the gateway; retry later.",
             retry_after_s=retry_after if retry_after is not None else 1.0,
+            retryable=True,
         )
     if error_type == "timeout_error":
-        return GatewayTimeout(f"The upstream provider '{provider}' timed out.")
+        return GatewayTimeout(f"The upstream provider '{provider}' timed out.", retryable=True)
     if error_type in ("overloaded_error", "api_error"):
         return ServiceUnavailable(
             f"The upstream provider '{provider}' is "
             f"{'overloaded' if error_type == 'overloaded_error' else 'failing'}; retry later.",
             retry_after_s=retry_after,
+            retryable=True,
         )
     return None
 

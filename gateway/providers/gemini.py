@@ -369,14 +369,16 @@ def error_for(
         return RateLimited(
             f"The upstream provider '{provider}' is rate limiting the gateway; retry later.",
             retry_after_s=retry_after if retry_after is not None else 1.0,
+            retryable=True,
         )
     if status in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "ABORTED"):
         return ServiceUnavailable(
             f"The upstream provider '{provider}' is unavailable ({status}); retry later.",
             retry_after_s=retry_after,
+            retryable=True,
         )
     if status == "DEADLINE_EXCEEDED":
-        return GatewayTimeout(f"The upstream provider '{provider}' timed out.")
+        return GatewayTimeout(f"The upstream provider '{provider}' timed out.", retryable=True)
     return None
 
 

@@ -45,6 +45,12 @@ GEMINI_MODELS = [
     "gemini-internal",
     "gemini-unavailable",
 ]
+# Failing models get one catalog id per test that calls them (suffix ~stream, ~retry): the
+# gateway's per-model circuit breaker opens after a few failures, and a test must see the
+# upstream's error, not an open circuit.
+FAILING_SUFFIXES = ["", "~stream", "~retry"]
+ANTHROPIC_FAILING = [m for m in ANTHROPIC_MODELS if m not in ("claude-fake", "claude-tools")]
+GEMINI_FAILING = [m for m in GEMINI_MODELS if m not in ("gemini-fake", "gemini-tools")]
 REPLICATE_MODELS = ["instant", "single", "slow", "fails", "canceled", "rate-limited", "invalid"]
 IMAGE_PRICE_USD = 0.02
 
@@ -83,6 +89,9 @@ def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> 
     ]
     tables += [_chat_model(f"anthropic/{m}", "anthropic", m) for m in ANTHROPIC_MODELS]
     tables += [_chat_model(f"google/{m}", "google", m) for m in GEMINI_MODELS]
+    for suffix in FAILING_SUFFIXES[1:]:
+        tables += [_chat_model(f"anthropic/{m}{suffix}", "anthropic", m) for m in ANTHROPIC_FAILING]
+        tables += [_chat_model(f"google/{m}{suffix}", "google", m) for m in GEMINI_FAILING]
     tables += [
         _image_model(f"replicate/{m}", "replicate", f"fake-owner/{m}", IMAGE_PRICE_USD)
         for m in REPLICATE_MODELS

@@ -345,12 +345,24 @@ def test_each_stop_reason_maps_to_its_finish_reason(
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_errors_map_to_the_envelope(
-    gateway: Gateway, api_key: str, model: str, status: int, error_type: str, stream: bool
+    gateway: Gateway,
+    api_key: str,
+    fake_anthropic: FakeAnthropic,
+    model: str,
+    status: int,
+    error_type: str,
+    stream: bool,
 ) -> None:
+    before = sum(1 for r in fake_anthropic.requests if r["body"].get("model") == model)
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway, api_key).chat.completions.create(
-            model=f"anthropic/{model}", messages=MESSAGES, stream=stream
+            model=f"anthropic/{model}{'~stream' if stream else ''}",
+            messages=MESSAGES,
+            stream=stream,
         )
+    assert sum(1 for r in fake_anthropic.requests if r["body"].get("model") == model) > before, (
+        "the upstream answered (no open circuit)"
+    )
     assert caught.value.status_code == status
     assert caught.value.body["type"] == error_type  # type: ignore[index]
     assert ANTHROPIC_KEY not in caught.value.response.text
@@ -437,3 +449,20 @@ def test_neutral_values_of_unsupported_parameters_are_accepted(
         json={"model": "anthropic/claude-fake", "messages": MESSAGES, **extra},
     )
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("model", "tries"),
+    [("claude-overloaded", 3), ("claude-api-error", 3), ("claude-invalid", 1), ("claude-auth", 1)],
+)
+def test_only_transient_upstream_errors_are_retried(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic, model: str, tries: int
+) -> None:
+    """The test config allows 3 attempts per target (tests/conftest.py `[retry]`)."""
+    before = sum(1 for r in fake_anthropic.requests if r["body"].get("model") == model)
+    with pytest.raises(openai.APIStatusError):
+        client(gateway, api_key).chat.completions.create(
+            model=f"anthropic/{model}~retry", messages=MESSAGES
+        )
+    after = sum(1 for r in fake_anthropic.requests if r["body"].get("model") == model)
+    assert after - before == tries

@@ -299,12 +299,22 @@ def test_each_finish_reason_maps(
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_errors_map_to_the_envelope(
-    gateway: Gateway, api_key: str, model: str, status: int, error_type: str, stream: bool
+    gateway: Gateway,
+    api_key: str,
+    fake_gemini: FakeGemini,
+    model: str,
+    status: int,
+    error_type: str,
+    stream: bool,
 ) -> None:
+    before = sum(1 for r in fake_gemini.requests if r["model"] == model)
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway, api_key).chat.completions.create(
-            model=f"google/{model}", messages=MESSAGES, stream=stream
+            model=f"google/{model}{'~stream' if stream else ''}", messages=MESSAGES, stream=stream
         )
+    assert sum(1 for r in fake_gemini.requests if r["model"] == model) > before, (
+        "the upstream answered (no open circuit)"
+    )
     assert caught.value.status_code == status
     assert caught.value.body["type"] == error_type  # type: ignore[index]
     assert GEMINI_KEY not in caught.value.response.text
@@ -379,3 +389,25 @@ def test_penalties_are_forwarded(gateway: Gateway, api_key: str, fake_gemini: Fa
     )
     config = sent(fake_gemini, "gemini-fake")["generationConfig"]
     assert (config["presencePenalty"], config["frequencyPenalty"]) == (0.5, -1)
+
+
+@pytest.mark.parametrize(
+    ("model", "tries"),
+    [
+        ("gemini-unavailable", 3),
+        ("gemini-internal", 3),
+        ("gemini-invalid", 1),
+        ("gemini-bad-key", 1),
+    ],
+)
+def test_only_transient_upstream_errors_are_retried(
+    gateway: Gateway, api_key: str, fake_gemini: FakeGemini, model: str, tries: int
+) -> None:
+    """The test config allows 3 attempts per target (tests/conftest.py `[retry]`)."""
+    before = sum(1 for r in fake_gemini.requests if r["model"] == model)
+    with pytest.raises(openai.APIStatusError):
+        client(gateway, api_key).chat.completions.create(
+            model=f"google/{model}~retry", messages=MESSAGES
+        )
+    after = sum(1 for r in fake_gemini.requests if r["model"] == model)
+    assert after - before == tries

@@ -246,3 +246,20 @@ def test_every_error_type_has_a_gateway_error(error_type: str, expected: type) -
 
 def test_unknown_error_type_falls_back_to_the_status() -> None:
     assert error_for("anthropic", "brand_new_error", "m", None) is None
+
+
+@pytest.mark.parametrize(
+    ("error_type", "retryable"),
+    [
+        ("rate_limit_error", True),
+        ("overloaded_error", True),
+        ("api_error", True),
+        ("timeout_error", True),
+        ("invalid_request_error", False),
+        ("authentication_error", False),
+        ("not_found_error", False),
+    ],
+)
+def test_only_transient_error_types_are_retryable(error_type: str, retryable: bool) -> None:
+    error = error_for("anthropic", error_type, "m", None)
+    assert error is not None and error.retryable is retryable

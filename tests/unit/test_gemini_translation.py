@@ -230,3 +230,20 @@ async def test_error_messages_never_carry_the_provider_key() -> None:
         await provider.close()
     assert isinstance(error, InvalidRequest)
     assert "AIza-SECRET" not in error.message and "[redacted]" in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        ("RESOURCE_EXHAUSTED", True),
+        ("UNAVAILABLE", True),
+        ("INTERNAL", True),
+        ("DEADLINE_EXCEEDED", True),
+        ("INVALID_ARGUMENT", False),
+        ("PERMISSION_DENIED", False),
+        ("NOT_FOUND", False),
+    ],
+)
+def test_only_transient_rpc_statuses_are_retryable(status: str, retryable: bool) -> None:
+    error = error_for("google", status, "m", None)
+    assert error is not None and error.retryable is retryable

@@ -221,11 +221,12 @@ class OpenAIRef(_Base):
                     self.content_chars += len(args)
         if usage is not None:
             details = usage.get("prompt_tokens_details") or {}
-            p, c = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            p, c = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+            total = usage.get("total_tokens")
             self.usage = {
                 "prompt_tokens": p,
                 "completion_tokens": c,
-                "total_tokens": usage.get("total_tokens", p + c),
+                "total_tokens": p + c if total is None else total,
                 "cached_tokens": details.get("cached_tokens") or 0,
             }
             if not choices and not self.include_usage:

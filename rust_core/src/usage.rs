@@ -19,8 +19,9 @@ pub struct Usage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct OpenAiUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
+    // Options: some OpenAI-compatible servers send `null` counts.
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
     prompt_tokens_details: Option<OpenAiPromptDetails>,
 }
@@ -33,12 +34,12 @@ struct OpenAiPromptDetails {
 
 impl From<&OpenAiUsage> for Usage {
     fn from(u: &OpenAiUsage) -> Self {
+        let prompt = u.prompt_tokens.unwrap_or(0);
+        let completion = u.completion_tokens.unwrap_or(0);
         Self {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u
-                .total_tokens
-                .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: u.total_tokens.unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: u
                 .prompt_tokens_details
                 .as_ref()
@@ -96,29 +97,66 @@ impl From<&AnthropicUsage> for Usage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GeminiUsage {
-    prompt_token_count: u64,
-    candidates_token_count: u64,
+    prompt_token_count: Option<u64>,
+    candidates_token_count: Option<u64>,
     total_token_count: Option<u64>,
-    cached_content_token_count: u64,
-    thoughts_token_count: u64,
-    tool_use_prompt_token_count: u64,
+    cached_content_token_count: Option<u64>,
+    thoughts_token_count: Option<u64>,
+    tool_use_prompt_token_count: Option<u64>,
 }
 
 impl From<&GeminiUsage> for Usage {
     fn from(u: &GeminiUsage) -> Self {
         let prompt = u
             .prompt_token_count
-            .saturating_add(u.tool_use_prompt_token_count);
+            .unwrap_or(0)
+            .saturating_add(u.tool_use_prompt_token_count.unwrap_or(0));
         let completion = u
             .candidates_token_count
-            .saturating_add(u.thoughts_token_count);
+            .unwrap_or(0)
+            .saturating_add(u.thoughts_token_count.unwrap_or(0));
         Self {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: u
                 .total_token_count
                 .unwrap_or(prompt.saturating_add(completion)),
-            cached_tokens: u.cached_content_token_count,
+            cached_tokens: u.cached_content_token_count.unwrap_or(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failure is the test failing
+    use super::*;
+
+    #[test]
+    fn null_counts_are_zero_not_an_error() {
+        let u: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":3,"completion_tokens":null,"total_tokens":null}"#,
+        )
+        .unwrap();
+        assert_eq!(Usage::from(&u).total_tokens, 3);
+        let g: GeminiUsage = serde_json::from_str(r#"{"promptTokenCount":null}"#).unwrap();
+        assert_eq!(Usage::from(&g), Usage::default());
+    }
+
+    #[test]
+    fn anthropic_prompt_tokens_include_cache_reads_and_writes() {
+        let u: AnthropicUsage = serde_json::from_str(
+            r#"{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":100,"output_tokens":7}"#,
+        )
+        .unwrap();
+        let u = Usage::from(&u);
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cached_tokens
+            ),
+            (115, 7, 122, 100)
+        );
     }
 }

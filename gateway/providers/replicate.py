@@ -6,8 +6,11 @@ is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succee
 `canceled`, within the provider's `timeout_s`; past it the prediction is cancelled (`urls.cancel`,
 best effort) and the client gets 504.
 
-Input mapping (OpenAI Images → the model's input): `prompt`; `size` "WxH" → `width` and
-`height`; `n` > 1 → `num_outputs`. The output (a URL or a list of URLs) becomes `data[].url`;
+Input mapping (OpenAI Images → the model's input) follows each model's published schema for the
+models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: one image per request, their size
+rules); any other model gets the generic mapping: `prompt`; `size` "WxH" → `width` and `height`;
+`n` > 1 → `num_outputs`. A request a model cannot honour is a 400 naming the parameter. The
+output (a URL or a list of URLs) becomes `data[].url`;
 `response_format: b64_json` makes the gateway download each image and base64-encode it.
 
 Image generation is not idempotent: nothing here retries; the caller retries only
@@ -18,7 +21,7 @@ failure while polling is a plain 503, since the prediction already exists.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -52,8 +55,8 @@ POLL_MAX_S = 2.0
 MAX_WAIT_S = 60
 
 
-def prediction_input(request: ImageRequest) -> dict[str, Any]:
-    """The OpenAI Images request as a Replicate model input (pure)."""
+def generic_input(request: ImageRequest) -> dict[str, Any]:
+    """The common Replicate image-model inputs (SDXL-style): prompt, width/height, num_outputs."""
     model_input: dict[str, Any] = {"prompt": request.prompt}
     dimensions = request.dimensions()
     if dimensions is not None:
@@ -61,6 +64,55 @@ def prediction_input(request: ImageRequest) -> dict[str, Any]:
     if request.n > 1:
         model_input["num_outputs"] = request.n
     return model_input
+
+
+def _one_image(model: str, request: ImageRequest) -> None:
+    if request.n > 1:
+        raise InvalidRequest(
+            f"The image model '{model}' generates one image per request: `n` must be 1.",
+            param="n",
+        )
+
+
+def seedream_4_input(request: ImageRequest) -> dict[str, Any]:
+    """bytedance/seedream-4: `size: custom` + width/height, each 1024-4096."""
+    _one_image("bytedance/seedream-4", request)
+    model_input: dict[str, Any] = {"prompt": request.prompt}
+    dimensions = request.dimensions()
+    if dimensions is not None:
+        if not all(1024 <= side <= 4096 for side in dimensions):
+            raise InvalidRequest(
+                "bytedance/seedream-4 takes sizes from 1024x1024 to 4096x4096.", param="size"
+            )
+        model_input |= {"size": "custom", "width": dimensions[0], "height": dimensions[1]}
+    return model_input
+
+
+def seedream_45_input(request: ImageRequest) -> dict[str, Any]:
+    """bytedance/seedream-4.5 (beta): 2K at 1:1 only, so `size` may only be 2048x2048."""
+    _one_image("bytedance/seedream-4.5", request)
+    model_input: dict[str, Any] = {"prompt": request.prompt}
+    dimensions = request.dimensions()
+    if dimensions is not None:
+        if dimensions != (2048, 2048):
+            raise InvalidRequest(
+                "bytedance/seedream-4.5 only generates 2048x2048 images for now.", param="size"
+            )
+        model_input |= {"size": "2K", "aspect_ratio": "1:1"}
+    return model_input
+
+
+# Each model on Replicate has its own input schema: the ones the catalog knows are mapped
+# exactly (from their published schemas); any other model gets the generic mapping.
+INPUT_MAPPINGS: dict[str, Callable[[ImageRequest], dict[str, Any]]] = {
+    "bytedance/seedream-4": seedream_4_input,
+    "bytedance/seedream-4.5": seedream_45_input,
+}
+
+
+def prediction_input(model: str, request: ImageRequest) -> dict[str, Any]:
+    """The OpenAI Images request as the input of the Replicate model `owner/name` (pure)."""
+    return INPUT_MAPPINGS.get(model, generic_input)(request)
 
 
 def output_urls(output: Any) -> list[str]:
@@ -106,7 +158,7 @@ class ReplicateProvider(HttpProvider):
             url=f"{self.settings.base_url.rstrip('/')}/v1/models/{owner}/{name}/predictions",
             headers=self._headers()
             | {"content-type": "application/json", "prefer": f"wait={wait}"},
-            body=orjson.dumps({"input": prediction_input(call.request)}),
+            body=orjson.dumps({"input": prediction_input(model, call.request)}),
         )
 
     async def generate_images(self, call: ImageCall) -> ImageResult:

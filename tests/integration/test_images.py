@@ -210,3 +210,29 @@ def test_images_need_a_key(gateway: Gateway) -> None:
         json={"model": "replicate/instant", "prompt": "x"},
     )
     assert response.status_code == 401
+
+
+def test_builtin_seedream_gets_its_own_input_schema(
+    gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
+) -> None:
+    response = client(gateway, api_key).images.with_raw_response.generate(
+        model="replicate/seedream-4.5", prompt="a harbour", size="2048x2048"
+    )
+    images = response.parse()
+    assert images.data is not None and len(images.data) == 1
+    assert response.headers["x-klawd-cost-usd"] == "0.020000"
+    created = fake_replicate.creations("seedream-4.5")[-1]
+    assert created["path"] == "/v1/models/bytedance/seedream-4.5/predictions"
+    assert created["body"] == {
+        "input": {"prompt": "a harbour", "size": "2K", "aspect_ratio": "1:1"}
+    }
+
+
+def test_builtin_seedream_refuses_n_above_1_before_calling_the_upstream(
+    gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
+) -> None:
+    before = len(fake_replicate.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(gateway, api_key).images.generate(model="replicate/seedream-4.5", prompt="x", n=2)
+    assert caught.value.param == "n"
+    assert len(fake_replicate.requests) == before

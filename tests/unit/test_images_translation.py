@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.api.images import _generate
@@ -23,7 +24,7 @@ from gateway.settings import ModelSettings, ProviderSettings, RetrySettings, Set
 
 def test_size_becomes_width_and_height_and_n_num_outputs() -> None:
     request = decode_image_request(b'{"model":"m/x","prompt":"p","size":"640x480","n":3}')
-    assert prediction_input(request) == {
+    assert prediction_input("someone/sdxl", request) == {
         "prompt": "p",
         "width": 640,
         "height": 480,
@@ -33,7 +34,48 @@ def test_size_becomes_width_and_height_and_n_num_outputs() -> None:
 
 def test_defaults_send_only_the_prompt() -> None:
     request = decode_image_request(b'{"model":"m/x","prompt":"p","size":"auto"}')
-    assert prediction_input(request) == {"prompt": "p"}
+    assert prediction_input("someone/sdxl", request) == {"prompt": "p"}
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "expected"),
+    [
+        ("bytedance/seedream-4.5", {}, {"prompt": "p"}),
+        (
+            "bytedance/seedream-4.5",
+            {"size": "2048x2048"},
+            {"prompt": "p", "size": "2K", "aspect_ratio": "1:1"},
+        ),
+        (
+            "bytedance/seedream-4",
+            {"size": "1024x2048"},
+            {"prompt": "p", "size": "custom", "width": 1024, "height": 2048},
+        ),
+    ],
+)
+def test_known_models_get_their_published_input_schema(
+    model: str, body: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    request = decode_image_request(orjson.dumps({"model": "r/x", "prompt": "p"} | body))
+    assert prediction_input(model, request) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "param"),
+    [
+        ("bytedance/seedream-4.5", {"n": 2}, "n"),
+        ("bytedance/seedream-4.5", {"size": "1024x1024"}, "size"),
+        ("bytedance/seedream-4", {"size": "512x512"}, "size"),
+        ("bytedance/seedream-4", {"n": 3}, "n"),
+    ],
+)
+def test_what_a_known_model_cannot_do_is_400_naming_it(
+    model: str, body: dict[str, Any], param: str
+) -> None:
+    request = decode_image_request(orjson.dumps({"model": "r/x", "prompt": "p"} | body))
+    with pytest.raises(InvalidRequest) as caught:
+        prediction_input(model, request)
+    assert caught.value.param == param
 
 
 @pytest.mark.parametrize("size", ["1024", "10x", "x10", "0x10", "1024X1024", "big"])

@@ -303,7 +303,7 @@ def translate_response(call: ChatCall, response: Any) -> Completion:
     parts = content.get("parts") if isinstance(content, dict) else None
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    response_id = response.get("responseId") or call.response_id
+    response_id = call.response_id  # as the reframer names streamed calls
     for part in parts if isinstance(parts, list) else ():
         if not isinstance(part, dict):
             continue

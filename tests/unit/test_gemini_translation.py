@@ -158,7 +158,7 @@ def test_function_calls_get_ids_in_the_reframer_scheme() -> None:
         },
     )
     calls = completion.body["choices"][0]["message"]["tool_calls"]
-    assert [c["id"] for c in calls] == ["call_r1_0", "call_r1_1"]
+    assert [c["id"] for c in calls] == ["call_chatcmpl-test1_0", "call_chatcmpl-test1_1"]
     assert [orjson.loads(c["function"]["arguments"]) for c in calls] == [{"x": 1}, {}]
     assert completion.body["choices"][0]["finish_reason"] == "tool_calls"
 

@@ -209,8 +209,11 @@ def _merge_builtins(raw: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _check(settings: Settings, where: str) -> None:
     scheme = settings.store.url.split("://", 1)[0]
-    if scheme not in ("sqlite", "redis", "rediss"):
-        raise ConfigError(f"{where}: `store.url` must start with sqlite://, redis:// or rediss://")
+    if scheme not in ("sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster"):
+        raise ConfigError(
+            f"{where}: `store.url` must start with sqlite://, redis://, rediss:// "
+            "or redis+cluster://"
+        )
     if settings.server.workers > 1 and scheme == "sqlite":
         raise ConfigError(
             f"{where}: `server.workers` = {settings.server.workers} needs a shared store: "

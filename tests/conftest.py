@@ -19,7 +19,7 @@ from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.replicate_upstream import FakeReplicate
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer, cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
 KLAWD = str(Path(sys.executable).parent / "klawd")
@@ -254,3 +254,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(cluster_ports(3), tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()

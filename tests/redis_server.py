@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -66,3 +68,112 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster-bus twins (port + 10000) are free too."""
+    ports: list[int] = []
+    for candidate in range(21000 + (os.getpid() % 200) * 50, 50000, 7):
+        if all(_free(p) for p in (candidate, candidate + 10000)):
+            ports.append(candidate)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError("no free ports for a redis cluster")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class RedisClusterServers:
+    """Three redis-server primaries in cluster mode on loopback, joined with redis-cli."""
+
+    def __init__(self, ports: list[int], directory: Path) -> None:
+        self.nodes = [RedisServer(port, directory / str(port)) for port in ports]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+        for node in self.nodes:
+            node.directory.mkdir(parents=True, exist_ok=True)
+            node.process = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(node.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(node.directory),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            deadline = time.monotonic() + 10
+            try:
+                while True:
+                    try:
+                        client.ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+            finally:
+                client.close()
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            try:
+                while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the redis cluster did not come up")
+                    time.sleep(0.1)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.flush()

@@ -124,7 +124,7 @@ def open_store(url: str) -> Store:
         from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url))
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
         from gateway.store.redis import RedisStore
 
         return RedisStore(url)

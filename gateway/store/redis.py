@@ -62,14 +62,31 @@ def _new_id(prefix: str) -> str:
 
 
 class RedisStore:
+    """`redis://` / `rediss://`: one Redis; `redis+cluster://seed:port`: a Redis Cluster."""
+
     def __init__(self, url: str) -> None:
         self.url = url
-        self._redis: aioredis.Redis = aioredis.from_url(
-            url,
-            socket_connect_timeout=1.0,
-            socket_timeout=2.0,
-            health_check_interval=15,
-            max_connections=256,
+        self.cluster = "+cluster://" in url
+        plain_url = url.replace("+cluster://", "://", 1)
+        self._redis: aioredis.Redis | aioredis.RedisCluster
+        if self.cluster:
+            self._redis = aioredis.RedisCluster.from_url(
+                plain_url, socket_connect_timeout=1.0, socket_timeout=2.0, max_connections=256
+            )
+        else:
+            self._redis = aioredis.from_url(
+                plain_url,
+                socket_connect_timeout=1.0,
+                socket_timeout=2.0,
+                health_check_interval=15,
+                max_connections=256,
+            )
+        # Classic pub/sub is broadcast over the cluster bus: one node's connection hears every
+        # PUBLISH, so the subscriber is a plain client in both modes.
+        self._subscriber: aioredis.Redis = (
+            aioredis.from_url(plain_url, socket_connect_timeout=1.0)
+            if self.cluster
+            else self._redis  # type: ignore[assignment]
         )
         self._library_loaded = False
         self._listener: asyncio.Task[None] | None = None
@@ -81,7 +98,7 @@ class RedisStore:
     # -- plumbing -------------------------------------------------------------------------------
     async def _call(self, *args: Any) -> Any:
         try:
-            return await self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+            return await self._redis.execute_command(*args)
         except RedisError as exc:
             raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
@@ -89,13 +106,9 @@ class RedisStore:
         for attempt in (1, 2):
             try:
                 if not self._library_loaded:
-                    await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                        "FUNCTION", "LOAD", "REPLACE", LIBRARY
-                    )
+                    await self._load_library()
                     self._library_loaded = True
-                return await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                    "FCALL", function, len(keys), *keys, *args
-                )
+                return await self._redis.execute_command("FCALL", function, len(keys), *keys, *args)
             except ResponseError as exc:
                 # A restarted Redis without persistence has forgotten the library: load again.
                 if attempt == 1 and "function not found" in str(exc).lower():
@@ -106,6 +119,18 @@ class RedisStore:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
 
+    async def _load_library(self) -> None:
+        if isinstance(self._redis, aioredis.RedisCluster):
+            # every primary serves some accounts' slots: each needs the library
+            for node in self._redis.get_primaries():
+                await self._redis.execute_command(
+                    "FUNCTION", "LOAD", "REPLACE", LIBRARY, target_nodes=node
+                )
+        else:
+            await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "FUNCTION", "LOAD", "REPLACE", LIBRARY
+            )
+
     async def ping(self) -> None:
         await self._call("PING")
 
@@ -115,6 +140,8 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._redis.aclose()
+        if self._subscriber is not self._redis:
+            await self._subscriber.aclose()
 
     # -- invalidation across replicas -----------------------------------------------------------
     def on_invalidate(self, handler: InvalidationHandler) -> None:
@@ -128,7 +155,7 @@ class RedisStore:
     async def _listen(self) -> None:
         while True:
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(CHANNEL)
                 async for message in pubsub.listen():
                     data = message.get("data")
@@ -155,6 +182,9 @@ class RedisStore:
             _new_id("acct"), name, plan, credits_micros, CustomLimits(), int(time.time())
         )
         key = _acct(account.id)
+        # The account's own keys share a slot and are written together; the index of accounts
+        # lives in another slot (Redis Cluster forbids cross-slot transactions), so it is added
+        # last: an account is counted only once it exists.
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(
@@ -167,10 +197,10 @@ class RedisStore:
                     },
                 )
                 pipe.set(f"{key}:credits", credits_micros)
-                pipe.sadd("klawd:accounts", account.id)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        await self._call("SADD", "klawd:accounts", account.id)
         return account
 
     async def get_account(self, account_id: str) -> Account | None:
@@ -223,14 +253,9 @@ class RedisStore:
         key = ApiKey(
             _new_id("key"), account_id, name, prefix, key_hash, int(time.time()), expires_at, None
         )
-        record = msgspec.json.encode(key)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(f"klawd:key:{key_hash}", record)
-                pipe.set(f"klawd:keyid:{key.id}", key_hash)
-                await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        # Two slots: the id -> hash index first, then the record that makes the key usable.
+        await self._call("SET", f"klawd:keyid:{key.id}", key_hash)
+        await self._call("SET", f"klawd:key:{key_hash}", msgspec.json.encode(key))
         return key
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:

@@ -17,7 +17,7 @@ import redis
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 
 FAKE = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
 ECHO = {"model": "klawd/echo", "messages": [{"role": "user", "content": "hi"}]}
@@ -199,3 +199,29 @@ def test_workers_above_one_without_redis_refuse_to_start(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "redis" in result.stderr
+
+
+def test_gateway_runs_on_a_redis_cluster(
+    redis_cluster: RedisClusterServers, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    redis_cluster.flush()
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url, store_url=redis_cluster.url)
+    gateway = start_gateway(config, port)
+    try:
+        account_id, _, key = new_account(gateway, plan="free")
+        statuses = [r.status_code for r in burst([gateway], key, FAKE, 15)]
+        assert statuses.count(200) == 10 and statuses.count(429) == 5
+        deadline = time.monotonic() + 10
+        with gateway.admin() as admin:
+            while True:
+                usage = admin.get(f"/admin/accounts/{account_id}/usage").json()
+                if usage["total"]["requests"] >= 10 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            account = admin.get(f"/admin/accounts/{account_id}").json()
+        assert usage["total"]["requests"] == 10
+        assert account["credits_usd"] == pytest.approx(5.0 - 10 * 0.00002)
+    finally:
+        stop(gateway.process)

@@ -10,20 +10,51 @@ import pytest
 
 from gateway.limits import LimitSpec
 from gateway.store.base import CustomLimits, Store, UsageEntry, open_store
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
-) -> AsyncIterator[Store]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path}/contract.db")
-    else:
-        redis_server.flush()
-        opened = open_store(redis_server.url)
+        return f"sqlite:///{tmp_path}/contract.db"
+    server: RedisServer | RedisClusterServers = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster"
+    )
+    server.flush()
+    return server.url
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = open_store(store_url(request, tmp_path))
     yield opened
     await opened.close()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_url(request, tmp_path)
+
+
+async def test_changes_are_announced_to_every_other_process(shared_url: str) -> None:
+    """What one replica changes, every other replica's caches hear about (pub/sub)."""
+    writer, listener = open_store(shared_url), open_store(shared_url)
+    heard: list[tuple[str, str]] = []
+    try:
+        listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
+        await asyncio.sleep(0.3)  # let the subscription settle
+        account = await writer.create_account("x", "free", 0)
+        key = await writer.create_key(account.id, "k", "sk-klawd-abcd", "e" * 64, None)
+        await writer.update_account(account.id, plan="pro")
+        await writer.revoke_key(key.id, 5)
+        for _ in range(100):
+            if len(heard) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert ("account", account.id) in heard
+        assert ("key", key.id) in heard
+    finally:
+        await writer.close()
+        await listener.close()
 
 
 def entry(account_id: str, n: int, cost: int, reserved: int, model: str = "m/x") -> UsageEntry:

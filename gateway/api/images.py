@@ -7,9 +7,7 @@ the upstream), never after a timeout or an answer; then the model's fallbacks ar
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 
 import msgspec
@@ -18,9 +16,9 @@ from starlette.responses import Response
 
 from gateway.api.common import app_state, authenticate, json_response
 from gateway.auth import AuthContext
-from gateway.billing import format_usd, usd_to_micros
+from gateway.billing import TokenUsage, format_usd, usd_to_micros
 from gateway.errors import AuthenticationError, GatewayError, PermissionDenied, ServiceUnavailable
-from gateway.providers.base import ImageCall, ImageProvider, ImageResult, UpstreamUnreachable
+from gateway.providers.base import ImageCall, ImageProvider, ImageResult
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_image
 from gateway.schemas.images import ImageRequest, decode_image_request
@@ -36,16 +34,28 @@ async def image_generations(request: Request) -> Response:
     images = decode_image_request(body)
     targets = resolve_image(state.catalog, images.model)
     await require_image_plan(state, auth)
+    worst = max(usd_to_micros(t.model.usd_per_image) for t in targets) * (images.n or 1)
+    ticket = await state.meter.admit(auth, request.state.request_id, worst)
+    limit_headers = ticket.admission.headers()
     created = int(time.time())
-    result, target = await _generate(state, images, body, targets, created)
-    cost = len(result.images) * usd_to_micros(target.model.usd_per_image)
+    try:
+        result, target = await _generate(state, images, body, targets, created)
+    except GatewayError as exc:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, False)
+        exc.extra_headers.update(limit_headers)
+        raise
+    except BaseException:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, False)
+        raise
+    cost = state.meter.settle(ticket, target, TokenUsage(0, 0), len(result.images), 200, False)
     return json_response(
         {"created": created, "data": msgspec.to_builtins(result.images)},
         headers={
             "x-klawd-model": target.model.id,
             "x-klawd-provider": target.model.provider,
             "x-klawd-cost-usd": format_usd(cost),
-        },
+        }
+        | limit_headers,
     )
 
 
@@ -68,23 +78,19 @@ async def _generate(
     targets: list[CatalogEntry],
     created: int,
 ) -> tuple[ImageResult, CatalogEntry]:
-    last_error: GatewayError | None = None
-    for target in targets:
+    async def attempt(target: CatalogEntry) -> ImageResult:
         provider = state.providers[target.model.provider]
         if not isinstance(provider, ImageProvider):
-            last_error = ServiceUnavailable(
-                f"The provider '{target.model.provider}' cannot generate images."
+            raise ServiceUnavailable(
+                f"The provider '{target.model.provider}' cannot generate images.",
+                connect_failed=True,  # nothing was sent: the next target may be tried
             )
-            continue
-        retry = state.settings.provider_retry(target.model.provider)
-        call = ImageCall(images, body, target, created)
-        for attempt in range(retry.attempts):
-            try:
-                return await provider.generate_images(call), target
-            except UpstreamUnreachable as exc:
-                log.info("image target %s unreachable (attempt %d)", target.model.id, attempt + 1)
-                last_error = exc
-                if attempt + 1 < retry.attempts:
-                    cap = min(retry.max_delay_s, retry.base_delay_s * 2**attempt)
-                    await asyncio.sleep(random.uniform(0, cap))  # noqa: S311 (jitter)
-    raise last_error or ServiceUnavailable("No target could generate the images.")
+        return await provider.generate_images(ImageCall(images, body, target, created))
+
+    def never_sent(exc: GatewayError) -> bool:
+        return exc.connect_failed
+
+    result, target, _ = await state.retrier.call_targets(
+        targets, attempt, may_retry=never_sent, may_fall_back=never_sent
+    )
+    return result, target

@@ -74,7 +74,10 @@ class Retrier:
         targets: list[CatalogEntry],
         attempt: Callable[[CatalogEntry], Awaitable[T]],
         may_retry: Callable[[GatewayError], bool] = lambda exc: exc.retryable,
+        may_fall_back: Callable[[GatewayError], bool] = lambda exc: True,
     ) -> tuple[T, CatalogEntry, list[Attempt]]:
+        """`may_retry` / `may_fall_back` narrow what is tried again: image generation passes
+        "only after a connect error" for both, as the upstream may have generated already."""
         tries: list[Attempt] = []
         last_error: GatewayError | None = None
         candidates = [t for t in targets if self._health.allows(t.model.id)]
@@ -98,6 +101,8 @@ class Retrier:
                     )
                     tries.append(Attempt(target.model.id, exc.type, slept))
                     last_error = exc
+                    if not may_retry(exc) and not may_fall_back(exc):
+                        raise
                     if retry + 1 >= policy.attempts or not may_retry(exc):
                         break
                     delay = backoff_delay(retry, policy, self._rng)

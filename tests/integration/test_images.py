@@ -4,6 +4,7 @@ process → the fake Replicate predictions API or the fake OpenAI images endpoin
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import openai
@@ -236,3 +237,34 @@ def test_builtin_seedream_refuses_n_above_1_before_calling_the_upstream(
         client(gateway, api_key).images.generate(model="replicate/seedream-4.5", prompt="x", n=2)
     assert caught.value.param == "n"
     assert len(fake_replicate.requests) == before
+
+
+def test_images_are_limited_reserved_and_billed_per_image(gateway: Gateway) -> None:
+    key = gateway.new_key(plan="pro", credits_usd=0.05)
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": "replicate/instant", "prompt": "a fox", "n": 2, "size": "512x512"}
+    first = httpx.post(f"{gateway.base_url}/v1/images/generations", headers=headers, json=body)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "100"
+    # $0.05 - $0.04 leaves $0.01: two more images would need $0.04
+    refused = httpx.post(f"{gateway.base_url}/v1/images/generations", headers=headers, json=body)
+    assert refused.status_code == 402
+    assert refused.json()["error"]["type"] == "insufficient_credits"
+    one = httpx.post(
+        f"{gateway.base_url}/v1/images/generations", headers=headers, json={**body, "n": 1}
+    )
+    assert one.status_code == 402, "$0.01 left cannot cover one $0.02 image either"
+    view: dict[str, object] = {}
+    for _ in range(100):
+        view = httpx.get(f"{gateway.base_url}/v1/account", headers=headers).json()
+        if view["usage_today"]["images"] == 2:  # type: ignore[index]
+            break
+        time.sleep(0.05)
+    assert view["usage_today"] == {  # type: ignore[comparison-overlap]
+        "requests": 1,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "images": 2,
+        "cost_usd": 0.04,
+    }
+    assert view["credits_usd"] == pytest.approx(0.01)

@@ -55,8 +55,9 @@ fmt: $(PY)
 	$(BIN)/ruff check --fix gateway tests loadtests
 	cargo fmt --all
 
+# The release wheel into dist/ (the Dockerfile's build stage runs the same script).
 wheel: $(PY)
-	$(BIN)/maturin build --release --out dist
+	MATURIN=$(BIN)/maturin PYTHON=$(PY) deploy/build-wheel.sh
 
 clean:
 	rm -rf $(VENV) target dist gateway/_core*.so

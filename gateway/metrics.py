@@ -67,8 +67,9 @@ class Metrics:
         )
         self.http_duration = Histogram(
             "klawd_http_request_duration_seconds",
-            "From the request's arrival to the last byte of the response (streams: stream end).",
-            ["route"],
+            'From the request\'s arrival to the last byte of the response; stream="true" for SSE '
+            "responses (their duration is the stream's length: use TTFB for their latency).",
+            ["route", "stream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

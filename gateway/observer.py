@@ -42,7 +42,9 @@ class RequestObserver:
         ttfb_s = None if record.first_byte_at is None else record.first_byte_at - arrived
         method = record.method if record.method in HTTP_METHODS else "other"
         m.http_requests.labels(record.route, method, status_class(record.status)).inc()
-        m.http_duration.labels(record.route).observe(duration_s)
+        m.http_duration.labels(record.route, "true" if record.stream_open else "false").observe(
+            duration_s
+        )
         if ttfb_s is not None:
             m.http_ttfb.labels(record.route).observe(ttfb_s)
         self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)

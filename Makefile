@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: build run test test-py test-rust lint fmt system-deps wheel bench loadtest clean
+.PHONY: soak build run test test-py test-rust lint fmt system-deps wheel bench loadtest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,7 @@ wheel: $(PY)
 
 clean:
 	rm -rf $(VENV) target dist gateway/_core*.so
+
+# A bounded soak run (not part of `make test`): good traffic mixed with upstream faults.
+soak: build
+	$(BIN)/python loadtests/soak.py --seconds 120 --clients 8

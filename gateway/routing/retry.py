@@ -91,24 +91,34 @@ class Retrier:
                 self.observer.fell_back(candidates[index - 1].model.provider)
             policy = self._policy_for(target)
             slept = 0.0
+            target_started = self._clock()
             for retry in range(policy.attempts):
                 started = self._clock()
                 try:
                     result = await attempt(target)
                 except FALLBACK_ON as exc:
-                    self._health.record(
-                        target.model.id, ok=False, latency_s=self._clock() - started
-                    )
                     tries.append(Attempt(target.model.id, exc.type, slept))
                     last_error = exc
-                    if not may_retry(exc) and not may_fall_back(exc):
-                        raise
-                    if retry + 1 >= policy.attempts or not may_retry(exc):
+                    gives_up = (
+                        retry + 1 >= policy.attempts
+                        or not may_retry(exc)
+                        or (
+                            exc.retry_after_s is not None
+                            and exc.retry_after_s > policy.max_retry_after_s
+                        )
+                    )
+                    if gives_up:
+                        # The circuit counts what a target did for a request (served it or
+                        # not), not each try: a flaky upstream that answers on the second try
+                        # is slow, not down.
+                        self._health.record(
+                            target.model.id, ok=False, latency_s=self._clock() - target_started
+                        )
+                        if not may_fall_back(exc):
+                            raise
                         break
                     delay = backoff_delay(retry, policy, self._rng)
                     if exc.retry_after_s is not None:
-                        if exc.retry_after_s > policy.max_retry_after_s:
-                            break
                         delay = max(delay, exc.retry_after_s)
                     if self.observer is not None:
                         self.observer.retried(target.model.provider)

@@ -65,3 +65,10 @@ clean:
 # A bounded soak run (not part of `make test`): good traffic mixed with upstream faults.
 soak: build
 	$(BIN)/python loadtests/soak.py --seconds 120 --clients 8
+
+# Locust scenarios against a gateway on the fake upstreams, headless and bounded in time.
+LOAD_USERS ?= 40
+LOAD_SECONDS ?= 30
+loadtest: $(PY)
+	$(BIN)/maturin develop --release -E dev,load -q
+	$(BIN)/python loadtests/run_load.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS)

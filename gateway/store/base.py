@@ -1,4 +1,4 @@
-"""The Store protocol: accounts and API keys (usage, credits and webhooks grow here)."""
+"""The Store protocol: accounts, API keys, usage and credits, webhooks, invoices, users."""
 
 from __future__ import annotations
 
@@ -76,6 +76,64 @@ class UsageRow(Struct, frozen=True):
     cost_micros: int
 
 
+class Webhook(Struct, frozen=True):
+    """An account's webhook endpoint. `previous_secret` still signs (as
+    X-Klawd-Signature-Previous) until `previous_expires_at` after a rotation."""
+
+    account_id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    previous_secret: str | None
+    previous_expires_at: int | None
+    updated_at: int
+
+
+class DeliveryAttempt(Struct, frozen=True):
+    at: float
+    status_code: int | None  # None: no HTTP answer (refused, timeout, blocked address)
+    error: str | None
+    duration_ms: int
+    response_prefix: str  # the first bytes of the receiver's answer, nothing more
+
+
+class Delivery(Struct, frozen=True):
+    """One event for one account's webhook, with every attempt made so far. `body` is the exact
+    JSON that is signed and sent (the same bytes on every retry)."""
+
+    id: str  # the event id, evt_...
+    account_id: str
+    type: str
+    body: str
+    created_at: float
+    status: str  # pending | delivered | failed
+    next_attempt_at: float
+    attempts: tuple[DeliveryAttempt, ...] = ()
+
+
+class Invoice(Struct, frozen=True):
+    id: str
+    account_id: str
+    amount_micros: int
+    description: str
+    status: str  # open | paid
+    created_at: int
+    paid_at: int | None
+
+
+class User(Struct, frozen=True):
+    """A Mission Control sign-in: one e-mail address, one account."""
+
+    email: str
+    account_id: str
+    password_hash: str
+    created_at: int
+
+
+# Deliveries kept per account (older ones are dropped when a new one is added).
+DELIVERIES_KEPT = 200
+
+
 class Store(Protocol):
     def limiter(self) -> Limiter:
         """The admission limiter that matches this store (embedded or Redis)."""
@@ -115,6 +173,83 @@ class Store(Protocol):
 
     async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
         """Totals by UTC day and model, both days inclusive."""
+        ...
+
+    # -- listings (Mission Control) --------------------------------------------------------------
+    async def list_accounts(self, limit: int) -> list[Account]: ...
+    async def list_keys(self, account_id: str) -> list[ApiKey]:
+        """The account's keys, revoked ones included, oldest first."""
+        ...
+
+    # -- webhooks ---------------------------------------------------------------------------------
+    async def put_webhook(self, webhook: Webhook, usage_cursor: str, usage_period: int) -> None:
+        """Create or replace the endpoint. The usage cursor and period are set only when the
+        account had no webhook: changing the URL never re-reports or skips usage."""
+        ...
+
+    async def get_webhook(self, account_id: str) -> Webhook | None: ...
+    async def webhook_accounts(self) -> list[str]: ...
+    async def usage_cursor(self, account_id: str) -> str:
+        """The position of the account's newest settled ledger entry (opaque)."""
+        ...
+
+    async def usage_since(self, account_id: str, cursor: str) -> tuple[list[UsageRow], str]:
+        """Totals by model (day "") of the entries settled after `cursor`, and the new cursor."""
+        ...
+
+    async def webhook_usage_state(self, account_id: str) -> tuple[str, int] | None:
+        """(cursor, last reported period) of the account's webhook."""
+        ...
+
+    async def add_usage_event(
+        self, account_id: str, period: int, cursor: str, delivery: Delivery
+    ) -> bool:
+        """Atomically: if `period` is later than the last reported one, store the delivery and
+        move the cursor and period on. False (nothing stored) when the period was reported."""
+        ...
+
+    async def add_delivery(self, delivery: Delivery) -> bool:
+        """Store a new pending delivery; False if its id exists."""
+        ...
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        """Record an attempt's outcome (status, next attempt, attempts)."""
+        ...
+
+    async def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, earliest first."""
+        ...
+
+    async def list_deliveries(self, account_id: str, limit: int) -> list[Delivery]:
+        """Newest first."""
+        ...
+
+    # -- invoices ---------------------------------------------------------------------------------
+    async def create_invoice(
+        self, account_id: str, amount_micros: int, description: str
+    ) -> Invoice: ...
+
+    async def get_invoice(self, invoice_id: str) -> Invoice | None: ...
+    async def pay_invoice(
+        self, invoice: Invoice, paid_at: int, delivery: Delivery | None
+    ) -> tuple[Invoice, bool]:
+        """Atomically mark an open invoice paid and store its event's delivery. Returns the
+        invoice and whether this call changed it (a second call stores nothing)."""
+        ...
+
+    # -- Mission Control users, shared secrets, the scheduler lease --------------------------------
+    async def create_user(self, user: User) -> bool:
+        """False if the e-mail address is taken."""
+        ...
+
+    async def get_user(self, email: str) -> User | None: ...
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The value stored under `name`, storing `candidate` first if there is none: every
+        replica ends up with the same value."""
+        ...
+
+    async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `owner` (True while held); ttl_s = 0 releases it."""
         ...
 
 

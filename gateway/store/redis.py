@@ -10,6 +10,7 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
     klawd:accounts              set of account ids
     klawd:key:<sha256>          hash: the API key record
     klawd:keyid:<key id>        the key's sha256
+    (webhooks, invoices, users: gateway/store/redis_webhooks.py)
 
 Changes that caches must see at once (revocations, plan and limit changes) are published on
 `klawd:invalidate`; every replica drops the cached entry when the message arrives.
@@ -43,6 +44,7 @@ from gateway.store.base import (
     UsageEntry,
     UsageRow,
 )
+from gateway.store.redis_webhooks import RedisWebhooks
 
 log = logging.getLogger("klawd.redis")
 
@@ -61,7 +63,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-class RedisStore:
+class RedisStore(RedisWebhooks):
     """`redis://` / `rediss://`: one Redis; `redis+cluster://seed:port`: a Redis Cluster."""
 
     def __init__(self, url: str) -> None:
@@ -255,6 +257,7 @@ class RedisStore:
         )
         # Two slots: the id -> hash index first, then the record that makes the key usable.
         await self._call("SET", f"klawd:keyid:{key.id}", key_hash)
+        await self._call("SADD", f"{_acct(account_id)}:keys", key.id)  # Mission Control's list
         await self._call("SET", f"klawd:key:{key_hash}", msgspec.json.encode(key))
         return key
 

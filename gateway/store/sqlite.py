@@ -27,6 +27,7 @@ from gateway.store.base import (
     UsageEntry,
     UsageRow,
 )
+from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
 
 T = TypeVar("T")
 
@@ -112,7 +113,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-class SqliteStore:
+class SqliteStore(SqliteWebhooks):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klawd-sqlite")
@@ -127,7 +128,7 @@ class SqliteStore:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(SCHEMA)
+            conn.executescript(SCHEMA + WEBHOOK_SCHEMA)
             self._conn = conn
         return self._conn
 

@@ -6,10 +6,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gateway.limits import LimitSpec
-from gateway.store.base import CustomLimits, Store, UsageEntry, open_store
+from gateway.store.base import (
+    DELIVERIES_KEPT,
+    CustomLimits,
+    Delivery,
+    DeliveryAttempt,
+    Store,
+    UsageEntry,
+    User,
+    Webhook,
+    open_store,
+)
 from tests.redis_server import RedisClusterServers, RedisServer
 
 
@@ -228,3 +239,138 @@ async def test_tokens_per_minute_debt_blocks_until_repaid(store: Store) -> None:
     blocked = await limiter.admit(account.id, spec, 0)
     assert blocked.outcome == "rate_limited"
     assert 55 <= blocked.retry_after_s <= 61
+
+
+# -- webhooks, deliveries, invoices, users ---------------------------------------------------------
+def delivery(account_id: str, ident: str, created: float, next_at: float) -> Delivery:
+    return Delivery(
+        id=ident,
+        account_id=account_id,
+        type="webhook.test",
+        body=f'{{"id":"{ident}"}}',
+        created_at=created,
+        status="pending",
+        next_attempt_at=next_at,
+    )
+
+
+def hook(account_id: str, url: str = "https://example.com/hook") -> Webhook:
+    return Webhook(account_id, url, ("usage.updated",), "whsec_1", None, None, 100)
+
+
+async def test_webhook_put_keeps_the_usage_position(store: Store) -> None:
+    account = await store.create_account("w", "free", 0)
+    assert await store.get_webhook(account.id) is None
+    await store.put_webhook(hook(account.id), "7", 41)
+    assert await store.get_webhook(account.id) == hook(account.id)
+    rotated = Webhook(account.id, "https://b.example/x", (), "whsec_2", "whsec_1", 900, 200)
+    await store.put_webhook(rotated, "99", 99)
+    assert await store.get_webhook(account.id) == rotated
+    assert await store.webhook_usage_state(account.id) == ("7", 41), "set once, on creation"
+    assert await store.webhook_accounts() == [account.id]
+
+
+async def test_usage_since_counts_each_settled_entry_once(store: Store) -> None:
+    account = await store.create_account("c", "free", 0)
+    start = await store.usage_cursor(account.id)
+    await store.settle([entry(account.id, 1, 10, 0, "a/1"), entry(account.id, 2, 20, 0, "b/2")])
+    rows, cursor = await store.usage_since(account.id, start)
+    assert [(r.model, r.requests, r.prompt_tokens, r.cost_micros) for r in rows] == [
+        ("a/1", 1, 10, 10),
+        ("b/2", 1, 20, 20),
+    ]
+    assert cursor == await store.usage_cursor(account.id)
+    assert await store.usage_since(account.id, cursor) == ([], cursor)
+    await store.settle([entry(account.id, 3, 30, 0, "a/1")])
+    rows, _ = await store.usage_since(account.id, cursor)
+    assert [(r.model, r.requests) for r in rows] == [("a/1", 1)]
+
+
+async def test_a_usage_period_is_recorded_once_however_many_schedulers_race(store: Store) -> None:
+    account = await store.create_account("p", "free", 0)
+    await store.put_webhook(hook(account.id), await store.usage_cursor(account.id), 10)
+    results = await asyncio.gather(
+        *(
+            store.add_usage_event(account.id, 11, f"c{n}", delivery(account.id, f"evt_{n}", 1, 1))
+            for n in range(5)
+        )
+    )
+    assert sorted(results) == [False] * 4 + [True]
+    cursor, period = await store.webhook_usage_state(account.id) or ("", 0)
+    assert period == 11
+    assert [d.id for d in await store.list_deliveries(account.id, 10)] == [
+        f"evt_{results.index(True)}"
+    ]
+    assert cursor == f"c{results.index(True)}"
+    assert not await store.add_usage_event(account.id, 11, "x", delivery(account.id, "e", 1, 1))
+
+
+async def test_deliveries_come_due_and_leave_the_queue_when_done(store: Store) -> None:
+    account = await store.create_account("d", "free", 0)
+    first = delivery(account.id, "evt_a", 100.0, 100.0)
+    later = delivery(account.id, "evt_b", 101.0, 500.0)
+    assert await store.add_delivery(first)
+    assert await store.add_delivery(later)
+    assert not await store.add_delivery(first), "an event id is stored once"
+    assert [d.id for d in await store.due_deliveries(200.0, 10)] == ["evt_a"]
+    attempt = DeliveryAttempt(200.0, 500, None, 3, "oops")
+    retry = msgspec.structs.replace(first, next_attempt_at=300.0, attempts=(attempt,))
+    await store.save_delivery(retry)
+    assert await store.due_deliveries(250.0, 10) == []
+    assert await store.due_deliveries(300.0, 10) == [retry]
+    done = msgspec.structs.replace(retry, status="delivered")
+    await store.save_delivery(done)
+    assert [d.id for d in await store.due_deliveries(1000.0, 10)] == ["evt_b"]
+    assert await store.list_deliveries(account.id, 10) == [later, done], "newest first"
+
+
+async def test_old_deliveries_are_dropped_beyond_the_kept_number(store: Store) -> None:
+    account = await store.create_account("o", "free", 0)
+    for n in range(DELIVERIES_KEPT + 3):
+        assert await store.add_delivery(delivery(account.id, f"evt_{n:04d}", float(n), 1e12))
+    kept = await store.list_deliveries(account.id, DELIVERIES_KEPT + 10)
+    assert len(kept) == DELIVERIES_KEPT
+    assert kept[-1].id == "evt_0003"
+
+
+async def test_an_invoice_is_paid_once_with_its_event(store: Store) -> None:
+    account = await store.create_account("i", "free", 0)
+    invoice = await store.create_invoice(account.id, 12_500_000, "November")
+    assert invoice.status == "open" and invoice.amount_micros == 12_500_000
+    assert await store.get_invoice(invoice.id) == invoice
+    assert await store.get_invoice("inv_missing") is None
+    event = delivery(account.id, "evt_paid", 5.0, 5.0)
+    paid, changed = await store.pay_invoice(invoice, 77, event)
+    assert changed and paid.status == "paid" and paid.paid_at == 77
+    again, changed_again = await store.pay_invoice(invoice, 88, delivery(account.id, "evt_2", 6, 6))
+    assert not changed_again and again.paid_at == 77
+    assert [d.id for d in await store.list_deliveries(account.id, 10)] == ["evt_paid"]
+    assert await store.get_invoice(invoice.id) == paid
+
+
+async def test_users_keys_and_accounts_are_listed(store: Store) -> None:
+    account = await store.create_account("u", "free", 0)
+    user = User("ada@example.com", account.id, "scrypt$x", 5)
+    assert await store.create_user(user)
+    assert not await store.create_user(User("ada@example.com", "acct_other", "y", 6))
+    assert await store.get_user("ada@example.com") == user
+    assert await store.get_user("bob@example.com") is None
+    one = await store.create_key(account.id, "one", "sk-klawd-aaaa", "1" * 64, None)
+    two = await store.create_key(account.id, "two", "sk-klawd-bbbb", "2" * 64, None)
+    assert {k.id for k in await store.list_keys(account.id)} == {one.id, two.id}
+    assert [a.id for a in await store.list_accounts(10)] == [account.id]
+
+
+async def test_replicas_share_one_secret_and_one_lease_holder(shared_url: str) -> None:
+    first, second = open_store(shared_url), open_store(shared_url)
+    try:
+        assert await first.shared_secret("session", "aaa") == "aaa"
+        assert await second.shared_secret("session", "bbb") == "aaa"
+        assert await first.lease("scheduler", "one", 5)
+        assert not await second.lease("scheduler", "two", 5)
+        assert await first.lease("scheduler", "one", 5), "the holder renews"
+        assert not await first.lease("scheduler", "one", 0), "released"
+        assert await second.lease("scheduler", "two", 5)
+    finally:
+        await first.close()
+        await second.close()

@@ -103,7 +103,96 @@ local function settle(keys, args)
   return new
 end
 
+-- Webhooks (gateway/store/redis_webhooks.py). Every key below is one account's: its deliveries
+-- (hash id -> JSON), their log (zset id -> created) and the pending ones (zset id -> next try).
+local function add_delivery(keys, id, json, created, next_at, keep)
+  if redis.call('HSETNX', keys[1], id, json) == 0 then return 0 end
+  redis.call('ZADD', keys[2], created, id)
+  redis.call('ZADD', keys[3], next_at, id)
+  local excess = redis.call('ZCARD', keys[2]) - keep
+  if excess > 0 then
+    local old = redis.call('ZRANGE', keys[2], 0, excess - 1)
+    for _, gone in ipairs(old) do
+      redis.call('HDEL', keys[1], gone)
+      redis.call('ZREM', keys[3], gone)
+    end
+    redis.call('ZREMRANGEBYRANK', keys[2], 0, excess - 1)
+  end
+  return 1
+end
+
+-- KEYS: deliveries, log, pending; ARGV: id, JSON, created, next attempt, deliveries kept
+local function delivery_add(keys, args)
+  return add_delivery(keys, args[1], args[2], args[3], args[4], tonumber(args[5]))
+end
+
+-- KEYS: deliveries, pending; ARGV: id, JSON, pending (1) or done (0), next attempt.
+-- A delivery dropped from the log meanwhile stays dropped.
+local function delivery_save(keys, args)
+  if redis.call('HEXISTS', keys[1], args[1]) == 0 then return 0 end
+  redis.call('HSET', keys[1], args[1], args[2])
+  if args[3] == '1' then
+    redis.call('ZADD', keys[2], args[4], args[1])
+  else
+    redis.call('ZREM', keys[2], args[1])
+  end
+  return 1
+end
+
+-- KEYS: webhook hash, deliveries, log, pending
+-- ARGV: period, cursor, id, JSON, created, next attempt, deliveries kept
+-- Stores the usage event only if the period is later than the last one reported: however many
+-- schedulers race, a period is reported once, and the cursor moves with the event.
+local function usage_event(keys, args)
+  local last = tonumber(redis.call('HGET', keys[1], 'usage_period'))
+  if last == nil or tonumber(args[1]) <= last then return 0 end
+  redis.call('HSET', keys[1], 'usage_period', args[1], 'usage_cursor', args[2])
+  return add_delivery({keys[2], keys[3], keys[4]}, args[3], args[4], args[5], args[6],
+                      tonumber(args[7]))
+end
+
+-- KEYS: invoices hash, deliveries, log, pending
+-- ARGV: invoice id, paid invoice JSON, delivery id ('' for none), JSON, created, next attempt,
+--       deliveries kept
+-- -> {1 changed | 0 already paid | -1 no such invoice, the invoice's JSON}
+local function invoice_paid(keys, args)
+  local current = redis.call('HGET', keys[1], args[1])
+  if not current then return {-1, ''} end
+  if cjson.decode(current)['status'] ~= 'open' then return {0, current} end
+  redis.call('HSET', keys[1], args[1], args[2])
+  if args[3] ~= '' then
+    add_delivery({keys[2], keys[3], keys[4]}, args[3], args[4], args[5], args[6],
+                 tonumber(args[7]))
+  end
+  return {1, args[2]}
+end
+
+-- KEYS: lease; ARGV: owner, ttl ms (0 releases). Takes (SET NX PX) or renews the lease;
+-- 1 while `owner` holds it.
+local function lease(keys, args)
+  local holder = redis.call('GET', keys[1])
+  local ttl = tonumber(args[2])
+  if holder == args[1] then
+    if ttl == 0 then
+      redis.call('DEL', keys[1])
+      return 0
+    end
+    redis.call('PEXPIRE', keys[1], ttl)
+    return 1
+  end
+  if ttl > 0 and not holder then
+    redis.call('SET', keys[1], args[1], 'NX', 'PX', ttl)
+    return 1
+  end
+  return 0
+end
+
 redis.register_function('klawd_admit_v1', admit)
 redis.register_function('klawd_charge_tokens_v1', charge_tokens)
 redis.register_function('klawd_reserve_v1', reserve)
 redis.register_function('klawd_settle_v1', settle)
+redis.register_function('klawd_delivery_add_v1', delivery_add)
+redis.register_function('klawd_delivery_save_v1', delivery_save)
+redis.register_function('klawd_usage_event_v1', usage_event)
+redis.register_function('klawd_invoice_paid_v1', invoice_paid)
+redis.register_function('klawd_lease_v1', lease)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.auth import KeyCache
 from gateway.metering import AccountCache, Meter
@@ -38,8 +38,6 @@ class AppState:
     health: Health
     retrier: Retrier
     admin_token: Secret | None
-    draining: bool = False
-    background: set[object] = field(default_factory=set)
 
     async def close(self) -> None:
         for provider in reversed(list(self.providers.values())):

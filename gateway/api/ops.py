@@ -1,4 +1,5 @@
-"""Operational endpoints, no key: /healthz (alive), /readyz (store reachable, not draining) and
+"""Operational endpoints, no key: /healthz (alive), /readyz (store reachable; while draining
+after SIGTERM Granian has closed the listener, so readiness fails by refusing connections) and
 /metrics (Prometheus text format, every worker's values; 404 here when `server.metrics_port`
 serves it on a separate port)."""
 
@@ -20,8 +21,6 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
-    if state.draining:
-        return json_response({"status": "draining"}, status=503)
     try:
         await state.store.ping()
     except StoreError:

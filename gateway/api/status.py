@@ -54,7 +54,7 @@ async def status(request: Request) -> Response:
             }
         )
     body: dict[str, object] = {
-        "status": "draining" if state.draining else "ok",
+        "status": "ok",
         "providers": providers,
     }
     if "text/html" in request.headers.get("accept", ""):

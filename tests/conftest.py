@@ -135,6 +135,7 @@ base_url = "{upstream_url}"
 api_key_env = "OPENAI_API_KEY"
 first_byte_timeout_s = 1
 stream_idle_timeout_s = 1
+timeout_s = 3
 retry = {{ attempts = 1 }}
 
 [[models]]
@@ -144,6 +145,20 @@ provider = "slowai"
 [[models]]
 id = "slowai/stall-stream"
 provider = "slowai"
+
+[[models]]
+id = "slowai/trickle"
+provider = "slowai"
+
+# nothing listens on port 9 (discard) on loopback: every connect is refused
+[providers.deadai]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[[models]]
+id = "deadai/refused"
+provider = "deadai"
 
 {models}
 {extra}

@@ -283,6 +283,14 @@ class FakeOpenAI:
                     self.disconnected_at[str(body.get("user"))] = time.monotonic()
                     return response
                 await asyncio.sleep(0.02)
+        elif model == "trickle":
+            events = text_stream(model, include_usage)
+            await response.write(events[0])
+            for _ in range(12):
+                await asyncio.sleep(0.4)
+                await response.write(sse(chunk(model, {"content": "."})))
+            for event in events[-2:]:
+                await response.write(event)
         elif model == "stall-stream":
             await response.write(text_stream(model, include_usage)[0])
             await asyncio.sleep(3)

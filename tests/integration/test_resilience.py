@@ -154,3 +154,45 @@ def test_open_circuit_answers_503_fast_without_calling_upstream(
     assert "circuit open" in response.json()["error"]["message"]
     assert int(response.headers["retry-after"]) >= 1
     assert len(fake_openai.requests) == before
+
+
+def test_slow_trickle_is_cut_by_the_total_timeout(gateway: Gateway, api_key: str) -> None:
+    """Never idle for 1 s, but 5 s in all: the 3 s whole-request timeout ends it."""
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {api_key}"},
+        json={"model": "slowai/trickle", "messages": messages(), "stream": True},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        blob = response.read()
+    events = [e for e in blob.split(b"\n\n") if e and not e.startswith(b":")]
+    assert len(events) > 3, "the trickle was relayed while it lasted"
+    assert b"[DONE]" not in blob
+    assert orjson.loads(events[-1][len(b"data: ") :])["error"]["type"] == "gateway_timeout"
+
+
+def retries_of(gateway: Gateway, provider: str) -> float:
+    metrics = httpx.get(f"{gateway.base_url}/metrics").text
+    prefix = f'klawd_upstream_retries_total{{provider="{provider}"}} '
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_refused_connection_is_retried_then_503(gateway: Gateway) -> None:
+    key = gateway.new_key(credits_usd=1.0)
+    before = retries_of(gateway, "deadai")
+    response = post(gateway, key, {"model": "deadai/refused", "messages": messages()})
+    assert retries_of(gateway, "deadai") - before == 2, "three tries: two retries"
+    assert response.status_code == 503
+    assert "unreachable" in response.json()["error"]["message"]
+    view: dict[str, Any] = {}
+    for _ in range(100):
+        view = httpx.get(
+            f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}
+        ).json()
+        if view["usage_today"]["requests"] == 1:
+            break
+        time.sleep(0.05)
+    assert view["usage_today"]["requests"] == 1
+    assert view["credits_usd"] == 1.0, "nothing billed, the reservation released"

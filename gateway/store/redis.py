@@ -287,21 +287,39 @@ class RedisStore(RedisWebhooks):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> None:
-        for entry in entries:
-            key = _acct(entry.account_id)
-            await self.fcall(
-                "klawd_settle_v1",
-                [f"{key}:credits", f"{key}:usage:{entry.day}", f"{key}:ledger"],
-                [
-                    entry.reserved_micros - entry.cost_micros,
-                    entry.model or "-",
-                    entry.prompt_tokens,
-                    entry.completion_tokens,
-                    entry.images,
-                    entry.cost_micros,
-                    msgspec.json.encode(entry),
-                ],
-            )
+        """One round trip for the batch (a pipeline of klawd_settle_v2 calls); each entry is
+        atomic and idempotent, so a batch retried after a lost reply settles nothing twice."""
+        try:
+            if not self._library_loaded:
+                await self._load_library()
+                self._library_loaded = True
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry in entries:
+                    key = _acct(entry.account_id)
+                    pipe.execute_command(
+                        "FCALL",
+                        "klawd_settle_v2",
+                        4,
+                        f"{key}:credits",
+                        f"{key}:usage:{entry.day}",
+                        f"{key}:ledger",
+                        f"{key}:settled:{entry.id}",
+                        entry.reserved_micros - entry.cost_micros,
+                        entry.model or "-",
+                        entry.prompt_tokens,
+                        entry.completion_tokens,
+                        entry.images,
+                        entry.cost_micros,
+                        msgspec.json.encode(entry),
+                    )
+                results = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            if any("function not found" in str(r).lower() for r in failed):
+                self._library_loaded = False  # reloaded on the retry of the whole batch
+            raise StoreError(f"redis settle failed for {len(failed)} of {len(entries)} entries")
 
     async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
         from datetime import date, timedelta

@@ -155,6 +155,19 @@ async def test_settling_more_than_reserved_stops_at_zero(store: Store) -> None:
     assert rows[0].cost_micros == 500, "the ledger keeps the true cost"
 
 
+async def test_settling_an_entry_twice_applies_it_once(store: Store) -> None:
+    """A batch retried after a lost reply must not bill twice."""
+    account = await store.create_account("i", "free", 1000)
+    assert await store.reserve_credits(account.id, 300)
+    twice = entry(account.id, 1, cost=100, reserved=300)
+    await store.settle([twice])
+    await store.settle([twice, entry(account.id, 2, cost=50, reserved=0)])
+    after = await store.get_account(account.id)
+    assert after is not None and after.credits_micros == 850
+    rows = await store.usage(account.id, "2026-11-26", "2026-11-26")
+    assert [(r.requests, r.cost_micros) for r in rows] == [(2, 150)]
+
+
 async def test_usage_is_grouped_by_day_and_model(store: Store) -> None:
     account = await store.create_account("u", "free", 0)
     await store.settle(

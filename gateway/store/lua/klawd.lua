@@ -190,7 +190,15 @@ end
 redis.register_function('klawd_admit_v1', admit)
 redis.register_function('klawd_charge_tokens_v1', charge_tokens)
 redis.register_function('klawd_reserve_v1', reserve)
+-- v2: KEYS add a per-entry marker; an entry already settled (a batch retried after a lost
+-- reply) is skipped, so settling is idempotent for ten minutes.
+local function settle_once(keys, args)
+  if not redis.call('SET', keys[4], '1', 'NX', 'PX', 600000) then return -1 end
+  return settle(keys, args)
+end
+
 redis.register_function('klawd_settle_v1', settle)
+redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)
 redis.register_function('klawd_usage_event_v1', usage_event)

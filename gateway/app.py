@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gateway.api import account, admin, chat, images, models, ops, status
+from gateway.api import account, admin, chat, images, models, ops, status, webhooks
 from gateway.api.middleware import GatewayMiddleware
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
 from gateway.metrics import Metrics, worker_exited
@@ -26,6 +26,7 @@ from gateway.settings import Settings, config_path, load_settings
 from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
 from gateway.store_metrics import store_backend
+from gateway.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("klawd")
 
@@ -73,10 +74,24 @@ def routes() -> list[Route]:
         Route("/admin/accounts/{account_id}/keys", admin.create_key, methods=["POST"]),
         Route("/admin/accounts/{account_id}/usage", admin.account_usage, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        *webhook_routes(),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/status", status.status, methods=["GET"]),
+    ]
+
+
+def webhook_routes() -> list[Route]:
+    account = "/admin/accounts/{account_id}"
+    return [
+        Route(f"{account}/webhook", webhooks.put_webhook, methods=["PUT"]),
+        Route(f"{account}/webhook", webhooks.get_webhook, methods=["GET"]),
+        Route(f"{account}/webhook/rotate", webhooks.rotate_secret, methods=["POST"]),
+        Route(f"{account}/webhook/test", webhooks.send_test_event, methods=["POST"]),
+        Route(f"{account}/webhook/deliveries", webhooks.list_deliveries, methods=["GET"]),
+        Route(f"{account}/invoices", webhooks.create_invoice, methods=["POST"]),
+        Route("/admin/invoices/{invoice_id}/paid", webhooks.pay_invoice, methods=["POST"]),
     ]
 
 
@@ -122,6 +137,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         observer.request_log.start()
         state = await build_state(settings, env, observer.metrics)
         attach_observer(state, observer)
+        state.dispatcher = Dispatcher(state.store, settings.webhooks, observer.metrics)
+        state.dispatcher.start()
         circuits = asyncio.get_running_loop().create_task(
             _report_circuits(state, observer), name="klawd-circuit-metrics"
         )

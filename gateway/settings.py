@@ -110,6 +110,21 @@ class RouteSettings(_Strict):
 
 class WebhookSettings(_Strict):
     allow_private_networks: bool = False
+    usage_interval_s: PositiveFloat = 3600.0  # usage.updated period (hourly)
+    timeout_s: PositiveFloat = 5.0  # one delivery attempt, connect included
+    retry_base_delay_s: PositiveFloat = 10.0  # backoff: base * 2^n with jitter, capped
+    retry_max_delay_s: PositiveFloat = 3600.0
+    retry_horizon_s: PositiveFloat = 86400.0  # no attempt later than this after the event
+    rotation_grace_s: NonNegFloat = 86400.0  # the old secret still signs (…-Previous)
+    poll_interval_s: PositiveFloat = 1.0  # how often the scheduler looks for due work
+    lease_ttl_s: PositiveFloat = 15.0  # scheduler lease across replicas (Redis)
+    max_concurrency: PositiveInt = 8  # deliveries in flight per scheduler
+
+
+class MissionControlSettings(_Strict):
+    signup: bool = False  # self-service sign-up: a free account with its starting credit
+    public_base_url: str = ""  # shown in quick starts; empty: the URL the browser used
+    session_ttl_s: PositiveFloat = 7 * 86400.0
 
 
 class Settings(_Strict):
@@ -121,6 +136,7 @@ class Settings(_Strict):
     models: list[ModelSettings] = msgspec.field(default_factory=list)
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    mission_control: MissionControlSettings = msgspec.field(default_factory=MissionControlSettings)
 
     def provider_retry(self, provider: str) -> RetrySettings:
         return self.providers[provider].retry or self.retry
@@ -246,6 +262,9 @@ def _check(settings: Settings, where: str) -> None:
                 raise ConfigError(
                     f"{where}: `routes.{name}.targets` names unknown model {target!r}"
                 )
+    public = settings.mission_control.public_base_url
+    if public and not public.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: `mission_control.public_base_url` must be an http(s) URL")
     for name, provider in settings.providers.items():
         if provider.kind != "echo" and not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: `providers.{name}.base_url` must be an http(s) URL")

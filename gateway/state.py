@@ -21,6 +21,7 @@ from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.store_metrics import timed_store
 from gateway.usage import UsageRecorder
+from gateway.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("klawd")
 
@@ -38,11 +39,14 @@ class AppState:
     health: Health
     retrier: Retrier
     admin_token: Secret | None
+    dispatcher: Dispatcher | None = None  # webhooks; started by the app's lifespan
 
     async def close(self) -> None:
         for provider in reversed(list(self.providers.values())):
             await provider.close()
         await self.recorder.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
         await self.store.close()
 
 

@@ -262,6 +262,12 @@ def _check(settings: Settings, where: str) -> None:
                 raise ConfigError(
                     f"{where}: `routes.{name}.targets` names unknown model {target!r}"
                 )
+    hooks = settings.webhooks
+    if hooks.lease_ttl_s <= hooks.timeout_s + hooks.poll_interval_s:
+        raise ConfigError(
+            f"{where}: `webhooks.lease_ttl_s` must exceed `webhooks.timeout_s` + "
+            "`webhooks.poll_interval_s` (the scheduler renews its lease once per tick)"
+        )
     public = settings.mission_control.public_base_url
     if public and not public.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: `mission_control.public_base_url` must be an http(s) URL")

@@ -1,0 +1,98 @@
+"""One webhook scheduler across replicas: two gateway processes (one with two Granian workers,
+so three candidate schedulers) share one redis-server; each usage period is reported once and
+every request is reported exactly once, whichever replica served it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.webhook_receiver import WebhookReceiver, verify
+from tests.redis_server import RedisServer
+
+HOOKS = """
+[webhooks]
+allow_private_networks = true
+usage_interval_s = 1
+poll_interval_s = 0.1
+lease_ttl_s = 6
+"""
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    redis_server: RedisServer, fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Gateway]]:
+    redis_server.flush()
+    running = []
+    for index, workers in enumerate((1, 2)):
+        directory = tmp_path_factory.mktemp(f"hooks{index}")
+        port = free_port()
+        config = directory / "klawd.toml"
+        gateway_config(config, port, fake_openai.base_url, extra=HOOKS, store_url=redis_server.url)
+        running.append(start_gateway(config, port, workers=workers))
+    yield running
+    for gateway in running:
+        stop(gateway.process)
+
+
+def test_each_period_is_reported_once_across_replicas(
+    replicas: list[Gateway], receiver: WebhookReceiver
+) -> None:
+    with replicas[0].admin() as admin:
+        account = admin.post(
+            "/admin/accounts", json={"name": "hooked", "plan": "pro", "credits_usd": 10}
+        ).json()
+        hook = admin.put(
+            f"/admin/accounts/{account['id']}/webhook",
+            json={"url": receiver.origin + "/cluster", "events": ["usage.updated"]},
+        )
+        assert hook.status_code == 200
+        secret = hook.json()["secret"]
+        key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]
+    made = 0
+    clients = [httpx.Client(base_url=g.base_url, timeout=10) for g in replicas]
+    try:
+        for n in range(12):  # over about four 1 s periods, alternating replicas
+            answer = clients[n % 2].post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "x"}]},
+            )
+            assert answer.status_code == 200
+            made += 1
+            time.sleep(0.3)
+    finally:
+        for client in clients:
+            client.close()
+
+    def reported() -> int:
+        got = receiver.deliveries("/cluster")
+        return sum(g["event"]["data"]["total"]["requests"] for g in got)
+
+    for _ in range(200):  # bounded: 10 s
+        if reported() >= made:
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # more periods pass: late duplicates would show now
+    got = receiver.deliveries("/cluster")
+    assert reported() == made, "every request reported exactly once"
+    periods = [g["event"]["data"]["period"]["start"] for g in got]
+    assert len(periods) >= 3
+    assert len(periods) == len(set(periods)), "no period reported twice"
+    assert len({g["event"]["id"] for g in got}) == len(got)
+    for g in got:
+        assert verify(g["body"], g["headers"]["x-klawd-signature"], secret)

@@ -49,6 +49,10 @@ class Reframer:
     # kind: "openai" | "anthropic" | "gemini"; unknown kind -> ValueError. model: the gateway's
     # catalog id written into every chunk. response_id / created: of every emitted chunk
     # (anthropic/gemini; the openai kind keeps the upstream's and only rewrites "model").
+    # Two kinds emit Anthropic Messages events (`event: <name>\ndata: <json>\n\n`) instead:
+    # "openai_to_anthropic" reads the gateway's own OpenAI chunks (response_id = message id),
+    # "anthropic_passthrough" relays an Anthropic stream with message.model rewritten; for both,
+    # done is set by message_stop / [DONE] and finish_reason stays in OpenAI vocabulary.
     def __new__(
         cls,
         kind: str,

@@ -5,8 +5,10 @@
 //! provider); the output side is shared through [`ChunkWriter`].
 
 mod anthropic;
+mod anthropic_passthrough;
 mod gemini;
 mod openai;
+mod to_anthropic;
 
 use crate::errors::CoreError;
 use crate::json;
@@ -14,8 +16,10 @@ use crate::sse::{Event, Flow, SseParser};
 use crate::usage::Usage;
 
 pub use anthropic::AnthropicReframer;
+pub use anthropic_passthrough::AnthropicPassthrough;
 pub use gemini::GeminiReframer;
 pub use openai::OpenAiReframer;
+pub use to_anthropic::{map_finish_reason, ToAnthropicReframer};
 
 /// The OpenAI terminator event.
 pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
@@ -75,6 +79,10 @@ enum Kind {
     OpenAi(OpenAiReframer),
     Anthropic(AnthropicReframer),
     Gemini(GeminiReframer),
+    /// OpenAI chunks in, Anthropic Messages events out (`/v1/messages`, translated models).
+    ToAnthropic(ToAnthropicReframer),
+    /// Anthropic events relayed as Anthropic events (`/v1/messages`, `anthropic/…` models).
+    AnthropicPassthrough(AnthropicPassthrough),
 }
 
 impl Kind {
@@ -83,6 +91,8 @@ impl Kind {
             Self::OpenAi(r) => r,
             Self::Anthropic(r) => r,
             Self::Gemini(r) => r,
+            Self::ToAnthropic(r) => r,
+            Self::AnthropicPassthrough(r) => r,
         }
     }
 }
@@ -98,15 +108,19 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// `kind` is `"openai"`, `"anthropic"` or `"gemini"`.
+    /// `kind` is `"openai"`, `"anthropic"` or `"gemini"` (upstream → OpenAI chunks), or
+    /// `"openai_to_anthropic"` / `"anthropic_passthrough"` (→ Anthropic Messages events).
     pub fn new(kind: &str, opts: &Options, max_event_bytes: usize) -> Result<Self, CoreError> {
         let kind = match kind {
             "openai" => Kind::OpenAi(OpenAiReframer::new(opts)),
             "anthropic" => Kind::Anthropic(AnthropicReframer::new(opts)),
             "gemini" => Kind::Gemini(GeminiReframer::new(opts)),
+            "openai_to_anthropic" => Kind::ToAnthropic(ToAnthropicReframer::new(opts)),
+            "anthropic_passthrough" => Kind::AnthropicPassthrough(AnthropicPassthrough::new(opts)),
             other => {
                 return Err(CoreError::InvalidArgument(format!(
-                    "unknown reframer kind {other:?} (expected openai, anthropic or gemini)"
+                    "unknown reframer kind {other:?} (expected openai, anthropic, gemini, \
+                     openai_to_anthropic or anthropic_passthrough)"
                 )))
             }
         };

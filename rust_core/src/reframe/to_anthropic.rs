@@ -1,0 +1,340 @@
+//! OpenAI chunks → Anthropic Messages events, for `POST /v1/messages` on non-Anthropic models.
+//!
+//! The input is the gateway's own OpenAI chunk stream (what the `openai` and `gemini` reframers
+//! emit), so every upstream kind reaches the Messages API through one translation. Output, one
+//! `event: <name>\ndata: <one-line JSON>\n\n` per event:
+//!
+//! - the first chunk → `message_start` (empty content, usage zero: OpenAI reports usage last);
+//! - `delta.content` → a `text` block (`content_block_start`, then `text_delta`s);
+//! - `delta.tool_calls[i]` with a new index → a `tool_use` block (id, name, `input: {}`), and its
+//!   `function.arguments` fragments → `input_json_delta`s;
+//! - a new block closes the open one with `content_block_stop`;
+//! - `finish_reason` → the `stop_reason` (stop → `end_turn`, length → `max_tokens`,
+//!   `tool_calls` → `tool_use`, `content_filter` → `refusal`);
+//! - the usage chunk → usage; `[DONE]` → `content_block_stop` of the open block,
+//!   `message_delta` (stop reason + usage) and `message_stop`.
+//!
+//! Only choice 0 is read (the route never asks for `n` > 1). Arguments for a tool call whose
+//! block was already closed cannot be expressed in Anthropic's sequential blocks: that is a
+//! malformed stream (`CoreError::Sse`); OpenAI-shaped servers stream tool calls one after another.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{parse, Options, Reframe, StreamState};
+use crate::errors::CoreError;
+use crate::json;
+use crate::sse::Event;
+use crate::usage::{OpenAiUsage, Usage};
+
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`.
+pub fn map_finish_reason(reason: &str) -> &'static str {
+    match reason {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        // stop and anything new. OpenAI does not say whether a stop sequence ended the text.
+        _ => "end_turn",
+    }
+}
+
+/// The content block being streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    None,
+    Text,
+    /// A `tool_use` block for this OpenAI tool-call index.
+    Tool(u32),
+}
+
+/// Reframer from the gateway's OpenAI chunks to Anthropic Messages events.
+#[derive(Debug)]
+pub struct ToAnthropicReframer {
+    /// `{"type":"message_start","message":{…}}` written once, precomputed.
+    message_start: Vec<u8>,
+    started: bool,
+    open: Open,
+    /// Index of the next content block.
+    next_block: u32,
+    /// OpenAI tool-call indices whose block was opened (in order).
+    tools_seen: Vec<u32>,
+    stop_reason: Option<&'static str>,
+}
+
+fn write_event(out: &mut Vec<u8>, name: &str, write_data: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    write_data(out);
+    out.extend_from_slice(b"\n\n");
+}
+
+impl ToAnthropicReframer {
+    /// `opts.response_id` becomes the message id, `opts.model` its model.
+    pub fn new(opts: &Options) -> Self {
+        let mut start = Vec::with_capacity(256);
+        start.extend_from_slice(b"{\"type\":\"message_start\",\"message\":{\"id\":");
+        json::write_str(&mut start, &opts.response_id);
+        start.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+        json::write_str(&mut start, &opts.model);
+        start.extend_from_slice(
+            b",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\
+              \"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}",
+        );
+        Self {
+            message_start: start,
+            started: false,
+            open: Open::None,
+            next_block: 0,
+            tools_seen: Vec::new(),
+            stop_reason: None,
+        }
+    }
+
+    fn ensure_started(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            let start = &self.message_start;
+            write_event(out, "message_start", |o| o.extend_from_slice(start));
+        }
+    }
+
+    fn close_block(&mut self, out: &mut Vec<u8>) {
+        if self.open != Open::None {
+            let index = self.next_block - 1;
+            write_event(out, "content_block_stop", |o| {
+                o.extend_from_slice(b"{\"type\":\"content_block_stop\",\"index\":");
+                o.extend_from_slice(index.to_string().as_bytes());
+                o.push(b'}');
+            });
+            self.open = Open::None;
+        }
+    }
+
+    /// Opens a block: closes the open one, writes `content_block_start` with `block` as the
+    /// `content_block` JSON.
+    fn open_block(&mut self, out: &mut Vec<u8>, open: Open, block: impl FnOnce(&mut Vec<u8>)) {
+        self.close_block(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        self.open = open;
+        write_event(out, "content_block_start", |o| {
+            o.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
+            o.extend_from_slice(index.to_string().as_bytes());
+            o.extend_from_slice(b",\"content_block\":");
+            block(o);
+            o.push(b'}');
+        });
+    }
+
+    /// A `content_block_delta` of the open block; `delta` writes the delta's JSON.
+    fn delta(&self, out: &mut Vec<u8>, delta: impl FnOnce(&mut Vec<u8>)) {
+        let index = self.next_block - 1;
+        write_event(out, "content_block_delta", |o| {
+            o.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
+            o.extend_from_slice(index.to_string().as_bytes());
+            o.extend_from_slice(b",\"delta\":");
+            delta(o);
+            o.push(b'}');
+        });
+    }
+
+    fn text(&mut self, out: &mut Vec<u8>, st: &mut StreamState, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if self.open != Open::Text {
+            self.open_block(out, Open::Text, |o| {
+                o.extend_from_slice(b"{\"type\":\"text\",\"text\":\"\"}");
+            });
+        }
+        st.content_chars += json::char_count(text);
+        self.delta(out, |o| {
+            o.extend_from_slice(b"{\"type\":\"text_delta\",\"text\":");
+            json::write_str(o, text);
+            o.push(b'}');
+        });
+    }
+
+    fn tool_call(
+        &mut self,
+        out: &mut Vec<u8>,
+        st: &mut StreamState,
+        call: &ToolCall<'_>,
+    ) -> Result<(), CoreError> {
+        let index = call.index.unwrap_or(0);
+        let function = call.function.as_ref();
+        if self.open != Open::Tool(index) {
+            if self.tools_seen.contains(&index) {
+                return Err(CoreError::Sse(format!(
+                    "tool call {index} continued after another content block started"
+                )));
+            }
+            self.tools_seen.push(index);
+            let id = call.id.as_deref().unwrap_or("");
+            let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
+            self.open_block(out, Open::Tool(index), |o| {
+                o.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+                json::write_str(o, id);
+                o.extend_from_slice(b",\"name\":");
+                json::write_str(o, name);
+                o.extend_from_slice(b",\"input\":{}}");
+            });
+        }
+        if let Some(args) = function.and_then(|f| f.arguments.as_deref()) {
+            if !args.is_empty() {
+                st.content_chars += json::char_count(args);
+                self.delta(out, |o| {
+                    o.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":");
+                    json::write_str(o, args);
+                    o.push(b'}');
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>, st: &mut StreamState) {
+        self.ensure_started(out);
+        self.close_block(out);
+        let usage = st.usage.unwrap_or_default();
+        let reason = self.stop_reason.unwrap_or("end_turn");
+        write_event(out, "message_delta", |o| {
+            o.extend_from_slice(b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":");
+            json::write_str(o, reason);
+            o.extend_from_slice(b",\"stop_sequence\":null},\"usage\":{\"input_tokens\":");
+            let input = usage.prompt_tokens.saturating_sub(usage.cached_tokens);
+            o.extend_from_slice(input.to_string().as_bytes());
+            if usage.cached_tokens > 0 {
+                o.extend_from_slice(b",\"cache_read_input_tokens\":");
+                o.extend_from_slice(usage.cached_tokens.to_string().as_bytes());
+            }
+            o.extend_from_slice(b",\"output_tokens\":");
+            o.extend_from_slice(usage.completion_tokens.to_string().as_bytes());
+            o.extend_from_slice(b"}}");
+        });
+        write_event(out, "message_stop", |o| {
+            o.extend_from_slice(b"{\"type\":\"message_stop\"}");
+        });
+        st.done = true;
+    }
+}
+
+impl Reframe for ToAnthropicReframer {
+    fn on_event(
+        &mut self,
+        ev: &Event<'_>,
+        st: &mut StreamState,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CoreError> {
+        let data = ev
+            .data
+            .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        if data == "[DONE]" {
+            self.end(out, st);
+            return Ok(());
+        }
+        let chunk: ChunkView<'_> = parse("openai", data)?;
+        if let Some(raw) = chunk.error {
+            let (kind, message) = match serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
+                Ok(e) => (e.kind.or(e.code), e.message),
+                Err(_) => (None, None),
+            };
+            st.upstream_error = Some((
+                kind.map_or_else(|| "error".to_owned(), Cow::into_owned),
+                message.map(Cow::into_owned).unwrap_or_default(),
+            ));
+            return Ok(());
+        }
+        if let Some(u) = &chunk.usage {
+            st.usage = Some(Usage::from(u));
+        }
+        for choice in chunk.choices.iter().flatten() {
+            if choice.index.unwrap_or(0) != 0 {
+                continue;
+            }
+            self.ensure_started(out);
+            if let Some(delta) = &choice.delta {
+                if let Some(text) = &delta.content {
+                    self.text(out, st, text);
+                }
+                for call in delta.tool_calls.iter().flatten() {
+                    self.tool_call(out, st, call)?;
+                }
+            }
+            if let Some(reason) = &choice.finish_reason {
+                st.finish_reason = Some(reason.clone().into_owned());
+                self.stop_reason = Some(map_finish_reason(reason));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_eof(&mut self, st: &mut StreamState, _out: &mut Vec<u8>) -> Result<(), CoreError> {
+        if st.closed() {
+            Ok(())
+        } else {
+            Err(CoreError::StreamCutOff(
+                "openai stream ended without data: [DONE]".to_owned(),
+            ))
+        }
+    }
+}

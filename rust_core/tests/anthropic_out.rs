@@ -1,0 +1,382 @@
+//! The reframers that emit Anthropic Messages events: `openai_to_anthropic` (the gateway's
+//! OpenAI chunks → Anthropic events) and `anthropic_passthrough` (Anthropic events relayed).
+//! Split invariance, a well-formed event sequence whose text and tool input add up to what
+//! went in, and no panic on random or mutated input.
+// Tests may unwrap/panic: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use _core::reframe::Stream;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const TO: &str = "openai_to_anthropic";
+const PASS: &str = "anthropic_passthrough";
+
+/// `(event name, data)` of each output event; panics unless every event is
+/// `event: <name>\ndata: <one-line JSON>\n\n`.
+fn parse_events(out: &[u8]) -> Vec<(String, Value)> {
+    let text = std::str::from_utf8(out).unwrap();
+    assert!(text.is_empty() || text.ends_with("\n\n"), "{text:?}");
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, data) = e.split_once('\n').unwrap();
+            let name = name.strip_prefix("event: ").unwrap();
+            let data = data.strip_prefix("data: ").unwrap();
+            assert!(!data.contains(['\n', '\r']), "{data:?}");
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// Checks the Messages stream grammar; returns (text, tool inputs as JSON text, stop reason,
+/// usage of `message_delta`).
+/// Grammar only (relayed upstream JSON may hold lone surrogate escapes, which `Value` refuses).
+fn check_whole_events(out: &[u8]) {
+    let text = String::from_utf8_lossy(out);
+    assert!(text.is_empty() || text.ends_with("\n\n"), "{text:?}");
+    for e in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let (name, data) = e.split_once('\n').unwrap();
+        assert!(name.starts_with("event: "), "{name:?}");
+        let data = data.strip_prefix("data: ").unwrap();
+        assert!(!data.contains(['\n', '\r']), "{data:?}");
+        serde_json::from_str::<serde::de::IgnoredAny>(data).unwrap();
+    }
+}
+
+fn check_sequence(events: &[(String, Value)]) -> (String, Vec<String>, String, Value) {
+    assert_eq!(events[0].0, "message_start");
+    assert_eq!(events[0].1["message"]["content"], json!([]));
+    let mut open: Option<u64> = None;
+    let mut next = 0u64;
+    let (mut text, mut tools) = (String::new(), Vec::<String>::new());
+    let mut stop = None;
+    for (i, (name, data)) in events.iter().enumerate().skip(1) {
+        assert_eq!(data["type"], json!(name), "type matches the event name");
+        match name.as_str() {
+            "content_block_start" => {
+                assert!(open.is_none(), "a block starts only after the last stopped");
+                assert_eq!(data["index"], json!(next));
+                open = Some(next);
+                next += 1;
+                if data["content_block"]["type"] == "tool_use" {
+                    tools.push(String::new());
+                }
+            }
+            "content_block_delta" => {
+                assert_eq!(Some(data["index"].as_u64().unwrap()), open);
+                match data["delta"]["type"].as_str().unwrap() {
+                    "text_delta" => text.push_str(data["delta"]["text"].as_str().unwrap()),
+                    "input_json_delta" => tools
+                        .last_mut()
+                        .unwrap()
+                        .push_str(data["delta"]["partial_json"].as_str().unwrap()),
+                    other => panic!("unexpected delta {other}"),
+                }
+            }
+            "content_block_stop" => {
+                assert_eq!(Some(data["index"].as_u64().unwrap()), open);
+                open = None;
+            }
+            "message_delta" => {
+                assert!(open.is_none());
+                assert_eq!(
+                    events.len(),
+                    i + 2,
+                    "message_delta is followed by message_stop only"
+                );
+                stop = Some(data.clone());
+            }
+            "message_stop" => assert_eq!(i, events.len() - 1),
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    let stop = stop.expect("message_delta");
+    (
+        text,
+        tools,
+        stop["delta"]["stop_reason"].as_str().unwrap().to_owned(),
+        stop["usage"].clone(),
+    )
+}
+
+/// One OpenAI chunk event as the gateway's own reframers write them.
+fn chunk(delta: &Value, finish: Option<&str>) -> String {
+    let c = json!({"id":"chatcmpl-x","object":"chat.completion.chunk","created":1,"model":"m",
+        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
+    format!("data: {c}\n\n")
+}
+
+/// An OpenAI stream: text pieces, then tool calls each in argument fragments, then the finish
+/// chunk, the usage chunk and `[DONE]`.
+fn openai_stream(texts: &[String], calls: &[Vec<String>]) -> Vec<u8> {
+    let mut s = chunk(&json!({"role":"assistant","content":""}), None);
+    for t in texts {
+        s += &chunk(&json!({ "content": t }), None);
+    }
+    for (i, fragments) in calls.iter().enumerate() {
+        s += &chunk(
+            &json!({"tool_calls":[{"index":i,"id":format!("call_{i}"),"type":"function",
+                "function":{"name":format!("f{i}"),"arguments":""}}]}),
+            None,
+        );
+        for f in fragments {
+            s += &chunk(
+                &json!({"tool_calls":[{"index":i,"function":{"arguments":f}}]}),
+                None,
+            );
+        }
+    }
+    let finish = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    s += &chunk(&json!({}), Some(finish));
+    s += "data: {\"id\":\"chatcmpl-x\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+          \"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\
+          \"completion_tokens\":7,\"total_tokens\":18}}\n\n";
+    s += "data: [DONE]\n\n";
+    s.into_bytes()
+}
+
+fn whole(kind: &str, data: &[u8]) -> Vec<u8> {
+    let (out, err) = common::run(kind, &[data], true);
+    assert!(err.is_none(), "{err:?}");
+    out
+}
+
+#[test]
+fn text_and_tool_calls_become_blocks_with_tool_use_stop_reason() {
+    let data = openai_stream(
+        &["Hel".into(), "lo".into()],
+        &[vec!["{\"a\":".into(), "1}".into()], vec!["{}".into()]],
+    );
+    let events = parse_events(&whole(TO, &data));
+    assert_eq!(events[0].1["message"]["model"], json!(common::MODEL));
+    assert_eq!(events[0].1["message"]["id"], json!(common::RESPONSE_ID));
+    let (text, tools, stop, usage) = check_sequence(&events);
+    assert_eq!(text, "Hello");
+    assert_eq!(tools, vec!["{\"a\":1}", "{}"]);
+    assert_eq!(stop, "tool_use");
+    assert_eq!(usage, json!({"input_tokens": 11, "output_tokens": 7}));
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| &d["content_block"])
+        .collect();
+    assert_eq!(
+        starts[1],
+        &json!({"type":"tool_use","id":"call_0","name":"f0","input":{}})
+    );
+}
+
+#[test]
+fn finish_reasons_map_to_stop_reasons() {
+    for (finish, stop) in [
+        ("stop", "end_turn"),
+        ("length", "max_tokens"),
+        ("tool_calls", "tool_use"),
+        ("content_filter", "refusal"),
+    ] {
+        let data = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk(&json!({"content":"x"}), None),
+            chunk(&json!({}), Some(finish))
+        );
+        let (_, _, got, _) = check_sequence(&parse_events(&whole(TO, data.as_bytes())));
+        assert_eq!(got, stop, "{finish}");
+    }
+}
+
+#[test]
+fn cached_prompt_tokens_are_reported_as_cache_reads() {
+    let data = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":3,\
+                \"prompt_tokens_details\":{\"cached_tokens\":60}}}\n\ndata: [DONE]\n\n";
+    let (_, _, _, usage) = check_sequence(&parse_events(&whole(TO, data.as_bytes())));
+    assert_eq!(
+        usage,
+        json!({"input_tokens": 40, "cache_read_input_tokens": 60, "output_tokens": 3})
+    );
+}
+
+#[test]
+fn tool_call_resumed_after_its_block_closed_is_malformed() {
+    let data = openai_stream(&[], &[vec!["{".into()], vec![]]);
+    let mut text = String::from_utf8(data).unwrap();
+    let resumed = chunk(
+        &json!({"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}),
+        None,
+    );
+    let at = text.find("data: [DONE]").unwrap();
+    text.insert_str(at, &resumed);
+    let (_, err) = common::run(TO, &[text.as_bytes()], true);
+    assert!(matches!(err, Some(_core::errors::CoreError::Sse(_))));
+}
+
+#[test]
+fn openai_stream_without_done_is_cut_off() {
+    let data = chunk(&json!({"content":"x"}), None);
+    let (_, err) = common::run(TO, &[data.as_bytes()], true);
+    assert!(matches!(
+        err,
+        Some(_core::errors::CoreError::StreamCutOff(_))
+    ));
+}
+
+#[test]
+fn openai_error_event_is_reported_not_relayed() {
+    let data = format!(
+        "{}data: {{\"error\":{{\"type\":\"server_error\",\"message\":\"boom\"}}}}\n\n",
+        chunk(&json!({"content":"x"}), None)
+    );
+    let mut s = common::stream(TO, true);
+    let mut out = Vec::new();
+    s.feed(data.as_bytes(), &mut out).unwrap();
+    assert!(!String::from_utf8_lossy(&out).contains("boom"));
+    assert_eq!(
+        s.state().upstream_error,
+        Some(("server_error".to_owned(), "boom".to_owned()))
+    );
+}
+
+#[test]
+fn recorded_openai_fixtures_translate_to_valid_sequences() {
+    for name in ["openai_text_usage", "openai_tool_calls"] {
+        let events = parse_events(&whole(TO, &common::read(&format!("{name}.sse"))));
+        let (text, tools, stop, _) = check_sequence(&events);
+        assert!(!text.is_empty() || !tools.is_empty(), "{name}");
+        for t in tools {
+            serde_json::from_str::<Value>(&t).unwrap();
+        }
+        assert_eq!(stop == "tool_use", name == "openai_tool_calls");
+    }
+}
+
+#[test]
+fn passthrough_relays_every_event_and_rewrites_the_model() {
+    let input = common::read("anthropic_text_tool_use.sse");
+    let mut s = common::stream(PASS, true);
+    let mut out = Vec::new();
+    s.feed(&input, &mut out).unwrap();
+    s.finish(&mut out).unwrap();
+    let events = parse_events(&out);
+    let upstream = common::events(&input);
+    assert_eq!(events.len(), upstream.len());
+    assert_eq!(events[0].1["message"]["model"], json!(common::MODEL));
+    let original: Value =
+        serde_json::from_str(upstream[0].split_once("data: ").unwrap().1).unwrap();
+    let mut rewritten = original.clone();
+    rewritten["message"]["model"] = json!(common::MODEL);
+    assert_eq!(events[0].1, rewritten, "only the model changes");
+    for ((name, data), raw) in events.iter().zip(&upstream).skip(1) {
+        let (head, body) = raw.split_once("\ndata: ").unwrap();
+        assert_eq!(head, format!("event: {name}"));
+        assert_eq!(data, &serde_json::from_str::<Value>(body).unwrap());
+    }
+    let st = s.state();
+    assert!(st.done);
+    let usage = st.usage.unwrap();
+    assert_eq!(usage.cached_tokens, 2048);
+    assert_eq!(st.finish_reason.as_deref(), Some("tool_calls"));
+    assert!(st.content_chars > 0);
+}
+
+#[test]
+fn passthrough_error_event_is_reported_not_relayed() {
+    let input = common::read("anthropic_error.sse");
+    let (out, err) = common::run(PASS, &[&input], true);
+    assert!(err.is_none());
+    assert!(!String::from_utf8_lossy(&out).contains("event: error"));
+    let mut s = common::stream(PASS, true);
+    s.feed(&input, &mut Vec::new()).unwrap();
+    assert!(s.state().upstream_error.is_some());
+}
+
+#[test]
+fn passthrough_without_message_stop_is_cut_off() {
+    let (_, err) = common::run(PASS, &[b"event: ping\ndata: {\"type\":\"ping\"}\n\n"], true);
+    assert!(matches!(
+        err,
+        Some(_core::errors::CoreError::StreamCutOff(_))
+    ));
+}
+
+fn pieces() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec("[a-z \"\\\\\n{}:é😀]{0,12}", 0..6)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn any_split_gives_the_same_events_and_the_content_adds_up(
+        texts in pieces(),
+        calls in proptest::collection::vec(pieces(), 0..3),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let data = openai_stream(&texts, &calls);
+        let expected = whole(TO, &data);
+        let (out, err) = common::run(TO, &common::split(&data, &cuts), true);
+        prop_assert!(err.is_none());
+        prop_assert_eq!(&out, &expected);
+        let (text, tools, _, _) = check_sequence(&parse_events(&out));
+        prop_assert_eq!(text, texts.concat());
+        let args: Vec<String> = calls.iter().map(|c| c.concat()).collect();
+        prop_assert_eq!(tools, args);
+    }
+
+    #[test]
+    fn passthrough_any_split_gives_the_same_events(
+        which in 0usize..2,
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let name = ["anthropic_text_tool_use.sse", "anthropic_error.sse"][which];
+        let data = common::read(name);
+        let (expected, e1) = common::run(PASS, &[&data], true);
+        let (out, e2) = common::run(PASS, &common::split(&data, &cuts), true);
+        prop_assert_eq!(out, expected);
+        prop_assert_eq!(e1, e2);
+    }
+
+    #[test]
+    fn random_or_mutated_input_never_panics_and_emits_whole_events(
+        data in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            (0usize..4, proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8))
+                .prop_map(|(which, edits)| {
+                    let names = ["openai_text_usage.sse", "openai_tool_calls.sse",
+                                 "anthropic_text_tool_use.sse", "anthropic_error.sse"];
+                    let mut d = common::read(names[which]);
+                    for (pos, byte) in edits {
+                        let i = pos % d.len();
+                        d[i] = byte;
+                    }
+                    d
+                }),
+        ],
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        for kind in [TO, PASS] {
+            let mut s = Stream::new(kind, &common::opts(true), 512).unwrap();
+            for c in common::split(&data, &cuts) {
+                let mut out = Vec::new();
+                if s.feed(c, &mut out).is_err() {
+                    break;
+                }
+                prop_assert!(s.buffered_bytes() <= 512);
+                check_whole_events(&out);
+            }
+            let mut out = Vec::new();
+            if s.finish(&mut out).is_ok() {
+                check_whole_events(&out);
+            }
+        }
+    }
+}

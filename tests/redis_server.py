@@ -12,6 +12,22 @@ from pathlib import Path
 import redis
 
 
+def wait_until_answering(port: int, timeout_s: float = 10) -> None:
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
 class RedisServer:
     def __init__(self, port: int, directory: Path) -> None:
         self.port = port
@@ -22,10 +38,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *extra_args: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
                 binary,
@@ -39,22 +56,12 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
+        wait_until_answering(self.port)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -101,49 +108,18 @@ class RedisClusterServers:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
         cli = shutil.which("redis-cli")
-        if binary is None or cli is None:
-            raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed: run `make test` (it installs it)")
         for node in self.nodes:
-            node.directory.mkdir(parents=True, exist_ok=True)
-            node.process = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(node.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(node.directory),
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            node.start(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
             )
-        for node in self.nodes:
-            client = redis.Redis(port=node.port)
-            deadline = time.monotonic() + 10
-            try:
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except redis.ConnectionError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.05)
-            finally:
-                client.close()
         subprocess.run(
             [
                 cli,

@@ -27,6 +27,20 @@ def messages() -> list[dict[str, str]]:
     return [{"role": "user", "content": "hi"}]
 
 
+def stream_events(gateway: Gateway, key: str, model: str) -> tuple[bytes, list[bytes]]:
+    """The whole raw stream, and its data events (keepalive comments left out)."""
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": model, "messages": messages(), "stream": True},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        blob = response.read()
+    return blob, [e for e in blob.split(b"\n\n") if e and not e.startswith(b":")]
+
+
 def test_retryable_upstream_failures_are_retried(
     gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
 ) -> None:
@@ -47,16 +61,7 @@ def test_first_byte_timeout_is_504(gateway: Gateway, api_key: str) -> None:
 
 
 def test_idle_stream_ends_with_a_timeout_event(gateway: Gateway, api_key: str) -> None:
-    with httpx.stream(
-        "POST",
-        f"{gateway.base_url}/v1/chat/completions",
-        headers={"authorization": f"Bearer {api_key}"},
-        json={"model": "slowai/stall-stream", "messages": messages(), "stream": True},
-        timeout=30,
-    ) as response:
-        assert response.status_code == 200
-        blob = response.read()
-    events = [e for e in blob.split(b"\n\n") if e and not e.startswith(b":")]
+    blob, events = stream_events(gateway, api_key, "slowai/stall-stream")
     assert b"[DONE]" not in blob
     last = orjson.loads(events[-1][len(b"data: ") :])
     assert last["error"]["type"] == "gateway_timeout"
@@ -158,16 +163,7 @@ def test_open_circuit_answers_503_fast_without_calling_upstream(
 
 def test_slow_trickle_is_cut_by_the_total_timeout(gateway: Gateway, api_key: str) -> None:
     """Never idle for 1 s, but 5 s in all: the 3 s whole-request timeout ends it."""
-    with httpx.stream(
-        "POST",
-        f"{gateway.base_url}/v1/chat/completions",
-        headers={"authorization": f"Bearer {api_key}"},
-        json={"model": "slowai/trickle", "messages": messages(), "stream": True},
-        timeout=30,
-    ) as response:
-        assert response.status_code == 200
-        blob = response.read()
-    events = [e for e in blob.split(b"\n\n") if e and not e.startswith(b":")]
+    blob, events = stream_events(gateway, api_key, "slowai/trickle")
     assert len(events) > 3, "the trickle was relayed while it lasted"
     assert b"[DONE]" not in blob
     assert orjson.loads(events[-1][len(b"data: ") :])["error"]["type"] == "gateway_timeout"

@@ -12,9 +12,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
+from gateway import web
 from gateway.api import account, admin, chat, images, models, ops, status, webhooks
 from gateway.api.middleware import GatewayMiddleware
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
@@ -60,7 +61,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(InvalidRequest(str(detail)))
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     return [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/api/images/generations", images.image_generations, methods=["POST"]),
@@ -79,6 +80,7 @@ def routes() -> list[Route]:
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/status", status.status, methods=["GET"]),
+        *web.routes(),  # Mission Control, under /mission-control
     ]
 
 

@@ -1,0 +1,149 @@
+"""What every Mission Control page shares: templates, the signed session, CSRF-checked forms."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from gateway.api.common import app_state
+from gateway.billing import micros_to_usd
+from gateway.store.base import Account
+from gateway.web import sessions
+from gateway.web.sessions import Session
+
+PREFIX = "/mission-control"
+MAX_FORM_BYTES = 64 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def usd(micros: int) -> str:
+    return f"${micros_to_usd(micros):,.2f}" if micros >= 10_000 else f"${micros / 1e6:.4f}"
+
+
+def utc(unix: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix)) if unix else ""
+
+
+class Form:
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self._fields = fields
+
+    def get(self, name: str, default: str = "") -> str:
+        values = self._fields.get(name)
+        return values[0].strip() if values else default
+
+    def all(self, name: str) -> list[str]:
+        return self._fields.get(name, [])
+
+
+class Web:
+    """Built once per app (gateway.web.routes); holds the Jinja environment."""
+
+    def __init__(self) -> None:
+        self.env = Environment(
+            loader=PackageLoader("gateway.web", "templates"),
+            autoescape=select_autoescape(default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters["usd"] = usd
+        self.env.filters["utc"] = utc
+        self.env.globals["prefix"] = PREFIX
+
+    async def key(self, request: Request) -> str:
+        """The session signing key every replica shares (made once, kept in the store)."""
+        return await app_state(request).store.shared_secret(
+            sessions.SECRET_NAME, secrets.token_hex(32)
+        )
+
+    async def session(self, request: Request) -> Session | None:
+        key = await self.key(request)
+        return sessions.decode_session(
+            request.cookies.get(sessions.SESSION_COOKIE), key, time.time()
+        )
+
+    async def form(self, request: Request, nonce: str | None) -> Form | None:
+        """The urlencoded form, or None when its CSRF token is not the one issued for `nonce`."""
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            return None
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        form = Form(fields)
+        if not sessions.csrf_ok(await self.key(request), nonce, form.get("csrf")):
+            return None
+        return form
+
+    async def render(
+        self,
+        request: Request,
+        template: str,
+        context: dict[str, Any],
+        session: Session | None = None,
+        status: int = 200,
+    ) -> HTMLResponse:
+        """Renders with the CSRF token of the session, or of a fresh anonymous nonce cookie."""
+        key = await self.key(request)
+        anon_nonce = None
+        if session is not None:
+            token = sessions.csrf_token(key, session.nonce)
+        else:
+            anon_nonce = request.cookies.get(sessions.CSRF_COOKIE) or secrets.token_hex(16)
+            token = sessions.csrf_token(key, anon_nonce)
+        settings = app_state(request).settings
+        html = self.env.get_template(template).render(
+            csrf=token,
+            session=session,
+            signup_enabled=settings.mission_control.signup,
+            **context,
+        )
+        response = HTMLResponse(html, status_code=status)
+        response.headers["cache-control"] = "no-store"
+        response.headers["x-frame-options"] = "DENY"
+        response.headers["content-security-policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'"
+        )
+        if anon_nonce is not None:
+            set_cookie(request, response, sessions.CSRF_COOKIE, anon_nonce, max_age=3600)
+        return response
+
+    async def account_session(self, request: Request) -> tuple[Session, Account] | Response:
+        """The signed-in account holder, or a redirect to the sign-in page."""
+        session = await self.session(request)
+        if session is None or session.operator:
+            return RedirectResponse(f"{PREFIX}/login", status_code=303)
+        account = await app_state(request).store.get_account(session.account_id)
+        if account is None:
+            return RedirectResponse(f"{PREFIX}/login", status_code=303)
+        return session, account
+
+    def forbidden(self) -> Response:
+        return HTMLResponse(
+            "<!doctype html><title>Forbidden</title><p>The form expired or did not come from "
+            "this site. Go back, reload the page and try again.</p>",
+            status_code=403,
+        )
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=PREFIX,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+
+
+def redirect(path: str) -> Response:
+    return RedirectResponse(f"{PREFIX}{path}", status_code=303)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import msgspec
 from msgspec import Struct
 
 from gateway.accounts import effective_limits
@@ -130,6 +131,11 @@ class Meter:
         self._clock = clock
         # Metrics and the request log line (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
+        # account id -> (monotonic time until which it is surely denied, the limits that said
+        # so, the admission). A denial is exact until its Retry-After: nothing another request
+        # or replica does can admit sooner, and a changed plan changes the limits. So a
+        # throttled client costs no store round trip until then.
+        self._denied: dict[str, tuple[float, LimitSpec, Admission]] = {}
 
     async def account(self, auth: AuthContext) -> Account:
         account = await self._accounts.get(auth.account_id)
@@ -140,7 +146,11 @@ class Meter:
     async def admit(self, auth: AuthContext, request_id: str, reserve_micros: int) -> Ticket:
         account = await self.account(auth)
         spec = limit_spec(self._settings, account)
-        admission = await self._limiter.admit(account.id, spec, reserve_micros)
+        admission = self._still_denied(account.id, spec)
+        if admission is None:
+            admission = await self._limiter.admit(account.id, spec, reserve_micros)
+            if admission.outcome == "rate_limited":
+                self._remember_denial(account.id, spec, admission)
         if self.observer is not None:
             self.observer.admitted_or_refused(account.id, account.plan, admission.outcome)
         if admission.outcome == "rate_limited":
@@ -163,6 +173,25 @@ class Meter:
             error_402.extra_headers.update(admission.headers())
             raise error_402
         return Ticket(request_id, account, auth.key_id, spec, admission, self._clock())
+
+    def _still_denied(self, account_id: str, spec: LimitSpec) -> Admission | None:
+        denied = self._denied.get(account_id)
+        if denied is None:
+            return None
+        until, denied_spec, admission = denied
+        left = until - time.monotonic()
+        if left <= 0 or denied_spec != spec:
+            del self._denied[account_id]
+            return None
+        return msgspec.structs.replace(admission, retry_after_s=left)
+
+    def _remember_denial(self, account_id: str, spec: LimitSpec, admission: Admission) -> None:
+        if not math.isfinite(admission.retry_after_s) or admission.retry_after_s <= 0:
+            return
+        if len(self._denied) >= 100_000:
+            now = time.monotonic()
+            self._denied = {k: v for k, v in self._denied.items() if v[0] > now}
+        self._denied[account_id] = (time.monotonic() + admission.retry_after_s, spec, admission)
 
     async def peek(self, account: Account) -> Admission:
         return await self._limiter.peek(account.id, limit_spec(self._settings, account))

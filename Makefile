@@ -72,3 +72,16 @@ LOAD_SECONDS ?= 30
 loadtest: $(PY)
 	$(BIN)/maturin develop --release -E dev,load -q
 	$(BIN)/python loadtests/run_load.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS)
+
+# Side-by-side speed (not part of the tests): upstream, nginx, the stack floor and the gateway,
+# pinned to cores; nginx (+ echo module) and wrk from Debian when missing. Results are written
+# into docs/benchmarks.md. BENCH_ARGS="--seconds 2 --reps 1" for a quick look.
+BENCH_ARGS ?= --seconds 5 --reps 3 --profile
+bench: $(PY)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null \
+	  && test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || { \
+	  echo "installing nginx, its echo module and wrk from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends nginx libnginx-mod-http-echo wrk >/dev/null; }
+	$(BIN)/maturin develop --release -E dev,load -q
+	taskset -c 1 $(BIN)/python -m loadtests.bench.side_by_side $(BENCH_ARGS) --write-docs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -38,6 +39,9 @@ WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
 LIMIT_OUTCOMES = ("rate_limited", "insufficient_credits")
 
 
+Collector = TypeVar("Collector", Counter, Gauge, Histogram)
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else UNKNOWN
 
@@ -58,6 +62,7 @@ class Metrics:
         self.providers = frozenset(providers)
         self.plans = frozenset(plans)
         self.store_backend = store_backend
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.http_requests = Counter(
             "klawd_http_requests_total",
@@ -197,6 +202,16 @@ class Metrics:
                 self.webhook_deliveries.labels(event, outcome)
         self.store_errors.labels(self.store_backend, "admit")
         self.store_duration.labels(self.store_backend, "admit")
+
+    def child(self, collector: Collector, *labels: str) -> Collector:
+        """`collector.labels(*labels)`, memoised: the label sets are bounded, and labels() costs
+        a lock and a few allocations on every call of the hot path."""
+        key = (id(collector), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = collector.labels(*labels)
+        child: Collector = found
+        return child
 
     # -- bounded label values -------------------------------------------------------------------
     def model(self, model_id: str | None) -> str:

@@ -30,10 +30,10 @@ class RequestObserver:
 
     # -- every HTTP request (middleware) ----------------------------------------------------------
     def stream_opened(self, route: str) -> None:
-        self.metrics.open_streams.labels(route).inc()
+        self.metrics.child(self.metrics.open_streams, route).inc()
 
     def stream_closed(self, route: str) -> None:
-        self.metrics.open_streams.labels(route).dec()
+        self.metrics.child(self.metrics.open_streams, route).dec()
 
     def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
         """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""
@@ -41,21 +41,21 @@ class RequestObserver:
         duration_s = ended - arrived
         ttfb_s = None if record.first_byte_at is None else record.first_byte_at - arrived
         method = record.method if record.method in HTTP_METHODS else "other"
-        m.http_requests.labels(record.route, method, status_class(record.status)).inc()
-        m.http_duration.labels(record.route, "true" if record.stream_open else "false").observe(
+        m.child(m.http_requests, record.route, method, status_class(record.status)).inc()
+        m.child(m.http_duration, record.route, "true" if record.stream_open else "false").observe(
             duration_s
         )
         if ttfb_s is not None:
-            m.http_ttfb.labels(record.route).observe(ttfb_s)
+            m.child(m.http_ttfb, record.route).observe(ttfb_s)
         self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)
 
     # -- admission and billing (Meter) ------------------------------------------------------------
     def admitted_or_refused(self, account_id: str, plan: str, outcome: str) -> None:
         """`outcome`: admitted | rate_limited | insufficient_credits (gateway/limits.py)."""
         if outcome == "admitted":
-            self.metrics.admitted.labels(self.metrics.plan(plan)).inc()
+            self.metrics.child(self.metrics.admitted, self.metrics.plan(plan)).inc()
         else:
-            self.metrics.limited.labels(self.metrics.plan(plan), outcome).inc()
+            self.metrics.child(self.metrics.limited, self.metrics.plan(plan), outcome).inc()
         record = current_request.get()
         if record is not None:
             record.account_id = account_id
@@ -73,15 +73,15 @@ class RequestObserver:
         model = m.model(served.model.id if served else None)
         provider = m.provider(served.model.provider if served else None)
         kind = served.model.kind if served else "none"
-        m.requests.labels(
-            model, provider, kind, "true" if stream else "false", status_class(status)
+        m.child(
+            m.requests, model, provider, kind, "true" if stream else "false", status_class(status)
         ).inc()
         if usage.prompt_tokens:
-            m.tokens.labels(model, provider, "prompt").inc(usage.prompt_tokens)
+            m.child(m.tokens, model, provider, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens:
-            m.tokens.labels(model, provider, "completion").inc(usage.completion_tokens)
+            m.child(m.tokens, model, provider, "completion").inc(usage.completion_tokens)
         if cost_micros:
-            m.cost.labels(model, provider).inc(micros_to_usd(cost_micros))
+            m.child(m.cost, model, provider).inc(micros_to_usd(cost_micros))
         record = current_request.get()
         if record is not None:
             record.model = served.model.id if served else None
@@ -96,18 +96,18 @@ class RequestObserver:
         m = self.metrics
         label = m.provider(provider)
         if error_type is None:
-            m.upstream_duration.labels(label).observe(duration_s)
+            m.child(m.upstream_duration, label).observe(duration_s)
         else:
-            m.upstream_errors.labels(label, error_type).inc()
+            m.child(m.upstream_errors, label, error_type).inc()
         record = current_request.get()
         if record is not None:
             record.upstream_attempts += 1
 
     def retried(self, provider: str) -> None:
-        self.metrics.upstream_retries.labels(self.metrics.provider(provider)).inc()
+        self.metrics.child(self.metrics.upstream_retries, self.metrics.provider(provider)).inc()
 
     def fell_back(self, provider: str) -> None:
-        self.metrics.fallbacks.labels(self.metrics.provider(provider)).inc()
+        self.metrics.child(self.metrics.fallbacks, self.metrics.provider(provider)).inc()
 
     def circuits(self, states: Iterable[tuple[str, str]]) -> None:
         """(provider, circuit state of one of its models) pairs -> per provider, the worst:
@@ -117,4 +117,4 @@ class RequestObserver:
             if provider in worst:
                 worst[provider] = max(worst[provider], CIRCUIT_STATES.get(state, 0))
         for provider, value in worst.items():
-            self.metrics.circuit_state.labels(provider).set(value)
+            self.metrics.child(self.metrics.circuit_state, provider).set(value)

@@ -4,24 +4,21 @@ The outermost middleware opens a `RequestRecord` for each HTTP request and makes
 one (a ContextVar: the handler, the stream relay and the upstream calls of that request run in
 the same context). Metering fills in the account, the served model, tokens and cost; upstream
 calls count themselves. When the response ends (for a stream: when the stream ends) the
-middleware writes the record as one JSON line to the `klawd.requests` logger, whose handler only
-puts it on a queue: a `QueueListener` thread does the writing.
+middleware writes the record as one JSON line: it is only put on a queue, and a writer thread
+writes the lines to stderr.
 
 The record holds no key, prompt or completion: only ids, names from the catalog, and numbers.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import queue
 import sys
+import threading
 from contextvars import ContextVar
 from typing import TextIO
 
 import orjson
-
-REQUEST_LOGGER = "klawd.requests"
 
 
 class RequestRecord:
@@ -88,27 +85,46 @@ current_request: ContextVar[RequestRecord | None] = ContextVar("klawd_request", 
 
 
 class RequestLog:
-    """The `klawd.requests` logger, fed through a queue to a writer thread."""
+    """Request lines go on a queue; one writer thread writes them to the stream (stderr) in
+    batches, so the event loop never waits on the stream."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
-        writer.setFormatter(logging.Formatter("%(message)s"))
-        self._listener = logging.handlers.QueueListener(self._queue, writer)
-        self._handler = logging.handlers.QueueHandler(self._queue)
-        self._logger = logging.getLogger(REQUEST_LOGGER)
+        self._stream = stream if stream is not None else sys.stderr
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="klawd-request-log", daemon=True)
 
     def start(self) -> None:
-        self._logger.addHandler(self._handler)
-        self._logger.setLevel(logging.INFO)
-        self._logger.propagate = False
-        self._listener.start()
+        self._thread.start()
 
     def write(self, record: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
-        if self._logger.isEnabledFor(logging.INFO):
-            self._logger.info(record.line(latency_ms, ttfb_ms))
+        self._queue.put(record.line(latency_ms, ttfb_ms))
+
+    def _run(self) -> None:
+        while True:
+            line = self._queue.get()
+            lines: list[str] = []
+            while line is not None:
+                lines.append(line)
+                if len(lines) >= MAX_BATCH:
+                    break
+                try:
+                    line = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # a closed stream must not kill the writer: the lines are dropped
+            if line is None:
+                return
 
     def close(self) -> None:
         """Writes what is queued, then stops the thread."""
-        self._logger.removeHandler(self._handler)
-        self._listener.stop()
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+
+
+MAX_BATCH = 256

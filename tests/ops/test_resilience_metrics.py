@@ -62,7 +62,7 @@ def test_a_fallback_to_the_next_target_is_counted(own_gateway: Gateway) -> None:
 def test_an_open_circuit_shows_as_state_2_of_its_provider(own_gateway: Gateway) -> None:
     key = own_gateway.new_key()
     assert total(samples(own_gateway), "klawd_circuit_state", provider="openai") == 0
-    for _ in range(3):  # 3 tries each: enough failures to open the circuit of fail-500
+    for _ in range(6):  # each request counts once: enough failures to open the circuit
         post(own_gateway, key, "openai/fail-500")
     deadline = time.monotonic() + 5  # the gauge is refreshed once a second
     while total(samples(own_gateway), "klawd_circuit_state", provider="openai") != 2:

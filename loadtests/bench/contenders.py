@@ -1,0 +1,347 @@
+"""The processes of `make bench`: the fake upstream, and the contenders measured against it.
+
+Core 0 runs the server under test (every contender is pinned there, each started up front and
+measured in turn); core 1 runs the fake upstream, Redis and the load generator.
+
+The fake upstream is Debian's nginx answering fixed bodies: an OpenAI chat.completion (`/json`),
+a 50-event OpenAI stream (`/sse`), a 50-event Anthropic Messages stream (`/anth`) and the same
+OpenAI stream with `delay_s` between events (`/slow`, with the echo module's echo_sleep).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+EVENTS = 50
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+ADMIN_TOKEN = "bench-admin-token"  # noqa: S105 (a loopback benchmark's throwaway token)
+
+
+# -- fixed upstream bodies ------------------------------------------------------------------------
+def openai_completion() -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "bench",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+        }
+    )
+
+
+def openai_events() -> list[bytes]:
+    """EVENTS data events: role, content x(EVENTS-3), finish, usage; then [DONE]."""
+
+    def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
+        event = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "bench",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return b"data: " + orjson.dumps(event) + b"\n\n"
+
+    usage = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "bench",
+        "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": EVENTS - 3, "total_tokens": EVENTS + 9},
+    }
+    return (
+        [chunk({"role": "assistant", "content": ""})]
+        + [chunk({"content": f"tok{i} "}) for i in range(EVENTS - 3)]
+        + [chunk({}, "stop"), b"data: " + orjson.dumps(usage) + b"\n\n", b"data: [DONE]\n\n"]
+    )
+
+
+def anthropic_events() -> list[bytes]:
+    def event(name: str, data: dict[str, object]) -> bytes:
+        return f"event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+    message = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 1},
+    }
+    deltas = EVENTS - 5
+    return (
+        [
+            event("message_start", {"type": "message_start", "message": message}),
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+        ]
+        + [
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": f"tok{i} "},
+                },
+            )
+            for i in range(deltas)
+        ]
+        + [
+            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": deltas},
+                },
+            ),
+            event("message_stop", {"type": "message_stop"}),
+        ]
+    )
+
+
+def _quoted(body: bytes) -> str:
+    text = body.decode()
+    if "'" in text or "\\" in text:
+        raise ValueError("a fixed body must not need escaping in nginx.conf")
+    return f"'{text}'"
+
+
+def upstream_conf(directory: Path, port: int, delay_s: float) -> str:
+    directory.chmod(0o755)  # nginx's workers run unprivileged and read the bodies from here
+    for name, events in (("openai.sse", openai_events()), ("anthropic.sse", anthropic_events())):
+        (directory / name).write_bytes(b"".join(events))
+        (directory / name).chmod(0o644)
+    slow = "\n".join(
+        f"            echo -n {_quoted(e)};\n            echo_flush;"
+        + (f"\n            echo_sleep {delay_s};" if i < len(openai_events()) - 1 else "")
+        for i, e in enumerate(openai_events())
+    )
+    return f"""
+load_module {ECHO_MODULE};
+worker_processes 1;
+daemon off;
+pid {directory}/upstream.pid;
+error_log {directory}/upstream-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {directory}/upstream-body;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /json/v1/chat/completions {{
+            default_type application/json;
+            return 200 {_quoted(openai_completion())};
+        }}
+        # Static files answer GET only: a 405 is turned into the file itself (as a GET).
+        location = /sse/v1/chat/completions {{
+            default_type text/event-stream;
+            alias {directory}/openai.sse;
+            error_page 405 =200 $uri;
+        }}
+        location = /anth/v1/messages {{
+            default_type text/event-stream;
+            alias {directory}/anthropic.sse;
+            error_page 405 =200 $uri;
+        }}
+        location = /slow/v1/chat/completions {{
+            default_type text/event-stream;
+{slow}
+        }}
+    }}
+}}
+"""
+
+
+def proxy_conf(directory: Path, port: int, upstream_port: int) -> str:
+    return f"""
+worker_processes 1;
+daemon off;
+pid {directory}/proxy.pid;
+error_log {directory}/proxy-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {directory}/proxy-body;
+    proxy_temp_path {directory}/proxy-temp;
+    upstream fake {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 1024;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def gateway_conf(port: int, upstream: str, store_url: str) -> str:
+    providers = {
+        "bench": ("openai", f"{upstream}/json/v1"),
+        "benchsse": ("openai", f"{upstream}/sse/v1"),
+        "benchslow": ("openai", f"{upstream}/slow/v1"),
+        "benchanth": ("anthropic", f"{upstream}/anth"),
+    }
+    tables = "".join(
+        f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{url}"\n'
+        f'api_key_env = "BENCH_UPSTREAM_KEY"\npool_size = 4096\n\n'
+        f'[[models]]\nid = "{name}/m"\nprovider = "{name}"\nupstream_model = "m"\n'
+        f"context_length = 100000\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n\n"
+        for name, (kind, url) in providers.items()
+    )
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+workers = 1
+
+[store]
+url = "{store_url}"
+
+[plans.bench]
+requests_per_minute = 1000000000
+requests_per_day = 1000000000
+starting_credit_usd = 1000000.0
+
+{tables}
+"""
+
+
+# -- processes ------------------------------------------------------------------------------------
+def pinned(
+    core: str, command: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            ["taskset", "-c", core, *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+def nginx(conf: str, directory: Path, name: str, core: str) -> subprocess.Popen[bytes]:
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    path = directory / f"{name}.conf"
+    path.write_text(conf)
+    return pinned(core, [nginx_bin, "-c", str(path), "-e", str(directory / f"{name}-error.log")],
+                  directory / f"{name}.log")  # fmt: skip
+
+
+def redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server") or "redis-server"
+    return pinned(
+        CLIENT_CORE,
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory)],
+        directory / "redis.log",
+    )  # fmt: skip
+
+
+def floor(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
+    return pinned(
+        SERVER_CORE,
+        [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
+         "--host", "127.0.0.1", "--port", str(port), "--no-ws",
+         "loadtests.bench.floor_app:app"],
+        directory / "floor.log",
+        {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def gateway(
+    name: str, port: int, upstream: str, store_url: str, directory: Path
+) -> subprocess.Popen[bytes]:
+    config = directory / f"{name}.toml"
+    config.write_text(gateway_conf(port, upstream, store_url))
+    return pinned(
+        SERVER_CORE,
+        [str(BIN / "klawd"), "serve", "--config", str(config)],
+        directory / f"{name}.log",
+        {"KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"},
+    )
+
+
+def gateway_key(base_url: str) -> str:
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=10) as admin:
+        account = admin.post("/admin/accounts", json={"name": "bench", "plan": "bench"})
+        account.raise_for_status()
+        key = admin.post(f"/admin/accounts/{account.json()['id']}/keys", json={})
+        key.raise_for_status()
+        value: str = key.json()["key"]
+        return value

@@ -1,0 +1,129 @@
+"""Measuring one contender: wrk runs (throughput, latency), long streams, RSS of a process tree."""
+
+from __future__ import annotations
+
+import collections
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from loadtests.bench.contenders import CLIENT_CORE
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    bad_responses: int  # non-2xx/3xx answers and socket errors
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"wrk latency {text!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def wrk_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
+    lines += [f"wrk.headers[{_lua_quoted(k)}] = {_lua_quoted(v)}" for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def _lua_quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
+    """wrk pinned to the client core; bounded by -d and a subprocess timeout."""
+    duration = f"-d{max(1, round(seconds))}s"
+    command = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", duration]
+    command += ["--latency", "--timeout", "10s", "-s", str(script), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    if done.stderr.strip():  # e.g. an error in the Lua script: the run measured nothing real
+        raise RuntimeError(f"wrk: {done.stderr.strip()}")
+    out = done.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
+    if rps is None or p50 is None or p99 is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    bad_count = int(bad.group(1)) if bad else 0
+    if errors:
+        bad_count += sum(int(g) for g in errors.groups())
+    return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), bad_count)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children[int(fields[1])].append(int(status.parent.name))
+    total_kb = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        pending.extend(children.get(current, []))
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+class PeakRss:
+    """Samples a process tree's RSS every 100 ms in a thread; `peak_mb` after `stop()`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self.peak_mb = tree_rss_mb(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def long_streams(
+    url: str, body: bytes, headers: dict[str, str], count: int, nominal_s: float
+) -> dict[str, float | int | None]:
+    command = [
+        "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "loadtests.bench.long_streams",
+        url, body.decode(), orjson.dumps(headers).decode(), str(count), str(nominal_s),
+    ]  # fmt: skip
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=4 * nominal_s + 60, check=True
+    ).stdout
+    result: dict[str, float | int | None] = orjson.loads(out.strip().splitlines()[-1])
+    return result

@@ -16,7 +16,7 @@ from gateway.billing import micros_to_usd
 from gateway.errors import GatewayError
 from gateway.metering import utc_day
 from gateway.store.base import Account, UsageRow
-from gateway.web.charts import bar_chart, hbar_chart
+from gateway.web.charts import bar_chart, hbar_chart, money
 from gateway.web.context import Web, redirect, usd, utc
 from gateway.web.quickstart import snippets
 from gateway.web.sessions import Session
@@ -51,7 +51,7 @@ def usage_charts(rows: list[UsageRow], days: list[str]) -> dict[str, object]:
             "cost-by-day",
             "Cost per day (USD)",
             [(d, micros_to_usd(per_day[d][2])) for d in days],
-            fmt=lambda v: f"${v:.4g}",
+            fmt=money,
         ),
         "requests_by_model": hbar_chart(
             "requests-by-model", "Requests by model", [(m, v[0]) for m, v in models]
@@ -60,7 +60,7 @@ def usage_charts(rows: list[UsageRow], days: list[str]) -> dict[str, object]:
             "cost-by-model",
             "Cost by model (USD)",
             [(m, micros_to_usd(v[2])) for m, v in models],
-            fmt=lambda v: f"${v:.4g}",
+            fmt=money,
         ),
         "totals": {
             "requests": sum(v[0] for v in per_day.values()),

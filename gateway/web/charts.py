@@ -27,6 +27,15 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
+def money(value: float) -> str:
+    """Axis and tooltip text for dollars: $12.50, $0.0025, $0."""
+    if value == 0:
+        return "$0"
+    if value >= 0.01:
+        return f"${value:,.2f}"
+    return f"${value:.6f}".rstrip("0")
+
+
 def bar_chart(
     name: str,
     title: str,
@@ -61,7 +70,7 @@ def bar_chart(
             f'data-label="{escape(label)}" data-value="{value:g}">'
             f"<title>{escape(label)}: {escape(fmt(value))}</title></rect>"
         )
-        if index % label_every == 0:
+        if (len(points) - 1 - index) % label_every == 0:  # the newest is always labelled
             parts.append(
                 f'<text class="axis" x="{x + bar_w / 2:.1f}" y="{HEIGHT - PAD_BOTTOM + 16}" '
                 f'text-anchor="middle">{escape(label[5:] if len(label) == 10 else label)}</text>'

@@ -25,7 +25,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def usd(micros: int) -> str:
-    return f"${micros_to_usd(micros):,.2f}" if micros >= 10_000 else f"${micros / 1e6:.4f}"
+    """Whole cents as $1,234.50; anything finer down to the micro-dollar ($4.99997)."""
+    if micros % 10_000 == 0:
+        return f"${micros_to_usd(micros):,.2f}"
+    whole, fraction = f"{micros / 1e6:,.6f}".split(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def utc(unix: float | None) -> str:

@@ -13,7 +13,7 @@ from gateway import accounts
 from gateway.api.common import app_state
 from gateway.metering import utc_day
 from gateway.store.base import Account
-from gateway.web.charts import hbar_chart
+from gateway.web.charts import hbar_chart, money
 from gateway.web.context import Web, redirect
 
 MAX_ACCOUNTS = 500  # listed (and summed for top spenders) on one page
@@ -54,7 +54,7 @@ def pages(web: Web) -> dict[str, object]:
             "top-spenders",
             f"Top spenders, last {SPEND_DAYS} days (USD)",
             [(f"{r.account.name} ({r.account.id[-6:]})", r.spent_micros / 1e6) for r in top],
-            fmt=lambda v: f"${v:.4g}",
+            fmt=money,
         )
         return await web.render(
             request,

@@ -1,0 +1,193 @@
+"""Mission Control in a real headless browser (Debian's chromium + chromedriver, Selenium):
+sign up -> create a key -> use it with the official openai SDK -> the request is in the usage
+chart. Screenshots of each step go to tests/artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.conftest import ADMIN_TOKEN, REPO, Gateway
+from tests.fakes.webhook_receiver import WebhookReceiver, verify
+
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (make system-deps installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # the test may run as root
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1400",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def shot(driver: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"mission-control-{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def fill(driver: WebDriver, name: str, value: str) -> None:
+    field = driver.find_element(By.NAME, name)
+    field.clear()
+    field.send_keys(value)
+
+
+def test_sign_up_create_a_key_use_it_and_see_it_in_the_usage_chart(
+    mc_gateway: Gateway, browser: WebDriver
+) -> None:
+    base = mc_gateway.base_url
+    browser.get(f"{base}/mission-control/")
+    assert browser.current_url.endswith("/mission-control/login")
+    browser.find_element(By.ID, "to-signup").click()
+    fill(browser, "name", "Browser Co")
+    fill(browser, "email", f"browser-{int(time.time() * 1000)}@example.com")
+    fill(browser, "password", "a long browser password")
+    shot(browser, "1-signup")
+    browser.find_element(By.ID, "sign-up").click()
+
+    assert browser.current_url.endswith("/mission-control/dashboard")
+    assert browser.find_element(By.ID, "plan").text == "Free"
+    assert browser.find_element(By.ID, "balance").text == "$5.00"
+    shot(browser, "2-dashboard-new")
+
+    browser.find_element(By.LINK_TEXT, "API keys").click()
+    fill(browser, "name", "selenium")
+    browser.find_element(By.ID, "create-key").click()
+    key = browser.find_element(By.ID, "new-key").text
+    assert key.startswith("sk-klawd-")
+    shot(browser, "3-key-created")
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    reply = client.chat.completions.create(
+        model="openai/gpt-fake", messages=[{"role": "user", "content": "Hello from a browser"}]
+    )
+    assert reply.choices[0].message.content
+
+    bars: list[str] = []
+    for _ in range(50):  # bounded: the ledger settles within a fraction of a second
+        browser.get(f"{base}/mission-control/dashboard")
+        bars = [
+            bar.get_attribute("data-value") or ""
+            for bar in browser.find_elements(
+                By.CSS_SELECTOR, 'svg[data-chart="requests-by-day"] rect.bar'
+            )
+        ]
+        if "1" in bars:
+            break
+        time.sleep(0.1)
+    assert bars[-1] == "1", "today's bar shows the one request"
+    models = browser.find_elements(
+        By.CSS_SELECTOR, 'svg[data-chart="requests-by-model"] rect[data-label="openai/gpt-fake"]'
+    )
+    assert [m.get_attribute("data-value") for m in models] == ["1"]
+    assert "1 request ·" in browser.find_element(By.ID, "usage-totals").text
+    assert browser.find_element(By.ID, "balance").text != "$5.00", "the request was billed"
+    browser.find_element(By.ID, "quickstart").location_once_scrolled_into_view  # noqa: B018
+    shot(browser, "4-dashboard-after-request")
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot(browser, "5-dashboard-top")
+
+
+def sign_up(driver: WebDriver, base: str, name: str) -> None:
+    driver.get(f"{base}/mission-control/signup")
+    fill(driver, "name", name)
+    fill(driver, "email", f"{name.lower()}-{int(time.time() * 1000)}@example.com")
+    fill(driver, "password", "a long browser password")
+    driver.find_element(By.ID, "sign-up").click()
+    assert driver.current_url.endswith("/mission-control/dashboard")
+
+
+def test_webhook_page_saves_reveals_and_sends_a_signed_test_event(
+    mc_gateway: Gateway, browser: WebDriver, receiver: WebhookReceiver
+) -> None:
+    sign_up(browser, mc_gateway.base_url, "Hooks")
+    browser.find_element(By.LINK_TEXT, "Webhook").click()
+    fill(browser, "url", receiver.origin + "/browser")
+    browser.find_element(By.ID, "save-webhook").click()
+    secret = browser.find_element(By.ID, "webhook-secret").text
+    assert secret.startswith("whsec_")
+    browser.find_element(By.ID, "send-test").click()
+    statuses: list[str] = []
+    for _ in range(50):  # bounded: the scheduler polls every 0.2 s here
+        browser.get(f"{mc_gateway.base_url}/mission-control/webhook")
+        statuses = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#deliveries .tag")]
+        if statuses == ["delivered"]:
+            break
+        time.sleep(0.1)
+    assert statuses == ["delivered"]
+    browser.find_element(By.ID, "reveal-secret").click()
+    assert browser.find_element(By.ID, "webhook-secret").text == secret
+    shot(browser, "6-webhook")
+    (got,) = receiver.deliveries("/browser")
+    assert verify(got["body"], got["headers"]["x-klawd-signature"], secret)
+    assert got["event"]["type"] == "webhook.test"
+
+
+def test_operator_sees_accounts_plans_and_top_spenders(
+    mc_gateway: Gateway, browser: WebDriver
+) -> None:
+    base = mc_gateway.base_url
+    key = mc_gateway.new_key(plan="pro", credits_usd=20)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    client.chat.completions.create(
+        model="openai/gpt-fake", messages=[{"role": "user", "content": "spend " * 200}]
+    )
+    browser.get(f"{base}/mission-control/operator/login")
+    fill(browser, "token", ADMIN_TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    assert browser.current_url.endswith("/mission-control/operator")
+    spenders: list[str] = []
+    for _ in range(50):  # bounded: until the ledger has settled
+        spenders = [
+            bar.get_attribute("data-label") or ""
+            for bar in browser.find_elements(By.CSS_SELECTOR, 'svg[data-chart="top-spenders"] rect')
+        ]
+        if any(label.startswith("test (") for label in spenders):
+            break
+        time.sleep(0.1)
+        browser.refresh()
+    assert any(label.startswith("test (") for label in spenders), "the account that just spent"
+    plans = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "table tr td:first-child")]
+    assert {"free", "pro", "enterprise"} <= set(plans)
+    shot(browser, "7-operator")

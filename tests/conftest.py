@@ -89,6 +89,8 @@ TEST_MODELS = [
     "garbage",
     "flaky",
     "hold-fake",
+    "length-fake",
+    "filter-fake",
 ]
 
 

@@ -16,14 +16,17 @@ KEEPALIVE = b": keepalive\n\n"
 _END = object()
 
 
-async def with_keepalive(source: AsyncIterator[bytes], keepalive_s: float) -> AsyncIterator[bytes]:
+async def with_keepalive(
+    source: AsyncIterator[bytes], keepalive_s: float, keepalive: bytes = KEEPALIVE
+) -> AsyncIterator[bytes]:
+    """`keepalive` is what a silent stream gets (the Messages API route sends `event: ping`)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
     timer: asyncio.TimerHandle | None = None
 
     def ping() -> None:
         if queue.empty():
-            queue.put_nowait(KEEPALIVE)
+            queue.put_nowait(keepalive)
         arm()
 
     def arm() -> None:

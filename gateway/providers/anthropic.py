@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from gateway import _core
 from gateway.billing import TokenUsage
 from gateway.errors import (
     BadGateway,
@@ -40,7 +41,10 @@ from gateway.providers.base import (
     ChatCall,
     Completion,
     HttpProvider,
+    MessagesCall,
+    ReframedStream,
     UpstreamRequest,
+    UpstreamStream,
     retry_after_from,
     status_error,
 )
@@ -336,6 +340,41 @@ class AnthropicProvider(HttpProvider):
             headers=headers,
             body=orjson.dumps(translate_request(call, stream)),
         )
+
+    # -- /v1/messages pass-through (MessagesProvider) -----------------------------------------
+    def _messages_request(self, call: MessagesCall) -> UpstreamRequest:
+        model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if call.stream else "application/json",
+            "anthropic-version": call.headers.get("anthropic-version") or API_VERSION,
+        }
+        if beta := call.headers.get("anthropic-beta"):
+            headers["anthropic-beta"] = beta
+        if self.api_key is not None:
+            headers["x-api-key"] = self.api_key.reveal()
+        return UpstreamRequest(
+            url=f"{self.settings.base_url.rstrip('/')}/v1/messages",
+            headers=headers,
+            body=orjson.dumps({**call.body, "model": model}),
+        )
+
+    async def messages(self, call: MessagesCall) -> Completion:
+        """The client's Messages request with only `model` rewritten; the answer's `model` is
+        the catalog id again."""
+        message = await self._send_json(self._messages_request(call))
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            raise BadGateway(f"The upstream provider '{self.name}' answered without content.")
+        message["model"] = call.target.model.id
+        usage, _cached = usage_of(message.get("usage"))
+        return Completion(message, usage)
+
+    async def messages_stream(self, call: MessagesCall) -> UpstreamStream:
+        response = await self._send(self._messages_request(call))
+        reframer = _core.Reframer(
+            "anthropic_passthrough", call.target.model.id, call.message_id, 0, True
+        )
+        return ReframedStream(self, response, reframer)
 
     def parse_response(self, call: ChatCall, body: bytes) -> Completion:
         try:

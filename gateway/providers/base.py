@@ -120,6 +120,27 @@ class ImageProvider(Protocol):
     async def generate_images(self, call: ImageCall) -> ImageResult: ...
 
 
+class MessagesCall(Struct, frozen=True):
+    """`POST /v1/messages` passed through to an upstream that speaks the Messages API."""
+
+    body: dict[str, Any]  # the client's Anthropic request (model rewritten by the provider)
+    headers: dict[str, str]  # the client's anthropic-version / anthropic-beta
+    target: CatalogEntry
+    message_id: str
+    stream: bool
+
+
+@runtime_checkable
+class MessagesProvider(Protocol):
+    """A provider whose upstream speaks the Anthropic Messages API natively: `/v1/messages`
+    is passed through (event for event) instead of translated."""
+
+    name: str
+
+    async def messages(self, call: MessagesCall) -> Completion: ...  # body: Anthropic message
+    async def messages_stream(self, call: MessagesCall) -> UpstreamStream: ...  # Anthropic events
+
+
 def retry_after_from(headers: Mapping[str, str]) -> float | None:
     """`retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are ignored."""
     millis = headers.get("retry-after-ms")

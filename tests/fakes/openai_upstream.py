@@ -5,7 +5,9 @@ order against one shared server:
 
     gpt-fake      text answer; streamed: role chunk, 3 content chunks, finish, usage chunk, [DONE]
                   (written in awkward TCP pieces: events split mid-JSON and several per write)
-    tools-fake    streamed tool call whose arguments arrive in many fragments
+    tools-fake    streamed tool call whose arguments arrive in many fragments (not streamed: the
+                  same call, whole)
+    length-fake   text answer with finish_reason length; filter-fake: content_filter
     pause-fake    streamed: one event, then waits until the test releases it
     cut-fake      streamed: two events, then the connection is cut (no [DONE])
     error-event   streamed: one event, then `data: {"error": …}`
@@ -35,7 +37,24 @@ from tests.fakes.server import PNG_1X1
 ANSWER_WORDS = ["Hello", " from", " the fake"]
 
 
+FINISH_REASONS = {"length-fake": "length", "filter-fake": "content_filter"}
+TOOL_CALL = {
+    "id": "call_abc",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'},
+}
+
+
 def completion(model: str) -> dict[str, Any]:
+    if model == "tools-fake":
+        answer = completion("gpt-fake") | {"model": model}
+        answer["choices"][0]["message"] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [TOOL_CALL],
+        }
+        answer["choices"][0]["finish_reason"] = "tool_calls"
+        return answer
     return {
         "id": "chatcmpl-upstream123",
         "object": "chat.completion",
@@ -47,7 +66,7 @@ def completion(model: str) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": "".join(ANSWER_WORDS), "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": FINISH_REASONS.get(model, "stop"),
             }
         ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
@@ -85,7 +104,7 @@ def sse(event: dict[str, Any] | str) -> bytes:
 def text_stream(model: str, include_usage: bool) -> list[bytes]:
     events = [sse(chunk(model, {"role": "assistant", "content": ""}))]
     events += [sse(chunk(model, {"content": word})) for word in ANSWER_WORDS]
-    events.append(sse(chunk(model, {}, "stop")))
+    events.append(sse(chunk(model, {}, FINISH_REASONS.get(model, "stop"))))
     if include_usage:
         events.append(sse(usage_chunk(model)))
     events.append(sse("[DONE]"))

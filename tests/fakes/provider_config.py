@@ -48,7 +48,7 @@ GEMINI_MODELS = [
 # Failing models get one catalog id per test that calls them (suffix ~stream, ~retry): the
 # gateway's per-model circuit breaker opens after a few failures, and a test must see the
 # upstream's error, not an open circuit.
-FAILING_SUFFIXES = ["", "~stream", "~retry"]
+FAILING_SUFFIXES = ["", "~stream", "~retry", "~msg", "~msgstream"]
 ANTHROPIC_FAILING = [m for m in ANTHROPIC_MODELS if m not in ("claude-fake", "claude-tools")]
 GEMINI_FAILING = [m for m in GEMINI_MODELS if m not in ("gemini-fake", "gemini-tools")]
 REPLICATE_MODELS = ["instant", "single", "slow", "fails", "canceled", "rate-limited", "invalid"]

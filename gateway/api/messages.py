@@ -1,0 +1,246 @@
+"""POST /v1/messages: the Anthropic Messages API in front of every model.
+
+The chat request path, not a second gateway: auth (`x-api-key` or `Authorization: Bearer`) →
+decode → translate to the OpenAI-shaped ChatRequest (gateway/messages.py) → route →
+admit (limits + credit reservation) → retrier (retries, fallbacks, circuits) → provider →
+relay with keepalive → settle (ledger, metrics, request log). Per target:
+
+- a provider that speaks the Messages API (`MessagesProvider`: kind anthropic) gets the
+  client's body with only `model` rewritten, and its stream is relayed event for event
+  (Rust reframer `anthropic_passthrough`, which also reads usage for billing);
+- every other provider gets the translated ChatRequest; its answer (a chat.completion, or
+  OpenAI chunks from the provider's own reframer) is translated back (`to_message`, Rust
+  reframer `openai_to_anthropic`). Gemini therefore streams Gemini → OpenAI chunks →
+  Anthropic events: two Rust passes, one translation to maintain.
+
+Errors are written in Anthropic's shape (`{"type":"error","error":{…}}`) with the statuses and
+Retry-After of DESIGN; after the first byte, as an `event: error`. Keepalive is an Anthropic
+`event: ping`. Headers as chat: x-klawd-model, x-klawd-provider, x-ratelimit-*, x-klawd-cost-usd.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway import _core
+from gateway.api.chat import CLIENT_CLOSED, SSE_HEADERS
+from gateway.api.common import app_state, json_response
+from gateway.api.streaming import with_keepalive
+from gateway.billing import TokenUsage, estimate_tokens, format_usd
+from gateway.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    BadGateway,
+    GatewayError,
+    InternalError,
+    ServiceUnavailable,
+)
+from gateway.messages import PING_EVENT, error_body, error_event, to_chat_request, to_message
+from gateway.metering import Ticket, reserve_for_chat
+from gateway.providers.base import (
+    ChatCall,
+    Completion,
+    MessagesCall,
+    MessagesProvider,
+    UpstreamStream,
+)
+from gateway.routing.catalog import CatalogEntry
+from gateway.routing.router import resolve_chat
+from gateway.schemas.anthropic import decode_messages_request
+from gateway.schemas.openai import ChatRequest
+from gateway.state import AppState
+from gateway.store.base import StoreError
+
+log = logging.getLogger("klawd")
+
+# Client headers a pass-through forwards (everything else about the upstream call is ours).
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def anthropic_error_response(error: GatewayError) -> Response:
+    return Response(
+        orjson.dumps(error_body(error)),
+        error.status,
+        error.headers(),
+        media_type="application/json",
+    )
+
+
+def _authorization(request: Request) -> str | None:
+    """Anthropic clients send `x-api-key`; `Authorization: Bearer` works as on every route."""
+    key = request.headers.get("x-api-key")
+    return f"Bearer {key}" if key else request.headers.get("authorization")
+
+
+async def create_message(request: Request) -> Response:
+    try:
+        return await _create_message(request)
+    except GatewayError as exc:
+        return anthropic_error_response(exc)
+    except StoreError as exc:
+        log.error("store error: %s", exc)
+        unavailable = ServiceUnavailable(
+            "The gateway's store is unavailable; retry shortly.", retry_after_s=1
+        )
+        return anthropic_error_response(unavailable)
+    except Exception:
+        log.exception("unhandled error on POST /v1/messages")
+        return anthropic_error_response(InternalError(INTERNAL_ERROR_MESSAGE))
+
+
+async def _create_message(request: Request) -> Response:
+    state = app_state(request)
+    auth = await state.keys.authenticate(_authorization(request), time.time())
+    body = await request.body()
+    anthropic_request = decode_messages_request(body)
+    translation = to_chat_request(anthropic_request, body)
+    chat, chat_body = translation.chat, translation.body
+    targets = resolve_chat(state.catalog, chat)
+    ticket = await state.meter.admit(
+        auth, request.state.request_id, reserve_for_chat(chat, targets)
+    )
+    limit_headers = ticket.admission.headers()
+    message_id = f"msg_{secrets.token_hex(12)}"
+    passthrough = MessagesCallFactory(
+        orjson.loads(body),
+        {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))},
+        message_id,
+        chat.stream,
+    )
+    created = int(time.time())
+
+    async def complete(target: CatalogEntry) -> Completion:
+        provider = state.providers[target.model.provider]
+        if isinstance(provider, MessagesProvider):
+            return await provider.messages(passthrough.call(target))
+        if translation.refusal is not None:
+            raise translation.refusal
+        answer = await provider.complete(ChatCall(chat, chat_body, target, message_id, created))
+        return Completion(to_message(answer.body, target.model.id, message_id), answer.usage)
+
+    async def open_stream(target: CatalogEntry) -> UpstreamStream:
+        provider = state.providers[target.model.provider]
+        if isinstance(provider, MessagesProvider):
+            return await provider.messages_stream(passthrough.call(target))
+        if translation.refusal is not None:
+            raise translation.refusal
+        upstream = await provider.stream(ChatCall(chat, chat_body, target, message_id, created))
+        return AnthropicEvents(upstream, target, message_id)
+
+    try:
+        if chat.stream:
+            stream, target, tries = await state.retrier.call_targets(targets, open_stream)
+        else:
+            completion, target, tries = await state.retrier.call_targets(targets, complete)
+    except GatewayError as exc:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, chat.stream)
+        exc.extra_headers.update(limit_headers)
+        raise
+    except BaseException:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, chat.stream)
+        raise
+    ticket.retries = len(tries) - 1
+    served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
+    if chat.stream:
+        return StreamingResponse(
+            _relay(state, ticket, chat, stream, target),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS | served | limit_headers,
+        )
+    cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
+    await state.meter.charge_tokens(ticket, completion.usage)
+    return json_response(
+        completion.body,
+        headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
+    )
+
+
+class MessagesCallFactory:
+    """The pass-through call for one target (the body is shared; the provider rewrites model)."""
+
+    def __init__(
+        self, body: dict[str, object], headers: dict[str, str], message_id: str, stream: bool
+    ) -> None:
+        self._body = body
+        self._headers = headers
+        self._message_id = message_id
+        self._stream = stream
+
+    def call(self, target: CatalogEntry) -> MessagesCall:
+        return MessagesCall(self._body, self._headers, target, self._message_id, self._stream)
+
+
+class AnthropicEvents:
+    """A provider's OpenAI chunk stream, reframed to Anthropic events by the Rust core. Usage
+    and relayed characters are the provider stream's own (they bill the request)."""
+
+    def __init__(self, upstream: UpstreamStream, target: CatalogEntry, message_id: str) -> None:
+        self._upstream = upstream
+        self._target = target
+        self._reframer = _core.Reframer("openai_to_anthropic", target.model.id, message_id, 0, True)
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._upstream.usage
+
+    @property
+    def content_chars(self) -> int:
+        return self._upstream.content_chars
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reframer = self._reframer
+        try:
+            async for piece in self._upstream:
+                out = reframer.feed(piece)
+                if out:
+                    yield out
+            out = reframer.finish()
+            if out:
+                yield out
+        except (_core.SseError, _core.UpstreamStreamError) as exc:
+            raise BadGateway(
+                f"The stream of '{self._target.model.id}' could not be translated to "
+                "Anthropic events."
+            ) from exc
+
+
+async def _relay(
+    state: AppState,
+    ticket: Ticket,
+    chat: ChatRequest,
+    stream: UpstreamStream,
+    target: CatalogEntry,
+) -> AsyncIterator[bytes]:
+    """As chat's relay: whole events per write, `event: ping` while silent, an `event: error`
+    on failure; whatever ends the stream, what was generated is billed."""
+    status = CLIENT_CLOSED
+    keepalive_s = state.settings.server.streams.keepalive_s
+    try:
+        async for piece in with_keepalive(aiter(stream), keepalive_s, PING_EVENT):
+            yield piece
+        status = 200
+    except GatewayError as exc:
+        status = exc.status
+        yield error_event(exc)
+    except Exception:
+        log.exception("messages stream relay failed")
+        status = 500
+        yield error_event(InternalError(INTERNAL_ERROR_MESSAGE))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+            usage = stream.usage or TokenUsage(
+                estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
+            )
+            state.meter.settle(ticket, target, usage, 0, status, True)
+            await state.meter.charge_tokens(ticket, usage)

@@ -1,0 +1,134 @@
+"""msgspec Structs for the Anthropic Messages request (`POST /v1/messages`), decoded once.
+
+Declared as Anthropic documents it: model, max_tokens (required), messages of text / image /
+tool_use / tool_result (and document / thinking) blocks, system as a string or text blocks,
+stop_sequences, temperature (0-1), top_p, top_k, tools with input_schema, tool_choice, metadata,
+stream. Unknown fields are ignored by the Structs and kept in the raw body: pass-through to an
+Anthropic upstream forwards them; translation refuses them (gateway/messages.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.errors import InvalidRequest
+from gateway.schemas.openai import _split_validation_message
+
+
+class _Open(Struct, kw_only=True, omit_defaults=True):
+    """Unknown fields (cache_control, citations, …) are ignored by the Struct."""
+
+
+class TextBlock(_Open, tag="text", tag_field="type"):
+    text: str
+
+
+class Base64Source(_Open, tag="base64", tag_field="type"):
+    media_type: str
+    data: str
+
+
+class UrlSource(_Open, tag="url", tag_field="type"):
+    url: Annotated[str, Meta(min_length=1)]
+
+
+class ImageBlock(_Open, tag="image", tag_field="type"):
+    source: Base64Source | UrlSource
+
+
+class ToolUseBlock(_Open, tag="tool_use", tag_field="type"):
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(_Open, tag="tool_result", tag_field="type"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock] | None = None
+    is_error: bool | None = None
+
+
+class DocumentBlock(_Open, tag="document", tag_field="type"):
+    source: dict[str, Any]
+
+
+class ThinkingBlock(_Open, tag="thinking", tag_field="type"):
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(_Open, tag="redacted_thinking", tag_field="type"):
+    data: str
+
+
+Block = (
+    TextBlock
+    | ImageBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | DocumentBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+)
+
+
+class InputMessage(_Open):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolDef(_Open):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    description: str | None = None
+    # Absent on Anthropic's server tools (which carry a versioned `type`): pass-through only.
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
+
+
+class ToolChoice(_Open):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(_Open):
+    user_id: str | None = None
+
+
+class MessagesRequest(_Open):
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Meta(ge=1)]
+    messages: Annotated[list[InputMessage], Meta(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    metadata: Metadata | None = None
+    stream: bool = False
+
+
+# Top-level fields the translation honours; others (thinking, service_tier, mcp_servers, …) are
+# forwarded by pass-through and refused (400 naming them) by translation.
+KNOWN_FIELDS = frozenset(MessagesRequest.__struct_fields__)
+
+_decoder = msgspec.json.Decoder(MessagesRequest)
+
+
+def decode_messages_request(body: bytes) -> MessagesRequest:
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, param = _split_validation_message(str(exc))
+        raise InvalidRequest(message, param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The request body is not valid UTF-8.") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is nested too deeply.") from exc

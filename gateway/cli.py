@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from gateway import __version__, accounts
+from gateway import __version__, accounts, cli_webhooks
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
 from gateway.store.base import Store, StoreError, open_store, sqlite_path
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[config], help="revoke a key")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
+    cli_webhooks.add_commands(commands, config)
     return parser
 
 

@@ -251,3 +251,30 @@ def test_webhook_settings_are_read_back(tmp_path: Path) -> None:
     (tmp_path / "k.toml").write_text(FAST_HOOKS)
     hooks = load_settings(tmp_path / "k.toml").webhooks
     assert hooks.allow_private_networks and hooks.usage_interval_s == 1
+
+
+def test_delivery_attempts_are_counted_by_type_and_outcome(
+    hooked: Gateway, receiver: WebhookReceiver
+) -> None:
+    from tests.scrape import scrape, total
+
+    name = "klawd_webhook_deliveries_total"
+    _, before = scrape(f"{hooked.base_url}/metrics")
+    receiver.scripts["/counted"] = [503]
+    with hooked.admin() as admin:
+        account_id = new_account(admin)
+        set_hook(admin, account_id, receiver.origin + "/counted", events=[])
+        admin.post(f"/admin/accounts/{account_id}/webhook/test")
+        wait_for(lambda: len(receiver.deliveries("/counted")) == 2, "a retry and a success")
+
+    def counted() -> bool:
+        _, after = scrape(f"{hooked.base_url}/metrics")
+        delivered = total(after, name, event="webhook.test", outcome="delivered") - total(
+            before, name, event="webhook.test", outcome="delivered"
+        )
+        failed = total(after, name, event="webhook.test", outcome="failed") - total(
+            before, name, event="webhook.test", outcome="failed"
+        )
+        return delivered >= 1 and failed >= 1
+
+    wait_for(counted, "the attempts in /metrics")

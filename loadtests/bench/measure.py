@@ -116,11 +116,11 @@ class PeakRss:
 
 
 def long_streams(
-    url: str, body: bytes, headers: dict[str, str], count: int, nominal_s: float
+    url: str, body: bytes, headers: dict[str, str], count: int, nominal_s: float, ramp_s: float
 ) -> dict[str, float | int | None]:
     command = [
         "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "loadtests.bench.long_streams",
-        url, body.decode(), orjson.dumps(headers).decode(), str(count), str(nominal_s),
+        url, body.decode(), orjson.dumps(headers).decode(), str(count), str(nominal_s), str(ramp_s),
     ]  # fmt: skip
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=4 * nominal_s + 60, check=True

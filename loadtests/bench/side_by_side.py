@@ -192,6 +192,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Results, dict[str, o
                     contender.headers,
                     args.streams,
                     nominal,
+                    args.ramp,
                 )
             print(f"  long streams {name}: {outcome}, peak RSS {rss.peak_mb:.0f} MB", flush=True)
             results[name]["ttfb_p50_ms"] = float(outcome["ttfb_p50_ms"] or 0)
@@ -342,17 +343,19 @@ def section(results: Results, notes: dict[str, object], args: argparse.Namespace
             "",
             f"Measured {today} with `make bench` (= `.venv/bin/python -m "
             f"loadtests.bench.side_by_side --seconds {args.seconds} --reps {args.reps} "
-            f"--streams {args.streams} --write-docs{' --profile' if args.profile else ''}`).",
+            f"--streams {args.streams} --ramp {args.ramp} --write-docs"
+            f"{' --profile' if args.profile else ''}`).",
             f"Versions: {versions()}.",
             "",
             "Setup: each contender runs one worker pinned to core 0; the fake upstream (nginx with "
             "fixed bodies), Redis, wrk and the long-stream client share core 1. Medians of "
             f"{args.reps} runs of {args.seconds} s (after a 1 s warm-up each). Added latency = the "
             "contender's wrk latency at 1 connection minus the upstream's own. Long streams: "
-            f"{args.streams} concurrent streams of {c.EVENTS} events, 100 ms apart, all opened at "
-            "once; RSS is the peak of the contender's whole process tree. The gateway runs with "
-            "everything on (auth, limits, credit reservation, billing ledger, metrics in "
-            "multiprocess mode, one JSON log line per request).",
+            f"{args.streams} concurrent streams of {c.EVENTS} events, 100 ms apart, started evenly "
+            f"over {args.ramp:g} s (so all are open together from then on; TTFB is each stream's "
+            "own, under the load of the others); RSS is the peak of the contender's whole process "
+            "tree. The gateway runs with everything on (auth, limits, credit reservation, "
+            "billing ledger, metrics in multiprocess mode, one JSON log line per request).",
             "",
             table(results, args.streams),
             "",
@@ -399,6 +402,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument(
+        "--ramp", type=float, default=2.0, help="seconds over which the long streams start"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy on the gateway worker")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()

@@ -16,7 +16,18 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from gateway import web
-from gateway.api import account, admin, chat, images, messages, models, ops, status, webhooks
+from gateway.api import (
+    account,
+    admin,
+    chat,
+    embeddings,
+    images,
+    messages,
+    models,
+    ops,
+    status,
+    webhooks,
+)
 from gateway.api.middleware import GatewayMiddleware
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
 from gateway.metrics import Metrics, worker_exited
@@ -65,6 +76,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/messages", messages.create_message, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/api/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),

@@ -84,6 +84,23 @@ BUILTIN: dict[str, Any] = {
             "output_usd_per_mtok": 0.30,
             "capabilities": ["tools", "vision", "json"],
         },
+        # Embeddings (POST /v1/embeddings): priced per million input tokens.
+        {
+            "id": "openai/text-embedding-3-small",
+            "provider": "openai",
+            "upstream_model": "text-embedding-3-small",
+            "kind": "embedding",
+            "context_length": 8191,
+            "input_usd_per_mtok": 0.02,
+        },
+        {
+            "id": "google/gemini-embedding-001",
+            "provider": "google",
+            "upstream_model": "gemini-embedding-001",
+            "kind": "embedding",
+            "context_length": 2048,
+            "input_usd_per_mtok": 0.15,
+        },
         {
             "id": "replicate/seedream-4.5",
             "provider": "replicate",

@@ -36,6 +36,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.schemas.embeddings import EmbeddingRequest
 from gateway.schemas.images import ImageRequest
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import ProviderSettings
@@ -139,6 +140,29 @@ class MessagesProvider(Protocol):
 
     async def messages(self, call: MessagesCall) -> Completion: ...  # body: Anthropic message
     async def messages_stream(self, call: MessagesCall) -> UpstreamStream: ...  # Anthropic events
+
+
+class EmbeddingCall(Struct, frozen=True):
+    request: EmbeddingRequest
+    body: bytes  # the client's raw JSON body, for pass-through to OpenAI-shaped upstreams
+    target: CatalogEntry
+
+
+class EmbeddingResult(Struct, frozen=True):
+    """OpenAI `data` items (`{"object":"embedding","index","embedding"}`, the embedding in the
+    encoding the client asked for) and the prompt tokens to bill."""
+
+    data: list[dict[str, Any]]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """A provider that can embed text (kinds openai and gemini)."""
+
+    name: str
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult: ...
 
 
 def retry_after_from(headers: Mapping[str, str]) -> float | None:

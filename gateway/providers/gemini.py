@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from gateway.billing import TokenUsage
+from gateway.billing import TokenUsage, estimate_tokens
 from gateway.errors import (
     BadGateway,
     GatewayError,
@@ -41,6 +41,8 @@ from gateway.errors import (
 from gateway.providers.base import (
     ChatCall,
     Completion,
+    EmbeddingCall,
+    EmbeddingResult,
     HttpProvider,
     UpstreamRequest,
     retry_after_from,
@@ -59,6 +61,7 @@ from gateway.providers.translate import (
     text_of,
     tool_call,
 )
+from gateway.schemas.embeddings import encode_embedding
 from gateway.schemas.openai import (
     ImagePart,
     InputAudioPart,
@@ -399,6 +402,60 @@ class GeminiProvider(HttpProvider):
             f"{method}",
             headers=headers,
             body=orjson.dumps(translate_request(call)),
+        )
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        """`POST {base_url}/v1beta/models/{m}:batchEmbedContents`, one request per input;
+        `dimensions` → `outputDimensionality`. Gemini takes text only (token arrays are a 400)
+        and its answer carries no token count unless `usageMetadata` is present: the prompt
+        tokens billed are then the gateway's estimate (4 characters per token)."""
+        request = call.request
+        texts = request.texts
+        if texts is None:
+            raise InvalidRequest(
+                f"'{call.target.model.id}' embeds text only, not token arrays.", param="input"
+            )
+        model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        one: dict[str, Any] = {"model": f"models/{model}"}
+        if request.dimensions is not None:
+            one["outputDimensionality"] = request.dimensions
+        body = {"requests": [one | {"content": {"parts": [{"text": t}]}} for t in texts]}
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.api_key is not None:
+            headers["x-goog-api-key"] = self.api_key.reveal()
+        answer = await self._send_json(
+            UpstreamRequest(
+                url=f"{self.settings.base_url.rstrip('/')}/v1beta/models/"
+                f"{quote(model, safe='')}:batchEmbedContents",
+                headers=headers,
+                body=orjson.dumps(body),
+            )
+        )
+        embeddings = answer.get("embeddings") if isinstance(answer, dict) else None
+        if not isinstance(embeddings, list) or len(embeddings) != len(texts):
+            raise BadGateway(
+                f"The upstream provider '{self.name}' answered without one embedding per input."
+            )
+        vectors: list[list[float]] = []
+        for item in embeddings:
+            values = item.get("values") if isinstance(item, dict) else None
+            if not isinstance(values, list):
+                raise BadGateway(
+                    f"The upstream provider '{self.name}' answered a malformed embedding."
+                )
+            vectors.append(values)
+        metadata = answer.get("usageMetadata")
+        tokens = (
+            int(metadata.get("promptTokenCount") or 0)
+            if isinstance(metadata, dict)
+            else sum(estimate_tokens(len(t)) for t in texts)
+        )
+        return EmbeddingResult(
+            [
+                {"object": "embedding", "index": i, "embedding": encode_embedding(v, request)}
+                for i, v in enumerate(vectors)
+            ],
+            tokens,
         )
 
     def parse_response(self, call: ChatCall, body: bytes) -> Completion:

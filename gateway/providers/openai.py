@@ -17,6 +17,8 @@ from gateway.errors import BadGateway, GatewayError, InvalidRequest
 from gateway.providers.base import (
     ChatCall,
     Completion,
+    EmbeddingCall,
+    EmbeddingResult,
     GeneratedImage,
     HttpProvider,
     ImageCall,
@@ -91,6 +93,40 @@ class OpenAIProvider(HttpProvider):
             else:
                 raise BadGateway(f"The upstream provider '{self.name}' answered a malformed image.")
         return ImageResult(images)
+
+    async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
+        """`POST {base_url}/embeddings`: the client's body with `model` rewritten; the answer's
+        items are relayed as they are (float or base64, as the client asked)."""
+        try:
+            payload: dict[str, Any] = orjson.loads(call.body)
+        except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
+            raise InvalidRequest("The request body is not valid JSON.") from exc
+        payload["model"] = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.api_key is not None:
+            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
+        answer = await self._send_json(
+            UpstreamRequest(
+                url=f"{self.settings.base_url.rstrip('/')}/embeddings",
+                headers=headers,
+                body=orjson.dumps(payload),
+            )
+        )
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, list) or len(data) != call.request.count:
+            raise BadGateway(
+                f"The upstream provider '{self.name}' answered without one embedding per input."
+            )
+        usage = answer.get("usage")
+        tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        return EmbeddingResult(
+            [
+                {"object": "embedding", "index": i, "embedding": item.get("embedding")}
+                for i, item in enumerate(data)
+                if isinstance(item, dict)
+            ],
+            tokens,
+        )
 
     def parse_response(self, call: ChatCall, body: bytes) -> Completion:
         try:

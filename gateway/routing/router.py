@@ -108,3 +108,21 @@ def resolve_image(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
         )
     chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
     return [e for e in chain if e.available and e.model.kind == "image"]
+
+
+def resolve_embedding(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
+    """An embedding model: itself, then its available configured `fallbacks` of that kind."""
+    entry = catalog.get(model_id)
+    if entry is None:
+        raise model_not_found(model_id)
+    if entry.model.kind != "embedding":
+        raise InvalidRequest(
+            f"The model '{entry.model.id}' is a {entry.model.kind} model, not an embedding model.",
+            param="model",
+        )
+    if not entry.available:
+        raise ServiceUnavailable(
+            f"The model '{entry.model.id}' is unavailable: {entry.unavailable_reason}."
+        )
+    chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
+    return [e for e in chain if e.available and e.model.kind == "embedding"]

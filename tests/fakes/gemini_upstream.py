@@ -10,6 +10,7 @@ Like the real API it refuses a request without `x-goog-api-key` (403 PERMISSION_
     gemini-tools        a functionCall part (finishReason STOP → tool_calls)
     gemini-length       finishReason MAX_TOKENS     gemini-safety      finishReason SAFETY
     gemini-blocked      no candidates, promptFeedback.blockReason
+    gemini-embed        batchEmbedContents (`embedding_values`); the failing models fail it too
     gemini-error-event  streamed: one event, then `data: {"error": … UNAVAILABLE}`
     gemini-cut          streamed: one event, then the connection is cut (no finishReason)
     gemini-exhausted    429 RESOURCE_EXHAUSTED with RetryInfo retryDelay "21s"
@@ -94,6 +95,11 @@ def error_body(code: int, status: str, message: str, details: Any = None) -> dic
     if details is not None:
         error["details"] = details
     return {"error": error}
+
+
+def embedding_values(index: int, size: int) -> list[float]:
+    """The fake's embedding of the index-th text (exact in float32)."""
+    return [-index - j / 8 for j in range(size)]
 
 
 def candidate(parts: list[dict[str, Any]], finish: str | None) -> dict[str, Any]:
@@ -184,11 +190,36 @@ class FakeGemini(ThreadedServer):
                 return recorded
         raise AssertionError(f"the fake received no request for {model}")
 
+    def _embed(self, model: str, body: dict[str, Any]) -> web.Response:
+        """batchEmbedContents: one `values` per request item (`outputDimensionality` long,
+        else 8; `embedding_values(i, n)`); no usage, as the documented response."""
+        if model in ERRORS:
+            status, rpc, message, details = ERRORS[model]
+            return web.json_response(error_body(status, rpc, message, details), status=status)
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return web.json_response(
+                error_body(400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: empty"),
+                status=400,
+            )
+        embeddings = []
+        for index, item in enumerate(requests):
+            if item.get("model") != f"models/{model}" or not item["content"]["parts"][0]["text"]:
+                return web.json_response(
+                    error_body(400, "INVALID_ARGUMENT", f"model of request {index} mismatches"),
+                    status=400,
+                )
+            size = int(item.get("outputDimensionality") or 8)
+            embeddings.append({"values": embedding_values(index, size)})
+        return web.json_response({"embeddings": embeddings})
+
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["target"].partition(":")
         raw = await request.read()
         body = orjson.loads(raw) if raw else {}
         self.record(request, body, model=model, method=method)
+        if method == "batchEmbedContents":
+            return self._embed(model, body)
         if method not in ("generateContent", "streamGenerateContent"):
             return web.json_response(
                 error_body(404, "NOT_FOUND", f"Method {method} not found."), status=404

@@ -17,6 +17,11 @@ order against one shared server:
     fail-400      400 with an upstream validation message
     garbage       200 with a body that is not JSON
 
+Embeddings (`POST /v1/embeddings`): `embed-fake` answers one vector per input (`dimensions`
+long, else 8; `embedding_vector(i, n)`) as floats or, with encoding_format base64, as base64
+little-endian float32s; usage counts one token per word (per token of a token array).
+`fail-429` answers 429 with Retry-After: 7.
+
 Images (`POST /v1/images/generations`): `img-fake` answers n images as `url` (served at
 `/files/img-{i}.png`) or `b64_json`, as the request's response_format asks.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 import threading
 import time
 from typing import Any
@@ -43,6 +49,11 @@ TOOL_CALL = {
     "type": "function",
     "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'},
 }
+
+
+def embedding_vector(index: int, dimensions: int) -> list[float]:
+    """The fake's embedding of the index-th input (exact in float32)."""
+    return [index + j / 4 for j in range(dimensions)]
 
 
 def completion(model: str) -> dict[str, Any]:
@@ -177,6 +188,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/files/{name}", self._file)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -223,6 +235,44 @@ class FakeOpenAI:
             origin = f"http://127.0.0.1:{self.port}"
             data = [{"url": f"{origin}/files/img-{i}.png"} for i in range(count)]
         return web.json_response({"created": 1700000000, "data": data})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        model = body.get("model", "")
+        if model == "fail-429":
+            return web.json_response(
+                {"error": {"message": "Rate limit reached", "type": "requests"}},
+                status=429,
+                headers={"retry-after": "7"},
+            )
+        raw = body.get("input")
+        if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)):
+            inputs: list[Any] = [raw]
+        else:
+            inputs = raw if isinstance(raw, list) else []
+        if model != "embed-fake" or not inputs:
+            return web.json_response(
+                {"error": {"message": "bad embeddings request", "type": "invalid_request_error"}},
+                status=400,
+            )
+        dimensions = int(body.get("dimensions") or 8)
+        data = []
+        for index in range(len(inputs)):
+            vector = embedding_vector(index, dimensions)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def _file(self, request: web.Request) -> web.Response:
         return web.Response(body=PNG_1X1, content_type="image/png")

@@ -70,6 +70,16 @@ def _image_model(model_id: str, provider: str, upstream: str, price: float) -> s
     )
 
 
+def _embedding_model(model_id: str, provider: str, upstream: str, price: float) -> str:
+    return (
+        f'[[models]]\nid = "{model_id}"\nprovider = "{provider}"\nupstream_model = "{upstream}"\n'
+        f'kind = "embedding"\ninput_usd_per_mtok = {price}\n'
+    )
+
+
+EMBEDDING_PRICE_USD = 0.5  # per million input tokens
+
+
 def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> str:
     """TOML appended to the gateway's test config."""
     tables = [
@@ -86,6 +96,10 @@ def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> 
         _image_model("replicate-deadline/never", "replicate-deadline", "fake-owner/never", 0.02),
         _image_model("openai/img-fake", "openai", "img-fake", 0.04),
         _chat_model("replicate/not-chat", "replicate", "fake-owner/instant"),
+        _embedding_model("openai/embed-fake", "openai", "embed-fake", EMBEDDING_PRICE_USD),
+        _embedding_model("openai/embed-429", "openai", "fail-429", EMBEDDING_PRICE_USD),
+        _embedding_model("google/gemini-embed", "google", "gemini-embed", EMBEDDING_PRICE_USD),
+        _embedding_model("google/embed-invalid", "google", "gemini-invalid", EMBEDDING_PRICE_USD),
     ]
     tables += [_chat_model(f"anthropic/{m}", "anthropic", m) for m in ANTHROPIC_MODELS]
     tables += [_chat_model(f"google/{m}", "google", m) for m in GEMINI_MODELS]

@@ -128,6 +128,8 @@ def test_no_label_holds_an_unknown_model_a_key_a_request_id_or_user_text(
     assert "/v1/models/{model_id:path}" in routes
     assert routes <= {
         "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/embeddings",
         "/v1/models",
         "/v1/models/{model_id:path}",
         "/v1/account",

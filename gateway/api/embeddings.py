@@ -1,0 +1,71 @@
+"""POST /v1/embeddings, OpenAI Embeddings-shaped, for OpenAI-shaped and Gemini upstreams.
+
+Billed and limited like chat: auth → decode → resolve (an `embedding` model, then its
+fallbacks) → admit (request limits + a reservation of the estimated prompt tokens times input
+price) → retrier (embeddings are idempotent: retried and fallen back like chat) → provider →
+settle (prompt tokens times input price; ledger, metrics) → respond with x-klawd-model,
+x-klawd-provider, x-ratelimit-*, x-klawd-cost-usd.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.common import app_state, authenticate, json_response
+from gateway.billing import TokenUsage, format_usd, token_cost_micros
+from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.metering import RESERVE_CHARS_PER_TOKEN
+from gateway.providers.base import EmbeddingCall, EmbeddingProvider, EmbeddingResult
+from gateway.routing.catalog import CatalogEntry
+from gateway.routing.router import resolve_embedding
+from gateway.schemas.embeddings import decode_embedding_request
+
+
+async def create_embeddings(request: Request) -> Response:
+    state = app_state(request)
+    auth = await authenticate(request)
+    body = await request.body()
+    embedding = decode_embedding_request(body)
+    targets = resolve_embedding(state.catalog, embedding.model)
+    worst = TokenUsage(embedding.reserve_tokens(RESERVE_CHARS_PER_TOKEN), 0)
+    reserve = max(token_cost_micros(worst, t.model.input_usd_per_mtok, 0.0) for t in targets)
+    ticket = await state.meter.admit(auth, request.state.request_id, reserve)
+    limit_headers = ticket.admission.headers()
+
+    async def attempt(target: CatalogEntry) -> EmbeddingResult:
+        provider = state.providers[target.model.provider]
+        if not isinstance(provider, EmbeddingProvider):
+            raise ServiceUnavailable(
+                f"The provider '{target.model.provider}' cannot embed.",
+                connect_failed=True,  # nothing was sent: the next target may be tried
+            )
+        return await provider.embed(EmbeddingCall(embedding, body, target))
+
+    try:
+        result, target, tries = await state.retrier.call_targets(targets, attempt)
+    except GatewayError as exc:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, False)
+        exc.extra_headers.update(limit_headers)
+        raise
+    except BaseException:
+        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, False)
+        raise
+    ticket.retries = len(tries) - 1
+    usage = TokenUsage(result.prompt_tokens, 0)
+    cost = state.meter.settle(ticket, target, usage, 0, 200, False)
+    await state.meter.charge_tokens(ticket, usage)
+    return json_response(
+        {
+            "object": "list",
+            "data": result.data,
+            "model": target.model.id,
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        },
+        headers={
+            "x-klawd-model": target.model.id,
+            "x-klawd-provider": target.model.provider,
+            "x-klawd-cost-usd": format_usd(cost),
+        }
+        | limit_headers,
+    )

@@ -61,12 +61,16 @@ class Web:
         self.env.filters["usd"] = usd
         self.env.filters["utc"] = utc
         self.env.globals["prefix"] = PREFIX
+        self._key: str | None = None
 
     async def key(self, request: Request) -> str:
-        """The session signing key every replica shares (made once, kept in the store)."""
-        return await app_state(request).store.shared_secret(
-            sessions.SECRET_NAME, secrets.token_hex(32)
-        )
+        """The session signing key every replica shares (made once, kept in the store; it never
+        changes, so each app reads it once)."""
+        if self._key is None:
+            self._key = await app_state(request).store.shared_secret(
+                sessions.SECRET_NAME, secrets.token_hex(32)
+            )
+        return self._key
 
     async def session(self, request: Request) -> Session | None:
         key = await self.key(request)

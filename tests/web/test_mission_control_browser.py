@@ -16,6 +16,8 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.conftest import ADMIN_TOKEN, REPO, Gateway
 from tests.fakes.webhook_receiver import WebhookReceiver, verify
@@ -56,6 +58,7 @@ def browser() -> Iterator[WebDriver]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    driver.implicitly_wait(10)  # element lookups wait (bounded) for the page a click led to
     yield driver
     driver.quit()
 
@@ -65,6 +68,15 @@ def shot(driver: WebDriver, name: str) -> Path:
     path = ARTIFACTS / f"mission-control-{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+def arrive(driver: WebDriver, path: str) -> None:
+    """A click submits a form; wait (bounded) for the page it leads to."""
+    try:
+        WebDriverWait(driver, 15).until(expected_conditions.url_contains(path))
+    except Exception:
+        shot(driver, "unexpected-page")
+        raise
 
 
 def fill(driver: WebDriver, name: str, value: str) -> None:
@@ -80,18 +92,19 @@ def test_sign_up_create_a_key_use_it_and_see_it_in_the_usage_chart(
     browser.get(f"{base}/mission-control/")
     assert browser.current_url.endswith("/mission-control/login")
     browser.find_element(By.ID, "to-signup").click()
+    arrive(browser, "/mission-control/signup")
     fill(browser, "name", "Browser Co")
     fill(browser, "email", f"browser-{int(time.time() * 1000)}@example.com")
     fill(browser, "password", "a long browser password")
     shot(browser, "1-signup")
     browser.find_element(By.ID, "sign-up").click()
-
-    assert browser.current_url.endswith("/mission-control/dashboard")
+    arrive(browser, "/mission-control/dashboard")
     assert browser.find_element(By.ID, "plan").text == "Free"
     assert browser.find_element(By.ID, "balance").text == "$5.00"
     shot(browser, "2-dashboard-new")
 
     browser.find_element(By.LINK_TEXT, "API keys").click()
+    arrive(browser, "/mission-control/keys")
     fill(browser, "name", "selenium")
     browser.find_element(By.ID, "create-key").click()
     key = browser.find_element(By.ID, "new-key").text
@@ -135,7 +148,7 @@ def sign_up(driver: WebDriver, base: str, name: str) -> None:
     fill(driver, "email", f"{name.lower()}-{int(time.time() * 1000)}@example.com")
     fill(driver, "password", "a long browser password")
     driver.find_element(By.ID, "sign-up").click()
-    assert driver.current_url.endswith("/mission-control/dashboard")
+    arrive(driver, "/mission-control/dashboard")
 
 
 def test_webhook_page_saves_reveals_and_sends_a_signed_test_event(
@@ -143,11 +156,14 @@ def test_webhook_page_saves_reveals_and_sends_a_signed_test_event(
 ) -> None:
     sign_up(browser, mc_gateway.base_url, "Hooks")
     browser.find_element(By.LINK_TEXT, "Webhook").click()
+    arrive(browser, "/mission-control/webhook")
     fill(browser, "url", receiver.origin + "/browser")
     browser.find_element(By.ID, "save-webhook").click()
+    arrive(browser, "/mission-control/webhook/save")
     secret = browser.find_element(By.ID, "webhook-secret").text
     assert secret.startswith("whsec_")
     browser.find_element(By.ID, "send-test").click()
+    arrive(browser, "/mission-control/webhook/test")
     statuses: list[str] = []
     for _ in range(50):  # bounded: the scheduler polls every 0.2 s here
         browser.get(f"{mc_gateway.base_url}/mission-control/webhook")
@@ -157,6 +173,7 @@ def test_webhook_page_saves_reveals_and_sends_a_signed_test_event(
         time.sleep(0.1)
     assert statuses == ["delivered"]
     browser.find_element(By.ID, "reveal-secret").click()
+    arrive(browser, "/mission-control/webhook/reveal")
     assert browser.find_element(By.ID, "webhook-secret").text == secret
     shot(browser, "6-webhook")
     (got,) = receiver.deliveries("/browser")
@@ -176,7 +193,7 @@ def test_operator_sees_accounts_plans_and_top_spenders(
     browser.get(f"{base}/mission-control/operator/login")
     fill(browser, "token", ADMIN_TOKEN)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    assert browser.current_url.endswith("/mission-control/operator")
+    arrive(browser, "/mission-control/operator")
     spenders: list[str] = []
     for _ in range(50):  # bounded: until the ledger has settled
         spenders = [

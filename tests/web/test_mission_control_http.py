@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import os
 import re
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
@@ -174,3 +179,27 @@ def test_static_assets_are_served_by_the_gateway_and_pages_load_nothing_else(
         assert client.get(f"{MC}/static/app.css").headers["content-type"].startswith("text/css")
         assert client.get(f"{MC}/static/app.js").status_code == 200
         assert client.get(f"{MC}/static/../../etc/passwd").status_code == 404
+
+
+def test_the_python_quick_start_runs_as_pasted(mc_gateway: Gateway, tmp_path: Path) -> None:
+    with browser(mc_gateway) as client:
+        sign_up(client, f"qs-{secrets.token_hex(4)}@example.com")
+        page = client.get(f"{MC}/keys")
+        created = client.post(f"{MC}/keys", data={"csrf": csrf_of(page.text), "name": "qs"})
+        found = re.search(r'id="new-key">(sk-klawd-[A-Za-z0-9_-]+)<', created.text)
+        assert found
+        dashboard = client.get(f"{MC}/dashboard", params={"model": "openai/gpt-fake"})
+    snippet = re.search(r'<pre id="snippet-python"><code>(.*?)</code></pre>', dashboard.text, re.S)
+    assert snippet
+    script = tmp_path / "quickstart.py"
+    script.write_text(html.unescape(snippet.group(1)))
+    assert '"openai/gpt-fake"' in script.read_text()
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "KLAWD_API_KEY": found.group(1)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "the model's answer is printed"

@@ -73,6 +73,30 @@ def anthropic_error_response(error: GatewayError) -> Response:
     )
 
 
+async def list_models_anthropic(request: Request) -> Response:
+    """`GET /v1/models` from an Anthropic client (it sends `anthropic-version`): the models
+    `/v1/messages` can serve (chat models and routes), in Anthropic's list shape, one page."""
+    try:
+        state = app_state(request)
+        await state.keys.authenticate(_authorization(request), time.time())
+    except GatewayError as exc:
+        return anthropic_error_response(exc)
+    ids = [e.model.id for e in state.catalog.entries.values() if e.model.kind == "chat"]
+    ids += list(state.catalog.routes)
+    data = [
+        {"type": "model", "id": i, "display_name": i, "created_at": "1970-01-01T00:00:00Z"}
+        for i in ids
+    ]
+    return json_response(
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None,
+        }
+    )
+
+
 def _authorization(request: Request) -> str | None:
     """Anthropic clients send `x-api-key`; `Authorization: Bearer` works as on every route."""
     key = request.headers.get("x-api-key")

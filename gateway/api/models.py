@@ -5,11 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api import messages
 from gateway.api.common import app_state, authenticate, json_response
 from gateway.errors import model_not_found
 
 
 async def list_models(request: Request) -> Response:
+    if "anthropic-version" in request.headers:  # an Anthropic SDK: its list shape
+        return await messages.list_models_anthropic(request)
     await authenticate(request)
     catalog = app_state(request).catalog
     data = [entry.describe() for entry in catalog.entries.values()]

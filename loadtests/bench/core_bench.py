@@ -155,6 +155,9 @@ def bench_reframers(n: int, reps: int) -> list[str]:
         ("openai", openai_stream(n, rng), b"\n"),
         ("anthropic", anthropic_stream(n, rng), b"\n"),
         ("gemini", gemini_stream(n, rng), b"\r\n"),
+        # POST /v1/messages: OpenAI chunks → Anthropic events, and Anthropic relayed as is.
+        ("openai_to_anthropic", openai_stream(n, rng), b"\n"),
+        ("anthropic_passthrough", anthropic_stream(n, rng), b"\n"),
     ]:
         for label, chunks in [
             ("1-4 KiB", network_chunks(data, rng)),

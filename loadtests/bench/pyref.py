@@ -388,10 +388,173 @@ class GeminiRef(_Base):
         self.end(out)
 
 
+def _anthropic_event(name: str, obj: Any) -> bytes:
+    return f"event: {name}\ndata: ".encode() + orjson.dumps(obj) + b"\n\n"
+
+
+STOP_REASONS = {
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+class ToAnthropicRef(_Base):
+    """OpenAI chunks → Anthropic Messages events (Rust kind `openai_to_anthropic`)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.started = False
+        self.open: str | int | None = None  # "text", a tool-call index, or nothing
+        self.blocks = 0
+        self.tools: list[int] = []
+        self.stop: str | None = None
+        self.cached = 0
+
+    def _start(self, out: list[bytes]) -> None:
+        if not self.started:
+            self.started = True
+            message = {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }
+            out.append(
+                _anthropic_event("message_start", {"type": "message_start", "message": message})
+            )
+
+    def _close(self, out: list[bytes]) -> None:
+        if self.open is not None:
+            stop = {"type": "content_block_stop", "index": self.blocks - 1}
+            out.append(_anthropic_event("content_block_stop", stop))
+            self.open = None
+
+    def _open(self, out: list[bytes], kind: str | int, block: dict[str, Any]) -> None:
+        self._close(out)
+        start = {"type": "content_block_start", "index": self.blocks, "content_block": block}
+        out.append(_anthropic_event("content_block_start", start))
+        self.blocks += 1
+        self.open = kind
+
+    def _delta(self, out: list[bytes], delta: dict[str, Any]) -> None:
+        event = {"type": "content_block_delta", "index": self.blocks - 1, "delta": delta}
+        out.append(_anthropic_event("content_block_delta", event))
+
+    def on_event(self, name: str, data: str, out: list[bytes]) -> None:
+        if data.strip() == "[DONE]":
+            self._start(out)
+            self._close(out)
+            u = self.usage or {"prompt_tokens": 0, "completion_tokens": 0}
+            usage = {"input_tokens": u["prompt_tokens"] - self.cached}
+            if self.cached:
+                usage["cache_read_input_tokens"] = self.cached
+            usage["output_tokens"] = u["completion_tokens"]
+            delta = {"stop_reason": self.stop or "end_turn", "stop_sequence": None}
+            md = {"type": "message_delta", "delta": delta, "usage": usage}
+            out.append(_anthropic_event("message_delta", md))
+            out.append(_anthropic_event("message_stop", {"type": "message_stop"}))
+            self.done = True
+            return
+        obj = _loads(data)
+        if obj.get("error") is not None:
+            err = obj["error"] if isinstance(obj["error"], dict) else {}
+            kind = err.get("type") or err.get("code") or "error"
+            self.upstream_error = (kind, err.get("message") or "")
+            return
+        if obj.get("usage"):
+            u = obj["usage"]
+            p, c = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
+            self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            self.cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        for choice in obj.get("choices") or []:
+            if (choice.get("index") or 0) != 0:
+                continue
+            self._start(out)
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                if self.open != "text":
+                    self._open(out, "text", {"type": "text", "text": ""})
+                self.content_chars += len(text)
+                self._delta(out, {"type": "text_delta", "text": text})
+            for call in delta.get("tool_calls") or []:
+                index = call.get("index") or 0
+                function = call.get("function") or {}
+                if self.open != index:
+                    if index in self.tools:
+                        raise SseError("tool call continued after another block started")
+                    self.tools.append(index)
+                    block = {
+                        "type": "tool_use",
+                        "id": call.get("id") or "",
+                        "name": function.get("name") or "",
+                        "input": {},
+                    }
+                    self._open(out, index, block)
+                if function.get("arguments"):
+                    self.content_chars += len(function["arguments"])
+                    self._delta(
+                        out, {"type": "input_json_delta", "partial_json": function["arguments"]}
+                    )
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                self.stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+
+
+class AnthropicPassthroughRef(_Base):
+    """Anthropic events relayed (Rust kind `anthropic_passthrough`): message.model rewritten."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.anthropic_usage: dict[str, int] = {}
+
+    def on_event(self, name: str, data: str, out: list[bytes]) -> None:
+        obj = _loads(data)
+        kind = obj.get("type") or name
+        if kind == "error":
+            err = obj.get("error") or {}
+            self.upstream_error = (err.get("type") or "error", err.get("message") or "")
+            return
+        usage = None
+        if kind == "message_start":
+            obj["message"]["model"] = self.model
+            usage = obj["message"].get("usage")
+        elif kind == "message_delta":
+            usage = obj.get("usage")
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            if reason:
+                self.finish_reason = _ANTHROPIC_STOP.get(reason, "stop")
+        elif kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            self.content_chars += len(delta.get("text") or "") + len(
+                delta.get("partial_json") or ""
+            )
+        if usage:
+            self.anthropic_usage |= {k: v for k, v in usage.items() if isinstance(v, int)}
+            u = self.anthropic_usage
+            p = sum(
+                u.get(k, 0)
+                for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+            )
+            c = u.get("output_tokens", 0)
+            self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        out.append(_anthropic_event(kind, obj))
+        if kind == "message_stop":
+            self.done = True
+
+
 KINDS: dict[str, Callable[..., _Base]] = {
     "openai": OpenAIRef,
     "anthropic": AnthropicRef,
     "gemini": GeminiRef,
+    "openai_to_anthropic": ToAnthropicRef,
+    "anthropic_passthrough": AnthropicPassthroughRef,
 }
 
 

@@ -561,3 +561,21 @@ def test_usage_is_billed_to_the_account(gateway: Gateway) -> None:
     # openai 12 + 4; anthropic 10 + 5 + 20 cache + 7
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (12 + 35, 4 + 7)
     assert cost == pytest.approx((12 * 1 + 4 * 2) / 1_000_000)
+
+
+def test_models_list_in_anthropic_shape_for_anthropic_clients(
+    gateway: Gateway, api_key: str
+) -> None:
+    ids = [m.id for m in client(gateway, api_key).models.list()]
+    assert {"anthropic/claude-fake", "openai/gpt-fake", "google/gemini-fake"} <= set(ids)
+    assert "klawd/auto" in ids
+    assert "openai/embed-fake" not in ids  # not a chat model
+    plain = httpx.get(
+        f"{gateway.base_url}/v1/models", headers={"authorization": f"Bearer {api_key}"}
+    ).json()
+    assert plain["object"] == "list", "without anthropic-version: OpenAI-shaped as before"
+    refused = httpx.get(
+        f"{gateway.base_url}/v1/models", headers={"anthropic-version": "2023-06-01"}
+    )
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"

@@ -1,0 +1,188 @@
+"""gateway._core reframers that emit Anthropic Messages events, from Python:
+`openai_to_anthropic` and `anthropic_passthrough` against the pure-Python reference
+(loadtests/bench/pyref.py), split invariance, the Gemini → OpenAI → Anthropic chain, and
+random bytes (only the two typed errors may come out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import _core
+from tests.core.test_differential import EOL, TEXT, chunked, pyref, sse
+from tests.core.test_reframer import fixture, split
+
+SETTINGS = settings(max_examples=80, deadline=None, database=None)
+ARGS = ("prov/m", "msg_x", 0, True)
+
+
+def events(out: bytes) -> list[tuple[str, Any]]:
+    """(name, data) of each `event: <name>\\ndata: <json>\\n\\n`; fails on anything else."""
+    assert out == b"" or out.endswith(b"\n\n")
+    parsed = []
+    for raw in out.split(b"\n\n"):
+        if raw:
+            head, data = raw.split(b"\n")
+            assert head.startswith(b"event: ") and data.startswith(b"data: ")
+            parsed.append((head[7:].decode(), orjson.loads(data[6:])))
+    return parsed
+
+
+def run(kind: str, chunks: list[bytes]) -> tuple[bytes, Any]:
+    r = _core.Reframer(kind, *ARGS)
+    out = b"".join(r.feed(c) for c in chunks) + r.finish()
+    return out, r
+
+
+def compare(kind: str, chunks: list[bytes]) -> list[tuple[str, Any]]:
+    out, rust = run(kind, chunks)
+    ref = pyref.reframer(kind, *ARGS)
+    expected = b"".join(ref.feed(c) for c in chunks) + ref.finish()
+    assert events(out) == events(expected)
+    assert rust.content_chars == ref.content_chars
+    assert rust.finish_reason == ref.finish_reason
+    assert rust.done == ref.done
+    u = rust.usage
+    got = None if u is None else (u.prompt_tokens, u.completion_tokens, u.total_tokens)
+    want = None if ref.usage is None else tuple(ref.usage[k] for k in list(ref.usage)[:3])
+    assert got == want
+    return events(out)
+
+
+def check_sequence(evs: list[tuple[str, Any]]) -> tuple[str, list[str]]:
+    """The Messages stream grammar; returns the text and each tool_use's input JSON text."""
+    assert evs[0][0] == "message_start"
+    assert [n for n, _ in evs[-2:]] == ["message_delta", "message_stop"]
+    open_block, blocks, text, tools = None, 0, "", []
+    for name, data in evs[1:-2]:
+        assert data["type"] == name
+        if name == "content_block_start":
+            assert open_block is None and data["index"] == blocks
+            open_block, blocks = blocks, blocks + 1
+            if data["content_block"]["type"] == "tool_use":
+                tools.append("")
+        elif name == "content_block_delta":
+            assert data["index"] == open_block
+            delta = data["delta"]
+            if delta["type"] == "text_delta":
+                text += delta["text"]
+            else:
+                tools[-1] += delta["partial_json"]
+        else:
+            assert name == "content_block_stop" and data["index"] == open_block
+            open_block = None
+    assert open_block is None
+    return text, tools
+
+
+TOOL_CALLS = st.lists(st.tuples(st.text(max_size=6), st.lists(TEXT, max_size=4)), max_size=3)
+
+
+@SETTINGS
+@given(
+    texts=st.lists(TEXT, max_size=6),
+    calls=TOOL_CALLS,
+    finish=st.sampled_from(["stop", "length", "tool_calls", "content_filter", "other"]),
+    usage=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**3)),
+    eol=EOL,
+    cuts=st.lists(st.integers(0), max_size=8),
+)
+def test_openai_to_anthropic_matches_reference_and_adds_up(
+    texts: list[str],
+    calls: list[tuple[str, list[str]]],
+    finish: str,
+    usage: tuple[int, int, int],
+    eol: str,
+    cuts: list[int],
+) -> None:
+    base = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> tuple[None, Any]:
+        return (None, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+
+    evs = [chunk({"role": "assistant", "content": ""})]
+    evs += [chunk({"content": t}) for t in texts]
+    for i, (name, fragments) in enumerate(calls):
+        start = {"index": i, "id": f"call_{i}", "type": "function"}
+        evs.append(chunk({"tool_calls": [start | {"function": {"name": name, "arguments": ""}}]}))
+        evs += [
+            chunk({"tool_calls": [{"index": i, "function": {"arguments": f}}]}) for f in fragments
+        ]
+    evs.append(chunk({}, finish))
+    p, c, cached = usage
+    details = {"cached_tokens": min(cached, p)}
+    u = {"prompt_tokens": p, "completion_tokens": c, "prompt_tokens_details": details}
+    evs.append((None, base | {"choices": [], "usage": u}))
+    data = sse(evs, eol) + f"data: [DONE]{eol}{eol}".encode()
+    out = compare("openai_to_anthropic", chunked(data, cuts))
+    text, tools = check_sequence(out)
+    assert text == "".join(texts)
+    assert tools == ["".join(f) for _, f in calls]
+    final = out[-2][1]
+    assert final["usage"]["output_tokens"] == c
+    assert final["usage"]["input_tokens"] + final["usage"].get("cache_read_input_tokens", 0) == p
+
+
+@pytest.mark.parametrize("name", ["anthropic_text_tool_use", "anthropic_error"])
+@SETTINGS
+@given(cuts=st.lists(st.integers(0), max_size=12))
+def test_passthrough_matches_reference_at_any_split(name: str, cuts: list[int]) -> None:
+    data = fixture(name)
+    compare("anthropic_passthrough", split(data, cuts))
+    assert (
+        run("anthropic_passthrough", split(data, cuts))[0]
+        == run("anthropic_passthrough", [data])[0]
+    )
+
+
+@pytest.mark.parametrize("name", ["gemini_text_function_call", "openai_tool_calls"])
+@SETTINGS
+@given(cuts=st.lists(st.integers(0), max_size=12))
+def test_provider_chunks_chain_into_a_valid_messages_stream(name: str, cuts: list[int]) -> None:
+    """What the route does for Gemini and OpenAI: provider reframer, then openai_to_anthropic."""
+    provider = _core.Reframer(name.split("_")[0], "prov/m", "chatcmpl-x", 1, True)
+    to_anthropic = _core.Reframer("openai_to_anthropic", *ARGS)
+    out = b""
+    for piece in split(fixture(name), cuts):
+        out += to_anthropic.feed(provider.feed(piece))
+    out += to_anthropic.feed(provider.finish()) + to_anthropic.finish()
+    evs = events(out)
+    _text, tools = check_sequence(evs)
+    assert tools and all(isinstance(orjson.loads(t), dict) for t in tools)
+    assert evs[-2][1]["delta"]["stop_reason"] == "tool_use"
+    # The OpenAI usage chunk carries no cached count: prompt, completion and total survive.
+    got, want = to_anthropic.usage, provider.usage
+    if want is None:  # the recorded OpenAI stream has no usage chunk
+        assert got is None
+        return
+    assert got is not None
+    assert (got.prompt_tokens, got.completion_tokens, got.total_tokens) == (
+        want.prompt_tokens,
+        want.completion_tokens,
+        want.total_tokens,
+    )
+
+
+@pytest.mark.parametrize("kind", ["openai_to_anthropic", "anthropic_passthrough"])
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=st.binary(max_size=512), cuts=st.lists(st.integers(0), max_size=6))
+def test_random_bytes_raise_only_typed_errors_and_emit_whole_events(
+    kind: str, data: bytes, cuts: list[int]
+) -> None:
+    r = _core.Reframer(kind, *ARGS, max_event_bytes=256)
+    try:
+        for piece in split(data, cuts):
+            out = r.feed(piece)
+            assert out == b"" or (out.startswith(b"event: ") and out.endswith(b"\n\n"))
+        r.finish()
+    except (_core.SseError, _core.UpstreamStreamError):
+        pass
+
+
+def test_unknown_kind_names_the_new_kinds() -> None:
+    with pytest.raises(ValueError, match="openai_to_anthropic or anthropic_passthrough"):
+        _core.Reframer("anthropic_to_openai", *ARGS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -17,9 +18,21 @@ from tests.fakes.openai_upstream import FakeOpenAI, embedding_vector
 from tests.fakes.provider_config import EMBEDDING_PRICE_USD
 from tests.integration.test_limits_and_billing import wait_for_ledger
 
+CLIENTS: list[openai.OpenAI] = []
+
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
+    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
+    CLIENTS.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """Pooled connections are closed by the test, not by the garbage collector."""
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
 
 
 def floats(b64: str) -> list[float]:

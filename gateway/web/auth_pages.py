@@ -22,6 +22,10 @@ def _valid_email(email: str) -> bool:
     return bool(name) and "." in domain and len(email) <= 200 and " " not in email
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
 async def _signed_in(request: Request, session: sessions.Session, web: Web, to: str) -> Response:
     response = redirect(to)
     ttl = app_state(request).settings.mission_control.session_ttl_s
@@ -45,6 +49,9 @@ def pages(web: Web) -> dict[str, object]:
             return web.forbidden()
         state = app_state(request)
         email = form.get("email").lower()
+        wait = await web.throttled(request, "login", email)
+        if wait is not None:
+            return web.too_many(wait)
         user = await state.store.get_user(email)
         # the same work and the same answer whether or not the address exists
         stored = user.password_hash if user else sessions.DUMMY_HASH
@@ -71,6 +78,9 @@ def pages(web: Web) -> dict[str, object]:
         form = await web.form(request, request.cookies.get(sessions.CSRF_COOKIE))
         if form is None:
             return web.forbidden()
+        wait = await web.throttled(request, "signup", _client(request))
+        if wait is not None:
+            return web.too_many(wait)
         name, email, password = form.get("name"), form.get("email").lower(), form.get("password")
         error = None
         if not name or len(name) > 200:
@@ -106,6 +116,9 @@ def pages(web: Web) -> dict[str, object]:
         form = await web.form(request, request.cookies.get(sessions.CSRF_COOKIE))
         if form is None:
             return web.forbidden()
+        wait = await web.throttled(request, "operator", _client(request))
+        if wait is not None:
+            return web.too_many(wait)
         state = app_state(request)
         token = form.get("token")
         expected = state.admin_token.reveal() if state.admin_token else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -14,11 +15,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.api.common import app_state
 from gateway.billing import micros_to_usd
+from gateway.limits import Limiter, LimitSpec
 from gateway.store.base import Account
 from gateway.web import sessions
 from gateway.web.sessions import Session
 
 PREFIX = "/mission-control"
+# attempts allowed (see Web.throttled): sign-ins per e-mail address; sign-ups and operator
+# sign-ins per client address (generous: behind a load balancer many people share one)
+PER_ADDRESS = LimitSpec(requests_per_minute=10, requests_per_day=200)
+PER_CLIENT = LimitSpec(requests_per_minute=30, requests_per_day=2000)
 MAX_FORM_BYTES = 64 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -62,6 +68,7 @@ class Web:
         self.env.filters["utc"] = utc
         self.env.globals["prefix"] = PREFIX
         self._key: str | None = None
+        self._limiter: Limiter | None = None
 
     async def key(self, request: Request) -> str:
         """The session signing key every replica shares (made once, kept in the store; it never
@@ -71,6 +78,17 @@ class Web:
                 sessions.SECRET_NAME, secrets.token_hex(32)
             )
         return self._key
+
+    async def throttled(self, request: Request, kind: str, subject: str) -> float | None:
+        """Seconds to wait when `subject` made too many `kind` attempts (sign-in by address,
+        sign-up and operator sign-in by client address), else None. The gateway's own limiter:
+        exact across replicas with Redis."""
+        if self._limiter is None:
+            self._limiter = app_state(request).store.limiter()
+        digest = hashlib.sha256(f"{kind}:{subject}".encode()).hexdigest()[:32]
+        spec = PER_ADDRESS if kind == "login" else PER_CLIENT
+        decision = await self._limiter.admit(f"mc_{digest}", spec, 0)
+        return None if decision.admitted else max(1.0, decision.retry_after_s)
 
     async def session(self, request: Request) -> Session | None:
         key = await self.key(request)
@@ -132,6 +150,14 @@ class Web:
         if account is None:
             return RedirectResponse(f"{PREFIX}/login", status_code=303)
         return session, account
+
+    def too_many(self, wait_s: float) -> Response:
+        return HTMLResponse(
+            "<!doctype html><title>Too many attempts</title><p>Too many attempts; try again in "
+            f"{int(wait_s) + 1} seconds.</p>",
+            status_code=429,
+            headers={"retry-after": str(int(wait_s) + 1)},
+        )
 
     def forbidden(self) -> Response:
         return HTMLResponse(

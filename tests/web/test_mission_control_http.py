@@ -203,3 +203,23 @@ def test_the_python_quick_start_runs_as_pasted(mc_gateway: Gateway, tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "the model's answer is printed"
+
+
+def test_sign_in_attempts_per_address_are_limited(mc_gateway: Gateway) -> None:
+    email = f"guess-{secrets.token_hex(4)}@example.com"
+    with browser(mc_gateway) as client:
+        sign_up(client, email, password="the real password")
+    with browser(mc_gateway) as client:
+        token = csrf_of(client.get(f"{MC}/login").text)
+        answers = [
+            client.post(
+                f"{MC}/login", data={"csrf": token, "email": email, "password": f"guess {n}"}
+            ).status_code
+            for n in range(11)
+        ]
+        assert answers == [401] * 10 + [429]
+        right = client.post(
+            f"{MC}/login", data={"csrf": token, "email": email, "password": "the real password"}
+        )
+        assert right.status_code == 429, "even the right password waits"
+        assert int(right.headers["retry-after"]) >= 1

@@ -102,10 +102,12 @@ def webhook_routes() -> list[Route]:
     return [
         Route(f"{account}/webhook", webhooks.put_webhook, methods=["PUT"]),
         Route(f"{account}/webhook", webhooks.get_webhook, methods=["GET"]),
+        Route(f"{account}/webhook", webhooks.delete_webhook, methods=["DELETE"]),
         Route(f"{account}/webhook/rotate", webhooks.rotate_secret, methods=["POST"]),
         Route(f"{account}/webhook/test", webhooks.send_test_event, methods=["POST"]),
         Route(f"{account}/webhook/deliveries", webhooks.list_deliveries, methods=["GET"]),
         Route(f"{account}/invoices", webhooks.create_invoice, methods=["POST"]),
+        Route(f"{account}/invoices", webhooks.list_invoices, methods=["GET"]),
         Route("/admin/invoices/{invoice_id}/paid", webhooks.pay_invoice, methods=["POST"]),
     ]
 

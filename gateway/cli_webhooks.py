@@ -71,6 +71,22 @@ def cmd_invoices_create(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def cmd_webhook_delete(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> Any:
+        await events.delete_webhook(store, args.account_id)
+        return {"deleted": True}
+
+    return _run(args, work)
+
+
+def cmd_invoices_list(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> Any:
+        found = await events.list_invoices(store, args.account_id)
+        return {"data": [events.invoice_json(i) for i in found]}
+
+    return _run(args, work)
+
+
 def cmd_invoices_pay(args: argparse.Namespace) -> int:
     async def work(store: Store) -> Any:
         return events.invoice_json(await events.pay_invoice(store, args.invoice_id, time.time()))
@@ -90,6 +106,7 @@ def add_commands(commands: Any, config: argparse.ArgumentParser) -> None:
         ("rotate", cmd_webhook_rotate, "new secret; the old one signs during the grace period"),
         ("test", cmd_webhook_test, "queue a webhook.test event"),
         ("deliveries", cmd_webhook_deliveries, "recent deliveries and their attempts"),
+        ("delete", cmd_webhook_delete, "remove the webhook (no more events)"),
     ):
         sub = hook.add_parser(name, parents=[config], help=help_text)
         sub.add_argument("account_id")
@@ -104,6 +121,9 @@ def add_commands(commands: Any, config: argparse.ArgumentParser) -> None:
     create.add_argument("--amount-usd", type=float, required=True)
     create.add_argument("--description", default="")
     create.set_defaults(func=cmd_invoices_create)
+    listing = inv.add_parser("list", parents=[config], help="an account's invoices")
+    listing.add_argument("account_id")
+    listing.set_defaults(func=cmd_invoices_list)
     pay = inv.add_parser("pay", parents=[config], help="mark paid (emits billing.invoice.paid)")
     pay.add_argument("invoice_id")
     pay.set_defaults(func=cmd_invoices_pay)

@@ -45,6 +45,13 @@ async def get_webhook(request: Request) -> Response:
     )
 
 
+async def delete_webhook(request: Request) -> Response:
+    """DELETE /admin/accounts/{id}/webhook: no more events (pending deliveries fail)."""
+    require_admin(request)
+    await events.delete_webhook(app_state(request).store, request.path_params["account_id"])
+    return Response(status_code=204)
+
+
 async def rotate_secret(request: Request) -> Response:
     """POST /admin/accounts/{id}/webhook/rotate: a new secret; the old one keeps signing as
     X-Klawd-Signature-Previous for webhooks.rotation_grace_s."""
@@ -93,6 +100,13 @@ async def create_invoice(request: Request) -> Response:
     new = decode_body(await request.body(), events.InvoiceIn)
     invoice = await events.create_invoice(state.store, request.path_params["account_id"], new)
     return json_response(events.invoice_json(invoice), status=201)
+
+
+async def list_invoices(request: Request) -> Response:
+    """GET /admin/accounts/{id}/invoices: newest first."""
+    require_admin(request)
+    found = await events.list_invoices(app_state(request).store, request.path_params["account_id"])
+    return json_response({"data": [events.invoice_json(i) for i in found]})
 
 
 async def pay_invoice(request: Request) -> Response:

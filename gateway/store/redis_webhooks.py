@@ -146,6 +146,12 @@ class RedisWebhooks:
             int(fields[b"updated_at"]),
         )
 
+    async def delete_webhook(self, account_id: str) -> bool:
+        # the index entry last (another slot): an index entry without a webhook is skipped
+        gone = await self._call("DEL", f"{_acct(account_id)}:webhook")
+        await self._call("SREM", WEBHOOKS, account_id)
+        return bool(gone)
+
     async def webhook_accounts(self) -> list[str]:
         return sorted(_text(i) for i in await self._call("SMEMBERS", WEBHOOKS))
 
@@ -275,6 +281,11 @@ class RedisWebhooks:
             return None
         raw = await self._call("HGET", f"{_acct(_text(account_id))}:invoices", invoice_id)
         return _invoice.decode(raw) if raw else None
+
+    async def list_invoices(self, account_id: str) -> list[Invoice]:
+        raws = await self._call("HVALS", f"{_acct(account_id)}:invoices")
+        invoices = [_invoice.decode(raw) for raw in raws]
+        return sorted(invoices, key=lambda i: (-i.created_at, i.id))
 
     async def pay_invoice(
         self, invoice: Invoice, paid_at: int, delivery: Delivery | None

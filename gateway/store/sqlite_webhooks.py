@@ -199,6 +199,13 @@ class SqliteWebhooks:
 
         return await self._run(select)
 
+    async def delete_webhook(self, account_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            gone = conn.execute("DELETE FROM webhooks WHERE account_id = ?", (account_id,))
+            return bool(gone.rowcount)
+
+        return await self._run(delete)
+
     async def webhook_accounts(self) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute("SELECT account_id FROM webhooks ORDER BY account_id").fetchall()
@@ -328,6 +335,16 @@ class SqliteWebhooks:
         def select(conn: sqlite3.Connection) -> Invoice | None:
             row = conn.execute(SELECT_INVOICE + " WHERE id = ?", (invoice_id,)).fetchone()
             return Invoice(*row) if row else None
+
+        return await self._run(select)
+
+    async def list_invoices(self, account_id: str) -> list[Invoice]:
+        def select(conn: sqlite3.Connection) -> list[Invoice]:
+            rows = conn.execute(
+                SELECT_INVOICE + " WHERE account_id = ? ORDER BY created_at DESC, id",
+                (account_id,),
+            ).fetchall()
+            return [Invoice(*row) for row in rows]
 
         return await self._run(select)
 

@@ -103,6 +103,7 @@ def pages(web: Web) -> dict[str, object]:
                 "model": chosen,
                 "base_url": base_url,
                 "snippets": snippets(base_url, chosen),
+                "invoices": await state.store.list_invoices(account.id),
             },
             session,
         )
@@ -240,6 +241,11 @@ def pages(web: Web) -> dict[str, object]:
                     secret=hook.secret,
                     message="Secret rotated; the previous one signs too until "
                     f"{utc(hook.previous_expires_at)}.",
+                )
+            if action == "delete":
+                await events.delete_webhook(state.store, account.id)
+                return await _webhook_page(
+                    request, session, account, message="Webhook removed: no more events."
                 )
             if action == "test":
                 await events.send_test_event(state.store, account.id, now)

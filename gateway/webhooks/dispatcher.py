@@ -127,22 +127,30 @@ class Dispatcher:
             return 0
         stored = 0
         for account_id in await self._store.webhook_accounts():
-            webhook = await self._store.get_webhook(account_id)
-            state = await self._store.webhook_usage_state(account_id)
-            if webhook is None or state is None or USAGE_UPDATED not in webhook.events:
-                continue
-            cursor, last = state
-            if last >= period:
-                continue
-            account = await self._store.get_account(account_id)
-            if account is None:
-                continue
-            rows, new_cursor = await self._store.usage_since(account_id, cursor)
-            start = (last + 1) * interval
-            event = usage_event(account, rows, start, (period + 1) * interval, now)
-            stored += await self._store.add_usage_event(account_id, period, new_cursor, event)
+            try:
+                stored += await self._report_account(account_id, period, now)
+            except Exception:
+                # this account's cursor did not move: its next event covers this period too
+                log.exception("usage.updated for %s failed; it catches up next period", account_id)
         self._reported_period = period
         return stored
+
+    async def _report_account(self, account_id: str, period: int, now: float) -> bool:
+        interval = self._config.usage_interval_s
+        webhook = await self._store.get_webhook(account_id)
+        state = await self._store.webhook_usage_state(account_id)
+        if webhook is None or state is None or USAGE_UPDATED not in webhook.events:
+            return False
+        cursor, last = state
+        if last >= period:
+            return False
+        account = await self._store.get_account(account_id)
+        if account is None:
+            return False
+        rows, new_cursor = await self._store.usage_since(account_id, cursor)
+        start = (last + 1) * interval  # a missed period is covered by the next event
+        event = usage_event(account, rows, start, (period + 1) * interval, now)
+        return await self._store.add_usage_event(account_id, period, new_cursor, event)
 
     # -- delivery -------------------------------------------------------------------------------
     async def deliver_due(self, now: float) -> list[Delivery]:

@@ -184,6 +184,16 @@ async def rotate_secret(
     return rotated
 
 
+async def delete_webhook(store: Store, account_id: str) -> None:
+    await get_webhook(store, account_id)
+    await store.delete_webhook(account_id)
+
+
+async def list_invoices(store: Store, account_id: str) -> list[Invoice]:
+    await _account(store, account_id)
+    return await store.list_invoices(account_id)
+
+
 async def send_test_event(store: Store, account_id: str, now: float) -> Delivery:
     webhook = await get_webhook(store, account_id)
     delivery = new_event(

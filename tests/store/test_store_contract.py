@@ -359,6 +359,21 @@ async def test_an_invoice_is_paid_once_with_its_event(store: Store) -> None:
     assert not changed_again and again.paid_at == 77
     assert [d.id for d in await store.list_deliveries(account.id, 10)] == ["evt_paid"]
     assert await store.get_invoice(invoice.id) == paid
+    later = await store.create_invoice(account.id, 1, "")
+    listed = await store.list_invoices(account.id)
+    assert {i.id for i in listed} == {later.id, invoice.id}
+    assert listed == sorted(listed, key=lambda i: (-i.created_at, i.id)), "newest first"
+    assert await store.list_invoices("acct_none") == []
+
+
+async def test_a_deleted_webhook_is_gone_and_no_longer_scheduled(store: Store) -> None:
+    account = await store.create_account("x", "free", 0)
+    await store.put_webhook(hook(account.id), "0", 1)
+    assert await store.delete_webhook(account.id)
+    assert not await store.delete_webhook(account.id)
+    assert await store.get_webhook(account.id) is None
+    assert await store.webhook_usage_state(account.id) is None
+    assert await store.webhook_accounts() == []
 
 
 async def test_users_keys_and_accounts_are_listed(store: Store) -> None:

@@ -181,6 +181,8 @@ def test_invoice_paid_emits_one_event(hooked: Gateway, receiver: WebhookReceiver
         assert admin.post("/admin/invoices/inv_missing/paid").status_code == 404
         (got,) = wait_for(lambda: receiver.deliveries("/invoice"), "the invoice event")
         time.sleep(0.5)  # ticks after the second "paid": still one event
+        listed = admin.get(f"/admin/accounts/{account_id}/invoices").json()["data"]
+        assert [(i["id"], i["status"]) for i in listed] == [(invoice["id"], "paid")]
     assert len(receiver.deliveries("/invoice")) == 1
     assert verify(got["body"], got["headers"]["x-klawd-signature"], secret)
     assert got["event"]["type"] == "billing.invoice.paid"
@@ -236,6 +238,19 @@ def test_redirects_are_not_followed(hooked: Gateway, receiver: WebhookReceiver) 
         first = wait_for(attempts, "a first attempt")
     assert first[0]["status_code"] == 302
     assert [r for r in receiver.requests if r["path"] == "/redirected"] == []
+
+
+def test_a_deleted_webhook_gets_no_more_events(hooked: Gateway, receiver: WebhookReceiver) -> None:
+    with hooked.admin() as admin:
+        account_id = new_account(admin)
+        set_hook(admin, account_id, receiver.origin + "/deleted")
+        assert admin.delete(f"/admin/accounts/{account_id}/webhook").status_code == 204
+        assert admin.delete(f"/admin/accounts/{account_id}/webhook").status_code == 404
+        assert admin.get(f"/admin/accounts/{account_id}/webhook").status_code == 404
+        invoice = admin.post(f"/admin/accounts/{account_id}/invoices", json={"amount_usd": 1})
+        admin.post(f"/admin/invoices/{invoice.json()['id']}/paid")
+        time.sleep(2.5)  # two usage periods and many scheduler ticks
+    assert receiver.deliveries("/deleted") == []
 
 
 def test_deliveries_of_an_account_without_webhook_are_404(hooked: Gateway) -> None:

@@ -125,6 +125,8 @@ class MissionControlSettings(_Strict):
     signup: bool = False  # self-service sign-up: a free account with its starting credit
     public_base_url: str = ""  # shown in quick starts; empty: the URL the browser used
     session_ttl_s: PositiveFloat = 7 * 86400.0
+    # Mark cookies Secure even on plain http (a TLS proxy in front); always on over https.
+    secure_cookies: bool = False
 
 
 class Settings(_Strict):

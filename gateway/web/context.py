@@ -175,7 +175,8 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
         path=PREFIX,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=request.url.scheme == "https"
+        or app_state(request).settings.mission_control.secure_cookies,
     )
 
 

@@ -47,6 +47,7 @@ from gateway.schemas.anthropic import (
     ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
+    UnknownBlock,
 )
 from gateway.schemas.openai import (
     ChatRequest,
@@ -125,11 +126,12 @@ def _tool_result_text(block: ToolResultBlock, param: str, refusals: _Refusals) -
     else:
         texts: list[str] = []
         for index, item in enumerate(block.content):
-            if isinstance(item, TextBlock):
-                texts.append(item.text)
+            if item.get("type") == "text" and isinstance(item.get("text"), str):
+                texts.append(item["text"])
             else:
                 refusals.add(
-                    "Images inside tool results can only be sent to Anthropic models.",
+                    f"Blocks of type '{item.get('type')}' inside tool results can only be sent "
+                    "to Anthropic models (anthropic/…).",
                     f"{param}.content[{index}]",
                 )
         text = "\n".join(texts)
@@ -141,7 +143,7 @@ def _user_turn(message: InputMessage, param: str, refusals: _Refusals) -> list[M
         return [Message(role="user", content=message.content)]
     tools: list[Message] = []
     parts: list[ContentPart] = []
-    for index, block in enumerate(message.content):
+    for index, block in enumerate(message.blocks(param)):
         where = f"{param}.content[{index}]"
         if isinstance(block, TextBlock):
             parts.append(TextPart(text=block.text))
@@ -167,7 +169,7 @@ def _assistant_turn(message: InputMessage, param: str, refusals: _Refusals) -> M
         return Message(role="assistant", content=message.content)
     texts: list[str] = []
     calls: list[ToolCall] = []
-    for index, block in enumerate(message.content):
+    for index, block in enumerate(message.blocks(param)):
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolUseBlock):
@@ -182,7 +184,12 @@ def _assistant_turn(message: InputMessage, param: str, refusals: _Refusals) -> M
 
 
 def _untranslatable(block: object, param: str, refusals: _Refusals) -> None:
-    kind = "document" if isinstance(block, DocumentBlock) else type(block).__name__
+    if isinstance(block, UnknownBlock):
+        kind = block.type
+    elif isinstance(block, DocumentBlock):
+        kind = "document"
+    else:
+        kind = type(block).__name__
     refusals.add(
         f"Content blocks of type '{kind}' in this position can only be sent to Anthropic "
         "models (anthropic/…).",

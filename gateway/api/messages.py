@@ -201,6 +201,9 @@ class MessagesCallFactory:
         return MessagesCall(self._body, self._headers, target, self._message_id, self._stream)
 
 
+OPEN_MESSAGE = b'data: {"choices":[{"index":0,"delta":{}}]}\n\n'
+
+
 class AnthropicEvents:
     """A provider's OpenAI chunk stream, reframed to Anthropic events by the Rust core. Usage
     and relayed characters are the provider stream's own (they bill the request)."""
@@ -224,6 +227,9 @@ class AnthropicEvents:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         reframer = self._reframer
         try:
+            # message_start at once, as Anthropic sends it, before the upstream's first chunk
+            # (the reframer writes it on the first choice-0 chunk; this one carries nothing).
+            yield reframer.feed(OPEN_MESSAGE)
             async for piece in self._upstream:
                 out = reframer.feed(piece)
                 if out:

@@ -47,7 +47,8 @@ class ToolUseBlock(_Open, tag="tool_use", tag_field="type"):
 
 class ToolResultBlock(_Open, tag="tool_result", tag_field="type"):
     tool_use_id: str
-    content: str | list[TextBlock | ImageBlock] | None = None
+    # text, image, and block types the translation does not know (search_result, document, …)
+    content: str | list[dict[str, Any]] | None = None
     is_error: bool | None = None
 
 
@@ -75,9 +76,44 @@ Block = (
 )
 
 
+class UnknownBlock(Struct, frozen=True):
+    """A block type this gateway does not declare (server_tool_use, search_result, …): kept as
+    is by pass-through, refused by translation."""
+
+    type: str
+
+
+KNOWN_BLOCKS = frozenset(
+    {"text", "image", "tool_use", "tool_result", "document", "thinking", "redacted_thinking"}
+)
+
+
 class InputMessage(_Open):
     role: Literal["user", "assistant"]
-    content: str | list[Block]
+    # Blocks stay dicts here so that unknown block types pass through; `blocks()` validates.
+    content: str | list[dict[str, Any]]
+
+    def blocks(self, param: str) -> list[Block | UnknownBlock]:
+        """The content blocks, each known type validated (InvalidRequest naming the block)."""
+        if isinstance(self.content, str):
+            return [TextBlock(text=self.content)]
+        out: list[Block | UnknownBlock] = []
+        for index, raw in enumerate(self.content):
+            kind = raw.get("type")
+            where = f"{param}.content[{index}]"
+            if not isinstance(kind, str):
+                raise InvalidRequest("A content block needs a string `type`.", param=where)
+            if kind not in KNOWN_BLOCKS:
+                out.append(UnknownBlock(kind))
+                continue
+            try:
+                out.append(msgspec.convert(raw, type=Block))
+            except msgspec.ValidationError as exc:
+                message, _, location = str(exc).partition(" - at `$")
+                inner = location.rstrip("`").lstrip(".")
+                full = f"{where}.{inner}" if inner else where
+                raise InvalidRequest(f"{message} (at {full})", param=full) from exc
+        return out
 
 
 class ToolDef(_Open):

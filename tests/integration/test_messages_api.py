@@ -594,3 +594,27 @@ def test_models_list_in_anthropic_shape_for_anthropic_clients(
     )
     assert refused.status_code == 401
     assert refused.json()["error"]["type"] == "authentication_error"
+
+
+def test_unknown_block_types_pass_through_and_are_refused_by_translation(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic
+) -> None:
+    block = {"type": "search_result", "source": "s", "title": "t", "content": []}
+    body = {
+        "model": "anthropic/claude-fake",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [block, {"type": "text", "text": "Hi"}]}],
+    }
+    url = f"{gateway.base_url}/v1/messages"
+    passed = httpx.post(url, headers={"x-api-key": api_key}, json=body, timeout=20)
+    assert passed.status_code == 200, passed.text
+    assert fake_anthropic.last_request("claude-fake")["body"]["messages"] == body["messages"]
+    refused = httpx.post(
+        url, headers={"x-api-key": api_key}, json=body | {"model": "openai/gpt-fake"}, timeout=20
+    )
+    assert refused.status_code == 400
+    assert "search_result" in refused.json()["error"]["message"]
+    malformed = body | {"messages": [{"role": "user", "content": [{"type": "text", "text": 7}]}]}
+    bad = httpx.post(url, headers={"x-api-key": api_key}, json=malformed, timeout=20)
+    assert bad.status_code == 400
+    assert "messages[0].content[0].text" in bad.json()["error"]["message"]

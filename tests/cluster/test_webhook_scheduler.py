@@ -1,6 +1,7 @@
 """One webhook scheduler across replicas: two gateway processes (one with two Granian workers,
 so three candidate schedulers) share one redis-server; each usage period is reported once and
-every request is reported exactly once, whichever replica served it."""
+every request is reported exactly once, whichever replica served it. And a Mission Control
+session made on one replica is good on the other (one signing key, kept in Redis)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from tests.fakes.webhook_receiver import WebhookReceiver, verify
 from tests.redis_server import RedisServer
 
 HOOKS = """
+[mission_control]
+signup = true
+
 [webhooks]
 allow_private_networks = true
 usage_interval_s = 1
@@ -96,3 +100,32 @@ def test_each_period_is_reported_once_across_replicas(
     assert len({g["event"]["id"] for g in got}) == len(got)
     for g in got:
         assert verify(g["body"], g["headers"]["x-klawd-signature"], secret)
+
+
+def test_a_mission_control_session_works_on_every_replica(replicas: list[Gateway]) -> None:
+    import re
+
+    first, second = (
+        httpx.Client(base_url=g.base_url, timeout=10, follow_redirects=False) for g in replicas
+    )
+    try:
+        page = first.get("/mission-control/signup")
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert token
+        done = first.post(
+            "/mission-control/signup",
+            data={
+                "csrf": token.group(1),
+                "name": "Replicated",
+                "email": f"r-{time.time_ns()}@example.com",
+                "password": "a long enough password",
+            },
+        )
+        assert done.status_code == 303
+        second.cookies.set("klawd_session", first.cookies["klawd_session"], path="/mission-control")
+        dashboard = second.get("/mission-control/dashboard")
+        assert dashboard.status_code == 200
+        assert "Replicated" in dashboard.text
+    finally:
+        first.close()
+        second.close()

@@ -618,3 +618,13 @@ def test_unknown_block_types_pass_through_and_are_refused_by_translation(
     bad = httpx.post(url, headers={"x-api-key": api_key}, json=malformed, timeout=20)
     assert bad.status_code == 400
     assert "messages[0].content[0].text" in bad.json()["error"]["message"]
+
+
+def test_the_local_echo_model_answers_anthropic_clients(gateway: Gateway, api_key: str) -> None:
+    sdk = client(gateway, api_key)
+    whole = sdk.messages.create(model="klawd/echo", max_tokens=50, messages=HELLO)
+    with sdk.messages.stream(model="klawd/echo", max_tokens=50, messages=HELLO) as stream:
+        streamed = stream.get_final_message()
+    assert whole.content[0].text == streamed.content[0].text  # type: ignore[union-attr]
+    assert "Say hello" in whole.content[0].text  # type: ignore[union-attr]
+    assert whole.usage.output_tokens == streamed.usage.output_tokens > 0

@@ -76,6 +76,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/messages", messages.create_message, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.count_message_tokens, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/api/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/images/generations", images.image_generations, methods=["POST"]),

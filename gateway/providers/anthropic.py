@@ -342,7 +342,7 @@ class AnthropicProvider(HttpProvider):
         )
 
     # -- /v1/messages pass-through (MessagesProvider) -----------------------------------------
-    def _messages_request(self, call: MessagesCall) -> UpstreamRequest:
+    def _messages_request(self, call: MessagesCall, path: str = "/v1/messages") -> UpstreamRequest:
         model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
         headers = {
             "content-type": "application/json",
@@ -354,7 +354,7 @@ class AnthropicProvider(HttpProvider):
         if self.api_key is not None:
             headers["x-api-key"] = self.api_key.reveal()
         return UpstreamRequest(
-            url=f"{self.settings.base_url.rstrip('/')}/v1/messages",
+            url=f"{self.settings.base_url.rstrip('/')}{path}",
             headers=headers,
             body=orjson.dumps({**call.body, "model": model}),
         )
@@ -375,6 +375,14 @@ class AnthropicProvider(HttpProvider):
             "anthropic_passthrough", call.target.model.id, call.message_id, 0, True
         )
         return ReframedStream(self, response, reframer)
+
+    async def count_tokens(self, call: MessagesCall) -> int:
+        """`POST {base_url}/v1/messages/count_tokens` with the client's body (model rewritten)."""
+        answer = await self._send_json(self._messages_request(call, "/v1/messages/count_tokens"))
+        tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, int):
+            raise BadGateway(f"The upstream provider '{self.name}' answered without input_tokens.")
+        return tokens
 
     def parse_response(self, call: ChatCall, body: bytes) -> Completion:
         try:

@@ -140,6 +140,7 @@ class MessagesProvider(Protocol):
 
     async def messages(self, call: MessagesCall) -> Completion: ...  # body: Anthropic message
     async def messages_stream(self, call: MessagesCall) -> UpstreamStream: ...  # Anthropic events
+    async def count_tokens(self, call: MessagesCall) -> int: ...  # the upstream's input_tokens
 
 
 class EmbeddingCall(Struct, frozen=True):

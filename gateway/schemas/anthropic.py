@@ -9,13 +9,15 @@ Anthropic upstream forwards them; translation refuses them (gateway/messages.py)
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import InvalidRequest
 from gateway.schemas.openai import _split_validation_message
+
+T = TypeVar("T")
 
 
 class _Open(Struct, kw_only=True, omit_defaults=True):
@@ -149,16 +151,45 @@ class MessagesRequest(_Open):
     stream: bool = False
 
 
+class CountTokensRequest(_Open):
+    """`POST /v1/messages/count_tokens`: a Messages request without the generation fields."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[InputMessage], Meta(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+
+    def as_messages_request(self) -> MessagesRequest:
+        return MessagesRequest(
+            model=self.model,
+            max_tokens=1,
+            messages=self.messages,
+            system=self.system,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+        )
+
+
 # Top-level fields the translation honours; others (thinking, service_tier, mcp_servers, …) are
 # forwarded by pass-through and refused (400 naming them) by translation.
 KNOWN_FIELDS = frozenset(MessagesRequest.__struct_fields__)
 
 _decoder = msgspec.json.Decoder(MessagesRequest)
+_count_decoder = msgspec.json.Decoder(CountTokensRequest)
+
+
+def decode_count_tokens_request(body: bytes) -> CountTokensRequest:
+    return _decode(_count_decoder, body)
 
 
 def decode_messages_request(body: bytes) -> MessagesRequest:
+    return _decode(_decoder, body)
+
+
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
-        return _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, param = _split_validation_message(str(exc))
         raise InvalidRequest(message, param=param) from exc

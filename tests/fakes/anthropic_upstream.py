@@ -17,6 +17,9 @@ chosen by the upstream model name:
     claude-invalid     400 invalid_request_error    claude-auth       401 (message holds the key)
     claude-permission  403 permission_error         claude-not-found  404 not_found_error
     claude-too-large   413 request_too_large        claude-api-error  500 api_error
+
+`POST /v1/messages/count_tokens` answers `{"input_tokens": COUNTED_TOKENS}` (the failing models
+fail it the same way).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from aiohttp import web
 from tests.fakes.openai_upstream import awkward_pieces
 from tests.fakes.server import ThreadedServer, cut_connection
 
+COUNTED_TOKENS = 123
 ANSWER = ["Hello", " from", " the fake", " claude"]
 TOOL_FRAGMENTS = ['{"ci', 'ty": "Par', "is", '", "unit"', ': "c"', ', "days": [1, ', "2]}"]
 TOOL_INPUT = {"city": "Paris", "unit": "c", "days": [1, 2]}
@@ -181,6 +185,7 @@ def stream_events(model: str) -> list[bytes]:
 class FakeAnthropic(ThreadedServer):
     def setup(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
 
     @property
     def base_url(self) -> str:
@@ -191,6 +196,23 @@ class FakeAnthropic(ThreadedServer):
             if recorded["body"].get("model") == model:
                 return recorded
         raise AssertionError(f"the fake received no request for {model}")
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.record(request, body)
+        if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
+            return web.json_response(
+                error_body("authentication_error", "x-api-key header is required"), status=401
+            )
+        if "max_tokens" in body or not body.get("messages"):
+            return web.json_response(
+                error_body("invalid_request_error", "count_tokens takes messages, no max_tokens"),
+                status=400,
+            )
+        if body["model"] in ERRORS:
+            status, error_type, text = ERRORS[body["model"]]
+            return web.json_response(error_body(error_type, text), status=status)
+        return web.json_response({"input_tokens": COUNTED_TOKENS})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())

@@ -628,3 +628,20 @@ def test_the_local_echo_model_answers_anthropic_clients(gateway: Gateway, api_ke
     assert whole.content[0].text == streamed.content[0].text  # type: ignore[union-attr]
     assert "Say hello" in whole.content[0].text  # type: ignore[union-attr]
     assert whole.usage.output_tokens == streamed.usage.output_tokens > 0
+
+
+def test_count_tokens_passes_through_or_estimates(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic
+) -> None:
+    sdk = client(gateway, api_key)
+    counted = sdk.messages.count_tokens(model="anthropic/claude-fake", messages=HELLO)
+    assert counted.input_tokens == anthropic_upstream.COUNTED_TOKENS
+    assert fake_anthropic.last_request("claude-fake")["path"] == "/v1/messages/count_tokens"
+    long_text: Any = [{"role": "user", "content": "word " * 400}]
+    for model in ("openai/gpt-fake", "google/gemini-fake"):
+        short = sdk.messages.count_tokens(model=model, messages=HELLO).input_tokens
+        long = sdk.messages.count_tokens(model=model, messages=long_text).input_tokens
+        assert 0 < short < long
+        assert long == 2000 // 4 + 4  # 4 characters per token, 4 per message
+    with pytest.raises(anthropic.NotFoundError):
+        sdk.messages.count_tokens(model="openai/no-such-model", messages=HELLO)

@@ -3,6 +3,7 @@ a scripted status per path (e.g. 500, 500, then 200)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -24,7 +25,8 @@ def verify(raw_body: bytes, signature: str, secret: str) -> bool:
 class WebhookReceiver(ThreadedServer):
     def __init__(self) -> None:
         super().__init__()
-        self.scripts: dict[str, list[int]] = {}  # path -> statuses to answer, then 200
+        # path -> statuses to answer, then 200; 0 = hold the request 1.5 s without answering
+        self.scripts: dict[str, list[int]] = {}
 
     def setup(self, app: web.Application) -> None:
         app.router.add_post("/{path:.*}", self.receive)
@@ -35,6 +37,8 @@ class WebhookReceiver(ThreadedServer):
         self.record(request, raw, at=time.time())
         script = self.scripts.get(request.path)
         status = script.pop(0) if script else 200
+        if status == 0:
+            await asyncio.sleep(1.5)
         if status in (301, 302, 307, 308):
             raise (
                 web.HTTPFound("/redirected")

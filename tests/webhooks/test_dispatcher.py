@@ -210,3 +210,20 @@ async def test_every_delivery_is_signed_and_names_its_event(
     assert got["headers"]["X-Klawd-Timestamp"] == str(got["event"]["created"]) == str(int(T0))
     assert "X-Klawd-Signature-Previous" not in got["headers"]
     assert orjson.loads(sent.body)["type"] == "webhook.test"
+
+
+async def test_a_receiver_that_does_not_answer_in_time_is_a_failed_attempt(
+    store: Store, receiver: WebhookReceiver
+) -> None:
+    receiver.scripts["/hang"] = [0]
+    account_id = await account_with_hook(store, receiver, "/hang")
+    quick = WebhookSettings(allow_private_networks=True, timeout_s=0.3, retry_horizon_s=100)
+    dispatcher = Dispatcher(store, quick, clock=Clock(T0))
+    try:
+        await events.send_test_event(store, account_id, T0)
+        (attempted,) = await dispatcher.deliver_due(T0)
+    finally:
+        await dispatcher.close()
+    assert attempted.status == "pending", "retried later"
+    assert attempted.attempts[0].status_code is None
+    assert attempted.attempts[0].error == "timed out"

@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import INTERNAL_ERROR_MESSAGE, InternalError, RequestTooLarge
@@ -33,10 +34,14 @@ UNMATCHED_ROUTE = "unmatched"
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route Starlette matched (bounded), never the raw path."""
+    """The path template of the route Starlette matched (bounded), never the raw path. Inside a
+    Mount (static prefixes only, e.g. /mission-control) the prefix is in `root_path`."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
+    if not isinstance(path, str):
+        return UNMATCHED_ROUTE
+    root: str = scope.get("root_path", "")
+    return (root or path) if isinstance(route, Mount) else root + path
 
 
 class GatewayMiddleware:

@@ -146,7 +146,7 @@ Results = dict[str, dict[str, float]]  # contender -> measure -> median
 def run(args: argparse.Namespace, directory: Path) -> tuple[Results, dict[str, object]]:
     results: Results = {name: {} for name in NAMES}
     samples: dict[tuple[str, str], list[float]] = {}
-    notes: dict[str, object] = {"bad_responses": {}}
+    notes: dict[str, object] = {"bad_responses": {}, "load_before": os.getloadavg()[0]}
     with started(directory) as found:
         scripts = {
             (name, scenario): wrk_script(
@@ -200,6 +200,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Results, dict[str, o
             results[name]["rss_mb"] = rss.peak_mb
             results[name]["completed"] = float(outcome["completed"] or 0)
             results[name]["on_time"] = float(outcome["on_time"] or 0)
+        notes["load_after"] = os.getloadavg()[0]
         if args.profile:
             notes["profile"] = profile(found["gateway-sqlite"], scripts["gateway-sqlite", "json"],
                                        args.seconds, directory)  # fmt: skip
@@ -207,28 +208,32 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Results, dict[str, o
 
 
 def profile(contender: Contender, script: Path, seconds: float, directory: Path) -> list[str]:
-    """py-spy on the gateway's worker under the non-streamed load: the top functions by own
-    samples (leaf frames), as 'share  function (file:line)'."""
+    """py-spy on the gateway under the non-streamed load, sampling only the thread that holds
+    the GIL (where Python spends CPU): the functions with the largest inclusive share, minus the
+    server's bootstrap frames that every sample shares."""
     py_spy = shutil.which("py-spy") or str(c.BIN / "py-spy")
     raw = directory / "profile.txt"
     recorder = subprocess.Popen(
         [py_spy, "record", "--pid", str(contender.pid), "--subprocesses", "--rate", "250",
-         "--duration", str(int(seconds) + 2), "--format", "raw", "--output", str(raw),
-         "--nonblocking"],
+         "--duration", str(int(seconds) + 2), "--format", "raw", "--output", str(raw), "--gil"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wrk(contender.base_url + contender.path("json"), script, 64, seconds)
     recorder.wait(timeout=seconds + 60)
-    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
     total = 0
     for line in raw.read_text().splitlines() if raw.exists() else []:
         stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        leaf = re.sub(r"\s+\(/.*?/(site-packages|lib/python3\.\d+|main)/", " (", leaf)
-        own[leaf] = own.get(leaf, 0) + int(count)
         total += int(count)
-    top = sorted(own.items(), key=lambda kv: -kv[1])[:15]
-    return [f"{100 * n / max(1, total):5.1f}%  {leaf}" for leaf, n in top]
+        for frame in dict.fromkeys(stack.split(";")):
+            name = re.sub(r" \(.*?([^/]+/[^/]+\.py):\d+\)", r" (\1)", frame)
+            inclusive[name] = inclusive.get(name, 0) + int(count)
+    shown = [
+        (name, n)
+        for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])
+        if n < 0.9 * total and not name.startswith(("process ", "thread "))
+    ]
+    return [f"{100 * n / max(1, total):5.1f}%  {name}" for name, n in shown[:30]]
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -346,6 +351,9 @@ def section(results: Results, notes: dict[str, object], args: argparse.Namespace
             f"--streams {args.streams} --ramp {args.ramp} --write-docs"
             f"{' --profile' if args.profile else ''}`).",
             f"Versions: {versions()}.",
+            f"Load average (1 min) before the run {notes['load_before']:.2f}, at its end "
+            f"{notes.get('load_after', 0.0):.2f}: on 2 cores, anything above the benchmark's own "
+            "~2 means other work shared the machine and the absolute figures are low.",
             "",
             "Setup: each contender runs one worker pinned to core 0; the fake upstream (nginx with "
             "fixed bodies), Redis, wrk and the long-stream client share core 1. Medians of "
@@ -370,8 +378,9 @@ def section(results: Results, notes: dict[str, object], args: argparse.Namespace
             ),
             *(
                 [
-                    "Profile of the gateway worker under the non-streamed load (py-spy, own "
-                    "samples by function):",
+                    "Profile of the gateway worker under the non-streamed load (py-spy "
+                    "--gil: samples of the thread holding the GIL; inclusive share by "
+                    "function):",
                     "",
                     "```",
                     *profile_lines,  # type: ignore[misc]

@@ -238,6 +238,11 @@ class Translation(Struct, frozen=True):
     refusal: InvalidRequest | None  # raised when a translated target is tried
 
 
+# Values of Anthropic-only fields that ask for the default behaviour: accepted by translation
+# (as 0004's neutral values), since clients such as Claude Code send them routinely.
+NEUTRAL: dict[str, object] = {"thinking": {"type": "disabled"}, "service_tier": "auto"}
+
+
 def to_chat_request(request: MessagesRequest, raw: bytes) -> Translation:
     """The OpenAI-shaped request for the Anthropic one (pure)."""
     try:
@@ -284,7 +289,7 @@ def to_chat_request(request: MessagesRequest, raw: bytes) -> Translation:
     if request.tool_choice is not None and request.tool_choice.disable_parallel_tool_use:
         body["parallel_tool_calls"] = False
     for key, value in fields.items():
-        if key not in KNOWN_FIELDS and value is not None:
+        if key not in KNOWN_FIELDS and value is not None and NEUTRAL.get(key) != value:
             refusals.add(f"`{key}` can only be sent to Anthropic models (anthropic/…).", key)
     return Translation(chat, orjson.dumps(body), refusals.first)
 

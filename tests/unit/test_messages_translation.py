@@ -151,3 +151,15 @@ def test_tool_arguments_that_are_not_an_object_are_a_bad_gateway() -> None:
     call = {"id": "c", "function": {"name": "f", "arguments": "[1"}}
     with pytest.raises(BadGateway):
         to_message(completion({"tool_calls": [call]}, "tool_calls", {}), "m", "msg_1")
+
+
+def test_neutral_values_of_anthropic_only_fields_are_accepted() -> None:
+    hello = {"messages": [{"role": "user", "content": "q"}]}
+    _, _, refusal = translate(
+        BASE | hello | {"thinking": {"type": "disabled"}, "service_tier": "auto"}
+    )
+    assert refusal is None
+    _, _, refusal = translate(
+        BASE | hello | {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+    )
+    assert refusal is not None and refusal.param == "thinking"

@@ -168,6 +168,8 @@ class _Base:
         if self.include_usage:
             u = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
             usage = {k: u[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            if u.get("cached_tokens"):
+                usage["prompt_tokens_details"] = {"cached_tokens": u["cached_tokens"]}
             out.append(
                 _event(
                     {

@@ -154,17 +154,8 @@ def test_provider_chunks_chain_into_a_valid_messages_stream(name: str, cuts: lis
     _text, tools = check_sequence(evs)
     assert tools and all(isinstance(orjson.loads(t), dict) for t in tools)
     assert evs[-2][1]["delta"]["stop_reason"] == "tool_use"
-    # The OpenAI usage chunk carries no cached count: prompt, completion and total survive.
-    got, want = to_anthropic.usage, provider.usage
-    if want is None:  # the recorded OpenAI stream has no usage chunk
-        assert got is None
-        return
-    assert got is not None
-    assert (got.prompt_tokens, got.completion_tokens, got.total_tokens) == (
-        want.prompt_tokens,
-        want.completion_tokens,
-        want.total_tokens,
-    )
+    # Usage survives the chain whole, cached prompt tokens included.
+    assert to_anthropic.usage == provider.usage
 
 
 @pytest.mark.parametrize("kind", ["openai_to_anthropic", "anthropic_passthrough"])

@@ -299,7 +299,8 @@ impl ChunkWriter {
         self.chunk(out, Some(reason), |o| o.extend_from_slice(b"{}"));
     }
 
-    /// The usage-only chunk (`choices: []`).
+    /// The usage-only chunk (`choices: []`), with `prompt_tokens_details.cached_tokens` when
+    /// the upstream read from a cache.
     pub fn usage(&self, out: &mut Vec<u8>, u: &Usage) {
         out.extend_from_slice(&self.head);
         out.extend_from_slice(b",\"choices\":[],\"usage\":{\"prompt_tokens\":");
@@ -308,6 +309,13 @@ impl ChunkWriter {
         out.extend_from_slice(u.completion_tokens.to_string().as_bytes());
         out.extend_from_slice(b",\"total_tokens\":");
         out.extend_from_slice(u.total_tokens.to_string().as_bytes());
+        // Cache reads as OpenAI reports them (the non-streamed answers carry them too), so that
+        // a client of the stream, or the Messages API reframer after it, can see them.
+        if u.cached_tokens > 0 {
+            out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+            out.extend_from_slice(u.cached_tokens.to_string().as_bytes());
+            out.push(b'}');
+        }
         out.extend_from_slice(b"}}\n\n");
     }
 

@@ -92,6 +92,9 @@ class UpstreamUnreachable(ServiceUnavailable):
     """The connection to the upstream could not be made: the request provably never reached it,
     so even a non-idempotent call (image generation) may be retried."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True, connect_failed=True)
+
 
 class ImageCall(Struct, frozen=True):
     request: ImageRequest
@@ -301,9 +304,7 @@ class HttpProvider:
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(
-                f"The upstream provider '{self.name}' is unreachable.",
-                retryable=True,
-                connect_failed=True,
+                f"The upstream provider '{self.name}' is unreachable."
             ) from exc
         except aiohttp.ClientError as exc:
             raise BadGateway(

@@ -18,6 +18,8 @@ from gateway.providers.base import (
 )
 from gateway.providers.replicate import ReplicateProvider, output_urls, prediction_input
 from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.routing.health import Health
+from gateway.routing.retry import Retrier
 from gateway.schemas.images import decode_image_request
 from gateway.settings import ModelSettings, ProviderSettings, RetrySettings, Settings
 
@@ -158,6 +160,15 @@ class FakeState:
             providers={"p": ProviderSettings(kind="replicate", base_url="http://x")},
         )
     )
+
+    @property
+    def retrier(self) -> Retrier:
+        async def no_sleep(_seconds: float) -> None:
+            return None
+
+        return Retrier(
+            lambda t: self.settings.provider_retry(t.model.provider), Health(), sleep=no_sleep
+        )
 
 
 TARGET = CatalogEntry(

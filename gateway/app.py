@@ -132,18 +132,20 @@ def attach_observer(state: AppState, observer: RequestObserver) -> None:
             provider.observer = observer
 
 
-async def _report_circuits(state: AppState, observer: RequestObserver) -> None:
-    """The circuit gauge of each provider: the worst circuit among its models, every second."""
+async def _report_metrics(state: AppState, observer: RequestObserver) -> None:
+    """Every second: the buffered counters and histograms into the collectors, and the circuit
+    gauge of each provider (the worst circuit among its models)."""
     while True:
+        observer.metrics.buffer.flush()
         observer.circuits(
             (entry.model.provider, view.state)
             for view in state.health.view()
             if (entry := state.catalog.get(view.model)) is not None
         )
-        await asyncio.sleep(CIRCUIT_REPORT_INTERVAL_S)
+        await asyncio.sleep(METRICS_REPORT_INTERVAL_S)
 
 
-CIRCUIT_REPORT_INTERVAL_S = 1.0
+METRICS_REPORT_INTERVAL_S = 1.0
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
@@ -158,7 +160,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         state.dispatcher = Dispatcher(state.store, settings.webhooks, observer.metrics)
         state.dispatcher.start()
         circuits = asyncio.get_running_loop().create_task(
-            _report_circuits(state, observer), name="klawd-circuit-metrics"
+            _report_metrics(state, observer), name="klawd-metrics"
         )
         try:
             yield {"klawd": state, "klawd_observer": observer}
@@ -166,6 +168,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             circuits.cancel()
             await state.close()
             observer.request_log.close()
+            observer.metrics.buffer.flush()
             worker_exited(os.getpid())
 
     starlette = Starlette(

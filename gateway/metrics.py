@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway import __version__
+from gateway.metrics_buffer import MetricBuffer
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,6 +64,8 @@ class Metrics:
         self.plans = frozenset(plans)
         self.store_backend = store_backend
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Counter and histogram updates of the hot path go through here (gateway/metrics_buffer.py).
+        self.buffer = MetricBuffer()
         r = self.registry
         self.http_requests = Counter(
             "klawd_http_requests_total",
@@ -229,7 +232,9 @@ class Metrics:
 
     # -- exposition -----------------------------------------------------------------------------
     def exposition(self) -> bytes:
-        """The text format: every worker's values when in multiprocess mode, else this app's."""
+        """The text format: every worker's values when in multiprocess mode, else this app's
+        (this worker's buffered updates first)."""
+        self.buffer.flush()
         return exposition(self.registry)
 
 

@@ -41,21 +41,21 @@ class RequestObserver:
         duration_s = ended - arrived
         ttfb_s = None if record.first_byte_at is None else record.first_byte_at - arrived
         method = record.method if record.method in HTTP_METHODS else "other"
-        m.child(m.http_requests, record.route, method, status_class(record.status)).inc()
-        m.child(m.http_duration, record.route, "true" if record.stream_open else "false").observe(
-            duration_s
-        )
+        m.buffer.inc(m.child(m.http_requests, record.route, method, status_class(record.status)))
+        streamed = "true" if record.stream_open else "false"
+        m.buffer.observe(m.child(m.http_duration, record.route, streamed), duration_s)
         if ttfb_s is not None:
-            m.child(m.http_ttfb, record.route).observe(ttfb_s)
+            m.buffer.observe(m.child(m.http_ttfb, record.route), ttfb_s)
         self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)
 
     # -- admission and billing (Meter) ------------------------------------------------------------
     def admitted_or_refused(self, account_id: str, plan: str, outcome: str) -> None:
         """`outcome`: admitted | rate_limited | insufficient_credits (gateway/limits.py)."""
+        m = self.metrics
         if outcome == "admitted":
-            self.metrics.child(self.metrics.admitted, self.metrics.plan(plan)).inc()
+            m.buffer.inc(m.child(m.admitted, m.plan(plan)))
         else:
-            self.metrics.child(self.metrics.limited, self.metrics.plan(plan), outcome).inc()
+            m.buffer.inc(m.child(m.limited, m.plan(plan), outcome))
         record = current_request.get()
         if record is not None:
             record.account_id = account_id
@@ -73,15 +73,14 @@ class RequestObserver:
         model = m.model(served.model.id if served else None)
         provider = m.provider(served.model.provider if served else None)
         kind = served.model.kind if served else "none"
-        m.child(
-            m.requests, model, provider, kind, "true" if stream else "false", status_class(status)
-        ).inc()
+        streamed = "true" if stream else "false"
+        m.buffer.inc(m.child(m.requests, model, provider, kind, streamed, status_class(status)))
         if usage.prompt_tokens:
-            m.child(m.tokens, model, provider, "prompt").inc(usage.prompt_tokens)
+            m.buffer.inc(m.child(m.tokens, model, provider, "prompt"), usage.prompt_tokens)
         if usage.completion_tokens:
-            m.child(m.tokens, model, provider, "completion").inc(usage.completion_tokens)
+            m.buffer.inc(m.child(m.tokens, model, provider, "completion"), usage.completion_tokens)
         if cost_micros:
-            m.child(m.cost, model, provider).inc(micros_to_usd(cost_micros))
+            m.buffer.inc(m.child(m.cost, model, provider), micros_to_usd(cost_micros))
         record = current_request.get()
         if record is not None:
             record.model = served.model.id if served else None
@@ -96,18 +95,20 @@ class RequestObserver:
         m = self.metrics
         label = m.provider(provider)
         if error_type is None:
-            m.child(m.upstream_duration, label).observe(duration_s)
+            m.buffer.observe(m.child(m.upstream_duration, label), duration_s)
         else:
-            m.child(m.upstream_errors, label, error_type).inc()
+            m.buffer.inc(m.child(m.upstream_errors, label, error_type))
         record = current_request.get()
         if record is not None:
             record.upstream_attempts += 1
 
     def retried(self, provider: str) -> None:
-        self.metrics.child(self.metrics.upstream_retries, self.metrics.provider(provider)).inc()
+        m = self.metrics
+        m.buffer.inc(m.child(m.upstream_retries, m.provider(provider)))
 
     def fell_back(self, provider: str) -> None:
-        self.metrics.child(self.metrics.fallbacks, self.metrics.provider(provider)).inc()
+        m = self.metrics
+        m.buffer.inc(m.child(m.fallbacks, m.provider(provider)))
 
     def circuits(self, states: Iterable[tuple[str, str]]) -> None:
         """(provider, circuit state of one of its models) pairs -> per provider, the worst:

@@ -35,16 +35,17 @@ def _timed(
 ) -> Callable[..., Awaitable[Any]]:
     duration = metrics.store_duration.labels(metrics.store_backend, operation)
     errors = metrics.store_errors.labels(metrics.store_backend, operation)
+    buffer = metrics.buffer
 
     async def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return await call(*args, **kwargs)
         except Exception:
-            errors.inc()
+            buffer.inc(errors)
             raise
         finally:
-            duration.observe(time.perf_counter() - started)
+            buffer.observe(duration, time.perf_counter() - started)
 
     return timed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,8 +66,15 @@ def test_metrics_sum_the_requests_of_both_workers(
             timeout=20,
         )
         assert response.status_code == 200
-    _, samples = scrape(f"{gateway.base_url}/metrics")
-    assert total(samples, "klawd_http_requests_total", route=ROUTE, status_class="2xx") == REQUESTS
+    # Each worker moves its buffered updates into the shared files once a second.
+    deadline = time.monotonic() + 10
+    while True:
+        _, samples = scrape(f"{gateway.base_url}/metrics")
+        counted = total(samples, "klawd_http_requests_total", route=ROUTE, status_class="2xx")
+        if counted == REQUESTS or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == REQUESTS
     assert total(samples, "klawd_requests_total", model="openai/gpt-fake") == REQUESTS
     counts = per_worker_counts(metrics_dir, tmp_path)
     assert not (metrics_dir / "counter_999999.db").exists(), "the stale file was not cleaned"

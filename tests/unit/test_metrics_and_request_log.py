@@ -48,7 +48,7 @@ def test_settle_counts_tokens_and_cost_of_the_catalog_model() -> None:
     entry = Catalog(load_settings(None), {}).get("openai/gpt-4-turbo")
     assert entry is not None
     watcher.settled(entry, TokenUsage(10, 5), 200, False, 1_500_000)
-    samples = parse(generate_latest(watcher.metrics.registry).decode())
+    samples = parse(watcher.metrics.exposition().decode())  # flushes the buffer first
     assert total(samples, "klawd_tokens_total", model="openai/gpt-4-turbo", type="prompt") == 10
     assert total(samples, "klawd_tokens_total", model="openai/gpt-4-turbo", type="completion") == 5
     assert total(samples, "klawd_cost_usd_total", model="openai/gpt-4-turbo") == 1.5
@@ -81,3 +81,30 @@ def test_request_record_filled_in_context_becomes_one_json_line() -> None:
     assert line["prompt_tokens"] == 3 and line["completion_tokens"] == 4
     assert line["latency_ms"] == 500.0
     assert line["ttfb_ms"] == 2.0
+
+
+def without_created(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = parse(generate_latest(metrics.registry).decode())
+    return {key: value for key, value in samples.items() if not key[0].endswith("_created")}
+
+
+def test_a_flushed_buffer_reads_exactly_as_direct_updates() -> None:
+    direct, buffered = observer().metrics, observer().metrics
+    values = [0.0001, 0.005, 0.0051, 0.3, 7.0, 119.0, 500.0]
+    for value in values:
+        direct.child(direct.http_duration, "/v1/chat/completions", "false").observe(value)
+        direct.child(direct.http_requests, "/v1/chat/completions", "POST", "2xx").inc()
+        buffered.buffer.observe(
+            buffered.child(buffered.http_duration, "/v1/chat/completions", "false"), value
+        )
+        buffered.buffer.inc(
+            buffered.child(buffered.http_requests, "/v1/chat/completions", "POST", "2xx")
+        )
+    unflushed = parse(generate_latest(buffered.registry).decode())
+    assert total(unflushed, "klawd_http_request_duration_seconds_count") == 0
+    buffered.buffer.flush()
+    assert without_created(buffered) == without_created(direct)
+    buffered.buffer.flush()  # nothing pending: flushing again changes nothing
+    assert total(
+        parse(generate_latest(buffered.registry).decode()), "klawd_http_requests_total"
+    ) == len(values)

@@ -14,10 +14,12 @@ import re
 import secrets
 import time
 
+import orjson
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import INTERNAL_ERROR_MESSAGE, InternalError, RequestTooLarge
+from gateway.errors import INTERNAL_ERROR_MESSAGE, GatewayError, InternalError, RequestTooLarge
+from gateway.messages import error_body as anthropic_error_body
 from gateway.observer import RequestObserver
 from gateway.requestlog import RequestRecord, current_request
 
@@ -125,7 +127,7 @@ class GatewayMiddleware:
             f"The request body is larger than the gateway's limit of {self.max_body_bytes} bytes."
         )
         if declared_length is not None and declared_length > self.max_body_bytes:
-            await _send_error(send_with_id, too_large.status, too_large.body(), {})
+            await _send_error(send_with_id, too_large.status, _body(scope, too_large), {})
             return
         received = 0
 
@@ -142,14 +144,21 @@ class GatewayMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except Exception as exc:
             if isinstance(exc, RequestTooLarge) and not started:
-                await _send_error(send_with_id, exc.status, exc.body(), {})
+                await _send_error(send_with_id, exc.status, _body(scope, exc), {})
                 return
             log.exception(
                 "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id
             )
             if not started:
                 error = InternalError(INTERNAL_ERROR_MESSAGE)
-                await _send_error(send_with_id, error.status, error.body(), {})
+                await _send_error(send_with_id, error.status, _body(scope, error), {})
+
+
+def _body(scope: Scope, error: GatewayError) -> bytes:
+    """The envelope in the shape of the API the client speaks: Anthropic's on /v1/messages."""
+    if scope["path"].startswith("/v1/messages"):
+        return orjson.dumps(anthropic_error_body(error))
+    return error.body()
 
 
 async def _send_error(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:

@@ -642,3 +642,23 @@ def test_count_tokens_passes_through_or_estimates(
         assert long == 2000 // 4 + 4  # 4 characters per token, 4 per message
     with pytest.raises(anthropic.NotFoundError):
         sdk.messages.count_tokens(model="openai/no-such-model", messages=HELLO)
+
+
+def test_body_over_the_limit_is_413_in_anthropic_shape(gateway: Gateway, api_key: str) -> None:
+    """Refused by the middleware before any handler runs, still in the shape the client speaks."""
+    huge = "x" * (10 * 1024 * 1024 + 10)
+    response = httpx.post(
+        f"{gateway.base_url}/v1/messages",
+        headers={"x-api-key": api_key, "anthropic-version": "2023-06-01"},
+        json={
+            "model": "klawd/echo",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": huge}],
+        },
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "request_too_large", "message": response.json()["error"]["message"]},
+    }

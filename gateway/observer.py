@@ -1,10 +1,12 @@
 """RequestObserver: the one object the request path reports to, for metrics and the request log.
 
-Hooks (each a few dictionary lookups and counter increments, never I/O):
+Hooks (each a few dictionary lookups and additions, never I/O: counters and histograms go
+through the metrics buffer, flushed once a second):
 
-- GatewayMiddleware: `http_started` / `http_finished` for every HTTP request (route template,
-  status, duration, time to first byte, open streams), which also writes the JSON log line;
-- Meter.admit: `admitted` / `refused` (by plan);
+- GatewayMiddleware: `stream_opened` / `stream_closed`, and `http_finished` for every HTTP
+  request (route template, status, duration, time to first byte), which also queues the JSON
+  log line;
+- Meter.admit: `admitted_or_refused` (by plan);
 - Meter.settle: `settled`, once per billable request (served model, tokens, cost);
 - HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type);
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;

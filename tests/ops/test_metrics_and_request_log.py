@@ -10,6 +10,7 @@ from starlette.routing import Mount
 
 from gateway.app import routes
 from tests.conftest import UPSTREAM_KEY, Gateway
+from tests.fakes.openai_upstream import FakeOpenAI
 from tests.scrape import scrape, total
 
 PROMPT = "a prompt that must never reach a log line or a label"
@@ -176,3 +177,33 @@ def test_a_request_refused_before_admission_is_logged_too(gateway: Gateway) -> N
     assert line["route"] == "/v1/account"
     assert line["account_id"] is None
     assert "sk-klawd-wrong" not in (gateway.config.parent / "gateway.log").read_text()
+
+
+def test_a_stream_is_logged_and_counted_when_it_ends_not_when_it_starts(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    held_s = 0.5
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream(
+            "POST",
+            f"{gateway.base_url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {api_key}", "x-request-id": "req-log-held"},
+            json={"model": "openai/pause-fake", "stream": True, "messages": [{"role": "user",
+                  "content": PROMPT}]},
+        ) as response,
+    ):  # fmt: skip
+        chunks = response.iter_bytes()
+        assert next(chunks).startswith(b"data: ")
+        _, during = scrape(f"{gateway.base_url}/metrics")
+        assert total(during, "klawd_open_streams", route="/v1/chat/completions") == 1
+        time.sleep(held_s)
+        assert "req-log-held" not in (gateway.config.parent / "gateway.log").read_text()
+        fake_openai.release()
+        rest = b"".join(chunks)
+    assert rest.endswith(b"data: [DONE]\n\n")
+    [line] = log_lines(gateway, "req-log-held")
+    assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= held_s * 1000
+    assert isinstance(line["ttfb_ms"], float) and line["ttfb_ms"] < line["latency_ms"]
+    _, after = scrape(f"{gateway.base_url}/metrics")
+    assert total(after, "klawd_open_streams", route="/v1/chat/completions") == 0

@@ -186,4 +186,4 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 def app_from_environment() -> ASGIApp:
     """Granian's factory target: settings from KLAWD_CONFIG (set by `klawd serve`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return create_app(load_settings(config_path(None, os.environ)))
+    return create_app(load_settings(config_path(None, os.environ), os.environ))

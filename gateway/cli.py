@@ -32,7 +32,7 @@ from gateway.store.base import Store, StoreError, open_store, sqlite_path
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(config_path(args.config, os.environ))
+    return load_settings(config_path(args.config, os.environ), os.environ)
 
 
 def _print_json(value: Any) -> None:
@@ -120,7 +120,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, token_file = _ensure_admin_token(settings)
     metrics_dir = _prepare_metrics_dir()
     base_url = f"http://{host}:{port}"
-    sys.stdout.write(f"Klawd Gateway {__version__} on {base_url} (store {settings.store.url})\n")
+    sys.stdout.write(
+        f"Klawd Gateway {__version__} on {base_url} (store {settings.store.display_url()})\n"
+    )
     if token is not None:
         sys.stdout.write(f"Admin token (saved in {token_file}): {token}\n")
     _first_start(settings, base_url)
@@ -191,7 +193,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     sys.stdout.write(
         f"config OK: {len(settings.models)} models, {len(settings.providers)} providers, "
-        f"{len(settings.plans)} plans, store {settings.store.url}\n"
+        f"{len(settings.plans)} plans, store {settings.store.display_url()}\n"
     )
     return 0
 

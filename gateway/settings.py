@@ -54,6 +54,14 @@ class ServerSettings(_Strict):
 
 class StoreSettings(_Strict):
     url: str = "sqlite:///./data/klawd.db"
+    # The name of an environment variable that, when set, holds the URL instead (for a Redis
+    # URL with a password: secrets only by environment variable name).
+    url_env: str = ""
+
+    def display_url(self) -> str:
+        """The URL without credentials, for logs and banners."""
+        scheme, sep, rest = self.url.partition("://")
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else self.url
 
 
 class RetrySettings(_Strict):
@@ -157,8 +165,9 @@ def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, merge over the built-ins, decode and check. Raises ConfigError with one clear line."""
-    del environ  # secrets are resolved later, by name (gateway.state); kept for a stable signature
+    """Read, merge over the built-ins, decode and check. Raises ConfigError with one clear line.
+    Provider keys are resolved later, by name (gateway.state); only `store.url_env` is read here,
+    because the store's kind decides what the rest of the checks allow."""
     raw: dict[str, Any] = {}
     where = str(path) if path else "built-in defaults"
     if path is not None:
@@ -176,6 +185,9 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         settings = msgspec.convert(merged, Settings, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}: {_readable(str(exc))}") from exc
+    if settings.store.url_env and environ and environ.get(settings.store.url_env):
+        store = msgspec.structs.replace(settings.store, url=environ[settings.store.url_env])
+        settings = msgspec.structs.replace(settings, store=store)
     _check(settings, where)
     return settings
 

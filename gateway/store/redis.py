@@ -49,6 +49,7 @@ from gateway.store.redis_webhooks import RedisWebhooks
 log = logging.getLogger("klawd.redis")
 
 CHANNEL = "klawd:invalidate"
+MAX_CONNECTIONS = 256
 LIBRARY = resources.files("gateway.store").joinpath("lua/klawd.lua").read_text(encoding="utf-8")
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 
@@ -72,17 +73,25 @@ class RedisStore(RedisWebhooks):
         plain_url = url.replace("+cluster://", "://", 1)
         self._redis: aioredis.Redis | aioredis.RedisCluster
         if self.cluster:
+            # per node; twice the commands in flight, because resolving an FCALL's slot may
+            # take a second connection (COMMAND GETKEYS) besides the call's own
             self._redis = aioredis.RedisCluster.from_url(
-                plain_url, socket_connect_timeout=1.0, socket_timeout=2.0, max_connections=256
-            )
-        else:
-            self._redis = aioredis.from_url(
                 plain_url,
                 socket_connect_timeout=1.0,
                 socket_timeout=2.0,
-                health_check_interval=15,
-                max_connections=256,
+                max_connections=2 * MAX_CONNECTIONS,
             )
+        else:
+            # A burst beyond the pool waits (up to 2 s) for a free connection instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                plain_url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=2.0,
+                socket_connect_timeout=1.0,
+                socket_timeout=2.0,
+                health_check_interval=15,
+            )
+            self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         # Classic pub/sub is broadcast over the cluster bus: one node's connection hears every
         # PUBLISH, so the subscriber is a plain client in both modes.
         self._subscriber: aioredis.Redis = (
@@ -90,6 +99,10 @@ class RedisStore(RedisWebhooks):
             if self.cluster
             else self._redis  # type: ignore[assignment]
         )
+        # At most as many commands in flight as the pool has connections: a burst waits for a
+        # free one instead of failing (the cluster client has no blocking pool of its own).
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._library_lock = asyncio.Lock()
         self._library_loaded = False
         self._listener: asyncio.Task[None] | None = None
         self._handlers: list[InvalidationHandler] = []
@@ -100,17 +113,19 @@ class RedisStore(RedisWebhooks):
     # -- plumbing -------------------------------------------------------------------------------
     async def _call(self, *args: Any) -> Any:
         try:
-            return await self._redis.execute_command(*args)
+            async with self._slots:
+                return await self._redis.execute_command(*args)
         except RedisError as exc:
             raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
     async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         for attempt in (1, 2):
             try:
-                if not self._library_loaded:
-                    await self._load_library()
-                    self._library_loaded = True
-                return await self._redis.execute_command("FCALL", function, len(keys), *keys, *args)
+                await self._ensure_library()
+                async with self._slots:
+                    return await self._redis.execute_command(
+                        "FCALL", function, len(keys), *keys, *args
+                    )
             except ResponseError as exc:
                 # A restarted Redis without persistence has forgotten the library: load again.
                 if attempt == 1 and "function not found" in str(exc).lower():
@@ -120,6 +135,15 @@ class RedisStore(RedisWebhooks):
             except RedisError as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
+
+    async def _ensure_library(self) -> None:
+        """Loads the functions once, however many requests arrive before it is done."""
+        if self._library_loaded:
+            return
+        async with self._library_lock:
+            if not self._library_loaded:
+                await self._load_library()
+                self._library_loaded = True
 
     async def _load_library(self) -> None:
         if isinstance(self._redis, aioredis.RedisCluster):
@@ -188,7 +212,7 @@ class RedisStore(RedisWebhooks):
         # lives in another slot (Redis Cluster forbids cross-slot transactions), so it is added
         # last: an account is counted only once it exists.
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._slots, self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(
                     key,
                     mapping={
@@ -208,7 +232,7 @@ class RedisStore(RedisWebhooks):
     async def get_account(self, account_id: str) -> Account | None:
         key = _acct(account_id)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._slots, self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(key)
                 pipe.get(f"{key}:credits")
                 fields, credits = await pipe.execute()
@@ -290,10 +314,8 @@ class RedisStore(RedisWebhooks):
         """One round trip for the batch (a pipeline of klawd_settle_v2 calls); each entry is
         atomic and idempotent, so a batch retried after a lost reply settles nothing twice."""
         try:
-            if not self._library_loaded:
-                await self._load_library()
-                self._library_loaded = True
-            async with self._redis.pipeline(transaction=False) as pipe:
+            await self._ensure_library()
+            async with self._slots, self._redis.pipeline(transaction=False) as pipe:
                 for entry in entries:
                     key = _acct(entry.account_id)
                     pipe.execute_command(

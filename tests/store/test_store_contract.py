@@ -402,3 +402,18 @@ async def test_replicas_share_one_secret_and_one_lease_holder(shared_url: str) -
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(
+    shared_url: str,
+) -> None:
+    """600 concurrent calls against a pool of 256 connections: every one is answered."""
+    store = open_store(shared_url)
+    try:
+        account = await store.create_account("burst", "free", 600)
+        results = await asyncio.gather(*(store.reserve_credits(account.id, 1) for _ in range(600)))
+        assert all(results)
+        after = await store.get_account(account.id)
+        assert after is not None and after.credits_micros == 0
+    finally:
+        await store.close()

@@ -107,3 +107,13 @@ def test_cli_help_lists_every_command() -> None:
     result = subprocess.run([KLAWD, "--help"], capture_output=True, text=True, timeout=30)
     for command in ("serve", "config", "accounts", "keys"):
         assert command in result.stdout
+
+
+def test_store_url_can_come_from_an_environment_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\nurl_env = "KLAWD_STORE_URL"\n[server]\nworkers = 2\n')
+    secret_url = "redis://:s3cret@redis.internal:6379/0"
+    settings = load_settings(path, {"KLAWD_STORE_URL": secret_url})
+    assert settings.store.url == secret_url
+    assert settings.store.display_url() == "redis://redis.internal:6379/0"
+    with pytest.raises(ConfigError, match="workers"):
+        load_settings(path, {})  # unset: the sqlite default, which cannot serve 2 workers

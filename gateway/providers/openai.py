@@ -27,18 +27,35 @@ from gateway.providers.base import (
     retry_after_from,
     status_error,
 )
+from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import DEFAULT_MAX_TOKENS
+
+
+def _client_payload(body: bytes, target: CatalogEntry) -> dict[str, Any]:
+    """The client's JSON body with `model` rewritten to the upstream's name."""
+    try:
+        payload: dict[str, Any] = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
+        raise InvalidRequest("The request body is not valid JSON.") from exc
+    payload["model"] = target.model.upstream_model or target.model.id.split("/", 1)[1]
+    return payload
 
 
 class OpenAIProvider(HttpProvider):
     reframer_kind: ClassVar[str] = "openai"
 
+    def _post(self, path: str, payload: dict[str, Any]) -> UpstreamRequest:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.api_key is not None:
+            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
+        return UpstreamRequest(
+            url=f"{self.settings.base_url.rstrip('/')}{path}",
+            headers=headers,
+            body=orjson.dumps(payload),
+        )
+
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
-        try:
-            payload: dict[str, Any] = orjson.loads(call.body)
-        except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
-            raise InvalidRequest("The request body is not valid JSON.") from exc
-        payload["model"] = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        payload = _client_payload(call.body, call.target)
         if "max_tokens" not in payload and "max_completion_tokens" not in payload:
             payload["max_tokens"] = DEFAULT_MAX_TOKENS
         if stream:
@@ -47,32 +64,13 @@ class OpenAIProvider(HttpProvider):
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if self.api_key is not None:
-            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
-        return UpstreamRequest(
-            url=f"{self.settings.base_url.rstrip('/')}/chat/completions",
-            headers=headers,
-            body=orjson.dumps(payload),
-        )
+        return self._post("/chat/completions", payload)
 
     async def generate_images(self, call: ImageCall) -> ImageResult:
         """`POST {base_url}/images/generations`: the client's body passes through with `model`
         rewritten; a `url` answer is downloaded when the client asked for b64_json."""
-        try:
-            payload: dict[str, Any] = orjson.loads(call.body)
-        except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
-            raise InvalidRequest("The request body is not valid JSON.") from exc
-        payload["model"] = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if self.api_key is not None:
-            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
         answer = await self._send_json(
-            UpstreamRequest(
-                url=f"{self.settings.base_url.rstrip('/')}/images/generations",
-                headers=headers,
-                body=orjson.dumps(payload),
-            )
+            self._post("/images/generations", _client_payload(call.body, call.target))
         )
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, list) or not data:
@@ -97,20 +95,8 @@ class OpenAIProvider(HttpProvider):
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         """`POST {base_url}/embeddings`: the client's body with `model` rewritten; the answer's
         items are relayed as they are (float or base64, as the client asked)."""
-        try:
-            payload: dict[str, Any] = orjson.loads(call.body)
-        except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
-            raise InvalidRequest("The request body is not valid JSON.") from exc
-        payload["model"] = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if self.api_key is not None:
-            headers["authorization"] = f"Bearer {self.api_key.reveal()}"
         answer = await self._send_json(
-            UpstreamRequest(
-                url=f"{self.settings.base_url.rstrip('/')}/embeddings",
-                headers=headers,
-                body=orjson.dumps(payload),
-            )
+            self._post("/embeddings", _client_payload(call.body, call.target))
         )
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, list) or len(data) != call.request.count:

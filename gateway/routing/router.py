@@ -93,31 +93,22 @@ def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
 
 
 def resolve_image(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
-    """An image model: itself, then its available configured `fallbacks`."""
-    entry = catalog.get(model_id)
-    if entry is None:
-        raise model_not_found(model_id)
-    if entry.model.kind != "image":
-        raise InvalidRequest(
-            f"The model '{entry.model.id}' is a {entry.model.kind} model, not an image model.",
-            param="model",
-        )
-    if not entry.available:
-        raise ServiceUnavailable(
-            f"The model '{entry.model.id}' is unavailable: {entry.unavailable_reason}."
-        )
-    chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
-    return [e for e in chain if e.available and e.model.kind == "image"]
+    """An image model: itself, then its available configured `fallbacks` of that kind."""
+    return _resolve_kind(catalog, model_id, "image")
 
 
 def resolve_embedding(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
     """An embedding model: itself, then its available configured `fallbacks` of that kind."""
+    return _resolve_kind(catalog, model_id, "embedding")
+
+
+def _resolve_kind(catalog: Catalog, model_id: str, kind: str) -> list[CatalogEntry]:
     entry = catalog.get(model_id)
     if entry is None:
         raise model_not_found(model_id)
-    if entry.model.kind != "embedding":
+    if entry.model.kind != kind:
         raise InvalidRequest(
-            f"The model '{entry.model.id}' is a {entry.model.kind} model, not an embedding model.",
+            f"The model '{entry.model.id}' is a {entry.model.kind} model, not an {kind} model.",
             param="model",
         )
     if not entry.available:
@@ -125,4 +116,4 @@ def resolve_embedding(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
             f"The model '{entry.model.id}' is unavailable: {entry.unavailable_reason}."
         )
     chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
-    return [e for e in chain if e.available and e.model.kind == "embedding"]
+    return [e for e in chain if e.available and e.model.kind == kind]

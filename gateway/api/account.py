@@ -20,12 +20,15 @@ from gateway.metering import utc_day
 async def get_account(request: Request) -> Response:
     state = app_state(request)
     auth = await authenticate(request)
+    # Usage first, then the balance: a request already counted in the usage is then always
+    # settled in the balance shown too (settlements land between the two reads, never the
+    # other way round).
+    today = utc_day(time.time())
+    rows = await state.store.usage(auth.account_id, today, today)
     account = await state.store.get_account(auth.account_id)  # fresh: the balance moves
     if account is None:
         raise AuthenticationError("The account of this API key no longer exists.")
     admission = await state.meter.peek(account)
-    today = utc_day(time.time())
-    rows = await state.store.usage(account.id, today, today)
     return json_response(
         {
             "id": account.id,

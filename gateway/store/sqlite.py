@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -92,13 +93,10 @@ INSERT_USAGE = (
     " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
     " request_id, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# Settling never drives a balance below zero: if the actual cost exceeds the reservation by more
-# than what is left, the balance stops at zero (the ledger keeps the true cost).
+# Settling takes the actual cost from the stored balance (the reservation was only ever held in
+# memory), never below zero: the ledger keeps the true cost.
 SETTLE = "UPDATE accounts SET credits_micros = MAX(0, credits_micros + ?) WHERE id = ?"
-RESERVE = (
-    "UPDATE accounts SET credits_micros = credits_micros - ? WHERE id = ? AND credits_micros >= ?"
-)
-RELEASE = "UPDATE accounts SET credits_micros = credits_micros + ? WHERE id = ?"
+SELECT_CREDITS = "SELECT credits_micros FROM accounts WHERE id = ?"
 SELECT_USAGE = (
     "SELECT day, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),"
     " SUM(cost_micros) FROM usage_ledger WHERE account_id = ? AND day >= ? AND day <= ?"
@@ -118,6 +116,14 @@ class SqliteStore(SqliteWebhooks):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klawd-sqlite")
         self._conn: sqlite3.Connection | None = None
+        # Credit reservations live in memory: an embedded store belongs to exactly one process,
+        # so the check-and-reserve of every request needs no thread hop. The stored balance
+        # moves at settlement (by the actual cost). The store's thread updates these inside the
+        # same job as the SQL it mirrors, so every read through the store is one consistent
+        # snapshot; the lock only makes the event loop's check-and-reserve atomic with that.
+        self._credits_lock = threading.Lock()
+        self._balance: dict[str, int] = {}  # stored balance, as last read or written
+        self._reserved: dict[str, int] = {}  # reserved by requests not settled yet
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -176,7 +182,20 @@ class SqliteStore(SqliteWebhooks):
         return account
 
     async def get_account(self, account_id: str) -> Account | None:
-        return await self._run(lambda conn: _get_account(conn, account_id))
+        return await self._run(lambda conn: self._get(conn, account_id))
+
+    def _get(self, conn: sqlite3.Connection, account_id: str) -> Account | None:
+        """The account with the balance the other stores report: what is left after the
+        reservations of requests in flight (read on the store's thread: one snapshot)."""
+        account = _get_account(conn, account_id)
+        if account is None:
+            return None
+        with self._credits_lock:
+            self._balance[account.id] = account.credits_micros
+            reserved = self._reserved.get(account.id, 0)
+        if not reserved:
+            return account
+        return msgspec.structs.replace(account, credits_micros=account.credits_micros - reserved)
 
     async def update_account(
         self,
@@ -202,7 +221,7 @@ class SqliteStore(SqliteWebhooks):
                         account_id,
                     ),
                 )
-                return _get_account(conn, account_id)
+                return self._get(conn, account_id)
             finally:
                 conn.execute("COMMIT")
 
@@ -239,28 +258,64 @@ class SqliteStore(SqliteWebhooks):
         return await self._run(revoke)
 
     # -- credits and usage ----------------------------------------------------------------------
-    async def reserve_credits(self, account_id: str, micros: int) -> bool:
-        def reserve(conn: sqlite3.Connection) -> bool:
-            return conn.execute(RESERVE, (micros, account_id, micros)).rowcount == 1
+    async def _read_balance(self, account_id: str) -> bool:
+        return await self._run(lambda conn: self._get(conn, account_id) is not None)
 
-        return await self._run(reserve)
+    def _reserve_now(self, account_id: str, micros: int) -> bool | None:
+        """None when the balance was never read; else whether the reservation was made."""
+        with self._credits_lock:
+            balance = self._balance.get(account_id)
+            if balance is None:
+                return None
+            reserved = self._reserved.get(account_id, 0)
+            if balance - reserved < micros:
+                return False
+            self._reserved[account_id] = reserved + micros
+            return True
+
+    async def reserve_credits(self, account_id: str, micros: int) -> bool:
+        if self._reserve_now(account_id, micros):
+            return True
+        # Never read, or not enough: the stored balance may have grown since it was read
+        # (credits added with the CLI), so read it again before refusing.
+        if not await self._read_balance(account_id):
+            return False
+        return bool(self._reserve_now(account_id, micros))
 
     async def release_credits(self, account_id: str, micros: int) -> None:
-        await self._run(lambda conn: conn.execute(RELEASE, (micros, account_id)))
+        with self._credits_lock:
+            self._release(account_id, micros)
+
+    def _release(self, account_id: str, micros: int) -> None:
+        left = self._reserved.get(account_id, 0) - micros
+        if left > 0:
+            self._reserved[account_id] = left
+        else:
+            self._reserved.pop(account_id, None)
 
     async def settle(self, entries: list[UsageEntry]) -> None:
         def settle(conn: sqlite3.Connection) -> None:
+            settled: list[UsageEntry] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for entry in entries:
                     inserted = conn.execute(INSERT_USAGE, msgspec.structs.astuple(entry)).rowcount
                     if inserted:  # a replayed entry (same id) settles nothing twice
-                        delta = entry.reserved_micros - entry.cost_micros
-                        conn.execute(SETTLE, (delta, entry.account_id))
+                        conn.execute(SETTLE, (-entry.cost_micros, entry.account_id))
+                        settled.append(entry)
+                balances = {
+                    account_id: row[0]
+                    for account_id in {e.account_id for e in settled}
+                    if (row := conn.execute(SELECT_CREDITS, (account_id,)).fetchone())
+                }
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            with self._credits_lock:
+                for entry in settled:
+                    self._release(entry.account_id, entry.reserved_micros)
+                self._balance.update(balances)
 
         await self._run(settle)
 

@@ -19,60 +19,60 @@ use crate::sse::Event;
 use crate::usage::{AnthropicUsage, Usage};
 
 #[derive(Deserialize)]
-struct AnthropicEvent<'a> {
+pub(super) struct AnthropicEvent<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    pub(super) kind: Option<Cow<'a, str>>,
     #[serde(default)]
-    index: Option<u64>,
+    pub(super) index: Option<u64>,
     #[serde(default)]
-    message: Option<Message>,
+    pub(super) message: Option<Message>,
     #[serde(borrow, default)]
-    content_block: Option<ContentBlock<'a>>,
+    pub(super) content_block: Option<ContentBlock<'a>>,
     #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
+    pub(super) delta: Option<Delta<'a>>,
     #[serde(default)]
-    usage: Option<AnthropicUsage>,
+    pub(super) usage: Option<AnthropicUsage>,
     #[serde(borrow, default)]
-    error: Option<ErrorBody<'a>>,
+    pub(super) error: Option<ErrorBody<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Message {
+pub(super) struct Message {
     #[serde(default)]
-    usage: Option<AnthropicUsage>,
+    pub(super) usage: Option<AnthropicUsage>,
 }
 
 #[derive(Deserialize)]
-struct ContentBlock<'a> {
+pub(super) struct ContentBlock<'a> {
     #[serde(borrow, rename = "type")]
-    kind: Cow<'a, str>,
+    pub(super) kind: Cow<'a, str>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    pub(super) text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    pub(super) id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    pub(super) name: Option<Cow<'a, str>>,
 }
 
 /// `content_block_delta.delta` and `message_delta.delta` share the key: one struct for both.
 #[derive(Deserialize)]
-struct Delta<'a> {
+pub(super) struct Delta<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    pub(super) kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    pub(super) text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    partial_json: Option<Cow<'a, str>>,
+    pub(super) partial_json: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    stop_reason: Option<Cow<'a, str>>,
+    pub(super) stop_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct ErrorBody<'a> {
+pub(super) struct ErrorBody<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    pub(super) kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
+    pub(super) message: Option<Cow<'a, str>>,
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.

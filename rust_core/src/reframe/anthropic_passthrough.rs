@@ -10,52 +10,12 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
-use super::anthropic::map_stop_reason;
+use super::anthropic::{map_stop_reason, AnthropicEvent};
 use super::{parse, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
 use crate::usage::{AnthropicUsage, Usage};
-
-#[derive(Deserialize)]
-struct EventView<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default)]
-    message: Option<MessageView>,
-    #[serde(borrow, default)]
-    delta: Option<DeltaView<'a>>,
-    #[serde(default)]
-    usage: Option<AnthropicUsage>,
-    #[serde(borrow, default)]
-    error: Option<ErrorBody<'a>>,
-}
-
-#[derive(Deserialize)]
-struct MessageView {
-    #[serde(default)]
-    usage: Option<AnthropicUsage>,
-}
-
-#[derive(Deserialize)]
-struct DeltaView<'a> {
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    partial_json: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    stop_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
-}
 
 /// Relays an Anthropic stream, extracting usage.
 #[derive(Debug)]
@@ -109,7 +69,7 @@ impl Reframe for AnthropicPassthrough {
         } else {
             data
         };
-        let e: EventView<'_> = parse("anthropic", data)?;
+        let e: AnthropicEvent<'_> = parse("anthropic", data)?;
         let kind = e.kind.as_deref().unwrap_or(&ev.event);
         if kind.contains(['\n', '\r']) {
             return Err(CoreError::Sse(

@@ -145,36 +145,25 @@ impl Stream {
     /// Feeds one upstream chunk (any boundary); appends complete OpenAI events to `out`.
     /// On error, `out` may hold events of this chunk that precede the error: discard them.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CoreError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        if self.state.closed() {
-            return Ok(());
-        }
-        let Self {
-            parser,
-            state,
-            kind,
-            ..
-        } = self;
-        let reframe = kind.as_reframe();
-        let mut sink = |ev: &Event<'_>| {
-            reframe.on_event(ev, state, out)?;
-            Ok(if state.closed() {
-                Flow::Stop
-            } else {
-                Flow::Continue
-            })
-        };
-        let result = parser.push(data, &mut sink).map(|_| ());
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
-        result
+        self.run(out, false, |parser, mut sink| parser.push(data, &mut sink))
     }
 
     /// Upstream EOF: appends final events; errors when the stream was cut off.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), CoreError> {
+        self.run(out, true, |parser, mut sink| parser.finish(&mut sink))
+    }
+
+    /// Runs the parser over `step`'s input, each event through the reframer, until the stream
+    /// closes; at EOF (`at_eof`) lets the reframer finish. A failure is kept: later calls repeat it.
+    fn run(
+        &mut self,
+        out: &mut Vec<u8>,
+        at_eof: bool,
+        step: impl FnOnce(
+            &mut SseParser,
+            &mut dyn FnMut(&Event<'_>) -> Result<Flow, CoreError>,
+        ) -> Result<Flow, CoreError>,
+    ) -> Result<(), CoreError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -196,8 +185,8 @@ impl Stream {
                 Flow::Continue
             })
         };
-        let mut result = parser.finish(&mut sink).map(|_| ());
-        if result.is_ok() && !state.closed() {
+        let mut result = step(parser, &mut sink).map(|_| ());
+        if at_eof && result.is_ok() && !state.closed() {
             result = reframe.on_eof(state, out);
         }
         if let Err(e) = &result {

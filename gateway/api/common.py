@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import AuthContext, bearer_token, secrets_equal
-from gateway.errors import AuthenticationError, InvalidRequest, PermissionDenied
+from gateway.errors import AuthenticationError, PermissionDenied
+from gateway.schemas.decoding import decode_json
 from gateway.state import AppState
 
 T = TypeVar("T")
@@ -29,21 +30,9 @@ def json_response(
 
 
 def decode_body(body: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(body or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        message, _, location = text.partition(" - at `$")
-        param = location.rstrip("`").lstrip(".") or None
-        if message.startswith("Object missing required field `"):
-            param = message.split("`")[1]
-        raise InvalidRequest(message, param=param) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The request body is not valid UTF-8.") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("The request body is nested too deeply.") from exc
+    """Admin and web bodies: an empty body is an empty object."""
+    decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
+    return decode_json(decoder, body or b"{}")
 
 
 async def authenticate(request: Request) -> AuthContext:

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import InvalidRequest
-from gateway.schemas.openai import _split_validation_message
+from gateway.schemas.decoding import decode_json
 
 T = TypeVar("T")
 
@@ -180,22 +180,8 @@ _count_decoder = msgspec.json.Decoder(CountTokensRequest)
 
 
 def decode_count_tokens_request(body: bytes) -> CountTokensRequest:
-    return _decode(_count_decoder, body)
+    return decode_json(_count_decoder, body)
 
 
 def decode_messages_request(body: bytes) -> MessagesRequest:
-    return _decode(_decoder, body)
-
-
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, param = _split_validation_message(str(exc))
-        raise InvalidRequest(message, param=param) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The request body is not valid UTF-8.") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("The request body is nested too deeply.") from exc
+    return decode_json(_decoder, body)

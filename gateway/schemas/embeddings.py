@@ -11,7 +11,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import InvalidRequest
-from gateway.schemas.openai import _split_validation_message
+from gateway.schemas.decoding import decode_json
 
 MAX_INPUTS = 2048  # OpenAI's limit on one request's array of inputs
 
@@ -77,17 +77,7 @@ def _check_input(request: EmbeddingRequest) -> EmbeddingRequest:
 
 
 def decode_embedding_request(body: bytes) -> EmbeddingRequest:
-    try:
-        return _check_input(_decoder.decode(body))
-    except msgspec.ValidationError as exc:
-        message, param = _split_validation_message(str(exc))
-        raise InvalidRequest(message, param=param) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The request body is not valid UTF-8.") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("The request body is nested too deeply.") from exc
+    return _check_input(decode_json(_decoder, body))
 
 
 def encode_embedding(values: list[float], request: EmbeddingRequest) -> list[float] | str:

@@ -9,7 +9,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import InvalidRequest
-from gateway.schemas.openai import _split_validation_message
+from gateway.schemas.decoding import decode_json
 
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
@@ -40,13 +40,7 @@ _image_decoder = msgspec.json.Decoder(ImageRequest)
 
 
 def decode_image_request(body: bytes) -> ImageRequest:
-    try:
-        request = _image_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, param = _split_validation_message(str(exc))
-        raise InvalidRequest(message, param=param) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    request = decode_json(_image_decoder, body)
     if request.size is not None and request.size != "auto" and not _SIZE.match(request.size):
         raise InvalidRequest(
             "`size` must look like WIDTHxHEIGHT (e.g. 1024x1024) or be 'auto'.", param="size"

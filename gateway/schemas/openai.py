@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from gateway.errors import InvalidRequest
+from gateway.schemas.decoding import decode_json
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -159,24 +159,4 @@ _chat_decoder = msgspec.json.Decoder(ChatRequest)
 
 
 def decode_chat_request(body: bytes) -> ChatRequest:
-    try:
-        return _chat_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, param = _split_validation_message(str(exc))
-        raise InvalidRequest(message, param=param) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The request body is not valid UTF-8.") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("The request body is nested too deeply.") from exc
-
-
-def _split_validation_message(text: str) -> tuple[str, str | None]:
-    # msgspec: "Expected `float` <= 2.0, got `3` - at `$.temperature`"
-    message, _, location = text.partition(" - at `$")
-    param = location.rstrip("`").lstrip(".") or None
-    if message.startswith("Object missing required field `"):
-        field = message.split("`")[1]
-        param = f"{param}.{field}" if param else field
-    return (f"{message} (at {param})" if param else message), param
+    return decode_json(_chat_decoder, body)

@@ -77,3 +77,18 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off_and_others_are_serv
     finally:
         for sock in slow:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/images/generations", "/v1/embeddings", "/v1/messages", "/admin/accounts"]
+)
+def test_every_route_answers_undecodable_bodies_with_400(
+    gateway: Gateway, api_key: str, path: str
+) -> None:
+    token = "test-admin-token-0123456789" if path.startswith("/admin") else api_key
+    response = httpx.post(
+        f"{gateway.base_url}{path}",
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        content=b'{"model":"\xff\xfe"}',
+    )
+    assert response.status_code == 400

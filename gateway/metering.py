@@ -10,10 +10,11 @@ of the request, carry the x-ratelimit-* headers of the decision.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from msgspec import Struct
 from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, token_cost_micros
-from gateway.errors import AuthenticationError, InsufficientCredits, RateLimited
+from gateway.errors import AuthenticationError, GatewayError, InsufficientCredits, RateLimited
 from gateway.limits import Admission, Limiter, LimitSpec
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest, ImagePart
@@ -238,6 +239,20 @@ class Meter:
         if self.observer is not None:
             self.observer.settled(served, usage, status, stream, cost)
         return cost
+
+    @contextlib.contextmanager
+    def settle_on_failure(self, ticket: Ticket, stream: bool) -> Iterator[None]:
+        """Around the upstream call of an admitted request: a failure settles the ticket at no
+        cost (its reservation released), and the error carries the admission's headers."""
+        try:
+            yield
+        except GatewayError as exc:
+            self.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, stream)
+            exc.extra_headers.update(ticket.admission.headers())
+            raise
+        except BaseException:
+            self.settle(ticket, None, TokenUsage(0, 0), 0, 500, stream)
+            raise
 
     async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:
         await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)

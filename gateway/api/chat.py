@@ -52,7 +52,7 @@ async def chat_completions(request: Request) -> Response:
     limit_headers = ticket.admission.headers()
     response_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
-    try:
+    with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
             stream, target, tries = await _open_stream(
                 state, chat, body, targets, response_id, created
@@ -61,13 +61,6 @@ async def chat_completions(request: Request) -> Response:
             completion, target, tries = await _complete(
                 state, chat, body, targets, response_id, created
             )
-    except GatewayError as exc:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, chat.stream)
-        exc.extra_headers.update(limit_headers)
-        raise
-    except BaseException:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, chat.stream)
-        raise
     ticket.retries = len(tries) - 1
     if chat.stream:
         return StreamingResponse(

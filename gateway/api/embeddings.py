@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from gateway.api.common import app_state, authenticate, json_response
 from gateway.billing import TokenUsage, format_usd, token_cost_micros
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.errors import ServiceUnavailable
 from gateway.metering import RESERVE_CHARS_PER_TOKEN
 from gateway.providers.base import EmbeddingCall, EmbeddingProvider, EmbeddingResult
 from gateway.routing.catalog import CatalogEntry
@@ -42,15 +42,8 @@ async def create_embeddings(request: Request) -> Response:
             )
         return await provider.embed(EmbeddingCall(embedding, body, target))
 
-    try:
+    with state.meter.settle_on_failure(ticket, False):
         result, target, tries = await state.retrier.call_targets(targets, attempt)
-    except GatewayError as exc:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, False)
-        exc.extra_headers.update(limit_headers)
-        raise
-    except BaseException:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, False)
-        raise
     ticket.retries = len(tries) - 1
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)

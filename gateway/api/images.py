@@ -38,15 +38,8 @@ async def image_generations(request: Request) -> Response:
     ticket = await state.meter.admit(auth, request.state.request_id, worst)
     limit_headers = ticket.admission.headers()
     created = int(time.time())
-    try:
+    with state.meter.settle_on_failure(ticket, False):
         result, target = await _generate(state, images, body, targets, created)
-    except GatewayError as exc:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, False)
-        exc.extra_headers.update(limit_headers)
-        raise
-    except BaseException:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, False)
-        raise
     cost = state.meter.settle(ticket, target, TokenUsage(0, 0), len(result.images), 200, False)
     return json_response(
         {"created": created, "data": msgspec.to_builtins(result.images)},

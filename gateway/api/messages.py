@@ -202,18 +202,11 @@ async def _create_message(request: Request) -> Response:
         upstream = await provider.stream(ChatCall(chat, chat_body, target, message_id, created))
         return AnthropicEvents(upstream, target, message_id)
 
-    try:
+    with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
             stream, target, tries = await state.retrier.call_targets(targets, open_stream)
         else:
             completion, target, tries = await state.retrier.call_targets(targets, complete)
-    except GatewayError as exc:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, chat.stream)
-        exc.extra_headers.update(limit_headers)
-        raise
-    except BaseException:
-        state.meter.settle(ticket, None, TokenUsage(0, 0), 0, 500, chat.stream)
-        raise
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:

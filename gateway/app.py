@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import web
 from gateway.api import (
@@ -28,8 +28,14 @@ from gateway.api import (
     status,
     webhooks,
 )
-from gateway.api.middleware import GatewayMiddleware
-from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from gateway.api.middleware import GatewayMiddleware, envelope_error
+from gateway.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+)
 from gateway.metrics import Metrics, worker_exited
 from gateway.observer import RequestObserver
 from gateway.providers.base import HttpProvider
@@ -48,14 +54,7 @@ def error_response(error: GatewayError) -> Response:
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
-    return error_response(exc if isinstance(exc, GatewayError) else InvalidRequest(str(exc)))
-
-
-async def _store_error(request: Request, exc: Exception) -> Response:
-    log.error("store error: %s", exc)
-    return error_response(
-        ServiceUnavailable("The gateway's store is unavailable; retry shortly.", retry_after_s=1)
-    )
+    return error_response(envelope_error(exc) or InternalError(INTERNAL_ERROR_MESSAGE))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -72,9 +71,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(InvalidRequest(str(detail)))
 
 
+class AsgiEndpoint:
+    """Marks a plain ASGI function as such for Starlette's Route (which would otherwise wrap a
+    function as a request -> response handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+CHAT_ROUTE = Route("/v1/chat/completions", AsgiEndpoint(chat.chat_completions), methods=["POST"])
+DIRECT_ROUTES = [CHAT_ROUTE]
+
+
 def routes() -> list[BaseRoute]:
     return [
-        Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        CHAT_ROUTE,
         Route("/v1/messages", messages.create_message, methods=["POST"]),
         Route("/v1/messages/count_tokens", messages.count_message_tokens, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
@@ -176,11 +190,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         lifespan=lifespan,
         exception_handlers={
             GatewayError: _gateway_error,
-            StoreError: _store_error,
+            StoreError: _gateway_error,
             HTTPException: _http_error,
         },
     )
-    return GatewayMiddleware(starlette, settings.server.max_body_bytes, observer)
+    return GatewayMiddleware(starlette, settings.server.max_body_bytes, observer, DIRECT_ROUTES)
 
 
 def app_from_environment() -> ASGIApp:

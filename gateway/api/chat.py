@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anyio
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from gateway.api.common import app_state, authenticate, json_response
-from gateway.api.streaming import with_keepalive
+from gateway.api.common import header, read_body, scope_state, send_json
+from gateway.api.streaming import send_event_stream
 from gateway.billing import (
     TokenUsage,
     estimate_tokens,
@@ -40,14 +39,16 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 CLIENT_CLOSED = 499  # ledger status of a stream the client abandoned (nginx's convention)
 
 
-async def chat_completions(request: Request) -> Response:
-    state = app_state(request)
-    auth = await authenticate(request)
-    body = await request.body()
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    """A plain ASGI endpoint (the hottest route skips Starlette's request and response objects;
+    errors raised here become the envelope in GatewayMiddleware, as Starlette's would)."""
+    state = scope_state(scope)
+    auth = await state.keys.authenticate(header(scope, b"authorization"), time.time())
+    body = await read_body(receive)
     chat = decode_chat_request(body)
     targets = resolve_chat(state.catalog, chat)
     ticket = await state.meter.admit(
-        auth, request.state.request_id, reserve_for_chat(chat, targets)
+        auth, scope["state"]["request_id"], reserve_for_chat(chat, targets)
     )
     limit_headers = ticket.admission.headers()
     response_id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -63,16 +64,20 @@ async def chat_completions(request: Request) -> Response:
             )
     ticket.retries = len(tries) - 1
     if chat.stream:
-        return StreamingResponse(
+        await send_event_stream(
+            receive,
+            send,
+            SSE_HEADERS | _served_by(target) | limit_headers,
             _relay(state, ticket, chat, stream, target),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS | _served_by(target) | limit_headers,
+            state.settings.server.streams.keepalive_s,
         )
+        return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
-    return json_response(
+    await send_json(
+        send,
         completion.body,
-        headers=_served_by(target) | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
+        _served_by(target) | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
     )
 
 
@@ -149,13 +154,12 @@ async def _relay(
     chat: ChatRequest,
     stream: UpstreamStream,
     target: CatalogEntry,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Each piece is one or more whole SSE events, written in one send. Whatever ends the
     stream (done, upstream failure, client gone), what was generated is billed."""
     status = CLIENT_CLOSED
-    keepalive_s = state.settings.server.streams.keepalive_s
     try:
-        async for piece in with_keepalive(aiter(stream), keepalive_s):
+        async for piece in stream:
             if chat.include_usage and piece.endswith(DONE):
                 piece = _with_cost(piece, target)
             yield piece

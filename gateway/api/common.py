@@ -7,8 +7,9 @@ from typing import Any, TypeVar
 
 import msgspec
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import AuthContext, bearer_token, secrets_equal
 from gateway.errors import AuthenticationError, PermissionDenied
@@ -50,3 +51,40 @@ def require_admin(request: Request) -> None:
         )
     if token is None or not secrets_equal(token, state.admin_token.reveal()):
         raise AuthenticationError("Invalid admin token.")
+
+
+# -- plain ASGI (hot routes served without Starlette's request/response objects) ------------------
+def scope_state(scope: Scope) -> AppState:
+    state: AppState = scope["state"]["klawd"]
+    return state
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (`name` in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (the middleware enforces its size limit)."""
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def send_json(send: Send, content: Any, headers: dict[str, str], status: int = 200) -> None:
+    body = orjson.dumps(content)
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

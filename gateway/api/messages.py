@@ -23,17 +23,17 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway import _core
 from gateway.api.chat import CLIENT_CLOSED, SSE_HEADERS
 from gateway.api.common import app_state, json_response
-from gateway.api.streaming import with_keepalive
+from gateway.api.streaming import EventStreamResponse
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -210,10 +210,11 @@ async def _create_message(request: Request) -> Response:
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
-        return StreamingResponse(
+        return EventStreamResponse(
             _relay(state, ticket, chat, stream, target),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS | served | limit_headers,
+            SSE_HEADERS | served | limit_headers,
+            state.settings.server.streams.keepalive_s,
+            PING_EVENT,
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
@@ -287,13 +288,12 @@ async def _relay(
     chat: ChatRequest,
     stream: UpstreamStream,
     target: CatalogEntry,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """As chat's relay: whole events per write, `event: ping` while silent, an `event: error`
     on failure; whatever ends the stream, what was generated is billed."""
     status = CLIENT_CLOSED
-    keepalive_s = state.settings.server.streams.keepalive_s
     try:
-        async for piece in with_keepalive(aiter(stream), keepalive_s, PING_EVENT):
+        async for piece in stream:
             yield piece
         status = 200
     except GatewayError as exc:

@@ -13,15 +13,23 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Sequence
 
 import orjson
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import INTERNAL_ERROR_MESSAGE, GatewayError, InternalError, RequestTooLarge
+from gateway.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    GatewayError,
+    InternalError,
+    RequestTooLarge,
+    ServiceUnavailable,
+)
 from gateway.messages import error_body as anthropic_error_body
 from gateway.observer import RequestObserver
 from gateway.requestlog import RequestRecord, current_request
+from gateway.store.base import StoreError
 
 log = logging.getLogger("klawd")
 
@@ -46,13 +54,35 @@ def route_template(scope: Scope) -> str:
     return (root or path) if isinstance(route, Mount) else root + path
 
 
+def envelope_error(exc: Exception) -> GatewayError | None:
+    """The one mapping of an exception to the error envelope (Starlette's exception handlers use
+    it too); None for an unexpected exception, which is a 500 with no internal text."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, StoreError):
+        log.error("store error: %s", exc)
+        return ServiceUnavailable(
+            "The gateway's store is unavailable; retry shortly.", retry_after_s=1
+        )
+    return None
+
+
 class GatewayMiddleware:
+    """`direct_routes`: plain-ASGI routes with a fixed path, served without passing through
+    Starlette's router and exception middleware (the hot path); any other method or path goes
+    to the Starlette app, whose router knows the same routes (405s, the route template)."""
+
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, observer: RequestObserver | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        observer: RequestObserver | None = None,
+        direct_routes: Sequence[Route] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.observer = observer
+        self.direct_routes = {route.path: route for route in direct_routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,11 +170,17 @@ class GatewayMiddleware:
                     raise too_large
             return message
 
+        app = self.app
+        route = self.direct_routes.get(scope["path"])
+        if route is not None and route.methods is not None and scope["method"] in route.methods:
+            scope["route"] = route
+            app = route.app
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await app(scope, limited_receive, send_with_id)
         except Exception as exc:
-            if isinstance(exc, RequestTooLarge) and not started:
-                await _send_error(send_with_id, exc.status, _body(scope, exc), {})
+            error = envelope_error(exc)
+            if error is not None and not started:
+                await _send_error(send_with_id, error.status, _body(scope, error), error.headers())
                 return
             log.exception(
                 "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id

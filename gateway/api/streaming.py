@@ -1,63 +1,125 @@
-"""Keepalive for SSE relays: a comment while the upstream is silent, without a task per event.
+"""The event-stream response: relays SSE pieces to the client in the request's own task.
 
-One pump task per stream moves pieces from the upstream into a small queue; a timer, re-armed on
-every piece, puts `: keepalive` into the queue after `keepalive_s` of silence. The client side
-only ever awaits the queue. When the client goes away, the generator is cancelled and so is the
-pump, which closes the upstream response at once.
+Per stream there is the request's task, which awaits the next piece and sends it, and one small
+task that waits for the client's `http.disconnect`. Nothing else runs per piece:
+
+- keepalive: one timer per stream, re-armed only when it fires, looks at the time of the last
+  piece; after `keepalive_s` of silence it sends `keepalive` (a comment, or the Messages API's
+  `event: ping`) while the request's task is still waiting on the upstream;
+- disconnect: the watcher cancels the request's task, wherever it is waiting (on the upstream
+  or on a slow client); the pieces' generator is closed, so whatever it holds (the upstream
+  response, the ledger entry in its `finally`) is released at once.
+
+Each piece is written in one send, so a client never reads part of an event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 KEEPALIVE = b": keepalive\n\n"
-_END = object()
+EVENT_STREAM = b"text/event-stream; charset=utf-8"
 
 
-async def with_keepalive(
-    source: AsyncIterator[bytes], keepalive_s: float, keepalive: bytes = KEEPALIVE
-) -> AsyncIterator[bytes]:
-    """`keepalive` is what a silent stream gets (the Messages API route sends `event: ping`)."""
+async def send_event_stream(
+    receive: Receive,
+    send: Send,
+    headers: Mapping[str, str],
+    pieces: AsyncGenerator[bytes, None],
+    keepalive_s: float,
+    keepalive: bytes = KEEPALIVE,
+) -> None:
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 (always called from the request's task)
+    client_gone = False
+    finished = False  # from here on, a disconnect must not cancel the request's task
+    waiting_on_source = True
+    last_sent = loop.time()
+    pinging: asyncio.Future[None] | None = None
     timer: asyncio.TimerHandle | None = None
 
-    def ping() -> None:
-        if queue.empty():
-            queue.put_nowait(keepalive)
-        arm()
+    def on_disconnect(watcher: asyncio.Task[None]) -> None:
+        nonlocal client_gone
+        if not finished and not watcher.cancelled() and watcher.exception() is None:
+            client_gone = True
+            task.cancel()
 
-    def arm() -> None:
-        nonlocal timer
-        timer = loop.call_later(keepalive_s, ping)
+    def check_silence() -> None:
+        nonlocal timer, pinging, last_sent
+        silent_s = loop.time() - last_sent
+        if silent_s >= keepalive_s:
+            if waiting_on_source and (pinging is None or pinging.done()):
+                pinging = asyncio.ensure_future(send(_body(keepalive)))
+                pinging.add_done_callback(_ignore_result)
+            last_sent = loop.time()
+            silent_s = 0.0
+        timer = loop.call_later(keepalive_s - silent_s, check_silence)
 
-    async def pump() -> None:
-        try:
-            async for piece in source:
-                if timer is not None:
-                    timer.cancel()
-                await queue.put(piece)
-                arm()
-            await queue.put(_END)
-        except Exception as exc:  # handed over to the client side, which raises it
-            await queue.put(exc)
-
-    arm()
-    task = loop.create_task(pump())
+    raw_headers = [(b"content-type", EVENT_STREAM)]
+    raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    watcher = loop.create_task(_disconnected(receive))
+    watcher.add_done_callback(on_disconnect)
+    timer = loop.call_later(keepalive_s, check_silence)
     try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, bytes)  # noqa: S101 (only bytes, _END and errors are queued)
-            yield item
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        async for piece in pieces:
+            waiting_on_source = False
+            if pinging is not None and not pinging.done():
+                await pinging
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            last_sent = loop.time()
+            waiting_on_source = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not client_gone:
+            raise
+        task.uncancel()
+    except OSError:
+        pass  # the server could not write: the client is gone
     finally:
+        finished = True
         if timer is not None:
             timer.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.shield(task)
+        watcher.remove_done_callback(on_disconnect)
+        watcher.cancel()
+        await pieces.aclose()
+
+
+def _body(piece: bytes) -> Message:
+    return {"type": "http.response.body", "body": piece, "more_body": True}
+
+
+def _ignore_result(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # a failed keepalive means the client left: the watcher handles it
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStreamResponse(Response):
+    """`send_event_stream` as a Starlette response, for routes served through Starlette."""
+
+    def __init__(
+        self,
+        pieces: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str],
+        keepalive_s: float,
+        keepalive: bytes = KEEPALIVE,
+    ) -> None:
+        self.pieces = pieces
+        self.stream_headers = headers
+        self.keepalive_s = keepalive_s
+        self.keepalive = keepalive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_event_stream(
+            receive, send, self.stream_headers, self.pieces, self.keepalive_s, self.keepalive
+        )

@@ -1,0 +1,157 @@
+"""send_event_stream: pieces relayed in order, keepalive while silent, disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from gateway.api.streaming import KEEPALIVE, send_event_stream
+
+
+class Client:
+    """The ASGI side: records what is sent; `leave()` makes receive() answer http.disconnect."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.left = asyncio.Event()
+        self.got_body = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if message.get("body"):
+            self.got_body.set()
+
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for m in self.sent if m["type"] == "http.response.body"]
+
+
+def test_pieces_are_sent_in_order_each_in_one_send_then_the_end() -> None:
+    async def main() -> Client:
+        client = Client()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            for i in range(3):
+                yield f"data: {i}\n\n".encode()
+
+        await send_event_stream(client.receive, client.send, {"x-a": "b"}, pieces(), 30)
+        return client
+
+    client = asyncio.run(asyncio.wait_for(main(), 5))
+    start = client.sent[0]
+    assert start["status"] == 200
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
+    assert (b"x-a", b"b") in start["headers"]
+    assert client.bodies() == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert client.sent[-1]["more_body"] is False
+
+
+def test_a_silent_source_gets_keepalives_and_then_its_piece() -> None:
+    async def main() -> Client:
+        client = Client()
+        release = asyncio.Event()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            await release.wait()
+            yield b"data: late\n\n"
+
+        async def release_after_two_keepalives() -> None:
+            while client.bodies().count(KEEPALIVE) < 2:
+                await asyncio.sleep(0.01)
+            release.set()
+
+        waiter = asyncio.ensure_future(release_after_two_keepalives())
+        await send_event_stream(client.receive, client.send, {}, pieces(), 0.05, KEEPALIVE)
+        await waiter
+        return client
+
+    client = asyncio.run(asyncio.wait_for(main(), 10))
+    bodies = client.bodies()
+    assert bodies[-2:] == [b"data: late\n\n", b""]
+    assert set(bodies[:-2]) == {KEEPALIVE} and len(bodies) >= 4
+
+
+def test_a_client_that_leaves_closes_the_source_and_the_request_task_is_not_cancelled() -> None:
+    async def main() -> tuple[bool, int]:
+        client = Client()
+        closed = asyncio.Event()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            try:
+                yield b"data: first\n\n"
+                await asyncio.Event().wait()  # an upstream that never sends again
+                yield b"never"
+            finally:
+                closed.set()
+
+        async def leave_after_first() -> None:
+            await client.got_body.wait()
+            client.left.set()
+
+        leaver = asyncio.ensure_future(leave_after_first())
+        await send_event_stream(client.receive, client.send, {}, pieces(), 30)
+        await leaver
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)  # a stray cancellation would be raised here
+        return closed.is_set(), task.cancelling()
+
+    closed, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert closed
+    assert cancelling == 0
+
+
+def test_a_disconnect_right_at_the_end_does_not_cancel_the_request_task() -> None:
+    """The client leaves as the last message is sent: the watcher finishes while the sender is
+    on its way out, and its callback runs after the sender returned."""
+
+    async def main() -> str:
+        client = Client()
+        send = client.send
+
+        async def send_then_leave(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                client.left.set()
+                await asyncio.sleep(0)
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            yield b"data: only\n\n"
+
+        await send_event_stream(client.receive, send_then_leave, {}, pieces(), 30)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return "not cancelled"
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == "not cancelled"
+
+
+def test_cancellation_from_outside_still_propagates() -> None:
+    async def main() -> bool:
+        client = Client()
+        closed = asyncio.Event()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            try:
+                yield b"data: first\n\n"
+                await asyncio.Event().wait()
+                yield b"never"
+            finally:
+                closed.set()
+
+        task = asyncio.ensure_future(
+            send_event_stream(client.receive, client.send, {}, pieces(), 30)
+        )
+        await client.got_body.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return closed.is_set()
+        return False
+
+    assert asyncio.run(asyncio.wait_for(main(), 5))

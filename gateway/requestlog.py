@@ -1,17 +1,18 @@
-"""One JSON log line per request, written off the event loop.
+"""One JSON log line per request, written off the event loop, in batches.
 
 The outermost middleware opens a `RequestRecord` for each HTTP request and makes it the current
 one (a ContextVar: the handler, the stream relay and the upstream calls of that request run in
 the same context). Metering fills in the account, the served model, tokens and cost; upstream
 calls count themselves. When the response ends (for a stream: when the stream ends) the
-middleware writes the record as one JSON line: it is only put on a queue, and a writer thread
-writes the lines to stderr.
+middleware writes the record as one JSON line: it is gathered in memory, and a writer thread
+writes the lines to stderr in batches.
 
 The record holds no key, prompt or completion: only ids, names from the catalog, and numbers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import sys
 import threading
@@ -85,46 +86,50 @@ current_request: ContextVar[RequestRecord | None] = ContextVar("klawd_request", 
 
 
 class RequestLog:
-    """Request lines go on a queue; one writer thread writes them to the stream (stderr) in
-    batches, so the event loop never waits on the stream."""
+    """Request lines are gathered on the event loop and handed to one writer thread in batches
+    (every HAND_OVER_S, or at MAX_BATCH lines), which writes them to the stream (stderr): the
+    event loop never waits on the stream, and the writer wakes a few times a second rather than
+    once per request (each wake-up would take the GIL from the event loop)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._pending: list[str] = []
+        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="klawd-request-log", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def write(self, record: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
-        self._queue.put(record.line(latency_ms, ttfb_ms))
+        self._pending.append(record.line(latency_ms, ttfb_ms))
+        if len(self._pending) >= MAX_BATCH:
+            self._hand_over()
+        elif len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(HAND_OVER_S, self._hand_over)
+            except RuntimeError:  # no event loop (a script, a test): no batching
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._queue.put(self._pending)
+            self._pending = []
 
     def _run(self) -> None:
-        while True:
-            line = self._queue.get()
-            lines: list[str] = []
-            while line is not None:
-                lines.append(line)
-                if len(lines) >= MAX_BATCH:
-                    break
-                try:
-                    line = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if lines:
-                try:
-                    self._stream.write("\n".join(lines) + "\n")
-                    self._stream.flush()
-                except (OSError, ValueError):
-                    pass  # a closed stream must not kill the writer: the lines are dropped
-            if line is None:
-                return
+        while (lines := self._queue.get()) is not None:
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed stream must not kill the writer: the lines are dropped
 
     def close(self) -> None:
-        """Writes what is queued, then stops the thread."""
+        """Writes what is gathered, then stops the thread."""
+        self._hand_over()
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=10)
 
 
+HAND_OVER_S = 0.05
 MAX_BATCH = 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import orjson
@@ -10,7 +11,7 @@ from prometheus_client import generate_latest
 from gateway.billing import TokenUsage
 from gateway.metrics import Metrics, status_class
 from gateway.observer import RequestObserver
-from gateway.requestlog import RequestLog, RequestRecord, current_request
+from gateway.requestlog import MAX_BATCH, RequestLog, RequestRecord, current_request
 from gateway.routing.catalog import Catalog
 from gateway.settings import load_settings
 from tests.scrape import parse, total
@@ -108,3 +109,35 @@ def test_a_flushed_buffer_reads_exactly_as_direct_updates() -> None:
     assert total(
         parse(generate_latest(buffered.registry).decode()), "klawd_http_requests_total"
     ) == len(values)
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_request_lines_reach_the_writer_in_batches_not_one_wake_up_per_line() -> None:
+    stream = CountingStream()
+    log = RequestLog(stream)
+    log.start()
+    lines = MAX_BATCH + 1
+
+    async def write_all() -> None:
+        for i in range(lines):
+            record = RequestRecord(f"req_{i}", "GET")
+            log.write(record, 1.0, None)
+        for _ in range(500):  # the timer hands over the last partial batch
+            if stream.getvalue().count("\n") == lines:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(write_all(), 10))
+    log.close()
+    written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["request_id"] for line in written] == [f"req_{i}" for i in range(lines)]
+    assert stream.writes == 2

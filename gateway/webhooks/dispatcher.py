@@ -31,17 +31,47 @@ from collections.abc import Callable
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from gateway.metrics import Metrics
 from gateway.settings import WebhookSettings
 from gateway.store.base import Delivery, DeliveryAttempt, Store
 from gateway.webhooks.events import USAGE_UPDATED, headers, next_attempt, usage_event
-from gateway.webhooks.ssrf import BlockedAddress, GuardedResolver, check_host, describe, parse_url
+from gateway.webhooks.ssrf import (
+    BlockedAddress,
+    check_address,
+    check_host,
+    describe,
+    parse_url,
+)
 
 log = logging.getLogger("klawd.webhooks")
 
 LEASE = "webhooks"
 RESPONSE_PREFIX_BYTES = 256  # what is kept of a receiver's answer
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that refuses a name if any of its addresses is not allowed."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self._inner = ThreadedResolver()
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            check_address(result["host"], self._allow_private)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def __repr__(self) -> str:
+        return f"GuardedResolver(allow_private={self._allow_private})"
 
 
 class Dispatcher:

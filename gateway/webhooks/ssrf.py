@@ -8,9 +8,9 @@ multicast, reserved, documentation or "this network" ranges; IPv4 addresses embe
 scheme check stays).
 
 The check runs when the URL is set (`check_url`, 400 at the API) and again at every delivery:
-IP literals by `check_host`, names by `GuardedResolver`, the resolver of the delivery session, so
-the address that is checked is the address that is connected to (DNS rebinding gets a refused
-connection, not a request to the new address).
+IP literals by `check_host`, names by `GuardedResolver` (gateway/webhooks/dispatcher.py), the
+resolver of the delivery session, so the address that is checked is the address that is connected
+to (DNS rebinding gets a refused connection, not a request to the new address).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ import ipaddress
 import socket
 from typing import Any
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -129,28 +126,6 @@ async def check_url(url: str, allow_private: bool) -> None:
         raise BlockedAddress(f"the host {host} cannot be resolved") from exc
     for info in infos:
         check_address(str(info[4][0]), allow_private)
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses a name if any of its addresses is not allowed."""
-
-    def __init__(self, allow_private: bool) -> None:
-        self._inner = ThreadedResolver()
-        self._allow_private = allow_private
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            check_address(result["host"], self._allow_private)
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def __repr__(self) -> str:
-        return f"GuardedResolver(allow_private={self._allow_private})"
 
 
 def describe(exc: BaseException) -> str:

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from gateway.webhooks.ssrf import BlockedAddress, GuardedResolver, check_url, is_blocked, parse_url
+from gateway.webhooks.dispatcher import GuardedResolver
+from gateway.webhooks.ssrf import BlockedAddress, check_url, is_blocked, parse_url
 
 REFUSED = [
     "127.0.0.1",

@@ -11,6 +11,7 @@ of the request, carry the x-ratelimit-* headers of the decision.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import secrets
 import time
@@ -112,8 +113,17 @@ def limit_spec(settings: Settings, account: Account) -> LimitSpec:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * SECONDS_PER_DAY, UTC).strftime("%Y-%m-%d")
+
+
 def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    """ "YYYY-MM-DD" of a Unix time (UTC days have no leap seconds in Unix time)."""
+    return _day_name(int(ts // SECONDS_PER_DAY))
+
+
+SECONDS_PER_DAY = 86_400
 
 
 class Meter:

@@ -1,12 +1,17 @@
-"""Money math in integer micro-dollars, and the error envelope. No sockets."""
+"""Money math in integer micro-dollars, ledger days, and the error envelope. No sockets."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.billing import TokenUsage, format_usd, token_cost_micros, usd_to_micros
 from gateway.errors import NotFound, RateLimited, model_not_found, retry_after_header
+from gateway.metering import utc_day
 
 
 @pytest.mark.parametrize(
@@ -57,3 +62,14 @@ def test_retry_after_is_whole_seconds_rounded_up_at_least_one(seconds: float, he
 def test_stream_error_event_is_one_line() -> None:
     event = RateLimited("slow down").sse_event()
     assert event.startswith(b"data: {") and event.endswith(b"\n\n") and event.count(b"\n") == 2
+
+
+@given(st.floats(min_value=-2e9, max_value=5e9, allow_nan=False))
+def test_utc_day_is_the_calendar_day_of_the_unix_time(ts: float) -> None:
+    assert utc_day(ts) == datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def test_utc_day_changes_exactly_at_midnight() -> None:
+    midnight = datetime(2026, 11, 27, tzinfo=UTC).timestamp()
+    assert utc_day(midnight - 0.001) == "2026-11-26"
+    assert utc_day(midnight) == "2026-11-27"

@@ -9,7 +9,8 @@ A provider turns one OpenAI-shaped chat call into its upstream's wire format and
 
 HTTP providers subclass `HttpProvider` and only describe their format: `build_request`,
 `parse_response`, `reframer_kind` (their framing lives in the Rust reframer of that name) and
-`map_error`. Sending, timeouts and the translation of aiohttp failures are here, once.
+`map_error`. Sending, timeouts and the translation of HTTP failures are here, once, over the
+providers' own keep-alive HTTP/1.1 client (`gateway.providers.http_client`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import base64
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import urljoin
 
-import aiohttp
 import orjson
 from msgspec import Struct
 
@@ -35,6 +36,7 @@ from gateway.errors import (
     RequestTooLarge,
     ServiceUnavailable,
 )
+from gateway.providers.http_client import ConnectFailed, HttpClient, HttpResponse, ResponseBroken
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.embeddings import EmbeddingRequest
 from gateway.schemas.images import ImageRequest
@@ -79,6 +81,9 @@ class Provider(Protocol):
 
 # A generated image downloaded for `b64_json` larger than this is refused (memory bound).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+# Redirects followed when downloading a generated image (as aiohttp did).
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class UpstreamRequest(Struct, frozen=True):
@@ -232,15 +237,10 @@ class HttpProvider:
         self.name = name
         self.settings = settings
         self.api_key = api_key
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.pool_size, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(
-                total=settings.timeout_s,
-                sock_connect=settings.connect_timeout_s,
-                sock_read=settings.stream_idle_timeout_s,
-            ),
-            auto_decompress=True,
-            raise_for_status=False,
+        self._client = HttpClient(
+            pool_size=settings.pool_size,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.stream_idle_timeout_s,
         )
 
     # -- what each provider describes -----------------------------------------------------------
@@ -269,14 +269,14 @@ class HttpProvider:
 
     # -- shared ---------------------------------------------------------------------------------
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
 
     def redact(self, text: str) -> str:
         if self.api_key is not None and self.api_key.reveal():
             text = text.replace(self.api_key.reveal(), "[redacted]")
         return text
 
-    async def _send(self, upstream: UpstreamRequest) -> aiohttp.ClientResponse:
+    async def _send(self, upstream: UpstreamRequest) -> HttpResponse:
         """One upstream call up to its response headers, reported to the observer."""
         if self.observer is None:
             return await self._send_unobserved(upstream)
@@ -289,31 +289,33 @@ class HttpProvider:
         self.observer.upstream_finished(self.name, time.perf_counter() - started, None)
         return response
 
-    async def _send_unobserved(self, upstream: UpstreamRequest) -> aiohttp.ClientResponse:
+    async def _send_unobserved(self, upstream: UpstreamRequest) -> HttpResponse:
+        """Up to the headers within `first_byte_timeout_s`; the whole call, body included,
+        within `timeout_s` (the response expires then: its reader gets TimeoutError)."""
+        settings = self.settings
+        deadline = asyncio.get_running_loop().time() + settings.timeout_s
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                response = await self._session.request(
-                    upstream.method,
-                    upstream.url,
-                    data=upstream.body or None,
-                    headers=upstream.headers,
+            async with asyncio.timeout(min(settings.first_byte_timeout_s, settings.timeout_s)):
+                response = await self._client.request(
+                    upstream.method, upstream.url, upstream.headers, upstream.body or None
                 )
         except TimeoutError as exc:
             raise GatewayTimeout(
                 f"The upstream provider '{self.name}' did not answer in time.", retryable=True
             ) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             raise UpstreamUnreachable(
                 f"The upstream provider '{self.name}' is unreachable."
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (ResponseBroken, ValueError) as exc:
             raise BadGateway(
                 f"The upstream provider '{self.name}' failed: {type(exc).__name__}."
             ) from exc
+        response.expire_at(deadline)
         if response.status >= 400:
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, TimeoutError):
+            except (ResponseBroken, TimeoutError):
                 body = b""
             finally:
                 response.release()
@@ -327,7 +329,7 @@ class HttpProvider:
             body = await response.read()
         except TimeoutError as exc:
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
-        except aiohttp.ClientError as exc:
+        except ResponseBroken as exc:
             raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
         finally:
             response.release()
@@ -339,33 +341,49 @@ class HttpProvider:
             ) from exc
 
     async def download_b64(self, url: str) -> str:
-        """Fetches a generated image (an upstream output URL) and base64-encodes its bytes."""
+        """Fetches a generated image (an upstream output URL, redirects followed) and
+        base64-encodes its bytes."""
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                async with self._session.get(url) as response:
+                response = await self._get_following_redirects(url)
+                try:
                     if response.status >= 400:
                         raise BadGateway(
                             f"The upstream provider '{self.name}' could not serve a generated "
                             f"image (HTTP {response.status})."
                         )
                     data = bytearray()
-                    async for chunk in response.content.iter_any():
+                    async for chunk in response.chunks():
                         data += chunk
                         if len(data) > MAX_IMAGE_BYTES:
                             raise BadGateway(
                                 f"The upstream provider '{self.name}' served an image larger "
                                 f"than {MAX_IMAGE_BYTES} bytes."
                             )
+                finally:
+                    response.release()
         except TimeoutError as exc:
             raise GatewayTimeout(
                 f"The upstream provider '{self.name}' timed out serving an image."
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (ConnectFailed, ResponseBroken, ValueError) as exc:
             raise BadGateway(
                 f"The upstream provider '{self.name}' failed serving an image: "
                 f"{type(exc).__name__}."
             ) from exc
         return base64.b64encode(data).decode("ascii")
+
+    async def _get_following_redirects(self, url: str) -> HttpResponse:
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._client.request("GET", url, {}, None)
+            location = response.headers.get("location")
+            if response.status not in REDIRECT_STATUSES or not location:
+                return response
+            response.release()
+            url = urljoin(url, location)
+        raise BadGateway(
+            f"The upstream provider '{self.name}' failed serving an image: too many redirects."
+        )
 
     async def complete(self, call: ChatCall) -> Completion:
         response = await self._send(self.build_request(call, stream=False))
@@ -373,7 +391,7 @@ class HttpProvider:
             body = await response.read()
         except TimeoutError as exc:
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
-        except aiohttp.ClientError as exc:
+        except ResponseBroken as exc:
             raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
         finally:
             response.release()
@@ -395,7 +413,7 @@ class ReframedStream:
     """Moves upstream bytes through the provider's Rust reframer; knows no provider format."""
 
     def __init__(
-        self, provider: HttpProvider, response: aiohttp.ClientResponse, reframer: _core.Reframer
+        self, provider: HttpProvider, response: HttpResponse, reframer: _core.Reframer
     ) -> None:
         self._provider = provider
         self._response = response
@@ -420,7 +438,7 @@ class ReframedStream:
         reframer = self._reframer
         name = self._provider.name
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._response.chunks():
                 out = reframer.feed(chunk)
                 if out:
                     yield out
@@ -437,7 +455,8 @@ class ReframedStream:
             raise BadGateway(f"The upstream provider '{name}' sent a malformed stream.") from exc
         except TimeoutError as exc:
             raise GatewayTimeout(f"The upstream provider '{name}' went silent mid-stream.") from exc
-        except aiohttp.ClientError as exc:
+        except ResponseBroken as exc:
             raise BadGateway(f"The upstream provider '{name}' broke off the stream.") from exc
         finally:
-            self._response.close()
+            # the whole answer read: the connection is kept alive; otherwise it is dropped
+            self._response.release()

@@ -1,0 +1,704 @@
+"""A lean HTTP/1.1 client for the providers: asyncio Protocols, a keep-alive pool, llhttp.
+
+    client = HttpClient(pool_size=100, connect_timeout_s=5, read_timeout_s=60)
+    response = await client.request("POST", url, headers, body)  # once the headers are parsed
+    body = await response.read()            # or: async for chunk in response.chunks(): ...
+    response.release()                      # keep-alive: back to the pool (close() drops it)
+
+One request is in flight per connection (no pipelining). Connections are pooled per
+(scheme, host, port), at most `pool_size` per key (0: no limit); past it callers wait in FIFO
+order. An idle connection that the server closed is never reused, and if a reused connection
+breaks before any byte of the answer arrived (the server closed it as we sent), the request is
+sent once more on a new connection; never once an answer has begun.
+
+Responses are parsed by httptools (llhttp): chunked bodies are decoded, a body with neither
+Content-Length nor chunked ends at EOF, and a gzip or deflate Content-Encoding is undone, so
+callers always see the identity bytes. No Accept-Encoding, User-Agent, cookies, proxies or
+redirects: a caller that wants one does it itself.
+
+Timeouts: connecting (TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
+`read_timeout_s` for the next bytes of an answer, raises TimeoutError; a whole-request deadline
+is the caller's (`asyncio.timeout` up to the headers, `HttpResponse.expire_at` for the body).
+A cancelled caller drops its connection. Error messages never quote a header value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Final, NamedTuple, cast
+from urllib.parse import quote, urlsplit
+
+import aiohappyeyeballs
+import httptools
+
+__all__ = ["ConnectFailed", "HttpClient", "HttpResponse", "ResponseBroken"]
+
+
+class ConnectFailed(Exception):
+    """No connection could be made (DNS, refused, unreachable, TLS handshake): the request
+    provably never reached the server."""
+
+
+class ResponseBroken(Exception):
+    """The answer broke off or was not HTTP: reset, EOF before its end, malformed, undecodable."""
+
+
+# Unread body bytes past which the socket is not read until the reader catches up.
+HIGH_WATER: Final = 256 * 1024
+LOW_WATER: Final = 64 * 1024
+# Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
+_BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+_MAX_CACHED_TARGETS: Final = 1024
+# Resolved addresses are reused this long (aiohttp's ttl_dns_cache, as the providers had it).
+DNS_TTL_S: Final = 300.0
+# Happy Eyeballs (RFC 8305): the next address is tried if one has not connected in this long.
+HAPPY_EYEBALLS_DELAY_S: Final = 0.25
+# Characters left as they are in a request target; anything else is percent-encoded.
+_TARGET_SAFE: Final = "/%:@!$&'()*+,;=?~-._"
+
+
+class _Target(NamedTuple):
+    key: tuple[str, str, int]
+    host: str  # to connect to (an IPv6 literal without brackets)
+    port: int
+    tls: bool
+    line_rest: str  # " {path} HTTP/1.1\r\nHost: {authority}\r\n", after the method
+
+
+def _parse_target(url: str) -> _Target:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError("only http and https URLs are supported")
+    host = parts.hostname
+    if not host:
+        raise ValueError("the URL has no host")
+    port = parts.port or (443 if scheme == "https" else 80)
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    authority = f"[{host}]" if ":" in host else host
+    if port != (443 if scheme == "https" else 80):
+        authority = f"{authority}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    if not path.isascii() or not path.isprintable() or " " in path:
+        path = quote(path, safe=_TARGET_SAFE)
+    return _Target(
+        (scheme, host, port),
+        host,
+        port,
+        scheme == "https",
+        f" {path} HTTP/1.1\r\nHost: {authority}\r\n",
+    )
+
+
+class HttpClient:
+    """Keep-alive HTTP/1.1 connections, pooled per (scheme, host, port)."""
+
+    def __init__(
+        self,
+        pool_size: int,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        *,
+        keepalive_s: float = 15.0,  # an idle connection older than this is closed, not reused
+    ) -> None:
+        self._limit = pool_size
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._keepalive_s = keepalive_s
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._targets: dict[str, _Target] = {}
+        self._dns: dict[tuple[str, int], tuple[float, Sequence[aiohappyeyeballs.AddrInfoType]]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> HttpResponse:
+        """Sends one request; returns when the answer's status line and headers are parsed.
+        Raises ConnectFailed, ResponseBroken, TimeoutError, or ValueError for a URL or header
+        that cannot be sent (a CR or LF in a header: no header injection)."""
+        if self._closed:
+            raise RuntimeError("the HTTP client is closed")
+        target = self._targets.get(url)
+        if target is None:
+            target = _parse_target(url)
+            if len(self._targets) >= _MAX_CACHED_TARGETS:
+                self._targets.clear()
+            self._targets[url] = target
+        block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        if block.count("\n") != len(headers) or block.count("\r") != len(headers):
+            raise ValueError("a header name or value contains CR or LF")
+        if not method.isascii() or not method.isalpha():
+            raise ValueError("the method is not an HTTP token")
+        if body:
+            length = f"Content-Length: {len(body)}\r\n"
+        else:
+            length = "" if method in _BODYLESS_METHODS else "Content-Length: 0\r\n"
+        head = f"{method}{target.line_rest}{length}{block}\r\n".encode()
+        payload = head + body if body else head
+        head_only = method == "HEAD"
+
+        pool = self._pools.get(target.key)
+        if pool is None:
+            pool = self._pools[target.key] = _Pool(self, target)
+        fresh = False
+        while True:
+            conn = await pool.acquire(fresh)
+            response = HttpResponse(conn, self._read_timeout_s, head_only)
+            conn.send(response, payload)
+            try:
+                while not response._headers_done:
+                    if response._error is not None:
+                        raise response._error
+                    await response._wait()
+            except ResponseBroken:
+                response.close()
+                if fresh or not conn.reused or response._got_bytes:
+                    raise
+                fresh = True  # the server closed a kept-alive connection under us: once more
+            except BaseException:
+                response.close()
+                raise
+            else:
+                return response
+
+    async def close(self) -> None:
+        """Closes every connection, idle or busy; later requests raise RuntimeError."""
+        self._closed = True
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for pool in pools:
+            pool.close()
+        await asyncio.sleep(0)  # let the transports report connection_lost
+
+    async def _resolve(self, host: str, port: int) -> Sequence[aiohappyeyeballs.AddrInfoType]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        cached = self._dns.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"{host} has no address")
+        if len(self._dns) >= _MAX_CACHED_TARGETS:
+            self._dns.clear()
+        self._dns[(host, port)] = (now + DNS_TTL_S, infos)
+        return infos
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+
+class _Pool:
+    """The connections to one (scheme, host, port): `count` open or opening, some idle."""
+
+    __slots__ = ("client", "conns", "count", "idle", "target", "waiters")
+
+    def __init__(self, client: HttpClient, target: _Target) -> None:
+        self.client = client
+        self.target = target
+        self.count = 0
+        self.conns: set[_Connection] = set()
+        self.idle: list[_Connection] = []  # oldest first; reuse takes the newest
+        # Callers waiting for a connection (handed one) or for a slot to open one (None).
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+    async def acquire(self, fresh: bool) -> _Connection:
+        client = self.client
+        while True:
+            if not fresh and self.idle:
+                conn = self._take_idle()
+                if conn is not None:
+                    return conn
+            if client._limit <= 0 or self.count < client._limit:
+                self.count += 1
+                return await self._open()
+            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                granted = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    granted = waiter.result()  # granted as we were cancelled: pass it on
+                    if granted is None:
+                        self.count -= 1  # the slot kept for us is free again
+                    self._pass_on(granted)
+                raise
+            if granted is None:
+                return await self._open()  # a slot was kept for us (count already includes it)
+            if granted.usable():
+                return granted
+            # handed a connection that died before we ran: its slot went to the next waiter
+
+    def _take_idle(self) -> _Connection | None:
+        idle = self.idle
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.usable():
+                conn.close()
+                continue
+            if now - conn.idle_since > self.client._keepalive_s:
+                stale = [conn, *idle]  # the older ones are staler still
+                idle.clear()
+                for old in stale:
+                    old.close()
+                return None
+            return conn
+        return None
+
+    async def _open(self) -> _Connection:
+        """A new connection in a slot already counted."""
+        client = self.client
+        target = self.target
+        loop = asyncio.get_running_loop()
+        conn = _Connection(self)
+        try:
+            async with asyncio.timeout(client._connect_timeout_s) as scope:
+                sock = await aiohappyeyeballs.start_connection(
+                    await client._resolve(target.host, target.port),
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,
+                    interleave=1,
+                )
+                try:
+                    await loop.create_connection(
+                        lambda: conn,
+                        sock=sock,
+                        ssl=client._ssl_context() if target.tls else None,
+                        server_hostname=target.host if target.tls else None,
+                    )
+                except BaseException:
+                    sock.close()  # a no-op if the failed transport closed it already
+                    raise
+        except TimeoutError as exc:
+            conn.close()
+            if scope.expired():
+                raise TimeoutError(f"connecting to {target.host}:{target.port} timed out") from None
+            raise ConnectFailed(f"could not connect to {target.host}:{target.port}") from exc
+        except (OSError, RuntimeError) as exc:  # DNS, refused, unreachable, TLS (an OSError)
+            conn.close()
+            client._dns.pop((target.host, target.port), None)  # resolve afresh next time
+            raise ConnectFailed(
+                f"could not connect to {target.host}:{target.port}: {type(exc).__name__}"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        if conn.closed or client._closed:  # lost between the handshake and now, or shut down
+            conn.close()
+            raise ConnectFailed(f"the connection to {target.host}:{target.port} closed at once")
+        self.conns.add(conn)
+        return conn
+
+    def put_back(self, conn: _Connection) -> None:
+        """A connection whose answer was read to its end, kept alive."""
+        conn.response = None
+        if not conn.usable() or self.client._closed:
+            conn.close()
+            return
+        conn.resume()
+        conn.reused = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self.idle.append(conn)
+
+    def discard(self, conn: _Connection) -> None:
+        """A connection closed: its slot goes to the first waiter, if any."""
+        self.conns.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self.count -= 1
+        self._pass_on(None)
+
+    def _pass_on(self, granted: _Connection | None) -> None:
+        if granted is not None:
+            self.put_back(granted)
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.count += 1  # kept for that waiter
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        while self.waiters:  # first: closing connections below would grant them slots
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the HTTP client was closed"))
+        for conn in list(self.conns):
+            conn.close()
+        self.idle.clear()
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; its bytes go to the response in flight."""
+
+    __slots__ = (
+        "_discarded",
+        "closed",
+        "idle_since",
+        "paused",
+        "pool",
+        "response",
+        "reused",
+        "transport",
+    )
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.response: HttpResponse | None = None
+        self.closed = False
+        self.reused = False
+        self.paused = False
+        self.idle_since = 0.0
+        self._discarded = False
+
+    def usable(self) -> bool:
+        transport = self.transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
+    def send(self, response: HttpResponse, payload: bytes) -> None:
+        self.response = response
+        if self.transport is None:
+            response._fail(ResponseBroken("the connection closed before the request was sent"))
+            return
+        self.transport.write(payload)
+
+    def close(self) -> None:
+        """Drops the connection at once (idempotent)."""
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            self.transport = None
+            transport.abort()
+        if not self._discarded:
+            self._discarded = True
+            self.pool.discard(self)
+
+    def pause(self) -> None:
+        transport = self.transport
+        if not self.paused and transport is not None and not transport.is_closing():
+            self.paused = True
+            transport.pause_reading()
+
+    def resume(self) -> None:
+        transport = self.transport
+        if self.paused and transport is not None and not transport.is_closing():
+            self.paused = False
+            transport.resume_reading()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:  # bytes while idle: nothing can be trusted on this connection
+            self.close()
+            return
+        parser = response._parser
+        if parser is None:  # the caller is done with this answer: more bytes are not ours
+            self.close()
+            return
+        response._got_bytes = True
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            response._fail(ResponseBroken("the upstream answered malformed HTTP"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.close()
+        response = self.response
+        if response is not None:
+            response._connection_lost(exc)
+
+
+class HttpResponse:
+    """An answer whose status and headers are known; its body is read with `read()` or
+    `chunks()`, then `release()` (keep-alive) or `close()` (drop the connection)."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_complete",
+        "_conn",
+        "_deadline",
+        "_decoder",
+        "_deflate_probe",
+        "_eof_body",
+        "_error",
+        "_finished",
+        "_got_bytes",
+        "_head_only",
+        "_headers_done",
+        "_interim",
+        "_keep_alive",
+        "_loop",
+        "_parser",
+        "_read_timeout_s",
+        "_unbounded",
+        "_waiter",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, read_timeout_s: float, head_only: bool) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}  # lower-case names; repeated headers joined by ", "
+        self._conn: _Connection | None = conn
+        # The parser calls this object's on_* methods; dropped when done (no reference cycle).
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._loop = asyncio.get_running_loop()
+        self._read_timeout_s = read_timeout_s
+        self._head_only = head_only
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._headers_done = False
+        self._interim = False
+        self._complete = False  # the whole message arrived
+        self._keep_alive = False
+        self._eof_body = False
+        self._unbounded = False  # read(): buffer everything, never pause
+        self._got_bytes = False
+        self._finished = False  # released or closed
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._decoder: zlib._Decompress | None = None
+        self._deflate_probe = False
+
+    # -- for callers ------------------------------------------------------------------------
+    async def read(self) -> bytes:
+        """The whole body; the connection then goes back to the pool."""
+        self._unbounded = True
+        if self._conn is not None:
+            self._conn.resume()
+        try:
+            while not self._complete:
+                if self._error is not None:
+                    raise self._error
+                await self._wait()
+        except BaseException:
+            self.close()
+            raise
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        self.release()
+        return body
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Each body chunk as soon as it arrives; at the end the connection is released."""
+        return self
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            while True:
+                chunks = self._chunks
+                if chunks:
+                    chunk = chunks.popleft()
+                    self._buffered -= len(chunk)
+                    conn = self._conn
+                    if conn is not None and conn.paused and self._buffered <= LOW_WATER:
+                        conn.resume()
+                    return chunk
+                if self._complete:
+                    break
+                if self._error is not None:
+                    raise self._error
+                await self._wait()
+        except BaseException:
+            self.close()
+            raise
+        self.release()
+        raise StopAsyncIteration
+
+    def expire_at(self, when: float) -> None:
+        """Fails the body with TimeoutError at loop time `when` (a whole-request deadline)."""
+        if self._complete or self._finished:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._loop.call_at(when, self._timed_out)
+
+    def release(self) -> None:
+        """Keeps the connection alive for the next request if the whole answer arrived and the
+        server allows it; otherwise closes it. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        self._parser = None
+        self._cancel_deadline()
+        conn = self._conn
+        self._conn = None
+        if conn is None:
+            return
+        if self._complete and self._keep_alive and self._error is None:
+            conn.pool.put_back(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Drops the connection at once (how a stream is cancelled upstream). Idempotent."""
+        if not self._complete:
+            self._fail(ResponseBroken("the response was closed"))
+        if self._finished:
+            return
+        self._finished = True
+        self._parser = None
+        self._cancel_deadline()
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            conn.close()
+
+    # -- waiting --------------------------------------------------------------------------------
+    async def _wait(self) -> None:
+        """Until the connection has news for us; `read_timeout_s` of silence is a timeout."""
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        timer = self._loop.call_later(self._read_timeout_s, self._timed_out)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None and not self._complete:
+            self._error = error
+            self._cancel_deadline()
+            self._wake()
+
+    def _timed_out(self) -> None:
+        self._fail(TimeoutError("the upstream did not answer in time"))
+        conn = self._conn
+        if conn is not None:
+            conn.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._complete or self._error is not None:
+            return
+        if exc is None and self._headers_done and self._eof_body:
+            self._finish_message(keep_alive=False)  # EOF is the end of this body
+        elif exc is None:
+            self._fail(ResponseBroken("the upstream closed the connection mid-answer"))
+        else:
+            self._fail(ResponseBroken(f"the connection broke mid-answer ({type(exc).__name__})"))
+
+    def _finish_message(self, keep_alive: bool) -> None:
+        if self._decoder is not None:
+            try:
+                tail = self._decoder.flush()
+            except zlib.error:
+                self._fail(ResponseBroken("the upstream's compressed body is corrupt"))
+                return
+            if tail:
+                self._chunks.append(tail)
+                self._buffered += len(tail)
+        self._complete = True
+        self._keep_alive = keep_alive
+        self._cancel_deadline()
+        self._wake()
+
+    # -- httptools callbacks (only while the connection feeds the parser) ------------------------
+    def _live_parser(self) -> httptools.HttpResponseParser:
+        return cast(httptools.HttpResponseParser, self._parser)
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request
+            raise ResponseBroken("unexpected bytes after the answer")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        known = self.headers.get(key)
+        self.headers[key] = text if known is None else f"{known}, {text}"
+
+    def on_headers_complete(self) -> None:
+        status = self._live_parser().get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): the answer follows
+            self._interim = True
+            self.headers = {}
+            return
+        self.status = status
+        headers = self.headers
+        encoding = headers.get("content-encoding")
+        if encoding is not None:
+            encoding = encoding.strip().lower()
+            if encoding in ("gzip", "x-gzip"):
+                self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+                self._deflate_probe = True
+        self._headers_done = True
+        if self._head_only:
+            self._finish_message(self._live_parser().should_keep_alive())
+            return
+        self._eof_body = (
+            status not in (204, 304)
+            and "content-length" not in headers
+            and "chunked" not in headers.get("transfer-encoding", "").lower()
+        )
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:  # a body after a HEAD answer
+            raise ResponseBroken("unexpected body")
+        decoder = self._decoder
+        if decoder is not None:
+            if self._deflate_probe:  # zlib-wrapped, as the RFC says, or raw as some servers send
+                self._deflate_probe = False
+                if body[0] & 0x0F != 8:
+                    decoder = self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                body = decoder.decompress(body)
+            except zlib.error as exc:
+                self._fail(ResponseBroken("the upstream's compressed body is corrupt"))
+                raise ResponseBroken("corrupt body") from exc
+            if not body:
+                return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._unbounded and self._conn is not None:
+            self._conn.pause()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self._complete:
+            self._finish_message(self._live_parser().should_keep_alive())

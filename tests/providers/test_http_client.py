@@ -1,0 +1,770 @@
+"""The providers' HTTP/1.1 client against raw loopback servers that control every byte.
+
+No timing thresholds: the servers and the tests move in step through events; every test is
+bounded by `asyncio.timeout`, and runs on both asyncio's event loop and uvloop (conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from gateway.providers.http_client import (
+    HIGH_WATER,
+    ConnectFailed,
+    HttpClient,
+    HttpResponse,
+    ResponseBroken,
+)
+
+Handler = Callable[["Conn"], Awaitable[None]]
+BOUND_S = 10  # no test legitimately comes near this
+
+
+class Conn:
+    """One accepted connection as the server sees it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(self) -> tuple[bytes, bytes] | None:
+        """(head, body) of the next request; None at EOF."""
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length) if length else b""
+        return head, body
+
+    async def send(self, *pieces: bytes) -> None:
+        """Each piece in its own write, flushed before the next."""
+        for piece in pieces:
+            self.writer.write(piece)
+            await self.writer.drain()
+            await asyncio.sleep(0)
+
+    def reset(self) -> None:
+        """Close with a TCP RST (SO_LINGER 0)."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    async def wait_closed_by_peer(self) -> None:
+        """Until the client closed its end (EOF or reset)."""
+        try:
+            while await self.reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.accepted = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await self.handler(Conn(reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # cancelled: the test is over
+        finally:
+            writer.close()
+            self.tasks.discard(task)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    server = Server(handler)
+    listener = await asyncio.start_server(server._on_client, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        listener.close()
+        for task in list(server.tasks):
+            task.cancel()
+        await asyncio.gather(*server.tasks, return_exceptions=True)
+
+
+@asynccontextmanager
+async def client(**kwargs: float) -> AsyncIterator[HttpClient]:
+    http = HttpClient(
+        pool_size=int(kwargs.pop("pool_size", 10)),
+        connect_timeout_s=kwargs.pop("connect_timeout_s", 5),
+        read_timeout_s=kwargs.pop("read_timeout_s", 5),
+        **kwargs,
+    )
+    try:
+        yield http
+    finally:
+        await http.close()
+
+
+def answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
+
+
+def keep_serving(*responses: bytes) -> Handler:
+    """Answers the requests of one connection in turn, then waits for the client to leave."""
+
+    async def handler(conn: Conn) -> None:
+        for response in responses:
+            if await conn.request() is None:
+                return
+            await conn.send(response)
+        await conn.wait_closed_by_peer()
+
+    return handler
+
+
+async def get(http: HttpClient, url: str, method: str = "GET") -> tuple[HttpResponse, bytes]:
+    response = await http.request(method, url, {}, None)
+    return response, await response.read()
+
+
+# -- bodies -------------------------------------------------------------------------------------
+async def test_content_length_body_and_the_request_as_sent() -> None:
+    seen: list[bytes] = []
+
+    async def handler(conn: Conn) -> None:
+        request = await conn.request()
+        assert request is not None
+        seen.append(request[0] + request[1])
+        await conn.send(answer(b'{"ok":true}', "Content-Type: application/json", "X-Two: a"))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request(
+            "POST", server.url("/v1/chat?x=1"), {"authorization": "Bearer k"}, b"hello"
+        )
+        assert response.status == 200
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers.get("x-two") == "a"
+        assert await response.read() == b'{"ok":true}'
+    assert seen == [
+        b"POST /v1/chat?x=1 HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1:{server.port}\r\n".encode()
+        + b"Content-Length: 5\r\nauthorization: Bearer k\r\n\r\nhello"
+    ], "no Accept-Encoding, no User-Agent: only what the caller gave"
+
+
+async def test_chunked_body_split_at_every_byte() -> None:
+    wire = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"10\r\n0123456789abcdef\r\n"  # the size line "10" is split by the 1-byte writes
+        b"3;ext=1\r\nxyz\r\n"
+        b"0\r\nTrailer: t\r\n\r\n"
+    )
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(*(wire[i : i + 1] for i in range(len(wire))))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, body = await get(http, server.url())
+        assert body == b"0123456789abcdefxyz"
+        assert response.headers["x-a"] == "1"
+
+
+async def test_chunked_body_split_inside_the_size_line_and_crlf() -> None:
+    pieces = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r",
+        b"\n1",
+        b"a\r",
+        b"\nABCDEFGHIJKLMNOPQRSTUVWXYZ\r",
+        b"\n0\r\n",
+        b"\r\n",
+    ]
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(*pieces)
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        _, body = await get(http, server.url())
+        assert body == b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+async def test_eof_delimited_body() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ", b"two")
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        _, body = await get(http, server.url())
+        assert body == b"part one, two"
+
+
+async def test_a_body_cut_short_of_its_content_length_is_broken() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        with pytest.raises(ResponseBroken):
+            await response.read()
+
+
+async def test_reset_mid_body_is_broken() -> None:
+    sent = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await sent.wait()
+        conn.reset()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        chunks = response.chunks()
+        assert await anext(chunks) == b"first"
+        sent.set()
+        with pytest.raises(ResponseBroken) as caught:
+            await anext(chunks)
+        assert "broke" in str(caught.value) or "closed" in str(caught.value)
+
+
+async def test_malformed_answer_is_broken() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        with pytest.raises(ResponseBroken):
+            await http.request("GET", server.url(), {}, None)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),  # zlib-wrapped, as the RFC says
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw, as some servers send
+    ],
+)
+async def test_compressed_bodies_are_decoded(
+    encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    plain = b'{"choices":[{"text":"' + b"lorem ipsum " * 500 + b'"}]}'
+    wire = compress(plain)
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(
+            f"HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode(),
+            b"".join(
+                f"{len(wire[i : i + 7]):x}\r\n".encode() + wire[i : i + 7] + b"\r\n"
+                for i in range(0, len(wire), 7)
+            )
+            + b"0\r\n\r\n",
+        )
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        _, body = await get(http, server.url())
+        assert body == plain
+
+
+async def test_corrupt_gzip_is_broken() -> None:
+    async with (
+        asyncio.timeout(BOUND_S),
+        serving(keep_serving(answer(b"not gzip at all", "Content-Encoding: gzip"))) as server,
+        client() as http,
+    ):
+        response = await http.request("GET", server.url(), {}, None)
+        with pytest.raises(ResponseBroken):
+            await response.read()
+
+
+async def test_head_204_and_304_have_no_body_and_keep_the_connection() -> None:
+    handler = keep_serving(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",  # HEAD: the length, no body
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n",
+        answer(b"after"),
+    )
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, body = await get(http, server.url(), "HEAD")
+        assert (response.status, body, response.headers["content-length"]) == (200, b"", "1234")
+        response, body = await get(http, server.url(), "DELETE")
+        assert (response.status, body) == (204, b"")
+        response, body = await get(http, server.url())
+        assert (response.status, body) == (304, b"")
+        response, body = await get(http, server.url())
+        assert body == b"after"
+        assert server.accepted == 1
+
+
+async def test_interim_answers_are_skipped() -> None:
+    handler = keep_serving(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+        + answer(b"final", "X-Final: yes")
+    )
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, body = await get(http, server.url())
+        assert (response.status, body) == (200, b"final")
+        assert response.headers == {"content-length": "5", "x-final": "yes"}
+
+
+async def test_repeated_headers_are_joined() -> None:
+    handler = keep_serving(answer(b"", "Vary: a", "vary: b", "Retry-After: 3"))
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, _ = await get(http, server.url())
+        assert response.headers["vary"] == "a, b"
+        assert response.headers.get("retry-after") == "3"
+
+
+# -- streaming ----------------------------------------------------------------------------------
+async def test_chunks_arrive_before_the_body_ends() -> None:
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await go_on.wait()  # nothing more until the client has seen the first chunk
+        await conn.send(b"6\r\ndata:2\r\n0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        chunks = response.chunks()
+        assert await anext(chunks) == b"data:1"
+        go_on.set()
+        assert [chunk async for chunk in chunks] == [b"data:2"]
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB: well past the high-water mark
+    handler = keep_serving(answer(payload), answer(b"next"))
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        conn = response._conn
+        assert conn is not None
+        while not conn.paused:  # nobody reads: the socket is paused past the high-water mark
+            await asyncio.sleep(0)
+        assert HIGH_WATER < response._buffered < len(payload)
+        received = b"".join([chunk async for chunk in response.chunks()])
+        assert received == payload
+        assert (await get(http, server.url()))[1] == b"next"
+        assert server.accepted == 1
+
+
+# -- keep-alive and the pool --------------------------------------------------------------------
+async def test_keep_alive_reuses_one_connection() -> None:
+    handler = keep_serving(answer(b"one"), answer(b"two"), answer(b"three"))
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        assert (await get(http, server.url()))[1] == b"one"
+        assert (await get(http, server.url()))[1] == b"two"
+        response = await http.request("POST", server.url(), {}, b"x")
+        assert await response.read() == b"three"
+        assert server.accepted == 1
+
+
+async def test_connection_close_answers_are_not_reused() -> None:
+    handler = keep_serving(answer(b"bye", "Connection: close"))
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        assert (await get(http, server.url()))[1] == b"bye"
+        assert (await get(http, server.url()))[1] == b"bye"
+        assert server.accepted == 2
+
+
+async def test_an_idle_connection_closed_by_the_server_is_not_reused() -> None:
+    closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(answer(b"ok"))
+        if not closed.is_set():  # the first connection: closed once its answer is out
+            conn.writer.close()
+            await conn.writer.wait_closed()
+            closed.set()
+            return
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        await get(http, server.url())
+        await closed.wait()
+        pool = next(iter(http._pools.values()))
+        while pool.idle:  # the client notices the close and forgets the connection
+            await asyncio.sleep(0)
+        assert pool.count == 0
+        assert (await get(http, server.url()))[1] == b"ok"
+        assert server.accepted == 2
+
+
+async def test_a_reused_connection_closed_as_we_send_is_retried_once() -> None:
+    """The keep-alive race: the server closes the idle connection while the request is on its
+    way; no byte of an answer came, so the request goes again on a new connection."""
+    received: list[int] = []
+    connections: list[Conn] = []
+
+    async def handler(conn: Conn) -> None:
+        number = len(connections)
+        connections.append(conn)
+        await conn.request()
+        received.append(number)
+        await conn.send(answer(b"first"))
+        if number == 0:
+            await conn.request()  # the second request arrives on the kept-alive connection...
+            received.append(number)
+            conn.writer.close()  # ...and is never answered: as if closed just before it came
+            return
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        assert (await get(http, server.url()))[1] == b"first"
+        assert (await get(http, server.url()))[1] == b"first"
+        assert server.accepted == 2
+        assert received == [0, 0, 1]
+
+
+async def test_no_retry_once_answer_bytes_arrived() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(answer(b"first"))
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 O")  # an answer had begun
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        await get(http, server.url())
+        with pytest.raises(ResponseBroken):
+            await http.request("GET", server.url(), {}, None)
+        assert server.accepted == 1
+
+
+async def test_no_retry_on_a_new_connection() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        with pytest.raises(ResponseBroken):
+            await http.request("POST", server.url(), {}, b"{}")
+        assert server.accepted == 1
+
+
+async def test_at_the_pool_limit_callers_wait_their_turn() -> None:
+    finish = asyncio.Event()
+    order: list[str] = []
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.request()) is not None:
+            name = request[0].split(b" ")[1].decode()
+            order.append(name)
+            if name == "/a":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n")
+                await finish.wait()
+                await conn.send(b"a")
+            else:
+                await conn.send(answer(name.encode()))
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
+        first = await http.request("GET", server.url("/a"), {}, None)
+        waiting = [asyncio.create_task(get(http, server.url(f"/{n}"))) for n in "bcd"]
+        pool = next(iter(http._pools.values()))
+        while len(pool.waiters) < 3:
+            await asyncio.sleep(0)
+        assert not any(task.done() for task in waiting)
+        finish.set()
+        assert await first.read() == b"a"
+        bodies = [body for _, body in await asyncio.gather(*waiting)]
+        assert bodies == [b"/b", b"/c", b"/d"]
+        assert order == ["/a", "/b", "/c", "/d"], "first come, first served"
+        assert server.accepted == 1
+
+
+async def test_a_cancelled_waiter_passes_its_turn_on() -> None:
+    finish = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.request()) is not None:
+            if b"/hold" in request[0]:
+                await finish.wait()
+            await conn.send(answer(b"ok"))
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
+        holder = asyncio.create_task(get(http, server.url("/hold")))
+        pool = None
+        while pool is None or pool.count < 1:
+            await asyncio.sleep(0)
+            pool = next(iter(http._pools.values()), None)
+        quitter = asyncio.create_task(get(http, server.url("/q")))
+        patient = asyncio.create_task(get(http, server.url("/p")))
+        while len(pool.waiters) < 2:
+            await asyncio.sleep(0)
+        quitter.cancel()
+        finish.set()
+        assert (await holder)[1] == b"ok"
+        assert (await patient)[1] == b"ok"
+        with pytest.raises(asyncio.CancelledError):
+            await quitter
+        assert pool.count == 1 and len(pool.idle) == 1
+
+
+@pytest.mark.parametrize("how", ["released", "closed"])
+async def test_a_waiter_cancelled_right_after_its_turn_came_passes_it_on(how: str) -> None:
+    """The first waiter is handed the connection (released) or a slot (closed), and cancelled
+    before it runs: the next waiter gets it, and the pool's count stays right."""
+    handler = keep_serving(*[answer(b"ok")] * 3)
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
+        first = await http.request("GET", server.url(), {}, None)
+        while not first._complete:
+            await asyncio.sleep(0)
+        quitter = asyncio.create_task(get(http, server.url()))
+        patient = asyncio.create_task(get(http, server.url()))
+        pool = next(iter(http._pools.values()))
+        while len(pool.waiters) < 2:
+            await asyncio.sleep(0)
+        if how == "released":
+            first.release()
+        else:
+            first.close()
+        quitter.cancel()  # in the same step: the quitter was granted its turn but never ran
+        with pytest.raises(asyncio.CancelledError):
+            await quitter
+        assert (await patient)[1] == b"ok"
+        assert pool.count == 1 and len(pool.idle) == 1 and not pool.waiters
+        assert server.accepted == (1 if how == "released" else 2)
+
+
+# -- failures and timeouts ----------------------------------------------------------------------
+async def test_refused_connection_is_connect_failed() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed at once: nothing listens there
+    async with asyncio.timeout(BOUND_S), client() as http:
+        with pytest.raises(ConnectFailed):
+            await http.request("GET", f"http://127.0.0.1:{port}/", {}, None)
+        with pytest.raises(ConnectFailed):
+            await http.request("GET", "http://host.invalid/", {}, None)
+        assert all(pool.count == 0 for pool in http._pools.values())
+
+
+async def test_tls_handshake_failure_is_connect_failed() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.reader.read(100)
+        conn.writer.write(b"HTTP/1.1 400 this is no TLS\r\n\r\n")
+        await conn.writer.drain()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        with pytest.raises(ConnectFailed):
+            await http.request("GET", f"https://127.0.0.1:{server.port}/", {}, None)
+
+
+async def test_silence_before_the_headers_is_a_timeout() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.wait_closed_by_peer()  # never answers
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=0.2) as http:
+            with pytest.raises(TimeoutError):
+                await http.request("GET", server.url(), {}, None)
+
+
+async def test_silence_mid_body_is_a_timeout() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=0.2) as http:
+            response = await http.request("GET", server.url(), {}, None)
+            chunks = response.chunks()
+            assert await anext(chunks) == b"abc"
+            with pytest.raises(TimeoutError):
+                await anext(chunks)
+
+
+async def test_expire_at_bounds_the_whole_body() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        response.expire_at(asyncio.get_running_loop().time() + 0.1)
+        with pytest.raises(TimeoutError):
+            await response.read()
+
+
+async def test_cancelling_mid_request_closes_the_connection() -> None:
+    got_request = asyncio.Event()
+    peer_closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        got_request.set()
+        await conn.wait_closed_by_peer()
+        peer_closed.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        task = asyncio.create_task(http.request("POST", server.url(), {}, b"{}"))
+        await got_request.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await peer_closed.wait()
+        assert all(pool.count == 0 and not pool.idle for pool in http._pools.values())
+
+
+async def test_cancelling_a_stream_reader_closes_the_connection() -> None:
+    peer_closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await conn.wait_closed_by_peer()
+        peer_closed.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+
+        async def consume() -> list[bytes]:
+            return [chunk async for chunk in response.chunks()]
+
+        task = asyncio.create_task(consume())
+        while response._waiter is None:  # the consumer had the first chunk and waits for more
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await peer_closed.wait()
+
+
+async def test_close_drops_a_stream_upstream() -> None:
+    peer_closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await conn.wait_closed_by_peer()
+        peer_closed.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        response.close()
+        response.close()
+        response.release()
+        await peer_closed.wait()
+        with pytest.raises(ResponseBroken):
+            await response.read()
+
+
+async def test_client_close_closes_pooled_connections() -> None:
+    peer_closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(answer(b"ok"))
+        await conn.wait_closed_by_peer()
+        peer_closed.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        http = HttpClient(pool_size=1, connect_timeout_s=5, read_timeout_s=5)
+        await get(http, server.url())
+        await http.close()
+        await peer_closed.wait()
+        with pytest.raises(RuntimeError):
+            await http.request("GET", server.url(), {}, None)
+
+
+# -- what is sent -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-a": "v\r\nInjected: 1"},
+        {"x-a": "v\nInjected: 1"},
+        {"x-a": "v\rInjected: 1"},
+        {"x-a\r\nInjected": "1"},
+    ],
+)
+async def test_header_injection_is_refused(headers: dict[str, str]) -> None:
+    async with asyncio.timeout(BOUND_S), serving(keep_serving()) as server, client() as http:
+        with pytest.raises(ValueError, match="CR or LF") as caught:
+            await http.request("POST", server.url(), headers, b"{}")
+        assert "Injected" not in str(caught.value), "messages never quote header values"
+        assert server.accepted == 0
+
+
+async def test_bodyless_requests_and_odd_paths() -> None:
+    seen: list[bytes] = []
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.request()) is not None:
+            seen.append(request[0])
+            await conn.send(answer(b""))
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        await get(http, f"http://127.0.0.1:{server.port}")
+        await get(http, server.url("/a b/ü?q=1 2"))
+        await (await http.request("POST", server.url("/p"), {}, None)).read()
+    assert seen[0].startswith(b"GET / HTTP/1.1\r\n") and b"Content-Length" not in seen[0]
+    assert seen[1].startswith(b"GET /a%20b/%C3%BC?q=1%202 HTTP/1.1\r\n")
+    assert b"Content-Length: 0\r\n" in seen[2]
+
+
+async def test_ipv6_literal_hosts() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    seen: list[bytes] = []
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(answer(b"six"))
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(on_client, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(BOUND_S), client() as http:
+            _, body = await get(http, f"http://[::1]:{port}/x")
+            assert body == b"six"
+    finally:
+        server.close()
+    assert f"Host: [::1]:{port}\r\n".encode() in seen[0]
+
+
+async def test_unsupported_urls_are_value_errors() -> None:
+    async with client() as http:
+        for url in ("ftp://example.com/", "http:///nohost", "unix:/tmp/x"):
+            with pytest.raises(ValueError):
+                await http.request("GET", url, {}, None)

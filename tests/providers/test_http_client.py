@@ -6,15 +6,19 @@ bounded by `asyncio.timeout`, and runs on both asyncio's event loop and uvloop (
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import socket
 import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
+from gateway.errors import BadGateway, GatewayTimeout, RateLimited
+from gateway.providers.base import UpstreamUnreachable
 from gateway.providers.http_client import (
     HIGH_WATER,
     ConnectFailed,
@@ -22,6 +26,10 @@ from gateway.providers.http_client import (
     HttpResponse,
     ResponseBroken,
 )
+from gateway.providers.openai import OpenAIProvider
+from gateway.settings import ProviderSettings
+from tests.fakes.server import PNG_1X1 as PNG
+from tests.unit.translation_helpers import chat_call
 
 Handler = Callable[["Conn"], Awaitable[None]]
 BOUND_S = 10  # no test legitimately comes near this
@@ -768,3 +776,90 @@ async def test_unsupported_urls_are_value_errors() -> None:
         for url in ("ftp://example.com/", "http:///nohost", "unix:/tmp/x"):
             with pytest.raises(ValueError):
                 await http.request("GET", url, {}, None)
+
+
+# -- through HttpProvider (gateway/providers/base.py) ------------------------------------------
+def openai_provider(origin: str, **settings: Any) -> OpenAIProvider:
+    return OpenAIProvider(
+        "p", ProviderSettings(kind="openai", base_url=f"{origin}/v1", **settings), None
+    )
+
+
+async def test_image_downloads_follow_redirects() -> None:
+    handler = keep_serving(
+        answer(b"", "Location: /elsewhere/img.png", status="302 Found"),
+        answer(PNG, "Content-Type: image/png"),
+    )
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            encoded = await provider.download_b64(server.url("/img"))
+        finally:
+            await provider.close()
+    assert base64.b64decode(encoded) == PNG
+    assert server.accepted == 1, "the redirect and the image on one kept-alive connection"
+
+
+async def test_a_stream_is_cut_by_the_whole_request_timeout() -> None:
+    """Never silent for the idle timeout, but longer than timeout_s in all: GatewayTimeout after
+    the events that came."""
+    done = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        event = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+        while not done.is_set():
+            await conn.send(event)
+            await asyncio.sleep(0.02)
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(
+            server.url(""), stream_idle_timeout_s=5, first_byte_timeout_s=5, timeout_s=0.3
+        )
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            pieces = []
+            with pytest.raises(GatewayTimeout):
+                async for piece in stream:
+                    pieces.append(piece)
+            assert pieces, "the events before the deadline were relayed"
+            await stream.aclose()
+        finally:
+            done.set()
+            await provider.close()
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        (None, UpstreamUnreachable),  # nothing listens
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{", BadGateway),  # cut short
+        (b"NOT HTTP\r\n\r\n", BadGateway),
+        (
+            answer(b'{"error":{"message":"slow down"}}', "Retry-After: 7", status="429 Too Many"),
+            RateLimited,
+        ),
+    ],
+)
+async def test_failures_map_to_the_gateway_errors(wire: bytes | None, error: type) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        assert wire is not None
+        await conn.send(wire)
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        origin = server.url("")
+        if wire is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        provider = openai_provider(origin)
+        try:
+            with pytest.raises(error) as caught:
+                await provider.complete(chat_call("openai", "m"))
+        finally:
+            await provider.close()
+    if isinstance(caught.value, RateLimited):
+        assert caught.value.retry_after_s == 7

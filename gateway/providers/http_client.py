@@ -7,16 +7,18 @@
 
 One request is in flight per connection (no pipelining). Connections are pooled per
 (scheme, host, port), at most `pool_size` per key (0: no limit); past it callers wait in FIFO
-order. An idle connection that the server closed is never reused, and if a reused connection
-breaks before any byte of the answer arrived (the server closed it as we sent), the request is
-sent once more on a new connection; never once an answer has begun.
+order. An idle connection that the server closed, or idle longer than `keepalive_s`, is never
+reused, and if a reused connection breaks before any byte of the answer arrived (the server
+closed it as we sent), the request is sent once more on a new connection; never once an answer
+has begun. New connections: addresses cached `DNS_TTL_S`, Happy Eyeballs across them.
 
-Responses are parsed by httptools (llhttp): chunked bodies are decoded, a body with neither
+Responses are parsed by httptools (llhttp), as leniently as aiohttp's parser (bare LF line ends,
+odd header bytes, spaces after a chunk size): chunked bodies are decoded, a body with neither
 Content-Length nor chunked ends at EOF, and a gzip or deflate Content-Encoding is undone, so
 callers always see the identity bytes. No Accept-Encoding, User-Agent, cookies, proxies or
 redirects: a caller that wants one does it itself.
 
-Timeouts: connecting (TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
+Timeouts: connecting (DNS, TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
 `read_timeout_s` for the next bytes of an answer, raises TimeoutError; a whole-request deadline
 is the caller's (`asyncio.timeout` up to the headers, `HttpResponse.expire_at` for the body).
 A cancelled caller drops its connection. Error messages never quote a header value.
@@ -53,7 +55,7 @@ HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
 # Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
-_MAX_CACHED_TARGETS: Final = 1024
+_MAX_CACHED: Final = 1024  # URLs, resolved hosts, pools: past it the cache starts afresh
 # Resolved addresses are reused this long (aiohttp's ttl_dns_cache, as the providers had it).
 DNS_TTL_S: Final = 300.0
 # Happy Eyeballs (RFC 8305): the next address is tried if one has not connected in this long.
@@ -123,14 +125,15 @@ class HttpClient:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
     ) -> HttpResponse:
         """Sends one request; returns when the answer's status line and headers are parsed.
-        Raises ConnectFailed, ResponseBroken, TimeoutError, or ValueError for a URL or header
-        that cannot be sent (a CR or LF in a header: no header injection)."""
+        `Host` and `Content-Length` are the client's to send, not the caller's. Raises
+        ConnectFailed, ResponseBroken, TimeoutError, or ValueError for a URL or header that
+        cannot be sent (a CR or LF in a header: no header injection)."""
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
         target = self._targets.get(url)
         if target is None:
             target = _parse_target(url)
-            if len(self._targets) >= _MAX_CACHED_TARGETS:
+            if len(self._targets) >= _MAX_CACHED:
                 self._targets.clear()
             self._targets[url] = target
         block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
@@ -148,6 +151,8 @@ class HttpClient:
 
         pool = self._pools.get(target.key)
         if pool is None:
+            if len(self._pools) >= _MAX_CACHED:  # many hosts (image downloads): forget
+                self._pools = {k: p for k, p in self._pools.items() if p.count or p.waiters}
             pool = self._pools[target.key] = _Pool(self, target)
         fresh = False
         while True:
@@ -188,7 +193,7 @@ class HttpClient:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
             raise OSError(f"{host} has no address")
-        if len(self._dns) >= _MAX_CACHED_TARGETS:
+        if len(self._dns) >= _MAX_CACHED:
             self._dns.clear()
         self._dns[(host, port)] = (now + DNS_TTL_S, infos)
         return infos
@@ -465,7 +470,13 @@ class HttpResponse:
         self.headers: dict[str, str] = {}  # lower-case names; repeated headers joined by ", "
         self._conn: _Connection | None = conn
         # The parser calls this object's on_* methods; dropped when done (no reference cycle).
-        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        parser = httptools.HttpResponseParser(self)
+        parser.set_dangerous_leniencies(  # what aiohttp's response parser tolerates too
+            lenient_headers=True,
+            lenient_optional_cr_before_lf=True,
+            lenient_spaces_after_chunk_size=True,
+        )
+        self._parser: httptools.HttpResponseParser | None = parser
         self._loop = asyncio.get_running_loop()
         self._read_timeout_s = read_timeout_s
         self._head_only = head_only

@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -270,6 +274,17 @@ async def test_malformed_answer_is_broken() -> None:
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
         with pytest.raises(ResponseBroken):
             await http.request("GET", server.url(), {}, None)
+
+
+async def test_sloppy_answers_aiohttp_accepted_are_accepted() -> None:
+    """Bare LF line ends and spaces after a chunk size, as aiohttp's lenient parser allowed."""
+    handler = keep_serving(
+        b"HTTP/1.1 200 OK\nContent-Type: text/plain\nTransfer-Encoding: chunked\n\n"
+        b"3 \r\nabc\r\n0\r\n\r\n"
+    )
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, body = await get(http, server.url())
+        assert (response.headers["content-type"], body) == ("text/plain", b"abc")
 
 
 @pytest.mark.parametrize(
@@ -863,3 +878,91 @@ async def test_failures_map_to_the_gateway_errors(wire: bytes | None, error: typ
             await provider.close()
     if isinstance(caught.value, RateLimited):
         assert caught.value.retry_after_s == 7
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (openssl's command line)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_keep_alive_and_cancellation(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    hold = asyncio.Event()
+    peer_closed = asyncio.Event()
+    accepted = 0
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        conn = Conn(reader, writer)
+        try:
+            while (request := await conn.request()) is not None:
+                if b"/hold" in request[0]:
+                    await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    hold.set()
+                    await conn.wait_closed_by_peer()
+                    peer_closed.set()
+                    return
+                await conn.send(answer(b"secret"))
+        except (ConnectionError, ssl.SSLError):
+            peer_closed.set()
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=server_tls)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(BOUND_S), client() as http:
+            http._ssl = ssl.create_default_context(cafile=str(cert))  # trust the test's CA
+            for host in ("127.0.0.1", "localhost"):
+                url = f"https://{host}:{port}/"
+                assert (await get(http, url))[1] == b"secret"
+                assert (await get(http, url))[1] == b"secret"
+            assert accepted == 2, "one kept-alive connection per (scheme, host, port)"
+            response = await http.request("GET", f"https://127.0.0.1:{port}/hold", {}, None)
+            reader = asyncio.create_task(response.read())
+            await hold.wait()
+            while response._waiter is None:  # the reader waits for the body
+                await asyncio.sleep(0)
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            await peer_closed.wait()
+        async with asyncio.timeout(BOUND_S), client() as http:  # the default trust store
+            with pytest.raises(ConnectFailed):
+                await http.request("GET", f"https://127.0.0.1:{port}/", {}, None)
+    finally:
+        listener.close()

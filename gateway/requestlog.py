@@ -21,6 +21,8 @@ from typing import TextIO
 
 import orjson
 
+from gateway.threads import behind_the_event_loop
+
 
 class RequestRecord:
     __slots__ = (
@@ -116,6 +118,7 @@ class RequestLog:
             self._pending = []
 
     def _run(self) -> None:
+        behind_the_event_loop()
         while (lines := self._queue.get()) is not None:
             try:
                 self._stream.write("\n".join(lines) + "\n")

@@ -29,6 +29,7 @@ from gateway.store.base import (
     UsageRow,
 )
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
+from gateway.threads import behind_the_event_loop
 
 T = TypeVar("T")
 
@@ -114,7 +115,9 @@ def new_id(prefix: str) -> str:
 class SqliteStore(SqliteWebhooks):
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klawd-sqlite")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="klawd-sqlite", initializer=behind_the_event_loop
+        )
         self._conn: sqlite3.Connection | None = None
         # Credit reservations live in memory: an embedded store belongs to exactly one process,
         # so the check-and-reserve of every request needs no thread hop. The stored balance
@@ -294,18 +297,28 @@ class SqliteStore(SqliteWebhooks):
             self._reserved.pop(account_id, None)
 
     async def settle(self, entries: list[UsageEntry]) -> None:
+        """One transaction per batch, set-based (a few statements, not two per entry), so the
+        writer thread holds the GIL briefly: the ids already in the ledger are looked up first
+        and skipped (a replayed entry settles nothing twice), the rest are inserted with one
+        executemany, and each account's balance moves once by the sum of its new costs."""
+
         def settle(conn: sqlite3.Connection) -> None:
-            settled: list[UsageEntry] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
+                seen = _ledger_ids(conn, [entry.id for entry in entries])
+                settled: list[UsageEntry] = []
                 for entry in entries:
-                    inserted = conn.execute(INSERT_USAGE, msgspec.structs.astuple(entry)).rowcount
-                    if inserted:  # a replayed entry (same id) settles nothing twice
-                        conn.execute(SETTLE, (-entry.cost_micros, entry.account_id))
+                    if entry.id not in seen:
+                        seen.add(entry.id)
                         settled.append(entry)
+                conn.executemany(INSERT_USAGE, [msgspec.structs.astuple(e) for e in settled])
+                costs: dict[str, int] = {}
+                for entry in settled:
+                    costs[entry.account_id] = costs.get(entry.account_id, 0) + entry.cost_micros
+                conn.executemany(SETTLE, [(-cost, account) for account, cost in costs.items()])
                 balances = {
                     account_id: row[0]
-                    for account_id in {e.account_id for e in settled}
+                    for account_id in costs
                     if (row := conn.execute(SELECT_CREDITS, (account_id,)).fetchone())
                 }
                 conn.execute("COMMIT")
@@ -325,6 +338,20 @@ class SqliteStore(SqliteWebhooks):
             return [UsageRow(*row) for row in rows]
 
         return await self._run(select)
+
+
+def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Which of `ids` the ledger already holds (in chunks under SQLite's variable limit)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), LEDGER_LOOKUP_CHUNK):
+        chunk = ids[start : start + LEDGER_LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT id FROM usage_ledger WHERE id IN ({marks})"  # noqa: S608 (only marks)
+        found.update(row[0] for row in conn.execute(query, chunk))
+    return found
+
+
+LEDGER_LOOKUP_CHUNK = 500
 
 
 def _get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:

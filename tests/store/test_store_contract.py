@@ -168,6 +168,28 @@ async def test_settling_an_entry_twice_applies_it_once(store: Store) -> None:
     assert [(r.requests, r.cost_micros) for r in rows] == [(2, 150)]
 
 
+async def test_a_large_batch_with_a_repeat_settles_each_entry_once_per_account(
+    store: Store,
+) -> None:
+    """More entries than one ledger lookup holds, two accounts, and one entry twice in the
+    batch (a replay): each account pays the sum of its distinct entries, once."""
+    first = await store.create_account("b1", "free", 1_000_000)
+    second = await store.create_account("b2", "free", 1_000_000)
+    batch = [
+        entry(first.id if n % 3 else second.id, n, cost=n % 7, reserved=0) for n in range(1201)
+    ]
+    batch.insert(600, batch[10])
+    await store.settle(batch)
+    await store.settle(batch[:50])
+    for account in (first, second):
+        distinct = [e for e in batch[:600] + batch[601:] if e.account_id == account.id]
+        after = await store.get_account(account.id)
+        assert after is not None
+        assert after.credits_micros == 1_000_000 - sum(e.cost_micros for e in distinct)
+        rows = await store.usage(account.id, "2026-11-26", "2026-11-26")
+        assert sum(r.requests for r in rows) == len(distinct)
+
+
 async def test_usage_is_grouped_by_day_and_model(store: Store) -> None:
     account = await store.create_account("u", "free", 0)
     await store.settle(

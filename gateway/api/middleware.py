@@ -1,7 +1,9 @@
 """The outermost pure-ASGI layer: request id, body-size limit, and the last-resort 500.
 
 It wraps the whole Starlette app, so that even an unexpected exception becomes the JSON envelope
-(with no internal text) and every response carries `x-request-id`. It also opens the request's
+(with no internal text) and every response carries `x-request-id`. The hottest route (chat
+completions) is a plain ASGI endpoint that it calls directly, past Starlette's layers
+(docs/decisions/0011-hot-path.md); `envelope_error` maps what such a route raises. It also opens the request's
 `RequestRecord` and, when the response has ended (a stream: when the stream has ended), reports
 route template, status, duration and time to first byte to the observer, which writes the
 request's JSON log line.

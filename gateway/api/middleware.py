@@ -3,10 +3,11 @@
 It wraps the whole Starlette app, so that even an unexpected exception becomes the JSON envelope
 (with no internal text) and every response carries `x-request-id`. The hottest route (chat
 completions) is a plain ASGI endpoint that it calls directly, past Starlette's layers
-(docs/decisions/0011-hot-path.md); `envelope_error` maps what such a route raises. It also opens the request's
-`RequestRecord` and, when the response has ended (a stream: when the stream has ended), reports
-route template, status, duration and time to first byte to the observer, which writes the
-request's JSON log line.
+(docs/decisions/0011-hot-path.md); `envelope_error` maps what such a route raises.
+
+It also opens the request's `RequestRecord` and, when the response has ended (a stream: when the
+stream has ended), reports route template, status, duration and time to first byte to the
+observer, which writes the request's JSON log line.
 """
 
 from __future__ import annotations

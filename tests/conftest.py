@@ -64,12 +64,23 @@ class Gateway:
             timeout=10,
         )
 
-    def new_key(self, plan: str = "enterprise", credits_usd: float = 100.0) -> str:
+    def new_key(
+        self,
+        plan: str = "enterprise",
+        credits_usd: float = 100.0,
+        limits: dict[str, int] | None = None,
+    ) -> str:
+        """A new account's key; `limits`: per-account overrides of the plan's limits."""
         with self.admin() as admin:
             account = admin.post(
                 "/admin/accounts", json={"name": "test", "plan": plan, "credits_usd": credits_usd}
             )
             assert account.status_code == 201, account.text
+            if limits is not None:
+                patched = admin.patch(
+                    f"/admin/accounts/{account.json()['id']}", json={"limits": limits}
+                )
+                assert patched.status_code == 200, patched.text
             key = admin.post(f"/admin/accounts/{account.json()['id']}/keys", json={})
             assert key.status_code == 201, key.text
             value: str = key.json()["key"]

@@ -199,7 +199,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             HTTPException: _http_error,
         },
     )
-    return GatewayMiddleware(starlette, settings.server.max_body_bytes, observer, DIRECT_ROUTES)
+    return GatewayMiddleware(
+        starlette,
+        settings.server.max_body_bytes,
+        observer,
+        DIRECT_ROUTES,
+        settings.server.log_bodies_bytes,
+    )
 
 
 def app_from_environment() -> ASGIApp:

@@ -7,7 +7,10 @@ calls count themselves. When the response ends (for a stream: when the stream en
 middleware writes the record as one JSON line: it is gathered in memory, and a writer thread
 writes the lines to stderr in batches.
 
-The record holds no key, prompt or completion: only ids, names from the catalog, and numbers.
+The record holds no key, prompt or completion: only ids, names from the catalog, and numbers —
+unless the operator turns on `server.log_bodies` (debugging), which adds the first bytes of the
+request and answer bodies of the API routes (/v1/..., /api/...; never the admin API or Mission
+Control, whose bodies carry keys and secrets).
 """
 
 from __future__ import annotations
@@ -24,9 +27,39 @@ import orjson
 from gateway.threads import behind_the_event_loop
 
 
+class BodyCapture:
+    """Debug logging of bodies (`server.log_bodies`): the first `limit` bytes of the request body
+    and of the answer (a stream: its SSE bytes), for the log line."""
+
+    __slots__ = ("limit", "request", "request_seen", "response", "response_seen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.request = bytearray()
+        self.response = bytearray()
+        self.request_seen = 0
+        self.response_seen = 0
+
+    def add_request(self, chunk: bytes) -> None:
+        self.request_seen += len(chunk)
+        if len(self.request) < self.limit:
+            self.request += chunk[: self.limit - len(self.request)]
+
+    def add_response(self, chunk: bytes) -> None:
+        self.response_seen += len(chunk)
+        if len(self.response) < self.limit:
+            self.response += chunk[: self.limit - len(self.response)]
+
+    @staticmethod
+    def text(kept: bytearray, seen: int) -> str:
+        text = kept.decode("utf-8", errors="replace")
+        return text if seen == len(kept) else f"{text}…[{seen - len(kept)} more bytes]"
+
+
 class RequestRecord:
     __slots__ = (
         "account_id",
+        "bodies",
         "completion_tokens",
         "cost_usd",
         "first_byte_at",
@@ -59,29 +92,33 @@ class RequestRecord:
         self.completion_tokens = 0
         self.cost_usd = 0.0
         self.upstream_attempts = 0
+        self.bodies: BodyCapture | None = None
 
     def line(self, latency_ms: float, ttfb_ms: float | None) -> str:
-        return orjson.dumps(
-            {
-                "event": "request",
-                "request_id": self.request_id,
-                "method": self.method,
-                "route": self.route,
-                "status": self.status,
-                "latency_ms": round(latency_ms, 3),
-                "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
-                "account_id": self.account_id,
-                "plan": self.plan,
-                "model": self.model,
-                "provider": self.provider,
-                "stream": self.stream,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cost_usd": self.cost_usd,
-                # Upstream calls beyond the first: retries of a target and fallbacks to the next.
-                "retries": max(0, self.upstream_attempts - 1),
-            }
-        ).decode()
+        fields: dict[str, object] = {
+            "event": "request",
+            "request_id": self.request_id,
+            "method": self.method,
+            "route": self.route,
+            "status": self.status,
+            "latency_ms": round(latency_ms, 3),
+            "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 3),
+            "account_id": self.account_id,
+            "plan": self.plan,
+            "model": self.model,
+            "provider": self.provider,
+            "stream": self.stream,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            # Upstream calls beyond the first: retries of a target and fallbacks to the next.
+            "retries": max(0, self.upstream_attempts - 1),
+        }
+        if self.bodies is not None:
+            bodies = self.bodies
+            fields["request_body"] = bodies.text(bodies.request, bodies.request_seen)
+            fields["response_body"] = bodies.text(bodies.response, bodies.response_seen)
+        return orjson.dumps(fields).decode()
 
 
 current_request: ContextVar[RequestRecord | None] = ContextVar("klawd_request", default=None)

@@ -20,6 +20,7 @@ from gateway.catalog_defaults import BUILTIN
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
@@ -49,6 +50,9 @@ class ServerSettings(_Strict):
     admin_token_env: str = "KLAWD_ADMIN_TOKEN"  # noqa: S105 (the variable's name, not a token)
     # Serve /metrics on this port (same host) instead of the main one; unset: the main port.
     metrics_port: Port | None = None
+    # Debugging only: put the API routes' request and answer bodies (prompts, completions) into
+    # the request log, each cut after this many bytes; 0 (the default) logs no body.
+    log_bodies_bytes: NonNegInt = 0
     streams: StreamsSettings = msgspec.field(default_factory=StreamsSettings)
 
 

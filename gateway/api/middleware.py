@@ -31,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.messages import error_body as anthropic_error_body
 from gateway.observer import RequestObserver
-from gateway.requestlog import RequestRecord, current_request
+from gateway.requestlog import BodyCapture, RequestRecord, current_request
 from gateway.store.base import StoreError
 
 log = logging.getLogger("klawd")
@@ -44,6 +44,9 @@ def new_request_id() -> str:
 
 
 UNMATCHED_ROUTE = "unmatched"
+# Routes whose bodies `server.log_bodies_bytes` may log: the API's, never the admin API's or
+# Mission Control's (their answers hold API keys, webhook secrets, session cookies).
+BODY_LOGGED_PREFIXES = ("/v1/", "/api/")
 
 
 def route_template(scope: Scope) -> str:
@@ -81,11 +84,13 @@ class GatewayMiddleware:
         max_body_bytes: int,
         observer: RequestObserver | None = None,
         direct_routes: Sequence[Route] = (),
+        log_bodies_bytes: int = 0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.observer = observer
         self.direct_routes = {route.path: route for route in direct_routes}
+        self.log_bodies_bytes = log_bodies_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +115,8 @@ class GatewayMiddleware:
             return
         arrived = time.perf_counter()
         record = RequestRecord(request_id, scope["method"])
+        if self.log_bodies_bytes and scope["path"].startswith(BODY_LOGGED_PREFIXES):
+            record.bodies = BodyCapture(self.log_bodies_bytes)
         token = current_request.set(record)
         try:
             await self._serve(scope, receive, send, request_id, declared_length, record)
@@ -148,12 +155,13 @@ class GatewayMiddleware:
                         record.stream_open = True
                         record.route = route_template(scope)
                         observer.stream_opened(record.route)
-            elif (
-                record is not None
-                and record.first_byte_at is None
-                and (message.get("body") or not message.get("more_body", False))
-            ):
-                record.first_byte_at = time.perf_counter()
+            elif record is not None:
+                if record.first_byte_at is None and (
+                    message.get("body") or not message.get("more_body", False)
+                ):
+                    record.first_byte_at = time.perf_counter()
+                if record.bodies is not None:
+                    record.bodies.add_response(message.get("body", b""))
             await send(message)
 
         too_large = RequestTooLarge(
@@ -163,6 +171,7 @@ class GatewayMiddleware:
             await _send_error(send_with_id, too_large.status, _body(scope, too_large), {})
             return
         received = 0
+        bodies = record.bodies if record is not None else None
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -171,6 +180,8 @@ class GatewayMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise too_large
+                if bodies is not None:
+                    bodies.add_request(message.get("body", b""))
             return message
 
         app = self.app

@@ -295,10 +295,13 @@ class HttpProvider:
         settings = self.settings
         deadline = asyncio.get_running_loop().time() + settings.timeout_s
         try:
-            async with asyncio.timeout(min(settings.first_byte_timeout_s, settings.timeout_s)):
-                response = await self._client.request(
-                    upstream.method, upstream.url, upstream.headers, upstream.body or None
-                )
+            response = await self._client.request(
+                upstream.method,
+                upstream.url,
+                upstream.headers,
+                upstream.body or None,
+                min(settings.first_byte_timeout_s, settings.timeout_s),
+            )
         except TimeoutError as exc:
             raise GatewayTimeout(
                 f"The upstream provider '{self.name}' did not answer in time.", retryable=True

@@ -19,8 +19,10 @@ callers always see the identity bytes. No Accept-Encoding, User-Agent, cookies, 
 redirects: a caller that wants one does it itself.
 
 Timeouts: connecting (DNS, TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
-`read_timeout_s` for the next bytes of an answer, raises TimeoutError; a whole-request deadline
-is the caller's (`asyncio.timeout` up to the headers, `HttpResponse.expire_at` for the body).
+`read_timeout_s` for the next bytes of an answer, raises TimeoutError; so do the caller's
+deadlines, `headers_timeout_s` of `request` (pool wait and connect included) and
+`HttpResponse.expire_at` (the whole answer). One timer per answer checks all of them; it is
+re-armed only when it fires early (no timer per read).
 A cancelled caller drops its connection. Error messages never quote a header value.
 """
 
@@ -122,12 +124,19 @@ class HttpClient:
         self._closed = False
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        headers_timeout_s: float | None = None,
     ) -> HttpResponse:
         """Sends one request; returns when the answer's status line and headers are parsed.
-        `Host` and `Content-Length` are the client's to send, not the caller's. Raises
-        ConnectFailed, ResponseBroken, TimeoutError, or ValueError for a URL or header that
-        cannot be sent (a CR or LF in a header: no header injection)."""
+        `Host` and `Content-Length` are the client's to send, not the caller's.
+        `headers_timeout_s`: the headers must have arrived by then, waiting for a pooled
+        connection and connecting included. Raises ConnectFailed, ResponseBroken, TimeoutError,
+        or ValueError for a URL or header that cannot be sent (a CR or LF in a header: no header
+        injection)."""
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
         target = self._targets.get(url)
@@ -154,10 +163,15 @@ class HttpClient:
             if len(self._pools) >= _MAX_CACHED:  # many hosts (image downloads): forget
                 self._pools = {k: p for k, p in self._pools.items() if p.count or p.waiters}
             pool = self._pools[target.key] = _Pool(self, target)
+        headers_by = (
+            None
+            if headers_timeout_s is None
+            else asyncio.get_running_loop().time() + headers_timeout_s
+        )
         fresh = False
         while True:
-            conn = await pool.acquire(fresh)
-            response = HttpResponse(conn, self._read_timeout_s, head_only)
+            conn = await pool.acquire(fresh, headers_by)
+            response = HttpResponse(conn, self._read_timeout_s, head_only, headers_by)
             conn.send(response, payload)
             try:
                 while not response._headers_done:
@@ -218,7 +232,9 @@ class _Pool:
         # Callers waiting for a connection (handed one) or for a slot to open one (None).
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
-    async def acquire(self, fresh: bool) -> _Connection:
+    async def acquire(self, fresh: bool, deadline: float | None) -> _Connection:
+        """`deadline` (loop time, or None): waiting for a connection and connecting end by
+        then (TimeoutError)."""
         client = self.client
         while True:
             if not fresh and self.idle:
@@ -227,11 +243,12 @@ class _Pool:
                     return conn
             if client._limit <= 0 or self.count < client._limit:
                 self.count += 1
-                return await self._open()
+                return await self._open(deadline)
             waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
-                granted = await waiter
+                async with asyncio.timeout_at(deadline):
+                    granted = await waiter
             except BaseException:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     granted = waiter.result()  # granted as we were cancelled: pass it on
@@ -240,7 +257,8 @@ class _Pool:
                     self._pass_on(granted)
                 raise
             if granted is None:
-                return await self._open()  # a slot was kept for us (count already includes it)
+                # a slot was kept for us (count already includes it)
+                return await self._open(deadline)
             if granted.usable():
                 return granted
             # handed a connection that died before we ran: its slot went to the next waiter
@@ -262,14 +280,17 @@ class _Pool:
             return conn
         return None
 
-    async def _open(self) -> _Connection:
+    async def _open(self, deadline: float | None) -> _Connection:
         """A new connection in a slot already counted."""
         client = self.client
         target = self.target
         loop = asyncio.get_running_loop()
         conn = _Connection(self)
+        connect_by = loop.time() + client._connect_timeout_s
+        if deadline is not None:
+            connect_by = min(connect_by, deadline)
         try:
-            async with asyncio.timeout(client._connect_timeout_s) as scope:
+            async with asyncio.timeout_at(connect_by) as scope:
                 sock = await aiohappyeyeballs.start_connection(
                     await client._resolve(target.host, target.port),
                     happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,
@@ -422,6 +443,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         response._got_bytes = True
+        response._last_bytes_at = response._loop.time()
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -445,7 +467,6 @@ class HttpResponse:
         "_chunks",
         "_complete",
         "_conn",
-        "_deadline",
         "_decoder",
         "_deflate_probe",
         "_eof_body",
@@ -453,19 +474,30 @@ class HttpResponse:
         "_finished",
         "_got_bytes",
         "_head_only",
+        "_headers_by",
         "_headers_done",
         "_interim",
         "_keep_alive",
+        "_last_bytes_at",
         "_loop",
         "_parser",
         "_read_timeout_s",
+        "_timer",
         "_unbounded",
+        "_wait_since",
         "_waiter",
+        "_whole_by",
         "headers",
         "status",
     )
 
-    def __init__(self, conn: _Connection, read_timeout_s: float, head_only: bool) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        read_timeout_s: float,
+        head_only: bool,
+        headers_by: float | None = None,
+    ) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}  # lower-case names; repeated headers joined by ", "
         self._conn: _Connection | None = conn
@@ -492,9 +524,18 @@ class HttpResponse:
         self._finished = False  # released or closed
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._deadline: asyncio.TimerHandle | None = None
         self._decoder: zlib._Decompress | None = None
         self._deflate_probe = False
+        # Timeouts: one timer per answer, re-armed only when it fires early. What it checks:
+        # the headers by `_headers_by`, the whole answer by `_whole_by` (expire_at), and no
+        # silence longer than `read_timeout_s` while the caller waits for bytes.
+        now = self._loop.time()
+        self._headers_by = headers_by
+        self._whole_by: float | None = None
+        self._last_bytes_at = now
+        self._wait_since = now
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm(now)
 
     # -- for callers ------------------------------------------------------------------------
     async def read(self) -> bytes:
@@ -550,9 +591,9 @@ class HttpResponse:
         """Fails the body with TimeoutError at loop time `when` (a whole-request deadline)."""
         if self._complete or self._finished:
             return
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self._loop.call_at(when, self._timed_out)
+        self._whole_by = when
+        if self._timer is None or when < self._timer.when():
+            self._arm(self._loop.time())
 
     def release(self) -> None:
         """Keeps the connection alive for the next request if the whole answer arrived and the
@@ -590,12 +631,42 @@ class HttpResponse:
         """Until the connection has news for us; `read_timeout_s` of silence is a timeout."""
         waiter = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_later(self._read_timeout_s, self._timed_out)
+        self._wait_since = self._loop.time()
         try:
             await waiter
         finally:
             self._waiter = None
-            timer.cancel()
+
+    def _due(self) -> float:
+        """When the timer must next look: the earliest deadline that still applies."""
+        due = max(self._last_bytes_at, self._wait_since) + self._read_timeout_s
+        if self._headers_by is not None and not self._headers_done:
+            due = min(due, self._headers_by)
+        if self._whole_by is not None:
+            due = min(due, self._whole_by)
+        return due
+
+    def _arm(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(max(now, self._due()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._complete or self._finished or self._error is not None:
+            return
+        now = self._loop.time()
+        silent_since = max(self._last_bytes_at, self._wait_since)
+        if (
+            (self._headers_by is not None and not self._headers_done and now >= self._headers_by)
+            or (self._whole_by is not None and now >= self._whole_by)
+            or (self._waiter is not None and now >= silent_since + self._read_timeout_s)
+        ):
+            self._timed_out()
+            return
+        if self._waiter is None:
+            self._wait_since = now  # nobody waits: silence counts from the next wait at most
+        self._arm(now)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -615,9 +686,9 @@ class HttpResponse:
             conn.close()
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._complete or self._error is not None:

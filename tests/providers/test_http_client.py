@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import shutil
 import socket
@@ -630,6 +631,69 @@ async def test_silence_mid_body_is_a_timeout() -> None:
             assert await anext(chunks) == b"abc"
             with pytest.raises(TimeoutError):
                 await anext(chunks)
+
+
+async def test_headers_timeout_bounds_a_trickling_answer() -> None:
+    """Bytes keep coming (no read timeout), but the headers never end: the caller's
+    `headers_timeout_s` is what stops it."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await conn.send(b"X-Slow: 1\r\n")
+                await asyncio.sleep(0.02)
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=5) as http:
+            with pytest.raises(TimeoutError):
+                await http.request("GET", server.url(), {}, None, headers_timeout_s=0.3)
+
+
+async def test_headers_timeout_bounds_the_wait_for_a_pooled_connection() -> None:
+    release = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await release.wait()
+            await conn.send(answer(b"late"))
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(pool_size=1, read_timeout_s=5) as http:
+            busy = asyncio.create_task(get(http, server.url("/a")))
+            pool = None
+            while pool is None or pool.count < 1:
+                await asyncio.sleep(0)
+                pool = next(iter(http._pools.values()), None)
+            with pytest.raises(TimeoutError):
+                await http.request("GET", server.url("/b"), {}, None, headers_timeout_s=0.2)
+            assert all(waiter.done() for waiter in pool.waiters), "no one waits any more"
+            release.set()
+            assert (await busy)[1] == b"late"
+
+
+async def test_a_reader_that_pauses_is_not_timed_out_by_the_upstream_s_silence() -> None:
+    """The read timeout counts silence while the caller waits for bytes, not while the caller
+    is busy elsewhere with bytes it already has."""
+    sent_all = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        sent_all.set()
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=0.2) as http:
+            response = await http.request("GET", server.url(), {}, None)
+            await sent_all.wait()
+            await asyncio.sleep(0.5)  # the caller is busy: the upstream's silence is not ours
+            chunks = response.chunks()
+            assert await anext(chunks) == b"a"
+            with pytest.raises(TimeoutError):
+                await anext(chunks)  # now the caller waits, and the upstream stays silent
+            response.close()
 
 
 async def test_expire_at_bounds_the_whole_body() -> None:

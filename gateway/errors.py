@@ -13,7 +13,7 @@
     ├── ServiceUnavailable    503 service_unavailable  (+ Retry-After when known)
     └── GatewayTimeout        504 gateway_timeout
 
-Foreign errors (aiohttp, msgspec, sqlite, redis) are translated at the edge with
+Foreign errors (the HTTP client's, msgspec, sqlite, redis) are translated at the edge with
 ``raise … from exc``; their text never reaches a client unless it is known to be safe
 (validation messages).
 """

@@ -16,8 +16,12 @@ Changes that caches must see at once (revocations, plan and limit changes) are p
 `klawd:invalidate`; every replica drops the cached entry when the message arrives.
 
 Fail-closed: when Redis cannot be reached, requests get 503 `service_unavailable` within the
-socket timeouts (never a hang, never an unmetered request) and /readyz fails; redis-py reconnects
-by itself when Redis is back.
+socket timeouts (never a hang, never an unmetered request) and /readyz fails; both clients
+reconnect by themselves when Redis is back.
+
+Two clients on one Redis: the hot path (admission and credit FCALLs, the settle batch) goes
+through the lean multiplexed client of gateway/store/resp.py; everything else, and everything on
+a Redis Cluster, through redis-py (docs/decisions/0010-redis-hot-path-client.md).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from gateway.store.base import (
     UsageRow,
 )
 from gateway.store.redis_webhooks import RedisWebhooks
+from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
 
 log = logging.getLogger("klawd.redis")
 
@@ -62,6 +67,12 @@ def _acct(account_id: str) -> str:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _reply_message(exc: RespReplyError) -> str:
+    """An error reply as redis-py words it (its ResponseError drops the generic `ERR `)."""
+    message = str(exc)
+    return message[4:] if message.startswith("ERR ") else message
 
 
 class RedisStore(RedisWebhooks):
@@ -92,6 +103,16 @@ class RedisStore(RedisWebhooks):
                 health_check_interval=15,
             )
             self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        # The hot path's own client (FCALLs and the settle batch): a few multiplexed
+        # connections, the same timeouts. A URL it cannot take leaves everything on redis-py.
+        self._resp: RespClient | None = None
+        if not self.cluster:
+            try:
+                self._resp = RespClient.from_url(
+                    plain_url, connections=2, connect_timeout_s=1.0, command_timeout_s=2.0
+                )
+            except ValueError as exc:
+                log.info("redis hot path stays on redis-py: %s", exc)
         # Classic pub/sub is broadcast over the cluster bus: one node's connection hears every
         # PUBLISH, so the subscriber is a plain client in both modes.
         self._subscriber: aioredis.Redis = (
@@ -99,8 +120,9 @@ class RedisStore(RedisWebhooks):
             if self.cluster
             else self._redis  # type: ignore[assignment]
         )
-        # At most as many commands in flight as the pool has connections: a burst waits for a
-        # free one instead of failing (the cluster client has no blocking pool of its own).
+        # At most as many redis-py commands in flight as the pool has connections: a burst waits
+        # for a free one instead of failing (the cluster client has no blocking pool of its own).
+        # The lean client multiplexes: its calls need no slot.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._library_lock = asyncio.Lock()
         self._library_loaded = False
@@ -121,18 +143,22 @@ class RedisStore(RedisWebhooks):
     async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         for attempt in (1, 2):
             try:
-                await self._ensure_library()
+                if not self._library_loaded:
+                    await self._ensure_library()
+                if self._resp is not None:
+                    return await self._resp.execute("FCALL", function, len(keys), *keys, *args)
                 async with self._slots:
                     return await self._redis.execute_command(
                         "FCALL", function, len(keys), *keys, *args
                     )
-            except ResponseError as exc:
+            except (ResponseError, RespReplyError) as exc:
+                message = _reply_message(exc) if isinstance(exc, RespReplyError) else str(exc)
                 # A restarted Redis without persistence has forgotten the library: load again.
-                if attempt == 1 and "function not found" in str(exc).lower():
+                if attempt == 1 and "function not found" in message.lower():
                     self._library_loaded = False
                     continue
-                raise StoreError(f"redis function {function} failed: {exc}") from exc
-            except RedisError as exc:
+                raise StoreError(f"redis function {function} failed: {message}") from exc
+            except (RedisError, RespConnectionError) as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
 
@@ -165,6 +191,8 @@ class RedisStore(RedisWebhooks):
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        if self._resp is not None:
+            await self._resp.close()
         await self._redis.aclose()
         if self._subscriber is not self._redis:
             await self._subscriber.aclose()
@@ -313,29 +341,37 @@ class RedisStore(RedisWebhooks):
     async def settle(self, entries: list[UsageEntry]) -> None:
         """One round trip for the batch (a pipeline of klawd_settle_v2 calls); each entry is
         atomic and idempotent, so a batch retried after a lost reply settles nothing twice."""
+        commands = [
+            (
+                "FCALL",
+                "klawd_settle_v2",
+                4,
+                f"{key}:credits",
+                f"{key}:usage:{entry.day}",
+                f"{key}:ledger",
+                f"{key}:settled:{entry.id}",
+                entry.reserved_micros - entry.cost_micros,
+                entry.model or "-",
+                entry.prompt_tokens,
+                entry.completion_tokens,
+                entry.images,
+                entry.cost_micros,
+                msgspec.json.encode(entry),
+            )
+            for entry in entries
+            for key in (_acct(entry.account_id),)
+        ]
         try:
-            await self._ensure_library()
-            async with self._slots, self._redis.pipeline(transaction=False) as pipe:
-                for entry in entries:
-                    key = _acct(entry.account_id)
-                    pipe.execute_command(
-                        "FCALL",
-                        "klawd_settle_v2",
-                        4,
-                        f"{key}:credits",
-                        f"{key}:usage:{entry.day}",
-                        f"{key}:ledger",
-                        f"{key}:settled:{entry.id}",
-                        entry.reserved_micros - entry.cost_micros,
-                        entry.model or "-",
-                        entry.prompt_tokens,
-                        entry.completion_tokens,
-                        entry.images,
-                        entry.cost_micros,
-                        msgspec.json.encode(entry),
-                    )
-                results = await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
+            if not self._library_loaded:
+                await self._ensure_library()
+            if self._resp is not None:
+                results = await self._resp.execute_many(commands)
+            else:
+                async with self._slots, self._redis.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    results = await pipe.execute(raise_on_error=False)
+        except (RedisError, RespConnectionError) as exc:
             raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:

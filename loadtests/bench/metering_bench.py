@@ -6,7 +6,7 @@ figure is the Python and store work of the hot path alone.
 
 (the per-request JSON log goes to stderr; it is written in every variant alike)
 
-Bypassed = the same app with `authenticate`, `Meter.admit`, `Meter.settle` and
+Bypassed = the same app with `KeyCache.authenticate`, `Meter.admit`, `Meter.settle` and
 `Meter.charge_tokens` replaced by constant functions (done here, never in the gateway).
 The model is `klawd/echo` (local, no upstream), non-streamed.
 """
@@ -29,14 +29,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.api import chat
 from gateway.app import create_app
 from gateway.auth import AuthContext
 from gateway.settings import load_settings
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
 
-ORIGINAL_AUTHENTICATE = chat.authenticate
 BODY = orjson.dumps({"model": "klawd/echo", "messages": [{"role": "user", "content": "hi there"}]})
 ADMIN = "bench-admin-token"
 
@@ -137,7 +135,7 @@ def bypass(harness: Harness, auth: AuthContext, ticket: Any) -> None:
     """Auth, admission and settlement become constants (in this process only)."""
     state = harness.lifespan_state["klawd"]
 
-    async def authenticate(_request: Any) -> AuthContext:
+    async def authenticate(*_args: Any) -> AuthContext:
         return auth
 
     async def admit(_auth: AuthContext, _request_id: str, _reserve: int) -> Any:
@@ -146,7 +144,7 @@ def bypass(harness: Harness, auth: AuthContext, ticket: Any) -> None:
     async def charge_tokens(*_args: Any) -> None:
         return None
 
-    chat.authenticate = authenticate  # type: ignore[assignment]
+    state.keys.authenticate = authenticate
     state.meter.admit = admit
     state.meter.settle = lambda *args, **kwargs: 0
     state.meter.charge_tokens = charge_tokens
@@ -174,7 +172,6 @@ async def run_variant(name: str, store_url: str, requests: int, repeat: int) -> 
             bypass(harness, auth, await state.meter.admit(auth, "req_bench", 0))
         return [await measure(harness, key, requests) for _ in range(repeat)]
     finally:
-        chat.authenticate = ORIGINAL_AUTHENTICATE
         await harness.stop()
 
 

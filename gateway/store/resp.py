@@ -1,0 +1,398 @@
+"""A lean Redis client for the store's hot path: RESP2 over asyncio Protocols, multiplexed.
+
+Each connection is an asyncio.Protocol with a hiredis Reader and a FIFO of futures: Redis answers
+a connection's commands in the order they were sent, so any number of callers share a connection
+without waiting for each other (pipelining). No pool checkout, no retry layer, no asyncio.timeout
+per command: one timer per connection fails it when replies are owed and nothing has arrived for
+`command_timeout_s`.
+
+Failures (connect refused or timed out, a reply overdue, EOF, reset, a malformed reply) fail every
+reply owed on that connection with RespConnectionError and drop the connection; the next command
+opens a new one (one connect at a time, shared by every caller waiting for it). A cancelled caller
+leaves its place in the FIFO: the reply is read and discarded, the others stay in step.
+
+Decision record: docs/decisions/0010-redis-hot-path-client.md
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import hiredis
+
+__all__ = ["RespClient", "RespConnectionError", "RespError", "RespReplyError", "RespTimeoutError"]
+
+
+class RespError(Exception):
+    """Base of this module's errors."""
+
+
+class RespReplyError(RespError):
+    """An error reply (`-ERR …`): the message as Redis sent it."""
+
+
+class RespConnectionError(RespError):
+    """The connection failed or was lost: the command's outcome on the server is unknown."""
+
+
+class RespTimeoutError(RespConnectionError):
+    """Replies were owed and none arrived within the command timeout."""
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def _copy(error: RespConnectionError) -> RespConnectionError:
+    return error.__class__(*error.args)
+
+
+_MORE = object()  # hiredis: no complete reply buffered yet
+
+# Query arguments redis-py accepts that only tune its own pool (which the store keeps for
+# everything else): harmless here. Any other argument sends the caller back to redis-py.
+_IGNORED_QUERY = {"max_connections", "timeout", "health_check_interval", "socket_read_size"}
+
+
+def _query_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"Invalid value for '{name}' in connection URL.") from None
+    if not number > 0:
+        raise ValueError(f"'{name}' must be positive")
+    return number
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop, command_timeout_s: float) -> None:
+        self._loop = loop
+        self._timeout = command_timeout_s
+        self._reader = hiredis.Reader(
+            protocolError=_ProtocolError, replyError=RespReplyError, notEnoughData=_MORE
+        )
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._progress = 0.0  # the last bytes read, or when replies began to be owed
+        self.lost: RespConnectionError | None = None
+        self.on_lost: Callable[[_Connection], None] | None = None  # the client forgets it
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._progress = self._loop.time()
+        reader = self._reader
+        pending = self.pending
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except _ProtocolError:
+                self.fail(RespConnectionError("malformed reply from redis"))
+                return
+            if reply is _MORE:
+                return
+            if not pending:
+                self.fail(RespConnectionError("unexpected reply from redis"))
+                return
+            future = pending.popleft()
+            if not future.done():  # a cancelled caller's reply is dropped here
+                future.set_result(reply)
+
+    def eof_received(self) -> bool | None:
+        self.fail(RespConnectionError("redis closed the connection"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        message = "redis closed the connection" if exc is None else f"connection lost: {exc!r}"
+        self.fail(RespConnectionError(message))
+
+    # -- commands -------------------------------------------------------------------------------
+    def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
+        """Writes `payload` (`replies` packed commands); one future per reply, in order."""
+        if self.lost is not None:
+            raise _copy(self.lost)
+        pending = self.pending
+        if not pending:
+            self._progress = self._loop.time()
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._progress + self._timeout, self._check)
+        create = self._loop.create_future
+        futures = [create() for _ in range(replies)]
+        pending.extend(futures)
+        self._transport.write(payload)  # type: ignore[union-attr]
+        return futures
+
+    def send_one(self, payload: bytes) -> asyncio.Future[Any]:
+        if self.lost is not None:
+            raise _copy(self.lost)
+        pending = self.pending
+        if not pending:
+            self._progress = self._loop.time()
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._progress + self._timeout, self._check)
+        future = self._loop.create_future()
+        pending.append(future)
+        self._transport.write(payload)  # type: ignore[union-attr]
+        return future
+
+    def _check(self) -> None:
+        """The connection's one timer: re-armed while replies are owed, idle otherwise."""
+        self._timer = None
+        if not self.pending or self.lost is not None:
+            return
+        deadline = self._progress + self._timeout
+        if self._loop.time() + 0.001 >= deadline:  # timers may fire a hair early (uvloop: ms)
+            self.fail(RespTimeoutError(f"no reply from redis within {self._timeout:g} s"))
+        else:
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    def fail(self, error: RespConnectionError) -> None:
+        """Drops the connection: every reply owed fails with `error` (once; later calls no-op)."""
+        if self.lost is not None:
+            return
+        self.lost = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.abort()
+        pending = self.pending
+        while pending:
+            future = pending.popleft()
+            if not future.done():
+                future.set_exception(_copy(error))  # one instance each: tracebacks stay apart
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+class RespClient:
+    """`redis://` / `rediss://` only; a few connections (default 2), each shared by every caller."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 6379,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        tls: bool = False,
+        connections: int = 2,
+        connect_timeout_s: float = 1.0,
+        command_timeout_s: float = 2.0,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self.host = host
+        self.port = port
+        self.db = db
+        self._username = username
+        self._password = password
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self._size = connections
+        self._connect_timeout = connect_timeout_s
+        self._command_timeout = command_timeout_s
+        self._connections: list[_Connection] = []  # live, ready (authenticated, db selected)
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        connections: int = 2,
+        connect_timeout_s: float = 1.0,
+        command_timeout_s: float = 2.0,
+    ) -> RespClient:
+        """The basics of redis-py's URL forms; anything else raises ValueError (use redis-py).
+
+        `redis[s]://[[user]:password@]host[:port][/db][?db=N&socket_timeout=S&…]`; as in
+        redis-py, `socket_connect_timeout` / `socket_timeout` in the URL override the arguments.
+        """
+        parsed = urlparse(url)
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported scheme {parsed.scheme!r}: only redis:// and rediss://")
+        if parsed.fragment or parsed.params:
+            raise ValueError("unsupported URL form")
+        db: int | None = None
+        for name, values in parse_qs(parsed.query, keep_blank_values=True).items():
+            value = values[0]
+            if name == "db":
+                try:
+                    db = int(value)
+                except ValueError:
+                    raise ValueError("Invalid value for 'db' in connection URL.") from None
+            elif name == "socket_timeout":
+                command_timeout_s = _query_float(name, value)
+            elif name == "socket_connect_timeout":
+                connect_timeout_s = _query_float(name, value)
+            elif name == "protocol" and value == "2":
+                pass
+            elif name not in _IGNORED_QUERY:
+                raise ValueError(f"unsupported URL argument {name!r}")
+        if db is None:
+            db = 0
+            path = unquote(parsed.path).replace("/", "")
+            if path:
+                try:
+                    db = int(path)
+                except ValueError:
+                    raise ValueError(f"unsupported URL path {parsed.path!r}") from None
+        if db < 0:
+            raise ValueError("db must not be negative")
+        try:
+            port = parsed.port or 6379
+        except ValueError as exc:  # a port out of range or not a number
+            raise ValueError(str(exc)) from None
+        return cls(
+            unquote(parsed.hostname) if parsed.hostname else "localhost",
+            port,
+            username=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+            db=db,
+            tls=parsed.scheme == "rediss",
+            connections=connections,
+            connect_timeout_s=connect_timeout_s,
+            command_timeout_s=command_timeout_s,
+        )
+
+    # -- commands -------------------------------------------------------------------------------
+    async def execute(self, *args: Any) -> Any:
+        """One command's reply; an error reply raises RespReplyError (`str()` is its message)."""
+        payload = hiredis.pack_command(args)
+        connection = self._pick()
+        if connection is None:
+            connection = await self._connect()
+        reply = await connection.send_one(payload)
+        if type(reply) is RespReplyError:
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Every command in one write on one connection; the replies in order, error replies as
+        RespReplyError values. A lost connection raises RespConnectionError for the whole batch."""
+        if not commands:
+            return []
+        payload = b"".join([hiredis.pack_command(command) for command in commands])
+        connection = self._pick()
+        if connection is None:
+            connection = await self._connect()
+        futures = connection.send(payload, len(commands))
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            for future in futures:
+                if not future.done():
+                    future.cancel()  # its reply is discarded when it comes
+                elif not future.cancelled():
+                    future.exception()  # retrieved: no "never retrieved" log
+            raise
+
+    def _pick(self) -> _Connection | None:
+        """The live connection owing the fewest replies; grows to `connections` when all are busy
+        (the caller does not wait for the new one). None: no live connection, connect first."""
+        best: _Connection | None = None
+        for connection in self._connections:
+            if best is None or len(connection.pending) < len(best.pending):
+                best = connection
+        if best is None:
+            if self._closed:
+                raise RespConnectionError("client closed")
+            return None
+        if best.pending and len(self._connections) < self._size and self._connecting is None:
+            self._start_connecting()
+        return best
+
+    # -- connecting -----------------------------------------------------------------------------
+    async def _connect(self) -> _Connection:
+        task = self._connecting or self._start_connecting()
+        # shielded: a cancelled caller must not cancel the connect the others are waiting for
+        return await asyncio.shield(task)
+
+    def _start_connecting(self) -> asyncio.Task[_Connection]:
+        task = asyncio.get_running_loop().create_task(self._open())
+        self._connecting = task
+        task.add_done_callback(self._connect_done)
+        return task
+
+    def _connect_done(self, task: asyncio.Task[_Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved here: nobody may be awaiting it
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = _Connection(loop, self._command_timeout)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(
+                    lambda: connection,
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+                handshake: list[tuple[Any, ...]] = []
+                if self._password is not None or self._username is not None:
+                    credentials = (
+                        (self._username, self._password or "")
+                        if self._username is not None
+                        else (self._password,)
+                    )
+                    handshake.append(("AUTH", *credentials))
+                if self.db:
+                    handshake.append(("SELECT", self.db))
+                if handshake:
+                    payload = b"".join([hiredis.pack_command(c) for c in handshake])
+                    for reply in [await f for f in connection.send(payload, len(handshake))]:
+                        if isinstance(reply, RespReplyError):
+                            raise RespConnectionError(f"redis refused the connection: {reply}")
+        except RespConnectionError as exc:
+            connection.fail(exc)
+            raise
+        except TimeoutError:
+            error: RespConnectionError = RespTimeoutError(
+                f"could not connect to redis within {self._connect_timeout:g} s"
+            )
+            connection.fail(error)
+            raise error from None
+        except OSError as exc:
+            error = RespConnectionError(f"could not connect to redis: {exc}")
+            connection.fail(error)
+            raise error from None
+        except BaseException:  # cancelled (close()): nothing may be left open
+            connection.fail(RespConnectionError("connect cancelled"))
+            raise
+        if connection.lost is not None:
+            raise _copy(connection.lost)
+        if self._closed:
+            connection.fail(RespConnectionError("client closed"))
+            raise RespConnectionError("client closed")
+        connection.on_lost = self._forget
+        self._connections.append(connection)
+        return connection
+
+    def _forget(self, connection: _Connection) -> None:
+        if connection in self._connections:
+            self._connections.remove(connection)
+
+    async def close(self) -> None:
+        """Fails whatever is owed with RespConnectionError and closes every connection."""
+        self._closed = True
+        task = self._connecting
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # its outcome no longer matters
+        for connection in list(self._connections):
+            connection.fail(RespConnectionError("client closed"))
+        self._connections.clear()

@@ -327,7 +327,8 @@ def versions() -> str:
         return (done.stdout + done.stderr).strip().splitlines()[0]
 
     packages = ", ".join(
-        f"{p} {version(p)}" for p in ("granian", "starlette", "aiohttp", "uvloop", "msgspec")
+        f"{p} {version(p)}"
+        for p in ("granian", "starlette", "aiohttp", "httptools", "uvloop", "msgspec", "hiredis")
     )
     return (
         f"Python {platform.python_version()}, {packages}; {tool(['nginx', '-v'])}; "

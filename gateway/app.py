@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import web
+from gateway import drain, web
 from gateway.api import (
     account,
     admin,
@@ -174,8 +174,10 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         attach_observer(state, observer)
         state.dispatcher = Dispatcher(state.store, settings.webhooks, observer.metrics)
         state.dispatcher.start()
-        circuits = asyncio.get_running_loop().create_task(
-            _report_metrics(state, observer), name="klawd-metrics"
+        loop = asyncio.get_running_loop()
+        circuits = loop.create_task(_report_metrics(state, observer), name="klawd-metrics")
+        draining = loop.create_task(
+            drain.watch(state.streams, settings.server.streams.drain_grace_s), name="klawd-drain"
         )
         # What start-up built lives as long as the worker: out of the collector's sight, so that
         # full collections under load only walk what requests allocate.
@@ -185,6 +187,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             yield {"klawd": state, "klawd_observer": observer}
         finally:
             circuits.cancel()
+            draining.cancel()
             await state.close()
             observer.request_log.close()
             observer.metrics.buffer.flush()

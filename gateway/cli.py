@@ -19,6 +19,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import orjson
 
 from gateway import __version__, accounts, cli_webhooks
+from gateway.drain import DRAIN_FILE_ENV, announce
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
 from gateway.store.base import Store, StoreError, open_store, sqlite_path
@@ -130,7 +132,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _serve_metrics(host, settings.server.metrics_port)
         sys.stdout.write(f"Metrics on http://{host}:{settings.server.metrics_port}/metrics\n")
     sys.stdout.flush()
-    Granian(
+    drain_dir = Path(tempfile.mkdtemp(prefix="klawd-drain-"))
+    drain_file = drain_dir / "signalled"
+    os.environ[DRAIN_FILE_ENV] = str(drain_file)  # inherited by Granian's workers
+
+    class Supervisor(Granian):  # type: ignore[misc,valid-type]
+        """Granian's supervisor that first tells the workers when the drain began."""
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            announce(drain_file, time.time())
+            super().signal_handler_interrupt(*args, **kwargs)
+
+    Supervisor(
         "gateway.app:app_from_environment",
         factory=True,
         address=host,
@@ -140,13 +153,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop=Loops.uvloop,
         log_access=False,
         # On SIGTERM Granian stops listening at once and lets open requests finish; a worker
-        # still busy after the drain grace period is stopped.
+        # still busy after the drain grace period is stopped (its streams are ended just
+        # before: gateway/drain.py).
         workers_kill_timeout=max(1, math.ceil(settings.server.streams.drain_grace_s)),
         # Hostile clients: headers must arrive within 10 s and fit 64 KiB; at most 1024
         # requests in flight per worker, the rest wait in the listen backlog.
         http1_settings=HTTP1Settings(header_read_timeout=10_000, max_buffer_size=64 * 1024),
         backpressure=1024,
     ).serve()
+    shutil.rmtree(drain_dir, ignore_errors=True)
     if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

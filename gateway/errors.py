@@ -11,6 +11,7 @@
     ├── InternalError         500 internal_error
     ├── BadGateway            502 bad_gateway          (upstream nonsense, or it refused our key)
     ├── ServiceUnavailable    503 service_unavailable  (+ Retry-After when known)
+    │   └── ShuttingDown      503 service_unavailable  (a stream ended by a shutdown)
     └── GatewayTimeout        504 gateway_timeout
 
 Foreign errors (the HTTP client's, msgspec, sqlite, redis) are translated at the edge with
@@ -128,6 +129,16 @@ class BadGateway(GatewayError):
 class ServiceUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"
+
+
+class ShuttingDown(ServiceUnavailable):
+    """The last event of a stream that a shutdown's deadline ended (gateway/drain.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway is restarting and ended this stream; retry the request.",
+            retry_after_s=1,
+        )
 
 
 class GatewayTimeout(GatewayError):

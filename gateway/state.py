@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth import KeyCache
+from gateway.drain import OpenStreams
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider
@@ -40,6 +41,8 @@ class AppState:
     retrier: Retrier
     admin_token: Secret | None
     dispatcher: Dispatcher | None = None  # webhooks; started by the app's lifespan
+    # The streams open right now, ended at a shutdown's deadline (gateway/drain.py).
+    streams: OpenStreams = field(default_factory=OpenStreams)
 
     async def close(self) -> None:
         for provider in reversed(list(self.providers.values())):

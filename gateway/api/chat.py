@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -12,7 +13,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.common import header, read_body, scope_state, send_json
-from gateway.api.streaming import send_event_stream
+from gateway.api.streaming import Drain, send_event_stream
 from gateway.billing import (
     TokenUsage,
     estimate_tokens,
@@ -20,10 +21,12 @@ from gateway.billing import (
     micros_to_usd,
     token_cost_micros,
 )
+from gateway.drain import is_drain
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     GatewayError,
     InternalError,
+    ShuttingDown,
 )
 from gateway.metering import Ticket, reserve_for_chat
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
@@ -70,6 +73,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             SSE_HEADERS | _served_by(target) | limit_headers,
             _relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
+            drain=Drain(state.streams, DRAIN_EVENT),
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
@@ -120,6 +124,7 @@ async def _open_stream(
 
 
 DONE = b"data: [DONE]\n\n"
+DRAIN_EVENT = ShuttingDown().sse_event()
 
 
 def _with_cost(piece: bytes, target: CatalogEntry) -> bytes:
@@ -164,6 +169,10 @@ async def _relay(
                 piece = _with_cost(piece, target)
             yield piece
         status = 200
+    except asyncio.CancelledError as exc:
+        if is_drain(exc):
+            status = ShuttingDown.status
+        raise
     except GatewayError as exc:
         status = exc.status
         yield exc.sse_event()

@@ -20,6 +20,7 @@ Retry-After of DESIGN; after the first byte, as an `event: error`. Keepalive is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -33,14 +34,16 @@ from starlette.responses import Response
 from gateway import _core
 from gateway.api.chat import CLIENT_CLOSED, SSE_HEADERS
 from gateway.api.common import app_state, json_response
-from gateway.api.streaming import EventStreamResponse
+from gateway.api.streaming import Drain, EventStreamResponse
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
+from gateway.drain import is_drain
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadGateway,
     GatewayError,
     InternalError,
     ServiceUnavailable,
+    ShuttingDown,
 )
 from gateway.messages import PING_EVENT, error_body, error_event, to_chat_request, to_message
 from gateway.metering import (
@@ -215,6 +218,7 @@ async def _create_message(request: Request) -> Response:
             SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             PING_EVENT,
+            Drain(state.streams, DRAIN_EVENT),
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
@@ -240,6 +244,7 @@ class MessagesCallFactory:
 
 
 OPEN_MESSAGE = b'data: {"choices":[{"index":0,"delta":{}}]}\n\n'
+DRAIN_EVENT = error_event(ShuttingDown())
 
 
 class AnthropicEvents:
@@ -296,6 +301,10 @@ async def _relay(
         async for piece in stream:
             yield piece
         status = 200
+    except asyncio.CancelledError as exc:
+        if is_drain(exc):
+            status = ShuttingDown.status
+        raise
     except GatewayError as exc:
         status = exc.status
         yield error_event(exc)

@@ -10,16 +10,21 @@ task that waits for the client's `http.disconnect`. Nothing else runs per piece:
   or on a slow client); the pieces' generator is closed, so whatever it holds (the upstream
   response, the ledger entry in its `finally`) is released at once.
 
-Each piece is written in one send, so a client never reads part of an event.
+Each piece is written in one send, so a client never reads part of an event. A stream still open
+at a shutdown's deadline is ended with the route's final error event (gateway/drain.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Mapping
+from typing import NamedTuple
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+
+from gateway.drain import DRAIN, OpenStreams, is_drain
 
 KEEPALIVE = b": keepalive\n\n"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
@@ -32,11 +37,15 @@ async def send_event_stream(
     pieces: AsyncGenerator[bytes, None],
     keepalive_s: float,
     keepalive: bytes = KEEPALIVE,
+    drain: Drain | None = None,
 ) -> None:
+    """`drain`: where the stream registers itself while open, and the final event it gets if a
+    shutdown's deadline ends it (gateway/drain.py)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None  # noqa: S101 (always called from the request's task)
     client_gone = False
+    drained = False
     finished = False  # from here on, a disconnect must not cancel the request's task
     waiting_on_source = True
     last_sent = loop.time()
@@ -65,6 +74,8 @@ async def send_event_stream(
     watcher = loop.create_task(_disconnected(receive))
     watcher.add_done_callback(on_disconnect)
     timer = loop.call_later(keepalive_s, check_silence)
+    if drain is not None:
+        drain.streams.add(task)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         async for piece in pieces:
@@ -75,19 +86,38 @@ async def send_event_stream(
             last_sent = loop.time()
             waiting_on_source = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if not client_gone:
+    except asyncio.CancelledError as exc:
+        if client_gone:
+            task.uncancel()
+        elif drain is not None and is_drain(exc):
+            task.uncancel()
+            drained = True
+        else:
             raise
-        task.uncancel()
     except OSError:
         pass  # the server could not write: the client is gone
     finally:
         finished = True
+        if drain is not None:
+            drain.streams.discard(task)
         if timer is not None:
             timer.cancel()
         watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
+        if drained:  # the relay bills with the drain's status if it is still suspended
+            with contextlib.suppress(asyncio.CancelledError):
+                await pieces.athrow(asyncio.CancelledError(DRAIN))
         await pieces.aclose()
+    if drained and drain is not None:
+        with contextlib.suppress(OSError):
+            if pinging is not None and not pinging.done():
+                await pinging
+            await send({"type": "http.response.body", "body": drain.event, "more_body": False})
+
+
+class Drain(NamedTuple):
+    streams: OpenStreams
+    event: bytes  # the last event of a stream ended by the drain, in the route's own format
 
 
 def _body(piece: bytes) -> Message:
@@ -113,13 +143,21 @@ class EventStreamResponse(Response):
         headers: Mapping[str, str],
         keepalive_s: float,
         keepalive: bytes = KEEPALIVE,
+        drain: Drain | None = None,
     ) -> None:
         self.pieces = pieces
         self.stream_headers = headers
         self.keepalive_s = keepalive_s
         self.keepalive = keepalive
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_event_stream(
-            receive, send, self.stream_headers, self.pieces, self.keepalive_s, self.keepalive
+            receive,
+            send,
+            self.stream_headers,
+            self.pieces,
+            self.keepalive_s,
+            self.keepalive,
+            self.drain,
         )

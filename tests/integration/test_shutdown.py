@@ -1,4 +1,5 @@
-"""SIGTERM: stop listening at once, let the open stream finish, flush the ledger, exit 0."""
+"""SIGTERM: stop listening at once, let the open stream finish (or end it just before the drain
+deadline), flush the ledger, exit 0."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import free_port, gateway_config, start_gateway
@@ -47,3 +49,45 @@ def test_sigterm_drains_open_streams_and_loses_no_usage(
             " WHERE model = 'openai/pause-fake'"
         ).fetchone()
     assert row == (200, 12, 4)
+
+
+def test_a_stream_still_open_at_the_drain_deadline_is_ended_billed_and_told_why(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """drain_grace_s = 2: the upstream never finishes; shortly before the worker would be
+    killed, the stream gets a final 503 event, the ledger gets its entry, and the gateway exits
+    cleanly instead of being killed."""
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    config.write_text(
+        config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
+    )
+    gateway = start_gateway(config, port)
+    key = gateway.new_key(credits_usd=10.0)
+    body = {"model": "openai/pause-fake", "messages": [{"role": "user", "content": "x"}]}
+    try:
+        with httpx.stream(
+            "POST",
+            f"{gateway.base_url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={**body, "stream": True},
+            timeout=30,
+        ) as response:
+            reads = response.iter_raw()
+            assert next(reads).startswith(b"data: {")
+            gateway.process.send_signal(signal.SIGTERM)
+            rest = b"".join(reads)  # ends when the gateway ends the stream
+        assert gateway.process.wait(timeout=30) == 0, "ended cleanly, not killed"
+    finally:
+        fake_openai.release()
+    events = [e for e in rest.split(b"\n\n") if e.startswith(b"data: ")]
+    last = orjson.loads(events[-1][len(b"data: ") :])
+    assert last["error"]["type"] == "service_unavailable"
+    assert "restarting" in last["error"]["message"]
+    assert b"[DONE]" not in rest
+    with sqlite3.connect(tmp_path / "klawd.db") as db:
+        row = db.execute(
+            "SELECT status, prompt_tokens FROM usage_ledger WHERE model = 'openai/pause-fake'"
+        ).fetchone()
+    assert row is not None and row[0] == 503 and row[1] > 0

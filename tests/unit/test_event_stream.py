@@ -6,7 +6,10 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from gateway.api.streaming import KEEPALIVE, send_event_stream
+import pytest
+
+from gateway.api.streaming import KEEPALIVE, Drain, send_event_stream
+from gateway.drain import OpenStreams, is_drain
 
 
 class Client:
@@ -155,3 +158,61 @@ def test_cancellation_from_outside_still_propagates() -> None:
         return False
 
     assert asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def drained_run(block_in_send: bool) -> tuple[list[bytes], list[str], int]:
+    """A stream ended by the drain, either while waiting on its source or while a send is in
+    flight (the relay is then suspended at its yield)."""
+
+    async def main() -> tuple[list[bytes], list[str], int]:
+        client = Client()
+        seen: list[str] = []
+        streams = OpenStreams()
+        sending = asyncio.Event()
+        stall = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if block_in_send and message.get("body") == b"data: first\n\n":
+                sending.set()
+                await stall.wait()  # a slow client: the drain comes during this send
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            try:
+                yield b"data: first\n\n"
+                sending.set()
+                await asyncio.Event().wait()
+                yield b"never"
+            except asyncio.CancelledError as exc:
+                seen.append("drain" if is_drain(exc) else "cancelled")
+                raise
+            except GeneratorExit:
+                seen.append("closed")
+                raise
+
+        async def end_after_first() -> None:
+            await sending.wait()
+            assert len(streams) == 1
+            streams.end_all()
+
+        ender = asyncio.ensure_future(end_after_first())
+        await send_event_stream(
+            client.receive, send, {}, pieces(), 30, drain=Drain(streams, b"data: bye\n\n")
+        )
+        await ender
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return client.bodies(), seen, len(streams) + task.cancelling()
+
+    return asyncio.run(asyncio.wait_for(main(), 5))
+
+
+@pytest.mark.parametrize("block_in_send", [False, True])
+def test_the_drain_ends_a_stream_with_its_final_event_and_the_relay_knows(
+    block_in_send: bool,
+) -> None:
+    bodies, seen, left = drained_run(block_in_send)
+    assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
+    assert seen == ["drain"], "the relay saw the drain (it bills with the drain's status)"
+    assert left == 0, "unregistered, and the request's task is not left cancelled"

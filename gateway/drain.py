@@ -1,0 +1,86 @@
+"""Ending open streams before a shutdown's deadline, so that they are billed and told why.
+
+On SIGTERM Granian's supervisor stops the workers: each stops accepting, lets its requests run,
+and is killed `drain_grace_s` later (`workers_kill_timeout`). A stream still open then would be
+cut with nothing billed. So `klawd serve` writes the time of the signal into a file
+(`$KLAWD_DRAIN_FILE`) before passing the signal on, each worker watches for that file, and
+shortly before the kill (`DRAIN_MARGIN_S`, at most half the grace) it ends its open streams: each
+gets a final error event (503, "retry"), its relay bills what was generated with status 503, and
+the worker can then finish and flush the ledger in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger("klawd")
+
+DRAIN_FILE_ENV = "KLAWD_DRAIN_FILE"
+DRAIN = "klawd-drain"  # the cancel message that tells a stream it is ended by the drain
+DRAIN_MARGIN_S = 1.0
+WATCH_INTERVAL_S = 0.25
+
+
+class OpenStreams:
+    """The tasks relaying a stream right now (one per open stream)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def add(self, task: asyncio.Task[object]) -> None:
+        self._tasks.add(task)
+
+    def discard(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def end_all(self) -> int:
+        """Cancels every open stream with the DRAIN message; how many there were."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel(DRAIN)
+        return len(tasks)
+
+
+def is_drain(exc: BaseException) -> bool:
+    return isinstance(exc, asyncio.CancelledError) and DRAIN in exc.args
+
+
+def announce(path: Path, now: float) -> None:
+    """In the supervisor, when it is told to stop: the time the drain began."""
+    with contextlib.suppress(OSError):
+        path.write_text(repr(now), encoding="ascii")
+
+
+def drain_deadline(signalled_at: float, grace_s: float) -> float:
+    """Wall time at which a worker ends its open streams."""
+    return signalled_at + grace_s - min(DRAIN_MARGIN_S, grace_s / 2)
+
+
+async def watch(streams: OpenStreams, grace_s: float, path: Path | None = None) -> None:
+    """In a worker, for its lifetime: waits for the supervisor's drain file, then, at the drain
+    deadline, ends every stream still open (and any opened after, until the worker stops)."""
+    if path is None:
+        named = os.environ.get(DRAIN_FILE_ENV)
+        if not named:
+            return  # not under `klawd serve`: nobody will kill the worker on a deadline
+        path = Path(named)
+    while True:
+        try:
+            signalled_at = float(path.read_text(encoding="ascii"))
+            break
+        except (OSError, ValueError):
+            await asyncio.sleep(WATCH_INTERVAL_S)
+    await asyncio.sleep(max(0.0, drain_deadline(signalled_at, grace_s) - time.time()))
+    while True:
+        ended = streams.end_all()
+        if ended:
+            log.warning("drain deadline: ended %d open stream(s) before shutdown", ended)
+        await asyncio.sleep(WATCH_INTERVAL_S)

@@ -115,8 +115,8 @@ def limit_spec(settings: Settings, account: Account) -> LimitSpec:
 
 def ledger_id() -> str:
     """Unique (32 random bits per nanosecond) and in time order, so that the ledger's primary
-    key index grows at its end instead of splitting pages all over (about 30% less CPU per
-    SQLite batch, more as the ledger grows)."""
+    key index grows at its end instead of splitting pages all over (loadtests/bench/
+    ledger_bench.py: about 30% less CPU per SQLite batch, more as the ledger grows)."""
     return f"use_{time.time_ns():016x}{secrets.token_hex(4)}"
 
 

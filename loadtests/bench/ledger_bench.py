@@ -1,0 +1,101 @@
+"""SQLite ledger batches: random ledger ids against time-ordered ones (gateway.metering.ledger_id).
+
+    .venv/bin/python loadtests/bench/ledger_bench.py [--batches 60] [--batch 500] [--reps 3]
+
+Per repetition and id kind, a fresh embedded store (a file in a temporary directory, WAL, as the
+gateway opens it) settles `--batches` batches of `--batch` entries; the CPU time of this process
+(the event loop and the store's thread) is taken around each batch. Printed per kind: the median
+and the mean of the last 10 batches (the ledger is largest then), as medians over repetitions.
+Bounded: a fixed count of batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gateway.metering import ledger_id
+from gateway.store import open_store
+from gateway.store.base import UsageEntry
+
+
+def random_id() -> str:
+    return f"use_{secrets.token_hex(12)}"  # the ledger ids before they were time-ordered
+
+
+def entry(account_id: str, ident: str) -> UsageEntry:
+    return UsageEntry(
+        id=ident,
+        ts=time.time(),
+        day="2026-11-26",
+        account_id=account_id,
+        key_id="key_bench",
+        model="bench/m",
+        provider="bench",
+        prompt_tokens=12,
+        completion_tokens=70,
+        images=0,
+        cost_micros=152,
+        reserved_micros=0,
+        latency_ms=1,
+        status=200,
+        request_id="req_bench",
+        stream=False,
+    )
+
+
+async def run(kind: str, batches: int, size: int) -> list[float]:
+    """CPU ms per batch, in order."""
+    make_id = random_id if kind == "random" else ledger_id
+    with tempfile.TemporaryDirectory(prefix="klawd-ledger-bench-") as tmp:
+        store = open_store(f"sqlite:///{tmp}/ledger.db")
+        account = await store.create_account("bench", "free", 10**15)
+        times = []
+        for _ in range(batches):
+            batch = [entry(account.id, make_id()) for _ in range(size)]
+            started = time.process_time()
+            await store.settle(batch)
+            times.append((time.process_time() - started) * 1000)
+        await store.close()
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    if not (10 <= args.batches <= 1000 and 1 <= args.batch <= 5000 and 1 <= args.reps <= 10):
+        parser.error("bounds: --batches 10..1000, --batch 1..5000, --reps 1..10")
+    medians: dict[str, list[float]] = {"random": [], "time-ordered": []}
+    lasts: dict[str, list[float]] = {"random": [], "time-ordered": []}
+    for _ in range(args.reps):
+        for kind in medians:
+            times = uvloop.run(run(kind, args.batches, args.batch))
+            medians[kind].append(statistics.median(times))
+            lasts[kind].append(statistics.mean(times[-10:]))
+    rows = args.batches * args.batch
+    print(f"SQLite settle, {args.batches} batches of {args.batch} ({rows} rows), CPU ms per batch")
+    print(f"{'ids':<14} {'median':>8} {'last 10':>8}")
+    for kind in medians:
+        print(
+            f"{kind:<14} {statistics.median(medians[kind]):>8.2f} "
+            f"{statistics.median(lasts[kind]):>8.2f}"
+        )
+    ratio = statistics.median(medians["random"]) / statistics.median(medians["time-ordered"])
+    print(f"random / time-ordered (median): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -118,31 +118,28 @@ class _Connection(asyncio.Protocol):
     # -- commands -------------------------------------------------------------------------------
     def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
         """Writes `payload` (`replies` packed commands); one future per reply, in order."""
-        if self.lost is not None:
-            raise _copy(self.lost)
-        pending = self.pending
-        if not pending:
-            self._progress = self._loop.time()
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._progress + self._timeout, self._check)
+        self._will_owe()
         create = self._loop.create_future
         futures = [create() for _ in range(replies)]
-        pending.extend(futures)
+        self.pending.extend(futures)
         self._transport.write(payload)  # type: ignore[union-attr]
         return futures
 
     def send_one(self, payload: bytes) -> asyncio.Future[Any]:
+        self._will_owe()
+        future = self._loop.create_future()
+        self.pending.append(future)
+        self._transport.write(payload)  # type: ignore[union-attr]
+        return future
+
+    def _will_owe(self) -> None:
+        """Before a write: a lost connection refuses it; the first reply owed starts the clock."""
         if self.lost is not None:
             raise _copy(self.lost)
-        pending = self.pending
-        if not pending:
+        if not self.pending:
             self._progress = self._loop.time()
             if self._timer is None:
                 self._timer = self._loop.call_at(self._progress + self._timeout, self._check)
-        future = self._loop.create_future()
-        pending.append(future)
-        self._transport.write(payload)  # type: ignore[union-attr]
-        return future
 
     def _check(self) -> None:
         """The connection's one timer: re-armed while replies are owed, idle otherwise."""

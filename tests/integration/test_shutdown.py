@@ -3,26 +3,25 @@ deadline), flush the ledger, exit 0."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.conftest import free_port, gateway_config, start_gateway
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
 
-def test_sigterm_drains_open_streams_and_loses_no_usage(
-    fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
-    port = free_port()
-    config = tmp_path / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url)
-    gateway = start_gateway(config, port)
+@contextlib.contextmanager
+def paused_stream(gateway: Gateway) -> Iterator[Iterator[bytes]]:
+    """A stream from the fake's pause-fake model: its first event, then silence until the fake
+    is released; yields the raw reads."""
     key = gateway.new_key(credits_usd=10.0)
     body = {"model": "openai/pause-fake", "messages": [{"role": "user", "content": "x"}]}
     with httpx.stream(
@@ -32,7 +31,17 @@ def test_sigterm_drains_open_streams_and_loses_no_usage(
         json={**body, "stream": True},
         timeout=30,
     ) as response:
-        reads = response.iter_raw()
+        yield response.iter_raw()
+
+
+def test_sigterm_drains_open_streams_and_loses_no_usage(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    gateway = start_gateway(config, port)
+    with paused_stream(gateway) as reads:
         assert next(reads).startswith(b"data: {")
         gateway.process.send_signal(signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):  # not ready, no new requests
@@ -64,17 +73,8 @@ def test_a_stream_still_open_at_the_drain_deadline_is_ended_billed_and_told_why(
         config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
     )
     gateway = start_gateway(config, port)
-    key = gateway.new_key(credits_usd=10.0)
-    body = {"model": "openai/pause-fake", "messages": [{"role": "user", "content": "x"}]}
     try:
-        with httpx.stream(
-            "POST",
-            f"{gateway.base_url}/v1/chat/completions",
-            headers={"authorization": f"Bearer {key}"},
-            json={**body, "stream": True},
-            timeout=30,
-        ) as response:
-            reads = response.iter_raw()
+        with paused_stream(gateway) as reads:
             assert next(reads).startswith(b"data: {")
             gateway.process.send_signal(signal.SIGTERM)
             rest = b"".join(reads)  # ends when the gateway ends the stream

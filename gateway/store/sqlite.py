@@ -8,6 +8,7 @@ WAL mode and a busy timeout let the `klawd` CLI use the same file while the serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sqlite3
 import threading
@@ -127,6 +128,10 @@ class SqliteStore(SqliteWebhooks):
         self._credits_lock = threading.Lock()
         self._balance: dict[str, int] = {}  # stored balance, as last read or written
         self._reserved: dict[str, int] = {}  # reserved by requests not settled yet
+        # Changes made by another connection (the `klawd` CLI on the same file): watched with
+        # PRAGMA data_version once a server registers its caches (on_invalidate).
+        self._handlers: list[Callable[[str, str], None]] = []
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -151,6 +156,11 @@ class SqliteStore(SqliteWebhooks):
             raise StoreError(f"sqlite store failed: {exc.__class__.__name__}") from exc
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
         def shut() -> None:
             if self._conn is not None:
                 self._conn.close()
@@ -163,7 +173,32 @@ class SqliteStore(SqliteWebhooks):
         return EmbeddedLimiter(self)
 
     def on_invalidate(self, handler: Callable[[str, str], None]) -> None:
-        """One process owns an embedded store: it invalidates its own caches directly."""
+        """The serving process changes the store only through itself and drops its own cache
+        entries as it does; what another process (the CLI) commits to the same file is seen by
+        a watcher (PRAGMA data_version, every EXTERNAL_CHANGES_POLL_S), which then drops every
+        cached key and account ("all") and the balances it holds."""
+        self._handlers.append(handler)
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_external_changes())
+
+    async def _watch_external_changes(self) -> None:
+        def version(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+        seen: int | None = None
+        while True:
+            try:
+                current = await self._run(version)
+            except StoreError:
+                current = None
+            if seen is not None and current is not None and current != seen:
+                with self._credits_lock:
+                    self._balance.clear()  # read again at each account's next reservation
+                for handler in self._handlers:
+                    handler("all", "")
+            if current is not None:
+                seen = current
+            await asyncio.sleep(EXTERNAL_CHANGES_POLL_S)
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -352,6 +387,7 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
 
 
 LEDGER_LOOKUP_CHUNK = 500
+EXTERNAL_CHANGES_POLL_S = 0.5
 
 
 def _get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:

@@ -184,7 +184,13 @@ class RedisStore(RedisWebhooks):
             )
 
     async def ping(self) -> None:
+        """Readiness: both clients reach Redis (the hot path's and redis-py's)."""
         await self._call("PING")
+        if self._resp is not None:
+            try:
+                await self._resp.execute("PING")
+            except (RespConnectionError, RespReplyError) as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
     async def close(self) -> None:
         if self._listener is not None:

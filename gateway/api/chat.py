@@ -49,7 +49,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     auth = await state.keys.authenticate(header(scope, b"authorization"), time.time())
     body = await read_body(receive)
     chat = decode_chat_request(body)
-    targets = resolve_chat(state.catalog, chat)
+    targets = resolve_chat(state.catalog, chat, body)
     ticket = await state.meter.admit(
         auth, scope["state"]["request_id"], reserve_for_chat(chat, targets)
     )

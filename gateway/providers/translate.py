@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
@@ -60,22 +60,35 @@ def raw_fields(call: ChatCall) -> dict[str, Any]:
     return fields
 
 
-def reject_unsupported(call: ChatCall, fields: dict[str, Any], supported: Collection[str]) -> None:
-    """400 naming the first field that the target cannot honour (nulls and neutral values pass)."""
+def first_refused(
+    fields: Mapping[str, Any], supported: Collection[str], n: int | None
+) -> str | None:
+    """The first field a target that honours `supported` (besides TRANSLATED) cannot honour;
+    nulls and neutral values pass, and such a target makes one choice per request."""
     for key, value in fields.items():
         if key in TRANSLATED or key in supported or value is None:
             continue
         if key in NEUTRAL and value == NEUTRAL[key]:
             continue
-        raise InvalidRequest(
-            f"`{key}` is not supported by '{call.target.model.id}' "
-            f"(provider kind {call.target.provider.kind}); remove it or choose another model.",
-            param=key,
-        )
-    if call.request.n is not None and call.request.n > 1:
+        return key
+    if n is not None and n > 1:
+        return "n"
+    return None
+
+
+def reject_unsupported(call: ChatCall, fields: dict[str, Any], supported: Collection[str]) -> None:
+    """400 naming the first field that the target cannot honour."""
+    refused = first_refused(fields, supported, call.request.n)
+    if refused == "n":
         raise InvalidRequest(
             f"'{call.target.model.id}' generates one choice per request: `n` must be 1.",
             param="n",
+        )
+    if refused is not None:
+        raise InvalidRequest(
+            f"`{refused}` is not supported by '{call.target.model.id}' "
+            f"(provider kind {call.target.provider.kind}); remove it or choose another model.",
+            param=refused,
         )
 
 

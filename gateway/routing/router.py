@@ -3,7 +3,8 @@
 - A catalog model: itself, then its configured `fallbacks`.
 - A route with policy "ordered" (klawd/standard): its targets in order, skipping unavailable ones.
 - A route with policy "cheapest" (klawd/auto): among its targets, those that are available, are chat
-  models, have every capability the request needs (tools, vision, json) and whose context length
+  models, have every capability the request needs (tools, vision, json), can honour every field
+  it sends (a translating provider refuses, say, `logprobs` with a 400) and whose context length
   holds the estimated prompt plus the output budget; sorted by list price (input + output per
   million tokens), ties kept in the configured order. Requests that use tools, or need more than
   `escalate_above_tokens`, skip the tiers cheaper than `escalate_to` (klawd/auto: tools or over
@@ -14,8 +15,11 @@
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.billing import estimate_tokens
 from gateway.errors import InvalidRequest, ServiceUnavailable, model_not_found
+from gateway.providers.registry import refused_field
 from gateway.routing.catalog import Catalog, CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import RouteSettings
@@ -23,6 +27,25 @@ from gateway.settings import RouteSettings
 
 def _price(entry: CatalogEntry) -> float:
     return entry.model.input_usd_per_mtok + entry.model.output_usd_per_mtok
+
+
+def _honouring(
+    request: ChatRequest, body: bytes, suitable: list[CatalogEntry]
+) -> list[CatalogEntry]:
+    """The targets that can honour every field of the request (a translating provider refuses
+    one it cannot honour with a 400, which is not a reason to fall back)."""
+    if not body:
+        return suitable
+    fields = orjson.loads(body)
+    refusals = [refused_field(e.provider.kind, fields, request.n) for e in suitable]
+    honouring = [e for e, refused in zip(suitable, refusals, strict=True) if refused is None]
+    if not honouring:
+        field = next(refused for refused in refusals if refused is not None)
+        raise InvalidRequest(
+            f"No model behind '{request.model}' accepts `{field}`; remove it or name a model.",
+            param=field,
+        )
+    return honouring
 
 
 def _escalate(
@@ -45,7 +68,8 @@ def _escalate(
     return escalated or suitable
 
 
-def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
+def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> list[CatalogEntry]:
+    """`body`: the request's JSON (for a policy route, the fields each target must honour)."""
     entry = catalog.get(request.model)
     if entry is not None:
         if entry.model.kind != "chat":
@@ -84,6 +108,7 @@ def resolve_chat(catalog: Catalog, request: ChatRequest) -> list[CatalogEntry]:
             f"(needs {sorted(needed) or 'text'}, about {budget} tokens of context).",
             param="model",
         )
+    suitable = _honouring(request, body, suitable)
     suitable = _escalate(catalog, route, request, budget, suitable)
     order = {e.model.id: i for i, e in enumerate(suitable)}
     return sorted(

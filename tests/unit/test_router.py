@@ -115,3 +115,52 @@ def test_image_model_is_not_a_chat_model() -> None:
 
     with pytest.raises(InvalidRequest):
         resolve_chat(ALL_AVAILABLE, request(model="replicate/seedream-4.5"))
+
+
+def body(**fields: object) -> bytes:
+    import orjson
+
+    return orjson.dumps({"messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+@pytest.mark.parametrize(
+    ("catalog", "fields", "chosen"),
+    [
+        # gemini honours seed: the cheapest still serves it
+        (ALL_AVAILABLE, {"model": "klawd/auto", "seed": 7}, "google/gemini-2.0-flash"),
+        # neither gemini nor anthropic returns logprobs: the OpenAI model does
+        (ALL_AVAILABLE, {"model": "klawd/auto", "logprobs": True}, "openai/gpt-4-turbo"),
+        # a neutral value asks for nothing: the cheapest serves it
+        (ALL_AVAILABLE, {"model": "klawd/auto", "logprobs": False}, "google/gemini-2.0-flash"),
+        # tools escalate to sonnet's tier, where anthropic cannot take a seed
+        (ALL_AVAILABLE, {"model": "klawd/auto", "tools": [TOOL], "seed": 7}, "openai/gpt-4-turbo"),
+        (ALL_AVAILABLE, {"model": "klawd/auto", "n": 2}, "openai/gpt-4-turbo"),
+        # a catalog model named directly is not re-routed: its provider answers the 400
+        (
+            ALL_AVAILABLE,
+            {"model": "anthropic/claude-sonnet-4", "seed": 7},
+            "anthropic/claude-sonnet-4",
+        ),
+    ],
+)
+def test_auto_picks_a_target_that_honours_every_field(
+    catalog: Catalog, fields: dict[str, object], chosen: str
+) -> None:
+    from gateway.providers.registry import refused_field
+    from gateway.routing.router import resolve_chat
+
+    chat = request(**fields)
+    targets = resolve_chat(catalog, chat, body(**fields))
+    assert targets[0].model.id == chosen
+    if fields["model"] == "klawd/auto":  # the fallbacks honour every field too
+        assert all(refused_field(t.provider.kind, fields, chat.n) is None for t in targets)
+
+
+def test_auto_names_a_field_no_target_honours() -> None:
+    from gateway.routing.router import resolve_chat
+
+    no_openai = Catalog(SETTINGS, {"openai": "no key"})
+    fields = {"model": "klawd/auto", "logprobs": True}
+    with pytest.raises(InvalidRequest) as caught:
+        resolve_chat(no_openai, request(**fields), body(**fields))
+    assert caught.value.param == "logprobs"

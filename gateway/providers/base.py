@@ -293,7 +293,7 @@ class HttpProvider:
         """Up to the headers within `first_byte_timeout_s`; the whole call, body included,
         within `timeout_s` (the response expires then: its reader gets TimeoutError)."""
         settings = self.settings
-        deadline = asyncio.get_running_loop().time() + settings.timeout_s
+        deadline = self._client.clock() + settings.timeout_s
         try:
             response = await self._client.request(
                 upstream.method,

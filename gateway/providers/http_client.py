@@ -122,6 +122,20 @@ class HttpClient:
         self._dns: dict[tuple[str, int], tuple[float, Sequence[aiohappyeyeballs.AddrInfoType]]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        # The event loop of the first request: every later one runs on it (one client per
+        # provider per worker). Kept because asyncio.get_running_loop() costs a getpid()
+        # system call on every call in CPython 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def clock(self) -> float:
+        """The event loop's time (what deadlines are given in)."""
+        return self._event_loop().time()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def request(
         self,
@@ -166,7 +180,7 @@ class HttpClient:
         headers_by = (
             None
             if headers_timeout_s is None
-            else asyncio.get_running_loop().time() + headers_timeout_s
+            else self._event_loop().time() + headers_timeout_s
         )
         fresh = False
         while True:
@@ -244,7 +258,7 @@ class _Pool:
             if client._limit <= 0 or self.count < client._limit:
                 self.count += 1
                 return await self._open(deadline)
-            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[_Connection | None] = client._event_loop().create_future()
             self.waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -265,7 +279,7 @@ class _Pool:
 
     def _take_idle(self) -> _Connection | None:
         idle = self.idle
-        now = asyncio.get_running_loop().time()
+        now = self.client._event_loop().time()
         while idle:
             conn = idle.pop()
             if not conn.usable():
@@ -339,7 +353,7 @@ class _Pool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = self.client._event_loop().time()
         self.idle.append(conn)
 
     def discard(self, conn: _Connection) -> None:
@@ -509,7 +523,7 @@ class HttpResponse:
             lenient_spaces_after_chunk_size=True,
         )
         self._parser: httptools.HttpResponseParser | None = parser
-        self._loop = asyncio.get_running_loop()
+        self._loop = conn.pool.client._event_loop()
         self._read_timeout_s = read_timeout_s
         self._head_only = head_only
         self._chunks: deque[bytes] = deque()

@@ -178,9 +178,7 @@ class HttpClient:
                 self._pools = {k: p for k, p in self._pools.items() if p.count or p.waiters}
             pool = self._pools[target.key] = _Pool(self, target)
         headers_by = (
-            None
-            if headers_timeout_s is None
-            else self._event_loop().time() + headers_timeout_s
+            None if headers_timeout_s is None else self._event_loop().time() + headers_timeout_s
         )
         fresh = False
         while True:

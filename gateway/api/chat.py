@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import anyio
 import orjson
@@ -71,7 +71,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             receive,
             send,
             SSE_HEADERS | _served_by(target) | limit_headers,
-            _relay(state, ticket, chat, stream, target),
+            relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
         )
@@ -153,19 +153,24 @@ def _with_cost(piece: bytes, target: CatalogEntry) -> bytes:
     return head[:start] + b"data: " + orjson.dumps(event) + b"\n\n" + DONE
 
 
-async def _relay(
+async def relay(
     state: AppState,
     ticket: Ticket,
     chat: ChatRequest,
     stream: UpstreamStream,
     target: CatalogEntry,
+    error_event: Callable[[GatewayError], bytes] = GatewayError.sse_event,
+    cost_in_usage: bool = True,
 ) -> AsyncGenerator[bytes, None]:
-    """Each piece is one or more whole SSE events, written in one send. Whatever ends the
-    stream (done, upstream failure, client gone), what was generated is billed."""
+    """The relay of both streaming routes: each piece is one or more whole SSE events, written
+    in one send; a failure after the first byte is a last event in the route's own format
+    (`error_event`). Whatever ends the stream (done, upstream failure, client gone, shutdown's
+    drain), what was generated is billed. `cost_in_usage`: the OpenAI usage chunk a client asked
+    for gets `usage.cost_usd`."""
     status = CLIENT_CLOSED
     try:
         async for piece in stream:
-            if chat.include_usage and piece.endswith(DONE):
+            if cost_in_usage and chat.include_usage and piece.endswith(DONE):
                 piece = _with_cost(piece, target)
             yield piece
         status = 200
@@ -175,11 +180,11 @@ async def _relay(
         raise
     except GatewayError as exc:
         status = exc.status
-        yield exc.sse_event()
+        yield error_event(exc)
     except Exception:
         log.exception("stream relay failed")
         status = 500
-        yield InternalError(INTERNAL_ERROR_MESSAGE).sse_event()
+        yield error_event(InternalError(INTERNAL_ERROR_MESSAGE))
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()

@@ -20,23 +20,20 @@ Retry-After of DESIGN; after the first byte, as an `event: error`. Keepalive is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 
-import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import _core
-from gateway.api.chat import CLIENT_CLOSED, SSE_HEADERS
+from gateway.api.chat import SSE_HEADERS, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
-from gateway.drain import is_drain
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadGateway,
@@ -49,7 +46,6 @@ from gateway.messages import PING_EVENT, error_body, error_event, to_chat_reques
 from gateway.metering import (
     RESERVE_TOKENS_PER_IMAGE,
     RESERVE_TOKENS_PER_MESSAGE,
-    Ticket,
     reserve_for_chat,
 )
 from gateway.providers.base import (
@@ -63,7 +59,6 @@ from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
 from gateway.schemas.anthropic import decode_count_tokens_request, decode_messages_request
 from gateway.schemas.openai import ChatRequest, ImagePart
-from gateway.state import AppState
 from gateway.store.base import StoreError
 
 log = logging.getLogger("klawd")
@@ -214,7 +209,7 @@ async def _create_message(request: Request) -> Response:
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
         return EventStreamResponse(
-            _relay(state, ticket, chat, stream, target),
+            relay(state, ticket, chat, stream, target, error_event, cost_in_usage=False),
             SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             PING_EVENT,
@@ -285,38 +280,3 @@ class AnthropicEvents:
                 f"The stream of '{self._target.model.id}' could not be translated to "
                 "Anthropic events."
             ) from exc
-
-
-async def _relay(
-    state: AppState,
-    ticket: Ticket,
-    chat: ChatRequest,
-    stream: UpstreamStream,
-    target: CatalogEntry,
-) -> AsyncGenerator[bytes, None]:
-    """As chat's relay: whole events per write, `event: ping` while silent, an `event: error`
-    on failure; whatever ends the stream, what was generated is billed."""
-    status = CLIENT_CLOSED
-    try:
-        async for piece in stream:
-            yield piece
-        status = 200
-    except asyncio.CancelledError as exc:
-        if is_drain(exc):
-            status = ShuttingDown.status
-        raise
-    except GatewayError as exc:
-        status = exc.status
-        yield error_event(exc)
-    except Exception:
-        log.exception("messages stream relay failed")
-        status = 500
-        yield error_event(InternalError(INTERNAL_ERROR_MESSAGE))
-    finally:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-            usage = stream.usage or TokenUsage(
-                estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
-            )
-            state.meter.settle(ticket, target, usage, 0, status, True)
-            await state.meter.charge_tokens(ticket, usage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -79,12 +80,22 @@ async def read_body(receive: Receive) -> bytes:
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def send_json(send: Send, content: Any, headers: dict[str, str], status: int = 200) -> None:
-    body = orjson.dumps(content)
+def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def send_json_bytes(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+    """A whole JSON answer in two ASGI messages."""
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *encode_headers(headers),
     ]
-    raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send, content: Any, headers: Mapping[str, str], status: int = 200
+) -> None:
+    await send_json_bytes(send, status, orjson.dumps(content), headers)

@@ -22,6 +22,7 @@ import orjson
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.common import send_json_bytes
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     GatewayError,
@@ -168,7 +169,7 @@ class GatewayMiddleware:
             f"The request body is larger than the gateway's limit of {self.max_body_bytes} bytes."
         )
         if declared_length is not None and declared_length > self.max_body_bytes:
-            await _send_error(send_with_id, too_large.status, _body(scope, too_large), {})
+            await send_json_bytes(send_with_id, too_large.status, _body(scope, too_large), {})
             return
         received = 0
         bodies = record.bodies if record is not None else None
@@ -194,14 +195,16 @@ class GatewayMiddleware:
         except Exception as exc:
             error = envelope_error(exc)
             if error is not None and not started:
-                await _send_error(send_with_id, error.status, _body(scope, error), error.headers())
+                await send_json_bytes(
+                    send_with_id, error.status, _body(scope, error), error.headers()
+                )
                 return
             log.exception(
                 "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id
             )
             if not started:
                 error = InternalError(INTERNAL_ERROR_MESSAGE)
-                await _send_error(send_with_id, error.status, _body(scope, error), {})
+                await send_json_bytes(send_with_id, error.status, _body(scope, error), {})
 
 
 def _body(scope: Scope, error: GatewayError) -> bytes:
@@ -209,13 +212,3 @@ def _body(scope: Scope, error: GatewayError) -> bytes:
     if scope["path"].startswith("/v1/messages"):
         return orjson.dumps(anthropic_error_body(error))
     return error.body()
-
-
-async def _send_error(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})

@@ -24,6 +24,7 @@ from typing import NamedTuple
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.api.common import encode_headers
 from gateway.drain import DRAIN, OpenStreams, is_drain
 
 KEEPALIVE = b": keepalive\n\n"
@@ -69,8 +70,7 @@ async def send_event_stream(
             silent_s = 0.0
         timer = loop.call_later(keepalive_s - silent_s, check_silence)
 
-    raw_headers = [(b"content-type", EVENT_STREAM)]
-    raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw_headers = [(b"content-type", EVENT_STREAM), *encode_headers(headers)]
     watcher = loop.create_task(_disconnected(receive))
     watcher.add_done_callback(on_disconnect)
     timer = loop.call_later(keepalive_s, check_silence)

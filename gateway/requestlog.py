@@ -8,7 +8,7 @@ middleware writes the record as one JSON line: it is gathered in memory, and a w
 writes the lines to stderr in batches.
 
 The record holds no key, prompt or completion: only ids, names from the catalog, and numbers —
-unless the operator turns on `server.log_bodies` (debugging), which adds the first bytes of the
+unless the operator sets `server.log_bodies_bytes` (debugging), which adds the first bytes of the
 request and answer bodies of the API routes (/v1/..., /api/...; never the admin API or Mission
 Control, whose bodies carry keys and secrets).
 """
@@ -27,33 +27,36 @@ import orjson
 from gateway.threads import behind_the_event_loop
 
 
-class BodyCapture:
-    """Debug logging of bodies (`server.log_bodies`): the first `limit` bytes of the request body
-    and of the answer (a stream: its SSE bytes), for the log line."""
+class CappedBytes:
+    """The first `limit` bytes of a body, and how many there were in all."""
 
-    __slots__ = ("limit", "request", "request_seen", "response", "response_seen")
+    __slots__ = ("kept", "limit", "seen")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.request = bytearray()
-        self.response = bytearray()
-        self.request_seen = 0
-        self.response_seen = 0
+        self.kept = bytearray()
+        self.seen = 0
 
-    def add_request(self, chunk: bytes) -> None:
-        self.request_seen += len(chunk)
-        if len(self.request) < self.limit:
-            self.request += chunk[: self.limit - len(self.request)]
+    def add(self, chunk: bytes) -> None:
+        self.seen += len(chunk)
+        if len(self.kept) < self.limit:
+            self.kept += chunk[: self.limit - len(self.kept)]
 
-    def add_response(self, chunk: bytes) -> None:
-        self.response_seen += len(chunk)
-        if len(self.response) < self.limit:
-            self.response += chunk[: self.limit - len(self.response)]
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", errors="replace")
+        left = self.seen - len(self.kept)
+        return f"{text}…[{left} more bytes]" if left else text
 
-    @staticmethod
-    def text(kept: bytearray, seen: int) -> str:
-        text = kept.decode("utf-8", errors="replace")
-        return text if seen == len(kept) else f"{text}…[{seen - len(kept)} more bytes]"
+
+class BodyCapture:
+    """Debug logging of bodies (`server.log_bodies_bytes`): the start of the request body and of
+    the answer (a stream: its SSE bytes), for the log line."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, limit: int) -> None:
+        self.request = CappedBytes(limit)
+        self.response = CappedBytes(limit)
 
 
 class RequestRecord:
@@ -115,9 +118,8 @@ class RequestRecord:
             "retries": max(0, self.upstream_attempts - 1),
         }
         if self.bodies is not None:
-            bodies = self.bodies
-            fields["request_body"] = bodies.text(bodies.request, bodies.request_seen)
-            fields["response_body"] = bodies.text(bodies.response, bodies.response_seen)
+            fields["request_body"] = self.bodies.request.text()
+            fields["response_body"] = self.bodies.response.text()
         return orjson.dumps(fields).decode()
 
 

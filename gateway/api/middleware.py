@@ -162,7 +162,7 @@ class GatewayMiddleware:
                 ):
                     record.first_byte_at = time.perf_counter()
                 if record.bodies is not None:
-                    record.bodies.add_response(message.get("body", b""))
+                    record.bodies.response.add(message.get("body", b""))
             await send(message)
 
         too_large = RequestTooLarge(
@@ -182,7 +182,7 @@ class GatewayMiddleware:
                 if received > self.max_body_bytes:
                     raise too_large
                 if bodies is not None:
-                    bodies.add_request(message.get("body", b""))
+                    bodies.request.add(message.get("body", b""))
             return message
 
         app = self.app

@@ -33,7 +33,7 @@ import socket
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Final, NamedTuple, cast
 from urllib.parse import quote, urlsplit
 
@@ -186,10 +186,7 @@ class HttpClient:
             response = HttpResponse(conn, self._read_timeout_s, head_only, headers_by)
             conn.send(response, payload)
             try:
-                while not response._headers_done:
-                    if response._error is not None:
-                        raise response._error
-                    await response._wait()
+                await response._wait_until(response._has_headers)
             except ResponseBroken:
                 response.close()
                 if fresh or not conn.reused or response._got_bytes:
@@ -556,10 +553,7 @@ class HttpResponse:
         if self._conn is not None:
             self._conn.resume()
         try:
-            while not self._complete:
-                if self._error is not None:
-                    raise self._error
-                await self._wait()
+            await self._wait_until(self._is_complete)
         except BaseException:
             self.close()
             raise
@@ -610,13 +604,7 @@ class HttpResponse:
     def release(self) -> None:
         """Keeps the connection alive for the next request if the whole answer arrived and the
         server allows it; otherwise closes it. Idempotent."""
-        if self._finished:
-            return
-        self._finished = True
-        self._parser = None
-        self._cancel_deadline()
-        conn = self._conn
-        self._conn = None
+        conn = self._finish()
         if conn is None:
             return
         if self._complete and self._keep_alive and self._error is None:
@@ -628,17 +616,34 @@ class HttpResponse:
         """Drops the connection at once (how a stream is cancelled upstream). Idempotent."""
         if not self._complete:
             self._fail(ResponseBroken("the response was closed"))
-        if self._finished:
-            return
-        self._finished = True
-        self._parser = None
-        self._cancel_deadline()
-        conn = self._conn
-        self._conn = None
+        conn = self._finish()
         if conn is not None:
             conn.close()
 
+    def _finish(self) -> _Connection | None:
+        """Once: the caller is done with this answer; its connection, for release or close."""
+        if self._finished:
+            return None
+        self._finished = True
+        self._parser = None
+        self._cancel_timer()
+        conn, self._conn = self._conn, None
+        return conn
+
     # -- waiting --------------------------------------------------------------------------------
+    def _has_headers(self) -> bool:
+        return self._headers_done
+
+    def _is_complete(self) -> bool:
+        return self._complete
+
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        """Until `done()`; the answer's error, if one came first, is raised."""
+        while not done():
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
     async def _wait(self) -> None:
         """Until the connection has news for us; `read_timeout_s` of silence is a timeout."""
         waiter = self._loop.create_future()
@@ -688,7 +693,7 @@ class HttpResponse:
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self._complete:
             self._error = error
-            self._cancel_deadline()
+            self._cancel_timer()
             self._wake()
 
     def _timed_out(self) -> None:
@@ -697,7 +702,7 @@ class HttpResponse:
         if conn is not None:
             conn.close()
 
-    def _cancel_deadline(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -724,7 +729,7 @@ class HttpResponse:
                 self._buffered += len(tail)
         self._complete = True
         self._keep_alive = keep_alive
-        self._cancel_deadline()
+        self._cancel_timer()
         self._wake()
 
     # -- httptools callbacks (only while the connection feeds the parser) ------------------------

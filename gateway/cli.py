@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import math
 import os
+import resource
 import secrets
 import shutil
 import sys
@@ -128,6 +129,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token is not None:
         sys.stdout.write(f"Admin token (saved in {token_file}): {token}\n")
     _first_start(settings, base_url)
+    open_files, needed = raise_open_files_limit(settings.server.max_in_flight)
+    if open_files < needed:
+        sys.stdout.write(
+            f"Open files limit {open_files} (hard): a worker can hold about "
+            f"{max(0, open_files - FDS_RESERVED) // FDS_PER_REQUEST} streams, fewer than "
+            f"server.max_in_flight = {settings.server.max_in_flight}\n"
+        )
     if settings.server.metrics_port is not None:
         _serve_metrics(host, settings.server.metrics_port)
         sys.stdout.write(f"Metrics on http://{host}:{settings.server.metrics_port}/metrics\n")
@@ -156,15 +164,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # still busy after the drain grace period is stopped (its streams are ended just
         # before: gateway/drain.py).
         workers_kill_timeout=max(1, math.ceil(settings.server.streams.drain_grace_s)),
-        # Hostile clients: headers must arrive within 10 s and fit 64 KiB; at most 1024
-        # requests in flight per worker, the rest wait in the listen backlog.
+        # Hostile clients: headers must arrive within 10 s and fit 64 KiB; at most
+        # server.max_in_flight requests per worker, the next connections wait in the listen
+        # backlog (server.listen_backlog), then are refused by the kernel.
         http1_settings=HTTP1Settings(header_read_timeout=10_000, max_buffer_size=64 * 1024),
-        backpressure=1024,
+        backpressure=settings.server.max_in_flight,
+        backlog=settings.server.listen_backlog,
     ).serve()
     shutil.rmtree(drain_dir, ignore_errors=True)
     if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+# A request in flight holds two file descriptors (the client's socket, the upstream's); a
+# worker holds some anyway (listener, event loops, store, metrics files, idle pool connections).
+FDS_PER_REQUEST = 2
+FDS_RESERVED = 256
+
+
+def raise_open_files_limit(max_in_flight: int) -> tuple[int, int]:
+    """Raises the soft limit of open files (inherited by Granian's workers) to what
+    `max_in_flight` needs, at most to the hard limit; returns (the soft limit now, needed)."""
+    needed = FDS_PER_REQUEST * max_in_flight + FDS_RESERVED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    return soft, needed
 
 
 METRICS_DIR_PREFIX = "klawd-metrics-"

@@ -4,8 +4,9 @@ Core 0 runs the server under test (every contender is pinned there, each started
 measured in turn); core 1 runs the fake upstream, Redis and the load generator.
 
 The fake upstream is Debian's nginx answering fixed bodies: an OpenAI chat.completion (`/json`),
-a 50-event OpenAI stream (`/sse`), a 50-event Anthropic Messages stream (`/anth`) and the same
-OpenAI stream with `delay_s` between events (`/slow`, with the echo module's echo_sleep).
+a 50-event OpenAI stream as one static body (`/sse`), and chunked streams sent the way real
+providers send them, with the echo module (STREAMS: one chunk per event, each line its own chunk,
+with 20 ms, 100 ms or 1 s between events; an Anthropic Messages stream).
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def openai_completion() -> bytes:
     )
 
 
-def openai_events() -> list[bytes]:
-    """EVENTS data events: role, content x(EVENTS-3), finish, usage; then [DONE]."""
+def openai_events(count: int = EVENTS, stamped: bool = False) -> list[bytes]:
+    """`count` data events: role, content x(count-3), finish, usage; then [DONE]. `stamped`:
+    each content delta carries the upstream's clock when it is sent (nginx's $msec), from
+    which the stream client measures how late each event arrives."""
 
     def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
         event = {
@@ -71,11 +74,11 @@ def openai_events() -> list[bytes]:
         "created": 1,
         "model": "bench",
         "choices": [],
-        "usage": {"prompt_tokens": 12, "completion_tokens": EVENTS - 3, "total_tokens": EVENTS + 9},
+        "usage": {"prompt_tokens": 12, "completion_tokens": count - 3, "total_tokens": count + 9},
     }
     return (
         [chunk({"role": "assistant", "content": ""})]
-        + [chunk({"content": f"tok{i} "}) for i in range(EVENTS - 3)]
+        + [chunk({"content": f"tok{i} {'$msec' if stamped else ''}"}) for i in range(count - 3)]
         + [chunk({}, "stop"), b"data: " + orjson.dumps(usage) + b"\n\n", b"data: [DONE]\n\n"]
     )
 
@@ -140,19 +143,54 @@ def _quoted(body: bytes) -> str:
     return f"'{text}'"
 
 
-def upstream_conf(directory: Path, port: int, delay_s: float) -> str:
+def echoed(events: list[bytes], per_line: bool, delay_s: float) -> str:
+    """The echo module's directives that send `events` as a chunked stream: one chunk per event
+    (as most providers do), or each line its own chunk (`per_line`: legal, and what many small
+    writes upstream look like), with `delay_s` between events."""
+    lines = []
+    for i, event in enumerate(events):
+        pieces = event.splitlines(keepends=True) if per_line else [event]
+        for piece in pieces:
+            lines += [f"echo -n {_quoted(piece)};", "echo_flush;"]
+        if delay_s and i < len(events) - 1:
+            lines.append(f"echo_sleep {delay_s};")
+    return "\n".join(" " * 12 + line for line in lines)
+
+
+# Streamed locations of the fake upstream: path -> (events, each line its own chunk, pause).
+STREAMS: dict[str, tuple[str, bool, float]] = {
+    "event": ("openai", False, 0.0),  # one chunk per event
+    "lines": ("openai", True, 0.0),  # each line its own chunk
+    "lines20": ("openai-paced", True, 0.02),  # ... 20 ms between events
+    "slow": ("openai-paced", True, 0.1),  # ... 100 ms between events (the burst)
+    "long": ("openai-long", True, 1.0),  # one event a second for a minute
+    "anth": ("anthropic", True, 0.0),  # Anthropic Messages, each line its own chunk
+}
+LONG_EVENTS = 60
+
+
+def upstream_conf(directory: Path, port: int) -> str:
     directory.chmod(0o755)  # nginx's workers run unprivileged and read the bodies from here
-    for name, events in (("openai.sse", openai_events()), ("anthropic.sse", anthropic_events())):
-        (directory / name).write_bytes(b"".join(events))
-        (directory / name).chmod(0o644)
-    slow = "\n".join(
-        f"            echo -n {_quoted(e)};\n            echo_flush;"
-        + (f"\n            echo_sleep {delay_s};" if i < len(openai_events()) - 1 else "")
-        for i, e in enumerate(openai_events())
+    (directory / "openai.sse").write_bytes(b"".join(openai_events()))
+    (directory / "openai.sse").chmod(0o644)
+    bodies = {
+        "openai": openai_events(),
+        "openai-paced": openai_events(stamped=True),
+        "openai-long": openai_events(LONG_EVENTS, stamped=True),
+        "anthropic": anthropic_events(),
+    }
+    streamed = "".join(
+        f"""
+        location = /{name}/{"v1/messages" if body == "anthropic" else "v1/chat/completions"} {{
+            default_type text/event-stream;
+{echoed(bodies[body], per_line, delay_s)}
+        }}"""
+        for name, (body, per_line, delay_s) in STREAMS.items()
     )
     return f"""
 load_module {ECHO_MODULE};
 worker_processes 1;
+worker_rlimit_nofile 20000;
 daemon off;
 pid {directory}/upstream.pid;
 error_log {directory}/upstream-error.log warn;
@@ -168,21 +206,13 @@ http {{
             default_type application/json;
             return 200 {_quoted(openai_completion())};
         }}
-        # Static files answer GET only: a 405 is turned into the file itself (as a GET).
+        # The static body: the whole stream in one piece. Static files answer GET only: a
+        # 405 is turned into the file itself (as a GET).
         location = /sse/v1/chat/completions {{
             default_type text/event-stream;
             alias {directory}/openai.sse;
             error_page 405 =200 $uri;
-        }}
-        location = /anth/v1/messages {{
-            default_type text/event-stream;
-            alias {directory}/anthropic.sse;
-            error_page 405 =200 $uri;
-        }}
-        location = /slow/v1/chat/completions {{
-            default_type text/event-stream;
-{slow}
-        }}
+        }}{streamed}
     }}
 }}
 """
@@ -218,16 +248,22 @@ http {{
 """
 
 
-def gateway_conf(port: int, upstream: str, store_url: str) -> str:
-    providers = {
-        "bench": ("openai", f"{upstream}/json/v1"),
-        "benchsse": ("openai", f"{upstream}/sse/v1"),
-        "benchslow": ("openai", f"{upstream}/slow/v1"),
-        "benchanth": ("anthropic", f"{upstream}/anth"),
-    }
+def gateway_model(scenario: str) -> str:
+    """The gateway's model whose provider points at the upstream's `scenario` location."""
+    return f"bench{scenario}/m"
+
+
+def gateway_conf(port: int, upstream: str, store_url: str, streams: int = 1024) -> str:
+    """`streams`: how many may be open at once (max_in_flight and the providers' pools)."""
+    providers = {f"bench{name}": ("openai", f"{upstream}/{name}/v1") for name in ("json", "sse")}
+    providers |= {
+        f"bench{name}": ("anthropic" if body == "anthropic" else "openai",
+                         f"{upstream}/{name}" + ("" if body == "anthropic" else "/v1"))
+        for name, (body, _, _) in STREAMS.items()
+    }  # fmt: skip
     tables = "".join(
         f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{url}"\n'
-        f'api_key_env = "BENCH_UPSTREAM_KEY"\npool_size = 4096\n\n'
+        f'api_key_env = "BENCH_UPSTREAM_KEY"\npool_size = {max(4096, streams)}\n\n'
         f'[[models]]\nid = "{name}/m"\nprovider = "{name}"\nupstream_model = "m"\n'
         f"context_length = 100000\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n\n"
         for name, (kind, url) in providers.items()
@@ -237,6 +273,7 @@ def gateway_conf(port: int, upstream: str, store_url: str) -> str:
 host = "127.0.0.1"
 port = {port}
 workers = 1
+max_in_flight = {max(12288, streams)}
 
 [store]
 url = "{store_url}"
@@ -316,18 +353,29 @@ def floor(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
     return pinned(
         SERVER_CORE,
         [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
-         "--host", "127.0.0.1", "--port", str(port), "--no-ws",
-         "loadtests.bench.floor_app:app"],
+         "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
+         "--backpressure", "16384", "loadtests.bench.floor_app:app"],
         directory / "floor.log",
         {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
 
 
+def bare(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
+    return pinned(
+        SERVER_CORE,
+        [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
+         "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
+         "--backpressure", "16384", "loadtests.bench.bare_app:app"],
+        directory / "bare.log",
+        {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
 def gateway(
-    name: str, port: int, upstream: str, store_url: str, directory: Path
+    name: str, port: int, upstream: str, store_url: str, directory: Path, streams: int = 1024
 ) -> subprocess.Popen[bytes]:
     config = directory / f"{name}.toml"
-    config.write_text(gateway_conf(port, upstream, store_url))
+    config.write_text(gateway_conf(port, upstream, store_url, streams))
     return pinned(
         SERVER_CORE,
         [str(BIN / "klawd"), "serve", "--config", str(config)],

@@ -1,42 +1,116 @@
-"""Many concurrent long streams at once: time to first byte, completion, lateness.
+"""Many concurrent streams, from the client's side: time to first byte, completion, lateness.
 
-    python loadtests/bench/long_streams.py URL BODY_JSON HEADERS_JSON COUNT NOMINAL_S RAMP_S
+    python -m loadtests.bench.long_streams '{"url": …, "body": …, "headers": {…}, "count": N,
+        "ramp_s": R, "until_s": U, "timeout_s": T}'
 
-Opens COUNT streams (one connection each), their starts spread evenly over RAMP_S seconds (0:
-all at once), so that all COUNT are open together once the ramp is over (RAMP_S < NOMINAL_S);
-reads each to the end and prints one JSON object: ttfb_ms p50/p99, how many completed with
-`data: [DONE]`, how many within the nominal duration + 20% + 0.5 s, and the slowest.
-Bounded: every stream has a timeout of 3x nominal + 10 s.
+Opens `count` streams (one connection each), their starts spread evenly over `ramp_s` seconds.
+With `until_s` > 0 each of the `count` slots opens a new stream as soon as its last one ended,
+until `until_s` seconds after the start (the burst: streams opened within one second and
+reopened as they end); otherwise each slot runs one stream. A stream is complete when its answer
+is a 200 carrying `data: [DONE]` and the chunked body's last chunk.
+
+Lateness: the paced upstream puts its clock into every content delta (`tok<i> <unix time with
+ms>`, nginx's $msec); an event's lateness is when the client read it minus when the upstream
+wrote it, so it covers every hop in between and nothing of the upstream's own pacing drift.
+
+The client is a bare asyncio Protocol on uvloop (no HTTP library): with thousands of streams a
+chunk per line, a heavier client would measure itself. Prints one JSON object. Bounded: each
+stream has a timeout of `timeout_s`, the run ends by `until_s` + `timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
+import re
+import resource
 import sys
 import time
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
+import uvloop
+
+STAMP = re.compile(rb"tok\d+ (\d{10}\.\d{3})")
+END = b"0\r\n\r\n"
 
 
-async def one(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], delay_s: float
-) -> tuple[float | None, float, bool]:
-    await asyncio.sleep(delay_s)
-    started = time.perf_counter()
-    first: float | None = None
-    tail = b""
+class Stream(asyncio.Protocol):
+    """One request over its own connection; the answer is inspected as it arrives."""
+
+    def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.done = done
+        self.started = time.perf_counter()
+        self.ttfb_s: float | None = None
+        self.head = b""
+        self.tail = b""
+        self.status_ok = False
+        self.saw_done = False
+        self.events = 0
+        self.max_late_s = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ttfb_s is None:
+            self.ttfb_s = time.perf_counter() - self.started
+            self.status_ok = data.startswith(b"HTTP/1.1 200")
+        now = time.time()
+        window = self.tail + data  # a stamp split across reads is found whole (max: no harm)
+        for stamp in STAMP.findall(window):
+            self.max_late_s = max(self.max_late_s, now - float(stamp))
+        self.events += (self.tail[-1:] + data).count(b"\n\n")
+        if b"data: [DONE]" in window:
+            self.saw_done = True
+        self.tail = window[-32:]
+        if self.tail.endswith(END) and self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    @property
+    def complete(self) -> bool:
+        return self.status_ok and self.saw_done and self.tail.endswith(END)
+
+
+async def one(host: str, port: int, request: bytes, timeout_s: float) -> Stream | None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    stream = Stream(request, done)
     try:
-        async with session.post(url, data=body, headers=headers) as response:
-            async for chunk in response.content.iter_any():
-                if first is None:
-                    first = time.perf_counter() - started
-                tail = (tail + chunk)[-32:]
-            ok = response.status == 200 and tail.endswith(b"data: [DONE]\n\n")
-    except (aiohttp.ClientError, TimeoutError):
-        ok = False
-    return first, time.perf_counter() - started, ok
+        async with asyncio.timeout(timeout_s):
+            transport, _ = await loop.create_connection(lambda: stream, host, port)
+            try:
+                await done
+            finally:
+                transport.close()
+    except (OSError, TimeoutError):
+        return stream if stream.ttfb_s is not None else None
+    return stream
+
+
+def http_request(spec: dict[str, object]) -> tuple[str, int, bytes]:
+    url = urlsplit(str(spec["url"]))
+    body = str(spec["body"]).encode()
+    headers = {"host": url.netloc, "content-type": "application/json",
+               "content-length": str(len(body)), "connection": "close", **dict(spec["headers"])}  # type: ignore[call-overload]  # fmt: skip
+    head = f"POST {url.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return url.hostname or "127.0.0.1", url.port or 80, head.encode() + b"\r\n" + body
+
+
+async def slot(spec: dict[str, object], delay_s: float, deadline: float) -> list[Stream | None]:
+    await asyncio.sleep(delay_s)
+    host, port, request = http_request(spec)
+    timeout_s = float(spec["timeout_s"])  # type: ignore[arg-type]
+    outcomes = [await one(host, port, request, timeout_s)]
+    while time.perf_counter() < deadline:
+        outcomes.append(await one(host, port, request, timeout_s))
+    return outcomes
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -44,33 +118,37 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def main() -> None:
-    url, body, headers_json, count_text, nominal_text, ramp_text = sys.argv[1:7]
-    headers = orjson.loads(headers_json) | {"content-type": "application/json"}
-    count, nominal, ramp = int(count_text), float(nominal_text), float(ramp_text)
-    timeout = aiohttp.ClientTimeout(total=3 * nominal + 10)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        results = await asyncio.gather(
-            *(one(session, url, body.encode(), headers, i * ramp / count) for i in range(count))
-        )
-    ttfb = [r[0] * 1000 for r in results if r[0] is not None]
-    durations = [r[1] for r in results]
-    completed = sum(1 for r in results if r[2])
-    on_time = sum(1 for r in results if r[2] and r[1] <= nominal * 1.2 + 0.5)
-    print(
-        orjson.dumps(
-            {
-                "streams": count,
-                "completed": completed,
-                "on_time": on_time,
-                "ttfb_p50_ms": statistics.median(ttfb) if ttfb else None,
-                "ttfb_p99_ms": percentile(ttfb, 0.99) if ttfb else None,
-                "slowest_s": max(durations),
-            }
-        ).decode()
+async def run(spec: dict[str, object]) -> dict[str, object]:
+    count = int(spec["count"])  # type: ignore[call-overload]
+    ramp = float(spec["ramp_s"])  # type: ignore[arg-type]
+    until = float(spec.get("until_s", 0))  # type: ignore[arg-type]
+    started = time.perf_counter()
+    per_slot = await asyncio.gather(
+        *(slot(spec, i * ramp / count, started + until) for i in range(count))
     )
+    attempts = [outcome for outcomes in per_slot for outcome in outcomes]
+    streams = [s for s in attempts if s is not None]
+    ttfb = [s.ttfb_s * 1000 for s in streams if s.ttfb_s is not None]
+    late = [s.max_late_s * 1000 for s in streams if s.complete]
+    return {
+        "streams": len(attempts),
+        "completed": sum(1 for s in streams if s.complete),
+        "events": sum(s.events for s in streams),
+        "ttfb_p50_ms": percentile(ttfb, 0.5) if ttfb else None,
+        "ttfb_p99_ms": percentile(ttfb, 0.99) if ttfb else None,
+        "late_max_ms": max(late) if late else None,
+        "late_p99_ms": percentile(late, 0.99) if late else None,
+        "late_over_100ms": sum(1 for value in late if value > 100),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    spec = orjson.loads(sys.argv[1])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per stream
+    print(orjson.dumps(uvloop.run(run(spec))).decode())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -115,15 +115,11 @@ class PeakRss:
         self._thread.join(timeout=5)
 
 
-def long_streams(
-    url: str, body: bytes, headers: dict[str, str], count: int, nominal_s: float, ramp_s: float
-) -> dict[str, float | int | None]:
-    command = [
-        "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "loadtests.bench.long_streams",
-        url, body.decode(), orjson.dumps(headers).decode(), str(count), str(nominal_s), str(ramp_s),
-    ]  # fmt: skip
-    out = subprocess.run(
-        command, capture_output=True, text=True, timeout=4 * nominal_s + 60, check=True
-    ).stdout
+def long_streams(spec: dict[str, object]) -> dict[str, float | int | None]:
+    """loadtests/bench/long_streams.py on the client core (its spec: see there)."""
+    command = ["taskset", "-c", CLIENT_CORE, sys.executable, "-m", "loadtests.bench.long_streams",
+               orjson.dumps(spec).decode()]  # fmt: skip
+    bound = float(spec.get("until_s", 0)) + float(spec["timeout_s"]) + 60  # type: ignore[arg-type]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=bound, check=True).stdout
     result: dict[str, float | int | None] = orjson.loads(out.strip().splitlines()[-1])
     return result

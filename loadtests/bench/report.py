@@ -1,0 +1,254 @@
+"""The side-by-side run as a section of docs/benchmarks.md: table, ratios, targets, profiles."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from loadtests.bench import contenders as c
+
+DOCS = c.REPO / "docs" / "benchmarks.md"
+START, END = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
+TITLES = {
+    "upstream": "upstream (direct)",
+    "nginx": "nginx proxy",
+    "floor": "Starlette floor",
+    "bare": "bare-ASGI pass-through",
+    "gateway-sqlite": "gateway, embedded",
+    "gateway-redis": "gateway, Redis",
+}
+# key, title, format, higher is better
+ROWS = [
+    ("rps", "single answers, req/s, 64 connections", "{:,.0f}", True),
+    ("p50_add", "added latency p50, 1 connection (ms)", "{:.2f}", False),
+    ("p99_add", "added latency p99, 1 connection (ms)", "{:.2f}", False),
+    ("sse", "SSE, static body (one piece), streams/s, 64 conn.", "{:,.0f}", True),
+    ("event", "SSE, one chunk per event, streams/s, 64 conn.", "{:,.0f}", True),
+    ("lines", "SSE, each line its own chunk, streams/s, 64 conn.", "{:,.0f}", True),
+    ("lines20", "SSE, per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
+    ("anth", "Anthropic per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
+    ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
+    ("ttfb_p99_ms", "burst: TTFB p99 (ms)", "{:.1f}", False),
+    ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),
+    ("burst_failed", "burst: streams not complete (of all opened)", "{:.0f}", False),
+]
+GATEWAYS = ("gateway-sqlite", "gateway-redis")
+
+Samples = dict[str, dict[str, list[float]]]
+
+
+def per_round(samples: Samples) -> Samples:
+    """Derived values per round: added latency (minus the upstream's own in the same round)."""
+    up = samples.get("upstream", {})
+    out: Samples = {}
+    for name, measures in samples.items():
+        row = dict(measures)
+        for key, raw in (("p50_add", "p50_ms"), ("p99_add", "p99_ms")):
+            if raw in measures and raw in up:
+                row[key] = [a - b for a, b in zip(measures[raw], up[raw], strict=False)]
+        out[name] = row
+    return out
+
+
+def ratio(samples: Samples, name: str, ref: str, key: str) -> float | None:
+    """The median over rounds of name ÷ ref, each round's pair measured back to back."""
+    mine, theirs = samples.get(name, {}).get(key), samples.get(ref, {}).get(key)
+    if not mine or not theirs:
+        return None
+    pairs = [a / b for a, b in zip(mine, theirs, strict=False) if b]
+    return statistics.median(pairs) if pairs else None
+
+
+def median(samples: Samples, name: str, key: str) -> float | None:
+    values = samples.get(name, {}).get(key)
+    return statistics.median(values) if values else None
+
+
+def table(samples: Samples) -> str:
+    rows = per_round(samples)
+    names = [n for n in TITLES if n in rows]
+    lines = [
+        "| measure | " + " | ".join(TITLES[n] for n in names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
+    for key, title, fmt, _ in ROWS:
+        cells = []
+        for name in names:
+            value = median(rows, name, key)
+            if value is None:
+                cells.append("—")
+                continue
+            cell = fmt.format(value)
+            if name in GATEWAYS and key not in ("p50_add", "p99_add", "burst_failed"):
+                ratios = [f"{r:.2f}x {ref}" for ref in ("bare", "floor")
+                          if (r := ratio(rows, name, ref, key)) is not None]  # fmt: skip
+                cell += f" ({', '.join(ratios)})" if ratios else ""
+            cells.append(cell)
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(samples: Samples) -> list[str]:
+    """Issue 19's targets, each met or missed (and by how much)."""
+    rows = per_round(samples)
+    out: list[str] = []
+
+    def check(title: str, value: float | None, limit: float | None, higher: bool) -> None:
+        if value is None or limit is None:
+            out.append(f"- {title}: not measured")
+            return
+        met = value >= limit if higher else value <= limit
+        gap = "" if met or not limit else f", missed by {abs(value - limit) / abs(limit):.0%}"
+        out.append(f"- {title}: {value:,.2f} vs {limit:,.2f} → {'met' if met else 'MISSED'}{gap}")
+
+    for gw in GATEWAYS:
+        store = "embedded" if gw == "gateway-sqlite" else "Redis"
+        for key, what in (("rps", "single answers"), ("event", "SSE relay, chunk per event"),
+                          ("lines", "SSE relay, chunk per line"),
+                          ("lines20", "SSE relay, per line, 20 ms"),
+                          ("sse", "SSE relay, static body")):  # fmt: skip
+            check(f"{store}: {what} ≥ 1.0x bare", ratio(rows, gw, "bare", key), 1.0, True)
+        check(f"{store}: Anthropic → OpenAI ≥ 0.9x the bare relay",
+              ratio(rows, gw, "bare", "anth"), 0.9, True)  # fmt: skip
+        check(f"{store}: added latency p50 ≤ bare's (ms)", median(rows, gw, "p50_add"),
+              median(rows, "bare", "p50_add"), False)  # fmt: skip
+        check(f"{store}: burst TTFB p99 ≤ bare's (ms)", median(rows, gw, "ttfb_p99_ms"),
+              median(rows, "bare", "ttfb_p99_ms"), False)  # fmt: skip
+        check(f"{store}: burst peak RSS ≤ 160 MB", median(rows, gw, "rss_mb"), 160, False)
+    for key, _, _, higher in ROWS:
+        if key in ("p50_add", "p99_add", "burst_failed", "ttfb_p50_ms"):
+            continue
+        r = ratio(rows, "gateway-redis", "gateway-sqlite", key)
+        if r is not None:
+            check(f"Redis ÷ embedded, {key}", r if higher else 1 / r, 0.95, True)
+    return out
+
+
+def py_spy(pid: int, raw: Path, seconds: float, load: Callable[[], Any]) -> list[str]:
+    """py-spy on a worker while `load` runs, sampling the thread that holds the GIL: the
+    functions with the largest inclusive share, minus the bootstrap frames every sample shares."""
+    binary = shutil.which("py-spy") or str(c.BIN / "py-spy")
+    recorder = subprocess.Popen(
+        [binary, "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
+         "--duration", str(int(seconds) + 2), "--format", "raw", "--output", str(raw), "--gil"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    load()
+    recorder.wait(timeout=seconds + 60)
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        for frame in dict.fromkeys(stack.split(";")):
+            name = re.sub(r" \(.*?([^/]+/[^/]+\.py):\d+\)", r" (\1)", frame)
+            inclusive[name] = inclusive.get(name, 0) + int(count)
+    shown = [
+        (name, n)
+        for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])
+        if n < 0.9 * total and not name.startswith(("process ", "thread "))
+    ]
+    return [f"{100 * n / max(1, total):5.1f}%  {name}" for name, n in shown[:25]]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def versions() -> str:
+    def tool(command: list[str]) -> str:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return (done.stdout + done.stderr).strip().splitlines()[0]
+
+    packages = ", ".join(
+        f"{p} {version(p)}"
+        for p in ("granian", "starlette", "aiohttp", "httptools", "uvloop", "msgspec", "hiredis")
+    )
+    return (
+        f"Python {platform.python_version()}, {packages}; {tool(['nginx', '-v'])}; "
+        f"{tool(['wrk', '--version'])}; {tool(['redis-server', '--version'])}; "
+        f"Linux {platform.release()}, {os.cpu_count()} cores ({cpu_model()})"
+    )
+
+
+def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace) -> str:
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    profiles: dict[str, list[str]] = notes.get("profile") or {}  # type: ignore[assignment]
+    bad = notes.get("bad_responses") or {}
+    load = ", ".join(f"{value:.2f}" for value in notes["load"])  # type: ignore[attr-defined]
+    profile_lines = []
+    for scenario, lines in profiles.items():
+        what = "single answers" if scenario == "json" else "SSE, each line its own chunk"
+        profile_lines += [f"Profile of the gateway worker ({what}, py-spy --gil, inclusive):",
+                          "", "```", *lines, "```", ""]  # fmt: skip
+    return "\n".join(
+        [
+            START,
+            "## Side by side: gateway vs nginx vs two pass-throughs",
+            "",
+            f"Measured {today} with `make bench` (= `.venv/bin/python -m "
+            f"loadtests.bench.side_by_side --seconds {args.seconds:g} --reps {args.reps} "
+            f"--burst-seconds {args.burst_seconds:g} --write-docs"
+            f"{' --profile' if args.profile else ''}`).",
+            f"Versions: {versions()}.",
+            f"Load average (1 min) at the start and after each measure: {load} (2 cores; the "
+            "benchmark itself keeps both busy, so above ~2 means other work shared the machine).",
+            "",
+            "Setup: each contender runs one worker pinned to core 0; the fake upstream (nginx: "
+            "fixed bodies, and chunked streams through the echo module, 50 events each), "
+            "Redis, wrk and the stream client share core 1. Each round measures every contender "
+            f"once, back to back, for {args.seconds:g} s (after a 1 s warm-up); figures are "
+            f"medians of {args.reps} rounds and ratios medians of the per-round ratios. Added "
+            "latency = the contender's wrk latency at 1 connection minus the upstream's own. "
+            f"Burst: {BURST_STREAMS_TEXT} streams opened evenly within 1 s over the upstream "
+            "that sends a line per chunk and an event every 100 ms (5 s per stream), each "
+            f"reopened as it ends, for {args.burst_seconds:g} s; RSS is the peak of the "
+            "contender's process tree. The gateway runs with everything on (auth, limits, "
+            "credit reservation, billing ledger, metrics in multiprocess mode, one JSON log "
+            "line per request).",
+            "",
+            table(samples),
+            "",
+            "Targets (issue 19):",
+            "",
+            *targets(samples),
+            "",
+            *(
+                [f"Bad responses seen (non-2xx or socket errors): {bad}", ""]
+                if bad
+                else ["No run had a non-2xx answer or a socket error.", ""]
+            ),
+            *profile_lines,
+            END,
+        ]
+    )
+
+
+BURST_STREAMS_TEXT = "1000"
+
+
+def write_docs(text: str) -> None:
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if START in current and END in current:
+        head, rest = current.split(START, 1)
+        _, tail = rest.split(END, 1)
+        updated = head + text + tail
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text + "\n"
+    DOCS.write_text(updated)

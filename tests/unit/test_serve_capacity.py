@@ -1,0 +1,87 @@
+"""`klawd serve` sizes a worker for long-lived streams: requests in flight, listen backlog,
+open files."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import granian
+import msgspec
+import pytest
+
+from gateway import cli
+from gateway.settings import ConfigError, ServerSettings, load_settings
+
+
+def test_defaults_let_one_worker_hold_ten_thousand_streams() -> None:
+    server = load_settings(None).server
+    assert server.max_in_flight >= 10_000
+    assert server.listen_backlog == 4096
+
+
+def test_both_settings_come_from_the_server_table(tmp_path: Path) -> None:
+    path = tmp_path / "klawd.toml"
+    path.write_text("[server]\nmax_in_flight = 300\nlisten_backlog = 512\n")
+    server = load_settings(path).server
+    assert (server.max_in_flight, server.listen_backlog) == (300, 512)
+
+
+@pytest.mark.parametrize("field", ["max_in_flight", "listen_backlog"])
+def test_zero_is_refused_naming_the_field(tmp_path: Path, field: str) -> None:
+    path = tmp_path / "klawd.toml"
+    path.write_text(f"[server]\n{field} = 0\n")
+    with pytest.raises(ConfigError, match=f"server.{field}"):
+        load_settings(path)
+
+
+def test_open_files_limit_is_raised_to_two_per_request_within_the_hard_limit() -> None:
+    script = (
+        "import resource\n"
+        "from gateway.cli import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "print(*raise_open_files_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    soft_now, needed, soft_seen = (int(word) for word in done.stdout.split())
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert needed == 2 * 1000 + cli.FDS_RESERVED
+    expected = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    assert soft_now == soft_seen == expected
+
+
+def test_serve_hands_both_settings_to_granian(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def record(self: granian.Granian) -> None:
+        seen.update(backpressure=self.backpressure, backlog=self.backlog)
+
+    monkeypatch.setattr(granian.Granian, "serve", record)
+    for name in ("KLAWD_CONFIG", "KLAWD_ADMIN_TOKEN", "PROMETHEUS_MULTIPROC_DIR",
+                 "KLAWD_DRAIN_FILE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KLAWD_ADMIN_TOKEN", "test-admin-token")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    config = tmp_path / "klawd.toml"
+    config.write_text(
+        f'[server]\nmax_in_flight = 20000\nlisten_backlog = 2048\n[store]\nurl = "sqlite:///'
+        f'{tmp_path / "klawd.db"}"\n'
+    )
+    assert cli.main(["serve", "--config", str(config), "--port", "1"]) == 0
+    assert seen == {"backpressure": 20000, "backlog": 2048}
+
+
+def test_every_server_field_is_documented() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = docs.split("## `[server]`", 1)[1].split("\n## ", 1)[0]
+    for field in msgspec.structs.fields(ServerSettings):
+        if field.name != "streams":  # its own table, [server.streams]
+            assert f"| `{field.name}` |" in section, f"server.{field.name} is not documented"

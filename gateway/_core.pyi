@@ -53,6 +53,10 @@ class Reframer:
     # "openai_to_anthropic" reads the gateway's own OpenAI chunks (response_id = message id),
     # "anthropic_passthrough" relays an Anthropic stream with message.model rewritten; for both,
     # done is set by message_stop / [DONE] and finish_reason stays in OpenAI vocabulary.
+    # "openai_to_responses" reads the gateway's own OpenAI chunks and emits OpenAI Responses API
+    # events (`event: response.…\ndata: <json>\n\n`, each with its sequence_number; response_id
+    # = the response's id, created = its created_at; response_fields: a JSON object whose
+    # members every response object carries, "{}" when None; ValueError if not an object).
     def __new__(
         cls,
         kind: str,
@@ -61,6 +65,7 @@ class Reframer:
         created: int,
         include_usage: bool,
         max_event_bytes: int = 1048576,
+        response_fields: str | None = None,
     ) -> Self: ...
     # Raises SseError for malformed data or an event larger than max_event_bytes (the buffer
     # stays bounded); events of that same chunk that preceded the error are not returned.

@@ -26,6 +26,7 @@ from gateway.api import (
     messages,
     models,
     ops,
+    responses,
     status,
     webhooks,
 )
@@ -93,6 +94,14 @@ def routes() -> list[BaseRoute]:
         Route("/v1/messages", messages.create_message, methods=["POST"]),
         Route("/v1/messages/count_tokens", messages.count_message_tokens, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
+        Route(
+            "/v1/responses/{response_id}/input_items",
+            responses.list_input_items,
+            methods=["GET"],
+        ),
         Route("/api/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/images/generations", images.image_generations, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),

@@ -148,6 +148,12 @@ class MissionControlSettings(_Strict):
     secure_cookies: bool = False
 
 
+class ResponsesSettings(_Strict):
+    """The Responses API (`/v1/responses`): how long stored responses are kept."""
+
+    ttl_s: PositiveInt = 30 * 86400  # a stored response (store: true) expires this long after
+
+
 class Settings(_Strict):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -158,6 +164,7 @@ class Settings(_Strict):
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     mission_control: MissionControlSettings = msgspec.field(default_factory=MissionControlSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
 
     def provider_retry(self, provider: str) -> RetrySettings:
         return self.providers[provider].retry or self.retry

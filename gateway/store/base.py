@@ -1,10 +1,11 @@
-"""The Store protocol: accounts, API keys, usage and credits, webhooks, invoices, users."""
+"""The Store protocol: accounts, API keys, usage and credits, webhooks, invoices, users, and the
+Responses API's stored responses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from msgspec import Struct
 
@@ -128,6 +129,20 @@ class User(Struct, frozen=True):
     account_id: str
     password_hash: str
     created_at: int
+
+
+class StoredResponse(Struct, frozen=True):
+    """A Responses API answer kept for `GET /v1/responses/{id}` and `previous_response_id`:
+    the Response object as answered, this turn's input items, and the conversation before this
+    turn (items), so that the next turn rebuilds the whole conversation from one read."""
+
+    id: str
+    account_id: str
+    created_at: int
+    expires_at: int
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    history: list[dict[str, Any]]
 
 
 # Deliveries kept per account (older ones are dropped when a new one is added).
@@ -258,6 +273,25 @@ class Store(Protocol):
 
     async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take or renew the lease `name` for `owner` (True while held); ttl_s = 0 releases it."""
+        ...
+
+    # -- Responses API (gateway/store/sqlite_responses.py, redis_responses.py) ---------------------
+    async def put_response(self, stored: StoredResponse) -> None:
+        """Keep (or replace) a response until its `expires_at`."""
+        ...
+
+    async def get_response(
+        self, account_id: str, response_id: str, now: int
+    ) -> StoredResponse | None:
+        """The account's response; None if unknown, expired or another account's."""
+        ...
+
+    async def delete_response(self, account_id: str, response_id: str) -> bool:
+        """False if the account has no such response."""
+        ...
+
+    async def list_responses(self, account_id: str, limit: int, now: int) -> list[StoredResponse]:
+        """The account's unexpired responses, newest first."""
         ...
 
 

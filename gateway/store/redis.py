@@ -10,7 +10,8 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
     klawd:accounts              set of account ids
     klawd:key:<sha256>          hash: the API key record
     klawd:keyid:<key id>        the key's sha256
-    (webhooks, invoices, users: gateway/store/redis_webhooks.py)
+    (webhooks, invoices, users: gateway/store/redis_webhooks.py;
+     stored responses: gateway/store/redis_responses.py)
 
 Changes that caches must see at once (revocations, plan and limit changes) are published on
 `klawd:invalidate`; every replica drops the cached entry when the message arrives.
@@ -48,6 +49,7 @@ from gateway.store.base import (
     UsageEntry,
     UsageRow,
 )
+from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
 from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
 
@@ -75,7 +77,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-class RedisStore(RedisWebhooks):
+class RedisStore(RedisWebhooks, RedisResponses):
     """`redis://` / `rediss://`: one Redis; `redis+cluster://seed:port`: a Redis Cluster."""
 
     def __init__(self, url: str) -> None:

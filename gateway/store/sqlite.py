@@ -29,6 +29,7 @@ from gateway.store.base import (
     UsageEntry,
     UsageRow,
 )
+from gateway.store.sqlite_responses import RESPONSES_SCHEMA, SqliteResponses
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
 from gateway.threads import behind_the_event_loop
 
@@ -113,7 +114,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-class SqliteStore(SqliteWebhooks):
+class SqliteStore(SqliteWebhooks, SqliteResponses):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(
@@ -142,7 +143,7 @@ class SqliteStore(SqliteWebhooks):
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(SCHEMA + WEBHOOK_SCHEMA)
+            conn.executescript(SCHEMA + WEBHOOK_SCHEMA + RESPONSES_SCHEMA)
             self._conn = conn
         return self._conn
 

@@ -86,7 +86,10 @@ struct PyReframer {
 #[pymethods]
 impl PyReframer {
     #[new]
-    #[pyo3(signature = (kind, model, response_id, created, include_usage, max_event_bytes = 1_048_576))]
+    #[pyo3(signature = (
+        kind, model, response_id, created, include_usage, max_event_bytes = 1_048_576,
+        response_fields = None
+    ))]
     fn new(
         kind: &str,
         model: String,
@@ -94,12 +97,14 @@ impl PyReframer {
         created: i64,
         include_usage: bool,
         max_event_bytes: usize,
+        response_fields: Option<String>,
     ) -> PyResult<Self> {
         let opts = Options {
             model,
             response_id,
             created,
             include_usage,
+            response_fields: response_fields.unwrap_or_else(|| "{}".to_owned()),
         };
         Ok(Self {
             inner: Stream::new(kind, &opts, max_event_bytes)?,

@@ -36,6 +36,7 @@ pub fn opts(include_usage: bool) -> Options {
         response_id: RESPONSE_ID.to_owned(),
         created: CREATED,
         include_usage,
+        response_fields: "{}".to_owned(),
     }
 }
 

@@ -22,6 +22,9 @@ long, else 8; `embedding_vector(i, n)`) as floats or, with encoding_format base6
 little-endian float32s; usage counts one token per word (per token of a token array).
 `fail-429` answers 429 with Retry-After: 7.
 
+Responses (`POST /v1/responses`): gpt-fake and tools-fake as OpenAI's Responses API answers
+them, whole or as typed events (tests/fakes/openai_responses.py).
+
 Images (`POST /v1/images/generations`): `img-fake` answers n images as `url` (served at
 `/files/img-{i}.png`) or `b64_json`, as the request's response_format asks.
 """
@@ -189,6 +192,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/files/{name}", self._file)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -273,6 +277,25 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        from tests.fakes import openai_responses
+
+        body = orjson.loads(await request.read())
+        self.requests.append({"headers": dict(request.headers), "body": body, "path": "responses"})
+        if body.get("model") not in ("gpt-fake", "tools-fake"):
+            return web.json_response(
+                {"error": {"message": "Unknown model", "type": "invalid_request_error"}},
+                status=404,
+            )
+        if not body.get("stream"):
+            return web.json_response(openai_responses.whole(body))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in awkward_pieces(openai_responses.events(body)):
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
     async def _file(self, request: web.Request) -> web.Response:
         return web.Response(body=PNG_1X1, content_type="image/png")

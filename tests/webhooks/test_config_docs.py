@@ -1,16 +1,22 @@
-"""Every [webhooks] and [mission_control] field is documented in docs/configuration.md."""
+"""Every [webhooks], [mission_control] and [responses] field is documented in
+docs/configuration.md."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from gateway.settings import MissionControlSettings, WebhookSettings
+from gateway.settings import MissionControlSettings, ResponsesSettings, WebhookSettings
 from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
-    ("table", "kind"), [("webhooks", WebhookSettings), ("mission_control", MissionControlSettings)]
+    ("table", "kind"),
+    [
+        ("webhooks", WebhookSettings),
+        ("mission_control", MissionControlSettings),
+        ("responses", ResponsesSettings),
+    ],
 )
 def test_every_field_is_documented(table: str, kind: type[msgspec.Struct]) -> None:
     docs = (REPO / "docs" / "configuration.md").read_text()

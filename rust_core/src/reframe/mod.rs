@@ -9,6 +9,7 @@ mod anthropic_passthrough;
 mod gemini;
 mod openai;
 mod to_anthropic;
+mod to_responses;
 
 use crate::errors::CoreError;
 use crate::json;
@@ -20,6 +21,7 @@ pub use anthropic_passthrough::AnthropicPassthrough;
 pub use gemini::GeminiReframer;
 pub use openai::OpenAiReframer;
 pub use to_anthropic::{map_finish_reason, ToAnthropicReframer};
+pub use to_responses::ToResponsesReframer;
 
 /// The OpenAI terminator event.
 pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
@@ -57,6 +59,9 @@ pub struct Options {
     pub created: i64,
     /// Whether the client asked for the final usage chunk.
     pub include_usage: bool,
+    /// A JSON object whose members every Responses API `response` object carries (the
+    /// request's echoed fields); only `openai_to_responses` reads it. `{}` for none.
+    pub response_fields: String,
 }
 
 /// One provider's translation of SSE events.
@@ -83,6 +88,8 @@ enum Kind {
     ToAnthropic(ToAnthropicReframer),
     /// Anthropic events relayed as Anthropic events (`/v1/messages`, `anthropic/…` models).
     AnthropicPassthrough(AnthropicPassthrough),
+    /// OpenAI chunks in, Responses API events out (`/v1/responses`).
+    ToResponses(ToResponsesReframer),
 }
 
 impl Kind {
@@ -93,6 +100,7 @@ impl Kind {
             Self::Gemini(r) => r,
             Self::ToAnthropic(r) => r,
             Self::AnthropicPassthrough(r) => r,
+            Self::ToResponses(r) => r,
         }
     }
 }
@@ -109,7 +117,8 @@ pub struct Stream {
 
 impl Stream {
     /// `kind` is `"openai"`, `"anthropic"` or `"gemini"` (upstream → OpenAI chunks), or
-    /// `"openai_to_anthropic"` / `"anthropic_passthrough"` (→ Anthropic Messages events).
+    /// `"openai_to_anthropic"` / `"anthropic_passthrough"` (→ Anthropic Messages events), or
+    /// `"openai_to_responses"` (the gateway's OpenAI chunks → Responses API events).
     pub fn new(kind: &str, opts: &Options, max_event_bytes: usize) -> Result<Self, CoreError> {
         let kind = match kind {
             "openai" => Kind::OpenAi(OpenAiReframer::new(opts)),
@@ -117,10 +126,11 @@ impl Stream {
             "gemini" => Kind::Gemini(GeminiReframer::new(opts)),
             "openai_to_anthropic" => Kind::ToAnthropic(ToAnthropicReframer::new(opts)),
             "anthropic_passthrough" => Kind::AnthropicPassthrough(AnthropicPassthrough::new(opts)),
+            "openai_to_responses" => Kind::ToResponses(ToResponsesReframer::new(opts)?),
             other => {
                 return Err(CoreError::InvalidArgument(format!(
                     "unknown reframer kind {other:?} (expected openai, anthropic, gemini, \
-                     openai_to_anthropic or anthropic_passthrough)"
+                     openai_to_anthropic, anthropic_passthrough or openai_to_responses)"
                 )))
             }
         };

@@ -30,59 +30,59 @@ use crate::sse::Event;
 use crate::usage::{OpenAiUsage, Usage};
 
 #[derive(Deserialize)]
-struct ChunkView<'a> {
+pub(super) struct ChunkView<'a> {
     #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
+    pub(super) choices: Option<Vec<Choice<'a>>>,
     #[serde(default)]
-    usage: Option<OpenAiUsage>,
+    pub(super) usage: Option<OpenAiUsage>,
     #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
+    pub(super) error: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct Choice<'a> {
+pub(super) struct Choice<'a> {
     #[serde(default)]
-    index: Option<u64>,
+    pub(super) index: Option<u64>,
     #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
+    pub(super) delta: Option<Delta<'a>>,
     #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    pub(super) finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Delta<'a> {
+pub(super) struct Delta<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    pub(super) content: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
+    pub(super) tool_calls: Option<Vec<ToolCall<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct ToolCall<'a> {
+pub(super) struct ToolCall<'a> {
     #[serde(default)]
-    index: Option<u32>,
+    pub(super) index: Option<u32>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    pub(super) id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    function: Option<Function<'a>>,
+    pub(super) function: Option<Function<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Function<'a> {
+pub(super) struct Function<'a> {
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    pub(super) name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    pub(super) arguments: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct ErrorBody<'a> {
+pub(super) struct ErrorBody<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    pub(super) kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    code: Option<Cow<'a, str>>,
+    pub(super) code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
+    pub(super) message: Option<Cow<'a, str>>,
 }
 
 /// OpenAI `finish_reason` → Anthropic `stop_reason`.

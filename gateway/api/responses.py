@@ -1,0 +1,236 @@
+"""The OpenAI Responses API: `POST /v1/responses`, `GET|DELETE /v1/responses/{id}`,
+`GET /v1/responses/{id}/input_items`.
+
+The chat request path, not a second gateway: auth → decode → rebuild the conversation from
+`previous_response_id` (the store) → translate to the OpenAI-shaped ChatRequest
+(gateway/responses/translate.py) → route → admit (the chat route's admission: limits, credit
+reservation) → retrier (retries, fallbacks, circuits) → the provider's chat call → the answer as a
+Response object (gateway/responses/answer.py), or its OpenAI chunks reframed to Responses events
+by the Rust core (gateway/responses/events.py) and relayed by the chat relay (keepalive, billing
+of what was generated) → settle → keep the response (`store`, default true).
+
+Errors are the gateway's envelope (OpenAI's shape); after the first byte, an `error` event and
+`response.failed`. Headers as chat: x-klawd-model, x-klawd-provider, x-ratelimit-*,
+x-klawd-cost-usd (non-streamed).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.chat import SSE_HEADERS, relay
+from gateway.api.common import app_state, json_response
+from gateway.api.streaming import Drain, EventStreamResponse
+from gateway.auth import AuthContext
+from gateway.billing import format_usd
+from gateway.errors import InvalidRequest, NotFound, ShuttingDown
+from gateway.metering import reserve_for_chat
+from gateway.providers.base import ChatCall, Completion, UpstreamStream
+from gateway.responses.answer import response_fields, to_response
+from gateway.responses.events import ResponseEvents
+from gateway.responses.translate import normalize_input, responses_param, to_chat_request
+from gateway.routing.catalog import CatalogEntry
+from gateway.routing.router import resolve_chat
+from gateway.schemas.responses import decode_responses_request
+from gateway.state import AppState
+from gateway.store.base import StoredResponse, StoreError
+
+log = logging.getLogger("klawd")
+
+KEEPALIVE = b": keepalive\n\n"
+# The last event of a stream a shutdown's deadline ends. Static (the drain writes it after the
+# relay was cancelled), so it carries no sequence_number: the one event of these streams without.
+_shutting_down = ShuttingDown()
+DRAIN_EVENT = (
+    b"event: error\ndata: "
+    + orjson.dumps(
+        {
+            "type": "error",
+            "code": _shutting_down.type,
+            "message": _shutting_down.message,
+            "param": None,
+        }
+    )
+    + b"\n\n"
+)
+
+
+async def create_response(request: Request) -> Response:
+    state = app_state(request)
+    auth = await state.keys.authenticate(request.headers.get("authorization"), time.time())
+    body = await request.body()
+    responses_request = decode_responses_request(body)
+    fields: dict[str, Any] = orjson.loads(body)
+    created_at = int(time.time())
+    history: list[dict[str, Any]] = []
+    if responses_request.previous_response_id is not None:
+        previous = await state.store.get_response(
+            auth.account_id, responses_request.previous_response_id, created_at
+        )
+        if previous is None:
+            raise NotFound(
+                f"Previous response with id '{responses_request.previous_response_id[:100]}' "
+                "not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        history = [*previous.history, *previous.input_items, *previous.response["output"]]
+    input_items = normalize_input(responses_request)
+    translation = to_chat_request(responses_request, fields, [*history, *input_items])
+    chat, chat_body = translation.chat, translation.body
+    echoed = response_fields(responses_request)
+    targets = resolve_chat(state.catalog, chat, chat_body)
+    ticket = await state.meter.admit(
+        auth, request.state.request_id, reserve_for_chat(chat, targets)
+    )
+    limit_headers = ticket.admission.headers()
+    response_id = f"resp_{secrets.token_hex(16)}"
+
+    def keep(answer: dict[str, Any]) -> StoredResponse | None:
+        if not responses_request.store:
+            return None
+        return StoredResponse(
+            id=response_id,
+            account_id=auth.account_id,
+            created_at=created_at,
+            expires_at=created_at + state.settings.responses.ttl_s,
+            response=answer,
+            input_items=input_items,
+            history=history,
+        )
+
+    async def complete(target: CatalogEntry) -> Completion:
+        provider = state.providers[target.model.provider]
+        answer = await provider.complete(ChatCall(chat, chat_body, target, response_id, created_at))
+        body = to_response(answer.body, response_id, created_at, target.model.id, echoed)
+        return Completion(body, answer.usage)
+
+    async def open_stream(target: CatalogEntry) -> ResponseEvents:
+        provider = state.providers[target.model.provider]
+        upstream: UpstreamStream = await provider.stream(
+            ChatCall(chat, chat_body, target, response_id, created_at)
+        )
+        return ResponseEvents(upstream, target, response_id, created_at, echoed)
+
+    try:
+        with state.meter.settle_on_failure(ticket, chat.stream):
+            if chat.stream:
+                events, target, tries = await state.retrier.call_targets(targets, open_stream)
+            else:
+                completion, target, tries = await state.retrier.call_targets(targets, complete)
+    except InvalidRequest as exc:
+        exc.param = responses_param(exc.param)
+        raise
+    ticket.retries = len(tries) - 1
+    served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
+    if chat.stream:
+
+        async def relay_and_keep() -> AsyncGenerator[bytes, None]:
+            async for piece in relay(
+                state, ticket, chat, events, target, events.error_event, cost_in_usage=False
+            ):
+                yield piece
+            if events.final is not None:
+                await _keep(state, keep(events.final))
+
+        return EventStreamResponse(
+            relay_and_keep(),
+            SSE_HEADERS | served | limit_headers,
+            state.settings.server.streams.keepalive_s,
+            KEEPALIVE,
+            Drain(state.streams, DRAIN_EVENT),
+        )
+    cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
+    await state.meter.charge_tokens(ticket, completion.usage)
+    await _keep(state, keep(completion.body))
+    return json_response(
+        completion.body,
+        headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
+    )
+
+
+async def _keep(state: AppState, stored: StoredResponse | None) -> None:
+    """Keeps the answer; the client has (or is getting) it, so a store failure is logged and
+    the answer still goes out (a later retrieve is then a 404)."""
+    if stored is None:
+        return
+    try:
+        await state.store.put_response(stored)
+    except StoreError as exc:
+        log.error("store error: the response %s was not kept: %s", stored.id, exc)
+
+
+async def _stored(request: Request) -> tuple[StoredResponse, AuthContext]:
+    state = app_state(request)
+    auth = await state.keys.authenticate(request.headers.get("authorization"), time.time())
+    response_id = request.path_params["response_id"]
+    stored = await state.store.get_response(auth.account_id, response_id, int(time.time()))
+    if stored is None:
+        raise _not_found(response_id)
+    return stored, auth
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(
+        f"No response found with id '{response_id[:100]}'.",
+        param="response_id",
+        code="response_not_found",
+    )
+
+
+async def get_response(request: Request) -> Response:
+    stored, _ = await _stored(request)
+    return json_response(stored.response)
+
+
+async def delete_response(request: Request) -> Response:
+    state = app_state(request)
+    auth = await state.keys.authenticate(request.headers.get("authorization"), time.time())
+    response_id = request.path_params["response_id"]
+    if not await state.store.delete_response(auth.account_id, response_id):
+        raise _not_found(response_id)
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+MAX_PAGE = 100
+
+
+async def list_input_items(request: Request) -> Response:
+    """A cursor page of the response's input items: `limit` (1-100, 20), `order` (desc by
+    default, as OpenAI's), `after` (an item id)."""
+    stored, _ = await _stored(request)
+    query = request.query_params
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest("limit must be an integer from 1 to 100.", param="limit")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
+    items = stored.input_items if order == "asc" else stored.input_items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No input item with id '{after[:100]}'.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )

@@ -175,5 +175,7 @@ def test_random_bytes_raise_only_typed_errors_and_emit_whole_events(
 
 
 def test_unknown_kind_names_the_new_kinds() -> None:
-    with pytest.raises(ValueError, match="openai_to_anthropic, anthropic_passthrough or openai_to_responses"):
+    with pytest.raises(
+        ValueError, match="openai_to_anthropic, anthropic_passthrough or openai_to_responses"
+    ):
         _core.Reframer("anthropic_to_openai", *ARGS)

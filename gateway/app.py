@@ -151,6 +151,7 @@ def build_observer(settings: Settings) -> RequestObserver:
 def attach_observer(state: AppState, observer: RequestObserver) -> None:
     state.meter.observer = observer
     state.retrier.observer = observer
+    state.cache.observer = observer
     for provider in state.providers.values():
         if isinstance(provider, HttpProvider):
             provider.observer = observer

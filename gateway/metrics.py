@@ -38,6 +38,9 @@ CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 WEBHOOK_EVENTS = ("usage.updated", "billing.invoice.paid")
 WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
 LIMIT_OUTCOMES = ("rate_limited", "insufficient_credits")
+CACHE_ROUTES = ("chat", "messages", "responses", "embeddings")
+CACHE_RESULTS = ("hit", "miss", "bypass")
+CACHE_SAVES = ("stored", "too_large", "failed")
 
 
 Collector = TypeVar("Collector", Counter, Gauge, Histogram)
@@ -178,6 +181,20 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "klawd_cache_requests_total",
+            "Requests that asked for the response cache (x-klawd-cache), by API and result "
+            "(hit, miss, bypass).",
+            ["api", "result"],
+            registry=r,
+        )
+        self.cache_saves = Counter(
+            "klawd_cache_saves_total",
+            "Answers of cache misses offered to the cache, by API and outcome "
+            "(stored, too_large, failed).",
+            ["api", "outcome"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "klawd_build_info",
             "Always 1; the gateway's version as a label.",
@@ -204,6 +221,11 @@ class Metrics:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhook_deliveries.labels(event, outcome)
         self.store_errors.labels(self.store_backend, "admit")
+        for route in CACHE_ROUTES:
+            for result in CACHE_RESULTS:
+                self.cache_lookups.labels(route, result)
+            for outcome in CACHE_SAVES:
+                self.cache_saves.labels(route, outcome)
         self.store_duration.labels(self.store_backend, "admit")
 
     def child(self, collector: Collector, *labels: str) -> Collector:

@@ -8,6 +8,7 @@ through the metrics buffer, flushed once a second):
   log line;
 - Meter.admit: `admitted_or_refused` (by plan);
 - Meter.settle: `settled`, once per billable request (served model, tokens, cost);
+- ResponseCache: `cache_consulted` (hit, miss or bypass) and `cache_saved`;
 - HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type);
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
@@ -91,6 +92,18 @@ class RequestObserver:
             record.prompt_tokens = usage.prompt_tokens
             record.completion_tokens = usage.completion_tokens
             record.cost_usd = micros_to_usd(cost_micros)
+
+    # -- the response cache (gateway/cache/) -------------------------------------------------------
+    def cache_consulted(self, route: str, result: str) -> None:
+        m = self.metrics
+        m.buffer.inc(m.child(m.cache_lookups, route, result))
+        record = current_request.get()
+        if record is not None:
+            record.cache = result
+
+    def cache_saved(self, route: str, outcome: str) -> None:
+        m = self.metrics
+        m.buffer.inc(m.child(m.cache_saves, route, outcome))
 
     # -- upstream calls (providers, retry loop) ---------------------------------------------------
     def upstream_finished(self, provider: str, duration_s: float, error_type: str | None) -> None:

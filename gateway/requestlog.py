@@ -63,6 +63,7 @@ class RequestRecord:
     __slots__ = (
         "account_id",
         "bodies",
+        "cache",
         "completion_tokens",
         "cost_usd",
         "first_byte_at",
@@ -76,6 +77,7 @@ class RequestRecord:
         "status",
         "stream",
         "stream_open",
+        "trace_id",
         "upstream_attempts",
     )
 
@@ -96,6 +98,8 @@ class RequestRecord:
         self.cost_usd = 0.0
         self.upstream_attempts = 0
         self.bodies: BodyCapture | None = None
+        self.cache: str | None = None  # hit | miss | bypass when the request asked for the cache
+        self.trace_id: str | None = None  # 32 hex digits when the request is traced
 
     def line(self, latency_ms: float, ttfb_ms: float | None) -> str:
         fields: dict[str, object] = {
@@ -117,6 +121,10 @@ class RequestRecord:
             # Upstream calls beyond the first: retries of a target and fallbacks to the next.
             "retries": max(0, self.upstream_attempts - 1),
         }
+        if self.cache is not None:
+            fields["cache"] = self.cache
+        if self.trace_id is not None:
+            fields["trace_id"] = self.trace_id
         if self.bodies is not None:
             fields["request_body"] = self.bodies.request.text()
             fields["response_body"] = self.bodies.response.text()

@@ -154,6 +154,22 @@ class ResponsesSettings(_Strict):
     ttl_s: PositiveInt = 30 * 86400  # a stored response (store: true) expires this long after
 
 
+class CacheSettings(_Strict):
+    """The response cache (gateway/cache/): used only by requests that ask for it."""
+
+    enabled: bool = False
+    ttl_s: PositiveFloat = 3600.0
+    max_entry_bytes: PositiveInt = 1024 * 1024
+
+
+class TelemetrySettings(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP (gateway/tracing/): on when otlp_endpoint is set."""
+
+    otlp_endpoint: str = ""  # e.g. "http://collector:4318"; spans go to {endpoint}/v1/traces
+    service_name: str = "klawd-gateway"
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+
+
 class Settings(_Strict):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -165,6 +181,8 @@ class Settings(_Strict):
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     mission_control: MissionControlSettings = msgspec.field(default_factory=MissionControlSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
 
     def provider_retry(self, provider: str) -> RetrySettings:
         return self.providers[provider].retry or self.retry
@@ -303,6 +321,9 @@ def _check(settings: Settings, where: str) -> None:
     public = settings.mission_control.public_base_url
     if public and not public.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: `mission_control.public_base_url` must be an http(s) URL")
+    endpoint = settings.telemetry.otlp_endpoint
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: `telemetry.otlp_endpoint` must be an http(s) URL")
     for name, provider in settings.providers.items():
         if provider.kind != "echo" and not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: `providers.{name}.base_url` must be an http(s) URL")

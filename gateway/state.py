@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.auth import KeyCache
+from gateway.cache import ResponseCache
 from gateway.drain import OpenStreams
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
@@ -40,6 +41,7 @@ class AppState:
     health: Health
     retrier: Retrier
     admin_token: Secret | None
+    cache: ResponseCache
     dispatcher: Dispatcher | None = None  # webhooks; started by the app's lifespan
     # The streams open right now, ended at a shutdown's deadline (gateway/drain.py).
     streams: OpenStreams = field(default_factory=OpenStreams)
@@ -110,4 +112,5 @@ async def build_state(
         catalog=Catalog(settings, unavailable),
         providers=providers,
         admin_token=Secret(admin_value) if admin_value else None,
+        cache=ResponseCache(settings.cache, store),
     )

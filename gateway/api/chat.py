@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.common import header, read_body, scope_state, send_json
 from gateway.api.streaming import Drain, send_event_stream
+from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
     estimate_tokens,
@@ -21,6 +22,9 @@ from gateway.billing import (
     micros_to_usd,
     token_cost_micros,
 )
+from gateway.cache import HEADER as CACHE_HEADER
+from gateway.cache import CachedAnswer
+from gateway.cache.replay import ChatAssembler, chat_completion, chat_events, saving_stream
 from gateway.drain import is_drain
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -50,10 +54,18 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     body = await read_body(receive)
     chat = decode_chat_request(body)
     targets = resolve_chat(state.catalog, chat, body)
+    lookup = await state.cache.consult(
+        header(scope, CACHE_HEADER), auth.account_id, "chat", [t.model.id for t in targets], body
+    )
+    if lookup is not None and lookup.answer is not None:
+        await _serve_cached(state, scope, receive, send, auth, chat, lookup.answer)
+        return
     ticket = await state.meter.admit(
         auth, scope["state"]["request_id"], reserve_for_chat(chat, targets)
     )
     limit_headers = ticket.admission.headers()
+    if lookup is not None:
+        limit_headers |= lookup.header()
     response_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
     with state.meter.settle_on_failure(ticket, chat.stream):
@@ -67,22 +79,74 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             )
     ticket.retries = len(tries) - 1
     if chat.stream:
+        pieces = relay(state, ticket, chat, stream, target)
+        if lookup is not None and lookup.key is not None:
+
+            async def save(answer: bytes) -> None:
+                usage = stream.usage or TokenUsage(0, 0)
+                await state.cache.save(lookup, target, usage, answer)
+
+            pieces = saving_stream(pieces, ChatAssembler(), save, lambda: stream.usage)
         await send_event_stream(
             receive,
             send,
             SSE_HEADERS | _served_by(target) | limit_headers,
-            relay(state, ticket, chat, stream, target),
+            pieces,
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
+    if lookup is not None:
+        await state.cache.save(lookup, target, completion.usage, orjson.dumps(completion.body))
     await send_json(
         send,
         completion.body,
         _served_by(target) | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
     )
+
+
+async def _serve_cached(
+    state: AppState,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    auth: AuthContext,
+    chat: ChatRequest,
+    answer: CachedAnswer,
+) -> None:
+    """A cache hit: admitted (it counts against the request limits) with nothing reserved,
+    settled at no cost (ledger, metrics and log line say so), served as the client asked:
+    the stored answer, or its replay as whole chunk events."""
+    ticket = await state.meter.admit(auth, scope["state"]["request_id"], 0)
+    state.meter.settle(
+        ticket, state.catalog.get(answer.model), TokenUsage(0, 0), 0, 200, chat.stream
+    )
+    headers = (
+        {"x-klawd-model": answer.model, "x-klawd-provider": answer.provider}
+        | ticket.admission.headers()
+        | {"x-klawd-cost-usd": format_usd(0), "x-klawd-cache": "hit"}
+    )
+    response_id = f"chatcmpl-{secrets.token_hex(12)}"
+    created = int(time.time())
+    if not chat.stream:
+        completion = chat_completion(answer.body, response_id, created)
+        await send_json(send, completion, headers)
+        return
+    events = chat_events(answer.body, response_id, created, chat.include_usage, 0.0)
+    await send_event_stream(
+        receive,
+        send,
+        SSE_HEADERS | headers,
+        _once(events),
+        state.settings.server.streams.keepalive_s,
+        drain=Drain(state.streams, DRAIN_EVENT),
+    )
+
+
+async def _once(piece: bytes) -> AsyncGenerator[bytes, None]:
+    yield piece
 
 
 def _served_by(target: CatalogEntry) -> dict[str, str]:

@@ -67,6 +67,11 @@ def _acct(account_id: str) -> str:
     return f"klawd:acct:{{{account_id}}}"
 
 
+def _cache_key(key: str) -> str:
+    account_id, _, digest = key.partition(":")
+    return f"klawd:cache:{{{account_id}}}:{digest}"
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -193,6 +198,23 @@ class RedisStore(RedisWebhooks, RedisResponses):
                 await self._resp.execute("PING")
             except (RespConnectionError, RespReplyError) as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+
+    # -- response cache (klawd:cache:{A}:<digest>, expiring by itself) ----------------------------
+    async def cache_get(self, key: str) -> bytes | None:
+        value = await self._hot("GET", _cache_key(key))
+        return None if value is None else bytes(value)
+
+    async def cache_put(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._hot("SET", _cache_key(key), value, "PX", max(1, round(ttl_s * 1000)))
+
+    async def _hot(self, *args: Any) -> Any:
+        """A plain command through the hot path's client when there is one."""
+        if self._resp is None:
+            return await self._call(*args)
+        try:
+            return await self._resp.execute(*args)
+        except (RespConnectionError, RespReplyError) as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
     async def close(self) -> None:
         if self._listener is not None:

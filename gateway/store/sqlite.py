@@ -74,6 +74,12 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
     stream INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_ledger_account_day ON usage_ledger(account_id, day);
+CREATE TABLE IF NOT EXISTS response_cache (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS response_cache_expiry ON response_cache(expires_at);
 """
 
 INSERT_ACCOUNT = (
@@ -203,6 +209,33 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- response cache -------------------------------------------------------------------------
+    async def cache_get(self, key: str) -> bytes | None:
+        def get(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT value FROM response_cache WHERE key = ? AND expires_at > ?",
+                (key, time.time()),
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(get)
+
+    async def cache_put(self, key: str, value: bytes, ttl_s: float) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "INSERT OR REPLACE INTO response_cache (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, value, now + ttl_s),
+            )
+            # Expired entries go a few at a time, with the writes that add new ones.
+            conn.execute(
+                "DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
+                " WHERE expires_at <= ? LIMIT 16)",
+                (now,),
+            )
+
+        await self._run(put)
 
     # -- accounts -------------------------------------------------------------------------------
     async def count_accounts(self) -> int:

@@ -1,4 +1,4 @@
-"""Every [webhooks], [mission_control] and [responses] field is documented in
+"""Every [webhooks], [mission_control], [responses] and [cache] field is documented in
 docs/configuration.md."""
 
 from __future__ import annotations
@@ -6,7 +6,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.settings import MissionControlSettings, ResponsesSettings, WebhookSettings
+from gateway.settings import (
+    CacheSettings,
+    MissionControlSettings,
+    ResponsesSettings,
+    WebhookSettings,
+)
 from tests.conftest import REPO
 
 
@@ -16,6 +21,7 @@ from tests.conftest import REPO
         ("webhooks", WebhookSettings),
         ("mission_control", MissionControlSettings),
         ("responses", ResponsesSettings),
+        ("cache", CacheSettings),
     ],
 )
 def test_every_field_is_documented(table: str, kind: type[msgspec.Struct]) -> None:

@@ -1,0 +1,233 @@
+"""The response cache end to end, on both stores: the official openai SDK → the gateway process
+(`[cache] enabled = true`) → the fake OpenAI upstream, whose request log shows what reached it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.fakes.openai_upstream import ANSWER_WORDS, FakeOpenAI
+from tests.redis_server import RedisServer
+
+ANSWER = "".join(ANSWER_WORDS)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def cached_gateway(
+    request: pytest.FixtureRequest,
+    fake_openai: FakeOpenAI,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    directory = tmp_path_factory.mktemp(f"cache-{request.param}")
+    store_url = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        store_url = server.url
+    port = free_port()
+    config = directory / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url, "[cache]\nenabled = true\n", store_url)
+    running = start_gateway(config, port)
+    yield running
+    stop(running.process)
+
+
+def client(gateway: Gateway, key: str, mode: str | None = "on") -> openai.OpenAI:
+    headers = {"x-klawd-cache": mode} if mode else {}
+    return openai.OpenAI(
+        base_url=f"{gateway.base_url}/v1",
+        api_key=key,
+        max_retries=0,
+        timeout=20,
+        default_headers=headers,
+    )
+
+
+def prompt() -> list[dict[str, Any]]:
+    """A prompt no other test sends, so the fake's request log counts this test's calls."""
+    return [{"role": "user", "content": f"Say hello ({uuid.uuid4().hex})"}]
+
+
+def upstream_calls(fake: FakeOpenAI, messages: list[dict[str, Any]]) -> int:
+    return sum(1 for r in fake.requests if r["body"].get("messages") == messages)
+
+
+def test_second_identical_request_is_a_free_hit_that_never_reaches_the_upstream(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    messages = prompt()
+    first = sdk.chat.completions.with_raw_response.create(
+        model="openai/gpt-fake", messages=messages, temperature=0
+    )
+    second = sdk.chat.completions.with_raw_response.create(
+        model="openai/gpt-fake", messages=messages, temperature=0, user="someone-else"
+    )
+    assert first.headers["x-klawd-cache"] == "miss"
+    assert first.headers["x-klawd-cost-usd"] == "0.000020"
+    assert second.headers["x-klawd-cache"] == "hit"
+    assert float(second.headers["x-klawd-cost-usd"]) == 0
+    assert second.headers["x-klawd-model"] == "openai/gpt-fake"
+    assert second.headers["x-klawd-provider"] == "openai"
+    assert "x-ratelimit-remaining-requests" in second.headers
+    answer = second.parse()
+    assert answer.choices[0].message.content == ANSWER
+    assert answer.id != first.parse().id
+    assert upstream_calls(fake_openai, messages) == 1
+
+
+def test_stream_is_served_from_a_non_streamed_answer(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    messages = prompt()
+    sdk.chat.completions.create(model="openai/gpt-fake", messages=messages, temperature=0)
+    with sdk.chat.completions.with_streaming_response.create(
+        model="openai/gpt-fake",
+        messages=messages,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as response:
+        assert response.headers["x-klawd-cache"] == "hit"
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ANSWER
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = chunks[-1].usage
+    assert usage is not None and usage.total_tokens == 16
+    assert usage.model_extra is not None and usage.model_extra["cost_usd"] == 0
+    assert upstream_calls(fake_openai, messages) == 1
+
+
+def test_non_streamed_request_is_served_from_a_streamed_answer(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    messages = prompt()
+    streamed = sdk.chat.completions.create(
+        model="openai/tools-fake", messages=messages, temperature=0, stream=True
+    )
+    calls = {}
+    for chunk in streamed:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            calls.setdefault(call.index, "")
+            calls[call.index] += call.function.arguments or "" if call.function else ""
+    hit = sdk.chat.completions.with_raw_response.create(
+        model="openai/tools-fake", messages=messages, temperature=0
+    )
+    assert hit.headers["x-klawd-cache"] == "hit"
+    message = hit.parse().choices[0]
+    assert message.finish_reason == "tool_calls"
+    assert message.message.tool_calls is not None
+    assert [c.function.arguments for c in message.message.tool_calls] == [calls[0]]
+    assert upstream_calls(fake_openai, messages) == 1
+
+
+def test_entries_are_never_shared_across_accounts(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    messages = prompt()
+    for key in (cached_gateway.new_key(), cached_gateway.new_key()):
+        response = client(cached_gateway, key).chat.completions.with_raw_response.create(
+            model="openai/gpt-fake", messages=messages, temperature=0
+        )
+        assert response.headers["x-klawd-cache"] == "miss"
+    assert upstream_calls(fake_openai, messages) == 2
+
+
+def test_refresh_calls_the_upstream_and_replaces_the_entry(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    key = cached_gateway.new_key()
+    messages = prompt()
+    statuses = []
+    for mode in ("on", "refresh", "on"):
+        response = client(cached_gateway, key, mode).chat.completions.with_raw_response.create(
+            model="openai/gpt-fake", messages=messages, temperature=0
+        )
+        statuses.append(response.headers["x-klawd-cache"])
+    assert statuses == ["miss", "miss", "hit"]
+    assert upstream_calls(fake_openai, messages) == 2
+
+
+def test_sampling_requests_bypass_unless_forced(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    key = cached_gateway.new_key()
+    messages = prompt()
+    statuses = []
+    for mode in ("on", "on", "force", "force"):
+        response = client(cached_gateway, key, mode).chat.completions.with_raw_response.create(
+            model="openai/gpt-fake",
+            messages=messages,  # temperature 1 by default: sampling
+        )
+        statuses.append(response.headers["x-klawd-cache"])
+    assert statuses == ["bypass", "bypass", "miss", "hit"]
+    assert upstream_calls(fake_openai, messages) == 3
+
+
+def test_without_the_header_the_cache_plays_no_part(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key(), mode=None)
+    messages = prompt()
+    for _ in range(2):
+        response = sdk.chat.completions.with_raw_response.create(
+            model="openai/gpt-fake", messages=messages, temperature=0
+        )
+        assert "x-klawd-cache" not in response.headers
+    assert upstream_calls(fake_openai, messages) == 2
+
+
+def test_a_bad_header_value_is_a_400_naming_it(cached_gateway: Gateway) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key(), mode="sometimes")
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="openai/gpt-fake", messages=prompt(), temperature=0)
+    assert refused.value.body["param"] == "x-klawd-cache"  # type: ignore[index]
+
+
+def test_hits_count_against_request_limits(cached_gateway: Gateway) -> None:
+    key = cached_gateway.new_key(limits={"requests_per_minute": 2})
+    sdk = client(cached_gateway, key)
+    messages = prompt()
+    for _ in range(2):
+        sdk.chat.completions.create(model="openai/gpt-fake", messages=messages, temperature=0)
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="openai/gpt-fake", messages=messages, temperature=0)
+
+
+def test_hits_are_in_the_ledger_metrics_and_log_line_at_no_cost(cached_gateway: Gateway) -> None:
+    key = cached_gateway.new_key()
+    sdk = client(cached_gateway, key)
+    messages = prompt()
+    for _ in range(2):
+        sdk.chat.completions.create(model="openai/gpt-fake", messages=messages, temperature=0)
+    account = httpx.get(
+        f"{cached_gateway.base_url}/v1/account",
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    ).json()
+    deadline = time.monotonic() + 10
+    metrics = log = ""
+    log_path = Path(cached_gateway.config).parent / "gateway.log"
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{cached_gateway.base_url}/metrics", timeout=10).text
+        log = log_path.read_text(errors="replace")
+        hits = [line for line in metrics.splitlines() if 'result="hit"' in line]
+        if '"cache":"hit"' in log and hits and any(not h.endswith(" 0.0") for h in hits):
+            break
+        time.sleep(0.2)
+    assert 'klawd_cache_requests_total{api="chat",result="hit"}' in metrics
+    assert '"cache":"hit"' in log and '"cache":"miss"' in log
+    usage = account["usage_today"]
+    assert usage["requests"] >= 1  # the ledger is written in batches; the hit adds no cost
+    assert usage["cost_usd"] <= 0.00002

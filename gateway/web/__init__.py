@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.web import account_pages, auth_pages, operator
+from gateway.web import account_pages, auth_pages, operator, responses_page
 from gateway.web.context import PREFIX, Web
 
 STATIC_TYPES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
@@ -27,7 +27,12 @@ async def static(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     web = Web()
-    h = {**auth_pages.pages(web), **account_pages.pages(web), **operator.pages(web)}
+    h = {
+        **auth_pages.pages(web),
+        **account_pages.pages(web),
+        **operator.pages(web),
+        **responses_page.pages(web),
+    }
 
     def r(path: str, name: str, methods: list[str]) -> Route:
         return Route(path, h[name], methods=methods)  # type: ignore[arg-type]
@@ -47,6 +52,7 @@ def routes() -> list[BaseRoute]:
                 r("/keys", "create_key", ["POST"]),
                 r("/keys/{key_id}/revoke", "revoke_key", ["POST"]),
                 r("/webhook", "webhook", ["GET"]),
+                r("/responses", "responses", ["GET"]),
                 r("/webhook/{action}", "webhook_action", ["POST"]),
                 Route("/static/{name}", static, methods=["GET"]),
             ],

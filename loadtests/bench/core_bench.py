@@ -27,6 +27,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyref
+import pyref_responses
 
 from gateway import _core
 
@@ -144,6 +145,40 @@ def median_times(
     return [(statistics.median(ts), out) for ts, out in zip(times, outs, strict=True)]
 
 
+# What a Responses stream's response objects echo (the request's settings), as the gateway sends.
+RESPONSE_FIELDS = orjson.dumps(
+    {
+        "instructions": "You are a helpful assistant.",
+        "max_output_tokens": None,
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "user": None,
+        "background": False,
+    }
+).decode()
+
+
+def reframer_makers(kind: str) -> list[Callable[[], Any]]:
+    """(Python reference, Rust) constructors of one reframer kind."""
+    args = (kind, "openai/gpt-4o", "chatcmpl-klawd", 1700000000, True)
+    if kind == "openai_to_responses":
+        fields = RESPONSE_FIELDS
+        return [
+            lambda: pyref_responses.ToResponsesRef(*args[1:], response_fields=fields),
+            lambda: _core.Reframer(*args, response_fields=fields),
+        ]
+    return [lambda: pyref.reframer(*args), lambda: _core.Reframer(*args)]
+
+
 def bench_reframers(n: int, reps: int) -> list[str]:
     rng = random.Random(42)
     rows = [
@@ -158,15 +193,14 @@ def bench_reframers(n: int, reps: int) -> list[str]:
         # POST /v1/messages: OpenAI chunks → Anthropic events, and Anthropic relayed as is.
         ("openai_to_anthropic", openai_stream(n, rng), b"\n"),
         ("anthropic_passthrough", anthropic_stream(n, rng), b"\n"),
+        # POST /v1/responses: OpenAI chunks → Responses API events.
+        ("openai_to_responses", openai_stream(n, rng), b"\n"),
     ]:
         for label, chunks in [
             ("1-4 KiB", network_chunks(data, rng)),
             ("per event", event_chunks(data, eol)),
         ]:
-            args = (kind, "openai/gpt-4o", "chatcmpl-klawd", 1700000000, True)
-            (t_py, out_py), (t_rs, out_rs) = median_times(
-                [lambda a=args: pyref.reframer(*a), lambda a=args: _core.Reframer(*a)], chunks, reps
-            )
+            (t_py, out_py), (t_rs, out_rs) = median_times(reframer_makers(kind), chunks, reps)
             n_events = out_rs.count(b"\n\n")
             assert n_events == out_py.count(b"\n\n"), kind
             mb = len(data) / 1e6

@@ -43,7 +43,6 @@ from gateway.schemas.openai import (
     ToolCall,
 )
 from gateway.schemas.responses import (
-    IGNORED,
     KNOWN_FIELDS,
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -151,10 +150,12 @@ def to_chat_request(
     for message_body in body["messages"]:
         for call in message_body.get("tool_calls", ()):
             call["type"] = "function"
+    if isinstance(body.get("tool_choice"), dict):
+        body["tool_choice"]["type"] = "function"
     if request.parallel_tool_calls is not None and tools:
         body["parallel_tool_calls"] = request.parallel_tool_calls
     for key, value in fields.items():
-        if key not in KNOWN_FIELDS and key not in IGNORED:
+        if key not in KNOWN_FIELDS:
             body[key] = value
     return Translation(chat, orjson.dumps(body))
 

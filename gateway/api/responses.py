@@ -46,21 +46,6 @@ from gateway.store.base import StoredResponse, StoreError
 log = logging.getLogger("klawd")
 
 KEEPALIVE = b": keepalive\n\n"
-# The last event of a stream a shutdown's deadline ends. Static (the drain writes it after the
-# relay was cancelled), so it carries no sequence_number: the one event of these streams without.
-_shutting_down = ShuttingDown()
-DRAIN_EVENT = (
-    b"event: error\ndata: "
-    + orjson.dumps(
-        {
-            "type": "error",
-            "code": _shutting_down.type,
-            "message": _shutting_down.message,
-            "param": None,
-        }
-    )
-    + b"\n\n"
-)
 
 
 async def create_response(request: Request) -> Response:
@@ -146,7 +131,8 @@ async def create_response(request: Request) -> Response:
             SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             KEEPALIVE,
-            Drain(state.streams, DRAIN_EVENT),
+            # a shutdown's deadline ends the stream with numbered error + response.failed
+            Drain(state.streams, lambda: events.error_event(ShuttingDown())),
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)

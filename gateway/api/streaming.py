@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import NamedTuple
 
 from starlette.responses import Response
@@ -112,12 +112,15 @@ async def send_event_stream(
         with contextlib.suppress(OSError):
             if pinging is not None and not pinging.done():
                 await pinging
-            await send({"type": "http.response.body", "body": drain.event, "more_body": False})
+            event = drain.event if isinstance(drain.event, bytes) else drain.event()
+            await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 class Drain(NamedTuple):
     streams: OpenStreams
-    event: bytes  # the last event of a stream ended by the drain, in the route's own format
+    # The last event of a stream ended by the drain, in the route's own format; a function when
+    # it depends on what the stream sent (the Responses API numbers its events).
+    event: bytes | Callable[[], bytes]
 
 
 def _body(piece: bytes) -> Message:

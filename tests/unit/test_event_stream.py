@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import pytest
@@ -160,7 +160,9 @@ def test_cancellation_from_outside_still_propagates() -> None:
     assert asyncio.run(asyncio.wait_for(main(), 5))
 
 
-def drained_run(block_in_send: bool) -> tuple[list[bytes], list[str], int]:
+def drained_run(
+    block_in_send: bool, event: bytes | Callable[[], bytes] = b"data: bye\n\n"
+) -> tuple[list[bytes], list[str], int]:
     """A stream ended by the drain, either while waiting on its source or while a send is in
     flight (the relay is then suspended at its yield)."""
 
@@ -196,9 +198,7 @@ def drained_run(block_in_send: bool) -> tuple[list[bytes], list[str], int]:
             streams.end_all()
 
         ender = asyncio.ensure_future(end_after_first())
-        await send_event_stream(
-            client.receive, send, {}, pieces(), 30, drain=Drain(streams, b"data: bye\n\n")
-        )
+        await send_event_stream(client.receive, send, {}, pieces(), 30, drain=Drain(streams, event))
         await ender
         task = asyncio.current_task()
         assert task is not None
@@ -216,3 +216,15 @@ def test_the_drain_ends_a_stream_with_its_final_event_and_the_relay_knows(
     assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
     assert seen == ["drain"], "the relay saw the drain (it bills with the drain's status)"
     assert left == 0, "unregistered, and the request's task is not left cancelled"
+
+
+def test_a_drain_event_can_be_written_when_the_drain_comes() -> None:
+    made: list[str] = []
+
+    def event() -> bytes:
+        made.append("now")
+        return b"data: bye\n\n"
+
+    bodies, _, _ = drained_run(False, event)
+    assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
+    assert made == ["now"]

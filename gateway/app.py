@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,7 +47,11 @@ from gateway.settings import Settings, config_path, load_settings
 from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
 from gateway.store_metrics import store_backend
+from gateway.tracing import build_tracing
 from gateway.webhooks.dispatcher import Dispatcher
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = logging.getLogger("klawd")
 
@@ -148,13 +153,17 @@ def build_observer(settings: Settings) -> RequestObserver:
     return RequestObserver(metrics, RequestLog())
 
 
-def attach_observer(state: AppState, observer: RequestObserver) -> None:
+def attach_observer(
+    state: AppState, observer: RequestObserver, tracing: Tracing | None = None
+) -> None:
     state.meter.observer = observer
     state.retrier.observer = observer
+    state.retrier.tracing = tracing
     state.cache.observer = observer
     for provider in state.providers.values():
         if isinstance(provider, HttpProvider):
             provider.observer = observer
+            provider.tracing = tracing
 
 
 async def _report_metrics(state: AppState, observer: RequestObserver) -> None:
@@ -176,12 +185,13 @@ METRICS_REPORT_INTERVAL_S = 1.0
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
     env = dict(os.environ if environ is None else environ)
     observer = build_observer(settings)
+    tracing = build_tracing(settings.telemetry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         observer.request_log.start()
         state = await build_state(settings, env, observer.metrics)
-        attach_observer(state, observer)
+        attach_observer(state, observer, tracing)
         state.dispatcher = Dispatcher(state.store, settings.webhooks, observer.metrics)
         state.dispatcher.start()
         loop = asyncio.get_running_loop()
@@ -200,6 +210,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             draining.cancel()
             await state.close()
             observer.request_log.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.close)
             observer.metrics.buffer.flush()
             worker_exited(os.getpid())
 
@@ -218,6 +230,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         observer,
         DIRECT_ROUTES,
         settings.server.log_bodies_bytes,
+        tracing,
     )
 
 

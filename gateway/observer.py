@@ -88,6 +88,7 @@ class RequestObserver:
         if record is not None:
             record.model = served.model.id if served else None
             record.provider = served.model.provider if served else None
+            record.provider_kind = served.provider.kind if served else None
             record.stream = stream
             record.prompt_tokens = usage.prompt_tokens
             record.completion_tokens = usage.completion_tokens

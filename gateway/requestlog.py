@@ -20,7 +20,7 @@ import queue
 import sys
 import threading
 from contextvars import ContextVar
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 
@@ -66,19 +66,25 @@ class RequestRecord:
         "cache",
         "completion_tokens",
         "cost_usd",
+        "finish_reasons",
         "first_byte_at",
         "method",
         "model",
+        "operation",
         "plan",
         "prompt_tokens",
         "provider",
+        "provider_kind",
         "request_id",
+        "request_model",
         "route",
+        "span",
         "status",
         "stream",
         "stream_open",
         "trace_id",
         "upstream_attempts",
+        "upstream_span",
     )
 
     def __init__(self, request_id: str, method: str) -> None:
@@ -100,6 +106,13 @@ class RequestRecord:
         self.bodies: BodyCapture | None = None
         self.cache: str | None = None  # hit | miss | bypass when the request asked for the cache
         self.trace_id: str | None = None  # 32 hex digits when the request is traced
+        # Traces only (gateway/tracing/): the spans, and what only the spans report.
+        self.span: Any = None  # the request's server span
+        self.upstream_span: Any = None  # the client span of the upstream attempt in progress
+        self.operation: str | None = None  # gen_ai.operation.name
+        self.request_model: str | None = None  # the model the client asked for
+        self.provider_kind: str | None = None  # the served provider's kind
+        self.finish_reasons: list[str] | None = None
 
     def line(self, latency_ms: float, ttfb_ms: float | None) -> str:
         fields: dict[str, object] = {
@@ -132,6 +145,13 @@ class RequestRecord:
 
 
 current_request: ContextVar[RequestRecord | None] = ContextVar("klawd_request", default=None)
+
+
+def note_requested_model(model: str) -> None:
+    """The model id the client asked for (an alias before routing), for the request's trace."""
+    record = current_request.get()
+    if record is not None:
+        record.request_model = model
 
 
 class RequestLog:

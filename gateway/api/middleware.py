@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.routing import Mount, Route
@@ -34,6 +35,9 @@ from gateway.messages import error_body as anthropic_error_body
 from gateway.observer import RequestObserver
 from gateway.requestlog import BodyCapture, RequestRecord, current_request
 from gateway.store.base import StoreError
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = logging.getLogger("klawd")
 
@@ -86,12 +90,14 @@ class GatewayMiddleware:
         observer: RequestObserver | None = None,
         direct_routes: Sequence[Route] = (),
         log_bodies_bytes: int = 0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.observer = observer
         self.direct_routes = {route.path: route for route in direct_routes}
         self.log_bodies_bytes = log_bodies_bytes
+        self.tracing = tracing  # traces on: the request's server span opens and ends here
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,6 +125,9 @@ class GatewayMiddleware:
         if self.log_bodies_bytes and scope["path"].startswith(BODY_LOGGED_PREFIXES):
             record.bodies = BodyCapture(self.log_bodies_bytes)
         token = current_request.set(record)
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.start_request(record, scope["path"], scope["headers"])
         try:
             await self._serve(scope, receive, send, request_id, declared_length, record)
         finally:
@@ -126,6 +135,8 @@ class GatewayMiddleware:
             record.route = route_template(scope)
             if record.stream_open:
                 self.observer.stream_closed(record.route)
+            if tracing is not None:
+                tracing.end_request(record)
             self.observer.http_finished(record, arrived, time.perf_counter())
 
     async def _serve(

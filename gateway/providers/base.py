@@ -42,9 +42,11 @@ from gateway.schemas.embeddings import EmbeddingRequest
 from gateway.schemas.images import ImageRequest
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import ProviderSettings
+from gateway.tracing import note_finish_reasons, with_traceparent
 
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
+    from gateway.tracing import Tracing
 
 
 class ChatCall(Struct, frozen=True):
@@ -232,6 +234,8 @@ class HttpProvider:
     reframer_kind: ClassVar[str]
     # Upstream latency and errors for metrics and the request log; set by create_app.
     observer: RequestObserver | None = None
+    # Traces on: the trace context goes upstream, finish reasons to the span; set by create_app.
+    tracing: Tracing | None = None
 
     def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
         self.name = name
@@ -277,7 +281,10 @@ class HttpProvider:
         return text
 
     async def _send(self, upstream: UpstreamRequest) -> HttpResponse:
-        """One upstream call up to its response headers, reported to the observer."""
+        """One upstream call up to its response headers, reported to the observer; with traces
+        on, it carries the trace context (`traceparent`) of the attempt's span."""
+        if self.tracing is not None:
+            upstream = with_traceparent(upstream)
         if self.observer is None:
             return await self._send_unobserved(upstream)
         started = time.perf_counter()
@@ -398,7 +405,12 @@ class HttpProvider:
             raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
         finally:
             response.release()
-        return self.parse_response(call, body)
+        completion = self.parse_response(call, body)
+        if self.tracing is not None:
+            note_finish_reasons(
+                [c.get("finish_reason") for c in completion.body.get("choices") or []]
+            )
+        return completion
 
     async def stream(self, call: ChatCall) -> UpstreamStream:
         response = await self._send(self.build_request(call, stream=True))
@@ -463,3 +475,5 @@ class ReframedStream:
         finally:
             # the whole answer read: the connection is kept alive; otherwise it is dropped
             self._response.release()
+            if self._provider.tracing is not None:
+                note_finish_reasons([reframer.finish_reason])

@@ -28,12 +28,14 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from gateway.requestlog import current_request
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.health import Health
 from gateway.settings import RetrySettings
 
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
+    from gateway.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -68,6 +70,8 @@ class Retrier:
         self._clock = clock
         # Retry and fallback counters (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
+        # Traces on: a client span per attempt (gateway/tracing/); set by create_app.
+        self.tracing: Tracing | None = None
 
     async def call_targets(
         self,
@@ -95,7 +99,10 @@ class Retrier:
             for retry in range(policy.attempts):
                 started = self._clock()
                 try:
-                    result = await attempt(target)
+                    if self.tracing is None:
+                        result = await attempt(target)
+                    else:
+                        result = await self._traced(self.tracing, attempt, target, len(tries))
                 except FALLBACK_ON as exc:
                     tries.append(Attempt(target.model.id, exc.type, slept))
                     last_error = exc
@@ -130,3 +137,26 @@ class Retrier:
                 return result, target, tries
         assert last_error is not None  # noqa: S101 (the loop ran at least once and failed)
         raise last_error
+
+    @staticmethod
+    async def _traced(
+        tracing: Tracing,
+        attempt: Callable[[CatalogEntry], Awaitable[T]],
+        target: CatalogEntry,
+        number: int,
+    ) -> T:
+        """One attempt inside its client span (errors: the gateway error type as status)."""
+        record = current_request.get()
+        if record is None:
+            return await attempt(target)
+        span = tracing.start_attempt(record, target, number)
+        try:
+            result = await attempt(target)
+        except GatewayError as exc:
+            tracing.end_attempt(record, span, exc.type)
+            raise
+        except BaseException as exc:
+            tracing.end_attempt(record, span, type(exc).__name__)
+            raise
+        tracing.end_attempt(record, span, None)
+        return result

@@ -20,6 +20,7 @@ import orjson
 from gateway.billing import estimate_tokens
 from gateway.errors import InvalidRequest, ServiceUnavailable, model_not_found
 from gateway.providers.registry import refused_field
+from gateway.requestlog import note_requested_model
 from gateway.routing.catalog import Catalog, CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import RouteSettings
@@ -70,6 +71,7 @@ def _escalate(
 
 def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> list[CatalogEntry]:
     """`body`: the request's JSON (for a policy route, the fields each target must honour)."""
+    note_requested_model(request.model)
     entry = catalog.get(request.model)
     if entry is not None:
         if entry.model.kind != "chat":
@@ -128,6 +130,7 @@ def resolve_embedding(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
 
 
 def _resolve_kind(catalog: Catalog, model_id: str, kind: str) -> list[CatalogEntry]:
+    note_requested_model(model_id)
     entry = catalog.get(model_id)
     if entry is None:
         raise model_not_found(model_id)

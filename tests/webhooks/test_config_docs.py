@@ -1,4 +1,4 @@
-"""Every [webhooks], [mission_control], [responses] and [cache] field is documented in
+"""Every [webhooks], [mission_control], [responses], [cache] and [telemetry] field is documented in
 docs/configuration.md."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from gateway.settings import (
     CacheSettings,
     MissionControlSettings,
     ResponsesSettings,
+    TelemetrySettings,
     WebhookSettings,
 )
 from tests.conftest import REPO
@@ -22,6 +23,7 @@ from tests.conftest import REPO
         ("mission_control", MissionControlSettings),
         ("responses", ResponsesSettings),
         ("cache", CacheSettings),
+        ("telemetry", TelemetrySettings),
     ],
 )
 def test_every_field_is_documented(table: str, kind: type[msgspec.Struct]) -> None:

@@ -1,0 +1,73 @@
+"""OpenTelemetry traces of the request path, on when `[telemetry] otlp_endpoint` is set.
+
+Entered at one place each: the outermost middleware opens the request's server span (honouring
+an incoming W3C `traceparent`) and ends it when the response has ended, with the attributes the
+request's `RequestRecord` gathered (gateway/requestlog.py); the retry loop opens a client span
+per upstream attempt (gateway/routing/retry.py), and the providers' sender passes that span's
+`traceparent` upstream (gateway/providers/base.py).
+
+Off (the default), `build_tracing` returns None, nothing of the OpenTelemetry SDK is imported,
+and each of those places costs one `is None` test. docs/decisions/0019-cache-and-traces.md says
+what a span holds (and what it never holds: no prompt, no completion, no key).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.requestlog import RequestRecord, current_request
+from gateway.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    from gateway.providers.base import UpstreamRequest
+    from gateway.tracing.otel import Tracing
+
+__all__ = [
+    "Tracing",
+    "build_tracing",
+    "note_finish_reasons",
+    "traceparent",
+    "upstream_traceparent",
+    "with_traceparent",
+]
+
+
+def build_tracing(settings: TelemetrySettings) -> Tracing | None:
+    if not settings.otlp_endpoint:
+        return None
+    from gateway.tracing.otel import Tracing  # the SDK is imported only when traces are on
+
+    return Tracing(settings)
+
+
+def traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
+    """A W3C trace context header value (version 00)."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+def upstream_traceparent(record: RequestRecord) -> str | None:
+    """The `traceparent` for the upstream call being made: the attempt's client span, else the
+    request's server span (an unsampled span still passes its trace id on, flag 00)."""
+    span = record.upstream_span or record.span
+    if span is None:
+        return None
+    context = span.get_span_context()
+    return traceparent(context.trace_id, context.span_id, context.trace_flags.sampled)
+
+
+def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:
+    """The upstream request with the current attempt's W3C trace context (traces on)."""
+    record = current_request.get()
+    value = None if record is None else upstream_traceparent(record)
+    if value is None:
+        return upstream
+    return msgspec.structs.replace(upstream, headers={**upstream.headers, "traceparent": value})
+
+
+def note_finish_reasons(reasons: list[Any]) -> None:
+    """gen_ai.response.finish_reasons of the request's trace (OpenAI vocabulary)."""
+    record = current_request.get()
+    if record is not None:
+        record.finish_reasons = [str(r) for r in reasons if r is not None] or None

@@ -24,7 +24,7 @@ from gateway.billing import (
 )
 from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import CachedAnswer
-from gateway.cache.replay import ChatAssembler, chat_completion, chat_events, saving_stream
+from gateway.cache.replay import AssemblingStream, chat_completion, chat_events
 from gateway.drain import is_drain
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -79,19 +79,13 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             )
     ticket.retries = len(tries) - 1
     if chat.stream:
-        pieces = relay(state, ticket, chat, stream, target)
         if lookup is not None and lookup.key is not None:
-
-            async def save(answer: bytes) -> None:
-                usage = stream.usage or TokenUsage(0, 0)
-                await state.cache.save(lookup, target, usage, answer)
-
-            pieces = saving_stream(pieces, ChatAssembler(), save, lambda: stream.usage)
+            stream = AssemblingStream(stream, state.cache.saver(lookup, target))
         await send_event_stream(
             receive,
             send,
             SSE_HEADERS | _served_by(target) | limit_headers,
-            pieces,
+            relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
         )

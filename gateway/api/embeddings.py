@@ -9,17 +9,21 @@ x-klawd-provider, x-ratelimit-*, x-klawd-cost-usd.
 
 from __future__ import annotations
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.common import app_state, authenticate, json_response
+from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, format_usd, token_cost_micros
+from gateway.cache import CachedAnswer
 from gateway.errors import ServiceUnavailable
 from gateway.metering import RESERVE_CHARS_PER_TOKEN
 from gateway.providers.base import EmbeddingCall, EmbeddingProvider, EmbeddingResult
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_embedding
 from gateway.schemas.embeddings import decode_embedding_request
+from gateway.state import AppState
 
 
 async def create_embeddings(request: Request) -> Response:
@@ -28,10 +32,19 @@ async def create_embeddings(request: Request) -> Response:
     body = await request.body()
     embedding = decode_embedding_request(body)
     targets = resolve_embedding(state.catalog, embedding.model)
+    lookup = await state.cache.consult(
+        request.headers.get("x-klawd-cache"),
+        auth.account_id,
+        "embeddings",
+        [t.model.id for t in targets],
+        body,
+    )
+    if lookup is not None and lookup.answer is not None:
+        return await _serve_cached(state, request, auth, lookup.answer)
     worst = TokenUsage(embedding.reserve_tokens(RESERVE_CHARS_PER_TOKEN), 0)
     reserve = max(token_cost_micros(worst, t.model.input_usd_per_mtok, 0.0) for t in targets)
     ticket = await state.meter.admit(auth, request.state.request_id, reserve)
-    limit_headers = ticket.admission.headers()
+    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
 
     async def attempt(target: CatalogEntry) -> EmbeddingResult:
         provider = state.providers[target.model.provider]
@@ -48,17 +61,39 @@ async def create_embeddings(request: Request) -> Response:
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, usage)
+    answer = {
+        "object": "list",
+        "data": result.data,
+        "model": target.model.id,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+    }
+    if lookup is not None:
+        await state.cache.save(lookup, target, usage, orjson.dumps(answer))
     return json_response(
-        {
-            "object": "list",
-            "data": result.data,
-            "model": target.model.id,
-            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
-        },
+        answer,
         headers={
             "x-klawd-model": target.model.id,
             "x-klawd-provider": target.model.provider,
             "x-klawd-cost-usd": format_usd(cost),
         }
         | limit_headers,
+    )
+
+
+async def _serve_cached(
+    state: AppState, request: Request, auth: AuthContext, answer: CachedAnswer
+) -> Response:
+    """A cache hit: admitted (it counts against request limits), free, logged as a hit."""
+    ticket = await state.meter.admit(auth, request.state.request_id, 0)
+    state.meter.settle(ticket, state.catalog.get(answer.model), TokenUsage(0, 0), 0, 200, False)
+    return Response(
+        answer.body,
+        headers={
+            "x-klawd-model": answer.model,
+            "x-klawd-provider": answer.provider,
+            "x-klawd-cost-usd": format_usd(0),
+            "x-klawd-cache": "hit",
+        }
+        | ticket.admission.headers(),
+        media_type="application/json",
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 from starlette.requests import Request
@@ -33,7 +33,10 @@ from gateway import _core
 from gateway.api.chat import SSE_HEADERS, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
+from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
+from gateway.cache import CachedAnswer
+from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     BadGateway,
@@ -48,6 +51,7 @@ from gateway.metering import (
     RESERVE_TOKENS_PER_MESSAGE,
     reserve_for_chat,
 )
+from gateway.providers.anthropic import translate_response
 from gateway.providers.base import (
     ChatCall,
     Completion,
@@ -59,6 +63,7 @@ from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
 from gateway.schemas.anthropic import decode_count_tokens_request, decode_messages_request
 from gateway.schemas.openai import ChatRequest, ImagePart
+from gateway.state import AppState
 from gateway.store.base import StoreError
 
 log = logging.getLogger("klawd")
@@ -169,11 +174,23 @@ async def _create_message(request: Request) -> Response:
     translation = to_chat_request(anthropic_request, body)
     chat, chat_body = translation.chat, translation.body
     targets = resolve_chat(state.catalog, chat)
+    lookup = await state.cache.consult(
+        request.headers.get("x-klawd-cache"),
+        auth.account_id,
+        "messages",
+        [t.model.id for t in targets],
+        body,
+    )
+    message_id = f"msg_{secrets.token_hex(12)}"
+    if lookup is not None and lookup.answer is not None:
+        target = state.catalog.get(lookup.answer.model) or targets[0]
+        return await _serve_cached(state, request, auth, chat, lookup.answer, target, message_id)
     ticket = await state.meter.admit(
         auth, request.state.request_id, reserve_for_chat(chat, targets)
     )
-    limit_headers = ticket.admission.headers()
-    message_id = f"msg_{secrets.token_hex(12)}"
+    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
+    # The answer as a chat.completion, the form the cache keeps (gateway/cache/replay.py).
+    chat_form: dict[str, object] | None = None
     passthrough = MessagesCallFactory(
         orjson.loads(body),
         {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))},
@@ -183,12 +200,18 @@ async def _create_message(request: Request) -> Response:
     created = int(time.time())
 
     async def complete(target: CatalogEntry) -> Completion:
+        nonlocal chat_form
         provider = state.providers[target.model.provider]
+        call = ChatCall(chat, chat_body, target, message_id, created)
         if isinstance(provider, MessagesProvider):
-            return await provider.messages(passthrough.call(target))
+            message = await provider.messages(passthrough.call(target))
+            if lookup is not None and lookup.key is not None:
+                chat_form = translate_response(call, message.body).body
+            return message
         if translation.refusal is not None:
             raise translation.refusal
-        answer = await provider.complete(ChatCall(chat, chat_body, target, message_id, created))
+        answer = await provider.complete(call)
+        chat_form = answer.body
         return Completion(to_message(answer.body, target.model.id, message_id), answer.usage)
 
     async def open_stream(target: CatalogEntry) -> UpstreamStream:
@@ -198,6 +221,8 @@ async def _create_message(request: Request) -> Response:
         if translation.refusal is not None:
             raise translation.refusal
         upstream = await provider.stream(ChatCall(chat, chat_body, target, message_id, created))
+        if lookup is not None and lookup.key is not None:
+            upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
         return AnthropicEvents(upstream, target, message_id)
 
     with state.meter.settle_on_failure(ticket, chat.stream):
@@ -217,10 +242,49 @@ async def _create_message(request: Request) -> Response:
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
+    if lookup is not None and chat_form is not None:
+        await state.cache.save(lookup, target, completion.usage, orjson.dumps(chat_form))
     return json_response(
         completion.body,
         headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
     )
+
+
+async def _serve_cached(
+    state: AppState,
+    request: Request,
+    auth: AuthContext,
+    chat: ChatRequest,
+    answer: CachedAnswer,
+    target: CatalogEntry,
+    message_id: str,
+) -> Response:
+    """A cache hit (kept as a chat.completion): admitted, free, logged as a hit; the message,
+    or its events from the same Rust reframer a translated stream goes through."""
+    ticket = await state.meter.admit(auth, request.state.request_id, 0)
+    state.meter.settle(ticket, target, TokenUsage(0, 0), 0, 200, chat.stream)
+    headers = (
+        {"x-klawd-model": answer.model, "x-klawd-provider": answer.provider}
+        | ticket.admission.headers()
+        | {"x-klawd-cost-usd": format_usd(0), "x-klawd-cache": "hit"}
+    )
+    created = int(time.time())
+    if not chat.stream:
+        completion = chat_completion(answer.body, message_id, created)
+        return json_response(to_message(completion, answer.model, message_id), headers=headers)
+    replay = ReplayedStream(answer.body, answer.usage, message_id, created)
+    return EventStreamResponse(
+        _pieces(AnthropicEvents(replay, target, message_id)),
+        SSE_HEADERS | headers,
+        state.settings.server.streams.keepalive_s,
+        PING_EVENT,
+        Drain(state.streams, DRAIN_EVENT),
+    )
+
+
+async def _pieces(stream: UpstreamStream) -> AsyncGenerator[bytes, None]:
+    async for piece in stream:
+        yield piece
 
 
 class MessagesCallFactory:

@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.requests import Request
@@ -30,7 +30,9 @@ from gateway.api.chat import SSE_HEADERS, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
 from gateway.auth import AuthContext
-from gateway.billing import format_usd
+from gateway.billing import TokenUsage, format_usd
+from gateway.cache import CachedAnswer
+from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
 from gateway.metering import reserve_for_chat
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
@@ -73,11 +75,25 @@ async def create_response(request: Request) -> Response:
     chat, chat_body = translation.chat, translation.body
     echoed = response_fields(responses_request)
     targets = resolve_chat(state.catalog, chat, chat_body)
+    response_id = f"resp_{secrets.token_hex(16)}"
+    asked = request.headers.get("x-klawd-cache")
+    lookup = await state.cache.consult(
+        # stored responses (store: true, the default) are never cached: each is its own record
+        "off" if asked is not None and responses_request.store else asked,
+        auth.account_id,
+        "responses",
+        [t.model.id for t in targets],
+        body,
+    )
+    if lookup is not None and lookup.answer is not None:
+        target = state.catalog.get(lookup.answer.model) or targets[0]
+        hit = CachedResponse(lookup.answer, target, response_id, created_at, echoed)
+        return await _serve_cached(state, request, auth, chat.stream, hit)
     ticket = await state.meter.admit(
         auth, request.state.request_id, reserve_for_chat(chat, targets)
     )
-    limit_headers = ticket.admission.headers()
-    response_id = f"resp_{secrets.token_hex(16)}"
+    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
+    chat_form: dict[str, Any] | None = None  # the answer as the cache keeps it
 
     def keep(answer: dict[str, Any]) -> StoredResponse | None:
         if not responses_request.store:
@@ -93,8 +109,10 @@ async def create_response(request: Request) -> Response:
         )
 
     async def complete(target: CatalogEntry) -> Completion:
+        nonlocal chat_form
         provider = state.providers[target.model.provider]
         answer = await provider.complete(ChatCall(chat, chat_body, target, response_id, created_at))
+        chat_form = answer.body
         body = to_response(answer.body, response_id, created_at, target.model.id, echoed)
         return Completion(body, answer.usage)
 
@@ -103,6 +121,8 @@ async def create_response(request: Request) -> Response:
         upstream: UpstreamStream = await provider.stream(
             ChatCall(chat, chat_body, target, response_id, created_at)
         )
+        if lookup is not None and lookup.key is not None:
+            upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
         return ResponseEvents(upstream, target, response_id, created_at, echoed)
 
     try:
@@ -137,9 +157,52 @@ async def create_response(request: Request) -> Response:
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
     await _keep(state, keep(completion.body))
+    if lookup is not None and chat_form is not None:
+        await state.cache.save(lookup, target, completion.usage, orjson.dumps(chat_form))
     return json_response(
         completion.body,
         headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
+    )
+
+
+class CachedResponse(NamedTuple):
+    answer: CachedAnswer  # kept as a chat.completion
+    target: CatalogEntry
+    response_id: str
+    created_at: int
+    echoed: dict[str, Any]
+
+
+async def _serve_cached(
+    state: AppState, request: Request, auth: AuthContext, stream: bool, hit: CachedResponse
+) -> Response:
+    """A cache hit: admitted, free, logged as a hit; the Response object, or its events from
+    the same Rust reframer a live stream goes through."""
+    ticket = await state.meter.admit(auth, request.state.request_id, 0)
+    state.meter.settle(ticket, hit.target, TokenUsage(0, 0), 0, 200, stream)
+    answer = hit.answer
+    headers = (
+        {"x-klawd-model": answer.model, "x-klawd-provider": answer.provider}
+        | ticket.admission.headers()
+        | {"x-klawd-cost-usd": format_usd(0), "x-klawd-cache": "hit"}
+    )
+    if not stream:
+        completion = chat_completion(answer.body, hit.response_id, hit.created_at)
+        body = to_response(completion, hit.response_id, hit.created_at, answer.model, hit.echoed)
+        return json_response(body, headers=headers)
+    replay = ReplayedStream(answer.body, answer.usage, hit.response_id, hit.created_at)
+    events = ResponseEvents(replay, hit.target, hit.response_id, hit.created_at, hit.echoed)
+
+    async def pieces() -> AsyncGenerator[bytes, None]:
+        async for piece in events:
+            yield piece
+
+    return EventStreamResponse(
+        pieces(),
+        SSE_HEADERS | headers,
+        state.settings.server.streams.keepalive_s,
+        KEEPALIVE,
+        Drain(state.streams, lambda: events.error_event(ShuttingDown())),
     )
 
 

@@ -11,13 +11,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.billing import TokenUsage
+
+if TYPE_CHECKING:
+    from gateway.providers.base import UpstreamStream
 
 DONE = b"data: [DONE]\n\n"
 # Delta fields the assembler gathers; a chunk with any other non-null one is not stored.
@@ -196,30 +198,55 @@ class ChatAssembler:
         return orjson.dumps(completion)
 
 
-async def saving_stream(
-    pieces: AsyncGenerator[bytes, None],
-    assembler: ChatAssembler,
-    save: Callable[[bytes], Awaitable[None]],
-    usage_of: Callable[[], TokenUsage | None],
-) -> AsyncGenerator[bytes, None]:
-    """Relays `pieces` unchanged while `assembler` gathers them; once the stream is whole (its
-    [DONE] gathered: usage is known by then), `save`s the answer before relaying that last piece,
-    so a client that asks again as soon as it has read [DONE] finds the entry. The relay is
-    closed (and bills) whatever ends this one, and a shutdown's drain thrown in here reaches it,
-    so it bills with the drain's status."""
-    saved = False
-    try:
-        async for piece in pieces:
-            assembler.feed(piece)
-            if assembler.done and not saved:
-                saved = True
-                answer = assembler.completion(usage_of())
-                if answer is not None:
-                    await save(answer)
-            try:
-                yield piece
-            except asyncio.CancelledError as exc:
-                await pieces.athrow(exc)
-                raise
-    finally:
-        await pieces.aclose()
+class AssemblingStream:
+    """A provider's OpenAI chunk stream (an UpstreamStream), unchanged, gathered as it goes;
+    once it is whole (its [DONE] gathered: the usage is known by then) the answer is `save`d
+    before that last piece goes on, so a client that asks again as soon as it has read the end
+    finds the entry. Whatever the route makes of the chunks (chat relays them, /v1/messages and
+    /v1/responses reframe them) reads this instead of the provider's stream."""
+
+    def __init__(
+        self, upstream: UpstreamStream, save: Callable[[bytes, TokenUsage], Awaitable[None]]
+    ) -> None:
+        self._upstream = upstream
+        self._save = save
+        self._assembler = ChatAssembler()
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._upstream.usage
+
+    @property
+    def content_chars(self) -> int:
+        return self._upstream.content_chars
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assembler = self._assembler
+        async for piece in self._upstream:
+            if not assembler.done:
+                assembler.feed(piece)
+                if assembler.done:
+                    usage = self._upstream.usage
+                    answer = assembler.completion(usage)
+                    if answer is not None:
+                        await self._save(answer, usage or TokenUsage(0, 0))
+            yield piece
+
+
+class ReplayedStream:
+    """A stored chat.completion as an UpstreamStream of OpenAI chunks, for the routes that
+    reframe chunks into their own events (/v1/messages, /v1/responses)."""
+
+    def __init__(self, body: bytes, usage: TokenUsage, response_id: str, created: int) -> None:
+        self._events = chat_events(body, response_id, created, True, 0.0)
+        self.usage: TokenUsage | None = usage
+        self.content_chars = 0
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._events

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -142,6 +142,16 @@ class ResponseCache:
             if answer is not None and answer.expires_at > self._clock():
                 return Lookup(route, "hit", None, answer)
         return Lookup(route, "miss", key)
+
+    def saver(
+        self, lookup: Lookup, served: CatalogEntry
+    ) -> Callable[[bytes, TokenUsage], Awaitable[None]]:
+        """`save` for a stream's answer, once gathered (gateway/cache/replay.py)."""
+
+        async def save(body: bytes, usage: TokenUsage) -> None:
+            await self.save(lookup, served, usage, body)
+
+        return save
 
     async def save(
         self, lookup: Lookup | None, served: CatalogEntry, usage: TokenUsage, body: bytes

@@ -9,12 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import ANSWER_WORDS, FakeOpenAI
+from tests.fakes.provider_config import PROVIDER_ENV, provider_config
+from tests.fakes.replicate_upstream import FakeReplicate
 from tests.redis_server import RedisServer
 
 ANSWER = "".join(ANSWER_WORDS)
@@ -24,6 +30,9 @@ ANSWER = "".join(ANSWER_WORDS)
 def cached_gateway(
     request: pytest.FixtureRequest,
     fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
+    fake_gemini: FakeGemini,
+    fake_replicate: FakeReplicate,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp(f"cache-{request.param}")
@@ -34,13 +43,18 @@ def cached_gateway(
         store_url = server.url
     port = free_port()
     config = directory / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url, "[cache]\nenabled = true\n", store_url)
-    running = start_gateway(config, port)
+    providers = provider_config(
+        fake_anthropic.base_url, fake_gemini.base_url, fake_replicate.base_url
+    )
+    extra = providers + "\n[cache]\nenabled = true\n"
+    gateway_config(config, port, fake_openai.base_url, extra, store_url)
+    running = start_gateway(config, port, PROVIDER_ENV)
     yield running
     stop(running.process)
 
 
 def client(gateway: Gateway, key: str, mode: str | None = "on") -> openai.OpenAI:
+    """The openai SDK asking for the cache (`mode`: the x-klawd-cache header, None: absent)."""
     headers = {"x-klawd-cache": mode} if mode else {}
     return openai.OpenAI(
         base_url=f"{gateway.base_url}/v1",
@@ -231,3 +245,150 @@ def test_hits_are_in_the_ledger_metrics_and_log_line_at_no_cost(cached_gateway: 
     usage = account["usage_today"]
     assert usage["requests"] >= 1  # the ledger is written in batches; the hit adds no cost
     assert usage["cost_usd"] <= 0.00002
+
+
+# -- the other APIs: /v1/embeddings, /v1/messages, /v1/responses (non-stored) -------------------
+
+
+def mentions(requests: list[dict[str, Any]], marker: str) -> int:
+    return sum(1 for r in requests if marker in orjson.dumps(r["body"]).decode())
+
+
+def test_embeddings_are_cached(cached_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    text = f"embed me {uuid.uuid4().hex}"
+    first = sdk.embeddings.with_raw_response.create(model="openai/embed-fake", input=[text])
+    second = sdk.embeddings.with_raw_response.create(
+        model="openai/embed-fake", input=[text], user="x"
+    )
+    assert [first.headers["x-klawd-cache"], second.headers["x-klawd-cache"]] == ["miss", "hit"]
+    assert float(second.headers["x-klawd-cost-usd"]) == 0
+    assert second.parse().data[0].embedding == first.parse().data[0].embedding
+    assert mentions(fake_openai.requests, text) == 1
+
+
+def anthropic_client(gateway: Gateway, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=gateway.base_url,
+        api_key=key,
+        max_retries=0,
+        timeout=20,
+        default_headers={"x-klawd-cache": "on"},
+    )
+
+
+@pytest.mark.parametrize("model", ["anthropic/claude-fake", "openai/gpt-fake"])
+def test_messages_stream_is_served_from_a_non_streamed_answer(
+    cached_gateway: Gateway,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    model: str,
+) -> None:
+    """Both a pass-through target (Anthropic) and a translated one (OpenAI)."""
+    sdk = anthropic_client(cached_gateway, cached_gateway.new_key())
+    marker = uuid.uuid4().hex
+    asked = [{"role": "user", "content": f"Say hello {marker}"}]
+    first = sdk.messages.with_raw_response.create(
+        model=model,
+        max_tokens=64,
+        messages=asked,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    )
+    assert first.headers["x-klawd-cache"] == "miss"
+    text = "".join(b.text for b in first.parse().content if b.type == "text")
+    again = sdk.messages.with_raw_response.create(
+        model=model,
+        max_tokens=64,
+        messages=asked,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    )
+    assert again.headers["x-klawd-cache"] == "hit"
+    assert "".join(b.text for b in again.parse().content if b.type == "text") == text
+    assert again.parse().id != first.parse().id
+    with sdk.messages.stream(
+        model=model,
+        max_tokens=64,
+        messages=asked,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    ) as stream:
+        final = stream.get_final_message()
+    assert "".join(b.text for b in final.content if b.type == "text") == text
+    assert final.stop_reason == "end_turn"
+    upstream = fake_anthropic.requests if model.startswith("anthropic/") else fake_openai.requests
+    assert mentions(upstream, marker) == 1
+
+
+def test_messages_non_streamed_request_is_served_from_a_streamed_answer(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = anthropic_client(cached_gateway, cached_gateway.new_key())
+    marker = uuid.uuid4().hex
+    asked = [{"role": "user", "content": f"Say hello {marker}"}]
+    with sdk.messages.stream(
+        model="openai/gpt-fake",
+        max_tokens=64,
+        messages=asked,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    ) as stream:
+        streamed = stream.get_final_message()
+    hit = sdk.messages.with_raw_response.create(
+        model="openai/gpt-fake",
+        max_tokens=64,
+        messages=asked,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    )
+    assert hit.headers["x-klawd-cache"] == "hit"
+    assert [b.text for b in hit.parse().content if b.type == "text"] == [
+        b.text for b in streamed.content if b.type == "text"
+    ]
+    assert mentions(fake_openai.requests, marker) == 1
+
+
+def test_non_stored_responses_are_cached_streamed_and_not(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    marker = uuid.uuid4().hex
+    asked = f"Say hello {marker}"
+    first = sdk.responses.with_raw_response.create(
+        model="openai/gpt-fake", input=asked, temperature=0, store=False
+    )
+    again = sdk.responses.with_raw_response.create(
+        model="openai/gpt-fake", input=asked, temperature=0, store=False
+    )
+    assert [first.headers["x-klawd-cache"], again.headers["x-klawd-cache"]] == ["miss", "hit"]
+    assert again.parse().output_text == first.parse().output_text == ANSWER
+    assert again.parse().id != first.parse().id
+    with sdk.responses.stream(
+        model="openai/gpt-fake", input=asked, temperature=0, store=False
+    ) as stream:
+        assert stream.get_final_response().output_text == ANSWER
+    assert mentions(fake_openai.requests, marker) == 1
+
+
+def test_a_streamed_response_serves_a_later_non_streamed_one(
+    cached_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    marker = uuid.uuid4().hex
+    asked = f"Say hello {marker}"
+    with sdk.responses.stream(
+        model="openai/gpt-fake", input=asked, temperature=0, store=False
+    ) as stream:
+        streamed = stream.get_final_response().output_text
+    hit = sdk.responses.with_raw_response.create(
+        model="openai/gpt-fake", input=asked, temperature=0, store=False
+    )
+    assert hit.headers["x-klawd-cache"] == "hit"
+    assert hit.parse().output_text == streamed == ANSWER
+    assert mentions(fake_openai.requests, marker) == 1
+
+
+def test_stored_responses_bypass_the_cache(cached_gateway: Gateway) -> None:
+    sdk = client(cached_gateway, cached_gateway.new_key())
+    asked = f"Say hello {uuid.uuid4().hex}"
+    for _ in range(2):
+        response = sdk.responses.with_raw_response.create(
+            model="openai/gpt-fake", input=asked, temperature=0
+        )
+        assert response.headers["x-klawd-cache"] == "bypass"

@@ -164,10 +164,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # still busy after the drain grace period is stopped (its streams are ended just
         # before: gateway/drain.py).
         workers_kill_timeout=max(1, math.ceil(settings.server.streams.drain_grace_s)),
-        # Hostile clients: headers must arrive within 10 s and fit 64 KiB; at most
+        # Hostile clients: headers must arrive within 10 s and fit server.max_header_bytes
+        # (Granian's per-connection buffer: its size is paid by every open stream); at most
         # server.max_in_flight requests per worker, the next connections wait in the listen
         # backlog (server.listen_backlog), then are refused by the kernel.
-        http1_settings=HTTP1Settings(header_read_timeout=10_000, max_buffer_size=64 * 1024),
+        http1_settings=HTTP1Settings(
+            header_read_timeout=10_000, max_buffer_size=settings.server.max_header_bytes
+        ),
         backpressure=settings.server.max_in_flight,
         backlog=settings.server.listen_backlog,
     ).serve()

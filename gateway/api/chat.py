@@ -226,9 +226,10 @@ async def relay(
     drain), what was generated is billed. `cost_in_usage`: the OpenAI usage chunk a client asked
     for gets `usage.cost_usd`."""
     status = CLIENT_CLOSED
+    add_cost = cost_in_usage and chat.include_usage
     try:
         async for piece in stream:
-            if cost_in_usage and chat.include_usage and piece.endswith(DONE):
+            if add_cost and piece.endswith(DONE):
                 piece = _with_cost(piece, target)
             yield piece
         status = 200

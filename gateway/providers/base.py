@@ -425,7 +425,14 @@ class HttpProvider:
 
 
 class ReframedStream:
-    """Moves upstream bytes through the provider's Rust reframer; knows no provider format."""
+    """Moves upstream bytes through the provider's Rust reframer; knows no provider format.
+
+    A plain async iterator (no generator frame per stream, one `feed` per piece read: every
+    upstream chunk that arrived together crosses into Rust once). Each piece it returns is zero
+    or more whole OpenAI events; an upstream error event is raised after the events before it
+    were returned, and the answer is released (kept alive if whole) when the stream ends."""
+
+    __slots__ = ("_ended", "_noted", "_provider", "_reframer", "_response")
 
     def __init__(
         self, provider: HttpProvider, response: HttpResponse, reframer: _core.Reframer
@@ -433,6 +440,8 @@ class ReframedStream:
         self._provider = provider
         self._response = response
         self._reframer = reframer
+        self._ended = False
+        self._noted = False
 
     @property
     def usage(self) -> TokenUsage | None:
@@ -448,32 +457,56 @@ class ReframedStream:
     async def aclose(self) -> None:
         # Closing (not releasing) drops the connection: the upstream stops generating at once.
         self._response.close()
+        self._end()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> ReframedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         reframer = self._reframer
-        name = self._provider.name
         try:
-            async for chunk in self._response.chunks():
-                out = reframer.feed(chunk)
-                if out:
-                    yield out
+            while not self._ended:
                 if reframer.upstream_error is not None:
                     raise self._provider.map_stream_error(*reframer.upstream_error)
                 if reframer.done:
-                    return
-            out = reframer.finish()
-            if out:
-                yield out
-        except _core.UpstreamStreamError as exc:
-            raise BadGateway(f"The upstream provider '{name}' ended the stream early.") from exc
-        except _core.SseError as exc:
-            raise BadGateway(f"The upstream provider '{name}' sent a malformed stream.") from exc
-        except TimeoutError as exc:
-            raise GatewayTimeout(f"The upstream provider '{name}' went silent mid-stream.") from exc
-        except ResponseBroken as exc:
-            raise BadGateway(f"The upstream provider '{name}' broke off the stream.") from exc
-        finally:
-            # the whole answer read: the connection is kept alive; otherwise it is dropped
-            self._response.release()
-            if self._provider.tracing is not None:
-                note_finish_reasons([reframer.finish_reason])
+                    break
+                try:
+                    data = await self._response.__anext__()
+                except StopAsyncIteration:
+                    self._ended = True  # finish() once; the end step follows after its events
+                    out = reframer.finish()
+                    if out:
+                        return out
+                    break
+                out = reframer.feed(data)
+                if out:
+                    return out
+        except BaseException as exc:
+            self._end()  # not whole: the connection is dropped
+            translated = self._translated(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        self._end()  # the whole answer read: the connection is kept alive
+        raise StopAsyncIteration
+
+    def _end(self) -> None:
+        """Once, however the stream ends: the answer released (kept alive only if whole) and
+        the finish reason noted for the trace."""
+        self._ended = True
+        self._response.release()
+        if self._provider.tracing is not None and not self._noted:
+            self._noted = True
+            note_finish_reasons([self._reframer.finish_reason])
+
+    def _translated(self, exc: BaseException) -> BaseException:
+        name = self._provider.name
+        if isinstance(exc, _core.UpstreamStreamError):
+            return BadGateway(f"The upstream provider '{name}' ended the stream early.")
+        if isinstance(exc, _core.SseError):
+            return BadGateway(f"The upstream provider '{name}' sent a malformed stream.")
+        if isinstance(exc, TimeoutError):
+            return GatewayTimeout(f"The upstream provider '{name}' went silent mid-stream.")
+        if isinstance(exc, ResponseBroken):
+            return BadGateway(f"The upstream provider '{name}' broke off the stream.")
+        return exc

@@ -349,12 +349,17 @@ def redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+# The pass-throughs get the server settings `klawd serve` gives the gateway by default (header
+# buffer, header timeout), so that the comparison is between the apps.
+SAME_SERVER = ["--http1-buffer-size", "8192", "--http1-header-read-timeout", "10000"]
+
+
 def floor(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
     return pinned(
         SERVER_CORE,
         [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
          "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
-         "--backpressure", "16384", "loadtests.bench.floor_app:app"],
+         "--backpressure", "16384", *SAME_SERVER, "loadtests.bench.floor_app:app"],
         directory / "floor.log",
         {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
@@ -365,7 +370,7 @@ def bare(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
         SERVER_CORE,
         [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
          "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
-         "--backpressure", "16384", "loadtests.bench.bare_app:app"],
+         "--backpressure", "16384", *SAME_SERVER, "loadtests.bench.bare_app:app"],
         directory / "bare.log",
         {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
     )  # fmt: skip

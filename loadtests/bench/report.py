@@ -145,6 +145,9 @@ def py_spy(pid: int, raw: Path, seconds: float, load: Callable[[], Any]) -> list
     )  # fmt: skip
     load()
     recorder.wait(timeout=seconds + 60)
+    keep = os.environ.get("BENCH_PROFILE_DIR")  # the raw samples, for a closer look
+    if keep and raw.exists():
+        shutil.copy(raw, Path(keep) / raw.name)
     inclusive: dict[str, int] = {}
     total = 0
     for line in raw.read_text().splitlines() if raw.exists() else []:

@@ -388,6 +388,29 @@ async def test_chunks_arrive_before_the_body_ends() -> None:
         assert [chunk async for chunk in chunks] == [b"data:2"]
 
 
+async def test_chunks_that_arrived_together_are_read_as_one_piece() -> None:
+    body_sent = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        lines = (b"data: 1\n", b"\n", b"data: 2\n", b"\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
+        )
+        body_sent.set()
+        await conn.send(b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        await body_sent.wait()
+        while response._buffered < len(b"data: 1\n\ndata: 2\n\n"):  # every chunk parsed
+            await asyncio.sleep(0)
+        pieces = [piece async for piece in response.chunks()]
+        assert pieces == [b"data: 1\n\ndata: 2\n\n"]  # four HTTP chunks, one piece
+
+
 async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
     payload = bytes(range(256)) * 8192  # 2 MiB: well past the high-water mark
     handler = keep_serving(answer(payload), answer(b"next"))

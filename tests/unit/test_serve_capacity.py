@@ -21,6 +21,7 @@ def test_defaults_let_one_worker_hold_ten_thousand_streams() -> None:
     server = load_settings(None).server
     assert server.max_in_flight >= 10_000
     assert server.listen_backlog == 4096
+    assert server.max_header_bytes == 8192  # Granian's smallest buffer per connection
 
 
 def test_both_settings_come_from_the_server_table(tmp_path: Path) -> None:
@@ -56,13 +57,14 @@ def test_open_files_limit_is_raised_to_two_per_request_within_the_hard_limit() -
     assert soft_now == soft_seen == expected
 
 
-def test_serve_hands_both_settings_to_granian(
+def test_serve_hands_the_three_settings_to_granian(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, Any] = {}
 
     def record(self: granian.Granian) -> None:
-        seen.update(backpressure=self.backpressure, backlog=self.backlog)
+        buffer = self.http1_settings.max_buffer_size
+        seen.update(backpressure=self.backpressure, backlog=self.backlog, buffer=buffer)
 
     monkeypatch.setattr(granian.Granian, "serve", record)
     for name in ("KLAWD_CONFIG", "KLAWD_ADMIN_TOKEN", "PROMETHEUS_MULTIPROC_DIR",
@@ -72,11 +74,12 @@ def test_serve_hands_both_settings_to_granian(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     config = tmp_path / "klawd.toml"
     config.write_text(
-        f'[server]\nmax_in_flight = 20000\nlisten_backlog = 2048\n[store]\nurl = "sqlite:///'
+        f"[server]\nmax_in_flight = 20000\nlisten_backlog = 2048\nmax_header_bytes = 16384\n"
+        f'[store]\nurl = "sqlite:///'
         f'{tmp_path / "klawd.db"}"\n'
     )
     assert cli.main(["serve", "--config", str(config), "--port", "1"]) == 0
-    assert seen == {"backpressure": 20000, "backlog": 2048}
+    assert seen == {"backpressure": 20000, "backlog": 2048, "buffer": 16384}
 
 
 def test_every_server_field_is_documented() -> None:

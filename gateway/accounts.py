@@ -11,8 +11,9 @@ from msgspec import Meta, Struct
 from gateway.auth import display_prefix, generate_key, hash_key
 from gateway.billing import micros_to_usd, usd_to_micros
 from gateway.errors import InvalidRequest, NotFound
+from gateway.keys import KeyAttributes, apply, policy_json, spend_json
 from gateway.settings import Settings
-from gateway.store.base import Account, ApiKey, CustomLimits, Store
+from gateway.store.base import NO_POLICY, Account, ApiKey, CustomLimits, KeySpend, Store
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Credits = Annotated[float, Meta(ge=0, le=1_000_000_000)]
@@ -37,7 +38,9 @@ class AccountPatch(Struct, forbid_unknown_fields=True):
     credits_usd: Credits | None = None  # added to the balance
 
 
-class NewKey(Struct, forbid_unknown_fields=True):
+class NewKey(KeyAttributes, forbid_unknown_fields=True):
+    """A new key: its name and expiry, and the attributes of gateway/keys.py."""
+
     name: Name = "default"
     expires_at: int | str | None = None  # unix seconds or ISO 8601
 
@@ -143,14 +146,42 @@ def parse_expiry(value: int | str | None, now: float) -> int | None:
 async def create_key(store: Store, account_id: str, new: NewKey) -> tuple[ApiKey, str]:
     await get_account(store, account_id)
     expires_at = parse_expiry(new.expires_at, time.time())
+    policy = apply(NO_POLICY, new)
     plaintext = generate_key()
     key = await store.create_key(
-        account_id, new.name, display_prefix(plaintext), hash_key(plaintext), expires_at
+        account_id, new.name, display_prefix(plaintext), hash_key(plaintext), expires_at, policy
     )
     return key, plaintext
 
 
-def key_json(key: ApiKey, plaintext: str | None = None) -> dict[str, object]:
+async def get_key(store: Store, key_id: str) -> ApiKey:
+    key = await store.get_key(key_id)
+    if key is None:
+        raise NotFound(f"No key '{key_id[:100]}'.")
+    return key
+
+
+async def update_key(store: Store, key_id: str, attributes: KeyAttributes) -> ApiKey:
+    """Changes the key's attributes; the store tells every process to drop its cached copy."""
+    current = await get_key(store, key_id)
+    key = await store.update_key(key_id, apply(current.policy, attributes))
+    if key is None:
+        raise NotFound(f"No key '{key_id[:100]}'.")
+    return key
+
+
+async def keys_with_spend(
+    store: Store, account_id: str, keys: list[ApiKey], day: str
+) -> list[dict[str, object]]:
+    """The keys as the admin API shows them (never the secret), with their spend on `day`
+    (UTC, YYYY-MM-DD), in its month and in total."""
+    spend = await store.key_spend(account_id, [k.id for k in keys], day)
+    return [key_json(k, spend=spend.get(k.id, KeySpend())) for k in keys]
+
+
+def key_json(
+    key: ApiKey, plaintext: str | None = None, spend: KeySpend | None = None
+) -> dict[str, object]:
     out: dict[str, object] = {
         "id": key.id,
         "account_id": key.account_id,
@@ -159,7 +190,10 @@ def key_json(key: ApiKey, plaintext: str | None = None) -> dict[str, object]:
         "created_at": key.created_at,
         "expires_at": key.expires_at,
         "revoked": key.revoked_at is not None,
+        **policy_json(key.policy),
     }
+    if spend is not None:
+        out["spend_usd"] = spend_json(spend)
     if plaintext is not None:
         out["key"] = plaintext
     return out

@@ -1,8 +1,9 @@
 """API keys: format, hashing, and the short-lived in-process lookup cache.
 
 A key is `sk-klawd-` + 43 url-safe characters (32 random bytes). Only its SHA-256 is stored, with a
-short display prefix. Lookups are cached for `ttl_s` seconds; revoking through this process drops
-the cached entry at once (and, in cluster mode, a pub/sub message does the same on every replica).
+short display prefix. Lookups (with the key's policy) are cached for `ttl_s` seconds; revoking or
+changing a key through this process drops the cached entry at once (and, in cluster mode, a
+pub/sub message does the same on every replica).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from msgspec import Struct
 
 from gateway.errors import AuthenticationError
-from gateway.store.base import ApiKey, Store
+from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, Store
 
 KEY_PREFIX = "sk-klawd-"
 KEY_RANDOM_BYTES = 32
@@ -52,6 +53,7 @@ class AuthContext(Struct, frozen=True):
     key_id: str
     account_id: str
     expires_at: int | None
+    policy: KeyPolicy = NO_POLICY  # budgets, limits, allowed models (gateway/keys.py)
 
 
 _INVALID = "Invalid API key. Check the Authorization: Bearer header."
@@ -116,4 +118,4 @@ class KeyCache:
 def _context(key: ApiKey | None) -> AuthContext | None:
     if key is None or key.revoked_at is not None:
         return None
-    return AuthContext(key.id, key.account_id, key.expires_at)
+    return AuthContext(key.id, key.account_id, key.expires_at, key.policy)

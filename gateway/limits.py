@@ -3,13 +3,16 @@
     Limiter.admit(account, spec, reserve_micros) -> Admission
 
 Admits only if the requests/minute bucket, the requests/day quota, the tokens/minute bucket (not in
-debt) and the balance (covers the reservation) all allow; then it consumes from all of them. A
-denial consumes nothing. Two implementations share this contract and one test suite:
+debt) and the balance (covers the reservation) all allow, and, for the API key (KeyGate), its own
+requests/minute and requests/day and its budgets per day, month and in total (spend so far plus
+reservations in flight plus this reservation within each cap); then it consumes from all of them.
+A denial consumes nothing. Two implementations share this contract and one test suite:
 
 - EmbeddedLimiter: the Rust limiter (`gateway._core.Limiter`) for the limits and the SQLite store's
-  conditional UPDATE for the credits. One process only (settings refuse workers > 1 without Redis).
-- RedisLimiter (gateway/store/redis.py): one `FCALL klawd_admit_v1` on Redis server time, exact
-  across every worker and replica.
+  in-memory reservations for the credits and key budgets. One process only (settings refuse
+  workers > 1 without Redis).
+- RedisLimiter (gateway/store/redis_limiter.py): one `FCALL klawd_admit_v2` on Redis server
+  time, exact across every worker and replica.
 """
 
 from __future__ import annotations
@@ -19,18 +22,34 @@ import time
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+import msgspec
 from msgspec import Struct
 
 from gateway import _core
-from gateway.store.base import Store
+from gateway.store.base import KeyBudget
 
-Outcome = Literal["admitted", "rate_limited", "insufficient_credits"]
+Outcome = Literal["admitted", "rate_limited", "insufficient_credits", "key_budget_exceeded"]
 
 
 class LimitSpec(Struct, frozen=True):
     requests_per_minute: int
     requests_per_day: int
     tokens_per_minute: int | None = None
+
+
+class KeyGate(Struct, frozen=True):
+    """The API key's share of one admission: its limits, its budgets, and the UTC day whose
+    (and whose month's) spend the reservation counts against."""
+
+    key_id: str
+    day: str  # YYYY-MM-DD
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+    budget: KeyBudget = KeyBudget()
+
+    @property
+    def month(self) -> str:
+        return self.day[:7]
 
 
 class Admission(Struct, frozen=True):
@@ -42,6 +61,7 @@ class Admission(Struct, frozen=True):
     limit_requests_day: int
     remaining_requests_day: int
     reserved_micros: int = 0
+    limited_by_key: bool = False  # the key's own limits (not the plan's) refused
 
     @property
     def admitted(self) -> bool:
@@ -58,7 +78,9 @@ class Admission(Struct, frozen=True):
 
 
 class Limiter(Protocol):
-    async def admit(self, account_id: str, spec: LimitSpec, reserve_micros: int) -> Admission: ...
+    async def admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission: ...
     async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
         """Would one more request be admitted, and what is left now (nothing consumed)."""
         ...
@@ -70,69 +92,116 @@ def bucket_keys(account_id: str) -> tuple[str, str, str]:
     return f"rpm:{account_id}", f"rpd:{account_id}", f"tpm:{account_id}"
 
 
+class Reservations(Protocol):
+    """The embedded store's side of an admission (gateway/store/sqlite.py)."""
+
+    async def reserve_credits(self, account_id: str, micros: int) -> bool: ...
+    async def release_credits(self, account_id: str, micros: int) -> None: ...
+    async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
+        """Count `micros` against the key's spend if every budget still covers it."""
+        ...
+
+    async def release_key_spend(self, key: KeyGate, micros: int) -> None: ...
+
+
 class EmbeddedLimiter:
     def __init__(
-        self, store: Store, clock: Callable[[], float] = time.time, max_keys: int = 1_000_000
+        self,
+        store: Reservations,
+        clock: Callable[[], float] = time.time,
+        max_keys: int = 1_000_000,
     ) -> None:
         self._core = _core.Limiter(max_keys)
         self._store = store
         self._clock = clock
 
     def _limits(
-        self, account_id: str, spec: LimitSpec, cost: int = 1
+        self, account_id: str, spec: LimitSpec, key: KeyGate | None, cost: int = 1
     ) -> tuple[list[tuple[str, float, float, float]], list[tuple[str, int, int]]]:
+        """Buckets: the account's requests/minute, the key's (if any), tokens/minute (if any);
+        quotas: the account's requests/day, the key's (if any). See _admission for the order."""
         rpm_key, rpd_key, tpm_key = bucket_keys(account_id)
         rpm = float(spec.requests_per_minute)
         buckets = [(rpm_key, rpm, rpm / 60.0, float(cost))]
+        quotas = [(rpd_key, spec.requests_per_day, cost)]
+        if key is not None and key.requests_per_minute:
+            key_rpm = float(key.requests_per_minute)
+            buckets.append((f"krpm:{key.key_id}", key_rpm, key_rpm / 60.0, float(cost)))
+        if key is not None and key.requests_per_day:
+            quotas.append((f"krpd:{key.key_id}", key.requests_per_day, cost))
         if spec.tokens_per_minute:
             tpm = float(spec.tokens_per_minute)
             buckets.append((tpm_key, tpm, tpm / 60.0, 0.0))
-        return buckets, [(rpd_key, spec.requests_per_day, cost)]
+        return buckets, quotas
 
     def _admission(
-        self, spec: LimitSpec, decision: _core.Decision, outcome: Outcome, reserved: int
+        self,
+        spec: LimitSpec,
+        key: KeyGate | None,
+        decision: _core.Decision,
+        outcome: Outcome,
+        reserved: int = 0,
     ) -> Admission:
+        """The tighter of the account's and the key's limits goes into the headers."""
+        remaining, reset = decision.remaining, decision.reset_s
+        key_rpm = key.requests_per_minute if key is not None else None
+        key_rpd = key.requests_per_day if key is not None else None
+        day_index = 2 if key_rpm else 1
+        if spec.tokens_per_minute:
+            day_index += 1
+        limit, left, reset_s = spec.requests_per_minute, remaining[0], reset[0]
+        by_key = False
+        if key_rpm and remaining[1] < left:
+            limit, left, reset_s, by_key = key_rpm, remaining[1], reset[1], True
+        limit_day, left_day = spec.requests_per_day, remaining[day_index]
+        if key_rpd and remaining[day_index + 1] < left_day:
+            limit_day, left_day = key_rpd, remaining[day_index + 1]
+            by_key = by_key or left_day == 0
         return Admission(
             outcome=outcome,
             retry_after_s=decision.retry_after_s,
-            limit_requests=spec.requests_per_minute,
-            remaining_requests=decision.remaining[0],
-            reset_requests_s=decision.reset_s[0],
-            limit_requests_day=spec.requests_per_day,
-            remaining_requests_day=decision.remaining[-1],
+            limit_requests=limit,
+            remaining_requests=left,
+            reset_requests_s=reset_s,
+            limit_requests_day=limit_day,
+            remaining_requests_day=left_day,
             reserved_micros=reserved,
+            limited_by_key=by_key and outcome == "rate_limited",
         )
 
     async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
         """Would one more request be admitted, and what is left now (nothing consumed)."""
         now = self._clock()
-        one = self._core.peek(*self._limits(account_id, spec), now)
-        left = self._core.peek(*self._limits(account_id, spec, cost=0), now)
-        return Admission(
-            outcome="admitted" if one.allowed else "rate_limited",
+        one = self._core.peek(*self._limits(account_id, spec, None), now)
+        left = self._core.peek(*self._limits(account_id, spec, None, cost=0), now)
+        return msgspec.structs.replace(
+            self._admission(spec, None, left, "admitted" if one.allowed else "rate_limited"),
             retry_after_s=one.retry_after_s,
-            limit_requests=spec.requests_per_minute,
-            remaining_requests=left.remaining[0],
-            reset_requests_s=left.reset_s[0],
-            limit_requests_day=spec.requests_per_day,
-            remaining_requests_day=left.remaining[-1],
         )
 
-    async def admit(self, account_id: str, spec: LimitSpec, reserve_micros: int) -> Admission:
-        buckets, quotas = self._limits(account_id, spec)
+    async def admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission:
+        buckets, quotas = self._limits(account_id, spec, key)
         first = self._core.peek(buckets, quotas, self._clock())
         if not first.allowed:
-            return self._admission(spec, first, "rate_limited", 0)
+            return self._admission(spec, key, first, "rate_limited")
         if reserve_micros > 0 and not await self._store.reserve_credits(account_id, reserve_micros):
-            return self._admission(spec, first, "insufficient_credits", 0)
-        # The store call yielded to the event loop: another request may have taken the last
-        # token meanwhile, so acquire for real and give the reservation back if that lost.
+            return self._admission(spec, key, first, "insufficient_credits")
+        if key is not None and not await self._store.reserve_key_spend(key, reserve_micros):
+            if reserve_micros > 0:
+                await self._store.release_credits(account_id, reserve_micros)
+            return self._admission(spec, key, first, "key_budget_exceeded")
+        # The store calls yielded to the event loop: another request may have taken the last
+        # token meanwhile, so acquire for real and give the reservations back if that lost.
         decision = self._core.acquire(buckets, quotas, self._clock())
         if not decision.allowed:
             if reserve_micros > 0:
                 await self._store.release_credits(account_id, reserve_micros)
-            return self._admission(spec, decision, "rate_limited", 0)
-        return self._admission(spec, decision, "admitted", reserve_micros)
+            if key is not None:
+                await self._store.release_key_spend(key, reserve_micros)
+            return self._admission(spec, key, decision, "rate_limited")
+        return self._admission(spec, key, decision, "admitted", reserve_micros)
 
     async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
         if not spec.tokens_per_minute or tokens <= 0:

@@ -1,11 +1,15 @@
-"""Admission and settlement around one billable request (chat, images).
+"""Admission and settlement around one billable request (chat, messages, embeddings, images).
 
-    ticket = await meter.admit(auth, reserve_micros)     # limits + credit reservation, or raises
-    ...call the upstream...
+    ticket = await meter.admit(auth, request_id, requested, targets, reserve_for)
+    ...call the upstream with ticket.targets...
     meter.settle(ticket, served_model, usage, images, status)   # ledger + release the rest
 
-Raises RateLimited (429 + Retry-After) or InsufficientCredits (402); both, and every later error
-of the request, carry the x-ratelimit-* headers of the decision.
+Admission is the one step every billable route takes: the key's model allowlist (403
+`model_not_allowed`, or the targets it may use), then the account's and the key's limits and the
+reservation of the worst-case cost (over the allowed targets) against the credit and the key's
+budgets, decided together by the limiter. Raises PermissionDenied (403), RateLimited (429 +
+Retry-After) or InsufficientCredits (402, code `key_budget_exceeded` for a key's budget); the
+429 and 402, and every later error of the request, carry the x-ratelimit-* headers.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, token_cost_micros
 from gateway.errors import AuthenticationError, GatewayError, InsufficientCredits, RateLimited
-from gateway.limits import Admission, Limiter, LimitSpec
+from gateway.keys import allowed_targets
+from gateway.limits import Admission, KeyGate, Limiter, LimitSpec
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest, ImagePart
 from gateway.settings import Settings
@@ -71,6 +76,8 @@ class Ticket(Struct):
     spec: LimitSpec
     admission: Admission
     started: float
+    day: str  # the UTC day the reservation counts against (the key's budgets and the ledger)
+    targets: list[CatalogEntry]  # what this key may use, in order: call only these
     retries: int = 0  # upstream tries beyond the first (all targets)
 
 
@@ -113,6 +120,17 @@ def limit_spec(settings: Settings, account: Account) -> LimitSpec:
     )
 
 
+def key_gate(auth: AuthContext, day: str) -> KeyGate:
+    policy = auth.policy
+    return KeyGate(
+        auth.key_id,
+        day,
+        policy.limits.requests_per_minute,
+        policy.limits.requests_per_day,
+        policy.budget,
+    )
+
+
 def ledger_id() -> str:
     """Unique (32 random bits per nanosecond) and in time order, so that the ledger's primary
     key index grows at its end instead of splitting pages all over (loadtests/bench/
@@ -133,6 +151,28 @@ def utc_day(ts: float) -> str:
 SECONDS_PER_DAY = 86_400
 
 
+DeniedBy = tuple[LimitSpec, tuple[int | None, int | None] | None]
+
+
+def _limits_of(name: str, spec: LimitSpec, gate: KeyGate) -> DeniedBy:
+    """The limits a remembered denial depends on: the plan's, and the key's for a key's own."""
+    key_limits = (gate.requests_per_minute, gate.requests_per_day)
+    return (spec, key_limits if name == gate.key_id else None)
+
+
+def _rate_limit_message(spec: LimitSpec, gate: KeyGate, admission: Admission) -> str:
+    if admission.limited_by_key:
+        per_minute = gate.requests_per_minute or "no limit"
+        per_day = gate.requests_per_day or "no limit"
+        return f"Rate limit reached for this API key ({per_minute}/minute, {per_day}/day)."
+    return (
+        "Rate limit reached for your plan "
+        f"({spec.requests_per_minute}/minute, {spec.requests_per_day}/day"
+        + (f", {spec.tokens_per_minute} tokens/minute" if spec.tokens_per_minute else "")
+        + ")."
+    )
+
+
 class Meter:
     def __init__(
         self,
@@ -149,11 +189,11 @@ class Meter:
         self._clock = clock
         # Metrics and the request log line (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
-        # account id -> (monotonic time until which it is surely denied, the limits that said
-        # so, the admission). A denial is exact until its Retry-After: nothing another request
-        # or replica does can admit sooner, and a changed plan changes the limits. So a
-        # throttled client costs no store round trip until then.
-        self._denied: dict[str, tuple[float, LimitSpec, Admission]] = {}
+        # account id (or key id, for a key's own limits) -> (monotonic time until which it is
+        # surely denied, the limits that said so, the admission). A denial is exact until its
+        # Retry-After: nothing another request or replica does can admit sooner, and a changed
+        # plan or key changes the limits. So a throttled client costs no store round trip.
+        self._denied: dict[str, tuple[float, DeniedBy, Admission]] = {}
 
     async def account(self, auth: AuthContext) -> Account:
         account = await self._accounts.get(auth.account_id)
@@ -161,22 +201,33 @@ class Meter:
             raise AuthenticationError("The account of this API key no longer exists.")
         return account
 
-    async def admit(self, auth: AuthContext, request_id: str, reserve_micros: int) -> Ticket:
+    async def admit(
+        self,
+        auth: AuthContext,
+        request_id: str,
+        requested: str,
+        targets: list[CatalogEntry],
+        reserve_for: Callable[[list[CatalogEntry]], int],
+    ) -> Ticket:
+        """`requested`: the model id the request named; `targets`: what it resolved to;
+        `reserve_for(targets)`: the worst-case cost over the targets the key may use."""
+        named_directly = bool(targets) and targets[0].model.id == requested
+        allowed = allowed_targets(auth.policy.models, requested, targets, not named_directly)
+        reserve_micros = reserve_for(allowed)
         account = await self.account(auth)
         spec = limit_spec(self._settings, account)
-        admission = self._still_denied(account.id, spec)
+        now = self._clock()
+        gate = key_gate(auth, utc_day(now))
+        admission = self._still_denied(account.id, spec, gate)
         if admission is None:
-            admission = await self._limiter.admit(account.id, spec, reserve_micros)
+            admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
             if admission.outcome == "rate_limited":
-                self._remember_denial(account.id, spec, admission)
+                self._remember_denial(account.id, spec, gate, admission)
         if self.observer is not None:
             self.observer.admitted_or_refused(account.id, account.plan, admission.outcome)
         if admission.outcome == "rate_limited":
             error = RateLimited(
-                "Rate limit reached for your plan "
-                f"({spec.requests_per_minute}/minute, {spec.requests_per_day}/day"
-                + (f", {spec.tokens_per_minute} tokens/minute" if spec.tokens_per_minute else "")
-                + ").",
+                _rate_limit_message(spec, gate, admission),
                 retry_after_s=admission.retry_after_s
                 if math.isfinite(admission.retry_after_s)
                 else 86_400.0,
@@ -190,26 +241,42 @@ class Meter:
             )
             error_402.extra_headers.update(admission.headers())
             raise error_402
-        return Ticket(request_id, account, auth.key_id, spec, admission, self._clock())
+        if admission.outcome == "key_budget_exceeded":
+            error_key = InsufficientCredits(
+                "This API key's budget cannot cover this request's worst-case cost "
+                f"(${reserve_micros / 1_000_000:.6f}); raise the key's budget or lower "
+                "max_tokens.",
+                code="key_budget_exceeded",
+            )
+            error_key.extra_headers.update(admission.headers())
+            raise error_key
+        return Ticket(request_id, account, auth.key_id, spec, admission, now, gate.day, allowed)
 
-    def _still_denied(self, account_id: str, spec: LimitSpec) -> Admission | None:
-        denied = self._denied.get(account_id)
-        if denied is None:
-            return None
-        until, denied_spec, admission = denied
-        left = until - time.monotonic()
-        if left <= 0 or denied_spec != spec:
-            del self._denied[account_id]
-            return None
-        return msgspec.structs.replace(admission, retry_after_s=left)
+    def _still_denied(self, account_id: str, spec: LimitSpec, gate: KeyGate) -> Admission | None:
+        for name in (account_id, gate.key_id):
+            denied = self._denied.get(name)
+            if denied is None:
+                continue
+            until, denied_limits, admission = denied
+            left = until - time.monotonic()
+            if left <= 0 or denied_limits != _limits_of(name, spec, gate):
+                del self._denied[name]
+                continue
+            return msgspec.structs.replace(admission, retry_after_s=left)
+        return None
 
-    def _remember_denial(self, account_id: str, spec: LimitSpec, admission: Admission) -> None:
+    def _remember_denial(
+        self, account_id: str, spec: LimitSpec, gate: KeyGate, admission: Admission
+    ) -> None:
+        """A denial by the key's own limits is the key's; the plan's is the whole account's."""
         if not math.isfinite(admission.retry_after_s) or admission.retry_after_s <= 0:
             return
         if len(self._denied) >= 100_000:
             now = time.monotonic()
             self._denied = {k: v for k, v in self._denied.items() if v[0] > now}
-        self._denied[account_id] = (time.monotonic() + admission.retry_after_s, spec, admission)
+        name = gate.key_id if admission.limited_by_key else account_id
+        until = time.monotonic() + admission.retry_after_s
+        self._denied[name] = (until, _limits_of(name, spec, gate), admission)
 
     async def peek(self, account: Account) -> Admission:
         return await self._limiter.peek(account.id, limit_spec(self._settings, account))
@@ -237,7 +304,7 @@ class Meter:
             UsageEntry(
                 id=ledger_id(),
                 ts=now,
-                day=utc_day(now),
+                day=ticket.day,
                 account_id=ticket.account.id,
                 key_id=ticket.key_id,
                 model=served.model.id if served else "",

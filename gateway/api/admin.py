@@ -1,4 +1,4 @@
-"""The admin API (Bearer $KLAWD_ADMIN_TOKEN): accounts and keys."""
+"""The admin API (Bearer $KLAWD_ADMIN_TOKEN): accounts, keys and their spend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from gateway import accounts
 from gateway.api.common import app_state, decode_body, json_response, require_admin
 from gateway.billing import micros_to_usd
 from gateway.errors import InvalidRequest
+from gateway.keys import KeyAttributes
 from gateway.metering import utc_day
+from gateway.spend_reports import grouped_usage
 
 
 async def create_account(request: Request) -> Response:
@@ -49,6 +51,33 @@ async def create_key(request: Request) -> Response:
     return json_response(accounts.key_json(key, plaintext), status=201)
 
 
+async def get_key(request: Request) -> Response:
+    require_admin(request)
+    state = app_state(request)
+    key = await accounts.get_key(state.store, request.path_params["key_id"])
+    shown = await accounts.keys_with_spend(state.store, key.account_id, [key], utc_day(time.time()))
+    return json_response(shown[0])
+
+
+async def patch_key(request: Request) -> Response:
+    require_admin(request)
+    state = app_state(request)
+    attributes = decode_body(await request.body(), KeyAttributes)
+    key = await accounts.update_key(state.store, request.path_params["key_id"], attributes)
+    state.keys.invalidate(key.id)
+    shown = await accounts.keys_with_spend(state.store, key.account_id, [key], utc_day(time.time()))
+    return json_response(shown[0])
+
+
+async def list_keys(request: Request) -> Response:
+    require_admin(request)
+    state = app_state(request)
+    account = await accounts.get_account(state.store, request.path_params["account_id"])
+    keys = await state.store.list_keys(account.id)
+    shown = await accounts.keys_with_spend(state.store, account.id, keys, utc_day(time.time()))
+    return json_response({"account_id": account.id, "data": shown})
+
+
 async def revoke_key(request: Request) -> Response:
     require_admin(request)
     state = app_state(request)
@@ -66,7 +95,8 @@ def _day_param(request: Request, name: str, default: str) -> str:
 
 
 async def account_usage(request: Request) -> Response:
-    """Requests, tokens and cost by model and UTC day; `since` and `until` inclusive."""
+    """Requests, tokens and cost by model and UTC day; `since` and `until` inclusive. With
+    `group_by=key|model|tag:<name>`: totals over the range per key, model or tag value."""
     require_admin(request)
     state = app_state(request)
     account = await accounts.get_account(state.store, request.path_params["account_id"])
@@ -75,6 +105,18 @@ async def account_usage(request: Request) -> Response:
     since = _day_param(
         request, "since", (date.fromisoformat(until) - timedelta(days=30)).isoformat()
     )
+    group_by = request.query_params.get("group_by")
+    if group_by is not None:
+        grouped = await grouped_usage(state.store, account.id, since, until, group_by)
+        return json_response(
+            {
+                "account_id": account.id,
+                "since": since,
+                "until": until,
+                "group_by": group_by,
+                "data": grouped,
+            }
+        )
     rows = await state.store.usage(account.id, since, until)
     data = [
         {

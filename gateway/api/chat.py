@@ -61,7 +61,11 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         await _serve_cached(state, scope, receive, send, auth, chat, lookup.answer)
         return
     ticket = await state.meter.admit(
-        auth, scope["state"]["request_id"], reserve_for_chat(chat, targets)
+        auth,
+        scope["state"]["request_id"],
+        chat.model,
+        targets,
+        lambda allowed: reserve_for_chat(chat, allowed),
     )
     limit_headers = ticket.admission.headers()
     if lookup is not None:
@@ -71,11 +75,11 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
             stream, target, tries = await _open_stream(
-                state, chat, body, targets, response_id, created
+                state, chat, body, ticket.targets, response_id, created
             )
         else:
             completion, target, tries = await _complete(
-                state, chat, body, targets, response_id, created
+                state, chat, body, ticket.targets, response_id, created
             )
     ticket.retries = len(tries) - 1
     if chat.stream:

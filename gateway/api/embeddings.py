@@ -42,8 +42,15 @@ async def create_embeddings(request: Request) -> Response:
     if lookup is not None and lookup.answer is not None:
         return await _serve_cached(state, request, auth, lookup.answer)
     worst = TokenUsage(embedding.reserve_tokens(RESERVE_CHARS_PER_TOKEN), 0)
-    reserve = max(token_cost_micros(worst, t.model.input_usd_per_mtok, 0.0) for t in targets)
-    ticket = await state.meter.admit(auth, request.state.request_id, reserve)
+    ticket = await state.meter.admit(
+        auth,
+        request.state.request_id,
+        embedding.model,
+        targets,
+        lambda allowed: max(
+            token_cost_micros(worst, t.model.input_usd_per_mtok, 0.0) for t in allowed
+        ),
+    )
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
 
     async def attempt(target: CatalogEntry) -> EmbeddingResult:
@@ -56,7 +63,7 @@ async def create_embeddings(request: Request) -> Response:
         return await provider.embed(EmbeddingCall(embedding, body, target))
 
     with state.meter.settle_on_failure(ticket, False):
-        result, target, tries = await state.retrier.call_targets(targets, attempt)
+        result, target, tries = await state.retrier.call_targets(ticket.targets, attempt)
     ticket.retries = len(tries) - 1
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)

@@ -34,12 +34,19 @@ async def image_generations(request: Request) -> Response:
     images = decode_image_request(body)
     targets = resolve_image(state.catalog, images.model)
     await require_image_plan(state, auth)
-    worst = max(usd_to_micros(t.model.usd_per_image) for t in targets) * (images.n or 1)
-    ticket = await state.meter.admit(auth, request.state.request_id, worst)
+    ticket = await state.meter.admit(
+        auth,
+        request.state.request_id,
+        images.model,
+        targets,
+        lambda allowed: (
+            max(usd_to_micros(t.model.usd_per_image) for t in allowed) * (images.n or 1)
+        ),
+    )
     limit_headers = ticket.admission.headers()
     created = int(time.time())
     with state.meter.settle_on_failure(ticket, False):
-        result, target = await _generate(state, images, body, targets, created)
+        result, target = await _generate(state, images, body, ticket.targets, created)
     cost = state.meter.settle(ticket, target, TokenUsage(0, 0), len(result.images), 200, False)
     return json_response(
         {"created": created, "data": msgspec.to_builtins(result.images)},

@@ -186,7 +186,11 @@ async def _create_message(request: Request) -> Response:
         target = state.catalog.get(lookup.answer.model) or targets[0]
         return await _serve_cached(state, request, auth, chat, lookup.answer, target, message_id)
     ticket = await state.meter.admit(
-        auth, request.state.request_id, reserve_for_chat(chat, targets)
+        auth,
+        request.state.request_id,
+        chat.model,
+        targets,
+        lambda allowed: reserve_for_chat(chat, allowed),
     )
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     # The answer as a chat.completion, the form the cache keeps (gateway/cache/replay.py).
@@ -227,9 +231,9 @@ async def _create_message(request: Request) -> Response:
 
     with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
-            stream, target, tries = await state.retrier.call_targets(targets, open_stream)
+            stream, target, tries = await state.retrier.call_targets(ticket.targets, open_stream)
         else:
-            completion, target, tries = await state.retrier.call_targets(targets, complete)
+            completion, target, tries = await state.retrier.call_targets(ticket.targets, complete)
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:

@@ -34,7 +34,7 @@ def split_validation_message(text: str) -> tuple[str, str | None]:
     """msgspec's "Expected `float` <= 2.0, got `3` - at `$.temperature`" → (message, param)."""
     message, _, location = text.partition(" - at `$")
     param = location.rstrip("`").lstrip(".") or None
-    if message.startswith("Object missing required field `"):
+    if message.startswith(("Object missing required field `", "Object contains unknown field `")):
         field = message.split("`")[1]
         param = f"{param}.{field}" if param else field
     return (f"{message} (at {param})" if param else message), param

@@ -34,6 +34,34 @@ class Account(Struct, frozen=True):
     created_at: int
 
 
+class KeyBudget(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A key's spending caps in integer micro-dollars per UTC day, UTC month and in total."""
+
+    day_micros: int | None = None
+    month_micros: int | None = None
+    total_micros: int | None = None
+
+
+class KeyLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A key's own request limits, applied on top of its account's plan (the tighter wins)."""
+
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+
+
+class KeyPolicy(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What one key may do: budgets, limits, allowed models (ids, globs, routes; empty: all)
+    and free-form tags for spend reports (gateway/keys.py validates and applies them)."""
+
+    budget: KeyBudget = KeyBudget()
+    limits: KeyLimits = KeyLimits()
+    models: tuple[str, ...] = ()
+    tags: dict[str, str] = {}
+
+
+NO_POLICY = KeyPolicy()
+
+
 class ApiKey(Struct, frozen=True):
     id: str
     account_id: str
@@ -43,6 +71,15 @@ class ApiKey(Struct, frozen=True):
     created_at: int
     expires_at: int | None
     revoked_at: int | None
+    policy: KeyPolicy = NO_POLICY
+
+
+class KeySpend(Struct, frozen=True):
+    """A key's settled spend in micro-dollars: this UTC day, this UTC month, ever."""
+
+    today: int = 0
+    month: int = 0
+    total: int = 0
 
 
 class UsageEntry(Struct, frozen=True):
@@ -70,6 +107,16 @@ class UsageEntry(Struct, frozen=True):
 class UsageRow(Struct, frozen=True):
     day: str
     model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    cost_micros: int
+
+
+class KeyUsageRow(Struct, frozen=True):
+    day: str
+    key_id: str
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -182,10 +229,25 @@ class Store(Protocol):
         add_credits_micros: int = 0,
     ) -> Account | None: ...
     async def create_key(
-        self, account_id: str, name: str, prefix: str, key_hash: str, expires_at: int | None
+        self,
+        account_id: str,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        expires_at: int | None,
+        policy: KeyPolicy = NO_POLICY,
     ) -> ApiKey: ...
     async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+    async def update_key(self, key_id: str, policy: KeyPolicy) -> ApiKey | None:
+        """Replace the key's policy; every process's cached copy of the key is dropped."""
+        ...
+
     async def revoke_key(self, key_id: str, now: int) -> ApiKey | None: ...
+    async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
+        """Settled spend of each key on `day` (YYYY-MM-DD), in its month and in total."""
+        ...
+
     async def reserve_credits(self, account_id: str, micros: int) -> bool:
         """Atomically take `micros` from the balance if it covers them; False otherwise."""
         ...
@@ -197,6 +259,16 @@ class Store(Protocol):
 
     async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
         """Totals by UTC day and model, both days inclusive."""
+        ...
+
+    async def usage_by_key(
+        self, account_id: str, since_day: str, until_day: str
+    ) -> list[KeyUsageRow]:
+        """Totals by UTC day and API key, both days inclusive."""
+        ...
+
+    async def mark_once(self, name: str) -> bool:
+        """True for the first caller ever to mark `name` (across every process), else False."""
         ...
 
     # -- listings (Mission Control) --------------------------------------------------------------

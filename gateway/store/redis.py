@@ -6,6 +6,9 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
     klawd:acct:{A}:credits      integer micro-dollars
     klawd:acct:{A}:rpm|rpd|tpm  limiter state (gateway/store/lua/klawd.lua)
     klawd:acct:{A}:usage:DAY    hash: "<model>|requests", "<model>|cost_micros", …
+    klawd:acct:{A}:kusage:DAY   hash: "<key id>|requests", "<key id>|cost_micros", …
+    klawd:acct:{A}:krpm|krpd:K  the API key K's own limiter state
+    klawd:acct:{A}:kspend:K:d:DAY|m:MONTH|t   hash: s (settled micros), r (reserved micros)
     klawd:acct:{A}:ledger       stream: one entry per request (JSON)
     klawd:accounts              set of account ids
     klawd:key:<sha256>          hash: the API key record
@@ -33,6 +36,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from importlib import resources
 from typing import Any, cast
 
@@ -40,15 +44,20 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.limits import Admission, Limiter, LimitSpec
+from gateway.limits import Limiter
 from gateway.store.base import (
+    NO_POLICY,
     Account,
     ApiKey,
     CustomLimits,
+    KeyPolicy,
+    KeySpend,
+    KeyUsageRow,
     StoreError,
     UsageEntry,
     UsageRow,
 )
+from gateway.store.redis_limiter import RedisLimiter, _acct, _spend_keys
 from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
 from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
@@ -61,10 +70,6 @@ LIBRARY = resources.files("gateway.store").joinpath("lua/klawd.lua").read_text(e
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
-
-
-def _acct(account_id: str) -> str:
-    return f"klawd:acct:{{{account_id}}}"
 
 
 def _cache_key(key: str) -> str:
@@ -332,10 +337,24 @@ class RedisStore(RedisWebhooks, RedisResponses):
 
     # -- keys -----------------------------------------------------------------------------------
     async def create_key(
-        self, account_id: str, name: str, prefix: str, key_hash: str, expires_at: int | None
+        self,
+        account_id: str,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        expires_at: int | None,
+        policy: KeyPolicy = NO_POLICY,
     ) -> ApiKey:
         key = ApiKey(
-            _new_id("key"), account_id, name, prefix, key_hash, int(time.time()), expires_at, None
+            _new_id("key"),
+            account_id,
+            name,
+            prefix,
+            key_hash,
+            int(time.time()),
+            expires_at,
+            None,
+            policy,
         )
         # Two slots: the id -> hash index first, then the record that makes the key usable.
         await self._call("SET", f"klawd:keyid:{key.id}", key_hash)
@@ -347,11 +366,21 @@ class RedisStore(RedisWebhooks, RedisResponses):
         record = await self._call("GET", f"klawd:key:{key_hash}")
         return msgspec.json.decode(record, type=ApiKey) if record else None
 
-    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+    async def get_key(self, key_id: str) -> ApiKey | None:
         key_hash = await self._call("GET", f"klawd:keyid:{key_id}")
-        if not key_hash:
+        return await self.key_by_hash(key_hash.decode()) if key_hash else None
+
+    async def update_key(self, key_id: str, policy: KeyPolicy) -> ApiKey | None:
+        key = await self.get_key(key_id)
+        if key is None:
             return None
-        key = await self.key_by_hash(key_hash.decode())
+        key = msgspec.structs.replace(key, policy=policy)
+        await self._call("SET", f"klawd:key:{key.key_hash}", msgspec.json.encode(key))
+        await self._publish("key", key_id)
+        return key
+
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+        key = await self.get_key(key_id)
         if key is None:
             return None
         if key.revoked_at is None:
@@ -359,6 +388,19 @@ class RedisStore(RedisWebhooks, RedisResponses):
             await self._call("SET", f"klawd:key:{key.key_hash}", msgspec.json.encode(key))
         await self._publish("key", key_id)
         return key
+
+    async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
+        spend: dict[str, KeySpend] = {}
+        for key_id in key_ids:
+            settled = [
+                int(await self._call("HGET", name, "s") or 0)
+                for name in _spend_keys(account_id, key_id, day)
+            ]
+            spend[key_id] = KeySpend(*settled)
+        return spend
+
+    async def mark_once(self, name: str) -> bool:
+        return bool(await self._call("SET", f"klawd:mark:{name}", "1", "NX"))
 
     # -- credits and usage ----------------------------------------------------------------------
     async def reserve_credits(self, account_id: str, micros: int) -> bool:
@@ -369,17 +411,19 @@ class RedisStore(RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> None:
-        """One round trip for the batch (a pipeline of klawd_settle_v2 calls); each entry is
+        """One round trip for the batch (a pipeline of klawd_settle_v3 calls); each entry is
         atomic and idempotent, so a batch retried after a lost reply settles nothing twice."""
         commands = [
             (
                 "FCALL",
-                "klawd_settle_v2",
-                4,
+                "klawd_settle_v3",
+                8,
                 f"{key}:credits",
                 f"{key}:usage:{entry.day}",
                 f"{key}:ledger",
                 f"{key}:settled:{entry.id}",
+                f"{key}:kusage:{entry.day}",
+                *_spend_keys(entry.account_id, entry.key_id or "-", entry.day),
                 entry.reserved_micros - entry.cost_micros,
                 entry.model or "-",
                 entry.prompt_tokens,
@@ -387,6 +431,8 @@ class RedisStore(RedisWebhooks, RedisResponses):
                 entry.images,
                 entry.cost_micros,
                 msgspec.json.encode(entry),
+                entry.key_id or "-",
+                entry.reserved_micros,
             )
             for entry in entries
             for key in (_acct(entry.account_id),)
@@ -409,85 +455,55 @@ class RedisStore(RedisWebhooks, RedisResponses):
                 self._library_loaded = False  # reloaded on the retry of the whole batch
             raise StoreError(f"redis settle failed for {len(failed)} of {len(entries)} entries")
 
-    async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
-        from datetime import date, timedelta
-
-        rows: list[UsageRow] = []
+    async def _daily(
+        self, account_id: str, since_day: str, until_day: str, kind: str
+    ) -> list[tuple[str, str, dict[str, int]]]:
+        """(day, name, measures) from the per-day hashes `usage` (by model) or `kusage` (by
+        key), at most 367 days back from `until_day`."""
         day = date.fromisoformat(since_day)
         last = date.fromisoformat(until_day)
         if (last - day).days > 366:
             day = last - timedelta(days=366)
+        out: list[tuple[str, str, dict[str, int]]] = []
         while day <= last:
             fields = cast(
                 dict[bytes, bytes],
-                await self._call("HGETALL", f"{_acct(account_id)}:usage:{day.isoformat()}"),
+                await self._call("HGETALL", f"{_acct(account_id)}:{kind}:{day.isoformat()}"),
             )
-            per_model: dict[str, dict[str, int]] = {}
+            per_name: dict[str, dict[str, int]] = {}
             for field, value in fields.items():
-                model, _, measure = field.decode().rpartition("|")
-                per_model.setdefault(model, {})[measure] = int(value)
-            for model in sorted(per_model):
-                m = per_model[model]
-                rows.append(
-                    UsageRow(
-                        day.isoformat(),
-                        "" if model == "-" else model,
-                        m.get("requests", 0),
-                        m.get("prompt_tokens", 0),
-                        m.get("completion_tokens", 0),
-                        m.get("images", 0),
-                        m.get("cost_micros", 0),
-                    )
-                )
+                name, _, measure = field.decode().rpartition("|")
+                per_name.setdefault(name, {})[measure] = int(value)
+            out.extend((day.isoformat(), name, per_name[name]) for name in sorted(per_name))
             day += timedelta(days=1)
-        return rows
+        return out
 
+    async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
+        return [
+            UsageRow(
+                day,
+                "" if model == "-" else model,
+                m.get("requests", 0),
+                m.get("prompt_tokens", 0),
+                m.get("completion_tokens", 0),
+                m.get("images", 0),
+                m.get("cost_micros", 0),
+            )
+            for day, model, m in await self._daily(account_id, since_day, until_day, "usage")
+        ]
 
-class RedisLimiter:
-    """Admission in one FCALL on Redis server time: exact across every worker and replica."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self._store = store
-
-    async def _run(
-        self, account_id: str, spec: LimitSpec, reserve: int, consume: bool
-    ) -> Admission:
-        key = _acct(account_id)
-        outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = await self._store.fcall(
-            "klawd_admit_v1",
-            [f"{key}:rpm", f"{key}:rpd", f"{key}:tpm", f"{key}:credits"],
-            [
-                spec.requests_per_minute,
-                spec.requests_per_day,
-                spec.tokens_per_minute or 0,
-                reserve,
-                1 if consume else 0,
-            ],
-        )
-        kinds = {0: "admitted", 1: "rate_limited", 2: "insufficient_credits"}
-        result = kinds[int(outcome)]
-        return Admission(
-            outcome=result,  # type: ignore[arg-type]
-            retry_after_s=int(retry_ms) / 1000,
-            limit_requests=spec.requests_per_minute,
-            remaining_requests=int(remaining),
-            reset_requests_s=int(reset_ms) / 1000,
-            limit_requests_day=spec.requests_per_day,
-            remaining_requests_day=int(remaining_day),
-            reserved_micros=reserve if result == "admitted" and consume else 0,
-        )
-
-    async def admit(self, account_id: str, spec: LimitSpec, reserve_micros: int) -> Admission:
-        return await self._run(account_id, spec, reserve_micros, consume=True)
-
-    async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
-        return await self._run(account_id, spec, 0, consume=False)
-
-    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
-        if not spec.tokens_per_minute or tokens <= 0:
-            return
-        await self._store.fcall(
-            "klawd_charge_tokens_v1",
-            [f"{_acct(account_id)}:tpm"],
-            [spec.tokens_per_minute, tokens],
-        )
+    async def usage_by_key(
+        self, account_id: str, since_day: str, until_day: str
+    ) -> list[KeyUsageRow]:
+        return [
+            KeyUsageRow(
+                day,
+                "" if key_id == "-" else key_id,
+                m.get("requests", 0),
+                m.get("prompt_tokens", 0),
+                m.get("completion_tokens", 0),
+                m.get("images", 0),
+                m.get("cost_micros", 0),
+            )
+            for day, key_id, m in await self._daily(account_id, since_day, until_day, "kusage")
+        ]

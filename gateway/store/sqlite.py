@@ -20,11 +20,16 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.limits import EmbeddedLimiter, Limiter
+from gateway.limits import EmbeddedLimiter, KeyGate, Limiter
+from gateway.store import sqlite_keys
 from gateway.store.base import (
+    NO_POLICY,
     Account,
     ApiKey,
     CustomLimits,
+    KeyPolicy,
+    KeySpend,
+    KeyUsageRow,
     StoreError,
     UsageEntry,
     UsageRow,
@@ -52,7 +57,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     created_at INTEGER NOT NULL,
     expires_at INTEGER,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    policy TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
 CREATE TABLE IF NOT EXISTS usage_ledger (
@@ -91,10 +97,10 @@ SELECT_ACCOUNT = (
 )
 INSERT_KEY = (
     "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, expires_at,"
-    " revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " revoked_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT_KEY = (
-    "SELECT id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at"
+    "SELECT id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at, policy"
     " FROM api_keys"
 )
 INSERT_USAGE = (
@@ -114,6 +120,25 @@ SELECT_USAGE = (
 SELECT_KEY_BY_HASH = SELECT_KEY + " WHERE key_hash = ?"
 SELECT_KEY_BY_ID = SELECT_KEY + " WHERE id = ?"
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
+_policy_decoder = msgspec.json.Decoder(KeyPolicy)
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        _policy_decoder.decode(row[8]),
+    )
+
+
+def _key_row(key: ApiKey) -> tuple[Any, ...]:
+    return (*msgspec.structs.astuple(key)[:8], msgspec.json.encode(key.policy).decode())
 
 
 def new_id(prefix: str) -> str:
@@ -135,6 +160,7 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
         self._credits_lock = threading.Lock()
         self._balance: dict[str, int] = {}  # stored balance, as last read or written
         self._reserved: dict[str, int] = {}  # reserved by requests not settled yet
+        self._key_spend = sqlite_keys.KeySpendBook()  # the same for key budgets
         # Changes made by another connection (the `klawd` CLI on the same file): watched with
         # PRAGMA data_version once a server registers its caches (on_invalidate).
         self._handlers: list[Callable[[str, str], None]] = []
@@ -149,7 +175,8 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(SCHEMA + WEBHOOK_SCHEMA + RESPONSES_SCHEMA)
+            conn.executescript(SCHEMA + WEBHOOK_SCHEMA + RESPONSES_SCHEMA + sqlite_keys.KEY_SCHEMA)
+            sqlite_keys.migrate_keys(conn)
             self._conn = conn
         return self._conn
 
@@ -201,6 +228,7 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
             if seen is not None and current is not None and current != seen:
                 with self._credits_lock:
                     self._balance.clear()  # read again at each account's next reservation
+                self._key_spend.forget()
                 for handler in self._handlers:
                     handler("all", "")
             if current is not None:
@@ -301,12 +329,20 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
 
     # -- keys -----------------------------------------------------------------------------------
     async def create_key(
-        self, account_id: str, name: str, prefix: str, key_hash: str, expires_at: int | None
+        self,
+        account_id: str,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        expires_at: int | None,
+        policy: KeyPolicy = NO_POLICY,
     ) -> ApiKey:
-        key = ApiKey(new_id("key"), account_id, name, prefix, key_hash, _now(), expires_at, None)
+        key = ApiKey(
+            new_id("key"), account_id, name, prefix, key_hash, _now(), expires_at, None, policy
+        )
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(INSERT_KEY, msgspec.structs.astuple(key))
+            conn.execute(INSERT_KEY, _key_row(key))
 
         await self._run(insert)
         return key
@@ -314,9 +350,27 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
         def select(conn: sqlite3.Connection) -> ApiKey | None:
             row = conn.execute(SELECT_KEY_BY_HASH, (key_hash,)).fetchone()
-            return ApiKey(*row) if row else None
+            return _key(row) if row else None
 
         return await self._run(select)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        def select(conn: sqlite3.Connection) -> ApiKey | None:
+            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._run(select)
+
+    async def update_key(self, key_id: str, policy: KeyPolicy) -> ApiKey | None:
+        def update(conn: sqlite3.Connection) -> ApiKey | None:
+            conn.execute(
+                "UPDATE api_keys SET policy = ? WHERE id = ?",
+                (msgspec.json.encode(policy).decode(), key_id),
+            )
+            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._run(update)
 
     async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
         def revoke(conn: sqlite3.Connection) -> ApiKey | None:
@@ -325,9 +379,33 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
                 (now, key_id),
             )
             row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
-            return ApiKey(*row) if row else None
+            return _key(row) if row else None
 
         return await self._run(revoke)
+
+    async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
+        return await self._run(lambda conn: sqlite_keys.spend_of(conn, key_ids, day))
+
+    async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
+        fits = self._key_spend.try_reserve(key, micros)
+        if fits is None:
+            spent = await self._run(lambda conn: sqlite_keys.read_spend(conn, key.key_id, key.day))
+            self._key_spend.load(key.key_id, key.day, spent)
+            fits = self._key_spend.try_reserve(key, micros)
+        return bool(fits)
+
+    async def release_key_spend(self, key: KeyGate, micros: int) -> None:
+        self._key_spend.release(key.key_id, key.day, micros)
+
+    async def usage_by_key(
+        self, account_id: str, since_day: str, until_day: str
+    ) -> list[KeyUsageRow]:
+        return await self._run(
+            lambda conn: sqlite_keys.usage_by_key(conn, account_id, since_day, until_day)
+        )
+
+    async def mark_once(self, name: str) -> bool:
+        return await self._run(lambda conn: sqlite_keys.mark_once(conn, name))
 
     # -- credits and usage ----------------------------------------------------------------------
     async def _read_balance(self, account_id: str) -> bool:
@@ -385,6 +463,7 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
                 for entry in settled:
                     costs[entry.account_id] = costs.get(entry.account_id, 0) + entry.cost_micros
                 conn.executemany(SETTLE, [(-cost, account) for account, cost in costs.items()])
+                key_totals = sqlite_keys.record_spend(conn, settled)
                 balances = {
                     account_id: row[0]
                     for account_id in costs
@@ -398,6 +477,7 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
                 for entry in settled:
                     self._release(entry.account_id, entry.reserved_micros)
                 self._balance.update(balances)
+            self._key_spend.settled(settled, key_totals)
 
         await self._run(settle)
 

@@ -155,13 +155,13 @@ class SqliteWebhooks:
         return await self._run(select)
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
-        from gateway.store.sqlite import SELECT_KEY
+        from gateway.store.sqlite import SELECT_KEY, _key
 
         def select(conn: sqlite3.Connection) -> list[ApiKey]:
             rows = conn.execute(
                 SELECT_KEY + " WHERE account_id = ? ORDER BY created_at, id", (account_id,)
             ).fetchall()
-            return [ApiKey(*row) for row in rows]
+            return [_key(row) for row in rows]
 
         return await self._run(select)
 

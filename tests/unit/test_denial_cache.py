@@ -22,7 +22,9 @@ class CountingLimiter:
         self.outcome = outcome
         self.retry_after_s = retry_after_s
 
-    async def admit(self, account_id: str, spec: LimitSpec, reserve_micros: int) -> Admission:
+    async def admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: object = None
+    ) -> Admission:
         self.calls += 1
         return Admission(
             outcome=self.outcome,  # type: ignore[arg-type]
@@ -54,7 +56,7 @@ async def test_denied_account_is_answered_from_memory_until_retry_after(tmp_path
     try:
         for _ in range(5):
             with pytest.raises(RateLimited) as caught:
-                await meter.admit(auth, "req", 0)
+                await meter.admit(auth, "req", "m", [], lambda _: 0)
             assert 29 <= caught.value.retry_after_s <= 30  # type: ignore[operator]
         assert limiter.calls == 1
     finally:
@@ -66,11 +68,11 @@ async def test_a_plan_change_bypasses_the_remembered_denial(tmp_path: Path) -> N
     meter, auth, store = await meter_with(limiter, tmp_path)
     try:
         with pytest.raises(RateLimited):
-            await meter.admit(auth, "req", 0)
+            await meter.admit(auth, "req", "m", [], lambda _: 0)
         await store.update_account(auth.account_id, plan="pro")
         meter._accounts.invalidate(auth.account_id)
         limiter.outcome = "admitted"
-        ticket = await meter.admit(auth, "req", 0)
+        ticket = await meter.admit(auth, "req", "m", [], lambda _: 0)
         assert ticket.spec.requests_per_minute == 100
         assert limiter.calls == 2
     finally:

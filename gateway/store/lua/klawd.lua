@@ -68,6 +68,112 @@ local function admit(keys, args)
           math.max(rpd_cap - used, 0), balance}
 end
 
+-- v2: the API key's share in the same call. A key's spend per period is a hash {s: settled
+-- micros, r: reserved by requests in flight}; a budget admits while s + r + reserve <= cap.
+-- KEYS: rpm, rpd, tpm, credits (the account's, as v1), then key rpm bucket, key rpd quota, key
+--       spend of the day, of the month, in total (all five may be left out: account only)
+-- ARGV: rpm, rpd, tpm (0: none), reserve_micros, consume (1) or peek (0), then key rpm (0: none),
+--       key rpd (0: none), budget per day, per month, in total (-1: none)
+-- -> {outcome (0 admitted, 1 rate limited, 2 insufficient credits, 3 key budget exceeded),
+--     retry_after_ms, requests remaining, reset ms, requests/day remaining, balance,
+--     requests limit, requests/day limit, 1 if the key's own limits refused}
+local SPEND_TTL_MS = {3 * 86400000, 40 * 86400000, 0}
+
+local function admit_v2(keys, args)
+  local now = now_ms()
+  local rpm_cap, rpd_cap, tpm_cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local reserve, consume = tonumber(args[4]), args[5] == '1'
+  local with_key = #keys >= 9
+  local krpm_cap, krpd_cap = 0, 0
+  if with_key then krpm_cap, krpd_cap = tonumber(args[6]), tonumber(args[7]) end
+  local day = math.floor(now / 86400000)
+  local outcome, retry_ms, by_key = 0, 0, 0
+
+  local function bucket(key, cap)
+    local level = level_of(key, cap, now)
+    if level < 1 then
+      outcome = 1
+      retry_ms = math.max(retry_ms, math.ceil((1 - level) * 60000.0 / cap))
+    end
+    return level
+  end
+  local function quota(key, cap)
+    local state = redis.call('HMGET', key, 'day', 'count')
+    local used = 0
+    if tonumber(state[1]) == day then used = tonumber(state[2]) or 0 end
+    if used + 1 > cap then
+      outcome = 1
+      retry_ms = math.max(retry_ms, (day + 1) * 86400000 - now)
+    end
+    return used
+  end
+
+  local rpm = bucket(keys[1], rpm_cap)
+  local used = quota(keys[2], rpd_cap)
+  local tpm = nil
+  if tpm_cap > 0 then
+    tpm = level_of(keys[3], tpm_cap, now)
+    if tpm < 0 then
+      outcome = 1
+      retry_ms = math.max(retry_ms, math.ceil(-tpm * 60000.0 / tpm_cap))
+    end
+  end
+  local account_outcome = outcome
+  local krpm, kused = nil, nil
+  if krpm_cap > 0 then krpm = bucket(keys[5], krpm_cap) end
+  if krpd_cap > 0 then kused = quota(keys[6], krpd_cap) end
+  if outcome == 1 and account_outcome == 0 then by_key = 1 end
+
+  local balance = tonumber(redis.call('GET', keys[4]) or '0')
+  if outcome == 0 and reserve > 0 and balance < reserve then outcome = 2 end
+  if outcome == 0 and with_key then
+    for i = 1, 3 do
+      local cap = tonumber(args[7 + i])
+      if cap >= 0 then
+        local spend = redis.call('HMGET', keys[6 + i], 's', 'r')
+        if (tonumber(spend[1]) or 0) + (tonumber(spend[2]) or 0) + reserve > cap then
+          outcome = 3
+        end
+      end
+    end
+  end
+  if outcome == 0 and consume then
+    rpm = rpm - 1
+    used = used + 1
+    store_level(keys[1], rpm_cap, rpm, now)
+    redis.call('HSET', keys[2], 'day', day, 'count', used)
+    redis.call('PEXPIREAT', keys[2], (day + 2) * 86400000)
+    if krpm ~= nil then
+      krpm = krpm - 1
+      store_level(keys[5], krpm_cap, krpm, now)
+    end
+    if kused ~= nil then
+      kused = kused + 1
+      redis.call('HSET', keys[6], 'day', day, 'count', kused)
+      redis.call('PEXPIREAT', keys[6], (day + 2) * 86400000)
+    end
+    if reserve > 0 then
+      balance = redis.call('DECRBY', keys[4], reserve)
+      if with_key then
+        for i = 1, 3 do
+          redis.call('HINCRBY', keys[6 + i], 'r', reserve)
+          if SPEND_TTL_MS[i] > 0 then redis.call('PEXPIRE', keys[6 + i], SPEND_TTL_MS[i]) end
+        end
+      end
+    end
+  end
+  -- the tighter of the account's and the key's limits
+  local limit, left = rpm_cap, rpm
+  if krpm ~= nil and krpm < rpm then limit, left = krpm_cap, krpm end
+  local limit_day, left_day = rpd_cap, rpd_cap - used
+  if kused ~= nil and krpd_cap - kused < left_day then
+    limit_day, left_day = krpd_cap, krpd_cap - kused
+  end
+  local reset_ms = math.ceil((limit - left) * 60000.0 / limit)
+  return {outcome, retry_ms, math.floor(math.max(left, 0)), reset_ms, math.max(left_day, 0),
+          balance, limit, limit_day, by_key}
+end
+
 -- KEYS: tpm bucket; ARGV: tpm, tokens. May leave the bucket in debt.
 local function charge_tokens(keys, args)
   local now = now_ms()
@@ -197,8 +303,36 @@ local function settle_once(keys, args)
   return settle(keys, args)
 end
 
+-- v3: v2, and the entry's API key: its usage of the day and its spend (settled cost in, the
+-- reservation out) in the periods of the day it was admitted.
+-- KEYS: credits, usage of the day, ledger, marker, key usage of the day, key spend of the day,
+--       of the month, in total
+-- ARGV: as v2, then key id, reserved micros
+local function settle_v3(keys, args)
+  local new = settle_once(keys, args)
+  if new == -1 then return -1 end
+  local key_id, cost, reserved = args[8], tonumber(args[6]), tonumber(args[9])
+  redis.call('HINCRBY', keys[5], key_id .. '|requests', 1)
+  redis.call('HINCRBY', keys[5], key_id .. '|prompt_tokens', args[3])
+  redis.call('HINCRBY', keys[5], key_id .. '|completion_tokens', args[4])
+  redis.call('HINCRBY', keys[5], key_id .. '|images', args[5])
+  redis.call('HINCRBY', keys[5], key_id .. '|cost_micros', cost)
+  for i = 1, 3 do
+    local spend = keys[5 + i]
+    redis.call('HINCRBY', spend, 's', cost)
+    -- (never HINCRBY by -0: Redis refuses "-0" as an integer)
+    if reserved > 0 and redis.call('HINCRBY', spend, 'r', -reserved) < 0 then
+      redis.call('HSET', spend, 'r', 0)
+    end
+    if SPEND_TTL_MS[i] > 0 then redis.call('PEXPIRE', spend, SPEND_TTL_MS[i]) end
+  end
+  return new
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
+redis.register_function('klawd_settle_v3', settle_v3)
+redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)
 redis.register_function('klawd_usage_event_v1', usage_event)

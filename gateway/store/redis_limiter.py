@@ -1,0 +1,97 @@
+"""Admission on Redis: one `FCALL klawd_admit_v2` on Redis server time decides the account's
+limits and credit reservation and the API key's limits and budget reservation together, so it is
+exact across every worker and replica and costs one round trip (gateway/store/lua/klawd.lua)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.limits import Admission, KeyGate, LimitSpec, Outcome
+
+if TYPE_CHECKING:
+    from gateway.store.redis import RedisStore
+
+
+def _acct(account_id: str) -> str:
+    return f"klawd:acct:{{{account_id}}}"
+
+
+def _spend_keys(account_id: str, key_id: str, day: str) -> tuple[str, str, str]:
+    base = f"{_acct(account_id)}:kspend:{key_id}"
+    return f"{base}:d:{day}", f"{base}:m:{day[:7]}", f"{base}:t"
+
+
+OUTCOMES: dict[int, Outcome] = {
+    0: "admitted",
+    1: "rate_limited",
+    2: "insufficient_credits",
+    3: "key_budget_exceeded",
+}
+
+
+class RedisLimiter:
+    """Admission in one FCALL on Redis server time: exact across every worker and replica."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    async def _run(
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve: int,
+        consume: bool,
+        key: KeyGate | None = None,
+    ) -> Admission:
+        acct = _acct(account_id)
+        keys = [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:tpm", f"{acct}:credits"]
+        args: list[int] = [
+            spec.requests_per_minute,
+            spec.requests_per_day,
+            spec.tokens_per_minute or 0,
+            reserve,
+            1 if consume else 0,
+        ]
+        if key is not None:
+            keys += [f"{acct}:krpm:{key.key_id}", f"{acct}:krpd:{key.key_id}"]
+            keys += _spend_keys(account_id, key.key_id, key.day)
+            budget = key.budget
+            args += [
+                key.requests_per_minute or 0,
+                key.requests_per_day or 0,
+                -1 if budget.day_micros is None else budget.day_micros,
+                -1 if budget.month_micros is None else budget.month_micros,
+                -1 if budget.total_micros is None else budget.total_micros,
+            ]
+        reply = await self._store.fcall("klawd_admit_v2", keys, args)
+        outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = reply[:6]
+        limit, limit_day, by_key = reply[6:9]
+        result = OUTCOMES[int(outcome)]
+        return Admission(
+            outcome=result,
+            retry_after_s=int(retry_ms) / 1000,
+            limit_requests=int(limit),
+            remaining_requests=int(remaining),
+            reset_requests_s=int(reset_ms) / 1000,
+            limit_requests_day=int(limit_day),
+            remaining_requests_day=int(remaining_day),
+            reserved_micros=reserve if result == "admitted" and consume else 0,
+            limited_by_key=bool(int(by_key)),
+        )
+
+    async def admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission:
+        return await self._run(account_id, spec, reserve_micros, consume=True, key=key)
+
+    async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
+        return await self._run(account_id, spec, 0, consume=False)
+
+    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
+        if not spec.tokens_per_minute or tokens <= 0:
+            return
+        await self._store.fcall(
+            "klawd_charge_tokens_v1",
+            [f"{_acct(account_id)}:tpm"],
+            [spec.tokens_per_minute, tokens],
+        )

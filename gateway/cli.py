@@ -5,8 +5,9 @@ klawd config check [--config PATH]
 klawd accounts create --name N [--plan P] [--credits-usd X]
 klawd accounts show ID
 klawd accounts update ID [--plan P] [--credits-usd X] [--rpm N] [--rpd N] [--tpm N]
-klawd keys create ACCOUNT_ID [--name N] [--expires-at WHEN]
-klawd keys revoke KEY_ID
+klawd keys create ACCOUNT_ID [--name N] [--expires-at WHEN] [--budget-usd-day X] [--models P]
+                 [--tag NAME=VALUE] … (gateway/cli_keys.py)
+klawd keys update|show|revoke KEY_ID, klawd keys list ACCOUNT_ID
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway import __version__, accounts, cli_webhooks
+from gateway import __version__, accounts, cli_keys, cli_webhooks
 from gateway.drain import DRAIN_FILE_ENV, announce
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
@@ -280,31 +281,6 @@ def cmd_accounts_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    expires: int | str | None = args.expires_at
-    if isinstance(expires, str) and expires.isdigit():
-        expires = int(expires)
-    new = accounts.NewKey(name=args.name, expires_at=expires)
-
-    async def work(store: Store) -> Any:
-        key, plaintext = await accounts.create_key(store, args.account_id, new)
-        return accounts.key_json(key, plaintext)
-
-    _print_json(_with_store(settings, work))
-    return 0
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-
-    async def work(store: Store) -> Any:
-        return accounts.key_json(await accounts.revoke_key(store, args.key_id))
-
-    _print_json(_with_store(settings, work))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="klawd", description="Klawd Gateway: one API, every model."
@@ -344,16 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--tpm", type=int, help="custom tokens per minute")
     update.set_defaults(func=cmd_accounts_update)
 
-    keys_cmd = commands.add_parser("keys", help="create and revoke API keys")
-    keys = keys_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
-    key_create = keys.add_parser("create", parents=[config], help="create a key (shown once)")
-    key_create.add_argument("account_id")
-    key_create.add_argument("--name", default="default")
-    key_create.add_argument("--expires-at", help="unix seconds or ISO 8601 with a time zone")
-    key_create.set_defaults(func=cmd_keys_create)
-    revoke = keys.add_parser("revoke", parents=[config], help="revoke a key")
-    revoke.add_argument("key_id")
-    revoke.set_defaults(func=cmd_keys_revoke)
+    cli_keys.add_commands(commands, config)
     cli_webhooks.add_commands(commands, config)
     return parser
 

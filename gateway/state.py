@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.store_metrics import timed_store
 from gateway.usage import UsageRecorder
+from gateway.webhooks.budgets import BudgetWatch
 from gateway.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("klawd")
@@ -88,9 +89,12 @@ async def build_state(
     accounts = AccountCache(store)
     health = Health()
 
+    budgets = BudgetWatch(store)
+
     def invalidate(kind: str, ident: str) -> None:
         if kind == "key":
             keys.invalidate(ident)
+            budgets.forget(ident)
         elif kind == "account":
             accounts.invalidate(ident)
         else:
@@ -98,7 +102,7 @@ async def build_state(
             accounts.clear()
 
     store.on_invalidate(invalidate)
-    recorder = UsageRecorder(store)
+    recorder = UsageRecorder(store, after_settle=budgets.settled)
     recorder.start()
     return AppState(
         settings=settings,

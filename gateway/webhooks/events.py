@@ -27,8 +27,9 @@ from gateway.webhooks.ssrf import BlockedAddress, check_url
 
 USAGE_UPDATED = "usage.updated"
 INVOICE_PAID = "billing.invoice.paid"
+BUDGET_THRESHOLD = "budget.threshold"
 TEST_EVENT = "webhook.test"
-EVENT_TYPES = (USAGE_UPDATED, INVOICE_PAID)
+EVENT_TYPES = (USAGE_UPDATED, INVOICE_PAID, BUDGET_THRESHOLD)
 USER_AGENT = "Klawd-Webhooks/1"
 
 

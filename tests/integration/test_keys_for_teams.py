@@ -100,7 +100,7 @@ def wait_for_spend(gateway: Gateway, key_id: str, total_usd: float) -> dict[str,
         time.sleep(0.05)
 
 
-# -- the admin API ----------------------------------------------------------------------------------
+# -- the admin API ---------------------------------------------------------------------------------
 def test_key_attributes_are_set_shown_and_patched(teams: Gateway) -> None:
     account_id = new_account(teams)
     key = new_key(
@@ -171,7 +171,7 @@ def test_an_unknown_key_is_404(teams: Gateway) -> None:
         assert admin.get("/admin/accounts/acct_nope/keys").status_code == 404
 
 
-# -- the model allowlist ----------------------------------------------------------------------------
+# -- the model allowlist ---------------------------------------------------------------------------
 def test_a_model_outside_the_list_is_403_before_any_upstream_call(
     teams: Gateway, fake_openai: FakeOpenAI
 ) -> None:
@@ -234,7 +234,7 @@ def test_a_patch_takes_effect_at_once(teams: Gateway) -> None:
     assert chat(teams, key["key"], "klawd/echo").status_code == 200, "empty means all"
 
 
-# -- limits and budgets -----------------------------------------------------------------------------
+# -- limits and budgets ----------------------------------------------------------------------------
 def test_a_keys_limits_apply_on_top_of_the_plans(teams: Gateway) -> None:
     account_id = new_account(teams)
     tight = new_key(teams, account_id, limits={"requests_per_minute": 2})["key"]
@@ -277,7 +277,7 @@ def test_concurrent_requests_never_overspend_a_key(teams: Gateway) -> None:
     assert seen["spend_usd"]["total"] <= budget
 
 
-# -- spend reports ----------------------------------------------------------------------------------
+# -- spend reports ---------------------------------------------------------------------------------
 def test_spend_is_reported_per_key_model_and_tag(teams: Gateway) -> None:
     account_id = new_account(teams)
     search = new_key(teams, account_id, name="s", tags={"team": "search"})

@@ -90,7 +90,11 @@ async def create_response(request: Request) -> Response:
         hit = CachedResponse(lookup.answer, target, response_id, created_at, echoed)
         return await _serve_cached(state, request, auth, chat.stream, hit)
     ticket = await state.meter.admit(
-        auth, request.state.request_id, reserve_for_chat(chat, targets)
+        auth,
+        request.state.request_id,
+        chat.model,
+        targets,
+        lambda allowed: reserve_for_chat(chat, allowed),
     )
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     chat_form: dict[str, Any] | None = None  # the answer as the cache keeps it
@@ -128,9 +132,13 @@ async def create_response(request: Request) -> Response:
     try:
         with state.meter.settle_on_failure(ticket, chat.stream):
             if chat.stream:
-                events, target, tries = await state.retrier.call_targets(targets, open_stream)
+                events, target, tries = await state.retrier.call_targets(
+                    ticket.targets, open_stream
+                )
             else:
-                completion, target, tries = await state.retrier.call_targets(targets, complete)
+                completion, target, tries = await state.retrier.call_targets(
+                    ticket.targets, complete
+                )
     except InvalidRequest as exc:
         exc.param = responses_param(exc.param)
         raise

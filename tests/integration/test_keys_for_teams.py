@@ -311,3 +311,34 @@ def test_spend_is_reported_per_key_model_and_tag(teams: Gateway) -> None:
     assert tag_costs["search"] == pytest.approx(costs[search["id"]], abs=1e-9)
     assert [(r["model"], r["requests"]) for r in by_model] == [("openai/gpt-fake", 4)]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+
+
+def test_every_billable_route_checks_the_allowlist(teams: Gateway) -> None:
+    key = new_key(teams, new_account(teams), models=["openai/gpt-fake"])["key"]
+    bearer = {"authorization": f"Bearer {key}"}
+    calls = {
+        "/v1/responses": ({"input": "hi"}, "klawd/echo"),
+        "/v1/messages": (
+            {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+            "klawd/echo",
+        ),
+        "/v1/embeddings": ({"input": "hi"}, "openai/embed-fake"),
+        "/v1/images/generations": ({"prompt": "a cat"}, "openai/img-fake"),
+    }
+    for path, (body, model) in calls.items():
+        refused = httpx.post(
+            f"{teams.base_url}{path}", headers=bearer, json={**body, "model": model}, timeout=20
+        )
+        assert refused.status_code == 403, (path, refused.text)
+        error = refused.json()["error"]
+        if path == "/v1/messages":  # Anthropic's error shape there
+            assert error["type"] == "permission_error" and "may not use" in error["message"]
+        else:
+            assert (error["type"], error["code"]) == ("permission_denied", "model_not_allowed")
+    allowed = httpx.post(
+        f"{teams.base_url}/v1/responses",
+        headers=bearer,
+        json={"model": "openai/gpt-fake", "input": "hi"},
+        timeout=20,
+    )
+    assert allowed.status_code == 200, allowed.text

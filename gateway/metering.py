@@ -211,8 +211,7 @@ class Meter:
     ) -> Ticket:
         """`requested`: the model id the request named; `targets`: what it resolved to;
         `reserve_for(targets)`: the worst-case cost over the targets the key may use."""
-        named_directly = bool(targets) and targets[0].model.id == requested
-        allowed = allowed_targets(auth.policy.models, requested, targets, not named_directly)
+        allowed = self.allowed(auth, requested, targets)
         reserve_micros = reserve_for(allowed)
         account = await self.account(auth)
         spec = limit_spec(self._settings, account)
@@ -251,6 +250,14 @@ class Meter:
             error_key.extra_headers.update(admission.headers())
             raise error_key
         return Ticket(request_id, account, auth.key_id, spec, admission, now, gate.day, allowed)
+
+    @staticmethod
+    def allowed(
+        auth: AuthContext, requested: str, targets: list[CatalogEntry]
+    ) -> list[CatalogEntry]:
+        """The targets the key may use, in order (gateway/keys.py); 403 if none."""
+        named_directly = bool(targets) and targets[0].model.id == requested
+        return allowed_targets(auth.policy.models, requested, targets, not named_directly)
 
     def _still_denied(self, account_id: str, spec: LimitSpec, gate: KeyGate) -> Admission | None:
         for name in (account_id, gate.key_id):

@@ -53,12 +53,14 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     auth = await state.keys.authenticate(header(scope, b"authorization"), time.time())
     body = await read_body(receive)
     chat = decode_chat_request(body)
-    targets = resolve_chat(state.catalog, chat, body)
+    # Only what this key may use (403 if nothing): a cached answer is keyed by these, so one
+    # key never gets another's answer from a model outside its list.
+    targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, body))
     lookup = await state.cache.consult(
         header(scope, CACHE_HEADER), auth.account_id, "chat", [t.model.id for t in targets], body
     )
     if lookup is not None and lookup.answer is not None:
-        await _serve_cached(state, scope, receive, send, auth, chat, lookup.answer)
+        await _serve_cached(state, scope, receive, send, auth, chat, targets, lookup.answer)
         return
     ticket = await state.meter.admit(
         auth,
@@ -112,12 +114,15 @@ async def _serve_cached(
     send: Send,
     auth: AuthContext,
     chat: ChatRequest,
+    targets: list[CatalogEntry],
     answer: CachedAnswer,
 ) -> None:
     """A cache hit: admitted (it counts against the request limits) with nothing reserved,
     settled at no cost (ledger, metrics and log line say so), served as the client asked:
     the stored answer, or its replay as whole chunk events."""
-    ticket = await state.meter.admit(auth, scope["state"]["request_id"], 0)
+    ticket = await state.meter.admit(
+        auth, scope["state"]["request_id"], chat.model, targets, lambda _: 0
+    )
     state.meter.settle(
         ticket, state.catalog.get(answer.model), TokenUsage(0, 0), 0, 200, chat.stream
     )

@@ -51,6 +51,7 @@ def routes() -> list[BaseRoute]:
                 r("/keys", "keys", ["GET"]),
                 r("/keys", "create_key", ["POST"]),
                 r("/keys/{key_id}/revoke", "revoke_key", ["POST"]),
+                r("/keys/{key_id}/settings", "key_settings", ["POST"]),
                 r("/webhook", "webhook", ["GET"]),
                 r("/responses", "responses", ["GET"]),
                 r("/webhook/{action}", "webhook_action", ["POST"]),

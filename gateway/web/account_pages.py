@@ -18,6 +18,7 @@ from gateway.metering import utc_day
 from gateway.store.base import Account, UsageRow
 from gateway.web.charts import bar_chart, hbar_chart, money
 from gateway.web.context import Web, redirect, usd, utc
+from gateway.web.key_settings import attributes_from, spend_by_tag
 from gateway.web.quickstart import snippets
 from gateway.web.sessions import Session
 from gateway.webhooks import events
@@ -115,14 +116,18 @@ def pages(web: Web) -> dict[str, object]:
         new_key: str | None = None,
         error: str | None = None,
     ) -> Response:
-        keys = await app_state(request).store.list_keys(account.id)
+        store = app_state(request).store
+        keys = await store.list_keys(account.id)
         keys.sort(key=lambda k: (k.revoked_at is not None, -k.created_at))
+        spend = await store.key_spend(account.id, [k.id for k in keys], utc_day(time.time()))
         return await web.render(
             request,
             "keys.html",
             {
                 "account": account,
                 "keys": keys,
+                "spend": spend,
+                "tag_spend": spend_by_tag(keys, spend),
                 "new_key": new_key,
                 "error": error,
                 "now": time.time(),
@@ -168,6 +173,26 @@ def pages(web: Web) -> dict[str, object]:
         if any(k.id == key_id for k in await state.store.list_keys(account.id)):
             await accounts.revoke_key(state.store, key_id)
             state.keys.invalidate(key_id)
+        return redirect("/keys")
+
+    async def key_settings(request: Request) -> Response:
+        """The account holder sets a key's budgets, limits, allowed models and tags."""
+        found = await web.account_session(request)
+        if isinstance(found, Response):
+            return found
+        session, account = found
+        form = await web.form(request, session.nonce)
+        if form is None:
+            return web.forbidden()
+        state = app_state(request)
+        key_id = request.path_params["key_id"]
+        if not any(k.id == key_id for k in await state.store.list_keys(account.id)):
+            return redirect("/keys")
+        try:
+            await accounts.update_key(state.store, key_id, attributes_from(form))
+        except GatewayError as exc:
+            return await _keys_page(request, session, account, error=exc.message)
+        state.keys.invalidate(key_id)
         return redirect("/keys")
 
     async def _webhook_page(
@@ -263,6 +288,7 @@ def pages(web: Web) -> dict[str, object]:
         "keys": keys,
         "create_key": create_key,
         "revoke_key": revoke_key,
+        "key_settings": key_settings,
         "webhook": webhook,
         "webhook_action": webhook_action,
     }

@@ -31,7 +31,10 @@ async def create_embeddings(request: Request) -> Response:
     auth = await authenticate(request)
     body = await request.body()
     embedding = decode_embedding_request(body)
-    targets = resolve_embedding(state.catalog, embedding.model)
+    # Only what this key may use (403 if nothing): cached answers are keyed by these.
+    targets = state.meter.allowed(
+        auth, embedding.model, resolve_embedding(state.catalog, embedding.model)
+    )
     lookup = await state.cache.consult(
         request.headers.get("x-klawd-cache"),
         auth.account_id,
@@ -91,8 +94,11 @@ async def _serve_cached(
     state: AppState, request: Request, auth: AuthContext, answer: CachedAnswer
 ) -> Response:
     """A cache hit: admitted (it counts against request limits), free, logged as a hit."""
-    ticket = await state.meter.admit(auth, request.state.request_id, 0)
-    state.meter.settle(ticket, state.catalog.get(answer.model), TokenUsage(0, 0), 0, 200, False)
+    served = state.catalog.get(answer.model)
+    ticket = await state.meter.admit(
+        auth, request.state.request_id, answer.model, [served] if served else [], lambda _: 0
+    )
+    state.meter.settle(ticket, served, TokenUsage(0, 0), 0, 200, False)
     return Response(
         answer.body,
         headers={

@@ -173,7 +173,8 @@ async def _create_message(request: Request) -> Response:
     anthropic_request = decode_messages_request(body)
     translation = to_chat_request(anthropic_request, body)
     chat, chat_body = translation.chat, translation.body
-    targets = resolve_chat(state.catalog, chat)
+    # Only what this key may use (403 if nothing): cached answers are keyed by these.
+    targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat))
     lookup = await state.cache.consult(
         request.headers.get("x-klawd-cache"),
         auth.account_id,
@@ -265,7 +266,9 @@ async def _serve_cached(
 ) -> Response:
     """A cache hit (kept as a chat.completion): admitted, free, logged as a hit; the message,
     or its events from the same Rust reframer a translated stream goes through."""
-    ticket = await state.meter.admit(auth, request.state.request_id, 0)
+    ticket = await state.meter.admit(
+        auth, request.state.request_id, target.model.id, [target], lambda _: 0
+    )
     state.meter.settle(ticket, target, TokenUsage(0, 0), 0, 200, chat.stream)
     headers = (
         {"x-klawd-model": answer.model, "x-klawd-provider": answer.provider}

@@ -74,7 +74,8 @@ async def create_response(request: Request) -> Response:
     translation = to_chat_request(responses_request, fields, [*history, *input_items])
     chat, chat_body = translation.chat, translation.body
     echoed = response_fields(responses_request)
-    targets = resolve_chat(state.catalog, chat, chat_body)
+    # Only what this key may use (403 if nothing): cached answers are keyed by these.
+    targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, chat_body))
     response_id = f"resp_{secrets.token_hex(16)}"
     asked = request.headers.get("x-klawd-cache")
     lookup = await state.cache.consult(
@@ -186,7 +187,9 @@ async def _serve_cached(
 ) -> Response:
     """A cache hit: admitted, free, logged as a hit; the Response object, or its events from
     the same Rust reframer a live stream goes through."""
-    ticket = await state.meter.admit(auth, request.state.request_id, 0)
+    ticket = await state.meter.admit(
+        auth, request.state.request_id, hit.target.model.id, [hit.target], lambda _: 0
+    )
     state.meter.settle(ticket, hit.target, TokenUsage(0, 0), 0, 200, stream)
     answer = hit.answer
     headers = (

@@ -34,6 +34,10 @@ class Usage:
     # cache_read_input_tokens, Gemini cachedContentTokenCount), 0 if none.
     @property
     def cached_tokens(self) -> int: ...
+    # Cache writes (Anthropic cache_creation_input_tokens, also read from an OpenAI-shaped
+    # usage that carries it), 0 if none; included in prompt_tokens.
+    @property
+    def cache_write_tokens(self) -> int: ...
 
 @final
 class Reframer:

@@ -21,8 +21,10 @@ Request (Anthropic → OpenAI chat):
 
 Answer (OpenAI chat.completion → Anthropic message): content → a text block, tool calls →
 tool_use blocks, finish_reason → stop_reason (stop → end_turn, length → max_tokens,
-tool_calls → tool_use, content_filter → refusal), usage → input/output tokens (cached prompt
-tokens as cache_read_input_tokens). Streams: the Rust reframer `openai_to_anthropic`.
+tool_calls → tool_use, content_filter → refusal; stop with vLLM's `stop_reason` string →
+stop_sequence and that string), usage → input/output tokens (cached prompt tokens as
+cache_read_input_tokens, cache writes as cache_creation_input_tokens). Streams: the Rust
+reframer `openai_to_anthropic`.
 """
 
 from __future__ import annotations
@@ -305,8 +307,10 @@ STOP_REASONS = {
 }
 
 
-def usage_body(usage: TokenUsage, cached: int) -> dict[str, int]:
-    body = {"input_tokens": max(0, usage.prompt_tokens - cached)}
+def usage_body(usage: TokenUsage, cached: int, written: int = 0) -> dict[str, int]:
+    body = {"input_tokens": max(0, usage.prompt_tokens - cached - written)}
+    if written:
+        body["cache_creation_input_tokens"] = written
     if cached:
         body["cache_read_input_tokens"] = cached
     body["output_tokens"] = usage.completion_tokens
@@ -345,16 +349,22 @@ def to_message(completion: dict[str, Any], model: str, message_id: str) -> dict[
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    written = int(usage.get("cache_creation_input_tokens") or 0)
     tokens = TokenUsage(
         int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     )
+    stop_reason = STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn")
+    # vLLM names the stop string that ended the text in the choice's `stop_reason` (a number
+    # there is a stop token id, not a sequence); OpenAI and Gemini never say.
+    matched = choice.get("stop_reason")
+    stop_sequence = matched if stop_reason == "end_turn" and isinstance(matched, str) else None
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
-        "stop_sequence": None,
-        "usage": usage_body(tokens, cached),
+        "stop_reason": "stop_sequence" if stop_sequence is not None else stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage_body(tokens, cached, written),
     }

@@ -115,6 +115,8 @@ class ModelSettings(_Strict):
     input_usd_per_mtok: NonNegFloat = 0.0
     output_usd_per_mtok: NonNegFloat = 0.0
     usd_per_image: NonNegFloat = 0.0
+    # Image models: the most images one request may ask for (`n`); None: the upstream decides.
+    max_images_per_request: PositiveInt | None = None
     capabilities: list[Capability] = msgspec.field(default_factory=list)
     fallbacks: list[str] = msgspec.field(default_factory=list)
 

@@ -102,6 +102,9 @@ TEST_MODELS = [
     "hold-fake",
     "length-fake",
     "filter-fake",
+    "parallel-fake",
+    "stop-seq-fake",
+    "cached-fake",
 ]
 
 

@@ -32,7 +32,7 @@ async def image_generations(request: Request) -> Response:
     auth = await authenticate(request)
     body = await request.body()
     images = decode_image_request(body)
-    targets = resolve_image(state.catalog, images.model)
+    targets = resolve_image(state.catalog, images.model, images.n)
     await require_image_plan(state, auth)
     ticket = await state.meter.admit(
         auth,

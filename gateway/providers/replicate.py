@@ -7,10 +7,10 @@ is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succee
 best effort) and the client gets 504.
 
 Input mapping (OpenAI Images → the model's input) follows each model's published schema for the
-models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: one image per request, their size
-rules); any other model gets the generic mapping: `prompt`; `size` "WxH" → `width` and `height`;
-`n` > 1 → `num_outputs`. A request a model cannot honour is a 400 naming the parameter. The
-output (a URL or a list of URLs) becomes `data[].url`;
+models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: their size rules, and `n` > 1 as
+group generation, `max_images: n`); any other model gets the generic mapping: `prompt`;
+`size` "WxH" → `width` and `height`; `n` > 1 → `num_outputs`. A request a model cannot
+honour is a 400 naming the parameter. The output (a URL or a list of URLs) becomes `data[].url`;
 `response_format: b64_json` makes the gateway download each image and base64-encode it.
 
 Image generation is not idempotent: nothing here retries; the caller retries only
@@ -66,17 +66,16 @@ def generic_input(request: ImageRequest) -> dict[str, Any]:
     return model_input
 
 
-def _one_image(model: str, request: ImageRequest) -> None:
-    if request.n > 1:
-        raise InvalidRequest(
-            f"The image model '{model}' generates one image per request: `n` must be 1.",
-            param="n",
-        )
+def seedream_group(request: ImageRequest) -> dict[str, Any]:
+    """Seedream's group generation: `n` > 1 → `sequential_image_generation: auto` and
+    `max_images: n` (its schema: 1-15, "the model decides" how many up to that maximum)."""
+    if request.n == 1:
+        return {}
+    return {"sequential_image_generation": "auto", "max_images": request.n}
 
 
 def seedream_4_input(request: ImageRequest) -> dict[str, Any]:
     """bytedance/seedream-4: `size: custom` + width/height, each 1024-4096."""
-    _one_image("bytedance/seedream-4", request)
     model_input: dict[str, Any] = {"prompt": request.prompt}
     dimensions = request.dimensions()
     if dimensions is not None:
@@ -85,12 +84,11 @@ def seedream_4_input(request: ImageRequest) -> dict[str, Any]:
                 "bytedance/seedream-4 takes sizes from 1024x1024 to 4096x4096.", param="size"
             )
         model_input |= {"size": "custom", "width": dimensions[0], "height": dimensions[1]}
-    return model_input
+    return model_input | seedream_group(request)
 
 
 def seedream_45_input(request: ImageRequest) -> dict[str, Any]:
     """bytedance/seedream-4.5 (beta): 2K at 1:1 only, so `size` may only be 2048x2048."""
-    _one_image("bytedance/seedream-4.5", request)
     model_input: dict[str, Any] = {"prompt": request.prompt}
     dimensions = request.dimensions()
     if dimensions is not None:
@@ -99,7 +97,7 @@ def seedream_45_input(request: ImageRequest) -> dict[str, Any]:
                 "bytedance/seedream-4.5 only generates 2048x2048 images for now.", param="size"
             )
         model_input |= {"size": "2K", "aspect_ratio": "1:1"}
-    return model_input
+    return model_input | seedream_group(request)
 
 
 # Each model on Replicate has its own input schema: the ones the catalog knows are mapped
@@ -187,7 +185,8 @@ class ReplicateProvider(HttpProvider):
             raise ServiceUnavailable(
                 f"The upstream provider '{self.name}' canceled the prediction; retry later."
             )
-        urls = output_urls(prediction.get("output"))
+        # Never more than asked for: the answer, and so the bill, holds at most `n` images.
+        urls = output_urls(prediction.get("output"))[: call.request.n]
         if call.request.wants_b64:
             return ImageResult([GeneratedImage(b64_json=await self.download_b64(u)) for u in urls])
         return ImageResult([GeneratedImage(url=u) for u in urls])

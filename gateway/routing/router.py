@@ -119,9 +119,19 @@ def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> l
     )
 
 
-def resolve_image(catalog: Catalog, model_id: str) -> list[CatalogEntry]:
-    """An image model: itself, then its available configured `fallbacks` of that kind."""
-    return _resolve_kind(catalog, model_id, "image")
+def resolve_image(catalog: Catalog, model_id: str, n: int = 1) -> list[CatalogEntry]:
+    """An image model: itself, then its available configured `fallbacks` of that kind, each
+    only if it can make `n` images in one request (else 400 naming `n`)."""
+    chain = _resolve_kind(catalog, model_id, "image")
+    able = [e for e in chain if (e.model.max_images_per_request or n) >= n]
+    if not able:
+        most = max(e.model.max_images_per_request or 1 for e in chain)
+        raise InvalidRequest(
+            f"The image model '{model_id}' makes at most {most} image"
+            f"{'s' if most > 1 else ''} per request: `n` must be {most} or less.",
+            param="n",
+        )
+    return able
 
 
 def resolve_embedding(catalog: Catalog, model_id: str) -> list[CatalogEntry]:

@@ -170,6 +170,8 @@ class _Base:
             usage = {k: u[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
             if u.get("cached_tokens"):
                 usage["prompt_tokens_details"] = {"cached_tokens": u["cached_tokens"]}
+            if u.get("cache_write_tokens"):
+                usage["cache_creation_input_tokens"] = u["cache_write_tokens"]
             out.append(
                 _event(
                     {
@@ -258,6 +260,7 @@ class AnthropicRef(_Base):
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "cached_tokens": cached,
+            "cache_write_tokens": r.get("cache_creation_input_tokens", 0),
         }
 
     def on_event(self, name: str, data: str, out: list[bytes]) -> None:
@@ -411,8 +414,12 @@ class ToAnthropicRef(_Base):
         self.open: str | int | None = None  # "text", a tool-call index, or nothing
         self.blocks = 0
         self.tools: list[int] = []
+        # blocks held back while a tool_use block is open: [kind, id, name, fragments]
+        self.pending: list[list[Any]] = []
         self.stop: str | None = None
+        self.stop_sequence: str | None = None
         self.cached = 0
+        self.written = 0
 
     def _start(self, out: list[bytes]) -> None:
         if not self.started:
@@ -448,16 +455,47 @@ class ToAnthropicRef(_Base):
         event = {"type": "content_block_delta", "index": self.blocks - 1, "delta": delta}
         out.append(_anthropic_event("content_block_delta", event))
 
+    def _text(self, out: list[bytes], text: str) -> None:
+        if self.open != "text":
+            self._open(out, "text", {"type": "text", "text": ""})
+        self._delta(out, {"type": "text_delta", "text": text})
+
+    def _tool(self, out: list[bytes], index: int, call_id: str, name: str) -> None:
+        block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        self._open(out, index, block)
+
+    def _args(self, out: list[bytes], args: str) -> None:
+        if args:
+            self._delta(out, {"type": "input_json_delta", "partial_json": args})
+
+    def _flush(self, out: list[bytes]) -> None:
+        if not self.pending:
+            return
+        self._close(out)
+        pending, self.pending = self.pending, []
+        for kind, call_id, name, fragments in pending:
+            if kind == "text":
+                for fragment in fragments:
+                    self._text(out, fragment)
+            else:
+                self._tool(out, kind, call_id, name)
+                for fragment in fragments:
+                    self._args(out, fragment)
+                self._close(out)
+
     def on_event(self, name: str, data: str, out: list[bytes]) -> None:
         if data.strip() == "[DONE]":
             self._start(out)
+            self._flush(out)
             self._close(out)
             u = self.usage or {"prompt_tokens": 0, "completion_tokens": 0}
-            usage = {"input_tokens": u["prompt_tokens"] - self.cached}
+            usage = {"input_tokens": u["prompt_tokens"] - self.cached - self.written}
+            if self.written:
+                usage["cache_creation_input_tokens"] = self.written
             if self.cached:
                 usage["cache_read_input_tokens"] = self.cached
             usage["output_tokens"] = u["completion_tokens"]
-            delta = {"stop_reason": self.stop or "end_turn", "stop_sequence": None}
+            delta = {"stop_reason": self.stop or "end_turn", "stop_sequence": self.stop_sequence}
             md = {"type": "message_delta", "delta": delta, "usage": usage}
             out.append(_anthropic_event("message_delta", md))
             out.append(_anthropic_event("message_stop", {"type": "message_stop"}))
@@ -474,39 +512,52 @@ class ToAnthropicRef(_Base):
             p, c = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
             self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
             self.cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            self.written = u.get("cache_creation_input_tokens") or 0
         for choice in obj.get("choices") or []:
             if (choice.get("index") or 0) != 0:
                 continue
             self._start(out)
             delta = choice.get("delta") or {}
             text = delta.get("content")
+            tool_open = isinstance(self.open, int)
             if text:
-                if self.open != "text":
-                    self._open(out, "text", {"type": "text", "text": ""})
                 self.content_chars += len(text)
-                self._delta(out, {"type": "text_delta", "text": text})
+                if not tool_open:
+                    self._text(out, text)
+                elif self.pending and self.pending[-1][0] == "text":
+                    self.pending[-1][3].append(text)
+                else:
+                    self.pending.append(["text", "", "", [text]])
             for call in delta.get("tool_calls") or []:
                 index = call.get("index") or 0
                 function = call.get("function") or {}
-                if self.open != index:
-                    if index in self.tools:
-                        raise SseError("tool call continued after another block started")
+                args = function.get("arguments") or ""
+                self.content_chars += len(args)
+                held = next((p for p in self.pending if p[0] == index), None)
+                if self.open == index:
+                    self._args(out, args)
+                elif held is not None:
+                    held[1] = held[1] or call.get("id") or ""
+                    held[2] = held[2] or function.get("name") or ""
+                    if args:
+                        held[3].append(args)
+                elif index in self.tools:
+                    raise SseError("tool call continued after the stream finished it")
+                else:
                     self.tools.append(index)
-                    block = {
-                        "type": "tool_use",
-                        "id": call.get("id") or "",
-                        "name": function.get("name") or "",
-                        "input": {},
-                    }
-                    self._open(out, index, block)
-                if function.get("arguments"):
-                    self.content_chars += len(function["arguments"])
-                    self._delta(
-                        out, {"type": "input_json_delta", "partial_json": function["arguments"]}
-                    )
+                    call_id, fn = call.get("id") or "", function.get("name") or ""
+                    if isinstance(self.open, int):
+                        self.pending.append([index, call_id, fn, [args] if args else []])
+                    else:
+                        self._tool(out, index, call_id, fn)
+                        self._args(out, args)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 self.stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                matched = choice.get("stop_reason")
+                if choice["finish_reason"] == "stop" and isinstance(matched, str):
+                    self.stop, self.stop_sequence = "stop_sequence", matched
+                self._flush(out)
 
 
 class AnthropicPassthroughRef(_Base):

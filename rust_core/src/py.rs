@@ -53,6 +53,7 @@ struct PyUsage {
     completion_tokens: u64,
     total_tokens: u64,
     cached_tokens: u64,
+    cache_write_tokens: u64,
 }
 
 impl From<Usage> for PyUsage {
@@ -62,6 +63,7 @@ impl From<Usage> for PyUsage {
             completion_tokens: u.completion_tokens,
             total_tokens: u.total_tokens,
             cached_tokens: u.cached_tokens,
+            cache_write_tokens: u.cache_write_tokens,
         }
     }
 }
@@ -70,8 +72,13 @@ impl From<Usage> for PyUsage {
 impl PyUsage {
     fn __repr__(&self) -> String {
         format!(
-            "Usage(prompt_tokens={}, completion_tokens={}, total_tokens={}, cached_tokens={})",
-            self.prompt_tokens, self.completion_tokens, self.total_tokens, self.cached_tokens
+            "Usage(prompt_tokens={}, completion_tokens={}, total_tokens={}, cached_tokens={}, \
+             cache_write_tokens={})",
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cached_tokens,
+            self.cache_write_tokens
         )
     }
 }

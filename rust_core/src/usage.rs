@@ -13,6 +13,8 @@ pub struct Usage {
     pub total_tokens: u64,
     /// Prompt tokens read from a cache (0 when none).
     pub cached_tokens: u64,
+    /// Prompt tokens written to a cache (Anthropic `cache_creation_input_tokens`; 0 when none).
+    pub cache_write_tokens: u64,
 }
 
 /// OpenAI `usage` (chat completion chunk or response).
@@ -24,6 +26,8 @@ pub struct OpenAiUsage {
     completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
     prompt_tokens_details: Option<OpenAiPromptDetails>,
+    /// Not OpenAI's: the gateway (and `LiteLLM`) report Anthropic's cache writes here.
+    cache_creation_input_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +49,7 @@ impl From<&OpenAiUsage> for Usage {
                 .as_ref()
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
+            cache_write_tokens: u.cache_creation_input_tokens.unwrap_or(0),
         }
     }
 }
@@ -77,10 +82,11 @@ impl AnthropicUsage {
 impl From<&AnthropicUsage> for Usage {
     fn from(u: &AnthropicUsage) -> Self {
         let cached = u.cache_read_input_tokens.unwrap_or(0);
+        let written = u.cache_creation_input_tokens.unwrap_or(0);
         let prompt = u
             .input_tokens
             .unwrap_or(0)
-            .saturating_add(u.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(written)
             .saturating_add(cached);
         let completion = u.output_tokens.unwrap_or(0);
         Self {
@@ -88,6 +94,7 @@ impl From<&AnthropicUsage> for Usage {
             completion_tokens: completion,
             total_tokens: prompt.saturating_add(completion),
             cached_tokens: cached,
+            cache_write_tokens: written,
         }
     }
 }
@@ -122,6 +129,7 @@ impl From<&GeminiUsage> for Usage {
                 .total_token_count
                 .unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: u.cached_content_token_count.unwrap_or(0),
+            cache_write_tokens: 0,
         }
     }
 }
@@ -158,5 +166,18 @@ mod tests {
             ),
             (115, 7, 122, 100)
         );
+        assert_eq!(u.cache_write_tokens, 5);
+    }
+
+    #[test]
+    fn openai_usage_reads_cached_tokens_and_the_cache_write_extension() {
+        let u: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":120,"completion_tokens":4,"total_tokens":124,
+                "prompt_tokens_details":{"cached_tokens":100,"audio_tokens":0},
+                "cache_creation_input_tokens":15}"#,
+        )
+        .unwrap();
+        let u = Usage::from(&u);
+        assert_eq!((u.cached_tokens, u.cache_write_tokens), (100, 15));
     }
 }

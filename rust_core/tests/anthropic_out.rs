@@ -202,6 +202,144 @@ fn cached_prompt_tokens_are_reported_as_cache_reads() {
     );
 }
 
+/// An OpenAI stream whose tool calls' fragments arrive interleaved: `schedule` picks, step by
+/// step, which call sends its next fragment (a call's first chunk carries its id and name);
+/// `text` arrives after the first tool chunk.
+fn interleaved_stream(calls: &[Vec<String>], schedule: &[usize], text: &str) -> Vec<u8> {
+    let mut s = chunk(&json!({"role":"assistant","content":""}), None);
+    let mut next = vec![0usize; calls.len()];
+    let mut started = vec![false; calls.len()];
+    let mut order: Vec<usize> = schedule.iter().map(|w| w % calls.len().max(1)).collect();
+    for (i, c) in calls.iter().enumerate() {
+        order.extend(std::iter::repeat_n(i, c.len() + 1)); // whatever the schedule left
+    }
+    let mut text_sent = false;
+    for i in order {
+        if calls.is_empty() {
+            break;
+        }
+        if !started[i] {
+            started[i] = true;
+            s += &chunk(
+                &json!({"tool_calls":[{"index":i,"id":format!("call_{i}"),"type":"function",
+                    "function":{"name":format!("f{i}"),"arguments":""}}]}),
+                None,
+            );
+            if !text_sent && !text.is_empty() {
+                text_sent = true;
+                s += &chunk(&json!({ "content": text }), None);
+            }
+        } else if next[i] < calls[i].len() {
+            s += &chunk(
+                &json!({"tool_calls":[{"index":i,"function":{"arguments":calls[i][next[i]]}}]}),
+                None,
+            );
+            next[i] += 1;
+        }
+    }
+    s += &chunk(&json!({}), Some("tool_calls"));
+    s += "data: [DONE]\n\n";
+    s.into_bytes()
+}
+
+#[test]
+fn interleaved_parallel_tool_calls_come_out_as_whole_sequential_blocks() {
+    let calls = vec![
+        vec!["{\"city\":".into(), "\"Paris\"}".into()],
+        vec!["{\"city\":".into(), "\"Rome\"".into(), "}".into()],
+    ];
+    // 0 start, 1 start, 0, 1, 0, 1, 1: every fragment of 0 and 1 alternates
+    let data = interleaved_stream(&calls, &[0, 1, 0, 1, 0, 1, 1], "");
+    let events = parse_events(&whole(TO, &data));
+    let (text, tools, stop, _) = check_sequence(&events);
+    assert_eq!(text, "");
+    assert_eq!(tools, vec!["{\"city\":\"Paris\"}", "{\"city\":\"Rome\"}"]);
+    assert_eq!(stop, "tool_use");
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| &d["content_block"])
+        .collect();
+    assert_eq!(
+        starts,
+        vec![
+            &json!({"type":"tool_use","id":"call_0","name":"f0","input":{}}),
+            &json!({"type":"tool_use","id":"call_1","name":"f1","input":{}}),
+        ]
+    );
+}
+
+#[test]
+fn first_tool_call_streams_at_once_and_later_ones_wait_for_the_finish() {
+    let calls = vec![vec!["{\"a\":".into(), "1}".into()], vec!["{}".into()]];
+    let data = interleaved_stream(&calls, &[0, 1, 0, 1, 0], "");
+    let text = String::from_utf8(data).unwrap();
+    let finish_at = text.find("\"finish_reason\":\"tool_calls\"").unwrap();
+    let before_finish = &text.as_bytes()[..text[..finish_at].rfind("data: ").unwrap()];
+    let mut s = common::stream(TO, true);
+    let mut out = Vec::new();
+    s.feed(before_finish, &mut out).unwrap();
+    let early = parse_events(&out);
+    let deltas: Vec<&Value> = early
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| &d["delta"]["partial_json"])
+        .collect();
+    assert_eq!(deltas, vec![&json!("{\"a\":"), &json!("1}")]);
+    assert!(
+        early
+            .iter()
+            .all(|(n, d)| n != "content_block_start" || d["index"] == json!(0)),
+        "call 1 is held back while call 0's block is open"
+    );
+}
+
+#[test]
+fn text_arriving_while_a_tool_call_is_open_becomes_a_block_after_it() {
+    let calls = vec![vec!["{\"q\":".into(), "2}".into()]];
+    let data = interleaved_stream(&calls, &[0, 0, 0], "Looking it up");
+    let (text, tools, _, _) = check_sequence(&parse_events(&whole(TO, &data)));
+    assert_eq!(text, "Looking it up");
+    assert_eq!(tools, vec!["{\"q\":2}"]);
+}
+
+#[test]
+fn vllm_stop_reason_string_becomes_stop_sequence() {
+    let finish = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\
+                  \"stop_reason\":\"END\"}]}\n\n";
+    let data = format!(
+        "{}{finish}data: [DONE]\n\n",
+        chunk(&json!({"content":"x"}), None)
+    );
+    let events = parse_events(&whole(TO, data.as_bytes()));
+    let (_, _, stop, _) = check_sequence(&events);
+    assert_eq!(stop, "stop_sequence");
+    let delta = &events[events.len() - 2].1["delta"];
+    assert_eq!(delta["stop_sequence"], json!("END"));
+    // A stop token id (a number) is not a stop sequence.
+    let by_token = finish.replace("\"END\"", "128009");
+    let data = format!("{by_token}data: [DONE]\n\n");
+    let events = parse_events(&whole(TO, data.as_bytes()));
+    assert_eq!(check_sequence(&events).2, "end_turn");
+    assert_eq!(
+        events[events.len() - 2].1["delta"]["stop_sequence"],
+        json!(null)
+    );
+}
+
+#[test]
+fn cache_writes_in_the_usage_are_reported_as_cache_creation() {
+    let data = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":3,\
+                \"prompt_tokens_details\":{\"cached_tokens\":60},\
+                \"cache_creation_input_tokens\":30}}\n\ndata: [DONE]\n\n";
+    let (_, _, _, usage) = check_sequence(&parse_events(&whole(TO, data.as_bytes())));
+    assert_eq!(
+        usage,
+        json!({"input_tokens": 10, "cache_creation_input_tokens": 30,
+               "cache_read_input_tokens": 60, "output_tokens": 3})
+    );
+}
+
 #[test]
 fn tool_call_resumed_after_its_block_closed_is_malformed() {
     let data = openai_stream(&[], &[vec!["{".into()], vec![]]);
@@ -329,6 +467,31 @@ proptest! {
         let (text, tools, _, _) = check_sequence(&parse_events(&out));
         prop_assert_eq!(text, texts.concat());
         let args: Vec<String> = calls.iter().map(|c| c.concat()).collect();
+        prop_assert_eq!(tools, args);
+    }
+
+    #[test]
+    fn interleaved_tool_calls_add_up_exactly_at_any_split(
+        calls in proptest::collection::vec(pieces(), 1..4),
+        schedule in proptest::collection::vec(any::<usize>(), 0..24),
+        text in "[a-z ]{0,6}",
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let data = interleaved_stream(&calls, &schedule, &text);
+        let expected = whole(TO, &data);
+        let (out, err) = common::run(TO, &common::split(&data, &cuts), true);
+        prop_assert!(err.is_none());
+        prop_assert_eq!(&out, &expected);
+        let (got_text, tools, _, _) = check_sequence(&parse_events(&out));
+        prop_assert_eq!(got_text, text);
+        // blocks in order of each call's first chunk; every argument byte exactly once
+        let mut first_seen: Vec<usize> = Vec::new();
+        for w in schedule.iter().map(|w| w % calls.len()).chain(0..calls.len()) {
+            if !first_seen.contains(&w) {
+                first_seen.push(w);
+            }
+        }
+        let args: Vec<String> = first_seen.iter().map(|&i| calls[i].concat()).collect();
         prop_assert_eq!(tools, args);
     }
 

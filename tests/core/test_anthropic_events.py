@@ -127,6 +127,74 @@ def test_openai_to_anthropic_matches_reference_and_adds_up(
     assert final["usage"]["input_tokens"] + final["usage"].get("cache_read_input_tokens", 0) == p
 
 
+@SETTINGS
+@given(
+    calls=st.lists(st.lists(TEXT, max_size=4), min_size=1, max_size=4),
+    schedule=st.lists(st.integers(0, 3), max_size=20),
+    text=st.text(max_size=8),
+    eol=EOL,
+    cuts=st.lists(st.integers(0), max_size=8),
+)
+def test_interleaved_parallel_tool_calls_are_reassembled_exactly(
+    calls: list[list[str]], schedule: list[int], text: str, eol: str, cuts: list[int]
+) -> None:
+    """Fragments of several calls alternate by `index` (as some OpenAI-shaped servers send
+    them): every call comes out as one whole tool_use block, in order of first appearance."""
+    base = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> tuple[None, Any]:
+        return (None, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+
+    evs = [chunk({"role": "assistant", "content": ""})]
+    sent = [-1] * len(calls)  # -1: not started; else fragments sent
+    order = [w % len(calls) for w in schedule] + [
+        i for i, c in enumerate(calls) for _ in range(len(c) + 1)
+    ]
+    first_seen: list[int] = []
+    for i in order:
+        if sent[i] < 0:
+            first_seen.append(i)
+            function = {"name": f"f{i}", "arguments": ""}
+            evs.append(
+                chunk({"tool_calls": [{"index": i, "id": f"call_{i}", "function": function}]})
+            )
+            if len(first_seen) == 1 and text:
+                evs.append(chunk({"content": text}))
+            sent[i] = 0
+        elif sent[i] < len(calls[i]):
+            fragment = calls[i][sent[i]]
+            evs.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}))
+            sent[i] += 1
+    evs.append(chunk({}, "tool_calls"))
+    data = sse(evs, eol) + f"data: [DONE]{eol}{eol}".encode()
+    out = compare("openai_to_anthropic", chunked(data, cuts))
+    got_text, tools = check_sequence(out)
+    assert got_text == text
+    assert tools == ["".join(calls[i]) for i in first_seen]
+    starts = [d["content_block"] for n, d in out if n == "content_block_start"]
+    ids = [b["id"] for b in starts if b["type"] == "tool_use"]
+    assert ids == [f"call_{i}" for i in first_seen]
+
+
+def test_stop_string_reported_by_the_upstream_becomes_stop_sequence() -> None:
+    data = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"1, 2"},"finish_reason":null}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason":", 3"}]}'
+        b"\n\n"
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,'
+        b'"prompt_tokens_details":{"cached_tokens":0},"cache_creation_input_tokens":5}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    out = compare("openai_to_anthropic", [data])
+    final = out[-2][1]
+    assert final["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": ", 3"}
+    assert final["usage"] == {
+        "input_tokens": 4,
+        "cache_creation_input_tokens": 5,
+        "output_tokens": 4,
+    }
+
+
 @pytest.mark.parametrize("name", ["anthropic_text_tool_use", "anthropic_error"])
 @SETTINGS
 @given(cuts=st.lists(st.integers(0), max_size=12))

@@ -16,6 +16,13 @@ order against one shared server:
     fail-500      500
     fail-400      400 with an upstream validation message
     garbage       200 with a body that is not JSON
+    parallel-fake two parallel tool calls (get_weather Paris, get_time Rome); streamed, their
+                  argument fragments interleave by `index` (0, 1, 0, 1, ...), as some
+                  OpenAI-compatible servers send them
+    stop-seq-fake with a `stop` list, stops on its first string as vLLM does: the text before
+                  it, finish_reason stop and the choice's `stop_reason` naming the string
+    cached-fake   usage reports a prompt-cache hit: prompt_tokens_details.cached_tokens 1920 of
+                  2006 prompt tokens (OpenAI's automatic prompt caching)
 
 Embeddings (`POST /v1/embeddings`): `embed-fake` answers one vector per input (`dimensions`
 long, else 8; `embedding_vector(i, n)`) as floats or, with encoding_format base64, as base64
@@ -59,7 +66,41 @@ def embedding_vector(index: int, dimensions: int) -> list[float]:
     return [index + j / 4 for j in range(dimensions)]
 
 
-def completion(model: str) -> dict[str, Any]:
+PARALLEL_CALLS = [
+    ("call_w", "get_weather", ['{"ci', 'ty": "Pa', 'ris"}']),
+    ("call_t", "get_time", ['{"zo', 'ne": "Europe/', "Rome", '"}']),
+]
+STOP_SEQ_TEXT = "1, 2, 3"  # stop-seq-fake's text before the stop string
+CACHED_USAGE = {
+    "prompt_tokens": 2006,
+    "completion_tokens": 4,
+    "total_tokens": 2010,
+    "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+}
+
+
+def completion(model: str, stop: list[str] | None = None) -> dict[str, Any]:
+    if model == "parallel-fake":
+        answer = completion("gpt-fake") | {"model": model}
+        calls = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": "".join(f)}}
+            for i, n, f in PARALLEL_CALLS
+        ]
+        answer["choices"][0]["message"] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": calls,
+        }
+        answer["choices"][0]["finish_reason"] = "tool_calls"
+        return answer
+    if model == "stop-seq-fake" and stop:
+        answer = completion("gpt-fake") | {"model": model}
+        answer["choices"][0]["message"]["content"] = STOP_SEQ_TEXT
+        answer["choices"][0]["stop_reason"] = stop[0]
+        return answer
+    if model == "cached-fake":
+        return completion("gpt-fake") | {"model": model, "usage": CACHED_USAGE}
     if model == "tools-fake":
         answer = completion("gpt-fake") | {"model": model}
         answer["choices"][0]["message"] = {
@@ -99,6 +140,11 @@ def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[
 
 
 def usage_chunk(model: str) -> dict[str, Any]:
+    usage = (
+        CACHED_USAGE
+        if model == "cached-fake"
+        else {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+    )
     return {
         "id": "chatcmpl-upstream123",
         "object": "chat.completion.chunk",
@@ -106,8 +152,40 @@ def usage_chunk(model: str) -> dict[str, Any]:
         "model": model,
         "system_fingerprint": "fp_fake",
         "choices": [],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+        "usage": usage,
     }
+
+
+def parallel_stream(model: str) -> list[bytes]:
+    """Both calls start, then their fragments alternate by index."""
+    events = [sse(chunk(model, {"role": "assistant", "content": None}))]
+    for index, (call_id, name, _) in enumerate(PARALLEL_CALLS):
+        call = {"index": index, "id": call_id, "type": "function"}
+        call["function"] = {"name": name, "arguments": ""}
+        events.append(sse(chunk(model, {"tool_calls": [call]})))
+    longest = max(len(f) for _, _, f in PARALLEL_CALLS)
+    for step in range(longest):
+        for index, (_, _, fragments) in enumerate(PARALLEL_CALLS):
+            if step < len(fragments):
+                call = {"index": index, "function": {"arguments": fragments[step]}}
+                events.append(sse(chunk(model, {"tool_calls": [call]})))
+    events.append(sse(chunk(model, {}, "tool_calls")))
+    events.append(sse(usage_chunk(model)))
+    events.append(sse("[DONE]"))
+    return events
+
+
+def stop_seq_stream(model: str, stop: str, include_usage: bool) -> list[bytes]:
+    """vLLM's shape: the finish chunk's choice carries `stop_reason` (the matched string)."""
+    events = [sse(chunk(model, {"role": "assistant", "content": ""}))]
+    events += [sse(chunk(model, {"content": part})) for part in ("1, 2", ", 3")]
+    finish = chunk(model, {}, "stop")
+    finish["choices"][0]["stop_reason"] = stop
+    events.append(sse(finish))
+    if include_usage:
+        events.append(sse(usage_chunk(model)))
+    events.append(sse("[DONE]"))
+    return events
 
 
 def sse(event: dict[str, Any] | str) -> bytes:
@@ -352,12 +430,20 @@ class FakeOpenAI:
             await asyncio.sleep(3)
         if model == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="text/html")
+        stop = body.get("stop")
+        stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else None
         if not stream:
-            return web.json_response(completion(model))
+            return web.json_response(completion(model, stops))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         if model == "tools-fake":
             for piece in awkward_pieces(tool_stream(model)):
+                await response.write(piece)
+        elif model == "parallel-fake":
+            for piece in awkward_pieces(parallel_stream(model)):
+                await response.write(piece)
+        elif model == "stop-seq-fake" and stops:
+            for piece in awkward_pieces(stop_seq_stream(model, stops[0], include_usage)):
                 await response.write(piece)
         elif model == "pause-fake":
             events = text_stream(model, include_usage)

@@ -95,6 +95,8 @@ def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> 
         _chat_model("keyless/claude", "keyless", "claude-fake"),
         _image_model("replicate-deadline/never", "replicate-deadline", "fake-owner/never", 0.02),
         _image_model("openai/img-fake", "openai", "img-fake", 0.04),
+        _image_model("openai/img-single", "openai", "img-fake", 0.04)
+        + "max_images_per_request = 1\n",
         _chat_model("replicate/not-chat", "replicate", "fake-owner/instant"),
         _embedding_model("openai/embed-fake", "openai", "embed-fake", EMBEDDING_PRICE_USD),
         _embedding_model("openai/embed-429", "openai", "fail-429", EMBEDDING_PRICE_USD),

@@ -18,6 +18,11 @@ Behaviour is chosen by the model name:
     canceled    create answers starting; the poll answers canceled
     never       stays processing forever (for the gateway's deadline)
     rate-limited 429 + retry-after: 9    invalid 422    unauthorized 401 (detail holds the token)
+    seedream-*  as instant, with bytedance/seedream-4.5's input schema (published on Replicate):
+                unknown input fields or out-of-range values are 422; `n` images come from
+                `sequential_image_generation: "auto"` + `max_images` (1-15), and, as the model
+                "decides how many", a prompt holding "[one image]" gets one image however many
+                were allowed
 """
 
 from __future__ import annotations
@@ -38,6 +43,45 @@ ERRORS: dict[str, tuple[int, str, str]] = {
         "- input.width: Must be less than or equal to 4096",
     ),
 }
+
+
+SEEDREAM_INPUTS = frozenset(
+    {
+        "prompt",
+        "image_input",
+        "size",
+        "aspect_ratio",
+        "width",
+        "height",
+        "sequential_image_generation",
+        "max_images",
+        "disable_safety_checker",
+    }
+)
+
+
+def seedream_input_errors(model_input: dict[str, Any]) -> list[str]:
+    """Replicate's validation messages for an input that seedream-4.5's schema refuses."""
+    errors = [
+        f"- input: Additional property {k} is not allowed"
+        for k in model_input.keys() - SEEDREAM_INPUTS
+    ]
+    if not isinstance(model_input.get("prompt"), str):
+        errors.append("- input: prompt is required")
+    if model_input.get("sequential_image_generation", "disabled") not in ("disabled", "auto"):
+        errors.append("- input.sequential_image_generation: must be one of: disabled, auto")
+    max_images = model_input.get("max_images", 1)
+    if not isinstance(max_images, int) or not 1 <= max_images <= 15:
+        errors.append("- input.max_images: Must be between 1 and 15")
+    return errors
+
+
+def output_count(model_input: dict[str, Any]) -> int:
+    if model_input.get("sequential_image_generation") == "auto":
+        if "[one image]" in str(model_input.get("prompt")):
+            return 1
+        return int(model_input.get("max_images", 1))
+    return int(model_input.get("num_outputs", 1))
 
 
 class FakeReplicate(ThreadedServer):
@@ -103,7 +147,7 @@ class FakeReplicate(ThreadedServer):
         }
 
     def _succeed(self, prediction: dict[str, Any], single: bool = False) -> None:
-        count = int(prediction["input"].get("num_outputs", 1))
+        count = output_count(prediction["input"])
         urls = [f"{self.origin}/files/{prediction['id']}/out-{i}.png" for i in range(count)]
         prediction |= {
             "status": "succeeded",
@@ -142,12 +186,18 @@ class FakeReplicate(ThreadedServer):
                 status=422,
                 content_type="application/problem+json",
             )
+        if name.startswith("seedream") and (errors := seedream_input_errors(body["input"])):
+            return web.json_response(
+                {"title": "Input validation failed", "detail": "\n".join(errors), "status": 422},
+                status=422,
+                content_type="application/problem+json",
+            )
         prediction_id = f"fake{next(self._ids):04d}qw9rtx0cm8z2v"
         prediction = self._prediction(prediction_id, name, body)
         self.predictions[prediction_id] = prediction
         self.polls[prediction_id] = 0
         waits = request.headers.get("prefer", "").startswith("wait")
-        if name in ("instant", "single") and waits:
+        if (name in ("instant", "single") or name.startswith("seedream")) and waits:
             self._succeed(prediction, single=name == "single")
         # Otherwise the Prefer-wait window passed: the API answers `starting` even while the
         # prediction is processing (so the SDKs poll).

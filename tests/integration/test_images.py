@@ -229,14 +229,65 @@ def test_builtin_seedream_gets_its_own_input_schema(
     }
 
 
-def test_builtin_seedream_refuses_n_above_1_before_calling_the_upstream(
+def test_seedream_n_becomes_group_generation_and_the_answer_holds_every_image(
     gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
 ) -> None:
-    before = len(fake_replicate.requests)
+    response = client(gateway, api_key).images.with_raw_response.generate(
+        model="replicate/seedream-4.5", prompt="a harbour at dawn, three views", n=3
+    )
+    images = response.parse()
+    assert images.data is not None and len(images.data) == 3
+    assert len({i.url for i in images.data}) == 3
+    assert response.headers["x-klawd-cost-usd"] == "0.060000"  # 3 images x $0.02
+    created = fake_replicate.creations("seedream-4.5")[-1]
+    assert created["body"] == {
+        "input": {
+            "prompt": "a harbour at dawn, three views",
+            "sequential_image_generation": "auto",
+            "max_images": 3,
+        }
+    }
+
+
+def test_seedream_bill_counts_the_images_returned_not_requested(gateway: Gateway) -> None:
+    key = gateway.new_key(plan="pro", credits_usd=1.0)
+    response = client(gateway, key).images.with_raw_response.generate(
+        model="replicate/seedream-4.5", prompt="a lone lighthouse [one image]", n=4
+    )
+    images = response.parse()
+    assert images.data is not None and len(images.data) == 1
+    assert response.headers["x-klawd-cost-usd"] == "0.020000"
+    view: dict[str, object] = {}
+    for _ in range(100):  # the ledger is written after the answer
+        view = httpx.get(
+            f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}
+        ).json()
+        if view["usage_today"]["images"] == 1:  # type: ignore[index]
+            break
+        time.sleep(0.05)
+    assert view["usage_today"]["images"] == 1  # type: ignore[index]
+    # the reservation of 4 images was settled to the 1 returned: nothing else is held
+    assert view["credits_usd"] == pytest.approx(0.98)
+
+
+def test_reservation_covers_n_images(gateway: Gateway) -> None:
+    key = gateway.new_key(plan="pro", credits_usd=0.05)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gateway, key).images.generate(model="replicate/seedream-4.5", prompt="x", n=3)
+    assert caught.value.status_code == 402, "3 x $0.02 is more than $0.05"
+
+
+def test_model_that_makes_one_image_refuses_n_before_calling_the_upstream(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    before = len(fake_openai.requests)
     with pytest.raises(openai.BadRequestError) as caught:
-        client(gateway, api_key).images.generate(model="replicate/seedream-4.5", prompt="x", n=2)
+        client(gateway, api_key).images.generate(model="openai/img-single", prompt="x", n=2)
     assert caught.value.param == "n"
-    assert len(fake_replicate.requests) == before
+    assert "at most 1 image per request" in caught.value.message
+    assert len(fake_openai.requests) == before
+    one = client(gateway, api_key).images.generate(model="openai/img-single", prompt="x", n=1)
+    assert one.data is not None and len(one.data) == 1
 
 
 def test_images_are_limited_reserved_and_billed_per_image(gateway: Gateway) -> None:

@@ -299,3 +299,104 @@ def test_openai_sdk_parses_the_fake_images_answer(
         assert (images.data[0].url or "").startswith("http://127.0.0.1:")
     else:
         assert images.data[0].b64_json and images.data[0].url is None
+
+
+def test_replicate_sdk_runs_seedream_group_generation_on_the_fake(
+    replicate_client: replicate.Client, fake_replicate: FakeReplicate
+) -> None:
+    output = replicate_client.run(
+        "bytedance/seedream-4.5",
+        input={"prompt": "a comic strip", "sequential_image_generation": "auto", "max_images": 4},
+        use_file_output=False,
+    )
+    assert isinstance(output, list) and len(output) == 4
+    fewer = replicate_client.run(
+        "bytedance/seedream-4.5",
+        input={"prompt": "[one image]", "sequential_image_generation": "auto", "max_images": 4},
+        use_file_output=False,
+    )
+    assert isinstance(fewer, list) and len(fewer) == 1
+
+
+def test_replicate_sdk_sees_the_fake_seedream_refuse_inputs_outside_its_schema(
+    replicate_client: replicate.Client,
+) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        replicate_client.run(
+            "bytedance/seedream-4.5", input={"prompt": "x", "num_outputs": 2, "max_images": 16}
+        )
+    assert caught.value.status == 422
+    assert "num_outputs" in str(caught.value.detail) and "max_images" in str(caught.value.detail)
+
+
+# -- OpenAI chat scenarios ----------------------------------------------------------------------
+
+
+def test_openai_sdk_accumulates_the_fakes_interleaved_parallel_tool_calls(
+    fake_openai: FakeOpenAI,
+) -> None:
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0) as sdk:
+        with sdk.chat.completions.stream(
+            model="parallel-fake", messages=[{"role": "user", "content": "weather and time"}]
+        ) as stream:
+            indices = [
+                call.index
+                for event in stream
+                if event.type == "chunk"
+                for choice in event.chunk.choices
+                for call in choice.delta.tool_calls or []
+            ]
+            final = stream.get_final_completion()
+        whole = sdk.chat.completions.create(
+            model="parallel-fake", messages=[{"role": "user", "content": "x"}]
+        )
+    assert indices[2:6] == [0, 1, 0, 1], "the fragments interleave by index"
+    calls = final.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        ("call_w", "get_weather", '{"city": "Paris"}'),
+        ("call_t", "get_time", '{"zone": "Europe/Rome"}'),
+    ]
+    assert [c.function.arguments for c in whole.choices[0].message.tool_calls or []] == [  # type: ignore[union-attr]
+        '{"city": "Paris"}',
+        '{"zone": "Europe/Rome"}',
+    ]
+
+
+def test_openai_sdk_sees_the_fakes_vllm_style_stop_reason(fake_openai: FakeOpenAI) -> None:
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0) as sdk:
+        answer = sdk.chat.completions.create(
+            model="stop-seq-fake", messages=[{"role": "user", "content": "count"}], stop=[", 4"]
+        )
+        chunks = list(
+            sdk.chat.completions.create(
+                model="stop-seq-fake",
+                messages=[{"role": "user", "content": "count"}],
+                stop=[", 4"],
+                stream=True,
+            )
+        )
+    choice = answer.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("1, 2, 3", "stop")
+    assert (choice.model_extra or {})["stop_reason"] == ", 4"
+    finish = next(c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert (finish.model_extra or {})["stop_reason"] == ", 4"
+
+
+def test_openai_sdk_reads_the_fakes_cached_prompt_tokens(fake_openai: FakeOpenAI) -> None:
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0) as sdk:
+        answer = sdk.chat.completions.create(
+            model="cached-fake", messages=[{"role": "user", "content": "x"}]
+        )
+        chunks = list(
+            sdk.chat.completions.create(
+                model="cached-fake",
+                messages=[{"role": "user", "content": "x"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
+    assert answer.usage.prompt_tokens_details.cached_tokens == 1920
+    last = chunks[-1].usage
+    assert last is not None and last.prompt_tokens_details is not None
+    assert last.prompt_tokens_details.cached_tokens == 1920

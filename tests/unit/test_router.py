@@ -164,3 +164,41 @@ def test_auto_names_a_field_no_target_honours() -> None:
     with pytest.raises(InvalidRequest) as caught:
         resolve_chat(no_openai, request(**fields), body(**fields))
     assert caught.value.param == "logprobs"
+
+
+def image_catalog() -> Catalog:
+    from gateway.settings import ModelSettings
+
+    single = ModelSettings(
+        id="openai/one",
+        provider="openai",
+        kind="image",
+        max_images_per_request=1,
+        fallbacks=["openai/many"],
+    )
+    many = ModelSettings(id="openai/many", provider="openai", kind="image")
+    strict = ModelSettings(
+        id="openai/strict", provider="openai", kind="image", max_images_per_request=2
+    )
+    settings = msgspec.structs.replace(SETTINGS, models=[*SETTINGS.models, single, many, strict])
+    return Catalog(settings, {})
+
+
+def test_image_model_within_its_limit_is_served_and_one_past_it_falls_back() -> None:
+    from gateway.routing.router import resolve_image
+
+    catalog = image_catalog()
+    assert [e.model.id for e in resolve_image(catalog, "openai/one", 1)] == [
+        "openai/one",
+        "openai/many",
+    ]
+    assert [e.model.id for e in resolve_image(catalog, "openai/one", 4)] == ["openai/many"]
+
+
+def test_image_model_that_cannot_make_n_images_is_400_naming_n() -> None:
+    from gateway.routing.router import resolve_image
+
+    with pytest.raises(InvalidRequest) as caught:
+        resolve_image(image_catalog(), "openai/strict", 3)
+    assert caught.value.param == "n"
+    assert "at most 2 images per request" in caught.value.message

@@ -315,6 +315,11 @@ impl ChunkWriter {
             out.extend_from_slice(u.cached_tokens.to_string().as_bytes());
             out.push(b'}');
         }
+        // Cache writes have no OpenAI field: named as Anthropic (and LiteLLM) name them.
+        if u.cache_write_tokens > 0 {
+            out.extend_from_slice(b",\"cache_creation_input_tokens\":");
+            out.extend_from_slice(u.cache_write_tokens.to_string().as_bytes());
+        }
         out.extend_from_slice(b"}}\n\n");
     }
 

@@ -10,13 +10,19 @@
 //!   `function.arguments` fragments → `input_json_delta`s;
 //! - a new block closes the open one with `content_block_stop`;
 //! - `finish_reason` → the `stop_reason` (stop → `end_turn`, length → `max_tokens`,
-//!   `tool_calls` → `tool_use`, `content_filter` → `refusal`);
+//!   `tool_calls` → `tool_use`, `content_filter` → `refusal`); stop with a string
+//!   `stop_reason` in the choice (vLLM's report of the stop string that ended the text) →
+//!   `stop_sequence`, that string as `stop_sequence`;
 //! - the usage chunk → usage; `[DONE]` → `content_block_stop` of the open block,
 //!   `message_delta` (stop reason + usage) and `message_stop`.
 //!
-//! Only choice 0 is read (the route never asks for `n` > 1). Arguments for a tool call whose
-//! block was already closed cannot be expressed in Anthropic's sequential blocks: that is a
-//! malformed stream (`CoreError::Sse`); OpenAI-shaped servers stream tool calls one after another.
+//! Parallel tool calls may arrive interleaved by `index` (OpenAI-shaped servers may send
+//! fragments of calls 0 and 1 alternately), while Anthropic's blocks are sequential and an
+//! OpenAI stream never says that a call is complete. So once a `tool_use` block is open it
+//! stays open until the finish: its own fragments stream at once, and everything else (other
+//! calls, text) is buffered in arrival order and written, fragment for fragment, as blocks of
+//! its own after it. Only choice 0 is read (the route never asks for `n` > 1). A delta after
+//! the finish for a call already written is a malformed stream (`CoreError::Sse`).
 
 use std::borrow::Cow;
 
@@ -47,6 +53,9 @@ pub(super) struct Choice<'a> {
     pub(super) delta: Option<Delta<'a>>,
     #[serde(borrow, default)]
     pub(super) finish_reason: Option<Cow<'a, str>>,
+    /// vLLM: the stop string (or stop token id, a number) that ended the text.
+    #[serde(borrow, default)]
+    pub(super) stop_reason: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +114,16 @@ enum Open {
     Tool(u32),
 }
 
+/// A block held back while a `tool_use` block is open: its start and its fragments in order.
+#[derive(Debug)]
+struct Pending {
+    /// `Open::Text` or `Open::Tool(index)`.
+    kind: Open,
+    id: String,
+    name: String,
+    fragments: Vec<String>,
+}
+
 /// Reframer from the gateway's OpenAI chunks to Anthropic Messages events.
 #[derive(Debug)]
 pub struct ToAnthropicReframer {
@@ -114,9 +133,13 @@ pub struct ToAnthropicReframer {
     open: Open,
     /// Index of the next content block.
     next_block: u32,
-    /// OpenAI tool-call indices whose block was opened (in order).
+    /// OpenAI tool-call indices whose block was opened or is pending (in order).
     tools_seen: Vec<u32>,
+    /// Blocks that arrived while a `tool_use` block was open, in arrival order.
+    pending: Vec<Pending>,
     stop_reason: Option<&'static str>,
+    /// The stop string that ended the text, when the upstream said (vLLM's `stop_reason`).
+    stop_sequence: Option<String>,
 }
 
 fn write_event(out: &mut Vec<u8>, name: &str, write_data: impl FnOnce(&mut Vec<u8>)) {
@@ -145,7 +168,9 @@ impl ToAnthropicReframer {
             open: Open::None,
             next_block: 0,
             tools_seen: Vec::new(),
+            pending: Vec::new(),
             stop_reason: None,
+            stop_sequence: None,
         }
     }
 
@@ -201,12 +226,29 @@ impl ToAnthropicReframer {
         if text.is_empty() {
             return;
         }
+        if matches!(self.open, Open::Tool(_)) {
+            st.content_chars += json::char_count(text);
+            match self.pending.last_mut() {
+                Some(last) if last.kind == Open::Text => last.fragments.push(text.to_owned()),
+                _ => self.pending.push(Pending {
+                    kind: Open::Text,
+                    id: String::new(),
+                    name: String::new(),
+                    fragments: vec![text.to_owned()],
+                }),
+            }
+            return;
+        }
+        st.content_chars += json::char_count(text);
+        self.write_text(out, text);
+    }
+
+    fn write_text(&mut self, out: &mut Vec<u8>, text: &str) {
         if self.open != Open::Text {
             self.open_block(out, Open::Text, |o| {
                 o.extend_from_slice(b"{\"type\":\"text\",\"text\":\"\"}");
             });
         }
-        st.content_chars += json::char_count(text);
         self.delta(out, |o| {
             o.extend_from_slice(b"{\"type\":\"text_delta\",\"text\":");
             json::write_str(o, text);
@@ -222,47 +264,124 @@ impl ToAnthropicReframer {
     ) -> Result<(), CoreError> {
         let index = call.index.unwrap_or(0);
         let function = call.function.as_ref();
-        if self.open != Open::Tool(index) {
-            if self.tools_seen.contains(&index) {
-                return Err(CoreError::Sse(format!(
-                    "tool call {index} continued after another content block started"
-                )));
+        let args = function.and_then(|f| f.arguments.as_deref()).unwrap_or("");
+        st.content_chars += json::char_count(args);
+        if self.open == Open::Tool(index) {
+            self.write_arguments(out, args);
+            return Ok(());
+        }
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.kind == Open::Tool(index))
+        {
+            if p.id.is_empty() {
+                call.id.as_deref().unwrap_or("").clone_into(&mut p.id);
             }
-            self.tools_seen.push(index);
-            let id = call.id.as_deref().unwrap_or("");
-            let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
-            self.open_block(out, Open::Tool(index), |o| {
-                o.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
-                json::write_str(o, id);
-                o.extend_from_slice(b",\"name\":");
-                json::write_str(o, name);
-                o.extend_from_slice(b",\"input\":{}}");
+            if p.name.is_empty() {
+                let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
+                name.clone_into(&mut p.name);
+            }
+            if !args.is_empty() {
+                p.fragments.push(args.to_owned());
+            }
+            return Ok(());
+        }
+        if self.tools_seen.contains(&index) {
+            return Err(CoreError::Sse(format!(
+                "tool call {index} continued after the stream finished it"
+            )));
+        }
+        self.tools_seen.push(index);
+        let id = call.id.as_deref().unwrap_or("");
+        let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
+        if matches!(self.open, Open::Tool(_)) {
+            self.pending.push(Pending {
+                kind: Open::Tool(index),
+                id: id.to_owned(),
+                name: name.to_owned(),
+                fragments: if args.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![args.to_owned()]
+                },
+            });
+            return Ok(());
+        }
+        self.open_tool(out, index, id, name);
+        self.write_arguments(out, args);
+        Ok(())
+    }
+
+    fn open_tool(&mut self, out: &mut Vec<u8>, index: u32, id: &str, name: &str) {
+        self.open_block(out, Open::Tool(index), |o| {
+            o.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+            json::write_str(o, id);
+            o.extend_from_slice(b",\"name\":");
+            json::write_str(o, name);
+            o.extend_from_slice(b",\"input\":{}}");
+        });
+    }
+
+    fn write_arguments(&self, out: &mut Vec<u8>, args: &str) {
+        if !args.is_empty() {
+            self.delta(out, |o| {
+                o.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":");
+                json::write_str(o, args);
+                o.push(b'}');
             });
         }
-        if let Some(args) = function.and_then(|f| f.arguments.as_deref()) {
-            if !args.is_empty() {
-                st.content_chars += json::char_count(args);
-                self.delta(out, |o| {
-                    o.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":");
-                    json::write_str(o, args);
-                    o.push(b'}');
-                });
+    }
+
+    /// The finish: closes the open block and writes the held-back blocks after it, in order.
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.close_block(out);
+        for p in std::mem::take(&mut self.pending) {
+            match p.kind {
+                Open::Tool(index) => {
+                    self.open_tool(out, index, &p.id, &p.name);
+                    for fragment in &p.fragments {
+                        self.write_arguments(out, fragment);
+                    }
+                    // Later text is a block of its own (the call is finished).
+                    self.close_block(out);
+                }
+                Open::Text | Open::None => {
+                    for fragment in &p.fragments {
+                        self.write_text(out, fragment);
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     fn end(&mut self, out: &mut Vec<u8>, st: &mut StreamState) {
         self.ensure_started(out);
+        self.flush_pending(out);
         self.close_block(out);
         let usage = st.usage.unwrap_or_default();
         let reason = self.stop_reason.unwrap_or("end_turn");
         write_event(out, "message_delta", |o| {
             o.extend_from_slice(b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":");
             json::write_str(o, reason);
-            o.extend_from_slice(b",\"stop_sequence\":null},\"usage\":{\"input_tokens\":");
-            let input = usage.prompt_tokens.saturating_sub(usage.cached_tokens);
+            o.extend_from_slice(b",\"stop_sequence\":");
+            match &self.stop_sequence {
+                Some(seq) => json::write_str(o, seq),
+                None => o.extend_from_slice(b"null"),
+            }
+            o.extend_from_slice(b"},\"usage\":{\"input_tokens\":");
+            let input = usage
+                .prompt_tokens
+                .saturating_sub(usage.cached_tokens)
+                .saturating_sub(usage.cache_write_tokens);
             o.extend_from_slice(input.to_string().as_bytes());
+            if usage.cache_write_tokens > 0 {
+                o.extend_from_slice(b",\"cache_creation_input_tokens\":");
+                o.extend_from_slice(usage.cache_write_tokens.to_string().as_bytes());
+            }
             if usage.cached_tokens > 0 {
                 o.extend_from_slice(b",\"cache_read_input_tokens\":");
                 o.extend_from_slice(usage.cached_tokens.to_string().as_bytes());
@@ -323,6 +442,14 @@ impl Reframe for ToAnthropicReframer {
             if let Some(reason) = &choice.finish_reason {
                 st.finish_reason = Some(reason.clone().into_owned());
                 self.stop_reason = Some(map_finish_reason(reason));
+                let matched = choice
+                    .stop_reason
+                    .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+                if let (Some(seq), "stop") = (matched, reason.as_ref()) {
+                    self.stop_reason = Some("stop_sequence");
+                    self.stop_sequence = Some(seq);
+                }
+                self.flush_pending(out);
             }
         }
         Ok(())

@@ -1,0 +1,169 @@
+"""Translation fidelity end to end (docs/decisions/0014): interleaved parallel tool calls on
+`/v1/messages`, stop sequences both ways. The official SDKs are the clients: `anthropic` for
+`/v1/messages`, `openai` for chat; the fakes are the upstreams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import Gateway
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.openai_upstream import FakeOpenAI
+
+CLIENTS: list[anthropic.Anthropic | openai.OpenAI] = []
+HELLO: Any = [{"role": "user", "content": "Count to five"}]
+TOOLS: Any = [
+    {"name": n, "input_schema": {"type": "object", "properties": {}}}
+    for n in ("get_weather", "get_time")
+]
+
+
+def claude(gateway: Gateway, key: str) -> anthropic.Anthropic:
+    sdk = anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=20)
+    CLIENTS.append(sdk)
+    return sdk
+
+
+def chat(gateway: Gateway, key: str) -> openai.OpenAI:
+    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
+    CLIENTS.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
+
+
+def message(sdk: anthropic.Anthropic, stream: bool, **kwargs: Any) -> anthropic.types.Message:
+    if not stream:
+        return sdk.messages.create(max_tokens=100, **kwargs)
+    with sdk.messages.stream(max_tokens=100, **kwargs) as events:
+        return events.get_final_message()
+
+
+# -- interleaved parallel tool calls -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_interleaved_parallel_tool_calls_reach_messages_clients_exactly(
+    gateway: Gateway, api_key: str, stream: bool
+) -> None:
+    answer = message(
+        claude(gateway, api_key),
+        stream,
+        model="openai/parallel-fake",
+        messages=[{"role": "user", "content": "Weather in Paris and time in Rome?"}],
+        tools=TOOLS,
+    )
+    calls = [(b.id, b.name, b.input) for b in answer.content if b.type == "tool_use"]
+    assert calls == [
+        ("call_w", "get_weather", {"city": "Paris"}),
+        ("call_t", "get_time", {"zone": "Europe/Rome"}),
+    ]
+    assert answer.stop_reason == "tool_use"
+
+
+def test_interleaved_tool_call_stream_is_sequential_blocks_on_the_wire(
+    gateway: Gateway, api_key: str
+) -> None:
+    with claude(gateway, api_key).messages.stream(
+        model="openai/parallel-fake", max_tokens=100, messages=HELLO, tools=TOOLS
+    ) as events:
+        kinds = [(e.type, getattr(e, "index", None)) for e in events if "content_block" in e.type]
+    starts = [i for t, i in kinds if t == "content_block_start"]
+    stops = [i for t, i in kinds if t == "content_block_stop"]
+    assert starts == stops == [0, 1]
+    # block 1 starts only after block 0 stopped
+    assert kinds.index(("content_block_stop", 0)) < kinds.index(("content_block_start", 1))
+
+
+def test_interleaved_parallel_tool_calls_pass_through_chat_streams(
+    gateway: Gateway, api_key: str
+) -> None:
+    with chat(gateway, api_key).chat.completions.stream(
+        model="openai/parallel-fake", messages=HELLO
+    ) as events:
+        final = events.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [c.function.arguments for c in calls] == [  # type: ignore[union-attr]
+        '{"city": "Paris"}',
+        '{"zone": "Europe/Rome"}',
+    ]
+
+
+# -- stop sequences ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_anthropic_stop_sequence_survives_passthrough(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic, stream: bool
+) -> None:
+    answer = message(
+        claude(gateway, api_key),
+        stream,
+        model="anthropic/claude-stop-seq",
+        messages=HELLO,
+        stop_sequences=["END"],
+    )
+    assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "END")
+    assert fake_anthropic.last_request("claude-stop-seq")["body"]["stop_sequences"] == ["END"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_openai_shaped_upstream_naming_its_stop_string_gives_stop_sequence(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI, stream: bool
+) -> None:
+    answer = message(
+        claude(gateway, api_key),
+        stream,
+        model="openai/stop-seq-fake",
+        messages=HELLO,
+        stop_sequences=[", 4", "five"],
+    )
+    assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", ", 4")
+    assert answer.content[0].text == "1, 2, 3"  # type: ignore[union-attr]
+    assert fake_openai.last_request("stop-seq-fake")["body"]["stop"] == [", 4", "five"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_openai_upstream_that_does_not_say_gives_end_turn(
+    gateway: Gateway, api_key: str, stream: bool
+) -> None:
+    answer = message(
+        claude(gateway, api_key),
+        stream,
+        model="openai/gpt-fake",
+        messages=HELLO,
+        stop_sequences=["END"],
+    )
+    assert (answer.stop_reason, answer.stop_sequence) == ("end_turn", None)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_chat_stop_reaches_anthropic_and_its_stop_sequence_reads_as_stop(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic, stream: bool
+) -> None:
+    sdk = chat(gateway, api_key)
+    if stream:
+        chunks = list(
+            sdk.chat.completions.create(
+                model="anthropic/claude-stop-seq", messages=HELLO, stop="END", stream=True
+            )
+        )
+        reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+        assert [r for r in reasons if r] == ["stop"]
+    else:
+        answer = sdk.chat.completions.create(
+            model="anthropic/claude-stop-seq", messages=HELLO, stop=["END", "FIN"]
+        )
+        assert answer.choices[0].finish_reason == "stop"
+    sent = fake_anthropic.last_request("claude-stop-seq")["body"]["stop_sequences"]
+    assert sent == (["END"] if stream else ["END", "FIN"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -16,9 +17,22 @@ from tests.fakes.provider_config import REPLICATE_TOKEN
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.fakes.server import PNG_1X1
 
+CLIENTS: list[openai.OpenAI] = []
+
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+    CLIENTS.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """Pooled connections are closed by the test, not by the garbage collector (which would
+    raise a ResourceWarning in whatever test runs then)."""
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
 
 
 def test_replicate_urls_with_cost_and_translated_input(

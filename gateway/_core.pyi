@@ -4,6 +4,7 @@ from typing import Self, final
 
 __all__ = [
     "Decision",
+    "EventStreamError",
     "Limiter",
     "Reframer",
     "SseError",
@@ -15,6 +16,9 @@ __version__: str
 
 class SseError(ValueError):
     """Malformed or oversized upstream stream (an event larger than max_event_bytes)."""
+
+class EventStreamError(SseError):
+    """Corrupted AWS event stream (Bedrock): a CRC mismatch, bad lengths or headers."""
 
 class UpstreamStreamError(Exception):
     """The upstream stream ended without its terminator (cut off)."""

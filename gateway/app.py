@@ -41,7 +41,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics, worker_exited
 from gateway.observer import RequestObserver
-from gateway.providers.base import HttpProvider
+from gateway.providers.base import ObservedProvider
 from gateway.requestlog import RequestLog
 from gateway.settings import Settings, config_path, load_settings
 from gateway.state import AppState, build_state
@@ -164,7 +164,7 @@ def attach_observer(
     state.retrier.tracing = tracing
     state.cache.observer = observer
     for provider in state.providers.values():
-        if isinstance(provider, HttpProvider):
+        if isinstance(provider, ObservedProvider):
             provider.observer = observer
             provider.tracing = tracing
 

@@ -24,9 +24,22 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "replicate", "echo"]
+ProviderKind = Literal[
+    "openai", "anthropic", "gemini", "replicate", "azure", "bedrock", "vertex", "echo"
+]
 ModelKind = Literal["chat", "image", "embedding"]
 Capability = Literal["tools", "vision", "json", "images"]
+
+
+# The fields a cloud kind cannot do without, and its endpoint when `base_url` is not given.
+CLOUD_REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "bedrock": ("region",),
+    "vertex": ("project", "location"),
+}
+CLOUD_BASE_URLS: dict[str, str] = {
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
+    "vertex": "https://{location}-aiplatform.googleapis.com",
+}
 
 
 class ConfigError(Exception):
@@ -104,6 +117,21 @@ class ProviderSettings(_Strict):
     timeout_s: PositiveFloat = 600.0
     pool_size: PositiveInt = 100
     retry: RetrySettings | None = None
+    # kind azure: the `api-version` query parameter, and optionally a Microsoft Entra ID bearer
+    # token (by env var name) sent instead of the `api-key` header.
+    api_version: str = "2024-10-21"
+    entra_token_env: str = ""
+    # kind bedrock: the SigV4 region and the credentials (by env var name).
+    region: str = ""
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (a variable's name)
+    session_token_env: str = "AWS_SESSION_TOKEN"  # noqa: S105 (a variable's name)
+    # kind vertex: the project and location in the model URLs, the service-account JSON file
+    # (its path by env var name), and how long before its expiry an access token is renewed.
+    project: str = ""
+    location: str = ""
+    credentials_file_env: str = "GOOGLE_APPLICATION_CREDENTIALS"
+    token_refresh_margin_s: NonNegFloat = 300.0
 
 
 class ModelSettings(_Strict):
@@ -230,6 +258,13 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     if settings.store.url_env and environ and environ.get(settings.store.url_env):
         store = msgspec.structs.replace(settings.store, url=environ[settings.store.url_env])
         settings = msgspec.structs.replace(settings, store=store)
+    for name, provider in settings.providers.items():
+        _check_cloud(name, provider, where)
+    providers = {
+        name: msgspec.structs.replace(provider, base_url=default_base_url(provider))
+        for name, provider in settings.providers.items()
+    }
+    settings = msgspec.structs.replace(settings, providers=providers)
     _check(settings, where)
     return settings
 
@@ -333,3 +368,21 @@ def _check(settings: Settings, where: str) -> None:
     for name, provider in settings.providers.items():
         if provider.kind != "echo" and not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: `providers.{name}.base_url` must be an http(s) URL")
+
+
+def _check_cloud(name: str, provider: ProviderSettings, where: str) -> None:
+    for field in CLOUD_REQUIRED_FIELDS.get(provider.kind, ()):
+        if not getattr(provider, field):
+            raise ConfigError(
+                f"{where}: `providers.{name}.{field}` is required for kind {provider.kind!r}"
+            )
+
+
+def default_base_url(provider: ProviderSettings) -> str:
+    """`base_url` as given, else the cloud's regional endpoint (bedrock, vertex)."""
+    template = CLOUD_BASE_URLS.get(provider.kind)
+    if provider.base_url or template is None:
+        return provider.base_url
+    if provider.kind == "vertex" and provider.location == "global":
+        return "https://aiplatform.googleapis.com"
+    return template.format(region=provider.region, location=provider.location)

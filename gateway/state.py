@@ -14,8 +14,8 @@ from gateway.cache import ResponseCache
 from gateway.drain import OpenStreams
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
-from gateway.providers.base import Provider
-from gateway.providers.registry import build_provider
+from gateway.providers.base import MissingCredentials, Provider
+from gateway.providers.registry import build_provider, uses_api_key
 from gateway.routing.catalog import Catalog, Secret, resolve_provider_keys
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier
@@ -67,12 +67,16 @@ async def build_state(
     unavailable: dict[str, str] = {}
     for name, provider_settings in settings.providers.items():
         key = provider_keys[name]
-        if provider_settings.kind != "echo" and key is None:
+        if uses_api_key(provider_settings.kind) and key is None:
             unavailable[name] = (
                 f"provider '{name}' has no API key: set the environment variable "
                 f"{provider_settings.api_key_env}"
             )
-        provider = build_provider(name, provider_settings, key)
+        try:
+            provider = build_provider(name, provider_settings, key, environ)
+        except MissingCredentials as exc:
+            unavailable[name] = f"provider '{name}' {exc}"
+            continue
         if provider is None:
             unavailable.setdefault(
                 name, f"provider kind '{provider_settings.kind}' is not supported by this build yet"

@@ -15,10 +15,13 @@ import httpx
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.azure_upstream import FakeAzure
+from tests.fakes.bedrock_upstream import FakeBedrock
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.replicate_upstream import FakeReplicate
+from tests.fakes.vertex_upstream import FakeVertex
 from tests.redis_server import RedisClusterServers, RedisServer, cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -293,3 +296,27 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_azure() -> Iterator[FakeAzure]:
+    fake = FakeAzure()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_bedrock() -> Iterator[FakeBedrock]:
+    fake = FakeBedrock()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_vertex() -> Iterator[FakeVertex]:
+    fake = FakeVertex()
+    fake.start()
+    yield fake
+    fake.stop()

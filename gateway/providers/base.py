@@ -81,6 +81,15 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class ObservedProvider(Protocol):
+    """A provider that reports its upstream calls (latency, errors) to the observer and, with
+    traces on, opens their spans."""
+
+    observer: RequestObserver | None
+    tracing: Tracing | None
+
+
 # A generated image downloaded for `b64_json` larger than this is refused (memory bound).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 # Redirects followed when downloading a generated image (as aiohttp did).
@@ -93,6 +102,11 @@ class UpstreamRequest(Struct, frozen=True):
     headers: dict[str, str]
     body: bytes
     method: str = "POST"
+
+
+class MissingCredentials(Exception):
+    """A provider's credentials are not in the environment (or its credentials file cannot be
+    read): its models are unavailable. The message names variables and files, never values."""
 
 
 class UpstreamUnreachable(ServiceUnavailable):
@@ -503,6 +517,8 @@ class ReframedStream:
         name = self._provider.name
         if isinstance(exc, _core.UpstreamStreamError):
             return BadGateway(f"The upstream provider '{name}' ended the stream early.")
+        if isinstance(exc, _core.EventStreamError):  # a CRC mismatch: bytes corrupted in transit
+            return BadGateway(f"The upstream provider '{name}' sent a corrupted event stream.")
         if isinstance(exc, _core.SseError):
             return BadGateway(f"The upstream provider '{name}' sent a malformed stream.")
         if isinstance(exc, TimeoutError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.providers import anthropic, gemini
+from gateway.providers import anthropic, azure, bedrock, gemini, vertex
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.echo import EchoProvider
@@ -17,6 +17,9 @@ from gateway.routing.catalog import Secret
 from gateway.settings import ProviderSettings
 
 ProviderFactory = Callable[[str, ProviderSettings, Secret | None], Provider]
+# The clouds read their own credentials (several variables, or a file) from the environment at
+# startup, and raise MissingCredentials when they cannot.
+CloudFactory = Callable[[str, ProviderSettings, Mapping[str, str]], Provider]
 
 KINDS: dict[str, ProviderFactory] = {
     "openai": OpenAIProvider,
@@ -25,14 +28,32 @@ KINDS: dict[str, ProviderFactory] = {
     "replicate": ReplicateProvider,
     "echo": lambda name, _settings, _key: EchoProvider(name),
 }
+CLOUD_KINDS: dict[str, CloudFactory] = {
+    "azure": azure.build,
+    "bedrock": bedrock.build,
+    "vertex": vertex.build,
+}
 
 
 def build_provider(
-    name: str, settings: ProviderSettings, api_key: Secret | None
+    name: str,
+    settings: ProviderSettings,
+    api_key: Secret | None,
+    environ: Mapping[str, str] | None = None,
 ) -> Provider | None:
-    """The provider for one `[providers.NAME]` table; None for a kind this build cannot serve."""
+    """The provider for one `[providers.NAME]` table; None for a kind this build cannot serve.
+    Raises MissingCredentials for a cloud whose credentials are not in `environ`."""
+    cloud = CLOUD_KINDS.get(settings.kind)
+    if cloud is not None:
+        return cloud(name, settings, environ or {})
     factory = KINDS.get(settings.kind)
     return factory(name, settings, api_key) if factory is not None else None
+
+
+def uses_api_key(kind: str) -> bool:
+    """Whether a missing `api_key_env` value makes the provider unavailable (the clouds check
+    their own credentials in build_provider)."""
+    return kind in KINDS and kind != "echo"
 
 
 # The fields a translating kind honours beyond the ones it translates; a kind not named here
@@ -40,6 +61,8 @@ def build_provider(
 HONOURED_FIELDS: dict[str, frozenset[str]] = {
     "anthropic": anthropic.SUPPORTED,
     "gemini": gemini.SUPPORTED,
+    "bedrock": bedrock.SUPPORTED,
+    "vertex": vertex.SUPPORTED,
 }
 
 

@@ -9,6 +9,9 @@ pub enum CoreError {
     /// The upstream stream is malformed (not SSE, not JSON where JSON is required) or one event is
     /// larger than the configured bound. Python: `SseError` (a `ValueError`).
     Sse(String),
+    /// The binary AWS event stream is corrupted (a prelude or message CRC mismatch, impossible
+    /// lengths, a malformed header). Python: `EventStreamError` (an `SseError`).
+    EventStream(String),
     /// The upstream stream ended before its terminator. Python: `UpstreamStreamError`.
     StreamCutOff(String),
     /// A caller-supplied argument is invalid (unknown reframer kind). Python: `ValueError`.
@@ -18,7 +21,9 @@ pub enum CoreError {
 impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Sse(m) | Self::StreamCutOff(m) | Self::InvalidArgument(m) => f.write_str(m),
+            Self::Sse(m) | Self::EventStream(m) | Self::StreamCutOff(m) | Self::InvalidArgument(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

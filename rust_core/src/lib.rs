@@ -1,11 +1,13 @@
 //! Klawd Gateway's hot path: pure Rust modules, with the PyO3 shell in `py.rs`.
 //!
 //! - [`sse`]: incremental SSE parser.
+//! - [`eventstream`]: incremental AWS event stream decoder (Bedrock ConverseStream).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 
 pub mod bucket;
 pub mod errors;
+pub mod eventstream;
 mod json;
 pub mod limiter;
 pub mod quota;

@@ -29,6 +29,12 @@ create_exception!(
 );
 create_exception!(
     _core,
+    EventStreamError,
+    SseError,
+    "Corrupted AWS event stream (Bedrock): a CRC mismatch, bad lengths or headers."
+);
+create_exception!(
+    _core,
     UpstreamStreamError,
     PyException,
     "The upstream stream ended without its terminator (cut off)."
@@ -38,6 +44,7 @@ impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::Sse(m) => SseError::new_err(m),
+            CoreError::EventStream(m) => EventStreamError::new_err(m),
             CoreError::StreamCutOff(m) => UpstreamStreamError::new_err(m),
             CoreError::InvalidArgument(m) => PyValueError::new_err(m),
         }
@@ -311,6 +318,7 @@ mod _core {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         m.add("SseError", py.get_type::<super::SseError>())?;
+        m.add("EventStreamError", py.get_type::<super::EventStreamError>())?;
         m.add(
             "UpstreamStreamError",
             py.get_type::<super::UpstreamStreamError>(),

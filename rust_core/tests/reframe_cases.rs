@@ -46,7 +46,7 @@ fn openai_pretty_printed_multi_line_data_is_compacted_to_one_line() {
 
 #[test]
 fn openai_error_event_sets_upstream_error_and_stops() {
-    let input = "data: {\"choices\":[]}\n\ndata: {\"error\":{\"message\":\"Rate limit\",\"type\":null,\"code\":\"rate_limit_exceeded\"}}\n\ndata: [DONE]\n\n";
+    let input = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\":{\"message\":\"Rate limit\",\"type\":null,\"code\":\"rate_limit_exceeded\"}}\n\ndata: [DONE]\n\n";
     let (evs, s) = out_of("openai", input);
     assert_eq!(evs.len(), 1);
     assert_eq!(
@@ -54,6 +54,15 @@ fn openai_error_event_sets_upstream_error_and_stops() {
         Some(("rate_limit_exceeded".to_owned(), "Rate limit".to_owned()))
     );
     assert!(!s.state().done);
+}
+
+#[test]
+fn openai_chunk_without_choices_or_usage_is_not_relayed() {
+    // Azure OpenAI streams this first: prompt filter results only, empty id and model.
+    let input = "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[{\"prompt_index\":0}]}\n\ndata: {\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+    let (evs, _) = out_of("openai", input);
+    assert_eq!(evs.len(), 2);
+    assert!(evs[0].contains("\"content\":\"hi\""));
 }
 
 #[test]

@@ -6,18 +6,23 @@
 
 mod anthropic;
 mod anthropic_passthrough;
+mod bedrock;
 mod gemini;
 mod openai;
 mod to_anthropic;
 mod to_responses;
 
+use std::borrow::Cow;
+
 use crate::errors::CoreError;
+use crate::eventstream::{EventStreamDecoder, Message};
 use crate::json;
 use crate::sse::{Event, Flow, SseParser};
 use crate::usage::Usage;
 
 pub use anthropic::AnthropicReframer;
 pub use anthropic_passthrough::AnthropicPassthrough;
+pub use bedrock::BedrockReframer;
 pub use gemini::GeminiReframer;
 pub use openai::OpenAiReframer;
 pub use to_anthropic::{map_finish_reason, ToAnthropicReframer};
@@ -84,6 +89,8 @@ enum Kind {
     OpenAi(OpenAiReframer),
     Anthropic(AnthropicReframer),
     Gemini(GeminiReframer),
+    /// Bedrock ConverseStream (binary event stream framing, not SSE).
+    Bedrock(BedrockReframer),
     /// OpenAI chunks in, Anthropic Messages events out (`/v1/messages`, translated models).
     ToAnthropic(ToAnthropicReframer),
     /// Anthropic events relayed as Anthropic events (`/v1/messages`, `anthropic/…` models).
@@ -98,6 +105,7 @@ impl Kind {
             Self::OpenAi(r) => r,
             Self::Anthropic(r) => r,
             Self::Gemini(r) => r,
+            Self::Bedrock(r) => r,
             Self::ToAnthropic(r) => r,
             Self::AnthropicPassthrough(r) => r,
             Self::ToResponses(r) => r,
@@ -105,10 +113,63 @@ impl Kind {
     }
 }
 
+/// How the upstream frames its events: SSE, or AWS event stream messages (Bedrock), which are
+/// handed to the reframer as events (`event` = the event or exception type, `id` = the
+/// `:message-type`, `data` = the payload).
+#[derive(Debug)]
+enum Framing {
+    Sse(SseParser),
+    EventStream(EventStreamDecoder),
+}
+
+type Sink<'s> = dyn FnMut(&Event<'_>) -> Result<Flow, CoreError> + 's;
+
+impl Framing {
+    fn push(&mut self, data: &[u8], sink: &mut Sink<'_>) -> Result<Flow, CoreError> {
+        match self {
+            Self::Sse(parser) => parser.push(data, &mut |ev: &Event<'_>| sink(ev)),
+            Self::EventStream(decoder) => {
+                decoder.push(data, &mut |m: &Message<'_>| sink(&message_event(m)?))
+            }
+        }
+    }
+
+    fn finish(&mut self, sink: &mut Sink<'_>) -> Result<Flow, CoreError> {
+        match self {
+            Self::Sse(parser) => parser.finish(&mut |ev: &Event<'_>| sink(ev)),
+            Self::EventStream(decoder) => decoder.finish(),
+        }
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        match self {
+            Self::Sse(parser) => parser.buffered_bytes(),
+            Self::EventStream(decoder) => decoder.buffered_bytes(),
+        }
+    }
+}
+
+fn message_event<'m>(m: &'m Message<'_>) -> Result<Event<'m>, CoreError> {
+    let message_type = m.header_str(":message-type").unwrap_or("event");
+    let name = if message_type == "event" {
+        m.header_str(":event-type")
+    } else {
+        m.header_str(":exception-type")
+            .or_else(|| m.header_str(":error-code"))
+    };
+    let data = std::str::from_utf8(m.payload)
+        .map_err(|_| CoreError::EventStream("event stream payload is not UTF-8".to_owned()))?;
+    Ok(Event {
+        event: Cow::Borrowed(name.unwrap_or("")),
+        data: Cow::Borrowed(data),
+        id: Cow::Borrowed(message_type),
+    })
+}
+
 /// An upstream stream being reframed: parser + state + provider reframer.
 #[derive(Debug)]
 pub struct Stream {
-    parser: SseParser,
+    parser: Framing,
     state: StreamState,
     kind: Kind,
     /// A parse error is sticky: every later call returns it again.
@@ -116,26 +177,32 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// `kind` is `"openai"`, `"anthropic"` or `"gemini"` (upstream → OpenAI chunks), or
-    /// `"openai_to_anthropic"` / `"anthropic_passthrough"` (→ Anthropic Messages events), or
+    /// `kind` is `"openai"`, `"anthropic"`, `"gemini"` or `"bedrock"` (upstream → OpenAI chunks),
+    /// or `"openai_to_anthropic"` / `"anthropic_passthrough"` (→ Anthropic Messages events), or
     /// `"openai_to_responses"` (the gateway's OpenAI chunks → Responses API events).
     pub fn new(kind: &str, opts: &Options, max_event_bytes: usize) -> Result<Self, CoreError> {
+        let framing = if kind == "bedrock" {
+            Framing::EventStream(EventStreamDecoder::new(max_event_bytes))
+        } else {
+            Framing::Sse(SseParser::new(max_event_bytes))
+        };
         let kind = match kind {
             "openai" => Kind::OpenAi(OpenAiReframer::new(opts)),
             "anthropic" => Kind::Anthropic(AnthropicReframer::new(opts)),
             "gemini" => Kind::Gemini(GeminiReframer::new(opts)),
+            "bedrock" => Kind::Bedrock(BedrockReframer::new(opts)),
             "openai_to_anthropic" => Kind::ToAnthropic(ToAnthropicReframer::new(opts)),
             "anthropic_passthrough" => Kind::AnthropicPassthrough(AnthropicPassthrough::new(opts)),
             "openai_to_responses" => Kind::ToResponses(ToResponsesReframer::new(opts)?),
             other => {
                 return Err(CoreError::InvalidArgument(format!(
                     "unknown reframer kind {other:?} (expected openai, anthropic, gemini, \
-                     openai_to_anthropic, anthropic_passthrough or openai_to_responses)"
+                     bedrock, openai_to_anthropic, anthropic_passthrough or openai_to_responses)"
                 )))
             }
         };
         Ok(Self {
-            parser: SseParser::new(max_event_bytes),
+            parser: framing,
             state: StreamState::default(),
             kind,
             failed: None,
@@ -155,12 +222,12 @@ impl Stream {
     /// Feeds one upstream chunk (any boundary); appends complete OpenAI events to `out`.
     /// On error, `out` may hold events of this chunk that precede the error: discard them.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CoreError> {
-        self.run(out, false, |parser, mut sink| parser.push(data, &mut sink))
+        self.run(out, false, |parser, sink| parser.push(data, sink))
     }
 
     /// Upstream EOF: appends final events; errors when the stream was cut off.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), CoreError> {
-        self.run(out, true, |parser, mut sink| parser.finish(&mut sink))
+        self.run(out, true, |parser, sink| parser.finish(sink))
     }
 
     /// Runs the parser over `step`'s input, each event through the reframer, until the stream
@@ -169,10 +236,7 @@ impl Stream {
         &mut self,
         out: &mut Vec<u8>,
         at_eof: bool,
-        step: impl FnOnce(
-            &mut SseParser,
-            &mut dyn FnMut(&Event<'_>) -> Result<Flow, CoreError>,
-        ) -> Result<Flow, CoreError>,
+        step: impl FnOnce(&mut Framing, &mut Sink<'_>) -> Result<Flow, CoreError>,
     ) -> Result<(), CoreError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());

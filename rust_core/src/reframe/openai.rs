@@ -5,7 +5,8 @@
 //! a chunk without `model` gets one appended. One `serde_json` pass decodes only `choices`,
 //! `usage` and `error` (and validates the JSON); a light scanner finds the `model` span. This is
 //! faster than re-serializing through `serde_json::Value` (measured in `docs/benchmarks.md`). The gateway always asks upstream for usage; when the client did not, the
-//! usage-only chunk (`choices: []` with a usage) is dropped from the output.
+//! usage-only chunk (`choices: []` with a usage) is dropped from the output, and so is a chunk
+//! with neither choices nor usage (Azure's leading `prompt_filter_results` chunk).
 
 use std::borrow::Cow;
 
@@ -192,6 +193,10 @@ impl Reframe for OpenAiReframer {
             if choices.is_empty() && !self.include_usage {
                 return Ok(());
             }
+        } else if choices.is_empty() {
+            // Nothing for the client: Azure's first chunk (`choices: []`, empty id and model,
+            // only `prompt_filter_results`).
+            return Ok(());
         }
         rewrite(data, &self.model_json, out);
         Ok(())

@@ -48,10 +48,9 @@ def _host(url: str) -> str:
 
 
 def canonical_query(query: str) -> str:
-    pairs = []
-    for item in query.split("&") if query else ():
-        key, _, value = item.partition("=")
-        pairs.append((quote(key, safe="-_.~"), quote(value, safe="-_.~")))
+    """The URL's query is already URI-encoded: its pairs are sorted (by name, then value) as
+    they are, which is what the spec's encode-then-sort gives for an encoded URL."""
+    pairs = [item.partition("=")[::2] for item in query.split("&")] if query else []
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
 
 

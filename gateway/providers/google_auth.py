@@ -4,9 +4,10 @@ renewed `refresh_margin_s` before it expires, one renewal at a time (callers tha
 during a renewal wait for that renewal instead of starting their own).
 
 The JWT: header `{"alg": "RS256", "typ": "JWT", "kid": private_key_id}`, claims `iss` =
-`client_email`, `scope` = cloud-platform, `aud` = Google's token endpoint URL, `iat`, `exp` = iat + 1 h, signed
-with the account's private key (RSASSA-PKCS1-v1_5 with SHA-256, `cryptography`). The private key
-and the access token are held as `Secret`s; neither appears in an error message.
+`client_email`, `scope` = cloud-platform, `aud` = Google's token endpoint URL, `iat`,
+`exp` = iat + 1 h, signed with the account's private key (RSASSA-PKCS1-v1_5 with SHA-256,
+`cryptography`). The private key and the access token are held as `Secret`s; neither appears in
+an error message.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Google's token endpoint checks `aud` against its own URL, whatever token_uri the key file names
 # (google-auth sends the same).
-TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL, not a secret)
 JWT_LIFETIME_S = 3600
 TOKEN_TIMEOUT_S = 30.0
 

@@ -21,9 +21,10 @@ pub enum CoreError {
 impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Sse(m) | Self::EventStream(m) | Self::StreamCutOff(m) | Self::InvalidArgument(m) => {
-                f.write_str(m)
-            }
+            Self::Sse(m)
+            | Self::EventStream(m)
+            | Self::StreamCutOff(m)
+            | Self::InvalidArgument(m) => f.write_str(m),
         }
     }
 }

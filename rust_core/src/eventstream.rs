@@ -1,5 +1,5 @@
 //! Incremental decoder of AWS event stream framing (`application/vnd.amazon.eventstream`), the
-//! binary framing of Bedrock's ConverseStream.
+//! binary framing of Bedrock's `ConverseStream`.
 //!
 //! One message on the wire (all integers big-endian):
 //!
@@ -269,9 +269,14 @@ mod tests {
 
     #[test]
     fn a_message_split_in_the_prelude_is_decoded_once_whole() {
-        let wire = encode_message(&[(":event-type", "messageStart")], b"{\"role\":\"assistant\"}");
+        let wire = encode_message(
+            &[(":event-type", "messageStart")],
+            b"{\"role\":\"assistant\"}",
+        );
         let mut decoder = EventStreamDecoder::new(1 << 20);
-        assert!(collect(&mut decoder, &wire[..5]).unwrap_or_default().is_empty());
+        assert!(collect(&mut decoder, &wire[..5])
+            .unwrap_or_default()
+            .is_empty());
         let got = collect(&mut decoder, &wire[5..]);
         assert_eq!(got, Ok(vec![b"{\"role\":\"assistant\"}".to_vec()]));
         assert_eq!(decoder.buffered_bytes(), 0);

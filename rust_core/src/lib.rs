@@ -1,7 +1,7 @@
 //! Klawd Gateway's hot path: pure Rust modules, with the PyO3 shell in `py.rs`.
 //!
 //! - [`sse`]: incremental SSE parser.
-//! - [`eventstream`]: incremental AWS event stream decoder (Bedrock ConverseStream).
+//! - [`eventstream`]: incremental AWS event stream decoder (Bedrock `ConverseStream`).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 

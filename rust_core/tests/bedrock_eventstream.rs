@@ -1,4 +1,4 @@
-//! Bedrock ConverseStream: AWS event stream framing decoded and reframed to OpenAI chunks in one
+//! Bedrock `ConverseStream`: AWS event stream framing decoded and reframed to OpenAI chunks in one
 //! pass. Split invariance at every boundary, random splits, single-bit corruption anywhere →
 //! a typed `EventStream` error, exceptions → `upstream_error`, and tool input fragments that add
 //! up to the JSON that went in.
@@ -42,10 +42,13 @@ fn exception(name: &str, message: &str) -> Vec<u8> {
     )
 }
 
-/// A whole ConverseStream answer: text, then a tool call whose input arrives in fragments.
+/// A whole `ConverseStream` answer: text, then a tool call whose input arrives in fragments.
 fn transcript() -> Vec<u8> {
     let mut wire = Vec::new();
-    wire.extend(event("messageStart", &json!({"role": "assistant", "p": "abcd"})));
+    wire.extend(event(
+        "messageStart",
+        &json!({"role": "assistant", "p": "abcd"}),
+    ));
     wire.extend(event(
         "contentBlockDelta",
         &json!({"contentBlockIndex": 0, "delta": {"text": "Hello"}, "p": "ab"}),
@@ -102,7 +105,10 @@ fn a_converse_stream_becomes_openai_chunks_with_text_tool_call_finish_and_usage(
     let wire = transcript();
     let (out, stream) = run(&[&wire], true).unwrap();
     let chunks = chunks(&out);
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -156,7 +162,10 @@ fn the_usage_chunk_is_left_out_unless_asked_for() {
 #[test]
 fn an_exception_inside_the_stream_is_reported_as_an_upstream_error() {
     let mut wire = event("messageStart", &json!({"role": "assistant"}));
-    wire.extend(exception("throttlingException", "Too many tokens, please wait."));
+    wire.extend(exception(
+        "throttlingException",
+        "Too many tokens, please wait.",
+    ));
     wire.extend(event("messageStop", &json!({"stopReason": "end_turn"})));
     let mut stream = Stream::new("bedrock", &opts(true), 1 << 20).unwrap();
     let mut out = Vec::new();
@@ -168,7 +177,9 @@ fn an_exception_inside_the_stream_is_reported_as_an_upstream_error() {
             "Too many tokens, please wait.".to_owned()
         ))
     );
-    assert!(!String::from_utf8(out).unwrap().contains("finish_reason\":\"stop"));
+    assert!(!String::from_utf8(out)
+        .unwrap()
+        .contains("finish_reason\":\"stop"));
 }
 
 #[test]
@@ -191,7 +202,10 @@ fn eof_after_message_stop_without_metadata_completes_the_stream() {
     wire.extend(event("messageStop", &json!({"stopReason": "max_tokens"})));
     let (out, _) = run(&[&wire], false).unwrap();
     let chunks = chunks(&out);
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
 }
 
 proptest! {

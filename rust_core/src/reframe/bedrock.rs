@@ -1,4 +1,4 @@
-//! Bedrock ConverseStream → OpenAI chunks.
+//! Bedrock `ConverseStream` → OpenAI chunks.
 //!
 //! The stream is AWS event stream framing ([`crate::eventstream`]); `Stream` hands each message
 //! over as an [`Event`] whose `event` is the `:event-type` header (or, for an exception, the
@@ -9,8 +9,9 @@
 //! - `contentBlockDelta`: `delta.text` → a content delta, `delta.toolUse.input` (a fragment of the
 //!   input's JSON) → an arguments delta of the block's tool call;
 //! - `contentBlockStop` → nothing;
-//! - `messageStop {stopReason}` → the finish chunk (end_turn/stop_sequence → stop, max_tokens →
-//!   length, tool_use → tool_calls, guardrail_intervened/content_filtered → content_filter);
+//! - `messageStop {stopReason}` → the finish chunk (`end_turn`/`stop_sequence` → `stop`,
+//!   `max_tokens` → `length`, `tool_use` → `tool_calls`, `guardrail_intervened`/`content_filtered`
+//!   → `content_filter`);
 //! - `metadata {usage}` (the last event) → usage, the usage chunk when asked for, `[DONE]`.
 //!
 //! An exception message (`throttlingException`, `modelStreamErrorException`, …) →
@@ -92,6 +93,7 @@ struct Metadata {
 /// Bedrock `TokenUsage`; cache reads and writes are counted in the prompt, as for Anthropic.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[allow(clippy::struct_field_names)] // the names are the Bedrock wire's
 struct BedrockUsage {
     #[serde(default)]
     input_tokens: u64,
@@ -131,7 +133,7 @@ pub fn map_stop_reason(reason: &str) -> &'static str {
     }
 }
 
-/// Reframer for Bedrock ConverseStream upstreams.
+/// Reframer for Bedrock `ConverseStream` upstreams.
 #[derive(Debug)]
 pub struct BedrockReframer {
     writer: ChunkWriter,
@@ -177,9 +179,8 @@ impl Reframe for BedrockReframer {
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
         if ev.id == "exception" || ev.id == "error" {
-            let body: ExceptionBody<'_> = parse("bedrock", &ev.data).unwrap_or(ExceptionBody {
-                message: None,
-            });
+            let body: ExceptionBody<'_> =
+                parse("bedrock", &ev.data).unwrap_or(ExceptionBody { message: None });
             let message = body.message.map_or_else(String::new, Cow::into_owned);
             st.upstream_error = Some((ev.event.clone().into_owned(), message));
             return Ok(());

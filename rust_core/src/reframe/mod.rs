@@ -89,7 +89,7 @@ enum Kind {
     OpenAi(OpenAiReframer),
     Anthropic(AnthropicReframer),
     Gemini(GeminiReframer),
-    /// Bedrock ConverseStream (binary event stream framing, not SSE).
+    /// Bedrock `ConverseStream` (binary event stream framing, not SSE).
     Bedrock(BedrockReframer),
     /// OpenAI chunks in, Anthropic Messages events out (`/v1/messages`, translated models).
     ToAnthropic(ToAnthropicReframer),

@@ -286,6 +286,8 @@ def to_chat_request(request: MessagesRequest, raw: bytes) -> Translation:
     for message_body in body["messages"]:
         for call in message_body.get("tool_calls", ()):
             call["type"] = "function"
+    if isinstance(body.get("tool_choice"), dict):
+        body["tool_choice"]["type"] = "function"
     if request.top_k is not None:
         body["top_k"] = request.top_k
     if request.tool_choice is not None and request.tool_choice.disable_parallel_tool_use:

@@ -115,6 +115,16 @@ def test_top_k_and_parallel_tool_use_are_forwarded_as_extra_fields() -> None:
     assert chat.needs() == {"tools"}
 
 
+def test_a_named_tool_choice_is_openais_with_its_type() -> None:
+    tool = {"name": "f", "input_schema": {"type": "object"}}
+    _, body, _ = translate(
+        BASE
+        | {"messages": [{"role": "user", "content": "q"}], "tools": [tool]}
+        | {"tool_choice": {"type": "tool", "name": "f"}}
+    )
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+
+
 def completion(message: dict[str, Any], finish: str, usage: dict[str, Any]) -> dict[str, Any]:
     return {"choices": [{"message": message, "finish_reason": finish}], "usage": usage}
 

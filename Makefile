@@ -77,6 +77,8 @@ loadtest: $(PY)
 # pinned to cores; nginx (+ echo module) and wrk from Debian when missing. Results are written
 # into docs/benchmarks.md. BENCH_ARGS="--seconds 2 --reps 1" for a quick look.
 BENCH_ARGS ?= --seconds 5 --reps 3 --profile
+# Traces on vs off and the cache-hit path (loadtests/bench/trace_cache_bench.py).
+TRACE_CACHE_BENCH_ARGS ?= --seconds 5 --reps 3
 bench: $(PY)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null \
 	  && test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || { \
@@ -85,3 +87,4 @@ bench: $(PY)
 	    --no-install-recommends nginx libnginx-mod-http-echo wrk >/dev/null; }
 	$(BIN)/maturin develop --release -E dev,load -q
 	taskset -c 1 $(BIN)/python -m loadtests.bench.side_by_side $(BENCH_ARGS) --write-docs
+	taskset -c 1 $(BIN)/python -m loadtests.bench.trace_cache_bench $(TRACE_CACHE_BENCH_ARGS) --write-docs

@@ -68,15 +68,9 @@ class Tracing:
             if name in (b"traceparent", b"tracestate")
         }
         parent = self._propagator.extract(carrier) if carrier else None
-        span = self.tracer.start_span(
-            record.method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": record.method,
-                "klawd.request_id": record.request_id,
-            },
-        )
+        # Attributes cost CPU per span twice (the SDK checks each, the exporter encodes each):
+        # the server span gets its attributes once, when it ends.
+        span = self.tracer.start_span(record.method, context=parent, kind=SpanKind.SERVER)
         record.operation = OPERATIONS.get(path)
         record.span = span
         record.trace_id = f"{span.get_span_context().trace_id:032x}"
@@ -105,7 +99,6 @@ class Tracing:
                 "gen_ai.operation.name": operation,
                 "gen_ai.provider.name": provider_name(target.provider.kind),
                 "gen_ai.request.model": upstream_model,
-                "klawd.model": target.model.id,
                 "klawd.deployment": target.model.provider,
                 "klawd.attempt": attempt,
             },
@@ -141,7 +134,6 @@ def _server_attributes(record: RequestRecord) -> dict[str, Any]:
         "gen_ai.provider.name": provider_name(kind) if kind is not None else None,
         "klawd.deployment": record.provider,
         "klawd.account_id": record.account_id,
-        "klawd.plan": record.plan,
         "klawd.cache": record.cache,
     }
     attributes.update({k: v for k, v in optional.items() if v is not None})
@@ -149,9 +141,6 @@ def _server_attributes(record: RequestRecord) -> dict[str, Any]:
         attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
         attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
         attributes["klawd.cost_usd"] = record.cost_usd
-        attributes["klawd.stream"] = record.stream
     if record.finish_reasons:
         attributes["gen_ai.response.finish_reasons"] = record.finish_reasons
-    if record.upstream_attempts:
-        attributes["klawd.upstream_attempts"] = record.upstream_attempts
     return attributes

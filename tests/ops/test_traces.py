@@ -76,6 +76,19 @@ def messages() -> list[dict[str, Any]]:
     return [{"role": "user", "content": f"{SECRET_PROMPT} {uuid.uuid4().hex}"}]
 
 
+def log_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
+    """The request's JSON log line (written in batches: a bounded wait)."""
+    path = Path(gateway.config).parent / "gateway.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for text in path.read_text(errors="replace").splitlines():
+            if f'"request_id":"{request_id}"' in text:
+                line: dict[str, Any] = orjson.loads(text)
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no log line for {request_id}")
+
+
 def by_kind(spans: list[ReceivedSpan], kind: int) -> list[ReceivedSpan]:
     return [s for s in spans if s.kind == kind]
 
@@ -133,14 +146,7 @@ def test_incoming_traceparent_is_the_parent_and_goes_upstream(
     assert server.parent_span_id == parent_id
     [seen] = [r for r in fake_openai.requests if r["body"].get("messages") == asked]
     assert seen["headers"]["traceparent"] == f"00-{trace_id}-{upstream.span_id}-01"
-    request_id = response.headers["x-request-id"]
-    log = (Path(traced.config).parent / "gateway.log").read_text(errors="replace")
-    deadline = time.monotonic() + 10
-    while request_id not in log and time.monotonic() < deadline:
-        time.sleep(0.05)
-        log = (Path(traced.config).parent / "gateway.log").read_text(errors="replace")
-    [line] = [orjson.loads(x) for x in log.splitlines() if f'"request_id":"{request_id}"' in x]
-    assert line["trace_id"] == trace_id
+    assert log_line(traced, response.headers["x-request-id"])["trace_id"] == trace_id
 
 
 def test_a_request_without_traceparent_starts_a_trace_named_in_its_log_line(
@@ -150,16 +156,10 @@ def test_a_request_without_traceparent_starts_a_trace_named_in_its_log_line(
     response = sdk.chat.completions.with_raw_response.create(
         model="openai/gpt-fake", messages=messages(), temperature=0
     )
-    request_id = response.headers["x-request-id"]
-    deadline = time.monotonic() + 10
-    spans: list[ReceivedSpan] = []
-    while not spans and time.monotonic() < deadline:
-        spans = [s for s in receiver.spans if s.attributes.get("klawd.request_id") == request_id]
-        time.sleep(0.05)
-    [server] = spans
+    line = log_line(traced, response.headers["x-request-id"])
+    spans = receiver.trace(line["trace_id"], 2)
+    [server] = by_kind(spans, SERVER)
     assert server.parent_span_id == ""
-    log = (Path(traced.config).parent / "gateway.log").read_text(errors="replace")
-    assert f'"trace_id":"{server.trace_id}"' in log
 
 
 def test_each_retry_and_fallback_is_a_client_span_under_the_request(
@@ -183,7 +183,6 @@ def test_each_retry_and_fallback_is_a_client_span_under_the_request(
     assert [s.status_code == ERROR for s in attempts] == [True, True, True, False]
     assert attempts[0].attributes["error.type"] == "service_unavailable"
     assert server.attributes["gen_ai.response.model"] == "openai/gpt-fake"
-    assert server.attributes["klawd.upstream_attempts"] == 4
 
 
 def test_a_failed_request_is_an_error_span(traced: Gateway, receiver: OtlpReceiver) -> None:
@@ -220,7 +219,6 @@ def test_a_stream_span_carries_usage_finish_reason_and_cache_status(
     assert sorted(s.attributes["klawd.cache"] for s in servers) == ["hit", "miss"]
     [miss] = [s for s in servers if s.attributes["klawd.cache"] == "miss"]
     [hit] = [s for s in servers if s.attributes["klawd.cache"] == "hit"]
-    assert miss.attributes["klawd.stream"] is True
     assert miss.attributes["gen_ai.usage.output_tokens"] == 4
     assert miss.attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert hit.attributes["klawd.cost_usd"] == 0

@@ -17,6 +17,7 @@ fn opts(include_usage: bool) -> Options {
         response_id: "chatcmpl-test".to_owned(),
         created: 1_700_000_000,
         include_usage,
+        response_fields: "{}".to_owned(),
     }
 }
 

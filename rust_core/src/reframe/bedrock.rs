@@ -113,6 +113,7 @@ impl From<&BedrockUsage> for Usage {
             completion_tokens: u.output_tokens,
             total_tokens: prompt + u.output_tokens,
             cached_tokens: u.cache_read_input_tokens,
+            cache_write_tokens: u.cache_write_input_tokens,
         }
     }
 }

@@ -432,3 +432,42 @@ def test_no_cloud_secret_in_metrics_or_models(cloud_gateway: Gateway, key: str) 
     status = httpx.get(f"{cloud_gateway.base_url}/status", timeout=10).text
     for text in (metrics, models, status):
         assert_no_secret(text)
+
+
+# -- /v1/responses --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", list(TEXT))
+def test_responses_api_works_with_cloud_models(
+    cloud_gateway: Gateway, key: str, model: str
+) -> None:
+    sdk = client(cloud_gateway, key)
+    response = sdk.responses.create(model=model, input="Say hello")
+    assert response.status == "completed"
+    assert response.output_text == TEXT[model]
+    assert response.usage is not None and response.usage.output_tokens > 0
+    with sdk.responses.stream(model=model, input="Say hello") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert events[-1].type == "response.completed"
+    assert final.output_text == TEXT[model]
+
+
+@pytest.mark.parametrize("model", ["bedrock/tools", "vertex/claude-tools", "azure/tools"])
+def test_responses_api_function_calls_from_cloud_models(
+    cloud_gateway: Gateway, key: str, model: str
+) -> None:
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    response = client(cloud_gateway, key).responses.create(
+        model=model,
+        input="Weather in Paris?",
+        tools=[tool],  # type: ignore[list-item]
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert orjson.loads(calls[0].arguments)["city"] == "Paris"

@@ -17,6 +17,8 @@ import pytest
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.azure_upstream import FakeAzure
 from tests.fakes.bedrock_upstream import FakeBedrock
+from tests.fakes.cloud_config import SECRETS as CLOUD_SECRETS
+from tests.fakes.cloud_config import cloud_config, cloud_env
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
@@ -320,3 +322,25 @@ def fake_vertex() -> Iterator[FakeVertex]:
     fake.start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="session")
+def cloud_gateway(
+    fake_openai: FakeOpenAI,
+    fake_azure: FakeAzure,
+    fake_bedrock: FakeBedrock,
+    fake_vertex: FakeVertex,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    """A gateway whose providers are the cloud fakes (tests/fakes/cloud_config.py)."""
+    directory = tmp_path_factory.mktemp("cloud-gateway")
+    port = free_port()
+    config = directory / "klawd.toml"
+    extra = cloud_config(fake_azure.origin, fake_bedrock.origin, fake_vertex.origin)
+    gateway_config(config, port, fake_openai.base_url, extra=extra)
+    running = start_gateway(config, port, cloud_env(fake_vertex, directory))
+    yield running
+    stop(running.process)
+    log_text = (directory / "gateway.log").read_text(errors="replace")
+    for secret in CLOUD_SECRETS:
+        assert secret not in log_text, "a cloud secret leaked into the gateway's log"

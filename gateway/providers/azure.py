@@ -66,7 +66,9 @@ def build(name: str, settings: ProviderSettings, environ: Mapping[str, str]) -> 
     if not key and not token:
         variables = " or ".join(v for v in (settings.api_key_env, settings.entra_token_env) if v)
         raise MissingCredentials(
-            f"has no Azure credentials: set the environment variable {variables or 'api_key_env'}"
+            f"has no Azure credentials: set the environment variable {variables}"
+            if variables
+            else "has no Azure credentials: set `api_key_env` or `entra_token_env` in its table"
         )
     return AzureOpenAIProvider(
         name, settings, Secret(key) if key else None, Secret(token) if token else None

@@ -14,6 +14,8 @@ per-choice `content_filter_results`, and a first stream chunk with `choices: []`
     dalle-prod       one image as b64_json
     throttled        429 with Retry-After: 4 and Azure's rate-limit message
     filtered         400 content_filter (Azure's content management policy)
+    cut-prod         streamed: two chunks, then the connection is cut
+    error-prod       streamed: a chunk, then `data: {"error": … server_error}`
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aiohttp import web
 
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import awkward_pieces, sse
-from tests.fakes.server import PNG_1X1, ThreadedServer
+from tests.fakes.server import PNG_1X1, ThreadedServer, cut_connection
 
 API_KEY = "azure-SECRET-key-never-leak-3c1f"
 ENTRA_TOKEN = "eyJ0eXAiOiJKV1Q.azure-entra-SECRET-never-leak"
@@ -139,6 +141,14 @@ class FakeAzure(ThreadedServer):
         }
         stream = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         await stream.prepare(request)
+        if deployment == "cut-prod":
+            await stream.write(sse(first) + events[0] + events[1][:12])
+            return await cut_connection(request, stream)
+        if deployment == "error-prod":
+            error = {"error": {"message": "The server had an error.", "type": "server_error"}}
+            await stream.write(sse(first) + events[0] + sse(error))
+            await stream.write_eof()
+            return stream
         for piece in awkward_pieces([sse(first), *events]):
             await stream.write(piece)
         await stream.write_eof()

@@ -14,6 +14,7 @@ missing session token when the fake expects one. Behaviour by model id:
     fake.throttled               429 ThrottlingException
     fake.invalid                 400 ValidationException
     fake.stream-throttled        streamed: messageStart, then a throttlingException message
+    fake.stream-error            streamed: messageStart, then a modelStreamErrorException
     fake.corrupt                 streamed: a message whose CRC is wrong
     fake.cut                     streamed: the connection is cut mid-message
 """
@@ -195,6 +196,9 @@ class FakeBedrock(ThreadedServer):
         if model == "fake.stream-throttled":
             await stream.write(messages[0] + messages[1])
             await stream.write(exception("throttlingException", "Too many tokens, please wait."))
+        elif model == "fake.stream-error":
+            await stream.write(messages[0] + messages[1])
+            await stream.write(exception("modelStreamErrorException", "The model failed."))
         elif model == "fake.corrupt":
             broken = bytearray(messages[1])
             broken[-1] ^= 0xFF

@@ -12,7 +12,8 @@
   `anthropic_version` and no `model`.
 Every model call needs `Authorization: Bearer <a token this fake issued and that has not
 expired>` (else 401 UNAUTHENTICATED, Google's error shape). Models named `*-exhausted` answer
-429 RESOURCE_EXHAUSTED.
+429 RESOURCE_EXHAUSTED; streamed, `*-cut` models are cut mid-way and `gemini-error-event` /
+`claude-error-event` end with their format's error event (UNAVAILABLE / overloaded_error).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.fakes import anthropic_upstream, gemini_upstream
 from tests.fakes.openai_upstream import awkward_pieces
-from tests.fakes.server import ThreadedServer
+from tests.fakes.server import ThreadedServer, cut_connection
 
 PROJECT = "klawd-test-project"
 LOCATION = "us-central1"
@@ -171,7 +172,7 @@ class FakeVertex(ThreadedServer):
                 gemini_upstream.error_body(400, "INVALID_ARGUMENT", "stream with alt=sse"),
                 status=400,
             )
-        return await self._stream(request, gemini_upstream.stream_events(model))
+        return await self._stream(request, gemini_upstream.stream_events(model), model)
 
     async def _anthropic(
         self, request: web.Request, model: str, method: str, body: Any
@@ -192,12 +193,26 @@ class FakeVertex(ThreadedServer):
             return web.json_response(
                 anthropic_upstream.error_body("not_found_error", "unknown method"), status=404
             )
-        return await self._stream(request, anthropic_upstream.stream_events(model))
+        return await self._stream(request, anthropic_upstream.stream_events(model), model)
 
-    async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, events: list[bytes], model: str
+    ) -> web.StreamResponse:
         stream = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await stream.prepare(request)
-        for piece in awkward_pieces(events):
-            await stream.write(piece)
+        if model.endswith("-cut"):  # some events, then the connection is cut
+            await stream.write(b"".join(events[:2]) + events[2][:15])
+            return await cut_connection(request, stream)
+        if model == "gemini-error-event":
+            await stream.write(events[0])
+            error = gemini_upstream.error_body(503, "UNAVAILABLE", "The model is overloaded.")
+            await stream.write(gemini_upstream.sse(error))
+        elif model == "claude-error-event":
+            await stream.write(b"".join(events[:5]))
+            error = anthropic_upstream.error_body("overloaded_error", "Overloaded")
+            await stream.write(anthropic_upstream.event("error", error))
+        else:
+            for piece in awkward_pieces(events):
+                await stream.write(piece)
         await stream.write_eof()
         return stream

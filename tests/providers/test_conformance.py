@@ -20,6 +20,7 @@ class Kind:
     tools: str  # a model answering one tool call
     cut: str  # a model whose stream is cut mid-way
     error_event: str  # a model whose stream ends with an error event
+    gateway: str = "gateway"  # the fixture serving it (the clouds: cloud_gateway)
 
     def __str__(self) -> str:
         return self.provider
@@ -41,12 +42,45 @@ KINDS = [
         "google/gemini-cut",
         "google/gemini-error-event",
     ),
+    Kind("azure", "azure/gpt-4o", "azure/tools", "azure/cut", "azure/error-event", "cloud_gateway"),
+    Kind(
+        "bedrock",
+        "bedrock/claude",
+        "bedrock/tools",
+        "bedrock/cut",
+        "bedrock/stream-error",
+        "cloud_gateway",
+    ),
+    Kind(
+        "vertex",
+        "vertex/gemini",
+        "vertex/gemini-tools",
+        "vertex/gemini-cut",
+        "vertex/gemini-error-event",
+        "cloud_gateway",
+    ),
+    Kind(
+        "vertex",
+        "vertex/claude",
+        "vertex/claude-tools",
+        "vertex/claude-cut",
+        "vertex/claude-error-event",
+        "cloud_gateway",
+    ),
 ]
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 TOOL = {
     "type": "function",
     "function": {"name": "get_weather", "parameters": {"type": "object"}},
 }
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest) -> tuple[Gateway, str]:
+    """The gateway serving this test's kind, and a new key on it."""
+    kind: Kind = request.node.callspec.params["kind"]
+    gateway: Gateway = request.getfixturevalue(kind.gateway)
+    return gateway, gateway.new_key()
 
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
@@ -68,8 +102,9 @@ def raw_stream(gateway: Gateway, key: str, body: dict[str, object]) -> list[byte
 
 @pytest.mark.parametrize("kind", KINDS, ids=str)
 def test_streamed_text_equals_the_non_streamed_text(
-    gateway: Gateway, api_key: str, kind: Kind
+    served: tuple[Gateway, str], kind: Kind
 ) -> None:
+    gateway, api_key = served
     sdk = client(gateway, api_key)
     response = sdk.chat.completions.with_raw_response.create(model=kind.text, messages=MESSAGES)
     completion = response.parse()
@@ -83,7 +118,8 @@ def test_streamed_text_equals_the_non_streamed_text(
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=str)
-def test_every_read_holds_whole_one_line_events(gateway: Gateway, api_key: str, kind: Kind) -> None:
+def test_every_read_holds_whole_one_line_events(served: tuple[Gateway, str], kind: Kind) -> None:
+    gateway, api_key = served
     reads = raw_stream(gateway, api_key, {"model": kind.tools, "tools": [TOOL]})
     for read in reads:
         assert read.endswith(b"\n\n"), f"a read ended mid-event: {read[-40:]!r}"
@@ -100,8 +136,9 @@ def test_every_read_holds_whole_one_line_events(gateway: Gateway, api_key: str, 
 
 @pytest.mark.parametrize("kind", KINDS, ids=str)
 def test_streamed_tool_call_reassembles_to_a_json_object(
-    gateway: Gateway, api_key: str, kind: Kind
+    served: tuple[Gateway, str], kind: Kind
 ) -> None:
+    gateway, api_key = served
     calls: dict[int, dict[str, str]] = {}
     finish = None
     for chunk in client(gateway, api_key).chat.completions.create(
@@ -125,8 +162,9 @@ def test_streamed_tool_call_reassembles_to_a_json_object(
 @pytest.mark.parametrize("kind", KINDS, ids=str)
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_usage_chunk_only_when_asked(
-    gateway: Gateway, api_key: str, kind: Kind, include_usage: bool
+    served: tuple[Gateway, str], kind: Kind, include_usage: bool
 ) -> None:
+    gateway, api_key = served
     chunks = list(
         client(gateway, api_key).chat.completions.create(
             model=kind.text,
@@ -148,8 +186,9 @@ def test_usage_chunk_only_when_asked(
 @pytest.mark.parametrize("kind", KINDS, ids=str)
 @pytest.mark.parametrize("failure", ["cut", "error_event"])
 def test_stream_failing_mid_way_ends_with_one_error_event(
-    gateway: Gateway, api_key: str, kind: Kind, failure: str
+    served: tuple[Gateway, str], kind: Kind, failure: str
 ) -> None:
+    gateway, api_key = served
     reads = raw_stream(gateway, api_key, {"model": getattr(kind, failure)})
     blob = b"".join(reads)
     events = [e for e in blob.split(b"\n\n") if e]

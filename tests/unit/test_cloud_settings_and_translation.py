@@ -13,7 +13,11 @@ import pytest
 
 from gateway.errors import InvalidRequest
 from gateway.providers.azure import AzureOpenAIProvider
+from gateway.providers.base import MissingCredentials
+from gateway.providers.bedrock import BedrockProvider
 from gateway.providers.bedrock_converse import translate_request, translate_response
+from gateway.providers.registry import build_provider
+from gateway.providers.sigv4 import AwsCredentials
 from gateway.providers.vertex import is_anthropic
 from gateway.routing.catalog import Secret
 from gateway.settings import ConfigError, ProviderSettings, load_settings
@@ -203,3 +207,47 @@ def test_every_provider_field_is_documented() -> None:
         assert f"| `{field.name}` |" in section, f"providers.{field.name} is not documented"
         if field.name != "retry":
             assert f"\n{field.name} = " in example, f"{field.name} is not in klawd.example.toml"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "expected", "retryable"),
+    [
+        (429, "ThrottlingException", "rate_limit_exceeded", True),
+        (429, "ModelNotReadyException", "rate_limit_exceeded", True),
+        (400, "ValidationException", "invalid_request", False),
+        (403, "UnrecognizedClientException", "bad_gateway", False),
+        (403, "AccessDeniedException", "bad_gateway", False),
+        (404, "ResourceNotFoundException", "bad_gateway", False),
+        (408, "ModelTimeoutException", "gateway_timeout", True),
+        (424, "ModelErrorException", "bad_gateway", False),
+        (500, "InternalServerException", "service_unavailable", True),
+        (503, "ServiceUnavailableException", "service_unavailable", True),
+    ],
+)
+def test_bedrock_errors_are_mapped_by_their_error_type_header(
+    status: int, error_type: str, expected: str, retryable: bool
+) -> None:
+    settings = ProviderSettings(kind="bedrock", base_url="http://x.invalid", region="us-east-1")
+    credentials = AwsCredentials("AKID", Secret("the-secret"), Secret("the-token"))
+    provider = BedrockProvider("bedrock", settings, credentials)
+    body = orjson.dumps({"message": "denied for the-secret and the-token"})
+    headers = {"x-amzn-errortype": f"{error_type}:http://internal.amazon.com/coral/com.amazon/"}
+    error = provider.map_error(status, body, headers)
+    assert error.type == expected
+    assert error.retryable is retryable
+    assert "the-secret" not in error.message and "the-token" not in error.message
+
+
+def test_cloud_credentials_missing_name_their_variables_only() -> None:
+    bedrock = ProviderSettings(kind="bedrock", base_url="http://x.invalid", region="us-east-1")
+    with pytest.raises(MissingCredentials) as caught:
+        build_provider("aws", bedrock, None, {"AWS_ACCESS_KEY_ID": "AKID-VALUE"})
+    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value) and "AKID-VALUE" not in str(caught.value)
+    azure = ProviderSettings(kind="azure", base_url="http://x.invalid")
+    with pytest.raises(MissingCredentials) as caught:
+        build_provider("az", azure, None, {})
+    assert "entra_token_env" in str(caught.value)
+    vertex = ProviderSettings(kind="vertex", base_url="http://x.invalid", project="p", location="l")
+    with pytest.raises(MissingCredentials) as caught:
+        build_provider("gcp", vertex, None, {})
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in str(caught.value)

@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
+
+if TYPE_CHECKING:
+    from gateway.settings import ModelSettings
 
 MICROS_PER_USD = 1_000_000
 CHARS_PER_TOKEN = 4  # the documented estimate when no tokenizer count is available
 
 
 class TokenUsage(Struct, frozen=True):
+    """`prompt_tokens` includes the cached ones: `cached_tokens` read from the upstream's prompt
+    cache, `cache_write_tokens` written to it (Anthropic's cache_creation_input_tokens)."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> TokenUsage:
+        """An OpenAI-shaped `usage` object (`prompt_tokens_details.cached_tokens`, and the
+        `cache_creation_input_tokens` extension the gateway and LiteLLM write)."""
+        if not isinstance(usage, dict):
+            return cls(0, 0)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return cls(
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+            _count(cached),
+            _count(usage.get("cache_creation_input_tokens")),
+        )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def usd_to_micros(usd: float) -> int:
@@ -32,14 +60,50 @@ def estimate_tokens(chars: int) -> int:
 
 
 def token_cost_micros(
-    usage: TokenUsage, input_usd_per_mtok: float, output_usd_per_mtok: float
+    usage: TokenUsage,
+    input_usd_per_mtok: float,
+    output_usd_per_mtok: float,
+    cache_read_usd_per_mtok: float | None = None,
+    cache_write_usd_per_mtok: float | None = None,
 ) -> int:
     """Exact integer math: prices become micro-dollars per million tokens, and the total is rounded
-    up to the next whole micro-dollar (never bill less than was used)."""
+    up to the next whole micro-dollar (never bill less than was used). Cached prompt tokens are
+    priced at the cache prices when the model has them, else at the input price."""
     input_price = usd_to_micros(input_usd_per_mtok)
-    output_price = usd_to_micros(output_usd_per_mtok)
-    scaled = usage.prompt_tokens * input_price + usage.completion_tokens * output_price
+    read_price = (
+        input_price if cache_read_usd_per_mtok is None else usd_to_micros(cache_read_usd_per_mtok)
+    )
+    write_price = (
+        input_price if cache_write_usd_per_mtok is None else usd_to_micros(cache_write_usd_per_mtok)
+    )
+    # Counts from an upstream are not trusted to add up: the cached parts never exceed the prompt.
+    read = min(usage.cached_tokens, usage.prompt_tokens)
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - read)
+    uncached = usage.prompt_tokens - read - written
+    scaled = (
+        uncached * input_price
+        + read * read_price
+        + written * write_price
+        + usage.completion_tokens * usd_to_micros(output_usd_per_mtok)
+    )
     return -(-scaled // 1_000_000)
+
+
+def model_cost_micros(usage: TokenUsage, model: ModelSettings) -> int:
+    """The cost of `usage` at a catalog model's token prices."""
+    return token_cost_micros(
+        usage,
+        model.input_usd_per_mtok,
+        model.output_usd_per_mtok,
+        model.cache_read_usd_per_mtok,
+        model.cache_write_usd_per_mtok,
+    )
+
+
+def prompt_price_ceiling(model: ModelSettings) -> float:
+    """The dearest price a prompt token of this model may cost (a cache write can cost more
+    than plain input): what a worst-case reservation must assume."""
+    return max(model.input_usd_per_mtok, model.cache_write_usd_per_mtok or 0.0)
 
 
 def format_usd(micros: int) -> str:

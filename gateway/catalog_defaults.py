@@ -54,6 +54,8 @@ BUILTIN: dict[str, Any] = {
             "upstream_model": "claude-opus-4-20250514",
             "context_length": 200_000,
             "input_usd_per_mtok": 15.0,
+            "cache_read_usd_per_mtok": 1.5,  # Anthropic: cache reads 0.1x input
+            "cache_write_usd_per_mtok": 18.75,  # 5-minute cache writes 1.25x input
             "output_usd_per_mtok": 75.0,
             "capabilities": ["tools", "vision"],
         },
@@ -63,6 +65,8 @@ BUILTIN: dict[str, Any] = {
             "upstream_model": "claude-sonnet-4-20250514",
             "context_length": 200_000,
             "input_usd_per_mtok": 3.0,
+            "cache_read_usd_per_mtok": 0.3,  # Anthropic: cache reads 0.1x input
+            "cache_write_usd_per_mtok": 3.75,  # 5-minute cache writes 1.25x input
             "output_usd_per_mtok": 15.0,
             "capabilities": ["tools", "vision"],
         },

@@ -28,7 +28,12 @@ from msgspec import Struct
 
 from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
-from gateway.billing import TokenUsage, token_cost_micros
+from gateway.billing import (
+    TokenUsage,
+    model_cost_micros,
+    prompt_price_ceiling,
+    token_cost_micros,
+)
 from gateway.errors import AuthenticationError, GatewayError, InsufficientCredits, RateLimited
 from gateway.keys import allowed_targets
 from gateway.limits import Admission, KeyGate, Limiter, LimitSpec
@@ -64,7 +69,7 @@ def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
     ) * (request.n or 1)
     worst = TokenUsage(prompt, request.output_budget * (request.n or 1))
     return max(
-        token_cost_micros(worst, t.model.input_usd_per_mtok, t.model.output_usd_per_mtok)
+        token_cost_micros(worst, prompt_price_ceiling(t.model), t.model.output_usd_per_mtok)
         for t in targets
     )
 
@@ -303,9 +308,7 @@ class Meter:
         elif served.model.kind == "image":
             cost = images * round(served.model.usd_per_image * 1_000_000)
         else:
-            cost = token_cost_micros(
-                usage, served.model.input_usd_per_mtok, served.model.output_usd_per_mtok
-            )
+            cost = model_cost_micros(usage, served.model)
         now = self._clock()
         self._recorder.record(
             UsageEntry(

@@ -142,6 +142,9 @@ class ModelSettings(_Strict):
     context_length: Annotated[int, Meta(ge=0)] = 0
     input_usd_per_mtok: NonNegFloat = 0.0
     output_usd_per_mtok: NonNegFloat = 0.0
+    # Prompt tokens read from / written to the upstream's prompt cache; None: the input price.
+    cache_read_usd_per_mtok: NonNegFloat | None = None
+    cache_write_usd_per_mtok: NonNegFloat | None = None
     usd_per_image: NonNegFloat = 0.0
     # Image models: the most images one request may ask for (`n`); None: the upstream decides.
     max_images_per_request: PositiveInt | None = None

@@ -20,7 +20,7 @@ from gateway.billing import (
     estimate_tokens,
     format_usd,
     micros_to_usd,
-    token_cost_micros,
+    model_cost_micros,
 )
 from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import CachedAnswer
@@ -210,12 +210,7 @@ def _with_cost(piece: bytes, target: CatalogEntry) -> bytes:
     usage = event.get("usage") if isinstance(event, dict) else None
     if not isinstance(usage, dict):
         return piece
-    tokens = TokenUsage(
-        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    )
-    cost = token_cost_micros(
-        tokens, target.model.input_usd_per_mtok, target.model.output_usd_per_mtok
-    )
+    cost = model_cost_micros(TokenUsage.from_openai(usage), target.model)
     usage["cost_usd"] = micros_to_usd(cost)
     return head[:start] + b"data: " + orjson.dumps(event) + b"\n\n" + DONE
 

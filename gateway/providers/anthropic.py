@@ -9,6 +9,9 @@ Request translation (OpenAI chat → Messages):
 - assistant `tool_calls` → `tool_use` blocks (arguments parsed to an object);
 - tools → `{name, description, input_schema}`; tool_choice auto/none/required/named →
   `{"type": auto|none|any|tool}`; `parallel_tool_calls: false` → `disable_parallel_tool_use`;
+- `cache_control` (Anthropic's prompt-cache breakpoint, as LiteLLM and OpenRouter accept it) on
+  a content part, a whole message (→ its last block) or a tool → the same `cache_control` on
+  the block or tool; a system message with one makes `system` a list of text blocks;
 - `stop` → `stop_sequences`; `max_tokens` (required upstream) → the request's, else 4096;
 - temperature: Anthropic accepts 0-1, OpenAI 0-2. Values 0-1 are sent unchanged; above 1 is a
   400 naming `temperature` (docs/decisions/0004-provider-translation.md);
@@ -24,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import msgspec
 import orjson
 
 from gateway import _core
@@ -61,7 +65,14 @@ from gateway.providers.translate import (
     text_of,
     tool_call,
 )
-from gateway.schemas.openai import ImagePart, Message, NamedToolChoice, RefusalPart, TextPart
+from gateway.schemas.openai import (
+    CacheControl,
+    ImagePart,
+    Message,
+    NamedToolChoice,
+    RefusalPart,
+    TextPart,
+)
 
 API_VERSION = "2023-06-01"
 MAX_TEMPERATURE = 1.0
@@ -102,18 +113,25 @@ def _image_block(part: ImagePart, param: str) -> dict[str, Any]:
     raise InvalidRequest("An image URL must be a data: URL or an http(s) URL.", param=param)
 
 
+def _cached(block: dict[str, Any], cache_control: CacheControl | None) -> dict[str, Any]:
+    """`block` with Anthropic's `cache_control` when the client set one."""
+    if cache_control is not None:
+        block["cache_control"] = msgspec.to_builtins(cache_control)
+    return block
+
+
 def _content_blocks(message: Message, param: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for index, part in enumerate(parts_of(message.content)):
         where = f"{param}.content[{index}]" if isinstance(message.content, list) else param
         if isinstance(part, TextPart):
             if part.text:
-                blocks.append({"type": "text", "text": part.text})
+                blocks.append(_cached({"type": "text", "text": part.text}, part.cache_control))
         elif isinstance(part, RefusalPart):
             if part.refusal:
                 blocks.append({"type": "text", "text": part.refusal})
         elif isinstance(part, ImagePart):
-            blocks.append(_image_block(part, where))
+            blocks.append(_cached(_image_block(part, where), part.cache_control))
         else:
             raise InvalidRequest(
                 f"Content parts of type '{type(part).__name__}' are not supported by "
@@ -156,11 +174,37 @@ def _turn(message: Message, param: str) -> tuple[str, list[dict[str, Any]]]:
     )
 
 
+def _system_blocks(message: Message, param: str) -> list[dict[str, Any]]:
+    """A system message as text blocks, keeping each part's (and the message's) breakpoint."""
+    if not isinstance(message.content, list):
+        text = text_of(message.content, f"{param}.content")
+        return [_cached({"type": "text", "text": text}, message.cache_control)] if text else []
+    blocks = []
+    for index, part in enumerate(message.content):
+        text = text_of([part], f"{param}.content[{index}]")
+        if text:
+            control = part.cache_control if isinstance(part, TextPart) else None
+            blocks.append(_cached({"type": "text", "text": text}, control))
+    if blocks and message.cache_control is not None:
+        _cached(blocks[-1], message.cache_control)
+    return blocks
+
+
+def _has_cache_control(message: Message) -> bool:
+    return message.cache_control is not None or (
+        isinstance(message.content, list)
+        and any(getattr(part, "cache_control", None) is not None for part in message.content)
+    )
+
+
 def translate_messages(
     messages: list[Message],
-) -> tuple[str | None, list[dict[str, Any]]]:
-    """(top-level system text or None, alternating user/assistant turns)."""
+) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """(top-level system or None, alternating user/assistant turns). The system is one string,
+    or text blocks when a system message carries a `cache_control` breakpoint."""
     system: list[str] = []
+    system_blocks: list[dict[str, Any]] = []
+    cached_system = False
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         param = f"messages[{index}]"
@@ -168,14 +212,20 @@ def translate_messages(
             text = text_of(message.content, f"{param}.content")
             if text:
                 system.append(text)
+            system_blocks += _system_blocks(message, param)
+            cached_system = cached_system or _has_cache_control(message)
             continue
         role, blocks = _turn(message, param)
+        if blocks and message.cache_control is not None:
+            _cached(blocks[-1], message.cache_control)
         if not blocks:
             continue  # an empty turn carries nothing (and Anthropic rejects empty content)
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if cached_system:
+        return system_blocks, turns
     return ("\n\n".join(system) if system else None), turns
 
 
@@ -184,11 +234,19 @@ def translate_tools(call: ChatCall, fields: Mapping[str, Any]) -> dict[str, Any]
     out: dict[str, Any] = {}
     if request.tools:
         out["tools"] = [
-            {
-                "name": tool.function.name,
-                **({"description": tool.function.description} if tool.function.description else {}),
-                "input_schema": tool.function.parameters or {"type": "object", "properties": {}},
-            }
+            _cached(
+                {
+                    "name": tool.function.name,
+                    **(
+                        {"description": tool.function.description}
+                        if tool.function.description
+                        else {}
+                    ),
+                    "input_schema": tool.function.parameters
+                    or {"type": "object", "properties": {}},
+                },
+                tool.cache_control,
+            )
             for tool in request.tools
         ]
     choice: dict[str, Any] | None = None
@@ -256,12 +314,9 @@ def usage_of(usage: Any) -> tuple[TokenUsage, int]:
     if not isinstance(usage, dict):
         return TokenUsage(0, 0), 0
     cached = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = (
-        int(usage.get("input_tokens") or 0)
-        + int(usage.get("cache_creation_input_tokens") or 0)
-        + cached
-    )
-    return TokenUsage(prompt, int(usage.get("output_tokens") or 0)), cached
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + written + cached
+    return TokenUsage(prompt, int(usage.get("output_tokens") or 0), cached, written), cached
 
 
 def translate_response(call: ChatCall, message: Any) -> Completion:

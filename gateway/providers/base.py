@@ -462,7 +462,12 @@ class ReframedStream:
         usage = self._reframer.usage
         if usage is None:
             return None
-        return TokenUsage(usage.prompt_tokens, usage.completion_tokens)
+        return TokenUsage(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens,
+        )
 
     @property
     def content_chars(self) -> int:

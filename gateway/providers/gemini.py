@@ -285,7 +285,8 @@ def usage_of(metadata: Any) -> tuple[TokenUsage, int]:
         metadata.get("thoughtsTokenCount") or 0
     )
     prompt = int(metadata.get("promptTokenCount") or 0)
-    return TokenUsage(prompt, completion), int(metadata.get("cachedContentTokenCount") or 0)
+    cached = int(metadata.get("cachedContentTokenCount") or 0)
+    return TokenUsage(prompt, completion, cached), cached
 
 
 def translate_response(call: ChatCall, response: Any) -> Completion:

@@ -124,14 +124,7 @@ class OpenAIProvider(HttpProvider):
         if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
             raise BadGateway(f"The upstream provider '{self.name}' answered without choices.")
         completion["model"] = call.target.model.id
-        usage = completion.get("usage")
-        if isinstance(usage, dict):
-            tokens = TokenUsage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
-        else:
-            tokens = TokenUsage(0, 0)
-        return Completion(completion, tokens)
+        return Completion(completion, TokenUsage.from_openai(completion.get("usage")))
 
     def map_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
         message = None

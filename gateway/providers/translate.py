@@ -178,13 +178,22 @@ def completion_body(
         "choices": [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         ],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens},
-        },
+        "usage": usage_body(usage, cached_tokens),
     }
+
+
+def usage_body(usage: TokenUsage, cached_tokens: int) -> dict[str, Any]:
+    """OpenAI's usage object; cache writes (no OpenAI field) as `cache_creation_input_tokens`,
+    the name Anthropic and LiteLLM give them, only when there were some."""
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+    if usage.cache_write_tokens:
+        body["cache_creation_input_tokens"] = usage.cache_write_tokens
+    return body
 
 
 def tool_call(call_id: str, name: str, arguments: Any) -> dict[str, Any]:

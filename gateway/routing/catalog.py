@@ -44,6 +44,10 @@ class CatalogEntry(Struct, frozen=True):
             if model.kind == "image"
             else {"input": model.input_usd_per_mtok, "output": model.output_usd_per_mtok}
         )
+        if model.cache_read_usd_per_mtok is not None:
+            pricing["cache_read"] = model.cache_read_usd_per_mtok
+        if model.cache_write_usd_per_mtok is not None:
+            pricing["cache_write"] = model.cache_write_usd_per_mtok
         owner = model.id.split("/", 1)[0]
         return {
             "id": model.id,

@@ -22,8 +22,17 @@ class _Open(Struct, kw_only=True, omit_defaults=True):
     """Unknown fields are ignored by the Struct (and kept in the raw body)."""
 
 
+class CacheControl(_Open):
+    """Anthropic's prompt-cache breakpoint, as LiteLLM and OpenRouter accept it in OpenAI
+    bodies: `{"type": "ephemeral", "ttl"?: "5m" | "1h"}`."""
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class TextPart(_Open, tag="text", tag_field="type"):
     text: str
+    cache_control: CacheControl | None = None
 
 
 class ImageUrl(_Open):
@@ -33,6 +42,7 @@ class ImageUrl(_Open):
 
 class ImagePart(_Open, tag="image_url", tag_field="type"):
     image_url: ImageUrl
+    cache_control: CacheControl | None = None
 
 
 class InputAudioPart(_Open, tag="input_audio", tag_field="type"):
@@ -67,6 +77,8 @@ class Message(_Open):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # On a whole message: the breakpoint goes on its last content block (LiteLLM's rule).
+    cache_control: CacheControl | None = None
 
 
 class FunctionDef(_Open):
@@ -79,6 +91,7 @@ class FunctionDef(_Open):
 class Tool(_Open):
     function: FunctionDef
     type: Literal["function"] = "function"
+    cache_control: CacheControl | None = None
 
 
 class NamedFunction(_Open):

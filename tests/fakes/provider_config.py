@@ -78,6 +78,9 @@ def _embedding_model(model_id: str, provider: str, upstream: str, price: float) 
 
 
 EMBEDDING_PRICE_USD = 0.5  # per million input tokens
+# Cache prices (per million tokens) of the `*-cache-priced` models: input 1.0, output 2.0 as
+# every test chat model, cache reads 0.1, cache writes 1.25.
+CACHE_PRICES = "cache_read_usd_per_mtok = 0.1\ncache_write_usd_per_mtok = 1.25\n"
 
 
 def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> str:
@@ -98,6 +101,9 @@ def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> 
         _image_model("openai/img-single", "openai", "img-fake", 0.04)
         + "max_images_per_request = 1\n",
         _chat_model("replicate/not-chat", "replicate", "fake-owner/instant"),
+        _chat_model("anthropic/claude-cache-priced", "anthropic", "claude-fake") + CACHE_PRICES,
+        _chat_model("openai/cached-priced", "openai", "cached-fake") + CACHE_PRICES,
+        _chat_model("google/gemini-cache-priced", "google", "gemini-fake") + CACHE_PRICES,
         _embedding_model("openai/embed-fake", "openai", "embed-fake", EMBEDDING_PRICE_USD),
         _embedding_model("openai/embed-429", "openai", "fail-429", EMBEDDING_PRICE_USD),
         _embedding_model("google/gemini-embed", "google", "gemini-embed", EMBEDDING_PRICE_USD),

@@ -167,3 +167,151 @@ def test_chat_stop_reaches_anthropic_and_its_stop_sequence_reads_as_stop(
         assert answer.choices[0].finish_reason == "stop"
     sent = fake_anthropic.last_request("claude-stop-seq")["body"]["stop_sequences"]
     assert sent == (["END"] if stream else ["END", "FIN"])
+
+
+# -- prompt caching ----------------------------------------------------------------------------
+
+# The fakes' usage (see each fake's docstring) at the `*-cache-priced` models' prices
+# (tests/fakes/provider_config.py: input $1, output $2, cache reads $0.1, writes $1.25 per M):
+# anthropic claude-fake: 10 input + 5 written + 20 read, 7 output -> 32.25 -> 33 micro-dollars;
+# openai cached-fake: 2006 prompt of which 1920 read, 4 output -> 286;
+# gemini gemini-fake: 11 prompt of which 4 cached, 6 + 3 thought output -> 25.4 -> 26.
+CACHE_COSTS = {
+    "anthropic/claude-cache-priced": 0.000033,
+    "openai/cached-priced": 0.000286,
+    "google/gemini-cache-priced": 0.000026,
+}
+CACHED_USAGE = {  # (prompt_tokens, cached_tokens, cache writes) as chat clients see them
+    "anthropic/claude-cache-priced": (35, 20, 5),
+    "openai/cached-priced": (2006, 1920, 0),
+    "google/gemini-cache-priced": (11, 4, 0),
+}
+
+
+def ledger_cost(gateway: Gateway, key: str) -> float:
+    from tests.integration.test_limits_and_billing import wait_for_ledger
+
+    cost: float = wait_for_ledger(gateway, key, 1)["usage_today"]["cost_usd"]
+    return cost
+
+
+@pytest.mark.parametrize("model", list(CACHE_COSTS))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_cached_prompt_tokens_reach_chat_clients_and_bill_at_cache_prices(
+    gateway: Gateway, model: str, stream: bool
+) -> None:
+    key = gateway.new_key()
+    sdk = chat(gateway, key)
+    if stream:
+        chunks = list(
+            sdk.chat.completions.create(
+                model=model,
+                messages=HELLO,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        usage = chunks[-1].usage
+    else:
+        raw = sdk.chat.completions.with_raw_response.create(model=model, messages=HELLO)
+        usage = raw.parse().usage
+        assert float(raw.headers["x-klawd-cost-usd"]) == pytest.approx(CACHE_COSTS[model])
+    assert usage is not None and usage.prompt_tokens_details is not None
+    prompt, cached, written = CACHED_USAGE[model]
+    assert (usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens) == (prompt, cached)
+    assert (usage.model_extra or {}).get("cache_creation_input_tokens", 0) == written
+    assert ledger_cost(gateway, key) == pytest.approx(CACHE_COSTS[model], abs=1e-9)
+
+
+@pytest.mark.parametrize("model", list(CACHE_COSTS))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_cached_prompt_tokens_reach_messages_clients_and_bill_at_cache_prices(
+    gateway: Gateway, model: str, stream: bool
+) -> None:
+    key = gateway.new_key()
+    answer = message(claude(gateway, key), stream, model=model, messages=HELLO)
+    prompt, cached, written = CACHED_USAGE[model]
+    usage = answer.usage
+    assert usage.cache_read_input_tokens == cached
+    assert (usage.cache_creation_input_tokens or 0) == written
+    assert usage.input_tokens == prompt - cached - written
+    assert ledger_cost(gateway, key) == pytest.approx(CACHE_COSTS[model], abs=1e-9)
+
+
+def test_models_list_shows_cache_prices(gateway: Gateway, api_key: str) -> None:
+    listed = chat(gateway, api_key).models.retrieve("anthropic/claude-cache-priced")
+    pricing = (listed.model_extra or {})["pricing"]
+    assert (pricing["cache_read"], pricing["cache_write"]) == (0.1, 1.25)
+
+
+def test_cache_control_from_the_openai_schema_reaches_anthropic(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic
+) -> None:
+    ephemeral = {"type": "ephemeral"}
+    chat(gateway, api_key).chat.completions.create(
+        model="anthropic/claude-fake",
+        messages=[
+            {
+                "role": "system",
+                "content": [
+                    {"type": "text", "text": "You are terse."},
+                    {"type": "text", "text": "A long manual.", "cache_control": ephemeral},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "A long document.",
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                    },
+                    {"type": "text", "text": "Summarise it."},
+                ],
+            },
+            {"role": "assistant", "content": "Summary."},
+            {"role": "user", "content": "Shorter.", "cache_control": ephemeral},
+        ],
+        tools=[
+            {
+                "type": "function",
+                "function": {"name": "lookup", "parameters": {"type": "object"}},
+                "cache_control": ephemeral,
+            }
+        ],
+    )
+    sent = fake_anthropic.last_request("claude-fake")["body"]
+    assert sent["system"] == [
+        {"type": "text", "text": "You are terse."},
+        {"type": "text", "text": "A long manual.", "cache_control": ephemeral},
+    ]
+    assert sent["messages"][0]["content"] == [
+        {
+            "type": "text",
+            "text": "A long document.",
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        },
+        {"type": "text", "text": "Summarise it."},
+    ]
+    assert sent["messages"][2]["content"] == [
+        {"type": "text", "text": "Shorter.", "cache_control": ephemeral}
+    ]
+    assert sent["tools"][0]["cache_control"] == ephemeral
+
+
+def test_cache_control_reaches_anthropic_untouched_through_messages_passthrough(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic
+) -> None:
+    block: Any = {
+        "type": "text",
+        "text": "A long document.",
+        "cache_control": {"type": "ephemeral"},
+    }
+    claude(gateway, api_key).messages.create(
+        model="anthropic/claude-fake",
+        max_tokens=100,
+        system=[block],
+        messages=[{"role": "user", "content": [block]}],
+    )
+    sent = fake_anthropic.last_request("claude-fake")["body"]
+    assert sent["system"] == [block] and sent["messages"][0]["content"] == [block]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, get_type_hints
 
+import orjson
 import pydantic
 import pytest
 from anthropic.types import (
@@ -54,6 +55,27 @@ CONVERSATION = [
     {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
     {"role": "user", "content": "Thanks"},
 ]
+EPHEMERAL = {"type": "ephemeral"}
+# Anthropic's prompt-cache breakpoints as LiteLLM and OpenRouter take them in OpenAI bodies.
+CACHED_CONVERSATION = [
+    {
+        "role": "system",
+        "content": [{"type": "text", "text": "A manual.", "cache_control": EPHEMERAL}],
+    },
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Look", "cache_control": EPHEMERAL | {"ttl": "1h"}},
+            {
+                "type": "image_url",
+                "image_url": {"url": "https://example.com/cat.jpg"},
+                "cache_control": EPHEMERAL,
+            },
+        ],
+    },
+    *CONVERSATION[2:4],
+    {"role": "user", "content": "Thanks", "cache_control": EPHEMERAL},
+]
 REQUESTS: list[dict[str, Any]] = [
     {"messages": CONVERSATION},
     {"messages": CONVERSATION, "tools": [TOOL], "tool_choice": "auto", "stop": "END"},
@@ -67,6 +89,7 @@ REQUESTS: list[dict[str, Any]] = [
         "user": "u1",
     },
     {"messages": CONVERSATION, "tools": [TOOL], "parallel_tool_calls": False},
+    {"messages": CACHED_CONVERSATION, "tools": [TOOL | {"cache_control": EPHEMERAL}]},
 ]
 
 ANTHROPIC_BODY = pydantic.TypeAdapter(message_create_params.MessageCreateParamsNonStreaming)
@@ -98,9 +121,35 @@ def test_anthropic_body_is_a_valid_message_create_params(fields: dict[str, Any])
             assert set(block) <= keys_of(BLOCKS[block["type"]]), block
     for tool in body.get("tools", []):
         assert set(tool) <= keys_of(ToolParam)
+    if isinstance(body.get("system"), list):
+        for block in body["system"]:
+            assert set(block) <= keys_of(TextBlockParam), block
 
 
-@pytest.mark.parametrize("fields", REQUESTS[:4])
+def test_cache_control_becomes_anthropic_breakpoints() -> None:
+    body = anthropic_request(chat_call("anthropic", "claude-x", **REQUESTS[-1]), stream=False)
+    marked = [
+        block
+        for message in body["messages"]
+        for block in message["content"]
+        if "cache_control" in block
+    ]
+    assert [b["type"] for b in marked] == ["text", "image", "text"]
+    assert marked[0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert body["system"] == [{"type": "text", "text": "A manual.", "cache_control": EPHEMERAL}]
+    assert body["tools"][0]["cache_control"] == EPHEMERAL
+
+
+def test_gemini_drops_cache_control_and_still_type_checks() -> None:
+    """Gemini has no per-block breakpoints (its caching is implicit or a separate cachedContent
+    resource): the hint is dropped, as listed in docs/decisions/0014."""
+    body = gemini_request(chat_call("gemini", "gemini-x", **REQUESTS[-1]))
+    assert b"cache_control" not in orjson.dumps(body)
+    for content in body["contents"]:
+        genai_types.Content.model_validate(content)
+
+
+@pytest.mark.parametrize("fields", REQUESTS[:4] + REQUESTS[-1:])
 def test_gemini_body_is_a_valid_generate_content_request(fields: dict[str, Any]) -> None:
     body = gemini_request(chat_call("gemini", "gemini-x", **fields))
     assert set(body) <= {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig"}

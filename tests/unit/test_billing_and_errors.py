@@ -74,3 +74,58 @@ def test_utc_day_changes_exactly_at_midnight() -> None:
     midnight = datetime(2026, 11, 27, tzinfo=UTC).timestamp()
     assert utc_day(midnight - 0.001) == "2026-11-26"
     assert utc_day(midnight) == "2026-11-27"
+
+
+@pytest.mark.parametrize(
+    ("usage", "prices", "micros"),
+    [
+        # Anthropic: 10 input + 5 written + 20 read, 7 output at $1 / $2, reads $0.1, writes $1.25
+        (TokenUsage(35, 7, 20, 5), (1.0, 2.0, 0.1, 1.25), 33),
+        # no cache prices: cached tokens cost the input price
+        (TokenUsage(35, 7, 20, 5), (1.0, 2.0, None, None), 49),
+        # OpenAI: 1920 of 2006 read from the cache
+        (TokenUsage(2006, 4, 1920), (1.0, 2.0, 0.1, None), 286),
+        # Sonnet 4 prices, a million of each kind
+        (
+            TokenUsage(3_000_000, 1_000_000, 1_000_000, 1_000_000),
+            (3.0, 15.0, 0.3, 3.75),
+            22_050_000,
+        ),
+        # counts that do not add up never bill more than the prompt at the dearer prices
+        (TokenUsage(10, 0, 50, 50), (1.0, 2.0, 0.1, 1.25), 1),
+    ],
+)
+def test_cached_prompt_tokens_are_billed_at_cache_prices(
+    usage: TokenUsage, prices: tuple[float, float, float | None, float | None], micros: int
+) -> None:
+    assert token_cost_micros(usage, *prices) == micros
+
+
+def test_openai_usage_with_cache_details_and_write_extension() -> None:
+    usage = TokenUsage.from_openai(
+        {
+            "prompt_tokens": 120,
+            "completion_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 0},
+            "cache_creation_input_tokens": 15,
+        }
+    )
+    assert usage == TokenUsage(120, 4, 100, 15)
+    assert TokenUsage.from_openai({"prompt_tokens": None, "prompt_tokens_details": None}) == (
+        TokenUsage(0, 0)
+    )
+    assert TokenUsage.from_openai("nonsense") == TokenUsage(0, 0)
+
+
+def test_reservation_assumes_the_dearer_cache_write_price() -> None:
+    from gateway.billing import prompt_price_ceiling
+    from gateway.settings import ModelSettings
+
+    model = ModelSettings(
+        id="a/b", provider="a", input_usd_per_mtok=3.0, cache_write_usd_per_mtok=3.75
+    )
+    assert prompt_price_ceiling(model) == 3.75
+    cheaper_writes = ModelSettings(
+        id="a/c", provider="a", input_usd_per_mtok=3.0, cache_write_usd_per_mtok=1.0
+    )
+    assert prompt_price_ceiling(cheaper_writes) == 3.0

@@ -222,10 +222,9 @@ def usage_of(usage: Any) -> tuple[TokenUsage, int]:
     if not isinstance(usage, Mapping):
         return TokenUsage(0, 0), 0
     cached = int(usage.get("cacheReadInputTokens") or 0)
-    prompt = (
-        int(usage.get("inputTokens") or 0) + cached + int(usage.get("cacheWriteInputTokens") or 0)
-    )
-    return TokenUsage(prompt, int(usage.get("outputTokens") or 0)), cached
+    written = int(usage.get("cacheWriteInputTokens") or 0)
+    prompt = int(usage.get("inputTokens") or 0) + cached + written
+    return TokenUsage(prompt, int(usage.get("outputTokens") or 0), cached, written), cached
 
 
 def translate_response(call: ChatCall, response: Any) -> Completion:

@@ -88,3 +88,9 @@ bench: $(PY)
 	$(BIN)/maturin develop --release -E dev,load -q
 	taskset -c 1 $(BIN)/python -m loadtests.bench.side_by_side $(BENCH_ARGS) --write-docs
 	taskset -c 1 $(BIN)/python -m loadtests.bench.trace_cache_bench $(TRACE_CACHE_BENCH_ARGS) --write-docs
+
+# The balancer's own cost per request: a model of three deployments beside a single-deployment
+# one in the same run, on SQLite and Redis (issue 14; docs/benchmarks.md, "Deployments").
+.PHONY: bench-balancer
+bench-balancer: $(PY)
+	$(BIN)/python loadtests/bench/balancer_bench.py 2>/dev/null

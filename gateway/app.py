@@ -171,13 +171,13 @@ def attach_observer(
 
 async def _report_metrics(state: AppState, observer: RequestObserver) -> None:
     """Every second: the buffered counters and histograms into the collectors, and the circuit
-    gauge of each provider (the worst circuit among its models)."""
+    gauge of each provider (the worst circuit among its deployments)."""
     while True:
         observer.metrics.buffer.flush()
         observer.circuits(
             (entry.model.provider, view.state)
             for view in state.health.view()
-            if (entry := state.catalog.get(view.model)) is not None
+            if (entry := state.catalog.deployments.get(view.model)) is not None
         )
         await asyncio.sleep(METRICS_REPORT_INTERVAL_S)
 

@@ -146,9 +146,9 @@ class GatewayTimeout(GatewayError):
     type = "gateway_timeout"
 
 
-def model_not_found(model: str) -> NotFound:
+def model_not_found(model: str, param: str = "model") -> NotFound:
     return NotFound(
-        f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found"
+        f"The model '{model[:200]}' does not exist.", param=param, code="model_not_found"
     )
 
 

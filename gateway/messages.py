@@ -278,6 +278,7 @@ def to_chat_request(request: MessagesRequest, raw: bytes) -> Translation:
         tools=_tools(request, refusals),
         tool_choice=_tool_choice(request),
         user=request.metadata.user_id if request.metadata else None,
+        models=request.models,
     )
     body: dict[str, Any] = orjson.loads(msgspec.json.encode(chat))
     # `type: "function"` is a default of the Structs (omitted when encoding); OpenAI wants it.

@@ -30,6 +30,7 @@ from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
+    estimate_tokens,
     model_cost_micros,
     prompt_price_ceiling,
     token_cost_micros,
@@ -74,6 +75,12 @@ def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
     )
 
 
+def upstream_tokens_for_chat(request: ChatRequest) -> int:
+    """What an upstream counts against its tokens-per-minute limit when the request is sent:
+    the prompt plus the output budget (settled to the actual usage afterwards)."""
+    return estimate_tokens(request.prompt_chars()) + request.output_budget * (request.n or 1)
+
+
 class Ticket(Struct):
     request_id: str
     account: Account
@@ -84,6 +91,8 @@ class Ticket(Struct):
     day: str  # the UTC day the reservation counts against (the key's budgets and the ledger)
     targets: list[CatalogEntry]  # what this key may use, in order: call only these
     retries: int = 0  # upstream tries beyond the first (all targets)
+    # The token estimate reserved from the served deployment's upstream budget (routing/capacity.py)
+    upstream_tokens: int = 0
 
 
 class AccountCache:
@@ -194,6 +203,9 @@ class Meter:
         self._clock = clock
         # Metrics and the request log line (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
+        # (served deployment, reserved tokens, used tokens) once a served request is settled:
+        # the retrier's release (in flight, upstream token budget); set by build_state.
+        self.on_served: Callable[[CatalogEntry, int, int], None] | None = None
         # account id (or key id, for a key's own limits) -> (monotonic time until which it is
         # surely denied, the limits that said so, the admission). A denial is exact until its
         # Retry-After: nothing another request or replica does can admit sooner, and a changed
@@ -332,6 +344,8 @@ class Meter:
         )
         if self.observer is not None:
             self.observer.settled(served, usage, status, stream, cost)
+        if served is not None and self.on_served is not None:
+            self.on_served(served, ticket.upstream_tokens, usage.total_tokens)
         return cost
 
     @contextlib.contextmanager

@@ -132,12 +132,33 @@ class ProviderSettings(_Strict):
     location: str = ""
     credentials_file_env: str = "GOOGLE_APPLICATION_CREDENTIALS"
     token_refresh_margin_s: NonNegFloat = 300.0
+    # This key's own upstream limits (optional): the gateway keeps under them (routing/capacity.py).
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+
+
+class DeploymentSettings(_Strict):
+    """One deployment of a model: a configured provider and the model's name there."""
+
+    provider: str
+    upstream_model: str = ""
+    weight: PositiveInt = 1
+    priority: NonNegInt = 0  # lower first; a higher tier only when no lower one can serve
+
+
+class RoutingSettings(_Strict):
+    # How a model's deployments share its traffic (gateway/routing/balance.py).
+    balance: Literal["weighted", "least-busy", "least-latency"] = "weighted"
+    # Rest of a deployment whose circuit opened (an upstream Retry-After wins for a 429).
+    cooldown_s: PositiveFloat = 30.0
 
 
 class ModelSettings(_Strict):
     id: str
-    provider: str
+    # One deployment (`provider` + `upstream_model`) or several (`deployments`), never both.
+    provider: str = ""
     upstream_model: str = ""
+    deployments: list[DeploymentSettings] = msgspec.field(default_factory=list)
     kind: ModelKind = "chat"
     context_length: Annotated[int, Meta(ge=0)] = 0
     input_usd_per_mtok: NonNegFloat = 0.0
@@ -211,6 +232,7 @@ class Settings(_Strict):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
     plans: dict[str, PlanSettings] = msgspec.field(default_factory=dict)
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     models: list[ModelSettings] = msgspec.field(default_factory=list)
@@ -311,7 +333,13 @@ def _merge_builtins(raw: dict[str, Any], where: str) -> dict[str, Any]:
     for index, entry in enumerate(given_models):
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
             raise ConfigError(f"{where}: `models[{index}]` needs a string `id`")
-        base = models.get(entry["id"], {})
+        base = dict(models.get(entry["id"], {}))
+        # A file that gives a built-in model deployments replaces its one deployment (and back).
+        if "deployments" in entry:
+            base.pop("provider", None)
+            base.pop("upstream_model", None)
+        if "provider" in entry:
+            base.pop("deployments", None)
         models[entry["id"]] = {**base, **entry}
     merged["models"] = list(models.values())
     return merged
@@ -338,11 +366,7 @@ def _check(settings: Settings, where: str) -> None:
     for index, model in enumerate(settings.models):
         if "/" not in model.id:
             raise ConfigError(f"{where}: `models[{index}].id` must look like provider/model")
-        if model.provider not in settings.providers:
-            raise ConfigError(
-                f"{where}: `models[{index}].provider` = {model.provider!r} "
-                "is not a configured provider"
-            )
+        _check_deployments(settings, index, model, where)
         ids.add(model.id)
     for model in settings.models:
         for fallback in model.fallbacks:
@@ -389,3 +413,34 @@ def default_base_url(provider: ProviderSettings) -> str:
     if provider.kind == "vertex" and provider.location == "global":
         return "https://aiplatform.googleapis.com"
     return template.format(region=provider.region, location=provider.location)
+
+
+def _check_deployments(settings: Settings, index: int, model: ModelSettings, where: str) -> None:
+    field = f"models[{index}]"
+    if model.deployments and (model.provider or model.upstream_model):
+        raise ConfigError(
+            f"{where}: `{field}` ({model.id}) has both `provider`/`upstream_model` and "
+            "`deployments`: use one or the other"
+        )
+    if not model.deployments:
+        if not model.provider:
+            raise ConfigError(f"{where}: `{field}.provider` is required (or `deployments`)")
+        if model.provider not in settings.providers:
+            raise ConfigError(
+                f"{where}: `{field}.provider` = {model.provider!r} is not a configured provider"
+            )
+        return
+    seen: set[str] = set()
+    for number, deployment in enumerate(model.deployments):
+        if deployment.provider not in settings.providers:
+            raise ConfigError(
+                f"{where}: `{field}.deployments[{number}].provider` = {deployment.provider!r} "
+                "is not a configured provider"
+            )
+        if deployment.provider in seen:
+            # (model, provider) names a deployment in metrics, /status and the request log
+            raise ConfigError(
+                f"{where}: `{field}.deployments[{number}].provider` = {deployment.provider!r} "
+                "is named twice in one model (one deployment per provider)"
+            )
+        seen.add(deployment.provider)

@@ -16,6 +16,8 @@ from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
 from gateway.providers.base import MissingCredentials, Provider
 from gateway.providers.registry import build_provider, uses_api_key
+from gateway.routing.balance import Balancer
+from gateway.routing.capacity import Capacity, MemoryCapacity
 from gateway.routing.catalog import Catalog, Secret, resolve_provider_keys
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier
@@ -51,15 +53,28 @@ class AppState:
         for provider in reversed(list(self.providers.values())):
             await provider.close()
         await self.recorder.close()
+        await self.retrier.capacity.close()
         if self.dispatcher is not None:
             await self.dispatcher.close()
         await self.store.close()
+
+
+def open_capacity(store: Store) -> Capacity:
+    """Rests and caps kept where the store keeps its state: shared on Redis."""
+    from gateway.store.redis import RedisStore
+
+    if isinstance(store, RedisStore):
+        from gateway.store.redis_capacity import RedisCapacity
+
+        return RedisCapacity(store)
+    return MemoryCapacity()
 
 
 async def build_state(
     settings: Settings, environ: Mapping[str, str], metrics: Metrics | None = None
 ) -> AppState:
     store = open_store(settings.store.url)
+    capacity = open_capacity(store)
     if metrics is not None:
         store = timed_store(store, metrics)  # store latency and errors
     provider_keys = resolve_provider_keys(settings, environ)
@@ -91,7 +106,7 @@ async def build_state(
         )
     keys = KeyCache(store)
     accounts = AccountCache(store)
-    health = Health()
+    health = Health(cool_down_s=settings.routing.cooldown_s)
 
     budgets = BudgetWatch(store)
 
@@ -108,14 +123,23 @@ async def build_state(
     store.on_invalidate(invalidate)
     recorder = UsageRecorder(store, after_settle=budgets.settled)
     recorder.start()
+    retrier = Retrier(
+        lambda target: settings.provider_retry(target.model.provider),
+        health,
+        balancer=Balancer(settings.routing.balance),
+        capacity=capacity,
+        cooldown_s=settings.routing.cooldown_s,
+    )
+    meter = Meter(settings, accounts, store.limiter(), recorder)
+    meter.on_served = retrier.release
     return AppState(
         settings=settings,
         store=store,
         keys=keys,
         accounts=accounts,
-        meter=Meter(settings, accounts, store.limiter(), recorder),
+        meter=meter,
         health=health,
-        retrier=Retrier(lambda target: settings.provider_retry(target.model.provider), health),
+        retrier=retrier,
         recorder=recorder,
         catalog=Catalog(settings, unavailable),
         providers=providers,

@@ -143,6 +143,12 @@ url = "{store_url or f"sqlite:///{path.parent / 'klawd.db'}"}"
 [providers.openai]
 base_url = "{upstream_url}"
 
+# a second test of the 429 (the first rests the deployment until its Retry-After)
+[[models]]
+id = "openai/fail-429~again"
+provider = "openai"
+upstream_model = "fail-429"
+
 [[models]]
 id = "openai/fallback-chain"
 provider = "openai"

@@ -32,7 +32,7 @@ from gateway.errors import (
     InternalError,
     ShuttingDown,
 )
-from gateway.metering import Ticket, reserve_for_chat
+from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
@@ -69,6 +69,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
     )
+    ticket.upstream_tokens = upstream_tokens_for_chat(chat)
     limit_headers = ticket.admission.headers()
     if lookup is not None:
         limit_headers |= lookup.header()
@@ -77,11 +78,11 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
             stream, target, tries = await _open_stream(
-                state, chat, body, ticket.targets, response_id, created
+                state, chat, body, ticket.targets, response_id, created, ticket.upstream_tokens
             )
         else:
             completion, target, tries = await _complete(
-                state, chat, body, ticket.targets, response_id, created
+                state, chat, body, ticket.targets, response_id, created, ticket.upstream_tokens
             )
     ticket.retries = len(tries) - 1
     if chat.stream:
@@ -163,12 +164,13 @@ async def _complete(
     targets: list[CatalogEntry],
     response_id: str,
     created: int,
+    tokens: int,
 ) -> tuple[Completion, CatalogEntry, list[Attempt]]:
     async def attempt(target: CatalogEntry) -> Completion:
         call = ChatCall(chat, body, target, response_id, created)
         return await state.providers[target.model.provider].complete(call)
 
-    return await state.retrier.call_targets(targets, attempt)
+    return await state.retrier.call_targets(targets, attempt, tokens=tokens)
 
 
 async def _open_stream(
@@ -178,6 +180,7 @@ async def _open_stream(
     targets: list[CatalogEntry],
     response_id: str,
     created: int,
+    tokens: int,
 ) -> tuple[UpstreamStream, CatalogEntry, list[Attempt]]:
     """Opens the upstream stream before answering, so that failures before the first byte are
     real HTTP errors (retried, then falling back); after this, failures become a final error
@@ -187,7 +190,7 @@ async def _open_stream(
         call = ChatCall(chat, body, target, response_id, created)
         return await state.providers[target.model.provider].stream(call)
 
-    return await state.retrier.call_targets(targets, attempt)
+    return await state.retrier.call_targets(targets, attempt, tokens=tokens)
 
 
 DONE = b"data: [DONE]\n\n"

@@ -54,6 +54,7 @@ async def create_embeddings(request: Request) -> Response:
             token_cost_micros(worst, t.model.input_usd_per_mtok, 0.0) for t in allowed
         ),
     )
+    ticket.upstream_tokens = worst.prompt_tokens
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
 
     async def attempt(target: CatalogEntry) -> EmbeddingResult:
@@ -66,7 +67,9 @@ async def create_embeddings(request: Request) -> Response:
         return await provider.embed(EmbeddingCall(embedding, body, target))
 
     with state.meter.settle_on_failure(ticket, False):
-        result, target, tries = await state.retrier.call_targets(ticket.targets, attempt)
+        result, target, tries = await state.retrier.call_targets(
+            ticket.targets, attempt, tokens=ticket.upstream_tokens
+        )
     ticket.retries = len(tries) - 1
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)

@@ -50,6 +50,7 @@ from gateway.metering import (
     RESERVE_TOKENS_PER_IMAGE,
     RESERVE_TOKENS_PER_MESSAGE,
     reserve_for_chat,
+    upstream_tokens_for_chat,
 )
 from gateway.providers.anthropic import translate_response
 from gateway.providers.base import (
@@ -193,6 +194,7 @@ async def _create_message(request: Request) -> Response:
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
     )
+    ticket.upstream_tokens = tokens = upstream_tokens_for_chat(chat)
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     # The answer as a chat.completion, the form the cache keeps (gateway/cache/replay.py).
     chat_form: dict[str, object] | None = None
@@ -232,9 +234,13 @@ async def _create_message(request: Request) -> Response:
 
     with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
-            stream, target, tries = await state.retrier.call_targets(ticket.targets, open_stream)
+            stream, target, tries = await state.retrier.call_targets(
+                ticket.targets, open_stream, tokens=tokens
+            )
         else:
-            completion, target, tries = await state.retrier.call_targets(ticket.targets, complete)
+            completion, target, tries = await state.retrier.call_targets(
+                ticket.targets, complete, tokens=tokens
+            )
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:

@@ -34,7 +34,7 @@ from gateway.billing import TokenUsage, format_usd
 from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
-from gateway.metering import reserve_for_chat
+from gateway.metering import reserve_for_chat, upstream_tokens_for_chat
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.responses.answer import response_fields, to_response
 from gateway.responses.events import ResponseEvents
@@ -97,6 +97,7 @@ async def create_response(request: Request) -> Response:
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
     )
+    ticket.upstream_tokens = tokens = upstream_tokens_for_chat(chat)
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     chat_form: dict[str, Any] | None = None  # the answer as the cache keeps it
 
@@ -134,11 +135,11 @@ async def create_response(request: Request) -> Response:
         with state.meter.settle_on_failure(ticket, chat.stream):
             if chat.stream:
                 events, target, tries = await state.retrier.call_targets(
-                    ticket.targets, open_stream
+                    ticket.targets, open_stream, tokens=tokens
                 )
             else:
                 completion, target, tries = await state.retrier.call_targets(
-                    ticket.targets, complete
+                    ticket.targets, complete, tokens=tokens
                 )
     except InvalidRequest as exc:
         exc.param = responses_param(exc.param)

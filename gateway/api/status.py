@@ -1,5 +1,6 @@
 """GET /status (no key): each provider's circuit state, error rate and latency, as JSON, or as a
-small HTML page when the client prefers text/html."""
+small HTML page when the client prefers text/html. Each provider lists its deployments of models
+with several (and any deployment resting now): weight, priority, circuit, in flight, rest left."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ def _provider_state(circuits: list[CircuitView]) -> str:
 async def status(request: Request) -> Response:
     state = app_state(request)
     circuits = {c.model: c for c in state.health.view()}
+    rests = {r.key: r for r in state.retrier.capacity.rests()}
+    balancer = state.retrier.balancer
     providers: list[dict[str, Any]] = []
     for name, settings in sorted(state.settings.providers.items()):
-        entries = [e for e in state.catalog.entries.values() if e.model.provider == name]
-        seen = [circuits[e.model.id] for e in entries if e.model.id in circuits]
+        entries = [d for d in state.catalog.deployments.values() if d.model.provider == name]
+        seen = [circuits[e.key] for e in entries if e.key in circuits]
         calls = sum(c.calls for c in seen)
         errors = sum(c.error_rate * c.calls for c in seen)
         latencies = [c.latency_ms for c in seen if c.latency_ms is not None]
@@ -50,6 +53,21 @@ async def status(request: Request) -> Response:
                         "latency_ms": None if c.latency_ms is None else round(c.latency_ms, 1),
                     }
                     for c in seen
+                ],
+                # every deployment (a model served by this provider), as the balancer sees it
+                "deployments": [
+                    {
+                        "key": d.key,
+                        "model": d.model.id,
+                        "upstream_model": d.model.upstream_model or d.model.id.split("/", 1)[1],
+                        "weight": d.weight,
+                        "priority": d.priority,
+                        "state": circuits[d.key].state if d.key in circuits else "closed",
+                        "in_flight": balancer.in_flight(d.key),
+                        "resting_s": round(rests[d.key].resting_s, 3) if d.key in rests else 0.0,
+                    }
+                    for d in entries
+                    if len(state.catalog.entries[d.model.id].deployments) > 1 or d.key in rests
                 ],
             }
         )

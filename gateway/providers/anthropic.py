@@ -411,7 +411,9 @@ class AnthropicProvider(HttpProvider):
         return UpstreamRequest(
             url=f"{self.settings.base_url.rstrip('/')}{path}",
             headers=headers,
-            body=orjson.dumps({**call.body, "model": model}),
+            body=orjson.dumps(
+                {k: v for k, v in call.body.items() if k != "models"} | {"model": model}
+            ),
         )
 
     async def messages(self, call: MessagesCall) -> Completion:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -191,7 +192,9 @@ class EmbeddingProvider(Protocol):
 
 
 def retry_after_from(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are ignored."""
+    """`retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are ignored. Without
+    them, OpenAI's `x-ratelimit-reset-requests` / `-tokens` (durations such as `1s`, `6m0s`,
+    `20ms`): the reset of the limit that is spent (remaining 0), else the sooner one."""
     millis = headers.get("retry-after-ms")
     if millis:
         try:
@@ -203,8 +206,38 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
         try:
             return max(0.0, float(seconds))
         except ValueError:
-            return None
-    return None
+            pass
+    return _ratelimit_reset(headers)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations (Go's time.Duration format): `6m0s`, `1.5s`, `20ms`, `1h2m`."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _DURATION_UNIT_S[unit] for number, unit in parts)
+
+
+def _ratelimit_reset(headers: Mapping[str, str]) -> float | None:
+    resets: dict[str, float] = {}
+    for limit in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-reset-{limit}")
+        parsed = parse_duration(value) if value else None
+        if parsed is not None:
+            resets[limit] = parsed
+    if not resets:
+        return None
+    spent = [
+        reset
+        for limit, reset in resets.items()
+        if headers.get(f"x-ratelimit-remaining-{limit}", "").strip() == "0"
+    ]
+    return max(spent) if spent else min(resets.values())
 
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})

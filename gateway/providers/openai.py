@@ -38,6 +38,7 @@ def _client_payload(body: bytes, target: CatalogEntry) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:  # already validated by msgspec; kept for safety
         raise InvalidRequest("The request body is not valid JSON.") from exc
     payload["model"] = target.model.upstream_model or target.model.id.split("/", 1)[1]
+    payload.pop("models", None)  # the request's fallbacks are the gateway's
     return payload
 
 

@@ -22,6 +22,7 @@ from gateway.schemas.openai import ContentPart, RefusalPart, TextPart
 TRANSLATED = frozenset(
     {
         "model",
+        "models",  # the request's own fallbacks: the gateway's, never sent upstream
         "messages",
         "stream",
         "stream_options",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import msgspec
 from msgspec import Struct
 
-from gateway.settings import ModelSettings, ProviderSettings, Settings
+from gateway.settings import DeploymentSettings, ModelSettings, ProviderSettings, Settings
 
 
 class Secret:
@@ -27,10 +28,23 @@ class Secret:
 
 
 class CatalogEntry(Struct, frozen=True):
+    """A model as clients name it, or one deployment of it.
+
+    A model's entry lists its `deployments`: each an entry of its own whose `model` carries that
+    deployment's `provider` and `upstream_model` (what providers read), with the deployment's
+    `key` (circuits, rests and caps), `weight` and `priority`. A model configured with
+    `provider` + `upstream_model` has one deployment, keyed by the model id. The model's own
+    `model` and `provider` are those of its first deployment."""
+
     model: ModelSettings
     provider: ProviderSettings
     # None when usable; else why not (e.g. the environment variable that holds no key).
     unavailable_reason: str | None
+    key: str = ""
+    weight: int = 1
+    priority: int = 0
+    deployments: tuple[CatalogEntry, ...] = ()
+    all_available: bool = True  # every deployment has what it needs (a key)
 
     @property
     def available(self) -> bool:
@@ -72,10 +86,11 @@ class Catalog:
         """`unavailable`: provider name -> why its models cannot be served now."""
         self.routes = settings.routes
         self.entries: dict[str, CatalogEntry] = {
-            model.id: CatalogEntry(
-                model, settings.providers[model.provider], unavailable.get(model.provider)
-            )
-            for model in settings.models
+            model.id: _model_entry(model, settings, unavailable) for model in settings.models
+        }
+        # every deployment of every model, by key
+        self.deployments: dict[str, CatalogEntry] = {
+            d.key: d for entry in self.entries.values() for d in entry.deployments
         }
 
     def get(self, model_id: str) -> CatalogEntry | None:
@@ -93,6 +108,37 @@ class Catalog:
             "targets": list(route.targets),
             "available": any(self.entries[t].available for t in route.targets),
         }
+
+
+def _model_entry(
+    model: ModelSettings, settings: Settings, unavailable: Mapping[str, str]
+) -> CatalogEntry:
+    specs = model.deployments or [
+        DeploymentSettings(provider=model.provider, upstream_model=model.upstream_model)
+    ]
+    deployments = tuple(
+        CatalogEntry(
+            msgspec.structs.replace(
+                model, provider=spec.provider, upstream_model=spec.upstream_model, deployments=[]
+            ),
+            settings.providers[spec.provider],
+            unavailable.get(spec.provider),
+            key=model.id if len(specs) == 1 else f"{model.id}@{spec.provider}",
+            weight=spec.weight,
+            priority=spec.priority,
+        )
+        for spec in specs
+    )
+    reasons = [d.unavailable_reason for d in deployments if d.unavailable_reason is not None]
+    first = deployments[0]
+    return CatalogEntry(
+        first.model,
+        first.provider,
+        "; ".join(reasons) if len(reasons) == len(deployments) else None,
+        key=model.id,
+        deployments=deployments,
+        all_available=not reasons,
+    )
 
 
 def resolve_provider_keys(

@@ -1,10 +1,12 @@
-"""Provider health: one circuit breaker per catalog model, from its recent calls.
+"""Provider health: one circuit breaker per deployment (keyed as routing/catalog.py keys them: a
+model with one deployment by its id), from its recent calls.
 
 closed → open when, among the last `window` calls, at least `min_failures` failed and the
 failure rate is at least `failure_rate`; open → half-open after `cool_down_s`, when one probe is
 let through; the probe's success closes the circuit, its failure opens it again. Latency is kept
-as an exponentially weighted mean for /status. State is per process (every replica learns on its
-own: no shared state is needed to stop hammering a failing upstream).
+as an exponentially weighted mean for /status. The circuits are per process; when one opens, the
+retrier also rests the deployment for `cooldown_s` in routing/capacity.py, which on Redis every
+replica sees.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Health:
         self._cool_down_s = cool_down_s
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
+        self._not_closed: set[str] = set()  # so that "every circuit is closed" costs nothing
+
+    @property
+    def all_closed(self) -> bool:
+        return not self._not_closed
 
     def _circuit(self, model: str) -> _Circuit:
         circuit = self._circuits.get(model)
@@ -61,6 +68,15 @@ class Health:
         return circuit
 
     def allows(self, model: str) -> bool:
+        """can_serve, and claims the probe of a half-open circuit."""
+        if not self.can_serve(model):
+            return False
+        self.claim(model)
+        return True
+
+    def can_serve(self, model: str) -> bool:
+        """Whether a call may go to it now (no probe claimed: a balancer asks of every
+        deployment before it chooses one)."""
         circuit = self._circuits.get(model)
         if circuit is None or circuit.state == "closed":
             return True
@@ -69,10 +85,13 @@ class Health:
                 return False
             circuit.state = "half_open"
             circuit.probing = False
-        if circuit.probing:
-            return False
-        circuit.probing = True  # exactly one probe at a time
-        return True
+        return not circuit.probing
+
+    def claim(self, model: str) -> None:
+        """The call is made: a half-open circuit lets exactly one probe through at a time."""
+        circuit = self._circuits.get(model)
+        if circuit is not None and circuit.state == "half_open":
+            circuit.probing = True
 
     def reopens_in(self, model: str) -> float:
         circuit = self._circuits.get(model)
@@ -80,7 +99,9 @@ class Health:
             return 0.0
         return max(0.0, self._cool_down_s - (self._clock() - circuit.opened_at))
 
-    def record(self, model: str, ok: bool, latency_s: float) -> None:
+    def record(self, model: str, ok: bool, latency_s: float) -> bool:
+        """Returns whether this outcome opened the circuit (the caller rests the deployment on
+        every replica)."""
         circuit = self._circuit(model)
         circuit.outcomes.append(ok)
         if ok:
@@ -93,20 +114,24 @@ class Health:
             circuit.probing = False
             if ok:
                 circuit.state = "closed"
+                self._not_closed.discard(model)
                 circuit.outcomes.clear()
                 circuit.outcomes.append(True)
             else:
-                self._open(circuit)
-            return
+                self._open(model, circuit)
+            return not ok
         failures = circuit.outcomes.count(False)
         if (
             circuit.state == "closed"
             and failures >= self._min_failures
             and failures / len(circuit.outcomes) >= self._failure_rate
         ):
-            self._open(circuit)
+            self._open(model, circuit)
+            return True
+        return False
 
-    def _open(self, circuit: _Circuit) -> None:
+    def _open(self, model: str, circuit: _Circuit) -> None:
+        self._not_closed.add(model)
         circuit.state = "open"
         circuit.opened_at = self._clock()
         circuit.probing = False

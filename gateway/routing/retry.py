@@ -1,22 +1,38 @@
-"""Retries of one target, then the next target: shared by every provider, naming none.
+"""Retries of one model's deployments, then the next model: shared by every provider, naming none.
 
-    result, target, tries = await call_targets(targets, attempt, policies, health)
+    result, served, tries = await retrier.call_targets(targets, attempt, tokens=estimate)
 
-For each target in order (skipping open circuits): up to `attempts` tries. A failure marked
-`retryable` (connect errors, timeouts before the first byte, 429, 500, 502, 503, 504) sleeps
-U(0, min(max_delay_s, base_delay_s * 2^n)) — full jitter — or the upstream's Retry-After when it
-is longer, then tries again; a Retry-After above `max_retry_after_s` is not waited for: the next
-target is tried at once. Other upstream failures (a nonsense answer, the upstream refusing our
-key) skip to the next target. Client errors (400, 413, …) end the call at once. Everything here
-happens before the first byte reaches the client; nothing is retried after it.
+`targets` are models (the request's, then its fallbacks); `served` is the deployment that
+answered (routing/catalog.py). For each model in order:
+
+- the deployments that can serve now (available, circuit closed or probing, not resting, under
+  their provider's caps: routing/capacity.py) in the balancer's order (routing/balance.py);
+- a failed try moves at once to a sibling deployment not yet tried by this request; when every
+  one has failed, a failure marked `retryable` (connect errors, timeouts before the first byte,
+  429, 500, 502, 503, 504) sleeps U(0, min(max_delay_s, base_delay_s * 2^n)) (full jitter), or
+  the upstream's Retry-After when it is longer, and tries them again; at most
+  max(`attempts`, number of deployments) tries per model. A Retry-After above
+  `max_retry_after_s` is not waited for: the next model is tried at once;
+- an upstream 429 rests that deployment until its Retry-After (or x-ratelimit-reset-*); a
+  circuit that opens rests it `cooldown_s` (on Redis: on every replica).
+
+Other upstream failures (a nonsense answer, the upstream refusing our key) skip to the next
+deployment, then model. Client errors (400, 413, …) end the call at once. When nothing could be
+tried (every deployment resting or capped): 429 `rate_limit_exceeded`, code `upstream_capacity`,
+Retry-After = the earliest back (open circuits only: 503, as before). Everything here happens
+before the first byte reaches the client; nothing is retried after it.
+
+The served deployment stays counted in flight (least-busy, least-latency) and its token estimate
+stays reserved from its provider's budget until `release` (called once the request is settled).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from msgspec import Struct
@@ -29,6 +45,8 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.requestlog import current_request
+from gateway.routing.balance import Balancer
+from gateway.routing.capacity import Capacity, MemoryCapacity
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.health import Health
 from gateway.settings import RetrySettings
@@ -47,6 +65,24 @@ class Attempt(Struct, frozen=True):
     model: str
     error: str | None  # the gateway error type of a failed try, None for the one that served
     slept_s: float
+    provider: str = ""  # the deployment's
+
+
+def upstream_capacity(retry_after_s: float) -> RateLimited:
+    return RateLimited(
+        "Every deployment that could serve this request is resting or at its upstream "
+        "capacity; retry later.",
+        code="upstream_capacity",
+        retry_after_s=max(retry_after_s, 0.001),
+    )
+
+
+class _ModelOutcome(Struct):
+    """What trying one model's deployments came to, when none served."""
+
+    error: GatewayError | None  # the last failure of a try
+    back_in_s: float | None = None  # nothing could be tried: the earliest deployment back
+    failing: bool = False  # ... and every one was resting for failing (open circuits)
 
 
 def backoff_delay(retry: int, policy: RetrySettings, rng: random.Random) -> float:
@@ -62,12 +98,18 @@ class Retrier:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        balancer: Balancer | None = None,
+        capacity: Capacity | None = None,
+        cooldown_s: float = 30.0,
     ) -> None:
         self._policy_for = policy_for
         self._health = health
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
         self._sleep = sleep
         self._clock = clock
+        self.balancer = balancer or Balancer("weighted")
+        self.capacity: Capacity = capacity or MemoryCapacity(clock)
+        self._cooldown_s = cooldown_s
         # Retry and fallback counters (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
         # Traces on: a client span per attempt (gateway/tracing/); set by create_app.
@@ -79,64 +121,169 @@ class Retrier:
         attempt: Callable[[CatalogEntry], Awaitable[T]],
         may_retry: Callable[[GatewayError], bool] = lambda exc: exc.retryable,
         may_fall_back: Callable[[GatewayError], bool] = lambda exc: True,
+        tokens: int = 0,
     ) -> tuple[T, CatalogEntry, list[Attempt]]:
         """`may_retry` / `may_fall_back` narrow what is tried again: image generation passes
-        "only after a connect error" for both, as the upstream may have generated already."""
+        "only after a connect error" for both, as the upstream may have generated already.
+        `tokens`: the request's estimate, reserved from a capped provider's token budget."""
         tries: list[Attempt] = []
         last_error: GatewayError | None = None
-        candidates = [t for t in targets if self._health.allows(t.model.id)]
-        if not candidates:
+        back_in: list[float] = []
+        only_failing = True
+        for index, target in enumerate(targets):
+            if index and tries and self.observer is not None:
+                self.observer.fell_back(tries[-1].provider)
+            served = await self._serve_model(
+                target, attempt, may_retry, may_fall_back, tokens, tries
+            )
+            if not isinstance(served, _ModelOutcome):
+                return served[0], served[1], tries
+            if served.error is not None:
+                last_error = served.error
+            if served.back_in_s is not None:
+                back_in.append(served.back_in_s)
+                only_failing = only_failing and served.failing
+        if last_error is not None:
+            raise last_error
+        wait = min(back_in) if back_in else 0.0
+        if only_failing:
             raise ServiceUnavailable(
                 "Every model that could serve this request is failing right now (circuit open).",
-                retry_after_s=min(self._health.reopens_in(t.model.id) for t in targets),
+                retry_after_s=wait,
             )
-        for index, target in enumerate(candidates):
-            if index and self.observer is not None:
-                self.observer.fell_back(candidates[index - 1].model.provider)
-            policy = self._policy_for(target)
-            slept = 0.0
-            target_started = self._clock()
-            for retry in range(policy.attempts):
-                started = self._clock()
-                try:
-                    if self.tracing is None:
-                        result = await attempt(target)
-                    else:
-                        result = await self._traced(self.tracing, attempt, target, len(tries))
-                except FALLBACK_ON as exc:
-                    tries.append(Attempt(target.model.id, exc.type, slept))
-                    last_error = exc
-                    gives_up = (
-                        retry + 1 >= policy.attempts
-                        or not may_retry(exc)
-                        or (
-                            exc.retry_after_s is not None
-                            and exc.retry_after_s > policy.max_retry_after_s
-                        )
+        raise upstream_capacity(wait)
+
+    def _servable(
+        self, target: CatalogEntry, failed: set[str] | None
+    ) -> tuple[Sequence[CatalogEntry], float]:
+        """The deployments not yet failed in this round whose circuit lets a call through (the
+        model's own tuple when that is all of them), and the seconds until the earliest open
+        circuit among the others lets one through."""
+        health = self._health
+        deployments = target.deployments or (target,)
+        if failed is None and target.all_available and health.all_closed:
+            return deployments, 0.0
+        servable = []
+        reopens: float | None = None
+        for deployment in deployments:
+            if (failed is not None and deployment.key in failed) or not deployment.available:
+                continue
+            if health.can_serve(deployment.key):
+                servable.append(deployment)
+            else:
+                wait = health.reopens_in(deployment.key)
+                reopens = wait if reopens is None else min(reopens, wait)
+        return servable, reopens or 0.0
+
+    async def _serve_model(
+        self,
+        target: CatalogEntry,
+        attempt: Callable[[CatalogEntry], Awaitable[T]],
+        may_retry: Callable[[GatewayError], bool],
+        may_fall_back: Callable[[GatewayError], bool],
+        tokens: int,
+        tries: list[Attempt],
+    ) -> tuple[T, CatalogEntry] | _ModelOutcome:
+        deployments = target.deployments or (target,)
+        policy = self._policy_for(deployments[0])
+        budget = max(policy.attempts, len(deployments))
+        failed: set[str] | None = None  # deployments that failed since the last backoff
+        failures: set[str] = set()  # deployments that failed this request (recorded at the end)
+        error: GatewayError | None = None  # the last failure of a try
+        made = 0  # tries of this model
+        waits = 0
+        slept = 0.0
+        started = self._clock()
+        try:
+            while made < budget:
+                servable, reopens_s = self._servable(target, failed)
+                ordered = self.balancer.order(servable)
+                taken = self.capacity.take_local(ordered, tokens)
+                if taken is None:
+                    taken = await self.capacity.take(ordered, tokens)
+                deployment = taken.deployment
+                if deployment is None:
+                    back, failing = (
+                        (taken.back_in_s, taken.failing) if servable else (reopens_s, True)
                     )
-                    if gives_up:
-                        # The circuit counts what a target did for a request (served it or
-                        # not), not each try: a flaky upstream that answers on the second try
-                        # is slow, not down.
-                        self._health.record(
-                            target.model.id, ok=False, latency_s=self._clock() - target_started
-                        )
-                        if not may_fall_back(exc):
-                            raise
-                        break
-                    delay = backoff_delay(retry, policy, self._rng)
-                    if exc.retry_after_s is not None:
-                        delay = max(delay, exc.retry_after_s)
-                    if self.observer is not None:
-                        self.observer.retried(target.model.provider)
+                    if error is None:  # nothing tried: every deployment rests or is capped
+                        return _ModelOutcome(None, back, failing)
+                    if not self._waits(error, back, policy, may_retry) or waits >= budget:
+                        return _ModelOutcome(error)
+                    # every deployment failed (or rests briefly): back off, then again
+                    delay = max(backoff_delay(waits, policy, self._rng), back)
+                    if error.retry_after_s is not None:
+                        delay = max(delay, error.retry_after_s)
+                    waits += 1
                     await self._sleep(delay)
                     slept = delay
+                    failed = None
                     continue
-                self._health.record(target.model.id, ok=True, latency_s=self._clock() - started)
-                tries.append(Attempt(target.model.id, None, slept))
-                return result, target, tries
-        assert last_error is not None  # noqa: S101 (the loop ran at least once and failed)
-        raise last_error
+                if made and self.observer is not None:
+                    self.observer.retried(tries[-1].provider)
+                made += 1
+                key = deployment.key
+                self._health.claim(key)
+                self.balancer.started(key)
+                call_started = self._clock()
+                try:
+                    if self.tracing is None:
+                        result = await attempt(deployment)
+                    else:
+                        result = await self._traced(self.tracing, attempt, deployment, len(tries))
+                except FALLBACK_ON as exc:
+                    self.release(deployment, tokens, 0)
+                    provider = deployment.model.provider
+                    tries.append(Attempt(target.model.id, exc.type, slept, provider))
+                    slept = 0.0
+                    failed = failed or set()
+                    failed.add(key)
+                    failures.add(key)
+                    error = exc
+                    if isinstance(exc, RateLimited) and exc.retry_after_s:
+                        await self._rest(key, exc.retry_after_s, failing=False)
+                    if not may_fall_back(exc) and not may_retry(exc):
+                        raise
+                    if not may_retry(exc) and not self._servable(target, failed)[0]:
+                        return _ModelOutcome(error)
+                    continue
+                except BaseException:
+                    self.release(deployment, tokens, 0)
+                    raise
+                latency = self._clock() - call_started
+                self._health.record(key, ok=True, latency_s=latency)
+                if self.balancer.policy == "least-latency":
+                    self.balancer.observe(key, latency)
+                failures.discard(key)
+                tries.append(Attempt(target.model.id, None, slept, deployment.model.provider))
+                return result, deployment
+            return _ModelOutcome(error)
+        finally:
+            for key in failures:
+                # The circuit counts what a deployment did for a request (served it or not), not
+                # each try: a flaky upstream that answers on the second try is slow, not down.
+                if self._health.record(key, ok=False, latency_s=self._clock() - started):
+                    await self._rest(key, self._cooldown_s, failing=True)
+
+    @staticmethod
+    def _waits(
+        error: GatewayError,
+        back_s: float,
+        policy: RetrySettings,
+        may_retry: Callable[[GatewayError], bool],
+    ) -> bool:
+        """Whether to back off and try the model's deployments again after `error`."""
+        longest = max(back_s, error.retry_after_s or 0.0)
+        return may_retry(error) and longest <= policy.max_retry_after_s
+
+    async def _rest(self, key: str, seconds: float, failing: bool) -> None:
+        with contextlib.suppress(Exception):  # the capacity store logs its own failures
+            await self.capacity.rest(key, seconds, failing)
+
+    def release(self, served: CatalogEntry, reserved_tokens: int, used_tokens: int) -> None:
+        """The served request is over (answered, or its stream ended)."""
+        self.balancer.finished(served.key)
+        self.capacity.settle(served, reserved_tokens, used_tokens)
 
     @staticmethod
     async def _traced(

@@ -31,7 +31,7 @@ def _price(entry: CatalogEntry) -> float:
 
 
 def _honouring(
-    request: ChatRequest, body: bytes, suitable: list[CatalogEntry]
+    request: ChatRequest, route: str, body: bytes, suitable: list[CatalogEntry]
 ) -> list[CatalogEntry]:
     """The targets that can honour every field of the request (a translating provider refuses
     one it cannot honour with a 400, which is not a reason to fall back)."""
@@ -43,7 +43,7 @@ def _honouring(
     if not honouring:
         field = next(refused for refused in refusals if refused is not None)
         raise InvalidRequest(
-            f"No model behind '{request.model}' accepts `{field}`; remove it or name a model.",
+            f"No model behind '{route}' accepts `{field}`; remove it or name a model.",
             param=field,
         )
     return honouring
@@ -70,9 +70,27 @@ def _escalate(
 
 
 def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> list[CatalogEntry]:
-    """`body`: the request's JSON (for a policy route, the fields each target must honour)."""
+    """`body`: the request's JSON (for a policy route, the fields each target must honour).
+    The request's own `models` (fallbacks, as OpenRouter takes them) follow `model`'s chain,
+    each resolved the same way; a model already in the chain is not tried twice."""
     note_requested_model(request.model)
-    entry = catalog.get(request.model)
+    chain = _resolve_chat_one(catalog, request, request.model, body)
+    for index, model_id in enumerate(request.models or ()):
+        if catalog.get(model_id) is None and model_id not in catalog.routes:
+            raise model_not_found(model_id, param=f"models[{index}]")
+        try:
+            more = _resolve_chat_one(catalog, request, model_id, body)
+        except ServiceUnavailable:
+            continue  # an unavailable fallback is skipped, as a configured one is
+        seen = {e.model.id for e in chain}
+        chain.extend(e for e in more if e.model.id not in seen)
+    return chain
+
+
+def _resolve_chat_one(
+    catalog: Catalog, request: ChatRequest, model_id: str, body: bytes
+) -> list[CatalogEntry]:
+    entry = catalog.get(model_id)
     if entry is not None:
         if entry.model.kind != "chat":
             raise InvalidRequest(
@@ -85,14 +103,14 @@ def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> l
             )
         chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
         return [e for e in chain if e.available]
-    route = catalog.routes.get(request.model)
+    route = catalog.routes.get(model_id)
     if route is None:
-        raise model_not_found(request.model)
+        raise model_not_found(model_id)
     candidates = [catalog.entries[t] for t in route.targets]
     usable = [e for e in candidates if e.available]
     if not usable:
         reasons = "; ".join(sorted({e.unavailable_reason or "" for e in candidates}))
-        raise ServiceUnavailable(f"No model behind '{request.model}' is available: {reasons}.")
+        raise ServiceUnavailable(f"No model behind '{model_id}' is available: {reasons}.")
     if route.policy == "ordered":
         return usable
     needed = request.needs()
@@ -106,11 +124,11 @@ def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> l
     ]
     if not suitable:
         raise InvalidRequest(
-            f"No model behind '{request.model}' supports this request "
+            f"No model behind '{model_id}' supports this request "
             f"(needs {sorted(needed) or 'text'}, about {budget} tokens of context).",
             param="model",
         )
-    suitable = _honouring(request, body, suitable)
+    suitable = _honouring(request, model_id, body, suitable)
     suitable = _escalate(catalog, route, request, budget, suitable)
     order = {e.model.id: i for i, e in enumerate(suitable)}
     return sorted(

@@ -16,6 +16,7 @@ from msgspec import Meta, Struct
 
 from gateway.errors import InvalidRequest
 from gateway.schemas.decoding import decode_json
+from gateway.schemas.openai import MAX_REQUEST_FALLBACKS, ModelId
 
 T = TypeVar("T")
 
@@ -149,6 +150,8 @@ class MessagesRequest(_Open):
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
     stream: bool = False
+    # the gateway's extension, as on chat: fallbacks tried in order after `model`
+    models: Annotated[list[ModelId], Meta(max_length=MAX_REQUEST_FALLBACKS)] | None = None
 
 
 class CountTokensRequest(_Open):

@@ -112,6 +112,10 @@ class ResponseFormat(_Open):
     json_schema: dict[str, Any] | None = None
 
 
+MAX_REQUEST_FALLBACKS = 8
+ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
 class ChatRequest(_Open):
     model: Annotated[str, Meta(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Meta(min_length=1)]
@@ -128,6 +132,8 @@ class ChatRequest(_Open):
     user: str | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
     seed: int | None = None
+    # Fallbacks of this request (as OpenRouter takes them): tried in order after `model`.
+    models: Annotated[list[ModelId], Meta(max_length=MAX_REQUEST_FALLBACKS)] | None = None
 
     @property
     def output_budget(self) -> int:

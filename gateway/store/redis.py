@@ -67,6 +67,10 @@ log = logging.getLogger("klawd.redis")
 CHANNEL = "klawd:invalidate"
 MAX_CONNECTIONS = 256
 LIBRARY = resources.files("gateway.store").joinpath("lua/klawd.lua").read_text(encoding="utf-8")
+# The upstream capacity functions (gateway/store/redis_capacity.py): a library of their own.
+CAPACITY_LIBRARY = (
+    resources.files("gateway.store").joinpath("lua/capacity.lua").read_text(encoding="utf-8")
+)
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
@@ -187,13 +191,15 @@ class RedisStore(RedisWebhooks, RedisResponses):
         if isinstance(self._redis, aioredis.RedisCluster):
             # every primary serves some accounts' slots: each needs the library
             for node in self._redis.get_primaries():
-                await self._redis.execute_command(
-                    "FUNCTION", "LOAD", "REPLACE", LIBRARY, target_nodes=node
-                )
+                for library in (LIBRARY, CAPACITY_LIBRARY):
+                    await self._redis.execute_command(
+                        "FUNCTION", "LOAD", "REPLACE", library, target_nodes=node
+                    )
         else:
-            await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "FUNCTION", "LOAD", "REPLACE", LIBRARY
-            )
+            for library in (LIBRARY, CAPACITY_LIBRARY):
+                await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "FUNCTION", "LOAD", "REPLACE", library
+                )
 
     async def ping(self) -> None:
         """Readiness: both clients reach Redis (the hot path's and redis-py's)."""

@@ -42,10 +42,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class Harness:
-    def __init__(self, store_url: str) -> None:
+    def __init__(self, store_url: str, extra_config: str = "") -> None:
         directory = Path(tempfile.mkdtemp(prefix="klawd-bench-"))
         config = directory / "klawd.toml"
-        config.write_text(f'[store]\nurl = "{store_url}"\n')
+        config.write_text(f'[store]\nurl = "{store_url}"\n{extra_config}')
         self.app = create_app(load_settings(config), {"KLAWD_ADMIN_TOKEN": ADMIN})
         self.lifespan_state: dict[str, Any] = {}
         self._lifespan_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

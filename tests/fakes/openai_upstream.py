@@ -13,6 +13,8 @@ order against one shared server:
     error-event   streamed: one event, then `data: {"error": …}`
     fail-401      401 whose message contains the upstream key (must never reach the client)
     fail-429      429 with Retry-After: 7
+    ratelimit-reset  429 with OpenAI's x-ratelimit-* headers (requests spent, reset 6m0s), no
+                  Retry-After
     fail-500      500
     fail-400      400 with an upstream validation message
     garbage       200 with a body that is not JSON
@@ -405,6 +407,20 @@ class FakeOpenAI:
         if model == "fail-500":
             return web.json_response(
                 {"error": {"message": "boom", "type": "server_error"}}, status=500
+            )
+        if model == "ratelimit-reset":
+            # as OpenAI answers a spent request budget: the reset headers, no Retry-After
+            return web.json_response(
+                {"error": {"message": "Rate limit reached for requests", "type": "requests"}},
+                status=429,
+                headers={
+                    "x-ratelimit-limit-requests": "500",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": "6m0s",
+                    "x-ratelimit-limit-tokens": "30000",
+                    "x-ratelimit-remaining-tokens": "29000",
+                    "x-ratelimit-reset-tokens": "2s",
+                },
             )
         if model == "fail-400":
             return web.json_response(

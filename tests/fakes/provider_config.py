@@ -48,7 +48,9 @@ GEMINI_MODELS = [
 # Failing models get one catalog id per test that calls them (suffix ~stream, ~retry): the
 # gateway's per-model circuit breaker opens after a few failures, and a test must see the
 # upstream's error, not an open circuit.
-FAILING_SUFFIXES = ["", "~stream", "~retry", "~msg", "~msgstream"]
+# ~again: a second test of one failing model (a 429 rests its deployment until its Retry-After,
+# so a second call would be answered by the gateway without asking the upstream).
+FAILING_SUFFIXES = ["", "~stream", "~retry", "~msg", "~msgstream", "~again"]
 ANTHROPIC_FAILING = [m for m in ANTHROPIC_MODELS if m not in ("claude-fake", "claude-tools")]
 GEMINI_FAILING = [m for m in GEMINI_MODELS if m not in ("gemini-fake", "gemini-tools")]
 REPLICATE_MODELS = ["instant", "single", "slow", "fails", "canceled", "rate-limited", "invalid"]
@@ -118,4 +120,9 @@ def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> 
         _image_model(f"replicate/{m}", "replicate", f"fake-owner/{m}", IMAGE_PRICE_USD)
         for m in REPLICATE_MODELS
     ]
+    tables.append(
+        _image_model(
+            "replicate/rate-limited~again", "replicate", "fake-owner/rate-limited", IMAGE_PRICE_USD
+        )
+    )
     return "\n".join(tables)

@@ -371,7 +371,7 @@ def test_upstream_errors_map_to_the_envelope(
 def test_rate_limit_carries_upstream_retry_after(gateway: Gateway, api_key: str) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
         client(gateway, api_key).chat.completions.create(
-            model="anthropic/claude-rate-limit", messages=MESSAGES
+            model="anthropic/claude-rate-limit~again", messages=MESSAGES
         )
     assert caught.value.response.headers["retry-after"] == "13"
 

@@ -323,7 +323,7 @@ def test_upstream_errors_map_to_the_envelope(
 def test_resource_exhausted_carries_the_retry_delay(gateway: Gateway, api_key: str) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
         client(gateway, api_key).chat.completions.create(
-            model="google/gemini-exhausted", messages=MESSAGES
+            model="google/gemini-exhausted~again", messages=MESSAGES
         )
     assert caught.value.response.headers["retry-after"] == "21"
 

@@ -268,7 +268,9 @@ def test_upstream_auth_failure_is_502_and_never_leaks_the_key(
 
 def test_upstream_429_is_rate_limit_with_retry_after(gateway: Gateway, api_key: str) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
-        client(gateway, api_key).chat.completions.create(model="openai/fail-429", messages=MESSAGES)
+        client(gateway, api_key).chat.completions.create(
+            model="openai/fail-429~again", messages=MESSAGES
+        )
     assert caught.value.response.headers["retry-after"] == "7"
     assert caught.value.body["type"] == "rate_limit_exceeded"  # type: ignore[index]
 

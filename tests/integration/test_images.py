@@ -111,7 +111,7 @@ def test_failed_prediction_names_the_model_error(gateway: Gateway, api_key: str)
 
 def test_rate_limited_create_carries_retry_after(gateway: Gateway, api_key: str) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
-        client(gateway, api_key).images.generate(model="replicate/rate-limited", prompt="x")
+        client(gateway, api_key).images.generate(model="replicate/rate-limited~again", prompt="x")
     assert caught.value.response.headers["retry-after"] == "9"
 
 

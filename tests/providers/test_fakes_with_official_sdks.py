@@ -400,3 +400,15 @@ def test_openai_sdk_reads_the_fakes_cached_prompt_tokens(fake_openai: FakeOpenAI
     last = chunks[-1].usage
     assert last is not None and last.prompt_tokens_details is not None
     assert last.prompt_tokens_details.cached_tokens == 1920
+
+
+def test_openai_sdk_sees_the_fake_rate_limit_reset_headers(fake_openai: FakeOpenAI) -> None:
+    with openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0) as sdk:
+        with pytest.raises(openai.RateLimitError) as caught:
+            sdk.chat.completions.create(
+                model="ratelimit-reset", messages=[{"role": "user", "content": "hi"}]
+            )
+    headers = caught.value.response.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "6m0s"
+    assert "retry-after" not in headers

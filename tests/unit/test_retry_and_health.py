@@ -73,7 +73,7 @@ async def test_retryable_failures_are_retried_then_succeed() -> None:
     clock = Clock()
     calls, attempt = script(unavailable(), unavailable(), "ok")
     result, target, tries = await retrier(clock).call_targets([SONNET], attempt)  # type: ignore[arg-type]
-    assert (result, target) == ("ok", SONNET)
+    assert (result, target) == ("ok", SONNET.deployments[0])
     assert calls == [SONNET.model.id] * 3
     assert len(clock.slept) == 2
     assert 0 <= clock.slept[0] <= 0.25 and 0 <= clock.slept[1] <= 0.5
@@ -93,7 +93,7 @@ async def test_retry_after_over_the_cap_falls_back_at_once() -> None:
         RateLimited("429", retry_after_s=120, retryable=True), "from the fallback"
     )
     result, target, _ = await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
-    assert (result, target) == ("from the fallback", TURBO)
+    assert (result, target) == ("from the fallback", TURBO.deployments[0])
     assert calls == [SONNET.model.id, TURBO.model.id]
     assert clock.slept == []
 
@@ -103,7 +103,7 @@ async def test_attempts_exhausted_then_next_target() -> None:
     calls, attempt = script(unavailable(), unavailable(), unavailable(), "ok")
     _, target, _ = await retrier(clock).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
     assert calls == [SONNET.model.id] * 3 + [TURBO.model.id]
-    assert target == TURBO
+    assert target == TURBO.deployments[0]
 
 
 async def test_nonsense_answer_falls_back_without_retry() -> None:
@@ -175,7 +175,7 @@ async def test_open_circuit_is_skipped_in_favour_of_the_fallback() -> None:
     health.record(SONNET.model.id, ok=False, latency_s=0.1)
     calls, attempt = script("ok")
     _, target, _ = await retrier(clock, health).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
-    assert calls == [TURBO.model.id] and target == TURBO
+    assert calls == [TURBO.model.id] and target == TURBO.deployments[0]
 
 
 async def test_all_circuits_open_is_503_with_retry_after() -> None:

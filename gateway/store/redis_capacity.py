@@ -13,11 +13,12 @@ model without caps reads them from this process's copy, refreshed from Redis eve
 background, so its hot path makes no round trip (another replica's 429 is heeded here within a
 second; the upstream's own 429 covers that second).
 
-Redis slow or down: a call that takes longer than `CALL_TIMEOUT_S` or fails falls back to this
-process's own accounting (MemoryCapacity, the same limits) and logs it, at most every 10 s.
-Failing open is deliberate: the upstream enforces its own limits (its 429 still rests the
-deployment here), while refusing every request would turn a Redis hiccup into an outage. Replicas
-may then together exceed a cap, by at most one budget per replica, until Redis answers again.
+Redis slow or down: a call that takes longer than `CALL_TIMEOUT_S` (0.5 s; the first call,
+which loads the functions, the store's 2 s) or fails falls back to this process's own
+accounting (MemoryCapacity, the same limits) and logs it, at most every 10 s. Failing open is
+deliberate: the upstream enforces its own limits (its 429 still rests the deployment here),
+while refusing every request would turn a Redis hiccup into an outage. Replicas may then
+together exceed a cap, by at most one budget per replica, until Redis answers again.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ log = logging.getLogger("klawd.capacity")
 
 PREFIX = "klawd:cap:{klawd_capacity}"
 RESTS = f"{PREFIX}:rests"
-CALL_TIMEOUT_S = 0.25
+CALL_TIMEOUT_S = 0.5
+# Until a first call succeeds (it loads the functions, on every node of a cluster): the store's
+# own command timeout.
+FIRST_CALL_TIMEOUT_S = 2.0
 SYNC_INTERVAL_S = 1.0
 WARN_EVERY_S = 10.0
 
@@ -61,6 +65,7 @@ class RedisCapacity:
         self._sync: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
         self._warned_at = -math.inf
+        self._answered = False  # a call went through: the functions are loaded
 
     # -- the local view -------------------------------------------------------------------------
     def _shared_rest(self, key: str) -> tuple[float, bool]:
@@ -119,11 +124,12 @@ class RedisCapacity:
                 token_cost(settings, tokens),
             ]
         try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with asyncio.timeout(self._budget_s()):
                 reply = await self._store.fcall("klawd_capacity_take_v1", keys, args)
         except (StoreError, TimeoutError) as exc:
             self._degraded("take", exc)
             return self._local.take_now(ordered, tokens)
+        self._answered = True
         chosen, wait_ms, failing = (int(x) for x in reply)
         if chosen:
             return Taken(ordered[chosen - 1])
@@ -181,11 +187,16 @@ class RedisCapacity:
 
     async def _call(self, what: str, function: str, keys: list[str], args: list[Any]) -> Any:
         try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                return await self._store.fcall(function, keys, args)
+            async with asyncio.timeout(self._budget_s()):
+                reply = await self._store.fcall(function, keys, args)
         except (StoreError, TimeoutError) as exc:
             self._degraded(what, exc)
             return None
+        self._answered = True
+        return reply
+
+    def _budget_s(self) -> float:
+        return CALL_TIMEOUT_S if self._answered else FIRST_CALL_TIMEOUT_S
 
     def _spawn(self, call: Any) -> None:
         task = asyncio.get_running_loop().create_task(call)

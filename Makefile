@@ -15,7 +15,7 @@ $(PY):
 build: $(PY)
 	$(BIN)/maturin develop --release -E dev -q
 
-# Servers the test suite starts itself (redis-server, prometheus + promtool) and the headless
+# Servers the test suite starts itself (redis-server, prometheus + promtool, tinyproxy) and the headless
 # browser of the Mission Control test (chromium + chromedriver); installed from Debian when missing.
 system-deps:
 	@command -v redis-server >/dev/null || { \
@@ -25,6 +25,9 @@ system-deps:
 	  echo "installing prometheus (promtool) from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus >/dev/null; }
+	@command -v tinyproxy >/dev/null || { \
+	  echo "installing tinyproxy from Debian (the egress-proxy tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; }
 	@command -v chromedriver >/dev/null || { \
 	  echo "installing chromium and chromium-driver from Debian (Mission Control browser test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.catalog_defaults import BUILTIN
+from gateway.providers.proxy import proxy_policy
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
@@ -135,6 +136,11 @@ class ProviderSettings(_Strict):
     # This key's own upstream limits (optional): the gateway keeps under them (routing/capacity.py).
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
+    # Egress proxy (gateway/providers/proxy.py): "" follows HTTPS_PROXY/HTTP_PROXY/NO_PROXY;
+    # "none" goes direct; "http://host:port" uses that proxy. Credentials only through
+    # `proxy_url_env`, the name of a variable holding the whole URL (it wins when set).
+    proxy_url: str = ""
+    proxy_url_env: str = ""
 
 
 class DeploymentSettings(_Strict):
@@ -198,6 +204,17 @@ class WebhookSettings(_Strict):
     max_concurrency: PositiveInt = 8  # deliveries in flight per scheduler
 
 
+class BoundsSettings(_Strict):
+    """Shapes a chat request may have (checked after decoding, before any upstream call)."""
+
+    max_messages: PositiveInt = 10_000
+    max_content_parts: PositiveInt = 10_000  # all messages together
+    max_tools: PositiveInt = 512
+    max_stop_sequences: PositiveInt = 16
+    check_context: bool = True  # refuse prompts estimated not to fit the model's context
+    context_chars_per_token: PositiveFloat = 4.0  # the estimate's divisor
+
+
 class MissionControlSettings(_Strict):
     signup: bool = False  # self-service sign-up: a free account with its starting credit
     public_base_url: str = ""  # shown in quick starts; empty: the URL the browser used
@@ -242,6 +259,7 @@ class Settings(_Strict):
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    bounds: BoundsSettings = msgspec.field(default_factory=BoundsSettings)
 
     def provider_retry(self, provider: str) -> RetrySettings:
         return self.providers[provider].retry or self.retry
@@ -291,6 +309,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     }
     settings = msgspec.structs.replace(settings, providers=providers)
     _check(settings, where)
+    _check_proxies(settings, where, environ or {})
     return settings
 
 
@@ -343,6 +362,20 @@ def _merge_builtins(raw: dict[str, Any], where: str) -> dict[str, Any]:
         models[entry["id"]] = {**base, **entry}
     merged["models"] = list(models.values())
     return merged
+
+
+def _check_proxies(settings: Settings, where: str, environ: Mapping[str, str]) -> None:
+    """Proxy URLs from the file and the environment are usable; no credentials in the file."""
+    for name, provider in settings.providers.items():
+        if "@" in provider.proxy_url:
+            raise ConfigError(
+                f"{where}: `providers.{name}.proxy_url` must not hold credentials: put the whole "
+                "URL in an environment variable and name it in `proxy_url_env`"
+            )
+        try:
+            proxy_policy(provider.proxy_url, provider.proxy_url_env, environ)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: `providers.{name}`: {exc}") from None
 
 
 def _check(settings: Settings, where: str) -> None:

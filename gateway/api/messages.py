@@ -60,6 +60,7 @@ from gateway.providers.base import (
     MessagesProvider,
     UpstreamStream,
 )
+from gateway.routing.bounds import check_messages_shape
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
 from gateway.schemas.anthropic import decode_count_tokens_request, decode_messages_request
@@ -91,9 +92,10 @@ async def count_message_tokens(request: Request) -> Response:
         state = app_state(request)
         await state.keys.authenticate(_authorization(request), time.time())
         body = await request.body()
-        counted = decode_count_tokens_request(body)
-        chat = to_chat_request(counted.as_messages_request(), body).chat
-        target = resolve_chat(state.catalog, chat)[0]
+        counted = decode_count_tokens_request(body).as_messages_request()
+        check_messages_shape(counted, state.settings.bounds)
+        chat = to_chat_request(counted, body).chat
+        target = resolve_chat(state.catalog, chat, bounded=False)[0]
         provider = state.providers[target.model.provider]
         if isinstance(provider, MessagesProvider):
             headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))}
@@ -172,6 +174,7 @@ async def _create_message(request: Request) -> Response:
     auth = await state.keys.authenticate(_authorization(request), time.time())
     body = await request.body()
     anthropic_request = decode_messages_request(body)
+    check_messages_shape(anthropic_request, state.settings.bounds)
     translation = to_chat_request(anthropic_request, body)
     chat, chat_body = translation.chat, translation.body
     # Only what this key may use (403 if nothing): cached answers are keyed by these.

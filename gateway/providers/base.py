@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +39,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.providers.http_client import ConnectFailed, HttpClient, HttpResponse, ResponseBroken
+from gateway.providers.proxy import proxy_policy
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.embeddings import EmbeddingRequest
 from gateway.schemas.images import ImageRequest
@@ -292,6 +294,9 @@ class HttpProvider:
             pool_size=settings.pool_size,
             connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.stream_idle_timeout_s,
+            # The process's environment, as any HTTP client reads it (checked at start-up by
+            # load_settings, which names a variable that holds an unusable proxy URL).
+            proxies=proxy_policy(settings.proxy_url, settings.proxy_url_env, os.environ),
         )
 
     # -- what each provider describes -----------------------------------------------------------

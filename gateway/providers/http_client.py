@@ -6,7 +6,7 @@
     response.release()                      # keep-alive: back to the pool (close() drops it)
 
 One request is in flight per connection (no pipelining). Connections are pooled per
-(scheme, host, port), at most `pool_size` per key (0: no limit); past it callers wait in FIFO
+(scheme, host, port, proxy), at most `pool_size` per key (0: no limit); past it callers wait in FIFO
 order. An idle connection that the server closed, or idle longer than `keepalive_s`, is never
 reused, and if a reused connection breaks before any byte of the answer arrived (the server
 closed it as we sent), the request is sent once more on a new connection; never once an answer
@@ -15,8 +15,14 @@ has begun. New connections: addresses cached `DNS_TTL_S`, Happy Eyeballs across 
 Responses are parsed by httptools (llhttp), as leniently as aiohttp's parser (bare LF line ends,
 odd header bytes, spaces after a chunk size): chunked bodies are decoded, a body with neither
 Content-Length nor chunked ends at EOF, and a gzip or deflate Content-Encoding is undone, so
-callers always see the identity bytes. No Accept-Encoding, User-Agent, cookies, proxies or
-redirects: a caller that wants one does it itself.
+callers always see the identity bytes. No Accept-Encoding, User-Agent, cookies or redirects: a
+caller that wants one does it itself.
+
+Egress proxies (`proxies`, gateway/providers/proxy.py): through an http proxy, a plain-http
+request is sent to the proxy with its absolute URI; an https one opens a CONNECT tunnel and then
+TLS to the origin inside it (SNI and certificate checked for the origin's host). Either carries
+`Proxy-Authorization` when the proxy URL has credentials. Connecting and the tunnel are one
+connect step (`connect_timeout_s`, ConnectFailed).
 
 Timeouts: connecting (DNS, TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
 `read_timeout_s` for the next bytes of an answer, raises TimeoutError; so do the caller's
@@ -39,6 +45,8 @@ from urllib.parse import quote, urlsplit
 
 import aiohappyeyeballs
 import httptools
+
+from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
 
 __all__ = ["ConnectFailed", "HttpClient", "HttpResponse", "ResponseBroken"]
 
@@ -66,14 +74,17 @@ _TARGET_SAFE: Final = "/%:@!$&'()*+,;=?~-._"
 
 
 class _Target(NamedTuple):
-    key: tuple[str, str, int]
-    host: str  # to connect to (an IPv6 literal without brackets)
+    key: tuple[str, str, int, Proxy | None]
+    host: str  # to connect to (an IPv6 literal without brackets): the proxy's, if any
     port: int
     tls: bool
     line_rest: str  # " {path} HTTP/1.1\r\nHost: {authority}\r\n", after the method
+    origin: str  # the URL's host (TLS server name and certificate check)
+    tunnel: bytes | None  # the CONNECT request, when https goes through a proxy
+    where: str  # for messages: "host:port", or "host:port through proxy p:q" (no credentials)
 
 
-def _parse_target(url: str) -> _Target:
+def _parse_target(url: str, proxies: ProxyPolicy | None) -> _Target:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
@@ -92,12 +103,22 @@ def _parse_target(url: str) -> _Target:
         path = f"{path}?{parts.query}"
     if not path.isascii() or not path.isprintable() or " " in path:
         path = quote(path, safe=_TARGET_SAFE)
+    tls = scheme == "https"
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    proxy = None if proxies is None else proxies.choose(scheme, host, port)
+    if proxy is None:
+        line_rest = f" {path} HTTP/1.1\r\nHost: {authority}\r\n"
+        return _Target((scheme, host, port, None), host, port, tls, line_rest, host, None, hostport)
+    auth = "" if proxy.authorization is None else f"Proxy-Authorization: {proxy.authorization}\r\n"
+    where = f"{hostport} through proxy {proxy.display}"
+    if tls:  # a tunnel: the proxy sees only CONNECT; requests inside it are origin-form
+        connect = f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n{auth}\r\n".encode()
+        line_rest = f" {path} HTTP/1.1\r\nHost: {authority}\r\n"
+    else:  # the proxy forwards it: absolute URI, and the proxy's credentials on every request
+        connect = None
+        line_rest = f" http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n{auth}"
     return _Target(
-        (scheme, host, port),
-        host,
-        port,
-        scheme == "https",
-        f" {path} HTTP/1.1\r\nHost: {authority}\r\n",
+        (scheme, host, port, proxy), proxy.host, proxy.port, tls, line_rest, host, connect, where
     )
 
 
@@ -111,12 +132,14 @@ class HttpClient:
         read_timeout_s: float,
         *,
         keepalive_s: float = 15.0,  # an idle connection older than this is closed, not reused
+        proxies: ProxyPolicy | None = None,  # None: always direct
     ) -> None:
         self._limit = pool_size
+        self._proxies = proxies
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._keepalive_s = keepalive_s
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._pools: dict[tuple[str, str, int, Proxy | None], _Pool] = {}
         self._targets: dict[str, _Target] = {}
         self._dns: dict[tuple[str, int], tuple[float, Sequence[aiohappyeyeballs.AddrInfoType]]] = {}
         self._ssl: ssl.SSLContext | None = None
@@ -154,7 +177,7 @@ class HttpClient:
             raise RuntimeError("the HTTP client is closed")
         target = self._targets.get(url)
         if target is None:
-            target = _parse_target(url)
+            target = _parse_target(url, self._proxies)
             if len(self._targets) >= _MAX_CACHED:
                 self._targets.clear()
             self._targets[url] = target
@@ -227,7 +250,7 @@ class HttpClient:
 
 
 class _Pool:
-    """The connections to one (scheme, host, port): `count` open or opening, some idle."""
+    """The connections to one (scheme, host, port, proxy): `count` open or opening, some idle."""
 
     __slots__ = ("client", "conns", "count", "idle", "target", "waiters")
 
@@ -305,11 +328,13 @@ class _Pool:
                     interleave=1,
                 )
                 try:
+                    if target.tunnel is not None:
+                        await open_tunnel(loop, sock, target.tunnel)
                     await loop.create_connection(
                         lambda: conn,
                         sock=sock,
                         ssl=client._ssl_context() if target.tls else None,
-                        server_hostname=target.host if target.tls else None,
+                        server_hostname=target.origin if target.tls else None,
                     )
                 except BaseException:
                     sock.close()  # a no-op if the failed transport closed it already
@@ -317,20 +342,23 @@ class _Pool:
         except TimeoutError as exc:
             conn.close()
             if scope.expired():
-                raise TimeoutError(f"connecting to {target.host}:{target.port} timed out") from None
-            raise ConnectFailed(f"could not connect to {target.host}:{target.port}") from exc
+                raise TimeoutError(f"connecting to {target.where} timed out") from None
+            raise ConnectFailed(f"could not connect to {target.where}") from exc
+        except TunnelRefused as exc:  # its message says why (no credentials in it)
+            conn.close()
+            raise ConnectFailed(f"could not connect to {target.where}: {exc}") from exc
         except (OSError, RuntimeError) as exc:  # DNS, refused, unreachable, TLS (an OSError)
             conn.close()
             client._dns.pop((target.host, target.port), None)  # resolve afresh next time
             raise ConnectFailed(
-                f"could not connect to {target.host}:{target.port}: {type(exc).__name__}"
+                f"could not connect to {target.where}: {type(exc).__name__}"
             ) from exc
         except BaseException:
             conn.close()
             raise
         if conn.closed or client._closed:  # lost between the handshake and now, or shut down
             conn.close()
-            raise ConnectFailed(f"the connection to {target.host}:{target.port} closed at once")
+            raise ConnectFailed(f"the connection to {target.where} closed at once")
         self.conns.add(conn)
         return conn
 

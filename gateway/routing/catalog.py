@@ -85,6 +85,7 @@ class Catalog:
     def __init__(self, settings: Settings, unavailable: Mapping[str, str]) -> None:
         """`unavailable`: provider name -> why its models cannot be served now."""
         self.routes = settings.routes
+        self.bounds = settings.bounds
         self.entries: dict[str, CatalogEntry] = {
             model.id: _model_entry(model, settings, unavailable) for model in settings.models
         }

@@ -11,16 +11,20 @@
   100K tokens go to claude-sonnet-4's tier or above). Open circuits are skipped when the call is
   made (routing/retry.py). The first is the choice; the rest are its fallbacks. The response
   headers say which model served.
+
+Then the request's bounds (gateway/routing/bounds.py): a shape past `[bounds]` is refused, and
+targets whose context cannot hold the prompt are dropped (a model the client named must hold
+it itself: 400 `context_length_exceeded`, as its upstream would answer).
 """
 
 from __future__ import annotations
 
 import orjson
 
-from gateway.billing import estimate_tokens
 from gateway.errors import InvalidRequest, ServiceUnavailable, model_not_found
 from gateway.providers.registry import refused_field
 from gateway.requestlog import note_requested_model
+from gateway.routing.bounds import check_shape, estimate_prompt_tokens, fits, fitting_targets
 from gateway.routing.catalog import Catalog, CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import RouteSettings
@@ -69,12 +73,20 @@ def _escalate(
     return escalated or suitable
 
 
-def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> list[CatalogEntry]:
+def resolve_chat(
+    catalog: Catalog, request: ChatRequest, body: bytes = b"", *, bounded: bool = True
+) -> list[CatalogEntry]:
     """`body`: the request's JSON (for a policy route, the fields each target must honour).
     The request's own `models` (fallbacks, as OpenRouter takes them) follow `model`'s chain,
-    each resolved the same way; a model already in the chain is not tried twice."""
+    each resolved the same way; a model already in the chain is not tried twice.
+    `bounded=False` skips the bounds (token counting, which does not generate)."""
     note_requested_model(request.model)
+    if bounded:
+        check_shape(request, catalog.bounds)  # before anything else reads the whole request
     chain = _resolve_chat_one(catalog, request, request.model, body)
+    if bounded and not request.models and catalog.get(request.model) is not None:
+        # a model the client named, with no fallbacks of its own, must hold the request itself
+        fitting_targets(request, chain[:1], catalog.bounds)
     for index, model_id in enumerate(request.models or ()):
         if catalog.get(model_id) is None and model_id not in catalog.routes:
             raise model_not_found(model_id, param=f"models[{index}]")
@@ -84,7 +96,7 @@ def resolve_chat(catalog: Catalog, request: ChatRequest, body: bytes = b"") -> l
             continue  # an unavailable fallback is skipped, as a configured one is
         seen = {e.model.id for e in chain}
         chain.extend(e for e in more if e.model.id not in seen)
-    return chain
+    return fitting_targets(request, chain, catalog.bounds) if bounded else chain
 
 
 def _resolve_chat_one(
@@ -114,20 +126,22 @@ def _resolve_chat_one(
     if route.policy == "ordered":
         return usable
     needed = request.needs()
-    budget = estimate_tokens(request.prompt_chars()) + request.output_budget
-    suitable = [
-        e
-        for e in usable
-        if e.model.kind == "chat"
-        and needed.issubset(e.model.capabilities)
-        and (e.model.context_length == 0 or e.model.context_length >= budget)
+    budget = (
+        estimate_prompt_tokens(request, catalog.bounds.context_chars_per_token)
+        + request.output_budget
+    )
+    capable = [
+        e for e in usable if e.model.kind == "chat" and needed.issubset(e.model.capabilities)
     ]
-    if not suitable:
+    if not capable:
         raise InvalidRequest(
             f"No model behind '{model_id}' supports this request "
-            f"(needs {sorted(needed) or 'text'}, about {budget} tokens of context).",
+            f"(needs {sorted(needed) or 'text'}).",
             param="model",
         )
+    # Those that hold the prompt and the whole output budget; else those that may still hold
+    # the prompt (the bounds check then keeps the ones that do, or refuses).
+    suitable = [e for e in capable if fits(e, budget)] or capable
     suitable = _honouring(request, model_id, body, suitable)
     suitable = _escalate(catalog, route, request, budget, suitable)
     order = {e.model.id: i for i, e in enumerate(suitable)}

@@ -1,13 +1,22 @@
 """Decoding a JSON request body into a Struct: every route translates msgspec's errors here, once.
 
 A validation error becomes 400 `invalid_request` with `param` naming the field (msgspec says
-"... - at `$.messages[0].role`"); malformed JSON, invalid UTF-8 and nesting too deep for the
-decoder are 400 too — never a 500.
+"... - at `$.messages[0].role`"); malformed JSON, invalid UTF-8 and nesting too deep are 400
+too — never a 500.
+
+Nesting: a body whose objects and arrays nest deeper than MAX_JSON_DEPTH is refused, wherever
+the nesting is (tool schemas, tool inputs, unknown fields that are forwarded as they are): the
+gateway writes such values again with orjson (254 levels at most) and walks them in its
+translators, and no API it fronts needs more. The check reads the raw bytes once in C-speed
+passes (brackets outside strings, then the deepest running sum); bodies with fewer opening
+brackets than the limit cannot be too deep and skip it.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from array import array
+from itertools import accumulate
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -15,10 +24,26 @@ from gateway.errors import InvalidRequest
 
 T = TypeVar("T")
 
+MAX_JSON_DEPTH: Final = 64
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'[]{}"'))
+_STEPS: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep the objects and arrays of a valid JSON document nest."""
+    if b"\\" in body:  # escapes cannot hide a quote from the split below
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = body.translate(None, _NOT_STRUCTURE)
+    if b'"' in shape:  # valid JSON: every other piece between quotes is a string's inside
+        shape = b"".join(shape.split(b'"')[::2])
+    if not shape:
+        return 0
+    return max(accumulate(array("b", shape.translate(_STEPS))))
+
 
 def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
-        return decoder.decode(body)
+        decoded = decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, param = split_validation_message(str(exc))
         raise InvalidRequest(message, param=param) from exc
@@ -28,6 +53,13 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise InvalidRequest("The request body is not valid UTF-8.") from exc
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply.") from exc
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and (
+        nesting_depth(body) > MAX_JSON_DEPTH
+    ):
+        raise InvalidRequest(
+            f"The request body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels."
+        )
+    return decoded
 
 
 def split_validation_message(text: str) -> tuple[str, str | None]:

@@ -125,6 +125,9 @@ class Dispatcher:
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
                 auto_decompress=False,
+                # Direct, whatever HTTPS_PROXY says: the SSRF guard checks the address that is
+                # connected to, which a proxy would hide (docs/decisions/0013).
+                trust_env=False,
             )
         return self._session
 

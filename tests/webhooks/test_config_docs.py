@@ -1,5 +1,5 @@
-"""Every [webhooks], [mission_control], [responses], [cache] and [telemetry] field is documented in
-docs/configuration.md."""
+"""Every [webhooks], [mission_control], [responses], [cache], [telemetry] and [bounds] field is
+documented in docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from gateway.settings import (
+    BoundsSettings,
     CacheSettings,
     MissionControlSettings,
     ResponsesSettings,
@@ -24,6 +25,7 @@ from tests.conftest import REPO
         ("responses", ResponsesSettings),
         ("cache", CacheSettings),
         ("telemetry", TelemetrySettings),
+        ("bounds", BoundsSettings),
     ],
 )
 def test_every_field_is_documented(table: str, kind: type[msgspec.Struct]) -> None:

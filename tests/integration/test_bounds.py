@@ -104,6 +104,22 @@ def test_messages_api_refuses_a_prompt_past_the_context_in_anthropic_shape(
     assert credits(gateway, api_key) == before
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_responses_api_refuses_a_prompt_past_the_context(
+    gateway: Gateway, api_key: str, fake_openai: FakeOpenAI, stream: bool
+) -> None:
+    """The Responses API resolves its targets through the chat path, so it gets the bound."""
+    before = credits(gateway, api_key)
+    tag = marker()
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(gateway, api_key).responses.create(
+            model="openai/gpt-fake", input=tag + "x" * TOO_LONG, stream=stream
+        )
+    assert caught.value.code == "context_length_exceeded"
+    assert not received(fake_openai, tag)
+    assert credits(gateway, api_key) == before
+
+
 def test_token_counting_is_not_refused_for_length(gateway: Gateway, api_key: str) -> None:
     client = anthropic.Anthropic(base_url=gateway.base_url, api_key=api_key, max_retries=0)
     counted = client.messages.count_tokens(

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest
@@ -165,7 +165,12 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+# Generation of nested values is slow on a loaded machine: that is not what is tested here.
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(JSON)
 def test_nesting_depth_matches_a_recursive_walk_whatever_the_strings_hold(value: object) -> None:
     assert nesting_depth(orjson.dumps(value)) == reference_depth(value)
@@ -186,12 +191,12 @@ def test_decoding_refuses_a_body_one_level_past_the_bound() -> None:
         decode_chat_request(body(MAX_JSON_DEPTH + 1))
 
 
-def test_refusing_ten_megabytes_of_tiny_messages_stays_within_twenty_times_the_body() -> None:
+def test_refusing_megabytes_of_tiny_messages_stays_within_twenty_times_the_body() -> None:
     """Memory is bounded by the body-size limit: decoding allocates in proportion to the body
     (about 18 times for the smallest messages, loadtests/bench/bounds_bench.py), and nothing
     past the decode and a count runs before the refusal."""
     one = b'{"role":"user","content":"a"},'
-    body = b'{"model":"openai/gpt-4-turbo","messages":[' + one * 340_000 + one[:-1] + b"]}"
+    body = b'{"model":"openai/gpt-4-turbo","messages":[' + one * 100_000 + one[:-1] + b"]}"
     tracemalloc.start()
     try:
         with pytest.raises(InvalidRequest, match=r"bounds\.max_messages"):

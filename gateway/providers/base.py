@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import re
 import time
@@ -50,6 +51,8 @@ from gateway.tracing import note_finish_reasons, with_traceparent
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
     from gateway.tracing import Tracing
+
+log = logging.getLogger("klawd")
 
 
 class ChatCall(Struct, frozen=True):
@@ -366,6 +369,8 @@ class HttpProvider:
                 f"The upstream provider '{self.name}' did not answer in time.", retryable=True
             ) from exc
         except ConnectFailed as exc:
+            # Why (refused, TLS, the proxy's answer): host:port only, never a credential.
+            log.warning("provider %s unreachable: %s", self.name, exc)
             raise UpstreamUnreachable(
                 f"The upstream provider '{self.name}' is unreachable."
             ) from exc

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import struct
 import threading
 import time
@@ -252,7 +253,9 @@ def awkward_pieces(events: list[bytes]) -> list[bytes]:
 class FakeOpenAI:
     """Runs on its own event loop in a background thread; records every request it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: serve https on localhost with this server context (the egress-proxy tests)."""
+        self.tls = tls
         self.requests: list[dict[str, Any]] = []
         self.attempts: dict[str, int] = {}
         self.disconnected_at: dict[str, float] = {}
@@ -276,7 +279,7 @@ class FakeOpenAI:
         app.router.add_get("/files/{name}", self._file)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         server = site._server
         assert server is not None
@@ -291,6 +294,8 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}/v1"
         return f"http://127.0.0.1:{self.port}/v1"
 
     def release(self) -> None:

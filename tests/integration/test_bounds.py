@@ -5,6 +5,7 @@ clients; the fakes record every request they get)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -28,8 +29,26 @@ def _nested(depth: int) -> dict[str, Any]:
     return schema
 
 
+CLIENTS: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
 def openai_client(gateway: Gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+    CLIENTS.append(sdk)
+    return sdk
+
+
+def anthropic_client(gateway: Gateway, key: str) -> anthropic.Anthropic:
+    sdk = anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0)
+    CLIENTS.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
 
 
 def credits(gateway: Gateway, key: str) -> float:
@@ -88,7 +107,7 @@ def test_messages_api_refuses_a_prompt_past_the_context_in_anthropic_shape(
 ) -> None:
     # anthropic/claude-fake: 100 000 tokens of context in the test catalog
     tag = marker()
-    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+    client = anthropic_client(gateway, api_key)
     before = credits(gateway, api_key)
     with pytest.raises(anthropic.BadRequestError) as caught:
         client.messages.create(
@@ -121,7 +140,7 @@ def test_the_responses_api_refuses_a_prompt_past_the_context(
 
 
 def test_token_counting_is_not_refused_for_length(gateway: Gateway, api_key: str) -> None:
-    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+    client = anthropic_client(gateway, api_key)
     counted = client.messages.count_tokens(
         model="openai/gpt-fake", messages=[{"role": "user", "content": "x" * TOO_LONG}]
     )
@@ -196,7 +215,7 @@ def test_absurd_shapes_are_400_naming_the_field(
 
 
 def test_messages_api_refuses_hundreds_of_stop_sequences(gateway: Gateway, api_key: str) -> None:
-    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+    client = anthropic_client(gateway, api_key)
     with pytest.raises(anthropic.BadRequestError) as caught:
         client.messages.create(
             model="openai/gpt-fake",
@@ -234,7 +253,7 @@ def test_bodies_nested_past_the_bound_are_400_wherever_the_nesting_is(
 
 
 def test_messages_api_refuses_a_deep_tool_input(gateway: Gateway, api_key: str) -> None:
-    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+    client = anthropic_client(gateway, api_key)
     messages: Any = [
         {"role": "user", "content": "hi"},
         {

@@ -227,3 +227,25 @@ async def test_a_receiver_that_does_not_answer_in_time_is_a_failed_attempt(
     assert attempted.status == "pending", "retried later"
     assert attempted.attempts[0].status_code is None
     assert attempted.attempts[0].error == "timed out"
+
+
+async def test_deliveries_go_direct_whatever_the_proxy_environment_says(
+    store: Store, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SSRF guard checks the address a delivery connects to; through a proxy it could not
+    (docs/decisions/0013), so the webhook client ignores HTTP(S)_PROXY."""
+    dead_proxy = "http://127.0.0.1:9"  # nothing listens there: a proxied delivery would fail
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    account_id = await account_with_hook(store, receiver, "/direct")
+    dispatcher = Dispatcher(store, CONFIG, clock=Clock(T0))
+    try:
+        await events.send_test_event(store, account_id, T0)
+        await dispatcher.deliver_due(T0)
+        delivery = (await store.list_deliveries(account_id, 1))[0]
+    finally:
+        await dispatcher.close()
+    assert delivery.status == "delivered"
+    assert len(receiver.deliveries("/direct")) == 1

@@ -36,6 +36,7 @@ from gateway.providers.base import (
 from gateway.providers.gemini import GeminiProvider
 from gateway.providers.google_auth import AccessTokens, load_service_account
 from gateway.providers.http_client import HttpClient, HttpResponse
+from gateway.providers.proxy import proxy_policy
 from gateway.settings import ProviderSettings
 
 if TYPE_CHECKING:
@@ -177,6 +178,8 @@ def build(name: str, settings: ProviderSettings, environ: Mapping[str, str]) -> 
         pool_size=2,
         connect_timeout_s=settings.connect_timeout_s,
         read_timeout_s=settings.stream_idle_timeout_s,
+        # the token exchange goes out the same way as the provider's calls
+        proxies=proxy_policy(settings.proxy_url, settings.proxy_url_env, environ),
     )
     tokens = AccessTokens(name, account, client, settings.token_refresh_margin_s)
     return VertexProvider(name, settings, tokens, client)

@@ -73,6 +73,14 @@ def test_the_limit_is_inclusive_and_counts_only_the_output_asked_for() -> None:
         resolve_chat(CATALOG, request("openai/gpt-4-turbo", 400_000, max_completion_tokens=30_000))
 
 
+def test_the_requests_own_fallbacks_may_serve_what_the_named_model_cannot_hold() -> None:
+    # 600 000 characters: past gpt-4-turbo's 128K, within claude-sonnet-4's 200K
+    chain = resolve_chat(
+        CATALOG, request("openai/gpt-4-turbo", 600_000, models=["anthropic/claude-sonnet-4"])
+    )
+    assert [e.model.id for e in chain] == ["anthropic/claude-sonnet-4"]
+
+
 def test_klawd_auto_looks_for_a_target_that_fits() -> None:
     # 1 000 000 characters (250 000 tokens): only gemini-2.0-flash's 1M context holds them
     chosen = resolve_chat(CATALOG, request("klawd/auto", 1_000_000))

@@ -63,6 +63,16 @@ def cloud_config(azure: str, bedrock: str, vertex: str) -> str:
         '[providers.bedrock-unset]\nkind = "bedrock"\nregion = "eu-west-1"\n'
         'access_key_id_env = "KLAWD_TEST_UNSET_1"\nsecret_access_key_env = "KLAWD_TEST_UNSET_2"\n',
         '[[models]]\nid = "bedrock-unset/claude"\nprovider = "bedrock-unset"\n',
+        # one model, deployments on several clouds: Bedrock throttles, Vertex serves (tier 1)
+        '[[models]]\nid = "cloud/claude"\ncontext_length = 100000\n'
+        'input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\ncapabilities = ["tools"]\n'
+        'deployments = [{ provider = "bedrock", upstream_model = "fake.throttled" }, '
+        '{ provider = "vertex", upstream_model = "claude-fake", priority = 1 }]\n',
+        # and two keys of one Azure deployment, weighted
+        '[[models]]\nid = "cloud/gpt"\ncontext_length = 100000\n'
+        "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n"
+        'deployments = [{ provider = "azure", upstream_model = "gpt4o-prod", weight = 3 }, '
+        '{ provider = "azure-entra", upstream_model = "gpt4o-prod" }]\n',
         '[[models]]\nid = "azure/embed"\nprovider = "azure"\nupstream_model = "embed-prod"\n'
         'kind = "embedding"\ninput_usd_per_mtok = 0.1\n',
         '[[models]]\nid = "azure/dalle"\nprovider = "azure"\nupstream_model = "dalle-prod"\n'

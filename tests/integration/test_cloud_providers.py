@@ -376,3 +376,34 @@ def test_responses_api_function_calls_from_cloud_models(
     calls = [item for item in response.output if item.type == "function_call"]
     assert calls and calls[0].name == "get_weather"
     assert orjson.loads(calls[0].arguments)["city"] == "Paris"
+
+
+# -- clouds as deployments of one model -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_throttled_bedrock_deployment_gives_way_to_its_vertex_sibling(
+    cloud_gateway: Gateway, key: str, stream: bool
+) -> None:
+    sdk = client(cloud_gateway, key)
+    if stream:
+        with sdk.chat.completions.with_streaming_response.create(
+            model="cloud/claude", messages=MESSAGES, stream=True
+        ) as response:
+            assert response.headers["x-klawd-provider"] == "vertex"
+            text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    else:
+        raw = sdk.chat.completions.with_raw_response.create(model="cloud/claude", messages=MESSAGES)
+        assert raw.headers["x-klawd-provider"] == "vertex"
+        text = raw.parse().choices[0].message.content or ""
+    assert text == "".join(anthropic_upstream.ANSWER)
+
+
+def test_weighted_azure_deployments_both_serve(cloud_gateway: Gateway, key: str) -> None:
+    sdk = client(cloud_gateway, key)
+    providers = set()
+    for _ in range(12):
+        raw = sdk.chat.completions.with_raw_response.create(model="cloud/gpt", messages=MESSAGES)
+        assert raw.parse().choices[0].message.content == "".join(ANSWER_WORDS)
+        providers.add(raw.headers["x-klawd-provider"])
+    assert providers <= {"azure", "azure-entra"} and "azure" in providers

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import subprocess
 import tempfile
@@ -138,6 +139,7 @@ Samples = dict[str, dict[str, list[float]]]
 
 def run(args: argparse.Namespace, directory: Path) -> Samples:
     samples: Samples = {name: {} for name in NAMES}
+    samples["machine"] = {"load": [os.getloadavg()[0]]}
     with started(directory) as found:
         scripts = {
             name: wrk_script(directory / f"{name}.lua", x.body,
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace, directory: Path) -> Samples:
                 result = wrk(x.url, scripts[name], 1, args.seconds)
                 print(f"  lat round {rnd + 1} {name}: {result}", flush=True)
                 samples[name].setdefault("p50_ms", []).append(result.p50_ms)
+    samples["machine"]["load"].append(os.getloadavg()[0])
     return samples
 
 
@@ -176,12 +179,15 @@ def section(samples: Samples, args: argparse.Namespace) -> str:
     hit = ratio(samples, "cached", "floor")
     rows = "\n".join(f"| {n} | {rps[n]:,.0f} | {ratio(samples, n, 'floor'):.2f}x |" for n in NAMES)
     verdict = "met" if traced >= 0.9 else "NOT met"
+    load = ", ".join(f"{x:.1f}" for x in samples["machine"]["load"])
     return f"""{START}
 ## Traces and the response cache (issue 18)
 
 `make bench` (loadtests/bench/trace_cache_bench.py), {args.reps} rounds of {args.seconds:g} s,
 non-streamed chat at 64 connections, one Granian worker pinned to one core, the fake upstream,
-wrk and the OTLP sink on the other core; {report.cpu_model()}.
+wrk and the OTLP sink on the other core; {report.cpu_model()}; load average at the start and the
+end of the run: {load} (2 cores, shared with other work: absolute figures are low and noisy, the
+per-round ratios are what to read).
 
 | contender | requests/s (median) | vs the floor |
 | --- | --- | --- |

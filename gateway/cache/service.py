@@ -77,6 +77,13 @@ class Lookup(Struct):
         return {"x-klawd-cache": self.status}
 
 
+# Entries this process read or wrote are kept in memory this long (and within these bounds), so
+# a hot entry costs no store round trip; a `refresh` on another replica is seen within it.
+MEMO_TTL_S = 5.0
+MEMO_MAX_ENTRIES = 10_000
+MEMO_MAX_BYTES = 64 * 1024 * 1024
+
+
 class ResponseCache:
     def __init__(
         self, settings: CacheSettings, store: Store, clock: Callable[[], float] = time.time
@@ -84,6 +91,8 @@ class ResponseCache:
         self.settings = settings
         self._store = store
         self._clock = clock
+        self._memo: dict[str, tuple[float, CachedAnswer]] = {}  # key -> (kept until, entry)
+        self._memo_bytes = 0
         # Cache hits/misses/bypasses in the metrics and the request log; set by create_app.
         self.observer: RequestObserver | None = None
 
@@ -129,6 +138,12 @@ class ResponseCache:
         key = cache_key(account_id, route, models, request_meaning(route, body))
         if mode == "refresh":
             return Lookup(route, "miss", key)
+        now = self._clock()
+        kept = self._memo.get(key)
+        if kept is not None:
+            if kept[0] > now and kept[1].expires_at > now:
+                return Lookup(route, "hit", None, kept[1])
+            self._forget(key)
         try:
             raw = await self._store.cache_get(key)
         except StoreError as exc:
@@ -140,8 +155,22 @@ class ResponseCache:
             except msgspec.DecodeError:
                 answer = None  # written by another version: replaced by this miss's answer
             if answer is not None and answer.expires_at > self._clock():
+                self._remember(key, answer)
                 return Lookup(route, "hit", None, answer)
         return Lookup(route, "miss", key)
+
+    def _remember(self, key: str, answer: CachedAnswer) -> None:
+        self._forget(key)
+        if len(self._memo) >= MEMO_MAX_ENTRIES or self._memo_bytes > MEMO_MAX_BYTES:
+            self._memo.clear()
+            self._memo_bytes = 0
+        self._memo[key] = (self._clock() + MEMO_TTL_S, answer)
+        self._memo_bytes += len(answer.body)
+
+    def _forget(self, key: str) -> None:
+        kept = self._memo.pop(key, None)
+        if kept is not None:
+            self._memo_bytes -= len(kept[1].body)
 
     def saver(
         self, lookup: Lookup, served: CatalogEntry
@@ -179,5 +208,7 @@ class ResponseCache:
             except StoreError as exc:
                 log.warning("response cache unavailable, answer not stored: %s", exc)
                 outcome = "failed"
+            else:
+                self._remember(lookup.key, answer)
         if self.observer is not None:
             self.observer.cache_saved(lookup.route, outcome)

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.billing import TokenUsage
 from gateway.cache import ResponseCache
+from gateway.cache.service import MEMO_TTL_S
 from gateway.errors import InvalidRequest
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import CacheSettings, ModelSettings, ProviderSettings
@@ -50,11 +51,15 @@ def cache_over(store: Store, clock: Clock, **settings: object) -> ResponseCache:
 
 
 async def test_miss_then_hit_returns_the_saved_answer(store: Store) -> None:
-    cache = cache_over(store, Clock())
+    clock = Clock()
+    cache = cache_over(store, clock)
     miss = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
     assert miss is not None and miss.status == "miss" and miss.answer is None
     await cache.save(miss, SERVED, TokenUsage(12, 4), ANSWER)
-    hit = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
+    for reader in (cache, cache_over(store, clock)):  # its own memory; another process's store
+        hit = await reader.consult("on", "acct_a", "chat", MODELS, REQUEST)
+        assert hit is not None and hit.status == "hit" and hit.answer is not None
+    hit = await cache_over(store, clock).consult("on", "acct_a", "chat", MODELS, REQUEST)
     assert hit is not None and hit.status == "hit" and hit.answer is not None
     assert hit.answer.body == ANSWER
     assert (hit.answer.model, hit.answer.provider) == ("openai/gpt-fake", "openai")
@@ -70,7 +75,7 @@ async def test_same_meaning_in_another_form_hits(store: Store) -> None:
         b'  "stream_options": {"include_usage": true},\n'
         b'  "messages": [{"content": "x", "role": "user"}], "model": "openai/gpt-fake" }'
     )
-    hit = await cache.consult("on", "acct_a", "chat", MODELS, reordered)
+    hit = await cache_over(store, Clock()).consult("on", "acct_a", "chat", MODELS, reordered)
     assert hit is not None and hit.status == "hit"
 
 
@@ -100,8 +105,9 @@ async def test_refresh_skips_the_entry_and_replaces_it(store: Store) -> None:
     assert refresh is not None and refresh.status == "miss" and refresh.answer is None
     newer = orjson.dumps({"object": "chat.completion", "choices": [], "note": "newer"})
     await cache.save(refresh, SERVED, TokenUsage(2, 2), newer)
-    hit = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
-    assert hit is not None and hit.answer is not None and hit.answer.body == newer
+    for reader in (cache, cache_over(store, Clock())):
+        hit = await reader.consult("on", "acct_a", "chat", MODELS, REQUEST)
+        assert hit is not None and hit.answer is not None and hit.answer.body == newer
 
 
 async def test_entries_expire_after_ttl(store: Store) -> None:
@@ -110,11 +116,13 @@ async def test_entries_expire_after_ttl(store: Store) -> None:
     miss = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
     await cache.save(miss, SERVED, TokenUsage(1, 1), ANSWER)
     clock.now += 59
-    still = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
-    assert still is not None and still.status == "hit"
+    for reader in (cache, cache_over(store, clock)):
+        still = await reader.consult("on", "acct_a", "chat", MODELS, REQUEST)
+        assert still is not None and still.status == "hit"
     clock.now += 2
-    expired = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
-    assert expired is not None and expired.status == "miss"
+    for reader in (cache, cache_over(store, clock)):
+        expired = await reader.consult("on", "acct_a", "chat", MODELS, REQUEST)
+        assert expired is not None and expired.status == "miss"
 
 
 async def test_entries_over_the_size_limit_are_not_stored(store: Store) -> None:
@@ -122,8 +130,9 @@ async def test_entries_over_the_size_limit_are_not_stored(store: Store) -> None:
     miss = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
     big = orjson.dumps({"object": "chat.completion", "text": "x" * 2000})
     await cache.save(miss, SERVED, TokenUsage(1, 1), big)
-    again = await cache.consult("on", "acct_a", "chat", MODELS, REQUEST)
-    assert again is not None and again.status == "miss"
+    for reader in (cache, cache_over(store, Clock())):
+        again = await reader.consult("on", "acct_a", "chat", MODELS, REQUEST)
+        assert again is not None and again.status == "miss"
 
 
 async def test_non_repeatable_requests_bypass_unless_forced(store: Store) -> None:
@@ -148,6 +157,23 @@ async def test_no_header_means_no_cache_and_a_bad_one_is_refused(store: Store) -
     assert refused.value.param == "x-klawd-cache"
     off = await cache.consult("off", "acct_a", "chat", MODELS, REQUEST)
     assert off is not None and off.status == "bypass"
+
+
+async def test_another_process_sees_a_refresh_once_its_memory_of_the_entry_lapses(
+    store: Store,
+) -> None:
+    clock = Clock()
+    writer, other = cache_over(store, clock), cache_over(store, clock)
+    first = await writer.consult("on", "acct_a", "chat", MODELS, REQUEST)
+    await writer.save(first, SERVED, TokenUsage(1, 1), ANSWER)
+    seen = await other.consult("on", "acct_a", "chat", MODELS, REQUEST)
+    assert seen is not None and seen.answer is not None and seen.answer.body == ANSWER
+    refresh = await writer.consult("refresh", "acct_a", "chat", MODELS, REQUEST)
+    newer = orjson.dumps({"object": "chat.completion", "choices": [], "note": "newer"})
+    await writer.save(refresh, SERVED, TokenUsage(2, 2), newer)
+    clock.now += MEMO_TTL_S + 0.1
+    later = await other.consult("on", "acct_a", "chat", MODELS, REQUEST)
+    assert later is not None and later.answer is not None and later.answer.body == newer
 
 
 async def test_a_disabled_cache_is_a_bypass(store: Store) -> None:

@@ -198,9 +198,13 @@ per-round ratios are what to read).
   traces off, i.e. **{cost_us:+.0f} µs of CPU per request** ({(1 - traced) * 100:.1f} % of
   the request's cost; the 10 % target is {verdict}). Latency at one connection, p50:
   {p50["gateway"]:.2f} ms off, {p50["traced"]:.2f} ms on.
-- **Cache hits** (`x-klawd-cache: on`, every request a hit: auth, admission, one store read,
-  a ledger entry at no cost, the stored answer): **{hit:.2f}x the floor's throughput** (the
-  floor proxies to the upstream; a hit never reaches it).
+- **Cache hits** (`x-klawd-cache: on`, every request a hit: auth, admission, the entry from
+  the process's 5 s memory of it (one store read before), a ledger entry at no cost, the stored
+  answer): **{hit:.2f}x the floor's throughput** (the floor proxies to the upstream; a hit never
+  reaches it).
+- Where a traced request's CPU goes: `.venv/bin/python -m loadtests.bench.span_cost` (the SDK's
+  span work on the request path, and the official exporter's protobuf encoding in its batch
+  worker, per request of two spans).
 - Traces off cost nothing measurable by construction: the SDK is never imported and each seam
   is one `is None` test (docs/decisions/0019-cache-and-traces.md).
 {END}"""

@@ -208,3 +208,48 @@ def test_operator_sees_accounts_plans_and_top_spenders(
     plans = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "table tr td:first-child")]
     assert {"free", "pro", "enterprise"} <= set(plans)
     shot(browser, "7-operator")
+
+
+def test_a_keys_budget_models_and_tags_are_set_in_the_browser_and_enforced(
+    mc_gateway: Gateway, browser: WebDriver
+) -> None:
+    base = mc_gateway.base_url
+    sign_up(browser, base, "Teams")
+    browser.get(f"{base}/mission-control/keys")
+    fill(browser, "name", "search-team")
+    browser.find_element(By.ID, "create-key").click()
+    key = browser.find_element(By.ID, "new-key").text
+    browser.get(f"{base}/mission-control/keys")
+    browser.find_element(By.CSS_SELECTOR, "details.key-settings summary").click()
+    fill(browser, "usd_per_day", "2.5")
+    fill(browser, "requests_per_minute", "30")
+    fill(browser, "models", "openai/gpt-*")
+    fill(browser, "tags", "team=search")
+    shot(browser, "6-key-settings")
+    browser.find_element(By.CSS_SELECTOR, "details.key-settings button[type=submit]").click()
+    arrive(browser, "/mission-control/keys")
+    row = browser.find_element(By.CSS_SELECTOR, "#keys-table tbody tr")
+    assert "$2.50 / none / none" in row.find_element(By.CSS_SELECTOR, ".budget").text
+    assert row.find_element(By.CSS_SELECTOR, ".models").text == "openai/gpt-*"
+    assert "team=search" in row.find_element(By.CSS_SELECTOR, ".tags").text
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(
+            model="klawd/echo", messages=[{"role": "user", "content": "not on the list"}]
+        )
+    client.chat.completions.create(
+        model="openai/gpt-fake", messages=[{"role": "user", "content": "on the list"}]
+    )
+    client.close()
+    spent = ""
+    for _ in range(50):  # bounded: the ledger settles within a fraction of a second
+        browser.get(f"{base}/mission-control/keys")
+        spent = browser.find_element(By.CSS_SELECTOR, "#keys-table .spend").text
+        if spent != "$0.00 / $0.00 / $0.00":
+            break
+        time.sleep(0.1)
+    assert spent == "$0.00002 / $0.00002 / $0.00002", "12 + 4 tokens at $1 and $2 per million"
+    tag_row = browser.find_element(By.CSS_SELECTOR, "#tag-spend tbody tr")
+    assert "team=search" in tag_row.text and spent.split(" / ")[0] in tag_row.text
+    shot(browser, "7-key-spend")

@@ -396,14 +396,26 @@ class RedisStore(RedisWebhooks, RedisResponses):
         return key
 
     async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
-        spend: dict[str, KeySpend] = {}
-        for key_id in key_ids:
-            settled = [
-                int(await self._call("HGET", name, "s") or 0)
-                for name in _spend_keys(account_id, key_id, day)
-            ]
-            spend[key_id] = KeySpend(*settled)
-        return spend
+        """One pipelined round trip for all the keys (three HGETs each)."""
+        commands = [
+            ("HGET", name, "s")
+            for key_id in key_ids
+            for name in _spend_keys(account_id, key_id, day)
+        ]
+        try:
+            if self._resp is not None:
+                replies = await self._resp.execute_many(commands)
+            else:
+                async with self._slots, self._redis.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute()
+        except (RedisError, RespConnectionError) as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        if any(isinstance(reply, Exception) for reply in replies):
+            raise StoreError("redis store failed: a key spend read was refused")
+        values = [int(reply or 0) for reply in replies]
+        return {key_id: KeySpend(*values[3 * i : 3 * i + 3]) for i, key_id in enumerate(key_ids)}
 
     async def mark_once(self, name: str) -> bool:
         return bool(await self._call("SET", f"klawd:mark:{name}", "1", "NX"))

@@ -51,6 +51,13 @@ class KeyGate(Struct, frozen=True):
     def month(self) -> str:
         return self.day[:7]
 
+    @property
+    def has_budget(self) -> bool:
+        """Only a key with a budget has its reservations counted (a key without one has its
+        spend recorded at settlement, nothing held in flight)."""
+        b = self.budget
+        return b.day_micros is not None or b.month_micros is not None or b.total_micros is not None
+
 
 class Admission(Struct, frozen=True):
     outcome: Outcome
@@ -62,6 +69,7 @@ class Admission(Struct, frozen=True):
     remaining_requests_day: int
     reserved_micros: int = 0
     limited_by_key: bool = False  # the key's own limits (not the plan's) refused
+    key_reserved_micros: int = 0  # reserved against the key's budgets (KeyGate.has_budget)
 
     @property
     def admitted(self) -> bool:
@@ -188,7 +196,10 @@ class EmbeddedLimiter:
             return self._admission(spec, key, first, "rate_limited")
         if reserve_micros > 0 and not await self._store.reserve_credits(account_id, reserve_micros):
             return self._admission(spec, key, first, "insufficient_credits")
-        if key is not None and not await self._store.reserve_key_spend(key, reserve_micros):
+        budgeted = key if key is not None and key.has_budget else None
+        if budgeted is not None and not await self._store.reserve_key_spend(
+            budgeted, reserve_micros
+        ):
             if reserve_micros > 0:
                 await self._store.release_credits(account_id, reserve_micros)
             return self._admission(spec, key, first, "key_budget_exceeded")
@@ -198,10 +209,13 @@ class EmbeddedLimiter:
         if not decision.allowed:
             if reserve_micros > 0:
                 await self._store.release_credits(account_id, reserve_micros)
-            if key is not None:
-                await self._store.release_key_spend(key, reserve_micros)
+            if budgeted is not None:
+                await self._store.release_key_spend(budgeted, reserve_micros)
             return self._admission(spec, key, decision, "rate_limited")
-        return self._admission(spec, key, decision, "admitted", reserve_micros)
+        admitted = self._admission(spec, key, decision, "admitted", reserve_micros)
+        if budgeted is None:
+            return admitted
+        return msgspec.structs.replace(admitted, key_reserved_micros=reserve_micros)
 
     async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
         if not spec.tokens_per_minute or tokens <= 0:

@@ -336,6 +336,7 @@ class Meter:
                 images=images,
                 cost_micros=cost,
                 reserved_micros=ticket.admission.reserved_micros,
+                key_reserved_micros=ticket.admission.key_reserved_micros,
                 latency_ms=round((now - ticket.started) * 1000),
                 status=status,
                 request_id=ticket.request_id,

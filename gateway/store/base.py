@@ -102,6 +102,9 @@ class UsageEntry(Struct, frozen=True):
     status: int
     request_id: str
     stream: bool
+    # What admission reserved against the API key's budgets (0 for a key without a budget);
+    # settling releases it from the key's spend periods of `day`. Not a ledger column.
+    key_reserved_micros: int = 0
 
 
 class UsageRow(Struct, frozen=True):

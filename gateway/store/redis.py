@@ -450,7 +450,7 @@ class RedisStore(RedisWebhooks, RedisResponses):
                 entry.cost_micros,
                 msgspec.json.encode(entry),
                 entry.key_id or "-",
-                entry.reserved_micros,
+                entry.key_reserved_micros,
             )
             for entry in entries
             for key in (_acct(entry.account_id),)

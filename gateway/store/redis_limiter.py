@@ -77,6 +77,9 @@ class RedisLimiter:
             remaining_requests_day=int(remaining_day),
             reserved_micros=reserve if result == "admitted" and consume else 0,
             limited_by_key=bool(int(by_key)),
+            key_reserved_micros=reserve
+            if result == "admitted" and consume and key is not None and key.has_budget
+            else 0,
         )
 
     async def admit(

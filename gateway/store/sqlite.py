@@ -458,7 +458,9 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
                     if entry.id not in seen:
                         seen.add(entry.id)
                         settled.append(entry)
-                conn.executemany(INSERT_USAGE, [msgspec.structs.astuple(e) for e in settled])
+                conn.executemany(
+                    INSERT_USAGE, [msgspec.structs.astuple(e)[:LEDGER_COLUMNS] for e in settled]
+                )
                 costs: dict[str, int] = {}
                 for entry in settled:
                     costs[entry.account_id] = costs.get(entry.account_id, 0) + entry.cost_micros
@@ -501,6 +503,7 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
 
 
 LEDGER_LOOKUP_CHUNK = 500
+LEDGER_COLUMNS = 16  # UsageEntry's fields up to `stream`
 EXTERNAL_CHANGES_POLL_S = 0.5
 
 

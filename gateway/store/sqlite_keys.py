@@ -137,8 +137,8 @@ class KeySpendBook:
     def settled(self, entries: list[UsageEntry], totals: dict[str, int]) -> None:
         with self._lock:
             for entry in entries:
-                if entry.key_id:
-                    self._release(entry.key_id, entry.day, entry.reserved_micros)
+                if entry.key_id and entry.key_reserved_micros:
+                    self._release(entry.key_id, entry.day, entry.key_reserved_micros)
             self._spent.update(totals)
 
     def forget(self) -> None:

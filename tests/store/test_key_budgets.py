@@ -25,7 +25,10 @@ def settled(
     account_id: str, key_id: str, n: int, cost: int, reserved: int, day: str = DAY
 ) -> UsageEntry:
     return msgspec.structs.replace(
-        entry(account_id, n, cost=cost, reserved=reserved), key_id=key_id, day=day
+        entry(account_id, n, cost=cost, reserved=reserved),
+        key_id=key_id,
+        day=day,
+        key_reserved_micros=reserved,
     )
 
 
@@ -148,3 +151,17 @@ async def test_a_name_is_marked_once(store: Store) -> None:  # noqa: F811
     )
     assert sorted(results) == [False] * 4 + [True]
     assert await store.mark_once("budget:key_x:d:2026-11-26:100")
+
+
+async def test_a_key_without_a_budget_reserves_nothing_but_its_spend_is_kept(store: Store) -> None:  # noqa: F811
+    account = await store.create_account("n", "free", 1_000_000)
+    limiter = store.limiter()
+    free = KeyGate("key_n", DAY, requests_per_minute=100)
+    admitted = await limiter.admit(account.id, ROOMY, 500, free)
+    assert admitted.admitted and admitted.reserved_micros == 500
+    assert admitted.key_reserved_micros == 0
+    budgeted = gate("key_y", day_micros=1_000)
+    assert (await limiter.admit(account.id, ROOMY, 500, budgeted)).key_reserved_micros == 500
+    await store.settle([settled(account.id, "key_n", 1, cost=120, reserved=0)])
+    spend = await store.key_spend(account.id, ["key_n"], DAY)
+    assert spend["key_n"] == KeySpend(today=120, month=120, total=120)

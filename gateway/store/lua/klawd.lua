@@ -126,10 +126,13 @@ local function admit_v2(keys, args)
 
   local balance = tonumber(redis.call('GET', keys[4]) or '0')
   if outcome == 0 and reserve > 0 and balance < reserve then outcome = 2 end
+  -- only a key with a budget has its reservations counted (settlement records every key's spend)
+  local budgeted = false
   if outcome == 0 and with_key then
     for i = 1, 3 do
       local cap = tonumber(args[7 + i])
       if cap >= 0 then
+        budgeted = true
         local spend = redis.call('HMGET', keys[6 + i], 's', 'r')
         if (tonumber(spend[1]) or 0) + (tonumber(spend[2]) or 0) + reserve > cap then
           outcome = 3
@@ -154,10 +157,12 @@ local function admit_v2(keys, args)
     end
     if reserve > 0 then
       balance = redis.call('DECRBY', keys[4], reserve)
-      if with_key then
+      if budgeted then
         for i = 1, 3 do
-          redis.call('HINCRBY', keys[6 + i], 'r', reserve)
-          if SPEND_TTL_MS[i] > 0 then redis.call('PEXPIRE', keys[6 + i], SPEND_TTL_MS[i]) end
+          -- a period's hash gets its expiry when it is made (settlement sets it too)
+          if redis.call('HINCRBY', keys[6 + i], 'r', reserve) == reserve and SPEND_TTL_MS[i] > 0 then
+            redis.call('PEXPIRE', keys[6 + i], SPEND_TTL_MS[i])
+          end
         end
       end
     end
@@ -307,7 +312,7 @@ end
 -- reservation out) in the periods of the day it was admitted.
 -- KEYS: credits, usage of the day, ledger, marker, key usage of the day, key spend of the day,
 --       of the month, in total
--- ARGV: as v2, then key id, reserved micros
+-- ARGV: as v2, then key id, micros reserved against the key's budgets (0: none)
 local function settle_v3(keys, args)
   local new = settle_once(keys, args)
   if new == -1 then return -1 end
@@ -319,12 +324,14 @@ local function settle_v3(keys, args)
   redis.call('HINCRBY', keys[5], key_id .. '|cost_micros', cost)
   for i = 1, 3 do
     local spend = keys[5 + i]
-    redis.call('HINCRBY', spend, 's', cost)
+    -- the hash is new (or was empty) when the total is this entry's cost: give it its expiry
+    if redis.call('HINCRBY', spend, 's', cost) == cost and SPEND_TTL_MS[i] > 0 then
+      redis.call('PEXPIRE', spend, SPEND_TTL_MS[i])
+    end
     -- (never HINCRBY by -0: Redis refuses "-0" as an integer)
     if reserved > 0 and redis.call('HINCRBY', spend, 'r', -reserved) < 0 then
       redis.call('HSET', spend, 'r', 0)
     end
-    if SPEND_TTL_MS[i] > 0 then redis.call('PEXPIRE', spend, SPEND_TTL_MS[i]) end
   end
   return new
 end

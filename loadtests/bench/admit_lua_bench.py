@@ -1,0 +1,101 @@
+"""Redis server time of the admission and settlement functions, before and after keys for teams,
+in one run on one redis-server: `klawd_admit_v1` against `klawd_admit_v2` (a key without and with
+a budget and limits), `klawd_settle_v2` against `klawd_settle_v3`. Redis's own per-call figure
+(INFO commandstats, usec_per_call), so client and event-loop noise stay out of it.
+
+    .venv/bin/python loadtests/bench/admit_lua_bench.py [--calls 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gateway.store.redis import LIBRARY
+from tests.conftest import free_port
+from tests.redis_server import RedisServer
+
+A = "klawd:acct:{bench}"
+ACCOUNT = [f"{A}:rpm", f"{A}:rpd", f"{A}:tpm", f"{A}:credits"]
+KEY = [f"{A}:krpm:k", f"{A}:krpd:k"] + [
+    f"{A}:kspend:k:{p}" for p in ("d:2026-12-03", "m:2026-12", "t")
+]
+LIMITS = [10**9, 10**9, 0, 20, 1]  # rpm, rpd, tpm, reserve 20 micro-dollars, consume
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20000)
+    args = parser.parse_args()
+    server = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="klawd-lua-")))
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+        client.set(f"{A}:credits", 10**15)
+
+        def measure(name: str, call: Callable[[int], object]) -> None:
+            client.execute_command("CONFIG", "RESETSTAT")
+            started = time.perf_counter()
+            for i in range(args.calls):
+                call(i)
+            wall = (time.perf_counter() - started) / args.calls * 1e6
+            server_us = client.info("commandstats")["cmdstat_fcall"]["usec_per_call"]
+            print(f"{name:44} {server_us:8.2f} {wall:10.1f}")
+
+        def settle_keys(i: int, tag: str) -> list[str]:
+            return [f"{A}:credits", f"{A}:usage:2026-12-03", f"{A}:ledger", f"{A}:{tag}:{i}"]
+
+        entry = [0, "m/x", 10, 4, 0, 20, '{"id":"use_x"}']
+        print(f"{'function':44} {'server us':>8} {'client us':>10}")
+        measure(
+            "klawd_admit_v1 (before)",
+            lambda i: client.execute_command("FCALL", "klawd_admit_v1", 4, *ACCOUNT, *LIMITS),
+        )
+        measure(
+            "klawd_admit_v2, key without budget/limits",
+            lambda i: client.execute_command(
+                "FCALL", "klawd_admit_v2", 9, *ACCOUNT, *KEY, *LIMITS, 0, 0, -1, -1, -1
+            ),
+        )
+        measure(
+            "klawd_admit_v2, key with budget + limits",
+            lambda i: client.execute_command(
+                "FCALL", "klawd_admit_v2", 9, *ACCOUNT, *KEY, *LIMITS, 10**8, 10**8, 10**14, -1, -1
+            ),
+        )
+        measure(
+            "klawd_settle_v2 (before)",
+            lambda i: client.execute_command(
+                "FCALL", "klawd_settle_v2", 4, *settle_keys(i, "s2"), *entry
+            ),
+        )
+        measure(
+            "klawd_settle_v3, key without budget",
+            lambda i: client.execute_command(
+                "FCALL",
+                "klawd_settle_v3",
+                8,
+                *settle_keys(i, "s3"),
+                f"{A}:kusage:2026-12-03",
+                *KEY[2:],
+                *entry,
+                "k",
+                0,
+            ),
+        )
+        print(f"({args.calls} sequential calls each, redis-py, one connection)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -342,3 +342,14 @@ def test_every_billable_route_checks_the_allowlist(teams: Gateway) -> None:
         timeout=20,
     )
     assert allowed.status_code == 200, allowed.text
+
+
+def test_a_requests_own_models_fallback_outside_the_list_is_skipped(teams: Gateway) -> None:
+    account_id = new_account(teams)
+    failing_only = new_key(teams, account_id, models=["openai/fail-500"])["key"]
+    body = {"models": ["klawd/echo"]}
+    skipped = chat(teams, failing_only, "openai/fail-500", **body)
+    assert skipped.status_code >= 500, "klawd/echo is not on the list: not tried"
+    both = new_key(teams, account_id, models=["openai/fail-500", "klawd/*"])["key"]
+    served = chat(teams, both, "openai/fail-500", **body)
+    assert served.status_code == 200 and served.headers["x-klawd-model"] == "klawd/echo"

@@ -54,10 +54,12 @@ def item_stem(response_id: str) -> str:
     return response_id.split("_", 1)[1] if "_" in response_id else response_id
 
 
-def usage_body(usage: TokenUsage, cached: int) -> dict[str, Any]:
+def usage_body(usage: TokenUsage, cached: int, written: int) -> dict[str, Any]:
+    """Cache reads and writes (Anthropic's, reported by the gateway's chat answers as
+    `cache_creation_input_tokens`) are part of input_tokens, as OpenAI counts them."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -140,6 +142,7 @@ def to_response(
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    written = int(usage.get("cache_creation_input_tokens") or 0)
     tokens = TokenUsage(
         int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     )
@@ -151,7 +154,7 @@ def to_response(
         fields,
         status="incomplete" if incomplete else "completed",
         output=output,
-        usage=usage_body(tokens, cached),
+        usage=usage_body(tokens, cached, written),
         incomplete=incomplete,
     )
 

@@ -40,6 +40,7 @@ class ToResponsesRef(_Base):
         self.tools: list[int] = []
         self.output: list[dict[str, Any]] = []
         self.cached = 0
+        self.written = 0
 
     def _emit(self, out: list[bytes], kind: str, obj: dict[str, Any]) -> None:
         out.append(_typed_event(kind, self.sequence, obj))
@@ -125,7 +126,10 @@ class ToResponsesRef(_Base):
             u = self.usage or {"prompt_tokens": 0, "completion_tokens": 0}
             usage = {
                 "input_tokens": u["prompt_tokens"],
-                "input_tokens_details": {"cached_tokens": self.cached, "cache_write_tokens": 0},
+                "input_tokens_details": {
+                    "cached_tokens": self.cached,
+                    "cache_write_tokens": self.written,
+                },
                 "output_tokens": u["completion_tokens"],
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
@@ -149,6 +153,7 @@ class ToResponsesRef(_Base):
             p, c = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
             self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
             self.cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            self.written = u.get("cache_creation_input_tokens") or 0
         for choice in obj.get("choices") or []:
             if (choice.get("index") or 0) != 0:
                 continue

@@ -225,7 +225,8 @@ fn openai_stream(texts: &[String], calls: &[Vec<String>], finish: Option<&str>) 
     s += "data: {\"id\":\"chatcmpl-x\",\"object\":\"chat.completion.chunk\",\"created\":1,\
           \"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\
           \"completion_tokens\":7,\"total_tokens\":18,\
-          \"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n";
+          \"prompt_tokens_details\":{\"cached_tokens\":4},\
+          \"cache_creation_input_tokens\":2}}\n\n";
     s += "data: [DONE]\n\n";
     s.into_bytes()
 }
@@ -256,7 +257,7 @@ fn text_then_tool_calls_become_items_and_the_response_completes_with_usage() {
     assert_eq!(
         last["usage"],
         json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 4,
-               "cache_write_tokens": 0}, "output_tokens": 7,
+               "cache_write_tokens": 2}, "output_tokens": 7,
                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 18})
     );
     let ids: Vec<&str> = last["output"]

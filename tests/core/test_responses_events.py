@@ -89,6 +89,7 @@ def openai_chunks(
     p, c, cached = usage
     u = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
     u["prompt_tokens_details"] = {"cached_tokens": cached}  # type: ignore[assignment]
+    u["cache_creation_input_tokens"] = cached + 1
     evs.append((None, {**chunk({}), "choices": [], "usage": u}))
     return evs
 
@@ -129,6 +130,7 @@ def test_matches_reference_and_the_sdk_accumulates_it(
     arguments = [item.arguments for item in final.output if item.type == "function_call"]
     assert arguments == ["".join(c) for c in calls]
     assert final.usage.input_tokens_details.cached_tokens == usage[2]
+    assert final.usage.input_tokens_details.cache_write_tokens == usage[2] + 1
 
 
 def test_gemini_stream_reaches_responses_events_through_two_reframers() -> None:

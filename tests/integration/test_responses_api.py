@@ -39,7 +39,7 @@ class Family:
     tools: str
     answer: str
     tool_arguments: dict[str, Any]
-    usage: tuple[int, int, int]  # input tokens, of which cached, output tokens
+    usage: tuple[int, int, int, int]  # input tokens, of which cache reads, writes; output
     provider: str
 
 
@@ -50,7 +50,7 @@ FAMILIES = [
         "openai/tools-fake",
         "".join(openai_upstream.ANSWER_WORDS),
         {"city": "Paris", "unit": "c"},
-        (12, 0, 4),
+        (12, 0, 0, 4),
         "openai",
     ),
     Family(
@@ -59,7 +59,7 @@ FAMILIES = [
         "anthropic/claude-tools",
         "".join(anthropic_upstream.ANSWER),
         anthropic_upstream.TOOL_INPUT,
-        (35, 20, 7),  # input 10 + cache writes 5 + cache reads 20
+        (35, 20, 5, 7),  # input 10 + cache writes 5 + cache reads 20
         "anthropic",
     ),
     Family(
@@ -68,7 +68,7 @@ FAMILIES = [
         "google/gemini-tools",
         "".join(gemini_upstream.ANSWER),
         gemini_upstream.TOOL_ARGS,
-        (11, 4, 9),  # candidates 6 + thoughts 3
+        (11, 4, 0, 9),  # candidates 6 + thoughts 3
         "google",
     ),
 ]
@@ -89,10 +89,16 @@ def close_clients() -> Iterator[None]:
         CLIENTS.pop().close()
 
 
-def usage_of(response: Any) -> tuple[int, int, int]:
+def usage_of(response: Any) -> tuple[int, int, int, int]:
     usage = response.usage
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
-    return usage.input_tokens, usage.input_tokens_details.cached_tokens, usage.output_tokens
+    details = usage.input_tokens_details
+    return (
+        usage.input_tokens,
+        details.cached_tokens,
+        details.cache_write_tokens,
+        usage.output_tokens,
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=IDS)

@@ -171,6 +171,7 @@ def completion(message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
             "prompt_tokens": 10,
             "completion_tokens": 3,
             "prompt_tokens_details": {"cached_tokens": 4},
+            "cache_creation_input_tokens": 2,
         },
     }
 
@@ -188,7 +189,10 @@ def test_a_completion_becomes_a_response_with_items_named_from_its_id() -> None:
     assert response["output"][1]["call_id"] == "call_9"
     assert response["status"] == "completed" and response["incomplete_details"] is None
     assert response["usage"]["input_tokens"] == 10
-    assert response["usage"]["input_tokens_details"]["cached_tokens"] == 4
+    assert response["usage"]["input_tokens_details"] == {
+        "cached_tokens": 4,
+        "cache_write_tokens": 2,
+    }
     assert response["usage"]["total_tokens"] == 13
     assert response["metadata"] == {"a": "b"} and response["store"] is True
     assert response["tool_choice"] == "auto" and response["temperature"] == 1.0

@@ -93,10 +93,8 @@ fn write_usage(o: &mut Vec<u8>, u: &Usage) {
             b",\"input_tokens_details\":{\"cached_tokens\":",
             u.cached_tokens,
         ),
-        (
-            b",\"cache_write_tokens\":0},\"output_tokens\":",
-            u.completion_tokens,
-        ),
+        (b",\"cache_write_tokens\":", u.cache_write_tokens),
+        (b"},\"output_tokens\":", u.completion_tokens),
         (
             b",\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":",
             u.prompt_tokens + u.completion_tokens,

@@ -51,6 +51,15 @@ KEEPALIVE = b": keepalive\n\n"
 
 
 async def create_response(request: Request) -> Response:
+    try:
+        return await _create_response(request)
+    except InvalidRequest as exc:
+        # the chat path (bounds, providers) names the chat request's parameters
+        exc.param = responses_param(exc.param)
+        raise
+
+
+async def _create_response(request: Request) -> Response:
     state = app_state(request)
     auth = await state.keys.authenticate(request.headers.get("authorization"), time.time())
     body = await request.body()
@@ -131,19 +140,15 @@ async def create_response(request: Request) -> Response:
             upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
         return ResponseEvents(upstream, target, response_id, created_at, echoed)
 
-    try:
-        with state.meter.settle_on_failure(ticket, chat.stream):
-            if chat.stream:
-                events, target, tries = await state.retrier.call_targets(
-                    ticket.targets, open_stream, tokens=tokens
-                )
-            else:
-                completion, target, tries = await state.retrier.call_targets(
-                    ticket.targets, complete, tokens=tokens
-                )
-    except InvalidRequest as exc:
-        exc.param = responses_param(exc.param)
-        raise
+    with state.meter.settle_on_failure(ticket, chat.stream):
+        if chat.stream:
+            events, target, tries = await state.retrier.call_targets(
+                ticket.targets, open_stream, tokens=tokens
+            )
+        else:
+            completion, target, tries = await state.retrier.call_targets(
+                ticket.targets, complete, tokens=tokens
+            )
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:

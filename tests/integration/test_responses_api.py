@@ -429,6 +429,24 @@ def test_bad_input_is_refused_in_openais_envelope(
     assert error["message"]
 
 
+def test_a_conversation_past_the_context_is_refused_naming_the_input(
+    gateway: Gateway, api_key: str
+) -> None:
+    """The earlier turns count: each turn fits the model's 8192 tokens, both together do not."""
+    sdk = client(gateway, api_key)
+    first = sdk.responses.create(model="klawd/echo", input="x " * 9_000)
+    answer = _post(
+        gateway,
+        api_key,
+        {"model": "openai/gpt-fake", "input": "y" * 20_000, "previous_response_id": first.id},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "input")
+    alone = _post(gateway, api_key, {"model": "openai/gpt-fake", "input": "y" * 20_000})
+    assert alone.status_code == 200, alone.text
+
+
 def test_neutral_values_of_unsupported_fields_are_accepted(gateway: Gateway, api_key: str) -> None:
     answer = _post(
         gateway,

@@ -20,20 +20,16 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.limits import EmbeddedLimiter, KeyGate, Limiter
+from gateway.limits import EmbeddedLimiter, Limiter
 from gateway.store import sqlite_keys
 from gateway.store.base import (
-    NO_POLICY,
     Account,
-    ApiKey,
     CustomLimits,
-    KeyPolicy,
-    KeySpend,
-    KeyUsageRow,
     StoreError,
     UsageEntry,
     UsageRow,
 )
+from gateway.store.sqlite_keys import SqliteKeys
 from gateway.store.sqlite_responses import RESPONSES_SCHEMA, SqliteResponses
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
 from gateway.threads import behind_the_event_loop
@@ -95,14 +91,6 @@ INSERT_ACCOUNT = (
 SELECT_ACCOUNT = (
     "SELECT id, name, plan, credits_micros, limits, created_at FROM accounts WHERE id = ?"
 )
-INSERT_KEY = (
-    "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, expires_at,"
-    " revoked_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-SELECT_KEY = (
-    "SELECT id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at, policy"
-    " FROM api_keys"
-)
 INSERT_USAGE = (
     "INSERT OR IGNORE INTO usage_ledger (id, ts, day, account_id, key_id, model, provider,"
     " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
@@ -117,35 +105,14 @@ SELECT_USAGE = (
     " SUM(cost_micros) FROM usage_ledger WHERE account_id = ? AND day >= ? AND day <= ?"
     " GROUP BY day, model ORDER BY day, model"
 )
-SELECT_KEY_BY_HASH = SELECT_KEY + " WHERE key_hash = ?"
-SELECT_KEY_BY_ID = SELECT_KEY + " WHERE id = ?"
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
-_policy_decoder = msgspec.json.Decoder(KeyPolicy)
-
-
-def _key(row: Any) -> ApiKey:
-    return ApiKey(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        _policy_decoder.decode(row[8]),
-    )
-
-
-def _key_row(key: ApiKey) -> tuple[Any, ...]:
-    return (*msgspec.structs.astuple(key)[:8], msgspec.json.encode(key.policy).decode())
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-class SqliteStore(SqliteWebhooks, SqliteResponses):
+class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(
@@ -326,86 +293,6 @@ class SqliteStore(SqliteWebhooks, SqliteResponses):
                 conn.execute("COMMIT")
 
         return await self._run(update)
-
-    # -- keys -----------------------------------------------------------------------------------
-    async def create_key(
-        self,
-        account_id: str,
-        name: str,
-        prefix: str,
-        key_hash: str,
-        expires_at: int | None,
-        policy: KeyPolicy = NO_POLICY,
-    ) -> ApiKey:
-        key = ApiKey(
-            new_id("key"), account_id, name, prefix, key_hash, _now(), expires_at, None, policy
-        )
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(INSERT_KEY, _key_row(key))
-
-        await self._run(insert)
-        return key
-
-    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
-        def select(conn: sqlite3.Connection) -> ApiKey | None:
-            row = conn.execute(SELECT_KEY_BY_HASH, (key_hash,)).fetchone()
-            return _key(row) if row else None
-
-        return await self._run(select)
-
-    async def get_key(self, key_id: str) -> ApiKey | None:
-        def select(conn: sqlite3.Connection) -> ApiKey | None:
-            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
-            return _key(row) if row else None
-
-        return await self._run(select)
-
-    async def update_key(self, key_id: str, policy: KeyPolicy) -> ApiKey | None:
-        def update(conn: sqlite3.Connection) -> ApiKey | None:
-            conn.execute(
-                "UPDATE api_keys SET policy = ? WHERE id = ?",
-                (msgspec.json.encode(policy).decode(), key_id),
-            )
-            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
-            return _key(row) if row else None
-
-        return await self._run(update)
-
-    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
-        def revoke(conn: sqlite3.Connection) -> ApiKey | None:
-            conn.execute(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
-                (now, key_id),
-            )
-            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
-            return _key(row) if row else None
-
-        return await self._run(revoke)
-
-    async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
-        return await self._run(lambda conn: sqlite_keys.spend_of(conn, key_ids, day))
-
-    async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
-        fits = self._key_spend.try_reserve(key, micros)
-        if fits is None:
-            spent = await self._run(lambda conn: sqlite_keys.read_spend(conn, key.key_id, key.day))
-            self._key_spend.load(key.key_id, key.day, spent)
-            fits = self._key_spend.try_reserve(key, micros)
-        return bool(fits)
-
-    async def release_key_spend(self, key: KeyGate, micros: int) -> None:
-        self._key_spend.release(key.key_id, key.day, micros)
-
-    async def usage_by_key(
-        self, account_id: str, since_day: str, until_day: str
-    ) -> list[KeyUsageRow]:
-        return await self._run(
-            lambda conn: sqlite_keys.usage_by_key(conn, account_id, since_day, until_day)
-        )
-
-    async def mark_once(self, name: str) -> bool:
-        return await self._run(lambda conn: sqlite_keys.mark_once(conn, name))
 
     # -- credits and usage ----------------------------------------------------------------------
     async def _read_balance(self, account_id: str) -> bool:

@@ -1,5 +1,6 @@
-"""The embedded store's key budgets: settled spend per key and period in SQLite, reservations of
-requests in flight in memory (one process owns an embedded store, as for credits).
+"""The embedded store's API keys: records with their policies (a JSON column), and the key
+budgets: settled spend per key and period in SQLite, reservations of requests in flight in memory
+(one process owns an embedded store, as for credits).
 
 A period is `d:YYYY-MM-DD`, `m:YYYY-MM` or `t` (ever). Settling a ledger entry adds its cost to
 the three periods of the day the request was admitted (UsageEntry.day) and releases its
@@ -8,12 +9,19 @@ reservation from them, in the same transaction that records the entry.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 from gateway.limits import KeyGate
-from gateway.store.base import KeySpend, KeyUsageRow, UsageEntry
+from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow, UsageEntry
+
+T = TypeVar("T")
 
 KEY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS key_spend (
@@ -26,6 +34,37 @@ CREATE TABLE IF NOT EXISTS marks (
     name TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 """
+
+INSERT_KEY = (
+    "INSERT INTO api_keys (id, account_id, name, prefix, key_hash, created_at, expires_at,"
+    " revoked_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SELECT_KEY = (
+    "SELECT id, account_id, name, prefix, key_hash, created_at, expires_at, revoked_at, policy"
+    " FROM api_keys"
+)
+SELECT_KEY_BY_HASH = SELECT_KEY + " WHERE key_hash = ?"
+SELECT_KEY_BY_ID = SELECT_KEY + " WHERE id = ?"
+_policy_decoder = msgspec.json.Decoder(KeyPolicy)
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        _policy_decoder.decode(row[8]),
+    )
+
+
+def _key_row(key: ApiKey) -> tuple[Any, ...]:
+    return (*msgspec.structs.astuple(key)[:8], msgspec.json.encode(key.policy).decode())
+
 
 ADD_SPEND = (
     "INSERT INTO key_spend (key_id, period, micros) VALUES (?, ?, ?)"
@@ -144,3 +183,96 @@ class KeySpendBook:
     def forget(self) -> None:
         with self._lock:
             self._spent.clear()
+
+
+class SqliteKeys:
+    if TYPE_CHECKING:
+        _key_spend: KeySpendBook
+
+        async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    # -- keys -----------------------------------------------------------------------------------
+    async def create_key(
+        self,
+        account_id: str,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        expires_at: int | None,
+        policy: KeyPolicy = NO_POLICY,
+    ) -> ApiKey:
+        key = ApiKey(
+            f"key_{secrets.token_hex(12)}",
+            account_id,
+            name,
+            prefix,
+            key_hash,
+            int(time.time()),
+            expires_at,
+            None,
+            policy,
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(INSERT_KEY, _key_row(key))
+
+        await self._run(insert)
+        return key
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        def select(conn: sqlite3.Connection) -> ApiKey | None:
+            row = conn.execute(SELECT_KEY_BY_HASH, (key_hash,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._run(select)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        def select(conn: sqlite3.Connection) -> ApiKey | None:
+            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._run(select)
+
+    async def update_key(self, key_id: str, policy: KeyPolicy) -> ApiKey | None:
+        def update(conn: sqlite3.Connection) -> ApiKey | None:
+            conn.execute(
+                "UPDATE api_keys SET policy = ? WHERE id = ?",
+                (msgspec.json.encode(policy).decode(), key_id),
+            )
+            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._run(update)
+
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+        def revoke(conn: sqlite3.Connection) -> ApiKey | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                (now, key_id),
+            )
+            row = conn.execute(SELECT_KEY_BY_ID, (key_id,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._run(revoke)
+
+    async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
+        return await self._run(lambda conn: spend_of(conn, key_ids, day))
+
+    async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
+        fits = self._key_spend.try_reserve(key, micros)
+        if fits is None:
+            spent = await self._run(lambda conn: read_spend(conn, key.key_id, key.day))
+            self._key_spend.load(key.key_id, key.day, spent)
+            fits = self._key_spend.try_reserve(key, micros)
+        return bool(fits)
+
+    async def release_key_spend(self, key: KeyGate, micros: int) -> None:
+        self._key_spend.release(key.key_id, key.day, micros)
+
+    async def usage_by_key(
+        self, account_id: str, since_day: str, until_day: str
+    ) -> list[KeyUsageRow]:
+        return await self._run(lambda conn: usage_by_key(conn, account_id, since_day, until_day))
+
+    async def mark_once(self, name: str) -> bool:
+        return await self._run(lambda conn: mark_once(conn, name))

@@ -155,7 +155,7 @@ class SqliteWebhooks:
         return await self._run(select)
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
-        from gateway.store.sqlite import SELECT_KEY, _key
+        from gateway.store.sqlite_keys import SELECT_KEY, _key
 
         def select(conn: sqlite3.Connection) -> list[ApiKey]:
             rows = conn.execute(

@@ -1,0 +1,134 @@
+"""The Redis store's API keys: records with their policies (budgets, limits, allowed models,
+tags), their spend per period and usage per day, and the one-time marks of budget thresholds.
+A change is published on the invalidation channel so that every replica drops its cached copy.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow, StoreError
+from gateway.store.redis_limiter import _acct, _spend_keys
+from gateway.store.resp import RespClient, RespConnectionError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class RedisKeys:
+    if TYPE_CHECKING:
+        _resp: RespClient | None
+        _redis: aioredis.Redis | aioredis.RedisCluster
+        _slots: asyncio.Semaphore
+
+        async def _call(self, *args: Any) -> Any: ...
+        async def _publish(self, kind: str, ident: str) -> None: ...
+        async def _daily(
+            self, account_id: str, since_day: str, until_day: str, kind: str
+        ) -> list[tuple[str, str, dict[str, int]]]: ...
+
+    # -- keys -----------------------------------------------------------------------------------
+    async def create_key(
+        self,
+        account_id: str,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        expires_at: int | None,
+        policy: KeyPolicy = NO_POLICY,
+    ) -> ApiKey:
+        key = ApiKey(
+            new_id("key"),
+            account_id,
+            name,
+            prefix,
+            key_hash,
+            int(time.time()),
+            expires_at,
+            None,
+            policy,
+        )
+        # Two slots: the id -> hash index first, then the record that makes the key usable.
+        await self._call("SET", f"klawd:keyid:{key.id}", key_hash)
+        await self._call("SADD", f"{_acct(account_id)}:keys", key.id)  # Mission Control's list
+        await self._call("SET", f"klawd:key:{key_hash}", msgspec.json.encode(key))
+        return key
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        record = await self._call("GET", f"klawd:key:{key_hash}")
+        return msgspec.json.decode(record, type=ApiKey) if record else None
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        key_hash = await self._call("GET", f"klawd:keyid:{key_id}")
+        return await self.key_by_hash(key_hash.decode()) if key_hash else None
+
+    async def update_key(self, key_id: str, policy: KeyPolicy) -> ApiKey | None:
+        key = await self.get_key(key_id)
+        if key is None:
+            return None
+        key = msgspec.structs.replace(key, policy=policy)
+        await self._call("SET", f"klawd:key:{key.key_hash}", msgspec.json.encode(key))
+        await self._publish("key", key_id)
+        return key
+
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+        key = await self.get_key(key_id)
+        if key is None:
+            return None
+        if key.revoked_at is None:
+            key = msgspec.structs.replace(key, revoked_at=now)
+            await self._call("SET", f"klawd:key:{key.key_hash}", msgspec.json.encode(key))
+        await self._publish("key", key_id)
+        return key
+
+    async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
+        """One pipelined round trip for all the keys (three HGETs each)."""
+        commands = [
+            ("HGET", name, "s")
+            for key_id in key_ids
+            for name in _spend_keys(account_id, key_id, day)
+        ]
+        try:
+            if self._resp is not None:
+                replies = await self._resp.execute_many(commands)
+            else:
+                async with self._slots, self._redis.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute()
+        except (RedisError, RespConnectionError) as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        if any(isinstance(reply, Exception) for reply in replies):
+            raise StoreError("redis store failed: a key spend read was refused")
+        values = [int(reply or 0) for reply in replies]
+        return {key_id: KeySpend(*values[3 * i : 3 * i + 3]) for i, key_id in enumerate(key_ids)}
+
+    async def mark_once(self, name: str) -> bool:
+        return bool(await self._call("SET", f"klawd:mark:{name}", "1", "NX"))
+
+    async def usage_by_key(
+        self, account_id: str, since_day: str, until_day: str
+    ) -> list[KeyUsageRow]:
+        return [
+            KeyUsageRow(
+                day,
+                "" if key_id == "-" else key_id,
+                m.get("requests", 0),
+                m.get("prompt_tokens", 0),
+                m.get("completion_tokens", 0),
+                m.get("images", 0),
+                m.get("cost_micros", 0),
+            )
+            for day, key_id, m in await self._daily(account_id, since_day, until_day, "kusage")
+        ]

@@ -7,9 +7,9 @@ too — never a 500.
 Nesting: a body whose objects and arrays nest deeper than MAX_JSON_DEPTH is refused, wherever
 the nesting is (tool schemas, tool inputs, unknown fields that are forwarded as they are): the
 gateway writes such values again with orjson (254 levels at most) and walks them in its
-translators, and no API it fronts needs more. The check reads the raw bytes once in C-speed
-passes (brackets outside strings, then the deepest running sum); bodies with fewer opening
-brackets than the limit cannot be too deep and skip it.
+translators, and no API it fronts needs more. The check reads the raw bytes in C-speed passes
+(the text outside strings, its brackets as +1 and -1, the deepest running sum); bodies with fewer
+opening brackets than the limit cannot be too deep and skip it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gateway.errors import InvalidRequest
 T = TypeVar("T")
 
 MAX_JSON_DEPTH: Final = 64
-_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'[]{}"'))
+_NOT_BRACKETS: Final = bytes(set(range(256)) - set(b"[]{}"))
 _STEPS: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
 
 
@@ -33,12 +33,10 @@ def nesting_depth(body: bytes) -> int:
     """How deep the objects and arrays of a valid JSON document nest."""
     if b"\\" in body:  # escapes cannot hide a quote from the split below
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    shape = body.translate(None, _NOT_STRUCTURE)
-    if b'"' in shape:  # valid JSON: every other piece between quotes is a string's inside
-        shape = b"".join(shape.split(b'"')[::2])
-    if not shape:
-        return 0
-    return max(accumulate(array("b", shape.translate(_STEPS))))
+    # Valid JSON: every other piece between quotes is a string's inside.
+    outside = b"".join(body.split(b'"')[::2]) if b'"' in body else body
+    shape = outside.translate(_STEPS, _NOT_BRACKETS)
+    return max(accumulate(array("b", shape)), default=0)
 
 
 def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:

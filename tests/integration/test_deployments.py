@@ -64,6 +64,7 @@ MODELS = "\n".join(
         model("team/capped", "cap-a:cap-a", "cap-b:cap-b"),
         model("team/down", "dep-a:fail-500", "dep-b:fail-500"),
         model("team/embed", "dep-a:embed-fake", "dep-b:embed-fake", kind="embedding"),
+        model("team/image", "dep-a:img-fake", "dep-b:img-fake", kind="image"),
     ]
 )
 
@@ -244,6 +245,18 @@ def test_embeddings_use_the_same_choice(
     assert providers_seen == {"dep-a": 2, "dep-b": 2}
     for name in ("a", "b"):
         assert len(fakes[name].requests) - len(before[name]) == 2
+
+
+def test_images_use_the_same_choice(client: openai.OpenAI, fakes: dict[str, FakeOpenAI]) -> None:
+    before = {name: sent(fakes[name], "img-fake") for name in ("a", "b")}
+    providers_seen = Counter(
+        client.images.with_raw_response.generate(
+            model="team/image", prompt="a lighthouse", response_format="b64_json"
+        ).headers["x-klawd-provider"]
+        for _ in range(4)
+    )
+    assert providers_seen == {"dep-a": 2, "dep-b": 2}
+    assert {n: sent(fakes[n], "img-fake") - before[n] for n in ("a", "b")} == {"a": 2, "b": 2}
 
 
 def test_status_and_metrics_see_each_deployment(client: openai.OpenAI, gateway: Gateway) -> None:

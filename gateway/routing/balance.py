@@ -8,7 +8,8 @@ others in their configured order (the siblings a failed try goes to):
   weight to its running score, takes the highest and subtracts the tier's total from it. Exact
   proportions over any run of picks, interleaved (3:1 gives a a b a a a b a ...), no randomness,
   so tests and operators can predict it.
-- `least-busy`: the fewest requests in flight per unit of weight; ties by weighted chance.
+- `least-busy`: the fewest requests in flight per unit of weight; ties by the weighted round
+  robin among the tied.
 - `least-latency`: power of two choices: two members drawn by weight, the one with the lower
   EWMA latency x (in flight + 1) wins (a deployment with no latency yet scores 0, so it is tried).
   Weights set how often a deployment is considered; the score decides between the two.
@@ -37,7 +38,7 @@ class Balancer:
         self._in_flight: dict[str, int] = {}
         self._latency_s: dict[str, float] = {}
         # id(a model's deployments) -> (them, their priority tiers in order)
-        self._tiers: dict[int, tuple[Sequence[CatalogEntry], list[list[CatalogEntry]]]] = {}
+        self._tiers: dict[int, tuple[Sequence[CatalogEntry], list[_Tier]]] = {}
 
     # -- what the request path reports ------------------------------------------------------------
     def started(self, key: str) -> None:
@@ -74,67 +75,83 @@ class Balancer:
             grouped: dict[int, list[CatalogEntry]] = {}
             for candidate in candidates:
                 grouped.setdefault(candidate.priority, []).append(candidate)
-            tiers = (candidates, [grouped[p] for p in sorted(grouped)])
+            tiers = (candidates, [_Tier(grouped[p]) for p in sorted(grouped)])
             if isinstance(candidates, tuple):  # a model's own deployments: kept for next time
                 self._tiers[id(candidates)] = tiers
         ordered: list[CatalogEntry] = []
-        for members in tiers[1]:
+        for tier in tiers[1]:
+            members = tier.members
             if len(members) == 1:
                 ordered.append(members[0])
                 continue
-            first = self._pick(members)
+            first = self._pick(tier)
             ordered.append(first)
-            # the siblings a failed try moves to: the rest of the tier, as configured
-            ordered.extend(m for m in members if m is not first)
+            for member in members:  # the siblings a failed try moves to, as configured
+                if member is not first:
+                    ordered.append(member)
         return ordered
 
-    def _pick(self, members: list[CatalogEntry]) -> CatalogEntry:
+    def _pick(self, tier: _Tier) -> CatalogEntry:
         if self.policy == "weighted":
-            return self._round_robin(members)
+            return self._round_robin(tier.members, tier.total)
         if self.policy == "least-busy":
-            return self._least_busy(members)
-        return self._two_choices(members)
+            return self._least_busy(tier)
+        return self._two_choices(tier)
 
-    def _round_robin(self, members: list[CatalogEntry]) -> CatalogEntry:
+    def _round_robin(self, members: Sequence[CatalogEntry], total: int) -> CatalogEntry:
         scores = self._score
-        total = 0
         best = members[0]
         best_score: int | None = None
         for member in members:
             score = scores.get(member.key, 0) + member.weight
             scores[member.key] = score
-            total += member.weight
             if best_score is None or score > best_score:
                 best, best_score = member, score
-        scores[best.key] = scores[best.key] - total
+        scores[best.key] -= total
         return best
 
-    def _draw(self, members: Sequence[CatalogEntry], skip: CatalogEntry | None) -> CatalogEntry:
-        """One member at random, in proportion to weight (`skip` excluded)."""
-        total = sum(m.weight for m in members if m is not skip)
-        point = self._rng.random() * total
-        chosen = members[0]
-        for member in members:
-            if member is skip:
-                continue
-            chosen = member
-            point -= member.weight
-            if point < 0:
-                break
-        return chosen
-
-    def _least_busy(self, members: list[CatalogEntry]) -> CatalogEntry:
+    def _least_busy(self, tier: _Tier) -> CatalogEntry:
         in_flight = self._in_flight
-        busyness = [in_flight.get(m.key, 0) / m.weight for m in members]
-        lowest = min(busyness)
-        tied = [m for m, b in zip(members, busyness, strict=True) if b == lowest]
-        return tied[0] if len(tied) == 1 else self._draw(tied, None)
+        members = tier.members
+        if not in_flight:  # nothing in flight anywhere: every member ties
+            return self._round_robin(members, tier.total)
+        lowest = min(in_flight.get(m.key, 0) / m.weight for m in members)
+        tied = [m for m in members if in_flight.get(m.key, 0) / m.weight == lowest]
+        if len(tied) == 1:
+            return tied[0]
+        return self._round_robin(tied, sum(m.weight for m in tied))
 
     def _latency_score(self, member: CatalogEntry) -> float:
         latency = self._latency_s.get(member.key)
         return 0.0 if latency is None else latency * (self._in_flight.get(member.key, 0) + 1)
 
-    def _two_choices(self, members: list[CatalogEntry]) -> CatalogEntry:
-        first = self._draw(members, None)
-        second = self._draw(members, first)
+    def _two_choices(self, tier: _Tier) -> CatalogEntry:
+        """Two distinct members drawn in proportion to weight; the lower score wins."""
+        members = tier.members
+        point = self._rng.random() * tier.total
+        first = members[-1]
+        for member in members:
+            point -= member.weight
+            if point < 0:
+                first = member
+                break
+        point = self._rng.random() * (tier.total - first.weight)
+        second = members[-1] if members[-1] is not first else members[-2]
+        for member in members:
+            if member is first:
+                continue
+            point -= member.weight
+            if point < 0:
+                second = member
+                break
         return second if self._latency_score(second) < self._latency_score(first) else first
+
+
+class _Tier:
+    """The members of one priority tier and their total weight."""
+
+    __slots__ = ("members", "total")
+
+    def __init__(self, members: list[CatalogEntry]) -> None:
+        self.members = members
+        self.total = sum(m.weight for m in members)

@@ -338,6 +338,10 @@ def translate_response(call: ChatCall, message: Any) -> Completion:
     usage, cached = usage_of(message.get("usage"))
     reason = finish_reason(message.get("stop_reason"))
     body = completion_body(call, "".join(texts), calls, reason, usage, cached)
+    matched = message.get("stop_sequence")
+    if message.get("stop_reason") == "stop_sequence" and isinstance(matched, str):
+        # OpenAI has no field for the matched string: reported as vLLM does.
+        body["choices"][0]["stop_reason"] = matched
     return Completion(body, usage)
 
 

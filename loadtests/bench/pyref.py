@@ -305,10 +305,16 @@ class AnthropicRef(_Base):
             if ev.get("usage"):
                 self._usage(ev["usage"])
             reason = (ev.get("delta") or {}).get("stop_reason")
+            matched = (ev.get("delta") or {}).get("stop_sequence")
             if reason is not None:
                 self.finish_reason = _ANTHROPIC_STOP.get(reason, "stop")
                 self.role(out)
-                out.append(self.chunk({}, self.finish_reason))
+                if reason == "stop_sequence" and isinstance(matched, str):
+                    chunk = orjson.loads(self.chunk({}, "stop")[len(b"data: ") :])
+                    chunk["choices"][0]["stop_reason"] = matched
+                    out.append(_event(chunk))
+                else:
+                    out.append(self.chunk({}, self.finish_reason))
         elif kind == "message_stop":
             self.role(out)
             self.end(out)

@@ -154,6 +154,26 @@ fn anthropic_stop_reasons_map_to_openai_vocabulary() {
 }
 
 #[test]
+fn anthropic_stop_sequence_names_the_matched_string_as_vllm_does() {
+    let input = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":\
+                 {\"input_tokens\":3}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\
+                 \"delta\":{\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\"},\
+                 \"usage\":{\"output_tokens\":1}}\n\nevent: message_stop\n\
+                 data: {\"type\":\"message_stop\"}\n\n";
+    let (evs, s) = out_of("anthropic", input);
+    let finish: serde_json::Value =
+        serde_json::from_str(evs[1].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert_eq!(finish["choices"][0]["stop_reason"], "END");
+    assert_eq!(s.state().finish_reason.as_deref(), Some("stop"));
+    // and back: the same chunks through openai_to_anthropic give stop_sequence again
+    let chunks = evs.iter().fold(String::new(), |acc, e| acc + e + "\n\n");
+    let (back, _) = out_of("openai_to_anthropic", &chunks);
+    let delta = back.iter().find(|e| e.contains("message_delta")).unwrap();
+    assert!(delta.contains("\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\""));
+}
+
+#[test]
 fn gemini_error_object_sets_upstream_error() {
     let input = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\ndata: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n";
     let (evs, s) = out_of("gemini", input);

@@ -158,13 +158,16 @@ def test_chat_stop_reaches_anthropic_and_its_stop_sequence_reads_as_stop(
                 model="anthropic/claude-stop-seq", messages=HELLO, stop="END", stream=True
             )
         )
-        reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
-        assert [r for r in reasons if r] == ["stop"]
+        finishes = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert [c.finish_reason for c in finishes] == ["stop"]
+        # the matched string, where vLLM puts it (OpenAI's schema has no field for it)
+        assert (finishes[0].model_extra or {})["stop_reason"] == "END"
     else:
         answer = sdk.chat.completions.create(
             model="anthropic/claude-stop-seq", messages=HELLO, stop=["END", "FIN"]
         )
         assert answer.choices[0].finish_reason == "stop"
+        assert (answer.choices[0].model_extra or {})["stop_reason"] == "END"
     sent = fake_anthropic.last_request("claude-stop-seq")["body"]["stop_sequences"]
     assert sent == (["END"] if stream else ["END", "FIN"])
 

@@ -3,8 +3,9 @@
 //! Events: `message_start` (usage: input and cache tokens) → the role chunk;
 //! `content_block_start` (a `tool_use` block → a tool-call start with id and name; a text block
 //! with initial text → content); `content_block_delta` (`text_delta` → content,
-//! `input_json_delta` → tool-call arguments); `message_delta` (stop reason → finish chunk,
-//! cumulative usage); `message_stop` → usage chunk (if asked) and `[DONE]`; `error` →
+//! `input_json_delta` → tool-call arguments); `message_delta` (stop reason → finish chunk, with
+//! the matched `stop_sequence` as the choice's `stop_reason` as vLLM reports it; cumulative
+//! usage); `message_stop` → usage chunk (if asked) and `[DONE]`; `error` →
 //! `upstream_error`. `ping`, `content_block_stop`, unknown events and unknown delta types
 //! (`thinking_delta`, `signature_delta`, `citations_delta`) are dropped: thinking is not content.
 
@@ -65,6 +66,9 @@ pub(super) struct Delta<'a> {
     pub(super) partial_json: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) stop_reason: Option<Cow<'a, str>>,
+    /// `message_delta`: the stop string that matched, with `stop_reason: stop_sequence`.
+    #[serde(borrow, default)]
+    pub(super) stop_sequence: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -196,11 +200,19 @@ impl Reframe for AnthropicReframer {
                     self.usage.merge(u);
                     st.usage = Some(Usage::from(&self.usage));
                 }
-                if let Some(reason) = e.delta.and_then(|d| d.stop_reason) {
-                    let reason = map_stop_reason(&reason);
-                    st.finish_reason = Some(reason.to_owned());
-                    self.ensure_role(out);
-                    self.writer.finish(out, reason);
+                if let Some(delta) = e.delta {
+                    if let Some(reason) = delta.stop_reason {
+                        let mapped = map_stop_reason(&reason);
+                        st.finish_reason = Some(mapped.to_owned());
+                        self.ensure_role(out);
+                        match (reason.as_ref(), delta.stop_sequence) {
+                            // OpenAI has no field for the matched string: vLLM's `stop_reason`.
+                            ("stop_sequence", Some(seq)) => {
+                                self.writer.finish_on_stop_string(out, &seq);
+                            }
+                            _ => self.writer.finish(out, mapped),
+                        }
+                    }
                 }
             }
             "message_stop" => {

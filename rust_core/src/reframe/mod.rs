@@ -362,6 +362,17 @@ impl ChunkWriter {
         self.chunk(out, Some(reason), |o| o.extend_from_slice(b"{}"));
     }
 
+    /// The finish chunk of an answer that a stop string ended: `finish_reason: "stop"` and,
+    /// as vLLM reports it, the matched string as the choice's `stop_reason`.
+    pub fn finish_on_stop_string(&self, out: &mut Vec<u8>, stop: &str) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(
+            b",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"stop_reason\":",
+        );
+        json::write_str(out, stop);
+        out.extend_from_slice(b"}]}\n\n");
+    }
+
     /// The usage-only chunk (`choices: []`), with `prompt_tokens_details.cached_tokens` when
     /// the upstream read from a cache.
     pub fn usage(&self, out: &mut Vec<u8>, u: &Usage) {

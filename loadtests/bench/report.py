@@ -37,6 +37,12 @@ ROWS = [
     ("lines", "SSE, each line its own chunk, streams/s, 64 conn.", "{:,.0f}", True),
     ("lines20", "SSE, per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
     ("anth", "Anthropic per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
+    ("rps_cpu", "single answers: CPU µs per request", "{:,.0f}", False),
+    ("sse_cpu", "SSE static body: CPU µs per stream", "{:,.0f}", False),
+    ("event_cpu", "SSE chunk per event: CPU µs per stream", "{:,.0f}", False),
+    ("lines_cpu", "SSE chunk per line: CPU µs per stream", "{:,.0f}", False),
+    ("lines20_cpu", "SSE per line, 20 ms: CPU µs per stream", "{:,.0f}", False),
+    ("anth_cpu", "Anthropic per line: CPU µs per stream", "{:,.0f}", False),
     ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
     ("ttfb_p99_ms", "burst: TTFB p99 (ms)", "{:.1f}", False),
     ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),
@@ -118,6 +124,13 @@ def targets(samples: Samples) -> list[str]:
                           ("lines20", "SSE relay, per line, 20 ms"),
                           ("sse", "SSE relay, static body")):  # fmt: skip
             check(f"{store}: {what} ≥ 1.0x bare", ratio(rows, gw, "bare", key), 1.0, True)
+        for key, what in (("rps", "single answers"), ("event", "SSE relay, chunk per event"),
+                          ("lines", "SSE relay, chunk per line"),
+                          ("lines20", "SSE relay, per line, 20 ms"),
+                          ("sse", "SSE relay, static body")):  # fmt: skip
+            r = ratio(rows, "bare", gw, f"{key}_cpu")
+            check(f"{store}: {what}, by CPU per request (bare's ÷ gateway's) ≥ 1.0",
+                  r, 1.0, True)  # fmt: skip
         check(f"{store}: Anthropic → OpenAI ≥ 0.9x the bare relay",
               ratio(rows, gw, "bare", "anth"), 0.9, True)  # fmt: skip
         check(f"{store}: added latency p50 ≤ bare's (ms)", median(rows, gw, "p50_add"),
@@ -197,7 +210,9 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
     load = ", ".join(f"{value:.2f}" for value in notes["load"])  # type: ignore[attr-defined]
     profile_lines = []
     for scenario, lines in profiles.items():
-        what = "single answers" if scenario == "json" else "SSE, each line its own chunk"
+        what = {"json": "single answers", "lines": "SSE, each line its own chunk"}.get(
+            scenario, scenario
+        )
         profile_lines += [f"Profile of the gateway worker ({what}, py-spy --gil, inclusive):",
                           "", "```", *lines, "```", ""]  # fmt: skip
     return "\n".join(

@@ -31,7 +31,7 @@ import orjson
 
 from loadtests.bench import contenders as c
 from loadtests.bench import report
-from loadtests.bench.measure import PeakRss, long_streams, wrk, wrk_script
+from loadtests.bench.measure import PeakRss, long_streams, tree_cpu_s, wrk, wrk_script
 
 NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"]
 # measure -> (upstream location, connections); "lat" is the json one at one connection.
@@ -163,8 +163,13 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 wrk(contender.base_url + contender.path(scenario), scripts[name], connections, 1)
             for rnd in range(args.reps):
                 for name, contender in found.items():
+                    cpu_before = tree_cpu_s(contender.pid)
                     result = wrk(contender.base_url + contender.path(scenario), scripts[name],
                                  connections, args.seconds)  # fmt: skip
+                    done = result.requests_per_s * max(1, round(args.seconds))
+                    if measure != "lat" and done:
+                        cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
+                        record(name, f"{measure}_cpu", cpu_us)
                     print(f"  {measure} round {rnd + 1} {name}: {result}", flush=True)
                     if result.bad_responses:
                         bad = notes["bad_responses"]
@@ -186,7 +191,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 record(name, "burst_streams", float(outcome["streams"] or 0))
             notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
         if args.profile and "gateway-sqlite" in found:
-            notes["profile"] = profile(found["gateway-sqlite"], directory, args.seconds)
+            notes["profile"] = profile(found["gateway-sqlite"], directory, args.seconds,
+                                       args.profile_scenarios)  # fmt: skip
     return samples, notes
 
 
@@ -207,10 +213,12 @@ def burst(contender: Contender, seconds: float) -> tuple[dict[str, float | int |
     return outcome, rss.peak_mb
 
 
-def profile(contender: Contender, directory: Path, seconds: float) -> dict[str, list[str]]:
-    """py-spy on the gateway under the non-streamed load and under the per-line stream load."""
+def profile(
+    contender: Contender, directory: Path, seconds: float, scenarios: list[str]
+) -> dict[str, list[str]]:
+    """py-spy on the gateway under each scenario's load (64 connections)."""
     out = {}
-    for scenario in ("json", "lines"):
+    for scenario in scenarios:
         script = wrk_script(directory / f"profile-{scenario}.lua", contender.body(scenario),
                             contender.headers | {"Content-Type": "application/json"})  # fmt: skip
         out[scenario] = report.py_spy(
@@ -232,6 +240,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--burst-seconds", type=float, default=8.0)
     parser.add_argument("--profile", action="store_true", help="py-spy on the gateway worker")
+    parser.add_argument(
+        "--profile-scenarios", type=lambda text: text.split(","), default=["json", "lines"]
+    )
     parser.add_argument(
         "--measures",
         type=lambda text: set(text.split(",")),

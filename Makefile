@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: soak build run test test-py test-rust lint fmt system-deps wheel bench loadtest clean
+.PHONY: soak build run test test-py test-rust lint fmt system-deps wheel bench bench-long loadtest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -97,3 +97,12 @@ bench: $(PY)
 .PHONY: bench-balancer
 bench-balancer: $(PY)
 	$(BIN)/python loadtests/bench/balancer_bench.py 2>/dev/null
+
+# 10,000 streams of one event a second for a minute through one gateway worker (about 2 min).
+bench-long: $(PY)
+	@command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || { \
+	  echo "installing nginx and its echo module from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends nginx libnginx-mod-http-echo >/dev/null; }
+	$(BIN)/maturin develop --release -E dev,load -q
+	taskset -c 1 $(BIN)/python -m loadtests.bench.long_run --write-docs

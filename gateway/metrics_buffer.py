@@ -17,15 +17,16 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 
 class MetricBuffer:
     def __init__(self) -> None:
-        self._counters: dict[Counter, float] = {}
+        self._counters: dict[Counter | Gauge, float] = {}
         self._histograms: dict[Histogram, tuple[list[int], list[float]]] = {}
 
-    def inc(self, child: Counter, amount: float = 1.0) -> None:
+    def inc(self, child: Counter | Gauge, amount: float = 1.0) -> None:
+        """`amount` may be negative for a gauge (its net change is added at the flush)."""
         self._counters[child] = self._counters.get(child, 0.0) + amount
 
     def observe(self, child: Histogram, value: float) -> None:
@@ -40,7 +41,8 @@ class MetricBuffer:
     def flush(self) -> None:
         counters, self._counters = self._counters, {}
         for counter, amount in counters.items():
-            counter.inc(amount)
+            if amount:  # a gauge back where it was needs no write
+                counter.inc(amount)
         histograms, self._histograms = self._histograms, {}
         for histogram, (counts, total) in histograms.items():
             values: list[Any] = histogram._buckets

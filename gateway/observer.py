@@ -32,11 +32,15 @@ class RequestObserver:
         self.request_log = request_log
 
     # -- every HTTP request (middleware) ----------------------------------------------------------
+    # Buffered like the counters (gateway/metrics_buffer.py): two locked mmap writes per stream
+    # become two dictionary additions; the gauge moves by its net change at the next flush.
     def stream_opened(self, route: str) -> None:
-        self.metrics.child(self.metrics.open_streams, route).inc()
+        m = self.metrics
+        m.buffer.inc(m.child(m.open_streams, route), 1.0)
 
     def stream_closed(self, route: str) -> None:
-        self.metrics.child(self.metrics.open_streams, route).dec()
+        m = self.metrics
+        m.buffer.inc(m.child(m.open_streams, route), -1.0)
 
     def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
         """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""

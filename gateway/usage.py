@@ -10,7 +10,6 @@ lines so that an operator can replay them (`UsageEntry` ids make a replay idempo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -70,10 +69,16 @@ class UsageRecorder:
                     log.exception("after-settle check failed for %d entries", len(batch))
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = self._flush_interval_s
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            # A timer that sets the event, not asyncio.wait_for (a task, a future and a
+            # cancellation per period: 50 times a second).
+            timer = loop.call_later(backoff, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             self._wake.clear()
             try:
                 await self.flush()

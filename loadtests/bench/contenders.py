@@ -377,15 +377,29 @@ def bare(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
 
 
 def gateway(
-    name: str, port: int, upstream: str, store_url: str, directory: Path, streams: int = 1024
+    name: str,
+    port: int,
+    upstream: str,
+    store_url: str,
+    directory: Path,
+    streams: int = 1024,
+    source: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """`source`: a directory holding another version's `gateway` package (with its built
+    `_core`), run instead of this one, for a before/after comparison in one run."""
     config = directory / f"{name}.toml"
-    config.write_text(gateway_conf(port, upstream, store_url, streams))
+    text = gateway_conf(port, upstream, store_url, streams)
+    if source is not None:  # an older version may not know the newer [server] fields
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("max_in"))
+    config.write_text(text)
+    env = {"KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     return pinned(
         SERVER_CORE,
         [str(BIN / "klawd"), "serve", "--config", str(config)],
         directory / f"{name}.log",
-        {"KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"},
+        env,
     )
 
 

@@ -26,6 +26,7 @@ TITLES = {
     "bare": "bare-ASGI pass-through",
     "gateway-sqlite": "gateway, embedded",
     "gateway-redis": "gateway, Redis",
+    "gateway-before": "gateway, before (--before)",
 }
 # key, title, format, higher is better
 ROWS = [
@@ -48,7 +49,7 @@ ROWS = [
     ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),
     ("burst_failed", "burst: streams not complete (of all opened)", "{:.0f}", False),
 ]
-GATEWAYS = ("gateway-sqlite", "gateway-redis")
+GATEWAYS = ("gateway-sqlite", "gateway-redis", "gateway-before")
 
 Samples = dict[str, dict[str, list[float]]]
 
@@ -118,7 +119,9 @@ def targets(samples: Samples) -> list[str]:
         out.append(f"- {title}: {value:,.2f} vs {limit:,.2f} → {'met' if met else 'MISSED'}{gap}")
 
     for gw in GATEWAYS:
-        store = "embedded" if gw == "gateway-sqlite" else "Redis"
+        if gw not in samples:
+            continue
+        store = {"gateway-sqlite": "embedded", "gateway-redis": "Redis"}.get(gw, "before")
         for key, what in (("rps", "single answers"), ("event", "SSE relay, chunk per event"),
                           ("lines", "SSE relay, chunk per line"),
                           ("lines20", "SSE relay, per line, 20 ms"),

@@ -34,6 +34,9 @@ from loadtests.bench import report
 from loadtests.bench.measure import PeakRss, long_streams, tree_cpu_s, wrk, wrk_script
 
 NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"]
+# A quick look only (never written to the docs): the gateway of another checkout, embedded store,
+# `--before DIR` (DIR holds that version's `gateway` package with its built `_core`).
+BEFORE = "gateway-before"
 # measure -> (upstream location, connections); "lat" is the json one at one connection.
 WRK_MEASURES = {
     "rps": ("json", 64),
@@ -73,7 +76,9 @@ class Contender:
 
 
 @contextlib.contextmanager
-def started(directory: Path, names: list[str]) -> Iterator[dict[str, Contender]]:
+def started(
+    directory: Path, names: list[str], before: Path | None = None
+) -> Iterator[dict[str, Contender]]:
     """Every process up front; all stopped on the way out, whatever happens."""
     processes: list[subprocess.Popen[bytes]] = []
 
@@ -106,11 +111,13 @@ def started(directory: Path, names: list[str]) -> Iterator[dict[str, Contender]]
         for name, store in (
             ("gateway-sqlite", f"sqlite:///{directory / 'bench.db'}"),
             ("gateway-redis", f"redis://127.0.0.1:{redis_port}/0"),
+            (BEFORE, f"sqlite:///{directory / 'before.db'}"),
         ):
             if name not in names:
                 continue
             port = c.free_port()
-            process = keep(c.gateway(name, port, upstream_url, store, directory))
+            source = before if name == BEFORE else None
+            process = keep(c.gateway(name, port, upstream_url, store, directory, source=source))
             base = f"http://127.0.0.1:{port}"
             c.wait_for(_ready(base), name)
             headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     def record(name: str, measure: str, value: float) -> None:
         samples[name].setdefault(measure, []).append(value)
 
-    with started(directory, args.contenders) as found:
+    with started(directory, args.contenders, args.before) as found:
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
                 continue
@@ -255,8 +262,13 @@ def main() -> int:
         default=NAMES,
         help=f"a comma-separated subset of {','.join(NAMES)} (no --write-docs)",
     )
+    parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    if args.before is not None:
+        if args.write_docs:
+            parser.error("--before is for a quick look (no --write-docs)")
+        args.contenders.append(BEFORE)
     if not args.measures <= set(MEASURES):
         parser.error(f"--measures: choose among {','.join(MEASURES)}")
     if args.write_docs and (args.measures != set(MEASURES) or args.contenders != NAMES):

@@ -10,8 +10,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import httpx
+import openai
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -30,6 +33,28 @@ REPO = Path(__file__).resolve().parent.parent
 KLAWD = str(Path(sys.executable).parent / "klawd")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 UPSTREAM_KEY = "sk-upstream-SECRET-do-not-leak-42"
+
+
+@pytest.fixture(autouse=True)
+def close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every official-SDK client a test makes is closed when the test ends.
+
+    An unclosed client's pooled socket is otherwise closed by the garbage collector in whatever
+    test happens to run then, where `filterwarnings = error` turns its ResourceWarning into a
+    failure of an unrelated test.
+    """
+    made: list[openai.OpenAI | anthropic.Anthropic] = []
+    for sdk_class in (openai.OpenAI, anthropic.Anthropic):
+        original = sdk_class.__init__
+
+        def recording_init(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
+            _original(self, *args, **kwargs)
+            made.append(self)
+
+        monkeypatch.setattr(sdk_class, "__init__", recording_init)
+    yield
+    for sdk_client in made:
+        sdk_client.close()
 
 
 def free_port() -> int:

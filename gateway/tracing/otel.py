@@ -1,10 +1,11 @@
 """The OpenTelemetry SDK behind the gateway's three tracing seams (see gateway/tracing/__init__).
 
-Spans go to `{otlp_endpoint}/v1/traces` (OTLP/HTTP protobuf) through the SDK's batch processor:
-ending a span only queues it; a worker thread of the SDK encodes and sends batches, off the event
-loop. The sampler is parent-based over a trace-id ratio (`sample_ratio`): a sampled incoming
-`traceparent` is followed, otherwise the ratio decides; an unsampled request still has a trace
-id (in its log line and the `traceparent` sent upstream).
+Spans go to `{otlp_endpoint}/v1/traces` (OTLP/HTTP protobuf) from an exporter child process
+(gateway/tracing/pipe.py): ending a span only turns it into a row of plain values; batches of rows
+go down a pipe, and the child encodes and sends them with the official exporter, off the event
+loop and out of the gateway's GIL. The sampler is parent-based over a trace-id ratio
+(`sample_ratio`): a sampled incoming `traceparent` is followed, otherwise the ratio decides; an
+unsampled request still has a trace id (in its log line and the `traceparent` sent upstream).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -24,6 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.requestlog import RequestRecord
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import TelemetrySettings
+from gateway.tracing.pipe import PipeSpanProcessor
 
 # gen_ai.operation.name of the API routes (OpenTelemetry GenAI semantic conventions).
 OPERATIONS: Mapping[str, str] = {
@@ -53,8 +53,10 @@ class Tracing:
             resource=Resource.create({"service.name": settings.service_name}),
             sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
         )
-        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces")
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.exporter = PipeSpanProcessor(
+            settings.otlp_endpoint.rstrip("/") + "/v1/traces", settings.service_name
+        )
+        self.provider.add_span_processor(self.exporter)
         self.tracer = self.provider.get_tracer("klawd-gateway")
         self._propagator = TraceContextTextMapPropagator()
 

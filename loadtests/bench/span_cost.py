@@ -1,7 +1,8 @@
 """Where the CPU of a traced request goes: the OpenTelemetry SDK's span work on the request path
-(the gateway's two spans, started, filled and ended as the gateway does), and the official OTLP
-exporter's protobuf encoding of those spans (done by the batch worker, off the event loop but on
-the same interpreter). No network: spans are collected in memory, then encoded.
+(the gateway's two spans, started, filled and ended as the gateway does), the rows the gateway's
+span processor makes of them for the exporter child (gateway/tracing/pipe.py), and what the child
+does (rebuild the spans, then the official OTLP exporter's protobuf encoding). No network: spans
+are collected in memory, then turned into rows and encoded.
 
     .venv/bin/python -m loadtests.bench.span_cost [--requests 3000]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import msgspec
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,7 +20,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.requestlog import RequestRecord
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import ModelSettings, ProviderSettings, TelemetrySettings
+from gateway.tracing.exporter_child import span_from_row
 from gateway.tracing.otel import Tracing
+from gateway.tracing.pipe import BATCH_SPANS as BATCH
+from gateway.tracing.pipe import span_row
 
 TARGET = CatalogEntry(
     ModelSettings(id="openai/gpt-4o", provider="openai", upstream_model="gpt-4o"),
@@ -49,8 +54,10 @@ def main() -> int:
     args = parser.parse_args()
     if not 100 <= args.requests <= 100_000:
         parser.error("--requests: 100..100000")
-    # an endpoint nothing listens on: the batch processor is replaced before anything is sent
+    # an endpoint nothing listens on: the pipe to the exporter child is closed (and the child
+    # ends) before anything is sent; spans are collected in memory instead
     tracing = Tracing(TelemetrySettings(otlp_endpoint="http://127.0.0.1:9", sample_ratio=1.0))
+    tracing.exporter.shutdown()
     tracing.provider._active_span_processor._span_processors = ()
     collected = InMemorySpanExporter()
     tracing.provider.add_span_processor(SimpleSpanProcessor(collected))
@@ -63,12 +70,26 @@ def main() -> int:
     span_us = (time.process_time() - started) / args.requests * 1e6
     spans = collected.get_finished_spans()
     started = time.process_time()
-    for index in range(0, len(spans), 512):  # the batch processor's batch size
-        encode_spans(spans[index : index + 512]).SerializeToString()
+    frames = [
+        msgspec.msgpack.encode([span_row(s, s.get_span_context()) for s in spans[i : i + BATCH]])
+        for i in range(0, len(spans), BATCH)
+    ]
+    row_us = (time.process_time() - started) / args.requests * 1e6
+    resource = spans[0].resource
+    started = time.process_time()
+    rebuilt = [
+        [span_from_row(row, resource) for row in msgspec.msgpack.decode(frame)] for frame in frames
+    ]
+    rebuild_us = (time.process_time() - started) / args.requests * 1e6
+    started = time.process_time()
+    for batch in rebuilt:
+        encode_spans(batch).SerializeToString()
     encode_us = (time.process_time() - started) / args.requests * 1e6
     print(f"spans per request: {len(spans) / args.requests:.0f}")
     print(f"SDK span work on the request path: {span_us:.0f} us CPU per request")
-    print(f"OTLP protobuf encoding (batch worker): {encode_us:.0f} us CPU per request")
+    print(f"rows and msgpack frames for the exporter child: {row_us:.0f} us CPU per request")
+    print(f"exporter child, spans rebuilt from rows: {rebuild_us:.0f} us CPU per request")
+    print(f"exporter child, OTLP protobuf encoding: {encode_us:.0f} us CPU per request")
     return 0
 
 

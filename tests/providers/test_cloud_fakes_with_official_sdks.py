@@ -6,7 +6,9 @@ auth the way its cloud does: a wrong key, signature or token is refused."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,7 @@ def close_boto_clients() -> Iterator[None]:
     yield
     while BOTO_CLIENTS:
         BOTO_CLIENTS.pop().close()
+    gc.collect()  # a leaked connection fails this test, not a later one
 
 
 def bedrock_client(fake: FakeBedrock, secret: str = SECRET_ACCESS_KEY) -> Any:
@@ -184,11 +187,12 @@ def test_boto3_converse_stream_decodes_the_fake_event_stream(fake_bedrock: FakeB
 def test_boto3_sees_the_fake_stream_exception_and_corrupted_crc(fake_bedrock: FakeBedrock) -> None:
     client = bedrock_client(fake_bedrock)
     stream = client.converse_stream(modelId="fake.stream-throttled", messages=BEDROCK_MESSAGES)
-    with pytest.raises(botocore.exceptions.EventStreamError) as caught:
+    # a stream that raised still holds its connection: closed here, not at garbage collection
+    with closing(stream["stream"]), pytest.raises(botocore.exceptions.EventStreamError) as caught:
         list(stream["stream"])
     assert caught.value.response["Error"]["Code"] == "throttlingException"
     corrupt = client.converse_stream(modelId="fake.corrupt", messages=BEDROCK_MESSAGES)
-    with pytest.raises(Exception, match=r"[Cc]hecksum|CRC"):
+    with closing(corrupt["stream"]), pytest.raises(Exception, match=r"[Cc]hecksum|CRC"):
         list(corrupt["stream"])
 
 

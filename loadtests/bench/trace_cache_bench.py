@@ -49,6 +49,7 @@ class Contender:
     url: str
     body: bytes
     headers: dict[str, str]
+    pid: int = 0  # the gateway's `klawd serve` (0: the floor, not measured for CPU)
 
 
 def sink_conf(directory: Path, port: int) -> str:
@@ -118,10 +119,15 @@ def started(directory: Path) -> Iterator[dict[str, Contender]]:
         ):
             base = gateway(name, extra, upstream, directory, processes)
             if name == "traced-split":
-                for pid in exporter_children(processes[-1].pid):
+                children = exporter_children(processes[-1].pid)
+                if not children:  # e.g. a build that exports from the worker's own threads
+                    print("  traced-split: no exporter child to move", flush=True)
+                for pid in children:
                     os.sched_setaffinity(pid, {int(c.CLIENT_CORE)})
             key = {"authorization": f"Bearer {c.gateway_key(base)}"}
-            found[name] = Contender(name, f"{base}/v1/chat/completions", body, key | asked)
+            found[name] = Contender(
+                name, f"{base}/v1/chat/completions", body, key | asked, processes[-1].pid
+            )
         for contender in found.values():
             c.wait_for(lambda x=contender: _answers(x), contender.name)  # type: ignore[misc]
         yield found
@@ -130,30 +136,52 @@ def started(directory: Path) -> Iterator[dict[str, Contender]]:
             c.stop(process)
 
 
-def exporter_children(root: int) -> list[int]:
-    """The span exporter children (gateway/tracing/exporter_child.py) under process `root`."""
-    parents: dict[int, int] = {}
-    commands: dict[int, bytes] = {}
+@dataclass
+class Proc:
+    parent: int
+    command: bytes
+    cpu_s: float  # user + system
+
+
+def processes_under(root: int) -> dict[int, Proc]:
+    """Every process under `root` (root included), from /proc."""
+    table: dict[int, Proc] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-                commands[int(entry.name)] = (entry / "cmdline").read_bytes()
-    found = []
-    for pid, command in commands.items():
-        if b"gateway.tracing.exporter_child" not in command:
-            continue
-        ancestor = parents.get(pid, 0)
-        for _ in range(8):  # bounded: klawd, then the Granian worker
-            if ancestor in (root, 0):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = Proc(
+                    int(fields[1]),
+                    (entry / "cmdline").read_bytes(),
+                    (int(fields[11]) + int(fields[12])) / tick,
+                )
+    found = {}
+    for pid, proc in table.items():
+        ancestor = pid
+        for _ in range(8):  # bounded: klawd, the Granian worker, the exporter child
+            if ancestor in (root, 0) or ancestor not in table:
                 break
-            ancestor = parents.get(ancestor, 0)
+            ancestor = table[ancestor].parent
         if ancestor == root:
-            found.append(pid)
-    if not found:
-        raise RuntimeError("traced-split: no exporter child found")
+            found[pid] = proc
     return found
+
+
+def is_exporter(proc: Proc) -> bool:
+    return b"gateway.tracing.exporter_child" in proc.command
+
+
+def cpu_s(root: int) -> tuple[float, float]:
+    """CPU seconds so far of the gateway's own processes, and of its exporter children."""
+    procs = processes_under(root).values()
+    child = sum(p.cpu_s for p in procs if is_exporter(p))
+    return sum(p.cpu_s for p in procs) - child, child
+
+
+def exporter_children(root: int) -> list[int]:
+    """The span exporter children (gateway/tracing/exporter_child.py) under process `root`."""
+    return [pid for pid, proc in processes_under(root).items() if is_exporter(proc)]
 
 
 def _answers(contender: Contender) -> bool:
@@ -185,11 +213,17 @@ def run(args: argparse.Namespace, directory: Path) -> Samples:
             order = list(found.items())
             order = order[rnd % len(order) :] + order[: rnd % len(order)]
             for name, x in order:
+                before = cpu_s(x.pid) if x.pid else (0.0, 0.0)
                 result = wrk(x.url, scripts[name], 64, args.seconds)
                 print(f"  rps round {rnd + 1} {name}: {result}", flush=True)
                 if result.bad_responses:
                     raise RuntimeError(f"{name}: {result.bad_responses} bad responses")
                 samples[name].setdefault("rps", []).append(result.requests_per_s)
+                if x.pid:  # CPU per request, whatever share of the core the machine left us
+                    after, served = cpu_s(x.pid), result.requests_per_s * args.seconds
+                    for key, index in (("cpu_us", 0), ("child_us", 1)):
+                        used = (after[index] - before[index]) / served * 1e6
+                        samples[name].setdefault(key, []).append(used)
             for name in ("gateway", "traced"):
                 x = found[name]
                 result = wrk(x.url, scripts[name], 1, args.seconds)
@@ -213,6 +247,8 @@ def section(samples: Samples, args: argparse.Namespace) -> str:
     # one worker saturated on one core: the time per request is the inverse of throughput
     cost_us = (1 / rps["traced"] - 1 / rps["gateway"]) * 1e6
     p50 = {n: statistics.median(samples[n]["p50_ms"]) for n in ("gateway", "traced")}
+    cpu = {n: statistics.median(samples[n]["cpu_us"]) for n in NAMES if n != "floor"}
+    child = {n: statistics.median(samples[n]["child_us"]) for n in NAMES if n != "floor"}
     hit = ratio(samples, "cached", "floor")
     rows = "\n".join(f"| {n} | {rps[n]:,.0f} | {ratio(samples, n, 'floor'):.2f}x |" for n in NAMES)
     verdict = "met" if traced >= 0.9 else "NOT met"
@@ -240,6 +276,14 @@ per-round ratios are what to read).
   process pays the SDK's span bookkeeping and the rows down the pipe; the encoding and the
   posts are the child's): {split:.2f}x, i.e. **{split_us:+.0f} µs per request** in the
   gateway's process (the 10 % target is {split_verdict}).
+- **CPU per request** (the gateway's processes' user + system time over the requests served,
+  per round, median; it does not depend on the share of the core the machine leaves):
+  {cpu["gateway"]:.0f} µs traces off; traces on {cpu["traced"]:.0f} µs in the gateway's process
+  and {child["traced"]:.0f} µs in the exporter child (traced), {cpu["traced-split"]:.0f} µs and
+  {child["traced-split"]:.0f} µs (traced-split): the gateway's process pays
+  **{cpu["traced-split"] - cpu["gateway"]:+.0f} µs** per request for its spans
+  ({cpu["traced-split"] / cpu["gateway"] - 1:+.0%} of its CPU per request), the child
+  {child["traced-split"]:.0f} µs more.
 - **Cache hits** (`x-klawd-cache: on`, every request a hit: auth, admission, the entry from
   the process's 5 s memory of it (one store read before), a ledger entry at no cost, the stored
   answer): **{hit:.2f}x the floor's throughput** (the floor proxies to the upstream; a hit never

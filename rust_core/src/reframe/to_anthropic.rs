@@ -85,13 +85,26 @@ pub(super) struct Function<'a> {
 }
 
 #[derive(Deserialize)]
-pub(super) struct ErrorBody<'a> {
+struct ErrorBody<'a> {
     #[serde(borrow, default, rename = "type")]
-    pub(super) kind: Option<Cow<'a, str>>,
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub(super) code: Option<Cow<'a, str>>,
+    code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub(super) message: Option<Cow<'a, str>>,
+    message: Option<Cow<'a, str>>,
+}
+
+/// The `(type, message)` of an OpenAI-shaped chunk's `error` member, for
+/// `StreamState::upstream_error` (`type` falls back to `code`, then to `"error"`).
+pub(super) fn upstream_error(raw: &RawValue) -> (String, String) {
+    let (kind, message) = match serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
+        Ok(e) => (e.kind.or(e.code), e.message),
+        Err(_) => (None, None),
+    };
+    (
+        kind.map_or_else(|| "error".to_owned(), Cow::into_owned),
+        message.map(Cow::into_owned).unwrap_or_default(),
+    )
 }
 
 /// OpenAI `finish_reason` → Anthropic `stop_reason`.
@@ -413,14 +426,7 @@ impl Reframe for ToAnthropicReframer {
         }
         let chunk: ChunkView<'_> = parse("openai", data)?;
         if let Some(raw) = chunk.error {
-            let (kind, message) = match serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
-                Ok(e) => (e.kind.or(e.code), e.message),
-                Err(_) => (None, None),
-            };
-            st.upstream_error = Some((
-                kind.map_or_else(|| "error".to_owned(), Cow::into_owned),
-                message.map(Cow::into_owned).unwrap_or_default(),
-            ));
+            st.upstream_error = Some(upstream_error(raw));
             return Ok(());
         }
         if let Some(u) = &chunk.usage {

@@ -26,7 +26,7 @@
 
 use std::fmt::Write as _;
 
-use super::to_anthropic::{ChunkView, ErrorBody, ToolCall};
+use super::to_anthropic::{upstream_error, ChunkView, ToolCall};
 use super::{parse, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
@@ -457,16 +457,7 @@ impl Reframe for ToResponsesReframer {
         }
         let chunk: ChunkView<'_> = parse("openai", data)?;
         if let Some(raw) = chunk.error {
-            let (kind, message) = match serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
-                Ok(e) => (e.kind.or(e.code), e.message),
-                Err(_) => (None, None),
-            };
-            st.upstream_error = Some((
-                kind.map_or_else(|| "error".to_owned(), std::borrow::Cow::into_owned),
-                message
-                    .map(std::borrow::Cow::into_owned)
-                    .unwrap_or_default(),
-            ));
+            st.upstream_error = Some(upstream_error(raw));
             return Ok(());
         }
         if let Some(u) = &chunk.usage {

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import msgspec
 import orjson
 from msgspec import Struct
 
@@ -65,6 +64,7 @@ from gateway.schemas.openai import (
     TextPart,
     Tool,
     ToolCall,
+    chat_body,
 )
 
 # -- errors -------------------------------------------------------------------------------------
@@ -280,15 +280,7 @@ def to_chat_request(request: MessagesRequest, raw: bytes) -> Translation:
         user=request.metadata.user_id if request.metadata else None,
         models=request.models,
     )
-    body: dict[str, Any] = orjson.loads(msgspec.json.encode(chat))
-    # `type: "function"` is a default of the Structs (omitted when encoding); OpenAI wants it.
-    for tool in body.get("tools", ()):
-        tool["type"] = "function"
-    for message_body in body["messages"]:
-        for call in message_body.get("tool_calls", ()):
-            call["type"] = "function"
-    if isinstance(body.get("tool_choice"), dict):
-        body["tool_choice"]["type"] = "function"
+    body = chat_body(chat)
     if request.top_k is not None:
         body["top_k"] = request.top_k
     if request.tool_choice is not None and request.tool_choice.disable_parallel_tool_use:

@@ -41,6 +41,7 @@ from gateway.schemas.openai import (
     TextPart,
     Tool,
     ToolCall,
+    chat_body,
 )
 from gateway.schemas.responses import (
     KNOWN_FIELDS,
@@ -143,15 +144,7 @@ def to_chat_request(
         response_format=_response_format(request),
         user=request.user,
     )
-    body: dict[str, Any] = orjson.loads(msgspec.json.encode(chat))
-    # `type: "function"` is a default of the Structs (omitted when encoding); OpenAI wants it.
-    for tool in body.get("tools", ()):
-        tool["type"] = "function"
-    for message_body in body["messages"]:
-        for call in message_body.get("tool_calls", ()):
-            call["type"] = "function"
-    if isinstance(body.get("tool_choice"), dict):
-        body["tool_choice"]["type"] = "function"
+    body = chat_body(chat)
     if request.parallel_tool_calls is not None and tools:
         body["parallel_tool_calls"] = request.parallel_tool_calls
     for key, value in fields.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+import orjson
 from msgspec import Meta, Struct
 
 from gateway.schemas.decoding import decode_json
@@ -179,3 +180,20 @@ _chat_decoder = msgspec.json.Decoder(ChatRequest)
 
 def decode_chat_request(body: bytes) -> ChatRequest:
     return decode_json(_chat_decoder, body)
+
+
+def chat_body(chat: ChatRequest) -> dict[str, Any]:
+    """A built ChatRequest as the JSON object an OpenAI-shaped upstream takes.
+
+    `type: "function"` is a default of the Structs, so encoding leaves it out; OpenAI requires it
+    on tools, assistant tool calls and a named tool_choice, so it is put back here.
+    """
+    body: dict[str, Any] = orjson.loads(msgspec.json.encode(chat))
+    for tool in body.get("tools", ()):
+        tool["type"] = "function"
+    for message_body in body["messages"]:
+        for call in message_body.get("tool_calls", ()):
+            call["type"] = "function"
+    if isinstance(body.get("tool_choice"), dict):
+        body["tool_choice"]["type"] = "function"
+    return body

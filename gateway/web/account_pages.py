@@ -18,7 +18,12 @@ from gateway.metering import utc_day
 from gateway.store.base import Account, UsageRow
 from gateway.web.charts import bar_chart, hbar_chart, money
 from gateway.web.context import Web, redirect, usd, utc
-from gateway.web.key_settings import attributes_from, spend_by_tag
+from gateway.web.key_settings import (
+    attributes_from,
+    form_values,
+    spend_by_tag,
+    submitted_values,
+)
 from gateway.web.quickstart import snippets
 from gateway.web.sessions import Session
 from gateway.webhooks import events
@@ -115,7 +120,9 @@ def pages(web: Web) -> dict[str, object]:
         account: Account,
         new_key: str | None = None,
         error: str | None = None,
+        draft: dict[str, str] | None = None,
     ) -> Response:
+        """`draft`: the create-key form as submitted, shown again with its error."""
         store = app_state(request).store
         keys = await store.list_keys(account.id)
         keys.sort(key=lambda k: (k.revoked_at is not None, -k.created_at))
@@ -128,6 +135,8 @@ def pages(web: Web) -> dict[str, object]:
                 "keys": keys,
                 "spend": spend,
                 "tag_spend": spend_by_tag(keys, spend),
+                "key_values": {k.id: form_values(k.policy) for k in keys},
+                "draft": draft or {},
                 "new_key": new_key,
                 "error": error,
                 "now": time.time(),
@@ -152,13 +161,26 @@ def pages(web: Web) -> dict[str, object]:
             return web.forbidden()
         name = form.get("name") or "default"
         expiry = form.get("expires", "never")
+        draft = {**submitted_values(form), "name": form.get("name"), "expires": expiry}
         if expiry not in EXPIRY_CHOICES or len(name) > 200:
-            return await _keys_page(request, session, account, error="Invalid name or expiry.")
+            return await _keys_page(
+                request, session, account, error="Invalid name or expiry.", draft=draft
+            )
         days = EXPIRY_CHOICES[expiry]
         expires_at = int(time.time() + days * 86400) if days else None
-        _key, plaintext = await accounts.create_key(
-            app_state(request).store, account.id, accounts.NewKey(name=name, expires_at=expires_at)
-        )
+        try:
+            attributes = attributes_from(form)
+            new = accounts.NewKey(
+                name=name,
+                expires_at=expires_at,
+                budget=attributes.budget,
+                limits=attributes.limits,
+                models=attributes.models,
+                tags=attributes.tags,
+            )
+            _key, plaintext = await accounts.create_key(app_state(request).store, account.id, new)
+        except GatewayError as exc:
+            return await _keys_page(request, session, account, error=exc.message, draft=draft)
         return await _keys_page(request, session, account, new_key=plaintext)
 
     async def revoke_key(request: Request) -> Response:

@@ -1,6 +1,7 @@
-"""Mission Control's key settings: the form that sets a key's budgets, limits, allowed models
-and tags (validated by the admin API's rules, gateway/keys.py), and the spend per key and per tag
-shown beside it."""
+"""Mission Control's key attributes: the fields that set a key's budgets, limits, allowed models
+and tags, in the create-key form and in each key's settings form alike (one Jinja macro,
+templates/_key_fields.html; validated by the admin API's rules, gateway/keys.py), and the spend
+per key and per tag shown beside them."""
 
 from __future__ import annotations
 
@@ -11,12 +12,39 @@ import msgspec
 from gateway.errors import InvalidRequest
 from gateway.keys import KeyAttributes
 from gateway.schemas.decoding import decode_json
-from gateway.store.base import ApiKey, KeySpend
+from gateway.store.base import ApiKey, KeyPolicy, KeySpend
 from gateway.web.context import Form
 
 _decoder = msgspec.json.Decoder(KeyAttributes)
 BUDGET_FIELDS = ("usd_per_day", "usd_per_month", "usd_total")
 LIMIT_FIELDS = ("requests_per_minute", "requests_per_day")
+FIELDS = (*BUDGET_FIELDS, *LIMIT_FIELDS, "models", "tags")
+
+
+def _usd_box(micros: int | None) -> str:
+    """Exact to the micro-dollar, without trailing zeros ("2.5", "0.000024")."""
+    if micros is None:
+        return ""
+    return f"{micros / 1_000_000:.6f}".rstrip("0").rstrip(".")
+
+
+def form_values(policy: KeyPolicy) -> dict[str, str]:
+    """What the boxes of a key's settings form hold for its current policy."""
+    budget, limits = policy.budget, policy.limits
+    return {
+        "usd_per_day": _usd_box(budget.day_micros),
+        "usd_per_month": _usd_box(budget.month_micros),
+        "usd_total": _usd_box(budget.total_micros),
+        "requests_per_minute": str(limits.requests_per_minute or ""),
+        "requests_per_day": str(limits.requests_per_day or ""),
+        "models": ", ".join(policy.models),
+        "tags": "".join(f"{name}={value}\n" for name, value in policy.tags.items()),
+    }
+
+
+def submitted_values(form: Form) -> dict[str, str]:
+    """The boxes as the user filled them, to show again beside the error they caused."""
+    return {name: form.get(name) for name in FIELDS}
 
 
 def _number(form: Form, name: str) -> float | None:

@@ -79,8 +79,10 @@ def arrive(driver: WebDriver, path: str) -> None:
         raise
 
 
-def fill(driver: WebDriver, name: str, value: str) -> None:
-    field = driver.find_element(By.NAME, name)
+def fill(driver: WebDriver, name: str, value: str, within: str = "") -> None:
+    """Types into the field `name` (the first one, or the first inside the CSS scope `within`:
+    the create-key form and each key's settings form have the same fields)."""
+    field = driver.find_element(By.CSS_SELECTOR, f'{within} [name="{name}"]'.strip())
     field.clear()
     field.send_keys(value)
 
@@ -221,10 +223,10 @@ def test_a_keys_budget_models_and_tags_are_set_in_the_browser_and_enforced(
     key = browser.find_element(By.ID, "new-key").text
     browser.get(f"{base}/mission-control/keys")
     browser.find_element(By.CSS_SELECTOR, "details.key-settings summary").click()
-    fill(browser, "usd_per_day", "2.5")
-    fill(browser, "requests_per_minute", "30")
-    fill(browser, "models", "openai/gpt-*")
-    fill(browser, "tags", "team=search")
+    fill(browser, "usd_per_day", "2.5", within="details.key-settings")
+    fill(browser, "requests_per_minute", "30", within="details.key-settings")
+    fill(browser, "models", "openai/gpt-*", within="details.key-settings")
+    fill(browser, "tags", "team=search", within="details.key-settings")
     shot(browser, "6-key-settings")
     browser.find_element(By.CSS_SELECTOR, "details.key-settings button[type=submit]").click()
     arrive(browser, "/mission-control/keys")
@@ -253,3 +255,71 @@ def test_a_keys_budget_models_and_tags_are_set_in_the_browser_and_enforced(
     tag_row = browser.find_element(By.CSS_SELECTOR, "#tag-spend tbody tr")
     assert "team=search" in tag_row.text and spent.split(" / ")[0] in tag_row.text
     shot(browser, "7-key-spend")
+
+
+def test_a_key_created_with_budgets_limits_models_and_tags_shows_them_and_bad_ones_say_why(
+    mc_gateway: Gateway, browser: WebDriver
+) -> None:
+    base = mc_gateway.base_url
+    new_key_form = "#create-key-form"
+    sign_up(browser, base, "Creators")
+    browser.get(f"{base}/mission-control/keys")
+    fill(browser, "name", "batch-jobs", within=new_key_form)
+    browser.find_element(By.CSS_SELECTOR, "#new-key-attributes summary").click()
+    for name, value in (
+        ("usd_per_day", "1.25"),
+        ("usd_total", "40"),
+        ("requests_per_minute", "12"),
+        ("requests_per_day", "500"),
+        ("models", "openai/gpt-*, klawd/standard"),
+        ("tags", "team=batch\nenv=staging"),
+    ):
+        fill(browser, name, value, within=new_key_form)
+    shot(browser, "8-create-key-with-attributes")
+    browser.find_element(By.ID, "create-key").click()
+    key = browser.find_element(By.ID, "new-key").text
+    assert key.startswith("sk-klawd-")
+    row = browser.find_element(By.CSS_SELECTOR, "#keys-table tbody tr")
+    assert row.find_element(By.CSS_SELECTOR, ".budget").text == "$1.25 / none / $40.00"
+    assert row.find_element(By.CSS_SELECTOR, ".models").text == "openai/gpt-*, klawd/standard"
+    assert row.find_element(By.CSS_SELECTOR, ".tags").text.split() == ["team=batch", "env=staging"]
+    row.find_element(By.CSS_SELECTOR, "details.key-settings summary").click()
+    settings = {
+        name: row.find_element(By.CSS_SELECTOR, f'[name="{name}"]').get_attribute("value")
+        for name in ("usd_per_day", "usd_month", "requests_per_minute", "requests_per_day")
+        if row.find_elements(By.CSS_SELECTOR, f'[name="{name}"]')
+    }
+    assert settings == {
+        "usd_per_day": "1.25",
+        "requests_per_minute": "12",
+        "requests_per_day": "500",
+    }
+    shot(browser, "9-created-key-attributes")
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):  # the new key's allowlist holds at once
+        client.chat.completions.create(
+            model="klawd/echo", messages=[{"role": "user", "content": "not on the list"}]
+        )
+    client.close()
+
+    for field, bad, named in (
+        ("usd_per_day", "-1", "budget.usd_per_day"),
+        ("models", "openai/[gpt]", "models[0]"),
+    ):
+        browser.get(f"{base}/mission-control/keys")
+        fill(browser, "name", "rejected", within=new_key_form)
+        browser.find_element(By.CSS_SELECTOR, "#new-key-attributes summary").click()
+        fill(browser, "models", "openai/*", within=new_key_form)
+        fill(browser, field, bad, within=new_key_form)
+        browser.find_element(By.ID, "create-key").click()
+        error = browser.find_element(By.CSS_SELECTOR, ".error[role=alert]").text
+        assert named in error, error
+        assert not browser.find_elements(By.ID, "new-key"), "no key was made"
+        form = browser.find_element(By.CSS_SELECTOR, new_key_form)
+        kept = form.find_element(By.CSS_SELECTOR, f'[name="{field}"]').get_attribute("value")
+        assert kept == bad, "the form comes back as typed"
+    shot(browser, "10-create-key-refused")
+    names = [
+        td.text for td in browser.find_elements(By.CSS_SELECTOR, "#keys-table tbody td:first-child")
+    ]
+    assert names == ["batch-jobs"], "the refused forms made no key"

@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
@@ -182,20 +182,8 @@ class GatewayMiddleware:
         if declared_length is not None and declared_length > self.max_body_bytes:
             await send_json_bytes(send_with_id, too_large.status, _body(scope, too_large), {})
             return
-        received = 0
         bodies = record.bodies if record is not None else None
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise too_large
-                if bodies is not None:
-                    bodies.request.add(message.get("body", b""))
-            return message
-
+        limited_receive = LimitedReceive(receive, self.max_body_bytes, too_large, bodies)
         app = self.app
         route = self.direct_routes.get(scope["path"])
         if route is not None and route.methods is not None and scope["method"] in route.methods:
@@ -216,6 +204,46 @@ class GatewayMiddleware:
             if not started:
                 error = InternalError(INTERNAL_ERROR_MESSAGE)
                 await send_json_bytes(send_with_id, error.status, _body(scope, error), {})
+
+
+class LimitedReceive:
+    """`receive` with the body-size limit (and the body capture). Once the body is whole, the
+    server's own `receive()` is handed out as it is: Granian's is a future that takes a done
+    callback, so a stream learns of the client's disconnect without a task of its own
+    (gateway/api/streaming.py)."""
+
+    __slots__ = ("_bodies", "_limit", "_receive", "_received", "_too_large", "whole")
+
+    def __init__(
+        self,
+        receive: Receive,
+        limit: int,
+        too_large: RequestTooLarge,
+        bodies: BodyCapture | None,
+    ) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._too_large = too_large
+        self._bodies = bodies
+        self._received = 0
+        self.whole = False
+
+    def __call__(self) -> Awaitable[Message]:
+        if self.whole:
+            return self._receive()
+        return self._limited()
+
+    async def _limited(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            body = message.get("body", b"")
+            self._received += len(body)
+            if self._received > self._limit:
+                raise self._too_large
+            if self._bodies is not None:
+                self._bodies.request.add(body)
+            self.whole = not message.get("more_body", False)
+        return message
 
 
 def _body(scope: Scope, error: GatewayError) -> bytes:

@@ -1,12 +1,13 @@
 """The event-stream response: relays SSE pieces to the client in the request's own task.
 
-Per stream there is the request's task, which awaits the next piece and sends it, and one small
-task that waits for the client's `http.disconnect`. Nothing else runs per piece:
+Per stream there is the request's task, which awaits the next piece and sends it, and a done
+callback on the server's `receive()` future, which learns of the client's `http.disconnect`
+(under Granian no task: the future is the server's own). Nothing else runs per piece:
 
 - keepalive: one timer per stream, re-armed only when it fires, looks at the time of the last
   piece; after `keepalive_s` of silence it sends `keepalive` (a comment, or the Messages API's
   `event: ping`) while the request's task is still waiting on the upstream;
-- disconnect: the watcher cancels the request's task, wherever it is waiting (on the upstream
+- disconnect: the callback cancels the request's task, wherever it is waiting (on the upstream
   or on a slow client); the pieces' generator is closed, so whatever it holds (the upstream
   response, the ledger entry in its `finally`) is released at once.
 
@@ -52,12 +53,17 @@ async def send_event_stream(
     last_sent = loop.time()
     pinging: asyncio.Future[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    watcher: asyncio.Future[Message]  # the client's next message (re-armed until the disconnect)
 
-    def on_disconnect(watcher: asyncio.Task[None]) -> None:
-        nonlocal client_gone
-        if not finished and not watcher.cancelled() and watcher.exception() is None:
-            client_gone = True
-            task.cancel()
+    def on_message(message: asyncio.Future[Message]) -> None:
+        nonlocal client_gone, watcher
+        if finished or message.cancelled() or message.exception() is not None:
+            return
+        if message.result()["type"] != "http.disconnect":
+            watcher = _watch(receive, on_message)  # not the end yet: wait for the next one
+            return
+        client_gone = True
+        task.cancel()
 
     def check_silence() -> None:
         nonlocal timer, pinging, last_sent
@@ -71,8 +77,7 @@ async def send_event_stream(
         timer = loop.call_later(keepalive_s - silent_s, check_silence)
 
     raw_headers = [(b"content-type", EVENT_STREAM), *encode_headers(headers)]
-    watcher = loop.create_task(_disconnected(receive))
-    watcher.add_done_callback(on_disconnect)
+    watcher = _watch(receive, on_message)
     timer = loop.call_later(keepalive_s, check_silence)
     if drain is not None:
         drain.streams.add(task)
@@ -102,7 +107,7 @@ async def send_event_stream(
             drain.streams.discard(task)
         if timer is not None:
             timer.cancel()
-        watcher.remove_done_callback(on_disconnect)
+        watcher.remove_done_callback(on_message)
         watcher.cancel()
         if drained:  # the relay bills with the drain's status if it is still suspended
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,9 +137,15 @@ def _ignore_result(future: asyncio.Future[None]) -> None:
         future.exception()  # a failed keepalive means the client left: the watcher handles it
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def _watch(
+    receive: Receive, on_message: Callable[[asyncio.Future[Message]], None]
+) -> asyncio.Future[Message]:
+    """The client's next message as a future with `on_message` as its done callback. Granian's
+    `receive()` (once the body is read: gateway/api/middleware.py) already is such a future, so
+    no task is made per stream; another server's coroutine becomes a task, as before."""
+    watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(on_message)
+    return watcher
 
 
 class EventStreamResponse(Response):

@@ -228,3 +228,98 @@ def test_a_drain_event_can_be_written_when_the_drain_comes() -> None:
     bodies, _, _ = drained_run(False, event)
     assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
     assert made == ["now"]
+
+
+class FutureClient(Client):
+    """A server whose receive() is a future, as Granian's is: the stream watches it with a
+    done callback instead of a task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receives = 0
+
+    def receive_future(self) -> asyncio.Future[dict[str, Any]]:
+        self.receives += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def answer(_: asyncio.Task[bool]) -> None:
+            if not future.done():
+                future.set_result({"type": "http.disconnect"})
+
+        asyncio.ensure_future(self.left.wait()).add_done_callback(answer)
+        return future
+
+
+def test_a_server_future_is_watched_without_a_task_and_its_disconnect_closes_the_source() -> None:
+    async def main() -> tuple[int, bool, int, int]:
+        client = FutureClient()
+        closed = asyncio.Event()
+        tasks_while_open = -1
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            nonlocal tasks_while_open
+            try:
+                tasks_while_open = len(asyncio.all_tasks())
+                yield b"data: first\n\n"
+                await asyncio.Event().wait()
+                yield b"never"
+            finally:
+                closed.set()
+
+        tasks_before = len(asyncio.all_tasks())
+        send_task = asyncio.current_task()
+        assert send_task is not None
+
+        async def leave_after_first() -> None:
+            await client.got_body.wait()
+            client.left.set()
+
+        leaver = asyncio.ensure_future(leave_after_first())
+        await send_event_stream(client.receive_future, client.send, {}, pieces(), 30)
+        await leaver
+        await asyncio.sleep(0)
+        cancelling = send_task.cancelling()
+        return tasks_while_open - tasks_before, closed.is_set(), client.receives, cancelling
+
+    new_tasks, closed, receives, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert new_tasks == 2, "the leaver and the fake server's own waiter, no watcher task"
+    assert closed
+    assert receives == 1
+    assert cancelling == 0
+
+
+def test_a_server_future_that_answers_other_messages_is_watched_again() -> None:
+    async def main() -> tuple[int, bool]:
+        client = FutureClient()
+        closed = asyncio.Event()
+        answers = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+        def receive() -> asyncio.Future[dict[str, Any]]:
+            message = next(answers, None)
+            if message is None:
+                return client.receive_future()
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            future.set_result(message)
+            return future
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            try:
+                yield b"data: first\n\n"
+                await asyncio.Event().wait()
+                yield b"never"
+            finally:
+                closed.set()
+
+        async def leave_after_first() -> None:
+            await client.got_body.wait()
+            await asyncio.sleep(0)
+            client.left.set()
+
+        leaver = asyncio.ensure_future(leave_after_first())
+        await send_event_stream(receive, client.send, {}, pieces(), 30)
+        await leaver
+        return client.receives, closed.is_set()
+
+    receives, closed = asyncio.run(asyncio.wait_for(main(), 5))
+    assert receives == 1, "after the stray message, the next receive() is watched"
+    assert closed

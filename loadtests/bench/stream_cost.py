@@ -1,0 +1,263 @@
+"""What a stream costs the gateway's own process: CPU per stream and memory per open stream.
+
+    .venv/bin/python -m loadtests.bench.stream_cost [--streams 3000] [--open 1000] [--tree DIR]
+
+In-process, as the metering bench: the ASGI app driven directly (embedded store, everything
+on), its upstream the `make bench` nginx (loadtests/bench/contenders.py) on loopback, pinned to
+the other core. The driver's `receive()` answers with a future, as Granian's does, so what the
+gateway does to watch for the disconnect is what it does under Granian. CPU is this process's
+user + system time (the upstream's is nginx's, not counted) over the streams, 64 at a time;
+the driver's own share is in it, alike for every tree. Memory: `--open` streams of the
+minute-long upstream (an event a second) held open together, measured once all have their
+first event (then their clients leave): Python's allocations (tracemalloc, with the top sites)
+and the process's RSS growth per stream, in two passes (tracemalloc off for the RSS one).
+
+`--tree DIR`: a checkout's `gateway` package (with its built `_core`) measured instead, for a
+before/after comparison (run the command once per tree, back to back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if "--tree" in sys.argv:
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
+
+import orjson  # noqa: E402
+
+from gateway.app import create_app  # noqa: E402
+from gateway.settings import load_settings  # noqa: E402
+from loadtests.bench.contenders import (  # noqa: E402
+    CLIENT_CORE,
+    gateway_conf,
+    gateway_model,
+    nginx,
+    stop,
+    upstream_conf,
+    wait_for,
+)
+from loadtests.bench.metering_bench import ADMIN, Harness  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+CONCURRENCY = 64
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE
+
+
+class Driver:
+    """Streams through the app in-process; `receive()` after the body is a future (Granian's
+    is one) resolved with `http.disconnect` when the answer has ended."""
+
+    def __init__(self, harness: Harness, key: str) -> None:
+        self.harness = harness
+        self.headers = [
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+        ]
+        self.open: set[asyncio.Future[dict[str, Any]]] = set()
+
+    def leave_all(self) -> None:
+        """Every open stream's client disconnects."""
+        for ended in self.open:
+            if not ended.done():
+                ended.set_result({"type": "http.disconnect"})
+
+    async def stream(self, model: str, first: asyncio.Event | None = None) -> int:
+        body = orjson.dumps(
+            {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[dict[str, Any]] = loop.create_future()
+        body_sent = False
+        size = 0
+
+        def receive() -> asyncio.Future[dict[str, Any]]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                message: asyncio.Future[dict[str, Any]] = loop.create_future()
+                message.set_result({"type": "http.request", "body": body, "more_body": False})
+                return message
+            return ended
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal size
+            if message["type"] == "http.response.start":
+                if message["status"] != 200:
+                    raise RuntimeError(f"status {message['status']}")
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+                if first is not None and not first.is_set():
+                    first.set()
+                if not message.get("more_body") and not ended.done():
+                    ended.set_result({"type": "http.disconnect"})
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [*self.headers, (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+            "state": dict(self.harness.lifespan_state),
+        }
+        self.open.add(ended)
+        try:
+            await self.harness.app(scope, receive, send)  # type: ignore[arg-type]
+        finally:
+            self.open.discard(ended)
+        return size
+
+
+async def new_key(harness: Harness) -> str:
+    admin = {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+    status, body = await harness.request(
+        "POST", "/admin/accounts", orjson.dumps({"name": "bench", "plan": "bench"}), admin
+    )
+    assert status == 201, body
+    account_id = orjson.loads(body)["id"]
+    status, body = await harness.request("POST", f"/admin/accounts/{account_id}/keys", b"{}", admin)
+    assert status == 201, body
+    key: str = orjson.loads(body)["key"]
+    return key
+
+
+async def cpu_per_stream(driver: Driver, scenario: str, streams: int) -> float:
+    model = gateway_model(scenario)
+    for _ in range(2):  # warm: connections in the pool, caches
+        await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))
+    rounds = max(1, streams // CONCURRENCY)
+    started = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    for _ in range(rounds):
+        await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))
+    return (
+        (sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - started) * 1e6 / (rounds * CONCURRENCY)
+    )
+
+
+async def open_together(driver: Driver, count: int, traced: bool) -> dict[str, Any]:
+    """`count` streams of the upstream's minute-long stream (an event a second) open at once;
+    what they hold once all have their first event; then their clients leave."""
+    model = gateway_model("long")
+    warm = [asyncio.ensure_future(driver.stream(model)) for _ in range(32)]
+    await asyncio.sleep(1)
+    driver.leave_all()
+    await asyncio.gather(*warm)
+    gc.collect()
+    if traced:
+        tracemalloc.start(1)
+    base_traced = tracemalloc.get_traced_memory()[0] if traced else 0
+    base_snapshot = tracemalloc.take_snapshot() if traced else None
+    base_rss = rss_bytes()
+    firsts = [asyncio.Event() for _ in range(count)]
+    tasks = [asyncio.ensure_future(driver.stream(model, first)) for first in firsts]
+    await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 60)
+    result: dict[str, Any] = {"rss_per_stream_kb": (rss_bytes() - base_rss) / count / 1024}
+    if traced and base_snapshot is not None:
+        result["python_per_stream_kb"] = (
+            (tracemalloc.get_traced_memory()[0] - base_traced) / count / 1024
+        )
+        top = tracemalloc.take_snapshot().compare_to(base_snapshot, "lineno")[:30]
+        result["top"] = [
+            (f"{stat.traceback[0].filename.split('site-packages/')[-1].replace(str(REPO), '')}"
+             f":{stat.traceback[0].lineno}", stat.size_diff / count)
+            for stat in top
+        ]  # fmt: skip
+        tracemalloc.stop()
+    driver.leave_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    return result
+
+
+async def run(args: argparse.Namespace, upstream: str) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="klawd-stream-cost-"))
+    conf = gateway_conf(0, upstream, "")
+    extra = conf[conf.index("[plans.bench]") :]
+    extra = extra.replace("pool_size = 4096", f"pool_size = {max(4096, args.open)}")
+    harness = Harness(f"sqlite:///{directory / 'bench.db'}", extra)
+    config = directory / "klawd.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{directory / "bench.db"}"\n{extra}')
+    harness.app = create_app(  # the upstream's key named by the config, as `make bench` sets it
+        load_settings(config), {"KLAWD_ADMIN_TOKEN": ADMIN, "BENCH_UPSTREAM_KEY": "bench"}
+    )
+    await harness.start()
+    try:
+        driver = Driver(harness, await new_key(harness))
+        for scenario in filter(None, args.scenarios.split(",")):
+            samples = [await cpu_per_stream(driver, scenario, args.streams) for _ in range(3)]
+            print(
+                f"cpu {scenario}: {statistics.median(samples):.0f} us per stream "
+                f"(runs: {', '.join(f'{s:.0f}' for s in samples)})",
+                flush=True,
+            )
+        if args.open:
+            plain = await open_together(driver, args.open, traced=False)
+            print(f"open {args.open}: RSS +{plain['rss_per_stream_kb']:.1f} KB per stream")
+            traced = await open_together(driver, args.open, traced=True)
+            print(f"open {args.open}: Python +{traced['python_per_stream_kb']:.2f} KB per stream")
+            for site, size in traced["top"]:
+                print(f"  {size:8.0f} B  {site}")
+    finally:
+        await harness.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=3000, help="per CPU run (3 runs)")
+    parser.add_argument("--scenarios", default="sse,event,lines")
+    parser.add_argument("--open", type=int, default=1000, help="streams held open (0: skip)")
+    parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
+    args = parser.parse_args()
+    import gateway
+
+    print(f"gateway from {Path(gateway.__file__).parent}", flush=True)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    directory = Path(tempfile.mkdtemp(prefix="klawd-stream-cost-up-"))
+    port = free_port()
+    upstream = nginx(upstream_conf(directory, port), directory, "upstream", CLIENT_CORE)
+    try:
+        wait_for(lambda: _listening(port), "the upstream")
+        try:
+            import uvloop
+
+            uvloop.run(run(args, f"http://127.0.0.1:{port}"))
+        except ImportError:
+            asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+    finally:
+        stop(upstream)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+if __name__ == "__main__":
+    main()

@@ -86,6 +86,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             )
     ticket.retries = len(tries) - 1
     if chat.stream:
+        del body  # the request body (the whole prompt) is not held for the stream's life
         if lookup is not None and lookup.key is not None:
             stream = AssemblingStream(stream, state.cache.saver(lookup, target))
         await send_event_stream(

@@ -76,13 +76,19 @@ async def send_event_stream(
             silent_s = 0.0
         timer = loop.call_later(keepalive_s - silent_s, check_silence)
 
-    raw_headers = [(b"content-type", EVENT_STREAM), *encode_headers(headers)]
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", EVENT_STREAM), *encode_headers(headers)],
+    }
+    del headers  # this frame lives as long as the stream: it holds neither form of the headers
     watcher = _watch(receive, on_message)
     timer = loop.call_later(keepalive_s, check_silence)
     if drain is not None:
         drain.streams.add(task)
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        await send(start)
+        del start
         async for piece in pieces:
             waiting_on_source = False
             if pinging is not None and not pinging.done():

@@ -23,9 +23,11 @@ from gateway.routing.health import Health
 from gateway.routing.retry import Retrier
 from gateway.settings import Settings
 from gateway.store import Store, open_store
+from gateway.store.base import CreditGrant, UsageEntry
 from gateway.store_metrics import timed_store
 from gateway.usage import UsageRecorder
 from gateway.webhooks.budgets import BudgetWatch
+from gateway.webhooks.credits import CreditWatch
 from gateway.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("klawd")
@@ -121,7 +123,11 @@ async def build_state(
             accounts.clear()
 
     store.on_invalidate(invalidate)
-    recorder = UsageRecorder(store, after_settle=budgets.settled)
+
+    async def key_budgets(batch: list[UsageEntry], _grants: dict[str, CreditGrant]) -> None:
+        await budgets.settled(batch)
+
+    recorder = UsageRecorder(store, after_settle=(key_budgets, CreditWatch(store).settled))
     recorder.start()
     retrier = Retrier(
         lambda target: settings.provider_retry(target.model.provider),

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from gateway.store.base import Store, UsageEntry
+from gateway.store.base import CreditGrant, Store, UsageEntry
 
 log = logging.getLogger("klawd.usage")
+
+# Told of every settled batch and of the accounts' credit grants after it.
+SettleHook = Callable[[list[UsageEntry], dict[str, CreditGrant]], Awaitable[None]]
 
 
 class UsageRecorder:
@@ -32,12 +35,13 @@ class UsageRecorder:
         store: Store,
         flush_interval_s: float = 0.02,
         max_batch: int = 500,
-        after_settle: Callable[[list[UsageEntry]], Awaitable[None]] | None = None,
+        after_settle: Sequence[SettleHook] = (),
     ) -> None:
         self._store = store
-        # Told of every settled batch (the budget thresholds, gateway/webhooks/budgets.py); its
-        # failure is logged and never settles a batch twice.
-        self._after_settle = after_settle
+        # Told of every settled batch (the budget thresholds of keys and of accounts' credit,
+        # gateway/webhooks/budgets.py and credits.py); a hook's failure is logged, keeps no
+        # other hook from running and never settles a batch twice.
+        self._after_settle = tuple(after_settle)
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self._pending: list[UsageEntry] = []
@@ -60,11 +64,11 @@ class UsageRecorder:
     async def flush(self) -> None:
         while self._pending:
             batch = self._pending[: self._max_batch]
-            await self._store.settle(batch)
+            grants = await self._store.settle(batch)
             del self._pending[: len(batch)]
-            if self._after_settle is not None:
+            for hook in self._after_settle:
                 try:
-                    await self._after_settle(batch)
+                    await hook(batch, grants)
                 except Exception:
                     log.exception("after-settle check failed for %d entries", len(batch))
 

@@ -34,6 +34,18 @@ class Account(Struct, frozen=True):
     created_at: int
 
 
+class CreditGrant(Struct, frozen=True):
+    """An account's credit since its last grant (its creation's starting credit, or credits
+    added later): the balance it then showed, the cost settled since, and the grant's number
+    (1 at creation, +1 per top-up), which names the period of the `budget.threshold` events of
+    the account's credit (gateway/webhooks/credits.py)."""
+
+    seq: int
+    granted_micros: int
+    granted_at: int  # unix seconds
+    spent_micros: int
+
+
 class KeyBudget(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     """A key's spending caps in integer micro-dollars per UTC day, UTC month and in total."""
 
@@ -221,7 +233,10 @@ class Store(Protocol):
         ...
 
     async def count_accounts(self) -> int: ...
-    async def create_account(self, name: str, plan: str, credits_micros: int) -> Account: ...
+    async def create_account(self, name: str, plan: str, credits_micros: int) -> Account:
+        """The starting credit is the account's first grant."""
+        ...
+
     async def get_account(self, account_id: str) -> Account | None: ...
     async def update_account(
         self,
@@ -230,7 +245,11 @@ class Store(Protocol):
         plan: str | None = None,
         limits: CustomLimits | None = None,
         add_credits_micros: int = 0,
-    ) -> Account | None: ...
+    ) -> Account | None:
+        """Credits added (> 0) are a new grant: the account's balance right after them (as the
+        returned account shows it) becomes the grant, counted from zero spent."""
+        ...
+
     async def create_key(
         self,
         account_id: str,
@@ -256,8 +275,11 @@ class Store(Protocol):
         ...
 
     async def release_credits(self, account_id: str, micros: int) -> None: ...
-    async def settle(self, entries: list[UsageEntry]) -> None:
-        """Record the entries and settle their reservations, each atomically."""
+    async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
+        """Record the entries and settle their reservations, each atomically; each entry's cost
+        also counts against its account's current grant. Returns the grant of each account whose
+        entries settled now, as it stands after them (accounts with no recorded grant, made
+        before grants were, and entries settled before are left out)."""
         ...
 
     async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:

@@ -2,7 +2,8 @@
 
 Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL touches one slot):
 
-    klawd:acct:{A}              hash: name, plan, limits (JSON), created_at
+    klawd:acct:{A}              hash: name, plan, limits (JSON), created_at, and the credit
+                                grant: grant_seq, grant (micros), grant_at, grant_spent
     klawd:acct:{A}:credits      integer micro-dollars
     klawd:acct:{A}:rpm|rpd|tpm  limiter state (gateway/store/lua/klawd.lua)
     klawd:acct:{A}:usage:DAY    hash: "<model>|requests", "<model>|cost_micros", …
@@ -46,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.limits import Limiter
 from gateway.store.base import (
     Account,
+    CreditGrant,
     CustomLimits,
     StoreError,
     UsageEntry,
@@ -280,6 +282,11 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                         "plan": plan,
                         "limits": "{}",
                         "created_at": account.created_at,
+                        # the starting credit is the first grant
+                        "grant_seq": 1,
+                        "grant": credits_micros,
+                        "grant_at": account.created_at,
+                        "grant_spent": 0,
                     },
                 )
                 pipe.set(f"{key}:credits", credits_micros)
@@ -327,7 +334,11 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             mapping["limits"] = msgspec.json.encode(limits).decode()
         if mapping:
             await self._call("HSET", key, *[x for pair in mapping.items() for x in pair])
-        if add_credits_micros:
+        if add_credits_micros > 0:
+            await self.fcall(
+                "klawd_grant_v1", [key, f"{key}:credits"], [add_credits_micros, int(time.time())]
+            )
+        elif add_credits_micros:
             await self._call("INCRBY", f"{key}:credits", add_credits_micros)
         await self._publish("account", account_id)
         return await self.get_account(account_id)
@@ -340,20 +351,21 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
     async def release_credits(self, account_id: str, micros: int) -> None:
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
-    async def settle(self, entries: list[UsageEntry]) -> None:
-        """One round trip for the batch (a pipeline of klawd_settle_v3 calls); each entry is
+    async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
+        """One round trip for the batch (a pipeline of klawd_settle_v4 calls); each entry is
         atomic and idempotent, so a batch retried after a lost reply settles nothing twice."""
         commands = [
             (
                 "FCALL",
-                "klawd_settle_v3",
-                8,
+                "klawd_settle_v4",
+                9,
                 f"{key}:credits",
                 f"{key}:usage:{entry.day}",
                 f"{key}:ledger",
                 f"{key}:settled:{entry.id}",
                 f"{key}:kusage:{entry.day}",
                 *_spend_keys(entry.account_id, entry.key_id or "-", entry.day),
+                key,
                 entry.reserved_micros - entry.cost_micros,
                 entry.model or "-",
                 entry.prompt_tokens,
@@ -384,6 +396,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             if any("function not found" in str(r).lower() for r in failed):
                 self._library_loaded = False  # reloaded on the retry of the whole batch
             raise StoreError(f"redis settle failed for {len(failed)} of {len(entries)} entries")
+        return _grants_after(entries, results)
 
     async def _daily(
         self, account_id: str, since_day: str, until_day: str, kind: str
@@ -421,3 +434,17 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             )
             for day, model, m in await self._daily(account_id, since_day, until_day, "usage")
         ]
+
+
+def _grants_after(entries: list[UsageEntry], results: list[Any]) -> dict[str, CreditGrant]:
+    """Each account's grant after the batch, from klawd_settle_v4's replies: the latest grant
+    and, within it, the most spent (the replies of one account's entries only ever grow)."""
+    grants: dict[str, CreditGrant] = {}
+    for entry, result in zip(entries, results, strict=True):
+        if not isinstance(result, list) or int(result[1]) == 0:
+            continue  # settled before, or no grant recorded
+        grant = CreditGrant(int(result[1]), int(result[2]), int(result[3]), int(result[4]))
+        known = grants.get(entry.account_id)
+        if known is None or (grant.seq, grant.spent_micros) > (known.seq, known.spent_micros):
+            grants[entry.account_id] = grant
+    return grants

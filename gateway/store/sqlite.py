@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import msgspec
 
 from gateway.limits import EmbeddedLimiter, Limiter
-from gateway.store import sqlite_keys
+from gateway.store import sqlite_grants, sqlite_keys
 from gateway.store.base import (
     Account,
+    CreditGrant,
     CustomLimits,
     StoreError,
     UsageEntry,
@@ -84,9 +85,10 @@ CREATE TABLE IF NOT EXISTS response_cache (
 CREATE INDEX IF NOT EXISTS response_cache_expiry ON response_cache(expires_at);
 """
 
+# The starting credit is the account's first grant (gateway/store/sqlite_grants.py).
 INSERT_ACCOUNT = (
-    "INSERT INTO accounts (id, name, plan, credits_micros, limits, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO accounts (id, name, plan, credits_micros, limits, created_at, grant_seq,"
+    " grant_micros, grant_at, grant_spent) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, 0)"
 )
 SELECT_ACCOUNT = (
     "SELECT id, name, plan, credits_micros, limits, created_at FROM accounts WHERE id = ?"
@@ -144,6 +146,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA + WEBHOOK_SCHEMA + RESPONSES_SCHEMA + sqlite_keys.KEY_SCHEMA)
             sqlite_keys.migrate_keys(conn)
+            sqlite_grants.migrate_grants(conn)
             self._conn = conn
         return self._conn
 
@@ -241,8 +244,10 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         account = Account(new_id("acct"), name, plan, credits_micros, CustomLimits(), _now())
 
         def insert(conn: sqlite3.Connection) -> None:
+            created = account.created_at
             conn.execute(
-                INSERT_ACCOUNT, (account.id, name, plan, credits_micros, "{}", account.created_at)
+                INSERT_ACCOUNT,
+                (account.id, name, plan, credits_micros, "{}", created, credits_micros, created),
             )
 
         await self._run(insert)
@@ -288,7 +293,10 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                         account_id,
                     ),
                 )
-                return self._get(conn, account_id)
+                account = self._get(conn, account_id)
+                if account is not None and add_credits_micros > 0:
+                    sqlite_grants.new_grant(conn, account_id, account.credits_micros, _now())
+                return account
             finally:
                 conn.execute("COMMIT")
 
@@ -330,13 +338,13 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         else:
             self._reserved.pop(account_id, None)
 
-    async def settle(self, entries: list[UsageEntry]) -> None:
+    async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
         """One transaction per batch, set-based (a few statements, not two per entry), so the
         writer thread holds the GIL briefly: the ids already in the ledger are looked up first
         and skipped (a replayed entry settles nothing twice), the rest are inserted with one
         executemany, and each account's balance moves once by the sum of its new costs."""
 
-        def settle(conn: sqlite3.Connection) -> None:
+        def settle(conn: sqlite3.Connection) -> dict[str, CreditGrant]:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 seen = _ledger_ids(conn, [entry.id for entry in entries])
@@ -352,6 +360,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 for entry in settled:
                     costs[entry.account_id] = costs.get(entry.account_id, 0) + entry.cost_micros
                 conn.executemany(SETTLE, [(-cost, account) for account, cost in costs.items()])
+                grants = sqlite_grants.charge(conn, costs)
                 key_totals = sqlite_keys.record_spend(conn, settled)
                 balances = {
                     account_id: row[0]
@@ -367,8 +376,9 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                     self._release(entry.account_id, entry.reserved_micros)
                 self._balance.update(balances)
             self._key_spend.settled(settled, key_totals)
+            return grants
 
-        await self._run(settle)
+        return await self._run(settle)
 
     async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:
         def select(conn: sqlite3.Connection) -> list[UsageRow]:

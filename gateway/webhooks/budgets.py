@@ -9,7 +9,8 @@ SPEND_REFRESH_S (other replicas spend too). For each threshold crossed it claims
 `budget:<key>:<period>:<percent>` with Store.mark_once, so that however many processes see the
 crossing, one event is stored; the webhook dispatcher then signs and delivers it like any other.
 
-    data = {"account_id", "key_id", "key_name", "tags", "period": "day" | "month" | "total",
+    data = {"scope": "key", "account_id", "key_id", "key_name", "tags",
+            "period": "day" | "month" | "total",
             "period_start": "2026-12-03" | "2026-12" | null, "threshold_percent": 80 | 100,
             "budget_usd", "spend_usd"}
 """
@@ -114,6 +115,7 @@ class BudgetWatch:
             BUDGET_THRESHOLD,
             self._clock(),
             {
+                "scope": "key",  # the account's credit: gateway/webhooks/credits.py
                 "account_id": key.account_id,
                 "key_id": key.id,
                 "key_name": key.name,

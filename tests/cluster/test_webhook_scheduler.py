@@ -1,7 +1,9 @@
 """One webhook scheduler across replicas: two gateway processes (one with two Granian workers,
 so three candidate schedulers) share one redis-server; each usage period is reported once and
-every request is reported exactly once, whichever replica served it. And a Mission Control
-session made on one replica is good on the other (one signing key, kept in Redis)."""
+every request is reported exactly once, whichever replica served it; an account's credit passing
+80 % and 100 % of its grant is announced once per threshold and grant, whichever replicas settled
+the spend. And a Mission Control session made on one replica is good on the other (one signing
+key, kept in Redis)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.cluster.test_replicas_share_redis import burst
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.webhook_receiver import WebhookReceiver, verify
@@ -100,6 +103,49 @@ def test_each_period_is_reported_once_across_replicas(
     assert len({g["event"]["id"] for g in got}) == len(got)
     for g in got:
         assert verify(g["body"], g["headers"]["x-klawd-signature"], secret)
+
+
+def test_an_accounts_credit_thresholds_are_announced_once_across_replicas(
+    replicas: list[Gateway], receiver: WebhookReceiver
+) -> None:
+    # each request costs $0.00002 and reserves $0.000007 (tests/webhooks/test_budget_threshold)
+    grant_usd = 0.0002
+    body = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+    with replicas[0].admin() as admin:
+        account = admin.post(
+            "/admin/accounts",
+            json={"name": "credit", "plan": "enterprise", "credits_usd": grant_usd},
+        ).json()["id"]
+        hook = admin.put(
+            f"/admin/accounts/{account}/webhook",
+            json={"url": receiver.origin + "/credit", "events": ["budget.threshold"]},
+        )
+        secret = hook.json()["secret"]
+        key = admin.post(f"/admin/accounts/{account}/keys", json={}).json()["key"]
+
+    def announced() -> list[tuple[int, int]]:
+        return [
+            (g["event"]["data"]["grant"], g["event"]["data"]["threshold_percent"])
+            for g in receiver.deliveries("/credit")
+        ]
+
+    for grant in (1, 2):
+        statuses = [r.status_code for r in burst(replicas, key, {**body, "max_tokens": 1}, 30)]
+        assert 200 in statuses and 402 in statuses, "the grant is spent on both replicas"
+        for _ in range(200):  # bounded: 10 s
+            if len(announced()) >= 2 * grant:
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)  # late duplicates from the other replica's settlements would show now
+        # each once; the two of one burst may arrive in either order (two replicas may each
+        # claim one, and deliver it)
+        assert sorted(announced()) == [(n, p) for n in range(1, grant + 1) for p in (80, 100)]
+        with replicas[1].admin() as admin:  # a top-up on the other replica: a new grant
+            topped = admin.patch(f"/admin/accounts/{account}", json={"credits_usd": grant_usd})
+            assert topped.status_code == 200
+    for got in receiver.deliveries("/credit"):
+        assert verify(got["body"], got["headers"]["x-klawd-signature"], secret)
+        assert got["event"]["data"]["scope"] == "account"
 
 
 def test_a_mission_control_session_works_on_every_replica(replicas: list[Gateway]) -> None:

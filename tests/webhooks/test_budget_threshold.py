@@ -70,6 +70,7 @@ def test_a_key_passing_80_and_100_percent_is_announced_once_each(
     assert verify(eighty["body"], eighty["headers"]["x-klawd-signature"], secret)
     assert eighty["headers"]["x-klawd-event-id"] == event["id"]
     assert event["data"] | {"period_start": None} == {
+        "scope": "key",
         "account_id": account,
         "key_id": key["id"],
         "key_name": "search",

@@ -336,9 +336,35 @@ local function settle_v3(keys, args)
   return new
 end
 
+-- v4: v3, and the entry's cost counts against the account's current credit grant (fields of
+-- the account's hash: grant_seq, grant (the balance right after it), grant_at, grant_spent).
+-- KEYS: as v3, then the account's hash
+-- -> -1 (settled before) or {balance, grant seq (0: none recorded), granted, granted at, spent}
+local function settle_v4(keys, args)
+  local new = settle_v3(keys, args)
+  if new == -1 then return -1 end
+  local grant = redis.call('HMGET', keys[9], 'grant_seq', 'grant', 'grant_at')
+  if not grant[1] then return {new, 0, 0, 0, 0} end
+  local spent = redis.call('HINCRBY', keys[9], 'grant_spent', args[6])
+  return {new, tonumber(grant[1]), tonumber(grant[2]), tonumber(grant[3]), spent}
+end
+
+-- KEYS: the account's hash, its credits; ARGV: micros added (> 0), now (unix seconds)
+-- Adds credits and makes the balance after them the account's new grant, counted from zero
+-- spent. -> the new balance, or nil when there is no such account.
+local function grant(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then return nil end
+  local balance = redis.call('INCRBY', keys[2], args[1])
+  redis.call('HSET', keys[1], 'grant', balance, 'grant_at', args[2], 'grant_spent', 0)
+  redis.call('HINCRBY', keys[1], 'grant_seq', 1)
+  return balance
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
+redis.register_function('klawd_settle_v4', settle_v4)
+redis.register_function('klawd_grant_v1', grant)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)

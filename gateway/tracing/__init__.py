@@ -6,6 +6,8 @@ request's `RequestRecord` gathered (gateway/requestlog.py); the retry loop opens
 per upstream attempt (gateway/routing/retry.py), and the providers' sender passes that span's
 `traceparent` upstream (gateway/providers/base.py).
 
+The spans themselves are made by the OpenTelemetry SDK's tracer in an exporter child process
+(gateway/tracing/otel.py, pipe.py, exporter_child.py): the request path keeps plain values.
 Off (the default), `build_tracing` returns None, nothing of the OpenTelemetry SDK is imported,
 and each of those places costs one `is None` test. docs/decisions/0019-cache-and-traces.md says
 what a span holds (and what it never holds: no prompt, no completion, no key).
@@ -53,8 +55,7 @@ def upstream_traceparent(record: RequestRecord) -> str | None:
     span = record.upstream_span or record.span
     if span is None:
         return None
-    context = span.get_span_context()
-    return traceparent(context.trace_id, context.span_id, context.trace_flags.sampled)
+    return traceparent(span.trace_id, span.span_id, span.sampled)
 
 
 def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:

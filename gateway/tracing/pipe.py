@@ -1,11 +1,13 @@
-"""Ended spans leave the gateway's process as compact rows; an exporter child encodes and sends.
+"""Ended spans leave the gateway's process as compact rows; an exporter child makes and sends them.
 
-The OTLP exporter's protobuf encoding and its HTTP posts cost more CPU than the spans themselves,
-and inside the gateway they ran in a thread that takes the GIL from the event loop. So the
-gateway's span processor only turns each ended span into a tuple of plain values (`span_row`),
-gathers them, and writes msgpack frames to the stdin pipe of a child process
-(gateway/tracing/exporter_child.py), which rebuilds the spans and hands them to the official
-OTLP/HTTP exporter. docs/decisions/0019-cache-and-traces.md gives the measured difference.
+The OpenTelemetry SDK's span objects, the OTLP exporter's protobuf encoding and its HTTP posts
+cost more CPU than the request path's own bookkeeping, and inside the gateway they ran on the
+event loop or in a thread that takes the GIL from it. So the request path only keeps each span's
+plain values (gateway/tracing/otel.py), and an ended, sampled span is one row (a tuple) handed to
+`SpanPipe.add`; rows are gathered and written as msgpack frames to the stdin pipe of a child
+process (gateway/tracing/exporter_child.py), which makes them spans with the SDK's tracer and
+hands them to the official OTLP/HTTP exporter. docs/decisions/0019-cache-and-traces.md gives the
+measured difference.
 
 Bounded: what the pipe does not take at once waits in a buffer of at most `MAX_BUFFERED_BYTES`;
 a batch that does not fit is dropped and counted (`dropped_spans`), never waited for. Batches go
@@ -22,12 +24,9 @@ import os
 import subprocess
 import sys
 import threading
-from types import MappingProxyType
 from typing import Any
 
 import msgspec
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanContext
 
 log = logging.getLogger("klawd.tracing")
 
@@ -37,39 +36,9 @@ CHILD_EXIT_TIMEOUT_S = 15.0  # the exporter's own timeout (10 s) and some
 _encode = msgspec.msgpack.Encoder().encode
 
 
-def span_row(span: ReadableSpan, context: SpanContext) -> tuple[Any, ...]:
-    """What the exporter child needs of an ended span, in plain values (128-bit ids as bytes:
-    msgpack integers stop at 64 bits). Read back by `exporter_child.span_from_row`."""
-    parent = span.parent
-    state = context.trace_state
-    status = span.status
-    # the SDK's read-only view: its `copy()` copies the plain dict behind it, far cheaper than
-    # iterating the bounded mapping key by key
-    attributes = span.attributes
-    plain = (
-        attributes.copy() if isinstance(attributes, MappingProxyType) else dict(attributes or {})
-    )
-    return (
-        span.name,
-        context.trace_id.to_bytes(16, "big"),
-        context.span_id,
-        int(context.trace_flags),
-        state.to_header() if state else None,
-        None if parent is None else parent.span_id,
-        parent is not None and parent.is_remote,
-        span.kind.value,
-        span.start_time,
-        span.end_time,
-        plain,
-        status.status_code.value,
-        status.description,
-        [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
-        if span.events
-        else (),
-    )
+class SpanPipe:
+    """The rows of ended spans, down a pipe to this process's exporter child."""
 
-
-class PipeSpanProcessor(SpanProcessor):
     def __init__(self, endpoint: str, service_name: str) -> None:
         self._command = [
             sys.executable,
@@ -108,11 +77,8 @@ class PipeSpanProcessor(SpanProcessor):
         self._child = child
         threading.Thread(target=self._tick, name="klawd-span-pipe", daemon=True).start()
 
-    def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is None or not context.trace_flags.sampled:
-            return
-        row = span_row(span, context)
+    def add(self, row: tuple[Any, ...]) -> None:
+        """One ended, sampled span (`otel.OpenSpan.row`); never waits for the child."""
         with self._lock:
             if self._forked:
                 self._start()
@@ -156,7 +122,8 @@ class PipeSpanProcessor(SpanProcessor):
             log.warning("the span exporter falls behind; spans are dropped")
         self.dropped_spans += count
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def flush(self) -> bool:
+        """Writes what is gathered now; True when the pipe took all of it."""
         with self._lock:
             self._flush()
             return not self._unsent

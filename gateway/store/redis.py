@@ -69,6 +69,7 @@ CAPACITY_LIBRARY = (
     resources.files("gateway.store").joinpath("lua/capacity.lua").read_text(encoding="utf-8")
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
+_entry_encoder = msgspec.json.Encoder()
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
 
@@ -82,6 +83,50 @@ def _reply_message(exc: RespReplyError) -> str:
     """An error reply as redis-py words it (its ResponseError drops the generic `ERR `)."""
     message = str(exc)
     return message[4:] if message.startswith("ERR ") else message
+
+
+# Entries per `klawd_settle_v5` call: a call runs alone on the Redis server, so a batch of many
+# entries is cut into calls that each take well under a millisecond there.
+SETTLE_CHUNK = 100
+
+
+def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
+    """The entries grouped by account (each group in the batch's order), cut to SETTLE_CHUNK."""
+    groups: dict[str, list[UsageEntry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.account_id, []).append(entry)
+    return [
+        group[start : start + SETTLE_CHUNK]
+        for group in groups.values()
+        for start in range(0, len(group), SETTLE_CHUNK)
+    ]
+
+
+def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
+    """`FCALL klawd_settle_v5` for entries of one account (gateway/store/lua/klawd.lua)."""
+    key = _acct(entries[0].account_id)
+    keys: list[str] = [f"{key}:credits", f"{key}:ledger", key]
+    args: list[Any] = []
+    for entry in entries:
+        key_id = entry.key_id or "-"
+        keys += (
+            f"{key}:usage:{entry.day}",
+            f"{key}:settled:{entry.id}",
+            f"{key}:kusage:{entry.day}",
+            *_spend_keys(entry.account_id, key_id, entry.day),
+        )
+        args += (
+            entry.reserved_micros - entry.cost_micros,
+            entry.model or "-",
+            entry.prompt_tokens,
+            entry.completion_tokens,
+            entry.images,
+            entry.cost_micros,
+            _entry_encoder.encode(entry),
+            key_id,
+            entry.key_reserved_micros,
+        )
+    return ("FCALL", "klawd_settle_v5", len(keys), *keys, *args)
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
@@ -352,33 +397,12 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch (a pipeline of klawd_settle_v4 calls); each entry is
-        atomic and idempotent, so a batch retried after a lost reply settles nothing twice."""
-        commands = [
-            (
-                "FCALL",
-                "klawd_settle_v4",
-                9,
-                f"{key}:credits",
-                f"{key}:usage:{entry.day}",
-                f"{key}:ledger",
-                f"{key}:settled:{entry.id}",
-                f"{key}:kusage:{entry.day}",
-                *_spend_keys(entry.account_id, entry.key_id or "-", entry.day),
-                key,
-                entry.reserved_micros - entry.cost_micros,
-                entry.model or "-",
-                entry.prompt_tokens,
-                entry.completion_tokens,
-                entry.images,
-                entry.cost_micros,
-                msgspec.json.encode(entry),
-                entry.key_id or "-",
-                entry.key_reserved_micros,
-            )
-            for entry in entries
-            for key in (_acct(entry.account_id),)
-        ]
+        """One round trip for the batch: a pipeline of one `klawd_settle_v5` per account (and
+        per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
+        entry is applied once (its marker), so a batch retried after a lost reply settles
+        nothing twice."""
+        chunks = _by_account(entries)
+        commands = [_settle_command(chunk) for chunk in chunks]
         try:
             if not self._library_loaded:
                 await self._ensure_library()
@@ -395,8 +419,11 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         if failed:
             if any("function not found" in str(r).lower() for r in failed):
                 self._library_loaded = False  # reloaded on the retry of the whole batch
-            raise StoreError(f"redis settle failed for {len(failed)} of {len(entries)} entries")
-        return _grants_after(entries, results)
+            raise StoreError(
+                f"redis settle failed for {len(failed)} of {len(commands)} calls "
+                f"({len(entries)} entries)"
+            )
+        return _grants_after(chunks, results)
 
     async def _daily(
         self, account_id: str, since_day: str, until_day: str, kind: str
@@ -436,15 +463,17 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         ]
 
 
-def _grants_after(entries: list[UsageEntry], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v4's replies: the latest grant
-    and, within it, the most spent (the replies of one account's entries only ever grow)."""
+def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
+    """Each account's grant after the batch, from klawd_settle_v5's replies (one per chunk of
+    one account's entries): the latest grant and, within it, the most spent (the replies for
+    one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}
-    for entry, result in zip(entries, results, strict=True):
+    for chunk, result in zip(chunks, results, strict=True):
         if not isinstance(result, list) or int(result[1]) == 0:
-            continue  # settled before, or no grant recorded
+            continue  # nothing applied (settled before), or no grant recorded
         grant = CreditGrant(int(result[1]), int(result[2]), int(result[3]), int(result[4]))
-        known = grants.get(entry.account_id)
+        account_id = chunk[0].account_id
+        known = grants.get(account_id)
         if known is None or (grant.seq, grant.spent_micros) > (known.seq, known.spent_micros):
-            grants[entry.account_id] = grant
+            grants[account_id] = grant
     return grants

@@ -1,7 +1,8 @@
 """Redis server time of the admission and settlement functions, before and after keys for teams,
 in one run on one redis-server: `klawd_admit_v1` against `klawd_admit_v2` (a key without and with
-a budget and limits), `klawd_settle_v2` against `klawd_settle_v3`. Redis's own per-call figure
-(INFO commandstats, usec_per_call), so client and event-loop noise stay out of it.
+a budget and limits), `klawd_settle_v2` against `klawd_settle_v3`, and `klawd_settle_v5` (a
+batch of one account's entries in one call) per entry. Redis's own per-call figure (INFO
+commandstats, usec_per_call), so client and event-loop noise stay out of it.
 
     .venv/bin/python loadtests/bench/admit_lua_bench.py [--calls 20000]
 """
@@ -92,6 +93,21 @@ def main() -> None:
                 0,
             ),
         )
+        batch = 50  # entries per klawd_settle_v5 call: a 20 ms batch of a busy account
+
+        def settle_v4(i: int) -> object:
+            keys, argv = [f"{A}:credits", f"{A}:ledger", A], []
+            for n in range(batch):
+                keys += [f"{A}:usage:2026-12-03", f"{A}:s4:{i}:{n}", f"{A}:kusage:2026-12-03"]
+                keys += KEY[2:]
+                argv += [*entry, "k", 0]
+            return client.execute_command("FCALL", "klawd_settle_v5", len(keys), *keys, *argv)
+
+        client.execute_command("CONFIG", "RESETSTAT")
+        for i in range(args.calls // batch):
+            settle_v4(i)
+        per_entry = client.info("commandstats")["cmdstat_fcall"]["usec_per_call"] / batch
+        print(f"{f'klawd_settle_v5, {batch} entries a call (per entry)':44} {per_entry:8.2f}")
         print(f"({args.calls} sequential calls each, redis-py, one connection)")
     finally:
         server.stop()

@@ -339,10 +339,10 @@ def nginx(conf: str, directory: Path, name: str, core: str) -> subprocess.Popen[
                   directory / f"{name}.log")  # fmt: skip
 
 
-def redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
+def redis_server(port: int, directory: Path, core: str = CLIENT_CORE) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server") or "redis-server"
     return pinned(
-        CLIENT_CORE,
+        core,
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(directory)],
         directory / "redis.log",

@@ -5,8 +5,10 @@
 
 Every contender is started up front, pinned to core 0 (one worker each); the fake upstream
 (nginx: fixed bodies, chunked streams with the echo module), Redis, wrk and the stream client run
-on core 1. The two pass-throughs share the stack (Granian + uvloop + one aiohttp session): the
-Starlette floor (floor_app.py) and the bare ASGI callable (bare_app.py). Each measure runs for
+on core 1 (`--redis-core 0`: Redis on the gateway's core instead, a quick look). For the
+gateways the CPU per request is also given with redis-server's own added (`*_all_cpu`). The two
+pass-throughs share the stack (Granian + uvloop + one aiohttp session): the Starlette floor
+(floor_app.py) and the bare ASGI callable (bare_app.py). Each measure runs for
 every contender in turn, `--reps` rounds; each round measures every contender once, so noise
 from the shared machine hits them alike, and the ratios are medians of per-round ratios. Every
 run is bounded (wrk -d, subprocess timeouts) and every process is stopped at the end.
@@ -22,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +62,7 @@ class Contender:
     pid: int
     gateway: bool
     headers: dict[str, str] = field(default_factory=dict)
+    store_pid: int | None = None  # redis-server: its CPU is the request's too
 
     def path(self, scenario: str) -> str:
         if self.gateway:
@@ -77,7 +81,7 @@ class Contender:
 
 @contextlib.contextmanager
 def started(
-    directory: Path, names: list[str], before: Path | None = None
+    directory: Path, names: list[str], before: Path | None = None, redis_core: str = c.CLIENT_CORE
 ) -> Iterator[dict[str, Contender]]:
     """Every process up front; all stopped on the way out, whatever happens."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -106,8 +110,9 @@ def started(
             found["bare"] = Contender("bare", f"http://127.0.0.1:{bare_port}", bare.pid, False)
         for contender in found.values():
             c.wait_for(_answers(contender), contender.name)
+        redis_pid = None
         if "gateway-redis" in names:
-            keep(c.redis_server(redis_port, directory))
+            redis_pid = keep(c.redis_server(redis_port, directory, redis_core)).pid
         for name, store in (
             ("gateway-sqlite", f"sqlite:///{directory / 'bench.db'}"),
             ("gateway-redis", f"redis://127.0.0.1:{redis_port}/0"),
@@ -121,7 +126,8 @@ def started(
             base = f"http://127.0.0.1:{port}"
             c.wait_for(_ready(base), name)
             headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
-            found[name] = Contender(name, base, process.pid, True, headers)
+            store_pid = redis_pid if name == "gateway-redis" else None
+            found[name] = Contender(name, base, process.pid, True, headers, store_pid)
             c.wait_for(_answers(found[name]), name)
         yield {name: found[name] for name in names}
     finally:
@@ -157,7 +163,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     def record(name: str, measure: str, value: float) -> None:
         samples[name].setdefault(measure, []).append(value)
 
-    with started(directory, args.contenders, args.before) as found:
+    with started(directory, args.contenders, args.before, args.redis_core) as found:
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
                 continue
@@ -170,13 +176,26 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 wrk(contender.base_url + contender.path(scenario), scripts[name], connections, 1)
             for rnd in range(args.reps):
                 for name, contender in found.items():
-                    cpu_before = tree_cpu_s(contender.pid)
+                    cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
+                    store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
                     result = wrk(contender.base_url + contender.path(scenario), scripts[name],
                                  connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
                     if measure != "lat" and done:
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
                         record(name, f"{measure}_cpu", cpu_us)
+                        # below 1: the worker waited (on the store, the upstream, the client)
+                        busy = (tree_cpu_s(contender.pid) - cpu_before) / (
+                            time.monotonic() - wall_before
+                        )
+                        record(name, f"{measure}_busy", busy)
+                        if contender.gateway:  # + redis-server's (the embedded store: inside)
+                            store_s = (
+                                tree_cpu_s(contender.store_pid) - store_before
+                                if contender.store_pid
+                                else 0.0
+                            )
+                            record(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
                     print(f"  {measure} round {rnd + 1} {name}: {result}", flush=True)
                     if result.bad_responses:
                         bad = notes["bad_responses"]
@@ -263,6 +282,13 @@ def main() -> int:
         help=f"a comma-separated subset of {','.join(NAMES)} (no --write-docs)",
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
+    parser.add_argument(
+        "--redis-core",
+        choices=(c.SERVER_CORE, c.CLIENT_CORE),
+        default=c.CLIENT_CORE,
+        help="where redis-server runs: with the load generator and the upstream (the default, "
+        "as `make bench`), or with the gateway worker, as the embedded store's work is",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.before is not None:
@@ -271,7 +297,9 @@ def main() -> int:
         args.contenders.append(BEFORE)
     if not args.measures <= set(MEASURES):
         parser.error(f"--measures: choose among {','.join(MEASURES)}")
-    if args.write_docs and (args.measures != set(MEASURES) or args.contenders != NAMES):
+    if args.write_docs and (
+        args.measures != set(MEASURES) or args.contenders != NAMES or args.redis_core != "1"
+    ):
         parser.error("--write-docs needs every measure and every contender")
     if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10 and 2 <= args.burst_seconds <= 60):
         parser.error("bounds: --seconds 1..60, --reps 1..10, --burst-seconds 2..60")

@@ -448,7 +448,7 @@ def test_store_reloads_a_forgotten_library_on_the_lean_path(
             sync_redis.function_flush()  # a restarted Redis without persistence
             assert await store.reserve_credits(account.id, 300)  # reloaded, retried once
             sync_redis.function_flush()
-            with pytest.raises(StoreError, match="settle failed for 2 of 2"):
+            with pytest.raises(StoreError, match=r"settle failed for 1 of 1 calls \(2 entries\)"):
                 await store.settle([usage_entry(account.id, 1), usage_entry(account.id, 2)])
             await store.settle([usage_entry(account.id, 1), usage_entry(account.id, 2)])
             await store.settle([usage_entry(account.id, 1)])  # idempotent

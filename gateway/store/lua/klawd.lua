@@ -360,11 +360,98 @@ local function grant(keys, args)
   return balance
 end
 
+-- v5: v4 for many entries of ONE account in one call (every key is the account's: one slot).
+-- Each entry is applied once (its marker) and gets its own ledger record, as with v4; the
+-- counters (usage and key usage of the day, key spend, the credit grant's spend) are summed over
+-- the call's entries and written once per hash field, and the balance is read once, moved entry
+-- by entry (never below zero after each, as v3 moves it) and written once. The keys and values
+-- left are those of v4 entry by entry: replicas on v4 and v5 can share one Redis.
+-- KEYS: credits, ledger, the account's hash, then per entry: usage of the day, marker, key usage
+--       of the day, key spend of the day, of the month, in total (6 each)
+-- ARGV: per entry, as v3: balance delta, model, prompt, completion, images, cost, entry (JSON),
+--       key id, micros reserved against the key's budgets (9 each)
+-- -> {entries applied (those not settled before), then as v4 after the last of them: grant seq
+--     (0: none recorded, or nothing applied), granted, granted at, spent}
+local function settle_v5(keys, args)
+  local balance = tonumber(redis.call('GET', keys[1]) or '0')
+  local moved = false
+  local sums, sum_keys = {}, {}  -- hash key -> {field -> increment}, the keys in first-seen order
+  local function add(key, field, amount)
+    local fields = sums[key]
+    if fields == nil then
+      fields = {}
+      sums[key] = fields
+      sum_keys[#sum_keys + 1] = key
+    end
+    fields[field] = (fields[field] or 0) + amount
+  end
+  local function count(key, name, entry, a)
+    add(key, name .. '|requests', 1)
+    add(key, name .. '|prompt_tokens', tonumber(entry[a + 3]))
+    add(key, name .. '|completion_tokens', tonumber(entry[a + 4]))
+    add(key, name .. '|images', tonumber(entry[a + 5]))
+    add(key, name .. '|cost_micros', tonumber(entry[a + 6]))
+  end
+  local spends, spend_keys = {}, {}  -- spend hash key -> {cost, reservation released, period}
+  local applied, spent = 0, 0
+  for i = 0, #args / 9 - 1 do
+    local k, a = 3 + 6 * i, 9 * i
+    if redis.call('SET', keys[k + 2], '1', 'NX', 'PX', 600000) then
+      applied = applied + 1
+      balance = math.max(0, balance + tonumber(args[a + 1]))
+      moved = true
+      local cost = tonumber(args[a + 6])
+      spent = spent + cost
+      count(keys[k + 1], args[a + 2], args, a)  -- by model
+      count(keys[k + 3], args[a + 8], args, a)  -- by API key
+      redis.call('XADD', keys[2], '*', 'entry', args[a + 7])
+      local reserved = tonumber(args[a + 9])
+      for p = 1, 3 do
+        local spend = keys[k + 3 + p]
+        local state = spends[spend]
+        if state == nil then
+          state = {0, 0, p}
+          spends[spend] = state
+          spend_keys[#spend_keys + 1] = spend
+        end
+        state[1] = state[1] + cost
+        state[2] = state[2] + reserved
+      end
+    end
+  end
+  if moved then redis.call('SET', keys[1], string.format('%d', balance)) end
+  for _, key in ipairs(sum_keys) do
+    for field, amount in pairs(sums[key]) do
+      redis.call('HINCRBY', key, field, string.format('%d', amount))
+    end
+  end
+  for _, spend in ipairs(spend_keys) do
+    local cost, released, period = spends[spend][1], spends[spend][2], spends[spend][3]
+    -- the hash is new (or was empty) when the total is the calls' cost: give it its expiry
+    if redis.call('HINCRBY', spend, 's', string.format('%d', cost)) == cost
+        and SPEND_TTL_MS[period] > 0 then
+      redis.call('PEXPIRE', spend, SPEND_TTL_MS[period])
+    end
+    if released > 0 then
+      -- stops at zero, as v3's HINCRBY and HSET per entry did (releases only subtract, so
+      -- stopping once at the end is stopping after each)
+      local r = tonumber(redis.call('HGET', spend, 'r')) or 0
+      redis.call('HSET', spend, 'r', string.format('%d', math.max(0, r - released)))
+    end
+  end
+  if applied == 0 then return {0, 0, 0, 0, 0} end
+  local current = redis.call('HMGET', keys[3], 'grant_seq', 'grant', 'grant_at')
+  if not current[1] then return {applied, 0, 0, 0, 0} end
+  local total = redis.call('HINCRBY', keys[3], 'grant_spent', string.format('%d', spent))
+  return {applied, tonumber(current[1]), tonumber(current[2]), tonumber(current[3]), total}
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
 redis.register_function('klawd_settle_v4', settle_v4)
 redis.register_function('klawd_grant_v1', grant)
+redis.register_function('klawd_settle_v5', settle_v5)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)

@@ -1,0 +1,232 @@
+"""What one request costs the Redis store, counted per request: not a ratio, an inventory.
+
+    .venv/bin/python -m loadtests.bench.redis_costs [--measures rps,event,lines20] [--seconds 3]
+        [--reps 3] [--redis-core 1] [--before DIR]
+
+One gateway worker on Redis (pinned to core 0, as `make bench` runs it), the fake upstream (nginx)
+and wrk on core 1, redis-server on `--redis-core` (1 as in `make bench`; 0 shares the worker's
+core, as the embedded store's SQLite work does). For each measure and round, from the counters
+before and after one wrk run: Redis commands per request (`INFO commandstats`: the FCALLs and
+the commands they run inside, plus anything else a request sends), Redis's own time per request
+(`usec` of those commands), redis-server's CPU per request from /proc (user + system: what the
+commands, the event loop and the replies cost its core), the gateway worker's CPU per request,
+how busy the worker was (CPU seconds ÷ wall seconds: below 1 it waited) and how busy each core
+was (/proc/stat). Figures are medians over rounds. `--before DIR` (DIR holds another version's
+`gateway` package with its built `_core`): that version too, with its own redis-server, the two
+taking turns round by round, for a before/after in one run. Every run is bounded (wrk -d, timeouts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from loadtests.bench import contenders as c
+from loadtests.bench.measure import CLOCK_TICKS, tree_cpu_s, wrk, wrk_script
+
+SCENARIOS = {"rps": ("json", 64), "event": ("event", 64), "lines20": ("lines20", 256)}
+MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+
+
+def redis_cli(port: int, *args: str) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return done.stdout
+
+
+def commandstats(port: int) -> dict[str, tuple[int, int]]:
+    """command -> (calls, usec) since the last reset."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in redis_cli(port, "INFO", "commandstats").splitlines():
+        if not line.startswith("cmdstat_"):
+            continue
+        name, _, rest = line.partition(":")
+        fields = dict(part.split("=", 1) for part in rest.split(","))
+        out[name.removeprefix("cmdstat_")] = (int(fields["calls"]), int(fields["usec"]))
+    return out
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def core_busy() -> dict[str, tuple[int, int]]:
+    """cpuN -> (busy ticks, all ticks) from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in values]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            out[name] = (sum(ticks) - idle, sum(ticks))
+    return out
+
+
+@dataclass
+class Variant:
+    name: str
+    base_url: str
+    pid: int
+    redis_port: int
+    headers: dict[str, str]
+    redis_pid: int = 0
+
+
+@contextlib.contextmanager
+def started(directory: Path, redis_core: str, before: Path | None) -> Iterator[list[Variant]]:
+    """One gateway on Redis, with its own redis-server (and with `before`, a second one running
+    that checkout's `gateway` package); everything stopped on the way out."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        up_port = c.free_port()
+        processes.append(c.nginx(c.upstream_conf(directory, up_port), directory, "upstream",
+                                 c.CLIENT_CORE))  # fmt: skip
+        upstream = f"http://127.0.0.1:{up_port}"
+        variants = []
+        for name, source in (("before", before), ("this tree", None)):
+            if name == "before" and source is None:
+                continue
+            redis_port, port = c.free_port(), c.free_port()
+            processes.append(c.redis_server(redis_port, directory, core=redis_core))
+            store = f"redis://127.0.0.1:{redis_port}/0"
+            tag = "gateway-redis" + ("-before" if source else "")
+            gateway = c.gateway(tag, port, upstream, store, directory, source=source)
+            processes.append(gateway)
+            base = f"http://127.0.0.1:{port}"
+            c.wait_for(_ready(base), name)
+            headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
+            variant = Variant(name, base, gateway.pid, redis_port, headers)
+            variant.redis_pid = redis_pid(redis_port)
+            variants.append(variant)
+        yield variants
+    finally:
+        for process in reversed(processes):
+            c.stop(process)
+
+
+def _ready(base_url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(f"{base_url}/readyz").status_code == 200
+
+
+def redis_pid(port: int) -> int:
+    return int(redis_cli(port, "INFO", "server").split("process_id:")[1].split()[0])
+
+
+def one_round(variant: Variant, url: str, script: Path, connections: int, seconds: float
+              ) -> dict[str, float]:  # fmt: skip
+    port = variant.redis_port
+    time.sleep(0.1)  # the last settle batch of the previous run
+    redis_cli(port, "CONFIG", "RESETSTAT")
+    worker0, server0 = tree_cpu_s(variant.pid), process_cpu_s(variant.redis_pid)
+    cores0 = core_busy()
+    wall0 = time.monotonic()
+    result = wrk(url, script, connections, seconds)
+    wall = time.monotonic() - wall0
+    time.sleep(0.1)  # the requests' settle batch
+    worker = tree_cpu_s(variant.pid) - worker0
+    server = process_cpu_s(variant.redis_pid) - server0
+    cores = core_busy()
+    done = result.requests_per_s * max(1, round(seconds))
+    sample = {
+        "requests_per_s": result.requests_per_s,
+        "worker_cpu_us": worker * 1e6 / done,
+        "redis_cpu_us": server * 1e6 / done,
+        "worker_busy": worker / wall,
+    }
+    for core, (busy, total) in cores.items():
+        busy0, total0 = cores0[core]
+        sample[f"{core}_busy"] = (busy - busy0) / max(1, total - total0)
+    for command, (calls, usec) in commandstats(port).items():
+        if command in ("config|resetstat", "info", "ping", "hello"):
+            continue
+        sample[f"calls {command}"] = calls / done
+        sample[f"usec {command}"] = usec / done
+    print(f"  {variant.name}: {result}", flush=True)
+    return sample
+
+
+Figures = dict[str, dict[str, dict[str, float]]]  # measure -> variant -> figure -> median
+
+
+def measure(args: argparse.Namespace, directory: Path) -> Figures:
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    with started(directory, args.redis_core, args.before) as variants:
+        for name in args.measures:
+            scenario, connections = SCENARIOS[name]
+            payload: dict[str, object] = {
+                "model": c.gateway_model(scenario), "messages": MESSAGES, "max_tokens": 64,
+            }  # fmt: skip
+            if scenario != "json":
+                payload["stream"] = True
+            per: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
+            scripts = {}
+            for variant in variants:
+                scripts[variant.name] = wrk_script(
+                    directory / f"{scenario}-{len(scripts)}.lua",
+                    orjson.dumps(payload),
+                    variant.headers | {"Content-Type": "application/json"},
+                )
+                wrk(
+                    f"{variant.base_url}/v1/chat/completions", scripts[variant.name], connections, 1
+                )  # fmt: skip  (warm-up)
+            for _ in range(args.reps):  # the variants take turns, round by round
+                for variant in variants:
+                    url = f"{variant.base_url}/v1/chat/completions"
+                    sample = one_round(variant, url, scripts[variant.name], connections,
+                                       args.seconds)  # fmt: skip
+                    for key, value in sample.items():
+                        per[variant.name].setdefault(key, []).append(value)
+            results[name] = per
+    return {
+        m: {v: {k: statistics.median(x) for k, x in figures.items()} for v, figures in per.items()}
+        for m, per in results.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--redis-core", choices=("0", "1"), default=c.CLIENT_CORE)
+    parser.add_argument(
+        "--before", type=Path, help="also a gateway running this checkout's `gateway` package"
+    )
+    parser.add_argument(
+        "--measures", type=lambda text: text.split(","), default=["rps", "event", "lines20"]
+    )
+    args = parser.parse_args()
+    if not set(args.measures) <= set(SCENARIOS):
+        parser.error(f"--measures: choose among {','.join(SCENARIOS)}")
+    if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10):
+        parser.error("bounds: --seconds 1..60, --reps 1..10")
+    with tempfile.TemporaryDirectory(prefix="klawd-redis-costs-") as tmp:
+        results = measure(args, Path(tmp))
+    for name, per in results.items():
+        names = list(per)
+        print(f"\n{name} (redis-server on core {args.redis_core}; medians of {args.reps} rounds)")
+        print(f"  {'':40s}" + "".join(f"{v:>14s}" for v in names))
+        keys = sorted({k for figures in per.values() for k in figures},
+                      key=lambda k: (k.startswith(("calls", "usec")), k))  # fmt: skip
+        for key in keys:
+            print(f"  {key:40s}" + "".join(f"{per[v].get(key, 0.0):14.3f}" for v in names))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The Redis store settles a batch with one `klawd_settle_v5` per account, summing the entries'
+counters inside Redis: the keys it leaves must hold exactly what `klawd_settle_v4`, one call per
+entry, leaves (replicas of both releases share one Redis), and a batch costs one call per
+account."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.store.base import UsageEntry
+from gateway.store.redis import SETTLE_CHUNK, RedisStore
+from gateway.store.redis_limiter import _acct, _spend_keys
+from tests.redis_server import RedisServer
+
+DAYS = ("2026-11-30", "2026-12-01")
+
+
+def entries(account_id: str) -> list[UsageEntry]:
+    """Two days (and so two months), two models, two keys (one without a budget), entries that
+    cost more than they reserved (the balance stops at zero, then grows again), a key
+    reservation released past zero, an image entry, and one entry repeated (a replay)."""
+    out = []
+    for n in range(40):
+        cost = [0, 7, 900, 35][n % 4]
+        reserved = [50, 10, 100, 0][n % 3]
+        out.append(
+            UsageEntry(
+                id=f"use_{account_id}_{n}",
+                ts=1_795_000_000.0 + n,
+                day=DAYS[n // 25],
+                account_id=account_id,
+                key_id=["key_a", "key_b", ""][n % 3],
+                model=["m/x", "m/y", ""][n % 5 % 3],
+                provider="m",
+                prompt_tokens=10 * n,
+                completion_tokens=n,
+                images=n % 2,
+                cost_micros=cost,
+                reserved_micros=reserved,
+                latency_ms=5,
+                status=200,
+                request_id=f"req_{n}",
+                stream=bool(n % 2),
+                key_reserved_micros=reserved if n % 3 == 0 else 3 * reserved,
+            )
+        )
+    return [*out[:30], out[12], *out[30:]]
+
+
+def v4_call(entry: UsageEntry) -> tuple[object, ...]:
+    """The per-entry call the previous release sends (gateway/store/lua/klawd.lua)."""
+    key = _acct(entry.account_id)
+    return (
+        "FCALL", "klawd_settle_v4", 9, f"{key}:credits", f"{key}:usage:{entry.day}",
+        f"{key}:ledger", f"{key}:settled:{entry.id}", f"{key}:kusage:{entry.day}",
+        *_spend_keys(entry.account_id, entry.key_id or "-", entry.day), key,
+        entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
+        entry.completion_tokens, entry.images, entry.cost_micros, msgspec.json.encode(entry),
+        entry.key_id or "-", entry.key_reserved_micros,
+    )  # fmt: skip
+
+
+async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]:
+    """Every key of the account but the markers, by its name without the account id; the
+    ledger as its entries in order; hashes whole; expiries rounded to days; the account's
+    credit grant."""
+    prefix = _acct(account_id)
+    out: dict[str, object] = {
+        "grant": await client.hmget(prefix, "grant_seq", "grant", "grant_spent")
+    }
+    async for raw in client.scan_iter(match=f"{prefix}:*", count=1000):
+        name = raw.decode()
+        short = name.removeprefix(prefix)
+        if ":settled:" in short:
+            continue
+        kind = (await client.type(name)).decode()
+        if kind == "hash":
+            value: object = await client.hgetall(name)
+        elif kind == "stream":
+            records = await client.xrange(name)
+            value = [fields[b"entry"].replace(account_id.encode(), b"A") for _, fields in records]
+        else:
+            value = await client.get(name)
+        ttl = await client.pttl(name)
+        out[short] = (kind, value, -1 if ttl < 0 else round(ttl / 86_400_000))
+    return out
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> RedisStore:
+    redis_server.flush()
+    return RedisStore(redis_server.url)
+
+
+async def test_a_batch_leaves_the_keys_the_per_entry_settlement_leaves(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        batched = await redis_store.create_account("batched", "free", 1_000)
+        single = await redis_store.create_account("single", "free", 1_000)
+        for account in (batched, single):  # reservations in flight on every spend hash
+            for key_id in ("key_a", "key_b", "-"):
+                for day in DAYS:
+                    for spend in _spend_keys(account.id, key_id, day):
+                        await client.hset(spend, "r", 40)
+        await redis_store.settle(entries(batched.id))
+        await redis_store.settle(entries(batched.id)[:20])  # a replayed batch: nothing twice
+        await redis_store._ensure_library()
+        for entry in [*entries(single.id), *entries(single.id)[:20]]:
+            await client.execute_command(*v4_call(entry))
+        assert await snapshot(client, batched.id) == await snapshot(client, single.id)
+        after = await redis_store.get_account(batched.id)
+        assert after is not None
+        assert after.credits_micros == (await redis_store.get_account(single.id)).credits_micros  # type: ignore[union-attr]
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_batch_costs_one_call_per_account_and_chunk(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        first = await redis_store.create_account("one", "free", 10**9)
+        second = await redis_store.create_account("two", "free", 10**9)
+        batch = [
+            e for pair in zip(entries(first.id), entries(second.id), strict=True) for e in pair
+        ]
+        batch += [
+            msgspec.structs.replace(e, id=f"{e.id}_more{n}")
+            for n in range(3)
+            for e in entries(first.id)
+        ]
+        await redis_store._ensure_library()
+        await client.config_resetstat()
+        await redis_store.settle(batch)
+        first_entries = len({e.id for e in batch if e.account_id == first.id})
+        calls = (await client.info("commandstats"))["cmdstat_fcall"]["calls"]
+        assert first_entries > SETTLE_CHUNK
+        assert calls == -(-first_entries // SETTLE_CHUNK) + 1
+        usage = await redis_store.usage(first.id, DAYS[0], DAYS[1])
+        assert sum(row.requests for row in usage) == first_entries
+    finally:
+        await client.aclose()
+        await redis_store.close()

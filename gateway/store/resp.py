@@ -82,6 +82,8 @@ class _Connection(asyncio.Protocol):
         self._progress = 0.0  # the last bytes read, or when replies began to be owed
         self.lost: RespConnectionError | None = None
         self.on_lost: Callable[[_Connection], None] | None = None  # the client forgets it
+        # Commands of this turn of the event loop, written together at its end (`_flush`).
+        self.corked: list[bytes] = []
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,15 +124,30 @@ class _Connection(asyncio.Protocol):
         create = self._loop.create_future
         futures = [create() for _ in range(replies)]
         self.pending.extend(futures)
-        self._transport.write(payload)  # type: ignore[union-attr]
+        self._write(payload)
         return futures
 
     def send_one(self, payload: bytes) -> asyncio.Future[Any]:
         self._will_owe()
         future = self._loop.create_future()
         self.pending.append(future)
-        self._transport.write(payload)  # type: ignore[union-attr]
+        self._write(payload)
         return future
+
+    def _write(self, payload: bytes) -> None:
+        """Commands sent during one turn of the event loop leave in one write at its end: one
+        system call here and one read on the server for all the requests admitted in that turn
+        (a write per command cost both sides a system call each)."""
+        if not self.corked:
+            self._loop.call_soon(self._flush)
+        self.corked.append(payload)
+
+    def _flush(self) -> None:
+        corked, self.corked = self.corked, []
+        if self.lost is None and corked:
+            self._transport.write(  # type: ignore[union-attr]
+                corked[0] if len(corked) == 1 else b"".join(corked)
+            )
 
     def _will_owe(self) -> None:
         """Before a write: a lost connection refuses it; the first reply owed starts the clock."""
@@ -295,10 +312,14 @@ class RespClient:
             raise
 
     def _pick(self) -> _Connection | None:
-        """The live connection owing the fewest replies; grows to `connections` when all are busy
-        (the caller does not wait for the new one). None: no live connection, connect first."""
+        """The connection already holding commands of this turn of the loop (they leave in one
+        write), else the live one owing the fewest replies; grows to `connections` when all are
+        busy (the caller does not wait for the new one). None: no live connection, connect
+        first."""
         best: _Connection | None = None
         for connection in self._connections:
+            if connection.corked:
+                return connection
             if best is None or len(connection.pending) < len(best.pending):
                 best = connection
         if best is None:

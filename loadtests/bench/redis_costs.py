@@ -8,7 +8,8 @@ and wrk on core 1, redis-server on `--redis-core` (1 as in `make bench`; 0 share
 core, as the embedded store's SQLite work does). For each measure and round, from the counters
 before and after one wrk run: Redis commands per request (`INFO commandstats`: the FCALLs and
 the commands they run inside, plus anything else a request sends), Redis's own time per request
-(`usec` of those commands), redis-server's CPU per request from /proc (user + system: what the
+(`usec` of those commands), the server's reads and writes per request (`INFO stats`: how
+many commands arrive together), redis-server's CPU per request from /proc (user + system: what the
 commands, the event loop and the replies cost its core), the gateway worker's CPU per request,
 how busy the worker was (CPU seconds ÷ wall seconds: below 1 it waited) and how busy each core
 was (/proc/stat). Figures are medians over rounds. `--before DIR` (DIR holds another version's
@@ -142,7 +143,7 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
     worker = tree_cpu_s(variant.pid) - worker0
     server = process_cpu_s(variant.redis_pid) - server0
     cores = core_busy()
-    done = result.requests_per_s * max(1, round(seconds))
+    done = max(1.0, result.requests_per_s * max(1, round(seconds)))
     sample = {
         "requests_per_s": result.requests_per_s,
         "worker_cpu_us": worker * 1e6 / done,
@@ -152,6 +153,10 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
     for core, (busy, total) in cores.items():
         busy0, total0 = cores0[core]
         sample[f"{core}_busy"] = (busy - busy0) / max(1, total - total0)
+    stats = redis_cli(port, "INFO", "stats")
+    for counter in ("total_reads_processed", "total_writes_processed"):
+        value = int(stats.split(f"{counter}:")[1].split()[0])
+        sample[f"redis {counter.split('_')[1]} per request"] = value / done
     for command, (calls, usec) in commandstats(port).items():
         if command in ("config|resetstat", "info", "ping", "hello"):
             continue

@@ -173,6 +173,33 @@ def test_commands_spread_over_the_connections(run: Runner, redis_server: RedisSe
     run(body())
 
 
+def test_commands_of_one_loop_turn_leave_in_one_write(
+    run: Runner, redis_server: RedisServer, sync_redis: redis.Redis
+) -> None:
+    """Concurrent callers' commands are pipelined: 300 commands issued in the same turn of the
+    event loop reach Redis in one read (one write here), on one of the two connections."""
+
+    def reads() -> int:
+        return int(sync_redis.info("stats")["total_reads_processed"])
+
+    async def body() -> None:
+        async with client_for(redis_server.url, connections=2) as client:
+            await client.execute("PING")
+            owed = asyncio.gather(*[client.execute("PING") for _ in range(10)])
+            await asyncio.sleep(0)  # written: replies owed, so the next turn opens another
+            await asyncio.gather(owed, client.execute("PING"))
+            await client.execute("PING")
+            assert len(client._connections) == 2
+            before = reads()
+            answers = await asyncio.gather(*[client.execute("ECHO", i) for i in range(300)])
+            after = reads()
+            assert answers == [str(i).encode() for i in range(300)]
+            # the batch, plus the INFO that read the counter before
+            assert after - before == 2
+
+    run(body())
+
+
 def test_execute_many_returns_error_replies_in_place(
     run: Runner, redis_server: RedisServer
 ) -> None:

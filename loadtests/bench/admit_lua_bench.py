@@ -1,8 +1,9 @@
 """Redis server time of the admission and settlement functions, before and after keys for teams,
 in one run on one redis-server: `klawd_admit_v1` against `klawd_admit_v2` (a key without and with
-a budget and limits), `klawd_settle_v2` against `klawd_settle_v3`, and `klawd_settle_v5` (a
-batch of one account's entries in one call) per entry. Redis's own per-call figure (INFO
-commandstats, usec_per_call), so client and event-loop noise stay out of it.
+a budget and limits), `klawd_settle_v2` against `klawd_settle_v3` and `klawd_settle_v4` (v3 plus
+the account's credit grant, for `budget.threshold` of the credit), and `klawd_settle_v5` (a batch
+of one account's entries in one call) per entry. Redis's own per-call figure (INFO commandstats,
+usec_per_call), so client and event-loop noise stay out of it.
 
     .venv/bin/python loadtests/bench/admit_lua_bench.py [--calls 20000]
 """
@@ -42,6 +43,7 @@ def main() -> None:
         client = redis.Redis.from_url(server.url)
         client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
         client.set(f"{A}:credits", 10**15)
+        client.hset(A, mapping={"grant_seq": 1, "grant": 10**15, "grant_at": 0, "grant_spent": 0})
 
         def measure(name: str, call: Callable[[int], object]) -> None:
             client.execute_command("CONFIG", "RESETSTAT")
@@ -88,6 +90,21 @@ def main() -> None:
                 *settle_keys(i, "s3"),
                 f"{A}:kusage:2026-12-03",
                 *KEY[2:],
+                *entry,
+                "k",
+                0,
+            ),
+        )
+        measure(
+            "klawd_settle_v4, key without budget, grant",
+            lambda i: client.execute_command(
+                "FCALL",
+                "klawd_settle_v4",
+                9,
+                *settle_keys(i, "s4"),
+                f"{A}:kusage:2026-12-03",
+                *KEY[2:],
+                A,
                 *entry,
                 "k",
                 0,

@@ -10,7 +10,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.store.base import CreditGrant, CustomLimits, Store, open_store
+from gateway.store.base import CreditGrant, CustomLimits, Store, UsageEntry, open_store
+from gateway.usage import UsageRecorder
 from tests.store.test_store_contract import entry, store  # noqa: F401 (the store fixture)
 
 
@@ -101,3 +102,23 @@ async def test_an_account_from_before_grants_has_none_until_its_next_top_up(
         assert (grants["acct_old"].granted_micros, grants["acct_old"].spent_micros) == (5_900, 100)
     finally:
         await opened.close()
+
+
+async def test_every_settle_hook_hears_the_batch_and_its_grants_even_when_one_fails(
+    store: Store,  # noqa: F811
+) -> None:
+    account = await store.create_account("k", "free", 1_000)
+    heard: list[tuple[int, dict[str, CreditGrant]]] = []
+
+    async def broken(batch: list[UsageEntry], grants: dict[str, CreditGrant]) -> None:
+        raise RuntimeError("a hook's bug")
+
+    async def listening(batch: list[UsageEntry], grants: dict[str, CreditGrant]) -> None:
+        heard.append((len(batch), grants))
+
+    recorder = UsageRecorder(store, after_settle=(broken, listening))
+    recorder.record(entry(account.id, 1, cost=30, reserved=0))
+    recorder.record(entry(account.id, 2, cost=20, reserved=0))
+    await recorder.flush()
+    assert heard == [(2, {account.id: CreditGrant(1, 1_000, account.created_at, 50)})]
+    assert recorder.pending == 0, "settled once, not kept for a retry"

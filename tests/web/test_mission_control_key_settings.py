@@ -70,3 +70,40 @@ def test_the_account_holder_sets_a_keys_budget_limits_models_and_tags(
             f"{MC}/keys/key_not_mine/settings", data={**settings, "csrf": csrf_of(page_text)}
         )
         assert other.status_code == 303, "another account's key is never touched"
+
+
+def test_a_key_is_created_with_its_attributes_and_a_bad_one_is_a_400_that_keeps_the_form(
+    mc_gateway: Gateway,
+) -> None:
+    with browser(mc_gateway) as client:
+        sign_up(client, f"create-{secrets.token_hex(4)}@example.com")
+        page = client.get(f"{MC}/keys")
+        fields = {
+            "name": "nightly",
+            "expires": "30",
+            "usd_per_day": "",
+            "usd_per_month": "12.5",
+            "usd_total": "",
+            "requests_per_minute": "",
+            "requests_per_day": "40",
+            "models": "anthropic/*",
+            "tags": "team=etl",
+        }
+        created = client.post(f"{MC}/keys", data={"csrf": csrf_of(page.text), **fields})
+        assert created.status_code == 200 and 'id="new-key"' in created.text
+        shown = html.unescape(created.text)
+        assert "none / $12.50 / none" in shown and ">anthropic/*<" in shown
+        assert (
+            "team=etl" in shown
+            and 'name="requests_per_day" inputmode="numeric" value="40"' in shown
+        )
+        bad = client.post(
+            f"{MC}/keys",
+            data={"csrf": csrf_of(created.text), **fields, "name": "x", "models": "anthropic/**"},
+        )
+        assert bad.status_code == 400 and 'id="new-key"' not in bad.text
+        assert "models[0]" in html.unescape(bad.text)
+        assert 'value="anthropic/**"' in bad.text, "the form comes back as typed"
+        assert '<option value="30" selected>' in bad.text
+        listed = html.unescape(client.get(f"{MC}/keys").text)
+        assert listed.count('class="key-settings"') == 1, "the refused form made no key"

@@ -33,15 +33,18 @@ log = logging.getLogger("klawd.tracing")
 BATCH_SPANS = 256
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 CHILD_EXIT_TIMEOUT_S = 15.0  # the exporter's own timeout (10 s) and some
-_encode = msgspec.msgpack.Encoder().encode
+# an attribute value msgpack has no form for goes as its str(), as the SDK casts it
+_encode = msgspec.msgpack.Encoder(enc_hook=str).encode
 
 
 class SpanPipe:
     """The rows of ended spans, down a pipe to this process's exporter child."""
 
     def __init__(self, endpoint: str, service_name: str) -> None:
+        # -P: the child imports the gateway this process runs, not a `gateway` in the cwd
         self._command = [
             sys.executable,
+            "-P",
             "-m",
             "gateway.tracing.exporter_child",
             endpoint,

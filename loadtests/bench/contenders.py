@@ -289,7 +289,11 @@ starting_credit_usd = 1000000.0
 
 # -- processes ------------------------------------------------------------------------------------
 def pinned(
-    core: str, command: list[str], log: Path, env: dict[str, str] | None = None
+    core: str,
+    command: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -298,6 +302,7 @@ def pinned(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            cwd=cwd,
         )
 
 

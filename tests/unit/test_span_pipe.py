@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -198,3 +199,10 @@ def test_a_child_that_does_not_read_makes_the_gateway_drop_and_count(
         os.kill(child.pid, signal.SIGKILL)
         spans.shutdown()
     assert child.returncode is not None
+
+
+def test_an_attribute_value_msgpack_has_no_form_for_goes_as_its_text() -> None:
+    row = ("chat m", bytes(15) + b"\x01", 2, None, False, 0, None, 3, 1, 2)
+    frame = pipe._encode([(*row, {"klawd.cost_usd": Decimal("0.5")}, None)])
+    [span] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(frame))
+    assert span.attributes == {"klawd.cost_usd": "0.5"}

@@ -122,6 +122,12 @@ class EmbeddedLimiter:
         self._core = _core.Limiter(max_keys)
         self._store = store
         self._clock = clock
+        # (account, spec, key) -> the admission's (buckets, quotas) arguments: built once per
+        # distinct account and limits, not per request (the core only reads them).
+        self._admit_args: dict[
+            tuple[str, LimitSpec, KeyGate | None],
+            tuple[list[tuple[str, float, float, float]], list[tuple[str, int, int]]],
+        ] = {}
 
     def _limits(
         self, account_id: str, spec: LimitSpec, key: KeyGate | None, cost: int = 1
@@ -190,7 +196,13 @@ class EmbeddedLimiter:
     async def admit(
         self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
     ) -> Admission:
-        buckets, quotas = self._limits(account_id, spec, key)
+        args_key = (account_id, spec, key)
+        args = self._admit_args.get(args_key)
+        if args is None:
+            if len(self._admit_args) >= 100_000:
+                self._admit_args.clear()
+            args = self._admit_args[args_key] = self._limits(account_id, spec, key)
+        buckets, quotas = args
         first = self._core.peek(buckets, quotas, self._clock())
         if not first.allowed:
             return self._admission(spec, key, first, "rate_limited")

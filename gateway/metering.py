@@ -39,9 +39,9 @@ from gateway.errors import AuthenticationError, GatewayError, InsufficientCredit
 from gateway.keys import allowed_targets
 from gateway.limits import Admission, KeyGate, Limiter, LimitSpec
 from gateway.routing.catalog import CatalogEntry
-from gateway.schemas.openai import ChatRequest, ImagePart
+from gateway.schemas.openai import ChatRequest
 from gateway.settings import Settings
-from gateway.store.base import Account, Store, UsageEntry
+from gateway.store.base import Account, CustomLimits, Store, UsageEntry
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
@@ -56,17 +56,10 @@ RESERVE_TOKENS_PER_IMAGE = 1600
 
 def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
     """Worst case over every target the request may fall back to."""
-    images = sum(
-        1
-        for m in request.messages
-        if isinstance(m.content, list)
-        for p in m.content
-        if isinstance(p, ImagePart)
-    )
     prompt = (
         math.ceil(request.prompt_chars() / RESERVE_CHARS_PER_TOKEN)
         + RESERVE_TOKENS_PER_MESSAGE * len(request.messages)
-        + RESERVE_TOKENS_PER_IMAGE * images
+        + RESERVE_TOKENS_PER_IMAGE * request.image_parts()
     ) * (request.n or 1)
     worst = TokenUsage(prompt, request.output_budget * (request.n or 1))
     return max(
@@ -211,6 +204,18 @@ class Meter:
         # Retry-After: nothing another request or replica does can admit sooner, and a changed
         # plan or key changes the limits. So a throttled client costs no store round trip.
         self._denied: dict[str, tuple[float, DeniedBy, Admission]] = {}
+        # (plan, custom limits) -> LimitSpec: the settings do not change in a running app, so
+        # an account's spec is worked out once per distinct plan and limits, not per request.
+        self._specs: dict[tuple[str, CustomLimits], LimitSpec] = {}
+
+    def spec(self, account: Account) -> LimitSpec:
+        key = (account.plan, account.limits)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 100_000:
+                self._specs.clear()
+            spec = self._specs[key] = limit_spec(self._settings, account)
+        return spec
 
     async def account(self, auth: AuthContext) -> Account:
         account = await self._accounts.get(auth.account_id)
@@ -231,10 +236,10 @@ class Meter:
         allowed = self.allowed(auth, requested, targets)
         reserve_micros = reserve_for(allowed)
         account = await self.account(auth)
-        spec = limit_spec(self._settings, account)
+        spec = self.spec(account)
         now = self._clock()
         gate = key_gate(auth, utc_day(now))
-        admission = self._still_denied(account.id, spec, gate)
+        admission = self._still_denied(account.id, spec, gate) if self._denied else None
         if admission is None:
             admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
             if admission.outcome == "rate_limited":
@@ -303,7 +308,7 @@ class Meter:
         self._denied[name] = (until, _limits_of(name, spec, gate), admission)
 
     async def peek(self, account: Account) -> Admission:
-        return await self._limiter.peek(account.id, limit_spec(self._settings, account))
+        return await self._limiter.peek(account.id, self.spec(account))
 
     def settle(
         self,
@@ -364,4 +369,6 @@ class Meter:
             raise
 
     async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:
+        if not ticket.spec.tokens_per_minute or usage.total_tokens <= 0:
+            return  # nothing to charge (the limiters' own early return, without their call)
         await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)

@@ -16,7 +16,8 @@ through the metrics buffer, flushed once a second):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
+from typing import Any
 
 from gateway.billing import TokenUsage, micros_to_usd
 from gateway.metrics import CIRCUIT_STATES, Metrics, status_class
@@ -24,12 +25,30 @@ from gateway.requestlog import RequestLog, RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Bound of each memo of label children below (its keys are bounded already: route templates,
+# catalog entries, statuses the gateway writes; this only guards against a surprise).
+MAX_MEMO = 4096
+
+
+def _remember(memo: dict[Hashable, Any], key: Hashable, children: Any) -> Any:
+    if len(memo) >= MAX_MEMO:
+        memo.clear()
+    memo[key] = children
+    return children
 
 
 class RequestObserver:
+    """Each hook finds the label children it updates with one dictionary lookup, keyed by what
+    the request reports (route, method, status; served deployment, status), built on first use:
+    the label normalisation and `labels()` lookups run once per key, not per request."""
+
     def __init__(self, metrics: Metrics, request_log: RequestLog) -> None:
         self.metrics = metrics
         self.request_log = request_log
+        self._http: dict[Hashable, Any] = {}
+        self._settled: dict[Hashable, Any] = {}
+        self._admitted: dict[Hashable, Any] = {}
+        self._upstream: dict[Hashable, Any] = {}
 
     # -- every HTTP request (middleware) ----------------------------------------------------------
     # Buffered like the counters (gateway/metrics_buffer.py): two locked mmap writes per stream
@@ -44,29 +63,47 @@ class RequestObserver:
 
     def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
         """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""
-        m = self.metrics
         duration_s = ended - arrived
         ttfb_s = None if record.first_byte_at is None else record.first_byte_at - arrived
         method = record.method if record.method in HTTP_METHODS else "other"
-        m.buffer.inc(m.child(m.http_requests, record.route, method, status_class(record.status)))
-        streamed = "true" if record.stream_open else "false"
-        m.buffer.observe(m.child(m.http_duration, record.route, streamed), duration_s)
+        key = (record.route, method, record.status, record.stream_open)
+        children = self._http.get(key)
+        if children is None:
+            children = _remember(self._http, key, self._http_children(*key))
+        requests, duration, ttfb = children
+        buffer = self.metrics.buffer
+        buffer.inc(requests)
+        buffer.observe(duration, duration_s)
         if ttfb_s is not None:
-            m.buffer.observe(m.child(m.http_ttfb, record.route), ttfb_s)
+            buffer.observe(ttfb, ttfb_s)
         self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)
+
+    def _http_children(self, route: str, method: str, status: int, streamed: bool) -> Any:
+        m = self.metrics
+        return (
+            m.child(m.http_requests, route, method, status_class(status)),
+            m.child(m.http_duration, route, "true" if streamed else "false"),
+            m.child(m.http_ttfb, route),
+        )
 
     # -- admission and billing (Meter) ------------------------------------------------------------
     def admitted_or_refused(self, account_id: str, plan: str, outcome: str) -> None:
         """`outcome`: admitted | rate_limited | insufficient_credits (gateway/limits.py)."""
-        m = self.metrics
-        if outcome == "admitted":
-            m.buffer.inc(m.child(m.admitted, m.plan(plan)))
-        else:
-            m.buffer.inc(m.child(m.limited, m.plan(plan), outcome))
+        key = (plan, outcome)
+        child = self._admitted.get(key)
+        if child is None:
+            child = _remember(self._admitted, key, self._admitted_child(plan, outcome))
+        self.metrics.buffer.inc(child)
         record = current_request.get()
         if record is not None:
             record.account_id = account_id
             record.plan = plan
+
+    def _admitted_child(self, plan: str, outcome: str) -> Any:
+        m = self.metrics
+        if outcome == "admitted":
+            return m.child(m.admitted, m.plan(plan))
+        return m.child(m.limited, m.plan(plan), outcome)
 
     def settled(
         self,
@@ -76,27 +113,44 @@ class RequestObserver:
         stream: bool,
         cost_micros: int,
     ) -> None:
-        m = self.metrics
-        model = m.model(served.model.id if served else None)
-        provider = m.provider(served.model.provider if served else None)
-        kind = served.model.kind if served else "none"
-        streamed = "true" if stream else "false"
-        m.buffer.inc(m.child(m.requests, model, provider, kind, streamed, status_class(status)))
+        model_id = served.model.id if served else None
+        provider_name = served.model.provider if served else None
+        key = (model_id, provider_name, served.model.kind if served else "none", stream, status)
+        children = self._settled.get(key)
+        if children is None:
+            children = _remember(self._settled, key, self._settled_children(*key))
+        requests, prompt, completion, cost = children
+        buffer = self.metrics.buffer
+        buffer.inc(requests)
         if usage.prompt_tokens:
-            m.buffer.inc(m.child(m.tokens, model, provider, "prompt"), usage.prompt_tokens)
+            buffer.inc(prompt, usage.prompt_tokens)
         if usage.completion_tokens:
-            m.buffer.inc(m.child(m.tokens, model, provider, "completion"), usage.completion_tokens)
+            buffer.inc(completion, usage.completion_tokens)
+        cost_usd = micros_to_usd(cost_micros)
         if cost_micros:
-            m.buffer.inc(m.child(m.cost, model, provider), micros_to_usd(cost_micros))
+            buffer.inc(cost, cost_usd)
         record = current_request.get()
         if record is not None:
-            record.model = served.model.id if served else None
-            record.provider = served.model.provider if served else None
+            record.model = model_id
+            record.provider = provider_name
             record.provider_kind = served.provider.kind if served else None
             record.stream = stream
             record.prompt_tokens = usage.prompt_tokens
             record.completion_tokens = usage.completion_tokens
-            record.cost_usd = micros_to_usd(cost_micros)
+            record.cost_usd = cost_usd
+
+    def _settled_children(
+        self, model_id: str | None, provider_name: str | None, kind: str, stream: bool, status: int
+    ) -> Any:
+        m = self.metrics
+        model, provider = m.model(model_id), m.provider(provider_name)
+        return (
+            m.child(m.requests, model, provider, kind, "true" if stream else "false",
+                    status_class(status)),
+            m.child(m.tokens, model, provider, "prompt"),
+            m.child(m.tokens, model, provider, "completion"),
+            m.child(m.cost, model, provider),
+        )  # fmt: skip
 
     # -- the response cache (gateway/cache/) -------------------------------------------------------
     def cache_consulted(self, route: str, result: str) -> None:
@@ -112,15 +166,24 @@ class RequestObserver:
 
     # -- upstream calls (providers, retry loop) ---------------------------------------------------
     def upstream_finished(self, provider: str, duration_s: float, error_type: str | None) -> None:
-        m = self.metrics
-        label = m.provider(provider)
+        key = (provider, error_type)
+        child = self._upstream.get(key)
+        if child is None:
+            child = _remember(self._upstream, key, self._upstream_child(provider, error_type))
         if error_type is None:
-            m.buffer.observe(m.child(m.upstream_duration, label), duration_s)
+            self.metrics.buffer.observe(child, duration_s)
         else:
-            m.buffer.inc(m.child(m.upstream_errors, label, error_type))
+            self.metrics.buffer.inc(child)
         record = current_request.get()
         if record is not None:
             record.upstream_attempts += 1
+
+    def _upstream_child(self, provider: str, error_type: str | None) -> Any:
+        m = self.metrics
+        label = m.provider(provider)
+        if error_type is None:
+            return m.child(m.upstream_duration, label)
+        return m.child(m.upstream_errors, label, error_type)
 
     def retried(self, provider: str) -> None:
         m = self.metrics

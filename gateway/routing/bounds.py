@@ -22,7 +22,7 @@ import math
 from gateway.errors import InvalidRequest
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.anthropic import MessagesRequest
-from gateway.schemas.openai import ChatRequest, ImagePart
+from gateway.schemas.openai import ChatRequest
 from gateway.settings import BoundsSettings
 
 # Framing tokens per message (role, separators), as OpenAI's own counting guide adds.
@@ -39,17 +39,10 @@ class ContextLengthExceeded(InvalidRequest):
 
 def estimate_prompt_tokens(request: ChatRequest, chars_per_token: float) -> int:
     """The documented estimate of a prompt's tokens when no tokenizer is at hand."""
-    images = sum(
-        1
-        for message in request.messages
-        if isinstance(message.content, list)
-        for part in message.content
-        if isinstance(part, ImagePart)
-    )
     return (
         math.ceil(request.prompt_chars() / chars_per_token)
         + TOKENS_PER_MESSAGE * len(request.messages)
-        + TOKENS_PER_IMAGE * images
+        + TOKENS_PER_IMAGE * request.image_parts()
     )
 
 
@@ -62,6 +55,13 @@ def check_counts(
     bounds: BoundsSettings, *, messages: int, parts: int, tools: int, stops: int
 ) -> None:
     """Raises InvalidRequest (code `request_too_complex`) when a count is past its bound."""
+    if (
+        messages <= bounds.max_messages
+        and parts <= bounds.max_content_parts
+        and tools <= bounds.max_tools
+        and stops <= bounds.max_stop_sequences
+    ):
+        return
     counts = (
         ("messages", "messages", messages, bounds.max_messages, "max_messages"),
         ("messages", "content parts", parts, bounds.max_content_parts, "max_content_parts"),
@@ -83,7 +83,7 @@ def check_shape(request: ChatRequest, bounds: BoundsSettings) -> None:
     check_counts(
         bounds,
         messages=len(request.messages),
-        parts=sum(len(m.content) for m in request.messages if isinstance(m.content, list)),
+        parts=request.content_parts(),
         tools=len(request.tools or ()),
         stops=0 if stop is None else 1 if isinstance(stop, str) else len(stop),
     )

@@ -6,6 +6,7 @@ for OpenAI-shaped upstreams, passed through from the raw body untouched.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -117,7 +118,10 @@ MAX_REQUEST_FALLBACKS = 8
 ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
-class ChatRequest(_Open):
+class ChatRequest(_Open, dict=True):
+    """`dict=True` only to hold the prompt's counts, computed once per request (the bounds, the
+    routing policy, the reservation and the upstream token estimate all read them)."""
+
     model: Annotated[str, Meta(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Meta(min_length=1)]
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
@@ -152,27 +156,41 @@ class ChatRequest(_Open):
             needed.add("tools")
         if self.response_format is not None and self.response_format.type != "text":
             needed.add("json")
-        for message in self.messages:
-            if isinstance(message.content, list) and any(
-                isinstance(part, ImagePart) for part in message.content
-            ):
-                needed.add("vision")
+        if self.image_parts():
+            needed.add("vision")
         return needed
 
     def prompt_chars(self) -> int:
-        total = 0
+        """Characters of the prompt's text, tool calls and tool definitions."""
+        return self._prompt_counts[0]
+
+    def image_parts(self) -> int:
+        return self._prompt_counts[1]
+
+    def content_parts(self) -> int:
+        """Content parts of all messages together (a string content counts none)."""
+        return self._prompt_counts[2]
+
+    @functools.cached_property
+    def _prompt_counts(self) -> tuple[int, int, int]:
+        """(characters, image parts, content parts), counted in one pass over the messages."""
+        total = images = parts = 0
         for message in self.messages:
-            if isinstance(message.content, str):
-                total += len(message.content)
-            elif message.content:
-                for part in message.content:
+            content = message.content
+            if isinstance(content, str):
+                total += len(content)
+            elif content:
+                parts += len(content)
+                for part in content:
                     if isinstance(part, TextPart):
                         total += len(part.text)
+                    elif isinstance(part, ImagePart):
+                        images += 1
             for call in message.tool_calls or ():
                 total += len(call.function.arguments) + len(call.function.name)
         for tool in self.tools or ():
             total += len(tool.function.name) + len(msgspec.json.encode(tool.function.parameters))
-        return total
+        return total, images, parts
 
 
 _chat_decoder = msgspec.json.Decoder(ChatRequest)

@@ -7,7 +7,8 @@ on), its upstream the `make bench` nginx (loadtests/bench/contenders.py) on loop
 the other core. The driver's `receive()` answers with a future, as Granian's does, so what the
 gateway does to watch for the disconnect is what it does under Granian. CPU is this process's
 user + system time (the upstream's is nginx's, not counted) over the streams, 64 at a time;
-the driver's own share is in it, alike for every tree. Memory: `--open` streams of the
+the driver's own share is in it, alike for every tree. Also the OpenAI reframer alone over the
+static body (what its per-event JSON pass costs a stream). Memory: `--open` streams of the
 minute-long upstream (an event a second) held open together, measured once all have their
 first event (then their clients leave): Python's allocations (tracemalloc, with the top sites)
 and the process's RSS growth per stream, in two passes (tracemalloc off for the RSS one).
@@ -27,6 +28,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from loadtests.bench.contenders import (  # noqa: E402
     gateway_conf,
     gateway_model,
     nginx,
+    openai_events,
     stop,
     upstream_conf,
     wait_for,
@@ -157,6 +160,23 @@ async def cpu_per_stream(driver: Driver, scenario: str, streams: int) -> float:
     )
 
 
+def reframer_per_stream(repetitions: int = 5000) -> float:
+    """The OpenAI reframer alone (SSE parsing, the JSON pass per event, the model rewrite) over
+    the static body of `make bench` (50 events in one piece), µs per stream, best of 5."""
+    from gateway import _core
+
+    body = b"".join(openai_events())
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repetitions):
+            reframer = _core.Reframer("openai", "benchsse/m", "chatcmpl-bench", 1, False)
+            reframer.feed(body)
+            reframer.finish()
+        best = min(best, (time.perf_counter() - started) / repetitions)
+    return best * 1e6
+
+
 async def open_together(driver: Driver, count: int, traced: bool) -> dict[str, Any]:
     """`count` streams of the upstream's minute-long stream (an event a second) open at once;
     what they hold once all have their first event; then their clients leave."""
@@ -205,6 +225,7 @@ async def run(args: argparse.Namespace, upstream: str) -> None:
     await harness.start()
     try:
         driver = Driver(harness, await new_key(harness))
+        print(f"reframer alone, static body: {reframer_per_stream():.1f} us per stream")
         for scenario in filter(None, args.scenarios.split(",")):
             samples = [await cpu_per_stream(driver, scenario, args.streams) for _ in range(3)]
             print(

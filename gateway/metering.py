@@ -14,13 +14,13 @@ Retry-After) or InsufficientCredits (402, code `key_budget_exceeded` for a key's
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -354,21 +354,39 @@ class Meter:
             self.on_served(served, ticket.upstream_tokens, usage.total_tokens)
         return cost
 
-    @contextlib.contextmanager
-    def settle_on_failure(self, ticket: Ticket, stream: bool) -> Iterator[None]:
+    def settle_on_failure(self, ticket: Ticket, stream: bool) -> SettleOnFailure:
         """Around the upstream call of an admitted request: a failure settles the ticket at no
         cost (its reservation released), and the error carries the admission's headers."""
-        try:
-            yield
-        except GatewayError as exc:
-            self.settle(ticket, None, TokenUsage(0, 0), 0, exc.status, stream)
-            exc.extra_headers.update(ticket.admission.headers())
-            raise
-        except BaseException:
-            self.settle(ticket, None, TokenUsage(0, 0), 0, 500, stream)
-            raise
+        return SettleOnFailure(self, ticket, stream)
 
     async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:
         if not ticket.spec.tokens_per_minute or usage.total_tokens <= 0:
             return  # nothing to charge (the limiters' own early return, without their call)
         await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)
+
+
+class SettleOnFailure:
+    """`Meter.settle_on_failure`'s context manager (a class: no generator per request)."""
+
+    __slots__ = ("meter", "stream", "ticket")
+
+    def __init__(self, meter: Meter, ticket: Ticket, stream: bool) -> None:
+        self.meter = meter
+        self.ticket = ticket
+        self.stream = stream
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        status = exc.status if isinstance(exc, GatewayError) else 500
+        self.meter.settle(self.ticket, None, TokenUsage(0, 0), 0, status, self.stream)
+        if isinstance(exc, GatewayError):
+            exc.extra_headers.update(self.ticket.admission.headers())

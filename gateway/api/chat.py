@@ -55,8 +55,13 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     # Only what this key may use (403 if nothing): a cached answer is keyed by these, so one
     # key never gets another's answer from a model outside its list.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, body))
-    lookup = await state.cache.consult(
-        header(scope, CACHE_HEADER), auth.account_id, "chat", [t.model.id for t in targets], body
+    cache_mode = header(scope, CACHE_HEADER)
+    lookup = (
+        None
+        if cache_mode is None  # the client did not ask: the cache is not consulted
+        else await state.cache.consult(
+            cache_mode, auth.account_id, "chat", [t.model.id for t in targets], body
+        )
     )
     if lookup is not None and lookup.answer is not None:
         await _serve_cached(state, scope, receive, send, auth, chat, targets, lookup.answer)
@@ -101,11 +106,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     await state.meter.charge_tokens(ticket, completion.usage)
     if lookup is not None:
         await state.cache.save(lookup, target, completion.usage, orjson.dumps(completion.body))
-    await send_json(
-        send,
-        completion.body,
-        _served_by(target) | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
-    )
+    headers = _served_by(target)
+    headers.update(limit_headers)
+    headers["x-klawd-cost-usd"] = format_usd(cost)
+    await send_json(send, completion.body, headers)
 
 
 async def _serve_cached(

@@ -96,6 +96,11 @@ class GatewayMiddleware:
         self.max_body_bytes = max_body_bytes
         self.observer = observer
         self.direct_routes = {route.path: route for route in direct_routes}
+        # The ASGI callable each direct route wraps (calling AsgiEndpoint would be one more
+        # coroutine per request).
+        self.direct_apps: dict[str, ASGIApp] = {
+            route.path: getattr(route.app, "app", route.app) for route in direct_routes
+        }
         self.log_bodies_bytes = log_bodies_bytes
         self.tracing = tracing  # traces on: the request's server span opens and ends here
 
@@ -160,10 +165,7 @@ class GatewayMiddleware:
                 message["headers"] = headers
                 if record is not None and observer is not None:
                     record.status = message["status"]
-                    if any(
-                        k == b"content-type" and v.startswith(b"text/event-stream")
-                        for k, v in headers
-                    ):
+                    if _is_event_stream(headers):
                         record.stream_open = True
                         record.route = route_template(scope)
                         observer.stream_opened(record.route)
@@ -188,7 +190,7 @@ class GatewayMiddleware:
         route = self.direct_routes.get(scope["path"])
         if route is not None and route.methods is not None and scope["method"] in route.methods:
             scope["route"] = route
-            app = route.app
+            app = self.direct_apps[route.path]
         try:
             await app(scope, limited_receive, send_with_id)
         except Exception as exc:
@@ -244,6 +246,13 @@ class LimitedReceive:
                 self._bodies.request.add(body)
             self.whole = not message.get("more_body", False)
         return message
+
+
+def _is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return bool(value.startswith(b"text/event-stream"))
+    return False
 
 
 def _body(scope: Scope, error: GatewayError) -> bytes:

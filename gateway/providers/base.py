@@ -336,57 +336,55 @@ class HttpProvider:
         return text
 
     async def _send(self, upstream: UpstreamRequest) -> HttpResponse:
-        """One upstream call up to its response headers, reported to the observer; with traces
-        on, it carries the trace context (`traceparent`) of the attempt's span."""
+        """One upstream call up to its response headers (within `first_byte_timeout_s`; the
+        whole call, body included, within `timeout_s`: the response expires then, its reader
+        gets TimeoutError), reported to the observer; with traces on, it carries the trace
+        context (`traceparent`) of the attempt's span. One coroutine (the observed and the
+        unobserved call were two, one awaiting the other)."""
         if self.tracing is not None:
             upstream = with_traceparent(upstream)
-        if self.observer is None:
-            return await self._send_unobserved(upstream)
-        started = time.perf_counter()
-        try:
-            response = await self._send_unobserved(upstream)
-        except GatewayError as exc:
-            self.observer.upstream_finished(self.name, time.perf_counter() - started, exc.type)
-            raise
-        self.observer.upstream_finished(self.name, time.perf_counter() - started, None)
-        return response
-
-    async def _send_unobserved(self, upstream: UpstreamRequest) -> HttpResponse:
-        """Up to the headers within `first_byte_timeout_s`; the whole call, body included,
-        within `timeout_s` (the response expires then: its reader gets TimeoutError)."""
+        observer = self.observer
+        started = time.perf_counter() if observer is not None else 0.0
         settings = self.settings
         deadline = self._client.clock() + settings.timeout_s
         try:
-            response = await self._client.request(
-                upstream.method,
-                upstream.url,
-                upstream.headers,
-                upstream.body or None,
-                min(settings.first_byte_timeout_s, settings.timeout_s),
-            )
-        except TimeoutError as exc:
-            raise GatewayTimeout(
-                f"The upstream provider '{self.name}' did not answer in time.", retryable=True
-            ) from exc
-        except ConnectFailed as exc:
-            # Why (refused, TLS, the proxy's answer): host:port only, never a credential.
-            log.warning("provider %s unreachable: %s", self.name, exc)
-            raise UpstreamUnreachable(
-                f"The upstream provider '{self.name}' is unreachable."
-            ) from exc
-        except (ResponseBroken, ValueError) as exc:
-            raise BadGateway(
-                f"The upstream provider '{self.name}' failed: {type(exc).__name__}."
-            ) from exc
-        response.expire_at(deadline)
-        if response.status >= 400:
             try:
-                body = await response.read()
-            except (ResponseBroken, TimeoutError):
-                body = b""
-            finally:
-                response.release()
-            raise self.map_error(response.status, body, response.headers)
+                response = await self._client.request(
+                    upstream.method,
+                    upstream.url,
+                    upstream.headers,
+                    upstream.body or None,
+                    min(settings.first_byte_timeout_s, settings.timeout_s),
+                )
+            except TimeoutError as exc:
+                raise GatewayTimeout(
+                    f"The upstream provider '{self.name}' did not answer in time.", retryable=True
+                ) from exc
+            except ConnectFailed as exc:
+                # Why (refused, TLS, the proxy's answer): host:port only, never a credential.
+                log.warning("provider %s unreachable: %s", self.name, exc)
+                raise UpstreamUnreachable(
+                    f"The upstream provider '{self.name}' is unreachable."
+                ) from exc
+            except (ResponseBroken, ValueError) as exc:
+                raise BadGateway(
+                    f"The upstream provider '{self.name}' failed: {type(exc).__name__}."
+                ) from exc
+            response.expire_at(deadline)
+            if response.status >= 400:
+                try:
+                    body = await response.read()
+                except (ResponseBroken, TimeoutError):
+                    body = b""
+                finally:
+                    response.release()
+                raise self.map_error(response.status, body, response.headers)
+        except GatewayError as exc:
+            if observer is not None:
+                observer.upstream_finished(self.name, time.perf_counter() - started, exc.type)
+            raise
+        if observer is not None:
+            observer.upstream_finished(self.name, time.perf_counter() - started, None)
         return response
 
     async def _send_json(self, upstream: UpstreamRequest) -> Any:

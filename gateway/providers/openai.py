@@ -7,6 +7,7 @@ max_tokens default made explicit (so the credit reservation bounds the cost), an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -46,14 +47,22 @@ class OpenAIProvider(HttpProvider):
     reframer_kind: ClassVar[str] = "openai"
 
     def _post(self, path: str, payload: dict[str, Any]) -> UpstreamRequest:
+        return UpstreamRequest(
+            url=self._base_url + path, headers=self._json_headers, body=orjson.dumps(payload)
+        )
+
+    # Built once per provider (settings and key are fixed for the app's life); the headers are
+    # shared by every request, never changed (tracing copies them to add its own).
+    @functools.cached_property
+    def _base_url(self) -> str:
+        return self.settings.base_url.rstrip("/")
+
+    @functools.cached_property
+    def _json_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if self.api_key is not None:
             headers["authorization"] = f"Bearer {self.api_key.reveal()}"
-        return UpstreamRequest(
-            url=f"{self.settings.base_url.rstrip('/')}{path}",
-            headers=headers,
-            body=orjson.dumps(payload),
-        )
+        return headers
 
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         payload = _client_payload(call.body, call.target)

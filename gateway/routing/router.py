@@ -87,6 +87,8 @@ def resolve_chat(
     if bounded and not request.models and catalog.get(request.model) is not None:
         # a model the client named, with no fallbacks of its own, must hold the request itself
         fitting_targets(request, chain[:1], catalog.bounds)
+        if len(chain) == 1:
+            return chain  # it does (it would have raised): nothing more to check
     for index, model_id in enumerate(request.models or ()):
         if catalog.get(model_id) is None and model_id not in catalog.routes:
             raise model_not_found(model_id, param=f"models[{index}]")

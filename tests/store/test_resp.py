@@ -194,8 +194,9 @@ def test_commands_of_one_loop_turn_leave_in_one_write(
             answers = await asyncio.gather(*[client.execute("ECHO", i) for i in range(300)])
             after = reads()
             assert answers == [str(i).encode() for i in range(300)]
-            # the batch, plus the INFO that read the counter before
-            assert after - before == 2
+            # the batch and the INFO that read the counter (one command a write would be 301;
+            # one more read allowed for anything else this session's Redis may be serving)
+            assert after - before <= 3
 
     run(body())
 

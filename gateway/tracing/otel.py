@@ -6,7 +6,7 @@ context propagator. What a span then gathers (times, attributes, status) is kept
 (`OpenSpan`), and an ended, sampled span goes as one row down a pipe to the exporter child
 (gateway/tracing/pipe.py), where the SDK's tracer makes it a span (`tracer.start_span(...,
 start_time=...)`, attribute checks and limits included) and the official OTLP/HTTP exporter sends
-it. The SDK's span objects cost ~40 µs of CPU each in a live worker and nothing on the request
+it. The SDK's span objects cost ~65 µs of CPU each in a live worker and nothing on the request
 path reads them, so they are made in the child, off the event loop and out of the gateway's GIL
 (docs/decisions/0019-cache-and-traces.md gives the measurements). A sampled incoming
 `traceparent` is followed; an unsampled request still has a trace id (in its log line and the

@@ -372,7 +372,9 @@ its 64-connection rounds), the cost the 10 % target is about:
 - **The gateway's own process** (traced-split: the exporter child on the other core, as on a
   host with a core to spare): the 10 % target is **{worker_verdict}** for it. It samples,
   names and times the spans and writes their rows down the pipe; the child makes them spans
-  with the SDK's tracer, encodes and posts them.
+  with the SDK's tracer, encodes and posts them. On this shared machine one run's fixed-rate
+  reading swings by ±100 µs from the next: docs/decisions/0019-cache-and-traces.md has two
+  runs, and the seams timed in place in the live worker (+9 to +40 µs per request).
 - **The whole** (gateway and child: what a host whose cores are all busy pays, and what the
   `traced` contender's child takes from its worker's own core): the 10 % target is
   **{whole_verdict}**. Throughput traced ÷ off: {traced:.2f}x with the child on the worker's core,

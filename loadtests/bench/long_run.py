@@ -1,7 +1,7 @@
 """`make bench-long`: 10,000 concurrent long streams through one gateway worker.
 
     .venv/bin/python -m loadtests.bench.long_run [--streams 10000] [--store sqlite|redis]
-        [--write-docs]
+        [--contenders direct,bare,gateway] [--before DIR] [--write-docs]
 
 One event a second for a minute (the fake upstream's `/long` location: 60 events, each line its
 own chunk), the streams opened evenly over 10 s, so that all are open together for 50 s. The
@@ -9,8 +9,14 @@ gateway (one worker, pinned to core 0, `klawd serve` with its default server set
 complete every stream, relay no event more than 100 ms after the upstream wrote it, and stay
 under 400 MB of RSS. Every stream needs two file descriptors in the worker (the client's socket
 and the upstream's): when the hard limit of open files cannot hold `--streams`, the run says so
-and uses as many streams as it can hold. Bounded: about 75 s plus start-up, every process
-stopped at the end.
+and uses as many streams as it can hold.
+
+The same run measures, one after the other with the same client and upstream, the baselines
+that say whose the lateness is: `direct` (the client straight to the upstream: what the client
+and nginx on the shared core 1 add by themselves) and `bare` (the bare pass-through,
+loadtests/bench/bare_app.py, in the gateway's place on core 0). `--before DIR` adds another
+checkout's gateway (its `gateway` package with its built `_core`). Bounded: about 80 s per
+contender plus start-up, every process stopped at the end.
 """
 
 from __future__ import annotations
@@ -19,18 +25,35 @@ import argparse
 import datetime
 import os
 import resource
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
 from loadtests.bench import contenders as c
-from loadtests.bench.measure import PeakRss, long_streams, tree_rss_mb
+from loadtests.bench.measure import (
+    PeakRss,
+    long_streams,
+    tree_cpu_s,
+    tree_pss_mb,
+    tree_rss_mb,
+    worker_rss_mb,
+)
 
 DOCS = c.REPO / "docs" / "benchmarks.md"
 START, END = "<!-- long-streams:start -->", "<!-- long-streams:end -->"
 FDS_SPARE = 64  # what the worker holds besides the streams' sockets (measured: about 40)
+
+
+CONTENDERS = ["direct", "bare", "gateway"]
+BEFORE = "gateway-before"
 
 
 def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
@@ -39,34 +62,60 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
     if hard != resource.RLIM_INFINITY and 2 * streams + FDS_SPARE > hard:
         streams = (hard - FDS_SPARE) // 2
         print(f"open files hard limit {hard}: {streams} streams at most", flush=True)
+    results: dict[str, object] = {
+        "requested": args.streams,
+        "open_files_hard_limit": hard,
+        "load": [os.getloadavg()[0]],
+    }
+    for name in args.contenders:
+        outcome = one(name, args, streams, directory / name)
+        print(name, orjson.dumps(outcome).decode(), flush=True)
+        results[name] = outcome
+        results["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
+    return results
+
+
+def one(name: str, args: argparse.Namespace, streams: int, directory: Path) -> dict[str, object]:
+    """One contender's run: a fresh upstream (and store), the server, the client, all stopped."""
+    directory.mkdir()
     processes = []
     try:
         up_port, gw_port, redis_port = c.free_port(), c.free_port(), c.free_port()
         upstream = f"http://127.0.0.1:{up_port}"
-        processes.append(c.nginx(c.upstream_conf(directory, up_port), directory, "upstream",
-                                 c.CLIENT_CORE))  # fmt: skip
-        store = f"sqlite:///{directory / 'bench.db'}"
-        if args.store == "redis":
-            processes.append(c.redis_server(redis_port, directory))
-            store = f"redis://127.0.0.1:{redis_port}/0"
-        base = f"http://127.0.0.1:{gw_port}"
-        if args.bare:  # the bare pass-through instead, for comparison
-            gateway = c.bare(gw_port, upstream, directory)
-            processes.append(gateway)
-            c.wait_for(lambda: httpx.post(base + "/json/v1/chat/completions").status_code == 200,
-                       "bare")  # fmt: skip
-            headers: dict[str, str] = {}
-            path = f"/{args.scenario}/v1/chat/completions"
+        if args.upstream == "paced":
+            fake = c.pinned(c.CLIENT_CORE, [sys.executable, "-m", "loadtests.bench.paced_upstream",
+                                            str(up_port)], directory / "upstream.log")  # fmt: skip
         else:
-            gateway = c.gateway("gateway", gw_port, upstream, store, directory, streams)
-            processes.append(gateway)
-            c.wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, "gateway")
+            conf = c.upstream_conf(directory, up_port)
+            fake = c.nginx(conf, directory, "upstream", c.CLIENT_CORE)
+        processes.append(fake)
+        c.wait_for(lambda: listening(up_port), "the upstream")
+        path = f"/{args.scenario}/v1/chat/completions"
+        headers: dict[str, str] = {}
+        server: subprocess.Popen[bytes] | None = None
+        if name == "direct":  # no server in between: the client and the upstream alone
+            base = upstream
+        elif name == "bare":
+            base = f"http://127.0.0.1:{gw_port}"
+            server = c.bare(gw_port, upstream, directory)
+            processes.append(server)
+            c.wait_for(lambda: listening(gw_port), "bare")
+            time.sleep(1)  # its lifespan (the session) is quick; every answer here is a minute
+        else:
+            store = f"sqlite:///{directory / 'bench.db'}"
+            if args.store == "redis":
+                processes.append(c.redis_server(redis_port, directory))
+                store = f"redis://127.0.0.1:{redis_port}/0"
+            base = f"http://127.0.0.1:{gw_port}"
+            source = args.before if name == BEFORE else None
+            server = c.gateway(name, gw_port, upstream, store, directory, streams, source)
+            processes.append(server)
+            c.wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, name)
             headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
             path = "/v1/chat/completions"
         message = {"role": "user", "content": "Say hello to the benchmark."}
-        body = {"model": c.gateway_model(args.scenario), "stream": True, "max_tokens": 64,
-                "messages": [message]}  # fmt: skip
-        idle_mb = tree_rss_mb(gateway.pid)
+        model = c.gateway_model(args.scenario) if name not in ("direct", "bare") else "m"
+        body = {"model": model, "stream": True, "max_tokens": 64, "messages": [message]}
         spec = {
             "url": base + path,
             "body": orjson.dumps(body).decode(),
@@ -75,15 +124,23 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
             "ramp_s": args.ramp,
             "timeout_s": c.LONG_EVENTS + args.ramp + 30,
         }
+        watched = server.pid if server is not None else fake.pid
+        idle_mb, idle_pss_mb = tree_rss_mb(watched), tree_pss_mb(watched)
+        worker_idle_mb = worker_rss_mb(watched)
         load_before = os.getloadavg()[0]
-        with PeakRss(gateway.pid) as rss:
+        cpu_before, upstream_cpu_before = tree_cpu_s(watched), tree_cpu_s(fake.pid)
+        with PeakRss(watched, pss=True) as rss:
             outcome = long_streams(spec)
         return {
             **outcome,
-            "requested": args.streams,
-            "open_files_hard_limit": hard,
-            "idle_rss_mb": round(idle_mb, 1),
-            "peak_rss_mb": round(rss.peak_mb, 1),
+            "server_cpu_s": round(tree_cpu_s(watched) - cpu_before, 2) if server else None,
+            "upstream_cpu_s": round(tree_cpu_s(fake.pid) - upstream_cpu_before, 2),
+            "idle_rss_mb": round(idle_mb, 1) if server else None,
+            "peak_rss_mb": round(rss.peak_mb, 1) if server else None,
+            "worker_idle_rss_mb": round(worker_idle_mb, 1) if server else None,
+            "worker_peak_rss_mb": round(rss.worker_peak_mb, 1) if server else None,
+            "idle_pss_mb": round(idle_pss_mb, 1) if server else None,
+            "peak_pss_mb": round(rss.peak_pss_mb, 1) if server else None,
             "load_before": load_before,
             "load_after": os.getloadavg()[0],
         }
@@ -92,48 +149,93 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
             c.stop(process)
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+TITLES = {
+    "direct": "client → upstream (no server)",
+    "bare": "bare pass-through",
+    "gateway": "gateway",
+    BEFORE: "gateway before",
+}
+
+
+def _ms(value: object) -> str:
+    return "—" if value is None else f"{float(value):.1f}"  # type: ignore[arg-type]
+
+
 def section(result: dict[str, object], args: argparse.Namespace) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    streams = int(result["streams"])  # type: ignore[call-overload]
-    complete = result["completed"] == streams
-    on_time = result["late_over_100ms"] == 0
-    small = float(result["peak_rss_mb"]) <= 400  # type: ignore[arg-type]
+    names = [n for n in args.contenders if n in result]
+    runs: dict[str, dict[str, Any]] = {n: result[n] for n in names}  # type: ignore[misc]
+    gateway = runs.get("gateway")
+    streams = int(next(iter(runs.values()))["streams"])
     capped = (
         f" (asked for {result['requested']}; the open-files hard limit here, "
         f"{result['open_files_hard_limit']}, holds no more: two per stream)"
         if streams != result["requested"]
         else ""
     )
-    return "\n".join(
-        [
-            START,
-            "## Long streams: one worker, one event a second for a minute",
-            "",
-            f"Measured {when} with `make bench-long` (= `.venv/bin/python -m "
-            f"loadtests.bench.long_run --streams {result['requested']} --store {args.store} "
-            f"--write-docs`), load average {result['load_before']:.2f} before, "
-            f"{result['load_after']:.2f} after. {streams} streams{capped}, opened evenly over "
-            f"{args.ramp:g} s, each 60 events one second apart (each line its own chunk), "
-            "through one gateway worker on core 0 (embedded store unless said otherwise, "
-            "default `[server]` settings); the upstream and the client share core 1.",
-            "",
-            "| measure | value | target |",
-            "| --- | ---: | --- |",
-            f"| streams complete | {result['completed']} of {streams} | every one: "
-            f"{'met' if complete else 'MISSED'} |",
-            f"| events relayed more than 100 ms late (streams) | {result['late_over_100ms']} | "
-            f"none: {'met' if on_time else 'MISSED'} |",
-            f"| latest event (ms after the upstream wrote it) | {result['late_max_ms']:.1f} | |",
-            f"| p99 over streams of each stream's latest event (ms) | {result['late_p99_ms']:.1f} "
-            "| |",
-            f"| TTFB p50 / p99 (ms) | {result['ttfb_p50_ms']:.1f} / {result['ttfb_p99_ms']:.1f} "
-            "| |",
-            f"| worker RSS idle → peak (MB) | {result['idle_rss_mb']} → {result['peak_rss_mb']} | "
-            f"≤ 400: {'met' if small else 'MISSED'} |",
-            "",
-            END,
-        ]
-    )
+    loads = ", ".join(f"{value:.2f}" for value in result["load"])  # type: ignore[attr-defined]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    def row(title: str, cell: Callable[[dict[str, Any]], str], target: str = "") -> str:
+        return f"| {title} | " + " | ".join(cell(runs[n]) for n in names) + f" | {target} |"
+
+    targets = {"complete": "", "late": "", "rss": ""}
+    if gateway is not None:
+        targets["complete"] = "every one: " + verdict(gateway["completed"] == gateway["streams"])
+        targets["late"] = "none: " + verdict(gateway["late_over_100ms"] == 0)
+        targets["rss"] = "≤ 400: " + verdict(float(gateway["peak_rss_mb"]) <= 400)
+    per_stream = "server CPU per stream (ms; whole run ÷ streams)"
+    lines = [
+        START,
+        "## Long streams: one worker, one event a second for a minute",
+        "",
+        f"Measured {when} with `make bench-long` (= `.venv/bin/python -m "
+        f"loadtests.bench.long_run --streams {result['requested']} --store {args.store} "
+        f"--write-docs`), load average (1 min) at the start and after each contender: {loads}. "
+        f"{streams} streams{capped}, opened evenly over {args.ramp:g} s, each 60 events one "
+        "second apart (each line its own chunk), through one worker on core 0 (the gateway: "
+        "embedded store, default `[server]` settings); the upstream (nginx) and the client "
+        "share core 1. The contenders run one after the other with the same client and "
+        "upstream: first the client straight to the upstream (what the client and nginx add by "
+        "themselves), then the bare pass-through (loadtests/bench/bare_app.py), then the "
+        "gateway. RSS is the server's process tree (Granian's supervisor and its worker).",
+        "",
+        "| measure | " + " | ".join(TITLES[n] for n in names) + " | target (gateway) |",
+        "| --- | " + " | ".join("---:" for _ in names) + " | --- |",
+        row("streams complete", lambda r: f"{r['completed']} of {r['streams']}",
+            targets["complete"]),
+        row("streams with an event more than 100 ms late", lambda r: str(r["late_over_100ms"]),
+            targets["late"]),
+        row("latest event (ms after the upstream wrote it)", lambda r: _ms(r["late_max_ms"])),
+        row("p99 over streams of each stream's latest event (ms)",
+            lambda r: _ms(r["late_p99_ms"])),
+        row("latest event once all are open (written after the ramp + 1 s; ms)",
+            lambda r: _ms(r.get("late_after_ramp_max_ms"))),
+        row("TTFB p50 / p99 (ms)",
+            lambda r: f"{_ms(r['ttfb_p50_ms'])} / {_ms(r['ttfb_p99_ms'])}"),
+        row("the client's own loop: worst lag (ms)", lambda r: _ms(r.get("client_lag_max_ms"))),
+        row("CPU s over the run: client / upstream",
+            lambda r: f"{r.get('client_cpu_s', 0):.1f} / {r.get('upstream_cpu_s', 0):.1f}"),
+        row(per_stream, lambda r: "—" if r["server_cpu_s"] is None
+            else f"{r['server_cpu_s'] * 1000 / r['streams']:.2f}"),
+        row("RSS idle → peak (MB)", lambda r: "—" if r["idle_rss_mb"] is None
+            else f"{r['idle_rss_mb']} → {r['peak_rss_mb']}", targets["rss"]),
+        row("worker alone: RSS idle → peak (MB)", lambda r: "—" if r["idle_rss_mb"] is None
+            else f"{r['worker_idle_rss_mb']} → {r['worker_peak_rss_mb']}"),
+        row("PSS idle → peak (MB; shared pages counted once)",
+            lambda r: "—" if r["idle_pss_mb"] is None
+            else f"{r['idle_pss_mb']} → {r['peak_pss_mb']}"),
+        "",
+        END,
+    ]  # fmt: skip
+    return "\n".join(lines)
 
 
 def write_docs(text: str) -> None:
@@ -155,11 +257,29 @@ def main() -> int:
         "--scenario", choices=["long", "slow"], default="long",
         help="slow: 50 events 100 ms apart, for a quick look at memory (no --write-docs)",
     )  # fmt: skip
-    parser.add_argument("--bare", action="store_true", help="the bare pass-through instead")
+    parser.add_argument(
+        "--contenders",
+        type=lambda text: [n for n in CONTENDERS if n in text.split(",")],
+        default=CONTENDERS,
+        help=f"a comma-separated subset of {','.join(CONTENDERS)}, run in this order",
+    )
+    parser.add_argument("--bare", action="store_true", help="the bare pass-through alone")
+    parser.add_argument(
+        "--upstream", choices=["paced", "nginx"], default="paced",
+        help="paced: loadtests/bench/paced_upstream.py (events on a fixed schedule); nginx: the "
+        "echo module's upstream of the other benches (its events drift into bursts)",
+    )  # fmt: skip
+    parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    if args.write_docs and (args.scenario != "long" or args.bare):
-        parser.error("--write-docs measures the long scenario")
+    if args.bare:
+        args.contenders = ["bare"]
+    if args.before is not None:
+        args.contenders.append(BEFORE)
+    if args.write_docs and (args.scenario != "long" or "gateway" not in args.contenders):
+        parser.error("--write-docs measures the gateway on the long scenario")
+    if args.upstream == "paced" and args.scenario != "long":
+        parser.error("the paced upstream sends the long scenario only (--upstream nginx)")
     if not (1 <= args.streams <= 20_000 and 0 <= args.ramp <= 30):
         parser.error("bounds: --streams 1..20000, --ramp 0..30")
     with tempfile.TemporaryDirectory(prefix="klawd-long-") as tmp:

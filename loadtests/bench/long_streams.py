@@ -12,6 +12,9 @@ is a 200 carrying `data: [DONE]` and the chunked body's last chunk.
 Lateness: the paced upstream puts its clock into every content delta (`tok<i> <unix time with
 ms>`, nginx's $msec); an event's lateness is when the client read it minus when the upstream
 wrote it, so it covers every hop in between and nothing of the upstream's own pacing drift.
+Reported over all events, and over the events the upstream wrote after the ramp (`ramp_s` + 1 s
+after the start: once every stream is open). The client's own lag is measured too: a 10 ms
+ticker on its loop records how late it woke, so a late client shows up as itself.
 
 The client is a bare asyncio Protocol on uvloop (no HTTP library): with thousands of streams a
 chunk per line, a heavier client would measure itself. Prints one JSON object. Bounded: each
@@ -37,6 +40,11 @@ END = b"0\r\n\r\n"
 class Stream(asyncio.Protocol):
     """One request over its own connection; the answer is inspected as it arrives."""
 
+    steady_from = float("inf")  # unix time from which every stream is open (set by `run`)
+    started_at = 0.0  # unix time of the start (set by `run`)
+    # the worst lateness of the events the upstream wrote in each second of the run
+    late_by_second: list[float] = []  # noqa: RUF012 (one run per process)
+
     def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
         self.request = request
         self.done = done
@@ -48,6 +56,7 @@ class Stream(asyncio.Protocol):
         self.saw_done = False
         self.events = 0
         self.max_late_s = 0.0
+        self.max_late_after_s = 0.0  # of events the upstream wrote after `Stream.steady_from`
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,7 +70,13 @@ class Stream(asyncio.Protocol):
         now = time.time()
         window = self.tail + data  # a stamp split across reads is found whole (max: no harm)
         for stamp in STAMP.findall(window):
-            self.max_late_s = max(self.max_late_s, now - float(stamp))
+            written = float(stamp)
+            self.max_late_s = max(self.max_late_s, now - written)
+            second = int(written - Stream.started_at)
+            if 0 <= second < len(Stream.late_by_second):
+                Stream.late_by_second[second] = max(Stream.late_by_second[second], now - written)
+            if written >= self.steady_from:
+                self.max_late_after_s = max(self.max_late_after_s, now - written)
         self.events += (self.tail[-1:] + data).count(b"\n\n")
         if b"data: [DONE]" in window:
             self.saw_done = True
@@ -118,18 +133,36 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+async def ticker(lags: list[float], period_s: float = 0.01) -> None:
+    """How late this client's own loop wakes (the worst, in `lags[0]`), until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period_s
+        await asyncio.sleep(period_s)
+        lags[0] = max(lags[0], loop.time() - due)
+
+
 async def run(spec: dict[str, object]) -> dict[str, object]:
     count = int(spec["count"])  # type: ignore[call-overload]
     ramp = float(spec["ramp_s"])  # type: ignore[arg-type]
     until = float(spec.get("until_s", 0))  # type: ignore[arg-type]
     started = time.perf_counter()
-    per_slot = await asyncio.gather(
-        *(slot(spec, i * ramp / count, started + until) for i in range(count))
-    )
+    Stream.steady_from = time.time() + ramp + 1
+    Stream.started_at = time.time()
+    Stream.late_by_second = [0.0] * int(ramp + float(spec["timeout_s"]) + until + 2)  # type: ignore[arg-type]
+    lags = [0.0]
+    tick = asyncio.ensure_future(ticker(lags))
+    try:
+        per_slot = await asyncio.gather(
+            *(slot(spec, i * ramp / count, started + until) for i in range(count))
+        )
+    finally:
+        tick.cancel()
     attempts = [outcome for outcomes in per_slot for outcome in outcomes]
     streams = [s for s in attempts if s is not None]
     ttfb = [s.ttfb_s * 1000 for s in streams if s.ttfb_s is not None]
     late = [s.max_late_s * 1000 for s in streams if s.complete]
+    late_after = [s.max_late_after_s * 1000 for s in streams if s.complete]
     return {
         "streams": len(attempts),
         "completed": sum(1 for s in streams if s.complete),
@@ -139,6 +172,10 @@ async def run(spec: dict[str, object]) -> dict[str, object]:
         "late_max_ms": max(late) if late else None,
         "late_p99_ms": percentile(late, 0.99) if late else None,
         "late_over_100ms": sum(1 for value in late if value > 100),
+        "late_after_ramp_max_ms": max(late_after) if late_after else None,
+        "late_after_ramp_over_100ms": sum(1 for value in late_after if value > 100),
+        "client_lag_max_ms": lags[0] * 1000,
+        "late_by_second_ms": [round(value * 1000) for value in Stream.late_by_second],
         "seconds": time.perf_counter() - started,
     }
 

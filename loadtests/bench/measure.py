@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -70,8 +71,8 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
     return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), bad_count)
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and all its descendants, from /proc."""
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc."""
     children: dict[int, list[int]] = collections.defaultdict(list)
     for status in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -79,18 +80,40 @@ def tree_rss_mb(pid: int) -> float:
         except OSError:
             continue
         children[int(fields[1])].append(int(status.parent.name))
-    total_kb = 0
+    found = []
     pending = [pid]
     while pending:
         current = pending.pop()
+        found.append(current)
         pending.extend(children.get(current, []))
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
+    return found
+
+
+def _kb(path: str, field: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants, from /proc (pages a forked worker still
+    shares with its parent count in both)."""
+    return sum(_kb(f"/proc/{p}/status", "VmRSS:") for p in _tree(pid)) / 1024
+
+
+def worker_rss_mb(pid: int) -> float:
+    """RSS of the largest single process of the tree (under Granian: the worker)."""
+    return max(_kb(f"/proc/{p}/status", "VmRSS:") for p in _tree(pid)) / 1024
+
+
+def tree_pss_mb(pid: int) -> float:
+    """PSS of the tree: each page divided among the processes sharing it, so a page the
+    worker shares with its supervisor counts once."""
+    return sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in _tree(pid)) / 1024
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -121,17 +144,26 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class PeakRss:
-    """Samples a process tree's RSS every 100 ms in a thread; `peak_mb` after `stop()`."""
+    """Samples a process tree's RSS every 100 ms in a thread (and with `pss`, the largest
+    process's RSS and the tree's PSS every second); the peaks after `stop()`."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, pss: bool = False) -> None:
         self.pid = pid
+        self.pss = pss
         self.peak_mb = 0.0
+        self.worker_peak_mb = 0.0
+        self.peak_pss_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.1):
             self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid))
+            ticks += 1
+            if self.pss and ticks % 10 == 0:
+                self.worker_peak_mb = max(self.worker_peak_mb, worker_rss_mb(self.pid))
+                self.peak_pss_mb = max(self.peak_pss_mb, tree_pss_mb(self.pid))
 
     def __enter__(self) -> PeakRss:
         self.peak_mb = tree_rss_mb(self.pid)
@@ -148,6 +180,12 @@ def long_streams(spec: dict[str, object]) -> dict[str, float | int | None]:
     command = ["taskset", "-c", CLIENT_CORE, sys.executable, "-m", "loadtests.bench.long_streams",
                orjson.dumps(spec).decode()]  # fmt: skip
     bound = float(spec.get("until_s", 0)) + float(spec["timeout_s"]) + 60  # type: ignore[arg-type]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, timeout=bound, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, float | int | None] = orjson.loads(out.strip().splitlines()[-1])
+    # The client's own CPU (the only child waited for meanwhile): whether it had its core.
+    result["client_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
+    )
     return result

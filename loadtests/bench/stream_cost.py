@@ -74,6 +74,7 @@ class Driver:
             (b"content-type", b"application/json"),
         ]
         self.open: set[asyncio.Future[dict[str, Any]]] = set()
+        self.sends = 0  # the app's send() calls, every stream together
 
     def leave_all(self) -> None:
         """Every open stream's client disconnects."""
@@ -101,6 +102,7 @@ class Driver:
 
         async def send(message: dict[str, Any]) -> None:
             nonlocal size
+            self.sends += 1
             if message["type"] == "http.response.start":
                 if message["status"] != 200:
                     raise RuntimeError(f"status {message['status']}")
@@ -157,6 +159,38 @@ async def cpu_per_stream(driver: Driver, scenario: str, streams: int) -> float:
         await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))
     return (
         (sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - started) * 1e6 / (rounds * CONCURRENCY)
+    )
+
+
+async def calls_per_stream(
+    driver: Driver, scenario: str, streams: int, top: int
+) -> tuple[float, float, list[str]]:
+    """Python function calls and `send` calls per stream under cProfile (deterministic, so
+    independent of the load), and the `top` functions by own time with their calls per stream."""
+    import cProfile
+    import pstats
+
+    model = gateway_model(scenario)
+    await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))  # warm
+    rounds = max(1, streams // CONCURRENCY)
+    sends = driver.sends
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(rounds):
+        await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))
+    profile.disable()
+    count = rounds * CONCURRENCY
+    stats = pstats.Stats(profile)
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # type: ignore[attr-defined]
+    lines = [
+        f"  {own * 1e6 / count:7.1f} us own  {calls / count:6.2f} calls  "
+        f"{Path(file).name}:{line} {name}"
+        for (file, line, name), (_, calls, own, _, _) in rows
+    ]
+    return (
+        stats.total_calls / count,  # type: ignore[attr-defined]
+        (driver.sends - sends) / count,
+        lines,
     )
 
 
@@ -233,6 +267,13 @@ async def run(args: argparse.Namespace, upstream: str) -> None:
                 f"(runs: {', '.join(f'{s:.0f}' for s in samples)})",
                 flush=True,
             )
+        for scenario in filter(None, args.calls.split(",")):
+            calls, sends, lines = await calls_per_stream(
+                driver, scenario, args.streams // 4, args.top
+            )
+            print(f"calls {scenario}: {calls:.1f} function calls, {sends:.2f} sends per stream")
+            for line in lines:
+                print(line)
         if args.open:
             plain = await open_together(driver, args.open, traced=False)
             print(f"open {args.open}: RSS +{plain['rss_per_stream_kb']:.1f} KB per stream")
@@ -249,6 +290,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=3000, help="per CPU run (3 runs)")
     parser.add_argument("--scenarios", default="sse,event,lines")
+    parser.add_argument(
+        "--calls", default="", help="scenarios to count function calls and sends per stream in"
+    )
+    parser.add_argument("--top", type=int, default=0, help="with --calls: the top functions")
     parser.add_argument("--open", type=int, default=1000, help="streams held open (0: skip)")
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
     args = parser.parse_args()

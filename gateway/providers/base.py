@@ -479,6 +479,10 @@ class HttpProvider:
         return ReframedStream(self, response, reframer)
 
 
+# How long a whole stream's connection waits for the HTTP answer's end before it is closed.
+LINGER_S = 1.0
+
+
 class ReframedStream:
     """Moves upstream bytes through the provider's Rust reframer; knows no provider format.
 
@@ -487,7 +491,7 @@ class ReframedStream:
     or more whole OpenAI events; an upstream error event is raised after the events before it
     were returned, and the answer is released (kept alive if whole) when the stream ends."""
 
-    __slots__ = ("_ended", "_noted", "_provider", "_reframer", "_response")
+    __slots__ = ("_ended", "_noted", "_provider", "_reframer", "_released", "_response")
 
     def __init__(
         self, provider: HttpProvider, response: HttpResponse, reframer: _core.Reframer
@@ -499,6 +503,7 @@ class ReframedStream:
         self._response = response
         self._reframer = reframer
         self._ended = False
+        self._released = False
         self._noted = False
 
     @property
@@ -518,6 +523,8 @@ class ReframedStream:
         return self._reframer.content_chars
 
     async def aclose(self) -> None:
+        if self._released:
+            return  # ended already (the answer released, or dropped if it failed)
         # Closing (not releasing) drops the connection: the upstream stops generating at once.
         self._response.close()
         self._end()
@@ -550,14 +557,22 @@ class ReframedStream:
             if translated is exc:
                 raise
             raise translated from exc
-        self._end()  # the whole answer read: the connection is kept alive
+        # The stream is whole: the connection is kept alive, also when its last event came
+        # before the HTTP answer's end (the terminating chunk is usually a read behind).
+        self._end(whole=True)
         raise StopAsyncIteration
 
-    def _end(self) -> None:
+    def _end(self, whole: bool = False) -> None:
         """Once, however the stream ends: the answer released (kept alive only if whole) and
         the finish reason noted for the trace."""
         self._ended = True
-        self._response.release()
+        if self._released:
+            return
+        self._released = True
+        if whole:
+            self._response.release_when_whole(LINGER_S)
+        else:
+            self._response.release()
         if self._provider.tracing is not None and not self._noted:
             self._noted = True
             note_finish_reasons([self._reframer.finish_reason])

@@ -485,6 +485,15 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             response._fail(ResponseBroken("the upstream answered malformed HTTP"))
             self.close()
+            return
+        # The body's chunks were appended by the parser (no Python call per HTTP chunk): the
+        # reader is woken once per read, and the socket paused past the high-water mark.
+        if response._chunks:
+            response._wake()
+            if not response._unbounded:
+                response._wire += len(data)  # an upper bound of the body bytes buffered
+                if response._wire > HIGH_WATER and response._buffered > HIGH_WATER:
+                    self.pause()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -499,7 +508,6 @@ class HttpResponse:
     `chunks()`, then `release()` (keep-alive) or `close()` (drop the connection)."""
 
     __slots__ = (
-        "_buffered",
         "_chunks",
         "_complete",
         "_conn",
@@ -515,6 +523,7 @@ class HttpResponse:
         "_interim",
         "_keep_alive",
         "_last_bytes_at",
+        "_lingering",
         "_loop",
         "_parser",
         "_read_timeout_s",
@@ -523,7 +532,9 @@ class HttpResponse:
         "_wait_since",
         "_waiter",
         "_whole_by",
+        "_wire",
         "headers",
+        "on_body",
         "status",
     )
 
@@ -537,6 +548,11 @@ class HttpResponse:
         self.status = 0
         self.headers: dict[str, str] = {}  # lower-case names; repeated headers joined by ", "
         self._conn: _Connection | None = conn
+        self._chunks: list[bytes] = []  # taken all at once (a deque's first block: 0.5 KB)
+        # Each HTTP chunk of the body goes straight into the list (httptools looks `on_body` up
+        # once, here): no Python frame per chunk; a compressed body is decoded when taken. A
+        # HEAD answer has no body: one that arrives anyway is an error.
+        self.on_body: Callable[[bytes], None] = self._no_body if head_only else self._chunks.append
         # The parser calls this object's on_* methods; dropped when done (no reference cycle).
         parser = httptools.HttpResponseParser(self)
         parser.set_dangerous_leniencies(  # what aiohttp's response parser tolerates too
@@ -548,8 +564,7 @@ class HttpResponse:
         self._loop = conn.pool.client._event_loop()
         self._read_timeout_s = read_timeout_s
         self._head_only = head_only
-        self._chunks: list[bytes] = []  # taken all at once (a deque's first block: 0.5 KB)
-        self._buffered = 0
+        self._wire = 0  # bytes read since the body was last taken (see data_received)
         self._headers_done = False
         self._interim = False
         self._complete = False  # the whole message arrived
@@ -558,6 +573,7 @@ class HttpResponse:
         self._unbounded = False  # read(): buffer everything, never pause
         self._got_bytes = False
         self._finished = False  # released or closed
+        self._lingering = False  # released before its end arrived (release_when_whole)
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: zlib._Decompress | None = None
@@ -581,13 +597,10 @@ class HttpResponse:
             self._conn.resume()
         try:
             await self._wait_until(self._is_complete)
+            body = self._take()
         except BaseException:
             self.close()
             raise
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._buffered = 0
         self.release()
         return body
 
@@ -604,15 +617,14 @@ class HttpResponse:
     async def __anext__(self) -> bytes:
         try:
             while True:
-                chunks = self._chunks
-                if chunks:
-                    piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    chunks.clear()
-                    self._buffered = 0
+                if self._chunks or (self._complete and self._decoder is not None):
+                    piece = self._take()
                     conn = self._conn
                     if conn is not None and conn.paused:
                         conn.resume()
-                    return piece
+                    if piece:
+                        return piece
+                    continue  # compressed bytes that decoded to nothing yet
                 if self._complete:
                     break
                 if self._error is not None:
@@ -623,6 +635,36 @@ class HttpResponse:
             raise
         self.release()
         raise StopAsyncIteration
+
+    @property
+    def _buffered(self) -> int:
+        """Body bytes waiting to be taken."""
+        return sum(map(len, self._chunks))
+
+    def _take(self) -> bytes:
+        """Everything that arrived since the last take, joined; decoded if compressed (the
+        decoder's tail added once the whole answer is in). Raises ResponseBroken."""
+        chunks = self._chunks
+        piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._wire = 0
+        decoder = self._decoder
+        if decoder is None:
+            return piece
+        try:
+            if piece and self._deflate_probe:  # zlib-wrapped, as the RFC says, or raw
+                self._deflate_probe = False
+                if piece[0] & 0x0F != 8:
+                    decoder = self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+            piece = decoder.decompress(piece)
+            if self._complete:
+                piece += decoder.flush()
+                self._decoder = None
+        except zlib.error as exc:
+            if self._error is None:  # not kept alive: the caller closes the answer
+                self._error = ResponseBroken("the upstream's compressed body is corrupt")
+            raise ResponseBroken("the upstream's compressed body is corrupt") from exc
+        return piece
 
     def expire_at(self, when: float) -> None:
         """Fails the body with TimeoutError at loop time `when` (a whole-request deadline)."""
@@ -642,6 +684,19 @@ class HttpResponse:
             conn.pool.put_back(conn)
         else:
             conn.close()
+
+    def release_when_whole(self, within_s: float) -> None:
+        """`release()` for a reader that has all it wants before the answer's end arrived (a
+        stream's last event read before the terminating chunk that follows it): the connection
+        goes back to the pool when the end arrives within `within_s`, and is closed otherwise
+        (a new connection costs more than the wait, which holds nothing but the socket)."""
+        if self._complete or self._finished or self._error is not None:
+            self.release()
+            return
+        self._lingering = True
+        when = self._loop.time() + within_s
+        self._whole_by = when if self._whole_by is None else min(self._whole_by, when)
+        self._arm(self._loop.time())
 
     def close(self) -> None:
         """Drops the connection at once (how a stream is cancelled upstream). Idempotent."""
@@ -729,6 +784,9 @@ class HttpResponse:
 
     def _timed_out(self) -> None:
         self._fail(TimeoutError("the upstream did not answer in time"))
+        if self._lingering:
+            self.close()
+            return
         conn = self._conn
         if conn is not None:
             conn.close()
@@ -749,18 +807,12 @@ class HttpResponse:
             self._fail(ResponseBroken(f"the connection broke mid-answer ({type(exc).__name__})"))
 
     def _finish_message(self, keep_alive: bool) -> None:
-        if self._decoder is not None:
-            try:
-                tail = self._decoder.flush()
-            except zlib.error:
-                self._fail(ResponseBroken("the upstream's compressed body is corrupt"))
-                return
-            if tail:
-                self._chunks.append(tail)
-                self._buffered += len(tail)
         self._complete = True
         self._keep_alive = keep_alive
         self._cancel_timer()
+        if self._lingering:  # nobody reads any more: back to the pool (or closed)
+            self.release()
+            return
         self._wake()
 
     # -- httptools callbacks (only while the connection feeds the parser) ------------------------
@@ -804,27 +856,11 @@ class HttpResponse:
         )
         self._wake()
 
-    def on_body(self, body: bytes) -> None:
-        if self._complete:  # a body after a HEAD answer
+    def _no_body(self, body: bytes) -> None:
+        """`on_body` of a HEAD answer (httptools does not know it was one)."""
+        if self._complete:
             raise ResponseBroken("unexpected body")
-        decoder = self._decoder
-        if decoder is not None:
-            if self._deflate_probe:  # zlib-wrapped, as the RFC says, or raw as some servers send
-                self._deflate_probe = False
-                if body[0] & 0x0F != 8:
-                    decoder = self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
-            try:
-                body = decoder.decompress(body)
-            except zlib.error as exc:
-                self._fail(ResponseBroken("the upstream's compressed body is corrupt"))
-                raise ResponseBroken("corrupt body") from exc
-            if not body:
-                return
         self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._unbounded and self._conn is not None:
-            self._conn.pause()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self._interim:

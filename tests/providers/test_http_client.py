@@ -795,6 +795,49 @@ async def test_close_drops_a_stream_upstream() -> None:
             await response.read()
 
 
+async def test_a_stream_released_before_its_end_goes_back_to_the_pool_when_the_end_comes() -> None:
+    """A stream's last event read before the chunk that ends the answer: released then, the
+    connection is kept for the next request once the end arrives."""
+    released = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await released.wait()
+        await conn.send(b"0\r\n\r\n")
+        if await conn.request() is None:
+            return
+        await conn.send(answer(b"next"))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        assert await anext(response.chunks()) == b"data:1"
+        response.release_when_whole(BOUND_S)
+        released.set()
+        while not any(pool.idle for pool in http._pools.values()):  # the end arrived
+            await asyncio.sleep(0)
+        assert (await get(http, server.url()))[1] == b"next"
+        assert server.accepted == 1
+
+
+async def test_a_stream_released_before_its_end_is_closed_when_the_end_does_not_come() -> None:
+    peer_closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await conn.wait_closed_by_peer()
+        peer_closed.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        assert await anext(response.chunks()) == b"data:1"
+        response.release_when_whole(0.05)
+        await peer_closed.wait()
+        assert all(pool.count == 0 and not pool.idle for pool in http._pools.values())
+
+
 async def test_client_close_closes_pooled_connections() -> None:
     peer_closed = asyncio.Event()
 

@@ -157,7 +157,9 @@ class GatewayMiddleware:
         started = False
         observer = self.observer
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            """Not a coroutine: the server's own awaitable is returned (one coroutine frame
+            less per message, three per stream)."""
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -176,7 +178,7 @@ class GatewayMiddleware:
                     record.first_byte_at = time.perf_counter()
                 if record.bodies is not None:
                     record.bodies.response.add(message.get("body", b""))
-            await send(message)
+            return send(message)
 
         too_large = RequestTooLarge(
             f"The request body is larger than the gateway's limit of {self.max_body_bytes} bytes."

@@ -70,7 +70,7 @@ async def send_event_stream(
         silent_s = loop.time() - last_sent
         if silent_s >= keepalive_s:
             if waiting_on_source and (pinging is None or pinging.done()):
-                pinging = asyncio.ensure_future(send(_body(keepalive)))
+                pinging = asyncio.ensure_future(_ping(send, keepalive))
                 pinging.add_done_callback(_ignore_result)
             last_sent = loop.time()
             silent_s = 0.0
@@ -136,6 +136,11 @@ class Drain(NamedTuple):
 
 def _body(piece: bytes) -> Message:
     return {"type": "http.response.body", "body": piece, "more_body": True}
+
+
+async def _ping(send: Send, keepalive: bytes) -> None:
+    """The keepalive's send as a task of its own (`send` may return any awaitable)."""
+    await send(_body(keepalive))
 
 
 def _ignore_result(future: asyncio.Future[None]) -> None:

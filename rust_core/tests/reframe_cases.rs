@@ -34,6 +34,27 @@ fn openai_keeps_field_order_numbers_and_escapes_and_rewrites_only_model() {
 }
 
 #[test]
+fn openai_model_is_replaced_wherever_and_however_it_is_written() {
+    // null, spaced, escaped key, after the choices, and across pretty-printed lines.
+    let input =
+        "data: {\"id\":\"a\",\"model\":null,\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n\
+                 data: {\"choices\":[{\"delta\":{\"content\":\"y\"}}] , \"model\" : \"m\" }\n\n\
+                 data: {\"mod\\u0065l\":\"m\",\"choices\":[{\"delta\":{}}]}\n\n\
+                 data: {\"choices\": [{\"delta\": {}}],\ndata: \"model\": {\"x\": [1, \"}\"]}}\n\n\
+                 data: [DONE]\n\n";
+    let (evs, _) = out_of("openai", input);
+    assert_eq!(
+        evs[..4],
+        [
+            "data: {\"id\":\"a\",\"model\":\"prov/model\",\"choices\":[{\"delta\":{\"content\":\"x\"}}]}",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"y\"}}] , \"model\" : \"prov/model\" }",
+            "data: {\"mod\\u0065l\":\"prov/model\",\"choices\":[{\"delta\":{}}]}",
+            "data: {\"choices\":[{\"delta\":{}}],\"model\":\"prov/model\"}",
+        ]
+    );
+}
+
+#[test]
 fn openai_pretty_printed_multi_line_data_is_compacted_to_one_line() {
     let input = "data: {\"id\": \"x\",\ndata:  \"choices\": [ ],\ndata: \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 4, \"total_tokens\": 7}}\n\ndata: [DONE]\n\n";
     let (evs, s) = out_of("openai", input);

@@ -3,7 +3,8 @@
 //! Each chunk is relayed byte for byte except the value of its top-level `model` member, which
 //! is replaced by the gateway's id (so field order, number formatting and escapes are kept);
 //! a chunk without `model` gets one appended. One `serde_json` pass decodes only `choices`,
-//! `usage` and `error` (and validates the JSON); a light scanner finds the `model` span. This is
+//! `usage` and `error` (and validates the JSON), and finds where the value of `model` is (its
+//! raw value, borrowed from the event: no second scan of the event). This is
 //! faster than re-serializing through `serde_json::Value` (measured in `docs/benchmarks.md`). The gateway always asks upstream for usage; when the client did not, the
 //! usage-only chunk (`choices: []` with a usage) is dropped from the output, and so is a chunk
 //! with neither choices nor usage (Azure's leading `prompt_filter_results` chunk).
@@ -22,6 +23,9 @@ use crate::usage::{OpenAiUsage, Usage};
 /// The members of a chunk that the gateway needs; the rest is skipped.
 #[derive(Deserialize)]
 struct ChunkView<'a> {
+    /// Where the value of `model` is in the event (replaced by the gateway's id).
+    #[serde(borrow, default)]
+    model: Span<'a>,
     #[serde(borrow, default)]
     choices: Option<Vec<Choice<'a>>>,
     #[serde(default)]
@@ -31,6 +35,30 @@ struct ChunkView<'a> {
     /// vLLM (older versions) streams errors as a top-level `{"object":"error","message":…}`.
     #[serde(borrow, default)]
     object: Option<Cow<'a, str>>,
+}
+
+/// A member's raw value as it is in the event, `null` included (an `Option<&RawValue>` reads
+/// `null` as `None`, which would lose where a `"model": null` is).
+#[derive(Default)]
+struct Span<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Span<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(deserializer).map(|raw| Span(Some(raw)))
+    }
+}
+
+impl Span<'_> {
+    /// The byte range of the value in `data`, the text it was parsed from.
+    fn range_in(&self, data: &str) -> Option<(usize, usize)> {
+        let raw = self.0?.get();
+        let start = (raw.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+        let end = start.checked_add(raw.len())?;
+        // Always so for a value parsed from `data`; checked rather than assumed.
+        data.get(start..end)
+            .filter(|found| std::ptr::eq(found.as_ptr(), raw.as_ptr()))
+            .map(|_| (start, end))
+    }
 }
 
 #[derive(Deserialize)]
@@ -115,9 +143,9 @@ fn upstream_error(raw: &str) -> (String, String) {
     }
 }
 
-fn rewrite(data: &str, model_json: &[u8], out: &mut Vec<u8>) {
+fn rewrite(data: &str, model: Option<(usize, usize)>, model_json: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"data: ");
-    if let Some((start, end)) = json::find_member(data, "model") {
+    if let Some((start, end)) = model {
         out.extend_from_slice(&data.as_bytes()[..start]);
         out.extend_from_slice(model_json);
         out.extend_from_slice(&data.as_bytes()[end..]);
@@ -198,7 +226,11 @@ impl Reframe for OpenAiReframer {
             // only `prompt_filter_results`).
             return Ok(());
         }
-        rewrite(data, &self.model_json, out);
+        let model = view
+            .model
+            .range_in(data)
+            .or_else(|| view.model.0.and_then(|_| json::find_member(data, "model")));
+        rewrite(data, model, &self.model_json, out);
         Ok(())
     }
 

@@ -32,7 +32,7 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
-from gateway.providers.base import ChatCall, Completion, UpstreamStream
+from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
 from gateway.routing.router import resolve_chat
@@ -100,6 +100,8 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
+            # The provider's own stream knows its last piece (ends the body in that send).
+            last=stream.finished if isinstance(stream, ReframedStream) else None,
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)

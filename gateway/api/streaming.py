@@ -40,9 +40,13 @@ async def send_event_stream(
     keepalive_s: float,
     keepalive: bytes = KEEPALIVE,
     drain: Drain | None = None,
+    last: Callable[[], bool] | None = None,
 ) -> None:
     """`drain`: where the stream registers itself while open, and the final event it gets if a
-    shutdown's deadline ends it (gateway/drain.py)."""
+    shutdown's deadline ends it (gateway/drain.py). `last`: true once the piece just taken is
+    the stream's last (its source knows, e.g. the upstream's [DONE] was read): that piece ends
+    the body in the same send (one send less per stream), and the pieces are then run to
+    their end (the relay bills) with the client no longer watched."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None  # noqa: S101 (always called from the request's task)
@@ -89,14 +93,24 @@ async def send_event_stream(
     try:
         await send(start)
         del start
+        ended = False
         async for piece in pieces:
+            if ended:
+                continue  # nothing follows the last piece (its source said so)
             waiting_on_source = False
             if pinging is not None and not pinging.done():
                 await pinging
+            if last is not None and last():
+                ended = finished = True  # the body ends here: a disconnect now changes nothing
+                await send({"type": "http.response.body", "body": piece, "more_body": False})
+                if drain is not None:
+                    drain.streams.discard(task)
+                continue
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             last_sent = loop.time()
             waiting_on_source = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError as exc:
         if client_gone:
             task.uncancel()

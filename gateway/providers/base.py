@@ -522,6 +522,12 @@ class ReframedStream:
     def content_chars(self) -> int:
         return self._reframer.content_chars
 
+    def finished(self) -> bool:
+        """Whether the piece last returned was the stream's last: the upstream's end was read
+        ([DONE] or its equivalent) and no error follows it, so the next step only ends."""
+        reframer = self._reframer
+        return reframer.done and reframer.upstream_error is None
+
     async def aclose(self) -> None:
         if self._released:
             return  # ended already (the answer released, or dropped if it failed)

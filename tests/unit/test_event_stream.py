@@ -53,6 +53,49 @@ def test_pieces_are_sent_in_order_each_in_one_send_then_the_end() -> None:
     assert client.sent[-1]["more_body"] is False
 
 
+def test_a_source_that_knows_its_last_piece_ends_the_body_with_it_and_still_runs_to_its_end() -> (
+    None
+):
+    """`last`: the last piece is sent as the body's end (no empty send after it); the source
+    then runs to its end (the relay bills there) even though the client leaves at once."""
+
+    async def main() -> tuple[Client, bool, int]:
+        client = Client()
+        billed = False
+        done = False
+
+        async def send_then_leave(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                client.left.set()
+                await asyncio.sleep(0)
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            nonlocal billed, done
+            try:
+                yield b"data: 0\n\n"
+                done = True
+                yield b"data: [DONE]\n\n"
+            finally:
+                for _ in range(3):  # the relay's billing awaits the store
+                    await asyncio.sleep(0)
+                billed = True
+
+        await send_event_stream(
+            client.receive, send_then_leave, {}, pieces(), 30, last=lambda: done
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)  # a stray cancellation would be raised here
+        return client, billed, task.cancelling()
+
+    client, billed, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert client.bodies() == [b"data: 0\n\n", b"data: [DONE]\n\n"]
+    assert [m["more_body"] for m in client.sent[1:]] == [True, False]
+    assert billed
+    assert cancelling == 0
+
+
 def test_a_silent_source_gets_keepalives_and_then_its_piece() -> None:
     async def main() -> Client:
         client = Client()

@@ -6,6 +6,7 @@ This is the only shared mutable state of the gateway: no module global holds a c
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -63,9 +64,11 @@ class AppState:
 
 def open_capacity(store: Store) -> Capacity:
     """Rests and caps kept where the store keeps its state: shared on Redis."""
-    from gateway.store.redis import RedisStore
-
-    if isinstance(store, RedisStore):
+    # A RedisStore exists only once its module is imported (by open_store); asking this way
+    # keeps redis-py (and the OpenTelemetry API it imports: about 13 MB) out of a worker on
+    # the embedded store.
+    redis_module = sys.modules.get("gateway.store.redis")
+    if redis_module is not None and isinstance(store, redis_module.RedisStore):
         from gateway.store.redis_capacity import RedisCapacity
 
         return RedisCapacity(store)

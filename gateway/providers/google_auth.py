@@ -18,17 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, ServiceUnavailable
 from gateway.providers.base import MissingCredentials, UpstreamUnreachable
 from gateway.providers.http_client import ConnectFailed, HttpClient, ResponseBroken
 from gateway.routing.catalog import Secret
+
+if TYPE_CHECKING:
+    # `cryptography` (about 13 MB of a worker's memory) is imported where a key is read or
+    # signed with: a gateway without a Vertex provider never loads it.
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -66,6 +69,9 @@ def load_service_account(path: str) -> ServiceAccount:
         raise MissingCredentials(
             f"has a service-account file {path!r} without client_email, token_uri or private_key"
         )
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_private_key(info["private_key"].encode(), password=None)
     except (ValueError, TypeError) as exc:
@@ -97,6 +103,9 @@ def signed_jwt(account: ServiceAccount, now: float) -> str:
         "exp": issued + JWT_LIFETIME_S,
     }
     signing_input = f"{_b64url(orjson.dumps(header))}.{_b64url(orjson.dumps(claims))}"
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     signature = account.private_key.sign(
         signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
     )

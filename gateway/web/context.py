@@ -6,10 +6,9 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -19,6 +18,9 @@ from gateway.limits import Limiter, LimitSpec
 from gateway.store.base import Account
 from gateway.web import sessions
 from gateway.web.sessions import Session
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 PREFIX = "/mission-control"
 # attempts allowed (see Web.throttled): sign-ins per e-mail address; sign-ups and operator
@@ -58,17 +60,28 @@ class Web:
     """Built once per app (gateway.web.routes); holds the Jinja environment."""
 
     def __init__(self) -> None:
-        self.env = Environment(
-            loader=PackageLoader("gateway.web", "templates"),
-            autoescape=select_autoescape(default=True),
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters["usd"] = usd
-        self.env.filters["utc"] = utc
-        self.env.globals["prefix"] = PREFIX
+        self._env: Environment | None = None
         self._key: str | None = None
         self._limiter: Limiter | None = None
+
+    @property
+    def env(self) -> Environment:
+        """Made at the first page: a worker that serves only the API never loads Jinja (its
+        templates compile at their first render either way)."""
+        if self._env is None:
+            from jinja2 import Environment, PackageLoader, select_autoescape
+
+            env = Environment(
+                loader=PackageLoader("gateway.web", "templates"),
+                autoescape=select_autoescape(default=True),
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            env.filters["usd"] = usd
+            env.filters["utc"] = utc
+            env.globals["prefix"] = PREFIX
+            self._env = env
+        return self._env
 
     async def key(self, request: Request) -> str:
         """The session signing key every replica shares (made once, kept in the store; it never

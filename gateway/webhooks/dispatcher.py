@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import random
@@ -28,50 +29,25 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import aiohttp
 import msgspec
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 from gateway.metrics import Metrics
 from gateway.settings import WebhookSettings
 from gateway.store.base import Delivery, DeliveryAttempt, Store
 from gateway.webhooks.events import USAGE_UPDATED, headers, next_attempt, usage_event
-from gateway.webhooks.ssrf import (
-    BlockedAddress,
-    check_address,
-    check_host,
-    describe,
-    parse_url,
-)
+from gateway.webhooks.ssrf import check_host, describe, parse_url
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from gateway.webhooks.sender import Sender
 
 log = logging.getLogger("klawd.webhooks")
 
 LEASE = "webhooks"
-RESPONSE_PREFIX_BYTES = 256  # what is kept of a receiver's answer
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses a name if any of its addresses is not allowed."""
-
-    def __init__(self, allow_private: bool) -> None:
-        self._inner = ThreadedResolver()
-        self._allow_private = allow_private
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            check_address(result["host"], self._allow_private)
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def __repr__(self) -> str:
-        return f"GuardedResolver(allow_private={self._allow_private})"
+SENDER_MODULE = "gateway.webhooks.sender"  # aiohttp: imported at the first delivery
 
 
 class Dispatcher:
@@ -89,7 +65,8 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._session: aiohttp.ClientSession | None = None
+        self._sender: Sender | None = None
+        self._sending: ModuleType | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported_period = -1
@@ -107,29 +84,19 @@ class Dispatcher:
         if self.leader:
             with contextlib.suppress(Exception):
                 await self._store.lease(LEASE, self._owner, 0)
-        if self._session is not None:
-            await self._session.close()
+        if self._sender is not None:
+            await self._sender.close()
 
     def kick(self) -> None:
         """Work now rather than at the next poll (a new event was stored)."""
         self._wake.set()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(self._config.allow_private_networks),
-                use_dns_cache=False,
-                limit=self._config.max_concurrency,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
-                auto_decompress=False,
-                # Direct, whatever HTTPS_PROXY says: the SSRF guard checks the address that is
-                # connected to, which a proxy would hide (docs/decisions/0013).
-                trust_env=False,
-            )
-        return self._session
+    async def _sender_module(self) -> ModuleType:
+        """gateway.webhooks.sender, imported in a thread the first time (the import takes
+        ~100 ms of CPU: on the loop, every open stream would wait for it)."""
+        if self._sending is None:
+            self._sending = await asyncio.to_thread(importlib.import_module, SENDER_MODULE)
+        return self._sending
 
     async def _run(self) -> None:
         while True:
@@ -192,6 +159,7 @@ class Dispatcher:
 
     async def attempt(self, delivery: Delivery) -> Delivery:
         webhook = await self._store.get_webhook(delivery.account_id)
+        sending = await self._sender_module()  # before the clock: the import is not the attempt's
         started = self._clock()
         status: int | None = None
         error: str | None = None
@@ -199,18 +167,15 @@ class Dispatcher:
         if webhook is None:
             error = "the account has no webhook"
         else:
+            if self._sender is None:
+                self._sender = sending.Sender(self._config)
             try:
                 host, _ = parse_url(webhook.url)
                 check_host(host, self._config.allow_private_networks)
-                async with self._client().post(
-                    webhook.url,
-                    data=delivery.body.encode(),
-                    headers=headers(delivery, webhook, started),
-                    allow_redirects=False,
-                ) as response:
-                    status = response.status
-                    prefix = await response.content.read(RESPONSE_PREFIX_BYTES)
-            except (aiohttp.ClientError, TimeoutError, BlockedAddress, OSError) as exc:
+                status, prefix = await self._sender.post(
+                    webhook.url, delivery.body.encode(), headers(delivery, webhook, started)
+                )
+            except sending.SEND_ERRORS as exc:
                 error = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
         ended = self._clock()
         record = DeliveryAttempt(

@@ -8,7 +8,7 @@ multicast, reserved, documentation or "this network" ranges; IPv4 addresses embe
 scheme check stays).
 
 The check runs when the URL is set (`check_url`, 400 at the API) and again at every delivery:
-IP literals by `check_host`, names by `GuardedResolver` (gateway/webhooks/dispatcher.py), the
+IP literals by `check_host`, names by `GuardedResolver` (gateway/webhooks/sender.py), the
 resolver of the delivery session, so the address that is checked is the address that is connected
 to (DNS rebinding gets a refused connection, not a request to the new address).
 """

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.webhooks.dispatcher import GuardedResolver
+from gateway.webhooks.sender import GuardedResolver
 from gateway.webhooks.ssrf import BlockedAddress, check_url, is_blocked, parse_url
 
 REFUSED = [

@@ -133,6 +133,7 @@ def one(name: str, args: argparse.Namespace, streams: int, directory: Path) -> d
             outcome = long_streams(spec)
         return {
             **outcome,
+            **phases(rss.timeline, args.ramp),
             "server_cpu_s": round(tree_cpu_s(watched) - cpu_before, 2) if server else None,
             "upstream_cpu_s": round(tree_cpu_s(fake.pid) - upstream_cpu_before, 2),
             "idle_rss_mb": round(idle_mb, 1) if server else None,
@@ -147,6 +148,25 @@ def one(name: str, args: argparse.Namespace, streams: int, directory: Path) -> d
     finally:
         for process in reversed(processes):
             c.stop(process)
+
+
+def phases(timeline: list[tuple[float, float, float]], ramp_s: float) -> dict[str, object]:
+    """From the server's (seconds, RSS, CPU) samples: its CPU during the ramp (every stream
+    opening, on top of the events of those open) and over the 30 s after it (events only, all
+    streams open), and its median RSS over those 30 s (the peak also holds whatever queued while
+    it lagged)."""
+
+    def cpu_at(second: float) -> float:
+        return min(timeline, key=lambda sample: abs(sample[0] - second))[2]
+
+    if not timeline or timeline[-1][0] < ramp_s + 32:
+        return {}
+    steady = sorted(rss for t, rss, _ in timeline if ramp_s + 2 <= t <= ramp_s + 32)
+    return {
+        "ramp_cpu_s": round(cpu_at(ramp_s) - cpu_at(0), 2),
+        "steady_cpu_s_per_s": round((cpu_at(ramp_s + 32) - cpu_at(ramp_s + 2)) / 30, 3),
+        "steady_rss_mb": round(steady[len(steady) // 2], 1),
+    }
 
 
 def listening(port: int) -> bool:
@@ -225,6 +245,13 @@ def section(result: dict[str, object], args: argparse.Namespace) -> str:
             lambda r: f"{r.get('client_cpu_s', 0):.1f} / {r.get('upstream_cpu_s', 0):.1f}"),
         row(per_stream, lambda r: "—" if r["server_cpu_s"] is None
             else f"{r['server_cpu_s'] * 1000 / r['streams']:.2f}"),
+        row("server CPU during the ramp (s; opening every stream, and the events)",
+            lambda r: "—" if r["server_cpu_s"] is None else f"{r.get('ramp_cpu_s', 0):.1f}"),
+        row("server CPU once all are open (s per s; ~streams events a second)",
+            lambda r: "—" if r["server_cpu_s"] is None
+            else f"{r.get('steady_cpu_s_per_s', 0):.3f}"),
+        row("RSS once all are open (MB, median over 30 s)",
+            lambda r: "—" if r["server_cpu_s"] is None else f"{r.get('steady_rss_mb', 0)}"),
         row("RSS idle → peak (MB)", lambda r: "—" if r["idle_rss_mb"] is None
             else f"{r['idle_rss_mb']} → {r['peak_rss_mb']}", targets["rss"]),
         row("worker alone: RSS idle → peak (MB)", lambda r: "—" if r["idle_rss_mb"] is None

@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,17 +154,22 @@ class PeakRss:
         self.peak_mb = 0.0
         self.worker_peak_mb = 0.0
         self.peak_pss_mb = 0.0
+        self.timeline: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         ticks = 0
+        started = time.monotonic()
         while not self._stop.wait(0.1):
-            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid))
+            rss_mb = tree_rss_mb(self.pid)
+            self.peak_mb = max(self.peak_mb, rss_mb)
             ticks += 1
             if self.pss and ticks % 10 == 0:
                 self.worker_peak_mb = max(self.worker_peak_mb, worker_rss_mb(self.pid))
                 self.peak_pss_mb = max(self.peak_pss_mb, tree_pss_mb(self.pid))
+                # (seconds since the start, the tree's RSS, its CPU so far) once a second
+                self.timeline.append((time.monotonic() - started, rss_mb, tree_cpu_s(self.pid)))
 
     def __enter__(self) -> PeakRss:
         self.peak_mb = tree_rss_mb(self.pid)

@@ -217,15 +217,18 @@ def section(result: dict[str, object], args: argparse.Namespace) -> str:
         "## Long streams: one worker, one event a second for a minute",
         "",
         f"Measured {when} with `make bench-long` (= `.venv/bin/python -m "
-        f"loadtests.bench.long_run --streams {result['requested']} --store {args.store} "
-        f"--write-docs`), load average (1 min) at the start and after each contender: {loads}. "
+        f"loadtests.bench.long_run --streams {result['requested']} --store {args.store}"
+        f"{f' --before {args.before}' if args.before else ''} --write-docs`), load average "
+        f"(1 min) at the start and after each contender: {loads}. "
         f"{streams} streams{capped}, opened evenly over {args.ramp:g} s, each 60 events one "
         "second apart (each line its own chunk), through one worker on core 0 (the gateway: "
         "embedded store, default `[server]` settings); the upstream (nginx) and the client "
         "share core 1. The contenders run one after the other with the same client and "
         "upstream: first the client straight to the upstream (what the client and nginx add by "
         "themselves), then the bare pass-through (loadtests/bench/bare_app.py), then the "
-        "gateway. RSS is the server's process tree (Granian's supervisor and its worker).",
+        "gateway"
+        + (f", then the gateway of {args.before} (`--before`)" if args.before else "")
+        + ". RSS is the server's process tree (Granian's supervisor and its worker).",
         "",
         "| measure | " + " | ".join(TITLES[n] for n in names) + " | target (gateway) |",
         "| --- | " + " | ".join("---:" for _ in names) + " | --- |",

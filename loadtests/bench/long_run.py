@@ -222,11 +222,13 @@ def section(result: dict[str, object], args: argparse.Namespace) -> str:
         f"(1 min) at the start and after each contender: {loads}. "
         f"{streams} streams{capped}, opened evenly over {args.ramp:g} s, each 60 events one "
         "second apart (each line its own chunk), through one worker on core 0 (the gateway: "
-        "embedded store, default `[server]` settings); the upstream (nginx) and the client "
-        "share core 1. The contenders run one after the other with the same client and "
-        "upstream: first the client straight to the upstream (what the client and nginx add by "
-        "themselves), then the bare pass-through (loadtests/bench/bare_app.py), then the "
-        "gateway"
+        "embedded store, default `[server]` settings); the upstream ("
+        + ("nginx" if args.upstream == "nginx" else "loadtests/bench/paced_upstream.py: each "
+           "stream on its own fixed schedule, each event stamped when written")
+        + ") and the client share core 1. The contenders run one after the other with the "
+        "same client and upstream: first the client straight to the upstream (what the client "
+        "and the upstream add by themselves), then the bare pass-through "
+        "(loadtests/bench/bare_app.py), then the gateway"
         + (f", then the gateway of {args.before} (`--before`)" if args.before else "")
         + ". RSS is the server's process tree (Granian's supervisor and its worker).",
         "",

@@ -6,7 +6,7 @@ request's `RequestRecord` gathered (gateway/requestlog.py); the retry loop opens
 per upstream attempt (gateway/routing/retry.py), and the providers' sender passes that span's
 `traceparent` upstream (gateway/providers/base.py).
 
-The spans themselves are made by the OpenTelemetry SDK's tracer in an exporter child process
+The SDK's span objects themselves are made from them in an exporter child process
 (gateway/tracing/otel.py, pipe.py, exporter_child.py): the request path keeps plain values.
 Off (the default), `build_tracing` returns None, nothing of the OpenTelemetry SDK is imported,
 and each of those places costs one `is None` test. docs/decisions/0019-cache-and-traces.md says

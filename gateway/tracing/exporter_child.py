@@ -3,11 +3,11 @@
     python -m gateway.tracing.exporter_child <traces url> <service name>
 
 Reads length-prefixed msgpack frames of span rows on stdin (`otel.OpenSpan.row`), makes each a
-span with the OpenTelemetry SDK's tracer (`SpanMaker`: the ids, times, parent and attributes the
-gateway recorded; the SDK's attribute checks and limits) and sends them with the official
-OTLP/HTTP protobuf exporter. It ends at the end of its input, after sending what it read: the
-gateway closes the pipe on shutdown (or the pipe closes when the gateway's process dies), so
-Ctrl-C and SIGTERM to the process group are left to the parent.
+span object of the OpenTelemetry SDK (`SpanMaker`: the ids, times, parent and attributes the
+gateway recorded; the SDK's attribute checks and limits) and hands each frame's spans, a batch,
+to the official OTLP/HTTP protobuf exporter (one POST per frame). It ends at the end of its
+input, after sending what it read: the gateway closes the pipe on shutdown (or the pipe closes
+when the gateway's process dies), so Ctrl-C and SIGTERM to the process group are left to the parent.
 """
 
 from __future__ import annotations
@@ -18,93 +18,95 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 import msgspec
-from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    TraceState,
-)
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 SCOPE_NAME = "klawd-gateway"
 _decode = msgspec.msgpack.Decoder().decode
+_SAMPLED, _RANDOM = int(TraceFlags.SAMPLED), int(TraceFlags.RANDOM_TRACE_ID)
+_KINDS = {kind.value: kind for kind in SpanKind}
+_UNSET = Status(StatusCode.UNSET)
 
 
-class HandedIds(IdGenerator):
-    """The ids the gateway gave the span being made (from the SDK's random id generator)."""
+class OnceHashedResource(Resource):
+    """The SDK's `Resource`, its hash taken once. The OTLP encoder groups each batch's spans by
+    resource, which hashes it once per span, and the SDK's `Resource.__hash__` is a JSON dump of
+    its attributes each time (~4 µs). A resource is immutable once made (its attributes are an
+    immutable `BoundedAttributes`), so the hash it gives is the SDK's own, computed once."""
 
-    def __init__(self) -> None:
-        self.trace_id = 0
-        self.span_id = 0
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
 
-    def generate_trace_id(self) -> int:
-        return self.trace_id
-
-    def generate_span_id(self) -> int:
-        return self.span_id
-
-    def is_trace_id_random(self) -> bool:
-        return True  # the gateway's RandomIdGenerator made them
-
-
-class Collected(SpanProcessor):
-    """The spans made, as they end, for the exporter."""
-
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class SpanMaker:
-    """Spans made by the SDK's tracer from the gateway's rows. Every row is a sampled span (the
-    gateway ran the parent-based ratio sampler), so this tracer samples all it is given."""
+    """The SDK's span objects (`ReadableSpan`, what a tracer's span hands its span processors when
+    it ends) made from the gateway's rows, a batch at a time, for the exporter.
+
+    The gateway ran the SDK's parent-based ratio sampler and id generator and recorded the span;
+    what a tracer would add is made here with the SDK's own parts, as its `start_span`, `end`
+    and `set_status` do: the `SpanContext` with the W3C flags the tracer gives a sampled span
+    (sampled, and the random-trace-id flag of its parent, or of the id generator for a root),
+    the parent's `SpanContext` and trace state, the attributes through the SDK's
+    `BoundedAttributes` under its `SpanLimits` (its attribute checks, value casts, count and
+    length limits, `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` and the rest), an ERROR `Status` with its
+    description, the resource and the instrumentation scope a tracer named `klawd-gateway`
+    has. tests/unit/test_span_pipe.py checks that they encode to the OTLP bytes of the spans the
+    SDK's tracer makes of the same request in process. Without the tracer, its span and its
+    processor chain (a lock, a `BoundedList` per span for events and for links, the sampler
+    called again, the processors' `on_start`/`on_end`, the `ReadableSpan` copy at `end`) a span
+    costs about a third of the CPU (docs/decisions/0019-cache-and-traces.md)."""
 
     def __init__(self, resource: Resource) -> None:
-        self._ids = HandedIds()
-        self._collected = Collected()
-        provider = TracerProvider(
-            resource=resource, sampler=ALWAYS_ON, id_generator=self._ids, shutdown_on_exit=False
-        )
-        provider.add_span_processor(self._collected)
-        self._tracer = provider.get_tracer(SCOPE_NAME)
+        self._resource = OnceHashedResource(resource)
+        self._scope = InstrumentationScope(SCOPE_NAME, "", None, None)
+        limits = SpanLimits()  # the SDK's defaults and OTEL_* variables, as a TracerProvider's
+        self._max_attributes = limits.max_span_attributes
+        self._max_length = limits.max_span_attribute_length
+        self._states: dict[str, TraceState] = {}
 
     def make(self, rows: Sequence[Sequence[Any]]) -> list[ReadableSpan]:
-        for row in rows:
-            self._make(row)
-        spans, self._collected.spans = self._collected.spans, []
-        return spans
+        return [self._make(row) for row in rows]
 
-    def _make(self, row: Sequence[Any]) -> None:
+    def _make(self, row: Sequence[Any]) -> ReadableSpan:
         (name, trace_id, span_id, parent_id, parent_remote, parent_flags, state) = row[:7]
         kind, start, end, attributes, error = row[7:]
-        self._ids.trace_id = int.from_bytes(trace_id, "big")
-        self._ids.span_id = span_id
-        context = None
-        if parent_id is not None:
-            parent = SpanContext(
-                self._ids.trace_id,
-                parent_id,
-                parent_remote,
-                TraceFlags(parent_flags),
-                TraceState.from_header([state]) if state else None,
-            )
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
-        span = self._tracer.start_span(
-            name, context=context, kind=SpanKind(kind), attributes=attributes, start_time=start
+        trace_id = int.from_bytes(trace_id, "big")
+        trace_state = self._trace_state(state) if state else None
+        if parent_id is None:
+            parent = None
+            flags = _SAMPLED | _RANDOM  # a root: the gateway's RandomIdGenerator made its id
+        else:
+            parent_flags = TraceFlags(parent_flags)
+            parent = SpanContext(trace_id, parent_id, parent_remote, parent_flags, trace_state)
+            flags = _SAMPLED | (parent_flags & _RANDOM)
+        return ReadableSpan(
+            name,
+            SpanContext(trace_id, span_id, False, TraceFlags(flags), trace_state),
+            parent,
+            self._resource,
+            BoundedAttributes(self._max_attributes, attributes, True, self._max_length),
+            kind=_KINDS[kind],
+            status=_UNSET if error is None else Status(StatusCode.ERROR, error),
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=self._scope,
         )
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=end)
+
+    def _trace_state(self, header: str) -> TraceState:
+        found = self._states.get(header)
+        if found is None:
+            if len(self._states) >= 1024:  # bounded: trace states come from clients
+                self._states.clear()
+            found = self._states[header] = TraceState.from_header([header])
+        return found
 
 
 def read_exact(stream: IO[bytes], size: int) -> bytes | None:

@@ -4,11 +4,11 @@ The request path decides and names each span with the OpenTelemetry SDK's own pa
 parent-based trace-id-ratio sampler (`sample_ratio`), the random id generator and the W3C trace
 context propagator. What a span then gathers (times, attributes, status) is kept in plain values
 (`OpenSpan`), and an ended, sampled span goes as one row down a pipe to the exporter child
-(gateway/tracing/pipe.py), where the SDK's tracer makes it a span (`tracer.start_span(...,
-start_time=...)`, attribute checks and limits included) and the official OTLP/HTTP exporter sends
-it. The SDK's span objects cost ~65 µs of CPU each in a live worker and nothing on the request
-path reads them, so they are made in the child, off the event loop and out of the gateway's GIL
-(docs/decisions/0019-cache-and-traces.md gives the measurements). A sampled incoming
+(gateway/tracing/pipe.py), where it is made the SDK's span object (`ReadableSpan`, with the
+SDK's attribute checks and limits: exporter_child.SpanMaker) and the official OTLP/HTTP
+exporter sends it. The SDK's span objects cost ~65 µs of CPU each in a live worker and nothing
+on the request path reads them, so they are made in the child, off the event loop and out of the
+gateway's GIL (docs/decisions/0019-cache-and-traces.md gives the measurements). A sampled incoming
 `traceparent` is followed; an unsampled request still has a trace id (in its log line and the
 `traceparent` sent upstream).
 """
@@ -55,7 +55,7 @@ def provider_name(kind: str) -> str:
 
 
 class OpenSpan:
-    """A span being recorded: what the exporter child needs to make it with the SDK's tracer.
+    """A span being recorded: what the exporter child needs to make it the SDK's span object.
 
     `flags` are the span's W3C trace flags as the SDK gives them (sampled, random trace id);
     `parent_flags` those of its parent, `state` the trace's `tracestate` header (the parent's,

@@ -5,7 +5,7 @@ cost more CPU than the request path's own bookkeeping, and inside the gateway th
 event loop or in a thread that takes the GIL from it. So the request path only keeps each span's
 plain values (gateway/tracing/otel.py), and an ended, sampled span is one row (a tuple) handed to
 `SpanPipe.add`; rows are gathered and written as msgpack frames to the stdin pipe of a child
-process (gateway/tracing/exporter_child.py), which makes them spans with the SDK's tracer and
+process (gateway/tracing/exporter_child.py), which makes them the SDK's span objects and
 hands them to the official OTLP/HTTP exporter. docs/decisions/0019-cache-and-traces.md gives the
 measured difference.
 
@@ -24,13 +24,16 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import msgspec
 
 log = logging.getLogger("klawd.tracing")
 
-BATCH_SPANS = 256
+# the SDK's BatchSpanProcessor's setting and default: a frame (and one OTLP POST) per 512 spans
+BATCH_SPANS = max(1, int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")))
+RETRY_WRITE_S = 0.05  # what the pipe did not take is offered again this soon
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 CHILD_EXIT_TIMEOUT_S = 15.0  # the exporter's own timeout (10 s) and some
 # an attribute value msgpack has no form for goes as its str(), as the SDK casts it
@@ -67,6 +70,7 @@ class SpanPipe:
     def _after_fork(self) -> None:
         self._forked = True
         self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
 
     def _start(self) -> None:
         self._forked = False
@@ -78,6 +82,7 @@ class SpanPipe:
         if child.stdin is not None:
             os.set_blocking(child.stdin.fileno(), False)
         self._child = child
+        self._wakeup = threading.Condition(self._lock)
         threading.Thread(target=self._tick, name="klawd-span-pipe", daemon=True).start()
 
     def add(self, row: tuple[Any, ...]) -> None:
@@ -90,9 +95,24 @@ class SpanPipe:
                 self._flush()
 
     def _tick(self) -> None:
-        while not self._stopping.wait(self._delay_s):
-            with self._lock:
-                self._flush()
+        """Flushes every `OTEL_BSP_SCHEDULE_DELAY` ms. A frame can be larger than the pipe
+        (64 KiB): the rest the pipe did not take is offered again every `RETRY_WRITE_S` (woken by
+        `_write`), not at the next batch or tick, while the child waits for it mid-frame."""
+        wakeup = self._wakeup
+        next_flush = time.monotonic() + self._delay_s
+        with wakeup:
+            while not self._stopping.is_set():
+                wait = next_flush - time.monotonic()
+                if self._unsent:
+                    wait = min(wait, RETRY_WRITE_S)
+                wakeup.wait(max(wait, 0.0))
+                if self._stopping.is_set():
+                    return
+                if time.monotonic() >= next_flush:
+                    self._flush()
+                    next_flush = time.monotonic() + self._delay_s
+                elif self._unsent:
+                    self._write()
 
     def _flush(self) -> None:
         """Frames the gathered rows and writes what the pipe takes now (the lock is held)."""
@@ -103,6 +123,10 @@ class SpanPipe:
                 self._drop(len(rows))
             else:
                 self._unsent += len(payload).to_bytes(4, "big") + payload
+        self._write()
+
+    def _write(self) -> None:
+        """Writes what the pipe takes now of the framed rows (the lock is held)."""
         child = self._child
         if not self._unsent or child is None or child.stdin is None:
             return
@@ -112,6 +136,7 @@ class SpanPipe:
         try:
             written = os.write(child.stdin.fileno(), self._unsent)
         except BlockingIOError:
+            self._wakeup.notify()  # the ticker offers it again soon
             return
         except OSError:  # the child is gone: nothing more can be sent
             log.warning("the span exporter child has exited; spans are dropped")
@@ -119,6 +144,8 @@ class SpanPipe:
             self._unsent = bytearray()
             return
         del self._unsent[:written]
+        if self._unsent:
+            self._wakeup.notify()
 
     def _drop(self, count: int) -> None:
         if self.dropped_spans == 0:
@@ -134,6 +161,7 @@ class SpanPipe:
     def shutdown(self) -> None:
         self._stopping.set()
         with self._lock:
+            self._wakeup.notify()
             self._flush()
             child, self._child = self._child, None
             unsent, self._unsent = bytes(self._unsent), bytearray()

@@ -30,6 +30,7 @@ from gateway.tracing import pipe, upstream_traceparent
 from gateway.tracing.exporter_child import SpanMaker
 from gateway.tracing.otel import Tracing
 from gateway.tracing.pipe import SpanPipe
+from tests.fakes.otlp_receiver import OtlpReceiver
 
 SERVICE = "klawd-test"
 TARGET = CatalogEntry(
@@ -206,3 +207,25 @@ def test_an_attribute_value_msgpack_has_no_form_for_goes_as_its_text() -> None:
     frame = pipe._encode([(*row, {"klawd.cost_usd": Decimal("0.5")}, None)])
     [span] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(frame))
     assert span.attributes == {"klawd.cost_usd": "0.5"}
+
+
+def test_a_frame_larger_than_the_pipe_reaches_the_receiver_with_no_span_ending_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # no timed flush in this test
+    monkeypatch.setattr(pipe, "BATCH_SPANS", 10_000)  # no flush by count either: one frame
+    receiver = OtlpReceiver()
+    receiver.start()
+    spans = SpanPipe(f"{receiver.origin}/v1/traces", "klawd-test")
+    try:
+        attributes = {"klawd.deployment": "x" * 200}
+        row = ("POST /v1/chat/completions", bytes(15) + b"\x07", 1, None, False, 0, None, 2, 1, 2)
+        for _ in range(600):  # ~160 KB in one frame: more than the pipe's 64 KiB at once
+            spans.add((*row, attributes, None))
+        spans.flush()  # the pipe takes the frame's start; its rest is offered again soon
+        received = receiver.trace("00" * 15 + "07", 600)
+        assert len(received) == 600
+        assert spans.dropped_spans == 0
+    finally:
+        spans.shutdown()
+        receiver.stop()

@@ -1,7 +1,7 @@
 """`make bench`, issue 18: what traces cost per request, and how fast a cache hit is served.
 
     .venv/bin/python -m loadtests.bench.trace_cache_bench [--seconds 5] [--reps 3] [--write-docs]
-        [--before REV]
+        [--before REV|DIR]
 
 Contenders, each one Granian worker pinned to core 0 and started up front, over the same fake
 upstream (nginx's fixed chat.completion, core 1, as side_by_side.py):
@@ -110,7 +110,10 @@ def gateway(
 
 def checkout(revision: str, directory: Path) -> Path:
     """The `gateway` package as it was at `revision`, with this build's Rust extension beside it
-    (PYTHONPATH puts it before the editable install; the exporter child inherits it)."""
+    (PYTHONPATH puts it before the editable install; the exporter child inherits it); or, when
+    `revision` is a built checkout's directory, that checkout (its own Rust extension)."""
+    if (Path(revision) / "gateway" / "__init__.py").is_file():
+        return Path(revision).resolve()
     tree = directory / "before"
     tree.mkdir()
     archive = subprocess.run(
@@ -336,8 +339,8 @@ def section(samples: Samples, args: argparse.Namespace) -> str:
         else " No contender dropped a span."
     )
     before = (
-        f" The `-before` contenders run the `gateway` package of revision `{args.before}` (with"
-        " this build's Rust extension), in the same run."
+        f" The `-before` contenders run the `gateway` package of `{args.before}` (a revision"
+        " with this build's Rust extension, or a built checkout), in the same run."
         if args.before
         else ""
     )
@@ -371,10 +374,11 @@ its 64-connection rounds), the cost the 10 % target is about:
 
 - **The gateway's own process** (traced-split: the exporter child on the other core, as on a
   host with a core to spare): the 10 % target is **{worker_verdict}** for it. It samples,
-  names and times the spans and writes their rows down the pipe; the child makes them spans
-  with the SDK's tracer, encodes and posts them. On this shared machine one run's fixed-rate
-  reading swings by ±100 µs from the next: docs/decisions/0019-cache-and-traces.md has two
-  runs, and the seams timed in place in the live worker (+9 to +40 µs per request).
+  names and times the spans and writes their rows down the pipe; the child makes them the
+  SDK's span objects, and the official exporter encodes and posts them. On this shared
+  machine one run's fixed-rate reading swings by ±100 µs from the next:
+  docs/decisions/0019-cache-and-traces.md has the runs, and the seams timed in place in the
+  live worker (+9 to +40 µs per request).
 - **The whole** (gateway and child: what a host whose cores are all busy pays, and what the
   `traced` contender's child takes from its worker's own core): the 10 % target is
   **{whole_verdict}**. Throughput traced ÷ off: {traced:.2f}x with the child on the worker's core,
@@ -385,8 +389,8 @@ its 64-connection rounds), the cost the 10 % target is about:
   answer): **{hit:.2f}x the floor's throughput** (the floor proxies to the upstream; a hit never
   reaches it).
 - Where a traced request's CPU goes: `.venv/bin/python -m loadtests.bench.span_cost` (the
-  gateway's span bookkeeping and rows, the child's SDK spans and protobuf encoding, per request
-  of two spans); docs/decisions/0019-cache-and-traces.md has the profile.
+  gateway's span bookkeeping and rows, the child's SDK spans, protobuf encoding and POSTs, per
+  request of two spans; `--before DIR`, `--instructions`); docs/decisions/0019 has the profile.
 - Traces off cost nothing measurable by construction: the SDK is never imported and each seam
   is one `is None` test (docs/decisions/0019-cache-and-traces.md).
 {END}"""
@@ -407,7 +411,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--before", metavar="REV", help="also measure traces at git revision REV")
+    parser.add_argument(
+        "--before", metavar="REV", help="also measure traces at git revision REV (or checkout DIR)"
+    )
     parser.add_argument("--rate", type=float, default=300.0, help="requests/s for the CPU figures")
     args = parser.parse_args()
     if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10 and 10 <= args.rate <= 5000):

@@ -229,3 +229,26 @@ def test_a_frame_larger_than_the_pipe_reaches_the_receiver_with_no_span_ending_a
     finally:
         spans.shutdown()
         receiver.stop()
+
+
+def test_attributes_over_the_sdks_count_limit_are_dropped_and_counted_as_the_tracer_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "3")
+    attributes = {f"klawd.a{i}": i for i in range(5)}
+    row = ("chat m", bytes(15) + b"\x01", 2, None, False, 0, None, 3, 1, 2, attributes, None)
+    [made] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(pipe._encode([row])))
+    provider = TracerProvider(
+        resource=Resource.create({}), id_generator=FixedIds(), shutdown_on_exit=False
+    )
+    collected = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(collected))
+    span = provider.get_tracer("klawd-gateway").start_span(
+        "chat m", kind=SpanKind.CLIENT, attributes=attributes, start_time=1
+    )
+    span.end(end_time=2)
+    [expected] = collected.get_finished_spans()
+    assert made.dropped_attributes == expected.dropped_attributes == 2
+    assert dict(made.attributes or {}) == dict(expected.attributes or {})
+    encoded = encode_spans([made]).resource_spans[0].scope_spans[0].spans[0]
+    assert encoded.dropped_attributes_count == 2

@@ -133,6 +133,12 @@ async def send_event_stream(
             with contextlib.suppress(asyncio.CancelledError):
                 await pieces.athrow(asyncio.CancelledError(DRAIN))
         await pieces.aclose()
+        # The two callbacks re-arm themselves by name, so each is held by a cell of its own
+        # closure (with the task, the timer and the watcher): a reference cycle that only a full
+        # collection would free. Cleared here, the stream is freed when it ends.
+        timer = None
+        check_silence = _inert
+        on_message = _inert_watch
     if drained and drain is not None:
         with contextlib.suppress(OSError):
             if pinging is not None and not pinging.done():
@@ -155,6 +161,14 @@ def _body(piece: bytes) -> Message:
 async def _ping(send: Send, keepalive: bytes) -> None:
     """The keepalive's send as a task of its own (`send` may return any awaitable)."""
     await send(_body(keepalive))
+
+
+def _inert() -> None:
+    """What a stream's timer callback is replaced with once it has ended (see its `finally`)."""
+
+
+def _inert_watch(message: asyncio.Future[Message]) -> None:
+    """What a stream's watcher callback is replaced with once it has ended."""
 
 
 def _ignore_result(future: asyncio.Future[None]) -> None:

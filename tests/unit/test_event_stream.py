@@ -366,3 +366,36 @@ def test_a_server_future_that_answers_other_messages_is_watched_again() -> None:
     receives, closed = asyncio.run(asyncio.wait_for(main(), 5))
     assert receives == 1, "after the stray message, the next receive() is watched"
     assert closed
+
+
+def test_a_stream_that_ended_is_freed_without_the_cycle_collector() -> None:
+    """The stream's callbacks (keepalive timer, disconnect watcher) re-arm themselves by name;
+    once the stream has ended they hold nothing, so reference counting frees the stream and
+    what its frame held at once (a full collection of a large heap is a long pause)."""
+    import gc
+    import weakref
+
+    class Marker:
+        pass
+
+    async def main() -> weakref.ref[Marker]:
+        client = Client()
+        held = Marker()
+
+        async def receive() -> dict[str, Any]:
+            _ = held  # the stream's receive holds the marker, as a server's holds its connection
+            return await client.receive()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            yield b"data: 0\n\n"
+
+        await send_event_stream(receive, client.send, {}, pieces(), 30)
+        return weakref.ref(held)
+
+    gc.collect()
+    gc.disable()
+    try:
+        marker = asyncio.run(asyncio.wait_for(main(), 5))
+        assert marker() is None
+    finally:
+        gc.enable()

@@ -40,8 +40,6 @@ from gateway.webhooks.events import USAGE_UPDATED, headers, next_attempt, usage_
 from gateway.webhooks.ssrf import check_host, describe, parse_url
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from gateway.webhooks.sender import Sender
 
 log = logging.getLogger("klawd.webhooks")
@@ -66,7 +64,6 @@ class Dispatcher:
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._sender: Sender | None = None
-        self._sending: ModuleType | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported_period = -1
@@ -91,12 +88,15 @@ class Dispatcher:
         """Work now rather than at the next poll (a new event was stored)."""
         self._wake.set()
 
-    async def _sender_module(self) -> ModuleType:
-        """gateway.webhooks.sender, imported in a thread the first time (the import takes
-        ~100 ms of CPU: on the loop, every open stream would wait for it)."""
-        if self._sending is None:
-            self._sending = await asyncio.to_thread(importlib.import_module, SENDER_MODULE)
-        return self._sending
+    async def _open_sender(self) -> Sender:
+        """The delivery session's holder, its module (gateway.webhooks.sender) imported in a
+        thread the first time (the import takes ~100 ms of CPU: on the loop, every open stream
+        would wait for it)."""
+        if self._sender is None:
+            module = await asyncio.to_thread(importlib.import_module, SENDER_MODULE)
+            if self._sender is None:  # another attempt may have made it meanwhile
+                self._sender = module.Sender(self._config)
+        return self._sender
 
     async def _run(self) -> None:
         while True:
@@ -159,7 +159,7 @@ class Dispatcher:
 
     async def attempt(self, delivery: Delivery) -> Delivery:
         webhook = await self._store.get_webhook(delivery.account_id)
-        sending = await self._sender_module()  # before the clock: the import is not the attempt's
+        sender = await self._open_sender()  # before the clock: the import is not the attempt's
         started = self._clock()
         status: int | None = None
         error: str | None = None
@@ -167,15 +167,13 @@ class Dispatcher:
         if webhook is None:
             error = "the account has no webhook"
         else:
-            if self._sender is None:
-                self._sender = sending.Sender(self._config)
             try:
                 host, _ = parse_url(webhook.url)
                 check_host(host, self._config.allow_private_networks)
-                status, prefix = await self._sender.post(
+                status, prefix = await sender.post(
                     webhook.url, delivery.body.encode(), headers(delivery, webhook, started)
                 )
-            except sending.SEND_ERRORS as exc:
+            except sender.ERRORS as exc:
                 error = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
         ended = self._clock()
         record = DeliveryAttempt(

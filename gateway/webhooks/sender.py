@@ -46,6 +46,8 @@ class GuardedResolver(AbstractResolver):
 class Sender:
     """The delivery session, made at the first POST and closed with the dispatcher."""
 
+    ERRORS = SEND_ERRORS  # for the dispatcher, which does not import this module by name
+
     def __init__(self, config: WebhookSettings) -> None:
         self._config = config
         self._session: aiohttp.ClientSession | None = None

@@ -133,7 +133,7 @@ async def pieces(harness: Harness, key: str) -> None:
         print(f"{name:26s} {await best_of(call)}", flush=True)
 
 
-async def whole(harness: Harness, key: str, requests: int, reps: int) -> None:
+async def whole(harness: Harness, key: str, requests: int, reps: int, top: int = 0) -> None:
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     concurrency = 16
 
@@ -154,8 +154,13 @@ async def whole(harness: Harness, key: str, requests: int, reps: int) -> None:
     profile.enable()
     await asyncio.gather(*(client(each) for _ in range(concurrency)))
     profile.disable()
-    calls = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
-    print(f"whole request: {calls / (each * concurrency):.1f} function calls per request")
+    stats = pstats.Stats(profile)
+    count = each * concurrency
+    print(f"whole request: {stats.total_calls / count:.1f} function calls per request")  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # type: ignore[attr-defined]
+    for (file, line, name), (_, calls, own, _, _) in rows:
+        print(f"  {own * 1e6 / count:7.2f} us own  {calls / count:6.2f} calls  "
+              f"{Path(file).name}:{line} {name}")  # fmt: skip
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -180,7 +185,7 @@ async def main(args: argparse.Namespace) -> None:
         _, body = await harness.request("POST", path, b"{}", admin)
         key: str = orjson.loads(body)["key"]
         await pieces(harness, key)
-        await whole(harness, key, args.requests, args.reps)
+        await whole(harness, key, args.requests, args.reps, args.top)
         await harness.stop()
     finally:
         c.stop(upstream)
@@ -191,4 +196,5 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
+    parser.add_argument("--top", type=int, default=0, help="the top functions by own time")
     uvloop.run(main(parser.parse_args()))

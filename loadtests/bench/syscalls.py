@@ -1,0 +1,168 @@
+"""System calls, context switches and CPU per request of one worker, per thread, side by side.
+
+    taskset -c 1 .venv/bin/python -m loadtests.bench.syscalls [--measures rps,sse]
+        [--contenders bare,gateway-sqlite,gateway-redis] [--before DIR] [--seconds 4]
+
+Counts, not timings: `perf stat --per-thread` on the worker's threads (kernel tracepoints, so the
+worker is not slowed down the way strace slows it) while wrk drives it, then each count divided
+by the requests wrk completed. The threads are told apart by their nice value and their share of
+the worker's CPU (from /proc/PID/task). `futex` calls are threads handing the GIL (or a lock) to
+each other; a wake of a helper thread that then takes the GIL costs a hand-off on both sides.
+Runs are bounded (wrk -d, perf's own timeout) and every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from loadtests.bench.measure import WrkResult, _tree, wrk, wrk_script
+from loadtests.bench.side_by_side import BEFORE, NAMES, WRK_MEASURES, Contender, started
+
+EVENTS = [
+    "syscalls:sys_enter_futex",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_epoll_pwait",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_getrandom",
+    "syscalls:sys_enter_getpid",
+    "raw_syscalls:sys_enter",
+    "context-switches",
+]
+SHORT = {event: event.rsplit("enter_", 1)[-1].split(":")[-1] for event in EVENTS}
+SHORT["raw_syscalls:sys_enter"] = "all"
+SHORT["context-switches"] = "cs"
+SHORT["syscalls:sys_enter_epoll_pwait"] = "epoll_pw"
+
+
+def worker_pid(pid: int) -> int:
+    """The process of the tree that has used the most CPU (under Granian: the worker)."""
+
+    def ticks(p: int) -> int:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return -1
+        return int(fields[11]) + int(fields[12])
+
+    return max(_tree(pid), key=ticks)
+
+
+def threads(pid: int) -> dict[int, tuple[int, int]]:
+    """tid -> (nice, utime + stime in clock ticks)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[16]), int(fields[11]) + int(fields[12]))
+    return out
+
+
+def count(pid: int, seconds: float, load: threading.Thread) -> dict[int, dict[str, int]]:
+    """perf stat per thread of `pid` while `load` runs; tid -> event -> count."""
+    command = ["perf", "stat", "--per-thread", "-x", ",", "-p", str(pid)]
+    for event in EVENTS:
+        command += ["-e", event]
+    perf = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # perf attached
+    load.start()
+    load.join(timeout=seconds + 60)
+    perf.send_signal(2)
+    _, err = perf.communicate(timeout=30)
+    found: dict[int, dict[str, int]] = {}
+    for line in err.splitlines():
+        parts = line.split(",")
+        if len(parts) < 4 or "-" not in parts[0] or not parts[1].strip().isdigit():
+            continue
+        tid = int(parts[0].rsplit("-", 1)[1])
+        found.setdefault(tid, {})[SHORT.get(parts[3], parts[3])] = int(parts[1])
+    return found
+
+
+def measure(
+    contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path
+) -> str:
+    name = contender.name
+    script = wrk_script(
+        tmp / f"sys-{name}-{scenario}.lua",
+        contender.body(scenario),
+        contender.headers | {"Content-Type": "application/json"},
+    )
+    url = contender.base_url + contender.path(scenario)
+    wrk(url, script, connections, 1)  # warm-up
+    pid = worker_pid(contender.pid)
+    before = threads(pid)
+    results: list[WrkResult] = []
+    load = threading.Thread(target=lambda: results.append(wrk(url, script, connections, seconds)))
+    counts = count(pid, seconds, load)
+    after = threads(pid)
+    done = results[0].requests_per_s * max(1, round(seconds))
+    lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
+             f"({results[0].requests_per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
+    total: dict[str, float] = {}
+    rows = []
+    for tid, per in counts.items():
+        nice, cpu_after = after.get(tid, (0, 0))
+        cpu = (cpu_after - before.get(tid, (0, 0))[1]) / TICKS * 1e6 / max(done, 1)
+        for event, value in per.items():
+            total[event] = total.get(event, 0) + value
+        if sum(per.values()) == 0:
+            continue
+        rows.append((cpu, tid, nice, per))
+    rows.sort(reverse=True)
+    heads = [SHORT[e] for e in EVENTS]
+    lines.append("  thread (nice)     cpu us/req " + " ".join(f"{h:>8}" for h in heads))
+    for cpu, tid, nice, per in rows:
+        cells = " ".join(f"{per.get(h, 0) / max(done, 1):8.2f}" for h in heads)
+        lines.append(f"  {tid:>8} ({nice:>3})  {cpu:10.1f} {cells}")
+    cells = " ".join(f"{total.get(h, 0) / max(done, 1):8.2f}" for h in heads)
+    lines.append(f"  {'all':>8}        {'':10} {cells}")
+    return "\n".join(lines)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--measures", default="rps,sse")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument(
+        "--contenders",
+        type=lambda text: [n for n in NAMES if n in text.split(",")],
+        default=["bare", "gateway-sqlite"],
+    )
+    parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
+    args = parser.parse_args()
+    if not (1 <= args.seconds <= 30 and 1 <= args.reps <= 5):
+        parser.error("bounds: --seconds 1..30, --reps 1..5")
+    if shutil.which("perf") is None:
+        parser.error("perf is missing")
+    names = list(args.contenders)
+    if args.before is not None:
+        names.append(BEFORE)
+    with (
+        tempfile.TemporaryDirectory(prefix="klawd-sys-") as tmp,
+        started(Path(tmp), names, args.before) as found,
+    ):
+        for measure_name in args.measures.split(","):
+            scenario, _ = WRK_MEASURES[measure_name]
+            for _ in range(args.reps):
+                for contender in found.values():
+                    print(measure(contender, scenario, args.connections, args.seconds, Path(tmp)))
+                    print(flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from msgspec import Struct
 
+from gateway import ids
 from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
 from gateway.billing import (
@@ -149,7 +149,7 @@ def ledger_id() -> str:
     """Unique (32 random bits per nanosecond) and in time order, so that the ledger's primary
     key index grows at its end instead of splitting pages all over (loadtests/bench/
     ledger_bench.py: about 30% less CPU per SQLite batch, more as the ledger grows)."""
-    return f"use_{time.time_ns():016x}{secrets.token_hex(4)}"
+    return f"use_{time.time_ns():016x}{ids.token_hex(4)}"
 
 
 @functools.lru_cache(maxsize=8)

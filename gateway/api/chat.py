@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway import ids
 from gateway.api.common import header, read_body, scope_state, send_json
 from gateway.api.streaming import Drain, send_event_stream
 from gateway.auth import AuthContext
@@ -77,7 +77,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     limit_headers = ticket.admission.headers()
     if lookup is not None:
         limit_headers |= lookup.header()
-    response_id = f"chatcmpl-{secrets.token_hex(12)}"
+    response_id = f"chatcmpl-{ids.token_hex(12)}"
     created = int(time.time())
     with state.meter.settle_on_failure(ticket, chat.stream):
         if chat.stream:
@@ -138,7 +138,7 @@ async def _serve_cached(
         | ticket.admission.headers()
         | {"x-klawd-cost-usd": format_usd(0), "x-klawd-cache": "hit"}
     )
-    response_id = f"chatcmpl-{secrets.token_hex(12)}"
+    response_id = f"chatcmpl-{ids.token_hex(12)}"
     created = int(time.time())
     if not chat.stream:
         completion = chat_completion(answer.body, response_id, created)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ import orjson
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import ids
 from gateway.api.common import send_json_bytes
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -45,7 +45,7 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def new_request_id() -> str:
-    return f"req_{secrets.token_hex(12)}"
+    return f"req_{ids.token_hex(12)}"
 
 
 UNMATCHED_ROUTE = "unmatched"

@@ -48,7 +48,7 @@ async def send_event_stream(
     the body in the same send (one send less per stream), and the pieces are then run to
     their end (the relay bills) with the client no longer watched."""
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
+    task = asyncio.current_task(loop)  # given the loop: no second getpid() (CPython 3.11)
     assert task is not None  # noqa: S101 (always called from the request's task)
     client_gone = False
     drained = False

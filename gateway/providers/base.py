@@ -560,9 +560,14 @@ class ReframedStream:
         except BaseException as exc:
             self._end()  # not whole: the connection is dropped
             translated = self._translated(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            try:
+                if translated is exc:
+                    raise
+                raise translated from exc
+            finally:
+                # The error's traceback holds this frame: were the frame to hold the error, the
+                # stream would be a reference cycle, freed only by a full collection.
+                del translated
         # The stream is whole: the connection is kept alive, also when its last event came
         # before the HTTP answer's end (the terminating chunk is usually a read behind).
         self._end(whole=True)

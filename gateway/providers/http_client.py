@@ -35,12 +35,13 @@ A cancelled caller drops its connection. Error messages never quote a header val
 from __future__ import annotations
 
 import asyncio
+import copy
 import socket
 import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Final, NamedTuple, cast
+from typing import Final, NamedTuple, NoReturn, cast
 from urllib.parse import quote, urlsplit
 
 import aiohappyeyeballs
@@ -628,7 +629,7 @@ class HttpResponse:
                 if self._complete:
                     break
                 if self._error is not None:
-                    raise self._error
+                    self._raise_copy(self._error)
                 await self._wait()
         except BaseException:
             self.close()
@@ -727,8 +728,16 @@ class HttpResponse:
         """Until `done()`; the answer's error, if one came first, is raised."""
         while not done():
             if self._error is not None:
-                raise self._error
+                self._raise_copy(self._error)
             await self._wait()
+
+    @staticmethod
+    def _raise_copy(error: BaseException) -> NoReturn:
+        """Raises the answer's failure as a copy of it. The raise's traceback holds the frames it
+        passes, and they hold this answer: were the answer to hold the very error raised, the
+        two (and all the stream they belong to) would be a reference cycle that only a full
+        collection of the heap frees."""
+        raise copy.copy(error)
 
     async def _wait(self) -> None:
         """Until the connection has news for us; `read_timeout_s` of silence is a timeout."""

@@ -1,0 +1,194 @@
+"""However a stream ends, reference counting frees it: nothing of it waits for the cycle collector.
+
+A worker with thousands of streams open has a large heap, and a full collection of it is a pause
+of every stream (hundreds of milliseconds at 8,000 open streams: docs/decisions/0012). A stream
+that leaves a reference cycle behind when it ends (an error's traceback holding a frame that
+holds the error, a callback holding itself) keeps its memory until such a collection, so the
+collector has to run often. Here the app runs in-process against the fake upstream, with the
+collector off while a stream runs and ends; then a collection that saves what it finds
+(`gc.DEBUG_SAVEALL`) must find nothing of the gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from gateway.app import create_app
+from gateway.settings import load_settings
+from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY, free_port, gateway_config
+from tests.fakes.openai_upstream import FakeOpenAI
+
+GATEWAY = str(Path(__file__).resolve().parents[2] / "gateway")
+
+
+class App:
+    """The gateway app driven directly, as Granian drives it: after the body, `receive()` is a
+    future that resolves with `http.disconnect` when the client leaves."""
+
+    def __init__(self, config: Path) -> None:
+        self.app = create_app(
+            load_settings(config),
+            {"KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "OPENAI_API_KEY": UPSTREAM_KEY},
+        )
+        self.state: dict[str, Any] = {}
+        self.key = ""
+        self.lifespan: asyncio.Future[None] | None = None
+
+    async def request(self, path: str, body: bytes, token: str, end: str = "") -> tuple[int, bytes]:
+        """`end`: what happens once the first event arrived: "leave" (the client disconnects),
+        "drain" (a shutdown's deadline ends the open streams), "" (nothing)."""
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[dict[str, Any]] = loop.create_future()
+        body_sent = False
+        status = 0
+        chunks: list[bytes] = []
+
+        def receive() -> asyncio.Future[dict[str, Any]]:
+            nonlocal body_sent
+            if body_sent:
+                return gone
+            body_sent = True
+            message: asyncio.Future[dict[str, Any]] = loop.create_future()
+            message.set_result({"type": "http.request", "body": body, "more_body": False})
+            return message
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                return
+            chunks.append(message.get("body", b""))
+            if end == "drain" and chunks[-1] and len(chunks) == 1:
+                loop.call_soon(self.state["klawd"].streams.end_all)
+            ended = not message.get("more_body")
+            if (ended or (end == "leave" and chunks[-1])) and not gone.done():
+                gone.set_result({"type": "http.disconnect"})
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+            "state": dict(self.state),
+        }
+        await self.app(scope, receive, send)  # type: ignore[arg-type]
+        return status, b"".join(chunks)
+
+    async def chat(self, model: str, end: str = "") -> bytes:
+        body = orjson.dumps(
+            {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        status, answer = await self.request("/v1/chat/completions", body, self.key, end)
+        assert status == 200, answer
+        return answer
+
+
+async def lifespan(app: App, sent: asyncio.Queue[dict[str, Any]]) -> asyncio.Queue[Any]:
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": app.state}
+    await incoming.put({"type": "lifespan.startup"})
+    app.lifespan = asyncio.ensure_future(app.app(scope, incoming.get, sent.put))  # type: ignore[arg-type]
+    assert (await sent.get())["type"] == "lifespan.startup.complete"
+    status, account = await app.request(
+        "/admin/accounts",
+        orjson.dumps({"name": "gc", "plan": "enterprise", "credits_usd": 100}),
+        ADMIN_TOKEN,
+    )
+    assert status == 201, account
+    account_id = orjson.loads(account)["id"]
+    status, key = await app.request(f"/admin/accounts/{account_id}/keys", b"{}", ADMIN_TOKEN)
+    assert status == 201, key
+    app.key = orjson.loads(key)["key"]
+    return incoming
+
+
+def gateway_garbage() -> collections.Counter[str]:
+    """What a saving collection finds of the gateway's: its frames and its objects, by name."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+    found: collections.Counter[str] = collections.Counter()
+    for thing in gc.garbage:
+        if isinstance(thing, types.FrameType):
+            if thing.f_code.co_filename.startswith(GATEWAY):
+                found[f"frame {thing.f_code.co_name}"] += 1
+        elif type(thing).__module__.startswith("gateway"):
+            found[type(thing).__qualname__] += 1
+    gc.garbage.clear()
+    return found
+
+
+def freed_after(config: Path, model: str, end: str) -> tuple[bytes, Any]:
+    async def main() -> tuple[bytes, Any]:
+        app = App(config)
+        sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        incoming = await lifespan(app, sent)
+        try:
+            await app.chat(model, end)  # warm: the upstream connection, caches
+            gc.collect()
+            gc.disable()
+            try:
+                answer = await app.chat(model, end)
+                for _ in range(10):  # what the end scheduled (the ledger, callbacks) runs
+                    await asyncio.sleep(0.01)
+                return answer, gateway_garbage()
+            finally:
+                gc.enable()
+        finally:
+            await incoming.put({"type": "lifespan.shutdown"})
+            await sent.get()
+            if app.lifespan is not None:
+                await app.lifespan
+            gc.unfreeze()  # the app froze what its start-up found: this whole test process
+
+    return uvloop.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("freed") / "klawd.toml"
+    gateway_config(path, free_port(), fake_openai.base_url)
+    yield path
+
+
+@pytest.mark.parametrize(
+    ("model", "end", "ends_with"),
+    [
+        pytest.param("openai/gpt-fake", "", b"data: [DONE]\n\n", id="whole"),
+        pytest.param("openai/hold-fake", "leave", b"", id="client-left"),
+        pytest.param("openai/hold-fake", "drain", b"restarting", id="drained"),
+        pytest.param("openai/cut-fake", "", b'"bad_gateway"', id="upstream-cut"),
+        pytest.param("openai/error-event", "", b'"service_unavailable"', id="upstream-error-event"),
+        pytest.param("slowai/stall-stream", "", b'"gateway_timeout"', id="upstream-silent"),
+    ],
+)
+def test_a_stream_is_freed_by_reference_counting_however_it_ends(
+    config: Path, model: str, end: str, ends_with: bytes
+) -> None:
+    answer, garbage = freed_after(config, model, end)
+    assert ends_with in answer[-200:], answer[-200:]
+    assert garbage == {}, f"left in reference cycles: {dict(garbage)}"

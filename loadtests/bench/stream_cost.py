@@ -1,6 +1,7 @@
 """What a stream costs the gateway's own process: CPU per stream and memory per open stream.
 
     .venv/bin/python -m loadtests.bench.stream_cost [--streams 3000] [--open 1000] [--tree DIR]
+        [--ramp 8000 [--gc-threshold 700,10,10]]
 
 In-process, as the metering bench: the ASGI app driven directly (embedded store, everything
 on), its upstream the `make bench` nginx (loadtests/bench/contenders.py) on loopback, pinned to
@@ -12,6 +13,11 @@ static body (what its per-event JSON pass costs a stream). Memory: `--open` stre
 minute-long upstream (an event a second) held open together, measured once all have their
 first event (then their clients leave): Python's allocations (tracemalloc, with the top sites)
 and the process's RSS growth per stream, in two passes (tracemalloc off for the RSS one).
+
+`--ramp N`: N long streams opened at once, as the long run's ramp does: the time until every
+one has its first event, the cycle collector's runs meanwhile (a full collection pauses every
+stream), the tracked objects per open stream, and what their clients' leaving left in reference
+cycles (`--gc-threshold` sets the collector's thresholds after start-up, to compare settings).
 
 `--tree DIR`: a checkout's `gateway` package (with its built `_core`) measured instead, for a
 before/after comparison (run the command once per tree, back to back).
@@ -211,6 +217,61 @@ def reframer_per_stream(repetitions: int = 5000) -> float:
     return best * 1e6
 
 
+class Collections:
+    """The cycle collector's runs while installed in `gc.callbacks`: per generation, the
+    duration of each (a full collection is a pause of every stream)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.runs[info["generation"]].append(time.perf_counter() - self._started)
+
+    def report(self) -> str:
+        full = self.runs[2]
+        young = ", ".join(
+            f"gen{g} {len(self.runs[g])} ({sum(self.runs[g]) * 1e3:.0f} ms)" for g in (0, 1)
+        )
+        return (
+            f"full collections {len(full)} ({sum(full) * 1e3:.0f} ms in all; each: "
+            f"{', '.join(f'{d * 1e3:.0f}' for d in full) or '-'} ms); {young}"
+        )
+
+
+async def ramp(driver: Driver, count: int) -> str:
+    """`count` streams of the minute-long upstream opened at once (the long run's ramp, in
+    process): how long until every one has its first event, and what the collector did
+    meanwhile; then their clients leave, and what leaving left to the collector."""
+    model = gateway_model("long")
+    gc.collect()
+    collections = Collections()
+    gc.callbacks.append(collections)
+    try:
+        started = time.perf_counter()
+        firsts = [asyncio.Event() for _ in range(count)]
+        tasks = [asyncio.ensure_future(driver.stream(model, first)) for first in firsts]
+        await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 120)
+        opened = time.perf_counter() - started
+    finally:
+        gc.callbacks.remove(collections)
+    tracked = len(gc.get_objects())
+    driver.leave_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    del tasks, firsts
+    await asyncio.sleep(0.5)
+    left = gc.collect()
+    return (
+        f"ramp {count}: all open in {opened:.2f} s; {collections.report()}; "
+        f"tracked objects with all open {tracked} ({tracked / count:.0f} per stream); "
+        f"unreachable once their clients left {left} ({left / count:.1f} per stream); "
+        f"thresholds {gc.get_threshold()}"
+    )
+
+
 async def open_together(driver: Driver, count: int, traced: bool) -> dict[str, Any]:
     """`count` streams of the upstream's minute-long stream (an event a second) open at once;
     what they hold once all have their first event; then their clients leave."""
@@ -249,7 +310,7 @@ async def run(args: argparse.Namespace, upstream: str) -> None:
     directory = Path(tempfile.mkdtemp(prefix="klawd-stream-cost-"))
     conf = gateway_conf(0, upstream, "")
     extra = conf[conf.index("[plans.bench]") :]
-    extra = extra.replace("pool_size = 4096", f"pool_size = {max(4096, args.open)}")
+    extra = extra.replace("pool_size = 4096", f"pool_size = {max(4096, args.open, args.ramp)}")
     harness = Harness(f"sqlite:///{directory / 'bench.db'}", extra)
     config = directory / "klawd.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{directory / "bench.db"}"\n{extra}')
@@ -274,6 +335,14 @@ async def run(args: argparse.Namespace, upstream: str) -> None:
             print(f"calls {scenario}: {calls:.1f} function calls, {sends:.2f} sends per stream")
             for line in lines:
                 print(line)
+        if args.ramp:
+            if args.gc_threshold:
+                gc.set_threshold(*map(int, args.gc_threshold.split(",")))
+            warm = [asyncio.ensure_future(driver.stream(gateway_model("long"))) for _ in range(32)]
+            await asyncio.sleep(1)
+            driver.leave_all()
+            await asyncio.gather(*warm)
+            print(await ramp(driver, args.ramp), flush=True)
         if args.open:
             plain = await open_together(driver, args.open, traced=False)
             print(f"open {args.open}: RSS +{plain['rss_per_stream_kb']:.1f} KB per stream")
@@ -295,6 +364,12 @@ def main() -> None:
     )
     parser.add_argument("--top", type=int, default=0, help="with --calls: the top functions")
     parser.add_argument("--open", type=int, default=1000, help="streams held open (0: skip)")
+    parser.add_argument(
+        "--ramp", type=int, default=0, help="streams opened at once: the collector meanwhile"
+    )
+    parser.add_argument(
+        "--gc-threshold", default="", help="with --ramp: gc.set_threshold(a, b, c) after start-up"
+    )
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
     args = parser.parse_args()
     import gateway

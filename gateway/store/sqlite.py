@@ -342,29 +342,23 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         """One transaction per batch, set-based (a few statements, not two per entry), so the
         writer thread holds the GIL briefly: the ids already in the ledger are looked up first
         and skipped (a replayed entry settles nothing twice), the rest are inserted with one
-        executemany, and each account's balance moves once by the sum of its new costs."""
+        executemany, and each account's balance, each key's spend and each reservation move
+        once per batch by the sums of its entries (one pass over the entries)."""
 
         def settle(conn: sqlite3.Connection) -> dict[str, CreditGrant]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                seen = _ledger_ids(conn, [entry.id for entry in entries])
-                settled: list[UsageEntry] = []
-                for entry in entries:
-                    if entry.id not in seen:
-                        seen.add(entry.id)
-                        settled.append(entry)
+                settled = _new_entries(entries, _ledger_ids(conn, [e.id for e in entries]))
                 conn.executemany(
                     INSERT_USAGE, [msgspec.structs.astuple(e)[:LEDGER_COLUMNS] for e in settled]
                 )
-                costs: dict[str, int] = {}
-                for entry in settled:
-                    costs[entry.account_id] = costs.get(entry.account_id, 0) + entry.cost_micros
-                conn.executemany(SETTLE, [(-cost, account) for account, cost in costs.items()])
-                grants = sqlite_grants.charge(conn, costs)
-                key_totals = sqlite_keys.record_spend(conn, settled)
+                sums = _Sums(settled)
+                conn.executemany(SETTLE, [(-cost, account) for account, cost in sums.costs.items()])
+                grants = sqlite_grants.charge(conn, sums.costs)
+                key_totals = sqlite_keys.record_spend(conn, sums.key_costs)
                 balances = {
                     account_id: row[0]
-                    for account_id in costs
+                    for account_id in sums.costs
                     if (row := conn.execute(SELECT_CREDITS, (account_id,)).fetchone())
                 }
                 conn.execute("COMMIT")
@@ -372,10 +366,10 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 conn.execute("ROLLBACK")
                 raise
             with self._credits_lock:
-                for entry in settled:
-                    self._release(entry.account_id, entry.reserved_micros)
+                for account_id, micros in sums.reserved.items():
+                    self._release(account_id, micros)
                 self._balance.update(balances)
-            self._key_spend.settled(settled, key_totals)
+            self._key_spend.settled(sums.key_reserved, key_totals)
             return grants
 
         return await self._run(settle)
@@ -386,6 +380,45 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             return [UsageRow(*row) for row in rows]
 
         return await self._run(select)
+
+
+def _new_entries(entries: list[UsageEntry], in_ledger: set[str]) -> list[UsageEntry]:
+    """The entries to settle: not in the ledger yet, each id once (the first one)."""
+    if not in_ledger and len({e.id for e in entries}) == len(entries):
+        return entries  # the usual batch: nothing replayed
+    seen = set(in_ledger)
+    settled: list[UsageEntry] = []
+    for entry in entries:
+        if entry.id not in seen:
+            seen.add(entry.id)
+            settled.append(entry)
+    return settled
+
+
+class _Sums:
+    """A batch's sums in one pass: per account its cost and what it had reserved, per (key id,
+    day) its cost and what it had reserved against the key's budgets."""
+
+    __slots__ = ("costs", "key_costs", "key_reserved", "reserved")
+
+    def __init__(self, entries: list[UsageEntry]) -> None:
+        costs: dict[str, int] = {}
+        reserved: dict[str, int] = {}
+        key_costs: dict[tuple[str, str], int] = {}
+        key_reserved: dict[tuple[str, str], int] = {}
+        for entry in entries:
+            account_id, cost = entry.account_id, entry.cost_micros
+            costs[account_id] = costs.get(account_id, 0) + cost
+            reserved[account_id] = reserved.get(account_id, 0) + entry.reserved_micros
+            if entry.key_id:
+                key = (entry.key_id, entry.day)
+                key_costs[key] = key_costs.get(key, 0) + cost
+                if entry.key_reserved_micros:
+                    key_reserved[key] = key_reserved.get(key, 0) + entry.key_reserved_micros
+        self.costs = costs
+        self.reserved = reserved
+        self.key_costs = key_costs
+        self.key_reserved = key_reserved
 
 
 def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:

@@ -13,13 +13,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from gateway.limits import KeyGate
-from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow, UsageEntry
+from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow
 
 T = TypeVar("T")
 
@@ -97,17 +97,13 @@ def read_spend(conn: sqlite3.Connection, key_id: str, day: str) -> tuple[int, in
     return values[0], values[1], values[2]
 
 
-def record_spend(conn: sqlite3.Connection, entries: Iterable[UsageEntry]) -> dict[str, int]:
-    """Add each entry's cost to its key's periods; returns (key id, period) -> new total, keyed
-    as `key_id|period`."""
+def record_spend(conn: sqlite3.Connection, costs: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """Add each (key id, day)'s settled cost to the key's periods of that day; returns
+    (key id, period) -> new total, keyed as `key_id|period`."""
     totals: dict[tuple[str, str], int] = {}
-    for entry in entries:
-        if not entry.key_id:
-            continue
-        for period in periods(entry.day):
-            totals[(entry.key_id, period)] = totals.get((entry.key_id, period), 0) + (
-                entry.cost_micros
-            )
+    for (key_id, day), micros in costs.items():
+        for period in periods(day):
+            totals[(key_id, period)] = totals.get((key_id, period), 0) + micros
     conn.executemany(ADD_SPEND, [(k, p, micros) for (k, p), micros in totals.items()])
     return {f"{k}|{p}": int(conn.execute(SELECT_SPEND, (k, p)).fetchone()[0]) for (k, p) in totals}
 
@@ -173,11 +169,11 @@ class KeySpendBook:
             else:
                 self._reserved.pop(name, None)
 
-    def settled(self, entries: list[UsageEntry], totals: dict[str, int]) -> None:
+    def settled(self, reserved: Mapping[tuple[str, str], int], totals: dict[str, int]) -> None:
+        """`reserved`: (key id, day) -> what the settled entries had reserved against it."""
         with self._lock:
-            for entry in entries:
-                if entry.key_id and entry.key_reserved_micros:
-                    self._release(entry.key_id, entry.day, entry.key_reserved_micros)
+            for (key_id, day), micros in reserved.items():
+                self._release(key_id, day, micros)
             self._spent.update(totals)
 
     def forget(self) -> None:

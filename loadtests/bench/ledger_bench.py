@@ -1,6 +1,7 @@
 """SQLite ledger batches: random ledger ids against time-ordered ones (gateway.metering.ledger_id).
 
     .venv/bin/python loadtests/bench/ledger_bench.py [--batches 60] [--batch 500] [--reps 3]
+    .venv/bin/python loadtests/bench/ledger_bench.py --calls --batch 50   # function calls
 
 Per repetition and id kind, a fresh embedded store (a file in a temporary directory, WAL, as the
 gateway opens it) settles `--batches` batches of `--batch` entries; the CPU time of this process
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -69,14 +71,46 @@ async def run(kind: str, batches: int, size: int) -> list[float]:
     return times
 
 
+async def calls(batches: int, size: int) -> float:
+    """Python function calls per batch under cProfile (deterministic, load-independent), the
+    store's work run on this thread (cProfile sees one thread) instead of its executor."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory(prefix="klawd-ledger-bench-") as tmp:
+        store = open_store(f"sqlite:///{tmp}/ledger.db")
+
+        async def here(work: Any) -> Any:
+            return work(store._connect())  # type: ignore[attr-defined]
+
+        account = await store.create_account("bench", "free", 10**15)
+        store._run = here  # type: ignore[attr-defined]
+        for _ in range(10):  # warm
+            await store.settle([entry(account.id, ledger_id()) for _ in range(size)])
+        work = [[entry(account.id, ledger_id()) for _ in range(size)] for _ in range(batches)]
+        profile = cProfile.Profile()
+        profile.enable()
+        for batch in work:
+            await store.settle(batch)
+        profile.disable()
+        await store.close()
+    return float(pstats.Stats(profile).total_calls) / batches  # type: ignore[attr-defined]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--calls", action="store_true", help="function calls per batch only")
     args = parser.parse_args()
     if not (10 <= args.batches <= 1000 and 1 <= args.batch <= 5000 and 1 <= args.reps <= 10):
         parser.error("bounds: --batches 10..1000, --batch 1..5000, --reps 1..10")
+    if args.calls:
+        per_batch = uvloop.run(calls(args.batches, args.batch))
+        print(f"SQLite settle, batches of {args.batch}: {per_batch:.1f} function calls per batch"
+              f" ({per_batch / args.batch:.2f} per entry)")  # fmt: skip
+        return 0
     medians: dict[str, list[float]] = {"random": [], "time-ordered": []}
     lasts: dict[str, list[float]] = {"random": [], "time-ordered": []}
     for _ in range(args.reps):

@@ -165,3 +165,32 @@ async def test_a_key_without_a_budget_reserves_nothing_but_its_spend_is_kept(sto
     await store.settle([settled(account.id, "key_n", 1, cost=120, reserved=0)])
     spend = await store.key_spend(account.id, ["key_n"], DAY)
     assert spend["key_n"] == KeySpend(today=120, month=120, total=120)
+
+
+async def test_one_batch_moves_spend_and_reservations_as_its_entries_would(store: Store) -> None:  # noqa: F811
+    """Entries of two keys over two days and of a key-less request, settled in one batch: each
+    key's spend per period and every reservation move by the sums of their entries."""
+    account = await store.create_account("s", "free", 1_000_000)
+    limiter = store.limiter()
+    first = gate("key_s1", day_micros=100)
+    second = gate("key_s2", day="2026-11-27", day_micros=100)
+    for key, reserved in ((first, 40), (first, 30), (second, 50)):
+        assert (await limiter.admit(account.id, ROOMY, reserved, key)).admitted
+    assert (await limiter.admit(account.id, ROOMY, 31, first)).outcome == "key_budget_exceeded"
+    await store.settle(
+        [
+            settled(account.id, "key_s1", 1, cost=10, reserved=40),
+            settled(account.id, "", 2, cost=7, reserved=0),
+            settled(account.id, "key_s2", 3, cost=20, reserved=50, day="2026-11-27"),
+            settled(account.id, "key_s1", 4, cost=15, reserved=30),
+        ]
+    )
+    assert (await store.key_spend(account.id, ["key_s1"], DAY))["key_s1"] == KeySpend(25, 25, 25)
+    spend = await store.key_spend(account.id, ["key_s2"], "2026-11-27")
+    assert spend["key_s2"] == KeySpend(20, 20, 20)
+    assert (await limiter.admit(account.id, ROOMY, 75, first)).admitted, "both released"
+    assert (await limiter.admit(account.id, ROOMY, 1, first)).outcome == "key_budget_exceeded"
+    assert (await limiter.admit(account.id, ROOMY, 80, second)).admitted
+    after = await store.get_account(account.id)
+    assert after is not None
+    assert after.credits_micros == 1_000_000 - (10 + 7 + 20 + 15) - (75 + 80), "in flight: 155"

@@ -24,9 +24,11 @@ Fail-closed: when Redis cannot be reached, requests get 503 `service_unavailable
 socket timeouts (never a hang, never an unmetered request) and /readyz fails; both clients
 reconnect by themselves when Redis is back.
 
-Two clients on one Redis: the hot path (admission and credit FCALLs, the settle batch) goes
-through the lean multiplexed client of gateway/store/resp.py; everything else, and everything on
-a Redis Cluster, through redis-py (docs/decisions/0010-redis-hot-path-client.md).
+One client per Redis: on a single Redis (`redis://`, `rediss://`) every command, pub/sub
+included, goes through the lean multiplexed client of gateway/store/resp.py, and redis-py is not
+even imported (about 10 MB less in every process that opens the store, the supervisor's first-start
+check included); on a Redis Cluster, or with a URL the lean client does not take, everything goes
+through redis-py (docs/decisions/0010-redis-hot-path-client.md).
 """
 
 from __future__ import annotations
@@ -35,14 +37,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import date, timedelta
 from importlib import resources
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
 from gateway.limits import Limiter
 from gateway.store.base import (
@@ -58,6 +58,9 @@ from gateway.store.redis_limiter import RedisLimiter, _acct, _spend_keys
 from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
 from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("klawd.redis")
 
@@ -77,6 +80,34 @@ InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
 def _cache_key(key: str) -> str:
     account_id, _, digest = key.partition(":")
     return f"klawd:cache:{{{account_id}}}:{digest}"
+
+
+def _pairs(reply: list[Any]) -> dict[Any, Any]:
+    it = iter(reply)
+    return dict(zip(it, it, strict=True))
+
+
+# The lean client's raw RESP2 replies shaped as redis-py's `execute_command` shapes them, for the
+# commands whose shape differs (the others are the same: integers, bytes, None, flat lists), so
+# that the store's code reads the same replies on either client.
+_SHAPES: dict[str, Callable[[Any], Any]] = {
+    "HGETALL": _pairs,
+    "SMEMBERS": set,
+    "SET": lambda reply: reply is not None and reply == b"OK",
+    "PING": lambda reply: reply == b"PONG",
+    "XRANGE": lambda reply: [(entry_id, _pairs(fields)) for entry_id, fields in reply],
+    "XREVRANGE": lambda reply: [(entry_id, _pairs(fields)) for entry_id, fields in reply],
+}
+
+
+def _shaped(args: tuple[Any, ...], reply: Any) -> Any:
+    shape = _SHAPES.get(args[0])
+    if shape is not None:
+        return shape(reply)
+    if args[0] == "ZRANGE" and args[-1] == "WITHSCORES":
+        it = iter(reply)
+        return [[member, float(score)] for member, score in zip(it, it, strict=True)]
+    return reply
 
 
 def _reply_message(exc: RespReplyError) -> str:
@@ -136,44 +167,22 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         self.url = url
         self.cluster = "+cluster://" in url
         plain_url = url.replace("+cluster://", "://", 1)
-        self._redis: aioredis.Redis | aioredis.RedisCluster
-        if self.cluster:
-            # per node; twice the commands in flight, because resolving an FCALL's slot may
-            # take a second connection (COMMAND GETKEYS) besides the call's own
-            self._redis = aioredis.RedisCluster.from_url(
-                plain_url,
-                socket_connect_timeout=1.0,
-                socket_timeout=2.0,
-                max_connections=2 * MAX_CONNECTIONS,
-            )
-        else:
-            # A burst beyond the pool waits (up to 2 s) for a free connection instead of failing.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                plain_url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=2.0,
-                socket_connect_timeout=1.0,
-                socket_timeout=2.0,
-                health_check_interval=15,
-            )
-            self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        # The hot path's own client (FCALLs and the settle batch): a few multiplexed
-        # connections, the same timeouts. A URL it cannot take leaves everything on redis-py.
+        # A single Redis: the lean multiplexed client, for every command (a few connections, the
+        # same timeouts), and pub/sub on a connection of its own. A URL it cannot take, and a
+        # Redis Cluster (slots, redirections, node discovery), use redis-py instead, imported
+        # only then.
         self._resp: RespClient | None = None
+        self._redis: aioredis.Redis | aioredis.RedisCluster | None = None
         if not self.cluster:
             try:
                 self._resp = RespClient.from_url(
                     plain_url, connections=2, connect_timeout_s=1.0, command_timeout_s=2.0
                 )
             except ValueError as exc:
-                log.info("redis hot path stays on redis-py: %s", exc)
-        # Classic pub/sub is broadcast over the cluster bus: one node's connection hears every
-        # PUBLISH, so the subscriber is a plain client in both modes.
-        self._subscriber: aioredis.Redis = (
-            aioredis.from_url(plain_url, socket_connect_timeout=1.0)
-            if self.cluster
-            else self._redis  # type: ignore[assignment]
-        )
+                log.info("redis store on redis-py: %s", exc)
+        self._subscriber: aioredis.Redis | None = None
+        if self._resp is None:
+            self._redis, self._subscriber = _redis_py_clients(plain_url, self.cluster)
         # At most as many redis-py commands in flight as the pool has connections: a burst waits
         # for a free one instead of failing (the cluster client has no blocking pool of its own).
         # The lean client multiplexes: its calls need no slot.
@@ -187,32 +196,89 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         return RedisLimiter(self)
 
     # -- plumbing -------------------------------------------------------------------------------
+    def _py(self) -> aioredis.Redis | aioredis.RedisCluster:
+        """redis-py's client (a Redis Cluster, or a URL the lean client does not take)."""
+        if self._redis is None:
+            raise StoreError("redis store: no redis-py client on this URL")
+        return self._redis
+
     async def _call(self, *args: Any) -> Any:
+        """One command; its reply shaped as redis-py's `execute_command` shapes it."""
+        if self._resp is not None:
+            try:
+                return _shaped(args, await self._resp.execute(*args))
+            except (RespConnectionError, RespReplyError) as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        from redis.exceptions import RedisError
+
         try:
             async with self._slots:
-                return await self._redis.execute_command(*args)
+                return await self._py().execute_command(*args)
+        except RedisError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+
+    async def _many(self, commands: list[tuple[Any, ...]], transaction: bool = False) -> list[Any]:
+        """Commands in one round trip, their replies in order (shaped as `_call`'s); `transaction`:
+        MULTI/EXEC around them. Any error reply raises StoreError."""
+        if self._resp is not None:
+            batch = [("MULTI",), *commands, ("EXEC",)] if transaction else commands
+            try:
+                replies = await self._resp.execute_many(batch)
+            except RespConnectionError as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+            if transaction:
+                replies = replies[-1]  # EXEC's: the commands' replies (QUEUED before)
+                if isinstance(replies, RespReplyError) or replies is None:
+                    raise StoreError("redis store failed: the transaction was refused")
+            if any(isinstance(reply, RespReplyError) for reply in replies):
+                raise StoreError("redis store failed: RespReplyError")
+            return [_shaped(c, r) for c, r in zip(commands, replies, strict=True)]
+        from redis.exceptions import RedisError
+
+        try:
+            async with self._slots, self._py().pipeline(transaction=transaction) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return await pipe.execute()
         except RedisError as exc:
             raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
     async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
+        if self._resp is None:
+            return await self._fcall_py(function, keys, args)
         for attempt in (1, 2):
             try:
                 if not self._library_loaded:
                     await self._ensure_library()
-                if self._resp is not None:
-                    return await self._resp.execute("FCALL", function, len(keys), *keys, *args)
-                async with self._slots:
-                    return await self._redis.execute_command(
-                        "FCALL", function, len(keys), *keys, *args
-                    )
-            except (ResponseError, RespReplyError) as exc:
-                message = _reply_message(exc) if isinstance(exc, RespReplyError) else str(exc)
+                return await self._resp.execute("FCALL", function, len(keys), *keys, *args)
+            except RespReplyError as exc:
+                message = _reply_message(exc)
                 # A restarted Redis without persistence has forgotten the library: load again.
                 if attempt == 1 and "function not found" in message.lower():
                     self._library_loaded = False
                     continue
                 raise StoreError(f"redis function {function} failed: {message}") from exc
-            except (RedisError, RespConnectionError) as exc:
+            except RespConnectionError as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        raise StoreError(f"redis function {function} is not available")
+
+    async def _fcall_py(self, function: str, keys: list[str], args: list[Any]) -> Any:
+        from redis.exceptions import RedisError, ResponseError
+
+        for attempt in (1, 2):
+            try:
+                if not self._library_loaded:
+                    await self._ensure_library()
+                async with self._slots:
+                    return await self._py().execute_command(
+                        "FCALL", function, len(keys), *keys, *args
+                    )
+            except ResponseError as exc:
+                if attempt == 1 and "function not found" in str(exc).lower():
+                    self._library_loaded = False
+                    continue
+                raise StoreError(f"redis function {function} failed: {exc}") from exc
+            except RedisError as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
 
@@ -226,27 +292,29 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                 self._library_loaded = True
 
     async def _load_library(self) -> None:
-        if isinstance(self._redis, aioredis.RedisCluster):
+        if self._resp is not None:
+            for library in (LIBRARY, CAPACITY_LIBRARY):
+                await self._resp.execute("FUNCTION", "LOAD", "REPLACE", library)
+            return
+        import redis.asyncio as aioredis
+
+        client = self._py()
+        if isinstance(client, aioredis.RedisCluster):
             # every primary serves some accounts' slots: each needs the library
-            for node in self._redis.get_primaries():
+            for node in client.get_primaries():
                 for library in (LIBRARY, CAPACITY_LIBRARY):
-                    await self._redis.execute_command(
+                    await client.execute_command(
                         "FUNCTION", "LOAD", "REPLACE", library, target_nodes=node
                     )
         else:
             for library in (LIBRARY, CAPACITY_LIBRARY):
-                await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                await client.execute_command(  # type: ignore[no-untyped-call]
                     "FUNCTION", "LOAD", "REPLACE", library
                 )
 
     async def ping(self) -> None:
-        """Readiness: both clients reach Redis (the hot path's and redis-py's)."""
+        """Readiness: Redis answers."""
         await self._call("PING")
-        if self._resp is not None:
-            try:
-                await self._resp.execute("PING")
-            except (RespConnectionError, RespReplyError) as exc:
-                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
     # -- response cache (klawd:cache:{A}:<digest>, expiring by itself) ----------------------------
     async def cache_get(self, key: str) -> bytes | None:
@@ -257,13 +325,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._hot("SET", _cache_key(key), value, "PX", max(1, round(ttl_s * 1000)))
 
     async def _hot(self, *args: Any) -> Any:
-        """A plain command through the hot path's client when there is one."""
-        if self._resp is None:
-            return await self._call(*args)
-        try:
-            return await self._resp.execute(*args)
-        except (RespConnectionError, RespReplyError) as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        return await self._call(*args)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -272,8 +334,9 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                 await self._listener
         if self._resp is not None:
             await self._resp.close()
-        await self._redis.aclose()
-        if self._subscriber is not self._redis:
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._subscriber is not None and self._subscriber is not self._redis:
             await self._subscriber.aclose()
 
     # -- invalidation across replicas -----------------------------------------------------------
@@ -288,14 +351,10 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
     async def _listen(self) -> None:
         while True:
             try:
-                pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(CHANNEL)
-                async for message in pubsub.listen():
-                    data = message.get("data")
-                    if isinstance(data, bytes):
-                        kind, _, ident = data.decode().partition(":")
-                        for handler in self._handlers:
-                            handler(kind, ident)
+                async for data in self._messages():
+                    kind, _, ident = data.decode().partition(":")
+                    for handler in self._handlers:
+                        handler(kind, ident)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -305,6 +364,22 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                 for handler in self._handlers:
                     handler("all", "")
                 await asyncio.sleep(1.0)
+
+    async def _messages(self) -> AsyncIterator[bytes]:
+        """What is published on CHANNEL; raises when the subscription is lost."""
+        if self._resp is not None:
+            async for data in self._resp.subscribe(CHANNEL):
+                yield data
+            return
+        if self._subscriber is None:
+            raise StoreError("redis store: no subscriber on this URL")
+        pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(CHANNEL)
+        async for message in pubsub.listen():
+            data = message.get("data")
+            if isinstance(data, bytes):
+                yield data
+        raise StoreError("redis store failed: the subscription ended")
 
     # -- accounts -------------------------------------------------------------------------------
     async def count_accounts(self) -> int:
@@ -318,38 +393,39 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         # The account's own keys share a slot and are written together; the index of accounts
         # lives in another slot (Redis Cluster forbids cross-slot transactions), so it is added
         # last: an account is counted only once it exists.
-        try:
-            async with self._slots, self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
+        await self._many(
+            [
+                (
+                    "HSET",
                     key,
-                    mapping={
-                        "name": name,
-                        "plan": plan,
-                        "limits": "{}",
-                        "created_at": account.created_at,
-                        # the starting credit is the first grant
-                        "grant_seq": 1,
-                        "grant": credits_micros,
-                        "grant_at": account.created_at,
-                        "grant_spent": 0,
-                    },
-                )
-                pipe.set(f"{key}:credits", credits_micros)
-                await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+                    "name",
+                    name,
+                    "plan",
+                    plan,
+                    "limits",
+                    "{}",
+                    "created_at",
+                    account.created_at,
+                    # the starting credit is the first grant
+                    "grant_seq",
+                    1,
+                    "grant",
+                    credits_micros,
+                    "grant_at",
+                    account.created_at,
+                    "grant_spent",
+                    0,
+                ),
+                ("SET", f"{key}:credits", credits_micros),
+            ],
+            transaction=True,
+        )
         await self._call("SADD", "klawd:accounts", account.id)
         return account
 
     async def get_account(self, account_id: str) -> Account | None:
         key = _acct(account_id)
-        try:
-            async with self._slots, self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(key)
-                pipe.get(f"{key}:credits")
-                fields, credits = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        fields, credits = await self._many([("HGETALL", key), ("GET", f"{key}:credits")])
         if not fields:
             return None
         return Account(
@@ -403,18 +479,25 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         nothing twice."""
         chunks = _by_account(entries)
         commands = [_settle_command(chunk) for chunk in chunks]
-        try:
-            if not self._library_loaded:
-                await self._ensure_library()
-            if self._resp is not None:
+        if self._resp is not None:
+            try:
+                if not self._library_loaded:
+                    await self._ensure_library()
                 results = await self._resp.execute_many(commands)
-            else:
-                async with self._slots, self._redis.pipeline(transaction=False) as pipe:
+            except (RespConnectionError, RespReplyError) as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        else:
+            from redis.exceptions import RedisError
+
+            try:
+                if not self._library_loaded:
+                    await self._ensure_library()
+                async with self._slots, self._py().pipeline(transaction=False) as pipe:
                     for command in commands:
                         pipe.execute_command(*command)
                     results = await pipe.execute(raise_on_error=False)
-        except (RedisError, RespConnectionError) as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+            except RedisError as exc:
+                raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
             if any("function not found" in str(r).lower() for r in failed):
@@ -477,3 +560,32 @@ def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[st
         if known is None or (grant.seq, grant.spent_micros) > (known.seq, known.spent_micros):
             grants[account_id] = grant
     return grants
+
+
+def _redis_py_clients(url: str, cluster: bool) -> tuple[Any, Any]:
+    """redis-py's client and subscriber, imported only when needed."""
+    import redis.asyncio as aioredis
+
+    if cluster:
+        # per node; twice the commands in flight, because resolving an FCALL's slot may
+        # take a second connection (COMMAND GETKEYS) besides the call's own
+        client = aioredis.RedisCluster.from_url(
+            url,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            max_connections=2 * MAX_CONNECTIONS,
+        )
+        # Classic pub/sub is broadcast over the cluster bus: one node's connection hears every
+        # PUBLISH, so the subscriber is a plain client.
+        return client, aioredis.from_url(url, socket_connect_timeout=1.0)
+    # A burst beyond the pool waits (up to 2 s) for a free connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=2.0,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=15,
+    )
+    plain = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+    return plain, plain

@@ -10,16 +10,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.exceptions import RedisError
 
-from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow, StoreError
+from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow
 from gateway.store.redis_limiter import _acct, _spend_keys
-from gateway.store.resp import RespClient, RespConnectionError
-
-if TYPE_CHECKING:
-    import asyncio
-
-    import redis.asyncio as aioredis
 
 
 def new_id(prefix: str) -> str:
@@ -28,11 +21,11 @@ def new_id(prefix: str) -> str:
 
 class RedisKeys:
     if TYPE_CHECKING:
-        _resp: RespClient | None
-        _redis: aioredis.Redis | aioredis.RedisCluster
-        _slots: asyncio.Semaphore
 
         async def _call(self, *args: Any) -> Any: ...
+        async def _many(
+            self, commands: list[tuple[Any, ...]], transaction: bool = False
+        ) -> list[Any]: ...
         async def _publish(self, kind: str, ident: str) -> None: ...
         async def _daily(
             self, account_id: str, since_day: str, until_day: str, kind: str
@@ -99,18 +92,7 @@ class RedisKeys:
             for key_id in key_ids
             for name in _spend_keys(account_id, key_id, day)
         ]
-        try:
-            if self._resp is not None:
-                replies = await self._resp.execute_many(commands)
-            else:
-                async with self._slots, self._redis.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute()
-        except (RedisError, RespConnectionError) as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
-        if any(isinstance(reply, Exception) for reply in replies):
-            raise StoreError("redis store failed: a key spend read was refused")
+        replies = await self._many(commands)
         values = [int(reply or 0) for reply in replies]
         return {key_id: KeySpend(*values[3 * i : 3 * i + 3]) for i, key_id in enumerate(key_ids)}
 

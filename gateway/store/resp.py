@@ -17,9 +17,10 @@ Decision record: docs/decisions/0010-redis-hot-path-client.md
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -360,16 +361,7 @@ class RespClient:
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl is not None else None,
                 )
-                handshake: list[tuple[Any, ...]] = []
-                if self._password is not None or self._username is not None:
-                    credentials = (
-                        (self._username, self._password or "")
-                        if self._username is not None
-                        else (self._password,)
-                    )
-                    handshake.append(("AUTH", *credentials))
-                if self.db:
-                    handshake.append(("SELECT", self.db))
+                handshake = self._handshake()
                 if handshake:
                     payload = b"".join([hiredis.pack_command(c) for c in handshake])
                     for reply in [await f for f in connection.send(payload, len(handshake))]:
@@ -399,6 +391,80 @@ class RespClient:
         connection.on_lost = self._forget
         self._connections.append(connection)
         return connection
+
+    def _handshake(self) -> list[tuple[Any, ...]]:
+        """`AUTH` and `SELECT`, as the URL asks, before a connection is used."""
+        handshake: list[tuple[Any, ...]] = []
+        if self._password is not None or self._username is not None:
+            credentials = (
+                (self._username, self._password or "")
+                if self._username is not None
+                else (self._password,)
+            )
+            handshake.append(("AUTH", *credentials))
+        if self.db:
+            handshake.append(("SELECT", self.db))
+        return handshake
+
+    # -- pub/sub --------------------------------------------------------------------------------
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        """The messages published on `channel` from now on, on a connection of their own (a
+        subscribed connection takes no other command). Connecting, `AUTH` and the subscription's
+        confirmation are bounded by the connect timeout; then it waits for messages as long as
+        it takes (TCP keepalive on). A lost connection, a refusal or a malformed reply raises
+        RespConnectionError: subscribe again (messages published meanwhile are lost)."""
+        loop = asyncio.get_running_loop()
+        parser = hiredis.Reader(
+            protocolError=_ProtocolError, replyError=RespReplyError, notEnoughData=_MORE
+        )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise RespTimeoutError(
+                f"could not connect to redis within {self._connect_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise RespConnectionError(f"could not connect to redis: {exc}") from None
+        try:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            commands = [*self._handshake(), ("SUBSCRIBE", channel)]
+            writer.write(b"".join([hiredis.pack_command(c) for c in commands]))
+            owed = len(commands)  # replies to the handshake and the subscription
+            deadline = loop.time() + self._connect_timeout
+            while True:
+                if owed:
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(65536)
+                else:
+                    data = await reader.read(65536)
+                if not data:
+                    raise RespConnectionError("redis closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not _MORE:
+                    if owed:
+                        owed -= 1
+                        if isinstance(reply, RespReplyError):
+                            raise RespConnectionError(f"redis refused the subscription: {reply}")
+                    elif type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                        yield reply[2]
+        except _ProtocolError:
+            raise RespConnectionError("malformed reply from redis") from None
+        except TimeoutError:
+            raise RespTimeoutError(
+                f"redis did not confirm the subscription within {self._connect_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise RespConnectionError(f"connection lost: {exc!r}") from None
+        finally:
+            writer.close()
 
     def _forget(self, connection: _Connection) -> None:
         if connection in self._connections:

@@ -11,10 +11,11 @@ the commands they run inside, plus anything else a request sends), Redis's own t
 (`usec` of those commands), the server's reads and writes per request (`INFO stats`: how
 many commands arrive together), redis-server's CPU per request from /proc (user + system: what the
 commands, the event loop and the replies cost its core), the gateway worker's CPU per request,
-how busy the worker was (CPU seconds ÷ wall seconds: below 1 it waited) and how busy each core
-was (/proc/stat). Figures are medians over rounds. `--before DIR` (DIR holds another version's
-`gateway` package with its built `_core`): that version too, with its own redis-server, the two
-taking turns round by round, for a before/after in one run. Every run is bounded (wrk -d, timeouts).
+how busy the worker was (CPU seconds ÷ wall seconds: below 1 it waited), how busy each core
+was (/proc/stat), the latency p50 and the RSS of the gateway's process tree after the run.
+Figures are medians over rounds. `--before DIR` (DIR holds another version's `gateway` package
+with its built `_core`): that version too, with its own redis-server, the two taking turns round
+by round, for a before/after in one run. Every run is bounded (wrk -d, timeouts).
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ import httpx
 import orjson
 
 from loadtests.bench import contenders as c
-from loadtests.bench.measure import CLOCK_TICKS, tree_cpu_s, wrk, wrk_script
+from loadtests.bench.measure import CLOCK_TICKS, tree_cpu_s, tree_rss_mb, wrk, wrk_script
 
-SCENARIOS = {"rps": ("json", 64), "event": ("event", 64), "lines20": ("lines20", 256)}
+SCENARIOS = {
+    "rps": ("json", 64),
+    "lat": ("json", 1),  # one connection: what a request waits for, round trips included
+    "sse": ("sse", 64),
+    "event": ("event", 64),
+    "lines20": ("lines20", 256),
+}
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
 
@@ -146,9 +153,12 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
     done = max(1.0, result.requests_per_s * max(1, round(seconds)))
     sample = {
         "requests_per_s": result.requests_per_s,
+        "latency_p50_ms": result.p50_ms,
         "worker_cpu_us": worker * 1e6 / done,
         "redis_cpu_us": server * 1e6 / done,
         "worker_busy": worker / wall,
+        # the gateway's process tree (supervisor and worker) after the run
+        "tree_rss_mb": tree_rss_mb(variant.pid),
     }
     for core, (busy, total) in cores.items():
         busy0, total0 = cores0[core]

@@ -1,6 +1,7 @@
 """What one non-streamed chat request costs the gateway's own Python path, in process.
 
     .venv/bin/python -m loadtests.bench.request_cost [--requests 3000] [--reps 3] [--tree DIR]
+        [--store sqlite|redis]
 
 The app is driven directly (no server: Granian's share is the same for every version), with the
 bench's OpenAI-shaped model in front of nginx on loopback (the real HTTP client and provider),
@@ -11,6 +12,9 @@ embedded store, every feature on as in `make bench`. It prints:
   shared machine to compare two versions piece by piece;
 - the whole request, 16 at once: CPU µs per request (every thread of the process) and the
   Python function calls per request under cProfile (deterministic, so load-independent).
+
+`--store redis`: the Redis store instead, on a redis-server of its own pinned to the upstream's
+core (as `make bench` runs it); its CPU per request (from /proc) is printed beside the worker's.
 
 `--tree DIR` runs another checkout's `gateway` package (with its built `_core`) instead: run the
 command twice for a before/after comparison (docs/benchmarks.md, "Single answers, second pass").
@@ -41,6 +45,7 @@ import uvloop
 from gateway.app import create_app
 from gateway.settings import load_settings
 from loadtests.bench import contenders as c
+from loadtests.bench.measure import tree_cpu_s
 from loadtests.bench.metering_bench import ADMIN, Harness
 
 
@@ -133,7 +138,14 @@ async def pieces(harness: Harness, key: str) -> None:
         print(f"{name:26s} {await best_of(call)}", flush=True)
 
 
-async def whole(harness: Harness, key: str, requests: int, reps: int, top: int = 0) -> None:
+async def whole(
+    harness: Harness,
+    key: str,
+    requests: int,
+    reps: int,
+    top: int = 0,
+    store_pid: int | None = None,
+) -> None:
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     concurrency = 16
 
@@ -147,9 +159,15 @@ async def whole(harness: Harness, key: str, requests: int, reps: int, top: int =
     await asyncio.gather(*(client(20) for _ in range(concurrency)))  # warm-up
     for _ in range(reps):
         started = time.process_time()
+        store_started = tree_cpu_s(store_pid) if store_pid else 0.0
         await asyncio.gather(*(client(each) for _ in range(concurrency)))
+        await asyncio.sleep(0.05)  # the last ledger batch
         cpu = (time.process_time() - started) * 1e6 / (each * concurrency)
-        print(f"whole request, 16 at once: {cpu:6.1f} µs CPU per request", flush=True)
+        line = f"whole request, 16 at once: {cpu:6.1f} µs CPU per request"
+        if store_pid:
+            store_cpu = (tree_cpu_s(store_pid) - store_started) * 1e6 / (each * concurrency)
+            line += f" (+ redis-server {store_cpu:5.1f} µs)"
+        print(line, flush=True)
     profile = cProfile.Profile()
     profile.enable()
     await asyncio.gather(*(client(each) for _ in range(concurrency)))
@@ -168,9 +186,15 @@ async def main(args: argparse.Namespace) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # as `klawd serve` runs it
     port = c.free_port()
     upstream = c.nginx(c.upstream_conf(directory, port), directory, "upstream", c.CLIENT_CORE)
+    redis = None
     try:
         config = directory / "klawd.toml"
         store = f"sqlite:///{directory / 'bench.db'}"
+        if args.store == "redis":
+            redis_port = c.free_port()
+            redis = c.redis_server(redis_port, directory)
+            c.wait_for(listening(redis_port), "redis-server")
+            store = f"redis://127.0.0.1:{redis_port}/0"
         text = c.gateway_conf(8080, f"http://127.0.0.1:{port}", store)
         if args.tree is not None:  # an older version may not know the newer [server] fields
             text = "\n".join(line for line in text.splitlines() if not line.startswith("max_in"))
@@ -185,9 +209,11 @@ async def main(args: argparse.Namespace) -> None:
         _, body = await harness.request("POST", path, b"{}", admin)
         key: str = orjson.loads(body)["key"]
         await pieces(harness, key)
-        await whole(harness, key, args.requests, args.reps, args.top)
+        await whole(harness, key, args.requests, args.reps, args.top, redis.pid if redis else None)
         await harness.stop()
     finally:
+        if redis is not None:
+            c.stop(redis)
         c.stop(upstream)
 
 
@@ -197,4 +223,5 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
     parser.add_argument("--top", type=int, default=0, help="the top functions by own time")
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     uvloop.run(main(parser.parse_args()))

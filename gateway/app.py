@@ -183,6 +183,14 @@ async def _report_metrics(state: AppState, observer: RequestObserver) -> None:
 
 
 METRICS_REPORT_INTERVAL_S = 1.0
+# The cycle collector's thresholds in a worker (CPython's: 700, 10, 10). A full collection walks
+# every tracked object, about a hundred per open stream: with 10,000 streams open it pauses them
+# all for a quarter of a second or more, and at CPython's thresholds a ramp of new streams runs
+# one each time the heap grows by a quarter (docs/decisions/0012, fourth pass). A stream, however
+# it ends, is freed by reference counting (tests/integration/test_streams_freed.py), so rarer
+# collections do not hold its memory: young collections every 2,000 net allocations, a full one
+# at most every 100 of the middle generation's (2 million net allocations).
+GC_THRESHOLDS = (2000, 10, 100)
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
@@ -206,6 +214,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         # full collections under load only walk what requests allocate.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             yield {"klawd": state, "klawd_observer": observer}
         finally:

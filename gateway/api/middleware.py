@@ -180,14 +180,12 @@ class GatewayMiddleware:
                     record.bodies.response.add(message.get("body", b""))
             return send(message)
 
-        too_large = RequestTooLarge(
-            f"The request body is larger than the gateway's limit of {self.max_body_bytes} bytes."
-        )
         if declared_length is not None and declared_length > self.max_body_bytes:
+            too_large = body_too_large(self.max_body_bytes)
             await send_json_bytes(send_with_id, too_large.status, _body(scope, too_large), {})
             return
         bodies = record.bodies if record is not None else None
-        limited_receive = LimitedReceive(receive, self.max_body_bytes, too_large, bodies)
+        limited_receive = LimitedReceive(receive, self.max_body_bytes, bodies)
         app = self.app
         route = self.direct_routes.get(scope["path"])
         if route is not None and route.methods is not None and scope["method"] in route.methods:
@@ -216,18 +214,11 @@ class LimitedReceive:
     callback, so a stream learns of the client's disconnect without a task of its own
     (gateway/api/streaming.py)."""
 
-    __slots__ = ("_bodies", "_limit", "_receive", "_received", "_too_large", "whole")
+    __slots__ = ("_bodies", "_limit", "_receive", "_received", "whole")
 
-    def __init__(
-        self,
-        receive: Receive,
-        limit: int,
-        too_large: RequestTooLarge,
-        bodies: BodyCapture | None,
-    ) -> None:
+    def __init__(self, receive: Receive, limit: int, bodies: BodyCapture | None) -> None:
         self._receive = receive
         self._limit = limit
-        self._too_large = too_large
         self._bodies = bodies
         self._received = 0
         self.whole = False
@@ -243,11 +234,17 @@ class LimitedReceive:
             body = message.get("body", b"")
             self._received += len(body)
             if self._received > self._limit:
-                raise self._too_large
+                # Made when raised, not held: held, the error's traceback (this frame, which
+                # holds `self`) would make a reference cycle; and most requests never need it.
+                raise body_too_large(self._limit)
             if self._bodies is not None:
                 self._bodies.request.add(body)
             self.whole = not message.get("more_body", False)
         return message
+
+
+def body_too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
 
 
 def _is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:

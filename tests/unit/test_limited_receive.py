@@ -34,7 +34,7 @@ def test_once_the_body_is_whole_the_servers_own_future_is_handed_out() -> None:
                 {"type": "http.disconnect"},
             ]
         )
-        receive = LimitedReceive(server.receive, 10, RequestTooLarge("too large"), None)
+        receive = LimitedReceive(server.receive, 10, None)
         await receive()
         whole_after_first = receive.whole
         await receive()
@@ -55,9 +55,9 @@ def test_a_body_over_the_limit_is_refused_while_it_arrives() -> None:
                 {"type": "http.request", "body": b"x" * 6, "more_body": False},
             ]
         )
-        receive = LimitedReceive(server.receive, 10, RequestTooLarge("too large"), None)
+        receive = LimitedReceive(server.receive, 10, None)
         await receive()
-        with pytest.raises(RequestTooLarge):
+        with pytest.raises(RequestTooLarge, match="limit of 10 bytes"):
             await receive()
 
     asyncio.run(main())
@@ -67,7 +67,7 @@ def test_the_body_is_captured_for_the_log_while_it_arrives() -> None:
     async def main() -> BodyCapture:
         capture = BodyCapture(100)
         server = Server([{"type": "http.request", "body": b"hello", "more_body": False}])
-        receive = LimitedReceive(server.receive, 10, RequestTooLarge("too large"), capture)
+        receive = LimitedReceive(server.receive, 10, capture)
         await receive()
         return capture
 

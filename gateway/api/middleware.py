@@ -153,33 +153,9 @@ class GatewayMiddleware:
         declared_length: int | None,
         record: RequestRecord | None,
     ) -> None:
-        id_header = (b"x-request-id", request_id.encode())
-        started = False
-        observer = self.observer
-
-        def send_with_id(message: Message) -> Awaitable[None]:
-            """Not a coroutine: the server's own awaitable is returned (one coroutine frame
-            less per message, three per stream)."""
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                headers = [*message.get("headers", []), id_header]
-                message["headers"] = headers
-                if record is not None and observer is not None:
-                    record.status = message["status"]
-                    if _is_event_stream(headers):
-                        record.stream_open = True
-                        record.route = route_template(scope)
-                        observer.stream_opened(record.route)
-            elif record is not None:
-                if record.first_byte_at is None and (
-                    message.get("body") or not message.get("more_body", False)
-                ):
-                    record.first_byte_at = time.perf_counter()
-                if record.bodies is not None:
-                    record.bodies.response.add(message.get("body", b""))
-            return send(message)
-
+        send_with_id = SendWithId(
+            send, (b"x-request-id", request_id.encode()), scope, record, self.observer
+        )
         if declared_length is not None and declared_length > self.max_body_bytes:
             too_large = body_too_large(self.max_body_bytes)
             await send_json_bytes(send_with_id, too_large.status, _body(scope, too_large), {})
@@ -195,7 +171,7 @@ class GatewayMiddleware:
             await app(scope, limited_receive, send_with_id)
         except Exception as exc:
             error = envelope_error(exc)
-            if error is not None and not started:
+            if error is not None and not send_with_id.started:
                 await send_json_bytes(
                     send_with_id, error.status, _body(scope, error), error.headers()
                 )
@@ -203,9 +179,56 @@ class GatewayMiddleware:
             log.exception(
                 "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id
             )
-            if not started:
+            if not send_with_id.started:
                 error = InternalError(INTERNAL_ERROR_MESSAGE)
                 await send_json_bytes(send_with_id, error.status, _body(scope, error), {})
+
+
+class SendWithId:
+    """The app's `send`: adds the request id header to the answer and notes its status and
+    first byte for the log line. Not a coroutine: the server's own awaitable is returned (one
+    coroutine frame less per message, three per stream). An object with slots rather than a
+    closure (a cell per variable): a stream holds it for its life, and every object a stream
+    holds is walked by each full collection."""
+
+    __slots__ = ("id_header", "observer", "record", "scope", "send", "started")
+
+    def __init__(
+        self,
+        send: Send,
+        id_header: tuple[bytes, bytes],
+        scope: Scope,
+        record: RequestRecord | None,
+        observer: RequestObserver | None,
+    ) -> None:
+        self.send = send
+        self.id_header = id_header
+        self.scope = scope
+        self.record = record
+        self.observer = observer
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        record = self.record
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = [*message.get("headers", []), self.id_header]
+            message["headers"] = headers
+            observer = self.observer
+            if record is not None and observer is not None:
+                record.status = message["status"]
+                if _is_event_stream(headers):
+                    record.stream_open = True
+                    record.route = route_template(self.scope)
+                    observer.stream_opened(record.route)
+        elif record is not None:
+            if record.first_byte_at is None and (
+                message.get("body") or not message.get("more_body", False)
+            ):
+                record.first_byte_at = time.perf_counter()
+            if record.bodies is not None:
+                record.bodies.response.add(message.get("body", b""))
+        return self.send(message)
 
 
 class LimitedReceive:

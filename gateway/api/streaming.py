@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -30,6 +31,9 @@ from gateway.drain import DRAIN, OpenStreams, is_drain
 
 KEEPALIVE = b": keepalive\n\n"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
+# The context the watcher's callback runs in: it reads and sets no context variable, and a copy
+# of the current context (what the callback gets by default) is one more object per stream.
+CALLBACK_CONTEXT = contextvars.Context()
 
 
 async def send_event_stream(
@@ -50,44 +54,14 @@ async def send_event_stream(
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # given the loop: no second getpid() (CPython 3.11)
     assert task is not None  # noqa: S101 (always called from the request's task)
-    client_gone = False
+    watch = _Watch(loop, task, receive, send, keepalive_s, keepalive)
     drained = False
-    finished = False  # from here on, a disconnect must not cancel the request's task
-    waiting_on_source = True
-    last_sent = loop.time()
-    pinging: asyncio.Future[None] | None = None
-    timer: asyncio.TimerHandle | None = None
-    watcher: asyncio.Future[Message]  # the client's next message (re-armed until the disconnect)
-
-    def on_message(message: asyncio.Future[Message]) -> None:
-        nonlocal client_gone, watcher
-        if finished or message.cancelled() or message.exception() is not None:
-            return
-        if message.result()["type"] != "http.disconnect":
-            watcher = _watch(receive, on_message)  # not the end yet: wait for the next one
-            return
-        client_gone = True
-        task.cancel()
-
-    def check_silence() -> None:
-        nonlocal timer, pinging, last_sent
-        silent_s = loop.time() - last_sent
-        if silent_s >= keepalive_s:
-            if waiting_on_source and (pinging is None or pinging.done()):
-                pinging = asyncio.ensure_future(_ping(send, keepalive))
-                pinging.add_done_callback(_ignore_result)
-            last_sent = loop.time()
-            silent_s = 0.0
-        timer = loop.call_later(keepalive_s - silent_s, check_silence)
-
     start: Message = {
         "type": "http.response.start",
         "status": 200,
         "headers": [(b"content-type", EVENT_STREAM), *encode_headers(headers)],
     }
     del headers  # this frame lives as long as the stream: it holds neither form of the headers
-    watcher = _watch(receive, on_message)
-    timer = loop.call_later(keepalive_s, check_silence)
     if drain is not None:
         drain.streams.add(task)
     try:
@@ -97,22 +71,23 @@ async def send_event_stream(
         async for piece in pieces:
             if ended:
                 continue  # nothing follows the last piece (its source said so)
-            waiting_on_source = False
+            watch.waiting_on_source = False
+            pinging = watch.pinging
             if pinging is not None and not pinging.done():
                 await pinging
             if last is not None and last():
-                ended = finished = True  # the body ends here: a disconnect now changes nothing
+                ended = watch.finished = True  # the body ends here: a disconnect changes nothing
                 await send({"type": "http.response.body", "body": piece, "more_body": False})
                 if drain is not None:
                     drain.streams.discard(task)
                 continue
             await send({"type": "http.response.body", "body": piece, "more_body": True})
-            last_sent = loop.time()
-            waiting_on_source = True
+            watch.last_sent = loop.time()
+            watch.waiting_on_source = True
         if not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError as exc:
-        if client_gone:
+        if watch.client_gone:
             task.uncancel()
         elif drain is not None and is_drain(exc):
             task.uncancel()
@@ -122,29 +97,104 @@ async def send_event_stream(
     except OSError:
         pass  # the server could not write: the client is gone
     finally:
-        finished = True
         if drain is not None:
             drain.streams.discard(task)
-        if timer is not None:
-            timer.cancel()
-        watcher.remove_done_callback(on_message)
-        watcher.cancel()
+        pinging = watch.end()
         if drained:  # the relay bills with the drain's status if it is still suspended
             with contextlib.suppress(asyncio.CancelledError):
                 await pieces.athrow(asyncio.CancelledError(DRAIN))
         await pieces.aclose()
-        # The two callbacks re-arm themselves by name, so each is held by a cell of its own
-        # closure (with the task, the timer and the watcher): a reference cycle that only a full
-        # collection would free. Cleared here, the stream is freed when it ends.
-        timer = None
-        check_silence = _inert
-        on_message = _inert_watch
     if drained and drain is not None:
         with contextlib.suppress(OSError):
             if pinging is not None and not pinging.done():
                 await pinging
             event = drain.event if isinstance(drain.event, bytes) else drain.event()
             await send({"type": "http.response.body", "body": event, "more_body": False})
+
+
+class _Watch:
+    """What a stream's two callbacks share with it: the keepalive timer (one per stream,
+    re-armed only when it fires, looking at the time of the last piece) and the watcher of the
+    client's next message. One object with slots, not a closure cell per variable: a stream
+    holds about a hundred objects that every full collection walks, and these were a sixth."""
+
+    __slots__ = (
+        "client_gone",
+        "finished",
+        "keepalive",
+        "keepalive_s",
+        "last_sent",
+        "loop",
+        "pinging",
+        "receive",
+        "send",
+        "task",
+        "timer",
+        "waiting_on_source",
+        "watcher",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[Any],
+        receive: Receive,
+        send: Send,
+        keepalive_s: float,
+        keepalive: bytes,
+    ) -> None:
+        self.loop = loop
+        self.task: asyncio.Task[Any] | None = task
+        self.receive = receive
+        self.send = send
+        self.keepalive_s = keepalive_s
+        self.keepalive = keepalive
+        self.client_gone = False
+        self.finished = False  # from here on, a disconnect must not cancel the request's task
+        self.waiting_on_source = True
+        self.last_sent = loop.time()
+        self.pinging: asyncio.Future[None] | None = None
+        # The client's next message (re-armed until the disconnect), and the keepalive timer.
+        self.watcher: asyncio.Future[Message] = _watch(receive, self.on_message)
+        self.timer: asyncio.TimerHandle | None = loop.call_later(keepalive_s, self.check_silence)
+
+    def on_message(self, message: asyncio.Future[Message]) -> None:
+        if self.finished or message.cancelled() or message.exception() is not None:
+            return
+        if message.result()["type"] != "http.disconnect":
+            self.watcher = _watch(self.receive, self.on_message)  # not the end yet: wait again
+            return
+        self.client_gone = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def check_silence(self) -> None:
+        if self.finished:
+            return
+        loop = self.loop
+        silent_s = loop.time() - self.last_sent
+        if silent_s >= self.keepalive_s:
+            pinging = self.pinging
+            if self.waiting_on_source and (pinging is None or pinging.done()):
+                pinging = self.pinging = asyncio.ensure_future(_ping(self.send, self.keepalive))
+                pinging.add_done_callback(_ignore_result)
+            self.last_sent = loop.time()
+            silent_s = 0.0
+        self.timer = loop.call_later(self.keepalive_s - silent_s, self.check_silence)
+
+    def end(self) -> asyncio.Future[None] | None:
+        """Once the stream has ended: neither callback runs again, and nothing here refers
+        back to the stream (the timer's and the watcher's references to this object are
+        dropped, and this object's to the task), so reference counting frees it all at once.
+        Returns the keepalive send still in flight, if any."""
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.watcher.remove_done_callback(self.on_message)
+        self.watcher.cancel()
+        self.task = None
+        return self.pinging
 
 
 class Drain(NamedTuple):
@@ -163,14 +213,6 @@ async def _ping(send: Send, keepalive: bytes) -> None:
     await send(_body(keepalive))
 
 
-def _inert() -> None:
-    """What a stream's timer callback is replaced with once it has ended (see its `finally`)."""
-
-
-def _inert_watch(message: asyncio.Future[Message]) -> None:
-    """What a stream's watcher callback is replaced with once it has ended."""
-
-
 def _ignore_result(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()  # a failed keepalive means the client left: the watcher handles it
@@ -183,7 +225,7 @@ def _watch(
     `receive()` (once the body is read: gateway/api/middleware.py) already is such a future, so
     no task is made per stream; another server's coroutine becomes a task, as before."""
     watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(on_message)
+    watcher.add_done_callback(on_message, context=CALLBACK_CONTEXT)
     return watcher
 
 

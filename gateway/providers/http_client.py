@@ -35,6 +35,7 @@ A cancelled caller drops its connection. Error messages never quote a header val
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import socket
 import ssl
@@ -61,6 +62,9 @@ class ResponseBroken(Exception):
     """The answer broke off or was not HTTP: reset, EOF before its end, malformed, undecodable."""
 
 
+# The context an answer's timer runs in: `_on_timer` reads and sets no context variable, and a
+# copy of the current context (what `call_at` makes by default) is one more object per answer.
+TIMER_CONTEXT = contextvars.Context()
 # Unread body bytes past which the socket is not read until the reader takes them (all at once).
 HIGH_WATER: Final = 256 * 1024
 # Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
@@ -630,7 +634,15 @@ class HttpResponse:
                     break
                 if self._error is not None:
                     self._raise_copy(self._error)
-                await self._wait()
+                # `await self._wait()` written out: a stream waits here for its whole life, and
+                # the coroutine object of a call would be one more object it holds.
+                waiter = self._loop.create_future()
+                self._waiter = waiter
+                self._wait_since = self._loop.time()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
         except BaseException:
             self.close()
             raise
@@ -761,7 +773,9 @@ class HttpResponse:
     def _arm(self, now: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(max(now, self._due()), self._on_timer)
+        self._timer = self._loop.call_at(
+            max(now, self._due()), self._on_timer, context=TIMER_CONTEXT
+        )
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -29,11 +29,54 @@ OUTCOMES: dict[int, Outcome] = {
 }
 
 
+# What one admission's call is made of, but for the reservation: its keys, the arguments before
+# the reservation (the plan's limits) and after it (consume, and the key's limits and budgets).
+_Call = tuple[list[str], list[int], list[int]]
+CALLS_KEPT = 100_000
+
+
+def _needs_key_share(key: KeyGate | None) -> bool:
+    """Whether the call must carry the key's share: a key without limits or budget changes
+    nothing in `klawd_admit_v2` (its five keys are neither read nor written, its refusal flag
+    stays 0), so its call is the account's alone: ten arguments fewer to pack, send and parse."""
+    return key is not None and bool(
+        key.requests_per_minute or key.requests_per_day or key.has_budget
+    )
+
+
 class RedisLimiter:
     """Admission in one FCALL on Redis server time: exact across every worker and replica."""
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
+        # (account, plan limits, key gate, consume) -> its call but the reservation: the same
+        # few accounts and keys are admitted all day, so their key names are built once a day.
+        self._calls: dict[tuple[str, LimitSpec, KeyGate | None, bool], _Call] = {}
+
+    def _call(self, account_id: str, spec: LimitSpec, consume: bool, key: KeyGate | None) -> _Call:
+        cache_key = (account_id, spec, key, consume)
+        call = self._calls.get(cache_key)
+        if call is not None:
+            return call
+        acct = _acct(account_id)
+        keys = [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:tpm", f"{acct}:credits"]
+        head = [spec.requests_per_minute, spec.requests_per_day, spec.tokens_per_minute or 0]
+        tail = [1 if consume else 0]
+        if key is not None and _needs_key_share(key):
+            keys += [f"{acct}:krpm:{key.key_id}", f"{acct}:krpd:{key.key_id}"]
+            keys += _spend_keys(account_id, key.key_id, key.day)
+            budget = key.budget
+            tail += [
+                key.requests_per_minute or 0,
+                key.requests_per_day or 0,
+                -1 if budget.day_micros is None else budget.day_micros,
+                -1 if budget.month_micros is None else budget.month_micros,
+                -1 if budget.total_micros is None else budget.total_micros,
+            ]
+        if len(self._calls) >= CALLS_KEPT:
+            self._calls.clear()
+        call = self._calls[cache_key] = (keys, head, tail)
+        return call
 
     async def _run(
         self,
@@ -43,27 +86,8 @@ class RedisLimiter:
         consume: bool,
         key: KeyGate | None = None,
     ) -> Admission:
-        acct = _acct(account_id)
-        keys = [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:tpm", f"{acct}:credits"]
-        args: list[int] = [
-            spec.requests_per_minute,
-            spec.requests_per_day,
-            spec.tokens_per_minute or 0,
-            reserve,
-            1 if consume else 0,
-        ]
-        if key is not None:
-            keys += [f"{acct}:krpm:{key.key_id}", f"{acct}:krpd:{key.key_id}"]
-            keys += _spend_keys(account_id, key.key_id, key.day)
-            budget = key.budget
-            args += [
-                key.requests_per_minute or 0,
-                key.requests_per_day or 0,
-                -1 if budget.day_micros is None else budget.day_micros,
-                -1 if budget.month_micros is None else budget.month_micros,
-                -1 if budget.total_micros is None else budget.total_micros,
-            ]
-        reply = await self._store.fcall("klawd_admit_v2", keys, args)
+        keys, head, tail = self._call(account_id, spec, consume, key)
+        reply = await self._store.fcall("klawd_admit_v2", keys, [*head, reserve, *tail])
         outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = reply[:6]
         limit, limit_day, by_key = reply[6:9]
         result = OUTCOMES[int(outcome)]

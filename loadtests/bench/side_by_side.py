@@ -37,8 +37,9 @@ from loadtests.bench import report
 from loadtests.bench.measure import PeakRss, long_streams, tree_cpu_s, wrk, wrk_script
 
 NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"]
-# A quick look only (never written to the docs): the gateway of another checkout, embedded store,
-# `--before DIR` (DIR holds that version's `gateway` package with its built `_core`).
+# A quick look only (never written to the docs): the gateway of another checkout, `--before DIR`
+# (DIR holds that version's `gateway` package with its built `_core`), on the embedded store or,
+# with `--before-store redis`, on the same redis-server as gateway-redis (its own database).
 BEFORE = "gateway-before"
 # measure -> (upstream location, connections); "lat" is the json one at one connection.
 WRK_MEASURES = {
@@ -81,7 +82,11 @@ class Contender:
 
 @contextlib.contextmanager
 def started(
-    directory: Path, names: list[str], before: Path | None = None, redis_core: str = c.CLIENT_CORE
+    directory: Path,
+    names: list[str],
+    before: Path | None = None,
+    redis_core: str = c.CLIENT_CORE,
+    before_store: str = "sqlite",
 ) -> Iterator[dict[str, Contender]]:
     """Every process up front; all stopped on the way out, whatever happens."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -111,12 +116,17 @@ def started(
         for contender in found.values():
             c.wait_for(_answers(contender), contender.name)
         redis_pid = None
-        if "gateway-redis" in names:
+        if "gateway-redis" in names or (BEFORE in names and before_store == "redis"):
             redis_pid = keep(c.redis_server(redis_port, directory, redis_core)).pid
         for name, store in (
             ("gateway-sqlite", f"sqlite:///{directory / 'bench.db'}"),
             ("gateway-redis", f"redis://127.0.0.1:{redis_port}/0"),
-            (BEFORE, f"sqlite:///{directory / 'before.db'}"),
+            (
+                BEFORE,
+                f"redis://127.0.0.1:{redis_port}/1"
+                if before_store == "redis"
+                else f"sqlite:///{directory / 'before.db'}",
+            ),
         ):
             if name not in names:
                 continue
@@ -126,7 +136,7 @@ def started(
             base = f"http://127.0.0.1:{port}"
             c.wait_for(_ready(base), name)
             headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
-            store_pid = redis_pid if name == "gateway-redis" else None
+            store_pid = redis_pid if "redis" in store else None
             found[name] = Contender(name, base, process.pid, True, headers, store_pid)
             c.wait_for(_answers(found[name]), name)
         yield {name: found[name] for name in names}
@@ -163,7 +173,9 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     def record(name: str, measure: str, value: float) -> None:
         samples[name].setdefault(measure, []).append(value)
 
-    with started(directory, args.contenders, args.before, args.redis_core) as found:
+    with started(
+        directory, args.contenders, args.before, args.redis_core, args.before_store
+    ) as found:
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
                 continue
@@ -282,6 +294,12 @@ def main() -> int:
         help=f"a comma-separated subset of {','.join(NAMES)} (no --write-docs)",
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
+    parser.add_argument(
+        "--before-store",
+        choices=("sqlite", "redis"),
+        default="sqlite",
+        help=f"{BEFORE}'s store: embedded, or the Redis of gateway-redis (a database of its own)",
+    )
     parser.add_argument(
         "--redis-core",
         choices=(c.SERVER_CORE, c.CLIENT_CORE),

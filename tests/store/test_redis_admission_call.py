@@ -1,0 +1,84 @@
+"""The admission's call on Redis (gateway/store/redis_limiter.py): a key without limits or a
+budget is admitted by the account's share of `klawd_admit_v2` alone, with the same decisions and
+the same keys written as when its share is sent."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from gateway.limits import KeyBudget, KeyGate, LimitSpec
+from gateway.store.redis import RedisStore
+from gateway.store.redis_limiter import RedisLimiter, _acct
+from tests.redis_server import RedisServer
+
+SPEC = LimitSpec(requests_per_minute=3, requests_per_day=5)
+DAY = "2026-12-04"
+
+
+async def names(client: aioredis.Redis, account_id: str) -> set[str]:
+    prefix = _acct(account_id)
+    return {
+        raw.decode().removeprefix(prefix)
+        async for raw in client.scan_iter(match=f"{prefix}*", count=1000)
+    }
+
+
+def decisions(reply: list[object]) -> list[int]:
+    """Outcome, requests left, requests left today, balance, limits, refused by the key: all but
+    the times (which move with the clock between two calls)."""
+    return [int(reply[i]) for i in (0, 2, 4, 5, 6, 7, 8)]  # type: ignore[call-overload]
+
+
+async def test_a_key_without_limits_or_budget_is_admitted_by_the_account_share_alone(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.flush()
+    store = RedisStore(redis_server.url)
+    client = aioredis.Redis.from_url(redis_server.url)
+    limiter = RedisLimiter(store)
+    try:
+        lean = await store.create_account("lean", "free", 100)
+        full = await store.create_account("full", "free", 100)
+        gate = KeyGate("key_plain", DAY)
+        keys, head, tail = limiter._call(lean.id, SPEC, True, gate)
+        assert len(keys) == 4 and len(tail) == 1  # the account's share only
+        for _ in range(7):  # past the per-minute limit, and past the credit
+            lean_admission = await limiter.admit(lean.id, SPEC, 30, gate)
+            acct = _acct(full.id)
+            full_reply = await store.fcall(
+                "klawd_admit_v2",
+                [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:tpm", f"{acct}:credits"]
+                + [f"{acct}:krpm:key_plain", f"{acct}:krpd:key_plain"]
+                + [f"{acct}:kspend:key_plain:{p}" for p in (f"d:{DAY}", "m:2026-12", "t")],
+                [*head, 30, 1, 0, 0, -1, -1, -1],
+            )
+            lean_reply = await store.fcall("klawd_admit_v2", keys, [*head, 0, 0])  # a peek
+            assert decisions(full_reply)[0] == [
+                "admitted",
+                "rate_limited",
+                "insufficient_credits",
+                "key_budget_exceeded",
+            ].index(lean_admission.outcome)
+            assert decisions(full_reply)[1:] == decisions(lean_reply)[1:]
+        assert await names(client, lean.id) == await names(client, full.id)
+        assert not any(":k" in name for name in await names(client, full.id))
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_a_key_with_limits_or_a_budget_sends_its_share(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    limiter = RedisLimiter(store)
+    try:
+        for gate in (
+            KeyGate("key_rpm", DAY, requests_per_minute=2),
+            KeyGate("key_rpd", DAY, requests_per_day=2),
+            KeyGate("key_budget", DAY, budget=KeyBudget(month_micros=1_000)),
+        ):
+            keys, _, tail = limiter._call("acct_x", SPEC, True, gate)
+            assert len(keys) == 9 and len(tail) == 6
+        keys, _, tail = limiter._call("acct_x", SPEC, False, None)
+        assert len(keys) == 4 and tail == [0]
+    finally:
+        await store.close()

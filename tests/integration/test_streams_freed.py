@@ -97,11 +97,16 @@ class App:
         await self.app(scope, receive, send)  # type: ignore[arg-type]
         return status, b"".join(chunks)
 
-    async def chat(self, model: str, end: str = "") -> bytes:
-        body = orjson.dumps(
-            {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        )
-        status, answer = await self.request("/v1/chat/completions", body, self.key, end)
+    async def chat(self, model: str, end: str = "", route: str = "/v1/chat/completions") -> bytes:
+        """A stream of `route` (chat, or the Messages and Responses APIs in front of it)."""
+        request: dict[str, Any] = {"model": model, "stream": True}
+        if route == "/v1/responses":
+            request["input"] = "hi"
+        else:
+            request["messages"] = [{"role": "user", "content": "hi"}]
+        if route == "/v1/messages":
+            request["max_tokens"] = 64
+        status, answer = await self.request(route, orjson.dumps(request), self.key, end)
         assert status == 200, answer
         return answer
 
@@ -162,14 +167,16 @@ async def started(config: Path) -> AsyncIterator[App]:
         gc.set_threshold(*thresholds)
 
 
-def freed_after(config: Path, model: str, end: str) -> tuple[bytes, Any]:
+def freed_after(
+    config: Path, model: str, end: str, route: str = "/v1/chat/completions"
+) -> tuple[bytes, Any]:
     async def main() -> tuple[bytes, Any]:
         async with started(config) as app:
-            await app.chat(model, end)  # warm: the upstream connection, caches
+            await app.chat(model, end, route)  # warm: the upstream connection, caches
             gc.collect()
             gc.disable()
             try:
-                answer = await app.chat(model, end)
+                answer = await app.chat(model, end, route)
                 for _ in range(10):  # what the end scheduled (the ledger, callbacks) runs
                     await asyncio.sleep(0.01)
                 return answer, gateway_garbage()
@@ -202,6 +209,26 @@ def test_a_stream_is_freed_by_reference_counting_however_it_ends(
 ) -> None:
     answer, garbage = freed_after(config, model, end)
     assert ends_with in answer[-200:], answer[-200:]
+    assert garbage == {}, f"left in reference cycles: {dict(garbage)}"
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/responses"])
+@pytest.mark.parametrize(
+    ("model", "end"),
+    [
+        pytest.param("openai/gpt-fake", "", id="whole"),
+        pytest.param("openai/hold-fake", "leave", id="client-left"),
+        pytest.param("openai/cut-fake", "", id="upstream-cut"),
+        pytest.param("openai/error-event", "", id="upstream-error-event"),
+        pytest.param("slowai/stall-stream", "", id="upstream-silent"),
+    ],
+)
+def test_the_messages_and_responses_streams_are_freed_the_same_way(
+    config: Path, route: str, model: str, end: str
+) -> None:
+    """The two other streaming routes relay the same upstream stream through their own
+    events (gateway/api/messages.py, gateway/api/responses.py)."""
+    _, garbage = freed_after(config, model, end, route)
     assert garbage == {}, f"left in reference cycles: {dict(garbage)}"
 
 

@@ -242,7 +242,7 @@ class Collections:
         )
 
 
-async def ramp(driver: Driver, count: int) -> str:
+async def ramp(driver: Driver, count: int, hold_s: float = 0.0) -> str:
     """`count` streams of the minute-long upstream opened at once (the long run's ramp, in
     process): how long until every one has its first event, and what the collector did
     meanwhile; then their clients leave, and what leaving left to the collector."""
@@ -259,6 +259,13 @@ async def ramp(driver: Driver, count: int) -> str:
     finally:
         gc.callbacks.remove(collections)
     tracked = len(gc.get_objects())
+    held = Collections()
+    if hold_s:  # the streams' events go on: what the collector does in the steady state
+        gc.callbacks.append(held)
+        try:
+            await asyncio.sleep(hold_s)
+        finally:
+            gc.callbacks.remove(held)
     driver.leave_all()
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
     del tasks, firsts
@@ -269,6 +276,7 @@ async def ramp(driver: Driver, count: int) -> str:
         f"tracked objects with all open {tracked} ({tracked / count:.0f} per stream); "
         f"unreachable once their clients left {left} ({left / count:.1f} per stream); "
         f"thresholds {gc.get_threshold()}"
+        + (f"; then, all open, {hold_s:.0f} s of their events: {held.report()}" if hold_s else "")
     )
 
 
@@ -342,7 +350,7 @@ async def run(args: argparse.Namespace, upstream: str) -> None:
             await asyncio.sleep(1)
             driver.leave_all()
             await asyncio.gather(*warm)
-            print(await ramp(driver, args.ramp), flush=True)
+            print(await ramp(driver, args.ramp, args.hold), flush=True)
         if args.open:
             plain = await open_together(driver, args.open, traced=False)
             print(f"open {args.open}: RSS +{plain['rss_per_stream_kb']:.1f} KB per stream")
@@ -366,6 +374,9 @@ def main() -> None:
     parser.add_argument("--open", type=int, default=1000, help="streams held open (0: skip)")
     parser.add_argument(
         "--ramp", type=int, default=0, help="streams opened at once: the collector meanwhile"
+    )
+    parser.add_argument(
+        "--hold", type=float, default=0.0, help="with --ramp: seconds of events, all open"
     )
     parser.add_argument(
         "--gc-threshold", default="", help="with --ramp: gc.set_threshold(a, b, c) after start-up"

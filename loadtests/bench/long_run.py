@@ -54,6 +54,13 @@ FDS_SPARE = 64  # what the worker holds besides the streams' sockets (measured: 
 
 CONTENDERS = ["direct", "bare", "gateway"]
 BEFORE = "gateway-before"
+ORDER_TEXT = {  # how the docs name each contender in the order they ran
+    "direct": "the client straight to the upstream (what the client and the upstream add by "
+    "themselves)",
+    "bare": "the bare pass-through (loadtests/bench/bare_app.py)",
+    "gateway": "the gateway",
+    BEFORE: "the gateway of {before} (`--before`)",
+}
 
 
 def run(args: argparse.Namespace, directory: Path) -> dict[str, object]:
@@ -222,14 +229,13 @@ def section(result: dict[str, object], args: argparse.Namespace) -> str:
         f"(1 min) at the start and after each contender: {loads}. "
         f"{streams} streams{capped}, opened evenly over {args.ramp:g} s, each 60 events one "
         "second apart (each line its own chunk), through one worker on core 0 (the gateway: "
-        "embedded store, default `[server]` settings); the upstream ("
+        + ("embedded store" if args.store == "sqlite" else "Redis store, redis-server on core 1")
+        + ", default `[server]` settings); the upstream ("
         + ("nginx" if args.upstream == "nginx" else "loadtests/bench/paced_upstream.py: each "
            "stream on its own fixed schedule, each event stamped when written")
         + ") and the client share core 1. The contenders run one after the other with the "
-        "same client and upstream: first the client straight to the upstream (what the client "
-        "and the upstream add by themselves), then the bare pass-through "
-        "(loadtests/bench/bare_app.py), then the gateway"
-        + (f", then the gateway of {args.before} (`--before`)" if args.before else "")
+        "same client and upstream: "
+        + ", then ".join(ORDER_TEXT[n].format(before=args.before) for n in names)
         + ". RSS is the server's process tree (Granian's supervisor and its worker).",
         "",
         "| measure | " + " | ".join(TITLES[n] for n in names) + " | target (gateway) |",

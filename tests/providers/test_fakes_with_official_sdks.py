@@ -110,11 +110,17 @@ def test_anthropic_sdk_raises_on_the_fake_mid_stream_error_event(
 
 
 def test_anthropic_sdk_fails_on_the_fake_cut_stream(fake_anthropic: FakeAnthropic) -> None:
-    with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
+    # anthropic 2.17 wraps the transport's error in its APIConnectionError; older versions let it
+    # through: either way what failed must be the cut chunked body
+    cut = (httpx2.RemoteProtocolError, anthropic.APIConnectionError)
+    with pytest.raises(cut, match="incomplete chunked read") as failure:
         with claude(fake_anthropic).messages.stream(
             model="claude-cut", max_tokens=100, messages=MESSAGES
         ) as stream:
             stream.get_final_message()
+    error = failure.value
+    cause = error if isinstance(error, httpx2.RemoteProtocolError) else error.__cause__
+    assert isinstance(cause, httpx2.RemoteProtocolError)
 
 
 def test_anthropic_fake_requires_max_tokens_like_the_real_api(

@@ -11,6 +11,15 @@ callback on the server's `receive()` future, which learns of the client's `http.
   or on a slow client); the pieces' generator is closed, so whatever it holds (the upstream
   response, the ledger entry in its `finally`) is released at once.
 
+Both are armed when the stream first waits (the first turn of the event loop after it began),
+not when it begins: a stream whose pieces are all at hand (an upstream answer read whole, a
+cached answer) ends without waiting, so nothing could watch for anything, and under Granian a
+pending `receive()` is not free. Granian resolves it when the response ends, from its own
+thread: it takes the GIL, builds the message and wakes the event loop for a callback that does
+nothing (about 25-35 us of CPU per stream over both threads, docs/benchmarks.md, "fourth
+pass"). A client that left before the watcher was armed is still seen at once: the server's
+`receive()` answers a disconnect that already happened.
+
 Each piece is written in one send, so a client never reads part of an event. A stream still open
 at a shutdown's deadline is ended with the route's final error event (gateway/drain.py).
 """
@@ -154,9 +163,21 @@ class _Watch:
         self.waiting_on_source = True
         self.last_sent = loop.time()
         self.pinging: asyncio.Future[None] | None = None
-        # The client's next message (re-armed until the disconnect), and the keepalive timer.
-        self.watcher: asyncio.Future[Message] = _watch(receive, self.on_message)
-        self.timer: asyncio.TimerHandle | None = loop.call_later(keepalive_s, self.check_silence)
+        # The client's next message (re-armed until the disconnect) and the keepalive timer, both
+        # armed by `arm` at the stream's first wait; until then `timer` is that call.
+        self.watcher: asyncio.Future[Message] | None = None
+        # (In the request's context, as the timer was when armed at once: a keepalive's send
+        # runs in it.)
+        self.timer: asyncio.Handle | None = loop.call_soon(self.arm)
+
+    def arm(self) -> None:
+        """The stream waits for the first time (it is still open when the loop turns)."""
+        if self.finished:
+            self.timer = None
+            return
+        self.watcher = _watch(self.receive, self.on_message)
+        elapsed = self.loop.time() - self.last_sent
+        self.timer = self.loop.call_later(max(self.keepalive_s - elapsed, 0.0), self.check_silence)
 
     def on_message(self, message: asyncio.Future[Message]) -> None:
         if self.finished or message.cancelled() or message.exception() is not None:
@@ -191,8 +212,11 @@ class _Watch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.watcher.remove_done_callback(self.on_message)
-        self.watcher.cancel()
+        watcher = self.watcher
+        if watcher is not None:
+            self.watcher = None
+            watcher.remove_done_callback(self.on_message)
+            watcher.cancel()
         self.task = None
         return self.pinging
 

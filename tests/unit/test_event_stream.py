@@ -297,13 +297,16 @@ def test_a_server_future_is_watched_without_a_task_and_its_disconnect_closes_the
     async def main() -> tuple[int, bool, int, int]:
         client = FutureClient()
         closed = asyncio.Event()
+        counted = asyncio.Event()
         tasks_while_open = -1
 
         async def pieces() -> AsyncGenerator[bytes, None]:
             nonlocal tasks_while_open
             try:
-                tasks_while_open = len(asyncio.all_tasks())
                 yield b"data: first\n\n"
+                await asyncio.sleep(0)  # the stream's first wait: its watcher is armed
+                tasks_while_open = len(asyncio.all_tasks())
+                counted.set()
                 await asyncio.Event().wait()
                 yield b"never"
             finally:
@@ -314,7 +317,7 @@ def test_a_server_future_is_watched_without_a_task_and_its_disconnect_closes_the
         assert send_task is not None
 
         async def leave_after_first() -> None:
-            await client.got_body.wait()
+            await counted.wait()
             client.left.set()
 
         leaver = asyncio.ensure_future(leave_after_first())
@@ -399,3 +402,53 @@ def test_a_stream_that_ended_is_freed_without_the_cycle_collector() -> None:
         assert marker() is None
     finally:
         gc.enable()
+
+
+def test_a_stream_that_never_waits_never_watches_the_client() -> None:
+    """Every piece at hand (an upstream answer read whole): the stream ends before the loop
+    turns, so the server's receive() is never called (under Granian a pending one costs a GIL
+    hand-off and a wake of the loop when the response ends)."""
+
+    async def main() -> tuple[int, list[bytes]]:
+        client = FutureClient()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            yield b"data: 0\n\n"
+            yield b"data: [DONE]\n\n"
+
+        await send_event_stream(client.receive_future, client.send, {}, pieces(), 30)
+        await asyncio.sleep(0)  # the call that would have armed the watcher runs (or not)
+        return client.receives, client.bodies()
+
+    receives, bodies = asyncio.run(asyncio.wait_for(main(), 5))
+    assert receives == 0
+    assert bodies == [b"data: 0\n\n", b"data: [DONE]\n\n", b""]
+
+
+def test_a_client_gone_before_the_stream_waits_is_seen_at_its_first_wait() -> None:
+    """The client left while the upstream was being opened (before the watcher was armed): the
+    server's receive() answers that disconnect when the stream first waits, and the source is
+    closed then, not at its next piece."""
+
+    async def main() -> tuple[bool, list[bytes], int]:
+        client = FutureClient()
+        client.left.set()
+        closed = asyncio.Event()
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            try:
+                yield b"data: first\n\n"
+                await asyncio.Event().wait()  # an upstream that never sends again
+                yield b"never"
+            finally:
+                closed.set()
+
+        await send_event_stream(client.receive_future, client.send, {}, pieces(), 30)
+        task = asyncio.current_task()
+        assert task is not None
+        return closed.is_set(), client.bodies(), task.cancelling()
+
+    closed, bodies, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert closed
+    assert bodies == [b"data: first\n\n"]
+    assert cancelling == 0

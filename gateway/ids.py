@@ -1,4 +1,6 @@
-"""Identifiers that are unique but not secret (request, response and ledger entry ids).
+"""Identifiers that are unique but not secret: request ids, the ids of answers (chat's
+`chatcmpl-`, the Messages API's `msg_`, the Responses API's `resp_` and its items') and ledger
+entry ids.
 
 `secrets.token_hex` makes a `getrandom` system call per id: three per chat request. These ids
 come from the same kernel source read 4 KiB at a time (256 ids of up to 16 bytes per read), so

@@ -21,7 +21,6 @@ Retry-After of DESIGN; after the first byte, as an `event: error`. Keepalive is 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -29,7 +28,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import _core
+from gateway import _core, ids
 from gateway.api.chat import SSE_HEADERS, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
@@ -186,7 +185,7 @@ async def _create_message(request: Request) -> Response:
         [t.model.id for t in targets],
         body,
     )
-    message_id = f"msg_{secrets.token_hex(12)}"
+    message_id = f"msg_{ids.token_hex(12)}"
     if lookup is not None and lookup.answer is not None:
         target = state.catalog.get(lookup.answer.model) or targets[0]
         return await _serve_cached(state, request, auth, chat, lookup.answer, target, message_id)

@@ -17,7 +17,6 @@ x-klawd-cost-usd (non-streamed).
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator
 from typing import Any, NamedTuple
@@ -26,6 +25,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import ids
 from gateway.api.chat import SSE_HEADERS, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
@@ -85,7 +85,7 @@ async def _create_response(request: Request) -> Response:
     echoed = response_fields(responses_request)
     # Only what this key may use (403 if nothing): cached answers are keyed by these.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, chat_body))
-    response_id = f"resp_{secrets.token_hex(16)}"
+    response_id = f"resp_{ids.token_hex(16)}"
     asked = request.headers.get("x-klawd-cache")
     lookup = await state.cache.consult(
         # stored responses (store: true, the default) are never cached: each is its own record

@@ -18,13 +18,13 @@ are; `parallel_tool_calls` is passed in the chat body; `metadata` stays with the
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Literal
 
 import msgspec
 import orjson
 from msgspec import Struct
 
+from gateway import ids
 from gateway.errors import InvalidRequest
 from gateway.schemas.openai import (
     ChatRequest,
@@ -63,7 +63,7 @@ from gateway.schemas.responses import (
 
 
 def new_item_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
+    return f"{prefix}_{ids.token_hex(12)}"
 
 
 ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}

@@ -5,6 +5,7 @@ the SDK parses or accumulates and on the body each fake received."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,7 @@ def test_text_response_with_usage_headers_and_cost(
         model=family.text, input="Say hello"
     )
     response = raw.parse()
-    assert response.object == "response" and response.id.startswith("resp_")
+    assert response.object == "response" and re.fullmatch(r"resp_[0-9a-f]{32}", response.id)
     assert response.status == "completed"
     assert response.output_text == family.answer
     assert response.model == family.text

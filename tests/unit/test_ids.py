@@ -12,6 +12,7 @@ from gateway import ids
 from gateway.api.middleware import new_request_id
 from gateway.ids import SLOTS, IdSource
 from gateway.metering import ledger_id
+from gateway.responses.translate import new_item_id
 
 
 def test_ids_have_the_shape_of_token_hex() -> None:
@@ -21,6 +22,7 @@ def test_ids_have_the_shape_of_token_hex() -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", source.token_hex(16))
     assert re.fullmatch(r"req_[0-9a-f]{24}", new_request_id())
     assert re.fullmatch(r"use_[0-9a-f]{16}[0-9a-f]{8}", ledger_id())
+    assert re.fullmatch(r"fc_[0-9a-f]{24}", new_item_id("fc"))  # Responses API items
 
 
 def test_an_id_longer_than_a_slot_is_refused() -> None:

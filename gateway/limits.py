@@ -84,6 +84,17 @@ class Admission(Struct, frozen=True):
             "x-ratelimit-remaining-requests-day": str(self.remaining_requests_day),
         }
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as the ASGI message carries them, built as bytes (the hot path's form:
+        no dictionary and no encoding per header)."""
+        return [
+            (b"x-ratelimit-limit-requests", b"%d" % self.limit_requests),
+            (b"x-ratelimit-remaining-requests", b"%d" % self.remaining_requests),
+            (b"x-ratelimit-reset-requests", b"%ds" % math.ceil(self.reset_requests_s)),
+            (b"x-ratelimit-limit-requests-day", b"%d" % self.limit_requests_day),
+            (b"x-ratelimit-remaining-requests-day", b"%d" % self.remaining_requests_day),
+        ]
+
 
 class Limiter(Protocol):
     async def admit(

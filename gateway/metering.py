@@ -237,10 +237,13 @@ class Meter:
         requested: str,
         targets: list[CatalogEntry],
         reserve_for: Callable[[list[CatalogEntry]], int],
+        allowed_already: bool = False,
     ) -> Ticket:
         """`requested`: the model id the request named; `targets`: what it resolved to;
-        `reserve_for(targets)`: the worst-case cost over the targets the key may use."""
-        allowed = self.allowed(auth, requested, targets)
+        `reserve_for(targets)`: the worst-case cost over the targets the key may use.
+        `allowed_already`: `targets` is `allowed(...)`'s answer already (chat filters first, as
+        its cache lookup is keyed by what the key may use): not filtered a second time."""
+        allowed = targets if allowed_already else self.allowed(auth, requested, targets)
         reserve_micros = reserve_for(allowed)
         account = self._accounts.cached(auth.account_id) or await self.account(auth)
         spec = self.spec(account)

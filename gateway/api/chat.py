@@ -11,7 +11,14 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway import ids
-from gateway.api.common import header, read_body, scope_state, send_json
+from gateway.api.common import (
+    encode_headers,
+    header,
+    read_body,
+    scope_state,
+    send_json,
+    send_json_raw,
+)
 from gateway.api.streaming import Drain, send_event_stream
 from gateway.auth import AuthContext
 from gateway.billing import (
@@ -72,11 +79,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         chat.model,
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
+        allowed_already=True,
     )
     ticket.upstream_tokens = upstream_tokens_for_chat(chat)
-    limit_headers = ticket.admission.headers()
-    if lookup is not None:
-        limit_headers |= lookup.header()
     response_id = f"chatcmpl-{ids.token_hex(12)}"
     created = int(time.time())
     with state.meter.settle_on_failure(ticket, chat.stream):
@@ -91,8 +96,11 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     ticket.retries = len(tries) - 1
     if chat.stream:
         del body  # the request body (the whole prompt) is not held for the stream's life
-        if lookup is not None and lookup.key is not None:
-            stream = AssemblingStream(stream, state.cache.saver(lookup, target))
+        limit_headers = ticket.admission.headers()
+        if lookup is not None:
+            limit_headers |= lookup.header()
+            if lookup.key is not None:
+                stream = AssemblingStream(stream, state.cache.saver(lookup, target))
         await send_event_stream(
             receive,
             send,
@@ -108,10 +116,17 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     await state.meter.charge_tokens(ticket, completion.usage)
     if lookup is not None:
         await state.cache.save(lookup, target, completion.usage, orjson.dumps(completion.body))
-    headers = _served_by(target)
-    headers.update(limit_headers)
-    headers["x-klawd-cost-usd"] = format_usd(cost)
-    await send_json(send, completion.body, headers)
+    # The headers built as bytes (the same names, values and order as the dictionaries the
+    # other routes encode): served by, the limits, the cache's answer if asked, the cost.
+    headers = [
+        (b"x-klawd-model", target.model.id.encode("latin-1")),
+        (b"x-klawd-provider", target.model.provider.encode("latin-1")),
+        *ticket.admission.raw_headers(),
+    ]
+    if lookup is not None:
+        headers += encode_headers(lookup.header())
+    headers.append((b"x-klawd-cost-usd", format_usd(cost).encode()))
+    await send_json_raw(send, 200, orjson.dumps(completion.body), headers)
 
 
 async def _serve_cached(

@@ -95,6 +95,19 @@ async def send_json_bytes(send: Send, status: int, body: bytes, headers: Mapping
     await send({"type": "http.response.body", "body": body})
 
 
+async def send_json_raw(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """`send_json_bytes` with the headers already in the message's form (bytes pairs)."""
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_json(
     send: Send, content: Any, headers: Mapping[str, str], status: int = 200
 ) -> None:

@@ -17,10 +17,11 @@ A denial consumes nothing. Two implementations share this contract and one test 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 from msgspec import Struct
@@ -105,6 +106,29 @@ class Limiter(Protocol):
         ...
 
     async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None: ...
+
+
+@runtime_checkable
+class SendingLimiter(Protocol):
+    """A limiter whose admission is a round trip that can be sent before it is awaited (Redis):
+    the route prepares its upstream call meanwhile (gateway/admission_gate.py)."""
+
+    def send_admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> asyncio.Future[Any] | None:
+        """`admit`'s call sent now (None: it cannot be without waiting; call `admit`)."""
+        ...
+
+    async def admit_reply(
+        self,
+        sent: asyncio.Future[Any],
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+    ) -> Admission:
+        """The Admission of `send_admit`'s call, the same as `admit` would have returned."""
+        ...
 
 
 def bucket_keys(account_id: str) -> tuple[str, str, str]:

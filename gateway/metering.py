@@ -37,7 +37,8 @@ from gateway.billing import (
 )
 from gateway.errors import AuthenticationError, GatewayError, InsufficientCredits, RateLimited
 from gateway.keys import allowed_targets
-from gateway.limits import Admission, KeyGate, Limiter, LimitSpec
+from gateway.limits import Admission, KeyGate, Limiter, LimitSpec, SendingLimiter
+from gateway.pending_admission import PendingAdmission
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import Settings
@@ -199,6 +200,8 @@ class Meter:
         self._settings = settings
         self._accounts = accounts
         self._limiter = limiter
+        # The limiter's admission can be sent before it is awaited (Redis): `start` overlaps it.
+        self.sender = limiter if isinstance(limiter, SendingLimiter) else None
         self._recorder = recorder
         self._clock = clock
         # Metrics and the request log line (gateway/observer.py); set by create_app.
@@ -254,6 +257,62 @@ class Meter:
             admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
             if admission.outcome == "rate_limited":
                 self._remember_denial(account.id, spec, gate, admission)
+        return self.admission_ticket(
+            admission, request_id, account, auth.key_id, spec, gate, now, allowed, reserve_micros
+        )
+
+    async def start(
+        self,
+        auth: AuthContext,
+        request_id: str,
+        requested: str,
+        targets: list[CatalogEntry],
+        reserve_for: Callable[[list[CatalogEntry]], int],
+        allowed_already: bool = False,
+    ) -> PendingAdmission:
+        """`admit`, but the admission's round trip (Redis) is only sent: the route prepares its
+        upstream call under `PendingAdmission.overlapping` while the reply is on its way
+        (gateway/admission_gate.py). The allowlist's 403 and an unknown account's 401 are raised
+        here, as `admit` raises them."""
+        allowed = targets if allowed_already else self.allowed(auth, requested, targets)
+        reserve_micros = reserve_for(allowed)
+        account = self._accounts.cached(auth.account_id) or await self.account(auth)
+        spec = self.spec(account)
+        now = self._clock()
+        gate = key_gate(auth, utc_day(now))
+        admission = self._still_denied(account.id, spec, gate) if self._denied else None
+        sent = None
+        if admission is None:
+            sender = self.sender
+            if sender is not None:
+                sent = sender.send_admit(account.id, spec, reserve_micros, gate)
+            if sent is None:
+                admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
+                if admission.outcome == "rate_limited":
+                    self._remember_denial(account.id, spec, gate, admission)
+        return PendingAdmission(
+            self, sent, admission, request_id, account, auth.key_id, spec, gate, now, allowed,
+            reserve_micros,
+        )  # fmt: skip
+
+    def admission_ticket(
+        self,
+        admission: Admission,
+        request_id: str,
+        account: Account,
+        key_id: str,
+        spec: LimitSpec,
+        gate: KeyGate,
+        now: float,
+        allowed: list[CatalogEntry],
+        reserve_micros: int,
+        remember: bool = False,
+    ) -> Ticket:
+        """The admitted request's ticket, or the refusal's error (429, 402). `remember`: the
+        admission came from the limiter just now (a denial is remembered until its
+        Retry-After)."""
+        if remember and admission.outcome == "rate_limited":
+            self._remember_denial(account.id, spec, gate, admission)
         if self.observer is not None:
             self.observer.admitted_or_refused(account.id, account.plan, admission.outcome)
         if admission.outcome == "rate_limited":
@@ -281,7 +340,7 @@ class Meter:
             )
             error_key.extra_headers.update(admission.headers())
             raise error_key
-        return Ticket(request_id, account, auth.key_id, spec, admission, now, gate.day, allowed)
+        return Ticket(request_id, account, key_id, spec, admission, now, gate.day, allowed)
 
     @staticmethod
     def allowed(

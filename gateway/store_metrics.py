@@ -6,6 +6,7 @@ method's name (a fixed set: the Store and Limiter protocols), the backend label 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -23,11 +24,49 @@ class _Timed:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if not inspect.iscoroutinefunction(attr):
+        timed: Callable[..., Any]
+        if name in _SENT:  # sent now, its reply read later: timed from sending to the reply
+            timed = _timed_send(attr, _SENT[name], self._metrics)
+        elif name in _REPLIES:
+            setattr(self, name, attr)  # the rest of a timed send: not timed twice
             return attr
-        timed = _timed(attr, name, self._metrics)
+        elif not inspect.iscoroutinefunction(attr):
+            return attr
+        else:
+            timed = _timed(attr, name, self._metrics)
         setattr(self, name, timed)  # built once per method
         return timed
+
+
+# A limiter's admission sent before it is awaited (gateway/admission_gate.py): timed as the
+# operation it stands for, from sending to its reply, as an awaited one is.
+_SENT = {"send_admit": "admit"}
+_REPLIES = frozenset({"admit_reply"})
+
+
+def _timed_send(
+    send: Callable[..., asyncio.Future[Any] | None], operation: str, metrics: Metrics
+) -> Callable[..., asyncio.Future[Any] | None]:
+    duration = metrics.store_duration.labels(metrics.store_backend, operation)
+    errors = metrics.store_errors.labels(metrics.store_backend, operation)
+    buffer = metrics.buffer
+
+    def timed(*args: Any, **kwargs: Any) -> asyncio.Future[Any] | None:
+        started = time.perf_counter()
+        sent = send(*args, **kwargs)
+        if sent is not None:
+
+            def replied(done: asyncio.Future[Any]) -> None:
+                if done.cancelled():  # the caller went away (its reply is dropped)
+                    pass
+                elif done.exception() is not None or isinstance(done.result(), Exception):
+                    buffer.inc(errors)  # the connection failed, or an error reply
+                buffer.observe(duration, time.perf_counter() - started)
+
+            sent.add_done_callback(replied)
+        return sent
+
+    return timed
 
 
 def _timed(

@@ -39,6 +39,7 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
+from gateway.pending_admission import refused_after_the_call
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
@@ -73,7 +74,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     if lookup is not None and lookup.answer is not None:
         await _serve_cached(state, scope, receive, send, auth, chat, targets, lookup.answer)
         return
-    ticket = await state.meter.admit(
+    # The admission is sent; on Redis the upstream call is prepared while its reply travels, and
+    # nothing leaves for the upstream before it admitted (gateway/admission_gate.py).
+    pending = await state.meter.start(
         auth,
         scope["state"]["request_id"],
         chat.model,
@@ -81,18 +84,26 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         lambda allowed: reserve_for_chat(chat, allowed),
         allowed_already=True,
     )
-    ticket.upstream_tokens = upstream_tokens_for_chat(chat)
+    tokens = upstream_tokens_for_chat(chat)
     response_id = f"chatcmpl-{ids.token_hex(12)}"
     created = int(time.time())
-    with state.meter.settle_on_failure(ticket, chat.stream):
+    async with pending.overlapping(chat.stream):
         if chat.stream:
             stream, target, tries = await _open_stream(
-                state, chat, body, ticket.targets, response_id, created, ticket.upstream_tokens
+                state, chat, body, pending.targets, response_id, created, tokens
             )
         else:
             completion, target, tries = await _complete(
-                state, chat, body, ticket.targets, response_id, created, ticket.upstream_tokens
+                state, chat, body, pending.targets, response_id, created, tokens
             )
+    ticket = (
+        pending.ticket()
+        if pending.open
+        else await refused_after_the_call(
+            pending, state.retrier, target, tokens, stream if chat.stream else None
+        )
+    )
+    ticket.upstream_tokens = tokens
     ticket.retries = len(tries) - 1
     if chat.stream:
         del body  # the request body (the whole prompt) is not held for the stream's life

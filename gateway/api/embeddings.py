@@ -19,6 +19,7 @@ from gateway.billing import TokenUsage, format_usd, token_cost_micros
 from gateway.cache import CachedAnswer
 from gateway.errors import ServiceUnavailable
 from gateway.metering import RESERVE_CHARS_PER_TOKEN
+from gateway.pending_admission import refused_after_the_call
 from gateway.providers.base import EmbeddingCall, EmbeddingProvider, EmbeddingResult
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_embedding
@@ -45,7 +46,8 @@ async def create_embeddings(request: Request) -> Response:
     if lookup is not None and lookup.answer is not None:
         return await _serve_cached(state, request, auth, lookup.answer)
     worst = TokenUsage(embedding.reserve_tokens(RESERVE_CHARS_PER_TOKEN), 0)
-    ticket = await state.meter.admit(
+    # Sent; on Redis the upstream call is prepared while its reply travels (admission_gate.py).
+    pending = await state.meter.start(
         auth,
         request.state.request_id,
         embedding.model,
@@ -54,8 +56,7 @@ async def create_embeddings(request: Request) -> Response:
             token_cost_micros(worst, t.model.input_usd_per_mtok, 0.0) for t in allowed
         ),
     )
-    ticket.upstream_tokens = worst.prompt_tokens
-    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
+    tokens = worst.prompt_tokens
 
     async def attempt(target: CatalogEntry) -> EmbeddingResult:
         provider = state.providers[target.model.provider]
@@ -66,10 +67,17 @@ async def create_embeddings(request: Request) -> Response:
             )
         return await provider.embed(EmbeddingCall(embedding, body, target))
 
-    with state.meter.settle_on_failure(ticket, False):
+    async with pending.overlapping(False):
         result, target, tries = await state.retrier.call_targets(
-            ticket.targets, attempt, tokens=ticket.upstream_tokens
+            pending.targets, attempt, tokens=tokens
         )
+    ticket = (
+        pending.ticket()
+        if pending.open
+        else await refused_after_the_call(pending, state.retrier, target, tokens)
+    )
+    ticket.upstream_tokens = tokens
+    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     ticket.retries = len(tries) - 1
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)

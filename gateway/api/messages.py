@@ -51,6 +51,7 @@ from gateway.metering import (
     reserve_for_chat,
     upstream_tokens_for_chat,
 )
+from gateway.pending_admission import refused_after_the_call
 from gateway.providers.anthropic import translate_response
 from gateway.providers.base import (
     ChatCall,
@@ -189,15 +190,15 @@ async def _create_message(request: Request) -> Response:
     if lookup is not None and lookup.answer is not None:
         target = state.catalog.get(lookup.answer.model) or targets[0]
         return await _serve_cached(state, request, auth, chat, lookup.answer, target, message_id)
-    ticket = await state.meter.admit(
+    # Sent; on Redis the upstream call is prepared while its reply travels (admission_gate.py).
+    pending = await state.meter.start(
         auth,
         request.state.request_id,
         chat.model,
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
     )
-    ticket.upstream_tokens = tokens = upstream_tokens_for_chat(chat)
-    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
+    tokens = upstream_tokens_for_chat(chat)
     # The answer as a chat.completion, the form the cache keeps (gateway/cache/replay.py).
     chat_form: dict[str, object] | None = None
     passthrough = MessagesCallFactory(
@@ -234,15 +235,24 @@ async def _create_message(request: Request) -> Response:
             upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
         return AnthropicEvents(upstream, target, message_id)
 
-    with state.meter.settle_on_failure(ticket, chat.stream):
+    async with pending.overlapping(chat.stream):
         if chat.stream:
             stream, target, tries = await state.retrier.call_targets(
-                ticket.targets, open_stream, tokens=tokens
+                pending.targets, open_stream, tokens=tokens
             )
         else:
             completion, target, tries = await state.retrier.call_targets(
-                ticket.targets, complete, tokens=tokens
+                pending.targets, complete, tokens=tokens
             )
+    ticket = (
+        pending.ticket()
+        if pending.open
+        else await refused_after_the_call(
+            pending, state.retrier, target, tokens, stream if chat.stream else None
+        )
+    )
+    ticket.upstream_tokens = tokens
+    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:

@@ -35,6 +35,7 @@ from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
 from gateway.metering import reserve_for_chat, upstream_tokens_for_chat
+from gateway.pending_admission import refused_after_the_call
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.responses.answer import response_fields, to_response
 from gateway.responses.events import ResponseEvents
@@ -99,15 +100,15 @@ async def _create_response(request: Request) -> Response:
         target = state.catalog.get(lookup.answer.model) or targets[0]
         hit = CachedResponse(lookup.answer, target, response_id, created_at, echoed)
         return await _serve_cached(state, request, auth, chat.stream, hit)
-    ticket = await state.meter.admit(
+    # Sent; on Redis the upstream call is prepared while its reply travels (admission_gate.py).
+    pending = await state.meter.start(
         auth,
         request.state.request_id,
         chat.model,
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
     )
-    ticket.upstream_tokens = tokens = upstream_tokens_for_chat(chat)
-    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
+    tokens = upstream_tokens_for_chat(chat)
     chat_form: dict[str, Any] | None = None  # the answer as the cache keeps it
 
     def keep(answer: dict[str, Any]) -> StoredResponse | None:
@@ -140,15 +141,24 @@ async def _create_response(request: Request) -> Response:
             upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
         return ResponseEvents(upstream, target, response_id, created_at, echoed)
 
-    with state.meter.settle_on_failure(ticket, chat.stream):
+    async with pending.overlapping(chat.stream):
         if chat.stream:
             events, target, tries = await state.retrier.call_targets(
-                ticket.targets, open_stream, tokens=tokens
+                pending.targets, open_stream, tokens=tokens
             )
         else:
             completion, target, tries = await state.retrier.call_targets(
-                ticket.targets, complete, tokens=tokens
+                pending.targets, complete, tokens=tokens
             )
+    ticket = (
+        pending.ticket()
+        if pending.open
+        else await refused_after_the_call(
+            pending, state.retrier, target, tokens, events if chat.stream else None
+        )
+    )
+    ticket.upstream_tokens = tokens
+    limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:

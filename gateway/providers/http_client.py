@@ -48,6 +48,7 @@ from urllib.parse import quote, urlsplit
 import aiohappyeyeballs
 import httptools
 
+from gateway.admission_gate import closed_gate
 from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
 
 __all__ = ["ConnectFailed", "HttpClient", "HttpResponse", "ResponseBroken"]
@@ -204,6 +205,9 @@ class HttpClient:
             if len(self._pools) >= _MAX_CACHED:  # many hosts (image downloads): forget
                 self._pools = {k: p for k, p in self._pools.items() if p.count or p.waiters}
             pool = self._pools[target.key] = _Pool(self, target)
+        gate = closed_gate()
+        if gate is not None:  # the request's admission is on its way: nothing leaves before it
+            await gate.passed()
         headers_by = (
             None if headers_timeout_s is None else self._event_loop().time() + headers_timeout_s
         )

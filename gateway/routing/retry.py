@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from msgspec import Struct
 
+from gateway.admission_gate import closed_gate
 from gateway.errors import (
     BadGateway,
     GatewayError,
@@ -88,6 +89,14 @@ class _ModelOutcome(Struct):
 def backoff_delay(retry: int, policy: RetrySettings, rng: random.Random) -> float:
     """Full jitter: U(0, min(cap, base * 2^retry)) for the retry-th retry (0-based)."""
     return rng.uniform(0.0, min(policy.max_delay_s, policy.base_delay_s * (2**retry)))
+
+
+async def _admitted() -> None:
+    """Waits for the request's admission if it is still on its way (gateway/admission_gate.py):
+    AdmissionRefused if it refused."""
+    gate = closed_gate()
+    if gate is not None:
+        await gate.passed()
 
 
 class Retrier:
@@ -200,6 +209,7 @@ class Retrier:
                 ordered = self.balancer.order(servable)
                 taken = self.capacity.take_local(ordered, tokens)
                 if taken is None:
+                    await _admitted()  # a take on the shared store
                     taken = await self.capacity.take(ordered, tokens)
                 deployment = taken.deployment
                 if deployment is None:
@@ -223,6 +233,8 @@ class Retrier:
                     self.observer.retried(tries[-1].provider)
                 made += 1
                 key = deployment.key
+                if not self._health.all_closed:
+                    await _admitted()  # a half-open circuit's probe is claimed for an admitted call
                 self._health.claim(key)
                 self.balancer.started(key)
                 call_started = self._clock()
@@ -230,9 +242,13 @@ class Retrier:
                     if self.tracing is None:
                         result = await attempt(deployment)
                     else:
+                        await _admitted()  # no attempt span for a refused request
                         result = await self._traced(self.tracing, attempt, deployment, len(tries))
                 except FALLBACK_ON as exc:
                     self.release(deployment, tokens, 0)
+                    # Failed before it reached an upstream (the admission still on its way):
+                    # nothing is recorded, rested or tried again for a refused request.
+                    await _admitted()
                     provider = deployment.model.provider
                     tries.append(Attempt(target.model.id, exc.type, slept, provider))
                     slept = 0.0

@@ -54,7 +54,7 @@ from gateway.store.base import (
     UsageRow,
 )
 from gateway.store.redis_keys import RedisKeys, new_id
-from gateway.store.redis_limiter import RedisLimiter, _acct, _spend_keys
+from gateway.store.redis_limiter import LibraryMissing, RedisLimiter, _acct, _spend_keys
 from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
 from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
@@ -261,6 +261,31 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             except RespConnectionError as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
+
+    def send_fcall(
+        self, function: str, keys: list[str], args: list[Any]
+    ) -> asyncio.Future[Any] | None:
+        """`fcall` sent now, its reply awaited later with `fcall_reply` (the admission, while
+        the upstream call is prepared). None when it cannot be sent without waiting (no open
+        connection, the library not loaded yet, redis-py): call `fcall` instead."""
+        if self._resp is None or not self._library_loaded:
+            return None
+        return self._resp.send("FCALL", function, len(keys), *keys, *args)
+
+    async def fcall_reply(self, sent: asyncio.Future[Any], function: str) -> Any:
+        """The reply of `send_fcall`'s call, with `fcall`'s errors; LibraryMissing when Redis
+        forgot the library (the call did not run: load it and call again with `fcall`)."""
+        try:
+            reply = await sent
+        except RespConnectionError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        if type(reply) is RespReplyError:
+            message = _reply_message(reply)
+            if "function not found" in message.lower():
+                self._library_loaded = False
+                raise LibraryMissing(function)
+            raise StoreError(f"redis function {function} failed: {message}") from reply
+        return reply
 
     async def _fcall_py(self, function: str, keys: list[str], args: list[Any]) -> Any:
         from redis.exceptions import RedisError, ResponseError

@@ -4,9 +4,11 @@ exact across every worker and replica and costs one round trip (gateway/store/lu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 from gateway.limits import Admission, KeyGate, LimitSpec, Outcome
+from gateway.store.base import StoreError
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
@@ -19,6 +21,10 @@ def _acct(account_id: str) -> str:
 def _spend_keys(account_id: str, key_id: str, day: str) -> tuple[str, str, str]:
     base = f"{_acct(account_id)}:kspend:{key_id}"
     return f"{base}:d:{day}", f"{base}:m:{day[:7]}", f"{base}:t"
+
+
+class LibraryMissing(StoreError):
+    """A restarted Redis without persistence forgot the functions: the call did not run."""
 
 
 OUTCOMES: dict[int, Outcome] = {
@@ -41,6 +47,26 @@ def _needs_key_share(key: KeyGate | None) -> bool:
     stays 0), so its call is the account's alone: ten arguments fewer to pack, send and parse."""
     return key is not None and bool(
         key.requests_per_minute or key.requests_per_day or key.has_budget
+    )
+
+
+def _admission(reply: list[Any], reserve: int, consume: bool, key: KeyGate | None) -> Admission:
+    outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = reply[:6]
+    limit, limit_day, by_key = reply[6:9]
+    result = OUTCOMES[int(outcome)]
+    return Admission(
+        outcome=result,
+        retry_after_s=int(retry_ms) / 1000,
+        limit_requests=int(limit),
+        remaining_requests=int(remaining),
+        reset_requests_s=int(reset_ms) / 1000,
+        limit_requests_day=int(limit_day),
+        remaining_requests_day=int(remaining_day),
+        reserved_micros=reserve if result == "admitted" and consume else 0,
+        limited_by_key=bool(int(by_key)),
+        key_reserved_micros=reserve
+        if result == "admitted" and consume and key is not None and key.has_budget
+        else 0,
     )
 
 
@@ -88,23 +114,29 @@ class RedisLimiter:
     ) -> Admission:
         keys, head, tail = self._call(account_id, spec, consume, key)
         reply = await self._store.fcall("klawd_admit_v2", keys, [*head, reserve, *tail])
-        outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = reply[:6]
-        limit, limit_day, by_key = reply[6:9]
-        result = OUTCOMES[int(outcome)]
-        return Admission(
-            outcome=result,
-            retry_after_s=int(retry_ms) / 1000,
-            limit_requests=int(limit),
-            remaining_requests=int(remaining),
-            reset_requests_s=int(reset_ms) / 1000,
-            limit_requests_day=int(limit_day),
-            remaining_requests_day=int(remaining_day),
-            reserved_micros=reserve if result == "admitted" and consume else 0,
-            limited_by_key=bool(int(by_key)),
-            key_reserved_micros=reserve
-            if result == "admitted" and consume and key is not None and key.has_budget
-            else 0,
-        )
+        return _admission(reply, reserve, consume, key)
+
+    def send_admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> asyncio.Future[Any] | None:
+        """`admit`'s call sent now; `admit_reply` turns its reply into the Admission. None:
+        it cannot be sent without waiting (see RedisStore.send_fcall), call `admit`."""
+        keys, head, tail = self._call(account_id, spec, True, key)
+        return self._store.send_fcall("klawd_admit_v2", keys, [*head, reserve_micros, *tail])
+
+    async def admit_reply(
+        self,
+        sent: asyncio.Future[Any],
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+    ) -> Admission:
+        try:
+            reply = await self._store.fcall_reply(sent, "klawd_admit_v2")
+        except LibraryMissing:  # it did not run: loaded again, then called once more
+            return await self.admit(account_id, spec, reserve_micros, key)
+        return _admission(reply, reserve_micros, True, key)
 
     async def admit(
         self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None

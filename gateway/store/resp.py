@@ -292,6 +292,19 @@ class RespClient:
             raise reply
         return reply
 
+    def send(self, *args: Any) -> asyncio.Future[Any] | None:
+        """`execute` without waiting: the command is queued now (it leaves with the commands of
+        this turn of the loop, at its end) and the future holds its reply, an error reply as a
+        RespReplyError value. None when no connection is open yet (use `execute`). The caller
+        must await the future or retrieve its exception (a lost connection sets
+        RespConnectionError)."""
+        payload = hiredis.pack_command(args)
+        try:
+            connection = self._pick()
+            return None if connection is None else connection.send_one(payload)
+        except RespConnectionError:
+            return None
+
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Every command in one write on one connection; the replies in order, error replies as
         RespReplyError values. A lost connection raises RespConnectionError for the whole batch."""

@@ -15,8 +15,10 @@ import pytest
 import redis
 import uvloop
 
+from gateway.limits import LimitSpec
 from gateway.store.base import StoreError, UsageEntry, open_store
 from gateway.store.redis import RedisStore
+from gateway.store.redis_limiter import RedisLimiter
 from gateway.store.resp import (
     RespClient,
     RespConnectionError,
@@ -518,3 +520,46 @@ def test_store_fails_closed_while_redis_is_down_and_recovers(run: Runner, tmp_pa
         run(body())
     finally:
         server.stop()
+
+
+def test_send_queues_at_once_and_its_reply_is_awaited_later(
+    run: Runner, redis_server: RedisServer
+) -> None:
+    async def body() -> None:
+        async with client_for(redis_server.url) as client:
+            assert client.send("PING") is None  # no connection yet: use execute
+            await client.execute("PING")
+            sent = client.send("ECHO", "x")
+            assert sent is not None and not sent.done()
+            assert await sent == b"x"
+            refused = client.send("NO-SUCH-COMMAND")
+            assert refused is not None
+            assert isinstance(await refused, RespReplyError)  # a value, not raised
+
+    run(body())
+
+
+def test_a_sent_admission_reloads_a_forgotten_library_and_reserves_once(
+    run: Runner, redis_server: RedisServer, sync_redis: redis.Redis
+) -> None:
+    async def body() -> None:
+        store = open_store(redis_server.url)
+        assert isinstance(store, RedisStore)
+        try:
+            account = await store.create_account("sent", "free", 1_000)
+            limiter = store.limiter()
+            assert isinstance(limiter, RedisLimiter)
+            spec = LimitSpec(10, 100)
+            assert (await limiter.admit(account.id, spec, 0)).admitted  # loads the library
+            sync_redis.function_flush()  # a restarted Redis without persistence
+            sent = limiter.send_admit(account.id, spec, 300)
+            assert sent is not None
+            admission = await limiter.admit_reply(sent, account.id, spec, 300)
+            assert admission.admitted and admission.reserved_micros == 300
+            settled = await store.get_account(account.id)
+            assert settled is not None and settled.credits_micros == 700  # reserved once
+        finally:
+            await store.close()
+
+    redis_server.flush()
+    run(body())

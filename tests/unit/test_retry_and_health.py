@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from gateway.admission_gate import GATE, AdmissionRefused
 from gateway.errors import BadGateway, GatewayError, InvalidRequest, RateLimited, ServiceUnavailable
 from gateway.routing.catalog import Catalog, CatalogEntry
 from gateway.routing.health import Health
@@ -186,3 +187,53 @@ async def test_all_circuits_open_is_503_with_retry_after() -> None:
     with pytest.raises(ServiceUnavailable) as caught:
         await retrier(clock, health).call_targets([SONNET], attempt)  # type: ignore[arg-type]
     assert caught.value.retry_after_s == 30
+
+
+class RefusingGate:
+    """An admission still on its way that turns out refused (gateway/admission_gate.py)."""
+
+    open = False
+
+    def __init__(self) -> None:
+        self.waited = 0
+
+    async def passed(self) -> None:
+        self.waited += 1
+        raise AdmissionRefused
+
+
+async def test_a_refused_admission_stops_the_retrier_before_it_records_or_falls_back() -> None:
+    """A try that failed before it reached an upstream (a translation, missing credentials)
+    while the admission was still on its way: for a refused request nothing is recorded on the
+    circuit, nothing rests, nothing is slept and no fallback is tried."""
+    clock = Clock()
+    health = Health(clock=clock)
+    calls, attempt = script(unavailable(retry_after=1.0), "ok")
+    gate = RefusingGate()
+    token = GATE.set(gate)
+    try:
+        with pytest.raises(AdmissionRefused):
+            await retrier(clock, health).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    finally:
+        GATE.reset(token)
+    assert calls == [SONNET.model.id]
+    assert gate.waited == 1
+    assert clock.slept == []
+    assert health.all_closed and all(c.calls == 0 for c in health.view())
+
+
+async def test_a_half_open_circuit_s_probe_is_claimed_only_for_an_admitted_request() -> None:
+    clock = Clock()
+    health = Health(min_failures=1, window=2, cool_down_s=30, clock=clock)
+    key = SONNET.deployments[0].key
+    health.record(key, ok=False, latency_s=0.1)
+    clock.now += 31  # half-open: one probe may go
+    calls, attempt = script("ok")
+    token = GATE.set(RefusingGate())
+    try:
+        with pytest.raises(AdmissionRefused):
+            await retrier(clock, health).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    finally:
+        GATE.reset(token)
+    assert calls == []
+    assert health.can_serve(key), "the probe is still free for the next request"

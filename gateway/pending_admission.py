@@ -1,0 +1,207 @@
+"""An admission on its way: the route prepares its upstream call while the reply travels.
+
+    pending = await meter.start(auth, request_id, requested, targets, reserve_for)
+    async with pending.overlapping(stream):
+        result = await <the upstream call over pending.targets>
+    ticket = pending.ticket() if pending.open else await refused_after_the_call(...)
+
+What the gate holds back and why: gateway/admission_gate.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from gateway.admission_gate import GATE, AdmissionRefused
+from gateway.limits import Admission, KeyGate, LimitSpec
+from gateway.routing.catalog import CatalogEntry
+from gateway.store.base import Account
+
+if TYPE_CHECKING:
+    from gateway.metering import Meter, Ticket
+    from gateway.providers.base import UpstreamStream
+    from gateway.routing.retry import Retrier
+
+
+class PendingAdmission:
+    """An admission that may still be on its way (`Meter.start`); the request's gate
+    (gateway/admission_gate.py) while it is."""
+
+    __slots__ = (
+        "_admission",
+        "_error",
+        "_meter",
+        "_sent",
+        "_ticket",
+        "account",
+        "key",
+        "key_id",
+        "now",
+        "open",
+        "request_id",
+        "reserve_micros",
+        "spec",
+        "targets",
+    )
+
+    def __init__(
+        self,
+        meter: Meter,
+        sent: asyncio.Future[Any] | None,
+        admission: Admission | None,
+        request_id: str,
+        account: Account,
+        key_id: str,
+        spec: LimitSpec,
+        key: KeyGate,
+        now: float,
+        targets: list[CatalogEntry],
+        reserve_micros: int,
+    ) -> None:
+        self._meter = meter
+        self._sent = sent  # the admission's call, its reply not read yet
+        self._admission = admission  # decided when it was started (embedded, or a denial kept)
+        self._ticket: Ticket | None = None
+        self._error: Exception | None = None
+        self.open = False  # admitted (the gate lets everything through)
+        self.request_id = request_id
+        self.account = account
+        self.key_id = key_id
+        self.spec = spec
+        self.key = key  # the API key's share of the admission
+        self.now = now
+        self.targets = targets  # what this key may use, in order: call only these
+        self.reserve_micros = reserve_micros
+
+    @property
+    def in_flight(self) -> bool:
+        """The admission's reply is still to be read: the upstream call runs under the gate."""
+        return self._sent is not None
+
+    async def passed(self) -> None:
+        """The gate: reads the admission's reply (once); AdmissionRefused unless it admitted."""
+        sent = self._sent
+        if sent is not None:
+            meter = self._meter
+            sender = meter.sender
+            assert sender is not None  # noqa: S101 (only a sending limiter sends)
+            try:
+                admission = await sender.admit_reply(
+                    sent, self.account.id, self.spec, self.reserve_micros, self.key
+                )
+                self._decide(admission, remember=True)
+            except Exception as exc:  # the store failed: its error is the request's answer
+                self._error = exc
+            self._sent = None
+        if not self.open:
+            raise AdmissionRefused
+
+    def ticket(self) -> Ticket:
+        """The admitted request's ticket; raises the refusal's error (429, 402, the store's) as
+        `Meter.admit` does. The admission must be decided: started so, or its gate passed (or
+        refused)."""
+        if self._ticket is not None:
+            return self._ticket
+        if self._error is None:
+            if self._admission is None:
+                raise RuntimeError("the admission's reply has not been read")
+            try:
+                self._decide(self._admission)
+            except Exception as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        assert self._ticket is not None  # noqa: S101 (decided and no error)
+        return self._ticket
+
+    def _decide(self, admission: Admission, remember: bool = False) -> None:
+        self._ticket = self._meter.admission_ticket(
+            admission, self.request_id, self.account, self.key_id, self.spec, self.key, self.now,
+            self.targets, self.reserve_micros, remember,
+        )  # fmt: skip
+        self.open = True
+
+    def overlapping(self, stream: bool) -> Overlap:
+        """Around the route's upstream call: `Meter.settle_on_failure` for an admission that may
+        still be on its way (see Overlap)."""
+        return Overlap(self, stream)
+
+
+class Overlap:
+    """`async with pending.overlapping(stream):` around the upstream call. An admission decided
+    when it was started is answered on entry (a refusal raised before any upstream work, as an
+    awaited admission was); one in flight gates the call (gateway/admission_gate.py) and is
+    decided on the way out at the latest. On a failure the admission's refusal is raised
+    first; an admitted request's failure is settled at no cost with the admission's headers on
+    its error (`Meter.settle_on_failure`)."""
+
+    __slots__ = ("_pending", "_stream", "_token")
+
+    def __init__(self, pending: PendingAdmission, stream: bool) -> None:
+        self._pending = pending
+        self._stream = stream
+        self._token: Any = None
+
+    async def __aenter__(self) -> None:
+        pending = self._pending
+        if pending._sent is not None:  # in flight
+            self._token = GATE.set(pending)
+            # One turn of the loop: the admission leaves (with the others of this turn, in one
+            # write) before the upstream call is prepared, not after it.
+            await asyncio.sleep(0)
+        else:
+            pending.ticket()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            GATE.reset(self._token)
+        pending = self._pending
+        if exc is not None and not isinstance(exc, Exception):
+            if pending.open:  # cancelled: an admitted request is settled, without waiting
+                self._settle(kind, exc, traceback)
+            return
+        if pending._sent is not None:  # the call never reached the gate (or failed before it)
+            try:
+                await pending.passed()
+            except AdmissionRefused:
+                pass
+        if exc is not None:
+            self._settle(kind, exc, traceback)  # a refusal is raised first: nothing went out
+        # else the route takes the ticket (on a refusal it undoes what the call holds)
+
+    def _settle(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException,
+        traceback: TracebackType | None,
+    ) -> None:
+        pending = self._pending
+        failure = pending._meter.settle_on_failure(pending.ticket(), self._stream)
+        failure.__exit__(kind, exc, traceback)
+
+
+async def refused_after_the_call(
+    pending: PendingAdmission,
+    retrier: Retrier,
+    served: CatalogEntry,
+    tokens: int,
+    stream: UpstreamStream | None = None,
+) -> Ticket:
+    """The ticket of a served call whose admission was not admitted by the time it was served
+    (possible only for a call that never went through the gate: klawd/echo answers in process):
+    its refusal is raised, after undoing what the call holds (the served deployment's place in
+    flight and its token estimate, the stream)."""
+    try:
+        return pending.ticket()
+    except Exception:
+        retrier.release(served, tokens, 0)
+        if stream is not None:
+            await stream.aclose()
+        raise

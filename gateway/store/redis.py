@@ -385,21 +385,28 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             except Exception:
                 log.warning("invalidation channel lost; resubscribing in 1 s")
                 # Whatever was published while we were away is unknown: caches must not trust
-                # themselves beyond their TTL, which is short; signal a full drop.
-                for handler in self._handlers:
-                    handler("all", "")
+                # themselves beyond their TTL, which is short; signal a full drop (and again
+                # once subscribed, for what was published until then).
+                self._drop_all()
                 await asyncio.sleep(1.0)
 
+    def _drop_all(self) -> None:
+        for handler in self._handlers:
+            handler("all", "")
+
     async def _messages(self) -> AsyncIterator[bytes]:
-        """What is published on CHANNEL; raises when the subscription is lost."""
+        """What is published on CHANNEL; raises when the subscription is lost. Every cache is
+        dropped once the subscription is confirmed: what was published before it (while the
+        channel was lost, or before the first subscription) was not heard."""
         if self._resp is not None:
-            async for data in self._resp.subscribe(CHANNEL):
+            async for data in self._resp.subscribe(CHANNEL, on_subscribed=self._drop_all):
                 yield data
             return
         if self._subscriber is None:
             raise StoreError("redis store: no subscriber on this URL")
         pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(CHANNEL)
+        self._drop_all()
         async for message in pubsub.listen():
             data = message.get("data")
             if isinstance(data, bytes):

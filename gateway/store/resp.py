@@ -54,6 +54,7 @@ def _copy(error: RespConnectionError) -> RespConnectionError:
 
 
 _MORE = object()  # hiredis: no complete reply buffered yet
+_PING = hiredis.pack_command(("PING",))  # a subscribed connection answers [b"pong", b""]
 
 # Query arguments redis-py accepts that only tune its own pool (which the store keeps for
 # everything else): harmless here. Any other argument sends the caller back to redis-py.
@@ -219,6 +220,8 @@ class RespClient:
         self._connections: list[_Connection] = []  # live, ready (authenticated, db selected)
         self._connecting: asyncio.Task[_Connection] | None = None
         self._closed = False
+        # A subscription silent this long is asked for a PING (see `subscribe`).
+        self.subscription_check_s = 5.0
 
     @classmethod
     def from_url(
@@ -420,12 +423,18 @@ class RespClient:
         return handshake
 
     # -- pub/sub --------------------------------------------------------------------------------
-    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+    async def subscribe(
+        self, channel: str, on_subscribed: Callable[[], None] | None = None
+    ) -> AsyncIterator[bytes]:
         """The messages published on `channel` from now on, on a connection of their own (a
         subscribed connection takes no other command). Connecting, `AUTH` and the subscription's
-        confirmation are bounded by the connect timeout; then it waits for messages as long as
-        it takes (TCP keepalive on). A lost connection, a refusal or a malformed reply raises
-        RespConnectionError: subscribe again (messages published meanwhile are lost)."""
+        confirmation are bounded by the connect timeout; `on_subscribed` is called once it is
+        confirmed. Then it waits for messages as long as it takes, and checks the connection
+        itself: after `subscription_check_s` without a byte from Redis it sends a `PING`, which
+        must be answered within the command timeout (a connection that died without a word,
+        e.g. behind a NAT or a firewall that forgot it, is found within the two; TCP keepalive
+        is on too). A lost connection, an unanswered `PING`, a refusal or a malformed reply
+        raises RespConnectionError: subscribe again (messages published meanwhile are lost)."""
         loop = asyncio.get_running_loop()
         parser = hiredis.Reader(
             protocolError=_ProtocolError, replyError=RespReplyError, notEnoughData=_MORE
@@ -451,13 +460,27 @@ class RespClient:
             commands = [*self._handshake(), ("SUBSCRIBE", channel)]
             writer.write(b"".join([hiredis.pack_command(c) for c in commands]))
             owed = len(commands)  # replies to the handshake and the subscription
-            deadline = loop.time() + self._connect_timeout
+            wait_until = loop.time() + self._connect_timeout  # for them, then for any byte
+            pinged = False  # a PING is owed an answer by `wait_until`
             while True:
-                if owed:
-                    async with asyncio.timeout_at(deadline):
+                try:
+                    async with asyncio.timeout_at(wait_until):
                         data = await reader.read(65536)
-                else:
-                    data = await reader.read(65536)
+                except TimeoutError:
+                    if owed:
+                        raise RespTimeoutError(
+                            "redis did not confirm the subscription within "
+                            f"{self._connect_timeout:g} s"
+                        ) from None
+                    if pinged:
+                        raise RespTimeoutError(
+                            "redis did not answer the subscription's PING within "
+                            f"{self._command_timeout:g} s"
+                        ) from None
+                    writer.write(_PING)
+                    pinged = True
+                    wait_until = loop.time() + self._command_timeout
+                    continue
                 if not data:
                     raise RespConnectionError("redis closed the connection")
                 parser.feed(data)
@@ -466,14 +489,16 @@ class RespClient:
                         owed -= 1
                         if isinstance(reply, RespReplyError):
                             raise RespConnectionError(f"redis refused the subscription: {reply}")
+                        if not owed and on_subscribed is not None:
+                            on_subscribed()
                     elif type(reply) is list and len(reply) == 3 and reply[0] == b"message":
                         yield reply[2]
+                    elif type(reply) is list and reply and reply[0] == b"pong":
+                        pinged = False
+                if not owed and not pinged:
+                    wait_until = loop.time() + self.subscription_check_s
         except _ProtocolError:
             raise RespConnectionError("malformed reply from redis") from None
-        except TimeoutError:
-            raise RespTimeoutError(
-                f"redis did not confirm the subscription within {self._connect_timeout:g} s"
-            ) from None
         except OSError as exc:
             raise RespConnectionError(f"connection lost: {exc!r}") from None
         finally:

@@ -5,6 +5,7 @@ redis-py is never imported by a process that opens such a store (docs/decisions/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -126,3 +127,113 @@ async def test_subscribe_yields_what_is_published(redis_server: RedisServer) -> 
         task.cancel()
         publisher.close()
         await client.close()
+
+
+class Blackhole:
+    """A TCP proxy to Redis that can go silent on the connections it carries (nothing forwarded
+    either way, nothing closed): a connection dead without a word, as behind a NAT or a
+    firewall that forgot it. Connections made afterwards are carried normally."""
+
+    def __init__(self, port: int) -> None:
+        self.target_port = port
+        self.silent: set[asyncio.StreamWriter] = set()
+        self.carried: list[asyncio.StreamWriter] = []
+        self.upstream: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    def go_silent(self) -> None:
+        self.silent.update(self.carried)
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.carried.append(writer)
+        self.upstream.append(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if writer not in self.silent:
+                        dst.write(data)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        writer.close()
+        up_writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.carried + self.upstream:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_a_silently_dead_subscription_is_found_by_its_ping_and_taken_again(
+    redis_server: RedisServer,
+) -> None:
+    """Nothing closes the connection: only the subscription's own PING, unanswered within the
+    command timeout, finds it dead; every cache is dropped, the channel is taken again, and a
+    revocation published after that reaches the listener."""
+    redis_server.flush()
+    proxy = Blackhole(redis_server.port)
+    listener = open_store(await proxy.start())
+    writer = open_store(redis_server.url)
+    assert isinstance(listener, RedisStore) and listener._resp is not None
+    listener._resp.subscription_check_s = 0.2  # 5 s in a gateway
+    heard: list[tuple[str, str]] = []
+    try:
+        listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
+        account = await writer.create_account("x", "free", 0)
+        key = await writer.create_key(account.id, "k", "sk-klawd-dead", "d" * 64, None)
+        async with asyncio.timeout(BOUND_S):
+            while ("all", "") not in heard:  # subscribed (every cache dropped once then)
+                await asyncio.sleep(0.02)
+        heard.clear()
+        proxy.go_silent()
+        async with asyncio.timeout(BOUND_S):
+            while heard.count(("all", "")) < 2:  # lost (found by the PING), then taken again
+                await asyncio.sleep(0.02)
+            await writer.revoke_key(key.id, 5)
+            while ("key", key.id) not in heard:
+                await asyncio.sleep(0.02)
+    finally:
+        await proxy.close()
+        await writer.close()
+        await listener.close()
+
+
+async def test_what_was_published_while_the_channel_was_down_is_covered_by_a_drop(
+    redis_server: RedisServer,
+) -> None:
+    """A revocation published while the subscription is being taken again is lost, so every
+    cache is dropped once the subscription is back (not only when it was lost)."""
+    redis_server.flush()
+    writer, listener = open_store(redis_server.url), open_store(redis_server.url)
+    assert isinstance(listener, RedisStore)
+    heard: list[tuple[str, str]] = []
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
+        account = await writer.create_account("x", "free", 0)
+        key = await writer.create_key(account.id, "k", "sk-klawd-gap", "g" * 64, None)
+        async with asyncio.timeout(BOUND_S):
+            while ("all", "") not in heard:
+                await asyncio.sleep(0.02)
+            heard.clear()
+            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+            while ("all", "") not in heard:  # the loss, seen
+                await asyncio.sleep(0.02)
+            assert admin.pubsub_numsub("klawd:invalidate") == [(b"klawd:invalidate", 0)]
+            await writer.revoke_key(key.id, 5)  # nobody hears it
+            published_at = len(heard)
+            while ("all", "") not in heard[published_at:]:  # subscribed again: dropped again
+                await asyncio.sleep(0.02)
+        assert ("key", key.id) not in heard
+    finally:
+        admin.close()
+        await writer.close()
+        await listener.close()

@@ -55,7 +55,8 @@ def upstream_traceparent(record: RequestRecord) -> str | None:
     span = record.upstream_span or record.span
     if span is None:
         return None
-    return traceparent(span.trace_id, span.span_id, span.sampled)
+    # the ids are bytes (gateway/tracing/otel.py); record.trace_id is the trace id's hex
+    return f"00-{record.trace_id}-{span.span_id.hex()}-{'01' if span.flags & 1 else '00'}"
 
 
 def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:
@@ -68,7 +69,9 @@ def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:
 
 
 def note_finish_reasons(reasons: list[Any]) -> None:
-    """gen_ai.response.finish_reasons of the request's trace (OpenAI vocabulary)."""
+    """gen_ai.response.finish_reasons of the request's trace (OpenAI vocabulary): the list as
+    the provider read it (a new list, never changed after); the exporter child drops the Nones
+    and makes the rest text (gateway/tracing/rows.server_span)."""
     record = current_request.get()
     if record is not None:
-        record.finish_reasons = [str(r) for r in reasons if r is not None] or None
+        record.finish_reasons = reasons

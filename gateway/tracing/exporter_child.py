@@ -2,9 +2,10 @@
 
     python -m gateway.tracing.exporter_child <traces url> <service name>
 
-Reads length-prefixed msgpack frames of span rows on stdin (`otel.OpenSpan.row`), makes each a
-span object of the OpenTelemetry SDK (`SpanMaker`: the ids, times, parent and attributes the
-gateway recorded; the SDK's attribute checks and limits) and hands each frame's spans, a batch,
+Reads length-prefixed msgpack frames of span rows on stdin (gateway/tracing/rows.py), makes each
+a span object of the OpenTelemetry SDK (`SpanMaker`: the ids, times and parent the gateway
+recorded, the name and attributes built from the request's raw values; the SDK's attribute
+checks and limits) and hands each frame's spans, a batch,
 to the official OTLP/HTTP protobuf exporter (one POST per frame). It ends at the end of its
 input, after sending what it read: the gateway closes the pipe on shutdown (or the pipe closes
 when the gateway's process dies), so Ctrl-C and SIGTERM to the process group are left to the parent.
@@ -25,11 +26,15 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from gateway.tracing.rows import BODY, client_span, server_span
+
 SCOPE_NAME = "klawd-gateway"
 _decode = msgspec.msgpack.Decoder().decode
 _SAMPLED, _RANDOM = int(TraceFlags.SAMPLED), int(TraceFlags.RANDOM_TRACE_ID)
 _KINDS = {kind.value: kind for kind in SpanKind}
 _UNSET = Status(StatusCode.UNSET)
+# a row's span name, attributes and error from its kind's own values (gateway/tracing/rows.py)
+_VALUES = {SpanKind.SERVER.value: server_span, SpanKind.CLIENT.value: client_span}
 
 
 class OnceHashedResource(Resource):
@@ -50,11 +55,12 @@ class SpanMaker:
     """The SDK's span objects (`ReadableSpan`, what a tracer's span hands its span processors when
     it ends) made from the gateway's rows, a batch at a time, for the exporter.
 
-    The gateway ran the SDK's parent-based ratio sampler and id generator and recorded the span;
-    what a tracer would add is made here with the SDK's own parts, as its `start_span`, `end`
-    and `set_status` do: the `SpanContext` with the W3C flags the tracer gives a sampled span
-    (sampled, and the random-trace-id flag of its parent, or of the id generator for a root),
-    the parent's `SpanContext` and trace state, the attributes through the SDK's
+    The gateway made the sampling decision (the SDK's parent-based ratio sampler's) and random
+    ids and recorded the span's raw values; its name and attributes are built here
+    (gateway/tracing/rows.py), and what a tracer would add is made with the SDK's own parts, as
+    its `start_span`, `end` and `set_status` do: the `SpanContext` with the W3C flags the tracer
+    gives a sampled span (sampled, and the random-trace-id flag of its parent, or set for a root
+    whose id is random), the parent's `SpanContext` and trace state, the attributes through the SDK's
     `BoundedAttributes` under its `SpanLimits` (its attribute checks, value casts, count and
     length limits, `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` and the rest), an ERROR `Status` with its
     description, the resource and the instrumentation scope a tracer named `klawd-gateway`
@@ -76,15 +82,18 @@ class SpanMaker:
         return [self._make(row) for row in rows]
 
     def _make(self, row: Sequence[Any]) -> ReadableSpan:
-        (name, trace_id, span_id, parent_id, parent_remote, parent_flags, state) = row[:7]
-        kind, start, end, attributes, error = row[7:]
+        (kind, trace_id, span_id, parent_id, parent_remote, parent_flags, state) = row[:7]
+        start, end = row[7:BODY]
+        name, attributes, error = _VALUES[kind](row[BODY:])
         trace_id = int.from_bytes(trace_id, "big")
+        span_id = int.from_bytes(span_id, "big")
         trace_state = self._trace_state(state) if state else None
         if parent_id is None:
             parent = None
-            flags = _SAMPLED | _RANDOM  # a root: the gateway's RandomIdGenerator made its id
+            flags = _SAMPLED | _RANDOM  # a root: the gateway made its id at random
         else:
             parent_flags = TraceFlags(parent_flags)
+            parent_id = int.from_bytes(parent_id, "big")
             parent = SpanContext(trace_id, parent_id, parent_remote, parent_flags, trace_state)
             flags = _SAMPLED | (parent_flags & _RANDOM)
         checked = BoundedAttributes(self._max_attributes, attributes, True, self._max_length)

@@ -86,12 +86,17 @@ class SpanPipe:
         threading.Thread(target=self._tick, name="klawd-span-pipe", daemon=True).start()
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """One ended, sampled span (`otel.OpenSpan.row`); never waits for the child."""
-        with self._lock:
-            if self._forked:
-                self._start()
-            self._rows.append(row)
-            if len(self._rows) >= BATCH_SPANS:
+        """One ended, sampled span (a row of gateway/tracing/rows.py); never waits for the
+        child. The row is appended without the lock (one C call under the GIL): the list is
+        never replaced, and a flush takes the rows it framed out of it under the lock."""
+        if self._forked:
+            with self._lock:
+                if self._forked:
+                    self._start()
+        rows = self._rows
+        rows.append(row)
+        if len(rows) >= BATCH_SPANS:
+            with self._lock:
                 self._flush()
 
     def _tick(self) -> None:
@@ -116,14 +121,34 @@ class SpanPipe:
 
     def _flush(self) -> None:
         """Frames the gathered rows and writes what the pipe takes now (the lock is held)."""
-        rows, self._rows = self._rows, []
-        if rows:
-            payload = _encode(rows)
+        gathered = self._rows
+        rows = gathered[:]  # rows appended meanwhile stay for the next frame
+        del gathered[: len(rows)]
+        payload = self._frame(rows) if rows else None
+        if payload is not None:
             if len(self._unsent) + len(payload) + 4 > MAX_BUFFERED_BYTES:
                 self._drop(len(rows))
             else:
                 self._unsent += len(payload).to_bytes(4, "big") + payload
         self._write()
+
+    def _frame(self, rows: list[tuple[Any, ...]]) -> bytes | None:
+        """The rows in msgpack; a row msgpack cannot take (an integer beyond 64 bits from an
+        upstream's usage, say) is dropped and counted, not the frame with it (nor the request
+        whose span filled the batch: this runs on the request path)."""
+        try:
+            return _encode(rows)
+        except (OverflowError, TypeError, ValueError):
+            kept = []
+            for row in rows:
+                try:
+                    _encode(row)
+                except (OverflowError, TypeError, ValueError):
+                    log.warning("a span had a value msgpack cannot carry; it is dropped")
+                    self.dropped_spans += 1
+                else:
+                    kept.append(row)
+            return _encode(kept) if kept else None
 
     def _write(self) -> None:
         """Writes what the pipe takes now of the framed rows (the lock is held)."""

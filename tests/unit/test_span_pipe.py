@@ -26,7 +26,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.requestlog import RequestRecord
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import ModelSettings, ProviderSettings, TelemetrySettings
-from gateway.tracing import pipe, upstream_traceparent
+from gateway.tracing import pipe, rows, upstream_traceparent
 from gateway.tracing.exporter_child import SpanMaker
 from gateway.tracing.otel import Tracing
 from gateway.tracing.pipe import SpanPipe
@@ -40,31 +40,77 @@ TARGET = CatalogEntry(
 )
 
 
-class FixedIds(IdGenerator):
-    """The same ids, in the order asked, for the gateway's spans and the reference spans."""
+class RowIds(IdGenerator):
+    """The ids the gateway chose (read back from its rows), in the order the SDK's tracer asks
+    for them: the reference spans get the same ids as the gateway's."""
 
-    def __init__(self) -> None:
-        self._ids: Iterator[int] = iter(range(0x1000, 0x2000))
+    def __init__(self, trace_id: bytes, span_ids: list[bytes]) -> None:
+        self._trace_id = int.from_bytes(trace_id, "big")
+        self._ids: Iterator[int] = iter([int.from_bytes(i, "big") for i in span_ids])
 
     def generate_span_id(self) -> int:
         return next(self._ids)
 
     def generate_trace_id(self) -> int:
-        return 0x0AF7651916CD43DD8448EB211C80319C
+        return self._trace_id
 
     def is_trace_id_random(self) -> bool:
         return True
 
 
+def row(kind: SpanKind, **values: Any) -> tuple[Any, ...]:
+    """A row of gateway/tracing/rows.py from its fields by name (every field named)."""
+    fields = (*rows.HEAD, *(rows.SERVER if kind is SpanKind.SERVER else rows.CLIENT))
+    values["kind"] = kind.value
+    assert set(values) == set(fields)
+    return tuple(values[name] for name in fields)
+
+
+HEAD: dict[str, Any] = {
+    "trace_id": bytes(15) + b"\x01",
+    "span_id": bytes(7) + b"\x02",
+    "parent_id": None,
+    "parent_remote": False,
+    "parent_flags": 0,
+    "state": None,
+    "start_ns": 1,
+    "end_ns": 2,
+}
+SERVER_VALUES: dict[str, Any] = {
+    "method": "POST",
+    "route": "/v1/chat/completions",
+    "status": 200,
+    "operation": "chat",
+    "request_model": "klawd/standard",
+    "model": "openai/gpt-4o",
+    "provider_kind": "openai",
+    "provider": "openai-eu",
+    "account_id": "acct_x",
+    "cache": None,
+    "prompt_tokens": 12,
+    "completion_tokens": 4,
+    "cost_usd": 0.00002,
+    "finish_reasons": ["stop"],
+}
+CLIENT_VALUES: dict[str, Any] = {
+    "operation": "chat",
+    "provider_kind": "openai",
+    "upstream_model": "gpt-4o",
+    "model_id": "openai/gpt-4o",
+    "deployment": "openai-eu",
+    "attempt": 0,
+    "error": None,
+}
+
+
 @pytest.fixture
-def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Tracing, list[tuple[Any, ...]]]]:
+def traced() -> Iterator[tuple[Tracing, list[tuple[Any, ...]]]]:
     """A Tracing whose rows are kept here instead of going to a child."""
     tracing = Tracing(TelemetrySettings(otlp_endpoint="http://127.0.0.1:9", sample_ratio=1.0))
     tracing.pipe.shutdown()
-    rows: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(tracing.pipe, "add", rows.append)
-    tracing.ids = FixedIds()
-    yield tracing, rows
+    kept: list[tuple[Any, ...]] = []
+    tracing.pipe.add = kept.append  # type: ignore[method-assign]
+    yield tracing, kept
 
 
 def gateway_request(tracing: Tracing, headers: list[tuple[bytes, bytes]]) -> RequestRecord:
@@ -75,55 +121,79 @@ def gateway_request(tracing: Tracing, headers: list[tuple[bytes, bytes]]) -> Req
     tracing.end_attempt(record, failed, "service_unavailable")
     served = tracing.start_attempt(record, TARGET, 1)
     assert upstream_traceparent(record) == (
-        f"00-{served.trace_id:032x}-{served.span_id:016x}-{'01' if served.sampled else '00'}"
+        f"00-{served.trace_id.hex()}-{served.span_id.hex()}-{'01' if served.sampled else '00'}"
     )
     tracing.end_attempt(record, served, None)
     record.route, record.status = "/v1/chat/completions", 502
     record.model, record.provider, record.provider_kind = "openai/gpt-4o", "openai-eu", "openai"
     record.account_id, record.request_model, record.cache = "acct_x", "openai/gpt-4o", "miss"
     record.prompt_tokens, record.completion_tokens, record.cost_usd = 12, 4, 0.00002
-    record.finish_reasons = ["stop", "length"]
+    record.finish_reasons = ["stop", None, "length"]  # as the provider read them
     tracing.end_request(record)
     return record
 
 
-def made_by_the_child(rows: list[tuple[Any, ...]], resource: Resource) -> list[ReadableSpan]:
-    frame = msgspec.msgpack.encode(rows)
+def made_by_the_child(made: list[tuple[Any, ...]], resource: Resource) -> list[ReadableSpan]:
+    frame = pipe._encode(made)
     return SpanMaker(resource).make(msgspec.msgpack.decode(frame))
 
 
 def made_in_process(
-    rows: list[tuple[Any, ...]], headers: dict[str, str], resource: Resource
+    made: list[tuple[Any, ...]], headers: dict[str, str], resource: Resource
 ) -> list[ReadableSpan]:
-    """The same request traced the SDK's usual way: its tracer's spans, ended in process."""
+    """The same request traced the SDK's usual way: its tracer's spans, ended in process, with
+    the attributes written out here (not read from the rows) and the gateway's ids."""
+    first, second, last = made
     provider = TracerProvider(
         resource=resource,
         sampler=ParentBased(TraceIdRatioBased(1.0)),
-        id_generator=FixedIds(),
+        id_generator=RowIds(last[1], [last[2], first[2], second[2]]),
         shutdown_on_exit=False,
     )
     collected = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(collected))
     tracer = provider.get_tracer("klawd-gateway")
-    first, second, last = rows
     parent = TraceContextTextMapPropagator().extract(headers) if headers else None
-    server = tracer.start_span("POST", context=parent, kind=SpanKind.SERVER, start_time=last[8])
-    for row, error in ((first, "service_unavailable"), (second, None)):
+    server = tracer.start_span("POST", context=parent, kind=SpanKind.SERVER, start_time=last[7])
+    for attempt, (made_row, error) in enumerate(((first, "service_unavailable"), (second, None))):
         client = tracer.start_span(
-            row[0],
+            "chat gpt-4o",
             context=trace.set_span_in_context(server),
             kind=SpanKind.CLIENT,
-            attributes={k: v for k, v in row[10].items() if k != "error.type"},
-            start_time=row[8],
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "klawd.deployment": "openai-eu",
+                "klawd.attempt": attempt,
+            },
+            start_time=made_row[7],
         )
         if error is not None:
             client.set_attribute("error.type", error)
             client.set_status(Status(StatusCode.ERROR, error))
-        client.end(end_time=row[9])
+        client.end(end_time=made_row[8])
     server.update_name("POST /v1/chat/completions")
-    server.set_attributes(last[10])
+    server.set_attributes(
+        {
+            "http.route": "/v1/chat/completions",
+            "http.response.status_code": 502,
+            "error.type": "502",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "openai/gpt-4o",
+            "gen_ai.response.model": "openai/gpt-4o",
+            "gen_ai.provider.name": "openai",
+            "klawd.deployment": "openai-eu",
+            "klawd.account_id": "acct_x",
+            "klawd.cache": "miss",
+            "gen_ai.usage.input_tokens": 12,
+            "gen_ai.usage.output_tokens": 4,
+            "klawd.cost_usd": 0.00002,
+            "gen_ai.response.finish_reasons": ["stop", "length"],
+        }
+    )
     server.set_status(Status(StatusCode.ERROR, "HTTP 502"))
-    server.end(end_time=last[9])
+    server.end(end_time=last[8])
     return list(collected.get_finished_spans())
 
 
@@ -142,13 +212,13 @@ def made_in_process(
 def test_the_childs_spans_encode_to_the_otlp_bytes_of_the_sdks_own_spans(
     traced: tuple[Tracing, list[tuple[Any, ...]]], headers: dict[str, str]
 ) -> None:
-    tracing, rows = traced
+    tracing, kept = traced
     record = gateway_request(tracing, [(k.encode(), v.encode()) for k, v in headers.items()])
-    assert len(rows) == 3  # two attempts, then the request
+    assert len(kept) == 3  # two attempts, then the request
     resource = Resource.create({"service.name": SERVICE})
 
-    made = made_by_the_child(rows, resource)
-    expected = made_in_process(rows, headers, resource)
+    made = made_by_the_child(kept, resource)
+    expected = made_in_process(kept, headers, resource)
 
     assert encode_spans(made).SerializeToString(deterministic=True) == encode_spans(
         expected
@@ -166,7 +236,7 @@ def test_the_childs_spans_encode_to_the_otlp_bytes_of_the_sdks_own_spans(
 def test_an_unsampled_request_sends_no_row_but_passes_its_trace_id_on(
     traced: tuple[Tracing, list[tuple[Any, ...]]],
 ) -> None:
-    tracing, rows = traced
+    tracing, kept = traced
     parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-00"
     record = RequestRecord("req_y", "POST")
     tracing.start_request(record, "/v1/chat/completions", [(b"traceparent", parent)])
@@ -174,9 +244,9 @@ def test_an_unsampled_request_sends_no_row_but_passes_its_trace_id_on(
     sent = upstream_traceparent(record)
     tracing.end_attempt(record, span, None)
     tracing.end_request(record)
-    assert rows == []
+    assert kept == []
     assert record.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert sent == f"00-4bf92f3577b34da6a3ce929d0e0e4736-{span.span_id:016x}-00"
+    assert sent == f"00-4bf92f3577b34da6a3ce929d0e0e4736-{span.span_id.hex()}-00"
 
 
 def test_a_child_that_does_not_read_makes_the_gateway_drop_and_count(
@@ -189,10 +259,9 @@ def test_a_child_that_does_not_read_makes_the_gateway_drop_and_count(
     assert child is not None
     os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
     try:
-        attributes = {"klawd.deployment": "x" * 200}
-        row = ("POST /v1/chat/completions", bytes(16), 1, None, False, 0, None, 2, 1, 2)
+        wide = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * 200}))
         for _ in range(4000):  # ~1 MiB of rows: more than the pipe and the buffer hold
-            spans.add((*row, attributes, None))
+            spans.add(wide)
         assert spans.dropped_spans > 0
         assert len(spans._unsent) <= pipe.MAX_BUFFERED_BYTES
     finally:
@@ -203,10 +272,11 @@ def test_a_child_that_does_not_read_makes_the_gateway_drop_and_count(
 
 
 def test_an_attribute_value_msgpack_has_no_form_for_goes_as_its_text() -> None:
-    row = ("chat m", bytes(15) + b"\x01", 2, None, False, 0, None, 3, 1, 2)
-    frame = pipe._encode([(*row, {"klawd.cost_usd": Decimal("0.5")}, None)])
+    made = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"cost_usd": Decimal("0.5")}))
+    frame = pipe._encode([made])
     [span] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(frame))
-    assert span.attributes == {"klawd.cost_usd": "0.5"}
+    assert span.attributes is not None
+    assert span.attributes["klawd.cost_usd"] == "0.5"
 
 
 def test_a_frame_larger_than_the_pipe_reaches_the_receiver_with_no_span_ending_after_it(
@@ -218,10 +288,10 @@ def test_a_frame_larger_than_the_pipe_reaches_the_receiver_with_no_span_ending_a
     receiver.start()
     spans = SpanPipe(f"{receiver.origin}/v1/traces", "klawd-test")
     try:
-        attributes = {"klawd.deployment": "x" * 200}
-        row = ("POST /v1/chat/completions", bytes(15) + b"\x07", 1, None, False, 0, None, 2, 1, 2)
+        values = SERVER_VALUES | {"account_id": "x" * 200}
+        wide = row(SpanKind.SERVER, **(HEAD | {"trace_id": bytes(15) + b"\x07"}), **values)
         for _ in range(600):  # ~160 KB in one frame: more than the pipe's 64 KiB at once
-            spans.add((*row, attributes, None))
+            spans.add(wide)
         spans.flush()  # the pipe takes the frame's start; its rest is offered again soon
         received = receiver.trace("00" * 15 + "07", 600)
         assert len(received) == 600
@@ -235,20 +305,140 @@ def test_attributes_over_the_sdks_count_limit_are_dropped_and_counted_as_the_tra
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "3")
-    attributes = {f"klawd.a{i}": i for i in range(5)}
-    row = ("chat m", bytes(15) + b"\x01", 2, None, False, 0, None, 3, 1, 2, attributes, None)
-    [made] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(pipe._encode([row])))
+    made_row = row(SpanKind.CLIENT, **HEAD, **(CLIENT_VALUES | {"error": "bad_gateway"}))
+    [made] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(pipe._encode([made_row])))
     provider = TracerProvider(
-        resource=Resource.create({}), id_generator=FixedIds(), shutdown_on_exit=False
+        resource=Resource.create({}),
+        id_generator=RowIds(HEAD["trace_id"], [HEAD["span_id"]]),
+        shutdown_on_exit=False,
     )
     collected = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(collected))
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "klawd.deployment": "openai-eu",
+        "klawd.attempt": 0,
+        "error.type": "bad_gateway",
+    }
     span = provider.get_tracer("klawd-gateway").start_span(
-        "chat m", kind=SpanKind.CLIENT, attributes=attributes, start_time=1
+        "chat gpt-4o", kind=SpanKind.CLIENT, attributes=attributes, start_time=1
     )
+    span.set_status(Status(StatusCode.ERROR, "bad_gateway"))
     span.end(end_time=2)
     [expected] = collected.get_finished_spans()
-    assert made.dropped_attributes == expected.dropped_attributes == 2
+    assert made.dropped_attributes == expected.dropped_attributes == 3
     assert dict(made.attributes or {}) == dict(expected.attributes or {})
     encoded = encode_spans([made]).resource_spans[0].scope_spans[0].spans[0]
-    assert encoded.dropped_attributes_count == 2
+    assert encoded.dropped_attributes_count == 3
+    assert encode_spans([made]).SerializeToString(deterministic=True) == encode_spans(
+        [expected]
+    ).SerializeToString(deterministic=True)
+
+
+def test_a_cache_hit_or_an_unrouted_request_has_only_the_attributes_it_knows() -> None:
+    unrouted = {name: None for name in rows.SERVER} | {
+        "method": "GET",
+        "route": "/v1/nothing",
+        "status": 404,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_usd": 0.0,
+    }
+    hit = SERVER_VALUES | {"cache": "hit", "finish_reasons": [None]}
+    made = [row(SpanKind.SERVER, **HEAD, **unrouted), row(SpanKind.SERVER, **HEAD, **hit)]
+    first, second = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(pipe._encode(made)))
+    assert first.name == "GET /v1/nothing"
+    assert dict(first.attributes or {}) == {
+        "http.route": "/v1/nothing",
+        "http.response.status_code": 404,
+        "error.type": "404",
+    }
+    assert first.status.status_code is StatusCode.UNSET  # a 4xx is the client's error
+    assert second.attributes is not None
+    assert second.attributes["klawd.cache"] == "hit"
+    assert "gen_ai.response.finish_reasons" not in second.attributes  # no reason but None
+
+
+def test_a_client_span_without_an_upstream_model_is_named_after_the_catalog_model() -> None:
+    values = CLIENT_VALUES | {
+        "upstream_model": None,
+        "model_id": "local/llama-3.1",
+        "provider_kind": "ollama",  # no well-known name: the kind itself
+        "operation": None,
+        "error": "TimeoutError",
+    }
+    made = row(SpanKind.CLIENT, **(HEAD | {"parent_id": bytes(7) + b"\x09"}), **values)
+    [span] = SpanMaker(Resource.create({})).make(msgspec.msgpack.decode(pipe._encode([made])))
+    assert span.name == "chat llama-3.1"
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.request.model"] == "llama-3.1"
+    assert span.attributes["gen_ai.provider.name"] == "ollama"
+    assert span.attributes["error.type"] == "TimeoutError"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.parent is not None and span.parent.span_id == 9
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
+def test_a_root_is_sampled_exactly_when_the_sdks_sampler_samples_it(ratio: float) -> None:
+    tracing = Tracing(TelemetrySettings(otlp_endpoint="http://127.0.0.1:9", sample_ratio=ratio))
+    tracing.pipe.shutdown()
+    sdk = ParentBased(TraceIdRatioBased(ratio))
+    for _ in range(400):
+        record = RequestRecord("req_z", "POST")
+        tracing.start_request(record, "/v1/chat/completions", [(b"host", b"x")])
+        trace_id = int.from_bytes(record.span.trace_id, "big")
+        decision = sdk.should_sample(None, trace_id, "POST", SpanKind.SERVER)
+        assert record.span.sampled == decision.decision.is_sampled()
+        assert record.trace_id == f"{trace_id:032x}"
+
+
+def test_ids_are_random_never_zero_and_a_buffer_with_a_zero_id_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.tracing import otel
+
+    slots = otel.IdSlots()
+    size = otel.IdSlots.SLOT * otel.IdSlots.SLOTS
+    reads = [bytes(size), b"\x01" * size]  # the first has all-zero ids: read again
+    monkeypatch.setattr(otel.os, "urandom", lambda n: reads.pop(0))
+    taken = slots.take()
+    assert taken == b"\x01" * otel.IdSlots.SLOT and reads == []
+    monkeypatch.undo()
+    fresh = otel.IdSlots()
+    ids = {fresh.take() for _ in range(3 * otel.IdSlots.SLOTS)}  # three buffers
+    assert len(ids) == 3 * otel.IdSlots.SLOTS
+
+
+def test_a_row_msgpack_cannot_carry_is_dropped_and_counted_not_its_frame() -> None:
+    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    spans.shutdown()
+    good = row(SpanKind.SERVER, **HEAD, **SERVER_VALUES)
+    bad = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"prompt_tokens": 2**70}))
+    frame = spans._frame([good, bad, good])
+    assert frame is not None
+    assert len(msgspec.msgpack.decode(frame)) == 2
+    assert spans.dropped_spans == 1
+    assert spans._frame([bad]) is None
+
+
+def test_rows_added_while_a_frame_is_made_go_in_the_next_frame() -> None:
+    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    spans.shutdown()
+    first = row(SpanKind.SERVER, **HEAD, **SERVER_VALUES)
+    spans.add(first)
+    gathered = spans._rows
+    framed: list[bytes | None] = []
+    real_frame = spans._frame
+
+    def frame_then_add(batch: list[tuple[Any, ...]]) -> bytes | None:
+        framed.append(real_frame(batch))
+        spans.add(first)  # another span ends meanwhile
+        return framed[-1]
+
+    spans._frame = frame_then_add  # type: ignore[method-assign]
+    with spans._lock:
+        spans._flush()
+    assert spans._rows is gathered and spans._rows == [first]
+    assert framed[0] is not None and len(msgspec.msgpack.decode(framed[0])) == 1

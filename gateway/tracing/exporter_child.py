@@ -60,10 +60,10 @@ class SpanMaker:
     (gateway/tracing/rows.py), and what a tracer would add is made with the SDK's own parts, as
     its `start_span`, `end` and `set_status` do: the `SpanContext` with the W3C flags the tracer
     gives a sampled span (sampled, and the random-trace-id flag of its parent, or set for a root
-    whose id is random), the parent's `SpanContext` and trace state, the attributes through the SDK's
-    `BoundedAttributes` under its `SpanLimits` (its attribute checks, value casts, count and
-    length limits, `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` and the rest), an ERROR `Status` with its
-    description, the resource and the instrumentation scope a tracer named `klawd-gateway`
+    whose id is random), the parent's `SpanContext` and trace state, the attributes through the
+    SDK's `BoundedAttributes` under its `SpanLimits` (its attribute checks, value casts, count
+    and length limits, `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` and the rest), an ERROR `Status` with
+    its description, the resource and the instrumentation scope a tracer named `klawd-gateway`
     has. tests/unit/test_span_pipe.py checks that they encode to the OTLP bytes of the spans the
     SDK's tracer makes of the same request in process. Without the tracer, its span and its
     processor chain (a lock, a `BoundedList` per span for events and for links, the sampler

@@ -45,7 +45,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from gateway.requestlog import current_request
+from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.balance import Balancer
 from gateway.routing.capacity import Capacity, MemoryCapacity
 from gateway.routing.catalog import CatalogEntry
@@ -55,6 +55,7 @@ from gateway.settings import RetrySettings
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
     from gateway.tracing import Tracing
+    from gateway.tracing.otel import ClientSpan
 
 T = TypeVar("T")
 
@@ -238,13 +239,19 @@ class Retrier:
                 self._health.claim(key)
                 self.balancer.started(key)
                 call_started = self._clock()
+                # Traces on: the attempt's client span (gateway/tracing/), ended with its error
+                # type (a gateway error's, else the exception's class) or None
+                span = record = None
                 try:
-                    if self.tracing is None:
-                        result = await attempt(deployment)
-                    else:
+                    if self.tracing is not None:
                         await _admitted()  # no attempt span for a refused request
-                        result = await self._traced(self.tracing, attempt, deployment, len(tries))
+                        record = current_request.get()
+                        if record is not None:
+                            span = self.tracing.start_attempt(record, deployment, len(tries))
+                    result = await attempt(deployment)
                 except FALLBACK_ON as exc:
+                    if span is not None:
+                        self._end_span(record, span, exc.type)
                     self.release(deployment, tokens, 0)
                     # Failed before it reached an upstream (the admission still on its way):
                     # nothing is recorded, rested or tried again for a refused request.
@@ -263,9 +270,14 @@ class Retrier:
                     if not may_retry(exc) and not self._servable(target, failed)[0]:
                         return _ModelOutcome(error)
                     continue
-                except BaseException:
+                except BaseException as exc:
+                    if span is not None:
+                        failure = exc.type if isinstance(exc, GatewayError) else type(exc).__name__
+                        self._end_span(record, span, failure)
                     self.release(deployment, tokens, 0)
                     raise
+                if span is not None:
+                    self._end_span(record, span, None)
                 latency = self._clock() - call_started
                 self._health.record(key, ok=True, latency_s=latency)
                 if self.balancer.policy == "least-latency":
@@ -301,25 +313,6 @@ class Retrier:
         self.balancer.finished(served.key)
         self.capacity.settle(served, reserved_tokens, used_tokens)
 
-    @staticmethod
-    async def _traced(
-        tracing: Tracing,
-        attempt: Callable[[CatalogEntry], Awaitable[T]],
-        target: CatalogEntry,
-        number: int,
-    ) -> T:
-        """One attempt inside its client span (errors: the gateway error type as status)."""
-        record = current_request.get()
-        if record is None:
-            return await attempt(target)
-        span = tracing.start_attempt(record, target, number)
-        try:
-            result = await attempt(target)
-        except GatewayError as exc:
-            tracing.end_attempt(record, span, exc.type)
-            raise
-        except BaseException as exc:
-            tracing.end_attempt(record, span, type(exc).__name__)
-            raise
-        tracing.end_attempt(record, span, None)
-        return result
+    def _end_span(self, record: RequestRecord | None, span: ClientSpan, error: str | None) -> None:
+        if self.tracing is not None and record is not None:
+            self.tracing.end_attempt(record, span, error)

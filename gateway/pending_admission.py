@@ -148,9 +148,6 @@ class Overlap:
         pending = self._pending
         if pending._sent is not None:  # in flight
             self._token = GATE.set(pending)
-            # One turn of the loop: the admission leaves (with the others of this turn, in one
-            # write) before the upstream call is prepared, not after it.
-            await asyncio.sleep(0)
         else:
             pending.ticket()
 

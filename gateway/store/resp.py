@@ -86,6 +86,7 @@ class _Connection(asyncio.Protocol):
         self.on_lost: Callable[[_Connection], None] | None = None  # the client forgets it
         # Commands of this turn of the event loop, written together at its end (`_flush`).
         self.corked: list[bytes] = []
+        self.turn_open = False  # written to (or corked) in this turn of the loop: `_flush` due
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,7 +127,7 @@ class _Connection(asyncio.Protocol):
         create = self._loop.create_future
         futures = [create() for _ in range(replies)]
         self.pending.extend(futures)
-        self._write(payload)
+        self._write(payload, replies)
         return futures
 
     def send_one(self, payload: bytes) -> asyncio.Future[Any]:
@@ -136,15 +137,24 @@ class _Connection(asyncio.Protocol):
         self._write(payload)
         return future
 
-    def _write(self, payload: bytes) -> None:
+    def _write(self, payload: bytes, replies: int = 1) -> None:
         """Commands sent during one turn of the event loop leave in one write at its end: one
         system call here and one read on the server for all the requests admitted in that turn
-        (a write per command cost both sides a system call each)."""
-        if not self.corked:
+        (a write per command cost both sides a system call each). On an idle connection
+        (nothing corked, nothing else owed: no other request is waiting on it) a command leaves
+        at once: its caller may go on working while the reply travels (an admission overlapped
+        with the upstream call's preparation, gateway/admission_gate.py), which would otherwise
+        delay it to the turn's end."""
+        if not self.turn_open:
+            self.turn_open = True
             self._loop.call_soon(self._flush)
+            if len(self.pending) == replies:
+                self._transport.write(payload)  # type: ignore[union-attr]
+                return
         self.corked.append(payload)
 
     def _flush(self) -> None:
+        self.turn_open = False
         corked, self.corked = self.corked, []
         if self.lost is None and corked:
             self._transport.write(  # type: ignore[union-attr]
@@ -296,11 +306,11 @@ class RespClient:
         return reply
 
     def send(self, *args: Any) -> asyncio.Future[Any] | None:
-        """`execute` without waiting: the command is queued now (it leaves with the commands of
-        this turn of the loop, at its end) and the future holds its reply, an error reply as a
-        RespReplyError value. None when no connection is open yet (use `execute`). The caller
-        must await the future or retrieve its exception (a lost connection sets
-        RespConnectionError)."""
+        """`execute` without waiting: the command is sent now (at once on an idle connection,
+        else with the commands of this turn of the loop, at its end) and the future holds its
+        reply, an error reply as a RespReplyError value. None when no connection is open yet
+        (use `execute`). The caller must await the future or retrieve its exception (a lost
+        connection sets RespConnectionError)."""
         payload = hiredis.pack_command(args)
         try:
             connection = self._pick()
@@ -329,13 +339,13 @@ class RespClient:
             raise
 
     def _pick(self) -> _Connection | None:
-        """The connection already holding commands of this turn of the loop (they leave in one
-        write), else the live one owing the fewest replies; grows to `connections` when all are
-        busy (the caller does not wait for the new one). None: no live connection, connect
-        first."""
+        """The connection already written to in this turn of the loop (the turn's other
+        commands leave in one write at its end), else the live one owing the fewest replies;
+        grows to `connections` when all are busy (the caller does not wait for the new one).
+        None: no live connection, connect first."""
         best: _Connection | None = None
         for connection in self._connections:
-            if connection.corked:
+            if connection.turn_open:
                 return connection
             if best is None or len(connection.pending) < len(best.pending):
                 best = connection

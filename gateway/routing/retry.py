@@ -244,7 +244,9 @@ class Retrier:
                 span = record = None
                 try:
                     if self.tracing is not None:
-                        await _admitted()  # no attempt span for a refused request
+                        gate = closed_gate()  # _admitted() without its coroutine: no attempt
+                        if gate is not None:  # span for a refused request
+                            await gate.passed()
                         record = current_request.get()
                         if record is not None:
                             span = self.tracing.start_attempt(record, deployment, len(tries))

@@ -27,17 +27,19 @@ alternating, median of the rounds (`time.process_time`: every thread of the proc
 
 `--request-path` counts the request path only, repeatably: callgrind starts with collection off
 (`--collect-atstart=no`) and toggles it on entering and leaving `operator.call`'s C function
-(`--toggle-collect=_operator_call`), through which, after the warm-up, every step of each
-request's ASGI coroutine is run (`Steps`: the middleware's `__call__` down to the handler, from
-one suspension to the next). So start-up, the warm-up, the event loop between steps (timers: the
+(`--toggle-collect=_operator_call`), through which, after the warm-up, every step of each request's
+ASGI coroutine is run (`Steps`: the middleware's `__call__` down to the handler, from one
+suspension to the next). So start-up, the warm-up, the event loop between steps (timers: the
 ledger's batches, the span pipe's ticks; I/O callbacks), the other threads (the log writer, the
 SQLite thread) and valgrind's slowness (which changes how many ticks fall per request) are not
 counted, and the count divided by `--requests` is one request's (the span pipe's frame, written
 from the request path every 256 requests of two spans, is amortised: keep `--requests` a multiple
-of 256). Three runs: traces off, traced, and traced with only the tracing seams run through
-`operator.call` (what the seams themselves cost, the rest of the request uncounted); with
-`--before DIR` the same three for another checkout's `gateway` package (with its built `_core`).
-`--profile DIR` keeps callgrind's function-level files (`callgrind_annotate --inclusive=yes`).
+of 256; the span pipe's timed flush is put off for the run, since under valgrind its 5 s would come
+before a batch fills and move the framing to the pipe's thread). Three runs: traces off, traced,
+and traced with only the tracing seams run through `operator.call` (what the seams themselves cost,
+the rest of the request uncounted); with `--before DIR` the same three for another checkout's
+`gateway` package (with its built `_core`). `--profile DIR` keeps callgrind's function-level files
+(`callgrind_annotate --inclusive=yes`).
 """
 
 from __future__ import annotations
@@ -211,6 +213,11 @@ def run(
             options += ["--collect-atstart=no", f"--toggle-collect={TOGGLE}"]
         command = [*VALGRIND, *options, *command]
     env = os.environ | {"PYTHONHASHSEED": "0", "PROMETHEUS_MULTIPROC_DIR": str(config.parent)}
+    if counted:
+        # No timed flush of the span pipe: under valgrind a run lasts minutes, so its 5 s timer
+        # would frame the rows on the pipe's own thread (not counted) before a batch fills; at
+        # full speed a batch fills first and is framed on the request path, so count that.
+        env["OTEL_BSP_SCHEDULE_DELAY"] = "3600000"
     result = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=1800, cwd=HERE, env=env
     )

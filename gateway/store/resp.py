@@ -54,6 +54,10 @@ def _copy(error: RespConnectionError) -> RespConnectionError:
 
 
 _MORE = object()  # hiredis: no complete reply buffered yet
+# `RespClient.send` writes at once only after this long without a command (seconds): at one
+# request at a time the previous request's commands are a millisecond old; under load they come
+# every few tens of microseconds.
+QUIET_S = 0.0005
 _PING = hiredis.pack_command(("PING",))  # a subscribed connection answers [b"pong", b""]
 
 # Query arguments redis-py accepts that only tune its own pool (which the store keeps for
@@ -86,7 +90,6 @@ class _Connection(asyncio.Protocol):
         self.on_lost: Callable[[_Connection], None] | None = None  # the client forgets it
         # Commands of this turn of the event loop, written together at its end (`_flush`).
         self.corked: list[bytes] = []
-        self.turn_open = False  # written to (or corked) in this turn of the loop: `_flush` due
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -127,7 +130,7 @@ class _Connection(asyncio.Protocol):
         create = self._loop.create_future
         futures = [create() for _ in range(replies)]
         self.pending.extend(futures)
-        self._write(payload, replies)
+        self._write(payload)
         return futures
 
     def send_one(self, payload: bytes) -> asyncio.Future[Any]:
@@ -137,24 +140,27 @@ class _Connection(asyncio.Protocol):
         self._write(payload)
         return future
 
-    def _write(self, payload: bytes, replies: int = 1) -> None:
+    def _write(self, payload: bytes) -> None:
         """Commands sent during one turn of the event loop leave in one write at its end: one
         system call here and one read on the server for all the requests admitted in that turn
-        (a write per command cost both sides a system call each). On an idle connection
-        (nothing corked, nothing else owed: no other request is waiting on it) a command leaves
-        at once: its caller may go on working while the reply travels (an admission overlapped
-        with the upstream call's preparation, gateway/admission_gate.py), which would otherwise
-        delay it to the turn's end."""
-        if not self.turn_open:
-            self.turn_open = True
+        (a write per command cost both sides a system call each)."""
+        if not self.corked:
             self._loop.call_soon(self._flush)
-            if len(self.pending) == replies:
-                self._transport.write(payload)  # type: ignore[union-attr]
-                return
         self.corked.append(payload)
 
+    def loop_time(self) -> float:
+        return self._loop.time()
+
+    def send_now(self, payload: bytes) -> asyncio.Future[Any]:
+        """One command written at once, on a connection nothing else waits on (`RespClient.send`
+        checks): its caller goes on working while the reply travels."""
+        self._will_owe()
+        future = self._loop.create_future()
+        self.pending.append(future)
+        self._transport.write(payload)  # type: ignore[union-attr]
+        return future
+
     def _flush(self) -> None:
-        self.turn_open = False
         corked, self.corked = self.corked, []
         if self.lost is None and corked:
             self._transport.write(  # type: ignore[union-attr]
@@ -232,6 +238,7 @@ class RespClient:
         self._closed = False
         # A subscription silent this long is asked for a PING (see `subscribe`).
         self.subscription_check_s = 5.0
+        self._last_command = float("-inf")  # the loop's time of the last command (`send`)
 
     @classmethod
     def from_url(
@@ -306,17 +313,30 @@ class RespClient:
         return reply
 
     def send(self, *args: Any) -> asyncio.Future[Any] | None:
-        """`execute` without waiting: the command is sent now (at once on an idle connection,
-        else with the commands of this turn of the loop, at its end) and the future holds its
-        reply, an error reply as a RespReplyError value. None when no connection is open yet
-        (use `execute`). The caller must await the future or retrieve its exception (a lost
-        connection sets RespConnectionError)."""
-        payload = hiredis.pack_command(args)
-        try:
-            connection = self._pick()
-            return None if connection is None else connection.send_one(payload)
-        except RespConnectionError:
+        """`execute` without waiting, when the client is quiet (no command for `QUIET_S`) and a
+        connection idle (nothing owed, nothing queued):
+        the command is written at once and the future holds its reply, an error reply as a
+        RespReplyError value; the caller goes on working while it travels (an admission
+        overlapped with the upstream call's preparation, gateway/admission_gate.py). None
+        otherwise (no connection open, or commands coming: under load the command is better
+        queued with the loop turn's others, `execute`; measured, an at-once write under load
+        cost the worker 10-15 % more CPU per single answer, docs/decisions/0010). The caller
+        must await the future or retrieve its exception (a lost connection sets
+        RespConnectionError)."""
+        if not self._connections:
             return None
+        now = self._connections[0].loop_time()
+        if now - self._last_command < QUIET_S:
+            return None  # commands keep coming (load): queue this one with the others
+        for connection in self._connections:
+            if not connection.pending and not connection.corked:
+                try:
+                    future = connection.send_now(hiredis.pack_command(args))
+                except RespConnectionError:
+                    return None
+                self._last_command = now
+                return future
+        return None
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Every command in one write on one connection; the replies in order, error replies as
@@ -339,13 +359,15 @@ class RespClient:
             raise
 
     def _pick(self) -> _Connection | None:
-        """The connection already written to in this turn of the loop (the turn's other
-        commands leave in one write at its end), else the live one owing the fewest replies;
-        grows to `connections` when all are busy (the caller does not wait for the new one).
-        None: no live connection, connect first."""
+        """The connection already holding commands of this turn of the loop (they leave in one
+        write), else the live one owing the fewest replies; grows to `connections` when all are
+        busy (the caller does not wait for the new one). None: no live connection, connect
+        first."""
         best: _Connection | None = None
+        if self._connections:
+            self._last_command = self._connections[0].loop_time()
         for connection in self._connections:
-            if connection.turn_open:
+            if connection.corked:
                 return connection
             if best is None or len(connection.pending) < len(best.pending):
                 best = connection

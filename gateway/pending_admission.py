@@ -3,7 +3,7 @@
     pending = await meter.start(auth, request_id, requested, targets, reserve_for)
     async with pending.overlapping(stream):
         result = await <the upstream call over pending.targets>
-    ticket = pending.ticket() if pending.open else await refused_after_the_call(...)
+    ticket = await served_ticket(pending, retrier, served, tokens, tries, stream)
 
 What the gate holds back and why: gateway/admission_gate.py.
 """
@@ -184,21 +184,26 @@ class Overlap:
         failure.__exit__(kind, exc, traceback)
 
 
-async def refused_after_the_call(
+async def served_ticket(
     pending: PendingAdmission,
     retrier: Retrier,
     served: CatalogEntry,
     tokens: int,
+    tries: list[Any],
     stream: UpstreamStream | None = None,
 ) -> Ticket:
-    """The ticket of a served call whose admission was not admitted by the time it was served
-    (possible only for a call that never went through the gate: klawd/echo answers in process):
-    its refusal is raised, after undoing what the call holds (the served deployment's place in
-    flight and its token estimate, the stream)."""
+    """The ticket of a served call, with its upstream token estimate and its retries. A call
+    whose admission was not admitted by the time it was served (possible only for a call that
+    never went through the gate: klawd/echo answers in process) has its refusal raised, after
+    undoing what the call holds (the served deployment's place in flight and its token estimate,
+    the stream)."""
     try:
-        return pending.ticket()
+        ticket = pending.ticket()
     except Exception:
         retrier.release(served, tokens, 0)
         if stream is not None:
             await stream.aclose()
         raise
+    ticket.upstream_tokens = tokens
+    ticket.retries = len(tries) - 1
+    return ticket

@@ -39,7 +39,7 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
-from gateway.pending_admission import refused_after_the_call
+from gateway.pending_admission import served_ticket
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
@@ -96,15 +96,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             completion, target, tries = await _complete(
                 state, chat, body, pending.targets, response_id, created, tokens
             )
-    ticket = (
-        pending.ticket()
-        if pending.open
-        else await refused_after_the_call(
-            pending, state.retrier, target, tokens, stream if chat.stream else None
-        )
+    ticket = await served_ticket(
+        pending, state.retrier, target, tokens, tries, stream if chat.stream else None
     )
-    ticket.upstream_tokens = tokens
-    ticket.retries = len(tries) - 1
     if chat.stream:
         del body  # the request body (the whole prompt) is not held for the stream's life
         limit_headers = ticket.admission.headers()

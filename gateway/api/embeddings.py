@@ -19,7 +19,7 @@ from gateway.billing import TokenUsage, format_usd, token_cost_micros
 from gateway.cache import CachedAnswer
 from gateway.errors import ServiceUnavailable
 from gateway.metering import RESERVE_CHARS_PER_TOKEN
-from gateway.pending_admission import refused_after_the_call
+from gateway.pending_admission import served_ticket
 from gateway.providers.base import EmbeddingCall, EmbeddingProvider, EmbeddingResult
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_embedding
@@ -71,14 +71,8 @@ async def create_embeddings(request: Request) -> Response:
         result, target, tries = await state.retrier.call_targets(
             pending.targets, attempt, tokens=tokens
         )
-    ticket = (
-        pending.ticket()
-        if pending.open
-        else await refused_after_the_call(pending, state.retrier, target, tokens)
-    )
-    ticket.upstream_tokens = tokens
+    ticket = await served_ticket(pending, state.retrier, target, tokens, tries)
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
-    ticket.retries = len(tries) - 1
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, usage)

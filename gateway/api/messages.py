@@ -51,7 +51,7 @@ from gateway.metering import (
     reserve_for_chat,
     upstream_tokens_for_chat,
 )
-from gateway.pending_admission import refused_after_the_call
+from gateway.pending_admission import served_ticket
 from gateway.providers.anthropic import translate_response
 from gateway.providers.base import (
     ChatCall,
@@ -244,16 +244,10 @@ async def _create_message(request: Request) -> Response:
             completion, target, tries = await state.retrier.call_targets(
                 pending.targets, complete, tokens=tokens
             )
-    ticket = (
-        pending.ticket()
-        if pending.open
-        else await refused_after_the_call(
-            pending, state.retrier, target, tokens, stream if chat.stream else None
-        )
+    ticket = await served_ticket(
+        pending, state.retrier, target, tokens, tries, stream if chat.stream else None
     )
-    ticket.upstream_tokens = tokens
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
-    ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
         return EventStreamResponse(

@@ -35,7 +35,7 @@ from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
 from gateway.metering import reserve_for_chat, upstream_tokens_for_chat
-from gateway.pending_admission import refused_after_the_call
+from gateway.pending_admission import served_ticket
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.responses.answer import response_fields, to_response
 from gateway.responses.events import ResponseEvents
@@ -150,16 +150,10 @@ async def _create_response(request: Request) -> Response:
             completion, target, tries = await state.retrier.call_targets(
                 pending.targets, complete, tokens=tokens
             )
-    ticket = (
-        pending.ticket()
-        if pending.open
-        else await refused_after_the_call(
-            pending, state.retrier, target, tokens, events if chat.stream else None
-        )
+    ticket = await served_ticket(
+        pending, state.retrier, target, tokens, tries, events if chat.stream else None
     )
-    ticket.upstream_tokens = tokens
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
-    ticket.retries = len(tries) - 1
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
 

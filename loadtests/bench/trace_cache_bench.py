@@ -373,12 +373,14 @@ its 64-connection rounds), the cost the 10 % target is about:
 {drops}
 
 - **The gateway's own process** (traced-split: the exporter child on the other core, as on a
-  host with a core to spare): the 10 % target is **{worker_verdict}** for it. It samples,
+  host with a core to spare): by this run's fixed-rate reading the 10 % target is
+  **{worker_verdict}** for it. It samples,
   names and times the spans and writes their rows down the pipe; the child makes them the
   SDK's span objects, and the official exporter encodes and posts them. On this shared
-  machine one run's fixed-rate reading swings by ±100 µs from the next:
-  docs/decisions/0019-cache-and-traces.md has the runs, and the seams timed in place in the
-  live worker (+9 to +40 µs per request).
+  machine one run's fixed-rate reading swings by ±100 µs from the next, so this verdict is
+  one run's: the repeatable measure of the worker's share is instructions counted on the
+  request path (`python -m loadtests.bench.trace_share --request-path`), given with its runs in
+  docs/decisions/0019-cache-and-traces.md.
 - **The whole** (gateway and child: what a host whose cores are all busy pays, and what the
   `traced` contender's child takes from its worker's own core): the 10 % target is
   **{whole_verdict}**. Throughput traced ÷ off: {traced:.2f}x with the child on the worker's core,

@@ -1,7 +1,7 @@
 """What one non-streamed chat request costs the gateway's own Python path, in process.
 
     .venv/bin/python -m loadtests.bench.request_cost [--requests 3000] [--reps 3] [--tree DIR]
-        [--store sqlite|redis]
+        [--store sqlite|redis] [--top N] [--phases]
 
 The app is driven directly (no server: Granian's share is the same for every version), with the
 bench's OpenAI-shaped model in front of nginx on loopback (the real HTTP client and provider),
@@ -47,6 +47,7 @@ from gateway.settings import load_settings
 from loadtests.bench import contenders as c
 from loadtests.bench.measure import tree_cpu_s
 from loadtests.bench.metering_bench import ADMIN, Harness
+from loadtests.bench.phases import PhaseCounter
 
 
 class ConfiguredHarness(Harness):
@@ -145,6 +146,7 @@ async def whole(
     reps: int,
     top: int = 0,
     store_pid: int | None = None,
+    phases: bool = False,
 ) -> None:
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     concurrency = 16
@@ -179,6 +181,11 @@ async def whole(
     for (file, line, name), (_, calls, own, _, _) in rows:
         print(f"  {own * 1e6 / count:7.2f} us own  {calls / count:6.2f} calls  "
               f"{Path(file).name}:{line} {name}")  # fmt: skip
+    if phases:
+        counter = PhaseCounter()
+        with counter.counting():
+            await asyncio.gather(*(client(each) for _ in range(concurrency)))
+        print("\n".join(counter.table(count, "calls per single answer")))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -209,7 +216,15 @@ async def main(args: argparse.Namespace) -> None:
         _, body = await harness.request("POST", path, b"{}", admin)
         key: str = orjson.loads(body)["key"]
         await pieces(harness, key)
-        await whole(harness, key, args.requests, args.reps, args.top, redis.pid if redis else None)
+        await whole(
+            harness,
+            key,
+            args.requests,
+            args.reps,
+            args.top,
+            redis.pid if redis else None,
+            args.phases,
+        )
         await harness.stop()
     finally:
         if redis is not None:
@@ -224,4 +239,9 @@ if __name__ == "__main__":
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
     parser.add_argument("--top", type=int, default=0, help="the top functions by own time")
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="calls per request by phase (loadtests/bench/phases.py)",
+    )
     uvloop.run(main(parser.parse_args()))

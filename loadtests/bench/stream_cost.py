@@ -58,6 +58,7 @@ from loadtests.bench.contenders import (  # noqa: E402
     wait_for,
 )
 from loadtests.bench.metering_bench import ADMIN, Harness  # noqa: E402
+from loadtests.bench.phases import PhaseCounter  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 CONCURRENCY = 64
@@ -343,6 +344,15 @@ async def run(args: argparse.Namespace, upstream: str) -> None:
             print(f"calls {scenario}: {calls:.1f} function calls, {sends:.2f} sends per stream")
             for line in lines:
                 print(line)
+        for scenario in filter(None, args.phases.split(",")):
+            model = gateway_model(scenario)
+            await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))  # warm
+            rounds = max(1, args.streams // 4 // CONCURRENCY)
+            counter = PhaseCounter()
+            with counter.counting():
+                for _ in range(rounds):
+                    await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))
+            print("\n".join(counter.table(rounds * CONCURRENCY, f"calls per stream ({scenario})")))
         if args.ramp:
             if args.gc_threshold:
                 gc.set_threshold(*map(int, args.gc_threshold.split(",")))
@@ -371,6 +381,9 @@ def main() -> None:
         "--calls", default="", help="scenarios to count function calls and sends per stream in"
     )
     parser.add_argument("--top", type=int, default=0, help="with --calls: the top functions")
+    parser.add_argument(
+        "--phases", default="", help="scenarios to count calls per stream by phase in"
+    )
     parser.add_argument("--open", type=int, default=1000, help="streams held open (0: skip)")
     parser.add_argument(
         "--ramp", type=int, default=0, help="streams opened at once: the collector meanwhile"

@@ -16,10 +16,11 @@ through the metrics buffer, flushed once a second):
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from gateway.billing import TokenUsage, micros_to_usd
+from gateway.billing import MICROS_PER_USD, TokenUsage
 from gateway.metrics import CIRCUIT_STATES, Metrics, status_class
 from gateway.requestlog import RequestLog, RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry
@@ -40,7 +41,9 @@ def _remember(memo: dict[Hashable, Any], key: Hashable, children: Any) -> Any:
 class RequestObserver:
     """Each hook finds the label children it updates with one dictionary lookup, keyed by what
     the request reports (route, method, status; served deployment, status), built on first use:
-    the label normalisation and `labels()` lookups run once per key, not per request."""
+    the label normalisation and `labels()` lookups run once per key, not per request. What it
+    finds are the buffer's running totals of those children (`MetricBuffer.tally` and
+    `pending`), which the hook adds into directly."""
 
     def __init__(self, metrics: Metrics, request_log: RequestLog) -> None:
         self.metrics = metrics
@@ -49,17 +52,25 @@ class RequestObserver:
         self._settled: dict[Hashable, Any] = {}
         self._admitted: dict[Hashable, Any] = {}
         self._upstream: dict[Hashable, Any] = {}
+        self._streams: dict[Hashable, Any] = {}
 
     # -- every HTTP request (middleware) ----------------------------------------------------------
     # Buffered like the counters (gateway/metrics_buffer.py): two locked mmap writes per stream
-    # become two dictionary additions; the gauge moves by its net change at the next flush.
+    # become two additions into a running total; the gauge moves by its net change at the flush.
     def stream_opened(self, route: str) -> None:
-        m = self.metrics
-        m.buffer.inc(m.child(m.open_streams, route), 1.0)
+        self._open_streams(route)[0] += 1.0
 
     def stream_closed(self, route: str) -> None:
-        m = self.metrics
-        m.buffer.inc(m.child(m.open_streams, route), -1.0)
+        self._open_streams(route)[0] -= 1.0
+
+    def _open_streams(self, route: str) -> list[float]:
+        tally = self._streams.get(route)
+        if tally is None:
+            m = self.metrics
+            tally = _remember(
+                self._streams, route, m.buffer.tally((m.child(m.open_streams, route),))
+            )
+        return tally  # type: ignore[no-any-return]
 
     def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
         """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""
@@ -70,30 +81,34 @@ class RequestObserver:
         children = self._http.get(key)
         if children is None:
             children = _remember(self._http, key, self._http_children(*key))
-        requests, duration, ttfb = children
-        buffer = self.metrics.buffer
-        buffer.inc(requests)
-        buffer.observe(duration, duration_s)
+        # The running totals themselves (gateway/metrics_buffer.py): no call per update.
+        requests, (bounds, counts, total), ttfb = children
+        requests[0] += 1.0
+        counts[bisect_left(bounds, duration_s)] += 1
+        total[0] += duration_s
         if ttfb_s is not None:
-            buffer.observe(ttfb, ttfb_s)
+            bounds, counts, total = ttfb
+            counts[bisect_left(bounds, ttfb_s)] += 1
+            total[0] += ttfb_s
         self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)
 
     def _http_children(self, route: str, method: str, status: int, streamed: bool) -> Any:
         m = self.metrics
+        buffer = m.buffer
         return (
-            m.child(m.http_requests, route, method, status_class(status)),
-            m.child(m.http_duration, route, "true" if streamed else "false"),
-            m.child(m.http_ttfb, route),
+            buffer.tally((m.child(m.http_requests, route, method, status_class(status)),)),
+            buffer.pending(m.child(m.http_duration, route, "true" if streamed else "false")),
+            buffer.pending(m.child(m.http_ttfb, route)),
         )
 
     # -- admission and billing (Meter) ------------------------------------------------------------
     def admitted_or_refused(self, account_id: str, plan: str, outcome: str) -> None:
         """`outcome`: admitted | rate_limited | insufficient_credits (gateway/limits.py)."""
         key = (plan, outcome)
-        child = self._admitted.get(key)
-        if child is None:
-            child = _remember(self._admitted, key, self._admitted_child(plan, outcome))
-        self.metrics.buffer.inc(child)
+        tally = self._admitted.get(key)
+        if tally is None:
+            tally = _remember(self._admitted, key, self._admitted_child(plan, outcome))
+        tally[0] += 1.0
         record = current_request.get()
         if record is not None:
             record.account_id = account_id
@@ -102,8 +117,8 @@ class RequestObserver:
     def _admitted_child(self, plan: str, outcome: str) -> Any:
         m = self.metrics
         if outcome == "admitted":
-            return m.child(m.admitted, m.plan(plan))
-        return m.child(m.limited, m.plan(plan), outcome)
+            return m.buffer.tally((m.child(m.admitted, m.plan(plan)),))
+        return m.buffer.tally((m.child(m.limited, m.plan(plan), outcome),))
 
     def settled(
         self,
@@ -119,16 +134,13 @@ class RequestObserver:
         children = self._settled.get(key)
         if children is None:
             children = _remember(self._settled, key, self._settled_children(*key))
-        requests, prompt, completion, cost = children
-        buffer = self.metrics.buffer
-        buffer.inc(requests)
-        if usage.prompt_tokens:
-            buffer.inc(prompt, usage.prompt_tokens)
-        if usage.completion_tokens:
-            buffer.inc(completion, usage.completion_tokens)
-        cost_usd = micros_to_usd(cost_micros)
-        if cost_micros:
-            buffer.inc(cost, cost_usd)
+        # requests, prompt tokens, completion tokens, cost: running totals (a zero adds nothing
+        # at the flush, as a skipped update did)
+        cost_usd = cost_micros / MICROS_PER_USD  # micros_to_usd, without the call
+        children[0] += 1.0
+        children[1] += usage.prompt_tokens
+        children[2] += usage.completion_tokens
+        children[3] += cost_usd
         record = current_request.get()
         if record is not None:
             record.model = model_id
@@ -144,13 +156,13 @@ class RequestObserver:
     ) -> Any:
         m = self.metrics
         model, provider = m.model(model_id), m.provider(provider_name)
-        return (
+        return m.buffer.tally((
             m.child(m.requests, model, provider, kind, "true" if stream else "false",
                     status_class(status)),
             m.child(m.tokens, model, provider, "prompt"),
             m.child(m.tokens, model, provider, "completion"),
             m.child(m.cost, model, provider),
-        )  # fmt: skip
+        ))  # fmt: skip
 
     # -- the response cache (gateway/cache/) -------------------------------------------------------
     def cache_consulted(self, route: str, result: str) -> None:
@@ -171,9 +183,11 @@ class RequestObserver:
         if child is None:
             child = _remember(self._upstream, key, self._upstream_child(provider, error_type))
         if error_type is None:
-            self.metrics.buffer.observe(child, duration_s)
+            bounds, counts, total = child
+            counts[bisect_left(bounds, duration_s)] += 1
+            total[0] += duration_s
         else:
-            self.metrics.buffer.inc(child)
+            child[0] += 1.0
         record = current_request.get()
         if record is not None:
             record.upstream_attempts += 1
@@ -182,8 +196,8 @@ class RequestObserver:
         m = self.metrics
         label = m.provider(provider)
         if error_type is None:
-            return m.child(m.upstream_duration, label)
-        return m.child(m.upstream_errors, label, error_type)
+            return m.buffer.pending(m.child(m.upstream_duration, label))
+        return m.buffer.tally((m.child(m.upstream_errors, label, error_type),))
 
     def retried(self, provider: str) -> None:
         m = self.metrics

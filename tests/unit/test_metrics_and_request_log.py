@@ -111,6 +111,45 @@ def test_a_flushed_buffer_reads_exactly_as_direct_updates() -> None:
     ) == len(values)
 
 
+def test_the_hooks_running_totals_flush_as_direct_updates_and_are_zeroed() -> None:
+    """The observer's hooks add into the buffer's running totals (tally, pending), which stay
+    the same lists for the app's life: each flush adds what came since the last one."""
+    direct, watcher = observer().metrics, observer()
+    buffered = watcher.metrics
+    route = "/v1/chat/completions"
+    entry = Catalog(load_settings(None), {}).get("openai/gpt-4-turbo")
+    assert entry is not None
+    for round_number in range(2):
+        for value in (0.004, 0.3, 7.0):
+            record = RequestRecord("req_x", "POST")
+            record.route, record.status, record.first_byte_at = route, 200, 10.0 + value / 2
+            watcher.http_finished(record, 10.0, 10.0 + value)
+            direct.child(direct.http_requests, route, "POST", "2xx").inc()
+            direct.child(direct.http_duration, route, "false").observe(value)
+            direct.child(direct.http_ttfb, route).observe(record.first_byte_at - 10.0)
+            watcher.upstream_finished("openai", value, None)
+            direct.child(direct.upstream_duration, "openai").observe(value)
+        watcher.upstream_finished("openai", 1.0, "timeout")
+        direct.child(direct.upstream_errors, "openai", "timeout").inc()
+        watcher.admitted_or_refused("acct_1", "free", "admitted")
+        direct.child(direct.admitted, "free").inc()
+        watcher.settled(entry, TokenUsage(12, 7), 200, False, 26)
+        direct.child(direct.requests, "openai/gpt-4-turbo", "openai", "chat", "false", "2xx").inc()
+        direct.child(direct.tokens, "openai/gpt-4-turbo", "openai", "prompt").inc(12)
+        direct.child(direct.tokens, "openai/gpt-4-turbo", "openai", "completion").inc(7)
+        direct.child(direct.cost, "openai/gpt-4-turbo", "openai").inc(26 / 1_000_000)
+        watcher.stream_opened(route)
+        gauge = direct.child(direct.open_streams, route)
+        if round_number == 0:
+            watcher.stream_closed(route)  # back where it was: nothing written
+        else:
+            gauge.inc()
+        buffered.buffer.flush()
+        assert without_created(buffered) == without_created(direct)
+    buffered.buffer.flush()  # nothing since: changes nothing
+    assert without_created(buffered) == without_created(direct)
+
+
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -183,7 +183,7 @@ def _served_by(target: CatalogEntry) -> dict[str, str]:
     return {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
 
 
-async def _complete(
+def _complete(
     state: AppState,
     chat: ChatRequest,
     body: bytes,
@@ -191,15 +191,18 @@ async def _complete(
     response_id: str,
     created: int,
     tokens: int,
-) -> tuple[Completion, CatalogEntry, list[Attempt]]:
-    async def attempt(target: CatalogEntry) -> Completion:
+) -> Awaitable[tuple[Completion, CatalogEntry, list[Attempt]]]:
+    """The retry loop's awaitable itself, and each attempt the provider's (no coroutine of
+    our own around either: two frames less on every step of the upstream call)."""
+
+    def attempt(target: CatalogEntry) -> Awaitable[Completion]:
         call = ChatCall(chat, body, target, response_id, created)
-        return await state.providers[target.model.provider].complete(call)
+        return state.providers[target.model.provider].complete(call)
 
-    return await state.retrier.call_targets(targets, attempt, tokens=tokens)
+    return state.retrier.call_targets(targets, attempt, tokens=tokens)
 
 
-async def _open_stream(
+def _open_stream(
     state: AppState,
     chat: ChatRequest,
     body: bytes,
@@ -207,16 +210,17 @@ async def _open_stream(
     response_id: str,
     created: int,
     tokens: int,
-) -> tuple[UpstreamStream, CatalogEntry, list[Attempt]]:
+) -> Awaitable[tuple[UpstreamStream, CatalogEntry, list[Attempt]]]:
     """Opens the upstream stream before answering, so that failures before the first byte are
     real HTTP errors (retried, then falling back); after this, failures become a final error
-    event and nothing is retried."""
+    event and nothing is retried. (As `_complete`: the retry loop's awaitable, no coroutine of
+    our own around it or around each attempt.)"""
 
-    async def attempt(target: CatalogEntry) -> UpstreamStream:
+    def attempt(target: CatalogEntry) -> Awaitable[UpstreamStream]:
         call = ChatCall(chat, body, target, response_id, created)
-        return await state.providers[target.model.provider].stream(call)
+        return state.providers[target.model.provider].stream(call)
 
-    return await state.retrier.call_targets(targets, attempt, tokens=tokens)
+    return state.retrier.call_targets(targets, attempt, tokens=tokens)
 
 
 DONE = b"data: [DONE]\n\n"

@@ -157,8 +157,10 @@ class HttpClient:
 
     def clock(self) -> float:
         """The event loop's time (what deadlines are given in)."""
-        return self._event_loop().time()
+        return (self._loop or self._event_loop()).time()
 
+    # Per request, callers write `(client._loop or client._event_loop())`: the loop once known
+    # is an attribute read, not a call (five per request).
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:
@@ -209,7 +211,9 @@ class HttpClient:
         if gate is not None:  # the request's admission is on its way: nothing leaves before it
             await gate.passed()
         headers_by = (
-            None if headers_timeout_s is None else self._event_loop().time() + headers_timeout_s
+            None
+            if headers_timeout_s is None
+            else (self._loop or self._event_loop()).time() + headers_timeout_s
         )
         fresh = False
         while True:
@@ -284,7 +288,9 @@ class _Pool:
             if client._limit <= 0 or self.count < client._limit:
                 self.count += 1
                 return await self._open(deadline)
-            waiter: asyncio.Future[_Connection | None] = client._event_loop().create_future()
+            waiter: asyncio.Future[_Connection | None] = (
+                client._loop or client._event_loop()
+            ).create_future()
             self.waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -305,7 +311,7 @@ class _Pool:
 
     def _take_idle(self) -> _Connection | None:
         idle = self.idle
-        now = self.client._event_loop().time()
+        now = (self.client._loop or self.client._event_loop()).time()
         while idle:
             conn = idle.pop()
             if not conn.usable():
@@ -384,7 +390,7 @@ class _Pool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = self.client._event_loop().time()
+        conn.idle_since = (self.client._loop or self.client._event_loop()).time()
         self.idle.append(conn)
 
     def discard(self, conn: _Connection) -> None:
@@ -570,7 +576,8 @@ class HttpResponse:
             lenient_spaces_after_chunk_size=True,
         )
         self._parser: httptools.HttpResponseParser | None = parser
-        self._loop = conn.pool.client._event_loop()
+        client = conn.pool.client
+        self._loop = client._loop or client._event_loop()
         self._read_timeout_s = read_timeout_s
         self._head_only = head_only
         self._wire = 0  # bytes read since the body was last taken (see data_received)

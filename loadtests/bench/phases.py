@@ -48,6 +48,7 @@ FUNCTIONS: dict[tuple[str, str], str] = {
     ("pending_admission.py", "overlapping"): ADMISSION,
     ("chat.py", "_complete"): UPSTREAM,
     ("chat.py", "_open_stream"): UPSTREAM,
+    ("retry.py", "call_targets"): UPSTREAM,
     ("common.py", "send_json_raw"): RESPONSE,
     ("common.py", "send_json_bytes"): RESPONSE,
     ("common.py", "encode_headers"): RESPONSE,

@@ -50,6 +50,7 @@ from gateway.state import AppState
 log = logging.getLogger("klawd")
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+SSE_RAW_HEADERS = encode_headers(SSE_HEADERS)
 CLIENT_CLOSED = 499  # ledger status of a stream the client abandoned (nginx's convention)
 
 
@@ -99,17 +100,19 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     ticket = await served_ticket(
         pending, state.retrier, target, tokens, tries, stream if chat.stream else None
     )
+    # The headers built as bytes (the same names, values and order as the dictionaries the
+    # other routes encode): served by, the limits, the cache's answer if asked (and the cost).
+    headers = [*_served_by_raw(target), *ticket.admission.raw_headers()]
+    if lookup is not None:
+        headers += encode_headers(lookup.header())
     if chat.stream:
         del body  # the request body (the whole prompt) is not held for the stream's life
-        limit_headers = ticket.admission.headers()
-        if lookup is not None:
-            limit_headers |= lookup.header()
-            if lookup.key is not None:
-                stream = AssemblingStream(stream, state.cache.saver(lookup, target))
+        if lookup is not None and lookup.key is not None:
+            stream = AssemblingStream(stream, state.cache.saver(lookup, target))
         await send_event_stream(
             receive,
             send,
-            SSE_HEADERS | _served_by(target) | limit_headers,
+            [*SSE_RAW_HEADERS, *headers],
             relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
@@ -121,15 +124,6 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     await state.meter.charge_tokens(ticket, completion.usage)
     if lookup is not None:
         await state.cache.save(lookup, target, completion.usage, orjson.dumps(completion.body))
-    # The headers built as bytes (the same names, values and order as the dictionaries the
-    # other routes encode): served by, the limits, the cache's answer if asked, the cost.
-    headers = [
-        (b"x-klawd-model", target.model.id.encode("latin-1")),
-        (b"x-klawd-provider", target.model.provider.encode("latin-1")),
-        *ticket.admission.raw_headers(),
-    ]
-    if lookup is not None:
-        headers += encode_headers(lookup.header())
     headers.append((b"x-klawd-cost-usd", format_usd(cost).encode()))
     await send_json_raw(send, 200, orjson.dumps(completion.body), headers)
 
@@ -179,8 +173,11 @@ async def _once(piece: bytes) -> AsyncGenerator[bytes, None]:
     yield piece
 
 
-def _served_by(target: CatalogEntry) -> dict[str, str]:
-    return {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
+def _served_by_raw(target: CatalogEntry) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    return (
+        (b"x-klawd-model", target.model.id.encode("latin-1")),
+        (b"x-klawd-provider", target.model.provider.encode("latin-1")),
+    )
 
 
 def _complete(

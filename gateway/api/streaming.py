@@ -48,7 +48,7 @@ CALLBACK_CONTEXT = contextvars.Context()
 async def send_event_stream(
     receive: Receive,
     send: Send,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str] | list[tuple[bytes, bytes]],
     pieces: AsyncGenerator[bytes, None],
     keepalive_s: float,
     keepalive: bytes = KEEPALIVE,
@@ -59,7 +59,8 @@ async def send_event_stream(
     shutdown's deadline ends it (gateway/drain.py). `last`: true once the piece just taken is
     the stream's last (its source knows, e.g. the upstream's [DONE] was read): that piece ends
     the body in the same send (one send less per stream), and the pieces are then run to
-    their end (the relay bills) with the client no longer watched."""
+    their end (the relay bills) with the client no longer watched. `headers`: a mapping, or
+    already in the message's form (bytes pairs, the chat route's)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # given the loop: no second getpid() (CPython 3.11)
     assert task is not None  # noqa: S101 (always called from the request's task)
@@ -68,7 +69,10 @@ async def send_event_stream(
     start: Message = {
         "type": "http.response.start",
         "status": 200,
-        "headers": [(b"content-type", EVENT_STREAM), *encode_headers(headers)],
+        "headers": [
+            (b"content-type", EVENT_STREAM),
+            *(headers if isinstance(headers, list) else encode_headers(headers)),
+        ],
     }
     del headers  # this frame lives as long as the stream: it holds neither form of the headers
     if drain is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,26 @@ def token_cost_micros(
     """Exact integer math: prices become micro-dollars per million tokens, and the total is rounded
     up to the next whole micro-dollar (never bill less than was used). Cached prompt tokens are
     priced at the cache prices when the model has them, else at the input price."""
+    return _cost_micros(
+        usage,
+        *_prices_micros(
+            input_usd_per_mtok,
+            output_usd_per_mtok,
+            cache_read_usd_per_mtok,
+            cache_write_usd_per_mtok,
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _prices_micros(
+    input_usd_per_mtok: float,
+    output_usd_per_mtok: float,
+    cache_read_usd_per_mtok: float | None,
+    cache_write_usd_per_mtok: float | None,
+) -> tuple[int, int, int, int]:
+    """Micro-dollars per million tokens: input, cache read, cache write, output. Remembered
+    per set of prices (a catalog has a few), so a request does not convert them again."""
     input_price = usd_to_micros(input_usd_per_mtok)
     read_price = (
         input_price if cache_read_usd_per_mtok is None else usd_to_micros(cache_read_usd_per_mtok)
@@ -76,6 +97,12 @@ def token_cost_micros(
     write_price = (
         input_price if cache_write_usd_per_mtok is None else usd_to_micros(cache_write_usd_per_mtok)
     )
+    return input_price, read_price, write_price, usd_to_micros(output_usd_per_mtok)
+
+
+def _cost_micros(
+    usage: TokenUsage, input_price: int, read_price: int, write_price: int, output_price: int
+) -> int:
     # Counts from an upstream are not trusted to add up: the cached parts never exceed the prompt.
     read = min(usage.cached_tokens, usage.prompt_tokens)
     written = min(usage.cache_write_tokens, usage.prompt_tokens - read)
@@ -84,19 +111,21 @@ def token_cost_micros(
         uncached * input_price
         + read * read_price
         + written * write_price
-        + usage.completion_tokens * usd_to_micros(output_usd_per_mtok)
+        + usage.completion_tokens * output_price
     )
     return -(-scaled // 1_000_000)
 
 
 def model_cost_micros(usage: TokenUsage, model: ModelSettings) -> int:
     """The cost of `usage` at a catalog model's token prices."""
-    return token_cost_micros(
+    return _cost_micros(
         usage,
-        model.input_usd_per_mtok,
-        model.output_usd_per_mtok,
-        model.cache_read_usd_per_mtok,
-        model.cache_write_usd_per_mtok,
+        *_prices_micros(
+            model.input_usd_per_mtok,
+            model.output_usd_per_mtok,
+            model.cache_read_usd_per_mtok,
+            model.cache_write_usd_per_mtok,
+        ),
     )
 
 

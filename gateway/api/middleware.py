@@ -120,7 +120,7 @@ class GatewayMiddleware:
                     declared_length = int(value)
                 except ValueError:
                     declared_length = None
-        request_id = request_id or new_request_id()
+        request_id = request_id or f"req_{ids.token_hex(12)}"  # new_request_id(), inline
         scope.setdefault("state", {})["request_id"] = request_id
         if self.observer is None:
             await self._serve(scope, receive, send, request_id, declared_length, None)
@@ -137,7 +137,8 @@ class GatewayMiddleware:
             await self._serve(scope, receive, send, request_id, declared_length, record)
         finally:
             current_request.reset(token)
-            record.route = route_template(scope)
+            if not record.route:  # a direct route's is set when it was matched
+                record.route = route_template(scope)
             if record.stream_open:
                 self.observer.stream_closed(record.route)
             if tracing is not None:
@@ -167,6 +168,8 @@ class GatewayMiddleware:
         if route is not None and route.methods is not None and scope["method"] in route.methods:
             scope["route"] = route
             app = self.direct_apps[route.path]
+            if record is not None:  # route_template's answer for a direct route, known here
+                record.route = scope.get("root_path", "") + route.path
         try:
             await app(scope, limited_receive, send_with_id)
         except Exception as exc:

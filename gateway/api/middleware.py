@@ -222,7 +222,8 @@ class SendWithId:
                 record.status = message["status"]
                 if _is_event_stream(headers):
                     record.stream_open = True
-                    record.route = route_template(self.scope)
+                    if not record.route:  # a direct route's is known already
+                        record.route = route_template(self.scope)
                     observer.stream_opened(record.route)
         elif record is not None:
             if record.first_byte_at is None and (

@@ -533,6 +533,7 @@ class HttpResponse:
         "_finished",
         "_got_bytes",
         "_head_only",
+        "_headers",
         "_headers_by",
         "_headers_done",
         "_interim",
@@ -541,6 +542,7 @@ class HttpResponse:
         "_lingering",
         "_loop",
         "_parser",
+        "_raw_headers",
         "_read_timeout_s",
         "_timer",
         "_unbounded",
@@ -548,7 +550,6 @@ class HttpResponse:
         "_waiter",
         "_whole_by",
         "_wire",
-        "headers",
         "on_body",
         "status",
     )
@@ -561,7 +562,10 @@ class HttpResponse:
         headers_by: float | None = None,
     ) -> None:
         self.status = 0
-        self.headers: dict[str, str] = {}  # lower-case names; repeated headers joined by ", "
+        # The headers as they came, name and value after name and value (bytes): `headers`, the
+        # dictionary, is made of them when first asked for (on the hot path, never).
+        self._raw_headers: list[bytes] = []
+        self._headers: dict[str, str] | None = None
         self._conn: _Connection | None = conn
         self._chunks: list[bytes] = []  # taken all at once (a deque's first block: 0.5 KB)
         # Each HTTP chunk of the body goes straight into the list (httptools looks `on_body` up
@@ -604,6 +608,26 @@ class HttpResponse:
         self._wait_since = now
         self._timer: asyncio.TimerHandle | None = None
         self._arm(now)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; repeated headers joined by ", " (made when first asked for)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {}
+            raw = self._raw_headers
+            for index in range(0, len(raw), 2):
+                key = raw[index].decode("latin-1").lower()
+                text = raw[index + 1].decode("latin-1")
+                known = headers.get(key)
+                headers[key] = text if known is None else f"{known}, {text}"
+            self._raw_headers = []
+        return headers
+
+    @headers.setter
+    def headers(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+        self._raw_headers = []
 
     # -- for callers ------------------------------------------------------------------------
     async def read(self) -> bytes:
@@ -858,25 +882,42 @@ class HttpResponse:
             raise ResponseBroken("unexpected bytes after the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        known = self.headers.get(key)
-        self.headers[key] = text if known is None else f"{known}, {text}"
+        # Kept as bytes: no decoding and no dictionary per header (a chunked trailer, after
+        # the headers were asked for, goes into the dictionary as a header did before)
+        if self._headers is None:
+            self._raw_headers += (name, value)
+        else:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            known = self._headers.get(key)
+            self._headers[key] = text if known is None else f"{known}, {text}"
+
+    def _header_value(self, names: list[bytes], name: bytes) -> bytes | None:
+        """The value of header `name` (lower case) from the raw headers, `names` being their
+        names in lower case; through the dictionary when the header is repeated."""
+        if name not in names:
+            return None
+        if self._headers is None and names.count(name) == 1:
+            return self._raw_headers[2 * names.index(name) + 1]
+        return self.headers[name.decode()].encode("latin-1")
 
     def on_headers_complete(self) -> None:
         status = self._live_parser().get_status_code()
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): the answer follows
             self._interim = True
             self.headers = {}
+            self._headers = None
             return
         self.status = status
-        headers = self.headers
-        encoding = headers.get("content-encoding")
+        # Every name in lower case at once (one join, one lower, one split): what framing
+        # needs is read from the raw headers, the dictionary is not made.
+        names = b"\n".join(self._raw_headers[0::2]).lower().split(b"\n")
+        encoding = self._header_value(names, b"content-encoding")
         if encoding is not None:
             encoding = encoding.strip().lower()
-            if encoding in ("gzip", "x-gzip"):
+            if encoding in (b"gzip", b"x-gzip"):
                 self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif encoding == "deflate":
+            elif encoding == b"deflate":
                 self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
                 self._deflate_probe = True
         self._headers_done = True
@@ -885,8 +926,8 @@ class HttpResponse:
             return
         self._eof_body = (
             status not in (204, 304)
-            and "content-length" not in headers
-            and "chunked" not in headers.get("transfer-encoding", "").lower()
+            and b"content-length" not in names
+            and b"chunked" not in (self._header_value(names, b"transfer-encoding") or b"").lower()
         )
         self._wake()
 

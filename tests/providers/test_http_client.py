@@ -369,6 +369,37 @@ async def test_repeated_headers_are_joined() -> None:
         assert response.headers.get("retry-after") == "3"
 
 
+async def test_framing_headers_are_read_whatever_their_case_and_repetition() -> None:
+    """The framing headers are read from the raw headers (the dictionary is made only when
+    asked for): upper case, and a repeated Transfer-Encoding, frame the body as before."""
+    body = gzip.compress(b"squeezed")
+    handler = keep_serving(
+        b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nCONTENT-ENCODING: GZIP\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n"
+        b"Content-Encoding: gzip\r\n\r\n"
+        + f"{len(body):x}".encode()
+        + b"\r\n"
+        + body
+        + b"\r\n0\r\n\r\n",
+    )
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, body_read = await get(http, server.url())
+        assert (body_read, response.headers) == (
+            b"abc",
+            {"transfer-encoding": "chunked", "x-a": "1"},
+        )
+        response, body_read = await get(http, server.url())
+        assert body_read == b"squeezed"
+        response, body_read = await get(http, server.url())
+        assert body_read == b"squeezed"
+        assert response.headers["transfer-encoding"] == "gzip, chunked"
+        assert server.accepted == 1
+
+
 # -- streaming ----------------------------------------------------------------------------------
 async def test_chunks_arrive_before_the_body_ends() -> None:
     go_on = asyncio.Event()

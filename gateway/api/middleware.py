@@ -122,69 +122,65 @@ class GatewayMiddleware:
                     declared_length = None
         request_id = request_id or f"req_{ids.token_hex(12)}"  # new_request_id(), inline
         scope.setdefault("state", {})["request_id"] = request_id
-        if self.observer is None:
-            await self._serve(scope, receive, send, request_id, declared_length, None)
-            return
-        arrived = time.perf_counter()
-        record = RequestRecord(request_id, scope["method"])
-        if self.log_bodies_bytes and scope["path"].startswith(BODY_LOGGED_PREFIXES):
-            record.bodies = BodyCapture(self.log_bodies_bytes)
-        token = current_request.set(record)
+        # One coroutine for the whole request (a `_serve` awaited from here was one more frame
+        # on every step of every request).
+        observer = self.observer
+        record = token = None
+        arrived = 0.0
         tracing = self.tracing
-        if tracing is not None:
-            tracing.start_request(record, scope["path"], scope["headers"])
-        try:
-            await self._serve(scope, receive, send, request_id, declared_length, record)
-        finally:
-            current_request.reset(token)
-            if not record.route:  # a direct route's is set when it was matched
-                record.route = route_template(scope)
-            if record.stream_open:
-                self.observer.stream_closed(record.route)
+        if observer is not None:
+            arrived = time.perf_counter()
+            record = RequestRecord(request_id, scope["method"])
+            if self.log_bodies_bytes and scope["path"].startswith(BODY_LOGGED_PREFIXES):
+                record.bodies = BodyCapture(self.log_bodies_bytes)
+            token = current_request.set(record)
             if tracing is not None:
-                tracing.end_request(record)
-            self.observer.http_finished(record, arrived, time.perf_counter())
-
-    async def _serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        request_id: str,
-        declared_length: int | None,
-        record: RequestRecord | None,
-    ) -> None:
-        send_with_id = SendWithId(
-            send, (b"x-request-id", request_id.encode()), scope, record, self.observer
-        )
-        if declared_length is not None and declared_length > self.max_body_bytes:
-            too_large = body_too_large(self.max_body_bytes)
-            await send_json_bytes(send_with_id, too_large.status, _body(scope, too_large), {})
-            return
-        bodies = record.bodies if record is not None else None
-        limited_receive = LimitedReceive(receive, self.max_body_bytes, bodies)
-        app = self.app
-        route = self.direct_routes.get(scope["path"])
-        if route is not None and route.methods is not None and scope["method"] in route.methods:
-            scope["route"] = route
-            app = self.direct_apps[route.path]
-            if record is not None:  # route_template's answer for a direct route, known here
-                record.route = scope.get("root_path", "") + route.path
+                tracing.start_request(record, scope["path"], scope["headers"])
         try:
-            await app(scope, limited_receive, send_with_id)
-        except Exception as exc:
-            error = envelope_error(exc)
-            if error is not None and not send_with_id.started:
-                await send_json_bytes(
-                    send_with_id, error.status, _body(scope, error), error.headers()
-                )
-                return
-            log.exception(
-                "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id
+            send_with_id = SendWithId(
+                send, (b"x-request-id", request_id.encode()), scope, record, observer
             )
-            if not send_with_id.started:
-                error = InternalError(INTERNAL_ERROR_MESSAGE)
-                await send_json_bytes(send_with_id, error.status, _body(scope, error), {})
+            if declared_length is not None and declared_length > self.max_body_bytes:
+                too_large = body_too_large(self.max_body_bytes)
+                await send_json_bytes(send_with_id, too_large.status, _body(scope, too_large), {})
+                return
+            bodies = record.bodies if record is not None else None
+            limited_receive = LimitedReceive(receive, self.max_body_bytes, bodies)
+            app = self.app
+            route = self.direct_routes.get(scope["path"])
+            if route is not None and route.methods is not None and scope["method"] in route.methods:
+                scope["route"] = route
+                app = self.direct_apps[route.path]
+                if record is not None:  # route_template's answer for a direct route, known here
+                    record.route = scope.get("root_path", "") + route.path
+            try:
+                await app(scope, limited_receive, send_with_id)
+            except Exception as exc:
+                error = envelope_error(exc)
+                if error is not None and not send_with_id.started:
+                    await send_json_bytes(
+                        send_with_id, error.status, _body(scope, error), error.headers()
+                    )
+                    return
+                log.exception(
+                    "unhandled error on %s %s (request %s)",
+                    scope["method"],
+                    scope["path"],
+                    request_id,
+                )
+                if not send_with_id.started:
+                    error = InternalError(INTERNAL_ERROR_MESSAGE)
+                    await send_json_bytes(send_with_id, error.status, _body(scope, error), {})
+        finally:
+            if observer is not None and record is not None:
+                current_request.reset(token)  # type: ignore[arg-type]
+                if not record.route:  # a direct route's is set when it was matched
+                    record.route = route_template(scope)
+                if record.stream_open:
+                    observer.stream_closed(record.route)
+                if tracing is not None:
+                    tracing.end_request(record)
+                observer.http_finished(record, arrived, time.perf_counter())
 
 
 class SendWithId:

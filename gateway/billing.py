@@ -36,16 +36,16 @@ class TokenUsage(Struct, frozen=True):
             return cls(0, 0)
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        written = usage.get("cache_creation_input_tokens")
+        # A count is a positive int, else 0 (inline: no call per count)
         return cls(
-            _count(usage.get("prompt_tokens")),
-            _count(usage.get("completion_tokens")),
-            _count(cached),
-            _count(usage.get("cache_creation_input_tokens")),
+            prompt if isinstance(prompt, int) and prompt > 0 else 0,
+            completion if isinstance(completion, int) and completion > 0 else 0,
+            cached if isinstance(cached, int) and cached > 0 else 0,
+            written if isinstance(written, int) and written > 0 else 0,
         )
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 def usd_to_micros(usd: float) -> int:

@@ -172,7 +172,8 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
             continue
         sample[f"calls {command}"] = calls / done
         sample[f"usec {command}"] = usec / done
-    print(f"  {variant.name}: {result}", flush=True)
+    print(f"  {variant.name}: {result}; worker {sample['worker_cpu_us']:.0f} us/request, "
+          f"busy {sample['worker_busy']:.2f}", flush=True)  # fmt: skip
     return sample
 
 
@@ -200,8 +201,8 @@ def measure(args: argparse.Namespace, directory: Path) -> Figures:
                 wrk(
                     f"{variant.base_url}/v1/chat/completions", scripts[variant.name], connections, 1
                 )  # fmt: skip  (warm-up)
-            for _ in range(args.reps):  # the variants take turns, round by round
-                for variant in variants:
+            for rep in range(args.reps):  # the variants take turns, ABBA: neither always first
+                for variant in variants if rep % 2 == 0 else variants[::-1]:
                     url = f"{variant.base_url}/v1/chat/completions"
                     sample = one_round(variant, url, scripts[variant.name], connections,
                                        args.seconds)  # fmt: skip

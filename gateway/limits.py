@@ -108,15 +108,44 @@ class Limiter(Protocol):
     async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None: ...
 
 
+# What a cancelled caller's admission decided, once its reply comes: the caller gives it back.
+Dropped = Callable[[Admission], None]
+
+
 @runtime_checkable
 class SendingLimiter(Protocol):
     """A limiter whose admission is a round trip that can be sent before it is awaited (Redis):
     the route prepares its upstream call meanwhile (gateway/admission_gate.py)."""
 
     def send_admit(
-        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+        dropped: Dropped | None = None,
     ) -> asyncio.Future[Any] | None:
-        """`admit`'s call sent now (None: it cannot be without waiting; call `admit`)."""
+        """`admit`'s call sent now (None: it cannot be without waiting; call `admit`).
+        `dropped`: called with the Admission if the future is cancelled before its reply came
+        (the caller went away): the caller gives back what it took."""
+        ...
+
+    async def admit(
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+        dropped: Dropped | None = None,
+    ) -> Admission:
+        """`Limiter.admit`; `dropped` as in `send_admit`, if the caller is cancelled while the
+        call travels."""
+        ...
+
+    def reply_admission(
+        self, reply: Any, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | None:
+        """The Admission a sent call's reply holds (None: an error reply, nothing was taken)."""
         ...
 
     async def admit_reply(
@@ -126,8 +155,10 @@ class SendingLimiter(Protocol):
         spec: LimitSpec,
         reserve_micros: int,
         key: KeyGate | None = None,
+        dropped: Dropped | None = None,
     ) -> Admission:
-        """The Admission of `send_admit`'s call, the same as `admit` would have returned."""
+        """The Admission of `send_admit`'s call, the same as `admit` would have returned
+        (`dropped`: for the call made again if Redis had forgotten its functions)."""
         ...
 
 
@@ -244,12 +275,17 @@ class EmbeddedLimiter:
         if reserve_micros > 0 and not await self._store.reserve_credits(account_id, reserve_micros):
             return self._admission(spec, key, first, "insufficient_credits")
         budgeted = key if key is not None and key.has_budget else None
-        if budgeted is not None and not await self._store.reserve_key_spend(
-            budgeted, reserve_micros
-        ):
-            if reserve_micros > 0:
-                await self._store.release_credits(account_id, reserve_micros)
-            return self._admission(spec, key, first, "key_budget_exceeded")
+        if budgeted is not None:
+            try:
+                fits = await self._store.reserve_key_spend(budgeted, reserve_micros)
+            except BaseException:  # cancelled (the client went away) while the spend was read
+                if reserve_micros > 0:
+                    await self._store.release_credits(account_id, reserve_micros)
+                raise
+            if not fits:
+                if reserve_micros > 0:
+                    await self._store.release_credits(account_id, reserve_micros)
+                return self._admission(spec, key, first, "key_budget_exceeded")
         # The store calls yielded to the event loop: another request may have taken the last
         # token meanwhile, so acquire for real and give the reservations back if that lost.
         decision = self._core.acquire(buckets, quotas, self._clock())

@@ -27,6 +27,7 @@ from msgspec import Struct
 
 from gateway import ids
 from gateway.accounts import effective_limits
+from gateway.admission_gate import AdmissionRefused
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
@@ -245,21 +246,21 @@ class Meter:
         """`requested`: the model id the request named; `targets`: what it resolved to;
         `reserve_for(targets)`: the worst-case cost over the targets the key may use.
         `allowed_already`: `targets` is `allowed(...)`'s answer already (chat filters first, as
-        its cache lookup is keyed by what the key may use): not filtered a second time."""
-        allowed = targets if allowed_already else self.allowed(auth, requested, targets)
-        reserve_micros = reserve_for(allowed)
-        account = self._accounts.cached(auth.account_id) or await self.account(auth)
-        spec = self.spec(account)
-        now = self._clock()
-        gate = key_gate(auth, utc_day(now))
-        admission = self._still_denied(account.id, spec, gate) if self._denied else None
-        if admission is None:
-            admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
-            if admission.outcome == "rate_limited":
-                self._remember_denial(account.id, spec, gate, admission)
-        return self.admission_ticket(
-            admission, request_id, account, auth.key_id, spec, gate, now, allowed, reserve_micros
+        its cache lookup is keyed by what the key may use): not filtered a second time.
+        A request cancelled while its admission travels gives back what the admission took
+        once the reply comes (`PendingAdmission.dropped`)."""
+        pending = await self.start(
+            auth, request_id, requested, targets, reserve_for, allowed_already
         )
+        if pending.in_flight:
+            try:
+                await pending.passed()
+            except AdmissionRefused:
+                pass  # its error is the ticket's
+            except BaseException:
+                pending.abandon()
+                raise
+        return pending.ticket()
 
     async def start(
         self,
@@ -281,19 +282,26 @@ class Meter:
         now = self._clock()
         gate = key_gate(auth, utc_day(now))
         admission = self._still_denied(account.id, spec, gate) if self._denied else None
-        sent = None
-        if admission is None:
-            sender = self.sender
-            if sender is not None:
-                sent = sender.send_admit(account.id, spec, reserve_micros, gate)
-            if sent is None:
-                admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
-                if admission.outcome == "rate_limited":
-                    self._remember_denial(account.id, spec, gate, admission)
-        return PendingAdmission(
-            self, sent, admission, request_id, account, auth.key_id, spec, gate, now, allowed,
+        pending = PendingAdmission(
+            self, admission, request_id, account, auth.key_id, spec, gate, now, allowed,
             reserve_micros,
         )  # fmt: skip
+        if admission is not None:
+            return pending
+        sender = self.sender
+        if sender is None:  # decided in process (a cancellation there undoes itself)
+            admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
+        else:
+            # A reply that comes after the request was cancelled goes to `pending.dropped`.
+            sent = sender.send_admit(account.id, spec, reserve_micros, gate, pending.dropped)
+            if sent is not None:
+                pending.sent(sent)
+                return pending
+            admission = await sender.admit(account.id, spec, reserve_micros, gate, pending.dropped)
+        if admission.outcome == "rate_limited":
+            self._remember_denial(account.id, spec, gate, admission)
+        pending.decided(admission)
+        return pending
 
     def admission_ticket(
         self,

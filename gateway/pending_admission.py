@@ -15,9 +15,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway.admission_gate import GATE, AdmissionRefused
+from gateway.billing import TokenUsage
 from gateway.limits import Admission, KeyGate, LimitSpec
 from gateway.routing.catalog import CatalogEntry
 from gateway.store.base import Account
+
+# The ledger status of a request whose client went away (nginx's convention, as api/chat.py's).
+CLIENT_CLOSED = 499
 
 if TYPE_CHECKING:
     from gateway.metering import Meter, Ticket
@@ -43,13 +47,13 @@ class PendingAdmission:
         "request_id",
         "reserve_micros",
         "spec",
+        "stream",
         "targets",
     )
 
     def __init__(
         self,
         meter: Meter,
-        sent: asyncio.Future[Any] | None,
         admission: Admission | None,
         request_id: str,
         account: Account,
@@ -61,7 +65,7 @@ class PendingAdmission:
         reserve_micros: int,
     ) -> None:
         self._meter = meter
-        self._sent = sent  # the admission's call, its reply not read yet
+        self._sent: asyncio.Future[Any] | None = None  # the admission's call, reply not read yet
         self._admission = admission  # decided when it was started (embedded, or a denial kept)
         self._ticket: Ticket | None = None
         self._error: Exception | None = None
@@ -74,6 +78,49 @@ class PendingAdmission:
         self.now = now
         self.targets = targets  # what this key may use, in order: call only these
         self.reserve_micros = reserve_micros
+        self.stream = False  # for the ledger entry of a dropped admission (`overlapping` sets it)
+
+    def sent(self, future: asyncio.Future[Any]) -> None:
+        """The admission's call is on its way: its reply is `future` (`passed` reads it)."""
+        self._sent = future
+
+    def decided(self, admission: Admission) -> None:
+        """The admission was awaited when it was started."""
+        self._admission = admission
+
+    def dropped(self, admission: Admission) -> None:
+        """The reply of an admission whose request was cancelled before reading it (the client
+        went away): what it took is given back, as a failed request's is (settled at no cost,
+        ledger status 499: its reservation of credit and key budget released); a denial is
+        remembered as an awaited one is. Called by the Redis client when the reply comes."""
+        meter = self._meter
+        if admission.outcome != "admitted":  # a refusal took nothing
+            if admission.outcome == "rate_limited":
+                meter._remember_denial(self.account.id, self.spec, self.key, admission)
+            return
+        ticket = meter.admission_ticket(
+            admission, self.request_id, self.account, self.key_id, self.spec, self.key, self.now,
+            self.targets, self.reserve_micros,
+        )  # fmt: skip
+        meter.settle(ticket, None, TokenUsage(0, 0), 0, CLIENT_CLOSED, self.stream)
+
+    def abandon(self) -> None:
+        """The request is cancelled before it read its admission's reply: the reply goes to
+        `dropped` when it comes, or now if it is here already."""
+        sent = self._sent
+        if sent is None:
+            return
+        self._sent = None
+        if not sent.done():
+            sent.cancel()  # the Redis client hands its reply to `dropped`
+            return
+        if sent.cancelled() or sent.exception() is not None:
+            return  # cancelled while awaited (handed to `dropped` too), or the store failed
+        sender = self._meter.sender
+        assert sender is not None  # noqa: S101 (only a sending limiter sends)
+        admission = sender.reply_admission(sent.result(), self.reserve_micros, self.key)
+        if admission is not None:
+            self.dropped(admission)
 
     @property
     def in_flight(self) -> bool:
@@ -89,7 +136,7 @@ class PendingAdmission:
             assert sender is not None  # noqa: S101 (only a sending limiter sends)
             try:
                 admission = await sender.admit_reply(
-                    sent, self.account.id, self.spec, self.reserve_micros, self.key
+                    sent, self.account.id, self.spec, self.reserve_micros, self.key, self.dropped
                 )
                 self._decide(admission, remember=True)
             except Exception as exc:  # the store failed: its error is the request's answer
@@ -146,6 +193,7 @@ class Overlap:
 
     async def __aenter__(self) -> None:
         pending = self._pending
+        pending.stream = self._stream
         if pending._sent is not None:  # in flight
             self._token = GATE.set(pending)
         else:
@@ -163,12 +211,17 @@ class Overlap:
         if exc is not None and not isinstance(exc, Exception):
             if pending.open:  # cancelled: an admitted request is settled, without waiting
                 self._settle(kind, exc, traceback)
+            else:  # cancelled before the reply was read: what it took is given back
+                pending.abandon()
             return
         if pending._sent is not None:  # the call never reached the gate (or failed before it)
             try:
                 await pending.passed()
             except AdmissionRefused:
                 pass
+            except BaseException:  # cancelled meanwhile
+                pending.abandon()
+                raise
         if exc is not None:
             self._settle(kind, exc, traceback)  # a refusal is raised first: nothing went out
         # else the route takes the ticket (on a refusal it undoes what the call holds)

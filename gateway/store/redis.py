@@ -243,14 +243,25 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         except RedisError as exc:
             raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
 
-    async def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
+    async def fcall(
+        self,
+        function: str,
+        keys: list[str],
+        args: list[Any],
+        undo: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """`undo`: called with the reply if the caller is cancelled while it travels (the lean
+        client's `execute`; redis-py, on a Redis Cluster, cannot tell whether a cancelled call
+        ran: nothing is called there)."""
         if self._resp is None:
             return await self._fcall_py(function, keys, args)
         for attempt in (1, 2):
             try:
                 if not self._library_loaded:
                     await self._ensure_library()
-                return await self._resp.execute("FCALL", function, len(keys), *keys, *args)
+                return await self._resp.execute(
+                    "FCALL", function, len(keys), *keys, *args, undo=undo
+                )
             except RespReplyError as exc:
                 message = _reply_message(exc)
                 # A restarted Redis without persistence has forgotten the library: load again.
@@ -263,14 +274,19 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         raise StoreError(f"redis function {function} is not available")
 
     def send_fcall(
-        self, function: str, keys: list[str], args: list[Any]
+        self,
+        function: str,
+        keys: list[str],
+        args: list[Any],
+        undo: Callable[[Any], None] | None = None,
     ) -> asyncio.Future[Any] | None:
         """`fcall` sent now, its reply awaited later with `fcall_reply` (the admission, while
         the upstream call is prepared). None when it cannot be sent without waiting (no open
-        connection, the library not loaded yet, redis-py): call `fcall` instead."""
+        connection, the library not loaded yet, redis-py): call `fcall` instead. `undo`: called
+        with the reply if the future is cancelled before it comes (`RespClient.send`)."""
         if self._resp is None or not self._library_loaded:
             return None
-        return self._resp.send("FCALL", function, len(keys), *keys, *args)
+        return self._resp.send("FCALL", function, len(keys), *keys, *args, undo=undo)
 
     async def fcall_reply(self, sent: asyncio.Future[Any], function: str) -> Any:
         """The reply of `send_fcall`'s call, with `fcall`'s errors; LibraryMissing when Redis

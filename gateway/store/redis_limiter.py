@@ -5,10 +5,12 @@ exact across every worker and replica and costs one round trip (gateway/store/lu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.limits import Admission, KeyGate, LimitSpec, Outcome
+from gateway.limits import Admission, Dropped, KeyGate, LimitSpec, Outcome
 from gateway.store.base import StoreError
+from gateway.store.resp import RespReplyError
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
@@ -111,18 +113,45 @@ class RedisLimiter:
         reserve: int,
         consume: bool,
         key: KeyGate | None = None,
+        dropped: Dropped | None = None,
     ) -> Admission:
         keys, head, tail = self._call(account_id, spec, consume, key)
-        reply = await self._store.fcall("klawd_admit_v2", keys, [*head, reserve, *tail])
+        undo = None if dropped is None else self._undo(dropped, reserve, key)
+        reply = await self._store.fcall("klawd_admit_v2", keys, [*head, reserve, *tail], undo)
         return _admission(reply, reserve, consume, key)
 
+    def _undo(self, dropped: Dropped, reserve: int, key: KeyGate | None) -> Callable[[Any], None]:
+        """The lean client's `undo` of an admission: its reply made an Admission for `dropped`
+        (an error reply took nothing)."""
+
+        def undo(reply: Any) -> None:
+            admission = self.reply_admission(reply, reserve, key)
+            if admission is not None:
+                dropped(admission)
+
+        return undo
+
+    def reply_admission(
+        self, reply: Any, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | None:
+        if type(reply) is RespReplyError:
+            return None
+        return _admission(reply, reserve_micros, True, key)
+
     def send_admit(
-        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+        dropped: Dropped | None = None,
     ) -> asyncio.Future[Any] | None:
         """`admit`'s call sent now; `admit_reply` turns its reply into the Admission. None:
-        it cannot be sent without waiting (see RedisStore.send_fcall), call `admit`."""
+        it cannot be sent without waiting (see RedisStore.send_fcall), call `admit`.
+        `dropped`: called with the Admission if the future is cancelled before the reply."""
         keys, head, tail = self._call(account_id, spec, True, key)
-        return self._store.send_fcall("klawd_admit_v2", keys, [*head, reserve_micros, *tail])
+        undo = None if dropped is None else self._undo(dropped, reserve_micros, key)
+        return self._store.send_fcall("klawd_admit_v2", keys, [*head, reserve_micros, *tail], undo)
 
     async def admit_reply(
         self,
@@ -131,17 +160,23 @@ class RedisLimiter:
         spec: LimitSpec,
         reserve_micros: int,
         key: KeyGate | None = None,
+        dropped: Dropped | None = None,
     ) -> Admission:
         try:
             reply = await self._store.fcall_reply(sent, "klawd_admit_v2")
         except LibraryMissing:  # it did not run: loaded again, then called once more
-            return await self.admit(account_id, spec, reserve_micros, key)
+            return await self.admit(account_id, spec, reserve_micros, key, dropped)
         return _admission(reply, reserve_micros, True, key)
 
     async def admit(
-        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+        dropped: Dropped | None = None,
     ) -> Admission:
-        return await self._run(account_id, spec, reserve_micros, consume=True, key=key)
+        return await self._run(account_id, spec, reserve_micros, True, key, dropped)
 
     async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
         return await self._run(account_id, spec, 0, consume=False)

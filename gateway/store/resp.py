@@ -9,7 +9,9 @@ per command: one timer per connection fails it when replies are owed and nothing
 Failures (connect refused or timed out, a reply overdue, EOF, reset, a malformed reply) fail every
 reply owed on that connection with RespConnectionError and drop the connection; the next command
 opens a new one (one connect at a time, shared by every caller waiting for it). A cancelled caller
-leaves its place in the FIFO: the reply is read and discarded, the others stay in step.
+leaves its place in the FIFO: the reply is read and discarded, the others stay in step; a command
+sent with `undo` (the admission, which reserves) hands its reply to `undo` instead, so that what
+the command took is given back when its caller went away before the reply.
 
 Decision record: docs/decisions/0010-redis-hot-path-client.md
 """
@@ -17,6 +19,7 @@ Decision record: docs/decisions/0010-redis-hot-path-client.md
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from collections import deque
@@ -27,6 +30,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import hiredis
 
 __all__ = ["RespClient", "RespConnectionError", "RespError", "RespReplyError", "RespTimeoutError"]
+
+_log = logging.getLogger("klawd.store")
 
 
 class RespError(Exception):
@@ -75,8 +80,16 @@ def _query_float(name: str, value: str) -> float:
     return number
 
 
+Undo = Callable[[Any], None]
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, command_timeout_s: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        command_timeout_s: float,
+        undo: dict[asyncio.Future[Any], Undo] | None = None,
+    ) -> None:
         self._loop = loop
         self._timeout = command_timeout_s
         self._reader = hiredis.Reader(
@@ -90,6 +103,8 @@ class _Connection(asyncio.Protocol):
         self.on_lost: Callable[[_Connection], None] | None = None  # the client forgets it
         # Commands of this turn of the event loop, written together at its end (`_flush`).
         self.corked: list[bytes] = []
+        # The client's: future -> what to do with its reply if its caller went away (`undo`).
+        self.undo: dict[asyncio.Future[Any], Undo] = {} if undo is None else undo
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,6 +114,7 @@ class _Connection(asyncio.Protocol):
         self._progress = self._loop.time()
         reader = self._reader
         pending = self.pending
+        undo = self.undo
         reader.feed(data)
         while True:
             try:
@@ -112,8 +128,14 @@ class _Connection(asyncio.Protocol):
                 self.fail(RespConnectionError("unexpected reply from redis"))
                 return
             future = pending.popleft()
-            if not future.done():  # a cancelled caller's reply is dropped here
+            if not future.done():
                 future.set_result(reply)
+                if undo:
+                    undo.pop(future, None)
+            elif undo:  # a cancelled caller's reply is dropped here, or handed to its undo
+                then = undo.pop(future, None)
+                if then is not None:
+                    _undo(then, reply)
 
     def eof_received(self) -> bool | None:
         self.fail(RespConnectionError("redis closed the connection"))
@@ -198,12 +220,22 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
         pending = self.pending
+        undo = self.undo
         while pending:
             future = pending.popleft()
+            if undo:  # no reply will come: whether the command ran is unknown
+                undo.pop(future, None)
             if not future.done():
                 future.set_exception(_copy(error))  # one instance each: tracebacks stay apart
         if self.on_lost is not None:
             self.on_lost(self)
+
+
+def _undo(then: Undo, reply: Any) -> None:
+    try:
+        then(reply)
+    except Exception:  # a reply of nobody's must not break the connection's others
+        _log.exception("undoing a cancelled command's effect failed")
 
 
 class RespClient:
@@ -239,6 +271,9 @@ class RespClient:
         # A subscription silent this long is asked for a PING (see `subscribe`).
         self.subscription_check_s = 5.0
         self._last_command = float("-inf")  # the loop's time of the last command (`send`)
+        # future -> what to do with its reply if its caller is cancelled first (shared by the
+        # connections: `execute(..., undo=)` and `send(..., undo=)`)
+        self._undo: dict[asyncio.Future[Any], Undo] = {}
 
     @classmethod
     def from_url(
@@ -301,18 +336,32 @@ class RespClient:
         )
 
     # -- commands -------------------------------------------------------------------------------
-    async def execute(self, *args: Any) -> Any:
-        """One command's reply; an error reply raises RespReplyError (`str()` is its message)."""
+    async def execute(self, *args: Any, undo: Undo | None = None) -> Any:
+        """One command's reply; an error reply raises RespReplyError (`str()` is its message).
+        `undo`: called with the reply (an error reply as a RespReplyError value) if the caller
+        is cancelled after the command was sent and before its reply was read, to give back
+        what the command took (not called if the connection is lost first: whether the command
+        ran is then unknown)."""
         payload = hiredis.pack_command(args)
         connection = self._pick()
         if connection is None:
             connection = await self._connect()
-        reply = await connection.send_one(payload)
+        future = connection.send_one(payload)
+        if undo is None:
+            reply = await future
+        else:
+            self._undo[future] = undo
+            try:
+                reply = await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():  # the reply came with the cancel
+                    _undo(undo, future.result())
+                raise
         if type(reply) is RespReplyError:
             raise reply
         return reply
 
-    def send(self, *args: Any) -> asyncio.Future[Any] | None:
+    def send(self, *args: Any, undo: Undo | None = None) -> asyncio.Future[Any] | None:
         """`execute` without waiting, when the client is quiet (no command for `QUIET_S`) and a
         connection idle (nothing owed, nothing queued):
         the command is written at once and the future holds its reply, an error reply as a
@@ -322,7 +371,8 @@ class RespClient:
         queued with the loop turn's others, `execute`; measured, an at-once write under load
         cost the worker 10-15 % more CPU per single answer, docs/decisions/0010). The caller
         must await the future or retrieve its exception (a lost connection sets
-        RespConnectionError)."""
+        RespConnectionError), or cancel it: `undo` is then called with the reply when it comes
+        (as in `execute`)."""
         if not self._connections:
             return None
         now = self._connections[0].loop_time()
@@ -334,6 +384,8 @@ class RespClient:
                     future = connection.send_now(hiredis.pack_command(args))
                 except RespConnectionError:
                     return None
+                if undo is not None:
+                    self._undo[future] = undo
                 self._last_command = now
                 return future
         return None
@@ -399,7 +451,7 @@ class RespClient:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        connection = _Connection(loop, self._command_timeout)
+        connection = _Connection(loop, self._command_timeout, self._undo)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await loop.create_connection(

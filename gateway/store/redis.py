@@ -66,6 +66,10 @@ log = logging.getLogger("klawd.redis")
 
 CHANNEL = "klawd:invalidate"
 MAX_CONNECTIONS = 256
+# redis-py's subscription (see `_py_messages`): its confirmation, and the answer to its PING,
+# within the store's connect and command timeouts.
+SUBSCRIBE_TIMEOUT_S = 1.0
+PING_TIMEOUT_S = 2.0
 LIBRARY = resources.files("gateway.store").joinpath("lua/klawd.lua").read_text(encoding="utf-8")
 # The upstream capacity functions (gateway/store/redis_capacity.py): a library of their own.
 CAPACITY_LIBRARY = (
@@ -191,6 +195,9 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         self._library_loaded = False
         self._listener: asyncio.Task[None] | None = None
         self._handlers: list[InvalidationHandler] = []
+        # redis-py's subscription (a Redis Cluster) silent this long is asked for a PING, as
+        # the lean client's is (`RespClient.subscription_check_s`).
+        self.subscription_check_s = 5.0
 
     def limiter(self) -> Limiter:
         return RedisLimiter(self)
@@ -418,16 +425,49 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             async for data in self._resp.subscribe(CHANNEL, on_subscribed=self._drop_all):
                 yield data
             return
+        async for data in self._py_messages():
+            yield data
+
+    async def _py_messages(self) -> AsyncIterator[bytes]:
+        """`_messages` on redis-py (a Redis Cluster, or a URL the lean client does not take),
+        checked as the lean client's subscription is: confirmed within the connect timeout
+        (1 s), then a `PING` after `subscription_check_s` without a word from Redis, answered
+        within the command timeout (2 s); else StoreError (the listener drops every cache and
+        subscribes again). redis-py's own `health_check_interval` would not do: it pings only
+        before a read and never checks that the answer came, so a connection that died
+        without a word (a NAT or a firewall that forgot it) stays silent until TCP gives up."""
         if self._subscriber is None:
             raise StoreError("redis store: no subscriber on this URL")
-        pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(CHANNEL)
-        self._drop_all()
-        async for message in pubsub.listen():
-            data = message.get("data")
-            if isinstance(data, bytes):
-                yield data
-        raise StoreError("redis store failed: the subscription ended")
+        loop = asyncio.get_running_loop()
+        pubsub = self._subscriber.pubsub()
+        try:
+            await pubsub.subscribe(CHANNEL)
+            confirmed = pinged = False
+            wait_until = loop.time() + SUBSCRIBE_TIMEOUT_S  # for the confirmation, then a word
+            while True:
+                message = await pubsub.get_message(timeout=max(0.0, wait_until - loop.time()))
+                if message is None:
+                    if loop.time() < wait_until:
+                        continue  # returned early (nothing whole to read yet)
+                    if not confirmed:
+                        raise StoreError("redis store failed: the subscription was not confirmed")
+                    if pinged:
+                        raise StoreError("redis store failed: the subscription's PING unanswered")
+                    await pubsub.ping()
+                    pinged = True
+                    wait_until = loop.time() + PING_TIMEOUT_S
+                    continue
+                pinged = False  # any word from Redis: the connection is alive
+                wait_until = loop.time() + self.subscription_check_s
+                kind = message.get("type")
+                if kind == "subscribe":
+                    confirmed = True
+                    self._drop_all()  # what was published before this was not heard
+                elif kind == "message" and isinstance(data := message.get("data"), bytes):
+                    yield data
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # -- accounts -------------------------------------------------------------------------------
     async def count_accounts(self) -> int:

@@ -1,12 +1,16 @@
 """Stub of the Rust extension built from `rust_core/` (checked by `mypy.stubtest`)."""
 
-from typing import Self, final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Self, final
 
 __all__ = [
+    "ClientSpan",
     "Decision",
     "EventStreamError",
     "Limiter",
     "Reframer",
+    "ServerSpan",
+    "SpanRecorder",
     "SseError",
     "UpstreamStreamError",
     "Usage",
@@ -142,4 +146,115 @@ class Limiter:
     def charge(
         self, key: str, capacity: float, refill_per_s: float, amount: float, now_s: float
     ) -> None: ...
+    def __len__(self) -> int: ...
+
+@final
+class ServerSpan:
+    """The request's server span being recorded (frozen; gateway/tracing/otel.py): ids, W3C
+    flags, its parent (None: a root), the trace state header, the start time (ns). A root is
+    made by `SpanRecorder.start`; a span under a remote parent with this constructor."""
+
+    def __new__(
+        cls,
+        trace_id: bytes,
+        span_id: bytes,
+        flags: int,
+        parent_id: bytes | None,
+        parent_remote: bool,
+        parent_flags: int,
+        state: str | None,
+        spare: bytes | None,
+    ) -> Self: ...
+    @property
+    def trace_hex(self) -> str: ...
+    @property
+    def trace_id(self) -> bytes: ...
+    @property
+    def span_id(self) -> bytes: ...
+    @property
+    def parent_id(self) -> bytes | None: ...
+    @property
+    def parent_remote(self) -> bool: ...
+    @property
+    def parent_flags(self) -> int: ...
+    @property
+    def state(self) -> str | None: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def sampled(self) -> bool: ...
+    @property
+    def start_ns(self) -> int: ...
+    # `00-<trace id>-<span id>-<01|00>`
+    @property
+    def traceparent(self) -> str: ...
+
+@final
+class ClientSpan:
+    """One upstream attempt's span being recorded (frozen), a child of its server span."""
+
+    @property
+    def trace_id(self) -> bytes: ...
+    @property
+    def span_id(self) -> bytes: ...
+    @property
+    def server(self) -> ServerSpan: ...
+    @property
+    def sampled(self) -> bool: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def traceparent(self) -> str: ...
+    @property
+    def target(self) -> Any: ...
+    @property
+    def attempt(self) -> int: ...
+
+@final
+class SpanRecorder:
+    """Random ids, root spans and the msgpack frame of ended spans' rows (thread-safe).
+
+    urandom(n) gives random bytes; root_bound is the SDK TraceIdRatioBased sampler's bound;
+    end_server / end_client / push answer True when the frame is full (`batch` rows) or the
+    process forked since the last row. A value with no msgpack form here (or an int beyond
+    64 bits) raises TypeError / OverflowError with nothing written.
+    """
+
+    def __new__(cls, urandom: Callable[[int], bytes], root_bound: int, batch: int) -> Self: ...
+    @property
+    def batch(self) -> int: ...
+    def ids(self) -> bytes: ...
+    def start(self, headers: Iterable[Sequence[bytes]]) -> ServerSpan | None: ...
+    def client(self, server: ServerSpan, target: Any, attempt: int) -> ClientSpan: ...
+    def end_server(
+        self,
+        span: ServerSpan,
+        method: Any,
+        route: Any,
+        status: Any,
+        operation: Any,
+        request_model: Any,
+        model: Any,
+        provider_kind: Any,
+        provider: Any,
+        account_id: Any,
+        cache: Any,
+        prompt_tokens: Any,
+        completion_tokens: Any,
+        cost_usd: Any,
+        finish_reasons: Any,
+    ) -> bool: ...
+    def end_client(
+        self,
+        span: ClientSpan,
+        operation: Any,
+        provider_kind: Any,
+        upstream_model: Any,
+        model_id: Any,
+        deployment: Any,
+        error: Any,
+    ) -> bool: ...
+    def push(self, row: bytes) -> bool: ...
+    def take(self) -> tuple[int, bytes] | None: ...
+    def forget(self) -> None: ...
     def __len__(self) -> int: ...

@@ -55,8 +55,8 @@ def upstream_traceparent(record: RequestRecord) -> str | None:
     span = record.upstream_span or record.span
     if span is None:
         return None
-    # the ids are bytes (gateway/tracing/otel.py); record.trace_id is the trace id's hex
-    return f"00-{record.trace_id}-{span.span_id.hex()}-{'01' if span.flags & 1 else '00'}"
+    traceparent: str = span.traceparent  # gateway._core.ClientSpan / ServerSpan
+    return traceparent
 
 
 def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:

@@ -3,11 +3,13 @@
 The OpenTelemetry SDK's span objects, the OTLP exporter's protobuf encoding and its HTTP posts
 cost more CPU than the request path's own bookkeeping, and inside the gateway they ran on the
 event loop or in a thread that takes the GIL from it. So the request path only keeps each span's
-plain values (gateway/tracing/otel.py), and an ended, sampled span is one row (a tuple) handed to
-`SpanPipe.add`; rows are gathered and written as msgpack frames to the stdin pipe of a child
-process (gateway/tracing/exporter_child.py), which makes them the SDK's span objects and
-hands them to the official OTLP/HTTP exporter. docs/decisions/0019-cache-and-traces.md gives the
-measured difference.
+plain values (gateway/tracing/otel.py), and an ended, sampled span is one row
+(gateway/tracing/rows.py) written by the Rust core's `SpanRecorder` straight into the msgpack
+frame being gathered (or, for a value it has no form for, a tuple encoded by msgspec and handed
+to `SpanPipe.add`); frames are written to the stdin pipe of a child process
+(gateway/tracing/exporter_child.py), which makes the rows the SDK's span objects and hands them
+to the official OTLP/HTTP exporter. docs/decisions/0019-cache-and-traces.md gives the measured
+difference.
 
 Bounded: what the pipe does not take at once waits in a buffer of at most `MAX_BUFFERED_BYTES`;
 a batch that does not fit is dropped and counted (`dropped_spans`), never waited for. Batches go
@@ -29,6 +31,8 @@ from typing import Any
 
 import msgspec
 
+from gateway._core import SpanRecorder
+
 log = logging.getLogger("klawd.tracing")
 
 # the SDK's BatchSpanProcessor's setting and default: a frame (and one OTLP POST) per 512 spans
@@ -43,7 +47,7 @@ _encode = msgspec.msgpack.Encoder(enc_hook=str).encode
 class SpanPipe:
     """The rows of ended spans, down a pipe to this process's exporter child."""
 
-    def __init__(self, endpoint: str, service_name: str) -> None:
+    def __init__(self, endpoint: str, service_name: str, root_bound: int = 1 << 64) -> None:
         # -P: the child imports the gateway this process runs, not a `gateway` in the cwd
         self._command = [
             sys.executable,
@@ -55,7 +59,9 @@ class SpanPipe:
         ]
         self._delay_s = int(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000")) / 1000
         self._lock = threading.Lock()
-        self._rows: list[tuple[Any, ...]] = []
+        # the rows being gathered, and the ids of the spans (root_bound: the sampler's, see
+        # gateway/tracing/otel.py); end_server/end_client/push answer True when a frame is due
+        self.recorder = SpanRecorder(os.urandom, root_bound, BATCH_SPANS)
         self._unsent = bytearray()
         self.dropped_spans = 0
         self._stopping = threading.Event()
@@ -68,6 +74,7 @@ class SpanPipe:
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
+        self.recorder.forget()  # the parent's ids and rows are not this process's
         self._forked = True
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -75,7 +82,7 @@ class SpanPipe:
     def _start(self) -> None:
         self._forked = False
         self._pid = os.getpid()
-        self._rows, self._unsent = [], bytearray()
+        self._unsent = bytearray()
         self._broken = False
         # our own interpreter and module, the endpoint and name from the settings: no shell
         child = subprocess.Popen(self._command, stdin=subprocess.PIPE, close_fds=True)  # noqa: S603
@@ -86,16 +93,27 @@ class SpanPipe:
         threading.Thread(target=self._tick, name="klawd-span-pipe", daemon=True).start()
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """One ended, sampled span (a row of gateway/tracing/rows.py); never waits for the
-        child. The row is appended without the lock (one C call under the GIL): the list is
-        never replaced, and a flush takes the rows it framed out of it under the lock."""
+        """One ended, sampled span's row as a tuple (gateway/tracing/rows.py), encoded by
+        msgspec: the way for a row with a value the recorder has no form for (msgspec casts it
+        to text, or the row is dropped and counted, never its frame nor the request whose span
+        filled the batch); never waits for the child."""
+        try:
+            encoded = _encode(row)
+        except (OverflowError, TypeError, ValueError):
+            log.warning("a span had a value msgpack cannot carry; it is dropped")
+            self.dropped_spans += 1
+            return
+        if self.recorder.push(encoded):
+            self.attend()
+
+    def attend(self) -> None:
+        """The recorder's frame is full, or this process forked since its last row (a forked
+        worker starts its own child and timer, neither inherited, at its first span)."""
         if self._forked:
             with self._lock:
                 if self._forked:
                     self._start()
-        rows = self._rows
-        rows.append(row)
-        if len(rows) >= BATCH_SPANS:
+        if len(self.recorder) >= self.recorder.batch:
             with self._lock:
                 self._flush()
 
@@ -120,35 +138,16 @@ class SpanPipe:
                     self._write()
 
     def _flush(self) -> None:
-        """Frames the gathered rows and writes what the pipe takes now (the lock is held)."""
-        gathered = self._rows
-        rows = gathered[:]  # rows appended meanwhile stay for the next frame
-        del gathered[: len(rows)]
-        payload = self._frame(rows) if rows else None
-        if payload is not None:
+        """Takes the gathered rows' frame and writes what the pipe takes now (the lock is held;
+        rows recorded meanwhile go in the next frame)."""
+        taken = self.recorder.take()
+        if taken is not None:
+            count, payload = taken
             if len(self._unsent) + len(payload) + 4 > MAX_BUFFERED_BYTES:
-                self._drop(len(rows))
+                self._drop(count)
             else:
                 self._unsent += len(payload).to_bytes(4, "big") + payload
         self._write()
-
-    def _frame(self, rows: list[tuple[Any, ...]]) -> bytes | None:
-        """The rows in msgpack; a row msgpack cannot take (an integer beyond 64 bits from an
-        upstream's usage, say) is dropped and counted, not the frame with it (nor the request
-        whose span filled the batch: this runs on the request path)."""
-        try:
-            return _encode(rows)
-        except (OverflowError, TypeError, ValueError):
-            kept = []
-            for row in rows:
-                try:
-                    _encode(row)
-                except (OverflowError, TypeError, ValueError):
-                    log.warning("a span had a value msgpack cannot carry; it is dropped")
-                    self.dropped_spans += 1
-                else:
-                    kept.append(row)
-            return _encode(kept) if kept else None
 
     def _write(self) -> None:
         """Writes what the pipe takes now of the framed rows (the lock is held)."""

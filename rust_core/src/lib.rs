@@ -4,6 +4,7 @@
 //! - [`eventstream`]: incremental AWS event stream decoder (Bedrock `ConverseStream`).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
+//! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
 pub mod bucket;
 pub mod errors;
@@ -12,6 +13,7 @@ mod json;
 pub mod limiter;
 pub mod quota;
 pub mod reframe;
+pub mod spans;
 pub mod sse;
 pub mod usage;
 

@@ -1,4 +1,5 @@
-//! The only file that imports pyo3: every `#[pyclass]` and `#[pyfunction]` lives here.
+//! The only files that import pyo3 (this one and its submodule `py/spans.rs`, the trace span
+//! recorder): every `#[pyclass]` and `#[pyfunction]` lives here.
 //!
 //! Bytes policy: `feed` borrows the upstream chunk (`&[u8]` from `bytes`, no copy) and returns
 //! one `bytes` holding zero or more complete events; no Python object is made per event. The
@@ -17,6 +18,8 @@ use crate::errors::CoreError;
 use crate::limiter::{BucketLimit, Decision, Limiter, QuotaLimit};
 use crate::reframe::{Options, Stream};
 use crate::usage::Usage;
+
+mod spans;
 
 /// Inputs above this size are processed with the interpreter detached.
 const DETACH_ABOVE: usize = 64 * 1024;
@@ -311,6 +314,8 @@ mod _core {
     #[pymodule_export]
     const __version__: &str = crate::VERSION;
 
+    #[pymodule_export]
+    use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
     #[pymodule_export]
     use super::{PyDecision, PyLimiter, PyReframer, PyUsage};
 

@@ -23,10 +23,11 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from gateway._core import SpanRecorder
 from gateway.requestlog import RequestRecord
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import ModelSettings, ProviderSettings, TelemetrySettings
-from gateway.tracing import pipe, rows, upstream_traceparent
+from gateway.tracing import otel, pipe, rows, upstream_traceparent
 from gateway.tracing.exporter_child import SpanMaker
 from gateway.tracing.otel import Tracing
 from gateway.tracing.pipe import SpanPipe
@@ -103,14 +104,29 @@ CLIENT_VALUES: dict[str, Any] = {
 }
 
 
+class Kept(list[Any]):
+    """The rows a Tracing recorded, read back from its recorder's frame (what the child reads;
+    rows that took msgspec's way, SpanPipe.add, are in it too, in order of arrival)."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        super().__init__()
+        self.tracing = tracing
+        self.frames: list[bytes] = []
+
+    def read(self) -> Kept:
+        taken = self.tracing.recorder.take()
+        if taken is not None:
+            self.frames.append(taken[1])
+            self.extend(msgspec.msgpack.decode(taken[1]))
+        return self
+
+
 @pytest.fixture
-def traced() -> Iterator[tuple[Tracing, list[tuple[Any, ...]]]]:
-    """A Tracing whose rows are kept here instead of going to a child."""
+def traced() -> Iterator[tuple[Tracing, Kept]]:
+    """A Tracing whose rows are read here from its recorder's frame (its child is stopped)."""
     tracing = Tracing(TelemetrySettings(otlp_endpoint="http://127.0.0.1:9", sample_ratio=1.0))
     tracing.pipe.shutdown()
-    kept: list[tuple[Any, ...]] = []
-    tracing.pipe.add = kept.append  # type: ignore[method-assign]
-    yield tracing, kept
+    yield tracing, Kept(tracing)
 
 
 def gateway_request(tracing: Tracing, headers: list[tuple[bytes, bytes]]) -> RequestRecord:
@@ -133,13 +149,17 @@ def gateway_request(tracing: Tracing, headers: list[tuple[bytes, bytes]]) -> Req
     return record
 
 
-def made_by_the_child(made: list[tuple[Any, ...]], resource: Resource) -> list[ReadableSpan]:
-    frame = pipe._encode(made)
+def made_by_the_child(kept: Kept, resource: Resource) -> list[ReadableSpan]:
+    """The spans the child makes of the frames the recorder wrote."""
+    return [span for frame in kept.frames for span in made_of_frame(frame, resource)]
+
+
+def made_of_frame(frame: bytes, resource: Resource) -> list[ReadableSpan]:
     return SpanMaker(resource).make(msgspec.msgpack.decode(frame))
 
 
 def made_in_process(
-    made: list[tuple[Any, ...]], headers: dict[str, str], resource: Resource
+    made: list[Any], headers: dict[str, str], resource: Resource
 ) -> list[ReadableSpan]:
     """The same request traced the SDK's usual way: its tracer's spans, ended in process, with
     the attributes written out here (not read from the rows) and the gateway's ids."""
@@ -210,10 +230,11 @@ def made_in_process(
     ids=["root", "remote-parent", "remote-parent-with-tracestate"],
 )
 def test_the_childs_spans_encode_to_the_otlp_bytes_of_the_sdks_own_spans(
-    traced: tuple[Tracing, list[tuple[Any, ...]]], headers: dict[str, str]
+    traced: tuple[Tracing, Kept], headers: dict[str, str]
 ) -> None:
     tracing, kept = traced
     record = gateway_request(tracing, [(k.encode(), v.encode()) for k, v in headers.items()])
+    kept.read()
     assert len(kept) == 3  # two attempts, then the request
     resource = Resource.create({"service.name": SERVICE})
 
@@ -234,7 +255,7 @@ def test_the_childs_spans_encode_to_the_otlp_bytes_of_the_sdks_own_spans(
 
 
 def test_an_unsampled_request_sends_no_row_but_passes_its_trace_id_on(
-    traced: tuple[Tracing, list[tuple[Any, ...]]],
+    traced: tuple[Tracing, Kept],
 ) -> None:
     tracing, kept = traced
     parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-00"
@@ -244,7 +265,7 @@ def test_an_unsampled_request_sends_no_row_but_passes_its_trace_id_on(
     sent = upstream_traceparent(record)
     tracing.end_attempt(record, span, None)
     tracing.end_request(record)
-    assert kept == []
+    assert kept.read() == [] and len(tracing.recorder) == 0
     assert record.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert sent == f"00-4bf92f3577b34da6a3ce929d0e0e4736-{span.span_id.hex()}-00"
 
@@ -394,21 +415,22 @@ def test_a_root_is_sampled_exactly_when_the_sdks_sampler_samples_it(ratio: float
         assert record.trace_id == f"{trace_id:032x}"
 
 
-def test_ids_are_random_never_zero_and_a_buffer_with_a_zero_id_is_not_used(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from gateway.tracing import otel
-
-    slots = otel.IdSlots()
-    size = otel.IdSlots.SLOT * otel.IdSlots.SLOTS
+def test_ids_are_random_never_zero_and_a_buffer_with_a_zero_id_is_not_used() -> None:
+    size = 32 * 128  # what the recorder reads at a time: 128 requests' ids
     reads = [bytes(size), b"\x01" * size]  # the first has all-zero ids: read again
-    monkeypatch.setattr(otel.os, "urandom", lambda n: reads.pop(0))
-    taken = slots.take()
-    assert taken == b"\x01" * otel.IdSlots.SLOT and reads == []
-    monkeypatch.undo()
-    fresh = otel.IdSlots()
-    ids = {fresh.take() for _ in range(3 * otel.IdSlots.SLOTS)}  # three buffers
-    assert len(ids) == 3 * otel.IdSlots.SLOTS
+    asked: list[int] = []
+
+    def urandom(n: int) -> bytes:
+        asked.append(n)
+        return reads.pop(0)
+
+    recorder = SpanRecorder(urandom, 1 << 64, 512)
+    assert recorder.ids() == b"\x01" * 32 and reads == [] and asked == [size, size]
+    fresh = SpanRecorder(os.urandom, 1 << 64, 512)
+    ids = {fresh.ids() for _ in range(3 * 128)}  # three buffers
+    assert len(ids) == 3 * 128
+    spans = [fresh.start([(b"host", b"x")]) for _ in range(200)]
+    assert len({s.trace_id for s in spans if s is not None}) == 200
 
 
 def test_a_row_msgpack_cannot_carry_is_dropped_and_counted_not_its_frame() -> None:
@@ -416,29 +438,100 @@ def test_a_row_msgpack_cannot_carry_is_dropped_and_counted_not_its_frame() -> No
     spans.shutdown()
     good = row(SpanKind.SERVER, **HEAD, **SERVER_VALUES)
     bad = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"prompt_tokens": 2**70}))
-    frame = spans._frame([good, bad, good])
-    assert frame is not None
-    assert len(msgspec.msgpack.decode(frame)) == 2
+    for made in (good, bad, good):
+        spans.add(made)
+    taken = spans.recorder.take()
+    assert taken is not None and taken[0] == 2
+    assert len(msgspec.msgpack.decode(taken[1])) == 2
     assert spans.dropped_spans == 1
-    assert spans._frame([bad]) is None
+    spans.add(bad)
+    assert spans.recorder.take() is None
 
 
-def test_rows_added_while_a_frame_is_made_go_in_the_next_frame() -> None:
+def test_rows_recorded_after_a_frame_is_taken_go_in_the_next_frame() -> None:
     spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
     spans.shutdown()
     first = row(SpanKind.SERVER, **HEAD, **SERVER_VALUES)
     spans.add(first)
-    gathered = spans._rows
-    framed: list[bytes | None] = []
-    real_frame = spans._frame
+    frame = spans.recorder.take()
+    spans.add(first)  # another span ends meanwhile
+    assert frame is not None and len(msgspec.msgpack.decode(frame[1])) == 1
+    assert len(spans.recorder) == 1
 
-    def frame_then_add(batch: list[tuple[Any, ...]]) -> bytes | None:
-        framed.append(real_frame(batch))
-        spans.add(first)  # another span ends meanwhile
-        return framed[-1]
 
-    spans._frame = frame_then_add  # type: ignore[method-assign]
-    with spans._lock:
-        spans._flush()
-    assert spans._rows is gathered and spans._rows == [first]
-    assert framed[0] is not None and len(msgspec.msgpack.decode(framed[0])) == 1
+# -- the Rust recorder (gateway._core.SpanRecorder) against msgspec's rows ------------------------
+
+
+def recorded_request(
+    tracing: Tracing, values: dict[str, Any], attempt_error: Any = None
+) -> RequestRecord:
+    """One request with one attempt, its record holding `values` (RequestRecord's names)."""
+    record = RequestRecord("req_r", "POST")
+    tracing.start_request(record, "/v1/chat/completions", [(b"host", b"x")])
+    span = tracing.start_attempt(record, TARGET, 0)
+    tracing.end_attempt(record, span, attempt_error)
+    record.route, record.status = "/v1/chat/completions", 200
+    for name, value in values.items():
+        setattr(record, name, value)
+    tracing.end_request(record)
+    return record
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"model": "openai/gpt-4o", "provider_kind": "openai", "provider": "openai-eu",
+         "account_id": "acct_" + "x" * 40, "cache": "miss", "request_model": "klawd/standard",
+         "prompt_tokens": 2**40, "completion_tokens": 70_000, "cost_usd": 1.25e-7,
+         "finish_reasons": ["stop", None, "length"]},
+        {"route": "/v1/é" + "x" * 300, "status": 503, "account_id": "ü" * 40,
+         "prompt_tokens": -5, "completion_tokens": 2**64 - 1, "cost_usd": 0,
+         "finish_reasons": [1, 2.5, True, ("a", b"b"), {"k": [None]}]},
+    ],
+    ids=["unrouted", "served", "odd-values"],
+)  # fmt: skip
+def test_the_recorders_frame_is_msgspecs_encoding_of_the_same_rows_to_the_byte(
+    traced: tuple[Tracing, Kept], values: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracing, kept = traced
+    record = recorded_request(tracing, values, attempt_error="bad_gateway")
+    frame = kept.read().frames[0]
+    client, server = kept
+    assert (client[0], server[0]) == (SpanKind.CLIENT.value, SpanKind.SERVER.value)
+    # the same rows built in Python (the recorder's own fallback), ended when the recorder's were
+    ends = iter([client[8], server[8]])
+    monkeypatch.setattr(otel.time, "time_ns", lambda: next(ends))
+    span = tracing.recorder.client(record.span, TARGET, 0)
+    client_span = otel.client_row(span, record, "bad_gateway")
+    expected = [
+        (*client_span[:2], *client[2:3], *client_span[3:7], client[7], *client_span[8:]),
+        otel.server_row(record.span, record),
+    ]
+    assert pipe._encode(expected) == frame
+
+
+def test_a_value_the_recorder_has_no_form_for_takes_msgspecs_way(
+    traced: tuple[Tracing, Kept],
+) -> None:
+    tracing, kept = traced
+    recorded_request(tracing, {"model": "openai/gpt-4o", "cost_usd": Decimal("0.5")})
+    recorded_request(tracing, {"model": "openai/gpt-4o", "prompt_tokens": 2**70})
+    kept.read()
+    assert [r[0] for r in kept] == [2, 1, 2]  # the second request's server span is dropped
+    assert tracing.pipe.dropped_spans == 1
+    server = made_of_frame(kept.frames[0], Resource.create({}))[1]
+    assert server.attributes is not None
+    assert server.attributes["klawd.cost_usd"] == "0.5"  # as the SDK casts it
+
+
+def test_the_recorder_asks_for_a_frame_when_full_and_after_a_fork() -> None:
+    recorder = SpanRecorder(os.urandom, 1 << 64, 3)
+    encoded = pipe._encode(row(SpanKind.SERVER, **HEAD, **SERVER_VALUES))
+    assert [recorder.push(encoded) for _ in range(3)] == [False, False, True]
+    ids = recorder.ids()
+    recorder.forget()  # as after a fork: the parent's rows and ids are not this process's
+    assert len(recorder) == 0 and recorder.take() is None
+    assert recorder.push(encoded) is True  # the first row after it: start the child
+    assert recorder.push(encoded) is False
+    assert recorder.ids() != ids

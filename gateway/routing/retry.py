@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from msgspec import Struct
 
-from gateway.admission_gate import closed_gate
+from gateway.admission_gate import GATE, closed_gate
 from gateway.errors import (
     BadGateway,
     GatewayError,
@@ -242,14 +242,16 @@ class Retrier:
                 # Traces on: the attempt's client span (gateway/tracing/), ended with its error
                 # type (a gateway error's, else the exception's class) or None
                 span = record = None
+                tracing = self.tracing
                 try:
-                    if self.tracing is not None:
-                        gate = closed_gate()  # _admitted() without its coroutine: no attempt
-                        if gate is not None:  # span for a refused request
+                    if tracing is not None:
+                        # _admitted() inline, no call: no attempt span for a refused request
+                        gate = GATE.get()
+                        if gate is not None and not gate.open:
                             await gate.passed()
                         record = current_request.get()
                         if record is not None:
-                            span = self.tracing.start_attempt(record, deployment, len(tries))
+                            span = tracing.start_attempt(record, deployment, len(tries))
                     result = await attempt(deployment)
                 except FALLBACK_ON as exc:
                     if span is not None:
@@ -278,8 +280,8 @@ class Retrier:
                         self._end_span(record, span, failure)
                     self.release(deployment, tokens, 0)
                     raise
-                if span is not None:
-                    self._end_span(record, span, None)
+                if span is not None and tracing is not None and record is not None:
+                    tracing.end_attempt(record, span, None)  # inline: the served attempt's
                 latency = self._clock() - call_started
                 self._health.record(key, ok=True, latency_s=latency)
                 if self.balancer.policy == "least-latency":

@@ -62,10 +62,13 @@ def upstream_traceparent(record: RequestRecord) -> str | None:
 def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:
     """The upstream request with the current attempt's W3C trace context (traces on)."""
     record = current_request.get()
-    value = None if record is None else upstream_traceparent(record)
-    if value is None:
+    if record is None:
         return upstream
-    return msgspec.structs.replace(upstream, headers={**upstream.headers, "traceparent": value})
+    span = record.upstream_span or record.span  # upstream_traceparent(record), inline
+    if span is None:
+        return upstream
+    headers = {**upstream.headers, "traceparent": span.traceparent}
+    return msgspec.structs.replace(upstream, headers=headers)
 
 
 def note_finish_reasons(reasons: list[Any]) -> None:

@@ -6,7 +6,9 @@ and a client span, as the gateway's seams make them).
 
 Stages: in the gateway's process, its span bookkeeping on the request path (the two spans
 started, filled and ended with the SDK's sampler and id generator: gateway/tracing/otel.py) and
-the msgpack frames of their rows (gateway/tracing/pipe.py, `BATCH_SPANS` rows a frame); in the
+the msgpack frames of their rows (gateway/tracing/pipe.py, `BATCH_SPANS` rows a frame; since
+the Rust span recorder each row is written into its frame as the span ends, so the frames'
+stage is in the bookkeeping's and the "frames" stage is only the last frame taken); in the
 exporter child (gateway/tracing/exporter_child.py), each frame decoded and made the SDK's span
 objects (`SpanMaker.make`), their OTLP protobuf encoding by the official exporter's encoder
 (`encode_spans(...).SerializePartialToString()`, what `OTLPSpanExporter.export` does first),
@@ -80,12 +82,31 @@ class Tree:
             TelemetrySettings(otlp_endpoint="http://127.0.0.1:9", sample_ratio=1.0)
         )
         self.tracing.pipe.shutdown()
-        self.rows: list[tuple[Any, ...]] = []
-        self.tracing.pipe.add = self.rows.append  # type: ignore[method-assign,assignment]
+        self.rows: list[Any] = []
         self.batch: int = pipe.BATCH_SPANS
-        self.encode_frame = pipe._encode
+        self.recorder = getattr(self.tracing, "recorder", None)
+        if self.recorder is None:  # a tree before the Rust recorder: rows are tuples
+            self.tracing.pipe.add = self.rows.append  # type: ignore[method-assign]
+            self.encode_frame = pipe._encode
+        else:  # the recorder writes each row into its frame: a full frame is taken as is
+            recorder = self.recorder
+            self.tracing.pipe.attend = lambda: self.rows.append(recorder.take()[1])  # type: ignore[method-assign,index]
+            self.encode_frame = self._frames
         self.maker = SpanMaker(Resource.create({"service.name": "klawd-gateway"}))
         self.exporter = OTLPSpanExporter(endpoint=sink)
+
+    def drain(self) -> None:
+        """No row kept from before (nor, with the recorder, left in its frame)."""
+        self.rows.clear()
+        if self.recorder is not None:
+            self.recorder.take()
+
+    def _frames(self, rows: list[Any]) -> bytes:
+        """With the recorder: the frames it filled (kept in `rows`), or the rest it holds."""
+        if rows:
+            return bytes(rows[0])
+        taken = self.recorder.take() if self.recorder is not None else None
+        return b"" if taken is None else bytes(taken[1])
 
     def one_request(self) -> None:
         """A request's two spans, as the gateway's seams make them."""
@@ -103,10 +124,12 @@ class Tree:
 
     def requests(self, count: int) -> list[bytes]:
         """`count` requests' spans through the gateway's seams; their rows framed."""
-        self.rows.clear()
+        self.drain()
         for _ in range(count):
             self.one_request()
         rows = self.rows
+        if self.recorder is not None:
+            return [*rows, *([rest] if (rest := self._frames([])) else [])]
         return [
             self.encode_frame(rows[i : i + self.batch]) for i in range(0, len(rows), self.batch)
         ]
@@ -123,14 +146,17 @@ def timed(tree: Tree, requests: int) -> dict[str, float]:
 
     tree.export(tree.requests(200))  # warm-up
     out = {}
-    tree.rows.clear()
+    tree.drain()
     started = time.process_time()
     for _ in range(requests):
         tree.one_request()
     out["bookkeeping"] = time.process_time() - started
     rows, batch = tree.rows, tree.batch
     started = time.process_time()
-    frames = [tree.encode_frame(rows[i : i + batch]) for i in range(0, len(rows), batch)]
+    if tree.recorder is not None:  # written row by row during the bookkeeping: the last taken
+        frames = [*rows, *([rest] if (rest := tree._frames([])) else [])]
+    else:
+        frames = [tree.encode_frame(rows[i : i + batch]) for i in range(0, len(rows), batch)]
     out["frames"] = time.process_time() - started
     started = time.process_time()
     made = [tree.maker.make(msgspec.msgpack.decode(frame)) for frame in frames]

@@ -47,7 +47,7 @@ from gateway.schemas.embeddings import EmbeddingRequest
 from gateway.schemas.images import ImageRequest
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import ProviderSettings
-from gateway.tracing import note_finish_reasons, with_traceparent
+from gateway.tracing import note_finish_reasons, traced_headers
 
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
@@ -344,8 +344,9 @@ class HttpProvider:
         gets TimeoutError), reported to the observer; with traces on, it carries the trace
         context (`traceparent`) of the attempt's span. One coroutine (the observed and the
         unobserved call were two, one awaiting the other)."""
-        if self.tracing is not None:
-            upstream = with_traceparent(upstream)
+        headers = upstream.headers
+        if self.tracing is not None:  # a copy with the traceparent (no new UpstreamRequest)
+            headers = traced_headers(headers)
         observer = self.observer
         started = time.perf_counter() if observer is not None else 0.0
         settings = self.settings
@@ -355,7 +356,7 @@ class HttpProvider:
                 response = await self._client.request(
                     upstream.method,
                     upstream.url,
-                    upstream.headers,
+                    headers,
                     upstream.body or None,
                     min(settings.first_byte_timeout_s, settings.timeout_s),
                 )

@@ -17,22 +17,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from gateway.requestlog import RequestRecord, current_request
 from gateway.settings import TelemetrySettings
 
 if TYPE_CHECKING:
-    from gateway.providers.base import UpstreamRequest
     from gateway.tracing.otel import Tracing
 
 __all__ = [
     "Tracing",
     "build_tracing",
     "note_finish_reasons",
+    "traced_headers",
     "traceparent",
     "upstream_traceparent",
-    "with_traceparent",
 ]
 
 
@@ -59,16 +56,16 @@ def upstream_traceparent(record: RequestRecord) -> str | None:
     return traceparent
 
 
-def with_traceparent(upstream: UpstreamRequest) -> UpstreamRequest:
-    """The upstream request with the current attempt's W3C trace context (traces on)."""
+def traced_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The upstream call's headers with the current attempt's W3C trace context (traces on): a
+    new dict (the provider's own is shared by its calls), or `headers` outside a request."""
     record = current_request.get()
     if record is None:
-        return upstream
+        return headers
     span = record.upstream_span or record.span  # upstream_traceparent(record), inline
     if span is None:
-        return upstream
-    headers = {**upstream.headers, "traceparent": span.traceparent}
-    return msgspec.structs.replace(upstream, headers=headers)
+        return headers
+    return {**headers, "traceparent": span.traceparent}
 
 
 def note_finish_reasons(reasons: list[Any]) -> None:

@@ -129,8 +129,10 @@ def count_seams(app: Any) -> None:
     tracing = app.tracing
     for name in ("start_request", "end_request", "start_attempt", "end_attempt"):
         setattr(tracing, name, functools.partial(operator.call, getattr(tracing, name)))
-    for module, name in ((base, "with_traceparent"), (base, "note_finish_reasons")):
-        setattr(module, name, functools.partial(operator.call, getattr(module, name)))
+    # the traceparent's seam: traced_headers (with_traceparent in trees before issue 18d)
+    for name in ("traced_headers", "with_traceparent", "note_finish_reasons"):
+        if hasattr(base, name):
+            setattr(base, name, functools.partial(operator.call, getattr(base, name)))
     del retry  # the retry loop reaches the seams through the Tracing object
 
 

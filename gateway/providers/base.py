@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import operator
 import os
 import re
 import time
@@ -102,8 +101,6 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 # Redirects followed when downloading a generated image (as aiohttp did).
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# each choice's finish_reason (or None), as the trace's gen_ai.response.finish_reasons
-_FINISH_REASON = operator.methodcaller("get", "finish_reason")
 
 
 class UpstreamRequest(Struct, frozen=True):
@@ -465,8 +462,10 @@ class HttpProvider:
         finally:
             response.release()
         completion = self.parse_response(call, body)
-        if self.tracing is not None:  # map, not a comprehension: no frame per answer
-            note_finish_reasons(list(map(_FINISH_REASON, completion.body.get("choices") or ())))
+        if self.tracing is not None:
+            note_finish_reasons(
+                [c.get("finish_reason") for c in completion.body.get("choices") or []]
+            )
         return completion
 
     async def stream(self, call: ChatCall) -> UpstreamStream:

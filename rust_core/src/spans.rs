@@ -17,14 +17,17 @@ pub const RANDOM: u8 = 0x02;
 /// span's.
 pub const SLOT: usize = 32;
 
+#[inline]
 pub fn nil(out: &mut Vec<u8>) {
     out.push(0xc0);
 }
 
+#[inline]
 pub fn boolean(out: &mut Vec<u8>, value: bool) {
     out.push(if value { 0xc3 } else { 0xc2 });
 }
 
+#[inline]
 pub fn uint(out: &mut Vec<u8>, value: u64) {
     if value < 0x80 {
         out.push(value as u8);
@@ -42,6 +45,7 @@ pub fn uint(out: &mut Vec<u8>, value: u64) {
     }
 }
 
+#[inline]
 pub fn int(out: &mut Vec<u8>, value: i64) {
     if value >= 0 {
         uint(out, value as u64);
@@ -61,11 +65,13 @@ pub fn int(out: &mut Vec<u8>, value: i64) {
     }
 }
 
+#[inline]
 pub fn float(out: &mut Vec<u8>, value: f64) {
     out.push(0xcb);
     out.extend_from_slice(&value.to_be_bytes());
 }
 
+#[inline]
 fn length(out: &mut Vec<u8>, len: usize, fix: Option<(u8, usize)>, wide: [u8; 3]) {
     match fix {
         Some((base, below)) if len < below => out.push(base | len as u8),
@@ -81,20 +87,24 @@ fn length(out: &mut Vec<u8>, len: usize, fix: Option<(u8, usize)>, wide: [u8; 3]
     }
 }
 
+#[inline]
 pub fn str(out: &mut Vec<u8>, value: &str) {
     length(out, value.len(), Some((0xa0, 32)), [0xd9, 0xda, 0xdb]);
     out.extend_from_slice(value.as_bytes());
 }
 
+#[inline]
 pub fn bin(out: &mut Vec<u8>, value: &[u8]) {
     length(out, value.len(), None, [0xc4, 0xc5, 0xc6]);
     out.extend_from_slice(value);
 }
 
+#[inline]
 pub fn array(out: &mut Vec<u8>, len: usize) {
     length(out, len, Some((0x90, 16)), [0, 0xdc, 0xdd]);
 }
 
+#[inline]
 pub fn map(out: &mut Vec<u8>, len: usize) {
     length(out, len, Some((0x80, 16)), [0, 0xde, 0xdf]);
 }

@@ -290,6 +290,7 @@ fn state_value(out: &mut Vec<u8>, state: Option<&str>) {
 }
 
 /// A Python value as msgspec writes it; a type it would cast or refuse is an error here.
+#[inline]
 fn value(out: &mut Vec<u8>, v: &Bound<'_, PyAny>, depth: u32) -> PyResult<()> {
     if v.is_none() {
         mp::nil(out);

@@ -1,7 +1,7 @@
 """What one request costs the Redis store, counted per request: not a ratio, an inventory.
 
     .venv/bin/python -m loadtests.bench.redis_costs [--measures rps,event,lines20] [--seconds 3]
-        [--reps 3] [--redis-core 1] [--before DIR]
+        [--reps 3] [--redis-core 1] [--before DIR] [--this DIR]
 
 One gateway worker on Redis (pinned to core 0, as `make bench` runs it), the fake upstream (nginx)
 and wrk on core 1, redis-server on `--redis-core` (1 as in `make bench`; 0 shares the worker's
@@ -97,9 +97,12 @@ class Variant:
 
 
 @contextlib.contextmanager
-def started(directory: Path, redis_core: str, before: Path | None) -> Iterator[list[Variant]]:
+def started(
+    directory: Path, redis_core: str, before: Path | None, this: Path | None = None
+) -> Iterator[list[Variant]]:
     """One gateway on Redis, with its own redis-server (and with `before`, a second one running
-    that checkout's `gateway` package); everything stopped on the way out."""
+    that checkout's `gateway` package; `this`: another checkout's instead of this one's);
+    everything stopped on the way out."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         up_port = c.free_port()
@@ -107,13 +110,13 @@ def started(directory: Path, redis_core: str, before: Path | None) -> Iterator[l
                                  c.CLIENT_CORE))  # fmt: skip
         upstream = f"http://127.0.0.1:{up_port}"
         variants = []
-        for name, source in (("before", before), ("this tree", None)):
+        for name, source in (("before", before), ("this tree", this)):
             if name == "before" and source is None:
                 continue
             redis_port, port = c.free_port(), c.free_port()
             processes.append(c.redis_server(redis_port, directory, core=redis_core))
             store = f"redis://127.0.0.1:{redis_port}/0"
-            tag = "gateway-redis" + ("-before" if source else "")
+            tag = "gateway-redis" + ("-before" if name == "before" else "")
             gateway = c.gateway(tag, port, upstream, store, directory, source=source)
             processes.append(gateway)
             base = f"http://127.0.0.1:{port}"
@@ -182,7 +185,7 @@ Figures = dict[str, dict[str, dict[str, float]]]  # measure -> variant -> figure
 
 def measure(args: argparse.Namespace, directory: Path) -> Figures:
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
-    with started(directory, args.redis_core, args.before) as variants:
+    with started(directory, args.redis_core, args.before, args.this) as variants:
         for name in args.measures:
             scenario, connections = SCENARIOS[name]
             payload: dict[str, object] = {
@@ -222,6 +225,9 @@ def main() -> int:
     parser.add_argument("--redis-core", choices=("0", "1"), default=c.CLIENT_CORE)
     parser.add_argument(
         "--before", type=Path, help="also a gateway running this checkout's `gateway` package"
+    )
+    parser.add_argument(
+        "--this", type=Path, help="run this checkout's `gateway` package as 'this tree'"
     )
     parser.add_argument(
         "--measures", type=lambda text: text.split(","), default=["rps", "event", "lines20"]

@@ -11,6 +11,7 @@ with 20 ms, 100 ms or 1 s between events; an Anthropic Messages stream).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -288,6 +289,16 @@ starting_credit_usd = 1000000.0
 
 
 # -- processes ------------------------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_bench() -> None:
+    """Runs in the child before exec: a SIGTERM when the bench that started it goes, even killed
+    with SIGKILL (its own session is out of reach of a kill of the bench's process group), so a
+    stopped bench leaves no nginx or redis-server behind."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def pinned(
     core: str,
     command: list[str],
@@ -302,6 +313,7 @@ def pinned(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=_die_with_bench,
             cwd=cwd,
         )
 

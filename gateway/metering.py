@@ -27,7 +27,6 @@ from msgspec import Struct
 
 from gateway import ids
 from gateway.accounts import effective_limits
-from gateway.admission_gate import AdmissionRefused
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
@@ -252,14 +251,7 @@ class Meter:
         pending = await self.start(
             auth, request_id, requested, targets, reserve_for, allowed_already
         )
-        if pending.in_flight:
-            try:
-                await pending.passed()
-            except AdmissionRefused:
-                pass  # its error is the ticket's
-            except BaseException:
-                pending.abandon()
-                raise
+        await pending.read_reply()
         return pending.ticket()
 
     async def start(

@@ -20,7 +20,8 @@ from gateway.limits import Admission, KeyGate, LimitSpec
 from gateway.routing.catalog import CatalogEntry
 from gateway.store.base import Account
 
-# The ledger status of a request whose client went away (nginx's convention, as api/chat.py's).
+# The ledger status of a request whose client went away (nginx's convention): a stream the
+# client abandoned (api/chat.py), an admission whose request was cancelled (`dropped`).
 CLIENT_CLOSED = 499
 
 if TYPE_CHECKING:
@@ -145,6 +146,19 @@ class PendingAdmission:
         if not self.open:
             raise AdmissionRefused
 
+    async def read_reply(self) -> None:
+        """Reads the admission's reply if it is still on its way, a refusal kept for `ticket()`;
+        cancelled meanwhile, what the admission took is given back (`abandon`)."""
+        if self._sent is None:
+            return
+        try:
+            await self.passed()
+        except AdmissionRefused:
+            pass
+        except BaseException:
+            self.abandon()
+            raise
+
     def ticket(self) -> Ticket:
         """The admitted request's ticket; raises the refusal's error (429, 402, the store's) as
         `Meter.admit` does. The admission must be decided: started so, or its gate passed (or
@@ -214,14 +228,7 @@ class Overlap:
             else:  # cancelled before the reply was read: what it took is given back
                 pending.abandon()
             return
-        if pending._sent is not None:  # the call never reached the gate (or failed before it)
-            try:
-                await pending.passed()
-            except AdmissionRefused:
-                pass
-            except BaseException:  # cancelled meanwhile
-                pending.abandon()
-                raise
+        await pending.read_reply()  # if the call never reached the gate (or failed before it)
         if exc is not None:
             self._settle(kind, exc, traceback)  # a refusal is raised first: nothing went out
         # else the route takes the ticket (on a refusal it undoes what the call holds)

@@ -39,7 +39,7 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
-from gateway.pending_admission import served_ticket
+from gateway.pending_admission import CLIENT_CLOSED, served_ticket
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
@@ -51,7 +51,6 @@ log = logging.getLogger("klawd")
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 SSE_RAW_HEADERS = encode_headers(SSE_HEADERS)
-CLIENT_CLOSED = 499  # ledger status of a stream the client abandoned (nginx's convention)
 
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:

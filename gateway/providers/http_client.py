@@ -522,6 +522,14 @@ class _Connection(asyncio.Protocol):
             response._connection_lost(exc)
 
 
+def _add_header(headers: dict[str, str], name: bytes, value: bytes) -> None:
+    """One header into `HttpResponse.headers`: lower-case name, a repeated one joined by ", "."""
+    key = name.decode("latin-1").lower()
+    text = value.decode("latin-1")
+    known = headers.get(key)
+    headers[key] = text if known is None else f"{known}, {text}"
+
+
 class HttpResponse:
     """An answer whose status and headers are known; its body is read with `read()` or
     `chunks()`, then `release()` (keep-alive) or `close()` (drop the connection)."""
@@ -621,10 +629,7 @@ class HttpResponse:
             headers = self._headers = {}
             raw = self._raw_headers
             for index in range(0, len(raw), 2):
-                key = raw[index].decode("latin-1").lower()
-                text = raw[index + 1].decode("latin-1")
-                known = headers.get(key)
-                headers[key] = text if known is None else f"{known}, {text}"
+                _add_header(headers, raw[index], raw[index + 1])
             self._raw_headers = []
         return headers
 
@@ -892,10 +897,7 @@ class HttpResponse:
         if self._headers is None:
             self._raw_headers += (name, value)
         else:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            known = self._headers.get(key)
-            self._headers[key] = text if known is None else f"{known}, {text}"
+            _add_header(self._headers, name, value)
 
     def _header_value(self, names: list[bytes], name: bytes) -> bytes | None:
         """The value of header `name` (lower case) from the raw headers, `names` being their

@@ -556,6 +556,7 @@ def test_a_sent_admission_reloads_a_forgotten_library_and_reserves_once(
             spec = LimitSpec(10, 100)
             assert (await limiter.admit(account.id, spec, 0)).admitted  # loads the library
             sync_redis.function_flush()  # a restarted Redis without persistence
+            await asyncio.sleep(2 * QUIET_S)  # quiet (else send_admit declines: see resp.send)
             sent = limiter.send_admit(account.id, spec, 300)
             assert sent is not None
             admission = await limiter.admit_reply(sent, account.id, spec, 300)

@@ -55,17 +55,10 @@ class Health:
         self._cool_down_s = cool_down_s
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
-        self._not_closed: set[str] = set()  # so that "every circuit is closed" costs nothing
-
-    @property
-    def all_closed(self) -> bool:
-        return not self._not_closed
-
-    def _circuit(self, model: str) -> _Circuit:
-        circuit = self._circuits.get(model)
-        if circuit is None:
-            circuit = self._circuits[model] = _Circuit(self._window)
-        return circuit
+        self._not_closed: set[str] = set()
+        # Every circuit is closed (no circuit open or half-open): an attribute kept with
+        # `_not_closed`, read on every upstream call (a property was a call each time).
+        self.all_closed = True
 
     def allows(self, model: str) -> bool:
         """can_serve, and claims the probe of a half-open circuit."""
@@ -102,7 +95,9 @@ class Health:
     def record(self, model: str, ok: bool, latency_s: float) -> bool:
         """Returns whether this outcome opened the circuit (the caller rests the deployment on
         every replica)."""
-        circuit = self._circuit(model)
+        circuit = self._circuits.get(model)
+        if circuit is None:
+            circuit = self._circuits[model] = _Circuit(self._window)
         circuit.outcomes.append(ok)
         if ok:
             circuit.latency_s = (
@@ -115,11 +110,14 @@ class Health:
             if ok:
                 circuit.state = "closed"
                 self._not_closed.discard(model)
+                self.all_closed = not self._not_closed
                 circuit.outcomes.clear()
                 circuit.outcomes.append(True)
             else:
                 self._open(model, circuit)
             return not ok
+        if ok:  # a success never opens a closed circuit: its failure rate can only fall
+            return False
         failures = circuit.outcomes.count(False)
         if (
             circuit.state == "closed"
@@ -132,6 +130,7 @@ class Health:
 
     def _open(self, model: str, circuit: _Circuit) -> None:
         self._not_closed.add(model)
+        self.all_closed = False
         circuit.state = "open"
         circuit.opened_at = self._clock()
         circuit.probing = False

@@ -33,7 +33,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from msgspec import Struct
 
@@ -100,6 +100,30 @@ async def _admitted() -> None:
         await gate.passed()
 
 
+def _final_error(outcomes: list[_ModelOutcome]) -> GatewayError:
+    """What a call raises when no model served: the last failure of a try; else (nothing could
+    be tried) 503 when every deployment rests for failing, 429 `upstream_capacity` otherwise,
+    with Retry-After the earliest back."""
+    last_error: GatewayError | None = None
+    back_in: list[float] = []
+    only_failing = True
+    for outcome in outcomes:
+        if outcome.error is not None:
+            last_error = outcome.error
+        if outcome.back_in_s is not None:
+            back_in.append(outcome.back_in_s)
+            only_failing = only_failing and outcome.failing
+    if last_error is not None:
+        return last_error
+    wait = min(back_in) if back_in else 0.0
+    if only_failing:
+        return ServiceUnavailable(
+            "Every model that could serve this request is failing right now (circuit open).",
+            retry_after_s=wait,
+        )
+    return upstream_capacity(wait)
+
+
 class Retrier:
     def __init__(
         self,
@@ -125,43 +149,46 @@ class Retrier:
         # Traces on: a client span per attempt (gateway/tracing/); set by create_app.
         self.tracing: Tracing | None = None
 
-    async def call_targets(
+    def call_targets(
         self,
         targets: list[CatalogEntry],
         attempt: Callable[[CatalogEntry], Awaitable[T]],
         may_retry: Callable[[GatewayError], bool] = lambda exc: exc.retryable,
         may_fall_back: Callable[[GatewayError], bool] = lambda exc: True,
         tokens: int = 0,
-    ) -> tuple[T, CatalogEntry, list[Attempt]]:
+    ) -> Awaitable[tuple[T, CatalogEntry, list[Attempt]]]:
         """`may_retry` / `may_fall_back` narrow what is tried again: image generation passes
         "only after a connect error" for both, as the upstream may have generated already.
-        `tokens`: the request's estimate, reserved from a capped provider's token budget."""
+        `tokens`: the request's estimate, reserved from a capped provider's token budget.
+        One target (no fallback): its model's own loop is the awaitable, raising what this
+        would (no coroutine of ours around it, resumed on every step of the call)."""
+        if len(targets) == 1:  # alone, the model's loop raises rather than returns an outcome
+            served = self._serve_model(
+                targets[0], attempt, may_retry, may_fall_back, tokens, [], True
+            )
+            return cast(Awaitable[tuple[T, CatalogEntry, list[Attempt]]], served)
+        return self._call_in_turn(targets, attempt, may_retry, may_fall_back, tokens)
+
+    async def _call_in_turn(
+        self,
+        targets: list[CatalogEntry],
+        attempt: Callable[[CatalogEntry], Awaitable[T]],
+        may_retry: Callable[[GatewayError], bool],
+        may_fall_back: Callable[[GatewayError], bool],
+        tokens: int,
+    ) -> tuple[T, CatalogEntry, list[Attempt]]:
         tries: list[Attempt] = []
-        last_error: GatewayError | None = None
-        back_in: list[float] = []
-        only_failing = True
+        outcomes: list[_ModelOutcome] = []
         for index, target in enumerate(targets):
             if index and tries and self.observer is not None:
                 self.observer.fell_back(tries[-1].provider)
             served = await self._serve_model(
-                target, attempt, may_retry, may_fall_back, tokens, tries
+                target, attempt, may_retry, may_fall_back, tokens, tries, False
             )
             if not isinstance(served, _ModelOutcome):
-                return served[0], served[1], tries
-            if served.error is not None:
-                last_error = served.error
-            if served.back_in_s is not None:
-                back_in.append(served.back_in_s)
-                only_failing = only_failing and served.failing
-        if last_error is not None:
-            raise last_error
-        wait = min(back_in) if back_in else 0.0
-        if only_failing:
-            raise ServiceUnavailable(
-                "Every model that could serve this request is failing right now (circuit open).",
-                retry_after_s=wait,
-            )
-        raise upstream_capacity(wait)
+                return served
+            outcomes.append(served)
+        raise _final_error(outcomes)
 
     def _servable(
         self, target: CatalogEntry, failed: set[str] | None
@@ -193,21 +220,31 @@ class Retrier:
         may_fall_back: Callable[[GatewayError], bool],
         tokens: int,
         tries: list[Attempt],
-    ) -> tuple[T, CatalogEntry] | _ModelOutcome:
+        alone: bool,
+    ) -> tuple[T, CatalogEntry, list[Attempt]] | _ModelOutcome:
+        """One model's deployments tried; `alone`: the call's only model, whose outcome when
+        none served is raised here (call_targets' error) rather than returned."""
         deployments = target.deployments or (target,)
-        policy = self._policy_for(deployments[0])
-        budget = max(policy.attempts, len(deployments))
+        health = self._health
+        # The retry policy and the tries' budget are first needed once a try failed (the
+        # first try is always allowed: `attempts` is at least 1).
+        policy: RetrySettings | None = None
+        budget = 1
         failed: set[str] | None = None  # deployments that failed since the last backoff
         failures: set[str] = set()  # deployments that failed this request (recorded at the end)
         error: GatewayError | None = None  # the last failure of a try
         made = 0  # tries of this model
         waits = 0
         slept = 0.0
-        started = self._clock()
+        started = 0.0  # the first try's start (the failures' latency, recorded at the end)
         try:
             while made < budget:
-                servable, reopens_s = self._servable(target, failed)
-                ordered = self.balancer.order(servable)
+                if failed is None and target.all_available and health.all_closed:
+                    servable: Sequence[CatalogEntry] = deployments  # `_servable`'s first answer
+                    reopens_s = 0.0
+                else:
+                    servable, reopens_s = self._servable(target, failed)
+                ordered = self.balancer.order(servable) if len(servable) > 1 else servable
                 taken = self.capacity.take_local(ordered, tokens)
                 if taken is None:
                     await _admitted()  # a take on the shared store
@@ -218,9 +255,11 @@ class Retrier:
                         (taken.back_in_s, taken.failing) if servable else (reopens_s, True)
                     )
                     if error is None:  # nothing tried: every deployment rests or is capped
-                        return _ModelOutcome(None, back, failing)
+                        return self._outcome(_ModelOutcome(None, back, failing), alone)
+                    if policy is None:
+                        policy = self._policy_for(deployments[0])
                     if not self._waits(error, back, policy, may_retry) or waits >= budget:
-                        return _ModelOutcome(error)
+                        return self._outcome(_ModelOutcome(error), alone)
                     # every deployment failed (or rests briefly): back off, then again
                     delay = max(backoff_delay(waits, policy, self._rng), back)
                     if error.retry_after_s is not None:
@@ -234,11 +273,13 @@ class Retrier:
                     self.observer.retried(tries[-1].provider)
                 made += 1
                 key = deployment.key
-                if not self._health.all_closed:
+                if not health.all_closed:
                     await _admitted()  # a half-open circuit's probe is claimed for an admitted call
-                self._health.claim(key)
+                    health.claim(key)  # (a no-op while every circuit is closed)
                 self.balancer.started(key)
                 call_started = self._clock()
+                if made == 1:
+                    started = call_started
                 # Traces on: the attempt's client span (gateway/tracing/), ended with its error
                 # type (a gateway error's, else the exception's class) or None
                 span = record = None
@@ -260,6 +301,9 @@ class Retrier:
                     # Failed before it reached an upstream (the admission still on its way):
                     # nothing is recorded, rested or tried again for a refused request.
                     await _admitted()
+                    if policy is None:
+                        policy = self._policy_for(deployments[0])
+                        budget = max(policy.attempts, len(deployments))
                     provider = deployment.model.provider
                     tries.append(Attempt(target.model.id, exc.type, slept, provider))
                     slept = 0.0
@@ -272,7 +316,7 @@ class Retrier:
                     if not may_fall_back(exc) and not may_retry(exc):
                         raise
                     if not may_retry(exc) and not self._servable(target, failed)[0]:
-                        return _ModelOutcome(error)
+                        return self._outcome(_ModelOutcome(error), alone)
                     continue
                 except BaseException as exc:
                     if span is not None:
@@ -283,19 +327,28 @@ class Retrier:
                 if span is not None and tracing is not None and record is not None:
                     tracing.end_attempt(record, span, None)  # inline: the served attempt's
                 latency = self._clock() - call_started
-                self._health.record(key, ok=True, latency_s=latency)
+                health.record(key, ok=True, latency_s=latency)
                 if self.balancer.policy == "least-latency":
                     self.balancer.observe(key, latency)
-                failures.discard(key)
+                if failures:
+                    failures.discard(key)
                 tries.append(Attempt(target.model.id, None, slept, deployment.model.provider))
-                return result, deployment
-            return _ModelOutcome(error)
+                return result, deployment, tries
+            return self._outcome(_ModelOutcome(error), alone)
         finally:
             for key in failures:
                 # The circuit counts what a deployment did for a request (served it or not), not
                 # each try: a flaky upstream that answers on the second try is slow, not down.
-                if self._health.record(key, ok=False, latency_s=self._clock() - started):
+                if health.record(key, ok=False, latency_s=self._clock() - started):
                     await self._rest(key, self._cooldown_s, failing=True)
+
+    @staticmethod
+    def _outcome(outcome: _ModelOutcome, alone: bool) -> _ModelOutcome:
+        """What trying a model came to, when none of its deployments served: raised when it
+        was the call's only model."""
+        if alone:
+            raise _final_error([outcome])
+        return outcome
 
     @staticmethod
     def _waits(

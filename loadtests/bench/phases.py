@@ -49,6 +49,8 @@ FUNCTIONS: dict[tuple[str, str], str] = {
     ("chat.py", "_complete"): UPSTREAM,
     ("chat.py", "_open_stream"): UPSTREAM,
     ("retry.py", "call_targets"): UPSTREAM,
+    ("retry.py", "_call_in_turn"): UPSTREAM,
+    ("retry.py", "_serve_model"): UPSTREAM,
     ("common.py", "send_json_raw"): RESPONSE,
     ("common.py", "send_json_bytes"): RESPONSE,
     ("common.py", "encode_headers"): RESPONSE,

@@ -1,7 +1,7 @@
 """What one non-streamed chat request costs the gateway's own Python path, in process.
 
     .venv/bin/python -m loadtests.bench.request_cost [--requests 3000] [--reps 3] [--tree DIR]
-        [--store sqlite|redis] [--top N] [--phases]
+        [--store sqlite|redis] [--top N] [--phases [--detail N]]
 
 The app is driven directly (no server: Granian's share is the same for every version), with the
 bench's OpenAI-shaped model in front of nginx on loopback (the real HTTP client and provider),
@@ -47,7 +47,7 @@ from gateway.settings import load_settings
 from loadtests.bench import contenders as c
 from loadtests.bench.measure import tree_cpu_s
 from loadtests.bench.metering_bench import ADMIN, Harness
-from loadtests.bench.phases import PhaseCounter
+from loadtests.bench.phases import ORDER, PhaseCounter
 
 
 class ConfiguredHarness(Harness):
@@ -147,6 +147,7 @@ async def whole(
     top: int = 0,
     store_pid: int | None = None,
     phases: bool = False,
+    detail: int = 0,
 ) -> None:
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     concurrency = 16
@@ -186,6 +187,9 @@ async def whole(
         with counter.counting():
             await asyncio.gather(*(client(each) for _ in range(concurrency)))
         print("\n".join(counter.table(count, "calls per single answer")))
+        for phase in ORDER if detail else ():
+            if counter.calls[phase]:
+                print(f"{phase}:\n" + "\n".join(counter.detail(count, phase, detail)))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -224,6 +228,7 @@ async def main(args: argparse.Namespace) -> None:
             args.top,
             redis.pid if redis else None,
             args.phases,
+            args.detail,
         )
         await harness.stop()
     finally:
@@ -243,5 +248,8 @@ if __name__ == "__main__":
         "--phases",
         action="store_true",
         help="calls per request by phase (loadtests/bench/phases.py)",
+    )
+    parser.add_argument(
+        "--detail", type=int, default=0, help="with --phases: each phase's top N functions"
     )
     uvloop.run(main(parser.parse_args()))

@@ -347,7 +347,6 @@ class HttpProvider:
         observer = self.observer
         started = time.perf_counter() if observer is not None else 0.0
         settings = self.settings
-        deadline = self._client.clock() + settings.timeout_s
         try:
             try:
                 response = await self._client.request(
@@ -356,6 +355,7 @@ class HttpProvider:
                     headers,
                     upstream.body or None,
                     min(settings.first_byte_timeout_s, settings.timeout_s),
+                    settings.timeout_s,
                 )
             except TimeoutError as exc:
                 raise GatewayTimeout(
@@ -371,7 +371,6 @@ class HttpProvider:
                 raise BadGateway(
                     f"The upstream provider '{self.name}' failed: {type(exc).__name__}."
                 ) from exc
-            response.expire_at(deadline)
             if response.status >= 400:
                 try:
                     body = await response.read()
@@ -392,13 +391,11 @@ class HttpProvider:
         """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
         response = await self._send(upstream)
         try:
-            body = await response.read()
+            body = await response.read()  # released once read (closed if it failed)
         except TimeoutError as exc:
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
         except ResponseBroken as exc:
             raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
-        finally:
-            response.release()
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -454,13 +451,11 @@ class HttpProvider:
     async def complete(self, call: ChatCall) -> Completion:
         response = await self._send(self.build_request(call, stream=False))
         try:
-            body = await response.read()
+            body = await response.read()  # released once read (closed if it failed)
         except TimeoutError as exc:
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
         except ResponseBroken as exc:
             raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
-        finally:
-            response.release()
         completion = self.parse_response(call, body)
         if self.tracing is not None:
             note_finish_reasons(

@@ -26,9 +26,9 @@ connect step (`connect_timeout_s`, ConnectFailed).
 
 Timeouts: connecting (DNS, TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
 `read_timeout_s` for the next bytes of an answer, raises TimeoutError; so do the caller's
-deadlines, `headers_timeout_s` of `request` (pool wait and connect included) and
-`HttpResponse.expire_at` (the whole answer). One timer per answer checks all of them; it is
-re-armed only when it fires early (no timer per read).
+deadlines, `headers_timeout_s` of `request` (pool wait and connect included) and its
+`whole_timeout_s` or `HttpResponse.expire_at` (the whole answer). One timer per answer checks
+all of them; it is re-armed only when it fires early (no timer per read).
 A cancelled caller drops its connection. Error messages never quote a header value.
 """
 
@@ -48,7 +48,7 @@ from urllib.parse import quote, urlsplit
 import aiohappyeyeballs
 import httptools
 
-from gateway.admission_gate import closed_gate
+from gateway.admission_gate import GATE
 from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
 
 __all__ = ["ConnectFailed", "HttpClient", "HttpResponse", "ResponseBroken"]
@@ -174,15 +174,19 @@ class HttpClient:
         headers: Mapping[str, str],
         body: bytes | None,
         headers_timeout_s: float | None = None,
+        whole_timeout_s: float | None = None,
     ) -> HttpResponse:
         """Sends one request; returns when the answer's status line and headers are parsed.
         `Host` and `Content-Length` are the client's to send, not the caller's.
         `headers_timeout_s`: the headers must have arrived by then, waiting for a pooled
-        connection and connecting included. Raises ConnectFailed, ResponseBroken, TimeoutError,
-        or ValueError for a URL or header that cannot be sent (a CR or LF in a header: no header
-        injection)."""
+        connection and connecting included; `whole_timeout_s`: the whole answer, body included
+        (counted from this call; its reader gets TimeoutError then, as with `expire_at`).
+        Raises ConnectFailed, ResponseBroken, TimeoutError, or ValueError for a URL or header
+        that cannot be sent (a CR or LF in a header: no header injection)."""
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
+        loop = self._loop or self._event_loop()
+        whole_by = None if whole_timeout_s is None else loop.time() + whole_timeout_s
         target = self._targets.get(url)
         if target is None:
             target = _parse_target(url, self._proxies)
@@ -207,25 +211,28 @@ class HttpClient:
             if len(self._pools) >= _MAX_CACHED:  # many hosts (image downloads): forget
                 self._pools = {k: p for k, p in self._pools.items() if p.count or p.waiters}
             pool = self._pools[target.key] = _Pool(self, target)
-        gate = closed_gate()
-        if gate is not None:  # the request's admission is on its way: nothing leaves before it
-            await gate.passed()
-        headers_by = (
-            None
-            if headers_timeout_s is None
-            else (self._loop or self._event_loop()).time() + headers_timeout_s
-        )
+        gate = GATE.get()  # closed_gate(), inline
+        if gate is not None and not gate.open:
+            await gate.passed()  # the request's admission is on its way: nothing leaves before it
+        headers_by = None if headers_timeout_s is None else loop.time() + headers_timeout_s
         fresh = False
         while True:
             conn = await pool.acquire(fresh, headers_by)
-            response = HttpResponse(conn, self._read_timeout_s, head_only, headers_by)
+            response = HttpResponse(conn, self._read_timeout_s, head_only, headers_by, whole_by)
             conn.send(response, payload)
             try:
-                # `_wait_until(_has_headers)` written out: two frames less per request
+                # `_wait_until(_has_headers)` and `_wait()` written out: four frames less per
+                # request (the call and the resumption of each)
                 while not response._headers_done:
                     if response._error is not None:
                         response._raise_copy(response._error)
-                    await response._wait()
+                    waiter = loop.create_future()
+                    response._waiter = waiter
+                    response._wait_since = loop.time()
+                    try:
+                        await waiter
+                    finally:
+                        response._waiter = None
             except ResponseBroken:
                 response.close()
                 if fresh or not conn.reused or response._got_bytes:
@@ -387,7 +394,8 @@ class _Pool:
         if not conn.usable() or self.client._closed:
             conn.close()
             return
-        conn.resume()
+        if conn.paused:
+            conn.resume()
         conn.reused = True
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -508,7 +516,9 @@ class _Connection(asyncio.Protocol):
         # The body's chunks were appended by the parser (no Python call per HTTP chunk): the
         # reader is woken once per read, and the socket paused past the high-water mark.
         if response._chunks:
-            response._wake()
+            waiter = response._waiter  # `response._wake()`, inline
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             if not response._unbounded:
                 response._wire += len(data)  # an upper bound of the body bytes buffered
                 if response._wire > HIGH_WATER and response._buffered > HIGH_WATER:
@@ -572,6 +582,7 @@ class HttpResponse:
         read_timeout_s: float,
         head_only: bool,
         headers_by: float | None = None,
+        whole_by: float | None = None,
     ) -> None:
         self.status = 0
         # The headers as they came, name and value after name and value (bytes): `headers`, the
@@ -615,11 +626,18 @@ class HttpResponse:
         # silence longer than `read_timeout_s` while the caller waits for bytes.
         now = self._loop.time()
         self._headers_by = headers_by
-        self._whole_by: float | None = None
+        self._whole_by = whole_by
         self._last_bytes_at = now
         self._wait_since = now
-        self._timer: asyncio.TimerHandle | None = None
-        self._arm(now)
+        # `_arm(now)`, inline: `_due()` with nothing read or waited for yet
+        due = now + read_timeout_s
+        if headers_by is not None and headers_by < due:
+            due = headers_by
+        if whole_by is not None and whole_by < due:
+            due = whole_by
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
+            max(now, due), self._on_timer, context=TIMER_CONTEXT
+        )
 
     @property
     def headers(self) -> dict[str, str]:
@@ -640,11 +658,13 @@ class HttpResponse:
 
     # -- for callers ------------------------------------------------------------------------
     async def read(self) -> bytes:
-        """The whole body; the connection then goes back to the pool."""
+        """The whole body; the connection then goes back to the pool (`release()`), or is
+        dropped if reading failed (`close()`): the caller need not do either."""
         self._unbounded = True
-        if self._conn is not None:
-            self._conn.resume()
         try:
+            conn = self._conn
+            if conn is not None and conn.paused:
+                conn.resume()
             if not self._complete:  # a small answer is often whole with its headers
                 await self._wait_until(self._is_complete)
             body = self._take()

@@ -763,6 +763,21 @@ async def test_expire_at_bounds_the_whole_body() -> None:
             await response.read()
 
 
+async def test_whole_timeout_bounds_the_whole_body_from_the_request() -> None:
+    """`whole_timeout_s`: the deadline of `expire_at`, counted from the request."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None, 5.0, whole_timeout_s=0.1)
+        with pytest.raises(TimeoutError):
+            await response.read()
+        assert all(pool.count == 0 for pool in http._pools.values())  # dropped, not kept
+
+
 async def test_cancelling_mid_request_closes_the_connection() -> None:
     got_request = asyncio.Event()
     peer_closed = asyncio.Event()

@@ -39,10 +39,11 @@ class ContextLengthExceeded(InvalidRequest):
 
 def estimate_prompt_tokens(request: ChatRequest, chars_per_token: float) -> int:
     """The documented estimate of a prompt's tokens when no tokenizer is at hand."""
+    chars, images, _ = request.prompt_counts
     return (
-        math.ceil(request.prompt_chars() / chars_per_token)
+        math.ceil(chars / chars_per_token)
         + TOKENS_PER_MESSAGE * len(request.messages)
-        + TOKENS_PER_IMAGE * request.image_parts()
+        + TOKENS_PER_IMAGE * images
     )
 
 
@@ -83,7 +84,7 @@ def check_shape(request: ChatRequest, bounds: BoundsSettings) -> None:
     check_counts(
         bounds,
         messages=len(request.messages),
-        parts=request.content_parts(),
+        parts=request.prompt_counts[2],
         tools=len(request.tools or ()),
         stops=0 if stop is None else 1 if isinstance(stop, str) else len(stop),
     )

@@ -83,17 +83,19 @@ def resolve_chat(
     note_requested_model(request.model)
     if bounded:
         check_shape(request, catalog.bounds)  # before anything else reads the whole request
-    chain = _resolve_chat_one(catalog, request, request.model, body)
-    if bounded and not request.models and catalog.get(request.model) is not None:
+    entry = catalog.entries.get(request.model)
+    chain = _resolve_chat_one(catalog, request, request.model, body, entry)
+    if bounded and not request.models and entry is not None:
         # a model the client named, with no fallbacks of its own, must hold the request itself
         fitting_targets(request, chain[:1], catalog.bounds)
         if len(chain) == 1:
             return chain  # it does (it would have raised): nothing more to check
     for index, model_id in enumerate(request.models or ()):
-        if catalog.get(model_id) is None and model_id not in catalog.routes:
+        fallback = catalog.entries.get(model_id)
+        if fallback is None and model_id not in catalog.routes:
             raise model_not_found(model_id, param=f"models[{index}]")
         try:
-            more = _resolve_chat_one(catalog, request, model_id, body)
+            more = _resolve_chat_one(catalog, request, model_id, body, fallback)
         except ServiceUnavailable:
             continue  # an unavailable fallback is skipped, as a configured one is
         seen = {e.model.id for e in chain}
@@ -102,19 +104,25 @@ def resolve_chat(
 
 
 def _resolve_chat_one(
-    catalog: Catalog, request: ChatRequest, model_id: str, body: bytes
+    catalog: Catalog,
+    request: ChatRequest,
+    model_id: str,
+    body: bytes,
+    entry: CatalogEntry | None,
 ) -> list[CatalogEntry]:
-    entry = catalog.get(model_id)
+    """`entry`: the catalog's model named `model_id`, if it is one (else a route)."""
     if entry is not None:
         if entry.model.kind != "chat":
             raise InvalidRequest(
                 f"The model '{entry.model.id}' is an {entry.model.kind} model, not a chat model.",
                 param="model",
             )
-        if not entry.available:
+        if entry.unavailable_reason is not None:  # not `available`
             raise ServiceUnavailable(
                 f"The model '{entry.model.id}' is unavailable: {entry.unavailable_reason}."
             )
+        if not entry.model.fallbacks:
+            return [entry]
         chain = [entry] + [catalog.entries[f] for f in entry.model.fallbacks]
         return [e for e in chain if e.available]
     route = catalog.routes.get(model_id)

@@ -162,18 +162,19 @@ class ChatRequest(_Open, dict=True):
 
     def prompt_chars(self) -> int:
         """Characters of the prompt's text, tool calls and tool definitions."""
-        return self._prompt_counts[0]
+        return self.prompt_counts[0]
 
     def image_parts(self) -> int:
-        return self._prompt_counts[1]
+        return self.prompt_counts[1]
 
     def content_parts(self) -> int:
         """Content parts of all messages together (a string content counts none)."""
-        return self._prompt_counts[2]
+        return self.prompt_counts[2]
 
     @functools.cached_property
-    def _prompt_counts(self) -> tuple[int, int, int]:
-        """(characters, image parts, content parts), counted in one pass over the messages."""
+    def prompt_counts(self) -> tuple[int, int, int]:
+        """(characters, image parts, content parts), counted in one pass over the messages
+        (the request path reads the tuple: no method call per count)."""
         total = images = parts = 0
         for message in self.messages:
             content = message.content

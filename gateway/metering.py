@@ -57,22 +57,25 @@ RESERVE_TOKENS_PER_IMAGE = 1600
 
 def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
     """Worst case over every target the request may fall back to."""
+    chars, images, _ = request.prompt_counts
     prompt = (
-        math.ceil(request.prompt_chars() / RESERVE_CHARS_PER_TOKEN)
+        math.ceil(chars / RESERVE_CHARS_PER_TOKEN)
         + RESERVE_TOKENS_PER_MESSAGE * len(request.messages)
-        + RESERVE_TOKENS_PER_IMAGE * request.image_parts()
+        + RESERVE_TOKENS_PER_IMAGE * images
     ) * (request.n or 1)
     worst = TokenUsage(prompt, request.output_budget * (request.n or 1))
-    return max(
-        token_cost_micros(worst, prompt_price_ceiling(t.model), t.model.output_usd_per_mtok)
-        for t in targets
+    return max(  # a list, not a generator: no frame resumed per target
+        [
+            token_cost_micros(worst, prompt_price_ceiling(t.model), t.model.output_usd_per_mtok)
+            for t in targets
+        ]
     )
 
 
 def upstream_tokens_for_chat(request: ChatRequest) -> int:
     """What an upstream counts against its tokens-per-minute limit when the request is sent:
     the prompt plus the output budget (settled to the actual usage afterwards)."""
-    return estimate_tokens(request.prompt_chars()) + request.output_budget * (request.n or 1)
+    return estimate_tokens(request.prompt_counts[0]) + request.output_budget * (request.n or 1)
 
 
 class Ticket(Struct):
@@ -274,22 +277,25 @@ class Meter:
         now = self._clock()
         gate = key_gate(auth, utc_day(now))
         admission = self._still_denied(account.id, spec, gate) if self._denied else None
+        sender = self.sender
+        if admission is None and sender is None:
+            # decided in process (a cancellation there undoes itself), before the pending
+            # admission is made: it is made decided
+            admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
+            if admission.outcome == "rate_limited":
+                self._remember_denial(account.id, spec, gate, admission)
         pending = PendingAdmission(
             self, admission, request_id, account, auth.key_id, spec, gate, now, allowed,
             reserve_micros,
         )  # fmt: skip
-        if admission is not None:
+        if admission is not None or sender is None:
             return pending
-        sender = self.sender
-        if sender is None:  # decided in process (a cancellation there undoes itself)
-            admission = await self._limiter.admit(account.id, spec, reserve_micros, gate)
-        else:
-            # A reply that comes after the request was cancelled goes to `pending.dropped`.
-            sent = sender.send_admit(account.id, spec, reserve_micros, gate, pending.dropped)
-            if sent is not None:
-                pending.sent(sent)
-                return pending
-            admission = await sender.admit(account.id, spec, reserve_micros, gate, pending.dropped)
+        # A reply that comes after the request was cancelled goes to `pending.dropped`.
+        sent = sender.send_admit(account.id, spec, reserve_micros, gate, pending.dropped)
+        if sent is not None:
+            pending.sent(sent)
+            return pending
+        admission = await sender.admit(account.id, spec, reserve_micros, gate, pending.dropped)
         if admission.outcome == "rate_limited":
             self._remember_denial(account.id, spec, gate, admission)
         pending.decided(admission)
@@ -347,6 +353,8 @@ class Meter:
         auth: AuthContext, requested: str, targets: list[CatalogEntry]
     ) -> list[CatalogEntry]:
         """The targets the key may use, in order (gateway/keys.py); 403 if none."""
+        if not auth.policy.models:  # a key without an allowlist may use them all
+            return targets
         named_directly = bool(targets) and targets[0].model.id == requested
         return allowed_targets(auth.policy.models, requested, targets, not named_directly)
 

@@ -37,6 +37,7 @@ class PendingAdmission:
     __slots__ = (
         "_admission",
         "_error",
+        "_gate_token",
         "_meter",
         "_sent",
         "_ticket",
@@ -80,6 +81,7 @@ class PendingAdmission:
         self.targets = targets  # what this key may use, in order: call only these
         self.reserve_micros = reserve_micros
         self.stream = False  # for the ledger entry of a dropped admission (`overlapping` sets it)
+        self._gate_token: Any = None  # the gate set while the upstream call overlaps (`__aenter__`)
 
     def sent(self, future: asyncio.Future[Any]) -> None:
         """The admission's call is on its way: its reply is `future` (`passed` reads it)."""
@@ -184,34 +186,22 @@ class PendingAdmission:
         )  # fmt: skip
         self.open = True
 
-    def overlapping(self, stream: bool) -> Overlap:
-        """Around the route's upstream call: `Meter.settle_on_failure` for an admission that may
-        still be on its way (see Overlap)."""
-        return Overlap(self, stream)
-
-
-class Overlap:
-    """`async with pending.overlapping(stream):` around the upstream call. An admission decided
-    when it was started is answered on entry (a refusal raised before any upstream work, as an
-    awaited admission was); one in flight gates the call (gateway/admission_gate.py) and is
-    decided on the way out at the latest. On a failure the admission's refusal is raised
-    first; an admitted request's failure is settled at no cost with the admission's headers on
-    its error (`Meter.settle_on_failure`)."""
-
-    __slots__ = ("_pending", "_stream", "_token")
-
-    def __init__(self, pending: PendingAdmission, stream: bool) -> None:
-        self._pending = pending
-        self._stream = stream
-        self._token: Any = None
+    def overlapping(self, stream: bool) -> PendingAdmission:
+        """`async with pending.overlapping(stream):` around the route's upstream call (the
+        pending admission is its own context manager: no object per request). An admission
+        decided when it was started is answered on entry (a refusal raised before any upstream
+        work, as an awaited admission was); one in flight gates the call
+        (gateway/admission_gate.py) and is decided on the way out at the latest. On a failure
+        the admission's refusal is raised first; an admitted request's failure is settled at no
+        cost with the admission's headers on its error (`Meter.settle_on_failure`)."""
+        self.stream = stream
+        return self
 
     async def __aenter__(self) -> None:
-        pending = self._pending
-        pending.stream = self._stream
-        if pending._sent is not None:  # in flight
-            self._token = GATE.set(pending)
+        if self._sent is not None:  # in flight
+            self._gate_token = GATE.set(self)
         else:
-            pending.ticket()
+            self.ticket()
 
     async def __aexit__(
         self,
@@ -219,28 +209,28 @@ class Overlap:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            GATE.reset(self._token)
-        pending = self._pending
+        if self._gate_token is not None:
+            GATE.reset(self._gate_token)
+            self._gate_token = None
         if exc is not None and not isinstance(exc, Exception):
-            if pending.open:  # cancelled: an admitted request is settled, without waiting
-                self._settle(kind, exc, traceback)
+            if self.open:  # cancelled: an admitted request is settled, without waiting
+                self._settle_failure(kind, exc, traceback)
             else:  # cancelled before the reply was read: what it took is given back
-                pending.abandon()
+                self.abandon()
             return
-        await pending.read_reply()  # if the call never reached the gate (or failed before it)
+        if self._sent is not None:  # the call never reached the gate (or failed before it)
+            await self.read_reply()
         if exc is not None:
-            self._settle(kind, exc, traceback)  # a refusal is raised first: nothing went out
+            self._settle_failure(kind, exc, traceback)  # a refusal is raised first
         # else the route takes the ticket (on a refusal it undoes what the call holds)
 
-    def _settle(
+    def _settle_failure(
         self,
         kind: type[BaseException] | None,
         exc: BaseException,
         traceback: TracebackType | None,
     ) -> None:
-        pending = self._pending
-        failure = pending._meter.settle_on_failure(pending.ticket(), self._stream)
+        failure = self._meter.settle_on_failure(self.ticket(), self.stream)
         failure.__exit__(kind, exc, traceback)
 
 
@@ -258,7 +248,7 @@ async def served_ticket(
     undoing what the call holds (the served deployment's place in flight and its token estimate,
     the stream)."""
     try:
-        ticket = pending.ticket()
+        ticket = pending._ticket or pending.ticket()  # the ticket, once decided (no call)
     except Exception:
         retrier.release(served, tokens, 0)
         if stream is not None:

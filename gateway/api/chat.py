@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -81,7 +82,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         scope["state"]["request_id"],
         chat.model,
         targets,
-        lambda allowed: reserve_for_chat(chat, allowed),
+        functools.partial(reserve_for_chat, chat),  # (a partial: no Python frame of its own)
         allowed_already=True,
     )
     tokens = upstream_tokens_for_chat(chat)

@@ -33,7 +33,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 from msgspec import Struct
 
@@ -162,11 +162,12 @@ class Retrier:
         `tokens`: the request's estimate, reserved from a capped provider's token budget.
         One target (no fallback): its model's own loop is the awaitable, raising what this
         would (no coroutine of ours around it, resumed on every step of the call)."""
-        if len(targets) == 1:  # alone, the model's loop raises rather than returns an outcome
-            served = self._serve_model(
+        if len(targets) == 1:
+            # Alone, the model's loop raises rather than returns an outcome (typing.cast would
+            # be a Python call per request).
+            return self._serve_model(  # type: ignore[return-value]
                 targets[0], attempt, may_retry, may_fall_back, tokens, [], True
             )
-            return cast(Awaitable[tuple[T, CatalogEntry, list[Attempt]]], served)
         return self._call_in_turn(targets, attempt, may_retry, may_fall_back, tokens)
 
     async def _call_in_turn(

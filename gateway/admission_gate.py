@@ -1,6 +1,6 @@
 """The admission gate: the upstream call is prepared while the request's admission is in flight.
 
-On the Redis store the admission is a round trip (`FCALL klawd_admit_v2`, 0.1-0.3 ms). A billable
+On the Redis store the admission is a round trip (`FCALL klawd_admit_v3`, 0.1-0.3 ms). A billable
 route sends it (`Meter.start`), then starts its upstream call at once under the gate
 (`PendingAdmission.overlapping`, gateway/metering.py): resolving the deployment, translating and
 serializing the upstream request, building its HTTP head run while the reply is on its way.

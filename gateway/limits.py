@@ -11,7 +11,7 @@ A denial consumes nothing. Two implementations share this contract and one test 
 - EmbeddedLimiter: the Rust limiter (`gateway._core.Limiter`) for the limits and the SQLite store's
   in-memory reservations for the credits and key budgets. One process only (settings refuse
   workers > 1 without Redis).
-- RedisLimiter (gateway/store/redis_limiter.py): one `FCALL klawd_admit_v2` on Redis server
+- RedisLimiter (gateway/store/redis_limiter.py): one `FCALL klawd_admit_v3` on Redis server
   time, exact across every worker and replica.
 """
 
@@ -71,6 +71,7 @@ class Admission(Struct, frozen=True):
     reserved_micros: int = 0
     limited_by_key: bool = False  # the key's own limits (not the plan's) refused
     key_reserved_micros: int = 0  # reserved against the key's budgets (KeyGate.has_budget)
+    hold_id: str = ""  # Redis: the reservation's hold, removed when the request is settled
 
     @property
     def admitted(self) -> bool:

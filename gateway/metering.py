@@ -419,6 +419,7 @@ class Meter:
                 cost_micros=cost,
                 reserved_micros=ticket.admission.reserved_micros,
                 key_reserved_micros=ticket.admission.key_reserved_micros,
+                hold_id=ticket.admission.hold_id,
                 latency_ms=round((now - ticket.started) * 1000),
                 status=status,
                 request_id=ticket.request_id,

@@ -86,6 +86,11 @@ class StoreSettings(_Strict):
     # The name of an environment variable that, when set, holds the URL instead (for a Redis
     # URL with a password: secrets only by environment variable name).
     url_env: str = ""
+    # Redis: how long an admitted request's credit reservation is held at most. A request never
+    # settled (its worker killed, its admission's reply lost) has it given back after this,
+    # at the account's next admission; one still running then keeps running, and is settled
+    # by its cost alone. Longer than any request (or stream) should last.
+    reservation_hold_s: PositiveFloat = 3600.0
 
     def display_url(self) -> str:
         """The URL without credentials, for logs and banners."""

@@ -78,7 +78,7 @@ def open_capacity(store: Store) -> Capacity:
 async def build_state(
     settings: Settings, environ: Mapping[str, str], metrics: Metrics | None = None
 ) -> AppState:
-    store = open_store(settings.store.url)
+    store = open_store(settings.store.url, settings.store.reservation_hold_s)
     capacity = open_capacity(store)
     if metrics is not None:
         store = timed_store(store, metrics)  # store latency and errors

@@ -117,6 +117,9 @@ class UsageEntry(Struct, frozen=True):
     # What admission reserved against the API key's budgets (0 for a key without a budget);
     # settling releases it from the key's spend periods of `day`. Not a ledger column.
     key_reserved_micros: int = 0
+    # Redis: the hold that admission recorded for the reservation ('' for none), removed by
+    # settling (gateway/store/lua/klawd.lua, klawd_admit_v3). Not a ledger column.
+    hold_id: str = ""
 
 
 class UsageRow(Struct, frozen=True):
@@ -401,8 +404,9 @@ class Store(Protocol):
         ...
 
 
-def open_store(url: str) -> Store:
-    """Build the store named by `store.url` (no I/O until first use)."""
+def open_store(url: str, reservation_hold_s: float = 3600.0) -> Store:
+    """Build the store named by `store.url` (no I/O until first use). `reservation_hold_s`:
+    Redis's `[store] reservation_hold_s` (an embedded store's reservations die with it)."""
     if url.startswith("sqlite://"):
         from gateway.store.sqlite import SqliteStore
 
@@ -410,7 +414,7 @@ def open_store(url: str) -> Store:
     if url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
         from gateway.store.redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, reservation_hold_s)
     raise StoreError(f"store {url.split('://', 1)[0]}:// is not available in this build")
 
 

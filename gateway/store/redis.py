@@ -10,6 +10,8 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
     klawd:acct:{A}:kusage:DAY   hash: "<key id>|requests", "<key id>|cost_micros", …
     klawd:acct:{A}:krpm|krpd:K  the API key K's own limiter state
     klawd:acct:{A}:kspend:K:d:DAY|m:MONTH|t   hash: s (settled micros), r (reserved micros)
+    klawd:acct:{A}:holds        sorted set: the reservations of requests in flight by expiry,
+                                "<hold id>|<micros>[|<key id>|<day>]" (klawd_admit_v3)
     klawd:acct:{A}:ledger       stream: one entry per request (JSON)
     klawd:accounts              set of account ids
     klawd:key:<sha256>          hash: the API key record
@@ -120,7 +122,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v5` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v6` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -138,9 +140,9 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v5` for entries of one account (gateway/store/lua/klawd.lua)."""
+    """`FCALL klawd_settle_v6` for entries of one account (gateway/store/lua/klawd.lua)."""
     key = _acct(entries[0].account_id)
-    keys: list[str] = [f"{key}:credits", f"{key}:ledger", key]
+    keys: list[str] = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds"]
     args: list[Any] = []
     for entry in entries:
         key_id = entry.key_id or "-"
@@ -160,15 +162,17 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
             _entry_encoder.encode(entry),
             key_id,
             entry.key_reserved_micros,
+            entry.hold_id,
         )
-    return ("FCALL", "klawd_settle_v5", len(keys), *keys, *args)
+    return ("FCALL", "klawd_settle_v6", len(keys), *keys, *args)
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
     """`redis://` / `rediss://`: one Redis; `redis+cluster://seed:port`: a Redis Cluster."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, reservation_hold_s: float = 3600.0) -> None:
         self.url = url
+        self.reservation_hold_ms = round(reservation_hold_s * 1000)
         self.cluster = "+cluster://" in url
         plain_url = url.replace("+cluster://", "://", 1)
         # A single Redis: the lean multiplexed client, for every command (a few connections, the
@@ -561,7 +565,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v5` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v6` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -635,7 +639,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v5's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v6's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

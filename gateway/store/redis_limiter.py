@@ -1,6 +1,9 @@
-"""Admission on Redis: one `FCALL klawd_admit_v2` on Redis server time decides the account's
+"""Admission on Redis: one `FCALL klawd_admit_v3` on Redis server time decides the account's
 limits and credit reservation and the API key's limits and budget reservation together, so it is
-exact across every worker and replica and costs one round trip (gateway/store/lua/klawd.lua)."""
+exact across every worker and replica and costs one round trip (gateway/store/lua/klawd.lua).
+A reservation is recorded as a hold with an expiry (`[store] reservation_hold_s`): settling
+removes it, and one never settled (its worker killed, its reply lost) is given back by the
+account's next admission once it expired."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway import ids
 from gateway.limits import Admission, Dropped, KeyGate, LimitSpec, Outcome
 from gateway.store.base import StoreError
 from gateway.store.resp import RespReplyError
@@ -45,7 +49,7 @@ CALLS_KEPT = 100_000
 
 def _needs_key_share(key: KeyGate | None) -> bool:
     """Whether the call must carry the key's share: a key without limits or budget changes
-    nothing in `klawd_admit_v2` (its five keys are neither read nor written, its refusal flag
+    nothing in `klawd_admit_v3` (its five keys are neither read nor written, its refusal flag
     stays 0), so its call is the account's alone: ten arguments fewer to pack, send and parse."""
     return key is not None and bool(
         key.requests_per_minute or key.requests_per_day or key.has_budget
@@ -54,8 +58,9 @@ def _needs_key_share(key: KeyGate | None) -> bool:
 
 def _admission(reply: list[Any], reserve: int, consume: bool, key: KeyGate | None) -> Admission:
     outcome, retry_ms, remaining, reset_ms, remaining_day, _balance = reply[:6]
-    limit, limit_day, by_key = reply[6:9]
+    limit, limit_day, by_key, hold_id = reply[6:10]
     result = OUTCOMES[int(outcome)]
+    reserved = reserve if result == "admitted" and consume else 0
     return Admission(
         outcome=result,
         retry_after_s=int(retry_ms) / 1000,
@@ -64,11 +69,10 @@ def _admission(reply: list[Any], reserve: int, consume: bool, key: KeyGate | Non
         reset_requests_s=int(reset_ms) / 1000,
         limit_requests_day=int(limit_day),
         remaining_requests_day=int(remaining_day),
-        reserved_micros=reserve if result == "admitted" and consume else 0,
+        reserved_micros=reserved,
         limited_by_key=bool(int(by_key)),
-        key_reserved_micros=reserve
-        if result == "admitted" and consume and key is not None and key.has_budget
-        else 0,
+        key_reserved_micros=reserved if key is not None and key.has_budget else 0,
+        hold_id=hold_id.decode() if type(hold_id) is bytes else hold_id,
     )
 
 
@@ -101,6 +105,7 @@ class RedisLimiter:
                 -1 if budget.month_micros is None else budget.month_micros,
                 -1 if budget.total_micros is None else budget.total_micros,
             ]
+        keys.append(f"{acct}:holds")  # klawd_admit_v3's, always last
         if len(self._calls) >= CALLS_KEPT:
             self._calls.clear()
         call = self._calls[cache_key] = (keys, head, tail)
@@ -117,8 +122,15 @@ class RedisLimiter:
     ) -> Admission:
         keys, head, tail = self._call(account_id, spec, consume, key)
         undo = None if dropped is None else self._undo(dropped, reserve, key)
-        reply = await self._store.fcall("klawd_admit_v2", keys, [*head, reserve, *tail], undo)
+        reply = await self._store.fcall(
+            "klawd_admit_v3", keys, [*head, reserve, *tail, *self._hold(consume and reserve)], undo
+        )
         return _admission(reply, reserve, consume, key)
+
+    def _hold(self, reserving: int | bool) -> tuple[str, int]:
+        """The last two arguments of `klawd_admit_v3`: the id of the hold it records if it
+        reserves (echoed in its reply), and the hold's length."""
+        return (ids.token_hex(8) if reserving else "", self._store.reservation_hold_ms)
 
     def _undo(self, dropped: Dropped, reserve: int, key: KeyGate | None) -> Callable[[Any], None]:
         """The lean client's `undo` of an admission: its reply made an Admission for `dropped`
@@ -151,7 +163,8 @@ class RedisLimiter:
         `dropped`: called with the Admission if the future is cancelled before the reply."""
         keys, head, tail = self._call(account_id, spec, True, key)
         undo = None if dropped is None else self._undo(dropped, reserve_micros, key)
-        return self._store.send_fcall("klawd_admit_v2", keys, [*head, reserve_micros, *tail], undo)
+        args = [*head, reserve_micros, *tail, *self._hold(reserve_micros)]
+        return self._store.send_fcall("klawd_admit_v3", keys, args, undo)
 
     async def admit_reply(
         self,
@@ -163,7 +176,7 @@ class RedisLimiter:
         dropped: Dropped | None = None,
     ) -> Admission:
         try:
-            reply = await self._store.fcall_reply(sent, "klawd_admit_v2")
+            reply = await self._store.fcall_reply(sent, "klawd_admit_v3")
         except LibraryMissing:  # it did not run: loaded again, then called once more
             return await self.admit(account_id, spec, reserve_micros, key, dropped)
         return _admission(reply, reserve_micros, True, key)

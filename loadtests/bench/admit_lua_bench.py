@@ -2,7 +2,9 @@
 in one run on one redis-server: `klawd_admit_v1` against `klawd_admit_v2` (a key without and with
 a budget and limits), `klawd_settle_v2` against `klawd_settle_v3` and `klawd_settle_v4` (v3 plus
 the account's credit grant, for `budget.threshold` of the credit), and `klawd_settle_v5` (a batch
-of one account's entries in one call) per entry. Redis's own per-call figure (INFO commandstats,
+of one account's entries in one call) per entry; and a request's admission plus its share of a
+50-entry settlement with reservation holds (`klawd_admit_v3` + `klawd_settle_v6`) against
+without (`klawd_admit_v2` + `klawd_settle_v5`). Redis's own per-call figure (INFO commandstats,
 usec_per_call), so client and event-loop noise stay out of it.
 
     .venv/bin/python loadtests/bench/admit_lua_bench.py [--calls 20000]
@@ -125,6 +127,30 @@ def main() -> None:
             settle_v4(i)
         per_entry = client.info("commandstats")["cmdstat_fcall"]["usec_per_call"] / batch
         print(f"{f'klawd_settle_v5, {batch} entries a call (per entry)':44} {per_entry:8.2f}")
+        print(f"{'per request: admission + 1/50 of a settlement':44} {'server us':>8}")
+        held = [f"{A}:holds"]
+        for name, holds in (("klawd_admit_v2 + klawd_settle_v5", False),
+                            ("klawd_admit_v3 + klawd_settle_v6 (holds)", True)):  # fmt: skip
+            client.execute_command("CONFIG", "RESETSTAT")
+            for i in range(args.calls // batch):
+                keys, argv = [f"{A}:credits", f"{A}:ledger", A, *(held if holds else [])], []
+                for n in range(batch):
+                    if holds:
+                        reply = client.execute_command(
+                            "FCALL", "klawd_admit_v3", 5, *ACCOUNT, *held, *LIMITS,
+                            f"h{i}.{n}", 3_600_000,
+                        )  # fmt: skip
+                        hold = [reply[9]]
+                    else:
+                        client.execute_command("FCALL", "klawd_admit_v2", 4, *ACCOUNT, *LIMITS)
+                        hold = []
+                    keys += [f"{A}:usage:2026-12-03", f"{A}:h{holds}:{i}:{n}"]
+                    keys += [f"{A}:kusage:2026-12-03", *KEY[2:]]
+                    argv += [20, *entry[1:], "k", 0, *hold]
+                function = "klawd_settle_v6" if holds else "klawd_settle_v5"
+                client.execute_command("FCALL", function, len(keys), *keys, *argv)
+            stats = client.info("commandstats")["cmdstat_fcall"]
+            print(f"{name:44} {stats['usec'] / (args.calls // batch * batch):8.2f}")
         print(f"({args.calls} sequential calls each, redis-py, one connection)")
     finally:
         server.stop()

@@ -1,6 +1,6 @@
 """The admission's call on Redis (gateway/store/redis_limiter.py): a key without limits or a
-budget is admitted by the account's share of `klawd_admit_v2` alone, with the same decisions and
-the same keys written as when its share is sent."""
+budget is admitted by the account's share of `klawd_admit_v3` alone (and the account's holds),
+with the same decisions and the same keys written as when its share is sent."""
 
 from __future__ import annotations
 
@@ -41,18 +41,19 @@ async def test_a_key_without_limits_or_budget_is_admitted_by_the_account_share_a
         full = await store.create_account("full", "free", 100)
         gate = KeyGate("key_plain", DAY)
         keys, head, tail = limiter._call(lean.id, SPEC, True, gate)
-        assert len(keys) == 4 and len(tail) == 1  # the account's share only
-        for _ in range(7):  # past the per-minute limit, and past the credit
+        assert len(keys) == 5 and len(tail) == 1  # the account's share only, and its holds
+        for attempt in range(7):  # past the per-minute limit, and past the credit
             lean_admission = await limiter.admit(lean.id, SPEC, 30, gate)
             acct = _acct(full.id)
             full_reply = await store.fcall(
-                "klawd_admit_v2",
+                "klawd_admit_v3",
                 [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:tpm", f"{acct}:credits"]
                 + [f"{acct}:krpm:key_plain", f"{acct}:krpd:key_plain"]
-                + [f"{acct}:kspend:key_plain:{p}" for p in (f"d:{DAY}", "m:2026-12", "t")],
-                [*head, 30, 1, 0, 0, -1, -1, -1],
+                + [f"{acct}:kspend:key_plain:{p}" for p in (f"d:{DAY}", "m:2026-12", "t")]
+                + [f"{acct}:holds"],
+                [*head, 30, 1, 0, 0, -1, -1, -1, f"hold{attempt}", 60_000],
             )
-            lean_reply = await store.fcall("klawd_admit_v2", keys, [*head, 0, 0])  # a peek
+            lean_reply = await store.fcall("klawd_admit_v3", keys, [*head, 0, 0, "", 60_000])
             assert decisions(full_reply)[0] == [
                 "admitted",
                 "rate_limited",
@@ -77,8 +78,8 @@ async def test_a_key_with_limits_or_a_budget_sends_its_share(redis_server: Redis
             KeyGate("key_budget", DAY, budget=KeyBudget(month_micros=1_000)),
         ):
             keys, _, tail = limiter._call("acct_x", SPEC, True, gate)
-            assert len(keys) == 9 and len(tail) == 6
+            assert len(keys) == 10 and len(tail) == 6  # and the holds
         keys, _, tail = limiter._call("acct_x", SPEC, False, None)
-        assert len(keys) == 4 and tail == [0]
+        assert len(keys) == 5 and tail == [0]
     finally:
         await store.close()

@@ -1,7 +1,7 @@
-"""The Redis store settles a batch with one `klawd_settle_v5` per account, summing the entries'
-counters inside Redis: the keys it leaves must hold exactly what `klawd_settle_v4`, one call per
-entry, leaves (replicas of both releases share one Redis), and a batch costs one call per
-account."""
+"""The Redis store settles a batch with one `klawd_settle_v6` per account (for entries without a
+hold, what `klawd_settle_v5` does), summing the entries' counters inside Redis: the keys it leaves
+must hold exactly what `klawd_settle_v4`, one call per entry, leaves (replicas of both releases
+share one Redis), and a batch costs one call per account."""
 
 from __future__ import annotations
 

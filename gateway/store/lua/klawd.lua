@@ -79,11 +79,10 @@ end
 --     requests limit, requests/day limit, 1 if the key's own limits refused}
 local SPEND_TTL_MS = {3 * 86400000, 40 * 86400000, 0}
 
-local function admit_v2(keys, args)
+local function admit_core(keys, args, with_key)
   local now = now_ms()
   local rpm_cap, rpd_cap, tpm_cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
   local reserve, consume = tonumber(args[4]), args[5] == '1'
-  local with_key = #keys >= 9
   local krpm_cap, krpd_cap = 0, 0
   if with_key then krpm_cap, krpd_cap = tonumber(args[6]), tonumber(args[7]) end
   local day = math.floor(now / 86400000)
@@ -177,6 +176,71 @@ local function admit_v2(keys, args)
   local reset_ms = math.ceil((limit - left) * 60000.0 / limit)
   return {outcome, retry_ms, math.floor(math.max(left, 0)), reset_ms, math.max(left_day, 0),
           balance, limit, limit_day, by_key}
+end
+
+local function admit_v2(keys, args)
+  return admit_core(keys, args, #keys >= 9)
+end
+
+-- v3: v2, and the reservation is a hold that expires. What a request reserved is given back
+-- when it is settled; a request that is never settled (its worker killed, its admission's reply
+-- lost with the connection, or cancelled where the reply could not be waited for) would keep it
+-- for good. So each admission that reserves records a hold in the account's sorted set of
+-- holds, by expiry: "id|micros" for the account's credit, "id|micros|key id|day" when the
+-- API key's budget periods of that day hold it too. Holds past their expiry are given back
+-- (at most HOLDS_RELEASED per call) by the account's settlements (settle_v6, once per batch)
+-- and by an admission that the credit or the key's budget would refuse, before it decides
+-- again. Settling removes the request's hold; an entry whose hold was given back already moves
+-- the balance by its cost alone.
+-- KEYS: as v2, then the account's holds
+-- ARGV: as v2, then the hold's id, its length in ms
+-- -> as v2, then the hold recorded (its member, which settle_v6 is given back; '' if none)
+local HOLDS_RELEASED = 16
+
+-- Gives back the account's expired holds (credits: the account's credits key). How many.
+local function release_holds(holds, credits, now)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, HOLDS_RELEASED)
+  local account = string.sub(credits, 1, -9)  -- the key without ':credits'
+  for _, hold in ipairs(expired) do
+    local micros, key_id, day = string.match(hold, '^[^|]*|(%d+)|?([^|]*)|?([^|]*)$')
+    redis.call('INCRBY', credits, micros)
+    if key_id ~= '' then
+      local base = account .. ':kspend:' .. key_id
+      for _, spend in ipairs({base .. ':d:' .. day, base .. ':m:' .. string.sub(day, 1, 7),
+                              base .. ':t'}) do
+        -- (a period's hash that expired meanwhile has nothing reserved to give back)
+        if redis.call('EXISTS', spend) == 1
+            and redis.call('HINCRBY', spend, 'r', '-' .. micros) < 0 then
+          redis.call('HSET', spend, 'r', 0)
+        end
+      end
+    end
+    redis.call('ZREM', holds, hold)
+  end
+  return #expired
+end
+
+local function admit_v3(keys, args)
+  local n, m = #keys, #args
+  local holds, with_key = keys[n], n >= 10
+  local reply = admit_core(keys, args, with_key)
+  if (reply[1] == 2 or reply[1] == 3) and release_holds(holds, keys[4], now_ms()) > 0 then
+    reply = admit_core(keys, args, with_key)  -- a refusal took nothing: decide again
+  end
+  local reserve = tonumber(args[4])
+  reply[10] = ''
+  if reply[1] == 0 and args[5] == '1' and reserve > 0 then
+    local hold = args[m - 1] .. '|' .. string.format('%d', reserve)
+    -- a key with a budget has the reservation in all three of its spend periods (as v2)
+    if with_key and (tonumber(args[8]) >= 0 or tonumber(args[9]) >= 0
+                     or tonumber(args[10]) >= 0) then
+      local key_id, day = string.match(keys[7], ':kspend:(.+):d:([^:]+)$')
+      hold = hold .. '|' .. key_id .. '|' .. day
+    end
+    redis.call('ZADD', holds, now_ms() + tonumber(args[m]), hold)
+    reply[10] = hold
+  end
+  return reply
 end
 
 -- KEYS: tpm bucket; ARGV: tpm, tokens. May leave the bucket in debt.
@@ -372,7 +436,7 @@ end
 --       key id, micros reserved against the key's budgets (9 each)
 -- -> {entries applied (those not settled before), then as v4 after the last of them: grant seq
 --     (0: none recorded, or nothing applied), granted, granted at, spent}
-local function settle_v5(keys, args)
+local function settle_entries(keys, args, first, stride, holds)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
   local sums, sum_keys = {}, {}  -- hash key -> {field -> increment}, the keys in first-seen order
@@ -394,18 +458,23 @@ local function settle_v5(keys, args)
   end
   local spends, spend_keys = {}, {}  -- spend hash key -> {cost, reservation released, period}
   local applied, spent = 0, 0
-  for i = 0, #args / 9 - 1 do
-    local k, a = 3 + 6 * i, 9 * i
+  for i = 0, #args / stride - 1 do
+    local k, a = first + 6 * i, stride * i
     if redis.call('SET', keys[k + 2], '1', 'NX', 'PX', 600000) then
       applied = applied + 1
-      balance = math.max(0, balance + tonumber(args[a + 1]))
-      moved = true
       local cost = tonumber(args[a + 6])
+      local delta, reserved = tonumber(args[a + 1]), tonumber(args[a + 9])
+      local hold = holds and args[a + 10]
+      if hold and hold ~= '' and redis.call('ZREM', holds, hold) == 0 then
+        -- its hold expired and was given back: the reservation is back already, the cost only
+        delta, reserved = -cost, 0
+      end
+      balance = math.max(0, balance + delta)
+      moved = true
       spent = spent + cost
       count(keys[k + 1], args[a + 2], args, a)  -- by model
       count(keys[k + 3], args[a + 8], args, a)  -- by API key
       redis.call('XADD', keys[2], '*', 'entry', args[a + 7])
-      local reserved = tonumber(args[a + 9])
       for p = 1, 3 do
         local spend = keys[k + 3 + p]
         local state = spends[spend]
@@ -446,13 +515,31 @@ local function settle_v5(keys, args)
   return {applied, tonumber(current[1]), tonumber(current[2]), tonumber(current[3]), total}
 end
 
+local function settle_v5(keys, args)
+  return settle_entries(keys, args, 3, 9, nil)
+end
+
+-- v6: v5 for entries admitted by klawd_admit_v3: the account's expired holds are given back
+-- first, then each entry's hold is removed, and an entry whose hold had expired and been given
+-- back moves the balance by its cost alone (its reservation, of the credit and of the key's
+-- spend, was given back then).
+-- KEYS: credits, ledger, the account's hash, its holds, then per entry as v5
+-- ARGV: per entry, as v5, then its hold (admit_v3's reply; '' for none: nothing reserved)
+--       (10 each)
+local function settle_v6(keys, args)
+  release_holds(keys[4], keys[1], now_ms())
+  return settle_entries(keys, args, 4, 10, keys[4])
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
 redis.register_function('klawd_settle_v4', settle_v4)
 redis.register_function('klawd_grant_v1', grant)
 redis.register_function('klawd_settle_v5', settle_v5)
+redis.register_function('klawd_settle_v6', settle_v6)
 redis.register_function('klawd_admit_v2', admit_v2)
+redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)
 redis.register_function('klawd_usage_event_v1', usage_event)

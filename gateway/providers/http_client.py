@@ -217,7 +217,10 @@ class HttpClient:
         headers_by = None if headers_timeout_s is None else loop.time() + headers_timeout_s
         fresh = False
         while True:
-            conn = await pool.acquire(fresh, headers_by)
+            # a kept-alive connection taken at once (no `acquire` coroutine), as most are
+            conn = pool._take_idle() if not fresh and pool.idle else None
+            if conn is None:
+                conn = await pool.acquire(fresh, headers_by)
             response = HttpResponse(conn, self._read_timeout_s, head_only, headers_by, whole_by)
             conn.send(response, payload)
             try:
@@ -790,7 +793,8 @@ class HttpResponse:
             return None
         self._finished = True
         self._parser = None
-        self._cancel_timer()
+        if self._timer is not None:  # (usually cancelled already, when the answer ended)
+            self._cancel_timer()
         conn, self._conn = self._conn, None
         return conn
 
@@ -939,7 +943,9 @@ class HttpResponse:
         # Every name in lower case at once (one join, one lower, one split): what framing
         # needs is read from the raw headers, the dictionary is not made.
         names = b"\n".join(self._raw_headers[0::2]).lower().split(b"\n")
-        encoding = self._header_value(names, b"content-encoding")
+        encoding = (  # (most answers have none: no call then)
+            self._header_value(names, b"content-encoding") if b"content-encoding" in names else None
+        )
         if encoding is not None:
             encoding = encoding.strip().lower()
             if encoding in (b"gzip", b"x-gzip"):

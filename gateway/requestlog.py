@@ -170,10 +170,12 @@ class RequestLog:
         self._thread.start()
 
     def write(self, record: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
-        self._pending.append(record.line(latency_ms, ttfb_ms))
-        if len(self._pending) >= MAX_BATCH:
+        pending = self._pending
+        pending.append(record.line(latency_ms, ttfb_ms))
+        gathered = len(pending)
+        if gathered >= MAX_BATCH:
             self._hand_over()
-        elif len(self._pending) == 1:
+        elif gathered == 1:
             try:
                 asyncio.get_running_loop().call_later(HAND_OVER_S, self._hand_over)
             except RuntimeError:  # no event loop (a script, a test): no batching

@@ -14,11 +14,10 @@ from starlette.types import Receive, Scope, Send
 from gateway import ids
 from gateway.api.common import (
     encode_headers,
-    header,
     read_body,
-    scope_state,
     send_json,
     send_json_raw,
+    two_headers,
 )
 from gateway.api.streaming import Drain, send_event_stream
 from gateway.auth import AuthContext
@@ -57,14 +56,15 @@ SSE_RAW_HEADERS = encode_headers(SSE_HEADERS)
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     """A plain ASGI endpoint (the hottest route skips Starlette's request and response objects;
     errors raised here become the envelope in GatewayMiddleware, as Starlette's would)."""
-    state = scope_state(scope)
-    auth = await state.keys.authenticate(header(scope, b"authorization"), time.time())
+    state: AppState = scope["state"]["klawd"]  # scope_state(scope), inline
+    now = time.time()  # the key's check, and the answer's `created`
+    authorization, cache_mode = two_headers(scope, b"authorization", CACHE_HEADER)
+    auth = await state.keys.authenticate(authorization, now)
     body = await read_body(receive)
     chat = decode_chat_request(body)
     # Only what this key may use (403 if nothing): a cached answer is keyed by these, so one
     # key never gets another's answer from a model outside its list.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, body))
-    cache_mode = header(scope, CACHE_HEADER)
     lookup = (
         None
         if cache_mode is None  # the client did not ask: the cache is not consulted
@@ -87,7 +87,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     )
     tokens = upstream_tokens_for_chat(chat)
     response_id = f"chatcmpl-{ids.token_hex(12)}"
-    created = int(time.time())
+    created = int(now)
     async with pending.overlapping(chat.stream):
         if chat.stream:
             stream, target, tries = await _open_stream(
@@ -102,7 +102,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     )
     # The headers built as bytes (the same names, values and order as the dictionaries the
     # other routes encode): served by, the limits, the cache's answer if asked (and the cost).
-    headers = [*_served_by_raw(target), *ticket.admission.raw_headers()]
+    headers = [
+        *_served_by_raw(target.model.id, target.model.provider),
+        *ticket.admission.raw_headers(),
+    ]
     if lookup is not None:
         headers += encode_headers(lookup.header())
     if chat.stream:
@@ -173,10 +176,11 @@ async def _once(piece: bytes) -> AsyncGenerator[bytes, None]:
     yield piece
 
 
-def _served_by_raw(target: CatalogEntry) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+@functools.lru_cache(maxsize=1024)  # a catalog's models and providers: encoded once each
+def _served_by_raw(model_id: str, provider: str) -> tuple[tuple[bytes, bytes], ...]:
     return (
-        (b"x-klawd-model", target.model.id.encode("latin-1")),
-        (b"x-klawd-provider", target.model.provider.encode("latin-1")),
+        (b"x-klawd-model", model_id.encode("latin-1")),
+        (b"x-klawd-provider", provider.encode("latin-1")),
     )
 
 

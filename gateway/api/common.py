@@ -68,16 +68,32 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def two_headers(scope: Scope, first: bytes, second: bytes) -> tuple[str | None, str | None]:
+    """`header` of two names (lower case) in one pass over the request's headers."""
+    found_first = found_second = None
+    for key, value in scope["headers"]:
+        if key == first:
+            if found_first is None:
+                found_first = str(value.decode("latin-1"))
+        elif key == second and found_second is None:
+            found_second = str(value.decode("latin-1"))
+    return found_first, found_second
+
+
 async def read_body(receive: Receive) -> bytes:
     """The whole request body (the middleware enforces its size limit)."""
-    parts = []
+    parts: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect
-        parts.append(message.get("body", b""))
+        body: bytes = message.get("body", b"")
         if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            if not parts:  # in one message, as a small body comes
+                return body
+            parts.append(body)
+            return b"".join(parts)
+        parts.append(body)
 
 
 def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

@@ -14,6 +14,7 @@ Retry-After) or InsufficientCredits (402, code `key_budget_exceeded` for a key's
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -35,10 +36,17 @@ from gateway.billing import (
     prompt_price_ceiling,
     token_cost_micros,
 )
-from gateway.errors import AuthenticationError, GatewayError, InsufficientCredits, RateLimited
+from gateway.drain import is_drain
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InsufficientCredits,
+    RateLimited,
+    ShuttingDown,
+)
 from gateway.keys import allowed_targets
 from gateway.limits import Admission, KeyGate, Limiter, LimitSpec, SendingLimiter
-from gateway.pending_admission import PendingAdmission
+from gateway.pending_admission import CLIENT_CLOSED, PendingAdmission
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import Settings
@@ -435,7 +443,9 @@ class Meter:
 
     def settle_on_failure(self, ticket: Ticket, stream: bool) -> SettleOnFailure:
         """Around the upstream call of an admitted request: a failure settles the ticket at no
-        cost (its reservation released), and the error carries the admission's headers."""
+        cost (its reservation released), and the error carries the admission's headers. The
+        ledger status is the error's, 499 for a cancellation (the client gone), the drain's 503
+        for a shutdown's, 500 for anything else."""
         return SettleOnFailure(self, ticket, stream)
 
     async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:
@@ -465,7 +475,12 @@ class SettleOnFailure:
     ) -> None:
         if exc is None:
             return
-        status = exc.status if isinstance(exc, GatewayError) else 500
+        if isinstance(exc, GatewayError):
+            status = exc.status
+        elif isinstance(exc, asyncio.CancelledError):  # not the gateway's failure: say why
+            status = ShuttingDown.status if is_drain(exc) else CLIENT_CLOSED
+        else:
+            status = 500
         self.meter.settle(self.ticket, None, TokenUsage(0, 0), 0, status, self.stream)
         if isinstance(exc, GatewayError):
             exc.extra_headers.update(self.ticket.admission.headers())

@@ -45,9 +45,12 @@ class App:
         self.key = ""
         self.lifespan: asyncio.Future[None] | None = None
 
-    async def request(self, path: str, body: bytes, token: str, end: str = "") -> tuple[int, bytes]:
+    async def request(
+        self, path: str, body: bytes, token: str, end: str = "", request_id: str = ""
+    ) -> tuple[int, bytes]:
         """`end`: what happens once the first event arrived: "leave" (the client disconnects),
-        "drain" (a shutdown's deadline ends the open streams), "" (nothing)."""
+        "drain" (a shutdown's deadline ends the open streams), "" (nothing). `request_id`: the
+        client's `x-request-id`, if any."""
         loop = asyncio.get_running_loop()
         gone: asyncio.Future[dict[str, Any]] = loop.create_future()
         body_sent = False
@@ -89,6 +92,7 @@ class App:
                 (b"authorization", f"Bearer {token}".encode()),
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *([(b"x-request-id", request_id.encode())] if request_id else []),
             ],
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8080),

@@ -21,15 +21,14 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway import __version__, accounts, cli_keys, cli_webhooks
-from gateway.drain import DRAIN_FILE_ENV, announce
+from gateway import __version__, accounts, cli_keys, cli_webhooks, supervisor
+from gateway.drain import DRAIN_FILE_ENV
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
 from gateway.store.base import Store, StoreError, open_store, sqlite_path
@@ -106,10 +105,7 @@ def _first_start(settings: Settings, base_url: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-    from granian.http import HTTP1Settings
-
+    """Prepares the server, then this process becomes its supervisor (gateway/supervisor.py)."""
     settings = _settings(args)
     host = args.host or settings.server.host
     port = args.port or settings.server.port
@@ -138,47 +134,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"server.max_in_flight = {settings.server.max_in_flight}\n"
         )
     if settings.server.metrics_port is not None:
-        _serve_metrics(host, settings.server.metrics_port)
         sys.stdout.write(f"Metrics on http://{host}:{settings.server.metrics_port}/metrics\n")
-    sys.stdout.flush()
     drain_dir = Path(tempfile.mkdtemp(prefix="klawd-drain-"))
     drain_file = drain_dir / "signalled"
     os.environ[DRAIN_FILE_ENV] = str(drain_file)  # inherited by Granian's workers
-
-    class Supervisor(Granian):  # type: ignore[misc,valid-type]
-        """Granian's supervisor that first tells the workers when the drain began."""
-
-        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
-            announce(drain_file, time.time())
-            super().signal_handler_interrupt(*args, **kwargs)
-
-    Supervisor(
-        "gateway.app:app_from_environment",
-        factory=True,
-        address=host,
-        port=port,
-        workers=workers,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop,
-        log_access=False,
-        # On SIGTERM Granian stops listening at once and lets open requests finish; a worker
-        # still busy after the drain grace period is stopped (its streams are ended just
-        # before: gateway/drain.py).
-        workers_kill_timeout=max(1, math.ceil(settings.server.streams.drain_grace_s)),
-        # Hostile clients: headers must arrive within 10 s and fit server.max_header_bytes
-        # (Granian's per-connection buffer: its size is paid by every open stream); at most
-        # server.max_in_flight requests per worker, the next connections wait in the listen
-        # backlog (server.listen_backlog), then are refused by the kernel.
-        http1_settings=HTTP1Settings(
-            header_read_timeout=10_000, max_buffer_size=settings.server.max_header_bytes
-        ),
-        backpressure=settings.server.max_in_flight,
-        backlog=settings.server.listen_backlog,
-    ).serve()
-    shutil.rmtree(drain_dir, ignore_errors=True)
+    remove = [str(drain_dir)]
     if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+        remove.append(str(metrics_dir))
+    supervisor.hand_over(
+        supervisor.Spec(
+            host=host,
+            port=port,
+            workers=workers,
+            kill_timeout_s=max(1, math.ceil(settings.server.streams.drain_grace_s)),
+            max_header_bytes=settings.server.max_header_bytes,
+            max_in_flight=settings.server.max_in_flight,
+            listen_backlog=settings.server.listen_backlog,
+            metrics_port=settings.server.metrics_port,
+            drain_file=str(drain_file),
+            remove_dirs=remove,
+        )
+    )
 
 
 # A request in flight holds two file descriptors (the client's socket, the upstream's); a
@@ -221,18 +197,6 @@ def _empty_dir(directory: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def _serve_metrics(host: str, port: int) -> None:
-    """/metrics on its own port, from this (the supervising) process: it serves no traffic and
-    reads the workers' files at each scrape."""
-    from prometheus_client import start_http_server  # after the env is set
-    from prometheus_client.multiprocess import MultiProcessCollector
-    from prometheus_client.registry import CollectorRegistry
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
 
 
 # -- config, accounts, keys ---------------------------------------------------------------------
@@ -326,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    handed = supervisor.handed_over()  # a `klawd` script installed before gateway.supervisor
+    if handed is not None:
+        return supervisor.supervise(handed)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

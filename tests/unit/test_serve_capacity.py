@@ -3,17 +3,19 @@ open files."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import granian
 import msgspec
+import orjson
 import pytest
 
-from gateway import cli
+from gateway import cli, supervisor
 from gateway.settings import ConfigError, ServerSettings, load_settings
 
 
@@ -61,12 +63,18 @@ def test_serve_hands_the_three_settings_to_granian(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, Any] = {}
+    handed: list[supervisor.Spec] = []
 
     def record(self: granian.Granian) -> None:
         buffer = self.http1_settings.max_buffer_size
         seen.update(backpressure=self.backpressure, backlog=self.backlog, buffer=buffer)
 
+    def in_process(spec: supervisor.Spec) -> NoReturn:  # what the exec'd process does
+        handed.append(spec)
+        raise SystemExit(supervisor.supervise(orjson.loads(orjson.dumps(spec))))
+
     monkeypatch.setattr(granian.Granian, "serve", record)
+    monkeypatch.setattr(supervisor, "hand_over", in_process)
     for name in ("KLAWD_CONFIG", "KLAWD_ADMIN_TOKEN", "PROMETHEUS_MULTIPROC_DIR",
                  "KLAWD_DRAIN_FILE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
@@ -78,8 +86,47 @@ def test_serve_hands_the_three_settings_to_granian(
         f'[store]\nurl = "sqlite:///'
         f'{tmp_path / "klawd.db"}"\n'
     )
-    assert cli.main(["serve", "--config", str(config), "--port", "1"]) == 0
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--config", str(config), "--port", "1"])
+    assert exited.value.code == 0
     assert seen == {"backpressure": 20000, "backlog": 2048, "buffer": 16384}
+    (spec,) = handed
+    assert (spec["port"], spec["kill_timeout_s"], spec["metrics_port"]) == (1, 30, None)
+    drain_dir = Path(spec["drain_file"]).parent
+    assert spec["remove_dirs"] == [str(drain_dir)]  # the given metrics directory is kept
+    assert not drain_dir.exists()  # removed once the server stopped
+    assert (tmp_path / "metrics").is_dir()
+
+
+def test_the_hand_over_execs_the_supervisor_with_what_the_cli_prepared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, list[str], str]] = []
+
+    def execv(path: str, argv: list[str]) -> NoReturn:
+        calls.append((path, argv, os.environ[supervisor.SPEC_ENV]))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", execv)
+    spec = supervisor.Spec(
+        host="127.0.0.1", port=8080, workers=1, kill_timeout_s=30, max_header_bytes=8192,
+        max_in_flight=12288, listen_backlog=4096, metrics_port=None, drain_file="/x/signalled",
+        remove_dirs=["/x"],
+    )  # fmt: skip
+    try:
+        with pytest.raises(SystemExit):
+            supervisor.hand_over(spec)
+        ((path, argv, given),) = calls
+        # not started as the `klawd` script (here: pytest): the module, never pytest's command
+        # line; what the exec'd process reads is for its PID (exec keeps it) and no other's
+        assert path == sys.executable
+        assert argv == [sys.executable, "-m", "gateway.supervisor"]
+        pid, _, handed = given.partition(" ")
+        assert (int(pid), orjson.loads(handed)) == (os.getpid(), spec)
+        assert supervisor.handed_over() == spec
+        assert supervisor.SPEC_ENV not in os.environ
+    finally:
+        os.environ.pop(supervisor.SPEC_ENV, None)
 
 
 def test_every_server_field_is_documented() -> None:

@@ -1,0 +1,149 @@
+"""`klawd serve`'s supervising process: Granian's supervisor, and nothing else loaded.
+
+`klawd serve` prepares everything in the CLI (settings, admin token, first start, open-files
+limit, the metrics and drain directories), then replaces itself (`exec`, same PID, same command
+line when started as the `klawd` script) with a fresh interpreter that imports only Granian,
+this module and `gateway.drain`, and hands it what it prepared in one environment variable.
+Why: the supervisor holds its memory for the server's life and its worker is forked from it,
+so what the CLI had loaded (the store, the accounts code, SQLite, the first start's objects)
+was counted twice in the server's RSS, once in each process (docs/decisions/0012, seventh
+pass). Signals, exit codes, the metrics port and the graceful shutdown are Granian's and the
+code's below, as they were in the CLI.
+
+This module is also the `klawd` console script's entry (`entry`): it decides between the
+supervisor and the CLI before the CLI's modules are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, TypedDict
+
+import orjson
+
+# Set only across the exec ("<pid> <spec as JSON>"), removed by the supervising process; a
+# value that another process left in the environment (another PID) is not obeyed.
+SPEC_ENV = "KLAWD_SUPERVISOR"
+SCRIPT = "klawd"
+
+
+class Spec(TypedDict):
+    """What the CLI prepared, for Granian (JSON in `SPEC_ENV`)."""
+
+    host: str
+    port: int
+    workers: int
+    kill_timeout_s: int
+    max_header_bytes: int
+    max_in_flight: int
+    listen_backlog: int
+    metrics_port: int | None
+    drain_file: str
+    remove_dirs: list[str]  # temporary directories of this run, removed once it ends
+
+
+def entry() -> int:
+    """The `klawd` command: the supervising process when the CLI handed over, else the CLI."""
+    spec = handed_over()
+    if spec is not None:
+        return supervise(spec)
+    from gateway.cli import main
+
+    return main()
+
+
+def handed_over() -> Spec | None:
+    """What the CLI handed over, if this process is the one it exec'd (the variable is removed
+    either way, so that no worker or child inherits it)."""
+    pid, _, spec = os.environ.pop(SPEC_ENV, "").partition(" ")
+    if pid != str(os.getpid()):
+        return None
+    handed: Spec = orjson.loads(spec)
+    return handed
+
+
+def hand_over(spec: Spec) -> NoReturn:
+    """Replaces this process (the CLI, with everything it loaded) by the supervising one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[SPEC_ENV] = f"{os.getpid()} {orjson.dumps(spec).decode()}"
+    os.execv(sys.executable, _argv())  # noqa: S606 (the same program, no shell)
+
+
+def _argv() -> list[str]:
+    """Started as the `klawd` script: the same command line again (interpreter options too), so
+    that `ps` and process managers see what they started; otherwise `python -m` this module."""
+    script = Path(sys.argv[0])
+    if script.name == SCRIPT and script.is_file() and len(sys.orig_argv) > len(sys.argv):
+        return list(sys.orig_argv)
+    return [sys.executable, "-m", "gateway.supervisor"]
+
+
+def supervise(spec: Spec) -> int:
+    """Granian's supervisor with the prepared settings, until it stops; 0 when it stopped
+    cleanly (Granian itself exits with 1 when a worker failed)."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    from gateway.drain import announce
+
+    drain_file = Path(spec["drain_file"])
+
+    class Supervisor(Granian):  # type: ignore[misc,valid-type]
+        """Granian's supervisor that first tells the workers when the drain began."""
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            announce(drain_file, time.time())
+            super().signal_handler_interrupt(*args, **kwargs)
+
+    try:
+        if spec["metrics_port"] is not None:
+            _serve_metrics(spec["host"], spec["metrics_port"])
+        Supervisor(
+            "gateway.app:app_from_environment",
+            factory=True,
+            address=spec["host"],
+            port=spec["port"],
+            workers=spec["workers"],
+            interface=Interfaces.ASGI,
+            loop=Loops.uvloop,
+            log_access=False,
+            # On SIGTERM Granian stops listening at once and lets open requests finish; a worker
+            # still busy after the drain grace period is stopped (its streams are ended just
+            # before: gateway/drain.py).
+            workers_kill_timeout=spec["kill_timeout_s"],
+            # Hostile clients: headers must arrive within 10 s and fit server.max_header_bytes
+            # (Granian's per-connection buffer: its size is paid by every open stream); at most
+            # server.max_in_flight requests per worker, the next connections wait in the listen
+            # backlog (server.listen_backlog), then are refused by the kernel.
+            http1_settings=HTTP1Settings(
+                header_read_timeout=10_000, max_buffer_size=spec["max_header_bytes"]
+            ),
+            backpressure=spec["max_in_flight"],
+            backlog=spec["listen_backlog"],
+        ).serve()
+    finally:
+        for directory in spec["remove_dirs"]:
+            shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """/metrics on its own port, from this (the supervising) process: it serves no traffic and
+    reads the workers' files at each scrape."""
+    from prometheus_client import start_http_server  # after the env is set (by the CLI)
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

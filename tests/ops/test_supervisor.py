@@ -1,0 +1,69 @@
+"""`klawd serve`'s supervising process: the CLI hands over to a process that loads only
+Granian (gateway/supervisor.py), keeping its PID, its command line and its exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import KLAWD, free_port, gateway_config, start_gateway, stop
+from tests.fakes.openai_upstream import FakeOpenAI
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_supervisor_keeps_the_command_line_and_loads_none_of_the_cli(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    gateway = start_gateway(config, port)
+    try:
+        assert httpx.get(f"{gateway.base_url}/healthz", timeout=10).status_code == 200
+        pid = gateway.process.pid  # the process that was started: exec keeps it
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        assert [part.decode() for part in cmdline[1:]] == [
+            KLAWD, "serve", "--config", str(config), "--port", str(port)
+        ]  # fmt: skip
+        # The CLI had loaded the Rust core and SQLite (settings, the first start's store):
+        # the supervising process maps neither; its worker does.
+        maps = _mapped(pid)
+        assert "_core.cpython" not in maps
+        assert "libsqlite3" not in maps
+        workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(workers) == 1
+        assert "_core.cpython" in _mapped(int(workers[0]))
+    finally:
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=30) == 0
+        stop(gateway.process)
+
+
+def test_a_bad_configuration_still_exits_2_before_any_hand_over(tmp_path: Path) -> None:
+    config = tmp_path / "klawd.toml"
+    config.write_text("[server]\nno_such_field = 1\n")
+    done = subprocess.run(
+        [KLAWD, "serve", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "no_such_field" in done.stderr
+
+
+def test_a_hand_over_left_in_the_environment_by_another_process_is_not_obeyed(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "klawd.toml"
+    config.write_text("[server]\nport = 8123\n")
+    stale = '1 {"host": "127.0.0.1", "port": 9}'  # another PID's
+    done = subprocess.run(
+        [KLAWD, "config", "check", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "KLAWD_SUPERVISOR": stale},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr  # the CLI ran, not a supervisor

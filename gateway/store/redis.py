@@ -56,7 +56,13 @@ from gateway.store.base import (
     UsageRow,
 )
 from gateway.store.redis_keys import RedisKeys, new_id
-from gateway.store.redis_limiter import LibraryMissing, RedisLimiter, _acct, _spend_keys
+from gateway.store.redis_limiter import (
+    LibraryMissing,
+    RedisLimiter,
+    _acct,
+    _spend_keys,
+    holds_given_back,
+)
 from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
 from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
@@ -598,6 +604,9 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                 f"redis settle failed for {len(failed)} of {len(commands)} calls "
                 f"({len(entries)} entries)"
             )
+        for chunk, result in zip(chunks, results, strict=True):
+            if result[5]:
+                holds_given_back(chunk[0].account_id, int(result[5]))
         return _grants_after(chunks, results)
 
     async def _daily(

@@ -8,6 +8,7 @@ account's next admission once it expired."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ from gateway.store.resp import RespReplyError
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
 
+log = logging.getLogger("klawd.redis")
+
 
 def _acct(account_id: str) -> str:
     return f"klawd:acct:{{{account_id}}}"
@@ -27,6 +30,20 @@ def _acct(account_id: str) -> str:
 def _spend_keys(account_id: str, key_id: str, day: str) -> tuple[str, str, str]:
     base = f"{_acct(account_id)}:kspend:{key_id}"
     return f"{base}:d:{day}", f"{base}:m:{day[:7]}", f"{base}:t"
+
+
+def holds_given_back(account_id: str, count: int) -> None:
+    """Expired reservation holds were given back: requests admitted longer ago than
+    `[store] reservation_hold_s` and never settled (gateway/store/lua/klawd.lua). Said, because
+    it means a worker died with requests in flight, a reply was lost, or the hold is too short
+    for the requests served."""
+    log.warning(
+        "gave back %d expired credit reservation(s) of account %s: requests admitted more than "
+        "[store] reservation_hold_s ago were never settled (a worker killed, a reply lost, or "
+        "a request longer than the hold)",
+        count,
+        account_id,
+    )
 
 
 class LibraryMissing(StoreError):
@@ -125,6 +142,8 @@ class RedisLimiter:
         reply = await self._store.fcall(
             "klawd_admit_v3", keys, [*head, reserve, *tail, *self._hold(consume and reserve)], undo
         )
+        if reply[10]:  # expired holds given back (only when the credit would refuse)
+            holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve, consume, key)
 
     def _hold(self, reserving: int | bool) -> tuple[str, int]:
@@ -179,6 +198,8 @@ class RedisLimiter:
             reply = await self._store.fcall_reply(sent, "klawd_admit_v3")
         except LibraryMissing:  # it did not run: loaded again, then called once more
             return await self.admit(account_id, spec, reserve_micros, key, dropped)
+        if reply[10]:  # expired holds given back (only when the credit would refuse)
+            holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve_micros, True, key)
 
     async def admit(

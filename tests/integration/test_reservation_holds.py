@@ -108,6 +108,8 @@ def test_a_killed_gateways_reservation_is_given_back_after_its_hold(
                     break
                 time.sleep(0.1)
         assert costs and balance() == CREDIT_MICROS - sum(costs)
+        log = (tmp_path / "b" / "gateway.log").read_text()
+        assert f"gave back 1 expired credit reservation(s) of account {account['id']}" in log
     finally:
         fake_openai.release()
         client.close()

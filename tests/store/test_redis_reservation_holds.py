@@ -100,8 +100,15 @@ async def past_the_hold(store: RedisStore, account_id: str) -> None:
         await asyncio.sleep(HOLD_S / 4)
 
 
+def given_back(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings that expired holds were given back."""
+    return [
+        r.getMessage() for r in caplog.records if "expired credit reservation" in r.getMessage()
+    ]
+
+
 async def test_a_reservation_never_settled_is_given_back_once_its_hold_expired(
-    store: RedisStore,
+    store: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = await store.create_account("killed", "free", CREDIT)
     key = KeyGate("key_b", DAY, budget=KeyBudget(day_micros=10 * CREDIT))
@@ -118,6 +125,11 @@ async def test_a_reservation_never_settled_is_given_back_once_its_hold_expired(
     # The next admission gives the expired hold back first, then decides.
     later = await limiter.admit(account.id, SPEC, 600_000, key)
     assert later.admitted
+    assert given_back(caplog) == [
+        f"gave back 1 expired credit reservation(s) of account {account.id}: requests admitted "
+        "more than [store] reservation_hold_s ago were never settled (a worker killed, a reply "
+        "lost, or a request longer than the hold)"
+    ]
     assert await balance(store, account.id) == CREDIT - 600_000
     assert await reserved_by_key(store, account.id, "key_b") == [600_000] * 3
     assert await holds(store, account.id) == 1  # the new request's only
@@ -128,7 +140,7 @@ async def test_a_reservation_never_settled_is_given_back_once_its_hold_expired(
 
 
 async def test_a_request_settled_after_its_hold_was_given_back_pays_its_cost_once(
-    store: RedisStore,
+    store: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     account = await store.create_account("slow", "free", CREDIT)
     key = KeyGate("key_s", DAY, budget=KeyBudget(month_micros=10 * CREDIT))
@@ -142,6 +154,7 @@ async def test_a_request_settled_after_its_hold_was_given_back_pays_its_cost_onc
     assert await balance(store, account.id) == CREDIT - 10_000
     assert await reserved_by_key(store, account.id, "key_s") == [0, 0, 0]
     assert await holds(store, account.id) == 0
+    assert len(given_back(caplog)) == 1 and "gave back 2 " in given_back(caplog)[0]
     # ... the slow request too, still running then and settled later.
     await store.settle([settled(slow, account.id, "key_s", 250_000)])
     assert await balance(store, account.id) == CREDIT - 260_000

@@ -194,7 +194,8 @@ end
 -- the balance by its cost alone.
 -- KEYS: as v2, then the account's holds
 -- ARGV: as v2, then the hold's id, its length in ms
--- -> as v2, then the hold recorded (its member, which settle_v6 is given back; '' if none)
+-- -> as v2, then the hold recorded (its member, which settle_v6 is given back; '' if none),
+--    then how many expired holds it gave back
 local HOLDS_RELEASED = 16
 
 -- Gives back the account's expired holds (credits: the account's credits key). How many.
@@ -224,8 +225,12 @@ local function admit_v3(keys, args)
   local n, m = #keys, #args
   local holds, with_key = keys[n], n >= 10
   local reply = admit_core(keys, args, with_key)
-  if (reply[1] == 2 or reply[1] == 3) and release_holds(holds, keys[4], now_ms()) > 0 then
-    reply = admit_core(keys, args, with_key)  -- a refusal took nothing: decide again
+  local released = 0
+  if reply[1] == 2 or reply[1] == 3 then
+    released = release_holds(holds, keys[4], now_ms())
+    if released > 0 then
+      reply = admit_core(keys, args, with_key)  -- a refusal took nothing: decide again
+    end
   end
   local reserve = tonumber(args[4])
   reply[10] = ''
@@ -240,6 +245,7 @@ local function admit_v3(keys, args)
     redis.call('ZADD', holds, now_ms() + tonumber(args[m]), hold)
     reply[10] = hold
   end
+  reply[11] = released
   return reply
 end
 
@@ -526,9 +532,12 @@ end
 -- KEYS: credits, ledger, the account's hash, its holds, then per entry as v5
 -- ARGV: per entry, as v5, then its hold (admit_v3's reply; '' for none: nothing reserved)
 --       (10 each)
+-- -> as v5, then how many expired holds it gave back
 local function settle_v6(keys, args)
-  release_holds(keys[4], keys[1], now_ms())
-  return settle_entries(keys, args, 4, 10, keys[4])
+  local released = release_holds(keys[4], keys[1], now_ms())
+  local reply = settle_entries(keys, args, 4, 10, keys[4])
+  reply[6] = released
+  return reply
 end
 
 redis.register_function('klawd_settle_v1', settle)

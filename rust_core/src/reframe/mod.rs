@@ -9,6 +9,7 @@ mod anthropic_passthrough;
 mod bedrock;
 mod gemini;
 mod openai;
+mod openai_scan;
 mod to_anthropic;
 mod to_responses;
 

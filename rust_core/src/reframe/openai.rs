@@ -2,19 +2,20 @@
 //!
 //! Each chunk is relayed byte for byte except the value of its top-level `model` member, which
 //! is replaced by the gateway's id (so field order, number formatting and escapes are kept);
-//! a chunk without `model` gets one appended. One `serde_json` pass decodes only `choices`,
-//! `usage` and `error` (and validates the JSON), and finds where the value of `model` is (its
-//! raw value, borrowed from the event: no second scan of the event). This is
-//! faster than re-serializing through `serde_json::Value` (measured in `docs/benchmarks.md`). The gateway always asks upstream for usage; when the client did not, the
-//! usage-only chunk (`choices: []` with a usage) is dropped from the output, and so is a chunk
-//! with neither choices nor usage (Azure's leading `prompt_filter_results` chunk).
+//! a chunk without `model` gets one appended. What the reframer reads of a chunk (`choices`,
+//! `usage`, `error`, where the value of `model` is) is read by one validating scan
+//! (`openai_scan.rs`); a chunk the scan cannot read exactly as the typed `serde_json` view
+//! below would (escaped keys, duplicates, unexpected types, invalid JSON) goes through that view,
+//! which decides, errors included. The gateway always asks upstream for usage; when the client
+//! did not, the usage-only chunk (`choices: []` with a usage) is dropped from the output, and so
+//! is a chunk with neither choices nor usage (Azure's leading `prompt_filter_results` chunk).
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{parse, Options, Reframe, StreamState, DONE_EVENT};
+use super::{openai_scan, parse, Options, Reframe, StreamState, DONE_EVENT};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -168,6 +169,59 @@ fn rewrite(data: &str, model: Option<(usize, usize)>, model_json: &[u8], out: &m
     out.extend_from_slice(b"\n\n");
 }
 
+/// What the reframer reads of a chunk: by the scan (`openai_scan.rs`), or by the typed view
+/// when the scan cannot tell.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Chunk<'a> {
+    /// Where the value of the top-level `model` is in the event.
+    pub(crate) model: Option<(usize, usize)>,
+    /// How many choices (0 for none, `null` or `[]`).
+    pub(crate) choices: usize,
+    /// The last choice's non-null `finish_reason`.
+    pub(crate) finish_reason: Option<Cow<'a, str>>,
+    /// The characters of every choice's `content` and tool call `arguments`.
+    pub(crate) content_chars: u64,
+    pub(crate) usage: Option<Usage>,
+    /// A non-null `error` member's raw value.
+    pub(crate) error: Option<&'a str>,
+    /// `"object": "error"` (vLLM's error event).
+    pub(crate) object_error: bool,
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk read by the typed view (`serde_json`): the reference, and the path of every
+    /// chunk the scan leaves to it, errors included.
+    pub(crate) fn typed(data: &'a str) -> Result<Self, CoreError> {
+        let view: ChunkView<'a> = parse("openai", data)?;
+        let mut chunk = Chunk {
+            model: view
+                .model
+                .range_in(data)
+                .or_else(|| view.model.0.and_then(|_| json::find_member(data, "model"))),
+            usage: view.usage.as_ref().map(Usage::from),
+            error: view.error.map(RawValue::get),
+            object_error: view.object.as_deref() == Some("error"),
+            ..Chunk::default()
+        };
+        for choice in view.choices.unwrap_or_default() {
+            chunk.choices += 1;
+            if let Some(reason) = choice.finish_reason {
+                chunk.finish_reason = Some(reason);
+            }
+            let Some(delta) = &choice.delta else { continue };
+            if let Some(text) = &delta.content {
+                chunk.content_chars += json::char_count(text);
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                if let Some(args) = call.function.as_ref().and_then(|f| f.arguments.as_ref()) {
+                    chunk.content_chars += json::char_count(args);
+                }
+            }
+        }
+        Ok(chunk)
+    }
+}
+
 impl Reframe for OpenAiReframer {
     fn on_event(
         &mut self,
@@ -191,46 +245,33 @@ impl Reframe for OpenAiReframer {
         } else {
             data
         };
-        let view: ChunkView<'_> = parse("openai", data)?;
-        if let Some(err) = view.error {
-            st.upstream_error = Some(upstream_error(err.get()));
+        let chunk = match openai_scan::read(data) {
+            Some(chunk) => chunk,
+            None => Chunk::typed(data)?,
+        };
+        if let Some(err) = chunk.error {
+            st.upstream_error = Some(upstream_error(err));
             return Ok(());
         }
-        if view.object.as_deref() == Some("error") {
+        if chunk.object_error {
             st.upstream_error = Some(upstream_error(data));
             return Ok(());
         }
-        let choices = view.choices.unwrap_or_default();
-        let usage = view.usage;
-        for choice in &choices {
-            if let Some(reason) = &choice.finish_reason {
-                st.finish_reason = Some(reason.clone().into_owned());
-            }
-            let Some(delta) = &choice.delta else { continue };
-            if let Some(text) = &delta.content {
-                st.content_chars += json::char_count(text);
-            }
-            for call in delta.tool_calls.iter().flatten() {
-                if let Some(args) = call.function.as_ref().and_then(|f| f.arguments.as_ref()) {
-                    st.content_chars += json::char_count(args);
-                }
-            }
+        if let Some(reason) = chunk.finish_reason {
+            st.finish_reason = Some(reason.into_owned());
         }
-        if let Some(u) = &usage {
-            st.usage = Some(Usage::from(u));
-            if choices.is_empty() && !self.include_usage {
+        st.content_chars += chunk.content_chars;
+        if let Some(usage) = chunk.usage {
+            st.usage = Some(usage);
+            if chunk.choices == 0 && !self.include_usage {
                 return Ok(());
             }
-        } else if choices.is_empty() {
+        } else if chunk.choices == 0 {
             // Nothing for the client: Azure's first chunk (`choices: []`, empty id and model,
             // only `prompt_filter_results`).
             return Ok(());
         }
-        let model = view
-            .model
-            .range_in(data)
-            .or_else(|| view.model.0.and_then(|_| json::find_member(data, "model")));
-        rewrite(data, model, &self.model_json, out);
+        rewrite(data, chunk.model, &self.model_json, out);
         Ok(())
     }
 

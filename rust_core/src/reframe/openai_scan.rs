@@ -1,0 +1,613 @@
+//! The OpenAI reframer's fast path: one scan of a chunk's JSON that validates it and reads what
+//! the reframer needs, without `serde_json`'s typed pass (about a third of its instructions).
+//!
+//! **Conservative.** [`read`] answers only for a chunk it reads exactly as the typed view of
+//! `openai.rs` would: a JSON object whose keys have no escapes, no member the view reads given
+//! twice, each such member of the type the view expects (`choices` an array of objects, their
+//! `delta`, `tool_calls` and `function` objects or `null`, `content`, `arguments`,
+//! `finish_reason` and `object` strings or `null`; escapes only in `content` and `arguments`),
+//! every other value valid JSON nested at most [`MAX_DEPTH`] deep, and no lone UTF-16
+//! surrogate in an escape. Anything else (a top-level array, an escaped key, a duplicate, a
+//! number where a string belongs, invalid JSON) gives `None`, and the typed view decides: the
+//! same answer, or the same error, as before. `usage` is read by `serde_json` from its own span
+//! (once per stream), and an `error` member is returned as its span, as the view's raw value.
+
+use std::borrow::Cow;
+
+use super::openai::Chunk;
+use crate::usage::OpenAiUsage;
+
+/// Nesting deeper than this is left to `serde_json` (whose own limit is 128).
+pub const MAX_DEPTH: u32 = 64;
+
+/// The chunk as the typed view reads it, or `None` when the scan cannot tell (see the module
+/// docs). `data` is the event's data, trimmed of whitespace.
+pub fn read(data: &str) -> Option<Chunk<'_>> {
+    let mut scan = Scan {
+        s: data,
+        b: data.as_bytes(),
+        i: 0,
+    };
+    let mut chunk = Chunk::default();
+    let (mut model, mut choices, mut usage, mut error, mut object) =
+        (false, false, false, false, false);
+    scan.open(b'{')?;
+    if !scan.empty(b'}') {
+        loop {
+            let key = scan.key()?;
+            match key {
+                b"model" => {
+                    once(&mut model)?;
+                    scan.ws();
+                    let start = scan.i;
+                    scan.value(1)?;
+                    chunk.model = Some((start, scan.i));
+                }
+                b"choices" => {
+                    once(&mut choices)?;
+                    if !scan.null()? {
+                        scan.choices(&mut chunk)?;
+                    }
+                }
+                b"usage" => {
+                    once(&mut usage)?;
+                    if !scan.null()? {
+                        let start = scan.i;
+                        scan.value(1)?;
+                        let u: OpenAiUsage = serde_json::from_str(&data[start..scan.i]).ok()?;
+                        chunk.usage = Some((&u).into());
+                    }
+                }
+                b"error" => {
+                    once(&mut error)?;
+                    if !scan.null()? {
+                        let start = scan.i;
+                        scan.value(1)?;
+                        chunk.error = Some(&data[start..scan.i]);
+                    }
+                }
+                b"object" => {
+                    once(&mut object)?;
+                    if !scan.null()? {
+                        let text = scan.plain_string()?;
+                        chunk.object_error = text == b"error";
+                    }
+                }
+                _ => scan.value(1)?,
+            }
+            if scan.next(b'}')? {
+                break;
+            }
+        }
+    }
+    scan.ws();
+    (scan.i == scan.b.len()).then_some(chunk)
+}
+
+/// A member the typed view reads may appear once (`serde` refuses a duplicate field).
+fn once(seen: &mut bool) -> Option<()> {
+    if *seen {
+        return None;
+    }
+    *seen = true;
+    Some(())
+}
+
+struct Scan<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// Whitespace, then `open` (`{` or `[`).
+    fn open(&mut self, open: u8) -> Option<()> {
+        self.ws();
+        (*self.b.get(self.i)? == open).then(|| self.i += 1)
+    }
+
+    /// Right after an opening bracket: whether the closing one follows (consumed).
+    fn empty(&mut self, close: u8) -> bool {
+        self.ws();
+        let empty = self.b.get(self.i) == Some(&close);
+        if empty {
+            self.i += 1;
+        }
+        empty
+    }
+
+    /// After a member or an element: `true` at the closing bracket, `false` at a comma (either
+    /// consumed); `None` at anything else.
+    fn next(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        if c == close {
+            Some(true)
+        } else if c == b',' {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// A member's key (without escapes) and its colon.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let key = self.plain_string()?;
+        self.ws();
+        (*self.b.get(self.i)? == b':').then(|| self.i += 1)?;
+        Some(key)
+    }
+
+    /// `null` (consumed: `true`), or whitespace before something else (`false`).
+    fn null(&mut self) -> Option<bool> {
+        self.ws();
+        if self.b.get(self.i) == Some(&b'n') {
+            self.literal(b"null")?;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// A string without escapes at `i`: its text.
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
+        let (start, end, escaped) = self.string()?;
+        let b = self.b;
+        (!escaped).then(|| &b[start..end])
+    }
+
+    /// A string at `i` (its opening quote): the text's span and whether it has escapes.
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        let b = self.b;
+        if *b.get(self.i)? != b'"' {
+            return None;
+        }
+        let start = self.i + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            // Eight bytes at a time up to the first quote, backslash or control character.
+            while let Some(word) = b.get(i..i + 8) {
+                let special = special_bytes(u64::from_le_bytes(word.try_into().ok()?));
+                if special != 0 {
+                    i += (special.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                i += 8;
+            }
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i = escape_end(b, i)?;
+                }
+                0..=0x1F => return None, // a raw control character
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
+        Some((start, i, escaped))
+    }
+
+    /// A string or `null`: the characters of its text (0 for `null`), as the relayed text is
+    /// counted.
+    fn counted_string(&mut self) -> Option<u64> {
+        if self.null()? {
+            return Some(0);
+        }
+        let (start, end, escaped) = self.string()?;
+        let text = &self.b[start..end];
+        Some(if escaped {
+            unescaped_chars(text)
+        } else {
+            // Valid UTF-8 (a slice of the event's text between ASCII quotes): count the bytes
+            // that start a character.
+            text.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64
+        })
+    }
+
+    /// Any JSON value, validated (nested at most `MAX_DEPTH` deep).
+    fn value(&mut self, depth: u32) -> Option<()> {
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'"' => self.string().map(|_| ()),
+            b'{' if depth < MAX_DEPTH => {
+                self.i += 1;
+                if !self.empty(b'}') {
+                    loop {
+                        self.ws();
+                        self.string()?;
+                        self.ws();
+                        (*self.b.get(self.i)? == b':').then(|| self.i += 1)?;
+                        self.value(depth + 1)?;
+                        if self.next(b'}')? {
+                            break;
+                        }
+                    }
+                }
+                Some(())
+            }
+            b'[' if depth < MAX_DEPTH => {
+                self.i += 1;
+                if !self.empty(b']') {
+                    loop {
+                        self.value(depth + 1)?;
+                        if self.next(b']')? {
+                            break;
+                        }
+                    }
+                }
+                Some(())
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        (self.b.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Option<()> {
+        let b = self.b;
+        let mut i = self.i;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match *b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => i = digits_end(b, i + 1),
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            let end = digits_end(b, i + 1);
+            if end == i + 1 {
+                return None;
+            }
+            i = end;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let end = digits_end(b, i);
+            if end == i {
+                return None;
+            }
+            i = end;
+        }
+        self.i = i;
+        Some(())
+    }
+
+    /// `choices` (not `null`): an array of choice objects. The last non-null `finish_reason`
+    /// is kept, the characters of every `content` and tool call `arguments` added up.
+    fn choices(&mut self, chunk: &mut Chunk<'a>) -> Option<()> {
+        self.open(b'[')?;
+        if self.empty(b']') {
+            return Some(());
+        }
+        loop {
+            chunk.choices += 1;
+            self.open(b'{')?;
+            let (mut delta, mut finish) = (false, false);
+            if !self.empty(b'}') {
+                loop {
+                    match self.key()? {
+                        b"delta" => {
+                            once(&mut delta)?;
+                            if !self.null()? {
+                                self.delta(chunk)?;
+                            }
+                        }
+                        b"finish_reason" => {
+                            once(&mut finish)?;
+                            if !self.null()? {
+                                let (start, end, escaped) = self.string()?;
+                                if escaped {
+                                    return None;
+                                }
+                                chunk.finish_reason = Some(Cow::Borrowed(self.s.get(start..end)?));
+                            }
+                        }
+                        _ => self.value(3)?,
+                    }
+                    if self.next(b'}')? {
+                        break;
+                    }
+                }
+            }
+            if self.next(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// A choice's `delta` object: `content` and the `tool_calls`' `function.arguments`.
+    fn delta(&mut self, chunk: &mut Chunk<'_>) -> Option<()> {
+        self.open(b'{')?;
+        let (mut content, mut calls) = (false, false);
+        if self.empty(b'}') {
+            return Some(());
+        }
+        loop {
+            match self.key()? {
+                b"content" => {
+                    once(&mut content)?;
+                    chunk.content_chars += self.counted_string()?;
+                }
+                b"tool_calls" => {
+                    once(&mut calls)?;
+                    if !self.null()? {
+                        self.tool_calls(chunk)?;
+                    }
+                }
+                _ => self.value(4)?,
+            }
+            if self.next(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// `tool_calls` (not `null`): an array of objects whose `function` is an object or `null`.
+    fn tool_calls(&mut self, chunk: &mut Chunk<'_>) -> Option<()> {
+        self.open(b'[')?;
+        if self.empty(b']') {
+            return Some(());
+        }
+        loop {
+            self.open(b'{')?;
+            let mut function = false;
+            if !self.empty(b'}') {
+                loop {
+                    if self.key()? == b"function" {
+                        once(&mut function)?;
+                        if !self.null()? {
+                            self.function(chunk)?;
+                        }
+                    } else {
+                        self.value(6)?;
+                    }
+                    if self.next(b'}')? {
+                        break;
+                    }
+                }
+            }
+            if self.next(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// A tool call's `function` object: the characters of its `arguments`.
+    fn function(&mut self, chunk: &mut Chunk<'_>) -> Option<()> {
+        self.open(b'{')?;
+        let mut arguments = false;
+        if self.empty(b'}') {
+            return Some(());
+        }
+        loop {
+            if self.key()? == b"arguments" {
+                once(&mut arguments)?;
+                chunk.content_chars += self.counted_string()?;
+            } else {
+                self.value(8)?;
+            }
+            if self.next(b'}')? {
+                return Some(());
+            }
+        }
+    }
+}
+
+/// The index just past the escape at `b[i]` (a backslash), or `None` for an invalid escape or a
+/// lone surrogate (refused by `serde_json` where it reads the string; left to it everywhere).
+fn escape_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 2),
+        b'u' => match hex4(b, i + 2)? {
+            0xD800..=0xDBFF => {
+                if b.get(i + 6..i + 8)? != b"\\u" {
+                    return None;
+                }
+                matches!(hex4(b, i + 8)?, 0xDC00..=0xDFFF).then_some(i + 12)
+            }
+            0xDC00..=0xDFFF => None,
+            _ => Some(i + 6),
+        },
+        _ => None,
+    }
+}
+
+fn hex4(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4)?
+        .iter()
+        .try_fold(0, |acc, &c| Some(acc * 16 + char::from(c).to_digit(16)?))
+}
+
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The characters of a string's text once unescaped (the text was validated by `string`): an
+/// escape is one character, a surrogate pair too.
+fn unescaped_chars(text: &[u8]) -> u64 {
+    let mut chars = 0;
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' {
+            i = escape_end(text, i).unwrap_or(text.len());
+            chars += 1;
+        } else {
+            chars += u64::from(text[i] & 0xC0 != 0x80);
+            i += 1;
+        }
+    }
+    chars
+}
+
+/// The high bit of each byte of `word` (little-endian) that is a quote, a backslash or below
+/// 0x20. The lowest bit set is exact (a borrow only spreads towards higher bytes), which is the
+/// one the scan uses.
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(word ^ (ONES * u64::from(b'"')))
+        | zero(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests may unwrap: a failure is the test failing.
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Whenever the scan answers, the typed view reads the same chunk.
+    fn agrees(data: &str) -> Option<Chunk<'_>> {
+        let scanned = read(data);
+        if let Some(chunk) = &scanned {
+            assert_eq!(Some(chunk), Chunk::typed(data).ok().as_ref(), "{data}");
+        }
+        scanned
+    }
+
+    const PLAIN: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
+
+    #[test]
+    fn a_plain_chunk_is_read_by_the_scan() {
+        let chunk = agrees(PLAIN).unwrap();
+        let at = PLAIN.find(r#""m""#).unwrap();
+        assert_eq!(chunk.model, Some((at, at + 3)));
+        assert_eq!((chunk.choices, chunk.content_chars), (1, 2));
+    }
+
+    #[test]
+    fn escapes_in_content_count_one_character_each() {
+        for (content, chars) in [
+            (r#""a\nb\"c\\d\/e""#, 9),
+            (r#""\u00e9\u20AC""#, 2),
+            (r#""\ud83d\ude00!""#, 2),
+            (r#""é€😀""#, 3),
+            (r#""""#, 0),
+            ("null", 0),
+        ] {
+            let data = format!(r#"{{"choices":[{{"delta":{{"content":{content}}}}}]}}"#);
+            assert_eq!(agrees(&data).unwrap().content_chars, chars, "{data}");
+        }
+    }
+
+    #[test]
+    fn tool_call_arguments_are_counted_and_finish_reasons_kept() {
+        let data = r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"a\":1}"}},{"function":null},{}]},"finish_reason":"tool_calls"},{"delta":null,"finish_reason":null}],"model":null}"#;
+        let chunk = agrees(data).unwrap();
+        assert_eq!(chunk.content_chars, 7);
+        assert_eq!(chunk.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(chunk.choices, 2);
+        assert_eq!(chunk.model, Some((data.len() - 5, data.len() - 1)));
+    }
+
+    #[test]
+    fn nested_values_numbers_and_whitespace_are_validated_and_skipped() {
+        for data in [
+            r#"{ "x" : { "a" : [ 1 , -2.5e+10 , 0 , 1E5 , true , false , null , "s" , { } , [ ] ] } , "choices" : [ ] , "usage" : { "prompt_tokens" : 3 , "completion_tokens" : 4 , "total_tokens" : 7 } }"#,
+            "{\t\"choices\"\t:\t[\t{\t\"delta\"\t:\t{\t\"content\"\t:\t\"x\"\t}\t}\t]\t}",
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":null,"prompt_tokens_details":{"cached_tokens":1},"cache_creation_input_tokens":2},"choices":null}"#,
+            r#"{"error":{"message":"m","type":"t"},"choices":null}"#,
+            r#"{"object":"error","message":"vllm"}"#,
+            "{}",
+        ] {
+            assert!(agrees(data).is_some(), "{data}");
+        }
+    }
+
+    #[test]
+    fn what_the_scan_cannot_tell_is_left_to_the_typed_view() {
+        for data in [
+            r#"{"\u006dodel":"x","choices":[]}"#,        // an escaped key
+            r#"{"model":"a","model":"b","choices":[]}"#, // a duplicate member
+            r#"["m",[],null,null,null]"#,                // a struct as an array
+            r#"{"choices":[{"finish_reason":"st\u006fp"}]}"#, // an escaped finish reason
+            r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#, // a lone surrogate
+            r#"{"usage":{"prompt_tokens":1.5},"choices":[]}"#, // a count the usage cannot hold
+            r#"{"choices":[{"delta":{"content":5}}]}"#,  // a number for a string
+            r#"{"choices":[null]}"#,                     // a choice that is not an object
+            r#"{"object":5}"#,                           // object not a string
+            r#"{"a":01}"#,                               // invalid numbers
+            r#"{"a":1.}"#,
+            r#"{"a":-}"#,
+            r#"{"a":1,}"#,      // a trailing comma
+            r#"{"a":1 "b":2}"#, // a missing comma
+            r#"{"a":"unterminated}"#,
+            "{\"a\":\"raw\u{1}control\"}",
+            r#"{"a":tru}"#,
+            r#"{"a":1} x"#,  // trailing text
+            r#"{"a":"\x"}"#, // an invalid escape
+        ] {
+            assert!(agrees(data).is_none(), "{data}");
+        }
+        let mut deep = "[".repeat(100);
+        deep += &"]".repeat(100);
+        assert!(agrees(&format!(r#"{{"a":{deep},"choices":[]}}"#)).is_none());
+    }
+
+    fn seeds() -> Vec<String> {
+        vec![
+            PLAIN.to_owned(),
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"q\":\"\u00e9\"}"}}]},"finish_reason":null}],"model":"x","usage":null}"#.to_owned(),
+            r#"{ "model" : "m" , "choices" : [ { "delta" : { "content" : "a\nb" } , "finish_reason" : "stop" } ] , "x" : [ 1.5e3 , { "y" : null } ] }"#.to_owned(),
+            r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":47,"total_tokens":59}}"#.to_owned(),
+            r#"{"error":{"message":"overloaded","code":529}}"#.to_owned(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Bytes changed, inserted or removed anywhere in a chunk (JSON's own characters
+        /// among them): whenever the scan answers, the typed view reads the same.
+        #[test]
+        fn the_scan_never_reads_a_chunk_otherwise_than_the_typed_view(
+            seed in 0usize..5,
+            edits in proptest::collection::vec(
+                (any::<usize>(), prop::sample::select(
+                    b"{}[]\",:\\ \t0123456789.eE+-unltrfasbx\x01\xc3".to_vec()
+                ), 0u8..3),
+                0..6,
+            ),
+        ) {
+            let mut bytes = seeds()[seed].clone().into_bytes();
+            for (at, byte, how) in edits {
+                let at = at % (bytes.len() + 1);
+                match how {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => { bytes.remove(at); }
+                    _ => {}
+                }
+            }
+            if let Ok(data) = std::str::from_utf8(&bytes) {
+                agrees(data);
+            }
+        }
+    }
+}

@@ -108,18 +108,19 @@ class MemoryCapacity:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._rest_until: dict[str, float] = {}
+        # deployment key -> when its rest ends (read by RedisCapacity's view: nothing rests)
+        self.rest_until: dict[str, float] = {}
         self._failing: set[str] = set()  # the rests of open circuits (not asked for by a 429)
         self._requests: dict[str, _Bucket] = {}  # by provider name
         self._tokens: dict[str, _Bucket] = {}
 
     def resting_s(self, key: str) -> float:
-        until = self._rest_until.get(key)
+        until = self.rest_until.get(key)
         if until is None:
             return 0.0
         left = until - self._clock()
         if left <= 0:
-            del self._rest_until[key]
+            del self.rest_until[key]
             self._failing.discard(key)
             return 0.0
         return left
@@ -128,7 +129,7 @@ class MemoryCapacity:
         return self.take_now(ordered, tokens)
 
     def take_now(self, ordered: Sequence[CatalogEntry], tokens: int) -> Taken:
-        if not self._rest_until and ordered and not is_capped(ordered[0].provider):
+        if not self.rest_until and ordered and not is_capped(ordered[0].provider):
             return Taken(ordered[0])  # nothing rests, the first is uncapped: the common case
         now = self._clock()
         earliest: float | None = None
@@ -196,8 +197,8 @@ class MemoryCapacity:
 
     def rest_now(self, key: str, seconds: float, failing: bool = False) -> None:
         until = self._clock() + seconds
-        if until > self._rest_until.get(key, 0.0):
-            self._rest_until[key] = until
+        if until > self.rest_until.get(key, 0.0):
+            self.rest_until[key] = until
             if failing:
                 self._failing.add(key)
             else:
@@ -206,7 +207,7 @@ class MemoryCapacity:
     def rests(self) -> list[RestView]:
         views = [
             RestView(key, self.resting_s(key), key in self._failing)
-            for key in list(self._rest_until)
+            for key in list(self.rest_until)
         ]
         return [v for v in views if v.resting_s > 0]
 

@@ -103,7 +103,12 @@ class RedisCapacity:
     # -- Capacity ------------------------------------------------------------------------------
     def take_local(self, ordered: Sequence[CatalogEntry], tokens: int) -> Taken | None:
         self._maybe_sync()
-        if any(is_capped(d.provider) for d in ordered):
+        if len(ordered) == 1:  # one deployment, as most models have (no generator)
+            if is_capped(ordered[0].provider):
+                return None
+            if not self._shared and not self._local.rest_until:
+                return Taken(ordered[0])  # nothing rests, as Redis last said nor here
+        elif any(is_capped(d.provider) for d in ordered):
             return None
         return self._take_from_view(ordered)
 

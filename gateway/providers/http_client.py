@@ -905,7 +905,9 @@ class HttpResponse:
         if self._lingering:  # nobody reads any more: back to the pool (or closed)
             self.release()
             return
-        self._wake()
+        waiter = self._waiter  # `_wake()`, inline (once per answer)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- httptools callbacks (only while the connection feeds the parser) ------------------------
     # The parser is set while it calls these (`self._parser`, read directly: `_live_parser()`

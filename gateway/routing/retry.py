@@ -369,7 +369,8 @@ class Retrier:
     def release(self, served: CatalogEntry, reserved_tokens: int, used_tokens: int) -> None:
         """The served request is over (answered, or its stream ended)."""
         self.balancer.finished(served.key)
-        self.capacity.settle(served, reserved_tokens, used_tokens)
+        if served.provider.tokens_per_minute is not None:  # else no estimate was taken
+            self.capacity.settle(served, reserved_tokens, used_tokens)
 
     def _end_span(self, record: RequestRecord | None, span: ClientSpan, error: str | None) -> None:
         if self.tracing is not None and record is not None:

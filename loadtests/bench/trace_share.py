@@ -4,7 +4,7 @@ the machine's load) and in CPU time.
 
     .venv/bin/python -m loadtests.bench.trace_share [--requests 2000] [--reps 3]
     .venv/bin/python -m loadtests.bench.trace_share --request-path [--requests 1024]
-        [--before DIR] [--profile DIR]
+        [--before DIR] [--profile DIR] [--off-only]
 
 The app is driven directly as request_cost drives it (no server: Granian's share is the same
 with and without traces, so leaving it out makes the share read here larger, never smaller),
@@ -39,7 +39,8 @@ before a batch fills and move the framing to the pipe's thread). Three runs: tra
 and traced with only the tracing seams run through `operator.call` (what the seams themselves cost,
 the rest of the request uncounted); with `--before DIR` the same three for another checkout's
 `gateway` package (with its built `_core`). `--profile DIR` keeps callgrind's function-level files
-(`callgrind_annotate --inclusive=yes`).
+(`callgrind_annotate --inclusive=yes`). `--off-only`: the traces-off run alone (per tree), what
+a change to the untraced request path is measured by.
 """
 
 from __future__ import annotations
@@ -230,16 +231,24 @@ def run(
 
 
 def request_path(
-    found: dict[str, Path], requests: int, before: Path | None, profile: Path | None
+    found: dict[str, Path],
+    requests: int,
+    before: Path | None,
+    profile: Path | None,
+    off_only: bool = False,
 ) -> dict[str, float]:
     """--request-path: instructions per request counted inside the request's own steps (traces
-    off, traced) and inside the tracing seams alone (traced), for this tree and `before`."""
+    off, traced) and inside the tracing seams alone (traced), for this tree and `before`;
+    `off_only`: traces off alone."""
     trees: dict[str, Path | None] = {"": None}
     if before is not None:
         trees["-before"] = before
+    runs = (("off", "steps"),)
+    if not off_only:
+        runs += (("traced", "steps"), ("traced", "seams"))
     per = {}
     for suffix, tree in trees.items():
-        for name, counted in (("off", "steps"), ("traced", "steps"), ("traced", "seams")):
+        for name, counted in runs:
             label = f"{name}{suffix}" if counted == "steps" else f"seams{suffix}"
             out = None if profile is None else profile / f"callgrind.{label}"
             counts = run(found[name], requests, 1, True, counted, tree, out)[1]
@@ -258,6 +267,9 @@ def main() -> int:
     )
     parser.add_argument("--before", type=Path, help="with --request-path: another checkout too")
     parser.add_argument("--profile", type=Path, help="with --request-path: keep callgrind's files")
+    parser.add_argument(
+        "--off-only", action="store_true", help="with --request-path: traces off only"
+    )
     parser.add_argument("--inner", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--counted", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
@@ -285,7 +297,7 @@ def main() -> int:
                 if args.profile is not None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                 before = None if args.before is None else args.before.resolve()
-                path = request_path(found, args.requests, before, args.profile)
+                path = request_path(found, args.requests, before, args.profile, args.off_only)
             else:
                 counts = {
                     name: [run(path, n, 1, valgrind=True)[1] for n in (args.requests,
@@ -330,6 +342,15 @@ def print_request_path(per: dict[str, float], requests: int) -> None:
         f"{requests} requests, {CONCURRENCY} at once)"
     )
     suffixes = [s for s in ("", "-before") if f"off{s}" in per]
+    if "traced" not in per:  # --off-only
+        print("| tree | traces off |")
+        print("| --- | ---: |")
+        for suffix in suffixes:
+            print(f"| {'this tree' if not suffix else 'before'} | {per[f'off{suffix}']:,.0f} |")
+        if len(suffixes) == 2:
+            change = per["off"] / per["off-before"] - 1
+            print(f"this tree against before: {100 * change:+.1f} %")
+        return
     print("| tree | traces off | traced | added | added, % of off | the seams alone |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for suffix in suffixes:

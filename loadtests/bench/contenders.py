@@ -410,14 +410,13 @@ def gateway(
         text = "\n".join(line for line in text.splitlines() if not line.startswith("max_in"))
     config.write_text(text)
     env = {"KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    command = [str(BIN / "klawd"), "serve", "--config", str(config)]
     if source is not None:
         env["PYTHONPATH"] = str(source)
-    return pinned(
-        SERVER_CORE,
-        [str(BIN / "klawd"), "serve", "--config", str(config)],
-        directory / f"{name}.log",
-        env,
-    )
+        # The `klawd` script's entry (gateway.supervisor) may not exist in an older tree: its
+        # own CLI module, which both have (`-P`: the tree on PYTHONPATH, not the working directory).
+        command = [sys.executable, "-P", "-m", "gateway.cli", *command[1:]]
+    return pinned(SERVER_CORE, command, directory / f"{name}.log", env)
 
 
 def gateway_key(base_url: str) -> str:

@@ -1,9 +1,10 @@
 """A bounded soak run: good traffic mixed with upstream faults against one gateway process.
 
     make soak                      # 120 s, 8 client threads
-    .venv/bin/python loadtests/soak.py --seconds 300 --clients 8
+    .venv/bin/python loadtests/soak.py --seconds 300 --clients 8 [--store redis]
 
-The gateway (embedded store) fronts the fake OpenAI upstream of the test suite on loopback.
+The gateway (embedded store, or a redis-server of its own) fronts the fake OpenAI upstream of
+the test suite on loopback.
 Every client thread loops, bounded by the deadline, over a fixed mix:
 
     good      openai/gpt-fake, non-streamed and streamed             must be 200 + [DONE]
@@ -13,7 +14,10 @@ Every client thread loops, bounded by the deadline, over a fixed mix:
               must end in an error the client can see (error event, 429, 502), never a hang
 
 It reports requests per class and outcome, every unexpected answer, and the RSS of the gateway's
-process tree sampled every 5 s (flat memory = no leak). Exit code 1 when a good request failed.
+process tree sampled every 5 s (flat memory = no leak). Once the clients stop it checks the
+books: the account's balance must be its credit less the ledger's costs (every reservation
+given back, every request charged once), and on Redis no reservation hold may be left. Exit code
+1 when a good request failed or the books do not balance.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.redis_server import RedisServer
+
+CREDIT_MICROS = 1_000_000_000  # the soak account's $1000
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -146,25 +153,57 @@ def client_loop(
                     problems.append(f"{kind}: {detail}")
 
 
+def books(admin: httpx.Client, account_id: str, redis: RedisServer | None) -> str | None:
+    """None when the account's balance is its credit less the ledger's costs and (Redis) no
+    reservation hold is left; else what differs. Waits (bounded) for the last settle batch."""
+    deadline = time.monotonic() + 10
+    while True:
+        balance = round(admin.get(f"/admin/accounts/{account_id}").json()["credits_usd"] * 1e6)
+        usage = admin.get(f"/admin/accounts/{account_id}/usage").json()["data"]
+        spent = sum(round(row["cost_usd"] * 1e6) for row in usage)
+        holds = 0
+        if redis is not None:
+            import redis as redis_py
+
+            with redis_py.Redis(port=redis.port) as client:
+                holds = int(client.zcard(f"klawd:acct:{{{account_id}}}:holds"))
+        if balance == CREDIT_MICROS - spent and holds == 0:
+            return None
+        if time.monotonic() > deadline:
+            return (
+                f"balance {balance} micro-USD, credit {CREDIT_MICROS} less the ledger's "
+                f"{spent} is {CREDIT_MICROS - spent}; {holds} reservation holds left"
+            )
+        time.sleep(0.2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args()
     fake = FakeOpenAI()
     fake.start()
     directory = Path(tempfile.mkdtemp(prefix="klawd-soak-"))
+    redis = None
+    if args.store == "redis":
+        redis = RedisServer(free_port(), directory / "redis")
+        redis.start()
     port = free_port()
-    gateway_config(directory / "klawd.toml", port, fake.base_url)
+    gateway_config(
+        directory / "klawd.toml", port, fake.base_url, store_url=redis.url if redis else None
+    )
     gateway = start_gateway(directory / "klawd.toml", port)
     tally: collections.Counter[str] = collections.Counter()
     problems: list[str] = []
     lock = threading.Lock()
+    unbalanced: str | None = "not checked"
     try:
         with gateway.admin() as admin:
             account = admin.post(
                 "/admin/accounts",
-                json={"name": "soak", "plan": "enterprise", "credits_usd": 1000.0},
+                json={"name": "soak", "plan": "enterprise", "credits_usd": CREDIT_MICROS / 1e6},
             ).json()
             limits = {"requests_per_minute": 10**7, "requests_per_day": 10**9}
             admin.patch(f"/admin/accounts/{account['id']}", json={"limits": limits})
@@ -186,9 +225,13 @@ def main() -> int:
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
+        with gateway.admin() as admin:
+            unbalanced = books(admin, account["id"], redis)
     finally:
         stop(gateway.process)
         fake.stop()
+        if redis is not None:
+            redis.stop()
     total = sum(tally.values())
     print(
         f"soak: {total} requests in {elapsed:.0f} s ({total / elapsed:.0f}/s), "
@@ -210,7 +253,8 @@ def main() -> int:
     )
     if problems:
         print("unexpected answers (first 50):", *problems, sep="\n  ")
-    return 1 if good_failures else 0
+    print(f"books ({args.store}): {unbalanced or 'balanced'}")
+    return 1 if good_failures or unbalanced else 0
 
 
 if __name__ == "__main__":

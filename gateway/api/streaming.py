@@ -75,6 +75,9 @@ async def send_event_stream(
         ],
     }
     del headers  # this frame lives as long as the stream: it holds neither form of the headers
+    # Once the first piece is out, the middleware's send wrapper may hand out the server's own
+    # send (SendWithId.passthrough): no Python frame of its own per piece after that.
+    passthrough: Callable[[], Send] | None = getattr(send, "passthrough", None)
     if drain is not None:
         drain.streams.add(task)
     try:
@@ -95,6 +98,9 @@ async def send_event_stream(
                     drain.streams.discard(task)
                 continue
             await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if passthrough is not None:
+                send = passthrough()
+                passthrough = None
             watch.last_sent = loop.time()
             watch.waiting_on_source = True
         if not ended:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import urljoin
 
@@ -487,7 +487,15 @@ class ReframedStream:
     or more whole OpenAI events; an upstream error event is raised after the events before it
     were returned, and the answer is released (kept alive if whole) when the stream ends."""
 
-    __slots__ = ("_ended", "_noted", "_provider", "_reframer", "_released", "_response")
+    __slots__ = (
+        "_ended",
+        "_noted",
+        "_provider",
+        "_reframer",
+        "_released",
+        "_response",
+        "finished",
+    )
 
     def __init__(
         self, provider: HttpProvider, response: HttpResponse, reframer: _core.Reframer
@@ -498,6 +506,10 @@ class ReframedStream:
         response.headers = {}
         self._response = response
         self._reframer = reframer
+        # Whether the piece last returned was the stream's last: the upstream's end was read
+        # ([DONE] or its equivalent) and no error follows it, so the next step only ends. The
+        # reframer's own method (no Python frame: the relay asks after every piece).
+        self.finished: Callable[[], bool] = reframer.finished
         self._ended = False
         self._released = False
         self._noted = False
@@ -517,12 +529,6 @@ class ReframedStream:
     @property
     def content_chars(self) -> int:
         return self._reframer.content_chars
-
-    def finished(self) -> bool:
-        """Whether the piece last returned was the stream's last: the upstream's end was read
-        ([DONE] or its equivalent) and no error follows it, so the next step only ends."""
-        reframer = self._reframer
-        return reframer.done and reframer.upstream_error is None
 
     async def aclose(self) -> None:
         if self._released:

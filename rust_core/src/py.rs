@@ -152,6 +152,13 @@ impl PyReframer {
         self.inner.state().done
     }
 
+    /// Whether the stream has ended whole: the terminator read and no upstream error after it
+    /// (a method, so that a relay can be handed it as its "was that the last piece" check).
+    fn finished(&self) -> bool {
+        let state = self.inner.state();
+        state.done && state.upstream_error.is_none()
+    }
+
     #[getter]
     fn usage(&self) -> Option<PyUsage> {
         self.inner.state().usage.map(PyUsage::from)

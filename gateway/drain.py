@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.timer_wheel import TimerWheel
+
 log = logging.getLogger("klawd")
 
 DRAIN_FILE_ENV = "KLAWD_DRAIN_FILE"
@@ -28,8 +30,21 @@ WATCH_INTERVAL_S = 0.25
 
 
 class OpenStreams(set[asyncio.Task[Any]]):
-    """The tasks relaying a stream right now (one per open stream). A set itself: every stream
-    adds and discards its task, and the set's own methods are C calls (no Python frame)."""
+    """The tasks relaying a stream right now (one per open stream), and their keepalive checks
+    (one loop timer for all of them: gateway/timer_wheel.py). A set itself: every stream adds
+    and discards its task, and the set's own methods are C calls (no Python frame)."""
+
+    __slots__ = ("_keepalives",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._keepalives: TimerWheel | None = None
+
+    def keepalives(self, loop: asyncio.AbstractEventLoop) -> TimerWheel:
+        wheel = self._keepalives
+        if wheel is None:  # (made on the app's loop, by its first stream)
+            wheel = self._keepalives = TimerWheel(loop)
+        return wheel
 
     def end_all(self) -> int:
         """Cancels every open stream with the DRAIN message; how many there were."""

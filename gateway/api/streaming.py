@@ -4,7 +4,8 @@ Per stream there is the request's task, which awaits the next piece and sends it
 callback on the server's `receive()` future, which learns of the client's `http.disconnect`
 (under Granian no task: the future is the server's own). Nothing else runs per piece:
 
-- keepalive: one timer per stream, re-armed only when it fires, looks at the time of the last
+- keepalive: one deadline per stream in the open streams' timer wheel (one loop timer for all
+  of them, gateway/timer_wheel.py), re-armed only when it comes, looks at the time of the last
   piece; after `keepalive_s` of silence it sends `keepalive` (a comment, or the Messages API's
   `event: ping`) while the request's task is still waiting on the upstream;
 - disconnect: the callback cancels the request's task, wherever it is waiting (on the upstream
@@ -37,6 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.api.common import encode_headers
 from gateway.drain import DRAIN, OpenStreams, is_drain
+from gateway.timer_wheel import Slot, TimerWheel
 
 KEEPALIVE = b": keepalive\n\n"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
@@ -64,7 +66,9 @@ async def send_event_stream(
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # given the loop: no second getpid() (CPython 3.11)
     assert task is not None  # noqa: S101 (always called from the request's task)
-    watch = _Watch(loop, task, receive, send, keepalive_s, keepalive)
+    # Without the app's open streams (a caller outside the routes), a wheel of its own.
+    keepalives = TimerWheel(loop) if drain is None else drain.streams.keepalives(loop)
+    watch = _Watch(loop, task, receive, send, keepalive_s, keepalive, keepalives)
     drained = False
     start: Message = {
         "type": "http.response.start",
@@ -132,23 +136,27 @@ async def send_event_stream(
 
 
 class _Watch:
-    """What a stream's two callbacks share with it: the keepalive timer (one per stream,
-    re-armed only when it fires, looking at the time of the last piece) and the watcher of the
-    client's next message. One object with slots, not a closure cell per variable: a stream
-    holds about a hundred objects that every full collection walks, and these were a sixth."""
+    """What a stream's two callbacks share with it: the keepalive check (a deadline in the
+    wheel, re-armed only when it comes, looking at the time of the last piece) and the watcher
+    of the client's next message. One object with slots, not a closure cell per variable: a
+    stream holds about a hundred objects that every full collection walks, and these were a
+    sixth."""
 
     __slots__ = (
         "client_gone",
+        "context",
         "finished",
         "keepalive",
         "keepalive_s",
+        "keepalives",
         "last_sent",
         "loop",
         "pinging",
         "receive",
         "send",
+        "slot",
+        "start",
         "task",
-        "timer",
         "waiting_on_source",
         "watcher",
     )
@@ -161,6 +169,7 @@ class _Watch:
         send: Send,
         keepalive_s: float,
         keepalive: bytes,
+        keepalives: TimerWheel,
     ) -> None:
         self.loop = loop
         self.task: asyncio.Task[Any] | None = task
@@ -173,21 +182,24 @@ class _Watch:
         self.waiting_on_source = True
         self.last_sent = loop.time()
         self.pinging: asyncio.Future[None] | None = None
-        # The client's next message (re-armed until the disconnect) and the keepalive timer, both
-        # armed by `arm` at the stream's first wait; until then `timer` is that call.
+        # The client's next message (re-armed until the disconnect) and the keepalive check
+        # (`slot`: its deadline in `keepalives`), both armed by `arm` at the stream's first
+        # wait (`start`: that call until then).
         self.watcher: asyncio.Future[Message] | None = None
-        # (In the request's context, as the timer was when armed at once: a keepalive's send
-        # runs in it.)
-        self.timer: asyncio.Handle | None = loop.call_soon(self.arm)
+        self.keepalives = keepalives
+        self.slot: Slot | None = None
+        # The request's context: a keepalive's send runs in it, as when each stream had a timer.
+        self.context = contextvars.copy_context()
+        self.start: asyncio.Handle | None = loop.call_soon(self.arm, context=self.context)
 
     def arm(self) -> None:
         """The stream waits for the first time (it is still open when the loop turns)."""
+        self.start = None
         if self.finished:
-            self.timer = None
             return
         self.watcher = _watch(self.receive, self.on_message)
-        elapsed = self.loop.time() - self.last_sent
-        self.timer = self.loop.call_later(max(self.keepalive_s - elapsed, 0.0), self.check_silence)
+        due = self.last_sent + self.keepalive_s
+        self.slot = self.keepalives.add(max(due, self.loop.time()), self)
 
     def on_message(self, message: asyncio.Future[Message]) -> None:
         if self.finished or message.cancelled() or message.exception() is not None:
@@ -199,19 +211,21 @@ class _Watch:
         if self.task is not None:
             self.task.cancel()
 
-    def check_silence(self) -> None:
+    def on_due(self) -> None:
+        """The keepalive check (the wheel calls it): a comment after `keepalive_s` of silence."""
+        self.slot = None
         if self.finished:
             return
         loop = self.loop
-        silent_s = loop.time() - self.last_sent
-        if silent_s >= self.keepalive_s:
+        now = loop.time()
+        if now - self.last_sent >= self.keepalive_s:
             pinging = self.pinging
             if self.waiting_on_source and (pinging is None or pinging.done()):
-                pinging = self.pinging = asyncio.ensure_future(_ping(self.send, self.keepalive))
+                ping = _ping(self.send, self.keepalive)
+                pinging = self.pinging = loop.create_task(ping, context=self.context)
                 pinging.add_done_callback(_ignore_result)
-            self.last_sent = loop.time()
-            silent_s = 0.0
-        self.timer = loop.call_later(self.keepalive_s - silent_s, self.check_silence)
+            self.last_sent = now
+        self.slot = self.keepalives.add(self.last_sent + self.keepalive_s, self)
 
     def end(self) -> asyncio.Future[None] | None:
         """Once the stream has ended: neither callback runs again, and nothing here refers
@@ -219,9 +233,12 @@ class _Watch:
         dropped, and this object's to the task), so reference counting frees it all at once.
         Returns the keepalive send still in flight, if any."""
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.start is not None:
+            self.start.cancel()
+            self.start = None
+        if self.slot is not None:
+            self.slot.discard(self)
+            self.slot = None
         watcher = self.watcher
         if watcher is not None:
             self.watcher = None

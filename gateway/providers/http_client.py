@@ -27,15 +27,16 @@ connect step (`connect_timeout_s`, ConnectFailed).
 Timeouts: connecting (DNS, TCP and TLS) longer than `connect_timeout_s`, or waiting longer than
 `read_timeout_s` for the next bytes of an answer, raises TimeoutError; so do the caller's
 deadlines, `headers_timeout_s` of `request` (pool wait and connect included) and its
-`whole_timeout_s` or `HttpResponse.expire_at` (the whole answer). One timer per answer checks
-all of them; it is re-armed only when it fires early (no timer per read).
+`whole_timeout_s` or `HttpResponse.expire_at` (the whole answer). One deadline per answer checks
+all of them, in the client's timer wheel (gateway/timer_wheel.py: one loop timer for all the
+answers, each called at most 50 ms after its time); it is re-armed only when it comes early (no
+timer per read).
 A cancelled caller drops its connection. Error messages never quote a header value.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
 import socket
 import ssl
@@ -50,6 +51,7 @@ import httptools
 
 from gateway.admission_gate import GATE
 from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
+from gateway.timer_wheel import Slot, TimerWheel
 
 __all__ = ["ConnectFailed", "HttpClient", "HttpResponse", "ResponseBroken"]
 
@@ -63,9 +65,6 @@ class ResponseBroken(Exception):
     """The answer broke off or was not HTTP: reset, EOF before its end, malformed, undecodable."""
 
 
-# The context an answer's timer runs in: `_on_timer` reads and sets no context variable, and a
-# copy of the current context (what `call_at` makes by default) is one more object per answer.
-TIMER_CONTEXT = contextvars.Context()
 # Unread body bytes past which the socket is not read until the reader takes them (all at once).
 HIGH_WATER: Final = 256 * 1024
 # Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
@@ -154,6 +153,8 @@ class HttpClient:
         # provider per worker). Kept because asyncio.get_running_loop() costs a getpid()
         # system call on every call in CPython 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The answers' deadlines, on the loop (one loop timer for all: gateway/timer_wheel.py).
+        self._deadlines: TimerWheel | None = None
 
     def clock(self) -> float:
         """The event loop's time (what deadlines are given in)."""
@@ -165,6 +166,7 @@ class HttpClient:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+            self._deadlines = TimerWheel(loop)
         return loop
 
     async def request(
@@ -570,6 +572,7 @@ class HttpResponse:
         "_raw_headers",
         "_read_timeout_s",
         "_timer",
+        "_timers",
         "_unbounded",
         "_wait_since",
         "_waiter",
@@ -608,6 +611,9 @@ class HttpResponse:
         self._parser: httptools.HttpResponseParser | None = parser
         client = conn.pool.client
         self._loop = client._loop or client._event_loop()
+        timers = client._deadlines
+        assert timers is not None  # noqa: S101 (made with the loop)
+        self._timers = timers
         self._read_timeout_s = read_timeout_s
         self._head_only = head_only
         self._wire = 0  # bytes read since the body was last taken (see data_received)
@@ -624,7 +630,8 @@ class HttpResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: zlib._Decompress | None = None
         self._deflate_probe = False
-        # Timeouts: one timer per answer, re-armed only when it fires early. What it checks:
+        # Timeouts: one deadline per answer in the client's wheel (`_timer`: its slot there),
+        # re-armed only when it comes early. What it checks:
         # the headers by `_headers_by`, the whole answer by `_whole_by` (expire_at), and no
         # silence longer than `read_timeout_s` while the caller waits for bytes.
         now = self._loop.time()
@@ -632,15 +639,13 @@ class HttpResponse:
         self._whole_by = whole_by
         self._last_bytes_at = now
         self._wait_since = now
-        # `_arm(now)`, inline: `_due()` with nothing read or waited for yet
+        # `_arm()`, inline: `_due()` with nothing read or waited for yet
         due = now + read_timeout_s
         if headers_by is not None and headers_by < due:
             due = headers_by
         if whole_by is not None and whole_by < due:
             due = whole_by
-        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
-            max(now, due), self._on_timer, context=TIMER_CONTEXT
-        )
+        self._timer: Slot | None = timers.add(due, self)  # (one already past: within 50 ms)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -752,8 +757,8 @@ class HttpResponse:
         if self._complete or self._finished:
             return
         self._whole_by = when
-        if self._timer is None or when < self._timer.when():
-            self._arm(self._loop.time())
+        if self._timer is None or when < self._timer.at:
+            self._arm()
 
     def release(self) -> None:
         """Keeps the connection alive for the next request if the whole answer arrived and the
@@ -777,7 +782,7 @@ class HttpResponse:
         self._lingering = True
         when = self._loop.time() + within_s
         self._whole_by = when if self._whole_by is None else min(self._whole_by, when)
-        self._arm(self._loop.time())
+        self._arm()
 
     def close(self) -> None:
         """Drops the connection at once (how a stream is cancelled upstream). Idempotent."""
@@ -839,14 +844,13 @@ class HttpResponse:
             due = min(due, self._whole_by)
         return due
 
-    def _arm(self, now: float) -> None:
+    def _arm(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_at(
-            max(now, self._due()), self._on_timer, context=TIMER_CONTEXT
-        )
+            self._timer.discard(self)
+        self._timer = self._timers.add(self._due(), self)  # (one already past: within 50 ms)
 
-    def _on_timer(self) -> None:
+    def on_due(self) -> None:
+        """The deadline came (the client's wheel calls it, at most its resolution late)."""
         self._timer = None
         if self._complete or self._finished or self._error is not None:
             return
@@ -861,7 +865,7 @@ class HttpResponse:
             return
         if self._waiter is None:
             self._wait_since = now  # nobody waits: silence counts from the next wait at most
-        self._arm(now)
+        self._arm()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -885,7 +889,7 @@ class HttpResponse:
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.discard(self)
             self._timer = None
 
     def _connection_lost(self, exc: Exception | None) -> None:

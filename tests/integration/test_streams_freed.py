@@ -44,6 +44,8 @@ class App:
         self.state: dict[str, Any] = {}
         self.key = ""
         self.lifespan: asyncio.Future[None] | None = None
+        self.clients: list[asyncio.Future[dict[str, Any]]] = []  # `gone`: set to disconnect
+        self.first_events = 0  # streams that had their first event
 
     async def request(
         self, path: str, body: bytes, token: str, end: str = "", request_id: str = ""
@@ -53,6 +55,7 @@ class App:
         client's `x-request-id`, if any."""
         loop = asyncio.get_running_loop()
         gone: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.clients.append(gone)
         body_sent = False
         status = 0
         chunks: list[bytes] = []
@@ -72,6 +75,8 @@ class App:
                 status = message["status"]
                 return
             chunks.append(message.get("body", b""))
+            if chunks[-1] and len(chunks) == 1:
+                self.first_events += 1
             if end == "drain" and chunks[-1] and len(chunks) == 1:
                 loop.call_soon(self.state["klawd"].streams.end_all)
             ended = not message.get("more_body")
@@ -247,3 +252,31 @@ def test_a_started_worker_freezes_its_start_up_and_collects_cycles_rarely(config
     thresholds, frozen = uvloop.run(asyncio.wait_for(main(), 30))
     assert thresholds == GC_THRESHOLDS
     assert frozen > 0
+
+
+def test_open_streams_hold_no_loop_timer_of_their_own(config: Path) -> None:
+    """A stream waiting on its upstream has a keepalive check and a read deadline; both are
+    entries in a timer wheel (gateway/timer_wheel.py), so opening more streams arms no more
+    loop timers (under uvloop a timer and its handle were ~0.45 KB each, twice per stream:
+    docs/decisions/0012, seventh pass). Counted on asyncio's loop, whose timers are visible."""
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        armed = []
+        async with started(config) as app:
+            tasks: list[asyncio.Future[bytes]] = []
+            for count in (1, 4):
+                while len(tasks) < count:
+                    tasks.append(asyncio.ensure_future(app.chat("openai/hold-fake")))
+                while app.first_events < count:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # every stream has waited: its watch is armed
+                armed.append(sum(not timer.cancelled() for timer in loop._scheduled))  # type: ignore[attr-defined]
+            for gone in app.clients:
+                if not gone.done():
+                    gone.set_result({"type": "http.disconnect"})
+            await asyncio.gather(*tasks)
+        return armed
+
+    one, four = asyncio.run(asyncio.wait_for(main(), 30))
+    assert four == one, f"{four - one} more loop timers with 3 more streams open"

@@ -125,8 +125,10 @@ class SendingLimiter(Protocol):
         reserve_micros: int,
         key: KeyGate | None = None,
         dropped: Dropped | None = None,
-    ) -> asyncio.Future[Any] | None:
-        """`admit`'s call sent now (None: it cannot be without waiting; call `admit`).
+    ) -> tuple[asyncio.Future[Any], bool] | None:
+        """`admit`'s call sent without waiting: its reply's future, and whether it was written
+        at once (else it is queued with the loop turn's commands: await it now, with
+        `admit_reply`). None: it cannot be sent without waiting; call `admit`.
         `dropped`: called with the Admission if the future is cancelled before its reply came
         (the caller went away): the caller gives back what it took."""
         ...

@@ -302,7 +302,12 @@ class Meter:
         # A reply that comes after the request was cancelled goes to `pending.dropped`.
         sent = sender.send_admit(account.id, spec, reserve_micros, gate, pending.dropped)
         if sent is not None:
-            pending.sent(sent)
+            pending.sent(sent[0])
+            if not sent[1]:
+                # Queued with the loop turn's commands (under load): read now, decided before
+                # the upstream call starts, as an awaited admission is (a refusal kept for
+                # `ticket()`); one call built and sent.
+                await pending.read_reply()
             return pending
         admission = await sender.admit(account.id, spec, reserve_micros, gate, pending.dropped)
         if admission.outcome == "rate_limited":

@@ -46,25 +46,32 @@ _REPLIES = frozenset({"admit_reply"})
 
 
 def _timed_send(
-    send: Callable[..., asyncio.Future[Any] | None], operation: str, metrics: Metrics
-) -> Callable[..., asyncio.Future[Any] | None]:
+    send: Callable[..., tuple[asyncio.Future[Any], bool] | None], operation: str, metrics: Metrics
+) -> Callable[..., tuple[asyncio.Future[Any], bool] | None]:
     duration = metrics.store_duration.labels(metrics.store_backend, operation)
     errors = metrics.store_errors.labels(metrics.store_backend, operation)
     buffer = metrics.buffer
+    bounds, counts, total = buffer.pending(duration)  # added into directly, as `_timed` does
 
-    def timed(*args: Any, **kwargs: Any) -> asyncio.Future[Any] | None:
+    def timed(*args: Any, **kwargs: Any) -> tuple[asyncio.Future[Any], bool] | None:
         started = time.perf_counter()
         sent = send(*args, **kwargs)
         if sent is not None:
 
             def replied(done: asyncio.Future[Any]) -> None:
-                if done.cancelled():  # the caller went away (its reply is dropped)
-                    pass
-                elif done.exception() is not None or isinstance(done.result(), Exception):
-                    buffer.inc(errors)  # the connection failed, or an error reply
-                buffer.observe(duration, time.perf_counter() - started)
+                try:
+                    failed = isinstance(done.result(), Exception)  # an error reply
+                except asyncio.CancelledError:  # the caller went away (its reply is dropped)
+                    failed = False
+                except Exception:  # the connection failed
+                    failed = True
+                if failed:
+                    buffer.inc(errors)
+                took = time.perf_counter() - started
+                counts[bisect_left(bounds, took)] += 1
+                total[0] += took
 
-            sent.add_done_callback(replied)
+            sent[0].add_done_callback(replied)
         return sent
 
     return timed

@@ -60,7 +60,7 @@ from gateway.store.redis_limiter import (
     LibraryMissing,
     RedisLimiter,
     _acct,
-    _spend_keys,
+    _spend_keys_in,
     holds_given_back,
 )
 from gateway.store.redis_responses import RedisResponses
@@ -156,7 +156,7 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
             f"{key}:usage:{entry.day}",
             f"{key}:settled:{entry.id}",
             f"{key}:kusage:{entry.day}",
-            *_spend_keys(entry.account_id, key_id, entry.day),
+            *_spend_keys_in(key, key_id, entry.day),
         )
         args += (
             entry.reserved_micros - entry.cost_micros,
@@ -296,29 +296,25 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         keys: list[str],
         args: list[Any],
         undo: Callable[[Any], None] | None = None,
-    ) -> asyncio.Future[Any] | None:
-        """`fcall` sent now, its reply awaited later with `fcall_reply` (the admission, while
-        the upstream call is prepared). None when it cannot be sent without waiting (no open
-        connection, the library not loaded yet, redis-py): call `fcall` instead. `undo`: called
-        with the reply if the future is cancelled before it comes (`RespClient.send`)."""
+    ) -> tuple[asyncio.Future[Any], bool] | None:
+        """`fcall` sent without waiting (its error reply read with `fcall_error`): the reply's
+        future and whether it was written at once (`RespClient.send`: else it is queued with the
+        loop turn's commands, to be awaited now). None when it cannot be sent without waiting
+        (no open connection, the library not loaded yet, redis-py): call `fcall` instead.
+        `undo`: called with the reply if the future is cancelled before it comes."""
         if self._resp is None or not self._library_loaded:
             return None
         return self._resp.send("FCALL", function, len(keys), *keys, *args, undo=undo)
 
-    async def fcall_reply(self, sent: asyncio.Future[Any], function: str) -> Any:
-        """The reply of `send_fcall`'s call, with `fcall`'s errors; LibraryMissing when Redis
-        forgot the library (the call did not run: load it and call again with `fcall`)."""
-        try:
-            reply = await sent
-        except RespConnectionError as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
-        if type(reply) is RespReplyError:
-            message = _reply_message(reply)
-            if "function not found" in message.lower():
-                self._library_loaded = False
-                raise LibraryMissing(function)
-            raise StoreError(f"redis function {function} failed: {message}") from reply
-        return reply
+    def fcall_error(self, reply: RespReplyError, function: str) -> StoreError:
+        """The error of `send_fcall`'s call that had an error reply, as `fcall` raises it;
+        LibraryMissing when Redis forgot the library (the call did not run: load it and call
+        again with `fcall`)."""
+        message = _reply_message(reply)
+        if "function not found" in message.lower():
+            self._library_loaded = False
+            return LibraryMissing(function)
+        return StoreError(f"redis function {function} failed: {message}")
 
     async def _fcall_py(self, function: str, keys: list[str], args: list[Any]) -> Any:
         from redis.exceptions import RedisError, ResponseError

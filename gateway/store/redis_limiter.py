@@ -8,6 +8,7 @@ account's next admission once it expired."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import ids
 from gateway.limits import Admission, Dropped, KeyGate, LimitSpec, Outcome
 from gateway.store.base import StoreError
-from gateway.store.resp import RespReplyError
+from gateway.store.resp import RespConnectionError, RespReplyError
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
@@ -28,7 +29,12 @@ def _acct(account_id: str) -> str:
 
 
 def _spend_keys(account_id: str, key_id: str, day: str) -> tuple[str, str, str]:
-    base = f"{_acct(account_id)}:kspend:{key_id}"
+    return _spend_keys_in(_acct(account_id), key_id, day)
+
+
+def _spend_keys_in(acct: str, key_id: str, day: str) -> tuple[str, str, str]:
+    """`_spend_keys` from the account's key prefix (`_acct`) already made."""
+    base = f"{acct}:kspend:{key_id}"
     return f"{base}:d:{day}", f"{base}:m:{day[:7]}", f"{base}:t"
 
 
@@ -113,7 +119,7 @@ class RedisLimiter:
         tail = [1 if consume else 0]
         if key is not None and _needs_key_share(key):
             keys += [f"{acct}:krpm:{key.key_id}", f"{acct}:krpd:{key.key_id}"]
-            keys += _spend_keys(account_id, key.key_id, key.day)
+            keys += _spend_keys_in(acct, key.key_id, key.day)
             budget = key.budget
             tail += [
                 key.requests_per_minute or 0,
@@ -153,14 +159,13 @@ class RedisLimiter:
 
     def _undo(self, dropped: Dropped, reserve: int, key: KeyGate | None) -> Callable[[Any], None]:
         """The lean client's `undo` of an admission: its reply made an Admission for `dropped`
-        (an error reply took nothing)."""
+        (an error reply took nothing). A partial: no frame of its own per admission."""
+        return functools.partial(self._undone, dropped, reserve, key)
 
-        def undo(reply: Any) -> None:
-            admission = self.reply_admission(reply, reserve, key)
-            if admission is not None:
-                dropped(admission)
-
-        return undo
+    def _undone(self, dropped: Dropped, reserve: int, key: KeyGate | None, reply: Any) -> None:
+        admission = self.reply_admission(reply, reserve, key)
+        if admission is not None:
+            dropped(admission)
 
     def reply_admission(
         self, reply: Any, reserve_micros: int, key: KeyGate | None = None
@@ -176,13 +181,20 @@ class RedisLimiter:
         reserve_micros: int,
         key: KeyGate | None = None,
         dropped: Dropped | None = None,
-    ) -> asyncio.Future[Any] | None:
-        """`admit`'s call sent now; `admit_reply` turns its reply into the Admission. None:
-        it cannot be sent without waiting (see RedisStore.send_fcall), call `admit`.
-        `dropped`: called with the Admission if the future is cancelled before the reply."""
+    ) -> tuple[asyncio.Future[Any], bool] | None:
+        """`admit`'s call sent without waiting; `admit_reply` turns its reply into the
+        Admission. The reply's future and whether the call was written at once (else it is
+        queued with the loop turn's commands: await it now). None: it cannot be sent without
+        waiting (see RedisStore.send_fcall), call `admit`. `dropped`: called with the Admission
+        if the future is cancelled before the reply."""
         keys, head, tail = self._call(account_id, spec, True, key)
-        undo = None if dropped is None else self._undo(dropped, reserve_micros, key)
-        args = [*head, reserve_micros, *tail, *self._hold(reserve_micros)]
+        undo = (
+            None
+            if dropped is None
+            else functools.partial(self._undone, dropped, reserve_micros, key)
+        )
+        hold = ids.token_hex(8) if reserve_micros else ""  # `_hold`, inline
+        args = [*head, reserve_micros, *tail, hold, self._store.reservation_hold_ms]
         return self._store.send_fcall("klawd_admit_v3", keys, args, undo)
 
     async def admit_reply(
@@ -195,9 +207,14 @@ class RedisLimiter:
         dropped: Dropped | None = None,
     ) -> Admission:
         try:
-            reply = await self._store.fcall_reply(sent, "klawd_admit_v3")
-        except LibraryMissing:  # it did not run: loaded again, then called once more
-            return await self.admit(account_id, spec, reserve_micros, key, dropped)
+            reply = await sent
+        except RespConnectionError as exc:
+            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
+        if type(reply) is RespReplyError:
+            error = self._store.fcall_error(reply, "klawd_admit_v3")
+            if type(error) is LibraryMissing:  # it did not run: loaded again, called once more
+                return await self.admit(account_id, spec, reserve_micros, key, dropped)
+            raise error from reply
         if reply[10]:  # expired holds given back (only when the credit would refuse)
             holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve_micros, True, key)

@@ -361,34 +361,43 @@ class RespClient:
             raise reply
         return reply
 
-    def send(self, *args: Any, undo: Undo | None = None) -> asyncio.Future[Any] | None:
-        """`execute` without waiting, when the client is quiet (no command for `QUIET_S`) and a
-        connection idle (nothing owed, nothing queued):
-        the command is written at once and the future holds its reply, an error reply as a
-        RespReplyError value; the caller goes on working while it travels (an admission
-        overlapped with the upstream call's preparation, gateway/admission_gate.py). None
-        otherwise (no connection open, or commands coming: under load the command is better
-        queued with the loop turn's others, `execute`; measured, an at-once write under load
-        cost the worker 10-15 % more CPU per single answer, docs/decisions/0010). The caller
-        must await the future or retrieve its exception (a lost connection sets
+    def send(self, *args: Any, undo: Undo | None = None) -> tuple[asyncio.Future[Any], bool] | None:
+        """`execute` without waiting: the future of the command's reply (an error reply as a
+        RespReplyError value) and whether it was written at once. At once when the client is
+        quiet (no command for `QUIET_S`) and a connection idle (nothing owed, nothing queued):
+        the caller goes on working while it travels (an admission overlapped with the upstream
+        call's preparation, gateway/admission_gate.py). Otherwise (commands coming) it is
+        queued with the loop turn's others, as `execute` queues it, and the caller should await
+        it now: measured, an at-once write under load cost the worker 10-15 % more CPU per
+        single answer (docs/decisions/0010). None: no connection open (call `execute`). The
+        caller must await the future or retrieve its exception (a lost connection sets
         RespConnectionError), or cancel it: `undo` is then called with the reply when it comes
         (as in `execute`)."""
-        if not self._connections:
+        connections = self._connections
+        if not connections:
             return None
-        now = self._connections[0].loop_time()
-        if now - self._last_command < QUIET_S:
-            return None  # commands keep coming (load): queue this one with the others
-        for connection in self._connections:
-            if not connection.pending and not connection.corked:
-                try:
-                    future = connection.send_now(hiredis.pack_command(args))
-                except RespConnectionError:
-                    return None
-                if undo is not None:
-                    self._undo[future] = undo
-                self._last_command = now
-                return future
-        return None
+        now = connections[0].loop_time()
+        if now - self._last_command >= QUIET_S:
+            for connection in connections:
+                if not connection.pending and not connection.corked:
+                    try:
+                        future = connection.send_now(hiredis.pack_command(args))
+                    except RespConnectionError:
+                        return None
+                    if undo is not None:
+                        self._undo[future] = undo
+                    self._last_command = now
+                    return future, True
+        picked = self._pick(now)
+        if picked is None:
+            return None
+        try:
+            future = picked.send_one(hiredis.pack_command(args))
+        except RespConnectionError:  # lost: `execute` says so
+            return None
+        if undo is not None:
+            self._undo[future] = undo
+        return future, False
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Every command in one write on one connection; the replies in order, error replies as
@@ -410,14 +419,14 @@ class RespClient:
                     future.exception()  # retrieved: no "never retrieved" log
             raise
 
-    def _pick(self) -> _Connection | None:
+    def _pick(self, now: float | None = None) -> _Connection | None:
         """The connection already holding commands of this turn of the loop (they leave in one
         write), else the live one owing the fewest replies; grows to `connections` when all are
         busy (the caller does not wait for the new one). None: no live connection, connect
-        first."""
+        first. `now`: the loop's time, if the caller has read it."""
         best: _Connection | None = None
         if self._connections:
-            self._last_command = self._connections[0].loop_time()
+            self._last_command = self._connections[0].loop_time() if now is None else now
         for connection in self._connections:
             if connection.corked:
                 return connection

@@ -97,7 +97,7 @@ def test_a_request_cancelled_while_its_admission_travels_gives_back_what_it_took
     client_state: str,
 ) -> None:
     if client_state == "busy":
-        monkeypatch.setattr(resp, "QUIET_S", 1e9)  # never quiet: `send` always declines
+        monkeypatch.setattr(resp, "QUIET_S", 1e9)  # never quiet: `send` always queues
     paused = redis.Redis(port=redis_server.port)
 
     async def main() -> None:

@@ -530,15 +530,19 @@ def test_send_writes_at_once_on_an_idle_connection_only(
         async with client_for(redis_server.url) as client:
             assert client.send("PING") is None  # no connection yet: use execute
             await client.execute("PING")
-            await asyncio.sleep(2 * QUIET_S)  # quiet (commands coming: send() declines)
+            await asyncio.sleep(2 * QUIET_S)  # quiet (commands coming: send() queues)
             sent = client.send("ECHO", "x")  # written at once: quiet, the connection idle
-            assert sent is not None and not sent.done()
-            assert client.send("ECHO", "y") is None  # busy: queue it with execute instead
-            assert await sent == b"x"
+            assert sent is not None and sent[1] and not sent[0].done()
+            queued = client.send("ECHO", "y")  # busy: queued with the loop turn's commands
+            assert queued is not None and not queued[1]
+            connection = client._connections[0]
+            assert connection.corked  # not written yet: it leaves at the turn's end
+            assert await sent[0] == b"x"
+            assert await queued[0] == b"y"
             await asyncio.sleep(2 * QUIET_S)
             refused = client.send("NO-SUCH-COMMAND")
-            assert refused is not None
-            assert isinstance(await refused, RespReplyError)  # a value, not raised
+            assert refused is not None and refused[1]
+            assert isinstance(await refused[0], RespReplyError)  # a value, not raised
 
     run(body())
 
@@ -556,10 +560,10 @@ def test_a_sent_admission_reloads_a_forgotten_library_and_reserves_once(
             spec = LimitSpec(10, 100)
             assert (await limiter.admit(account.id, spec, 0)).admitted  # loads the library
             sync_redis.function_flush()  # a restarted Redis without persistence
-            await asyncio.sleep(2 * QUIET_S)  # quiet (else send_admit declines: see resp.send)
+            await asyncio.sleep(2 * QUIET_S)  # quiet (else send_admit queues: see resp.send)
             sent = limiter.send_admit(account.id, spec, 300)
-            assert sent is not None
-            admission = await limiter.admit_reply(sent, account.id, spec, 300)
+            assert sent is not None and sent[1]  # written at once
+            admission = await limiter.admit_reply(sent[0], account.id, spec, 300)
             assert admission.admitted and admission.reserved_micros == 300
             settled = await store.get_account(account.id)
             assert settled is not None and settled.credits_micros == 700  # reserved once

@@ -14,6 +14,8 @@ from gateway.observer import RequestObserver
 from gateway.requestlog import MAX_BATCH, RequestLog, RequestRecord, current_request
 from gateway.routing.catalog import Catalog
 from gateway.settings import load_settings
+from gateway.store.resp import RespConnectionError, RespReplyError
+from gateway.store_metrics import _Timed
 from tests.scrape import parse, total
 
 
@@ -180,3 +182,50 @@ def test_request_lines_reach_the_writer_in_batches_not_one_wake_up_per_line() ->
     written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["request_id"] for line in written] == [f"req_{i}" for i in range(lines)]
     assert stream.writes == 2
+
+
+class _SendingLimiter:
+    """A limiter whose admissions are sent and answered by the test (as the Redis one's are)."""
+
+    def __init__(self) -> None:
+        self.sent: list[asyncio.Future[object]] = []
+
+    def send_admit(self, *args: object) -> tuple[asyncio.Future[object], bool]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.sent.append(future)
+        return future, False
+
+    async def admit_reply(self, sent: asyncio.Future[object]) -> object:
+        return await sent
+
+
+def test_a_sent_admission_is_timed_as_admit_from_sending_to_its_reply_errors_counted() -> None:
+    """The store proxy times an admission sent before it is awaited as `operation="admit"`:
+    once its reply comes (an error reply and a lost connection counted as errors), and once
+    cancelled (its caller went away: a duration, not an error)."""
+    metrics = Metrics([], [], ["free"], "redis")
+    limiter = _Timed(_SendingLimiter(), metrics)
+
+    async def main() -> None:
+        inner = limiter._inner
+        assert isinstance(inner, _SendingLimiter)
+        answers: list[object] = [[0], RespReplyError("ERR no"), RespConnectionError("lost")]
+        for answer in [*answers, None]:
+            sent = limiter.send_admit("acct", 0)
+            assert sent is not None and sent[0] is inner.sent[-1]
+            if answer is None:
+                sent[0].cancel()
+            elif isinstance(answer, RespConnectionError):
+                sent[0].set_exception(answer)
+            else:
+                sent[0].set_result(answer)
+            await asyncio.sleep(0)  # the done callbacks run
+        assert limiter.admit_reply == inner.admit_reply  # the rest of a timed send: not timed
+
+    asyncio.run(main())
+    metrics.buffer.flush()
+    samples = parse(generate_latest(metrics.registry).decode())
+    timed = "klawd_store_operation_duration_seconds_count"
+    assert total(samples, timed, backend="redis", operation="admit") == 4
+    assert total(samples, "klawd_store_errors_total", backend="redis", operation="admit") == 2
+    assert total(samples, timed, operation="send_admit") == 0

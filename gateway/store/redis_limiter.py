@@ -2,8 +2,8 @@
 limits and credit reservation and the API key's limits and budget reservation together, so it is
 exact across every worker and replica and costs one round trip (gateway/store/lua/klawd.lua).
 A reservation is recorded as a hold with an expiry (`[store] reservation_hold_s`): settling
-removes it, and one never settled (its worker killed, its reply lost) is given back by the
-account's next admission once it expired."""
+removes it, and one never settled (its worker killed, its reply lost) is given back once it
+expired, by the account's next settlement or by an admission its credit would refuse."""
 
 from __future__ import annotations
 

@@ -79,8 +79,7 @@ end
 --     requests limit, requests/day limit, 1 if the key's own limits refused}
 local SPEND_TTL_MS = {3 * 86400000, 40 * 86400000, 0}
 
-local function admit_core(keys, args, with_key)
-  local now = now_ms()
+local function admit_core(keys, args, with_key, now)
   local rpm_cap, rpd_cap, tpm_cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
   local reserve, consume = tonumber(args[4]), args[5] == '1'
   local krpm_cap, krpd_cap = 0, 0
@@ -179,7 +178,7 @@ local function admit_core(keys, args, with_key)
 end
 
 local function admit_v2(keys, args)
-  return admit_core(keys, args, #keys >= 9)
+  return admit_core(keys, args, #keys >= 9, now_ms())
 end
 
 -- v3: v2, and the reservation is a hold that expires. What a request reserved is given back
@@ -223,13 +222,13 @@ end
 
 local function admit_v3(keys, args)
   local n, m = #keys, #args
-  local holds, with_key = keys[n], n >= 10
-  local reply = admit_core(keys, args, with_key)
+  local holds, with_key, now = keys[n], n >= 10, now_ms()  -- one TIME for the whole call
+  local reply = admit_core(keys, args, with_key, now)
   local released = 0
   if reply[1] == 2 or reply[1] == 3 then
-    released = release_holds(holds, keys[4], now_ms())
+    released = release_holds(holds, keys[4], now)
     if released > 0 then
-      reply = admit_core(keys, args, with_key)  -- a refusal took nothing: decide again
+      reply = admit_core(keys, args, with_key, now)  -- a refusal took nothing: decide again
     end
   end
   local reserve = tonumber(args[4])
@@ -242,7 +241,7 @@ local function admit_v3(keys, args)
       local key_id, day = string.match(keys[7], ':kspend:(.+):d:([^:]+)$')
       hold = hold .. '|' .. key_id .. '|' .. day
     end
-    redis.call('ZADD', holds, now_ms() + tonumber(args[m]), hold)
+    redis.call('ZADD', holds, now + tonumber(args[m]), hold)
     reply[10] = hold
   end
   reply[11] = released

@@ -10,6 +10,7 @@ pub mod bucket;
 pub mod errors;
 pub mod eventstream;
 mod json;
+mod json_scan;
 pub mod limiter;
 pub mod quota;
 pub mod reframe;

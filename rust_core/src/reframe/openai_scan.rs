@@ -6,28 +6,23 @@
 //! twice, each such member of the type the view expects (`choices` an array of objects, their
 //! `delta`, `tool_calls` and `function` objects or `null`, `content`, `arguments`,
 //! `finish_reason` and `object` strings or `null`; escapes only in `content` and `arguments`),
-//! every other value valid JSON nested at most [`MAX_DEPTH`] deep, and no lone UTF-16
-//! surrogate in an escape. Anything else (a top-level array, an escaped key, a duplicate, a
-//! number where a string belongs, invalid JSON) gives `None`, and the typed view decides: the
-//! same answer, or the same error, as before. `usage` is read by `serde_json` from its own span
+//! every other value valid JSON nested at most 64 deep, and no lone UTF-16 surrogate in an
+//! escape. Anything else (a top-level array, an escaped key, a duplicate, a number where a
+//! string belongs, invalid JSON) gives `None`, and the typed view decides: the same answer, or
+//! the same error, as before. `usage` is read by `serde_json` from its own span
 //! (once per stream), and an `error` member is returned as its span, as the view's raw value.
+//! The scan's building blocks are shared (`json_scan.rs`).
 
 use std::borrow::Cow;
 
 use super::openai::Chunk;
+use crate::json_scan::{once, Scan};
 use crate::usage::OpenAiUsage;
-
-/// Nesting deeper than this is left to `serde_json` (whose own limit is 128).
-pub const MAX_DEPTH: u32 = 64;
 
 /// The chunk as the typed view reads it, or `None` when the scan cannot tell (see the module
 /// docs). `data` is the event's data, trimmed of whitespace.
 pub fn read(data: &str) -> Option<Chunk<'_>> {
-    let mut scan = Scan {
-        s: data,
-        b: data.as_bytes(),
-        i: 0,
-    };
+    let mut scan = Scan::new(data);
     let mut chunk = Chunk::default();
     let (mut model, mut choices, mut usage, mut error, mut object) =
         (false, false, false, false, false);
@@ -80,218 +75,10 @@ pub fn read(data: &str) -> Option<Chunk<'_>> {
             }
         }
     }
-    scan.ws();
-    (scan.i == scan.b.len()).then_some(chunk)
-}
-
-/// A member the typed view reads may appear once (`serde` refuses a duplicate field).
-fn once(seen: &mut bool) -> Option<()> {
-    if *seen {
-        return None;
-    }
-    *seen = true;
-    Some(())
-}
-
-struct Scan<'a> {
-    s: &'a str,
-    b: &'a [u8],
-    i: usize,
+    scan.at_end().then_some(chunk)
 }
 
 impl<'a> Scan<'a> {
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.b.get(self.i) {
-            self.i += 1;
-        }
-    }
-
-    /// Whitespace, then `open` (`{` or `[`).
-    fn open(&mut self, open: u8) -> Option<()> {
-        self.ws();
-        (*self.b.get(self.i)? == open).then(|| self.i += 1)
-    }
-
-    /// Right after an opening bracket: whether the closing one follows (consumed).
-    fn empty(&mut self, close: u8) -> bool {
-        self.ws();
-        let empty = self.b.get(self.i) == Some(&close);
-        if empty {
-            self.i += 1;
-        }
-        empty
-    }
-
-    /// After a member or an element: `true` at the closing bracket, `false` at a comma (either
-    /// consumed); `None` at anything else.
-    fn next(&mut self, close: u8) -> Option<bool> {
-        self.ws();
-        let c = *self.b.get(self.i)?;
-        self.i += 1;
-        if c == close {
-            Some(true)
-        } else if c == b',' {
-            Some(false)
-        } else {
-            None
-        }
-    }
-
-    /// A member's key (without escapes) and its colon.
-    fn key(&mut self) -> Option<&'a [u8]> {
-        self.ws();
-        let key = self.plain_string()?;
-        self.ws();
-        (*self.b.get(self.i)? == b':').then(|| self.i += 1)?;
-        Some(key)
-    }
-
-    /// `null` (consumed: `true`), or whitespace before something else (`false`).
-    fn null(&mut self) -> Option<bool> {
-        self.ws();
-        if self.b.get(self.i) == Some(&b'n') {
-            self.literal(b"null")?;
-            return Some(true);
-        }
-        Some(false)
-    }
-
-    /// A string without escapes at `i`: its text.
-    fn plain_string(&mut self) -> Option<&'a [u8]> {
-        let (start, end, escaped) = self.string()?;
-        let b = self.b;
-        (!escaped).then(|| &b[start..end])
-    }
-
-    /// A string at `i` (its opening quote): the text's span and whether it has escapes.
-    fn string(&mut self) -> Option<(usize, usize, bool)> {
-        let b = self.b;
-        if *b.get(self.i)? != b'"' {
-            return None;
-        }
-        let start = self.i + 1;
-        let mut i = start;
-        let mut escaped = false;
-        loop {
-            // Eight bytes at a time up to the first quote, backslash or control character.
-            while let Some(word) = b.get(i..i + 8) {
-                let special = special_bytes(u64::from_le_bytes(word.try_into().ok()?));
-                if special != 0 {
-                    i += (special.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                i += 8;
-            }
-            match *b.get(i)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    i = escape_end(b, i)?;
-                }
-                0..=0x1F => return None, // a raw control character
-                _ => i += 1,
-            }
-        }
-        self.i = i + 1;
-        Some((start, i, escaped))
-    }
-
-    /// A string or `null`: the characters of its text (0 for `null`), as the relayed text is
-    /// counted.
-    fn counted_string(&mut self) -> Option<u64> {
-        if self.null()? {
-            return Some(0);
-        }
-        let (start, end, escaped) = self.string()?;
-        let text = &self.b[start..end];
-        Some(if escaped {
-            unescaped_chars(text)
-        } else {
-            // Valid UTF-8 (a slice of the event's text between ASCII quotes): count the bytes
-            // that start a character.
-            text.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64
-        })
-    }
-
-    /// Any JSON value, validated (nested at most `MAX_DEPTH` deep).
-    fn value(&mut self, depth: u32) -> Option<()> {
-        self.ws();
-        match *self.b.get(self.i)? {
-            b'"' => self.string().map(|_| ()),
-            b'{' if depth < MAX_DEPTH => {
-                self.i += 1;
-                if !self.empty(b'}') {
-                    loop {
-                        self.ws();
-                        self.string()?;
-                        self.ws();
-                        (*self.b.get(self.i)? == b':').then(|| self.i += 1)?;
-                        self.value(depth + 1)?;
-                        if self.next(b'}')? {
-                            break;
-                        }
-                    }
-                }
-                Some(())
-            }
-            b'[' if depth < MAX_DEPTH => {
-                self.i += 1;
-                if !self.empty(b']') {
-                    loop {
-                        self.value(depth + 1)?;
-                        if self.next(b']')? {
-                            break;
-                        }
-                    }
-                }
-                Some(())
-            }
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        (self.b.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
-    }
-
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> Option<()> {
-        let b = self.b;
-        let mut i = self.i;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        match *b.get(i)? {
-            b'0' => i += 1,
-            b'1'..=b'9' => i = digits_end(b, i + 1),
-            _ => return None,
-        }
-        if b.get(i) == Some(&b'.') {
-            let end = digits_end(b, i + 1);
-            if end == i + 1 {
-                return None;
-            }
-            i = end;
-        }
-        if let Some(b'e' | b'E') = b.get(i) {
-            i += 1;
-            if let Some(b'+' | b'-') = b.get(i) {
-                i += 1;
-            }
-            let end = digits_end(b, i);
-            if end == i {
-                return None;
-            }
-            i = end;
-        }
-        self.i = i;
-        Some(())
-    }
-
     /// `choices` (not `null`): an array of choice objects. The last non-null `finish_reason`
     /// is kept, the characters of every `content` and tool call `arguments` added up.
     fn choices(&mut self, chunk: &mut Chunk<'a>) -> Option<()> {
@@ -411,67 +198,6 @@ impl<'a> Scan<'a> {
             }
         }
     }
-}
-
-/// The index just past the escape at `b[i]` (a backslash), or `None` for an invalid escape or a
-/// lone surrogate (refused by `serde_json` where it reads the string; left to it everywhere).
-fn escape_end(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i + 1)? {
-        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 2),
-        b'u' => match hex4(b, i + 2)? {
-            0xD800..=0xDBFF => {
-                if b.get(i + 6..i + 8)? != b"\\u" {
-                    return None;
-                }
-                matches!(hex4(b, i + 8)?, 0xDC00..=0xDFFF).then_some(i + 12)
-            }
-            0xDC00..=0xDFFF => None,
-            _ => Some(i + 6),
-        },
-        _ => None,
-    }
-}
-
-fn hex4(b: &[u8], i: usize) -> Option<u32> {
-    b.get(i..i + 4)?
-        .iter()
-        .try_fold(0, |acc, &c| Some(acc * 16 + char::from(c).to_digit(16)?))
-}
-
-fn digits_end(b: &[u8], mut i: usize) -> usize {
-    while let Some(b'0'..=b'9') = b.get(i) {
-        i += 1;
-    }
-    i
-}
-
-/// The characters of a string's text once unescaped (the text was validated by `string`): an
-/// escape is one character, a surrogate pair too.
-fn unescaped_chars(text: &[u8]) -> u64 {
-    let mut chars = 0;
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'\\' {
-            i = escape_end(text, i).unwrap_or(text.len());
-            chars += 1;
-        } else {
-            chars += u64::from(text[i] & 0xC0 != 0x80);
-            i += 1;
-        }
-    }
-    chars
-}
-
-/// The high bit of each byte of `word` (little-endian) that is a quote, a backslash or below
-/// 0x20. The lowest bit set is exact (a borrow only spreads towards higher bytes), which is the
-/// one the scan uses.
-fn special_bytes(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    zero(word ^ (ONES * u64::from(b'"')))
-        | zero(word ^ (ONES * u64::from(b'\\')))
-        | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
 }
 
 #[cfg(test)]

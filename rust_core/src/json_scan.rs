@@ -1,0 +1,300 @@
+//! A validating JSON scan for the reframers' fast paths: the building blocks that walk an
+//! event's JSON once, validating it as `serde_json` would, while a reader (`reframe/
+//! openai_scan.rs`, ...) picks out the members it needs.
+//!
+//! **Conservative by construction.** Every method answers `None` for whatever it cannot read
+//! exactly as `serde_json` would (invalid JSON, a raw control character or an invalid escape
+//! in a string, a lone UTF-16 surrogate anywhere, nesting deeper than [`MAX_DEPTH`]); a reader
+//! built on it hands such an event to its typed `serde_json` view, which decides.
+
+/// Nesting deeper than this is left to `serde_json` (whose own limit is 128).
+pub(crate) const MAX_DEPTH: u32 = 64;
+
+/// A member the typed view reads may appear once (`serde` refuses a duplicate field).
+pub(crate) fn once(seen: &mut bool) -> Option<()> {
+    if *seen {
+        return None;
+    }
+    *seen = true;
+    Some(())
+}
+
+/// A cursor over one event's JSON text.
+pub(crate) struct Scan<'a> {
+    /// The text.
+    pub(crate) s: &'a str,
+    /// Its bytes.
+    pub(crate) b: &'a [u8],
+    /// The position.
+    pub(crate) i: usize,
+}
+
+impl<'a> Scan<'a> {
+    /// A scan from the start of `s`.
+    pub(crate) fn new(s: &'a str) -> Self {
+        Self {
+            s,
+            b: s.as_bytes(),
+            i: 0,
+        }
+    }
+
+    /// Whether only whitespace is left.
+    pub(crate) fn at_end(&mut self) -> bool {
+        self.ws();
+        self.i == self.b.len()
+    }
+
+    pub(crate) fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// Whitespace, then `open` (`{` or `[`).
+    pub(crate) fn open(&mut self, open: u8) -> Option<()> {
+        self.ws();
+        (*self.b.get(self.i)? == open).then(|| self.i += 1)
+    }
+
+    /// Right after an opening bracket: whether the closing one follows (consumed).
+    pub(crate) fn empty(&mut self, close: u8) -> bool {
+        self.ws();
+        let empty = self.b.get(self.i) == Some(&close);
+        if empty {
+            self.i += 1;
+        }
+        empty
+    }
+
+    /// After a member or an element: `true` at the closing bracket, `false` at a comma (either
+    /// consumed); `None` at anything else.
+    pub(crate) fn next(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        if c == close {
+            Some(true)
+        } else if c == b',' {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// A member's key (without escapes) and its colon.
+    pub(crate) fn key(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let key = self.plain_string()?;
+        self.ws();
+        (*self.b.get(self.i)? == b':').then(|| self.i += 1)?;
+        Some(key)
+    }
+
+    /// `null` (consumed: `true`), or whitespace before something else (`false`).
+    pub(crate) fn null(&mut self) -> Option<bool> {
+        self.ws();
+        if self.b.get(self.i) == Some(&b'n') {
+            self.literal(b"null")?;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// A string without escapes at `i`: its text.
+    pub(crate) fn plain_string(&mut self) -> Option<&'a [u8]> {
+        let (start, end, escaped) = self.string()?;
+        let b = self.b;
+        (!escaped).then(|| &b[start..end])
+    }
+
+    /// A string at `i` (its opening quote): the text's span and whether it has escapes.
+    pub(crate) fn string(&mut self) -> Option<(usize, usize, bool)> {
+        let b = self.b;
+        if *b.get(self.i)? != b'"' {
+            return None;
+        }
+        let start = self.i + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            // Eight bytes at a time up to the first quote, backslash or control character.
+            while let Some(word) = b.get(i..i + 8) {
+                let special = special_bytes(u64::from_le_bytes(word.try_into().ok()?));
+                if special != 0 {
+                    i += (special.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                i += 8;
+            }
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i = escape_end(b, i)?;
+                }
+                0..=0x1F => return None, // a raw control character
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
+        Some((start, i, escaped))
+    }
+
+    /// A string or `null`: the characters of its text (0 for `null`), as the relayed text is
+    /// counted.
+    pub(crate) fn counted_string(&mut self) -> Option<u64> {
+        if self.null()? {
+            return Some(0);
+        }
+        let (start, end, escaped) = self.string()?;
+        let text = &self.b[start..end];
+        Some(if escaped {
+            unescaped_chars(text)
+        } else {
+            // Valid UTF-8 (a slice of the event's text between ASCII quotes): count the bytes
+            // that start a character.
+            text.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64
+        })
+    }
+
+    /// Any JSON value, validated (nested at most `MAX_DEPTH` deep).
+    pub(crate) fn value(&mut self, depth: u32) -> Option<()> {
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'"' => self.string().map(|_| ()),
+            b'{' if depth < MAX_DEPTH => {
+                self.i += 1;
+                if !self.empty(b'}') {
+                    loop {
+                        self.ws();
+                        self.string()?;
+                        self.ws();
+                        (*self.b.get(self.i)? == b':').then(|| self.i += 1)?;
+                        self.value(depth + 1)?;
+                        if self.next(b'}')? {
+                            break;
+                        }
+                    }
+                }
+                Some(())
+            }
+            b'[' if depth < MAX_DEPTH => {
+                self.i += 1;
+                if !self.empty(b']') {
+                    loop {
+                        self.value(depth + 1)?;
+                        if self.next(b']')? {
+                            break;
+                        }
+                    }
+                }
+                Some(())
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn literal(&mut self, word: &[u8]) -> Option<()> {
+        (self.b.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    pub(crate) fn number(&mut self) -> Option<()> {
+        let b = self.b;
+        let mut i = self.i;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match *b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => i = digits_end(b, i + 1),
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            let end = digits_end(b, i + 1);
+            if end == i + 1 {
+                return None;
+            }
+            i = end;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let end = digits_end(b, i);
+            if end == i {
+                return None;
+            }
+            i = end;
+        }
+        self.i = i;
+        Some(())
+    }
+}
+
+/// The index just past the escape at `b[i]` (a backslash), or `None` for an invalid escape or a
+/// lone surrogate (refused by `serde_json` where it reads the string; left to it everywhere).
+fn escape_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 2),
+        b'u' => match hex4(b, i + 2)? {
+            0xD800..=0xDBFF => {
+                if b.get(i + 6..i + 8)? != b"\\u" {
+                    return None;
+                }
+                matches!(hex4(b, i + 8)?, 0xDC00..=0xDFFF).then_some(i + 12)
+            }
+            0xDC00..=0xDFFF => None,
+            _ => Some(i + 6),
+        },
+        _ => None,
+    }
+}
+
+fn hex4(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4)?
+        .iter()
+        .try_fold(0, |acc, &c| Some(acc * 16 + char::from(c).to_digit(16)?))
+}
+
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The characters of a string's text once unescaped (the text was validated by `string`): an
+/// escape is one character, a surrogate pair too.
+pub(crate) fn unescaped_chars(text: &[u8]) -> u64 {
+    let mut chars = 0;
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' {
+            i = escape_end(text, i).unwrap_or(text.len());
+            chars += 1;
+        } else {
+            chars += u64::from(text[i] & 0xC0 != 0x80);
+            i += 1;
+        }
+    }
+    chars
+}
+
+/// The high bit of each byte of `word` (little-endian) that is a quote, a backslash or below
+/// 0x20. The lowest bit set is exact (a borrow only spreads towards higher bytes), which is the
+/// one the scan uses.
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(word ^ (ONES * u64::from(b'"')))
+        | zero(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
+}

@@ -175,6 +175,13 @@ class Metrics:
             ["backend", "operation"],
             registry=r,
         )
+        self.holds_released = Counter(
+            "klawd_reservation_holds_released_total",
+            "Reservations of credit given back because their hold expired unsettled (Redis "
+            "store: a worker killed with requests in flight, a reply lost, or a request longer "
+            "than [store] reservation_hold_s).",
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "klawd_webhook_deliveries_total",
             "Webhook delivery attempts, by event type and outcome.",

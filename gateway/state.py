@@ -75,12 +75,29 @@ def open_capacity(store: Store) -> Capacity:
     return MemoryCapacity()
 
 
+def count_given_back_holds(store: Store, metrics: Metrics) -> None:
+    """Expired reservation holds given back (Redis only) counted in the metrics, besides the
+    warning the store logs."""
+    redis_module = sys.modules.get("gateway.store.redis")
+    if redis_module is None or not isinstance(store, redis_module.RedisStore):
+        return
+    say = store.holds_given_back
+    counter = metrics.holds_released
+
+    def given_back(account_id: str, count: int) -> None:
+        say(account_id, count)
+        counter.inc(count)
+
+    store.holds_given_back = given_back
+
+
 async def build_state(
     settings: Settings, environ: Mapping[str, str], metrics: Metrics | None = None
 ) -> AppState:
     store = open_store(settings.store.url, settings.store.reservation_hold_s)
     capacity = open_capacity(store)
     if metrics is not None:
+        count_given_back_holds(store, metrics)
         store = timed_store(store, metrics)  # store latency and errors
     provider_keys = resolve_provider_keys(settings, environ)
     providers: dict[str, Provider] = {}

@@ -208,6 +208,9 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         # redis-py's subscription (a Redis Cluster) silent this long is asked for a PING, as
         # the lean client's is (`RespClient.subscription_check_s`).
         self.subscription_check_s = 5.0
+        # Called when expired reservation holds were given back (account, count): said in the
+        # log; build_state adds the metric.
+        self.holds_given_back: Callable[[str, int], None] = holds_given_back
 
     def limiter(self) -> Limiter:
         return RedisLimiter(self)
@@ -518,10 +521,18 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         return account
 
     async def get_account(self, account_id: str) -> Account | None:
+        """The account and its balance, its expired reservation holds given back first (the
+        balance read is what the account sees: an idle account keeps no dead request's
+        reservation)."""
         key = _acct(account_id)
-        fields, credits = await self._many([("HGETALL", key), ("GET", f"{key}:credits")])
-        if not fields:
+        flat, credits, released = await self.fcall(
+            "klawd_account_v1", [key, f"{key}:credits", f"{key}:holds"], []
+        )
+        if released:
+            self.holds_given_back(account_id, int(released))
+        if not flat:
             return None
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return Account(
             account_id,
             fields[b"name"].decode(),
@@ -602,7 +613,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
             )
         for chunk, result in zip(chunks, results, strict=True):
             if result[5]:
-                holds_given_back(chunk[0].account_id, int(result[5]))
+                self.holds_given_back(chunk[0].account_id, int(result[5]))
         return _grants_after(chunks, results)
 
     async def _daily(

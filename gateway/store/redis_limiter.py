@@ -149,7 +149,7 @@ class RedisLimiter:
             "klawd_admit_v3", keys, [*head, reserve, *tail, *self._hold(consume and reserve)], undo
         )
         if reply[10]:  # expired holds given back (only when the credit would refuse)
-            holds_given_back(account_id, int(reply[10]))
+            self._store.holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve, consume, key)
 
     def _hold(self, reserving: int | bool) -> tuple[str, int]:
@@ -216,7 +216,7 @@ class RedisLimiter:
                 return await self.admit(account_id, spec, reserve_micros, key, dropped)
             raise error from reply
         if reply[10]:  # expired holds given back (only when the credit would refuse)
-            holds_given_back(account_id, int(reply[10]))
+            self._store.holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve_micros, True, key)
 
     async def admit(

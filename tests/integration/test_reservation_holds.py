@@ -113,6 +113,8 @@ def test_a_killed_gateways_reservation_is_given_back_after_its_hold(
         assert client.zcard(holds) == 0
         log = (tmp_path / "b" / "gateway.log").read_text()
         assert f"gave back 1 expired credit reservation(s) of account {account['id']}" in log
+        metrics = httpx.get(f"{other.base_url}/metrics", timeout=10).text
+        assert "klawd_reservation_holds_released_total 1.0" in metrics.splitlines()
     finally:
         fake_openai.release()
         client.close()

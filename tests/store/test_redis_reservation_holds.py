@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.limits import Admission, KeyBudget, KeyGate, LimitSpec
+from gateway.metrics import Metrics
+from gateway.state import count_given_back_holds
 from gateway.store.base import UsageEntry, open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import RedisLimiter, _acct, _spend_keys
@@ -190,3 +192,34 @@ async def test_a_batch_retried_after_a_lost_reply_does_not_give_back_twice(
     await store.settle([entry])
     await store.settle([entry])  # the same batch again (its first reply was lost)
     assert await balance(store, account.id) == CREDIT - 50_000
+
+
+async def test_reading_an_idle_accounts_balance_gives_its_expired_holds_back(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An account that sends nothing more after its worker was killed: no admission or settlement
+    of its own comes to give the hold back, so the balance read does (the API's, Mission
+    Control's, the CLI's), and the metric counts it."""
+    metrics = Metrics([], [], [], "redis")
+
+    def released() -> float | None:
+        return metrics.registry.get_sample_value("klawd_reservation_holds_released_total")
+
+    count_given_back_holds(store, metrics)
+    account = await store.create_account("idle", "free", CREDIT)
+    key = KeyGate("key_i", DAY, budget=KeyBudget(total_micros=10 * CREDIT))
+    lost = await RedisLimiter(store).admit(account.id, SPEC, 600_000, key)
+    assert await balance(store, account.id) == CREDIT - 600_000  # within the hold: reserved
+    assert given_back(caplog) == [] and released() == 0
+    await past_the_hold(store, account.id)
+    assert await balance(store, account.id) == CREDIT
+    assert await reserved_by_key(store, account.id, "key_i") == [0, 0, 0]
+    assert await holds(store, account.id) == 0
+    assert len(given_back(caplog)) == 1 and "gave back 1 " in given_back(caplog)[0]
+    assert released() == 1
+    assert await balance(store, account.id) == CREDIT  # given back once
+    assert released() == 1
+    # The request, had it lived, settles for its cost alone.
+    await store.settle([settled(lost, account.id, "key_i", 70_000)])
+    assert await balance(store, account.id) == CREDIT - 70_000
+    assert await store.get_account("acct_missing") is None

@@ -220,6 +220,15 @@ local function release_holds(holds, credits, now)
   return #expired
 end
 
+-- KEYS: account hash, credits, holds. An account and its balance, its expired holds given
+-- back first: an idle account's balance would otherwise show what dead requests reserved until
+-- its next settlement.
+-- -> {HGETALL of the account (flat), credits (false if none), how many holds it gave back}
+local function account_v1(keys, args)
+  local released = release_holds(keys[3], keys[2], now_ms())
+  return {redis.call('HGETALL', keys[1]), redis.call('GET', keys[2]), released}
+end
+
 local function admit_v3(keys, args)
   local n, m = #keys, #args
   local holds, with_key, now = keys[n], n >= 10, now_ms()  -- one TIME for the whole call
@@ -548,6 +557,7 @@ redis.register_function('klawd_settle_v5', settle_v5)
 redis.register_function('klawd_settle_v6', settle_v6)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
+redis.register_function('klawd_account_v1', account_v1)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)
 redis.register_function('klawd_usage_event_v1', usage_event)

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from gateway import __version__, accounts, cli_keys, cli_webhooks, supervisor
-from gateway.drain import DRAIN_FILE_ENV
+from gateway.drain import DRAIN_FILE_ENV, SUPERVISOR_PID_ENV
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
 from gateway.store.base import Store, StoreError, open_store, sqlite_path
@@ -138,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     drain_dir = Path(tempfile.mkdtemp(prefix="klawd-drain-"))
     drain_file = drain_dir / "signalled"
     os.environ[DRAIN_FILE_ENV] = str(drain_file)  # inherited by Granian's workers
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the supervisor's: `exec` keeps it
     remove = [str(drain_dir)]
     if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
         remove.append(str(metrics_dir))

@@ -7,6 +7,10 @@ cut with nothing billed. So `klawd serve` writes the time of the signal into a f
 shortly before the kill (`DRAIN_MARGIN_S`, at most half the grace) it ends its open streams: each
 gets a final error event (503, "retry"), its relay bills what was generated with status 503, and
 the worker can then finish and flush the ledger in time.
+
+A worker whose supervising process is gone (SIGKILLed: nothing passes a signal on) would serve
+on, orphaned, holding the port. The same watcher notices (`$KLAWD_SUPERVISOR_PID` is no longer
+its parent), announces the drain itself and stops the worker as the supervisor would have.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from gateway.timer_wheel import TimerWheel
 log = logging.getLogger("klawd")
 
 DRAIN_FILE_ENV = "KLAWD_DRAIN_FILE"
+SUPERVISOR_PID_ENV = "KLAWD_SUPERVISOR_PID"  # the supervising process, the workers' parent
 DRAIN = "klawd-drain"  # the cancel message that tells a stream it is ended by the drain
 DRAIN_MARGIN_S = 1.0
 WATCH_INTERVAL_S = 0.25
@@ -69,19 +75,27 @@ def drain_deadline(signalled_at: float, grace_s: float) -> float:
     return signalled_at + grace_s - min(DRAIN_MARGIN_S, grace_s / 2)
 
 
-async def watch(streams: OpenStreams, grace_s: float, path: Path | None = None) -> None:
+async def watch(
+    streams: OpenStreams, grace_s: float, path: Path | None = None, supervisor: int | None = None
+) -> None:
     """In a worker, for its lifetime: waits for the supervisor's drain file, then, at the drain
-    deadline, ends every stream still open (and any opened after, until the worker stops)."""
+    deadline, ends every stream still open (and any opened after, until the worker stops).
+    `supervisor`: the supervising process's PID; once it is no longer this worker's parent, the
+    worker drains and stops by itself."""
     if path is None:
         named = os.environ.get(DRAIN_FILE_ENV)
         if not named:
             return  # not under `klawd serve`: nobody will kill the worker on a deadline
         path = Path(named)
+        supervisor = int(os.environ.get(SUPERVISOR_PID_ENV) or 0) or None
     while True:
         try:
             signalled_at = float(path.read_text(encoding="ascii"))
             break
         except (OSError, ValueError):
+            if supervisor is not None and os.getppid() != supervisor:
+                signalled_at = orphaned(path, supervisor)
+                break
             await asyncio.sleep(WATCH_INTERVAL_S)
     await asyncio.sleep(max(0.0, drain_deadline(signalled_at, grace_s) - time.time()))
     while True:
@@ -89,3 +103,15 @@ async def watch(streams: OpenStreams, grace_s: float, path: Path | None = None) 
         if ended:
             log.warning("drain deadline: ended %d open stream(s) before shutdown", ended)
         await asyncio.sleep(WATCH_INTERVAL_S)
+
+
+def orphaned(path: Path, supervisor: int) -> float:
+    """The supervising process died without stopping this worker: the drain begins now (the
+    other workers see the same file), and the worker stops as on the supervisor's SIGTERM (no
+    new connections, open requests finish or are ended at the drain deadline, the ledger
+    flushed). When the drain began."""
+    log.error("the supervising process (PID %d) is gone: this worker drains and stops", supervisor)
+    now = time.time()
+    announce(path, now)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return now

@@ -218,6 +218,14 @@ provider = "deadai"
     )
 
 
+def children(pid: int) -> list[int]:
+    """The process's child processes (Granian's workers of `klawd serve`)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def start_gateway(
     config: Path, port: int, env_extra: dict[str, str] | None = None, workers: int = 1
 ) -> Gateway:

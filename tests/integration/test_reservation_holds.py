@@ -13,7 +13,14 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.conftest import ADMIN_TOKEN, free_port, gateway_config, start_gateway, stop
+from tests.conftest import (
+    ADMIN_TOKEN,
+    children,
+    free_port,
+    gateway_config,
+    start_gateway,
+    stop,
+)
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.redis_server import RedisServer
 
@@ -30,14 +37,6 @@ def config_on_redis(directory: Path, upstream: FakeOpenAI, redis_url: str) -> tu
         config.read_text().replace("[store]\n", f"[store]\nreservation_hold_s = {HOLD_S}\n", 1)
     )
     return config, port
-
-
-def children(pid: int) -> list[int]:
-    """The process's child processes (Granian's workers of `klawd serve`)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
 
 
 def test_a_killed_gateways_reservation_is_given_back_after_its_hold(

@@ -4,9 +4,11 @@ deadline), flush the ledger, exit 0."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Gateway, free_port, gateway_config, start_gateway
+from tests.conftest import Gateway, children, free_port, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
 
@@ -91,3 +93,53 @@ def test_a_stream_still_open_at_the_drain_deadline_is_ended_billed_and_told_why(
             "SELECT status, prompt_tokens FROM usage_ledger WHERE model = 'openai/pause-fake'"
         ).fetchone()
     assert row is not None and row[0] == 503 and row[1] > 0
+
+
+def test_a_worker_whose_supervisor_was_killed_drains_and_stops(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The supervising process SIGKILLed (nothing passes a signal on): its worker, orphaned,
+    would serve on and hold the port. It notices, ends its open stream at the drain deadline
+    (billed, told why), flushes the ledger and exits; the port is free again."""
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    config.write_text(
+        config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
+    )
+    gateway = start_gateway(config, port)
+    try:
+        with paused_stream(gateway) as reads:
+            assert next(reads).startswith(b"data: {")
+            (worker,) = children(gateway.process.pid)
+            gateway.process.kill()
+            gateway.process.wait(timeout=10)
+            rest = b"".join(reads)  # ends when the orphaned worker ends the stream
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{worker}").exists() and _state(worker) != "Z":
+            assert time.monotonic() < deadline, "the orphaned worker kept running"
+            time.sleep(0.1)
+    finally:
+        fake_openai.release()
+        with contextlib.suppress(ProcessLookupError, NameError):
+            os.kill(worker, signal.SIGKILL)
+    events = [e for e in rest.split(b"\n\n") if e.startswith(b"data: ")]
+    last = orjson.loads(events[-1][len(b"data: ") :])
+    assert last["error"]["type"] == "service_unavailable"
+    with pytest.raises(httpx.ConnectError):  # nobody listens on the port any more
+        httpx.get(f"{gateway.base_url}/readyz", timeout=1)
+    with sqlite3.connect(tmp_path / "klawd.db") as db:
+        row = db.execute(
+            "SELECT status FROM usage_ledger WHERE model = 'openai/pause-fake'"
+        ).fetchone()
+    assert row == (503,)
+    log = (tmp_path / "gateway.log").read_text()
+    assert "the supervising process (PID" in log and "is gone" in log
+
+
+def _state(pid: int) -> str:
+    """The process's state letter ("Z": a zombie, exited and not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"

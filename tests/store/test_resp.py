@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from tests.conftest import free_port
 from tests.redis_server import RedisClusterServers, RedisServer
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
+# Long enough to make the client quiet on every loop (uvloop's timers count whole milliseconds:
+# a shorter sleep may end within QUIET_S).
+QUIET_WAIT_S = 0.001 + 2 * QUIET_S
 BOUND_S = 10  # every wait on a misbehaving server is bounded by this (never a timing assertion)
 
 
@@ -530,7 +534,7 @@ def test_send_writes_at_once_on_an_idle_connection_only(
         async with client_for(redis_server.url) as client:
             assert client.send("PING") is None  # no connection yet: use execute
             await client.execute("PING")
-            await asyncio.sleep(2 * QUIET_S)  # quiet (commands coming: send() queues)
+            await asyncio.sleep(QUIET_WAIT_S)  # quiet (commands coming: send() queues)
             sent = client.send("ECHO", "x")  # written at once: quiet, the connection idle
             assert sent is not None and sent[1] and not sent[0].done()
             queued = client.send("ECHO", "y")  # busy: queued with the loop turn's commands
@@ -539,10 +543,32 @@ def test_send_writes_at_once_on_an_idle_connection_only(
             assert connection.corked  # not written yet: it leaves at the turn's end
             assert await sent[0] == b"x"
             assert await queued[0] == b"y"
-            await asyncio.sleep(2 * QUIET_S)
+            await asyncio.sleep(QUIET_WAIT_S)
             refused = client.send("NO-SUCH-COMMAND")
             assert refused is not None and refused[1]
             assert isinstance(await refused[0], RespReplyError)  # a value, not raised
+
+    run(body())
+
+
+def test_send_writes_at_once_one_command_at_a_time_on_every_loop(
+    run: Runner, redis_server: RedisServer
+) -> None:
+    """One request at a time sends its command a little over `QUIET_S` after the previous one:
+    written at once on uvloop too, whose `loop.time()` counts whole milliseconds (read with it,
+    the rule said "quiet" only when the millisecond had changed: about 4 times in 10)."""
+
+    async def body() -> None:
+        async with client_for(redis_server.url) as client:
+            await client.execute("PING")
+            await asyncio.sleep(QUIET_WAIT_S)
+            for number in range(20):
+                sent = client.send("ECHO", str(number))
+                last = time.perf_counter()
+                assert sent is not None and sent[1], number
+                assert await sent[0] == str(number).encode()
+                while time.perf_counter() - last < 1.5 * QUIET_S:  # nothing sent meanwhile
+                    pass
 
     run(body())
 
@@ -560,7 +586,7 @@ def test_a_sent_admission_reloads_a_forgotten_library_and_reserves_once(
             spec = LimitSpec(10, 100)
             assert (await limiter.admit(account.id, spec, 0)).admitted  # loads the library
             sync_redis.function_flush()  # a restarted Redis without persistence
-            await asyncio.sleep(2 * QUIET_S)  # quiet (else send_admit queues: see resp.send)
+            await asyncio.sleep(QUIET_WAIT_S)  # quiet (else send_admit queues: see resp.send)
             sent = limiter.send_admit(account.id, spec, 300)
             assert sent is not None and sent[1]  # written at once
             admission = await limiter.admit_reply(sent[0], account.id, spec, 300)

@@ -1,7 +1,7 @@
 """What a stream costs the gateway's own process: CPU per stream and memory per open stream.
 
     .venv/bin/python -m loadtests.bench.stream_cost [--streams 3000] [--open 1000] [--tree DIR]
-        [--ramp 8000 [--gc-threshold 700,10,10]]
+        [--ramp 8000 [--gc-threshold 700,10,10]] [--store sqlite|redis]
 
 In-process, as the metering bench: the ASGI app driven directly (embedded store, everything
 on), its upstream the `make bench` nginx (loadtests/bench/contenders.py) on loopback, pinned to
@@ -18,6 +18,10 @@ and the process's RSS growth per stream, in two passes (tracemalloc off for the 
 one has its first event, the cycle collector's runs meanwhile (a full collection pauses every
 stream), the tracked objects per open stream, and what their clients' leaving left in reference
 cycles (`--gc-threshold` sets the collector's thresholds after start-up, to compare settings).
+
+`--store redis`: the Redis store instead of the embedded one, on a redis-server of its own pinned
+to the upstream's core (as request_cost's `--store redis`); with `--phases`, what a stream does
+on Redis against what it does on the embedded store, call by call.
 
 `--tree DIR`: a checkout's `gateway` package (with its built `_core`) measured instead, for a
 before/after comparison (run the command once per tree, back to back).
@@ -53,6 +57,7 @@ from loadtests.bench.contenders import (  # noqa: E402
     gateway_model,
     nginx,
     openai_events,
+    redis_server,
     stop,
     upstream_conf,
     wait_for,
@@ -315,14 +320,15 @@ async def open_together(driver: Driver, count: int, traced: bool) -> dict[str, A
     return result
 
 
-async def run(args: argparse.Namespace, upstream: str) -> None:
+async def run(args: argparse.Namespace, upstream: str, store: str) -> None:
     directory = Path(tempfile.mkdtemp(prefix="klawd-stream-cost-"))
     conf = gateway_conf(0, upstream, "")
     extra = conf[conf.index("[plans.bench]") :]
     extra = extra.replace("pool_size = 4096", f"pool_size = {max(4096, args.open, args.ramp)}")
-    harness = Harness(f"sqlite:///{directory / 'bench.db'}", extra)
+    store = store or f"sqlite:///{directory / 'bench.db'}"
+    harness = Harness(store, extra)
     config = directory / "klawd.toml"
-    config.write_text(f'[store]\nurl = "sqlite:///{directory / "bench.db"}"\n{extra}')
+    config.write_text(f'[store]\nurl = "{store}"\n{extra}')
     harness.app = create_app(  # the upstream's key named by the config, as `make bench` sets it
         load_settings(config), {"KLAWD_ADMIN_TOKEN": ADMIN, "BENCH_UPSTREAM_KEY": "bench"}
     )
@@ -395,6 +401,7 @@ def main() -> None:
         "--gc-threshold", default="", help="with --ramp: gc.set_threshold(a, b, c) after start-up"
     )
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args()
     import gateway
 
@@ -404,15 +411,24 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="klawd-stream-cost-up-"))
     port = free_port()
     upstream = nginx(upstream_conf(directory, port), directory, "upstream", CLIENT_CORE)
+    redis = None
+    store = ""
     try:
         wait_for(lambda: _listening(port), "the upstream")
+        if args.store == "redis":
+            redis_port = free_port()
+            redis = redis_server(redis_port, directory)
+            wait_for(lambda: _listening(redis_port), "redis-server")
+            store = f"redis://127.0.0.1:{redis_port}/0"
         try:
             import uvloop
 
-            uvloop.run(run(args, f"http://127.0.0.1:{port}"))
+            uvloop.run(run(args, f"http://127.0.0.1:{port}", store))
         except ImportError:
-            asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+            asyncio.run(run(args, f"http://127.0.0.1:{port}", store))
     finally:
+        if redis is not None:
+            stop(redis)
         stop(upstream)
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -15,8 +15,24 @@ __all__ = [
     "UpstreamStreamError",
     "Usage",
     "__version__",
+    "openai_chat_answer",
+    "openai_chat_request",
 ]
 __version__: str
+
+def openai_chat_request(
+    body: bytes, model: str, default_max_tokens: int, stream: bool
+) -> bytes | None:
+    """The client's chat body for an OpenAI-shaped upstream, rewritten by one scan: `model`
+    renamed, `models` dropped, `max_tokens` added unless it or `max_completion_tokens` is given,
+    on a stream `stream_options: {"include_usage": true}` added. None when the scan cannot tell
+    (an escaped or repeated key, invalid JSON, a stream's own `stream_options`, ...): the
+    caller parses the body then (rust_core/src/openai_body.rs)."""
+
+def openai_chat_answer(body: bytes, model: str) -> tuple[bytes, int, int, int, int] | None:
+    """The upstream's chat.completion with `model` renamed, and its prompt, completion, cached
+    and cache-write token counts; None when the scan cannot tell (invalid JSON, no `choices`
+    array, a count that is not an integer, ...): the caller parses the body then."""
 
 class SseError(ValueError):
     """Malformed or oversized upstream stream (an event larger than max_event_bytes)."""

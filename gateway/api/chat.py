@@ -125,10 +125,11 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
+    answer = completion.json()
     if lookup is not None:
-        await state.cache.save(lookup, target, completion.usage, orjson.dumps(completion.body))
+        await state.cache.save(lookup, target, completion.usage, answer)
     headers.append((b"x-klawd-cost-usd", format_usd(cost).encode()))
-    await send_json_raw(send, 200, orjson.dumps(completion.body), headers)
+    await send_json_raw(send, 200, answer, headers)
 
 
 async def _serve_cached(

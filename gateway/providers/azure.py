@@ -14,10 +14,7 @@ Azure's error bodies are OpenAI-shaped (`{"error": {"code", "message"}}`), its 4
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
-
-import orjson
 
 from gateway.providers.base import MissingCredentials, UpstreamRequest
 from gateway.providers.openai import OpenAIProvider
@@ -36,10 +33,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         super().__init__(name, settings, api_key)
         self.entra_token = entra_token
 
-    def _post(self, path: str, payload: dict[str, Any]) -> UpstreamRequest:
+    def _post_json(self, path: str, model: object, body: bytes) -> UpstreamRequest:
         # kind openai names the upstream model in the body; Azure names it in the URL (the
         # deployment) and ignores the body's `model`.
-        deployment = quote(str(payload.get("model") or ""), safe="")
+        deployment = quote(str(model or ""), safe="")
         headers = {"content-type": "application/json", "accept": "application/json"}
         if self.entra_token is not None:
             headers["authorization"] = f"Bearer {self.entra_token.reveal()}"
@@ -50,7 +47,7 @@ class AzureOpenAIProvider(OpenAIProvider):
             url=f"{self.settings.base_url.rstrip('/')}/openai/deployments/{deployment}{path}"
             f"?api-version={version}",
             headers=headers,
-            body=orjson.dumps(payload),
+            body=body,
         )
 
     def redact(self, text: str) -> str:

@@ -63,9 +63,35 @@ class ChatCall(Struct, frozen=True):
     created: int
 
 
-class Completion(Struct, frozen=True):
-    body: dict[str, Any]  # an OpenAI chat.completion object, `model` already the catalog id
-    usage: TokenUsage
+class Completion:
+    """An OpenAI chat.completion (`model` already the catalog id) and its usage: made from the
+    object (`body`), or from its JSON text (`raw`: the OpenAI kinds' answer as the upstream
+    wrote it, renamed by one scan in Rust), which is then parsed only if something reads
+    `body` (the Messages and Responses routes, traces)."""
+
+    __slots__ = ("_body", "_raw", "usage")
+
+    def __init__(
+        self, body: dict[str, Any] | None, usage: TokenUsage, raw: bytes | None = None
+    ) -> None:
+        if body is None and raw is None:
+            raise ValueError("a completion needs its body or its JSON text")
+        self._body = body
+        self._raw = raw
+        self.usage = usage
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body = self._body
+        if body is None:
+            body = self._body = orjson.loads(self._raw)  # type: ignore[arg-type]
+        return body
+
+    def json(self) -> bytes:
+        """The answer as JSON text: the upstream's own, unless `body` was read (a reader may
+        have changed it), then written from it."""
+        raw = self._raw
+        return raw if raw is not None and self._body is None else orjson.dumps(self._body)
 
 
 class UpstreamStream(Protocol):

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from gateway import _core
 from gateway.billing import TokenUsage
 from gateway.errors import BadGateway, GatewayError, InvalidRequest
 from gateway.providers.base import (
@@ -47,9 +48,11 @@ class OpenAIProvider(HttpProvider):
     reframer_kind: ClassVar[str] = "openai"
 
     def _post(self, path: str, payload: dict[str, Any]) -> UpstreamRequest:
-        return UpstreamRequest(
-            url=self._base_url + path, headers=self._json_headers, body=orjson.dumps(payload)
-        )
+        return self._post_json(path, payload.get("model"), orjson.dumps(payload))
+
+    def _post_json(self, path: str, model: object, body: bytes) -> UpstreamRequest:
+        """`body`: the JSON text; `model`: the upstream model it names (Azure's URL needs it)."""
+        return UpstreamRequest(url=self._base_url + path, headers=self._json_headers, body=body)
 
     # Built once per provider (settings and key are fixed for the app's life); the headers are
     # shared by every request, never changed (tracing copies them to add its own).
@@ -65,6 +68,13 @@ class OpenAIProvider(HttpProvider):
         return headers
 
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
+        model = call.target.model
+        name = model.upstream_model or model.id.split("/", 1)[1]
+        # One scan in Rust writes what the lines below write; a body it cannot tell about (an
+        # escaped or repeated key, a stream's own stream_options, ...) takes them.
+        body = _core.openai_chat_request(call.body, name, DEFAULT_MAX_TOKENS, stream)
+        if body is not None:
+            return self._post_json("/chat/completions", name, body)
         payload = _client_payload(call.body, call.target)
         if "max_tokens" not in payload and "max_completion_tokens" not in payload:
             payload["max_tokens"] = DEFAULT_MAX_TOKENS
@@ -125,6 +135,12 @@ class OpenAIProvider(HttpProvider):
         )
 
     def parse_response(self, call: ChatCall, body: bytes) -> Completion:
+        # One scan in Rust: the answer's text with `model` renamed, and its usage; what it cannot
+        # tell about (invalid JSON, no choices, a count that is not an integer, ...) is parsed.
+        read = _core.openai_chat_answer(body, call.target.model.id)
+        if read is not None:
+            raw, prompt, completion_tokens, cached, written = read
+            return Completion(None, TokenUsage(prompt, completion_tokens, cached, written), raw)
         try:
             completion = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

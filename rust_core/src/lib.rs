@@ -3,6 +3,7 @@
 //! - [`sse`]: incremental SSE parser.
 //! - [`eventstream`]: incremental AWS event stream decoder (Bedrock `ConverseStream`).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
+//! - [`openai_body`]: the single answer's OpenAI bodies rewritten by one scan.
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
@@ -12,6 +13,7 @@ pub mod eventstream;
 mod json;
 mod json_scan;
 pub mod limiter;
+pub mod openai_body;
 pub mod quota;
 pub mod reframe;
 pub mod spans;

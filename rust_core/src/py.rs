@@ -19,6 +19,7 @@ use crate::limiter::{BucketLimit, Decision, Limiter, QuotaLimit};
 use crate::reframe::{Options, Stream};
 use crate::usage::Usage;
 
+mod bodies;
 mod spans;
 
 /// Inputs above this size are processed with the interpreter detached.
@@ -321,6 +322,8 @@ mod _core {
     #[pymodule_export]
     const __version__: &str = crate::VERSION;
 
+    #[pymodule_export]
+    use super::bodies::{openai_chat_answer, openai_chat_request};
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
     #[pymodule_export]

@@ -1,0 +1,48 @@
+//! The OpenAI chat bodies' one-scan rewrites (`crate::openai_body`) for the providers.
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::DETACH_ABOVE;
+use crate::openai_body;
+
+/// The client's chat body for an OpenAI-shaped upstream, or `None`: the caller parses it then.
+#[pyfunction]
+pub fn openai_chat_request<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    model: &str,
+    default_max_tokens: u64,
+    stream: bool,
+) -> Option<Bound<'py, PyBytes>> {
+    let out = if body.len() > DETACH_ABOVE {
+        py.detach(|| openai_body::request(body, model, default_max_tokens, stream))
+    } else {
+        openai_body::request(body, model, default_max_tokens, stream)
+    }?;
+    Some(PyBytes::new(py, &out))
+}
+
+/// The upstream's chat answer with `model` renamed, and its four token counts; or `None`: the
+/// caller parses it then.
+#[pyfunction]
+#[allow(clippy::type_complexity)] // the tuple Python unpacks
+pub fn openai_chat_answer<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    model: &str,
+) -> Option<(Bound<'py, PyBytes>, u64, u64, u64, u64)> {
+    let read = if body.len() > DETACH_ABOVE {
+        py.detach(|| openai_body::answer(body, model))
+    } else {
+        openai_body::answer(body, model)
+    }?;
+    let [prompt, completion, cached, written] = read.usage;
+    Some((
+        PyBytes::new(py, &read.body),
+        prompt,
+        completion,
+        cached,
+        written,
+    ))
+}

@@ -127,8 +127,8 @@ class SendingLimiter(Protocol):
         dropped: Dropped | None = None,
     ) -> tuple[asyncio.Future[Any], bool] | None:
         """`admit`'s call sent without waiting: its reply's future, and whether it was written
-        at once (else it is queued with the loop turn's commands: await it now, with
-        `admit_reply`). None: it cannot be sent without waiting; call `admit`.
+        at once (else it is queued with the loop turn's commands: await it now, and read it
+        with `admission_of`). None: it cannot be sent without waiting; call `admit`.
         `dropped`: called with the Admission if the future is cancelled before its reply came
         (the caller went away): the caller gives back what it took."""
         ...
@@ -151,17 +151,13 @@ class SendingLimiter(Protocol):
         """The Admission a sent call's reply holds (None: an error reply, nothing was taken)."""
         ...
 
-    async def admit_reply(
-        self,
-        sent: asyncio.Future[Any],
-        account_id: str,
-        spec: LimitSpec,
-        reserve_micros: int,
-        key: KeyGate | None = None,
-        dropped: Dropped | None = None,
-    ) -> Admission:
-        """The Admission of `send_admit`'s call, the same as `admit` would have returned
-        (`dropped`: for the call made again if Redis had forgotten its functions)."""
+    def admission_of(
+        self, reply: Any, account_id: str, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | None:
+        """The Admission of `send_admit`'s call from what its future gave (the reply, an error
+        reply, or the exception of a lost connection), the same as `admit` would have returned;
+        raises the store's error as `admit` does. None: Redis had forgotten its functions and
+        the call did not run (they are loaded again): call `admit`."""
         ...
 
 

@@ -132,31 +132,38 @@ class PendingAdmission:
 
     async def passed(self) -> None:
         """The gate: reads the admission's reply (once); AdmissionRefused unless it admitted."""
-        sent = self._sent
-        if sent is not None:
-            meter = self._meter
-            sender = meter.sender
-            assert sender is not None  # noqa: S101 (only a sending limiter sends)
-            try:
-                admission = await sender.admit_reply(
-                    sent, self.account.id, self.spec, self.reserve_micros, self.key, self.dropped
-                )
-                self._decide(admission, remember=True)
-            except Exception as exc:  # the store failed: its error is the request's answer
-                self._error = exc
-            self._sent = None
+        if self._sent is not None:
+            await self.read_reply()
         if not self.open:
             raise AdmissionRefused
 
     async def read_reply(self) -> None:
-        """Reads the admission's reply if it is still on its way, a refusal kept for `ticket()`;
-        cancelled meanwhile, what the admission took is given back (`abandon`)."""
-        if self._sent is None:
+        """Reads the admission's reply if it is still on its way, a refusal or the store's error
+        kept for `ticket()`; cancelled meanwhile, what the admission took is given back
+        (`abandon`). (The future awaited here, no coroutine of the limiter's in between: under
+        load `Meter.start` reads every queued admission through this.)"""
+        sent = self._sent
+        if sent is None:
             return
         try:
-            await self.passed()
-        except AdmissionRefused:
-            pass
+            try:
+                reply = await sent
+            except Exception as exc:  # the connection failed: `admission_of` says how
+                reply = exc
+            sender = self._meter.sender
+            assert sender is not None  # noqa: S101 (only a sending limiter sends)
+            try:
+                admission = sender.admission_of(
+                    reply, self.account.id, self.reserve_micros, self.key
+                )
+                if admission is None:  # Redis had forgotten its functions: called once more
+                    admission = await sender.admit(
+                        self.account.id, self.spec, self.reserve_micros, self.key, self.dropped
+                    )
+                self._decide(admission, remember=True)
+            except Exception as exc:  # the store failed: its error is the request's answer
+                self._error = exc
+            self._sent = None
         except BaseException:
             self.abandon()
             raise

@@ -182,11 +182,11 @@ class RedisLimiter:
         key: KeyGate | None = None,
         dropped: Dropped | None = None,
     ) -> tuple[asyncio.Future[Any], bool] | None:
-        """`admit`'s call sent without waiting; `admit_reply` turns its reply into the
+        """`admit`'s call sent without waiting; `admission_of` turns its reply into the
         Admission. The reply's future and whether the call was written at once (else it is
         queued with the loop turn's commands: await it now). None: it cannot be sent without
-        waiting (see RedisStore.send_fcall), call `admit`. `dropped`: called with the Admission
-        if the future is cancelled before the reply."""
+        waiting (see RedisStore.send_fcall), call `admit`; `admission_of` reads its reply.
+        `dropped`: called with the Admission if the future is cancelled before the reply."""
         keys, head, tail = self._call(account_id, spec, True, key)
         undo = (
             None
@@ -197,26 +197,20 @@ class RedisLimiter:
         args = [*head, reserve_micros, *tail, hold, self._store.reservation_hold_ms]
         return self._store.send_fcall("klawd_admit_v3", keys, args, undo)
 
-    async def admit_reply(
-        self,
-        sent: asyncio.Future[Any],
-        account_id: str,
-        spec: LimitSpec,
-        reserve_micros: int,
-        key: KeyGate | None = None,
-        dropped: Dropped | None = None,
-    ) -> Admission:
-        try:
-            reply = await sent
-        except RespConnectionError as exc:
-            raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
-        if type(reply) is RespReplyError:
-            error = self._store.fcall_error(reply, "klawd_admit_v3")
-            if type(error) is LibraryMissing:  # it did not run: loaded again, called once more
-                return await self.admit(account_id, spec, reserve_micros, key, dropped)
-            raise error from reply
+    def admission_of(
+        self, reply: Any, account_id: str, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | None:
+        if isinstance(reply, Exception):  # an error reply, or the connection failed
+            if type(reply) is RespReplyError:
+                error = self._store.fcall_error(reply, "klawd_admit_v3")
+                if type(error) is LibraryMissing:  # it did not run: loaded again, call `admit`
+                    return None
+                raise error from reply
+            if isinstance(reply, RespConnectionError):
+                raise StoreError(f"redis store failed: {reply.__class__.__name__}") from reply
+            raise reply
         if reply[10]:  # expired holds given back (only when the credit would refuse)
-            self._store.holds_given_back(account_id, int(reply[10]))
+            holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve_micros, True, key)
 
     async def admit(

@@ -234,4 +234,29 @@ def test_an_overlapped_admission_is_timed_as_an_admission(overlapped: Gateway) -
         assert chat(overlapped, key, "countai/m", stream=stream).status_code == 200
     after = admissions_timed(overlapped)
     assert after.get("admit", 0.0) >= before + 3
-    assert not {"send_admit", "admit_reply"} & after.keys()
+    assert not {"send_admit", "admission_of"} & after.keys()
+
+
+def test_an_overlapped_admission_on_a_redis_that_forgot_its_functions_is_made_again(
+    overlapped: Gateway, counting: CountingUpstream, request: pytest.FixtureRequest
+) -> None:
+    """Redis restarted without persistence between two requests: the sent admission's error
+    reply ("function not found") is not the request's answer; the functions are loaded again,
+    the admission made once more, and the request served (read at the gate or at once)."""
+    if request.node.callspec.params["overlapped"] != "redis":
+        pytest.skip("the embedded store has no functions to forget")
+    import redis
+
+    server: RedisServer = request.getfixturevalue("redis_server")
+    key = overlapped.new_key()
+    warm(overlapped, key)
+    client = redis.Redis(port=server.port)
+    try:
+        for stream in (False, True):
+            client.function_flush()
+            before = reached(counting)
+            answer = chat(overlapped, key, "countai/m", stream=stream)
+            assert answer.status_code == 200, answer.text
+            assert reached(counting)[1] == before[1] + 1
+    finally:
+        client.close()

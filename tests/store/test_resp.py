@@ -589,7 +589,9 @@ def test_a_sent_admission_reloads_a_forgotten_library_and_reserves_once(
             await asyncio.sleep(QUIET_WAIT_S)  # quiet (else send_admit queues: see resp.send)
             sent = limiter.send_admit(account.id, spec, 300)
             assert sent is not None and sent[1]  # written at once
-            admission = await limiter.admit_reply(sent[0], account.id, spec, 300)
+            # the call did not run: the library loaded again, the call made once more
+            assert limiter.admission_of(await sent[0], account.id, 300) is None
+            admission = await limiter.admit(account.id, spec, 300)
             assert admission.admitted and admission.reserved_micros == 300
             settled = await store.get_account(account.id)
             assert settled is not None and settled.credits_micros == 700  # reserved once

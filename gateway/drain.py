@@ -88,6 +88,10 @@ async def watch(
             return  # not under `klawd serve`: nobody will kill the worker on a deadline
         path = Path(named)
         supervisor = int(os.environ.get(SUPERVISOR_PID_ENV) or 0) or None
+    if supervisor != os.getppid():
+        # Not its parent now: not one of its workers (the variable inherited by another
+        # process), or it died before this worker started (then missed: a moment's window).
+        supervisor = None
     while True:
         try:
             signalled_at = float(path.read_text(encoding="ascii"))

@@ -76,8 +76,11 @@ def test_serve_hands_the_three_settings_to_granian(
     monkeypatch.setattr(granian.Granian, "serve", record)
     monkeypatch.setattr(supervisor, "hand_over", in_process)
     for name in ("KLAWD_CONFIG", "KLAWD_ADMIN_TOKEN", "PROMETHEUS_MULTIPROC_DIR",
-                 "KLAWD_DRAIN_FILE"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
+                 "KLAWD_DRAIN_FILE", "KLAWD_SUPERVISOR_PID"):  # fmt: skip
+        # set first, so that the monkeypatch restores it (removes what `serve` sets): a
+        # delenv of an absent variable records nothing
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("KLAWD_ADMIN_TOKEN", "test-admin-token")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     config = tmp_path / "klawd.toml"

@@ -1,13 +1,16 @@
-//! The OpenAI reframer over `make bench`'s static body (50 events in one piece), N streams:
-//! a driver for `valgrind --tool=callgrind` (instructions per stream) or `perf record`.
+//! A reframer over `make bench`'s static body (50 events in one piece), N streams: a driver for
+//! `valgrind --tool=callgrind` (instructions per stream) or `perf record`. The second argument
+//! names the reframer and its body: `openai` (the default: the bench's OpenAI chunks) or
+//! `anthropic` (the bench's Anthropic Messages events, as `side_by_side`'s `anth` sends them);
+//! `anthropic_passthrough` relays the latter as they are (`/v1/messages`).
 //!
 //!     cargo build --release --example reframe_cost
-//!     valgrind --tool=callgrind target/release/examples/reframe_cost 110   # and 10: the
-//!         difference / 100 is the instructions per stream, start-up cancelled out
+//!     valgrind --tool=callgrind target/release/examples/reframe_cost 110 [anthropic]  # and 10:
+//!         the difference / 100 is the instructions per stream, start-up cancelled out
 
 use _core::reframe::{Options, Stream};
 
-fn body() -> Vec<u8> {
+fn openai_body() -> Vec<u8> {
     let chunk = |delta: &str, finish: &str| {
         format!(
             "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\
@@ -25,12 +28,55 @@ fn body() -> Vec<u8> {
     out.into_bytes()
 }
 
+/// `loadtests/bench/contenders.py`'s `anthropic_events()`: 50 events, 45 of them text deltas.
+fn anthropic_body() -> Vec<u8> {
+    let event = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = event(
+        "message_start",
+        "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\
+         \"role\":\"assistant\",\"model\":\"claude-bench\",\"content\":[],\"stop_reason\":null,\
+         \"stop_sequence\":null,\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}",
+    );
+    out += &event(
+        "content_block_start",
+        "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\
+         \"text\":\"\"}}",
+    );
+    for i in 0..45 {
+        out += &event(
+            "content_block_delta",
+            &format!(
+                "{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\
+                 \"text_delta\",\"text\":\"tok{i} \"}}}}"
+            ),
+        );
+    }
+    out += &event(
+        "content_block_stop",
+        "{\"type\":\"content_block_stop\",\"index\":0}",
+    );
+    out += &event(
+        "message_delta",
+        "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\
+         \"stop_sequence\":null},\"usage\":{\"output_tokens\":45}}",
+    );
+    out += &event("message_stop", "{\"type\":\"message_stop\"}");
+    out.into_bytes()
+}
+
 fn main() {
     let streams: usize = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
-    let body = body();
+    let kind = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "openai".to_owned());
+    let body = match kind.as_str() {
+        "openai" => openai_body(),
+        "anthropic" | "anthropic_passthrough" => anthropic_body(),
+        _ => std::process::exit(2),
+    };
     let opts = Options {
         model: "benchsse/m".to_owned(),
         response_id: "chatcmpl-bench".to_owned(),
@@ -41,7 +87,7 @@ fn main() {
     let mut total = 0;
     for _ in 0..streams {
         let mut out = Vec::new();
-        let reframed = Stream::new("openai", &opts, 1 << 20).and_then(|mut stream| {
+        let reframed = Stream::new(&kind, &opts, 1 << 20).and_then(|mut stream| {
             stream.feed(&body, &mut out)?;
             stream.finish(&mut out)
         });

@@ -7,6 +7,8 @@
 //! in a string, a lone UTF-16 surrogate anywhere, nesting deeper than [`MAX_DEPTH`]); a reader
 //! built on it hands such an event to its typed `serde_json` view, which decides.
 
+use std::borrow::Cow;
+
 /// Nesting deeper than this is left to `serde_json` (whose own limit is 128).
 pub(crate) const MAX_DEPTH: u32 = 64;
 
@@ -158,6 +160,82 @@ impl<'a> Scan<'a> {
         })
     }
 
+    /// A string at `i`, as `serde_json` reads it into a `Cow<str>`: borrowed when it has no
+    /// escapes, unescaped otherwise.
+    pub(crate) fn str_cow(&mut self) -> Option<Cow<'a, str>> {
+        let (start, end, escaped) = self.string()?;
+        let text = self.s.get(start..end)?;
+        Some(if escaped {
+            Cow::Owned(unescape(text)?)
+        } else {
+            Cow::Borrowed(text)
+        })
+    }
+
+    /// A string or `null` into `slot`, as an `Option<Cow<str>>` member reads it.
+    pub(crate) fn opt_str(&mut self, slot: &mut Option<Cow<'a, str>>) -> Option<()> {
+        *slot = if self.null()? {
+            None
+        } else {
+            Some(self.str_cow()?)
+        };
+        Some(())
+    }
+
+    /// A non-negative integer that fits a `u64`, or `null`, as an `Option<u64>` member reads it,
+    /// into `slot` (a fraction, an exponent, a sign or an overflow: `None`, left to
+    /// `serde_json`).
+    pub(crate) fn opt_u64(&mut self, slot: &mut Option<u64>) -> Option<()> {
+        if self.null()? {
+            *slot = None;
+            return Some(());
+        }
+        let b = self.b;
+        let start = self.i;
+        let end = digits_end(b, start);
+        if end == start || (b[start] == b'0' && end > start + 1) {
+            return None;
+        }
+        if let Some(b'.' | b'e' | b'E') = b.get(end) {
+            return None;
+        }
+        let n = b[start..end].iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
+        self.i = end;
+        *slot = Some(n);
+        Some(())
+    }
+
+    /// Any JSON value (validated, as `value`): its text.
+    pub(crate) fn span(&mut self, depth: u32) -> Option<&'a str> {
+        self.ws();
+        let start = self.i;
+        self.value(depth)?;
+        self.s.get(start..self.i)
+    }
+
+    /// The members of an object (not `null`): `member` reads the value of each key it knows
+    /// (`Some(false)` for a key it does not, whose value is then skipped).
+    pub(crate) fn members(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &[u8]) -> Option<bool>,
+    ) -> Option<()> {
+        self.open(b'{')?;
+        if self.empty(b'}') {
+            return Some(());
+        }
+        loop {
+            let key = self.key()?;
+            if !member(self, key)? {
+                self.value(2)?;
+            }
+            if self.next(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
     /// Any JSON value, validated (nested at most `MAX_DEPTH` deep).
     pub(crate) fn value(&mut self, depth: u32) -> Option<()> {
         self.ws();
@@ -285,6 +363,40 @@ pub(crate) fn unescaped_chars(text: &[u8]) -> u64 {
         }
     }
     chars
+}
+
+/// A string's text unescaped, as `serde_json` unescapes it (`text` was validated by `string`:
+/// every escape valid, surrogates paired).
+pub(crate) fn unescape(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(b'\\', &b[i..]).map(|off| i + off) {
+        out.push_str(text.get(i..at)?);
+        let next = escape_end(b, at)?; // a valid escape, a surrogate paired
+        let c = match *b.get(at + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => match hex4(b, at + 2)? {
+                high @ 0xD800..=0xDBFF => {
+                    let low = hex4(b, at + 8)?;
+                    char::from_u32(0x10000 + ((high - 0xD800) << 10) + low.checked_sub(0xDC00)?)?
+                }
+                code => char::from_u32(code)?,
+            },
+            _ => return None,
+        };
+        out.push(c);
+        i = next;
+    }
+    out.push_str(text.get(i..)?);
+    Some(out)
 }
 
 /// The high bit of each byte of `word` (little-endian) that is a quote, a backslash or below

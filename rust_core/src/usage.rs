@@ -56,7 +56,7 @@ impl From<&OpenAiUsage> for Usage {
 
 /// Anthropic `usage` (in `message_start.message` and, cumulative, in `message_delta`).
 /// Every field is optional because `message_delta` may carry only `output_tokens`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct AnthropicUsage {
     pub input_tokens: Option<u64>,

@@ -8,18 +8,23 @@
 //! usage); `message_stop` → usage chunk (if asked) and `[DONE]`; `error` →
 //! `upstream_error`. `ping`, `content_block_stop`, unknown events and unknown delta types
 //! (`thinking_delta`, `signature_delta`, `citations_delta`) are dropped: thinking is not content.
+//!
+//! An event's data is read by one validating scan (`anthropic_scan.rs`) into the typed view
+//! below; an event the scan cannot read exactly as `serde_json` would (escaped keys,
+//! duplicates, unexpected types, invalid JSON) is read by `serde_json`, which decides, errors
+//! included. The Anthropic pass-through reads its events the same way.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{parse, ChunkWriter, Options, Reframe, StreamState};
+use super::{anthropic_scan, parse, ChunkWriter, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
 use crate::usage::{AnthropicUsage, Usage};
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct AnthropicEvent<'a> {
     #[serde(borrow, default, rename = "type")]
     pub(super) kind: Option<Cow<'a, str>>,
@@ -37,13 +42,13 @@ pub(super) struct AnthropicEvent<'a> {
     pub(super) error: Option<ErrorBody<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct Message {
     #[serde(default)]
     pub(super) usage: Option<AnthropicUsage>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 pub(super) struct ContentBlock<'a> {
     #[serde(borrow, rename = "type")]
     pub(super) kind: Cow<'a, str>,
@@ -56,7 +61,7 @@ pub(super) struct ContentBlock<'a> {
 }
 
 /// `content_block_delta.delta` and `message_delta.delta` share the key: one struct for both.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct Delta<'a> {
     #[serde(borrow, default, rename = "type")]
     pub(super) kind: Option<Cow<'a, str>>,
@@ -71,7 +76,7 @@ pub(super) struct Delta<'a> {
     pub(super) stop_sequence: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct ErrorBody<'a> {
     #[serde(borrow, default, rename = "type")]
     pub(super) kind: Option<Cow<'a, str>>,
@@ -136,8 +141,42 @@ impl Reframe for AnthropicReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        let e: AnthropicEvent<'_> = parse("anthropic", &ev.data)?;
-        let kind = e.kind.as_deref().unwrap_or(&ev.event);
+        self.on_parsed(AnthropicEvent::read(&ev.data)?, &ev.event, st, out);
+        Ok(())
+    }
+
+    fn on_eof(&mut self, st: &mut StreamState, _out: &mut Vec<u8>) -> Result<(), CoreError> {
+        if st.closed() {
+            Ok(())
+        } else {
+            Err(CoreError::StreamCutOff(
+                "anthropic stream ended without message_stop".to_owned(),
+            ))
+        }
+    }
+}
+
+impl<'a> AnthropicEvent<'a> {
+    /// An event's data read by the scan (`anthropic_scan.rs`), or by the typed `serde_json`
+    /// view when the scan cannot tell: the reference, errors included.
+    pub(super) fn read(data: &'a str) -> Result<Self, CoreError> {
+        match anthropic_scan::read(data) {
+            Some(e) => Ok(e),
+            None => parse("anthropic", data),
+        }
+    }
+}
+
+impl AnthropicReframer {
+    /// Handles an event read from its data; `name` is the SSE event's name.
+    pub(super) fn on_parsed(
+        &mut self,
+        e: AnthropicEvent<'_>,
+        name: &str,
+        st: &mut StreamState,
+        out: &mut Vec<u8>,
+    ) {
+        let kind = e.kind.as_deref().unwrap_or(name);
         match kind {
             "message_start" => {
                 if let Some(u) = e.message.and_then(|m| m.usage) {
@@ -148,7 +187,7 @@ impl Reframe for AnthropicReframer {
             }
             "content_block_start" => {
                 let Some(block) = e.content_block else {
-                    return Ok(());
+                    return;
                 };
                 match block.kind.as_ref() {
                     "text" => {
@@ -174,7 +213,7 @@ impl Reframe for AnthropicReframer {
                 }
             }
             "content_block_delta" => {
-                let Some(delta) = e.delta else { return Ok(()) };
+                let Some(delta) = e.delta else { return };
                 match delta.kind.as_deref() {
                     Some("text_delta") => {
                         if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
@@ -228,17 +267,6 @@ impl Reframe for AnthropicReframer {
             }
             // ping, content_block_stop and event types added later.
             _ => {}
-        }
-        Ok(())
-    }
-
-    fn on_eof(&mut self, st: &mut StreamState, _out: &mut Vec<u8>) -> Result<(), CoreError> {
-        if st.closed() {
-            Ok(())
-        } else {
-            Err(CoreError::StreamCutOff(
-                "anthropic stream ended without message_stop".to_owned(),
-            ))
         }
     }
 }

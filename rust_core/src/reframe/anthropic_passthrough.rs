@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use super::anthropic::{map_stop_reason, AnthropicEvent};
-use super::{parse, Options, Reframe, StreamState};
+use super::{Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -69,7 +69,7 @@ impl Reframe for AnthropicPassthrough {
         } else {
             data
         };
-        let e: AnthropicEvent<'_> = parse("anthropic", data)?;
+        let e = AnthropicEvent::read(data)?;
         let kind = e.kind.as_deref().unwrap_or(&ev.event);
         if kind.contains(['\n', '\r']) {
             return Err(CoreError::Sse(

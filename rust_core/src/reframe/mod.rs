@@ -6,6 +6,7 @@
 
 mod anthropic;
 mod anthropic_passthrough;
+mod anthropic_scan;
 mod bedrock;
 mod gemini;
 mod openai;

@@ -1,0 +1,376 @@
+//! The Anthropic reframers' fast path: one scan of an event's JSON that validates it and reads
+//! the members the typed view of `anthropic.rs` reads, into that same [`AnthropicEvent`],
+//! without `serde_json`'s typed pass (its visitors, and a `String` per string member: serde
+//! never borrows a `Cow<str>` inside an `Option`).
+//!
+//! **Conservative**, as the OpenAI chunk's scan (`openai_scan.rs`): [`read`] answers only for
+//! an event it reads exactly as the typed view would: a JSON object whose keys have no escapes,
+//! no member the view reads given twice (at the top, in `message`, `content_block`, `delta` and
+//! `error`), `message`, `content_block`, `delta` and `error` objects or `null`,
+//! `content_block.type` present and a string, the other members the view reads strings or
+//! `null` (`index` a plain non-negative integer or `null`), every other value valid JSON nested
+//! at most 64 deep, and no lone UTF-16 surrogate in an escape. Anything else gives `None`, and
+//! the typed view decides: the same event, or the same error, as before. Strings with escapes
+//! are unescaped as `serde_json` unescapes them; `usage` is read by `serde_json` from its own
+//! span (twice per stream).
+
+use super::anthropic::{AnthropicEvent, ContentBlock, Delta, ErrorBody, Message};
+use crate::json_scan::{once, Scan};
+use crate::usage::AnthropicUsage;
+
+/// The event as the typed view reads it, or `None` when the scan cannot tell (see the module
+/// docs). `data` is the event's data.
+pub fn read(data: &str) -> Option<AnthropicEvent<'_>> {
+    let mut scan = Scan::new(data);
+    let mut e = AnthropicEvent::default();
+    let mut seen = [false; 7];
+    scan.open(b'{')?;
+    if !scan.empty(b'}') {
+        loop {
+            match scan.key()? {
+                b"type" => {
+                    once(&mut seen[0])?;
+                    scan.opt_str(&mut e.kind)?;
+                }
+                b"index" => {
+                    once(&mut seen[1])?;
+                    scan.opt_u64(&mut e.index)?;
+                }
+                b"message" => {
+                    once(&mut seen[2])?;
+                    if !scan.null()? {
+                        e.message = Some(message(&mut scan)?);
+                    }
+                }
+                b"content_block" => {
+                    once(&mut seen[3])?;
+                    if !scan.null()? {
+                        e.content_block = Some(content_block(&mut scan)?);
+                    }
+                }
+                b"delta" => {
+                    once(&mut seen[4])?;
+                    if !scan.null()? {
+                        e.delta = Some(delta(&mut scan)?);
+                    }
+                }
+                b"usage" => {
+                    once(&mut seen[5])?;
+                    usage(&mut scan, &mut e.usage)?;
+                }
+                b"error" => {
+                    once(&mut seen[6])?;
+                    if !scan.null()? {
+                        e.error = Some(error(&mut scan)?);
+                    }
+                }
+                _ => scan.value(1)?,
+            }
+            if scan.next(b'}')? {
+                break;
+            }
+        }
+    }
+    scan.at_end().then_some(e)
+}
+
+/// `usage` or `null`, read by `serde_json` from its span (as the typed view reads it).
+fn usage(scan: &mut Scan<'_>, slot: &mut Option<AnthropicUsage>) -> Option<()> {
+    *slot = if scan.null()? {
+        None
+    } else {
+        Some(serde_json::from_str(scan.span(2)?).ok()?)
+    };
+    Some(())
+}
+
+/// `message_start.message`: its `usage`.
+fn message(scan: &mut Scan<'_>) -> Option<Message> {
+    let mut m = Message { usage: None };
+    let mut seen = false;
+    scan.members(|scan, key| {
+        if key != b"usage" {
+            return Some(false);
+        }
+        once(&mut seen)?;
+        usage(scan, &mut m.usage)?;
+        Some(true)
+    })?;
+    Some(m)
+}
+
+/// `content_block_start.content_block`: `type` (required), `text`, `id`, `name`.
+fn content_block<'a>(scan: &mut Scan<'a>) -> Option<ContentBlock<'a>> {
+    let (mut kind, mut text, mut id, mut name) = (None, None, None, None);
+    let mut seen = [false; 4];
+    scan.members(|scan, key| {
+        let (slot, at) = match key {
+            b"type" => {
+                once(&mut seen[0])?;
+                kind = Some(scan.str_cow()?);
+                return Some(true);
+            }
+            b"text" => (&mut text, 1),
+            b"id" => (&mut id, 2),
+            b"name" => (&mut name, 3),
+            _ => return Some(false),
+        };
+        once(&mut seen[at])?;
+        scan.opt_str(slot)?;
+        Some(true)
+    })?;
+    Some(ContentBlock {
+        kind: kind?,
+        text,
+        id,
+        name,
+    })
+}
+
+/// `content_block_delta.delta` or `message_delta.delta`.
+fn delta<'a>(scan: &mut Scan<'a>) -> Option<Delta<'a>> {
+    let mut d = Delta::default();
+    let mut seen = [false; 5];
+    scan.members(|scan, key| {
+        let (slot, at) = match key {
+            b"type" => (&mut d.kind, 0),
+            b"text" => (&mut d.text, 1),
+            b"partial_json" => (&mut d.partial_json, 2),
+            b"stop_reason" => (&mut d.stop_reason, 3),
+            b"stop_sequence" => (&mut d.stop_sequence, 4),
+            _ => return Some(false),
+        };
+        once(&mut seen[at])?;
+        scan.opt_str(slot)?;
+        Some(true)
+    })?;
+    Some(d)
+}
+
+/// An `error` event's `error`: `type` and `message`.
+fn error<'a>(scan: &mut Scan<'a>) -> Option<ErrorBody<'a>> {
+    let mut e = ErrorBody::default();
+    let mut seen = [false; 2];
+    scan.members(|scan, key| {
+        let (slot, at) = match key {
+            b"type" => (&mut e.kind, 0),
+            b"message" => (&mut e.message, 1),
+            _ => return Some(false),
+        };
+        once(&mut seen[at])?;
+        scan.opt_str(slot)?;
+        Some(true)
+    })?;
+    Some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests may unwrap: a failure is the test failing.
+    #![allow(clippy::unwrap_used)]
+    use std::borrow::Cow;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::errors::CoreError;
+    use crate::reframe::anthropic::AnthropicReframer;
+    use crate::reframe::{parse, Options, StreamState};
+
+    /// Whenever the scan answers, the typed view reads the same event.
+    fn agrees(data: &str) -> Option<AnthropicEvent<'_>> {
+        let scanned = read(data);
+        if let Some(e) = &scanned {
+            let typed: Option<AnthropicEvent<'_>> = parse("anthropic", data).ok();
+            assert_eq!(Some(e), typed.as_ref(), "{data}");
+        }
+        scanned
+    }
+
+    const DELTA: &str =
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#;
+
+    #[test]
+    fn a_text_delta_is_read_by_the_scan_without_a_copy() {
+        let e = agrees(DELTA).unwrap();
+        assert_eq!(e.kind.as_deref(), Some("content_block_delta"));
+        assert_eq!(e.index, Some(0));
+        let text = e.delta.unwrap().text.unwrap();
+        assert!(matches!(text, Cow::Borrowed("Hello")));
+    }
+
+    #[test]
+    fn every_event_of_a_stream_is_read_by_the_scan() {
+        for data in seeds() {
+            assert!(agrees(&data).is_some(), "{data}");
+        }
+    }
+
+    #[test]
+    fn escapes_are_unescaped_as_serde_json_does() {
+        for (text, want) in [
+            (r#""a\nb\"c\\d\/e""#, "a\nb\"c\\d/e"),
+            (r#""\b\f\r\t""#, "\u{8}\u{c}\r\t"),
+            (r#""\u00e9\u20AC\u0000""#, "é€\0"),
+            (r#""\ud83d\ude00!""#, "😀!"),
+            (r#""é€😀""#, "é€😀"),
+            (r#""""#, ""),
+        ] {
+            let data = format!(r#"{{"type":"content_block_delta","delta":{{"text":{text}}}}}"#);
+            let e = agrees(&data).unwrap();
+            assert_eq!(e.delta.unwrap().text.as_deref(), Some(want), "{data}");
+        }
+    }
+
+    #[test]
+    fn nulls_and_unknown_members_read_as_the_typed_view_reads_them() {
+        for data in [
+            r#"{"type":null,"index":null,"message":null,"content_block":null,"delta":null,"usage":null,"error":null}"#,
+            r#"{"type":"message_start","message":{"usage":null,"content":[{"x":[1,2.5e-3,true]}]}}"#,
+            r#"{"type":"content_block_start","content_block":{"type":"tool_use","text":null,"id":null,"name":null,"input":{}}}"#,
+            r#"{"type":"message_delta","delta":{},"usage":{}}"#,
+            r#"{"type":"error","error":{}}"#,
+            r#"{"index":18446744073709551615}"#,
+            "{}",
+            " \n{ \"type\" :\t\"ping\" } \r\n",
+        ] {
+            assert!(agrees(data).is_some(), "{data}");
+        }
+    }
+
+    #[test]
+    fn what_the_scan_cannot_tell_is_left_to_the_typed_view() {
+        for data in [
+            r#"{"typ\u0065":"ping"}"#,                     // an escaped key
+            r#"{"type":"ping","type":"ping"}"#,            // a duplicate member
+            r#"{"delta":{"text":"a","text":"b"}}"#,        // a duplicate inside
+            r#"{"message":{"usage":{},"usage":{}}}"#,      // and in message
+            r#"["ping",0,null,null,null,null,null]"#,      // a struct as an array
+            r#"{"content_block":["text","t",null,null]}"#, // a member struct as an array
+            r#"{"content_block":{"text":"t"}}"#,           // a block without its type
+            r#"{"content_block":{"type":null}}"#,          // a block type that is null
+            r#"{"delta":{"text":5}}"#,                     // a number for a string
+            r#"{"index":"0"}"#,                            // a string for a count
+            r#"{"index":-0}"#,                             // counts serde reads otherwise
+            r#"{"index":1.0}"#,
+            r#"{"index":1e2}"#,
+            r#"{"index":18446744073709551616}"#, // beyond u64
+            r#"{"index":01}"#,
+            r#"{"usage":{"output_tokens":-1}}"#, // a usage serde refuses
+            r#"{"delta":{"text":"\ud800"}}"#,    // a lone surrogate
+            r#"{"delta":{"text":"\udc00\ud800"}}"#,
+            r#"{"delta":{"text":"\x"}}"#, // an invalid escape
+            "{\"delta\":{\"text\":\"raw\u{1}control\"}}",
+            r#"{"type":"ping",}"#,  // a trailing comma
+            r#"{"type":"ping"} x"#, // trailing text
+            r#"{"type":"ping""#,
+            "",
+        ] {
+            assert!(agrees(data).is_none(), "{data}");
+        }
+        let deep = format!(
+            r#"{{"x":{}{},"type":"ping"}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(agrees(&deep).is_none());
+    }
+
+    fn seeds() -> Vec<String> {
+        [
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":5,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"Hi"}}"#,
+            DELTA,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\n\"b\" \u00e9\ud83d\ude00"}}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"location\": \"Par"}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":{"output_tokens":15}}"#,
+            r#"{"type":"message_stop"}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// A stream's events through two reframers, one reading each event as the reframer does
+    /// (the scan, the typed view when it cannot tell), one by the typed view alone: the same
+    /// bytes out and the same state after every event, or the same error.
+    fn same_output(events: &[String]) {
+        let opts = Options {
+            model: "anthropic/claude".to_owned(),
+            response_id: "chatcmpl-1".to_owned(),
+            created: 1,
+            include_usage: true,
+            response_fields: "{}".to_owned(),
+        };
+        let mut scanned = (
+            AnthropicReframer::new(&opts),
+            StreamState::default(),
+            Vec::new(),
+        );
+        let mut typed = (
+            AnthropicReframer::new(&opts),
+            StreamState::default(),
+            Vec::new(),
+        );
+        for data in events {
+            let (a, b) = (AnthropicEvent::read(data), parse("anthropic", data));
+            let error = |r: &Result<AnthropicEvent<'_>, CoreError>| {
+                r.as_ref().err().map(ToString::to_string)
+            };
+            assert_eq!(error(&a), error(&b), "{data}");
+            let (Ok(a), Ok(b)) = (a, b) else { return };
+            scanned.0.on_parsed(a, "", &mut scanned.1, &mut scanned.2);
+            typed.0.on_parsed(b, "", &mut typed.1, &mut typed.2);
+            assert_eq!(scanned.2, typed.2, "{data}");
+            assert_eq!(
+                format!("{:?}", scanned.1),
+                format!("{:?}", typed.1),
+                "{data}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_whole_stream_reframes_to_the_same_bytes_by_either_path() {
+        same_output(&seeds());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Bytes changed, inserted or removed anywhere in a stream's events (JSON's own
+        /// characters among them): whenever the scan answers, the typed view reads the same
+        /// event, and the reframer writes the same bytes.
+        #[test]
+        fn the_scan_never_reads_an_event_otherwise_than_the_typed_view(
+            edits in proptest::collection::vec(
+                (0usize..12, any::<usize>(), prop::sample::select(
+                    b"{}[]\",:\\ \t0123456789.eE+-unltrfasbxd\x01\xc3".to_vec()
+                ), 0u8..3),
+                1..8,
+            ),
+        ) {
+            let mut events: Vec<Vec<u8>> = seeds().into_iter().map(String::into_bytes).collect();
+            for (seed, at, byte, how) in edits {
+                let bytes = &mut events[seed];
+                let at = at % (bytes.len() + 1);
+                match how {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => { bytes.remove(at); }
+                    _ => {}
+                }
+            }
+            let events: Vec<String> =
+                events.into_iter().filter_map(|b| String::from_utf8(b).ok()).collect();
+            for data in &events {
+                agrees(data);
+            }
+            same_output(&events);
+        }
+    }
+}

@@ -568,15 +568,20 @@ class ReframedStream:
 
     async def __anext__(self) -> bytes:
         reframer = self._reframer
+        response = self._response
         try:
             while not self._ended:
                 if reframer.upstream_error is not None:
                     raise self._provider.map_stream_error(*reframer.upstream_error)
                 if reframer.done:
                     break
-                try:
-                    data = await self._response.__anext__()
-                except StopAsyncIteration:
+                # The answer's bytes taken, and its arrival awaited, here: no coroutine of the
+                # HTTP client's per read (one frame less to make and resume on every read).
+                data = response.next_piece()
+                if data is None:
+                    await response.arrival()
+                    continue
+                if not data:  # the body's end
                     self._ended = True  # finish() once; the end step follows after its events
                     out = reframer.finish()
                     if out:

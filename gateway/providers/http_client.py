@@ -693,6 +693,24 @@ class HttpResponse:
         return self
 
     async def __anext__(self) -> bytes:
+        while True:
+            piece = self.next_piece()
+            if piece:
+                return piece
+            if piece is not None:  # b"": the end
+                raise StopAsyncIteration
+            try:
+                await self.arrival()
+            except BaseException:
+                self.close()
+                raise
+
+    def next_piece(self) -> bytes | None:
+        """`__anext__` without a coroutine, for a reader that waits itself: the next piece if one
+        is at hand; None when the reader must wait (`await arrival()`, then ask again); b"" at
+        the body's end (the connection then released). Raises the answer's failure (the answer
+        then closed)."""
+        self._waiter = None  # whoever waited has been woken: nobody waits now
         try:
             while True:
                 if self._chunks or (self._complete and self._decoder is not None):
@@ -707,20 +725,21 @@ class HttpResponse:
                     break
                 if self._error is not None:
                     self._raise_copy(self._error)
-                # `await self._wait()` written out: a stream waits here for its whole life, and
-                # the coroutine object of a call would be one more object it holds.
-                waiter = self._loop.create_future()
-                self._waiter = waiter
-                self._wait_since = self._loop.time()
-                try:
-                    await waiter
-                finally:
-                    self._waiter = None
+                return None
         except BaseException:
             self.close()
             raise
         self.release()
-        raise StopAsyncIteration
+        return b""
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done when the connection has news for this answer: bytes, its end or a
+        failure (`next_piece()` then says which). While it is pending the reader is waiting, so
+        `read_timeout_s` of silence fails the answer with TimeoutError. A reader that stops
+        waiting (cancelled) closes the answer, or releases it."""
+        waiter = self._waiter = self._loop.create_future()
+        self._wait_since = self._loop.time()
+        return waiter
 
     @property
     def _buffered(self) -> int:

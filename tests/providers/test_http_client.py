@@ -419,6 +419,61 @@ async def test_chunks_arrive_before_the_body_ends() -> None:
         assert [chunk async for chunk in chunks] == [b"data:2"]
 
 
+async def test_a_reader_that_waits_itself_gets_each_piece_then_the_end() -> None:
+    """`next_piece()` and `arrival()`, the read without a coroutine of the client's (the
+    stream's reframing loop awaits the arrival itself): a piece, None while nothing is at hand,
+    b"" at the end, and the connection back in the pool."""
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await go_on.wait()
+        await conn.send(b"6\r\ndata:2\r\n0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        while (piece := response.next_piece()) is None:
+            await response.arrival()
+        assert piece == b"data:1"
+        assert response.next_piece() is None  # nothing more at hand: the reader waits
+        arrived = response.arrival()
+        go_on.set()
+        await arrived
+        assert response.next_piece() == b"data:2"
+        while (piece := response.next_piece()) is None:
+            await response.arrival()
+        assert piece == b""
+        assert [len(pool.idle) for pool in http._pools.values()] == [1]
+
+
+async def test_a_reader_that_waits_itself_is_timed_out_only_while_it_waits() -> None:
+    """As with `chunks()`: silence counts while the reader awaits `arrival()`, not while it is
+    busy with a piece it has."""
+    sent = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        sent.set()
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=0.2) as http:
+            response = await http.request("GET", server.url(), {}, None)
+            await sent.wait()
+            while (piece := response.next_piece()) is None:
+                await response.arrival()
+            assert piece == b"a"
+            await asyncio.sleep(0.5)  # busy with the piece: the upstream's silence is not ours
+            assert response.next_piece() is None
+            await response.arrival()  # now it waits, and the upstream stays silent
+            with pytest.raises(TimeoutError):
+                response.next_piece()
+            assert all(pool.count == 0 for pool in http._pools.values())  # dropped
+
+
 async def test_chunks_that_arrived_together_are_read_as_one_piece() -> None:
     body_sent = asyncio.Event()
 

@@ -46,10 +46,12 @@ class OpenStreams(set[asyncio.Task[Any]]):
         super().__init__()
         self._keepalives: TimerWheel | None = None
 
-    def keepalives(self, loop: asyncio.AbstractEventLoop) -> TimerWheel:
+    def keepalives(self) -> TimerWheel:
+        """The wheel, made on the app's loop by its first stream (`wheel.loop` is that loop:
+        asyncio.get_running_loop() is a getpid() system call on each call in CPython 3.11)."""
         wheel = self._keepalives
-        if wheel is None:  # (made on the app's loop, by its first stream)
-            wheel = self._keepalives = TimerWheel(loop)
+        if wheel is None:
+            wheel = self._keepalives = TimerWheel(asyncio.get_running_loop())
         return wheel
 
     def end_all(self) -> int:

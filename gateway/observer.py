@@ -58,19 +58,16 @@ class RequestObserver:
     # Buffered like the counters (gateway/metrics_buffer.py): two locked mmap writes per stream
     # become two additions into a running total; the gauge moves by its net change at the flush.
     def stream_opened(self, route: str) -> None:
-        self._open_streams(route)[0] += 1.0
+        (self._streams.get(route) or self._open_streams(route))[0] += 1.0
 
     def stream_closed(self, route: str) -> None:
-        self._open_streams(route)[0] -= 1.0
+        (self._streams.get(route) or self._open_streams(route))[0] -= 1.0
 
     def _open_streams(self, route: str) -> list[float]:
-        tally = self._streams.get(route)
-        if tally is None:
-            m = self.metrics
-            tally = _remember(
-                self._streams, route, m.buffer.tally((m.child(m.open_streams, route),))
-            )
-        return tally  # type: ignore[no-any-return]
+        """The gauge's running total for `route`, made on its first stream."""
+        m = self.metrics
+        tally = m.buffer.tally((m.child(m.open_streams, route),))
+        return _remember(self._streams, route, tally)  # type: ignore[no-any-return]
 
     def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
         """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""

@@ -44,10 +44,10 @@ class Slot(set[Due]):
 class TimerWheel:
     """The deadlines of one event loop's streams (not thread-safe: the loop's thread only)."""
 
-    __slots__ = ("_armed", "_handle", "_last", "_loop", "_pending", "_resolution_s", "_slots")
+    __slots__ = ("_armed", "_handle", "_last", "_pending", "_resolution_s", "_slots", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution_s: float = RESOLUTION_S):
-        self._loop = loop
+        self.loop = loop  # (read by the streams: the loop without a getpid() call)
         self._resolution_s = resolution_s
         self._slots: dict[int, Slot] = {}
         self._pending: list[int] = []  # the numbers of the slots in `_slots`, a heap
@@ -82,7 +82,7 @@ class TimerWheel:
         if self._handle is not None:
             self._handle.cancel()
         self._armed = number
-        self._handle = self._loop.call_at(
+        self._handle = self.loop.call_at(
             number * self._resolution_s, self._run, context=WHEEL_CONTEXT
         )
 
@@ -92,7 +92,7 @@ class TimerWheel:
         slots = self._slots
         # the slots whose end has passed
         last = self._last = max(
-            self._last, math.floor((self._loop.time() + EARLY_S) / self._resolution_s)
+            self._last, math.floor((self.loop.time() + EARLY_S) / self._resolution_s)
         )
         while pending and pending[0] <= last:
             slot = slots.pop(heapq.heappop(pending))
@@ -101,7 +101,7 @@ class TimerWheel:
                 try:
                     entry.on_due()
                 except Exception as exc:  # one entry's failure is not the others'
-                    self._loop.call_exception_handler(
+                    self.loop.call_exception_handler(
                         {"message": "a timer wheel entry failed", "exception": exc}
                     )
         while pending and not slots[pending[0]]:  # emptied slots: no wake-up for them

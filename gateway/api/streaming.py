@@ -63,11 +63,15 @@ async def send_event_stream(
     the body in the same send (one send less per stream), and the pieces are then run to
     their end (the relay bills) with the client no longer watched. `headers`: a mapping, or
     already in the message's form (bytes pairs, the chat route's)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task(loop)  # given the loop: no second getpid() (CPython 3.11)
+    # The loop is the keepalive wheel's (no getpid() system call, which each
+    # asyncio.get_running_loop() makes in CPython 3.11). Without the app's open streams (a
+    # caller outside the routes), a wheel of its own.
+    keepalives = (
+        TimerWheel(asyncio.get_running_loop()) if drain is None else drain.streams.keepalives()
+    )
+    loop = keepalives.loop
+    task = asyncio.current_task(loop)  # given the loop: no getpid() either
     assert task is not None  # noqa: S101 (always called from the request's task)
-    # Without the app's open streams (a caller outside the routes), a wheel of its own.
-    keepalives = TimerWheel(loop) if drain is None else drain.streams.keepalives(loop)
     watch = _Watch(loop, task, receive, send, keepalive_s, keepalive, keepalives)
     drained = False
     start: Message = {

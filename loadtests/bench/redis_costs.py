@@ -12,7 +12,9 @@ the commands they run inside, plus anything else a request sends), Redis's own t
 many commands arrive together), redis-server's CPU per request from /proc (user + system: what the
 commands, the event loop and the replies cost its core), the gateway worker's CPU per request,
 how busy the worker was (CPU seconds ÷ wall seconds: below 1 it waited), how busy each core
-was (/proc/stat), the latency p50 and the RSS of the gateway's process tree after the run.
+was (/proc/stat), the latency p50 and the RSS of the gateway's process tree after the run, and
+the admission's mean time from sending to its reply as the worker measured it (its `admit`
+store-duration histogram, read from /metrics: what a request waits for Redis under that load).
 Figures are medians over rounds. `--before DIR` (DIR holds another version's `gateway` package
 with its built `_core`): that version too, with its own redis-server, the two taking turns round
 by round, for a before/after in one run. Every run is bounded (wrk -d, timeouts).
@@ -139,10 +141,26 @@ def redis_pid(port: int) -> int:
     return int(redis_cli(port, "INFO", "server").split("process_id:")[1].split()[0])
 
 
+ADMIT = 'operation="admit"'
+
+
+def admit_seconds(base_url: str) -> tuple[float, float]:
+    """(sum, count) of the worker's `admit` store-duration histogram so far."""
+    total = count = 0.0
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("klawd_store_operation_duration_seconds_") and ADMIT in line:
+            if line.startswith("klawd_store_operation_duration_seconds_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("klawd_store_operation_duration_seconds_count"):
+                count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
 def one_round(variant: Variant, url: str, script: Path, connections: int, seconds: float
               ) -> dict[str, float]:  # fmt: skip
     port = variant.redis_port
-    time.sleep(0.1)  # the last settle batch of the previous run
+    time.sleep(1.1)  # the last settle batch of the previous run; metrics flushed (within 1 s)
+    admit0 = admit_seconds(variant.base_url)
     redis_cli(port, "CONFIG", "RESETSTAT")
     worker0, server0 = tree_cpu_s(variant.pid), process_cpu_s(variant.redis_pid)
     cores0 = core_busy()
@@ -153,6 +171,9 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
     worker = tree_cpu_s(variant.pid) - worker0
     server = process_cpu_s(variant.redis_pid) - server0
     cores = core_busy()
+    time.sleep(1.1)  # the worker's metrics flushed (within a second)
+    admit = [after - before for after, before in zip(admit_seconds(variant.base_url), admit0,
+                                                       strict=True)]  # fmt: skip
     done = max(1.0, result.requests_per_s * max(1, round(seconds)))
     sample = {
         "requests_per_s": result.requests_per_s,
@@ -160,6 +181,7 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
         "worker_cpu_us": worker * 1e6 / done,
         "redis_cpu_us": server * 1e6 / done,
         "worker_busy": worker / wall,
+        "admission_ms (send to reply, mean)": admit[0] * 1e3 / max(1.0, admit[1]),
         # the gateway's process tree (supervisor and worker) after the run
         "tree_rss_mb": tree_rss_mb(variant.pid),
     }

@@ -131,7 +131,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 class UpstreamRequest(Struct, frozen=True):
     url: str
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # a dict, or a provider's FixedHeaders
     body: bytes
     method: str = "POST"
 

@@ -42,8 +42,16 @@ import socket
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Final, NamedTuple, NoReturn, cast
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    ItemsView,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+)
+from typing import Final, NamedTuple, NoReturn, cast, final
 from urllib.parse import quote, urlsplit
 
 import aiohappyeyeballs
@@ -53,7 +61,7 @@ from gateway.admission_gate import GATE
 from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
 from gateway.timer_wheel import Slot, TimerWheel
 
-__all__ = ["ConnectFailed", "HttpClient", "HttpResponse", "ResponseBroken"]
+__all__ = ["ConnectFailed", "FixedHeaders", "HttpClient", "HttpResponse", "ResponseBroken"]
 
 
 class ConnectFailed(Exception):
@@ -76,6 +84,52 @@ DNS_TTL_S: Final = 300.0
 HAPPY_EYEBALLS_DELAY_S: Final = 0.25
 # Characters left as they are in a request target; anything else is percent-encoded.
 _TARGET_SAFE: Final = "/%:@!$&'()*+,;=?~-._"
+
+
+_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def _header_block(headers: Mapping[str, str]) -> str:
+    """The headers' lines (`Name: value\r\n` each), checked: a CR or LF in a name or value
+    raises ValueError (no header injection)."""
+    block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if block.count("\n") != len(headers) or block.count("\r") != len(headers):
+        raise ValueError("a header name or value contains CR or LF")
+    return block
+
+
+@final
+class FixedHeaders(Mapping[str, str]):
+    """Request headers that do not change (a provider's own, sent with every call): a read-only
+    mapping whose lines are written out and checked once, here, not per request. Anything that
+    adds a header (traces' `traceparent`) copies it into a dict, which is written per request."""
+
+    __slots__ = ("_headers", "block")
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = dict(headers)
+        self.block = _header_block(self._headers)
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers
+
+    def keys(self) -> KeysView[str]:  # (the dict's own: a copy `{**fixed}` reads these)
+        return self._headers.keys()
+
+    def items(self) -> ItemsView[str, str]:
+        return self._headers.items()
+
+    def __repr__(self) -> str:  # the names only: values may be credentials
+        return f"FixedHeaders({sorted(self._headers)})"
 
 
 class _Target(NamedTuple):
@@ -195,10 +249,9 @@ class HttpClient:
             if len(self._targets) >= _MAX_CACHED:
                 self._targets.clear()
             self._targets[url] = target
-        block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-        if block.count("\n") != len(headers) or block.count("\r") != len(headers):
-            raise ValueError("a header name or value contains CR or LF")
-        if not method.isascii() or not method.isalpha():
+        # a provider's fixed headers were written out and checked once, when made
+        block = headers.block if type(headers) is FixedHeaders else _header_block(headers)
+        if method not in _METHODS and (not method.isascii() or not method.isalpha()):
             raise ValueError("the method is not an HTTP token")
         if body:
             length = f"Content-Length: {len(body)}\r\n"
@@ -224,7 +277,12 @@ class HttpClient:
             if conn is None:
                 conn = await pool.acquire(fresh, headers_by)
             response = HttpResponse(conn, self._read_timeout_s, head_only, headers_by, whole_by)
-            conn.send(response, payload)
+            conn.response = response  # the request written here (no method: a frame less)
+            transport = conn.transport
+            if transport is None:
+                response._fail(ResponseBroken("the connection closed before the request was sent"))
+            else:
+                transport.write(payload)
             try:
                 # `_wait_until(_has_headers)` and `_wait()` written out: four frames less per
                 # request (the call and the resumption of each)
@@ -330,7 +388,8 @@ class _Pool:
         now = (self.client._loop or self.client._event_loop()).time()
         while idle:
             conn = idle.pop()
-            if not conn.usable():
+            transport = conn.transport  # `conn.usable()`, inline
+            if conn.closed or transport is None or transport.is_closing():
                 conn.close()
                 continue
             if now - conn.idle_since > self.client._keepalive_s:
@@ -396,7 +455,8 @@ class _Pool:
     def put_back(self, conn: _Connection) -> None:
         """A connection whose answer was read to its end, kept alive."""
         conn.response = None
-        if not conn.usable() or self.client._closed:
+        transport = conn.transport  # `conn.usable()`, inline (once per answer)
+        if conn.closed or transport is None or transport.is_closing() or self.client._closed:
             conn.close()
             return
         if conn.paused:
@@ -466,13 +526,6 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         transport = self.transport
         return not self.closed and transport is not None and not transport.is_closing()
-
-    def send(self, response: HttpResponse, payload: bytes) -> None:
-        self.response = response
-        if self.transport is None:
-            response._fail(ResponseBroken("the connection closed before the request was sent"))
-            return
-        self.transport.write(payload)
 
     def close(self) -> None:
         """Drops the connection at once (idempotent)."""
@@ -675,7 +728,13 @@ class HttpResponse:
                 conn.resume()
             if not self._complete:  # a small answer is often whole with its headers
                 await self._wait_until(self._is_complete)
-            body = self._take()
+            if self._decoder is None:  # `_take()`, inline: the body as it came
+                chunks = self._chunks
+                body = b"".join(chunks)  # (one piece: that piece itself, not a copy)
+                chunks.clear()
+                self._wire = 0
+            else:
+                body = self._take()
         except BaseException:
             self.close()
             raise
@@ -924,7 +983,10 @@ class HttpResponse:
     def _finish_message(self, keep_alive: bool) -> None:
         self._complete = True
         self._keep_alive = keep_alive
-        self._cancel_timer()
+        timer = self._timer  # `_cancel_timer()`, inline (once per answer)
+        if timer is not None:
+            timer.discard(self)
+            self._timer = None
         if self._lingering:  # nobody reads any more: back to the pool (or closed)
             self.release()
             return
@@ -987,7 +1049,9 @@ class HttpResponse:
             and b"content-length" not in names
             and b"chunked" not in (self._header_value(names, b"transfer-encoding") or b"").lower()
         )
-        self._wake()
+        waiter = self._waiter  # `_wake()`, inline (once per answer)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _no_body(self, body: bytes) -> None:
         """`on_body` of a HEAD answer (httptools does not know it was one)."""

@@ -29,6 +29,7 @@ from gateway.providers.base import (
     retry_after_from,
     status_error,
 )
+from gateway.providers.http_client import FixedHeaders
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import DEFAULT_MAX_TOKENS
 
@@ -61,11 +62,11 @@ class OpenAIProvider(HttpProvider):
         return self.settings.base_url.rstrip("/")
 
     @functools.cached_property
-    def _json_headers(self) -> dict[str, str]:
+    def _json_headers(self) -> FixedHeaders:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if self.api_key is not None:
             headers["authorization"] = f"Bearer {self.api_key.reveal()}"
-        return headers
+        return FixedHeaders(headers)
 
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         model = call.target.model

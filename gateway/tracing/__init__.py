@@ -15,6 +15,7 @@ what a span holds (and what it never holds: no prompt, no completion, no key).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.requestlog import RequestRecord, current_request
@@ -56,7 +57,7 @@ def upstream_traceparent(record: RequestRecord) -> str | None:
     return traceparent
 
 
-def traced_headers(headers: dict[str, str]) -> dict[str, str]:
+def traced_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """The upstream call's headers with the current attempt's W3C trace context (traces on): a
     new dict (the provider's own is shared by its calls), or `headers` outside a request."""
     record = current_request.get()

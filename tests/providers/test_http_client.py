@@ -27,6 +27,7 @@ from gateway.providers.base import UpstreamUnreachable
 from gateway.providers.http_client import (
     HIGH_WATER,
     ConnectFailed,
+    FixedHeaders,
     HttpClient,
     HttpResponse,
     ResponseBroken,
@@ -973,6 +974,28 @@ async def test_header_injection_is_refused(headers: dict[str, str]) -> None:
             await http.request("POST", server.url(), headers, b"{}")
         assert "Injected" not in str(caught.value), "messages never quote header values"
         assert server.accepted == 0
+    with pytest.raises(ValueError, match="CR or LF") as made:
+        FixedHeaders(headers)  # a provider's fixed headers: checked once, when made
+    assert "Injected" not in str(made.value)
+
+
+async def test_fixed_headers_are_sent_as_a_dict_of_them_is() -> None:
+    seen: list[bytes] = []
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.request()) is not None:
+            seen.append(request[0])
+            await conn.send(answer(b"{}"))
+
+    given = {"content-type": "application/json", "authorization": "Bearer k"}
+    fixed = FixedHeaders(given)
+    assert dict(fixed) == given and {**fixed, "x": "1"} == {**given, "x": "1"}
+    assert "Bearer" not in repr(fixed)
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        for headers in (given, fixed):
+            response = await http.request("POST", server.url("/p"), headers, b"{}")
+            assert await response.read() == b"{}"
+    assert len(seen) == 2 and seen[0] == seen[1]
 
 
 async def test_bodyless_requests_and_odd_paths() -> None:

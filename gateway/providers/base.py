@@ -520,6 +520,7 @@ class ReframedStream:
         "_reframer",
         "_released",
         "_response",
+        "arrival",
         "finished",
     )
 
@@ -536,6 +537,9 @@ class ReframedStream:
         # ([DONE] or its equivalent) and no error follows it, so the next step only ends. The
         # reframer's own method (no Python frame: the relay asks after every piece).
         self.finished: Callable[[], bool] = reframer.finished
+        # What a reader of `step()` awaits when it answers None: the HTTP answer's next news
+        # (its own method: no Python frame of this object's per wait).
+        self.arrival: Callable[[], asyncio.Future[None]] = response.arrival
         self._ended = False
         self._released = False
         self._noted = False
@@ -567,6 +571,22 @@ class ReframedStream:
         return self
 
     async def __anext__(self) -> bytes:
+        while True:
+            piece = self.step()
+            if piece:
+                return piece
+            if piece is not None:  # b"": the end
+                raise StopAsyncIteration
+            try:
+                await self.arrival()
+            except BaseException:
+                self._end()  # (cancelled) not whole: the connection is dropped
+                raise
+
+    def step(self) -> bytes | None:
+        """`__anext__` without a coroutine, for a relay that waits itself (gateway/api/chat.py):
+        the next piece if what has arrived makes one; None when it must wait (`await
+        arrival()`, then step again); b"" at the end. Raises what `__anext__` raises."""
         reframer = self._reframer
         response = self._response
         try:
@@ -575,12 +595,9 @@ class ReframedStream:
                     raise self._provider.map_stream_error(*reframer.upstream_error)
                 if reframer.done:
                     break
-                # The answer's bytes taken, and its arrival awaited, here: no coroutine of the
-                # HTTP client's per read (one frame less to make and resume on every read).
                 data = response.next_piece()
                 if data is None:
-                    await response.arrival()
-                    continue
+                    return None
                 if not data:  # the body's end
                     self._ended = True  # finish() once; the end step follows after its events
                     out = reframer.finish()
@@ -604,7 +621,7 @@ class ReframedStream:
         # The stream is whole: the connection is kept alive, also when its last event came
         # before the HTTP answer's end (the terminating chunk is usually a read behind).
         self._end(whole=True)
-        raise StopAsyncIteration
+        return b""
 
     def _end(self, whole: bool = False) -> None:
         """Once, however the stream ends: the answer released (kept alive only if whole) and

@@ -2,7 +2,8 @@
 //! `valgrind --tool=callgrind` (instructions per stream) or `perf record`. The second argument
 //! names the reframer and its body: `openai` (the default: the bench's OpenAI chunks) or
 //! `anthropic` (the bench's Anthropic Messages events, as `side_by_side`'s `anth` sends them);
-//! `anthropic_passthrough` relays the latter as they are (`/v1/messages`).
+//! `anthropic_passthrough` relays the latter as they are (`/v1/messages`); `gemini` (50 Gemini
+//! responses of one text part each, with usage, the last one finishing).
 //!
 //!     cargo build --release --example reframe_cost
 //!     valgrind --tool=callgrind target/release/examples/reframe_cost 110 [anthropic]  # and 10:
@@ -64,6 +65,26 @@ fn anthropic_body() -> Vec<u8> {
     out.into_bytes()
 }
 
+/// 50 Gemini `streamGenerateContent?alt=sse` responses, as `core_bench`'s Gemini stream writes
+/// them (CRLF line ends, usage in each).
+fn gemini_body() -> Vec<u8> {
+    let response = |i: usize| {
+        let finish = if i == 49 {
+            ",\"finishReason\":\"STOP\""
+        } else {
+            ""
+        };
+        format!(
+            "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"tok{i} \"}}],\
+             \"role\":\"model\"}}{finish},\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":57,\
+             \"candidatesTokenCount\":{i},\"totalTokenCount\":{}}},\"modelVersion\":\
+             \"gemini-2.5-flash\",\"responseId\":\"mDAmaL2BNvGhz7IPxeLb4QQ\"}}\r\n\r\n",
+            57 + i
+        )
+    };
+    (0..50).map(response).collect::<String>().into_bytes()
+}
+
 fn main() {
     let streams: usize = std::env::args()
         .nth(1)
@@ -75,6 +96,7 @@ fn main() {
     let body = match kind.as_str() {
         "openai" => openai_body(),
         "anthropic" | "anthropic_passthrough" => anthropic_body(),
+        "gemini" => gemini_body(),
         _ => std::process::exit(2),
     };
     let opts = Options {

@@ -207,6 +207,27 @@ impl<'a> Scan<'a> {
         Some(())
     }
 
+    /// `true`, `false` or `null` into `slot`, as an `Option<bool>` member reads it.
+    pub(crate) fn opt_bool(&mut self, slot: &mut Option<bool>) -> Option<()> {
+        self.ws();
+        *slot = match *self.b.get(self.i)? {
+            b'n' => {
+                self.literal(b"null")?;
+                None
+            }
+            b't' => {
+                self.literal(b"true")?;
+                Some(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Some(false)
+            }
+            _ => return None,
+        };
+        Some(())
+    }
+
     /// Any JSON value (validated, as `value`): its text.
     pub(crate) fn span(&mut self, depth: u32) -> Option<&'a str> {
         self.ws();

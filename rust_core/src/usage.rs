@@ -104,12 +104,12 @@ impl From<&AnthropicUsage> for Usage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GeminiUsage {
-    prompt_token_count: Option<u64>,
-    candidates_token_count: Option<u64>,
-    total_token_count: Option<u64>,
-    cached_content_token_count: Option<u64>,
-    thoughts_token_count: Option<u64>,
-    tool_use_prompt_token_count: Option<u64>,
+    pub(crate) prompt_token_count: Option<u64>,
+    pub(crate) candidates_token_count: Option<u64>,
+    pub(crate) total_token_count: Option<u64>,
+    pub(crate) cached_content_token_count: Option<u64>,
+    pub(crate) thoughts_token_count: Option<u64>,
+    pub(crate) tool_use_prompt_token_count: Option<u64>,
 }
 
 impl From<&GeminiUsage> for Usage {

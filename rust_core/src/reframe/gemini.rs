@@ -8,13 +8,18 @@
 //! reason was seen and EOF arrives, so the usage chunk and `[DONE]` are written by `finish()`.
 //! A prompt blocked before any candidate (`promptFeedback.blockReason`) finishes with
 //! `content_filter`. `{"error": {...}}` → `upstream_error` (status, message).
+//!
+//! A response is read by one validating scan (`gemini_scan.rs`) into a [`Reading`]; one the scan
+//! cannot read exactly as the typed `serde_json` view below would (escaped keys, duplicates,
+//! unexpected types, an `error` member, invalid JSON) is read by that view, which decides,
+//! errors included.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{parse, ChunkWriter, Options, Reframe, StreamState};
+use super::{gemini_scan, parse, ChunkWriter, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -84,6 +89,81 @@ struct ErrorBody<'a> {
     status: Option<Cow<'a, str>>,
 }
 
+/// What the reframer reads of a response: by the scan (`gemini_scan.rs`), or by the typed view
+/// when the scan cannot tell.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Reading<'a> {
+    /// `(status or code, message)` of an `error` member (the rest is then not read).
+    pub(super) error: Option<(String, String)>,
+    pub(super) usage: Option<Usage>,
+    /// `candidates[0]` (the others are validated, not kept).
+    pub(super) first: Option<First<'a>>,
+    /// `promptFeedback.blockReason` is given.
+    pub(super) blocked: bool,
+}
+
+/// The first candidate, as relayed.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct First<'a> {
+    /// The text of its parts that are not thoughts, one after the other.
+    pub(super) text: Cow<'a, str>,
+    /// Each `functionCall`: its name and the raw text of its `args`.
+    pub(super) calls: Vec<(Option<Cow<'a, str>>, Option<&'a str>)>,
+    pub(super) finish_reason: Option<Cow<'a, str>>,
+}
+
+impl<'a> First<'a> {
+    /// Appends a part's text (borrowed while it is the only one).
+    pub(super) fn push_text(&mut self, text: Cow<'a, str>) {
+        if self.text.is_empty() {
+            self.text = text;
+        } else {
+            self.text.to_mut().push_str(&text);
+        }
+    }
+}
+
+impl<'a> Reading<'a> {
+    /// The response read by the typed view (`serde_json`): the reference, and the path of every
+    /// response the scan leaves to it, errors included.
+    pub(super) fn typed(data: &'a str) -> Result<Self, CoreError> {
+        let r: Response<'a> = parse("gemini", data)?;
+        if let Some(err) = r.error {
+            let kind = match (err.status, err.code) {
+                (Some(status), _) => status.into_owned(),
+                (None, Some(code)) => code.to_string(),
+                (None, None) => "error".to_owned(),
+            };
+            let message = err.message.map(Cow::into_owned).unwrap_or_default();
+            return Ok(Self {
+                error: Some((kind, message)),
+                ..Self::default()
+            });
+        }
+        let first = r.candidates.into_iter().next().map(|candidate| {
+            let mut first = First {
+                finish_reason: candidate.finish_reason,
+                ..First::default()
+            };
+            for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+                if let (Some(text), false) = (part.text, part.thought.unwrap_or(false)) {
+                    first.push_text(text);
+                }
+                if let Some(call) = part.function_call {
+                    first.calls.push((call.name, call.args.map(RawValue::get)));
+                }
+            }
+            first
+        });
+        Ok(Self {
+            error: None,
+            usage: r.usage_metadata.as_ref().map(Usage::from),
+            first,
+            blocked: r.prompt_feedback.and_then(|f| f.block_reason).is_some(),
+        })
+    }
+}
+
 /// Gemini `finishReason` → OpenAI `finish_reason` (before the tool-call rule).
 pub fn map_finish_reason(reason: &str) -> &'static str {
     match reason {
@@ -105,7 +185,6 @@ pub struct GeminiReframer {
     tool_calls: u32,
     /// A finish reason was seen: EOF now completes the stream.
     finished: bool,
-    text: String,
     args: Vec<u8>,
 }
 
@@ -119,7 +198,6 @@ impl GeminiReframer {
             role_sent: false,
             tool_calls: 0,
             finished: false,
-            text: String::new(),
             args: Vec::new(),
         }
     }
@@ -149,44 +227,32 @@ impl Reframe for GeminiReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        let r: Response<'_> = parse("gemini", &ev.data)?;
+        let r = match gemini_scan::read(&ev.data) {
+            Some(r) => r,
+            None => Reading::typed(&ev.data)?,
+        };
         if let Some(err) = r.error {
-            let kind = match (err.status, err.code) {
-                (Some(status), _) => status.into_owned(),
-                (None, Some(code)) => code.to_string(),
-                (None, None) => "error".to_owned(),
-            };
-            st.upstream_error = Some((kind, err.message.map(Cow::into_owned).unwrap_or_default()));
+            st.upstream_error = Some(err);
             return Ok(());
         }
-        if let Some(u) = &r.usage_metadata {
-            st.usage = Some(Usage::from(u));
+        if let Some(u) = r.usage {
+            st.usage = Some(u);
         }
-        let Some(candidate) = r.candidates.into_iter().next() else {
-            if r.prompt_feedback.and_then(|f| f.block_reason).is_some() {
+        let Some(candidate) = r.first else {
+            if r.blocked {
                 self.finish_with(st, out, "content_filter");
             }
             return Ok(());
         };
-        let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
-        self.text.clear();
-        for part in &parts {
-            if let (Some(text), false) = (&part.text, part.thought.unwrap_or(false)) {
-                self.text.push_str(text);
-            }
-        }
-        if !self.text.is_empty() {
+        if !candidate.text.is_empty() {
             self.ensure_role(out);
-            st.content_chars += json::char_count(&self.text);
-            self.writer.content(out, &self.text);
+            st.content_chars += json::char_count(&candidate.text);
+            self.writer.content(out, &candidate.text);
         }
-        for part in parts {
-            let Some(call) = part.function_call else {
-                continue;
-            };
+        for (name, args) in candidate.calls {
             self.args.clear();
-            match call.args {
-                Some(raw) => json::write_compact(&mut self.args, raw.get()),
+            match args {
+                Some(raw) => json::write_compact(&mut self.args, raw),
                 None => self.args.extend_from_slice(b"{}"),
             }
             let args =
@@ -200,7 +266,7 @@ impl Reframe for GeminiReframer {
             }
             st.content_chars += json::char_count(args);
             self.writer
-                .tool_call_start(out, index, &id, call.name.as_deref().unwrap_or(""), args);
+                .tool_call_start(out, index, &id, name.as_deref().unwrap_or(""), args);
         }
         if let Some(reason) = candidate.finish_reason {
             let mapped = match map_finish_reason(&reason) {

@@ -9,6 +9,7 @@ mod anthropic_passthrough;
 mod anthropic_scan;
 mod bedrock;
 mod gemini;
+mod gemini_scan;
 mod openai;
 mod openai_scan;
 mod to_anthropic;

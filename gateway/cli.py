@@ -8,6 +8,7 @@ klawd accounts update ID [--plan P] [--credits-usd X] [--rpm N] [--rpd N] [--tpm
 klawd keys create ACCOUNT_ID [--name N] [--expires-at WHEN] [--budget-usd-day X] [--models P]
                  [--tag NAME=VALUE] … (gateway/cli_keys.py)
 klawd keys update|show|revoke KEY_ID, klawd keys list ACCOUNT_ID
+klawd usage replay LOG|- …: settle a gateway's `unsettled usage entry` log lines (cli_usage.py)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway import __version__, accounts, cli_keys, cli_webhooks, supervisor
+from gateway import __version__, accounts, cli_keys, cli_usage, cli_webhooks, supervisor
 from gateway.drain import DRAIN_FILE_ENV, SUPERVISOR_PID_ENV
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_keys.add_commands(commands, config)
     cli_webhooks.add_commands(commands, config)
+    cli_usage.add_commands(commands, config)
     return parser
 
 

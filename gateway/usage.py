@@ -4,7 +4,8 @@
 streams). A background task writes batches with `Store.settle`, retrying with backoff while the
 store is down; `close()` flushes everything before the store closes, so a clean shutdown loses
 nothing. If the store stays unreachable at shutdown, the entries are written to the log as JSON
-lines so that an operator can replay them (`UsageEntry` ids make a replay idempotent).
+lines so that an operator can replay them (`klawd usage replay`, gateway/cli_usage.py; `UsageEntry`
+ids make a replay idempotent).
 """
 
 from __future__ import annotations

@@ -62,19 +62,24 @@ def test_sigterm_drains_open_streams_and_loses_no_usage(
     assert row == (200, 12, 4)
 
 
-def test_a_stream_still_open_at_the_drain_deadline_is_ended_billed_and_told_why(
-    fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
-    """drain_grace_s = 2: the upstream never finishes; shortly before the worker would be
-    killed, the stream gets a final 503 event, the ledger gets its entry, and the gateway exits
-    cleanly instead of being killed."""
+def gateway_with_short_grace(fake_openai: FakeOpenAI, tmp_path: Path) -> Gateway:
+    """A gateway whose drain ends open streams a second after the stop (drain_grace_s = 2)."""
     port = free_port()
     config = tmp_path / "klawd.toml"
     gateway_config(config, port, fake_openai.base_url)
     config.write_text(
         config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
     )
-    gateway = start_gateway(config, port)
+    return start_gateway(config, port)
+
+
+def test_a_stream_still_open_at_the_drain_deadline_is_ended_billed_and_told_why(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """drain_grace_s = 2: the upstream never finishes; shortly before the worker would be
+    killed, the stream gets a final 503 event, the ledger gets its entry, and the gateway exits
+    cleanly instead of being killed."""
+    gateway = gateway_with_short_grace(fake_openai, tmp_path)
     try:
         with paused_stream(gateway) as reads:
             assert next(reads).startswith(b"data: {")
@@ -101,13 +106,7 @@ def test_a_worker_whose_supervisor_was_killed_drains_and_stops(
     """The supervising process SIGKILLed (nothing passes a signal on): its worker, orphaned,
     would serve on and hold the port. It notices, ends its open stream at the drain deadline
     (billed, told why), flushes the ledger and exits; the port is free again."""
-    port = free_port()
-    config = tmp_path / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url)
-    config.write_text(
-        config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
-    )
-    gateway = start_gateway(config, port)
+    gateway = gateway_with_short_grace(fake_openai, tmp_path)
     try:
         with paused_stream(gateway) as reads:
             assert next(reads).startswith(b"data: {")

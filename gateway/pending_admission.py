@@ -241,6 +241,25 @@ class PendingAdmission:
         failure.__exit__(kind, exc, traceback)
 
 
+def served_answer_ticket(
+    pending: PendingAdmission,
+    retrier: Retrier,
+    served: CatalogEntry,
+    tokens: int,
+    tries: list[Any],
+) -> Ticket:
+    """`served_ticket` of a single answer, which has no stream to close on a refusal: a plain
+    function (no coroutine per request)."""
+    try:
+        ticket = pending._ticket or pending.ticket()  # the ticket, once decided (no call)
+    except Exception:
+        retrier.release(served, tokens, 0)
+        raise
+    ticket.upstream_tokens = tokens
+    ticket.retries = len(tries) - 1
+    return ticket
+
+
 async def served_ticket(
     pending: PendingAdmission,
     retrier: Retrier,

@@ -39,7 +39,7 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
-from gateway.pending_admission import CLIENT_CLOSED, served_ticket
+from gateway.pending_admission import CLIENT_CLOSED, served_answer_ticket, served_ticket
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
@@ -97,8 +97,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             completion, target, tries = await _complete(
                 state, chat, body, pending.targets, response_id, created, tokens
             )
-    ticket = await served_ticket(
-        pending, state.retrier, target, tokens, tries, stream if chat.stream else None
+    ticket = (
+        await served_ticket(pending, state.retrier, target, tokens, tries, stream)
+        if chat.stream
+        else served_answer_ticket(pending, state.retrier, target, tokens, tries)
     )
     # The headers built as bytes (the same names, values and order as the dictionaries the
     # other routes encode): served by, the limits, the cache's answer if asked (and the cost).
@@ -124,7 +126,8 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
-    await state.meter.charge_tokens(ticket, completion.usage)
+    if ticket.spec.tokens_per_minute:  # (no coroutine made when no token limit applies)
+        await state.meter.charge_tokens(ticket, completion.usage)
     answer = completion.json()
     if lookup is not None:
         await state.cache.save(lookup, target, completion.usage, answer)

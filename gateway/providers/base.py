@@ -476,12 +476,16 @@ class HttpProvider:
 
     async def complete(self, call: ChatCall) -> Completion:
         response = await self._send(self.build_request(call, stream=False))
-        try:
-            body = await response.read()  # released once read (closed if it failed)
-        except TimeoutError as exc:
-            raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
-        except ResponseBroken as exc:
-            raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
+        body = response.whole()  # an answer that came whole with its headers: no coroutine
+        if body is None:
+            try:
+                body = await response.read()  # released once read (closed if it failed)
+            except TimeoutError as exc:
+                raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
+            except ResponseBroken as exc:
+                raise BadGateway(
+                    f"The upstream provider '{self.name}' broke off its answer."
+                ) from exc
         completion = self.parse_response(call, body)
         if self.tracing is not None:
             note_finish_reasons(

@@ -741,6 +741,19 @@ class HttpResponse:
         self.release()
         return body
 
+    def whole(self) -> bytes | None:
+        """`read()` of an answer already whole and not compressed (a small answer often comes
+        with its headers): its body, the connection released; else None, and the caller awaits
+        `read()`. A plain method: no coroutine when there is nothing to wait for."""
+        if not self._complete or self._decoder is not None or self._finished:
+            return None
+        chunks = self._chunks
+        body = b"".join(chunks)  # (one piece: that piece itself, not a copy)
+        chunks.clear()
+        self._wire = 0
+        self.release()
+        return body
+
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives: each piece is everything that arrived since the last one
         (all the HTTP chunks of one or more socket reads, joined: an upstream that sends a chunk

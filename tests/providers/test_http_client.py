@@ -525,6 +525,34 @@ async def test_keep_alive_reuses_one_connection() -> None:
         assert server.accepted == 1
 
 
+async def test_an_answer_whole_with_its_headers_is_taken_without_waiting() -> None:
+    gzipped = gzip.compress(b"zipped")
+    sent_half = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        for wire in (answer(b"one"), answer(gzipped, "Content-Encoding: gzip")):
+            await conn.request()
+            await conn.send(wire)
+        await conn.request()
+        await conn.send(answer(b"three")[:-2])
+        sent_half.set()
+        await asyncio.sleep(0.05)
+        await conn.send(b"ee")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        assert response.whole() == b"one"  # released: the next request reuses the connection
+        compressed = await http.request("GET", server.url(), {}, None)
+        assert compressed.whole() is None, "a compressed body is read() (decoded)"
+        assert await compressed.read() == b"zipped"
+        partial = await http.request("GET", server.url(), {}, None)
+        await sent_half.wait()
+        assert partial.whole() is None, "not whole yet: read() waits for the rest"
+        assert await partial.read() == b"three"
+        assert server.accepted == 1
+
+
 async def test_connection_close_answers_are_not_reused() -> None:
     handler = keep_serving(answer(b"bye", "Connection: close"))
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:

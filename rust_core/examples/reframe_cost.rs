@@ -1,6 +1,7 @@
 //! A reframer over `make bench`'s static body (50 events in one piece), N streams: a driver for
 //! `valgrind --tool=callgrind` (instructions per stream) or `perf record`. The second argument
-//! names the reframer and its body: `openai` (the default: the bench's OpenAI chunks) or
+//! names the reframer and its body: `openai` (the default: the bench's OpenAI chunks; so do
+//! `openai_to_anthropic` and `openai_to_responses`, the Messages and Responses APIs' reframers) or
 //! `anthropic` (the bench's Anthropic Messages events, as `side_by_side`'s `anth` sends them);
 //! `anthropic_passthrough` relays the latter as they are (`/v1/messages`); `gemini` (50 Gemini
 //! responses of one text part each, with usage, the last one finishing).
@@ -94,7 +95,7 @@ fn main() {
         .nth(2)
         .unwrap_or_else(|| "openai".to_owned());
     let body = match kind.as_str() {
-        "openai" => openai_body(),
+        "openai" | "openai_to_anthropic" | "openai_to_responses" => openai_body(),
         "anthropic" | "anthropic_passthrough" => anthropic_body(),
         "gemini" => gemini_body(),
         _ => std::process::exit(2),

@@ -23,19 +23,23 @@
 //! calls, text) is buffered in arrival order and written, fragment for fragment, as blocks of
 //! its own after it. Only choice 0 is read (the route never asks for `n` > 1). A delta after
 //! the finish for a call already written is a malformed stream (`CoreError::Sse`).
+//!
+//! A chunk is read by one validating scan (`chunk_scan.rs`) into the typed view below; one the
+//! scan cannot read exactly as `serde_json` would is read by `serde_json`, which decides, errors
+//! included. The Responses API reframer reads its chunks the same way.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{parse, Options, Reframe, StreamState};
+use super::{chunk_scan, parse, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
 use crate::usage::{OpenAiUsage, Usage};
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(super) struct ChunkView<'a> {
     #[serde(borrow, default)]
     pub(super) choices: Option<Vec<Choice<'a>>>,
@@ -45,7 +49,18 @@ pub(super) struct ChunkView<'a> {
     pub(super) error: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+impl<'a> ChunkView<'a> {
+    /// A chunk read by the scan (`chunk_scan.rs`), or by the typed `serde_json` view when the
+    /// scan cannot tell: the reference, errors included.
+    pub(super) fn read(data: &'a str) -> Result<Self, CoreError> {
+        match chunk_scan::read(data) {
+            Some(chunk) => Ok(chunk),
+            None => parse("openai", data),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
 pub(super) struct Choice<'a> {
     #[serde(default)]
     pub(super) index: Option<u64>,
@@ -58,7 +73,7 @@ pub(super) struct Choice<'a> {
     pub(super) stop_reason: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(super) struct Delta<'a> {
     #[serde(borrow, default)]
     pub(super) content: Option<Cow<'a, str>>,
@@ -66,7 +81,7 @@ pub(super) struct Delta<'a> {
     pub(super) tool_calls: Option<Vec<ToolCall<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(super) struct ToolCall<'a> {
     #[serde(default)]
     pub(super) index: Option<u32>,
@@ -76,7 +91,7 @@ pub(super) struct ToolCall<'a> {
     pub(super) function: Option<Function<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(super) struct Function<'a> {
     #[serde(borrow, default)]
     pub(super) name: Option<Cow<'a, str>>,
@@ -424,7 +439,7 @@ impl Reframe for ToAnthropicReframer {
             self.end(out, st);
             return Ok(());
         }
-        let chunk: ChunkView<'_> = parse("openai", data)?;
+        let chunk = ChunkView::read(data)?;
         if let Some(raw) = chunk.error {
             st.upstream_error = Some(upstream_error(raw));
             return Ok(());

@@ -27,7 +27,7 @@
 use std::fmt::Write as _;
 
 use super::to_anthropic::{upstream_error, ChunkView, ToolCall};
-use super::{parse, Options, Reframe, StreamState};
+use super::{Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -455,7 +455,7 @@ impl Reframe for ToResponsesReframer {
             self.end(out, st);
             return Ok(());
         }
-        let chunk: ChunkView<'_> = parse("openai", data)?;
+        let chunk = ChunkView::read(data)?;
         if let Some(raw) = chunk.error {
             st.upstream_error = Some(upstream_error(raw));
             return Ok(());

@@ -1,0 +1,362 @@
+//! The Messages and Responses reframers' fast path: one scan of an OpenAI chunk (the gateway's
+//! own, as the `openai` and `gemini` reframers write them) that validates it and reads it into
+//! the typed view of `to_anthropic.rs`, [`ChunkView`], without `serde_json`'s typed pass (its
+//! visitors, and a `String` per string member: serde never borrows a `Cow<str>` inside an
+//! `Option`).
+//!
+//! **Conservative**, as the OpenAI reframer's scan (`openai_scan.rs`): [`read`] answers only
+//! for a chunk it reads exactly as the typed view would: a JSON object whose keys have no
+//! escapes, no member the view reads given twice, `choices` and `tool_calls` arrays of objects
+//! or `null`, `delta` and `function` objects or `null`, the strings the view reads strings or
+//! `null`, the indexes plain non-negative integers (a tool call's within `u32`) or `null`,
+//! every other value valid JSON nested at most about 64 deep, and no lone UTF-16 surrogate in an
+//! escape. Anything else gives `None`, and the typed view decides: the same chunk, or the same
+//! error, as before. `usage`, `error` and a choice's `stop_reason` (vLLM's) are read by
+//! `serde_json` from their own spans (once per stream, or rarely).
+
+use serde_json::value::RawValue;
+
+use super::to_anthropic::{Choice, ChunkView, Delta, Function, ToolCall};
+use crate::json_scan::{once, Scan};
+
+/// The chunk as the typed view reads it, or `None` when the scan cannot tell (see the module
+/// docs). `data` is the event's data, trimmed of whitespace.
+pub fn read(data: &str) -> Option<ChunkView<'_>> {
+    let mut scan = Scan::new(data);
+    let mut view = ChunkView {
+        choices: None,
+        usage: None,
+        error: None,
+    };
+    let mut seen = [false; 3];
+    scan.members(|scan, key| {
+        match key {
+            b"choices" => {
+                once(&mut seen[0])?;
+                if !scan.null()? {
+                    view.choices = Some(list(scan, choice)?);
+                }
+            }
+            b"usage" => {
+                once(&mut seen[1])?;
+                if !scan.null()? {
+                    view.usage = Some(serde_json::from_str(scan.span(2)?).ok()?);
+                }
+            }
+            b"error" => {
+                once(&mut seen[2])?;
+                raw(scan, &mut view.error)?;
+            }
+            _ => return Some(false),
+        }
+        Some(true)
+    })?;
+    scan.at_end().then_some(view)
+}
+
+/// A value or `null` into `slot`, as an `Option<&RawValue>` member reads it (`serde_json` checks
+/// the span once more: rare members only).
+fn raw<'a>(scan: &mut Scan<'a>, slot: &mut Option<&'a RawValue>) -> Option<()> {
+    *slot = if scan.null()? {
+        None
+    } else {
+        Some(serde_json::from_str(scan.span(3)?).ok()?)
+    };
+    Some(())
+}
+
+/// An array (not `null`) of the items `item` reads.
+fn list<'a, T>(scan: &mut Scan<'a>, item: fn(&mut Scan<'a>) -> Option<T>) -> Option<Vec<T>> {
+    scan.open(b'[')?;
+    let mut items = Vec::new();
+    if scan.empty(b']') {
+        return Some(items);
+    }
+    loop {
+        items.push(item(scan)?);
+        if scan.next(b']')? {
+            return Some(items);
+        }
+    }
+}
+
+fn choice<'a>(scan: &mut Scan<'a>) -> Option<Choice<'a>> {
+    let mut c = Choice {
+        index: None,
+        delta: None,
+        finish_reason: None,
+        stop_reason: None,
+    };
+    let mut seen = [false; 4];
+    scan.members(|scan, key| {
+        match key {
+            b"index" => {
+                once(&mut seen[0])?;
+                scan.opt_u64(&mut c.index)?;
+            }
+            b"delta" => {
+                once(&mut seen[1])?;
+                if !scan.null()? {
+                    c.delta = Some(delta(scan)?);
+                }
+            }
+            b"finish_reason" => {
+                once(&mut seen[2])?;
+                scan.opt_str(&mut c.finish_reason)?;
+            }
+            b"stop_reason" => {
+                once(&mut seen[3])?;
+                raw(scan, &mut c.stop_reason)?;
+            }
+            _ => return Some(false),
+        }
+        Some(true)
+    })?;
+    Some(c)
+}
+
+fn delta<'a>(scan: &mut Scan<'a>) -> Option<Delta<'a>> {
+    let mut d = Delta {
+        content: None,
+        tool_calls: None,
+    };
+    let mut seen = [false; 2];
+    scan.members(|scan, key| {
+        match key {
+            b"content" => {
+                once(&mut seen[0])?;
+                scan.opt_str(&mut d.content)?;
+            }
+            b"tool_calls" => {
+                once(&mut seen[1])?;
+                if !scan.null()? {
+                    d.tool_calls = Some(list(scan, tool_call)?);
+                }
+            }
+            _ => return Some(false),
+        }
+        Some(true)
+    })?;
+    Some(d)
+}
+
+fn tool_call<'a>(scan: &mut Scan<'a>) -> Option<ToolCall<'a>> {
+    let mut t = ToolCall {
+        index: None,
+        id: None,
+        function: None,
+    };
+    let mut seen = [false; 3];
+    scan.members(|scan, key| {
+        match key {
+            b"index" => {
+                once(&mut seen[0])?;
+                let mut index = None;
+                scan.opt_u64(&mut index)?;
+                t.index = match index {
+                    Some(i) => Some(u32::try_from(i).ok()?),
+                    None => None,
+                };
+            }
+            b"id" => {
+                once(&mut seen[1])?;
+                scan.opt_str(&mut t.id)?;
+            }
+            b"function" => {
+                once(&mut seen[2])?;
+                if !scan.null()? {
+                    t.function = Some(function(scan)?);
+                }
+            }
+            _ => return Some(false),
+        }
+        Some(true)
+    })?;
+    Some(t)
+}
+
+fn function<'a>(scan: &mut Scan<'a>) -> Option<Function<'a>> {
+    let mut f = Function {
+        name: None,
+        arguments: None,
+    };
+    let mut seen = [false; 2];
+    scan.members(|scan, key| {
+        let (slot, at) = match key {
+            b"name" => (&mut f.name, 0),
+            b"arguments" => (&mut f.arguments, 1),
+            _ => return Some(false),
+        };
+        once(&mut seen[at])?;
+        scan.opt_str(slot)?;
+        Some(true)
+    })?;
+    Some(f)
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests may unwrap: a failure is the test failing.
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::reframe::{parse, Options, Stream};
+
+    /// Whenever the scan answers, the typed view reads the same chunk (compared by their debug
+    /// text: `RawValue` has no `PartialEq`, and a borrowed and an owned text print alike).
+    fn agrees(data: &str) -> bool {
+        let Some(scanned) = read(data) else {
+            return false;
+        };
+        let typed: ChunkView<'_> = parse("openai", data).unwrap();
+        assert_eq!(format!("{scanned:?}"), format!("{typed:?}"), "{data}");
+        true
+    }
+
+    #[test]
+    fn every_chunk_of_a_stream_is_read_by_the_scan() {
+        for data in seeds() {
+            assert!(agrees(&data), "{data}");
+        }
+    }
+
+    #[test]
+    fn nulls_and_unknown_members_read_as_the_typed_view_reads_them() {
+        for data in [
+            r#"{"choices":null,"usage":null,"error":null}"#,
+            r#"{"choices":[{"index":null,"delta":null,"finish_reason":null,"stop_reason":null,"logprobs":null}]}"#,
+            r#"{"choices":[{"delta":{"content":null,"tool_calls":null,"role":"assistant"}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":null,"id":null,"function":null,"type":"function"}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":4294967295,"function":{"name":null,"arguments":null}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason":"END"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason":128009}]}"#,
+            r#"{"error":{"message":"m","type":"t"}}"#,
+            r#"{"error":"text"}"#,
+            "{}",
+        ] {
+            assert!(agrees(data), "{data}");
+        }
+    }
+
+    #[test]
+    fn what_the_scan_cannot_tell_is_left_to_the_typed_view() {
+        for data in [
+            r#"{"\u0063hoices":[]}"#,         // an escaped key
+            r#"{"choices":[],"choices":[]}"#, // a duplicate member
+            r#"{"choices":[{"index":0,"index":0}]}"#,
+            r#"["choices"]"#,        // a struct as an array
+            r#"{"choices":[null]}"#, // a choice that is not an object
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":4294967296}]}}]}"#, // beyond u32
+            r#"{"choices":[{"index":-1}]}"#, // counts serde reads otherwise
+            r#"{"choices":[{"index":0.0}]}"#,
+            r#"{"choices":[{"delta":{"content":5}}]}"#, // a number for a string
+            r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#, // a lone surrogate
+            r#"{"usage":{"prompt_tokens":1.5}}"#,       // a usage serde refuses
+            r#"{"choices":[]"#,
+            r#"{"choices":[]} x"#,
+            "",
+        ] {
+            assert!(!agrees(data), "{data}");
+        }
+    }
+
+    fn seeds() -> Vec<String> {
+        [
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a \"b\"\n\u00e9\ud83d\ude00"},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"location\": \"Par"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason":"END"}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":47,"total_tokens":59,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// A stream's chunks through a reframer (`kind`): as the reframer reads them, and through the
+    /// typed view alone (the same chunks, each with a member added that the scan cannot read):
+    /// the same bytes out and the same state, or both an error.
+    fn same_output(kind: &str, events: &[String]) {
+        let opts = Options {
+            model: "openai/gpt".to_owned(),
+            response_id: "chatcmpl-1".to_owned(),
+            created: 1,
+            include_usage: true,
+            response_fields: "{}".to_owned(),
+        };
+        let run = |typed_only: bool| {
+            let mut stream = Stream::new(kind, &opts, 1 << 20).unwrap();
+            let mut out = Vec::new();
+            let mut result = Ok(());
+            let done = "[DONE]".to_owned();
+            for data in events.iter().chain([&done]) {
+                // `"\u0078":0` is an unknown member the typed view skips and the scan refuses.
+                let data = match data.trim_start().strip_prefix('{') {
+                    Some(rest) if typed_only && rest.trim_start().starts_with('}') => {
+                        format!(r#"{{"\u0078":0{rest}"#)
+                    }
+                    Some(rest) if typed_only => format!(r#"{{"\u0078":0,{rest}"#),
+                    _ => data.clone(),
+                };
+                result = stream.feed(format!("data: {data}\n\n").as_bytes(), &mut out);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() {
+                result = stream.finish(&mut out);
+            }
+            // Errors compared by kind: serde's message gives a column, moved by the added member.
+            (out, format!("{:?}", stream.state()), result.is_ok())
+        };
+        assert_eq!(run(false), run(true), "{kind}: {events:?}");
+    }
+
+    #[test]
+    fn a_whole_stream_reframes_to_the_same_bytes_by_either_path() {
+        for kind in ["openai_to_anthropic", "openai_to_responses"] {
+            same_output(kind, &seeds());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Bytes changed, inserted or removed anywhere in a stream's chunks (JSON's own
+        /// characters among them): whenever the scan answers, the typed view reads the same
+        /// chunk, and both reframers write the same bytes.
+        #[test]
+        fn the_scan_never_reads_a_chunk_otherwise_than_the_typed_view(
+            edits in proptest::collection::vec(
+                (0usize..6, any::<usize>(), prop::sample::select(
+                    b"{}[]\",:\\ \t0123456789.eE+-unltrfasbxd\x01\xc3".to_vec()
+                ), 0u8..3),
+                1..8,
+            ),
+        ) {
+            let mut events: Vec<Vec<u8>> = seeds().into_iter().map(String::into_bytes).collect();
+            for (seed, at, byte, how) in edits {
+                let bytes = &mut events[seed];
+                let at = at % (bytes.len() + 1);
+                match how {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => { bytes.remove(at); }
+                    _ => {}
+                }
+            }
+            let events: Vec<String> = events
+                .into_iter()
+                .filter_map(|b| String::from_utf8(b).ok())
+                .filter(|e| !e.contains(['\r', '\n']))
+                .collect();
+            for data in &events {
+                agrees(data);
+            }
+            for kind in ["openai_to_anthropic", "openai_to_responses"] {
+                same_output(kind, &events);
+            }
+        }
+    }
+}

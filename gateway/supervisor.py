@@ -76,11 +76,14 @@ def hand_over(spec: Spec) -> NoReturn:
 
 def _argv() -> list[str]:
     """Started as the `klawd` script: the same command line again (interpreter options too), so
-    that `ps` and process managers see what they started; otherwise `python -m` this module."""
+    that `ps` and process managers see what they started; otherwise `python -m` this module,
+    with `-P` if this process had it: `-m` puts the working directory first on the path, so a
+    `gateway` there would be run instead of the one the CLI was started from (the benchmarks
+    start another checkout's with `python -P -m gateway.cli` from this one)."""
     script = Path(sys.argv[0])
     if script.name == SCRIPT and script.is_file() and len(sys.orig_argv) > len(sys.argv):
         return list(sys.orig_argv)
-    return [sys.executable, "-m", "gateway.supervisor"]
+    return [sys.executable, *(["-P"] if sys.flags.safe_path else []), "-m", "gateway.supervisor"]
 
 
 def supervise(spec: Spec) -> int:

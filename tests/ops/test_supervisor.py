@@ -6,11 +6,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import KLAWD, free_port, gateway_config, start_gateway, stop
+from tests.conftest import (
+    ADMIN_TOKEN,
+    KLAWD,
+    UPSTREAM_KEY,
+    free_port,
+    gateway_config,
+    start_gateway,
+    stop,
+    wait_until_healthy,
+)
 from tests.fakes.openai_upstream import FakeOpenAI
 
 
@@ -67,3 +77,30 @@ def test_a_hand_over_left_in_the_environment_by_another_process_is_not_obeyed(
         capture_output=True, text=True, timeout=30, env={**os.environ, "KLAWD_SUPERVISOR": stale},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr  # the CLI ran, not a supervisor
+
+
+def test_started_with_dash_p_the_supervisor_runs_the_same_gateway_not_the_working_directorys(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """`python -P -m gateway.cli serve` (how the benchmarks start another checkout's gateway):
+    the process it execs keeps `-P`, so a `gateway` package in the working directory is not the
+    one that serves (here a decoy whose supervisor exits 97)."""
+    decoy = tmp_path / "cwd" / "gateway"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    (decoy / "supervisor.py").write_text("raise SystemExit(97)\n")
+    port = free_port()
+    config = tmp_path / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    env = {**os.environ, "KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "OPENAI_API_KEY": UPSTREAM_KEY}
+    with (tmp_path / "gateway.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "gateway.cli", "serve", "--config", str(config),
+             "--port", str(port)],
+            cwd=decoy.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", process)  # the decoy would exit 97
+        assert process.poll() is None
+    finally:
+        stop(process)

@@ -416,7 +416,11 @@ def gateway(
         # The `klawd` script's entry (gateway.supervisor) may not exist in an older tree: its
         # own CLI module, which both have (`-P`: the tree on PYTHONPATH, not the working directory).
         command = [sys.executable, "-P", "-m", "gateway.cli", *command[1:]]
-    return pinned(SERVER_CORE, command, directory / f"{name}.log", env)
+    # The CLI execs `python -m gateway.supervisor`, which puts its working directory first on
+    # the path (without `-P` in trees before 19u): run another tree from the bench's directory,
+    # or this checkout's `gateway` (the bench's own working directory) would serve instead.
+    cwd = directory if source is not None else None
+    return pinned(SERVER_CORE, command, directory / f"{name}.log", env, cwd)
 
 
 def gateway_key(base_url: str) -> str:

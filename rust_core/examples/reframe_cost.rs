@@ -4,12 +4,14 @@
 //! `openai_to_anthropic` and `openai_to_responses`, the Messages and Responses APIs' reframers) or
 //! `anthropic` (the bench's Anthropic Messages events, as `side_by_side`'s `anth` sends them);
 //! `anthropic_passthrough` relays the latter as they are (`/v1/messages`); `gemini` (50 Gemini
-//! responses of one text part each, with usage, the last one finishing).
+//! responses of one text part each, with usage, the last one finishing); `bedrock` (a
+//! `ConverseStream` of 50 event stream messages, 47 of them text deltas).
 //!
 //!     cargo build --release --example reframe_cost
 //!     valgrind --tool=callgrind target/release/examples/reframe_cost 110 [anthropic]  # and 10:
 //!         the difference / 100 is the instructions per stream, start-up cancelled out
 
+use _core::eventstream::encode_message;
 use _core::reframe::{Options, Stream};
 
 fn openai_body() -> Vec<u8> {
@@ -86,6 +88,34 @@ fn gemini_body() -> Vec<u8> {
     (0..50).map(response).collect::<String>().into_bytes()
 }
 
+/// A Bedrock `ConverseStream`: start, 47 text deltas, stop, metadata (50 messages).
+fn bedrock_body() -> Vec<u8> {
+    let event = |name: &str, payload: &str| {
+        encode_message(
+            &[
+                (":event-type", name),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.as_bytes(),
+        )
+    };
+    let mut out = event("messageStart", "{\"role\":\"assistant\"}");
+    for i in 0..47 {
+        out.extend(event(
+            "contentBlockDelta",
+            &format!("{{\"contentBlockIndex\":0,\"delta\":{{\"text\":\"tok{i} \"}}}}"),
+        ));
+    }
+    out.extend(event("messageStop", "{\"stopReason\":\"end_turn\"}"));
+    out.extend(event(
+        "metadata",
+        "{\"usage\":{\"inputTokens\":12,\"outputTokens\":47,\"totalTokens\":59},\
+         \"metrics\":{\"latencyMs\":5}}",
+    ));
+    out
+}
+
 fn main() {
     let streams: usize = std::env::args()
         .nth(1)
@@ -98,6 +128,7 @@ fn main() {
         "openai" | "openai_to_anthropic" | "openai_to_responses" => openai_body(),
         "anthropic" | "anthropic_passthrough" => anthropic_body(),
         "gemini" => gemini_body(),
+        "bedrock" => bedrock_body(),
         _ => std::process::exit(2),
     };
     let opts = Options {

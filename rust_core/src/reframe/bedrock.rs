@@ -17,12 +17,16 @@
 //! An exception message (`throttlingException`, `modelStreamErrorException`, …) →
 //! `upstream_error` (its type, its `message`). EOF after `messageStop` without `metadata`
 //! completes the stream; EOF before it is a cut-off stream.
+//!
+//! `contentBlockDelta`, the event of every token, is read by one validating scan
+//! (`bedrock_scan.rs`) into its typed view, `serde_json` deciding whatever the scan cannot read
+//! exactly as it would; the other events (a few per stream) by `serde_json`.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{parse, ChunkWriter, Options, Reframe, StreamState};
+use super::{bedrock_scan, parse, ChunkWriter, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -53,28 +57,28 @@ struct ToolUseStart<'a> {
     name: Cow<'a, str>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct BlockDelta<'a> {
+pub(super) struct BlockDelta<'a> {
     #[serde(default)]
-    content_block_index: u32,
+    pub(super) content_block_index: u32,
     #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
+    pub(super) delta: Option<Delta<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Delta<'a> {
+pub(super) struct Delta<'a> {
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    pub(super) text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    tool_use: Option<ToolUseDelta<'a>>,
+    pub(super) tool_use: Option<ToolUseDelta<'a>>,
 }
 
-#[derive(Deserialize)]
-struct ToolUseDelta<'a> {
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub(super) struct ToolUseDelta<'a> {
     #[serde(borrow, default)]
-    input: Cow<'a, str>,
+    pub(super) input: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -199,7 +203,10 @@ impl Reframe for BedrockReframer {
                 }
             }
             "contentBlockDelta" => {
-                let delta: BlockDelta<'_> = parse("bedrock", &ev.data)?;
+                let delta = match bedrock_scan::read_delta(&ev.data) {
+                    Some(delta) => delta,
+                    None => parse("bedrock", &ev.data)?,
+                };
                 let Some(d) = delta.delta else { return Ok(()) };
                 self.ensure_role(out);
                 if let Some(text) = d.text.filter(|t| !t.is_empty()) {

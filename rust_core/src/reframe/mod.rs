@@ -8,6 +8,7 @@ mod anthropic;
 mod anthropic_passthrough;
 mod anthropic_scan;
 mod bedrock;
+mod bedrock_scan;
 mod chunk_scan;
 mod gemini;
 mod gemini_scan;

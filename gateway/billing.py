@@ -15,6 +15,20 @@ MICROS_PER_USD = 1_000_000
 CHARS_PER_TOKEN = 4  # the documented estimate when no tokenizer count is available
 
 
+# A token count an upstream reports is a whole number from 0 to this (a billion: a hundred times
+# the largest context window). Anything else is not a count: 0. The bound keeps costs and ledger
+# rows within the stores' 64-bit integers (SQLite's INTEGER, Redis's INCRBY): one answer that said
+# 2**63 tokens made every later settlement of its worker fail with it, retried for good.
+MAX_TOKEN_COUNT = 1_000_000_000
+
+
+def count(value: Any) -> int:
+    """An upstream's token count (an integer, or a float with no fraction), 0 if not one."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT else 0
+
+
 class TokenUsage(Struct, frozen=True):
     """`prompt_tokens` includes the cached ones: `cached_tokens` read from the upstream's prompt
     cache, `cache_write_tokens` written to it (Anthropic's cache_creation_input_tokens)."""
@@ -27,6 +41,25 @@ class TokenUsage(Struct, frozen=True):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def in_bounds(self) -> bool:
+        """Every count a count (`count`): what the ledger and the limiters may take."""
+        bound = MAX_TOKEN_COUNT
+        return (
+            0 <= self.prompt_tokens <= bound
+            and 0 <= self.completion_tokens <= bound
+            and 0 <= self.cached_tokens <= bound
+            and 0 <= self.cache_write_tokens <= bound
+        )
+
+    def bounded(self) -> TokenUsage:
+        """This usage with each count that is not one made 0."""
+        return TokenUsage(
+            count(self.prompt_tokens),
+            count(self.completion_tokens),
+            count(self.cached_tokens),
+            count(self.cache_write_tokens),
+        )
 
     @classmethod
     def from_openai(cls, usage: Any) -> TokenUsage:

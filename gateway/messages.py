@@ -34,7 +34,7 @@ from typing import Any, Literal
 import orjson
 from msgspec import Struct
 
-from gateway.billing import TokenUsage
+from gateway.billing import TokenUsage, count
 from gateway.errors import BadGateway, GatewayError, InvalidRequest
 from gateway.schemas.anthropic import (
     KNOWN_FIELDS,
@@ -343,11 +343,9 @@ def to_message(completion: dict[str, Any], model: str, message_id: str) -> dict[
     usage = completion.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    tokens = TokenUsage(
-        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    )
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    written = count(usage.get("cache_creation_input_tokens"))
+    tokens = TokenUsage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")))
     stop_reason = STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn")
     # vLLM names the stop string that ended the text in the choice's `stop_reason` (a number
     # there is a stop token id, not a sequence); OpenAI and Gemini never say.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -55,6 +56,8 @@ from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
+
+log = logging.getLogger("klawd")
 
 # Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
 # framing per message, and a large image's worth per image part (settlement uses real counts).
@@ -416,6 +419,8 @@ class Meter:
         elif served.model.kind == "image":
             cost = images * round(served.model.usd_per_image * 1_000_000)
         else:
+            if not usage.in_bounds():
+                usage = counted(usage, served.model.id)
             cost = model_cost_micros(usage, served.model)
         now = self._clock()
         self._recorder.record(
@@ -456,7 +461,25 @@ class Meter:
     async def charge_tokens(self, ticket: Ticket, usage: TokenUsage) -> None:
         if not ticket.spec.tokens_per_minute or usage.total_tokens <= 0:
             return  # nothing to charge (the limiters' own early return, without their call)
+        if not usage.in_bounds():
+            usage = counted(usage, ticket.request_id)
         await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)
+
+
+def counted(usage: TokenUsage, served: str) -> TokenUsage:
+    """An upstream's usage with a count that is not one (negative, or past
+    `billing.MAX_TOKEN_COUNT`) made 0, and said: the upstream reports nonsense. `served`: the
+    model, or the request's id."""
+    log.warning(
+        "the upstream (%s) reported token counts that are not counts (prompt %d, completion %d, "
+        "cached %d, cache write %d): counted as 0",
+        served,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+    )
+    return usage.bounded()
 
 
 class SettleOnFailure:

@@ -31,7 +31,7 @@ import msgspec
 import orjson
 
 from gateway import _core
-from gateway.billing import TokenUsage
+from gateway.billing import TokenUsage, count
 from gateway.errors import (
     BadGateway,
     GatewayError,
@@ -90,9 +90,10 @@ STOP_REASONS = {
 }
 
 
-def finish_reason(stop_reason: str | None) -> str:
-    """Anthropic `stop_reason` → OpenAI `finish_reason` (the reframer's table, non-streamed)."""
-    return STOP_REASONS.get(stop_reason or "", "stop")
+def finish_reason(stop_reason: object) -> str:
+    """Anthropic `stop_reason` → OpenAI `finish_reason` (the reframer's table, non-streamed); a
+    reason that is not a string is no reason."""
+    return STOP_REASONS.get(stop_reason, "stop") if type(stop_reason) is str else "stop"
 
 
 # -- request ------------------------------------------------------------------------------------
@@ -313,10 +314,10 @@ def usage_of(usage: Any) -> tuple[TokenUsage, int]:
     """(usage with cache writes and reads counted in the prompt, cache reads)."""
     if not isinstance(usage, dict):
         return TokenUsage(0, 0), 0
-    cached = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + written + cached
-    return TokenUsage(prompt, int(usage.get("output_tokens") or 0), cached, written), cached
+    cached = count(usage.get("cache_read_input_tokens"))
+    written = count(usage.get("cache_creation_input_tokens"))
+    prompt = count(usage.get("input_tokens")) + written + cached
+    return TokenUsage(prompt, count(usage.get("output_tokens")), cached, written), cached
 
 
 def translate_response(call: ChatCall, message: Any) -> Completion:

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway.billing import TokenUsage
+from gateway.billing import TokenUsage, count
 from gateway.errors import BadGateway, InvalidRequest
 from gateway.providers.base import ChatCall, Completion
 from gateway.providers.translate import (
@@ -221,10 +221,10 @@ def usage_of(usage: Any) -> tuple[TokenUsage, int]:
     """(usage with cache reads and writes counted in the prompt, cache reads)."""
     if not isinstance(usage, Mapping):
         return TokenUsage(0, 0), 0
-    cached = int(usage.get("cacheReadInputTokens") or 0)
-    written = int(usage.get("cacheWriteInputTokens") or 0)
-    prompt = int(usage.get("inputTokens") or 0) + cached + written
-    return TokenUsage(prompt, int(usage.get("outputTokens") or 0), cached, written), cached
+    cached = count(usage.get("cacheReadInputTokens"))
+    written = count(usage.get("cacheWriteInputTokens"))
+    prompt = count(usage.get("inputTokens")) + cached + written
+    return TokenUsage(prompt, count(usage.get("outputTokens")), cached, written), cached
 
 
 def translate_response(call: ChatCall, response: Any) -> Completion:

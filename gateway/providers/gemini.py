@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from gateway.billing import TokenUsage, estimate_tokens
+from gateway.billing import TokenUsage, count, estimate_tokens
 from gateway.errors import (
     BadGateway,
     GatewayError,
@@ -79,11 +79,12 @@ FILTERED = frozenset(
 )
 
 
-def finish_reason(reason: str | None, has_tool_calls: bool) -> str:
-    """Gemini `finishReason` → OpenAI `finish_reason` (the reframer's table, non-streamed)."""
+def finish_reason(reason: object, has_tool_calls: bool) -> str:
+    """Gemini `finishReason` → OpenAI `finish_reason` (the reframer's table, non-streamed); a
+    reason that is not a string is no reason."""
     if reason == "MAX_TOKENS":
         return "length"
-    if reason in FILTERED:
+    if type(reason) is str and reason in FILTERED:
         return "content_filter"
     return "tool_calls" if has_tool_calls else "stop"
 
@@ -281,11 +282,11 @@ def usage_of(metadata: Any) -> tuple[TokenUsage, int]:
     """(usage, cached prompt tokens); thinking tokens count as completion tokens."""
     if not isinstance(metadata, dict):
         return TokenUsage(0, 0), 0
-    completion = int(metadata.get("candidatesTokenCount") or 0) + int(
-        metadata.get("thoughtsTokenCount") or 0
+    completion = count(metadata.get("candidatesTokenCount")) + count(
+        metadata.get("thoughtsTokenCount")
     )
-    prompt = int(metadata.get("promptTokenCount") or 0)
-    cached = int(metadata.get("cachedContentTokenCount") or 0)
+    prompt = count(metadata.get("promptTokenCount"))
+    cached = count(metadata.get("cachedContentTokenCount"))
     return TokenUsage(prompt, completion, cached), cached
 
 
@@ -331,10 +332,16 @@ def translate_response(call: ChatCall, response: Any) -> Completion:
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)s$")
 
 
+def _details(parsed: Any) -> list[Any]:
+    """An error body's `error.details` (an empty list when the body is shaped otherwise)."""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    return details if isinstance(details, list) else []
+
+
 def retry_delay(parsed: Any) -> float | None:
     """`google.rpc.RetryInfo.retryDelay` ("34s") from an error's details, if any."""
-    details = parsed.get("error", {}).get("details") if isinstance(parsed, dict) else None
-    for detail in details if isinstance(details, list) else ():
+    for detail in _details(parsed):
         if isinstance(detail, dict) and isinstance(detail.get("retryDelay"), str):
             match = _DURATION.match(detail["retryDelay"])
             if match:
@@ -344,10 +351,9 @@ def retry_delay(parsed: Any) -> float | None:
 
 def _is_key_problem(parsed: Any) -> bool:
     """Gemini answers a bad API key with 400 INVALID_ARGUMENT + reason API_KEY_INVALID."""
-    details = parsed.get("error", {}).get("details") if isinstance(parsed, dict) else None
     return any(
         isinstance(d, dict) and str(d.get("reason", "")).startswith("API_KEY")
-        for d in (details if isinstance(details, list) else ())
+        for d in _details(parsed)
     )
 
 
@@ -447,7 +453,7 @@ class GeminiProvider(HttpProvider):
             vectors.append(values)
         metadata = answer.get("usageMetadata")
         tokens = (
-            int(metadata.get("promptTokenCount") or 0)
+            count(metadata.get("promptTokenCount"))
             if isinstance(metadata, dict)
             else sum(estimate_tokens(len(t)) for t in texts)
         )

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import orjson
 
 from gateway import _core
-from gateway.billing import TokenUsage
+from gateway.billing import TokenUsage, count
 from gateway.errors import BadGateway, GatewayError, InvalidRequest
 from gateway.providers.base import (
     ChatCall,
@@ -125,7 +125,7 @@ class OpenAIProvider(HttpProvider):
                 f"The upstream provider '{self.name}' answered without one embedding per input."
             )
         usage = answer.get("usage")
-        tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        tokens = count(usage.get("prompt_tokens")) if isinstance(usage, dict) else 0
         return EmbeddingResult(
             [
                 {"object": "embedding", "index": i, "embedding": item.get("embedding")}

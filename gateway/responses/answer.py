@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.billing import TokenUsage
+from gateway.billing import TokenUsage, count
 from gateway.errors import BadGateway, GatewayError
 from gateway.responses.translate import text_format_body
 from gateway.schemas.responses import ResponsesRequest
@@ -141,11 +141,9 @@ def to_response(
     usage = completion.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    tokens = TokenUsage(
-        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    )
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    written = count(usage.get("cache_creation_input_tokens"))
+    tokens = TokenUsage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")))
     incomplete = INCOMPLETE.get(str(choice.get("finish_reason")))
     return response_object(
         response_id,

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.billing import TokenUsage, format_usd, token_cost_micros, usd_to_micros
+from gateway.billing import (
+    MAX_TOKEN_COUNT,
+    TokenUsage,
+    count,
+    format_usd,
+    token_cost_micros,
+    usd_to_micros,
+)
 from gateway.errors import NotFound, RateLimited, model_not_found, retry_after_header
 from gateway.metering import utc_day
 
@@ -129,3 +136,13 @@ def test_reservation_assumes_the_dearer_cache_write_price() -> None:
         id="a/c", provider="a", input_usd_per_mtok=3.0, cache_write_usd_per_mtok=1.0
     )
     assert prompt_price_ceiling(cheaper_writes) == 3.0
+
+
+def test_a_token_count_is_a_whole_number_up_to_the_bound() -> None:
+    assert [count(v) for v in (0, 7, 7.0, MAX_TOKEN_COUNT)] == [0, 7, 7, MAX_TOKEN_COUNT]
+    not_counts = (-1, MAX_TOKEN_COUNT + 1, 2**63, 7.5, "7", None, True, [], {}, float("inf"))
+    assert [count(v) for v in not_counts] == [0] * len(not_counts)
+    usage = TokenUsage(2**63, 5, -1, 2)
+    assert not usage.in_bounds()
+    assert usage.bounded() == TokenUsage(0, 5, 0, 2)
+    assert TokenUsage(3, 5, 1, 2).in_bounds()

@@ -1,0 +1,353 @@
+"""Whatever an upstream answers, the client gets a clear answer and the books stay writable:
+valid OpenAI, Anthropic and Gemini answers and event streams with a field replaced by any JSON
+(counts past 64 bits, negative, fractional), dropped or added, events repeated or dropped, the
+body cut anywhere, sent in arbitrary chunks, or an error status, from a scripted loopback
+upstream behind a gateway of its own. The client never gets a failure of the gateway (500,
+`internal_error`), an error is the JSON envelope, a stream it accepts ends with a whole event,
+and once the examples ran the gateway's log holds no traceback and no failed ledger write. The
+readers of answers and streams (the Rust scans with their typed fallbacks: rust_core/src/reframe,
+openai_body.rs) meet here every shape at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.fakes.provider_config import PROVIDER_ENV, provider_config
+
+COUNT = st.integers(0, 50) | st.sampled_from([-1, 2**63, 2**70]) | st.floats(0, 1e20)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+# Past what the examples ask for in a run: every one reaches the provider, none is a 429.
+UNLIMITED = {"requests_per_minute": 1_000_000, "requests_per_day": 10_000_000}
+
+
+class ScriptedUpstream:
+    """Answers every POST with the script of the moment: a status, a content type and the body's
+    pieces (each written and drained on its own: a chunk of its own on the wire)."""
+
+    def __init__(self) -> None:
+        self.script: tuple[int, str, list[bytes]] = (200, "application/json", [b"{}"])
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        status, content_type, pieces = self.script
+        response = web.StreamResponse(status=status, headers={"content-type": content_type})
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def openai_answer() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+def openai_events() -> list[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    usage = chunk({})
+    usage["choices"] = []
+    usage["usage"] = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    return [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "hel"}),
+        chunk({"content": "lo"}),
+        chunk({}, "stop"),
+        usage,
+    ]
+
+
+def anthropic_answer() -> dict[str, Any]:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-fake",
+        "content": [{"type": "text", "text": "hello"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 2},
+    }
+
+
+def anthropic_events() -> list[dict[str, Any]]:
+    start = anthropic_answer() | {"content": [], "stop_reason": None}
+    return [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hel"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 2},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def gemini_answer(text: str = "hello", finish: str | None = "STOP") -> dict[str, Any]:
+    candidate: dict[str, Any] = {
+        "content": {"role": "model", "parts": [{"text": text}]},
+        "index": 0,
+    }
+    if finish:
+        candidate["finishReason"] = finish
+    return {
+        "candidates": [candidate],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5},
+        "modelVersion": "gemini-fake",
+    }
+
+
+def gemini_events() -> list[dict[str, Any]]:
+    return [gemini_answer("hel", None), gemini_answer("lo")]
+
+
+# The client's APIs: each reads the upstream's answer its own way (gateway/messages.py,
+# gateway/responses/).
+ROUTES = ["/v1/chat/completions", "/v1/messages", "/v1/responses"]
+PROVIDERS = {
+    "openai": ("openai/gpt-fake", openai_answer, openai_events),
+    "anthropic": ("anthropic/claude-fake", anthropic_answer, anthropic_events),
+    "google": ("google/gemini-fake", gemini_answer, gemini_events),
+}
+
+
+def fields_of(node: Any) -> Iterator[tuple[Any, Any]]:
+    """Every (container, key or index) below `node`, depth first."""
+    if isinstance(node, dict):
+        for key, inner in node.items():
+            yield node, key
+            yield from fields_of(inner)
+    elif isinstance(node, list):
+        for index, inner in enumerate(node):
+            yield node, index
+            yield from fields_of(inner)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, value: dict[str, Any]) -> dict[str, Any]:
+    """`value` with up to two of its fields (at any depth) replaced, dropped or added."""
+    for _ in range(draw(st.integers(0, 2))):
+        paths = list(fields_of(value))
+        if not paths:
+            break
+        parent, key = draw(st.sampled_from(paths))
+        change = draw(st.sampled_from(["count", "json", "drop", "add"]))
+        if change == "drop":
+            del parent[key]
+        elif change == "add" and isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=8))] = draw(JSON)
+        else:
+            parent[key] = draw(COUNT if change == "count" else JSON)
+    return value
+
+
+def encode(value: Any) -> bytes:
+    return msgspec.json.encode(value)  # (orjson refuses integers past 64 bits)
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> tuple[str, bool, tuple[int, str, list[bytes]]]:
+    provider = draw(st.sampled_from(sorted(PROVIDERS)))
+    model, answer, events = PROVIDERS[provider]
+    stream = draw(st.booleans())
+    if draw(st.integers(0, 9)) == 0:  # an error status with some body
+        status = draw(st.sampled_from([400, 401, 404, 429, 500, 503, 529]))
+        body = encode(draw(mutated({"error": {"type": "x", "message": "no"}})))
+        return model, stream, (status, "application/json", [body])
+    if not stream:
+        text = encode(draw(mutated(answer())))
+        content_type = "application/json"
+    else:
+        chosen = [draw(mutated(event)) for event in events()]
+        if draw(st.booleans()):  # an event repeated or dropped
+            index = draw(st.integers(0, len(chosen) - 1))
+            if draw(st.booleans()):
+                chosen.insert(index, chosen[index])
+            else:
+                del chosen[index]
+        lines = []
+        for event in chosen:
+            name = f"event: {event.get('type')}\n" if provider == "anthropic" else ""
+            lines.append(name.encode() + b"data: " + encode(event) + b"\n\n")
+        if provider == "openai" and draw(st.booleans()):
+            lines.append(b"data: [DONE]\n\n")
+        text = b"".join(lines)
+        if provider == "google" and draw(st.booleans()):
+            text = text.replace(b"\n\n", b"\r\n\r\n")
+        content_type = "text/event-stream"
+    if draw(st.integers(0, 4)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    return model, stream, (200, content_type, [p for p in pieces if p])
+
+
+@pytest.fixture(scope="module")
+def scripted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ScriptedUpstream, Gateway]]:
+    upstream = ScriptedUpstream()
+    upstream.start()
+    url = f"http://127.0.0.1:{upstream.port}"
+    directory = tmp_path_factory.mktemp("fuzzed-answers")
+    port = free_port()
+    config = directory / "klawd.toml"
+    # No retries and no resting of a failing model: every example is one upstream call.
+    extra = provider_config(url, url, url) + "\n[routing]\ncooldown_s = 0.01\n"
+    gateway_config(config, port, f"{url}/v1", extra=extra)
+    config.write_text(config.read_text().replace("attempts = 3", "attempts = 1", 1))
+    running = start_gateway(config, port, PROVIDER_ENV)
+    try:
+        yield upstream, running
+    finally:
+        stop(running.process)
+        upstream.stop()
+    log = (directory / "gateway.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
+    assert "usage flush failed" not in log
+
+
+@pytest.fixture(scope="module")
+def client(scripted: tuple[ScriptedUpstream, Gateway]) -> Iterator[httpx.Client]:
+    key = scripted[1].new_key(credits_usd=1000.0, limits=UNLIMITED)
+    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=20) as made:
+        yield made
+
+
+@settings(
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(scripts(), st.sampled_from(ROUTES))
+def test_any_upstream_answer_gets_a_clear_answer(
+    scripted: tuple[ScriptedUpstream, Gateway],
+    client: httpx.Client,
+    script: tuple[str, bool, tuple[int, str, list[bytes]]],
+    route: str,
+) -> None:
+    upstream, gateway = scripted
+    model, stream, upstream.script = script
+    messages = [{"role": "user", "content": "hi"}]
+    body: dict[str, Any] = {"model": model, "stream": stream}
+    if route == "/v1/responses":
+        body |= {"input": "hi", "max_output_tokens": 16}
+    else:
+        body |= {"messages": messages, "max_tokens": 16}
+    with client.stream("POST", f"{gateway.base_url}{route}", json=body) as response:
+        whole = response.read()
+    said = (route, script, response.status_code, whole[-600:])
+    assert response.status_code != 500, said
+    assert b"Traceback" not in whole, said
+    if response.status_code >= 400:
+        error = orjson.loads(whole)["error"]
+        assert error["type"] != "internal_error", said
+    elif stream:
+        assert whole.endswith(b"\n\n"), said
+        assert b'"internal_error"' not in whole, said
+
+
+def test_an_answer_claiming_2_63_tokens_is_served_and_the_ledger_still_writes(
+    scripted: tuple[ScriptedUpstream, Gateway],
+) -> None:
+    """Such a count is not one (billing.MAX_TOKEN_COUNT): counted as 0. Before, its cost overflowed
+    SQLite's INTEGER and every later settlement of the worker failed with it, retried for good."""
+    upstream, gateway = scripted
+    with gateway.admin() as admin:
+        account = admin.post("/admin/accounts", json={"name": "huge", "credits_usd": 10}).json()
+        key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]
+    huge = openai_answer()
+    huge["usage"] = {"prompt_tokens": 2**63, "completion_tokens": 2, "total_tokens": 2**63 + 2}
+    body = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {key}"}
+    for answer in (huge, openai_answer()):
+        upstream.script = (200, "application/json", [encode(answer)])
+        served = httpx.post(
+            f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=10
+        )
+        assert served.status_code == 200, served.text
+    deadline = time.monotonic() + 10
+    with gateway.admin() as admin:
+        while True:  # both entries written (bounded wait, not a timing assertion)
+            rows = admin.get(f"/admin/accounts/{account['id']}/usage").json()["data"]
+            if rows and rows[0]["requests"] == 2:
+                break
+            assert time.monotonic() < deadline, f"the ledger stopped writing: {rows}"
+            time.sleep(0.1)
+    assert rows[0]["prompt_tokens"] == 3  # the huge answer's count taken as 0, the other's 3
+    log = (gateway.config.parent / "gateway.log").read_text()
+    assert "reported token counts that are not counts (prompt 9223372036854775808" in log

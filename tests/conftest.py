@@ -318,6 +318,32 @@ def gateway(
         assert secret not in log_text, "a provider key leaked into the gateway's log"
 
 
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def gateway_on_each_store(
+    request: pytest.FixtureRequest,
+    fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
+    fake_gemini: FakeGemini,
+    fake_replicate: FakeReplicate,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    """The session's gateway (embedded store), then one like it on the suite's Redis."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("gateway")
+        return
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    directory = tmp_path_factory.mktemp("gateway-redis")
+    port = free_port()
+    config = directory / "klawd.toml"
+    providers = provider_config(
+        fake_anthropic.base_url, fake_gemini.base_url, fake_replicate.base_url
+    )
+    gateway_config(config, port, fake_openai.base_url, extra=providers, store_url=redis_server.url)
+    running = start_gateway(config, port, PROVIDER_ENV)
+    yield running
+    stop(running.process)
+
+
 @pytest.fixture
 def api_key(gateway: Gateway) -> str:
     return gateway.new_key()

@@ -151,8 +151,8 @@ def answers_without_failing(gateway: Gateway, client: httpx.Client, path: str, b
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(gateway: Gateway) -> Any:
-    key = gateway.new_key(credits_usd=1000.0, limits=UNLIMITED)
+def fuzz_client(gateway_on_each_store: Gateway) -> Any:
+    key = gateway_on_each_store.new_key(credits_usd=1000.0, limits=UNLIMITED)
     with httpx.Client(
         headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
         timeout=20,
@@ -168,7 +168,8 @@ def fuzz_client(gateway: Gateway) -> Any:
 )
 @given(requests())
 def test_fuzzed_requests_never_get_a_failure_of_the_gateway(
-    gateway: Gateway, fuzz_client: httpx.Client, request: tuple[str, bytes]
+    gateway_on_each_store: Gateway, fuzz_client: httpx.Client, request: tuple[str, bytes]
 ) -> None:
+    """On the embedded store, then on Redis (the admission's arguments are Lua's numbers)."""
     path, body = request
-    answers_without_failing(gateway, fuzz_client, path, body)
+    answers_without_failing(gateway_on_each_store, fuzz_client, path, body)

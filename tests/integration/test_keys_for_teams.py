@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,42 +16,13 @@ import pytest
 
 from tests.conftest import (
     Gateway,
-    free_port,
-    gateway_config,
-    start_gateway,
-    stop,
 )
-from tests.fakes.anthropic_upstream import FakeAnthropic
-from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.provider_config import PROVIDER_ENV, provider_config
-from tests.fakes.replicate_upstream import FakeReplicate
-from tests.redis_server import RedisServer
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
-def teams(
-    request: pytest.FixtureRequest,
-    fake_openai: FakeOpenAI,
-    fake_anthropic: FakeAnthropic,
-    fake_gemini: FakeGemini,
-    fake_replicate: FakeReplicate,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
-    if request.param == "sqlite":
-        yield request.getfixturevalue("gateway")
-        return
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    directory = tmp_path_factory.mktemp("teams-redis")
-    port = free_port()
-    config = directory / "klawd.toml"
-    providers = provider_config(
-        fake_anthropic.base_url, fake_gemini.base_url, fake_replicate.base_url
-    )
-    gateway_config(config, port, fake_openai.base_url, extra=providers, store_url=redis_server.url)
-    running = start_gateway(config, port, PROVIDER_ENV)
-    yield running
-    stop(running.process)
+@pytest.fixture(scope="module")
+def teams(gateway_on_each_store: Gateway) -> Gateway:
+    return gateway_on_each_store
 
 
 def new_account(gateway: Gateway, credits_usd: float = 100.0) -> str:

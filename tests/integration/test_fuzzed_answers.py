@@ -352,3 +352,43 @@ def test_an_answer_claiming_2_63_tokens_is_served_and_the_ledger_still_writes(
     assert rows[0]["prompt_tokens"] == 3  # the huge answer's count taken as 0, the other's 3
     log = (gateway.config.parent / "gateway.log").read_text()
     assert "reported token counts that are not counts (prompt 9223372036854775808" in log
+
+
+def embedding_answer() -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+        "model": "embed-fake",
+        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+    }
+
+
+@st.composite
+def embedding_scripts(draw: st.DrawFn) -> tuple[int, str, list[bytes]]:
+    text = encode(draw(mutated(embedding_answer())))
+    if draw(st.integers(0, 4)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    status = draw(st.sampled_from([200, 200, 200, 400, 429, 500]))
+    return status, "application/json", [text]
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(embedding_scripts())
+def test_any_embeddings_answer_gets_a_clear_answer(
+    scripted: tuple[ScriptedUpstream, Gateway],
+    client: httpx.Client,
+    script: tuple[int, str, list[bytes]],
+) -> None:
+    upstream, gateway = scripted
+    upstream.script = script
+    body = {"model": "openai/embed-fake", "input": "hi"}
+    response = client.post(f"{gateway.base_url}/v1/embeddings", json=body)
+    said = (script, response.status_code, response.text[:600])
+    assert response.status_code != 500, said
+    if response.status_code >= 400:
+        assert response.json()["error"]["type"] != "internal_error", said

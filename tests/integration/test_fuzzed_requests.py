@@ -173,3 +173,87 @@ def test_fuzzed_requests_never_get_a_failure_of_the_gateway(
     """On the embedded store, then on Redis (the admission's arguments are Lua's numbers)."""
     path, body = request
     answers_without_failing(gateway_on_each_store, fuzz_client, path, body)
+
+
+ADMIN_BASES: dict[str, dict[str, Any]] = {
+    "POST /admin/accounts": {"name": "fuzz", "plan": "free", "credits_usd": 1.5},
+    "PATCH /admin/accounts/{account}": {
+        "plan": "pro",
+        "credits_usd": 2.0,
+        "limits": {"requests_per_minute": 10, "tokens_per_minute": 1000},
+    },
+    "POST /admin/accounts/{account}/keys": {
+        "name": "k",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "budget": {"day_micros": 5, "total_micros": 50},
+        "limits": {},
+        "models": ["openai/*"],
+        "tags": {"team": "search"},
+    },
+    "PATCH /admin/keys/{key}": {"budget": {"month_micros": 7}, "models": [], "tags": {"a": "b"}},
+}
+ADMIN_FIELDS = [
+    "name",
+    "plan",
+    "credits_usd",
+    "limits",
+    "expires_at",
+    "budget",
+    "models",
+    "tags",
+    "requests_per_minute",
+]
+USAGE_QUERIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "since": st.sampled_from(["2026-01-01", "2026-13-01", "x", "", "2026-12-04"]) | TEXT,
+        "until": st.sampled_from(["2026-12-31", "1999-01-01", "2026-02-30"]) | TEXT,
+        "group_by": st.sampled_from(["key", "model", "tag:team", "tag:", "nope"]) | TEXT,
+    },
+)
+
+
+@st.composite
+def admin_requests(draw: st.DrawFn) -> tuple[str, str, bytes | None, dict[str, str]]:
+    if draw(st.integers(0, 4)) == 0:
+        return "GET", "/admin/accounts/{account}/usage", None, draw(USAGE_QUERIES)
+    route = draw(st.sampled_from(sorted(ADMIN_BASES)))
+    body = orjson.loads(orjson.dumps(ADMIN_BASES[route]))
+    for _ in range(draw(st.integers(0, 2))):
+        nested = [k for k, v in body.items() if isinstance(v, dict)]
+        target = body[draw(st.sampled_from(nested))] if nested and draw(st.booleans()) else body
+        field = draw(st.sampled_from(ADMIN_FIELDS))
+        if draw(st.integers(0, 3)) == 0:
+            target.pop(field, None)
+        else:
+            target[field] = draw(JSON)
+    method, path = route.split(" ", 1)
+    text = msgspec.json.encode(body)
+    if draw(st.integers(0, 5)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    return method, path, text, {}
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(admin_requests())
+def test_fuzzed_admin_requests_never_get_a_failure_of_the_gateway(
+    gateway_on_each_store: Gateway, request: tuple[str, str, bytes | None, dict[str, str]]
+) -> None:
+    method, path, body, query = request
+    gateway = gateway_on_each_store
+    with gateway.admin() as admin:
+        if "{account}" in path or "{key}" in path:
+            account = admin.post("/admin/accounts", json={"name": "fuzzed"}).json()["id"]
+            key = admin.post(f"/admin/accounts/{account}/keys", json={}).json()["id"]
+            path = path.format(account=account, key=key)
+        response = admin.request(method, path, content=body, params=query)
+    said = (method, path, body, query, response.status_code, response.text[:500])
+    assert response.status_code != 500, said
+    assert "Traceback" not in response.text, said
+    if response.status_code >= 400:
+        assert response.json()["error"]["type"] != "internal_error", said

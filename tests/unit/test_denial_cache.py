@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.auth import AuthContext
+from gateway.billing import TokenUsage
 from gateway.errors import RateLimited
 from gateway.limits import Admission, LimitSpec
 from gateway.metering import AccountCache, Meter
+from gateway.routing.catalog import Catalog
 from gateway.settings import load_settings
 from gateway.store.base import open_store
 from gateway.usage import UsageRecorder
@@ -75,5 +78,44 @@ async def test_a_plan_change_bypasses_the_remembered_denial(tmp_path: Path) -> N
         ticket = await meter.admit(auth, "req", "m", [], lambda _: 0)
         assert ticket.spec.requests_per_minute == 100
         assert limiter.calls == 2
+    finally:
+        await store.close()
+
+
+async def test_a_settled_entry_carries_each_field_by_name(tmp_path: Path) -> None:
+    """`Meter.settle` makes its ledger entry positionally (the cheaper call): each field is
+    the one its name says."""
+    limiter = CountingLimiter("admitted", retry_after_s=0.0)
+    meter, auth, store = await meter_with(limiter, tmp_path)
+    try:
+        ticket = await meter.admit(auth, "req_9", "m", [], lambda _: 0)
+        ticket.admission = msgspec.structs.replace(
+            ticket.admission, reserved_micros=70, key_reserved_micros=30, hold_id="h_1"
+        )
+        served = Catalog(load_settings(None), {}).get("openai/gpt-4-turbo")
+        assert served is not None
+        cost = meter.settle(ticket, served, TokenUsage(11, 13), 0, 201, True)
+        entry = meter._recorder._pending[-1]
+        assert msgspec.structs.asdict(entry) | {"id": "", "ts": 0.0, "latency_ms": 0} == {
+            "id": "",
+            "ts": 0.0,
+            "day": ticket.day,
+            "account_id": auth.account_id,
+            "key_id": "key_1",
+            "model": "openai/gpt-4-turbo",
+            "provider": served.model.provider,
+            "prompt_tokens": 11,
+            "completion_tokens": 13,
+            "images": 0,
+            "cost_micros": cost,
+            "reserved_micros": 70,
+            "latency_ms": 0,
+            "status": 201,
+            "request_id": "req_9",
+            "stream": True,
+            "key_reserved_micros": 30,
+            "hold_id": "h_1",
+        }
+        assert entry.id.startswith("u") and entry.ts >= ticket.started >= 0 < cost
     finally:
         await store.close()

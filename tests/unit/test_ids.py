@@ -57,7 +57,9 @@ def test_threads_never_share_an_id() -> None:
 
     def take(into: list[str]) -> None:
         for _ in range(SLOTS * 3):
-            into.append(source.token_hex(4))
+            # whole slots: two threads reading one slot give equal ids, two random 4-byte ids
+            # are equal by chance once in ~230 runs of this test (6,144 ids)
+            into.append(source.token_hex(16))
 
     threads = [threading.Thread(target=take, args=(into,)) for into in made]
     for thread in threads:

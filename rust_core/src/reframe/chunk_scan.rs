@@ -328,27 +328,10 @@ mod tests {
         /// chunk, and both reframers write the same bytes.
         #[test]
         fn the_scan_never_reads_a_chunk_otherwise_than_the_typed_view(
-            edits in proptest::collection::vec(
-                (0usize..6, any::<usize>(), prop::sample::select(
-                    b"{}[]\",:\\ \t0123456789.eE+-unltrfasbxd\x01\xc3".to_vec()
-                ), 0u8..3),
-                1..8,
-            ),
+            edits in crate::reframe::stream_edits::edits(6),
         ) {
-            let mut events: Vec<Vec<u8>> = seeds().into_iter().map(String::into_bytes).collect();
-            for (seed, at, byte, how) in edits {
-                let bytes = &mut events[seed];
-                let at = at % (bytes.len() + 1);
-                match how {
-                    0 if at < bytes.len() => bytes[at] = byte,
-                    1 => bytes.insert(at, byte),
-                    _ if at < bytes.len() => { bytes.remove(at); }
-                    _ => {}
-                }
-            }
-            let events: Vec<String> = events
+            let events: Vec<String> = crate::reframe::stream_edits::edited(seeds(), edits)
                 .into_iter()
-                .filter_map(|b| String::from_utf8(b).ok())
                 .filter(|e| !e.contains(['\r', '\n']))
                 .collect();
             for data in &events {

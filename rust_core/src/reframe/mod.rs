@@ -14,6 +14,8 @@ mod gemini;
 mod gemini_scan;
 mod openai;
 mod openai_scan;
+#[cfg(test)]
+mod stream_edits;
 mod to_anthropic;
 mod to_responses;
 

@@ -1,4 +1,4 @@
-//! The scans' differential proptests (anthropic_scan, gemini_scan, bedrock_scan, chunk_scan):
+//! The scans' differential proptests (`anthropic_scan`, `gemini_scan`, `bedrock_scan`, `chunk_scan`):
 //! one stream's events with bytes changed, inserted or removed anywhere, JSON's own characters
 //! among them.
 

@@ -465,14 +465,14 @@ class Meter:
         if not ticket.spec.tokens_per_minute or usage.total_tokens <= 0:
             return  # nothing to charge (the limiters' own early return, without their call)
         if not usage.in_bounds():
-            usage = counted(usage, ticket.request_id)
+            usage = usage.bounded()  # (said once, by `settle`, which gets the same usage)
         await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)
 
 
 def counted(usage: TokenUsage, served: str) -> TokenUsage:
     """An upstream's usage with a count that is not one (negative, or past
     `billing.MAX_TOKEN_COUNT`) made 0, and said: the upstream reports nonsense. `served`: the
-    model, or the request's id."""
+    model."""
     log.warning(
         "the upstream (%s) reported token counts that are not counts (prompt %d, completion %d, "
         "cached %d, cache write %d): counted as 0",

@@ -2,11 +2,12 @@
 
 A gateway whose store stays unreachable through its shutdown writes each entry it still holds
 to its log as an `unsettled usage entry {json}` line (gateway/usage.py). This command reads
-those lines (from log files, or `-` for standard input: `kubectl logs … | klawd usage replay -`)
-and settles the entries as the gateway would have: the ledger, the balances, the keys' spend,
-their holds on Redis, and the budget and credit threshold events (queued in the store, delivered
-by a running gateway). Replaying is idempotent: the store skips an entry whose id is already in
-the ledger, so a log can be replayed twice, or again after a run that failed halfway.
+those lines (from log files, or `-` for standard input: `kubectl logs … | klawd usage replay -`),
+raw or wrapped by a log shipper as JSON records, and settles the entries as the gateway would
+have: the ledger, the balances, the keys' spend, their holds on Redis, and the budget and credit
+threshold events (queued in the store, delivered by a running gateway). Replaying is idempotent:
+the store skips an entry whose id is already in the ledger, so a log can be replayed twice, or
+again after a run that failed halfway.
 """
 
 from __future__ import annotations
@@ -45,15 +46,48 @@ def entries_in(named_lines: Iterable[tuple[str, Iterable[str]]]) -> Found:
             at = line.find(MARKER)
             if at < 0:
                 continue
-            try:
-                entry = _decoder.decode(line[at + len(MARKER) :].strip())
-            except msgspec.DecodeError:  # (a ValidationError is one)
+            entry = _entry_after_marker(line, at)
+            if entry is None:
                 found.unreadable.append(f"{name}:{number}")
                 continue
             if entry.id not in seen:
                 seen.add(entry.id)
                 found.entries.append(entry)
     return found
+
+
+def _entry_after_marker(line: str, at: int) -> UsageEntry | None:
+    """The entry of a marked line: the raw log line, or the same line wrapped by a log shipper as
+    a JSON record (Docker's json-file `{"log": "…"}`, Fluent Bit, Loki exports), where the entry's
+    quotes are escaped and the record goes on after it."""
+    try:
+        return _decoder.decode(line[at + len(MARKER) :].strip())
+    except msgspec.DecodeError:  # (a ValidationError is one)
+        pass
+    try:
+        record = msgspec.json.decode(line.strip())
+    except msgspec.DecodeError:
+        return None
+    for text in _strings(record):
+        inner = text.find(MARKER)
+        if inner >= 0:
+            try:
+                return _decoder.decode(text[inner + len(MARKER) :].strip())
+            except msgspec.DecodeError:
+                return None
+    return None
+
+
+def _strings(value: object, depth: int = 0) -> Iterator[str]:
+    """The strings of a decoded JSON record (a shipper may nest the line a few levels down)."""
+    if isinstance(value, str):
+        yield value
+    elif depth < 8 and isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item, depth + 1)
+    elif depth < 8 and isinstance(value, list):
+        for item in value:
+            yield from _strings(item, depth + 1)
 
 
 async def replay(store: Store, entries: list[UsageEntry]) -> None:

@@ -131,6 +131,35 @@ def test_an_unreadable_line_is_named_and_the_others_are_settled(tmp_path: Path) 
     assert ok(config, "accounts", "show", account)["credits_usd"] == 0.9
 
 
+def test_lines_wrapped_by_a_log_shipper_are_read(tmp_path: Path) -> None:
+    """Docker's json-file driver (`{"log": "<line>\\n", ...}`) and a shipper that nests the line
+    (Fluent Bit / Loki exports) escape the entry's quotes: the entry inside is still settled."""
+    config = tmp_path / "klawd.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/replay.db"\n')
+    account = ok(config, "accounts", "create", "--name", "shipped", "--credits-usd", "1")["id"]
+    raw = tmp_path / "gateway.log"
+    shutdown_log(raw, [entry(account, 1, 100_000), entry(account, 2, 20_000)])
+    first, second = (line for line in raw.read_text().splitlines() if "unsettled" in line)
+    shipped = tmp_path / "shipped.log"
+    shipped.write_bytes(
+        orjson.dumps({"log": first + "\n", "stream": "stderr", "time": "2026-12-05T01:00:00Z"})
+        + b"\n"
+        + orjson.dumps({"kubernetes": {"pod": "gw-0"}, "data": [{"message": second}]})
+        + b"\n"
+        + orjson.dumps({"log": "2026-12-05 INFO klawd.app started\n"})
+        + b"\n"
+    )
+    assert '\\"id\\"' in shipped.read_text()  # the quotes really are escaped
+    assert ok(config, "usage", "replay", str(shipped)) == {"entries": 2, "unreadable_lines": []}
+    assert ok(config, "accounts", "show", account)["credits_usd"] == 0.88
+    # A wrapped line whose entry was cut is named, as a raw one is.
+    cut = tmp_path / "cut.log"
+    cut.write_bytes(orjson.dumps({"log": first[: first.index('"ts"')]}) + b"\n")
+    done = klawd(config, "usage", "replay", str(cut))
+    assert done.returncode == 1
+    assert orjson.loads(done.stdout) == {"entries": 0, "unreadable_lines": [f"{cut}:1"]}
+
+
 def test_on_redis_a_replayed_entry_takes_its_hold_with_it(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -226,6 +226,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 await asyncio.to_thread(tracing.close)
             observer.metrics.buffer.flush()
             worker_exited(os.getpid())
+            if state.streams.orphaned:
+                drain.remove_leftovers(os.getpid())
 
     starlette = Starlette(
         routes=routes(),

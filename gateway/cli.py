@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from gateway import __version__, accounts, cli_keys, cli_usage, cli_webhooks, supervisor
-from gateway.drain import DRAIN_FILE_ENV, SUPERVISOR_PID_ENV
+from gateway.drain import DRAIN_DIR_PREFIX, DRAIN_FILE_ENV, METRICS_DIR_PREFIX, SUPERVISOR_PID_ENV
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
 from gateway.store.base import Store, StoreError, open_store, sqlite_path
@@ -136,7 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if settings.server.metrics_port is not None:
         sys.stdout.write(f"Metrics on http://{host}:{settings.server.metrics_port}/metrics\n")
-    drain_dir = Path(tempfile.mkdtemp(prefix="klawd-drain-"))
+    drain_dir = Path(tempfile.mkdtemp(prefix=DRAIN_DIR_PREFIX))
     drain_file = drain_dir / "signalled"
     os.environ[DRAIN_FILE_ENV] = str(drain_file)  # inherited by Granian's workers
     os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the supervisor's: `exec` keeps it
@@ -177,7 +177,6 @@ def raise_open_files_limit(max_in_flight: int) -> tuple[int, int]:
     return soft, needed
 
 
-METRICS_DIR_PREFIX = "klawd-metrics-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not imported from gateway.metrics: see below
 
 

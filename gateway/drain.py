@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ log = logging.getLogger("klawd")
 
 DRAIN_FILE_ENV = "KLAWD_DRAIN_FILE"
 SUPERVISOR_PID_ENV = "KLAWD_SUPERVISOR_PID"  # the supervising process, the workers' parent
+# `klawd serve`'s temporary directories (gateway/cli.py): the drain file's, and the metrics
+# files' when $PROMETHEUS_MULTIPROC_DIR was not given.
+DRAIN_DIR_PREFIX = "klawd-drain-"
+METRICS_DIR_PREFIX = "klawd-metrics-"
 DRAIN = "klawd-drain"  # the cancel message that tells a stream it is ended by the drain
 DRAIN_MARGIN_S = 1.0
 WATCH_INTERVAL_S = 0.25
@@ -40,11 +45,12 @@ class OpenStreams(set[asyncio.Task[Any]]):
     (one loop timer for all of them: gateway/timer_wheel.py). A set itself: every stream adds
     and discards its task, and the set's own methods are C calls (no Python frame)."""
 
-    __slots__ = ("_keepalives",)
+    __slots__ = ("_keepalives", "orphaned")
 
     def __init__(self) -> None:
         super().__init__()
         self._keepalives: TimerWheel | None = None
+        self.orphaned = False  # the supervising process died: this worker stops by itself
 
     def keepalives(self) -> TimerWheel:
         """The wheel, made on the app's loop by its first stream (`wheel.loop` is that loop:
@@ -101,6 +107,7 @@ async def watch(
         except (OSError, ValueError):
             if supervisor is not None and os.getppid() != supervisor:
                 signalled_at = orphaned(path, supervisor)
+                streams.orphaned = True
                 break
             await asyncio.sleep(WATCH_INTERVAL_S)
     await asyncio.sleep(max(0.0, drain_deadline(signalled_at, grace_s) - time.time()))
@@ -121,3 +128,23 @@ def orphaned(path: Path, supervisor: int) -> float:
     announce(path, now)
     os.kill(os.getpid(), signal.SIGTERM)
     return now
+
+
+def remove_leftovers(pid: int) -> None:
+    """An orphaned worker at its exit: the supervisor that would have removed `klawd serve`'s
+    temporary directories is gone. Removes this worker's metrics files; the last worker out
+    (the metrics directory is empty then, `rmdir` succeeds once) removes both directories. A
+    metrics directory the operator named is left, with the other workers' files in it."""
+    metrics = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # gateway.cli's MULTIPROC_ENV
+    if metrics:
+        for own in Path(metrics).glob(f"*_{pid}.db"):  # prometheus-client's files: TYPE_PID.db
+            with contextlib.suppress(OSError):
+                own.unlink()
+        if Path(metrics).name.startswith(METRICS_DIR_PREFIX):
+            try:
+                os.rmdir(metrics)
+            except OSError:
+                return  # another worker's files are still there: it is not the last out
+    named = os.environ.get(DRAIN_FILE_ENV)
+    if named and Path(named).parent.name.startswith(DRAIN_DIR_PREFIX):
+        shutil.rmtree(Path(named).parent, ignore_errors=True)

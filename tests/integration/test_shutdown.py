@@ -111,6 +111,8 @@ def test_a_worker_whose_supervisor_was_killed_drains_and_stops(
         with paused_stream(gateway) as reads:
             assert next(reads).startswith(b"data: {")
             (worker,) = children(gateway.process.pid)
+            made = _temporary_dirs(worker)
+            assert made and all(directory.is_dir() for directory in made)
             gateway.process.kill()
             gateway.process.wait(timeout=10)
             rest = b"".join(reads)  # ends when the orphaned worker ends the stream
@@ -134,6 +136,21 @@ def test_a_worker_whose_supervisor_was_killed_drains_and_stops(
     assert row == (503,)
     log = (tmp_path / "gateway.log").read_text()
     assert "the supervising process (PID" in log and "is gone" in log
+    left = [directory for directory in made if directory.exists()]
+    assert not left, "the supervisor's temporary directories were left behind"
+
+
+def _temporary_dirs(pid: int) -> list[Path]:
+    """The directories `klawd serve` made for its workers (the drain file's, the metrics
+    files'), read from the worker's environment."""
+    environ = dict(
+        entry.split(b"=", 1)
+        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if b"=" in entry
+    )
+    drain = Path(environ[b"KLAWD_DRAIN_FILE"].decode()).parent
+    metrics = Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+    return [drain, metrics]
 
 
 def _state(pid: int) -> str:

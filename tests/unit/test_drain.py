@@ -6,7 +6,19 @@ import asyncio
 import time
 from pathlib import Path
 
-from gateway.drain import DRAIN_MARGIN_S, OpenStreams, announce, drain_deadline, is_drain
+import pytest
+
+from gateway.drain import (
+    DRAIN_DIR_PREFIX,
+    DRAIN_FILE_ENV,
+    DRAIN_MARGIN_S,
+    METRICS_DIR_PREFIX,
+    OpenStreams,
+    announce,
+    drain_deadline,
+    is_drain,
+    remove_leftovers,
+)
 
 
 def test_the_deadline_keeps_a_margin_before_the_kill() -> None:
@@ -41,3 +53,44 @@ def test_the_watcher_ends_open_streams_once_the_supervisor_announced_the_drain(
     untouched, ended_by_drain = asyncio.run(main())
     assert untouched
     assert ended_by_drain
+
+
+def _serve_dirs(tmp_path: Path, metrics_name: str) -> tuple[Path, Path]:
+    drain_dir = tmp_path / f"{DRAIN_DIR_PREFIX}x1"
+    drain_dir.mkdir()
+    (drain_dir / "signalled").write_text("1.0")
+    metrics = tmp_path / metrics_name
+    metrics.mkdir()
+    for pid in (101, 102):
+        for kind in ("counter", "histogram", "gauge_livesum"):
+            (metrics / f"{kind}_{pid}.db").write_bytes(b"x")
+    return drain_dir, metrics
+
+
+def test_the_last_orphaned_worker_out_removes_the_serves_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drain_dir, metrics = _serve_dirs(tmp_path, f"{METRICS_DIR_PREFIX}x1")
+    monkeypatch.setenv(DRAIN_FILE_ENV, str(drain_dir / "signalled"))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics))
+    remove_leftovers(101)
+    assert sorted(p.name for p in metrics.iterdir()) == [
+        "counter_102.db",
+        "gauge_livesum_102.db",
+        "histogram_102.db",
+    ]
+    assert (drain_dir / "signalled").exists(), "another worker still runs"
+    remove_leftovers(102)
+    assert not metrics.exists() and not drain_dir.exists()
+
+
+def test_a_metrics_directory_the_operator_named_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drain_dir, metrics = _serve_dirs(tmp_path, "operators-metrics")
+    monkeypatch.setenv(DRAIN_FILE_ENV, str(drain_dir / "signalled"))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics))
+    remove_leftovers(101)
+    assert sorted(p.name for p in metrics.iterdir())[0] == "counter_102.db"
+    assert len(list(metrics.iterdir())) == 3
+    assert not drain_dir.exists()  # the other worker sees its parent gone without the file

@@ -86,6 +86,13 @@ class Health:
         if circuit is not None and circuit.state == "half_open":
             circuit.probing = True
 
+    def release(self, model: str) -> None:
+        """The claimed probe ended with no outcome for the deployment (the upstream refused the
+        request itself, or the client went away): the next call probes instead."""
+        circuit = self._circuits.get(model)
+        if circuit is not None and circuit.state == "half_open":
+            circuit.probing = False
+
     def reopens_in(self, model: str) -> float:
         circuit = self._circuits.get(model)
         if circuit is None or circuit.state != "open":

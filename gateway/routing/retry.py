@@ -324,6 +324,8 @@ class Retrier:
                         failure = exc.type if isinstance(exc, GatewayError) else type(exc).__name__
                         self._end_span(record, span, failure)
                     self.release(deployment, tokens, 0)
+                    if not health.all_closed:
+                        health.release(key)  # a probe that told nothing: the next one probes
                     raise
                 if span is not None and tracing is not None and record is not None:
                     tracing.end_attempt(record, span, None)  # inline: the served attempt's

@@ -3,6 +3,7 @@ sleep and random source. No sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -237,3 +238,30 @@ async def test_a_half_open_circuit_s_probe_is_claimed_only_for_an_admitted_reque
         GATE.reset(token)
     assert calls == []
     assert health.can_serve(key), "the probe is still free for the next request"
+
+
+@pytest.mark.parametrize(
+    "ended", [InvalidRequest("context too long"), asyncio.CancelledError()], ids=["400", "cancel"]
+)
+async def test_a_probe_that_ends_without_an_outcome_frees_the_half_open_circuit(
+    ended: BaseException,
+) -> None:
+    """The probe's request got a client error from the upstream (not the deployment's failure)
+    or its client went away: nothing says whether the deployment is back, so the next request
+    probes. Before, the probe stayed claimed and the model answered 503 (circuit open) until
+    the process restarted."""
+    clock = Clock()
+    health = Health(min_failures=1, window=2, cool_down_s=30, clock=clock)
+    key = SONNET.deployments[0].key
+    health.record(key, ok=False, latency_s=0.1)
+    clock.now += 31  # half-open: one probe may go
+
+    async def attempt(target: CatalogEntry) -> str:
+        raise ended
+
+    with pytest.raises(type(ended)):
+        await retrier(clock, health).call_targets([SONNET], attempt)
+    assert health.can_serve(key), "the probe is free for the next request"
+    _, served = script("ok")
+    result, _, _ = await retrier(clock, health).call_targets([SONNET], served)  # type: ignore[arg-type]
+    assert result == "ok" and health.view()[0].state == "closed"

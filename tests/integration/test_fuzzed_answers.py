@@ -46,10 +46,12 @@ UNLIMITED = {"requests_per_minute": 1_000_000, "requests_per_day": 10_000_000}
 
 class ScriptedUpstream:
     """Answers every POST with the script of the moment: a status, a content type and the body's
-    pieces (each written and drained on its own: a chunk of its own on the wire)."""
+    pieces (each written and drained on its own: a chunk of its own on the wire); every GET
+    with `get_scripts`' script for the longest path prefix that matches (a 404 if none)."""
 
     def __init__(self) -> None:
         self.script: tuple[int, str, list[bytes]] = (200, "application/json", [b"{}"])
+        self.get_scripts: dict[str, tuple[int, str, list[bytes]]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -62,6 +64,7 @@ class ScriptedUpstream:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_route("POST", "/{tail:.*}", self._answer)
+        app.router.add_route("GET", "/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -70,7 +73,12 @@ class ScriptedUpstream:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         await request.read()
-        status, content_type, pieces = self.script
+        if request.method == "POST":
+            status, content_type, pieces = self.script
+        else:
+            found = [p for p in self.get_scripts if request.path.startswith(p)]
+            script = self.get_scripts[max(found, key=len)] if found else None
+            status, content_type, pieces = script or (404, "text/plain", [b"not found"])
         response = web.StreamResponse(status=status, headers={"content-type": content_type})
         await response.prepare(request)
         for piece in pieces:

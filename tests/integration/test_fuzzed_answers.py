@@ -295,6 +295,41 @@ def client(scripted: tuple[ScriptedUpstream, Gateway]) -> Iterator[httpx.Client]
         yield made
 
 
+def each_model_serves(
+    upstream: ScriptedUpstream, gateway: Gateway, answers: dict[str, bytes], route: str
+) -> None:
+    """Each model, given its plain answer (`answers`: model id -> body), serves it: before the
+    fuzz, that its scripts reach the model; after it, that nothing the examples did stays
+    stuck (a circuit's probe, a rest, a counter). Past the longest rest first: an upstream 429
+    without a Retry-After rests its deployment a second, an open circuit 0.01 s."""
+    time.sleep(1.1)
+    key = gateway.new_key(credits_usd=10.0, limits=UNLIMITED)
+    for model, answer in answers.items():
+        upstream.script = (200, "application/json", [answer])
+        body: dict[str, Any] = {"model": model}
+        if route == "/v1/chat/completions":
+            body["messages"] = [{"role": "user", "content": "hi"}]
+        elif route == "/v1/embeddings":
+            body["input"] = "hi"
+        else:
+            body |= {"prompt": "a cat", "response_format": "url"}
+        served = httpx.post(
+            f"{gateway.base_url}{route}",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert served.status_code == 200, (model, served.text)
+
+
+def plain_chat_answers() -> dict[str, bytes]:
+    return {model: encode(answer()) for model, answer, _ in PROVIDERS.values()}
+
+
+def test_each_model_serves_before_the_fuzz(scripted: tuple[ScriptedUpstream, Gateway]) -> None:
+    each_model_serves(*scripted, plain_chat_answers(), "/v1/chat/completions")
+
+
 @settings(
     max_examples=600,
     deadline=None,
@@ -400,3 +435,11 @@ def test_any_embeddings_answer_gets_a_clear_answer(
     assert response.status_code != 500, said
     if response.status_code >= 400:
         assert response.json()["error"]["type"] != "internal_error", said
+
+
+def test_each_model_still_serves_after_the_fuzz(
+    scripted: tuple[ScriptedUpstream, Gateway],
+) -> None:
+    each_model_serves(*scripted, plain_chat_answers(), "/v1/chat/completions")
+    answer = {"openai/embed-fake": encode(embedding_answer())}
+    each_model_serves(*scripted, answer, "/v1/embeddings")

@@ -28,6 +28,7 @@ from tests.integration.test_fuzzed_answers import (
     ScriptedUpstream,
     anthropic_answer,
     anthropic_events,
+    each_model_serves,
     encode,
     gemini_answer,
     gemini_events,
@@ -190,26 +191,17 @@ def assert_clear(response: httpx.Response, whole: bytes, stream: bool, said: Any
         assert b'"internal_error"' not in whole, said
 
 
+def plain_cloud_answers() -> dict[str, bytes]:
+    return {
+        model: encode(bedrock_answer() if wire == "bedrock" else SHAPES[wire][0]())
+        for model, wire in CLOUD_MODELS.items()
+    }
+
+
 def test_the_scripts_really_reach_each_cloud(scripted: tuple[ScriptedUpstream, Gateway]) -> None:
     """The fuzz is only worth something if its scripts are what the gateway reads: an unmutated
-    answer of each wire is served whole (a wrong path or a missing token would fail here)."""
-    upstream, gateway = scripted
-    key = gateway.new_key(credits_usd=10.0, limits=UNLIMITED)
-    for model, wire in CLOUD_MODELS.items():
-        if wire == "bedrock":
-            answer = encode(bedrock_answer())
-        else:
-            answer = encode(SHAPES[wire][0]())
-        upstream.script = (200, "application/json", [answer])
-        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-        served = httpx.post(
-            f"{gateway.base_url}/v1/chat/completions",
-            json=body,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=10,
-        )
-        assert served.status_code == 200, (model, served.text)
-        assert served.json()["choices"][0]["message"]["content"], (model, served.text)
+    answer of each wire is served (a wrong path or a missing token would fail here)."""
+    each_model_serves(*scripted, plain_cloud_answers(), "/v1/chat/completions")
 
 
 FUZZ = settings(
@@ -318,3 +310,14 @@ def test_any_replicate_prediction_gets_a_clear_answer(
         images = response.json()["data"]
         assert 1 <= len(images) <= n, said
         assert all(set(image) <= {"url", "b64_json", "revised_prompt"} for image in images), said
+
+
+def test_each_model_still_serves_after_the_fuzz(
+    scripted: tuple[ScriptedUpstream, Gateway],
+) -> None:
+    upstream, gateway = scripted
+    each_model_serves(upstream, gateway, plain_cloud_answers(), "/v1/chat/completions")
+    origin = f"http://127.0.0.1:{upstream.port}"
+    upstream.get_scripts = {"/files/": (200, "image/png", [b"\x89PNG\r\n\x1a\nfake"])}
+    created = {"replicate-deadline/never": encode(prediction(origin, "succeeded"))}
+    each_model_serves(upstream, gateway, created, "/v1/images/generations")

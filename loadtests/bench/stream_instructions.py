@@ -10,12 +10,23 @@ not a timing, but the app's timer-driven work (ledger batches, the metrics flush
 wall time, which valgrind stretches: read whole-app figures as about ±50K. `--tree DIR`:
 another checkout's `gateway` package (with its built `_core`), as stream_cost's. Each run takes
 a few minutes (bounded by a timeout).
+
+`--request-path`: only the stream's own work, repeatably (trace_share's `--request-path` method):
+callgrind starts with collection off and counts inside `operator.call` alone, through which, in
+the measured rounds, every step of each stream's ASGI coroutine (`trace_share.Steps`) and every
+`data_received` of the upstream connections (httptools' parse of the answer, its HTTP chunks)
+run. Start-up, the warm-up, timers and other callbacks of the event loop (the ledger's batches,
+the metrics flush), the other threads and valgrind's slowness are left out; one run of 3 x 4
+rounds of 64 streams, the count divided by its 768 streams. `--profile FILE` keeps callgrind's
+file (`callgrind_annotate --inclusive=yes FILE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import operator
 import re
 import subprocess
 import sys
@@ -24,20 +35,41 @@ from typing import Any
 
 ROUNDS = (2, 8)  # measured rounds per CPU run of stream_cost (which makes three runs)
 STREAMS_APART = 3 * (ROUNDS[1] - ROUNDS[0]) * 64
+PATH_ROUNDS = 4  # --request-path: measured rounds per CPU run
+PATH_STREAMS = 3 * PATH_ROUNDS * 64
 TIMEOUT_S = 1800
 
 
-def child(scenario: str, rounds: int, tree: str | None) -> None:
-    """Under valgrind: stream_cost's driver, `rounds` measured rounds per run, nothing else."""
+def child(scenario: str, rounds: int, tree: str | None, request_path: bool = False) -> None:
+    """Under valgrind: stream_cost's driver, `rounds` measured rounds per run, nothing else
+    (`request_path`: those rounds' streams counted through `operator.call`)."""
     sys.argv = ["stream_cost", "--scenarios", scenario, "--open", "0", "--streams", "64"]
     if tree:
         sys.argv += ["--tree", tree]  # stream_cost puts the tree first on the path when imported
     from loadtests.bench import stream_cost
+    from loadtests.bench.trace_share import Counted
+
+    # (imported after stream_cost, which put `tree` first on the path)
+    http_client = importlib.import_module("gateway.providers.http_client")
+    received = http_client._Connection.data_received
+
+    def counted_received(conn: Any, data: bytes) -> None:
+        operator.call(received, conn, data)
 
     async def streams(driver: Any, name: str, _: int) -> float:
         model = stream_cost.gateway_model(name)
-        for _ in range(2 + rounds):
+        for _ in range(2):
             await asyncio.gather(*(driver.stream(model) for _ in range(64)))
+        app = driver.harness.app
+        if request_path:
+            driver.harness.app = Counted(app)
+            http_client._Connection.data_received = counted_received
+        try:
+            for _ in range(rounds):
+                await asyncio.gather(*(driver.stream(model) for _ in range(64)))
+        finally:
+            driver.harness.app = app
+            http_client._Connection.data_received = received
         return 0.0
 
     stream_cost.reframer_per_stream = lambda repetitions=0: 0.0  # not this count's
@@ -45,17 +77,30 @@ def child(scenario: str, rounds: int, tree: str | None) -> None:
     stream_cost.main()
 
 
-def instructions(scenario: str, rounds: int, tree: str | None) -> int:
+def instructions(
+    scenario: str,
+    rounds: int,
+    tree: str | None,
+    request_path: bool = False,
+    profile: str | None = None,
+) -> int:
+    """`profile`: callgrind's output file kept there (for `callgrind_annotate`)."""
     with tempfile.TemporaryDirectory(prefix="klawd-stream-instr-") as tmp:
-        command = [
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
+        out = profile or f"{tmp}/callgrind.out"
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        if request_path:
+            command += ["--collect-atstart=no", "--toggle-collect=_operator_call"]
+        command += [
             sys.executable, "-m", "loadtests.bench.stream_instructions",
             "--child", str(rounds), "--scenario", scenario,
         ]  # fmt: skip
         if tree:
             command += ["--tree", tree]
+        if request_path:
+            command += ["--request-path"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
-    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    pattern = r"Collected\s*:\s*(\d+)" if request_path else r"I\s+refs:\s+([\d,]+)"
+    found = re.search(pattern, done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"callgrind run failed:\n{done.stderr[-2000:]}")
     return int(found.group(1).replace(",", ""))
@@ -65,10 +110,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="sse", help="sse, event, lines, ...")
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
+    parser.add_argument(
+        "--request-path", action="store_true", help="count the streams' own steps only"
+    )
+    parser.add_argument("--profile", help="with --request-path: keep callgrind's file there")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.scenario, args.child, args.tree)
+        child(args.scenario, args.child, args.tree, args.request_path)
+        return
+    if args.request_path:
+        counted = instructions(args.scenario, PATH_ROUNDS, args.tree, True, args.profile)
+        print(
+            f"{args.scenario}: {counted / PATH_STREAMS / 1000:.1f}K instructions per stream on "
+            f"the request path ({counted:,} over {PATH_STREAMS} streams)"
+        )
         return
     few, many = (instructions(args.scenario, rounds, args.tree) for rounds in ROUNDS)
     print(

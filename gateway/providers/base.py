@@ -429,9 +429,25 @@ class HttpProvider:
                 f"The upstream provider '{self.name}' answered with invalid JSON."
             ) from exc
 
+    def _inline_image_b64(self, url: str) -> str:
+        header, comma, data = url.partition(",")
+        if comma and header.endswith(";base64") and len(data) <= MAX_IMAGE_BYTES * 4 // 3 + 4:
+            try:
+                base64.b64decode(data, validate=True)
+                return data
+            except ValueError:  # (binascii.Error is one)
+                pass
+        raise BadGateway(
+            f"The upstream provider '{self.name}' answered an inline image that is not "
+            f"base64 of at most {MAX_IMAGE_BYTES} bytes."
+        )
+
     async def download_b64(self, url: str) -> str:
         """Fetches a generated image (an upstream output URL, redirects followed) and
-        base64-encodes its bytes."""
+        base64-encodes its bytes. An image given inline (`data:<mime>;base64,<data>`, as
+        Replicate's sync mode can answer) is its own base64, checked."""
+        if url.startswith("data:"):
+            return self._inline_image_b64(url)
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 response = await self._get_following_redirects(url)

@@ -10,8 +10,9 @@ Input mapping (OpenAI Images → the model's input) follows each model's publish
 models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: their size rules, and `n` > 1 as
 group generation, `max_images: n`); any other model gets the generic mapping: `prompt`;
 `size` "WxH" → `width` and `height`; `n` > 1 → `num_outputs`. A request a model cannot
-honour is a 400 naming the parameter. The output (a URL or a list of URLs) becomes `data[].url`;
-`response_format: b64_json` makes the gateway download each image and base64-encode it.
+honour is a 400 naming the parameter. The output (a URL or a list of URLs, none empty: an empty
+output is a 502) becomes `data[].url`; `response_format: b64_json` makes the gateway download
+each image and base64-encode it (an inline `data:…;base64,` output is its own base64).
 
 Image generation is not idempotent: nothing here retries; the caller retries only
 `UpstreamUnreachable` from the create call (the request never reached Replicate). A connect
@@ -114,11 +115,11 @@ def prediction_input(model: str, request: ImageRequest) -> dict[str, Any]:
 
 
 def output_urls(output: Any) -> list[str]:
-    """A prediction's output (one URL or a list of URLs) as a list of URLs."""
-    if isinstance(output, str):
-        return [output]
-    if isinstance(output, list) and all(isinstance(item, str) for item in output):
-        return list(output)
+    """A prediction's output (one URL or a list of URLs; in sync mode Replicate has answered
+    `data:` URIs too) as a list of URLs: at least one, none empty."""
+    urls = [output] if isinstance(output, str) else output
+    if isinstance(urls, list) and urls and all(isinstance(u, str) and u for u in urls):
+        return list(urls)
     raise BadGateway("The image model answered without image URLs.")
 
 

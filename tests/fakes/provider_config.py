@@ -53,7 +53,17 @@ GEMINI_MODELS = [
 FAILING_SUFFIXES = ["", "~stream", "~retry", "~msg", "~msgstream", "~again"]
 ANTHROPIC_FAILING = [m for m in ANTHROPIC_MODELS if m not in ("claude-fake", "claude-tools")]
 GEMINI_FAILING = [m for m in GEMINI_MODELS if m not in ("gemini-fake", "gemini-tools")]
-REPLICATE_MODELS = ["instant", "single", "slow", "fails", "canceled", "rate-limited", "invalid"]
+REPLICATE_MODELS = [
+    "instant",
+    "single",
+    "inline",
+    "empty",
+    "slow",
+    "fails",
+    "canceled",
+    "rate-limited",
+    "invalid",
+]
 IMAGE_PRICE_USD = 0.02
 
 

@@ -13,6 +13,10 @@ Behaviour is chosen by the model name:
 
     instant     succeeded within the create call; output: a list of n URLs (`num_outputs`)
     single      succeeded at once; output: one URL string
+    inline      as instant, the images inline: `data:image/png;base64,…` URIs (what the sync API
+                answered files as when it came out, Replicate's changelog of 2024-10-09; the
+                official SDK reads both)
+    empty       succeeded at once with an empty output list
     slow        create answers `starting`; polls answer processing, processing, then succeeded
     fails       create answers starting; the poll answers failed with an error message
     canceled    create answers starting; the poll answers canceled
@@ -27,6 +31,7 @@ Behaviour is chosen by the model name:
 
 from __future__ import annotations
 
+import base64
 import itertools
 from typing import Any
 
@@ -148,7 +153,12 @@ class FakeReplicate(ThreadedServer):
 
     def _succeed(self, prediction: dict[str, Any], single: bool = False) -> None:
         count = output_count(prediction["input"])
+        name = prediction["model"].split("/", 1)[1]
         urls = [f"{self.origin}/files/{prediction['id']}/out-{i}.png" for i in range(count)]
+        if name == "inline":
+            urls = [f"data:image/png;base64,{base64.b64encode(PNG_1X1).decode()}"] * count
+        elif name == "empty":
+            urls = []
         prediction |= {
             "status": "succeeded",
             "output": urls[0] if single else urls,
@@ -197,7 +207,8 @@ class FakeReplicate(ThreadedServer):
         self.predictions[prediction_id] = prediction
         self.polls[prediction_id] = 0
         waits = request.headers.get("prefer", "").startswith("wait")
-        if (name in ("instant", "single") or name.startswith("seedream")) and waits:
+        at_once = name in ("instant", "single", "inline", "empty") or name.startswith("seedream")
+        if at_once and waits:
             self._succeed(prediction, single=name == "single")
         # Otherwise the Prefer-wait window passed: the API answers `starting` even while the
         # prediction is processing (so the SDKs poll).

@@ -24,7 +24,14 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.conftest import (
+    UPSTREAM_KEY,
+    Gateway,
+    free_port,
+    gateway_config,
+    start_gateway,
+    stop,
+)
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 
 COUNT = st.integers(0, 50) | st.sampled_from([-1, 2**63, 2**70]) | st.floats(0, 1e20)
@@ -40,6 +47,16 @@ JSON = st.recursive(
     max_leaves=6,
 )
 
+UPSTREAM_SECRETS = [secret.encode() for secret in [UPSTREAM_KEY, *PROVIDER_ENV.values()]]
+ECHO = b"{{credentials}}"
+CREDENTIAL_HEADERS = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "x-amz-security-token",
+]
+MESSAGES = st.sampled_from(["no", "Incorrect API key provided: {{credentials}}"])
 # Past what the examples ask for in a run: every one reaches the provider, none is a 429.
 UNLIMITED = {"requests_per_minute": 1_000_000, "requests_per_day": 10_000_000}
 
@@ -47,7 +64,9 @@ UNLIMITED = {"requests_per_minute": 1_000_000, "requests_per_day": 10_000_000}
 class ScriptedUpstream:
     """Answers every POST with the script of the moment: a status, a content type and the body's
     pieces (each written and drained on its own: a chunk of its own on the wire); every GET
-    with `get_scripts`' script for the longest path prefix that matches (a 404 if none)."""
+    with `get_scripts`' script for the longest path prefix that matches (a 404 if none). An
+    `ECHO` in a piece becomes the credentials the request carried, as an upstream that names
+    the key it refuses does."""
 
     def __init__(self) -> None:
         self.script: tuple[int, str, list[bytes]] = (200, "application/json", [b"{}"])
@@ -79,6 +98,8 @@ class ScriptedUpstream:
             found = [p for p in self.get_scripts if request.path.startswith(p)]
             script = self.get_scripts[max(found, key=len)] if found else None
             status, content_type, pieces = script or (404, "text/plain", [b"not found"])
+        sent = " ".join(request.headers.get(name, "") for name in CREDENTIAL_HEADERS).encode()
+        pieces = [piece.replace(ECHO, sent) for piece in pieces]
         response = web.StreamResponse(status=status, headers={"content-type": content_type})
         await response.prepare(request)
         for piece in pieces:
@@ -233,7 +254,7 @@ def scripts(draw: st.DrawFn) -> tuple[str, bool, tuple[int, str, list[bytes]]]:
     stream = draw(st.booleans())
     if draw(st.integers(0, 9)) == 0:  # an error status with some body
         status = draw(st.sampled_from([400, 401, 404, 429, 500, 503, 529]))
-        body = encode(draw(mutated({"error": {"type": "x", "message": "no"}})))
+        body = encode(draw(mutated({"error": {"type": "x", "message": draw(MESSAGES)}})))
         return model, stream, (status, "application/json", [body])
     if not stream:
         text = encode(draw(mutated(answer())))
@@ -286,6 +307,7 @@ def scripted(
     log = (directory / "gateway.log").read_text(errors="replace")
     assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
     assert "usage flush failed" not in log
+    assert not any(secret.decode() in log for secret in UPSTREAM_SECRETS), "a secret in the log"
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +377,7 @@ def test_any_upstream_answer_gets_a_clear_answer(
         whole = response.read()
     said = (route, script, response.status_code, whole[-600:])
     assert response.status_code != 500, said
+    assert not any(secret in whole for secret in UPSTREAM_SECRETS), said
     assert b"Traceback" not in whole, said
     if response.status_code >= 400:
         error = orjson.loads(whole)["error"]

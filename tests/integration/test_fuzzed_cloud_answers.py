@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes import bedrock_upstream
-from tests.fakes.cloud_config import cloud_config, cloud_env
+from tests.fakes.cloud_config import SECRETS, cloud_config, cloud_env
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.vertex_upstream import FakeVertex
 from tests.integration.test_fuzzed_answers import (
+    MESSAGES,
     UNLIMITED,
+    UPSTREAM_SECRETS,
     ScriptedUpstream,
     anthropic_answer,
     anthropic_events,
@@ -94,7 +96,7 @@ def bedrock_stream(draw: st.DrawFn) -> bytes:
             del frames[index]
     if draw(st.integers(0, 4)) == 0:  # an exception in the stream
         name = draw(st.sampled_from(["throttlingException", "validationException", "x"]))
-        message = draw(mutated({"message": "no"}))
+        message = draw(mutated({"message": draw(MESSAGES)}))
         frames.insert(draw(st.integers(0, len(frames))), frame("exception", name, message))
     body = bytearray(b"".join(frames))
     if body and draw(st.integers(0, 4)) == 0:  # a byte flipped: a CRC or a length wrong
@@ -120,7 +122,8 @@ def cloud_scripts(draw: st.DrawFn) -> tuple[str, bool, Script]:
         # (no 429: its model would rest a second, and the examples in it never reach the
         # upstream; the 429's mapping is tested with each provider)
         status = draw(st.sampled_from([400, 401, 403, 404, 500, 503, 529]))
-        error = {"message": "no"} if wire == "bedrock" else {"error": {"message": "no"}}
+        said = draw(MESSAGES)
+        error = {"message": said} if wire == "bedrock" else {"error": {"message": said}}
         return model, stream, (status, "application/json", [encode(draw(mutated(error)))])
     if wire == "bedrock":
         if stream:
@@ -171,6 +174,7 @@ def scripted(
     log = (directory / "gateway.log").read_text(errors="replace")
     assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
     assert "usage flush failed" not in log
+    assert not any(secret.decode() in log for secret in LEAKS), "a secret in the gateway's log"
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +184,12 @@ def client(scripted: tuple[ScriptedUpstream, Gateway]) -> Iterator[httpx.Client]
         yield made
 
 
+LEAKS = [*UPSTREAM_SECRETS, *(secret.encode() for secret in SECRETS)]
+
+
 def assert_clear(response: httpx.Response, whole: bytes, stream: bool, said: Any) -> None:
     assert response.status_code != 500, said
+    assert not any(secret in whole for secret in LEAKS), said
     assert b"Traceback" not in whole, said
     if response.status_code >= 400:
         error = orjson.loads(whole)["error"]

@@ -66,6 +66,30 @@ def test_replicate_b64_json_holds_the_downloaded_image(gateway: Gateway, api_key
     assert base64.b64decode(images.data[0].b64_json or "") == PNG_1X1
 
 
+def test_replicate_inline_images_are_given_as_they_came(gateway: Gateway, api_key: str) -> None:
+    """Outputs answered inline (`data:` URIs): b64_json is their own base64 (before: a 502, the
+    gateway tried to download a data URI), a url answer relays them as URLs."""
+    sdk = client(gateway, api_key)
+    images = sdk.images.generate(
+        model="replicate/inline", prompt="x", n=2, response_format="b64_json"
+    )
+    assert images.data is not None and len(images.data) == 2
+    assert all(base64.b64decode(i.b64_json or "") == PNG_1X1 for i in images.data)
+    images = sdk.images.generate(model="replicate/inline", prompt="x")
+    assert images.data is not None
+    assert (images.data[0].url or "").startswith("data:image/png;base64,")
+
+
+def test_replicate_empty_output_is_a_502_not_an_empty_answer(
+    gateway: Gateway, api_key: str
+) -> None:
+    """A prediction that succeeded with no image: before, a 200 with `data: []`."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gateway, api_key).images.generate(model="replicate/empty", prompt="x")
+    assert caught.value.status_code == 502
+    assert "without image URLs" in caught.value.message
+
+
 def test_replicate_single_url_output_is_one_image(gateway: Gateway, api_key: str) -> None:
     images = client(gateway, api_key).images.generate(model="replicate/single", prompt="x")
     assert images.data is not None and len(images.data) == 1

@@ -21,6 +21,7 @@ from tests.fakes.gemini_upstream import ANSWER as GEMINI_ANSWER
 from tests.fakes.gemini_upstream import TOOL_ARGS, FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.replicate_upstream import FakeReplicate
+from tests.fakes.server import PNG_1X1
 
 MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello"}]
 
@@ -244,6 +245,14 @@ def test_replicate_sdk_runs_the_fake_prediction_with_prefer_wait(
     assert all(url.startswith(fake_replicate.base_url) for url in output)
     created = fake_replicate.creations("instant")[-1]
     assert created["headers"]["Prefer"] == "wait"
+
+
+def test_replicate_sdk_reads_the_fakes_inline_images(
+    replicate_client: replicate.Client,
+) -> None:
+    output = replicate_client.run("fake-owner/inline", input={"prompt": "a cat", "num_outputs": 2})
+    assert isinstance(output, list) and len(output) == 2
+    assert all(item.read() == PNG_1X1 for item in output)
 
 
 def test_replicate_sdk_polls_the_fake_until_succeeded(

@@ -97,7 +97,9 @@ class OpenAIProvider(HttpProvider):
         if not isinstance(data, list) or not data:
             raise BadGateway(f"The upstream provider '{self.name}' answered without images.")
         images: list[GeneratedImage] = []
-        for item in data:
+        # Never more than asked for: the answer, and so the bill, holds at most `n` images
+        # (their reservation covers `n`).
+        for item in data[: call.request.n]:
             url = item.get("url") if isinstance(item, dict) else None
             b64 = item.get("b64_json") if isinstance(item, dict) else None
             revised = item.get("revised_prompt") if isinstance(item, dict) else None

@@ -329,3 +329,23 @@ def test_each_model_still_serves_after_the_fuzz(
     upstream.get_scripts = {"/files/": (200, "image/png", [b"\x89PNG\r\n\x1a\nfake"])}
     created = {"replicate-deadline/never": encode(prediction(origin, "succeeded"))}
     each_model_serves(upstream, gateway, created, "/v1/images/generations")
+
+
+def test_an_image_upstream_answering_more_than_n_images_bills_n(
+    scripted: tuple[ScriptedUpstream, Gateway],
+) -> None:
+    """An OpenAI-compatible image upstream answering three images for n = 2: the client gets
+    two and pays for two, as reserved (before: three, billed past the reservation)."""
+    upstream, gateway = scripted
+    three = [{"b64_json": "iVBORw0KGgo=", "revised_prompt": f"cat {i}"} for i in range(3)]
+    upstream.script = (200, "application/json", [encode({"created": 1, "data": three})])
+    key = gateway.new_key(credits_usd=10.0, limits=UNLIMITED)
+    served = httpx.post(
+        f"{gateway.base_url}/v1/images/generations",
+        json={"model": "openai/img-fake", "prompt": "a cat", "n": 2},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert served.status_code == 200, served.text
+    assert [image["revised_prompt"] for image in served.json()["data"]] == ["cat 0", "cat 1"]
+    assert served.headers["x-klawd-cost-usd"] == "0.080000"  # 2 images x $0.04

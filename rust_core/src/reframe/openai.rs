@@ -108,6 +108,8 @@ pub struct OpenAiReframer {
     include_usage: bool,
     /// Scratch buffer for events whose data spans several lines.
     compact: Vec<u8>,
+    /// The first members shared by the upstream's chunks, scanned once (`openai_scan::Prefix`).
+    prefix: openai_scan::Prefix,
 }
 
 impl OpenAiReframer {
@@ -119,6 +121,7 @@ impl OpenAiReframer {
             model_json,
             include_usage: opts.include_usage,
             compact: Vec::new(),
+            prefix: openai_scan::Prefix::default(),
         }
     }
 }
@@ -245,7 +248,7 @@ impl Reframe for OpenAiReframer {
         } else {
             data
         };
-        let chunk = match openai_scan::read(data) {
+        let chunk = match openai_scan::read_with(data, &mut self.prefix) {
             Some(chunk) => chunk,
             None => Chunk::typed(data)?,
         };

@@ -20,58 +20,141 @@ use crate::json_scan::{once, Scan};
 use crate::usage::OpenAiUsage;
 
 /// The chunk as the typed view reads it, or `None` when the scan cannot tell (see the module
-/// docs). `data` is the event's data, trimmed of whitespace.
+/// docs). `data` is the event's data, trimmed of whitespace. (The reframer reads through
+/// [`read_with`]; this whole scan is the reference its tests compare with.)
+#[cfg(test)]
 pub fn read(data: &str) -> Option<Chunk<'_>> {
+    whole(data, None)
+}
+
+/// What the scan of a chunk knew at a comma of its top level, before any member of `choices`,
+/// `usage` or `error` (the members read beyond their own bytes): the same for every chunk that
+/// starts with the same bytes. An upstream's chunks share their first members (`id`, `object`,
+/// `created`, `model`, `system_fingerprint`: about half of each), so the next chunk that starts
+/// with `bytes` is scanned from there ([`read_with`]).
+#[derive(Debug, Default)]
+pub struct Prefix {
+    /// The chunk's bytes up to and with that comma; empty: none yet.
+    bytes: Vec<u8>,
+    at: Cut,
+}
+
+/// The scan's state at a cut (see [`Prefix`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Cut {
+    /// Where the scan resumes (right after the comma).
+    i: usize,
+    seen: Seen,
+    model: Option<(usize, usize)>,
+    object_error: bool,
+}
+
+/// Which of the members the typed view reads were given already (each may appear once).
+// (Five independent flags, one per member, as the whole scan had them in five variables.)
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    model: bool,
+    choices: bool,
+    usage: bool,
+    error: bool,
+    object: bool,
+}
+
+/// [`read`], resuming after `prefix` when `data` starts with its bytes (the same answer: the
+/// scan of those bytes gives the same state whatever follows them); otherwise a whole scan,
+/// whose last cut becomes the prefix.
+pub(crate) fn read_with<'a>(data: &'a str, prefix: &mut Prefix) -> Option<Chunk<'a>> {
+    let at = prefix.at;
+    if at.i > 0 && data.as_bytes().starts_with(&prefix.bytes) {
+        let mut scan = Scan::new(data);
+        scan.i = at.i;
+        let chunk = Chunk {
+            model: at.model,
+            object_error: at.object_error,
+            ..Chunk::default()
+        };
+        return members(scan, chunk, at.seen, None);
+    }
+    let mut cut = Cut::default();
+    let chunk = whole(data, Some(&mut cut))?;
+    prefix.bytes.clear();
+    prefix.bytes.extend_from_slice(&data.as_bytes()[..cut.i]);
+    prefix.at = cut;
+    Some(chunk)
+}
+
+/// The scan from the chunk's start; `cut`: where to note the last cut met.
+fn whole<'a>(data: &'a str, cut: Option<&mut Cut>) -> Option<Chunk<'a>> {
     let mut scan = Scan::new(data);
-    let mut chunk = Chunk::default();
-    let (mut model, mut choices, mut usage, mut error, mut object) =
-        (false, false, false, false, false);
     scan.open(b'{')?;
-    if !scan.empty(b'}') {
-        loop {
-            let key = scan.key()?;
-            match key {
-                b"model" => {
-                    once(&mut model)?;
-                    scan.ws();
+    if scan.empty(b'}') {
+        return scan.at_end().then(Chunk::default);
+    }
+    members(scan, Chunk::default(), Seen::default(), cut)
+}
+
+/// The top level's members from a member's start (`scan.i`) to the end of the chunk.
+fn members<'a>(
+    mut scan: Scan<'a>,
+    mut chunk: Chunk<'a>,
+    mut seen: Seen,
+    mut cut: Option<&mut Cut>,
+) -> Option<Chunk<'a>> {
+    let data = scan.s;
+    loop {
+        let key = scan.key()?;
+        match key {
+            b"model" => {
+                once(&mut seen.model)?;
+                scan.ws();
+                let start = scan.i;
+                scan.value(1)?;
+                chunk.model = Some((start, scan.i));
+            }
+            b"choices" => {
+                once(&mut seen.choices)?;
+                if !scan.null()? {
+                    scan.choices(&mut chunk)?;
+                }
+            }
+            b"usage" => {
+                once(&mut seen.usage)?;
+                if !scan.null()? {
                     let start = scan.i;
                     scan.value(1)?;
-                    chunk.model = Some((start, scan.i));
+                    let u: OpenAiUsage = serde_json::from_str(&data[start..scan.i]).ok()?;
+                    chunk.usage = Some((&u).into());
                 }
-                b"choices" => {
-                    once(&mut choices)?;
-                    if !scan.null()? {
-                        scan.choices(&mut chunk)?;
-                    }
-                }
-                b"usage" => {
-                    once(&mut usage)?;
-                    if !scan.null()? {
-                        let start = scan.i;
-                        scan.value(1)?;
-                        let u: OpenAiUsage = serde_json::from_str(&data[start..scan.i]).ok()?;
-                        chunk.usage = Some((&u).into());
-                    }
-                }
-                b"error" => {
-                    once(&mut error)?;
-                    if !scan.null()? {
-                        let start = scan.i;
-                        scan.value(1)?;
-                        chunk.error = Some(&data[start..scan.i]);
-                    }
-                }
-                b"object" => {
-                    once(&mut object)?;
-                    if !scan.null()? {
-                        let text = scan.plain_string()?;
-                        chunk.object_error = text == b"error";
-                    }
-                }
-                _ => scan.value(1)?,
             }
-            if scan.next(b'}')? {
-                break;
+            b"error" => {
+                once(&mut seen.error)?;
+                if !scan.null()? {
+                    let start = scan.i;
+                    scan.value(1)?;
+                    chunk.error = Some(&data[start..scan.i]);
+                }
+            }
+            b"object" => {
+                once(&mut seen.object)?;
+                if !scan.null()? {
+                    let text = scan.plain_string()?;
+                    chunk.object_error = text == b"error";
+                }
+            }
+            _ => scan.value(1)?,
+        }
+        if scan.next(b'}')? {
+            break;
+        }
+        if let Some(cut) = cut.as_deref_mut() {
+            if !(seen.choices || seen.usage || seen.error) {
+                *cut = Cut {
+                    i: scan.i,
+                    seen,
+                    model: chunk.model,
+                    object_error: chunk.object_error,
+                };
             }
         }
     }
@@ -304,6 +387,76 @@ mod tests {
             r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":47,"total_tokens":59}}"#.to_owned(),
             r#"{"error":{"message":"overloaded","code":529}}"#.to_owned(),
         ]
+    }
+
+    /// A stream's chunks as one upstream sends them (the same first members), then others.
+    fn stream() -> Vec<String> {
+        let head = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"gpt","system_fingerprint":"fp","#;
+        vec![
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"a\nb"}},"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"c"}},"finish_reason":null}}]}}"#
+            ),
+            format!(r#"{head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#),
+            format!(
+                r#"{head}"choices":[],"usage":{{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}}}"#
+            ),
+            format!(r#"{head}"model":"again","choices":[]}}"#),
+            format!(r#"{head}"object":"error","choices":null}}"#),
+            format!(r#"{head}"error":{{"message":"m"}}}}"#),
+            format!(r#"{head}"choices":[{{"delta":{{"content":"d"}}}}] , "x":1}}"#),
+            r#"{"choices":[{"delta":{"content":"e"}}],"model":"m","id":"x"}"#.to_owned(),
+            r#"{"id":"chatcmpl-1","object":"error","model":"gpt","message":"vllm"}"#.to_owned(),
+        ]
+    }
+
+    /// Each chunk read through one `Prefix`, in order, as the reframer reads them: the same
+    /// as the whole scan of each, and the typed view's whenever the scan answers.
+    fn resumed_agree(events: &[String]) {
+        let mut prefix = Prefix::default();
+        for data in events {
+            assert_eq!(read_with(data, &mut prefix), read(data), "{data}");
+            agrees(data);
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_starts_as_the_last_one_did_is_read_from_there_alike() {
+        let events = stream();
+        let mut prefix = Prefix::default();
+        read_with(&events[0], &mut prefix).unwrap();
+        assert_eq!(prefix.bytes, &events[0].as_bytes()[..prefix.at.i]);
+        assert!(events[0][..prefix.at.i].ends_with(r#""system_fingerprint":"fp","#));
+        resumed_agree(&events);
+        read_with(&events[2], &mut prefix).unwrap();
+        for duplicate in &events[5..7] {
+            assert_eq!(
+                read_with(duplicate, &mut prefix),
+                None,
+                "the typed view's to refuse"
+            );
+        }
+        read_with(&events[2], &mut prefix).unwrap();
+        assert!(read_with(&events[10], &mut prefix).unwrap().object_error);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Bytes changed, inserted or removed anywhere in a stream's chunks: each chunk read
+        /// after the one before it (resumed after their shared first members) reads as its
+        /// whole scan does.
+        #[test]
+        fn a_resumed_scan_reads_every_chunk_as_the_whole_scan(
+            edits in crate::reframe::stream_edits::edits(11),
+        ) {
+            resumed_agree(&crate::reframe::stream_edits::edited(stream(), edits));
+        }
     }
 
     proptest! {

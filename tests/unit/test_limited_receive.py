@@ -73,3 +73,46 @@ def test_the_body_is_captured_for_the_log_while_it_arrives() -> None:
 
     capture = asyncio.run(main())
     assert bytes(capture.request.kept) == b"hello"
+
+
+def test_a_body_that_reached_its_content_length_is_whole_without_the_empty_last_message() -> None:
+    """Granian sends a body's pieces with `more_body` true and then an empty last message, a
+    round trip of its own: once the Content-Length is there, that message is left unread
+    until a later receive() (a stream's disconnect watcher) asks for it."""
+
+    async def main() -> tuple[dict[str, Any], bool, int, bool, dict[str, Any]]:
+        server = Server(
+            [
+                {"type": "http.request", "body": b"ab", "more_body": True},
+                {"type": "http.request", "body": b"cd", "more_body": True},
+                {"type": "http.request", "body": b"", "more_body": False},
+                {"type": "http.disconnect"},
+            ]
+        )
+        receive = LimitedReceive(server.receive, 10, None, declared=4)
+        await receive()
+        last = await receive()
+        asked = len(server.futures)
+        after = receive()
+        return last, receive.whole, asked, after is server.futures[-1], await after
+
+    last, whole, asked, same, leftover = asyncio.run(main())
+    assert last == {"type": "http.request", "body": b"cd", "more_body": False}
+    assert whole
+    assert asked == 2, "the server's empty last message is not waited for"
+    assert same, "then the server's own future, as for any whole body"
+    assert leftover == {"type": "http.request", "body": b"", "more_body": False}
+
+
+def test_without_a_content_length_the_body_ends_with_the_servers_last_message() -> None:
+    async def main() -> list[bool]:
+        server = Server(
+            [
+                {"type": "http.request", "body": b"abcd", "more_body": True},
+                {"type": "http.request", "body": b"", "more_body": False},
+            ]
+        )
+        receive = LimitedReceive(server.receive, 10, None, declared=None)
+        return [bool((await receive())["more_body"]), bool((await receive())["more_body"])]
+
+    assert asyncio.run(main()) == [True, False]

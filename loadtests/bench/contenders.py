@@ -6,7 +6,8 @@ measured in turn); core 1 runs the fake upstream, Redis and the load generator.
 The fake upstream is Debian's nginx answering fixed bodies: an OpenAI chat.completion (`/json`),
 a 50-event OpenAI stream as one static body (`/sse`), and chunked streams sent the way real
 providers send them, with the echo module (STREAMS: one chunk per event, each line its own chunk,
-with 20 ms, 100 ms or 1 s between events; an Anthropic Messages stream).
+with 20 ms, 100 ms or 1 s between events; an Anthropic Messages stream, each line its own
+chunk, also with 20 ms between events).
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ STREAMS: dict[str, tuple[str, bool, float]] = {
     "slow": ("openai-paced", True, 0.1),  # ... 100 ms between events (the burst)
     "long": ("openai-long", True, 1.0),  # one event a second for a minute
     "anth": ("anthropic", True, 0.0),  # Anthropic Messages, each line its own chunk
+    "anth20": ("anthropic", True, 0.02),  # ... 20 ms between events (a read per event or line)
 }
 LONG_EVENTS = 60
 

@@ -50,6 +50,7 @@ WRK_MEASURES = {
     "lines": ("lines", 64),
     "lines20": ("lines20", 256),
     "anth": ("anth", 64),
+    "anth20": ("anth20", 256),
 }
 MEASURES = [*WRK_MEASURES, "burst"]
 BURST_STREAMS = 1000
@@ -68,7 +69,7 @@ class Contender:
     def path(self, scenario: str) -> str:
         if self.gateway:
             return "/v1/chat/completions"
-        suffix = "v1/messages" if scenario == "anth" else "v1/chat/completions"
+        suffix = "v1/messages" if scenario.startswith("anth") else "v1/chat/completions"
         return f"/{scenario}/{suffix}"
 
     def body(self, scenario: str) -> bytes:

@@ -30,6 +30,8 @@ EVENTS = [
     "syscalls:sys_enter_epoll_wait",
     "syscalls:sys_enter_epoll_pwait",
     "syscalls:sys_enter_write",
+    "syscalls:sys_enter_read",
+    "syscalls:sys_enter_recvfrom",
     "syscalls:sys_enter_getrandom",
     "syscalls:sys_enter_getpid",
     "raw_syscalls:sys_enter",

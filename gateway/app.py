@@ -31,7 +31,7 @@ from gateway.api import (
     status,
     webhooks,
 )
-from gateway.api.middleware import GatewayMiddleware, envelope_error
+from gateway.api.middleware import BodyDeadlines, GatewayMiddleware, envelope_error
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     GatewayError,
@@ -197,6 +197,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     env = dict(os.environ if environ is None else environ)
     observer = build_observer(settings)
     tracing = build_tracing(settings.telemetry)
+    body_deadlines = BodyDeadlines(settings.server.body_idle_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
@@ -210,6 +211,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         draining = loop.create_task(
             drain.watch(state.streams, settings.server.streams.drain_grace_s), name="klawd-drain"
         )
+        sweeping = loop.create_task(body_deadlines.sweep(), name="klawd-body-deadlines")
         # What start-up built lives as long as the worker: out of the collector's sight, so that
         # full collections under load only walk what requests allocate.
         gc.collect()
@@ -220,6 +222,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         finally:
             circuits.cancel()
             draining.cancel()
+            sweeping.cancel()
             await state.close()
             observer.request_log.close()
             if tracing is not None:
@@ -245,6 +248,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         DIRECT_ROUTES,
         settings.server.log_bodies_bytes,
         tracing,
+        body_deadlines,
     )
 
 

@@ -106,6 +106,17 @@ class NotFound(GatewayError):
     type = "not_found"
 
 
+class RequestTimeout(GatewayError):
+    """The request's body stopped arriving (`server.body_idle_timeout_s`): the connection is
+    closed with the answer (the rest of the body, if it ever comes, is not read)."""
+
+    status = 408
+    type = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "connection": "close"}
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     type = "request_too_large"

@@ -77,6 +77,7 @@ ERROR_TYPES = {
     "permission_denied": "permission_error",
     "not_found": "not_found_error",
     "request_too_large": "request_too_large",
+    "request_timeout": "timeout_error",  # 408: Anthropic has no name of its own for it
     "rate_limit_exceeded": "rate_limit_error",
     "internal_error": "api_error",
     "bad_gateway": "api_error",

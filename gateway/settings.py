@@ -61,6 +61,10 @@ class ServerSettings(_Strict):
     port: Port = 8080
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    # A request whose body stops arriving for this long gets 408 `request_timeout` and its
+    # connection closed (nginx's client_body_timeout: the silence between two reads, not the
+    # whole upload). Until then it holds one of `max_in_flight`'s places.
+    body_idle_timeout_s: PositiveFloat = 60.0
     admin_token_env: str = "KLAWD_ADMIN_TOKEN"  # noqa: S105 (the variable's name, not a token)
     # Serve /metrics on this port (same host) instead of the main one; unset: the main port.
     metrics_port: Port | None = None

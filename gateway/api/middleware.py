@@ -12,6 +12,7 @@ observer, which writes the request's JSON log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,6 +29,7 @@ from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     GatewayError,
     InternalError,
+    RequestTimeout,
     RequestTooLarge,
     ServiceUnavailable,
 )
@@ -91,6 +93,7 @@ class GatewayMiddleware:
         direct_routes: Sequence[Route] = (),
         log_bodies_bytes: int = 0,
         tracing: Tracing | None = None,
+        body_deadlines: BodyDeadlines | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -103,6 +106,7 @@ class GatewayMiddleware:
         }
         self.log_bodies_bytes = log_bodies_bytes
         self.tracing = tracing  # traces on: the request's server span opens and ends here
+        self.body_deadlines = body_deadlines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,7 +153,11 @@ class GatewayMiddleware:
                 return
             bodies = record.bodies if record is not None else None
             limited_receive = LimitedReceive(
-                receive, self.max_body_bytes, bodies, None if chunked else declared_length
+                receive,
+                self.max_body_bytes,
+                bodies,
+                None if chunked else declared_length,
+                self.body_deadlines,
             )
             app = self.app
             route = self.direct_routes.get(scope["path"])
@@ -247,8 +255,41 @@ class SendWithId:
         return self
 
 
+BODY_IDLE = "klawd-body-idle"  # the cancel message of a request whose body stopped arriving
+
+
+class BodyDeadlines:
+    """The requests reading their body right now, each with the time its last piece came (or
+    its read began), and one sweep a second that ends those silent for `idle_s`: their task is
+    cancelled with BODY_IDLE, which their read turns into a 408. A dict entry per read piece
+    rather than a timer per request: no Python frame on a request's path."""
+
+    __slots__ = ("idle_s", "reading")
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.reading: dict[LimitedReceive, float] = {}
+
+    async def sweep(self, every_s: float = 1.0) -> None:
+        """For the worker's lifetime (started by the app's lifespan)."""
+        while True:
+            await asyncio.sleep(min(every_s, self.idle_s / 2))
+            self.expire(time.monotonic())
+
+    def expire(self, now: float) -> None:
+        reading = self.reading
+        for receiver, since in list(reading.items()):
+            task = receiver.task
+            if task is None or task.done():
+                del reading[receiver]  # ended without reading its whole body
+            elif now - since >= self.idle_s:
+                del reading[receiver]
+                task.cancel(BODY_IDLE)
+
+
 class LimitedReceive:
-    """`receive` with the body-size limit (and the body capture). Once the body is whole, the
+    """`receive` with the body-size limit, the body's idle deadline (`BodyDeadlines`) and the
+    body capture. Once the body is whole, the
     server's own `receive()` is handed out as it is: Granian's is a future that takes a done
     callback, so a stream learns of the client's disconnect without a task of its own
     (gateway/api/streaming.py).
@@ -261,7 +302,16 @@ class LimitedReceive:
     call. That empty message is left for a later `receive()`: a stream's disconnect watcher,
     which waits again on any message that is not the disconnect (gateway/api/streaming.py)."""
 
-    __slots__ = ("_bodies", "_declared", "_limit", "_receive", "_received", "whole")
+    __slots__ = (
+        "_bodies",
+        "_deadlines",
+        "_declared",
+        "_limit",
+        "_receive",
+        "_received",
+        "task",
+        "whole",
+    )
 
     def __init__(
         self,
@@ -269,13 +319,16 @@ class LimitedReceive:
         limit: int,
         bodies: BodyCapture | None,
         declared: int | None = None,
+        deadlines: BodyDeadlines | None = None,
     ) -> None:
         self._receive = receive
         self._limit = limit
         self._bodies = bodies
         self._declared = declared
+        self._deadlines = deadlines
         self._received = 0
         self.whole = False
+        self.task: asyncio.Task[object] | None = None
 
     def __call__(self) -> Awaitable[Message]:
         if self.whole:
@@ -283,7 +336,21 @@ class LimitedReceive:
         return self._limited()
 
     async def _limited(self) -> Message:
-        message = await self._receive()
+        deadlines = self._deadlines
+        if deadlines is not None:
+            if self.task is None:
+                self.task = asyncio.current_task()
+            deadlines.reading[self] = time.monotonic()
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError as cancelled:
+            if deadlines is None or self.task is None or BODY_IDLE not in cancelled.args:
+                raise
+            self.task.uncancel()
+            raise RequestTimeout(
+                f"The request body stopped arriving for {deadlines.idle_s:g} seconds "
+                "(server.body_idle_timeout_s)."
+            ) from None
         if message["type"] == "http.request":
             body = message.get("body", b"")
             self._received += len(body)
@@ -296,6 +363,10 @@ class LimitedReceive:
             if self._received == self._declared and message.get("more_body", False):
                 message["more_body"] = False  # all the Content-Length said: the body is whole
             self.whole = not message.get("more_body", False)
+            if self.whole and deadlines is not None:
+                del deadlines.reading[self]
+        elif deadlines is not None:  # the client left: http.disconnect
+            deadlines.reading.pop(self, None)
         return message
 
 

@@ -128,7 +128,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v6` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v7` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -146,18 +146,26 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v6` for entries of one account (gateway/store/lua/klawd.lua)."""
+    """`FCALL klawd_settle_v7` for entries of one account (gateway/store/lua/klawd.lua): the
+    keys its entries share (their day's usage, their API key's usage and spend) named once per
+    day and key, each entry naming its group of them and its own marker."""
     key = _acct(entries[0].account_id)
-    keys: list[str] = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds"]
-    args: list[Any] = []
+    groups: dict[tuple[str, str], int] = {}
+    shared: list[str] = []
+    markers: list[str] = []
+    args: list[Any] = [0]  # the number of groups, once they are known
     for entry in entries:
         key_id = entry.key_id or "-"
-        keys += (
-            f"{key}:usage:{entry.day}",
-            f"{key}:settled:{entry.id}",
-            f"{key}:kusage:{entry.day}",
-            *_spend_keys_in(key, key_id, entry.day),
-        )
+        day = entry.day
+        group = groups.get((day, key_id))
+        if group is None:
+            group = groups[day, key_id] = len(groups) + 1
+            shared += (
+                f"{key}:usage:{day}",
+                f"{key}:kusage:{day}",
+                *_spend_keys_in(key, key_id, day),
+            )
+        markers.append(f"{key}:settled:{entry.id}")
         args += (
             entry.reserved_micros - entry.cost_micros,
             entry.model or "-",
@@ -169,8 +177,11 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
             key_id,
             entry.key_reserved_micros,
             entry.hold_id,
+            group,
         )
-    return ("FCALL", "klawd_settle_v6", len(keys), *keys, *args)
+    args[0] = len(groups)
+    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared, *markers]
+    return ("FCALL", "klawd_settle_v7", len(keys), *keys, *args)
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
@@ -578,7 +589,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v6` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v7` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -655,7 +666,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v6's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v7's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

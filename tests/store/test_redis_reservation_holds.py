@@ -1,4 +1,4 @@
-"""A reservation on Redis is a hold that expires (`klawd_admit_v3`, `klawd_settle_v6`): a request
+"""A reservation on Redis is a hold that expires (`klawd_admit_v3`, `klawd_settle_v7`): a request
 that is never settled (its worker killed, its admission's reply lost with the connection) has
 what it reserved, of the account's credit and of its API key's budget, given back by the
 account's next admission once the hold expired; a request settled after that moves the balance

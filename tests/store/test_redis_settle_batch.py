@@ -1,7 +1,8 @@
-"""The Redis store settles a batch with one `klawd_settle_v6` per account (for entries without a
-hold, what `klawd_settle_v5` does), summing the entries' counters inside Redis: the keys it leaves
-must hold exactly what `klawd_settle_v4`, one call per entry, leaves (replicas of both releases
-share one Redis), and a batch costs one call per account."""
+"""The Redis store settles a batch with one `klawd_settle_v7` per account (`klawd_settle_v6` with
+the keys its entries share named once; for entries without a hold, what `klawd_settle_v5` does),
+summing the entries' counters inside Redis: the keys it leaves must hold exactly what
+`klawd_settle_v4`, one call per entry, and `klawd_settle_v6`, the previous release's batch, leave
+(replicas of these releases share one Redis), and a batch costs one call per account."""
 
 from __future__ import annotations
 
@@ -62,6 +63,25 @@ def v4_call(entry: UsageEntry) -> tuple[object, ...]:
     )  # fmt: skip
 
 
+def v6_call(batch: list[UsageEntry]) -> tuple[object, ...]:
+    """The previous release's call for a batch of one account's entries: six keys each."""
+    key = _acct(batch[0].account_id)
+    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds"]
+    args: list[object] = []
+    for entry in batch:
+        key_id = entry.key_id or "-"
+        keys += (
+            f"{key}:usage:{entry.day}", f"{key}:settled:{entry.id}", f"{key}:kusage:{entry.day}",
+            *_spend_keys(entry.account_id, key_id, entry.day),
+        )  # fmt: skip
+        args += (
+            entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
+            entry.completion_tokens, entry.images, entry.cost_micros, msgspec.json.encode(entry),
+            key_id, entry.key_reserved_micros, entry.hold_id,
+        )  # fmt: skip
+    return ("FCALL", "klawd_settle_v6", len(keys), *keys, *args)
+
+
 async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]:
     """Every key of the account but the markers, by its name without the account id; the
     ledger as its entries in order; hashes whole; expiries rounded to days; the account's
@@ -115,6 +135,33 @@ async def test_a_batch_leaves_the_keys_the_per_entry_settlement_leaves(
         after = await redis_store.get_account(batched.id)
         assert after is not None
         assert after.credits_micros == (await redis_store.get_account(single.id)).credits_micros  # type: ignore[union-attr]
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_batch_leaves_the_keys_the_previous_release_batch_leaves(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """Six groups of shared keys (two days, three keys) named once by the store's call, six keys
+    an entry in the previous release's: the same keys, values and expiries after each, a
+    replayed batch included."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        batched = await redis_store.create_account("batched", "free", 1_000)
+        previous = await redis_store.create_account("previous", "free", 1_000)
+        for account in (batched, previous):
+            for key_id in ("key_a", "key_b", "-"):
+                for day in DAYS:
+                    for spend in _spend_keys(account.id, key_id, day):
+                        await client.hset(spend, "r", 40)
+        await redis_store.settle(entries(batched.id))
+        await redis_store.settle(entries(batched.id)[:20])
+        for batch in (entries(previous.id), entries(previous.id)[:20]):
+            await client.execute_command(*v6_call(batch))
+        assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
+        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
+        assert replies[0] == replies[1]
     finally:
         await client.aclose()
         await redis_store.close()

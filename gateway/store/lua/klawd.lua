@@ -450,7 +450,10 @@ end
 --       key id, micros reserved against the key's budgets (9 each)
 -- -> {entries applied (those not settled before), then as v4 after the last of them: grant seq
 --     (0: none recorded, or nothing applied), granted, granted at, spent}
-local function settle_entries(keys, args, first, stride, holds)
+-- (`settle_entries` reads each entry's keys through `keys_of(i)`: the index in KEYS of its usage
+-- of the day, its marker, its key usage of the day and the first of its three key spends; its
+-- arguments are ARGV[a + 1 ..] with a = first + stride * i, for i = 0 .. entries - 1.)
+local function settle_entries(keys, args, first, stride, entries, keys_of, holds)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
   local sums, sum_keys = {}, {}  -- hash key -> {field -> increment}, the keys in first-seen order
@@ -472,9 +475,10 @@ local function settle_entries(keys, args, first, stride, holds)
   end
   local spends, spend_keys = {}, {}  -- spend hash key -> {cost, reservation released, period}
   local applied, spent = 0, 0
-  for i = 0, #args / stride - 1 do
-    local k, a = first + 6 * i, stride * i
-    if redis.call('SET', keys[k + 2], '1', 'NX', 'PX', 600000) then
+  for i = 0, entries - 1 do
+    local a = first + stride * i
+    local usage, marker, kusage, spend0 = keys_of(i)
+    if redis.call('SET', keys[marker], '1', 'NX', 'PX', 600000) then
       applied = applied + 1
       local cost = tonumber(args[a + 6])
       local delta, reserved = tonumber(args[a + 1]), tonumber(args[a + 9])
@@ -486,11 +490,11 @@ local function settle_entries(keys, args, first, stride, holds)
       balance = math.max(0, balance + delta)
       moved = true
       spent = spent + cost
-      count(keys[k + 1], args[a + 2], args, a)  -- by model
-      count(keys[k + 3], args[a + 8], args, a)  -- by API key
+      count(keys[usage], args[a + 2], args, a)  -- by model
+      count(keys[kusage], args[a + 8], args, a)  -- by API key
       redis.call('XADD', keys[2], '*', 'entry', args[a + 7])
       for p = 1, 3 do
-        local spend = keys[k + 3 + p]
+        local spend = keys[spend0 + p - 1]
         local state = spends[spend]
         if state == nil then
           state = {0, 0, p}
@@ -529,8 +533,16 @@ local function settle_entries(keys, args, first, stride, holds)
   return {applied, tonumber(current[1]), tonumber(current[2]), tonumber(current[3]), total}
 end
 
+-- v5's and v6's KEYS: six per entry after the first `first` (usage, marker, key usage, spends)
+local function six_each(first)
+  return function(i)
+    local k = first + 6 * i
+    return k + 1, k + 2, k + 3, k + 4
+  end
+end
+
 local function settle_v5(keys, args)
-  return settle_entries(keys, args, 3, 9, nil)
+  return settle_entries(keys, args, 0, 9, #args / 9, six_each(3), nil)
 end
 
 -- v6: v5 for entries admitted by klawd_admit_v3: the account's expired holds are given back
@@ -543,7 +555,29 @@ end
 -- -> as v5, then how many expired holds it gave back
 local function settle_v6(keys, args)
   local released = release_holds(keys[4], keys[1], now_ms())
-  local reply = settle_entries(keys, args, 4, 10, keys[4])
+  local reply = settle_entries(keys, args, 0, 10, #args / 10, six_each(4), keys[4])
+  reply[6] = released
+  return reply
+end
+
+-- v7: v6 with the keys a call's entries share named once. A batch's entries are mostly of one
+-- day and one API key, so their usage, key usage and key spend keys are the same five: v6 sent
+-- them with every entry (five of its six keys, about 330 bytes an entry). Each distinct day and
+-- key is a group of five keys, named once; an entry names its group and its own marker.
+-- KEYS: credits, ledger, the account's hash, its holds, then per group: usage of the day, key
+--       usage of the day, key spend of the day, of the month, in total (5 each), then per
+--       entry its marker
+-- ARGV: the number of groups, then per entry: as v6 (10), then its group (1-based) (11 each)
+-- -> as v6
+local function settle_v7(keys, args)
+  local groups = tonumber(args[1])
+  local markers = 4 + 5 * groups
+  local function keys_of(i)
+    local g = 4 + 5 * (tonumber(args[12 + 11 * i]) - 1)
+    return g + 1, markers + i + 1, g + 2, g + 3
+  end
+  local released = release_holds(keys[4], keys[1], now_ms())
+  local reply = settle_entries(keys, args, 1, 11, (#args - 1) / 11, keys_of, keys[4])
   reply[6] = released
   return reply
 end
@@ -555,6 +589,7 @@ redis.register_function('klawd_settle_v4', settle_v4)
 redis.register_function('klawd_grant_v1', grant)
 redis.register_function('klawd_settle_v5', settle_v5)
 redis.register_function('klawd_settle_v6', settle_v6)
+redis.register_function('klawd_settle_v7', settle_v7)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_account_v1', account_v1)

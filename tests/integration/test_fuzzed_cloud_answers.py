@@ -30,10 +30,12 @@ from tests.integration.test_fuzzed_answers import (
     ScriptedUpstream,
     anthropic_answer,
     anthropic_events,
+    assert_clear,
     each_model_serves,
     encode,
     gemini_answer,
     gemini_events,
+    log_is_clean,
     mutated,
     openai_answer,
     openai_events,
@@ -171,10 +173,10 @@ def scripted(
         stop(running.process)
         upstream.stop()
         tokens.stop()
-    log = (directory / "gateway.log").read_text(errors="replace")
-    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
-    assert "usage flush failed" not in log
-    assert not any(secret.decode() in log for secret in LEAKS), "a secret in the gateway's log"
+    log_is_clean(directory / "gateway.log", LEAKS)
+
+
+LEAKS = [*UPSTREAM_SECRETS, *(secret.encode() for secret in SECRETS)]
 
 
 @pytest.fixture(scope="module")
@@ -182,21 +184,6 @@ def client(scripted: tuple[ScriptedUpstream, Gateway]) -> Iterator[httpx.Client]
     key = scripted[1].new_key(credits_usd=1000.0, limits=UNLIMITED)
     with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as made:
         yield made
-
-
-LEAKS = [*UPSTREAM_SECRETS, *(secret.encode() for secret in SECRETS)]
-
-
-def assert_clear(response: httpx.Response, whole: bytes, stream: bool, said: Any) -> None:
-    assert response.status_code != 500, said
-    assert not any(secret in whole for secret in LEAKS), said
-    assert b"Traceback" not in whole, said
-    if response.status_code >= 400:
-        error = orjson.loads(whole)["error"]
-        assert error["type"] != "internal_error", said
-    elif stream:
-        assert whole.endswith(b"\n\n"), said
-        assert b'"internal_error"' not in whole, said
 
 
 def plain_cloud_answers() -> dict[str, bytes]:
@@ -237,7 +224,9 @@ def test_any_cloud_answer_gets_a_clear_answer(
         body |= {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
     with client.stream("POST", f"{gateway.base_url}{route}", json=body) as response:
         whole = response.read()
-    assert_clear(response, whole, stream, (route, script, response.status_code, whole[-600:]))
+    assert_clear(
+        response, whole, stream, (route, script, response.status_code, whole[-600:]), LEAKS
+    )
 
 
 def prediction(origin: str, status: str) -> dict[str, Any]:
@@ -313,7 +302,7 @@ def test_any_replicate_prediction_gets_a_clear_answer(
     }
     response = client.post(f"{gateway.base_url}/v1/images/generations", json=body)
     said = (scripts, upstream.script, response.status_code, response.text[:600])
-    assert_clear(response, response.content, False, said)
+    assert_clear(response, response.content, False, said, LEAKS)
     if response.status_code == 200:
         images = response.json()["data"]
         assert 1 <= len(images) <= n, said

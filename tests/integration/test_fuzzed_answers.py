@@ -248,6 +248,26 @@ def encode(value: Any) -> bytes:
     return msgspec.json.encode(value)  # (orjson refuses integers past 64 bits)
 
 
+def repeated_or_dropped(draw: st.DrawFn, items: list[Any]) -> list[Any]:
+    """`items`, perhaps with one of them repeated or dropped (an event, a frame)."""
+    if draw(st.booleans()):
+        index = draw(st.integers(0, len(items) - 1))
+        if draw(st.booleans()):
+            items.insert(index, items[index])
+        else:
+            del items[index]
+    return items
+
+
+def pieces_of(draw: st.DrawFn, text: bytes) -> list[bytes]:
+    """`text`, perhaps cut short, in up to seven pieces (each written as a chunk of its own)."""
+    if draw(st.integers(0, 4)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    return [p for p in pieces if p]
+
+
 @st.composite
 def scripts(draw: st.DrawFn) -> tuple[str, bool, tuple[int, str, list[bytes]]]:
     provider = draw(st.sampled_from(sorted(PROVIDERS)))
@@ -261,13 +281,7 @@ def scripts(draw: st.DrawFn) -> tuple[str, bool, tuple[int, str, list[bytes]]]:
         text = encode(draw(mutated(answer())))
         content_type = "application/json"
     else:
-        chosen = [draw(mutated(event)) for event in events()]
-        if draw(st.booleans()):  # an event repeated or dropped
-            index = draw(st.integers(0, len(chosen) - 1))
-            if draw(st.booleans()):
-                chosen.insert(index, chosen[index])
-            else:
-                del chosen[index]
+        chosen = repeated_or_dropped(draw, [draw(mutated(event)) for event in events()])
         lines = []
         for event in chosen:
             name = f"event: {event.get('type')}\n" if provider == "anthropic" else ""
@@ -278,11 +292,7 @@ def scripts(draw: st.DrawFn) -> tuple[str, bool, tuple[int, str, list[bytes]]]:
         if provider == "google" and draw(st.booleans()):
             text = text.replace(b"\n\n", b"\r\n\r\n")
         content_type = "text/event-stream"
-    if draw(st.integers(0, 4)) == 0:
-        text = text[: draw(st.integers(0, len(text)))]
-    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=6)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
-    return model, stream, (200, content_type, [p for p in pieces if p])
+    return model, stream, (200, content_type, pieces_of(draw, text))
 
 
 @pytest.fixture(scope="module")

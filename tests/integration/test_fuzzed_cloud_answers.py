@@ -39,6 +39,8 @@ from tests.integration.test_fuzzed_answers import (
     mutated,
     openai_answer,
     openai_events,
+    pieces_of,
+    repeated_or_dropped,
 )
 
 Script = tuple[int, str, list[bytes]]
@@ -90,12 +92,7 @@ def bedrock_stream(draw: st.DrawFn) -> bytes:
         if draw(st.integers(0, 9)) == 0:
             name = draw(st.text(max_size=12))
         frames.append(frame("event", name, draw(mutated(data))))
-    if draw(st.booleans()):  # a frame repeated or dropped
-        index = draw(st.integers(0, len(frames) - 1))
-        if draw(st.booleans()):
-            frames.insert(index, frames[index])
-        else:
-            del frames[index]
+    frames = repeated_or_dropped(draw, frames)
     if draw(st.integers(0, 4)) == 0:  # an exception in the stream
         name = draw(st.sampled_from(["throttlingException", "validationException", "x"]))
         message = draw(mutated({"message": draw(MESSAGES)}))
@@ -105,14 +102,6 @@ def bedrock_stream(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(0, len(body) - 1))
         body[at] ^= draw(st.integers(1, 255))
     return bytes(body)
-
-
-def pieces_of(draw: st.DrawFn, text: bytes) -> list[bytes]:
-    if draw(st.integers(0, 4)) == 0:
-        text = text[: draw(st.integers(0, len(text)))]
-    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=6)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
-    return [p for p in pieces if p]
 
 
 @st.composite

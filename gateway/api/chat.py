@@ -19,7 +19,7 @@ from gateway.api.common import (
     send_json_raw,
     two_headers,
 )
-from gateway.api.streaming import Drain, send_event_stream
+from gateway.api.streaming import Drain, Stepped, send_event_stream
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
@@ -118,7 +118,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             receive,
             send,
             [*SSE_RAW_HEADERS, *headers],
-            relay(state, ticket, chat, stream, target),
+            # A reframed stream's relay is stepped by send_event_stream itself (no generator)
+            ReframedRelay(state, ticket, chat, stream, target)
+            if isinstance(stream, ReframedStream)
+            else relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
             # The provider's own stream knows its last piece (ends the body in that send).
@@ -253,6 +256,82 @@ def _with_cost(piece: bytes, target: CatalogEntry) -> bytes:
     return head[:start] + b"data: " + orjson.dumps(event) + b"\n\n" + DONE
 
 
+def _cost_if_done(target: CatalogEntry, piece: bytes) -> bytes:
+    """`_with_cost` for the piece that ends with [DONE]; other pieces as they are."""
+    return _with_cost(piece, target) if piece.endswith(DONE) else piece
+
+
+def _failure(exc: Exception, error_event: Callable[[GatewayError], bytes]) -> tuple[int, bytes]:
+    """A relay's failure after the first byte: the status it bills with, and its last event."""
+    if isinstance(exc, GatewayError):
+        return exc.status, error_event(exc)
+    log.error("stream relay failed", exc_info=exc)
+    return 500, error_event(InternalError(INTERNAL_ERROR_MESSAGE))
+
+
+async def _settle(
+    state: AppState,
+    ticket: Ticket,
+    chat: ChatRequest,
+    stream: UpstreamStream,
+    target: CatalogEntry,
+    status: int,
+) -> None:
+    """However a relay ended: the upstream released (dropped if not whole), what was generated
+    billed."""
+    await stream.aclose()
+    usage = stream.usage or TokenUsage(
+        estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
+    )
+    state.meter.settle(ticket, target, usage, 0, status, True)
+    if ticket.spec.tokens_per_minute:  # (no coroutine made when no token limit applies)
+        await state.meter.charge_tokens(ticket, usage)
+
+
+class ReframedRelay(Stepped):
+    """`relay` of a reframed stream as a source that `send_event_stream` steps itself: the same
+    pieces (the cost in the usage chunk a client asked for), the same last event on a failure
+    after the first byte, the same billing however the stream ends; but no async generator
+    between the two, so per piece nothing of the relay's own is made or resumed."""
+
+    __slots__ = ("chat", "error_event", "state", "status", "stream", "target", "ticket")
+
+    def __init__(
+        self,
+        state: AppState,
+        ticket: Ticket,
+        chat: ChatRequest,
+        stream: ReframedStream,
+        target: CatalogEntry,
+        error_event: Callable[[GatewayError], bytes] = GatewayError.sse_event,
+        cost_in_usage: bool = True,
+    ) -> None:
+        self.step = stream.step
+        self.arrival = stream.arrival
+        self.edit = (
+            functools.partial(_cost_if_done, target)
+            if cost_in_usage and chat.include_usage
+            else None
+        )
+        self.state = state
+        self.ticket = ticket
+        self.chat = chat
+        self.stream = stream
+        self.target = target
+        self.error_event = error_event
+        self.status = 0  # a failure's, once one ended the stream
+
+    def failed(self, exc: Exception) -> bytes:
+        self.status, piece = _failure(exc, self.error_event)
+        return piece
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        status = self.status or (
+            200 if whole else ShuttingDown.status if drained else CLIENT_CLOSED
+        )
+        await _settle(self.state, self.ticket, self.chat, self.stream, self.target, status)
+
+
 async def relay(
     state: AppState,
     ticket: Ticket,
@@ -262,11 +341,11 @@ async def relay(
     error_event: Callable[[GatewayError], bytes] = GatewayError.sse_event,
     cost_in_usage: bool = True,
 ) -> AsyncGenerator[bytes, None]:
-    """The relay of both streaming routes: each piece is one or more whole SSE events, written
+    """The relay of the streaming routes: each piece is one or more whole SSE events, written
     in one send; a failure after the first byte is a last event in the route's own format
     (`error_event`). Whatever ends the stream (done, upstream failure, client gone, shutdown's
     drain), what was generated is billed. `cost_in_usage`: the OpenAI usage chunk a client asked
-    for gets `usage.cost_usd`."""
+    for gets `usage.cost_usd`. (The chat route relays a reframed stream by `ReframedRelay`.)"""
     status = CLIENT_CLOSED
     add_cost = cost_in_usage and chat.include_usage
     try:
@@ -291,20 +370,11 @@ async def relay(
         if is_drain(exc):
             status = ShuttingDown.status
         raise
-    except GatewayError as exc:
-        status = exc.status
-        yield error_event(exc)
-    except Exception:
-        log.exception("stream relay failed")
-        status = 500
-        yield error_event(InternalError(INTERNAL_ERROR_MESSAGE))
+    except Exception as exc:
+        status, piece = _failure(exc, error_event)
+        yield piece
     finally:
         # No anyio shield here (it cost 16-20 us a stream): the gateway cancels with asyncio's
         # own `Task.cancel`, which an anyio shield does not hold back, and after the one cancel
         # that ends a stream these awaits run normally.
-        await stream.aclose()
-        usage = stream.usage or TokenUsage(
-            estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
-        )
-        state.meter.settle(ticket, target, usage, 0, status, True)
-        await state.meter.charge_tokens(ticket, usage)
+        await _settle(state, ticket, chat, stream, target, status)

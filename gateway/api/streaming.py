@@ -23,6 +23,10 @@ pass"). A client that left before the watcher was armed is still seen at once: t
 
 Each piece is written in one send, so a client never reads part of an event. A stream still open
 at a shutdown's deadline is ended with the route's final error event (gateway/drain.py).
+
+The pieces are an async generator, or a `Stepped` source that this function steps to and awaits
+itself (the chat route's relay of a reframed stream): no generator between the two, so nothing
+of the relay's own is made or resumed per piece.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 from starlette.responses import Response
@@ -47,11 +51,39 @@ EVENT_STREAM = b"text/event-stream; charset=utf-8"
 CALLBACK_CONTEXT = contextvars.Context()
 
 
+class Stepped:
+    """Pieces that `send_event_stream` steps to itself. `step()`: the next piece; None when it
+    must wait (`await arrival()`, then step again); b"" at the end. A step that raises ends the
+    stream with `failed(exc)`, its last piece. `edit`: applied to each piece (None: none).
+    `close(whole, drained)`: once, however the stream ended (`whole`: its end was reached;
+    `drained`: a shutdown's deadline ended it); the relay bills there."""
+
+    __slots__ = ("arrival", "edit", "step")
+
+    step: Callable[[], bytes | None]
+    arrival: Callable[[], Awaitable[None]]
+    edit: Callable[[bytes], bytes] | None
+
+    def failed(self, exc: Exception) -> bytes:
+        raise NotImplementedError
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        raise NotImplementedError
+
+
+def _the_end() -> bytes:
+    """A failed source's step: nothing follows its last piece."""
+    return b""
+
+
+_NOT_STEPPED = Stepped()  # (what the names hold while the pieces are a generator: unused)
+
+
 async def send_event_stream(
     receive: Receive,
     send: Send,
     headers: Mapping[str, str] | list[tuple[bytes, bytes]],
-    pieces: AsyncGenerator[bytes, None],
+    pieces: AsyncGenerator[bytes, None] | Stepped,
     keepalive_s: float,
     keepalive: bytes = KEEPALIVE,
     drain: Drain | None = None,
@@ -86,13 +118,40 @@ async def send_event_stream(
     # Once the first piece is out, the middleware's send wrapper may hand out the server's own
     # send (SendWithId.passthrough): no Python frame of its own per piece after that.
     passthrough: Callable[[], Send] | None = getattr(send, "passthrough", None)
+    if isinstance(pieces, Stepped):
+        stepped, generator = pieces, None
+        step, arrival, edit = pieces.step, pieces.arrival, pieces.edit
+    else:
+        stepped, generator = _NOT_STEPPED, pieces
+        step, arrival, edit = _the_end, loop.create_future, None
+    whole = False
     if drain is not None:
         drain.streams.add(task)
     try:
         await send(start)
         del start
         ended = False
-        async for piece in pieces:
+        while True:
+            if generator is not None:
+                try:
+                    piece = await generator.__anext__()
+                except StopAsyncIteration:
+                    break
+            else:
+                try:
+                    next_piece = step()
+                    if next_piece is None:
+                        await arrival()
+                        continue
+                    piece = next_piece
+                except Exception as exc:
+                    piece = stepped.failed(exc)
+                    step = _the_end
+                if not piece:
+                    whole = True
+                    break
+                if edit is not None:
+                    piece = edit(piece)
             if ended:
                 continue  # nothing follows the last piece (its source said so)
             watch.waiting_on_source = False
@@ -127,10 +186,13 @@ async def send_event_stream(
         if drain is not None:
             drain.streams.discard(task)
         pinging = watch.end()
-        if drained:  # the relay bills with the drain's status if it is still suspended
-            with contextlib.suppress(asyncio.CancelledError):
-                await pieces.athrow(asyncio.CancelledError(DRAIN))
-        await pieces.aclose()
+        if generator is None:
+            await stepped.close(whole, drained)
+        else:
+            if drained:  # the relay bills with the drain's status if it is still suspended
+                with contextlib.suppress(asyncio.CancelledError):
+                    await generator.athrow(asyncio.CancelledError(DRAIN))
+            await generator.aclose()
     if drained and drain is not None:
         with contextlib.suppress(OSError):
             if pinging is not None and not pinging.done():

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api.streaming import KEEPALIVE, Drain, send_event_stream
+from gateway.api.streaming import KEEPALIVE, Drain, Stepped, send_event_stream
 from gateway.drain import OpenStreams, is_drain
 
 
@@ -452,3 +452,152 @@ def test_a_client_gone_before_the_stream_waits_is_seen_at_its_first_wait() -> No
     assert closed
     assert bodies == [b"data: first\n\n"]
     assert cancelling == 0
+
+
+class Source(Stepped):
+    """A stepped source (the chat route's relay of a reframed stream is one): its pieces, a
+    failure or its end as they are pushed; what it was closed with."""
+
+    __slots__ = ("closed", "errors", "items", "waiter")
+
+    def __init__(self, edit: Callable[[bytes], bytes] | None = None) -> None:
+        self.step = self._step
+        self.arrival = self._arrival
+        self.edit = edit
+        self.items: list[bytes | Exception] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed: tuple[bool, bool] | None = None
+        self.errors: list[Exception] = []
+
+    def push(self, *items: bytes | Exception) -> None:
+        self.items += items
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _step(self) -> bytes | None:
+        if not self.items:
+            return None
+        item = self.items.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def _arrival(self) -> asyncio.Future[None]:
+        self.waiter = asyncio.get_running_loop().create_future()
+        return self.waiter
+
+    def failed(self, exc: Exception) -> bytes:
+        self.errors.append(exc)
+        return b"data: failed\n\n"
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        await asyncio.sleep(0)  # the relay's billing awaits the store
+        self.closed = (whole, drained)
+
+
+def test_a_stepped_source_is_stepped_awaited_edited_and_closed_whole() -> None:
+    async def main() -> tuple[Client, Source]:
+        client = Client()
+        source = Source(edit=lambda piece: piece.upper())
+
+        async def feed() -> None:
+            source.push(b"data: a\n\n")
+            await asyncio.sleep(0.01)
+            source.push(b"data: b\n\n", b"data: c\n\n")
+            await asyncio.sleep(0.01)
+            source.push(b"")
+
+        feeder = asyncio.ensure_future(feed())
+        await send_event_stream(client.receive, client.send, {}, source, 30)
+        await feeder
+        return client, source
+
+    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    assert client.bodies() == [b"DATA: A\n\n", b"DATA: B\n\n", b"DATA: C\n\n", b""]
+    assert source.closed == (True, False)
+
+
+def test_a_stepped_source_that_fails_ends_with_its_last_piece_and_is_closed_whole() -> None:
+    async def main() -> tuple[Client, Source]:
+        client = Client()
+        source = Source()
+        source.push(b"data: a\n\n", ValueError("broken"), b"data: never\n\n")
+        await send_event_stream(client.receive, client.send, {}, source, 30)
+        return client, source
+
+    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    assert client.bodies() == [b"data: a\n\n", b"data: failed\n\n", b""]
+    assert [str(e) for e in source.errors] == ["broken"]
+    assert source.closed == (True, False)
+
+
+def test_a_stepped_source_gets_keepalives_while_it_waits() -> None:
+    async def main() -> Client:
+        client = Client()
+        source = Source()
+
+        async def release_after_two_keepalives() -> None:
+            while client.bodies().count(KEEPALIVE) < 2:
+                await asyncio.sleep(0.01)
+            source.push(b"data: late\n\n", b"")
+
+        waiter = asyncio.ensure_future(release_after_two_keepalives())
+        await send_event_stream(client.receive, client.send, {}, source, 0.05, KEEPALIVE)
+        await waiter
+        return client
+
+    bodies = asyncio.run(asyncio.wait_for(main(), 10)).bodies()
+    assert bodies[-2:] == [b"data: late\n\n", b""]
+    assert set(bodies[:-2]) == {KEEPALIVE} and len(bodies) >= 4
+
+
+def test_a_client_gone_while_a_stepped_source_waits_closes_it_not_whole() -> None:
+    async def main() -> tuple[Source, int]:
+        client = FutureClient()
+        source = Source()
+        source.push(b"data: first\n\n")
+
+        async def leave_after_first() -> None:
+            await client.got_body.wait()
+            await asyncio.sleep(0.01)  # the stream waits on its source: its watcher armed
+            client.left.set()
+
+        leaver = asyncio.ensure_future(leave_after_first())
+        await send_event_stream(client.receive_future, client.send, {}, source, 30)
+        await leaver
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)  # a stray cancellation would be raised here
+        return source, task.cancelling()
+
+    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert source.closed == (False, False)
+    assert cancelling == 0
+
+
+def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_drained() -> None:
+    async def main() -> tuple[list[bytes], Source, int]:
+        client = Client()
+        streams = OpenStreams()
+        source = Source()
+        source.push(b"data: first\n\n")
+
+        async def end_after_first() -> None:
+            await client.got_body.wait()
+            assert len(streams) == 1
+            streams.end_all()
+
+        ender = asyncio.ensure_future(end_after_first())
+        await send_event_stream(
+            client.receive, client.send, {}, source, 30, drain=Drain(streams, b"data: bye\n\n")
+        )
+        await ender
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return client.bodies(), source, len(streams) + task.cancelling()
+
+    bodies, source, left = asyncio.run(asyncio.wait_for(main(), 5))
+    assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
+    assert source.closed == (False, True)
+    assert left == 0

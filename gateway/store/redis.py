@@ -304,21 +304,18 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
 
-    def send_fcall(
-        self,
-        function: str,
-        keys: list[str],
-        args: list[Any],
-        undo: Callable[[Any], None] | None = None,
+    def send_packed_fcall(
+        self, payload: bytes, undo: Callable[[Any], None] | None = None
     ) -> tuple[asyncio.Future[Any], bool] | None:
-        """`fcall` sent without waiting (its error reply read with `fcall_error`): the reply's
-        future and whether it was written at once (`RespClient.send`: else it is queued with the
-        loop turn's commands, to be awaited now). None when it cannot be sent without waiting
-        (no open connection, the library not loaded yet, redis-py): call `fcall` instead.
-        `undo`: called with the reply if the future is cancelled before it comes."""
+        """An `fcall` packed already (as `hiredis.pack_command` packs it) sent without waiting
+        (its error reply read with `fcall_error`): the reply's future and whether it was written
+        at once (`RespClient.send`: else it is queued with the loop turn's commands, to be
+        awaited now). None when it cannot be sent without waiting (no open connection, the
+        library not loaded yet, redis-py): call `fcall` instead. `undo`: called with the reply
+        if the future is cancelled before it comes."""
         if self._resp is None or not self._library_loaded:
             return None
-        return self._resp.send("FCALL", function, len(keys), *keys, *args, undo=undo)
+        return self._resp.send_packed(payload, undo)
 
     def fcall_error(self, reply: RespReplyError, function: str) -> StoreError:
         """The error of `send_fcall`'s call that had an error reply, as `fcall` raises it;

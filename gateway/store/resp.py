@@ -374,6 +374,12 @@ class RespClient:
         caller must await the future or retrieve its exception (a lost connection sets
         RespConnectionError), or cancel it: `undo` is then called with the reply when it comes
         (as in `execute`)."""
+        return self.send_packed(hiredis.pack_command(args), undo)
+
+    def send_packed(
+        self, payload: bytes, undo: Undo | None = None
+    ) -> tuple[asyncio.Future[Any], bool] | None:
+        """`send` of a command packed already (`hiredis.pack_command`'s bytes)."""
         connections = self._connections
         if not connections:
             return None
@@ -382,7 +388,7 @@ class RespClient:
             for connection in connections:
                 if not connection.pending and not connection.corked:
                     try:
-                        future = connection.send_now(hiredis.pack_command(args))
+                        future = connection.send_now(payload)
                     except RespConnectionError:
                         return None
                     if undo is not None:
@@ -393,7 +399,7 @@ class RespClient:
         if picked is None:
             return None
         try:
-            future = picked.send_one(hiredis.pack_command(args))
+            future = picked.send_one(payload)
         except RespConnectionError:  # lost: `execute` says so
             return None
         if undo is not None:

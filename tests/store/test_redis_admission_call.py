@@ -1,12 +1,18 @@
 """The admission's call on Redis (gateway/store/redis_limiter.py): a key without limits or a
 budget is admitted by the account's share of `klawd_admit_v3` alone (and the account's holds),
-with the same decisions and the same keys written as when its share is sent."""
+with the same decisions and the same keys written as when its share is sent; a sent admission's
+call, packed from cached parts, is byte for byte the call `admit` sends."""
 
 from __future__ import annotations
 
+from typing import cast
+
+import hiredis
+import pytest
 import redis.asyncio as aioredis
 
 from gateway.limits import KeyBudget, KeyGate, LimitSpec
+from gateway.store import redis_limiter
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import RedisLimiter, _acct
 from tests.redis_server import RedisServer
@@ -83,3 +89,41 @@ async def test_a_key_with_limits_or_a_budget_sends_its_share(redis_server: Redis
         assert len(keys) == 5 and tail == [0]
     finally:
         await store.close()
+
+
+class _Sent:
+    """A store that keeps what `send_admit` sends."""
+
+    reservation_hold_ms = 3_600_000
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    def send_packed_fcall(self, payload: bytes, undo: object = None) -> None:
+        self.payloads.append(payload)
+
+
+def test_a_sent_admission_is_the_call_fcall_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`send_admit` packs its call from cached parts around the reservation and the hold: the
+    bytes hiredis packs for the call `admit` makes, for every shape of call (the account's share
+    alone, a key's share, a peek-free reservation of nothing), twice from the cache."""
+    store = _Sent()
+    limiter = RedisLimiter(cast(RedisStore, store))
+    monkeypatch.setattr(redis_limiter.ids, "token_hex", lambda n: "5e" * n)
+    gates = [
+        None,
+        KeyGate("key_plain", DAY),
+        KeyGate("key_all", DAY, requests_per_minute=2, requests_per_day=9,
+                budget=KeyBudget(day_micros=7, month_micros=1_000, total_micros=10**12)),
+        KeyGate("key_month", DAY, budget=KeyBudget(month_micros=0)),
+    ]  # fmt: skip
+    for spec in (SPEC, LimitSpec(requests_per_minute=10**9, requests_per_day=10**9,
+                                 tokens_per_minute=5_000)):  # fmt: skip
+        for gate in gates:
+            for reserve in (0, 1, 200, 10**15, 200):
+                limiter.send_admit("acct_x", spec, reserve, gate)
+                keys, head, tail = limiter._call("acct_x", spec, True, gate)
+                hold = "5e" * 8 if reserve else ""
+                whole = ("FCALL", "klawd_admit_v3", len(keys), *keys, *head, reserve, *tail,
+                         hold, store.reservation_hold_ms)  # fmt: skip
+                assert store.payloads[-1] == hiredis.pack_command(whole)

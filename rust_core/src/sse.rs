@@ -148,6 +148,30 @@ impl SseParser {
                 self.line.extend_from_slice(rest);
                 return Ok(Flow::Continue);
             };
+            // The common event, `data: …\n\n` whole in the input with nothing pending:
+            // dispatched from the input itself (not copied into `data`, no second line).
+            if rest[pos] == b'\n'
+                && rest.get(pos + 1) == Some(&b'\n')
+                && self.line.is_empty()
+                && self.data.is_empty()
+                && self.event_type.is_empty()
+            {
+                if let Some(value) = rest[..pos].strip_prefix(b"data:") {
+                    let value = value.strip_prefix(b" ").unwrap_or(value);
+                    self.check_bound(value.len() + 1)?;
+                    let event = Event {
+                        event: Cow::Borrowed("message"),
+                        data: decode(value),
+                        id: decode(&self.last_id),
+                    };
+                    let flow = sink(&event)?;
+                    rest = &rest[pos + 2..];
+                    if flow == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
+                    continue;
+                }
+            }
             let flow = if self.line.is_empty() {
                 self.process_line(&rest[..pos], sink)?
             } else {
@@ -381,6 +405,50 @@ mod tests {
             .push(b"data: 0123456789\ndata: 0123456789\n", &mut sink)
             .is_err());
         assert!(p.buffered_bytes() <= 16);
+    }
+
+    #[test]
+    fn whole_data_events_read_from_the_input_are_the_events_the_lines_make() {
+        // `data: …\n\n` with nothing pending is dispatched from the input itself: the same
+        // events (and ids, bounds) as line by line, the empty value and a missing space alike.
+        let whole = b"id: 7\ndata: a\n\ndata:b\n\ndata:\n\nevent: e\ndata: c\n\ndata: d\n\n";
+        let mut by_line = Vec::new();
+        let mut p = SseParser::new(1 << 10);
+        for byte in whole {
+            p.push(&[*byte], &mut |e: &Event<'_>| {
+                by_line.push((e.event.to_string(), e.data.to_string(), e.id.to_string()));
+                Ok(Flow::Continue)
+            })
+            .unwrap();
+        }
+        let mut at_once = Vec::new();
+        let mut p = SseParser::new(1 << 10);
+        p.push(whole, &mut |e: &Event<'_>| {
+            at_once.push((e.event.to_string(), e.data.to_string(), e.id.to_string()));
+            Ok(Flow::Continue)
+        })
+        .unwrap();
+        assert_eq!(at_once, by_line);
+        assert_eq!(
+            at_once
+                .iter()
+                .map(|(e, d, i)| (e.as_str(), d.as_str(), i.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("message", "a", "7"),
+                ("message", "b", "7"),
+                ("message", "", "7"),
+                ("e", "c", "7"),
+                ("message", "d", "7")
+            ]
+        );
+        let mut p = SseParser::new(8);
+        let sink = &mut |_: &Event<'_>| Ok(Flow::Continue);
+        assert!(matches!(
+            p.push(b"data: 01234567\n\n", sink),
+            Err(CoreError::Sse(_))
+        ));
+        assert!(p.push(b"data: 0123456\n\n", sink).is_ok());
     }
 
     #[test]

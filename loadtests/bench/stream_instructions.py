@@ -17,7 +17,10 @@ the measured rounds, every step of each stream's ASGI coroutine (`trace_share.St
 `data_received` of the upstream connections (httptools' parse of the answer, its HTTP chunks)
 run. Start-up, the warm-up, timers and other callbacks of the event loop (the ledger's batches,
 the metrics flush), the other threads and valgrind's slowness are left out; one run of 3 x 4
-rounds of 64 streams, the count divided by its 768 streams. `--profile FILE` keeps callgrind's
+rounds of 64 streams, the count divided by its 768 streams. How many reads of the upstream a
+stream took is printed too: a paced stream's (`lines20`) depends on how fast the process keeps
+up under valgrind (a slower run reads several events at once), so compare its counts at equal
+reads per stream. `--profile FILE` keeps callgrind's
 file (`callgrind_annotate --inclusive=yes FILE`).
 """
 
@@ -53,7 +56,11 @@ def child(scenario: str, rounds: int, tree: str | None, request_path: bool = Fal
     http_client = importlib.import_module("gateway.providers.http_client")
     received = http_client._Connection.data_received
 
+    reads = 0
+
     def counted_received(conn: Any, data: bytes) -> None:
+        nonlocal reads
+        reads += 1
         operator.call(received, conn, data)
 
     async def streams(driver: Any, name: str, _: int) -> float:
@@ -75,6 +82,8 @@ def child(scenario: str, rounds: int, tree: str | None, request_path: bool = Fal
     stream_cost.reframer_per_stream = lambda repetitions=0: 0.0  # not this count's
     stream_cost.cpu_per_stream = streams
     stream_cost.main()
+    if request_path:
+        print(f"upstream reads: {reads}")
 
 
 def instructions(
@@ -103,6 +112,9 @@ def instructions(
     found = re.search(pattern, done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"callgrind run failed:\n{done.stderr[-2000:]}")
+    if request_path:
+        read = re.search(r"upstream reads: (\d+)", done.stdout)
+        print(f"upstream reads per stream: {int(read[1]) / PATH_STREAMS if read else 0:.2f}")
     return int(found.group(1).replace(",", ""))
 
 

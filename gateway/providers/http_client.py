@@ -785,19 +785,25 @@ class HttpResponse:
         self._waiter = None  # whoever waited has been woken: nobody waits now
         try:
             while True:
-                if self._chunks or (self._complete and self._decoder is not None):
+                chunks = self._chunks
+                if chunks and self._decoder is None:  # `_take()`, inline (once per read)
+                    piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    chunks.clear()
+                    self._wire = 0
+                elif chunks or (self._complete and self._decoder is not None):
                     piece = self._take()
-                    conn = self._conn
-                    if conn is not None and conn.paused:
-                        conn.resume()
-                    if piece:
-                        return piece
-                    continue  # compressed bytes that decoded to nothing yet
-                if self._complete:
+                elif self._complete:
                     break
-                if self._error is not None:
-                    self._raise_copy(self._error)
-                return None
+                else:
+                    if self._error is not None:
+                        self._raise_copy(self._error)
+                    return None
+                conn = self._conn
+                if conn is not None and conn.paused:
+                    conn.resume()
+                if piece:
+                    return piece
+                # (compressed bytes that decoded to nothing yet)
         except BaseException:
             self.close()
             raise

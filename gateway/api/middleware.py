@@ -360,9 +360,10 @@ class LimitedReceive:
                 raise body_too_large(self._limit)
             if self._bodies is not None:
                 self._bodies.request.add(body)
-            if self._received == self._declared and message.get("more_body", False):
-                message["more_body"] = False  # all the Content-Length said: the body is whole
-            self.whole = not message.get("more_body", False)
+            more = message.get("more_body", False)
+            if more and self._received == self._declared:
+                message["more_body"] = more = False  # all the Content-Length said: whole
+            self.whole = not more
             if self.whole and deadlines is not None:
                 del deadlines.reading[self]
         elif deadlines is not None:  # the client left: http.disconnect

@@ -55,28 +55,37 @@ def child(scenario: str, rounds: int, tree: str | None, request_path: bool = Fal
     # (imported after stream_cost, which put `tree` first on the path)
     http_client = importlib.import_module("gateway.providers.http_client")
     received = http_client._Connection.data_received
-
     reads = 0
+    counting = False
 
     def counted_received(conn: Any, data: bytes) -> None:
         nonlocal reads
+        if not counting:
+            received(conn, data)
+            return
         reads += 1
         operator.call(received, conn, data)
 
+    if request_path:
+        # Installed before any connection is made: the event loop's transport keeps the bound
+        # method it found when the connection was made (uvloop does), so a later patch is not seen.
+        http_client._Connection.data_received = counted_received
+
     async def streams(driver: Any, name: str, _: int) -> float:
+        nonlocal counting
         model = stream_cost.gateway_model(name)
         for _ in range(2):
             await asyncio.gather(*(driver.stream(model) for _ in range(64)))
         app = driver.harness.app
         if request_path:
             driver.harness.app = Counted(app)
-            http_client._Connection.data_received = counted_received
+            counting = True
         try:
             for _ in range(rounds):
                 await asyncio.gather(*(driver.stream(model) for _ in range(64)))
         finally:
             driver.harness.app = app
-            http_client._Connection.data_received = received
+            counting = False
         return 0.0
 
     stream_cost.reframer_per_stream = lambda repetitions=0: 0.0  # not this count's

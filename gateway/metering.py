@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     from gateway.observer import RequestObserver
 
 log = logging.getLogger("klawd")
+# A stream's settlement status when the upstream broke it off after its first byte: cut or
+# nonsense (502), silent past the idle timeout (504). Not 503: the drain ends streams with it.
+UPSTREAM_BROKE_OFF = frozenset({502, 504})
 
 # Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
 # framing per message, and a large image's worth per image part (settlement uses real counts).
@@ -223,6 +226,8 @@ class Meter:
         # (served deployment, reserved tokens, used tokens) once a served request is settled:
         # the retrier's release (in flight, upstream token budget); set by build_state.
         self.on_served: Callable[[CatalogEntry, int, int], None] | None = None
+        # A served stream the upstream broke off (settled 502 or 504): its circuit counts it.
+        self.on_broke_off: Callable[[CatalogEntry], None] | None = None
         # account id (or key id, for a key's own limits) -> (monotonic time until which it is
         # surely denied, the limits that said so, the admission). A denial is exact until its
         # Retry-After: nothing another request or replica does can admit sooner, and a changed
@@ -452,6 +457,8 @@ class Meter:
             self.observer.settled(served, usage, status, stream, cost)
         if served is not None and self.on_served is not None:
             self.on_served(served, ticket.upstream_tokens, usage.total_tokens)
+            if stream and status in UPSTREAM_BROKE_OFF and self.on_broke_off is not None:
+                self.on_broke_off(served)
         return cost
 
     def settle_on_failure(self, ticket: Ticket, stream: bool) -> SettleOnFailure:

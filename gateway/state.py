@@ -158,6 +158,7 @@ async def build_state(
     )
     meter = Meter(settings, accounts, store.limiter(), recorder)
     meter.on_served = retrier.release
+    meter.on_broke_off = retrier.broke_off
     return AppState(
         settings=settings,
         store=store,

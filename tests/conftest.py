@@ -174,6 +174,13 @@ id = "openai/fail-429~again"
 provider = "openai"
 upstream_model = "fail-429"
 
+# streams the upstream cuts (for the circuit that counts them), then a model that serves
+[[models]]
+id = "openai/cut-then-fallback"
+provider = "openai"
+upstream_model = "cut-fake"
+fallbacks = ["openai/gpt-fake"]
+
 [[models]]
 id = "openai/fallback-chain"
 provider = "openai"

@@ -86,6 +86,24 @@ class Health:
         if circuit is not None and circuit.state == "half_open":
             circuit.probing = True
 
+    def broke_off(self, model: str) -> bool:
+        """A call counted served (its stream started) that the upstream then broke off: that
+        call failed after all. The latest success in the window becomes a failure, and the
+        circuit opens if the failures now reach the threshold. Whether it opened it."""
+        circuit = self._circuits.get(model)
+        if circuit is None or circuit.state != "closed":
+            return False  # opened meanwhile, or its probe's stream: the next probe tells
+        outcomes = circuit.outcomes
+        for index in range(len(outcomes) - 1, -1, -1):
+            if outcomes[index]:
+                outcomes[index] = False
+                break
+        failures = outcomes.count(False)
+        if failures >= self._min_failures and failures / len(outcomes) >= self._failure_rate:
+            self._open(model, circuit)
+            return True
+        return False
+
     def release(self, model: str) -> None:
         """The claimed probe ended with no outcome for the deployment (the upstream refused the
         request itself, or the client went away): the next call probes instead."""

@@ -144,6 +144,7 @@ class Retrier:
         self.balancer = balancer or Balancer("weighted")
         self.capacity: Capacity = capacity or MemoryCapacity(clock)
         self._cooldown_s = cooldown_s
+        self._resting: set[asyncio.Task[None]] = set()  # broke_off's rests, until they are done
         # Retry and fallback counters (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
         # Traces on: a client span per attempt (gateway/tracing/); set by create_app.
@@ -367,6 +368,18 @@ class Retrier:
     async def _rest(self, key: str, seconds: float, failing: bool) -> None:
         with contextlib.suppress(Exception):  # the capacity store logs its own failures
             await self.capacity.rest(key, seconds, failing)
+
+    def broke_off(self, served: CatalogEntry) -> None:
+        """A stream it served that the upstream broke off after its first byte (cut, nonsense,
+        silence past the idle timeout): a failure of that call after all, for its circuit. A
+        circuit this opens rests the deployment as one opened by a failed try does (on Redis:
+        on every replica), in a task of its own (this runs in the stream's settlement)."""
+        if self._health.broke_off(served.key):
+            resting = asyncio.get_running_loop().create_task(
+                self._rest(served.key, self._cooldown_s, failing=True)
+            )
+            self._resting.add(resting)
+            resting.add_done_callback(self._resting.discard)
 
     def release(self, served: CatalogEntry, reserved_tokens: int, used_tokens: int) -> None:
         """The served request is over (answered, or its stream ended)."""

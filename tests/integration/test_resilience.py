@@ -161,6 +161,28 @@ def test_open_circuit_answers_503_fast_without_calling_upstream(
     assert len(fake_openai.requests) == before
 
 
+def test_streams_the_upstream_breaks_off_open_the_circuit_and_the_fallback_serves(
+    gateway: Gateway, api_key: str
+) -> None:
+    """Each stream starts (200, events relayed) and is then cut by the upstream: counted
+    served when it started, and a failure once it broke off. After five, the circuit is open
+    and the model's fallback serves the next stream whole. Before, a deployment that broke
+    every stream after its first byte was never taken out of rotation."""
+    body = {"model": "openai/cut-then-fallback", "messages": messages(), "stream": True}
+    headers = {"authorization": f"Bearer {api_key}"}
+    for _ in range(5):
+        with httpx.stream(
+            "POST", f"{gateway.base_url}/v1/chat/completions", headers=headers, json=body
+        ) as response:
+            assert response.headers["x-klawd-model"] == "openai/cut-then-fallback"
+            assert b'"bad_gateway"' in response.read()
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/v1/chat/completions", headers=headers, json=body
+    ) as response:
+        assert response.headers["x-klawd-model"] == "openai/gpt-fake"
+        assert response.read().endswith(b"data: [DONE]\n\n")
+
+
 def test_slow_trickle_is_cut_by_the_total_timeout(gateway: Gateway, api_key: str) -> None:
     """Never idle for 1 s, but 5 s in all: the 3 s whole-request timeout ends it."""
     blob, events = stream_events(gateway, api_key, "slowai/trickle")

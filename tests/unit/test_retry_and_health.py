@@ -265,3 +265,38 @@ async def test_a_probe_that_ends_without_an_outcome_frees_the_half_open_circuit(
     _, served = script("ok")
     result, _, _ = await retrier(clock, health).call_targets([SONNET], served)  # type: ignore[arg-type]
     assert result == "ok" and health.view()[0].state == "closed"
+
+
+def test_a_stream_broken_off_after_it_started_counts_as_that_calls_failure() -> None:
+    clock = Clock()
+    health = Health(window=10, min_failures=3, failure_rate=0.5, cool_down_s=30, clock=clock)
+    model = SONNET.model.id
+    for _ in range(4):  # four streams start (served), then the upstream breaks each off
+        assert health.allows(model)
+        health.record(model, ok=True, latency_s=0.1)
+    assert not health.broke_off(model) and not health.broke_off(model)
+    assert health.view()[0].error_rate == 0.5
+    assert health.broke_off(model), "the third failure of four opens it"
+    assert not health.allows(model)
+    assert not health.broke_off(model), "an open circuit is left as it is"
+    assert not Health(clock=clock).broke_off("never-called")
+
+
+async def test_broke_off_rests_the_deployment_once_its_circuit_opens() -> None:
+    clock = Clock()
+    health = Health(window=4, min_failures=2, failure_rate=0.5, clock=clock)
+    retrier = Retrier(lambda _target: POLICY, health, sleep=clock.sleep, clock=clock)
+    rests: list[tuple[str, float, bool]] = []
+
+    async def rest(key: str, seconds: float, failing: bool = False) -> None:
+        rests.append((key, seconds, failing))
+
+    retrier.capacity.rest = rest  # type: ignore[method-assign]
+    served = SONNET.deployments[0]
+    for _ in range(2):
+        health.record(served.key, ok=True, latency_s=0.1)
+    retrier.broke_off(served)
+    assert rests == []
+    retrier.broke_off(served)
+    await asyncio.sleep(0)  # the rest's task
+    assert rests == [(served.key, 30.0, True)]

@@ -240,6 +240,9 @@ def start_gateway(
         **os.environ,
         "KLAWD_ADMIN_TOKEN": ADMIN_TOKEN,
         "OPENAI_API_KEY": UPSTREAM_KEY,
+        # `klawd serve`'s temporary directories (drain, metrics) in the test's own directory:
+        # a test that kills its gateway leaves them there, not in /tmp.
+        "TMPDIR": str(config.parent),
         **(env_extra or {}),
     }
     with (config.parent / "gateway.log").open("ab") as log:

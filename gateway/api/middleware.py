@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Sequence
@@ -255,36 +256,40 @@ class SendWithId:
         return self
 
 
-BODY_IDLE = "klawd-body-idle"  # the cancel message of a request whose body stopped arriving
-
-
 class BodyDeadlines:
-    """The requests reading their body right now, each with the time its last piece came (or
-    its read began), and one sweep a second that ends those silent for `idle_s`: their task is
-    cancelled with BODY_IDLE, which their read turns into a 408. A dict entry per read piece
-    rather than a timer per request: no Python frame on a request's path."""
+    """The requests reading their body right now, each with the sweep tick its last piece came
+    at (or its read began), and one sweep a second that ends those silent for `idle_s`: the
+    server's pending `receive()` is cancelled, which their read turns into a 408. A dict entry
+    per read rather than a timer per request, and a tick rather than a clock read: no Python
+    frame and no clock on a request's path (the deadline fires up to a sweep late)."""
 
-    __slots__ = ("idle_s", "reading")
+    __slots__ = ("idle_s", "reading", "tick")
 
     def __init__(self, idle_s: float) -> None:
         self.idle_s = idle_s
-        self.reading: dict[LimitedReceive, float] = {}
+        self.reading: dict[LimitedReceive, int] = {}
+        self.tick = 0  # sweeps so far
 
     async def sweep(self, every_s: float = 1.0) -> None:
         """For the worker's lifetime (started by the app's lifespan)."""
+        every_s = min(every_s, self.idle_s / 2)
+        idle_ticks = math.ceil(self.idle_s / every_s)
         while True:
-            await asyncio.sleep(min(every_s, self.idle_s / 2))
-            self.expire(time.monotonic())
+            await asyncio.sleep(every_s)
+            self.tick += 1
+            self.expire(idle_ticks)
 
-    def expire(self, now: float) -> None:
-        reading = self.reading
+    def expire(self, idle_ticks: int) -> None:
+        reading, tick = self.reading, self.tick
         for receiver, since in list(reading.items()):
-            task = receiver.task
-            if task is None or task.done():
-                del reading[receiver]  # ended without reading its whole body
-            elif now - since >= self.idle_s:
+            waiting = receiver.waiting
+            done = getattr(waiting, "done", None)
+            if done is None or done():
+                del reading[receiver]  # not a future; or read, and the request went on
+            elif tick - since >= idle_ticks:
                 del reading[receiver]
-                task.cancel(BODY_IDLE)
+                receiver.expired = True
+                waiting.cancel()
 
 
 class LimitedReceive:
@@ -309,7 +314,8 @@ class LimitedReceive:
         "_limit",
         "_receive",
         "_received",
-        "task",
+        "expired",
+        "waiting",
         "whole",
     )
 
@@ -328,7 +334,8 @@ class LimitedReceive:
         self._deadlines = deadlines
         self._received = 0
         self.whole = False
-        self.task: asyncio.Task[object] | None = None
+        self.waiting: asyncio.Future[Message]  # the server's pending receive(), once read
+        self.expired = False  # its body went silent for the deadline: the read is a 408
 
     def __call__(self) -> Awaitable[Message]:
         if self.whole:
@@ -337,16 +344,16 @@ class LimitedReceive:
 
     async def _limited(self) -> Message:
         deadlines = self._deadlines
+        waiting = self._receive()
         if deadlines is not None:
-            if self.task is None:
-                self.task = asyncio.current_task()
-            deadlines.reading[self] = time.monotonic()
+            # Granian's receive() is a future (`cancel`, `done`): the sweep can end the wait.
+            self.waiting = waiting  # type: ignore[assignment]
+            deadlines.reading[self] = deadlines.tick
         try:
-            message = await self._receive()
-        except asyncio.CancelledError as cancelled:
-            if deadlines is None or self.task is None or BODY_IDLE not in cancelled.args:
+            message = await waiting
+        except asyncio.CancelledError:
+            if deadlines is None or not self.expired:
                 raise
-            self.task.uncancel()
             raise RequestTimeout(
                 f"The request body stopped arriving for {deadlines.idle_s:g} seconds "
                 "(server.body_idle_timeout_s)."
@@ -365,7 +372,7 @@ class LimitedReceive:
                 message["more_body"] = more = False  # all the Content-Length said: whole
             self.whole = not more
             if self.whole and deadlines is not None:
-                del deadlines.reading[self]
+                deadlines.reading.pop(self, None)
         elif deadlines is not None:  # the client left: http.disconnect
             deadlines.reading.pop(self, None)
         return message

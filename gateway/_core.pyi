@@ -5,6 +5,7 @@ from typing import Any, Self, final
 
 __all__ = [
     "ClientSpan",
+    "Dechunker",
     "Decision",
     "EventStreamError",
     "Limiter",
@@ -62,6 +63,23 @@ class Usage:
     # usage that carries it), 0 if none; included in prompt_tokens.
     @property
     def cache_write_tokens(self) -> int: ...
+
+@final
+class Dechunker:
+    """An HTTP/1.1 chunked body read incrementally (bare LF line ends and spaces after a chunk
+    size accepted, as the client's httptools parser accepts them; extensions and trailer fields
+    read past). feed() takes the wire bytes after the head, split anywhere, and returns the
+    body bytes among them (one `bytes` for any number of HTTP chunks); ValueError for malformed
+    framing (not to be fed again)."""
+
+    def __new__(cls) -> Self: ...
+    def feed(self, data: bytes) -> bytes: ...
+    # The last chunk and the trailer section have been read.
+    @property
+    def done(self) -> bool: ...
+    # Bytes of the last feed() that came after the body's end (0 until done).
+    @property
+    def leftover(self) -> int: ...
 
 @final
 class Reframer:

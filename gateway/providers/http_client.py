@@ -15,8 +15,11 @@ has begun. New connections: addresses cached `DNS_TTL_S`, Happy Eyeballs across 
 Responses are parsed by httptools (llhttp), as leniently as aiohttp's parser (bare LF line ends,
 odd header bytes, spaces after a chunk size): chunked bodies are decoded, a body with neither
 Content-Length nor chunked ends at EOF, and a gzip or deflate Content-Encoding is undone, so
-callers always see the identity bytes. No Accept-Encoding, User-Agent, cookies or redirects: a
-caller that wants one does it itself.
+callers always see the identity bytes. An event stream's chunked body is decoded in Rust
+(`_core.Dechunker`, with the same leniencies): one `bytes` per read instead of a `bytes` and a
+callback per HTTP chunk (upstreams that write each SSE line as a chunk send three per Anthropic
+event); its trailer fields are read past (nothing reads a stream's headers once it streams).
+No Accept-Encoding, User-Agent, cookies or redirects: a caller that wants one does it itself.
 
 Egress proxies (`proxies`, gateway/providers/proxy.py): through an http proxy, a plain-http
 request is sent to the proxy with its absolute URI; an https one opens a CONNECT tunnel and then
@@ -57,6 +60,7 @@ from urllib.parse import quote, urlsplit
 import aiohappyeyeballs
 import httptools
 
+from gateway import _core
 from gateway.admission_gate import GATE
 from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
 from gateway.timer_wheel import Slot, TimerWheel
@@ -565,9 +569,24 @@ class _Connection(asyncio.Protocol):
             return
         response._got_bytes = True
         response._last_bytes_at = response._loop.time()
+        dechunker = response._dechunker
         try:
-            parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            if dechunker is None:
+                if response._headers_done:
+                    parser.feed_data(data)
+                else:
+                    data = response._read_head(parser, data)
+                    dechunker = response._dechunker
+            if dechunker is not None and data:
+                body = dechunker.feed(data)
+                if body:
+                    response._chunks.append(body)
+                if dechunker.done:
+                    if not response._complete:
+                        response._finish_message(response._keep_alive)
+                    if dechunker.leftover:
+                        raise ValueError("bytes after the answer")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, ValueError):
             response._fail(ResponseBroken("the upstream answered malformed HTTP"))
             self.close()
             return
@@ -590,6 +609,11 @@ class _Connection(asyncio.Protocol):
             response._connection_lost(exc)
 
 
+class _BodyByDechunker(Exception):
+    """Raised by `on_headers_complete` to stop the parser after an event stream's head: the
+    Dechunker reads its chunked body from the next byte on."""
+
+
 def _add_header(headers: dict[str, str], name: bytes, value: bytes) -> None:
     """One header into `HttpResponse.headers`: lower-case name, a repeated one joined by ", "."""
     key = name.decode("latin-1").lower()
@@ -606,6 +630,7 @@ class HttpResponse:
         "_chunks",
         "_complete",
         "_conn",
+        "_dechunker",
         "_decoder",
         "_deflate_probe",
         "_eof_body",
@@ -613,9 +638,11 @@ class HttpResponse:
         "_finished",
         "_got_bytes",
         "_head_only",
+        "_head_tail",
         "_headers",
         "_headers_by",
         "_headers_done",
+        "_heads",
         "_interim",
         "_keep_alive",
         "_last_bytes_at",
@@ -671,6 +698,10 @@ class HttpResponse:
         self._head_only = head_only
         self._wire = 0  # bytes read since the body was last taken (see data_received)
         self._headers_done = False
+        self._head_tail = b""  # the head's last bytes read so far (its end may straddle reads)
+        self._heads = 0  # heads parsed (interim answers' and the answer's)
+        # An event stream's chunked body, read in Rust from the byte after the head on.
+        self._dechunker: _core.Dechunker | None = None
         self._interim = False
         self._complete = False  # the whole message arrived
         self._keep_alive = False
@@ -1013,6 +1044,37 @@ class HttpResponse:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _read_head(self, parser: httptools.HttpResponseParser, data: bytes) -> bytes:
+        """A read before the head was whole, fed to the parser. Returns the bytes after the head
+        when the answer is an event stream with a chunked body, for the Dechunker (the parser
+        stopped there: `on_headers_complete` raised `_BodyByDechunker`); b"" otherwise."""
+        heads = self._heads
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _BodyByDechunker):
+                raise
+            return self._after_heads(data, self._heads - heads)
+        if not self._headers_done:  # the head goes on in the next read
+            self._head_tail = (self._head_tail + data)[-2:]
+        return b""
+
+    def _after_heads(self, data: bytes, heads: int) -> bytes:
+        """What follows the `heads`-th head that ends in `data` (interim answers' heads may come
+        first; a head's blank line may have begun in the read before)."""
+        before = self._head_tail
+        window = before + data
+        end = 0
+        for _ in range(heads):
+            ends = [
+                at + len(blank)
+                for blank in (b"\n\n", b"\n\r\n")  # a CRLF or bare-LF line, then an empty one
+                if (at := window.find(blank, end)) >= 0
+            ]
+            end = min(ends)
+        self._head_tail = b""
+        return data[end - len(before) :]
+
     # -- httptools callbacks (only while the connection feeds the parser) ------------------------
     # The parser is set while it calls these (`self._parser`, read directly: `_live_parser()`
     # and its `typing.cast` were two Python calls each time).
@@ -1039,6 +1101,7 @@ class HttpResponse:
         return self.headers[name.decode()].encode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self._heads += 1
         status = self._parser.get_status_code()  # type: ignore[union-attr]
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): the answer follows
             self._interim = True
@@ -1063,14 +1126,18 @@ class HttpResponse:
         if self._head_only:
             self._finish_message(self._parser.should_keep_alive())  # type: ignore[union-attr]
             return
-        self._eof_body = (
-            status not in (204, 304)
-            and b"content-length" not in names
-            and b"chunked" not in (self._header_value(names, b"transfer-encoding") or b"").lower()
-        )
+        coding = (self._header_value(names, b"transfer-encoding") or b"").strip().lower()
+        bodied = status not in (204, 304) and b"content-length" not in names
+        self._eof_body = bodied and b"chunked" not in coding
         waiter = self._waiter  # `_wake()`, inline (once per answer)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if bodied and coding == b"chunked":
+            kind = self._header_value(names, b"content-type") or b""
+            if kind[:17].lower() == b"text/event-stream":
+                self._dechunker = _core.Dechunker()
+                self._keep_alive = self._parser.should_keep_alive()  # type: ignore[union-attr]
+                raise _BodyByDechunker  # the parser stops here (see `_read_head`)
 
     def _no_body(self, body: bytes) -> None:
         """`on_body` of a HEAD answer (httptools does not know it was one)."""

@@ -1,6 +1,7 @@
 //! Klawd Gateway's hot path: pure Rust modules, with the PyO3 shell in `py.rs`.
 //!
 //! - [`sse`]: incremental SSE parser.
+//! - [`chunked`]: an HTTP/1.1 chunked body read incrementally (an event stream's, in the client).
 //! - [`eventstream`]: incremental AWS event stream decoder (Bedrock `ConverseStream`).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`openai_body`]: the single answer's OpenAI bodies rewritten by one scan.
@@ -8,6 +9,7 @@
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
 pub mod bucket;
+pub mod chunked;
 pub mod errors;
 pub mod eventstream;
 mod json;

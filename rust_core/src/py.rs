@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyList};
 use smallvec::SmallVec;
 
 use crate::bucket::BucketSpec;
+use crate::chunked::Dechunker;
 use crate::errors::CoreError;
 use crate::limiter::{BucketLimit, Decision, Limiter, QuotaLimit};
 use crate::reframe::{Options, Stream};
@@ -181,6 +182,47 @@ impl PyReframer {
     }
 }
 
+/// An HTTP/1.1 chunked body read incrementally (`chunked.rs`): one `bytes` of body per read,
+/// however many HTTP chunks the read holds.
+#[pyclass(module = "gateway._core", name = "Dechunker")]
+struct PyDechunker {
+    inner: Dechunker,
+    out: Vec<u8>,
+    leftover: usize,
+}
+
+#[pymethods]
+impl PyDechunker {
+    #[new]
+    fn new() -> Self {
+        Self {
+            inner: Dechunker::new(),
+            out: Vec::new(),
+            leftover: 0,
+        }
+    }
+
+    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        self.out.clear();
+        let used = self
+            .inner
+            .feed(data, &mut self.out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        self.leftover = data.len() - used;
+        Ok(PyBytes::new(py, &self.out))
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.done()
+    }
+
+    #[getter]
+    fn leftover(&self) -> usize {
+        self.leftover
+    }
+}
+
 /// The answer of `Limiter.acquire` / `Limiter.peek`.
 #[pyclass(module = "gateway._core", name = "Decision", frozen, get_all)]
 struct PyDecision {
@@ -327,7 +369,7 @@ mod _core {
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
     #[pymodule_export]
-    use super::{PyDecision, PyLimiter, PyReframer, PyUsage};
+    use super::{PyDechunker, PyDecision, PyLimiter, PyReframer, PyUsage};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -155,6 +155,13 @@ def keep_serving(*responses: bytes) -> Handler:
     return handler
 
 
+# The chunked-body tests run for a plain answer (httptools decodes the chunks) and an event
+# stream (the Dechunker does): the same bytes, pieces, ends, reuse and failures.
+CHUNKED_KINDS = pytest.mark.parametrize(
+    "kind", [b"", b"Content-Type: text/event-stream\r\n"], ids=["plain", "event-stream"]
+)
+
+
 async def get(http: HttpClient, url: str, method: str = "GET") -> tuple[HttpResponse, bytes]:
     response = await http.request(method, url, {}, None)
     return response, await response.read()
@@ -186,9 +193,10 @@ async def test_content_length_body_and_the_request_as_sent() -> None:
     ], "no Accept-Encoding, no User-Agent: only what the caller gave"
 
 
-async def test_chunked_body_split_at_every_byte() -> None:
+@CHUNKED_KINDS
+async def test_chunked_body_split_at_every_byte(kind: bytes) -> None:
     wire = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
         b"10\r\n0123456789abcdef\r\n"  # the size line "10" is split by the 1-byte writes
         b"3;ext=1\r\nxyz\r\n"
         b"0\r\nTrailer: t\r\n\r\n"
@@ -203,11 +211,14 @@ async def test_chunked_body_split_at_every_byte() -> None:
         response, body = await get(http, server.url())
         assert body == b"0123456789abcdefxyz"
         assert response.headers["x-a"] == "1"
+        # An event stream's trailer fields are read past (nothing reads a stream's headers)
+        assert response.headers.get("trailer") == (None if kind else "t")
 
 
-async def test_chunked_body_split_inside_the_size_line_and_crlf() -> None:
+@CHUNKED_KINDS
+async def test_chunked_body_split_inside_the_size_line_and_crlf(kind: bytes) -> None:
     pieces = [
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r",
+        b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r",
         b"\n1",
         b"a\r",
         b"\nABCDEFGHIJKLMNOPQRSTUVWXYZ\r",
@@ -248,12 +259,15 @@ async def test_a_body_cut_short_of_its_content_length_is_broken() -> None:
             await response.read()
 
 
-async def test_reset_mid_body_is_broken() -> None:
+@CHUNKED_KINDS
+async def test_reset_mid_body_is_broken(kind: bytes) -> None:
     sent = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+        )
         await sent.wait()
         conn.reset()
 
@@ -278,15 +292,17 @@ async def test_malformed_answer_is_broken() -> None:
             await http.request("GET", server.url(), {}, None)
 
 
-async def test_sloppy_answers_aiohttp_accepted_are_accepted() -> None:
+@CHUNKED_KINDS
+async def test_sloppy_answers_aiohttp_accepted_are_accepted(kind: bytes) -> None:
     """Bare LF line ends and spaces after a chunk size, as aiohttp's lenient parser allowed."""
+    media = b"text/event-stream" if kind else b"text/plain"
     handler = keep_serving(
-        b"HTTP/1.1 200 OK\nContent-Type: text/plain\nTransfer-Encoding: chunked\n\n"
-        b"3 \r\nabc\r\n0\r\n\r\n"
+        b"HTTP/1.1 200 OK\nContent-Type: " + media + b"\nTransfer-Encoding: chunked\n\n"
+        b"3 \r\nabc\n2;x\nde\r\n0\r\nX: y\n\n"
     )
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url())
-        assert (response.headers["content-type"], body) == ("text/plain", b"abc")
+        assert (response.headers["content-type"].encode(), body) == (media, b"abcde")
 
 
 @pytest.mark.parametrize(
@@ -297,8 +313,9 @@ async def test_sloppy_answers_aiohttp_accepted_are_accepted() -> None:
         ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw, as some servers send
     ],
 )
+@CHUNKED_KINDS
 async def test_compressed_bodies_are_decoded(
-    encoding: str, compress: Callable[[bytes], bytes]
+    encoding: str, compress: Callable[[bytes], bytes], kind: bytes
 ) -> None:
     plain = b'{"choices":[{"text":"' + b"lorem ipsum " * 500 + b'"}]}'
     wire = compress(plain)
@@ -306,8 +323,9 @@ async def test_compressed_bodies_are_decoded(
     async def handler(conn: Conn) -> None:
         await conn.request()
         await conn.send(
-            f"HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode(),
+            f"HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\n".encode()
+            + kind
+            + b"Transfer-Encoding: chunked\r\n\r\n",
             b"".join(
                 f"{len(wire[i : i + 7]):x}\r\n".encode() + wire[i : i + 7] + b"\r\n"
                 for i in range(0, len(wire), 7)
@@ -401,13 +419,85 @@ async def test_framing_headers_are_read_whatever_their_case_and_repetition() -> 
         assert server.accepted == 1
 
 
+# -- an event stream's chunked body (the Dechunker's, from the byte after the head) --------------
+EVENT_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+EVENTS = b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+async def test_an_event_stream_s_head_may_end_in_any_read(cut: int, line_end: bytes) -> None:
+    """The head is fed to httptools alone and the body to the Dechunker: a read that ends
+    inside the head's blank line, or just after it, splits them right."""
+    wire = EVENT_HEAD.replace(b"\r\n", line_end) + EVENTS
+    at = len(EVENT_HEAD.replace(b"\r\n", line_end)) - 3 + cut
+
+    async def two_writes(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(wire[:at], wire[at:])
+        if await conn.request() is not None:
+            await conn.send(answer(b"next"))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(two_writes) as server, client() as http:
+        response, body = await get(http, server.url())
+        assert (response.headers["content-type"], body) == (
+            "text/event-stream",
+            b"data: 1\n\ndata: 2\n\n",
+        )
+        assert (await get(http, server.url()))[1] == b"next"
+        assert server.accepted == 1  # kept alive
+
+
+async def test_interim_answers_before_an_event_stream_are_skipped() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    wire = interim + EVENT_HEAD + EVENTS
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(wire[:40], wire[40:90], wire[90:])
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response, body = await get(http, server.url())
+        assert (response.status, body) == (200, b"data: 1\n\ndata: 2\n\n")
+
+
+@pytest.mark.parametrize(
+    "body", [b"zz\r\n", b"5\r\nhelloXX", b"1;a b\r\nx\r\n", b"0\r\n:y\r\n\r\n"]
+)
+async def test_malformed_chunks_of_an_event_stream_are_broken(body: bytes) -> None:
+    async with (
+        asyncio.timeout(BOUND_S),
+        serving(keep_serving(EVENT_HEAD + body)) as server,
+        client() as http,
+    ):
+        response = await http.request("GET", server.url(), {}, None)
+        with pytest.raises(ResponseBroken):
+            await response.read()
+        assert all(pool.count == 0 for pool in http._pools.values())  # dropped
+
+
+async def test_bytes_after_an_event_stream_s_end_drop_its_connection() -> None:
+    """As httptools does for any answer: the answer is whole, the connection not reused."""
+    handler = keep_serving(EVENT_HEAD + EVENTS + b"HTTP/1.1 200", answer(b"next"))
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        assert (await get(http, server.url()))[1] == b"data: 1\n\ndata: 2\n\n"
+        assert all(pool.count == 0 for pool in http._pools.values())
+
+
 # -- streaming ----------------------------------------------------------------------------------
-async def test_chunks_arrive_before_the_body_ends() -> None:
+@CHUNKED_KINDS
+async def test_chunks_arrive_before_the_body_ends(kind: bytes) -> None:
     go_on = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n"
+        )
         await go_on.wait()  # nothing more until the client has seen the first chunk
         await conn.send(b"6\r\ndata:2\r\n0\r\n\r\n")
         await conn.wait_closed_by_peer()
@@ -420,7 +510,8 @@ async def test_chunks_arrive_before_the_body_ends() -> None:
         assert [chunk async for chunk in chunks] == [b"data:2"]
 
 
-async def test_a_reader_that_waits_itself_gets_each_piece_then_the_end() -> None:
+@CHUNKED_KINDS
+async def test_a_reader_that_waits_itself_gets_each_piece_then_the_end(kind: bytes) -> None:
     """`next_piece()` and `arrival()`, the read without a coroutine of the client's (the
     stream's reframing loop awaits the arrival itself): a piece, None while nothing is at hand,
     b"" at the end, and the connection back in the pool."""
@@ -428,7 +519,9 @@ async def test_a_reader_that_waits_itself_gets_each_piece_then_the_end() -> None
 
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n"
+        )
         await go_on.wait()
         await conn.send(b"6\r\ndata:2\r\n0\r\n\r\n")
         await conn.wait_closed_by_peer()
@@ -449,14 +542,17 @@ async def test_a_reader_that_waits_itself_gets_each_piece_then_the_end() -> None
         assert [len(pool.idle) for pool in http._pools.values()] == [1]
 
 
-async def test_a_reader_that_waits_itself_is_timed_out_only_while_it_waits() -> None:
+@CHUNKED_KINDS
+async def test_a_reader_that_waits_itself_is_timed_out_only_while_it_waits(kind: bytes) -> None:
     """As with `chunks()`: silence counts while the reader awaits `arrival()`, not while it is
     busy with a piece it has."""
     sent = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+        )
         sent.set()
         await conn.wait_closed_by_peer()
 
@@ -475,14 +571,17 @@ async def test_a_reader_that_waits_itself_is_timed_out_only_while_it_waits() -> 
             assert all(pool.count == 0 for pool in http._pools.values())  # dropped
 
 
-async def test_chunks_that_arrived_together_are_read_as_one_piece() -> None:
+@CHUNKED_KINDS
+async def test_chunks_that_arrived_together_are_read_as_one_piece(kind: bytes) -> None:
     body_sent = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.request()
         lines = (b"data: 1\n", b"\n", b"data: 2\n", b"\n")
         await conn.send(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\n"
+            + kind
+            + b"Transfer-Encoding: chunked\r\n\r\n"
             + b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
         )
         body_sent.set()
@@ -925,14 +1024,19 @@ async def test_close_drops_a_stream_upstream() -> None:
             await response.read()
 
 
-async def test_a_stream_released_before_its_end_goes_back_to_the_pool_when_the_end_comes() -> None:
+@CHUNKED_KINDS
+async def test_a_stream_released_before_its_end_goes_back_to_the_pool_when_the_end_comes(
+    kind: bytes,
+) -> None:
     """A stream's last event read before the chunk that ends the answer: released then, the
     connection is kept for the next request once the end arrives."""
     released = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n"
+        )
         await released.wait()
         await conn.send(b"0\r\n\r\n")
         if await conn.request() is None:
@@ -951,12 +1055,17 @@ async def test_a_stream_released_before_its_end_goes_back_to_the_pool_when_the_e
         assert server.accepted == 1
 
 
-async def test_a_stream_released_before_its_end_is_closed_when_the_end_does_not_come() -> None:
+@CHUNKED_KINDS
+async def test_a_stream_released_before_its_end_is_closed_when_the_end_does_not_come(
+    kind: bytes,
+) -> None:
     peer_closed = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\n" + kind + b"Transfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n"
+        )
         await conn.wait_closed_by_peer()
         peer_closed.set()
 

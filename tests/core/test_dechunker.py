@@ -1,0 +1,176 @@
+"""`_core.Dechunker` (an event stream's chunked body in the HTTP client) against httptools, the
+parser it stands in for, with the client's leniencies: the same body, end and refusals for the
+same wire however it is split."""
+
+from __future__ import annotations
+
+import itertools
+
+import httptools
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import _core
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+SETTINGS = settings(max_examples=300, deadline=None, database=None)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.on_body = self.body.append
+        self.complete = False
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def by_httptools(reads: list[bytes]) -> tuple[bytes, bool] | None:
+    """(body, ended) as the client's httptools parser reads the head then `reads`; None if it
+    refuses the wire."""
+    sink = _Sink()
+    parser = httptools.HttpResponseParser(sink)
+    parser.set_dangerous_leniencies(
+        lenient_headers=True,
+        lenient_optional_cr_before_lf=True,
+        lenient_spaces_after_chunk_size=True,
+    )
+    parser.feed_data(HEAD)
+    try:
+        for data in reads:
+            parser.feed_data(data)
+    except httptools.HttpParserError:
+        # bytes after a whole answer: the client keeps the answer and drops the connection
+        return (b"".join(sink.body), True) if sink.complete else None
+    return b"".join(sink.body), sink.complete
+
+
+def by_dechunker(reads: list[bytes]) -> tuple[bytes, bool] | None:
+    dechunker = _core.Dechunker()
+    body = []
+    try:
+        for data in reads:
+            body.append(dechunker.feed(data))
+    except ValueError:
+        return None
+    return b"".join(body), dechunker.done
+
+
+def split(wire: bytes, cuts: list[int]) -> list[bytes]:
+    at = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    return [wire[a:b] for a, b in itertools.pairwise(at)]
+
+
+EOL = st.sampled_from([b"\r\n", b"\n"])
+SPACES = st.sampled_from([b"", b" ", b"\t", b"  \t"])
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=6).map(str.encode)
+EXTENSION = st.one_of(
+    st.just(b""),
+    st.builds(lambda name, value: b";" + name + b"=" + value, TOKEN, TOKEN),
+    st.builds(lambda name: b";" + name, TOKEN),
+    st.builds(lambda name: b";" + name + b'="a \\" b";q=', TOKEN),
+)
+TRAILER = st.builds(lambda name, value: name + b": " + value, TOKEN, TOKEN)
+
+
+SSE_LINES = st.sampled_from([b"event: x\n", b'data: {"a":1}\n', b"data: tok 1\n", b"\n"])
+
+
+def _chunks(draw: st.DrawFn, data: st.SearchStrategy[bytes], extension: st.SearchStrategy[bytes],
+            count: st.SearchStrategy[int]) -> bytes:  # fmt: skip
+    wire = b""
+    for _ in range(draw(count)):
+        piece = draw(data)
+        size = draw(st.sampled_from(["{:x}", "{:X}", "0{:x}"])).format(len(piece)).encode()
+        wire += size + draw(SPACES) + _size_line_end(draw(extension), draw(EOL)) + piece + draw(EOL)
+    return wire
+
+
+@st.composite
+def chunked_wires(draw: st.DrawFn) -> bytes:
+    """A chunked body as an upstream may write it: SSE lines (or any bytes) as chunks, sizes
+    in either case with leading zeros, spaces after a size, bare LF line ends, extensions,
+    trailer fields."""
+    data = st.binary(min_size=1, max_size=40) | SSE_LINES
+    wire = _chunks(draw, data, EXTENSION, st.integers(0, 8))
+    wire += b"0" + draw(SPACES) + _size_line_end(draw(EXTENSION), draw(EOL))
+    for trailer in draw(st.lists(TRAILER, max_size=2)):
+        wire += trailer + draw(EOL)
+    return wire + draw(EOL)
+
+
+@st.composite
+def damaged_wires(draw: st.DrawFn) -> bytes:
+    """A chunked body of SSE lines without extensions or trailers, one byte of its chunks
+    (framing or data, not the last chunk's line) removed or replaced."""
+    chunks = _chunks(draw, SSE_LINES, st.just(b""), st.integers(1, 8))
+    at = draw(st.integers(0, len(chunks) - 1))
+    damage = draw(st.sampled_from(
+        [b"", b"x", b"\r", b"\n", b"\r\r", b"g", b"-", b" ", b"0", b"F", b"=", b'"', b":"]
+    ))  # fmt: skip
+    return chunks[:at] + damage + chunks[at + 1 :] + b"0\r\n" + draw(EOL)
+
+
+def _size_line_end(extension: bytes, eol: bytes) -> bytes:
+    """A bare LF right after a size stands for its CR (llhttp's leniency): LF LF."""
+    return extension + eol if extension or eol == b"\r\n" else b"\n\n"
+
+
+@SETTINGS
+@given(chunked_wires(), st.lists(st.integers(0, 10_000), max_size=6))
+def test_any_split_of_a_chunked_body_reads_as_httptools_reads_it(
+    wire: bytes, cuts: list[int]
+) -> None:
+    reads = split(wire, cuts)
+    assert by_dechunker(reads) == by_httptools(reads)
+    assert by_dechunker(reads) is not None
+
+
+@SETTINGS
+@given(damaged_wires(), st.lists(st.integers(0, 10_000), max_size=3))
+def test_a_damaged_chunked_body_reads_as_httptools_reads_it(wire: bytes, cuts: list[int]) -> None:
+    """What httptools refuses, the Dechunker refuses; what httptools reads, the Dechunker reads
+    alike, or refuses where httptools is left waiting for more (a bare LF right after a size:
+    llhttp fails on the byte after it, the Dechunker on it). Extensions and trailer fields are
+    the case tests' (below): the Dechunker checks the grammar llhttp checks there, not every
+    leniency llhttp shows on damaged bytes (it takes `0;;x` and `X: \\r\\r\\n`, not `0;a;`
+    nor `X: y\\r\\r\\n`)."""
+    reads = split(wire, cuts)
+    ours, theirs = by_dechunker(reads), by_httptools(reads)
+    if theirs is None or ours is not None:
+        assert ours == theirs
+    else:
+        assert not theirs[1], "refused a body httptools read whole"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"zz\r\n",
+        b"\r\n",
+        b"5\r\nhelloXX",
+        b"5\r\nhello\r\r",
+        b"5 x\r\nhello\r\n",
+        b"11111111111111111\r\n",
+        b"1; a\r\nX\r\n",
+        b"1;a \r\nX\r\n",
+        b"1;a;\r\nX\r\n",
+        b'1;a="b"c\r\nX\r\n',
+        b'1;a="\x01"\r\nX\r\n',
+        b"0\r\nX : y\r\n\r\n",
+        b"0\r\n:y\r\n\r\n",
+    ],
+)
+def test_malformed_framing_is_refused_by_both(wire: bytes) -> None:
+    assert by_httptools([wire]) is None
+    assert by_dechunker([wire]) is None
+
+
+def test_bytes_after_the_end_are_left_over() -> None:
+    dechunker = _core.Dechunker()
+    assert dechunker.feed(b"5\r\nhello\r\n0\r\n\r\nHTTP") == b"hello"
+    assert (dechunker.done, dechunker.leftover) == (True, 4)
+    assert dechunker.feed(b"more") == b""
+    assert dechunker.leftover == 4

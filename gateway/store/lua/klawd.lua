@@ -453,25 +453,28 @@ end
 -- (`settle_entries` reads each entry's keys through `keys_of(i)`: the index in KEYS of its usage
 -- of the day, its marker, its key usage of the day and the first of its three key spends; its
 -- arguments are ARGV[a + 1 ..] with a = first + stride * i, for i = 0 .. entries - 1.)
+local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|images',
+                      '|cost_micros'}
 local function settle_entries(keys, args, first, stride, entries, keys_of, holds)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
-  local sums, sum_keys = {}, {}  -- hash key -> {field -> increment}, the keys in first-seen order
-  local function add(key, field, amount)
-    local fields = sums[key]
-    if fields == nil then
-      fields = {}
-      sums[key] = fields
+  -- hash key -> {name -> {requests, prompt, completion, images, cost}}, the keys in first-seen
+  -- order: an entry adds to its name's five sums (no field name made per entry)
+  local sums, sum_keys = {}, {}
+  local function count(key, name, prompt, completion, images, cost)
+    local names = sums[key]
+    if names == nil then
+      names = {}
+      sums[key] = names
       sum_keys[#sum_keys + 1] = key
     end
-    fields[field] = (fields[field] or 0) + amount
-  end
-  local function count(key, name, entry, a)
-    add(key, name .. '|requests', 1)
-    add(key, name .. '|prompt_tokens', tonumber(entry[a + 3]))
-    add(key, name .. '|completion_tokens', tonumber(entry[a + 4]))
-    add(key, name .. '|images', tonumber(entry[a + 5]))
-    add(key, name .. '|cost_micros', tonumber(entry[a + 6]))
+    local sum = names[name]
+    if sum == nil then
+      names[name] = {1, prompt, completion, images, cost}
+    else
+      sum[1], sum[2], sum[3] = sum[1] + 1, sum[2] + prompt, sum[3] + completion
+      sum[4], sum[5] = sum[4] + images, sum[5] + cost
+    end
   end
   local spends, spend_keys = {}, {}  -- spend hash key -> {cost, reservation released, period}
   local applied, spent = 0, 0
@@ -490,8 +493,10 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       balance = math.max(0, balance + delta)
       moved = true
       spent = spent + cost
-      count(keys[usage], args[a + 2], args, a)  -- by model
-      count(keys[kusage], args[a + 8], args, a)  -- by API key
+      local prompt, completion = tonumber(args[a + 3]), tonumber(args[a + 4])
+      local images = tonumber(args[a + 5])
+      count(keys[usage], args[a + 2], prompt, completion, images, cost)  -- by model
+      count(keys[kusage], args[a + 8], prompt, completion, images, cost)  -- by API key
       redis.call('XADD', keys[2], '*', 'entry', args[a + 7])
       for p = 1, 3 do
         local spend = keys[spend0 + p - 1]
@@ -508,8 +513,10 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
   end
   if moved then redis.call('SET', keys[1], string.format('%d', balance)) end
   for _, key in ipairs(sum_keys) do
-    for field, amount in pairs(sums[key]) do
-      redis.call('HINCRBY', key, field, string.format('%d', amount))
+    for name, sum in pairs(sums[key]) do
+      for f = 1, 5 do
+        redis.call('HINCRBY', key, name .. USAGE_FIELDS[f], string.format('%d', sum[f]))
+      end
     end
   end
   for _, spend in ipairs(spend_keys) do

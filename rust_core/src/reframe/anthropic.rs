@@ -104,6 +104,8 @@ pub struct AnthropicReframer {
     usage: AnthropicUsage,
     /// `(content block index, tool-call index)` of each `tool_use` block.
     tool_blocks: Vec<(u64, u32)>,
+    /// The bytes text deltas repeat (the scan resumes after them).
+    delta_prefix: anthropic_scan::DeltaPrefix,
 }
 
 impl AnthropicReframer {
@@ -115,6 +117,7 @@ impl AnthropicReframer {
             role_sent: false,
             usage: AnthropicUsage::default(),
             tool_blocks: Vec::new(),
+            delta_prefix: anthropic_scan::DeltaPrefix::default(),
         }
     }
 
@@ -141,7 +144,11 @@ impl Reframe for AnthropicReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        self.on_parsed(AnthropicEvent::read(&ev.data)?, &ev.event, st, out);
+        let e = match anthropic_scan::read_with(&ev.data, &mut self.delta_prefix) {
+            Some(e) => e,
+            None => parse("anthropic", &ev.data)?,
+        };
+        self.on_parsed(e, &ev.event, st, out);
         Ok(())
     }
 

@@ -13,6 +13,14 @@
 //! the typed view decides: the same event, or the same error, as before. Strings with escapes
 //! are unescaped as `serde_json` unescapes them; `usage` is read by `serde_json` from its own
 //! span (twice per stream).
+//!
+//! A stream's text deltas repeat everything but their text (`{"type":"content_block_delta",
+//! "index":0,"delta":{"type":"text_delta","text":` … `"}}`): [`read_with`] remembers those
+//! bytes of the last plain text delta ([`DeltaPrefix`]) and, when the next event starts with
+//! them, reads only its text and its end. The scan's state after those bytes depends on them
+//! alone, so the answer is the one the whole scan gives (a proptest compares the two).
+
+use std::borrow::Cow;
 
 use super::anthropic::{AnthropicEvent, ContentBlock, Delta, ErrorBody, Message};
 use crate::json_scan::{once, Scan};
@@ -72,6 +80,83 @@ pub fn read(data: &str) -> Option<AnthropicEvent<'_>> {
         }
     }
     scan.at_end().then_some(e)
+}
+
+/// The last plain text delta's bytes before its text (and the index they give): an event with
+/// nothing but `type`, `index` and a `delta` of `type` and `text`, the text last in both objects.
+#[derive(Debug, Default)]
+pub struct DeltaPrefix {
+    bytes: String,
+    index: Option<u64>,
+}
+
+/// [`read`], reading a text delta that starts with `prefix`'s bytes from its text on; `prefix`
+/// then remembers the event's own bytes if it is a plain text delta.
+pub fn read_with<'a>(data: &'a str, prefix: &mut DeltaPrefix) -> Option<AnthropicEvent<'a>> {
+    if !prefix.bytes.is_empty() {
+        if let Some(text) = data
+            .strip_prefix(prefix.bytes.as_str())
+            .and_then(text_and_end)
+        {
+            return Some(AnthropicEvent {
+                kind: Some(Cow::Borrowed("content_block_delta")),
+                index: prefix.index,
+                delta: Some(Delta {
+                    kind: Some(Cow::Borrowed("text_delta")),
+                    text: Some(text),
+                    ..Delta::default()
+                }),
+                ..AnthropicEvent::default()
+            });
+        }
+    }
+    let e = read(data)?;
+    prefix.remember(data, &e);
+    Some(e)
+}
+
+/// A string (the text), then the end of `delta` and of the event, as the whole scan reads them.
+fn text_and_end(rest: &str) -> Option<Cow<'_, str>> {
+    let mut scan = Scan::new(rest);
+    let text = scan.str_cow()?;
+    (scan.next(b'}')? && scan.next(b'}')? && scan.at_end()).then_some(text)
+}
+
+impl DeltaPrefix {
+    /// Keeps `data`'s bytes before the text if `e` (its reading) is a plain text delta whose
+    /// text, unescaped, is followed by nothing but `}}`; otherwise keeps what it had.
+    fn remember(&mut self, data: &str, e: &AnthropicEvent<'_>) {
+        let plain = e.kind.as_deref() == Some("content_block_delta")
+            && e.message.is_none()
+            && e.content_block.is_none()
+            && e.usage.is_none()
+            && e.error.is_none();
+        let Some(d) = e.delta.as_ref().filter(|_| plain) else {
+            return;
+        };
+        let Some(Cow::Borrowed(text)) = &d.text else {
+            return;
+        };
+        if d.kind.as_deref() != Some("text_delta")
+            || d.partial_json.is_some()
+            || d.stop_reason.is_some()
+            || d.stop_sequence.is_some()
+        {
+            return;
+        }
+        // where the (borrowed) text lies in `data`: its quote before, `"}}` after it
+        let start = (text.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        let Some(quote) = start.checked_sub(1) else {
+            return;
+        };
+        let end = start + text.len();
+        if data.as_bytes().get(quote) != Some(&b'"') || data.get(end..) != Some("\"}}") {
+            return;
+        }
+        self.bytes.clear();
+        self.bytes.push_str(&data[..quote]);
+        self.index = e.index;
+    }
 }
 
 /// `usage` or `null`, read by `serde_json` from its span (as the typed view reads it).
@@ -339,6 +424,46 @@ mod tests {
         same_output(&seeds());
     }
 
+    /// Each event read through one `DeltaPrefix`, in order, as the reframer reads them: the
+    /// same reading as the whole scan's.
+    fn same_through_the_prefix(events: &[String]) {
+        let mut prefix = DeltaPrefix::default();
+        for data in events {
+            assert_eq!(read_with(data, &mut prefix), read(data), "{data}");
+        }
+    }
+
+    #[test]
+    fn text_deltas_after_the_first_are_read_from_their_text() {
+        let delta = |text: &str| {
+            format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{text}"}}}}"#
+            )
+        };
+        let mut prefix = DeltaPrefix::default();
+        let first = delta("Hello");
+        assert_eq!(read_with(&first, &mut prefix), read(&first));
+        assert_eq!(
+            prefix.bytes,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"#
+        );
+        let escaped = delta(r#" \"w\u00e9\" "#);
+        let e = read_with(&escaped, &mut prefix).unwrap();
+        assert_eq!(e.delta.unwrap().text.as_deref(), Some(" \"wé\" "));
+        // not a plain text delta's end: the whole scan reads it
+        for other in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","x":1}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},"type":"ping"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}} x"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\ud800"}}"#,
+        ] {
+            assert_eq!(read_with(other, &mut prefix), read(other), "{other}");
+        }
+        let mut events = seeds();
+        events.extend([delta("a"), delta("b c"), delta(""), delta("\\n")]);
+        same_through_the_prefix(&events);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
 
@@ -354,6 +479,7 @@ mod tests {
                 agrees(data);
             }
             same_output(&events);
+            same_through_the_prefix(&events);
         }
     }
 }

@@ -127,3 +127,38 @@ def test_a_sent_admission_is_the_call_fcall_packs(monkeypatch: pytest.MonkeyPatc
                 whole = ("FCALL", "klawd_admit_v3", len(keys), *keys, *head, reserve, *tail,
                          hold, store.reservation_hold_ms)  # fmt: skip
                 assert store.payloads[-1] == hiredis.pack_command(whole)
+
+
+async def test_a_daily_quota_expires_at_the_midnight_after_tomorrows(
+    redis_server: RedisServer,
+) -> None:
+    """The account's and the API key's daily quota hashes expire at the midnight after
+    tomorrow's (UTC, Redis time): set by the day's first admission, kept by the day's others,
+    moved by the first admission of a new day (a hash left from yesterday, counting again)."""
+    redis_server.flush()
+    store = RedisStore(redis_server.url)
+    client = aioredis.Redis.from_url(redis_server.url)
+    limiter = RedisLimiter(store)
+    spec = LimitSpec(requests_per_minute=100, requests_per_day=100)
+    try:
+        account = await store.create_account("quota", "free", 10**9)
+        gate = KeyGate("key_q", DAY, requests_per_day=100)
+        acct = _acct(account.id)
+        quotas = [f"{acct}:rpd", f"{acct}:krpd:key_q"]
+        today = (await client.time())[0] // 86_400
+        expiry = (today + 2) * 86_400
+        for _ in range(3):
+            assert (await limiter.admit(account.id, spec, 1, gate)).outcome == "admitted"
+            assert [await client.expiretime(key) for key in quotas] == [expiry, expiry]
+        for key in quotas:  # yesterday's, expiring at tonight's midnight
+            await client.hset(key, mapping={"day": today - 1, "count": 7})
+            await client.expireat(key, (today + 1) * 86_400)
+        assert (await limiter.admit(account.id, spec, 1, gate)).outcome == "admitted"
+        if (await client.time())[0] // 86_400 != today:
+            pytest.skip("midnight UTC passed during the test")
+        assert [await client.expiretime(key) for key in quotas] == [expiry, expiry]
+        for key in quotas:
+            assert await client.hmget(key, "day", "count") == [str(today).encode(), b"1"]
+    finally:
+        await client.aclose()
+        await store.close()

@@ -95,19 +95,21 @@ local function admit_core(keys, args, with_key, now)
     end
     return level
   end
+  -- -> the requests used today, and whether the quota's hash is today's already (then its
+  -- expiry, the day after tomorrow's midnight, was set when today's first request wrote it)
   local function quota(key, cap)
     local state = redis.call('HMGET', key, 'day', 'count')
-    local used = 0
-    if tonumber(state[1]) == day then used = tonumber(state[2]) or 0 end
+    local used, today = 0, tonumber(state[1]) == day
+    if today then used = tonumber(state[2]) or 0 end
     if used + 1 > cap then
       outcome = 1
       retry_ms = math.max(retry_ms, (day + 1) * 86400000 - now)
     end
-    return used
+    return used, today
   end
 
   local rpm = bucket(keys[1], rpm_cap)
-  local used = quota(keys[2], rpd_cap)
+  local used, used_today = quota(keys[2], rpd_cap)
   local tpm = nil
   if tpm_cap > 0 then
     tpm = level_of(keys[3], tpm_cap, now)
@@ -117,9 +119,9 @@ local function admit_core(keys, args, with_key, now)
     end
   end
   local account_outcome = outcome
-  local krpm, kused = nil, nil
+  local krpm, kused, kused_today = nil, nil, false
   if krpm_cap > 0 then krpm = bucket(keys[5], krpm_cap) end
-  if krpd_cap > 0 then kused = quota(keys[6], krpd_cap) end
+  if krpd_cap > 0 then kused, kused_today = quota(keys[6], krpd_cap) end
   if outcome == 1 and account_outcome == 0 then by_key = 1 end
 
   local balance = tonumber(redis.call('GET', keys[4]) or '0')
@@ -143,7 +145,7 @@ local function admit_core(keys, args, with_key, now)
     used = used + 1
     store_level(keys[1], rpm_cap, rpm, now)
     redis.call('HSET', keys[2], 'day', day, 'count', used)
-    redis.call('PEXPIREAT', keys[2], (day + 2) * 86400000)
+    if not used_today then redis.call('PEXPIREAT', keys[2], (day + 2) * 86400000) end
     if krpm ~= nil then
       krpm = krpm - 1
       store_level(keys[5], krpm_cap, krpm, now)
@@ -151,7 +153,7 @@ local function admit_core(keys, args, with_key, now)
     if kused ~= nil then
       kused = kused + 1
       redis.call('HSET', keys[6], 'day', day, 'count', kused)
-      redis.call('PEXPIREAT', keys[6], (day + 2) * 86400000)
+      if not kused_today then redis.call('PEXPIREAT', keys[6], (day + 2) * 86400000) end
     end
     if reserve > 0 then
       balance = redis.call('DECRBY', keys[4], reserve)

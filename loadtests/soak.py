@@ -11,7 +11,8 @@ Every client thread loops, bounded by the deadline, over a fixed mix:
     fallback  openai/fallback-chain (its upstream answers 500; falls back to gpt-fake): must be 200
     flaky     openai/flaky (two 503s then OK for each `user`): retried, must be 200
     faults    openai/cut-fake (stream cut mid-way), openai/fail-429, openai/garbage:
-              must end in an error the client can see (error event, 429, 502), never a hang
+              must end in an error the client can see (error event, 429, 502; 503 once the
+              model's circuit is open), never a hang
 
 It reports requests per class and outcome, every unexpected answer, and the RSS of the gateway's
 process tree sampled every 5 s (flat memory = no leak). Once the clients stop it checks the
@@ -129,7 +130,9 @@ def client_loop(
                         headers=headers,
                         json={"model": "openai/cut-fake", "messages": message, "stream": True},
                     )
-                    ok = (
+                    # cut streams count against the circuit (decision 0005): once it is
+                    # open the answer is 503 at once, as for the other faults
+                    ok = r.status_code == 503 or (
                         r.status_code == 200
                         and b'"error"' in r.content
                         and b"[DONE]" not in r.content

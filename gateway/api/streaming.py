@@ -141,6 +141,7 @@ async def send_event_stream(
                 try:
                     next_piece = step()
                     if next_piece is None:
+                        piece = b""  # (the piece sent is not held while the stream waits)
                         await arrival()
                         continue
                     piece = next_piece

@@ -86,24 +86,34 @@ def _argv() -> list[str]:
     return [sys.executable, *(["-P"] if sys.flags.safe_path else []), "-m", "gateway.supervisor"]
 
 
-def supervise(spec: Spec) -> int:
-    """Granian's supervisor with the prepared settings, until it stops; 0 when it stopped
-    cleanly (Granian itself exits with 1 when a worker failed)."""
+def supervisor_class(drain_file: Path) -> Any:
+    """Granian's supervisor that first tells the workers when the drain began."""
     from granian import Granian
-    from granian.constants import Interfaces, Loops
-    from granian.http import HTTP1Settings
 
     from gateway.drain import announce
 
-    drain_file = Path(spec["drain_file"])
-
     class Supervisor(Granian):  # type: ignore[misc,valid-type]
-        """Granian's supervisor that first tells the workers when the drain began."""
-
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            # Once only. Granian's handler sets a threading.Event, whose lock is not reentrant:
+            # a second signal arriving while the first one's set() holds it (`make` passing on
+            # the SIGTERM that a killpg had sent it too) ran this handler again inside that
+            # set() and deadlocked the supervisor for good, SIGTERM or not. The first signal
+            # stops it already (Granian's flag, set before its set()).
+            if self.interrupt_signal:
+                return
             announce(drain_file, time.time())
             super().signal_handler_interrupt(*args, **kwargs)
 
+    return Supervisor
+
+
+def supervise(spec: Spec) -> int:
+    """Granian's supervisor with the prepared settings, until it stops; 0 when it stopped
+    cleanly (Granian itself exits with 1 when a worker failed)."""
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    Supervisor = supervisor_class(Path(spec["drain_file"]))
     try:
         if spec["metrics_port"] is not None:
             _serve_metrics(spec["host"], spec["metrics_port"])

@@ -7,10 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from gateway.supervisor import supervisor_class
 from tests.conftest import (
     ADMIN_TOKEN,
     KLAWD,
@@ -104,3 +107,39 @@ def test_started_with_dash_p_the_supervisor_runs_the_same_gateway_not_the_workin
         assert process.poll() is None
     finally:
         stop(process)
+
+
+class _SecondSignalDuringSet(threading.Event):
+    """The supervisor's interrupt event, in which a second signal arrives while `set()` holds
+    the event's lock (as a signal handler runs between two bytecodes of the main thread)."""
+
+    def __init__(self, on_set: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_set = on_set
+        self.sets = 0
+
+    def set(self) -> None:
+        with self._cond:  # type: ignore[attr-defined]
+            self.sets += 1
+            if self.sets == 1:
+                self.on_set()  # the second signal's handler, inside the first one's set()
+            self._flag = True  # type: ignore[attr-defined]
+            self._cond.notify_all()  # type: ignore[attr-defined]
+
+
+def test_a_second_signal_during_the_first_ones_handler_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """Found on this machine: a supervisor that got SIGTERM twice at once (a test's killpg, and
+    `make` passing the same signal on) hung for good, both threads waiting on the event's
+    lock. The second signal is now a no-op; the first still announces the drain and stops it."""
+    cls = supervisor_class(tmp_path / "signalled")
+    supervisor = cls.__new__(cls)  # the handler's state only: no server is started
+    supervisor.interrupt_signal = False
+    supervisor.main_loop_interrupt = _SecondSignalDuringSet(supervisor.signal_handler_interrupt)
+    handler = threading.Thread(target=supervisor.signal_handler_interrupt, daemon=True)
+    handler.start()
+    handler.join(timeout=10)
+    assert not handler.is_alive(), "the second signal deadlocked the supervisor"
+    assert supervisor.interrupt_signal and supervisor.main_loop_interrupt.is_set()
+    assert (tmp_path / "signalled").exists(), "the drain was announced"

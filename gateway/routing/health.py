@@ -98,8 +98,7 @@ class Health:
             if outcomes[index]:
                 outcomes[index] = False
                 break
-        failures = outcomes.count(False)
-        if failures >= self._min_failures and failures / len(outcomes) >= self._failure_rate:
+        if self._failing(outcomes):
             self._open(model, circuit)
             return True
         return False
@@ -143,15 +142,15 @@ class Health:
             return not ok
         if ok:  # a success never opens a closed circuit: its failure rate can only fall
             return False
-        failures = circuit.outcomes.count(False)
-        if (
-            circuit.state == "closed"
-            and failures >= self._min_failures
-            and failures / len(circuit.outcomes) >= self._failure_rate
-        ):
+        if circuit.state == "closed" and self._failing(circuit.outcomes):
             self._open(model, circuit)
             return True
         return False
+
+    def _failing(self, outcomes: deque[bool]) -> bool:
+        """Whether the window's failures reach the threshold that opens a circuit."""
+        failures = outcomes.count(False)
+        return failures >= self._min_failures and failures / len(outcomes) >= self._failure_rate
 
     def _open(self, model: str, circuit: _Circuit) -> None:
         self._not_closed.add(model)

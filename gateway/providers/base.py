@@ -430,13 +430,14 @@ class HttpProvider:
             ) from exc
 
     def _inline_image_b64(self, url: str) -> str:
-        header, comma, data = url.partition(",")
-        if comma and header.endswith(";base64") and len(data) <= MAX_IMAGE_BYTES * 4 // 3 + 4:
-            try:
-                base64.b64decode(data, validate=True)
-                return data
-            except ValueError:  # (binascii.Error is one)
-                pass
+        from gateway.providers.translate import parse_data_url  # (translate imports this module)
+
+        try:
+            _, data = parse_data_url(url, "")
+        except InvalidRequest:  # the client's error there; the upstream's here
+            data = ""
+        if data and len(data) <= MAX_IMAGE_BYTES * 4 // 3 + 4:
+            return data
         raise BadGateway(
             f"The upstream provider '{self.name}' answered an inline image that is not "
             f"base64 of at most {MAX_IMAGE_BYTES} bytes."

@@ -54,6 +54,10 @@ class _Strict(Struct, forbid_unknown_fields=True, kw_only=True):
 class StreamsSettings(_Strict):
     keepalive_s: PositiveFloat = 15.0
     drain_grace_s: NonNegFloat = 30.0
+    # A stream whose client has taken nothing for this long (it stopped reading: its socket's
+    # buffers are full) is ended as if the client had left, and its upstream let go (nginx's
+    # send_timeout). Checked at the keepalive checks: ended within `keepalive_s` after it.
+    send_timeout_s: PositiveFloat = 60.0
 
 
 class ServerSettings(_Strict):

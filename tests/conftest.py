@@ -130,6 +130,7 @@ TEST_MODELS = [
     "garbage",
     "flaky",
     "hold-fake",
+    "flood-fake",
     "length-fake",
     "filter-fake",
     "parallel-fake",

@@ -124,6 +124,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             else relay(state, ticket, chat, stream, target),
             state.settings.server.streams.keepalive_s,
             drain=Drain(state.streams, DRAIN_EVENT),
+            send_timeout_s=state.settings.server.streams.send_timeout_s,
             # The provider's own stream knows its last piece (ends the body in that send).
             last=stream.finished if isinstance(stream, ReframedStream) else None,
         )
@@ -176,6 +177,7 @@ async def _serve_cached(
         _once(events),
         state.settings.server.streams.keepalive_s,
         drain=Drain(state.streams, DRAIN_EVENT),
+        send_timeout_s=state.settings.server.streams.send_timeout_s,
     )
 
 

@@ -256,6 +256,7 @@ async def _create_message(request: Request) -> Response:
             state.settings.server.streams.keepalive_s,
             PING_EVENT,
             Drain(state.streams, DRAIN_EVENT),
+            send_timeout_s=state.settings.server.streams.send_timeout_s,
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
@@ -298,6 +299,7 @@ async def _serve_cached(
         state.settings.server.streams.keepalive_s,
         PING_EVENT,
         Drain(state.streams, DRAIN_EVENT),
+        send_timeout_s=state.settings.server.streams.send_timeout_s,
     )
 
 

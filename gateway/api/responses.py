@@ -172,6 +172,7 @@ async def _create_response(request: Request) -> Response:
             KEEPALIVE,
             # a shutdown's deadline ends the stream with numbered error + response.failed
             Drain(state.streams, lambda: events.error_event(ShuttingDown())),
+            send_timeout_s=state.settings.server.streams.send_timeout_s,
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
@@ -224,6 +225,7 @@ async def _serve_cached(
         state.settings.server.streams.keepalive_s,
         KEEPALIVE,
         Drain(state.streams, lambda: events.error_event(ShuttingDown())),
+        send_timeout_s=state.settings.server.streams.send_timeout_s,
     )
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -43,6 +44,8 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.api.common import encode_headers
 from gateway.drain import DRAIN, OpenStreams, is_drain
 from gateway.timer_wheel import Slot, TimerWheel
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keepalive\n\n"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
@@ -88,13 +91,16 @@ async def send_event_stream(
     keepalive: bytes = KEEPALIVE,
     drain: Drain | None = None,
     last: Callable[[], bool] | None = None,
+    send_timeout_s: float | None = None,
 ) -> None:
     """`drain`: where the stream registers itself while open, and the final event it gets if a
     shutdown's deadline ends it (gateway/drain.py). `last`: true once the piece just taken is
     the stream's last (its source knows, e.g. the upstream's [DONE] was read): that piece ends
     the body in the same send (one send less per stream), and the pieces are then run to
     their end (the relay bills) with the client no longer watched. `headers`: a mapping, or
-    already in the message's form (bytes pairs, the chat route's)."""
+    already in the message's form (bytes pairs, the chat route's). `send_timeout_s`: a send
+    the client has not taken for that long (it stopped reading) ends the stream as if the
+    client had left (None: no deadline)."""
     # The loop is the keepalive wheel's (no getpid() system call, which each
     # asyncio.get_running_loop() makes in CPython 3.11). Without the app's open streams (a
     # caller outside the routes), a wheel of its own.
@@ -104,7 +110,7 @@ async def send_event_stream(
     loop = keepalives.loop
     task = asyncio.current_task(loop)  # given the loop: no getpid() either
     assert task is not None  # noqa: S101 (always called from the request's task)
-    watch = _Watch(loop, task, receive, send, keepalive_s, keepalive, keepalives)
+    watch = _Watch(loop, task, receive, send, keepalive_s, keepalive, keepalives, send_timeout_s)
     drained = False
     start: Message = {
         "type": "http.response.start",
@@ -221,7 +227,10 @@ class _Watch:
         "pinging",
         "receive",
         "send",
+        "send_timeout_s",
         "slot",
+        "stalled_on",
+        "stalled_since",
         "start",
         "task",
         "waiting_on_source",
@@ -237,6 +246,7 @@ class _Watch:
         keepalive_s: float,
         keepalive: bytes,
         keepalives: TimerWheel,
+        send_timeout_s: float | None,
     ) -> None:
         self.loop = loop
         self.task: asyncio.Task[Any] | None = task
@@ -249,6 +259,12 @@ class _Watch:
         self.waiting_on_source = True
         self.last_sent = loop.time()
         self.pinging: asyncio.Future[None] | None = None
+        # The send deadline, checked by the keepalive check: the send it found pending (its
+        # `stalled_on` mark: the last send's time and the ping then in flight, which change
+        # once a send completes) and since when it saw it pending.
+        self.send_timeout_s = send_timeout_s
+        self.stalled_on: tuple[float, asyncio.Future[None] | None] | None = None
+        self.stalled_since = 0.0
         # The client's next message (re-armed until the disconnect) and the keepalive check
         # (`slot`: its deadline in `keepalives`), both armed by `arm` at the stream's first
         # wait (`start`: that call until then).
@@ -279,12 +295,18 @@ class _Watch:
             self.task.cancel()
 
     def on_due(self) -> None:
-        """The keepalive check (the wheel calls it): a comment after `keepalive_s` of silence."""
+        """The keepalive check (the wheel calls it): a comment after `keepalive_s` of silence;
+        with a send pending (a piece's or a keepalive's), the send deadline instead."""
         self.slot = None
         if self.finished:
             return
         loop = self.loop
         now = loop.time()
+        pinging = self.pinging
+        if not self.waiting_on_source or (pinging is not None and not pinging.done()):
+            self.sending(now, pinging)
+            return
+        self.stalled_on = None
         if now - self.last_sent >= self.keepalive_s:
             pinging = self.pinging
             if self.waiting_on_source and (pinging is None or pinging.done()):
@@ -293,6 +315,29 @@ class _Watch:
                 pinging.add_done_callback(_ignore_result)
             self.last_sent = now
         self.slot = self.keepalives.add(self.last_sent + self.keepalive_s, self)
+
+    def sending(self, now: float, pinging: asyncio.Future[None] | None) -> None:
+        """A send is pending at a check: the client has not taken it yet. One still pending
+        `send_timeout_s` after a check first saw it (so after that long, at most a check's
+        interval more) means the client stopped reading: the stream ends as if it had left
+        (billed 499 for what was generated), and its upstream is let go. Until then the next
+        check comes after another `keepalive_s`, or at the deadline if sooner."""
+        mark = (self.last_sent, pinging)
+        timeout_s = self.send_timeout_s
+        if mark != self.stalled_on:
+            self.stalled_on, self.stalled_since = mark, now
+        elif timeout_s is not None and now - self.stalled_since >= timeout_s:
+            log.info("a stream's client took nothing for %.0f s: ended", now - self.stalled_since)
+            self.client_gone = True
+            if pinging is not None:
+                pinging.cancel()
+            if self.task is not None:
+                self.task.cancel()
+            return
+        due = now + self.keepalive_s
+        if timeout_s is not None:
+            due = min(due, self.stalled_since + timeout_s)
+        self.slot = self.keepalives.add(due, self)
 
     def end(self) -> asyncio.Future[None] | None:
         """Once the stream has ended: neither callback runs again, and nothing here refers
@@ -357,12 +402,14 @@ class EventStreamResponse(Response):
         keepalive_s: float,
         keepalive: bytes = KEEPALIVE,
         drain: Drain | None = None,
+        send_timeout_s: float | None = None,
     ) -> None:
         self.pieces = pieces
         self.stream_headers = headers
         self.keepalive_s = keepalive_s
         self.keepalive = keepalive
         self.drain = drain
+        self.send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_event_stream(
@@ -373,4 +420,5 @@ class EventStreamResponse(Response):
             self.keepalive_s,
             self.keepalive,
             self.drain,
+            send_timeout_s=self.send_timeout_s,
         )

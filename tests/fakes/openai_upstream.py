@@ -490,6 +490,20 @@ class FakeOpenAI:
                 await response.write(sse(chunk(model, {"content": "."})))
             for event in events[-2:]:
                 await response.write(event)
+        elif model == "flood-fake":
+            # events as fast as the gateway takes them (bounded: 30 s), until it lets go
+            await response.write(text_stream(model, include_usage)[0])
+            filler = sse(chunk(model, {"content": "x" * 1000}))
+            deadline = time.monotonic() + 30
+            try:
+                while time.monotonic() < deadline:
+                    await response.write(filler)
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        raise ConnectionResetError
+            except ConnectionError:
+                self.disconnected_at[str(body.get("user"))] = time.monotonic()
+                return response
         elif model == "stall-stream":
             await response.write(text_stream(model, include_usage)[0])
             await asyncio.sleep(3)

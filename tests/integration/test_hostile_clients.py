@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -200,3 +202,113 @@ def test_a_slow_body_that_keeps_arriving_is_served(impatient_gateway: Gateway) -
     finally:
         sock.close()
     assert head.startswith(b"HTTP/1.1 200"), head
+
+
+@pytest.fixture(scope="module")
+def deaf_client_gateway(
+    fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway that ends a stream whose client took nothing for a second."""
+    directory = tmp_path_factory.mktemp("deaf")
+    port = free_port()
+    config = directory / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    streams = "keepalive_s = 0.25\nsend_timeout_s = 1\n"
+    config.write_text(config.read_text().replace("keepalive_s = 1\n", streams, 1))
+    running = start_gateway(config, port)
+    yield running
+    stop(running.process)
+
+
+def _flood(gateway: Gateway, key: str, user: str, receive_buffer: int = 0) -> socket.socket:
+    """A stream of events as fast as the gateway takes them; its head already read.
+    `receive_buffer`: the socket's (0: the system's)."""
+    port = int(gateway.base_url.rsplit(":", 1)[1])
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    body = orjson.dumps(
+        {
+            "model": "openai/flood-fake",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "user": user,
+        }
+    )
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    sock.settimeout(20)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def _requests_today(gateway: Gateway, key: str) -> int:
+    view = httpx.get(
+        f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}, timeout=10
+    ).json()
+    requests: int = view["usage_today"]["requests"]
+    return requests
+
+
+def test_a_stream_whose_client_stopped_reading_is_ended_and_its_upstream_let_go(
+    deaf_client_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    """A client that reads a stream's head and then nothing, its connection open: once a send
+    has waited `send_timeout_s` for it, the stream ends as if the client had left, the upstream
+    connection is closed and what was generated is billed. Before, the stream (its place in
+    the worker and its upstream connection) was held for as long as the client's kernel
+    acknowledged: for good."""
+    key = deaf_client_gateway.new_key(plan="enterprise", credits_usd=10.0)
+    user = f"deaf-{uuid.uuid4()}"
+    sock = _flood(deaf_client_gateway, key, user, receive_buffer=4096)
+    try:
+        stopped_at = time.monotonic()
+        deadline = stopped_at + 15
+        while user not in fake_openai.disconnected_at and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert user in fake_openai.disconnected_at, "the upstream was held for the deaf client"
+        assert fake_openai.disconnected_at[user] - stopped_at >= 1.0  # not before the deadline
+        while _requests_today(deaf_client_gateway, key) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _requests_today(deaf_client_gateway, key) == 1, "the ended stream is billed"
+        taken = 0  # what the socket's buffers held, then the connection's end
+        while chunk := sock.recv(1024 * 1024):
+            taken += len(chunk)
+            assert taken < 64 * 1024 * 1024, "the stream goes on"
+    finally:
+        sock.close()
+
+
+def test_a_stream_whose_client_reads_slowly_is_not_ended(
+    deaf_client_gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    """The deadline is for a send the client takes nothing of, not for a slow reader: a client
+    that reads only every 0.4 s (what has arrived, the socket's buffers full meanwhile) for
+    3 s, three times the deadline, keeps its stream."""
+    key = deaf_client_gateway.new_key(plan="enterprise", credits_usd=10.0)
+    user = f"slow-{uuid.uuid4()}"
+    sock = _flood(deaf_client_gateway, key, user)
+    try:
+        for _ in range(8):
+            time.sleep(0.4)
+            sock.setblocking(False)
+            taken = 0
+            with contextlib.suppress(BlockingIOError):
+                while taken < 64 * 1024 * 1024:
+                    chunk = sock.recv(1024 * 1024)
+                    assert chunk, "the stream was ended while its client was reading"
+                    taken += len(chunk)
+            sock.setblocking(True)
+            assert taken, "nothing arrived in 0.4 s"
+        assert user not in fake_openai.disconnected_at
+    finally:
+        sock.close()

@@ -601,3 +601,74 @@ def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_dr
     assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
     assert source.closed == (False, True)
     assert left == 0
+
+
+@pytest.mark.parametrize("stuck", ["piece", "keepalive"])
+def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: str) -> None:
+    """`send_timeout_s`: a piece's send, or a keepalive's while the source is silent, that the
+    client does not take (it stopped reading) ends the stream after the deadline: the source
+    is closed (the relay bills, the upstream is let go), the request's task not cancelled."""
+
+    async def main() -> tuple[bool, int, float]:
+        client = Client()
+        closed = asyncio.Event()
+        never = asyncio.get_running_loop().create_future()
+
+        async def deaf_send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            body = message.get("body", b"")
+            if body == KEEPALIVE if stuck == "keepalive" else body.startswith(b"data: 1"):
+                await never  # the client's buffers are full, for good
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            try:
+                yield b"data: 0\n\n"
+                if stuck == "keepalive":
+                    await asyncio.Event().wait()  # a silent upstream: keepalives go out
+                yield b"data: 1\n\n"
+                yield b"data: 2\n\n"
+            finally:
+                closed.set()
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await send_event_stream(
+            client.receive, deaf_send, {}, pieces(), 0.05, KEEPALIVE, send_timeout_s=0.3
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return closed.is_set(), task.cancelling(), loop.time() - began
+
+    closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
+    assert closed
+    assert cancelling == 0
+    assert lasted >= 0.3
+
+
+def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
+    """Each send taken after 0.2 s, ten of them (2 s in all, longer than the 0.3 s deadline,
+    each shorter): the stream is whole."""
+
+    async def main() -> Client:
+        client = Client()
+
+        async def slow_send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message.get("body"):
+                await asyncio.sleep(0.2)
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            for i in range(10):
+                yield f"data: {i}\n\n".encode()
+
+        await send_event_stream(
+            client.receive, slow_send, {}, pieces(), 0.05, KEEPALIVE, send_timeout_s=0.3
+        )
+        return client
+
+    client = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [b for b in client.bodies() if b != KEEPALIVE] == [
+        *(f"data: {i}\n\n".encode() for i in range(10)),
+        b"",
+    ]

@@ -58,9 +58,11 @@ if TYPE_CHECKING:
     from gateway.observer import RequestObserver
 
 log = logging.getLogger("klawd")
-# A stream's settlement status when the upstream broke it off after its first byte: cut or
-# nonsense (502), silent past the idle timeout (504). Not 503: the drain ends streams with it.
-UPSTREAM_BROKE_OFF = frozenset({502, 504})
+# A stream's failure statuses after its first byte that count against its deployment's circuit:
+# the upstream cut it or sent nonsense (502), said mid-stream it is overloaded or failing (503),
+# went silent past the idle timeout (504). The relay says which failure was the upstream's (a
+# shutdown's drain also settles with 503).
+UPSTREAM_BROKE_OFF = frozenset({502, 503, 504})
 
 # Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
 # framing per message, and a large image's worth per image part (settlement uses real counts).
@@ -417,8 +419,11 @@ class Meter:
         images: int,
         status: int,
         stream: bool,
+        broke_off: bool = False,
     ) -> int:
-        """Queue the ledger entry (never awaits); returns the cost in micro-dollars."""
+        """Queue the ledger entry (never awaits); returns the cost in micro-dollars.
+        `broke_off`: a stream the upstream broke off after its first byte (counted against the
+        served deployment's circuit)."""
         if served is None:
             cost = 0
         elif served.model.kind == "image":
@@ -457,7 +462,7 @@ class Meter:
             self.observer.settled(served, usage, status, stream, cost)
         if served is not None and self.on_served is not None:
             self.on_served(served, ticket.upstream_tokens, usage.total_tokens)
-            if stream and status in UPSTREAM_BROKE_OFF and self.on_broke_off is not None:
+            if broke_off and self.on_broke_off is not None:
                 self.on_broke_off(served)
         return cost
 

@@ -182,6 +182,14 @@ provider = "openai"
 upstream_model = "cut-fake"
 fallbacks = ["openai/gpt-fake"]
 
+# streams the upstream ends with an error event (its server failing mid-stream), then a
+# model that serves
+[[models]]
+id = "openai/error-then-fallback"
+provider = "openai"
+upstream_model = "error-event"
+fallbacks = ["openai/gpt-fake"]
+
 [[models]]
 id = "openai/fallback-chain"
 provider = "openai"

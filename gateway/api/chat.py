@@ -38,7 +38,12 @@ from gateway.errors import (
     InternalError,
     ShuttingDown,
 )
-from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
+from gateway.metering import (
+    UPSTREAM_BROKE_OFF,
+    Ticket,
+    reserve_for_chat,
+    upstream_tokens_for_chat,
+)
 from gateway.pending_admission import CLIENT_CLOSED, served_answer_ticket, served_ticket
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
@@ -278,14 +283,16 @@ async def _settle(
     stream: UpstreamStream,
     target: CatalogEntry,
     status: int,
+    failed: bool = False,
 ) -> None:
     """However a relay ended: the upstream released (dropped if not whole), what was generated
-    billed."""
+    billed. `failed`: the stream ended on a failure after its first byte (`status` is its)."""
     await stream.aclose()
     usage = stream.usage or TokenUsage(
         estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
     )
-    state.meter.settle(ticket, target, usage, 0, status, True)
+    broke_off = failed and status in UPSTREAM_BROKE_OFF
+    state.meter.settle(ticket, target, usage, 0, status, True, broke_off)
     if ticket.spec.tokens_per_minute:  # (no coroutine made when no token limit applies)
         await state.meter.charge_tokens(ticket, usage)
 
@@ -328,10 +335,11 @@ class ReframedRelay(Stepped):
         return piece
 
     async def close(self, whole: bool, drained: bool) -> None:
+        failed = self.status != 0
         status = self.status or (
             200 if whole else ShuttingDown.status if drained else CLIENT_CLOSED
         )
-        await _settle(self.state, self.ticket, self.chat, self.stream, self.target, status)
+        await _settle(self.state, self.ticket, self.chat, self.stream, self.target, status, failed)
 
 
 async def relay(
@@ -349,6 +357,7 @@ async def relay(
     drain), what was generated is billed. `cost_in_usage`: the OpenAI usage chunk a client asked
     for gets `usage.cost_usd`. (The chat route relays a reframed stream by `ReframedRelay`.)"""
     status = CLIENT_CLOSED
+    failed = False
     add_cost = cost_in_usage and chat.include_usage
     try:
         if isinstance(stream, ReframedStream):
@@ -373,10 +382,11 @@ async def relay(
             status = ShuttingDown.status
         raise
     except Exception as exc:
+        failed = True
         status, piece = _failure(exc, error_event)
         yield piece
     finally:
         # No anyio shield here (it cost 16-20 us a stream): the gateway cancels with asyncio's
         # own `Task.cancel`, which an anyio shield does not hold back, and after the one cancel
         # that ends a stream these awaits run normally.
-        await _settle(state, ticket, chat, stream, target, status)
+        await _settle(state, ticket, chat, stream, target, status, failed)

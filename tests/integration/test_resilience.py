@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import orjson
+import pytest
 
 from tests.conftest import Gateway
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -161,21 +162,31 @@ def test_open_circuit_answers_503_fast_without_calling_upstream(
     assert len(fake_openai.requests) == before
 
 
+@pytest.mark.parametrize(
+    ("model", "error_type"),
+    [
+        ("openai/cut-then-fallback", "bad_gateway"),
+        ("openai/error-then-fallback", "service_unavailable"),
+    ],
+    ids=["cut", "error-event"],
+)
 def test_streams_the_upstream_breaks_off_open_the_circuit_and_the_fallback_serves(
-    gateway: Gateway, api_key: str
+    gateway: Gateway, api_key: str, model: str, error_type: str
 ) -> None:
-    """Each stream starts (200, events relayed) and is then cut by the upstream: counted
-    served when it started, and a failure once it broke off. After five, the circuit is open
-    and the model's fallback serves the next stream whole. Before, a deployment that broke
-    every stream after its first byte was never taken out of rotation."""
-    body = {"model": "openai/cut-then-fallback", "messages": messages(), "stream": True}
+    """Each stream starts (200, events relayed) and is then cut by the upstream, or ended
+    by its error event (its server failing: a 503 mid-stream): counted served when it
+    started, and a failure once it broke off. After five, the circuit is open and the model's
+    fallback serves the next stream whole. Before, a deployment that broke every stream after
+    its first byte was never taken out of rotation, and until the error event was counted, one
+    that said it failed mid-stream neither (the drain's 503 is not counted)."""
+    body = {"model": model, "messages": messages(), "stream": True}
     headers = {"authorization": f"Bearer {api_key}"}
     for _ in range(5):
         with httpx.stream(
             "POST", f"{gateway.base_url}/v1/chat/completions", headers=headers, json=body
         ) as response:
-            assert response.headers["x-klawd-model"] == "openai/cut-then-fallback"
-            assert b'"bad_gateway"' in response.read()
+            assert response.headers["x-klawd-model"] == model
+            assert f'"{error_type}"'.encode() in response.read()
     with httpx.stream(
         "POST", f"{gateway.base_url}/v1/chat/completions", headers=headers, json=body
     ) as response:

@@ -297,3 +297,46 @@ def test_open_streams_hold_no_loop_timer_of_their_own(config: Path) -> None:
     one, more = asyncio.run(asyncio.wait_for(main(), 30))
     grown = {kind: more[kind] - one[kind] for kind in more if more[kind] - one[kind] >= added // 2}
     assert not grown, f"loop timers that grew with {added} more streams open: {grown}"
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_only_the_upstreams_failures_mid_stream_count_against_its_circuit(
+    config: Path, route: str
+) -> None:
+    """However a stream ends, its settlement says whether the upstream broke it off (cut, its
+    error event, silence): those count against the served deployment's circuit. A stream that
+    is whole, one whose client left and one the drain ended (settled 503, as an upstream's
+    error event is) do not."""
+
+    async def main() -> dict[str, int]:
+        counted: dict[str, int] = {}
+        async with started(config) as app:
+            meter = app.state["klawd"].meter
+            count = meter.on_broke_off
+            assert count is not None
+            for model, end in [
+                ("openai/gpt-fake", ""),
+                ("openai/hold-fake", "leave"),
+                ("openai/hold-fake", "drain"),
+                ("openai/cut-fake", ""),
+                ("openai/error-event", ""),
+                ("slowai/stall-stream", ""),
+            ]:
+                calls: list[str] = []
+                meter.on_broke_off = lambda served, calls=calls: calls.append(served.model.id)
+                await app.chat(model, end, route)
+                for _ in range(10):  # the settlement runs after the stream's end
+                    await asyncio.sleep(0.01)
+                counted[f"{model} {end}".strip()] = len(calls)
+            meter.on_broke_off = count
+        return counted
+
+    counted = uvloop.run(asyncio.wait_for(main(), 30))
+    assert counted == {
+        "openai/gpt-fake": 0,
+        "openai/hold-fake leave": 0,
+        "openai/hold-fake drain": 0,
+        "openai/cut-fake": 1,
+        "openai/error-event": 1,
+        "slowai/stall-stream": 1,
+    }

@@ -75,8 +75,9 @@ class ServerSettings(_Strict):
     # Debugging only: put the API routes' request and answer bodies (prompts, completions) into
     # the request log, each cut after this many bytes; 0 (the default) logs no body.
     log_bodies_bytes: NonNegInt = 0
-    # Requests (and so streams) one worker serves at once; the next connections wait in the
-    # listen backlog. Sized for long-lived streams: each open stream holds memory in the worker
+    # Connections one worker serves at once (Granian's backpressure counts connections: requests
+    # in flight, open streams, and idle keep-alive connections until the 10 s header read
+    # timeout closes them); the next connections wait in the listen backlog. Sized for long-lived streams: each open stream holds memory in the worker
     # (docs/configuration.md gives the measured figure) and two file descriptors.
     max_in_flight: PositiveInt = 12_288
     # Connections the kernel queues before the worker accepts them (capped by

@@ -132,7 +132,8 @@ def supervise(spec: Spec) -> int:
             workers_kill_timeout=spec["kill_timeout_s"],
             # Hostile clients: headers must arrive within 10 s and fit server.max_header_bytes
             # (Granian's per-connection buffer: its size is paid by every open stream); at most
-            # server.max_in_flight requests per worker, the next connections wait in the listen
+            # server.max_in_flight connections per worker (an idle keep-alive one included,
+            # until the header read timeout closes it), the next connections wait in the listen
             # backlog (server.listen_backlog), then are refused by the kernel.
             http1_settings=HTTP1Settings(
                 header_read_timeout=10_000, max_buffer_size=spec["max_header_bytes"]

@@ -1,7 +1,8 @@
 """The processes of `make bench`: the fake upstream, and the contenders measured against it.
 
 Core 0 runs the server under test (every contender is pinned there, each started up front and
-measured in turn); core 1 runs the fake upstream, Redis and the load generator.
+measured in turn); core 1 runs the fake upstream, Redis and the load generator (Redis at real-time
+priority where allowed: it runs as soon as a command arrives, as on a core of its own).
 
 The fake upstream is Debian's nginx answering fixed bodies: an OpenAI chat.completion (`/json`),
 a 50-event OpenAI stream as one static body (`/sse`), and chunked streams sent the way real
@@ -358,14 +359,23 @@ def nginx(conf: str, directory: Path, name: str, core: str) -> subprocess.Popen[
                   directory / f"{name}.log")  # fmt: skip
 
 
-def redis_server(port: int, directory: Path, core: str = CLIENT_CORE) -> subprocess.Popen[bytes]:
+def redis_server(
+    port: int, directory: Path, core: str = CLIENT_CORE, realtime: bool = False
+) -> subprocess.Popen[bytes]:
+    """`realtime`: SCHED_FIFO (priority 1) on its core, so that a command is run as soon as it
+    arrives instead of waiting behind wrk and the upstream for its turn on the shared core (as
+    on a core or host of its own, where Redis runs in a deployment). Needs root (CAP_SYS_NICE)."""
     binary = shutil.which("redis-server") or "redis-server"
-    return pinned(
-        core,
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
-        directory / "redis.log",
-    )  # fmt: skip
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+               "no", "--dir", str(directory)]  # fmt: skip
+    if realtime:
+        command = ["chrt", "--fifo", "1", *command]
+    return pinned(core, command, directory / "redis.log")
+
+
+def realtime_allowed() -> bool:
+    """Whether `redis_server(realtime=True)` may set SCHED_FIFO here."""
+    return os.geteuid() == 0 and shutil.which("chrt") is not None
 
 
 # The pass-throughs get the server settings `klawd serve` gives the gateway by default (header

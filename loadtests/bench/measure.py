@@ -144,6 +144,19 @@ def tree_cpu_s(pid: int) -> float:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait_s(pid: int) -> float:
+    """How long a process's threads have waited, runnable, for a core so far (seconds; the
+    second field of /proc/<pid>/task/<tid>/schedstat): what being queued behind other work on
+    its core cost it."""
+    waited = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            waited += int(task.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waited / 1e9
+
+
 class PeakRss:
     """Samples a process tree's RSS every 100 ms in a thread (and with `pss`, the largest
     process's RSS and the tree's PSS every second); the peaks after `stop()`."""

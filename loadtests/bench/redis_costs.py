@@ -14,7 +14,11 @@ commands, the event loop and the replies cost its core), the gateway worker's CP
 how busy the worker was (CPU seconds ÷ wall seconds: below 1 it waited), how busy each core
 was (/proc/stat), the latency p50 and the RSS of the gateway's process tree after the run, and
 the admission's mean time from sending to its reply as the worker measured it (its `admit`
-store-duration histogram, read from /metrics: what a request waits for Redis under that load).
+store-duration histogram, read from /metrics: what a request waits for Redis under that load),
+with the share of admissions answered within 0.5 ms and 1 ms (its buckets), and redis-server's
+wait for its core per request (schedstat: runnable, queued behind other work on its core).
+`--redis-priority realtime` (the default as root) runs redis-server at SCHED_FIFO on its core,
+as on a core of its own; `normal` queues it behind wrk and the upstream (before issue 19zd).
 Figures are medians over rounds. `--before DIR` (DIR holds another version's `gateway` package
 with its built `_core`): that version too, with its own redis-server, the two taking turns round
 by round, for a before/after in one run. Every run is bounded (wrk -d, timeouts).
@@ -36,7 +40,14 @@ import httpx
 import orjson
 
 from loadtests.bench import contenders as c
-from loadtests.bench.measure import CLOCK_TICKS, tree_cpu_s, tree_rss_mb, wrk, wrk_script
+from loadtests.bench.measure import (
+    CLOCK_TICKS,
+    run_queue_wait_s,
+    tree_cpu_s,
+    tree_rss_mb,
+    wrk,
+    wrk_script,
+)
 
 SCENARIOS = {
     "rps": ("json", 64),
@@ -100,7 +111,11 @@ class Variant:
 
 @contextlib.contextmanager
 def started(
-    directory: Path, redis_core: str, before: Path | None, this: Path | None = None
+    directory: Path,
+    redis_core: str,
+    before: Path | None,
+    this: Path | None = None,
+    realtime: bool = False,
 ) -> Iterator[list[Variant]]:
     """One gateway on Redis, with its own redis-server (and with `before`, a second one running
     that checkout's `gateway` package; `this`: another checkout's instead of this one's);
@@ -116,7 +131,7 @@ def started(
             if name == "before" and source is None:
                 continue
             redis_port, port = c.free_port(), c.free_port()
-            processes.append(c.redis_server(redis_port, directory, core=redis_core))
+            processes.append(c.redis_server(redis_port, directory, redis_core, realtime))
             store = f"redis://127.0.0.1:{redis_port}/0"
             tag = "gateway-redis" + ("-before" if name == "before" else "")
             gateway = c.gateway(tag, port, upstream, store, directory, source=source)
@@ -144,16 +159,22 @@ def redis_pid(port: int) -> int:
 ADMIT = 'operation="admit"'
 
 
-def admit_seconds(base_url: str) -> tuple[float, float]:
-    """(sum, count) of the worker's `admit` store-duration histogram so far."""
-    total = count = 0.0
+def admit_seconds(base_url: str) -> tuple[float, float, float, float]:
+    """(sum, count, count within 0.5 ms, count within 1 ms) of the worker's `admit`
+    store-duration histogram so far."""
+    total = count = half = one = 0.0
     for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
         if line.startswith("klawd_store_operation_duration_seconds_") and ADMIT in line:
+            value = float(line.rsplit(" ", 1)[1])
             if line.startswith("klawd_store_operation_duration_seconds_sum"):
-                total += float(line.rsplit(" ", 1)[1])
+                total += value
             elif line.startswith("klawd_store_operation_duration_seconds_count"):
-                count += float(line.rsplit(" ", 1)[1])
-    return total, count
+                count += value
+            elif 'le="0.0005"' in line:
+                half += value
+            elif 'le="0.001"' in line:
+                one += value
+    return total, count, half, one
 
 
 def one_round(variant: Variant, url: str, script: Path, connections: int, seconds: float
@@ -163,6 +184,7 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
     admit0 = admit_seconds(variant.base_url)
     redis_cli(port, "CONFIG", "RESETSTAT")
     worker0, server0 = tree_cpu_s(variant.pid), process_cpu_s(variant.redis_pid)
+    waited0 = run_queue_wait_s(variant.redis_pid)
     cores0 = core_busy()
     wall0 = time.monotonic()
     result = wrk(url, script, connections, seconds)
@@ -170,6 +192,7 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
     time.sleep(0.1)  # the requests' settle batch
     worker = tree_cpu_s(variant.pid) - worker0
     server = process_cpu_s(variant.redis_pid) - server0
+    waited = run_queue_wait_s(variant.redis_pid) - waited0
     cores = core_busy()
     time.sleep(1.1)  # the worker's metrics flushed (within a second)
     admit = [after - before for after, before in zip(admit_seconds(variant.base_url), admit0,
@@ -182,6 +205,9 @@ def one_round(variant: Variant, url: str, script: Path, connections: int, second
         "redis_cpu_us": server * 1e6 / done,
         "worker_busy": worker / wall,
         "admission_ms (send to reply, mean)": admit[0] * 1e3 / max(1.0, admit[1]),
+        "admissions answered within 0.5 ms": admit[2] / max(1.0, admit[1]),
+        "admissions answered within 1 ms": admit[3] / max(1.0, admit[1]),
+        "redis-server's wait for its core, us": waited * 1e6 / done,
         # the gateway's process tree (supervisor and worker) after the run
         "tree_rss_mb": tree_rss_mb(variant.pid),
     }
@@ -207,7 +233,8 @@ Figures = dict[str, dict[str, dict[str, float]]]  # measure -> variant -> figure
 
 def measure(args: argparse.Namespace, directory: Path) -> Figures:
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
-    with started(directory, args.redis_core, args.before, args.this) as variants:
+    realtime = args.redis_priority == "realtime"
+    with started(directory, args.redis_core, args.before, args.this, realtime) as variants:
         for name in args.measures:
             scenario, connections = SCENARIOS[name]
             payload: dict[str, object] = {
@@ -246,6 +273,13 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--redis-core", choices=("0", "1"), default=c.CLIENT_CORE)
     parser.add_argument(
+        "--redis-priority",
+        choices=("realtime", "normal"),
+        default="realtime" if c.realtime_allowed() else "normal",
+        help="redis-server at real-time priority on its core (as on a core of its own; root), "
+        "or normal (queued behind wrk and the upstream)",
+    )
+    parser.add_argument(
         "--before", type=Path, help="also a gateway running this checkout's `gateway` package"
     )
     parser.add_argument(
@@ -263,7 +297,8 @@ def main() -> int:
         results = measure(args, Path(tmp))
     for name, per in results.items():
         names = list(per)
-        print(f"\n{name} (redis-server on core {args.redis_core}; medians of {args.reps} rounds)")
+        print(f"\n{name} (redis-server on core {args.redis_core}, {args.redis_priority} priority; "
+              f"medians of {args.reps} rounds)")  # fmt: skip
         print(f"  {'':40s}" + "".join(f"{v:>14s}" for v in names))
         keys = sorted({k for figures in per.values() for k in figures},
                       key=lambda k: (k.startswith(("calls", "usec")), k))  # fmt: skip

@@ -55,6 +55,18 @@ ROWS = [
     ("event_all_cpu", "SSE chunk per event: CPU µs with the store's", "{:,.0f}", False),
     ("lines_all_cpu", "SSE chunk per line: CPU µs with the store's", "{:,.0f}", False),
     ("lines20_all_cpu", "SSE per line, 20 ms: CPU µs with the store's", "{:,.0f}", False),
+    (
+        "rps_store_wait",
+        "single answers: redis-server's wait for its core, µs per request",
+        "{:,.1f}",
+        False,
+    ),
+    (
+        "event_store_wait",
+        "SSE chunk per event: redis-server's wait for its core, µs",
+        "{:,.1f}",
+        False,
+    ),
     ("rps_busy", "single answers: worker CPU s ÷ wall s (below 1: it waited)", "{:.2f}", True),
     ("event_busy", "SSE chunk per event: worker CPU s ÷ wall s", "{:.2f}", True),
     ("lines20_busy", "SSE per line, 20 ms: worker CPU s ÷ wall s", "{:.2f}", True),
@@ -158,7 +170,9 @@ def targets(samples: Samples) -> list[str]:
               median(rows, "bare", "ttfb_p99_ms"), False)  # fmt: skip
         check(f"{store}: burst peak RSS ≤ 160 MB", median(rows, gw, "rss_mb"), 160, False)
     for key, _, _, higher in ROWS:
-        if key in ("p50_add", "p99_add", "burst_failed", "ttfb_p50_ms") or key.endswith("_busy"):
+        if key in ("p50_add", "p99_add", "burst_failed", "ttfb_p50_ms") or key.endswith(
+            ("_busy", "_store_wait")
+        ):
             continue
         r = ratio(rows, "gateway-redis", "gateway-sqlite", key)
         if r is not None:
@@ -249,7 +263,14 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             "",
             "Setup: each contender runs one worker pinned to core 0; the fake upstream (nginx: "
             "fixed bodies, and chunked streams through the echo module, 50 events each), "
-            "Redis, wrk and the stream client share core 1. Each round measures every contender "
+            "Redis, wrk and the stream client share core 1 (Redis "
+            + (
+                "at real-time priority: run as soon as a command arrives, as on a core of "
+                "its own, its wait for the core reported per request"
+                if notes.get("redis_priority") == "realtime"
+                else "at normal priority: queued behind wrk and the upstream"
+            )
+            + "). Each round measures every contender "
             f"once, back to back, for {args.seconds:g} s (after a 1 s warm-up); figures are "
             f"medians of {args.reps} rounds and ratios medians of the per-round ratios. Added "
             "latency = the contender's wrk latency at 1 connection minus the upstream's own. "

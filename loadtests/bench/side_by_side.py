@@ -5,7 +5,9 @@
 
 Every contender is started up front, pinned to core 0 (one worker each); the fake upstream
 (nginx: fixed bodies, chunked streams with the echo module), Redis, wrk and the stream client run
-on core 1 (`--redis-core 0`: Redis on the gateway's core instead, a quick look). For the
+on core 1 (`--redis-core 0`: Redis on the gateway's core instead, a quick look), Redis at
+real-time priority there (`--redis-priority normal`: as before issue 19zd, queued behind wrk and
+the upstream for its turn on the core; its wait per request is reported either way). For the
 gateways the CPU per request is also given with redis-server's own added (`*_all_cpu`). The two
 pass-throughs share the stack (Granian + uvloop + one aiohttp session): the Starlette floor
 (floor_app.py) and the bare ASGI callable (bare_app.py). Each measure runs for
@@ -34,7 +36,14 @@ import orjson
 
 from loadtests.bench import contenders as c
 from loadtests.bench import report
-from loadtests.bench.measure import PeakRss, long_streams, tree_cpu_s, wrk, wrk_script
+from loadtests.bench.measure import (
+    PeakRss,
+    long_streams,
+    run_queue_wait_s,
+    tree_cpu_s,
+    wrk,
+    wrk_script,
+)
 
 NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"]
 # A quick look only (never written to the docs): the gateway of another checkout, `--before DIR`
@@ -88,6 +97,7 @@ def started(
     before: Path | None = None,
     redis_core: str = c.CLIENT_CORE,
     before_store: str = "sqlite",
+    redis_realtime: bool = False,
 ) -> Iterator[dict[str, Contender]]:
     """Every process up front; all stopped on the way out, whatever happens."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -118,7 +128,7 @@ def started(
             c.wait_for(_answers(contender), contender.name)
         redis_pid = None
         if "gateway-redis" in names or (BEFORE in names and before_store == "redis"):
-            redis_pid = keep(c.redis_server(redis_port, directory, redis_core)).pid
+            redis_pid = keep(c.redis_server(redis_port, directory, redis_core, redis_realtime)).pid
         for name, store in (
             ("gateway-sqlite", f"sqlite:///{directory / 'bench.db'}"),
             ("gateway-redis", f"redis://127.0.0.1:{redis_port}/0"),
@@ -174,8 +184,10 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     def record(name: str, measure: str, value: float) -> None:
         samples[name].setdefault(measure, []).append(value)
 
+    realtime = args.redis_priority == "realtime"
+    notes["redis_priority"] = args.redis_priority
     with started(
-        directory, args.contenders, args.before, args.redis_core, args.before_store
+        directory, args.contenders, args.before, args.redis_core, args.before_store, realtime
     ) as found:
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
@@ -191,6 +203,9 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 for name, contender in found.items():
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
                     store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
+                    wait_before = (
+                        run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
+                    )
                     result = wrk(contender.base_url + contender.path(scenario), scripts[name],
                                  connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
@@ -209,6 +224,9 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                                 else 0.0
                             )
                             record(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
+                        if contender.store_pid:  # redis-server's wait for its core
+                            waited = run_queue_wait_s(contender.store_pid) - wait_before
+                            record(name, f"{measure}_store_wait", waited * 1e6 / done)
                     print(f"  {measure} round {rnd + 1} {name}: {result}", flush=True)
                     if result.bad_responses:
                         bad = notes["bad_responses"]
@@ -307,6 +325,14 @@ def main() -> int:
         default=c.CLIENT_CORE,
         help="where redis-server runs: with the load generator and the upstream (the default, "
         "as `make bench`), or with the gateway worker, as the embedded store's work is",
+    )
+    parser.add_argument(
+        "--redis-priority",
+        choices=("realtime", "normal"),
+        default="realtime" if c.realtime_allowed() else "normal",
+        help="redis-server's scheduling on its core: real-time (run as soon as a command "
+        "arrives, as on a core of its own; needs root, the default when run as root), or "
+        "normal (queued behind the load generator and the upstream, as before issue 19zd)",
     )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+from msgspec.structs import astuple
 
 from gateway.limits import EmbeddedLimiter, Limiter
 from gateway.store import sqlite_grants, sqlite_keys
@@ -96,7 +97,7 @@ SELECT_ACCOUNT = (
 INSERT_USAGE = (
     "INSERT OR IGNORE INTO usage_ledger (id, ts, day, account_id, key_id, model, provider,"
     " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
-    " request_id, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " request_id, stream) VALUES "
 )
 # Settling takes the actual cost from the stored balance (the reservation was only ever held in
 # memory), never below zero: the ledger keeps the true cost.
@@ -349,9 +350,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 settled = _new_entries(entries, _ledger_ids(conn, [e.id for e in entries]))
-                conn.executemany(
-                    INSERT_USAGE, [msgspec.structs.astuple(e)[:LEDGER_COLUMNS] for e in settled]
-                )
+                _insert_usage(conn, settled)
                 sums = _Sums(settled)
                 conn.executemany(SETTLE, [(-cost, account) for account, cost in sums.costs.items()])
                 grants = sqlite_grants.charge(conn, sums.costs)
@@ -432,8 +431,25 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     return found
 
 
+def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> None:
+    """The entries into the ledger by multi-row INSERTs of 64, 16, 4 or 1 rows (four statements,
+    each prepared once), not an executemany: the sqlite3 module lets go of the GIL around each
+    statement's step and takes it back after, so a row per step was a GIL hand-off with the
+    event loop's thread per entry, and SQLite ran its statement once per row."""
+    values = [value for entry in entries for value in astuple(entry)[:LEDGER_COLUMNS]]
+    done = 0
+    for rows in INSERT_ROWS:
+        while len(entries) - done >= rows:
+            end = done + rows
+            conn.execute(_INSERTS[rows], values[done * LEDGER_COLUMNS : end * LEDGER_COLUMNS])
+            done = end
+
+
 LEDGER_LOOKUP_CHUNK = 500
 LEDGER_COLUMNS = 16  # UsageEntry's fields up to `stream`
+INSERT_ROWS = (64, 16, 4, 1)  # (64 rows: 1,024 variables, under SQLite's limit of 32,766)
+_ROW_MARKS = "(" + ", ".join("?" * LEDGER_COLUMNS) + ")"
+_INSERTS = {rows: INSERT_USAGE + ", ".join([_ROW_MARKS] * rows) for rows in INSERT_ROWS}
 EXTERNAL_CHANGES_POLL_S = 0.5
 
 

@@ -1,0 +1,58 @@
+"""The embedded store's ledger rows: every column of every settled entry, whatever the batch's size
+(the entries go in by multi-row INSERTs of 64, 16, 4 and 1 rows)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from msgspec.structs import astuple
+
+from gateway.store.base import UsageEntry, open_store
+
+
+def entry(account_id: str, n: int) -> UsageEntry:
+    return UsageEntry(
+        id=f"use_{n:06d}",
+        ts=1_795_000_000.25 + n,
+        day=f"2026-11-{10 + n % 20}",
+        account_id=account_id,
+        key_id=f"key_{n % 3}" if n % 5 else "",
+        model=f"m/{n % 4}",
+        provider=f"p{n % 2}",
+        prompt_tokens=10 * n,
+        completion_tokens=n,
+        images=n % 2,
+        cost_micros=n % 7,
+        reserved_micros=n % 11,
+        latency_ms=n,
+        status=200 if n % 9 else 499,
+        request_id=f"req_{n}",
+        stream=bool(n % 2),
+        key_reserved_micros=0,
+    )
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 4], [64], [85, 150], [64, 16, 4, 1, 0, 69]])
+async def test_every_column_of_every_entry_is_in_the_ledger(
+    tmp_path: Path, sizes: list[int]
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'klawd.db'}")
+    try:
+        account = await store.create_account("a", "free", 1_000_000)
+        entries = [entry(account.id, n) for n in range(sum(sizes))]
+        start = 0
+        for size in sizes:
+            await store.settle(entries[start : start + size])
+            start += size
+        await store.settle(entries[:70])  # replayed: nothing twice
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "klawd.db") as conn:
+        rows = conn.execute(
+            "SELECT id, ts, day, account_id, key_id, model, provider, prompt_tokens,"
+            " completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
+            " request_id, stream FROM usage_ledger ORDER BY id"
+        ).fetchall()
+    assert rows == [astuple(e)[:16] for e in entries]

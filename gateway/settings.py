@@ -77,8 +77,9 @@ class ServerSettings(_Strict):
     log_bodies_bytes: NonNegInt = 0
     # Connections one worker serves at once (Granian's backpressure counts connections: requests
     # in flight, open streams, and idle keep-alive connections until the 10 s header read
-    # timeout closes them); the next connections wait in the listen backlog. Sized for long-lived streams: each open stream holds memory in the worker
-    # (docs/configuration.md gives the measured figure) and two file descriptors.
+    # timeout closes them); the next connections wait in the listen backlog. Sized for
+    # long-lived streams: each open stream holds memory in the worker (docs/configuration.md
+    # gives the measured figure) and two file descriptors.
     max_in_flight: PositiveInt = 12_288
     # Connections the kernel queues before the worker accepts them (capped by
     # net.core.somaxconn): a flood waits here, costing kernel memory only.

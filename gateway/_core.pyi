@@ -16,10 +16,15 @@ __all__ = [
     "UpstreamStreamError",
     "Usage",
     "__version__",
+    "json_nesting_depth",
     "openai_chat_answer",
     "openai_chat_request",
 ]
 __version__: str
+
+def json_nesting_depth(body: bytes, limit: int) -> int:
+    """How deep the objects and arrays of `body` (valid JSON) nest, outside its strings,
+    counted up to `limit + 1`: past that the walk stops (rust_core/src/json_depth.rs)."""
 
 def openai_chat_request(
     body: bytes, model: str, default_max_tokens: int, stream: bool

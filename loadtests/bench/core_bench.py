@@ -5,7 +5,8 @@
 Reframers: each provider's realistic stream (text deltas, tool calls, usage), fed in network
 sized chunks (random 1-4 KiB) and one event per chunk; the reported time is the median of
 `--reps` full passes (new reframer each pass). Limiter: acquire() with one bucket and one quota
-over 1000 account keys, binding vs a dict + float-math token bucket.
+over 1000 account keys, binding vs a dict + float-math token bucket. Request bodies' nesting
+check: conversations of 40 to 3000 turns, the Rust walk vs the pure-Python byte passes.
 """
 
 from __future__ import annotations
@@ -242,6 +243,55 @@ def bench_limiter(calls: int, reps: int) -> list[str]:
     ]
 
 
+def conversation(messages: int, chars: int, rng: random.Random) -> bytes:
+    """A chat request body of `messages` turns of about `chars` characters each, with the
+    escapes (newlines, quotes) and a tool schema that real conversations carry."""
+    turns = []
+    for i in range(messages):
+        words = " ".join(rng.choice(WORDS) for _ in range(chars // 4))
+        text = f'{words[: chars // 2]}\n"quoted"\n{words[chars // 2 : chars]}'
+        turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    return orjson.dumps({"model": "openai/gpt-4o", "messages": turns, "tools": [tool]})
+
+
+def bench_nesting(reps: int) -> list[str]:
+    """The request body's nesting check (gateway/schemas/decoding.py) on conversations of
+    growing length: the Rust walk against the pure-Python passes it replaced."""
+    rng = random.Random(7)
+    rows = [
+        "| request body | size | Python us/body | Rust us/body | Rust / Python |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for messages, chars in [(40, 200), (100, 1000), (400, 2000), (3000, 3000)]:
+        body = conversation(messages, chars, rng)
+        depth = pyref.nesting_depth(body)
+        assert _core.json_nesting_depth(body, 64) == depth, (messages, depth)
+        count = max(3, 2_000_000 // len(body))
+        py_times, rs_times = [], []
+        for _ in range(reps):  # interleaved
+            start = time.perf_counter()
+            for _ in range(count):
+                pyref.nesting_depth(body)
+            py_times.append((time.perf_counter() - start) / count)
+            start = time.perf_counter()
+            for _ in range(count):
+                _core.json_nesting_depth(body, 64)
+            rs_times.append((time.perf_counter() - start) / count)
+        t_py, t_rs = statistics.median(py_times), statistics.median(rs_times)
+        rows.append(
+            f"| {messages} messages of ~{chars} characters | {len(body) / 1024:,.0f} KiB | "
+            f"{t_py * 1e6:,.1f} | {t_rs * 1e6:,.1f} | **{t_py / t_rs:.1f}x** |"
+        )
+    return rows
+
+
 def versions() -> str:
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     return (
@@ -257,13 +307,19 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--calls", type=int, default=100_000)
+    p.add_argument("--only", choices=["nesting"], help="run one table only")
     a = p.parse_args()
+    if a.only == "nesting":
+        sys.stdout.write("\n".join([versions(), "", *bench_nesting(a.reps)]) + "\n")
+        return
     lines = [
         versions(),
         "",
         *bench_reframers(a.events, a.reps),
         "",
         *bench_limiter(a.calls, a.reps),
+        "",
+        *bench_nesting(a.reps),
     ]
     sys.stdout.write("\n".join(lines) + "\n")
 

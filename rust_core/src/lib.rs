@@ -5,6 +5,7 @@
 //! - [`eventstream`]: incremental AWS event stream decoder (Bedrock `ConverseStream`).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`openai_body`]: the single answer's OpenAI bodies rewritten by one scan.
+//! - [`json_depth`]: how deep a request body's JSON nests (its bound's check).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
@@ -13,6 +14,7 @@ pub mod chunked;
 pub mod errors;
 pub mod eventstream;
 mod json;
+pub mod json_depth;
 mod json_scan;
 pub mod limiter;
 pub mod openai_body;

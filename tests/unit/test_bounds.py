@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway._core import json_nesting_depth
 from gateway.errors import InvalidRequest
 from gateway.routing.bounds import (
     ContextLengthExceeded,
@@ -20,9 +21,10 @@ from gateway.routing.bounds import (
 )
 from gateway.routing.catalog import Catalog
 from gateway.routing.router import resolve_chat
-from gateway.schemas.decoding import MAX_JSON_DEPTH, nesting_depth
+from gateway.schemas.decoding import MAX_JSON_DEPTH
 from gateway.schemas.openai import ChatRequest, decode_chat_request
 from gateway.settings import BoundsSettings, load_settings
+from loadtests.bench import pyref
 
 SETTINGS = load_settings(None)
 CATALOG = Catalog(SETTINGS, {})
@@ -181,8 +183,15 @@ JSON = st.recursive(
 )
 @given(JSON)
 def test_nesting_depth_matches_a_recursive_walk_whatever_the_strings_hold(value: object) -> None:
-    assert nesting_depth(orjson.dumps(value)) == reference_depth(value)
-    assert nesting_depth(orjson.dumps(value, option=orjson.OPT_INDENT_2)) == reference_depth(value)
+    """The Rust walk (no limit reached) and the pure-Python reference the benchmark runs
+    against it (loadtests/bench/pyref.py) both count what a recursive walk of the value does;
+    with a limit below the depth, the walk stops one past it."""
+    depth = reference_depth(value)
+    for body in (orjson.dumps(value), orjson.dumps(value, option=orjson.OPT_INDENT_2)):
+        assert json_nesting_depth(body, 1000) == depth
+        assert pyref.nesting_depth(body) == depth
+        if depth > 1:
+            assert json_nesting_depth(body, depth - 2) == depth - 1
 
 
 def test_decoding_refuses_a_body_one_level_past_the_bound() -> None:

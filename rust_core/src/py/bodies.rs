@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::DETACH_ABOVE;
-use crate::openai_body;
+use crate::{json_depth, openai_body};
 
 /// The client's chat body for an OpenAI-shaped upstream, or `None`: the caller parses it then.
 #[pyfunction]
@@ -45,4 +45,14 @@ pub fn openai_chat_answer<'py>(
         cached,
         written,
     ))
+}
+
+/// How deep `body`'s objects and arrays nest, counted up to `limit + 1` (`crate::json_depth`).
+#[pyfunction]
+pub fn json_nesting_depth(py: Python<'_>, body: &[u8], limit: usize) -> usize {
+    if body.len() > DETACH_ABOVE {
+        py.detach(|| json_depth::nesting_depth(body, limit))
+    } else {
+        json_depth::nesting_depth(body, limit)
+    }
 }

@@ -421,7 +421,9 @@ class HttpProvider:
         except TimeoutError as exc:
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
         except ResponseBroken as exc:
-            raise BadGateway(f"The upstream provider '{self.name}' broke off its answer.") from exc
+            raise BadGateway(
+                f"The upstream provider '{self.name}' broke off its answer: {exc}."
+            ) from exc
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -501,7 +503,7 @@ class HttpProvider:
                 raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
             except ResponseBroken as exc:
                 raise BadGateway(
-                    f"The upstream provider '{self.name}' broke off its answer."
+                    f"The upstream provider '{self.name}' broke off its answer: {exc}."
                 ) from exc
         completion = self.parse_response(call, body)
         if self.tracing is not None:

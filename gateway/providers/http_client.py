@@ -79,6 +79,13 @@ class ResponseBroken(Exception):
 
 # Unread body bytes past which the socket is not read until the reader takes them (all at once).
 HIGH_WATER: Final = 256 * 1024
+# The most a whole answer (`read()`) may hold, on the wire and decoded: a larger one fails
+# (ResponseBroken) instead of growing the worker until it is killed with every stream it
+# serves (an upstream in a loop, a decompression bomb). Far above any real answer: 2,048
+# embeddings of 3,072 floats are ~130 MB of JSON. An event stream's pieces are taken as they
+# come, each bounded the same way when decoded; its events by the reframer (1 MiB each).
+MAX_ANSWER_BYTES: Final = 256 * 1024 * 1024
+TOO_LARGE: Final = "the upstream's answer is larger than the gateway takes (256 MiB)"
 # Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _MAX_CACHED: Final = 1024  # URLs, resolved hosts, pools: past it the cache starts afresh
@@ -596,10 +603,13 @@ class _Connection(asyncio.Protocol):
             waiter = response._waiter  # `response._wake()`, inline
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+            response._wire += len(data)  # an upper bound of the body bytes buffered
             if not response._unbounded:
-                response._wire += len(data)  # an upper bound of the body bytes buffered
                 if response._wire > HIGH_WATER and response._buffered > HIGH_WATER:
                     self.pause()
+            elif response._wire > MAX_ANSWER_BYTES:
+                response._fail(ResponseBroken(TOO_LARGE))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -870,10 +880,12 @@ class HttpResponse:
                 self._deflate_probe = False
                 if piece[0] & 0x0F != 8:
                     decoder = self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
-            piece = decoder.decompress(piece)
+            piece = decoder.decompress(piece, MAX_ANSWER_BYTES + 1)
             if self._complete:
                 piece += decoder.flush()
                 self._decoder = None
+            if len(piece) > MAX_ANSWER_BYTES:  # (a piece of a stream, or the whole answer)
+                raise ResponseBroken(TOO_LARGE)
         except zlib.error as exc:
             if self._error is None:  # not kept alive: the caller closes the answer
                 self._error = ResponseBroken("the upstream's compressed body is corrupt")

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import BadGateway, GatewayTimeout, RateLimited
+from gateway.providers import http_client
 from gateway.providers.base import UpstreamUnreachable
 from gateway.providers.http_client import (
     HIGH_WATER,
@@ -1357,3 +1358,76 @@ async def test_https_keep_alive_and_cancellation(certificate: tuple[Path, Path])
                 await http.request("GET", f"https://127.0.0.1:{port}/", {}, None)
     finally:
         listener.close()
+
+
+# -- answers too large to hold ---------------------------------------------------------------
+SMALL_LIMIT = 1024 * 1024  # the bound, lowered for these tests (256 MiB in the gateway)
+
+
+def endless(head: bytes, piece: bytes) -> Handler:
+    """An answer whose body does not end: `piece` written again and again (bounded: 64 MiB),
+    until the client leaves."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        conn.writer.write(head)
+        for _ in range(64 * 1024 * 1024 // len(piece)):
+            conn.writer.write(piece)
+            await conn.writer.drain()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("head", "piece"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"10000\r\n" + b" " * 65536 + b"\r\n",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n", b" " * 65536),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b" " * 65536),
+    ],
+    ids=["chunked", "content-length", "until-eof"],
+)
+async def test_an_answer_larger_than_the_bound_is_broken_not_held(
+    monkeypatch: pytest.MonkeyPatch, head: bytes, piece: bytes
+) -> None:
+    """An upstream whose answer does not end (a server in a loop) or is absurdly large: `read()`
+    fails once the bound is passed, and the connection is dropped. Before, every byte was
+    held until the whole-request deadline, however many."""
+    monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", SMALL_LIMIT)
+    async with asyncio.timeout(BOUND_S), serving(endless(head, piece)) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        with pytest.raises(ResponseBroken, match="larger than"):
+            await response.read()
+
+
+async def test_a_decompression_bomb_is_broken_not_inflated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 MiB of zeros gzipped to a few KB: decoded, more than the bound. Before, it was
+    inflated whole (a 10 MB bomb is ~10 GB)."""
+    monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", SMALL_LIMIT)
+    bomb = gzip.compress(b"\0" * (8 * SMALL_LIMIT))
+    async with (
+        asyncio.timeout(BOUND_S),
+        serving(keep_serving(answer(bomb, "Content-Encoding: gzip"))) as server,
+        client() as http,
+    ):
+        response = await http.request("GET", server.url(), {}, None)
+        with pytest.raises(ResponseBroken, match="larger than"):
+            await response.read()
+
+
+async def test_an_answer_at_the_bound_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", SMALL_LIMIT)
+    body = b"x" * SMALL_LIMIT
+    plain = answer(body)
+    zipped = answer(gzip.compress(body), "Content-Encoding: gzip")
+    async with (
+        asyncio.timeout(BOUND_S),
+        serving(keep_serving(plain, zipped)) as server,
+        client() as http,
+    ):
+        for _ in range(2):
+            _, read = await get(http, server.url())
+            assert read == body

@@ -86,6 +86,14 @@ HIGH_WATER: Final = 256 * 1024
 # come, each bounded the same way when decoded; its events by the reframer (1 MiB each).
 MAX_ANSWER_BYTES: Final = 256 * 1024 * 1024
 TOO_LARGE: Final = "the upstream's answer is larger than the gateway takes (256 MiB)"
+# The most an answer's head may hold (its interim answers' heads included): nginx refuses an
+# upstream's head past 4-8 KB ("upstream sent too big header"); real ones are 1-2 KB. Without
+# it, an upstream sending header lines without end grew the worker by every byte.
+MAX_HEAD_BYTES: Final = 64 * 1024
+
+
+class HeadTooLarge(ValueError):
+    """An answer's head past MAX_HEAD_BYTES."""
 # Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _MAX_CACHED: Final = 1024  # URLs, resolved hosts, pools: past it the cache starts afresh
@@ -593,8 +601,9 @@ class _Connection(asyncio.Protocol):
                         response._finish_message(response._keep_alive)
                     if dechunker.leftover:
                         raise ValueError("bytes after the answer")
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade, ValueError):
-            response._fail(ResponseBroken("the upstream answered malformed HTTP"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, HeadTooLarge) else "malformed HTTP"
+            response._fail(ResponseBroken(f"the upstream answered {reason}"))
             self.close()
             return
         # The body's chunks were appended by the parser (no Python call per HTTP chunk): the
@@ -1068,6 +1077,9 @@ class HttpResponse:
                 raise
             return self._after_heads(data, self._heads - heads)
         if not self._headers_done:  # the head goes on in the next read
+            self._wire += len(data)  # (no body yet: the head's bytes so far, its bound's count)
+            if self._wire > MAX_HEAD_BYTES:
+                raise HeadTooLarge(f"a head larger than {MAX_HEAD_BYTES // 1024} KiB")
             self._head_tail = (self._head_tail + data)[-2:]
         return b""
 

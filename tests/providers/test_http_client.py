@@ -1431,3 +1431,35 @@ async def test_an_answer_at_the_bound_is_read_whole(monkeypatch: pytest.MonkeyPa
         for _ in range(2):
             _, read = await get(http, server.url())
             assert read == body
+
+
+@pytest.mark.parametrize(
+    ("head", "piece"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * 8000 + b"\r\n"),
+        (b"", b"HTTP/1.1 100 Continue\r\nX-Pad: " + b"a" * 1000 + b"\r\n\r\n"),
+    ],
+    ids=["header-lines", "interim-answers"],
+)
+async def test_a_head_without_end_is_broken_not_held(head: bytes, piece: bytes) -> None:
+    """Header lines without end, or interim answers without end: the answer fails once its
+    head passes 64 KiB. Before, every header was kept (a probe grew a client to 2.5 GB)."""
+    async with asyncio.timeout(BOUND_S), serving(endless(head, piece)) as server, client() as http:
+        with pytest.raises(ResponseBroken, match="head larger than 64 KiB"):
+            response = await http.request("GET", server.url(), {}, None)
+            await response.read()
+
+
+async def test_a_large_head_within_the_bound_and_a_body_in_the_same_read_are_read() -> None:
+    """A 60 KB head is taken; the bound counts the head only, not the body that arrives in
+    the same reads (a 1 MiB body right behind it)."""
+    pad = "X-Pad: " + "a" * 1000
+    body = b"y" * (1024 * 1024)
+    async with (
+        asyncio.timeout(BOUND_S),
+        serving(keep_serving(answer(body, *[pad] * 60))) as server,
+        client() as http,
+    ):
+        response, read = await get(http, server.url())
+        assert read == body
+        assert len(response.headers["x-pad"]) > 60_000

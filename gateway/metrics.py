@@ -98,6 +98,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.unsettled_usage = Gauge(
+            "klawd_usage_unsettled_entries",
+            "Ledger entries a worker keeps because writing them to the store failed (retried "
+            "with backoff; 0 once a write succeeds again), summed over live workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.requests = Counter(
             "klawd_requests_total",
             "Billable requests (chat, images) by served model, provider and status class.",

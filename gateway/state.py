@@ -147,7 +147,11 @@ async def build_state(
     async def key_budgets(batch: list[UsageEntry], _grants: dict[str, CreditGrant]) -> None:
         await budgets.settled(batch)
 
-    recorder = UsageRecorder(store, after_settle=(key_budgets, CreditWatch(store).settled))
+    recorder = UsageRecorder(
+        store,
+        after_settle=(key_budgets, CreditWatch(store).settled),
+        on_backlog=None if metrics is None else metrics.unsettled_usage.set,
+    )
     recorder.start()
     retrier = Retrier(
         lambda target: settings.provider_retry(target.model.provider),

@@ -37,8 +37,14 @@ class UsageRecorder:
         flush_interval_s: float = 0.02,
         max_batch: int = 500,
         after_settle: Sequence[SettleHook] = (),
+        on_backlog: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
+        # Told of the entries kept after a failed flush, and of 0 once a flush succeeds again
+        # (the unsettled-entries gauge); `failing_since` (loop time): the first failed flush
+        # since the last one that succeeded (None: the last one succeeded), for /readyz.
+        self._on_backlog = on_backlog
+        self.failing_since: float | None = None
         # Told of every settled batch (the budget thresholds of keys and of accounts' credit,
         # gateway/webhooks/budgets.py and credits.py); a hook's failure is logged, keeps no
         # other hook from running and never settles a batch twice.
@@ -88,9 +94,18 @@ class UsageRecorder:
             try:
                 await self.flush()
                 backoff = self._flush_interval_s
+                if self.failing_since is not None:
+                    self.failing_since = None
+                    log.info("usage flush succeeded again: the kept entries are settled")
+                    if self._on_backlog is not None:
+                        self._on_backlog(0)
             except Exception:
                 log.exception("usage flush failed; %d entries kept for retry", len(self._pending))
                 backoff = min(5.0, backoff * 2)
+                if self.failing_since is None:
+                    self.failing_since = loop.time()
+                if self._on_backlog is not None:
+                    self._on_backlog(len(self._pending))
 
     async def close(self) -> None:
         self._closing = True

@@ -94,6 +94,8 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 
 class HeadTooLarge(ValueError):
     """An answer's head past MAX_HEAD_BYTES."""
+
+
 # Methods that get no `Content-Length: 0` when they carry no body (as aiohttp).
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _MAX_CACHED: Final = 1024  # URLs, resolved hosts, pools: past it the cache starts afresh

@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -102,21 +103,30 @@ def test_every_route_answers_undecodable_bodies_with_400(
 IMPATIENT_IN_FLIGHT = 4
 
 
+@contextlib.contextmanager
+def tuned_gateway(directory: Path, upstream_url: str, line: str, lines: str) -> Iterator[Gateway]:
+    """A gateway whose test configuration has `line` (its first one) replaced by `lines`."""
+    port = free_port()
+    config = directory / "klawd.toml"
+    gateway_config(config, port, upstream_url)
+    config.write_text(config.read_text().replace(line, lines, 1))
+    running = start_gateway(config, port)
+    try:
+        yield running
+    finally:
+        stop(running.process)
+
+
 @pytest.fixture(scope="module")
 def impatient_gateway(
     fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """A gateway that ends a request whose body is silent for a second, and serves at most
     four requests at once (the next connections wait in the listen backlog)."""
+    settings = f"body_idle_timeout_s = 1\nmax_in_flight = {IMPATIENT_IN_FLIGHT}\nport = "
     directory = tmp_path_factory.mktemp("impatient")
-    port = free_port()
-    config = directory / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url)
-    settings = f"body_idle_timeout_s = 1\nmax_in_flight = {IMPATIENT_IN_FLIGHT}\n"
-    config.write_text(config.read_text().replace("port = ", settings + "port = ", 1))
-    running = start_gateway(config, port)
-    yield running
-    stop(running.process)
+    with tuned_gateway(directory, fake_openai.base_url, "port = ", settings) as running:
+        yield running
 
 
 def _post_head(gateway: Gateway, key: str, length: int) -> socket.socket:
@@ -209,15 +219,10 @@ def deaf_client_gateway(
     fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """A gateway that ends a stream whose client took nothing for a second."""
-    directory = tmp_path_factory.mktemp("deaf")
-    port = free_port()
-    config = directory / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url)
     streams = "keepalive_s = 0.25\nsend_timeout_s = 1\n"
-    config.write_text(config.read_text().replace("keepalive_s = 1\n", streams, 1))
-    running = start_gateway(config, port)
-    yield running
-    stop(running.process)
+    directory = tmp_path_factory.mktemp("deaf")
+    with tuned_gateway(directory, fake_openai.base_url, "keepalive_s = 1\n", streams) as running:
+        yield running
 
 
 def _flood(gateway: Gateway, key: str, user: str, receive_buffer: int = 0) -> socket.socket:

@@ -158,13 +158,25 @@ class RequestLog:
     """Request lines are gathered on the event loop and handed to one writer thread in batches
     (every HAND_OVER_S, or at MAX_BATCH lines), which writes them to the stream (stderr): the
     event loop never waits on the stream, and the writer wakes a few times a second rather than
-    once per request (each wake-up would take the GIL from the event loop)."""
+    once per request (each wake-up would take the GIL from the event loop).
+
+    A stream that stops taking lines (a log driver in blocking mode whose collector stalls, a
+    paused terminal) blocks the writer; lines handed to it and not yet written are bounded by
+    MAX_BACKLOG (tens of MB), past which new ones are dropped, not kept: the worker's memory,
+    and every request it serves, come before its log. Once the stream takes lines again, the
+    writer says how many were dropped, in a line of its own."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._pending: list[str] = []
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="klawd-request-log", daemon=True)
+        # Lines handed over and dropped (counted by the event loop's thread), and written or
+        # lost to a closed stream (by the writer's): each count has one writer, so no lock.
+        self._handed = 0
+        self._dropped = 0
+        self._written = 0
+        self._dropped_said = 0  # (the writer's: the drops it has reported)
 
     def start(self) -> None:
         self._thread.start()
@@ -182,18 +194,29 @@ class RequestLog:
                 self._hand_over()
 
     def _hand_over(self) -> None:
-        if self._pending:
-            self._queue.put(self._pending)
+        pending = self._pending
+        if pending:
             self._pending = []
+            if self._handed - self._written >= MAX_BACKLOG:  # the writer is stuck
+                self._dropped += len(pending)
+                return
+            self._handed += len(pending)
+            self._queue.put(pending)
 
     def _run(self) -> None:
         behind_the_event_loop()
         while (lines := self._queue.get()) is not None:
+            dropped = self._dropped - self._dropped_said
+            if dropped:
+                self._dropped_said += dropped
+                notice = {"event": "request_log_dropped", "lines": dropped, "why": DROPPED_WHY}
+                lines = [orjson.dumps(notice).decode(), *lines]
             try:
                 self._stream.write("\n".join(lines) + "\n")
                 self._stream.flush()
             except (OSError, ValueError):
                 pass  # a closed stream must not kill the writer: the lines are dropped
+            self._written += len(lines) - (1 if dropped else 0)
 
     def close(self) -> None:
         """Writes what is gathered, then stops the thread."""
@@ -205,3 +228,6 @@ class RequestLog:
 
 HAND_OVER_S = 0.05
 MAX_BATCH = 256
+# Lines handed to the writer and not yet written, at most (~300 bytes each: ~20 MB).
+MAX_BACKLOG = 65_536
+DROPPED_WHY = "the log stream did not take lines as fast as they came"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 
 import orjson
+import pytest
 from prometheus_client import generate_latest
 
+from gateway import requestlog
 from gateway.billing import TokenUsage
 from gateway.metrics import Metrics, status_class
 from gateway.observer import RequestObserver
@@ -229,3 +233,48 @@ def test_a_sent_admission_is_timed_as_admit_from_sending_to_its_reply_errors_cou
     assert total(samples, timed, backend="redis", operation="admit") == 4
     assert total(samples, "klawd_store_errors_total", backend="redis", operation="admit") == 2
     assert total(samples, timed, operation="send_admit") == 0
+
+
+class StuckStream(io.StringIO):
+    """A stream whose writes block until `release` is set (a stalled log collector)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait(10)
+        return super().write(text)
+
+
+def test_lines_a_stuck_stream_does_not_take_are_bounded_then_dropped_and_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the stream stuck, lines handed to the writer stop at MAX_BACKLOG; the rest are
+    dropped, not kept in memory, and once the stream takes lines again it is told how many."""
+    monkeypatch.setattr(requestlog, "MAX_BACKLOG", 100)
+    stream = StuckStream()
+    log = RequestLog(stream)
+    log.start()
+    sent = 1000
+
+    async def write_all() -> None:
+        for i in range(sent):
+            log.write(RequestRecord(f"req_{i}", "GET"), 1.0, None)
+            if i % 50 == 49:
+                await asyncio.sleep(0.06)  # the timer hands over each 50
+
+    asyncio.run(asyncio.wait_for(write_all(), 10))
+    assert log._handed <= 100 + MAX_BATCH, "the backlog grew past its bound"
+    stream.release.set()
+    deadline = time.monotonic() + 10
+    while log._written < log._handed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.write(RequestRecord("req_after", "GET"), 1.0, None)  # (no loop: handed over at once)
+    log.close()
+    written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    notices = [line for line in written if line["event"] == "request_log_dropped"]
+    requests = [line["request_id"] for line in written if line["event"] == "request"]
+    assert len(notices) == 1
+    assert requests[-1] == "req_after"
+    assert len(requests) - 1 + notices[0]["lines"] == sent, "every line written or counted"

@@ -142,6 +142,15 @@ class ServiceUnavailable(GatewayError):
     type = "service_unavailable"
 
 
+class LedgerUnwritable(ServiceUnavailable):
+    """The usage ledger has kept too many entries it could not write (gateway/usage.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway cannot record usage right now; retry shortly.", retry_after_s=5
+        )
+
+
 class ShuttingDown(ServiceUnavailable):
     """The last event of a stream that a shutdown's deadline ended (gateway/drain.py)."""
 

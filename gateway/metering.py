@@ -42,6 +42,7 @@ from gateway.errors import (
     AuthenticationError,
     GatewayError,
     InsufficientCredits,
+    LedgerUnwritable,
     RateLimited,
     ShuttingDown,
 )
@@ -288,6 +289,8 @@ class Meter:
         upstream call under `PendingAdmission.overlapping` while the reply is on its way
         (gateway/admission_gate.py). The allowlist's 403 and an unknown account's 401 are raised
         here, as `admit` raises them."""
+        if self._recorder.overflowing:
+            raise LedgerUnwritable()
         allowed = targets if allowed_already else self.allowed(auth, requested, targets)
         reserve_micros = reserve_for(allowed)
         account = self._accounts.cached(auth.account_id) or await self.account(auth)

@@ -20,6 +20,9 @@ from gateway.store.base import CreditGrant, Store, UsageEntry
 
 log = logging.getLogger("klawd.usage")
 
+# Ledger entries kept unwritten past which new requests are refused (~15-25 MB of entries).
+MAX_UNSETTLED = 50_000
+
 # Told of every settled batch and of the accounts' credit grants after it.
 SettleHook = Callable[[list[UsageEntry], dict[str, CreditGrant]], Awaitable[None]]
 
@@ -45,6 +48,10 @@ class UsageRecorder:
         # since the last one that succeeded (None: the last one succeeded), for /readyz.
         self._on_backlog = on_backlog
         self.failing_since: float | None = None
+        # Set when a failed flush leaves MAX_UNSETTLED entries or more, until a flush succeeds:
+        # new requests are refused meanwhile (Meter.start), rather than served with nothing to
+        # bill them by while the entries grow the worker's memory.
+        self.overflowing = False
         # Told of every settled batch (the budget thresholds of keys and of accounts' credit,
         # gateway/webhooks/budgets.py and credits.py); a hook's failure is logged, keeps no
         # other hook from running and never settles a batch twice.
@@ -94,6 +101,7 @@ class UsageRecorder:
             try:
                 await self.flush()
                 backoff = self._flush_interval_s
+                self.overflowing = False
                 if self.failing_since is not None:
                     self.failing_since = None
                     log.info("usage flush succeeded again: the kept entries are settled")
@@ -104,6 +112,13 @@ class UsageRecorder:
                 backoff = min(5.0, backoff * 2)
                 if self.failing_since is None:
                     self.failing_since = loop.time()
+                if len(self._pending) >= MAX_UNSETTLED and not self.overflowing:
+                    self.overflowing = True
+                    log.error(
+                        "%d usage entries kept unsettled: new requests are refused (503) until "
+                        "the store takes them",
+                        len(self._pending),
+                    )
                 if self._on_backlog is not None:
                     self._on_backlog(len(self._pending))
 

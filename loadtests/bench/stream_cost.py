@@ -63,7 +63,7 @@ from loadtests.bench.contenders import (  # noqa: E402
     wait_for,
 )
 from loadtests.bench.metering_bench import ADMIN, Harness  # noqa: E402
-from loadtests.bench.phases import PhaseCounter  # noqa: E402
+from loadtests.bench.phases import ORDER, PhaseCounter  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 CONCURRENCY = 64
@@ -359,6 +359,10 @@ async def run(args: argparse.Namespace, upstream: str, store: str) -> None:
                 for _ in range(rounds):
                     await asyncio.gather(*(driver.stream(model) for _ in range(CONCURRENCY)))
             print("\n".join(counter.table(rounds * CONCURRENCY, f"calls per stream ({scenario})")))
+            for phase in ORDER if args.detail else ():
+                if counter.calls[phase]:
+                    lines = counter.detail(rounds * CONCURRENCY, phase, args.detail)
+                    print(f"{phase}:\n" + "\n".join(lines))
         if args.ramp:
             if args.gc_threshold:
                 gc.set_threshold(*map(int, args.gc_threshold.split(",")))
@@ -389,6 +393,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=0, help="with --calls: the top functions")
     parser.add_argument(
         "--phases", default="", help="scenarios to count calls per stream by phase in"
+    )
+    parser.add_argument(
+        "--detail", type=int, default=0, help="with --phases: each phase's top N functions"
     )
     parser.add_argument("--open", type=int, default=1000, help="streams held open (0: skip)")
     parser.add_argument(

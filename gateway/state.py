@@ -149,6 +149,7 @@ async def build_state(
 
     recorder = UsageRecorder(
         store,
+        store.settle_interval_s,
         after_settle=(key_budgets, CreditWatch(store).settled),
         on_backlog=None if metrics is None else metrics.unsettled_usage.set,
     )

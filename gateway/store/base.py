@@ -215,6 +215,10 @@ DELIVERIES_KEPT = 200
 
 
 class Store(Protocol):
+    # How long the usage recorder lets ledger entries gather before it settles them as one
+    # batch (gateway/usage.py): the store's per-batch cost against how late usage shows.
+    settle_interval_s: float
+
     def limiter(self) -> Limiter:
         """The admission limiter that matches this store (embedded or Redis)."""
         ...

@@ -187,6 +187,8 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
     """`redis://` / `rediss://`: one Redis; `redis+cluster://seed:port`: a Redis Cluster."""
 
+    settle_interval_s = 0.02  # (the usage recorder's batches: gateway/store/base.py)
+
     def __init__(self, url: str, reservation_hold_s: float = 3600.0) -> None:
         self.url = url
         self.reservation_hold_ms = round(reservation_hold_s * 1000)

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from msgspec.structs import astuple
 
+from gateway.metrics import Metrics
+from gateway.settings import load_settings
+from gateway.state import build_state
 from gateway.store.base import UsageEntry, open_store
+from gateway.store.sqlite import SqliteStore
 
 
 def entry(account_id: str, n: int) -> UsageEntry:
@@ -56,3 +60,20 @@ async def test_every_column_of_every_entry_is_in_the_ledger(
             " request_id, stream FROM usage_ledger ORDER BY id"
         ).fetchall()
     assert rows == [astuple(e)[:16] for e in entries]
+
+
+@pytest.mark.parametrize("with_metrics", [False, True])
+async def test_the_app_settles_the_embedded_ledger_in_the_stores_batches(
+    tmp_path: Path, with_metrics: bool
+) -> None:
+    """The usage recorder gathers entries for the store's own interval (SQLite: 50 ms; its
+    batch's fixed cost spread over more entries), also behind the store's metrics wrapper."""
+    config = tmp_path / "klawd.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "klawd.db"}"\n')
+    settings = load_settings(config, {})
+    metrics = Metrics([], [], [], "sqlite") if with_metrics else None
+    state = await build_state(settings, {}, metrics)
+    try:
+        assert state.recorder._flush_interval_s == SqliteStore.settle_interval_s == 0.05
+    finally:
+        await state.close()

@@ -64,14 +64,18 @@ class KeyCache:
     """SHA-256(key) -> AuthContext, with a TTL; unknown keys are cached too (negative entries)."""
 
     def __init__(
-        self, store: Store, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Store,
+        ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 100_000,
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: dict[str, tuple[float, AuthContext | None]] = {}
         self._hash_by_key_id: dict[str, str] = {}
-        self._max_entries = 100_000
+        self._max_entries = max_entries
 
     async def authenticate(self, authorization: str | None, now_unix: float) -> AuthContext:
         token = bearer_token(authorization)
@@ -105,9 +109,15 @@ class KeyCache:
 
     def _remember(self, key_hash: str, context: AuthContext | None) -> None:
         if len(self._entries) >= self._max_entries:
+            # Full: expired entries go, then unknown keys (a flood of made-up keys fills the
+            # cache with them; clearing it all made every real key a store lookup again), then
+            # everything.
             now = self._clock()
-            for stale in [h for h, (until, _) in self._entries.items() if until <= now]:
+            for stale in [h for h, (until, known) in self._entries.items() if until <= now]:
                 del self._entries[stale]
+            if len(self._entries) >= self._max_entries:
+                for unknown in [h for h, (_, known) in self._entries.items() if known is None]:
+                    del self._entries[unknown]
             if len(self._entries) >= self._max_entries:
                 self._entries.clear()
                 self._hash_by_key_id.clear()

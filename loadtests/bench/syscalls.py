@@ -9,12 +9,21 @@ by the requests wrk completed. The threads are told apart by their nice value an
 the worker's CPU (from /proc/PID/task). `futex` calls are threads handing the GIL (or a lock) to
 each other; a wake of a helper thread that then takes the GIL costs a hand-off on both sides.
 Runs are bounded (wrk -d, perf's own timeout) and every process is stopped at the end.
+
+`--reads`: what each read is of, instead of the counts above: `perf record` of the worker's
+read/recvfrom/write/writev/epoll_ctl system calls (their fd and what they returned), each fd told
+apart by what it is while the load runs (a TCP connection to a port, from a client, an eventfd),
+so a read of the upstream is told from an event loop's wake-up; per thread and kind: calls per
+request, mean bytes per read, and the upstream reads' sizes (median, share under 512 bytes).
+`epoll_ctl` per request shows whether reading is paused and resumed (flow control).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -131,6 +140,109 @@ def measure(
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
+READ_EVENTS = [
+    "syscalls:sys_enter_read",
+    "syscalls:sys_exit_read",
+    "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_exit_recvfrom",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_writev",
+    "syscalls:sys_enter_epoll_ctl",
+]
+
+
+def fd_kinds(pid: int, own_port: int) -> dict[int, str]:
+    """fd -> what it is: "tcp to :PORT" (a connection the worker made: its upstream, Redis),
+    "tcp from a client" (one to `own_port`), "eventfd", "pipe", a file's path."""
+    kinds: dict[int, str] = {}
+    sockets: dict[str, int] = {}
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(entry)
+        except OSError:
+            continue
+        found = re.fullmatch(r"socket:\[(\d+)\]", link)
+        if found:
+            sockets[found.group(1)] = int(entry.name)
+            kinds[int(entry.name)] = "socket"
+        else:
+            kinds[int(entry.name)] = "eventfd" if "eventfd" in link else link.split(":")[0]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in sockets:
+                local = int(fields[1].rsplit(":", 1)[1], 16)
+                remote = int(fields[2].rsplit(":", 1)[1], 16)
+                what = "tcp from a client" if local == own_port else f"tcp to :{remote}"
+                kinds[sockets[fields[9]]] = what
+    return kinds
+
+
+def reads(contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path) -> str:
+    """`--reads`: each read/recvfrom/write of the worker's threads by what its fd is."""
+    name = contender.name
+    script = wrk_script(
+        tmp / f"reads-{name}-{scenario}.lua",
+        contender.body(scenario),
+        contender.headers | {"Content-Type": "application/json"},
+    )
+    url = contender.base_url + contender.path(scenario)
+    wrk(url, script, connections, 1)  # warm-up
+    pid = worker_pid(contender.pid)
+    data = tmp / f"reads-{name}-{scenario}.data"
+    command = ["perf", "record", "-q", "-o", str(data), "-p", str(pid)]
+    for event in READ_EVENTS:
+        command += ["-e", event]
+    perf = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attached
+    results: list[WrkResult] = []
+    load = threading.Thread(target=lambda: results.append(wrk(url, script, connections, seconds)))
+    load.start()
+    time.sleep(seconds / 2)  # the connections are open: what each fd is
+    kinds = fd_kinds(pid, int(contender.base_url.rsplit(":", 1)[1]))
+    load.join(timeout=seconds + 60)
+    perf.send_signal(2)
+    perf.wait(timeout=60)
+    done = max(1.0, results[0].requests_per_s * max(1, round(seconds)))
+    script_out = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "tid,event,trace"],
+        capture_output=True, text=True, timeout=300, check=False,
+    ).stdout  # fmt: skip
+    calls: collections.Counter[tuple[int, str, str]] = collections.Counter()
+    sizes: dict[tuple[int, str, str], list[int]] = collections.defaultdict(list)
+    entered: dict[int, tuple[str, str]] = {}
+    for line in script_out.splitlines():
+        found = re.match(r"\s*(\d+)\s+\S+:sys_(enter|exit)_(\w+):\s*(.*)$", line)
+        if not found:
+            continue
+        tid, side, call, trace = int(found[1]), found[2], found[3], found[4]
+        if side == "enter":
+            fd_field = re.search(r"\bfd: (0x[0-9a-f]+|\d+)", trace) or re.search(
+                r"\bepfd: (0x[0-9a-f]+|\d+)", trace
+            )
+            fd = int(fd_field[1], 0) if fd_field else -1
+            kind = "-" if call == "epoll_ctl" else kinds.get(fd, "closed since")[-22:]
+            calls[(tid, call, kind)] += 1
+            entered[tid] = (call, kind)
+        elif tid in entered:
+            call, kind = entered.pop(tid)
+            returned = re.search(r"(0x[0-9a-f]+|-?\d+)\s*$", trace)
+            if returned:  # (an error, -errno, is printed as a 64-bit hex number)
+                value = int(returned[1], 0)
+                sizes[(tid, call, kind)].append(value - (1 << 64) if value >= 1 << 63 else value)
+    lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
+             f"({results[0].requests_per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
+    lines.append(f"  {'thread':>8} {'call':10} {'fd':22} {'per req':>8} {'bytes':>7}  upstream")
+    for (tid, call, kind), count in sorted(calls.items(), key=lambda item: -item[1]):
+        got = [n for n in sizes.get((tid, call, kind), []) if n > 0]
+        mean = f"{sum(got) / len(got):7.0f}" if got else f"{'':7}"
+        note = ""
+        if got and kind.startswith("tcp to") and call in ("read", "recvfrom"):
+            got.sort()
+            small = sum(1 for n in got if n < 512) / len(got)
+            note = f"median {got[len(got) // 2]} B, {small:.0%} under 512 B"
+        lines.append(f"  {tid:>8} {call:10} {kind:22} {count / done:8.2f} {mean}  {note}")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -145,6 +257,9 @@ def main() -> int:
         default=["bare", "gateway-sqlite"],
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
+    parser.add_argument(
+        "--reads", action="store_true", help="each read and write by what its fd is (perf record)"
+    )
     args = parser.parse_args()
     if not (1 <= args.seconds <= 30 and 1 <= args.reps <= 5):
         parser.error("bounds: --seconds 1..30, --reps 1..5")
@@ -161,7 +276,8 @@ def main() -> int:
             scenario, _ = WRK_MEASURES[measure_name]
             for _ in range(args.reps):
                 for contender in found.values():
-                    print(measure(contender, scenario, args.connections, args.seconds, Path(tmp)))
+                    run = reads if args.reads else measure
+                    print(run(contender, scenario, args.connections, args.seconds, Path(tmp)))
                     print(flush=True)
     return 0
 

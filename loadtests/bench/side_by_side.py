@@ -97,9 +97,12 @@ def started(
     before: Path | None = None,
     redis_core: str = c.CLIENT_CORE,
     before_store: str = "sqlite",
-    redis_realtime: bool = False,
+    redis_realtime: bool | None = None,
 ) -> Iterator[dict[str, Contender]]:
-    """Every process up front; all stopped on the way out, whatever happens."""
+    """Every process up front; all stopped on the way out, whatever happens. `redis_realtime`:
+    None is real-time where allowed (`--redis-priority`'s default)."""
+    if redis_realtime is None:
+        redis_realtime = c.realtime_allowed()
     processes: list[subprocess.Popen[bytes]] = []
 
     def keep(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:

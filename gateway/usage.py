@@ -79,14 +79,25 @@ class UsageRecorder:
 
     async def flush(self) -> None:
         while self._pending:
-            batch = self._pending[: self._max_batch]
-            grants = await self._store.settle(batch)
-            del self._pending[: len(batch)]
-            for hook in self._after_settle:
-                try:
-                    await hook(batch, grants)
-                except Exception:
-                    log.exception("after-settle check failed for %d entries", len(batch))
+            await self._settle_batch()
+
+    async def _settle_batch(self) -> None:
+        """The entries pending now (up to `max_batch`). Those recorded while it is written wait
+        for the next period (or for `max_batch` of them): settling them at once made the batches
+        follow each other as fast as the store answered, each one round trip's worth of
+        requests (under load several a period, a few entries each on streams)."""
+        batch = self._pending[: self._max_batch]
+        if not batch:
+            return
+        grants = await self._store.settle(batch)
+        del self._pending[: len(batch)]
+        if len(self._pending) >= self._max_batch:
+            self._wake.set()
+        for hook in self._after_settle:
+            try:
+                await hook(batch, grants)
+            except Exception:
+                log.exception("after-settle check failed for %d entries", len(batch))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,7 +112,10 @@ class UsageRecorder:
                 timer.cancel()
             self._wake.clear()
             try:
-                await self.flush()
+                if self.failing_since is None:
+                    await self._settle_batch()
+                else:  # every kept entry written before the backlog is reported gone
+                    await self.flush()
                 backoff = self._flush_interval_s
                 self.overflowing = False
                 if self.failing_since is not None:

@@ -72,12 +72,13 @@ class TokenUsage(Struct, frozen=True):
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
         written = usage.get("cache_creation_input_tokens")
-        # A count is a positive int, else 0 (inline: no call per count)
+        # An int itself (one past the bounds is said and made 0 where it is billed: `counted`),
+        # anything else read by `count` (a float with no fraction is a count, true is not one)
         return cls(
-            prompt if isinstance(prompt, int) and prompt > 0 else 0,
-            completion if isinstance(completion, int) and completion > 0 else 0,
-            cached if isinstance(cached, int) and cached > 0 else 0,
-            written if isinstance(written, int) and written > 0 else 0,
+            prompt if type(prompt) is int and prompt >= 0 else count(prompt),
+            completion if type(completion) is int and completion >= 0 else count(completion),
+            cached if type(cached) is int and cached >= 0 else count(cached),
+            written if type(written) is int and written >= 0 else count(written),
         )
 
 

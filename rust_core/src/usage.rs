@@ -1,6 +1,30 @@
 //! Token usage, extracted from each provider's own usage shape into one struct.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// A token count as the gateway's billing reads one (`gateway/billing.py`, `count`): an integer
+/// that fits, or a number with no fraction (`12.0`, `1.2e1`: some servers write floats);
+/// anything else (negative, fractional, a string, `null`) is no count, which the usage takes as
+/// 0, as it takes a count the upstream left out. The upstream's answer is relayed either way:
+/// a nonsense count is not a reason to break a stream whose content arrived.
+fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    // Written out as one bound-checked cast: 2^64 itself is past u64 (`as` would saturate it).
+    const PAST_U64: f64 = 18_446_744_073_709_551_616.0;
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(number) => number.as_u64().or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < PAST_U64)
+                .map(|f| {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    // (checked above: integral, in range)
+                    let whole = f as u64;
+                    whole
+                })
+        }),
+        _ => None,
+    })
+}
 
 /// Usage in OpenAI's vocabulary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,17 +46,22 @@ pub struct Usage {
 #[serde(default)]
 pub struct OpenAiUsage {
     // Options: some OpenAI-compatible servers send `null` counts.
+    #[serde(deserialize_with = "count")]
     prompt_tokens: Option<u64>,
+    #[serde(deserialize_with = "count")]
     completion_tokens: Option<u64>,
+    #[serde(deserialize_with = "count")]
     total_tokens: Option<u64>,
     prompt_tokens_details: Option<OpenAiPromptDetails>,
     /// Not OpenAI's: the gateway (and `LiteLLM`) report Anthropic's cache writes here.
+    #[serde(deserialize_with = "count")]
     cache_creation_input_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct OpenAiPromptDetails {
+    #[serde(deserialize_with = "count")]
     cached_tokens: Option<u64>,
 }
 
@@ -59,9 +88,13 @@ impl From<&OpenAiUsage> for Usage {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct AnthropicUsage {
+    #[serde(deserialize_with = "count")]
     pub input_tokens: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub output_tokens: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub cache_creation_input_tokens: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub cache_read_input_tokens: Option<u64>,
 }
 
@@ -104,11 +137,17 @@ impl From<&AnthropicUsage> for Usage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GeminiUsage {
+    #[serde(deserialize_with = "count")]
     pub(crate) prompt_token_count: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub(crate) candidates_token_count: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub(crate) total_token_count: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub(crate) cached_content_token_count: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub(crate) thoughts_token_count: Option<u64>,
+    #[serde(deserialize_with = "count")]
     pub(crate) tool_use_prompt_token_count: Option<u64>,
 }
 
@@ -138,6 +177,47 @@ impl From<&GeminiUsage> for Usage {
 mod tests {
     #![allow(clippy::unwrap_used)] // tests: a failure is the test failing
     use super::*;
+
+    #[test]
+    fn counts_are_read_as_the_billing_reads_them() {
+        // A float with no fraction is a count; anything else is none (0), never an error.
+        let u: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":12.0,"completion_tokens":4e0,"prompt_tokens_details":{"cached_tokens":2.0},"cache_creation_input_tokens":-1}"#,
+        )
+        .unwrap();
+        let u = Usage::from(&u);
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens
+            ),
+            (12, 4, 16, 2, 0)
+        );
+        for junk in [
+            "1.5",
+            "-3",
+            "\"7\"",
+            "true",
+            "[1]",
+            "{}",
+            "1e30",
+            "18446744073709551616",
+        ] {
+            let body = format!(r#"{{"prompt_tokens":{junk},"completion_tokens":5}}"#);
+            let u = Usage::from(&serde_json::from_str::<OpenAiUsage>(&body).unwrap());
+            assert_eq!((u.prompt_tokens, u.completion_tokens), (0, 5), "{junk}");
+        }
+        let a: AnthropicUsage =
+            serde_json::from_str(r#"{"input_tokens":10.0,"output_tokens":"7"}"#).unwrap();
+        assert_eq!((a.input_tokens, a.output_tokens), (Some(10), None));
+        let g: GeminiUsage =
+            serde_json::from_str(r#"{"promptTokenCount":3.0,"candidatesTokenCount":2.5}"#).unwrap();
+        assert_eq!(Usage::from(&g).prompt_tokens, 3);
+        assert_eq!(Usage::from(&g).completion_tokens, 0);
+    }
 
     #[test]
     fn null_counts_are_zero_not_an_error() {

@@ -444,6 +444,62 @@ def test_an_answer_claiming_2_63_tokens_is_served_and_the_ledger_still_writes(
     assert "reported token counts that are not counts (prompt 9223372036854775808" in log
 
 
+def with_float_counts(value: Any) -> Any:
+    """`value` with every token count written as a float (12 as 12.0), as some servers do."""
+    if isinstance(value, dict):
+        return {
+            k: float(v) if isinstance(v, int) and "oken" in k else with_float_counts(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [with_float_counts(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+def test_counts_written_as_floats_are_billed_as_counts(
+    scripted: tuple[ScriptedUpstream, Gateway], provider: str, stream: bool
+) -> None:
+    """A count with no fraction written as a float (`3.0`) is a count, as `billing.count` says.
+    Before, OpenAI's single answer billed it as 0 (served free) and every stream ended with a
+    502 error event after its content (the Rust usage refused a float)."""
+    upstream, gateway = scripted
+    model, answer, events = PROVIDERS[provider]
+    with gateway.admin() as admin:
+        account = admin.post("/admin/accounts", json={"name": "floats", "credits_usd": 10}).json()
+        key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]
+    if stream:
+        lines = [
+            (f"event: {e.get('type')}\n" if provider == "anthropic" else "").encode()
+            + b"data: " + encode(with_float_counts(e)) + b"\n\n"
+            for e in events()
+        ]  # fmt: skip
+        if provider == "openai":
+            lines.append(b"data: [DONE]\n\n")
+        upstream.script = (200, "text/event-stream", lines)
+    else:
+        upstream.script = (200, "application/json", [encode(with_float_counts(answer()))])
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    served = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert served.status_code == 200, served.text
+    assert b"error" not in served.content, served.content[-300:]
+    deadline = time.monotonic() + 10
+    with gateway.admin() as admin:
+        while True:  # the entry written (bounded wait, not a timing assertion)
+            rows = admin.get(f"/admin/accounts/{account['id']}/usage").json()["data"]
+            if rows and rows[0]["requests"] == 1:
+                break
+            assert time.monotonic() < deadline, f"no ledger entry: {rows}"
+            time.sleep(0.1)
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (3, 2)
+
+
 def embedding_answer() -> dict[str, Any]:
     return {
         "object": "list",

@@ -124,6 +124,24 @@ def test_openai_usage_with_cache_details_and_write_extension() -> None:
     assert TokenUsage.from_openai("nonsense") == TokenUsage(0, 0)
 
 
+def test_openai_usage_reads_each_count_as_billing_count_does() -> None:
+    """A float with no fraction is a count, as `count` reads one (the Anthropic and Gemini
+    answers, and the Rust usage of every stream); true, fractions and negatives are not. An
+    integer past the bound is kept, for `counted` to say and make 0 where it is billed."""
+    usage = TokenUsage.from_openai(
+        {
+            "prompt_tokens": 12.0,
+            "completion_tokens": True,
+            "prompt_tokens_details": {"cached_tokens": 2.5},
+            "cache_creation_input_tokens": -4,
+        }
+    )
+    assert usage == TokenUsage(12, 0, 0, 0)
+    assert type(usage.prompt_tokens) is int
+    huge = TokenUsage.from_openai({"prompt_tokens": MAX_TOKEN_COUNT + 1, "completion_tokens": 1})
+    assert huge.prompt_tokens == MAX_TOKEN_COUNT + 1 and not huge.in_bounds()
+
+
 def test_reservation_assumes_the_dearer_cache_write_price() -> None:
     from gateway.billing import prompt_price_ceiling
     from gateway.settings import ModelSettings

@@ -316,6 +316,7 @@ mod tests {
             r#"{"type":"message_delta","delta":{},"usage":{}}"#,
             r#"{"type":"error","error":{}}"#,
             r#"{"index":18446744073709551615}"#,
+            r#"{"usage":{"output_tokens":-1,"input_tokens":3.0}}"#, // counts as billing reads them
             "{}",
             " \n{ \"type\" :\t\"ping\" } \r\n",
         ] {
@@ -341,8 +342,7 @@ mod tests {
             r#"{"index":1e2}"#,
             r#"{"index":18446744073709551616}"#, // beyond u64
             r#"{"index":01}"#,
-            r#"{"usage":{"output_tokens":-1}}"#, // a usage serde refuses
-            r#"{"delta":{"text":"\ud800"}}"#,    // a lone surrogate
+            r#"{"delta":{"text":"\ud800"}}"#, // a lone surrogate
             r#"{"delta":{"text":"\udc00\ud800"}}"#,
             r#"{"delta":{"text":"\x"}}"#, // an invalid escape
             "{\"delta\":{\"text\":\"raw\u{1}control\"}}",

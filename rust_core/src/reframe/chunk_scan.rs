@@ -233,6 +233,7 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason":128009}]}"#,
             r#"{"error":{"message":"m","type":"t"}}"#,
             r#"{"error":"text"}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":2.0}}"#, // counts as billing reads them
             "{}",
         ] {
             assert!(agrees(data), "{data}");
@@ -252,7 +253,6 @@ mod tests {
             r#"{"choices":[{"index":0.0}]}"#,
             r#"{"choices":[{"delta":{"content":5}}]}"#, // a number for a string
             r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#, // a lone surrogate
-            r#"{"usage":{"prompt_tokens":1.5}}"#,       // a usage serde refuses
             r#"{"choices":[]"#,
             r#"{"choices":[]} x"#,
             "",

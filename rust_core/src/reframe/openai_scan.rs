@@ -343,6 +343,7 @@ mod tests {
             r#"{"usage":{"prompt_tokens":1,"completion_tokens":null,"prompt_tokens_details":{"cached_tokens":1},"cache_creation_input_tokens":2},"choices":null}"#,
             r#"{"error":{"message":"m","type":"t"},"choices":null}"#,
             r#"{"object":"error","message":"vllm"}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":2.0},"choices":[]}"#, // counts as billing reads them
             "{}",
         ] {
             assert!(agrees(data).is_some(), "{data}");
@@ -357,7 +358,6 @@ mod tests {
             r#"["m",[],null,null,null]"#,                // a struct as an array
             r#"{"choices":[{"finish_reason":"st\u006fp"}]}"#, // an escaped finish reason
             r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#, // a lone surrogate
-            r#"{"usage":{"prompt_tokens":1.5},"choices":[]}"#, // a count the usage cannot hold
             r#"{"choices":[{"delta":{"content":5}}]}"#,  // a number for a string
             r#"{"choices":[null]}"#,                     // a choice that is not an object
             r#"{"object":5}"#,                           // object not a string

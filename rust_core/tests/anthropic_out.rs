@@ -423,6 +423,41 @@ fn passthrough_relays_every_event_and_rewrites_the_model() {
 }
 
 #[test]
+fn passthrough_relays_repeated_text_deltas_as_they_came_and_counts_their_text() {
+    // after the first plain text delta, the next ones are read from their text on (the bytes
+    // before it repeat): escaped text, a delta with one more member, another index
+    let delta = |index: u32, text: &str, tail: &str| {
+        format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{index},\
+             \"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"{tail}}}}}\n\n"
+        )
+    };
+    let deltas = [
+        delta(0, "Hello", ""),
+        delta(0, r#" \"w\u00e9\" "#, ""),
+        delta(0, "x", r#","y":1"#),
+        delta(1, "ab", ""),
+        delta(1, "\\n", ""),
+    ];
+    let input = [
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\
+         \"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n"
+            .to_owned(),
+        deltas.concat(),
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned(),
+    ]
+    .concat();
+    let (out, err) = common::run(PASS, &[input.as_bytes()], true);
+    assert!(err.is_none());
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(&deltas.concat()), "{out}");
+    let mut s = common::stream(PASS, true);
+    s.feed(input.as_bytes(), &mut Vec::new()).unwrap();
+    // Hello, ` "wé" `, x, ab, a line feed: 5 + 6 + 1 + 2 + 1 characters
+    assert_eq!(s.state().content_chars, 15);
+}
+
+#[test]
 fn passthrough_error_event_is_reported_not_relayed() {
     let input = common::read("anthropic_error.sse");
     let (out, err) = common::run(PASS, &[&input], true);

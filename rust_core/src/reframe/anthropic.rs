@@ -163,17 +163,6 @@ impl Reframe for AnthropicReframer {
     }
 }
 
-impl<'a> AnthropicEvent<'a> {
-    /// An event's data read by the scan (`anthropic_scan.rs`), or by the typed `serde_json`
-    /// view when the scan cannot tell: the reference, errors included.
-    pub(super) fn read(data: &'a str) -> Result<Self, CoreError> {
-        match anthropic_scan::read(data) {
-            Some(e) => Ok(e),
-            None => parse("anthropic", data),
-        }
-    }
-}
-
 impl AnthropicReframer {
     /// Handles an event read from its data; `name` is the SSE event's name.
     pub(super) fn on_parsed(

@@ -6,12 +6,13 @@
 //! other way). Usage (`message_start` + cumulative `message_delta`), the stop reason and the
 //! relayed text are read on the way for billing. `message_stop` ends the stream; an `error`
 //! event is not relayed but reported as `upstream_error` (the gateway writes its own, mapped
-//! error event, as on every route).
+//! error event, as on every route). Events are read as the Anthropic reframer reads them: a text
+//! delta that repeats the last one's bytes from its text on (`anthropic_scan::read_with`).
 
 use std::borrow::Cow;
 
-use super::anthropic::{map_stop_reason, AnthropicEvent};
-use super::{Options, Reframe, StreamState};
+use super::anthropic::map_stop_reason;
+use super::{anthropic_scan, parse, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -23,6 +24,8 @@ pub struct AnthropicPassthrough {
     model_json: Vec<u8>,
     usage: AnthropicUsage,
     compact: Vec<u8>,
+    /// The bytes text deltas repeat (the scan resumes after them).
+    delta_prefix: anthropic_scan::DeltaPrefix,
 }
 
 impl AnthropicPassthrough {
@@ -34,6 +37,7 @@ impl AnthropicPassthrough {
             model_json,
             usage: AnthropicUsage::default(),
             compact: Vec::new(),
+            delta_prefix: anthropic_scan::DeltaPrefix::default(),
         }
     }
 }
@@ -69,7 +73,10 @@ impl Reframe for AnthropicPassthrough {
         } else {
             data
         };
-        let e = AnthropicEvent::read(data)?;
+        let e = match anthropic_scan::read_with(data, &mut self.delta_prefix) {
+            Some(e) => e,
+            None => parse("anthropic", data)?,
+        };
         let kind = e.kind.as_deref().unwrap_or(&ev.event);
         if kind.contains(['\n', '\r']) {
             return Err(CoreError::Sse(

@@ -380,9 +380,10 @@ mod tests {
         .to_vec()
     }
 
-    /// A stream's events through two reframers, one reading each event as the reframer does
-    /// (the scan, the typed view when it cannot tell), one by the typed view alone: the same
-    /// bytes out and the same state after every event, or the same error.
+    /// A stream's events through two reframers, one reading each event as the reframers do
+    /// (the scan through one `DeltaPrefix`, the typed view when it cannot tell), one by the
+    /// typed view alone: the same bytes out and the same state after every event, or the same
+    /// error.
     fn same_output(events: &[String]) {
         let opts = Options {
             model: "anthropic/claude".to_owned(),
@@ -401,8 +402,13 @@ mod tests {
             StreamState::default(),
             Vec::new(),
         );
+        let mut prefix = DeltaPrefix::default();
         for data in events {
-            let (a, b) = (AnthropicEvent::read(data), parse("anthropic", data));
+            let scanned_event = match read_with(data, &mut prefix) {
+                Some(e) => Ok(e),
+                None => parse("anthropic", data),
+            };
+            let (a, b) = (scanned_event, parse("anthropic", data));
             let error = |r: &Result<AnthropicEvent<'_>, CoreError>| {
                 r.as_ref().err().map(ToString::to_string)
             };

@@ -148,24 +148,28 @@ impl SseParser {
                 self.line.extend_from_slice(rest);
                 return Ok(Flow::Continue);
             };
-            // The common event, `data: …\n\n` whole in the input with nothing pending:
-            // dispatched from the input itself (not copied into `data`, no second line).
+            // The common event, `data: …\n\n` (or `event: …\ndata: …\n\n`) whole in the input
+            // with nothing pending: dispatched from the input itself (not copied into `data`
+            // and `event_type`, no line by line).
             if rest[pos] == b'\n'
-                && rest.get(pos + 1) == Some(&b'\n')
                 && self.line.is_empty()
                 && self.data.is_empty()
                 && self.event_type.is_empty()
             {
-                if let Some(value) = rest[..pos].strip_prefix(b"data:") {
-                    let value = value.strip_prefix(b" ").unwrap_or(value);
-                    self.check_bound(value.len() + 1)?;
+                if let Some((name, value, used)) = whole_event(rest, pos) {
+                    // what the two lines' own checks add up to
+                    self.check_bound(name.len() + value.len() + 1)?;
                     let event = Event {
-                        event: Cow::Borrowed("message"),
+                        event: if name.is_empty() {
+                            Cow::Borrowed("message")
+                        } else {
+                            decode(name)
+                        },
                         data: decode(value),
                         id: decode(&self.last_id),
                     };
                     let flow = sink(&event)?;
-                    rest = &rest[pos + 2..];
+                    rest = &rest[used..];
                     if flow == Flow::Stop {
                         return Ok(Flow::Stop);
                     }
@@ -274,6 +278,29 @@ impl SseParser {
         self.event_type.clear();
         flow
     }
+}
+
+/// `(event name, data, bytes used)` when `input`, whose first line ends with the LF at `pos`,
+/// starts with one whole event of a single `data` line, or of an `event` line then a single
+/// `data` line, each field's one leading space removed; the name is empty without an `event`
+/// line. `None` for anything else (the line path reads it).
+#[inline]
+fn whole_event(input: &[u8], pos: usize) -> Option<(&[u8], &[u8], usize)> {
+    fn value(line: &[u8]) -> &[u8] {
+        line.strip_prefix(b" ").unwrap_or(line)
+    }
+    let first = &input[..pos];
+    if let Some(data) = first.strip_prefix(b"data:") {
+        return (input.get(pos + 1) == Some(&b'\n')).then_some((&[][..], value(data), pos + 2));
+    }
+    let name = value(first.strip_prefix(b"event:")?);
+    let second = &input[pos + 1..];
+    let end = memchr::memchr2(b'\n', b'\r', second)?;
+    if second[end] != b'\n' || second.get(end + 1) != Some(&b'\n') {
+        return None;
+    }
+    let data = value(second[..end].strip_prefix(b"data:")?);
+    Some((name, data, pos + end + 3))
 }
 
 /// UTF-8 decoding with replacement; the validating fast path first (`from_utf8_lossy`'s
@@ -409,9 +436,12 @@ mod tests {
 
     #[test]
     fn whole_data_events_read_from_the_input_are_the_events_the_lines_make() {
-        // `data: …\n\n` with nothing pending is dispatched from the input itself: the same
-        // events (and ids, bounds) as line by line, the empty value and a missing space alike.
-        let whole = b"id: 7\ndata: a\n\ndata:b\n\ndata:\n\nevent: e\ndata: c\n\ndata: d\n\n";
+        // `data: …\n\n` and `event: …\ndata: …\n\n` with nothing pending are dispatched from
+        // the input itself: the same events (and ids, bounds) as line by line, the empty value
+        // and a missing space alike; an event line followed by anything else takes the lines.
+        let whole = b"id: 7\ndata: a\n\ndata:b\n\ndata:\n\nevent: e\ndata: c\n\ndata: d\n\n\
+            event:\ndata: f\n\nevent:g\ndata:\n\nevent: h\ndata: i\ndata: j\n\n\
+            event: k\nid: 8\ndata: l\n\nevent: m\ndata: n\r\n\nevent: o\n\ndata: p\n\n";
         let mut by_line = Vec::new();
         let mut p = SseParser::new(1 << 10);
         for byte in whole {
@@ -439,7 +469,13 @@ mod tests {
                 ("message", "b", "7"),
                 ("message", "", "7"),
                 ("e", "c", "7"),
-                ("message", "d", "7")
+                ("message", "d", "7"),
+                ("message", "f", "7"),
+                ("g", "", "7"),
+                ("h", "i\nj", "7"),
+                ("k", "l", "8"),
+                ("m", "n", "8"),
+                ("message", "p", "8")
             ]
         );
         let mut p = SseParser::new(8);
@@ -449,6 +485,19 @@ mod tests {
             Err(CoreError::Sse(_))
         ));
         assert!(p.push(b"data: 0123456\n\n", sink).is_ok());
+        // the name and the data together, as the two lines' checks bound them (the same event
+        // with CRLF line ends takes the line path)
+        for (name, data, fits) in [
+            ("abc", "0123", true),
+            ("abc", "01234", false),
+            ("012345678", "a", false),
+        ] {
+            for end in ["\n", "\r\n"] {
+                let event = format!("event: {name}{end}data: {data}{end}{end}");
+                let mut p = SseParser::new(8);
+                assert_eq!(p.push(event.as_bytes(), sink).is_ok(), fits, "{event:?}");
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ __all__ = [
     "UpstreamStreamError",
     "Usage",
     "__version__",
+    "anthropic_chat_request",
     "json_nesting_depth",
     "openai_chat_answer",
     "openai_chat_request",
@@ -34,6 +35,14 @@ def openai_chat_request(
     on a stream `stream_options: {"include_usage": true}` added. None when the scan cannot tell
     (an escaped or repeated key, invalid JSON, a stream's own `stream_options`, ...): the
     caller parses the body then (rust_core/src/openai_body.rs)."""
+
+def anthropic_chat_request(
+    body: bytes, model: str, default_max_tokens: int, stream: bool
+) -> bytes | None:
+    """The client's chat body translated to an Anthropic Messages body by one scan, byte for
+    byte what `orjson.dumps(translate_request(...))` writes; None when the scan cannot tell
+    (tools, images, tool results, cache_control, a temperature above 1, an escaped or repeated
+    key, ...): the caller translates it in Python then (rust_core/src/anthropic_body.rs)."""
 
 def openai_chat_answer(body: bytes, model: str) -> tuple[bytes, int, int, int, int] | None:
     """The upstream's chat.completion with `model` renamed, and its prompt, completion, cached

@@ -19,11 +19,16 @@ Request translation (OpenAI chat → Messages):
 Anything else the Messages API cannot honour (`n` > 1, logprobs, seed, penalties, JSON response
 formats, audio/file parts) is a 400 naming the parameter.
 
+A plain conversation (text, no tools, images or cache breakpoints) is translated by one scan in
+Rust (`_core.anthropic_chat_request`, rust_core/src/anthropic_body.rs), byte for byte what
+`translate_request` and orjson write; the functions below are the reference and take the rest.
+
 Streams go through the Rust reframer "anthropic".
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -52,6 +57,7 @@ from gateway.providers.base import (
     retry_after_from,
     status_error,
 )
+from gateway.providers.http_client import FixedHeaders
 from gateway.providers.translate import (
     completion_body,
     error_message,
@@ -66,6 +72,7 @@ from gateway.providers.translate import (
     tool_call,
 )
 from gateway.schemas.openai import (
+    DEFAULT_MAX_TOKENS,
     CacheControl,
     ImagePart,
     Message,
@@ -387,18 +394,37 @@ def error_for(
 class AnthropicProvider(HttpProvider):
     reframer_kind: ClassVar[str] = "anthropic"
 
+    # Built once per provider (settings and key are fixed for the app's life), never changed
+    # (tracing copies them to add its own): a single answer's headers and a stream's.
+    @functools.cached_property
+    def _chat_headers(self) -> tuple[FixedHeaders, FixedHeaders]:
+        def headers(accept: str) -> FixedHeaders:
+            fixed = {
+                "content-type": "application/json",
+                "accept": accept,
+                "anthropic-version": API_VERSION,
+            }
+            if self.api_key is not None:
+                fixed["x-api-key"] = self.api_key.reveal()
+            return FixedHeaders(fixed)
+
+        return headers("application/json"), headers("text/event-stream")
+
+    @functools.cached_property
+    def _messages_url(self) -> str:
+        return f"{self.settings.base_url.rstrip('/')}/v1/messages"
+
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "anthropic-version": API_VERSION,
-        }
-        if self.api_key is not None:
-            headers["x-api-key"] = self.api_key.reveal()
+        model = call.target.model
+        # One scan in Rust writes what translate_request and orjson write; a body it cannot
+        # tell about (tools, images, tool results, cache_control, ...) takes them.
+        body = _core.anthropic_chat_request(
+            call.body, model.upstream_model or model.id.split("/", 1)[1], DEFAULT_MAX_TOKENS, stream
+        )
+        if body is None:
+            body = orjson.dumps(translate_request(call, stream))
         return UpstreamRequest(
-            url=f"{self.settings.base_url.rstrip('/')}/v1/messages",
-            headers=headers,
-            body=orjson.dumps(translate_request(call, stream)),
+            url=self._messages_url, headers=self._chat_headers[stream], body=body
         )
 
     # -- /v1/messages pass-through (MessagesProvider) -----------------------------------------

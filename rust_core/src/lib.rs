@@ -6,9 +6,12 @@
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
 //! - [`openai_body`]: the single answer's OpenAI bodies rewritten by one scan.
 //! - [`json_depth`]: how deep a request body's JSON nests (its bound's check).
+//! - [`anthropic_body`]: the client's chat body translated to an Anthropic Messages body by one
+//!   scan.
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
+pub mod anthropic_body;
 pub mod bucket;
 pub mod chunked;
 pub mod errors;

@@ -26,17 +26,17 @@ use crate::json_scan::Scan;
 
 /// One member of an object: its key's text, where it starts (the key's opening quote), where
 /// its value starts and where it ends.
-struct Member<'a> {
-    key: &'a [u8],
-    start: usize,
-    value: usize,
-    end: usize,
+pub(crate) struct Member<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) start: usize,
+    pub(crate) value: usize,
+    pub(crate) end: usize,
 }
 
 /// The members of the object that is the whole of `text` (whitespace around it allowed) and
 /// the index of its closing brace; `None` if `text` is anything else or a key is escaped or
 /// given twice.
-fn members(text: &str) -> Option<(SmallVec<[Member<'_>; 16]>, usize)> {
+pub(crate) fn members(text: &str) -> Option<(SmallVec<[Member<'_>; 16]>, usize)> {
     let mut scan = Scan::new(text);
     let mut found: SmallVec<[Member<'_>; 16]> = SmallVec::new();
     scan.open(b'{')?;

@@ -365,7 +365,9 @@ mod _core {
     const __version__: &str = crate::VERSION;
 
     #[pymodule_export]
-    use super::bodies::{json_nesting_depth, openai_chat_answer, openai_chat_request};
+    use super::bodies::{
+        anthropic_chat_request, json_nesting_depth, openai_chat_answer, openai_chat_request,
+    };
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
     #[pymodule_export]

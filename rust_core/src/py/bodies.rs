@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::DETACH_ABOVE;
-use crate::{json_depth, openai_body};
+use crate::{anthropic_body, json_depth, openai_body};
 
 /// The client's chat body for an OpenAI-shaped upstream, or `None`: the caller parses it then.
 #[pyfunction]
@@ -19,6 +19,24 @@ pub fn openai_chat_request<'py>(
         py.detach(|| openai_body::request(body, model, default_max_tokens, stream))
     } else {
         openai_body::request(body, model, default_max_tokens, stream)
+    }?;
+    Some(PyBytes::new(py, &out))
+}
+
+/// The client's chat body translated for an Anthropic upstream, or `None`: the caller
+/// translates it in Python then.
+#[pyfunction]
+pub fn anthropic_chat_request<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    model: &str,
+    default_max_tokens: u64,
+    stream: bool,
+) -> Option<Bound<'py, PyBytes>> {
+    let out = if body.len() > DETACH_ABOVE {
+        py.detach(|| anthropic_body::request(body, model, default_max_tokens, stream))
+    } else {
+        anthropic_body::request(body, model, default_max_tokens, stream)
     }?;
     Some(PyBytes::new(py, &out))
 }

@@ -440,9 +440,9 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
 
 def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> None:
     """The entries into the ledger by multi-row INSERTs of 64, 16, 4 or 1 rows (four statements,
-    each prepared once), not an executemany: the sqlite3 module lets go of the GIL around each
-    statement's step and takes it back after, so a row per step was a GIL hand-off with the
-    event loop's thread per entry, and SQLite ran its statement once per row."""
+    each prepared once), not an executemany: SQLite ran its statement once per row, and the
+    sqlite3 module lets go of the GIL around each step and takes it back after (a wait on the
+    event loop's thread whenever that one held it then)."""
     values = [value for entry in entries for value in astuple(entry)[:LEDGER_COLUMNS]]
     done = 0
     for rows in INSERT_ROWS:

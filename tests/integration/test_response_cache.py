@@ -225,19 +225,26 @@ def test_hits_are_in_the_ledger_metrics_and_log_line_at_no_cost(cached_gateway: 
     messages = prompt()
     for _ in range(2):
         sdk.chat.completions.create(model="openai/gpt-fake", messages=messages, temperature=0)
-    account = httpx.get(
-        f"{cached_gateway.base_url}/v1/account",
-        headers={"authorization": f"Bearer {key}"},
-        timeout=10,
-    ).json()
     deadline = time.monotonic() + 10
     metrics = log = ""
+    account: dict[str, Any] = {}
     log_path = Path(cached_gateway.config).parent / "gateway.log"
     while time.monotonic() < deadline:
+        # (the ledger is written in batches: the account's usage too is waited for)
+        account = httpx.get(
+            f"{cached_gateway.base_url}/v1/account",
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        ).json()
         metrics = httpx.get(f"{cached_gateway.base_url}/metrics", timeout=10).text
         log = log_path.read_text(errors="replace")
         hits = [line for line in metrics.splitlines() if 'result="hit"' in line]
-        if '"cache":"hit"' in log and hits and any(not h.endswith(" 0.0") for h in hits):
+        if (
+            '"cache":"hit"' in log
+            and hits
+            and any(not h.endswith(" 0.0") for h in hits)
+            and account["usage_today"]["requests"] >= 1
+        ):
             break
         time.sleep(0.2)
     assert 'klawd_cache_requests_total{api="chat",result="hit"}' in metrics

@@ -411,6 +411,21 @@ def test_any_upstream_answer_gets_a_clear_answer(
     assert_clear(response, whole, stream, said, UPSTREAM_SECRETS)
 
 
+def ledger_rows(gateway: Gateway, account_id: str, requests: int) -> list[dict[str, Any]]:
+    """The account's usage rows once its ledger holds `requests` requests (the ledger is
+    written in batches: a bounded wait, not a timing assertion)."""
+    deadline = time.monotonic() + 10
+    with gateway.admin() as admin:
+        while True:
+            rows: list[dict[str, Any]] = admin.get(f"/admin/accounts/{account_id}/usage").json()[
+                "data"
+            ]
+            if rows and rows[0]["requests"] == requests:
+                return rows
+            assert time.monotonic() < deadline, f"the ledger stopped writing: {rows}"
+            time.sleep(0.1)
+
+
 def test_an_answer_claiming_2_63_tokens_is_served_and_the_ledger_still_writes(
     scripted: tuple[ScriptedUpstream, Gateway],
 ) -> None:
@@ -431,14 +446,7 @@ def test_an_answer_claiming_2_63_tokens_is_served_and_the_ledger_still_writes(
             f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=10
         )
         assert served.status_code == 200, served.text
-    deadline = time.monotonic() + 10
-    with gateway.admin() as admin:
-        while True:  # both entries written (bounded wait, not a timing assertion)
-            rows = admin.get(f"/admin/accounts/{account['id']}/usage").json()["data"]
-            if rows and rows[0]["requests"] == 2:
-                break
-            assert time.monotonic() < deadline, f"the ledger stopped writing: {rows}"
-            time.sleep(0.1)
+    rows = ledger_rows(gateway, account["id"], requests=2)
     assert rows[0]["prompt_tokens"] == 3  # the huge answer's count taken as 0, the other's 3
     log = (gateway.config.parent / "gateway.log").read_text()
     assert "reported token counts that are not counts (prompt 9223372036854775808" in log
@@ -489,14 +497,7 @@ def test_counts_written_as_floats_are_billed_as_counts(
     )
     assert served.status_code == 200, served.text
     assert b"error" not in served.content, served.content[-300:]
-    deadline = time.monotonic() + 10
-    with gateway.admin() as admin:
-        while True:  # the entry written (bounded wait, not a timing assertion)
-            rows = admin.get(f"/admin/accounts/{account['id']}/usage").json()["data"]
-            if rows and rows[0]["requests"] == 1:
-                break
-            assert time.monotonic() < deadline, f"no ledger entry: {rows}"
-            time.sleep(0.1)
+    rows = ledger_rows(gateway, account["id"], requests=1)
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (3, 2)
 
 

@@ -6,6 +6,16 @@ use pyo3::types::PyBytes;
 use super::DETACH_ABOVE;
 use crate::{anthropic_body, json_depth, openai_body};
 
+/// `work` on `body`, with the interpreter detached when the body is large enough for that to
+/// pay (`DETACH_ABOVE`).
+fn scan<T: Send>(py: Python<'_>, body: &[u8], work: impl FnOnce() -> T + Send) -> T {
+    if body.len() > DETACH_ABOVE {
+        py.detach(work)
+    } else {
+        work()
+    }
+}
+
 /// The client's chat body for an OpenAI-shaped upstream, or `None`: the caller parses it then.
 #[pyfunction]
 pub fn openai_chat_request<'py>(
@@ -15,11 +25,9 @@ pub fn openai_chat_request<'py>(
     default_max_tokens: u64,
     stream: bool,
 ) -> Option<Bound<'py, PyBytes>> {
-    let out = if body.len() > DETACH_ABOVE {
-        py.detach(|| openai_body::request(body, model, default_max_tokens, stream))
-    } else {
+    let out = scan(py, body, || {
         openai_body::request(body, model, default_max_tokens, stream)
-    }?;
+    })?;
     Some(PyBytes::new(py, &out))
 }
 
@@ -33,11 +41,9 @@ pub fn anthropic_chat_request<'py>(
     default_max_tokens: u64,
     stream: bool,
 ) -> Option<Bound<'py, PyBytes>> {
-    let out = if body.len() > DETACH_ABOVE {
-        py.detach(|| anthropic_body::request(body, model, default_max_tokens, stream))
-    } else {
+    let out = scan(py, body, || {
         anthropic_body::request(body, model, default_max_tokens, stream)
-    }?;
+    })?;
     Some(PyBytes::new(py, &out))
 }
 
@@ -50,11 +56,7 @@ pub fn openai_chat_answer<'py>(
     body: &[u8],
     model: &str,
 ) -> Option<(Bound<'py, PyBytes>, u64, u64, u64, u64)> {
-    let read = if body.len() > DETACH_ABOVE {
-        py.detach(|| openai_body::answer(body, model))
-    } else {
-        openai_body::answer(body, model)
-    }?;
+    let read = scan(py, body, || openai_body::answer(body, model))?;
     let [prompt, completion, cached, written] = read.usage;
     Some((
         PyBytes::new(py, &read.body),
@@ -68,9 +70,5 @@ pub fn openai_chat_answer<'py>(
 /// How deep `body`'s objects and arrays nest, counted up to `limit + 1` (`crate::json_depth`).
 #[pyfunction]
 pub fn json_nesting_depth(py: Python<'_>, body: &[u8], limit: usize) -> usize {
-    if body.len() > DETACH_ABOVE {
-        py.detach(|| json_depth::nesting_depth(body, limit))
-    } else {
-        json_depth::nesting_depth(body, limit)
-    }
+    scan(py, body, || json_depth::nesting_depth(body, limit))
 }

@@ -113,7 +113,7 @@ class KeyCache:
             # cache with them; clearing it all made every real key a store lookup again), then
             # everything.
             now = self._clock()
-            for stale in [h for h, (until, known) in self._entries.items() if until <= now]:
+            for stale in [h for h, (until, _) in self._entries.items() if until <= now]:
                 del self._entries[stale]
             if len(self._entries) >= self._max_entries:
                 for unknown in [h for h, (_, known) in self._entries.items() if known is None]:

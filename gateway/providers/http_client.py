@@ -85,7 +85,9 @@ HIGH_WATER: Final = 256 * 1024
 # embeddings of 3,072 floats are ~130 MB of JSON. An event stream's pieces are taken as they
 # come, each bounded the same way when decoded; its events by the reframer (1 MiB each).
 MAX_ANSWER_BYTES: Final = 256 * 1024 * 1024
-TOO_LARGE: Final = "the upstream's answer is larger than the gateway takes (256 MiB)"
+TOO_LARGE: Final = (
+    f"the upstream's answer is larger than the gateway takes ({MAX_ANSWER_BYTES >> 20} MiB)"
+)
 # The most an answer's head may hold (its interim answers' heads included): nginx refuses an
 # upstream's head past 4-8 KB ("upstream sent too big header"); real ones are 1-2 KB. Without
 # it, an upstream sending header lines without end grew the worker by every byte.

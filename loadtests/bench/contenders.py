@@ -13,6 +13,7 @@ chunk, also with 20 ms between events).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import shutil
@@ -376,6 +377,21 @@ def redis_server(
 def realtime_allowed() -> bool:
     """Whether `redis_server(realtime=True)` may set SCHED_FIFO here."""
     return os.geteuid() == 0 and shutil.which("chrt") is not None
+
+
+def add_redis_priority(parser: argparse.ArgumentParser) -> None:
+    """`--redis-priority`, for every bench that starts redis-server: `realtime` (the default
+    where allowed) or `normal`; pass `realtime=args.redis_priority == "realtime"` to
+    `redis_server`. At normal priority redis-server waits behind the load generator and the
+    upstream for its turn on the shared core (decision 0010, issue 19zd)."""
+    parser.add_argument(
+        "--redis-priority",
+        choices=("realtime", "normal"),
+        default="realtime" if realtime_allowed() else "normal",
+        help="redis-server's scheduling on its core: real-time (run as soon as a command "
+        "arrives, as on a core of its own; needs root, the default when run as root), or "
+        "normal (queued behind the load generator and the upstream, as before issue 19zd)",
+    )
 
 
 # The pass-throughs get the server settings `klawd serve` gives the gateway by default (header

@@ -111,7 +111,8 @@ def one(name: str, args: argparse.Namespace, streams: int, directory: Path) -> d
         else:
             store = f"sqlite:///{directory / 'bench.db'}"
             if args.store == "redis":
-                processes.append(c.redis_server(redis_port, directory))
+                realtime = args.redis_priority == "realtime"
+                processes.append(c.redis_server(redis_port, directory, realtime=realtime))
                 store = f"redis://127.0.0.1:{redis_port}/0"
             base = f"http://127.0.0.1:{gw_port}"
             source = args.before if name == BEFORE else None
@@ -229,7 +230,8 @@ def section(result: dict[str, object], args: argparse.Namespace) -> str:
         f"(1 min) at the start and after each contender: {loads}. "
         f"{streams} streams{capped}, opened evenly over {args.ramp:g} s, each 60 events one "
         "second apart (each line its own chunk), through one worker on core 0 (the gateway: "
-        + ("embedded store" if args.store == "sqlite" else "Redis store, redis-server on core 1")
+        + ("embedded store" if args.store == "sqlite"
+           else f"Redis store, redis-server on core 1 at {args.redis_priority} priority")
         + ", default `[server]` settings); the upstream ("
         + ("nginx" if args.upstream == "nginx" else "loadtests/bench/paced_upstream.py: each "
            "stream on its own fixed schedule, each event stamped when written")
@@ -291,6 +293,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--ramp", type=float, default=10.0)
     parser.add_argument("--store", choices=["sqlite", "redis"], default="sqlite")
+    c.add_redis_priority(parser)
     parser.add_argument(
         "--scenario", choices=["long", "slow"], default="long",
         help="slow: 50 events 100 ms apart, for a quick look at memory (no --write-docs)",

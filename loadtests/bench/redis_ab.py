@@ -6,8 +6,8 @@ not skew.
 
 Both gateways are driven directly as request_cost drives them (no server), each in a process of
 its own pinned to core 0, the bench's OpenAI-shaped model in front of nginx on loopback and one
-redis-server, both on core 1 (as `make bench` places them); each tree uses a database of its
-own. Per tree it prints:
+redis-server, both on core 1 (as `make bench` places them, redis-server at real-time priority
+where allowed: `--redis-priority`); each tree uses a database of its own. Per tree it prints:
 
 - instructions per request (callgrind, the worker process only: the run with 2N requests less
   the run with N, divided by N; 16 requests at once): repeatable whatever the machine's load;
@@ -161,6 +161,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--stream", action="store_true")
+    c.add_redis_priority(parser)
     parser.add_argument("--this", type=Path, help="a checkout (or a copy of its `gateway`) "
                         "instead of this one")  # fmt: skip
     parser.add_argument("--no-count", action="store_true", help="skip the callgrind counts")
@@ -189,7 +190,7 @@ def main() -> int:
         up_port, redis_port = c.free_port(), c.free_port()
         servers = [
             c.nginx(c.upstream_conf(directory, up_port), directory, "upstream", c.CLIENT_CORE),
-            c.redis_server(redis_port, directory),
+            c.redis_server(redis_port, directory, realtime=args.redis_priority == "realtime"),
         ]
         try:
             configs = {}

@@ -272,13 +272,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--redis-core", choices=("0", "1"), default=c.CLIENT_CORE)
-    parser.add_argument(
-        "--redis-priority",
-        choices=("realtime", "normal"),
-        default="realtime" if c.realtime_allowed() else "normal",
-        help="redis-server at real-time priority on its core (as on a core of its own; root), "
-        "or normal (queued behind wrk and the upstream)",
-    )
+    c.add_redis_priority(parser)
     parser.add_argument(
         "--before", type=Path, help="also a gateway running this checkout's `gateway` package"
     )

@@ -14,7 +14,8 @@ embedded store, every feature on as in `make bench`. It prints:
   Python function calls per request under cProfile (deterministic, so load-independent).
 
 `--store redis`: the Redis store instead, on a redis-server of its own pinned to the upstream's
-core (as `make bench` runs it); its CPU per request (from /proc) is printed beside the worker's.
+core at real-time priority where allowed (as `make bench` runs it; `--redis-priority normal`: as
+before issue 19zd); its CPU per request (from /proc) is printed beside the worker's.
 
 `--tree DIR` runs another checkout's `gateway` package (with its built `_core`) instead: run the
 command twice for a before/after comparison (docs/benchmarks.md, "Single answers, second pass").
@@ -203,7 +204,8 @@ async def main(args: argparse.Namespace) -> None:
         store = f"sqlite:///{directory / 'bench.db'}"
         if args.store == "redis":
             redis_port = c.free_port()
-            redis = c.redis_server(redis_port, directory)
+            realtime = args.redis_priority == "realtime"
+            redis = c.redis_server(redis_port, directory, realtime=realtime)
             c.wait_for(listening(redis_port), "redis-server")
             store = f"redis://127.0.0.1:{redis_port}/0"
         text = c.gateway_conf(8080, f"http://127.0.0.1:{port}", store)
@@ -244,6 +246,7 @@ if __name__ == "__main__":
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
     parser.add_argument("--top", type=int, default=0, help="the top functions by own time")
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    c.add_redis_priority(parser)
     parser.add_argument(
         "--phases",
         action="store_true",

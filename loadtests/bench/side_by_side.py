@@ -329,14 +329,7 @@ def main() -> int:
         help="where redis-server runs: with the load generator and the upstream (the default, "
         "as `make bench`), or with the gateway worker, as the embedded store's work is",
     )
-    parser.add_argument(
-        "--redis-priority",
-        choices=("realtime", "normal"),
-        default="realtime" if c.realtime_allowed() else "normal",
-        help="redis-server's scheduling on its core: real-time (run as soon as a command "
-        "arrives, as on a core of its own; needs root, the default when run as root), or "
-        "normal (queued behind the load generator and the upstream, as before issue 19zd)",
-    )
+    c.add_redis_priority(parser)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.before is not None:

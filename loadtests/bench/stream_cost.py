@@ -20,7 +20,8 @@ stream), the tracked objects per open stream, and what their clients' leaving le
 cycles (`--gc-threshold` sets the collector's thresholds after start-up, to compare settings).
 
 `--store redis`: the Redis store instead of the embedded one, on a redis-server of its own pinned
-to the upstream's core (as request_cost's `--store redis`); with `--phases`, what a stream does
+to the upstream's core at real-time priority where allowed (as request_cost's `--store redis`,
+`--redis-priority`); with `--phases`, what a stream does
 on Redis against what it does on the embedded store, call by call.
 
 `--tree DIR`: a checkout's `gateway` package (with its built `_core`) measured instead, for a
@@ -53,6 +54,7 @@ from gateway.app import create_app  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from loadtests.bench.contenders import (  # noqa: E402
     CLIENT_CORE,
+    add_redis_priority,
     gateway_conf,
     gateway_model,
     nginx,
@@ -409,6 +411,7 @@ def main() -> None:
     )
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    add_redis_priority(parser)
     args = parser.parse_args()
     import gateway
 
@@ -424,7 +427,8 @@ def main() -> None:
         wait_for(lambda: _listening(port), "the upstream")
         if args.store == "redis":
             redis_port = free_port()
-            redis = redis_server(redis_port, directory)
+            realtime = args.redis_priority == "realtime"
+            redis = redis_server(redis_port, directory, realtime=realtime)
             wait_for(lambda: _listening(redis_port), "redis-server")
             store = f"redis://127.0.0.1:{redis_port}/0"
         try:

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,14 @@ class OpenStreams(set[asyncio.Task[Any]]):
     (one loop timer for all of them: gateway/timer_wheel.py). A set itself: every stream adds
     and discards its task, and the set's own methods are C calls (no Python frame)."""
 
-    __slots__ = ("_keepalives", "orphaned")
+    __slots__ = ("_keepalives", "on_send_timeout", "orphaned")
 
     def __init__(self) -> None:
         super().__init__()
         self._keepalives: TimerWheel | None = None
         self.orphaned = False  # the supervising process died: this worker stops by itself
+        # Called once per stream ended by the send deadline (its client stopped reading).
+        self.on_send_timeout: Callable[[], None] | None = None
 
     def keepalives(self) -> TimerWheel:
         """The wheel, made on the app's loop by its first stream (`wheel.loop` is that loop:

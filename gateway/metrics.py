@@ -98,6 +98,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.send_timeouts = Counter(
+            "klawd_stream_send_timeouts_total",
+            "Streams ended because their client took nothing for server.streams.send_timeout_s "
+            "(it stopped reading; billed as a client gone, status 499).",
+            registry=r,
+        )
         self.unsettled_usage = Gauge(
             "klawd_usage_unsettled_entries",
             "Ledger entries a worker keeps because writing them to the store failed (retried "

@@ -164,7 +164,11 @@ async def build_state(
     meter = Meter(settings, accounts, store.limiter(), recorder)
     meter.on_served = retrier.release
     meter.on_broke_off = retrier.broke_off
+    streams = OpenStreams()
+    if metrics is not None:
+        streams.on_send_timeout = metrics.send_timeouts.inc
     return AppState(
+        streams=streams,
         settings=settings,
         store=store,
         keys=keys,

@@ -182,6 +182,8 @@ async def send_event_stream(
     except asyncio.CancelledError as exc:
         if watch.client_gone:
             task.uncancel()
+            if watch.deaf and drain is not None and drain.streams.on_send_timeout is not None:
+                drain.streams.on_send_timeout()
         elif drain is not None and is_drain(exc):
             task.uncancel()
             drained = True
@@ -218,6 +220,7 @@ class _Watch:
     __slots__ = (
         "client_gone",
         "context",
+        "deaf",
         "finished",
         "keepalive",
         "keepalive_s",
@@ -255,6 +258,7 @@ class _Watch:
         self.keepalive_s = keepalive_s
         self.keepalive = keepalive
         self.client_gone = False
+        self.deaf = False  # the client is gone because it stopped reading (the send deadline)
         self.finished = False  # from here on, a disconnect must not cancel the request's task
         self.waiting_on_source = True
         self.last_sent = loop.time()
@@ -328,7 +332,7 @@ class _Watch:
             self.stalled_on, self.stalled_since = mark, now
         elif timeout_s is not None and now - self.stalled_since >= timeout_s:
             log.info("a stream's client took nothing for %.0f s: ended", now - self.stalled_since)
-            self.client_gone = True
+            self.client_gone = self.deaf = True
             if pinging is not None:
                 pinging.cancel()
             if self.task is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.scrape import scrape, total
 
 
 @pytest.mark.parametrize(
@@ -285,6 +286,8 @@ def test_a_stream_whose_client_stopped_reading_is_ended_and_its_upstream_let_go(
         while _requests_today(deaf_client_gateway, key) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _requests_today(deaf_client_gateway, key) == 1, "the ended stream is billed"
+        _, samples = scrape(f"{deaf_client_gateway.base_url}/metrics")
+        assert total(samples, "klawd_stream_send_timeouts_total") >= 1
         taken = 0  # what the socket's buffers held, then the connection's end
         while chunk := sock.recv(1024 * 1024):
             taken += len(chunk)

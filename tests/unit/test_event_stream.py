@@ -607,10 +607,14 @@ def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_dr
 def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: str) -> None:
     """`send_timeout_s`: a piece's send, or a keepalive's while the source is silent, that the
     client does not take (it stopped reading) ends the stream after the deadline: the source
-    is closed (the relay bills, the upstream is let go), the request's task not cancelled."""
+    is closed (the relay bills, the upstream is let go), the request's task not cancelled,
+    and the stream counted (the `klawd_stream_send_timeouts_total` metric)."""
+    timeouts: list[None] = []
 
     async def main() -> tuple[bool, int, float]:
         client = Client()
+        streams = OpenStreams()
+        streams.on_send_timeout = lambda: timeouts.append(None)
         closed = asyncio.Event()
         never = asyncio.get_running_loop().create_future()
 
@@ -633,7 +637,14 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
         loop = asyncio.get_running_loop()
         began = loop.time()
         await send_event_stream(
-            client.receive, deaf_send, {}, pieces(), 0.05, KEEPALIVE, send_timeout_s=0.3
+            client.receive,
+            deaf_send,
+            {},
+            pieces(),
+            0.05,
+            KEEPALIVE,
+            drain=Drain(streams, b""),
+            send_timeout_s=0.3,
         )
         task = asyncio.current_task()
         assert task is not None
@@ -644,14 +655,18 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
     assert closed
     assert cancelling == 0
     assert lasted >= 0.3
+    assert len(timeouts) == 1
 
 
 def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
     """Each send taken after 0.2 s, ten of them (2 s in all, longer than the 0.3 s deadline,
-    each shorter): the stream is whole."""
+    each shorter): the stream is whole, and not counted as a send timeout."""
+    timeouts: list[None] = []
 
     async def main() -> Client:
         client = Client()
+        streams = OpenStreams()
+        streams.on_send_timeout = lambda: timeouts.append(None)
 
         async def slow_send(message: dict[str, Any]) -> None:
             await client.send(message)
@@ -663,7 +678,14 @@ def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
                 yield f"data: {i}\n\n".encode()
 
         await send_event_stream(
-            client.receive, slow_send, {}, pieces(), 0.05, KEEPALIVE, send_timeout_s=0.3
+            client.receive,
+            slow_send,
+            {},
+            pieces(),
+            0.05,
+            KEEPALIVE,
+            drain=Drain(streams, b""),
+            send_timeout_s=0.3,
         )
         return client
 
@@ -672,3 +694,4 @@ def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
         *(f"data: {i}\n\n".encode() for i in range(10)),
         b"",
     ]
+    assert timeouts == []

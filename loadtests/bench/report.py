@@ -270,8 +270,8 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
                 if notes.get("redis_priority") == "realtime"
                 else "at normal priority: queued behind wrk and the upstream"
             )
-            + "). Each round measures every contender "
-            f"once, back to back, for {args.seconds:g} s (after a 1 s warm-up); figures are "
+            + "). Each round measures every contender once, back to back (the order reversed "
+            f"every other round), for {args.seconds:g} s (after a 1 s warm-up); figures are "
             f"medians of {args.reps} rounds and ratios medians of the per-round ratios. Added "
             "latency = the contender's wrk latency at 1 connection minus the upstream's own. "
             f"Burst: {BURST_STREAMS_TEXT} streams opened evenly within 1 s over the upstream "

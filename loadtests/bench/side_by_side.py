@@ -11,8 +11,9 @@ the upstream for its turn on the core; its wait per request is reported either w
 gateways the CPU per request is also given with redis-server's own added (`*_all_cpu`). The two
 pass-throughs share the stack (Granian + uvloop + one aiohttp session): the Starlette floor
 (floor_app.py) and the bare ASGI callable (bare_app.py). Each measure runs for
-every contender in turn, `--reps` rounds; each round measures every contender once, so noise
-from the shared machine hits them alike, and the ratios are medians of per-round ratios. Every
+every contender in turn, `--reps` rounds; each round measures every contender once (the order
+reversed every other round), so noise from the shared machine hits them alike, and the ratios
+are medians of per-round ratios. Every
 run is bounded (wrk -d, subprocess timeouts) and every process is stopped at the end.
 `--write-docs` replaces the side-by-side section of docs/benchmarks.md (other sections are kept).
 """
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             for name, contender in found.items():  # warm-up, not counted
                 wrk(contender.base_url + contender.path(scenario), scripts[name], connections, 1)
             for rnd in range(args.reps):
-                for name, contender in found.items():
+                for name, contender in in_turn(found, rnd):
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
                     store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
                     wait_before = (
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         record(name, measure, result.requests_per_s)
             notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
         for rnd in range(args.reps if "burst" in args.measures else 0):
-            for name, contender in found.items():
+            for name, contender in in_turn(found, rnd):
                 outcome, peak_mb = burst(contender, args.burst_seconds)
                 print(f"  burst round {rnd + 1} {name}: {outcome}, {peak_mb:.0f} MB", flush=True)
                 record(name, "ttfb_p50_ms", float(outcome["ttfb_p50_ms"] or 0))
@@ -254,6 +255,14 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             notes["profile"] = profile(found["gateway-sqlite"], directory, args.seconds,
                                        args.profile_scenarios)  # fmt: skip
     return samples, notes
+
+
+def in_turn(found: dict[str, Contender], rnd: int) -> list[tuple[str, Contender]]:
+    """The contenders of round `rnd`: in their order in even rounds, reversed in odd ones, so
+    that none always runs just after the same other (whose leftovers, e.g. a ledger batch
+    still being written or sockets closing, would load its rounds alone)."""
+    order = list(found.items())
+    return order[::-1] if rnd % 2 else order
 
 
 def burst(contender: Contender, seconds: float) -> tuple[dict[str, float | int | None], float]:

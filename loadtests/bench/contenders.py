@@ -8,7 +8,8 @@ The fake upstream is Debian's nginx answering fixed bodies: an OpenAI chat.compl
 a 50-event OpenAI stream as one static body (`/sse`), and chunked streams sent the way real
 providers send them, with the echo module (STREAMS: one chunk per event, each line its own chunk,
 with 20 ms, 100 ms or 1 s between events; an Anthropic Messages stream, each line its own
-chunk, also with 20 ms between events).
+chunk, also with 20 ms between events; a Gemini streamGenerateContent stream, each line its own
+chunk).
 """
 
 from __future__ import annotations
@@ -140,6 +141,26 @@ def anthropic_events() -> list[bytes]:
     )
 
 
+def gemini_events() -> list[bytes]:
+    """A Gemini `streamGenerateContent?alt=sse` answer as Google sends it (the fields of
+    tests/fakes/gemini_upstream.py's stream, which the google-genai tests read): 50 events, each
+    a whole GenerateContentResponse (the first candidate's one text part and role, its index,
+    `usageMetadata` with the counts so far, `modelVersion`, `responseId`), CRLF line ends, no
+    terminator event: the last one carries `finishReason`. The same responses as
+    rust_core/examples/reframe_cost.rs's `gemini` body."""
+
+    def event(i: int) -> bytes:
+        finish = ',"finishReason":"STOP"' if i == EVENTS - 1 else ""
+        return (
+            b'data: {"candidates":[{"content":{"parts":[{"text":"tok%d "}],"role":"model"}'
+            b'%s,"index":0}],"usageMetadata":{"promptTokenCount":57,"candidatesTokenCount":%d,'
+            b'"totalTokenCount":%d},"modelVersion":"gemini-2.5-flash",'
+            b'"responseId":"mDAmaL2BNvGhz7IPxeLb4QQ"}\r\n\r\n'
+        ) % (i, finish.encode(), i, 57 + i)
+
+    return [event(i) for i in range(EVENTS)]
+
+
 def _quoted(body: bytes) -> str:
     text = body.decode()
     if "'" in text or "\\" in text:
@@ -170,7 +191,18 @@ STREAMS: dict[str, tuple[str, bool, float]] = {
     "long": ("openai-long", True, 1.0),  # one event a second for a minute
     "anth": ("anthropic", True, 0.0),  # Anthropic Messages, each line its own chunk
     "anth20": ("anthropic", True, 0.02),  # ... 20 ms between events (a read per event or line)
+    "gemini": ("gemini", True, 0.0),  # Gemini streamGenerateContent, each line its own chunk
 }
+# Where the upstream answers each kind of stream (the gateway's provider of that kind asks there).
+PATHS = {"anthropic": "v1/messages", "gemini": "v1beta/models/m:streamGenerateContent"}
+
+
+def upstream_path(scenario: str) -> str:
+    """The upstream's location for `scenario` (`json`, `sse` or a key of STREAMS)."""
+    body = STREAMS[scenario][0] if scenario in STREAMS else "openai"
+    return f"/{scenario}/{PATHS.get(body, 'v1/chat/completions')}"
+
+
 LONG_EVENTS = 60
 
 
@@ -183,10 +215,11 @@ def upstream_conf(directory: Path, port: int) -> str:
         "openai-paced": openai_events(stamped=True),
         "openai-long": openai_events(LONG_EVENTS, stamped=True),
         "anthropic": anthropic_events(),
+        "gemini": gemini_events(),
     }
     streamed = "".join(
         f"""
-        location = /{name}/{"v1/messages" if body == "anthropic" else "v1/chat/completions"} {{
+        location = {upstream_path(name)} {{
             default_type text/event-stream;
 {echoed(bodies[body], per_line, delay_s)}
         }}"""
@@ -262,8 +295,8 @@ def gateway_conf(port: int, upstream: str, store_url: str, streams: int = 1024) 
     """`streams`: how many may be open at once (max_in_flight and the providers' pools)."""
     providers = {f"bench{name}": ("openai", f"{upstream}/{name}/v1") for name in ("json", "sse")}
     providers |= {
-        f"bench{name}": ("anthropic" if body == "anthropic" else "openai",
-                         f"{upstream}/{name}" + ("" if body == "anthropic" else "/v1"))
+        f"bench{name}": (body, f"{upstream}/{name}") if body in PATHS
+        else ("openai", f"{upstream}/{name}/v1")
         for name, (body, _, _) in STREAMS.items()
     }  # fmt: skip
     tables = "".join(

@@ -39,6 +39,7 @@ ROWS = [
     ("lines20", "SSE, per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
     ("anth", "Anthropic per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
     ("anth20", "Anthropic per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
+    ("gemini", "Gemini per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
     ("rps_cpu", "single answers: CPU µs per request", "{:,.0f}", False),
     ("sse_cpu", "SSE static body: CPU µs per stream", "{:,.0f}", False),
     ("event_cpu", "SSE chunk per event: CPU µs per stream", "{:,.0f}", False),
@@ -46,6 +47,7 @@ ROWS = [
     ("lines20_cpu", "SSE per line, 20 ms: CPU µs per stream", "{:,.0f}", False),
     ("anth_cpu", "Anthropic per line: CPU µs per stream", "{:,.0f}", False),
     ("anth20_cpu", "Anthropic per line, 20 ms: CPU µs per stream", "{:,.0f}", False),
+    ("gemini_cpu", "Gemini per line: CPU µs per stream", "{:,.0f}", False),
     (
         "rps_all_cpu",
         "single answers: CPU µs per request with the store's (+ redis-server)",
@@ -72,6 +74,7 @@ ROWS = [
     ("lines20_busy", "SSE per line, 20 ms: worker CPU s ÷ wall s", "{:.2f}", True),
     ("anth_busy", "Anthropic per line: worker CPU s ÷ wall s", "{:.2f}", True),
     ("anth20_busy", "Anthropic per line, 20 ms: worker CPU s ÷ wall s", "{:.2f}", True),
+    ("gemini_busy", "Gemini per line: worker CPU s ÷ wall s", "{:.2f}", True),
     ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
     ("ttfb_p99_ms", "burst: TTFB p99 (ms)", "{:.1f}", False),
     ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),
@@ -164,6 +167,8 @@ def targets(samples: Samples) -> list[str]:
                   r, 1.0, True)  # fmt: skip
         check(f"{store}: Anthropic → OpenAI ≥ 0.9x the bare relay",
               ratio(rows, gw, "bare", "anth"), 0.9, True)  # fmt: skip
+        check(f"{store}: Gemini → OpenAI ≥ 0.9x the bare relay",
+              ratio(rows, gw, "bare", "gemini"), 0.9, True)  # fmt: skip
         check(f"{store}: added latency p50 ≤ bare's (ms)", median(rows, gw, "p50_add"),
               median(rows, "bare", "p50_add"), False)  # fmt: skip
         check(f"{store}: burst TTFB p99 ≤ bare's (ms)", median(rows, gw, "ttfb_p99_ms"),

@@ -61,6 +61,7 @@ WRK_MEASURES = {
     "lines20": ("lines20", 256),
     "anth": ("anth", 64),
     "anth20": ("anth20", 256),
+    "gemini": ("gemini", 64),
 }
 MEASURES = [*WRK_MEASURES, "burst"]
 BURST_STREAMS = 1000
@@ -79,8 +80,7 @@ class Contender:
     def path(self, scenario: str) -> str:
         if self.gateway:
             return "/v1/chat/completions"
-        suffix = "v1/messages" if scenario.startswith("anth") else "v1/chat/completions"
-        return f"/{scenario}/{suffix}"
+        return c.upstream_path(scenario)
 
     def body(self, scenario: str) -> bytes:
         payload: dict[str, object] = {

@@ -454,6 +454,18 @@ def bare(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def bare_rsgi(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
+    """bare_app.py's relay over Granian's RSGI interface (informational: what ASGI costs)."""
+    return pinned(
+        SERVER_CORE,
+        [str(BIN / "granian"), "--interface", "rsgi", "--loop", "uvloop", "--workers", "1",
+         "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
+         "--backpressure", "16384", *SAME_SERVER, "loadtests.bench.bare_rsgi_app:app"],
+        directory / "bare-rsgi.log",
+        {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
 def gateway(
     name: str,
     port: int,

@@ -24,6 +24,7 @@ TITLES = {
     "nginx": "nginx proxy",
     "floor": "Starlette floor",
     "bare": "bare-ASGI pass-through",
+    "bare-rsgi": "bare-RSGI pass-through (informational)",
     "gateway-sqlite": "gateway, embedded",
     "gateway-redis": "gateway, Redis",
     "gateway-before": "gateway, before (--before)",
@@ -127,7 +128,10 @@ def table(samples: Samples) -> str:
                 cells.append("—")
                 continue
             cell = fmt.format(value)
-            if name in GATEWAYS and key not in ("p50_add", "p99_add", "burst_failed"):
+            if name == "bare-rsgi" and key not in ("p50_add", "p99_add", "burst_failed"):
+                r = ratio(rows, name, "bare", key)
+                cell += f" ({r:.2f}x bare)" if r is not None else ""
+            elif name in GATEWAYS and key not in ("p50_add", "p99_add", "burst_failed"):
                 ratios = [f"{r:.2f}x {ref}" for ref in ("bare", "floor")
                           if (r := ratio(rows, name, ref, key)) is not None]  # fmt: skip
                 cell += f" ({', '.join(ratios)})" if ratios else ""

@@ -10,11 +10,12 @@ real-time priority there (`--redis-priority normal`: as before issue 19zd, queue
 the upstream for its turn on the core; its wait per request is reported either way). For the
 gateways the CPU per request is also given with redis-server's own added (`*_all_cpu`). The two
 pass-throughs share the stack (Granian + uvloop + one aiohttp session): the Starlette floor
-(floor_app.py) and the bare ASGI callable (bare_app.py). Each measure runs for
-every contender in turn, `--reps` rounds; each round measures every contender once (the order
-reversed every other round), so noise from the shared machine hits them alike, and the ratios
-are medians of per-round ratios. Every
-run is bounded (wrk -d, subprocess timeouts) and every process is stopped at the end.
+(floor_app.py) and the bare ASGI callable (bare_app.py); `--contenders ...,bare-rsgi` adds
+the bare relay over Granian's RSGI interface (bare_rsgi_app.py, informational). Each measure
+runs for every contender in turn, `--reps` rounds; each round measures every contender once
+(the order reversed every other round), so noise from the shared machine hits them alike, and
+the ratios are medians of per-round ratios. Every run is bounded (wrk -d, subprocess timeouts)
+and every process is stopped at the end.
 `--write-docs` replaces the side-by-side section of docs/benchmarks.md (other sections are kept).
 """
 
@@ -47,6 +48,10 @@ from loadtests.bench.measure import (
 )
 
 NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"]
+# Informational, chosen with --contenders (not in `make bench`'s default set, not a target): the
+# bare pass-through's relay over Granian's RSGI interface (bare_rsgi_app.py), what ASGI costs.
+BARE_RSGI = "bare-rsgi"
+CHOICES = [*NAMES[:4], BARE_RSGI, *NAMES[4:]]
 # A quick look only (never written to the docs): the gateway of another checkout, `--before DIR`
 # (DIR holds that version's `gateway` package with its built `_core`), on the embedded store or,
 # with `--before-store redis`, on the same redis-server as gateway-redis (its own database).
@@ -128,6 +133,10 @@ def started(
         if "bare" in names:
             bare = keep(c.bare(bare_port, upstream_url, directory))
             found["bare"] = Contender("bare", f"http://127.0.0.1:{bare_port}", bare.pid, False)
+        if BARE_RSGI in names:
+            port = c.free_port()
+            rsgi = keep(c.bare_rsgi(port, upstream_url, directory))
+            found[BARE_RSGI] = Contender(BARE_RSGI, f"http://127.0.0.1:{port}", rsgi.pid, False)
         for contender in found.values():
             c.wait_for(_answers(contender), contender.name)
         redis_pid = None
@@ -320,9 +329,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--contenders",
-        type=lambda text: [n for n in NAMES if n in text.split(",")],
+        type=lambda text: [n for n in CHOICES if n in text.split(",")],
         default=NAMES,
-        help=f"a comma-separated subset of {','.join(NAMES)} (no --write-docs)",
+        help=f"a comma-separated subset of {','.join(CHOICES)} (no --write-docs; "
+        f"{BARE_RSGI} is informational and only run when named)",
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
     parser.add_argument(

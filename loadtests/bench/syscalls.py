@@ -1,7 +1,7 @@
 """System calls, context switches and CPU per request of one worker, per thread, side by side.
 
     taskset -c 1 .venv/bin/python -m loadtests.bench.syscalls [--measures rps,sse]
-        [--contenders bare,gateway-sqlite,gateway-redis] [--before DIR] [--seconds 4]
+        [--contenders bare,bare-rsgi,gateway-sqlite,gateway-redis] [--before DIR] [--seconds 4]
 
 Counts, not timings: `perf stat --per-thread` on the worker's threads (kernel tracepoints, so the
 worker is not slowed down the way strace slows it) while wrk drives it, then each count divided
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from loadtests.bench.measure import WrkResult, _tree, wrk, wrk_script
-from loadtests.bench.side_by_side import BEFORE, NAMES, WRK_MEASURES, Contender, started
+from loadtests.bench.side_by_side import BEFORE, CHOICES, WRK_MEASURES, Contender, started
 
 EVENTS = [
     "syscalls:sys_enter_futex",
@@ -253,7 +253,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument(
         "--contenders",
-        type=lambda text: [n for n in NAMES if n in text.split(",")],
+        type=lambda text: [n for n in CHOICES if n in text.split(",")],
         default=["bare", "gateway-sqlite"],
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")

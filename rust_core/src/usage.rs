@@ -134,7 +134,7 @@ impl From<&AnthropicUsage> for Usage {
 
 /// Gemini `usageMetadata` (field names are the wire's).
 #[allow(clippy::struct_field_names)]
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GeminiUsage {
     #[serde(deserialize_with = "count")]

@@ -9,7 +9,8 @@
 //! A prompt blocked before any candidate (`promptFeedback.blockReason`) finishes with
 //! `content_filter`. `{"error": {...}}` → `upstream_error` (status, message).
 //!
-//! A response is read by one validating scan (`gemini_scan.rs`) into a [`Reading`]; one the scan
+//! A response is read by one validating scan (`gemini_scan.rs`) into a [`Reading`], or from
+//! the values that differ from the last text response's (`gemini_shape.rs`); one the scan
 //! cannot read exactly as the typed `serde_json` view below would (escaped keys, duplicates,
 //! unexpected types, an `error` member, invalid JSON) is read by that view, which decides,
 //! errors included.
@@ -19,7 +20,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{gemini_scan, parse, ChunkWriter, Options, Reframe, StreamState};
+use super::{gemini_shape, parse, ChunkWriter, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -186,6 +187,8 @@ pub struct GeminiReframer {
     /// A finish reason was seen: EOF now completes the stream.
     finished: bool,
     args: Vec<u8>,
+    /// The last text response read whole (`gemini_shape::read_with`).
+    shape: gemini_shape::Shape,
 }
 
 impl GeminiReframer {
@@ -199,6 +202,7 @@ impl GeminiReframer {
             tool_calls: 0,
             finished: false,
             args: Vec::new(),
+            shape: gemini_shape::Shape::default(),
         }
     }
 
@@ -227,7 +231,7 @@ impl Reframe for GeminiReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        let r = match gemini_scan::read(&ev.data) {
+        let r = match gemini_shape::read_with(&ev.data, &mut self.shape) {
             Some(r) => r,
             None => Reading::typed(&ev.data)?,
         };

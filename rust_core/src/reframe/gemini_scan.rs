@@ -2,16 +2,17 @@
 //! what the reframer relays into a [`Reading`], without `serde_json`'s typed pass (its visitors,
 //! a `Vec` per response and per candidate's parts, a `String` per text).
 //!
-//! **Conservative**, as the OpenAI chunk's scan (`openai_scan.rs`): [`read`] answers only for a
-//! response it reads exactly as the typed view of `gemini.rs` would: a JSON object whose keys
-//! have no escapes, no member the view reads given twice, `candidates` and `parts` arrays of
+//! **Conservative**, as the OpenAI chunk's scan (`openai_scan.rs`): [`read_marked`] answers only
+//! for a response it reads exactly as the typed view of `gemini.rs` would: a JSON object whose
+//! keys have no escapes, no member the view reads given twice, `candidates` and `parts` arrays of
 //! objects, `content`, `functionCall` and `promptFeedback` objects or `null`, the strings the
 //! view reads strings or `null`, `thought` a boolean or `null`, every other value valid JSON
 //! nested at most about 64 deep, no lone UTF-16 surrogate in an escape, and no `error` member
 //! but `null` (errors are rare: the typed view reads them). Anything else gives `None`, and the
 //! typed view decides: the same reading, or the same error, as before. `usageMetadata`'s counts
 //! are read as plain non-negative integers (a fraction, an exponent or a sign: left to the typed
-//! view); every candidate is validated, the first one kept.
+//! view); every candidate is validated, the first one kept. The scan notes where the values that
+//! change from one response to the next are ([`Marks`]), for `gemini_shape.rs`.
 
 use std::borrow::Cow;
 
@@ -21,7 +22,26 @@ use crate::usage::{GeminiUsage, Usage};
 
 /// The response as the typed view reads it, or `None` when the scan cannot tell (see the module
 /// docs). `data` is the event's data.
+#[cfg(test)]
 pub fn read(data: &str) -> Option<Reading<'_>> {
+    read_marked(data, &mut Marks::default())
+}
+
+/// Where the whole scan found the values that change from one response to the next.
+#[derive(Default)]
+pub(super) struct Marks {
+    /// The span of the first candidate's last text part (quotes included).
+    pub(super) text: Option<(usize, usize)>,
+    /// How many parts the first candidate's text is made of.
+    pub(super) texts: u32,
+    /// Each usage count given as a number: its span.
+    pub(super) counts: [Option<(usize, usize)>; COUNTS],
+    /// `usageMetadata`'s counts, as read.
+    pub(super) usage: Option<GeminiUsage>,
+}
+
+/// The response as [`read`] reads it, and where its changing values are in `marks`.
+pub(super) fn read_marked<'a>(data: &'a str, marks: &mut Marks) -> Option<Reading<'a>> {
     let mut scan = Scan::new(data);
     let mut r = Reading::default();
     let mut seen = [false; 4];
@@ -29,12 +49,14 @@ pub fn read(data: &str) -> Option<Reading<'_>> {
         match key {
             b"candidates" => {
                 once(&mut seen[0])?;
-                candidates(scan, &mut r.first)?;
+                candidates(scan, &mut r.first, marks)?;
             }
             b"usageMetadata" => {
                 once(&mut seen[1])?;
                 if !scan.null()? {
-                    r.usage = Some(Usage::from(&usage(scan)?));
+                    let u = usage(scan, &mut marks.counts)?;
+                    r.usage = Some(Usage::from(&u));
+                    marks.usage = Some(u);
                 }
             }
             b"promptFeedback" => {
@@ -56,37 +78,63 @@ pub fn read(data: &str) -> Option<Reading<'_>> {
     scan.at_end().then_some(r)
 }
 
-/// `usageMetadata` (not `null`): its counts, each a plain non-negative integer or `null`.
-fn usage(scan: &mut Scan<'_>) -> Option<GeminiUsage> {
+const COUNTS: usize = 6;
+
+/// A usage count by its place in `usageMetadata`'s reading.
+pub(super) fn count_slot(u: &mut GeminiUsage, k: usize) -> &mut Option<u64> {
+    match k {
+        0 => &mut u.prompt_token_count,
+        1 => &mut u.candidates_token_count,
+        2 => &mut u.total_token_count,
+        3 => &mut u.cached_content_token_count,
+        4 => &mut u.thoughts_token_count,
+        _ => &mut u.tool_use_prompt_token_count,
+    }
+}
+
+/// `usageMetadata` (not `null`): its counts, each a plain non-negative integer or `null`; the
+/// span of each number in `spans`.
+fn usage(scan: &mut Scan<'_>, spans: &mut [Option<(usize, usize)>; COUNTS]) -> Option<GeminiUsage> {
     let mut u = GeminiUsage::default();
-    let mut seen = [false; 6];
+    let mut seen = [false; COUNTS];
     scan.members(|scan, key| {
-        let (slot, at) = match key {
-            b"promptTokenCount" => (&mut u.prompt_token_count, 0),
-            b"candidatesTokenCount" => (&mut u.candidates_token_count, 1),
-            b"totalTokenCount" => (&mut u.total_token_count, 2),
-            b"cachedContentTokenCount" => (&mut u.cached_content_token_count, 3),
-            b"thoughtsTokenCount" => (&mut u.thoughts_token_count, 4),
-            b"toolUsePromptTokenCount" => (&mut u.tool_use_prompt_token_count, 5),
+        let at = match key {
+            b"promptTokenCount" => 0,
+            b"candidatesTokenCount" => 1,
+            b"totalTokenCount" => 2,
+            b"cachedContentTokenCount" => 3,
+            b"thoughtsTokenCount" => 4,
+            b"toolUsePromptTokenCount" => 5,
             _ => return Some(false),
         };
         once(&mut seen[at])?;
+        scan.ws();
+        let start = scan.i;
+        let slot = count_slot(&mut u, at);
         scan.opt_u64(slot)?;
+        spans[at] = slot.is_some().then_some((start, scan.i));
         Some(true)
     })?;
     Some(u)
 }
 
-/// `candidates` (an array, not `null`): the first one kept in `first`.
-fn candidates<'a>(scan: &mut Scan<'a>, first: &mut Option<First<'a>>) -> Option<()> {
+/// `candidates` (an array, not `null`): the first one kept in `first`, where its text is in
+/// `marks`.
+fn candidates<'a>(
+    scan: &mut Scan<'a>,
+    first: &mut Option<First<'a>>,
+    marks: &mut Marks,
+) -> Option<()> {
     scan.open(b'[')?;
     if scan.empty(b']') {
         return Some(());
     }
     loop {
-        let candidate = candidate(scan)?;
+        let mut texts = (None, 0);
+        let candidate = candidate(scan, &mut texts)?;
         if first.is_none() {
             *first = Some(candidate);
+            (marks.text, marks.texts) = texts;
         }
         if scan.next(b']')? {
             return Some(());
@@ -94,8 +142,11 @@ fn candidates<'a>(scan: &mut Scan<'a>, first: &mut Option<First<'a>>) -> Option<
     }
 }
 
+/// The span of a candidate's last text part, and how many make its text.
+type Texts = (Option<(usize, usize)>, u32);
+
 /// A candidate: `content.parts` and `finishReason`.
-fn candidate<'a>(scan: &mut Scan<'a>) -> Option<First<'a>> {
+fn candidate<'a>(scan: &mut Scan<'a>, texts: &mut Texts) -> Option<First<'a>> {
     let mut first = First::default();
     let mut seen = [false; 2];
     scan.members(|scan, key| {
@@ -103,7 +154,7 @@ fn candidate<'a>(scan: &mut Scan<'a>) -> Option<First<'a>> {
             b"content" => {
                 once(&mut seen[0])?;
                 if !scan.null()? {
-                    parts(scan, &mut first)?;
+                    parts(scan, &mut first, texts)?;
                 }
             }
             b"finishReason" => {
@@ -118,7 +169,7 @@ fn candidate<'a>(scan: &mut Scan<'a>) -> Option<First<'a>> {
 }
 
 /// A candidate's `content`: each of its `parts` (an array, not `null`).
-fn parts<'a>(scan: &mut Scan<'a>, first: &mut First<'a>) -> Option<()> {
+fn parts<'a>(scan: &mut Scan<'a>, first: &mut First<'a>, texts: &mut Texts) -> Option<()> {
     let mut seen = false;
     scan.members(|scan, key| {
         if key != b"parts" {
@@ -128,7 +179,7 @@ fn parts<'a>(scan: &mut Scan<'a>, first: &mut First<'a>) -> Option<()> {
         scan.open(b'[')?;
         if !scan.empty(b']') {
             loop {
-                part(scan, first)?;
+                part(scan, first, texts)?;
                 if scan.next(b']')? {
                     break;
                 }
@@ -139,14 +190,18 @@ fn parts<'a>(scan: &mut Scan<'a>, first: &mut First<'a>) -> Option<()> {
 }
 
 /// A part: its `text` unless it is a thought, its `functionCall`.
-fn part<'a>(scan: &mut Scan<'a>, first: &mut First<'a>) -> Option<()> {
+fn part<'a>(scan: &mut Scan<'a>, first: &mut First<'a>, texts: &mut Texts) -> Option<()> {
     let (mut text, mut thought, mut call) = (None, None, None);
+    let mut at = (0, 0);
     let mut seen = [false; 3];
     scan.members(|scan, key| {
         match key {
             b"text" => {
                 once(&mut seen[0])?;
+                scan.ws();
+                at.0 = scan.i;
                 scan.opt_str(&mut text)?;
+                at.1 = scan.i;
             }
             b"thought" => {
                 once(&mut seen[1])?;
@@ -164,6 +219,7 @@ fn part<'a>(scan: &mut Scan<'a>, first: &mut First<'a>) -> Option<()> {
     })?;
     if let (Some(text), false) = (text, thought.unwrap_or(false)) {
         first.push_text(text);
+        *texts = (Some(at), texts.1 + 1);
     }
     first.calls.extend(call);
     Some(())
@@ -306,6 +362,9 @@ mod tests {
     fn seeds() -> Vec<String> {
         [
             TEXT,
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hello again"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":57,"candidatesTokenCount":3,"totalTokenCount":60},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"\u00e9\n"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":57,"candidatesTokenCount":null,"totalTokenCount":61},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":""}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":57,"candidatesTokenCount":5,"totalTokenCount":62},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
             r#"{"candidates":[{"content":{"parts":[{"text":"a \"quoted\"\n\u00e9\ud83d\ude00 text"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":57,"candidatesTokenCount":2,"totalTokenCount":59,"thoughtsTokenCount":4},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
             r#"{"candidates":[{"content":{"parts":[{"text":"hm","thought":true},{"text":"ok"}],"role":"model"},"index":0}],"responseId":"r1"}"#,
             r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"location":"Paris","days":[1,2]}}}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":57,"candidatesTokenCount":9,"totalTokenCount":66,"cachedContentTokenCount":32}}"#,
@@ -367,7 +426,7 @@ mod tests {
         /// response, and the reframer writes the same bytes.
         #[test]
         fn the_scan_never_reads_a_response_otherwise_than_the_typed_view(
-            edits in crate::reframe::stream_edits::edits(6),
+            edits in crate::reframe::stream_edits::edits(9),
         ) {
             let events: Vec<String> = crate::reframe::stream_edits::edited(seeds(), edits)
                 .into_iter()
@@ -377,6 +436,7 @@ mod tests {
                 agrees(data);
             }
             same_output(&events);
+            crate::reframe::gemini_shape::same_through_the_shape(&events);
         }
     }
 }

@@ -12,6 +12,7 @@ mod bedrock_scan;
 mod chunk_scan;
 mod gemini;
 mod gemini_scan;
+mod gemini_shape;
 mod openai;
 mod openai_scan;
 #[cfg(test)]

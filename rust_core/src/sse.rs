@@ -148,14 +148,10 @@ impl SseParser {
                 self.line.extend_from_slice(rest);
                 return Ok(Flow::Continue);
             };
-            // The common event, `data: …\n\n` (or `event: …\ndata: …\n\n`) whole in the input
-            // with nothing pending: dispatched from the input itself (not copied into `data`
-            // and `event_type`, no line by line).
-            if rest[pos] == b'\n'
-                && self.line.is_empty()
-                && self.data.is_empty()
-                && self.event_type.is_empty()
-            {
+            // The common event, `data: …\n\n` (or `event: …\ndata: …\n\n`, or `data: …\r\n\r\n`
+            // as Google sends it) whole in the input with nothing pending: dispatched from the
+            // input itself (not copied into `data` and `event_type`, no line by line).
+            if self.line.is_empty() && self.data.is_empty() && self.event_type.is_empty() {
                 if let Some((name, value, used)) = whole_event(rest, pos) {
                     // what the two lines' own checks add up to
                     self.check_bound(name.len() + value.len() + 1)?;
@@ -280,16 +276,25 @@ impl SseParser {
     }
 }
 
-/// `(event name, data, bytes used)` when `input`, whose first line ends with the LF at `pos`,
+/// `(event name, data, bytes used)` when `input`, whose first line ends at `pos` (its LF or CR),
 /// starts with one whole event of a single `data` line, or of an `event` line then a single
-/// `data` line, each field's one leading space removed; the name is empty without an `event`
-/// line. `None` for anything else (the line path reads it).
+/// `data` line (LF line ends), or of a single `data` line with CRLF line ends, each field's one
+/// leading space removed; the name is empty without an `event` line. `None` for anything else
+/// (the line path reads it).
 #[inline]
 fn whole_event(input: &[u8], pos: usize) -> Option<(&[u8], &[u8], usize)> {
     fn value(line: &[u8]) -> &[u8] {
         line.strip_prefix(b" ").unwrap_or(line)
     }
     let first = &input[..pos];
+    if input[pos] == b'\r' {
+        let data = first.strip_prefix(b"data:")?;
+        return (input.get(pos + 1..pos + 4) == Some(b"\n\r\n")).then_some((
+            &[][..],
+            value(data),
+            pos + 4,
+        ));
+    }
     if let Some(data) = first.strip_prefix(b"data:") {
         return (input.get(pos + 1) == Some(&b'\n')).then_some((&[][..], value(data), pos + 2));
     }
@@ -436,12 +441,15 @@ mod tests {
 
     #[test]
     fn whole_data_events_read_from_the_input_are_the_events_the_lines_make() {
-        // `data: …\n\n` and `event: …\ndata: …\n\n` with nothing pending are dispatched from
-        // the input itself: the same events (and ids, bounds) as line by line, the empty value
-        // and a missing space alike; an event line followed by anything else takes the lines.
+        // `data: …\n\n`, `event: …\ndata: …\n\n` and `data: …\r\n\r\n` with nothing pending are
+        // dispatched from the input itself: the same events (and ids, bounds) as line by line,
+        // the empty value and a missing space alike; an event line followed by anything else,
+        // and CRLF events of another shape, take the lines.
         let whole = b"id: 7\ndata: a\n\ndata:b\n\ndata:\n\nevent: e\ndata: c\n\ndata: d\n\n\
             event:\ndata: f\n\nevent:g\ndata:\n\nevent: h\ndata: i\ndata: j\n\n\
-            event: k\nid: 8\ndata: l\n\nevent: m\ndata: n\r\n\nevent: o\n\ndata: p\n\n";
+            event: k\nid: 8\ndata: l\n\nevent: m\ndata: n\r\n\nevent: o\n\ndata: p\n\n\
+            data: q\r\n\r\ndata:\r\n\r\ndata: r\r\n\rdata: s\r\ndata: t\r\n\r\n\
+            data: u\r\n\n";
         let mut by_line = Vec::new();
         let mut p = SseParser::new(1 << 10);
         for byte in whole {
@@ -475,7 +483,12 @@ mod tests {
                 ("h", "i\nj", "7"),
                 ("k", "l", "8"),
                 ("m", "n", "8"),
-                ("message", "p", "8")
+                ("message", "p", "8"),
+                ("message", "q", "8"),
+                ("message", "", "8"),
+                ("message", "r", "8"),
+                ("message", "s\nt", "8"),
+                ("message", "u", "8")
             ]
         );
         let mut p = SseParser::new(8);
@@ -485,6 +498,11 @@ mod tests {
             Err(CoreError::Sse(_))
         ));
         assert!(p.push(b"data: 0123456\n\n", sink).is_ok());
+        assert!(matches!(
+            p.push(b"data: 01234567\r\n\r\n", sink),
+            Err(CoreError::Sse(_))
+        ));
+        assert!(p.push(b"data: 0123456\r\n\r\n", sink).is_ok());
         // the name and the data together, as the two lines' checks bound them (the same event
         // with CRLF line ends takes the line path)
         for (name, data, fits) in [

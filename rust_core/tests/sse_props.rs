@@ -101,6 +101,8 @@ fn sse_piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"event:message_stop".to_vec()),
         Just(b"event: delta\ndata: {\"a\":2}\n\n".to_vec()), // whole, as Anthropic sends
         Just(b"event: e\ndata: y\r\n".to_vec()),
+        Just(b"data: {\"b\":3}\r\n\r\n".to_vec()), // whole, as Google sends
+        Just(b"data:\r\n\r\n".to_vec()),
         Just(b": keep-alive".to_vec()),
         Just(b"id: 42".to_vec()),
         Just(b"retry: 1000".to_vec()),

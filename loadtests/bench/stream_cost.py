@@ -24,6 +24,10 @@ to the upstream's core at real-time priority where allowed (as request_cost's `-
 `--redis-priority`); with `--phases`, what a stream does
 on Redis against what it does on the embedded store, call by call.
 
+`--body FILE`: every stream sends this chat body (its `model` and `stream` set per scenario)
+instead of one short user message, e.g. `--body loadtests/bench/agent_request.json --scenarios
+anth --phases anth`: a coding agent's request to the Anthropic upstream.
+
 `--tree DIR`: a checkout's `gateway` package (with its built `_core`) measured instead, for a
 before/after comparison (run the command once per tree, back to back).
 """
@@ -81,8 +85,12 @@ class Driver:
     """Streams through the app in-process; `receive()` after the body is a future (Granian's
     is one) resolved with `http.disconnect` when the answer has ended."""
 
-    def __init__(self, harness: Harness, key: str) -> None:
+    def __init__(self, harness: Harness, key: str, template: dict[str, Any] | None = None) -> None:
         self.harness = harness
+        # The request's body (its model and `stream` set per scenario): `--body`'s, else one
+        # short user message.
+        self.template = template or {"messages": [{"role": "user", "content": "hi"}]}
+        self.bodies: dict[str, bytes] = {}
         self.headers = [
             (b"authorization", f"Bearer {key}".encode()),
             (b"content-type", b"application/json"),
@@ -97,9 +105,10 @@ class Driver:
                 ended.set_result({"type": "http.disconnect"})
 
     async def stream(self, model: str, first: asyncio.Event | None = None) -> int:
-        body = orjson.dumps(
-            {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        )
+        body = self.bodies.get(model)
+        if body is None:
+            body = orjson.dumps(self.template | {"model": model, "stream": True})
+            self.bodies[model] = body
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[dict[str, Any]] = loop.create_future()
         body_sent = False
@@ -336,7 +345,7 @@ async def run(args: argparse.Namespace, upstream: str, store: str) -> None:
     )
     await harness.start()
     try:
-        driver = Driver(harness, await new_key(harness))
+        driver = Driver(harness, await new_key(harness), args.template)
         print(f"reframer alone, static body: {reframer_per_stream():.1f} us per stream")
         for scenario in filter(None, args.scenarios.split(",")):
             samples = [await cpu_per_stream(driver, scenario, args.streams) for _ in range(3)]
@@ -410,9 +419,15 @@ def main() -> None:
         "--gc-threshold", default="", help="with --ramp: gc.set_threshold(a, b, c) after start-up"
     )
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
+    parser.add_argument(
+        "--body",
+        help="a JSON chat body every stream sends (its model and stream set per scenario), "
+        "e.g. loadtests/bench/agent_request.json",
+    )
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     add_redis_priority(parser)
     args = parser.parse_args()
+    args.template = orjson.loads(Path(args.body).read_bytes()) if args.body else None
     import gateway
 
     print(f"gateway from {Path(gateway.__file__).parent}", flush=True)

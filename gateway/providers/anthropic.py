@@ -19,9 +19,10 @@ Request translation (OpenAI chat → Messages):
 Anything else the Messages API cannot honour (`n` > 1, logprobs, seed, penalties, JSON response
 formats, audio/file parts) is a 400 naming the parameter.
 
-A plain conversation (text, no tools, images or cache breakpoints) is translated by one scan in
-Rust (`_core.anthropic_chat_request`, rust_core/src/anthropic_body.rs), byte for byte what
-`translate_request` and orjson write; the functions below are the reference and take the rest.
+A request is translated by one scan in Rust (`_core.anthropic_chat_request`,
+rust_core/src/anthropic_body/) where it can tell — text, tools, tool calls and results, images:
+what agents send, but for `cache_control` — byte for byte what `translate_request` and orjson write;
+the functions below are the reference and take the rest (and every refusal).
 
 Streams go through the Rust reframer "anthropic".
 """
@@ -417,7 +418,7 @@ class AnthropicProvider(HttpProvider):
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         model = call.target.model
         # One scan in Rust writes what translate_request and orjson write; a body it cannot
-        # tell about (tools, images, tool results, cache_control, ...) takes them.
+        # tell about (cache_control, a JSON response format, neutral values, ...) takes them.
         body = _core.anthropic_chat_request(
             call.body, model.upstream_model or model.id.split("/", 1)[1], DEFAULT_MAX_TOKENS, stream
         )

@@ -6,6 +6,8 @@ Whenever the scan answers, its bytes are exactly what the Python path writes, an
 path did not refuse the body; where the scan cannot tell, it answers None and the Python path
 decides (the same result or error as before)."""
 
+import re
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +24,14 @@ from gateway.schemas.openai import DEFAULT_MAX_TOKENS, decode_chat_request
 from tests.unit.translation_helpers import chat_call
 
 SETTINGS = settings(max_examples=600, deadline=None, database=None)
+USER = {"role": "user", "content": "hi"}
+
+
+def image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+IMAGE = image("https://example.com/a.png")
 
 
 def reference(body: bytes, stream: bool) -> bytes | None:
@@ -68,83 +78,233 @@ def test_a_conversation_is_translated_by_the_scan() -> None:
     )
 
 
+def test_a_coding_agents_request_is_translated_by_the_scan() -> None:
+    """The bench's agent request (tools, tool calls and results, an image), without its
+    breakpoints (`cache_control` is left to Python for now)."""
+    text = (Path(__file__).parents[2] / "loadtests/bench/agent_request.json").read_text()
+    body = re.sub(r',"cache_control":\{"type":"ephemeral"\}', "", text).encode()
+    for stream in (True, False):
+        assert same(body, stream) is not None
+
+
+TOOL_CALL = {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "param"),
     [
-        {"temperature": 1.5},  # a 400
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
-        {"response_format": {"type": "json_object"}},
-        {"n": 2},
-        {"seed": 1},
-        {
-            "messages": [
+        ({"temperature": 1.5}, "temperature"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"n": 2}, "n"),
+        ({"seed": 1}, "seed"),
+        ({"messages": [{"role": "system", "content": "only"}]}, "messages"),
+        ({"messages": [{"role": "tool", "content": "r"}]}, "messages[0]"),
+        ({"messages": [{"role": "tool", "content": "r", "tool_call_id": ""}]}, "messages[0]"),
+        ({"messages": [{"role": "function", "content": "r", "name": "f"}]}, "messages[0].role"),
+        (
+            {"messages": [{"role": "tool", "tool_call_id": "t", "content": [IMAGE]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [IMAGE]}, USER]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [image("data:image/bmp;base64,AAAA")]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [image("data:image/png;base64,AAA")]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [image("data:image/png,AAAA")]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [image("ftp://x/y.png")]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        *(
+            (
                 {
-                    "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
-                }
-            ]
-        },
-        {"messages": [{"role": "user", "content": "a", "cache_control": {"type": "ephemeral"}}]},
-        {"messages": [{"role": "tool", "content": "r", "tool_call_id": "t"}]},
-        {"messages": [{"role": "system", "content": "only"}]},
+                    "messages": [
+                        USER,
+                        {
+                            "role": "assistant",
+                            "tool_calls": [
+                                TOOL_CALL | {"function": {"name": "f", "arguments": arguments}}
+                            ],
+                        },
+                    ]
+                },
+                "messages[1].tool_calls[0].function.arguments",
+            )
+            for arguments in ["[1]", "nope", "{", '"s"', "null", '{"a":1} x']
+        ),
     ],
 )
-def test_what_the_scan_cannot_tell_is_left_to_python(fields: dict[str, Any]) -> None:
-    body = orjson.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]} | fields)
+def test_what_python_refuses_the_scan_never_accepts(fields: dict[str, Any], param: str) -> None:
+    body = orjson.dumps({"model": "a/b", "messages": [USER]} | fields)
+    call = ChatCall(
+        decode_chat_request(body), body, chat_call("anthropic", "x").target, "chatcmpl-1", 1
+    )
+    with pytest.raises(InvalidRequest) as refused:
+        translate_request(call, True)
+    assert refused.value.param == param
     assert _core.anthropic_chat_request(body, "claude-x", DEFAULT_MAX_TOKENS, True) is None
 
 
 TEXTS = st.one_of(
     st.sampled_from(["", "hi", "a\nb", '"q"\\', "é😀\u2028\x7f\x01\x1f/"]), st.text(max_size=12)
 )
-CACHE = st.sampled_from([None, {"type": "ephemeral"}])
+CACHE = st.sampled_from(
+    [
+        None,
+        {"type": "ephemeral"},
+        {"type": "ephemeral", "ttl": "5m"},
+        {"ttl": "1h", "type": "ephemeral"},
+        {"type": "ephemeral", "ttl": None, "x": [1]},
+    ]
+)
+# JSON values as a schema or a call's arguments hold them (numbers orjson may write otherwise)
+VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        TEXTS,
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+OBJECTS = st.dictionaries(st.sampled_from(["type", "a", "é", "b c", ""]), VALUES, max_size=4)
+ARGUMENTS = st.one_of(
+    OBJECTS.map(lambda value: orjson.dumps(value).decode()),
+    st.sampled_from(
+        [
+            "",
+            "  ",
+            "\t\n",
+            "\u00a0",
+            "{}",
+            ' { "a" : [1, 2.50, -0.0, 1E2] } ',
+            '{"a": -0}',
+            '{"a": 1e400}',
+            '{"a": 12345678901234567890}',
+            '{"a":1,"a":2}',
+            '{"\\u0061": 1}',
+            '{"a": "\\u00e9\\/"}',
+            "[1]",
+            "null",
+            "nope",
+            '{"a": 1} x',
+        ]
+    ),
+)
+IMAGE_URLS = st.one_of(
+    st.builds(
+        "data:{}{},{}".format,
+        st.sampled_from(["image/png", "IMAGE/Jpeg", "image/webp", "image/gif", "image/bmp", ""]),
+        st.sampled_from([";base64", ";BASE64", ""]),
+        st.sampled_from(["", "AAAA", "AA==", "AAA=", "AAA", "AAAA=", "A===", "QU JD", "ÿÿÿÿ"]),
+    ),
+    st.sampled_from(["https://x/a.png", 'http://x/a b.jpg?q="1"', "ftp://x/a.png", "x"]),
+)
+
+
+@st.composite
+def images(draw: st.DrawFn) -> dict[str, Any]:
+    url: dict[str, Any] = {"url": draw(IMAGE_URLS)}
+    if draw(st.booleans()):
+        url["detail"] = draw(st.sampled_from([None, "auto", "low", "high"]))
+    return {"type": "image_url", "image_url": url}
 
 
 @st.composite
 def parts(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["text"] * 6 + ["refusal", "image_url"]))
+    kind = draw(st.sampled_from(["text"] * 6 + ["refusal", "image_url", "image_url"]))
     if kind == "text":
         part: dict[str, Any] = {"type": "text", "text": draw(TEXTS)}
     elif kind == "refusal":
         part = {"type": "refusal", "refusal": draw(TEXTS)}
     else:
-        part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    if draw(st.integers(0, 4)) == 0 and kind != "refusal":
+        part = draw(images())
+    if draw(st.integers(0, 3)) == 0:
         part["cache_control"] = draw(CACHE)
     return part
 
 
 @st.composite
+def tool_calls(draw: st.DrawFn) -> list[dict[str, Any]]:
+    calls = []
+    for index in range(draw(st.integers(0, 3))):
+        call: dict[str, Any] = {
+            "id": draw(st.sampled_from([f"call_{index}", "", 'c"é'])),
+            "function": {"name": draw(st.sampled_from(["f", "read_file", "ü"])),
+                         "arguments": draw(ARGUMENTS)},
+        }  # fmt: skip
+        if draw(st.booleans()):
+            call["type"] = "function"
+        calls.append(call)
+    return calls
+
+
+@st.composite
 def messages(draw: st.DrawFn) -> dict[str, Any]:
     role = draw(
-        st.sampled_from(["system", "developer", "user", "user", "assistant", "assistant", "tool"])
+        st.sampled_from(
+            ["system", "developer", "user", "user", "assistant", "assistant", "tool", "tool"]
+        )
     )
     message: dict[str, Any] = {"role": role}
     content = draw(st.one_of(st.none(), TEXTS, st.lists(parts(), max_size=3)))
     if content is not None or draw(st.booleans()):
         message["content"] = content
-    if role == "tool":
-        message["tool_call_id"] = "call_1"
+    if role == "tool" or draw(st.integers(0, 5)) == 0:
+        message["tool_call_id"] = draw(st.sampled_from(["call_1", "call_1", "", None, 'c"\n']))
+    if role == "assistant" and draw(st.booleans()):
+        message["tool_calls"] = draw(tool_calls())
     extra = draw(
         st.sampled_from([None, None, None, None, "name", "tool_calls", "cache_control", "x"])
     )
     if extra == "name":
         message["name"] = "bob"
     elif extra == "tool_calls":
-        message["tool_calls"] = draw(
-            st.sampled_from(
-                [
-                    None,
-                    [],
-                    [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
-                ]
-            )
-        )
+        message["tool_calls"] = draw(st.one_of(st.none(), tool_calls()))
     elif extra == "cache_control":
         message["cache_control"] = draw(CACHE)
     elif extra == "x":
         message["x"] = draw(st.sampled_from([None, 1, "y", {"z": []}]))
     return message
+
+
+@st.composite
+def tools(draw: st.DrawFn) -> list[dict[str, Any]]:
+    found = []
+    for _ in range(draw(st.integers(0, 3))):
+        function: dict[str, Any] = {"name": draw(st.sampled_from(["f", "read_file", "é" * 3]))}
+        for key, values in (
+            ("description", st.sampled_from([None, "", "Reads a file.", 'a\nb "c"'])),
+            ("parameters", st.one_of(st.none(), st.just({}), OBJECTS)),
+            ("strict", st.sampled_from([None, True, False])),
+        ):
+            if draw(st.booleans()):
+                function[key] = draw(values)
+        tool: dict[str, Any] = {"function": function}
+        if draw(st.booleans()):
+            tool["type"] = "function"
+        if draw(st.integers(0, 3)) == 0:
+            tool["cache_control"] = draw(CACHE)
+        found.append(tool)
+    return found
 
 
 SAMPLING = st.one_of(
@@ -173,10 +333,13 @@ def bodies(draw: st.DrawFn) -> bytes:
         "stream_options": st.sampled_from([None, {"include_usage": True}]),
         "models": st.sampled_from([None, ["openai/gpt-x"]]),
         "parallel_tool_calls": st.sampled_from([None, True, False]),
+        "tools": st.one_of(st.none(), tools()),
+        "tool_choice": st.sampled_from(
+            [None, "none", "auto", "required", {"type": "function", "function": {"name": "f"}}]
+        ),
     }
     rare: dict[str, st.SearchStrategy[Any]] = {
         "seed": st.sampled_from([None, 0, 7]),
-        "tool_choice": st.sampled_from([None, "auto"]),
         "response_format": st.sampled_from([None, {"type": "text"}, {"type": "json_object"}]),
         "logprobs": st.sampled_from([None, False, True]),
         "metadata": st.sampled_from([None, {"a": "b"}]),

@@ -5,22 +5,29 @@
 //!
 //! **Conservative**, as `openai_body`: it answers only for a body that the Python path
 //! translates without an error and whose every part it writes exactly as that path does:
-//! `system`/`developer`/`user`/`assistant` messages whose content is `null`, a string, or text
-//! and refusal parts (none with a `cache_control`, no assistant `tool_calls` but an empty list);
-//! `max_tokens`, `max_completion_tokens`, `temperature` (at most 1), `top_p`, `stop`, `user`,
-//! `n` of 1, and `model`, `models`, `stream`, `stream_options`, `parallel_tool_calls`, which
-//! the translation does not read without tools; any other member only as `null`. Anything else
-//! (tools, images, tool results, a JSON response format, a neutral value such as `"logprobs":
-//! false`, an escaped or repeated key, a lone surrogate, a sampling value written without a
-//! fraction or with an exponent) gives `None`, and the caller takes the Python path, the
+//! `system`/`developer`/`user`/`assistant`/`tool` messages whose content is `null`, a string,
+//! or text, refusal and image parts (an image as a base64 data URL of a type Anthropic takes, or
+//! an http(s) URL, neither written with escapes), assistant `tool_calls`, `cache_control`
+//! only as `null`; `tools` (none with a `cache_control`), `tool_choice`,
+//! `parallel_tool_calls`; `max_tokens`, `max_completion_tokens`, `temperature` (at most 1),
+//! `top_p`, `stop`, `user`, `n` of 1, and `model`, `models`, `stream`, `stream_options`; any
+//! other member only as `null`. Anything else (a JSON response format, a neutral value such as
+//! `"logprobs": false`, an escaped or repeated key, a lone surrogate, a sampling value written
+//! without a fraction or with an exponent, a number in a tool's schema or a call's arguments
+//! that orjson writes with an exponent) gives `None`, and the caller takes the Python path, the
 //! reference: the same body, or the same error. The output is byte for byte what orjson writes
 //! for that path's dict (pinned by a Hypothesis test against it,
 //! `tests/core/test_anthropic_body.py`): strings are copied as they came unless they hold an
 //! escape orjson writes otherwise (`\/`, `\u00e9`, ...), numbers are written as orjson writes
-//! the Python values.
+//! the Python values (`form`).
 
-use crate::json::write_str;
-use crate::json_scan::{once, unescape, Scan};
+mod form;
+mod messages;
+mod tools;
+
+use form::Text;
+
+use crate::json_scan::Scan;
 use crate::openai_body::members;
 
 /// The Messages body for the client's chat `body` (see the module docs), or `None`.
@@ -33,10 +40,11 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
     let (mut max_tokens, mut max_completion_tokens) = (None, None);
     let (mut temperature, mut top_p) = (None, None);
     let (mut stop, mut user) = (None, None);
+    let (mut tools, mut tool_choice, mut serial) = (None, None, false);
     for m in &found {
         let raw = &text[m.value..m.end];
         match m.key {
-            b"model" | b"models" | b"stream" | b"stream_options" | b"parallel_tool_calls" => {}
+            b"model" | b"models" | b"stream" | b"stream_options" => {}
             b"messages" => messages = Some(raw),
             b"max_tokens" => budget(raw, &mut max_tokens)?,
             b"max_completion_tokens" => budget(raw, &mut max_completion_tokens)?,
@@ -44,6 +52,10 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
             b"top_p" => sampling(raw, &mut top_p)?,
             b"stop" => stop = (raw != "null").then_some(raw),
             b"user" => nullable_str(raw, &mut user)?,
+            b"tools" => tools = (raw != "null").then_some(raw),
+            b"tool_choice" => tool_choice = (raw != "null").then_some(raw),
+            // read as the Python path reads it: only `false` asks for anything
+            b"parallel_tool_calls" => serial = raw == "false",
             b"n" if raw == "1" => {}
             _ if raw == "null" => {}
             _ => return None,
@@ -54,25 +66,16 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
     }
     let mut out = Vec::with_capacity(body.len() + model.len() + 128);
     out.extend_from_slice(b"{\"model\":");
-    write_str(&mut out, model);
+    crate::json::write_str(&mut out, model);
     out.extend_from_slice(b",\"max_tokens\":");
     let budget = max_completion_tokens
         .or(max_tokens)
         .unwrap_or(default_max_tokens);
     out.extend_from_slice(budget.to_string().as_bytes());
     out.extend_from_slice(b",\"messages\":[");
-    let system = turns(messages?, &mut out)?;
+    let system = messages::turns(messages?, &mut out)?;
     out.push(b']');
-    if !system.is_empty() {
-        out.extend_from_slice(b",\"system\":\"");
-        for (i, text) in system.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(br"\n\n");
-            }
-            text.write(&mut out)?;
-        }
-        out.push(b'"');
-    }
+    system.write(&mut out)?;
     if let Some(raw) = stop {
         out.extend_from_slice(b",\"stop_sequences\":");
         stop_sequences(raw, &mut out)?;
@@ -85,10 +88,11 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
             out.extend_from_slice(raw.as_bytes());
         }
     }
+    tools::write(tools, tool_choice, serial, &mut out)?;
     if let Some(user) = user.filter(|u| !u.is_empty()) {
-        out.extend_from_slice(b",\"metadata\":{\"user_id\":\"");
-        user.write(&mut out)?;
-        out.extend_from_slice(b"\"}");
+        out.extend_from_slice(b",\"metadata\":{\"user_id\":");
+        user.write_quoted(&mut out)?;
+        out.push(b'}');
     }
     if stream {
         out.extend_from_slice(b",\"stream\":true");
@@ -143,10 +147,7 @@ fn nullable_str<'a>(raw: &'a str, slot: &mut Option<Text<'a>>) -> Option<()> {
 /// `stop` (a string or an array of strings) as `stop_sequences`' array.
 fn stop_sequences(raw: &str, out: &mut Vec<u8>) -> Option<()> {
     fn quoted(scan: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<()> {
-        out.push(b'"');
-        Text::read(scan)?.write(out)?;
-        out.push(b'"');
-        Some(())
+        Text::read(scan)?.write_quoted(out)
     }
     let mut scan = Scan::new(raw);
     out.push(b'[');
@@ -169,229 +170,6 @@ fn stop_sequences(raw: &str, out: &mut Vec<u8>) -> Option<()> {
     }
     out.push(b']');
     scan.at_end().then_some(())
-}
-
-/// A string's text as it came between its quotes (validated by the scan: its escapes valid,
-/// its surrogates paired), and whether it has escapes.
-#[derive(Clone, Copy)]
-struct Text<'a> {
-    raw: &'a str,
-    escaped: bool,
-}
-
-impl<'a> Text<'a> {
-    /// The string at the scan's position.
-    fn read(scan: &mut Scan<'a>) -> Option<Self> {
-        let (start, end, escaped) = scan.string()?;
-        Some(Self {
-            raw: scan.s.get(start..end)?,
-            escaped,
-        })
-    }
-
-    /// (An escape is never empty: the raw text is empty only when the text is.)
-    fn is_empty(self) -> bool {
-        self.raw.is_empty()
-    }
-
-    /// Writes the text between quotes as orjson writes it: as it came when it has no escape
-    /// orjson would write otherwise (the text holds no quote, backslash or control character
-    /// that is not escaped: the scan refuses a raw one), else unescaped and escaped again.
-    fn write(self, out: &mut Vec<u8>) -> Option<()> {
-        if !self.escaped || orjson_escapes(self.raw) {
-            out.extend_from_slice(self.raw.as_bytes());
-        } else {
-            let start = out.len();
-            write_str(out, &unescape(self.raw)?);
-            out.remove(start); // the quotes: the caller writes them
-            out.pop();
-        }
-        Some(())
-    }
-}
-
-/// Whether every escape in `raw` (a valid string's text) is the one orjson writes for its
-/// character: `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, and `\u00xx` (lower-case hex) for
-/// the other control characters; not `\/` or any other `\u`.
-fn orjson_escapes(raw: &str) -> bool {
-    let b = raw.as_bytes();
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'\\', &b[i..]).map(|off| i + off) {
-        match b.get(at + 1) {
-            Some(b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f') => i = at + 2,
-            Some(b'u') => {
-                let Some(&[b'0', b'0', high @ (b'0' | b'1'), low]) = b.get(at + 2..at + 6) else {
-                    return false;
-                };
-                let hex = b"0123456789abcdef";
-                let Some(low) = hex.iter().position(|&h| h == low) else {
-                    return false;
-                };
-                let code = usize::from(high - b'0') * 16 + low;
-                if matches!(code, 0x08 | 0x09 | 0x0A | 0x0C | 0x0D) {
-                    return false; // written with its short escape
-                }
-                i = at + 6;
-            }
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// The roles of the turns Anthropic takes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    User,
-    Assistant,
-}
-
-/// Writes the turns of `messages` (a JSON array) into `out`, consecutive turns of one role as
-/// one, empty ones left out; returns the system's texts (the system and developer messages'
-/// texts, joined by a blank line within a message and between messages, of the messages whose
-/// text is not empty). `None` when a message is one the module docs leave to Python, or when
-/// no turn has content.
-fn turns<'a>(messages: &'a str, out: &mut Vec<u8>) -> Option<Vec<Text<'a>>> {
-    let mut scan = Scan::new(messages);
-    let mut system = Vec::new();
-    let mut open: Option<Role> = None; // the role of the turn written last, still open
-    scan.open(b'[')?;
-    if !scan.empty(b']') {
-        loop {
-            let (role, texts) = message(&mut scan)?;
-            match role {
-                None => {
-                    // `text_of`: the parts joined by a blank line, so empty only if it is one
-                    // empty text or none
-                    if texts.len() > 1 || texts.first().is_some_and(|t| !t.is_empty()) {
-                        system.extend(texts);
-                    }
-                }
-                Some(role) => {
-                    let mut blocks = texts.iter().filter(|t| !t.is_empty()).peekable();
-                    if blocks.peek().is_some() {
-                        if open == Some(role) {
-                            out.push(b',');
-                        } else {
-                            if open.is_some() {
-                                out.extend_from_slice(b"]},");
-                            }
-                            out.extend_from_slice(match role {
-                                Role::User => b"{\"role\":\"user\",\"content\":[",
-                                Role::Assistant => b"{\"role\":\"assistant\",\"content\":[",
-                            });
-                            open = Some(role);
-                        }
-                        for (i, text) in blocks.enumerate() {
-                            if i > 0 {
-                                out.push(b',');
-                            }
-                            out.extend_from_slice(b"{\"type\":\"text\",\"text\":\"");
-                            text.write(out)?;
-                            out.extend_from_slice(b"\"}");
-                        }
-                    }
-                }
-            }
-            if scan.next(b']')? {
-                break;
-            }
-        }
-    }
-    open?; // no turn with content: a 400
-    out.extend_from_slice(b"]}");
-    Some(system)
-}
-
-/// One message: its role (`None` for system and developer) and its content's texts (a string
-/// content is one text, `null` none; refusal parts count as text).
-fn message<'a>(scan: &mut Scan<'a>) -> Option<(Option<Role>, Vec<Text<'a>>)> {
-    let mut role: Option<Option<Role>> = None;
-    let mut texts = Vec::new();
-    let mut seen = [false; 4];
-    scan.members(|scan, key| {
-        match key {
-            b"role" => {
-                once(&mut seen[0])?;
-                scan.ws();
-                role = Some(match scan.plain_string()? {
-                    b"system" | b"developer" => None,
-                    b"user" => Some(Role::User),
-                    b"assistant" => Some(Role::Assistant),
-                    _ => return None, // tool results, functions: Python's
-                });
-            }
-            b"content" => {
-                once(&mut seen[1])?;
-                if !scan.null()? {
-                    if scan.b.get(scan.i) == Some(&b'"') {
-                        texts.push(Text::read(scan)?);
-                    } else {
-                        parts(scan, &mut texts)?;
-                    }
-                }
-            }
-            b"tool_calls" => {
-                once(&mut seen[2])?;
-                if !scan.null()? {
-                    scan.open(b'[')?;
-                    scan.empty(b']').then_some(())?;
-                }
-            }
-            b"cache_control" => {
-                once(&mut seen[3])?;
-                scan.null()?.then_some(())?;
-            }
-            _ => return Some(false), // `name`, `tool_call_id`, unknown: not read
-        }
-        Some(true)
-    })?;
-    Some((role?, texts))
-}
-
-/// The texts of a content array of text and refusal parts (none with a `cache_control`).
-fn parts<'a>(scan: &mut Scan<'a>, texts: &mut Vec<Text<'a>>) -> Option<()> {
-    scan.open(b'[')?;
-    if scan.empty(b']') {
-        return Some(());
-    }
-    loop {
-        let (mut kind, mut text, mut refusal) = (None, None, None);
-        let mut seen = [false; 4];
-        scan.members(|scan, key| {
-            match key {
-                b"type" => {
-                    once(&mut seen[0])?;
-                    scan.ws();
-                    kind = Some(scan.plain_string()?);
-                }
-                b"text" => {
-                    once(&mut seen[1])?;
-                    scan.ws();
-                    text = Some(Text::read(scan)?);
-                }
-                b"refusal" => {
-                    once(&mut seen[2])?;
-                    scan.ws();
-                    refusal = Some(Text::read(scan)?);
-                }
-                b"cache_control" => {
-                    once(&mut seen[3])?;
-                    scan.null()?.then_some(())?;
-                }
-                _ => return Some(false),
-            }
-            Some(true)
-        })?;
-        texts.push(match kind? {
-            b"text" => text?,
-            b"refusal" => refusal?,
-            _ => return None, // images, audio, files: Python's
-        });
-        if scan.next(b']')? {
-            return Some(());
-        }
-    }
 }
 
 #[cfg(test)]
@@ -447,15 +225,25 @@ mod tests {
             format!(r#"{{{user},"top_p":0.00001}}"#),    // orjson writes it otherwise
             format!(r#"{{{user},"n":2}}"#),
             format!(r#"{{{user},"seed":0}}"#),
-            format!(r#"{{{user},"tools":[]}}"#),
+            format!(r#"{{{user},"tools":[{{"function":{{"name":""}}}}]}}"#), // a name of 0 chars
+            format!(r#"{{{user},"tool_choice":"any"}}"#),
+            format!(r#"{{{user},"tools":[{{"function":{{"name":"f","parameters":{{"a":1,"a":2}}}}}}]}}"#),
             format!(r#"{{{user},"response_format":{{"type":"text"}}}}"#),
             format!(r#"{{{user},"\u0073top":"x"}}"#),
             format!(r#"{{{user},"stop":"a","stop":"b"}}"#),
             format!(r#"{{{user},"user":"\ud800"}}"#),
-            r#"{"messages":[{"role":"tool","content":"x","tool_call_id":"t"}]}"#.to_owned(),
+            r#"{"messages":[{"role":"tool","content":"x"}]}"#.to_owned(), // no tool_call_id
+            r#"{"messages":[{"role":"tool","content":"x","tool_call_id":""}]}"#.to_owned(),
+            r#"{"messages":[{"role":"function","content":"x","name":"f"}]}"#.to_owned(),
             r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#.to_owned(),
-            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]}]}"#.to_owned(),
-            r#"{"messages":[{"role":"user","content":"a","cache_control":{"type":"ephemeral"}}]}"#.to_owned(),
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/bmp;base64,AAAA"}}]}]}"#.to_owned(),
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAA"}}]}]}"#.to_owned(),
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https:\/\/x"}}]}]}"#.to_owned(),
+            r#"{"messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x"}}]},{"role":"user","content":"a"}]}"#.to_owned(),
+            r#"{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}"#.to_owned(),
+            r#"{"messages":[{"role":"user","content":"a","cache_control":{"type":"persistent"}}]}"#.to_owned(),
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"[1]"}}]}]}"#.to_owned(),
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":1e400}"}}]}]}"#.to_owned(),
             r#"{"messages":[{"role":"assistant","content":"a","tool_calls":[{"id":"c"}]}]}"#.to_owned(),
             r#"{"messages":[{"role":"user","role":"user","content":"a"}]}"#.to_owned(),
             r#"{"messages":[{"role":"system","content":"only a system"}]}"#.to_owned(),
@@ -465,6 +253,45 @@ mod tests {
         ] {
             assert!(translated(&body).is_none(), "{body}");
         }
+    }
+
+    #[test]
+    fn an_agents_request_is_translated_as_orjson_writes_the_python_path() {
+        let body = r#"{"model":"a/b","tools":[{"type":"function","function":{"name":"read",
+            "description":"Read a file.","parameters":{"type":"object","properties":{"path":
+            {"type":"string"}},"required":["path"]},"strict":true}},{"function":{"name":"now",
+            "description":"","parameters":{}}}],
+            "tool_choice":{"type":"function","function":{"name":"read"}},"parallel_tool_calls":false,
+            "messages":[{"role":"system","content":[{"type":"text","text":"S"}]},
+              {"role":"user","content":[{"type":"text","text":"look"},
+                {"type":"image_url","image_url":{"url":"data:IMAGE/PNG;base64,iVBO","detail":"low"}},
+                {"type":"image_url","image_url":{"url":"https://x/y.png"}}]},
+              {"role":"assistant","content":"ok","tool_calls":[{"id":"t1","type":"function",
+                "function":{"name":"read","arguments":"{\"path\": \"a.py\", \"n\": 1.50}"}},
+                {"id":"t2","function":{"name":"now","arguments":" "}}]},
+              {"role":"tool","tool_call_id":"t1","content":[{"type":"text","text":"x"},{"type":"text","text":""}]},
+              {"role":"tool","tool_call_id":"t2","content":"12:00"}]}"#;
+        assert_eq!(
+            request(body.as_bytes(), "m", 4096, false)
+                .map(|b| String::from_utf8(b).unwrap())
+                .unwrap(),
+            concat!(
+                r#"{"model":"m","max_tokens":4096,"messages":["#,
+                r#"{"role":"user","content":[{"type":"text","text":"look"},"#,
+                r#"{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBO"}},"#,
+                r#"{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]},"#,
+                r#"{"role":"assistant","content":[{"type":"text","text":"ok"},"#,
+                r#"{"type":"tool_use","id":"t1","name":"read","input":{"path":"a.py","n":1.5}},"#,
+                r#"{"type":"tool_use","id":"t2","name":"now","input":{}}]},"#,
+                r#"{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"x\n\n"},"#,
+                r#"{"type":"tool_result","tool_use_id":"t2","content":"12:00"}]}],"#,
+                r#""system":"S","#,
+                r#""tools":[{"name":"read","description":"Read a file.","input_schema":{"type":"object","#,
+                r#""properties":{"path":{"type":"string"}},"required":["path"]}},"#,
+                r#"{"name":"now","input_schema":{"type":"object","properties":{}}}],"#,
+                r#""tool_choice":{"type":"tool","name":"read","disable_parallel_tool_use":true}}"#
+            )
+        );
     }
 
     #[test]

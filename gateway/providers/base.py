@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -629,6 +630,14 @@ class ReframedStream:
                     break
                 out = reframer.feed(data)
                 if out:
+                    if response.at_end() and reframer.upstream_error is None and not reframer.done:
+                        # The body's end came with these bytes (a stream that ends there, as
+                        # Gemini's, with no terminator event): its closing events go out with
+                        # this piece, not in a send of their own. A failure at the end is kept
+                        # by the reframer and raised by the next step, after this piece.
+                        with contextlib.suppress(Exception):
+                            out += reframer.finish()
+                            self._ended = True
                     return out
         except BaseException as exc:
             self._end()  # not whole: the connection is dropped

@@ -864,6 +864,10 @@ class HttpResponse:
         self.release()
         return b""
 
+    def at_end(self) -> bool:
+        """Whether the whole body has arrived and been taken: `next_piece()` would answer b""."""
+        return self._complete and not self._chunks and self._decoder is None
+
     def arrival(self) -> asyncio.Future[None]:
         """A future done when the connection has news for this answer: bytes, its end or a
         failure (`next_piece()` then says which). While it is pending the reader is waiting, so

@@ -21,6 +21,7 @@ Anything else (`n` > 1, logprobs, `parallel_tool_calls: false`, file parts) is a
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import re
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ from gateway.providers.base import (
     retry_after_from,
     status_error,
 )
+from gateway.providers.http_client import FixedHeaders
 from gateway.providers.translate import (
     completion_body,
     error_message,
@@ -395,19 +397,25 @@ def error_for(
 class GeminiProvider(HttpProvider):
     reframer_kind: ClassVar[str] = "gemini"
 
+    # Built once per provider (settings and key are fixed for the app's life), never changed
+    # (tracing copies them to add its own): a single answer's headers and a stream's.
+    @functools.cached_property
+    def _chat_headers(self) -> tuple[FixedHeaders, FixedHeaders]:
+        def headers(accept: str) -> FixedHeaders:
+            fixed = {"content-type": "application/json", "accept": accept}
+            if self.api_key is not None:
+                fixed["x-goog-api-key"] = self.api_key.reveal()
+            return FixedHeaders(fixed)
+
+        return headers("application/json"), headers("text/event-stream")
+
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-        }
-        if self.api_key is not None:
-            headers["x-goog-api-key"] = self.api_key.reveal()
         return UpstreamRequest(
             url=f"{self.settings.base_url.rstrip('/')}/v1beta/models/{quote(model, safe='')}:"
             f"{method}",
-            headers=headers,
+            headers=self._chat_headers[stream],
             body=orjson.dumps(translate_request(call)),
         )
 

@@ -632,6 +632,20 @@ class _Connection(asyncio.Protocol):
             response._connection_lost(exc)
 
 
+def head_end(window: bytes, start: int) -> int:
+    """Where the first head that ends in `window[start:]` ends: after its blank line (a CRLF or
+    bare-LF line, then an empty one; the head ends in it). A bare-LF blank line counts only
+    before the first CRLF one: a body of CRLF lines (Google's streams) has none, and is not
+    searched to its end for one."""
+    crlf = window.find(b"\n\r\n", start)
+    lf = window.find(b"\n\n", start, len(window) if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    if crlf >= 0:
+        return crlf + 3
+    raise ValueError("no blank line ends the head")
+
+
 class _BodyByDechunker(Exception):
     """Raised by `on_headers_complete` to stop the parser after an event stream's head: the
     Dechunker reads its chunked body from the next byte on."""
@@ -1098,12 +1112,7 @@ class HttpResponse:
         window = before + data
         end = 0
         for _ in range(heads):
-            ends = [
-                at + len(blank)
-                for blank in (b"\n\n", b"\n\r\n")  # a CRLF or bare-LF line, then an empty one
-                if (at := window.find(blank, end)) >= 0
-            ]
-            end = min(ends)
+            end = head_end(window, end)
         self._head_tail = b""
         return data[end - len(before) :]
 

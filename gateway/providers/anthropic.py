@@ -20,8 +20,8 @@ Anything else the Messages API cannot honour (`n` > 1, logprobs, seed, penalties
 formats, audio/file parts) is a 400 naming the parameter.
 
 A request is translated by one scan in Rust (`_core.anthropic_chat_request`,
-rust_core/src/anthropic_body/) where it can tell — text, tools, tool calls and results, images:
-what agents send, but for `cache_control` — byte for byte what `translate_request` and orjson write;
+rust_core/src/anthropic_body/) where it can tell — text, tools, tool calls and results, images,
+`cache_control`: what agents send — byte for byte what `translate_request` and orjson write;
 the functions below are the reference and take the rest (and every refusal).
 
 Streams go through the Rust reframer "anthropic".
@@ -418,7 +418,7 @@ class AnthropicProvider(HttpProvider):
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         model = call.target.model
         # One scan in Rust writes what translate_request and orjson write; a body it cannot
-        # tell about (cache_control, a JSON response format, neutral values, ...) takes them.
+        # tell about (a JSON response format, neutral values, escaped keys, ...) takes them.
         body = _core.anthropic_chat_request(
             call.body, model.upstream_model or model.id.split("/", 1)[1], DEFAULT_MAX_TOKENS, stream
         )

@@ -6,7 +6,6 @@ Whenever the scan answers, its bytes are exactly what the Python path writes, an
 path did not refuse the body; where the scan cannot tell, it answers None and the Python path
 decides (the same result or error as before)."""
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +78,69 @@ def test_a_conversation_is_translated_by_the_scan() -> None:
 
 
 def test_a_coding_agents_request_is_translated_by_the_scan() -> None:
-    """The bench's agent request (tools, tool calls and results, an image), without its
-    breakpoints (`cache_control` is left to Python for now)."""
-    text = (Path(__file__).parents[2] / "loadtests/bench/agent_request.json").read_text()
-    body = re.sub(r',"cache_control":\{"type":"ephemeral"\}', "", text).encode()
+    """The bench's agent request (tools, tool calls and results, an image, breakpoints)."""
+    body = (Path(__file__).parents[2] / "loadtests/bench/agent_request.json").read_bytes()
     for stream in (True, False):
         assert same(body, stream) is not None
 
 
+EPHEMERAL = {"type": "ephemeral"}
 TOOL_CALL = {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def text(value: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "text", "text": value} | fields
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # a system breakpoint makes the system text blocks, each message's own
+        [
+            {"role": "system", "content": "a"},
+            {
+                "role": "developer",
+                "content": [text("b"), text("")],
+                "cache_control": EPHEMERAL | {"ttl": "1h"},
+            },
+            USER,
+        ],
+        [{"role": "system", "content": None, "cache_control": EPHEMERAL}, USER],  # system []
+        [
+            {"role": "system", "content": [text("s", cache_control=EPHEMERAL)]},
+            {"role": "system", "content": [{"type": "refusal", "refusal": "r"}]},
+            USER,
+        ],
+        # a message's breakpoint goes to its last block (over the part's own)
+        [
+            {
+                "role": "user",
+                "content": [text("a", cache_control=EPHEMERAL), text("")],
+                "cache_control": EPHEMERAL | {"ttl": "5m"},
+            }
+        ],
+        [
+            USER,
+            {
+                "role": "assistant",
+                "content": "a",
+                "tool_calls": [TOOL_CALL],
+                "cache_control": EPHEMERAL,
+            },
+        ],
+        # a tool message's parts' breakpoints are not read (text_of)
+        [
+            USER,
+            {"role": "tool", "tool_call_id": "t1", "content": [text("r", cache_control=EPHEMERAL)]},
+        ],
+        [{"role": "user", "content": "", "cache_control": EPHEMERAL}, USER],  # an empty turn
+    ],
+)
+def test_breakpoints_are_placed_as_the_python_path_places_them(
+    messages: list[dict[str, Any]],
+) -> None:
+    body = orjson.dumps({"model": "a/b", "messages": messages})
+    assert same(body, False) is not None
 
 
 @pytest.mark.parametrize(

@@ -417,7 +417,6 @@ fn message<'a>(scan: &mut Scan<'a>) -> Option<Message<'a>> {
             b"cache_control" => {
                 once(&mut seen[4])?;
                 Cache::read(scan, &mut message.cache)?;
-                message.cache.is_none().then_some(())?; // left to Python (for now)
             }
             _ => return Some(false), // `name`, unknown: not read
         }
@@ -460,7 +459,6 @@ fn parts<'a>(scan: &mut Scan<'a>, parts: &mut Vec<Part<'a>>) -> Option<()> {
             }
             Some(true)
         })?;
-        cache.is_none().then_some(())?; // left to Python (for now)
         parts.push(match (kind?, text, url) {
             (b"text", Some((true, text)), None) => Part::Text(text, cache),
             // a refusal part has no breakpoint (the schema does not name it: not read)

@@ -8,7 +8,7 @@
 //! `system`/`developer`/`user`/`assistant`/`tool` messages whose content is `null`, a string,
 //! or text, refusal and image parts (an image as a base64 data URL of a type Anthropic takes, or
 //! an http(s) URL, neither written with escapes), assistant `tool_calls`, `cache_control`
-//! only as `null`; `tools` (none with a `cache_control`), `tool_choice`,
+//! breakpoints (`messages::Cache`) on a message, a part or a tool; `tools`, `tool_choice`,
 //! `parallel_tool_calls`; `max_tokens`, `max_completion_tokens`, `temperature` (at most 1),
 //! `top_p`, `stop`, `user`, `n` of 1, and `model`, `models`, `stream`, `stream_options`; any
 //! other member only as `null`. Anything else (a JSON response format, a neutral value such as
@@ -260,17 +260,17 @@ mod tests {
         let body = r#"{"model":"a/b","tools":[{"type":"function","function":{"name":"read",
             "description":"Read a file.","parameters":{"type":"object","properties":{"path":
             {"type":"string"}},"required":["path"]},"strict":true}},{"function":{"name":"now",
-            "description":"","parameters":{}}}],
+            "description":"","parameters":{}},"cache_control":{"type":"ephemeral","ttl":"1h"}}],
             "tool_choice":{"type":"function","function":{"name":"read"}},"parallel_tool_calls":false,
-            "messages":[{"role":"system","content":[{"type":"text","text":"S"}]},
+            "messages":[{"role":"system","content":[{"type":"text","text":"S","cache_control":{"type":"ephemeral"}}]},
               {"role":"user","content":[{"type":"text","text":"look"},
                 {"type":"image_url","image_url":{"url":"data:IMAGE/PNG;base64,iVBO","detail":"low"}},
-                {"type":"image_url","image_url":{"url":"https://x/y.png"}}]},
+                {"type":"image_url","image_url":{"url":"https://x/y.png"},"cache_control":{"type":"ephemeral"}}]},
               {"role":"assistant","content":"ok","tool_calls":[{"id":"t1","type":"function",
                 "function":{"name":"read","arguments":"{\"path\": \"a.py\", \"n\": 1.50}"}},
                 {"id":"t2","function":{"name":"now","arguments":" "}}]},
               {"role":"tool","tool_call_id":"t1","content":[{"type":"text","text":"x"},{"type":"text","text":""}]},
-              {"role":"tool","tool_call_id":"t2","content":"12:00"}]}"#;
+              {"role":"tool","tool_call_id":"t2","content":"12:00","cache_control":{"type":"ephemeral"}}]}"#;
         assert_eq!(
             request(body.as_bytes(), "m", 4096, false)
                 .map(|b| String::from_utf8(b).unwrap())
@@ -279,16 +279,17 @@ mod tests {
                 r#"{"model":"m","max_tokens":4096,"messages":["#,
                 r#"{"role":"user","content":[{"type":"text","text":"look"},"#,
                 r#"{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBO"}},"#,
-                r#"{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]},"#,
+                r#"{"type":"image","source":{"type":"url","url":"https://x/y.png"},"cache_control":{"type":"ephemeral"}}]},"#,
                 r#"{"role":"assistant","content":[{"type":"text","text":"ok"},"#,
                 r#"{"type":"tool_use","id":"t1","name":"read","input":{"path":"a.py","n":1.5}},"#,
                 r#"{"type":"tool_use","id":"t2","name":"now","input":{}}]},"#,
                 r#"{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"x\n\n"},"#,
-                r#"{"type":"tool_result","tool_use_id":"t2","content":"12:00"}]}],"#,
-                r#""system":"S","#,
+                r#"{"type":"tool_result","tool_use_id":"t2","content":"12:00","cache_control":{"type":"ephemeral"}}]}],"#,
+                r#""system":[{"type":"text","text":"S","cache_control":{"type":"ephemeral"}}],"#,
                 r#""tools":[{"name":"read","description":"Read a file.","input_schema":{"type":"object","#,
                 r#""properties":{"path":{"type":"string"}},"required":["path"]}},"#,
-                r#"{"name":"now","input_schema":{"type":"object","properties":{}}}],"#,
+                r#"{"name":"now","input_schema":{"type":"object","properties":{}},"#,
+                r#""cache_control":{"type":"ephemeral","ttl":"1h"}}],"#,
                 r#""tool_choice":{"type":"tool","name":"read","disable_parallel_tool_use":true}}"#
             )
         );

@@ -1,0 +1,200 @@
+"""Instructions per request of a whole served worker under Granian, counted by callgrind.
+
+    .venv/bin/python -m loadtests.bench.worker_instructions [--contenders gateway,bare]
+        [--before DIR] [--scenarios json,sse] [--requests 1024] [--by-object]
+
+The worker as `make bench` runs it (`klawd serve` with the bench's config and the embedded
+store, or the bare-ASGI pass-through on Granian), its upstream the bench's nginx, all under
+`valgrind --tool=callgrind --trace-children=yes`: after a warm-up, the counters of this run's
+processes are zeroed (`callgrind_control -z PID`, never another run's), `--requests` requests
+over 16 keep-alive connections are made, and the counters dumped. The figure is the busiest
+process's count (the worker) over the requests: every thread of it (the event loop, Granian's
+I/O, the ledger's and the request log's), so what the in-process counts (`request_cost`,
+`stream_instructions --request-path`) leave out is in it. A count, not a timing: what it misses
+is the kernel's side (system calls, the GIL's hand-offs between threads), and timer-driven work
+grows with valgrind's wall time (a few K per request). `--before DIR`: also that checkout's
+gateway (its `gateway` package with its built `_core`), as side_by_side's. `--by-object`: the
+count split by the library it ran in (libpython, `_core`, Granian, libc, SQLite, ...).
+Each run takes a minute or two (bounded by timeouts); every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from loadtests.bench import contenders as c
+from loadtests.bench.measure import _tree
+
+CONNECTIONS = 16
+WARM_UP = 256
+START_S = 300  # valgrind's start-up of Python and Granian
+MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+
+
+def drive(port: int, path: str, body: bytes, headers: dict[str, str], requests: int) -> int:
+    """`requests` POSTs over CONNECTIONS keep-alive connections; how many were not a 200."""
+    failed = [0]
+
+    def connection() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            for _ in range(requests // CONNECTIONS):
+                conn.request("POST", path, body, headers)
+                answer = conn.getresponse()
+                answer.read()
+                failed[0] += answer.status != 200
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=connection) for _ in range(CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failed[0]
+
+
+def server_command(
+    name: str, port: int, upstream: str, directory: Path, before: Path | None
+) -> tuple[list[str], dict[str, str], Path | None]:
+    """The contender's command, its environment and working directory (as contenders.py
+    starts it)."""
+    if name == "bare":
+        command = [str(c.BIN / "granian"), "--interface", "asgi", "--loop", "uvloop",
+                   "--workers", "1", "--host", "127.0.0.1", "--port", str(port), "--no-ws",
+                   "--backlog", "4096", "--backpressure", "16384", *c.SAME_SERVER,
+                   "loadtests.bench.bare_app:app"]  # fmt: skip
+        return command, {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(c.REPO)}, None
+    config = directory / f"{name}.toml"
+    config.write_text(c.gateway_conf(port, upstream, f"sqlite:///{directory / name}.db"))
+    env = {"KLAWD_ADMIN_TOKEN": c.ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
+    if name == "gateway":
+        return [str(c.BIN / "klawd"), "serve", "--config", str(config)], env, None
+    assert before is not None  # (name == "before")
+    env["PYTHONPATH"] = str(before)
+    command = [sys.executable, "-P", "-m", "gateway.cli", "serve", "--config", str(config)]
+    return command, env, directory
+
+
+def measure(name: str, scenario: str, requests: int, before: Path | None, by_object: bool) -> float:
+    """Instructions per request of `name`'s worker (K), printed with its breakdown."""
+    with tempfile.TemporaryDirectory(prefix="klawd-worker-instr-") as tmp:
+        directory = Path(tmp)
+        up_port, port = c.free_port(), c.free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        up = c.nginx(c.upstream_conf(directory, up_port), directory, "upstream", c.CLIENT_CORE)
+        command, env, cwd = server_command(name, port, upstream, directory, before)
+        valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+                    f"--callgrind-out-file={directory}/callgrind.%p"]  # fmt: skip
+        server = c.pinned(c.SERVER_CORE, [*valgrind, *command], directory / "server.log", env, cwd)
+        try:
+            headers = {"content-type": "application/json"}
+            if name == "bare":
+                path = f"/{scenario}/v1/chat/completions"
+                c.wait_for(lambda: _answers(port), name, START_S)
+            else:
+                path = "/v1/chat/completions"
+                base = f"http://127.0.0.1:{port}"
+                c.wait_for(lambda: httpx.get(f"{base}/readyz", timeout=30).is_success, name,
+                           START_S)  # fmt: skip
+                headers["authorization"] = f"Bearer {c.gateway_key(base)}"
+            payload: dict[str, object] = {
+                "model": c.gateway_model(scenario), "messages": MESSAGES, "max_tokens": 64,
+            }  # fmt: skip
+            if scenario != "json":
+                payload["stream"] = True
+            body = orjson.dumps(payload)
+            drive(port, path, body, headers, WARM_UP)
+            time.sleep(1)
+            mine = [str(pid) for pid in _tree(server.pid)]
+            for pid in mine:  # this run's processes only: never another run's callgrind
+                subprocess.run(["callgrind_control", "-z", pid], capture_output=True, timeout=120)
+            failed = drive(port, path, body, headers, requests)
+            for pid in mine:
+                subprocess.run(["callgrind_control", "-d", pid], capture_output=True, timeout=300)
+            time.sleep(1)
+            dumps = list(directory.glob("callgrind.*.1"))
+            counts = {dump: _total(dump) for dump in dumps}
+            worker = max(counts, key=lambda dump: counts[dump])
+            per_request = counts[worker] / requests / 1000
+            bad = f", {failed} not 200" if failed else ""
+            print(f"{name} {scenario}: {per_request:.1f}K instructions per request "
+                  f"({counts[worker]:,} over {requests}{bad})", flush=True)  # fmt: skip
+            if by_object:
+                for library, count in _by_object(worker).most_common(8):
+                    print(f"    {count / requests / 1000:7.1f}K  {library}")
+            return per_request
+        finally:
+            c.stop(server)
+            c.stop(up)
+
+
+def _answers(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+
+
+def _total(dump: Path) -> int:
+    found = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
+    return int(found.group(1)) if found else 0
+
+
+def _by_object(dump: Path) -> collections.Counter[str]:
+    """Self instructions by object file (each function's own cost lines, not its calls')."""
+    names: dict[str, str] = {}
+    counts: collections.Counter[str] = collections.Counter()
+    current = "?"
+    skip_next = False
+    for line in dump.read_text(errors="replace").splitlines():
+        if skip_next:  # the inclusive cost of the call on the line before
+            skip_next = False
+        elif line.startswith(("ob=", "cob=")):
+            found = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line)
+            if found is not None:
+                number, name = found.groups()
+                if name is not None:
+                    names[number] = name.rsplit("/", 1)[-1]
+                if line.startswith("ob="):
+                    current = names.get(number, number)
+        elif line.startswith("calls="):
+            skip_next = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                counts[current] += int(fields[1])
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contenders", default="gateway,bare", help="gateway, bare")
+    parser.add_argument("--before", type=Path, help="also this checkout's gateway")
+    parser.add_argument("--scenarios", default="json,sse", help="json, sse, event, lines, ...")
+    parser.add_argument("--requests", type=int, default=1024)
+    parser.add_argument("--by-object", action="store_true", help="split by library")
+    args = parser.parse_args()
+    names = args.contenders.split(",") + (["before"] if args.before else [])
+    for scenario in args.scenarios.split(","):
+        for name in names:
+            measure(name, scenario, args.requests, args.before, args.by_object)
+
+
+if __name__ == "__main__":
+    main()

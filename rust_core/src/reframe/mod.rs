@@ -230,6 +230,9 @@ impl Stream {
     /// Feeds one upstream chunk (any boundary); appends complete OpenAI events to `out`.
     /// On error, `out` may hold events of this chunk that precede the error: discard them.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CoreError> {
+        // About what the events take again (a stream's first piece grew an empty `out` by
+        // doubling: a whole 8 KB body, a dozen reallocations and their copies).
+        out.reserve(data.len() + data.len() / 8);
         self.run(out, false, |parser, sink| parser.push(data, sink))
     }
 

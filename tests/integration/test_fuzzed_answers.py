@@ -452,6 +452,16 @@ def test_an_answer_claiming_2_63_tokens_is_served_and_the_ledger_still_writes(
     assert "reported token counts that are not counts (prompt 9223372036854775808" in log
 
 
+# Models of each provider that the fuzz above does not use (the same fake upstream): its
+# scripted 429s rest the model they answered for until their Retry-After, which would answer
+# a later request to that model with the gateway's own 429.
+UNFUZZED_MODELS = {
+    "openai": "openai/tools-fake",
+    "anthropic": "anthropic/claude-cache-priced",
+    "google": "google/gemini-cache-priced",
+}
+
+
 def with_float_counts(value: Any) -> Any:
     """`value` with every token count written as a float (12 as 12.0), as some servers do."""
     if isinstance(value, dict):
@@ -473,7 +483,8 @@ def test_counts_written_as_floats_are_billed_as_counts(
     Before, OpenAI's single answer billed it as 0 (served free) and every stream ended with a
     502 error event after its content (the Rust usage refused a float)."""
     upstream, gateway = scripted
-    model, answer, events = PROVIDERS[provider]
+    _, answer, events = PROVIDERS[provider]
+    model = UNFUZZED_MODELS[provider]
     with gateway.admin() as admin:
         account = admin.post("/admin/accounts", json={"name": "floats", "credits_usd": 10}).json()
         key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]

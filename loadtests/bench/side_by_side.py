@@ -1,6 +1,6 @@
 """`make bench`: the gateway side by side with the upstream, nginx and two pass-throughs.
 
-    .venv/bin/python -m loadtests.bench.side_by_side [--seconds 5] [--reps 3] [--write-docs]
+    .venv/bin/python -m loadtests.bench.side_by_side [--seconds 4] [--reps 4] [--write-docs]
     .venv/bin/python -m loadtests.bench.side_by_side --measures lat,lines --seconds 3   # a look
 
 Every contender is started up front, pinned to core 0 (one worker each); the fake upstream

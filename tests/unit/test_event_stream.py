@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -603,6 +603,28 @@ def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_dr
     assert left == 0
 
 
+async def send_with_deadline(
+    client: Client,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    pieces: AsyncGenerator[bytes, None],
+    timeouts: list[None],
+) -> None:
+    """A stream with keepalives every 0.05 s and a 0.3 s send deadline, registered with open
+    streams that note each stream ended by the deadline in `timeouts`."""
+    streams = OpenStreams()
+    streams.on_send_timeout = lambda: timeouts.append(None)
+    await send_event_stream(
+        client.receive,
+        send,
+        {},
+        pieces,
+        0.05,
+        KEEPALIVE,
+        drain=Drain(streams, b""),
+        send_timeout_s=0.3,
+    )
+
+
 @pytest.mark.parametrize("stuck", ["piece", "keepalive"])
 def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: str) -> None:
     """`send_timeout_s`: a piece's send, or a keepalive's while the source is silent, that the
@@ -613,8 +635,6 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
 
     async def main() -> tuple[bool, int, float]:
         client = Client()
-        streams = OpenStreams()
-        streams.on_send_timeout = lambda: timeouts.append(None)
         closed = asyncio.Event()
         never = asyncio.get_running_loop().create_future()
 
@@ -636,16 +656,7 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
 
         loop = asyncio.get_running_loop()
         began = loop.time()
-        await send_event_stream(
-            client.receive,
-            deaf_send,
-            {},
-            pieces(),
-            0.05,
-            KEEPALIVE,
-            drain=Drain(streams, b""),
-            send_timeout_s=0.3,
-        )
+        await send_with_deadline(client, deaf_send, pieces(), timeouts)
         task = asyncio.current_task()
         assert task is not None
         await asyncio.sleep(0)
@@ -665,8 +676,6 @@ def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
 
     async def main() -> Client:
         client = Client()
-        streams = OpenStreams()
-        streams.on_send_timeout = lambda: timeouts.append(None)
 
         async def slow_send(message: dict[str, Any]) -> None:
             await client.send(message)
@@ -677,16 +686,7 @@ def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
             for i in range(10):
                 yield f"data: {i}\n\n".encode()
 
-        await send_event_stream(
-            client.receive,
-            slow_send,
-            {},
-            pieces(),
-            0.05,
-            KEEPALIVE,
-            drain=Drain(streams, b""),
-            send_timeout_s=0.3,
-        )
+        await send_with_deadline(client, slow_send, pieces(), timeouts)
         return client
 
     client = asyncio.run(asyncio.wait_for(main(), 10))

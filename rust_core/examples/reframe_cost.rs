@@ -69,7 +69,8 @@ fn anthropic_body() -> Vec<u8> {
 }
 
 /// 50 Gemini `streamGenerateContent?alt=sse` responses, as `core_bench`'s Gemini stream writes
-/// them (CRLF line ends, usage in each).
+/// them (CRLF line ends, usage in each) and `side_by_side`'s `gemini` measure sends them
+/// (`loadtests/bench/contenders.py`, `gemini_events`).
 fn gemini_body() -> Vec<u8> {
     let response = |i: usize| {
         let finish = if i == 49 {

@@ -339,7 +339,7 @@ impl<'a> Scan<'a> {
 
 /// The index just past the escape at `b[i]` (a backslash), or `None` for an invalid escape or a
 /// lone surrogate (refused by `serde_json` where it reads the string; left to it everywhere).
-fn escape_end(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn escape_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i + 1)? {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 2),
         b'u' => match hex4(b, i + 2)? {
@@ -423,7 +423,7 @@ pub(crate) fn unescape(text: &str) -> Option<String> {
 /// The high bit of each byte of `word` (little-endian) that is a quote, a backslash or below
 /// 0x20. The lowest bit set is exact (a borrow only spreads towards higher bytes), which is the
 /// one the scan uses.
-fn special_bytes(word: u64) -> u64 {
+pub(crate) fn special_bytes(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;

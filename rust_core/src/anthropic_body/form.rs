@@ -5,23 +5,62 @@
 use smallvec::SmallVec;
 
 use crate::json::write_str;
-use crate::json_scan::{unescape, Scan, MAX_DEPTH};
+use crate::json_scan::{escape_end, special_bytes, unescape, Scan, MAX_DEPTH};
 
-/// A string's text as it came between its quotes (validated by the scan: its escapes valid,
-/// its surrogates paired), and whether it has escapes.
+/// A string's text as it came between its quotes (validated as the scan validates strings:
+/// its escapes valid, its surrogates paired, no raw control character), whether it has
+/// escapes, and whether one of them is not the one orjson writes for its character.
 #[derive(Clone, Copy)]
 pub(super) struct Text<'a> {
     pub(super) raw: &'a str,
     pub(super) escaped: bool,
+    foreign: bool,
 }
 
 impl<'a> Text<'a> {
-    /// The string at the scan's position.
+    /// The string at the scan's position: `Scan::string`'s walk (eight bytes at a time up to
+    /// the first quote, backslash or control character), each escape checked against orjson's
+    /// form on the way.
     pub(super) fn read(scan: &mut Scan<'a>) -> Option<Self> {
-        let (start, end, escaped) = scan.string()?;
+        let b = scan.b;
+        if *b.get(scan.i)? != b'"' {
+            return None;
+        }
+        let start = scan.i + 1;
+        let mut i = start;
+        let (mut escaped, mut foreign) = (false, false);
+        loop {
+            while let Some(word) = b.get(i..i + 8) {
+                let special = special_bytes(u64::from_le_bytes(word.try_into().ok()?));
+                if special != 0 {
+                    i += (special.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                i += 8;
+            }
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    match *b.get(i + 1)? {
+                        // the common escapes inline; `\/` is not orjson's
+                        b'"' | b'\\' | b'n' | b't' | b'r' | b'b' | b'f' => i += 2,
+                        _ => {
+                            let end = escape_end(b, i)?;
+                            foreign |= !orjson_escape(&b[i..end]);
+                            i = end;
+                        }
+                    }
+                }
+                0..=0x1F => return None, // a raw control character
+                _ => i += 1,
+            }
+        }
+        scan.i = i + 1;
         Some(Self {
-            raw: scan.s.get(start..end)?,
+            raw: scan.s.get(start..i)?,
             escaped,
+            foreign,
         })
     }
 
@@ -47,16 +86,31 @@ impl<'a> Text<'a> {
 
     /// Writes the text between quotes as orjson writes it: as it came when it has no escape
     /// orjson would write otherwise (the text holds no quote, backslash or control character
-    /// that is not escaped: the scan refuses a raw one), else unescaped and escaped again.
+    /// that is not escaped: the scan refuses a raw one), else as it came but for those escapes,
+    /// each written as orjson writes its character.
     pub(super) fn write(self, out: &mut Vec<u8>) -> Option<()> {
-        if !self.escaped || orjson_escapes(self.raw) {
+        if !self.foreign {
             out.extend_from_slice(self.raw.as_bytes());
-        } else {
-            let start = out.len();
-            write_str(out, &unescape(self.raw)?);
-            out.remove(start); // the quotes: the caller writes them
-            out.pop();
+            return Some(());
         }
+        let b = self.raw.as_bytes();
+        let mut i = 0;
+        while let Some(at) = memchr::memchr(b'\\', &b[i..]).map(|off| i + off) {
+            out.extend_from_slice(&b[i..at]);
+            let end = escape_end(b, at)?;
+            if orjson_escape(&b[at..end]) {
+                out.extend_from_slice(&b[at..end]);
+            } else {
+                // one character (a surrogate pair is one): orjson's escape or its UTF-8
+                let start = out.len();
+                write_str(out, &unescape(self.raw.get(at..end)?)?);
+                let close = out.len() - 1;
+                out.copy_within(start + 1..close, start); // without its quotes
+                out.truncate(close - 1);
+            }
+            i = end;
+        }
+        out.extend_from_slice(&b[i..]);
         Some(())
     }
 
@@ -82,33 +136,23 @@ pub(super) fn write_joined(texts: &[Text<'_>], out: &mut Vec<u8>) -> Option<()> 
     Some(())
 }
 
-/// Whether every escape in `raw` (a valid string's text) is the one orjson writes for its
+/// Whether `escape` (a valid one, a surrogate pair whole) is the one orjson writes for its
 /// character: `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, and `\u00xx` (lower-case hex) for
 /// the other control characters; not `\/` or any other `\u`.
-pub(super) fn orjson_escapes(raw: &str) -> bool {
-    let b = raw.as_bytes();
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'\\', &b[i..]).map(|off| i + off) {
-        match b.get(at + 1) {
-            Some(b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f') => i = at + 2,
-            Some(b'u') => {
-                let Some(&[b'0', b'0', high @ (b'0' | b'1'), low]) = b.get(at + 2..at + 6) else {
-                    return false;
-                };
-                let hex = b"0123456789abcdef";
-                let Some(low) = hex.iter().position(|&h| h == low) else {
-                    return false;
-                };
-                let code = usize::from(high - b'0') * 16 + low;
-                if matches!(code, 0x08 | 0x09 | 0x0A | 0x0C | 0x0D) {
-                    return false; // written with its short escape
-                }
-                i = at + 6;
-            }
-            _ => return false,
+fn orjson_escape(escape: &[u8]) -> bool {
+    match *escape {
+        [_, b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f'] => true,
+        [_, b'u', b'0', b'0', high @ (b'0' | b'1'), low @ (b'0'..=b'9' | b'a'..=b'f')] => {
+            let low = if low.is_ascii_digit() {
+                low - b'0'
+            } else {
+                low - b'a' + 10
+            };
+            // (the short escapes' characters are written with them)
+            !matches!((high - b'0') * 16 + low, 0x08 | 0x09 | 0x0A | 0x0C | 0x0D)
         }
+        _ => false,
     }
-    true
 }
 
 /// Keys of one object compared for repeats; an object with more is left to Python (the

@@ -283,17 +283,16 @@ impl System<'_> {
     }
 }
 
-/// Writes the turns of `messages` (a JSON array) into `out`, consecutive turns of one role as
-/// one, empty ones left out; returns the system. `None` when a message is one the module docs
-/// leave to Python, or when no turn has content.
-pub(super) fn turns<'a>(messages: &'a str, out: &mut Vec<u8>) -> Option<System<'a>> {
-    let mut scan = Scan::new(messages);
+/// Writes the turns of the `messages` array at the scan's position into `out`, consecutive
+/// turns of one role as one, empty ones left out; returns the system. `None` when a message is
+/// one the module docs leave to Python, or when no turn has content.
+pub(super) fn turns<'a>(scan: &mut Scan<'a>, out: &mut Vec<u8>) -> Option<System<'a>> {
     let mut system = System::default();
     let mut open: Option<Role> = None; // the role of the turn written last, still open
     scan.open(b'[')?;
     if !scan.empty(b']') {
         loop {
-            let message = message(&mut scan)?;
+            let message = message(scan)?;
             if message.role == Role::System {
                 system.cached |= message.cache.is_some()
                     || (message.listed

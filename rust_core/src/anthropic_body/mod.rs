@@ -27,44 +27,67 @@ mod tools;
 
 use form::Text;
 
+use smallvec::SmallVec;
+
 use crate::json_scan::Scan;
-use crate::openai_body::members;
 
 /// The Messages body for the client's chat `body` (see the module docs), or `None`.
 /// `model`: the upstream's model name; `default_max_tokens`: the budget when the body sets
 /// none; `stream`: whether `"stream": true` is added.
 pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(body).ok()?;
-    let (found, _) = members(text)?;
-    let mut messages = None;
+    let mut scan = Scan::new(text);
+    // The messages and the tools are translated as they are read, each into a buffer of its
+    // own (the budget, written before them, may come after them); the other members are read
+    // from their values' text.
+    let mut turns = Vec::with_capacity(body.len() + 64);
+    let mut tools = Vec::new();
+    let (mut system, mut any_tools) = (None, false);
     let (mut max_tokens, mut max_completion_tokens) = (None, None);
     let (mut temperature, mut top_p) = (None, None);
     let (mut stop, mut user) = (None, None);
-    let (mut tools, mut tool_choice, mut serial) = (None, None, false);
-    for m in &found {
-        let raw = &text[m.value..m.end];
-        match m.key {
-            b"model" | b"models" | b"stream" | b"stream_options" => {}
-            b"messages" => messages = Some(raw),
-            b"max_tokens" => budget(raw, &mut max_tokens)?,
-            b"max_completion_tokens" => budget(raw, &mut max_completion_tokens)?,
-            b"temperature" => sampling(raw, &mut temperature)?,
-            b"top_p" => sampling(raw, &mut top_p)?,
-            b"stop" => stop = (raw != "null").then_some(raw),
-            b"user" => nullable_str(raw, &mut user)?,
-            b"tools" => tools = (raw != "null").then_some(raw),
-            b"tool_choice" => tool_choice = (raw != "null").then_some(raw),
-            // read as the Python path reads it: only `false` asks for anything
-            b"parallel_tool_calls" => serial = raw == "false",
-            b"n" if raw == "1" => {}
-            _ if raw == "null" => {}
-            _ => return None,
+    let (mut tool_choice, mut serial) = (None, false);
+    let mut keys: SmallVec<[&[u8]; 16]> = SmallVec::new();
+    scan.open(b'{')?;
+    if !scan.empty(b'}') {
+        loop {
+            let key = scan.key()?;
+            if keys.contains(&key) {
+                return None; // a repeated key: the last one counts in Python
+            }
+            keys.push(key);
+            match key {
+                b"messages" => system = Some(messages::turns(&mut scan, &mut turns)?),
+                b"tools" => any_tools = tools::read(&mut scan, &mut tools)?,
+                _ => {
+                    let raw = scan.span(1)?;
+                    match key {
+                        b"model" | b"models" | b"stream" | b"stream_options" => {}
+                        b"max_tokens" => budget(raw, &mut max_tokens)?,
+                        b"max_completion_tokens" => budget(raw, &mut max_completion_tokens)?,
+                        b"temperature" => sampling(raw, &mut temperature)?,
+                        b"top_p" => sampling(raw, &mut top_p)?,
+                        b"stop" => stop = (raw != "null").then_some(raw),
+                        b"user" => nullable_str(raw, &mut user)?,
+                        b"tool_choice" => tool_choice = (raw != "null").then_some(raw),
+                        // read as the Python path reads it: only `false` asks for anything
+                        b"parallel_tool_calls" => serial = raw == "false",
+                        b"n" if raw == "1" => {}
+                        _ if raw == "null" => {}
+                        _ => return None,
+                    }
+                }
+            }
+            if scan.next(b'}')? {
+                break;
+            }
         }
     }
+    scan.at_end().then_some(())?;
     if temperature.as_ref().is_some_and(|(t, _)| *t > 1.0) {
         return None; // a 400 naming `temperature`
     }
-    let mut out = Vec::with_capacity(body.len() + model.len() + 128);
+    let mut out = Vec::with_capacity(turns.len() + tools.len() + model.len() + 256);
     out.extend_from_slice(b"{\"model\":");
     crate::json::write_str(&mut out, model);
     out.extend_from_slice(b",\"max_tokens\":");
@@ -73,9 +96,9 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
         .unwrap_or(default_max_tokens);
     out.extend_from_slice(budget.to_string().as_bytes());
     out.extend_from_slice(b",\"messages\":[");
-    let system = messages::turns(messages?, &mut out)?;
+    out.extend_from_slice(&turns);
     out.push(b']');
-    system.write(&mut out)?;
+    system?.write(&mut out)?;
     if let Some(raw) = stop {
         out.extend_from_slice(b",\"stop_sequences\":");
         stop_sequences(raw, &mut out)?;
@@ -88,7 +111,11 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
             out.extend_from_slice(raw.as_bytes());
         }
     }
-    tools::write(tools, tool_choice, serial, &mut out)?;
+    if any_tools {
+        out.extend_from_slice(b",\"tools\":");
+        out.extend_from_slice(&tools);
+    }
+    tools::write_choice(tool_choice, any_tools && serial, &mut out)?;
     if let Some(user) = user.filter(|u| !u.is_empty()) {
         out.extend_from_slice(b",\"metadata\":{\"user_id\":");
         user.write_quoted(&mut out)?;
@@ -307,6 +334,10 @@ mod tests {
             (r"\u00e9\u0041", "éA"),
             (r"\u000a\u0009\u001F", r"\n\t\u001f"),
             (r"\ud83d\ude00", "😀"),
+            (
+                r#"a\n\u00e9\"b\/\u001F\t\u0001"#,
+                r#"a\né\"b/\u001f\t\u0001"#,
+            ),
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"{raw}"}}]}}"#);
             let out = translated(&body).unwrap();

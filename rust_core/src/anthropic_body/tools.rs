@@ -17,40 +17,37 @@ enum Choice<'a> {
     Named(Text<'a>),
 }
 
-/// Writes `,"tools":[…]` (for a non-empty `tools` array) and `,"tool_choice":{…}` (for a
-/// `tool_choice`, or `parallel_tool_calls: false` with tools); `tools` and `choice` are the
-/// members' values when not `null`, `serial` whether `parallel_tool_calls` is `false`.
-pub(super) fn write(
-    tools: Option<&str>,
-    choice: Option<&str>,
-    serial: bool,
-    out: &mut Vec<u8>,
-) -> Option<()> {
-    let mut any = false;
-    if let Some(raw) = tools {
-        let mut scan = Scan::new(raw);
-        scan.open(b'[')?;
-        if !scan.empty(b']') {
-            any = true;
-            out.extend_from_slice(br#","tools":["#);
-            for i in 0.. {
-                if i > 0 {
-                    out.push(b',');
-                }
-                tool(&mut scan, out)?;
-                if scan.next(b']')? {
-                    break;
-                }
-            }
-            out.push(b']');
-        }
-        scan.at_end().then_some(())?;
+/// Writes the `tools` value at the scan's position (`null` or an array) as Anthropic's tools
+/// array into `out`; whether there is one (an empty array is none, as Python's `if`).
+pub(super) fn read(scan: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<bool> {
+    if scan.null()? {
+        return Some(false);
     }
+    scan.open(b'[')?;
+    if scan.empty(b']') {
+        return Some(false);
+    }
+    out.push(b'[');
+    for i in 0.. {
+        if i > 0 {
+            out.push(b',');
+        }
+        tool(scan, out)?;
+        if scan.next(b']')? {
+            break;
+        }
+    }
+    out.push(b']');
+    Some(true)
+}
+
+/// Writes `,"tool_choice":{…}` for a `tool_choice` (`choice`: its value when not `null`), or
+/// for `serial`: `parallel_tool_calls: false` with tools.
+pub(super) fn write_choice(choice: Option<&str>, serial: bool, out: &mut Vec<u8>) -> Option<()> {
     let mut choice = match choice {
         Some(raw) => Some(read_choice(raw)?),
         None => None,
     };
-    let serial = serial && any;
     if serial {
         choice = choice.or(Some(Choice::Auto));
     }

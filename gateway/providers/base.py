@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import os
 import re
@@ -635,9 +634,11 @@ class ReframedStream:
                         # Gemini's, with no terminator event): its closing events go out with
                         # this piece, not in a send of their own. A failure at the end is kept
                         # by the reframer and raised by the next step, after this piece.
-                        with contextlib.suppress(Exception):
+                        try:
                             out += reframer.finish()
-                            self._ended = True
+                        except Exception:
+                            return out
+                        self._ended = True
                     return out
         except BaseException as exc:
             self._end()  # not whole: the connection is dropped

@@ -41,6 +41,7 @@ ROWS = [
     ("anth", "Anthropic per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
     ("anth20", "Anthropic per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
     ("gemini", "Gemini per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
+    ("anth-agent", "Anthropic per line, an agent's 52.6 KB request, streams/s", "{:,.0f}", True),
     ("rps_cpu", "single answers: CPU µs per request", "{:,.0f}", False),
     ("sse_cpu", "SSE static body: CPU µs per stream", "{:,.0f}", False),
     ("event_cpu", "SSE chunk per event: CPU µs per stream", "{:,.0f}", False),
@@ -49,6 +50,7 @@ ROWS = [
     ("anth_cpu", "Anthropic per line: CPU µs per stream", "{:,.0f}", False),
     ("anth20_cpu", "Anthropic per line, 20 ms: CPU µs per stream", "{:,.0f}", False),
     ("gemini_cpu", "Gemini per line: CPU µs per stream", "{:,.0f}", False),
+    ("anth-agent_cpu", "Anthropic per line, agent's request: CPU µs per stream", "{:,.0f}", False),
     (
         "rps_all_cpu",
         "single answers: CPU µs per request with the store's (+ redis-server)",
@@ -76,6 +78,12 @@ ROWS = [
     ("anth_busy", "Anthropic per line: worker CPU s ÷ wall s", "{:.2f}", True),
     ("anth20_busy", "Anthropic per line, 20 ms: worker CPU s ÷ wall s", "{:.2f}", True),
     ("gemini_busy", "Gemini per line: worker CPU s ÷ wall s", "{:.2f}", True),
+    (
+        "anth-agent_busy",
+        "Anthropic per line, agent's request: worker CPU s ÷ wall s",
+        "{:.2f}",
+        True,
+    ),
     ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
     ("ttfb_p99_ms", "burst: TTFB p99 (ms)", "{:.1f}", False),
     ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),

@@ -640,6 +640,10 @@ class ReframedStream:
                             return out
                         self._ended = True
                     return out
+            if reframer.upstream_error is not None:
+                # an error event that the body's end dispatched (finish() keeps it, after the
+                # events before it, without raising)
+                raise self._provider.map_stream_error(*reframer.upstream_error)
         except BaseException as exc:
             self._end()  # not whole: the connection is dropped
             translated = self._translated(exc)

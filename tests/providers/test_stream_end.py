@@ -94,3 +94,22 @@ async def test_a_failing_end_that_came_with_the_events_is_raised_after_them(
         await read(HEAD + text("Hello") + last + END, out=sent)
     assert len(sent) == 1
     assert b'"content":"Hello"' in sent[0]
+
+
+@pytest.mark.parametrize("later", [False, True])
+async def test_an_error_event_the_end_dispatches_is_raised(later: bool) -> None:
+    # The body ends right after the error event's data line, without its blank line: the
+    # event is dispatched by finish() (at the body's end), which keeps it as upstream_error
+    # without raising. It was lost: the stream ended as if whole, without [DONE] or an error.
+    error = orjson.dumps({"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}})
+    data = b"data: " + error + b"\r\n"
+    last = b"%x\r\n%s\r\n" % (len(data), data) + END
+    sent: list[bytes] = []
+    with pytest.raises(ServiceUnavailable):
+        if later:
+            await read(HEAD + text("Hello"), last, out=sent)
+        else:
+            await read(HEAD + text("Hello") + last, out=sent)
+    assert len(sent) == 1
+    assert b'"content":"Hello"' in sent[0]
+    assert b"[DONE]" not in sent[0]

@@ -418,7 +418,7 @@ class AnthropicProvider(HttpProvider):
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         model = call.target.model
         # One scan in Rust writes what translate_request and orjson write; a body it cannot
-        # tell about (a JSON response format, neutral values, escaped keys, ...) takes them.
+        # tell about (escaped keys, numbers orjson writes otherwise, ...) takes them.
         body = _core.anthropic_chat_request(
             call.body, model.upstream_model or model.id.split("/", 1)[1], DEFAULT_MAX_TOKENS, stream
         )

@@ -150,6 +150,12 @@ def test_breakpoints_are_placed_as_the_python_path_places_them(
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"n": 2}, "n"),
         ({"seed": 1}, "seed"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logprobs": True}, "logprobs"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "s"}}},
+            "response_format",
+        ),
         ({"messages": [{"role": "system", "content": "only"}]}, "messages"),
         ({"messages": [{"role": "tool", "content": "r"}]}, "messages[0]"),
         ({"messages": [{"role": "tool", "content": "r", "tool_call_id": ""}]}, "messages[0]"),
@@ -398,8 +404,19 @@ def bodies(draw: st.DrawFn) -> bytes:
     }
     rare: dict[str, st.SearchStrategy[Any]] = {
         "seed": st.sampled_from([None, 0, 7]),
-        "response_format": st.sampled_from([None, {"type": "text"}, {"type": "json_object"}]),
-        "logprobs": st.sampled_from([None, False, True]),
+        "response_format": st.sampled_from(
+            [
+                None,
+                {"type": "text"},
+                {"type": "text", "json_schema": None, "x": 1},
+                {"json_schema": {"name": "s"}, "type": "text"},
+                {"type": "json_object"},
+            ]
+        ),
+        "logprobs": st.sampled_from([None, False, True, 0]),
+        "top_logprobs": st.sampled_from([None, 0, 0.0, False, 2]),
+        "frequency_penalty": st.sampled_from([None, 0, 0.0, -0.0, False, 0.5, "0"]),
+        "presence_penalty": st.sampled_from([None, 0, 1e-300, True]),
         "metadata": st.sampled_from([None, {"a": "b"}]),
     }
     for key, strategy in [*common.items(), *rare.items()]:

@@ -10,9 +10,10 @@
 //! an http(s) URL, neither written with escapes), assistant `tool_calls`, `cache_control`
 //! breakpoints (`messages::Cache`) on a message, a part or a tool; `tools`, `tool_choice`,
 //! `parallel_tool_calls`; `max_tokens`, `max_completion_tokens`, `temperature` (at most 1),
-//! `top_p`, `stop`, `user`, `n` of 1, and `model`, `models`, `stream`, `stream_options`; any
-//! other member only as `null`. Anything else (a JSON response format, a neutral value such as
-//! `"logprobs": false`, an escaped or repeated key, a lone surrogate, a sampling value written
+//! `top_p`, `stop`, `user`, `n` of 1, a `response_format` of type `text`, `logprobs`,
+//! `top_logprobs` and the penalties at their neutral values (`false` or 0), and `model`,
+//! `models`, `stream`, `stream_options`; any other member only as `null`. Anything else (a JSON
+//! response format, an escaped or repeated key, a lone surrogate, a sampling value written
 //! without a fraction or with an exponent, a number in a tool's schema or a call's arguments
 //! that orjson writes with an exponent) gives `None`, and the caller takes the Python path, the
 //! reference: the same body, or the same error. The output is byte for byte what orjson writes
@@ -29,7 +30,7 @@ use form::Text;
 
 use smallvec::SmallVec;
 
-use crate::json_scan::Scan;
+use crate::json_scan::{once, Scan};
 
 /// The Messages body for the client's chat `body` (see the module docs), or `None`.
 /// `model`: the upstream's model name; `default_max_tokens`: the budget when the body sets
@@ -73,6 +74,9 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
                         // read as the Python path reads it: only `false` asks for anything
                         b"parallel_tool_calls" => serial = raw == "false",
                         b"n" if raw == "1" => {}
+                        b"response_format" => text_format(raw)?,
+                        b"logprobs" | b"top_logprobs" | b"frequency_penalty"
+                        | b"presence_penalty" => neutral(raw)?,
                         _ if raw == "null" => {}
                         _ => return None,
                     }
@@ -126,6 +130,49 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
     }
     out.push(b'}');
     Some(out)
+}
+
+/// `null` or a response format of type `text`, which the translation accepts and does not
+/// read (`json_schema` `null` or an object, other members not read); `None` for anything
+/// else (a JSON format: a 400).
+fn text_format(raw: &str) -> Option<()> {
+    let mut scan = Scan::new(raw);
+    if !scan.null()? {
+        let mut seen = [false; 2];
+        let mut text = false;
+        scan.members(|scan, key| {
+            match key {
+                b"type" => {
+                    once(&mut seen[0])?;
+                    scan.ws();
+                    text = scan.plain_string()? == b"text";
+                }
+                b"json_schema" => {
+                    once(&mut seen[1])?;
+                    if !scan.null()? {
+                        (scan.b.get(scan.i) == Some(&b'{')).then_some(())?;
+                        scan.value(2)?;
+                    }
+                }
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        text.then_some(())?;
+    }
+    scan.at_end().then_some(())
+}
+
+/// A member the translation refuses unless it holds its neutral value (`NEUTRAL` in
+/// gateway/providers/translate.py, compared by Python's `==`): `false` or a number equal to 0
+/// (`0 == 0.0 == False`).
+fn neutral(raw: &str) -> Option<()> {
+    if raw == "false" {
+        return Some(());
+    }
+    let mut scan = Scan::new(raw);
+    scan.number()?;
+    (scan.at_end() && raw.parse::<f64>().ok()? == 0.0).then_some(())
 }
 
 /// A token budget into `slot`: `null` or a positive integer; 0 counts as unset, as the Python
@@ -235,7 +282,9 @@ mod tests {
             )
         );
         let plain = r#"{"model":"a/b","messages":[{"role":"user","content":"hi"}],"max_tokens":5,
-            "max_completion_tokens":7,"stop":[],"user":""}"#;
+            "max_completion_tokens":7,"stop":[],"user":"","response_format":{"type":"text",
+            "json_schema":null},"logprobs":false,"top_logprobs":0,"frequency_penalty":0.0,
+            "presence_penalty":-0e1}"#;
         assert_eq!(
             request(plain.as_bytes(), "m", 4096, false).unwrap(),
             br#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stop_sequences":[]}"#
@@ -255,7 +304,11 @@ mod tests {
             format!(r#"{{{user},"tools":[{{"function":{{"name":""}}}}]}}"#), // a name of 0 chars
             format!(r#"{{{user},"tool_choice":"any"}}"#),
             format!(r#"{{{user},"tools":[{{"function":{{"name":"f","parameters":{{"a":1,"a":2}}}}}}]}}"#),
-            format!(r#"{{{user},"response_format":{{"type":"text"}}}}"#),
+            format!(r#"{{{user},"response_format":{{"type":"json_object"}}}}"#), // a 400
+            format!(r#"{{{user},"response_format":{{"type":"text","json_schema":1}}}}"#),
+            format!(r#"{{{user},"frequency_penalty":0.5}}"#), // a 400
+            format!(r#"{{{user},"logprobs":true}}"#),         // a 400
+            format!(r#"{{{user},"top_logprobs":"0"}}"#),      // a 400
             format!(r#"{{{user},"\u0073top":"x"}}"#),
             format!(r#"{{{user},"stop":"a","stop":"b"}}"#),
             format!(r#"{{{user},"user":"\ud800"}}"#),

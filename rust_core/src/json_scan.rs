@@ -302,18 +302,23 @@ impl<'a> Scan<'a> {
         (self.b.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
     }
 
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, within a double's range: a
+    /// number past it (`1e400`) is left to the reader's reference, as orjson refuses one
+    /// ("number is infinity when parsed as double": the Python paths' 502 or 400).
     pub(crate) fn number(&mut self) -> Option<()> {
         let b = self.b;
         let mut i = self.i;
         if b.get(i) == Some(&b'-') {
             i += 1;
         }
+        let digits = i;
         match *b.get(i)? {
             b'0' => i += 1,
             b'1'..=b'9' => i = digits_end(b, i + 1),
             _ => return None,
         }
+        // (Fewer than 309 digits before the point and no exponent: below f64::MAX, finite.)
+        let mut checked = i - digits < 309;
         if b.get(i) == Some(&b'.') {
             let end = digits_end(b, i + 1);
             if end == i + 1 {
@@ -331,6 +336,13 @@ impl<'a> Scan<'a> {
                 return None;
             }
             i = end;
+            checked = false;
+        }
+        if !checked {
+            let text = std::str::from_utf8(&b[self.i..i]).ok()?;
+            if !text.parse::<f64>().ok()?.is_finite() {
+                return None;
+            }
         }
         self.i = i;
         Some(())

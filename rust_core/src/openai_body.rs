@@ -286,10 +286,23 @@ mod tests {
             r#"{"choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":[]}}}"#,
             r#"{"choices":[{"a":"\ud800"}]}"#,
             r#"{"choices":[],}"#,
+            r#"{"choices":[],"x":1e400}"#, // past a double: orjson refuses it (Python's 502)
+            r#"{"choices":[{"x":[-1.8e308]}]}"#,
             "[]",
             "",
         ] {
             assert!(answer(body.as_bytes(), "m").is_none(), "{body}");
+        }
+        let long = format!(r#"{{"choices":[],"x":1{}}}"#, "0".repeat(309));
+        assert!(answer(long.as_bytes(), "m").is_none());
+        // within range: read by the scan (the largest double, an underflow to 0, 308 digits)
+        for x in [
+            "1.7976931348623157e308",
+            "1e-400",
+            &format!("1{}", "0".repeat(308)),
+        ] {
+            let body = format!(r#"{{"choices":[],"x":{x}}}"#);
+            assert!(answer(body.as_bytes(), "m").is_some(), "{x}");
         }
     }
 }

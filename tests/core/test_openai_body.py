@@ -127,10 +127,25 @@ def test_an_answer_is_renamed_and_its_usage_read_by_the_scan() -> None:
         b'{"id":"x"}',
         b"[]",
         b"not json",
+        b'{"choices":[],"x":1e400}',  # past a double: orjson refuses it (the 502 in Python)
     ],
 )
 def test_what_the_answer_scan_cannot_tell_is_left_to_python(body: bytes) -> None:
     assert _core.openai_chat_answer(body, "m") is None
+
+
+def test_a_number_past_a_double_is_the_python_paths_answer() -> None:
+    # The answer scan relayed it where orjson (the Python path) answers 502; a stream's chunk
+    # with one is relayed as its typed view reads it, as before.
+    body = b'{"choices":[{"message":{"content":"x"}}],"n":[1.8e308,-1e999]}'
+    assert reference_answer(body, "m") is None
+    assert same_answer(body, "m") is None
+    assert same_request(b'{"model":"a","messages":[],"x":1e400}', "u", False) is None
+    reframer = _core.Reframer("openai", "m", "id", 1, False)
+    chunk = b'{"choices":[{"delta":{"content":"a"}}],"x":1e400}'
+    assert reframer.feed(b"data: " + chunk + b"\n\n") == (
+        b'data: {"choices":[{"delta":{"content":"a"}}],"x":1e400,"model":"m"}\n\n'
+    )
 
 
 KEYS = st.sampled_from(

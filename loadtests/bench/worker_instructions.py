@@ -44,26 +44,31 @@ MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
 
 def drive(port: int, path: str, body: bytes, headers: dict[str, str], requests: int) -> int:
-    """`requests` POSTs over CONNECTIONS keep-alive connections; how many were not a 200."""
-    failed = [0]
+    """`requests` POSTs (a multiple of CONNECTIONS) over CONNECTIONS keep-alive connections;
+    how many were not a 200."""
+    failed = [0] * CONNECTIONS  # one count per thread (`+=` on a shared one could lose some)
 
-    def connection() -> None:
+    def connection(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        left = requests // CONNECTIONS
         try:
-            for _ in range(requests // CONNECTIONS):
+            while left:
                 conn.request("POST", path, body, headers)
                 answer = conn.getresponse()
                 answer.read()
-                failed[0] += answer.status != 200
+                failed[i] += answer.status != 200
+                left -= 1
+        except OSError:  # the connection broke: what it had left counts as not a 200
+            failed[i] += left
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=connection) for _ in range(CONNECTIONS)]
+    threads = [threading.Thread(target=connection, args=(i,)) for i in range(CONNECTIONS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return failed[0]
+    return sum(failed)
 
 
 def server_command(
@@ -190,6 +195,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1024)
     parser.add_argument("--by-object", action="store_true", help="split by library")
     args = parser.parse_args()
+    if args.requests < CONNECTIONS or args.requests % CONNECTIONS:
+        # (each connection makes requests // CONNECTIONS: the count divides by all of them)
+        parser.error(f"--requests: a positive multiple of {CONNECTIONS}")
     names = args.contenders.split(",") + (["before"] if args.before else [])
     for scenario in args.scenarios.split(","):
         for name in names:

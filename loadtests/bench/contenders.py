@@ -432,38 +432,38 @@ def add_redis_priority(parser: argparse.ArgumentParser) -> None:
 SAME_SERVER = ["--http1-buffer-size", "8192", "--http1-header-read-timeout", "10000"]
 
 
-def floor(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
+def pass_through_command(app: str, port: int, interface: str = "asgi") -> list[str]:
+    """Granian serving a pass-through `app` (module:attribute) as `klawd serve` serves the
+    gateway: one worker, the same backlog, backpressure and SAME_SERVER settings."""
+    return [str(BIN / "granian"), "--interface", interface, "--loop", "uvloop", "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
+            "--backpressure", "16384", *SAME_SERVER, app]  # fmt: skip
+
+
+def pass_through(
+    name: str, app: str, port: int, upstream: str, directory: Path, interface: str = "asgi"
+) -> subprocess.Popen[bytes]:
     return pinned(
         SERVER_CORE,
-        [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
-         "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
-         "--backpressure", "16384", *SAME_SERVER, "loadtests.bench.floor_app:app"],
-        directory / "floor.log",
+        pass_through_command(app, port, interface),
+        directory / f"{name}.log",
         {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
+
+
+def floor(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
+    return pass_through("floor", "loadtests.bench.floor_app:app", port, upstream, directory)
 
 
 def bare(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
-    return pinned(
-        SERVER_CORE,
-        [str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
-         "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
-         "--backpressure", "16384", *SAME_SERVER, "loadtests.bench.bare_app:app"],
-        directory / "bare.log",
-        {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    return pass_through("bare", "loadtests.bench.bare_app:app", port, upstream, directory)
 
 
 def bare_rsgi(port: int, upstream: str, directory: Path) -> subprocess.Popen[bytes]:
     """bare_app.py's relay over Granian's RSGI interface (informational: what ASGI costs)."""
-    return pinned(
-        SERVER_CORE,
-        [str(BIN / "granian"), "--interface", "rsgi", "--loop", "uvloop", "--workers", "1",
-         "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--backlog", "4096",
-         "--backpressure", "16384", *SAME_SERVER, "loadtests.bench.bare_rsgi_app:app"],
-        directory / "bare-rsgi.log",
-        {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    return pass_through(
+        "bare-rsgi", "loadtests.bench.bare_rsgi_app:app", port, upstream, directory, "rsgi"
+    )
 
 
 def gateway(

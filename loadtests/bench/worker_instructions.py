@@ -77,10 +77,7 @@ def server_command(
     """The contender's command, its environment and working directory (as contenders.py
     starts it)."""
     if name == "bare":
-        command = [str(c.BIN / "granian"), "--interface", "asgi", "--loop", "uvloop",
-                   "--workers", "1", "--host", "127.0.0.1", "--port", str(port), "--no-ws",
-                   "--backlog", "4096", "--backpressure", "16384", *c.SAME_SERVER,
-                   "loadtests.bench.bare_app:app"]  # fmt: skip
+        command = c.pass_through_command("loadtests.bench.bare_app:app", port)
         return command, {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(c.REPO)}, None
     config = directory / f"{name}.toml"
     config.write_text(c.gateway_conf(port, upstream, f"sqlite:///{directory / name}.db"))

@@ -466,6 +466,24 @@ def bare_rsgi(port: int, upstream: str, directory: Path) -> subprocess.Popen[byt
     )
 
 
+def gateway_command(
+    config: Path, directory: Path, source: Path | None = None
+) -> tuple[list[str], dict[str, str], Path]:
+    """How every gateway is started, this checkout's or another tree's (`source`), so that a
+    before/after run compares trees and nothing else: the tree's own CLI module, which every
+    tree has (the `klawd` script's entry may not exist in an older one), with the tree first on
+    the path (`-P`: not the working directory), run from `directory` (the CLI execs `python -m
+    gateway.supervisor`, which puts its working directory first on the path, without `-P` in
+    trees before 19u). Returns the command, its environment and its working directory."""
+    env = {
+        "KLAWD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
+        "PYTHONPATH": str(source if source is not None else REPO),
+    }
+    command = [sys.executable, "-P", "-m", "gateway.cli", "serve", "--config", str(config)]
+    return command, env, directory
+
+
 def gateway(
     name: str,
     port: int,
@@ -482,17 +500,7 @@ def gateway(
     if source is not None:  # an older version may not know the newer [server] fields
         text = "\n".join(line for line in text.splitlines() if not line.startswith("max_in"))
     config.write_text(text)
-    env = {"KLAWD_ADMIN_TOKEN": ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
-    command = [str(BIN / "klawd"), "serve", "--config", str(config)]
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
-        # The `klawd` script's entry (gateway.supervisor) may not exist in an older tree: its
-        # own CLI module, which both have (`-P`: the tree on PYTHONPATH, not the working directory).
-        command = [sys.executable, "-P", "-m", "gateway.cli", *command[1:]]
-    # The CLI execs `python -m gateway.supervisor`, which puts its working directory first on
-    # the path (without `-P` in trees before 19u): run another tree from the bench's directory,
-    # or this checkout's `gateway` (the bench's own working directory) would serve instead.
-    cwd = directory if source is not None else None
+    command, env, cwd = gateway_command(config, directory, source)
     return pinned(SERVER_CORE, command, directory / f"{name}.log", env, cwd)
 
 

@@ -25,7 +25,6 @@ import collections
 import http.client
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -81,13 +80,7 @@ def server_command(
         return command, {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(c.REPO)}, None
     config = directory / f"{name}.toml"
     config.write_text(c.gateway_conf(port, upstream, f"sqlite:///{directory / name}.db"))
-    env = {"KLAWD_ADMIN_TOKEN": c.ADMIN_TOKEN, "BENCH_UPSTREAM_KEY": "sk-bench-upstream"}
-    if name == "gateway":
-        return [str(c.BIN / "klawd"), "serve", "--config", str(config)], env, None
-    assert before is not None  # (name == "before")
-    env["PYTHONPATH"] = str(before)
-    command = [sys.executable, "-P", "-m", "gateway.cli", "serve", "--config", str(config)]
-    return command, env, directory
+    return c.gateway_command(config, directory, before if name == "before" else None)
 
 
 def measure(name: str, scenario: str, requests: int, before: Path | None, by_object: bool) -> float:

@@ -1,9 +1,11 @@
 //! How deep a JSON document's objects and arrays nest, read from its bytes in one pass.
 //!
 //! Every request body is refused past a nesting bound (gateway/schemas/decoding.py) after it
-//! was decoded; this is that check. Strings are skipped with `memchr` to their closing quote
-//! (an escape skips the byte after it), so a body of long prompts costs little more than a
-//! search for its quotes; only the text between strings is walked byte by byte.
+//! was decoded; this is that check. Strings are skipped with `memchr` from quote to quote (a
+//! quote after an odd run of backslashes is escaped), so a body of long prompts costs little
+//! more than a search for its quotes; only the text between strings is walked byte by byte.
+//! (Searching for quotes and backslashes alike stopped at every `\n` of a prompt's text: 20 µs
+//! for the 52.6 KB agent request of loadtests/bench, against 8 µs.)
 
 /// The deepest nesting of `body`'s objects and arrays (0 for a scalar), counted outside its
 /// strings, up to `limit + 1`: the walk stops as soon as that is reached. `body` is valid JSON
@@ -14,19 +16,27 @@ pub fn nesting_depth(body: &[u8], limit: usize) -> usize {
     while let Some(&byte) = body.get(i) {
         match byte {
             b'"' => {
+                let start = i;
                 i += 1;
                 loop {
                     let Some(rest) = body.get(i..) else {
                         return deepest;
                     };
-                    let Some(found) = memchr::memchr2(b'"', b'\\', rest) else {
+                    let Some(found) = memchr::memchr(b'"', rest) else {
                         return deepest;
                     };
                     i += found;
-                    if body[i] == b'"' {
+                    // A quote is escaped when an odd number of backslashes precede it (they
+                    // cannot reach past the string's opening quote, at `start`).
+                    let backslashes = body[start + 1..i]
+                        .iter()
+                        .rev()
+                        .take_while(|&&b| b == b'\\')
+                        .count();
+                    if backslashes % 2 == 0 {
                         break;
                     }
-                    i += 2; // the escape and the byte it escapes
+                    i += 1;
                 }
             }
             b'[' | b'{' => {
@@ -58,6 +68,8 @@ mod tests {
         assert_eq!(nesting_depth(br#"["[[[{{{", "]]]"]"#, 64), 1);
         assert_eq!(nesting_depth(br#"["\"[[[", "\\", [["\\\"{"]]]"#, 64), 3);
         assert_eq!(nesting_depth(b"[ [ ]\n, [ [ ] ] ]", 64), 3);
+        // Runs of backslashes before a quote: even, the string ends; odd, the quote is text.
+        assert_eq!(nesting_depth(br#"["\\\\", ["\"\\\"[", "\\\\\\"]]"#, 64), 2);
     }
 
     #[test]

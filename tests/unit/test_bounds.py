@@ -21,7 +21,7 @@ from gateway.routing.bounds import (
 )
 from gateway.routing.catalog import Catalog
 from gateway.routing.router import resolve_chat
-from gateway.schemas.decoding import MAX_JSON_DEPTH
+from gateway.schemas.decoding import MAX_JSON_DEPTH, decode_json
 from gateway.schemas.openai import ChatRequest, decode_chat_request
 from gateway.settings import BoundsSettings, load_settings
 from loadtests.bench import pyref
@@ -206,6 +206,15 @@ def test_decoding_refuses_a_body_one_level_past_the_bound() -> None:
     assert decode_chat_request(body(MAX_JSON_DEPTH)).model == "m"
     with pytest.raises(InvalidRequest, match="deeper than 64 levels"):
         decode_chat_request(body(MAX_JSON_DEPTH + 1))
+
+
+def test_the_shortest_body_one_level_past_the_bound_is_refused() -> None:
+    """The check is skipped only for bodies too short to nest that deep: the shortest that
+    does (only brackets) is read and refused."""
+    deep = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    with pytest.raises(InvalidRequest, match="deeper than 64 levels"):
+        decode_json(msgspec.json.Decoder(), deep)
+    assert decode_json(msgspec.json.Decoder(), deep[1:-1]) is not None
 
 
 def test_refusing_megabytes_of_tiny_messages_stays_within_twenty_times_the_body() -> None:

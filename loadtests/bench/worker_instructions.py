@@ -1,7 +1,7 @@
 """Instructions per request of a whole served worker under Granian, counted by callgrind.
 
     .venv/bin/python -m loadtests.bench.worker_instructions [--contenders gateway,bare]
-        [--before DIR] [--scenarios json,sse] [--requests 1024] [--by-object]
+        [--before DIR] [--scenarios json,sse] [--requests 1024] [--by-object] [--keep DIR]
 
 The worker as `make bench` runs it (`klawd serve` with the bench's config and the embedded
 store, or the bare-ASGI pass-through on Granian), its upstream the bench's nginx, all under
@@ -24,6 +24,7 @@ import argparse
 import collections
 import http.client
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -83,8 +84,16 @@ def server_command(
     return c.gateway_command(config, directory, before if name == "before" else None)
 
 
-def measure(name: str, scenario: str, requests: int, before: Path | None, by_object: bool) -> float:
-    """Instructions per request of `name`'s worker (K), printed with its breakdown."""
+def measure(
+    name: str,
+    scenario: str,
+    requests: int,
+    before: Path | None,
+    by_object: bool,
+    keep: Path | None = None,
+) -> float:
+    """Instructions per request of `name`'s worker (K), printed with its breakdown; `keep`: a
+    directory the worker's callgrind dump is copied into (for `callgrind_annotate`)."""
     with tempfile.TemporaryDirectory(prefix="klawd-worker-instr-") as tmp:
         directory = Path(tmp)
         up_port, port = c.free_port(), c.free_port()
@@ -127,6 +136,9 @@ def measure(name: str, scenario: str, requests: int, before: Path | None, by_obj
             bad = f", {failed} not 200" if failed else ""
             print(f"{name} {scenario}: {per_request:.1f}K instructions per request "
                   f"({counts[worker]:,} over {requests}{bad})", flush=True)  # fmt: skip
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(worker, keep / f"callgrind.{name}.{scenario}")
             if by_object:
                 for library, count in _by_object(worker).most_common(8):
                     print(f"    {count / requests / 1000:7.1f}K  {library}")
@@ -184,6 +196,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="json,sse", help="json, sse, event, lines, ...")
     parser.add_argument("--requests", type=int, default=1024)
     parser.add_argument("--by-object", action="store_true", help="split by library")
+    parser.add_argument("--keep", type=Path, help="copy the workers' callgrind dumps here")
     args = parser.parse_args()
     if args.requests < CONNECTIONS or args.requests % CONNECTIONS:
         # (each connection makes requests // CONNECTIONS: the count divides by all of them)
@@ -191,7 +204,7 @@ def main() -> None:
     names = args.contenders.split(",") + (["before"] if args.before else [])
     for scenario in args.scenarios.split(","):
         for name in names:
-            measure(name, scenario, args.requests, args.before, args.by_object)
+            measure(name, scenario, args.requests, args.before, args.by_object, args.keep)
 
 
 if __name__ == "__main__":

@@ -108,8 +108,8 @@ pub struct OpenAiReframer {
     include_usage: bool,
     /// Scratch buffer for events whose data spans several lines.
     compact: Vec<u8>,
-    /// The first members shared by the upstream's chunks, scanned once (`openai_scan::Prefix`).
-    prefix: openai_scan::Prefix,
+    /// What the scan keeps of the upstream's chunks to read the next one (`openai_scan::Memo`).
+    memo: openai_scan::Memo,
 }
 
 impl OpenAiReframer {
@@ -121,7 +121,7 @@ impl OpenAiReframer {
             model_json,
             include_usage: opts.include_usage,
             compact: Vec::new(),
-            prefix: openai_scan::Prefix::default(),
+            memo: openai_scan::Memo::default(),
         }
     }
 }
@@ -240,17 +240,23 @@ impl Reframe for OpenAiReframer {
             st.done = true;
             return Ok(());
         }
-        // Pretty-printed JSON over several data lines would break the one-line output.
-        let data = if memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
-            self.compact.clear();
-            json::write_compact(&mut self.compact, data);
-            std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?
+        // A text chunk like the last one, read from its text alone, is one line as that one was.
+        let (data, chunk) = if let Some(chunk) = openai_scan::read_text(data, &self.memo) {
+            (data, chunk)
         } else {
-            data
-        };
-        let chunk = match openai_scan::read_with(data, &mut self.prefix) {
-            Some(chunk) => chunk,
-            None => Chunk::typed(data)?,
+            // Pretty-printed JSON over several data lines would break the one-line output.
+            let data = if memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
+                self.compact.clear();
+                json::write_compact(&mut self.compact, data);
+                std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?
+            } else {
+                data
+            };
+            let chunk = match openai_scan::read_with(data, &mut self.memo) {
+                Some(chunk) => chunk,
+                None => Chunk::typed(data)?,
+            };
+            (data, chunk)
         };
         if let Some(err) = chunk.error {
             st.upstream_error = Some(upstream_error(err));

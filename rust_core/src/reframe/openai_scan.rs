@@ -12,6 +12,11 @@
 //! the same error, as before. `usage` is read by `serde_json` from its own span
 //! (once per stream), and an `error` member is returned as its span, as the view's raw value.
 //! The scan's building blocks are shared (`json_scan.rs`).
+//!
+//! A stream's chunks repeat themselves: their first members (`id`, `object`, `created`, `model`,
+//! ...) are scanned once ([`Prefix`]), and a text chunk that has the last text chunk's bytes
+//! around its text is read from its text alone ([`TextChunk`]). Both give the whole scan's
+//! answer (proptests compare them).
 
 use std::borrow::Cow;
 
@@ -24,7 +29,14 @@ use crate::usage::OpenAiUsage;
 /// [`read_with`]; this whole scan is the reference its tests compare with.)
 #[cfg(test)]
 pub fn read(data: &str) -> Option<Chunk<'_>> {
-    whole(data, None)
+    whole(data, None, &mut None)
+}
+
+/// What the scan remembers of a stream's chunks to read the next one faster.
+#[derive(Debug, Default)]
+pub struct Memo {
+    prefix: Prefix,
+    text: TextChunk,
 }
 
 /// What the scan of a chunk knew at a comma of its top level, before any member of `choices`,
@@ -33,7 +45,7 @@ pub fn read(data: &str) -> Option<Chunk<'_>> {
 /// `created`, `model`, `system_fingerprint`: about half of each), so the next chunk that starts
 /// with `bytes` is scanned from there ([`read_with`]).
 #[derive(Debug, Default)]
-pub struct Prefix {
+struct Prefix {
     /// The chunk's bytes up to and with that comma; empty: none yet.
     bytes: Vec<u8>,
     at: Cut,
@@ -61,12 +73,91 @@ struct Seen {
     object: bool,
 }
 
-/// [`read`], resuming after `prefix` when `data` starts with its bytes (the same answer: the
-/// scan of those bytes gives the same state whatever follows them); otherwise a whole scan,
-/// whose last cut becomes the prefix.
-pub(crate) fn read_with<'a>(data: &'a str, prefix: &mut Prefix) -> Option<Chunk<'a>> {
+/// A text (a `content` or `arguments` string) in a chunk: where its opening quote is, the index
+/// just past its closing quote, and its characters.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hole {
+    open: usize,
+    end: usize,
+    chars: u64,
+}
+
+/// The last text chunk: its bytes and its last text ([`Hole`]), when nothing of what the scan
+/// reads lies after that text or borrows from the chunk (no finish reason, usage or error,
+/// `model` before the text). The next chunk with the same bytes before and after a string there
+/// is that chunk with another text: a JSON string between the same bytes leaves every other
+/// token where it was, so the whole scan would read it alike, but for the text's characters.
+#[derive(Debug, Default)]
+struct TextChunk {
+    /// The chunk's bytes before its text, through the opening quote, then those after it from
+    /// the closing quote (not the text: a long one is neither copied nor held); empty: none yet.
+    bytes: Vec<u8>,
+    /// Where the text's opening quote is.
+    open: usize,
+    model: Option<(usize, usize)>,
+    choices: usize,
+    /// The characters of the chunk's other texts.
+    other_chars: u64,
+}
+
+impl TextChunk {
+    /// `data` read from its text when it has the remembered bytes around a string there.
+    fn read<'a>(&self, data: &'a str) -> Option<Chunk<'a>> {
+        let open = self.open;
+        let (head, tail) = self.bytes.split_at_checked(open + 1)?;
+        let b = data.as_bytes();
+        if !(b.starts_with(head) && b.ends_with(tail)) {
+            return None;
+        }
+        let mut scan = Scan::new(data);
+        scan.i = open;
+        let chars = scan.counted_string()?;
+        // The string's closing quote is the tail's.
+        (scan.i + tail.len() == b.len() + 1).then(|| Chunk {
+            model: self.model,
+            choices: self.choices,
+            content_chars: self.other_chars + chars,
+            ..Chunk::default()
+        })
+    }
+
+    /// Remembers `data` (read as `chunk`, `hole` its last text) if it qualifies (see above);
+    /// otherwise keeps what it had.
+    fn remember(&mut self, data: &str, chunk: &Chunk<'_>, hole: Option<Hole>) {
+        let Some(hole) = hole else { return };
+        let plain = chunk.finish_reason.is_none()
+            && chunk.usage.is_none()
+            && chunk.error.is_none()
+            && !chunk.object_error
+            && chunk.model.is_none_or(|(_, end)| end <= hole.open);
+        if plain {
+            let b = data.as_bytes();
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&b[..=hole.open]);
+            self.bytes.extend_from_slice(&b[hole.end - 1..]);
+            self.open = hole.open;
+            self.model = chunk.model;
+            self.choices = chunk.choices;
+            self.other_chars = chunk.content_chars - hole.chars;
+        }
+    }
+}
+
+/// [`read`] from the text alone, when `data` has the last text chunk's bytes around it
+/// ([`TextChunk`]): then it is one line, as that chunk was. The reframer tries this first, then
+/// [`read_with`].
+pub(crate) fn read_text<'a>(data: &'a str, memo: &Memo) -> Option<Chunk<'a>> {
+    memo.text.read(data)
+}
+
+/// [`read`], resuming after `memo`'s prefix when `data` starts with its bytes (the same
+/// answer: the scan of those bytes gives the same state whatever follows them); otherwise a
+/// whole scan, whose last cut becomes the prefix. A text chunk is remembered ([`TextChunk`]).
+pub(crate) fn read_with<'a>(data: &'a str, memo: &mut Memo) -> Option<Chunk<'a>> {
+    let mut hole = None;
+    let prefix = &mut memo.prefix;
     let at = prefix.at;
-    if at.i > 0 && data.as_bytes().starts_with(&prefix.bytes) {
+    let chunk = if at.i > 0 && data.as_bytes().starts_with(&prefix.bytes) {
         let mut scan = Scan::new(data);
         scan.i = at.i;
         let chunk = Chunk {
@@ -74,24 +165,27 @@ pub(crate) fn read_with<'a>(data: &'a str, prefix: &mut Prefix) -> Option<Chunk<
             object_error: at.object_error,
             ..Chunk::default()
         };
-        return members(scan, chunk, at.seen, None);
-    }
-    let mut cut = Cut::default();
-    let chunk = whole(data, Some(&mut cut))?;
-    prefix.bytes.clear();
-    prefix.bytes.extend_from_slice(&data.as_bytes()[..cut.i]);
-    prefix.at = cut;
+        members(scan, chunk, at.seen, None, &mut hole)?
+    } else {
+        let mut cut = Cut::default();
+        let chunk = whole(data, Some(&mut cut), &mut hole)?;
+        prefix.bytes.clear();
+        prefix.bytes.extend_from_slice(&data.as_bytes()[..cut.i]);
+        prefix.at = cut;
+        chunk
+    };
+    memo.text.remember(data, &chunk, hole);
     Some(chunk)
 }
 
-/// The scan from the chunk's start; `cut`: where to note the last cut met.
-fn whole<'a>(data: &'a str, cut: Option<&mut Cut>) -> Option<Chunk<'a>> {
+/// The scan from the chunk's start; `cut`: where to note the last cut met; `hole`: the last text.
+fn whole<'a>(data: &'a str, cut: Option<&mut Cut>, hole: &mut Option<Hole>) -> Option<Chunk<'a>> {
     let mut scan = Scan::new(data);
     scan.open(b'{')?;
     if scan.empty(b'}') {
         return scan.at_end().then(Chunk::default);
     }
-    members(scan, Chunk::default(), Seen::default(), cut)
+    members(scan, Chunk::default(), Seen::default(), cut, hole)
 }
 
 /// The top level's members from a member's start (`scan.i`) to the end of the chunk.
@@ -100,6 +194,7 @@ fn members<'a>(
     mut chunk: Chunk<'a>,
     mut seen: Seen,
     mut cut: Option<&mut Cut>,
+    hole: &mut Option<Hole>,
 ) -> Option<Chunk<'a>> {
     let data = scan.s;
     loop {
@@ -115,7 +210,7 @@ fn members<'a>(
             b"choices" => {
                 once(&mut seen.choices)?;
                 if !scan.null()? {
-                    scan.choices(&mut chunk)?;
+                    scan.choices(&mut chunk, hole)?;
                 }
             }
             b"usage" => {
@@ -164,7 +259,7 @@ fn members<'a>(
 impl<'a> Scan<'a> {
     /// `choices` (not `null`): an array of choice objects. The last non-null `finish_reason`
     /// is kept, the characters of every `content` and tool call `arguments` added up.
-    fn choices(&mut self, chunk: &mut Chunk<'a>) -> Option<()> {
+    fn choices(&mut self, chunk: &mut Chunk<'a>, hole: &mut Option<Hole>) -> Option<()> {
         self.open(b'[')?;
         if self.empty(b']') {
             return Some(());
@@ -179,7 +274,7 @@ impl<'a> Scan<'a> {
                         b"delta" => {
                             once(&mut delta)?;
                             if !self.null()? {
-                                self.delta(chunk)?;
+                                self.delta(chunk, hole)?;
                             }
                         }
                         b"finish_reason" => {
@@ -206,7 +301,7 @@ impl<'a> Scan<'a> {
     }
 
     /// A choice's `delta` object: `content` and the `tool_calls`' `function.arguments`.
-    fn delta(&mut self, chunk: &mut Chunk<'_>) -> Option<()> {
+    fn delta(&mut self, chunk: &mut Chunk<'_>, hole: &mut Option<Hole>) -> Option<()> {
         self.open(b'{')?;
         let (mut content, mut calls) = (false, false);
         if self.empty(b'}') {
@@ -216,12 +311,12 @@ impl<'a> Scan<'a> {
             match self.key()? {
                 b"content" => {
                     once(&mut content)?;
-                    chunk.content_chars += self.counted_string()?;
+                    self.text(chunk, hole)?;
                 }
                 b"tool_calls" => {
                     once(&mut calls)?;
                     if !self.null()? {
-                        self.tool_calls(chunk)?;
+                        self.tool_calls(chunk, hole)?;
                     }
                 }
                 _ => self.value(4)?,
@@ -233,7 +328,7 @@ impl<'a> Scan<'a> {
     }
 
     /// `tool_calls` (not `null`): an array of objects whose `function` is an object or `null`.
-    fn tool_calls(&mut self, chunk: &mut Chunk<'_>) -> Option<()> {
+    fn tool_calls(&mut self, chunk: &mut Chunk<'_>, hole: &mut Option<Hole>) -> Option<()> {
         self.open(b'[')?;
         if self.empty(b']') {
             return Some(());
@@ -246,7 +341,7 @@ impl<'a> Scan<'a> {
                     if self.key()? == b"function" {
                         once(&mut function)?;
                         if !self.null()? {
-                            self.function(chunk)?;
+                            self.function(chunk, hole)?;
                         }
                     } else {
                         self.value(6)?;
@@ -263,7 +358,7 @@ impl<'a> Scan<'a> {
     }
 
     /// A tool call's `function` object: the characters of its `arguments`.
-    fn function(&mut self, chunk: &mut Chunk<'_>) -> Option<()> {
+    fn function(&mut self, chunk: &mut Chunk<'_>, hole: &mut Option<Hole>) -> Option<()> {
         self.open(b'{')?;
         let mut arguments = false;
         if self.empty(b'}') {
@@ -272,7 +367,7 @@ impl<'a> Scan<'a> {
         loop {
             if self.key()? == b"arguments" {
                 once(&mut arguments)?;
-                chunk.content_chars += self.counted_string()?;
+                self.text(chunk, hole)?;
             } else {
                 self.value(8)?;
             }
@@ -280,6 +375,23 @@ impl<'a> Scan<'a> {
                 return Some(());
             }
         }
+    }
+
+    /// A `content` or `arguments` string, or `null`: its characters counted, a string noted as
+    /// the chunk's last text.
+    fn text(&mut self, chunk: &mut Chunk<'_>, hole: &mut Option<Hole>) -> Option<()> {
+        if self.null()? {
+            return Some(());
+        }
+        let open = self.i;
+        let chars = self.counted_string()?;
+        chunk.content_chars += chars;
+        *hole = Some(Hole {
+            open,
+            end: self.i,
+            chars,
+        });
+        Some(())
     }
 }
 
@@ -412,37 +524,104 @@ mod tests {
             format!(r#"{head}"choices":[{{"delta":{{"content":"d"}}}}] , "x":1}}"#),
             r#"{"choices":[{"delta":{"content":"e"}}],"model":"m","id":"x"}"#.to_owned(),
             r#"{"id":"chatcmpl-1","object":"error","model":"gpt","message":"vllm"}"#.to_owned(),
+            // text chunks alike but for their text (`TextChunk`)
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"f"}},"logprobs":null,"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"\u00e9\ud83d\ude00 \"q\" é"}},"logprobs":null,"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"g","y":"z"}},"logprobs":null,"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":""}},"logprobs":null,"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"h"}},"logprobs":null,"finish_reason":"length"}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"{{\"a"}}}}]}},"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"\":1}}"}}}}]}},"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"i","role":null}},"finish_reason":null}},{{"index":1,"delta":{{"content":"j"}},"finish_reason":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":"i","role":null}},"finish_reason":null}},{{"index":1,"delta":{{"content":"kl"}},"finish_reason":null}}]}}"#
+            ),
         ]
     }
 
-    /// Each chunk read through one `Prefix`, in order, as the reframer reads them: the same
+    /// Each chunk read through one `Memo`, in order, as the reframer reads them: the same
     /// as the whole scan of each, and the typed view's whenever the scan answers.
     fn resumed_agree(events: &[String]) {
-        let mut prefix = Prefix::default();
+        let mut memo = Memo::default();
         for data in events {
-            assert_eq!(read_with(data, &mut prefix), read(data), "{data}");
+            assert_eq!(read_memo(data, &mut memo), read(data), "{data}");
             agrees(data);
         }
+    }
+
+    /// As the reframer reads a chunk through its memo.
+    fn read_memo<'a>(data: &'a str, memo: &mut Memo) -> Option<Chunk<'a>> {
+        read_text(data, memo).or_else(|| read_with(data, memo))
     }
 
     #[test]
     fn a_chunk_that_starts_as_the_last_one_did_is_read_from_there_alike() {
         let events = stream();
-        let mut prefix = Prefix::default();
-        read_with(&events[0], &mut prefix).unwrap();
+        let mut memo = Memo::default();
+        read_with(&events[0], &mut memo).unwrap();
+        let prefix = &memo.prefix;
         assert_eq!(prefix.bytes, &events[0].as_bytes()[..prefix.at.i]);
         assert!(events[0][..prefix.at.i].ends_with(r#""system_fingerprint":"fp","#));
         resumed_agree(&events);
-        read_with(&events[2], &mut prefix).unwrap();
+        read_with(&events[2], &mut memo).unwrap();
         for duplicate in &events[5..7] {
             assert_eq!(
-                read_with(duplicate, &mut prefix),
+                read_with(duplicate, &mut memo),
                 None,
                 "the typed view's to refuse"
             );
         }
-        read_with(&events[2], &mut prefix).unwrap();
-        assert!(read_with(&events[10], &mut prefix).unwrap().object_error);
+        read_with(&events[2], &mut memo).unwrap();
+        assert!(read_with(&events[10], &mut memo).unwrap().object_error);
+    }
+
+    #[test]
+    fn a_text_chunk_like_the_last_one_is_read_from_its_text() {
+        let events = stream();
+        let mut memo = Memo::default();
+        let around = |data: &str, text: &str| {
+            let at = data.find(&format!("\"{text}\"")).unwrap() + 1;
+            [&data.as_bytes()[..at], &data.as_bytes()[at + text.len()..]].concat()
+        };
+        read_with(&events[11], &mut memo).unwrap();
+        assert_eq!(memo.text.bytes, around(&events[11], "f"), "remembered");
+        // read from its text: as the whole scan reads it
+        assert_eq!(memo.text.read(&events[12]), read(&events[12]));
+        assert_eq!(read(&events[12]).unwrap().content_chars, 8);
+        assert_eq!(memo.text.read(&events[14]), read(&events[14]));
+        // not remembered: a finish reason; a text before `model`
+        for other in [&events[15], &events[9]] {
+            assert_eq!(read_with(other, &mut memo), read(other), "{other}");
+            assert_eq!(memo.text.bytes, around(&events[11], "f"), "{other}");
+        }
+        // a string that ends before the remembered bytes after it: the whole scan's
+        assert_eq!(memo.text.read(&events[13]), None);
+        assert_eq!(read_with(&events[13], &mut memo), read(&events[13]));
+        // tool call arguments; the last of two choices' texts
+        for (first, text, next) in [(16, r#"{\"a"#, 17), (18, "j", 19)] {
+            read_with(&events[first], &mut memo).unwrap();
+            assert_eq!(memo.text.bytes, around(&events[first], text));
+            let chunk = memo.text.read(&events[next]);
+            assert!(chunk.is_some(), "{}", events[next]);
+            assert_eq!(chunk, read(&events[next]));
+        }
+        assert_eq!(memo.text.read(&events[19]).unwrap().content_chars, 3);
     }
 
     proptest! {
@@ -453,7 +632,7 @@ mod tests {
         /// whole scan does.
         #[test]
         fn a_resumed_scan_reads_every_chunk_as_the_whole_scan(
-            edits in crate::reframe::stream_edits::edits(11),
+            edits in crate::reframe::stream_edits::edits(20),
         ) {
             resumed_agree(&crate::reframe::stream_edits::edited(stream(), edits));
         }

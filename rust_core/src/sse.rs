@@ -134,6 +134,9 @@ impl SseParser {
         F: FnMut(&Event<'_>) -> Result<Flow, CoreError>,
     {
         let mut rest = input;
+        // The input from its first whole event on, as far as it is UTF-8: checked once, and
+        // whole events sliced from it, not each decoded alone (a read of many small events).
+        let mut text: Option<&str> = None;
         if self.after_cr {
             if let Some((&first, tail)) = rest.split_first() {
                 self.after_cr = false;
@@ -155,13 +158,14 @@ impl SseParser {
                 if let Some((name, value, used)) = whole_event(rest, pos) {
                     // what the two lines' own checks add up to
                     self.check_bound(name.len() + value.len() + 1)?;
+                    let text = *text.get_or_insert_with(|| valid_utf8(rest));
                     let event = Event {
                         event: if name.is_empty() {
                             Cow::Borrowed("message")
                         } else {
-                            decode(name)
+                            slice_of(text, name)
                         },
-                        data: decode(value),
+                        data: slice_of(text, value),
                         id: decode(&self.last_id),
                     };
                     let flow = sink(&event)?;
@@ -311,9 +315,33 @@ fn whole_event(input: &[u8], pos: usize) -> Option<(&[u8], &[u8], usize)> {
 /// UTF-8 decoding with replacement; the validating fast path first (`from_utf8_lossy`'s
 /// chunk iterator is several times slower on valid input).
 fn decode(bytes: &[u8]) -> Cow<'_, str> {
+    if bytes.is_empty() {
+        return Cow::Borrowed(""); // (the last event id, mostly)
+    }
     match std::str::from_utf8(bytes) {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// The longest UTF-8 start of `bytes`.
+fn valid_utf8(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    }
+}
+
+/// `part`, a slice of the bytes `text` was checked from, decoded: sliced from `text` when it
+/// lies in it (a whole field's bounds are ASCII, so on character boundaries), else alone.
+fn slice_of<'a>(text: &'a str, part: &'a [u8]) -> Cow<'a, str> {
+    let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    match start
+        .checked_add(part.len())
+        .and_then(|end| text.get(start..end))
+    {
+        Some(s) => Cow::Borrowed(s),
+        None => decode(part),
     }
 }
 
@@ -341,6 +369,21 @@ mod tests {
 
     fn ev(e: &str, d: &str) -> (String, String) {
         (e.to_string(), d.to_string())
+    }
+
+    #[test]
+    fn an_invalid_byte_in_one_of_a_reads_whole_events_is_replaced_in_it_alone() {
+        let input =
+            b"data: \xc3\xa9a\n\nevent: \xffe\ndata: b\xff\n\ndata: c\xe2\x82\xac\n\ndata: d\n\n";
+        assert_eq!(
+            collect(&[input], false),
+            vec![
+                ev("message", "\u{e9}a"),
+                ev("\u{FFFD}e", "b\u{FFFD}"),
+                ev("message", "c\u{20ac}"),
+                ev("message", "d"),
+            ]
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ A denial consumes nothing. Two implementations share this contract and one test 
   in-memory reservations for the credits and key budgets. One process only (settings refuse
   workers > 1 without Redis).
 - RedisLimiter (gateway/store/redis_limiter.py): one `FCALL klawd_admit_v3` on Redis server
-  time, exact across every worker and replica.
+  time, exact across every worker and replica; a busy worker admits in process from a lease
+  taken from the same buckets and balance first (never beyond a limit or a balance).
 """
 
 from __future__ import annotations
@@ -158,6 +159,21 @@ class SendingLimiter(Protocol):
         reply, or the exception of a lost connection), the same as `admit` would have returned;
         raises the store's error as `admit` does. None: Redis had forgotten its functions and
         the call did not run (they are loaded again): call `admit`."""
+        ...
+
+
+@runtime_checkable
+class LeasingLimiter(Protocol):
+    """A limiter that may hold admission leases (Redis: decision 0003, "Admission leases")."""
+
+    def admit_leased(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | None:
+        """The admission decided in process from a lease held, or None (send it)."""
+        ...
+
+    def end_leases(self, account_id: str | None = None) -> None:
+        """Give back the leases of an account (of every account: None)."""
         ...
 
 

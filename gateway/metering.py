@@ -47,7 +47,14 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.keys import allowed_targets
-from gateway.limits import Admission, KeyGate, Limiter, LimitSpec, SendingLimiter
+from gateway.limits import (
+    Admission,
+    KeyGate,
+    LeasingLimiter,
+    Limiter,
+    LimitSpec,
+    SendingLimiter,
+)
 from gateway.pending_admission import CLIENT_CLOSED, PendingAdmission
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest
@@ -222,6 +229,8 @@ class Meter:
         self._limiter = limiter
         # The limiter's admission can be sent before it is awaited (Redis): `start` overlaps it.
         self.sender = limiter if isinstance(limiter, SendingLimiter) else None
+        # ... and decided in process while the worker holds a lease (Redis, decision 0003).
+        self.leaser = limiter if isinstance(limiter, LeasingLimiter) else None
         self._recorder = recorder
         self._clock = clock
         # Metrics and the request log line (gateway/observer.py); set by create_app.
@@ -300,6 +309,8 @@ class Meter:
         gate = key_gate(auth, _day_name(int(now // SECONDS_PER_DAY)))
         admission = self._still_denied(account.id, spec, gate) if self._denied else None
         sender = self.sender
+        if admission is None and self.leaser is not None:
+            admission = self.leaser.admit_leased(account.id, spec, reserve_micros, gate)
         if admission is None and sender is None:
             # decided in process (a cancellation there undoes itself), before the pending
             # admission is made: it is made decided
@@ -410,6 +421,12 @@ class Meter:
         name = gate.key_id if admission.limited_by_key else account_id
         until = time.monotonic() + admission.retry_after_s
         self._denied[name] = (until, _limits_of(name, spec, gate), admission)
+
+    def invalidated(self, kind: str, ident: str) -> None:
+        """`klawd:invalidate`: an account's plan, limits or credit changed (or anything, "all"):
+        its admission leases are given back, its next admissions decided again."""
+        if self.leaser is not None and kind in ("account", "all"):
+            self.leaser.end_leases(ident if kind == "account" else None)
 
     async def peek(self, account: Account) -> Admission:
         return await self._limiter.peek(account.id, self.spec(account))

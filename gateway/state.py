@@ -164,6 +164,7 @@ async def build_state(
     meter = Meter(settings, accounts, store.limiter(), recorder)
     meter.on_served = retrier.release
     meter.on_broke_off = retrier.broke_off
+    store.on_invalidate(meter.invalidated)  # an account's change ends its admission leases
     streams = OpenStreams()
     if metrics is not None:
         streams.on_send_timeout = metrics.send_timeouts.inc

@@ -42,7 +42,7 @@ class _Timed:
 # A limiter's admission sent before it is awaited (gateway/admission_gate.py): timed as the
 # operation it stands for, from sending to its reply, as an awaited one is.
 _SENT = {"send_admit": "admit"}
-_REPLIES = frozenset({"admission_of"})
+_REPLIES = frozenset({"admission_of", "admit_leased"})
 
 
 def _timed_send(

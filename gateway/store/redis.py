@@ -11,7 +11,9 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
     klawd:acct:{A}:krpm|krpd:K  the API key K's own limiter state
     klawd:acct:{A}:kspend:K:d:DAY|m:MONTH|t   hash: s (settled micros), r (reserved micros)
     klawd:acct:{A}:holds        sorted set: the reservations of requests in flight by expiry,
-                                "<hold id>|<micros>[|<key id>|<day>]" (klawd_admit_v3)
+                                "<hold id>|<micros>[|<key id>|<day>]" (klawd_admit_v3), and
+                                "<lease id>|0" for an admission lease's (klawd_admit_lease_v1)
+    klawd:acct:{A}:leases       hash: lease id ("L…") -> the micros its hold still holds
     klawd:acct:{A}:ledger       stream: one entry per request (JSON)
     klawd:accounts              set of account ids
     klawd:key:<sha256>          hash: the API key record
@@ -181,7 +183,7 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
         )
     args[0] = len(groups)
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared, *markers]
-    return ("FCALL", "klawd_settle_v7", len(keys), *keys, *args)
+    return ("FCALL", "klawd_settle_v8", len(keys), *keys, *args)
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
@@ -224,9 +226,12 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         # Called when expired reservation holds were given back (account, count): said in the
         # log; build_state adds the metric.
         self.holds_given_back: Callable[[str, int], None] = holds_given_back
+        self._limiters: list[RedisLimiter] = []
 
     def limiter(self) -> Limiter:
-        return RedisLimiter(self)
+        limiter = RedisLimiter(self)
+        self._limiters.append(limiter)  # their admission leases given back by `close`
+        return limiter
 
     # -- plumbing -------------------------------------------------------------------------------
     def _py(self) -> aioredis.Redis | aioredis.RedisCluster:
@@ -395,6 +400,8 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         return await self._call(*args)
 
     async def close(self) -> None:
+        for limiter in self._limiters:
+            await limiter.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -3,13 +3,19 @@ limits and credit reservation and the API key's limits and budget reservation to
 exact across every worker and replica and costs one round trip (gateway/store/lua/klawd.lua).
 A reservation is recorded as a hold with an expiry (`[store] reservation_hold_s`): settling
 removes it, and one never settled (its worker killed, its reply lost) is given back once it
-expired, by the account's next settlement or by an admission its credit would refuse."""
+expired, by the account's next settlement or by an admission its credit would refuse.
+
+A busy worker admits from a lease (decision 0003, "Admission leases (issue 19zl)"): a block of
+an account and key's requests and credit taken by one `FCALL klawd_admit_lease_v1` from the same
+buckets, quotas and balance, admitted in process (`admit_leased`), the unused rest given back."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -107,11 +113,75 @@ def _admission(reply: list[Any], reserve: int, consume: bool, key: KeyGate | Non
     )
 
 
+# Admission leases (decision 0003, "Admission leases (issue 19zl)"): a worker that admitted at
+# least LEASE_MIN_SEEN requests of one account and key in the last LEASE_LIFE_S asks, with the
+# next one's admission, for as many more as it saw (at most LEASE_MAX), admitted in process
+# until used or LEASE_LIFE_S after it asked. Half used, the next request asks for the next
+# lease, which takes over when this one is over: a busy worker is not left without one while
+# the next is asked for.
+LEASE_LIFE_S = 0.25
+LEASE_MAX = 256
+LEASE_MIN_SEEN = 8
+# How long a lease asked for is waited for before another may be asked (its reply lost).
+LEASE_ASKING_S = 2.0
+
+_GateKey = tuple[str, LimitSpec, KeyGate | None]
+
+
+class _Lease:
+    """Requests and credit taken from Redis by `klawd_admit_lease_v1`, admitted in process."""
+
+    __slots__ = (
+        "credit",
+        "day",
+        "half",
+        "hold",
+        "left",
+        "limit",
+        "limit_day",
+        "remaining",
+        "remaining_day",
+        "timer",
+        "until",
+    )
+
+    def __init__(self, hold: str, left: int, credit: int, until: float, reply: list[Any]) -> None:
+        self.hold = hold  # its id ("L…"): the hold of its credit, in each entry it admits
+        self.left = left  # requests it may still admit
+        self.half = left // 2  # left this many, the next lease is asked for
+        self.credit = credit  # micros it may still reserve
+        self.until = until  # the worker's monotonic clock
+        # the headers' figures after the request that asked for it (as if one by one)
+        self.limit = int(reply[6])
+        self.remaining = int(reply[2])
+        self.limit_day = int(reply[7])
+        self.remaining_day = int(reply[4])
+        self.day = int(reply[13])  # Redis's day number it was granted in
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Seen:
+    """One account and key's admissions on this worker: its rate, its lease."""
+
+    __slots__ = ("asking_until", "count", "lease", "next", "previous", "window")
+
+    def __init__(self, now: float) -> None:
+        self.window = now  # the start of the current window of LEASE_LIFE_S
+        self.count = 0  # admissions asked for in it
+        self.previous = 0  # ... in the window before
+        self.lease: _Lease | None = None
+        self.next: _Lease | None = None  # granted while `lease` was in use: its successor
+        self.asking_until = 0.0  # a lease is asked for until then (its reply not read yet)
+
+
 class RedisLimiter:
     """Admission in one FCALL on Redis server time: exact across every worker and replica."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        self._clock = clock
+        self._seen: dict[_GateKey, _Seen] = {}
+        self._returns: set[asyncio.Task[Any]] = set()  # leases being given back
         # (account, plan limits, key gate, consume) -> its call but the reservation: the same
         # few accounts and keys are admitted all day, so their key names are built once a day.
         self._calls: dict[tuple[str, LimitSpec, KeyGate | None, bool], _Call] = {}
@@ -205,6 +275,204 @@ class RedisLimiter:
             return None
         return _admission(reply, reserve_micros, True, key)
 
+    # -- leases -----------------------------------------------------------------------------
+    def admit_leased(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | None:
+        """The admission decided in process from the account and key's lease, if one is held
+        that covers it; None: call `send_admit` (which asks for a lease when the worker has
+        seen enough of this account and key lately). Counts the request either way."""
+        gate = (account_id, spec, key)
+        seen = self._seen.get(gate)
+        now = self._clock()
+        if seen is None:
+            if len(self._seen) >= CALLS_KEPT:
+                self._forget_seen()
+            seen = self._seen[gate] = _Seen(now)
+        elif now - seen.window >= LEASE_LIFE_S:
+            seen.previous = seen.count if now - seen.window < 2 * LEASE_LIFE_S else 0
+            seen.window, seen.count = now, 0
+        seen.count += 1
+        lease = seen.lease
+        while lease is not None and (now >= lease.until or lease.left <= 0):
+            self._end(gate, seen, lease)  # over: its successor, if any, takes over
+            lease = seen.lease
+        if lease is None or reserve_micros > lease.credit:
+            return None  # none held, or it holds too little for this one: admitted exactly
+        if lease.left <= lease.half and seen.next is None and now >= seen.asking_until:
+            return None  # this one asks for the next lease (`send_admit`)
+        lease.left -= 1
+        lease.credit -= reserve_micros
+        lease.remaining -= 1
+        lease.remaining_day -= 1
+        limit, left = lease.limit, max(lease.remaining, 0)
+        return Admission(
+            outcome="admitted",
+            retry_after_s=0.0,
+            limit_requests=limit,
+            remaining_requests=left,
+            reset_requests_s=math.ceil((limit - left) * 60.0 / limit) if limit else 0.0,
+            limit_requests_day=lease.limit_day,
+            remaining_requests_day=max(lease.remaining_day, 0),
+            reserved_micros=reserve_micros,
+            hold_id=lease.hold if reserve_micros else "",
+        )
+
+    def _lease_size(self, gate: _GateKey) -> int:
+        """How many requests to ask a lease for with this admission (0: none)."""
+        seen = self._seen.get(gate)
+        if seen is None or seen.next is not None or self._clock() < seen.asking_until:
+            return 0
+        spec, key = gate[1], gate[2]
+        if spec.tokens_per_minute or (key is not None and key.has_budget):
+            return 0  # decided per request (klawd_admit_lease_v1 would not grant it)
+        wanted = max(seen.previous, seen.count)
+        return min(wanted, LEASE_MAX) if wanted >= LEASE_MIN_SEEN else 0
+
+    def _send_lease(
+        self,
+        gate: _GateKey,
+        count: int,
+        reserve_micros: int,
+        dropped: Dropped | None,
+    ) -> tuple[asyncio.Future[Any], bool] | None:
+        """`send_admit`'s call, asking for a lease of `count` requests besides."""
+        account_id, spec, key = gate
+        keys, head, tail = self._call(account_id, spec, True, key)
+        hold = ids.token_hex(8) if reserve_micros else ""
+        lease_id = "L" + ids.token_hex(8)
+        credit = count * reserve_micros
+        args = [*head, reserve_micros, *tail, hold, self._store.reservation_hold_ms]
+        leases = f"{_acct(account_id)}:leases"
+        command: tuple[Any, ...] = (
+            "FCALL", "klawd_admit_lease_v1", len(keys) + 1, *keys, leases,
+            *args, count, credit, round(LEASE_LIFE_S * 1000), lease_id,
+        )  # fmt: skip
+        payload: bytes = hiredis.pack_command(command)
+        asked = self._clock()
+        seen = self._seen[gate]
+        seen.asking_until = asked + LEASE_ASKING_S
+        granted = functools.partial(self._granted, gate, lease_id, credit, asked)
+        undo = None
+        if dropped is not None:
+            undo = functools.partial(self._lease_undone, granted, dropped, reserve_micros, key)
+        sent = self._store.send_packed_fcall(payload, undo)
+        if sent is None:
+            seen.asking_until = 0.0
+            return None
+
+        def replied(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                return  # its reply goes to `undo`
+            if future.exception() is None:
+                granted(future.result())
+            else:
+                seen.asking_until = 0.0  # lost with the connection (its credit: the hold)
+
+        sent[0].add_done_callback(replied)
+        return sent
+
+    def _lease_undone(
+        self,
+        granted: Callable[[Any], None],
+        dropped: Dropped,
+        reserve: int,
+        key: KeyGate | None,
+        reply: Any,
+    ) -> None:
+        """The reply of a lease's call whose request went away: the lease is kept, the
+        request's admission given back."""
+        granted(reply)
+        self._undone(dropped, reserve, key, reply)
+
+    def _granted(
+        self, gate: _GateKey, lease_id: str, credit: int, asked: float, reply: Any
+    ) -> None:
+        seen = self._seen.get(gate)
+        if seen is not None:
+            seen.asking_until = 0.0
+        if type(reply) is not list or len(reply) < 14 or not int(reply[11]):
+            return  # an error reply, or no lease granted
+        lease = _Lease(lease_id, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)
+        if seen is None or seen.next is not None:  # forgotten meanwhile: give it back now
+            self._return(gate, lease)
+            return
+        if seen.lease is None:
+            seen.lease = lease
+        else:
+            seen.next = lease
+        loop = asyncio.get_running_loop()
+        lease.timer = loop.call_later(
+            max(0.0, lease.until - self._clock()), self._over, gate, lease
+        )
+
+    def _over(self, gate: _GateKey, lease: _Lease) -> None:
+        """A lease's life is over (its timer): given back, if it is still held."""
+        lease.timer = None
+        seen = self._seen.get(gate)
+        if seen is not None and lease in (seen.lease, seen.next):
+            self._end(gate, seen, lease)
+
+    def _end(self, gate: _GateKey, seen: _Seen, lease: _Lease) -> None:
+        """The lease is no longer used (its successor takes over) and its rest given back."""
+        if seen.lease is lease:
+            seen.lease, seen.next = seen.next, None
+        elif seen.next is lease:
+            seen.next = None
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
+        self._return(gate, lease)
+
+    def _give_back(self, gate: _GateKey, seen: _Seen) -> None:
+        """Every lease of the account and key given back."""
+        while seen.lease is not None:
+            self._end(gate, seen, seen.lease)
+
+    def _return(self, gate: _GateKey, lease: _Lease) -> None:
+        """What the lease did not use goes back to Redis (`klawd_lease_return_v1`), without
+        waiting for it."""
+        if lease.left <= 0 and lease.credit <= 0:
+            return
+        task = asyncio.get_running_loop().create_task(self._returned(gate, lease))
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
+
+    async def _returned(self, gate: _GateKey, lease: _Lease) -> None:
+        account_id, spec, key = gate
+        acct = _acct(account_id)
+        keys = [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:credits", f"{acct}:holds", f"{acct}:leases"]
+        key_rpm = key_rpd = 0
+        if key is not None and _needs_key_share(key):
+            keys += [f"{acct}:krpm:{key.key_id}", f"{acct}:krpd:{key.key_id}"]
+            key_rpm, key_rpd = key.requests_per_minute or 0, key.requests_per_day or 0
+        try:
+            await self._store.fcall(
+                "klawd_lease_return_v1",
+                keys,
+                [lease.hold, max(lease.left, 0), max(lease.credit, 0), spec.requests_per_minute,
+                 lease.day, key_rpm, key_rpd],
+            )  # fmt: skip
+        except Exception as exc:  # its credit comes back when its hold expires
+            log.warning("giving back an admission lease of account %s failed: %s", account_id, exc)
+
+    def end_leases(self, account_id: str | None = None) -> None:
+        """Give back the leases of an account (every lease: None), e.g. its plan, limits or
+        credit changed (`klawd:invalidate`): its next admissions are decided again."""
+        for gate, seen in list(self._seen.items()):
+            if account_id is None or gate[0] == account_id:
+                self._give_back(gate, seen)
+
+    def _forget_seen(self) -> None:
+        self.end_leases()
+        self._seen.clear()
+
+    async def close(self) -> None:
+        """Every lease given back, and waited for (the store's close)."""
+        self.end_leases()
+        if self._returns:
+            await asyncio.gather(*self._returns, return_exceptions=True)
+
     def send_admit(
         self,
         account_id: str,
@@ -218,6 +486,10 @@ class RedisLimiter:
         queued with the loop turn's commands: await it now). None: it cannot be sent without
         waiting (see RedisStore.send_packed_fcall), call `admit`; `admission_of` reads its reply.
         `dropped`: called with the Admission if the future is cancelled before the reply."""
+        if self._seen:
+            count = self._lease_size((account_id, spec, key))
+            if count:
+                return self._send_lease((account_id, spec, key), count, reserve_micros, dropped)
         before, tail = self._sent_call(account_id, spec, key)
         undo = (
             None

@@ -198,6 +198,7 @@ end
 -- -> as v2, then the hold recorded (its member, which settle_v6 is given back; '' if none),
 --    then how many expired holds it gave back
 local HOLDS_RELEASED = 16
+local LEASE = 76  -- 'L', the first byte of a lease's hold (admit_lease_v1)
 
 -- Gives back the account's expired holds (credits: the account's credits key). How many.
 local function release_holds(holds, credits, now)
@@ -205,6 +206,12 @@ local function release_holds(holds, credits, now)
   local account = string.sub(credits, 1, -9)  -- the key without ':credits'
   for _, hold in ipairs(expired) do
     local micros, key_id, day = string.match(hold, '^[^|]*|(%d+)|?([^|]*)|?([^|]*)$')
+    if string.byte(hold, 1) == LEASE then
+      -- a lease's hold (admit_lease_v1): what it holds now is in the account's leases hash
+      local id = string.sub(hold, 1, -3)
+      micros = redis.call('HGET', account .. ':leases', id) or '0'
+      redis.call('HDEL', account .. ':leases', id)
+    end
     redis.call('INCRBY', credits, micros)
     if key_id ~= '' then
       local base = account .. ':kspend:' .. key_id
@@ -231,9 +238,9 @@ local function account_v1(keys, args)
   return {redis.call('HGETALL', keys[1]), redis.call('GET', keys[2]), released}
 end
 
-local function admit_v3(keys, args)
+local function admit_v3_at(keys, args, now)
   local n, m = #keys, #args
-  local holds, with_key, now = keys[n], n >= 10, now_ms()  -- one TIME for the whole call
+  local holds, with_key = keys[n], n >= 10
   local reply = admit_core(keys, args, with_key, now)
   local released = 0
   if reply[1] == 2 or reply[1] == 3 then
@@ -257,6 +264,116 @@ local function admit_v3(keys, args)
   end
   reply[11] = released
   return reply
+end
+
+local function admit_v3(keys, args)
+  return admit_v3_at(keys, args, now_ms())  -- one TIME for the whole call
+end
+
+-- Admission leases (decision 0003, "Admission leases (issue 19zl)"): a worker that admits many
+-- requests of one account and key asks, with one request's admission, for `count` more: taken
+-- now from the same buckets and quotas (the account's and the key's requests per minute and per
+-- day) and `credit` micros from the balance, which the worker then admits in process, one
+-- request at a time, until they are used or the lease's life is over; what is unused comes back
+-- with lease_return_v1. Granted only far from every bound: each dimension has, after the
+-- request, LEASE_HEADROOM leases' worth left (so after the lease LEASE_HEADROOM - 1); never to
+-- a plan with a token limit
+-- (its "not in debt" rule is decided per request) nor to a key with a budget. Near a bound every
+-- admission is admit_v3's, exact.
+-- The lease's credit is a hold (member "<lease id>|0", the id starting with "L"), its amount in
+-- the account's leases hash (id -> micros held): each request settled under it takes its
+-- reservation out (settle_entries), the give-back takes the unused rest; expired (its worker
+-- died) it is given back whole by release_holds. The requests of a worker that died holding a
+-- lease are not given back: the minute's bucket refills, the day's quota keeps them as used.
+-- KEYS: as admit_v3, then the account's leases hash
+-- ARGV: as admit_v3, then the lease's requests, its credit (micros), its life (ms), its id
+-- -> as admit_v3, then the requests leased (0: no lease), the lease's life (ms), Redis's day
+local LEASE_HEADROOM = 4
+
+local function take_requests(key, cap, count, now)
+  store_level(key, cap, level_of(key, cap, now) - count, now)
+end
+
+local function admit_lease(keys, args)
+  local n, m = #keys, #args
+  local now = now_ms()
+  local v3keys, v3args = {}, {}
+  for i = 1, n - 1 do v3keys[i] = keys[i] end
+  for i = 1, m - 4 do v3args[i] = args[i] end
+  local reply = admit_v3_at(v3keys, v3args, now)
+  local day = math.floor(now / 86400000)
+  reply[12], reply[13], reply[14] = 0, 0, day
+  local count, credit = tonumber(args[m - 3]), tonumber(args[m - 2])
+  -- within the day it is granted in (the day's quota it is taken from)
+  local life = math.min(tonumber(args[m - 1]), (day + 1) * 86400000 - now - 1)
+  if reply[1] ~= 0 or args[5] ~= '1' or count <= 0 or life <= 0 then return reply end
+  if tonumber(args[3]) > 0 then return reply end  -- a token limit: exact admissions only
+  local with_key = n - 1 >= 10
+  if with_key and (tonumber(args[8]) >= 0 or tonumber(args[9]) >= 0
+                   or tonumber(args[10]) >= 0) then
+    return reply  -- a key's budget: exact admissions only
+  end
+  -- after this request: the tighter of the requests left this minute, today, and the balance
+  local room = LEASE_HEADROOM * count
+  if reply[3] < room or reply[5] < room or reply[6] < LEASE_HEADROOM * credit then
+    return reply
+  end
+  take_requests(keys[1], tonumber(args[1]), count, now)
+  redis.call('HINCRBY', keys[2], 'count', count)
+  if with_key then
+    local krpm_cap, krpd_cap = tonumber(args[6]), tonumber(args[7])
+    if krpm_cap > 0 then take_requests(keys[5], krpm_cap, count, now) end
+    if krpd_cap > 0 then redis.call('HINCRBY', keys[6], 'count', count) end
+  end
+  if credit > 0 then
+    local id = args[m]
+    redis.call('DECRBY', keys[4], string.format('%d', credit))
+    redis.call('HSET', keys[n], id, string.format('%d', credit))
+    redis.call('ZADD', keys[n - 1], now + tonumber(args[m - 4]), id .. '|0')
+  end
+  reply[12], reply[13] = count, life
+  return reply
+end
+
+local function give_back_requests(key, cap, count, now)
+  local level = level_of(key, cap, now)
+  store_level(key, cap, math.min(cap, level + count), now)
+end
+
+local function give_back_quota(key, count, day)
+  local quota = redis.call('HMGET', key, 'day', 'count')
+  if tonumber(quota[1]) == day then
+    redis.call('HSET', key, 'count', math.max(0, (tonumber(quota[2]) or 0) - count))
+  end
+end
+
+-- What a lease did not use comes back: its requests to the minute's buckets (never beyond
+-- their capacity) and to the day's quotas (if still the day it was granted in), its credit to
+-- the balance (unless its hold expired and was given back already).
+-- KEYS: rpm, rpd, credits, holds, leases, then the key's rpm and rpd (when the key has limits)
+-- ARGV: lease id, requests unused, credit unused, rpm, the day it was granted (admit_lease's
+--       reply), key rpm (0: none), key rpd (0: none)
+-- -> 1 if its credit was given back, 0 if the hold had gone already
+local function lease_return(keys, args)
+  local now = now_ms()
+  local unused, credit, day = tonumber(args[2]), tonumber(args[3]), tonumber(args[5])
+  if unused > 0 then
+    give_back_requests(keys[1], tonumber(args[4]), unused, now)
+    give_back_quota(keys[2], unused, day)
+    if #keys >= 7 then
+      if tonumber(args[6]) > 0 then give_back_requests(keys[6], tonumber(args[6]), unused, now) end
+      if tonumber(args[7]) > 0 then give_back_quota(keys[7], unused, day) end
+    end
+  end
+  if redis.call('HEXISTS', keys[5], args[1]) == 0 then return 0 end
+  if credit > 0 then
+    redis.call('INCRBY', keys[3], string.format('%d', credit))
+    if redis.call('HINCRBY', keys[5], args[1], string.format('%d', -credit)) <= 0 then
+      redis.call('HDEL', keys[5], args[1])
+      redis.call('ZREM', keys[4], args[1] .. '|0')
+    end
+  end
+  return 1
 end
 
 -- KEYS: tpm bucket; ARGV: tpm, tokens. May leave the bucket in debt.
@@ -455,6 +572,19 @@ end
 -- (`settle_entries` reads each entry's keys through `keys_of(i)`: the index in KEYS of its usage
 -- of the day, its marker, its key usage of the day and the first of its three key spends; its
 -- arguments are ARGV[a + 1 ..] with a = first + stride * i, for i = 0 .. entries - 1.)
+-- A request admitted under a lease is settled: its reservation (`micros`) leaves the lease's
+-- hold, and the hold goes once it holds nothing (its lease given back, its requests settled).
+-- False when the hold is gone already (expired and given back: nothing of it is held).
+local function lease_settled(holds, id, micros)
+  local leases = string.sub(holds, 1, -6) .. 'leases'
+  if redis.call('HEXISTS', leases, id) == 0 then return false end
+  if micros > 0 and redis.call('HINCRBY', leases, id, string.format('%d', -micros)) <= 0 then
+    redis.call('HDEL', leases, id)
+    redis.call('ZREM', holds, id .. '|0')
+  end
+  return true
+end
+
 local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|images',
                       '|cost_micros'}
 local function settle_entries(keys, args, first, stride, entries, keys_of, holds)
@@ -488,9 +618,17 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       local cost = tonumber(args[a + 6])
       local delta, reserved = tonumber(args[a + 1]), tonumber(args[a + 9])
       local hold = holds and args[a + 10]
-      if hold and hold ~= '' and redis.call('ZREM', holds, hold) == 0 then
-        -- its hold expired and was given back: the reservation is back already, the cost only
-        delta, reserved = -cost, 0
+      if hold and hold ~= '' then
+        local held
+        if string.byte(hold, 1) == LEASE then
+          held = lease_settled(holds, hold, delta + cost)
+        else
+          held = redis.call('ZREM', holds, hold) == 1
+        end
+        if not held then
+          -- its hold expired and was given back: the reservation is back already, the cost only
+          delta, reserved = -cost, 0
+        end
       end
       balance = math.max(0, balance + delta)
       moved = true
@@ -599,8 +737,14 @@ redis.register_function('klawd_grant_v1', grant)
 redis.register_function('klawd_settle_v5', settle_v5)
 redis.register_function('klawd_settle_v6', settle_v6)
 redis.register_function('klawd_settle_v7', settle_v7)
+-- v8: v7, and an entry admitted under a lease (its hold's id starting with "L", admit_lease_v1)
+-- takes its reservation out of the lease's hold. (v7 runs the same code: a replica that calls
+-- v8 fails at once on a Redis that still has the library before leases, and loads it again.)
+redis.register_function('klawd_settle_v8', settle_v7)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
+redis.register_function('klawd_admit_lease_v1', admit_lease)
+redis.register_function('klawd_lease_return_v1', lease_return)
 redis.register_function('klawd_account_v1', account_v1)
 redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)

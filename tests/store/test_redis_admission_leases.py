@@ -1,0 +1,411 @@
+"""Admission leases on Redis (decision 0003, "Admission leases (issue 19zl)"): a worker that
+admits many requests of one account and key takes, with one admission (`klawd_admit_lease_v1`),
+a block of requests and credit from the same buckets, quotas and balance, and admits them in
+process until they are used or the lease's life is over; the unused rest comes back
+(`klawd_lease_return_v1`). Nothing is ever admitted beyond a limit or a balance, across
+limiters sharing one Redis; near a bound no lease is granted and every admission is exact; a
+request settled under a lease takes its reservation out of the lease's hold; a lease whose
+worker died has its credit given back when its hold expires."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.limits import Admission, KeyBudget, KeyGate, LimitSpec
+from gateway.store.base import UsageEntry, open_store
+from gateway.store.redis import RedisStore
+from gateway.store.redis_limiter import (
+    LEASE_LIFE_S,
+    LEASE_MAX,
+    LEASE_MIN_SEEN,
+    RedisLimiter,
+    _acct,
+)
+from tests.redis_server import RedisClusterServers, RedisServer
+
+DAY = time.strftime("%Y-%m-%d", time.gmtime())
+BIG = LimitSpec(requests_per_minute=1_000_000, requests_per_day=1_000_000)
+CREDIT = 1_000_000_000  # $1000
+RESERVE = 1_000
+BOUND_S = 10  # every wait here is bounded by this (never a timing assertion)
+
+
+class Clock:
+    """The limiter's clock (its rate windows and its leases' life), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    redis_server.flush()
+    opened = open_store(redis_server.url, reservation_hold_s=1.0)
+    assert isinstance(opened, RedisStore)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def admit(
+    limiter: RedisLimiter,
+    account_id: str,
+    spec: LimitSpec = BIG,
+    reserve: int = RESERVE,
+    key: KeyGate | None = None,
+) -> Admission:
+    """One admission as `Meter.start` makes it: from a lease held, else sent (asking for a lease
+    when the limiter wants one), else awaited."""
+    leased = limiter.admit_leased(account_id, spec, reserve, key)
+    if leased is not None:
+        return leased
+    sent = limiter.send_admit(account_id, spec, reserve, key)
+    if sent is None:
+        return await limiter.admit(account_id, spec, reserve, key)
+    admission = limiter.admission_of(await sent[0], account_id, reserve, key)
+    assert admission is not None
+    return admission
+
+
+async def warm(limiter: RedisLimiter, account_id: str) -> None:
+    """Admissions enough in one window for the next one to ask for a lease (of
+    LEASE_MIN_SEEN requests: as many as the window saw, that one included)."""
+    for _ in range(LEASE_MIN_SEEN - 1):
+        assert (await admit(limiter, account_id)).admitted
+
+
+def entry(admission: Admission, account_id: str, cost: int, n: int) -> UsageEntry:
+    return UsageEntry(
+        id=f"use_lease_{n}",
+        ts=time.time(),
+        day=DAY,
+        account_id=account_id,
+        key_id="key_l",
+        model="m/x",
+        provider="m",
+        prompt_tokens=1,
+        completion_tokens=1,
+        images=0,
+        cost_micros=cost,
+        reserved_micros=admission.reserved_micros,
+        latency_ms=1,
+        status=200,
+        request_id=f"req_{n}",
+        stream=False,
+        key_reserved_micros=admission.key_reserved_micros,
+        hold_id=admission.hold_id,
+    )
+
+
+async def used_today(store: RedisStore, account_id: str) -> int:
+    return int(await store._call("HGET", f"{_acct(account_id)}:rpd", "count") or 0)
+
+
+async def credits(store: RedisStore, account_id: str) -> int:
+    return int(await store._call("GET", f"{_acct(account_id)}:credits"))
+
+
+async def returned(limiter: RedisLimiter) -> None:
+    """Every lease given back, and the give-backs done."""
+    await limiter.close()
+
+
+async def test_a_busy_account_is_admitted_in_process_from_a_lease_taken_from_its_buckets(
+    store: RedisStore,
+) -> None:
+    account = await store.create_account("busy", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN - 1
+    # This admission asks for a lease of as many requests as the window saw...
+    asking = await admit(limiter, account.id)
+    assert asking.admitted and asking.hold_id and not asking.hold_id.startswith("L")
+    # ... taken at once from the day's quota and the balance
+    assert await used_today(store, account.id) == 2 * LEASE_MIN_SEEN
+    assert await credits(store, account.id) == CREDIT - 2 * LEASE_MIN_SEEN * RESERVE
+    # and admitted in process: no call, the reservation held by the lease
+    half = LEASE_MIN_SEEN // 2
+    leased = [limiter.admit_leased(account.id, BIG, RESERVE) for _ in range(half)]
+    assert all(a is not None and a.admitted for a in leased)
+    assert {a.hold_id[0] for a in leased if a is not None} == {"L"}
+    # the headers count down from the asking admission's, as if admitted one by one
+    assert asking.remaining_requests_day == BIG.requests_per_day - LEASE_MIN_SEEN
+    assert [a.remaining_requests_day for a in leased if a is not None] == [
+        BIG.requests_per_day - LEASE_MIN_SEEN - n for n in range(1, half + 1)
+    ]
+    # Half used: the next request asks for the next lease, sent with its admission...
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    asking_next = await admit(limiter, account.id)
+    assert asking_next.admitted and not asking_next.hold_id.startswith("L")
+    second = await used_today(store, account.id) - 2 * LEASE_MIN_SEEN - 1
+    assert second >= LEASE_MIN_SEEN
+    # ... and the first lease's other half is used first, then the next lease
+    first_rest = [limiter.admit_leased(account.id, BIG, RESERVE) for _ in range(half)]
+    assert len({a.hold_id for a in first_rest if a is not None}) == 1
+    then = limiter.admit_leased(account.id, BIG, RESERVE)
+    assert then is not None and then.hold_id.startswith("L")
+    assert then.hold_id != leased[0].hold_id  # type: ignore[union-attr]
+    await returned(limiter)
+    # what was used stays used: the sent ones, the first lease and one of the second
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN + 1 + LEASE_MIN_SEEN + 1
+
+
+async def test_what_a_lease_did_not_use_comes_back(store: RedisStore) -> None:
+    account = await store.create_account("unused", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    assert (await admit(limiter, account.id)).admitted  # asks for a lease of LEASE_MIN_SEEN
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is not None  # one of it used
+    await returned(limiter)
+    # LEASE_MIN_SEEN sent, one leased: the rest of the lease is back in the quota
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN + 1
+    assert await credits(store, account.id) == CREDIT - (LEASE_MIN_SEEN + 1) * RESERVE
+    # the lease's hold holds the one leased request's reservation until it is settled
+    assert await store._call("HVALS", f"{_acct(account.id)}:leases") == [str(RESERVE).encode()]
+
+
+async def test_a_lease_expires_after_its_life_and_is_given_back(store: RedisStore) -> None:
+    account = await store.create_account("expiring", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    assert (await admit(limiter, account.id)).admitted
+    clock.now += LEASE_LIFE_S  # past its life by the worker's clock: not used any more
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    await returned(limiter)
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN
+    assert await credits(store, account.id) == CREDIT - LEASE_MIN_SEEN * RESERVE
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+    # its timer gives it back too, without another request (after the real LEASE_LIFE_S)
+    clock.now += 3 * LEASE_LIFE_S  # a quiet while: the rate starts again from nothing
+    await warm(limiter, account.id)
+    assert (await admit(limiter, account.id)).admitted
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 1
+    deadline = time.monotonic() + BOUND_S
+    while await store._call("EXISTS", f"{_acct(account.id)}:leases"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(LEASE_LIFE_S / 2)
+    assert await used_today(store, account.id) == 2 * LEASE_MIN_SEEN
+
+
+async def test_requests_settled_under_a_lease_pay_their_cost_once(store: RedisStore) -> None:
+    account = await store.create_account("settled", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    first = await admit(limiter, account.id)
+    leased = [limiter.admit_leased(account.id, BIG, RESERVE) for _ in range(3)]
+    admissions = [first, *[a for a in leased if a is not None]]
+    assert len(admissions) == 4
+    await returned(limiter)  # the lease's unused part given back before its requests settle
+    await store.settle([entry(a, account.id, 300, n) for n, a in enumerate(admissions)])
+    # the warm-up's requests are still unsettled (their reservations held); the four settled
+    # paid 300 each and hold nothing any more
+    warmed = (LEASE_MIN_SEEN - 1) * RESERVE
+    assert await credits(store, account.id) == CREDIT - warmed - 4 * 300
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+    assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == LEASE_MIN_SEEN - 1
+    # settled twice (a batch retried): nothing moves
+    await store.settle([entry(a, account.id, 300, n) for n, a in enumerate(admissions)])
+    assert await credits(store, account.id) == CREDIT - warmed - 4 * 300
+
+
+async def test_near_a_limit_no_lease_is_granted_and_the_refusal_is_exact(
+    store: RedisStore,
+) -> None:
+    """A day's quota just short of 5 leases' worth: the lease must leave LEASE_HEADROOM (4)
+    leases' worth after it, so none is granted, and the quota's last request is exact."""
+    limit = 5 * LEASE_MIN_SEEN - 1
+    spec = LimitSpec(requests_per_minute=1_000_000, requests_per_day=limit)
+    account = await store.create_account("near", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    outcomes = []
+    for _ in range(limit + 3):
+        outcomes.append((await admit(limiter, account.id, spec)).outcome)
+        clock.now += LEASE_LIFE_S / (2 * LEASE_MIN_SEEN)  # busy enough to ask for leases
+    assert outcomes == ["admitted"] * limit + ["rate_limited"] * 3
+    assert await used_today(store, account.id) == limit
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+
+
+async def test_a_balance_near_its_end_gets_no_lease(store: RedisStore) -> None:
+    balance = 4 * LEASE_MIN_SEEN * RESERVE  # after the asking request, < 4 leases' credit
+    account = await store.create_account("poor", "free", balance)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    outcomes = []
+    for _ in range(balance // RESERVE + 2):
+        outcomes.append((await admit(limiter, account.id)).outcome)
+        clock.now += LEASE_LIFE_S / (2 * LEASE_MIN_SEEN)
+    assert outcomes == ["admitted"] * (balance // RESERVE) + ["insufficient_credits"] * 2
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+
+
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        (LimitSpec(1_000_000, 1_000_000, tokens_per_minute=1_000_000), None),
+        (BIG, KeyGate("key_b", DAY, budget=KeyBudget(day_micros=CREDIT))),
+    ],
+    ids=["token-limit", "key-budget"],
+)
+async def test_a_token_limit_or_a_key_budget_is_always_decided_per_request(
+    store: RedisStore, spec: LimitSpec, key: KeyGate | None
+) -> None:
+    account = await store.create_account("exact", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    for _ in range(4 * LEASE_MIN_SEEN):
+        assert (await admit(limiter, account.id, spec, key=key)).admitted
+        clock.now += LEASE_LIFE_S / (2 * LEASE_MIN_SEEN)
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+    assert await used_today(store, account.id) == 4 * LEASE_MIN_SEEN
+
+
+async def test_two_workers_with_leases_never_admit_beyond_the_day_quota(
+    redis_server: RedisServer,
+) -> None:
+    """Two stores (two workers) on one Redis, leasing against one quota, admitting concurrently
+    until refused: never more than the quota; once their leases are given back, what they held
+    unused is admitted to the last request."""
+    redis_server.flush()
+    limit = 40 * LEASE_MAX
+    spec = LimitSpec(requests_per_minute=1_000_000, requests_per_day=limit)
+    stores = [open_store(redis_server.url) for _ in range(2)]
+    try:
+        assert all(isinstance(s, RedisStore) for s in stores)
+        account = await stores[0].create_account("shared", "free", CREDIT)
+        clocks = [Clock(), Clock()]
+        limiters = [RedisLimiter(s, c) for s, c in zip(stores, clocks, strict=True)]  # type: ignore[arg-type]
+        admitted = [0, 0]
+        leased = [0, 0]
+
+        async def worker(i: int) -> None:
+            for _ in range(limit):
+                admission = await admit(limiters[i], account.id, spec)
+                clocks[i].now += LEASE_LIFE_S / (4 * LEASE_MAX)
+                if admission.outcome == "rate_limited":
+                    return
+                admitted[i] += 1
+                leased[i] += admission.hold_id.startswith("L")
+
+        await asyncio.gather(worker(0), worker(1))
+        assert sum(leased) > 0  # leases were used
+        assert sum(admitted) <= limit
+        for limiter in limiters:
+            await limiter.close()
+        # what the leases held unused is back: admitted exactly to the quota, then refused
+        store = stores[0]
+        assert isinstance(store, RedisStore)
+        last = RedisLimiter(store)
+        while sum(admitted) < limit:
+            assert (await last.admit(account.id, spec, RESERVE)).admitted
+            admitted[0] += 1
+        assert (await last.admit(account.id, spec, RESERVE)).outcome == "rate_limited"
+        assert await used_today(store, account.id) == limit
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_lease_whose_worker_died_has_its_credit_given_back_when_its_hold_expires(
+    store: RedisStore,
+) -> None:
+    account = await store.create_account("died", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    assert (await admit(limiter, account.id)).admitted
+    held = await store._call("HVALS", f"{_acct(account.id)}:leases")
+    assert held == [str(LEASE_MIN_SEEN * RESERVE).encode()]
+    # the worker dies: its lease is never given back, its requests never settled
+    for seen in limiter._seen.values():
+        if seen.lease is not None and seen.lease.timer is not None:
+            seen.lease.timer.cancel()
+        seen.lease = None
+    deadline = time.monotonic() + BOUND_S
+    while (await store.get_account(account.id)).credits_micros != CREDIT:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the lease's hold was not given back"
+        await asyncio.sleep(0.25)
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+    assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == 0
+
+
+async def test_an_account_change_ends_its_leases(store: RedisStore) -> None:
+    account = await store.create_account("changed", "free", CREDIT)
+    other = await store.create_account("other", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    for name in (account.id, other.id):
+        await warm(limiter, name)
+        assert (await admit(limiter, name)).admitted
+    limiter.end_leases(account.id)  # (Meter.invalidated, on `klawd:invalidate`)
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    assert limiter.admit_leased(other.id, BIG, RESERVE) is not None
+    await returned(limiter)
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN
+
+
+@pytest.mark.parametrize("server", ["redis_server", "redis_cluster"])
+async def test_the_lease_functions_on_one_redis_and_on_a_cluster(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """`klawd_admit_lease_v1` and `klawd_lease_return_v1` called directly (on a Redis Cluster the
+    worker does not lease: its admissions go through redis-py, awaited, as before): every key is
+    the account's, in one slot."""
+    servers: RedisServer | RedisClusterServers = request.getfixturevalue(server)
+    servers.flush()
+    opened = open_store(servers.url, reservation_hold_s=60.0)
+    assert isinstance(opened, RedisStore)
+    try:
+        account = await opened.create_account("direct", "free", CREDIT)
+        acct = _acct(account.id)
+        keys = [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:tpm", f"{acct}:credits", f"{acct}:holds"]
+        reply = await opened.fcall(
+            "klawd_admit_lease_v1",
+            [*keys, f"{acct}:leases"],
+            [1_000_000, 1_000_000, 0, RESERVE, 1, "h1", 60_000, 10, 10 * RESERVE, 250, "Lone"],
+        )
+        assert reply[0] == 0 and reply[11] == 10 and 0 < reply[12] <= 250
+        assert await credits(opened, account.id) == CREDIT - 11 * RESERVE
+        assert await used_today(opened, account.id) == 11
+        given = await opened.fcall(
+            "klawd_lease_return_v1",
+            [f"{acct}:rpm", f"{acct}:rpd", f"{acct}:credits", f"{acct}:holds", f"{acct}:leases"],
+            ["Lone", 7, 7 * RESERVE, 1_000_000, reply[13], 0, 0],
+        )
+        assert given == 1
+        assert await credits(opened, account.id) == CREDIT - 4 * RESERVE
+        assert await used_today(opened, account.id) == 4
+        assert await opened._call("HGET", f"{acct}:leases", "Lone") == str(3 * RESERVE).encode()
+    finally:
+        await opened.close()
+
+
+async def test_a_lease_takes_from_the_keys_own_limits_too_and_gives_back_to_them(
+    store: RedisStore,
+) -> None:
+    account = await store.create_account("keyed", "free", CREDIT)
+    key = KeyGate("key_k", DAY, requests_per_minute=1_000_000, requests_per_day=1_000_000)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    for _ in range(LEASE_MIN_SEEN):  # the last asks for a lease
+        assert (await admit(limiter, account.id, key=key)).admitted
+    key_day = f"{_acct(account.id)}:krpd:key_k"
+    assert int(await store._call("HGET", key_day, "count")) == 2 * LEASE_MIN_SEEN
+    leased = limiter.admit_leased(account.id, BIG, RESERVE, key)
+    assert leased is not None and leased.hold_id.startswith("L")
+    await returned(limiter)
+    assert int(await store._call("HGET", key_day, "count")) == LEASE_MIN_SEEN + 1
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN + 1

@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+import redis
 import uvloop
 
 from gateway.store.base import open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import RedisLimiter, _acct
-from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
+from tests.conftest import ADMIN_TOKEN, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import started
 from tests.redis_server import RedisServer
@@ -110,3 +112,104 @@ def test_a_busy_accounts_books_are_exact_with_leases(
             await store.close()
 
     uvloop.run(books())
+
+
+def fcalls(server: RedisServer) -> int:
+    """How many FCALLs the suite's redis-server has run."""
+    with redis.Redis(port=server.port) as client:
+        return int(client.info("commandstats")["cmdstat_fcall"]["calls"])
+
+
+def test_two_gateways_leasing_never_admit_beyond_the_day_quota(
+    fake_openai: FakeOpenAI, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two gateway processes on one Redis, an account with a day quota of QUOTA requests and
+    limits otherwise far away: driven concurrently through both until both are refused, never
+    more than the quota is admitted; once their leases are over and given back, what they held
+    unused is admitted to the last request of the quota, and the books balance."""
+    quota = 3000
+    gateways = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        port = free_port()
+        gateway_config(tmp_path / name / "klawd.toml", port, fake_openai.base_url,
+                       store_url=redis_server.url)  # fmt: skip
+        gateways.append(start_gateway(tmp_path / name / "klawd.toml", port))
+    try:
+        with gateways[0].admin() as admin:
+            account = admin.post(
+                "/admin/accounts",
+                json={"name": "quota", "plan": "enterprise", "credits_usd": CREDIT_USD},
+            ).json()
+            limits = {"requests_per_minute": 10**7, "requests_per_day": quota}
+            assert admin.patch(
+                f"/admin/accounts/{account['id']}", json={"limits": limits}
+            ).is_success
+            key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]
+        chat = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+
+        async def drive(base_url: str, admitted: list[int]) -> None:
+            """16 clients until each is refused (bounded: 2 x the quota in all)."""
+            async with httpx.AsyncClient(
+                base_url=base_url, headers={"authorization": f"Bearer {key}"}, timeout=30
+            ) as client:
+
+                async def one_client() -> None:
+                    for _ in range(2 * quota // 32):
+                        answer = await client.post("/v1/chat/completions", json=chat)
+                        if answer.status_code == 429:
+                            return
+                        assert answer.status_code == 200, answer.text
+                        admitted.append(1)
+
+                await asyncio.gather(*[one_client() for _ in range(16)])
+
+        counts: list[list[int]] = [[], []]
+
+        async def both() -> None:
+            await asyncio.gather(
+                drive(gateways[0].base_url, counts[0]), drive(gateways[1].base_url, counts[1])
+            )
+
+        calls_before = fcalls(redis_server)
+        uvloop.run(both())
+        admitted = len(counts[0]) + len(counts[1])
+        # leases were used: per-request admissions would be a call each, and settling more
+        assert fcalls(redis_server) - calls_before < admitted
+        assert quota - 2 * 256 <= admitted <= quota  # (at most a lease each held unused)
+        time.sleep(1.0)  # every lease over (0.25 s) and given back
+        for gateway in gateways * 2:
+            while admitted < quota:
+                answer = httpx.post(
+                    f"{gateway.base_url}/v1/chat/completions",
+                    headers={"authorization": f"Bearer {key}"},
+                    json=chat,
+                    timeout=10,
+                )
+                if answer.status_code == 429:
+                    break
+                assert answer.status_code == 200, answer.text
+                admitted += 1
+        assert admitted == quota
+        for gateway in gateways:
+            answer = httpx.post(
+                f"{gateway.base_url}/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json=chat,
+                timeout=10,
+            )
+            assert answer.status_code == 429, answer.text
+        with gateways[1].admin() as admin:
+            deadline = time.monotonic() + 10
+            while True:  # the last settle batches written
+                usage = admin.get(f"/admin/accounts/{account['id']}/usage").json()["data"]
+                balance = admin.get(f"/admin/accounts/{account['id']}").json()["credits_usd"]
+                spent = sum(round(row["cost_usd"] * 1e6) for row in usage)
+                requests = sum(row["requests"] for row in usage)
+                if requests == quota and round(balance * 1e6) == CREDIT_USD * 10**6 - spent:
+                    break
+                assert time.monotonic() < deadline, (requests, balance, spent)
+                time.sleep(0.1)
+    finally:
+        for gateway in gateways:
+            stop(gateway.process)

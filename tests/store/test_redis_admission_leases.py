@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.limits import Admission, KeyBudget, KeyGate, LimitSpec
-from gateway.store.base import UsageEntry, open_store
+from gateway.limits import Admission, KeyGate, LimitSpec
+from gateway.store.base import KeyBudget, UsageEntry, open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import (
     LEASE_LIFE_S,

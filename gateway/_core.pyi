@@ -17,6 +17,7 @@ __all__ = [
     "Usage",
     "__version__",
     "anthropic_chat_request",
+    "chat_request_messages",
     "json_nesting_depth",
     "openai_chat_answer",
     "openai_chat_request",
@@ -26,6 +27,14 @@ __version__: str
 def json_nesting_depth(body: bytes, limit: int) -> int:
     """How deep the objects and arrays of `body` (valid JSON) nest, outside its strings,
     counted up to `limit + 1`: past that the walk stops (rust_core/src/json_depth.rs)."""
+
+def chat_request_messages(body: bytes) -> tuple[int, int, int, int, int, int] | None:
+    """Where the chat body's `messages` array is and the prompt's counts over its messages:
+    `(start, end, characters, image parts, content parts, messages)`, when msgspec surely
+    takes the messages as `ChatRequest` declares them and the whole body is valid JSON nested
+    at most 64 deep; None when the scan cannot tell (any refusal, an escaped or repeated key,
+    a part whose `type` is not first, ...): the caller decodes the whole body then
+    (rust_core/src/chat_request.rs)."""
 
 def openai_chat_request(
     body: bytes, model: str, default_max_tokens: int, stream: bool

@@ -81,10 +81,10 @@ RESERVE_TOKENS_PER_IMAGE = 1600
 
 def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
     """Worst case over every target the request may fall back to."""
-    chars, images, _ = request.prompt_counts
+    chars, images, _, messages = request.prompt_counts
     prompt = (
         math.ceil(chars / RESERVE_CHARS_PER_TOKEN)
-        + RESERVE_TOKENS_PER_MESSAGE * len(request.messages)
+        + RESERVE_TOKENS_PER_MESSAGE * messages
         + RESERVE_TOKENS_PER_IMAGE * images
     ) * (request.n or 1)
     worst = TokenUsage(prompt, request.output_budget * (request.n or 1))

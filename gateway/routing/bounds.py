@@ -39,10 +39,10 @@ class ContextLengthExceeded(InvalidRequest):
 
 def estimate_prompt_tokens(request: ChatRequest, chars_per_token: float) -> int:
     """The documented estimate of a prompt's tokens when no tokenizer is at hand."""
-    chars, images, _ = request.prompt_counts
+    chars, images, _, messages = request.prompt_counts
     return (
         math.ceil(chars / chars_per_token)
-        + TOKENS_PER_MESSAGE * len(request.messages)
+        + TOKENS_PER_MESSAGE * messages
         + TOKENS_PER_IMAGE * images
     )
 
@@ -81,10 +81,11 @@ def check_counts(
 
 def check_shape(request: ChatRequest, bounds: BoundsSettings) -> None:
     stop = request.stop
+    _, _, parts, messages = request.prompt_counts
     check_counts(
         bounds,
-        messages=len(request.messages),
-        parts=request.prompt_counts[2],
+        messages=messages,
+        parts=parts,
         tools=len(request.tools or ()),
         stops=0 if stop is None else 1 if isinstance(stop, str) else len(stop),
     )

@@ -30,7 +30,9 @@ T = TypeVar("T")
 MAX_JSON_DEPTH: Final = 64
 
 
-def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+def decode_json(decoder: msgspec.json.Decoder[T], body: bytes, *, nesting_read: bool = False) -> T:
+    """`body` decoded, or InvalidRequest. `nesting_read`: the body's nesting is known to be
+    within the bound (the chat route's scan read it), so it is not read again."""
     try:
         decoded = decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -42,7 +44,11 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise InvalidRequest("The request body is not valid UTF-8.") from exc
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply.") from exc
-    if len(body) > 2 * MAX_JSON_DEPTH and json_nesting_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    if (
+        not nesting_read
+        and len(body) > 2 * MAX_JSON_DEPTH
+        and json_nesting_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH
+    ):
         raise InvalidRequest(
             f"The request body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels."
         )

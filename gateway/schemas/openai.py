@@ -13,6 +13,7 @@ import msgspec
 import orjson
 from msgspec import Meta, Struct
 
+from gateway._core import chat_request_messages
 from gateway.schemas.decoding import decode_json
 
 DEFAULT_TEMPERATURE = 1.0
@@ -172,11 +173,12 @@ class ChatRequest(_Open, dict=True):
         return self.prompt_counts[2]
 
     @functools.cached_property
-    def prompt_counts(self) -> tuple[int, int, int]:
-        """(characters, image parts, content parts), counted in one pass over the messages
-        (the request path reads the tuple: no method call per count)."""
-        total = images = parts = 0
+    def prompt_counts(self) -> tuple[int, int, int, int]:
+        """(characters, image parts, content parts, messages), counted in one pass over the
+        messages (the request path reads the tuple: no method call per count)."""
+        total = images = parts = count = 0
         for message in self.messages:
+            count += 1  # (not len(): no call)
             content = message.content
             if isinstance(content, str):
                 total += len(content)
@@ -191,14 +193,66 @@ class ChatRequest(_Open, dict=True):
                 total += len(call.function.arguments) + len(call.function.name)
         for tool in self.tools or ():
             total += len(tool.function.name) + len(msgspec.json.encode(tool.function.parameters))
-        return total, images, parts
+        return total, images, parts, count
 
+
+class _ScannedChatRequest(ChatRequest):
+    """A ChatRequest whose messages were read by the Rust scan and are decoded when a route
+    first reads them (the field holds the body's bytes of them until then, see
+    `decode_chat_request`): most upstreams take the body's own bytes, so an agent's long
+    conversation is not built as Python objects only to be counted."""
+
+
+_MESSAGES = ChatRequest.__dict__["messages"]  # the field's slot
+_messages_decoder = msgspec.json.Decoder(list[Message])
+
+
+def _messages(chat: ChatRequest) -> list[Message]:
+    messages = _MESSAGES.__get__(chat, ChatRequest)
+    if isinstance(messages, memoryview):
+        messages = _messages_decoder.decode(messages)
+        _MESSAGES.__set__(chat, messages)
+    return messages  # type: ignore[no-any-return]
+
+
+# After the class is made: in its body msgspec would take the property for the field's default.
+setattr(_ScannedChatRequest, "messages", property(_messages))  # noqa: B010
 
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
+_scanned_decoder = msgspec.json.Decoder(_ScannedChatRequest)
+
+# Smaller bodies are decoded whole: the scan and the decode of the rest cost more than they
+# save there (loadtests/bench/request_decode.py).
+SCAN_ABOVE = 4096
+_ONE_MESSAGE = b'[{"role":"user"}]'
 
 
 def decode_chat_request(body: bytes) -> ChatRequest:
+    """The body decoded and validated, refused as msgspec refuses it (decoding.py); a long
+    body's messages read by the Rust scan and decoded when first read (`scanned_chat_request`)."""
+    if len(body) > SCAN_ABOVE and (chat := scanned_chat_request(body)) is not None:
+        return chat
     return decode_json(_chat_decoder, body)
+
+
+def scanned_chat_request(body: bytes) -> ChatRequest | None:
+    """The body's messages read by one Rust scan (`_core.chat_request_messages`), which
+    validates them as msgspec would, checks the whole body's JSON and nesting, and counts the
+    prompt; the rest of the body decoded by msgspec with one message in their place (its
+    refusals are msgspec's own); the messages decoded when first read. None when the scan
+    cannot tell (every refusal of a message among that): the caller decodes the whole body."""
+    scanned = chat_request_messages(body)
+    if scanned is None:
+        return None
+    start, end, chars, images, parts, count = scanned
+    chat = decode_json(
+        _scanned_decoder, body[:start] + _ONE_MESSAGE + body[end:], nesting_read=True
+    )
+    _MESSAGES.__set__(chat, memoryview(body)[start:end])
+    for tool in chat.tools or ():
+        chars += len(tool.function.name) + len(msgspec.json.encode(tool.function.parameters))
+    chat.__dict__["prompt_counts"] = (chars, images, parts, count)
+    return chat
 
 
 def chat_body(chat: ChatRequest) -> dict[str, Any]:

@@ -13,6 +13,7 @@
 
 pub mod anthropic_body;
 pub mod bucket;
+pub mod chat_request;
 pub mod chunked;
 pub mod errors;
 pub mod eventstream;

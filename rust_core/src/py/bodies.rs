@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::DETACH_ABOVE;
-use crate::{anthropic_body, json_depth, openai_body};
+use crate::{anthropic_body, chat_request, json_depth, openai_body};
 
 /// `work` on `body`, with the interpreter detached when the body is large enough for that to
 /// pay (`DETACH_ABOVE`).
@@ -71,4 +71,16 @@ pub fn openai_chat_answer<'py>(
 #[pyfunction]
 pub fn json_nesting_depth(py: Python<'_>, body: &[u8], limit: usize) -> usize {
     scan(py, body, || json_depth::nesting_depth(body, limit))
+}
+
+/// Where `body`'s messages are and the prompt's counts over them, or `None`
+/// (`crate::chat_request`): `(start, end, chars, images, parts, messages)`.
+#[pyfunction]
+pub fn chat_request_messages(
+    py: Python<'_>,
+    body: &[u8],
+) -> Option<(usize, usize, u64, u64, u64, u64)> {
+    let read = scan(py, body, || chat_request::read(body))?;
+    let (start, end) = read.messages;
+    Some((start, end, read.chars, read.images, read.parts, read.count))
 }

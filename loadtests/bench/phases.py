@@ -86,6 +86,7 @@ FILES: dict[str, str] = {
     "metering_bench.py": DRIVER,
     "request_cost.py": DRIVER,
     "stream_cost.py": DRIVER,
+    "read_cost.py": DRIVER,
 }
 ORDER = (
     MIDDLEWARE, AUTH, DECODE, ADMISSION, UPSTREAM, RESPONSE, RELAY, SETTLEMENT, METRICS,

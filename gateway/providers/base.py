@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, runtime_checkable
 from urllib.parse import urljoin
 
 import orjson
@@ -531,10 +531,12 @@ LINGER_S = 1.0
 class ReframedStream:
     """Moves upstream bytes through the provider's Rust reframer; knows no provider format.
 
-    A plain async iterator (no generator frame per stream, one `feed` per piece read: every
-    upstream chunk that arrived together crosses into Rust once). Each piece it returns is zero
-    or more whole OpenAI events; an upstream error event is raised after the events before it
-    were returned, and the answer is released (kept alive if whole) when the stream ends."""
+    A plain async iterator (no generator frame per stream, one `feed` per read: every
+    upstream chunk that arrived together crosses into Rust once; an event stream's chunked
+    body is fed by the answer as it is read, and wakes the reader only when it completes an
+    event). Each piece it returns is zero or more whole OpenAI events; an upstream error event
+    is raised after the events before it were returned, and the answer is released (kept alive
+    if whole) when the stream ends."""
 
     __slots__ = (
         "_ended",
@@ -543,6 +545,7 @@ class ReframedStream:
         "_reframer",
         "_released",
         "_response",
+        "_sunk",
         "arrival",
         "finished",
     )
@@ -563,6 +566,10 @@ class ReframedStream:
         # What a reader of `step()` awaits when it answers None: the HTTP answer's next news
         # (its own method: no Python frame of this object's per wait).
         self.arrival: Callable[[], asyncio.Future[None]] = response.arrival
+        # An event stream's chunked body is reframed as it is read (by the connection's
+        # callback: a read that completes no event wakes nobody); any other body is fed to
+        # the reframer by `step()`, piece by piece.
+        self._sunk = response.reframe_into(reframer)
         self._ended = False
         self._released = False
         self._noted = False
@@ -609,7 +616,57 @@ class ReframedStream:
     def step(self) -> bytes | None:
         """`__anext__` without a coroutine, for a relay that waits itself (gateway/api/chat.py):
         the next piece if what has arrived makes one; None when it must wait (`await
-        arrival()`, then step again); b"" at the end. Raises what `__anext__` raises."""
+        arrival()`, then step again); b"" at the end. Raises what `__anext__` raises.
+
+        A body the answer reframes as it arrives (`reframe_into`) is taken here: its pieces are
+        whole events already. The reframer runs ahead of them, so its state (ended, an upstream
+        error, a failure) counts only once nothing it made is left to take. (The answer's
+        fields are read here, not through its methods: this runs twice per wake.)"""
+        if not self._sunk:
+            return self._reframe_next()
+        reframer = self._reframer
+        response = self._response
+        try:
+            while not self._ended:
+                if not response._chunks:
+                    failed = response._sink_error
+                    if failed is not None:
+                        response._sink_error = None
+                        raise failed
+                    if reframer.upstream_error is not None:
+                        raise self._provider.map_stream_error(*reframer.upstream_error)
+                    if reframer.done:
+                        break
+                    if not response._complete and response._error is None:
+                        response._waiter = None  # (`next_piece()`'s answer: wait)
+                        return None
+                piece = response.next_piece()
+                if piece:
+                    if response._complete and reframer.upstream_error is None and not reframer.done:
+                        # The body's end came with these events (`at_end()`: nothing is left
+                        # to take): its closing events go out with them, as in `_reframe_next`.
+                        try:
+                            piece += reframer.finish()
+                        except Exception:
+                            return piece
+                        self._ended = True
+                    return piece
+                if piece is None:
+                    return None
+                self._ended = True  # b"": the body's end
+                out = reframer.finish()
+                if out:
+                    return out
+                break
+            if reframer.upstream_error is not None:
+                raise self._provider.map_stream_error(*reframer.upstream_error)
+        except BaseException as exc:
+            self._failed(exc)
+        self._end(whole=True)
+        return b""
+
+    def _reframe_next(self) -> bytes | None:
+        """`step()` of any other body: each piece read is fed to the reframer here."""
         reframer = self._reframer
         response = self._response
         try:
@@ -645,20 +702,24 @@ class ReframedStream:
                 # events before it, without raising)
                 raise self._provider.map_stream_error(*reframer.upstream_error)
         except BaseException as exc:
-            self._end()  # not whole: the connection is dropped
-            translated = self._translated(exc)
-            try:
-                if translated is exc:
-                    raise
-                raise translated from exc
-            finally:
-                # The error's traceback holds this frame: were the frame to hold the error, the
-                # stream would be a reference cycle, freed only by a full collection.
-                del translated
+            self._failed(exc)
         # The stream is whole: the connection is kept alive, also when its last event came
         # before the HTTP answer's end (the terminating chunk is usually a read behind).
         self._end(whole=True)
         return b""
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        """A step's failure: the answer dropped (not whole), `exc` raised as the gateway's."""
+        self._end()  # not whole: the connection is dropped
+        translated = self._translated(exc)
+        try:
+            if translated is exc:
+                raise exc
+            raise translated from exc
+        finally:
+            # The error's traceback holds this frame: were the frame to hold the error, the
+            # stream would be a reference cycle, freed only by a full collection.
+            del translated, exc
 
     def _end(self, whole: bool = False) -> None:
         """Once, however the stream ends: the answer released (kept alive only if whole) and

@@ -19,6 +19,8 @@ callers always see the identity bytes. An event stream's chunked body is decoded
 (`_core.Dechunker`, with the same leniencies): one `bytes` per read instead of a `bytes` and a
 callback per HTTP chunk (upstreams that write each SSE line as a chunk send three per Anthropic
 event); its trailer fields are read past (nothing reads a stream's headers once it streams).
+A reader may have that body reframed as it is read (`reframe_into`): each read goes through
+the reframer in the connection's callback, and only a read that completes an event wakes it.
 No Accept-Encoding, User-Agent, cookies or redirects: a caller that wants one does it itself.
 
 Egress proxies (`proxies`, gateway/providers/proxy.py): through an http proxy, a plain-http
@@ -599,7 +601,17 @@ class _Connection(asyncio.Protocol):
             if dechunker is not None and data:
                 body = dechunker.feed(data)
                 if body:
-                    response._chunks.append(body)
+                    sink = response._sink
+                    if sink is None:
+                        response._chunks.append(body)
+                    elif response._sink_error is None:
+                        try:
+                            out = sink.feed(body)
+                        except Exception as exc:
+                            response._sink_failed(exc)
+                        else:
+                            if out:
+                                response._chunks.append(out)
                 if dechunker.done:
                     if not response._complete:
                         response._finish_message(response._keep_alive)
@@ -610,8 +622,10 @@ class _Connection(asyncio.Protocol):
             response._fail(ResponseBroken(f"the upstream answered {reason}"))
             self.close()
             return
-        # The body's chunks were appended by the parser (no Python call per HTTP chunk): the
-        # reader is woken once per read, and the socket paused past the high-water mark.
+        # The body's chunks were appended by the parser (no Python call per HTTP chunk), or
+        # a reframer's events (`reframe_into`: a read that completes no event appends
+        # nothing): the reader is woken once per read, and the socket paused past the
+        # high-water mark.
         if response._chunks:
             waiter = response._waiter  # `response._wake()`, inline
             if waiter is not None and not waiter.done():
@@ -688,6 +702,8 @@ class HttpResponse:
         "_parser",
         "_raw_headers",
         "_read_timeout_s",
+        "_sink",
+        "_sink_error",
         "_timer",
         "_timers",
         "_unbounded",
@@ -739,6 +755,9 @@ class HttpResponse:
         self._heads = 0  # heads parsed (interim answers' and the answer's)
         # An event stream's chunked body, read in Rust from the byte after the head on.
         self._dechunker: _core.Dechunker | None = None
+        # Its reader's reframer, fed as the bytes arrive (`reframe_into`), and its failure.
+        self._sink: _core.Reframer | None = None
+        self._sink_error: Exception | None = None
         self._interim = False
         self._complete = False  # the whole message arrived
         self._keep_alive = False
@@ -877,6 +896,35 @@ class HttpResponse:
             raise
         self.release()
         return b""
+
+    def reframe_into(self, reframer: _core.Reframer) -> bool:
+        """Has an event stream's chunked body fed to `reframer` as each read arrives, in the
+        connection's callback: the pieces `next_piece()` answers are then the reframer's output
+        (zero or more whole events), and a read that completes no event wakes no reader. A
+        failure of the reframer's is kept in `_sink_error`, for the reader to raise once the
+        pieces before it were taken. False, and nothing changed, for any other body (not
+        chunked, compressed, or already done with): the reader feeds it itself."""
+        if self._dechunker is None or self._decoder is not None or self._finished:
+            return False
+        self._sink = reframer
+        chunks = self._chunks
+        if chunks:  # (body bytes that came with the head)
+            body = b"".join(chunks)
+            chunks.clear()
+            try:
+                out = reframer.feed(body)
+            except Exception as exc:
+                self._sink_failed(exc)
+            else:
+                if out:
+                    chunks.append(out)
+        return True
+
+    def _sink_failed(self, exc: Exception) -> None:
+        """The reframer failed: its reader raises it, after the pieces before it (kept
+        without its traceback, whose frames hold this answer)."""
+        self._sink_error = exc.with_traceback(None)
+        self._wake()
 
     def at_end(self) -> bool:
         """Whether the whole body has arrived and been taken: `next_piece()` would answer b""."""

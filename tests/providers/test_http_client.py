@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from gateway import _core
 from gateway.errors import BadGateway, GatewayTimeout, RateLimited
 from gateway.providers import http_client
 from gateway.providers.base import UpstreamUnreachable
@@ -1463,3 +1464,136 @@ async def test_a_large_head_within_the_bound_and_a_body_in_the_same_read_are_rea
         response, read = await get(http, server.url())
         assert read == body
         assert len(response.headers["x-pad"]) > 60_000
+
+
+# -- an event stream reframed as it is read (HttpResponse.reframe_into) ---------------------------
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+OPENAI_EVENT = (
+    b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"u",'
+    b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n'
+)
+EVENT_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+async def test_a_reframed_stream_s_reader_is_woken_only_by_reads_that_complete_an_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read that completes no event (an SSE line's first half, then its second) is reframed
+    in the connection's callback and wakes nobody; the read that ends the event does, and the
+    piece is the reframer's output."""
+    go_on = asyncio.Event()
+    reads = 0
+    received = http_client._Connection.data_received
+
+    def counted(conn: Any, data: bytes) -> None:
+        nonlocal reads
+        reads += 1
+        received(conn, data)
+
+    monkeypatch.setattr(http_client._Connection, "data_received", counted)
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT[:20]))
+        await go_on.wait()
+        await conn.send(_chunk(OPENAI_EVENT[20:]))
+        go_on.clear()
+        await go_on.wait()
+        await conn.send(_chunk(b"\n") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        reframer = _core.Reframer("openai", "gw/m", "chatcmpl-1", 7, False)
+        assert response.reframe_into(reframer)
+        assert response.next_piece() is None
+        arrived = response.arrival()
+        read = reads
+        go_on.set()
+        while reads == read:  # until the second half was read
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        assert not arrived.done(), "a read that completed no event woke the reader"
+        go_on.set()
+        await arrived
+        piece = response.next_piece()
+        assert piece is not None
+        assert piece.startswith(b'data: {"id":"x"') and b'"model":"gw/m"' in piece
+        assert piece.endswith(b"\n\ndata: [DONE]\n\n")
+
+
+async def test_a_reframed_stream_s_failure_comes_after_the_events_before_it() -> None:
+    """A malformed stream (an event past the reframer's bound) fails in the connection's
+    callback; the events reframed before it are still there to take, the failure kept."""
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        await go_on.wait()
+        await conn.send(_chunk(b"data: " + b"x" * 300))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        reframer = _core.Reframer("openai", "gw/m", "chatcmpl-1", 7, False, max_event_bytes=256)
+        assert response.reframe_into(reframer)
+        while not response._chunks:  # the event, reframed (with the head's read, or after it)
+            await response.arrival()
+        go_on.set()
+        while response._sink_error is None:
+            await asyncio.sleep(0.01)
+        piece = response.next_piece()
+        assert piece is not None and b'"model":"gw/m"' in piece
+        assert isinstance(response._sink_error, _core.SseError)
+        response.close()
+
+
+async def test_a_reframed_stream_relays_its_events_then_a_malformed_stream_s_error() -> None:
+    """Through the provider: the events before an event past the bound go out, then
+    BadGateway (as when the reframer was fed by the reader)."""
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        await go_on.wait()
+        await conn.send(_chunk(b"data: " + b"x" * (1 << 21)))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            pieces = []
+            with pytest.raises(BadGateway, match="malformed stream"):
+                async for piece in stream:
+                    pieces.append(piece)
+                    go_on.set()
+            assert b"".join(pieces).count(b"data: ") == 1
+            await stream.aclose()
+        finally:
+            await provider.close()
+
+
+@pytest.mark.parametrize("kind", [b"", b"Content-Encoding: gzip\r\n"])
+async def test_only_a_plain_chunked_event_stream_is_reframed_as_it_is_read(kind: bytes) -> None:
+    """Not chunked, or compressed: `reframe_into` declines (the reader feeds the reframer)."""
+    body = gzip.compress(OPENAI_EVENT) if kind else OPENAI_EVENT
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        chunked = b"Transfer-Encoding: chunked\r\n" if kind else b""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + kind + chunked
+        await conn.send(head + b"\r\n" + (_chunk(body) + b"0\r\n\r\n" if kind else body))
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        assert not response.reframe_into(_core.Reframer("openai", "gw/m", "c", 7, False))
+        response.close()

@@ -13,6 +13,10 @@
 //! escape. Anything else gives `None`, and the typed view decides: the same chunk, or the same
 //! error, as before. `usage`, `error` and a choice's `stop_reason` (vLLM's) are read by
 //! `serde_json` from their own spans (once per stream, or rarely).
+//!
+//! A stream's chunks start alike (`{"id":…,"object":…,"created":…,"model":…,`, members the view
+//! does not read): [`read_with`] scans those bytes once ([`Prefix`]), as the OpenAI reframer's
+//! scan does its own (`openai_scan.rs`).
 
 use serde_json::value::RawValue;
 
@@ -20,21 +24,65 @@ use super::to_anthropic::{Choice, ChunkView, Delta, Function, ToolCall};
 use crate::json_scan::{once, Scan};
 
 /// The chunk as the typed view reads it, or `None` when the scan cannot tell (see the module
-/// docs). `data` is the event's data, trimmed of whitespace.
+/// docs). `data` is the event's data, trimmed of whitespace. (The reframers read through
+/// [`read_with`]; this whole scan is the reference its tests compare with.)
+#[cfg(test)]
 pub fn read(data: &str) -> Option<ChunkView<'_>> {
+    whole(data, None)
+}
+
+/// A chunk's bytes up to and with a comma of its top level before any member the view reads:
+/// the scan is in the same state there whatever follows, so the next chunk that starts with
+/// them is scanned from there. Empty: none yet.
+#[derive(Debug, Default)]
+pub struct Prefix {
+    bytes: Vec<u8>,
+}
+
+/// [`read`], resuming after `prefix` when `data` starts with its bytes (the same answer);
+/// otherwise a whole scan, whose last such comma makes the prefix.
+pub fn read_with<'a>(data: &'a str, prefix: &mut Prefix) -> Option<ChunkView<'a>> {
+    if !prefix.bytes.is_empty() && data.as_bytes().starts_with(&prefix.bytes) {
+        let mut scan = Scan::new(data);
+        scan.i = prefix.bytes.len();
+        return members(scan, None);
+    }
+    let mut cut = 0;
+    let view = whole(data, Some(&mut cut))?;
+    prefix.bytes.clear();
+    prefix.bytes.extend_from_slice(&data.as_bytes()[..cut]);
+    Some(view)
+}
+
+/// The scan from the chunk's start; `cut`: where to note the last cut met (see [`Prefix`]).
+fn whole<'a>(data: &'a str, cut: Option<&mut usize>) -> Option<ChunkView<'a>> {
     let mut scan = Scan::new(data);
+    scan.open(b'{')?;
+    if scan.empty(b'}') {
+        return scan.at_end().then_some(ChunkView {
+            choices: None,
+            usage: None,
+            error: None,
+        });
+    }
+    members(scan, cut)
+}
+
+/// The top level's members from a member's start (`scan.i`) to the chunk's end (as
+/// `Scan::members` reads an object's).
+fn members<'a>(mut scan: Scan<'a>, mut cut: Option<&mut usize>) -> Option<ChunkView<'a>> {
     let mut view = ChunkView {
         choices: None,
         usage: None,
         error: None,
     };
     let mut seen = [false; 3];
-    scan.members(|scan, key| {
-        match key {
+    loop {
+        match scan.key()? {
             b"choices" => {
                 once(&mut seen[0])?;
                 if !scan.null()? {
-                    view.choices = Some(list(scan, choice)?);
+                    view.choices = Some(list(&mut scan, choice)?);
                 }
             }
             b"usage" => {
@@ -45,12 +93,19 @@ pub fn read(data: &str) -> Option<ChunkView<'_>> {
             }
             b"error" => {
                 once(&mut seen[2])?;
-                raw(scan, &mut view.error)?;
+                raw(&mut scan, &mut view.error)?;
             }
-            _ => return Some(false),
+            _ => scan.value(2)?,
         }
-        Some(true)
-    })?;
+        if scan.next(b'}')? {
+            break;
+        }
+        if let Some(cut) = cut.as_deref_mut() {
+            if seen == [false; 3] {
+                *cut = scan.i;
+            }
+        }
+    }
     scan.at_end().then_some(view)
 }
 
@@ -320,12 +375,44 @@ mod tests {
         }
     }
 
+    /// Each chunk read through one `Prefix`, in order, as the reframers read them: as the whole
+    /// scan reads it (compared by their debug text, as `agrees`).
+    fn resumed_agree(events: &[String]) {
+        let mut prefix = Prefix::default();
+        for data in events {
+            let resumed = format!("{:?}", read_with(data, &mut prefix));
+            assert_eq!(resumed, format!("{:?}", read(data)), "{data}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_starts_as_the_last_one_did_is_read_from_there_alike() {
+        let events = seeds();
+        let mut prefix = Prefix::default();
+        read_with(&events[0], &mut prefix).unwrap();
+        assert_eq!(
+            prefix.bytes,
+            br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","#
+        );
+        resumed_agree(&events);
+        let others = [
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"choices":[]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","error":{"message":"m"}}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","x":1 }"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",}"#,
+            r#"{"choices":[],"id":"c"}"#,
+        ]
+        .map(str::to_owned);
+        resumed_agree(&[seeds(), others.to_vec(), seeds()].concat());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
         /// Bytes changed, inserted or removed anywhere in a stream's chunks (JSON's own
         /// characters among them): whenever the scan answers, the typed view reads the same
-        /// chunk, and both reframers write the same bytes.
+        /// chunk, and both reframers write the same bytes; read after the chunk before it (from
+        /// their shared first members), each reads as its whole scan does.
         #[test]
         fn the_scan_never_reads_a_chunk_otherwise_than_the_typed_view(
             edits in crate::reframe::stream_edits::edits(6),
@@ -337,6 +424,7 @@ mod tests {
             for data in &events {
                 agrees(data);
             }
+            resumed_agree(&events);
             for kind in ["openai_to_anthropic", "openai_to_responses"] {
                 same_output(kind, &events);
             }

@@ -52,8 +52,8 @@ pub(super) struct ChunkView<'a> {
 impl<'a> ChunkView<'a> {
     /// A chunk read by the scan (`chunk_scan.rs`), or by the typed `serde_json` view when the
     /// scan cannot tell: the reference, errors included.
-    pub(super) fn read(data: &'a str) -> Result<Self, CoreError> {
-        match chunk_scan::read(data) {
+    pub(super) fn read(data: &'a str, prefix: &mut chunk_scan::Prefix) -> Result<Self, CoreError> {
+        match chunk_scan::read_with(data, prefix) {
             Some(chunk) => Ok(chunk),
             None => parse("openai", data),
         }
@@ -168,6 +168,8 @@ pub struct ToAnthropicReframer {
     stop_reason: Option<&'static str>,
     /// The stop string that ended the text, when the upstream said (vLLM's `stop_reason`).
     stop_sequence: Option<String>,
+    /// The chunks' shared first members, scanned once (`chunk_scan::Prefix`).
+    prefix: chunk_scan::Prefix,
 }
 
 fn write_event(out: &mut Vec<u8>, name: &str, write_data: impl FnOnce(&mut Vec<u8>)) {
@@ -199,6 +201,7 @@ impl ToAnthropicReframer {
             pending: Vec::new(),
             stop_reason: None,
             stop_sequence: None,
+            prefix: chunk_scan::Prefix::default(),
         }
     }
 
@@ -439,7 +442,7 @@ impl Reframe for ToAnthropicReframer {
             self.end(out, st);
             return Ok(());
         }
-        let chunk = ChunkView::read(data)?;
+        let chunk = ChunkView::read(data, &mut self.prefix)?;
         if let Some(raw) = chunk.error {
             st.upstream_error = Some(upstream_error(raw));
             return Ok(());

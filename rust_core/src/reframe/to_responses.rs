@@ -27,7 +27,7 @@
 use std::fmt::Write as _;
 
 use super::to_anthropic::{upstream_error, ChunkView, ToolCall};
-use super::{Options, Reframe, StreamState};
+use super::{chunk_scan, Options, Reframe, StreamState};
 use crate::errors::CoreError;
 use crate::json;
 use crate::sse::Event;
@@ -65,6 +65,8 @@ pub struct ToResponsesReframer {
     tools_seen: Vec<u32>,
     /// The JSON of every closed item, comma separated.
     output: Vec<u8>,
+    /// The chunks' shared first members, scanned once (`chunk_scan::Prefix`).
+    prefix: chunk_scan::Prefix,
 }
 
 /// Writes `event: <kind>\ndata: {"type":"<kind>","sequence_number":N<members>}\n\n`.
@@ -159,6 +161,7 @@ impl ToResponsesReframer {
             text: String::new(),
             tools_seen: Vec::new(),
             output: Vec::new(),
+            prefix: chunk_scan::Prefix::default(),
         })
     }
 
@@ -455,7 +458,7 @@ impl Reframe for ToResponsesReframer {
             self.end(out, st);
             return Ok(());
         }
-        let chunk = ChunkView::read(data)?;
+        let chunk = ChunkView::read(data, &mut self.prefix)?;
         if let Some(raw) = chunk.error {
             st.upstream_error = Some(upstream_error(raw));
             return Ok(());

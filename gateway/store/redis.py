@@ -130,7 +130,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v7` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v8` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -148,7 +148,7 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v7` for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v8` for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
     day and key, each entry naming its group of them and its own marker."""
     key = _acct(entries[0].account_id)
@@ -595,7 +595,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v7` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v8` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -672,7 +672,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v7's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v8's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

@@ -342,6 +342,35 @@ async def test_a_lease_whose_worker_died_has_its_credit_given_back_when_its_hold
     assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == 0
 
 
+async def test_a_lease_asked_for_by_a_cancelled_request_is_kept_and_its_admission_given_back(
+    store: RedisStore,
+) -> None:
+    """The request that asks for a lease goes away while its call travels: the reply goes to
+    the call's undo, which installs the lease and hands the request's own admission (its own
+    hold, not the lease's) to `dropped`, once."""
+    account = await store.create_account("cancelled", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    given_back: list[Admission] = []
+    sent = limiter.send_admit(account.id, BIG, RESERVE, None, given_back.append)
+    assert sent is not None
+    sent[0].cancel()
+    deadline = time.monotonic() + BOUND_S
+    while not given_back:
+        assert time.monotonic() < deadline, "the cancelled call's reply never came back"
+        await asyncio.sleep(0.01)
+    assert len(given_back) == 1 and given_back[0].admitted
+    assert given_back[0].hold_id and not given_back[0].hold_id.startswith("L")
+    leased = limiter.admit_leased(account.id, BIG, RESERVE)
+    assert leased is not None and leased.hold_id.startswith("L")
+    await returned(limiter)
+    # the warm-up, the asking request (its give-back is the Meter's settlement) and one leased
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN + 1
+    assert await credits(store, account.id) == CREDIT - (LEASE_MIN_SEEN + 1) * RESERVE
+
+
 async def test_an_account_change_ends_its_leases(store: RedisStore) -> None:
     account = await store.create_account("changed", "free", CREDIT)
     other = await store.create_account("other", "free", CREDIT)

@@ -139,6 +139,10 @@ class Reframer:
     # Raises SseError for malformed data or an event larger than max_event_bytes (the buffer
     # stays bounded); events of that same chunk that preceded the error are not returned.
     def feed(self, data: bytes) -> bytes: ...
+    # feed() of the body bytes `dechunker` reads out of `data` (a read of an HTTP chunked
+    # body), in one call; a malformed chunked body is Dechunker.feed()'s ValueError (then not
+    # fed), the reframer's errors are feed()'s (SseError: a subclass of ValueError).
+    def feed_chunked(self, dechunker: Dechunker, data: bytes) -> bytes: ...
     # At upstream EOF: final events (gemini: usage chunk + [DONE]). Raises UpstreamStreamError
     # when the stream was cut off (no terminator) and no upstream_error was seen.
     def finish(self) -> bytes: ...

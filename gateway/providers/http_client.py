@@ -599,19 +599,21 @@ class _Connection(asyncio.Protocol):
                     data = response._read_head(parser, data)
                     dechunker = response._dechunker
             if dechunker is not None and data:
-                body = dechunker.feed(data)
-                if body:
-                    sink = response._sink
-                    if sink is None:
+                sink = response._sink
+                if sink is None:
+                    body = dechunker.feed(data)
+                    if body:
                         response._chunks.append(body)
-                    elif response._sink_error is None:
-                        try:
-                            out = sink.feed(body)
-                        except Exception as exc:
-                            response._sink_failed(exc)
-                        else:
-                            if out:
-                                response._chunks.append(out)
+                elif response._sink_error is None:
+                    try:  # de-chunked and reframed in one call (no `bytes` of the body)
+                        out = sink.feed_chunked(dechunker, data)
+                    except _core.SseError as exc:  # the reframer's (the Dechunker's: ValueError)
+                        response._sink_failed(exc)
+                    else:
+                        if out:
+                            response._chunks.append(out)
+                else:  # (the reframer failed: the body is still read, for its end)
+                    dechunker.feed(data)
                 if dechunker.done:
                     if not response._complete:
                         response._finish_message(response._keep_alive)

@@ -143,6 +143,39 @@ impl PyReframer {
         Ok(PyBytes::new(py, &self.out))
     }
 
+    /// `feed` of the body bytes that `dechunker` reads out of `data` (one read of an HTTP
+    /// chunked body): the two in one crossing, with no `bytes` of the body between them. A
+    /// malformed chunked body is `Dechunker.feed`'s `ValueError`, the reframer not fed.
+    fn feed_chunked<'py>(
+        &mut self,
+        py: Python<'py>,
+        mut dechunker: PyRefMut<'py, PyDechunker>,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let PyDechunker {
+            inner: chunked,
+            out: body,
+            leftover,
+        } = &mut *dechunker;
+        body.clear();
+        let used = chunked
+            .feed(data, body)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        *leftover = data.len() - used;
+        self.out.clear();
+        if !body.is_empty() {
+            let Self { inner, out } = self;
+            let body: &[u8] = body;
+            let result = if body.len() > DETACH_ABOVE {
+                py.detach(|| inner.feed(body, out))
+            } else {
+                inner.feed(body, out)
+            };
+            result?;
+        }
+        Ok(PyBytes::new(py, &self.out))
+    }
+
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         self.out.clear();
         self.inner.finish(&mut self.out)?;

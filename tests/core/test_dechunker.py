@@ -174,3 +174,63 @@ def test_bytes_after_the_end_are_left_over() -> None:
     assert (dechunker.done, dechunker.leftover) == (True, 4)
     assert dechunker.feed(b"more") == b""
     assert dechunker.leftover == 4
+
+
+ANTHROPIC_EVENTS = [
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":'
+    b'"message","role":"assistant","model":"claude","content":[],"stop_reason":null,'
+    b'"usage":{"input_tokens":3,"output_tokens":1}}}\n\n',
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"hi"}}\n\n',
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    b'"usage":{"output_tokens":2}}\n\n',
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+]
+
+
+def _reframer() -> _core.Reframer:
+    return _core.Reframer("anthropic", "gw/m", "chatcmpl-1", 7, True)
+
+
+def test_feed_chunked_is_the_dechunker_then_the_reframer_at_every_split() -> None:
+    """`Reframer.feed_chunked(dechunker, data)` (the HTTP client's read of a reframed event
+    stream) answers what `Dechunker.feed` then `Reframer.feed` answer, wherever the wire is
+    split (each line its own HTTP chunk), and leaves the Dechunker in the same state."""
+    lines = [line for event in ANTHROPIC_EVENTS for line in event.splitlines(keepends=True)]
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines) + b"0\r\n\r\n"
+    whole = _reframer()
+    expected = whole.feed(b"".join(lines)) + whole.finish()
+    assert expected.endswith(b"data: [DONE]\n\n")
+    for cut in range(len(wire) + 1):
+        for reads in ([wire[:cut], wire[cut:]], [wire[:cut], wire[cut:], b"extra"]):
+            reframer, dechunker = _reframer(), _core.Dechunker()
+            two, two_dechunker = _reframer(), _core.Dechunker()
+            out = b"".join(reframer.feed_chunked(dechunker, data) for data in reads)
+            theirs = b"".join(two.feed(two_dechunker.feed(data)) for data in reads)
+            assert out == theirs
+            assert (dechunker.done, dechunker.leftover) == (
+                two_dechunker.done,
+                two_dechunker.leftover,
+            )
+            assert out + reframer.finish() == expected
+
+
+def test_feed_chunked_refuses_malformed_framing_without_feeding_the_reframer() -> None:
+    reframer, dechunker = _reframer(), _core.Dechunker()
+    event = ANTHROPIC_EVENTS[0]
+    assert reframer.feed_chunked(dechunker, b"%x\r\n%s\r\n" % (len(event), event))
+    with pytest.raises(ValueError) as refused:
+        reframer.feed_chunked(dechunker, b"zz\r\n" + ANTHROPIC_EVENTS[2])
+    assert not isinstance(refused.value, _core.SseError)
+    other = _reframer()
+    other.feed(event)
+    assert reframer.feed(ANTHROPIC_EVENTS[2]) == other.feed(ANTHROPIC_EVENTS[2])  # not fed
+
+
+def test_feed_chunked_raises_the_reframer_s_errors() -> None:
+    reframer, dechunker = _core.Reframer("openai", "gw/m", "c", 7, False, 64), _core.Dechunker()
+    data = b"data: " + b"x" * 100
+    with pytest.raises(_core.SseError):
+        reframer.feed_chunked(dechunker, b"%x\r\n%s\r\n" % (len(data), data))

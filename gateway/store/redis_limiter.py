@@ -146,7 +146,7 @@ class _Lease:
     )
 
     def __init__(self, hold: str, left: int, credit: int, until: float, reply: list[Any]) -> None:
-        self.hold = hold  # its id ("L…"): the hold of its credit, in each entry it admits
+        self.hold = hold  # "L…": the hold of its credit, in each entry it admits
         self.left = left  # requests it may still admit
         self.half = left // 2  # left this many, the next lease is asked for
         self.credit = credit  # micros it may still reserve
@@ -315,6 +315,7 @@ class RedisLimiter:
             limit_requests_day=lease.limit_day,
             remaining_requests_day=max(lease.remaining_day, 0),
             reserved_micros=reserve_micros,
+            key_reserved_micros=reserve_micros if key is not None and key.has_budget else 0,
             hold_id=lease.hold if reserve_micros else "",
         )
 
@@ -323,8 +324,7 @@ class RedisLimiter:
         seen = self._seen.get(gate)
         if seen is None or seen.next is not None or self._clock() < seen.asking_until:
             return 0
-        spec, key = gate[1], gate[2]
-        if spec.tokens_per_minute or (key is not None and key.has_budget):
+        if gate[1].tokens_per_minute:
             return 0  # decided per request (klawd_admit_lease_v1 would not grant it)
         wanted = max(seen.previous, seen.count)
         return min(wanted, LEASE_MAX) if wanted >= LEASE_MIN_SEEN else 0
@@ -393,7 +393,9 @@ class RedisLimiter:
             seen.asking_until = 0.0
         if type(reply) is not list or len(reply) < 14 or not int(reply[11]):
             return  # an error reply, or no lease granted
-        lease = _Lease(lease_id, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)
+        # its hold: the member of the account's holds (with the key and day of a budgeted key)
+        hold = reply[14].decode() if len(reply) > 14 and reply[14] else lease_id
+        lease = _Lease(hold, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)
         if seen is None or seen.next is not None:  # forgotten meanwhile: give it back now
             self._return(gate, lease)
             return

@@ -24,6 +24,7 @@ from gateway.store.redis_limiter import (
     LEASE_MIN_SEEN,
     RedisLimiter,
     _acct,
+    _spend_keys,
 )
 from tests.redis_server import RedisClusterServers, RedisServer
 
@@ -82,13 +83,15 @@ async def warm(limiter: RedisLimiter, account_id: str) -> None:
         assert (await admit(limiter, account_id)).admitted
 
 
-def entry(admission: Admission, account_id: str, cost: int, n: int) -> UsageEntry:
+def entry(
+    admission: Admission, account_id: str, cost: int, n: int, key_id: str = "key_l"
+) -> UsageEntry:
     return UsageEntry(
         id=f"use_lease_{n}",
         ts=time.time(),
         day=DAY,
         account_id=account_id,
-        key_id="key_l",
+        key_id=key_id,
         model="m/x",
         provider="m",
         prompt_tokens=1,
@@ -252,22 +255,13 @@ async def test_a_balance_near_its_end_gets_no_lease(store: RedisStore) -> None:
     assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
 
 
-@pytest.mark.parametrize(
-    "spec, key",
-    [
-        (LimitSpec(1_000_000, 1_000_000, tokens_per_minute=1_000_000), None),
-        (BIG, KeyGate("key_b", DAY, budget=KeyBudget(day_micros=CREDIT))),
-    ],
-    ids=["token-limit", "key-budget"],
-)
-async def test_a_token_limit_or_a_key_budget_is_always_decided_per_request(
-    store: RedisStore, spec: LimitSpec, key: KeyGate | None
-) -> None:
+async def test_a_token_limit_is_always_decided_per_request(store: RedisStore) -> None:
+    spec = LimitSpec(1_000_000, 1_000_000, tokens_per_minute=1_000_000)
     account = await store.create_account("exact", "free", CREDIT)
     clock = Clock()
     limiter = RedisLimiter(store, clock)
     for _ in range(4 * LEASE_MIN_SEEN):
-        assert (await admit(limiter, account.id, spec, key=key)).admitted
+        assert (await admit(limiter, account.id, spec)).admitted
         clock.now += LEASE_LIFE_S / (2 * LEASE_MIN_SEEN)
     assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
     assert await used_today(store, account.id) == 4 * LEASE_MIN_SEEN
@@ -438,3 +432,77 @@ async def test_a_lease_takes_from_the_keys_own_limits_too_and_gives_back_to_them
     await returned(limiter)
     assert int(await store._call("HGET", key_day, "count")) == LEASE_MIN_SEEN + 1
     assert await used_today(store, account.id) == LEASE_MIN_SEEN + 1
+
+
+async def reserved_by_key(store: RedisStore, account_id: str, key_id: str) -> list[int]:
+    """What is reserved against the key's budget in its day, month and total."""
+    return [
+        int(await store._call("HGET", spend, "r") or 0)
+        for spend in _spend_keys(account_id, key_id, DAY)
+    ]
+
+
+async def test_a_lease_of_a_budgeted_key_is_reserved_against_its_budgets_too(
+    store: RedisStore,
+) -> None:
+    account = await store.create_account("budgeted", "free", CREDIT)
+    key = KeyGate("key_b", DAY, budget=KeyBudget(day_micros=CREDIT, total_micros=CREDIT))
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    for _ in range(LEASE_MIN_SEEN):  # the last asks for a lease
+        assert (await admit(limiter, account.id, key=key)).admitted
+    # the lease's credit is reserved against the key's three periods as well as the balance
+    assert await reserved_by_key(store, account.id, "key_b") == [2 * LEASE_MIN_SEEN * RESERVE] * 3
+    leased = [limiter.admit_leased(account.id, BIG, RESERVE, key) for _ in range(2)]
+    assert all(a is not None and a.key_reserved_micros == RESERVE for a in leased)
+    hold = leased[0].hold_id  # type: ignore[union-attr]
+    assert hold.startswith("L") and hold.endswith(f"|0|key_b|{DAY}")
+    await returned(limiter)
+    # the unused rest back from the key's periods: the sent ones' and the two leased remain
+    assert await reserved_by_key(store, account.id, "key_b") == [(LEASE_MIN_SEEN + 2) * RESERVE] * 3
+    await store.settle(
+        [entry(a, account.id, 300, n, "key_b") for n, a in enumerate(leased) if a is not None]
+    )
+    assert await reserved_by_key(store, account.id, "key_b") == [LEASE_MIN_SEEN * RESERVE] * 3
+    spent = await store._call("HGET", _spend_keys(account.id, "key_b", DAY)[0], "s")
+    assert int(spent) == 600
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+    assert await credits(store, account.id) == CREDIT - LEASE_MIN_SEEN * RESERVE - 600
+
+
+async def test_near_a_key_budget_no_lease_is_granted_and_the_refusal_is_exact(
+    store: RedisStore,
+) -> None:
+    budget = 4 * LEASE_MIN_SEEN * RESERVE  # after the asking request, < 4 leases' credit
+    account = await store.create_account("tight", "free", CREDIT)
+    key = KeyGate("key_t", DAY, budget=KeyBudget(month_micros=budget))
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    outcomes = []
+    for _ in range(budget // RESERVE + 2):
+        outcomes.append((await admit(limiter, account.id, key=key)).outcome)
+        clock.now += LEASE_LIFE_S / (2 * LEASE_MIN_SEEN)
+    assert outcomes == ["admitted"] * (budget // RESERVE) + ["key_budget_exceeded"] * 2
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+
+
+async def test_a_dead_workers_lease_of_a_budgeted_key_is_given_back_to_its_budgets(
+    store: RedisStore,
+) -> None:
+    account = await store.create_account("died-budgeted", "free", CREDIT)
+    key = KeyGate("key_d", DAY, budget=KeyBudget(total_micros=CREDIT))
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    for _ in range(LEASE_MIN_SEEN):
+        assert (await admit(limiter, account.id, key=key)).admitted
+    assert limiter.admit_leased(account.id, BIG, RESERVE, key) is not None
+    for seen in limiter._seen.values():  # the worker dies: nothing given back, nothing settled
+        if seen.lease is not None and seen.lease.timer is not None:
+            seen.lease.timer.cancel()
+        seen.lease = None
+    deadline = time.monotonic() + BOUND_S
+    while (await store.get_account(account.id)).credits_micros != CREDIT:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the lease's hold was not given back"
+        await asyncio.sleep(0.25)
+    assert await reserved_by_key(store, account.id, "key_d") == [0, 0, 0]
+    assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == 0

@@ -208,7 +208,7 @@ local function release_holds(holds, credits, now)
     local micros, key_id, day = string.match(hold, '^[^|]*|(%d+)|?([^|]*)|?([^|]*)$')
     if string.byte(hold, 1) == LEASE then
       -- a lease's hold (admit_lease_v1): what it holds now is in the account's leases hash
-      local id = string.sub(hold, 1, -3)
+      local id = string.match(hold, '^[^|]*')
       micros = redis.call('HGET', account .. ':leases', id) or '0'
       redis.call('HDEL', account .. ':leases', id)
     end
@@ -273,22 +273,32 @@ end
 -- Admission leases (decision 0003, "Admission leases (issue 19zl)"): a worker that admits many
 -- requests of one account and key asks, with one request's admission, for `count` more: taken
 -- now from the same buckets and quotas (the account's and the key's requests per minute and per
--- day) and `credit` micros from the balance, which the worker then admits in process, one
--- request at a time, until they are used or the lease's life is over; what is unused comes back
--- with lease_return_v1. Granted only far from every bound: each dimension has, after the
+-- day) and `credit` micros from the balance (and the key's budgets), which the worker then
+-- admits in process, one request at a time, until they are used or the lease's life is over;
+-- what is unused comes back with lease_return_v1. Granted only far from every bound: each
+-- dimension (the requests this minute and today, the balance, a key's budgets) has, after the
 -- request, LEASE_HEADROOM leases' worth left (so after the lease LEASE_HEADROOM - 1); never to
--- a plan with a token limit
--- (its "not in debt" rule is decided per request) nor to a key with a budget. Near a bound every
--- admission is admit_v3's, exact.
--- The lease's credit is a hold (member "<lease id>|0", the id starting with "L"), its amount in
--- the account's leases hash (id -> micros held): each request settled under it takes its
--- reservation out (settle_entries), the give-back takes the unused rest; expired (its worker
--- died) it is given back whole by release_holds. The requests of a worker that died holding a
--- lease are not given back: the minute's bucket refills, the day's quota keeps them as used.
+-- a plan with a token limit (its "not in debt" rule is decided per request). Near a bound
+-- every admission is admit_v3's, exact.
+-- The lease's credit is a hold (member "<lease id>|0", and "|<key id>|<day>" after it when the
+-- key's budget periods hold it too; the id starts with "L"), its amount in the account's leases
+-- hash (id -> micros held): each request settled under it takes its reservation out
+-- (settle_entries), the give-back takes the unused rest; expired (its worker died) it is given
+-- back whole by release_holds. The requests of a worker that died holding a lease are not
+-- given back: the minute's bucket refills, the day's quota keeps them as used.
 -- KEYS: as admit_v3, then the account's leases hash
 -- ARGV: as admit_v3, then the lease's requests, its credit (micros), its life (ms), its id
--- -> as admit_v3, then the requests leased (0: no lease), the lease's life (ms), Redis's day
+-- -> as admit_v3, then the requests leased (0: no lease), the lease's life (ms), Redis's day,
+--    the lease's hold (its member; '' when it holds no credit)
 local LEASE_HEADROOM = 4
+
+local function lease_member(hold)
+  -- the lease's id, and its member in the holds (a bare id: "<id>|0")
+  local id = string.match(hold, '^[^|]*')
+  if id == hold then return id, id .. '|0' end
+  return id, hold
+end
+
 
 local function take_requests(key, cap, count, now)
   store_level(key, cap, level_of(key, cap, now) - count, now)
@@ -309,14 +319,25 @@ local function admit_lease(keys, args)
   if reply[1] ~= 0 or args[5] ~= '1' or count <= 0 or life <= 0 then return reply end
   if tonumber(args[3]) > 0 then return reply end  -- a token limit: exact admissions only
   local with_key = n - 1 >= 10
-  if with_key and (tonumber(args[8]) >= 0 or tonumber(args[9]) >= 0
-                   or tonumber(args[10]) >= 0) then
-    return reply  -- a key's budget: exact admissions only
-  end
   -- after this request: the tighter of the requests left this minute, today, and the balance
   local room = LEASE_HEADROOM * count
   if reply[3] < room or reply[5] < room or reply[6] < LEASE_HEADROOM * credit then
     return reply
+  end
+  -- and the key's budgets (settled, reserved and this request's reservation within each cap)
+  local budgeted = false
+  if with_key then
+    for i = 1, 3 do
+      local cap = tonumber(args[7 + i])
+      if cap >= 0 then
+        budgeted = true
+        local spend = redis.call('HMGET', keys[6 + i], 's', 'r')
+        if (tonumber(spend[1]) or 0) + (tonumber(spend[2]) or 0)
+            + LEASE_HEADROOM * credit > cap then
+          return reply
+        end
+      end
+    end
   end
   take_requests(keys[1], tonumber(args[1]), count, now)
   redis.call('HINCRBY', keys[2], 'count', count)
@@ -325,11 +346,25 @@ local function admit_lease(keys, args)
     if krpm_cap > 0 then take_requests(keys[5], krpm_cap, count, now) end
     if krpd_cap > 0 then redis.call('HINCRBY', keys[6], 'count', count) end
   end
+  reply[15] = ''
   if credit > 0 then
     local id = args[m]
+    local member = id .. '|0'
     redis.call('DECRBY', keys[4], string.format('%d', credit))
+    if budgeted then
+      -- the key's budget periods of the day hold it too, as a request's reservation (admit_v3)
+      for i = 1, 3 do
+        if redis.call('HINCRBY', keys[6 + i], 'r', string.format('%d', credit)) == credit
+            and SPEND_TTL_MS[i] > 0 then
+          redis.call('PEXPIRE', keys[6 + i], SPEND_TTL_MS[i])
+        end
+      end
+      local key_id, key_day = string.match(keys[7], ':kspend:(.+):d:([^:]+)$')
+      member = member .. '|' .. key_id .. '|' .. key_day
+    end
     redis.call('HSET', keys[n], id, string.format('%d', credit))
-    redis.call('ZADD', keys[n - 1], now + tonumber(args[m - 4]), id .. '|0')
+    redis.call('ZADD', keys[n - 1], now + tonumber(args[m - 4]), member)
+    reply[15] = member
   end
   reply[12], reply[13] = count, life
   return reply
@@ -349,10 +384,10 @@ end
 
 -- What a lease did not use comes back: its requests to the minute's buckets (never beyond
 -- their capacity) and to the day's quotas (if still the day it was granted in), its credit to
--- the balance (unless its hold expired and was given back already).
+-- the balance and the key's budget periods (unless its hold expired and was given back already).
 -- KEYS: rpm, rpd, credits, holds, leases, then the key's rpm and rpd (when the key has limits)
--- ARGV: lease id, requests unused, credit unused, rpm, the day it was granted (admit_lease's
---       reply), key rpm (0: none), key rpd (0: none)
+-- ARGV: the lease's hold (its member, or its id), requests unused, credit unused, rpm, the day
+--       it was granted (admit_lease's reply), key rpm (0: none), key rpd (0: none)
 -- -> 1 if its credit was given back, 0 if the hold had gone already
 local function lease_return(keys, args)
   local now = now_ms()
@@ -365,12 +400,24 @@ local function lease_return(keys, args)
       if tonumber(args[7]) > 0 then give_back_quota(keys[7], unused, day) end
     end
   end
-  if redis.call('HEXISTS', keys[5], args[1]) == 0 then return 0 end
+  local id, member = lease_member(args[1])
+  if redis.call('HEXISTS', keys[5], id) == 0 then return 0 end
   if credit > 0 then
     redis.call('INCRBY', keys[3], string.format('%d', credit))
-    if redis.call('HINCRBY', keys[5], args[1], string.format('%d', -credit)) <= 0 then
-      redis.call('HDEL', keys[5], args[1])
-      redis.call('ZREM', keys[4], args[1] .. '|0')
+    local _, key_id, key_day = string.match(member, '^[^|]*|(%d+)|?([^|]*)|?([^|]*)$')
+    if key_id ~= '' then  -- and to the key's budget periods of its day
+      local base = string.sub(keys[3], 1, -9) .. ':kspend:' .. key_id
+      for _, spend in ipairs({base .. ':d:' .. key_day,
+                              base .. ':m:' .. string.sub(key_day, 1, 7), base .. ':t'}) do
+        if redis.call('EXISTS', spend) == 1
+            and redis.call('HINCRBY', spend, 'r', string.format('%d', -credit)) < 0 then
+          redis.call('HSET', spend, 'r', 0)
+        end
+      end
+    end
+    if redis.call('HINCRBY', keys[5], id, string.format('%d', -credit)) <= 0 then
+      redis.call('HDEL', keys[5], id)
+      redis.call('ZREM', keys[4], member)
     end
   end
   return 1
@@ -575,12 +622,13 @@ end
 -- A request admitted under a lease is settled: its reservation (`micros`) leaves the lease's
 -- hold, and the hold goes once it holds nothing (its lease given back, its requests settled).
 -- False when the hold is gone already (expired and given back: nothing of it is held).
-local function lease_settled(holds, id, micros)
+local function lease_settled(holds, hold, micros)
   local leases = string.sub(holds, 1, -6) .. 'leases'
+  local id, member = lease_member(hold)
   if redis.call('HEXISTS', leases, id) == 0 then return false end
   if micros > 0 and redis.call('HINCRBY', leases, id, string.format('%d', -micros)) <= 0 then
     redis.call('HDEL', leases, id)
-    redis.call('ZREM', holds, id .. '|0')
+    redis.call('ZREM', holds, member)
   end
   return true
 end

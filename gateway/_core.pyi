@@ -28,9 +28,13 @@ def json_nesting_depth(body: bytes, limit: int) -> int:
     """How deep the objects and arrays of `body` (valid JSON) nest, outside its strings,
     counted up to `limit + 1`: past that the walk stops (rust_core/src/json_depth.rs)."""
 
-def chat_request_messages(body: bytes) -> tuple[int, int, int, int, int, int] | None:
+def chat_request_messages(
+    body: bytes,
+) -> tuple[int, int, int, int, int, int, int | None] | None:
     """Where the chat body's `messages` array is and the prompt's counts over its messages:
-    `(start, end, characters, image parts, content parts, messages)`, when msgspec surely
+    `(start, end, characters, image parts, content parts, messages, the tools' characters)`
+    (the last None when the scan cannot tell them as `prompt_counts` counts them; the tools
+    are msgspec's to validate either way), when msgspec surely
     takes the messages as `ChatRequest` declares them and the whole body is valid JSON nested
     at most 64 deep; None when the scan cannot tell (any refusal, an escaped or repeated key,
     a part whose `type` is not first, ...): the caller decodes the whole body then

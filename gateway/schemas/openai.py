@@ -244,13 +244,16 @@ def scanned_chat_request(body: bytes) -> ChatRequest | None:
     scanned = chat_request_messages(body)
     if scanned is None:
         return None
-    start, end, chars, images, parts, count = scanned
+    start, end, chars, images, parts, count, tool_chars = scanned
     chat = decode_json(
         _scanned_decoder, body[:start] + _ONE_MESSAGE + body[end:], nesting_read=True
     )
     _MESSAGES.__set__(chat, memoryview(body)[start:end])
-    for tool in chat.tools or ():
-        chars += len(tool.function.name) + len(msgspec.json.encode(tool.function.parameters))
+    if tool_chars is not None:
+        chars += tool_chars
+    else:  # counted as prompt_counts counts them
+        for tool in chat.tools or ():
+            chars += len(tool.function.name) + len(msgspec.json.encode(tool.function.parameters))
     chat.__dict__["prompt_counts"] = (chars, images, parts, count)
     return chat
 

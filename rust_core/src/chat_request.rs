@@ -14,7 +14,7 @@
 //! parameters, the tools, ...): the caller decodes those with msgspec from the body without
 //! its messages, so every refusal there is msgspec's own.
 
-use crate::json_scan::{once, Scan};
+use crate::json_scan::{escape_end, once, Scan};
 
 /// Where a body's `messages` array is, and the prompt's counts over its messages.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -29,6 +29,10 @@ pub struct Read {
     pub parts: u64,
     /// Messages.
     pub count: u64,
+    /// Characters of the tools' names and of their `parameters` as msgspec writes them again
+    /// (`None`: not told, for a form the scan does not write as msgspec would, such as a
+    /// number with a fraction; the tools' types are msgspec's to check either way).
+    pub tool_chars: Option<u64>,
 }
 
 /// The depth at which values inside a message are read (they are 3 to 6 levels down: every
@@ -41,19 +45,29 @@ pub fn read(body: &[u8]) -> Option<Read> {
     let text = std::str::from_utf8(body).ok()?;
     let mut scan = Scan::new(text);
     let mut read = Read::default();
-    let mut seen = false;
+    let mut seen = [false; 2];
+    read.tool_chars = Some(0);
     scan.members(|scan, key| {
         if key == b"messages" {
-            once(&mut seen)?;
+            once(&mut seen[0])?;
             scan.ws();
             let start = scan.i;
             messages(scan, &mut read)?;
             read.messages = (start, scan.i);
         } else {
+            scan.ws();
+            let start = scan.i;
             scan.value(1)?;
+            if key == b"tools" {
+                once(&mut seen[1])?;
+                // (Read again, now that it is known to be valid JSON within the bound.)
+                let mut tools = Scan { i: start, ..*scan };
+                read.tool_chars = tool_chars(&mut tools);
+            }
         }
         Some(true)
     })?;
+    let seen = seen[0];
     (seen && scan.at_end()).then_some(read)
 }
 
@@ -302,6 +316,150 @@ fn cache_control(scan: &mut Scan<'_>) -> Option<()> {
     seen[0].then_some(())
 }
 
+/// `null` or an array of tools: the characters `prompt_counts` counts for them.
+fn tool_chars(scan: &mut Scan<'_>) -> Option<u64> {
+    if scan.null()? {
+        return Some(0);
+    }
+    scan.open(b'[')?;
+    let mut total = 0;
+    if scan.empty(b']') {
+        return Some(0);
+    }
+    loop {
+        let mut function = None;
+        scan.members(|scan, key| {
+            if key == b"function" && function.is_none() {
+                function = Some(function_chars(scan)?);
+            } else if key == b"function" {
+                return None;
+            } else {
+                scan.value(INNER)?;
+            }
+            Some(true)
+        })?;
+        total += function?;
+        if scan.next(b']')? {
+            return Some(total);
+        }
+    }
+}
+
+/// A tool's function: its name's characters and the length of its `parameters` as
+/// `msgspec.json.encode` writes them (`null` when there are none).
+fn function_chars(scan: &mut Scan<'_>) -> Option<u64> {
+    let (mut name, mut parameters) = (None, None);
+    scan.members(|scan, key| {
+        match key {
+            b"name" if name.is_none() => name = Some(string_chars(scan)?),
+            b"parameters" if parameters.is_none() => parameters = Some(encoded_len(scan)?),
+            b"name" | b"parameters" => return None,
+            _ => scan.value(INNER)?,
+        }
+        Some(true)
+    })?;
+    Some(name? + parameters.unwrap_or(4))
+}
+
+/// The length of a JSON value (valid, within the bound) as msgspec writes it again once
+/// decoded into Python objects: no whitespace, members and elements in order, a string's
+/// characters escaped as msgspec escapes them. `None` for what is not certain: a number with a
+/// fraction or an exponent (written in msgspec's own float form), a key with escapes or
+/// repeated in its object (a dict keeps one), an object of more than 64 members (the repeat
+/// check is quadratic).
+fn encoded_len(scan: &mut Scan<'_>) -> Option<u64> {
+    scan.ws();
+    let b = scan.b;
+    match *b.get(scan.i)? {
+        b'"' => {
+            let (start, end, escaped) = scan.string()?;
+            Some(
+                2 + if escaped {
+                    escaped_len(b.get(start..end)?)?
+                } else {
+                    (end - start) as u64
+                },
+            )
+        }
+        b'{' => {
+            scan.i += 1;
+            let mut len = 2;
+            if scan.empty(b'}') {
+                return Some(len);
+            }
+            let mut keys: Vec<&[u8]> = Vec::new();
+            loop {
+                let key = scan.key()?;
+                if keys.len() == 64 || keys.contains(&key) {
+                    return None;
+                }
+                keys.push(key);
+                len += key.len() as u64 + 3 + encoded_len(scan)?; // "key":
+                if scan.next(b'}')? {
+                    return Some(len);
+                }
+                len += 1;
+            }
+        }
+        b'[' => {
+            scan.i += 1;
+            let mut len = 2;
+            if scan.empty(b']') {
+                return Some(len);
+            }
+            loop {
+                len += encoded_len(scan)?;
+                if scan.next(b']')? {
+                    return Some(len);
+                }
+                len += 1;
+            }
+        }
+        b't' => scan.literal(b"true").map(|()| 4),
+        b'f' => scan.literal(b"false").map(|()| 5),
+        b'n' => scan.literal(b"null").map(|()| 4),
+        _ => {
+            let start = scan.i;
+            scan.number()?;
+            let text = b.get(start..scan.i)?;
+            if text.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+                return None;
+            }
+            Some(if text == b"-0" { 1 } else { text.len() as u64 })
+        }
+    }
+}
+
+/// The length msgspec writes for a string's text that came with escapes (valid ones): each
+/// escape as its character is written (`"`, `\\` and the five short control escapes two bytes,
+/// other control characters six, everything else as UTF-8), the rest as it came.
+fn escaped_len(text: &[u8]) -> Option<u64> {
+    let mut len = 0;
+    let mut i = 0;
+    while let Some(found) = memchr::memchr(b'\\', text.get(i..)?) {
+        let at = i + found;
+        let end = escape_end(text, at)?;
+        len += (at - i) as u64
+            + match *text.get(at + 1)? {
+                b'/' => 1,
+                b'u' if end - at == 12 => 4, // a surrogate pair: one character of 4 bytes
+                b'u' => {
+                    let code = std::str::from_utf8(text.get(at + 2..at + 6)?).ok()?;
+                    match u32::from_str_radix(code, 16).ok()? {
+                        // (a short escape; a character of two bytes)
+                        0x08 | 0x09 | 0x0A | 0x0C | 0x0D | 0x22 | 0x5C | 0x80..=0x7FF => 2,
+                        0..=0x1F => 6,
+                        0x20..=0x7F => 1,
+                        _ => 3,
+                    }
+                }
+                _ => 2, // \" \\ \b \f \n \r \t
+            };
+        i = end;
+    }
+    Some(len + (text.len() - i) as u64)
+}
+
 /// `null` or a string.
 fn optional_string(scan: &mut Scan<'_>) -> Option<()> {
     if !scan.null()? {
@@ -344,6 +502,36 @@ mod tests {
         let r = read(body.as_bytes()).unwrap();
         assert!(body[r.messages.0..r.messages.1].starts_with("[\n"));
         assert!(body[r.messages.0..r.messages.1].ends_with(']'));
+    }
+
+    #[test]
+    fn counts_the_tools_as_msgspec_writes_their_parameters_again() {
+        let tools = |tools: &str| {
+            let body = format!(r#"{{"messages":[{{"role":"user"}}],"tools":{tools}}}"#);
+            read(body.as_bytes()).unwrap().tool_chars
+        };
+        assert_eq!(tools("null"), Some(0));
+        assert_eq!(tools(r#"[{"function":{"name":"ls"}}]"#), Some(2 + 4));
+        let parameters = r#"{ "type" : "object", "a": [1, -0, true, null, false, {}],
+            "d": "\u00e9\/\n\u0001\ud83d\ude00\"\\x" }"#;
+        let written = r#"{"type":"object","a":[1,0,true,null,false,{}],"d":"é/\n\u0001😀\"\\x"}"#;
+        let tool = format!(
+            r#"[{{"type":"function","function":{{"name":"ü","parameters":{parameters}}}}}]"#
+        );
+        assert_eq!(tools(&tool), Some(1 + written.len() as u64));
+        assert_eq!(
+            tools(r#"[{"function":{"name":"f","parameters":{"a":1.5}}}]"#),
+            None
+        );
+        assert_eq!(
+            tools(r#"[{"function":{"name":"f","parameters":{"a":1,"a":2}}}]"#),
+            None
+        );
+        assert_eq!(tools(r#"[{"function":{"name":"f","name":"g"}}]"#), None);
+        assert_eq!(
+            tools(r#"[{"function":{"name":"f","parameters":{"\u0061":1}}}]"#),
+            None
+        );
     }
 
     #[test]
@@ -403,7 +591,8 @@ mod tests {
                 chars: 0,
                 images: 0,
                 parts: 0,
-                count: 1
+                count: 1,
+                tool_chars: Some(0),
             })
         );
     }

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import _core
 from gateway.errors import InvalidRequest
 from gateway.schemas import openai
 from gateway.schemas.decoding import decode_json
@@ -47,6 +48,7 @@ def test_an_agents_request_is_scanned_and_its_messages_decoded_when_read() -> No
     assert type(chat).__name__ == "_ScannedChatRequest"
     assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), memoryview)
     assert chat.prompt_counts == reference(body)[2]  # counted without decoding the messages
+    assert _core.chat_request_messages(body)[-1] is not None  # the tools' characters too
     assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), memoryview)
     assert outcome(lambda: chat) == reference(body)
     assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), list)  # decoded once, kept

@@ -74,13 +74,22 @@ pub fn json_nesting_depth(py: Python<'_>, body: &[u8], limit: usize) -> usize {
 }
 
 /// Where `body`'s messages are and the prompt's counts over them, or `None`
-/// (`crate::chat_request`): `(start, end, chars, images, parts, messages)`.
+/// (`crate::chat_request`): `(start, end, chars, images, parts, messages, tool chars)`.
 #[pyfunction]
+#[allow(clippy::type_complexity)] // (the tuple Python unpacks)
 pub fn chat_request_messages(
     py: Python<'_>,
     body: &[u8],
-) -> Option<(usize, usize, u64, u64, u64, u64)> {
+) -> Option<(usize, usize, u64, u64, u64, u64, Option<u64>)> {
     let read = scan(py, body, || chat_request::read(body))?;
     let (start, end) = read.messages;
-    Some((start, end, read.chars, read.images, read.parts, read.count))
+    Some((
+        start,
+        end,
+        read.chars,
+        read.images,
+        read.parts,
+        read.count,
+        read.tool_chars,
+    ))
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import re
@@ -528,6 +529,12 @@ class HttpProvider:
 LINGER_S = 1.0
 
 
+def _finished_and_taken(response: HttpResponse, reframer: _core.Reframer) -> bool:
+    """`ReframedStream.finished` of a body reframed as it is read: the reframer's end, once
+    nothing it made is left to take."""
+    return not response._chunks and reframer.finished()
+
+
 class ReframedStream:
     """Moves upstream bytes through the provider's Rust reframer; knows no provider format.
 
@@ -559,10 +566,6 @@ class ReframedStream:
         response.headers = {}
         self._response = response
         self._reframer = reframer
-        # Whether the piece last returned was the stream's last: the upstream's end was read
-        # ([DONE] or its equivalent) and no error follows it, so the next step only ends. The
-        # reframer's own method (no Python frame: the relay asks after every piece).
-        self.finished: Callable[[], bool] = reframer.finished
         # What a reader of `step()` awaits when it answers None: the HTTP answer's next news
         # (its own method: no Python frame of this object's per wait).
         self.arrival: Callable[[], asyncio.Future[None]] = response.arrival
@@ -570,6 +573,19 @@ class ReframedStream:
         # callback: a read that completes no event wakes nobody); any other body is fed to
         # the reframer by `step()`, piece by piece.
         self._sunk = response.reframe_into(reframer)
+        # Whether the piece last returned was the stream's last: the upstream's end was read
+        # ([DONE] or its equivalent) and no error follows it, so the next step only ends. The
+        # reframer's own method (no Python frame: the relay asks after every piece), but for a
+        # body reframed as it is read: that reframer reads ahead of the pieces taken (its end
+        # may be read while the relay awaits between a step and this question), so its end
+        # counts once nothing it made is left to take.
+        # (A partial over the answer and the reframer: a method of this object's kept on it
+        # would make the stream a reference cycle.)
+        self.finished: Callable[[], bool] = (
+            functools.partial(_finished_and_taken, response, reframer)
+            if self._sunk
+            else reframer.finished
+        )
         self._ended = False
         self._released = False
         self._noted = False

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 
 from gateway import _core
+from gateway.api.streaming import KEEPALIVE, Stepped, send_event_stream
 from gateway.errors import BadGateway, GatewayTimeout, RateLimited
 from gateway.providers import http_client
-from gateway.providers.base import UpstreamUnreachable
+from gateway.providers.base import ReframedStream, UpstreamUnreachable
 from gateway.providers.http_client import (
     HIGH_WATER,
     ConnectFailed,
@@ -1597,3 +1598,112 @@ async def test_only_a_plain_chunked_event_stream_is_reframed_as_it_is_read(kind:
         response = await http.request("GET", server.url(), {}, None)
         assert not response.reframe_into(_core.Reframer("openai", "gw/m", "c", 7, False))
         response.close()
+
+
+async def test_a_reframed_stream_is_finished_only_once_its_last_piece_is_taken() -> None:
+    """The reframer reads ahead of the pieces taken (`reframe_into`): the upstream's end read
+    while its events are still to be taken does not make the piece taken before them the
+    stream's last (`finished()`, which `send_event_stream` asks after each piece)."""
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        await go_on.wait()
+        await conn.send(_chunk(OPENAI_EVENT + b"\ndata: [DONE]\n\n") + b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            piece = stream.step()
+            while piece is None:
+                await stream.arrival()
+                piece = stream.step()
+            assert piece.count(b"data: ") == 1
+            go_on.set()
+            while not stream._reframer.done:  # the end read and reframed, not taken yet
+                await asyncio.sleep(0.01)
+            assert not stream.finished(), "finished before its last events were taken"
+            rest = stream.step()
+            assert rest is not None and rest.endswith(b"data: [DONE]\n\n")
+            assert stream.finished()
+            assert stream.step() == b""
+        finally:
+            await provider.close()
+
+
+class _Relayed(Stepped):
+    """A reframed stream as `send_event_stream` steps it (the chat route's relay, billing
+    aside), counting the pieces taken."""
+
+    def __init__(self, stream: ReframedStream) -> None:
+        self.taken = 0
+        self.arrival = stream.arrival
+        self.edit = None
+
+        def step() -> bytes | None:
+            piece = stream.step()
+            self.taken += bool(piece)
+            return piece
+
+        self.step = step
+
+    def failed(self, exc: Exception) -> bytes:
+        raise exc
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        pass
+
+
+async def test_a_reframed_stream_s_end_read_during_a_keepalive_loses_none_of_its_events() -> None:
+    """A piece taken while a keepalive's send is pending waits for that send; the upstream's
+    end read meanwhile (reframed as it is read) must not end the body with that piece: the
+    events after it, [DONE] among them, go out too."""
+    second, end = asyncio.Event(), asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        await second.wait()
+        await conn.send(_chunk(OPENAI_EVENT + b"\n"))
+        await end.wait()
+        await conn.send(_chunk(OPENAI_EVENT + b"\ndata: [DONE]\n\n") + b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Future()  # the client never leaves
+        raise AssertionError
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            relay = _Relayed(stream)
+            bodies: list[bytes] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                if message.get("body") == KEEPALIVE and relay.taken == 1 and not second.is_set():
+                    # a keepalive's send after the first piece is pending while the second
+                    # event is taken...
+                    second.set()
+                    while relay.taken < 2:
+                        await asyncio.sleep(0.005)
+                    # ... and the upstream's end is read meanwhile
+                    end.set()
+                    while not stream._reframer.done:
+                        await asyncio.sleep(0.005)
+                if message["type"] == "http.response.body":
+                    bodies.append(message["body"])
+
+            await send_event_stream(
+                receive, send, [], relay, keepalive_s=0.05, last=stream.finished
+            )
+        finally:
+            await provider.close()
+    body = b"".join(bodies)
+    assert body.count(b'"content":"hi"') == 3, body
+    assert body.endswith(b"data: [DONE]\n\n")

@@ -59,6 +59,8 @@ def test_short_bodies_are_decoded_whole() -> None:
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert type(decode_chat_request(body)) is ChatRequest
     assert outcome(lambda: scanned_chat_request(body)) == reference(body)
+    longer = body.replace(b"hi", b"hi" * openai.SCAN_ABOVE)
+    assert type(decode_chat_request(longer)).__name__ == "_ScannedChatRequest"
 
 
 def test_a_refusal_outside_the_messages_is_msgspecs_own() -> None:

@@ -584,15 +584,17 @@ class _Connection(asyncio.Protocol):
         if response is None:  # bytes while idle: nothing can be trusted on this connection
             self.close()
             return
+        # The parser reads the head, and any body but an event stream's chunked one, which the
+        # Dechunker reads (the parser dropped then: `_read_head`).
         parser = response._parser
-        if parser is None:  # the caller is done with this answer: more bytes are not ours
-            self.close()
+        dechunker = response._dechunker
+        if parser is None and (dechunker is None or response._finished):
+            self.close()  # the caller is done with this answer: more bytes are not ours
             return
         response._got_bytes = True
         response._last_bytes_at = response._loop.time()
-        dechunker = response._dechunker
         try:
-            if dechunker is None:
+            if parser is not None:
                 if response._headers_done:
                     parser.feed_data(data)
                 else:
@@ -736,7 +738,8 @@ class HttpResponse:
         # once, here): no Python frame per chunk; a compressed body is decoded when taken. A
         # HEAD answer has no body: one that arrives anyway is an error.
         self.on_body: Callable[[bytes], None] = self._no_body if head_only else self._chunks.append
-        # The parser calls this object's on_* methods; dropped when done (no reference cycle).
+        # The parser calls this object's on_* methods; dropped when done, or once the Dechunker
+        # reads the body (no reference cycle).
         parser = httptools.HttpResponseParser(self)
         parser.set_dangerous_leniencies(  # what aiohttp's response parser tolerates too
             lenient_headers=True,
@@ -1147,6 +1150,9 @@ class HttpResponse:
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _BodyByDechunker):
                 raise
+            # The Dechunker reads the body from here on: the parser (~0.8 KB, and a reference
+            # to this answer) is not held for the stream's life.
+            self._parser = None
             return self._after_heads(data, self._heads - heads)
         if not self._headers_done:  # the head goes on in the next read
             self._wire += len(data)  # (no body yet: the head's bytes so far, its bound's count)

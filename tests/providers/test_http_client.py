@@ -491,6 +491,32 @@ async def test_bytes_after_an_event_stream_s_end_drop_its_connection() -> None:
         assert all(pool.count == 0 for pool in http._pools.values())
 
 
+async def test_an_open_event_stream_holds_no_http_parser() -> None:
+    """Once the Dechunker reads the body, httptools' parser is dropped (not held for the
+    stream's life, issue 19zn): the stream reads on to its end, and its connection is reused."""
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_HEAD + EVENTS[:14])
+        await go_on.wait()
+        await conn.send(EVENTS[14:])
+        if await conn.request() is not None:
+            await conn.send(answer(b"next"))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        while (piece := response.next_piece()) is None:
+            await response.arrival()
+        assert piece == b"data: 1\n\n"
+        assert response._parser is None
+        go_on.set()
+        assert await response.read() == b"data: 2\n\n"
+        assert (await get(http, server.url()))[1] == b"next"
+        assert server.accepted == 1
+
+
 # -- streaming ----------------------------------------------------------------------------------
 @CHUNKED_KINDS
 async def test_chunks_arrive_before_the_body_ends(kind: bytes) -> None:

@@ -342,11 +342,15 @@ class RedisLimiter:
         hold = ids.token_hex(8) if reserve_micros else ""
         lease_id = "L" + ids.token_hex(8)
         credit = count * reserve_micros
-        args = [*head, reserve_micros, *tail, hold, self._store.reservation_hold_ms]
+        hold_ms = self._store.reservation_hold_ms
+        args = [*head, reserve_micros, *tail, hold, hold_ms]
         leases = f"{_acct(account_id)}:leases"
+        # Never longer than its hold: once the hold expired Redis gives its credit back (the
+        # account's next settlement or credit refusal), which the lease must not admit from.
+        life_ms = min(round(LEASE_LIFE_S * 1000), hold_ms)
         command: tuple[Any, ...] = (
             "FCALL", "klawd_admit_lease_v1", len(keys) + 1, *keys, leases,
-            *args, count, credit, round(LEASE_LIFE_S * 1000), lease_id,
+            *args, count, credit, life_ms, lease_id,
         )  # fmt: skip
         payload: bytes = hiredis.pack_command(command)
         asked = self._clock()

@@ -242,6 +242,27 @@ async def test_near_a_limit_no_lease_is_granted_and_the_refusal_is_exact(
     assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
 
 
+async def test_a_lease_is_not_used_past_its_hold(redis_server: RedisServer) -> None:
+    """A reservation hold shorter than a lease's life: the lease is over when its hold
+    expires (given back by the account's next settlement or credit refusal), not admitting
+    in process from a credit Redis holds no more."""
+    redis_server.flush()
+    short = open_store(redis_server.url, reservation_hold_s=LEASE_LIFE_S / 2)
+    assert isinstance(short, RedisStore)
+    try:
+        account = await short.create_account("short", "free", CREDIT)
+        clock = Clock()
+        limiter = RedisLimiter(short, clock)
+        await warm(limiter, account.id)
+        assert (await admit(limiter, account.id)).admitted  # asks for a lease
+        assert limiter.admit_leased(account.id, BIG, RESERVE) is not None
+        clock.now += LEASE_LIFE_S * 3 / 4  # past the hold, within LEASE_LIFE_S
+        assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+        await returned(limiter)
+    finally:
+        await short.close()
+
+
 async def test_a_balance_near_its_end_gets_no_lease(store: RedisStore) -> None:
     balance = 4 * LEASE_MIN_SEEN * RESERVE  # after the asking request, < 4 leases' credit
     account = await store.create_account("poor", "free", balance)

@@ -116,7 +116,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     if lookup is not None:
         headers += encode_headers(lookup.header())
     if chat.stream:
-        del body  # the request body (the whole prompt) is not held for the stream's life
+        # This frame lets the body go; a scanned request's messages not yet read still view it
+        # (a memoryview until a route reads them), as the decoded messages were held before.
+        del body
         if lookup is not None and lookup.key is not None:
             stream = AssemblingStream(stream, state.cache.saver(lookup, target))
         await send_event_stream(

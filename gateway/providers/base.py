@@ -661,11 +661,7 @@ class ReframedStream:
                     if response._complete and reframer.upstream_error is None and not reframer.done:
                         # The body's end came with these events (`at_end()`: nothing is left
                         # to take): its closing events go out with them, as in `_reframe_next`.
-                        try:
-                            piece += reframer.finish()
-                        except Exception:
-                            return piece
-                        self._ended = True
+                        return self._with_closing(piece)
                     return piece
                 if piece is None:
                     return None
@@ -707,11 +703,7 @@ class ReframedStream:
                         # Gemini's, with no terminator event): its closing events go out with
                         # this piece, not in a send of their own. A failure at the end is kept
                         # by the reframer and raised by the next step, after this piece.
-                        try:
-                            out += reframer.finish()
-                        except Exception:
-                            return out
-                        self._ended = True
+                        return self._with_closing(out)
                     return out
             if reframer.upstream_error is not None:
                 # an error event that the body's end dispatched (finish() keeps it, after the
@@ -723,6 +715,16 @@ class ReframedStream:
         # before the HTTP answer's end (the terminating chunk is usually a read behind).
         self._end(whole=True)
         return b""
+
+    def _with_closing(self, piece: bytes) -> bytes:
+        """`piece`, the body's last, with the reframer's closing events; a failure of `finish()`
+        is kept by the reframer and raised by the next step, after `piece`."""
+        try:
+            piece += self._reframer.finish()
+        except Exception:
+            return piece
+        self._ended = True
+        return piece
 
     def _failed(self, exc: BaseException) -> NoReturn:
         """A step's failure: the answer dropped (not whole), `exc` raised as the gateway's."""

@@ -1,0 +1,25 @@
+"""The benchmark report's targets: each ratio printed with the spread of its rounds."""
+
+from loadtests.bench import report
+
+
+def test_a_target_line_gives_the_median_and_the_range_of_the_rounds() -> None:
+    samples = {
+        "bare": {"rps": [100.0, 100.0, 100.0, 100.0]},
+        "gateway-sqlite": {"rps": [90.0, 95.0, 85.0, 110.0]},
+    }
+    lines = report.targets(samples)
+    line = next(x for x in lines if x.startswith("- embedded: single answers ≥ 1.0x bare"))
+    assert line == (
+        "- embedded: single answers ≥ 1.0x bare: 0.93 (rounds 0.85 to 1.10) vs 1.00"
+        " → MISSED, missed by 7%"
+    )
+
+
+def test_redis_over_embedded_on_a_lower_is_better_measure_gives_its_range_inverted() -> None:
+    samples = {
+        "gateway-sqlite": {"rps_cpu": [1.0, 1.0], "rps": [100.0, 100.0]},
+        "gateway-redis": {"rps_cpu": [2.0, 1.0], "rps": [100.0, 100.0]},
+    }
+    line = next(x for x in report.targets(samples) if "Redis ÷ embedded, rps_cpu" in x)
+    assert line.startswith("- Redis ÷ embedded, rps_cpu: 0.67 (rounds 0.50 to 1.00) vs 0.95")

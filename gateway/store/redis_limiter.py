@@ -163,7 +163,7 @@ class _Lease:
 class _Seen:
     """One account and key's admissions on this worker: its rate, its lease."""
 
-    __slots__ = ("asking_until", "count", "lease", "next", "previous", "window")
+    __slots__ = ("asking_until", "count", "ended", "lease", "next", "previous", "window")
 
     def __init__(self, now: float) -> None:
         self.window = now  # the start of the current window of LEASE_LIFE_S
@@ -172,6 +172,7 @@ class _Seen:
         self.lease: _Lease | None = None
         self.next: _Lease | None = None  # granted while `lease` was in use: its successor
         self.asking_until = 0.0  # a lease is asked for until then (its reply not read yet)
+        self.ended = 0  # times its leases were ended (`end_leases`): one asked before is void
 
 
 class RedisLimiter:
@@ -190,6 +191,8 @@ class RedisLimiter:
         # tail between them (`_sent_call`).
         self._sent_calls: dict[tuple[str, LimitSpec, KeyGate | None], tuple[bytes, str]] = {}
         self._hold_ms = _packed(store.reservation_hold_ms).decode()
+        # The error reply of the last lease call that had one: `admission_of` names its function.
+        self._lease_error: RespReplyError | None = None
 
     def _call(self, account_id: str, spec: LimitSpec, consume: bool, key: KeyGate | None) -> _Call:
         cache_key = (account_id, spec, key, consume)
@@ -356,7 +359,7 @@ class RedisLimiter:
         asked = self._clock()
         seen = self._seen[gate]
         seen.asking_until = asked + LEASE_ASKING_S
-        granted = functools.partial(self._granted, gate, lease_id, credit, asked)
+        granted = functools.partial(self._granted, gate, lease_id, credit, asked, seen, seen.ended)
         undo = None
         if dropped is not None:
             undo = functools.partial(self._lease_undone, granted, dropped, reserve_micros, key)
@@ -369,7 +372,10 @@ class RedisLimiter:
             if future.cancelled():
                 return  # its reply goes to `undo`
             if future.exception() is None:
-                granted(future.result())
+                reply = future.result()
+                if type(reply) is RespReplyError:
+                    self._lease_error = reply  # read by `admission_of`, which runs after this
+                granted(reply)
             else:
                 seen.asking_until = 0.0  # lost with the connection (its credit: the hold)
 
@@ -390,17 +396,26 @@ class RedisLimiter:
         self._undone(dropped, reserve, key, reply)
 
     def _granted(
-        self, gate: _GateKey, lease_id: str, credit: int, asked: float, reply: Any
+        self,
+        gate: _GateKey,
+        lease_id: str,
+        credit: int,
+        asked: float,
+        asker: _Seen,
+        ended: int,
+        reply: Any,
     ) -> None:
         seen = self._seen.get(gate)
-        if seen is not None:
+        if seen is asker:
             seen.asking_until = 0.0
         if type(reply) is not list or len(reply) < 14 or not int(reply[11]):
             return  # an error reply, or no lease granted
         # its hold: the member of the account's holds (with the key and day of a budgeted key)
         hold = reply[14].decode() if len(reply) > 14 and reply[14] else lease_id
         lease = _Lease(hold, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)
-        if seen is None or seen.next is not None:  # forgotten meanwhile: give it back now
+        if seen is not asker or asker.ended != ended or asker.next is not None:
+            # forgotten meanwhile, or its leases ended while it travelled (its account changed:
+            # it was taken under what changed): given back now, never used
             self._return(gate, lease)
             return
         if seen.lease is None:
@@ -431,7 +446,9 @@ class RedisLimiter:
         self._return(gate, lease)
 
     def _give_back(self, gate: _GateKey, seen: _Seen) -> None:
-        """Every lease of the account and key given back."""
+        """Every lease of the account and key given back, and one asked for meanwhile once it
+        is granted."""
+        seen.ended += 1
         while seen.lease is not None:
             self._end(gate, seen, seen.lease)
 
@@ -518,7 +535,10 @@ class RedisLimiter:
     ) -> Admission | None:
         if isinstance(reply, Exception):  # an error reply, or the connection failed
             if type(reply) is RespReplyError:
-                error = self._store.fcall_error(reply, "klawd_admit_v3")
+                function = "klawd_admit_v3"
+                if reply is self._lease_error:  # the call asked for a lease too
+                    function, self._lease_error = "klawd_admit_lease_v1", None
+                error = self._store.fcall_error(reply, function)
                 if type(error) is LibraryMissing:  # it did not run: loaded again, call `admit`
                     return None
                 raise error from reply

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.limits import Admission, KeyGate, LimitSpec
-from gateway.store.base import KeyBudget, UsageEntry, open_store
+from gateway.store.base import KeyBudget, StoreError, UsageEntry, open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import (
     LEASE_LIFE_S,
@@ -399,6 +399,51 @@ async def test_an_account_change_ends_its_leases(store: RedisStore) -> None:
     assert limiter.admit_leased(other.id, BIG, RESERVE) is not None
     await returned(limiter)
     assert await used_today(store, account.id) == LEASE_MIN_SEEN
+
+
+async def test_a_lease_granted_after_its_account_changed_is_never_used(
+    store: RedisStore,
+) -> None:
+    """A lease asked for before `klawd:invalidate` and granted after it was taken under what
+    changed: it is given back as soon as it comes, and the next admissions are exact."""
+    account = await store.create_account("changed in flight", "free", CREDIT)
+    limiter = RedisLimiter(store, Clock())
+    await warm(limiter, account.id)
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None  # (counted, as Meter.start)
+    sent = limiter.send_admit(account.id, BIG, RESERVE)  # asks for a lease
+    assert sent is not None
+    limiter.end_leases(account.id)  # the change arrives while the call travels
+    asking = limiter.admission_of(await sent[0], account.id, RESERVE)
+    assert asking is not None and asking.admitted
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    await returned(limiter)
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN
+    assert await credits(store, account.id) == CREDIT - LEASE_MIN_SEEN * RESERVE
+    assert await store._call("HLEN", f"{_acct(account.id)}:leases") == 0
+
+
+async def test_a_failed_lease_call_is_named_in_its_error(store: RedisStore) -> None:
+    """The error of a call that asked for a lease names the lease's function, not
+    `klawd_admit_v3` (a Redis reply error: here the account's leases hash of the wrong type)."""
+    account = await store.create_account("broken leases", "free", CREDIT)
+    limiter = RedisLimiter(store, Clock())
+    await warm(limiter, account.id)
+    await store._call("SET", f"{_acct(account.id)}:leases", "not a hash")
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    sent = limiter.send_admit(account.id, BIG, RESERVE)  # asks for a lease
+    assert sent is not None
+    reply = await sent[0]
+    with pytest.raises(StoreError) as failed:
+        limiter.admission_of(reply, account.id, RESERVE)
+    assert str(failed.value).startswith("redis function klawd_admit_lease_v1 failed:")
+    # an admission that asks for no lease (an account this worker has not seen) as before
+    plain = await store.create_account("broken quota", "free", CREDIT)
+    await store._call("SET", f"{_acct(plain.id)}:rpd", "not a hash")
+    exact = limiter.send_admit(plain.id, BIG, RESERVE)
+    assert exact is not None
+    with pytest.raises(StoreError) as exact_failed:
+        limiter.admission_of(await exact[0], plain.id, RESERVE)
+    assert str(exact_failed.value).startswith("redis function klawd_admit_v3 failed:")
 
 
 @pytest.mark.parametrize("server", ["redis_server", "redis_cluster"])

@@ -1,5 +1,6 @@
 """The embedded store's ledger rows: every column of every settled entry, whatever the batch's size
-(the entries go in by multi-row INSERTs of 64, 16, 4 and 1 rows)."""
+(the entries go in by multi-row INSERTs of 64, 16, 4 and 1 rows, the ids already in the ledger
+are looked up by statements of 256, 64, 16, 4 and 1 ids)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,27 @@ async def test_every_column_of_every_entry_is_in_the_ledger(
             " request_id, stream FROM usage_ledger ORDER BY id"
         ).fetchall()
     assert rows == [astuple(e)[:16] for e in entries]
+
+
+async def test_a_batch_mixing_settled_and_new_entries_settles_each_new_one_once(
+    tmp_path: Path,
+) -> None:
+    """Entries already in the ledger at every place of a batch of 341 (256 + 64 + 16 + 4 + 1 ids
+    looked up): none is charged again, every new one is charged once."""
+    store = open_store(f"sqlite:///{tmp_path / 'klawd.db'}")
+    try:
+        account = await store.create_account("a", "free", 1_000_000)
+        entries = [entry(account.id, n) for n in range(341)]
+        await store.settle(entries[1::2])
+        await store.settle(entries)
+        after = await store.get_account(account.id)
+    finally:
+        await store.close()
+    assert after is not None
+    assert after.credits_micros == 1_000_000 - sum(e.cost_micros for e in entries)
+    with sqlite3.connect(tmp_path / "klawd.db") as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM usage_ledger ORDER BY id")]
+    assert ids == [e.id for e in entries]
 
 
 @pytest.mark.parametrize("with_metrics", [False, True])

@@ -106,7 +106,9 @@ def measure(
         try:
             headers = {"content-type": "application/json"}
             if name == "bare":
-                path = f"/{scenario}/v1/chat/completions"
+                # The upstream's own location (side_by_side's): the Anthropic and Gemini
+                # streams are not at /{scenario}/v1/chat/completions.
+                path = c.upstream_path(scenario)
                 c.wait_for(lambda: _answers(port), name, START_S)
             else:
                 path = "/v1/chat/completions"

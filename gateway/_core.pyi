@@ -141,7 +141,8 @@ class Reframer:
         response_fields: str | None = None,
     ) -> Self: ...
     # Raises SseError for malformed data or an event larger than max_event_bytes (the buffer
-    # stays bounded); events of that same chunk that preceded the error are not returned.
+    # stays bounded); the whole events of that same chunk that preceded the error are then
+    # before_error()'s.
     def feed(self, data: bytes) -> bytes: ...
     # feed() of the body bytes `dechunker` reads out of `data` (a read of an HTTP chunked
     # body), in one call; a malformed chunked body is Dechunker.feed()'s ValueError (then not
@@ -150,6 +151,9 @@ class Reframer:
     # At upstream EOF: final events (gemini: usage chunk + [DONE]). Raises UpstreamStreamError
     # when the stream was cut off (no terminator) and no upstream_error was seen.
     def finish(self) -> bytes: ...
+    # The whole events that the feed(), feed_chunked() or finish() which just raised made
+    # before its failure (b"" after a call that did not raise): to go out before the error.
+    def before_error(self) -> bytes: ...
     @property
     def done(self) -> bool: ...
     # done, and no upstream_error: the stream ended whole.

@@ -666,10 +666,12 @@ class ReframedStream:
                 if piece is None:
                     return None
                 self._ended = True  # b"": the body's end
-                out = reframer.finish()
+                out = self._finish()
                 if out:
                     return out
                 break
+            if response._sink_error is not None:
+                self._raise_kept()
             if reframer.upstream_error is not None:
                 raise self._provider.map_stream_error(*reframer.upstream_error)
         except BaseException as exc:
@@ -683,6 +685,8 @@ class ReframedStream:
         response = self._response
         try:
             while not self._ended:
+                if response._sink_error is not None:  # (`_keep`'s, after the events before it)
+                    self._raise_kept()
                 if reframer.upstream_error is not None:
                     raise self._provider.map_stream_error(*reframer.upstream_error)
                 if reframer.done:
@@ -692,11 +696,14 @@ class ReframedStream:
                     return None
                 if not data:  # the body's end
                     self._ended = True  # finish() once; the end step follows after its events
-                    out = reframer.finish()
+                    out = self._finish()
                     if out:
                         return out
                     break
-                out = reframer.feed(data)
+                try:
+                    out = reframer.feed(data)
+                except Exception as exc:
+                    out = self._keep(exc)  # its events before the failure go out first
                 if out:
                     if response.at_end() and reframer.upstream_error is None and not reframer.done:
                         # The body's end came with these bytes (a stream that ends there, as
@@ -705,6 +712,8 @@ class ReframedStream:
                         # by the reframer and raised by the next step, after this piece.
                         return self._with_closing(out)
                     return out
+            if response._sink_error is not None:
+                self._raise_kept()
             if reframer.upstream_error is not None:
                 # an error event that the body's end dispatched (finish() keeps it, after the
                 # events before it, without raising)
@@ -718,13 +727,40 @@ class ReframedStream:
 
     def _with_closing(self, piece: bytes) -> bytes:
         """`piece`, the body's last, with the reframer's closing events; a failure of `finish()`
-        is kept by the reframer and raised by the next step, after `piece`."""
+        is kept and raised by the next step, after `piece` and the events before it."""
+        reframer = self._reframer
         try:
-            piece += self._reframer.finish()
-        except Exception:
-            return piece
+            piece += reframer.finish()
+        except Exception as exc:
+            self._response._sink_error = exc.with_traceback(None)
+            return piece + reframer.before_error()
         self._ended = True
         return piece
+
+    def _finish(self) -> bytes:
+        """`finish()` at the body's end; one that fails after whole events returns them, its
+        failure kept for the next step."""
+        try:
+            return self._reframer.finish()
+        except Exception as exc:
+            return self._keep(exc)
+
+    def _keep(self, exc: Exception) -> bytes:
+        """A failure of the reframer's: the whole events the failing call made before it, the
+        failure kept for the next step to raise (the answer's `_sink_error`, without its
+        traceback, whose frames hold this stream); raised at once when there were none."""
+        events = self._reframer.before_error()
+        if not events:
+            raise exc
+        self._response._sink_error = exc.with_traceback(None)
+        return events
+
+    def _raise_kept(self) -> None:
+        """Raises a failure `_keep` kept (once)."""
+        failed = self._response._sink_error
+        if failed is not None:
+            self._response._sink_error = None
+            raise failed
 
     def _failed(self, exc: BaseException) -> NoReturn:
         """A step's failure: the answer dropped (not whole), `exc` raised as the gateway's."""

@@ -610,7 +610,7 @@ class _Connection(asyncio.Protocol):
                     try:  # de-chunked and reframed in one call (no `bytes` of the body)
                         out = sink.feed_chunked(dechunker, data)
                     except _core.SseError as exc:  # the reframer's (the Dechunker's: ValueError)
-                        response._sink_failed(exc)
+                        response._sink_failed(exc, sink.before_error())
                     else:
                         if out:
                             response._chunks.append(out)
@@ -919,15 +919,18 @@ class HttpResponse:
             try:
                 out = reframer.feed(body)
             except Exception as exc:
-                self._sink_failed(exc)
+                self._sink_failed(exc, reframer.before_error())
             else:
                 if out:
                     chunks.append(out)
         return True
 
-    def _sink_failed(self, exc: Exception) -> None:
-        """The reframer failed: its reader raises it, after the pieces before it (kept
-        without its traceback, whose frames hold this answer)."""
+    def _sink_failed(self, exc: Exception, events: bytes = b"") -> None:
+        """The reframer failed: its reader raises it, after the pieces before it and `events`,
+        the whole events the failing call made before its failure (kept without its
+        traceback, whose frames hold this answer)."""
+        if events:
+            self._chunks.append(events)
         self._sink_error = exc.with_traceback(None)
         self._wake()
 

@@ -140,7 +140,7 @@ impl PyReframer {
             inner.feed(data, out)
         };
         result?;
-        Ok(PyBytes::new(py, &self.out))
+        Ok(self.take(py))
     }
 
     /// `feed` of the body bytes that `dechunker` reads out of `data` (one read of an HTTP
@@ -173,13 +173,20 @@ impl PyReframer {
             };
             result?;
         }
-        Ok(PyBytes::new(py, &self.out))
+        Ok(self.take(py))
     }
 
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         self.out.clear();
         self.inner.finish(&mut self.out)?;
-        Ok(PyBytes::new(py, &self.out))
+        Ok(self.take(py))
+    }
+
+    /// The whole events that the `feed`, `feed_chunked` or `finish` which just raised made
+    /// before its failure (b"" after any call that did not raise): they go out before the
+    /// error, as they would had the error come in a later read.
+    fn before_error<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        self.take(py)
     }
 
     #[getter]
@@ -212,6 +219,16 @@ impl PyReframer {
     #[getter]
     fn content_chars(&self) -> u64 {
         self.inner.state().content_chars
+    }
+}
+
+impl PyReframer {
+    /// The output as a `bytes`, the buffer emptied (so `before_error` has nothing after a
+    /// call that returned it).
+    fn take<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let out = PyBytes::new(py, &self.out);
+        self.out.clear();
+        out
     }
 }
 

@@ -115,6 +115,37 @@ fn openai_non_json_data_is_an_sse_error() {
 }
 
 #[test]
+fn a_failing_chunk_leaves_its_whole_events_before_the_failure_in_out() {
+    // (the Python side sends them before the error event, as when the error comes later)
+    let good =
+        "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+    for kind in ["openai", "anthropic"] {
+        let (first, bad) = if kind == "openai" {
+            (good.to_owned(), "data: hello\n\n")
+        } else {
+            (
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5}}}\n\n\
+                 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n"
+                    .to_owned(),
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\n\n",
+            )
+        };
+        let mut whole = Vec::new();
+        stream(kind, true)
+            .feed(first.as_bytes(), &mut whole)
+            .unwrap();
+        assert!(!whole.is_empty(), "{kind}");
+        let mut out = Vec::new();
+        let failed = stream(kind, true).feed(format!("{first}{bad}").as_bytes(), &mut out);
+        assert!(
+            matches!(failed, Err(CoreError::Sse(_))),
+            "{kind}: {failed:?}"
+        );
+        assert_eq!(out, whole, "{kind}");
+    }
+}
+
+#[test]
 fn anthropic_thinking_and_ping_are_not_relayed() {
     let input = concat!(
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",

@@ -1608,6 +1608,45 @@ async def test_a_reframed_stream_relays_its_events_then_a_malformed_stream_s_err
             await provider.close()
 
 
+@pytest.mark.parametrize("how", ["chunked, after the head", "chunked, with the head", "whole"])
+async def test_the_events_a_read_completes_before_a_malformed_one_go_out_before_its_error(
+    how: str,
+) -> None:
+    """Whole events and a malformed one in the same read: the events go out, then BadGateway,
+    as when the malformed event comes in a later read (they were lost, with the read's
+    failure). Read as it arrives (after the head or with it), or fed by the stream's step
+    (a body that is not chunked)."""
+    body = OPENAI_EVENT + b"\n" + OPENAI_EVENT + b"\ndata: hello\n\n"
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        if how == "whole":
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            await conn.send(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        elif how == "chunked, with the head":
+            await conn.send(EVENT_STREAM_HEAD + _chunk(body))
+        else:
+            await conn.send(EVENT_STREAM_HEAD)
+            await go_on.wait()
+            await conn.send(_chunk(body))
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            go_on.set()
+            pieces = []
+            with pytest.raises(BadGateway, match="malformed stream"):
+                async for piece in stream:
+                    pieces.append(piece)
+            assert b"".join(pieces).count(b'"content":"hi"') == 2
+            await stream.aclose()
+        finally:
+            await provider.close()
+
+
 @pytest.mark.parametrize("kind", [b"", b"Content-Encoding: gzip\r\n"])
 async def test_only_a_plain_chunked_event_stream_is_reframed_as_it_is_read(kind: bytes) -> None:
     """Not chunked, or compressed: `reframe_into` declines (the reader feeds the reframer)."""

@@ -228,7 +228,9 @@ impl Stream {
     }
 
     /// Feeds one upstream chunk (any boundary); appends complete OpenAI events to `out`.
-    /// On error, `out` may hold events of this chunk that precede the error: discard them.
+    /// On error, `out` holds the whole events of this chunk that precede the error (nothing
+    /// of the failing event's): they go out before the error, as they would had the error come
+    /// in a later chunk.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CoreError> {
         // About what the events take again (a stream's first piece grew an empty `out` by
         // doubling: a whole 8 KB body, a dozen reallocations and their copies).
@@ -263,7 +265,11 @@ impl Stream {
         } = self;
         let reframe = kind.as_reframe();
         let mut sink = |ev: &Event<'_>| {
-            reframe.on_event(ev, state, out)?;
+            let whole = out.len();
+            if let Err(e) = reframe.on_event(ev, state, out) {
+                out.truncate(whole); // (a failing event's part written: not an event)
+                return Err(e);
+            }
             Ok(if state.closed() {
                 Flow::Stop
             } else {
@@ -272,7 +278,11 @@ impl Stream {
         };
         let mut result = step(parser, &mut sink).map(|_| ());
         if at_eof && result.is_ok() && !state.closed() {
+            let whole = out.len();
             result = reframe.on_eof(state, out);
+            if result.is_err() {
+                out.truncate(whole);
+            }
         }
         if let Err(e) = &result {
             self.failed = Some(e.clone());

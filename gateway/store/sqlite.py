@@ -348,16 +348,15 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
         """One transaction per batch, set-based (a few statements, not two per entry), so the
-        writer thread holds the GIL briefly: the ids already in the ledger are looked up first
-        and skipped (a replayed entry settles nothing twice), the rest are inserted with one
-        executemany, and each account's balance, each key's spend and each reservation move
-        once per batch by the sums of its entries (one pass over the entries)."""
+        writer thread holds the GIL briefly: the entries are inserted (an id already in the
+        ledger, a replayed entry, settles nothing twice), and each account's balance, each key's
+        spend and each reservation move once per batch by the sums of its entries (one pass
+        over the entries)."""
 
         def settle(conn: sqlite3.Connection) -> dict[str, CreditGrant]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                settled = _new_entries(entries, _ledger_ids(conn, [e.id for e in entries]))
-                _insert_usage(conn, settled)
+                settled = _insert_new(conn, entries)
                 sums = _Sums(settled)
                 conn.executemany(SETTLE, [(-cost, account) for account, cost in sums.costs.items()])
                 grants = sqlite_grants.charge(conn, sums.costs)
@@ -386,6 +385,20 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             return [UsageRow(*row) for row in rows]
 
         return await self._run(select)
+
+
+def _insert_new(conn: sqlite3.Connection, entries: list[UsageEntry]) -> list[UsageEntry]:
+    """The entries into the ledger; returns those settled now. Usually every one is new and
+    the insert says so (each row written): no lookup. Otherwise (an id the ledger holds
+    already, a replay, or one given twice) the insert is undone, the ids in the ledger are
+    looked up, and each new id's first entry alone is written."""
+    conn.execute("SAVEPOINT ledger")
+    if _insert_usage(conn, entries) == len(entries):
+        return entries
+    conn.execute("ROLLBACK TO ledger")
+    settled = _new_entries(entries, _ledger_ids(conn, [e.id for e in entries]))
+    _insert_usage(conn, settled)
+    return settled
 
 
 def _new_entries(entries: list[UsageEntry], in_ledger: set[str]) -> list[UsageEntry]:
@@ -441,23 +454,28 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     return found
 
 
-def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> None:
+def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
     """The entries into the ledger by multi-row INSERTs of 64, 16, 4 or 1 rows (four statements,
     each prepared once), not an executemany: SQLite ran its statement once per row, and the
     sqlite3 module lets go of the GIL around each step and takes it back after (a wait on the
-    event loop's thread whenever that one held it then)."""
+    event loop's thread whenever that one held it then). Returns the rows written (an id the
+    ledger holds already is not written again: INSERT OR IGNORE)."""
     values = [value for entry in entries for value in astuple(entry)[:LEDGER_COLUMNS]]
     # `stream` bound as an int (what SQLite stores for a bool anyway): the sqlite3 module binds
     # a bool, not an exact int, through its adapter lookup, whose failed attribute lookup on its
     # protocol type formats an AttributeError each time (~3.3K instructions a row).
     last = LEDGER_COLUMNS - 1
     values[last::LEDGER_COLUMNS] = map(int, values[last::LEDGER_COLUMNS])
-    done = 0
+    done = written = 0
     for rows in INSERT_ROWS:
         while len(entries) - done >= rows:
             end = done + rows
-            conn.execute(_INSERTS[rows], values[done * LEDGER_COLUMNS : end * LEDGER_COLUMNS])
+            cursor = conn.execute(
+                _INSERTS[rows], values[done * LEDGER_COLUMNS : end * LEDGER_COLUMNS]
+            )
+            written += cursor.rowcount
             done = end
+    return written
 
 
 LOOKUP_IDS = (256, 64, 16, 4, 1)  # (under SQLite's oldest limit of 999 variables)

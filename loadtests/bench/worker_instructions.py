@@ -4,7 +4,8 @@
         [--before DIR] [--scenarios json,sse] [--requests 1024] [--by-object] [--keep DIR]
 
 The worker as `make bench` runs it (`klawd serve` with the bench's config and the embedded
-store, or the bare-ASGI pass-through on Granian), its upstream the bench's nginx, all under
+store, `gateway-redis` on a redis-server of its own (not under callgrind), or the bare-ASGI
+pass-through on Granian), its upstream the bench's nginx, all under
 `valgrind --tool=callgrind --trace-children=yes`: after a warm-up, the counters of this run's
 processes are zeroed (`callgrind_control -z PID`, never another run's), `--requests` requests
 over 16 keep-alive connections are made, and the counters dumped. The figure is the busiest
@@ -72,15 +73,21 @@ def drive(port: int, path: str, body: bytes, headers: dict[str, str], requests: 
 
 
 def server_command(
-    name: str, port: int, upstream: str, directory: Path, before: Path | None
+    name: str,
+    port: int,
+    upstream: str,
+    directory: Path,
+    before: Path | None,
+    redis_url: str | None = None,
 ) -> tuple[list[str], dict[str, str], Path | None]:
     """The contender's command, its environment and working directory (as contenders.py
-    starts it)."""
+    starts it); `redis_url`: the gateway's store (else the embedded one)."""
     if name == "bare":
         command = c.pass_through_command("loadtests.bench.bare_app:app", port)
         return command, {"BENCH_UPSTREAM": upstream, "PYTHONPATH": str(c.REPO)}, None
     config = directory / f"{name}.toml"
-    config.write_text(c.gateway_conf(port, upstream, f"sqlite:///{directory / name}.db"))
+    store_url = redis_url or f"sqlite:///{directory / name}.db"
+    config.write_text(c.gateway_conf(port, upstream, store_url))
     return c.gateway_command(config, directory, before if name == "before" else None)
 
 
@@ -99,7 +106,13 @@ def measure(
         up_port, port = c.free_port(), c.free_port()
         upstream = f"http://127.0.0.1:{up_port}"
         up = c.nginx(c.upstream_conf(directory, up_port), directory, "upstream", c.CLIENT_CORE)
-        command, env, cwd = server_command(name, port, upstream, directory, before)
+        redis = redis_url = None
+        if name == "gateway-redis":
+            redis_port = c.free_port()
+            redis = c.redis_server(redis_port, directory, realtime=c.realtime_allowed())
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            c.wait_for(lambda: _answers_ping(redis_port), "redis-server")
+        command, env, cwd = server_command(name, port, upstream, directory, before, redis_url)
         valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes",
                     f"--callgrind-out-file={directory}/callgrind.%p"]  # fmt: skip
         server = c.pinned(c.SERVER_CORE, [*valgrind, *command], directory / "server.log", env, cwd)
@@ -148,6 +161,18 @@ def measure(
         finally:
             c.stop(server)
             c.stop(up)
+            if redis is not None:
+                c.stop(redis)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() == "PONG"
 
 
 def _answers(port: int) -> bool:
@@ -193,7 +218,7 @@ def _by_object(dump: Path) -> collections.Counter[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contenders", default="gateway,bare", help="gateway, bare")
+    parser.add_argument("--contenders", default="gateway,bare", help="gateway, gateway-redis, bare")
     parser.add_argument("--before", type=Path, help="also this checkout's gateway")
     parser.add_argument("--scenarios", default="json,sse", help="json, sse, event, lines, ...")
     parser.add_argument("--requests", type=int, default=1024)

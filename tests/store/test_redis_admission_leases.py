@@ -223,6 +223,44 @@ async def test_requests_settled_under_a_lease_pay_their_cost_once(store: RedisSt
     assert await credits(store, account.id) == CREDIT - warmed - 4 * 300
 
 
+async def test_one_settle_call_takes_each_leases_requests_out_of_its_own_hold(
+    store: RedisStore,
+) -> None:
+    """Two workers' leases settled in one call, their entries interleaved: the lease given back
+    first is gone once its requests are settled, the other still holds what its unsettled
+    requests reserved (the call reads and writes each lease once)."""
+    account = await store.create_account("two leases", "free", CREDIT)
+    workers = [RedisLimiter(store, Clock()), RedisLimiter(store, Clock())]
+    admitted: list[list[Admission]] = []
+    for limiter in workers:
+        await warm(limiter, account.id)
+        asking = await admit(limiter, account.id)
+        leased = [limiter.admit_leased(account.id, BIG, RESERVE) for _ in range(3)]
+        assert all(a is not None and a.hold_id.startswith("L") for a in leased)
+        admitted.append([asking, *[a for a in leased if a is not None]])
+    (first_asking, *first), (second_asking, *second) = admitted
+    await returned(workers[0])  # the first lease's unused part back: it holds its 3 requests
+    leases = f"{_acct(account.id)}:leases"
+    assert sorted(await store._call("HVALS", leases)) == sorted(
+        [str(3 * RESERVE).encode(), str(LEASE_MIN_SEEN * RESERVE).encode()]
+    )
+    # the first lease's three, two of the second's and its asking request's own hold
+    batch = [first[0], second[0], first[1], second[1], first[2], second_asking]
+    await store.settle([entry(a, account.id, 300, n) for n, a in enumerate(batch)])
+    assert await store._call("HVALS", leases) == [str((LEASE_MIN_SEEN - 2) * RESERVE).encode()]
+    holds = await store._call("ZRANGE", f"{_acct(account.id)}:holds", 0, -1)
+    assert second[0].hold_id.encode() in holds and first[0].hold_id.encode() not in holds
+    settled = [second[2]]
+    await store.settle([entry(a, account.id, 300, 10) for a in settled])
+    await returned(workers[1])
+    assert await store._call("EXISTS", leases) == 0
+    # left: both warm-ups' requests and the first worker's asking request, unsettled
+    unsettled = 2 * (LEASE_MIN_SEEN - 1) + 1
+    assert await credits(store, account.id) == CREDIT - unsettled * RESERVE - 7 * 300
+    assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == unsettled
+    assert first_asking.hold_id and not first_asking.hold_id.startswith("L")
+
+
 async def test_near_a_limit_no_lease_is_granted_and_the_refusal_is_exact(
     store: RedisStore,
 ) -> None:

@@ -622,15 +622,40 @@ end
 -- A request admitted under a lease is settled: its reservation (`micros`) leaves the lease's
 -- hold, and the hold goes once it holds nothing (its lease given back, its requests settled).
 -- False when the hold is gone already (expired and given back: nothing of it is held).
-local function lease_settled(holds, hold, micros)
-  local leases = string.sub(holds, 1, -6) .. 'leases'
+-- `leased` (lease id -> {micros it holds, false once gone; its member; changed}) keeps a call's
+-- leases: each is read once and written once (`leases_written`), as if entry by entry (a call's
+-- entries are mostly one lease's: two commands an entry were HEXISTS and HINCRBY).
+local function lease_settled(holds, leased, order, hold, micros)
   local id, member = lease_member(hold)
-  if redis.call('HEXISTS', leases, id) == 0 then return false end
-  if micros > 0 and redis.call('HINCRBY', leases, id, string.format('%d', -micros)) <= 0 then
-    redis.call('HDEL', leases, id)
-    redis.call('ZREM', holds, member)
+  local lease = leased[id]
+  if lease == nil then
+    local leases = string.sub(holds, 1, -6) .. 'leases'
+    lease = {tonumber(redis.call('HGET', leases, id)) or false, member, false}
+    leased[id] = lease
+    order[#order + 1] = id
+  end
+  if not lease[1] then return false end
+  if micros > 0 then
+    lease[1], lease[3] = lease[1] - micros, true
+    if lease[1] <= 0 then lease[1] = false end
   end
   return true
+end
+
+local function leases_written(holds, leased, order)
+  if #order == 0 then return end
+  local leases = string.sub(holds, 1, -6) .. 'leases'
+  for _, id in ipairs(order) do
+    local lease = leased[id]
+    if lease[3] then
+      if lease[1] then
+        redis.call('HSET', leases, id, string.format('%d', lease[1]))
+      else
+        redis.call('HDEL', leases, id)
+        redis.call('ZREM', holds, lease[2])
+      end
+    end
+  end
 end
 
 local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|images',
@@ -657,6 +682,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
     end
   end
   local spends, spend_keys = {}, {}  -- spend hash key -> {cost, reservation released, period}
+  local leased, lease_order = {}, {}  -- (lease_settled)
   local applied, spent = 0, 0
   for i = 0, entries - 1 do
     local a = first + stride * i
@@ -669,7 +695,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       if hold and hold ~= '' then
         local held
         if string.byte(hold, 1) == LEASE then
-          held = lease_settled(holds, hold, delta + cost)
+          held = lease_settled(holds, leased, lease_order, hold, delta + cost)
         else
           held = redis.call('ZREM', holds, hold) == 1
         end
@@ -700,6 +726,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
     end
   end
   if moved then redis.call('SET', keys[1], string.format('%d', balance)) end
+  leases_written(holds, leased, lease_order)
   for _, key in ipairs(sum_keys) do
     for name, sum in pairs(sums[key]) do
       for f = 1, 5 do

@@ -311,6 +311,17 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")
 
+    @property
+    def lean(self) -> bool:
+        """Whether the store's own lean client serves it (a single Redis): only its calls can
+        be sent packed (`send_packed_fcall`), so only there are admissions leased."""
+        return self._resp is not None
+
+    @property
+    def sends_packed(self) -> bool:
+        """Whether `send_packed_fcall` can send now (the lean client, its library loaded)."""
+        return self._library_loaded and self._resp is not None
+
     def send_packed_fcall(
         self, payload: bytes, undo: Callable[[Any], None] | None = None
     ) -> tuple[asyncio.Future[Any], bool] | None:

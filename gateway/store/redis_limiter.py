@@ -285,6 +285,8 @@ class RedisLimiter:
         """The admission decided in process from the account and key's lease, if one is held
         that covers it; None: call `send_admit` (which asks for a lease when the worker has
         seen enough of this account and key lately). Counts the request either way."""
+        if not self._store.lean:
+            return None  # no lease is ever asked for (a Redis Cluster), nor held
         gate = (account_id, spec, key)
         seen = self._seen.get(gate)
         now = self._clock()
@@ -509,6 +511,8 @@ class RedisLimiter:
         queued with the loop turn's commands: await it now). None: it cannot be sent without
         waiting (see RedisStore.send_packed_fcall), call `admit`; `admission_of` reads its reply.
         `dropped`: called with the Admission if the future is cancelled before the reply."""
+        if not self._store.sends_packed:
+            return None  # packed for nothing (a Redis Cluster; the library not loaded yet)
         if self._seen:
             count = self._lease_size((account_id, spec, key))
             if count:

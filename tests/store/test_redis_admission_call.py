@@ -95,6 +95,7 @@ class _Sent:
     """A store that keeps what `send_admit` sends."""
 
     reservation_hold_ms = 3_600_000
+    sends_packed = True
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []

@@ -2,12 +2,20 @@
 
     .venv/bin/python loadtests/bench/ledger_bench.py [--batches 60] [--batch 500] [--reps 3]
     .venv/bin/python loadtests/bench/ledger_bench.py --calls --batch 50   # function calls
+    .venv/bin/python loadtests/bench/ledger_bench.py --instructions [--tree DIR] [--batch 100]
 
 Per repetition and id kind, a fresh embedded store (a file in a temporary directory, WAL, as the
 gateway opens it) settles `--batches` batches of `--batch` entries; the CPU time of this process
 (the event loop and the store's thread) is taken around each batch. Printed per kind: the median
 and the mean of the last 10 batches (the ledger is largest then), as medians over repetitions.
 Bounded: a fixed count of batches.
+
+`--instructions`: callgrind's count per entry of a settle (the whole process, every thread: the
+event loop's hand-off, the store's thread, SQLite), load-independent. Two runs under valgrind,
+each making a 20,000-row ledger and 60 batches of time-ordered entries (their sizes spread over
+a quarter to seven quarters of `--batch`, each size once, as the gateway's 50 ms batches vary
+with the request rate), one settling 10 of the batches and one 60: the difference over the 50
+batches' entries. `--tree DIR`: another checkout's `gateway` package measured instead.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +33,8 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if "--tree" in sys.argv:
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
 
 from gateway.metering import ledger_id
 from gateway.store import open_store
@@ -97,13 +108,74 @@ async def calls(batches: int, size: int) -> float:
     return float(pstats.Stats(profile).total_calls) / batches  # type: ignore[attr-defined]
 
 
+PREFILL = 20  # batches of 1,000 entries in the ledger before the counted ones
+BATCHES = 60  # made in both runs; 10 settled in one, all in the other
+
+
+def spread_sizes(size: int) -> list[int]:
+    span = max(1, 3 * size // 2)
+    return [size - span // 2 + (n * 37) % span for n in range(BATCHES)]
+
+
+async def settle_some(settled: int, size: int) -> None:
+    """The child of `--instructions`: the ledger filled, BATCHES batches made, `settled` of them
+    settled."""
+    with tempfile.TemporaryDirectory(prefix="klawd-ledger-bench-") as tmp:
+        store = open_store(f"sqlite:///{tmp}/ledger.db")
+        account = await store.create_account("bench", "free", 10**15)
+        for _ in range(PREFILL):
+            await store.settle([entry(account.id, ledger_id()) for _ in range(1000)])
+        work = [[entry(account.id, ledger_id()) for _ in range(n)] for n in spread_sizes(size)]
+        for batch in work[:settled]:
+            await store.settle(batch)
+        await store.close()
+
+
+def instructions(size: int, tree: str | None) -> float:
+    """Instructions per settled entry: the 60-batch run's count less the 10-batch run's."""
+    counts = []
+    with tempfile.TemporaryDirectory(prefix="klawd-ledger-callgrind-") as tmp:
+        for settled in (10, BATCHES):
+            out = f"{tmp}/callgrind.{settled}"
+            command = [
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                __file__, "--settle-some", str(settled), "--batch", str(size),
+                *(["--tree", tree] if tree else []),
+            ]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"callgrind run failed:\n{done.stderr[-3000:]}")
+            summary = next(
+                line for line in Path(out).read_text().splitlines() if line.startswith("summary:")
+            )
+            counts.append(int(summary.split()[1]))
+    return (counts[1] - counts[0]) / sum(spread_sizes(size)[10:])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--calls", action="store_true", help="function calls per batch only")
+    parser.add_argument(
+        "--instructions", action="store_true", help="callgrind's instructions per entry only"
+    )
+    parser.add_argument("--tree", help="with --instructions: another checkout's gateway package")
+    parser.add_argument("--settle-some", type=int, help=argparse.SUPPRESS)  # --instructions' child
     args = parser.parse_args()
+    if args.settle_some is not None:
+        uvloop.run(settle_some(args.settle_some, args.batch))
+        return 0
+    if args.instructions:
+        if not 4 <= args.batch <= 1000:
+            parser.error("bounds: --batch 4..1000 with --instructions")
+        per_entry = instructions(args.batch, args.tree)
+        sizes = spread_sizes(args.batch)
+        print(f"SQLite settle ({args.tree or 'this checkout'}), batches of {min(sizes)}-"
+              f"{max(sizes)} onto a {PREFILL * 1000:,}-row ledger: "
+              f"{per_entry / 1000:.1f}K instructions per entry")  # fmt: skip
+        return 0
     if not (10 <= args.batches <= 1000 and 1 <= args.batch <= 5000 and 1 <= args.reps <= 10):
         parser.error("bounds: --batches 10..1000, --batch 1..5000, --reps 1..10")
     if args.calls:

@@ -19,7 +19,7 @@ from gateway.api.common import (
     send_json_raw,
     two_headers,
 )
-from gateway.api.streaming import Drain, Stepped, send_event_stream
+from gateway.api.streaming import Deliver, Drain, Stepped, send_event_stream
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
@@ -335,6 +335,9 @@ class ReframedRelay(Stepped):
     def failed(self, exc: Exception) -> bytes:
         self.status, piece = _failure(exc, self.error_event)
         return piece
+
+    def deliver_to(self, deliver: Deliver | None) -> None:
+        self.stream.deliver_to(deliver)
 
     async def close(self, whole: bool, drained: bool) -> None:
         failed = self.status != 0

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from typing import Any, NamedTuple
 
 from starlette.responses import Response
@@ -72,6 +72,15 @@ class Stepped:
 
     async def close(self, whole: bool, drained: bool) -> None:
         raise NotImplementedError
+
+    def deliver_to(self, deliver: Deliver | None) -> None:
+        """Where the source may hand a piece that arrives while the stream waits, sent from
+        the arrival's own callback (`_Watch.deliver`: True if it took it); None: nowhere.
+        A source that cannot (the default) always wakes the stream."""
+
+
+# `_Watch.deliver`: (piece, the future the stream is waiting on) -> whether it took the piece.
+Deliver = Callable[[bytes, "asyncio.Future[None]"], bool]
 
 
 def _the_end() -> bytes:
@@ -131,6 +140,7 @@ async def send_event_stream(
         stepped, generator = _NOT_STEPPED, pieces
         step, arrival, edit = _the_end, loop.create_future, None
     whole = False
+    direct = generator is None  # the source's pieces sent from its callback once one is out
     if drain is not None:
         drain.streams.add(task)
     try:
@@ -149,6 +159,12 @@ async def send_event_stream(
                     if next_piece is None:
                         piece = b""  # (the piece sent is not held while the stream waits)
                         await arrival()
+                        pending = watch.pending
+                        if pending is not None:  # a piece `deliver` sent has to be waited for
+                            watch.pending = None
+                            await pending
+                            watch.last_sent = loop.time()
+                            watch.waiting_on_source = True
                         continue
                     piece = next_piece
                 except Exception as exc:
@@ -177,6 +193,10 @@ async def send_event_stream(
                 passthrough = None
             watch.last_sent = loop.time()
             watch.waiting_on_source = True
+            if direct:  # from here on a piece that arrives while the stream waits is sent at once
+                direct = False
+                watch.direct_send, watch.edit = send, edit
+                stepped.deliver_to(watch.deliver)
         if not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError as exc:
@@ -196,6 +216,10 @@ async def send_event_stream(
             drain.streams.discard(task)
         pinging = watch.end()
         if generator is None:
+            stepped.deliver_to(None)
+            # A send `deliver` began that the task had not waited for yet (it was cancelled
+            # first): let go, as the task's own send is when it is cancelled in it.
+            watch.pending = None
             await stepped.close(whole, drained)
         else:
             if drained:  # the relay bills with the drain's status if it is still suspended
@@ -221,12 +245,15 @@ class _Watch:
         "client_gone",
         "context",
         "deaf",
+        "direct_send",
+        "edit",
         "finished",
         "keepalive",
         "keepalive_s",
         "keepalives",
         "last_sent",
         "loop",
+        "pending",
         "pinging",
         "receive",
         "send",
@@ -278,6 +305,47 @@ class _Watch:
         # The request's context: a keepalive's send runs in it, as when each stream had a timer.
         self.context = contextvars.copy_context()
         self.start: asyncio.Handle | None = loop.call_soon(self.arm, context=self.context)
+        # `deliver`'s: the server's send and the source's edit (set once a piece is out), and
+        # a send it began that the stream's task must wait for (or its failure).
+        self.direct_send: Send | None = None
+        self.edit: Callable[[bytes], bytes] | None = None
+        self.pending: Awaitable[None] | None = None
+
+    def deliver(self, piece: bytes, waiter: asyncio.Future[None]) -> bool:
+        """A piece (whole events, not the stream's last) that arrived while the stream waits
+        (`waiter`: what it awaits), sent here, in the arrival's callback: no wake of the
+        stream's task and no step of its coroutines per piece. Granian's send of a body piece
+        is done at once while its channel to the client has room; one that has to wait (a
+        slow client), or fails, is left in `pending` for the task, which is woken to wait for
+        it as it waits for its own sends (the send deadline, the client-gone watch and the
+        drain stay the task's). False, nothing sent: a keepalive is being sent (the piece
+        waits for it, in the task)."""
+        pinging = self.pinging
+        if self.finished or (pinging is not None and not pinging.done()):
+            return False
+        send = self.direct_send
+        assert send is not None  # noqa: S101 (set before the source is told to deliver)
+        edit = self.edit
+        if edit is not None:
+            piece = edit(piece)
+        try:
+            sending = send({"type": "http.response.body", "body": piece, "more_body": True})
+            steps = sending.__await__()
+            waiting = next(steps, _SENT)
+        except Exception as exc:  # the task raises it where its own send would have
+            failed = self.loop.create_future()
+            failed.set_exception(exc)
+            self.pending = failed
+            self.waiting_on_source = False
+            waiter.set_result(None)
+            return True
+        if waiting is _SENT:
+            self.last_sent = self.loop.time()
+            return True
+        self.pending = _Rest(steps, waiting)
+        self.waiting_on_source = False
+        waiter.set_result(None)
+        return True
 
     def arm(self) -> None:
         """The stream waits for the first time (it is still open when the loop turns)."""
@@ -362,6 +430,39 @@ class _Watch:
             watcher.cancel()
         self.task = None
         return self.pinging
+
+
+_SENT: Any = object()  # (what `next` answers for a send that is done)
+
+
+class _Rest:
+    """The rest of a send that `deliver` began and that had to wait: awaited by the stream's
+    task as if it had begun the send itself (what the send yielded is yielded to the task
+    first; cancellation is thrown into the send)."""
+
+    __slots__ = ("steps", "waiting")
+
+    def __init__(self, steps: Any, waiting: Any) -> None:
+        self.steps = steps
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        steps, waiting = self.steps, self.waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:
+                throw = getattr(steps, "throw", None)
+                if throw is None:
+                    raise
+                try:
+                    waiting = throw(exc)
+                except StopIteration:
+                    return
+                continue
+            waiting = next(steps, _SENT)
+            if waiting is _SENT:
+                return
 
 
 class Drain(NamedTuple):

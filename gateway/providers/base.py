@@ -629,6 +629,13 @@ class ReframedStream:
                 self._end()  # (cancelled) not whole: the connection is dropped
                 raise
 
+    def deliver_to(self, deliver: Callable[[bytes, asyncio.Future[None]], bool] | None) -> None:
+        """A body reframed as it is read hands `deliver` each piece that arrives while the
+        reader waits (nothing pending, not the last piece, no failure): sent there, it wakes
+        nobody (`deliver` answers whether it took it). None: every piece is the step's."""
+        if self._sunk:
+            self._response._direct = deliver
+
     def step(self) -> bytes | None:
         """`__anext__` without a coroutine, for a relay that waits itself (gateway/api/chat.py):
         the next piece if what has arrived makes one; None when it must wait (`await

@@ -613,7 +613,23 @@ class _Connection(asyncio.Protocol):
                         response._sink_failed(exc, sink.before_error())
                     else:
                         if out:
-                            response._chunks.append(out)
+                            # While the reader waits, its pieces may be sent from here (a
+                            # reader's `deliver_to`): not the last one (the terminator, or
+                            # the body's end: its closing events go with it), nor before a
+                            # failure.
+                            direct = response._direct
+                            waiter = response._waiter
+                            if (
+                                direct is None
+                                or waiter is None
+                                or waiter.done()
+                                or response._chunks
+                                or sink.done
+                                or sink.upstream_error is not None
+                                or dechunker.done
+                                or not direct(out, waiter)
+                            ):
+                                response._chunks.append(out)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                 if dechunker.done:
@@ -688,6 +704,7 @@ class HttpResponse:
         "_dechunker",
         "_decoder",
         "_deflate_probe",
+        "_direct",
         "_eof_body",
         "_error",
         "_finished",
@@ -763,6 +780,8 @@ class HttpResponse:
         # Its reader's reframer, fed as the bytes arrive (`reframe_into`), and its failure.
         self._sink: _core.Reframer | None = None
         self._sink_error: Exception | None = None
+        # Where its reframed pieces go while its reader waits, instead of waking it.
+        self._direct: Callable[[bytes, asyncio.Future[None]], bool] | None = None
         self._interim = False
         self._complete = False  # the whole message arrived
         self._keep_alive = False

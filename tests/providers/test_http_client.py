@@ -1702,12 +1702,15 @@ async def test_a_reframed_stream_is_finished_only_once_its_last_piece_is_taken()
 
 class _Relayed(Stepped):
     """A reframed stream as `send_event_stream` steps it (the chat route's relay, billing
-    aside), counting the pieces taken."""
+    aside), counting the pieces taken by its step and those sent from the connection's read
+    (`deliver_to`)."""
 
     def __init__(self, stream: ReframedStream) -> None:
         self.taken = 0
+        self.delivered = 0
         self.arrival = stream.arrival
         self.edit = None
+        self.stream = stream
 
         def step() -> bytes | None:
             piece = stream.step()
@@ -1721,6 +1724,61 @@ class _Relayed(Stepped):
 
     async def close(self, whole: bool, drained: bool) -> None:
         pass
+
+    def deliver_to(self, deliver: Callable[[bytes, asyncio.Future[None]], bool] | None) -> None:
+        if deliver is None:
+            self.stream.deliver_to(None)
+            return
+
+        def counted(piece: bytes, waiter: asyncio.Future[None]) -> bool:
+            took = deliver(piece, waiter)
+            self.delivered += took
+            return took
+
+        self.stream.deliver_to(counted)
+
+
+async def test_pieces_read_while_the_relay_waits_are_sent_from_the_read() -> None:
+    """Once the first piece is out, each read that completes events while the relay waits
+    has them sent from the connection's callback (`deliver_to`): the relay's task is not
+    woken for them. In order, whole; the last piece (the upstream's end) is still the
+    relay's, and ends the body in its send."""
+    reads = [asyncio.Event() for _ in range(4)]
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        for i, go_on in enumerate(reads):
+            await go_on.wait()
+            if i < len(reads) - 1:
+                await conn.send(_chunk(OPENAI_EVENT.replace(b"hi", b"h%d" % i) + b"\n"))
+        await conn.send(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Future()  # the client never leaves
+        raise AssertionError
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            relay = _Relayed(stream)
+            messages: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                messages.append(message)
+                if 2 <= len(messages) <= len(reads) + 1:  # each piece out: the next read
+                    reads[len(messages) - 2].set()
+
+            await send_event_stream(receive, send, [], relay, 30, last=stream.finished)
+        finally:
+            await provider.close()
+    bodies = [m["body"] for m in messages[1:]]
+    assert [b"h%d" % i in body for i, body in enumerate(bodies[1:4])] == [True] * 3, bodies
+    assert bodies[-1] == b"data: [DONE]\n\n" and messages[-1]["more_body"] is False
+    assert (relay.taken, relay.delivered) == (2, 3)
 
 
 async def test_a_reframed_stream_s_end_read_during_a_keepalive_loses_none_of_its_events() -> None:

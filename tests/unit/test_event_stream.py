@@ -695,3 +695,218 @@ def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
         b"",
     ]
     assert timeouts == []
+
+
+class DeliveringSource(Source):
+    """A source that hands each piece pushed while the stream waits (nothing pending) to the
+    stream's `deliver`, as a body reframed as it is read does from the connection's read."""
+
+    __slots__ = ("deliver", "delivered")
+
+    def __init__(self, edit: Callable[[bytes], bytes] | None = None) -> None:
+        super().__init__(edit)
+        self.deliver: Callable[[bytes, asyncio.Future[None]], bool] | None = None
+        self.delivered: list[bytes] = []
+
+    def deliver_to(self, deliver: Callable[[bytes, asyncio.Future[None]], bool] | None) -> None:
+        self.deliver = deliver
+
+    def push(self, *items: bytes | Exception) -> None:
+        for item in items:
+            waiter = self.waiter
+            if (
+                self.deliver is not None
+                and isinstance(item, bytes)
+                and item
+                and not self.items
+                and waiter is not None
+                and not waiter.done()
+                and self.deliver(item, waiter)
+            ):
+                self.delivered.append(item)
+                continue
+            super().push(item)
+
+
+def test_pieces_that_arrive_while_the_stream_waits_are_sent_at_once_edited_in_order() -> None:
+    """Once a piece is out, the source's pieces that arrive while the stream waits are sent
+    from the arrival (`deliver`), edited; those that arrive while a send is still theirs (or
+    the stream's task has been woken) go through the step; the end is the step's."""
+
+    async def main() -> tuple[Client, DeliveringSource]:
+        client = Client()
+        source = DeliveringSource(edit=lambda piece: piece.upper())
+
+        async def feed() -> None:
+            source.push(b"data: a\n\n")
+            await asyncio.sleep(0.01)
+            source.push(b"data: b\n\n", b"data: c\n\n")
+            await asyncio.sleep(0.01)
+            source.push(b"data: d\n\n")
+            await asyncio.sleep(0.01)
+            source.push(b"")
+
+        feeder = asyncio.ensure_future(feed())
+        await send_event_stream(client.receive, client.send, {}, source, 30)
+        await feeder
+        return client, source
+
+    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    assert client.bodies() == [b"DATA: A\n\n", b"DATA: B\n\n", b"DATA: C\n\n", b"DATA: D\n\n", b""]
+    assert source.delivered == [b"data: b\n\n", b"data: c\n\n", b"data: d\n\n"]
+    assert source.closed == (True, False)
+
+
+def _stream_with_deadline(
+    client: Client, send: Callable[[dict[str, Any]], Awaitable[None]], source: Stepped,
+    timeouts: list[None],
+) -> Awaitable[None]:  # fmt: skip
+    streams = OpenStreams()
+    streams.on_send_timeout = lambda: timeouts.append(None)
+    return send_event_stream(
+        client.receive, send, {}, source, 0.05, KEEPALIVE, drain=Drain(streams, b""),
+        send_timeout_s=0.3,
+    )  # fmt: skip
+
+
+def test_a_delivered_piece_the_client_never_takes_ends_the_stream_as_if_it_had_left() -> None:
+    """A piece sent from the arrival whose send has to wait (the client stopped reading) is
+    waited for by the stream's task: the send deadline ends the stream, the source closed not
+    whole, the task not cancelled, the stream counted; the pieces after it never sent."""
+    timeouts: list[None] = []
+
+    async def main() -> tuple[Client, DeliveringSource, int]:
+        client = Client()
+        source = DeliveringSource()
+        never = asyncio.get_running_loop().create_future()
+
+        async def deaf_send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message.get("body", b"").startswith(b"data: 1"):
+                await never  # the client's buffers are full, for good
+
+        async def feed() -> None:
+            source.push(b"data: 0\n\n")
+            await asyncio.sleep(0.01)
+            source.push(b"data: 1\n\n")
+            await asyncio.sleep(0.05)
+            source.push(b"data: 2\n\n")
+
+        feeder = asyncio.ensure_future(feed())
+        await _stream_with_deadline(client, deaf_send, source, timeouts)
+        await feeder
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return client, source, task.cancelling()
+
+    client, source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert source.delivered == [b"data: 1\n\n"]
+    assert [b for b in client.bodies() if b != KEEPALIVE] == [b"data: 0\n\n", b"data: 1\n\n"]
+    assert source.closed == (False, False)
+    assert cancelling == 0
+    assert len(timeouts) == 1
+
+
+def test_delivered_pieces_the_client_takes_slowly_are_all_sent_in_order() -> None:
+    """Each piece taken after 0.1 s (longer in all than the 0.3 s deadline, each shorter),
+    one arriving every 0.07 or 0.15 s: a delivered send that has to wait is the task's to
+    finish; pieces that arrive meanwhile are the step's, after it. Whole, in order, not
+    counted as a send timeout."""
+    timeouts: list[None] = []
+
+    async def main() -> tuple[Client, DeliveringSource]:
+        client = Client()
+        source = DeliveringSource()
+
+        async def slow_send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message.get("body") and message["body"] != KEEPALIVE:
+                await asyncio.sleep(0.1)
+
+        async def feed() -> None:
+            for i in range(6):
+                source.push(f"data: {i}\n\n".encode())
+                await asyncio.sleep(0.07 if i % 2 else 0.15)
+            source.push(b"")
+
+        feeder = asyncio.ensure_future(feed())
+        await _stream_with_deadline(client, slow_send, source, timeouts)
+        await feeder
+        return client, source
+
+    client, source = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [b for b in client.bodies() if b != KEEPALIVE] == [
+        *(f"data: {i}\n\n".encode() for i in range(6)),
+        b"",
+    ]
+    assert source.delivered, "no piece was sent from its arrival"
+    assert source.closed == (True, False)
+    assert timeouts == []
+
+
+def test_a_client_gone_while_a_delivered_piece_is_pending_closes_the_source_not_whole() -> None:
+    async def main() -> tuple[DeliveringSource, int]:
+        client = FutureClient()
+        source = DeliveringSource()
+        never = asyncio.get_running_loop().create_future()
+
+        async def deaf_send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message.get("body", b"").startswith(b"data: 1"):
+                await never
+
+        async def feed() -> None:
+            source.push(b"data: 0\n\n")
+            await client.got_body.wait()
+            await asyncio.sleep(0.01)
+            source.push(b"data: 1\n\n")
+            await asyncio.sleep(0.01)
+            client.left.set()
+
+        feeder = asyncio.ensure_future(feed())
+        await send_event_stream(client.receive_future, deaf_send, {}, source, 30)
+        await feeder
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return source, task.cancelling()
+
+    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert source.delivered == [b"data: 1\n\n"]
+    assert source.closed == (False, False)
+    assert cancelling == 0
+
+
+def test_a_piece_that_arrives_during_a_keepalive_s_send_waits_for_it_in_the_step() -> None:
+    """`deliver` declines while a keepalive's send is pending: the piece goes through the
+    step, after the keepalive, never beside it."""
+
+    async def main() -> tuple[Client, DeliveringSource]:
+        client = Client()
+        source = DeliveringSource()
+        pushed = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message.get("body") == KEEPALIVE and not pushed.is_set():
+                pushed.set()
+                source.push(b"data: 1\n\n")  # arrives while this keepalive is being sent
+                await asyncio.sleep(0.02)
+
+        source.push(b"data: 0\n\n")
+
+        async def end() -> None:
+            await pushed.wait()
+            await asyncio.sleep(0.1)
+            source.push(b"")
+
+        ender = asyncio.ensure_future(end())
+        await send_event_stream(client.receive, send, {}, source, 0.05, KEEPALIVE)
+        await ender
+        return client, source
+
+    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    bodies = client.bodies()
+    assert bodies[:3] == [b"data: 0\n\n", KEEPALIVE, b"data: 1\n\n"]
+    assert source.delivered == []

@@ -296,7 +296,12 @@ impl Stream {
 pub struct ChunkWriter {
     /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…` (no closing brace).
     head: Vec<u8>,
+    /// `head` and a content delta's start, up to its text: `…,"choices":[{"index":0,"delta":{"content":`.
+    content_head: Vec<u8>,
 }
+
+/// A content delta's end, after its text.
+const CONTENT_TAIL: &[u8] = b"},\"finish_reason\":null}]}\n\n";
 
 impl ChunkWriter {
     /// Precomputes the common head of every chunk.
@@ -308,7 +313,9 @@ impl ChunkWriter {
         head.extend_from_slice(opts.created.to_string().as_bytes());
         head.extend_from_slice(b",\"model\":");
         json::write_str(&mut head, &opts.model);
-        Self { head }
+        let mut content_head = head.clone();
+        content_head.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":{\"content\":");
+        Self { head, content_head }
     }
 
     /// One chunk with choice 0: `write_delta` writes the delta object's JSON.
@@ -331,11 +338,25 @@ impl ChunkWriter {
 
     /// A content delta.
     pub fn content(&self, out: &mut Vec<u8>, text: &str) {
-        self.chunk(out, None, |o| {
-            o.extend_from_slice(b"{\"content\":");
-            json::write_str(o, text);
-            o.push(b'}');
-        });
+        out.extend_from_slice(&self.content_head);
+        json::write_str(out, text);
+        out.extend_from_slice(CONTENT_TAIL);
+    }
+
+    /// A content delta whose text a JSON reader (the scans, or `serde_json`) read from its
+    /// input: borrowed only when the string had no escape, so it holds no byte that `content`
+    /// would escape (no quote, backslash or control character: JSON forbids them raw) and is
+    /// written as it came, between quotes. The same bytes as `content`'s.
+    pub fn content_read(&self, out: &mut Vec<u8>, text: &Cow<'_, str>) {
+        let Cow::Borrowed(plain) = text else {
+            return self.content(out, text);
+        };
+        debug_assert!(!plain.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+        out.extend_from_slice(&self.content_head);
+        out.push(b'"');
+        out.extend_from_slice(plain.as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(CONTENT_TAIL);
     }
 
     /// The first chunk: `{"role":"assistant","content":""}`.
@@ -436,4 +457,32 @@ pub(crate) fn parse<'a, T: serde::Deserialize<'a>>(
 ) -> Result<T, CoreError> {
     serde_json::from_str(data)
         .map_err(|e| CoreError::Sse(format!("malformed {provider} stream event: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ChunkWriter, Cow, Options};
+
+    #[test]
+    fn a_content_delta_read_from_its_input_is_written_as_content_writes_it() {
+        let opts = Options {
+            model: "m\"x".to_owned(),
+            response_id: "id".to_owned(),
+            created: 7,
+            include_usage: false,
+            response_fields: "{}".to_owned(),
+        };
+        let writer = ChunkWriter::new(&opts);
+        for text in ["plain é 😀", "a \"quote\"\n\\ and \u{1}"] {
+            let (mut read, mut written) = (Vec::new(), Vec::new());
+            let cow: Cow<'_, str> = if text.contains(['"', '\\', '\n']) {
+                Cow::Owned(text.to_owned())
+            } else {
+                Cow::Borrowed(text)
+            };
+            writer.content_read(&mut read, &cow);
+            writer.content(&mut written, text);
+            assert_eq!(read, written);
+        }
+    }
 }

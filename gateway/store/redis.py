@@ -87,6 +87,9 @@ CAPACITY_LIBRARY = (
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 _entry_encoder = msgspec.json.Encoder()
+# klawd_settle_v9's entries, one MessagePack array (Redis's Lua reads no binary: the ledger
+# record goes as text)
+_entries_encoder = msgspec.msgpack.Encoder()
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
 
@@ -130,7 +133,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v8` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v9` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -148,14 +151,15 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v8` for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v9` for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
-    day and key, each entry naming its group of them and its own marker."""
+    day and key, each entry naming its group of them and its own marker; the entries in one
+    MessagePack argument (their eleven arguments and marker, packed one by one, cost the worker
+    more than the rest of the call: decision 0010, issue 19zr)."""
     key = _acct(entries[0].account_id)
     groups: dict[tuple[str, str], int] = {}
     shared: list[str] = []
-    markers: list[str] = []
-    args: list[Any] = [0]  # the number of groups, once they are known
+    values: list[Any] = []
     for entry in entries:
         key_id = entry.key_id or "-"
         day = entry.day
@@ -167,23 +171,22 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
                 f"{key}:kusage:{day}",
                 *_spend_keys_in(key, key_id, day),
             )
-        markers.append(f"{key}:settled:{entry.id}")
-        args += (
+        values += (
             entry.reserved_micros - entry.cost_micros,
             entry.model or "-",
             entry.prompt_tokens,
             entry.completion_tokens,
             entry.images,
             entry.cost_micros,
-            _entry_encoder.encode(entry),
+            _entry_encoder.encode(entry).decode(),
             key_id,
             entry.key_reserved_micros,
             entry.hold_id,
             group,
+            f"{key}:settled:{entry.id}",
         )
-    args[0] = len(groups)
-    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared, *markers]
-    return ("FCALL", "klawd_settle_v8", len(keys), *keys, *args)
+    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
+    return ("FCALL", "klawd_settle_v9", len(keys), *keys, _entries_encoder.encode(values))
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
@@ -606,7 +609,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v8` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v9` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -683,7 +686,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v8's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v9's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

@@ -1,8 +1,9 @@
-"""The Redis store settles a batch with one `klawd_settle_v7` per account (`klawd_settle_v6` with
-the keys its entries share named once; for entries without a hold, what `klawd_settle_v5` does),
-summing the entries' counters inside Redis: the keys it leaves must hold exactly what
-`klawd_settle_v4`, one call per entry, and `klawd_settle_v6`, the previous release's batch, leave
-(replicas of these releases share one Redis), and a batch costs one call per account."""
+"""The Redis store settles a batch with one `klawd_settle_v9` per account (`klawd_settle_v7`
+with its entries in one MessagePack argument; v7 is `klawd_settle_v6` with the keys its entries
+share named once; for entries without a hold, what `klawd_settle_v5` does), summing the
+entries' counters inside Redis: the keys it leaves must hold exactly what `klawd_settle_v4`, one
+call per entry, and the batches of earlier releases (`klawd_settle_v6`, `klawd_settle_v8`)
+leave (replicas of these releases share one Redis), and a batch costs one call per account."""
 
 from __future__ import annotations
 
@@ -80,6 +81,34 @@ def v6_call(batch: list[UsageEntry]) -> tuple[object, ...]:
             key_id, entry.key_reserved_micros, entry.hold_id,
         )  # fmt: skip
     return ("FCALL", "klawd_settle_v6", len(keys), *keys, *args)
+
+
+def v8_call(batch: list[UsageEntry]) -> tuple[object, ...]:
+    """The previous release's call (`klawd_settle_v8`): each day and key's shared keys named
+    once, then every entry's marker as a key and its eleven arguments."""
+    key = _acct(batch[0].account_id)
+    groups: dict[tuple[str, str], int] = {}
+    shared: list[str] = []
+    markers: list[str] = []
+    args: list[object] = [0]
+    for entry in batch:
+        key_id = entry.key_id or "-"
+        group = groups.get((entry.day, key_id))
+        if group is None:
+            group = groups[entry.day, key_id] = len(groups) + 1
+            shared += (
+                f"{key}:usage:{entry.day}", f"{key}:kusage:{entry.day}",
+                *_spend_keys(entry.account_id, key_id, entry.day),
+            )  # fmt: skip
+        markers.append(f"{key}:settled:{entry.id}")
+        args += (
+            entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
+            entry.completion_tokens, entry.images, entry.cost_micros, msgspec.json.encode(entry),
+            key_id, entry.key_reserved_micros, entry.hold_id, group,
+        )  # fmt: skip
+    args[0] = len(groups)
+    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared, *markers]
+    return ("FCALL", "klawd_settle_v8", len(keys), *keys, *args)
 
 
 async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]:
@@ -162,6 +191,36 @@ async def test_a_batch_leaves_the_keys_the_previous_release_batch_leaves(
         assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
         replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
         assert replies[0] == replies[1]
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_batch_leaves_what_the_previous_release_v8_leaves_and_each_sees_the_others(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The store's call (`klawd_settle_v9`, its entries in one MessagePack argument) against
+    the previous release's (`klawd_settle_v8`, eleven arguments and a marker key an entry): the
+    same keys, values and expiries; and a batch settled by one is not settled again by the
+    other (replicas of both releases, a batch retried across them)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        batched = await redis_store.create_account("batched", "free", 1_000)
+        previous = await redis_store.create_account("previous", "free", 1_000)
+        for account in (batched, previous):
+            for key_id in ("key_a", "key_b", "-"):
+                for day in DAYS:
+                    for spend in _spend_keys(account.id, key_id, day):
+                        await client.hset(spend, "r", 40)
+        await redis_store.settle(entries(batched.id)[:25])
+        await client.execute_command(*v8_call(entries(batched.id)[10:]))  # 15 settled already
+        await client.execute_command(*v8_call(entries(previous.id)[:25]))
+        await redis_store.settle(entries(previous.id)[10:])  # ... by v8
+        assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
+        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
+        assert replies[0] == replies[1]
+        ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
+        assert ledger == len({e.id for e in entries(batched.id)})
     finally:
         await client.aclose()
         await redis_store.close()

@@ -617,7 +617,8 @@ end
 -- -> {entries applied (those not settled before), then as v4 after the last of them: grant seq
 --     (0: none recorded, or nothing applied), granted, granted at, spent}
 -- (`settle_entries` reads each entry's keys through `keys_of(i)`: the index in KEYS of its usage
--- of the day, its marker, its key usage of the day and the first of its three key spends; its
+-- of the day, its marker's name, the index of its key usage of the day and of the first of its
+-- three key spends; its
 -- arguments are ARGV[a + 1 ..] with a = first + stride * i, for i = 0 .. entries - 1.)
 -- A request admitted under a lease is settled: its reservation (`micros`) leaves the lease's
 -- hold, and the hold goes once it holds nothing (its lease given back, its requests settled).
@@ -687,7 +688,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
   for i = 0, entries - 1 do
     local a = first + stride * i
     local usage, marker, kusage, spend0 = keys_of(i)
-    if redis.call('SET', keys[marker], '1', 'NX', 'PX', 600000) then
+    if redis.call('SET', marker, '1', 'NX', 'PX', 600000) then
       applied = applied + 1
       local cost = tonumber(args[a + 6])
       local delta, reserved = tonumber(args[a + 1]), tonumber(args[a + 9])
@@ -756,15 +757,15 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
 end
 
 -- v5's and v6's KEYS: six per entry after the first `first` (usage, marker, key usage, spends)
-local function six_each(first)
+local function six_each(keys, first)
   return function(i)
     local k = first + 6 * i
-    return k + 1, k + 2, k + 3, k + 4
+    return k + 1, keys[k + 2], k + 3, k + 4
   end
 end
 
 local function settle_v5(keys, args)
-  return settle_entries(keys, args, 0, 9, #args / 9, six_each(3), nil)
+  return settle_entries(keys, args, 0, 9, #args / 9, six_each(keys, 3), nil)
 end
 
 -- v6: v5 for entries admitted by klawd_admit_v3: the account's expired holds are given back
@@ -777,7 +778,7 @@ end
 -- -> as v5, then how many expired holds it gave back
 local function settle_v6(keys, args)
   local released = release_holds(keys[4], keys[1], now_ms())
-  local reply = settle_entries(keys, args, 0, 10, #args / 10, six_each(4), keys[4])
+  local reply = settle_entries(keys, args, 0, 10, #args / 10, six_each(keys, 4), keys[4])
   reply[6] = released
   return reply
 end
@@ -796,10 +797,30 @@ local function settle_v7(keys, args)
   local markers = 4 + 5 * groups
   local function keys_of(i)
     local g = 4 + 5 * (tonumber(args[12 + 11 * i]) - 1)
-    return g + 1, markers + i + 1, g + 2, g + 3
+    return g + 1, keys[markers + i + 1], g + 2, g + 3
   end
   local released = release_holds(keys[4], keys[1], now_ms())
   local reply = settle_entries(keys, args, 1, 11, (#args - 1) / 11, keys_of, keys[4])
+  reply[6] = released
+  return reply
+end
+
+-- v9: v8 with its entries in one argument, a MessagePack array of twelve values an entry (v7's
+-- eleven, then its marker's name), which the client packs in one C call where v8's eleven
+-- arguments and marker key an entry cost it a formatted header each (decision 0010, issue
+-- 19zr). The same markers as v8's: a batch settled by one is recognised by the other.
+-- KEYS: credits, ledger, the account's hash, its holds, then per group as v7 (5 each)
+-- ARGV: the entries (MessagePack)
+-- -> as v7
+local function settle_v9(keys, args)
+  local flat = cmsgpack.unpack(args[1])
+  local function keys_of(i)
+    local a = 12 * i
+    local g = 4 + 5 * (flat[a + 11] - 1)
+    return g + 1, flat[a + 12], g + 2, g + 3
+  end
+  local released = release_holds(keys[4], keys[1], now_ms())
+  local reply = settle_entries(keys, flat, 0, 12, #flat / 12, keys_of, keys[4])
   reply[6] = released
   return reply
 end
@@ -816,6 +837,7 @@ redis.register_function('klawd_settle_v7', settle_v7)
 -- takes its reservation out of the lease's hold. (v7 runs the same code: a replica that calls
 -- v8 fails at once on a Redis that still has the library before leases, and loads it again.)
 redis.register_function('klawd_settle_v8', settle_v7)
+redis.register_function('klawd_settle_v9', settle_v9)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

@@ -190,7 +190,7 @@ impl AnthropicReframer {
                         if let Some(text) = block.text.filter(|t| !t.is_empty()) {
                             self.ensure_role(out);
                             st.content_chars += json::char_count(&text);
-                            self.writer.content_read(out, &text);
+                            self.writer.content_read(out, text);
                         }
                     }
                     "tool_use" => {
@@ -215,7 +215,7 @@ impl AnthropicReframer {
                         if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
                             self.ensure_role(out);
                             st.content_chars += json::char_count(&text);
-                            self.writer.content_read(out, &text);
+                            self.writer.content_read(out, text);
                         }
                     }
                     Some("input_json_delta") => {

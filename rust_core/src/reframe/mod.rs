@@ -347,9 +347,10 @@ impl ChunkWriter {
     /// input: borrowed only when the string had no escape, so it holds no byte that `content`
     /// would escape (no quote, backslash or control character: JSON forbids them raw) and is
     /// written as it came, between quotes. The same bytes as `content`'s.
-    pub fn content_read(&self, out: &mut Vec<u8>, text: &Cow<'_, str>) {
-        let Cow::Borrowed(plain) = text else {
-            return self.content(out, text);
+    pub fn content_read(&self, out: &mut Vec<u8>, text: Cow<'_, str>) {
+        let plain = match text {
+            Cow::Borrowed(plain) => plain,
+            Cow::Owned(text) => return self.content(out, &text),
         };
         debug_assert!(!plain.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
         out.extend_from_slice(&self.content_head);
@@ -480,7 +481,7 @@ mod tests {
             } else {
                 Cow::Borrowed(text)
             };
-            writer.content_read(&mut read, &cow);
+            writer.content_read(&mut read, cow);
             writer.content(&mut written, text);
             assert_eq!(read, written);
         }

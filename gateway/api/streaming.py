@@ -218,8 +218,14 @@ async def send_event_stream(
         if generator is None:
             stepped.deliver_to(None)
             # A send `deliver` began that the task had not waited for yet (it was cancelled
-            # first): let go, as the task's own send is when it is cancelled in it.
-            watch.pending = None
+            # first): let go, as the task's own send is when it is cancelled in it. One that
+            # failed (the server refused it: the client is gone) is let go with its failure
+            # read, not logged as a future's exception never retrieved.
+            pending = watch.pending
+            if pending is not None:
+                watch.pending = None
+                if isinstance(pending, asyncio.Future) and pending.done():
+                    pending.exception()
             await stepped.close(whole, drained)
         else:
             if drained:  # the relay bills with the drain's status if it is still suspended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -910,3 +911,49 @@ def test_a_piece_that_arrives_during_a_keepalive_s_send_waits_for_it_in_the_step
     bodies = client.bodies()
     assert bodies[:3] == [b"data: 0\n\n", KEEPALIVE, b"data: 1\n\n"]
     assert source.delivered == []
+
+
+def test_a_refused_delivered_send_dropped_as_the_client_leaves_is_not_logged() -> None:
+    """The client's disconnect is seen (the watcher cancels the stream's task) before the task
+    awaits the failure of a send `deliver` began (the server refused it: the client is gone):
+    the stream ends as the client's (source closed not whole, no exception out of it), and the
+    failure dropped with it is not logged as a future's exception never retrieved."""
+    unretrieved: list[dict[str, Any]] = []
+
+    async def main() -> tuple[DeliveringSource, int]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+        client = Client()
+        source = DeliveringSource()
+        receives: list[asyncio.Future[dict[str, Any]]] = []
+
+        def receive() -> asyncio.Future[dict[str, Any]]:
+            receives.append(loop.create_future())
+            return receives[-1]
+
+        async def refusing_send(message: dict[str, Any]) -> None:
+            if message.get("body", b"").startswith(b"data: 1"):
+                raise OSError("the client is gone")
+            await client.send(message)
+
+        async def feed() -> None:
+            source.push(b"data: 0\n\n")
+            await client.got_body.wait()
+            await asyncio.sleep(0.01)  # the stream waits, its watcher armed
+            # in one turn of the loop: the client's disconnect, then a read's piece
+            receives[-1].set_result({"type": "http.disconnect"})
+            source.push(b"data: 1\n\n")
+
+        feeder = asyncio.ensure_future(feed())
+        await send_event_stream(receive, refusing_send, {}, source, 30)
+        await feeder
+        task = asyncio.current_task()
+        assert task is not None
+        return source, task.cancelling()
+
+    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    gc.collect()
+    assert source.delivered == [b"data: 1\n\n"]
+    assert source.closed == (False, False)
+    assert cancelling == 0
+    assert unretrieved == []

@@ -18,6 +18,7 @@ __all__ = [
     "__version__",
     "anthropic_chat_request",
     "chat_request_messages",
+    "gemini_chat_request",
     "json_nesting_depth",
     "openai_chat_answer",
     "openai_chat_request",
@@ -55,7 +56,13 @@ def anthropic_chat_request(
     """The client's chat body translated to an Anthropic Messages body by one scan, byte for
     byte what `orjson.dumps(translate_request(...))` writes; None when the scan cannot tell
     (tools, images, tool results, cache_control, a temperature above 1, an escaped or repeated
-    key, ...): the caller translates it in Python then (rust_core/src/anthropic_body.rs)."""
+    key, ...): the caller translates it in Python then (rust_core/src/anthropic_body/)."""
+
+def gemini_chat_request(body: bytes, default_max_tokens: int) -> bytes | None:
+    """The client's chat body translated to a Gemini GenerateContentRequest by one scan, byte
+    for byte what `orjson.dumps(translate_request(...))` writes; None when the scan cannot tell
+    (an http(s) image URL, an escaped or repeated key, any refusal, ...): the caller translates
+    it in Python then (rust_core/src/gemini_body/)."""
 
 def openai_chat_answer(body: bytes, model: str) -> tuple[bytes, int, int, int, int] | None:
     """The upstream's chat.completion with `model` renamed, and its prompt, completion, cached

@@ -17,6 +17,11 @@ Request translation (OpenAI chat → GenerateContentRequest, camelCase as the RE
   4096), stopSequences, seed, presencePenalty, frequencyPenalty, and response_format json_object
   → `responseMimeType: application/json` (json_schema adds `responseJsonSchema`).
 Anything else (`n` > 1, logprobs, `parallel_tool_calls: false`, file parts) is a 400 naming it.
+
+A request is translated by one scan in Rust (`_core.gemini_chat_request`,
+rust_core/src/gemini_body/) where it can tell — what agents send: text, tools, tool calls and
+results, data-URL images — byte for byte what `translate_request` and orjson write; the
+functions below are the reference and take the rest (and every refusal).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
+from gateway import _core
 from gateway.billing import TokenUsage, count, estimate_tokens
 from gateway.errors import (
     BadGateway,
@@ -65,6 +71,7 @@ from gateway.providers.translate import (
 )
 from gateway.schemas.embeddings import encode_embedding
 from gateway.schemas.openai import (
+    DEFAULT_MAX_TOKENS,
     ImagePart,
     InputAudioPart,
     Message,
@@ -409,15 +416,26 @@ class GeminiProvider(HttpProvider):
 
         return headers("application/json"), headers("text/event-stream")
 
+    @functools.cached_property
+    def _chat_urls(self) -> dict[tuple[str, bool], str]:
+        """Each upstream model's URL of a single answer and of a stream, made on first use
+        (the catalog's models: a bounded set)."""
+        return {}
+
     def build_request(self, call: ChatCall, stream: bool) -> UpstreamRequest:
         model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
-        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return UpstreamRequest(
-            url=f"{self.settings.base_url.rstrip('/')}/v1beta/models/{quote(model, safe='')}:"
-            f"{method}",
-            headers=self._chat_headers[stream],
-            body=orjson.dumps(translate_request(call)),
-        )
+        url = self._chat_urls.get((model, stream))
+        if url is None:
+            method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+            url = f"{self.settings.base_url.rstrip('/')}/v1beta/models/{quote(model, safe='')}:"
+            url = self._chat_urls[model, stream] = f"{url}{method}"
+        # One scan in Rust writes what translate_request and orjson write; a body it cannot
+        # tell about (an http(s) image, escaped keys, ...) takes them: the messages are then
+        # decoded (they are not, on the scan's path).
+        body = _core.gemini_chat_request(call.body, DEFAULT_MAX_TOKENS)
+        if body is None:
+            body = orjson.dumps(translate_request(call))
+        return UpstreamRequest(url=url, headers=self._chat_headers[stream], body=body)
 
     async def embed(self, call: EmbeddingCall) -> EmbeddingResult:
         """`POST {base_url}/v1beta/models/{m}:batchEmbedContents`, one request per input;

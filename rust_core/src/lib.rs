@@ -8,15 +8,19 @@
 //! - [`json_depth`]: how deep a request body's JSON nests (its bound's check).
 //! - [`anthropic_body`]: the client's chat body translated to an Anthropic Messages body by one
 //!   scan.
+//! - [`gemini_body`]: the same for a Gemini `GenerateContentRequest` (both read the body with
+//!   `chat_body`'s readers).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
 pub mod anthropic_body;
 pub mod bucket;
+mod chat_body;
 pub mod chat_request;
 pub mod chunked;
 pub mod errors;
 pub mod eventstream;
+pub mod gemini_body;
 mod json;
 pub mod json_depth;
 mod json_scan;

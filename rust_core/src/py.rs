@@ -416,8 +416,8 @@ mod _core {
 
     #[pymodule_export]
     use super::bodies::{
-        anthropic_chat_request, chat_request_messages, json_nesting_depth, openai_chat_answer,
-        openai_chat_request,
+        anthropic_chat_request, chat_request_messages, gemini_chat_request, json_nesting_depth,
+        openai_chat_answer, openai_chat_request,
     };
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};

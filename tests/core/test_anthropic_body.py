@@ -284,6 +284,38 @@ IMAGE_URLS = st.one_of(
 )
 
 
+AUDIO = st.sampled_from(
+    [
+        {"data": "AAAA", "format": "mp3"},
+        {"format": "wav", "data": "UklG", "x": 1},
+        {"data": "QQ==", "format": "ogg"},
+        {"data": "AAAA"},
+        {"data": 1, "format": "mp3"},
+    ]
+)
+# A tool result's text: what a tool answers, sometimes a JSON object (Gemini sends that object)
+TOOL_TEXTS = st.one_of(
+    TEXTS,
+    OBJECTS.map(lambda value: orjson.dumps(value).decode()),
+    st.sampled_from(
+        [
+            ' \n{"a": [1, 2.50]} ',
+            '{"a": 1}\u00a0',
+            "\u00a0{}",
+            "{'role': 'user'}",
+            "{",
+            '{"a":1,"a":2}',
+            '{"a": 1e400}',
+            '{"a": "\\ud800"}',
+            '{"a": -0}',
+            "[" * 70 + "]" * 70,
+            "{" + '"a":[' * 70 + "]" * 70 + "}",
+            '{"a":' + "[" * 70 + "]" * 70,
+        ]
+    ),
+)
+
+
 @st.composite
 def images(draw: st.DrawFn) -> dict[str, Any]:
     url: dict[str, Any] = {"url": draw(IMAGE_URLS)}
@@ -294,11 +326,15 @@ def images(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def parts(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["text"] * 6 + ["refusal", "image_url", "image_url"]))
+    kind = draw(
+        st.sampled_from(["text"] * 6 + ["refusal", "image_url", "image_url", "input_audio"])
+    )
     if kind == "text":
         part: dict[str, Any] = {"type": "text", "text": draw(TEXTS)}
     elif kind == "refusal":
         part = {"type": "refusal", "refusal": draw(TEXTS)}
+    elif kind == "input_audio":
+        part = {"type": "input_audio", "input_audio": draw(AUDIO)}
     else:
         part = draw(images())
     if draw(st.integers(0, 3)) == 0:
@@ -329,7 +365,15 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
         )
     )
     message: dict[str, Any] = {"role": role}
-    content = draw(st.one_of(st.none(), TEXTS, st.lists(parts(), max_size=3)))
+    texts = TOOL_TEXTS if role == "tool" else TEXTS
+    content = draw(
+        st.one_of(
+            st.none(),
+            texts,
+            st.lists(parts(), max_size=3),
+            st.lists(texts.map(lambda value: {"type": "text", "text": value}), max_size=2),
+        )
+    )
     if content is not None or draw(st.booleans()):
         message["content"] = content
     if role == "tool" or draw(st.integers(0, 5)) == 0:
@@ -340,7 +384,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
         st.sampled_from([None, None, None, None, "name", "tool_calls", "cache_control", "x"])
     )
     if extra == "name":
-        message["name"] = "bob"
+        message["name"] = draw(st.sampled_from(["bob", "", None, "f\u00e9"]))
     elif extra == "tool_calls":
         message["tool_calls"] = draw(st.one_of(st.none(), tool_calls()))
     elif extra == "cache_control":
@@ -396,14 +440,14 @@ def bodies(draw: st.DrawFn) -> bytes:
         "stream": st.booleans(),
         "stream_options": st.sampled_from([None, {"include_usage": True}]),
         "models": st.sampled_from([None, ["openai/gpt-x"]]),
-        "parallel_tool_calls": st.sampled_from([None, True, False]),
+        "parallel_tool_calls": st.sampled_from([None, True, False, 1, 1.0, 0]),
         "tools": st.one_of(st.none(), tools()),
         "tool_choice": st.sampled_from(
             [None, "none", "auto", "required", {"type": "function", "function": {"name": "f"}}]
         ),
     }
     rare: dict[str, st.SearchStrategy[Any]] = {
-        "seed": st.sampled_from([None, 0, 7]),
+        "seed": st.sampled_from([None, 0, 7, -3, 2**63 - 1, 2**64 - 1]),
         "response_format": st.sampled_from(
             [
                 None,
@@ -411,12 +455,17 @@ def bodies(draw: st.DrawFn) -> bytes:
                 {"type": "text", "json_schema": None, "x": 1},
                 {"json_schema": {"name": "s"}, "type": "text"},
                 {"type": "json_object"},
+                {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}},
+                {"type": "json_schema", "json_schema": {"schema": {}, "strict": True}},
+                {"type": "json_schema", "json_schema": {"schema": [1]}},
+                {"type": "json_schema", "json_schema": {"name": "s"}},
+                {"type": "json_schema", "json_schema": None},
             ]
         ),
         "logprobs": st.sampled_from([None, False, True, 0]),
         "top_logprobs": st.sampled_from([None, 0, 0.0, False, 2]),
-        "frequency_penalty": st.sampled_from([None, 0, 0.0, -0.0, False, 0.5, "0"]),
-        "presence_penalty": st.sampled_from([None, 0, 1e-300, True]),
+        "frequency_penalty": st.sampled_from([None, 0, 0.0, -0.0, False, 0.5, "0", -2, 1e20]),
+        "presence_penalty": st.sampled_from([None, 0, 1e-300, True, 1.5, 1]),
         "metadata": st.sampled_from([None, {"a": "b"}]),
     }
     for key, strategy in [*common.items(), *rare.items()]:

@@ -217,7 +217,7 @@ class FakeGemini(ThreadedServer):
         model, _, method = request.match_info["target"].partition(":")
         raw = await request.read()
         body = orjson.loads(raw) if raw else {}
-        self.record(request, body, model=model, method=method)
+        self.record(request, body, model=model, method=method, raw=raw)
         if method == "batchEmbedContents":
             return self._embed(model, body)
         if method not in ("generateContent", "streamGenerateContent"):

@@ -4,6 +4,7 @@ fake Gemini API. Asserts on what the client gets and on the body the fake receiv
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,10 +12,12 @@ import openai
 import orjson
 import pytest
 
+from gateway.providers.gemini import translate_request
 from tests.conftest import Gateway
 from tests.fakes.gemini_upstream import ANSWER, TOOL_ARGS, FakeGemini
 from tests.fakes.provider_config import GEMINI_KEY
 from tests.fakes.server import PNG_1X1
+from tests.unit.translation_helpers import chat_call
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 WEATHER_TOOL = {
@@ -411,3 +414,23 @@ def test_only_transient_upstream_errors_are_retried(
         )
     after = sum(1 for r in fake_gemini.requests if r["model"] == model)
     assert after - before == tries
+
+
+def test_a_coding_agents_stream_sends_the_python_paths_bytes(
+    gateway: Gateway, api_key: str, fake_gemini: FakeGemini
+) -> None:
+    """The bench's agent request (loadtests/bench/agent_request.json: 46 messages, tools, tool
+    calls and results, an image), sent by the SDK and translated by the Rust scan: the fake
+    receives byte for byte what `orjson.dumps(translate_request(...))` writes."""
+    agent = orjson.loads(
+        (Path(__file__).parents[2] / "loadtests/bench/agent_request.json").read_bytes()
+    )
+    fields = {k: v for k, v in agent.items() if k not in ("model", "stream", "stream_options")}
+    chunks = list(
+        client(gateway, api_key).chat.completions.create(
+            model="google/gemini-tools", stream=True, **fields
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason is not None
+    expected = orjson.dumps(translate_request(chat_call("gemini", "gemini-tools", **fields)))
+    assert fake_gemini.last_request("gemini-tools")["raw"] == expected

@@ -1,63 +1,11 @@
 //! `messages` → Anthropic's turns and top-level `system`, as `translate_messages` makes them
 //! (gateway/providers/anthropic.py).
 
-use super::form::{write_joined, write_value, Text};
-use crate::json_scan::{once, Scan};
-
-/// A `cache_control` breakpoint: `{"type": "ephemeral", "ttl"?: "5m" | "1h"}` (members the
-/// schema does not name are not read), written as `msgspec.to_builtins` makes it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct Cache {
-    ttl: Option<&'static str>,
-}
-
-impl Cache {
-    /// `null` (`None` in the slot) or a breakpoint, into `slot`.
-    pub(super) fn read(scan: &mut Scan<'_>, slot: &mut Option<Self>) -> Option<()> {
-        if scan.null()? {
-            *slot = None;
-            return Some(());
-        }
-        let (mut ephemeral, mut ttl) = (false, None);
-        let mut seen = [false; 2];
-        scan.members(|scan, key| {
-            match key {
-                b"type" => {
-                    once(&mut seen[0])?;
-                    scan.ws();
-                    ephemeral = scan.plain_string()? == b"ephemeral";
-                }
-                b"ttl" => {
-                    once(&mut seen[1])?;
-                    if !scan.null()? {
-                        ttl = Some(match scan.plain_string()? {
-                            b"5m" => "5m",
-                            b"1h" => "1h",
-                            _ => return None,
-                        });
-                    }
-                }
-                _ => return Some(false),
-            }
-            Some(true)
-        })?;
-        *slot = Some(ephemeral.then_some(Self { ttl })?);
-        Some(())
-    }
-
-    /// `,"cache_control":{…}` for a block's or a tool's last member, when there is one.
-    pub(super) fn write(cache: Option<Self>, out: &mut Vec<u8>) {
-        if let Some(cache) = cache {
-            out.extend_from_slice(br#","cache_control":{"type":"ephemeral""#);
-            if let Some(ttl) = cache.ttl {
-                out.extend_from_slice(br#","ttl":""#);
-                out.extend_from_slice(ttl.as_bytes());
-                out.push(b'"');
-            }
-            out.push(b'}');
-        }
-    }
-}
+use crate::chat_body::form::{write_joined, Text};
+use crate::chat_body::messages::{
+    self, data_url, write_arguments, Cache, Call, Message, Part, Role,
+};
+use crate::json_scan::Scan;
 
 /// An image part's source: a data URL's media type (lower case) and base64 data, or an
 /// http(s) URL.
@@ -79,76 +27,14 @@ impl<'a> Image<'a> {
         }
         let url = url.raw;
         if url.starts_with("data:") {
-            let (header, data) = url.split_once(',')?;
-            let mime = header.strip_suffix(";base64")?.get("data:".len()..)?;
+            let (mime, data) = data_url(url)?;
             let mime = IMAGE_TYPES
                 .into_iter()
                 .find(|t| t.eq_ignore_ascii_case(mime))?;
-            return base64(data).then_some(Self::Base64(mime, data));
+            return Some(Self::Base64(mime, data));
         }
         (url.starts_with("http://") || url.starts_with("https://")).then_some(Self::Url(url))
     }
-}
-
-/// Whether `base64.b64decode(data, validate=True)` takes `data`: the alphabet, at most two
-/// `=` at the end, a length a multiple of 4 (Python takes some others too, which are left to
-/// it).
-fn base64(data: &str) -> bool {
-    let b = data.as_bytes();
-    let body = b
-        .strip_suffix(b"==")
-        .or_else(|| b.strip_suffix(b"="))
-        .unwrap_or(b);
-    b.len().is_multiple_of(4)
-        && body
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
-}
-
-/// One content part.
-#[derive(Clone, Copy)]
-enum Part<'a> {
-    Text(Text<'a>, Option<Cache>),
-    Refusal(Text<'a>),
-    Image(Image<'a>, Option<Cache>),
-}
-
-impl<'a> Part<'a> {
-    /// The part's text, as `text_of` reads a part (`None`: an image, a 400 there).
-    fn text(self) -> Option<Text<'a>> {
-        match self {
-            Self::Text(text, _) | Self::Refusal(text) => Some(text),
-            Self::Image(..) => None,
-        }
-    }
-}
-
-/// An assistant's tool call: its id, function name and arguments (a JSON text in a string).
-#[derive(Clone, Copy)]
-struct Call<'a> {
-    id: Text<'a>,
-    name: Text<'a>,
-    arguments: Text<'a>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    System, // and developer
-    User,
-    Assistant,
-    Tool,
-}
-
-/// One message as the translation reads it.
-struct Message<'a> {
-    role: Role,
-    /// A string content is one text part without a breakpoint.
-    parts: Vec<Part<'a>>,
-    /// Whether the content was a list (a system message's parts are blocks of their own).
-    listed: bool,
-    calls: Vec<Call<'a>>,
-    tool_call_id: Option<Text<'a>>,
-    cache: Option<Cache>,
 }
 
 /// One block of a turn.
@@ -191,7 +77,7 @@ impl Block<'_> {
                 out.extend_from_slice(br#","name":"#);
                 call.name.write_quoted(out)?;
                 out.extend_from_slice(br#","input":"#);
-                arguments(call.arguments, out)?;
+                write_arguments(call.arguments, out)?;
                 None
             }
             Block::ToolResult(id, texts) => {
@@ -208,20 +94,6 @@ impl Block<'_> {
     }
 }
 
-/// A tool call's arguments as `parse_arguments` makes them and orjson writes them: `{}` for
-/// blank ones, else the JSON object they hold.
-fn arguments(text: Text<'_>, out: &mut Vec<u8>) -> Option<()> {
-    let json = text.unescaped()?;
-    let mut scan = Scan::new(&json);
-    if scan.at_end() {
-        out.extend_from_slice(b"{}");
-        return Some(());
-    }
-    (scan.b.get(scan.i) == Some(&b'{')).then_some(())?; // else a 400
-    write_value(&mut scan, out, 1)?;
-    scan.at_end().then_some(())
-}
-
 /// The system's texts, kept per message until the end tells whether a breakpoint makes them
 /// blocks.
 #[derive(Default)]
@@ -231,6 +103,14 @@ pub(super) struct System<'a> {
 }
 
 impl System<'_> {
+    /// About how many bytes `write` writes, at most (its texts, and a block's members for each).
+    pub(super) fn size(&self) -> usize {
+        let parts = self.messages.iter().flat_map(|message| &message.parts);
+        parts
+            .map(|part| part.text().map_or(0, |t| t.raw.len()) + 64)
+            .sum()
+    }
+
     /// `,"system":…` when there is one: one string (the messages' texts joined by a blank
     /// line, of those whose text is not empty), or text blocks when a system message has a
     /// breakpoint (`_system_blocks`).
@@ -245,7 +125,7 @@ impl System<'_> {
                     .filter_map(|part| match *part {
                         Part::Text(text, cache) => Some((text, cache)),
                         Part::Refusal(text) => Some((text, None)),
-                        Part::Image(..) => None,
+                        Part::Image(..) | Part::Audio(..) => None,
                     })
                     .filter(|(text, _)| !text.is_empty())
                     .map(|(text, cache)| (text, if message.listed { cache } else { message.cache }))
@@ -289,50 +169,44 @@ impl System<'_> {
 pub(super) fn turns<'a>(scan: &mut Scan<'a>, out: &mut Vec<u8>) -> Option<System<'a>> {
     let mut system = System::default();
     let mut open: Option<Role> = None; // the role of the turn written last, still open
-    scan.open(b'[')?;
-    if !scan.empty(b']') {
-        loop {
-            let message = message(scan)?;
-            if message.role == Role::System {
-                system.cached |= message.cache.is_some()
-                    || (message.listed
-                        && message
-                            .parts
-                            .iter()
-                            .any(|p| matches!(p, Part::Text(_, Some(_)))));
-                if message.parts.iter().any(|p| p.text().is_none()) {
-                    return None; // an image in a system message: a 400
-                }
-                system.messages.push(message);
-            } else {
-                let (role, blocks) = blocks(&message)?;
-                if !blocks.is_empty() {
-                    if open == Some(role) {
-                        out.push(b',');
-                    } else {
-                        if open.is_some() {
-                            out.extend_from_slice(b"]},");
-                        }
-                        out.extend_from_slice(match role {
-                            Role::Assistant => br#"{"role":"assistant","content":["#,
-                            _ => br#"{"role":"user","content":["#,
-                        });
-                        open = Some(role);
-                    }
-                    for (i, block) in blocks.iter().enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        let last = (i + 1 == blocks.len()).then_some(message.cache).flatten();
-                        block.write(last, out)?;
-                    }
-                }
+    messages::each(scan, |message| {
+        if message.role == Role::System {
+            system.cached |= message.cache.is_some()
+                || (message.listed
+                    && message
+                        .parts
+                        .iter()
+                        .any(|p| matches!(p, Part::Text(_, Some(_)))));
+            if message.parts.iter().any(|p| p.text().is_none()) {
+                return None; // an image in a system message: a 400
             }
-            if scan.next(b']')? {
-                break;
+            system.messages.push(message);
+            return Some(());
+        }
+        let (role, blocks) = blocks(&message)?;
+        if !blocks.is_empty() {
+            if open == Some(role) {
+                out.push(b',');
+            } else {
+                if open.is_some() {
+                    out.extend_from_slice(b"]},");
+                }
+                out.extend_from_slice(match role {
+                    Role::Assistant => br#"{"role":"assistant","content":["#,
+                    _ => br#"{"role":"user","content":["#,
+                });
+                open = Some(role);
+            }
+            for (i, block) in blocks.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let last = (i + 1 == blocks.len()).then_some(message.cache).flatten();
+                block.write(last, out)?;
             }
         }
-    }
+        Some(())
+    })?;
     open?; // no turn with content: a 400
     out.extend_from_slice(b"]}");
     Some(system)
@@ -349,206 +223,18 @@ fn blocks<'a>(message: &Message<'a>) -> Option<(Role, Vec<Block<'a>>)> {
             .collect::<Option<Vec<_>>>()?;
         return Some((Role::User, vec![Block::ToolResult(id, texts)]));
     }
-    let mut blocks: Vec<Block<'a>> = message
-        .parts
-        .iter()
-        .filter_map(|part| match *part {
-            Part::Text(text, cache) => (!text.is_empty()).then_some(Block::Text(text, cache)),
-            Part::Refusal(text) => (!text.is_empty()).then_some(Block::Text(text, None)),
-            Part::Image(image, cache) => Some(Block::Image(image, cache)),
-        })
-        .collect();
+    let mut blocks = Vec::with_capacity(message.parts.len() + message.calls.len());
+    for part in &message.parts {
+        match *part {
+            Part::Text(text, cache) if !text.is_empty() => blocks.push(Block::Text(text, cache)),
+            Part::Refusal(text) if !text.is_empty() => blocks.push(Block::Text(text, None)),
+            Part::Text(..) | Part::Refusal(_) => {}
+            Part::Image(url, cache) => blocks.push(Block::Image(Image::of(url)?, cache)),
+            Part::Audio(_) => return None, // a 400
+        }
+    }
     if message.role == Role::Assistant {
         blocks.extend(message.calls.iter().map(|&call| Block::ToolUse(call)));
     }
     Some((message.role, blocks))
-}
-
-/// One message (`None` for a role or a part the translation refuses, and where the module
-/// docs say so).
-fn message<'a>(scan: &mut Scan<'a>) -> Option<Message<'a>> {
-    let mut role = None;
-    let mut message = Message {
-        role: Role::User,
-        parts: Vec::new(),
-        listed: false,
-        calls: Vec::new(),
-        tool_call_id: None,
-        cache: None,
-    };
-    let mut seen = [false; 5];
-    scan.members(|scan, key| {
-        match key {
-            b"role" => {
-                once(&mut seen[0])?;
-                scan.ws();
-                role = Some(match scan.plain_string()? {
-                    b"system" | b"developer" => Role::System,
-                    b"user" => Role::User,
-                    b"assistant" => Role::Assistant,
-                    b"tool" => Role::Tool,
-                    _ => return None, // functions: a 400
-                });
-            }
-            b"content" => {
-                once(&mut seen[1])?;
-                if !scan.null()? {
-                    if scan.b.get(scan.i) == Some(&b'"') {
-                        message.parts.push(Part::Text(Text::read(scan)?, None));
-                    } else {
-                        message.listed = true;
-                        parts(scan, &mut message.parts)?;
-                    }
-                }
-            }
-            b"tool_calls" => {
-                once(&mut seen[2])?;
-                calls(scan, &mut message.calls)?;
-            }
-            b"tool_call_id" => {
-                once(&mut seen[3])?;
-                message.tool_call_id = if scan.null()? {
-                    None
-                } else {
-                    Some(Text::read(scan)?)
-                };
-            }
-            b"cache_control" => {
-                once(&mut seen[4])?;
-                Cache::read(scan, &mut message.cache)?;
-            }
-            _ => return Some(false), // `name`, unknown: not read
-        }
-        Some(true)
-    })?;
-    message.role = role?;
-    Some(message)
-}
-
-/// A content array's parts: text, refusal and image parts (audio and files: a 400).
-fn parts<'a>(scan: &mut Scan<'a>, parts: &mut Vec<Part<'a>>) -> Option<()> {
-    scan.open(b'[')?;
-    if scan.empty(b']') {
-        return Some(());
-    }
-    loop {
-        let (mut kind, mut text, mut url, mut cache) = (None, None, None, None);
-        let mut seen = [false; 4];
-        scan.members(|scan, key| {
-            match key {
-                b"type" => {
-                    once(&mut seen[0])?;
-                    scan.ws();
-                    kind = Some(scan.plain_string()?);
-                }
-                // (a part has one of the two: both are left to Python)
-                b"text" | b"refusal" => {
-                    once(&mut seen[1])?;
-                    text = Some((key == b"text", Text::read_ws(scan)?));
-                }
-                b"image_url" => {
-                    once(&mut seen[2])?;
-                    url = Some(image_url(scan)?);
-                }
-                b"cache_control" => {
-                    once(&mut seen[3])?;
-                    Cache::read(scan, &mut cache)?;
-                }
-                _ => return Some(false),
-            }
-            Some(true)
-        })?;
-        parts.push(match (kind?, text, url) {
-            (b"text", Some((true, text)), None) => Part::Text(text, cache),
-            // a refusal part has no breakpoint (the schema does not name it: not read)
-            (b"refusal", Some((false, text)), None) => Part::Refusal(text),
-            (b"image_url", None, Some(url)) => Part::Image(Image::of(url)?, cache),
-            _ => return None,
-        });
-        if scan.next(b']')? {
-            return Some(());
-        }
-    }
-}
-
-/// An image part's `image_url`: its `url` (`detail` checked, not read further).
-fn image_url<'a>(scan: &mut Scan<'a>) -> Option<Text<'a>> {
-    let mut url = None;
-    let mut seen = [false; 2];
-    scan.members(|scan, key| {
-        match key {
-            b"url" => {
-                once(&mut seen[0])?;
-                url = Some(Text::read_ws(scan)?);
-            }
-            b"detail" => {
-                once(&mut seen[1])?;
-                if !scan.null()? {
-                    matches!(scan.plain_string()?, b"auto" | b"low" | b"high").then_some(())?;
-                }
-            }
-            _ => return Some(false),
-        }
-        Some(true)
-    })?;
-    url
-}
-
-/// An assistant's `tool_calls` (`null` or an array) into `calls`.
-fn calls<'a>(scan: &mut Scan<'a>, calls: &mut Vec<Call<'a>>) -> Option<()> {
-    if scan.null()? {
-        return Some(());
-    }
-    scan.open(b'[')?;
-    if scan.empty(b']') {
-        return Some(());
-    }
-    loop {
-        let (mut id, mut function) = (None, None);
-        let mut seen = [false; 3];
-        scan.members(|scan, key| {
-            match key {
-                b"id" => {
-                    once(&mut seen[0])?;
-                    id = Some(Text::read_ws(scan)?);
-                }
-                b"type" => {
-                    once(&mut seen[1])?;
-                    scan.ws();
-                    (scan.plain_string()? == b"function").then_some(())?;
-                }
-                b"function" => {
-                    once(&mut seen[2])?;
-                    let (mut name, mut arguments) = (None, None);
-                    let mut seen = [false; 2];
-                    scan.members(|scan, key| {
-                        match key {
-                            b"name" => {
-                                once(&mut seen[0])?;
-                                name = Some(Text::read_ws(scan)?);
-                            }
-                            b"arguments" => {
-                                once(&mut seen[1])?;
-                                arguments = Some(Text::read_ws(scan)?);
-                            }
-                            _ => return Some(false),
-                        }
-                        Some(true)
-                    })?;
-                    function = Some((name?, arguments?));
-                }
-                _ => return Some(false),
-            }
-            Some(true)
-        })?;
-        let (name, arguments) = function?;
-        calls.push(Call {
-            id: id?,
-            name,
-            arguments,
-        });
-        if scan.next(b']')? {
-            return Some(());
-        }
-    }
 }

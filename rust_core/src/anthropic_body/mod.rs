@@ -8,36 +8,32 @@
 //! `system`/`developer`/`user`/`assistant`/`tool` messages whose content is `null`, a string,
 //! or text, refusal and image parts (an image as a base64 data URL of a type Anthropic takes, or
 //! an http(s) URL, neither written with escapes), assistant `tool_calls`, `cache_control`
-//! breakpoints (`messages::Cache`) on a message, a part or a tool; `tools`, `tool_choice`,
+//! breakpoints (`chat_body::messages::Cache`) on a message, a part or a tool; `tools`, `tool_choice`,
 //! `parallel_tool_calls`; `max_tokens`, `max_completion_tokens`, `temperature` (at most 1),
 //! `top_p`, `stop`, `user`, `n` of 1, a `response_format` of type `text`, `logprobs`,
 //! `top_logprobs` and the penalties at their neutral values (`false` or 0), and `model`,
 //! `models`, `stream`, `stream_options`; any other member only as `null`. Anything else (a JSON
 //! response format, an escaped or repeated key, a lone surrogate, a sampling value written
-//! without a fraction or with an exponent, a number in a tool's schema or a call's arguments
+//! with an exponent, a number in a tool's schema or a call's arguments
 //! that orjson writes with an exponent) gives `None`, and the caller takes the Python path, the
 //! reference: the same body, or the same error. The output is byte for byte what orjson writes
 //! for that path's dict (pinned by a Hypothesis test against it,
 //! `tests/core/test_anthropic_body.py`): strings are copied as they came unless they hold an
 //! escape orjson writes otherwise (`\/`, `\u00e9`, ...), numbers are written as orjson writes
-//! the Python values (`form`).
+//! the Python values (`chat_body::form`). What it reads as the Gemini translation reads it is
+//! shared with it (`crate::chat_body`).
 
-mod form;
 mod messages;
 mod tools;
 
-use form::Text;
-
-use smallvec::SmallVec;
-
-use crate::json_scan::{once, Scan};
+use crate::chat_body::{
+    budget, equals, nullable_str, response_format, sampling, stop_list, top_level, Format,
+};
 
 /// The Messages body for the client's chat `body` (see the module docs), or `None`.
 /// `model`: the upstream's model name; `default_max_tokens`: the budget when the body sets
 /// none; `stream`: whether `"stream": true` is added.
 pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut scan = Scan::new(text);
     // The messages and the tools are translated as they are read, each into a buffer of its
     // own (the budget, written before them, may come after them); the other members are read
     // from their values' text.
@@ -48,50 +44,45 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
     let (mut temperature, mut top_p) = (None, None);
     let (mut stop, mut user) = (None, None);
     let (mut tool_choice, mut serial) = (None, false);
-    let mut keys: SmallVec<[&[u8]; 16]> = SmallVec::new();
-    scan.open(b'{')?;
-    if !scan.empty(b'}') {
-        loop {
-            let key = scan.key()?;
-            if keys.contains(&key) {
-                return None; // a repeated key: the last one counts in Python
-            }
-            keys.push(key);
-            match key {
-                b"messages" => system = Some(messages::turns(&mut scan, &mut turns)?),
-                b"tools" => any_tools = tools::read(&mut scan, &mut tools)?,
-                _ => {
-                    let raw = scan.span(1)?;
-                    match key {
-                        b"model" | b"models" | b"stream" | b"stream_options" => {}
-                        b"max_tokens" => budget(raw, &mut max_tokens)?,
-                        b"max_completion_tokens" => budget(raw, &mut max_completion_tokens)?,
-                        b"temperature" => sampling(raw, &mut temperature)?,
-                        b"top_p" => sampling(raw, &mut top_p)?,
-                        b"stop" => stop = (raw != "null").then_some(raw),
-                        b"user" => nullable_str(raw, &mut user)?,
-                        b"tool_choice" => tool_choice = (raw != "null").then_some(raw),
-                        // read as the Python path reads it: only `false` asks for anything
-                        b"parallel_tool_calls" => serial = raw == "false",
-                        b"n" if raw == "1" => {}
-                        b"response_format" => text_format(raw)?,
-                        b"logprobs" | b"top_logprobs" | b"frequency_penalty"
-                        | b"presence_penalty" => neutral(raw)?,
-                        _ if raw == "null" => {}
-                        _ => return None,
+    top_level(body, |scan, key| {
+        match key {
+            b"messages" => system = Some(messages::turns(scan, &mut turns)?),
+            b"tools" => any_tools = tools::read(scan, &mut tools)?,
+            _ => {
+                let raw = scan.span(1)?;
+                match key {
+                    // (a member's `null` is no value, or its default, wherever it is read)
+                    _ if raw == "null" => {}
+                    b"model" | b"models" | b"stream" | b"stream_options" => {}
+                    b"max_tokens" => budget(raw, &mut max_tokens)?,
+                    b"max_completion_tokens" => budget(raw, &mut max_completion_tokens)?,
+                    b"temperature" => sampling(raw, &mut temperature)?,
+                    b"top_p" => sampling(raw, &mut top_p)?,
+                    b"stop" => stop = Some(raw),
+                    b"user" => nullable_str(raw, &mut user)?,
+                    b"tool_choice" => tool_choice = Some(raw),
+                    // read as the Python path reads it: only `false` asks for anything
+                    b"parallel_tool_calls" => serial = raw == "false",
+                    b"n" if raw == "1" => {}
+                    // a JSON format: a 400
+                    b"response_format" => {
+                        matches!(response_format(raw)?, Format::Text).then_some(())?;
                     }
+                    // the neutral values (`NEUTRAL`) only
+                    b"logprobs" | b"top_logprobs" | b"frequency_penalty" | b"presence_penalty" => {
+                        equals(raw, 0.0)?;
+                    }
+                    _ => return None,
                 }
             }
-            if scan.next(b'}')? {
-                break;
-            }
         }
-    }
-    scan.at_end().then_some(())?;
+        Some(())
+    })?;
     if temperature.as_ref().is_some_and(|(t, _)| *t > 1.0) {
         return None; // a 400 naming `temperature`
     }
-    let mut out = Vec::with_capacity(turns.len() + tools.len() + model.len() + 256);
+    let system = system?;
+    let mut out = Vec::with_capacity(turns.len() + tools.len() + model.len() + system.size() + 256);
     out.extend_from_slice(b"{\"model\":");
     crate::json::write_str(&mut out, model);
     out.extend_from_slice(b",\"max_tokens\":");
@@ -102,10 +93,10 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
     out.extend_from_slice(b",\"messages\":[");
     out.extend_from_slice(&turns);
     out.push(b']');
-    system?.write(&mut out)?;
+    system.write(&mut out)?;
     if let Some(raw) = stop {
         out.extend_from_slice(b",\"stop_sequences\":");
-        stop_sequences(raw, &mut out)?;
+        stop_list(raw, &mut out)?;
     }
     for (name, value) in [("temperature", temperature), ("top_p", top_p)] {
         if let Some((_, raw)) = value {
@@ -130,120 +121,6 @@ pub fn request(body: &[u8], model: &str, default_max_tokens: u64, stream: bool) 
     }
     out.push(b'}');
     Some(out)
-}
-
-/// `null` or a response format of type `text`, which the translation accepts and does not
-/// read (`json_schema` `null` or an object, other members not read); `None` for anything
-/// else (a JSON format: a 400).
-fn text_format(raw: &str) -> Option<()> {
-    let mut scan = Scan::new(raw);
-    if !scan.null()? {
-        let mut seen = [false; 2];
-        let mut text = false;
-        scan.members(|scan, key| {
-            match key {
-                b"type" => {
-                    once(&mut seen[0])?;
-                    scan.ws();
-                    text = scan.plain_string()? == b"text";
-                }
-                b"json_schema" => {
-                    once(&mut seen[1])?;
-                    if !scan.null()? {
-                        (scan.b.get(scan.i) == Some(&b'{')).then_some(())?;
-                        scan.value(2)?;
-                    }
-                }
-                _ => return Some(false),
-            }
-            Some(true)
-        })?;
-        text.then_some(())?;
-    }
-    scan.at_end().then_some(())
-}
-
-/// A member the translation refuses unless it holds its neutral value (`NEUTRAL` in
-/// gateway/providers/translate.py, compared by Python's `==`): `false` or a number equal to 0
-/// (`0 == 0.0 == False`).
-fn neutral(raw: &str) -> Option<()> {
-    if raw == "false" {
-        return Some(());
-    }
-    let mut scan = Scan::new(raw);
-    scan.number()?;
-    (scan.at_end() && raw.parse::<f64>().ok()? == 0.0).then_some(())
-}
-
-/// A token budget into `slot`: `null` or a positive integer; 0 counts as unset, as the Python
-/// path's `or` reads it. `None` for anything else.
-fn budget(raw: &str, slot: &mut Option<u64>) -> Option<()> {
-    let mut scan = Scan::new(raw);
-    scan.opt_u64(slot)?;
-    *slot = slot.filter(|&n| n > 0);
-    scan.at_end().then_some(())
-}
-
-/// `temperature` or `top_p` into `slot`: `null`, or a number written with a fraction and
-/// without an exponent, 0 or from 0.0001 to 2: its value and the text orjson writes for it (the
-/// shortest text that reads back as the same `f64`, as Rust's `Debug` writes it in that range).
-/// `None` for anything else (an integer, whose Python value may be an `int`, an exponent, a
-/// sign, a value orjson writes otherwise).
-fn sampling(raw: &str, slot: &mut Option<(f64, String)>) -> Option<()> {
-    if raw == "null" {
-        *slot = None;
-        return Some(());
-    }
-    let (whole, fraction) = raw.split_once('.')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    if !digits(whole) || !digits(fraction) {
-        return None;
-    }
-    let value: f64 = raw.parse().ok()?;
-    if value != 0.0 && !(1e-4..=2.0).contains(&value) {
-        return None;
-    }
-    *slot = Some((value, format!("{value:?}")));
-    Some(())
-}
-
-/// A string or `null` into `slot`.
-fn nullable_str<'a>(raw: &'a str, slot: &mut Option<Text<'a>>) -> Option<()> {
-    let mut scan = Scan::new(raw);
-    *slot = if scan.null()? {
-        None
-    } else {
-        Some(Text::read(&mut scan)?)
-    };
-    scan.at_end().then_some(())
-}
-
-/// `stop` (a string or an array of strings) as `stop_sequences`' array.
-fn stop_sequences(raw: &str, out: &mut Vec<u8>) -> Option<()> {
-    fn quoted(scan: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<()> {
-        Text::read(scan)?.write_quoted(out)
-    }
-    let mut scan = Scan::new(raw);
-    out.push(b'[');
-    if raw.starts_with('"') {
-        quoted(&mut scan, out)?;
-    } else {
-        scan.open(b'[')?;
-        if !scan.empty(b']') {
-            for i in 0.. {
-                if i > 0 {
-                    out.push(b',');
-                }
-                scan.ws();
-                quoted(&mut scan, out)?;
-                if scan.next(b']')? {
-                    break;
-                }
-            }
-        }
-    }
-    out.push(b']');
-    scan.at_end().then_some(())
 }
 
 #[cfg(test)]
@@ -296,7 +173,6 @@ mod tests {
         let user = r#""messages":[{"role":"user","content":"hi"}]"#;
         for body in [
             format!(r#"{{{user},"temperature":1.5}}"#),  // a 400
-            format!(r#"{{{user},"temperature":1}}"#),    // maybe an int in Python
             format!(r#"{{{user},"temperature":1e-1}}"#), // an exponent
             format!(r#"{{{user},"top_p":0.00001}}"#),    // orjson writes it otherwise
             format!(r#"{{{user},"n":2}}"#),
@@ -396,24 +272,6 @@ mod tests {
             let out = translated(&body).unwrap();
             let expected = format!(r#"[{{"type":"text","text":"{written}"}}]"#);
             assert!(out.contains(&expected), "{out} {expected}");
-        }
-    }
-
-    #[test]
-    fn sampling_values_are_written_as_orjson_writes_them() {
-        for (raw, written) in [
-            ("0.0", "0.0"),
-            ("0.7000", "0.7"),
-            ("1.0", "1.0"),
-            ("0.0001", "0.0001"),
-            ("0.30000000000000004", "0.30000000000000004"),
-        ] {
-            let mut slot = None;
-            sampling(raw, &mut slot).unwrap();
-            assert_eq!(slot.unwrap().1, written, "{raw}");
-        }
-        for raw in ["1", "-0.5", "1e0", "0.00009", ".5", "5.", "0x1"] {
-            assert!(sampling(raw, &mut None).is_none(), "{raw}");
         }
     }
 }

@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::DETACH_ABOVE;
-use crate::{anthropic_body, chat_request, json_depth, openai_body};
+use crate::{anthropic_body, chat_request, gemini_body, json_depth, openai_body};
 
 /// `work` on `body`, with the interpreter detached when the body is large enough for that to
 /// pay (`DETACH_ABOVE`).
@@ -44,6 +44,18 @@ pub fn anthropic_chat_request<'py>(
     let out = scan(py, body, || {
         anthropic_body::request(body, model, default_max_tokens, stream)
     })?;
+    Some(PyBytes::new(py, &out))
+}
+
+/// The client's chat body translated for a Gemini upstream, or `None`: the caller translates
+/// it in Python then.
+#[pyfunction]
+pub fn gemini_chat_request<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    default_max_tokens: u64,
+) -> Option<Bound<'py, PyBytes>> {
+    let out = scan(py, body, || gemini_body::request(body, default_max_tokens))?;
     Some(PyBytes::new(py, &out))
 }
 

@@ -11,9 +11,9 @@ use crate::json_scan::{escape_end, special_bytes, unescape, Scan, MAX_DEPTH};
 /// its escapes valid, its surrogates paired, no raw control character), whether it has
 /// escapes, and whether one of them is not the one orjson writes for its character.
 #[derive(Clone, Copy)]
-pub(super) struct Text<'a> {
-    pub(super) raw: &'a str,
-    pub(super) escaped: bool,
+pub(crate) struct Text<'a> {
+    pub(crate) raw: &'a str,
+    pub(crate) escaped: bool,
     foreign: bool,
 }
 
@@ -21,7 +21,7 @@ impl<'a> Text<'a> {
     /// The string at the scan's position: `Scan::string`'s walk (eight bytes at a time up to
     /// the first quote, backslash or control character), each escape checked against orjson's
     /// form on the way.
-    pub(super) fn read(scan: &mut Scan<'a>) -> Option<Self> {
+    pub(crate) fn read(scan: &mut Scan<'a>) -> Option<Self> {
         let b = scan.b;
         if *b.get(scan.i)? != b'"' {
             return None;
@@ -65,18 +65,18 @@ impl<'a> Text<'a> {
     }
 
     /// Whitespace, then the string at the scan's position.
-    pub(super) fn read_ws(scan: &mut Scan<'a>) -> Option<Self> {
+    pub(crate) fn read_ws(scan: &mut Scan<'a>) -> Option<Self> {
         scan.ws();
         Self::read(scan)
     }
 
     /// (An escape is never empty: the raw text is empty only when the text is.)
-    pub(super) fn is_empty(self) -> bool {
+    pub(crate) fn is_empty(self) -> bool {
         self.raw.is_empty()
     }
 
     /// The text without its escapes: borrowed when it has none.
-    pub(super) fn unescaped(self) -> Option<std::borrow::Cow<'a, str>> {
+    pub(crate) fn unescaped(self) -> Option<std::borrow::Cow<'a, str>> {
         Some(if self.escaped {
             std::borrow::Cow::Owned(unescape(self.raw)?)
         } else {
@@ -88,7 +88,7 @@ impl<'a> Text<'a> {
     /// orjson would write otherwise (the text holds no quote, backslash or control character
     /// that is not escaped: the scan refuses a raw one), else as it came but for those escapes,
     /// each written as orjson writes its character.
-    pub(super) fn write(self, out: &mut Vec<u8>) -> Option<()> {
+    pub(crate) fn write(self, out: &mut Vec<u8>) -> Option<()> {
         if !self.foreign {
             out.extend_from_slice(self.raw.as_bytes());
             return Some(());
@@ -115,7 +115,7 @@ impl<'a> Text<'a> {
     }
 
     /// Writes the text with its quotes.
-    pub(super) fn write_quoted(self, out: &mut Vec<u8>) -> Option<()> {
+    pub(crate) fn write_quoted(self, out: &mut Vec<u8>) -> Option<()> {
         out.push(b'"');
         self.write(out)?;
         out.push(b'"');
@@ -124,7 +124,7 @@ impl<'a> Text<'a> {
 }
 
 /// Writes `texts` as one string, joined by a blank line (`"\n\n".join`), with its quotes.
-pub(super) fn write_joined(texts: &[Text<'_>], out: &mut Vec<u8>) -> Option<()> {
+pub(crate) fn write_joined(texts: &[Text<'_>], out: &mut Vec<u8>) -> Option<()> {
     out.push(b'"');
     for (i, text) in texts.iter().enumerate() {
         if i > 0 {
@@ -166,7 +166,7 @@ const MAX_KEYS: usize = 64;
 /// `i64` or `-0`, a fraction or exponent whose value is not 0 or from 0.0001 to 10^15 in
 /// size (orjson writes others with an exponent, Rust otherwise), nesting deeper than
 /// `MAX_DEPTH`.
-pub(super) fn write_value(scan: &mut Scan<'_>, out: &mut Vec<u8>, depth: u32) -> Option<()> {
+pub(crate) fn write_value(scan: &mut Scan<'_>, out: &mut Vec<u8>, depth: u32) -> Option<()> {
     scan.ws();
     match *scan.b.get(scan.i)? {
         b'"' => Text::read(scan)?.write_quoted(out)?,
@@ -236,7 +236,7 @@ pub(super) fn write_value(scan: &mut Scan<'_>, out: &mut Vec<u8>, depth: u32) ->
 
 /// A valid JSON number's text as orjson writes the value a parser made of it (see
 /// [`write_value`]).
-fn number(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+pub(crate) fn number(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     if raw.bytes().all(|c| c == b'-' || c.is_ascii_digit()) {
         // an int: as it came (valid JSON has no leading zero), but not -0 (written 0) nor
         // beyond what orjson writes

@@ -42,6 +42,7 @@ ROWS = [
     ("anth20", "Anthropic per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
     ("gemini", "Gemini per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
     ("anth-agent", "Anthropic per line, an agent's 52.6 KB request, streams/s", "{:,.0f}", True),
+    ("gemini-agent", "Gemini per line, an agent's 52.6 KB request, streams/s", "{:,.0f}", True),
     ("rps_cpu", "single answers: CPU µs per request", "{:,.0f}", False),
     ("sse_cpu", "SSE static body: CPU µs per stream", "{:,.0f}", False),
     ("event_cpu", "SSE chunk per event: CPU µs per stream", "{:,.0f}", False),
@@ -51,6 +52,7 @@ ROWS = [
     ("anth20_cpu", "Anthropic per line, 20 ms: CPU µs per stream", "{:,.0f}", False),
     ("gemini_cpu", "Gemini per line: CPU µs per stream", "{:,.0f}", False),
     ("anth-agent_cpu", "Anthropic per line, agent's request: CPU µs per stream", "{:,.0f}", False),
+    ("gemini-agent_cpu", "Gemini per line, agent's request: CPU µs per stream", "{:,.0f}", False),
     (
         "rps_all_cpu",
         "single answers: CPU µs per request with the store's (+ redis-server)",
@@ -81,6 +83,12 @@ ROWS = [
     (
         "anth-agent_busy",
         "Anthropic per line, agent's request: worker CPU s ÷ wall s",
+        "{:.2f}",
+        True,
+    ),
+    (
+        "gemini-agent_busy",
+        "Gemini per line, agent's request: worker CPU s ÷ wall s",
         "{:.2f}",
         True,
     ),

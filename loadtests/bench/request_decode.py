@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import re
 import statistics
@@ -38,22 +39,34 @@ def read(body: bytes) -> object:
     return decode_chat_request(body).prompt_counts
 
 
-def instructions(name: str, tree: Path | None, calls: int) -> int:
-    """Instructions of the script with `calls` reads of body `name`, under callgrind."""
+def instructions(
+    name: str,
+    tree: Path | None,
+    calls: int,
+    module: str = "loadtests.bench.request_decode",
+    extra: tuple[str, ...] = (),
+) -> int:
+    """Instructions of the script (`module`, with `extra` arguments) with `calls` reads of body
+    `name`, under callgrind."""
     command = [
         "valgrind",
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
         sys.executable,
         "-m",
-        "loadtests.bench.request_decode",
+        module,
+        *extra,
         "--only",
         name,
         "--count",
         str(calls),
         *(["--tree", str(tree)] if tree else []),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    # (one hash seed: a random one moves the start-up's instructions by thousands per body)
+    environ = os.environ | {"PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=600, env=environ
+    )
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:
         raise RuntimeError(done.stderr[-2000:])

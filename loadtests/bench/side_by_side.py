@@ -68,12 +68,14 @@ WRK_MEASURES = {
     "anth20": ("anth20", 256),
     "gemini": ("gemini", 64),
     "anth-agent": ("anth", 64),
+    "gemini-agent": ("gemini", 64),
 }
 MEASURES = [*WRK_MEASURES, "burst"]
-# Named only (`--measures ...,anth-agent`), not in make bench's set: a coding agent's request
-# (agent_request.json: 52.6 KB, tools, tool calls and results, an image, breakpoints) answered by
-# the `anth` stream; the pass-throughs relay the body, the gateway translates it.
-OPT_IN = {"anth-agent"}
+# Named only (`--measures ...,anth-agent,gemini-agent`), not in make bench's set: a coding agent's
+# request (agent_request.json: 52.6 KB, tools, tool calls and results, an image, breakpoints)
+# answered by the `anth` or the `gemini` stream; the pass-throughs relay the body, the gateway
+# translates it.
+OPT_IN = {"anth-agent", "gemini-agent"}
 AGENT = Path(__file__).with_name("agent_request.json")
 BURST_STREAMS = 1000
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
@@ -215,7 +217,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 continue
             scripts = {
                 name: wrk_script(directory / f"{name}-{measure}.lua",
-                                 contender.body(scenario, measure == "anth-agent"),
+                                 contender.body(scenario, measure in OPT_IN),
                                  contender.headers | {"Content-Type": "application/json"})
                 for name, contender in found.items()
             }  # fmt: skip

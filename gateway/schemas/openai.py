@@ -7,6 +7,7 @@ for OpenAI-shaped upstreams, passed through from the raw body untouched.
 from __future__ import annotations
 
 import functools
+import types
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -203,14 +204,23 @@ class _ScannedChatRequest(ChatRequest):
     conversation is not built as Python objects only to be counted."""
 
 
+class _Unread(types.SimpleNamespace):
+    """A scanned request's messages as the body's bytes (`view`), until first read. No encoder
+    takes it (msgspec raises TypeError): a request is never written with its messages unread
+    (a memoryview in the slot would be written as base64 text). (A namespace: made and compared
+    without a Python call.)"""
+
+    __slots__ = ()
+
+
 _MESSAGES = ChatRequest.__dict__["messages"]  # the field's slot
 _messages_decoder = msgspec.json.Decoder(list[Message])
 
 
 def _messages(chat: ChatRequest) -> list[Message]:
     messages = _MESSAGES.__get__(chat, ChatRequest)
-    if isinstance(messages, memoryview):
-        messages = _messages_decoder.decode(messages)
+    if type(messages) is _Unread:
+        messages = _messages_decoder.decode(messages.view)
         _MESSAGES.__set__(chat, messages)
     return messages  # type: ignore[no-any-return]
 
@@ -249,7 +259,7 @@ def scanned_chat_request(body: bytes) -> ChatRequest | None:
     chat = decode_json(
         _scanned_decoder, body[:start] + _ONE_MESSAGE + body[end:], nesting_read=True
     )
-    _MESSAGES.__set__(chat, memoryview(body)[start:end])
+    _MESSAGES.__set__(chat, _Unread(view=memoryview(body)[start:end]))
     if tool_chars is not None:
         chars += tool_chars
     else:  # counted as prompt_counts counts them
@@ -265,6 +275,7 @@ def chat_body(chat: ChatRequest) -> dict[str, Any]:
     `type: "function"` is a default of the Structs, so encoding leaves it out; OpenAI requires it
     on tools, assistant tool calls and a named tool_choice, so it is put back here.
     """
+    chat.messages  # noqa: B018 (a scanned request's messages decoded, if still unread)
     body: dict[str, Any] = orjson.loads(msgspec.json.encode(chat))
     for tool in body.get("tools", ()):
         tool["type"] = "function"

@@ -46,13 +46,28 @@ def test_an_agents_request_is_scanned_and_its_messages_decoded_when_read() -> No
     body = AGENT.read_bytes()
     chat = decode_chat_request(body)
     assert type(chat).__name__ == "_ScannedChatRequest"
-    assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), memoryview)
+    assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), openai._Unread)
     assert chat.prompt_counts == reference(body)[2]  # counted without decoding the messages
     assert _core.chat_request_messages(body)[-1] is not None  # the tools' characters too
-    assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), memoryview)
+    assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), openai._Unread)
     assert outcome(lambda: chat) == reference(body)
     assert isinstance(openai._MESSAGES.__get__(chat, ChatRequest), list)  # decoded once, kept
     assert msgspec.structs.replace(chat, model="x").messages == chat.messages
+
+
+def test_an_unread_request_is_never_written_without_its_messages() -> None:
+    """Its messages' slot holds the body's bytes until read: an encoder that reads the slot
+    refuses it (not base64 of the bytes), and `chat_body` reads the messages first."""
+    body = AGENT.read_bytes()
+    whole = decode_json(openai._chat_decoder, body)
+    unread = decode_chat_request(body)
+    with pytest.raises(TypeError):
+        msgspec.json.encode(unread)
+    with pytest.raises(TypeError):
+        msgspec.to_builtins(unread)
+    assert unread == decode_chat_request(body)
+    assert openai.chat_body(unread) == openai.chat_body(whole)
+    assert msgspec.json.encode(unread) == msgspec.json.encode(whole)
 
 
 def test_short_bodies_are_decoded_whole() -> None:

@@ -211,7 +211,7 @@ impl Reframe for BedrockReframer {
                 self.ensure_role(out);
                 if let Some(text) = d.text.filter(|t| !t.is_empty()) {
                     st.content_chars += json::char_count(&text);
-                    self.writer.content(out, &text);
+                    self.writer.content_read(out, text);
                 }
                 if let Some(tool) = d.tool_use.filter(|t| !t.input.is_empty()) {
                     let Some(index) = self.tool_index(delta.content_block_index) else {

@@ -251,7 +251,7 @@ impl Reframe for GeminiReframer {
         if !candidate.text.is_empty() {
             self.ensure_role(out);
             st.content_chars += json::char_count(&candidate.text);
-            self.writer.content(out, &candidate.text);
+            self.writer.content_read(out, candidate.text);
         }
         for (name, args) in candidate.calls {
             self.args.clear();

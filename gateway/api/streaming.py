@@ -26,7 +26,11 @@ at a shutdown's deadline is ended with the route's final error event (gateway/dr
 
 The pieces are an async generator, or a `Stepped` source that this function steps to and awaits
 itself (the chat route's relay of a reframed stream): no generator between the two, so nothing
-of the relay's own is made or resumed per piece.
+of the relay's own is made or resumed per piece. Once its first piece is out, such a source may
+hand a piece that arrives while the stream waits to `_Watch.deliver`, which sends it from the
+arrival's own callback (the upstream connection's read), without waking the request's task:
+never its last piece, nor while a keepalive is being sent; a send there that has to wait, or
+fails, is the task's to await (the send deadline, the client-gone watch and the drain are its).
 """
 
 from __future__ import annotations
@@ -241,11 +245,11 @@ async def send_event_stream(
 
 
 class _Watch:
-    """What a stream's two callbacks share with it: the keepalive check (a deadline in the
-    wheel, re-armed only when it comes, looking at the time of the last piece) and the watcher
-    of the client's next message. One object with slots, not a closure cell per variable: a
-    stream holds about a hundred objects that every full collection walks, and these were a
-    sixth."""
+    """What a stream's callbacks share with it: the keepalive check (a deadline in the
+    wheel, re-armed only when it comes, looking at the time of the last piece), the watcher
+    of the client's next message and a stepped source's `deliver`. One object with slots, not
+    a closure cell per variable: a stream holds about a hundred objects that every full
+    collection walks, and these were a sixth."""
 
     __slots__ = (
         "client_gone",

@@ -284,7 +284,8 @@ class RedisLimiter:
     ) -> Admission | None:
         """The admission decided in process from the account and key's lease, if one is held
         that covers it; None: call `send_admit` (which asks for a lease when the worker has
-        seen enough of this account and key lately). Counts the request either way."""
+        seen enough of this account and key lately). Counts the request either way, where
+        leases are asked for at all (the lean client: `RedisStore.lean`)."""
         if not self._store.lean:
             return None  # no lease is ever asked for (a Redis Cluster), nor held
         gate = (account_id, spec, key)

@@ -14,7 +14,7 @@
 //! parameters, the tools, ...): the caller decodes those with msgspec from the body without
 //! its messages, so every refusal there is msgspec's own.
 
-use crate::json_scan::{escape_end, once, Scan};
+use crate::json_scan::{escape_end, once, Scan, MAX_DEPTH};
 
 /// Where a body's `messages` array is, and the prompt's counts over its messages.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -54,16 +54,19 @@ pub fn read(body: &[u8]) -> Option<Read> {
             let start = scan.i;
             messages(scan, &mut read)?;
             read.messages = (start, scan.i);
-        } else {
+        } else if key == b"tools" {
+            once(&mut seen[1])?;
             scan.ws();
             let start = scan.i;
-            scan.value(1)?;
-            if key == b"tools" {
-                once(&mut seen[1])?;
-                // (Read again, now that it is known to be valid JSON within the bound.)
-                let mut tools = Scan { i: start, ..*scan };
-                read.tool_chars = tool_chars(&mut tools);
+            // Validated as it is counted (as `value` validates, within the same bound); where
+            // the count cannot be told, validated alone from its start.
+            read.tool_chars = tool_chars(scan);
+            if read.tool_chars.is_none() {
+                scan.i = start;
+                scan.value(1)?;
             }
+        } else {
+            scan.value(1)?;
         }
         Some(true)
     })?;
@@ -352,7 +355,9 @@ fn function_chars(scan: &mut Scan<'_>) -> Option<u64> {
     scan.members(|scan, key| {
         match key {
             b"name" if name.is_none() => name = Some(string_chars(scan)?),
-            b"parameters" if parameters.is_none() => parameters = Some(encoded_len(scan)?),
+            // (at the depth `value(1)` reads it from the tools' array: body, tools, tool,
+            // function, parameters)
+            b"parameters" if parameters.is_none() => parameters = Some(encoded_len(scan, 4)?),
             b"name" | b"parameters" => return None,
             _ => scan.value(INNER)?,
         }
@@ -366,8 +371,8 @@ fn function_chars(scan: &mut Scan<'_>) -> Option<u64> {
 /// characters escaped as msgspec escapes them. `None` for what is not certain: a number with a
 /// fraction or an exponent (written in msgspec's own float form), a key with escapes or
 /// repeated in its object (a dict keeps one), an object of more than 64 members (the repeat
-/// check is quadratic).
-fn encoded_len(scan: &mut Scan<'_>) -> Option<u64> {
+/// check is quadratic), nesting past the bound (`depth`: as `Scan::value` counts it).
+fn encoded_len(scan: &mut Scan<'_>, depth: u32) -> Option<u64> {
     scan.ws();
     let b = scan.b;
     match *b.get(scan.i)? {
@@ -381,7 +386,7 @@ fn encoded_len(scan: &mut Scan<'_>) -> Option<u64> {
                 },
             )
         }
-        b'{' => {
+        b'{' if depth < MAX_DEPTH => {
             scan.i += 1;
             let mut len = 2;
             if scan.empty(b'}') {
@@ -394,21 +399,21 @@ fn encoded_len(scan: &mut Scan<'_>) -> Option<u64> {
                     return None;
                 }
                 keys.push(key);
-                len += key.len() as u64 + 3 + encoded_len(scan)?; // "key":
+                len += key.len() as u64 + 3 + encoded_len(scan, depth + 1)?; // "key":
                 if scan.next(b'}')? {
                     return Some(len);
                 }
                 len += 1;
             }
         }
-        b'[' => {
+        b'[' if depth < MAX_DEPTH => {
             scan.i += 1;
             let mut len = 2;
             if scan.empty(b']') {
                 return Some(len);
             }
             loop {
-                len += encoded_len(scan)?;
+                len += encoded_len(scan, depth + 1)?;
                 if scan.next(b']')? {
                     return Some(len);
                 }
@@ -418,7 +423,7 @@ fn encoded_len(scan: &mut Scan<'_>) -> Option<u64> {
         b't' => scan.literal(b"true").map(|()| 4),
         b'f' => scan.literal(b"false").map(|()| 5),
         b'n' => scan.literal(b"null").map(|()| 4),
-        _ => {
+        b'-' | b'0'..=b'9' => {
             let start = scan.i;
             scan.number()?;
             let text = b.get(start..scan.i)?;
@@ -427,6 +432,7 @@ fn encoded_len(scan: &mut Scan<'_>) -> Option<u64> {
             }
             Some(if text == b"-0" { 1 } else { text.len() as u64 })
         }
+        _ => None,
     }
 }
 
@@ -563,6 +569,29 @@ mod tests {
             read(b"{\"model\":\"\xff\",\"messages\":[{\"role\":\"user\"}]}"),
             None
         );
+    }
+
+    #[test]
+    fn tools_nested_past_the_bound_are_refused_as_value_refuses_them() {
+        let tools = |depth: usize| {
+            format!(
+                r#"{{"messages":[{{"role":"user"}}],"tools":[{{"function":{{"name":"f","parameters":{}{}}}}}]}}"#,
+                "[".repeat(depth - 4),
+                "]".repeat(depth - 4)
+            )
+        };
+        // counted where they nest 64 deep with the body, refused past it (not left to
+        // `value`, which would refuse them too)
+        assert_eq!(
+            read(tools(64).as_bytes()).unwrap().tool_chars,
+            Some(1 + 2 * 60)
+        );
+        assert_eq!(read(tools(65).as_bytes()), None);
+        // a form the count cannot tell is validated alone: the same answer as before
+        let odd = r#"{"messages":[{"role":"user"}],"tools":[{"function":{"name":"f","parameters":{"a":1.5}}}]}"#;
+        assert_eq!(read(odd.as_bytes()).unwrap().tool_chars, None);
+        let broken = r#"{"messages":[{"role":"user"}],"tools":[{"function":{"name":"f","parameters":{"a":1.5,}}}]}"#;
+        assert_eq!(read(broken.as_bytes()), None);
     }
 
     #[test]

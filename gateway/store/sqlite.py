@@ -455,7 +455,7 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
 
 
 def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
-    """The entries into the ledger by multi-row INSERTs of 64, 16, 4 or 1 rows (four statements,
+    """The entries into the ledger by multi-row INSERTs of 62, 16, 4 or 1 rows (four statements,
     each prepared once), not an executemany: SQLite ran its statement once per row, and the
     sqlite3 module lets go of the GIL around each step and takes it back after (a wait on the
     event loop's thread whenever that one held it then). Returns the rows written (an id the
@@ -487,7 +487,8 @@ _LOOKUPS = {
     for count in LOOKUP_IDS
 }
 LEDGER_COLUMNS = 16  # UsageEntry's fields up to `stream`
-INSERT_ROWS = (64, 16, 4, 1)  # (64 rows: 1,024 variables, under SQLite's limit of 32,766)
+# (62 rows: 992 variables, under the 999 a statement of SQLite before 3.32 may bind)
+INSERT_ROWS = (62, 16, 4, 1)
 _ROW_MARKS = "(" + ", ".join("?" * LEDGER_COLUMNS) + ")"
 _INSERTS = {rows: INSERT_USAGE + ", ".join([_ROW_MARKS] * rows) for rows in INSERT_ROWS}
 EXTERNAL_CHANGES_POLL_S = 0.5

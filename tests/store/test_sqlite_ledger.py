@@ -1,5 +1,5 @@
 """The embedded store's ledger rows: every column of every settled entry, whatever the batch's size
-(the entries go in by multi-row INSERTs of 64, 16, 4 and 1 rows, the ids already in the ledger
+(the entries go in by multi-row INSERTs of 62, 16, 4 and 1 rows, the ids already in the ledger
 are looked up by statements of 256, 64, 16, 4 and 1 ids)."""
 
 from __future__ import annotations
@@ -82,6 +82,26 @@ async def test_a_batch_mixing_settled_and_new_entries_settles_each_new_one_once(
     with sqlite3.connect(tmp_path / "klawd.db") as conn:
         ids = [row[0] for row in conn.execute("SELECT id FROM usage_ledger ORDER BY id")]
     assert ids == [e.id for e in entries]
+
+
+async def test_a_batch_settles_within_the_variable_limit_of_sqlite_before_3_32(
+    tmp_path: Path,
+) -> None:
+    """SQLite before 3.32 (Ubuntu 20.04's 3.31, RHEL 8's 3.26) binds at most 999 variables a
+    statement: every insert and lookup of a batch stays under it."""
+    store = open_store(f"sqlite:///{tmp_path / 'klawd.db'}")
+    assert isinstance(store, SqliteStore)
+    try:
+        await store._run(lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+        account = await store.create_account("a", "free", 1_000_000)
+        entries = [entry(account.id, n) for n in range(300)]
+        await store.settle(entries[:150])
+        await store.settle(entries)  # the first 150 looked up, the rest inserted
+        after = await store.get_account(account.id)
+    finally:
+        await store.close()
+    assert after is not None
+    assert after.credits_micros == 1_000_000 - sum(e.cost_micros for e in entries)
 
 
 @pytest.mark.parametrize("with_metrics", [False, True])

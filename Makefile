@@ -11,9 +11,17 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'maturin>=1.7,<2'
 
-# Builds the Rust extension (release) and installs the package with its dev extras, editable.
+# Builds the Rust extension (release) and installs the package with its dev extras, editable;
+# again only when the Rust sources, Cargo's files or pyproject.toml changed since (or the
+# extension is missing): `make run` inside the test suite (tests/integration/test_newcomer.py)
+# then leaves the extension the suite has loaded in place.
+BUILT := $(VENV)/.klawd-built
+BUILD_INPUTS = $(shell find rust_core -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
 build: $(PY)
-	$(BIN)/maturin develop --release -E dev -q
+	@if [ -f $(BUILT) ] && ls gateway/_core*.so >/dev/null 2>&1 \
+	  && [ -z "$$(find $(BUILD_INPUTS) -newer $(BUILT) | head -1)" ]; then \
+	  echo "the extension is up to date (make clean, or touch a Rust source, to build it again)"; \
+	else $(BIN)/maturin develop --release -E dev -q && touch $(BUILT); fi
 
 # Servers the test suite starts itself (redis-server, prometheus + promtool, tinyproxy) and the headless
 # browser of the Mission Control test (chromium + chromedriver); installed from Debian when missing.

@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -445,13 +445,19 @@ def _ledger_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     ids (each prepared once and kept in the connection's statement cache: an IN list of the
     batch's own length was a statement of its own, parsed again for most batches)."""
     found: set[str] = set()
-    done = 0
-    for count in LOOKUP_IDS:
-        while len(ids) - done >= count:
-            end = done + count
-            found.update(row[0] for row in conn.execute(_LOOKUPS[count], ids[done:end]))
-            done = end
+    for count, start, end in _fixed_runs(len(ids), LOOKUP_IDS):
+        found.update(row[0] for row in conn.execute(_LOOKUPS[count], ids[start:end]))
     return found
+
+
+def _fixed_runs(total: int, sizes: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+    """`total` items cut into runs of the fixed `sizes` (largest first, the last size 1), each
+    as (size, start, end): a statement per size, prepared once, serves every batch."""
+    done = 0
+    for size in sizes:
+        while total - done >= size:
+            yield size, done, done + size
+            done += size
 
 
 def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
@@ -469,15 +475,10 @@ def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
     # protocol type formats an AttributeError each time (~3.3K instructions a row).
     last = LEDGER_COLUMNS - 1
     values[last::LEDGER_COLUMNS] = map(int, values[last::LEDGER_COLUMNS])
-    done = written = 0
-    for rows in INSERT_ROWS:
-        while len(entries) - done >= rows:
-            end = done + rows
-            cursor = conn.execute(
-                _INSERTS[rows], values[done * LEDGER_COLUMNS : end * LEDGER_COLUMNS]
-            )
-            written += cursor.rowcount
-            done = end
+    written = 0
+    for rows, start, end in _fixed_runs(len(entries), INSERT_ROWS):
+        cursor = conn.execute(_INSERTS[rows], values[start * LEDGER_COLUMNS : end * LEDGER_COLUMNS])
+        written += cursor.rowcount
     return written
 
 

@@ -88,12 +88,12 @@ def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
         + RESERVE_TOKENS_PER_IMAGE * images
     ) * (request.n or 1)
     worst = TokenUsage(prompt, request.output_budget * (request.n or 1))
-    return max(  # a list, not a generator: no frame resumed per target
-        [
-            token_cost_micros(worst, prompt_price_ceiling(t.model), t.model.output_usd_per_mtok)
-            for t in targets
-        ]
-    )
+    most = 0  # (a loop, not max() of a list: one target is the usual case)
+    for t in targets:
+        cost = token_cost_micros(worst, prompt_price_ceiling(t.model), t.model.output_usd_per_mtok)
+        if cost > most:
+            most = cost
+    return most
 
 
 def upstream_tokens_for_chat(request: ChatRequest) -> int:

@@ -132,7 +132,7 @@ class RequestRecord:
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
             # Upstream calls beyond the first: retries of a target and fallbacks to the next.
-            "retries": max(0, self.upstream_attempts - 1),
+            "retries": self.upstream_attempts - 1 if self.upstream_attempts > 1 else 0,
         }
         if self.cache is not None:
             fields["cache"] = self.cache

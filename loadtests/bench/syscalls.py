@@ -2,13 +2,24 @@
 
     taskset -c 1 .venv/bin/python -m loadtests.bench.syscalls [--measures rps,sse]
         [--contenders bare,bare-rsgi,gateway-sqlite,gateway-redis] [--before DIR] [--seconds 4]
+        [--reads | --profile TOP]
 
 Counts, not timings: `perf stat --per-thread` on the worker's threads (kernel tracepoints, so the
 worker is not slowed down the way strace slows it) while wrk drives it, then each count divided
 by the requests wrk completed. The threads are told apart by their nice value and their share of
-the worker's CPU (from /proc/PID/task). `futex` calls are threads handing the GIL (or a lock) to
-each other; a wake of a helper thread that then takes the GIL costs a hand-off on both sides.
-Runs are bounded (wrk -d, perf's own timeout) and every process is stopped at the end.
+the worker's CPU (from /proc/PID/task), split into user and system time (clock ticks: 10 ms
+each, so a 3 s run reads to about ±3 us per request at 1,000 requests/s). `futex` calls are
+threads handing the GIL (or a lock) to each other; a wake of a helper thread that then takes the
+GIL costs a hand-off on both sides. `wakes` are the wake-ups a thread makes (of the worker's
+other threads, of the client or the upstream); `packets` the packets it sends (on loopback the
+receiving socket's work is done in the sender's thread too: an ACK to the upstream costs the
+worker its receipt as well). Runs are bounded (wrk -d, perf's own timeout) and every process is
+stopped at the end.
+
+`--profile TOP`: where that CPU goes, user and kernel, instead of the counts: `perf record -e
+cpu-clock` of the worker's threads (the instruction counts of `worker_instructions` and
+`read_cost` see user space only), each thread's CPU per request with its kernel part, and the TOP
+symbols over all threads, in us per request.
 
 `--reads`: what each read is of, instead of the counts above: `perf record` of the worker's
 read/recvfrom/write/writev/epoll_ctl system calls (their fd and what they returned), each fd told
@@ -39,16 +50,27 @@ EVENTS = [
     "syscalls:sys_enter_epoll_wait",
     "syscalls:sys_enter_epoll_pwait",
     "syscalls:sys_enter_write",
+    "syscalls:sys_enter_writev",
     "syscalls:sys_enter_read",
     "syscalls:sys_enter_recvfrom",
     "syscalls:sys_enter_getrandom",
     "syscalls:sys_enter_getpid",
     "raw_syscalls:sys_enter",
     "context-switches",
+    "cpu-migrations",
+    # Counted in the waker's thread: the wakes each thread makes (of another thread of the
+    # worker, of a client or the upstream's process on the other core).
+    "sched:sched_wakeup",
+    # Packets the thread sends (on loopback, the receiving socket's work runs in the sender's
+    # context too): data to the client, the request and ACKs to the upstream.
+    "net:net_dev_xmit",
 ]
 SHORT = {event: event.rsplit("enter_", 1)[-1].split(":")[-1] for event in EVENTS}
 SHORT["raw_syscalls:sys_enter"] = "all"
 SHORT["context-switches"] = "cs"
+SHORT["cpu-migrations"] = "migr"
+SHORT["sched:sched_wakeup"] = "wakes"
+SHORT["net:net_dev_xmit"] = "packets"
 SHORT["syscalls:sys_enter_epoll_pwait"] = "epoll_pw"
 
 
@@ -65,15 +87,15 @@ def worker_pid(pid: int) -> int:
     return max(_tree(pid), key=ticks)
 
 
-def threads(pid: int) -> dict[int, tuple[int, int]]:
-    """tid -> (nice, utime + stime in clock ticks)."""
+def threads(pid: int) -> dict[int, tuple[int, int, int]]:
+    """tid -> (nice, utime, stime), the times in clock ticks."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[int(task.name)] = (int(fields[16]), int(fields[11]) + int(fields[12]))
+        out[int(task.name)] = (int(fields[16]), int(fields[11]), int(fields[12]))
     return out
 
 
@@ -120,22 +142,28 @@ def measure(
              f"({results[0].requests_per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
     total: dict[str, float] = {}
     rows = []
+    per_tick = 1e6 / TICKS / max(done, 1)  # a clock tick, in us per request
+    all_user = all_system = 0.0
     for tid, per in counts.items():
-        nice, cpu_after = after.get(tid, (0, 0))
-        cpu = (cpu_after - before.get(tid, (0, 0))[1]) / TICKS * 1e6 / max(done, 1)
+        nice, user_after, system_after = after.get(tid, (0, 0, 0))
+        _, user_before, system_before = before.get(tid, (0, 0, 0))
+        user = (user_after - user_before) * per_tick
+        system = (system_after - system_before) * per_tick
+        all_user, all_system = all_user + user, all_system + system
         for event, value in per.items():
             total[event] = total.get(event, 0) + value
         if sum(per.values()) == 0:
             continue
-        rows.append((cpu, tid, nice, per))
+        rows.append((user + system, user, system, tid, nice, per))
     rows.sort(reverse=True)
     heads = [SHORT[e] for e in EVENTS]
-    lines.append("  thread (nice)     cpu us/req " + " ".join(f"{h:>8}" for h in heads))
-    for cpu, tid, nice, per in rows:
+    lines.append("  thread (nice)     cpu us/req (user  sys) " + " ".join(f"{h:>8}" for h in heads))
+    for cpu, user, system, tid, nice, per in rows:
         cells = " ".join(f"{per.get(h, 0) / max(done, 1):8.2f}" for h in heads)
-        lines.append(f"  {tid:>8} ({nice:>3})  {cpu:10.1f} {cells}")
+        lines.append(f"  {tid:>8} ({nice:>3})  {cpu:10.1f} ({user:5.0f} {system:4.0f}) {cells}")
     cells = " ".join(f"{total.get(h, 0) / max(done, 1):8.2f}" for h in heads)
-    lines.append(f"  {'all':>8}        {'':10} {cells}")
+    all_cpu = all_user + all_system
+    lines.append(f"  {'all':>8}        {all_cpu:10.1f} ({all_user:5.0f} {all_system:4.0f}) {cells}")
     return "\n".join(lines)
 
 
@@ -245,6 +273,73 @@ def reads(contender: Contender, scenario: str, connections: int, seconds: float,
     return "\n".join(lines)
 
 
+def profile(
+    contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path, top: int
+) -> str:
+    """`--profile`: where the worker's CPU goes, kernel and user, by `perf record -e cpu-clock`
+    of every thread of the worker while the load runs (a sample every 200 us of CPU); each
+    sample weighs the CPU per request it stands for. Per thread (by its place in the worker's
+    CPU), the share in the kernel, and the `top` symbols (with their object) overall."""
+    name = contender.name
+    script = wrk_script(
+        tmp / f"prof-{name}-{scenario}.lua",
+        contender.body(scenario),
+        contender.headers | {"Content-Type": "application/json"},
+    )
+    url = contender.base_url + contender.path(scenario)
+    wrk(url, script, connections, 1)  # warm-up
+    pid = worker_pid(contender.pid)
+    data = tmp / f"prof-{name}-{scenario}.data"
+    command = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "5000", "-o", str(data)]
+    perf = subprocess.Popen(
+        [*command, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(0.3)  # perf attached
+    before = threads(pid)
+    results: list[WrkResult] = []
+    load = threading.Thread(target=lambda: results.append(wrk(url, script, connections, seconds)))
+    load.start()
+    load.join(timeout=seconds + 60)
+    after = threads(pid)
+    perf.send_signal(2)
+    perf.wait(timeout=60)
+    done = max(1.0, results[0].requests_per_s * max(1, round(seconds)))
+    ticks = sum(sum(after[t][1:]) - sum(before.get(t, (0, 0, 0))[1:]) for t in after)
+    # The CPU the samples stand for is the threads' while perf ran (a little more than wrk's
+    # window), so each sample is weighed by the CPU per request of the whole window.
+    script_out = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso", "--no-demangle"],
+        capture_output=True, text=True, timeout=300, check=False,
+    ).stdout  # fmt: skip
+    per_thread: collections.Counter[int] = collections.Counter()
+    kernel: collections.Counter[int] = collections.Counter()
+    symbols: collections.Counter[tuple[str, str]] = collections.Counter()
+    samples = 0
+    for line in script_out.splitlines():
+        found = re.match(r"\s*(\d+)\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line)
+        if not found:
+            continue
+        tid, symbol, dso = int(found[1]), found[2], found[3].rsplit("/", 1)[-1]
+        samples += 1
+        per_thread[tid] += 1
+        if dso.startswith("[kernel"):
+            kernel[tid] += 1
+        symbols[(symbol.split("+0x")[0][:48], dso[:28])] += 1
+    cpu_us = ticks / TICKS * 1e6 / done
+    weight = cpu_us / max(samples, 1)
+    lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
+             f"({results[0].requests_per_s:.0f}/s), CPU {cpu_us:.0f} us/req, {samples} samples, "
+             f"load {os.getloadavg()[0]:.2f}"]  # fmt: skip
+    for tid, count in per_thread.most_common():
+        nice = after.get(tid, (0, 0, 0))[0]
+        lines.append(f"  thread {tid} (nice {nice:>3}): {count * weight:6.1f} us/req, "
+                     f"kernel {kernel[tid] * weight:6.1f}")  # fmt: skip
+    for (symbol, dso), count in symbols.most_common(top):
+        share = count / max(samples, 1)
+        lines.append(f"  {count * weight:7.1f} us  {share:6.1%}  {symbol} ({dso})")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -259,6 +354,13 @@ def main() -> int:
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
     parser.add_argument(
         "--reads", action="store_true", help="each read and write by what its fd is (perf record)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="TOP",
+        help="perf record -e cpu-clock of the worker: CPU per request by thread, kernel and the "
+        "TOP symbols",
     )
     args = parser.parse_args()
     if not (1 <= args.seconds <= 30 and 1 <= args.reps <= 5):
@@ -276,8 +378,12 @@ def main() -> int:
             scenario, _ = WRK_MEASURES[measure_name]
             for _ in range(args.reps):
                 for contender in found.values():
-                    run = reads if args.reads else measure
-                    print(run(contender, scenario, args.connections, args.seconds, Path(tmp)))
+                    if args.profile:
+                        print(profile(contender, scenario, args.connections, args.seconds,
+                                      Path(tmp), args.profile))  # fmt: skip
+                    else:
+                        run = reads if args.reads else measure
+                        print(run(contender, scenario, args.connections, args.seconds, Path(tmp)))
                     print(flush=True)
     return 0
 

@@ -1,7 +1,7 @@
 """What one request costs the Redis store, counted per request: not a ratio, an inventory.
 
-    .venv/bin/python -m loadtests.bench.redis_costs [--measures rps,event,lines20] [--seconds 3]
-        [--reps 3] [--redis-core 1] [--before DIR] [--this DIR]
+    .venv/bin/python -m loadtests.bench.redis_costs [--measures rps,event,lines,lines20]
+        [--seconds 3] [--reps 3] [--redis-core 1] [--before DIR] [--this DIR]
 
 One gateway worker on Redis (pinned to core 0, as `make bench` runs it), the fake upstream (nginx)
 and wrk on core 1, redis-server on `--redis-core` (1 as in `make bench`; 0 shares the worker's
@@ -54,6 +54,7 @@ SCENARIOS = {
     "lat": ("json", 1),  # one connection: what a request waits for, round trips included
     "sse": ("sse", 64),
     "event": ("event", 64),
+    "lines": ("lines", 64),  # each line its own chunk, as make bench's per-line measure
     "lines20": ("lines20", 256),
 }
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]

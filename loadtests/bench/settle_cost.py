@@ -7,8 +7,9 @@ by Redis itself.
 Each batch's entries are admitted from a lease (`klawd_admit_lease_v1`, as a busy worker admits
 them: their holds are the lease's) or, with `--exact`, each by `klawd_admit_v3` (a hold of its
 own). Around the settle calls only (`CONFIG RESETSTAT` before each, `INFO commandstats` after),
-per entry: the commands the functions ran (calls of each) and Redis's time in `FCALL` (µs, its
-`usec`), medians over batches. The counts are deterministic; the time is Redis's own, on one
+per entry: the commands the functions ran (calls of each) and Redis's time in `FCALL` and in
+each command inside it (µs, their `usec`: a command's own time, not the Lua around it), medians
+over batches. The counts are deterministic; the time is Redis's own, on one
 redis-server of its own (no client or event-loop time in it), still moved by the machine's load.
 `--tree DIR`: another checkout's `gateway` package (its library and its client), measured
 instead, for a before/after (run once per tree, back to back). Bounded by `--batches`.
@@ -112,8 +113,7 @@ async def run(url: str, batches: int, size: int, exact: bool) -> None:
                 if name in ("config|resetstat", "info"):
                     continue
                 per_entry.setdefault(f"calls {name}", []).append(calls / size)
-                if name == "fcall":
-                    per_entry.setdefault("usec fcall", []).append(usec / size)
+                per_entry.setdefault(f"usec {name}", []).append(usec / size)
         for name in sorted(per_entry):
             values = per_entry[name]
             while len(values) < batches:

@@ -29,7 +29,7 @@ SettleHook = Callable[[list[UsageEntry], dict[str, CreditGrant]], Awaitable[None
 
 class UsageRecorder:
     """`flush_interval_s`: how long entries gather before they are settled as one batch (the
-    store's `settle_interval_s`: 50 ms on SQLite, 20 ms on Redis). A batch is work that shares
+    store's `settle_interval_s`: 50 ms on SQLite and on Redis). A batch is work that shares
     the worker's core with requests in flight: its fixed part is spread over more entries in a
     longer batch, and a much longer one delays requests (`python -m
     loadtests.bench.side_by_side --measures lat --seconds 3 --reps 3`: added latency p99 at

@@ -7,10 +7,14 @@ leave (replicas of these releases share one Redis), and a batch costs one call p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.settings import load_settings
+from gateway.state import build_state
 from gateway.store.base import UsageEntry
 from gateway.store.redis import SETTLE_CHUNK, RedisStore
 from gateway.store.redis_limiter import _acct, _spend_keys
@@ -253,3 +257,18 @@ async def test_a_batch_costs_one_call_per_account_and_chunk(
     finally:
         await client.aclose()
         await redis_store.close()
+
+
+async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The usage recorder gathers entries for the Redis store's interval, as long as the
+    embedded store's: a settle call's fixed part spread over more entries (issue 19zv)."""
+    redis_server.flush()
+    config = tmp_path / "klawd.toml"
+    config.write_text(f'[store]\nurl = "{redis_server.url}"\n')
+    state = await build_state(load_settings(config, {}), {}, None)
+    try:
+        assert state.recorder._flush_interval_s == RedisStore.settle_interval_s == 0.05
+    finally:
+        await state.close()

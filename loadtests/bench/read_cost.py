@@ -1,7 +1,8 @@
 """What one more upstream read costs a stream: the same stream read in more or fewer pieces.
 
     .venv/bin/python -m loadtests.bench.read_cost [--scenarios lines,anth] [--groups 8,4,2,1]
-        [--streams 32] [--detail N] [--instructions [--profile DIR]] [--tree DIR] 2>/dev/null
+        [--streams 32] [--detail N] [--instructions [--profile DIR]] [--tree DIR]
+        [--route chat|messages|responses] 2>/dev/null
 
 (the per-request JSON log goes to stderr.) In process, as stream_cost (the ASGI app driven
 directly, embedded store, everything on), but its upstream is a paced one in the same event
@@ -29,7 +30,9 @@ Python coroutine, counted: Granian's is `worker_instructions`'); the fake upstre
 each request is (the same in every group). `--profile DIR`: callgrind's dumps kept there
 (`callgrind_annotate --inclusive=yes DIR/callgrind.read_cost.N`; N = 2, 4, ... are the groups'
 measured streams in order). `--tree DIR`: another checkout's `gateway` package (with its built
-`_core`) measured instead.
+`_core`) measured instead. `--route messages|responses`: the streams ask `/v1/messages` or
+`/v1/responses` (stream_cost's `--route`): with `anth` the Messages route passes the Anthropic
+stream through, with `lines` it translates an OpenAI one; the Responses route translates both.
 """
 
 from __future__ import annotations
@@ -124,7 +127,12 @@ def writes_of(scenario: str, group: int) -> list[bytes]:
 
 
 async def serve(
-    scenarios: list[str], groups: list[int], streams: int, mode: str, detail: int = 0
+    scenarios: list[str],
+    groups: list[int],
+    streams: int,
+    mode: str,
+    detail: int = 0,
+    route: str = "chat",
 ) -> None:
     """`mode`: "calls" (reads, sends and Python calls per stream, printed) or "count" (the
     streams' steps through `operator.call`, for callgrind). `detail`: with "calls", the
@@ -162,7 +170,7 @@ async def serve(
     )
     await harness.start()
     try:
-        driver = stream_cost.Driver(harness, await stream_cost.new_key(harness))
+        driver = stream_cost.Driver(harness, await stream_cost.new_key(harness), route=route)
         app = harness.app
         for scenario in scenarios:
             model = c.gateway_model(scenario)
@@ -225,11 +233,16 @@ def per_read_detail(
 def child(args: argparse.Namespace) -> None:
     import uvloop
 
-    uvloop.run(serve(args.scenarios, args.groups, args.child, "count"))
+    uvloop.run(serve(args.scenarios, args.groups, args.child, "count", route=args.route))
 
 
 def count(
-    scenarios: list[str], groups: list[int], streams: int, tree: str | None, profile: str | None
+    scenarios: list[str],
+    groups: list[int],
+    streams: int,
+    tree: str | None,
+    profile: str | None,
+    route: str = "chat",
 ) -> dict[tuple[str, int], int]:
     """Instructions counted in each (scenario, group)'s `streams` streams: one callgrind run,
     which dumps its counts (and starts afresh) at each `os.getppid()` (`--dump-before`), called
@@ -241,7 +254,7 @@ def count(
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
             "--collect-atstart=no", *TOGGLES, f"--dump-before={DUMP}", sys.executable, "-m",
             "loadtests.bench.read_cost", "--child", str(streams), "--scenarios",
-            ",".join(scenarios), "--groups", ",".join(map(str, groups)),
+            ",".join(scenarios), "--groups", ",".join(map(str, groups)), "--route", route,
         ]  # fmt: skip
         if tree:
             command += ["--tree", tree]
@@ -277,6 +290,9 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="callgrind's counts too")
     parser.add_argument("--profile", help="with --instructions: keep callgrind's files here")
     parser.add_argument("--tree", help="another checkout's gateway package, measured instead")
+    parser.add_argument(
+        "--route", default="chat", help="chat, messages or responses: the route every stream asks"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.scenarios = args.scenarios.split(",")
@@ -289,10 +305,10 @@ def main() -> None:
     import gateway
 
     print(f"gateway from {Path(gateway.__file__).parent}", flush=True)
-    uvloop.run(serve(args.scenarios, args.groups, args.streams, "calls", args.detail))
+    uvloop.run(serve(args.scenarios, args.groups, args.streams, "calls", args.detail, args.route))
     if not args.instructions:
         return
-    counts = count(args.scenarios, args.groups, args.streams, args.tree, args.profile)
+    counts = count(args.scenarios, args.groups, args.streams, args.tree, args.profile, args.route)
     for scenario in args.scenarios:
         chunks = len(http_chunks(scenario))
         per_stream = {group: counts[(scenario, group)] / args.streams for group in args.groups}

@@ -29,6 +29,10 @@ on Redis against what it does on the embedded store, call by call.
 instead of one short user message, e.g. `--body loadtests/bench/agent_request.json --scenarios
 anth --phases anth`: a coding agent's request to the Anthropic upstream.
 
+`--route messages|responses`: the streams ask `/v1/messages` or `/v1/responses` (a short
+request of that route's shape) instead of `/v1/chat/completions`; e.g. `--route messages
+--scenarios anth,lines`: the Anthropic upstream passed through, an OpenAI one translated.
+
 `--tree DIR`: a checkout's `gateway` package (with its built `_core`) measured instead, for a
 before/after comparison (run the command once per tree, back to back).
 """
@@ -95,15 +99,35 @@ def release_free_heap() -> None:
         pass
 
 
+# The streaming routes a driver can ask (`--route`): their path and the body of a short request
+# (its model and `stream` set per scenario).
+ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    "messages": (
+        "/v1/messages",
+        {"max_tokens": 256, "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    "responses": ("/v1/responses", {"input": "hi"}),
+}
+
+
 class Driver:
     """Streams through the app in-process; `receive()` after the body is a future (Granian's
-    is one) resolved with `http.disconnect` when the answer has ended."""
+    is one) resolved with `http.disconnect` when the answer has ended. `route`: a key of
+    ROUTES (the chat route's, unless told)."""
 
-    def __init__(self, harness: Harness, key: str, template: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        key: str,
+        template: dict[str, Any] | None = None,
+        route: str = "chat",
+    ) -> None:
         self.harness = harness
-        # The request's body (its model and `stream` set per scenario): `--body`'s, else one
-        # short user message.
-        self.template = template or {"messages": [{"role": "user", "content": "hi"}]}
+        self.path, short = ROUTES[route]
+        # The request's body (its model and `stream` set per scenario): `--body`'s, else the
+        # route's short request.
+        self.template = template or short
         self.bodies: dict[str, bytes] = {}
         self.headers = [
             (b"authorization", f"Bearer {key}".encode()),
@@ -156,8 +180,8 @@ class Driver:
             "http_version": "1.1",
             "method": "POST",
             "scheme": "http",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
+            "path": self.path,
+            "raw_path": self.path.encode(),
             "query_string": b"",
             "root_path": "",
             "headers": [*self.headers, (b"content-length", str(len(body)).encode())],
@@ -360,7 +384,7 @@ async def run(args: argparse.Namespace, upstream: str, store: str) -> None:
     )
     await harness.start()
     try:
-        driver = Driver(harness, await new_key(harness), args.template)
+        driver = Driver(harness, await new_key(harness), args.template, args.route)
         print(f"reframer alone, static body: {reframer_per_stream():.1f} us per stream")
         for scenario in filter(None, args.scenarios.split(",")):
             samples = [await cpu_per_stream(driver, scenario, args.streams) for _ in range(3)]
@@ -440,6 +464,12 @@ def main() -> None:
         "e.g. loadtests/bench/agent_request.json",
     )
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument(
+        "--route",
+        choices=tuple(ROUTES),
+        default="chat",
+        help="the streaming route every stream asks",
+    )
     add_redis_priority(parser)
     args = parser.parse_args()
     args.template = orjson.loads(Path(args.body).read_bytes()) if args.body else None

@@ -20,6 +20,7 @@ from gateway.api.common import (
     two_headers,
 )
 from gateway.api.streaming import Deliver, Drain, Stepped, send_event_stream
+from gateway.api.translated import TranslatedStream
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
@@ -303,7 +304,9 @@ class ReframedRelay(Stepped):
     """`relay` of a reframed stream as a source that `send_event_stream` steps itself: the same
     pieces (the cost in the usage chunk a client asked for), the same last event on a failure
     after the first byte, the same billing however the stream ends; but no async generator
-    between the two, so per piece nothing of the relay's own is made or resumed."""
+    between the two, so per piece nothing of the relay's own is made or resumed. The chat
+    route's stream, and the Messages and Responses routes' (the provider's stream passed
+    through, or translated: gateway/api/translated.py) when it is stepped."""
 
     __slots__ = ("chat", "error_event", "state", "status", "stream", "target", "ticket")
 
@@ -312,7 +315,7 @@ class ReframedRelay(Stepped):
         state: AppState,
         ticket: Ticket,
         chat: ChatRequest,
-        stream: ReframedStream,
+        stream: ReframedStream | TranslatedStream,
         target: CatalogEntry,
         error_event: Callable[[GatewayError], bytes] = GatewayError.sse_event,
         cost_in_usage: bool = True,

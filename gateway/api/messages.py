@@ -22,23 +22,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import _core, ids
-from gateway.api.chat import SSE_HEADERS, relay
+from gateway.api.chat import SSE_HEADERS, ReframedRelay, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
+from gateway.api.translated import TranslatedStream, stepped
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
 from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
-    BadGateway,
     GatewayError,
     InternalError,
     ServiceUnavailable,
@@ -250,13 +250,19 @@ async def _create_message(request: Request) -> Response:
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
+        # The provider's stream (passed through or translated) relayed as the chat route's,
+        # stepped, its last piece ending the body; a cache's assembling one by the generator.
+        fast = stepped(stream)
         return EventStreamResponse(
-            relay(state, ticket, chat, stream, target, error_event, cost_in_usage=False),
+            relay(state, ticket, chat, stream, target, error_event, cost_in_usage=False)
+            if fast is None
+            else ReframedRelay(state, ticket, chat, fast, target, error_event, False),
             SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             PING_EVENT,
             Drain(state.streams, DRAIN_EVENT),
             send_timeout_s=state.settings.server.streams.send_timeout_s,
+            last=None if fast is None else fast.finished,
         )
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
@@ -323,45 +329,18 @@ class MessagesCallFactory:
         return MessagesCall(self._body, self._headers, target, self._message_id, self._stream)
 
 
-OPEN_MESSAGE = b'data: {"choices":[{"index":0,"delta":{}}]}\n\n'
 DRAIN_EVENT = error_event(ShuttingDown())
 
 
-class AnthropicEvents:
-    """A provider's OpenAI chunk stream, reframed to Anthropic events by the Rust core. Usage
-    and relayed characters are the provider stream's own (they bill the request)."""
+class AnthropicEvents(TranslatedStream):
+    """A provider's OpenAI chunk stream, reframed to Anthropic events by the Rust core
+    (message_start at once, as Anthropic sends it, before the upstream's first chunk)."""
+
+    __slots__ = ()
 
     def __init__(self, upstream: UpstreamStream, target: CatalogEntry, message_id: str) -> None:
-        self._upstream = upstream
-        self._target = target
-        self._reframer = _core.Reframer("openai_to_anthropic", target.model.id, message_id, 0, True)
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        return self._upstream.usage
-
-    @property
-    def content_chars(self) -> int:
-        return self._upstream.content_chars
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        reframer = self._reframer
-        try:
-            # message_start at once, as Anthropic sends it, before the upstream's first chunk
-            # (the reframer writes it on the first choice-0 chunk; this one carries nothing).
-            yield reframer.feed(OPEN_MESSAGE)
-            async for piece in self._upstream:
-                out = reframer.feed(piece)
-                if out:
-                    yield out
-            out = reframer.finish()
-            if out:
-                yield out
-        except (_core.SseError, _core.UpstreamStreamError) as exc:
-            raise BadGateway(
-                f"The stream of '{self._target.model.id}' could not be translated to "
-                "Anthropic events."
-            ) from exc
+        super().__init__(
+            upstream,
+            _core.Reframer("openai_to_anthropic", target.model.id, message_id, 0, True),
+            f"The stream of '{target.model.id}' could not be translated to Anthropic events.",
+        )

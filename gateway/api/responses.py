@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import ids
-from gateway.api.chat import SSE_HEADERS, relay
+from gateway.api.chat import SSE_HEADERS, ReframedRelay, relay
 from gateway.api.common import app_state, json_response
 from gateway.api.streaming import Drain, EventStreamResponse
 from gateway.auth import AuthContext
@@ -34,7 +34,7 @@ from gateway.billing import TokenUsage, format_usd
 from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
-from gateway.metering import reserve_for_chat, upstream_tokens_for_chat
+from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
 from gateway.pending_admission import served_ticket
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.responses.answer import response_fields, to_response
@@ -42,6 +42,7 @@ from gateway.responses.events import ResponseEvents
 from gateway.responses.translate import normalize_input, responses_param, to_chat_request
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
+from gateway.schemas.openai import ChatRequest
 from gateway.schemas.responses import decode_responses_request
 from gateway.state import AppState
 from gateway.store.base import StoredResponse, StoreError
@@ -166,7 +167,11 @@ async def _create_response(request: Request) -> Response:
                 await _keep(state, keep(events.final))
 
         return EventStreamResponse(
-            relay_and_keep(),
+            # The provider's stream relayed as the chat route's, stepped; a cache's assembling
+            # one by the generator.
+            KeepingRelay(state, ticket, chat, events, target, keep)
+            if events.stepped
+            else relay_and_keep(),
             SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             KEEPALIVE,
@@ -183,6 +188,32 @@ async def _create_response(request: Request) -> Response:
         completion.body,
         headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
     )
+
+
+class KeepingRelay(ReframedRelay):
+    """The stepped relay of a Responses stream: whole, the finished response is kept once the
+    stream is billed (before the body's end, as `relay_and_keep` keeps it)."""
+
+    __slots__ = ("events", "keep")
+
+    def __init__(
+        self,
+        state: AppState,
+        ticket: Ticket,
+        chat: ChatRequest,
+        events: ResponseEvents,
+        target: CatalogEntry,
+        keep: Callable[[dict[str, Any]], StoredResponse | None],
+    ) -> None:
+        super().__init__(state, ticket, chat, events, target, events.error_event, False)
+        self.events = events
+        self.keep = keep
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        await super().close(whole, drained)
+        final = self.events.final
+        if whole and final is not None:
+            await _keep(self.state, self.keep(final))
 
 
 class CachedResponse(NamedTuple):

@@ -25,12 +25,13 @@ Each piece is written in one send, so a client never reads part of an event. A s
 at a shutdown's deadline is ended with the route's final error event (gateway/drain.py).
 
 The pieces are an async generator, or a `Stepped` source that this function steps to and awaits
-itself (the chat route's relay of a reframed stream): no generator between the two, so nothing
-of the relay's own is made or resumed per piece. Once its first piece is out, such a source may
-hand a piece that arrives while the stream waits to `_Watch.deliver`, which sends it from the
-arrival's own callback (the upstream connection's read), without waking the request's task:
-never its last piece, nor while a keepalive is being sent; a send there that has to wait, or
-fails, is the task's to await (the send deadline, the client-gone watch and the drain are its).
+itself (the streaming routes' relay of a reframed stream, gateway/api/chat.py): no generator
+between the two, so nothing of the relay's own is made or resumed per piece. Once its first
+piece is out, such a source may hand a piece that arrives while the stream waits to
+`_Watch.deliver`, which sends it from the arrival's own callback (the upstream connection's
+read), without waking the request's task: never its last piece, nor while a keepalive is being
+sent; a send there that has to wait, or fails, is the task's to await (the send deadline, the
+client-gone watch and the drain are its).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ async def send_event_stream(
     else:
         stepped, generator = _NOT_STEPPED, pieces
         step, arrival, edit = _the_end, loop.create_future, None
-    whole = False
+    whole = closed = False
     direct = generator is None  # the source's pieces sent from its callback once one is out
     if drain is not None:
         drain.streams.add(task)
@@ -202,6 +203,12 @@ async def send_event_stream(
                 watch.direct_send, watch.edit = send, edit
                 stepped.deliver_to(watch.deliver)
         if not ended:
+            if whole:
+                # A source that ran to its end is closed (billed; the Responses API's answer
+                # kept) before the body ends, as a generator's `finally` runs before it: a
+                # client that has read the end finds the stored response.
+                closed = True
+                await stepped.close(True, False)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError as exc:
         if watch.client_gone:
@@ -230,7 +237,8 @@ async def send_event_stream(
                 watch.pending = None
                 if isinstance(pending, asyncio.Future) and pending.done():
                     pending.exception()
-            await stepped.close(whole, drained)
+            if not closed:
+                await stepped.close(whole, drained)
         else:
             if drained:  # the relay bills with the drain's status if it is still suspended
                 with contextlib.suppress(asyncio.CancelledError):
@@ -512,12 +520,13 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        pieces: AsyncGenerator[bytes, None],
+        pieces: AsyncGenerator[bytes, None] | Stepped,
         headers: Mapping[str, str],
         keepalive_s: float,
         keepalive: bytes = KEEPALIVE,
         drain: Drain | None = None,
         send_timeout_s: float | None = None,
+        last: Callable[[], bool] | None = None,
     ) -> None:
         self.pieces = pieces
         self.stream_headers = headers
@@ -525,6 +534,7 @@ class EventStreamResponse(Response):
         self.keepalive = keepalive
         self.drain = drain
         self.send_timeout_s = send_timeout_s
+        self.last = last
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_event_stream(
@@ -535,5 +545,6 @@ class EventStreamResponse(Response):
             self.keepalive_s,
             self.keepalive,
             self.drain,
-            send_timeout_s=self.send_timeout_s,
+            self.last,
+            self.send_timeout_s,
         )

@@ -8,26 +8,25 @@ final response object (from `response.completed` / `response.incomplete`) for th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from gateway import _core
-from gateway.billing import TokenUsage
-from gateway.errors import BadGateway, GatewayError
+from gateway.api.translated import TranslatedStream
+from gateway.errors import GatewayError
 from gateway.providers.base import UpstreamStream
 from gateway.responses.answer import failure_events
 from gateway.routing.catalog import CatalogEntry
 
-# The first chunk of choice 0 carries nothing: it makes the reframer write response.created and
-# response.in_progress at once, before the upstream's first token.
-OPEN_RESPONSE = b'data: {"choices":[{"index":0,"delta":{}}]}\n\n'
 FINAL_EVENTS = (b"event: response.completed\ndata: ", b"event: response.incomplete\ndata: ")
 
 
-class ResponseEvents:
-    """Usage and relayed characters are the provider stream's own (they bill the request)."""
+class ResponseEvents(TranslatedStream):
+    """response.created and response.in_progress at once, before the upstream's first token;
+    a stepped stream over the provider's own (gateway/api/translated.py)."""
+
+    __slots__ = ("_created_at", "_fields", "_response_id", "_sequence", "_target", "final")
 
     def __init__(
         self,
@@ -37,32 +36,24 @@ class ResponseEvents:
         created_at: int,
         fields: dict[str, Any],
     ) -> None:
-        self._upstream = upstream
         self._target = target
         self._response_id = response_id
         self._created_at = created_at
         self._fields = fields
-        self._reframer = _core.Reframer(
-            "openai_to_responses",
-            target.model.id,
-            response_id,
-            created_at,
-            True,
-            response_fields=orjson.dumps(fields).decode(),
-        )
         self._sequence = 0
         self.final: dict[str, Any] | None = None  # the finished response object
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        return self._upstream.usage
-
-    @property
-    def content_chars(self) -> int:
-        return self._upstream.content_chars
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
+        super().__init__(
+            upstream,
+            _core.Reframer(
+                "openai_to_responses",
+                target.model.id,
+                response_id,
+                created_at,
+                True,
+                response_fields=orjson.dumps(fields).decode(),
+            ),
+            f"The stream of '{target.model.id}' could not be translated to Responses API events.",
+        )
 
     def error_event(self, error: GatewayError) -> bytes:
         """The events that end this stream after a failure (the relay's error format)."""
@@ -83,20 +74,3 @@ class ResponseEvents:
                 data = out[start + len(head) : out.index(b"\n\n", start)]
                 self.final = orjson.loads(data)["response"]
         return out
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        reframer = self._reframer
-        try:
-            yield self._relayed(reframer.feed(OPEN_RESPONSE))
-            async for piece in self._upstream:
-                out = reframer.feed(piece)
-                if out:
-                    yield self._relayed(out)
-            out = reframer.finish()
-            if out:
-                yield self._relayed(out)
-        except (_core.SseError, _core.UpstreamStreamError) as exc:
-            raise BadGateway(
-                f"The stream of '{self._target.model.id}' could not be translated to "
-                "Responses API events."
-            ) from exc

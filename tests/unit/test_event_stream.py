@@ -518,6 +518,35 @@ def test_a_stepped_source_is_stepped_awaited_edited_and_closed_whole() -> None:
     assert source.closed == (True, False)
 
 
+def test_a_stepped_source_that_runs_to_its_end_is_closed_before_the_body_ends_once() -> None:
+    """As a generator's `finally` runs before its end is sent: what the close does (the
+    Responses API keeps its answer there) is done when the client reads the body's end."""
+
+    class Noting(Source):
+        __slots__ = ("client", "sent_at_close")
+
+        def __init__(self, client: Client) -> None:
+            super().__init__()
+            self.client = client
+            self.sent_at_close: list[int] = []
+
+        async def close(self, whole: bool, drained: bool) -> None:
+            self.sent_at_close.append(len(self.client.sent))
+            await super().close(whole, drained)
+
+    async def main() -> tuple[Client, Noting]:
+        client = Client()
+        source = Noting(client)
+        source.push(b"data: a\n\n", b"")
+        await send_event_stream(client.receive, client.send, {}, source, 30)
+        return client, source
+
+    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    assert client.bodies() == [b"data: a\n\n", b""]
+    assert source.sent_at_close == [2]  # the start and the piece, not the body's end
+    assert source.closed == (True, False)
+
+
 def test_a_stepped_source_that_fails_ends_with_its_last_piece_and_is_closed_whole() -> None:
     async def main() -> tuple[Client, Source]:
         client = Client()

@@ -1,0 +1,231 @@
+"""The Messages and Responses routes' translated streams (gateway/api/translated.py) relayed
+as the chat route's: the provider's OpenAI chunks read while the relay waits are translated in
+the connection's read and sent from there (`deliver_to`). Whatever the upstream's chunk
+boundaries, the client gets every event once, whole, in order: the same bytes as when the
+whole stream arrives in one read (nothing then is sent from a read).
+
+No timing thresholds: the server writes each read a few loop turns apart, and every test is
+bounded by `asyncio.timeout`, on both asyncio's event loop and uvloop (conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.api.messages import AnthropicEvents
+from gateway.api.streaming import Stepped, send_event_stream
+from gateway.api.translated import TranslatedStream
+from gateway.errors import BadGateway
+from gateway.providers.base import ReframedStream
+from gateway.responses.events import ResponseEvents
+from tests.providers.test_http_client import (
+    BOUND_S,
+    EVENT_STREAM_HEAD,
+    Conn,
+    _chunk,
+    openai_provider,
+    serving,
+)
+from tests.unit.translation_helpers import chat_call
+
+TURNS = 8  # loop turns between two reads: the read, the relay's step, its send, to spare
+
+
+def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "u",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+# Text with multi-byte characters (reads split inside them), a tool call's argument fragments,
+# the finish reason, the usage chunk and the terminator.
+TOOL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+BODY = b"".join(
+    [
+        _event({"role": "assistant", "content": ""}),
+        *(_event({"content": text}) for text in ("Hel", "lo, ", "wörld ", "— ", "ça ", "va? 🙂")),
+        _event({"tool_calls": [TOOL]}),
+        *(
+            _event({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+            for part in ('{"ci', 'ty": "Pa', 'ris"}')
+        ),
+        _event({}, "tool_calls"),
+        b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"u","choices":[],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+)
+
+
+def awkward_reads(body: bytes, sizes: tuple[int, ...] = (1, 5, 17, 2, 40, 9, 3, 64)) -> list[bytes]:
+    """`body` cut at every kind of place: inside `data:`, between the two line ends, inside
+    the JSON and its multi-byte characters, several events in one read."""
+    reads, start, i = [], 0, 0
+    while start < len(body):
+        reads.append(body[start : start + sizes[i % len(sizes)]])
+        start += sizes[i % len(sizes)]
+        i += 1
+    return reads
+
+
+class _Relayed(Stepped):
+    """A stepped stream as `send_event_stream` steps it (`ReframedRelay`, billing aside),
+    counting the pieces sent from the connection's read; `decline(n)`: whether the relay's
+    `deliver` is made to decline the n-th piece offered to it (as while a keepalive is sent)."""
+
+    def __init__(
+        self, stream: ReframedStream | TranslatedStream, decline: Callable[[int], bool]
+    ) -> None:
+        self.step = stream.step
+        self.arrival = stream.arrival
+        self.edit = None
+        self.stream = stream
+        self.decline = decline
+        self.offered = self.delivered = 0
+
+    def failed(self, exc: Exception) -> bytes:
+        raise exc
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        pass
+
+    def deliver_to(self, deliver: Callable[[bytes, asyncio.Future[None]], bool] | None) -> None:
+        if deliver is None:
+            self.stream.deliver_to(None)
+            return
+
+        def counted(piece: bytes, waiter: asyncio.Future[None]) -> bool:
+            self.offered += 1
+            if self.decline(self.offered):
+                return False
+            took = deliver(piece, waiter)
+            self.delivered += took
+            return took
+
+        self.stream.deliver_to(counted)
+
+
+Translate = Callable[[ReframedStream], TranslatedStream]
+
+
+async def relay(
+    translate: Translate, reads: list[bytes], decline: Callable[[int], bool] = lambda n: False
+) -> tuple[list[dict[str, Any]], _Relayed, TranslatedStream]:
+    """The upstream's `reads` (each an HTTP chunk, written a few loop turns apart once the
+    relay's first piece is out) through the provider's stream, translated and relayed: the
+    messages sent to the client, the relay, the translated stream."""
+    first_out = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD)
+        await first_out.wait()
+        for read in reads:
+            await conn.send(_chunk(read))
+            for _ in range(TURNS):
+                await asyncio.sleep(0)
+        await conn.send(b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Future()  # the client never leaves
+        raise AssertionError
+
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body":
+            first_out.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            translated = translate(stream)
+            assert translated.stepped
+            relayed = _Relayed(translated, decline)
+            await send_event_stream(receive, send, [], relayed, 30, last=translated.finished)
+        finally:
+            await provider.close()
+    return messages, relayed, translated
+
+
+def anthropic(stream: ReframedStream) -> TranslatedStream:
+    return AnthropicEvents(stream, stream_target(), "msg_1")
+
+
+def responses(stream: ReframedStream) -> TranslatedStream:
+    return ResponseEvents(stream, stream_target(), "resp_1", 1700000000, {"store": True})
+
+
+def stream_target() -> Any:
+    return chat_call("openai", "m").target
+
+
+def whole_events(pieces: list[bytes]) -> list[bytes]:
+    """Each piece's events, checked whole: `event: <name>` then one line of JSON data."""
+    events = []
+    for piece in pieces:
+        assert piece.endswith(b"\n\n"), piece
+        for event in piece[:-2].split(b"\n\n"):
+            name, data = event.split(b"\n")
+            assert name.startswith(b"event: ") and data.startswith(b"data: "), event
+            orjson.loads(data[len(b"data: ") :])
+            events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("translate", [anthropic, responses], ids=["messages", "responses"])
+async def test_events_translated_from_awkward_reads_go_out_whole_in_order_from_the_read(
+    translate: Translate,
+) -> None:
+    """Reads cut anywhere: the pieces sent from the reads (most of them) and by the relay's
+    step are whole events, and all together are the bytes of the same stream read at once;
+    the last piece (the stream's end) ends the body."""
+    reference, _, _ = await relay(translate, [BODY])
+    messages, relayed, _ = await relay(translate, awkward_reads(BODY))
+    pieces = [m["body"] for m in messages[1:]]
+    assert b"".join(pieces) == b"".join(m["body"] for m in reference[1:])
+    assert len(whole_events(pieces)) > 10
+    assert relayed.delivered >= 8, "pieces were sent from the reads"
+    assert messages[-1]["more_body"] is False
+    assert (b"message_stop" if translate is anthropic else b"response.completed") in pieces[-1]
+
+
+@pytest.mark.parametrize("translate", [anthropic, responses], ids=["messages", "responses"])
+async def test_a_translated_piece_the_relay_declines_is_its_next_step_s_in_order(
+    translate: Translate,
+) -> None:
+    """A piece `deliver` declines (a keepalive's send in flight) was already translated: the
+    relay is woken and its next step returns it, before anything read after it."""
+    reference, _, _ = await relay(translate, [BODY])
+    messages, relayed, _ = await relay(translate, awkward_reads(BODY), lambda n: n % 2 == 1)
+    pieces = [m["body"] for m in messages[1:]]
+    assert b"".join(pieces) == b"".join(m["body"] for m in reference[1:])
+    whole_events(pieces)
+    assert relayed.offered >= 8 and relayed.delivered >= 4
+
+
+async def test_responses_events_sent_from_the_read_are_numbered_and_the_answer_kept() -> None:
+    """The Responses API's numbers count the events sent from the reads too (a failure's
+    events would follow them), and the finished response is kept for the store."""
+    messages, relayed, translated = await relay(responses, awkward_reads(BODY))
+    events = whole_events([m["body"] for m in messages[1:]])
+    numbers = [orjson.loads(e.split(b"\n")[1][len(b"data: ") :])["sequence_number"] for e in events]
+    assert numbers == list(range(len(events)))
+    assert relayed.delivered >= 8
+    assert isinstance(translated, ResponseEvents)
+    assert translated.final is not None and translated.final["status"] == "completed"
+    failure = translated.error_event(BadGateway("cut off"))
+    assert b'"sequence_number":%d' % len(events) in failure

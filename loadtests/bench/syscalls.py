@@ -40,6 +40,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from loadtests.bench.measure import WrkResult, _tree, wrk, wrk_script
@@ -276,10 +277,12 @@ def reads(contender: Contender, scenario: str, connections: int, seconds: float,
 def profile(
     contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path, top: int
 ) -> str:
-    """`--profile`: where the worker's CPU goes, kernel and user, by `perf record -e cpu-clock`
-    of every thread of the worker while the load runs (a sample every 200 us of CPU); each
+    """`--profile`: where the worker's CPU goes, kernel and user, by `perf record -e cpu-clock
+    -g` of every thread of the worker while the load runs (a sample every 200 us of CPU); each
     sample weighs the CPU per request it stands for. Per thread (by its place in the worker's
-    CPU), the share in the kernel, and the `top` symbols (with their object) overall."""
+    CPU): its kernel part, split by the system call it was in (the first `__x64_sys_*` frame of
+    the kernel's call chain; "irq" for an interrupt or softirq taken outside one); then the
+    `top` symbols (with their object) over all threads."""
     name = contender.name
     script = wrk_script(
         tmp / f"prof-{name}-{scenario}.lua",
@@ -290,7 +293,7 @@ def profile(
     wrk(url, script, connections, 1)  # warm-up
     pid = worker_pid(contender.pid)
     data = tmp / f"prof-{name}-{scenario}.data"
-    command = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "5000", "-o", str(data)]
+    command = ["perf", "record", "-q", "-g", "-e", "cpu-clock", "-F", "5000", "-o", str(data)]
     perf = subprocess.Popen(
         [*command, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -312,19 +315,15 @@ def profile(
         capture_output=True, text=True, timeout=300, check=False,
     ).stdout  # fmt: skip
     per_thread: collections.Counter[int] = collections.Counter()
-    kernel: collections.Counter[int] = collections.Counter()
+    kernel: collections.Counter[tuple[int, str]] = collections.Counter()
     symbols: collections.Counter[tuple[str, str]] = collections.Counter()
-    samples = 0
-    for line in script_out.splitlines():
-        found = re.match(r"\s*(\d+)\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line)
-        if not found:
-            continue
-        tid, symbol, dso = int(found[1]), found[2], found[3].rsplit("/", 1)[-1]
-        samples += 1
+    for tid, chain in _samples(script_out):
         per_thread[tid] += 1
+        symbol, dso = chain[0]
+        symbols[(symbol[:48], dso[:28])] += 1
         if dso.startswith("[kernel"):
-            kernel[tid] += 1
-        symbols[(symbol.split("+0x")[0][:48], dso[:28])] += 1
+            kernel[(tid, _kernel_path(chain))] += 1
+    samples = sum(per_thread.values())
     cpu_us = ticks / TICKS * 1e6 / done
     weight = cpu_us / max(samples, 1)
     lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
@@ -332,12 +331,49 @@ def profile(
              f"load {os.getloadavg()[0]:.2f}"]  # fmt: skip
     for tid, count in per_thread.most_common():
         nice = after.get(tid, (0, 0, 0))[0]
+        paths = sorted(((n, path) for (t, path), n in kernel.items() if t == tid), reverse=True)
+        in_kernel = sum(n for n, _ in paths)
+        split = ", ".join(f"{path} {n * weight:.1f}" for n, path in paths[:6])
         lines.append(f"  thread {tid} (nice {nice:>3}): {count * weight:6.1f} us/req, "
-                     f"kernel {kernel[tid] * weight:6.1f}")  # fmt: skip
+                     f"kernel {in_kernel * weight:6.1f} ({split})")  # fmt: skip
     for (symbol, dso), count in symbols.most_common(top):
         share = count / max(samples, 1)
         lines.append(f"  {count * weight:7.1f} us  {share:6.1%}  {symbol} ({dso})")
     return "\n".join(lines)
+
+
+def _samples(script_out: str) -> Iterator[tuple[int, list[tuple[str, str]]]]:
+    """`perf script -F tid,ip,sym,dso` of a `-g` record: (tid, its frames from the leaf up,
+    each (symbol, object))."""
+    tid = -1
+    chain: list[tuple[str, str]] = []
+    for line in [*script_out.splitlines(), ""]:
+        head = re.fullmatch(r"\s*(\d+)\s*", line)
+        frame = re.match(r"\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line)
+        if frame is not None and tid >= 0:
+            symbol = frame[1].split("+0x")[0]
+            chain.append((symbol, frame[2].rsplit("/", 1)[-1]))
+            continue
+        if chain:
+            yield tid, chain
+        chain = []
+        tid = int(head[1]) if head is not None else -1
+
+
+def _kernel_path(chain: list[tuple[str, str]]) -> str:
+    """The system call a kernel sample was taken in (named by the function the syscall entry
+    called: `ksys_read`, `do_epoll_wait`, ...; most `__x64_sys_*` are inlined), else its way
+    into the kernel (the outermost kernel frame, in angle brackets: an interrupt, a fault)."""
+    callee, outermost = "", "?"
+    for symbol, dso in chain:
+        if not dso.startswith("[kernel"):
+            break
+        if symbol in ("do_syscall_64", "x64_sys_call") and callee:
+            return re.sub(r"^(__x64_sys_|__do_sys_|__se_sys_)", "", callee)[:24]
+        if symbol not in ("do_syscall_64", "x64_sys_call"):
+            callee = symbol
+        outermost = symbol
+    return f"<{outermost[:24]}>"
 
 
 def main() -> int:

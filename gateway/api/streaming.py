@@ -206,8 +206,12 @@ async def send_event_stream(
             if whole:
                 # A source that ran to its end is closed (billed; the Responses API's answer
                 # kept) before the body ends, as a generator's `finally` runs before it: a
-                # client that has read the end finds the stored response.
-                closed = True
+                # client that has read the end finds the stored response. Its end is reached:
+                # as after a last piece, a disconnect or the drain no longer cuts the close
+                # halfway (nor does the drain's event follow the last piece).
+                closed = watch.finished = True
+                if drain is not None:
+                    drain.streams.discard(task)
                 await stepped.close(True, False)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError as exc:

@@ -547,6 +547,89 @@ def test_a_stepped_source_that_runs_to_its_end_is_closed_before_the_body_ends_on
     assert source.closed == (True, False)
 
 
+class SlowClosing(Source):
+    """A source whose close waits (the relay's token charge, the Responses API's store write)
+    until `release` is set; `closing` is set when it begins, `done` once it has run through."""
+
+    __slots__ = ("closing", "done", "release")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.done = False
+
+    async def close(self, whole: bool, drained: bool) -> None:
+        self.closing.set()
+        await self.release.wait()
+        await super().close(whole, drained)
+        self.done = True
+
+
+def test_a_client_gone_while_a_source_that_ran_to_its_end_closes_does_not_cut_the_close() -> None:
+    """Its end was reached: a client that leaves then (it read the last event) changes
+    nothing, as when the last piece ends the body (`last`); the close is not cancelled."""
+
+    async def main() -> tuple[SlowClosing, int]:
+        client = FutureClient()
+        source = SlowClosing()
+        source.push(b"data: a\n\n", b"")
+
+        async def leave_during_close() -> None:
+            await source.closing.wait()
+            client.left.set()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the disconnect is seen
+            source.release.set()
+
+        leaver = asyncio.ensure_future(leave_during_close())
+        await send_event_stream(client.receive_future, client.send, {}, source, 30)
+        await leaver
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return source, task.cancelling()
+
+    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    assert source.done, "the close ran through"
+    assert source.closed == (True, False)
+    assert cancelling == 0
+
+
+def test_the_drain_while_a_source_that_ran_to_its_end_closes_sends_no_event_after_it() -> None:
+    """A stream whose end was reached is no longer the drain's: no drain event after its last
+    piece (a second final event), and its close runs through."""
+
+    async def main() -> tuple[list[bytes], SlowClosing, int]:
+        client = Client()
+        streams = OpenStreams()
+        source = SlowClosing()
+        source.push(b"data: a\n\n", b"")
+
+        async def drain_during_close() -> None:
+            await source.closing.wait()
+            streams.end_all()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            source.release.set()
+
+        ender = asyncio.ensure_future(drain_during_close())
+        await send_event_stream(
+            client.receive, client.send, {}, source, 30, drain=Drain(streams, b"data: bye\n\n")
+        )
+        await ender
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return client.bodies(), source, len(streams) + task.cancelling()
+
+    bodies, source, left = asyncio.run(asyncio.wait_for(main(), 5))
+    assert bodies == [b"data: a\n\n", b""]
+    assert source.done, "the close ran through"
+    assert source.closed == (True, False)
+    assert left == 0
+
+
 def test_a_stepped_source_that_fails_ends_with_its_last_piece_and_is_closed_whole() -> None:
     async def main() -> tuple[Client, Source]:
         client = Client()

@@ -87,7 +87,7 @@ CAPACITY_LIBRARY = (
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 _entry_encoder = msgspec.json.Encoder()
-# klawd_settle_v9's entries, one MessagePack array (Redis's Lua reads no binary: the ledger
+# klawd_settle_v10's entries, one MessagePack array (Redis's Lua reads no binary: the ledger
 # record goes as text)
 _entries_encoder = msgspec.msgpack.Encoder()
 
@@ -133,7 +133,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v9` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v10` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -151,11 +151,11 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v9` for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v10` for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
-    day and key, each entry naming its group of them and its own marker; the entries in one
-    MessagePack argument (their eleven arguments and marker, packed one by one, cost the worker
-    more than the rest of the call: decision 0010, issue 19zr)."""
+    day and key, each entry naming its group of them, its id and the second of its time (where
+    its marker is kept); the entries in one MessagePack argument (their arguments packed one by
+    one cost the worker more than the rest of the call: decision 0010, issue 19zr)."""
     key = _acct(entries[0].account_id)
     groups: dict[tuple[str, str], int] = {}
     shared: list[str] = []
@@ -183,10 +183,11 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
             entry.key_reserved_micros,
             entry.hold_id,
             group,
-            f"{key}:settled:{entry.id}",
+            entry.id,
+            int(entry.ts),
         )
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
-    return ("FCALL", "klawd_settle_v9", len(keys), *keys, _entries_encoder.encode(values))
+    return ("FCALL", "klawd_settle_v10", len(keys), *keys, _entries_encoder.encode(values))
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
@@ -612,7 +613,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v9` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v10` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -689,7 +690,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v9's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v10's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

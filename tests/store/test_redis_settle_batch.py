@@ -1,9 +1,11 @@
-"""The Redis store settles a batch with one `klawd_settle_v9` per account (`klawd_settle_v7`
-with its entries in one MessagePack argument; v7 is `klawd_settle_v6` with the keys its entries
-share named once; for entries without a hold, what `klawd_settle_v5` does), summing the
-entries' counters inside Redis: the keys it leaves must hold exactly what `klawd_settle_v4`, one
-call per entry, and the batches of earlier releases (`klawd_settle_v6`, `klawd_settle_v8`)
-leave (replicas of these releases share one Redis), and a batch costs one call per account."""
+"""The Redis store settles a batch with one `klawd_settle_v10` per account (`klawd_settle_v9`
+with its entries' markers in a set per second of entry time; v9 is `klawd_settle_v7` with its
+entries in one MessagePack argument; v7 is `klawd_settle_v6` with the keys its entries share
+named once; for entries without a hold, what `klawd_settle_v5` does), summing the entries'
+counters inside Redis: the keys it leaves must hold exactly what `klawd_settle_v4`, one call per
+entry, and the batches of earlier releases (`klawd_settle_v6`, `klawd_settle_v8`,
+`klawd_settle_v9`) leave (replicas of these releases share one Redis), and a batch costs one
+call per account."""
 
 from __future__ import annotations
 
@@ -115,6 +117,32 @@ def v8_call(batch: list[UsageEntry]) -> tuple[object, ...]:
     return ("FCALL", "klawd_settle_v8", len(keys), *keys, *args)
 
 
+def v9_call(batch: list[UsageEntry]) -> tuple[object, ...]:
+    """The previous release's call (`klawd_settle_v9`): v8's, its eleven arguments and its
+    marker's name an entry in one MessagePack argument."""
+    key = _acct(batch[0].account_id)
+    groups: dict[tuple[str, str], int] = {}
+    shared: list[str] = []
+    values: list[object] = []
+    for entry in batch:
+        key_id = entry.key_id or "-"
+        group = groups.get((entry.day, key_id))
+        if group is None:
+            group = groups[entry.day, key_id] = len(groups) + 1
+            shared += (
+                f"{key}:usage:{entry.day}", f"{key}:kusage:{entry.day}",
+                *_spend_keys(entry.account_id, key_id, entry.day),
+            )  # fmt: skip
+        values += (
+            entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
+            entry.completion_tokens, entry.images, entry.cost_micros,
+            msgspec.json.encode(entry).decode(), key_id, entry.key_reserved_micros,
+            entry.hold_id, group, f"{key}:settled:{entry.id}",
+        )  # fmt: skip
+    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
+    return ("FCALL", "klawd_settle_v9", len(keys), *keys, msgspec.msgpack.encode(values))
+
+
 async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]:
     """Every key of the account but the markers, by its name without the account id; the
     ledger as its entries in order; hashes whole; expiries rounded to days; the account's
@@ -200,13 +228,13 @@ async def test_a_batch_leaves_the_keys_the_previous_release_batch_leaves(
         await redis_store.close()
 
 
-async def test_a_batch_leaves_what_the_previous_release_v8_leaves_and_each_sees_the_others(
+async def test_v9_leaves_what_the_release_before_v8_leaves_and_each_sees_the_others(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
-    """The store's call (`klawd_settle_v9`, its entries in one MessagePack argument) against
-    the previous release's (`klawd_settle_v8`, eleven arguments and a marker key an entry): the
-    same keys, values and expiries; and a batch settled by one is not settled again by the
-    other (replicas of both releases, a batch retried across them)."""
+    """`klawd_settle_v9` (its entries in one MessagePack argument) against `klawd_settle_v8`
+    (eleven arguments and a marker key an entry): the same keys, values and expiries; and a
+    batch settled by one is not settled again by the other (replicas of both releases, a batch
+    retried across them)."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         batched = await redis_store.create_account("batched", "free", 1_000)
@@ -216,15 +244,80 @@ async def test_a_batch_leaves_what_the_previous_release_v8_leaves_and_each_sees_
                 for day in DAYS:
                     for spend in _spend_keys(account.id, key_id, day):
                         await client.hset(spend, "r", 40)
-        await redis_store.settle(entries(batched.id)[:25])
+        await redis_store._ensure_library()
+        await client.execute_command(*v9_call(entries(batched.id)[:25]))
         await client.execute_command(*v8_call(entries(batched.id)[10:]))  # 15 settled already
         await client.execute_command(*v8_call(entries(previous.id)[:25]))
-        await redis_store.settle(entries(previous.id)[10:])  # ... by v8
+        await client.execute_command(*v9_call(entries(previous.id)[10:]))  # ... by v8
         assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
         replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
         assert replies[0] == replies[1]
         ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
         assert ledger == len({e.id for e in entries(batched.id)})
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_batch_settled_by_the_previous_release_v9_is_not_settled_again(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """Entries settled by `klawd_settle_v9` (a marker key each) within ten minutes are
+    recognised by the store's call (`klawd_settle_v10`, markers in sets): a batch retried, or
+    replayed, after an upgrade is settled once; the keys are those v9 alone leaves."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        upgraded = await redis_store.create_account("upgraded", "free", 1_000)
+        previous = await redis_store.create_account("previous", "free", 1_000)
+        for account in (upgraded, previous):
+            for key_id in ("key_a", "key_b", "-"):
+                for day in DAYS:
+                    for spend in _spend_keys(account.id, key_id, day):
+                        await client.hset(spend, "r", 40)
+        await redis_store._ensure_library()
+        await client.execute_command(*v9_call(entries(upgraded.id)[:25]))
+        await redis_store.settle(entries(upgraded.id)[10:])  # 15 settled already, by v9
+        await client.execute_command(*v9_call(entries(previous.id)[:25]))
+        await client.execute_command(*v9_call(entries(previous.id)[10:]))
+        assert await snapshot(client, upgraded.id) == await snapshot(client, previous.id)
+        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (upgraded, previous)]
+        assert replies[0] == replies[1]
+        ledger = await client.xlen(f"{_acct(upgraded.id)}:ledger")
+        assert ledger == len({e.id for e in entries(upgraded.id)})
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_settled_entries_are_marked_in_a_set_per_second_kept_ten_minutes(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """No key per settled entry: each entry's id goes into the account's set of the second of
+    its time, which expires ten minutes after its last id was added; a batch replayed later is
+    recognised by those sets."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("marked", "free", 1_000)
+        batch = entries(account.id)
+        await redis_store.settle(batch)
+        prefix = f"{_acct(account.id)}:settled:"
+        names = sorted([raw.decode() async for raw in client.scan_iter(match=f"{prefix}*")])
+        seconds = sorted({int(e.ts) for e in batch})
+        assert names == sorted(f"{prefix}w{second}" for second in seconds)
+        for second in seconds:
+            ids = {e.id.encode() for e in batch if int(e.ts) == second}
+            assert await client.smembers(f"{prefix}w{second}") == ids
+            assert 590_000 < await client.pttl(f"{prefix}w{second}") <= 600_000
+        credits = await client.get(f"{_acct(account.id)}:credits")
+        await client.pexpire(f"{prefix}w{seconds[0]}", 300_000)
+        await redis_store.settle(batch)  # replayed: nothing settled, no marker's life renewed
+        assert await client.get(f"{_acct(account.id)}:credits") == credits
+        assert await client.xlen(f"{_acct(account.id)}:ledger") == len({e.id for e in batch})
+        assert await client.pttl(f"{prefix}w{seconds[0]}") <= 300_000
+        late = msgspec.structs.replace(batch[0], id=f"{batch[0].id}_late")
+        await redis_store.settle([late])  # a new id of that second: kept ten minutes again
+        assert 590_000 < await client.pttl(f"{prefix}w{seconds[0]}") <= 600_000
+        assert late.id.encode() in await client.smembers(f"{prefix}w{seconds[0]}")
     finally:
         await client.aclose()
         await redis_store.close()

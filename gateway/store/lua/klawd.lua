@@ -545,10 +545,13 @@ end
 redis.register_function('klawd_admit_v1', admit)
 redis.register_function('klawd_charge_tokens_v1', charge_tokens)
 redis.register_function('klawd_reserve_v1', reserve)
+-- How long a settled entry is recognised (a batch retried after a lost reply, a replay).
+local MARKER_MS = 600000
+
 -- v2: KEYS add a per-entry marker; an entry already settled (a batch retried after a lost
 -- reply) is skipped, so settling is idempotent for ten minutes.
 local function settle_once(keys, args)
-  if not redis.call('SET', keys[4], '1', 'NX', 'PX', 600000) then return -1 end
+  if not redis.call('SET', keys[4], '1', 'NX', 'PX', MARKER_MS) then return -1 end
   return settle(keys, args)
 end
 
@@ -661,7 +664,9 @@ end
 
 local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|images',
                       '|cost_micros'}
-local function settle_entries(keys, args, first, stride, entries, keys_of, holds)
+-- `once(i)` (v10): whether entry i is settled for the first time; without it, its marker
+-- (keys_of's second value) is set, unless it exists (ten minutes), as v2 to v9 do.
+local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
   -- hash key -> {name -> {requests, prompt, completion, images, cost}}, the keys in first-seen
@@ -688,7 +693,13 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
   for i = 0, entries - 1 do
     local a = first + stride * i
     local usage, marker, kusage, spend0 = keys_of(i)
-    if redis.call('SET', marker, '1', 'NX', 'PX', 600000) then
+    local new
+    if once then
+      new = once(i)
+    else
+      new = redis.call('SET', marker, '1', 'NX', 'PX', MARKER_MS)
+    end
+    if new then
       applied = applied + 1
       local cost = tonumber(args[a + 6])
       local delta, reserved = tonumber(args[a + 1]), tonumber(args[a + 9])
@@ -825,6 +836,76 @@ local function settle_v9(keys, args)
   return reply
 end
 
+-- v10: v9 with the markers of a call's entries checked and written a few commands a call, not
+-- a `SET NX PX` (a key and its expiry) an entry: an entry's marker is its id in a set of the
+-- account's ids settled with the same second of entry time (`:settled:w<second>`, from the
+-- entry's own `ts`, so a retry or a replay of the entry finds the same set), which lives ten
+-- minutes after the last id added to it; each set holds one second of the account's entries,
+-- so its expiry frees little at once. An entry settled by v8 or v9 in the last ten minutes
+-- (its own marker key) is recognised too, by one `EXISTS` of the call's names (v8 and v9 do not
+-- see v10's sets: a batch retried across releases is settled once only from v9 to v10).
+-- KEYS: as v9
+-- ARGV: the entries (MessagePack), thirteen values an entry: v9's eleven, its id, its second
+-- -> as v9
+local function settle_v10(keys, args)
+  local flat = cmsgpack.unpack(args[1])
+  local entries = #flat / 13
+  local prefix = keys[3] .. ':settled:'
+  local by_second, seconds, legacy = {}, {}, {}
+  for i = 0, entries - 1 do
+    local id, second = flat[13 * i + 12], flat[13 * i + 13]
+    local ids = by_second[second]
+    if ids == nil then
+      ids = {}
+      by_second[second] = ids
+      seconds[#seconds + 1] = second
+    end
+    ids[#ids + 1] = id
+    legacy[i + 1] = prefix .. id
+  end
+  local done = {}  -- id -> true: settled before, or earlier in this call
+  for _, second in ipairs(seconds) do
+    local ids = by_second[second]
+    local member = redis.call('SMISMEMBER', prefix .. 'w' .. second, unpack(ids))
+    for j, id in ipairs(ids) do
+      if member[j] == 1 then done[id] = true end
+    end
+  end
+  if redis.call('EXISTS', unpack(legacy)) > 0 then
+    for i, name in ipairs(legacy) do
+      if redis.call('EXISTS', name) == 1 then done[flat[13 * i - 1]] = true end
+    end
+  end
+  local added, added_seconds = {}, {}  -- second -> the ids settled now
+  local function once(i)
+    local id = flat[13 * i + 12]
+    if done[id] then return false end
+    done[id] = true
+    local second = flat[13 * i + 13]
+    local ids = added[second]
+    if ids == nil then
+      ids = {}
+      added[second] = ids
+      added_seconds[#added_seconds + 1] = second
+    end
+    ids[#ids + 1] = id
+    return true
+  end
+  local function keys_of(i)
+    local g = 4 + 5 * (flat[13 * i + 11] - 1)
+    return g + 1, nil, g + 2, g + 3
+  end
+  local released = release_holds(keys[4], keys[1], now_ms())
+  local reply = settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once)
+  for _, second in ipairs(added_seconds) do
+    local set = prefix .. 'w' .. second
+    redis.call('SADD', set, unpack(added[second]))
+    redis.call('PEXPIRE', set, MARKER_MS)
+  end
+  reply[6] = released
+  return reply
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
@@ -838,6 +919,7 @@ redis.register_function('klawd_settle_v7', settle_v7)
 -- v8 fails at once on a Redis that still has the library before leases, and loads it again.)
 redis.register_function('klawd_settle_v8', settle_v7)
 redis.register_function('klawd_settle_v9', settle_v9)
+redis.register_function('klawd_settle_v10', settle_v10)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

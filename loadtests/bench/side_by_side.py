@@ -69,13 +69,27 @@ WRK_MEASURES = {
     "gemini": ("gemini", 64),
     "anth-agent": ("anth", 64),
     "gemini-agent": ("gemini", 64),
+    "messages-anth": ("anth", 64),
+    "messages-lines": ("lines", 64),
+    "responses-anth": ("anth", 64),
+    "responses-lines": ("lines", 64),
 }
 MEASURES = [*WRK_MEASURES, "burst"]
 # Named only (`--measures ...,anth-agent,gemini-agent`), not in make bench's set: a coding agent's
 # request (agent_request.json: 52.6 KB, tools, tool calls and results, an image, breakpoints)
 # answered by the `anth` or the `gemini` stream; the pass-throughs relay the body, the gateway
 # translates it.
-OPT_IN = {"anth-agent", "gemini-agent"}
+# Named only too: the gateway's other streaming routes (ROUTES), the Anthropic Messages API
+# (`messages-anth`: the Anthropic stream passed through; `messages-lines`: the OpenAI one
+# translated) and the Responses API (both translated), against its own before (the
+# pass-throughs relay the upstream's stream unchanged: not a target ratio).
+ROUTES = {
+    "messages-anth": "messages",
+    "messages-lines": "messages",
+    "responses-anth": "responses",
+    "responses-lines": "responses",
+}
+OPT_IN = {"anth-agent", "gemini-agent", *ROUTES}
 AGENT = Path(__file__).with_name("agent_request.json")
 BURST_STREAMS = 1000
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
@@ -90,15 +104,19 @@ class Contender:
     headers: dict[str, str] = field(default_factory=dict)
     store_pid: int | None = None  # redis-server: its CPU is the request's too
 
-    def path(self, scenario: str) -> str:
+    def path(self, scenario: str, route: str = "chat") -> str:
         if self.gateway:
-            return "/v1/chat/completions"
+            return {"messages": "/v1/messages", "responses": "/v1/responses"}.get(
+                route, "/v1/chat/completions"
+            )
         return c.upstream_path(scenario)
 
-    def body(self, scenario: str, agent: bool = False) -> bytes:
+    def body(self, scenario: str, agent: bool = False, route: str = "chat") -> bytes:
         payload: dict[str, object] = {
             "model": c.gateway_model(scenario), "messages": MESSAGES, "max_tokens": 64,
         }  # fmt: skip
+        if route == "responses" and self.gateway:
+            payload = {"model": c.gateway_model(scenario), "input": MESSAGES[0]["content"]}
         if agent:
             payload = orjson.loads(AGENT.read_bytes()) | {"model": c.gateway_model(scenario)}
         if scenario != "json":
@@ -215,14 +233,16 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
                 continue
+            route = ROUTES.get(measure, "chat")
             scripts = {
                 name: wrk_script(directory / f"{name}-{measure}.lua",
-                                 contender.body(scenario, measure in OPT_IN),
+                                 contender.body(scenario, measure.endswith("-agent"), route),
                                  contender.headers | {"Content-Type": "application/json"})
                 for name, contender in found.items()
             }  # fmt: skip
             for name, contender in found.items():  # warm-up, not counted
-                wrk(contender.base_url + contender.path(scenario), scripts[name], connections, 1)
+                wrk(contender.base_url + contender.path(scenario, route), scripts[name],
+                    connections, 1)  # fmt: skip
             for rnd in range(args.reps):
                 for name, contender in in_turn(found, rnd):
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
@@ -230,8 +250,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                     wait_before = (
                         run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
                     )
-                    result = wrk(contender.base_url + contender.path(scenario), scripts[name],
-                                 connections, args.seconds)  # fmt: skip
+                    result = wrk(contender.base_url + contender.path(scenario, route),
+                                 scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
                     if measure != "lat" and done:
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done

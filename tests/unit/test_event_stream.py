@@ -1069,3 +1069,56 @@ def test_a_refused_delivered_send_dropped_as_the_client_leaves_is_not_logged() -
     assert source.closed == (False, False)
     assert cancelling == 0
     assert unretrieved == []
+
+
+def test_a_starlette_route_s_stream_sends_its_pieces_after_the_first_to_the_server() -> None:
+    """Served through Starlette (the Messages and Responses routes), the start and the first
+    piece pass Starlette's send wrappers (they note the start); the pieces after it go to the
+    server's own send, as the chat route's do. And the scope is left without the send."""
+    import inspect
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from gateway.api.middleware import SEND_WITH_ID, GatewayMiddleware
+    from gateway.api.streaming import EventStreamResponse
+
+    async def pieces() -> AsyncGenerator[bytes, None]:
+        for i in range(3):
+            yield b"data: %d\n\n" % i
+
+    async def endpoint(request: Request) -> EventStreamResponse:
+        return EventStreamResponse(pieces(), {}, 30)
+
+    app = GatewayMiddleware(Starlette(routes=[Route("/s", endpoint, methods=["POST"])]), 1000)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/s",
+        "raw_path": b"/s",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+    }
+    through_starlette: list[tuple[bytes, bool]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        frames = inspect.stack(0)
+        wrapped = any(
+            "starlette" in f.filename and f.function in ("_send", "sender") for f in frames
+        )
+        through_starlette.append((message.get("body", b"start"), wrapped))
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))  # type: ignore[arg-type]
+    assert through_starlette == [
+        (b"start", True),
+        (b"data: 0\n\n", True),
+        (b"data: 1\n\n", False),
+        (b"data: 2\n\n", False),
+        (b"", False),
+    ]
+    assert SEND_WITH_ID not in scope

@@ -10,12 +10,14 @@ bounded by `asyncio.timeout`, on both asyncio's event loop and uvloop (conftest.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
+from gateway import _core
 from gateway.api.messages import AnthropicEvents
 from gateway.api.streaming import Stepped, send_event_stream
 from gateway.api.translated import TranslatedStream
@@ -91,9 +93,11 @@ class _Relayed(Stepped):
         self.stream = stream
         self.decline = decline
         self.offered = self.delivered = 0
+        self.failure: Exception | None = None
 
     def failed(self, exc: Exception) -> bytes:
-        raise exc
+        self.failure = exc
+        return FAILED
 
     async def close(self, whole: bool, drained: bool) -> None:
         pass
@@ -115,6 +119,7 @@ class _Relayed(Stepped):
 
 
 Translate = Callable[[ReframedStream], TranslatedStream]
+FAILED = b"event: error\ndata: {}\n\n"  # (the harness's last event after a failure)
 
 
 async def relay(
@@ -229,3 +234,55 @@ async def test_responses_events_sent_from_the_read_are_numbered_and_the_answer_k
     assert translated.final is not None and translated.final["status"] == "completed"
     failure = translated.error_event(BadGateway("cut off"))
     assert b'"sequence_number":%d' % len(events) in failure
+
+
+class _FailsInTheRead:
+    """The second reframer, but its first feed from the upstream read's callback after `after`
+    feeds raises SseError, as a malformed event makes the real one raise."""
+
+    def __init__(self, real: Any, after: int) -> None:
+        self.real = real
+        self.after = after
+        self.feeds = 0
+        self.failed = False
+
+    def feed(self, data: bytes) -> bytes:
+        self.feeds += 1
+        caller = sys._getframe(1).f_code.co_name
+        if not self.failed and self.feeds > self.after and caller == "_translate":
+            self.failed = True
+            raise _core.SseError("malformed")
+        out: bytes = self.real.feed(data)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("translate", [anthropic, responses], ids=["messages", "responses"])
+async def test_a_translation_that_fails_in_the_read_ends_the_stream_after_the_events_before_it(
+    translate: Translate,
+) -> None:
+    """A failure of the translation in the read's callback is kept for the relay's task: it
+    is woken, its next step raises the route's BadGateway (cause: the reframer's error), and
+    the stream ends with the failure's last event after every event sent before it, whole
+    and in order."""
+    reference, _, _ = await relay(translate, [BODY])
+    failing: list[_FailsInTheRead] = []
+
+    def translate_failing(stream: ReframedStream) -> TranslatedStream:
+        translated = translate(stream)
+        failing.append(_FailsInTheRead(translated._reframer, after=3))
+        translated._reframer = failing[0]  # type: ignore[assignment]
+        return translated
+
+    messages, relayed, _ = await relay(translate_failing, awkward_reads(BODY))
+    assert failing[0].failed, "the feed that failed was the read's"
+    assert isinstance(relayed.failure, BadGateway)
+    assert "could not be translated" in relayed.failure.message
+    assert isinstance(relayed.failure.__cause__, _core.SseError)
+    pieces = [m["body"] for m in messages[1:]]
+    assert pieces[-2:] == [FAILED, b""] and messages[-1]["more_body"] is False
+    before = b"".join(pieces[:-2])
+    whole_events(pieces[:-2])
+    assert before and b"".join(m["body"] for m in reference[1:]).startswith(before)

@@ -56,10 +56,12 @@ class ResponseEvents(TranslatedStream):
         )
 
     def error_event(self, error: GatewayError) -> bytes:
-        """The events that end this stream after a failure (the relay's error format)."""
+        """The events that end this stream after a failure (the relay's error format), numbered
+        after the last event sent: not after one translated but held for the relay's next step
+        (a drain that comes first ends the stream without it)."""
         return failure_events(
             error,
-            self._sequence,
+            self._sequence - self._held.count(b"\n\n"),
             self._response_id,
             self._created_at,
             self._target.model.id,

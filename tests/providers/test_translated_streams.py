@@ -286,3 +286,17 @@ async def test_a_translation_that_fails_in_the_read_ends_the_stream_after_the_ev
     before = b"".join(pieces[:-2])
     whole_events(pieces[:-2])
     assert before and b"".join(m["body"] for m in reference[1:]).startswith(before)
+
+
+def test_a_failure_s_numbers_follow_the_last_event_sent_not_one_held() -> None:
+    """The drain's `response.failed` (error_event) is numbered after the events the client got:
+    a translated piece still held for the relay's next step (the opening events here, as one
+    `deliver` declined would be) is not sent once the drain ends the stream."""
+    events = ResponseEvents(_NOT_READ, stream_target(), "resp_1", 1700000000, {})
+    assert b'"sequence_number":0' in events.error_event(BadGateway("drained"))
+    opening = events.step()
+    assert opening is not None and opening.count(b"\n\n") == 2
+    assert b'"sequence_number":2' in events.error_event(BadGateway("drained"))
+
+
+_NOT_READ: Any = object()  # (an upstream the test never reads)

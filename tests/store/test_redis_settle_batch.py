@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from gateway.settings import load_settings
 from gateway.state import build_state
-from gateway.store.base import UsageEntry
+from gateway.store.base import StoreError, UsageEntry
 from gateway.store.redis import SETTLE_CHUNK, RedisStore
 from gateway.store.redis_limiter import _acct, _spend_keys
 from tests.redis_server import RedisServer
@@ -318,6 +318,32 @@ async def test_settled_entries_are_marked_in_a_set_per_second_kept_ten_minutes(
         await redis_store.settle([late])  # a new id of that second: kept ten minutes again
         assert 590_000 < await client.pttl(f"{prefix}w{seconds[0]}") <= 600_000
         assert late.id.encode() in await client.smembers(f"{prefix}w{seconds[0]}")
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_call_that_fails_after_its_entries_leaves_them_marked_for_the_retry(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """Redis does not roll back a function that fails midway: a call whose usage sums fail
+    (here: the day's usage key is not a hash) after its entries went into the ledger leaves
+    those entries marked, as v9's `SET NX` before each entry did, so the recorder's retry does
+    not add them to the ledger again (marked only at the call's end, every entry was applied
+    twice)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("halfway", "free", 1_000)
+        batch = entries(account.id)[:10]  # one day, ten ids
+        usage = f"{_acct(account.id)}:usage:{DAYS[0]}"
+        await client.set(usage, "not a hash")
+        with pytest.raises(StoreError, match="redis settle failed"):
+            await redis_store.settle(batch)
+        ledger = f"{_acct(account.id)}:ledger"
+        assert await client.xlen(ledger) == len(batch)  # applied before the failure
+        await client.delete(usage)
+        await redis_store.settle(batch)  # the retry
+        assert await client.xlen(ledger) == len(batch)
     finally:
         await client.aclose()
         await redis_store.close()

@@ -836,14 +836,15 @@ local function settle_v9(keys, args)
   return reply
 end
 
--- v10: v9 with the markers of a call's entries checked and written a few commands a call, not
--- a `SET NX PX` (a key and its expiry) an entry: an entry's marker is its id in a set of the
--- account's ids settled with the same second of entry time (`:settled:w<second>`, from the
--- entry's own `ts`, so a retry or a replay of the entry finds the same set), which lives ten
--- minutes after the last id added to it; each set holds one second of the account's entries,
--- so its expiry frees little at once. An entry settled by v8 or v9 in the last ten minutes
--- (its own marker key) is recognised too, by one `EXISTS` of the call's names (v8 and v9 do not
--- see v10's sets: a batch retried across releases is settled once only from v9 to v10).
+-- v10: v9 with the markers of a call's entries checked a few commands a call and written by an
+-- `SADD` an entry, not a `SET NX PX` (a key and its expiry) each: an entry's marker is its id
+-- in a set of the account's ids settled with the same second of entry time
+-- (`:settled:w<second>`, from the entry's own `ts`, so a retry or a replay of the entry finds
+-- the same set), which lives ten minutes after the last id added to it; each set holds one
+-- second of the account's entries, so its expiry frees little at once. An entry settled by v8
+-- or v9 in the last ten minutes (its own marker key) is recognised too, by one `EXISTS` of the
+-- call's names (v8 and v9 do not see v10's sets: a batch retried across releases is settled
+-- once only from v9 to v10).
 -- KEYS: as v9
 -- ARGV: the entries (MessagePack), thirteen values an entry: v9's eleven, its id, its second
 -- -> as v9
@@ -876,19 +877,21 @@ local function settle_v10(keys, args)
       if redis.call('EXISTS', name) == 1 then done[flat[13 * i - 1]] = true end
     end
   end
-  local added, added_seconds = {}, {}  -- second -> the ids settled now
+  local renewed = {}  -- second -> true: its set's expiry renewed by this call
+  -- An entry's id joins its set just before the entry's effects, as v9's `SET NX` came before
+  -- them: a call that fails midway (Redis does not roll a function back) leaves at most that
+  -- entry half-applied, never an applied entry without its marker for a retry to apply again.
   local function once(i)
     local id = flat[13 * i + 12]
     if done[id] then return false end
     done[id] = true
     local second = flat[13 * i + 13]
-    local ids = added[second]
-    if ids == nil then
-      ids = {}
-      added[second] = ids
-      added_seconds[#added_seconds + 1] = second
+    local set = prefix .. 'w' .. second
+    redis.call('SADD', set, id)
+    if not renewed[second] then
+      renewed[second] = true
+      redis.call('PEXPIRE', set, MARKER_MS)
     end
-    ids[#ids + 1] = id
     return true
   end
   local function keys_of(i)
@@ -897,11 +900,6 @@ local function settle_v10(keys, args)
   end
   local released = release_holds(keys[4], keys[1], now_ms())
   local reply = settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once)
-  for _, second in ipairs(added_seconds) do
-    local set = prefix .. 'w' .. second
-    redis.call('SADD', set, unpack(added[second]))
-    redis.call('PEXPIRE', set, MARKER_MS)
-  end
   reply[6] = released
   return reply
 end

@@ -121,26 +121,50 @@ def count(pid: int, seconds: float, load: threading.Thread) -> dict[int, dict[st
     return found
 
 
-def measure(
-    contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path
-) -> str:
-    name = contender.name
+def warmed(
+    contender: Contender, scenario: str, connections: int, tmp: Path, tag: str
+) -> tuple[Path, str, int]:
+    """The scenario's wrk script and URL for `contender`, after a second of warm-up; and the
+    pid of its worker."""
     script = wrk_script(
-        tmp / f"sys-{name}-{scenario}.lua",
+        tmp / f"{tag}-{contender.name}-{scenario}.lua",
         contender.body(scenario),
         contender.headers | {"Content-Type": "application/json"},
     )
     url = contender.base_url + contender.path(scenario)
     wrk(url, script, connections, 1)  # warm-up
-    pid = worker_pid(contender.pid)
-    before = threads(pid)
+    return script, url, worker_pid(contender.pid)
+
+
+def loader(
+    url: str, script: Path, connections: int, seconds: float
+) -> tuple[threading.Thread, list[WrkResult]]:
+    """The measured load, as a thread not yet started, and the list its result goes into."""
     results: list[WrkResult] = []
     load = threading.Thread(target=lambda: results.append(wrk(url, script, connections, seconds)))
+    return load, results
+
+
+def rate(results: list[WrkResult]) -> float:
+    """The load's requests per second (wrk's result is missing when wrk failed)."""
+    if not results:
+        raise RuntimeError("wrk gave no result (it failed or outlived its time)")
+    return results[0].requests_per_s
+
+
+def measure(
+    contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path
+) -> str:
+    name = contender.name
+    script, url, pid = warmed(contender, scenario, connections, tmp, "sys")
+    before = threads(pid)
+    load, results = loader(url, script, connections, seconds)
     counts = count(pid, seconds, load)
     after = threads(pid)
-    done = results[0].requests_per_s * max(1, round(seconds))
+    per_s = rate(results)
+    done = per_s * max(1, round(seconds))
     lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
-             f"({results[0].requests_per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
+             f"({per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
     total: dict[str, float] = {}
     rows = []
     per_tick = 1e6 / TICKS / max(done, 1)  # a clock tick, in us per request
@@ -210,29 +234,22 @@ def fd_kinds(pid: int, own_port: int) -> dict[int, str]:
 def reads(contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path) -> str:
     """`--reads`: each read/recvfrom/write of the worker's threads by what its fd is."""
     name = contender.name
-    script = wrk_script(
-        tmp / f"reads-{name}-{scenario}.lua",
-        contender.body(scenario),
-        contender.headers | {"Content-Type": "application/json"},
-    )
-    url = contender.base_url + contender.path(scenario)
-    wrk(url, script, connections, 1)  # warm-up
-    pid = worker_pid(contender.pid)
+    script, url, pid = warmed(contender, scenario, connections, tmp, "reads")
     data = tmp / f"reads-{name}-{scenario}.data"
     command = ["perf", "record", "-q", "-o", str(data), "-p", str(pid)]
     for event in READ_EVENTS:
         command += ["-e", event]
     perf = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)  # perf attached
-    results: list[WrkResult] = []
-    load = threading.Thread(target=lambda: results.append(wrk(url, script, connections, seconds)))
+    load, results = loader(url, script, connections, seconds)
     load.start()
     time.sleep(seconds / 2)  # the connections are open: what each fd is
     kinds = fd_kinds(pid, int(contender.base_url.rsplit(":", 1)[1]))
     load.join(timeout=seconds + 60)
     perf.send_signal(2)
     perf.wait(timeout=60)
-    done = max(1.0, results[0].requests_per_s * max(1, round(seconds)))
+    per_s = rate(results)
+    done = max(1.0, per_s * max(1, round(seconds)))
     script_out = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "tid,event,trace"],
         capture_output=True, text=True, timeout=300, check=False,
@@ -260,7 +277,7 @@ def reads(contender: Contender, scenario: str, connections: int, seconds: float,
                 value = int(returned[1], 0)
                 sizes[(tid, call, kind)].append(value - (1 << 64) if value >= 1 << 63 else value)
     lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
-             f"({results[0].requests_per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
+             f"({per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
     lines.append(f"  {'thread':>8} {'call':10} {'fd':22} {'per req':>8} {'bytes':>7}  upstream")
     for (tid, call, kind), count in sorted(calls.items(), key=lambda item: -item[1]):
         got = [n for n in sizes.get((tid, call, kind), []) if n > 0]
@@ -284,14 +301,7 @@ def profile(
     the kernel's call chain; "irq" for an interrupt or softirq taken outside one); then the
     `top` symbols (with their object) over all threads."""
     name = contender.name
-    script = wrk_script(
-        tmp / f"prof-{name}-{scenario}.lua",
-        contender.body(scenario),
-        contender.headers | {"Content-Type": "application/json"},
-    )
-    url = contender.base_url + contender.path(scenario)
-    wrk(url, script, connections, 1)  # warm-up
-    pid = worker_pid(contender.pid)
+    script, url, pid = warmed(contender, scenario, connections, tmp, "prof")
     data = tmp / f"prof-{name}-{scenario}.data"
     command = ["perf", "record", "-q", "-g", "-e", "cpu-clock", "-F", "5000", "-o", str(data)]
     perf = subprocess.Popen(
@@ -299,14 +309,14 @@ def profile(
     )
     time.sleep(0.3)  # perf attached
     before = threads(pid)
-    results: list[WrkResult] = []
-    load = threading.Thread(target=lambda: results.append(wrk(url, script, connections, seconds)))
+    load, results = loader(url, script, connections, seconds)
     load.start()
     load.join(timeout=seconds + 60)
     after = threads(pid)
     perf.send_signal(2)
     perf.wait(timeout=60)
-    done = max(1.0, results[0].requests_per_s * max(1, round(seconds)))
+    per_s = rate(results)
+    done = max(1.0, per_s * max(1, round(seconds)))
     ticks = sum(sum(after[t][1:]) - sum(before.get(t, (0, 0, 0))[1:]) for t in after)
     # The CPU the samples stand for is the threads' while perf ran (a little more than wrk's
     # window), so each sample is weighed by the CPU per request of the whole window.
@@ -327,7 +337,7 @@ def profile(
     cpu_us = ticks / TICKS * 1e6 / done
     weight = cpu_us / max(samples, 1)
     lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
-             f"({results[0].requests_per_s:.0f}/s), CPU {cpu_us:.0f} us/req, {samples} samples, "
+             f"({per_s:.0f}/s), CPU {cpu_us:.0f} us/req, {samples} samples, "
              f"load {os.getloadavg()[0]:.2f}"]  # fmt: skip
     for tid, count in per_thread.most_common():
         nice = after.get(tid, (0, 0, 0))[0]
@@ -388,10 +398,11 @@ def main() -> int:
         default=["bare", "gateway-sqlite"],
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--reads", action="store_true", help="each read and write by what its fd is (perf record)"
     )
-    parser.add_argument(
+    mode.add_argument(
         "--profile",
         type=int,
         metavar="TOP",

@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -191,8 +192,9 @@ class RedisLimiter:
         # tail between them (`_sent_call`).
         self._sent_calls: dict[tuple[str, LimitSpec, KeyGate | None], tuple[bytes, str]] = {}
         self._hold_ms = _packed(store.reservation_hold_ms).decode()
-        # The error reply of the last lease call that had one: `admission_of` names its function.
-        self._lease_error: RespReplyError | None = None
+        # The error replies of lease calls not yet read: `admission_of` names their function.
+        # Weak: a reply no admission reads (its request cancelled) is not kept.
+        self._lease_errors: weakref.WeakSet[RespReplyError] = weakref.WeakSet()
 
     def _call(self, account_id: str, spec: LimitSpec, consume: bool, key: KeyGate | None) -> _Call:
         cache_key = (account_id, spec, key, consume)
@@ -377,7 +379,7 @@ class RedisLimiter:
             if future.exception() is None:
                 reply = future.result()
                 if type(reply) is RespReplyError:
-                    self._lease_error = reply  # read by `admission_of`, which runs after this
+                    self._lease_errors.add(reply)  # read by `admission_of`, which runs after
                 granted(reply)
             else:
                 seen.asking_until = 0.0  # lost with the connection (its credit: the hold)
@@ -541,8 +543,9 @@ class RedisLimiter:
         if isinstance(reply, Exception):  # an error reply, or the connection failed
             if type(reply) is RespReplyError:
                 function = "klawd_admit_v3"
-                if reply is self._lease_error:  # the call asked for a lease too
-                    function, self._lease_error = "klawd_admit_lease_v1", None
+                if reply in self._lease_errors:  # the call asked for a lease too
+                    function = "klawd_admit_lease_v1"
+                    self._lease_errors.discard(reply)
                 error = self._store.fcall_error(reply, function)
                 if type(error) is LibraryMissing:  # it did not run: loaded again, call `admit`
                     return None

@@ -460,6 +460,29 @@ async def test_a_lease_granted_after_its_account_changed_is_never_used(
     assert await store._call("HLEN", f"{_acct(account.id)}:leases") == 0
 
 
+async def test_two_failed_lease_calls_in_flight_are_each_named_in_their_error(
+    store: RedisStore,
+) -> None:
+    """Two calls that asked for a lease and failed, both replied before either is read: each
+    error names the lease's function (the limiter kept only the last such reply, so the first
+    was named `klawd_admit_v3`)."""
+    limiter = RedisLimiter(store, Clock())
+    sent = []
+    for name in ("broken leases a", "broken leases b"):
+        account = await store.create_account(name, "free", CREDIT)
+        await warm(limiter, account.id)
+        await store._call("SET", f"{_acct(account.id)}:leases", "not a hash")
+        assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+        call = limiter.send_admit(account.id, BIG, RESERVE)  # asks for a lease
+        assert call is not None
+        sent.append((account.id, call))
+    replies = [(account_id, await call[0]) for account_id, call in sent]
+    for account_id, reply in replies:
+        with pytest.raises(StoreError) as failed:
+            limiter.admission_of(reply, account_id, RESERVE)
+        assert str(failed.value).startswith("redis function klawd_admit_lease_v1 failed:")
+
+
 async def test_a_failed_lease_call_is_named_in_its_error(store: RedisStore) -> None:
     """The error of a call that asked for a lease names the lease's function, not
     `klawd_admit_v3` (a Redis reply error: here the account's leases hash of the wrong type)."""

@@ -172,7 +172,8 @@ def table(samples: Samples) -> str:
                           if (r := ratio(rows, name, ref, key)) is not None]  # fmt: skip
                 cell += f" ({', '.join(ratios)})" if ratios else ""
             cells.append(cell)
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        if any(cell != "—" for cell in cells):  # a measure no contender ran (opt-in) is left out
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -23,3 +23,14 @@ def test_redis_over_embedded_on_a_lower_is_better_measure_gives_its_range_invert
     }
     line = next(x for x in report.targets(samples) if "Redis ÷ embedded, rps_cpu" in x)
     assert line.startswith("- Redis ÷ embedded, rps_cpu: 0.67 (rounds 0.50 to 1.00) vs 0.95")
+
+
+def test_the_table_leaves_out_a_measure_no_contender_ran() -> None:
+    samples = {
+        "bare": {"rps": [100.0, 100.0]},
+        "gateway-sqlite": {"rps": [90.0, 95.0], "rps_all_cpu": [10.0, 10.0]},
+    }
+    table = report.table(samples)
+    assert "| single answers, req/s, 64 connections | 100 | 92 (0.93x bare) |" in table
+    assert "/v1/messages" not in table  # opt-in, not run
+    assert "| single answers: CPU µs per request with the store's" in table  # the gateway's only

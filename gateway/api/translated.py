@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator, Callable
 
 from gateway import _core
 from gateway.api.streaming import Deliver
-from gateway.billing import TokenUsage
 from gateway.errors import BadGateway
-from gateway.providers.base import ReframedStream, UpstreamStream
+from gateway.providers.base import ReframedStream, StreamOver, UpstreamStream
 
 # The first chunk of choice 0 carries nothing: it makes the reframer write its opening events
 # (message_start; response.created and response.in_progress) at once.
@@ -27,7 +26,7 @@ OPENING = b'data: {"choices":[{"index":0,"delta":{}}]}\n\n'
 _TRANSLATION_ERRORS = (_core.SseError, _core.UpstreamStreamError)
 
 
-class TranslatedStream:
+class TranslatedStream(StreamOver):
     """Usage and relayed characters are the provider stream's own (they bill the request).
     `failure`: the message of the BadGateway raised when the translation fails. Subclasses see
     each piece before it goes out (`_relayed`)."""
@@ -39,12 +38,11 @@ class TranslatedStream:
         "_held",
         "_kept",
         "_reframer",
-        "_upstream",
         "arrival",
     )
 
     def __init__(self, upstream: UpstreamStream, reframer: _core.Reframer, failure: str) -> None:
-        self._upstream = upstream
+        super().__init__(upstream)
         # When `stepped`: what the relay awaits when `step()` answers None (the provider's
         # answer's own method: no frame of this object's per wait).
         self.arrival: Callable[[], asyncio.Future[None]] = (
@@ -61,17 +59,6 @@ class TranslatedStream:
 
     def _relayed(self, out: bytes) -> bytes:
         return out
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        return self._upstream.usage
-
-    @property
-    def content_chars(self) -> int:
-        return self._upstream.content_chars
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
 
     @property
     def stepped(self) -> bool:

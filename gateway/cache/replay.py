@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.billing import TokenUsage
+from gateway.providers.base import StreamOver
 
 if TYPE_CHECKING:
     from gateway.providers.base import UpstreamStream
@@ -198,7 +199,7 @@ class ChatAssembler:
         return orjson.dumps(completion)
 
 
-class AssemblingStream:
+class AssemblingStream(StreamOver):
     """A provider's OpenAI chunk stream (an UpstreamStream), unchanged, gathered as it goes;
     once it is whole (its [DONE] gathered: the usage is known by then) the answer is `save`d
     before that last piece goes on, so a client that asks again as soon as it has read the end
@@ -208,20 +209,9 @@ class AssemblingStream:
     def __init__(
         self, upstream: UpstreamStream, save: Callable[[bytes, TokenUsage], Awaitable[None]]
     ) -> None:
-        self._upstream = upstream
+        super().__init__(upstream)
         self._save = save
         self._assembler = ChatAssembler()
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        return self._upstream.usage
-
-    @property
-    def content_chars(self) -> int:
-        return self._upstream.content_chars
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assembler = self._assembler

@@ -106,6 +106,27 @@ class UpstreamStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StreamOver:
+    """A stream made from another (an `UpstreamStream`): it bills as that one does (its usage
+    and relayed characters), and closing it closes that one."""
+
+    __slots__ = ("_upstream",)
+
+    def __init__(self, upstream: UpstreamStream) -> None:
+        self._upstream = upstream
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self._upstream.usage
+
+    @property
+    def content_chars(self) -> int:
+        return self._upstream.content_chars
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+
 class Provider(Protocol):
     name: str
 

@@ -459,7 +459,7 @@ class AnthropicProvider(HttpProvider):
         return Completion(message, usage)
 
     async def messages_stream(self, call: MessagesCall) -> UpstreamStream:
-        response = await self._send(self._messages_request(call))
+        response = await self._send(self._messages_request(call), streamed=True)
         reframer = _core.Reframer(
             "anthropic_passthrough", call.target.model.id, call.message_id, 0, True
         )

@@ -383,24 +383,21 @@ class HttpProvider:
             text = text.replace(self.api_key.reveal(), "[redacted]")
         return text
 
-    async def _send(self, upstream: UpstreamRequest) -> HttpResponse:
-        """One upstream call up to its response headers (within `first_byte_timeout_s`; the
-        whole call, body included, within `timeout_s`: the response expires then, its reader
-        gets TimeoutError), reported to the observer; with traces on, it carries the trace
-        context (`traceparent`) of the attempt's span. One coroutine (the observed and the
-        unobserved call were two, one awaiting the other)."""
+    async def _send(self, upstream: UpstreamRequest, streamed: bool = False) -> HttpResponse:
+        """One upstream call up to its response headers (within `first_byte_timeout_s` for a
+        stream, `answer_timeout_s` when set for a non-streamed answer; the whole call, body
+        included, within `timeout_s`: the response expires then, its reader gets
+        TimeoutError), reported to the observer; with traces on, it carries the trace context
+        (`traceparent`) of the attempt's span. One coroutine (the observed and the unobserved
+        call were two, one awaiting the other)."""
         headers = upstream.headers
         if self.tracing is not None:  # a copy with the traceparent (no new UpstreamRequest)
             headers = traced_headers(headers)
         observer = self.observer
         started = time.perf_counter() if observer is not None else 0.0
         settings = self.settings
-        # The first byte's timeout, at most the whole request's (compared inline: a call of
-        # the builtin min() is ~1K instructions, and this runs on every upstream call).
         timeout_s = settings.timeout_s
-        first_byte_s = settings.first_byte_timeout_s
-        if first_byte_s > timeout_s:
-            first_byte_s = timeout_s
+        first_byte_s = settings.headers_timeout_s(streamed)
         try:
             try:
                 response = await self._client.request(
@@ -541,7 +538,7 @@ class HttpProvider:
         return completion
 
     async def stream(self, call: ChatCall) -> UpstreamStream:
-        response = await self._send(self.build_request(call, stream=True))
+        response = await self._send(self.build_request(call, stream=True), streamed=True)
         reframer = _core.Reframer(
             self.reframer_kind,
             call.target.model.id,

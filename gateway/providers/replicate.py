@@ -152,7 +152,7 @@ class ReplicateProvider(HttpProvider):
                 f"The model '{call.target.model.id}' is misconfigured: its upstream_model must "
                 "look like owner/name."
             )
-        wait = max(1, min(MAX_WAIT_S, int(self.settings.first_byte_timeout_s) - 1))
+        wait = max(1, min(MAX_WAIT_S, int(self.settings.headers_timeout_s(streamed=False)) - 1))
         return UpstreamRequest(
             url=f"{self.settings.base_url.rstrip('/')}/v1/models/{owner}/{name}/predictions",
             headers=self._headers()

@@ -73,10 +73,10 @@ class _Authorized(HttpProvider):
             f"{quote(model, safe='')}:{method}"
         )
 
-    async def _send(self, upstream: UpstreamRequest) -> HttpResponse:
+    async def _send(self, upstream: UpstreamRequest, streamed: bool = False) -> HttpResponse:
         token = await self.tokens.token()
         headers = {**upstream.headers, "authorization": f"Bearer {token.reveal()}"}
-        return await super()._send(msgspec.structs.replace(upstream, headers=headers))
+        return await super()._send(msgspec.structs.replace(upstream, headers=headers), streamed)
 
     def redact(self, text: str) -> str:
         return self.tokens.redact(super().redact(text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -150,6 +151,14 @@ async def test_create_request_targets_the_model_predictions_with_prefer_wait() -
     assert upstream.url == "https://r.example/v1/models/own/name/predictions"
     assert upstream.headers["prefer"] == "wait=29"
     assert upstream.headers["authorization"] == "Bearer r8_x"
+    # An image is a non-streamed answer: its own bound, when set, is the wait's.
+    waiting = ReplicateProvider(
+        "replicate", msgspec.structs.replace(settings, answer_timeout_s=20), None
+    )
+    try:
+        assert waiting.create_request(call).headers["prefer"] == "wait=19"
+    finally:
+        await waiting.close()
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, ProviderSettings, load_settings
 from tests.conftest import KLAWD
 
 
@@ -117,3 +117,21 @@ def test_store_url_can_come_from_an_environment_variable(tmp_path: Path) -> None
     assert settings.store.display_url() == "redis://redis.internal:6379/0"
     with pytest.raises(ConfigError, match="workers"):
         load_settings(path, {})  # unset: the sqlite default, which cannot serve 2 workers
+
+
+@pytest.mark.parametrize(
+    ("fields", "streamed", "bound"),
+    [
+        ({}, False, 60.0),  # unset: first_byte_timeout_s bounds a non-streamed answer too
+        ({}, True, 60.0),
+        ({"answer_timeout_s": 300}, False, 300.0),
+        ({"answer_timeout_s": 300}, True, 60.0),  # a stream's first byte keeps its own bound
+        ({"answer_timeout_s": 900}, False, 600.0),  # never longer than the whole call
+        ({"first_byte_timeout_s": 700}, True, 600.0),
+    ],
+)
+def test_the_headers_timeout_of_a_call(
+    fields: dict[str, float], streamed: bool, bound: float
+) -> None:
+    settings = ProviderSettings(kind="openai", **fields)  # type: ignore[arg-type]
+    assert settings.headers_timeout_s(streamed) == bound

@@ -111,8 +111,15 @@ def count(pid: int, seconds: float, load: threading.Thread) -> dict[int, dict[st
     load.join(timeout=seconds + 60)
     perf.send_signal(2)
     _, err = perf.communicate(timeout=30)
+    return per_thread(err)
+
+
+def per_thread(perf_stat: str) -> dict[int, dict[str, int]]:
+    """`perf stat --per-thread -x ,` output (`comm-tid,count,unit,event,...`) as tid -> event
+    (shortened) -> count; lines without a whole count (`<not counted>`, task-clock's msec) are
+    left out."""
     found: dict[int, dict[str, int]] = {}
-    for line in err.splitlines():
+    for line in perf_stat.splitlines():
         parts = line.split(",")
         if len(parts) < 4 or "-" not in parts[0] or not parts[1].strip().isdigit():
             continue

@@ -1,0 +1,95 @@
+"""The parsers of `loadtests.bench.syscalls` on what perf and /proc really give: perf's text
+below was captured from perf 6.x on the project's machine (`perf stat --per-thread -x ,` and
+`perf script -F tid,ip,sym,dso` of a `perf record -e cpu-clock -g`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from loadtests.bench.syscalls import _kernel_path, _samples, fd_kinds, per_thread, threads
+
+PERF_STAT = """\
+# started on Sat Dec  5 18:05:01 2026
+
+python3-12278,147.25,msec,task-clock,147245546,100.00,0.196,CPUs utilized
+python3-12278,138,,context-switches,147245546,100.00,937.210,/sec
+python3-12278,52,,sched:sched_wakeup,147245546,100.00,353.152,/sec
+tokio-runtime-w-12280,9,,context-switches,1200345,100.00,7.498,/sec
+tokio-runtime-w-12280,<not counted>,,sched:sched_wakeup,0,0.00,,
+python3-12278,41,,syscalls:sys_enter_epoll_pwait,147245546,100.00,278.443,/sec
+"""
+
+PERF_SCRIPT = """\
+12195 
+\tffffffff82250fa7 _raw_spin_lock ([kernel.kallsyms])
+\tffffffff8170e2d7 file_close_fd ([kernel.kallsyms])
+\tffffffff816d8d4f __x64_sys_close ([kernel.kallsyms])
+\tffffffff8223c951 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t           fce67 __close_nocancel (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t           32f72 _nl_find_locale (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+12195 
+\t           9c847 memset (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t           1de39 dl_main (/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2)
+
+12201 
+\tffffffff8113a2b1 update_process_times+0x61 ([kernel.kallsyms])
+\tffffffff81000d46 asm_sysvec_apic_timer_interrupt ([kernel.kallsyms])
+\t           9c847 memset (/usr/lib/x86_64-linux-gnu/libc.so.6)
+"""
+
+
+def test_perf_stat_per_thread_counts_whole_numbers_by_short_name() -> None:
+    assert per_thread(PERF_STAT) == {
+        12278: {"cs": 138, "wakes": 52, "epoll_pw": 41},  # task-clock (msec) left out
+        12280: {"cs": 9},  # a thread name with dashes; <not counted> left out
+    }
+
+
+def test_perf_script_samples_and_the_kernel_path_each_was_taken_in() -> None:
+    samples = list(_samples(PERF_SCRIPT))
+    assert [(tid, len(chain)) for tid, chain in samples] == [(12195, 7), (12195, 2), (12201, 3)]
+    assert samples[0][1][0] == ("_raw_spin_lock", "[kernel.kallsyms]")
+    assert samples[1][1][0] == ("memset", "libc.so.6")
+    assert samples[2][1][0] == ("update_process_times", "[kernel.kallsyms]")  # +0x.. cut
+    assert _kernel_path(samples[0][1]) == "close"  # the system call, prefix cut
+    assert _kernel_path(samples[2][1]) == "<asm_sysvec_apic_timer_in>"  # an interrupt, 24 chars
+
+
+def test_this_process_threads_and_descriptors_by_kind() -> None:
+    started, done = threading.Event(), threading.Event()
+    native: list[int] = []
+
+    def run() -> None:
+        native.append(threading.get_native_id())
+        started.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    wake = os.eventfd(0)
+    read_end, write_end = os.pipe()
+    try:
+        started.wait(10)
+        found = threads(os.getpid())
+        assert native[0] in found and threading.get_native_id() in found
+        assert all(len(times) == 3 for times in found.values())  # nice, utime, stime
+        kinds = fd_kinds(os.getpid(), port)
+        assert kinds[served.fileno()] == "tcp from a client"
+        assert kinds[client.fileno()] == f"tcp to :{port}"
+        assert kinds[wake] == "eventfd"
+        assert kinds[read_end] == kinds[write_end] == "pipe"
+    finally:
+        done.set()
+        thread.join()
+        for closing in (served, client, listener):
+            closing.close()
+        for fd in (wake, read_end, write_end):
+            os.close(fd)

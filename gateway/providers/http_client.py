@@ -797,16 +797,16 @@ class HttpResponse:
         # Timeouts: one deadline per answer in the client's wheel (`_timer`: its slot there),
         # re-armed only when it comes early. What it checks:
         # the headers by `_headers_by`, the whole answer by `_whole_by` (expire_at), and no
-        # silence longer than `read_timeout_s` while the caller waits for bytes.
+        # silence longer than `read_timeout_s` while the caller waits for bytes, once the
+        # headers came (before, `_headers_by` alone, when given: a non-streamed answer's
+        # headers come with the whole answer, after a silence as long as its generation).
         now = self._loop.time()
         self._headers_by = headers_by
         self._whole_by = whole_by
         self._last_bytes_at = now
         self._wait_since = now
         # `_arm()`, inline: `_due()` with nothing read or waited for yet
-        due = now + read_timeout_s
-        if headers_by is not None and headers_by < due:
-            due = headers_by
+        due = now + read_timeout_s if headers_by is None else headers_by
         if whole_by is not None and whole_by < due:
             due = whole_by
         self._timer: Slot | None = timers.add(due, self)  # (one already past: within 50 ms)
@@ -1083,9 +1083,10 @@ class HttpResponse:
 
     def _due(self) -> float:
         """When the timer must next look: the earliest deadline that still applies."""
-        due = max(self._last_bytes_at, self._wait_since) + self._read_timeout_s
         if self._headers_by is not None and not self._headers_done:
-            due = min(due, self._headers_by)
+            due = self._headers_by
+        else:
+            due = max(self._last_bytes_at, self._wait_since) + self._read_timeout_s
         if self._whole_by is not None:
             due = min(due, self._whole_by)
         return due
@@ -1102,11 +1103,12 @@ class HttpResponse:
             return
         now = self._loop.time()
         silent_since = max(self._last_bytes_at, self._wait_since)
-        if (
-            (self._headers_by is not None and not self._headers_done and now >= self._headers_by)
-            or (self._whole_by is not None and now >= self._whole_by)
-            or (self._waiter is not None and now >= silent_since + self._read_timeout_s)
-        ):
+        headers_by = self._headers_by
+        if headers_by is not None and not self._headers_done:
+            late = now >= headers_by  # the headers' deadline, not the silence, until they come
+        else:
+            late = self._waiter is not None and now >= silent_since + self._read_timeout_s
+        if late or (self._whole_by is not None and now >= self._whole_by):
             self._timed_out()
             return
         if self._waiter is None:

@@ -24,6 +24,7 @@ base_url = "{url}"
 api_key_env = "OPENAI_API_KEY"
 first_byte_timeout_s = 1
 answer_timeout_s = 10
+stream_idle_timeout_s = 1
 timeout_s = 10
 retry = {{ attempts = 1 }}
 

@@ -884,6 +884,26 @@ async def test_silence_before_the_headers_is_a_timeout() -> None:
                 await http.request("GET", server.url(), {}, None)
 
 
+async def test_silence_before_the_headers_is_bounded_by_their_own_deadline() -> None:
+    """A non-streamed answer's headers come with the whole answer: with a headers deadline,
+    the silence before them is not the read timeout's (answer_timeout_s past
+    stream_idle_timeout_s, decision 0005)."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await asyncio.sleep(0.6)  # three read timeouts of silence
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=0.2) as http:
+            response = await http.request("GET", server.url(), {}, None, 5.0)
+            assert await response.read() == b"ok"
+        async with client(read_timeout_s=5) as http:  # and the deadline itself still cuts
+            with pytest.raises(TimeoutError):
+                await http.request("GET", server.url(), {}, None, 0.2)
+
+
 async def test_silence_mid_body_is_a_timeout() -> None:
     async def handler(conn: Conn) -> None:
         await conn.request()

@@ -190,6 +190,7 @@ async def send_event_stream(
             if last is not None and last():
                 ended = watch.finished = True  # the body ends here: a disconnect changes nothing
                 await send({"type": "http.response.body", "body": piece, "more_body": False})
+                watch.waiting_on_source = True  # (the send is done: the deadline's no more)
                 if drain is not None:
                     drain.streams.discard(task)
                 continue
@@ -214,6 +215,7 @@ async def send_event_stream(
                 if drain is not None:
                     drain.streams.discard(task)
                 await stepped.close(True, False)
+            watch.waiting_on_source = False  # the body's end is a send under the deadline
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError as exc:
         if watch.client_gone:
@@ -374,6 +376,8 @@ class _Watch:
         """The stream waits for the first time (it is still open when the loop turns)."""
         self.start = None
         if self.finished:
+            if not self.waiting_on_source:  # the send ending the body waits: its deadline only
+                self.slot = self.keepalives.add(self.loop.time() + self.keepalive_s, self)
             return
         self.watcher = _watch(self.receive, self.on_message)
         due = self.last_sent + self.keepalive_s
@@ -393,11 +397,18 @@ class _Watch:
         """The keepalive check (the wheel calls it): a comment after `keepalive_s` of silence;
         with a send pending (a piece's or a keepalive's), the send deadline instead."""
         self.slot = None
-        if self.finished:
-            return
         loop = self.loop
         now = loop.time()
         pinging = self.pinging
+        if self.finished:
+            # The stream's end is reached: no keepalive, and a disconnect changes nothing, but
+            # the send of the body's end is under the deadline like any other (the source's
+            # close, or its run to its end after the last piece, is not: checked again later).
+            if self.waiting_on_source:
+                self.slot = self.keepalives.add(now + self.keepalive_s, self)
+            else:
+                self.sending(now, pinging)
+            return
         if not self.waiting_on_source or (pinging is not None and not pinging.done()):
             self.sending(now, pinging)
             return

@@ -782,6 +782,76 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
     assert len(timeouts) == 1
 
 
+@pytest.mark.parametrize(
+    "end", ["last-piece", "last-piece-at-hand", "generator-end", "stepped-end"]
+)
+def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(end: str) -> None:
+    """The send that ends the body (the last piece with `last`, or the empty end after a
+    generator's or a stepped source's end) is under the send deadline like any other: a
+    client that stopped reading just before the end no longer holds the request's task. A
+    stepped source that ran to its end was closed whole first (billed once, as it stays); the
+    others end as a deaf client mid-stream does (closed not whole). `last-piece-at-hand`: the
+    stream never waited before its last piece (the watch is armed by that send's wait). Before,
+    the task waited on the end's send for good."""
+    timeouts: list[None] = []
+
+    async def main() -> tuple[bool | tuple[bool, bool] | None, int, float]:
+        client = Client()
+        never = asyncio.get_running_loop().create_future()
+        done = closed = False
+
+        async def deaf_send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                await never  # the client's buffers are full, for good
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            nonlocal done, closed
+            try:
+                yield b"data: 0\n\n"
+                if end != "last-piece-at-hand":
+                    await asyncio.sleep(0.01)  # the stream waits: the client is watched
+                done = True
+                yield b"data: [DONE]\n\n"
+            finally:
+                closed = True
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        streams = OpenStreams()
+        streams.on_send_timeout = lambda: timeouts.append(None)
+        source: AsyncGenerator[bytes, None] | Source = pieces()
+        if end == "stepped-end":
+            source = Source()
+            source.push(b"data: 0\n\n")
+            loop.call_later(0.01, source.push, b"data: [DONE]\n\n", b"")
+        await send_event_stream(
+            client.receive,
+            deaf_send,
+            {},
+            source,
+            0.05,
+            KEEPALIVE,
+            drain=Drain(streams, b""),
+            last=(lambda: done) if end.startswith("last-piece") else None,
+            send_timeout_s=0.3,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)
+        return (
+            source.closed if isinstance(source, Source) else closed,
+            task.cancelling(),
+            loop.time() - began,
+        )
+
+    closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
+    assert closed == ((True, False) if end == "stepped-end" else True)
+    assert cancelling == 0
+    assert lasted >= 0.3
+    assert len(timeouts) == 1
+
+
 def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
     """Each send taken after 0.2 s, ten of them (2 s in all, longer than the 0.3 s deadline,
     each shorter): the stream is whole, and not counted as a send timeout."""

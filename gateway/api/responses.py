@@ -16,6 +16,7 @@ x-klawd-cost-usd (non-streamed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -159,12 +160,20 @@ async def _create_response(request: Request) -> Response:
     if chat.stream:
 
         async def relay_and_keep() -> AsyncGenerator[bytes, None]:
+            kept = False
             async for piece in relay(
                 state, ticket, chat, events, target, events.error_event, cost_in_usage=False
             ):
+                if not kept and events.final is not None:
+                    # Kept before the piece that ends the answer goes out (a client that read
+                    # it finds it), and through if the client leaves meanwhile: after its
+                    # last piece, a generator's client is still watched (the stepped path's
+                    # close is not, gateway/api/streaming.py).
+                    kept = True
+                    stored = keep(events.final)
+                    if stored is not None:
+                        await asyncio.shield(_keep(state, stored))
                 yield piece
-            if events.final is not None:
-                await _keep(state, keep(events.final))
 
         return EventStreamResponse(
             # The provider's stream relayed as the chat route's, stepped; a cache's assembling

@@ -117,6 +117,22 @@ impl Dechunker {
             if self.state == State::Done {
                 return Ok(at);
             }
+            // The framing as nearly every server writes it, whole in this read: a size line of
+            // hex digits and CRLF, a chunk's data ended by CRLF. Read at once, not byte by byte
+            // (an upstream that sends each SSE line as its own chunk has ~10 framing bytes a
+            // line); anything else (an extension, spaces, a bare LF, a split) goes by `step`.
+            if self.state == State::SizeStart {
+                if let Some((size, used)) = plain_size_line(&data[at..]) {
+                    at += used;
+                    self.size = size;
+                    self.state = self.size_line_ended();
+                    continue;
+                }
+            } else if self.state == State::DataEnd && data[at..].starts_with(b"\r\n") {
+                at += 2;
+                self.state = State::SizeStart;
+                continue;
+            }
             let byte = data[at];
             at += 1;
             self.state = self.step(byte)?;
@@ -216,6 +232,25 @@ impl Dechunker {
             State::Data
         }
     }
+}
+
+/// A size line of 1 to 15 hex digits then CRLF at the start of `data`: the size and the line's
+/// length (what `step` reads of it, byte by byte); None for anything else.
+fn plain_size_line(data: &[u8]) -> Option<(u64, usize)> {
+    let mut size: u64 = 0;
+    for (at, &byte) in data.iter().enumerate().take(16) {
+        let digit = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'a'..=b'f' => byte - b'a' + 10,
+            b'A'..=b'F' => byte - b'A' + 10,
+            b'\r' if at > 0 => {
+                return (data.get(at + 1) == Some(&b'\n')).then_some((size, at + 2));
+            }
+            _ => return None,
+        };
+        size = size << 4 | u64::from(digit);
+    }
+    None
 }
 
 /// A byte of an HTTP token (a field name): RFC 9110 §5.6.2.
@@ -332,7 +367,59 @@ mod tests {
         wire
     }
 
+    /// `wire` fed one byte at a time: every framing byte through `step` (a read of one byte is
+    /// never the whole size line or line end that `feed` reads at once).
+    fn bytewise(wire: &[u8]) -> (Result<usize, ChunkedError>, Vec<u8>, bool) {
+        let mut reader = Dechunker::new();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for byte in wire {
+            match reader.feed(std::slice::from_ref(byte), &mut out) {
+                Ok(n) => used += n,
+                Err(e) => return (Err(e), out, reader.done()),
+            }
+        }
+        (Ok(used), out, reader.done())
+    }
+
+    #[test]
+    fn the_plain_framing_read_at_once_is_what_step_reads() {
+        for wire in [
+            &b"3\r\nabc\r\n1A\r\n"[..],
+            b"fffffffffffffff\r\nab",
+            b"ffffffffffffffff\r\nab",
+            b"3\r\nabc\r\r",
+            b"3\r\nabc\n4\r\nabcd\r\n0\r\n\r\nrest",
+            b"\r\n",
+            b"3\rx",
+        ] {
+            let mut reader = Dechunker::new();
+            let mut out = Vec::new();
+            let at_once = reader.feed(wire, &mut out);
+            assert_eq!(
+                (at_once, out, reader.done()),
+                bytewise(wire),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
     proptest! {
+        /// Any bytes (framing's own, mostly) read at once answer what `step` answers byte by
+        /// byte: the body, where it ends, whether the framing is malformed.
+        #[test]
+        fn any_wire_read_at_once_is_read_as_byte_by_byte(
+            wire in prop::collection::vec(
+                prop::sample::select(&b"0123456789abcdefAFxX \t;=\":\r\n\r\n"[..]), 0..80
+            ),
+        ) {
+            let mut reader = Dechunker::new();
+            let mut out = Vec::new();
+            let at_once = reader.feed(&wire, &mut out);
+            prop_assert_eq!((at_once, out, reader.done()), bytewise(&wire));
+        }
+
         /// However the wire is split into reads, the body and its end are the same.
         #[test]
         fn any_split_reads_the_same_body(

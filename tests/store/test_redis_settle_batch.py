@@ -1,11 +1,12 @@
-"""The Redis store settles a batch with one `klawd_settle_v10` per account (`klawd_settle_v9`
-with its entries' markers in a set per second of entry time; v9 is `klawd_settle_v7` with its
-entries in one MessagePack argument; v7 is `klawd_settle_v6` with the keys its entries share
-named once; for entries without a hold, what `klawd_settle_v5` does), summing the entries'
-counters inside Redis: the keys it leaves must hold exactly what `klawd_settle_v4`, one call per
-entry, and the batches of earlier releases (`klawd_settle_v6`, `klawd_settle_v8`,
-`klawd_settle_v9`) leave (replicas of these releases share one Redis), and a batch costs one
-call per account."""
+"""The Redis store settles a batch with one `klawd_settle_v11` per account (`klawd_settle_v10`
+with each ledger record an argument of its own and a call's markers written together; v10 is
+`klawd_settle_v9` with its entries' markers in a set per second of entry time; v9 is
+`klawd_settle_v7` with its entries in one MessagePack argument; v7 is `klawd_settle_v6` with the
+keys its entries share named once; for entries without a hold, what `klawd_settle_v5` does),
+summing the entries' counters inside Redis: the keys it leaves must hold exactly what
+`klawd_settle_v4`, one call per entry, and the batches of earlier releases (`klawd_settle_v6`,
+`klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`) leave (replicas of these releases
+share one Redis), and a batch costs one call per account."""
 
 from __future__ import annotations
 
@@ -143,6 +144,32 @@ def v9_call(batch: list[UsageEntry]) -> tuple[object, ...]:
     return ("FCALL", "klawd_settle_v9", len(keys), *keys, msgspec.msgpack.encode(values))
 
 
+def v10_call(batch: list[UsageEntry]) -> tuple[object, ...]:
+    """The previous release's call (`klawd_settle_v10`): v9's but the marker's name, then the
+    entry's id and second, the ledger record inside the MessagePack argument."""
+    key = _acct(batch[0].account_id)
+    groups: dict[tuple[str, str], int] = {}
+    shared: list[str] = []
+    values: list[object] = []
+    for entry in batch:
+        key_id = entry.key_id or "-"
+        group = groups.get((entry.day, key_id))
+        if group is None:
+            group = groups[entry.day, key_id] = len(groups) + 1
+            shared += (
+                f"{key}:usage:{entry.day}", f"{key}:kusage:{entry.day}",
+                *_spend_keys(entry.account_id, key_id, entry.day),
+            )  # fmt: skip
+        values += (
+            entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
+            entry.completion_tokens, entry.images, entry.cost_micros,
+            msgspec.json.encode(entry).decode(), key_id, entry.key_reserved_micros,
+            entry.hold_id, group, entry.id, int(entry.ts),
+        )  # fmt: skip
+    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
+    return ("FCALL", "klawd_settle_v10", len(keys), *keys, msgspec.msgpack.encode(values))
+
+
 async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]:
     """Every key of the account but the markers, by its name without the account id; the
     ledger as its entries in order; hashes whole; expiries rounded to days; the account's
@@ -259,11 +286,50 @@ async def test_v9_leaves_what_the_release_before_v8_leaves_and_each_sees_the_oth
         await redis_store.close()
 
 
+async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The store's call (`klawd_settle_v11`: each ledger record an argument of its own, the
+    markers written once per second of entry time) against the previous release's
+    (`klawd_settle_v10`): the same keys, values and expiries, markers included; and a batch
+    settled by one is not settled again by the other (replicas of both releases on one
+    Redis)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        batched = await redis_store.create_account("batched", "free", 1_000)
+        previous = await redis_store.create_account("previous", "free", 1_000)
+        for account in (batched, previous):
+            for key_id in ("key_a", "key_b", "-"):
+                for day in DAYS:
+                    for spend in _spend_keys(account.id, key_id, day):
+                        await client.hset(spend, "r", 40)
+        await redis_store._ensure_library()
+        await redis_store.settle(entries(batched.id)[:25])
+        await client.execute_command(*v10_call(entries(batched.id)[10:]))  # 15 settled already
+        await client.execute_command(*v10_call(entries(previous.id)[:25]))
+        await redis_store.settle(entries(previous.id)[10:])  # ... by v10
+        assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
+        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
+        assert replies[0] == replies[1]
+        ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
+        assert ledger == len({e.id for e in entries(batched.id)})
+        for account in (batched, previous):
+            prefix = f"{_acct(account.id)}:settled:"
+            sets = {raw async for raw in client.scan_iter(match=f"{prefix}w*")}
+            marked = {m for name in sets for m in await client.smembers(name)}
+            assert marked == {e.id.encode() for e in entries(account.id)}
+            for name in sets:
+                assert 590_000 < await client.pttl(name) <= 600_000
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
 async def test_a_batch_settled_by_the_previous_release_v9_is_not_settled_again(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
     """Entries settled by `klawd_settle_v9` (a marker key each) within ten minutes are
-    recognised by the store's call (`klawd_settle_v10`, markers in sets): a batch retried, or
+    recognised by the store's call (`klawd_settle_v11`, markers in sets): a batch retried, or
     replayed, after an upgrade is settled once; the keys are those v9 alone leaves."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:

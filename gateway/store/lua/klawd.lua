@@ -666,7 +666,9 @@ local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|ima
                       '|cost_micros'}
 -- `once(i)` (v10): whether entry i is settled for the first time; without it, its marker
 -- (keys_of's second value) is set, unless it exists (ten minutes), as v2 to v9 do.
-local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once)
+-- `records` (v11): the call's ARGV, where entry i's ledger record is records[i + 2] (else it is
+-- the entry's seventh argument).
+local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
   -- hash key -> {name -> {requests, prompt, completion, images, cost}}, the keys in first-seen
@@ -723,7 +725,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       local images = tonumber(args[a + 5])
       count(keys[usage], args[a + 2], prompt, completion, images, cost)  -- by model
       count(keys[kusage], args[a + 8], prompt, completion, images, cost)  -- by API key
-      redis.call('XADD', keys[2], '*', 'entry', args[a + 7])
+      redis.call('XADD', keys[2], '*', 'entry', records and records[i + 2] or args[a + 7])
       for p = 1, 3 do
         local spend = keys[spend0 + p - 1]
         local state = spends[spend]
@@ -836,6 +838,38 @@ local function settle_v9(keys, args)
   return reply
 end
 
+-- The ids of a v10 or v11 call's entries (thirteen values an entry in `flat`: the twelfth its
+-- id, the thirteenth its second) settled before: in their second's set, or under v8's and v9's
+-- marker key. -> id -> true
+local function settled_before(prefix, flat, entries)
+  local by_second, seconds, legacy = {}, {}, {}
+  for i = 0, entries - 1 do
+    local id, second = flat[13 * i + 12], flat[13 * i + 13]
+    local ids = by_second[second]
+    if ids == nil then
+      ids = {}
+      by_second[second] = ids
+      seconds[#seconds + 1] = second
+    end
+    ids[#ids + 1] = id
+    legacy[i + 1] = prefix .. id
+  end
+  local done = {}
+  for _, second in ipairs(seconds) do
+    local ids = by_second[second]
+    local member = redis.call('SMISMEMBER', prefix .. 'w' .. second, unpack(ids))
+    for j, id in ipairs(ids) do
+      if member[j] == 1 then done[id] = true end
+    end
+  end
+  if redis.call('EXISTS', unpack(legacy)) > 0 then
+    for i, name in ipairs(legacy) do
+      if redis.call('EXISTS', name) == 1 then done[flat[13 * i - 1]] = true end
+    end
+  end
+  return done
+end
+
 -- v10: v9 with the markers of a call's entries checked a few commands a call and written by an
 -- `SADD` an entry, not a `SET NX PX` (a key and its expiry) each: an entry's marker is its id
 -- in a set of the account's ids settled with the same second of entry time
@@ -852,31 +886,7 @@ local function settle_v10(keys, args)
   local flat = cmsgpack.unpack(args[1])
   local entries = #flat / 13
   local prefix = keys[3] .. ':settled:'
-  local by_second, seconds, legacy = {}, {}, {}
-  for i = 0, entries - 1 do
-    local id, second = flat[13 * i + 12], flat[13 * i + 13]
-    local ids = by_second[second]
-    if ids == nil then
-      ids = {}
-      by_second[second] = ids
-      seconds[#seconds + 1] = second
-    end
-    ids[#ids + 1] = id
-    legacy[i + 1] = prefix .. id
-  end
-  local done = {}  -- id -> true: settled before, or earlier in this call
-  for _, second in ipairs(seconds) do
-    local ids = by_second[second]
-    local member = redis.call('SMISMEMBER', prefix .. 'w' .. second, unpack(ids))
-    for j, id in ipairs(ids) do
-      if member[j] == 1 then done[id] = true end
-    end
-  end
-  if redis.call('EXISTS', unpack(legacy)) > 0 then
-    for i, name in ipairs(legacy) do
-      if redis.call('EXISTS', name) == 1 then done[flat[13 * i - 1]] = true end
-    end
-  end
+  local done = settled_before(prefix, flat, entries)  -- and ids earlier in this call
   local renewed = {}  -- second -> true: its set's expiry renewed by this call
   -- An entry's id joins its set just before the entry's effects, as v9's `SET NX` came before
   -- them: a call that fails midway (Redis does not roll a function back) leaves at most that
@@ -904,6 +914,62 @@ local function settle_v10(keys, args)
   return reply
 end
 
+-- v11: v10 with each entry's ledger record an argument of its own, and a call's markers written
+-- by one `SADD` per second of entry time. v10 read each record into Lua twice (inside the
+-- MessagePack argument, then as the string cmsgpack makes of it; Lua pays every string it
+-- makes by its length) and sent one `SADD` an entry (each `redis.call` ~1.3 µs of the Lua
+-- around it). The ids of the call's entries settled for the first time join their sets all
+-- together, just before the first entry's effects (where v10's first `SADD` went): a call
+-- that fails midway still leaves every entry it applied, even partly, marked, so a retry
+-- applies nothing twice (entries after the failing one are marked too and not applied: lost
+-- rather than doubled, as the half-applied entry is in v10). The same sets as v10's: a batch
+-- settled by one is recognised by the other.
+-- KEYS: as v10
+-- ARGV: the entries (MessagePack; thirteen values an entry as v10's, the seventh, the record,
+--       0), then each entry's ledger record
+-- -> as v10
+local function settle_v11(keys, args)
+  local flat = cmsgpack.unpack(args[1])
+  local entries = #args - 1
+  local prefix = keys[3] .. ':settled:'
+  local done = settled_before(prefix, flat, entries)
+  local new, fresh, seconds = {}, {}, {}  -- new: i -> true; fresh: second -> ids to mark
+  for i = 0, entries - 1 do
+    local id = flat[13 * i + 12]
+    if not done[id] then
+      done[id], new[i] = true, true
+      local second = flat[13 * i + 13]
+      local ids = fresh[second]
+      if ids == nil then
+        ids = {}
+        fresh[second] = ids
+        seconds[#seconds + 1] = second
+      end
+      ids[#ids + 1] = id
+    end
+  end
+  local marked = false
+  local function once(i)
+    if not marked then
+      marked = true
+      for _, second in ipairs(seconds) do
+        local set = prefix .. 'w' .. second
+        redis.call('SADD', set, unpack(fresh[second]))
+        redis.call('PEXPIRE', set, MARKER_MS)
+      end
+    end
+    return new[i] == true
+  end
+  local function keys_of(i)
+    local g = 4 + 5 * (flat[13 * i + 11] - 1)
+    return g + 1, nil, g + 2, g + 3
+  end
+  local released = release_holds(keys[4], keys[1], now_ms())
+  local reply = settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+  reply[6] = released
+  return reply
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
@@ -918,6 +984,7 @@ redis.register_function('klawd_settle_v7', settle_v7)
 redis.register_function('klawd_settle_v8', settle_v7)
 redis.register_function('klawd_settle_v9', settle_v9)
 redis.register_function('klawd_settle_v10', settle_v10)
+redis.register_function('klawd_settle_v11', settle_v11)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

@@ -9,7 +9,8 @@ a 50-event OpenAI stream as one static body (`/sse`), and chunked streams sent t
 providers send them, with the echo module (STREAMS: one chunk per event, each line its own chunk,
 with 20 ms, 100 ms or 1 s between events; an Anthropic Messages stream, each line its own
 chunk, also with 20 ms between events; a Gemini streamGenerateContent stream, each line its own
-chunk).
+chunk; an Anthropic tool call whose arguments come in ~300 `input_json_delta` events, each line
+its own chunk).
 """
 
 from __future__ import annotations
@@ -141,6 +142,83 @@ def anthropic_events() -> list[bytes]:
     )
 
 
+TOOL_DELTAS = 300
+
+
+def anthropic_tool_events() -> list[bytes]:
+    """A coding agent's answer: a line of text, then one tool call whose arguments (a file to
+    write) arrive in about TOOL_DELTAS `input_json_delta` fragments of a few characters each,
+    as Anthropic streams them (each fragment JSON text inside a JSON string: quotes escaped)."""
+
+    def event(name: str, data: dict[str, object]) -> bytes:
+        return f"event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+    message = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 1},
+    }
+    content = "".join(f"line {i}: ok\n" for i in range(TOOL_DELTAS))
+    arguments = orjson.dumps({"path": "src/bench.py", "content": content}).decode()
+    size = -(-len(arguments) // TOOL_DELTAS)  # so that there are TOOL_DELTAS fragments
+    fragments = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+    tool = {"type": "tool_use", "id": "toolu_bench", "name": "write_file", "input": {}}
+    return (
+        [
+            event("message_start", {"type": "message_start", "message": message}),
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "Writing it."},
+                },
+            ),
+            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 1, "content_block": tool},
+            ),
+        ]
+        + [
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": fragment},
+                },
+            )
+            for fragment in fragments
+        ]
+        + [
+            event("content_block_stop", {"type": "content_block_stop", "index": 1}),
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                    "usage": {"output_tokens": len(fragments) + 3},
+                },
+            ),
+            event("message_stop", {"type": "message_stop"}),
+        ]
+    )
+
+
 def gemini_events() -> list[bytes]:
     """A Gemini `streamGenerateContent?alt=sse` answer as Google sends it (the fields of
     tests/fakes/gemini_upstream.py's stream, which the google-genai tests read): 50 events, each
@@ -162,10 +240,12 @@ def gemini_events() -> list[bytes]:
 
 
 def _quoted(body: bytes) -> str:
+    """A single-quoted nginx string: nginx reads `\\\\` as one backslash (the tool-call
+    stream's escaped quotes)."""
     text = body.decode()
-    if "'" in text or "\\" in text:
-        raise ValueError("a fixed body must not need escaping in nginx.conf")
-    return f"'{text}'"
+    if "'" in text:
+        raise ValueError("a fixed body must not hold a single quote")
+    return "'" + text.replace("\\", "\\\\") + "'"
 
 
 def echoed(events: list[bytes], per_line: bool, delay_s: float) -> str:
@@ -192,9 +272,17 @@ STREAMS: dict[str, tuple[str, bool, float]] = {
     "anth": ("anthropic", True, 0.0),  # Anthropic Messages, each line its own chunk
     "anth20": ("anthropic", True, 0.02),  # ... 20 ms between events (a read per event or line)
     "gemini": ("gemini", True, 0.0),  # Gemini streamGenerateContent, each line its own chunk
+    # Anthropic, a tool call's arguments in TOOL_DELTAS input_json_delta events, per line
+    "anthtools": ("anthropic-tools", True, 0.0),
 }
 # Where the upstream answers each kind of stream (the gateway's provider of that kind asks there).
-PATHS = {"anthropic": "v1/messages", "gemini": "v1beta/models/m:streamGenerateContent"}
+PATHS = {
+    "anthropic": "v1/messages",
+    "anthropic-tools": "v1/messages",
+    "gemini": "v1beta/models/m:streamGenerateContent",
+}
+# The gateway's provider kind of each body's upstream (else the body's own name).
+KINDS = {"anthropic-tools": "anthropic"}
 
 
 def upstream_path(scenario: str) -> str:
@@ -216,6 +304,7 @@ def upstream_conf(directory: Path, port: int) -> str:
         "openai-long": openai_events(LONG_EVENTS, stamped=True),
         "anthropic": anthropic_events(),
         "gemini": gemini_events(),
+        "anthropic-tools": anthropic_tool_events(),
     }
     streamed = "".join(
         f"""
@@ -295,7 +384,7 @@ def gateway_conf(port: int, upstream: str, store_url: str, streams: int = 1024) 
     """`streams`: how many may be open at once (max_in_flight and the providers' pools)."""
     providers = {f"bench{name}": ("openai", f"{upstream}/{name}/v1") for name in ("json", "sse")}
     providers |= {
-        f"bench{name}": (body, f"{upstream}/{name}") if body in PATHS
+        f"bench{name}": (KINDS.get(body, body), f"{upstream}/{name}") if body in PATHS
         else ("openai", f"{upstream}/{name}/v1")
         for name, (body, _, _) in STREAMS.items()
     }  # fmt: skip

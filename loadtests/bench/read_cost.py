@@ -71,6 +71,7 @@ def http_chunks(scenario: str) -> list[bytes]:
     events = {
         "openai": c.openai_events,
         "anthropic": c.anthropic_events,
+        "anthropic-tools": c.anthropic_tool_events,
         "gemini": c.gemini_events,
     }[body]()
     pieces = [p for e in events for p in (e.splitlines(keepends=True) if per_line else [e])]
@@ -283,7 +284,9 @@ def _total(dump: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="lines,anth", help="event, lines, anth, gemini")
+    parser.add_argument(
+        "--scenarios", default="lines,anth", help="event, lines, anth, gemini, anthtools"
+    )
     parser.add_argument("--groups", default="1,2,4,8", help="HTTP chunks per upstream write")
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--detail", type=int, default=0, help="a read's top N functions")

@@ -73,6 +73,9 @@ WRK_MEASURES = {
     "messages-lines": ("lines", 64),
     "responses-anth": ("anth", 64),
     "responses-lines": ("lines", 64),
+    "anth-tools": ("anthtools", 64),
+    "messages-tools": ("anthtools", 64),
+    "responses-tools": ("anthtools", 64),
 }
 MEASURES = [*WRK_MEASURES, "burst"]
 # Named only (`--measures ...,anth-agent,gemini-agent`), not in make bench's set: a coding agent's
@@ -88,8 +91,13 @@ ROUTES = {
     "messages-lines": "messages",
     "responses-anth": "responses",
     "responses-lines": "responses",
+    "messages-tools": "messages",
+    "responses-tools": "responses",
 }
-OPT_IN = {"anth-agent", "gemini-agent", *ROUTES}
+# Named only too: a coding agent's tool call, its arguments in ~300 `input_json_delta` events
+# (contenders.anthropic_tool_events) reframed to OpenAI chunks (`anth-tools`), passed through
+# on /v1/messages, translated to Responses events.
+OPT_IN = {"anth-agent", "gemini-agent", "anth-tools", *ROUTES}
 AGENT = Path(__file__).with_name("agent_request.json")
 BURST_STREAMS = 1000
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]

@@ -90,16 +90,20 @@ class AsgiEndpoint:
 
 
 CHAT_ROUTE = Route("/v1/chat/completions", AsgiEndpoint(chat.chat_completions), methods=["POST"])
-DIRECT_ROUTES = [CHAT_ROUTE]
+# The coding agents' routes (Claude Code's, Codex's and the Agents SDK's), served as the chat
+# route is (decision 0012, issue 19zy).
+MESSAGES_ROUTE = Route("/v1/messages", AsgiEndpoint(messages.create_message), methods=["POST"])
+RESPONSES_ROUTE = Route("/v1/responses", AsgiEndpoint(responses.create_response), methods=["POST"])
+DIRECT_ROUTES = [CHAT_ROUTE, MESSAGES_ROUTE, RESPONSES_ROUTE]
 
 
 def routes() -> list[BaseRoute]:
     return [
         CHAT_ROUTE,
-        Route("/v1/messages", messages.create_message, methods=["POST"]),
+        MESSAGES_ROUTE,
         Route("/v1/messages/count_tokens", messages.count_message_tokens, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
-        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        RESPONSES_ROUTE,
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
         Route(

@@ -20,28 +20,26 @@ Retry-After of DESIGN; after the first byte, as an `event: error`. Keepalive is 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncGenerator
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import _core, ids
 from gateway.api.chat import SSE_HEADERS, ReframedRelay, relay
-from gateway.api.common import app_state, json_response
-from gateway.api.streaming import Drain, EventStreamResponse
+from gateway.api.common import app_state, json_response, read_body, send_json
+from gateway.api.streaming import Drain, send_event_stream
 from gateway.api.translated import TranslatedStream, stepped
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
+from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import (
-    INTERNAL_ERROR_MESSAGE,
     GatewayError,
-    InternalError,
-    ServiceUnavailable,
     ShuttingDown,
 )
 from gateway.messages import PING_EVENT, error_body, error_event, to_chat_request, to_message
@@ -66,9 +64,6 @@ from gateway.routing.router import resolve_chat
 from gateway.schemas.anthropic import decode_count_tokens_request, decode_messages_request
 from gateway.schemas.openai import ChatRequest, ImagePart
 from gateway.state import AppState
-from gateway.store.base import StoreError
-
-log = logging.getLogger("klawd")
 
 # Client headers a pass-through forwards (everything else about the upstream call is ours).
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -153,47 +148,40 @@ def _authorization(request: Request) -> str | None:
     return f"Bearer {key}" if key else request.headers.get("authorization")
 
 
-async def create_message(request: Request) -> Response:
-    try:
-        return await _create_message(request)
-    except GatewayError as exc:
-        return anthropic_error_response(exc)
-    except StoreError as exc:
-        log.error("store error: %s", exc)
-        unavailable = ServiceUnavailable(
-            "The gateway's store is unavailable; retry shortly.", retry_after_s=1
-        )
-        return anthropic_error_response(unavailable)
-    except Exception:
-        log.exception("unhandled error on POST /v1/messages")
-        return anthropic_error_response(InternalError(INTERNAL_ERROR_MESSAGE))
-
-
-async def _create_message(request: Request) -> Response:
-    state = app_state(request)
-    auth = await state.keys.authenticate(_authorization(request), time.time())
-    body = await request.body()
+async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
+    """A plain ASGI endpoint, as the chat route's (no Starlette request or response objects,
+    nor its exception middleware and send wrappers): what it raises becomes the envelope in
+    Anthropic's shape in GatewayMiddleware (`_body`), as `anthropic_error_response` writes it."""
+    state: AppState = scope["state"]["klawd"]
+    api_key, authorization, cache_mode, version, beta = _headers(scope)
+    auth = await state.keys.authenticate(
+        f"Bearer {api_key}" if api_key else authorization, time.time()
+    )
+    body = await read_body(receive)
     anthropic_request = decode_messages_request(body)
     check_messages_shape(anthropic_request, state.settings.bounds)
     translation = to_chat_request(anthropic_request, body)
     chat, chat_body = translation.chat, translation.body
     # Only what this key may use (403 if nothing): cached answers are keyed by these.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat))
-    lookup = await state.cache.consult(
-        request.headers.get("x-klawd-cache"),
-        auth.account_id,
-        "messages",
-        [t.model.id for t in targets],
-        body,
+    lookup = (
+        None
+        if cache_mode is None  # the client did not ask: the cache is not consulted
+        else await state.cache.consult(
+            cache_mode, auth.account_id, "messages", [t.model.id for t in targets], body
+        )
     )
     message_id = f"msg_{ids.token_hex(12)}"
     if lookup is not None and lookup.answer is not None:
         target = state.catalog.get(lookup.answer.model) or targets[0]
-        return await _serve_cached(state, request, auth, chat, lookup.answer, target, message_id)
+        await _serve_cached(
+            state, scope, receive, send, auth, chat, lookup.answer, target, message_id
+        )
+        return
     # Sent; on Redis the upstream call is prepared while its reply travels (admission_gate.py).
     pending = await state.meter.start(
         auth,
-        request.state.request_id,
+        scope["state"]["request_id"],
         chat.model,
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
@@ -201,12 +189,12 @@ async def _create_message(request: Request) -> Response:
     tokens = upstream_tokens_for_chat(chat)
     # The answer as a chat.completion, the form the cache keeps (gateway/cache/replay.py).
     chat_form: dict[str, object] | None = None
-    passthrough = MessagesCallFactory(
-        orjson.loads(body),
-        {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))},
-        message_id,
-        chat.stream,
-    )
+    forwarded = {}
+    if version:
+        forwarded["anthropic-version"] = version
+    if beta:
+        forwarded["anthropic-beta"] = beta
+    passthrough = MessagesCallFactory(orjson.loads(body), forwarded, message_id, chat.stream)
     created = int(time.time())
 
     async def complete(target: CatalogEntry) -> Completion:
@@ -253,40 +241,63 @@ async def _create_message(request: Request) -> Response:
         # The provider's stream (passed through or translated) relayed as the chat route's,
         # stepped, its last piece ending the body; a cache's assembling one by the generator.
         fast = stepped(stream)
-        return EventStreamResponse(
+        await send_event_stream(
+            receive,
+            send,
+            SSE_HEADERS | served | limit_headers,
             relay(state, ticket, chat, stream, target, error_event, cost_in_usage=False)
             if fast is None
             else ReframedRelay(state, ticket, chat, fast, target, error_event, False),
-            SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             PING_EVENT,
             Drain(state.streams, DRAIN_EVENT),
-            send_timeout_s=state.settings.server.streams.send_timeout_s,
-            last=None if fast is None else fast.finished,
+            None if fast is None else fast.finished,
+            state.settings.server.streams.send_timeout_s,
         )
+        return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
     if lookup is not None and chat_form is not None:
         await state.cache.save(lookup, target, completion.usage, orjson.dumps(chat_form))
-    return json_response(
-        completion.body,
-        headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
+    await send_json(
+        send, completion.body, served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)}
     )
+
+
+def _headers(scope: Scope) -> tuple[str | None, ...]:
+    """`x-api-key`, `authorization`, `x-klawd-cache`, `anthropic-version`, `anthropic-beta`
+    (each's first value), in one pass over the request's headers."""
+    found: list[str | None] = [None] * len(_NAMES)
+    for name, value in scope["headers"]:
+        index = _NAMES.get(name)
+        if index is not None and found[index] is None:
+            found[index] = value.decode("latin-1")
+    return tuple(found)
+
+
+_NAMES = {
+    name: index
+    for index, name in enumerate(
+        (b"x-api-key", b"authorization", CACHE_HEADER, b"anthropic-version", b"anthropic-beta")
+    )
+}
 
 
 async def _serve_cached(
     state: AppState,
-    request: Request,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
     auth: AuthContext,
     chat: ChatRequest,
     answer: CachedAnswer,
     target: CatalogEntry,
     message_id: str,
-) -> Response:
+) -> None:
     """A cache hit (kept as a chat.completion): admitted, free, logged as a hit; the message,
     or its events from the same Rust reframer a translated stream goes through."""
     ticket = await state.meter.admit(
-        auth, request.state.request_id, target.model.id, [target], lambda _: 0
+        auth, scope["state"]["request_id"], target.model.id, [target], lambda _: 0
     )
     state.meter.settle(ticket, target, TokenUsage(0, 0), 0, 200, chat.stream)
     headers = (
@@ -297,11 +308,14 @@ async def _serve_cached(
     created = int(time.time())
     if not chat.stream:
         completion = chat_completion(answer.body, message_id, created)
-        return json_response(to_message(completion, answer.model, message_id), headers=headers)
+        await send_json(send, to_message(completion, answer.model, message_id), headers)
+        return
     replay = ReplayedStream(answer.body, answer.usage, message_id, created)
-    return EventStreamResponse(
-        _pieces(AnthropicEvents(replay, target, message_id)),
+    await send_event_stream(
+        receive,
+        send,
         SSE_HEADERS | headers,
+        _pieces(AnthropicEvents(replay, target, message_id)),
         state.settings.server.streams.keepalive_s,
         PING_EVENT,
         Drain(state.streams, DRAIN_EVENT),

@@ -25,13 +25,15 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import ids
 from gateway.api.chat import SSE_HEADERS, ReframedRelay, relay
-from gateway.api.common import app_state, json_response
-from gateway.api.streaming import Drain, EventStreamResponse
+from gateway.api.common import app_state, json_response, read_body, send_json, two_headers
+from gateway.api.streaming import Drain, send_event_stream
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, format_usd
+from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
@@ -53,19 +55,23 @@ log = logging.getLogger("klawd")
 KEEPALIVE = b": keepalive\n\n"
 
 
-async def create_response(request: Request) -> Response:
+async def create_response(scope: Scope, receive: Receive, send: Send) -> None:
+    """A plain ASGI endpoint, as the chat route's (no Starlette request or response objects,
+    nor its exception middleware and send wrappers): what it raises becomes the envelope in
+    GatewayMiddleware."""
     try:
-        return await _create_response(request)
+        await _create_response(scope, receive, send)
     except InvalidRequest as exc:
         # the chat path (bounds, providers) names the chat request's parameters
         exc.param = responses_param(exc.param)
         raise
 
 
-async def _create_response(request: Request) -> Response:
-    state = app_state(request)
-    auth = await state.keys.authenticate(request.headers.get("authorization"), time.time())
-    body = await request.body()
+async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
+    state: AppState = scope["state"]["klawd"]
+    authorization, asked = two_headers(scope, b"authorization", CACHE_HEADER)
+    auth = await state.keys.authenticate(authorization, time.time())
+    body = await read_body(receive)
     responses_request = decode_responses_request(body)
     fields: dict[str, Any] = orjson.loads(body)
     created_at = int(time.time())
@@ -89,23 +95,28 @@ async def _create_response(request: Request) -> Response:
     # Only what this key may use (403 if nothing): cached answers are keyed by these.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, chat_body))
     response_id = f"resp_{ids.token_hex(16)}"
-    asked = request.headers.get("x-klawd-cache")
-    lookup = await state.cache.consult(
-        # stored responses (store: true, the default) are never cached: each is its own record
-        "off" if asked is not None and responses_request.store else asked,
-        auth.account_id,
-        "responses",
-        [t.model.id for t in targets],
-        body,
+    lookup = (
+        None
+        if asked is None  # the client did not ask: the cache is not consulted
+        else await state.cache.consult(
+            # stored responses (store: true, the default) are never cached: each is its own
+            # record
+            "off" if responses_request.store else asked,
+            auth.account_id,
+            "responses",
+            [t.model.id for t in targets],
+            body,
+        )
     )
     if lookup is not None and lookup.answer is not None:
         target = state.catalog.get(lookup.answer.model) or targets[0]
         hit = CachedResponse(lookup.answer, target, response_id, created_at, echoed)
-        return await _serve_cached(state, request, auth, chat.stream, hit)
+        await _serve_cached(state, scope, receive, send, auth, chat.stream, hit)
+        return
     # Sent; on Redis the upstream call is prepared while its reply travels (admission_gate.py).
     pending = await state.meter.start(
         auth,
-        request.state.request_id,
+        scope["state"]["request_id"],
         chat.model,
         targets,
         lambda allowed: reserve_for_chat(chat, allowed),
@@ -175,27 +186,29 @@ async def _create_response(request: Request) -> Response:
                         await asyncio.shield(_keep(state, stored))
                 yield piece
 
-        return EventStreamResponse(
+        await send_event_stream(
+            receive,
+            send,
+            SSE_HEADERS | served | limit_headers,
             # The provider's stream relayed as the chat route's, stepped; a cache's assembling
             # one by the generator.
             KeepingRelay(state, ticket, chat, events, target, keep)
             if events.stepped
             else relay_and_keep(),
-            SSE_HEADERS | served | limit_headers,
             state.settings.server.streams.keepalive_s,
             KEEPALIVE,
             # a shutdown's deadline ends the stream with numbered error + response.failed
             Drain(state.streams, lambda: events.error_event(ShuttingDown())),
             send_timeout_s=state.settings.server.streams.send_timeout_s,
         )
+        return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)
     await _keep(state, keep(completion.body))
     if lookup is not None and chat_form is not None:
         await state.cache.save(lookup, target, completion.usage, orjson.dumps(chat_form))
-    return json_response(
-        completion.body,
-        headers=served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)},
+    await send_json(
+        send, completion.body, served | limit_headers | {"x-klawd-cost-usd": format_usd(cost)}
     )
 
 
@@ -234,12 +247,18 @@ class CachedResponse(NamedTuple):
 
 
 async def _serve_cached(
-    state: AppState, request: Request, auth: AuthContext, stream: bool, hit: CachedResponse
-) -> Response:
+    state: AppState,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    auth: AuthContext,
+    stream: bool,
+    hit: CachedResponse,
+) -> None:
     """A cache hit: admitted, free, logged as a hit; the Response object, or its events from
     the same Rust reframer a live stream goes through."""
     ticket = await state.meter.admit(
-        auth, request.state.request_id, hit.target.model.id, [hit.target], lambda _: 0
+        auth, scope["state"]["request_id"], hit.target.model.id, [hit.target], lambda _: 0
     )
     state.meter.settle(ticket, hit.target, TokenUsage(0, 0), 0, 200, stream)
     answer = hit.answer
@@ -251,7 +270,8 @@ async def _serve_cached(
     if not stream:
         completion = chat_completion(answer.body, hit.response_id, hit.created_at)
         body = to_response(completion, hit.response_id, hit.created_at, answer.model, hit.echoed)
-        return json_response(body, headers=headers)
+        await send_json(send, body, headers)
+        return
     replay = ReplayedStream(answer.body, answer.usage, hit.response_id, hit.created_at)
     events = ResponseEvents(replay, hit.target, hit.response_id, hit.created_at, hit.echoed)
 
@@ -259,9 +279,11 @@ async def _serve_cached(
         async for piece in events:
             yield piece
 
-    return EventStreamResponse(
-        pieces(),
+    await send_event_stream(
+        receive,
+        send,
         SSE_HEADERS | headers,
+        pieces(),
         state.settings.server.streams.keepalive_s,
         KEEPALIVE,
         Drain(state.streams, lambda: events.error_event(ShuttingDown())),

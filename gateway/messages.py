@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from msgspec import Struct
 
 from gateway.billing import TokenUsage, count
 from gateway.errors import BadGateway, GatewayError, InvalidRequest
@@ -235,10 +234,34 @@ def _tool_choice(
     return choice.type
 
 
-class Translation(Struct, frozen=True):
-    chat: ChatRequest  # routing, admission, and the call of translated targets
-    body: bytes  # what those targets' providers read as the client's raw body
-    refusal: InvalidRequest | None  # raised when a translated target is tried
+class Translation:
+    """`chat`: routing, admission, and the call of translated targets; `body`: what those
+    targets' providers read as the client's raw body, written when one first asks (a
+    pass-through to an Anthropic target never does); `fields`: the client's body parsed (what
+    a pass-through sends, `model` rewritten); `refusal`: raised when a translated target is
+    tried."""
+
+    __slots__ = ("_body", "_extra", "chat", "fields", "refusal")
+
+    def __init__(
+        self,
+        chat: ChatRequest,
+        extra: dict[str, Any],
+        fields: dict[str, Any],
+        refusal: InvalidRequest | None,
+    ) -> None:
+        self.chat = chat
+        self._extra = extra  # members of the chat body that ChatRequest does not declare
+        self.fields = fields
+        self.refusal = refusal
+        self._body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        body = self._body
+        if body is None:
+            body = self._body = orjson.dumps(chat_body(self.chat) | self._extra)
+        return body
 
 
 # Values of Anthropic-only fields that ask for the default behaviour: accepted by translation
@@ -281,15 +304,15 @@ def to_chat_request(request: MessagesRequest, raw: bytes) -> Translation:
         user=request.metadata.user_id if request.metadata else None,
         models=request.models,
     )
-    body = chat_body(chat)
+    extra: dict[str, Any] = {}
     if request.top_k is not None:
-        body["top_k"] = request.top_k
+        extra["top_k"] = request.top_k
     if request.tool_choice is not None and request.tool_choice.disable_parallel_tool_use:
-        body["parallel_tool_calls"] = False
+        extra["parallel_tool_calls"] = False
     for key, value in fields.items():
         if key not in KNOWN_FIELDS and value is not None and NEUTRAL.get(key) != value:
             refusals.add(f"`{key}` can only be sent to Anthropic models (anthropic/…).", key)
-    return Translation(chat, orjson.dumps(body), refusals.first)
+    return Translation(chat, extra, fields, refusals.first)
 
 
 # -- answer -------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
     anthropic_request = decode_messages_request(body)
     check_messages_shape(anthropic_request, state.settings.bounds)
     translation = to_chat_request(anthropic_request, body)
-    chat, chat_body = translation.chat, translation.body
+    chat = translation.chat
     # Only what this key may use (403 if nothing): cached answers are keyed by these.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat))
     lookup = (
@@ -194,21 +194,25 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
         forwarded["anthropic-version"] = version
     if beta:
         forwarded["anthropic-beta"] = beta
-    passthrough = MessagesCallFactory(orjson.loads(body), forwarded, message_id, chat.stream)
+    # The body as parsed once by the translation: a pass-through writes it again, `model`
+    # rewritten; a translated target's body is written only if one is tried.
+    passthrough = MessagesCallFactory(translation.fields, forwarded, message_id, chat.stream)
     created = int(time.time())
 
     async def complete(target: CatalogEntry) -> Completion:
         nonlocal chat_form
         provider = state.providers[target.model.provider]
-        call = ChatCall(chat, chat_body, target, message_id, created)
         if isinstance(provider, MessagesProvider):
             message = await provider.messages(passthrough.call(target))
             if lookup is not None and lookup.key is not None:
+                call = ChatCall(chat, translation.body, target, message_id, created)
                 chat_form = translate_response(call, message.body).body
             return message
         if translation.refusal is not None:
             raise translation.refusal
-        answer = await provider.complete(call)
+        answer = await provider.complete(
+            ChatCall(chat, translation.body, target, message_id, created)
+        )
         chat_form = answer.body
         return Completion(to_message(answer.body, target.model.id, message_id), answer.usage)
 
@@ -218,7 +222,9 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
             return await provider.messages_stream(passthrough.call(target))
         if translation.refusal is not None:
             raise translation.refusal
-        upstream = await provider.stream(ChatCall(chat, chat_body, target, message_id, created))
+        upstream = await provider.stream(
+            ChatCall(chat, translation.body, target, message_id, created)
+        )
         if lookup is not None and lookup.key is not None:
             upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
         return AnthropicEvents(upstream, target, message_id)

@@ -28,12 +28,20 @@ class RedisResponses:
     if TYPE_CHECKING:
 
         async def _call(self, *args: Any) -> Any: ...
+        async def _many(
+            self, commands: list[tuple[Any, ...]], transaction: bool = False
+        ) -> list[Any]: ...
 
     async def put_response(self, stored: StoredResponse) -> None:
         key, index = _keys(stored.account_id, stored.id)
-        await self._call("SET", key, msgspec.json.encode(stored), "EXAT", stored.expires_at)
-        await self._call("ZADD", index, stored.expires_at, stored.id)
-        await self._call("ZREMRANGEBYSCORE", index, "-inf", stored.created_at)
+        # one round trip (was three): the key, its place in the listing, the listing trimmed
+        await self._many(
+            [
+                ("SET", key, msgspec.json.encode(stored), "EXAT", stored.expires_at),
+                ("ZADD", index, stored.expires_at, stored.id),
+                ("ZREMRANGEBYSCORE", index, "-inf", stored.created_at),
+            ]
+        )
 
     async def get_response(
         self, account_id: str, response_id: str, now: int

@@ -135,6 +135,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         # same job as the SQL it mirrors, so every read through the store is one consistent
         # snapshot; the lock only makes the event loop's check-and-reserve atomic with that.
         self._credits_lock = threading.Lock()
+        self._puts_lock = threading.Lock()  # the Responses API's batch of rows to keep
         self._balance: dict[str, int] = {}  # stored balance, as last read or written
         self._reserved: dict[str, int] = {}  # reserved by requests not settled yet
         self._key_spend = sqlite_keys.KeySpendBook()  # the same for key budgets

@@ -4,6 +4,8 @@ deleted, listed newest first."""
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.store.base import Store, StoredResponse
 from tests.store.test_store_contract import store  # noqa: F401 (the contract's fixture)
 
@@ -53,3 +55,16 @@ async def test_responses_are_listed_newest_first_per_account(store: Store) -> No
     listed = await store.list_responses("acct_a", 3, NOW + 5)
     assert [s.id for s in listed] == ["resp_4", "resp_3", "resp_2"]
     assert [s.id for s in await store.list_responses("acct_b", 10, NOW)] == ["resp_9"]
+
+
+async def test_responses_kept_at_once_are_each_retrievable_when_kept(store: Store) -> None:  # noqa: F811
+    """(SQLite keeps them as a group commit: each caller returns once its own row is in.)"""
+
+    async def keep_then_read(n: int) -> StoredResponse | None:
+        await store.put_response(stored("acct_a", n, created_at=NOW + n))
+        return await store.get_response("acct_a", f"resp_{n}", NOW + n)
+
+    found = await asyncio.gather(*(keep_then_read(n) for n in range(20)))
+    assert found == [stored("acct_a", n, created_at=NOW + n) for n in range(20)]
+    listed = await store.list_responses("acct_a", 100, NOW + 19)
+    assert [s.id for s in listed] == [f"resp_{n}" for n in reversed(range(20))]

@@ -167,8 +167,6 @@ class GatewayMiddleware:
                 app = self.direct_apps[route.path]
                 if record is not None:  # route_template's answer for a direct route, known here
                     record.route = scope.get("root_path", "") + route.path
-            else:  # for an event stream past Starlette's send wrappers (popped in `finally`)
-                scope[SEND_WITH_ID] = send_with_id
             try:
                 await app(scope, limited_receive, send_with_id)
             except Exception as exc:
@@ -188,7 +186,6 @@ class GatewayMiddleware:
                     error = InternalError(INTERNAL_ERROR_MESSAGE)
                     await send_json_bytes(send_with_id, error.status, _body(scope, error), {})
         finally:
-            scope.pop(SEND_WITH_ID, None)  # (it holds the scope: no cycle left behind)
             if observer is not None and record is not None:
                 current_request.reset(token)  # type: ignore[arg-type]
                 if not record.route:  # a direct route's is set when it was matched
@@ -198,12 +195,6 @@ class GatewayMiddleware:
                 if tracing is not None:
                     tracing.end_request(record)
                 observer.http_finished(record, arrived, time.perf_counter())
-
-
-# The scope's key for the request's `SendWithId` on a route served through Starlette: an
-# event stream there sends its pieces after the first past Starlette's three send wrappers
-# (gateway/api/streaming.py, `EventStreamResponse`).
-SEND_WITH_ID = "klawd.send_with_id"
 
 
 class SendWithId:

@@ -43,11 +43,9 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from typing import Any, NamedTuple
 
-from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Send
 
 from gateway.api.common import encode_headers
-from gateway.api.middleware import SEND_WITH_ID, SendWithId
 from gateway.drain import DRAIN, OpenStreams, is_drain
 from gateway.timer_wheel import Slot, TimerWheel
 
@@ -529,58 +527,3 @@ def _watch(
     watcher = asyncio.ensure_future(receive())
     watcher.add_done_callback(on_message, context=CALLBACK_CONTEXT)
     return watcher
-
-
-class EventStreamResponse(Response):
-    """`send_event_stream` as a Starlette response, for routes served through Starlette."""
-
-    def __init__(
-        self,
-        pieces: AsyncGenerator[bytes, None] | Stepped,
-        headers: Mapping[str, str],
-        keepalive_s: float,
-        keepalive: bytes = KEEPALIVE,
-        drain: Drain | None = None,
-        send_timeout_s: float | None = None,
-        last: Callable[[], bool] | None = None,
-    ) -> None:
-        self.pieces = pieces
-        self.stream_headers = headers
-        self.keepalive_s = keepalive_s
-        self.keepalive = keepalive
-        self.drain = drain
-        self.send_timeout_s = send_timeout_s
-        self.last = last
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        direct = scope.get(SEND_WITH_ID)
-        await send_event_stream(
-            receive,
-            send if direct is None else _PastStarlette(send, direct),
-            self.stream_headers,
-            self.pieces,
-            self.keepalive_s,
-            self.keepalive,
-            self.drain,
-            self.last,
-            self.send_timeout_s,
-        )
-
-
-class _PastStarlette:
-    """Starlette's `send` (its three wrappers, the server-error and exception middlewares' and
-    the route's, only note `http.response.start`, to know whether an error can still be
-    answered) with the middleware's `passthrough`: once the first piece is out, the stream's
-    pieces go to the server's own send, as the chat route's do, not through four frames each."""
-
-    __slots__ = ("direct", "send")
-
-    def __init__(self, send: Send, direct: SendWithId) -> None:
-        self.send = send
-        self.direct = direct
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        return self.send(message)
-
-    def passthrough(self) -> Send:
-        return self.direct.passthrough()

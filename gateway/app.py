@@ -39,6 +39,7 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
 )
+from gateway.listener import when_listening
 from gateway.metrics import Metrics, worker_exited
 from gateway.observer import RequestObserver
 from gateway.providers.base import ObservedProvider
@@ -216,6 +217,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             drain.watch(state.streams, settings.server.streams.drain_grace_s), name="klawd-drain"
         )
         sweeping = loop.create_task(body_deadlines.sweep(), name="klawd-body-deadlines")
+        # After a stream's own send deadline (which comes by send_timeout_s + keepalive_s, and
+        # counts it), so that the kernel only ends what the app cannot: an answer left unread.
+        streams = settings.server.streams
+        unread_s = streams.send_timeout_s + streams.keepalive_s + 1
+        listening = loop.create_task(when_listening(unread_s), name="klawd-listener")
         # What start-up built lives as long as the worker: out of the collector's sight, so that
         # full collections under load only walk what requests allocate.
         gc.collect()
@@ -227,6 +233,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             circuits.cancel()
             draining.cancel()
             sweeping.cancel()
+            listening.cancel()
             await state.close()
             observer.request_log.close()
             if tracing is not None:

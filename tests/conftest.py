@@ -131,6 +131,7 @@ TEST_MODELS = [
     "flaky",
     "hold-fake",
     "flood-fake",
+    "big-answer-fake",
     "length-fake",
     "filter-fake",
     "parallel-fake",

@@ -104,6 +104,10 @@ def completion(model: str, stop: list[str] | None = None) -> dict[str, Any]:
         return answer
     if model == "cached-fake":
         return completion("gpt-fake") | {"model": model, "usage": CACHED_USAGE}
+    if model == "big-answer-fake":  # ~8 MB of JSON
+        answer = completion("gpt-fake") | {"model": model}
+        answer["choices"][0]["message"]["content"] = "x" * 8_000_000
+        return answer
     if model == "tools-fake":
         answer = completion("gpt-fake") | {"model": model}
         answer["choices"][0]["message"] = {

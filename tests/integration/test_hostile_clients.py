@@ -320,3 +320,69 @@ def test_a_stream_whose_client_reads_slowly_is_not_ended(
         assert user not in fake_openai.disconnected_at
     finally:
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def deaf_answers_gateway(
+    fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway serving at most four requests at once, with a 1 s send deadline."""
+    port = free_port()
+    config = tmp_path_factory.mktemp("deaf-answers") / "klawd.toml"
+    gateway_config(config, port, fake_openai.base_url)
+    text = config.read_text().replace(
+        "port = ", f"max_in_flight = {IMPATIENT_IN_FLIGHT}\nport = ", 1
+    )
+    config.write_text(text.replace("keepalive_s = 1\n", "keepalive_s = 1\nsend_timeout_s = 1\n", 1))
+    running = start_gateway(config, port)
+    try:
+        yield running
+    finally:
+        stop(running.process)
+
+
+def test_clients_that_never_read_a_large_answer_lose_their_connection_and_place(
+    deaf_answers_gateway: Gateway,
+) -> None:
+    """A non-streamed answer of ~8 MB to clients that read nothing (a 4 KB receive buffer),
+    as many as the worker serves at once. Each request's task ends at once (billed, logged
+    200): the answer goes to the server in one send that does not wait. But the server holds
+    the connection, and the place in `max_in_flight` with it, until the unread bytes are
+    written: before, for good (the next request, even /healthz, had no answer in 10 s). Now
+    the kernel ends such a connection once its data has gone unacknowledged for
+    send_timeout_s + keepalive_s + 1 s (TCP_USER_TIMEOUT on the worker's listener: 3 s here),
+    and the next request is served."""
+    gateway = deaf_answers_gateway
+    key = gateway.new_key(plan="enterprise", credits_usd=10.0)
+    port = int(gateway.base_url.rsplit(":", 1)[1])
+    body = orjson.dumps(
+        {"model": "openai/big-answer-fake", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    deaf = []
+    try:
+        for _ in range(IMPATIENT_IN_FLIGHT):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                + b"content-type: application/json\r\n"
+                + f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            deaf.append(sock)
+        deadline = time.monotonic() + 15
+        while _requests_today(gateway, key) < IMPATIENT_IN_FLIGHT:
+            assert time.monotonic() < deadline, "the deaf clients' answers were not billed"
+            time.sleep(0.05)
+        chat = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+        served = httpx.post(
+            f"{gateway.base_url}/v1/chat/completions",
+            json=chat,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert served.status_code == 200, served.text
+    finally:
+        for sock in deaf:
+            sock.close()

@@ -626,17 +626,22 @@ end
 -- A request admitted under a lease is settled: its reservation (`micros`) leaves the lease's
 -- hold, and the hold goes once it holds nothing (its lease given back, its requests settled).
 -- False when the hold is gone already (expired and given back: nothing of it is held).
--- `leased` (lease id -> {micros it holds, false once gone; its member; changed}) keeps a call's
--- leases: each is read once and written once (`leases_written`), as if entry by entry (a call's
--- entries are mostly one lease's: two commands an entry were HEXISTS and HINCRBY).
+-- `leased` (lease id, and each hold seen, -> {micros it holds, false once gone; its member;
+-- changed}) keeps a call's leases: each is read once and written once (`leases_written`), as if
+-- entry by entry (a call's entries are mostly one lease's: two commands an entry were HEXISTS
+-- and HINCRBY), and each hold is parsed once (a hold without '|' is its lease's id: the same).
 local function lease_settled(holds, leased, order, hold, micros)
-  local id, member = lease_member(hold)
-  local lease = leased[id]
+  local lease = leased[hold]
   if lease == nil then
-    local leases = string.sub(holds, 1, -6) .. 'leases'
-    lease = {tonumber(redis.call('HGET', leases, id)) or false, member, false}
-    leased[id] = lease
-    order[#order + 1] = id
+    local id, member = lease_member(hold)
+    lease = leased[id]
+    if lease == nil then
+      local leases = string.sub(holds, 1, -6) .. 'leases'
+      lease = {tonumber(redis.call('HGET', leases, id)) or false, member, false}
+      leased[id] = lease
+      order[#order + 1] = id
+    end
+    leased[hold] = lease
   end
   if not lease[1] then return false end
   if micros > 0 then
@@ -669,12 +674,13 @@ local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|ima
 -- `records` (v11): the call's ARGV, where entry i's ledger record is records[i + 2] (else it is
 -- the entry's seventh argument).
 local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records)
+  local byte, max = string.byte, math.max  -- (locals: a global is a lookup in a table each use)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
   -- hash key -> {name -> {requests, prompt, completion, images, cost}}, the keys in first-seen
   -- order: an entry adds to its name's five sums (no field name made per entry)
   local sums, sum_keys = {}, {}
-  local function count(key, name, prompt, completion, images, cost)
+  local function sum_of(key, name)
     local names = sums[key]
     if names == nil then
       names = {}
@@ -683,13 +689,25 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
     end
     local sum = names[name]
     if sum == nil then
-      names[name] = {1, prompt, completion, images, cost}
-    else
-      sum[1], sum[2], sum[3] = sum[1] + 1, sum[2] + prompt, sum[3] + completion
-      sum[4], sum[5] = sum[4] + images, sum[5] + cost
+      sum = {0, 0, 0, 0, 0}
+      names[name] = sum
     end
+    return sum
   end
   local spends, spend_keys = {}, {}  -- spend hash key -> {cost, reservation released, period}
+  local function spend_of(spend, period)
+    local state = spends[spend]
+    if state == nil then
+      state = {0, 0, period}
+      spends[spend] = state
+      spend_keys[#spend_keys + 1] = spend
+    end
+    return state
+  end
+  -- The sums and spends of the last entry's keys and names, looked up again only when an entry
+  -- names others (a call's entries are mostly of one group and model; `usage`, an index in
+  -- KEYS, stands for its entry's keys: keys_of derives them all from one place).
+  local last_usage, last_model, last_key, model_sum, key_sum, day, month, total
   local leased, lease_order = {}, {}  -- (lease_settled)
   local applied, spent = 0, 0
   for i = 0, entries - 1 do
@@ -703,12 +721,13 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
     end
     if new then
       applied = applied + 1
-      local cost = tonumber(args[a + 6])
-      local delta, reserved = tonumber(args[a + 1]), tonumber(args[a + 9])
+      -- (`+ 0`: a number as it is, a decimal string of ARGV made one, without tonumber's call)
+      local cost = args[a + 6] + 0
+      local delta, reserved = args[a + 1] + 0, args[a + 9] + 0
       local hold = holds and args[a + 10]
       if hold and hold ~= '' then
         local held
-        if string.byte(hold, 1) == LEASE then
+        if byte(hold, 1) == LEASE then
           held = lease_settled(holds, leased, lease_order, hold, delta + cost)
         else
           held = redis.call('ZREM', holds, hold) == 1
@@ -718,25 +737,26 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
           delta, reserved = -cost, 0
         end
       end
-      balance = math.max(0, balance + delta)
+      balance = max(0, balance + delta)
       moved = true
       spent = spent + cost
-      local prompt, completion = tonumber(args[a + 3]), tonumber(args[a + 4])
-      local images = tonumber(args[a + 5])
-      count(keys[usage], args[a + 2], prompt, completion, images, cost)  -- by model
-      count(keys[kusage], args[a + 8], prompt, completion, images, cost)  -- by API key
-      redis.call('XADD', keys[2], '*', 'entry', records and records[i + 2] or args[a + 7])
-      for p = 1, 3 do
-        local spend = keys[spend0 + p - 1]
-        local state = spends[spend]
-        if state == nil then
-          state = {0, 0, p}
-          spends[spend] = state
-          spend_keys[#spend_keys + 1] = spend
-        end
-        state[1] = state[1] + cost
-        state[2] = state[2] + reserved
+      local prompt, completion, images = args[a + 3] + 0, args[a + 4] + 0, args[a + 5] + 0
+      local model, key = args[a + 2], args[a + 8]
+      if usage ~= last_usage or model ~= last_model or key ~= last_key then
+        last_usage, last_model, last_key = usage, model, key
+        model_sum, key_sum = sum_of(keys[usage], model), sum_of(keys[kusage], key)
+        day, month = spend_of(keys[spend0], 1), spend_of(keys[spend0 + 1], 2)
+        total = spend_of(keys[spend0 + 2], 3)
       end
+      local m, k = model_sum, key_sum
+      m[1], m[2], m[3], m[4], m[5] = m[1] + 1, m[2] + prompt, m[3] + completion, m[4] + images,
+        m[5] + cost
+      k[1], k[2], k[3], k[4], k[5] = k[1] + 1, k[2] + prompt, k[3] + completion, k[4] + images,
+        k[5] + cost
+      redis.call('XADD', keys[2], '*', 'entry', records and records[i + 2] or args[a + 7])
+      day[1], day[2] = day[1] + cost, day[2] + reserved
+      month[1], month[2] = month[1] + cost, month[2] + reserved
+      total[1], total[2] = total[1] + cost, total[2] + reserved
     end
   end
   if moved then redis.call('SET', keys[1], string.format('%d', balance)) end

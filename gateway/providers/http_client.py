@@ -65,7 +65,7 @@ import httptools
 from gateway import _core
 from gateway.admission_gate import GATE
 from gateway.providers.proxy import Proxy, ProxyPolicy, TunnelRefused, open_tunnel
-from gateway.timer_wheel import Slot, TimerWheel
+from gateway.timer_wheel import RESOLUTION_S, Slot, TimerWheel
 
 __all__ = ["ConnectFailed", "FixedHeaders", "HttpClient", "HttpResponse", "ResponseBroken"]
 
@@ -1244,6 +1244,12 @@ class HttpResponse:
                 self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
                 self._deflate_probe = True
         self._headers_done = True
+        timer = self._timer
+        if (
+            timer is not None
+            and timer.at > self._last_bytes_at + self._read_timeout_s + RESOLUTION_S
+        ):
+            self._arm()  # the timer waited for the headers' deadline: the silence's comes first
         if self._head_only:
             self._finish_message(self._parser.should_keep_alive())  # type: ignore[union-attr]
             return

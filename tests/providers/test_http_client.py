@@ -919,6 +919,26 @@ async def test_silence_mid_body_is_a_timeout() -> None:
                 await anext(chunks)
 
 
+async def test_silence_mid_body_is_a_timeout_under_a_far_headers_deadline() -> None:
+    """Once the headers came, the read timeout bounds the silence again, however far the
+    headers' own deadline (answer_timeout_s past stream_idle_timeout_s): c09f70f let the
+    answer's one timer stay at that deadline, so a body stalled after its headers waited
+    until then."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        async with client(read_timeout_s=0.2) as http:
+            response = await http.request("GET", server.url(), {}, None, 60.0)
+            chunks = response.chunks()
+            assert await anext(chunks) == b"abc"
+            with pytest.raises(TimeoutError):
+                await anext(chunks)
+
+
 async def test_headers_timeout_bounds_a_trickling_answer() -> None:
     """Bytes keep coming (no read timeout), but the headers never end: the caller's
     `headers_timeout_s` is what stops it."""

@@ -32,6 +32,7 @@ from gateway.store.base import (
     UsageRow,
 )
 from gateway.store.sqlite_keys import SqliteKeys
+from gateway.store.sqlite_ledger import LEDGER_SCHEMA, LedgerNames, migrate_ledger
 from gateway.store.sqlite_responses import RESPONSES_SCHEMA, SqliteResponses
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
 from gateway.threads import behind_the_event_loop
@@ -59,25 +60,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
     policy TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
-CREATE TABLE IF NOT EXISTS usage_ledger (
-    id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    day TEXT NOT NULL,
-    account_id TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    images INTEGER NOT NULL,
-    cost_micros INTEGER NOT NULL,
-    reserved_micros INTEGER NOT NULL,
-    latency_ms INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    stream INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_ledger_account_day ON usage_ledger(account_id, day);
 CREATE TABLE IF NOT EXISTS response_cache (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -95,7 +77,7 @@ SELECT_ACCOUNT = (
     "SELECT id, name, plan, credits_micros, limits, created_at FROM accounts WHERE id = ?"
 )
 INSERT_USAGE = (
-    "INSERT OR IGNORE INTO usage_ledger (id, ts, day, account_id, key_id, model, provider,"
+    "INSERT OR IGNORE INTO ledger (id, ts, day, account, api_key, model, provider,"
     " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
     " request_id, stream) VALUES "
 )
@@ -139,6 +121,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         self._balance: dict[str, int] = {}  # stored balance, as last read or written
         self._reserved: dict[str, int] = {}  # reserved by requests not settled yet
         self._key_spend = sqlite_keys.KeySpendBook()  # the same for key budgets
+        self._names = LedgerNames()  # the ledger's names' ids (the store's thread alone)
         # Changes made by another connection (the `klawd` CLI on the same file): watched with
         # PRAGMA data_version once a server registers its caches (on_invalidate).
         self._handlers: list[Callable[[str, str], None]] = []
@@ -153,9 +136,12 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(SCHEMA + WEBHOOK_SCHEMA + RESPONSES_SCHEMA + sqlite_keys.KEY_SCHEMA)
+            conn.executescript(
+                SCHEMA + LEDGER_SCHEMA + WEBHOOK_SCHEMA + RESPONSES_SCHEMA + sqlite_keys.KEY_SCHEMA
+            )
             sqlite_keys.migrate_keys(conn)
             sqlite_grants.migrate_grants(conn)
+            migrate_ledger(conn)
             self._conn = conn
         return self._conn
 
@@ -357,7 +343,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         def settle(conn: sqlite3.Connection) -> dict[str, CreditGrant]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                settled = _insert_new(conn, entries)
+                settled = _insert_new(conn, entries, self._names)
                 sums = _Sums(settled)
                 conn.executemany(SETTLE, [(-cost, account) for account, cost in sums.costs.items()])
                 grants = sqlite_grants.charge(conn, sums.costs)
@@ -370,6 +356,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._names.forget()  # (names it added are gone)
                 raise
             with self._credits_lock:
                 for account_id, micros in sums.reserved.items():
@@ -388,17 +375,20 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         return await self._run(select)
 
 
-def _insert_new(conn: sqlite3.Connection, entries: list[UsageEntry]) -> list[UsageEntry]:
+def _insert_new(
+    conn: sqlite3.Connection, entries: list[UsageEntry], names: LedgerNames
+) -> list[UsageEntry]:
     """The entries into the ledger; returns those settled now. Usually every one is new and
     the insert says so (each row written): no lookup. Otherwise (an id the ledger holds
     already, a replay, or one given twice) the insert is undone, the ids in the ledger are
     looked up, and each new id's first entry alone is written."""
+    values = _ledger_values(conn, entries, names)  # (new names added before the savepoint)
     conn.execute("SAVEPOINT ledger")
-    if _insert_usage(conn, entries) == len(entries):
+    if _insert_usage(conn, values) == len(entries):
         return entries
     conn.execute("ROLLBACK TO ledger")
     settled = _new_entries(entries, _ledger_ids(conn, [e.id for e in entries]))
-    _insert_usage(conn, settled)
+    _insert_usage(conn, _ledger_values(conn, settled, names))
     return settled
 
 
@@ -477,12 +467,10 @@ def _fixed_runs(total: int, sizes: tuple[int, ...]) -> Iterator[tuple[int, int, 
             done += size
 
 
-def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
-    """The entries into the ledger by multi-row INSERTs of 62, 16, 4 or 1 rows (four statements,
-    each prepared once), not an executemany: SQLite ran its statement once per row, and the
-    sqlite3 module lets go of the GIL around each step and takes it back after (a wait on the
-    event loop's thread whenever that one held it then). Returns the rows written (an id the
-    ledger holds already is not written again: INSERT OR IGNORE)."""
+def _ledger_values(
+    conn: sqlite3.Connection, entries: list[UsageEntry], names: LedgerNames
+) -> list[Any]:
+    """The entries' ledger rows, flattened, their names by id."""
     values: list[Any] = []
     extend = values.extend  # a row at a time (a comprehension stepped once per value)
     for entry in entries:
@@ -492,8 +480,18 @@ def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
     # protocol type formats an AttributeError each time (~3.3K instructions a row).
     last = LEDGER_COLUMNS - 1
     values[last::LEDGER_COLUMNS] = map(int, values[last::LEDGER_COLUMNS])
+    names.name_columns(conn, values, LEDGER_COLUMNS)
+    return values
+
+
+def _insert_usage(conn: sqlite3.Connection, values: list[Any]) -> int:
+    """Rows into the ledger by multi-row INSERTs of 62, 16, 4 or 1 rows (four statements, each
+    prepared once), not an executemany: SQLite ran its statement once per row, and the sqlite3
+    module lets go of the GIL around each step and takes it back after (a wait on the event
+    loop's thread whenever that one held it then). Returns the rows written (an id the ledger
+    holds already is not written again: INSERT OR IGNORE)."""
     written = 0
-    for rows, start, end in _fixed_runs(len(entries), INSERT_ROWS):
+    for rows, start, end in _fixed_runs(len(values) // LEDGER_COLUMNS, INSERT_ROWS):
         cursor = conn.execute(_INSERTS[rows], values[start * LEDGER_COLUMNS : end * LEDGER_COLUMNS])
         written += cursor.rowcount
     return written
@@ -501,7 +499,7 @@ def _insert_usage(conn: sqlite3.Connection, entries: list[UsageEntry]) -> int:
 
 LOOKUP_IDS = (256, 64, 16, 4, 1)  # (under SQLite's oldest limit of 999 variables)
 _LOOKUPS = {
-    count: f"SELECT id FROM usage_ledger WHERE id IN ({','.join('?' * count)})"  # noqa: S608
+    count: f"SELECT id FROM ledger WHERE id IN ({','.join('?' * count)})"  # noqa: S608
     for count in LOOKUP_IDS
 }
 LEDGER_COLUMNS = 16  # UsageEntry's fields up to `stream`

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from msgspec.structs import astuple
 
 from gateway.metrics import Metrics
 from gateway.settings import load_settings
 from gateway.state import build_state
-from gateway.store.base import UsageEntry, open_store
+from gateway.store.base import StoreError, UsageEntry, open_store
 from gateway.store.sqlite import SqliteStore
 
 
@@ -119,3 +121,134 @@ async def test_the_app_settles_the_embedded_ledger_in_the_stores_batches(
         assert state.recorder._flush_interval_s == SqliteStore.settle_interval_s == 0.05
     finally:
         await state.close()
+
+
+# The ledger's table as files made before issue 19zx have it (its texts stored in every row).
+OLD_LEDGER = """
+CREATE TABLE usage_ledger (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, day TEXT NOT NULL, account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, images INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL, reserved_micros INTEGER NOT NULL, latency_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL, request_id TEXT NOT NULL, stream INTEGER NOT NULL
+);
+CREATE INDEX usage_ledger_account_day ON usage_ledger(account_id, day);
+"""
+
+
+def _ledger_rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT rowid, id, ts, day, account_id, key_id, model, provider, prompt_tokens,"
+            " completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
+            " request_id, stream FROM usage_ledger ORDER BY rowid"
+        ).fetchall()
+
+
+async def test_a_ledger_from_before_names_were_stored_once_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    """A file whose ledger stored its texts in every row: opened, every row reads as before with
+    its rowid (the webhooks' usage cursors), the usage queries answer as before, a replayed old
+    entry settles nothing, and new entries come after the old ones."""
+    path = tmp_path / "old.db"
+    old = [entry("acct_old", n) for n in range(40)]
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_LEDGER)
+        for n, row in enumerate(old):  # rowids with gaps, as deletions would leave them
+            conn.execute(
+                "INSERT INTO usage_ledger (rowid, id, ts, day, account_id, key_id, model,"
+                " provider, prompt_tokens, completion_tokens, images, cost_micros,"
+                " reserved_micros, latency_ms, status, request_id, stream)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (3 * n + 1, *astuple(row)[:16]),
+            )
+    before = _ledger_rows(path)
+    assert [row[0] for row in before] == [3 * n + 1 for n in range(40)]
+
+    store = open_store(f"sqlite:///{path}")
+    try:
+        account = await store.create_account("new", "free", 1_000_000)
+        usage = await store.usage("acct_old", "2026-11-01", "2026-11-30")
+        by_key = await store.usage_by_key("acct_old", "2026-11-01", "2026-11-30")
+        since, cursor = await store.usage_since("acct_old", "10")
+        assert await store.usage_cursor("acct_old") == str(3 * 39 + 1)
+        await store.settle([*old[:5], entry(account.id, 100)])  # the old five: already settled
+        after = await store.get_account(account.id)
+    finally:
+        await store.close()
+
+    rows = _ledger_rows(path)
+    assert rows[:40] == before
+    assert [row[1:] for row in rows[40:]] == [astuple(entry(account.id, 100))[:16]]
+    assert rows[40][0] > rows[39][0]
+    assert after is not None
+    assert after.credits_micros == 1_000_000 - entry(account.id, 100).cost_micros
+    # The usage queries' answers, summed from the old rows themselves.
+    expected: dict[tuple[str, str], list[int]] = {}
+    for e in old:
+        sums = expected.setdefault((e.day, e.model), [0, 0, 0, 0, 0])
+        for i, value in enumerate(
+            (1, e.prompt_tokens, e.completion_tokens, e.images, e.cost_micros)
+        ):
+            sums[i] += value
+    assert [(r.day, r.model, r.requests, r.prompt_tokens, r.completion_tokens, r.images,
+             r.cost_micros) for r in usage] == [
+        (day, model, *sums) for (day, model), sums in sorted(expected.items())
+    ]  # fmt: skip
+    assert sum(r.requests for r in by_key) == 40
+    assert sum(r.requests for r in since) == sum(1 for n in range(40) if 3 * n + 1 > 10)
+    assert cursor == str(3 * 39 + 1)
+
+
+async def test_an_old_ledger_is_moved_once_and_opens_again(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_LEDGER)
+        conn.execute(
+            "INSERT INTO usage_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            astuple(entry("acct_old", 1))[:16],
+        )
+    before = _ledger_rows(path)
+    for _ in range(2):
+        store = open_store(f"sqlite:///{path}")
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+    assert _ledger_rows(path) == before
+    with sqlite3.connect(path) as conn:
+        kinds = dict(conn.execute("SELECT name, type FROM sqlite_master"))
+    assert kinds["usage_ledger"] == "view"
+    assert "usage_ledger_account_day" not in kinds
+
+
+async def test_names_added_by_a_batch_rolled_back_are_not_used_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails after adding new names to the file is rolled back, names and all: the
+    next batches add them again instead of using ids that name nothing (or, reused, another
+    name)."""
+    from gateway.store import sqlite_grants
+
+    store = open_store(f"sqlite:///{tmp_path / 'klawd.db'}")
+    charge = sqlite_grants.charge
+    try:
+        account = await store.create_account("a", "free", 1_000_000)
+
+        def charge_fails(*args: object) -> object:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(sqlite_grants, "charge", charge_fails)
+        with pytest.raises(StoreError, match="sqlite store failed"):
+            await store.settle([entry(account.id, 1)])
+        monkeypatch.setattr(sqlite_grants, "charge", charge)
+        other = msgspec.structs.replace(entry(account.id, 2), model="m/other", provider="q")
+        await store.settle([other, entry(account.id, 1)])
+    finally:
+        await store.close()
+    rows = _ledger_rows(tmp_path / "klawd.db")
+    assert [row[1:] for row in rows] == [
+        astuple(other)[:16],
+        astuple(entry(account.id, 1))[:16],
+    ]

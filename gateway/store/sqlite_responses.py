@@ -40,6 +40,8 @@ _decoder = msgspec.json.Decoder(StoredResponse)
 
 
 Row = tuple[str, str, int, int, bytes]
+DELETE_EXPIRED = "DELETE FROM responses WHERE expires_at <= ?"
+INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)"
 
 
 class Puts:
@@ -105,12 +107,15 @@ class SqliteResponses:
                 self._puts = None
         rows = puts.rows
         conn = self._connect()
+        expired = (max(row[2] for row in rows),)
+        if len(rows) == 1:  # alone (an idle store): two statements, each its own transaction
+            conn.execute(DELETE_EXPIRED, expired)
+            conn.execute(INSERT, rows[0])
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "DELETE FROM responses WHERE expires_at <= ?", (max(row[2] for row in rows),)
-            )
-            conn.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", rows)
+            conn.execute(DELETE_EXPIRED, expired)
+            conn.executemany(INSERT, rows)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

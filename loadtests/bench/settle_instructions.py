@@ -1,0 +1,89 @@
+"""What a settled entry costs the Redis server, counted: redis-server's instructions inside
+`FCALL` (callgrind, `--toggle-collect=fcallCommand`) for the store's settle call, per entry
+and per call, repeatable where `settle_cost`'s times move with the machine's load.
+
+    .venv/bin/python -m loadtests.bench.settle_instructions [--calls 20] [--tree DIR]
+
+Runs redis-server under valgrind twice: `--calls` settle calls of `--small` leased entries,
+then of `--large` (each call's entries admitted first from a lease, by one
+`klawd_admit_lease_v1`, as `settle_cost` does: inside `FCALL` too, once a call). Per entry: the
+slope between the two; per call: the rest (the admission included). `--tree DIR`: another
+checkout's `gateway` package (its library and its client), for a before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if "--tree" in sys.argv:
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
+from gateway.store.base import open_store
+from gateway.store.redis import RedisStore
+from loadtests.bench.settle_cost import CREDIT, batch_holds, entry
+from tests.conftest import free_port
+from tests.redis_server import wait_until_answering
+
+
+async def settle(url: str, calls: int, size: int) -> None:
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    try:
+        account = await store.create_account("settle", "free", CREDIT)
+        for _ in range(calls):
+            holds = await batch_holds(store, account.id, size, exact=False)
+            await store.settle([entry(account.id, hold) for hold in holds])
+    finally:
+        await store.close()
+
+
+def instructions(calls: int, size: int) -> int:
+    """redis-server's instructions inside FCALL over `calls` calls of `size` entries."""
+    with tempfile.TemporaryDirectory(prefix="klawd-settle-instr-") as tmp:
+        port = free_port()
+        out = Path(tmp) / "callgrind.out"
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             "--toggle-collect=fcallCommand", "redis-server", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_until_answering(port, 60)
+            asyncio.run(settle(f"redis://127.0.0.1:{port}/0", calls, size))
+        finally:
+            server.terminate()
+            server.wait()
+        found = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)
+        assert found is not None, "callgrind wrote no totals"
+        return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--small", type=int, default=10)
+    parser.add_argument("--large", type=int, default=90)
+    parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
+    args = parser.parse_args()
+    import gateway
+
+    small = instructions(args.calls, args.small)
+    large = instructions(args.calls, args.large)
+    per_entry = (large - small) / (args.large - args.small) / args.calls
+    per_call = small / args.calls - args.small * per_entry
+    print(f"gateway from {Path(gateway.__file__).parent}; {args.calls} calls of {args.small} and"
+          f" of {args.large} leased entries: redis-server's instructions inside FCALL"
+          f" {per_entry / 1000:.2f} K an entry, {per_call / 1000:.1f} K a call (with the"
+          " lease's admission)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,7 @@ from gateway.store.base import (
 from gateway.store.sqlite_keys import SqliteKeys
 from gateway.store.sqlite_ledger import LEDGER_SCHEMA, LedgerNames, migrate_ledger
 from gateway.store.sqlite_responses import RESPONSES_SCHEMA, SqliteResponses
+from gateway.store.sqlite_tx import immediate
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
 from gateway.threads import behind_the_event_loop
 
@@ -273,8 +274,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         add_credits_micros: int = 0,
     ) -> Account | None:
         def update(conn: sqlite3.Connection) -> Account | None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):  # (was committed even when it failed halfway)
                 if _get_account(conn, account_id) is None:
                     return None
                 conn.execute(
@@ -292,8 +292,6 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 if account is not None and add_credits_micros > 0:
                     sqlite_grants.new_grant(conn, account_id, account.credits_micros, _now())
                 return account
-            finally:
-                conn.execute("COMMIT")
 
         return await self._run(update)
 
@@ -355,7 +353,8 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 }
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # (SQLite may have rolled back itself: sqlite_tx.py)
+                    conn.execute("ROLLBACK")
                 self._names.forget()  # (names it added are gone)
                 raise
             with self._credits_lock:

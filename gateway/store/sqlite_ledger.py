@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from gateway.store.sqlite_tx import immediate
+
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_names (
     id INTEGER PRIMARY KEY,
@@ -75,18 +77,13 @@ _OLD_NAMES = (
 def migrate_ledger(conn: sqlite3.Connection) -> None:
     """Makes the view; a file whose `usage_ledger` is still a table has its rows moved into
     `ledger` first (one transaction: a crash leaves the file as it was)."""
-    conn.execute("BEGIN IMMEDIATE")  # (another process opening the same file waits here)
-    try:
+    with immediate(conn):  # (another process opening the same file waits here)
         kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'usage_ledger'").fetchone()
         if kind is not None and kind[0] == "table":
             conn.execute(_OLD_NAMES)
             conn.execute(_COPY_OLD)
             conn.execute("DROP TABLE usage_ledger")  # (and its index, usage_ledger_account_day)
         conn.execute(USAGE_VIEW)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 # A ledger row's values in `ledger`'s column order are UsageEntry's first 16 fields; these are

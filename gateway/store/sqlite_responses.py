@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 
 from gateway.store.base import StoredResponse, StoreError
+from gateway.store.sqlite_tx import immediate
 
 T = TypeVar("T")
 
@@ -112,14 +113,9 @@ class SqliteResponses:
             conn.execute(DELETE_EXPIRED, expired)
             conn.execute(INSERT, rows[0])
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             conn.execute(DELETE_EXPIRED, expired)
             conn.executemany(INSERT, rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     async def get_response(
         self, account_id: str, response_id: str, now: int

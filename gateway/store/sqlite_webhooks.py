@@ -26,6 +26,7 @@ from gateway.store.base import (
     User,
     Webhook,
 )
+from gateway.store.sqlite_tx import immediate
 
 T = TypeVar("T")
 
@@ -127,14 +128,8 @@ def _insert_delivery(conn: sqlite3.Connection, d: Delivery) -> bool:
 
 
 def _transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
+    with immediate(conn):
+        return work()
 
 
 class SqliteWebhooks:

@@ -37,6 +37,7 @@ from gateway.providers.http_client import (
 )
 from gateway.providers.openai import OpenAIProvider
 from gateway.settings import ProviderSettings
+from loadtests.bench.contenders import openai_events
 from tests.fakes.server import PNG_1X1 as PNG
 from tests.unit.translation_helpers import chat_call
 
@@ -515,6 +516,58 @@ async def test_an_open_event_stream_holds_no_http_parser() -> None:
         assert await response.read() == b"data: 2\n\n"
         assert (await get(http, server.url()))[1] == b"next"
         assert server.accepted == 1
+
+
+# -- the bench's stream, however it is framed ------------------------------------------------------
+@pytest.mark.parametrize(
+    "framing", ["content-length", "chunk per event", "chunk per line", "until EOF"]
+)
+async def test_the_bench_s_stream_is_relayed_byte_for_byte_however_it_is_framed(
+    framing: str,
+) -> None:
+    """The bench's OpenAI stream through the provider: reframed as it is read (a chunked
+    body) or fed by the stream's step (a body of a Content-Length, or to EOF), the same bytes
+    as the reframer fed the whole body at once, and the same usage."""
+    events = openai_events()
+    body = b"".join(events)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    if framing == "content-length":
+        wire = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    elif framing == "until EOF":
+        wire = head + b"Connection: close\r\n\r\n" + body
+    else:
+        pieces = (
+            events
+            if framing == "chunk per event"
+            else [line for event in events for line in event.splitlines(keepends=True)]
+        )
+        wire = head + b"Transfer-Encoding: chunked\r\n\r\n"
+        wire += b"".join(map(_chunk, pieces)) + b"0\r\n\r\n"
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(*(wire[i : i + 1000] for i in range(0, len(wire), 1000)))
+        if framing == "until EOF":
+            conn.writer.close()
+        await conn.wait_closed_by_peer()
+
+    reference = _core.Reframer("openai", "p/m", "chatcmpl-test1", 1700000000, True)
+    expected = reference.feed(body) + reference.finish()
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            call = chat_call("openai", "m", stream=True, stream_options={"include_usage": True})
+            stream = await provider.stream(call)
+            assert isinstance(stream, ReframedStream)
+            assert stream._sunk == framing.startswith("chunk")
+            relayed = b"".join([piece async for piece in stream])
+            assert relayed == expected
+            assert relayed.count(b"data: ") == len(events)
+            assert stream.usage is not None and reference.usage is not None
+            assert stream.usage.completion_tokens == reference.usage.completion_tokens
+            assert stream.content_chars == reference.content_chars > 0
+        finally:
+            await provider.close()
 
 
 # -- streaming ----------------------------------------------------------------------------------

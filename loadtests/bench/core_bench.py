@@ -6,7 +6,9 @@ Reframers: each provider's realistic stream (text deltas, tool calls, usage), fe
 sized chunks (random 1-4 KiB) and one event per chunk; the reported time is the median of
 `--reps` full passes (new reframer each pass). Limiter: acquire() with one bucket and one quota
 over 1000 account keys, binding vs a dict + float-math token bucket. Request bodies' nesting
-check: conversations of 40 to 3000 turns, the Rust walk vs the pure-Python byte passes.
+check: conversations of 40 to 3000 turns, the Rust walk vs the pure-Python byte passes. An
+event stream's chunked body (the bench's OpenAI stream, a chunk per event and each line its own
+chunk) read by `_core.Dechunker` vs httptools, the parser it stands in for (`--only dechunker`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httptools
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -292,6 +295,61 @@ def bench_nesting(reps: int) -> list[str]:
     return rows
 
 
+class _Body:
+    """httptools' callbacks as the HTTP client sets them: each chunk's data into a list."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.on_body = self.chunks.append
+
+
+def chunked_wire(pieces: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def bench_dechunker(reps: int) -> list[str]:
+    """An event stream's chunked body in one read: `_core.Dechunker` (what the HTTP client reads
+    it with) against httptools, the parser it stands in for (head fed first, body timed)."""
+    from loadtests.bench.contenders import openai_events  # (the bench's bodies)
+
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    events = openai_events()
+    lines = [line for event in events for line in event.splitlines(keepends=True)]
+    rows = [
+        "| chunked body | bytes | chunks | httptools us/body | Dechunker us/body |"
+        " Dechunker / httptools |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, pieces in [("a chunk per event", events), ("each line its own chunk", lines)]:
+        wire = chunked_wire(pieces)
+        count = 2000
+        ht_times, rs_times = [], []
+        for _ in range(reps):  # interleaved
+            elapsed = 0.0
+            for _ in range(count):
+                sink = _Body()
+                parser = httptools.HttpResponseParser(sink)
+                parser.feed_data(head)
+                start = time.perf_counter()
+                parser.feed_data(wire)
+                body = b"".join(sink.chunks)
+                elapsed += time.perf_counter() - start
+            ht_times.append(elapsed / count)
+            start = time.perf_counter()
+            for _ in range(count):
+                ours = _core.Dechunker().feed(wire)
+            rs_times.append((time.perf_counter() - start) / count)
+            assert ours == body
+        t_ht, t_rs = statistics.median(ht_times), statistics.median(rs_times)
+        rows.append(
+            f"| {name} | {len(wire):,} | {len(pieces)} | {t_ht * 1e6:,.1f} | "
+            f"{t_rs * 1e6:,.1f} | **{t_ht / t_rs:.1f}x** |"
+        )
+    return rows
+
+
 def versions() -> str:
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     return (
@@ -307,10 +365,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--calls", type=int, default=100_000)
-    p.add_argument("--only", choices=["nesting"], help="run one table only")
+    p.add_argument("--only", choices=["nesting", "dechunker"], help="run one table only")
     a = p.parse_args()
     if a.only == "nesting":
         sys.stdout.write("\n".join([versions(), "", *bench_nesting(a.reps)]) + "\n")
+        return
+    if a.only == "dechunker":
+        sys.stdout.write("\n".join([versions(), "", *bench_dechunker(a.reps)]) + "\n")
         return
     lines = [
         versions(),
@@ -320,6 +381,8 @@ def main() -> None:
         *bench_limiter(a.calls, a.reps),
         "",
         *bench_nesting(a.reps),
+        "",
+        *bench_dechunker(a.reps),
     ]
     sys.stdout.write("\n".join(lines) + "\n")
 

@@ -214,7 +214,7 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
 
 class KeepingRelay(ReframedRelay):
     """The stepped relay of a Responses stream: whole, the finished response is kept once the
-    stream is billed (before the body's end, as `relay_and_keep` keeps it)."""
+    stream is billed, before the body's end (`relay_and_keep` keeps it before its last piece)."""
 
     __slots__ = ("events", "keep")
 

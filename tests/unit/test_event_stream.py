@@ -34,6 +34,15 @@ class Client:
         return [m["body"] for m in self.sent if m["type"] == "http.response.body"]
 
 
+async def cancellations_left() -> int:
+    """The request's task's cancellations still pending once `send_event_stream` returned
+    (0: it took back any it got); a stray one is raised at the loop's next turn, here."""
+    task = asyncio.current_task()
+    assert task is not None
+    await asyncio.sleep(0)
+    return task.cancelling()
+
+
 def test_pieces_are_sent_in_order_each_in_one_send_then_the_end() -> None:
     async def main() -> Client:
         client = Client()
@@ -85,10 +94,7 @@ def test_a_source_that_knows_its_last_piece_ends_the_body_with_it_and_still_runs
         await send_event_stream(
             client.receive, send_then_leave, {}, pieces(), 30, last=lambda: done
         )
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)  # a stray cancellation would be raised here
-        return client, billed, task.cancelling()
+        return client, billed, await cancellations_left()
 
     client, billed, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
     assert client.bodies() == [b"data: 0\n\n", b"data: [DONE]\n\n"]
@@ -142,10 +148,7 @@ def test_a_client_that_leaves_closes_the_source_and_the_request_task_is_not_canc
         leaver = asyncio.ensure_future(leave_after_first())
         await send_event_stream(client.receive, client.send, {}, pieces(), 30)
         await leaver
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)  # a stray cancellation would be raised here
-        return closed.is_set(), task.cancelling()
+        return closed.is_set(), await cancellations_left()
 
     closed, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
     assert closed
@@ -244,10 +247,7 @@ def drained_run(
         ender = asyncio.ensure_future(end_after_first())
         await send_event_stream(client.receive, send, {}, pieces(), 30, drain=Drain(streams, event))
         await ender
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return client.bodies(), seen, len(streams) + task.cancelling()
+        return client.bodies(), seen, await cancellations_left() + len(streams)
 
     return asyncio.run(asyncio.wait_for(main(), 5))
 
@@ -585,10 +585,7 @@ def test_a_client_gone_while_a_source_that_ran_to_its_end_closes_does_not_cut_th
         leaver = asyncio.ensure_future(leave_during_close())
         await send_event_stream(client.receive_future, client.send, {}, source, 30)
         await leaver
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return source, task.cancelling()
+        return source, await cancellations_left()
 
     source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
     assert source.done, "the close ran through"
@@ -618,10 +615,7 @@ def test_the_drain_while_a_source_that_ran_to_its_end_closes_sends_no_event_afte
             client.receive, client.send, {}, source, 30, drain=Drain(streams, b"data: bye\n\n")
         )
         await ender
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return client.bodies(), source, len(streams) + task.cancelling()
+        return client.bodies(), source, await cancellations_left() + len(streams)
 
     bodies, source, left = asyncio.run(asyncio.wait_for(main(), 5))
     assert bodies == [b"data: a\n\n", b""]
@@ -678,10 +672,7 @@ def test_a_client_gone_while_a_stepped_source_waits_closes_it_not_whole() -> Non
         leaver = asyncio.ensure_future(leave_after_first())
         await send_event_stream(client.receive_future, client.send, {}, source, 30)
         await leaver
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)  # a stray cancellation would be raised here
-        return source, task.cancelling()
+        return source, await cancellations_left()
 
     source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
     assert source.closed == (False, False)
@@ -705,10 +696,7 @@ def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_dr
             client.receive, client.send, {}, source, 30, drain=Drain(streams, b"data: bye\n\n")
         )
         await ender
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return client.bodies(), source, len(streams) + task.cancelling()
+        return client.bodies(), source, await cancellations_left() + len(streams)
 
     bodies, source, left = asyncio.run(asyncio.wait_for(main(), 5))
     assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
@@ -770,10 +758,8 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
         loop = asyncio.get_running_loop()
         began = loop.time()
         await send_with_deadline(client, deaf_send, pieces(), timeouts)
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return closed.is_set(), task.cancelling(), loop.time() - began
+        left = await cancellations_left()
+        return closed.is_set(), left, loop.time() - began
 
     closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
     assert closed
@@ -836,12 +822,10 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
             last=(lambda: done) if end.startswith("last-piece") else None,
             send_timeout_s=0.3,
         )
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
+        left = await cancellations_left()
         return (
             source.closed if isinstance(source, Source) else closed,
-            task.cancelling(),
+            left,
             loop.time() - began,
         )
 
@@ -978,10 +962,7 @@ def test_a_delivered_piece_the_client_never_takes_ends_the_stream_as_if_it_had_l
         feeder = asyncio.ensure_future(feed())
         await _stream_with_deadline(client, deaf_send, source, timeouts)
         await feeder
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return client, source, task.cancelling()
+        return client, source, await cancellations_left()
 
     client, source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
     assert source.delivered == [b"data: 1\n\n"]
@@ -1050,10 +1031,7 @@ def test_a_client_gone_while_a_delivered_piece_is_pending_closes_the_source_not_
         feeder = asyncio.ensure_future(feed())
         await send_event_stream(client.receive_future, deaf_send, {}, source, 30)
         await feeder
-        task = asyncio.current_task()
-        assert task is not None
-        await asyncio.sleep(0)
-        return source, task.cancelling()
+        return source, await cancellations_left()
 
     source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
     assert source.delivered == [b"data: 1\n\n"]

@@ -374,8 +374,9 @@ class _Watch:
         """The stream waits for the first time (it is still open when the loop turns)."""
         self.start = None
         if self.finished:
-            if not self.waiting_on_source:  # the send ending the body waits: its deadline only
-                self.slot = self.keepalives.add(self.loop.time() + self.keepalive_s, self)
+            # The send ending the body is under its deadline only; it may come after this
+            # (a source's close that awaits, the body's end after it): `on_due` tells.
+            self.slot = self.keepalives.add(self.loop.time() + self.keepalive_s, self)
             return
         self.watcher = _watch(self.receive, self.on_message)
         due = self.last_sent + self.keepalive_s

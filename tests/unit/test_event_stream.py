@@ -769,7 +769,8 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
 
 
 @pytest.mark.parametrize(
-    "end", ["last-piece", "last-piece-at-hand", "generator-end", "stepped-end"]
+    "end",
+    ["last-piece", "last-piece-at-hand", "generator-end", "stepped-end", "stepped-end-at-hand"],
 )
 def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(end: str) -> None:
     """The send that ends the body (the last piece with `last`, or the empty end after a
@@ -811,6 +812,9 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
             source = Source()
             source.push(b"data: 0\n\n")
             loop.call_later(0.01, source.push, b"data: [DONE]\n\n", b"")
+        elif end == "stepped-end-at-hand":  # never waited before its close, which awaits
+            source = Source()
+            source.push(b"data: 0\n\n", b"data: [DONE]\n\n", b"")
         await send_event_stream(
             client.receive,
             deaf_send,
@@ -830,7 +834,7 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
         )
 
     closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
-    assert closed == ((True, False) if end == "stepped-end" else True)
+    assert closed == ((True, False) if end.startswith("stepped-end") else True)
     assert cancelling == 0
     assert lasted >= 0.3
     assert len(timeouts) == 1

@@ -353,9 +353,9 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 }
                 conn.execute("COMMIT")
             except BaseException:
+                self._names.forget()  # (names it added are gone; first: a ROLLBACK may raise)
                 if conn.in_transaction:  # (SQLite may have rolled back itself: sqlite_tx.py)
                     conn.execute("ROLLBACK")
-                self._names.forget()  # (names it added are gone)
                 raise
             with self._credits_lock:
                 for account_id, micros in sums.reserved.items():

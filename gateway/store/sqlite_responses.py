@@ -92,8 +92,11 @@ class SqliteResponses:
                 puts.rows.append(row)
             else:
                 loop = asyncio.get_running_loop()
-                puts = self._puts = Puts(row, loop.create_future())
+                puts = Puts(row, loop.create_future())
+                # (the batch kept only once its write is scheduled: after close() this raises,
+                # and a batch left set would have every later put wait on it for good)
                 job = loop.run_in_executor(self._executor, self._put_rows, puts)
+                self._puts = puts
                 job.add_done_callback(puts.settle)
         # (shielded: a caller cancelled does not cancel the others' outcome)
         failed = await asyncio.shield(puts.done)

@@ -46,3 +46,16 @@ async def test_a_failed_batch_is_a_store_error_for_each_of_its_callers(tmp_path:
     with pytest.raises(sqlite3.OperationalError):
         store._connect().execute("SELECT 1 FROM responses")
     await store.close()
+
+
+async def test_a_put_after_the_store_closed_fails_and_leaves_no_batch_behind(
+    tmp_path: Path,
+) -> None:
+    """A put the closed store cannot schedule raises; one after it raises too, rather than
+    waiting on a batch that was never written (the review of b450f7c)."""
+    store = SqliteStore(tmp_path / "closed.db")
+    await store._run(lambda conn: None)
+    await store.close()
+    for n in range(2):
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(store.put_response(stored("acct_a", n)), 5)

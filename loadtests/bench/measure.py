@@ -69,6 +69,9 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
     bad_count = int(bad.group(1)) if bad else 0
     if errors:
         bad_count += sum(int(g) for g in errors.groups())
+    if bad_count:  # which kind, for whoever looks into it (the result keeps only the count)
+        kinds = [found.group(0) for found in (bad, errors) if found is not None]
+        print(f"wrk {url}: {'; '.join(kinds)}", file=sys.stderr)
     return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), bad_count)
 
 

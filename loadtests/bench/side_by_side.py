@@ -27,6 +27,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -412,6 +413,11 @@ def main() -> int:
             parser.error(f"{tool} is missing (make bench installs it from Debian)")
     with tempfile.TemporaryDirectory(prefix="klawd-bench-") as tmp:
         samples, notes = run(args, Path(tmp))
+        if notes["bad_responses"]:  # the contenders' logs say why: kept past the run
+            kept = Path(tempfile.mkdtemp(prefix="klawd-bench-bad-"))
+            for log in Path(tmp).glob("*.log"):
+                shutil.copy(log, kept)
+            print(f"bad responses: the contenders' logs are kept in {kept}", file=sys.stderr)
     text = report.section(samples, notes, args)
     print(text)
     if args.write_docs:

@@ -10,6 +10,7 @@ share one Redis), and a batch costs one call per account."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -121,32 +122,22 @@ def v8_call(batch: list[UsageEntry]) -> tuple[object, ...]:
 def v9_call(batch: list[UsageEntry]) -> tuple[object, ...]:
     """The previous release's call (`klawd_settle_v9`): v8's, its eleven arguments and its
     marker's name an entry in one MessagePack argument."""
-    key = _acct(batch[0].account_id)
-    groups: dict[tuple[str, str], int] = {}
-    shared: list[str] = []
-    values: list[object] = []
-    for entry in batch:
-        key_id = entry.key_id or "-"
-        group = groups.get((entry.day, key_id))
-        if group is None:
-            group = groups[entry.day, key_id] = len(groups) + 1
-            shared += (
-                f"{key}:usage:{entry.day}", f"{key}:kusage:{entry.day}",
-                *_spend_keys(entry.account_id, key_id, entry.day),
-            )  # fmt: skip
-        values += (
-            entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
-            entry.completion_tokens, entry.images, entry.cost_micros,
-            msgspec.json.encode(entry).decode(), key_id, entry.key_reserved_micros,
-            entry.hold_id, group, f"{key}:settled:{entry.id}",
-        )  # fmt: skip
-    keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
-    return ("FCALL", "klawd_settle_v9", len(keys), *keys, msgspec.msgpack.encode(values))
+    return _packed_call(batch, "klawd_settle_v9", lambda key, e: (f"{key}:settled:{e.id}",))
 
 
 def v10_call(batch: list[UsageEntry]) -> tuple[object, ...]:
     """The previous release's call (`klawd_settle_v10`): v9's but the marker's name, then the
     entry's id and second, the ledger record inside the MessagePack argument."""
+    return _packed_call(batch, "klawd_settle_v10", lambda key, e: (e.id, int(e.ts)))
+
+
+def _packed_call(
+    batch: list[UsageEntry],
+    function: str,
+    marker: Callable[[str, UsageEntry], tuple[object, ...]],
+) -> tuple[object, ...]:
+    """v9's and v10's call: an entry's eleven values, then `marker`'s (the account's key, the
+    entry), all in one MessagePack argument."""
     key = _acct(batch[0].account_id)
     groups: dict[tuple[str, str], int] = {}
     shared: list[str] = []
@@ -164,10 +155,10 @@ def v10_call(batch: list[UsageEntry]) -> tuple[object, ...]:
             entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
             entry.completion_tokens, entry.images, entry.cost_micros,
             msgspec.json.encode(entry).decode(), key_id, entry.key_reserved_micros,
-            entry.hold_id, group, entry.id, int(entry.ts),
+            entry.hold_id, group, *marker(key, entry),
         )  # fmt: skip
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
-    return ("FCALL", "klawd_settle_v10", len(keys), *keys, msgspec.msgpack.encode(values))
+    return ("FCALL", function, len(keys), *keys, msgspec.msgpack.encode(values))
 
 
 async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]:

@@ -12,7 +12,7 @@ def test_a_target_line_gives_the_median_and_the_range_of_the_rounds() -> None:
     line = next(x for x in lines if x.startswith("- embedded: single answers ≥ 1.0x bare"))
     assert line == (
         "- embedded: single answers ≥ 1.0x bare: 0.93 (rounds 0.85 to 1.10) vs 1.00"
-        " → MISSED, missed by 7%"
+        " → MISSED by 7%, within the rounds' spread"
     )
 
 
@@ -34,3 +34,16 @@ def test_the_table_leaves_out_a_measure_no_contender_ran() -> None:
     assert "| single answers, req/s, 64 connections | 100 | 92 (0.93x bare) |" in table
     assert "/v1/messages" not in table  # opt-in, not run
     assert "| single answers: CPU µs per request with the store's" in table  # the gateway's only
+
+
+def test_a_verdict_says_whether_every_round_agrees_with_the_median() -> None:
+    assert report.verdict(0.93, 1.0, True, (0.85, 1.10)) == (
+        "MISSED by 7%, within the rounds' spread"
+    )
+    assert report.verdict(0.91, 1.0, True, (0.87, 0.94)) == "MISSED by 9%, in every round"
+    assert report.verdict(1.03, 1.0, True, (0.98, 1.12)) == "met, not in every round"
+    assert report.verdict(1.03, 1.0, True, (1.01, 1.12)) == "met"
+    assert report.verdict(0.997, 1.0, True, (0.996, 0.998)) == "MISSED by 0.3%, in every round"
+    # lower is better (a latency): the rounds' highest is the worst
+    assert report.verdict(0.34, 0.35, False, (0.30, 0.36)) == "met, not in every round"
+    assert report.verdict(0.36, 0.35, False, None) == "MISSED by 3%"

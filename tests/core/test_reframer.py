@@ -191,3 +191,33 @@ def test_large_input_released_from_the_interpreter_gives_the_same_output() -> No
     whole = run("openai", [data])
     assert whole == run("openai", [data[i : i + 4096] for i in range(0, len(data), 4096)])
     assert whole.count(b"\n\n") == 3001
+
+
+# -- the bench's streams, recorded ---------------------------------------------------------------
+# loadtests/bench/contenders.py's bodies (openai_events, anthropic_events, anthropic_tool_events)
+# and what the reframers wrote for them at 08501f1, before the reframers' per-event shortcuts of
+# pass 19zza: a shortcut must write the same bytes, however the body is split.
+BENCH = {
+    "bench_openai": ("openai", 272, (12, 47, 59, 0), "stop"),
+    "bench_anthropic": ("anthropic", 260, (12, 45, 57, 0), "stop"),
+    "bench_anthropic_tools": ("anthropic", 4137, (12, 298, 310, 0), "tool_calls"),
+}
+
+
+@pytest.mark.parametrize("name", BENCH)
+def test_the_bench_s_streams_give_their_recorded_bytes_at_every_split(name: str) -> None:
+    kind, content_chars, usage, finish_reason = BENCH[name]
+    data = fixture(name)
+    expected = (FIXTURES / f"{name}.expected").read_bytes()
+    framings = [[data], [data[i : i + 1] for i in range(len(data))]]
+    # every split of the two 50-event bodies; of the tool call's 43 KB, every split of its
+    # first 4 KB (its first events and tool-call fragments whole) and every 17th after
+    cuts = itertools.chain(range(1, min(len(data), 4096)), range(4096, len(data), 17))
+    framings += ([data[:i], data[i:]] for i in cuts)
+    for chunks in framings:
+        r = reframer(kind)
+        out = b"".join(r.feed(c) for c in chunks) + r.finish()
+        assert out == expected, [len(c) for c in chunks][:2]
+        assert r.content_chars == content_chars
+        assert usage_tuple(r) == usage
+        assert r.finish_reason == finish_reason

@@ -128,6 +128,15 @@ impl AnthropicReframer {
         }
     }
 
+    /// A `text_delta`'s text: content, unless empty.
+    fn text_delta(&mut self, text: Cow<'_, str>, st: &mut StreamState, out: &mut Vec<u8>) {
+        if !text.is_empty() {
+            self.ensure_role(out);
+            st.content_chars += json::char_count(&text);
+            self.writer.content_read(out, text);
+        }
+    }
+
     fn tool_index(&self, block: u64) -> Option<u32> {
         self.tool_blocks
             .iter()
@@ -144,6 +153,12 @@ impl Reframe for AnthropicReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
+        // A text delta like the last one: its text written out at once, with no typed event
+        // built and moved (what `on_parsed` does with `read_with`'s reading of it).
+        if let Some(text) = self.delta_prefix.text(&ev.data) {
+            self.text_delta(text, st, out);
+            return Ok(());
+        }
         let e = match anthropic_scan::read_with(&ev.data, &mut self.delta_prefix) {
             Some(e) => e,
             None => parse("anthropic", &ev.data)?,
@@ -212,10 +227,8 @@ impl AnthropicReframer {
                 let Some(delta) = e.delta else { return };
                 match delta.kind.as_deref() {
                     Some("text_delta") => {
-                        if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                            self.ensure_role(out);
-                            st.content_chars += json::char_count(&text);
-                            self.writer.content_read(out, text);
+                        if let Some(text) = delta.text {
+                            self.text_delta(text, st, out);
                         }
                     }
                     Some("input_json_delta") => {

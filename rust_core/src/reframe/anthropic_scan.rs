@@ -93,22 +93,17 @@ pub struct DeltaPrefix {
 /// [`read`], reading a text delta that starts with `prefix`'s bytes from its text on; `prefix`
 /// then remembers the event's own bytes if it is a plain text delta.
 pub fn read_with<'a>(data: &'a str, prefix: &mut DeltaPrefix) -> Option<AnthropicEvent<'a>> {
-    if !prefix.bytes.is_empty() {
-        if let Some(text) = data
-            .strip_prefix(prefix.bytes.as_str())
-            .and_then(text_and_end)
-        {
-            return Some(AnthropicEvent {
-                kind: Some(Cow::Borrowed("content_block_delta")),
-                index: prefix.index,
-                delta: Some(Delta {
-                    kind: Some(Cow::Borrowed("text_delta")),
-                    text: Some(text),
-                    ..Delta::default()
-                }),
-                ..AnthropicEvent::default()
-            });
-        }
+    if let Some(text) = prefix.text(data) {
+        return Some(AnthropicEvent {
+            kind: Some(Cow::Borrowed("content_block_delta")),
+            index: prefix.index,
+            delta: Some(Delta {
+                kind: Some(Cow::Borrowed("text_delta")),
+                text: Some(text),
+                ..Delta::default()
+            }),
+            ..AnthropicEvent::default()
+        });
     }
     let e = read(data)?;
     prefix.remember(data, &e);
@@ -123,6 +118,17 @@ fn text_and_end(rest: &str) -> Option<Cow<'_, str>> {
 }
 
 impl DeltaPrefix {
+    /// The text of `data` when it starts with the remembered bytes and reads from there as a
+    /// plain text delta's text and end: then [`read_with`] reads it as a `text_delta` of the
+    /// remembered index with this text. `None` otherwise (nothing remembered yet included).
+    pub fn text<'a>(&self, data: &'a str) -> Option<Cow<'a, str>> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        data.strip_prefix(self.bytes.as_str())
+            .and_then(text_and_end)
+    }
+
     /// Keeps `data`'s bytes before the text if `e` (its reading) is a plain text delta whose
     /// text, unescaped, is followed by nothing but `}}`; otherwise keeps what it had.
     fn remember(&mut self, data: &str, e: &AnthropicEvent<'_>) {
@@ -260,7 +266,8 @@ mod tests {
     use super::*;
     use crate::errors::CoreError;
     use crate::reframe::anthropic::AnthropicReframer;
-    use crate::reframe::{parse, Options, StreamState};
+    use crate::reframe::{parse, Options, Reframe, StreamState};
+    use crate::sse::Event;
 
     /// Whenever the scan answers, the typed view reads the same event.
     fn agrees(data: &str) -> Option<AnthropicEvent<'_>> {
@@ -380,10 +387,11 @@ mod tests {
         .to_vec()
     }
 
-    /// A stream's events through two reframers, one reading each event as the reframers do
-    /// (the scan through one `DeltaPrefix`, the typed view when it cannot tell), one by the
-    /// typed view alone: the same bytes out and the same state after every event, or the same
-    /// error.
+    /// A stream's events through three reframers, one reading each event as the reframers do
+    /// (the scan through one `DeltaPrefix`, the typed view when it cannot tell), one fed as a
+    /// stream feeds it (`on_event`: a text delta like the last one written from its text), one
+    /// by the typed view alone: the same bytes out and the same state after every event, or
+    /// the same error.
     fn same_output(events: &[String]) {
         let opts = Options {
             model: "anthropic/claude".to_owned(),
@@ -402,6 +410,11 @@ mod tests {
             StreamState::default(),
             Vec::new(),
         );
+        let mut fed = (
+            AnthropicReframer::new(&opts),
+            StreamState::default(),
+            Vec::new(),
+        );
         let mut prefix = DeltaPrefix::default();
         for data in events {
             let scanned_event = match read_with(data, &mut prefix) {
@@ -413,15 +426,28 @@ mod tests {
                 r.as_ref().err().map(ToString::to_string)
             };
             assert_eq!(error(&a), error(&b), "{data}");
+            let event = Event {
+                event: Cow::Borrowed(""),
+                data: Cow::Borrowed(data),
+                id: Cow::Borrowed(""),
+            };
+            let fed_result = fed.0.on_event(&event, &mut fed.1, &mut fed.2);
+            assert_eq!(
+                fed_result.as_ref().err().map(ToString::to_string),
+                error(&b),
+                "{data}"
+            );
             let (Ok(a), Ok(b)) = (a, b) else { return };
             scanned.0.on_parsed(a, "", &mut scanned.1, &mut scanned.2);
             typed.0.on_parsed(b, "", &mut typed.1, &mut typed.2);
             assert_eq!(scanned.2, typed.2, "{data}");
+            assert_eq!(fed.2, typed.2, "{data}");
             assert_eq!(
                 format!("{:?}", scanned.1),
                 format!("{:?}", typed.1),
                 "{data}"
             );
+            assert_eq!(format!("{:?}", fed.1), format!("{:?}", typed.1), "{data}");
         }
     }
 

@@ -329,6 +329,10 @@ http {{
     client_body_temp_path {directory}/upstream-body;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        # How many connections it has accepted (measure.ListenWatch: per round).
+        location = /nginx-status {{
+            stub_status;
+        }}
         location = /json/v1/chat/completions {{
             default_type application/json;
             return 200 {_quoted(openai_completion())};

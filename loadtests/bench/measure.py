@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import orjson
 
 from loadtests.bench.contenders import CLIENT_CORE
@@ -73,6 +74,90 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
         kinds = [found.group(0) for found in (bad, errors) if found is not None]
         print(f"wrk {url}: {'; '.join(kinds)}", file=sys.stderr)
     return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), bad_count)
+
+
+# The kernel's counters (machine-wide, /proc/net/netstat) that say a connection was dropped on
+# a listen queue or its SYN resent: each resend waits 1 s, then 2 s (a 3 s tail: issue 19zzc).
+LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
+
+
+def listen_counters(netstat: Path = Path("/proc/net/netstat")) -> dict[str, int]:
+    """LISTEN_COUNTERS now (TcpExt's header line names them, the next line gives the values)."""
+    lines = netstat.read_text().splitlines()
+    found: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            found = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+    return {name: found.get(name, 0) for name in LISTEN_COUNTERS}
+
+
+def accept_queues(ports: set[int], table: Path = Path("/proc/net/tcp")) -> dict[int, int]:
+    """The accept queue of each listening socket on `ports`: connections the kernel has
+    established that the server has not yet accepted (/proc/net/tcp's rx_queue of a socket in
+    state 0A, LISTEN; IPv4: every bench server listens on 127.0.0.1)."""
+    queues: dict[int, int] = {}
+    for line in table.read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5 or fields[3] != "0A":
+            continue
+        port = int(fields[1].rsplit(":", 1)[1], 16)
+        if port in ports:
+            queues[port] = queues.get(port, 0) + int(fields[4].split(":")[1], 16)
+    return queues
+
+
+def nginx_accepts(base_url: str) -> int:
+    """Connections nginx has accepted so far (its stub_status at /nginx-status; the probe's own
+    connection counts as one)."""
+    text = httpx.get(f"{base_url}/nginx-status", timeout=5).text
+    match = re.search(r"server accepts handled requests\s+(\d+)", text)
+    if match is None:
+        raise RuntimeError(f"cannot read nginx's status:\n{text}")
+    return int(match.group(1))
+
+
+class ListenWatch:
+    """What one round did to the listen queues: the kernel's LISTEN_COUNTERS over the round
+    (machine-wide: another program's drops count too), the peak accept queue of each of
+    `ports` (sampled every 20 ms in a thread) and, with `upstream`, how many connections the
+    upstream's nginx accepted (a contender that reuses its upstream connections opens none
+    after the warm-up; each one it opens waits in nginx's accept queue)."""
+
+    def __init__(self, ports: dict[str, int], upstream: str | None = None) -> None:
+        self.ports = ports
+        self.upstream = upstream
+        self.counters: dict[str, int] = {}
+        self.peaks = dict.fromkeys(ports, 0)
+        self.upstream_accepts: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        names = {port: name for name, port in self.ports.items()}
+        while not self._stop.wait(0.02):
+            for port, queued in accept_queues(set(names)).items():
+                self.peaks[names[port]] = max(self.peaks[names[port]], queued)
+
+    def __enter__(self) -> ListenWatch:
+        self._counters = listen_counters()
+        self._accepts = nginx_accepts(self.upstream) if self.upstream else 0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        after = listen_counters()
+        self.counters = {name: after[name] - self._counters[name] for name in after}
+        if self.upstream:  # less this probe's own connection
+            self.upstream_accepts = nginx_accepts(self.upstream) - self._accepts - 1
+
+    def __str__(self) -> str:
+        parts = [f"{name} {count}" for name, count in self.counters.items()]
+        parts += [f"accept queue peak {name} {peak}" for name, peak in self.peaks.items()]
+        if self.upstream_accepts is not None:
+            parts.append(f"upstream accepted {self.upstream_accepts}")
+        return ", ".join(parts)
 
 
 def _tree(pid: int) -> list[int]:

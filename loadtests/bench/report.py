@@ -381,10 +381,26 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
                 if bad
                 else ["No run had a non-2xx answer or a socket error.", ""]
             ),
+            listen_line(notes.get("listen") or {}),  # type: ignore[arg-type]
+            "",
             *profile_lines,
             END,
         ]
     )
+
+
+def listen_line(listen: dict[str, list[dict[str, int]]]) -> str:
+    """The rounds in which the kernel dropped a connection on a listen queue or resent a SYN
+    (measure.ListenWatch): each such connection waits 1 s or more, which a round's p99 shows."""
+    seen = {
+        key: [", ".join(f"{name} {n}" for name, n in counters.items() if n) or "none"
+              for counters in rounds]
+        for key, rounds in listen.items()
+        if any(any(counters.values()) for counters in rounds)
+    }  # fmt: skip
+    if not seen:
+        return "No round had a listen-queue overflow or drop, or a SYN resent (kernel counters)."
+    return f"Listen-queue drops or SYNs resent during rounds (kernel counters, per round): {seen}"
 
 
 BURST_STREAMS_TEXT = "1000"

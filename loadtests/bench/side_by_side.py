@@ -16,6 +16,8 @@ runs for every contender in turn, `--reps` rounds; each round measures every con
 (the order reversed every other round), so noise from the shared machine hits them alike, and
 the ratios are medians of per-round ratios. Every run is bounded (wrk -d, subprocess timeouts)
 and every process is stopped at the end.
+Each round's line also says what it did to the listen queues (measure.ListenWatch: listen drops
+and SYNs resent, machine-wide; the peak accept queues; the connections the upstream accepted).
 `--write-docs` replaces the side-by-side section of docs/benchmarks.md (other sections are kept).
 """
 
@@ -40,6 +42,7 @@ import orjson
 from loadtests.bench import contenders as c
 from loadtests.bench import report
 from loadtests.bench.measure import (
+    ListenWatch,
     PeakRss,
     long_streams,
     run_queue_wait_s,
@@ -229,7 +232,9 @@ Samples = dict[str, dict[str, list[float]]]  # contender -> measure -> one value
 
 def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, object]]:
     samples: Samples = {name: {} for name in args.contenders}
-    notes: dict[str, object] = {"bad_responses": {}, "load": [os.getloadavg()[0]]}
+    notes: dict[str, object] = {
+        "bad_responses": {}, "listen": {}, "load": [os.getloadavg()[0]],
+    }  # fmt: skip
 
     def record(name: str, measure: str, value: float) -> None:
         samples[name].setdefault(measure, []).append(value)
@@ -259,8 +264,13 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                     wait_before = (
                         run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
                     )
-                    result = wrk(contender.base_url + contender.path(scenario, route),
-                                 scripts[name], connections, args.seconds)  # fmt: skip
+                    watch = ListenWatch(
+                        {"upstream": _port(found["upstream"]), name: _port(contender)},
+                        found["upstream"].base_url,
+                    )
+                    with watch:
+                        result = wrk(contender.base_url + contender.path(scenario, route),
+                                     scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
                     if measure != "lat" and done:
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
@@ -280,7 +290,9 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         if contender.store_pid:  # redis-server's wait for its core
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)
-                    print(f"  {measure} round {rnd + 1} {name}: {result}", flush=True)
+                    print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}", flush=True)
+                    listen = notes["listen"]
+                    listen.setdefault(f"{name} {measure}", []).append(watch.counters)  # type: ignore[attr-defined]
                     if result.bad_responses:
                         bad = notes["bad_responses"]
                         bad[f"{name} {measure}"] = result.bad_responses  # type: ignore[index]
@@ -304,6 +316,10 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             notes["profile"] = profile(found["gateway-sqlite"], directory, args.seconds,
                                        args.profile_scenarios)  # fmt: skip
     return samples, notes
+
+
+def _port(contender: Contender) -> int:
+    return int(contender.base_url.rsplit(":", 1)[1])
 
 
 def in_turn(found: dict[str, Contender], rnd: int) -> list[tuple[str, Contender]]:

@@ -47,3 +47,12 @@ def test_a_verdict_says_whether_every_round_agrees_with_the_median() -> None:
     # lower is better (a latency): the rounds' highest is the worst
     assert report.verdict(0.34, 0.35, False, (0.30, 0.36)) == "met, not in every round"
     assert report.verdict(0.36, 0.35, False, None) == "MISSED by 3%"
+
+
+def test_the_listen_line_names_only_the_rounds_whose_counters_moved() -> None:
+    quiet = {"ListenOverflows": 0, "ListenDrops": 0, "TCPSynRetrans": 0}
+    assert report.listen_line({"bare lines": [quiet, quiet]}).startswith("No round had")
+    dropped = {"ListenOverflows": 3, "ListenDrops": 3, "TCPSynRetrans": 0}
+    line = report.listen_line({"bare lines": [quiet], "gateway-sqlite anth": [quiet, dropped]})
+    assert "bare lines" not in line
+    assert "'gateway-sqlite anth': ['none', 'ListenOverflows 3, ListenDrops 3']" in line

@@ -1,0 +1,68 @@
+"""What the bench records of the listen queues in each round (measure.ListenWatch)."""
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests.bench import contenders, measure
+
+
+def test_the_listen_counters_are_read_from_tcpext_s_lines(tmp_path: Path) -> None:
+    netstat = tmp_path / "netstat"
+    netstat.write_text(
+        "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\n"
+        "TcpExt: 1 7 9 4\n"
+        "IpExt: InNoRoutes ListenDrops\n"
+        "IpExt: 0 99\n"
+    )
+    assert measure.listen_counters(netstat) == {
+        "ListenOverflows": 7, "ListenDrops": 9, "TCPSynRetrans": 4,
+    }  # fmt: skip
+
+
+def test_the_accept_queue_counts_connections_the_server_has_not_accepted() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        port = server.getsockname()[1]
+        assert measure.accept_queues({port}) == {port: 0}
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            for _ in range(100):  # the handshake's last ACK queues each (loopback: at once)
+                if measure.accept_queues({port}) == {port: 3}:
+                    break
+                time.sleep(0.01)
+            assert measure.accept_queues({port}) == {port: 3}
+            server.accept()[0].close()
+            assert measure.accept_queues({port}) == {port: 2}
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_a_round_counts_the_connections_the_upstream_accepted(tmp_path: Path) -> None:
+    if shutil.which("nginx") is None or not Path(contenders.ECHO_MODULE).exists():
+        pytest.skip("nginx with the echo module is not installed")
+    port = contenders.free_port()
+    (tmp_path / "nginx.conf").write_text(contenders.upstream_conf(tmp_path, port))
+    nginx = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        contenders.wait_for(lambda: httpx.get(f"{base}/nginx-status").status_code == 200, "nginx")
+        url = base + contenders.upstream_path("anthtools")
+        with httpx.Client() as client:
+            watch = measure.ListenWatch({"upstream": port}, base)
+            with watch:
+                for _ in range(3):  # one connection, kept alive
+                    assert client.post(url, content=b"{}").status_code == 200
+                httpx.post(url, content=b"{}")  # and one more
+        assert watch.upstream_accepts == 2
+        assert set(watch.counters) == set(measure.LISTEN_COUNTERS)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)

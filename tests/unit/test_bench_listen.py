@@ -45,6 +45,13 @@ def test_the_accept_queue_counts_connections_the_server_has_not_accepted() -> No
                 client.close()
 
 
+def test_both_nginx_servers_accept_every_pending_connection_at_once(tmp_path: Path) -> None:
+    """nginx's default (one accept per pass of its loop) held a round's new connections for
+    seconds behind busy streams: the 3 s p99 of issue 19zzc."""
+    for conf in (contenders.upstream_conf(tmp_path, 1), contenders.proxy_conf(tmp_path, 1, 2)):
+        assert "multi_accept on;" in conf.split("http {", 1)[0]
+
+
 def test_a_round_counts_the_connections_the_upstream_accepted(tmp_path: Path) -> None:
     if shutil.which("nginx") is None or not Path(contenders.ECHO_MODULE).exists():
         pytest.skip("nginx with the echo module is not installed")

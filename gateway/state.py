@@ -5,6 +5,7 @@ This is the only shared mutable state of the gateway: no module global holds a c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Mapping
@@ -51,8 +52,14 @@ class AppState:
     dispatcher: Dispatcher | None = None  # webhooks; started by the app's lifespan
     # The streams open right now, ended at a shutdown's deadline (gateway/drain.py).
     streams: OpenStreams = field(default_factory=OpenStreams)
+    # Writes that outlive the request that began them (a stream's stored response, shielded
+    # from its client leaving): held here while they run (the loop holds tasks only weakly),
+    # and waited for before the store closes.
+    writes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def close(self) -> None:
+        if self.writes:
+            await asyncio.wait(self.writes)
         for provider in reversed(list(self.providers.values())):
             await provider.close()
         await self.recorder.close()

@@ -183,7 +183,7 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
                     kept = True
                     stored = keep(events.final)
                     if stored is not None:
-                        await asyncio.shield(_keep(state, stored))
+                        await _keep_through(state, stored)
                 yield piece
 
         await send_event_stream(
@@ -300,6 +300,15 @@ async def _keep(state: AppState, stored: StoredResponse | None) -> None:
         await state.store.put_response(stored)
     except StoreError as exc:
         log.error("store error: the response %s was not kept: %s", stored.id, exc)
+
+
+async def _keep_through(state: AppState, stored: StoredResponse) -> None:
+    """`_keep`, not cut by the caller's cancellation: the write is a task of its own, held by
+    the app's state until it ends."""
+    write = asyncio.ensure_future(_keep(state, stored))
+    state.writes.add(write)
+    write.add_done_callback(state.writes.discard)
+    await asyncio.shield(write)
 
 
 async def _stored(request: Request) -> tuple[StoredResponse, AuthContext]:

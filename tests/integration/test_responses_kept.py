@@ -1,9 +1,12 @@
-"""A streamed Responses answer is kept whole even if its client leaves as it ends."""
+"""A streamed Responses answer on the generator path is kept whole even if its client leaves as
+it ends."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,11 @@ import orjson
 import pytest
 import uvloop
 
+from gateway.store import Store
 from gateway.store.base import StoredResponse
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.integration.test_streams_freed import started
+from tests.integration.test_streams_freed import App, started
 
 
 @pytest.fixture(scope="module")
@@ -25,51 +29,85 @@ def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) ->
     yield path
 
 
+class HeldStore:
+    """The app's store; a response's write begins with `at_write()` (the client leaves, the
+    drain comes), then waits for a gate that only the write holds (the test has a weak
+    reference to it, and to the write's task)."""
+
+    def __init__(self, app: App, at_write: Any) -> None:
+        self.store: Store = app.state["klawd"].store
+        self.at_write = at_write
+        self.gate: weakref.ref[asyncio.Future[None]] | None = None
+        self.write: weakref.ref[asyncio.Task[Any]] | None = None
+        self.written: list[StoredResponse] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def put_response(self, stored: StoredResponse) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gate = asyncio.get_running_loop().create_future()
+        self.gate, self.write = weakref.ref(gate), weakref.ref(task)
+        self.at_write()
+        await gate
+        await self.store.put_response(stored)
+        self.written.append(stored)
+
+    async def finish(self) -> StoredResponse | None:
+        """After the request: the write let through (if it still exists) and waited for; what
+        the store then holds."""
+        gc.collect()  # a write held by nothing is gone now
+        write = self.write() if self.write is not None else None
+        assert write is not None, "the store write was collected: nothing held its task"
+        gate = self.gate() if self.gate is not None else None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+        if write is not asyncio.current_task():  # (a write in the request's task ended with it)
+            await asyncio.gather(write, return_exceptions=True)
+        if not self.written:
+            return None
+        kept = self.written[0]
+        return await self.store.get_response(kept.account_id, kept.id, int(time.time()))
+
+
+def echo(config: Path, at_write: Any) -> tuple[StoredResponse | None, bytes]:
+    """A stored `klawd/echo` stream (relayed by the generator, not stepped) whose store write
+    begins with `at_write(app)`."""
+
+    async def main() -> tuple[StoredResponse | None, bytes]:
+        async with started(config) as app:
+            state = app.state["klawd"]
+            held = HeldStore(app, lambda: at_write(app))
+            state.store = held
+            try:
+                body = {"model": "klawd/echo", "input": "one two three", "stream": True}
+                status, answer = await app.request("/v1/responses", orjson.dumps(body), app.key)
+                assert status == 200, answer
+                return await held.finish(), answer
+            finally:
+                state.store = held.store
+
+    return uvloop.run(asyncio.wait_for(main(), 30))
+
+
+def leave(app: App) -> None:
+    gone = app.clients[-1]
+    if not gone.done():
+        gone.set_result({"type": "http.disconnect"})
+
+
 def test_a_client_that_leaves_during_the_store_write_of_a_generator_stream_keeps_it(
     config: Path,
 ) -> None:
     """The built-in echo model's stream is relayed by the generator (not stepped): its
     answer is written to the store while the client is still watched. A client that leaves
     as the write begins (it read the answer, or is about to) no longer cuts it: the answer
-    is kept (a later GET finds it). Before, the disconnect cancelled the write: nothing kept."""
-
-    async def main() -> tuple[StoredResponse | None, bytes]:
-        async with started(config) as app:
-            state = app.state["klawd"]
-            store = state.store
-            written: list[StoredResponse] = []
-
-            class LeavingStore:
-                """The app's store; the client leaves as a response's write begins."""
-
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(store, name)
-
-                async def put_response(self, stored: StoredResponse) -> None:
-                    gone = app.clients[-1]
-                    if not gone.done():
-                        gone.set_result({"type": "http.disconnect"})
-                    await asyncio.sleep(0.05)  # the disconnect is seen meanwhile
-                    await store.put_response(stored)
-                    written.append(stored)
-
-            state.store = LeavingStore()
-            try:
-                body = {"model": "klawd/echo", "input": "one two three", "stream": True}
-                status, answer = await app.request("/v1/responses", orjson.dumps(body), app.key)
-                assert status == 200, answer
-                for _ in range(20):  # a write still running after the request's end
-                    if written:
-                        break
-                    await asyncio.sleep(0.05)
-            finally:
-                state.store = store
-            if not written:
-                return None, answer
-            kept = written[0]
-            return await store.get_response(kept.account_id, kept.id, int(time.time())), answer
-
-    kept, answer = uvloop.run(asyncio.wait_for(main(), 30))
+    is kept (a later GET finds it). Before 8d7586e, the disconnect cancelled the write: nothing
+    kept. And the write, a task of its own, is held by the app while it runs: the request's
+    end does not leave it to the cycle collector (before, only the future it waited on held
+    it)."""
+    kept, answer = echo(config, leave)
     assert kept is not None, f"nothing kept: {answer[-300:]!r}"
     assert kept.response["status"] == "completed"
     assert kept.response["id"].encode() in answer

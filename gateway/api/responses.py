@@ -179,10 +179,13 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
                     # Kept before the piece that ends the answer goes out (a client that read
                     # it finds it), and through if the client leaves meanwhile: after its
                     # last piece, a generator's client is still watched (the stepped path's
-                    # close is not, gateway/api/streaming.py).
+                    # close is not, gateway/api/streaming.py). The answer is whole: as on the
+                    # stepped path, a shutdown's deadline no longer ends the stream, so the
+                    # client gets the response that is kept, not the drain's response.failed.
                     kept = True
                     stored = keep(events.final)
                     if stored is not None:
+                        state.streams.discard(asyncio.current_task())
                         await _keep_through(state, stored)
                 yield piece
 

@@ -1,5 +1,5 @@
-"""A streamed Responses answer on the generator path is kept whole even if its client leaves as
-it ends."""
+"""A streamed Responses answer on the generator path is kept whole, and what is kept is what
+the client was sent: even if its client leaves, or a shutdown's deadline comes, as it ends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import gc
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,17 @@ def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) ->
     yield path
 
 
-class HeldStore:
-    """The app's store; a response's write begins with `at_write()` (the client leaves, the
-    drain comes), then waits for a gate that only the write holds (the test has a weak
-    reference to it, and to the write's task)."""
+# What happens as the store write begins, given the app and the request's task; true: the
+# write then waits until the request has ended.
+AtWrite = Callable[[App, asyncio.Task[Any]], Awaitable[bool]]
 
-    def __init__(self, app: App, at_write: Any) -> None:
+
+class HeldStore:
+    """The app's store; a response's write begins with `at_write` (the client leaves, the
+    drain comes), then may wait for a gate that only the write holds (the test has a weak
+    reference to it, and to the write's task), let through after the request's end."""
+
+    def __init__(self, app: App, at_write: Callable[[], Awaitable[bool]]) -> None:
         self.store: Store = app.state["klawd"].store
         self.at_write = at_write
         self.gate: weakref.ref[asyncio.Future[None]] | None = None
@@ -49,8 +54,8 @@ class HeldStore:
         assert task is not None
         gate = asyncio.get_running_loop().create_future()
         self.gate, self.write = weakref.ref(gate), weakref.ref(task)
-        self.at_write()
-        await gate
+        if await self.at_write():
+            await gate
         await self.store.put_response(stored)
         self.written.append(stored)
 
@@ -58,27 +63,30 @@ class HeldStore:
         """After the request: the write let through (if it still exists) and waited for; what
         the store then holds."""
         gc.collect()  # a write held by nothing is gone now
-        write = self.write() if self.write is not None else None
-        assert write is not None, "the store write was collected: nothing held its task"
-        gate = self.gate() if self.gate is not None else None
-        if gate is not None and not gate.done():
-            gate.set_result(None)
-        if write is not asyncio.current_task():  # (a write in the request's task ended with it)
-            await asyncio.gather(write, return_exceptions=True)
+        if not self.written:
+            write = self.write() if self.write is not None else None
+            assert write is not None, "the store write was collected: nothing held its task"
+            gate = self.gate() if self.gate is not None else None
+            if gate is not None and not gate.done():
+                gate.set_result(None)
+            if write is not asyncio.current_task():  # (a write in the request's task ends with it)
+                await asyncio.gather(write, return_exceptions=True)
         if not self.written:
             return None
         kept = self.written[0]
         return await self.store.get_response(kept.account_id, kept.id, int(time.time()))
 
 
-def echo(config: Path, at_write: Any) -> tuple[StoredResponse | None, bytes]:
+def echo(config: Path, at_write: AtWrite) -> tuple[StoredResponse | None, bytes]:
     """A stored `klawd/echo` stream (relayed by the generator, not stepped) whose store write
-    begins with `at_write(app)`."""
+    begins with `at_write`."""
 
     async def main() -> tuple[StoredResponse | None, bytes]:
         async with started(config) as app:
             state = app.state["klawd"]
-            held = HeldStore(app, lambda: at_write(app))
+            request = asyncio.current_task()  # (the app runs in the caller's task)
+            assert request is not None
+            held = HeldStore(app, lambda: at_write(app, request))
             state.store = held
             try:
                 body = {"model": "klawd/echo", "input": "one two three", "stream": True}
@@ -91,10 +99,20 @@ def echo(config: Path, at_write: Any) -> tuple[StoredResponse | None, bytes]:
     return uvloop.run(asyncio.wait_for(main(), 30))
 
 
-def leave(app: App) -> None:
+async def leave(app: App, request: asyncio.Task[Any]) -> bool:
     gone = app.clients[-1]
     if not gone.done():
         gone.set_result({"type": "http.disconnect"})
+    return True
+
+
+async def drain(app: App, request: asyncio.Task[Any]) -> bool:
+    """The shutdown's deadline; the write goes on once the request has taken what the drain
+    did to it (nothing, or the cancel: until it is handled the task counts it)."""
+    app.state["klawd"].streams.end_all()
+    while request.cancelling():
+        await asyncio.sleep(0)
+    return False
 
 
 def test_a_client_that_leaves_during_the_store_write_of_a_generator_stream_keeps_it(
@@ -111,3 +129,18 @@ def test_a_client_that_leaves_during_the_store_write_of_a_generator_stream_keeps
     assert kept is not None, f"nothing kept: {answer[-300:]!r}"
     assert kept.response["status"] == "completed"
     assert kept.response["id"].encode() in answer
+
+
+def test_a_drain_during_the_store_write_of_a_generator_stream_sends_what_is_kept(
+    config: Path,
+) -> None:
+    """A shutdown's deadline that comes while the finished answer is being kept does not end
+    the stream: the client gets the `response.completed` that is stored. Before, it got the
+    drain's `response.failed` while the shielded write went on: a stored completed response
+    the client was told had failed."""
+    kept, answer = echo(config, drain)
+    assert kept is not None, f"nothing kept: {answer[-300:]!r}"
+    assert kept.response["status"] == "completed"
+    assert b"event: response.failed" not in answer, answer[-300:]
+    assert answer.rstrip().endswith(b"}"), answer[-300:]
+    assert b"event: response.completed" in answer, answer[-300:]

@@ -223,6 +223,28 @@ async def test_requests_settled_under_a_lease_pay_their_cost_once(store: RedisSt
     assert await credits(store, account.id) == CREDIT - warmed - 4 * 300
 
 
+async def test_a_lease_held_out_partway_through_a_call_settles_its_later_entries_by_cost(
+    store: RedisStore,
+) -> None:
+    """One call, four entries of one lease whose hold covers two and a half reservations:
+    each takes its reservation out of the hold until it holds nothing (the hold then gone),
+    and the entry after that moves the balance by its cost alone, as an entry whose hold
+    expired does (settle_entries follows the previous entry's lease without looking it up
+    again: this is the path it takes)."""
+    account = await store.create_account("held out", "free", CREDIT)
+    acct = _acct(account.id)
+    await store._call("HSET", f"{acct}:leases", "Lheld", 250)
+    await store._call("ZADD", f"{acct}:holds", 2**50, "Lheld|0")
+    lease = Admission("admitted", 0.0, 0, 0, 0.0, 0, 0, reserved_micros=100, hold_id="Lheld")
+    await store.settle(
+        [entry(lease, account.id, cost, n) for n, cost in enumerate((10, 20, 30, 40))]
+    )
+    # reservations released (100 - cost) by the first three; the fourth pays its 40
+    assert await credits(store, account.id) == CREDIT + 90 + 80 + 70 - 40
+    assert await store._call("EXISTS", f"{acct}:leases") == 0
+    assert await store._call("ZCARD", f"{acct}:holds") == 0
+
+
 async def test_one_settle_call_takes_each_leases_requests_out_of_its_own_hold(
     store: RedisStore,
 ) -> None:

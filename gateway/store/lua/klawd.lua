@@ -674,7 +674,7 @@ local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|ima
 -- `records` (v11): the call's ARGV, where entry i's ledger record is records[i + 2] (else it is
 -- the entry's seventh argument).
 local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records)
-  local byte, max = string.byte, math.max  -- (locals: a global is a lookup in a table each use)
+  local byte = string.byte  -- (a local: a global is a lookup in a table each use)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
   -- hash key -> {name -> {requests, prompt, completion, images, cost}}, the keys in first-seen
@@ -709,6 +709,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
   -- KEYS, stands for its entry's keys: keys_of derives them all from one place).
   local last_usage, last_model, last_key, model_sum, key_sum, day, month, total
   local leased, lease_order = {}, {}  -- (lease_settled)
+  local last_hold, last_lease  -- the last lease's hold and state (leased[last_hold])
   local applied, spent = 0, 0
   for i = 0, entries - 1 do
     local a = first + stride * i
@@ -727,8 +728,18 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       local hold = holds and args[a + 10]
       if hold and hold ~= '' then
         local held
-        if byte(hold, 1) == LEASE then
+        if hold == last_hold then
+          -- the previous entry's lease (a call's entries are mostly one lease's): moved as
+          -- lease_settled moves it, without its call and lookup
+          local lease, micros = last_lease, delta + cost
+          held = lease[1] ~= false
+          if held and micros > 0 then
+            lease[1], lease[3] = lease[1] - micros, true
+            if lease[1] <= 0 then lease[1] = false end
+          end
+        elseif byte(hold, 1) == LEASE then
           held = lease_settled(holds, leased, lease_order, hold, delta + cost)
+          last_hold, last_lease = hold, leased[hold]
         else
           held = redis.call('ZREM', holds, hold) == 1
         end
@@ -737,7 +748,8 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
           delta, reserved = -cost, 0
         end
       end
-      balance = max(0, balance + delta)
+      balance = balance + delta  -- never below zero (math.max's call, without the call)
+      if balance < 0 then balance = 0 end
       moved = true
       spent = spent + cost
       local prompt, completion, images = args[a + 3] + 0, args[a + 4] + 0, args[a + 5] + 0

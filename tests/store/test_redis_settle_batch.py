@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -448,3 +449,49 @@ async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
         assert state.recorder._flush_interval_s == RedisStore.settle_interval_s == 0.05
     finally:
         await state.close()
+
+
+async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """What a v11 call failing midway keeps and loses (decision 0010, seventeenth pass): here
+    its fifth entry fails (its lease's hash is not a hash). Every entry of the call is marked
+    before the first one's effects. The four entries before the failing one are in the ledger,
+    but their sums, balance and spends (written after the loop) are not; the failing entry and
+    the five after it are marked and not applied. The recorder's retry, once the key is mended,
+    applies none of them again: nothing doubled, and the later five lost."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("midway", "free", 1_000)
+        batch = entries(account.id)[:10]  # one day, ten ids, no hold
+        failing = 4
+        batch[failing] = msgspec.structs.replace(batch[failing], hold_id="Lmidway|0")
+        leases = f"{_acct(account.id)}:leases"
+        await client.set(leases, "not a hash")
+        credits = await client.get(f"{_acct(account.id)}:credits")
+        with pytest.raises(StoreError, match="redis settle failed"):
+            await redis_store.settle(batch)
+        ledger = f"{_acct(account.id)}:ledger"
+
+        async def recorded() -> list[bytes]:
+            return [
+                orjson.loads(fields[b"entry"])["id"].encode()
+                for _, fields in await client.xrange(ledger)
+            ]
+
+        assert await recorded() == [e.id.encode() for e in batch[:failing]]
+        prefix = f"{_acct(account.id)}:settled:"
+        marked: set[bytes] = set()
+        async for name in client.scan_iter(match=f"{prefix}*"):
+            marked |= await client.smembers(name)
+        assert marked == {e.id.encode() for e in batch}
+        assert await client.get(f"{_acct(account.id)}:credits") == credits
+        assert await redis_store.usage(account.id, DAYS[0], DAYS[0]) == []
+        await client.delete(leases)
+        await redis_store.settle(batch)  # the retry: every entry is marked, none applied again
+        assert await recorded() == [e.id.encode() for e in batch[:failing]]
+        assert await client.get(f"{_acct(account.id)}:credits") == credits
+        assert await redis_store.usage(account.id, DAYS[0], DAYS[0]) == []
+    finally:
+        await client.aclose()
+        await redis_store.close()

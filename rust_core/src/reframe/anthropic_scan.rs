@@ -112,6 +112,21 @@ pub fn read_with<'a>(data: &'a str, prefix: &mut DeltaPrefix) -> Option<Anthropi
 
 /// A string (the text), then the end of `delta` and of the event, as the whole scan reads them.
 fn text_and_end(rest: &str) -> Option<Cow<'_, str>> {
+    // The common end, `"…"}}` with nothing to unescape and nothing after: the whole string is
+    // between the first and the last quote when no byte between them ends it early (a quote),
+    // starts an escape or is a raw control character (which the scan refuses).
+    if let Some(text) = rest
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix("\"}}"))
+        .filter(|t| t.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'))
+    {
+        return Some(Cow::Borrowed(text));
+    }
+    scanned_text_and_end(rest)
+}
+
+/// [`text_and_end`] by the scan alone.
+fn scanned_text_and_end(rest: &str) -> Option<Cow<'_, str>> {
     let mut scan = Scan::new(rest);
     let text = scan.str_cow()?;
     (scan.next(b'}')? && scan.next(b'}')? && scan.at_end()).then_some(text)
@@ -494,6 +509,45 @@ mod tests {
         let mut events = seeds();
         events.extend([delta("a"), delta("b c"), delta(""), delta("\\n")]);
         same_through_the_prefix(&events);
+    }
+
+    #[test]
+    fn a_text_delta_s_common_end_reads_as_the_scan_reads_it() {
+        for rest in [
+            r#""tok1 "}}"#,
+            r#""""}}"#,
+            r#""é€😀 'x'"}}"#,
+            r#""a\nb"}}"#,   // an escape
+            r#""a"b"}}"#,    // a quote: the string ends early
+            "\"a\u{1}b\"}}", // a raw control character
+            "\"a\u{7f}\"}}", // DEL is not one
+            r#""a" }}"#,     // whitespace inside the end
+            r#""a"}} "#,     // and after it
+            r#""a"}}}"#,     // one brace too many
+            r#""a"}"#,
+            r#""}}"#,
+            r#"a"}}"#,
+            "",
+        ] {
+            assert_eq!(text_and_end(rest), scanned_text_and_end(rest), "{rest}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Any text between a quote and the end `"}}`: read as the scan reads it.
+        #[test]
+        fn any_text_delta_end_reads_as_the_scan_reads_it(
+            text in proptest::collection::vec(
+                prop::sample::select(vec!['a', ' ', '"', '\\', 'n', 'u', '0', '\u{1}', '\u{1f}', 'é', '}']),
+                0..8,
+            ),
+            end in prop::sample::select(vec!["\"}}", "\"} }", "\"}}\n", "\"}"]),
+        ) {
+            let rest = format!("\"{}{end}", text.iter().collect::<String>());
+            prop_assert_eq!(text_and_end(&rest), scanned_text_and_end(&rest), "{}", rest);
+        }
     }
 
     proptest! {

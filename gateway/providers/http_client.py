@@ -606,12 +606,17 @@ class _Connection(asyncio.Protocol):
                     body = dechunker.feed(data)
                     if body:
                         response._chunks.append(body)
+                    ended = dechunker.done
                 elif response._sink_error is None:
                     try:  # de-chunked and reframed in one call (no `bytes` of the body)
                         out = sink.feed_chunked(dechunker, data)
                     except _core.SseError as exc:  # the reframer's (the Dechunker's: ValueError)
                         response._sink_failed(exc, sink.before_error())
+                        ended = dechunker.done
                     else:
+                        # (asked once per read: each of the Rust objects' properties is a
+                        # crossing)
+                        ended = dechunker.done
                         if out:
                             # While the reader waits, its pieces may be sent from here (a
                             # reader's `deliver_to`): not the last one (the terminator, or
@@ -620,19 +625,20 @@ class _Connection(asyncio.Protocol):
                             direct = response._direct
                             waiter = response._waiter
                             if (
-                                direct is None
+                                ended
+                                or direct is None
                                 or waiter is None
-                                or waiter.done()
                                 or response._chunks
+                                or waiter.done()
                                 or sink.done
                                 or sink.upstream_error is not None
-                                or dechunker.done
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
-                if dechunker.done:
+                    ended = dechunker.done
+                if ended:
                     if not response._complete:
                         response._finish_message(response._keep_alive)
                     if dechunker.leftover:

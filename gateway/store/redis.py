@@ -87,7 +87,7 @@ CAPACITY_LIBRARY = (
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 _entry_encoder = msgspec.json.Encoder()
-# klawd_settle_v11's entries but their ledger records, one MessagePack array
+# klawd_settle_v12's entries but their ledger records, one MessagePack array
 _entries_encoder = msgspec.msgpack.Encoder()
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
@@ -132,7 +132,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v11` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v12` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -150,7 +150,7 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v11` for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v12` for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
     day and key, each entry naming its group of them, its id and the second of its time (where
     its marker is kept); the entries in one MessagePack argument (their arguments packed one by
@@ -190,7 +190,7 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
         records.append(_entry_encoder.encode(entry))
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
     return (
-        "FCALL", "klawd_settle_v11", len(keys), *keys, _entries_encoder.encode(values), *records
+        "FCALL", "klawd_settle_v12", len(keys), *keys, _entries_encoder.encode(values), *records
     )  # fmt: skip
 
 
@@ -617,7 +617,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v11` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v12` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -694,7 +694,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v11's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v12's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

@@ -1,12 +1,13 @@
-"""The Redis store settles a batch with one `klawd_settle_v11` per account (`klawd_settle_v10`
-with each ledger record an argument of its own and a call's markers written together; v10 is
-`klawd_settle_v9` with its entries' markers in a set per second of entry time; v9 is
-`klawd_settle_v7` with its entries in one MessagePack argument; v7 is `klawd_settle_v6` with the
-keys its entries share named once; for entries without a hold, what `klawd_settle_v5` does),
+"""The Redis store settles a batch with one `klawd_settle_v12` per account (`klawd_settle_v11`,
+which lets go of the markers of the entries a failing call had not reached; v11 is
+`klawd_settle_v10` with each ledger record an argument of its own and a call's markers written
+together; v10 is `klawd_settle_v9` with its entries' markers in a set per second of entry time;
+v9 is `klawd_settle_v7` with its entries in one MessagePack argument; v7 is `klawd_settle_v6` with
+the keys its entries share named once; for entries without a hold, what `klawd_settle_v5` does),
 summing the entries' counters inside Redis: the keys it leaves must hold exactly what
 `klawd_settle_v4`, one call per entry, and the batches of earlier releases (`klawd_settle_v6`,
-`klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`) leave (replicas of these releases
-share one Redis), and a batch costs one call per account."""
+`klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`, `klawd_settle_v11`) leave (replicas of
+these releases share one Redis), and a batch costs one call per account."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import msgspec
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from gateway.settings import load_settings
 from gateway.state import build_state
 from gateway.store.base import StoreError, UsageEntry
-from gateway.store.redis import SETTLE_CHUNK, RedisStore
+from gateway.store.redis import SETTLE_CHUNK, RedisStore, _settle_command
 from gateway.store.redis_limiter import _acct, _spend_keys
 from tests.redis_server import RedisServer
 
@@ -281,7 +283,7 @@ async def test_v9_leaves_what_the_release_before_v8_leaves_and_each_sees_the_oth
 async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
-    """The store's call (`klawd_settle_v11`: each ledger record an argument of its own, the
+    """The store's call (`klawd_settle_v12`, v11's: each ledger record an argument of its own, the
     markers written once per second of entry time) against the previous release's
     (`klawd_settle_v10`): the same keys, values and expiries, markers included; and a batch
     settled by one is not settled again by the other (replicas of both releases on one
@@ -321,7 +323,7 @@ async def test_a_batch_settled_by_the_previous_release_v9_is_not_settled_again(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
     """Entries settled by `klawd_settle_v9` (a marker key each) within ten minutes are
-    recognised by the store's call (`klawd_settle_v11`, markers in sets): a batch retried, or
+    recognised by the store's call (`klawd_settle_v12`, markers in sets): a batch retried, or
     replayed, after an upgrade is settled once; the keys are those v9 alone leaves."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
@@ -451,26 +453,33 @@ async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
         await state.close()
 
 
+@pytest.mark.parametrize("version", ["v11", "v12"])
 async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
-    redis_store: RedisStore, redis_server: RedisServer
+    redis_store: RedisStore, redis_server: RedisServer, version: str
 ) -> None:
-    """What a v11 call failing midway keeps and loses (decision 0010, seventeenth pass): here
-    its fifth entry fails (its lease's hash is not a hash). Every entry of the call is marked
-    before the first one's effects. The four entries before the failing one are in the ledger,
-    but their sums, balance and spends (written after the loop) are not; the failing entry and
-    the five after it are marked and not applied. The recorder's retry, once the key is mended,
-    applies none of them again: nothing doubled, and the later five lost."""
+    """What a call failing midway keeps and loses (decision 0010, seventeenth and eighteenth
+    passes): here its fifth entry of ten fails (its lease's hash is not a hash). Every entry is
+    marked before the first one's effects. The four entries before the failing one are in the
+    ledger, but their sums, balance and spends (written after the loop) are not; the failing
+    entry is marked, not applied. v11 (the previous release's call) leaves the five after it
+    marked and not applied: the recorder's retry, once the key is mended, applies none of them
+    (lost). v12 (the store's) unmarks them as it fails: the retry applies those five, and
+    nothing twice."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("midway", "free", 1_000)
         batch = entries(account.id)[:10]  # one day, ten ids, no hold
         failing = 4
         batch[failing] = msgspec.structs.replace(batch[failing], hold_id="Lmidway|0")
+        later = batch[failing + 1 :] if version == "v12" else []
         leases = f"{_acct(account.id)}:leases"
         await client.set(leases, "not a hash")
         credits = await client.get(f"{_acct(account.id)}:credits")
-        with pytest.raises(StoreError, match="redis settle failed"):
-            await redis_store.settle(batch)
+        await redis_store._ensure_library()
+        call = _settle_command(batch)
+        assert call[1] == "klawd_settle_v12"
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await client.execute_command(call[0], f"klawd_settle_{version}", *call[2:])
         ledger = f"{_acct(account.id)}:ledger"
 
         async def recorded() -> list[bytes]:
@@ -484,14 +493,16 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
         marked: set[bytes] = set()
         async for name in client.scan_iter(match=f"{prefix}*"):
             marked |= await client.smembers(name)
-        assert marked == {e.id.encode() for e in batch}
+        assert marked == {e.id.encode() for e in batch if e not in later}
         assert await client.get(f"{_acct(account.id)}:credits") == credits
         assert await redis_store.usage(account.id, DAYS[0], DAYS[0]) == []
         await client.delete(leases)
-        await redis_store.settle(batch)  # the retry: every entry is marked, none applied again
-        assert await recorded() == [e.id.encode() for e in batch[:failing]]
-        assert await client.get(f"{_acct(account.id)}:credits") == credits
-        assert await redis_store.usage(account.id, DAYS[0], DAYS[0]) == []
+        await redis_store.settle(batch)  # the retry (the store's call)
+        assert await recorded() == [e.id.encode() for e in [*batch[:failing], *later]]
+        usage = await redis_store.usage(account.id, DAYS[0], DAYS[0])
+        assert sum(row.requests for row in usage) == len(later)
+        spent = sum(e.cost_micros - e.reserved_micros for e in later)
+        assert int(await client.get(f"{_acct(account.id)}:credits")) == max(0, int(credits) - spent)
     finally:
         await client.aclose()
         await redis_store.close()

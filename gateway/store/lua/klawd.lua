@@ -960,7 +960,9 @@ end
 -- ARGV: the entries (MessagePack; thirteen values an entry as v10's, the seventh, the record,
 --       0), then each entry's ledger record
 -- -> as v10
-local function settle_v11(keys, args)
+-- (v11's call; `repair`: v12's, which lets go of the markers of the entries a failing call had
+-- not reached)
+local function settle_marked(keys, args, repair)
   local flat = cmsgpack.unpack(args[1])
   local entries = #args - 1
   local prefix = keys[3] .. ':settled:'
@@ -980,7 +982,7 @@ local function settle_v11(keys, args)
       ids[#ids + 1] = id
     end
   end
-  local marked = false
+  local marked, reached = false, -1
   local function once(i)
     if not marked then
       marked = true
@@ -990,6 +992,7 @@ local function settle_v11(keys, args)
         redis.call('PEXPIRE', set, MARKER_MS)
       end
     end
+    reached = i
     return new[i] == true
   end
   local function keys_of(i)
@@ -997,9 +1000,50 @@ local function settle_v11(keys, args)
     return g + 1, nil, g + 2, g + 3
   end
   local released = release_holds(keys[4], keys[1], now_ms())
-  local reply = settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+  if not repair then
+    local reply = settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+    reply[6] = released
+    return reply
+  end
+  local ok, reply = pcall(settle_entries, keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+  if not ok then
+    -- Failed on entry `reached` (or after the loop: the last). The entries after it are marked
+    -- and untouched: unmarked, a retry applies them. (Nothing is rolled back: the failing
+    -- entry, maybe half-applied, stays marked, as in v10.)
+    for i = reached + 1, entries - 1 do
+      if new[i] then redis.call('SREM', prefix .. 'w' .. flat[13 * i + 13], flat[13 * i + 12]) end
+    end
+    error(reply)
+  end
   reply[6] = released
   return reply
+end
+
+-- v11: v10 with each entry's ledger record an argument of its own, and a call's markers written
+-- by one `SADD` per second of entry time. v10 read each record into Lua twice (inside the
+-- MessagePack argument, then as the string cmsgpack makes of it; Lua pays every string it
+-- makes by its length) and sent one `SADD` an entry (each `redis.call` ~1.3 µs of the Lua
+-- around it). The ids of the call's entries settled for the first time join their sets all
+-- together, just before the first entry's effects (where v10's first `SADD` went): a call
+-- that fails midway still leaves every entry it applied, even partly, marked, so a retry
+-- applies nothing twice (entries after the failing one are marked too and not applied: lost
+-- rather than doubled, as the half-applied entry is in v10). The same sets as v10's: a batch
+-- settled by one is recognised by the other.
+-- KEYS: as v10
+-- ARGV: the entries (MessagePack; thirteen values an entry as v10's, the seventh, the record,
+--       0), then each entry's ledger record
+-- -> as v10
+local function settle_v11(keys, args)
+  return settle_marked(keys, args, false)
+end
+
+-- v12: v11, and a call that fails midway (a key of the wrong type: Redis rolls nothing back)
+-- removes the markers of the entries after the failing one, which it had marked and not
+-- applied: a retry applies them, as v10's did, instead of losing them. One `pcall` a call; per
+-- entry an upvalue's store (the entry reached).
+-- KEYS, ARGV, reply: as v11
+local function settle_v12(keys, args)
+  return settle_marked(keys, args, true)
 end
 
 redis.register_function('klawd_settle_v1', settle)
@@ -1017,6 +1061,7 @@ redis.register_function('klawd_settle_v8', settle_v7)
 redis.register_function('klawd_settle_v9', settle_v9)
 redis.register_function('klawd_settle_v10', settle_v10)
 redis.register_function('klawd_settle_v11', settle_v11)
+redis.register_function('klawd_settle_v12', settle_v12)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

@@ -704,6 +704,27 @@ def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_dr
     assert left == 0
 
 
+def turn_clock(step_s: float = 0.001) -> asyncio.Task[None]:
+    """The running loop's clock moved by the loop's own turns, `step_s` each, not by the wall:
+    the deadlines (the keepalive wheel's, `asyncio.sleep`'s) come after as many turns on a
+    loaded machine as on an idle one, so a time the test measures is the code's, not the
+    machine's. Returns the task that turns it (cancel it when done)."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+
+    def time() -> float:
+        return now
+
+    async def turn() -> None:
+        nonlocal now
+        while True:
+            await asyncio.sleep(0)
+            now += step_s
+
+    loop.time = time  # type: ignore[method-assign]
+    return loop.create_task(turn())
+
+
 async def send_with_deadline(
     client: Client,
     send: Callable[[dict[str, Any]], Awaitable[None]],
@@ -756,10 +777,13 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
                 closed.set()
 
         loop = asyncio.get_running_loop()
+        clock = turn_clock()
         began = loop.time()
         await send_with_deadline(client, deaf_send, pieces(), timeouts)
+        lasted = loop.time() - began
+        clock.cancel()
         left = await cancellations_left()
-        return closed.is_set(), left, loop.time() - began
+        return closed.is_set(), left, lasted
 
     closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
     assert closed
@@ -804,6 +828,7 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
                 closed = True
 
         loop = asyncio.get_running_loop()
+        clock = turn_clock()
         began = loop.time()
         streams = OpenStreams()
         streams.on_send_timeout = lambda: timeouts.append(None)
@@ -826,12 +851,10 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
             last=(lambda: done) if end.startswith("last-piece") else None,
             send_timeout_s=0.3,
         )
+        lasted = loop.time() - began
+        clock.cancel()
         left = await cancellations_left()
-        return (
-            source.closed if isinstance(source, Source) else closed,
-            left,
-            loop.time() - began,
-        )
+        return source.closed if isinstance(source, Source) else closed, left, lasted
 
     closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
     assert closed == ((True, False) if end.startswith("stepped-end") else True)

@@ -224,6 +224,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         listening = loop.create_task(when_listening(unread_s), name="klawd-listener")
         # What start-up built lives as long as the worker: out of the collector's sight, so that
         # full collections under load only walk what requests allocate.
+        thresholds = gc.get_threshold()
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -240,6 +241,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 await asyncio.to_thread(tracing.close)
             observer.metrics.buffer.flush()
             worker_exited(os.getpid())
+            # Undone for a process that outlives the app (tests, an embedding program): frozen,
+            # its objects are hidden from gc.get_referrers, which Hypothesis's register_random
+            # reads to warn of a Random nobody holds.
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
             if state.streams.orphaned:
                 drain.remove_leftovers(os.getpid())
 

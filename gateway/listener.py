@@ -20,36 +20,65 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 def bound_unread_sends(timeout_s: float, fds: str = "/proc/self/fd") -> int:
-    """Sets `TCP_USER_TIMEOUT` (`timeout_s`) on this process's listening TCP sockets; returns
-    how many. None found (the app outside a server, a platform without the option): 0."""
+    """Sets `TCP_USER_TIMEOUT` (`timeout_s`) on this process's listening TCP sockets, and on
+    the connections they accepted before it was set (those do not inherit it: a worker's
+    first ones, before `when_listening` found the listener); returns how many listeners. None
+    found (the app outside a server, a platform without the option): 0."""
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if option is None:
         return 0
+    value = max(1, round(timeout_s * 1000))
+    # The listeners first: a connection accepted from now on inherits the option, and one
+    # accepted before is among the descriptors read after (its local port the listener's).
+    listening = _tcp_sockets(fds, listening=True)
+    ports: set[int] = set()
+    for sock, address in listening:
+        with sock, contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            ports.add(address[1])
+    if ports:
+        # An outgoing connection's local port is never a listener's (the kernel skips bound
+        # ports when it picks one): what has it was accepted by that listener.
+        for sock, address in _tcp_sockets(fds, listening=False):
+            with sock, contextlib.suppress(OSError):
+                if address[1] in ports:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    return len(ports)
+
+
+def _tcp_sockets(fds: str, listening: bool) -> list[tuple[socket.socket, tuple[Any, ...]]]:
+    """This process's TCP sockets that listen (or not), each as a socket of its own over the
+    same open file (closed alone), with its local address."""
     try:
         names = os.listdir(fds)
     except OSError:
-        return 0
-    done = 0
+        return []
+    found = []
     for name in names:
-        fd = int(name)
-        with contextlib.suppress(OSError):
+        try:
             if not os.readlink(f"{fds}/{name}").startswith("socket:"):
                 continue
-            sock = socket.socket(fileno=os.dup(fd))  # the same socket, closed alone
-            with sock:
-                if (
-                    sock.type == socket.SOCK_STREAM
-                    and sock.family in (socket.AF_INET, socket.AF_INET6)
-                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                ):
-                    sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(timeout_s * 1000)))
-                    done += 1
-    return done
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if (
+                sock.type == socket.SOCK_STREAM
+                and sock.family in (socket.AF_INET, socket.AF_INET6)
+                and bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)) == listening
+            ):
+                found.append((sock, sock.getsockname()))
+                continue
+        except OSError:
+            pass
+        sock.close()
+    return found
 
 
 async def when_listening(timeout_s: float, every_s: float = 0.05, for_s: float = 30.0) -> None:

@@ -9,6 +9,7 @@ over 1000 account keys, binding vs a dict + float-math token bucket. Request bod
 check: conversations of 40 to 3000 turns, the Rust walk vs the pure-Python byte passes. An
 event stream's chunked body (the bench's OpenAI stream, a chunk per event and each line its own
 chunk) read by `_core.Dechunker` vs httptools, the parser it stands in for (`--only dechunker`).
+`--only reframers`: the reframers' table alone.
 """
 
 from __future__ import annotations
@@ -365,8 +366,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--calls", type=int, default=100_000)
-    p.add_argument("--only", choices=["nesting", "dechunker"], help="run one table only")
+    p.add_argument(
+        "--only", choices=["reframers", "nesting", "dechunker"], help="run one table only"
+    )
     a = p.parse_args()
+    if a.only == "reframers":
+        sys.stdout.write("\n".join([versions(), "", *bench_reframers(a.events, a.reps)]) + "\n")
+        return
     if a.only == "nesting":
         sys.stdout.write("\n".join([versions(), "", *bench_nesting(a.reps)]) + "\n")
         return

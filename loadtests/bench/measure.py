@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,31 @@ class ListenWatch:
         if self.upstream_accepts is not None:
             parts.append(f"upstream accepted {self.upstream_accepts}")
         return ", ".join(parts)
+
+
+class ClockWatch:
+    """How far the wall clock moved against the monotonic one over a round (`step_s`): a
+    machine paused and resumed (a VM snapshot) has its wall clock set forward when it resumes,
+    and wrk times everything with the wall clock (gettimeofday), so such a round's rate and
+    latencies are wrong, and each of its requests then in flight past --timeout counts as a
+    timeout: one per connection (issue 19zzc's 64 bad responses, inferred)."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.wall = wall
+        self.monotonic = monotonic
+        self.step_s = 0.0
+
+    def __enter__(self) -> ClockWatch:
+        self._start = (self.wall(), self.monotonic())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, monotonic = self._start
+        self.step_s = (self.wall() - wall) - (self.monotonic() - monotonic)
 
 
 def _tree(pid: int) -> list[int]:

@@ -383,6 +383,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             ),
             listen_line(notes.get("listen") or {}),  # type: ignore[arg-type]
             "",
+            *clock_lines(notes.get("clock_steps") or {}),  # type: ignore[arg-type]
             *profile_lines,
             END,
         ]
@@ -401,6 +402,17 @@ def listen_line(listen: dict[str, list[dict[str, int]]]) -> str:
     if not seen:
         return "No round had a listen-queue overflow or drop, or a SYN resent (kernel counters)."
     return f"Listen-queue drops or SYNs resent during rounds (kernel counters, per round): {seen}"
+
+
+def clock_lines(steps: dict[str, float]) -> list[str]:
+    """The rounds whose wall clock stepped (side_by_side's ClockWatch), if any."""
+    if not steps:
+        return []
+    return [
+        "The wall clock stepped during rounds (s; the machine paused? wrk times with it, so "
+        f"those rounds' figures are wrong): {steps}",
+        "",
+    ]
 
 
 BURST_STREAMS_TEXT = "1000"

@@ -42,6 +42,7 @@ import orjson
 from loadtests.bench import contenders as c
 from loadtests.bench import report
 from loadtests.bench.measure import (
+    ClockWatch,
     ListenWatch,
     PeakRss,
     long_streams,
@@ -103,6 +104,8 @@ ROUTES = {
 # on /v1/messages, translated to Responses events.
 OPT_IN = {"anth-agent", "gemini-agent", "anth-tools", *ROUTES}
 AGENT = Path(__file__).with_name("agent_request.json")
+# A round whose wall clock moved this much more (or less) than the monotonic one is reported.
+CLOCK_STEP_S = 0.5
 BURST_STREAMS = 1000
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
@@ -233,7 +236,7 @@ Samples = dict[str, dict[str, list[float]]]  # contender -> measure -> one value
 def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, object]]:
     samples: Samples = {name: {} for name in args.contenders}
     notes: dict[str, object] = {
-        "bad_responses": {}, "listen": {}, "load": [os.getloadavg()[0]],
+        "bad_responses": {}, "listen": {}, "clock_steps": {}, "load": [os.getloadavg()[0]],
     }  # fmt: skip
 
     def record(name: str, measure: str, value: float) -> None:
@@ -268,7 +271,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         {"upstream": _port(found["upstream"]), name: _port(contender)},
                         found["upstream"].base_url,
                     )
-                    with watch:
+                    with watch, ClockWatch() as clock:
                         result = wrk(contender.base_url + contender.path(scenario, route),
                                      scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
@@ -291,6 +294,14 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)
                     print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}", flush=True)
+                    if abs(clock.step_s) > CLOCK_STEP_S:
+                        print(
+                            f"  the wall clock stepped {clock.step_s:+.1f} s in this round "
+                            "(the machine paused?): wrk's figures for it are wrong",
+                            flush=True,
+                        )
+                        steps = notes["clock_steps"]
+                        steps[f"{name} {measure} round {rnd + 1}"] = round(clock.step_s, 1)  # type: ignore[index]
                     listen = notes["listen"]
                     listen.setdefault(f"{name} {measure}", []).append(watch.counters)  # type: ignore[attr-defined]
                     if result.bad_responses:

@@ -73,3 +73,14 @@ def test_a_round_counts_the_connections_the_upstream_accepted(tmp_path: Path) ->
     finally:
         nginx.terminate()
         nginx.wait(10)
+
+
+def test_a_round_whose_wall_clock_jumps_says_by_how_much() -> None:
+    """A VM resumed from a snapshot has its wall clock set forward, which wrk times with."""
+    walls, monotonics = iter([1000.0, 1024.0]), iter([50.0, 54.0])
+    with measure.ClockWatch(lambda: next(walls), lambda: next(monotonics)) as clock:
+        pass
+    assert clock.step_s == 20.0
+    with measure.ClockWatch() as steady:
+        pass
+    assert abs(steady.step_s) < 0.5

@@ -56,3 +56,9 @@ def test_the_listen_line_names_only_the_rounds_whose_counters_moved() -> None:
     line = report.listen_line({"bare lines": [quiet], "gateway-sqlite anth": [quiet, dropped]})
     assert "bare lines" not in line
     assert "'gateway-sqlite anth': ['none', 'ListenOverflows 3, ListenDrops 3']" in line
+
+
+def test_a_round_whose_wall_clock_stepped_is_named_and_a_steady_run_says_nothing() -> None:
+    assert report.clock_lines({}) == []
+    line = report.clock_lines({"gateway-sqlite messages-tools round 3": 61.2})[0]
+    assert "{'gateway-sqlite messages-tools round 3': 61.2}" in line

@@ -94,6 +94,17 @@ class Gateway:
             timeout=10,
         )
 
+    def post(
+        self, key: str, body: dict[str, Any], route: str = "/v1/chat/completions"
+    ) -> httpx.Response:
+        """`body` posted to `route` with the API key, as a client would (10 s to answer)."""
+        return httpx.post(
+            f"{self.base_url}{route}",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+
     def new_key(
         self,
         plan: str = "enterprise",

@@ -367,12 +367,7 @@ def each_model_serves(
             body["input"] = "hi"
         else:
             body |= {"prompt": "a cat", "response_format": "url"}
-        served = httpx.post(
-            f"{gateway.base_url}{route}",
-            json=body,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=10,
-        )
+        served = gateway.post(key, body, route)
         assert served.status_code == 200, (model, served.text)
 
 
@@ -500,12 +495,7 @@ def test_counts_written_as_floats_are_billed_as_counts(
     else:
         upstream.script = (200, "application/json", [encode(with_float_counts(answer()))])
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    served = httpx.post(
-        f"{gateway.base_url}/v1/chat/completions",
-        json=body,
-        headers={"authorization": f"Bearer {key}"},
-        timeout=10,
-    )
+    served = gateway.post(key, body)
     assert served.status_code == 200, served.text
     assert b"error" not in served.content, served.content[-300:]
     rows = ledger_rows(gateway, account["id"], requests=1)

@@ -229,13 +229,8 @@ def test_a_body_that_stops_arriving_gets_408_and_frees_its_place(
         error = orjson.loads(body)["error"]
         assert error["type"] == "request_timeout"
         assert "body_idle_timeout_s" in error["message"]
-    body = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
-    served = httpx.post(
-        f"{impatient_gateway.base_url}/v1/chat/completions",
-        json=body,
-        headers={"authorization": f"Bearer {key}"},
-        timeout=10,
-    )
+    chat = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+    served = impatient_gateway.post(key, chat)
     assert served.status_code == 200, served.text
 
 
@@ -421,12 +416,7 @@ def test_clients_that_never_read_a_large_answer_lose_their_connection_and_place(
             assert time.monotonic() < deadline, "the deaf clients' answers were not billed"
             time.sleep(0.05)
         chat = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
-        served = httpx.post(
-            f"{gateway.base_url}/v1/chat/completions",
-            json=chat,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=10,
-        )
+        served = gateway.post(key, chat)
         assert served.status_code == 200, served.text
     finally:
         for sock in deaf:

@@ -626,10 +626,21 @@ end
 -- A request admitted under a lease is settled: its reservation (`micros`) leaves the lease's
 -- hold, and the hold goes once it holds nothing (its lease given back, its requests settled).
 -- False when the hold is gone already (expired and given back: nothing of it is held).
--- `leased` (lease id, and each hold seen, -> {micros it holds, false once gone; its member;
--- changed}) keeps a call's leases: each is read once and written once (`leases_written`), as if
--- entry by entry (a call's entries are mostly one lease's: two commands an entry were HEXISTS
--- and HINCRBY), and each hold is parsed once (a hold without '|' is its lease's id: the same).
+-- `lease_settled` finds the lease's state and `lease_take` moves it (settle_entries calls the
+-- latter alone for an entry of the previous entry's lease). `leased` (lease id, and each hold
+-- seen, -> {micros it holds, false once gone; its member; changed}) keeps a call's leases: each
+-- is read once and written once (`leases_written`), as if entry by entry (a call's entries are
+-- mostly one lease's: two commands an entry were HEXISTS and HINCRBY), and each hold is parsed
+-- once (a hold without '|' is its lease's id: the same).
+local function lease_take(lease, micros)
+  if not lease[1] then return false end
+  if micros > 0 then
+    lease[1], lease[3] = lease[1] - micros, true
+    if lease[1] <= 0 then lease[1] = false end
+  end
+  return true
+end
+
 local function lease_settled(holds, leased, order, hold, micros)
   local lease = leased[hold]
   if lease == nil then
@@ -643,12 +654,7 @@ local function lease_settled(holds, leased, order, hold, micros)
     end
     leased[hold] = lease
   end
-  if not lease[1] then return false end
-  if micros > 0 then
-    lease[1], lease[3] = lease[1] - micros, true
-    if lease[1] <= 0 then lease[1] = false end
-  end
-  return true
+  return lease_take(lease, micros)
 end
 
 local function leases_written(holds, leased, order)
@@ -729,14 +735,9 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       if hold and hold ~= '' then
         local held
         if hold == last_hold then
-          -- the previous entry's lease (a call's entries are mostly one lease's): moved as
-          -- lease_settled moves it, without its call and lookup
-          local lease, micros = last_lease, delta + cost
-          held = lease[1] ~= false
-          if held and micros > 0 then
-            lease[1], lease[3] = lease[1] - micros, true
-            if lease[1] <= 0 then lease[1] = false end
-          end
+          -- the previous entry's lease (a call's entries are mostly one lease's): found
+          -- without lease_settled's lookup
+          held = lease_take(last_lease, delta + cost)
         elseif byte(hold, 1) == LEASE then
           held = lease_settled(holds, leased, lease_order, hold, delta + cost)
           last_hold, last_lease = hold, leased[hold]

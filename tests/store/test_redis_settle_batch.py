@@ -25,6 +25,7 @@ from gateway.state import build_state
 from gateway.store.base import StoreError, UsageEntry
 from gateway.store.redis import SETTLE_CHUNK, RedisStore, _settle_command
 from gateway.store.redis_limiter import _acct, _spend_keys
+from gateway.store.resp import RespClient, RespReplyError
 from tests.redis_server import RedisServer
 
 DAYS = ("2026-11-30", "2026-12-01")
@@ -504,5 +505,41 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
         spent = sum(e.cost_micros - e.reserved_micros for e in later)
         assert int(await client.get(f"{_acct(account.id)}:credits")) == max(0, int(credits) - spent)
     finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+@pytest.mark.parametrize("broken", ["a key of the wrong type", "a balance not a number"])
+async def test_a_failing_v12_call_replies_the_error_v11_replies(
+    redis_store: RedisStore, redis_server: RedisServer, broken: str
+) -> None:
+    """v12 catches a failing call's error (to unmark the entries it had not reached) and raises
+    it again: its reply is v11's, Redis's own error with its code (WRONGTYPE) or a Lua runtime
+    error's text as it was raised, not a second `user_function:LINE:` before it (decision 0010,
+    nineteenth pass). Only the line named after `script:` differs (where v12 raised it again)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    resp = RespClient("127.0.0.1", redis_server.port)
+    try:
+        await redis_store._ensure_library()
+        replies = {}
+        for version in ("v11", "v12"):
+            account = await redis_store.create_account(f"broken {version}", "free", 1_000)
+            batch = entries(account.id)[:3]
+            if broken == "a key of the wrong type":
+                batch[1] = msgspec.structs.replace(batch[1], hold_id="Lbroken|0")
+                await client.set(f"{_acct(account.id)}:leases", "not a hash")
+            else:
+                await client.set(f"{_acct(account.id)}:credits", "not a number")
+            call = _settle_command(batch)
+            with pytest.raises(RespReplyError) as failed:
+                await resp.execute(call[0], f"klawd_settle_{version}", *call[2:])
+            reply, _, where = str(failed.value).partition(" script: ")
+            assert where.startswith(f"klawd_settle_{version}, on @user_function:")
+            replies[version] = reply
+        assert replies["v12"] == replies["v11"]
+        code = "WRONGTYPE" if broken == "a key of the wrong type" else "ERR"
+        assert replies["v11"].split()[0] == code
+    finally:
+        await resp.close()
         await client.aclose()
         await redis_store.close()

@@ -947,6 +947,9 @@ local function settle_v10(keys, args)
   return reply
 end
 
+-- (xpcall's handler: the error as it was raised, a command's error table whole)
+local function as_raised(err) return err end
+
 -- v11: v10 with each entry's ledger record an argument of its own, and a call's markers written
 -- by one `SADD` per second of entry time. v10 read each record into Lua twice (inside the
 -- MessagePack argument, then as the string cmsgpack makes of it; Lua pays every string it
@@ -1006,7 +1009,11 @@ local function settle_marked(keys, args, repair)
     reply[6] = released
     return reply
   end
-  local ok, reply = pcall(settle_entries, keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+  -- (xpcall, not pcall: Redis's pcall gives a command's error as its text, which raised again
+  -- replies `ERR` and a second position before it instead of the command's own code)
+  local ok, reply = xpcall(function()
+    return settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+  end, as_raised)
   if not ok then
     -- Failed on entry `reached` (or after the loop: the last). The entries after it are marked
     -- and untouched: unmarked, a retry applies them. (Nothing is rolled back: the failing
@@ -1014,7 +1021,7 @@ local function settle_marked(keys, args, repair)
     for i = reached + 1, entries - 1 do
       if new[i] then redis.call('SREM', prefix .. 'w' .. flat[13 * i + 13], flat[13 * i + 12]) end
     end
-    error(reply)
+    error(reply, 0)  -- as it was raised (level 0: no position added)
   end
   reply[6] = released
   return reply

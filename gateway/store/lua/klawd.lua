@@ -950,22 +950,8 @@ end
 -- (xpcall's handler: the error as it was raised, a command's error table whole)
 local function as_raised(err) return err end
 
--- v11: v10 with each entry's ledger record an argument of its own, and a call's markers written
--- by one `SADD` per second of entry time. v10 read each record into Lua twice (inside the
--- MessagePack argument, then as the string cmsgpack makes of it; Lua pays every string it
--- makes by its length) and sent one `SADD` an entry (each `redis.call` ~1.3 µs of the Lua
--- around it). The ids of the call's entries settled for the first time join their sets all
--- together, just before the first entry's effects (where v10's first `SADD` went): a call
--- that fails midway still leaves every entry it applied, even partly, marked, so a retry
--- applies nothing twice (entries after the failing one are marked too and not applied: lost
--- rather than doubled, as the half-applied entry is in v10). The same sets as v10's: a batch
--- settled by one is recognised by the other.
--- KEYS: as v10
--- ARGV: the entries (MessagePack; thirteen values an entry as v10's, the seventh, the record,
---       0), then each entry's ledger record
--- -> as v10
--- (v11's call; `repair`: v12's, which lets go of the markers of the entries a failing call had
--- not reached)
+-- v11's call (as its comment below says); `repair`: v12's, which lets go of the markers of the
+-- entries a failing call had not reached
 local function settle_marked(keys, args, repair)
   local flat = cmsgpack.unpack(args[1])
   local entries = #args - 1

@@ -86,6 +86,13 @@ def drain_deadline(signalled_at: float, grace_s: float) -> float:
     return signalled_at + grace_s - min(DRAIN_MARGIN_S, grace_s / 2)
 
 
+def writes_wait_s(grace_s: float) -> float:
+    """How long a worker's shutdown waits for the writes still running (a stream's stored
+    response, `AppState.writes`): half of what the drain deadline leaves before the kill, so
+    that the ledger's flush and the store's close get the other half."""
+    return min(DRAIN_MARGIN_S, grace_s / 2) / 2
+
+
 async def watch(
     streams: OpenStreams, grace_s: float, path: Path | None = None, supervisor: int | None = None
 ) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth import KeyCache
 from gateway.cache import ResponseCache
-from gateway.drain import OpenStreams
+from gateway.drain import OpenStreams, writes_wait_s
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
 from gateway.providers.base import MissingCredentials, Provider
@@ -54,12 +54,12 @@ class AppState:
     streams: OpenStreams = field(default_factory=OpenStreams)
     # Writes that outlive the request that began them (a stream's stored response, shielded
     # from its client leaving): held here while they run (the loop holds tasks only weakly),
-    # and waited for before the store closes.
+    # and waited for before the store closes (at most `drain.writes_wait_s`: then cancelled).
     writes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def close(self) -> None:
         if self.writes:
-            await asyncio.wait(self.writes)
+            await self._end_writes(writes_wait_s(self.settings.server.streams.drain_grace_s))
         for provider in reversed(list(self.providers.values())):
             await provider.close()
         await self.recorder.close()
@@ -67,6 +67,22 @@ class AppState:
         if self.dispatcher is not None:
             await self.dispatcher.close()
         await self.store.close()
+
+    async def _end_writes(self, wait_s: float) -> None:
+        """Waits for the writes still running, at most `wait_s`: a store that never answers
+        must not hold the worker until its kill. What is left then is cancelled."""
+        _, left = await asyncio.wait(self.writes, timeout=wait_s)
+        if not left:
+            return
+        for write in left:
+            write.cancel()
+        log.error(
+            "shutdown: %d stored response write(s) unfinished after %.2f s: abandoned, "
+            "those responses are not kept",
+            len(left),
+            wait_s,
+        )
+        await asyncio.sleep(0)  # (the cancelled writes take their cancel before the store closes)
 
 
 def open_capacity(store: Store) -> Capacity:

@@ -282,6 +282,66 @@ def tree_cpu_s(pid: int) -> float:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _process_cpu(proc: Path) -> tuple[dict[int, int], dict[int, int]]:
+    """Each process's CPU ticks so far (user + system, its own and its ended children's) and
+    its parent, from `proc`'s stat files; kernel threads (children of kthreadd, pid 2) left
+    out."""
+    ticks: dict[int, int] = {}
+    parents: dict[int, int] = {}
+    for status in proc.glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, parent = int(status.parent.name), int(fields[1])
+        if pid != 2 and parent != 2:
+            ticks[pid], parents[pid] = sum(int(n) for n in fields[11:15]), parent
+    return ticks, parents
+
+
+class OthersWatch:
+    """The CPU that programs outside the bench took during a round (`cores`: seconds of CPU per
+    second of wall): every process but `bench` (the driver, whose descendants are the contenders,
+    the upstream, Redis and wrk) and its descendants. A process started during the round counts
+    from zero; one that ended during it is counted in its parent's children's time, which is why
+    the sums are compared, not each process. On two cores a sibling's test run on the
+    load generator's core moves the Anthropic measure's ratio from ~0.75x to ~1.1x the bare's
+    (issue 19zzj), so a round that shared the machine is named in the report."""
+
+    def __init__(
+        self,
+        bench: int | None = None,
+        proc: Path = Path("/proc"),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bench = os.getpid() if bench is None else bench
+        self.proc = proc
+        self.monotonic = monotonic
+        self.cores = 0.0
+
+    def _others(self) -> dict[int, int]:
+        ticks, parents = _process_cpu(self.proc)
+        children: dict[int, list[int]] = collections.defaultdict(list)
+        for pid, parent in parents.items():
+            children[parent].append(pid)
+        ours, pending = set(), [self.bench]
+        while pending:
+            current = pending.pop()
+            ours.add(current)
+            pending.extend(children.get(current, []))
+        return {pid: n for pid, n in ticks.items() if pid not in ours}
+
+    def __enter__(self) -> OthersWatch:
+        self._start = (self._others(), self.monotonic())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        before, started = self._start
+        after = self._others()
+        ticks = max(0, sum(after.values()) - sum(before.values()))
+        self.cores = ticks / CLOCK_TICKS / max(self.monotonic() - started, 1e-9)
+
+
 def run_queue_wait_s(pid: int) -> float:
     """How long a process's threads have waited, runnable, for a core so far (seconds; the
     second field of /proc/<pid>/task/<tid>/schedstat): what being queued behind other work on

@@ -363,6 +363,9 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             f"every other round), for {args.seconds:g} s (after a 1 s warm-up); figures are "
             f"medians of {args.reps} rounds and ratios medians of the per-round ratios. Added "
             "latency = the contender's wrk latency at 1 connection minus the upstream's own. "
+            "Each round also measures the CPU that programs outside the bench took (all "
+            "processes but the bench's own tree); rounds where it reached 0.05 of a core are "
+            "named below the targets. "
             f"Burst: {BURST_STREAMS_TEXT} streams opened evenly within 1 s over the upstream "
             "that sends a line per chunk and an event every 100 ms (5 s per stream), each "
             f"reopened as it ends, for {args.burst_seconds:g} s; RSS is the peak of the "
@@ -384,6 +387,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             listen_line(notes.get("listen") or {}),  # type: ignore[arg-type]
             "",
             *clock_lines(notes.get("clock_steps") or {}),  # type: ignore[arg-type]
+            *others_lines(notes.get("others") or {}),  # type: ignore[arg-type]
             *profile_lines,
             END,
         ]
@@ -411,6 +415,18 @@ def clock_lines(steps: dict[str, float]) -> list[str]:
     return [
         "The wall clock stepped during rounds (s; the machine paused? wrk times with it, so "
         f"those rounds' figures are wrong): {steps}",
+        "",
+    ]
+
+
+def others_lines(shared: dict[str, float]) -> list[str]:
+    """The rounds in which programs outside the bench took CPU (side_by_side's OthersWatch), if
+    any: on the load generator's core they change which core limits a saturated stream."""
+    if not shared:
+        return []
+    return [
+        "Other programs took CPU during rounds (cores; those rounds shared the machine, and "
+        f"their ratios may not be the quiet machine's): {shared}",
         "",
     ]
 

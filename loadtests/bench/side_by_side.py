@@ -44,6 +44,7 @@ from loadtests.bench import report
 from loadtests.bench.measure import (
     ClockWatch,
     ListenWatch,
+    OthersWatch,
     PeakRss,
     long_streams,
     run_queue_wait_s,
@@ -106,6 +107,8 @@ OPT_IN = {"anth-agent", "gemini-agent", "anth-tools", *ROUTES}
 AGENT = Path(__file__).with_name("agent_request.json")
 # A round whose wall clock moved this much more (or less) than the monotonic one is reported.
 CLOCK_STEP_S = 0.5
+# A round in which programs outside the bench took this much CPU (cores) is reported.
+OTHERS_CORES = 0.05
 BURST_STREAMS = 1000
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
@@ -236,7 +239,8 @@ Samples = dict[str, dict[str, list[float]]]  # contender -> measure -> one value
 def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, object]]:
     samples: Samples = {name: {} for name in args.contenders}
     notes: dict[str, object] = {
-        "bad_responses": {}, "listen": {}, "clock_steps": {}, "load": [os.getloadavg()[0]],
+        "bad_responses": {}, "listen": {}, "clock_steps": {}, "others": {},
+        "load": [os.getloadavg()[0]],
     }  # fmt: skip
 
     def record(name: str, measure: str, value: float) -> None:
@@ -271,7 +275,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         {"upstream": _port(found["upstream"]), name: _port(contender)},
                         found["upstream"].base_url,
                     )
-                    with watch, ClockWatch() as clock:
+                    with watch, ClockWatch() as clock, OthersWatch() as others:
                         result = wrk(contender.base_url + contender.path(scenario, route),
                                      scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
@@ -293,7 +297,11 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         if contender.store_pid:  # redis-server's wait for its core
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)
-                    print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}", flush=True)
+                    print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}; "
+                          f"other programs {others.cores:.2f} cores", flush=True)  # fmt: skip
+                    if others.cores >= OTHERS_CORES:
+                        shared = notes["others"]
+                        shared[f"{name} {measure} round {rnd + 1}"] = round(others.cores, 2)  # type: ignore[index]
                     if abs(clock.step_s) > CLOCK_STEP_S:
                         print(
                             f"  the wall clock stepped {clock.step_s:+.1f} s in this round "

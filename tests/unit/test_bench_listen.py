@@ -84,3 +84,28 @@ def test_a_round_whose_wall_clock_jumps_says_by_how_much() -> None:
     with measure.ClockWatch() as steady:
         pass
     assert abs(steady.step_s) < 0.5
+
+
+def _stat(proc: Path, pid: int, parent: int, ticks: int, children: int = 0) -> None:
+    """A /proc/PID/stat line: pid (comm) state ppid, then the fields up to utime, stime, cutime
+    and cstime (its ended children's)."""
+    (proc / str(pid)).mkdir(exist_ok=True)
+    fields = ["S", str(parent), *["0"] * 9, str(ticks), "0", str(children), "0", *["0"] * 18]
+    (proc / str(pid) / "stat").write_text(f"{pid} (a (b) c) {' '.join(fields)}\n")
+
+
+def test_a_round_counts_the_cpu_of_programs_outside_the_bench_only(tmp_path: Path) -> None:
+    _stat(tmp_path, 100, 1, 500)  # the bench's driver
+    _stat(tmp_path, 101, 100, 500)  # a contender
+    _stat(tmp_path, 102, 101, 500)  # its worker
+    _stat(tmp_path, 200, 1, 500)  # another program
+    _stat(tmp_path, 201, 200, 100)  # its child, which ends during the round
+    _stat(tmp_path, 3, 2, 500)  # a kernel thread
+    times = iter([10.0, 12.0])
+    with measure.OthersWatch(100, tmp_path, lambda: next(times)) as others:
+        for pid, parent in ((100, 1), (101, 100), (102, 101), (3, 2)):
+            _stat(tmp_path, pid, parent, 900)
+        _stat(tmp_path, 200, 1, 530, children=120)  # 30 of its own, 20 of the child's
+        shutil.rmtree(tmp_path / "201")
+        _stat(tmp_path, 300, 1, 10)  # started during the round
+    assert others.cores == pytest.approx((30 + 20 + 10) / measure.CLOCK_TICKS / 2.0)

@@ -62,3 +62,9 @@ def test_a_round_whose_wall_clock_stepped_is_named_and_a_steady_run_says_nothing
     assert report.clock_lines({}) == []
     line = report.clock_lines({"gateway-sqlite messages-tools round 3": 61.2})[0]
     assert "{'gateway-sqlite messages-tools round 3': 61.2}" in line
+
+
+def test_the_rounds_that_shared_the_machine_are_named_and_a_quiet_run_says_nothing() -> None:
+    assert report.others_lines({}) == []
+    line = report.others_lines({"bare anth round 3": 0.45})[0]
+    assert "{'bare anth round 3': 0.45}" in line

@@ -16,7 +16,6 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -71,17 +70,35 @@ def shot(driver: WebDriver, name: str) -> Path:
     return path
 
 
-def arrive(driver: WebDriver, path: str, leaving: WebElement | None = None) -> None:
-    """A click submits a form; wait (bounded) for the page it leads to. When the form leads back
-    to the page it is on, the URL says nothing: pass the old page's root as `leaving` to wait for
-    it to go first (else the next lookup may find the old page's element, gone a moment later)."""
+def arrive(driver: WebDriver, path: str) -> None:
+    """A click submits a form; wait (bounded) for the page it leads to."""
     try:
-        if leaving is not None:
-            WebDriverWait(driver, 15).until(expected_conditions.staleness_of(leaving))
         WebDriverWait(driver, 15).until(expected_conditions.url_contains(path))
     except Exception:
         shot(driver, "unexpected-page")
         raise
+
+
+def submit_and_arrive_again(driver: WebDriver, button: str, path: str) -> None:
+    """Clicks the button (CSS) of a form that leads back to the page it is on, and waits (bounded)
+    for the new page. The URL says nothing, so the old page is marked in the browser and the wait
+    is for a loaded page without the mark (else the next lookup may find the old page's element,
+    gone a moment later). Not for an element of the old page to go stale: used while the new
+    page replaces it, chromedriver may answer "Node with given id does not belong to the
+    document", an unknown error and not a stale element, which ends the wait (seen under load)."""
+    driver.execute_script("document.documentElement.dataset.leaving = 'yes'")
+    driver.find_element(By.CSS_SELECTOR, button).click()
+    try:
+        WebDriverWait(driver, 15).until(
+            lambda d: d.execute_script(
+                "return document.readyState === 'complete'"
+                " && !document.documentElement.dataset.leaving"
+            )
+        )
+    except Exception:
+        shot(driver, "unexpected-page")
+        raise
+    arrive(driver, path)
 
 
 def fill(driver: WebDriver, name: str, value: str, within: str = "") -> None:
@@ -233,9 +250,9 @@ def test_a_keys_budget_models_and_tags_are_set_in_the_browser_and_enforced(
     fill(browser, "models", "openai/gpt-*", within="details.key-settings")
     fill(browser, "tags", "team=search", within="details.key-settings")
     shot(browser, "6-key-settings")
-    keys_page = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.CSS_SELECTOR, "details.key-settings button[type=submit]").click()
-    arrive(browser, "/mission-control/keys", leaving=keys_page)
+    submit_and_arrive_again(
+        browser, "details.key-settings button[type=submit]", "/mission-control/keys"
+    )
     row = browser.find_element(By.CSS_SELECTOR, "#keys-table tbody tr")
     assert "$2.50 / none / none" in row.find_element(By.CSS_SELECTOR, ".budget").text
     assert row.find_element(By.CSS_SELECTOR, ".models").text == "openai/gpt-*"

@@ -89,10 +89,12 @@ def openai_events(count: int = EVENTS, stamped: bool = False) -> list[bytes]:
     )
 
 
-def anthropic_events() -> list[bytes]:
-    def event(name: str, data: dict[str, object]) -> bytes:
-        return f"event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+def _anthropic_event(name: str, data: dict[str, object]) -> bytes:
+    return f"event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
 
+
+def _anthropic_start() -> list[bytes]:
+    """How each of the bench's Anthropic answers begins: its message, then a text block."""
     message = {
         "id": "msg_bench",
         "type": "message",
@@ -103,19 +105,24 @@ def anthropic_events() -> list[bytes]:
         "stop_sequence": None,
         "usage": {"input_tokens": 12, "output_tokens": 1},
     }
+    return [
+        _anthropic_event("message_start", {"type": "message_start", "message": message}),
+        _anthropic_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+
+
+def anthropic_events() -> list[bytes]:
+    event = _anthropic_event
     deltas = EVENTS - 5
     return (
-        [
-            event("message_start", {"type": "message_start", "message": message}),
-            event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-        ]
+        _anthropic_start()
         + [
             event(
                 "content_block_delta",
@@ -149,36 +156,15 @@ def anthropic_tool_events() -> list[bytes]:
     """A coding agent's answer: a line of text, then one tool call whose arguments (a file to
     write) arrive in about TOOL_DELTAS `input_json_delta` fragments of a few characters each,
     as Anthropic streams them (each fragment JSON text inside a JSON string: quotes escaped)."""
-
-    def event(name: str, data: dict[str, object]) -> bytes:
-        return f"event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
-
-    message = {
-        "id": "msg_bench",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-bench",
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 1},
-    }
+    event = _anthropic_event
     content = "".join(f"line {i}: ok\n" for i in range(TOOL_DELTAS))
     arguments = orjson.dumps({"path": "src/bench.py", "content": content}).decode()
     size = -(-len(arguments) // TOOL_DELTAS)  # so that there are TOOL_DELTAS fragments
     fragments = [arguments[i : i + size] for i in range(0, len(arguments), size)]
     tool = {"type": "tool_use", "id": "toolu_bench", "name": "write_file", "input": {}}
     return (
-        [
-            event("message_start", {"type": "message_start", "message": message}),
-            event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
+        _anthropic_start()
+        + [
             event(
                 "content_block_delta",
                 {

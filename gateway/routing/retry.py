@@ -16,6 +16,14 @@ answered (routing/catalog.py). For each model in order:
 - an upstream 429 rests that deployment until its Retry-After (or x-ratelimit-reset-*); a
   circuit that opens rests it `cooldown_s` (on Redis: on every replica).
 
+With `[retry] deadline_s` set, the request's deadline (counted from this call) bounds it all:
+each try is cut when it passes (504 `gateway_timeout`, code `deadline_exceeded`; nothing is
+tried after it); a Retry-After or a resting deployment's return past it is not waited for (the
+next model is tried at once, else the call ends with the last failure's own error), and the
+jitter's ceiling is at most the time left. A try the deadline cut counts against its
+deployment's circuit only when it was the request's first (it had the whole deadline). Unset:
+none of this, and no clock read or check beyond one test per call (docs/decisions/0005).
+
 Other upstream failures (a nonsense answer, the upstream refusing our key) skip to the next
 deployment, then model. Client errors (400, 413, …) end the call at once. When nothing could be
 tried (every deployment resting or capped): 429 `rate_limit_exceeded`, code `upstream_capacity`,
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +70,8 @@ T = TypeVar("T")
 
 # Upstream failures after which the next target (a route's, or a model's fallback) is tried.
 FALLBACK_ON = (ServiceUnavailable, RateLimited, GatewayTimeout, BadGateway)
+# The code of the 504 that ends a request whose deadline (`retry.deadline_s`) cut a try.
+DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class Attempt(Struct, frozen=True):
@@ -85,11 +96,30 @@ class _ModelOutcome(Struct):
     error: GatewayError | None  # the last failure of a try
     back_in_s: float | None = None  # nothing could be tried: the earliest deployment back
     failing: bool = False  # ... and every one was resting for failing (open circuits)
+    cut: bool = False  # the request's deadline cut a try: nothing more is tried
 
 
-def backoff_delay(retry: int, policy: RetrySettings, rng: random.Random) -> float:
-    """Full jitter: U(0, min(cap, base * 2^retry)) for the retry-th retry (0-based)."""
-    return rng.uniform(0.0, min(policy.max_delay_s, policy.base_delay_s * (2**retry)))
+def backoff_delay(
+    retry: int, policy: RetrySettings, rng: random.Random, left_s: float = math.inf
+) -> float:
+    """Full jitter: U(0, min(cap, base * 2^retry)) for the retry-th retry (0-based), the
+    ceiling at most `left_s` (the time left before the request's deadline)."""
+    return rng.uniform(0.0, min(policy.max_delay_s, policy.base_delay_s * (2**retry), left_s))
+
+
+async def _before_deadline(call: Awaitable[T], left_s: float, deadline_s: float) -> T:
+    """`call` cut when the request's deadline passes (in `left_s`): 504, the deadline's."""
+    timeout = asyncio.timeout(left_s)
+    try:
+        async with timeout:
+            return await call
+    except TimeoutError as exc:
+        if not timeout.expired():
+            raise
+        raise GatewayTimeout(
+            f"No upstream answered within this request's deadline ({deadline_s:g} s).",
+            code=DEADLINE_EXCEEDED,
+        ) from exc
 
 
 async def _admitted() -> None:
@@ -144,6 +174,9 @@ class Retrier:
         self.balancer = balancer or Balancer("weighted")
         self.capacity: Capacity = capacity or MemoryCapacity(clock)
         self._cooldown_s = cooldown_s
+        # `retry.deadline_s`, read from the policy at the first call (the same for every
+        # provider: load_settings); negative until then
+        self._deadline_s: float | None = -1.0
         self._resting: set[asyncio.Task[None]] = set()  # broke_off's rests, until they are done
         # Retry and fallback counters (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
@@ -163,13 +196,23 @@ class Retrier:
         `tokens`: the request's estimate, reserved from a capped provider's token budget.
         One target (no fallback): its model's own loop is the awaitable, raising what this
         would (no coroutine of ours around it, resumed on every step of the call)."""
+        deadline = None
+        if self._deadline_s is not None:
+            deadline = self._deadline(targets)
         if len(targets) == 1:
             # Alone, the model's loop raises rather than returns an outcome (typing.cast would
             # be a Python call per request).
             return self._serve_model(  # type: ignore[return-value]
-                targets[0], attempt, may_retry, may_fall_back, tokens, [], True
+                targets[0], attempt, may_retry, may_fall_back, tokens, [], True, deadline
             )
-        return self._call_in_turn(targets, attempt, may_retry, may_fall_back, tokens)
+        return self._call_in_turn(targets, attempt, may_retry, may_fall_back, tokens, deadline)
+
+    def _deadline(self, targets: list[CatalogEntry]) -> float | None:
+        """The call's deadline on the retrier's clock, when `retry.deadline_s` is set."""
+        if self._deadline_s is not None and self._deadline_s < 0 and targets:
+            first = targets[0]
+            self._deadline_s = self._policy_for((first.deployments or (first,))[0]).deadline_s
+        return None if self._deadline_s is None else self._clock() + self._deadline_s
 
     async def _call_in_turn(
         self,
@@ -178,14 +221,18 @@ class Retrier:
         may_retry: Callable[[GatewayError], bool],
         may_fall_back: Callable[[GatewayError], bool],
         tokens: int,
+        deadline: float | None,
     ) -> tuple[T, CatalogEntry, list[Attempt]]:
         tries: list[Attempt] = []
         outcomes: list[_ModelOutcome] = []
         for index, target in enumerate(targets):
-            if index and tries and self.observer is not None:
-                self.observer.fell_back(tries[-1].provider)
+            if index:
+                if deadline is not None and (outcomes[-1].cut or self._clock() >= deadline):
+                    break  # the deadline passed: the last failure stands
+                if tries and self.observer is not None:
+                    self.observer.fell_back(tries[-1].provider)
             served = await self._serve_model(
-                target, attempt, may_retry, may_fall_back, tokens, tries, False
+                target, attempt, may_retry, may_fall_back, tokens, tries, False, deadline
             )
             if not isinstance(served, _ModelOutcome):
                 return served
@@ -223,9 +270,11 @@ class Retrier:
         tokens: int,
         tries: list[Attempt],
         alone: bool,
+        deadline: float | None,
     ) -> tuple[T, CatalogEntry, list[Attempt]] | _ModelOutcome:
         """One model's deployments tried; `alone`: the call's only model, whose outcome when
-        none served is raised here (call_targets' error) rather than returned."""
+        none served is raised here (call_targets' error) rather than returned. `deadline`: the
+        request's, on the retrier's clock (None: unbounded but for each try's own bounds)."""
         deployments = target.deployments or (target,)
         health = self._health
         # The retry policy and the tries' budget are first needed once a try failed (the
@@ -239,8 +288,13 @@ class Retrier:
         waits = 0
         slept = 0.0
         started = 0.0  # the first try's start (the failures' latency, recorded at the end)
+        now = 0.0  # with a deadline, read before each try but the model's first
         try:
             while made < budget:
+                if deadline is not None and made:
+                    now = self._clock()
+                    if now >= deadline:  # it passed between tries: the last failure stands
+                        return self._outcome(_ModelOutcome(error), alone)
                 if failed is None and target.all_available and health.all_closed:
                     servable: Sequence[CatalogEntry] = deployments  # `_servable`'s first answer
                     reopens_s = 0.0
@@ -260,10 +314,11 @@ class Retrier:
                         return self._outcome(_ModelOutcome(None, back, failing), alone)
                     if policy is None:
                         policy = self._policy_for(deployments[0])
-                    if not self._waits(error, back, policy, may_retry) or waits >= budget:
+                    left = math.inf if deadline is None else deadline - now
+                    if not self._waits(error, back, policy, may_retry, left) or waits >= budget:
                         return self._outcome(_ModelOutcome(error), alone)
                     # every deployment failed (or rests briefly): back off, then again
-                    delay = max(backoff_delay(waits, policy, self._rng), back)
+                    delay = max(backoff_delay(waits, policy, self._rng, left), back)
                     if error.retry_after_s is not None:
                         delay = max(delay, error.retry_after_s)
                     waits += 1
@@ -295,7 +350,12 @@ class Retrier:
                         record = current_request.get()
                         if record is not None:
                             span = tracing.start_attempt(record, deployment, len(tries))
-                    result = await attempt(deployment)
+                    if deadline is None:
+                        result = await attempt(deployment)
+                    else:
+                        result = await _before_deadline(
+                            attempt(deployment), deadline - call_started, self._deadline_s or 0.0
+                        )
                 except FALLBACK_ON as exc:
                     if span is not None:
                         self._end_span(record, span, exc.type)
@@ -311,8 +371,17 @@ class Retrier:
                     slept = 0.0
                     failed = failed or set()
                     failed.add(key)
-                    failures.add(key)
+                    cut = deadline is not None and exc.code == DEADLINE_EXCEEDED
+                    if cut and len(tries) > 1:
+                        # A later try had what the earlier ones left: that says nothing of its
+                        # deployment (a probe it claimed goes to the next call).
+                        if not health.all_closed:
+                            health.release(key)
+                    else:
+                        failures.add(key)
                     error = exc
+                    if cut:
+                        return self._outcome(_ModelOutcome(exc, cut=True), alone)
                     if isinstance(exc, RateLimited) and exc.retry_after_s:
                         await self._rest(key, exc.retry_after_s, failing=False)
                     if not may_fall_back(exc) and not may_retry(exc):
@@ -360,10 +429,13 @@ class Retrier:
         back_s: float,
         policy: RetrySettings,
         may_retry: Callable[[GatewayError], bool],
+        left_s: float,
     ) -> bool:
-        """Whether to back off and try the model's deployments again after `error`."""
+        """Whether to back off and try the model's deployments again after `error`: not when
+        the wait it must make (a Retry-After, a deployment's rest) would not end before the
+        request's deadline (`left_s` from now)."""
         longest = max(back_s, error.retry_after_s or 0.0)
-        return may_retry(error) and longest <= policy.max_retry_after_s
+        return may_retry(error) and longest <= policy.max_retry_after_s and longest < left_s
 
     async def _rest(self, key: str, seconds: float, failing: bool) -> None:
         with contextlib.suppress(Exception):  # the capacity store logs its own failures

@@ -1,0 +1,121 @@
+"""`[retry] deadline_s` end to end: a gateway of its own (deadline 1 s) in front of a fake OpenAI
+upstream of its own, driven by httpx and the official openai SDK.
+
+The fake answers by upstream model name (tests/fakes/openai_upstream.py): `hang-headers` holds
+its headers back for 3 s (the provider's own first-byte bound here is 10 s), `fail-429` is a 429
+with Retry-After: 7 (under `max_retry_after_s` = 30: without the deadline it is waited for)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.fakes.openai_upstream import FakeOpenAI
+
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
+
+PROVIDERS = """
+[providers.patient]
+kind = "openai"
+base_url = "{url}"
+api_key_env = "OPENAI_API_KEY"
+first_byte_timeout_s = 10
+timeout_s = 20
+
+[[models]]
+id = "patient/hang-headers"
+provider = "patient"
+upstream_model = "hang-headers"
+
+[[models]]
+id = "patient/fail-429"
+provider = "patient"
+upstream_model = "fail-429"
+
+[[models]]
+id = "patient/hang-then-fallback"
+provider = "patient"
+upstream_model = "hang-headers"
+fallbacks = ["openai/gpt-fake"]
+"""
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    started = FakeOpenAI()
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = tmp_path_factory.mktemp("deadline") / "klawd.toml"
+    port = free_port()
+    gateway_config(config, port, fake.base_url, extra=PROVIDERS.format(url=fake.base_url))
+    text = config.read_text()
+    assert "max_retry_after_s = 5\n" in text
+    config.write_text(
+        text.replace("max_retry_after_s = 5\n", "max_retry_after_s = 30\ndeadline_s = 1\n")
+    )
+    running = start_gateway(config, port)
+    yield running
+    stop(running.process)
+
+
+@pytest.fixture(scope="module")
+def key(gateway: Gateway) -> str:
+    return gateway.new_key(credits_usd=1000.0, limits={"requests_per_minute": 10_000})
+
+
+def sent(fake: FakeOpenAI, upstream_model: str) -> int:
+    return sum(1 for r in fake.requests if r["body"].get("model") == upstream_model)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+def test_a_deadline_shorter_than_a_try_ends_the_request_with_504(
+    gateway: Gateway, key: str, fake: FakeOpenAI, stream: bool
+) -> None:
+    before = sent(fake, "hang-headers")
+    body = {"model": "patient/hang-then-fallback", "messages": MESSAGES, "stream": stream}
+    response = gateway.post(key, body)
+    assert response.status_code == 504, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("gateway_timeout", "deadline_exceeded")
+    assert sent(fake, "hang-headers") == before + 1, "one try, cut; no retry"
+    # (the fallback, gpt-fake, is not tried: the deadline had passed)
+
+
+def test_a_retry_after_longer_than_the_time_left_is_not_waited_for(
+    gateway: Gateway, key: str, fake: FakeOpenAI
+) -> None:
+    response = gateway.post(key, {"model": "patient/fail-429", "messages": MESSAGES})
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["type"] == "rate_limit_exceeded"
+    assert sent(fake, "fail-429") == 1, "the 7 s Retry-After was not waited for"
+
+
+def test_the_openai_sdk_gets_the_504_envelope(gateway: Gateway, key: str) -> None:
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0) as sdk:
+        with pytest.raises(openai.APIStatusError) as raised:
+            sdk.chat.completions.create(model="patient/hang-headers", messages=MESSAGES)
+    assert raised.value.status_code == 504
+    assert isinstance(raised.value.body, dict)
+    assert raised.value.body["type"] == "gateway_timeout"
+    assert raised.value.body["code"] == "deadline_exceeded"
+
+
+def test_a_served_request_is_untouched(gateway: Gateway, key: str) -> None:
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "openai/gpt-fake", "messages": MESSAGES},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"]

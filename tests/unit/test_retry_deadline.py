@@ -1,0 +1,182 @@
+"""A request's deadline across retries and fallbacks (`[retry] deadline_s`), with an injected
+clock, sleep and random source. A try that the deadline cuts is cut on the loop's clock (the
+fake clock stands still meanwhile), so the deadlines here are a few tens of ms. No sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.routing.catalog import CatalogEntry
+from gateway.routing.health import Health
+from gateway.routing.retry import Retrier, backoff_delay
+from gateway.settings import ConfigError, RetrySettings, load_settings
+from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
+
+
+def policy(deadline_s: float | None, **fields: Any) -> RetrySettings:
+    base: dict[str, Any] = {"attempts": 3, "base_delay_s": 0.25, "max_delay_s": 8.0}
+    return RetrySettings(max_retry_after_s=30, deadline_s=deadline_s, **base | fields)
+
+
+def retrier(clock: Clock, retry: RetrySettings, health: Health | None = None) -> Retrier:
+    return Retrier(
+        lambda _target: retry,
+        health or Health(clock=clock),
+        rng=random.Random(7),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+
+
+async def hang(target: CatalogEntry) -> str:
+    """An upstream that never answers (its own first-byte bound is far off)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def test_a_deadline_shorter_than_a_try_cuts_it_with_504_and_tries_nothing_after() -> None:
+    clock = Clock()
+    calls: list[str] = []
+
+    async def attempt(target: CatalogEntry) -> str:
+        calls.append(target.model.id)
+        return await hang(target)
+
+    with pytest.raises(GatewayTimeout) as raised:
+        await retrier(clock, policy(0.05)).call_targets([SONNET, TURBO], attempt)
+    assert raised.value.status == 504 and raised.value.code == "deadline_exceeded"
+    assert calls == [SONNET.model.id], "no retry and no fallback once the deadline passed"
+
+
+async def test_a_fallback_s_try_is_bounded_by_the_time_left() -> None:
+    clock = Clock()
+
+    async def attempt(target: CatalogEntry) -> str:
+        if target.model.id == SONNET.model.id:
+            clock.now += 9.95  # the first model took 9.95 s of the 10 to fail
+            raise BadGateway("nonsense")
+        return await hang(target)
+
+    call = retrier(clock, policy(10)).call_targets([SONNET, TURBO], attempt)
+    # (the guard only ends the test if the fallback were not cut; 0.05 s is what it has left)
+    with pytest.raises(GatewayTimeout) as raised:
+        await asyncio.wait_for(call, 30)
+    assert raised.value.code == "deadline_exceeded"
+
+
+async def test_a_retry_after_longer_than_the_time_left_is_not_waited_for() -> None:
+    clock = Clock()
+    calls, attempt = script(unavailable(retry_after=6.0), "from the fallback")
+    result, target, _ = await retrier(clock, policy(5)).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert (result, target) == ("from the fallback", TURBO.deployments[0])
+    assert calls == [SONNET.model.id, TURBO.model.id] and clock.slept == []
+
+    # alone, the call ends at once with the upstream's own answer (not a 504: no try was cut)
+    _, attempt = script(unavailable(retry_after=6.0))
+    with pytest.raises(ServiceUnavailable) as raised:
+        await retrier(clock, policy(5)).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert raised.value.retry_after_s == 6.0 and clock.slept == []
+
+    # with time enough left it is waited for, as without a deadline
+    _, attempt = script(unavailable(retry_after=6.0), "ok")
+    await retrier(clock, policy(10)).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert clock.slept == [6.0]
+
+
+async def test_backoff_is_capped_by_the_time_left() -> None:
+    retry = policy(1.0, attempts=5, base_delay_s=8.0, max_delay_s=8.0)
+    assert backoff_delay(0, retry, random.Random(7)) > 1.0, "uncapped, the first would overrun"
+    clock = Clock()
+    deadline = clock.now + 1.0
+    lefts: list[float] = []  # the time left as each backoff starts
+    sleep = clock.sleep
+
+    async def sleep_noting(seconds: float) -> None:
+        lefts.append(deadline - clock.now)
+        await sleep(seconds)
+
+    clock.sleep = sleep_noting  # type: ignore[method-assign]
+    tried = 0
+
+    async def attempt(target: CatalogEntry) -> str:
+        nonlocal tried
+        tried += 1
+        clock.now += 0.1  # each try takes 0.1 s to fail
+        raise unavailable()
+
+    with pytest.raises(ServiceUnavailable):  # the last failure's own error: no try was cut
+        await retrier(clock, retry).call_targets([SONNET], attempt)
+    assert lefts and all(0 <= s <= left for s, left in zip(clock.slept, lefts, strict=True))
+    assert clock.now <= deadline + 0.1, "no backoff ended past the deadline"
+
+
+@pytest.mark.parametrize(("deadline_s", "reads"), [(None, 2), (30.0, 3)], ids=["unset", "set"])
+async def test_unset_reads_no_clock_and_set_one_per_call(
+    deadline_s: float | None, reads: int
+) -> None:
+    """The hot path without a deadline is the one before it: two clock reads for a served try
+    (its start, its latency); with one, a third (the call's deadline)."""
+    clock = Clock()
+    read = 0
+
+    def counting() -> float:
+        nonlocal read
+        read += 1
+        return clock.now
+
+    retry = policy(deadline_s)
+    retrier_ = Retrier(lambda _t: retry, Health(clock=clock), sleep=clock.sleep, clock=counting)
+    _, attempt = script("ok")
+    await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    read = 0  # (the first call read the policy's deadline)
+    _, attempt = script("ok")
+    await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert read == reads
+
+
+async def test_only_a_first_try_cut_by_the_deadline_counts_against_its_deployment() -> None:
+    """The first try had the whole deadline: its deployment failed to answer in it. A later
+    try had what the earlier ones left: its cut says nothing of its deployment."""
+    clock = Clock()
+    health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
+    with pytest.raises(GatewayTimeout):
+        await retrier(clock, policy(0.05), health).call_targets([SONNET], hang)
+    assert not health.can_serve(SONNET.deployments[0].key), "one failure in the window opens it"
+
+    clock = Clock()
+    health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
+
+    async def attempt(target: CatalogEntry) -> str:
+        if target.model.id == SONNET.model.id:
+            clock.now += 9.95
+            raise BadGateway("nonsense")
+        return await hang(target)
+
+    with pytest.raises(GatewayTimeout):
+        await retrier(clock, policy(10), health).call_targets([SONNET, TURBO], attempt)
+    assert not health.can_serve(SONNET.deployments[0].key)
+    assert health.can_serve(TURBO.deployments[0].key), "the cut fallback is not counted"
+
+
+def test_deadline_s_is_the_request_s_not_a_provider_s(tmp_path: Path) -> None:
+    path = tmp_path / "klawd.toml"
+    path.write_text("[retry]\ndeadline_s = 20\n[providers.openai.retry]\nattempts = 5\n")
+    settings = load_settings(path)
+    assert settings.retry.deadline_s == 20
+    # a provider's own policy carries it (the retrier reads it from any provider's)
+    assert settings.provider_retry("openai").deadline_s == 20
+    assert settings.provider_retry("openai").attempts == 5
+    assert load_settings(None).retry.deadline_s is None
+
+    path.write_text("[providers.openai.retry]\ndeadline_s = 20\n")
+    with pytest.raises(ConfigError, match=r"providers\.openai\.retry\.deadline_s"):
+        load_settings(path)
+    path.write_text("[retry]\ndeadline_s = 0\n")
+    with pytest.raises(ConfigError, match="deadline_s"):
+        load_settings(path)

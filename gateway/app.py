@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -198,6 +199,38 @@ METRICS_REPORT_INTERVAL_S = 1.0
 GC_THRESHOLDS = (2000, 10, 100)
 
 
+class _Collector:
+    """The collector's freeze and thresholds are the process's, not an app's: with several
+    apps in one process (tests, an embedding program), each start freezes what it built, and
+    the last app to stop undoes it all and restores the thresholds the first one found. One
+    per process, as what it guards; a lock, as apps may start in threads of their own
+    (Starlette's TestClient)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._apps = 0
+        self._found = gc.get_threshold()
+
+    def started(self) -> None:
+        with self._lock:
+            if self._apps == 0:
+                self._found = gc.get_threshold()
+            self._apps += 1
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
+
+    def stopped(self) -> None:
+        with self._lock:
+            self._apps -= 1
+            if self._apps == 0:
+                gc.unfreeze()
+                gc.set_threshold(*self._found)
+
+
+_COLLECTOR = _Collector()
+
+
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
     env = dict(os.environ if environ is None else environ)
     observer = build_observer(settings)
@@ -224,10 +257,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         listening = loop.create_task(when_listening(unread_s), name="klawd-listener")
         # What start-up built lives as long as the worker: out of the collector's sight, so that
         # full collections under load only walk what requests allocate.
-        thresholds = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        _COLLECTOR.started()
         try:
             yield {"klawd": state, "klawd_observer": observer}
         finally:
@@ -244,8 +274,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             # Undone for a process that outlives the app (tests, an embedding program): frozen,
             # its objects are hidden from gc.get_referrers, which Hypothesis's register_random
             # reads to warn of a Random nobody holds.
-            gc.unfreeze()
-            gc.set_threshold(*thresholds)
+            _COLLECTOR.stopped()
             if state.streams.orphaned:
                 drain.remove_leftovers(os.getpid())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import GC_THRESHOLDS, create_app
@@ -26,6 +27,44 @@ def test_the_app_s_shutdown_undoes_what_its_start_up_did_to_the_collector(tmp_pa
             assert client.get("/healthz").status_code == 200
             assert gc.get_threshold() == GC_THRESHOLDS
             assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*kept)
+
+
+def _config(tmp_path: Path, name: str) -> Path:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/{name}.db"\n')
+    return config
+
+
+@pytest.mark.parametrize("order", ["in start order", "in reverse order"])
+def test_two_apps_in_one_process_leave_the_collector_as_the_first_found_it(
+    tmp_path: Path, order: str
+) -> None:
+    """The collector's freeze and thresholds are the process's, not an app's: while one app
+    still runs they stay as its start-up set them, and the last app to stop restores what
+    the first one found. Before, stopping in start order left GC_THRESHOLDS in place (the
+    second app had found them and restored them), and either order unfroze the heap of the
+    app still running."""
+    kept = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    try:
+        first = TestClient(create_app(load_settings(_config(tmp_path, "first")), environ={}))
+        second = TestClient(create_app(load_settings(_config(tmp_path, "second")), environ={}))
+        first.__enter__()
+        second.__enter__()
+        stopped, running = (first, second) if order == "in start order" else (second, first)
+        stopped.__exit__(None, None, None)
+        try:
+            assert running.get("/healthz").status_code == 200
+            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_freeze_count() > 0
+        finally:
+            running.__exit__(None, None, None)
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == (700, 10, 10)
     finally:

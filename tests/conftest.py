@@ -132,6 +132,7 @@ TEST_MODELS = [
     "gpt-fake",
     "tools-fake",
     "pause-fake",
+    "done-stall-fake",
     "cut-fake",
     "error-event",
     "fail-401",

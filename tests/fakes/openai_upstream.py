@@ -9,6 +9,8 @@ order against one shared server:
                   same call, whole)
     length-fake   text answer with finish_reason length; filter-fake: content_filter
     pause-fake    streamed: one event, then waits until the test releases it
+    done-stall-fake  streamed: every event and [DONE], then the body's end waits until the
+                  test releases it
     cut-fake      streamed: two events, then the connection is cut (no [DONE])
     error-event   streamed: one event, then `data: {"error": …}`
     fail-401      401 whose message contains the upstream key (must never reach the client)
@@ -263,6 +265,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.attempts: dict[str, int] = {}
         self.disconnected_at: dict[str, float] = {}
+        self.stalls_ended = 0  # done-stall-fake bodies that ended (released or timed out)
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._release = asyncio.Event()
@@ -477,6 +480,16 @@ class FakeOpenAI:
             await asyncio.wait_for(self._release.wait(), timeout=30)
             for event in events[1:]:
                 await response.write(event)
+        elif model == "done-stall-fake":
+            # the whole stream, [DONE] included, then the body held open (no terminating
+            # chunk) until the test releases it
+            for event in text_stream(model, include_usage):
+                await response.write(event)
+            self._release.clear()
+            try:
+                await asyncio.wait_for(self._release.wait(), timeout=30)
+            finally:
+                self.stalls_ended += 1
         elif model == "hold-fake":
             await response.write(text_stream(model, include_usage)[0])
             deadline = time.monotonic() + 30

@@ -22,7 +22,7 @@ import redis.exceptions
 
 from gateway.settings import load_settings
 from gateway.state import build_state
-from gateway.store.base import StoreError, UsageEntry
+from gateway.store.base import Account, StoreError, UsageEntry
 from gateway.store.redis import SETTLE_CHUNK, RedisStore, _settle_command
 from gateway.store.redis_limiter import _acct, _spend_keys
 from gateway.store.resp import RespClient, RespReplyError
@@ -197,18 +197,36 @@ async def redis_store(redis_server: RedisServer) -> RedisStore:
     return RedisStore(redis_server.url)
 
 
+async def two_accounts(
+    store: RedisStore, client: aioredis.Redis, first: str, second: str
+) -> tuple[Account, Account]:
+    """Two new accounts, each with reservations in flight (40) on every spend hash of `entries`'
+    keys and days."""
+    accounts = (
+        await store.create_account(first, "free", 1_000),
+        await store.create_account(second, "free", 1_000),
+    )
+    for account in accounts:
+        for key_id in ("key_a", "key_b", "-"):
+            for day in DAYS:
+                for spend in _spend_keys(account.id, key_id, day):
+                    await client.hset(spend, "r", 40)
+    return accounts
+
+
+async def assert_left_alike(client: aioredis.Redis, first: Account, second: Account) -> None:
+    """The same keys, values and expiries (markers aside) and the same balance."""
+    assert await snapshot(client, first.id) == await snapshot(client, second.id)
+    credits = [await client.get(f"{_acct(a.id)}:credits") for a in (first, second)]
+    assert credits[0] == credits[1]
+
+
 async def test_a_batch_leaves_the_keys_the_per_entry_settlement_leaves(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        batched = await redis_store.create_account("batched", "free", 1_000)
-        single = await redis_store.create_account("single", "free", 1_000)
-        for account in (batched, single):  # reservations in flight on every spend hash
-            for key_id in ("key_a", "key_b", "-"):
-                for day in DAYS:
-                    for spend in _spend_keys(account.id, key_id, day):
-                        await client.hset(spend, "r", 40)
+        batched, single = await two_accounts(redis_store, client, "batched", "single")
         await redis_store.settle(entries(batched.id))
         await redis_store.settle(entries(batched.id)[:20])  # a replayed batch: nothing twice
         await redis_store._ensure_library()
@@ -231,20 +249,12 @@ async def test_a_batch_leaves_the_keys_the_previous_release_batch_leaves(
     replayed batch included."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        batched = await redis_store.create_account("batched", "free", 1_000)
-        previous = await redis_store.create_account("previous", "free", 1_000)
-        for account in (batched, previous):
-            for key_id in ("key_a", "key_b", "-"):
-                for day in DAYS:
-                    for spend in _spend_keys(account.id, key_id, day):
-                        await client.hset(spend, "r", 40)
+        batched, previous = await two_accounts(redis_store, client, "batched", "previous")
         await redis_store.settle(entries(batched.id))
         await redis_store.settle(entries(batched.id)[:20])
         for batch in (entries(previous.id), entries(previous.id)[:20]):
             await client.execute_command(*v6_call(batch))
-        assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
-        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
-        assert replies[0] == replies[1]
+        await assert_left_alike(client, batched, previous)
     finally:
         await client.aclose()
         await redis_store.close()
@@ -259,21 +269,13 @@ async def test_v9_leaves_what_the_release_before_v8_leaves_and_each_sees_the_oth
     retried across them)."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        batched = await redis_store.create_account("batched", "free", 1_000)
-        previous = await redis_store.create_account("previous", "free", 1_000)
-        for account in (batched, previous):
-            for key_id in ("key_a", "key_b", "-"):
-                for day in DAYS:
-                    for spend in _spend_keys(account.id, key_id, day):
-                        await client.hset(spend, "r", 40)
+        batched, previous = await two_accounts(redis_store, client, "batched", "previous")
         await redis_store._ensure_library()
         await client.execute_command(*v9_call(entries(batched.id)[:25]))
         await client.execute_command(*v8_call(entries(batched.id)[10:]))  # 15 settled already
         await client.execute_command(*v8_call(entries(previous.id)[:25]))
         await client.execute_command(*v9_call(entries(previous.id)[10:]))  # ... by v8
-        assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
-        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
-        assert replies[0] == replies[1]
+        await assert_left_alike(client, batched, previous)
         ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
         assert ledger == len({e.id for e in entries(batched.id)})
     finally:
@@ -291,21 +293,13 @@ async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
     Redis)."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        batched = await redis_store.create_account("batched", "free", 1_000)
-        previous = await redis_store.create_account("previous", "free", 1_000)
-        for account in (batched, previous):
-            for key_id in ("key_a", "key_b", "-"):
-                for day in DAYS:
-                    for spend in _spend_keys(account.id, key_id, day):
-                        await client.hset(spend, "r", 40)
+        batched, previous = await two_accounts(redis_store, client, "batched", "previous")
         await redis_store._ensure_library()
         await redis_store.settle(entries(batched.id)[:25])
         await client.execute_command(*v10_call(entries(batched.id)[10:]))  # 15 settled already
         await client.execute_command(*v10_call(entries(previous.id)[:25]))
         await redis_store.settle(entries(previous.id)[10:])  # ... by v10
-        assert await snapshot(client, batched.id) == await snapshot(client, previous.id)
-        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (batched, previous)]
-        assert replies[0] == replies[1]
+        await assert_left_alike(client, batched, previous)
         ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
         assert ledger == len({e.id for e in entries(batched.id)})
         for account in (batched, previous):
@@ -328,21 +322,13 @@ async def test_a_batch_settled_by_the_previous_release_v9_is_not_settled_again(
     replayed, after an upgrade is settled once; the keys are those v9 alone leaves."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        upgraded = await redis_store.create_account("upgraded", "free", 1_000)
-        previous = await redis_store.create_account("previous", "free", 1_000)
-        for account in (upgraded, previous):
-            for key_id in ("key_a", "key_b", "-"):
-                for day in DAYS:
-                    for spend in _spend_keys(account.id, key_id, day):
-                        await client.hset(spend, "r", 40)
+        upgraded, previous = await two_accounts(redis_store, client, "upgraded", "previous")
         await redis_store._ensure_library()
         await client.execute_command(*v9_call(entries(upgraded.id)[:25]))
         await redis_store.settle(entries(upgraded.id)[10:])  # 15 settled already, by v9
         await client.execute_command(*v9_call(entries(previous.id)[:25]))
         await client.execute_command(*v9_call(entries(previous.id)[10:]))
-        assert await snapshot(client, upgraded.id) == await snapshot(client, previous.id)
-        replies = [await client.get(f"{_acct(a.id)}:credits") for a in (upgraded, previous)]
-        assert replies[0] == replies[1]
+        await assert_left_alike(client, upgraded, previous)
         ledger = await client.xlen(f"{_acct(upgraded.id)}:ledger")
         assert ledger == len({e.id for e in entries(upgraded.id)})
     finally:

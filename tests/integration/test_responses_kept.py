@@ -84,9 +84,7 @@ def echo(config: Path, at_write: AtWrite) -> tuple[StoredResponse | None, bytes]
     async def main() -> tuple[StoredResponse | None, bytes]:
         async with started(config) as app:
             state = app.state["klawd"]
-            request = asyncio.current_task()  # (the app runs in the caller's task)
-            assert request is not None
-            held = HeldStore(app, lambda: at_write(app, request))
+            held = HeldStore(app, lambda: at_write(app, app.requests[-1]))
             state.store = held
             try:
                 body = {"model": "klawd/echo", "input": "one two three", "stream": True}

@@ -43,9 +43,7 @@ def shut_down_during_a_write(config: Path, let_through: bool) -> tuple[Any, Held
         sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         incoming = await lifespan(app, sent)
         try:
-            request = asyncio.current_task()  # (the app runs in the caller's task)
-            assert request is not None
-            held = HeldStore(app, lambda: leave(app, request))
+            held = HeldStore(app, lambda: leave(app, app.requests[-1]))
             app.state["klawd"].store = held
             body = {"model": "klawd/echo", "input": "one two three", "stream": True}
             await app.request("/v1/responses", orjson.dumps(body), app.key)

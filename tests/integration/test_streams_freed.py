@@ -45,6 +45,7 @@ class App:
         self.key = ""
         self.lifespan: asyncio.Future[None] | None = None
         self.clients: list[asyncio.Future[dict[str, Any]]] = []  # `gone`: set to disconnect
+        self.requests: list[asyncio.Task[None]] = []  # each request's own task, as a server's
         self.first_events = 0  # streams that had their first event
 
     async def request(
@@ -103,7 +104,11 @@ class App:
             "server": ("127.0.0.1", 8080),
             "state": dict(self.state),
         }
-        await self.app(scope, receive, send)  # type: ignore[arg-type]
+        # In a task of its own, as a server runs each request: the drain cancels that task,
+        # never the caller's, so nothing here depends on the cancel being taken back.
+        request = asyncio.ensure_future(self.app(scope, receive, send))  # type: ignore[arg-type]
+        self.requests.append(request)
+        await request
         return status, b"".join(chunks)
 
     async def chat(self, model: str, end: str = "", route: str = "/v1/chat/completions") -> bytes:

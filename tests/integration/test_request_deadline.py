@@ -91,6 +91,17 @@ def test_a_deadline_shorter_than_a_try_ends_the_request_with_504(
     # (the fallback, gpt-fake, is not tried: the deadline had passed)
 
 
+def test_the_messages_route_ends_at_the_deadline_too(
+    gateway: Gateway, key: str, fake: FakeOpenAI
+) -> None:
+    before = sent(fake, "hang-headers")
+    body = {"model": "patient/hang-headers", "messages": MESSAGES, "max_tokens": 16}
+    response = gateway.post(key, body, route="/v1/messages")
+    assert response.status_code == 504, response.text
+    assert "deadline" in response.text
+    assert sent(fake, "hang-headers") == before + 1
+
+
 def test_a_retry_after_longer_than_the_time_left_is_not_waited_for(
     gateway: Gateway, key: str, fake: FakeOpenAI
 ) -> None:

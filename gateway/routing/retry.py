@@ -60,6 +60,7 @@ from gateway.routing.capacity import Capacity, MemoryCapacity
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.health import Health
 from gateway.settings import RetrySettings
+from gateway.timer_wheel import TimerWheel
 
 if TYPE_CHECKING:
     from gateway.observer import RequestObserver
@@ -107,19 +108,21 @@ def backoff_delay(
     return rng.uniform(0.0, min(policy.max_delay_s, policy.base_delay_s * (2**retry), left_s))
 
 
-async def _before_deadline(call: Awaitable[T], left_s: float, deadline_s: float) -> T:
-    """`call` cut when the request's deadline passes (in `left_s`): 504, the deadline's."""
-    timeout = asyncio.timeout(left_s)
-    try:
-        async with timeout:
-            return await call
-    except TimeoutError as exc:
-        if not timeout.expired():
-            raise
-        raise GatewayTimeout(
-            f"No upstream answered within this request's deadline ({deadline_s:g} s).",
-            code=DEADLINE_EXCEEDED,
-        ) from exc
+class _Cut:
+    """A try's end at the request's deadline: once due, it cancels the request's task (an
+    entry of the retrier's timer wheel, called at most RESOLUTION_S late: a loop timer and an
+    `asyncio.timeout` per try cost ~31K instructions, docs/decisions/0005)."""
+
+    __slots__ = ("cancelling", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()  # cancellations already asked for, not ours
+        self.fired = False
+
+    def on_due(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 async def _admitted() -> None:
@@ -177,6 +180,7 @@ class Retrier:
         # `retry.deadline_s`, read from the policy at the first call (the same for every
         # provider: load_settings); negative until then
         self._deadline_s: float | None = -1.0
+        self._cuts: TimerWheel | None = None  # the tries' cuts at their request's deadline
         self._resting: set[asyncio.Task[None]] = set()  # broke_off's rests, until they are done
         # Retry and fallback counters (gateway/observer.py); set by create_app.
         self.observer: RequestObserver | None = None
@@ -196,9 +200,7 @@ class Retrier:
         `tokens`: the request's estimate, reserved from a capped provider's token budget.
         One target (no fallback): its model's own loop is the awaitable, raising what this
         would (no coroutine of ours around it, resumed on every step of the call)."""
-        deadline = None
-        if self._deadline_s is not None:
-            deadline = self._deadline(targets)
+        deadline = self._deadline_s and self._deadline(targets)  # None: no deadline
         if len(targets) == 1:
             # Alone, the model's loop raises rather than returns an outcome (typing.cast would
             # be a Python call per request).
@@ -288,10 +290,9 @@ class Retrier:
         waits = 0
         slept = 0.0
         started = 0.0  # the first try's start (the failures' latency, recorded at the end)
-        now = 0.0  # with a deadline, read before each try but the model's first
         try:
             while made < budget:
-                if deadline is not None and made:
+                if deadline is not None and made:  # (read before each try but the model's first)
                     now = self._clock()
                     if now >= deadline:  # it passed between tries: the last failure stands
                         return self._outcome(_ModelOutcome(error), alone)
@@ -353,8 +354,8 @@ class Retrier:
                     if deadline is None:
                         result = await attempt(deployment)
                     else:
-                        result = await _before_deadline(
-                            attempt(deployment), deadline - call_started, self._deadline_s or 0.0
+                        result = await self._before_deadline(
+                            attempt(deployment), deadline - call_started
                         )
                 except FALLBACK_ON as exc:
                     if span is not None:
@@ -414,6 +415,30 @@ class Retrier:
                 # each try: a flaky upstream that answers on the second try is slow, not down.
                 if health.record(key, ok=False, latency_s=self._clock() - started):
                     await self._rest(key, self._cooldown_s, failing=True)
+
+    async def _before_deadline(self, call: Awaitable[T], left_s: float) -> T:
+        """`call` cut when the request's deadline passes, in `left_s`: 504, the deadline's."""
+        loop = asyncio.get_running_loop()
+        cuts = self._cuts
+        if cuts is None or cuts.loop is not loop:
+            cuts = self._cuts = TimerWheel(loop)
+        task = asyncio.current_task()
+        if task is None:  # (a request is served in a task: never)
+            return await call
+        cut = _Cut(task)
+        slot = cuts.add(loop.time() + left_s, cut)
+        try:
+            return await call
+        except asyncio.CancelledError as exc:
+            if not cut.fired or task.uncancel() > cut.cancelling:
+                raise  # (also cancelled by someone else: the client went away)
+            raise GatewayTimeout(
+                "No upstream answered within this request's deadline "
+                f"({self._deadline_s or 0.0:g} s).",
+                code=DEADLINE_EXCEEDED,
+            ) from exc
+        finally:
+            slot.discard(cut)
 
     @staticmethod
     def _outcome(outcome: _ModelOutcome, alone: bool) -> _ModelOutcome:

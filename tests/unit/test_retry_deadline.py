@@ -180,3 +180,11 @@ def test_deadline_s_is_the_request_s_not_a_provider_s(tmp_path: Path) -> None:
     path.write_text("[retry]\ndeadline_s = 0\n")
     with pytest.raises(ConfigError, match="deadline_s"):
         load_settings(path)
+
+
+async def test_a_client_gone_during_a_try_is_a_cancellation_not_the_deadline() -> None:
+    call = asyncio.ensure_future(retrier(Clock(), policy(30)).call_targets([SONNET], hang))
+    await asyncio.sleep(0.01)  # the try is under way
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call

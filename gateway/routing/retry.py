@@ -354,9 +354,15 @@ class Retrier:
                     if deadline is None:
                         result = await attempt(deployment)
                     else:
-                        result = await self._before_deadline(
-                            attempt(deployment), deadline - call_started
-                        )
+                        left = deadline - call_started
+                        gate = GATE.get()
+                        if gate is not None and not gate.open:
+                            # The request's own admission still on its way: its reply is read
+                            # whole, outside the cut (cut there, it was given back as a gone
+                            # client's and the request ended undecided: a 500)
+                            await gate.passed()
+                            left = deadline - self._clock()
+                        result = await self._before_deadline(attempt(deployment), left)
                 except FALLBACK_ON as exc:
                     if span is not None:
                         self._end_span(record, span, exc.type)

@@ -4,7 +4,9 @@
 prediction and holds the connection while it runs (N below the first-byte timeout). If the answer
 is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succeeded`, `failed` or
 `canceled`, within the provider's `timeout_s`; past it the prediction is cancelled (`urls.cancel`,
-best effort) and the client gets 504.
+best effort) and the client gets 504. A call cancelled while it polls (the request's
+`retry.deadline_s` cut it, or its client went away) cancels the prediction too, in a task of
+its own that `close` waits for: it would otherwise run on, billed by Replicate.
 
 Input mapping (OpenAI Images → the model's input) follows each model's published schema for the
 models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: their size rules, and `n` > 1 as
@@ -48,7 +50,9 @@ from gateway.providers.base import (
     status_error,
 )
 from gateway.providers.translate import error_message
+from gateway.routing.catalog import Secret
 from gateway.schemas.images import ImageRequest
+from gateway.settings import ProviderSettings
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 POLL_FIRST_S = 0.25
@@ -126,6 +130,15 @@ def output_urls(output: Any) -> list[str]:
 class ReplicateProvider(HttpProvider):
     reframer_kind: ClassVar[str] = ""  # serves no chat streams
 
+    def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
+        super().__init__(name, settings, api_key)
+        self._cancels: set[asyncio.Task[None]] = set()  # predictions left by cancelled calls
+
+    async def close(self) -> None:
+        if self._cancels:
+            await asyncio.gather(*self._cancels, return_exceptions=True)
+        await super().close()
+
     async def complete(self, call: ChatCall) -> Completion:
         raise InvalidRequest(
             f"'{call.target.model.id}' is served by Replicate, which serves image models only.",
@@ -165,15 +178,21 @@ class ReplicateProvider(HttpProvider):
         deadline = loop.time() + self.settings.timeout_s
         prediction = self._prediction(await self._send_json(self.create_request(call)))
         delay = POLL_FIRST_S
-        while prediction.get("status") not in TERMINAL:
-            if loop.time() + delay > deadline:
-                await self._cancel(prediction)
-                raise GatewayTimeout(
-                    f"The upstream provider '{self.name}' did not finish the image in time."
-                )
-            await asyncio.sleep(delay)
-            delay = min(POLL_MAX_S, delay * 2)
-            prediction = await self._poll(prediction)
+        try:
+            while prediction.get("status") not in TERMINAL:
+                if loop.time() + delay > deadline:
+                    await self._cancel(prediction)
+                    raise GatewayTimeout(
+                        f"The upstream provider '{self.name}' did not finish the image in time."
+                    )
+                await asyncio.sleep(delay)
+                delay = min(POLL_MAX_S, delay * 2)
+                prediction = await self._poll(prediction)
+        except asyncio.CancelledError:
+            cancel = loop.create_task(self._cancel(prediction))
+            self._cancels.add(cancel)
+            cancel.add_done_callback(self._cancels.discard)
+            raise
         status = prediction["status"]
         if status == "failed":
             detail = prediction.get("error")

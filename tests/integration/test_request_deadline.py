@@ -7,6 +7,7 @@ with Retry-After: 7 (under `max_retry_after_s` = 30: without the deadline it is 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.provider_config import PROVIDER_ENV
+from tests.fakes.replicate_upstream import FakeReplicate
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
@@ -42,6 +45,20 @@ id = "patient/hang-then-fallback"
 provider = "patient"
 upstream_model = "hang-headers"
 fallbacks = ["openai/gpt-fake"]
+
+[providers.replicate-slow]
+kind = "replicate"
+base_url = "{replicate_url}"
+api_key_env = "REPLICATE_API_TOKEN"
+timeout_s = 20
+
+[[models]]
+id = "replicate-slow/never"
+provider = "replicate-slow"
+upstream_model = "fake-owner/never"
+kind = "image"
+usd_per_image = 0.02
+capabilities = ["images"]
 """
 
 
@@ -54,16 +71,19 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def gateway(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    fake: FakeOpenAI, fake_replicate: FakeReplicate, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     config = tmp_path_factory.mktemp("deadline") / "klawd.toml"
     port = free_port()
-    gateway_config(config, port, fake.base_url, extra=PROVIDERS.format(url=fake.base_url))
+    extra = PROVIDERS.format(url=fake.base_url, replicate_url=fake_replicate.base_url)
+    gateway_config(config, port, fake.base_url, extra=extra)
     text = config.read_text()
     assert "max_retry_after_s = 5\n" in text
     config.write_text(
         text.replace("max_retry_after_s = 5\n", "max_retry_after_s = 30\ndeadline_s = 1\n")
     )
-    running = start_gateway(config, port)
+    running = start_gateway(config, port, PROVIDER_ENV)
     yield running
     stop(running.process)
 
@@ -130,3 +150,23 @@ def test_a_served_request_is_untouched(gateway: Gateway, key: str) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"]
+
+
+def test_an_image_generation_cut_by_the_deadline_is_cancelled_upstream(
+    gateway: Gateway, key: str, fake_replicate: FakeReplicate
+) -> None:
+    """The prediction runs on Replicate (billed) unless cancelled: the cut cancels it, as the
+    provider's own `timeout_s` does; and it is not generated again."""
+    before = len(fake_replicate.creations("never"))
+    body = {"model": "replicate-slow/never", "prompt": "x"}
+    response = gateway.post(key, body, route="/v1/images/generations")
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "deadline_exceeded"
+    creations = fake_replicate.creations("never")
+    assert len(creations) == before + 1, "not retried after a timeout"
+    prediction = [p for p in fake_replicate.predictions.values() if p["model"].endswith("/never")]
+    for _ in range(100):  # the cancel is sent in a task of its own, just after the answer
+        if prediction[-1]["status"] == "canceled":
+            break
+        time.sleep(0.02)
+    assert prediction[-1]["status"] == "canceled"

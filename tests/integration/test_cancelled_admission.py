@@ -22,7 +22,7 @@ import uvloop
 from gateway.limits import KeyGate, LimitSpec
 from gateway.metering import utc_day
 from gateway.store import resp
-from gateway.store.base import KeyBudget, open_store
+from gateway.store.base import Account, KeyBudget, open_store
 from gateway.store.redis import RedisStore
 from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -59,6 +59,20 @@ async def account_with_budgeted_key(app: App) -> tuple[str, str, str]:
     assert status == 201, body
     created = orjson.loads(body)
     return account_id, created["id"], created["key"]
+
+
+async def warmed(app: App) -> tuple[RedisStore, Account, str, str]:
+    """The app's Redis store and `account_with_budgeted_key`'s account and key, warmed by one
+    answered request: (store, the account after that request's settle batch, key id, key)."""
+    store = app.state["klawd"].store._inner  # behind the store's timing proxy
+    assert isinstance(store, RedisStore)
+    account_id, key_id, key = await account_with_budgeted_key(app)
+    status, answer = await app.request("/v1/chat/completions", chat_body(False), key)
+    assert status == 200, answer  # warm: Redis's connection open, its functions loaded
+    await asyncio.sleep(0.1)  # that request's settle batch
+    account = await store.get_account(account_id)
+    assert account is not None
+    return store, account, key_id, key
 
 
 def chat_body(stream: bool) -> bytes:
@@ -103,14 +117,8 @@ def test_a_request_cancelled_while_its_admission_travels_gives_back_what_it_took
     async def main() -> None:
         async with started(config) as app:
             state = app.state["klawd"]
-            store = state.store._inner  # behind the store's timing proxy
-            assert isinstance(store, RedisStore)
-            account_id, key_id, key = await account_with_budgeted_key(app)
-            status, answer = await app.request("/v1/chat/completions", chat_body(False), key)
-            assert status == 200, answer  # warm: Redis's connection open, its functions loaded
-            await asyncio.sleep(0.1)  # that request's settle batch
-            before = await store.get_account(account_id)
-            assert before is not None
+            store, before, key_id, key = await warmed(app)
+            account_id = before.id
             client = store._resp
             assert client is not None
 

@@ -19,10 +19,9 @@ import redis
 import uvloop
 
 from gateway.store import resp
-from gateway.store.redis import RedisStore
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.integration.test_cancelled_admission import account_with_budgeted_key, chat_body, until
+from tests.integration.test_cancelled_admission import chat_body, until, warmed
 from tests.integration.test_streams_freed import started
 from tests.redis_server import RedisServer
 
@@ -55,14 +54,7 @@ def test_a_deadline_passing_at_the_admission_gate_ends_the_request_with_504(
     async def main() -> None:
         async with started(config) as app:
             state = app.state["klawd"]
-            store = state.store._inner  # behind the store's timing proxy
-            assert isinstance(store, RedisStore)
-            account_id, _, key = await account_with_budgeted_key(app)
-            status, answer = await app.request("/v1/chat/completions", chat_body(False), key)
-            assert status == 200, answer  # warm: Redis's connection open, its functions loaded
-            await asyncio.sleep(0.1)  # that request's settle batch
-            before = await store.get_account(account_id)
-            assert before is not None
+            store, before, _, key = await warmed(app)
             deployment = state.catalog.get("openai/gpt-fake").key
             # quiet (past QUIET_S): the admission is written at once and the upstream call
             # waits for its reply at the gate, inside the retrier's first try
@@ -74,7 +66,7 @@ def test_a_deadline_passing_at_the_admission_gate_ends_the_request_with_504(
             assert (error["type"], error.get("code")) == ("gateway_timeout", "deadline_exceeded")
 
             async def settled() -> bool:
-                account = await store.get_account(account_id)
+                account = await store.get_account(before.id)
                 return account is not None and account.credits_micros == before.credits_micros
 
             await until(settled, "the reservation settled at no cost")

@@ -206,6 +206,16 @@ def _parse_target(url: str, proxies: ProxyPolicy | None) -> _Target:
     )
 
 
+# How long an event stream's upstream is not read after a read whose events were sent from the
+# read callback (`_Connection.hold`). On a busy worker the loop is back at `epoll_wait` within
+# microseconds and reads each upstream in many small pieces, and a read costs the worker ~18 µs
+# whatever its size (the system call, the ACK it sends, the callback): held, the chunks that
+# arrive meanwhile are read at once. Events spaced wider than this (a model's tokens, 10-50 ms)
+# are not delayed; one arriving within it is, by at most this. Measured in docs/decisions/0012
+# (issue 19zzl).
+READ_HOLD_S = 0.0003
+
+
 class HttpClient:
     """Keep-alive HTTP/1.1 connections, pooled per (scheme, host, port)."""
 
@@ -217,8 +227,10 @@ class HttpClient:
         *,
         keepalive_s: float = 15.0,  # an idle connection older than this is closed, not reused
         proxies: ProxyPolicy | None = None,  # None: always direct
+        read_hold_s: float = READ_HOLD_S,  # 0: none (`_Connection.hold`)
     ) -> None:
         self._limit = pool_size
+        self._read_hold_s = read_hold_s
         self._proxies = proxies
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -530,6 +542,8 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_discarded",
         "closed",
+        "held",
+        "hold_s",
         "idle_since",
         "paused",
         "pool",
@@ -545,6 +559,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.paused = False
+        self.held = False
+        self.hold_s = pool.client._read_hold_s
         self.idle_since = 0.0
         self._discarded = False
 
@@ -573,6 +589,22 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if self.paused and transport is not None and not transport.is_closing():
             self.paused = False
+            transport.resume_reading()
+
+    def hold(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Not read for `hold_s` (READ_HOLD_S), unless paused already (by `pause`, whose
+        `resume` also ends a hold)."""
+        transport = self.transport
+        if self.held or self.paused or transport is None:
+            return
+        self.held = True
+        transport.pause_reading()
+        loop.call_later(self.hold_s, self._release)
+
+    def _release(self) -> None:
+        self.held = False
+        transport = self.transport
+        if transport is not None and not self.paused and not transport.is_closing():
             transport.resume_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -635,6 +667,8 @@ class _Connection(asyncio.Protocol):
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
+                            elif self.hold_s:
+                                self.hold(response._loop)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

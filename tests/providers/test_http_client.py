@@ -1909,3 +1909,119 @@ async def test_a_reframed_stream_s_end_read_during_a_keepalive_loses_none_of_its
     body = b"".join(bodies)
     assert body.count(b'"content":"hi"') == 3, body
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_again() -> None:
+    """After a read whose events were sent from the read callback, the connection is not read
+    for `read_hold_s` (the chunks arriving meanwhile are read in one piece), then is read
+    again: the stream's every event still arrives, in order."""
+    reads = [asyncio.Event() for _ in range(3)]
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        for i, go_on in enumerate(reads):
+            await go_on.wait()
+            await conn.send(_chunk(OPENAI_EVENT.replace(b"hi", b"h%d" % i) + b"\n"))
+        await conn.send(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Future()  # the client never leaves
+        raise AssertionError
+
+    holds: list[tuple[bool, bool]] = []  # (held, reading) seen after each piece's send
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            conn = stream._response._conn
+            assert conn is not None and conn.hold_s == http_client.READ_HOLD_S > 0
+            conn.hold_s = 0.05  # (long enough to be seen from the send)
+            transport = conn.transport
+            assert transport is not None
+            relay = _Relayed(stream)
+            messages: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                messages.append(message)
+                # (seen once the read's callback that sent it, if one did, is done)
+                asyncio.get_running_loop().call_soon(
+                    lambda: holds.append((conn.held, transport.is_reading()))
+                )
+                if 2 <= len(messages) <= len(reads) + 1:
+                    reads[len(messages) - 2].set()
+
+            await send_event_stream(receive, send, [], relay, 30, last=stream.finished)
+        finally:
+            await provider.close()
+    body = b"".join(m["body"] for m in messages[1:])
+    places = [body.find(b'"h%d"' % i) for i in range(3)]
+    assert -1 not in places and places == sorted(places), body
+    assert body.endswith(b"data: [DONE]\n\n") and messages[-1]["more_body"] is False
+    # A piece sent from a read began a hold, in which the upstream is not read; it ended.
+    assert relay.delivered >= 1 and (True, False) in holds, holds
+    assert (True, True) not in holds, holds
+    assert not conn.held and (conn.transport is None or conn.transport.is_reading())
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.reading = True
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.later.append((delay, callback))
+
+
+def _held_connection(hold_s: float) -> tuple[Any, _FakeTransport, _FakeLoop]:
+    client = HttpClient(pool_size=1, connect_timeout_s=1, read_timeout_s=1, read_hold_s=hold_s)
+    conn = http_client._Connection(http_client._Pool(client, None))  # type: ignore[arg-type]
+    transport = _FakeTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    return conn, transport, _FakeLoop()
+
+
+def test_a_hold_ends_by_its_timer_and_leaves_a_pause_to_its_resume() -> None:
+    """`hold`: not read until its timer; a flow-control `pause` during it is not ended by
+    the timer (only by `resume`); a connection closed meanwhile is not read again."""
+    conn, transport, loop = _held_connection(0.0003)
+    conn.hold(loop)
+    assert (conn.held, transport.reading) == (True, False)
+    assert [delay for delay, _ in loop.later] == [0.0003]
+    conn.hold(loop)  # held already: no second timer
+    assert len(loop.later) == 1
+    loop.later.pop()[1]()
+    assert (conn.held, transport.reading) == (False, True)
+
+    conn.hold(loop)
+    conn.pause()  # the body's buffer is full (flow control) during the hold
+    loop.later.pop()[1]()
+    assert (conn.held, conn.paused, transport.reading) == (False, True, False)
+    conn.resume()
+    assert transport.reading
+
+    conn.hold(loop)
+    transport.closing = True
+    loop.later.pop()[1]()
+    assert not transport.reading and not conn.held
+
+    conn, transport, loop = _held_connection(0.0003)
+    conn.pause()
+    conn.hold(loop)  # paused: no hold, no timer
+    assert not conn.held and not loop.later

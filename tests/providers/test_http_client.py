@@ -1817,22 +1817,30 @@ class _Relayed(Stepped):
         self.stream.deliver_to(counted)
 
 
-async def test_pieces_read_while_the_relay_waits_are_sent_from_the_read() -> None:
-    """Once the first piece is out, each read that completes events while the relay waits
-    has them sent from the connection's callback (`deliver_to`): the relay's task is not
-    woken for them. In order, whole; the last piece (the upstream's end) is still the
-    relay's, and ends the body in its send."""
-    reads = [asyncio.Event() for _ in range(4)]
+def _paced(reads: list[asyncio.Event], events: int) -> Callable[[Conn], Awaitable[None]]:
+    """An upstream stream: its first event, then after each of `reads` is set one more event
+    (`h0`, `h1`, … for the first `events`), then [DONE] and the body's end."""
 
     async def handler(conn: Conn) -> None:
         await conn.request()
         await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
         for i, go_on in enumerate(reads):
             await go_on.wait()
-            if i < len(reads) - 1:
+            if i < events:
                 await conn.send(_chunk(OPENAI_EVENT.replace(b"hi", b"h%d" % i) + b"\n"))
         await conn.send(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await conn.wait_closed_by_peer()
+
+    return handler
+
+
+async def test_pieces_read_while_the_relay_waits_are_sent_from_the_read() -> None:
+    """Once the first piece is out, each read that completes events while the relay waits
+    has them sent from the connection's callback (`deliver_to`): the relay's task is not
+    woken for them. In order, whole; the last piece (the upstream's end) is still the
+    relay's, and ends the body in its send."""
+    reads = [asyncio.Event() for _ in range(4)]
+    handler = _paced(reads, events=len(reads) - 1)
 
     async def receive() -> dict[str, Any]:
         await asyncio.Future()  # the client never leaves
@@ -1916,15 +1924,7 @@ async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_
     for `read_hold_s` (the chunks arriving meanwhile are read in one piece), then is read
     again: the stream's every event still arrives, in order."""
     reads = [asyncio.Event() for _ in range(3)]
-
-    async def handler(conn: Conn) -> None:
-        await conn.request()
-        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
-        for i, go_on in enumerate(reads):
-            await go_on.wait()
-            await conn.send(_chunk(OPENAI_EVENT.replace(b"hi", b"h%d" % i) + b"\n"))
-        await conn.send(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
-        await conn.wait_closed_by_peer()
+    handler = _paced(reads, events=len(reads))
 
     async def receive() -> dict[str, Any]:
         await asyncio.Future()  # the client never leaves

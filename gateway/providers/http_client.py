@@ -206,14 +206,14 @@ def _parse_target(url: str, proxies: ProxyPolicy | None) -> _Target:
     )
 
 
-# How long an event stream's upstream is not read after a read whose events were sent from the
-# read callback (`_Connection.hold`). On a busy worker the loop is back at `epoll_wait` within
-# microseconds and reads each upstream in many small pieces, and a read costs the worker ~18 µs
-# whatever its size (the system call, the ACK it sends, the callback): held, the chunks that
-# arrive meanwhile are read at once. Events spaced wider than this (a model's tokens, 10-50 ms)
-# are not delayed; one arriving within it is, by at most this. Measured in docs/decisions/0012
-# (issue 19zzl).
-READ_HOLD_S = 0.0003
+# An event stream's upstream is not read again in the loop turn after a read whose events were
+# sent from the read callback (`_Connection.hold`). On a busy worker the loop is back at
+# `epoll_wait` within microseconds and reads each upstream in many small pieces, and a read costs
+# the worker ~18 µs whatever its size (the system call, the ACK it sends, the callback): held,
+# the chunks that arrive meanwhile are read in one piece. One turn, not a time: uvloop (the
+# server's loop) rounds `call_later` to whole milliseconds and runs a delay under 0.5 ms as
+# `call_soon`, so the "0.3 ms" hold measured in docs/decisions/0012 (issue 19zzl) was this turn
+# (issue 19zzq).
 
 
 class HttpClient:
@@ -227,10 +227,10 @@ class HttpClient:
         *,
         keepalive_s: float = 15.0,  # an idle connection older than this is closed, not reused
         proxies: ProxyPolicy | None = None,  # None: always direct
-        read_hold_s: float = READ_HOLD_S,  # 0: none (`_Connection.hold`)
+        hold_reads: bool = True,  # False: none (`_Connection.hold`)
     ) -> None:
         self._limit = pool_size
-        self._read_hold_s = read_hold_s
+        self._hold_reads = hold_reads
         self._proxies = proxies
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -543,7 +543,7 @@ class _Connection(asyncio.Protocol):
         "_discarded",
         "closed",
         "held",
-        "hold_s",
+        "holds",
         "idle_since",
         "paused",
         "pool",
@@ -560,7 +560,7 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.paused = False
         self.held = False
-        self.hold_s = pool.client._read_hold_s
+        self.holds = pool.client._hold_reads
         self.idle_since = 0.0
         self._discarded = False
 
@@ -592,14 +592,14 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
 
     def hold(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Not read for `hold_s` (READ_HOLD_S), unless paused already (by `pause`, whose
+        """Not read until the loop's next turn, unless paused already (by `pause`, whose
         `resume` also ends a hold)."""
         transport = self.transport
         if self.held or self.paused or transport is None:
             return
         self.held = True
         transport.pause_reading()
-        loop.call_later(self.hold_s, self._release)
+        loop.call_soon(self._release)
 
     def _release(self) -> None:
         self.held = False
@@ -667,7 +667,7 @@ class _Connection(asyncio.Protocol):
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
-                            elif self.hold_s:
+                            elif self.holds:
                                 self.hold(response._loop)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)

@@ -1921,8 +1921,8 @@ async def test_a_reframed_stream_s_end_read_during_a_keepalive_loses_none_of_its
 
 async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_again() -> None:
     """After a read whose events were sent from the read callback, the connection is not read
-    for `read_hold_s` (the chunks arriving meanwhile are read in one piece), then is read
-    again: the stream's every event still arrives, in order."""
+    until the loop's next turn (the chunks arriving meanwhile are read in one piece), then is
+    read again: the stream's every event still arrives, in order."""
     reads = [asyncio.Event() for _ in range(3)]
     handler = _paced(reads, events=len(reads))
 
@@ -1937,8 +1937,7 @@ async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_
             stream = await provider.stream(chat_call("openai", "m", stream=True))
             assert isinstance(stream, ReframedStream)
             conn = stream._response._conn
-            assert conn is not None and conn.hold_s == http_client.READ_HOLD_S > 0
-            conn.hold_s = 0.05  # (long enough to be seen from the send)
+            assert conn is not None and conn.holds
             transport = conn.transport
             assert transport is not None
             relay = _Relayed(stream)
@@ -1946,7 +1945,8 @@ async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_
 
             async def send(message: dict[str, Any]) -> None:
                 messages.append(message)
-                # (seen once the read's callback that sent it, if one did, is done)
+                # (seen once the read's callback that sent it, if one did, is done: this
+                # callback is queued before the hold's end)
                 asyncio.get_running_loop().call_soon(
                     lambda: holds.append((conn.held, transport.is_reading()))
                 )
@@ -1983,45 +1983,46 @@ class _FakeTransport:
 
 class _FakeLoop:
     def __init__(self) -> None:
-        self.later: list[tuple[float, Callable[[], None]]] = []
+        self.soon: list[Callable[[], None]] = []
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        self.later.append((delay, callback))
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.soon.append(callback)
 
 
-def _held_connection(hold_s: float) -> tuple[Any, _FakeTransport, _FakeLoop]:
-    client = HttpClient(pool_size=1, connect_timeout_s=1, read_timeout_s=1, read_hold_s=hold_s)
+def _held_connection() -> tuple[Any, _FakeTransport, _FakeLoop]:
+    client = HttpClient(pool_size=1, connect_timeout_s=1, read_timeout_s=1)
     conn = http_client._Connection(http_client._Pool(client, None))  # type: ignore[arg-type]
     transport = _FakeTransport()
     conn.transport = transport  # type: ignore[assignment]
     return conn, transport, _FakeLoop()
 
 
-def test_a_hold_ends_by_its_timer_and_leaves_a_pause_to_its_resume() -> None:
-    """`hold`: not read until its timer; a flow-control `pause` during it is not ended by
-    the timer (only by `resume`); a connection closed meanwhile is not read again."""
-    conn, transport, loop = _held_connection(0.0003)
+def test_a_hold_ends_at_the_next_turn_and_leaves_a_pause_to_its_resume() -> None:
+    """`hold`: not read until the loop's next turn (`call_soon`: under uvloop a `call_later`
+    under 0.5 ms is one too); a flow-control `pause` during it is not ended by the hold's end
+    (only by `resume`); a connection closed meanwhile is not read again."""
+    conn, transport, loop = _held_connection()
     conn.hold(loop)
     assert (conn.held, transport.reading) == (True, False)
-    assert [delay for delay, _ in loop.later] == [0.0003]
-    conn.hold(loop)  # held already: no second timer
-    assert len(loop.later) == 1
-    loop.later.pop()[1]()
+    assert len(loop.soon) == 1
+    conn.hold(loop)  # held already: no second callback
+    assert len(loop.soon) == 1
+    loop.soon.pop()()
     assert (conn.held, transport.reading) == (False, True)
 
     conn.hold(loop)
     conn.pause()  # the body's buffer is full (flow control) during the hold
-    loop.later.pop()[1]()
+    loop.soon.pop()()
     assert (conn.held, conn.paused, transport.reading) == (False, True, False)
     conn.resume()
     assert transport.reading
 
     conn.hold(loop)
     transport.closing = True
-    loop.later.pop()[1]()
+    loop.soon.pop()()
     assert not transport.reading and not conn.held
 
-    conn, transport, loop = _held_connection(0.0003)
+    conn, transport, loop = _held_connection()
     conn.pause()
-    conn.hold(loop)  # paused: no hold, no timer
-    assert not conn.held and not loop.later
+    conn.hold(loop)  # paused: no hold, no callback
+    assert not conn.held and not loop.soon

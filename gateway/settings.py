@@ -113,9 +113,9 @@ class RetrySettings(_Strict):
     base_delay_s: NonNegFloat = 0.25
     max_delay_s: NonNegFloat = 8.0
     max_retry_after_s: NonNegFloat = 30.0
-    # `[retry]` only (never `[providers.X.retry]`): the longest a request may spend before its
-    # first byte, over every try, wait and fallback (gateway/routing/retry.py). Unset: no bound
-    # but each try's own. Every provider's policy carries the top-level value (load_settings).
+    # `[retry]` only (refused in `[providers.X.retry]`: load_settings): the longest a request
+    # may spend before its first byte, over every try, wait and fallback, given to the retrier
+    # (gateway/state.py, gateway/routing/retry.py). Unset: no bound but each try's own.
     deadline_s: PositiveFloat | None = None
 
 
@@ -339,33 +339,22 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         name: msgspec.structs.replace(provider, base_url=default_base_url(provider))
         for name, provider in settings.providers.items()
     }
-    settings = msgspec.structs.replace(
-        settings, providers=_with_deadline(providers, settings.retry, where)
-    )
+    settings = msgspec.structs.replace(settings, providers=providers)
+    _no_provider_deadline(providers, where)
     _check(settings, where)
     _check_proxies(settings, where, environ or {})
     return settings
 
 
-def _with_deadline(
-    providers: dict[str, ProviderSettings], retry: RetrySettings, where: str
-) -> dict[str, ProviderSettings]:
-    """The providers, each retry policy of its own carrying `[retry] deadline_s`: a request's
-    deadline spans every provider it falls back to, so it is the request's, never a provider's
-    (set there, it is refused)."""
-    deadline_s = retry.deadline_s
-    for name, provider in list(providers.items()):
-        if provider.retry is None:
-            continue
-        if provider.retry.deadline_s is not None:
+def _no_provider_deadline(providers: dict[str, ProviderSettings], where: str) -> None:
+    """`deadline_s` in a provider's own retry policy is refused: a request's deadline spans
+    every provider it falls back to, so it is the request's, never a provider's."""
+    for name, provider in providers.items():
+        if provider.retry is not None and provider.retry.deadline_s is not None:
             raise ConfigError(
                 f"{where}: `providers.{name}.retry.deadline_s`: a request's deadline spans "
                 "every provider it falls back to; set it in `[retry]` only"
             )
-        if deadline_s is not None:
-            policy = msgspec.structs.replace(provider.retry, deadline_s=deadline_s)
-            providers[name] = msgspec.structs.replace(provider, retry=policy)
-    return providers
 
 
 def _readable(message: str) -> str:

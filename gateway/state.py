@@ -183,6 +183,7 @@ async def build_state(
         balancer=Balancer(settings.routing.balance),
         capacity=capacity,
         cooldown_s=settings.routing.cooldown_s,
+        deadline_s=settings.retry.deadline_s,
     )
     meter = Meter(settings, accounts, store.limiter(), recorder)
     meter.on_served = retrier.release

@@ -168,7 +168,12 @@ class Retrier:
         balancer: Balancer | None = None,
         capacity: Capacity | None = None,
         cooldown_s: float = 30.0,
+        deadline_s: float | None = None,
     ) -> None:
+        """`deadline_s`: `[retry] deadline_s`, the request's (never a provider's: a request's
+        deadline spans every provider it falls back to); None, no deadline."""
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
         self._policy_for = policy_for
         self._health = health
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
@@ -177,9 +182,7 @@ class Retrier:
         self.balancer = balancer or Balancer("weighted")
         self.capacity: Capacity = capacity or MemoryCapacity(clock)
         self._cooldown_s = cooldown_s
-        # `retry.deadline_s`, read from the policy at the first call (the same for every
-        # provider: load_settings); negative until then
-        self._deadline_s: float | None = -1.0
+        self._deadline_s = deadline_s
         self._cuts: TimerWheel | None = None  # the tries' cuts at their request's deadline
         self._resting: set[asyncio.Task[None]] = set()  # broke_off's rests, until they are done
         # Retry and fallback counters (gateway/observer.py); set by create_app.
@@ -200,7 +203,7 @@ class Retrier:
         `tokens`: the request's estimate, reserved from a capped provider's token budget.
         One target (no fallback): its model's own loop is the awaitable, raising what this
         would (no coroutine of ours around it, resumed on every step of the call)."""
-        deadline = self._deadline_s and self._deadline(targets)  # None: no deadline
+        deadline = self._deadline_s and self._clock() + self._deadline_s  # None: no deadline
         if len(targets) == 1:
             # Alone, the model's loop raises rather than returns an outcome (typing.cast would
             # be a Python call per request).
@@ -208,13 +211,6 @@ class Retrier:
                 targets[0], attempt, may_retry, may_fall_back, tokens, [], True, deadline
             )
         return self._call_in_turn(targets, attempt, may_retry, may_fall_back, tokens, deadline)
-
-    def _deadline(self, targets: list[CatalogEntry]) -> float | None:
-        """The call's deadline on the retrier's clock, when `retry.deadline_s` is set."""
-        if self._deadline_s is not None and self._deadline_s < 0 and targets:
-            first = targets[0]
-            self._deadline_s = self._policy_for((first.deployments or (first,))[0]).deadline_s
-        return None if self._deadline_s is None else self._clock() + self._deadline_s
 
     async def _call_in_turn(
         self,

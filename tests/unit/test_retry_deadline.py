@@ -19,18 +19,26 @@ from gateway.settings import ConfigError, RetrySettings, load_settings
 from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
 
 
-def policy(deadline_s: float | None, **fields: Any) -> RetrySettings:
+def policy(**fields: Any) -> RetrySettings:
+    """A provider's retry policy: it carries no deadline (the retrier is given the request's)."""
     base: dict[str, Any] = {"attempts": 3, "base_delay_s": 0.25, "max_delay_s": 8.0}
-    return RetrySettings(max_retry_after_s=30, deadline_s=deadline_s, **base | fields)
+    return RetrySettings(max_retry_after_s=30, **base | fields)
 
 
-def retrier(clock: Clock, retry: RetrySettings, health: Health | None = None) -> Retrier:
+def retrier(
+    clock: Clock,
+    deadline_s: float | None,
+    health: Health | None = None,
+    retry: RetrySettings | None = None,
+) -> Retrier:
+    chosen = retry or policy()
     return Retrier(
-        lambda _target: retry,
+        lambda _target: chosen,
         health or Health(clock=clock),
         rng=random.Random(7),
         sleep=clock.sleep,
         clock=clock,
+        deadline_s=deadline_s,
     )
 
 
@@ -49,7 +57,7 @@ async def test_a_deadline_shorter_than_a_try_cuts_it_with_504_and_tries_nothing_
         return await hang(target)
 
     with pytest.raises(GatewayTimeout) as raised:
-        await retrier(clock, policy(0.05)).call_targets([SONNET, TURBO], attempt)
+        await retrier(clock, 0.05).call_targets([SONNET, TURBO], attempt)
     assert raised.value.status == 504 and raised.value.code == "deadline_exceeded"
     assert calls == [SONNET.model.id], "no retry and no fallback once the deadline passed"
 
@@ -63,7 +71,7 @@ async def test_a_fallback_s_try_is_bounded_by_the_time_left() -> None:
             raise BadGateway("nonsense")
         return await hang(target)
 
-    call = retrier(clock, policy(10)).call_targets([SONNET, TURBO], attempt)
+    call = retrier(clock, 10).call_targets([SONNET, TURBO], attempt)
     # (the guard only ends the test if the fallback were not cut; 0.05 s is what it has left)
     with pytest.raises(GatewayTimeout) as raised:
         await asyncio.wait_for(call, 30)
@@ -73,24 +81,24 @@ async def test_a_fallback_s_try_is_bounded_by_the_time_left() -> None:
 async def test_a_retry_after_longer_than_the_time_left_is_not_waited_for() -> None:
     clock = Clock()
     calls, attempt = script(unavailable(retry_after=6.0), "from the fallback")
-    result, target, _ = await retrier(clock, policy(5)).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    result, target, _ = await retrier(clock, 5).call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
     assert (result, target) == ("from the fallback", TURBO.deployments[0])
     assert calls == [SONNET.model.id, TURBO.model.id] and clock.slept == []
 
     # alone, the call ends at once with the upstream's own answer (not a 504: no try was cut)
     _, attempt = script(unavailable(retry_after=6.0))
     with pytest.raises(ServiceUnavailable) as raised:
-        await retrier(clock, policy(5)).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+        await retrier(clock, 5).call_targets([SONNET], attempt)  # type: ignore[arg-type]
     assert raised.value.retry_after_s == 6.0 and clock.slept == []
 
     # with time enough left it is waited for, as without a deadline
     _, attempt = script(unavailable(retry_after=6.0), "ok")
-    await retrier(clock, policy(10)).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    await retrier(clock, 10).call_targets([SONNET], attempt)  # type: ignore[arg-type]
     assert clock.slept == [6.0]
 
 
 async def test_backoff_is_capped_by_the_time_left() -> None:
-    retry = policy(1.0, attempts=5, base_delay_s=8.0, max_delay_s=8.0)
+    retry = policy(attempts=5, base_delay_s=8.0, max_delay_s=8.0)
     assert backoff_delay(0, retry, random.Random(7)) > 1.0, "uncapped, the first would overrun"
     clock = Clock()
     deadline = clock.now + 1.0
@@ -111,7 +119,7 @@ async def test_backoff_is_capped_by_the_time_left() -> None:
         raise unavailable()
 
     with pytest.raises(ServiceUnavailable):  # the last failure's own error: no try was cut
-        await retrier(clock, retry).call_targets([SONNET], attempt)
+        await retrier(clock, 1.0, retry=retry).call_targets([SONNET], attempt)
     assert lefts and all(0 <= s <= left for s, left in zip(clock.slept, lefts, strict=True))
     assert clock.now <= deadline + 0.1, "no backoff ended past the deadline"
 
@@ -130,11 +138,14 @@ async def test_unset_reads_no_clock_and_set_one_per_call(
         read += 1
         return clock.now
 
-    retry = policy(deadline_s)
-    retrier_ = Retrier(lambda _t: retry, Health(clock=clock), sleep=clock.sleep, clock=counting)
-    _, attempt = script("ok")
-    await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
-    read = 0  # (the first call read the policy's deadline)
+    retry = policy()
+    retrier_ = Retrier(
+        lambda _t: retry,
+        Health(clock=clock),
+        sleep=clock.sleep,
+        clock=counting,
+        deadline_s=deadline_s,
+    )
     _, attempt = script("ok")
     await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
     assert read == reads
@@ -146,7 +157,7 @@ async def test_only_a_first_try_cut_by_the_deadline_counts_against_its_deploymen
     clock = Clock()
     health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
     with pytest.raises(GatewayTimeout):
-        await retrier(clock, policy(0.05), health).call_targets([SONNET], hang)
+        await retrier(clock, 0.05, health).call_targets([SONNET], hang)
     assert not health.can_serve(SONNET.deployments[0].key), "one failure in the window opens it"
 
     clock = Clock()
@@ -159,7 +170,7 @@ async def test_only_a_first_try_cut_by_the_deadline_counts_against_its_deploymen
         return await hang(target)
 
     with pytest.raises(GatewayTimeout):
-        await retrier(clock, policy(10), health).call_targets([SONNET, TURBO], attempt)
+        await retrier(clock, 10, health).call_targets([SONNET, TURBO], attempt)
     assert not health.can_serve(SONNET.deployments[0].key)
     assert health.can_serve(TURBO.deployments[0].key), "the cut fallback is not counted"
 
@@ -169,8 +180,8 @@ def test_deadline_s_is_the_request_s_not_a_provider_s(tmp_path: Path) -> None:
     path.write_text("[retry]\ndeadline_s = 20\n[providers.openai.retry]\nattempts = 5\n")
     settings = load_settings(path)
     assert settings.retry.deadline_s == 20
-    # a provider's own policy carries it (the retrier reads it from any provider's)
-    assert settings.provider_retry("openai").deadline_s == 20
+    # a provider's own policy does not carry it: the retrier is given it (gateway/state.py)
+    assert settings.provider_retry("openai").deadline_s is None
     assert settings.provider_retry("openai").attempts == 5
     assert load_settings(None).retry.deadline_s is None
 
@@ -180,10 +191,12 @@ def test_deadline_s_is_the_request_s_not_a_provider_s(tmp_path: Path) -> None:
     path.write_text("[retry]\ndeadline_s = 0\n")
     with pytest.raises(ConfigError, match="deadline_s"):
         load_settings(path)
+    with pytest.raises(ValueError, match="deadline_s"):
+        Retrier(lambda _t: policy(), Health(), deadline_s=0.0)
 
 
 async def test_a_client_gone_during_a_try_is_a_cancellation_not_the_deadline() -> None:
-    call = asyncio.ensure_future(retrier(Clock(), policy(30)).call_targets([SONNET], hang))
+    call = asyncio.ensure_future(retrier(Clock(), 30).call_targets([SONNET], hang))
     await asyncio.sleep(0.01)  # the try is under way
     call.cancel()
     with pytest.raises(asyncio.CancelledError):

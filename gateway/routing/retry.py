@@ -18,11 +18,13 @@ answered (routing/catalog.py). For each model in order:
 
 With `[retry] deadline_s` set, the request's deadline (counted from this call) bounds it all:
 each try is cut when it passes (504 `gateway_timeout`, code `deadline_exceeded`; nothing is
-tried after it); a Retry-After or a resting deployment's return past it is not waited for (the
-next model is tried at once, else the call ends with the last failure's own error), and the
-jitter's ceiling is at most the time left. A try the deadline cut counts against its
-deployment's circuit only when it was the request's first (it had the whole deadline). Unset:
-none of this, and no clock read or check beyond one test per call (docs/decisions/0005).
+tried after it); a try is not sent once it has passed (in the gateway's own waits before it:
+the call ends as when it passes between tries); a Retry-After or a resting deployment's return
+past it is not waited for (the next model is tried at once, else the call ends with the last
+failure's own error, or the deadline's 504 when nothing was tried), and the jitter's ceiling is
+at most the time left. A try the deadline cut counts against its deployment's circuit only
+when it was the request's first (it had the whole deadline). Unset: none of this, and no clock
+read or check beyond one test per call (docs/decisions/0005).
 
 Other upstream failures (a nonsense answer, the upstream refusing our key) skip to the next
 deployment, then model. Client errors (400, 413, …) end the call at once. When nothing could be
@@ -97,7 +99,7 @@ class _ModelOutcome(Struct):
     error: GatewayError | None  # the last failure of a try
     back_in_s: float | None = None  # nothing could be tried: the earliest deployment back
     failing: bool = False  # ... and every one was resting for failing (open circuits)
-    cut: bool = False  # the request's deadline cut a try: nothing more is tried
+    cut: bool = False  # the request's deadline cut a try (or passed before one left): no more
 
 
 def backoff_delay(
@@ -106,6 +108,11 @@ def backoff_delay(
     """Full jitter: U(0, min(cap, base * 2^retry)) for the retry-th retry (0-based), the
     ceiling at most `left_s` (the time left before the request's deadline)."""
     return rng.uniform(0.0, min(policy.max_delay_s, policy.base_delay_s * (2**retry), left_s))
+
+
+class _Unsent(Exception):
+    """A try not sent: the request's deadline passed before it could leave (in the gateway's
+    own waits: the shared store's capacity take, the request's admission reply)."""
 
 
 class _Cut:
@@ -350,15 +357,31 @@ class Retrier:
                     if deadline is None:
                         result = await attempt(deployment)
                     else:
-                        left = deadline - call_started
                         gate = GATE.get()
                         if gate is not None and not gate.open:
                             # The request's own admission still on its way: its reply is read
                             # whole, outside the cut (cut there, it was given back as a gone
                             # client's and the request ended undecided: a 500)
                             await gate.passed()
-                            left = deadline - self._clock()
+                        # read as it leaves: the waits since call_started (the admission's
+                        # reply, here or with traces on) are the deadline's too
+                        left = deadline - self._clock()
+                        if left <= 0:
+                            # sent, it would be cut at once, maybe generated and billed
+                            # upstream for nothing
+                            raise _Unsent
                         result = await self._before_deadline(attempt(deployment), left)
+                except _Unsent:
+                    if span is not None:
+                        self._end_span(record, span, GatewayTimeout.type)
+                    self.release(deployment, tokens, 0)
+                    if not health.all_closed:
+                        health.release(key)  # nothing to record of a deployment not asked
+                    # the deadline passed between tries: the last failure stands, as at the
+                    # loop's top; nothing tried yet, the deadline's 504
+                    if error is None and not tries:
+                        error = self._deadline_exceeded()
+                    return self._outcome(_ModelOutcome(error, cut=True), alone)
                 except FALLBACK_ON as exc:
                     if span is not None:
                         self._end_span(record, span, exc.type)
@@ -434,13 +457,15 @@ class Retrier:
         except asyncio.CancelledError as exc:
             if not cut.fired or task.uncancel() > cut.cancelling:
                 raise  # (also cancelled by someone else: the client went away)
-            raise GatewayTimeout(
-                "No upstream answered within this request's deadline "
-                f"({self._deadline_s or 0.0:g} s).",
-                code=DEADLINE_EXCEEDED,
-            ) from exc
+            raise self._deadline_exceeded() from exc
         finally:
             slot.discard(cut)
+
+    def _deadline_exceeded(self) -> GatewayTimeout:
+        return GatewayTimeout(
+            f"No upstream answered within this request's deadline ({self._deadline_s or 0.0:g} s).",
+            code=DEADLINE_EXCEEDED,
+        )
 
     @staticmethod
     def _outcome(outcome: _ModelOutcome, alone: bool) -> _ModelOutcome:

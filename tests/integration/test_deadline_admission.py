@@ -47,7 +47,7 @@ def config(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["single", "stream"])
 def test_a_deadline_passing_at_the_admission_gate_ends_the_request_with_504(
-    config: Path, redis_server: RedisServer, stream: bool
+    config: Path, redis_server: RedisServer, fake_openai: FakeOpenAI, stream: bool
 ) -> None:
     paused = redis.Redis(port=redis_server.port)
 
@@ -59,6 +59,7 @@ def test_a_deadline_passing_at_the_admission_gate_ends_the_request_with_504(
             # quiet (past QUIET_S): the admission is written at once and the upstream call
             # waits for its reply at the gate, inside the retrier's first try
             await asyncio.sleep(0.001 + 2 * resp.QUIET_S)
+            sent = len(fake_openai.requests)
             paused.client_pause(PAUSE_MS, all=True)
             status, answer = await app.request("/v1/chat/completions", chat_body(stream), key)
             assert status == 504, answer
@@ -71,6 +72,9 @@ def test_a_deadline_passing_at_the_admission_gate_ends_the_request_with_504(
 
             await until(settled, "the reservation settled at no cost")
             assert state.retrier.balancer.in_flight(deployment) == 0
+            # the deadline passed before the try could leave: not sent (before, it was sent
+            # and cut at once: a request the upstream may generate, and bill, for nothing)
+            assert len(fake_openai.requests) == sent
 
     try:
         uvloop.run(asyncio.wait_for(main(), 30))

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.routing.capacity import MemoryCapacity, Taken
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier, backoff_delay
@@ -124,12 +126,11 @@ async def test_backoff_is_capped_by_the_time_left() -> None:
     assert clock.now <= deadline + 0.1, "no backoff ended past the deadline"
 
 
-@pytest.mark.parametrize(("deadline_s", "reads"), [(None, 2), (30.0, 3)], ids=["unset", "set"])
-async def test_unset_reads_no_clock_and_set_one_per_call(
-    deadline_s: float | None, reads: int
-) -> None:
+@pytest.mark.parametrize(("deadline_s", "reads"), [(None, 2), (30.0, 4)], ids=["unset", "set"])
+async def test_unset_reads_no_clock_and_set_two_more(deadline_s: float | None, reads: int) -> None:
     """The hot path without a deadline is the one before it: two clock reads for a served try
-    (its start, its latency); with one, a third (the call's deadline)."""
+    (its start, its latency); with one, two more (the call's deadline, the time left as the
+    try leaves)."""
     clock = Clock()
     read = 0
 
@@ -201,3 +202,55 @@ async def test_a_client_gone_during_a_try_is_a_cancellation_not_the_deadline() -
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+
+
+class SlowTake(MemoryCapacity):
+    """A shared store's capacity take (never answered locally) that takes `seconds` of the
+    fake clock for the deployments of `slow_model` (any model when None)."""
+
+    def __init__(self, clock: Clock, seconds: float, slow_model: str | None = None) -> None:
+        super().__init__(clock)
+        self.clock = clock
+        self.seconds = seconds
+        self.slow_model = slow_model
+
+    def take_local(self, ordered: Sequence[CatalogEntry], tokens: int) -> Taken | None:  # type: ignore[override]
+        return None
+
+    async def take(self, ordered: Sequence[CatalogEntry], tokens: int) -> Taken:
+        if ordered and (self.slow_model is None or ordered[0].model.id == self.slow_model):
+            self.clock.now += self.seconds
+        return self.take_now(ordered, tokens)
+
+
+async def test_a_try_is_not_sent_once_the_deadline_passed_before_it_leaves() -> None:
+    """The deadline passes in the gateway's own wait before the first try (the shared store's
+    take): the upstream is not asked (sent, it would be cut at once, maybe billed), the
+    request ends with the deadline's 504, and nothing is held or counted against the
+    deployment."""
+    clock = Clock()
+    health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
+    calls, attempt = script("never sent")
+    retrier_ = retrier(clock, 1.0, health)
+    retrier_.capacity = SlowTake(clock, 2.0)
+    with pytest.raises(GatewayTimeout) as raised:
+        await retrier_.call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert raised.value.code == "deadline_exceeded"
+    assert calls == [], "no upstream request once the deadline passed"
+    deployment = SONNET.deployments[0].key
+    assert health.can_serve(deployment), "a try never sent says nothing of its deployment"
+    assert retrier_.balancer.in_flight(deployment) == 0
+
+
+async def test_a_fallback_not_sent_once_the_deadline_passed_leaves_the_last_failure() -> None:
+    """As when the deadline passes between tries: the last failure stands (a 503 keeps its
+    Retry-After), and the fallback is not asked."""
+    clock = Clock()
+    calls, attempt = script(unavailable(retry_after=60.0), "never sent")
+    retrier_ = retrier(clock, 1.0)
+    retrier_.capacity = SlowTake(clock, 2.0, slow_model=TURBO.model.id)
+    with pytest.raises(ServiceUnavailable) as raised:
+        await retrier_.call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert raised.value.retry_after_s == 60.0
+    assert calls == [SONNET.model.id]
+    assert retrier_.balancer.in_flight(TURBO.deployments[0].key) == 0

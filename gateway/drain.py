@@ -38,6 +38,7 @@ DRAIN_DIR_PREFIX = "klawd-drain-"
 METRICS_DIR_PREFIX = "klawd-metrics-"
 DRAIN = "klawd-drain"  # the cancel message that tells a stream it is ended by the drain
 DRAIN_MARGIN_S = 1.0
+SHUTDOWN_FLOOR_S = 0.4
 WATCH_INTERVAL_S = 0.25
 
 
@@ -84,6 +85,13 @@ def announce(path: Path, now: float) -> None:
 def drain_deadline(signalled_at: float, grace_s: float) -> float:
     """Wall time at which a worker ends its open streams."""
     return signalled_at + grace_s - min(DRAIN_MARGIN_S, grace_s / 2)
+
+
+def shutdown_budget_s(grace_s: float) -> float:
+    """How long a worker's shutdown (`AppState.close`) may take: what the drain deadline leaves
+    before the kill, and at least SHUTDOWN_FLOOR_S (a grace of 0 leaves no margin, but the kill
+    comes `max(1, ceil(grace))` s after the signal: gateway/cli.py)."""
+    return max(SHUTDOWN_FLOOR_S, min(DRAIN_MARGIN_S, grace_s / 2))
 
 
 def writes_wait_s(grace_s: float) -> float:

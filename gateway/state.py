@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth import KeyCache
 from gateway.cache import ResponseCache
-from gateway.drain import OpenStreams, writes_wait_s
+from gateway.drain import OpenStreams, shutdown_budget_s, writes_wait_s
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
 from gateway.providers.base import MissingCredentials, Provider
@@ -58,15 +59,44 @@ class AppState:
     writes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def close(self) -> None:
+        """The worker's shutdown, within `drain.shutdown_budget_s` (what the drain deadline
+        leaves before the kill): the writes still running get half of it, the ledger's flush
+        what is left of three quarters, the closes after it (providers, capacity, webhooks,
+        the store) the rest; each of the last two at least a quarter. A store that never
+        answers holds none of them until the kill (decision 0013, 19zzg and 19zzn)."""
+        loop = asyncio.get_running_loop()
+        grace_s = self.settings.server.streams.drain_grace_s
+        budget = shutdown_budget_s(grace_s)
+        end = loop.time() + budget
         if self.writes:
-            await self._end_writes(writes_wait_s(self.settings.server.streams.drain_grace_s))
-        for provider in reversed(list(self.providers.values())):
-            await provider.close()
-        await self.recorder.close()
-        await self.retrier.capacity.close()
+            await self._end_writes(writes_wait_s(grace_s))
+        # The ledger first: what it cannot write is logged for `klawd usage replay`, and
+        # a Replicate prediction's cancel (a provider's close waits for them) runs meanwhile.
+        await self.recorder.close(max(budget / 4, end - budget / 4 - loop.time()))
+        await self._close_the_rest(max(budget / 4, end - loop.time()))
+
+    async def _close_the_rest(self, within_s: float) -> None:
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            *((f"provider '{n}'", p.close) for n, p in reversed(list(self.providers.items()))),
+            ("the upstreams' capacity", self.retrier.capacity.close),
+        ]
         if self.dispatcher is not None:
-            await self.dispatcher.close()
-        await self.store.close()
+            steps.append(("the webhooks' dispatcher", self.dispatcher.close))
+        steps.append(("the store", self.store.close))
+        closed = 0
+
+        async def close_each() -> None:
+            nonlocal closed
+            for _, close in steps:
+                await close()
+                closed += 1
+
+        if not await within(close_each(), within_s):
+            log.error(
+                "shutdown: %s not closed after %.2f s: left to the process's exit",
+                ", ".join(what for what, _ in steps[closed:]),
+                within_s,
+            )
 
     async def _end_writes(self, wait_s: float) -> None:
         """Waits for the writes still running, at most `wait_s`: a store that never answers
@@ -83,6 +113,20 @@ class AppState:
             wait_s,
         )
         await asyncio.sleep(0)  # (the cancelled writes take their cancel before the store closes)
+
+
+async def within(step: Coroutine[Any, Any, None], seconds: float) -> bool:
+    """Runs `step` for at most `seconds`: whether it ended (its exception is raised), else it
+    is cancelled and left (a step that takes its cancel back must not hold the shutdown
+    either)."""
+    task = asyncio.ensure_future(step)
+    await asyncio.wait({task}, timeout=seconds)
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.sleep(0)  # (it takes its cancel now)
+    return False
 
 
 def open_capacity(store: Store) -> Capacity:

@@ -138,17 +138,39 @@ class UsageRecorder:
                 if self._on_backlog is not None:
                     self._on_backlog(len(self._pending))
 
-    async def close(self) -> None:
+    async def close(self, within_s: float | None = None) -> None:
+        """The rest settled, within `within_s` (None: no bound) from now: a store that never
+        answers must not hold the worker's shutdown until its kill, after which the entries
+        would be lost without a word. What a failed or cut flush leaves is written to the log
+        (`unsettled usage entry` lines, for `klawd usage replay`: an entry settled after all,
+        by a store that answered late, is skipped by the replay)."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        bound = asyncio.timeout(None if within_s is None else max(0.0, within_s))
         try:
-            await self.flush()
+            async with bound:
+                if self._task is not None:
+                    await self._task
+                await self.flush()
         except Exception:
-            log.exception(
-                "usage flush failed at shutdown; writing %d entries to the log", len(self._pending)
-            )
-            for entry in self._pending:
-                log.error("unsettled usage entry %s", msgspec.json.encode(entry).decode())
-            self._pending.clear()
+            if bound.expired():
+                self._write_out(f"usage flush unfinished after {within_s:.2f} s at shutdown")
+            else:
+                log.exception("usage flush failed at shutdown")
+                self._write_out("usage flush failed at shutdown")
+
+    def _write_out(self, why: str) -> None:
+        """The entries still pending, in the log: one line of what they add up to (no key, no
+        body), then one line each."""
+        if not self._pending:
+            return
+        log.error(
+            "%s: %d entries of %d accounts not settled (%d micro-dollars), written to the log",
+            why,
+            len(self._pending),
+            len({entry.account_id for entry in self._pending}),
+            sum(entry.cost_micros for entry in self._pending),
+        )
+        for entry in self._pending:
+            log.error("unsettled usage entry %s", msgspec.json.encode(entry).decode())
+        self._pending.clear()

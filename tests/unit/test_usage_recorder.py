@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
+
+import orjson
+import pytest
 
 from gateway.store.base import UsageEntry
 from gateway.usage import UsageRecorder
@@ -86,3 +90,48 @@ async def test_a_full_batch_is_settled_without_waiting_for_the_period() -> None:
     assert store.batches[1] == ["use_recorder_2", "use_recorder_3"]
     await recorder.close()
     assert store.batches[2:] == [["use_recorder_4"]]
+
+
+async def test_a_flush_that_never_returns_is_cut_and_its_entries_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that never answers (`release` never set): the shutdown's flush ends at its
+    bound, and what it held is in the log, counted and summed, each entry replayable. Before,
+    `close` waited for the store for ever."""
+    caplog.set_level(logging.ERROR, logger="klawd.usage")
+    store = HeldStore()
+    recorder = UsageRecorder(store, flush_interval_s=0.01)  # type: ignore[arg-type]
+    recorder.start()
+    recorder.record(entry(1))
+    await settled_batches(store, 1)  # the background task waits in the store
+    recorder.record(entry(2))
+    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == (
+        "usage flush unfinished after 0.05 s at shutdown: 2 entries of 1 accounts not settled "
+        "(20 micro-dollars), written to the log"
+    )
+    assert [
+        orjson.loads(line.removeprefix("unsettled usage entry "))["id"] for line in lines[1:]
+    ] == [
+        "use_recorder_1",
+        "use_recorder_2",
+    ]
+    assert recorder.pending == 0
+
+
+async def test_a_flush_that_ends_within_its_bound_settles_everything(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="klawd.usage")
+    store = HeldStore()
+    recorder = UsageRecorder(store, flush_interval_s=0.01)  # type: ignore[arg-type]
+    recorder.start()
+    recorder.record(entry(1))
+    await settled_batches(store, 1)
+    recorder.record(entry(2))
+    asyncio.get_running_loop().call_later(0.01, store.release.set)
+    await recorder.close(within_s=5.0)
+    assert store.batches == [["use_recorder_1"], ["use_recorder_2"]]
+    assert recorder.pending == 0
+    assert caplog.records == []

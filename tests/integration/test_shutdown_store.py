@@ -1,0 +1,182 @@
+"""The app's shutdown is bounded even when its store stops answering: the ledger's flush is cut
+within `drain.shutdown_budget_s`, and what it did not write is logged (a count, the sum of
+micro-dollars, then the `unsettled usage entry` lines that `klawd usage replay` reads); the
+closes after it (the webhooks' lease, the store itself) are cut at the budget's end.
+
+A store that stops answering, for real: on SQLite another connection holds the file's write
+lock (as the `klawd` CLI or a backup may), so the store's one thread waits in its busy timeout
+(5 s) and every call queued behind it waits too; on the suite's redis-server, `CLIENT PAUSE
+WRITE` holds every write (the settle's FCALL) unanswered until the pause ends. Before the
+bound, the shutdown waited for each (the flush until the busy timeout or Redis's command
+timeout failed it, the lease and the store's close after it) and the flush's cut never came."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import uvloop
+
+from gateway.settings import load_settings
+from gateway.store import open_store
+from gateway.store.base import UsageEntry, UsageRow
+from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.test_streams_freed import App, lifespan
+from tests.redis_server import RedisServer
+
+COST = 1234
+DAY = time.strftime("%Y-%m-%d", time.gmtime())
+
+
+class Hold:
+    """The store's writes held unanswered until `release`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite: sqlite3.Connection | None = None
+        self._redis: redis.Redis | None = None
+
+    def hold(self) -> None:
+        if self.url.startswith("sqlite:///"):
+            self._sqlite = sqlite3.connect(
+                self.url.removeprefix("sqlite:///"), isolation_level=None
+            )
+            self._sqlite.execute("BEGIN EXCLUSIVE")
+        else:
+            self._redis = redis.Redis.from_url(self.url)
+            self._redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+
+    def release(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+            self._sqlite = None
+        if self._redis is not None:
+            self._redis.execute_command("CLIENT", "UNPAUSE")
+            self._redis.close()
+            self._redis = None
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def config(
+    request: pytest.FixtureRequest, tmp_path: Path, fake_openai: FakeOpenAI
+) -> Iterator[Path]:
+    path = tmp_path / "klawd.toml"
+    url = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
+    gateway_config(path, free_port(), fake_openai.base_url, store_url=url)
+    yield path
+
+
+def entry(account_id: str) -> UsageEntry:
+    return UsageEntry(
+        id=f"use_shutdown_{time.time_ns()}",
+        ts=time.time(),
+        day=DAY,
+        account_id=account_id,
+        key_id="",
+        model="openai/gpt-fake",
+        provider="openai",
+        prompt_tokens=12,
+        completion_tokens=4,
+        images=0,
+        cost_micros=COST,
+        reserved_micros=0,
+        latency_ms=3,
+        status=200,
+        request_id="req_shutdown",
+        stream=False,
+    )
+
+
+def shut_down_with_a_held_store(config: Path, let_through: bool) -> tuple[str, UsageEntry]:
+    """An entry recorded while the store's writes are held, then the app's shutdown; the hold
+    is released as the shutdown begins if `let_through`, else after it. The account's id and
+    the entry."""
+    url = load_settings(config).store.url
+    held = Hold(url)
+
+    async def main() -> tuple[str, UsageEntry]:
+        thresholds = gc.get_threshold()
+        app = App(config)
+        sent: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        incoming = await lifespan(app, sent)
+        try:
+            body = {"name": "shutdown", "plan": "enterprise", "credits_usd": 10}
+            status, made = await app.request("/admin/accounts", orjson.dumps(body), ADMIN_TOKEN)
+            assert status == 201, made
+            account_id = orjson.loads(made)["id"]
+            held.hold()
+            one = entry(account_id)
+            app.state["klawd"].recorder.record(one)
+            await incoming.put({"type": "lifespan.shutdown"})
+            if let_through:
+                asyncio.get_running_loop().call_soon(held.release)
+            assert (await sent.get())["type"] == "lifespan.shutdown.complete"
+            assert app.lifespan is not None
+            await app.lifespan
+            if not let_through:  # what the process's exit does with the store left open
+                held.release()
+                await app.state["klawd"].store.close()
+            return account_id, one
+        finally:
+            held.release()
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
+
+    return uvloop.run(asyncio.wait_for(main(), 30))
+
+
+def usage(config: Path, account_id: str) -> list[UsageRow]:
+    async def read() -> list[UsageRow]:
+        settings = load_settings(config)
+        store = open_store(settings.store.url, settings.store.reservation_hold_s)
+        try:
+            return await store.usage(account_id, DAY, DAY)
+        finally:
+            await store.close()
+
+    return uvloop.run(read())
+
+
+def test_a_store_that_stops_answering_does_not_hold_the_shutdown(
+    config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="klawd")
+    _, one = shut_down_with_a_held_store(config, let_through=False)
+    lines = [r.getMessage() for r in caplog.records]
+    cut = [line for line in lines if line.startswith("usage flush unfinished after ")]
+    assert len(cut) == 1, lines
+    assert cut[0].endswith(
+        " s at shutdown: 1 entries of 1 accounts not settled (1234 micro-dollars), written to "
+        "the log"
+    )
+    logged = [line for line in lines if line.startswith("unsettled usage entry ")]
+    assert len(logged) == 1
+    assert orjson.loads(logged[0].removeprefix("unsettled usage entry "))["id"] == one.id
+    closes = [line for line in lines if line.startswith("shutdown: ")]
+    assert len(closes) == 1 and "the store" in closes[0] and "not closed after" in closes[0]
+    for line in lines:
+        assert "sk-klawd-" not in line
+
+
+def test_a_store_that_answers_within_the_bound_settles_the_entries(
+    config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="klawd")
+    account_id, _ = shut_down_with_a_held_store(config, let_through=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "unsettled" in line or "not closed" in line], lines
+    rows = usage(config, account_id)
+    assert [(row.requests, row.cost_micros) for row in rows] == [(1, COST)]

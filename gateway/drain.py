@@ -96,9 +96,10 @@ def shutdown_budget_s(grace_s: float) -> float:
 
 def writes_wait_s(grace_s: float) -> float:
     """How long a worker's shutdown waits for the writes still running (a stream's stored
-    response, `AppState.writes`): half of what the drain deadline leaves before the kill, so
-    that the ledger's flush and the store's close get the other half."""
-    return min(DRAIN_MARGIN_S, grace_s / 2) / 2
+    response, `AppState.writes`): half of its budget, so that the ledger's flush and the
+    store's close get the other half. At a grace of 0 too: no grace means that open streams
+    are not waited for, not that what was already written is dropped."""
+    return shutdown_budget_s(grace_s) / 2
 
 
 async def watch(

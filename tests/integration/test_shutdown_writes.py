@@ -103,3 +103,28 @@ def test_a_store_write_that_ends_within_the_bound_is_kept(
     found = uvloop.run(stored())
     assert found is not None
     assert found.response["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def config_without_grace(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("shutdown-writes-no-grace") / "klawd.toml"
+    gateway_config(path, free_port(), fake_openai.base_url)
+    path.write_text(
+        path.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 0\n")
+    )
+    assert load_settings(path).server.streams.drain_grace_s == 0
+    yield path
+
+
+def test_without_grace_a_write_already_issued_is_still_kept(
+    config_without_grace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`drain_grace_s = 0` asks not to wait for open streams, not to drop what was already
+    written: the writes still get `drain.writes_wait_s(0)` (0.2 s). Before, the wait was 0 and
+    every write still pending at the shutdown was abandoned."""
+    caplog.set_level(logging.ERROR, logger="klawd")
+    _, held = shut_down_during_a_write(config_without_grace, let_through=True)
+    assert [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()] == []
+    assert len(held.written) == 1

@@ -13,11 +13,14 @@ from gateway.drain import (
     DRAIN_FILE_ENV,
     DRAIN_MARGIN_S,
     METRICS_DIR_PREFIX,
+    SHUTDOWN_FLOOR_S,
     OpenStreams,
     announce,
     drain_deadline,
     is_drain,
     remove_leftovers,
+    shutdown_budget_s,
+    writes_wait_s,
 )
 
 
@@ -94,3 +97,11 @@ def test_a_metrics_directory_the_operator_named_stays(
     assert sorted(p.name for p in metrics.iterdir())[0] == "counter_102.db"
     assert len(list(metrics.iterdir())) == 3
     assert not drain_dir.exists()  # the other worker sees its parent gone without the file
+
+
+def test_the_shutdown_s_budget_is_the_drain_s_margin_with_a_floor() -> None:
+    assert (shutdown_budget_s(30.0), writes_wait_s(30.0)) == (DRAIN_MARGIN_S, DRAIN_MARGIN_S / 2)
+    assert (shutdown_budget_s(1.0), writes_wait_s(1.0)) == (0.5, 0.25), "half a short grace"
+    # No grace: open streams are ended at once, yet what is being written gets its floor
+    # (the kill comes 1 s after the signal).
+    assert (shutdown_budget_s(0.0), writes_wait_s(0.0)) == (SHUTDOWN_FLOOR_S, SHUTDOWN_FLOOR_S / 2)

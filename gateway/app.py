@@ -265,16 +265,20 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             draining.cancel()
             sweeping.cancel()
             listening.cancel()
-            await state.close()
-            observer.request_log.close()
-            if tracing is not None:
-                await asyncio.to_thread(tracing.close)
-            observer.metrics.buffer.flush()
-            worker_exited(os.getpid())
-            # Undone for a process that outlives the app (tests, an embedding program): frozen,
-            # its objects are hidden from gc.get_referrers, which Hypothesis's register_random
-            # reads to warn of a Random nobody holds.
-            _COLLECTOR.stopped()
+            try:
+                await state.close()
+                observer.request_log.close()
+                if tracing is not None:
+                    await asyncio.to_thread(tracing.close)
+                observer.metrics.buffer.flush()
+                worker_exited(os.getpid())
+            finally:
+                # Undone for a process that outlives the app (tests, an embedding program),
+                # even by a shutdown that failed: frozen, the app's objects are never
+                # collected (so nothing can undo it once they are unreachable: decision 0013,
+                # 19zzn), and hidden from gc.get_referrers, which Hypothesis's register_random
+                # reads to warn of a Random nobody holds.
+                _COLLECTOR.stopped()
             if state.streams.orphaned:
                 drain.remove_leftovers(os.getpid())
 

@@ -150,7 +150,10 @@ class UsageRecorder:
         try:
             async with bound:
                 if self._task is not None:
-                    await self._task
+                    # Waited for, not awaited: cancelled with every task at the end of an
+                    # event loop (asyncio.run), it must not cancel the flush and the rest of
+                    # the app's shutdown with it.
+                    await asyncio.wait([self._task])
                 await self.flush()
         except Exception:
             if bound.expired():
@@ -158,6 +161,9 @@ class UsageRecorder:
             else:
                 log.exception("usage flush failed at shutdown")
                 self._write_out("usage flush failed at shutdown")
+        finally:
+            if self._task is not None:
+                self._task.cancel()  # (cut, it still waits for the store)
 
     def _write_out(self, why: str) -> None:
         """The entries still pending, in the log: one line of what they add up to (no key, no

@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 from starlette.testclient import TestClient
 
 from gateway.app import GC_THRESHOLDS, create_app
 from gateway.settings import load_settings
+from gateway.store import open_store
+from gateway.store.base import UsageEntry
 
 
 def test_the_app_s_shutdown_undoes_what_its_start_up_did_to_the_collector(tmp_path: Path) -> None:
@@ -67,6 +73,73 @@ def test_two_apps_in_one_process_leave_the_collector_as_the_first_found_it(
             running.__exit__(None, None, None)
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*kept)
+
+
+def test_an_event_loop_that_ends_without_a_shutdown_still_shuts_the_app_down(
+    tmp_path: Path,
+) -> None:
+    """asyncio.run (here uvloop.run) cancels every task still pending at its end, the
+    lifespan's too: its shutdown then runs. Before, it stopped at its first step (the ledger's
+    task, cancelled with the others, re-raised its cancel in `UsageRecorder.close`): the entry
+    recorded was never settled, the store never closed and the heap stayed frozen. (An app
+    whose shutdown never runs at all cannot be helped by a finalizer: its frozen objects are
+    never collected; decision 0013, 19zzn.)"""
+    config = _config(tmp_path, "ended")
+    kept = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    lifespans: list[asyncio.Future[None]] = []
+
+    async def serve_and_leave() -> str:
+        incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        state: dict[str, Any] = {}
+        await incoming.put({"type": "lifespan.startup"})
+        app = create_app(load_settings(config), environ={})
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+        lifespans.append(asyncio.ensure_future(app(scope, incoming.get, sent.put)))  # type: ignore[arg-type]
+        assert (await sent.get())["type"] == "lifespan.startup.complete"
+        assert gc.get_freeze_count() > 0
+        account = await state["klawd"].store.create_account("ended", "free", 5_000_000)
+        state["klawd"].recorder.record(
+            UsageEntry(
+                id="use_loop_ended",
+                ts=time.time(),
+                day=day,
+                account_id=account.id,
+                key_id="",
+                model="openai/gpt-fake",
+                provider="openai",
+                prompt_tokens=12,
+                completion_tokens=4,
+                images=0,
+                cost_micros=321,
+                reserved_micros=0,
+                latency_ms=3,
+                status=200,
+                request_id="req_loop_ended",
+                stream=False,
+            )
+        )
+        return account.id  # no lifespan.shutdown: the loop's end cancels the lifespan's task
+
+    async def ledger(account_id: str) -> list[tuple[int, int]]:
+        settings = load_settings(config)
+        store = open_store(settings.store.url, settings.store.reservation_hold_s)
+        try:
+            return [(r.requests, r.cost_micros) for r in await store.usage(account_id, day, day)]
+        finally:
+            await store.close()
+
+    try:
+        account_id = uvloop.run(serve_and_leave())
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (700, 10, 10)
+        assert uvloop.run(ledger(account_id)) == [(1, 321)]
     finally:
         gc.unfreeze()
         gc.set_threshold(*kept)

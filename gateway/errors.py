@@ -166,6 +166,11 @@ class GatewayTimeout(GatewayError):
     type = "gateway_timeout"
 
 
+# The code of the 504 that ends a request whose deadline (`[retry] deadline_s`) passed, and
+# the message of the cancellation by which the deadline cuts a try (gateway/routing/retry.py).
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
 def model_not_found(model: str, param: str = "model") -> NotFound:
     return NotFound(
         f"The model '{model[:200]}' does not exist.", param=param, code="model_not_found"

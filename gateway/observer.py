@@ -9,7 +9,8 @@ through the metrics buffer, flushed once a second):
 - Meter.admit: `admitted_or_refused` (by plan);
 - Meter.settle: `settled`, once per billable request (served model, tokens, cost);
 - ResponseCache: `cache_consulted` (hit, miss or bypass) and `cache_saved`;
-- HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type);
+- HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type; a
+  call cut by the request's deadline is a `gateway_timeout`, a client gone is not counted);
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """

@@ -32,6 +32,7 @@ from msgspec import Struct
 from gateway import _core
 from gateway.billing import TokenUsage
 from gateway.errors import (
+    DEADLINE_EXCEEDED,
     BadGateway,
     GatewayError,
     GatewayTimeout,
@@ -433,6 +434,13 @@ class HttpProvider:
         except GatewayError as exc:
             if observer is not None:
                 observer.upstream_finished(self.name, time.perf_counter() - started, exc.type)
+            raise
+        except asyncio.CancelledError as exc:
+            # The request's deadline cut the call (its cancellation is named): a failure, as
+            # the 504 it becomes. Any other cancellation (the client gone) is not counted.
+            if observer is not None and exc.args == (DEADLINE_EXCEEDED,):
+                duration = time.perf_counter() - started
+                observer.upstream_finished(self.name, duration, GatewayTimeout.type)
             raise
         if observer is not None:
             observer.upstream_finished(self.name, time.perf_counter() - started, None)

@@ -50,6 +50,7 @@ from msgspec import Struct
 
 from gateway.admission_gate import GATE, closed_gate
 from gateway.errors import (
+    DEADLINE_EXCEEDED,
     BadGateway,
     GatewayError,
     GatewayTimeout,
@@ -73,8 +74,6 @@ T = TypeVar("T")
 
 # Upstream failures after which the next target (a route's, or a model's fallback) is tried.
 FALLBACK_ON = (ServiceUnavailable, RateLimited, GatewayTimeout, BadGateway)
-# The code of the 504 that ends a request whose deadline (`retry.deadline_s`) cut a try.
-DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class Attempt(Struct, frozen=True):
@@ -129,7 +128,9 @@ class _Cut:
 
     def on_due(self) -> None:
         self.fired = True
-        self.task.cancel()
+        # named, so that the call it cuts can tell it from a client gone (HttpProvider._send
+        # counts a cut upstream call as a failure)
+        self.task.cancel(DEADLINE_EXCEEDED)
 
 
 async def _admitted() -> None:

@@ -19,6 +19,7 @@ from tests.conftest import Gateway, free_port, gateway_config, start_gateway, st
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV
 from tests.fakes.replicate_upstream import FakeReplicate
+from tests.scrape import scrape, total
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
@@ -109,6 +110,22 @@ def test_a_deadline_shorter_than_a_try_ends_the_request_with_504(
     assert (error["type"], error["code"]) == ("gateway_timeout", "deadline_exceeded")
     assert sent(fake, "hang-headers") == before + 1, "one try, cut; no retry"
     # (the fallback, gpt-fake, is not tried: the deadline had passed)
+
+
+def test_a_cut_try_is_counted_in_the_upstream_metrics(gateway: Gateway, key: str) -> None:
+    """As the 504 it became (`klawd_upstream_errors_total{type="gateway_timeout"}`), not as an
+    answer (no headers came: no duration). Before, a cut call was in neither."""
+    url = f"{gateway.base_url}/metrics"
+    _, before = scrape(url)
+    response = gateway.post(key, {"model": "patient/hang-headers", "messages": MESSAGES})
+    assert response.status_code == 504, response.text
+    _, after = scrape(url)
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert grew("klawd_upstream_errors_total", provider="patient", type="gateway_timeout") == 1
+    assert grew("klawd_upstream_request_duration_seconds_count", provider="patient") == 0
 
 
 def test_the_messages_route_ends_at_the_deadline_too(

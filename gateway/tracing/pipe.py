@@ -15,7 +15,7 @@ Bounded: what the pipe does not take at once waits in a buffer of at most `MAX_B
 a batch that does not fit is dropped and counted (`dropped_spans`), never waited for. Batches go
 when `BATCH_SPANS` spans have ended or every `OTEL_BSP_SCHEDULE_DELAY` ms (the SDK's own setting,
 5 s by default), whichever comes first. Shutdown writes what is left, closes the pipe and waits
-for the child to send it (it exits at the end of its input).
+for the child to send it (it exits at the end of its input), within CHILD_EXIT_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -42,6 +43,19 @@ MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 CHILD_EXIT_TIMEOUT_S = 15.0  # the exporter's own timeout (10 s) and some
 # an attribute value msgpack has no form for goes as its str(), as the SDK casts it
 _encode = msgspec.msgpack.Encoder(enc_hook=str).encode
+
+
+def _write_by(fd: int, data: bytes, deadline: float) -> None:
+    """`data` down the pipe `fd` (non-blocking) as fast as it is read, until `deadline`
+    (time.monotonic())."""
+    view = memoryview(data)
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if select.select([], [fd], [], left)[1]:
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(fd, view) :]
 
 
 class SpanPipe:
@@ -183,6 +197,9 @@ class SpanPipe:
             return not self._unsent
 
     def shutdown(self) -> None:
+        """Writes what is left, closes the pipe and waits for the child to send it, all within
+        CHILD_EXIT_TIMEOUT_S; then the child is killed. (The write was a blocking one: a child
+        that stopped reading, stopped or stuck, held the worker's shutdown for ever.)"""
         self._stopping.set()
         with self._lock:
             self._wakeup.notify()
@@ -191,15 +208,20 @@ class SpanPipe:
             unsent, self._unsent = bytes(self._unsent), bytearray()
         if child is None or child.stdin is None or self._pid != os.getpid():
             return
+        deadline = time.monotonic() + CHILD_EXIT_TIMEOUT_S
         with contextlib.suppress(OSError):  # a child that has exited reads nothing more
-            os.set_blocking(child.stdin.fileno(), True)
             if not self._broken:
-                child.stdin.write(unsent)
+                _write_by(child.stdin.fileno(), unsent, deadline)
         with contextlib.suppress(OSError):
             child.stdin.close()
         try:
-            child.wait(CHILD_EXIT_TIMEOUT_S)
+            child.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            log.warning(
+                "the span exporter did not finish within %g s of the shutdown: stopped, what it "
+                "had not sent is lost",
+                CHILD_EXIT_TIMEOUT_S,
+            )
             child.kill()
             child.wait()
         if self.dropped_spans:

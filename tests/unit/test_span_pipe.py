@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -535,3 +536,33 @@ def test_the_recorder_asks_for_a_frame_when_full_and_after_a_fork() -> None:
     assert recorder.push(encoded) is True  # the first row after it: start the child
     assert recorder.push(encoded) is False
     assert recorder.ids() != ids
+
+
+def test_a_child_that_stops_reading_does_not_hold_the_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows left at shutdown were written to the child's pipe in blocking mode: a child
+    that stopped reading (stopped, stuck) held the worker's shutdown for ever (here: the
+    thread still running after 30 s). They are now written within CHILD_EXIT_TIMEOUT_S, then
+    the child is killed."""
+    monkeypatch.setattr(pipe, "CHILD_EXIT_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(pipe, "BATCH_SPANS", 64)
+    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    child = spans._child
+    assert child is not None
+    shutting = threading.Thread(target=spans.shutdown)
+    os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
+    try:
+        wide = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * 200}))
+        for _ in range(1000):  # ~250 KiB of rows: more than the pipe holds
+            spans.add(wide)
+        assert spans._unsent, "the pipe took every row: nothing would be left to write"
+        shutting.start()
+        shutting.join(30)
+        assert not shutting.is_alive(), "the shutdown still waits for a child that reads nothing"
+        assert child.returncode is not None
+    finally:
+        if child.returncode is None:
+            os.kill(child.pid, signal.SIGKILL)
+        if shutting.is_alive():
+            shutting.join()

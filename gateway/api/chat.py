@@ -342,12 +342,13 @@ class ReframedRelay(Stepped):
     def deliver_to(self, deliver: Deliver | None) -> None:
         self.stream.deliver_to(deliver)
 
-    async def close(self, whole: bool, drained: bool) -> None:
+    def close(self, whole: bool, drained: bool) -> Awaitable[None]:
+        # `_settle`'s coroutine itself: no coroutine of this method's own around it.
         failed = self.status != 0
         status = self.status or (
             200 if whole else ShuttingDown.status if drained else CLIENT_CLOSED
         )
-        await _settle(self.state, self.ticket, self.chat, self.stream, self.target, status, failed)
+        return _settle(self.state, self.ticket, self.chat, self.stream, self.target, status, failed)
 
 
 async def relay(

@@ -74,7 +74,7 @@ class Stepped:
     def failed(self, exc: Exception) -> bytes:
         raise NotImplementedError
 
-    async def close(self, whole: bool, drained: bool) -> None:
+    def close(self, whole: bool, drained: bool) -> Awaitable[None]:
         raise NotImplementedError
 
     def deliver_to(self, deliver: Deliver | None) -> None:

@@ -232,7 +232,8 @@ async def send_event_stream(
             drain.streams.discard(task)
         pinging = watch.end()
         if generator is None:
-            stepped.deliver_to(None)
+            if not direct:  # the source was told where to deliver (a piece went out first)
+                stepped.deliver_to(None)
             # A send `deliver` began that the task had not waited for yet (it was cancelled
             # first): let go, as the task's own send is when it is cancelled in it. One that
             # failed (the server refused it: the client is gone) is let go with its failure

@@ -5,6 +5,7 @@ of OTLP; and a child that falls behind makes the gateway drop and count, never w
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 from collections.abc import Iterator
@@ -538,18 +539,44 @@ def test_the_recorder_asks_for_a_frame_when_full_and_after_a_fork() -> None:
     assert recorder.ids() != ids
 
 
+def _descriptors_below(number: int) -> list[int]:
+    """Descriptors held open until every one below `number` is taken (the next one opened is
+    numbered `number` or more): a worker holding that many connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < number + 64:
+        if hard != resource.RLIM_INFINITY and hard < number + 64:
+            pytest.skip(f"the open files limit ({hard}) is below {number + 64}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (number + 64, hard))
+    held = [os.open(os.devnull, os.O_RDONLY)]
+    while held[-1] < number - 1:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+    return held
+
+
+@pytest.mark.parametrize("past_select", [False, True], ids=["low", "past-select-s-limit"])
 def test_a_child_that_stops_reading_does_not_hold_the_shutdown(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, past_select: bool
 ) -> None:
     """The rows left at shutdown were written to the child's pipe in blocking mode: a child
     that stopped reading (stopped, stuck) held the worker's shutdown for ever (here: the
     thread still running after 30 s). They are now written within CHILD_EXIT_TIMEOUT_S, then
-    the child is killed."""
+    the child is killed. Also when the pipe is numbered past 1023 (a worker holding a
+    thousand connections when its child starts: a forked worker's first span), which
+    `select.select` refuses with a ValueError that ended the shutdown there, the child
+    left running."""
     monkeypatch.setattr(pipe, "CHILD_EXIT_TIMEOUT_S", 0.2)
     monkeypatch.setattr(pipe, "BATCH_SPANS", 64)
-    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = _descriptors_below(1024) if past_select else []
+    try:
+        spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
     child = spans._child
-    assert child is not None
+    assert child is not None and child.stdin is not None
+    assert (child.stdin.fileno() >= 1024) == past_select
     shutting = threading.Thread(target=spans.shutdown)
     os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
     try:

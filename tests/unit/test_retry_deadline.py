@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.providers.base import UpstreamRequest
+from gateway.providers.openai import OpenAIProvider
 from gateway.routing.capacity import MemoryCapacity, Taken
-from gateway.routing.catalog import CatalogEntry
+from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier, backoff_delay
-from gateway.settings import ConfigError, RetrySettings, load_settings
+from gateway.settings import ConfigError, ProviderSettings, RetrySettings, load_settings
 from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
 
 
@@ -254,3 +256,45 @@ async def test_a_fallback_not_sent_once_the_deadline_passed_leaves_the_last_fail
     assert raised.value.retry_after_s == 60.0
     assert calls == [SONNET.model.id]
     assert retrier_.balancer.in_flight(TURBO.deployments[0].key) == 0
+
+
+class HangingClient:
+    """A providers' HTTP client whose requests never get their headers."""
+
+    async def request(self, *args: object) -> object:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class Noted:
+    """An observer that notes the upstream calls reported to it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def upstream_finished(self, provider: str, duration_s: float, error_type: str | None) -> None:
+        self.calls.append((provider, error_type))
+
+
+@pytest.mark.parametrize(
+    ("message", "reported"),
+    [(DEADLINE_EXCEEDED, [("up", "gateway_timeout")]), (None, [])],
+    ids=["deadline", "client-gone"],
+)
+async def test_an_upstream_call_cut_by_the_deadline_is_reported_a_client_gone_is_not(
+    message: str | None, reported: list[tuple[str, str | None]]
+) -> None:
+    """The deadline's cut names its cancellation (`_Cut.on_due`); `_send` reports a call ended
+    by it as the 504 it becomes, and nothing for any other cancellation."""
+    settings = ProviderSettings(kind="openai", base_url="http://upstream.invalid")
+    provider = OpenAIProvider("up", settings, Secret("k"))
+    provider._client = HangingClient()  # type: ignore[assignment]
+    noted = Noted()
+    provider.observer = noted  # type: ignore[assignment]
+    upstream = UpstreamRequest("http://upstream.invalid/v1/chat/completions", {}, b"{}")
+    call = asyncio.ensure_future(provider._send(upstream))
+    await asyncio.sleep(0)  # the call is under way
+    call.cancel(message)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert noted.calls == reported

@@ -19,7 +19,7 @@ from gateway.api.common import (
     send_json_raw,
     two_headers,
 )
-from gateway.api.streaming import Deliver, Drain, Stepped, send_event_stream
+from gateway.api.streaming import KEEPALIVE, Deliver, Stepped, send_route_stream
 from gateway.api.translated import TranslatedStream
 from gateway.auth import AuthContext
 from gateway.billing import (
@@ -122,7 +122,8 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         del body
         if lookup is not None and lookup.key is not None:
             stream = AssemblingStream(stream, state.cache.saver(lookup, target))
-        await send_event_stream(
+        await send_route_stream(
+            state,
             receive,
             send,
             [*SSE_RAW_HEADERS, *headers],
@@ -130,11 +131,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             ReframedRelay(state, ticket, chat, stream, target)
             if isinstance(stream, ReframedStream)
             else relay(state, ticket, chat, stream, target),
-            state.settings.server.streams.keepalive_s,
-            drain=Drain(state.streams, DRAIN_EVENT),
-            send_timeout_s=state.settings.server.streams.send_timeout_s,
+            KEEPALIVE,
+            DRAIN_EVENT,
             # The provider's own stream knows its last piece (ends the body in that send).
-            last=stream.finished if isinstance(stream, ReframedStream) else None,
+            stream.finished if isinstance(stream, ReframedStream) else None,
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
@@ -178,14 +178,8 @@ async def _serve_cached(
         await send_json(send, completion, headers)
         return
     events = chat_events(answer.body, response_id, created, chat.include_usage, 0.0)
-    await send_event_stream(
-        receive,
-        send,
-        SSE_HEADERS | headers,
-        _once(events),
-        state.settings.server.streams.keepalive_s,
-        drain=Drain(state.streams, DRAIN_EVENT),
-        send_timeout_s=state.settings.server.streams.send_timeout_s,
+    await send_route_stream(
+        state, receive, send, SSE_HEADERS | headers, _once(events), KEEPALIVE, DRAIN_EVENT
     )
 
 

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import _core, ids
 from gateway.api.chat import SSE_HEADERS, ReframedRelay, relay
 from gateway.api.common import app_state, json_response, read_body, send_json
-from gateway.api.streaming import Drain, send_event_stream
+from gateway.api.streaming import send_route_stream
 from gateway.api.translated import TranslatedStream, stepped
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, estimate_tokens, format_usd
@@ -247,18 +247,17 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
         # The provider's stream (passed through or translated) relayed as the chat route's,
         # stepped, its last piece ending the body; a cache's assembling one by the generator.
         fast = stepped(stream)
-        await send_event_stream(
+        await send_route_stream(
+            state,
             receive,
             send,
             SSE_HEADERS | served | limit_headers,
             relay(state, ticket, chat, stream, target, error_event, cost_in_usage=False)
             if fast is None
             else ReframedRelay(state, ticket, chat, fast, target, error_event, False),
-            state.settings.server.streams.keepalive_s,
             PING_EVENT,
-            Drain(state.streams, DRAIN_EVENT),
+            DRAIN_EVENT,
             None if fast is None else fast.finished,
-            state.settings.server.streams.send_timeout_s,
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
@@ -317,15 +316,14 @@ async def _serve_cached(
         await send_json(send, to_message(completion, answer.model, message_id), headers)
         return
     replay = ReplayedStream(answer.body, answer.usage, message_id, created)
-    await send_event_stream(
+    await send_route_stream(
+        state,
         receive,
         send,
         SSE_HEADERS | headers,
         _pieces(AnthropicEvents(replay, target, message_id)),
-        state.settings.server.streams.keepalive_s,
         PING_EVENT,
-        Drain(state.streams, DRAIN_EVENT),
-        send_timeout_s=state.settings.server.streams.send_timeout_s,
+        DRAIN_EVENT,
     )
 
 

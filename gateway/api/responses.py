@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import ids
 from gateway.api.chat import SSE_HEADERS, ReframedRelay, relay
 from gateway.api.common import app_state, json_response, read_body, send_json, two_headers
-from gateway.api.streaming import Drain, send_event_stream
+from gateway.api.streaming import KEEPALIVE, send_route_stream
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, format_usd
 from gateway.cache import HEADER as CACHE_HEADER
@@ -51,8 +51,6 @@ from gateway.state import AppState
 from gateway.store.base import StoredResponse, StoreError
 
 log = logging.getLogger("klawd")
-
-KEEPALIVE = b": keepalive\n\n"
 
 
 async def create_response(scope: Scope, receive: Receive, send: Send) -> None:
@@ -189,7 +187,8 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
                         await _keep_through(state, stored)
                 yield piece
 
-        await send_event_stream(
+        await send_route_stream(
+            state,
             receive,
             send,
             SSE_HEADERS | served | limit_headers,
@@ -198,11 +197,9 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
             KeepingRelay(state, ticket, chat, events, target, keep)
             if events.stepped
             else relay_and_keep(),
-            state.settings.server.streams.keepalive_s,
             KEEPALIVE,
             # a shutdown's deadline ends the stream with numbered error + response.failed
-            Drain(state.streams, lambda: events.error_event(ShuttingDown())),
-            send_timeout_s=state.settings.server.streams.send_timeout_s,
+            lambda: events.error_event(ShuttingDown()),
         )
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
@@ -282,15 +279,14 @@ async def _serve_cached(
         async for piece in events:
             yield piece
 
-    await send_event_stream(
+    await send_route_stream(
+        state,
         receive,
         send,
         SSE_HEADERS | headers,
         pieces(),
-        state.settings.server.streams.keepalive_s,
         KEEPALIVE,
-        Drain(state.streams, lambda: events.error_event(ShuttingDown())),
-        send_timeout_s=state.settings.server.streams.send_timeout_s,
+        lambda: events.error_event(ShuttingDown()),
     )
 
 

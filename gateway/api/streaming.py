@@ -40,14 +40,17 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from starlette.types import Message, Receive, Send
 
 from gateway.api.common import encode_headers
 from gateway.drain import DRAIN, OpenStreams, is_drain
 from gateway.timer_wheel import Slot, TimerWheel
+
+if TYPE_CHECKING:
+    from gateway.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -497,6 +500,34 @@ class _Rest:
             waiting = next(steps, _SENT)
             if waiting is _SENT:
                 return
+
+
+def send_route_stream(
+    state: AppState,
+    receive: Receive,
+    send: Send,
+    headers: Mapping[str, str] | list[tuple[bytes, bytes]],
+    pieces: AsyncGenerator[bytes, None] | Stepped,
+    keepalive: bytes,
+    drain_event: bytes | Callable[[], bytes],
+    last: Callable[[], bool] | None = None,
+) -> Coroutine[Any, Any, None]:
+    """`send_event_stream` as every route's stream (live or a cache hit) is sent: with the
+    app's `[server.streams]` keepalive and send deadline, read here only, and registered with
+    the app's open streams (`drain_event`: the route's last event if the drain ends it). A
+    plain function that returns the coroutine: no frame of its own while the stream runs."""
+    streams = state.settings.server.streams
+    return send_event_stream(
+        receive,
+        send,
+        headers,
+        pieces,
+        streams.keepalive_s,
+        keepalive,
+        Drain(state.streams, drain_event),
+        last,
+        streams.send_timeout_s,
+    )
 
 
 class Drain(NamedTuple):

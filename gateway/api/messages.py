@@ -54,6 +54,7 @@ from gateway.providers.anthropic import translate_response
 from gateway.providers.base import (
     ChatCall,
     Completion,
+    MessagesBody,
     MessagesCall,
     MessagesProvider,
     UpstreamStream,
@@ -94,7 +95,7 @@ async def count_message_tokens(request: Request) -> Response:
         provider = state.providers[target.model.provider]
         if isinstance(provider, MessagesProvider):
             headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))}
-            call = MessagesCall(orjson.loads(body), headers, target, "", False)
+            call = MessagesCall(MessagesBody(orjson.loads(body)), headers, target, "", False)
             tokens = await provider.count_tokens(call)
         else:
             tokens = (
@@ -194,8 +195,9 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
         forwarded["anthropic-version"] = version
     if beta:
         forwarded["anthropic-beta"] = beta
-    # The body as parsed once by the translation: a pass-through writes it again, `model`
-    # rewritten; a translated target's body is written only if one is tried.
+    # The body as parsed once by the translation: a pass-through writes it again once (at its
+    # first try), each try only its model; a translated target's body is written only if one
+    # is tried.
     passthrough = MessagesCallFactory(translation.fields, forwarded, message_id, chat.stream)
     created = int(time.time())
 
@@ -333,12 +335,13 @@ async def _pieces(stream: UpstreamStream) -> AsyncGenerator[bytes, None]:
 
 
 class MessagesCallFactory:
-    """The pass-through call for one target (the body is shared; the provider rewrites model)."""
+    """The pass-through call for one target (the body is shared, written once a request; the
+    provider writes the target's model into it)."""
 
     def __init__(
         self, body: dict[str, object], headers: dict[str, str], message_id: str, stream: bool
     ) -> None:
-        self._body = body
+        self._body = MessagesBody(body)
         self._headers = headers
         self._message_id = message_id
         self._stream = stream

@@ -443,9 +443,7 @@ class AnthropicProvider(HttpProvider):
         return UpstreamRequest(
             url=f"{self.settings.base_url.rstrip('/')}{path}",
             headers=headers,
-            body=orjson.dumps(
-                {k: v for k, v in call.body.items() if k != "models"} | {"model": model}
-            ),
+            body=call.body.with_model(model),
         )
 
     async def messages(self, call: MessagesCall) -> Completion:

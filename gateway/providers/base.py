@@ -200,10 +200,66 @@ class ImageProvider(Protocol):
     async def generate_images(self, call: ImageCall) -> ImageResult: ...
 
 
+class MessagesBody:
+    """The client's Messages request as every Messages API upstream gets it: `model` rewritten
+    to the target's, the gateway's own `models` (fallbacks) left out. The first try's is
+    written whole; a try under the same model name (a retry, or another deployment of the same
+    upstream model) sends those bytes again; another name is joined into the rest of the body,
+    written once a request around `model` (the bytes `orjson.dumps` writes for the whole body
+    with that model, `model` where the client had it)."""
+
+    __slots__ = ("_around", "_model", "_written", "fields")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields  # the client's body, parsed
+        self._model: str | None = None  # the last try's, written as `_written`
+        self._written = b""
+        self._around: tuple[memoryview, bytes, bytes, memoryview] | None = None
+
+    def with_model(self, model: str) -> bytes:
+        if model == self._model:
+            return self._written
+        if self._model is None:  # the first try (most requests' only one): one orjson call
+            fields = self.fields
+            if "models" in fields:
+                fields = {k: v for k, v in fields.items() if k != "models"}
+            written = orjson.dumps(fields | {"model": model})
+        else:
+            around = self._around
+            if around is None:
+                around = self._around = _around_model(self.fields)
+            head, key, comma, tail = around
+            written = b"".join((head, key, orjson.dumps(model), comma, tail))
+        self._model = model
+        self._written = written
+        return written
+
+
+def _around_model(fields: dict[str, Any]) -> tuple[memoryview, bytes, bytes, memoryview]:
+    """The body's JSON around the model's value, `models` left out: `{` and the members before
+    `model`, the key (after a comma if any came before), a comma if any member follows, and
+    those members with the closing `}` (`model` goes last if the body has none). The members
+    are views of orjson's output (not copied)."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    side = before
+    for key, value in fields.items():
+        if key == "model":
+            side = after
+        elif key != "models":
+            side[key] = value
+    return (
+        memoryview(orjson.dumps(before))[:-1],
+        b',"model":' if before else b'"model":',
+        b"," if after else b"",
+        memoryview(orjson.dumps(after))[1:],
+    )
+
+
 class MessagesCall(Struct, frozen=True):
     """`POST /v1/messages` passed through to an upstream that speaks the Messages API."""
 
-    body: dict[str, Any]  # the client's Anthropic request (model rewritten by the provider)
+    body: MessagesBody  # the client's Anthropic request (model rewritten by the provider)
     headers: dict[str, str]  # the client's anthropic-version / anthropic-beta
     target: CatalogEntry
     message_id: str

@@ -215,8 +215,9 @@ class FakeAnthropic(ThreadedServer):
         return web.json_response({"input_tokens": COUNTED_TOKENS})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        body = orjson.loads(await request.read())
-        self.record(request, body)
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.record(request, body, raw=raw)
         # The API reads the key from x-api-key; recent SDKs send it as a bearer token instead.
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         key = request.headers.get("x-api-key") or bearer

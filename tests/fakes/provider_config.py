@@ -50,7 +50,18 @@ GEMINI_MODELS = [
 # upstream's error, not an open circuit.
 # ~again: a second test of one failing model (a 429 rests its deployment until its Retry-After,
 # so a second call would be answered by the gateway without asking the upstream).
-FAILING_SUFFIXES = ["", "~stream", "~retry", "~msg", "~msgstream", "~again"]
+# ~bytes, ~bytesstream: the first target of a fallback chain whose upstream bodies are compared
+# byte for byte (tests/integration/test_messages_api.py).
+FAILING_SUFFIXES = [
+    "",
+    "~stream",
+    "~retry",
+    "~msg",
+    "~msgstream",
+    "~again",
+    "~bytes",
+    "~bytesstream",
+]
 ANTHROPIC_FAILING = [m for m in ANTHROPIC_MODELS if m not in ("claude-fake", "claude-tools")]
 GEMINI_FAILING = [m for m in GEMINI_MODELS if m not in ("gemini-fake", "gemini-tools")]
 REPLICATE_MODELS = [

@@ -272,6 +272,17 @@ def test_image_input_reaches_every_upstream_in_its_format(
     assert gemini_parts[0] == {"inlineData": {"mimeType": "image/png", "data": data}}
 
 
+def passed_through(gateway: Gateway, api_key: str, body: dict[str, Any]) -> None:
+    """`body` posted as an Anthropic SDK would (its version header), answered with 200."""
+    response = httpx.post(
+        f"{gateway.base_url}/v1/messages",
+        headers={"x-api-key": api_key, "anthropic-version": "2023-06-01"},
+        json=body,
+        timeout=20,
+    )
+    assert response.status_code == 200, response.text
+
+
 def test_passthrough_rewrites_only_the_model_and_uses_the_gateway_key(
     gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic
 ) -> None:
@@ -284,18 +295,45 @@ def test_passthrough_rewrites_only_the_model_and_uses_the_gateway_key(
         "thinking": {"type": "disabled"},
         "metadata": {"user_id": "u-1"},
     }
-    response = httpx.post(
-        f"{gateway.base_url}/v1/messages",
-        headers={"x-api-key": api_key, "anthropic-version": "2023-06-01"},
-        json=body,
-        timeout=20,
-    )
-    assert response.status_code == 200, response.text
+    passed_through(gateway, api_key, body)
     recorded = fake_anthropic.last_request("claude-fake")
     assert recorded["body"] == body | {"model": "claude-fake"}
     headers = {k.lower(): v for k, v in recorded["headers"].items()}
     assert headers["x-api-key"] != api_key
     assert headers["anthropic-version"] == "2023-06-01"
+
+
+def passthrough_bytes(body: dict[str, Any], model: str) -> bytes:
+    """What a pass-through sends: the client's body with only `model` rewritten (in the
+    client's place) and `models` left out, as orjson writes that dict."""
+    return orjson.dumps({k: v for k, v in body.items() if k != "models"} | {"model": model})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+@pytest.mark.parametrize("chain", [False, True], ids=["one-target", "fallback-chain"])
+def test_passthrough_sends_each_try_its_model_in_the_same_bytes(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic, stream: bool, chain: bool
+) -> None:
+    """One target: one body. A chain: the overloaded first target is tried three times (the
+    test config's attempts), then the fallback answers; every try gets the bytes of the
+    client's body with its own model, whatever the key order (`model` not first here)."""
+    failing = f"claude-overloaded~bytes{'stream' if stream else ''}"
+    first = f"anthropic/{failing}" if chain else "anthropic/claude-fake"
+    body: dict[str, Any] = {
+        "max_tokens": 64,
+        "system": "Be brief, ü.",
+        "model": first,
+        "messages": HELLO,
+        "stream": stream,
+        "metadata": {"user_id": "u-1"},
+    }
+    if chain:
+        body["models"] = ["anthropic/claude-fake"]
+    seen = len(fake_anthropic.requests)
+    passed_through(gateway, api_key, body)
+    sent = [r["raw"] for r in fake_anthropic.requests[seen:]]
+    tried = [failing.split("~")[0]] * 3 if chain else []
+    assert sent == [passthrough_bytes(body, m) for m in [*tried, "claude-fake"]]
 
 
 def test_translation_sends_system_tools_tool_results_and_history(

@@ -12,11 +12,10 @@ import sqlite3
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
-from tests.conftest import free_port, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.test_responses_shutdown import draining_gateway, typed_events
 
 
 @pytest.mark.parametrize(
@@ -30,14 +29,7 @@ def test_a_stall_after_done_is_not_waited_for_and_the_drain_finds_nothing_open(
     cached one (an assembling stream over the provider's: relayed by the generator). Both
     end, billed 200, while the upstream still holds its body open; the SIGTERM after that
     drains nothing and the worker exits cleanly."""
-    port = free_port()
-    config = tmp_path / "klawd.toml"
-    gateway_config(config, port, fake_openai.base_url)
-    config.write_text(
-        config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
-        + "\n[cache]\nenabled = true\n"
-    )
-    gateway = start_gateway(config, port)
+    gateway = draining_gateway(fake_openai, tmp_path, "\n[cache]\nenabled = true\n")
     key = gateway.new_key(credits_usd=10.0)
     stalls_ended = fake_openai.stalls_ended
     headers = {"authorization": f"Bearer {key}"} | ({"x-klawd-cache": cache} if cache else {})
@@ -55,11 +47,7 @@ def test_a_stall_after_done_is_not_waited_for_and_the_drain_finds_nothing_open(
         assert gateway.process.wait(timeout=30) == 0, "ended cleanly, not killed"
     finally:
         fake_openai.release()
-    events = [
-        orjson.loads(e.split(b"\ndata: ", 1)[1])
-        for e in answer.split(b"\n\n")
-        if e.startswith(b"event: ")
-    ]
+    events = typed_events(answer)
     assert events[-1]["type"] == "response.completed", answer[-300:]
     with sqlite3.connect(tmp_path / "klawd.db") as db:
         billed = db.execute(

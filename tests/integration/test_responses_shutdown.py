@@ -6,24 +6,40 @@ from __future__ import annotations
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
-from tests.conftest import free_port, gateway_config, start_gateway
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 
 
-def test_a_responses_stream_ended_by_the_drain_gets_numbered_final_events(
-    fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
+def draining_gateway(fake_openai: FakeOpenAI, tmp_path: Path, extra: str = "") -> Gateway:
+    """A gateway of the test's own (its SIGTERM ends it), with a 2 s drain grace."""
     port = free_port()
     config = tmp_path / "klawd.toml"
     gateway_config(config, port, fake_openai.base_url)
     config.write_text(
         config.read_text().replace("keepalive_s = 1\n", "keepalive_s = 1\ndrain_grace_s = 2\n", 1)
+        + extra
     )
-    gateway = start_gateway(config, port)
+    return start_gateway(config, port)
+
+
+def typed_events(body: bytes) -> list[dict[str, Any]]:
+    """The data of each `event:` event of a Responses stream's body."""
+    return [
+        orjson.loads(e.split(b"\ndata: ", 1)[1])
+        for e in body.split(b"\n\n")
+        if e.startswith(b"event: ")
+    ]
+
+
+def test_a_responses_stream_ended_by_the_drain_gets_numbered_final_events(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    gateway = draining_gateway(fake_openai, tmp_path)
     key = gateway.new_key(credits_usd=10.0)
     try:
         with httpx.stream(
@@ -41,11 +57,7 @@ def test_a_responses_stream_ended_by_the_drain_gets_numbered_final_events(
         assert gateway.process.wait(timeout=30) == 0, "ended cleanly, not killed"
     finally:
         fake_openai.release()
-    events = [
-        orjson.loads(e.split(b"\ndata: ", 1)[1])
-        for e in rest.split(b"\n\n")
-        if e.startswith(b"event: ")
-    ]
+    events = typed_events(rest)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
     assert events[-2]["code"] == "service_unavailable"

@@ -22,6 +22,7 @@ from gateway.store import resp
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_cancelled_admission import chat_body, until, warmed
+from tests.integration.test_request_deadline import with_deadline
 from tests.integration.test_streams_freed import started
 from tests.redis_server import RedisServer
 
@@ -35,13 +36,7 @@ def config(
 ) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("deadline-admission") / "klawd.toml"
     gateway_config(path, free_port(), fake_openai.base_url, store_url=redis_server.url)
-    text = path.read_text()
-    assert "max_retry_after_s = 5\n" in text
-    path.write_text(
-        text.replace(
-            "max_retry_after_s = 5\n", f"max_retry_after_s = 5\ndeadline_s = {DEADLINE_S}\n"
-        )
-    )
+    with_deadline(path, DEADLINE_S)
     yield path
 
 

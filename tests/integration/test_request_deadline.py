@@ -1,5 +1,5 @@
-"""`[retry] deadline_s` end to end: a gateway of its own (deadline 1 s) in front of a fake OpenAI
-upstream of its own, driven by httpx and the official openai SDK.
+"""`[retry] deadline_s` end to end: a gateway of its own (deadline 1 s) in front of the suite's
+fake OpenAI upstream, driven by httpx and the official openai SDK.
 
 The fake answers by upstream model name (tests/fakes/openai_upstream.py): `hang-headers` holds
 its headers back for 3 s (the provider's own first-byte bound here is 10 s), `fail-429` is a 429
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,27 +64,27 @@ capabilities = ["images"]
 """
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    started = FakeOpenAI()
-    started.start()
-    yield started
-    started.stop()
+def with_deadline(config: Path, deadline_s: float, max_retry_after_s: int = 5) -> None:
+    """`[retry] deadline_s` (and `max_retry_after_s`) set in a test config (gateway_config's)."""
+    text = config.read_text()
+    assert "max_retry_after_s = 5\n" in text
+    config.write_text(
+        text.replace(
+            "max_retry_after_s = 5\n",
+            f"max_retry_after_s = {max_retry_after_s}\ndeadline_s = {deadline_s}\n",
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    fake: FakeOpenAI, fake_replicate: FakeReplicate, tmp_path_factory: pytest.TempPathFactory
+    fake_openai: FakeOpenAI, fake_replicate: FakeReplicate, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     config = tmp_path_factory.mktemp("deadline") / "klawd.toml"
     port = free_port()
-    extra = PROVIDERS.format(url=fake.base_url, replicate_url=fake_replicate.base_url)
-    gateway_config(config, port, fake.base_url, extra=extra)
-    text = config.read_text()
-    assert "max_retry_after_s = 5\n" in text
-    config.write_text(
-        text.replace("max_retry_after_s = 5\n", "max_retry_after_s = 30\ndeadline_s = 1\n")
-    )
+    extra = PROVIDERS.format(url=fake_openai.base_url, replicate_url=fake_replicate.base_url)
+    gateway_config(config, port, fake_openai.base_url, extra=extra)
+    with_deadline(config, 1, max_retry_after_s=30)
     running = start_gateway(config, port, PROVIDER_ENV)
     yield running
     stop(running.process)
@@ -100,15 +101,15 @@ def sent(fake: FakeOpenAI, upstream_model: str) -> int:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
 def test_a_deadline_shorter_than_a_try_ends_the_request_with_504(
-    gateway: Gateway, key: str, fake: FakeOpenAI, stream: bool
+    gateway: Gateway, key: str, fake_openai: FakeOpenAI, stream: bool
 ) -> None:
-    before = sent(fake, "hang-headers")
+    before = sent(fake_openai, "hang-headers")
     body = {"model": "patient/hang-then-fallback", "messages": MESSAGES, "stream": stream}
     response = gateway.post(key, body)
     assert response.status_code == 504, response.text
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("gateway_timeout", "deadline_exceeded")
-    assert sent(fake, "hang-headers") == before + 1, "one try, cut; no retry"
+    assert sent(fake_openai, "hang-headers") == before + 1, "one try, cut; no retry"
     # (the fallback, gpt-fake, is not tried: the deadline had passed)
 
 
@@ -129,23 +130,24 @@ def test_a_cut_try_is_counted_in_the_upstream_metrics(gateway: Gateway, key: str
 
 
 def test_the_messages_route_ends_at_the_deadline_too(
-    gateway: Gateway, key: str, fake: FakeOpenAI
+    gateway: Gateway, key: str, fake_openai: FakeOpenAI
 ) -> None:
-    before = sent(fake, "hang-headers")
+    before = sent(fake_openai, "hang-headers")
     body = {"model": "patient/hang-headers", "messages": MESSAGES, "max_tokens": 16}
     response = gateway.post(key, body, route="/v1/messages")
     assert response.status_code == 504, response.text
     assert "deadline" in response.text
-    assert sent(fake, "hang-headers") == before + 1
+    assert sent(fake_openai, "hang-headers") == before + 1
 
 
 def test_a_retry_after_longer_than_the_time_left_is_not_waited_for(
-    gateway: Gateway, key: str, fake: FakeOpenAI
+    gateway: Gateway, key: str, fake_openai: FakeOpenAI
 ) -> None:
+    before = sent(fake_openai, "fail-429")
     response = gateway.post(key, {"model": "patient/fail-429", "messages": MESSAGES})
     assert response.status_code == 429, response.text
     assert response.json()["error"]["type"] == "rate_limit_exceeded"
-    assert sent(fake, "fail-429") == 1, "the 7 s Retry-After was not waited for"
+    assert sent(fake_openai, "fail-429") == before + 1, "the 7 s Retry-After was not waited for"
 
 
 def test_the_openai_sdk_gets_the_504_envelope(gateway: Gateway, key: str) -> None:

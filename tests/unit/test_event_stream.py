@@ -794,7 +794,15 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
 
 @pytest.mark.parametrize(
     "end",
-    ["last-piece", "last-piece-at-hand", "generator-end", "stepped-end", "stepped-end-at-hand"],
+    [
+        "last-piece",
+        "last-piece-at-hand",
+        "generator-end",
+        "stepped-end",
+        "stepped-end-at-hand",
+        "stepped-last-at-hand",
+        "stepped-start-at-hand",
+    ],
 )
 def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(end: str) -> None:
     """The send that ends the body (the last piece with `last`, or the empty end after a
@@ -803,7 +811,10 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
     stepped source that ran to its end was closed whole first (billed once, as it stays); the
     others end as a deaf client mid-stream does (closed not whole). `last-piece-at-hand`: the
     stream never waited before its last piece (the watch is armed by that send's wait). Before,
-    the task waited on the end's send for good."""
+    the task waited on the end's send for good. `stepped-last-at-hand`, `stepped-start-at-hand`:
+    a stepped source whose one piece is its last (the chat route's static body, an answer whole
+    in one read) never waits on its source, so only a send that waits (its last piece's, or the
+    response start's, which the client never takes) is what the watch is armed for."""
     timeouts: list[None] = []
 
     async def main() -> tuple[bool | tuple[bool, bool] | None, int, float]:
@@ -813,7 +824,9 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
 
         async def deaf_send(message: dict[str, Any]) -> None:
             await client.send(message)
-            if message["type"] == "http.response.body" and not message["more_body"]:
+            if end == "stepped-start-at-hand" or (
+                message["type"] == "http.response.body" and not message["more_body"]
+            ):
                 await never  # the client's buffers are full, for good
 
         async def pieces() -> AsyncGenerator[bytes, None]:
@@ -840,6 +853,10 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
         elif end == "stepped-end-at-hand":  # never waited before its close, which awaits
             source = Source()
             source.push(b"data: 0\n\n", b"data: [DONE]\n\n", b"")
+        elif end in ("stepped-last-at-hand", "stepped-start-at-hand"):
+            source = Source()
+            source.push(b"data: [DONE]\n\n", b"")
+            done = True  # its one piece is its last
         await send_event_stream(
             client.receive,
             deaf_send,
@@ -848,7 +865,7 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
             0.05,
             KEEPALIVE,
             drain=Drain(streams, b""),
-            last=(lambda: done) if end.startswith("last-piece") else None,
+            last=(lambda: done) if "last" in end or "start" in end else None,
             send_timeout_s=0.3,
         )
         lasted = loop.time() - began
@@ -857,7 +874,10 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
         return source.closed if isinstance(source, Source) else closed, left, lasted
 
     closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
-    assert closed == ((True, False) if end.startswith("stepped-end") else True)
+    at_hand = end in ("stepped-last-at-hand", "stepped-start-at-hand")
+    assert closed == (
+        (True, False) if end.startswith("stepped-end") else (False, False) if at_hand else True
+    )
     assert cancelling == 0
     assert lasted >= 0.3
     assert len(timeouts) == 1

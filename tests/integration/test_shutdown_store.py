@@ -32,6 +32,7 @@ from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import App, lifespan
 from tests.redis_server import RedisServer
+from tests.usage_entries import usage_entry
 
 COST = 1234
 DAY = time.strftime("%Y-%m-%d", time.gmtime())
@@ -80,23 +81,12 @@ def config(
 
 
 def entry(account_id: str) -> UsageEntry:
-    return UsageEntry(
+    return usage_entry(
         id=f"use_shutdown_{time.time_ns()}",
-        ts=time.time(),
         day=DAY,
         account_id=account_id,
-        key_id="",
-        model="openai/gpt-fake",
-        provider="openai",
-        prompt_tokens=12,
-        completion_tokens=4,
-        images=0,
         cost_micros=COST,
-        reserved_micros=0,
-        latency_ms=3,
-        status=200,
         request_id="req_shutdown",
-        stream=False,
     )
 
 

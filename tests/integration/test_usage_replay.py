@@ -21,6 +21,7 @@ from gateway.store.redis_limiter import RedisLimiter, _acct
 from gateway.usage import UsageRecorder
 from tests.conftest import KLAWD
 from tests.redis_server import RedisServer
+from tests.usage_entries import usage_entry
 
 DAY = time.strftime("%Y-%m-%d", time.gmtime())
 # The format `klawd serve`'s workers log with (gateway/app.py app_from_environment).
@@ -35,23 +36,13 @@ class DownStore:
 
 
 def entry(account_id: str, n: int, cost: int, reserved: int = 0, hold_id: str = "") -> UsageEntry:
-    return UsageEntry(
+    return usage_entry(
         id=f"use_replay_{n}",
-        ts=time.time(),
         day=DAY,
         account_id=account_id,
-        key_id="",
-        model="openai/gpt-fake",
-        provider="openai",
-        prompt_tokens=12,
-        completion_tokens=4,
-        images=0,
         cost_micros=cost,
         reserved_micros=reserved,
-        latency_ms=3,
-        status=200,
         request_id=f"req_{n}",
-        stream=False,
         hold_id=hold_id,
     )
 

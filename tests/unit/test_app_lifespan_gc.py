@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from gateway.app import GC_THRESHOLDS, create_app
 from gateway.settings import load_settings
 from gateway.store import open_store
-from gateway.store.base import UsageEntry
+from tests.usage_entries import usage_entry
 
 
 def test_the_app_s_shutdown_undoes_what_its_start_up_did_to_the_collector(tmp_path: Path) -> None:
@@ -106,23 +106,12 @@ def test_an_event_loop_that_ends_without_a_shutdown_still_shuts_the_app_down(
         assert gc.get_freeze_count() > 0
         account = await state["klawd"].store.create_account("ended", "free", 5_000_000)
         state["klawd"].recorder.record(
-            UsageEntry(
+            usage_entry(
                 id="use_loop_ended",
-                ts=time.time(),
                 day=day,
                 account_id=account.id,
-                key_id="",
-                model="openai/gpt-fake",
-                provider="openai",
-                prompt_tokens=12,
-                completion_tokens=4,
-                images=0,
                 cost_micros=321,
-                reserved_micros=0,
-                latency_ms=3,
-                status=200,
                 request_id="req_loop_ended",
-                stream=False,
             )
         )
         return account.id  # no lifespan.shutdown: the loop's end cancels the lifespan's task

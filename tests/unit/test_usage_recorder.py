@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -12,27 +11,11 @@ import pytest
 
 from gateway.store.base import UsageEntry
 from gateway.usage import UsageRecorder
+from tests.usage_entries import usage_entry
 
 
 def entry(n: int) -> UsageEntry:
-    return UsageEntry(
-        id=f"use_recorder_{n}",
-        ts=time.time(),
-        day="2026-12-05",
-        account_id="acct_recorder",
-        key_id="",
-        model="openai/gpt-fake",
-        provider="openai",
-        prompt_tokens=12,
-        completion_tokens=4,
-        images=0,
-        cost_micros=10,
-        reserved_micros=0,
-        latency_ms=3,
-        status=200,
-        request_id=f"req_{n}",
-        stream=False,
-    )
+    return usage_entry(id=f"use_recorder_{n}", account_id="acct_recorder", request_id=f"req_{n}")
 
 
 class HeldStore:

@@ -1,0 +1,35 @@
+"""A usage entry for tests: one answered chat request of `openai/gpt-fake` (12 prompt and 4
+completion tokens, status 200, no reservation), with the fields a test cares about given."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from gateway.store.base import UsageEntry
+
+_ENTRY = UsageEntry(
+    id="use_test",
+    ts=0.0,
+    day="2026-12-05",
+    account_id="acct_test",
+    key_id="",
+    model="openai/gpt-fake",
+    provider="openai",
+    prompt_tokens=12,
+    completion_tokens=4,
+    images=0,
+    cost_micros=10,
+    reserved_micros=0,
+    latency_ms=3,
+    status=200,
+    request_id="req_test",
+    stream=False,
+)
+
+
+def usage_entry(**fields: Any) -> UsageEntry:
+    """`_ENTRY` stamped now, with `fields` in place of its own."""
+    return msgspec.structs.replace(_ENTRY, ts=time.time(), **fields)

@@ -255,6 +255,20 @@ def tree_pss_mb(pid: int) -> float:
     return sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in _tree(pid)) / 1024
 
 
+def tree_syscalls(pid: int) -> tuple[int, int]:
+    """The read and write system calls made so far by a process and its descendants that are
+    alive (`syscr`, `syscw` of /proc/<pid>/io: read/readv/pread and write/writev/sendfile; not
+    recv/send). For a uvloop worker that is each read of an upstream socket (libuv reads
+    streams with read()) and each wake-up of its loop from another thread (an eventfd); Granian
+    reads and writes its clients' sockets with recv/send, not counted. For nginx, each write of
+    a chunk to a connection."""
+    reads = writes = 0
+    for p in _tree(pid):
+        reads += _kb(f"/proc/{p}/io", "syscr:")
+        writes += _kb(f"/proc/{p}/io", "syscw:")
+    return reads, writes
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU time (user + system, seconds) used so far by a process and its descendants that
     are alive, from /proc: on a shared machine, CPU per request does not depend on how much of

@@ -111,6 +111,16 @@ ROWS = [
         "{:.2f}",
         True,
     ),
+    (
+        "sse_reads",
+        "SSE static body: read() calls per stream (upstream reads, loop wake-ups)",
+        "{:.1f}",
+        False,
+    ),
+    ("event_reads", "SSE chunk per event: read() calls per stream", "{:.1f}", False),
+    ("lines_reads", "SSE chunk per line: read() calls per stream", "{:.1f}", False),
+    ("anth_reads", "Anthropic per line: read() calls per stream", "{:.1f}", False),
+    ("gemini_reads", "Gemini per line: read() calls per stream", "{:.1f}", False),
     ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
     ("ttfb_p99_ms", "burst: TTFB p99 (ms)", "{:.1f}", False),
     ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),
@@ -388,6 +398,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             "",
             *clock_lines(notes.get("clock_steps") or {}),  # type: ignore[arg-type]
             *others_lines(notes.get("others") or {}),  # type: ignore[arg-type]
+            *reads_lines(samples),
             *profile_lines,
             END,
         ]
@@ -415,6 +426,37 @@ def clock_lines(steps: dict[str, float]) -> list[str]:
     return [
         "The wall clock stepped during rounds (s; the machine paused? wrk times with it, so "
         f"those rounds' figures are wrong): {steps}",
+        "",
+    ]
+
+
+# The saturated stream measures whose rounds are read with their reads (decision 0012, 19zzr).
+READ_MEASURES = ("sse", "event", "lines", "anth", "gemini")
+
+
+def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare") -> list[str]:
+    """Each saturated stream measure's rounds: `name` ÷ `ref` in streams/s beside the read()
+    calls per stream of each. A saturated stream settles for a whole round into few big reads
+    or a read per chunk or two (decision 0012, 19zzr), for every contender, and streams/s
+    follow: a round's ratio is read with its reads."""
+    mine, theirs = samples.get(name, {}), samples.get(ref, {})
+    found = []
+    for measure in READ_MEASURES:
+        ratios = round_ratios(samples, name, ref, measure)
+        reads, ref_reads = mine.get(f"{measure}_reads"), theirs.get(f"{measure}_reads")
+        if not ratios or not reads or not ref_reads:
+            continue
+        rounds = ", ".join(
+            f"{r:.2f}x ({a:.1f} vs {b:.1f})"
+            for r, a, b in zip(ratios, reads, ref_reads, strict=False)
+        )
+        found.append(f"{measure} {rounds}")
+    if not found:
+        return []
+    return [
+        f"Rounds of the stream measures, {name} ÷ {ref} in streams/s (read() calls per stream: "
+        f"{name} vs {ref}; a saturated stream's rounds settle into few big reads or many small "
+        "ones, and streams/s follow): " + "; ".join(found) + ".",
         "",
     ]
 

@@ -49,6 +49,7 @@ from loadtests.bench.measure import (
     long_streams,
     run_queue_wait_s,
     tree_cpu_s,
+    tree_syscalls,
     wrk,
     wrk_script,
 )
@@ -267,6 +268,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             for rnd in range(args.reps):
                 for name, contender in in_turn(found, rnd):
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
+                    reads_before, _ = tree_syscalls(contender.pid)
+                    _, sent_before = tree_syscalls(found["upstream"].pid)
                     store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
                     wait_before = (
                         run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
@@ -279,7 +282,20 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         result = wrk(contender.base_url + contender.path(scenario, route),
                                      scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
+                    pieces = ""
                     if measure != "lat" and done:
+                        # How the run read its streams: a saturated stream settles for a whole
+                        # run into few big reads or a read per chunk or two (decision 0012,
+                        # 19zzr), and streams/s follow; the upstream's writes say what it sent.
+                        reads = (tree_syscalls(contender.pid)[0] - reads_before) / done
+                        upstream_writes = (
+                            tree_syscalls(found["upstream"].pid)[1] - sent_before
+                        ) / done
+                        record(name, f"{measure}_reads", reads)
+                        record(name, f"{measure}_upstream_writes", upstream_writes)
+                        pieces = (
+                            f"; {reads:.1f} reads, upstream {upstream_writes:.1f} writes a request"
+                        )
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
                         record(name, f"{measure}_cpu", cpu_us)
                         # below 1: the worker waited (on the store, the upstream, the client)
@@ -298,7 +314,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)
                     print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}; "
-                          f"other programs {others.cores:.2f} cores", flush=True)  # fmt: skip
+                          f"other programs {others.cores:.2f} cores{pieces}",
+                          flush=True)  # fmt: skip
                     if others.cores >= OTHERS_CORES:
                         shared = notes["others"]
                         shared[f"{name} {measure} round {rnd + 1}"] = round(others.cores, 2)  # type: ignore[index]

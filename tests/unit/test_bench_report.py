@@ -68,3 +68,14 @@ def test_the_rounds_that_shared_the_machine_are_named_and_a_quiet_run_says_nothi
     assert report.others_lines({}) == []
     line = report.others_lines({"bare anth round 3": 0.45})[0]
     assert "{'bare anth round 3': 0.45}" in line
+
+
+def test_each_stream_rounds_ratio_is_given_beside_the_reads_of_both() -> None:
+    samples = {
+        "gateway-sqlite": {"anth": [800.0, 1200.0], "anth_reads": [5.4, 15.5], "rps": [1.0]},
+        "bare": {"anth": [1000.0, 1000.0], "anth_reads": [11.8, 7.5], "rps": [1.0]},
+    }
+    line = report.reads_lines(samples)[0]
+    assert "anth 0.80x (5.4 vs 11.8), 1.20x (15.5 vs 7.5)." in line
+    assert "rps" not in line.split(":", 1)[1]  # single answers: no reads line
+    assert report.reads_lines({"gateway-sqlite": {"anth": [1.0]}, "bare": {"anth": [1.0]}}) == []

@@ -119,14 +119,25 @@ class _Cut:
     entry of the retrier's timer wheel, called at most RESOLUTION_S late: a loop timer and an
     `asyncio.timeout` per try cost ~31K instructions, docs/decisions/0005)."""
 
-    __slots__ = ("cancelling", "fired", "task")
+    __slots__ = ("cancelling", "done", "fired", "task")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
         self.task = task
         self.cancelling = task.cancelling()  # cancellations already asked for, not ours
         self.fired = False
+        self.done = False  # the try is over (set by `_before_deadline`)
 
     def on_due(self) -> None:
+        # One loop turn later: the task may already be woken with its answer, read in this
+        # very turn (a wake-up queued before this call). Cancelled now, it would get the
+        # CancelledError instead of that answer: an answer in hand, billed upstream, thrown
+        # away for a 504. The wake-up runs first, and the try either ends (done) or waits
+        # again for more of its answer, where it is cut.
+        self.task.get_loop().call_soon(self._cut)
+
+    def _cut(self) -> None:
+        if self.done:
+            return
         self.fired = True
         # named, so that the call it cuts can tell it from a client gone (HttpProvider._send
         # counts a cut upstream call as a failure)
@@ -460,6 +471,7 @@ class Retrier:
                 raise  # (also cancelled by someone else: the client went away)
             raise self._deadline_exceeded() from exc
         finally:
+            cut.done = True
             slot.discard(cut)
 
     def _deadline_exceeded(self) -> GatewayTimeout:

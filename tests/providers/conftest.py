@@ -1,4 +1,5 @@
-"""The HTTP client's tests run on both event loops: asyncio's and uvloop (the gateway's)."""
+"""The HTTP client's tests (and the deadline's against it) run on both event loops: asyncio's and
+uvloop (the gateway's)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import uvloop
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    if item.nodeid.startswith("tests/providers/test_http_client.py"):
+    if item.nodeid.startswith(
+        ("tests/providers/test_http_client.py", "tests/providers/test_deadline_answer_in_hand.py")
+    ):
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}

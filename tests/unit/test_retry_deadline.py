@@ -20,6 +20,7 @@ from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier, backoff_delay
 from gateway.settings import ConfigError, ProviderSettings, RetrySettings, load_settings
+from gateway.timer_wheel import Due, Slot
 from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
 
 
@@ -298,3 +299,65 @@ async def test_an_upstream_call_cut_by_the_deadline_is_reported_a_client_gone_is
     with pytest.raises(asyncio.CancelledError):
         await call
     assert noted.calls == reported
+
+
+class DrivenWheel:
+    """The retrier's timer wheel for its cuts, due when the test says (`run`): the deadline
+    passes in a loop turn of the test's choosing, not on a clock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.slots: list[Slot] = []
+
+    def add(self, when: float, entry: Due) -> Slot:
+        slot = Slot(when)
+        slot.add(entry)
+        self.slots.append(slot)
+        return slot
+
+    def run(self) -> None:
+        """What the wheel's loop timer does once the deadline's slot has passed."""
+        for slot in self.slots:
+            while slot:
+                slot.pop().on_due()
+
+
+async def test_an_answer_in_hand_when_the_deadline_passes_is_served() -> None:
+    """The answer arrives and the deadline passes in the same loop turn, before the try's task
+    has resumed to take it: the answer is served (it is in hand, and billed upstream), not
+    thrown away for a 504."""
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[str] = loop.create_future()
+
+    async def attempt(target: CatalogEntry) -> str:
+        return await answered
+
+    retrier_ = retrier(Clock(), 30)
+    wheel = retrier_._cuts = DrivenWheel(loop)  # type: ignore[assignment]
+    call = asyncio.ensure_future(retrier_.call_targets([SONNET], attempt))
+    await asyncio.sleep(0)  # the try waits for its answer
+    answered.set_result("the answer")  # its bytes read: the try's task is woken ...
+    wheel.run()  # ... and the deadline passes in the same turn
+    result, _, _ = await call
+    assert result == "the answer"
+
+
+async def test_a_try_still_waiting_when_the_deadline_passes_is_cut() -> None:
+    """The other side of the test above: a try waiting for its answer, or for more of it once
+    an earlier part was taken, is cut with the deadline's 504."""
+    loop = asyncio.get_running_loop()
+    head: asyncio.Future[None] = loop.create_future()
+
+    async def attempt(target: CatalogEntry) -> str:
+        await head  # the answer's headers ...
+        return await hang(target)  # ... then its body, which never comes
+
+    retrier_ = retrier(Clock(), 30)
+    wheel = retrier_._cuts = DrivenWheel(loop)  # type: ignore[assignment]
+    call = asyncio.ensure_future(retrier_.call_targets([SONNET], attempt))
+    await asyncio.sleep(0)
+    head.set_result(None)
+    wheel.run()  # due with the headers in hand: the try goes on to wait for the body ...
+    with pytest.raises(GatewayTimeout) as raised:
+        await call  # ... where it is cut
+    assert raised.value.code == DEADLINE_EXCEEDED

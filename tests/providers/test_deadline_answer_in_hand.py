@@ -1,0 +1,108 @@
+"""The request's deadline (`[retry] deadline_s`) passing in the very loop turn in which the
+upstream's answer is read, against a loopback upstream and the real HTTP client: the deadline
+is made due from the connection's read (`DrivenWheel`), not timed.
+
+An answer read whole is served, its connection kept alive; an answer whose body is still to
+come is cut (504 `deadline_exceeded`) and its connection dropped, never pooled half-read."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from gateway.errors import DEADLINE_EXCEEDED, GatewayTimeout
+from gateway.providers.http_client import _Connection
+from gateway.providers.openai import OpenAIProvider
+from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.settings import ProviderSettings
+from tests.providers.test_http_client import BOUND_S, Conn, answer, serving
+from tests.unit.test_retry_and_health import SONNET, Clock
+from tests.unit.test_retry_deadline import DrivenWheel, retrier
+from tests.unit.translation_helpers import chat_call
+
+COMPLETION = orjson.dumps(
+    {
+        "id": "chatcmpl-up",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+)
+
+
+def deadline_due_on_read(monkeypatch: pytest.MonkeyPatch, wheel: DrivenWheel) -> None:
+    """Each read of an upstream connection is followed, in the same callback, by the wheel's
+    run: the deadline passes right after the answer's bytes were read, before the try's task
+    has resumed to take them."""
+    read = _Connection.data_received
+
+    def read_then_deadline(conn: _Connection, data: bytes) -> None:
+        read(conn, data)
+        wheel.run()
+
+    monkeypatch.setattr(_Connection, "data_received", read_then_deadline)
+
+
+async def test_an_answer_read_whole_in_the_deadline_s_turn_is_served_and_kept_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def handler(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await conn.send(answer(COMPLETION, "Content-Type: application/json"))
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
+        provider = OpenAIProvider("up", settings, Secret("k"))
+        retrier_ = retrier(Clock(), 30)
+        wheel = retrier_._cuts = DrivenWheel(asyncio.get_running_loop())  # type: ignore[assignment]
+        deadline_due_on_read(monkeypatch, wheel)
+
+        def attempt(target: CatalogEntry) -> object:
+            return provider.complete(chat_call("openai", "m"))
+
+        try:
+            for _ in range(2):
+                completion, _, _ = await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
+                assert completion.body["choices"][0]["message"]["content"] == "hi"  # type: ignore[attr-defined]
+        finally:
+            await provider.close()
+    assert server.accepted == 1, "the answer was read whole: its connection was kept alive"
+
+
+async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        if await conn.request() is None:
+            return
+        # the head, and not the body it announces
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        await conn.wait_closed_by_peer()
+        closed.set()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
+        provider = OpenAIProvider("up", settings, Secret("k"))
+        retrier_ = retrier(Clock(), 30)
+        wheel = retrier_._cuts = DrivenWheel(asyncio.get_running_loop())  # type: ignore[assignment]
+        deadline_due_on_read(monkeypatch, wheel)
+
+        def attempt(target: CatalogEntry) -> object:
+            return provider.complete(chat_call("openai", "m"))
+
+        try:
+            with pytest.raises(GatewayTimeout) as raised:
+                await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
+            assert raised.value.code == DEADLINE_EXCEEDED
+            await closed.wait()  # the client dropped the half-read connection
+        finally:
+            await provider.close()
+    assert server.accepted == 1

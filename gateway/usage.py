@@ -64,6 +64,12 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # The batch sent to the store and not answered yet, and its settlement: a shutdown's
+        # cut stops waiting for it, not the settlement itself (a store that answers late may
+        # still settle it, and says so: `_in_flight_settled`).
+        self._in_flight: tuple[list[UsageEntry], asyncio.Future[dict[str, CreditGrant]]] | None = (
+            None
+        )
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="klawd-usage")
@@ -89,7 +95,13 @@ class UsageRecorder:
         batch = self._pending[: self._max_batch]
         if not batch:
             return
-        grants = await self._store.settle(batch)
+        settling = asyncio.ensure_future(self._store.settle(batch))
+        self._in_flight = (batch, settling)
+        try:
+            grants = await asyncio.shield(settling)
+        finally:
+            if settling.done():
+                self._in_flight = None
         del self._pending[: len(batch)]
         if len(self._pending) >= self._max_batch:
             self._wake.set()
@@ -167,16 +179,44 @@ class UsageRecorder:
 
     def _write_out(self, why: str) -> None:
         """The entries still pending, in the log: one line of what they add up to (no key, no
-        body), then one line each."""
-        if not self._pending:
+        body), then one line each. The batch the store has not answered yet is counted apart:
+        the store may still settle it (then a line says so), and a hand sum of the first
+        count must not count it twice."""
+        pending = self._pending
+        if not pending:
             return
-        log.error(
-            "%s: %d entries of %d accounts not settled (%d micro-dollars), written to the log",
-            why,
-            len(self._pending),
-            len({entry.account_id for entry in self._pending}),
-            sum(entry.cost_micros for entry in self._pending),
+        sent: list[UsageEntry] = []
+        if self._in_flight is not None:
+            sent, settling = self._in_flight
+            settling.add_done_callback(lambda done: self._in_flight_settled(sent, done))
+        unsent = pending[len(sent) :]
+        what = (
+            f"{why}: {len(unsent)} entries of {len({entry.account_id for entry in unsent})} "
+            f"accounts not settled ({sum(entry.cost_micros for entry in unsent)} micro-dollars)"
         )
-        for entry in self._pending:
+        if sent:
+            what += (
+                f", and {len(sent)} sent to the store unanswered "
+                f"({sum(entry.cost_micros for entry in sent)} micro-dollars: settled if it "
+                "answers late)"
+            )
+        log.error("%s, written to the log", what)
+        for entry in pending:
             log.error("unsettled usage entry %s", msgspec.json.encode(entry).decode())
-        self._pending.clear()
+        pending.clear()
+
+    @staticmethod
+    def _in_flight_settled(
+        sent: list[UsageEntry], settling: asyncio.Future[dict[str, CreditGrant]]
+    ) -> None:
+        """The store answered the batch a shutdown's cut had logged as unanswered: settled
+        after all (the replay skips their lines), or not (their lines are to be replayed)."""
+        if settling.cancelled() or settling.exception() is not None:
+            return
+        log.warning(
+            "usage entries sent to the store before the shutdown's cut were settled after all: "
+            "%d entries (%d micro-dollars), ids %s",
+            len(sent),
+            sum(entry.cost_micros for entry in sent),
+            " ".join(entry.id for entry in sent),
+        )

@@ -64,6 +64,7 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = False
         # The batch sent to the store and not answered yet, and its settlement: a shutdown's
         # cut stops waiting for it, not the settlement itself (a store that answers late may
         # still settle it, and says so: `_in_flight_settled`).
@@ -75,6 +76,9 @@ class UsageRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="klawd-usage")
 
     def record(self, entry: UsageEntry) -> None:
+        if self._closed:  # a request that ended after the shutdown's flush: nothing settles it
+            self._write_late(entry)
+            return
         self._pending.append(entry)
         if len(self._pending) >= self._max_batch:
             self._wake.set()
@@ -174,6 +178,7 @@ class UsageRecorder:
                 log.exception("usage flush failed at shutdown")
                 self._write_out("usage flush failed at shutdown")
         finally:
+            self._closed = True
             if self._task is not None:
                 self._task.cancel()  # (cut, it still waits for the store)
 
@@ -220,3 +225,11 @@ class UsageRecorder:
             sum(entry.cost_micros for entry in sent),
             " ".join(entry.id for entry in sent),
         )
+
+    def _write_late(self, entry: UsageEntry) -> None:
+        log.error(
+            "usage entry recorded after the ledger's last flush at shutdown: not settled "
+            "(%d micro-dollars), written to the log",
+            entry.cost_micros,
+        )
+        log.error("unsettled usage entry %s", msgspec.json.encode(entry).decode())

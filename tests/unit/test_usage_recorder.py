@@ -153,3 +153,28 @@ async def test_a_batch_the_store_answers_after_the_cut_is_counted_apart_and_said
         "1 entries (10 micro-dollars), ids use_recorder_1"
     ]
     assert store.batches == [["use_recorder_1"]]
+
+
+async def test_an_entry_recorded_after_the_close_is_logged_for_the_replay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request that ends once the shutdown's flush is done (the lifespan's shutdown has
+    begun): nothing will settle its entry, so it goes to the log as a cut flush's do. Before,
+    it was kept in memory and lost with the process, without a word."""
+    caplog.set_level(logging.ERROR, logger="klawd.usage")
+    store = HeldStore()
+    store.release.set()
+    recorder = UsageRecorder(store, flush_interval_s=0.01)  # type: ignore[arg-type]
+    recorder.start()
+    await recorder.close(within_s=5.0)
+    recorder.record(entry(1))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == (
+        "usage entry recorded after the ledger's last flush at shutdown: not settled "
+        "(10 micro-dollars), written to the log"
+    )
+    assert [
+        orjson.loads(line.removeprefix("unsettled usage entry "))["id"] for line in lines[1:]
+    ] == ["use_recorder_1"]
+    assert recorder.pending == 0
+    assert store.batches == []

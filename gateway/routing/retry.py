@@ -342,8 +342,6 @@ class Retrier:
                     slept = delay
                     failed = None
                     continue
-                if made and self.observer is not None:
-                    self.observer.retried(tries[-1].provider)
                 made += 1
                 key = deployment.key
                 if not health.all_closed:
@@ -367,6 +365,8 @@ class Retrier:
                         if record is not None:
                             span = tracing.start_attempt(record, deployment, len(tries))
                     if deadline is None:
+                        if made > 1 and self.observer is not None:  # a retry, as it leaves
+                            self.observer.retried(tries[-1].provider)
                         result = await attempt(deployment)
                     else:
                         gate = GATE.get()
@@ -382,6 +382,8 @@ class Retrier:
                             # sent, it would be cut at once, maybe generated and billed
                             # upstream for nothing
                             raise _Unsent
+                        if made > 1 and self.observer is not None:  # a retry, as it leaves
+                            self.observer.retried(tries[-1].provider)
                         result = await self._before_deadline(attempt(deployment), left)
                 except _Unsent:
                     if span is not None:

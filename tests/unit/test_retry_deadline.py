@@ -5,6 +5,7 @@ fake clock stands still meanwhile), so the deadlines here are a few tens of ms. 
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,14 +14,18 @@ from typing import Any
 import pytest
 
 from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.metrics import Metrics
+from gateway.observer import RequestObserver
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.openai import OpenAIProvider
+from gateway.requestlog import RequestLog
 from gateway.routing.capacity import MemoryCapacity, Taken
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier, backoff_delay
 from gateway.settings import ConfigError, ProviderSettings, RetrySettings, load_settings
 from gateway.timer_wheel import Due, Slot
+from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
 
 
@@ -361,3 +366,50 @@ async def test_a_try_still_waiting_when_the_deadline_passes_is_cut() -> None:
     with pytest.raises(GatewayTimeout) as raised:
         await call  # ... where it is cut
     assert raised.value.code == DEADLINE_EXCEEDED
+
+
+def metered(retrier_: Retrier) -> Metrics:
+    """The retrier's retry and fallback counters on a metrics registry of their own."""
+    metrics = Metrics([TURBO.model.id], ["openai", "anthropic"], ["free"], "sqlite")
+    retrier_.observer = RequestObserver(metrics, RequestLog(io.StringIO()))
+    return metrics
+
+
+def counted(metrics: Metrics, name: str) -> float:
+    """`name`'s total as /metrics gives it (the buffered updates flushed first)."""
+    return total(parse(metrics.exposition().decode()), name)
+
+
+class SlowRetryTake(SlowTake):
+    """A shared store's take that is slow (`seconds` of the fake clock) for every try but the
+    first (a take with deployments to take from)."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        super().__init__(clock, seconds)
+        self.takes = 0
+
+    async def take(self, ordered: Sequence[CatalogEntry], tokens: int) -> Taken:
+        self.takes += bool(ordered)
+        if ordered and self.takes > 1:
+            self.clock.now += self.seconds
+        return self.take_now(ordered, tokens)
+
+
+async def test_a_retry_not_sent_once_the_deadline_passed_is_not_counted() -> None:
+    """The deadline passes in the retry's own wait (the shared store's take): the retry never
+    leaves, so `klawd_upstream_retries_total` does not count it; one that leaves is counted."""
+    clock = Clock()
+    calls, attempt = script(unavailable(), "never sent")
+    retrier_ = retrier(clock, 1.0)
+    retrier_.capacity = SlowRetryTake(clock, 2.0)
+    metrics = metered(retrier_)
+    with pytest.raises(ServiceUnavailable):  # the first try's own failure stands
+        await retrier_.call_targets([TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [TURBO.model.id]
+    assert counted(metrics, "klawd_upstream_retries_total") == 0
+
+    calls, attempt = script(unavailable(), "served")
+    retrier_.capacity = SlowRetryTake(clock, 0.0)
+    await retrier_.call_targets([TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [TURBO.model.id] * 2
+    assert counted(metrics, "klawd_upstream_retries_total") == 1

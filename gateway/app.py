@@ -267,11 +267,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             listening.cancel()
             try:
                 await state.close()
+                # What an operator reads after the shutdown, before the two closes that wait on
+                # what the worker does not control (a log stream, the exporter's child): a kill
+                # during those must not lose it.
+                observer.metrics.buffer.flush()
+                worker_exited(os.getpid())
                 observer.request_log.close()
                 if tracing is not None:
                     await asyncio.to_thread(tracing.close)
-                observer.metrics.buffer.flush()
-                worker_exited(os.getpid())
             finally:
                 # Undone for a process that outlives the app (tests, an embedding program),
                 # even by a shutdown that failed: frozen, the app's objects are never

@@ -386,8 +386,8 @@ class Retrier:
                             self.observer.retried(tries[-1].provider)
                         result = await self._before_deadline(attempt(deployment), left)
                 except _Unsent:
-                    if span is not None:
-                        self._end_span(record, span, GatewayTimeout.type)
+                    if span is not None and tracing is not None and record is not None:
+                        tracing.drop_attempt(record)  # no upstream attempt: no client span
                     self.release(deployment, tokens, 0)
                     if not health.all_closed:
                         health.release(key)  # nothing to record of a deployment not asked

@@ -147,6 +147,11 @@ class Tracing:
         span = record.upstream_span = self.recorder.client(record.span, target, attempt)
         return span
 
+    def drop_attempt(self, record: RequestRecord) -> None:
+        """The attempt started was never sent (the request's deadline passed before it left):
+        no upstream attempt, so no span (nothing is recorded until a span ends)."""
+        record.upstream_span = None
+
     def end_attempt(self, record: RequestRecord, span: ClientSpan, error: str | None) -> None:
         record.upstream_span = None
         target = span.target

@@ -12,21 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.trace import SpanKind
 
 from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.observer import RequestObserver
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.openai import OpenAIProvider
-from gateway.requestlog import RequestLog
+from gateway.requestlog import RequestLog, RequestRecord, current_request
 from gateway.routing.capacity import MemoryCapacity, Taken
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.routing.health import Health
 from gateway.routing.retry import Retrier, backoff_delay
-from gateway.settings import ConfigError, ProviderSettings, RetrySettings, load_settings
+from gateway.settings import (
+    ConfigError,
+    ProviderSettings,
+    RetrySettings,
+    TelemetrySettings,
+    load_settings,
+)
 from gateway.timer_wheel import Due, Slot
+from gateway.tracing.otel import Tracing
 from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
+from tests.unit.test_span_pipe import Kept
 
 
 def policy(**fields: Any) -> RetrySettings:
@@ -413,3 +422,29 @@ async def test_a_retry_not_sent_once_the_deadline_passed_is_not_counted() -> Non
     await retrier_.call_targets([TURBO], attempt)  # type: ignore[arg-type]
     assert calls == [TURBO.model.id] * 2
     assert counted(metrics, "klawd_upstream_retries_total") == 1
+
+
+async def test_a_try_never_sent_has_no_client_span() -> None:
+    """A client span per upstream attempt (DESIGN's Traces, decision 0019): a retry that the
+    deadline stopped before it left (the shared store's take outlasted it) was no attempt, so
+    no span; the try that was sent before it has its span, with its failure."""
+    tracing = Tracing(TelemetrySettings(otlp_endpoint="http://127.0.0.1:9", sample_ratio=1.0))
+    tracing.pipe.shutdown()  # its rows are read here (test_span_pipe.py's `traced`)
+    kept = Kept(tracing)
+    record = RequestRecord("req_unsent", "POST")
+    tracing.start_request(record, "/v1/chat/completions", [])
+    clock = Clock()
+    calls, attempt = script(unavailable(), "never sent")
+    retrier_ = retrier(clock, 1.0)
+    retrier_.capacity = SlowRetryTake(clock, 2.0)
+    retrier_.tracing = tracing
+    token = current_request.set(record)
+    try:
+        with pytest.raises(ServiceUnavailable):
+            await retrier_.call_targets([TURBO], attempt)  # type: ignore[arg-type]
+    finally:
+        current_request.reset(token)
+    assert calls == [TURBO.model.id]
+    clients = [row for row in kept.read() if row[0] == SpanKind.CLIENT.value]
+    assert [(row[-2], row[-1]) for row in clients] == [(0, "service_unavailable")]
+    assert record.upstream_span is None, "the unsent try's span is not what goes upstream next"

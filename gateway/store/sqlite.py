@@ -14,7 +14,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +35,7 @@ from gateway.store.sqlite_ledger import LEDGER_SCHEMA, LedgerNames, migrate_ledg
 from gateway.store.sqlite_responses import RESPONSES_SCHEMA, SqliteResponses
 from gateway.store.sqlite_tx import immediate
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
-from gateway.threads import behind_the_event_loop
+from gateway.threads import DaemonThreadExecutor, behind_the_event_loop
 
 T = TypeVar("T")
 
@@ -108,9 +107,9 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="klawd-sqlite", initializer=behind_the_event_loop
-        )
+        # A daemon: a call stuck for good (another process holds the file locked, a disk that
+        # stalls) must not hold the process's exit once the shutdown has given up on it.
+        self._executor = DaemonThreadExecutor("klawd-sqlite", initializer=behind_the_event_loop)
         self._conn: sqlite3.Connection | None = None
         # Credit reservations live in memory: an embedded store belongs to exactly one process,
         # so the check-and-reserve of every request needs no thread hop. The stored balance

@@ -22,9 +22,9 @@ tried after it); a try is not sent once it has passed (in the gateway's own wait
 the call ends as when it passes between tries); a Retry-After or a resting deployment's return
 past it is not waited for (the next model is tried at once, else the call ends with the last
 failure's own error, or the deadline's 504 when nothing was tried), and the jitter's ceiling is
-at most the time left. A try the deadline cut counts against its deployment's circuit only
-when it was the request's first (it had the whole deadline). Unset: none of this, and no clock
-read or check beyond one test per call (docs/decisions/0005).
+at most the time left. A try the deadline cut never counts against its deployment's circuit
+(the request ran out of time, not the deployment: its own timeouts still count). Unset: none of
+this, and no clock read or check beyond one test per call (docs/decisions/0005).
 
 Other upstream failures (a nonsense answer, the upstream refusing our key) skip to the next
 deployment, then model. Client errors (400, 413, …) end the call at once. When nothing could be
@@ -412,9 +412,10 @@ class Retrier:
                     failed = failed or set()
                     failed.add(key)
                     cut = deadline is not None and exc.code == DEADLINE_EXCEEDED
-                    if cut and len(tries) > 1:
-                        # A later try had what the earlier ones left: that says nothing of its
-                        # deployment (a probe it claimed goes to the next call).
+                    if cut:
+                        # The request's deadline ran out, not the deployment: that says nothing
+                        # of it (a probe it claimed goes to the next call). Its own timeouts,
+                        # when shorter, fire first and count (docs/decisions/0005, 19zzt).
                         if not health.all_closed:
                             health.release(key)
                     else:

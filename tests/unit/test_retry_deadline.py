@@ -169,14 +169,15 @@ async def test_unset_reads_no_clock_and_set_two_more(deadline_s: float | None, r
     assert read == reads
 
 
-async def test_only_a_first_try_cut_by_the_deadline_counts_against_its_deployment() -> None:
-    """The first try had the whole deadline: its deployment failed to answer in it. A later
-    try had what the earlier ones left: its cut says nothing of its deployment."""
+async def test_a_deadline_cut_never_counts_against_its_deployment() -> None:
+    """The request's deadline ran out, not the deployment: a cut (the request's first try, with
+    the whole deadline, as a fallback's with what was left) is no failure of its deployment,
+    so a deadline shorter than a healthy model's answer opens no circuit."""
     clock = Clock()
     health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
     with pytest.raises(GatewayTimeout):
         await retrier(clock, 0.05, health).call_targets([SONNET], hang)
-    assert not health.can_serve(SONNET.deployments[0].key), "one failure in the window opens it"
+    assert health.can_serve(SONNET.deployments[0].key), "a first try's cut opens no circuit"
 
     clock = Clock()
     health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
@@ -189,8 +190,21 @@ async def test_only_a_first_try_cut_by_the_deadline_counts_against_its_deploymen
 
     with pytest.raises(GatewayTimeout):
         await retrier(clock, 10, health).call_targets([SONNET, TURBO], attempt)
-    assert not health.can_serve(SONNET.deployments[0].key)
+    assert not health.can_serve(SONNET.deployments[0].key), "its own failure counts"
     assert health.can_serve(TURBO.deployments[0].key), "the cut fallback is not counted"
+
+
+async def test_an_upstream_s_own_timeout_still_counts_under_a_deadline() -> None:
+    """The provider's own bound (`first_byte_timeout_s`: a retryable 504 without the
+    deadline's code) firing before the deadline is the upstream's failure, as without one."""
+    clock = Clock()
+    health = Health(window=2, min_failures=1, failure_rate=0.5, clock=clock)
+    _, attempt = script(GatewayTimeout("The upstream provider 'up' timed out.", retryable=True))
+    retry = policy(attempts=1)
+    with pytest.raises(GatewayTimeout) as raised:
+        await retrier(clock, 30, health, retry).call_targets([SONNET], attempt)  # type: ignore[arg-type]
+    assert raised.value.code != DEADLINE_EXCEEDED
+    assert not health.can_serve(SONNET.deployments[0].key), "one failure in the window opens it"
 
 
 def test_deadline_s_is_the_request_s_not_a_provider_s(tmp_path: Path) -> None:

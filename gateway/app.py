@@ -49,6 +49,7 @@ from gateway.settings import Settings, config_path, load_settings
 from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
 from gateway.store_metrics import store_backend
+from gateway.threads import ended_within
 from gateway.tracing import build_tracing
 from gateway.webhooks.dispatcher import Dispatcher
 
@@ -188,6 +189,35 @@ async def _report_metrics(state: AppState, observer: RequestObserver) -> None:
         await asyncio.sleep(METRICS_REPORT_INTERVAL_S)
 
 
+async def _close_log_and_exporter(
+    request_log: RequestLog, tracing: Tracing | None, end: float
+) -> None:
+    """The request log's writer and the span exporter stopped within what is left of the
+    shutdown's budget (`end`, loop time). Cut, each goes on in its daemon thread while the
+    process lives: what it has not written by the exit is lost (as it was at the kill that
+    came instead), and one line says how much."""
+    loop = asyncio.get_running_loop()
+    within_s = max(0.0, end - loop.time())
+    if not request_log.close(within_s):
+        log.error(
+            "shutdown: the request log not closed after %.2f s: %d request line(s) not written "
+            "yet, left to its writer until the process exits",
+            within_s,
+            request_log.unwritten,
+        )
+    if tracing is None:
+        return
+    within_s = max(0.0, end - loop.time())
+    if not await ended_within(tracing.close, within_s, "klawd-span-close"):
+        log.error(
+            "shutdown: the span exporter not closed after %.2f s: %d bytes of span rows not "
+            "written to its child yet, left to the process's exit (the child sends what it "
+            "read, then ends)",
+            within_s,
+            tracing.pipe.unwritten_bytes,
+        )
+
+
 METRICS_REPORT_INTERVAL_S = 1.0
 # The cycle collector's thresholds in a worker (CPython's: 700, 10, 10). A full collection walks
 # every tracked object, about a hundred per open stream: with 10,000 streams open it pauses them
@@ -266,15 +296,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             sweeping.cancel()
             listening.cancel()
             try:
-                await state.close()
+                end = await state.close()
                 # What an operator reads after the shutdown, before the two closes that wait on
                 # what the worker does not control (a log stream, the exporter's child): a kill
                 # during those must not lose it.
                 observer.metrics.buffer.flush()
                 worker_exited(os.getpid())
-                observer.request_log.close()
-                if tracing is not None:
-                    await asyncio.to_thread(tracing.close)
+                await _close_log_and_exporter(observer.request_log, tracing, end)
             finally:
                 # Undone for a process that outlives the app (tests, an embedding program),
                 # even by a shutdown that failed: frozen, the app's objects are never

@@ -88,9 +88,10 @@ def drain_deadline(signalled_at: float, grace_s: float) -> float:
 
 
 def shutdown_budget_s(grace_s: float) -> float:
-    """How long a worker's shutdown (`AppState.close`) may take: what the drain deadline leaves
-    before the kill, and at least SHUTDOWN_FLOOR_S (a grace of 0 leaves no margin, but the kill
-    comes `max(1, ceil(grace))` s after the signal: gateway/cli.py)."""
+    """How long a worker's shutdown may take (`AppState.close`, then the request log's and the
+    span exporter's closes: gateway/app.py): what the drain deadline leaves before the kill,
+    and at least SHUTDOWN_FLOOR_S (a grace of 0 leaves no margin, but the kill comes
+    `max(1, ceil(grace))` s after the signal: gateway/cli.py)."""
     return max(SHUTDOWN_FLOOR_S, min(DRAIN_MARGIN_S, grace_s / 2))
 
 

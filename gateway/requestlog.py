@@ -220,12 +220,20 @@ class RequestLog:
                 pass  # a closed stream must not kill the writer: the lines are dropped
             self._written += len(lines) - (1 if dropped else 0)
 
-    def close(self) -> None:
-        """Writes what is gathered, then stops the thread."""
+    def close(self, within_s: float = 10.0) -> bool:
+        """Writes what is gathered, then stops the thread, waiting at most `within_s`: whether
+        it ended. Cut, the writer (a daemon) goes on while the process lives; `unwritten`
+        says how many lines it had not written."""
         self._hand_over()
         if self._thread.is_alive():
             self._queue.put(None)
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=within_s)
+        return not self._thread.is_alive()
+
+    @property
+    def unwritten(self) -> int:
+        """Lines handed to the writer and not written yet (its count: the writer's thread's)."""
+        return self._handed - self._written
 
 
 HAND_OVER_S = 0.05

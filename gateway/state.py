@@ -58,12 +58,14 @@ class AppState:
     # and waited for before the store closes (at most `drain.writes_wait_s`: then cancelled).
     writes: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def close(self) -> None:
+    async def close(self) -> float:
         """The worker's shutdown, within `drain.shutdown_budget_s` (what the drain deadline
         leaves before the kill): the writes still running get half of it, the ledger's flush
-        what is left of three quarters, the closes after it (providers, capacity, webhooks,
-        the store) the rest; each of the last two at least a quarter. A store that never
-        answers holds none of them until the kill (decision 0013, 19zzg and 19zzn)."""
+        what is left of three quarters (at least a quarter), the closes after it (providers,
+        capacity, webhooks, the store) what is left of seven eighths (at least an eighth). A
+        store that never answers holds none of them until the kill (decision 0013, 19zzg,
+        19zzn and 19zzu). The loop time at which the budget ends: what is left of it is the
+        request log's and the span exporter's (gateway/app.py)."""
         loop = asyncio.get_running_loop()
         grace_s = self.settings.server.streams.drain_grace_s
         budget = shutdown_budget_s(grace_s)
@@ -73,7 +75,8 @@ class AppState:
         # The ledger first: what it cannot write is logged for `klawd usage replay`, and
         # a Replicate prediction's cancel (a provider's close waits for them) runs meanwhile.
         await self.recorder.close(max(budget / 4, end - budget / 4 - loop.time()))
-        await self._close_the_rest(max(budget / 4, end - loop.time()))
+        await self._close_the_rest(max(budget / 8, end - budget / 8 - loop.time()))
+        return end
 
     async def _close_the_rest(self, within_s: float) -> None:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -15,6 +16,39 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 BACKGROUND_NICE = 19
+
+
+async def ended_within(call: Callable[[], None], seconds: float, name: str) -> bool:
+    """Runs `call` on a daemon thread of its own, waiting at most `seconds`: whether it ended
+    (its exception is raised). Cut, it runs on while the process lives, and the interpreter's
+    exit does not wait for it (`asyncio.to_thread`'s threads are joined there)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def end(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error = None
+        try:
+            call()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(end, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await asyncio.wait({done}, timeout=seconds)
+    if done.done():
+        done.result()
+        return True
+    done.add_done_callback(lambda late: late.exception())  # (its error, if any, is not raised)
+    return False
 
 
 def behind_the_event_loop() -> None:

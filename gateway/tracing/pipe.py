@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -45,9 +46,12 @@ CHILD_EXIT_TIMEOUT_S = 15.0  # the exporter's own timeout (10 s) and some
 _encode = msgspec.msgpack.Encoder(enc_hook=str).encode
 
 
-def _write_by(fd: int, data: bytes, deadline: float) -> None:
+def _write_by(
+    fd: int, data: bytes, deadline: float, wrote: Callable[[int], None] = lambda count: None
+) -> None:
     """`data` down the pipe `fd` (non-blocking) as fast as it is read, until `deadline`
-    (time.monotonic()). Polled, not `select`ed: select takes no descriptor from 1024 on."""
+    (time.monotonic()), telling `wrote` of each write's bytes. Polled, not `select`ed: select
+    takes no descriptor from 1024 on."""
     view = memoryview(data)
     ready = select.poll()
     ready.register(fd, select.POLLOUT)
@@ -57,7 +61,9 @@ def _write_by(fd: int, data: bytes, deadline: float) -> None:
             return
         if ready.poll(left * 1000):
             with contextlib.suppress(BlockingIOError):
-                view = view[os.write(fd, view) :]
+                written = os.write(fd, view)
+                view = view[written:]
+                wrote(written)
 
 
 class SpanPipe:
@@ -80,6 +86,9 @@ class SpanPipe:
         self.recorder = SpanRecorder(os.urandom, root_bound, BATCH_SPANS)
         self._unsent = bytearray()
         self.dropped_spans = 0
+        # Bytes of rows the shutdown has still to write to the child (another thread reads it
+        # when the shutdown is cut: gateway/app.py).
+        self.unwritten_bytes = 0
         self._stopping = threading.Event()
         self._pid = -1
         self._child: subprocess.Popen[bytes] | None = None
@@ -192,6 +201,9 @@ class SpanPipe:
             log.warning("the span exporter falls behind; spans are dropped")
         self.dropped_spans += count
 
+    def _wrote(self, count: int) -> None:
+        self.unwritten_bytes -= count
+
     def flush(self) -> bool:
         """Writes what is gathered now; True when the pipe took all of it."""
         with self._lock:
@@ -211,9 +223,10 @@ class SpanPipe:
         if child is None or child.stdin is None or self._pid != os.getpid():
             return
         deadline = time.monotonic() + CHILD_EXIT_TIMEOUT_S
+        self.unwritten_bytes = len(unsent)
         with contextlib.suppress(OSError):  # a child that has exited reads nothing more
             if not self._broken:
-                _write_by(child.stdin.fileno(), unsent, deadline)
+                _write_by(child.stdin.fileno(), unsent, deadline, self._wrote)
         with contextlib.suppress(OSError):
             child.stdin.close()
         try:

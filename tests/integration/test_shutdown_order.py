@@ -1,16 +1,23 @@
 """The worker's shutdown, in the order an operator reads it afterwards: the ledger and the
 store (`AppState.close`), then the metrics' last flush and the worker's exit from the live
 gauges (`worker_exited`), and only then the request log's and the span exporter's closes,
-which wait on streams and a child process that the shutdown does not control."""
+which wait on streams and a child process that the shutdown does not control: within what is
+left of the shutdown's budget (`drain.shutdown_budget_s`), each cut one said in one line."""
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 import gateway.app
+from gateway.api.middleware import GatewayMiddleware
 from gateway.app import create_app
 from gateway.metrics_buffer import MetricBuffer
 from gateway.requestlog import RequestLog
@@ -51,3 +58,73 @@ def test_the_last_metrics_and_the_exit_come_before_the_log_s_and_the_exporter_s_
     with TestClient(create_app(load_settings(config), environ={})):
         steps.clear()  # (no request: no span for the child to send to the closed port)
     assert steps == ["metrics flushed", "worker exited", "request log closed", "exporter closed"]
+
+
+class StuckStream(io.StringIO):
+    """A log stream whose writes block until `release` is set (a stalled log collector)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait(60)
+        return super().write(text)
+
+
+def test_a_request_log_stream_that_takes_nothing_is_left_at_the_budget_s_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request log's close waited for its writer 10 s, past the shutdown's budget (1 s at
+    the default grace), and said nothing of the lines it left. Now it waits for what is left
+    of the budget and counts them; the writer, a daemon, goes on while the process lives."""
+    caplog.set_level(logging.ERROR, logger="klawd")
+    config = tmp_path / "klawd.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/log.db"\n')
+    stream = StuckStream()
+    try:
+        with TestClient(create_app(load_settings(config), environ={})) as client:
+            request_log = client.app_state["klawd_observer"].request_log
+            request_log._stream = stream
+            assert client.get("/healthz").status_code == 200
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shutdown: ")]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("shutdown: the request log not closed after ")
+        assert lines[0].endswith(
+            " s: 1 request line(s) not written yet, left to its writer until the process exits"
+        )
+    finally:
+        stream.release.set()
+
+
+def test_an_exporter_child_that_never_ends_is_left_at_the_budget_s_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exporter's close waited 15 s for its child (then killed it), past the shutdown's
+    budget, in a thread the interpreter's exit joins. Now the lifespan waits for what is left
+    of the budget, and the close goes on in a daemon thread (the child, once its pipe is
+    closed, sends what it read and ends: here it is stopped, and killed by the test)."""
+    caplog.set_level(logging.ERROR, logger="klawd")
+    config = tmp_path / "klawd.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/spans.db"\n\n'
+        '[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n'
+    )
+    app = create_app(load_settings(config), environ={})
+    assert isinstance(app, GatewayMiddleware) and app.tracing is not None
+    child = app.tracing.pipe._child
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        with TestClient(app):
+            pass
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shutdown: ")]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("shutdown: the span exporter not closed after ")
+        assert lines[0].endswith(
+            " s: 0 bytes of span rows not written to its child yet, left to the process's exit "
+            "(the child sends what it read, then ends)"
+        )
+    finally:
+        child.kill()
+        child.wait()

@@ -155,6 +155,14 @@ class Metrics:
             ["provider", "type"],
             registry=r,
         )
+        self.upstream_body_errors = Counter(
+            "klawd_upstream_body_errors_total",
+            "Non-streamed upstream answers whose headers came (in "
+            "klawd_upstream_request_duration_seconds) and whose body then failed, by provider "
+            "and the gateway error type they became.",
+            ["provider", "type"],
+            registry=r,
+        )
         self.upstream_retries = Counter(
             "klawd_upstream_retries_total",
             "Retries of the same target, by provider.",
@@ -229,6 +237,7 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         for provider in self.providers:
             self.upstream_errors.labels(provider, "service_unavailable")
+            self.upstream_body_errors.labels(provider, "gateway_timeout")
             self.upstream_retries.labels(provider)
             self.fallbacks.labels(provider)
             self.circuit_state.labels(provider).set(0)

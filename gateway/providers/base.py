@@ -502,17 +502,30 @@ class HttpProvider:
             observer.upstream_finished(self.name, time.perf_counter() - started, None)
         return response
 
+    def _body_failed(self, error_type: str) -> None:
+        """A non-streamed answer, reported answered by `_send` at its headers, whose body then
+        failed (cut by the request's deadline, timed out, broken off): counted apart
+        (`klawd_upstream_body_errors_total`), as it is no answer the client got."""
+        if self.observer is not None:
+            self.observer.upstream_body_failed(self.name, error_type)
+
     async def _send_json(self, upstream: UpstreamRequest) -> Any:
         """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
         response = await self._send(upstream)
         try:
             body = await response.read()  # released once read (closed if it failed)
         except TimeoutError as exc:
+            self._body_failed(GatewayTimeout.type)
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
         except ResponseBroken as exc:
+            self._body_failed(BadGateway.type)
             raise BadGateway(
                 f"The upstream provider '{self.name}' broke off its answer: {exc}."
             ) from exc
+        except asyncio.CancelledError as exc:
+            if exc.args == (DEADLINE_EXCEEDED,):
+                self._body_failed(GatewayTimeout.type)
+            raise
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -589,11 +602,17 @@ class HttpProvider:
             try:
                 body = await response.read()  # released once read (closed if it failed)
             except TimeoutError as exc:
+                self._body_failed(GatewayTimeout.type)
                 raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
             except ResponseBroken as exc:
+                self._body_failed(BadGateway.type)
                 raise BadGateway(
                     f"The upstream provider '{self.name}' broke off its answer: {exc}."
                 ) from exc
+            except asyncio.CancelledError as exc:
+                if exc.args == (DEADLINE_EXCEEDED,):
+                    self._body_failed(GatewayTimeout.type)
+                raise
         completion = self.parse_response(call, body)
         if self.tracing is not None:
             note_finish_reasons(

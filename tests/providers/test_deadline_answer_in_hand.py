@@ -8,16 +8,21 @@ come is cut (504 `deadline_exceeded`) and its connection dropped, never pooled h
 from __future__ import annotations
 
 import asyncio
+import io
 
 import orjson
 import pytest
 
-from gateway.errors import DEADLINE_EXCEEDED, GatewayTimeout
+from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout
+from gateway.metrics import Metrics
+from gateway.observer import RequestObserver
 from gateway.providers.http_client import _Connection
 from gateway.providers.openai import OpenAIProvider
+from gateway.requestlog import RequestLog
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.settings import ProviderSettings
 from tests.providers.test_http_client import BOUND_S, Conn, answer, serving
+from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, Clock
 from tests.unit.test_retry_deadline import DrivenWheel, retrier
 from tests.unit.translation_helpers import chat_call
@@ -34,6 +39,27 @@ COMPLETION = orjson.dumps(
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
 )
+
+
+BODY_ERRORS = "klawd_upstream_body_errors_total"
+
+
+def observed(provider: OpenAIProvider) -> Metrics:
+    """The provider's upstream calls counted on a metrics registry of their own."""
+    metrics = Metrics(["p/m"], ["up"], ["free"], "sqlite")
+    provider.observer = RequestObserver(metrics, RequestLog(io.StringIO()))
+    return metrics
+
+
+def upstream_counts(metrics: Metrics) -> dict[str, float]:
+    """The provider's upstream calls as /metrics gives them: answered (their headers' latency
+    observed), failed before their headers, and failed in their body."""
+    samples = parse(metrics.exposition().decode())
+    return {
+        "answered": total(samples, "klawd_upstream_request_duration_seconds_count"),
+        "errors": total(samples, "klawd_upstream_errors_total"),
+        "body_errors": total(samples, BODY_ERRORS),
+    }
 
 
 def deadline_due_on_read(monkeypatch: pytest.MonkeyPatch, wheel: DrivenWheel) -> None:
@@ -91,6 +117,7 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
         settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
         provider = OpenAIProvider("up", settings, Secret("k"))
+        metrics = observed(provider)
         retrier_ = retrier(Clock(), 30)
         wheel = retrier_._cuts = DrivenWheel(asyncio.get_running_loop())  # type: ignore[assignment]
         deadline_due_on_read(monkeypatch, wheel)
@@ -106,3 +133,31 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
         finally:
             await provider.close()
     assert server.accepted == 1
+    # its headers came (their latency observed), its body was cut: not an answer the client got
+    assert upstream_counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 1}
+    samples = parse(metrics.exposition().decode())
+    assert total(samples, BODY_ERRORS, provider="up", type="gateway_timeout") == 1
+
+
+async def test_a_body_broken_off_is_counted_a_body_error() -> None:
+    """The same count for a body the upstream broke off (no deadline): a 502 the client gets,
+    its headers' latency observed."""
+
+    async def handler(conn: Conn) -> None:
+        if await conn.request() is None:
+            return
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        conn.reset()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
+        provider = OpenAIProvider("up", settings, Secret("k"))
+        metrics = observed(provider)
+        try:
+            with pytest.raises(BadGateway):
+                await provider.complete(chat_call("openai", "m"))
+        finally:
+            await provider.close()
+    assert upstream_counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 1}
+    samples = parse(metrics.exposition().decode())
+    assert total(samples, BODY_ERRORS, provider="up", type="bad_gateway") == 1

@@ -246,8 +246,6 @@ class Retrier:
             if index:
                 if deadline is not None and (outcomes[-1].cut or self._clock() >= deadline):
                     break  # the deadline passed: the last failure stands
-                if tries and self.observer is not None:
-                    self.observer.fell_back(tries[-1].provider)
             served = await self._serve_model(
                 target, attempt, may_retry, may_fall_back, tokens, tries, False, deadline
             )
@@ -365,8 +363,8 @@ class Retrier:
                         if record is not None:
                             span = tracing.start_attempt(record, deployment, len(tries))
                     if deadline is None:
-                        if made > 1 and self.observer is not None:  # a retry, as it leaves
-                            self.observer.retried(tries[-1].provider)
+                        if tries and self.observer is not None:
+                            self._moved_on(made, tries)
                         result = await attempt(deployment)
                     else:
                         gate = GATE.get()
@@ -382,8 +380,8 @@ class Retrier:
                             # sent, it would be cut at once, maybe generated and billed
                             # upstream for nothing
                             raise _Unsent
-                        if made > 1 and self.observer is not None:  # a retry, as it leaves
-                            self.observer.retried(tries[-1].provider)
+                        if tries and self.observer is not None:
+                            self._moved_on(made, tries)
                         result = await self._before_deadline(attempt(deployment), left)
                 except _Unsent:
                     if span is not None and tracing is not None and record is not None:
@@ -455,6 +453,19 @@ class Retrier:
                 # each try: a flaky upstream that answers on the second try is slow, not down.
                 if health.record(key, ok=False, latency_s=self._clock() - started):
                     await self._rest(key, self._cooldown_s, failing=True)
+
+    def _moved_on(self, made: int, tries: list[Attempt]) -> None:
+        """A try after a failed one leaves: counted as it leaves (not before the waits that may
+        stop it there, the request's deadline passing): a retry of the same model, or the
+        first try of a later model (a fallback, once, whatever models could try nothing in
+        between), by the provider of the last failed try."""
+        observer = self.observer
+        if observer is None:
+            return
+        if made > 1:
+            observer.retried(tries[-1].provider)
+        else:
+            observer.fell_back(tries[-1].provider)
 
     async def _before_deadline(self, call: Awaitable[T], left_s: float) -> T:
         """`call` cut when the request's deadline passes, in `left_s`: 504, the deadline's."""

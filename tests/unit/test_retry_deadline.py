@@ -462,3 +462,23 @@ async def test_a_try_never_sent_has_no_client_span() -> None:
     clients = [row for row in kept.read() if row[0] == SpanKind.CLIENT.value]
     assert [(row[-2], row[-1]) for row in clients] == [(0, "service_unavailable")]
     assert record.upstream_span is None, "the unsent try's span is not what goes upstream next"
+
+
+async def test_a_fallback_not_sent_once_the_deadline_passed_is_not_counted() -> None:
+    """As a retry: `klawd_fallbacks_total` counts a request moved on to its next model when
+    that model's try leaves, not when the deadline stopped it in its own wait before."""
+    clock = Clock()
+    calls, attempt = script(unavailable(retry_after=60.0), "never sent")
+    retrier_ = retrier(clock, 1.0)
+    retrier_.capacity = SlowTake(clock, 2.0, slow_model=TURBO.model.id)
+    metrics = metered(retrier_)
+    with pytest.raises(ServiceUnavailable):  # the first model's failure stands
+        await retrier_.call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [SONNET.model.id]
+    assert counted(metrics, "klawd_fallbacks_total") == 0
+
+    calls, attempt = script(unavailable(retry_after=60.0), "served")
+    retrier_.capacity = SlowTake(clock, 0.0)
+    await retrier_.call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
+    assert calls == [SONNET.model.id, TURBO.model.id]
+    assert counted(metrics, "klawd_fallbacks_total") == 1

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from gateway.listener import when_listening
 from gateway.metrics import Metrics, worker_exited
 from gateway.observer import RequestObserver
 from gateway.providers.base import ObservedProvider
-from gateway.requestlog import RequestLog
+from gateway.requestlog import CLOSE_WAIT_S, RequestLog
 from gateway.settings import Settings, config_path, load_settings
 from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
@@ -190,14 +191,20 @@ async def _report_metrics(state: AppState, observer: RequestObserver) -> None:
 
 
 async def _close_log_and_exporter(
-    request_log: RequestLog, tracing: Tracing | None, end: float
+    request_log: RequestLog, tracing: Tracing | None, end: float, kill_at: float | None
 ) -> None:
     """The request log's writer and the span exporter stopped within what is left of the
-    shutdown's budget (`end`, loop time). Cut, each goes on in its daemon thread while the
-    process lives: what it has not written by the exit is lost (as it was at the kill that
-    came instead), and one line says how much."""
+    shutdown's budget (`end`, loop time), or, when the kill is known to come later (`kill_at`,
+    wall time: `klawd serve` signalled with no stream left open), until shortly before it;
+    each close has its own bound besides (the writer's CLOSE_WAIT_S, the exporter child's
+    CHILD_EXIT_TIMEOUT_S). Cut, each goes on in its daemon thread while the process lives:
+    what it has not written by the exit is lost (as at the kill that would come instead),
+    and one line says how much."""
     loop = asyncio.get_running_loop()
-    within_s = max(0.0, end - loop.time())
+    until_kill = 0.0 if kill_at is None else kill_at - KILL_MARGIN_S - time.time()
+    later = loop.time() + until_kill
+
+    within_s = max(0.0, end - loop.time(), min(CLOSE_WAIT_S, later - loop.time()))
     if not request_log.close(within_s):
         log.error(
             "shutdown: the request log not closed after %.2f s: %d request line(s) not written "
@@ -207,7 +214,7 @@ async def _close_log_and_exporter(
         )
     if tracing is None:
         return
-    within_s = max(0.0, end - loop.time())
+    within_s = max(0.0, end - loop.time(), later - loop.time())
     if not await ended_within(tracing.close, within_s, "klawd-span-close"):
         log.error(
             "shutdown: the span exporter not closed after %.2f s: %d bytes of span rows not "
@@ -218,6 +225,8 @@ async def _close_log_and_exporter(
         )
 
 
+# What the lifespan leaves for Granian's own stop of the worker before its kill.
+KILL_MARGIN_S = 0.25
 METRICS_REPORT_INTERVAL_S = 1.0
 # The cycle collector's thresholds in a worker (CPython's: 700, 10, 10). A full collection walks
 # every tracked object, about a hundred per open stream: with 10,000 streams open it pauses them
@@ -302,7 +311,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 # during those must not lose it.
                 observer.metrics.buffer.flush()
                 worker_exited(os.getpid())
-                await _close_log_and_exporter(observer.request_log, tracing, end)
+                kill_at = drain.kill_expected_at(settings.server.streams.drain_grace_s)
+                await _close_log_and_exporter(observer.request_log, tracing, end, kill_at)
             finally:
                 # Undone for a process that outlives the app (tests, an embedding program),
                 # even by a shutdown that failed: frozen, the app's objects are never

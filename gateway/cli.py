@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import resource
 import secrets
@@ -29,7 +28,13 @@ from typing import Any
 import orjson
 
 from gateway import __version__, accounts, cli_keys, cli_usage, cli_webhooks, supervisor
-from gateway.drain import DRAIN_DIR_PREFIX, DRAIN_FILE_ENV, METRICS_DIR_PREFIX, SUPERVISOR_PID_ENV
+from gateway.drain import (
+    DRAIN_DIR_PREFIX,
+    DRAIN_FILE_ENV,
+    METRICS_DIR_PREFIX,
+    SUPERVISOR_PID_ENV,
+    kill_timeout_s,
+)
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, config_path, load_settings
 from gateway.store.base import Store, StoreError, open_store, sqlite_path
@@ -148,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             workers=workers,
-            kill_timeout_s=max(1, math.ceil(settings.server.streams.drain_grace_s)),
+            kill_timeout_s=kill_timeout_s(settings.server.streams.drain_grace_s),
             max_header_bytes=settings.server.max_header_bytes,
             max_in_flight=settings.server.max_in_flight,
             listen_backlog=settings.server.listen_backlog,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -85,6 +86,26 @@ def announce(path: Path, now: float) -> None:
 def drain_deadline(signalled_at: float, grace_s: float) -> float:
     """Wall time at which a worker ends its open streams."""
     return signalled_at + grace_s - min(DRAIN_MARGIN_S, grace_s / 2)
+
+
+def kill_timeout_s(grace_s: float) -> int:
+    """How long Granian gives a worker to stop before it kills it (`klawd serve`)."""
+    return max(1, math.ceil(grace_s))
+
+
+def kill_expected_at(grace_s: float) -> float | None:
+    """Wall time at which `klawd serve` kills this worker, once told to stop (its drain file
+    written before the signal is passed on): the signal's time plus the kill timeout, a little
+    early (Granian counts from its own start of the stop). None when not under `klawd serve`
+    or not signalled (a test, an embedding program)."""
+    named = os.environ.get(DRAIN_FILE_ENV)
+    if not named:
+        return None
+    try:
+        signalled_at = float(Path(named).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return signalled_at + kill_timeout_s(grace_s)
 
 
 def shutdown_budget_s(grace_s: float) -> float:

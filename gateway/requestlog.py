@@ -156,6 +156,9 @@ def note_requested_model(model: str) -> None:
         record.request_model = model
 
 
+CLOSE_WAIT_S = 10.0  # how long a shutdown waits for the writer's last lines, at most
+
+
 class RequestLog:
     """Request lines are gathered on the event loop and handed to one writer thread in batches
     (every HAND_OVER_S, or at MAX_BATCH lines), which writes them to the stream (stderr): the
@@ -220,7 +223,7 @@ class RequestLog:
                 pass  # a closed stream must not kill the writer: the lines are dropped
             self._written += len(lines) - (1 if dropped else 0)
 
-    def close(self, within_s: float = 10.0) -> bool:
+    def close(self, within_s: float = CLOSE_WAIT_S) -> bool:
         """Writes what is gathered, then stops the thread, waiting at most `within_s`: whether
         it ended. Cut, the writer (a daemon) goes on while the process lives; `unwritten`
         says how many lines it had not written."""

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ from starlette.testclient import TestClient
 import gateway.app
 from gateway.api.middleware import GatewayMiddleware
 from gateway.app import create_app
+from gateway.drain import DRAIN_FILE_ENV
 from gateway.metrics_buffer import MetricBuffer
 from gateway.requestlog import RequestLog
 from gateway.settings import load_settings
+from gateway.tracing import pipe
 from gateway.tracing.otel import Tracing
 
 
@@ -128,3 +131,36 @@ def test_an_exporter_child_that_never_ends_is_left_at_the_budget_s_end(
     finally:
         child.kill()
         child.wait()
+
+
+def test_with_the_kill_far_away_the_exporter_s_close_keeps_its_own_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signalled by `klawd serve` with no stream open, the worker's kill is the grace (30 s)
+    away: the exporter's close is not cut at the budget's 1 s but keeps its own bound
+    (CHILD_EXIT_TIMEOUT_S, 2 s here), after which it kills a child that did not end. Before,
+    it was cut at the budget's end and logged so, with the kill still 29 s away."""
+    caplog.set_level(logging.ERROR, logger="klawd")
+    monkeypatch.setattr(pipe, "CHILD_EXIT_TIMEOUT_S", 2.0)
+    signalled = tmp_path / "signalled"
+    signalled.write_text(repr(time.time()), encoding="ascii")
+    monkeypatch.setenv(DRAIN_FILE_ENV, str(signalled))
+    config = tmp_path / "klawd.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/far.db"\n\n'
+        '[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n'
+    )
+    app = create_app(load_settings(config), environ={})
+    assert isinstance(app, GatewayMiddleware) and app.tracing is not None
+    child = app.tracing.pipe._child
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        with TestClient(app):
+            pass
+        assert [r.getMessage() for r in caplog.records if "shutdown: " in r.getMessage()] == []
+        assert child.returncode is not None, "the close ended without its child's end"
+    finally:
+        if child.returncode is None:
+            child.kill()
+            child.wait()

@@ -18,6 +18,8 @@ from gateway.drain import (
     announce,
     drain_deadline,
     is_drain,
+    kill_expected_at,
+    kill_timeout_s,
     remove_leftovers,
     shutdown_budget_s,
     writes_wait_s,
@@ -105,3 +107,17 @@ def test_the_shutdown_s_budget_is_the_drain_s_margin_with_a_floor() -> None:
     # No grace: open streams are ended at once, yet what is being written gets its floor
     # (the kill comes 1 s after the signal).
     assert (shutdown_budget_s(0.0), writes_wait_s(0.0)) == (SHUTDOWN_FLOOR_S, SHUTDOWN_FLOOR_S / 2)
+
+
+def test_the_kill_is_expected_the_kill_timeout_after_the_signal_once_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert [kill_timeout_s(g) for g in (30, 1.2, 1, 0.5, 0)] == [30, 2, 1, 1, 1]
+    signalled = tmp_path / "signalled"
+    monkeypatch.delenv(DRAIN_FILE_ENV, raising=False)
+    assert kill_expected_at(30) is None  # not under `klawd serve`
+    monkeypatch.setenv(DRAIN_FILE_ENV, str(signalled))
+    assert kill_expected_at(30) is None  # not signalled yet
+    announce(signalled, 1000.0)
+    assert kill_expected_at(30) == 1030.0
+    assert kill_expected_at(0) == 1001.0

@@ -262,36 +262,28 @@ async def send_event_stream(
 
 
 class _Watch:
-    """What a stream's callbacks share with it: the keepalive check (a deadline in the
-    wheel, re-armed only when it comes, looking at the time of the last piece), the watcher
-    of the client's next message and a stepped source's `deliver`. One object with slots, not
-    a closure cell per variable: a stream holds about a hundred objects that every full
+    """What a stream shares with its callbacks: the relay's state that they read (when the last
+    piece went out, whether it waits on its source, a keepalive in flight, how the client
+    went) and a stepped source's `deliver`. What only the callbacks use (the watcher of the
+    client's next message, the keepalive check and the send deadline's marks) is `_Armed`,
+    made by the call the stream queues as it begins, at the loop's next turn: a stream that
+    ended before (its pieces all at hand) makes none of it. One object with slots each, not a
+    closure cell per variable: a stream holds about a hundred objects that every full
     collection walks, and these were a sixth."""
 
     __slots__ = (
+        "armed",
         "client_gone",
-        "context",
         "deaf",
         "direct_send",
         "edit",
         "finished",
-        "keepalive",
-        "keepalive_s",
-        "keepalives",
         "last_sent",
         "loop",
         "pending",
         "pinging",
-        "receive",
-        "send",
-        "send_timeout_s",
-        "slot",
-        "stalled_on",
-        "stalled_since",
         "start",
-        "task",
         "waiting_on_source",
-        "watcher",
     )
 
     def __init__(
@@ -306,37 +298,23 @@ class _Watch:
         send_timeout_s: float | None,
     ) -> None:
         self.loop = loop
-        self.task: asyncio.Task[Any] | None = task
-        self.receive = receive
-        self.send = send
-        self.keepalive_s = keepalive_s
-        self.keepalive = keepalive
         self.client_gone = False
         self.deaf = False  # the client is gone because it stopped reading (the send deadline)
         self.finished = False  # from here on, a disconnect must not cancel the request's task
         self.waiting_on_source = True
         self.last_sent = loop.time()
         self.pinging: asyncio.Future[None] | None = None
-        # The send deadline, checked by the keepalive check: the send it found pending (its
-        # `stalled_on` mark: the last send's time and the ping then in flight, which change
-        # once a send completes) and since when it saw it pending.
-        self.send_timeout_s = send_timeout_s
-        self.stalled_on: tuple[float, asyncio.Future[None] | None] | None = None
-        self.stalled_since = 0.0
-        # The client's next message (re-armed until the disconnect) and the keepalive check
-        # (`slot`: its deadline in `keepalives`), both armed by `arm` at the stream's first
-        # wait (`start`: that call until then).
-        self.watcher: asyncio.Future[Message] | None = None
-        self.keepalives = keepalives
-        self.slot: Slot | None = None
-        # The request's context: a keepalive's send runs in it, as when each stream had a timer.
-        self.context = contextvars.copy_context()
-        self.start: asyncio.Handle | None = loop.call_soon(self.arm, context=self.context)
         # `deliver`'s: the server's send and the source's edit (set once a piece is out), and
         # a send it began that the stream's task must wait for (or its failure).
         self.direct_send: Send | None = None
         self.edit: Callable[[bytes], bytes] | None = None
         self.pending: Awaitable[None] | None = None
+        self.armed: _Armed | None = None
+        # The call that arms the watch, queued in (a copy of) the request's context: a
+        # keepalive's send runs in it, as when each stream had a timer.
+        self.start: asyncio.Handle | None = loop.call_soon(
+            _Armed, self, task, receive, send, keepalive_s, keepalive, keepalives, send_timeout_s
+        )
 
     def deliver(self, piece: bytes, waiter: asyncio.Future[None]) -> bool:
         """A piece (whole events, not the stream's last) that arrived while the stream waits
@@ -374,25 +352,91 @@ class _Watch:
         waiter.set_result(None)
         return True
 
-    def arm(self) -> None:
-        """The stream waits for the first time (it is still open when the loop turns)."""
-        self.start = None
-        if self.finished:
+    def end(self) -> asyncio.Future[None] | None:
+        """Once the stream has ended: no callback runs again, and nothing here refers back to
+        the stream (the timer's and the watcher's references are dropped, and the armed
+        watch's to the task), so reference counting frees it all at once. Returns the
+        keepalive send still in flight, if any."""
+        self.finished = True
+        start = self.start
+        if start is not None:
+            self.start = None
+            start.cancel()
+        armed = self.armed
+        if armed is not None:
+            self.armed = None
+            armed.end()
+        return self.pinging
+
+
+class _Armed:
+    """A stream's watch once it first waits (the first turn of the loop after it began): the
+    keepalive check (a deadline in the wheel, re-armed only when it comes, looking at the time
+    of the last piece) with the send deadline's marks, and the watcher of the client's next
+    message. Made by the call `_Watch` queues, in a copy of the request's context."""
+
+    __slots__ = (
+        "context",
+        "keepalive",
+        "keepalive_s",
+        "keepalives",
+        "receive",
+        "send",
+        "send_timeout_s",
+        "slot",
+        "stalled_on",
+        "stalled_since",
+        "task",
+        "watch",
+        "watcher",
+    )
+
+    def __init__(
+        self,
+        watch: _Watch,
+        task: asyncio.Task[Any],
+        receive: Receive,
+        send: Send,
+        keepalive_s: float,
+        keepalive: bytes,
+        keepalives: TimerWheel,
+        send_timeout_s: float | None,
+    ) -> None:
+        watch.start = None
+        watch.armed = self
+        self.watch = watch
+        self.task: asyncio.Task[Any] | None = task
+        self.receive = receive
+        self.send = send
+        self.keepalive_s = keepalive_s
+        self.keepalive = keepalive
+        self.keepalives = keepalives
+        # The send deadline, checked by the keepalive check: the send it found pending (its
+        # `stalled_on` mark: the last send's time and the ping then in flight, which change
+        # once a send completes) and since when it saw it pending.
+        self.send_timeout_s = send_timeout_s
+        self.stalled_on: tuple[float, asyncio.Future[None] | None] | None = None
+        self.stalled_since = 0.0
+        self.context = contextvars.copy_context()  # (this call runs in the request's, copied)
+        now = watch.loop.time()
+        if watch.finished:
             # The send ending the body is under its deadline only; it may come after this
             # (a source's close that awaits, the body's end after it): `on_due` tells.
-            self.slot = self.keepalives.add(self.loop.time() + self.keepalive_s, self)
+            self.watcher: asyncio.Future[Message] | None = None
+            self.slot: Slot | None = keepalives.add(now + keepalive_s, self)
             return
-        self.watcher = _watch(self.receive, self.on_message)
-        due = self.last_sent + self.keepalive_s
-        self.slot = self.keepalives.add(max(due, self.loop.time()), self)
+        # The client's next message, re-armed until the disconnect.
+        self.watcher = _watch(receive, self.on_message)
+        self.slot = keepalives.add(max(watch.last_sent + keepalive_s, now), self)
 
     def on_message(self, message: asyncio.Future[Message]) -> None:
-        if self.finished or message.cancelled() or message.exception() is not None:
+        watch = self.watch
+        if watch.finished or message.cancelled() or message.exception() is not None:
             return
         if message.result()["type"] != "http.disconnect":
             self.watcher = _watch(self.receive, self.on_message)  # not the end yet: wait again
             return
-        self.client_gone = True
+        watch.client_gone = True
         if self.task is not None:
             self.task.cancel()
 
@@ -400,30 +444,29 @@ class _Watch:
         """The keepalive check (the wheel calls it): a comment after `keepalive_s` of silence;
         with a send pending (a piece's or a keepalive's), the send deadline instead."""
         self.slot = None
-        loop = self.loop
+        watch = self.watch
+        loop = watch.loop
         now = loop.time()
-        pinging = self.pinging
-        if self.finished:
+        pinging = watch.pinging
+        if watch.finished:
             # The stream's end is reached: no keepalive, and a disconnect changes nothing, but
             # the send of the body's end is under the deadline like any other (the source's
             # close, or its run to its end after the last piece, is not: checked again later).
-            if self.waiting_on_source:
+            if watch.waiting_on_source:
                 self.slot = self.keepalives.add(now + self.keepalive_s, self)
             else:
                 self.sending(now, pinging)
             return
-        if not self.waiting_on_source or (pinging is not None and not pinging.done()):
+        if not watch.waiting_on_source or (pinging is not None and not pinging.done()):
             self.sending(now, pinging)
             return
         self.stalled_on = None
-        if now - self.last_sent >= self.keepalive_s:
-            pinging = self.pinging
-            if self.waiting_on_source and (pinging is None or pinging.done()):
-                ping = _ping(self.send, self.keepalive)
-                pinging = self.pinging = loop.create_task(ping, context=self.context)
-                pinging.add_done_callback(_ignore_result)
-            self.last_sent = now
-        self.slot = self.keepalives.add(self.last_sent + self.keepalive_s, self)
+        if now - watch.last_sent >= self.keepalive_s:
+            ping = _ping(self.send, self.keepalive)
+            pinging = watch.pinging = loop.create_task(ping, context=self.context)
+            pinging.add_done_callback(_ignore_result)
+            watch.last_sent = now
+        self.slot = self.keepalives.add(watch.last_sent + self.keepalive_s, self)
 
     def sending(self, now: float, pinging: asyncio.Future[None] | None) -> None:
         """A send is pending at a check: the client has not taken it yet. One still pending
@@ -431,13 +474,14 @@ class _Watch:
         interval more) means the client stopped reading: the stream ends as if it had left
         (billed 499 for what was generated), and its upstream is let go. Until then the next
         check comes after another `keepalive_s`, or at the deadline if sooner."""
-        mark = (self.last_sent, pinging)
+        watch = self.watch
+        mark = (watch.last_sent, pinging)
         timeout_s = self.send_timeout_s
         if mark != self.stalled_on:
             self.stalled_on, self.stalled_since = mark, now
         elif timeout_s is not None and now - self.stalled_since >= timeout_s:
             log.info("a stream's client took nothing for %.0f s: ended", now - self.stalled_since)
-            self.client_gone = self.deaf = True
+            watch.client_gone = watch.deaf = True
             if pinging is not None:
                 pinging.cancel()
             if self.task is not None:
@@ -448,15 +492,9 @@ class _Watch:
             due = min(due, self.stalled_since + timeout_s)
         self.slot = self.keepalives.add(due, self)
 
-    def end(self) -> asyncio.Future[None] | None:
-        """Once the stream has ended: neither callback runs again, and nothing here refers
-        back to the stream (the timer's and the watcher's references to this object are
-        dropped, and this object's to the task), so reference counting frees it all at once.
-        Returns the keepalive send still in flight, if any."""
-        self.finished = True
-        if self.start is not None:
-            self.start.cancel()
-            self.start = None
+    def end(self) -> None:
+        """The stream has ended (`_Watch.end`): the wheel's and the watcher's references to
+        this object are dropped, and this object's to the task."""
         if self.slot is not None:
             self.slot.discard(self)
             self.slot = None
@@ -466,7 +504,6 @@ class _Watch:
             watcher.remove_done_callback(self.on_message)
             watcher.cancel()
         self.task = None
-        return self.pinging
 
 
 _SENT: Any = object()  # (what `next` answers for a send that is done)

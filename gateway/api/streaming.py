@@ -126,7 +126,12 @@ async def send_event_stream(
     loop = keepalives.loop
     task = asyncio.current_task(loop)  # given the loop: no getpid() either
     assert task is not None  # noqa: S101 (always called from the request's task)
-    watch = _Watch(loop, task, receive, send, keepalive_s, keepalive, keepalives, send_timeout_s)
+    # The call that arms the watch at the loop's next turn (if the stream is still open),
+    # queued here in (a copy of) the request's context: a keepalive's send runs in it.
+    watch = _Watch(loop)
+    watch.start = loop.call_soon(
+        _Armed, watch, task, receive, send, keepalive_s, keepalive, keepalives, send_timeout_s
+    )
     drained = False
     start: Message = {
         "type": "http.response.start",
@@ -286,17 +291,7 @@ class _Watch:
         "waiting_on_source",
     )
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        task: asyncio.Task[Any],
-        receive: Receive,
-        send: Send,
-        keepalive_s: float,
-        keepalive: bytes,
-        keepalives: TimerWheel,
-        send_timeout_s: float | None,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.client_gone = False
         self.deaf = False  # the client is gone because it stopped reading (the send deadline)
@@ -310,11 +305,7 @@ class _Watch:
         self.edit: Callable[[bytes], bytes] | None = None
         self.pending: Awaitable[None] | None = None
         self.armed: _Armed | None = None
-        # The call that arms the watch, queued in (a copy of) the request's context: a
-        # keepalive's send runs in it, as when each stream had a timer.
-        self.start: asyncio.Handle | None = loop.call_soon(
-            _Armed, self, task, receive, send, keepalive_s, keepalive, keepalives, send_timeout_s
-        )
+        self.start: asyncio.Handle | None = None  # the call that arms it, queued by the stream
 
     def deliver(self, piece: bytes, waiter: asyncio.Future[None]) -> bool:
         """A piece (whole events, not the stream's last) that arrived while the stream waits

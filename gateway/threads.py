@@ -8,6 +8,7 @@ import functools
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
@@ -82,26 +83,16 @@ class DaemonThreadExecutor(Executor):
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                # The thread holds the queue, not the executor: one dropped without its
+                # shutdown (a store never closed) ends its thread once collected.
+                serve = (self._jobs, self._initializer)
+                self._thread = threading.Thread(
+                    target=_serve, args=serve, name=self._name, daemon=True
+                )
                 self._thread.start()
+                weakref.finalize(self, self._jobs.put, None)
             self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
         return future
-
-    def _run(self) -> None:
-        if self._initializer is not None:
-            self._initializer()
-        while (job := self._jobs.get()) is not None:
-            future, call = job
-            del job
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = call()
-                except BaseException as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-                    del result
-            del future, call
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -120,3 +111,21 @@ class DaemonThreadExecutor(Executor):
 
 
 _Job = tuple["Future[Any]", Callable[[], Any]]
+
+
+def _serve(jobs: queue.SimpleQueue[_Job | None], initializer: Callable[[], None] | None) -> None:
+    """A DaemonThreadExecutor's thread: its jobs, in order, until a None."""
+    if initializer is not None:
+        initializer()
+    while (job := jobs.get()) is not None:
+        future, call = job
+        del job
+        if future.set_running_or_notify_cancel():
+            try:
+                result = call()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+                del result
+        del future, call

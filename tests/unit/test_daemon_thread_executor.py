@@ -3,6 +3,7 @@ cancelled before it began skipped, as a ThreadPoolExecutor's."""
 
 from __future__ import annotations
 
+import gc
 import threading
 
 from gateway.threads import DaemonThreadExecutor
@@ -26,3 +27,15 @@ def test_jobs_run_in_order_on_one_daemon_thread_and_a_cancelled_one_is_skipped()
     assert names.get("klawd-test") is True
     executor.shutdown(wait=True)
     assert "klawd-test" not in {t.name for t in threading.enumerate()}
+
+
+def test_an_executor_dropped_without_its_shutdown_ends_its_thread() -> None:
+    """A store never closed: its executor, once collected, lets its thread end (as a
+    ThreadPoolExecutor's does), rather than keeping an idle thread for the process's life."""
+    executor = DaemonThreadExecutor("klawd-test-dropped")
+    assert executor.submit(int, "1").result(10) == 1
+    thread = next(t for t in threading.enumerate() if t.name == "klawd-test-dropped")
+    del executor
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()

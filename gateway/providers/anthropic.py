@@ -86,6 +86,9 @@ API_VERSION = "2023-06-01"
 MAX_TEMPERATURE = 1.0
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 SUPPORTED = frozenset({"user", "parallel_tool_calls"})
+# Distinct client anthropic-version / anthropic-beta pairs whose pass-through headers a provider
+# keeps written out (a client's values come from its SDK's version: a few).
+MAX_PASSTHROUGH_HEADERS = 32
 
 STOP_REASONS = {
     "end_turn": "stop",
@@ -429,22 +432,45 @@ class AnthropicProvider(HttpProvider):
         )
 
     # -- /v1/messages pass-through (MessagesProvider) -----------------------------------------
-    def _messages_request(self, call: MessagesCall, path: str = "/v1/messages") -> UpstreamRequest:
+    def _messages_request(self, call: MessagesCall, url: str | None = None) -> UpstreamRequest:
         model = call.target.model.upstream_model or call.target.model.id.split("/", 1)[1]
+        return UpstreamRequest(
+            url=url or self._messages_url,
+            headers=self._messages_headers(call),
+            body=call.body.with_model(model),
+        )
+
+    @functools.cached_property
+    def _passthrough_headers(self) -> dict[tuple[bool, str | None, str | None], FixedHeaders]:
+        return {}
+
+    def _messages_headers(self, call: MessagesCall) -> Mapping[str, str]:
+        """The provider's headers and the client's `anthropic-version` / `anthropic-beta`:
+        written out once per stream flag and client values (clients send a few), not per try;
+        at most MAX_PASSTHROUGH_HEADERS kept, further ones made per try."""
+        version = call.headers.get("anthropic-version")
+        beta = call.headers.get("anthropic-beta")
+        kept = self._passthrough_headers
+        fixed = kept.get((call.stream, version, beta))
+        if fixed is not None:
+            return fixed
         headers = {
             "content-type": "application/json",
             "accept": "text/event-stream" if call.stream else "application/json",
-            "anthropic-version": call.headers.get("anthropic-version") or API_VERSION,
+            "anthropic-version": version or API_VERSION,
         }
-        if beta := call.headers.get("anthropic-beta"):
+        if beta:
             headers["anthropic-beta"] = beta
         if self.api_key is not None:
             headers["x-api-key"] = self.api_key.reveal()
-        return UpstreamRequest(
-            url=f"{self.settings.base_url.rstrip('/')}{path}",
-            headers=headers,
-            body=call.body.with_model(model),
-        )
+        if len(kept) >= MAX_PASSTHROUGH_HEADERS:
+            return headers
+        try:
+            fixed = FixedHeaders(headers)
+        except ValueError:  # a CR or LF: the HTTP client refuses it at the send, as before
+            return headers
+        kept[(call.stream, version, beta)] = fixed
+        return fixed
 
     async def messages(self, call: MessagesCall) -> Completion:
         """The client's Messages request with only `model` rewritten; the answer's `model` is
@@ -465,7 +491,8 @@ class AnthropicProvider(HttpProvider):
 
     async def count_tokens(self, call: MessagesCall) -> int:
         """`POST {base_url}/v1/messages/count_tokens` with the client's body (model rewritten)."""
-        answer = await self._send_json(self._messages_request(call, "/v1/messages/count_tokens"))
+        url = f"{self._messages_url}/count_tokens"
+        answer = await self._send_json(self._messages_request(call, url))
         tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, int):
             raise BadGateway(f"The upstream provider '{self.name}' answered without input_tokens.")

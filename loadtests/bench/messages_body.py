@@ -1,6 +1,7 @@
 """What the /v1/messages pass-through's upstream bodies cost a request, counted.
 
     .venv/bin/python -m loadtests.bench.messages_body [--tree DIR] [--tries one,retries,chain]
+        [--head]
 
 For each body of loadtests.bench.anthropic_request (parsed as the route parses the client's
 body; writing it does not read its shape) and each way of trying (`one`: one target, one try;
@@ -10,7 +11,9 @@ bodies: the route's `MessagesCallFactory` (on the body it parsed), then per try 
 the provider's `_messages_request`. Under callgrind, the script run with 0 and with 200
 requests, the difference over 200 (deterministic, as request_decode's; valgrind's own
 `memcpy` counts a copy dearer than the C library's). `--tree DIR`: another checkout's
-`gateway` package (with its built `_core`), for a before/after.
+`gateway` package (with its built `_core`), for a before/after. `--head`: each try's header
+lines too, as the HTTP client writes them (`_header_block`; none for headers a provider keeps
+written out, `FixedHeaders`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import orjson
 from gateway import _core
 from gateway.api.messages import MessagesCallFactory
 from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.http_client import FixedHeaders, _header_block
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import ModelSettings, ProviderSettings
 from loadtests.bench.anthropic_request import BODIES
@@ -51,24 +55,38 @@ def request(fields: dict[str, object], tries: str) -> list[bytes]:
     return [PROVIDER._messages_request(factory.call(target)).body for target in TRIES[tries]]
 
 
+def request_with_head(fields: dict[str, object], tries: str) -> list[str]:
+    """`request`, and each try's header lines as the HTTP client writes them."""
+    factory = MessagesCallFactory(fields, HEADERS, "msg_bench", True)
+    lines = []
+    for target in TRIES[tries]:
+        headers = PROVIDER._messages_request(factory.call(target)).headers
+        lines.append(headers.block if type(headers) is FixedHeaders else _header_block(headers))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
     parser.add_argument("--tries", default="one,retries,chain")
+    parser.add_argument("--head", action="store_true", help="count the header lines too")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count is not None:  # one run under callgrind
         fields = orjson.loads(BODIES[args.only])
+        make = request_with_head if args.head else request
         for _ in range(args.count):
-            request(fields, args.tries)
+            make(fields, args.tries)
         return
     print(f"gateway from {Path(_core.__file__).parent}")
     module = "loadtests.bench.messages_body"
+    head = ("--head",) if args.head else ()
     for name, body in BODIES.items():
         for tries in args.tries.split(","):
             counted = [
-                instructions(name, args.tree, n, module, ("--tries", tries)) for n in (0, 200)
+                instructions(name, args.tree, n, module, ("--tries", tries, *head))
+                for n in (0, 200)
             ]
             per = (counted[1] - counted[0]) / 200
             print(f"{name:30s} {len(body):6d} B  {tries:8s} {per:10.0f} instructions")

@@ -217,7 +217,7 @@ class FakeAnthropic(ThreadedServer):
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
-        self.record(request, body, raw=raw)
+        self.record(request, body, raw=raw, head=request.raw_headers)
         # The API reads the key from x-api-key; recent SDKs send it as a bearer token instead.
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         key = request.headers.get("x-api-key") or bearer

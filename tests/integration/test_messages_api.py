@@ -21,6 +21,7 @@ from tests.fakes import anthropic_upstream, gemini_upstream, openai_upstream
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.provider_config import ANTHROPIC_KEY
 from tests.fakes.server import PNG_1X1
 from tests.integration.test_limits_and_billing import wait_for_ledger
 
@@ -272,11 +273,13 @@ def test_image_input_reaches_every_upstream_in_its_format(
     assert gemini_parts[0] == {"inlineData": {"mimeType": "image/png", "data": data}}
 
 
-def passed_through(gateway: Gateway, api_key: str, body: dict[str, Any]) -> None:
+def passed_through(
+    gateway: Gateway, api_key: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
     """`body` posted as an Anthropic SDK would (its version header), answered with 200."""
     response = httpx.post(
         f"{gateway.base_url}/v1/messages",
-        headers={"x-api-key": api_key, "anthropic-version": "2023-06-01"},
+        headers={"x-api-key": api_key, "anthropic-version": "2023-06-01"} | (headers or {}),
         json=body,
         timeout=20,
     )
@@ -316,7 +319,8 @@ def test_passthrough_sends_each_try_its_model_in_the_same_bytes(
 ) -> None:
     """One target: one body. A chain: the overloaded first target is tried three times (the
     test config's attempts), then the fallback answers; every try gets the bytes of the
-    client's body with its own model, whatever the key order (`model` not first here)."""
+    client's body with its own model, whatever the key order (`model` not first here), and
+    the same header lines: the provider's, then the client's version and beta, then its key."""
     failing = f"claude-overloaded~bytes{'stream' if stream else ''}"
     first = f"anthropic/{failing}" if chain else "anthropic/claude-fake"
     body: dict[str, Any] = {
@@ -330,10 +334,24 @@ def test_passthrough_sends_each_try_its_model_in_the_same_bytes(
     if chain:
         body["models"] = ["anthropic/claude-fake"]
     seen = len(fake_anthropic.requests)
-    passed_through(gateway, api_key, body)
+    passed_through(gateway, api_key, body, {"anthropic-beta": "tools-2024-04-04"})
     sent = [r["raw"] for r in fake_anthropic.requests[seen:]]
     tried = [failing.split("~")[0]] * 3 if chain else []
     assert sent == [passthrough_bytes(body, m) for m in [*tried, "claude-fake"]]
+    origin = fake_anthropic.base_url.removeprefix("http://").encode()
+    heads = [r["head"] for r in fake_anthropic.requests[seen:]]
+    assert heads == [
+        (
+            (b"Host", origin),
+            (b"Content-Length", str(len(raw)).encode()),
+            (b"content-type", b"application/json"),
+            (b"accept", b"text/event-stream" if stream else b"application/json"),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"anthropic-beta", b"tools-2024-04-04"),
+            (b"x-api-key", ANTHROPIC_KEY.encode()),
+        )
+        for raw in sent
+    ]
 
 
 def test_translation_sends_system_tools_tool_results_and_history(

@@ -204,9 +204,11 @@ class MessagesBody:
     """The client's Messages request as every Messages API upstream gets it: `model` rewritten
     to the target's, the gateway's own `models` (fallbacks) left out. The first try's is
     written whole; a try under the same model name (a retry, or another deployment of the same
-    upstream model) sends those bytes again; another name is joined into the rest of the body,
-    written once a request around `model` (the bytes `orjson.dumps` writes for the whole body
-    with that model, `model` where the client had it)."""
+    upstream model) sends those bytes again; another name is joined into the rest of the body
+    around `model`: the first try's bytes cut at its model's value, or (when that value cannot
+    be told from a nested `model` of the same value) the rest written once a request. Either
+    way the bytes `orjson.dumps` writes for the whole body with that model, `model` where the
+    client had it."""
 
     __slots__ = ("_around", "_model", "_written", "fields")
 
@@ -227,12 +229,30 @@ class MessagesBody:
         else:
             around = self._around
             if around is None:
-                around = self._around = _around_model(self.fields)
+                around = _around_written(self._written, self._model)
+                if around is None:
+                    around = _around_model(self.fields)
+                self._around = around
             head, key, comma, tail = around
             written = b"".join((head, key, orjson.dumps(model), comma, tail))
         self._model = model
         self._written = written
         return written
+
+
+def _around_written(
+    written: bytes, model: str
+) -> tuple[memoryview, bytes, bytes, memoryview] | None:
+    """`written` (a body as `with_model(model)` wrote it) around its model's value, as
+    `_around_model` gives it (the key and comma here stay in the views), or None when the
+    bytes `"model":<value>` occur more than once: the top-level member is always among them,
+    so a single occurrence is it (a nested `model` of the same value would be a second)."""
+    member = b'"model":' + orjson.dumps(model)
+    at = written.find(member)
+    if at < 0 or written.find(member, at + 1) >= 0:
+        return None
+    view = memoryview(written)
+    return view[: at + len(b'"model":')], b"", b"", view[at + len(member) :]
 
 
 def _around_model(fields: dict[str, Any]) -> tuple[memoryview, bytes, bytes, memoryview]:

@@ -90,12 +90,13 @@ async def count_message_tokens(request: Request) -> Response:
         body = await request.body()
         counted = decode_count_tokens_request(body).as_messages_request()
         check_messages_shape(counted, state.settings.bounds)
-        chat = to_chat_request(counted, body).chat
+        translation = to_chat_request(counted, body)  # (its `fields`: the body parsed)
+        chat = translation.chat
         target = resolve_chat(state.catalog, chat, bounded=False)[0]
         provider = state.providers[target.model.provider]
         if isinstance(provider, MessagesProvider):
             headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))}
-            call = MessagesCall(MessagesBody(orjson.loads(body)), headers, target, "", False)
+            call = MessagesCall(MessagesBody(translation.fields), headers, target, "", False)
             tokens = await provider.count_tokens(call)
         else:
             tokens = (

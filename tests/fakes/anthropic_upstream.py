@@ -198,8 +198,9 @@ class FakeAnthropic(ThreadedServer):
         raise AssertionError(f"the fake received no request for {model}")
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
-        self.record(request, body)
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.record(request, body, raw=raw)
         if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
             return web.json_response(
                 error_body("authentication_error", "x-api-key header is required"), status=401

@@ -700,6 +700,61 @@ def test_count_tokens_passes_through_or_estimates(
         sdk.messages.count_tokens(model="openai/no-such-model", messages=HELLO)
 
 
+def tokens_counted(gateway: Gateway, api_key: str, raw: bytes) -> httpx.Response:
+    """`raw` posted to /v1/messages/count_tokens as an Anthropic SDK posts its JSON."""
+    return httpx.post(
+        f"{gateway.base_url}/v1/messages/count_tokens",
+        headers={
+            "x-api-key": api_key,
+            "anthropic-version": "2023-06-01",
+            "content-type": "application/json",
+        },
+        content=raw,
+        timeout=20,
+    )
+
+
+def test_count_tokens_passes_the_body_on_with_only_the_model_rewritten(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic
+) -> None:
+    body: dict[str, Any] = {
+        "system": "Be brief, ü.",
+        "model": "anthropic/claude-fake",
+        "messages": HELLO,
+        "models": ["openai/gpt-fake"],
+        "tools": [WEATHER_TOOL],
+    }
+    seen = len(fake_anthropic.requests)
+    response = tokens_counted(gateway, api_key, orjson.dumps(body))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"input_tokens": anthropic_upstream.COUNTED_TOKENS}
+    [sent] = fake_anthropic.requests[seen:]
+    assert sent["path"] == "/v1/messages/count_tokens"
+    assert sent["raw"] == passthrough_bytes(body, "claude-fake")
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"model": "anthropic/claude-fake", "messages": [', None),
+        (b'{"model": "anthropic/claude-fake", "messages": {"role": "user"}}', "messages"),
+        (b'{"model": "anthropic/claude-fake"}', "messages"),
+        (b'["anthropic/claude-fake"]', None),
+    ],
+    ids=["not-json", "messages-not-a-list", "no-messages", "not-an-object"],
+)
+def test_count_tokens_refuses_bad_bodies_in_anthropic_shape(
+    gateway: Gateway, api_key: str, fake_anthropic: FakeAnthropic, raw: bytes, param: str | None
+) -> None:
+    seen = len(fake_anthropic.requests)
+    response = tokens_counted(gateway, api_key, raw)
+    assert response.status_code == 400
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert param is None or param in error["error"]["message"]
+    assert len(fake_anthropic.requests) == seen, "nothing sent upstream"
+
+
 def test_body_over_the_limit_is_413_in_anthropic_shape(gateway: Gateway, api_key: str) -> None:
     """Refused by the middleware before any handler runs, still in the shape the client speaks."""
     huge = "x" * (10 * 1024 * 1024 + 10)

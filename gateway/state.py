@@ -6,6 +6,7 @@ This is the only shared mutable state of the gateway: no module global holds a c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -17,7 +18,7 @@ from gateway.cache import ResponseCache
 from gateway.drain import OpenStreams, shutdown_budget_s, writes_wait_s
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
-from gateway.providers.base import MissingCredentials, Provider
+from gateway.providers.base import MessagesProvider, MissingCredentials, Provider
 from gateway.providers.registry import build_provider, uses_api_key
 from gateway.routing.balance import Balancer
 from gateway.routing.capacity import Capacity, MemoryCapacity
@@ -57,6 +58,13 @@ class AppState:
     # from its client leaving): held here while they run (the loop holds tasks only weakly),
     # and waited for before the store closes (at most `drain.writes_wait_s`: then cancelled).
     writes: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @functools.cached_property
+    def messages_providers(self) -> dict[str, MessagesProvider]:
+        """The providers whose upstream speaks the Messages API (`/v1/messages` passed
+        through), by name: found once, not per try (isinstance against a runtime-checkable
+        Protocol looks for each of its members: ~80 Python calls a check)."""
+        return {n: p for n, p in self.providers.items() if isinstance(p, MessagesProvider)}
 
     async def close(self) -> float:
         """The worker's shutdown, within `drain.shutdown_budget_s` (what the drain deadline

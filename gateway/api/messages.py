@@ -56,7 +56,6 @@ from gateway.providers.base import (
     Completion,
     MessagesBody,
     MessagesCall,
-    MessagesProvider,
     UpstreamStream,
 )
 from gateway.routing.bounds import check_messages_shape
@@ -93,8 +92,8 @@ async def count_message_tokens(request: Request) -> Response:
         translation = to_chat_request(counted, body)  # (its `fields`: the body parsed)
         chat = translation.chat
         target = resolve_chat(state.catalog, chat, bounded=False)[0]
-        provider = state.providers[target.model.provider]
-        if isinstance(provider, MessagesProvider):
+        provider = state.messages_providers.get(target.model.provider)
+        if provider is not None:
             headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))}
             call = MessagesCall(MessagesBody(translation.fields), headers, target, "", False)
             tokens = await provider.count_tokens(call)
@@ -204,28 +203,28 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
 
     async def complete(target: CatalogEntry) -> Completion:
         nonlocal chat_form
-        provider = state.providers[target.model.provider]
-        if isinstance(provider, MessagesProvider):
-            message = await provider.messages(passthrough.call(target))
+        passing = state.messages_providers.get(target.model.provider)
+        if passing is not None:
+            message = await passing.messages(passthrough.call(target))
             if lookup is not None and lookup.key is not None:
                 call = ChatCall(chat, translation.body, target, message_id, created)
                 chat_form = translate_response(call, message.body).body
             return message
         if translation.refusal is not None:
             raise translation.refusal
-        answer = await provider.complete(
+        answer = await state.providers[target.model.provider].complete(
             ChatCall(chat, translation.body, target, message_id, created)
         )
         chat_form = answer.body
         return Completion(to_message(answer.body, target.model.id, message_id), answer.usage)
 
     async def open_stream(target: CatalogEntry) -> UpstreamStream:
-        provider = state.providers[target.model.provider]
-        if isinstance(provider, MessagesProvider):
-            return await provider.messages_stream(passthrough.call(target))
+        passing = state.messages_providers.get(target.model.provider)
+        if passing is not None:
+            return await passing.messages_stream(passthrough.call(target))
         if translation.refusal is not None:
             raise translation.refusal
-        upstream = await provider.stream(
+        upstream = await state.providers[target.model.provider].stream(
             ChatCall(chat, translation.body, target, message_id, created)
         )
         if lookup is not None and lookup.key is not None:

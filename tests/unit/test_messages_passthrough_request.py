@@ -1,6 +1,9 @@
-"""AnthropicProvider's pass-through request (`_messages_request`): the URL and headers it sends."""
+"""The /v1/messages pass-through's upstream request: AnthropicProvider's `_messages_request`
+(the URL and headers it sends) and the app's providers that take it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +12,8 @@ from gateway.providers.anthropic import API_VERSION, AnthropicProvider
 from gateway.providers.base import MessagesBody, MessagesCall
 from gateway.providers.http_client import FixedHeaders
 from gateway.routing.catalog import CatalogEntry, Secret
-from gateway.settings import ModelSettings, ProviderSettings
+from gateway.settings import ModelSettings, ProviderSettings, load_settings
+from gateway.state import build_state
 
 SETTINGS = ProviderSettings(kind="anthropic", base_url="http://127.0.0.1:9/anth/")
 TARGET = CatalogEntry(ModelSettings(id="anthropic/claude-x", provider="anthropic"), SETTINGS, None)
@@ -94,3 +98,19 @@ def test_count_tokens_goes_to_the_messages_url_count_tokens() -> None:
     assert made._messages_request(call({}, False), url).url == (
         "http://127.0.0.1:9/anth/v1/messages/count_tokens"
     )
+
+
+async def test_the_providers_that_speak_the_messages_api_are_found_once_per_app(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "klawd.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "klawd.db"}"\n')
+    environ = {"ANTHROPIC_API_KEY": "sk-ant-1", "OPENAI_API_KEY": "sk-1"}
+    state = await build_state(load_settings(config, environ), environ)
+    try:
+        assert {"anthropic", "openai"} <= set(state.providers)
+        found = state.messages_providers
+        assert found == {"anthropic": state.providers["anthropic"]}
+        assert state.messages_providers is found
+    finally:
+        await state.close()

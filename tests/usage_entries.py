@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.limits import Admission
 from gateway.store.base import UsageEntry
 
 _ENTRY = UsageEntry(
@@ -31,5 +32,16 @@ _ENTRY = UsageEntry(
 
 
 def usage_entry(**fields: Any) -> UsageEntry:
-    """`_ENTRY` stamped now, with `fields` in place of its own."""
-    return msgspec.structs.replace(_ENTRY, ts=time.time(), **fields)
+    """`_ENTRY` stamped now (unless `ts` is given), with `fields` in place of its own."""
+    return msgspec.structs.replace(_ENTRY, **({"ts": time.time()} | fields))
+
+
+def admitted_entry(admission: Admission, **fields: Any) -> UsageEntry:
+    """The entry that settles a request admitted as `admission`: it releases what admission
+    reserved (the account's and the key's) and removes its hold (Redis)."""
+    return usage_entry(
+        reserved_micros=admission.reserved_micros,
+        key_reserved_micros=admission.key_reserved_micros,
+        hold_id=admission.hold_id,
+        **fields,
+    )

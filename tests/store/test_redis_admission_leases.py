@@ -27,6 +27,7 @@ from gateway.store.redis_limiter import (
     _spend_keys,
 )
 from tests.redis_server import RedisClusterServers, RedisServer
+from tests.usage_entries import admitted_entry
 
 DAY = time.strftime("%Y-%m-%d", time.gmtime())
 BIG = LimitSpec(requests_per_minute=1_000_000, requests_per_day=1_000_000)
@@ -86,9 +87,9 @@ async def warm(limiter: RedisLimiter, account_id: str) -> None:
 def entry(
     admission: Admission, account_id: str, cost: int, n: int, key_id: str = "key_l"
 ) -> UsageEntry:
-    return UsageEntry(
+    return admitted_entry(
+        admission,
         id=f"use_lease_{n}",
-        ts=time.time(),
         day=DAY,
         account_id=account_id,
         key_id=key_id,
@@ -96,15 +97,9 @@ def entry(
         provider="m",
         prompt_tokens=1,
         completion_tokens=1,
-        images=0,
         cost_micros=cost,
-        reserved_micros=admission.reserved_micros,
         latency_ms=1,
-        status=200,
         request_id=f"req_{n}",
-        stream=False,
-        key_reserved_micros=admission.key_reserved_micros,
-        hold_id=admission.hold_id,
     )
 
 

@@ -20,6 +20,7 @@ from gateway.store.base import UsageEntry, open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import RedisLimiter, _acct, _spend_keys
 from tests.redis_server import RedisClusterServers, RedisServer
+from tests.usage_entries import admitted_entry
 
 SPEC = LimitSpec(requests_per_minute=100, requests_per_day=1000)
 DAY = time.strftime("%Y-%m-%d", time.gmtime())
@@ -44,9 +45,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStore]:
 
 def settled(admission: Admission, account_id: str, key_id: str, cost: int) -> UsageEntry:
     """The ledger entry of the admitted request (what Meter.settle records)."""
-    return UsageEntry(
+    return admitted_entry(
+        admission,
         id=f"use_{admission.hold_id or 'none'}",
-        ts=time.time(),
         day=DAY,
         account_id=account_id,
         key_id=key_id,
@@ -54,15 +55,9 @@ def settled(admission: Admission, account_id: str, key_id: str, cost: int) -> Us
         provider="m",
         prompt_tokens=10,
         completion_tokens=5,
-        images=0,
         cost_micros=cost,
-        reserved_micros=admission.reserved_micros,
         latency_ms=5,
-        status=200,
         request_id="req_x",
-        stream=False,
-        key_reserved_micros=admission.key_reserved_micros,
-        hold_id=admission.hold_id,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from gateway.metering import AccountCache, Meter
 from gateway.settings import load_settings
 from gateway.store.base import StoreError, UsageEntry, open_store
 from gateway.usage import UsageRecorder
+from tests.usage_entries import usage_entry
 
 
 class FlakyStore:
@@ -34,10 +34,16 @@ class FlakyStore:
 
 
 def entry(n: int) -> UsageEntry:
-    return UsageEntry(
-        f"use_backlog_{n}", time.time(), "2026-12-05", "acct", "", "m", "p",
-        1, 1, 0, 10, 0, 1, 200, "", False, 0, "",
-    )  # fmt: skip
+    return usage_entry(
+        id=f"use_backlog_{n}",
+        account_id="acct",
+        model="m",
+        provider="p",
+        prompt_tokens=1,
+        completion_tokens=1,
+        latency_ms=1,
+        request_id="",
+    )
 
 
 def test_failed_flushes_report_the_entries_kept_then_zero_once_written() -> None:

@@ -15,6 +15,7 @@ from gateway.store.base import Store, UsageEntry, open_store
 from gateway.webhooks import events
 from gateway.webhooks.dispatcher import Dispatcher
 from tests.fakes.webhook_receiver import WebhookReceiver, verify
+from tests.usage_entries import usage_entry
 
 T0 = 1_794_999_600.0  # a multiple of 3600: the start of an hour
 
@@ -128,23 +129,19 @@ async def test_hourly_usage_reports_usage_since_the_last_event_once(
     dispatcher = Dispatcher(store, CONFIG, clock=clock)
 
     def used(n: int, model: str) -> UsageEntry:
-        return UsageEntry(
-            f"u{n}",
-            T0,
-            "2026-11-18",
-            account_id,
-            "k",
-            model,
-            "p",
-            10,
-            5,
-            0,
-            1000,
-            0,
-            1,
-            200,
-            f"r{n}",
-            False,
+        return usage_entry(
+            id=f"u{n}",
+            ts=T0,
+            day="2026-11-18",
+            account_id=account_id,
+            key_id="k",
+            model=model,
+            provider="p",
+            prompt_tokens=10,
+            completion_tokens=5,
+            cost_micros=1000,
+            latency_ms=1,
+            request_id=f"r{n}",
         )
 
     try:

@@ -395,6 +395,10 @@ class _Armed:
     ) -> None:
         watch.start = None
         watch.armed = self
+        # Set first: if arming fails below (the server's receive() refusing), `end()` still
+        # finds them, and the stream's end still closes its source.
+        self.watcher: asyncio.Future[Message] | None = None
+        self.slot: Slot | None = None
         self.watch = watch
         self.task: asyncio.Task[Any] | None = task
         self.receive = receive
@@ -413,8 +417,7 @@ class _Armed:
         if watch.finished:
             # The send ending the body is under its deadline only; it may come after this
             # (a source's close that awaits, the body's end after it): `on_due` tells.
-            self.watcher: asyncio.Future[Message] | None = None
-            self.slot: Slot | None = keepalives.add(now + keepalive_s, self)
+            self.slot = keepalives.add(now + keepalive_s, self)
             return
         # The client's next message, re-armed until the disconnect.
         self.watcher = _watch(receive, self.on_message)

@@ -426,6 +426,42 @@ def test_a_stream_that_never_waits_never_watches_the_client() -> None:
     assert bodies == [b"data: 0\n\n", b"data: [DONE]\n\n", b""]
 
 
+def test_a_watch_whose_arming_fails_still_ends_the_stream_and_closes_its_source() -> None:
+    """The server's receive() refuses when the watch is armed (its callback fails, reported
+    to the loop's handler): the stream goes on unwatched, and its end still closes the source
+    (the relay bills there). Before, the half-made watch failed the stream's `finally`
+    (AttributeError) ahead of the source's close."""
+
+    async def main() -> tuple[Client, bool, list[object]]:
+        client = Client()
+        closed = False
+        failures: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: failures.append(context.get("exception"))
+        )
+
+        def refusing() -> Awaitable[dict[str, Any]]:
+            raise RuntimeError("the server's receive() refused")
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            nonlocal closed
+            try:
+                yield b"data: 0\n\n"
+                await asyncio.sleep(0)  # the stream waits: its watch is armed
+                await asyncio.sleep(0)
+                yield b"data: 1\n\n"
+            finally:
+                closed = True
+
+        await send_event_stream(refusing, client.send, {}, pieces(), 30)
+        return client, closed, failures
+
+    client, closed, failures = asyncio.run(asyncio.wait_for(main(), 5))
+    assert closed, "the source was closed when the stream ended"
+    assert client.bodies() == [b"data: 0\n\n", b"data: 1\n\n", b""]
+    assert [type(f) for f in failures] == [RuntimeError], "the arming's own failure, reported"
+
+
 def test_a_client_gone_before_the_stream_waits_is_seen_at_its_first_wait() -> None:
     """The client left while the upstream was being opened (before the watcher was armed): the
     server's receive() answers that disconnect when the stream first waits, and the source is

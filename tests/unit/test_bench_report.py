@@ -79,3 +79,22 @@ def test_each_stream_rounds_ratio_is_given_beside_the_reads_of_both() -> None:
     assert "anth 0.80x (5.4 vs 11.8), 1.20x (15.5 vs 7.5)." in line
     assert "rps" not in line.split(":", 1)[1]  # single answers: no reads line
     assert report.reads_lines({"gateway-sqlite": {"anth": [1.0]}, "bare": {"anth": [1.0]}}) == []
+
+
+def test_a_measure_whose_rounds_do_not_pair_up_gives_no_reads_line() -> None:
+    # the bare's first round completed nothing: no ratio for it, and no reads recorded
+    samples = {
+        "gateway-sqlite": {"anth": [800.0, 900.0], "anth_reads": [5.4, 6.0]},
+        "bare": {"anth": [0.0, 1000.0], "anth_reads": [11.8]},
+    }
+    assert report.reads_lines(samples) == []
+
+
+def test_the_reads_per_stream_are_no_redis_over_embedded_target() -> None:
+    samples = {
+        "gateway-sqlite": {"anth": [100.0], "anth_reads": [10.0]},
+        "gateway-redis": {"anth": [100.0], "anth_reads": [20.0]},
+    }
+    lines = report.targets(samples)
+    assert any("Redis ÷ embedded, anth:" in x for x in lines)
+    assert not any("anth_reads" in x for x in lines)

@@ -10,9 +10,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -420,3 +421,26 @@ def long_streams(spec: dict[str, object]) -> dict[str, float | int | None]:
         after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
     )
     return result
+
+
+def callgrind_total(arguments: Sequence[str], options: Sequence[str] = ()) -> int:
+    """valgrind's instruction total (callgrind, `options` added) for `python -m *arguments`, run
+    from the repository's root with address-space randomisation off, a fixed hash seed and no
+    .pyc written (a first run that compiled would count more than the second)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [
+            "setarch", "-R", "valgrind", "--tool=callgrind", *options,
+            f"--callgrind-out-file={scratch}/out", sys.executable, "-m", *arguments,
+        ]  # fmt: skip
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ | {"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"},
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"no count from valgrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1))

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import random
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 SMALL, LARGE = 1_000, 6_000
@@ -58,29 +54,14 @@ def run_calls(calls: int, deadline_s: float | None) -> None:
 
 def count(calls: int, args: argparse.Namespace) -> int:
     """valgrind's instruction total for one run of `calls` calls."""
-    with tempfile.TemporaryDirectory() as scratch:
-        command = [
-            "setarch", "-R", "valgrind", "--tool=callgrind",
-            f"--callgrind-out-file={scratch}/out", sys.executable, "-m",
-            "loadtests.bench.retry_cost", "--calls", str(calls),
-        ]  # fmt: skip
-        if args.deadline_s is not None:
-            command += ["--deadline-s", str(args.deadline_s)]
-        if args.tree:
-            command += ["--tree", args.tree]
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            check=True,
-            # (no .pyc written: a first run that compiled would count more than the second)
-            env=os.environ | {"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"},
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise SystemExit(f"no count from valgrind:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    from loadtests.bench.measure import callgrind_total  # (here: the counted child need not)
+
+    arguments = ["loadtests.bench.retry_cost", "--calls", str(calls)]
+    if args.deadline_s is not None:
+        arguments += ["--deadline-s", str(args.deadline_s)]
+    if args.tree:
+        arguments += ["--tree", args.tree]
+    return callgrind_total(arguments)
 
 
 def main() -> None:

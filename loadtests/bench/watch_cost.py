@@ -22,11 +22,7 @@ Decision 0011, issue 19zzv.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 STREAMS = {"static": 1_000, "chunked": 200}  # N per shape (and 6 N)
@@ -129,28 +125,14 @@ def run_streams(shape: str, streams: int) -> None:
 
 def count(shape: str, streams: int, tree: str | None) -> int:
     """valgrind's instruction total for one run of `streams` streams."""
-    with tempfile.TemporaryDirectory() as scratch:
-        command = [
-            "setarch", "-R", "valgrind", "--tool=callgrind", "--collect-atstart=no",
-            f"--toggle-collect={RUN_UNTIL_COMPLETE}", f"--callgrind-out-file={scratch}/out",
-            sys.executable, "-m", "loadtests.bench.watch_cost",
-            "--shape", shape, "--streams", str(streams),
-        ]  # fmt: skip
-        if tree:
-            command += ["--tree", tree]
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            check=True,
-            # (no .pyc written: a first run that compiled would count more than the second)
-            env=os.environ | {"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"},
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise SystemExit(f"no count from valgrind:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    from loadtests.bench.measure import callgrind_total  # (here: the counted child need not)
+
+    arguments = ["loadtests.bench.watch_cost", "--shape", shape, "--streams", str(streams)]
+    if tree:
+        arguments += ["--tree", tree]
+    return callgrind_total(
+        arguments, ["--collect-atstart=no", f"--toggle-collect={RUN_UNTIL_COMPLETE}"]
+    )
 
 
 def main() -> None:

@@ -71,6 +71,7 @@ class UsageRecorder:
         self._in_flight: tuple[list[UsageEntry], asyncio.Future[dict[str, CreditGrant]]] | None = (
             None
         )
+        self._late_checks: set[asyncio.Task[None]] = set()  # (the loop holds tasks weakly)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="klawd-usage")
@@ -109,6 +110,9 @@ class UsageRecorder:
         del self._pending[: len(batch)]
         if len(self._pending) >= self._max_batch:
             self._wake.set()
+        await self._check(batch, grants)
+
+    async def _check(self, batch: list[UsageEntry], grants: dict[str, CreditGrant]) -> None:
         for hook in self._after_settle:
             try:
                 await hook(batch, grants)
@@ -210,12 +214,13 @@ class UsageRecorder:
             log.error("unsettled usage entry %s", msgspec.json.encode(entry).decode())
         pending.clear()
 
-    @staticmethod
     def _in_flight_settled(
-        sent: list[UsageEntry], settling: asyncio.Future[dict[str, CreditGrant]]
+        self, sent: list[UsageEntry], settling: asyncio.Future[dict[str, CreditGrant]]
     ) -> None:
         """The store answered the batch a shutdown's cut had logged as unanswered: settled
-        after all (the replay skips their lines), or not (their lines are to be replayed)."""
+        after all (the replay skips their lines, and the after-settle checks run now: the
+        store's grants are known only from this answer), or not (their lines are to be
+        replayed)."""
         if settling.cancelled() or settling.exception() is not None:
             return
         log.warning(
@@ -225,6 +230,10 @@ class UsageRecorder:
             sum(entry.cost_micros for entry in sent),
             " ".join(entry.id for entry in sent),
         )
+        if self._after_settle:
+            task = asyncio.ensure_future(self._check(sent, settling.result()))
+            self._late_checks.add(task)
+            task.add_done_callback(self._late_checks.discard)
 
     def _write_late(self, entry: UsageEntry) -> None:
         log.error(

@@ -28,7 +28,8 @@ import uvloop
 import gateway.state
 from gateway.settings import load_settings
 from gateway.store import open_store
-from gateway.store.base import UsageEntry, UsageRow
+from gateway.store.base import Delivery, UsageEntry, UsageRow, Webhook
+from gateway.webhooks.events import BUDGET_THRESHOLD
 from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import App, lifespan
@@ -82,22 +83,28 @@ def config(
     yield path
 
 
-def entry(account_id: str) -> UsageEntry:
+def entry(account_id: str, cost: int = COST) -> UsageEntry:
     return usage_entry(
         id=f"use_shutdown_{time.time_ns()}",
         day=DAY,
         account_id=account_id,
-        cost_micros=COST,
+        cost_micros=cost,
         request_id="req_shutdown",
     )
 
 
 def shut_down_with_a_held_store(
-    config: Path, let_through: bool, caplog: pytest.LogCaptureFixture
+    config: Path,
+    let_through: bool,
+    caplog: pytest.LogCaptureFixture,
+    cost: int = COST,
+    deliveries: list[Delivery] | None = None,
 ) -> tuple[str, UsageEntry]:
-    """An entry recorded while the store's writes are held, then the app's shutdown; the hold
-    is released as the shutdown begins if `let_through`, else after it. The account's id and
-    the entry."""
+    """An entry of `cost` recorded while the store's writes are held, then the app's
+    shutdown; the hold is released as the shutdown begins if `let_through`, else after it. The
+    account (10 dollars of credit, a webhook for `budget.threshold`) and the entry. Given
+    `deliveries`, it gets the account's webhook deliveries once there is one (10 s at most)
+    after the store answered late."""
     url = load_settings(config).store.url
     held = Hold(url)
 
@@ -111,8 +118,13 @@ def shut_down_with_a_held_store(
             status, made = await app.request("/admin/accounts", orjson.dumps(body), ADMIN_TOKEN)
             assert status == 201, made
             account_id = orjson.loads(made)["id"]
+            store = app.state["klawd"].store
+            hook = Webhook(
+                account_id, "https://hooks.example/x", (BUDGET_THRESHOLD,), "s", None, None, 1
+            )
+            await store.put_webhook(hook, await store.usage_cursor(account_id), 0)
             held.hold()
-            one = entry(account_id)
+            one = entry(account_id, cost)
             app.state["klawd"].recorder.record(one)
             await incoming.put({"type": "lifespan.shutdown"})
             if let_through:
@@ -126,7 +138,13 @@ def shut_down_with_a_held_store(
                     if any(r.getMessage().startswith(LATE) for r in caplog.records):
                         break
                     await asyncio.sleep(0.01)
-                await app.state["klawd"].store.close()
+                for _ in range(0 if deliveries is None else 1000):  # until an event (10 s)
+                    assert deliveries is not None
+                    deliveries.extend(await store.list_deliveries(account_id, 10))
+                    if deliveries:
+                        break
+                    await asyncio.sleep(0.01)
+                await store.close()
             return account_id, one
         finally:
             held.release()
@@ -188,3 +206,29 @@ def test_a_store_that_answers_within_the_bound_settles_the_entries(
     assert not [line for line in lines if "unsettled" in line or "not closed" in line], lines
     rows = usage(config, account_id)
     assert [(row.requests, row.cost_micros) for row in rows] == [(1, COST)]
+
+
+def test_a_batch_the_store_answers_late_runs_the_after_settle_checks(
+    config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The held batch spends 90 % of the account's 10 dollars: once the store settles it,
+    after the shutdown's cut, the credit check stores the account's `budget.threshold` event
+    (80 %) for the webhooks' dispatcher (the next process's, or another replica's). Before,
+    the checks ran only in the flush the cut had stopped: no event, ever."""
+    caplog.set_level(logging.WARNING, logger="klawd")
+    deliveries: list[Delivery] = []
+    account_id, one = shut_down_with_a_held_store(
+        config, let_through=False, caplog=caplog, cost=9_000_000, deliveries=deliveries
+    )
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if line.startswith(LATE)] == [
+        f"{LATE}1 entries (9000000 micro-dollars), ids {one.id}"
+    ]
+    assert [(d.type, d.status) for d in deliveries] == [(BUDGET_THRESHOLD, "pending")]
+    data = orjson.loads(deliveries[0].body)["data"]
+    assert (data["scope"], data["account_id"], data["threshold_percent"]) == (
+        "account",
+        account_id,
+        80,
+    )
+    assert not [line for line in lines if "after-settle check failed" in line], lines

@@ -178,3 +178,31 @@ async def test_an_entry_recorded_after_the_close_is_logged_for_the_replay(
     ] == ["use_recorder_1"]
     assert recorder.pending == 0
     assert store.batches == []
+
+
+async def test_a_batch_the_store_answers_after_the_cut_runs_the_after_settle_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The checks that follow a settled batch (the keys' budgets, the accounts' credit: their
+    `budget.threshold` events) run for a batch the store settles after the shutdown's cut too.
+    Before, they ran only in the flush the cut had stopped: an account that crossed its budget
+    in that batch never had its event."""
+    caplog.set_level(logging.WARNING, logger="klawd.usage")
+    store = HeldStore()
+    checked: list[tuple[list[str], dict[str, Any]]] = []
+
+    async def check(batch: list[UsageEntry], grants: dict[str, Any]) -> None:
+        checked.append(([e.id for e in batch], grants))
+
+    recorder = UsageRecorder(store, flush_interval_s=0.01, after_settle=(check,))  # type: ignore[arg-type]
+    recorder.start()
+    recorder.record(entry(1))
+    await settled_batches(store, 1)  # entry 1 is in the store, unanswered
+    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    assert checked == []
+    store.release.set()  # the store answers, late
+    for _ in range(500):  # bounded: 5 s
+        if checked:
+            break
+        await asyncio.sleep(0.01)
+    assert checked == [(["use_recorder_1"], {})]

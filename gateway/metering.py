@@ -40,10 +40,13 @@ from gateway.billing import (
 from gateway.drain import is_drain
 from gateway.errors import (
     AuthenticationError,
+    BadGateway,
     GatewayError,
+    GatewayTimeout,
     InsufficientCredits,
     LedgerUnwritable,
     RateLimited,
+    ServiceUnavailable,
     ShuttingDown,
 )
 from gateway.keys import allowed_targets
@@ -69,8 +72,13 @@ log = logging.getLogger("klawd")
 # A stream's failure statuses after its first byte that count against its deployment's circuit:
 # the upstream cut it or sent nonsense (502), said mid-stream it is overloaded or failing (503),
 # went silent past the idle timeout (504). The relay says which failure was the upstream's (a
-# shutdown's drain also settles with 503).
-UPSTREAM_BROKE_OFF = frozenset({502, 503, 504})
+# shutdown's drain also settles with 503). Each with the gateway error type it is counted by in
+# `klawd_upstream_body_errors_total`.
+UPSTREAM_BROKE_OFF = {
+    BadGateway.status: BadGateway.type,
+    ServiceUnavailable.status: ServiceUnavailable.type,
+    GatewayTimeout.status: GatewayTimeout.type,
+}
 
 # Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
 # framing per message, and a large image's worth per image part (settlement uses real counts).
@@ -443,7 +451,8 @@ class Meter:
     ) -> int:
         """Queue the ledger entry (never awaits); returns the cost in micro-dollars.
         `broke_off`: a stream the upstream broke off after its first byte (counted against the
-        served deployment's circuit)."""
+        served deployment's circuit, and as a body error of its provider: its headers came and
+        were counted answered)."""
         if served is None:
             cost = 0
         elif served.model.kind == "image":
@@ -480,6 +489,10 @@ class Meter:
         )
         if self.observer is not None:
             self.observer.settled(served, usage, status, stream, cost)
+            if broke_off and served is not None:
+                self.observer.upstream_body_failed(
+                    served.model.provider, UPSTREAM_BROKE_OFF[status]
+                )
         if served is not None and self.on_served is not None:
             self.on_served(served, ticket.upstream_tokens, usage.total_tokens)
             if broke_off and self.on_broke_off is not None:

@@ -157,9 +157,9 @@ class Metrics:
         )
         self.upstream_body_errors = Counter(
             "klawd_upstream_body_errors_total",
-            "Non-streamed upstream answers whose headers came (in "
-            "klawd_upstream_request_duration_seconds) and whose body then failed, by provider "
-            "and the gateway error type they became.",
+            "Upstream calls whose headers came (in klawd_upstream_request_duration_seconds) and "
+            "whose answer then failed (a non-streamed body, or a stream the upstream broke), by "
+            "provider and the gateway error type they became.",
             ["provider", "type"],
             registry=r,
         )

@@ -11,8 +11,8 @@ through the metrics buffer, flushed once a second):
 - ResponseCache: `cache_consulted` (hit, miss or bypass) and `cache_saved`;
 - HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type; a
   call cut by the request's deadline is a `gateway_timeout`, a client gone is not counted);
-  a non-streamed answer's body that then fails (HttpProvider.complete, _send_json):
-  `upstream_body_failed`;
+  a non-streamed answer's body that then fails (HttpProvider.complete, _send_json), and a
+  stream the upstream broke after its headers (Meter.settle): `upstream_body_failed`;
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """
@@ -200,9 +200,10 @@ class RequestObserver:
         return m.buffer.tally((m.child(m.upstream_errors, label, error_type),))
 
     def upstream_body_failed(self, provider: str, error_type: str) -> None:
-        """A non-streamed answer reported answered (its headers came: `upstream_finished`) whose
-        body then failed: cut by the request's deadline, timed out or broken off. Not a second
-        upstream call (the request log's `upstream_attempts` stays)."""
+        """A call reported answered (its headers came: `upstream_finished`) whose answer then
+        failed: a non-streamed body cut by the request's deadline, timed out or broken off, or
+        a stream the upstream broke. Not a second upstream call (the request log's
+        `upstream_attempts` stays)."""
         m = self.metrics
         m.buffer.inc(m.child(m.upstream_body_errors, m.provider(provider), error_type))
 

@@ -217,10 +217,11 @@ async def _close_log_and_exporter(
     within_s = max(0.0, end - loop.time(), later - loop.time())
     if not await ended_within(tracing.close, within_s, "klawd-span-close"):
         log.error(
-            "shutdown: the span exporter not closed after %.2f s: %d bytes of span rows not "
-            "written to its child yet, left to the process's exit (the child sends what it "
-            "read, then ends)",
+            "shutdown: the span exporter not closed after %.2f s: %d span(s) not written to its "
+            "child yet (%d bytes), left to the process's exit (the child sends what it read, "
+            "then ends)",
             within_s,
+            tracing.pipe.unwritten_spans,
             tracing.pipe.unwritten_bytes,
         )
 

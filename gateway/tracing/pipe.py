@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,20 @@ def _write_by(
                 wrote(written)
 
 
+def _frames_written(frames: deque[list[int]], count: int) -> int:
+    """`count` more bytes of the `frames` ([bytes not written yet, spans] each, in order)
+    written: the spans of the frames they end, which are taken off."""
+    spans = 0
+    while count and frames:
+        first = frames[0]
+        taken = min(count, first[0])
+        first[0] -= taken
+        count -= taken
+        if first[0] == 0:
+            spans += frames.popleft()[1]
+    return spans
+
+
 class SpanPipe:
     """The rows of ended spans, down a pipe to this process's exporter child."""
 
@@ -85,10 +100,14 @@ class SpanPipe:
         # gateway/tracing/otel.py); end_server/end_client/push answer True when a frame is due
         self.recorder = SpanRecorder(os.urandom, root_bound, BATCH_SPANS)
         self._unsent = bytearray()
+        # Each frame in `_unsent`, in order: [its bytes not written yet, its spans].
+        self._frames: deque[list[int]] = deque()
         self.dropped_spans = 0
-        # Bytes of rows the shutdown has still to write to the child (another thread reads it
-        # when the shutdown is cut: gateway/app.py).
+        # Bytes of rows, and spans, the shutdown has still to write to the child (another
+        # thread reads them when the shutdown is cut: gateway/app.py). A span counts as written
+        # once its whole frame is: the child drops a partial last frame.
         self.unwritten_bytes = 0
+        self.unwritten_spans = 0
         self._stopping = threading.Event()
         self._pid = -1
         self._child: subprocess.Popen[bytes] | None = None
@@ -108,6 +127,7 @@ class SpanPipe:
         self._forked = False
         self._pid = os.getpid()
         self._unsent = bytearray()
+        self._frames = deque()
         self._broken = False
         # our own interpreter and module, the endpoint and name from the settings: no shell
         child = subprocess.Popen(self._command, stdin=subprocess.PIPE, close_fds=True)  # noqa: S603
@@ -172,6 +192,7 @@ class SpanPipe:
                 self._drop(count)
             else:
                 self._unsent += len(payload).to_bytes(4, "big") + payload
+                self._frames.append([len(payload) + 4, count])
         self._write()
 
     def _write(self) -> None:
@@ -181,6 +202,7 @@ class SpanPipe:
             return
         if self._broken:
             self._unsent = bytearray()
+            self._frames.clear()
             return
         try:
             written = os.write(child.stdin.fileno(), self._unsent)
@@ -191,8 +213,10 @@ class SpanPipe:
             log.warning("the span exporter child has exited; spans are dropped")
             self._broken = True
             self._unsent = bytearray()
+            self._frames.clear()
             return
         del self._unsent[:written]
+        _frames_written(self._frames, written)
         if self._unsent:
             self._wakeup.notify()
 
@@ -200,9 +224,6 @@ class SpanPipe:
         if self.dropped_spans == 0:
             log.warning("the span exporter falls behind; spans are dropped")
         self.dropped_spans += count
-
-    def _wrote(self, count: int) -> None:
-        self.unwritten_bytes -= count
 
     def flush(self) -> bool:
         """Writes what is gathered now; True when the pipe took all of it."""
@@ -220,13 +241,20 @@ class SpanPipe:
             self._flush()
             child, self._child = self._child, None
             unsent, self._unsent = bytes(self._unsent), bytearray()
+            frames, self._frames = self._frames, deque()
         if child is None or child.stdin is None or self._pid != os.getpid():
             return
         deadline = time.monotonic() + CHILD_EXIT_TIMEOUT_S
+        self.unwritten_spans = sum(spans for _, spans in frames)
         self.unwritten_bytes = len(unsent)
+
+        def wrote(count: int) -> None:
+            self.unwritten_spans -= _frames_written(frames, count)
+            self.unwritten_bytes -= count
+
         with contextlib.suppress(OSError):  # a child that has exited reads nothing more
             if not self._broken:
-                _write_by(child.stdin.fileno(), unsent, deadline, self._wrote)
+                _write_by(child.stdin.fileno(), unsent, deadline, wrote)
         with contextlib.suppress(OSError):
             child.stdin.close()
         try:

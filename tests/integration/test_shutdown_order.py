@@ -125,7 +125,7 @@ def test_an_exporter_child_that_never_ends_is_left_at_the_budget_s_end(
         assert len(lines) == 1, lines
         assert lines[0].startswith("shutdown: the span exporter not closed after ")
         assert lines[0].endswith(
-            " s: 0 bytes of span rows not written to its child yet, left to the process's exit "
+            " s: 0 span(s) not written to its child yet (0 bytes), left to the process's exit "
             "(the child sends what it read, then ends)"
         )
     finally:

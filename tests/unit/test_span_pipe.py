@@ -593,3 +593,29 @@ def test_a_child_that_stops_reading_does_not_hold_the_shutdown(
             os.kill(child.pid, signal.SIGKILL)
         if shutting.is_alive():
             shutting.join()
+
+
+def test_a_cut_shutdown_counts_the_spans_not_written_to_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the shutdown's cut line says (gateway/app.py): the spans whose frame the child has
+    not had whole (it drops a partial last frame), not only bytes. Here a frame per span, each
+    larger than the pipe: the first is partly written, the two others not at all."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # no timed flush in this test
+    monkeypatch.setattr(pipe, "CHILD_EXIT_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(pipe, "BATCH_SPANS", 1)
+    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    child = spans._child
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
+    try:
+        wide = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * 1_000_000}))
+        for _ in range(3):
+            spans.add(wide)
+        spans.shutdown()  # cut after 0.2 s, the child killed
+        assert 2_000_000 < spans.unwritten_bytes < 3_000_000
+        assert spans.unwritten_spans == 3
+    finally:
+        if child.returncode is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()

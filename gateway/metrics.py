@@ -158,8 +158,8 @@ class Metrics:
         self.upstream_body_errors = Counter(
             "klawd_upstream_body_errors_total",
             "Upstream calls whose headers came (in klawd_upstream_request_duration_seconds) and "
-            "whose answer then failed (a non-streamed body, or a stream the upstream broke), by "
-            "provider and the gateway error type they became.",
+            "whose answer then failed (a non-streamed body, a generated image's download, or a "
+            "stream the upstream broke), by provider and the gateway error type they became.",
             ["provider", "type"],
             registry=r,
         )

@@ -11,8 +11,9 @@ through the metrics buffer, flushed once a second):
 - ResponseCache: `cache_consulted` (hit, miss or bypass) and `cache_saved`;
 - HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type; a
   call cut by the request's deadline is a `gateway_timeout`, a client gone is not counted);
-  a non-streamed answer's body that then fails (HttpProvider.complete, _send_json), and a
-  stream the upstream broke after its headers (Meter.settle): `upstream_body_failed`;
+  a non-streamed answer's body that then fails (HttpProvider.complete, _send_json), a
+  generated image's download (HttpProvider.download_generated), and a stream the upstream
+  broke after its headers (Meter.settle): `upstream_body_failed`;
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """

@@ -567,6 +567,23 @@ class HttpProvider:
             f"base64 of at most {MAX_IMAGE_BYTES} bytes."
         )
 
+    async def download_generated(self, url: str) -> str:
+        """`download_b64` of an image a generation answered as a URL (the client asked for
+        b64_json). The generation was counted answered; a download that fails (or that the
+        request's deadline cuts) loses its answer: counted once as its body error (an inline
+        image came whole with the answer, and is no body)."""
+        if url.startswith("data:"):
+            return self._inline_image_b64(url)
+        try:
+            return await self.download_b64(url)
+        except GatewayError as exc:
+            self._body_failed(exc.type)
+            raise
+        except asyncio.CancelledError as exc:
+            if exc.args == (DEADLINE_EXCEEDED,):
+                self._body_failed(GatewayTimeout.type)
+            raise
+
     async def download_b64(self, url: str) -> str:
         """Fetches a generated image (an upstream output URL, redirects followed) and
         base64-encodes its bytes. An image given inline (`data:<mime>;base64,<data>`, as

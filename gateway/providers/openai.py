@@ -107,7 +107,7 @@ class OpenAIProvider(HttpProvider):
             if isinstance(b64, str):
                 images.append(GeneratedImage(b64_json=b64, revised_prompt=revised))
             elif isinstance(url, str) and call.request.wants_b64:
-                b64 = await self.download_b64(url)
+                b64 = await self.download_generated(url)
                 images.append(GeneratedImage(b64_json=b64, revised_prompt=revised))
             elif isinstance(url, str):
                 images.append(GeneratedImage(url=url, revised_prompt=revised))

@@ -208,7 +208,9 @@ class ReplicateProvider(HttpProvider):
         # Never more than asked for: the answer, and so the bill, holds at most `n` images.
         urls = output_urls(prediction.get("output"))[: call.request.n]
         if call.request.wants_b64:
-            return ImageResult([GeneratedImage(b64_json=await self.download_b64(u)) for u in urls])
+            return ImageResult(
+                [GeneratedImage(b64_json=await self.download_generated(u)) for u in urls]
+            )
         return ImageResult([GeneratedImage(url=u) for u in urls])
 
     def _prediction(self, parsed: Any) -> dict[str, Any]:

@@ -87,6 +87,28 @@ def test_every_metric_in_rules_and_dashboard_is_exported_by_a_running_gateway(
     assert len({p["id"] for p in panels}) == len(panels)
 
 
+def test_the_dashboard_plots_every_counter_of_the_upstream_error_ratio() -> None:
+    """KlawdUpstreamErrors fires on `klawd:upstream_error_ratio:rate5m`: each counter it adds
+    up (errors before the headers, answers lost after them, answered calls) has a panel, so an
+    operator sees which part moved."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    ratio = next(
+        rule["expr"]
+        for group in groups
+        for rule in group["rules"]
+        if rule.get("record") == "klawd:upstream_error_ratio:rate5m"
+    )
+    summed = set(METRIC.findall(ratio))
+    assert "klawd_upstream_body_errors_total" in summed
+    plotted = {m for e in dashboard_expressions() for m in METRIC.findall(e)}
+    missing = {
+        m
+        for m in summed
+        if m not in plotted and m.removesuffix("_count") + "_bucket" not in plotted
+    }
+    assert not missing, f"counters of the ratio without a panel: {sorted(missing)}"
+
+
 @pytest.fixture
 def prometheus(gateway: Gateway, tmp_path: Path) -> Iterator[str]:
     port = free_port()

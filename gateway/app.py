@@ -205,7 +205,7 @@ async def _close_log_and_exporter(
     later = loop.time() + until_kill
 
     within_s = max(0.0, end - loop.time(), min(CLOSE_WAIT_S, later - loop.time()))
-    if not request_log.close(within_s):
+    if not await request_log.aclose(within_s):
         log.error(
             "shutdown: the request log not closed after %.2f s: %d request line(s) not written "
             "yet, left to its writer until the process exits",

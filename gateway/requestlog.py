@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from gateway.threads import behind_the_event_loop
+from gateway.threads import behind_the_event_loop, ended_within
 
 
 class CappedBytes:
@@ -227,11 +227,25 @@ class RequestLog:
         """Writes what is gathered, then stops the thread, waiting at most `within_s`: whether
         it ended. Cut, the writer (a daemon) goes on while the process lives; `unwritten`
         says how many lines it had not written."""
-        self._hand_over()
-        if self._thread.is_alive():
-            self._queue.put(None)
+        if self._stop():
             self._thread.join(timeout=within_s)
         return not self._thread.is_alive()
+
+    async def aclose(self, within_s: float = CLOSE_WAIT_S) -> bool:
+        """`close`, for the event loop's thread (the lifespan's shutdown): the wait for the
+        writer runs on a thread of its own, so the loop goes on meanwhile."""
+        if self._stop():
+            await ended_within(self._thread.join, within_s, "klawd-request-log-close")
+        return not self._thread.is_alive()
+
+    def _stop(self) -> bool:
+        """Hands what is gathered to the writer and tells it to end after that: whether it
+        runs (then it is to be waited for)."""
+        self._hand_over()
+        if not self._thread.is_alive():
+            return False
+        self._queue.put(None)
+        return True
 
     @property
     def unwritten(self) -> int:

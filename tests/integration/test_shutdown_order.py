@@ -35,22 +35,22 @@ def test_the_last_metrics_and_the_exit_come_before_the_log_s_and_the_exporter_s_
     exporter's (15 s on a child that stops reading) came before the last metrics and the
     worker's exit from the live gauges: those were lost with it."""
     steps: list[str] = []
-    flush, close_log, close_exporter = MetricBuffer.flush, RequestLog.close, Tracing.close
+    flush, close_log, close_exporter = MetricBuffer.flush, RequestLog.aclose, Tracing.close
 
     def flushed(self: MetricBuffer) -> None:
         flush(self)
         steps.append("metrics flushed")
 
-    def log_closed(self: RequestLog, *args: float) -> bool | None:
+    async def log_closed(self: RequestLog, *args: float) -> bool:
         steps.append("request log closed")
-        return close_log(self, *args)
+        return await close_log(self, *args)
 
     def exporter_closed(self: Tracing, *args: float) -> None:
         steps.append("exporter closed")
         close_exporter(self, *args)
 
     monkeypatch.setattr(MetricBuffer, "flush", flushed)
-    monkeypatch.setattr(RequestLog, "close", log_closed)
+    monkeypatch.setattr(RequestLog, "aclose", log_closed)
     monkeypatch.setattr(Tracing, "close", exporter_closed)
     monkeypatch.setattr(gateway.app, "worker_exited", lambda pid: steps.append("worker exited"))
     config = tmp_path / "klawd.toml"

@@ -278,3 +278,37 @@ def test_lines_a_stuck_stream_does_not_take_are_bounded_then_dropped_and_said(
     assert len(notices) == 1
     assert requests[-1] == "req_after"
     assert len(requests) - 1 + notices[0]["lines"] == sent, "every line written or counted"
+
+
+def test_the_shutdown_s_close_waits_for_the_writer_off_the_event_loop() -> None:
+    """The lifespan's close of the request log (gateway/app.py) waits for its writer, stuck
+    here on a stream that takes nothing, up to its bound: the event loop goes on meanwhile (a
+    task ticks), and the close says the writer did not end. Before, it was a thread join on
+    the loop's thread: nothing else ran until it returned (up to CLOSE_WAIT_S, 10 s)."""
+    stream = StuckStream()
+    log = RequestLog(stream)
+    log.start()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def close() -> tuple[bool, int]:
+        ticking = asyncio.ensure_future(tick())
+        log.write(RequestRecord("req_stuck", "GET"), 1.0, None)
+        ended = await log.aclose(0.3)
+        seen = ticks  # (read before anything else runs)
+        ticking.cancel()
+        return ended, seen
+
+    try:
+        ended, seen = asyncio.run(asyncio.wait_for(close(), 10))
+        assert not ended
+        assert seen > 0
+        assert log.unwritten == 1
+    finally:
+        stream.release.set()
+    assert log.close(10)  # released, the writer ends

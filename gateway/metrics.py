@@ -163,6 +163,14 @@ class Metrics:
             ["provider", "type"],
             registry=r,
         )
+        self.upstream_images_lost = Counter(
+            "klawd_upstream_images_lost_total",
+            "Images an upstream generated (and bills) that no client got: the download of the "
+            "generation's answer failed, or the request's deadline cut it (the client is not "
+            "charged), by provider and the gateway error type the request became.",
+            ["provider", "type"],
+            registry=r,
+        )
         self.upstream_retries = Counter(
             "klawd_upstream_retries_total",
             "Retries of the same target, by provider.",
@@ -238,6 +246,7 @@ class Metrics:
         for provider in self.providers:
             self.upstream_errors.labels(provider, "service_unavailable")
             self.upstream_body_errors.labels(provider, "gateway_timeout")
+            self.upstream_images_lost.labels(provider, "gateway_timeout")
             self.upstream_retries.labels(provider)
             self.fallbacks.labels(provider)
             self.circuit_state.labels(provider).set(0)

@@ -13,7 +13,8 @@ through the metrics buffer, flushed once a second):
   call cut by the request's deadline is a `gateway_timeout`, a client gone is not counted);
   a non-streamed answer's body that then fails (HttpProvider.complete, _send_json), a
   generated image's download (HttpProvider.download_generated), and a stream the upstream
-  broke after its headers (Meter.settle): `upstream_body_failed`;
+  broke after its headers (Meter.settle): `upstream_body_failed`; the images such a download
+  loses: `upstream_images_lost`;
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """
@@ -207,6 +208,12 @@ class RequestObserver:
         `upstream_attempts` stays)."""
         m = self.metrics
         m.buffer.inc(m.child(m.upstream_body_errors, m.provider(provider), error_type))
+
+    def upstream_images_lost(self, provider: str, images: int, error_type: str) -> None:
+        """`images` a generation answered (made, and billed upstream) that the client will not
+        get: their download failed or was cut by the request's deadline."""
+        m = self.metrics
+        m.buffer.inc(m.child(m.upstream_images_lost, m.provider(provider), error_type), images)
 
     def retried(self, provider: str) -> None:
         m = self.metrics

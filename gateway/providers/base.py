@@ -567,22 +567,28 @@ class HttpProvider:
             f"base64 of at most {MAX_IMAGE_BYTES} bytes."
         )
 
-    async def download_generated(self, url: str) -> str:
-        """`download_b64` of an image a generation answered as a URL (the client asked for
-        b64_json). The generation was counted answered; a download that fails (or that the
-        request's deadline cuts) loses its answer: counted once as its body error (an inline
-        image came whole with the answer, and is no body)."""
+    async def download_generated(self, url: str, made: int) -> str:
+        """`download_b64` of one of the `made` images a generation answered as URLs (the client
+        asked for b64_json). The generation was counted answered; a download that fails (or
+        that the request's deadline cuts) loses its answer: counted once as its body error, and
+        its `made` images, billed upstream and charged to nobody, as lost (an inline image
+        came whole with the answer, and is no body)."""
         if url.startswith("data:"):
             return self._inline_image_b64(url)
         try:
             return await self.download_b64(url)
         except GatewayError as exc:
-            self._body_failed(exc.type)
+            self._images_lost(made, exc.type)
             raise
         except asyncio.CancelledError as exc:
             if exc.args == (DEADLINE_EXCEEDED,):
-                self._body_failed(GatewayTimeout.type)
+                self._images_lost(made, GatewayTimeout.type)
             raise
+
+    def _images_lost(self, made: int, error_type: str) -> None:
+        self._body_failed(error_type)
+        if self.observer is not None:
+            self.observer.upstream_images_lost(self.name, made, error_type)
 
     async def download_b64(self, url: str) -> str:
         """Fetches a generated image (an upstream output URL, redirects followed) and

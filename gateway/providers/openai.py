@@ -99,7 +99,8 @@ class OpenAIProvider(HttpProvider):
         images: list[GeneratedImage] = []
         # Never more than asked for: the answer, and so the bill, holds at most `n` images
         # (their reservation covers `n`).
-        for item in data[: call.request.n]:
+        items = data[: call.request.n]
+        for item in items:
             url = item.get("url") if isinstance(item, dict) else None
             b64 = item.get("b64_json") if isinstance(item, dict) else None
             revised = item.get("revised_prompt") if isinstance(item, dict) else None
@@ -107,7 +108,7 @@ class OpenAIProvider(HttpProvider):
             if isinstance(b64, str):
                 images.append(GeneratedImage(b64_json=b64, revised_prompt=revised))
             elif isinstance(url, str) and call.request.wants_b64:
-                b64 = await self.download_generated(url)
+                b64 = await self.download_generated(url, len(items))
                 images.append(GeneratedImage(b64_json=b64, revised_prompt=revised))
             elif isinstance(url, str):
                 images.append(GeneratedImage(url=url, revised_prompt=revised))

@@ -209,7 +209,7 @@ class ReplicateProvider(HttpProvider):
         urls = output_urls(prediction.get("output"))[: call.request.n]
         if call.request.wants_b64:
             return ImageResult(
-                [GeneratedImage(b64_json=await self.download_generated(u)) for u in urls]
+                [GeneratedImage(b64_json=await self.download_generated(u, len(urls))) for u in urls]
             )
         return ImageResult([GeneratedImage(url=u) for u in urls])
 

@@ -27,6 +27,7 @@ from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, Clock
 from tests.unit.test_retry_deadline import DrivenWheel, retrier
 
+IMAGES_LOST = "klawd_upstream_images_lost_total"
 BROKEN = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"  # then a reset
 
 # The answer to a path; None: BROKEN, then a reset; b"": none (until the client leaves).
@@ -113,6 +114,8 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
         finally:
             await provider.close()
     assert counts(metrics) == {"answered": 2, "errors": 0, "body_errors": 1}
+    # the prediction may or may not have made its image: nothing is counted on a guess
+    assert total(parse(metrics.exposition().decode()), IMAGES_LOST) == 0
 
 
 @pytest.mark.parametrize("kind", ["replicate", "openai"])
@@ -148,6 +151,9 @@ async def test_generated_images_whose_download_breaks_are_a_body_error(kind: str
         finally:
             await provider.close()
     assert counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 1}
+    # both images were made (and are billed upstream); the client got neither, nor paid
+    samples = parse(metrics.exposition().decode())
+    assert total(samples, IMAGES_LOST, provider="img", type="bad_gateway") == 2
 
 
 async def test_a_download_the_request_s_deadline_cuts_is_a_body_error() -> None:
@@ -188,3 +194,4 @@ async def test_a_download_the_request_s_deadline_cuts_is_a_body_error() -> None:
     samples = parse(metrics.exposition().decode())
     assert total(samples, "klawd_upstream_request_duration_seconds_count") == 1
     assert total(samples, "klawd_upstream_body_errors_total", type="gateway_timeout") == 1
+    assert total(samples, IMAGES_LOST, provider="img", type="gateway_timeout") == 1

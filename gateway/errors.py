@@ -21,6 +21,7 @@ Foreign errors (the HTTP client's, msgspec, sqlite, redis) are translated at the
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import ClassVar
 
@@ -169,6 +170,19 @@ class GatewayTimeout(GatewayError):
 # The code of the 504 that ends a request whose deadline (`[retry] deadline_s`) passed, and
 # the message of the cancellation by which the deadline cuts a try (gateway/routing/retry.py).
 DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+def cut_by_deadline(exc: asyncio.CancelledError) -> bool:
+    """Whether the request's deadline alone cancelled the call that sees `exc`: the cut's named
+    cancellation, and no other asked of the request's task. A client gone in the cut's own loop
+    turn (its cancel asked after the cut's, which names the error the task gets) makes the
+    request a client gone (`Retrier._before_deadline`), so the call is counted as one: not at
+    all. (The count is the cut's alone: nothing in the gateway leaves a cancellation of a
+    request's task asked and not taken back.)"""
+    if exc.args != (DEADLINE_EXCEEDED,):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() <= 1
 
 
 def model_not_found(model: str, param: str = "model") -> NotFound:

@@ -32,7 +32,6 @@ from msgspec import Struct
 from gateway import _core
 from gateway.billing import TokenUsage
 from gateway.errors import (
-    DEADLINE_EXCEEDED,
     BadGateway,
     GatewayError,
     GatewayTimeout,
@@ -40,6 +39,7 @@ from gateway.errors import (
     RateLimited,
     RequestTooLarge,
     ServiceUnavailable,
+    cut_by_deadline,
 )
 from gateway.providers.http_client import ConnectFailed, HttpClient, HttpResponse, ResponseBroken
 from gateway.providers.proxy import proxy_policy
@@ -513,8 +513,9 @@ class HttpProvider:
             raise
         except asyncio.CancelledError as exc:
             # The request's deadline cut the call (its cancellation is named): a failure, as
-            # the 504 it becomes. Any other cancellation (the client gone) is not counted.
-            if observer is not None and exc.args == (DEADLINE_EXCEEDED,):
+            # the 504 it becomes. Any other cancellation (the client gone, also in the cut's
+            # own loop turn: the request is then a client gone) is not counted.
+            if observer is not None and cut_by_deadline(exc):
                 duration = time.perf_counter() - started
                 observer.upstream_finished(self.name, duration, GatewayTimeout.type)
             raise
@@ -543,7 +544,7 @@ class HttpProvider:
                 f"The upstream provider '{self.name}' broke off its answer: {exc}."
             ) from exc
         except asyncio.CancelledError as exc:
-            if exc.args == (DEADLINE_EXCEEDED,):
+            if cut_by_deadline(exc):
                 self._body_failed(GatewayTimeout.type)
             raise
         try:
@@ -581,7 +582,7 @@ class HttpProvider:
             self._images_lost(made, exc.type)
             raise
         except asyncio.CancelledError as exc:
-            if exc.args == (DEADLINE_EXCEEDED,):
+            if cut_by_deadline(exc):
                 self._images_lost(made, GatewayTimeout.type)
             raise
 
@@ -653,7 +654,7 @@ class HttpProvider:
                     f"The upstream provider '{self.name}' broke off its answer: {exc}."
                 ) from exc
             except asyncio.CancelledError as exc:
-                if exc.args == (DEADLINE_EXCEEDED,):
+                if cut_by_deadline(exc):
                     self._body_failed(GatewayTimeout.type)
                 raise
         completion = self.parse_response(call, body)

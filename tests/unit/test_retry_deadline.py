@@ -306,15 +306,20 @@ class Noted:
 
 
 @pytest.mark.parametrize(
-    ("message", "reported"),
-    [(DEADLINE_EXCEEDED, [("up", "gateway_timeout")]), (None, [])],
-    ids=["deadline", "client-gone"],
+    ("messages", "reported"),
+    [
+        ((DEADLINE_EXCEEDED,), [("up", "gateway_timeout")]),
+        ((None,), []),
+        ((DEADLINE_EXCEEDED, None), []),
+    ],
+    ids=["deadline", "client-gone", "client-gone-after-the-cut"],
 )
 async def test_an_upstream_call_cut_by_the_deadline_is_reported_a_client_gone_is_not(
-    message: str | None, reported: list[tuple[str, str | None]]
+    messages: tuple[str | None, ...], reported: list[tuple[str, str | None]]
 ) -> None:
     """The deadline's cut names its cancellation (`_Cut.on_due`); `_send` reports a call ended
-    by it as the 504 it becomes, and nothing for any other cancellation."""
+    by it as the 504 it becomes, and nothing for any other cancellation, also one asked after
+    the cut's before the call resumed (the error it gets still bears the cut's name)."""
     settings = ProviderSettings(kind="openai", base_url="http://upstream.invalid")
     provider = OpenAIProvider("up", settings, Secret("k"))
     provider._client = HangingClient()  # type: ignore[assignment]
@@ -323,7 +328,8 @@ async def test_an_upstream_call_cut_by_the_deadline_is_reported_a_client_gone_is
     upstream = UpstreamRequest("http://upstream.invalid/v1/chat/completions", {}, b"{}")
     call = asyncio.ensure_future(provider._send(upstream))
     await asyncio.sleep(0)  # the call is under way
-    call.cancel(message)
+    for message in messages:
+        call.cancel(message)
     with pytest.raises(asyncio.CancelledError):
         await call
     assert noted.calls == reported

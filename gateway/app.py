@@ -45,8 +45,9 @@ from gateway.listener import when_listening
 from gateway.metrics import Metrics, worker_exited
 from gateway.observer import RequestObserver
 from gateway.providers.base import ObservedProvider
+from gateway.providers.registry import IN_PROCESS_KINDS
 from gateway.requestlog import CLOSE_WAIT_S, RequestLog
-from gateway.settings import Settings, config_path, load_settings
+from gateway.settings import Settings, config_path, deadline_outlasted, load_settings
 from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
 from gateway.store_metrics import store_backend
@@ -273,6 +274,20 @@ _COLLECTOR = _Collector()
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
     env = dict(os.environ if environ is None else environ)
+    outlasted = {
+        name: bound
+        for name, bound in deadline_outlasted(settings).items()
+        if settings.providers[name].kind not in IN_PROCESS_KINDS
+    }
+    if outlasted:
+        log.warning(
+            "[retry] deadline_s = %g s cuts these providers' calls before their own bound on an "
+            "answer's headers: %s; a deadline's cut never counts against a circuit, so a hung "
+            "deployment of theirs is never taken out of rotation: set their "
+            "first_byte_timeout_s (and answer_timeout_s) below it",
+            settings.retry.deadline_s,
+            ", ".join(f"{name} ({bound:g} s)" for name, bound in sorted(outlasted.items())),
+        )
     observer = build_observer(settings)
     tracing = build_tracing(settings.telemetry)
     body_deadlines = BodyDeadlines(settings.server.body_idle_timeout_s)

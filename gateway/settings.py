@@ -357,6 +357,23 @@ def _no_provider_deadline(providers: dict[str, ProviderSettings], where: str) ->
             )
 
 
+def deadline_outlasted(settings: Settings) -> dict[str, float]:
+    """The providers whose own bound on an answer's headers (a stream's `first_byte_timeout_s`,
+    a non-streamed answer's `answer_timeout_s` when set) is not below `[retry] deadline_s`, with
+    the longer bound: the deadline cuts such a call first, and a cut never counts against its
+    deployment's circuit, so a hung deployment of theirs stays in rotation (docs/decisions/0005,
+    19zzt and 19zzza). Empty when no deadline is set."""
+    deadline_s = settings.retry.deadline_s
+    if deadline_s is None:
+        return {}
+    outlasted = {}
+    for name, provider in settings.providers.items():
+        bound = max(provider.headers_timeout_s(True), provider.headers_timeout_s(False))
+        if bound >= deadline_s:
+            outlasted[name] = bound
+    return outlasted
+
+
 def _readable(message: str) -> str:
     # msgspec says "... - at `$.server.port`"; operators think in TOML keys.
     return message.replace("`$.", "`").replace("`$`", "the top level")

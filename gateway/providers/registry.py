@@ -28,6 +28,8 @@ KINDS: dict[str, ProviderFactory] = {
     "replicate": ReplicateProvider,
     "echo": lambda name, _settings, _key: EchoProvider(name),
 }
+# Kinds served in process, with no upstream: no timeout of theirs ever fires.
+IN_PROCESS_KINDS = frozenset({"echo"})
 CLOUD_KINDS: dict[str, CloudFactory] = {
     "azure": azure.build,
     "bedrock": bedrock.build,

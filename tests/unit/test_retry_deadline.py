@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from opentelemetry.trace import SpanKind
 
+from gateway.app import create_app
 from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.observer import RequestObserver
@@ -29,6 +31,7 @@ from gateway.settings import (
     ProviderSettings,
     RetrySettings,
     TelemetrySettings,
+    deadline_outlasted,
     load_settings,
 )
 from gateway.timer_wheel import Due, Slot
@@ -225,6 +228,36 @@ def test_deadline_s_is_the_request_s_not_a_provider_s(tmp_path: Path) -> None:
         load_settings(path)
     with pytest.raises(ValueError, match="deadline_s"):
         Retrier(lambda _t: policy(), Health(), deadline_s=0.0)
+
+
+def test_a_deadline_that_outlasts_no_provider_s_own_bound_is_said_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deadline not above a provider's own bound on an answer's headers cuts that provider's
+    calls first, and a cut never counts against a circuit: a hung deployment of it would stay
+    in rotation. The app says which providers, once, when it is made."""
+    path = tmp_path / "klawd.toml"
+    path.write_text(
+        "[retry]\ndeadline_s = 20\n"
+        "[providers.openai]\nfirst_byte_timeout_s = 10\n"  # below it: its own timeouts count
+        "[providers.anthropic]\nfirst_byte_timeout_s = 10\nanswer_timeout_s = 25\n"
+    )
+    settings = load_settings(path)
+    outlasted = deadline_outlasted(settings)
+    assert "openai" not in outlasted
+    assert outlasted["anthropic"] == 25  # its non-streamed answers outlast the deadline
+    assert outlasted["google"] == 60  # the built-in first-byte bound
+    with caplog.at_level(logging.WARNING, logger="klawd"):
+        create_app(settings, environ={})
+    said = [r.getMessage() for r in caplog.records if "deadline_s" in r.getMessage()]
+    assert len(said) == 1 and "anthropic (25 s), google (60 s)" in said[0]
+    assert "openai (" not in said[0]
+    assert "klawd (" not in said[0]  # served in process (echo): no upstream to hang
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="klawd"):
+        create_app(load_settings(None), environ={})  # no deadline: nothing to say
+    assert not [r for r in caplog.records if "deadline_s" in r.getMessage()]
 
 
 async def test_a_client_gone_during_a_try_is_a_cancellation_not_the_deadline() -> None:

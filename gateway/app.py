@@ -48,6 +48,7 @@ from gateway.providers.base import ObservedProvider
 from gateway.providers.registry import IN_PROCESS_KINDS
 from gateway.requestlog import CLOSE_WAIT_S, RequestLog
 from gateway.settings import Settings, config_path, deadline_outlasted, load_settings
+from gateway.shutdown_log import ShutdownLog
 from gateway.state import AppState, build_state
 from gateway.store.base import StoreError
 from gateway.store_metrics import store_backend
@@ -201,11 +202,7 @@ async def _close_log_and_exporter(
     CHILD_EXIT_TIMEOUT_S). Cut, each goes on in its daemon thread while the process lives:
     what it has not written by the exit is lost (as at the kill that would come instead),
     and one line says how much."""
-    loop = asyncio.get_running_loop()
-    until_kill = 0.0 if kill_at is None else kill_at - KILL_MARGIN_S - time.time()
-    later = loop.time() + until_kill
-
-    within_s = max(0.0, end - loop.time(), min(CLOSE_WAIT_S, later - loop.time()))
+    within_s = min(_left(end, kill_at), max(_left(end, None), CLOSE_WAIT_S))
     if not await request_log.aclose(within_s):
         log.error(
             "shutdown: the request log not closed after %.2f s: %d request line(s) not written "
@@ -215,7 +212,7 @@ async def _close_log_and_exporter(
         )
     if tracing is None:
         return
-    within_s = max(0.0, end - loop.time(), later - loop.time())
+    within_s = _left(end, kill_at)
     if not await ended_within(tracing.close, within_s, "klawd-span-close"):
         log.error(
             "shutdown: the span exporter not closed after %.2f s: %d span(s) not written to its "
@@ -225,6 +222,15 @@ async def _close_log_and_exporter(
             tracing.pipe.unwritten_spans,
             tracing.pipe.unwritten_bytes,
         )
+
+
+def _left(end: float, kill_at: float | None) -> float:
+    """What is left of the shutdown's budget (`end`, loop time), or until shortly before the
+    kill when it is known to come later (`kill_at`, wall time)."""
+    left = end - asyncio.get_running_loop().time()
+    if kill_at is not None:
+        left = max(left, kill_at - KILL_MARGIN_S - time.time())
+    return max(0.0, left)
 
 
 # What the lifespan leaves for Granian's own stop of the worker before its kill.
@@ -320,6 +326,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             draining.cancel()
             sweeping.cancel()
             listening.cancel()
+            lines = ShutdownLog.begin()  # (a log stream that takes nothing holds no step)
+            budget = drain.shutdown_budget_s(settings.server.streams.drain_grace_s)
+            end = loop.time() + budget
+            kill_at = None
+            keep = budget / 16  # the last lines' share (lines.end), from the two closes'
             try:
                 end = await state.close()
                 # What an operator reads after the shutdown, before the two closes that wait on
@@ -328,8 +339,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 observer.metrics.buffer.flush()
                 worker_exited(os.getpid())
                 kill_at = drain.kill_expected_at(settings.server.streams.drain_grace_s)
-                await _close_log_and_exporter(observer.request_log, tracing, end, kill_at)
+                await _close_log_and_exporter(
+                    observer.request_log,
+                    tracing,
+                    end - keep,
+                    None if kill_at is None else kill_at - keep,
+                )
             finally:
+                await lines.end(_left(end, kill_at))
                 # Undone for a process that outlives the app (tests, an embedding program),
                 # even by a shutdown that failed: frozen, the app's objects are never
                 # collected (so nothing can undo it once they are unreachable: decision 0013,

@@ -8,12 +8,14 @@ among it. So for the shutdown the root logger's handlers that write to a file de
 (stderr, a file) give their lines, formatted as they would, to a daemon thread that writes
 them with `os.write`: a write stuck there holds no lock that the loop, or the interpreter's
 exit, waits for. The lifespan waits for that thread in the last sixteenth of its budget
-(`end`): with a stream that takes lines, every line is written before the worker exits.
+(`end`): with a stream that takes lines, every line is written before the worker exits, those
+logged while it waits included.
 Lines logged before the shutdown (the drain deadline's) still go the usual way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,7 +33,10 @@ class ShutdownLog(logging.Handler):
     def __init__(self, handlers: list[tuple[logging.StreamHandler[Any], int]]) -> None:
         super().__init__()
         self._handlers = handlers
-        self._lines: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        # Lines; a mark (`end`'s: set once the lines before it are written); None: stop.
+        self._lines: queue.SimpleQueue[tuple[int, bytes] | threading.Event | None] = (
+            queue.SimpleQueue()
+        )
         self._writer = threading.Thread(target=self._write, name="klawd-shutdown-log", daemon=True)
 
     @classmethod
@@ -58,6 +63,9 @@ class ShutdownLog(logging.Handler):
 
     def _write(self) -> None:
         while (line := self._lines.get()) is not None:
+            if isinstance(line, threading.Event):
+                line.set()
+                continue
             fd, data = line
             view = memoryview(data)
             with contextlib.suppress(OSError):  # (a closed stream: the line is lost)
@@ -70,14 +78,34 @@ class ShutdownLog(logging.Handler):
         lives."""
         if not self._handlers:
             return True
-        self._lines.put(None)
+        loop = asyncio.get_running_loop()
+        by = loop.time() + within_s
+        # The writer is told to stop only once the handlers are back: the loop runs while this
+        # waits, and a line it logs meanwhile comes after the mark (stopped first, the writer
+        # left such a line in its queue for good).
+        written = threading.Event()
+        self._lines.put(written)
+
+        def reached() -> None:
+            written.wait()
+
         try:
-            return await ended_within(self._writer.join, within_s, "klawd-shutdown-log-end")
+            if not await ended_within(reached, within_s, "klawd-shutdown-log-end"):
+                return False
         finally:
             root = logging.getLogger()
             at = next((i for i, h in enumerate(root.handlers) if h is self), len(root.handlers))
             kept = [h for h in root.handlers if h is not self]
-            root.handlers = kept[:at] + [h for h, _ in self._handlers] + kept[at:]
+            self.acquire()  # (a line being given now goes before the stop)
+            try:
+                root.handlers = kept[:at] + [h for h, _ in self._handlers] + kept[at:]
+                self._lines.put(None)
+            finally:
+                self.release()
+        # the lines logged while it waited, behind the mark
+        return await ended_within(
+            self._writer.join, max(0.0, by - loop.time()), "klawd-shutdown-log-end"
+        )
 
 
 def _with_descriptor(handler: logging.Handler) -> tuple[logging.StreamHandler[Any], int] | None:

@@ -151,13 +151,23 @@ def test_failed_generation_is_not_retried(
 def test_prediction_past_the_deadline_is_cancelled_and_504(
     gateway: Gateway, api_key: str, fake_replicate: FakeReplicate
 ) -> None:
+    # The fake is the session's: other modules' tests (test_request_deadline.py) create `never`
+    # predictions and cancel them too. Only this test's own are counted.
+    before = len(fake_replicate.creations("never"))
+    known = set(fake_replicate.predictions)
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway, api_key).images.generate(model="replicate-deadline/never", prompt="x")
     assert caught.value.status_code == 504
     assert caught.value.body["type"] == "gateway_timeout"  # type: ignore[index]
-    cancels = [r for r in fake_replicate.requests if r["path"].endswith("/cancel")]
-    assert cancels and cancels[-1]["method"] == "POST"
-    assert len(fake_replicate.creations("never")) == 1, "a timed-out generation is not retried"
+    assert len(fake_replicate.creations("never")) == before + 1, (
+        "a timed-out generation is not retried"
+    )
+    (created,) = set(fake_replicate.predictions) - known
+    cancels = [
+        r for r in fake_replicate.requests if r["path"] == f"/v1/predictions/{created}/cancel"
+    ]
+    assert [r["method"] for r in cancels] == ["POST"]  # sent before the 504, not after it
+    assert fake_replicate.predictions[created]["status"] == "canceled"
 
 
 def test_free_plan_gets_403_and_nothing_reaches_the_upstream(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
@@ -16,11 +17,13 @@ import pytest
 from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout
 from gateway.metrics import Metrics
 from gateway.observer import RequestObserver
+from gateway.providers.base import EmbeddingCall
 from gateway.providers.http_client import _Connection
 from gateway.providers.openai import OpenAIProvider
 from gateway.requestlog import RequestLog
 from gateway.routing.catalog import CatalogEntry, Secret
-from gateway.settings import ProviderSettings
+from gateway.schemas.embeddings import decode_embedding_request
+from gateway.settings import ModelSettings, ProviderSettings
 from tests.providers.test_http_client import BOUND_S, Conn, answer, serving
 from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, Clock
@@ -42,6 +45,24 @@ COMPLETION = orjson.dumps(
 
 
 BODY_ERRORS = "klawd_upstream_body_errors_total"
+
+
+def embedding_call() -> EmbeddingCall:
+    body = orjson.dumps({"model": "p/e", "input": "hi"})
+    target = CatalogEntry(
+        ModelSettings(id="p/e", provider="p", upstream_model="e"),
+        ProviderSettings(kind="openai", base_url="http://upstream.invalid"),
+        None,
+    )
+    return EmbeddingCall(decode_embedding_request(body), body, target)
+
+
+# The two reads of a non-streamed answer's body: a chat completion's (`complete`), and every
+# other JSON answer's (`_send_json`: embeddings here; images, Replicate's polls, Messages).
+READS: dict[str, Callable[[OpenAIProvider], Awaitable[object]]] = {
+    "complete": lambda provider: provider.complete(chat_call("openai", "m")),
+    "send_json": lambda provider: provider.embed(embedding_call()),
+}
 
 
 def observed(provider: OpenAIProvider) -> Metrics:
@@ -101,8 +122,9 @@ async def test_an_answer_read_whole_in_the_deadline_s_turn_is_served_and_kept_al
     assert server.accepted == 1, "the answer was read whole: its connection was kept alive"
 
 
+@pytest.mark.parametrize("read", list(READS))
 async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_dropped(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, read: str
 ) -> None:
     closed = asyncio.Event()
 
@@ -123,7 +145,7 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
         deadline_due_on_read(monkeypatch, wheel)
 
         def attempt(target: CatalogEntry) -> object:
-            return provider.complete(chat_call("openai", "m"))
+            return READS[read](provider)
 
         try:
             with pytest.raises(GatewayTimeout) as raised:
@@ -139,7 +161,8 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
     assert total(samples, BODY_ERRORS, provider="up", type="gateway_timeout") == 1
 
 
-async def test_a_body_broken_off_is_counted_a_body_error() -> None:
+@pytest.mark.parametrize("read", list(READS))
+async def test_a_body_broken_off_is_counted_a_body_error(read: str) -> None:
     """The same count for a body the upstream broke off (no deadline): a 502 the client gets,
     its headers' latency observed."""
 
@@ -155,7 +178,7 @@ async def test_a_body_broken_off_is_counted_a_body_error() -> None:
         metrics = observed(provider)
         try:
             with pytest.raises(BadGateway):
-                await provider.complete(chat_call("openai", "m"))
+                await READS[read](provider)
         finally:
             await provider.close()
     assert upstream_counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 1}

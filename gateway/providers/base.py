@@ -523,18 +523,13 @@ class HttpProvider:
             observer.upstream_finished(self.name, time.perf_counter() - started, None)
         return response
 
-    def _body_failed(self, error_type: str) -> None:
-        """A non-streamed answer, reported answered by `_send` at its headers, whose body then
-        failed (cut by the request's deadline, timed out, broken off): counted apart
-        (`klawd_upstream_body_errors_total`), as it is no answer the client got."""
-        if self.observer is not None:
-            self.observer.upstream_body_failed(self.name, error_type)
-
-    async def _send_json(self, upstream: UpstreamRequest) -> Any:
-        """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
-        response = await self._send(upstream)
+    async def _read_body(self, response: HttpResponse) -> bytes:
+        """A non-streamed answer's whole body (released once read, closed if it failed), its
+        failures mapped to the error envelope's. One reported answered by `_send` at its
+        headers whose body then failed (cut by the request's deadline, timed out, broken off)
+        is counted apart (`klawd_upstream_body_errors_total`): it is no answer the client got."""
         try:
-            body = await response.read()  # released once read (closed if it failed)
+            return await response.read()
         except TimeoutError as exc:
             self._body_failed(GatewayTimeout.type)
             raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
@@ -547,6 +542,15 @@ class HttpProvider:
             if cut_by_deadline(exc):
                 self._body_failed(GatewayTimeout.type)
             raise
+
+    def _body_failed(self, error_type: str) -> None:
+        if self.observer is not None:
+            self.observer.upstream_body_failed(self.name, error_type)
+
+    async def _send_json(self, upstream: UpstreamRequest) -> Any:
+        """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
+        response = await self._send(upstream)
+        body = await self._read_body(response)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -643,20 +647,7 @@ class HttpProvider:
         response = await self._send(self.build_request(call, stream=False))
         body = response.whole()  # an answer that came whole with its headers: no coroutine
         if body is None:
-            try:
-                body = await response.read()  # released once read (closed if it failed)
-            except TimeoutError as exc:
-                self._body_failed(GatewayTimeout.type)
-                raise GatewayTimeout(f"The upstream provider '{self.name}' timed out.") from exc
-            except ResponseBroken as exc:
-                self._body_failed(BadGateway.type)
-                raise BadGateway(
-                    f"The upstream provider '{self.name}' broke off its answer: {exc}."
-                ) from exc
-            except asyncio.CancelledError as exc:
-                if cut_by_deadline(exc):
-                    self._body_failed(GatewayTimeout.type)
-                raise
+            body = await self._read_body(response)
         completion = self.parse_response(call, body)
         if self.tracing is not None:
             note_finish_reasons(

@@ -364,7 +364,7 @@ class Retrier:
                             span = tracing.start_attempt(record, deployment, len(tries))
                     if deadline is None:
                         if tries and self.observer is not None:
-                            self._moved_on(made, tries)
+                            self._moved_on(self.observer, made, tries)
                         result = await attempt(deployment)
                     else:
                         gate = GATE.get()
@@ -381,7 +381,7 @@ class Retrier:
                             # upstream for nothing
                             raise _Unsent
                         if tries and self.observer is not None:
-                            self._moved_on(made, tries)
+                            self._moved_on(self.observer, made, tries)
                         result = await self._before_deadline(attempt(deployment), left)
                 except _Unsent:
                     if span is not None and tracing is not None and record is not None:
@@ -454,14 +454,12 @@ class Retrier:
                 if health.record(key, ok=False, latency_s=self._clock() - started):
                     await self._rest(key, self._cooldown_s, failing=True)
 
-    def _moved_on(self, made: int, tries: list[Attempt]) -> None:
+    @staticmethod
+    def _moved_on(observer: RequestObserver, made: int, tries: list[Attempt]) -> None:
         """A try after a failed one leaves: counted as it leaves (not before the waits that may
         stop it there, the request's deadline passing): a retry of the same model, or the
         first try of a later model (a fallback, once, whatever models could try nothing in
         between), by the provider of the last failed try."""
-        observer = self.observer
-        if observer is None:
-            return
         if made > 1:
             observer.retried(tries[-1].provider)
         else:

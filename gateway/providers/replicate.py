@@ -5,7 +5,8 @@ prediction and holds the connection while it runs (N below the first-byte timeou
 is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succeeded`, `failed` or
 `canceled`, within the provider's `timeout_s`; past it the prediction is cancelled (`urls.cancel`,
 best effort) and the client gets 504. A call cancelled while it polls (the request's
-`retry.deadline_s` cut it, or its client went away) cancels the prediction too, in a task of
+`retry.deadline_s` cut it, or its client went away), or whose poll fails (an error status,
+timed out, broken off: the client gets that error), cancels the prediction too, in a task of
 its own that `close` waits for: it would otherwise run on, billed by Replicate.
 
 Input mapping (OpenAI Images → the model's input) follows each model's published schema for the
@@ -182,18 +183,23 @@ class ReplicateProvider(HttpProvider):
             while prediction.get("status") not in TERMINAL:
                 if loop.time() + delay > deadline:
                     await self._cancel(prediction)
-                    raise GatewayTimeout(
-                        f"The upstream provider '{self.name}' did not finish the image in time."
-                    )
+                    break
                 await asyncio.sleep(delay)
                 delay = min(POLL_MAX_S, delay * 2)
                 prediction = await self._poll(prediction)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GatewayError):
+            # The call was cancelled, or a poll failed (an error status, timed out, broken
+            # off): the prediction would run on, billed, for an answer nobody reads. Cancelled
+            # in a task of its own, the error the client's at once.
             cancel = loop.create_task(self._cancel(prediction))
             self._cancels.add(cancel)
             cancel.add_done_callback(self._cancels.discard)
             raise
         status = prediction["status"]
+        if status not in TERMINAL:  # cancelled above
+            raise GatewayTimeout(
+                f"The upstream provider '{self.name}' did not finish the image in time."
+            )
         if status == "failed":
             detail = prediction.get("error")
             raise BadGateway(

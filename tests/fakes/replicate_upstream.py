@@ -21,6 +21,7 @@ Behaviour is chosen by the model name:
     fails       create answers starting; the poll answers failed with an error message
     canceled    create answers starting; the poll answers canceled
     never       stays processing forever (for the gateway's deadline)
+    poll-fails  create answers starting; every poll answers 500 (the prediction runs on)
     rate-limited 429 + retry-after: 9    invalid 422    unauthorized 401 (detail holds the token)
     seedream-*  as instant, with bytedance/seedream-4.5's input schema (published on Replicate):
                 unknown input fields or out-of-range values are 422; `n` images come from
@@ -227,6 +228,12 @@ class FakeReplicate(ThreadedServer):
             )
         self.polls[prediction["id"]] += 1
         name = prediction["model"].split("/", 1)[1]
+        if name == "poll-fails" and prediction["status"] != "canceled":
+            return web.json_response(
+                {"title": "Internal Server Error", "detail": "try again", "status": 500},
+                status=500,
+                content_type="application/problem+json",
+            )
         polls = self.polls[prediction["id"]]
         if prediction["status"] in ("succeeded", "failed", "canceled"):
             pass

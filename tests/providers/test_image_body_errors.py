@@ -98,10 +98,16 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
     """The create answered, its poll's headers came, the poll's body broke: one body error."""
     monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.001)
     server: list[Server] = []
+    cancels: list[str] = []
+
+    def cancel(s: Server) -> bytes:
+        cancels.append("p1")
+        return json_answer({})
+
     routes: dict[str, Route] = {
         "/v1/models/own/name/predictions": lambda s: prediction(s, "starting"),
         "/get": lambda s: None,
-        "/cancel": lambda s: json_answer({}),
+        "/cancel": cancel,
     }
     async with asyncio.timeout(BOUND_S), serving(routed(routes, server)) as up:
         server.append(up)
@@ -113,7 +119,10 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
                 await provider.generate_images(image_call("rep", "replicate", up.url(), "own/name"))
         finally:
             await provider.close()
-    assert counts(metrics) == {"answered": 2, "errors": 0, "body_errors": 1}
+    # answered: the create, the poll (its headers) and the prediction's cancel, sent as the
+    # poll failed (close waits for it)
+    assert counts(metrics) == {"answered": 3, "errors": 0, "body_errors": 1}
+    assert cancels == ["p1"]
     # the prediction may or may not have made its image: nothing is counted on a guess
     assert total(parse(metrics.exposition().decode()), IMAGES_LOST) == 0
 

@@ -550,7 +550,9 @@ class HttpProvider:
     async def _send_json(self, upstream: UpstreamRequest) -> Any:
         """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
         response = await self._send(upstream)
-        body = await self._read_body(response)
+        body = response.whole()  # an answer that came whole with its headers: no coroutine
+        if body is None:
+            body = await self._read_body(response)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import yaml
 
+from gateway.metrics import Metrics
 from tests.conftest import REPO, Gateway, free_port
 from tests.scrape import metric_names, scrape
 
@@ -107,6 +108,23 @@ def test_the_dashboard_plots_every_counter_of_the_upstream_error_ratio() -> None
         if m not in plotted and m.removesuffix("_count") + "_bucket" not in plotted
     }
     assert not missing, f"counters of the ratio without a panel: {sorted(missing)}"
+
+
+def test_the_dashboard_plots_every_upstream_counter() -> None:
+    """Each `klawd_upstream_*` metric the gateway defines has a panel (a new one gets its own,
+    as the body errors and the images lost did)."""
+    metrics = Metrics([], [], [], "sqlite")
+    upstream = {
+        family.name
+        for family in metrics.registry.collect()
+        if family.name.startswith("klawd_upstream_")
+    }
+    assert {"klawd_upstream_body_errors", "klawd_upstream_images_lost"} <= upstream
+    plotted = {m for e in dashboard_expressions() for m in METRIC.findall(e)}
+    missing = {
+        name for name in upstream if not any(m == name or m.startswith(name + "_") for m in plotted)
+    }
+    assert not missing, f"upstream metrics without a panel: {sorted(missing)}"
 
 
 @pytest.fixture

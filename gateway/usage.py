@@ -71,7 +71,7 @@ class UsageRecorder:
         self._in_flight: tuple[list[UsageEntry], asyncio.Future[dict[str, CreditGrant]]] | None = (
             None
         )
-        self._late_checks: set[asyncio.Task[None]] = set()  # (the loop holds tasks weakly)
+        self._checks: set[asyncio.Task[None]] = set()  # (the loop holds tasks weakly)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="klawd-usage")
@@ -110,7 +110,18 @@ class UsageRecorder:
         del self._pending[: len(batch)]
         if len(self._pending) >= self._max_batch:
             self._wake.set()
-        await self._check(batch, grants)
+        if self._after_settle:
+            # Shielded as the settlement: the batch is settled, and a shutdown's cut that
+            # cancelled its checks would leave a crossing unannounced, with nothing logged.
+            await asyncio.shield(self._checking(batch, grants))
+
+    def _checking(
+        self, batch: list[UsageEntry], grants: dict[str, CreditGrant]
+    ) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._check(batch, grants))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return task
 
     async def _check(self, batch: list[UsageEntry], grants: dict[str, CreditGrant]) -> None:
         for hook in self._after_settle:
@@ -231,9 +242,7 @@ class UsageRecorder:
             " ".join(entry.id for entry in sent),
         )
         if self._after_settle:
-            task = asyncio.ensure_future(self._check(sent, settling.result()))
-            self._late_checks.add(task)
-            task.add_done_callback(self._late_checks.discard)
+            self._checking(sent, settling.result())
 
     def _write_late(self, entry: UsageEntry) -> None:
         log.error(

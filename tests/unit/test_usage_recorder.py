@@ -206,3 +206,34 @@ async def test_a_batch_the_store_answers_after_the_cut_runs_the_after_settle_che
             break
         await asyncio.sleep(0.01)
     assert checked == [(["use_recorder_1"], {})]
+
+
+async def test_the_checks_of_a_batch_settled_before_the_cut_run_to_their_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store answered within the flush's share, its checks had not ended at the cut:
+    they go on (the batch is settled, and nothing logs it). Before, the cut cancelled them
+    with the flush: a budget crossed in that batch was never announced, without a word."""
+    caplog.set_level(logging.WARNING, logger="klawd.usage")
+    store = HeldStore()
+    store.release.set()  # the store answers at once
+    checking, release = asyncio.Event(), asyncio.Event()
+    checked: list[list[str]] = []
+
+    async def check(batch: list[UsageEntry], grants: dict[str, Any]) -> None:
+        checking.set()
+        await release.wait()
+        checked.append([e.id for e in batch])
+
+    recorder = UsageRecorder(store, flush_interval_s=0.01, after_settle=(check,))  # type: ignore[arg-type]
+    recorder.start()
+    recorder.record(entry(1))
+    await asyncio.wait_for(checking.wait(), 5)  # settled, its check under way
+    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    assert caplog.records == []  # settled: nothing to replay
+    release.set()
+    for _ in range(500):  # bounded: 5 s
+        if checked:
+            break
+        await asyncio.sleep(0.01)
+    assert checked == [["use_recorder_1"]]

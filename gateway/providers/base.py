@@ -484,6 +484,7 @@ class HttpProvider:
                     upstream.body or None,
                     first_byte_s,
                     timeout_s,
+                    streamed,
                 )
             except TimeoutError as exc:
                 raise GatewayTimeout(

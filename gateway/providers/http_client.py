@@ -1316,7 +1316,11 @@ class HttpResponse:
         if self._head_only:
             self._finish_message(self._parser.should_keep_alive())  # type: ignore[union-attr]
             return
-        coding = (self._header_value(names, b"transfer-encoding") or b"").strip().lower()
+        coding = (  # (most answers have a Content-Length: no call then)
+            (self._header_value(names, b"transfer-encoding") or b"").strip().lower()
+            if b"transfer-encoding" in names
+            else b""
+        )
         bodied = status not in (204, 304) and b"content-length" not in names
         self._eof_body = bodied and b"chunked" not in coding
         waiter = self._waiter  # `_wake()`, inline (once per answer)

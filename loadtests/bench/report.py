@@ -121,6 +121,27 @@ ROWS = [
     ("lines_reads", "SSE chunk per line: read() calls per stream", "{:.1f}", False),
     ("anth_reads", "Anthropic per line: read() calls per stream", "{:.1f}", False),
     ("gemini_reads", "Gemini per line: read() calls per stream", "{:.1f}", False),
+    (
+        "event_upstream_cpu",
+        "SSE chunk per event: the upstream's CPU (us) per stream (the load generator's core)",
+        "{:.0f}",
+        False,
+    ),
+    (
+        "lines_upstream_cpu",
+        "SSE chunk per line: upstream CPU (us) per stream",
+        "{:.0f}",
+        False,
+    ),
+    (
+        "anth_upstream_cpu",
+        "Anthropic per line: upstream CPU (us) per stream",
+        "{:.0f}",
+        False,
+    ),
+    ("gemini_upstream_cpu", "Gemini per line: upstream CPU (us) per stream", "{:.0f}", False),
+    ("lines_client_cpu", "SSE chunk per line: wrk's CPU (us) per stream", "{:.0f}", False),
+    ("anth_client_cpu", "Anthropic per line: wrk's CPU (us) per stream", "{:.0f}", False),
     ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
     ("ttfb_p99_ms", "burst: TTFB p99 (ms)", "{:.1f}", False),
     ("rss_mb", "burst: peak RSS (MB)", "{:.0f}", False),
@@ -267,7 +288,8 @@ def targets(samples: Samples) -> list[str]:
         check(f"{store}: burst peak RSS ≤ 160 MB", median(rows, gw, "rss_mb"), 160, False)
     for key, _, _, higher in ROWS:
         if key in ("p50_add", "p99_add", "burst_failed", "ttfb_p50_ms") or key.endswith(
-            ("_busy", "_store_wait", "_reads")  # (how a run read, not a target)
+            # (how a run read and what it cost the load generator's core: not targets)
+            ("_busy", "_store_wait", "_reads", "_upstream_cpu", "_client_cpu")
         ):
             continue
         r = ratio(rows, "gateway-redis", "gateway-sqlite", key)
@@ -436,9 +458,11 @@ READ_MEASURES = ("sse", "event", "lines", "anth", "gemini")
 
 def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare") -> list[str]:
     """Each saturated stream measure's rounds: `name` ÷ `ref` in streams/s beside the read()
-    calls per stream of each. A saturated stream settles for a whole round into few big reads
-    or a read per chunk or two (decision 0012, 19zzr), for every contender, and streams/s
-    follow: a round's ratio is read with its reads."""
+    calls per stream of each, and the upstream's CPU per stream while each was measured. A
+    saturated stream settles for a whole round into few big reads or a read per chunk or two
+    (decision 0012, 19zzr), for every contender, and streams/s follow; on two cores the
+    upstream shares the load generator's core, which limits the per-line measures, so a round's
+    ratio follows what each contender's reading costs the upstream (19zzy)."""
     mine, theirs = samples.get(name, {}), samples.get(ref, {})
     found = []
     for measure in READ_MEASURES:
@@ -447,17 +471,28 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
         # (paired by position: a round that completed nothing has a ratio but no reads)
         if not ratios or not reads or not len(ratios) == len(reads) == len(ref_reads):
             continue
-        rounds = ", ".join(
-            f"{r:.2f}x ({a:.1f} vs {b:.1f})"
-            for r, a, b in zip(ratios, reads, ref_reads, strict=False)
+        costs, ref_costs = (
+            mine.get(f"{measure}_upstream_cpu"),
+            theirs.get(f"{measure}_upstream_cpu"),
         )
+        if costs and ref_costs and len(costs) == len(ref_costs) == len(ratios):
+            rounds = ", ".join(
+                f"{r:.2f}x ({a:.1f} vs {b:.1f}; upstream {ua:.0f} vs {ub:.0f} us)"
+                for r, a, b, ua, ub in zip(ratios, reads, ref_reads, costs, ref_costs, strict=False)
+            )
+        else:  # (a run from before the upstream's CPU was recorded)
+            rounds = ", ".join(
+                f"{r:.2f}x ({a:.1f} vs {b:.1f})"
+                for r, a, b in zip(ratios, reads, ref_reads, strict=False)
+            )
         found.append(f"{measure} {rounds}")
     if not found:
         return []
     return [
         f"Rounds of the stream measures, {name} ÷ {ref} in streams/s (read() calls per stream: "
-        f"{name} vs {ref}; a saturated stream's rounds settle into few big reads or many small "
-        "ones, and streams/s follow): " + "; ".join(found) + ".",
+        f"{name} vs {ref}, and the upstream's CPU per stream while each ran; a saturated "
+        "stream's rounds settle into few big reads or many small ones, and streams/s follow "
+        "what the upstream, on the load generator's core, pays): " + "; ".join(found) + ".",
         "",
     ]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -216,6 +217,12 @@ def started(
             c.stop(process)
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _ready(base_url: str) -> Callable[[], bool]:
     return lambda: httpx.get(f"{base_url}/readyz").status_code == 200
 
@@ -270,6 +277,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
                     reads_before, _ = tree_syscalls(contender.pid)
                     _, sent_before = tree_syscalls(found["upstream"].pid)
+                    upstream_before = tree_cpu_s(found["upstream"].pid)
+                    client_before = _children_cpu_s()
                     store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
                     wait_before = (
                         run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
@@ -293,8 +302,17 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         ) / done
                         record(name, f"{measure}_reads", reads)
                         record(name, f"{measure}_upstream_writes", upstream_writes)
+                        # The load generator's core's two programs (decision 0012, 19zzy): the
+                        # upstream nginx and wrk (this process's only child reaped meanwhile).
+                        upstream_cpu = (
+                            (tree_cpu_s(found["upstream"].pid) - upstream_before) * 1e6 / done
+                        )
+                        client_cpu = (_children_cpu_s() - client_before) * 1e6 / done
+                        record(name, f"{measure}_upstream_cpu", upstream_cpu)
+                        record(name, f"{measure}_client_cpu", client_cpu)
                         pieces = (
                             f"; {reads:.1f} reads, upstream {upstream_writes:.1f} writes a request"
+                            f"; CPU us a request: upstream {upstream_cpu:.0f}, wrk {client_cpu:.0f}"
                         )
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
                         record(name, f"{measure}_cpu", cpu_us)

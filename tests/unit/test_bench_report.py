@@ -98,3 +98,37 @@ def test_the_reads_per_stream_are_no_redis_over_embedded_target() -> None:
     lines = report.targets(samples)
     assert any("Redis ÷ embedded, anth:" in x for x in lines)
     assert not any("anth_reads" in x for x in lines)
+
+
+def test_each_stream_round_gives_the_upstream_s_cpu_beside_its_reads() -> None:
+    samples = {
+        "gateway-sqlite": {
+            "anth": [800.0, 1200.0],
+            "anth_reads": [5.4, 15.5],
+            "anth_upstream_cpu": [640.0, 450.0],
+        },
+        "bare": {
+            "anth": [1000.0, 1000.0],
+            "anth_reads": [11.8, 7.5],
+            "anth_upstream_cpu": [470.0, 500.0],
+        },
+    }
+    line = report.reads_lines(samples)[0]
+    assert (
+        "anth 0.80x (5.4 vs 11.8; upstream 640 vs 470 us), "
+        "1.20x (15.5 vs 7.5; upstream 450 vs 500 us)." in line
+    )
+
+
+def test_the_load_generator_s_costs_are_no_redis_over_embedded_target() -> None:
+    samples = {
+        "gateway-sqlite": {
+            "anth": [100.0],
+            "anth_upstream_cpu": [400.0],
+            "anth_client_cpu": [90.0],
+        },
+        "gateway-redis": {"anth": [100.0], "anth_upstream_cpu": [600.0], "anth_client_cpu": [95.0]},
+    }
+    lines = report.targets(samples)
+    assert any("Redis ÷ embedded, anth:" in x for x in lines)
+    assert not any("_upstream_cpu" in x or "_client_cpu" in x for x in lines)

@@ -206,6 +206,16 @@ def _parse_target(url: str, proxies: ProxyPolicy | None) -> _Target:
     )
 
 
+# An event stream's upstream is not read again in the loop turn after a read whose events were
+# sent from the read callback (`_Connection.hold`). On a busy worker the loop is back at
+# `epoll_wait` within microseconds and reads each upstream in many small pieces, and a read costs
+# the worker ~18 µs whatever its size (the system call, the ACK it sends, the callback): held,
+# the chunks that arrive meanwhile are read in one piece. One turn, not a time: uvloop (the
+# server's loop) rounds `call_later` to whole milliseconds and runs a delay under 0.5 ms as
+# `call_soon`, so the "0.3 ms" hold measured in docs/decisions/0012 (issue 19zzl) was this turn
+# (issue 19zzq).
+
+
 class HttpClient:
     """Keep-alive HTTP/1.1 connections, pooled per (scheme, host, port)."""
 
@@ -217,8 +227,10 @@ class HttpClient:
         *,
         keepalive_s: float = 15.0,  # an idle connection older than this is closed, not reused
         proxies: ProxyPolicy | None = None,  # None: always direct
+        hold_reads: bool = True,  # False: none (`_Connection.hold`)
     ) -> None:
         self._limit = pool_size
+        self._hold_reads = hold_reads
         self._proxies = proxies
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -543,6 +555,8 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_discarded",
         "closed",
+        "held",
+        "holds",
         "idle_since",
         "paused",
         "pool",
@@ -558,6 +572,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.paused = False
+        self.held = False
+        self.holds = pool.client._hold_reads
         self.idle_since = 0.0
         self._discarded = False
 
@@ -586,6 +602,22 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if self.paused and transport is not None and not transport.is_closing():
             self.paused = False
+            transport.resume_reading()
+
+    def hold(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Not read until the loop's next turn, unless paused already (by `pause`, whose
+        `resume` also ends a hold)."""
+        transport = self.transport
+        if self.held or self.paused or transport is None:
+            return
+        self.held = True
+        transport.pause_reading()
+        loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self.held = False
+        transport = self.transport
+        if transport is not None and not self.paused and not transport.is_closing():
             transport.resume_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -648,6 +680,8 @@ class _Connection(asyncio.Protocol):
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
+                            elif self.holds:
+                                self.hold(response._loop)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

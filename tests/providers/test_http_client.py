@@ -1917,3 +1917,112 @@ async def test_a_reframed_stream_s_end_read_during_a_keepalive_loses_none_of_its
     body = b"".join(bodies)
     assert body.count(b'"content":"hi"') == 3, body
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_again() -> None:
+    """After a read whose events were sent from the read callback, the connection is not read
+    until the loop's next turn (the chunks arriving meanwhile are read in one piece), then is
+    read again: the stream's every event still arrives, in order."""
+    reads = [asyncio.Event() for _ in range(3)]
+    handler = _paced(reads, events=len(reads))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Future()  # the client never leaves
+        raise AssertionError
+
+    holds: list[tuple[bool, bool]] = []  # (held, reading) seen after each piece's send
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            conn = stream._response._conn
+            assert conn is not None and conn.holds
+            transport = conn.transport
+            assert transport is not None
+            relay = _Relayed(stream)
+            messages: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                messages.append(message)
+                # (seen once the read's callback that sent it, if one did, is done: this
+                # callback is queued before the hold's end)
+                asyncio.get_running_loop().call_soon(
+                    lambda: holds.append((conn.held, transport.is_reading()))
+                )
+                if 2 <= len(messages) <= len(reads) + 1:
+                    reads[len(messages) - 2].set()
+
+            await send_event_stream(receive, send, [], relay, 30, last=stream.finished)
+        finally:
+            await provider.close()
+    body = b"".join(m["body"] for m in messages[1:])
+    places = [body.find(b'"h%d"' % i) for i in range(3)]
+    assert -1 not in places and places == sorted(places), body
+    assert body.endswith(b"data: [DONE]\n\n") and messages[-1]["more_body"] is False
+    # A piece sent from a read began a hold, in which the upstream is not read; it ended.
+    assert relay.delivered >= 1 and (True, False) in holds, holds
+    assert (True, True) not in holds, holds
+    assert not conn.held and (conn.transport is None or conn.transport.is_reading())
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.reading = True
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.soon.append(callback)
+
+
+def _held_connection() -> tuple[Any, _FakeTransport, _FakeLoop]:
+    client = HttpClient(pool_size=1, connect_timeout_s=1, read_timeout_s=1)
+    conn = http_client._Connection(http_client._Pool(client, None))  # type: ignore[arg-type]
+    transport = _FakeTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    return conn, transport, _FakeLoop()
+
+
+def test_a_hold_ends_at_the_next_turn_and_leaves_a_pause_to_its_resume() -> None:
+    """`hold`: not read until the loop's next turn (`call_soon`: under uvloop a `call_later`
+    under 0.5 ms is one too); a flow-control `pause` during it is not ended by the hold's end
+    (only by `resume`); a connection closed meanwhile is not read again."""
+    conn, transport, loop = _held_connection()
+    conn.hold(loop)
+    assert (conn.held, transport.reading) == (True, False)
+    assert len(loop.soon) == 1
+    conn.hold(loop)  # held already: no second callback
+    assert len(loop.soon) == 1
+    loop.soon.pop()()
+    assert (conn.held, transport.reading) == (False, True)
+
+    conn.hold(loop)
+    conn.pause()  # the body's buffer is full (flow control) during the hold
+    loop.soon.pop()()
+    assert (conn.held, conn.paused, transport.reading) == (False, True, False)
+    conn.resume()
+    assert transport.reading
+
+    conn.hold(loop)
+    transport.closing = True
+    loop.soon.pop()()
+    assert not transport.reading and not conn.held
+
+    conn, transport, loop = _held_connection()
+    conn.pause()
+    conn.hold(loop)  # paused: no hold, no callback
+    assert not conn.held and not loop.soon

@@ -79,6 +79,9 @@ UPSTREAM_BROKE_OFF = {
     ServiceUnavailable.status: ServiceUnavailable.type,
     GatewayTimeout.status: GatewayTimeout.type,
 }
+# ... and the upstream's failures after the first byte that count as its body errors: those, and
+# a rate limit it says mid-stream (left out of the circuit: the next calls' 429s rest it).
+UPSTREAM_FAILED_MID_STREAM = UPSTREAM_BROKE_OFF | {RateLimited.status: RateLimited.type}
 
 # Conservative token estimate for the reservation: one token per 3 characters, a few tokens of
 # framing per message, and a large image's worth per image part (settlement uses real counts).
@@ -448,11 +451,13 @@ class Meter:
         status: int,
         stream: bool,
         broke_off: bool = False,
+        failed: bool = False,
     ) -> int:
         """Queue the ledger entry (never awaits); returns the cost in micro-dollars.
         `broke_off`: a stream the upstream broke off after its first byte (counted against the
-        served deployment's circuit, and as a body error of its provider: its headers came and
-        were counted answered)."""
+        served deployment's circuit). `failed`: a stream that ended on a failure after its
+        first byte (`status` is its); the upstream's (`UPSTREAM_FAILED_MID_STREAM`) count as
+        body errors of its provider: its headers came and were counted answered."""
         if served is None:
             cost = 0
         elif served.model.kind == "image":
@@ -489,9 +494,9 @@ class Meter:
         )
         if self.observer is not None:
             self.observer.settled(served, usage, status, stream, cost)
-            if broke_off and served is not None:
+            if failed and served is not None and status in UPSTREAM_FAILED_MID_STREAM:
                 self.observer.upstream_body_failed(
-                    served.model.provider, UPSTREAM_BROKE_OFF[status]
+                    served.model.provider, UPSTREAM_FAILED_MID_STREAM[status]
                 )
         if served is not None and self.on_served is not None:
             self.on_served(served, ticket.upstream_tokens, usage.total_tokens)

@@ -289,7 +289,7 @@ async def _settle(
         estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
     )
     broke_off = failed and status in UPSTREAM_BROKE_OFF
-    state.meter.settle(ticket, target, usage, 0, status, True, broke_off)
+    state.meter.settle(ticket, target, usage, 0, status, True, broke_off, failed)
     if ticket.spec.tokens_per_minute:  # (no coroutine made when no token limit applies)
         await state.meter.charge_tokens(ticket, usage)
 

@@ -13,6 +13,7 @@ order against one shared server:
                   test releases it
     cut-fake      streamed: two events, then the connection is cut (no [DONE])
     error-event   streamed: one event, then `data: {"error": …}`
+    rate-limit-event  streamed: one event, then a rate-limit `data: {"error": …}`
     fail-401      401 whose message contains the upstream key (must never reach the client)
     fail-429      429 with Retry-After: 7
     ratelimit-reset  429 with OpenAI's x-ratelimit-* headers (requests spent, reset 6m0s), no
@@ -536,6 +537,12 @@ class FakeOpenAI:
             await response.write(events[0])
             await response.write(
                 sse({"error": {"message": "The server had an error", "type": "server_error"}})
+            )
+        elif model == "rate-limit-event":
+            events = text_stream(model, include_usage)
+            await response.write(events[0])
+            await response.write(
+                sse({"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}})
             )
         else:
             for piece in awkward_pieces(text_stream(model, include_usage)):

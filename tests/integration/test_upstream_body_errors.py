@@ -18,12 +18,22 @@ from tests.integration.test_streams_freed import started
 from tests.scrape import parse, total
 
 BODY_ERRORS = "klawd_upstream_body_errors_total"
+TYPES = ("bad_gateway", "service_unavailable", "gateway_timeout", "rate_limit_exceeded")
+# the fake's stream that says mid-stream it is rate limited
+RATE_LIMITED = """
+[[models]]
+id = "openai/rate-limit-event"
+provider = "openai"
+upstream_model = "rate-limit-event"
+"""
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("body-errors") / "klawd.toml"
     gateway_config(path, free_port(), fake_openai.base_url)
+    with path.open("a") as toml:
+        toml.write(RATE_LIMITED)
     yield path
 
 
@@ -32,7 +42,7 @@ def test_a_stream_the_upstream_broke_after_its_headers_is_a_body_error(
     config: Path, route: str
 ) -> None:
     """A stream whose body the upstream broke after its headers (cut, its own error event,
-    silence past the idle timeout: what counts against its circuit) is a body error of the
+    silence past the idle timeout; also a rate limit it says mid-stream) is a body error of the
     type its last event says; a whole stream, one whose client left and one the drain ended
     are not."""
 
@@ -49,6 +59,7 @@ def test_a_stream_the_upstream_broke_after_its_headers_is_a_body_error(
                 ("openai/cut-fake", ""),
                 ("openai/error-event", ""),
                 ("slowai/stall-stream", ""),
+                ("openai/rate-limit-event", ""),
             ]:
                 before = parse(metrics.exposition().decode())
                 await app.chat(model, end, route)
@@ -58,7 +69,7 @@ def test_a_stream_the_upstream_broke_after_its_headers_is_a_body_error(
                 counted[f"{model} {end}".strip()] = {
                     kind: total(after, BODY_ERRORS, type=kind)
                     - total(before, BODY_ERRORS, type=kind)
-                    for kind in ("bad_gateway", "service_unavailable", "gateway_timeout")
+                    for kind in TYPES
                     if total(after, BODY_ERRORS, type=kind) != total(before, BODY_ERRORS, type=kind)
                 }
         return counted
@@ -71,4 +82,6 @@ def test_a_stream_the_upstream_broke_after_its_headers_is_a_body_error(
         "openai/cut-fake": {"bad_gateway": 1},
         "openai/error-event": {"service_unavailable": 1},
         "slowai/stall-stream": {"gateway_timeout": 1},
+        # not counted against its circuit (the next calls' 429s rest it), but a failed answer
+        "openai/rate-limit-event": {"rate_limit_exceeded": 1},
     }

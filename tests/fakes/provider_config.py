@@ -131,6 +131,14 @@ def provider_config(anthropic_url: str, gemini_url: str, replicate_url: str) -> 
         _embedding_model("openai/embed-429", "openai", "fail-429", EMBEDDING_PRICE_USD),
         _embedding_model("google/gemini-embed", "google", "gemini-embed", EMBEDDING_PRICE_USD),
         _embedding_model("google/embed-invalid", "google", "gemini-invalid", EMBEDDING_PRICE_USD),
+        # Models on a provider that cannot serve their kind (Anthropic cannot embed, Gemini
+        # cannot make images): alone, and falling back to one that can.
+        _embedding_model("anthropic/embed-none", "anthropic", "embed-none", EMBEDDING_PRICE_USD),
+        _embedding_model("anthropic/embed-falls", "anthropic", "embed-none", EMBEDDING_PRICE_USD)
+        + 'fallbacks = ["openai/embed-fake"]\n',
+        _image_model("google/img-none", "google", "img-none", IMAGE_PRICE_USD),
+        _image_model("google/img-falls", "google", "img-none", IMAGE_PRICE_USD)
+        + 'fallbacks = ["openai/img-fake"]\n',
     ]
     tables += [_chat_model(f"anthropic/{m}", "anthropic", m) for m in ANTHROPIC_MODELS]
     tables += [_chat_model(f"google/{m}", "google", m) for m in GEMINI_MODELS]

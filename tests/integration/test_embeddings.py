@@ -178,3 +178,25 @@ def test_catalog_lists_the_builtin_embedding_models(gateway: Gateway, api_key: s
         described = models[model_id].model_dump()
         assert described["kind"] == "embedding"
         assert described["pricing"]["input"] == price
+
+
+def test_a_provider_that_cannot_embed_is_a_503_or_its_fallback(
+    gateway: Gateway, api_key: str
+) -> None:
+    alone = httpx.post(
+        f"{gateway.base_url}/v1/embeddings",
+        headers={"authorization": f"Bearer {api_key}"},
+        json={"model": "anthropic/embed-none", "input": "x"},
+        timeout=10,
+    )
+    assert alone.status_code == 503
+    assert alone.json()["error"] == {
+        "message": "The provider 'anthropic' cannot embed.",
+        "type": "service_unavailable",
+    }
+    # Nothing was sent: the model's fallback serves the request.
+    served = client(gateway, api_key).embeddings.with_raw_response.create(
+        model="anthropic/embed-falls", input="x", encoding_format="float", dimensions=4
+    )
+    assert served.parse().data[0].embedding == embedding_vector(0, 4)
+    assert served.headers["x-klawd-model"] == "openai/embed-fake"

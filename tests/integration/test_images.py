@@ -367,3 +367,25 @@ def test_images_are_limited_reserved_and_billed_per_image(gateway: Gateway) -> N
         "cost_usd": 0.04,
     }
     assert view["credits_usd"] == pytest.approx(0.01)
+
+
+def test_a_provider_that_cannot_make_images_is_a_503_or_its_fallback(
+    gateway: Gateway, api_key: str
+) -> None:
+    alone = httpx.post(
+        f"{gateway.base_url}/v1/images/generations",
+        headers={"authorization": f"Bearer {api_key}"},
+        json={"model": "google/img-none", "prompt": "x"},
+        timeout=10,
+    )
+    assert alone.status_code == 503
+    assert alone.json()["error"] == {
+        "message": "The provider 'google' cannot generate images.",
+        "type": "service_unavailable",
+    }
+    # Nothing was sent: the model's fallback serves the request.
+    served = client(gateway, api_key).images.with_raw_response.generate(
+        model="google/img-falls", prompt="a lighthouse"
+    )
+    assert served.parse().data is not None
+    assert served.headers["x-klawd-model"] == "openai/img-fake"

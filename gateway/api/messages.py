@@ -65,9 +65,6 @@ from gateway.schemas.anthropic import decode_count_tokens_request, decode_messag
 from gateway.schemas.openai import ChatRequest, ImagePart
 from gateway.state import AppState
 
-# Client headers a pass-through forwards (everything else about the upstream call is ours).
-FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
-
 
 def anthropic_error_response(error: GatewayError) -> Response:
     return Response(
@@ -94,8 +91,14 @@ async def count_message_tokens(request: Request) -> Response:
         target = resolve_chat(state.catalog, chat, bounded=False)[0]
         provider = state.messages_providers.get(target.model.provider)
         if provider is not None:
-            headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h))}
-            call = MessagesCall(MessagesBody(translation.fields), headers, target, "", False)
+            call = MessagesCall(
+                MessagesBody(translation.fields),
+                request.headers.get("anthropic-version"),
+                request.headers.get("anthropic-beta"),
+                target,
+                "",
+                False,
+            )
             tokens = await provider.count_tokens(call)
         else:
             tokens = (
@@ -190,22 +193,20 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
     tokens = upstream_tokens_for_chat(chat)
     # The answer as a chat.completion, the form the cache keeps (gateway/cache/replay.py).
     chat_form: dict[str, object] | None = None
-    forwarded = {}
-    if version:
-        forwarded["anthropic-version"] = version
-    if beta:
-        forwarded["anthropic-beta"] = beta
     # The body as parsed once by the translation: a pass-through writes it again once (at its
     # first try), each try only its model; a translated target's body is written only if one
-    # is tried.
-    passthrough = MessagesCallFactory(translation.fields, forwarded, message_id, chat.stream)
+    # is tried. The client's anthropic-version and anthropic-beta go with it (the only client
+    # headers a pass-through forwards).
+    passthrough = MessagesBody(translation.fields)
     created = int(time.time())
 
     async def complete(target: CatalogEntry) -> Completion:
         nonlocal chat_form
         passing = state.messages_providers.get(target.model.provider)
         if passing is not None:
-            message = await passing.messages(passthrough.call(target))
+            message = await passing.messages(
+                MessagesCall(passthrough, version, beta, target, message_id, False)
+            )
             if lookup is not None and lookup.key is not None:
                 call = ChatCall(chat, translation.body, target, message_id, created)
                 chat_form = translate_response(call, message.body).body
@@ -221,7 +222,9 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
     async def open_stream(target: CatalogEntry) -> UpstreamStream:
         passing = state.messages_providers.get(target.model.provider)
         if passing is not None:
-            return await passing.messages_stream(passthrough.call(target))
+            return await passing.messages_stream(
+                MessagesCall(passthrough, version, beta, target, message_id, True)
+            )
         if translation.refusal is not None:
             raise translation.refusal
         upstream = await state.providers[target.model.provider].stream(
@@ -332,22 +335,6 @@ async def _serve_cached(
 async def _pieces(stream: UpstreamStream) -> AsyncGenerator[bytes, None]:
     async for piece in stream:
         yield piece
-
-
-class MessagesCallFactory:
-    """The pass-through call for one target (the body is shared, written once a request; the
-    provider writes the target's model into it)."""
-
-    def __init__(
-        self, body: dict[str, object], headers: dict[str, str], message_id: str, stream: bool
-    ) -> None:
-        self._body = MessagesBody(body)
-        self._headers = headers
-        self._message_id = message_id
-        self._stream = stream
-
-    def call(self, target: CatalogEntry) -> MessagesCall:
-        return MessagesCall(self._body, self._headers, target, self._message_id, self._stream)
 
 
 DRAIN_EVENT = error_event(ShuttingDown())

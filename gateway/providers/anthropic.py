@@ -448,8 +448,8 @@ class AnthropicProvider(HttpProvider):
         """The provider's headers and the client's `anthropic-version` / `anthropic-beta`:
         written out once per stream flag and client values (clients send a few), not per try;
         at most MAX_PASSTHROUGH_HEADERS kept, further ones made per try."""
-        version = call.headers.get("anthropic-version")
-        beta = call.headers.get("anthropic-beta")
+        version = call.version
+        beta = call.beta
         kept = self._passthrough_headers
         fixed = kept.get((call.stream, version, beta))
         if fixed is not None:

@@ -280,7 +280,8 @@ class MessagesCall(Struct, frozen=True):
     """`POST /v1/messages` passed through to an upstream that speaks the Messages API."""
 
     body: MessagesBody  # the client's Anthropic request (model rewritten by the provider)
-    headers: dict[str, str]  # the client's anthropic-version / anthropic-beta
+    version: str | None  # the client's anthropic-version header, if it sent one
+    beta: str | None  # the client's anthropic-beta header, if it sent one
     target: CatalogEntry
     message_id: str
     stream: bool

@@ -7,8 +7,9 @@ For each body of loadtests.bench.anthropic_request (parsed as the route parses t
 body; writing it does not read its shape) and each way of trying (`one`: one target, one try;
 `retries`: one target tried three times; `chain`: three targets, each its own model name), the
 instructions per request of what the route and the Anthropic provider do to write the upstream
-bodies: the route's `MessagesCallFactory` (on the body it parsed), then per try its call and
-the provider's `_messages_request`. Under callgrind, the script run with 0 and with 200
+bodies: the route's `MessagesBody` (on the body it parsed), then per try its `MessagesCall`
+and the provider's `_messages_request` (before 19zzzc the route's `MessagesCallFactory` made
+them: counted so for such a tree). Under callgrind, the script run with 0 and with 200
 requests, the difference over 200 (deterministic, as request_decode's; valgrind's own
 `memcpy` counts a copy dearer than the C library's). `--tree DIR`: another checkout's
 `gateway` package (with its built `_core`), for a before/after. `--head`: each try's header
@@ -28,8 +29,9 @@ if "--tree" in sys.argv:
 import orjson
 
 from gateway import _core
-from gateway.api.messages import MessagesCallFactory
+from gateway.api import messages
 from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.base import MessagesBody, MessagesCall
 from gateway.providers.http_client import FixedHeaders, _header_block
 from gateway.routing.catalog import CatalogEntry
 from gateway.settings import ModelSettings, ProviderSettings
@@ -42,25 +44,35 @@ TARGETS = [
     CatalogEntry(ModelSettings(id=f"anthropic/m{i}", provider="anthropic"), SETTINGS, None)
     for i in range(3)
 ]
-HEADERS = {"anthropic-version": "2023-06-01"}
+VERSION = "2023-06-01"
+# Before 19zzzc: the route's per-request factory of each try's call (the forwarded headers
+# in a dict).
+FACTORY = getattr(messages, "MessagesCallFactory", None)
 
 
 TRIES = {"one": TARGETS[:1], "retries": TARGETS[:1] * 3, "chain": TARGETS}
 
 
+def calls(fields: dict[str, object], tries: str) -> list[MessagesCall]:
+    """The route's calls of one request tried as `tries` says. `fields`: the body as the route
+    parsed it (once a request, for its translation: not counted)."""
+    if FACTORY is not None:
+        factory = FACTORY(fields, {"anthropic-version": VERSION}, "msg_bench", True)
+        return [factory.call(target) for target in TRIES[tries]]
+    body = MessagesBody(fields)
+    return [MessagesCall(body, VERSION, None, target, "msg_bench", True) for target in TRIES[tries]]
+
+
 def request(fields: dict[str, object], tries: str) -> list[bytes]:
-    """The upstream bodies of one request tried as `tries` says. `fields`: the body as the
-    route parsed it (once a request, for its translation: not counted)."""
-    factory = MessagesCallFactory(fields, HEADERS, "msg_bench", True)
-    return [PROVIDER._messages_request(factory.call(target)).body for target in TRIES[tries]]
+    """The upstream bodies of one request tried as `tries` says."""
+    return [PROVIDER._messages_request(call).body for call in calls(fields, tries)]
 
 
 def request_with_head(fields: dict[str, object], tries: str) -> list[str]:
     """`request`, and each try's header lines as the HTTP client writes them."""
-    factory = MessagesCallFactory(fields, HEADERS, "msg_bench", True)
     lines = []
-    for target in TRIES[tries]:
-        headers = PROVIDER._messages_request(factory.call(target)).headers
+    for call in calls(fields, tries):
+        headers = PROVIDER._messages_request(call).headers
         lines.append(headers.block if type(headers) is FixedHeaders else _header_block(headers))
     return lines
 

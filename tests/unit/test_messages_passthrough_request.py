@@ -25,7 +25,8 @@ def provider(key: str | None = "sk-ant-1") -> AnthropicProvider:
 
 def call(forwarded: dict[str, str], stream: bool) -> MessagesCall:
     body = MessagesBody({"model": "anthropic/claude-x"})
-    return MessagesCall(body, forwarded, TARGET, "", stream)
+    version, beta = forwarded.get("anthropic-version"), forwarded.get("anthropic-beta")
+    return MessagesCall(body, version, beta, TARGET, "", stream)
 
 
 def written_per_try(forwarded: dict[str, str], stream: bool, key: str | None) -> dict[str, str]:

@@ -206,14 +206,14 @@ def _parse_target(url: str, proxies: ProxyPolicy | None) -> _Target:
     )
 
 
-# An event stream's upstream is not read again in the loop turn after a read whose events were
-# sent from the read callback (`_Connection.hold`). On a busy worker the loop is back at
-# `epoll_wait` within microseconds and reads each upstream in many small pieces, and a read costs
-# the worker ~18 µs whatever its size (the system call, the ACK it sends, the callback): held,
-# the chunks that arrive meanwhile are read in one piece. One turn, not a time: uvloop (the
-# server's loop) rounds `call_later` to whole milliseconds and runs a delay under 0.5 ms as
-# `call_soon`, so the "0.3 ms" hold measured in docs/decisions/0012 (issue 19zzl) was this turn
-# (issue 19zzq).
+# A reframed event stream's upstream is not read again in the loop turn after a read that did
+# not end it (`_Connection.hold`), whether its events were sent from the read callback, left for
+# the relay, or none completed. One turn, not a time: uvloop (the server's loop) rounds
+# `call_later` to whole milliseconds and runs a delay under 0.5 ms as `call_soon` (issue 19zzq).
+# Measured served, not counted: read_cost, which forces every read, prices it at 6-7 % of an
+# Anthropic stream's instructions, yet a saturated stream costs the upstream's core ~15 % less
+# and streams/s rise 8-13 % (decision 0012's 19zzy); why, at the socket, is not yet known (it
+# never takes the socket out of epoll: 19zzx).
 
 
 class HttpClient:
@@ -680,8 +680,8 @@ class _Connection(asyncio.Protocol):
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
-                            elif self.holds:
-                                self.hold(response._loop)
+                        if self.holds and not ended:
+                            self.hold(response._loop)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

@@ -1966,6 +1966,62 @@ async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_
     assert not conn.held and (conn.transport is None or conn.transport.is_reading())
 
 
+async def test_an_upstream_read_that_completes_no_event_is_held_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read of a reframed stream that sends nothing (half an event: nothing for the relay
+    yet) also holds the connection until the loop's next turn; the event's rest, read after,
+    completes it whole."""
+    holds: list[bool] = []  # after each hold: whether the connection had a piece waiting
+    hold = http_client._Connection.hold
+
+    def counted(conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+        response = conn.response
+        holds.append(bool(response is not None and response._chunks))
+        hold(conn, loop)
+
+    monkeypatch.setattr(http_client._Connection, "hold", counted)
+    half = len(OPENAI_EVENT) // 2
+    taken, rest = asyncio.Event(), asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(EVENT_STREAM_HEAD + _chunk(OPENAI_EVENT + b"\n"))
+        await taken.wait()  # (its own read, once the stream reframes as it reads)
+        await conn.send(_chunk(OPENAI_EVENT[:half]))
+        await rest.wait()
+        await conn.send(_chunk(OPENAI_EVENT[half:] + b"\n") + _chunk(b"data: [DONE]\n\n"))
+        await conn.send(b"0\r\n\r\n")
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+        provider = openai_provider(server.url(""))
+        try:
+            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            assert isinstance(stream, ReframedStream)
+            first = stream.step()
+            while first is None:
+                await stream.arrival()
+                first = stream.step()
+            assert b'"content":"hi"' in first
+            taken.set()
+            while not holds:  # the half event's read: nothing completed, yet held
+                await asyncio.sleep(0.005)
+            assert stream.step() is None
+            rest.set()
+            body = b""
+            while not body.endswith(b"data: [DONE]\n\n"):
+                piece = stream.step()
+                if piece is None:
+                    await stream.arrival()
+                    continue
+                body += piece
+        finally:
+            await provider.close()
+    assert body.count(b'"content":"hi"') == 1, body
+    assert holds and holds[0] is False, holds
+
+
 class _FakeTransport:
     def __init__(self) -> None:
         self.reading = True

@@ -28,6 +28,7 @@ from tests.providers.test_http_client import (
     client,
     get,
     openai_provider,
+    relayed_before,
     serving,
 )
 from tests.unit.translation_helpers import chat_call
@@ -197,13 +198,7 @@ async def test_an_unchunked_stream_cut_by_a_reset_is_broken(framing: str) -> Non
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
-            stream = await provider.stream(chat_call("openai", "m", stream=True))
-            pieces = []
-            with pytest.raises(BadGateway, match="broke off the stream"):
-                async for piece in stream:
-                    pieces.append(piece)
-                    sent.set()
-            assert pieces
+            assert await relayed_before(provider, BadGateway, "broke off the stream", each=sent)
         finally:
             await provider.close()
 
@@ -235,14 +230,8 @@ async def test_a_malformed_event_mid_body_comes_after_the_events_before_it() -> 
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
-            stream = await provider.stream(chat_call("openai", "m", stream=True))
-            pieces = []
-            with pytest.raises(BadGateway, match="malformed stream"):
-                async for piece in stream:
-                    pieces.append(piece)
-                    go_on.set()
+            pieces = await relayed_before(provider, BadGateway, "malformed stream", each=go_on)
             assert b"".join(pieces).count(b'"content":"hi"') == 2
-            await stream.aclose()
         finally:
             await provider.close()
 

@@ -1299,6 +1299,26 @@ def openai_provider(origin: str, **settings: Any) -> OpenAIProvider:
     )
 
 
+async def relayed_before(
+    provider: OpenAIProvider,
+    error: type[Exception],
+    match: str | None = None,
+    each: asyncio.Event | None = None,
+) -> list[bytes]:
+    """A chat stream through `provider`, read until it raises `error` (its message matching
+    `match`), then closed: the pieces it relayed before. `each` is set after every piece (for
+    an upstream that sends the rest once the client has read something)."""
+    stream = await provider.stream(chat_call("openai", "m", stream=True))
+    pieces = []
+    with pytest.raises(error, match=match):
+        async for piece in stream:
+            pieces.append(piece)
+            if each is not None:
+                each.set()
+    await stream.aclose()
+    return pieces
+
+
 async def test_image_downloads_follow_redirects() -> None:
     handler = keep_serving(
         answer(b"", "Location: /elsewhere/img.png", status="302 Found"),
@@ -1332,13 +1352,8 @@ async def test_a_stream_is_cut_by_the_whole_request_timeout() -> None:
             server.url(""), stream_idle_timeout_s=5, first_byte_timeout_s=5, timeout_s=0.3
         )
         try:
-            stream = await provider.stream(chat_call("openai", "m", stream=True))
-            pieces = []
-            with pytest.raises(GatewayTimeout):
-                async for piece in stream:
-                    pieces.append(piece)
+            pieces = await relayed_before(provider, GatewayTimeout)
             assert pieces, "the events before the deadline were relayed"
-            await stream.aclose()
         finally:
             done.set()
             await provider.close()
@@ -1675,14 +1690,8 @@ async def test_a_reframed_stream_relays_its_events_then_a_malformed_stream_s_err
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
-            stream = await provider.stream(chat_call("openai", "m", stream=True))
-            pieces = []
-            with pytest.raises(BadGateway, match="malformed stream"):
-                async for piece in stream:
-                    pieces.append(piece)
-                    go_on.set()
+            pieces = await relayed_before(provider, BadGateway, "malformed stream", each=go_on)
             assert b"".join(pieces).count(b"data: ") == 1
-            await stream.aclose()
         finally:
             await provider.close()
 

@@ -21,10 +21,10 @@ from gateway.providers.base import EmbeddingCall
 from gateway.providers.http_client import _Connection
 from gateway.providers.openai import OpenAIProvider
 from gateway.requestlog import RequestLog
-from gateway.routing.catalog import CatalogEntry, Secret
+from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.embeddings import decode_embedding_request
 from gateway.settings import ModelSettings, ProviderSettings
-from tests.providers.test_http_client import BOUND_S, Conn, answer, serving
+from tests.providers.test_http_client import BOUND_S, Conn, answer, openai_provider, serving
 from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, Clock
 from tests.unit.test_retry_deadline import DrivenWheel, retrier
@@ -67,7 +67,7 @@ READS: dict[str, Callable[[OpenAIProvider], Awaitable[object]]] = {
 
 def observed(provider: OpenAIProvider) -> Metrics:
     """The provider's upstream calls counted on a metrics registry of their own."""
-    metrics = Metrics(["p/m"], ["up"], ["free"], "sqlite")
+    metrics = Metrics(["p/m"], [provider.name], ["free"], "sqlite")
     provider.observer = RequestObserver(metrics, RequestLog(io.StringIO()))
     return metrics
 
@@ -104,8 +104,7 @@ async def test_an_answer_read_whole_in_the_deadline_s_turn_is_served_and_kept_al
             await conn.send(answer(COMPLETION, "Content-Type: application/json"))
 
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
-        settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
-        provider = OpenAIProvider("up", settings, Secret("k"))
+        provider = openai_provider(server.url(""))
         retrier_ = retrier(Clock(), 30)
         wheel = retrier_._cuts = DrivenWheel(asyncio.get_running_loop())  # type: ignore[assignment]
         deadline_due_on_read(monkeypatch, wheel)
@@ -137,8 +136,7 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
         closed.set()
 
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
-        settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
-        provider = OpenAIProvider("up", settings, Secret("k"))
+        provider = openai_provider(server.url(""))
         metrics = observed(provider)
         retrier_ = retrier(Clock(), 30)
         wheel = retrier_._cuts = DrivenWheel(asyncio.get_running_loop())  # type: ignore[assignment]
@@ -158,7 +156,7 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
     # its headers came (their latency observed), its body was cut: not an answer the client got
     assert upstream_counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 1}
     samples = parse(metrics.exposition().decode())
-    assert total(samples, BODY_ERRORS, provider="up", type="gateway_timeout") == 1
+    assert total(samples, BODY_ERRORS, provider="p", type="gateway_timeout") == 1
 
 
 @pytest.mark.parametrize("read", list(READS))
@@ -173,8 +171,7 @@ async def test_a_body_broken_off_is_counted_a_body_error(read: str) -> None:
         conn.reset()
 
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
-        settings = ProviderSettings(kind="openai", base_url=server.url("/v1"))
-        provider = OpenAIProvider("up", settings, Secret("k"))
+        provider = openai_provider(server.url(""))
         metrics = observed(provider)
         try:
             with pytest.raises(BadGateway):
@@ -183,4 +180,4 @@ async def test_a_body_broken_off_is_counted_a_body_error(read: str) -> None:
             await provider.close()
     assert upstream_counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 1}
     samples = parse(metrics.exposition().decode())
-    assert total(samples, BODY_ERRORS, provider="up", type="bad_gateway") == 1
+    assert total(samples, BODY_ERRORS, provider="p", type="bad_gateway") == 1

@@ -71,7 +71,14 @@ class InputImage(_Open, tag="input_image", tag_field="type"):
 
 
 Part = InputText | OutputText | Refusal | InputImage
-KNOWN_PARTS = frozenset({"input_text", "output_text", "refusal", "input_image"})
+# By tag: a part is converted to its own Struct (msgspec collects a union's types and tags
+# again on every convert: ~45K instructions a part, against ~5K for one Struct).
+PART_TYPES: dict[str, type[Part]] = {
+    "input_text": InputText,
+    "output_text": OutputText,
+    "refusal": Refusal,
+    "input_image": InputImage,
+}
 
 
 class MessageItem(_Open):
@@ -137,13 +144,14 @@ def parse_parts(content: list[dict[str, Any]], where: str) -> list[Part]:
     for index, raw in enumerate(content):
         kind = raw.get("type")
         at = f"{where}[{index}]"
-        if kind not in KNOWN_PARTS:
+        part_type = PART_TYPES.get(kind) if isinstance(kind, str) else None
+        if part_type is None:
             raise InvalidRequest(
                 f"Content parts of type '{kind}' are not supported by this gateway (supported: "
                 "input_text, input_image, output_text, refusal).",
                 param=f"{at}.type",
             )
-        parts.append(_convert(raw, Part, at))
+        parts.append(_convert(raw, part_type, at))
     return parts
 
 

@@ -145,6 +145,19 @@ def test_settings_map_to_chat_fields_and_unknown_fields_pass_through() -> None:
             "input[0].content[0]",
         ),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "detail": "x"}]}]},
+            "input[0].content[0].detail",
+        ),
+        # A part's type that is not a string (a list is not hashable: a TypeError before).
+        (
+            {"input": [{"role": "user", "content": [{"type": ["input_text"], "text": "x"}]}]},
+            "input[0].content[0].type",
+        ),
         ({"input": "x", "metadata": {str(i): "v" for i in range(17)}}, "metadata"),
     ],
 )

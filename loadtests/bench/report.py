@@ -469,22 +469,21 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
         ratios = round_ratios(samples, name, ref, measure)
         reads, ref_reads = mine.get(f"{measure}_reads"), theirs.get(f"{measure}_reads")
         # (paired by position: a round that completed nothing has a ratio but no reads)
-        if not ratios or not reads or not len(ratios) == len(reads) == len(ref_reads):
+        if (
+            not ratios
+            or not reads
+            or not ref_reads
+            or not len(ratios) == len(reads) == len(ref_reads)
+        ):
             continue
-        costs, ref_costs = (
-            mine.get(f"{measure}_upstream_cpu"),
-            theirs.get(f"{measure}_upstream_cpu"),
+        costs = mine.get(f"{measure}_upstream_cpu") or []
+        ref_costs = theirs.get(f"{measure}_upstream_cpu") or []
+        paired = len(costs) == len(ref_costs) == len(ratios)  # (none in a run from before them)
+        rounds = ", ".join(
+            f"{r:.2f}x ({reads[i]:.1f} vs {ref_reads[i]:.1f}"
+            + (f"; upstream {costs[i]:.0f} vs {ref_costs[i]:.0f} us)" if paired else ")")
+            for i, r in enumerate(ratios)
         )
-        if costs and ref_costs and len(costs) == len(ref_costs) == len(ratios):
-            rounds = ", ".join(
-                f"{r:.2f}x ({a:.1f} vs {b:.1f}; upstream {ua:.0f} vs {ub:.0f} us)"
-                for r, a, b, ua, ub in zip(ratios, reads, ref_reads, costs, ref_costs, strict=False)
-            )
-        else:  # (a run from before the upstream's CPU was recorded)
-            rounds = ", ".join(
-                f"{r:.2f}x ({a:.1f} vs {b:.1f})"
-                for r, a, b in zip(ratios, reads, ref_reads, strict=False)
-            )
         found.append(f"{measure} {rounds}")
     if not found:
         return []

@@ -1753,6 +1753,15 @@ async def test_only_a_plain_chunked_event_stream_is_reframed_as_it_is_read(kind:
         response.close()
 
 
+async def _next_piece(stream: ReframedStream) -> bytes:
+    """The stream's next piece, waited for (b"" at its end)."""
+    piece = stream.step()
+    while piece is None:
+        await stream.arrival()
+        piece = stream.step()
+    return piece
+
+
 async def test_a_reframed_stream_is_finished_only_once_its_last_piece_is_taken() -> None:
     """The reframer reads ahead of the pieces taken (`reframe_into`): the upstream's end read
     while its events are still to be taken does not make the piece taken before them the
@@ -1771,10 +1780,7 @@ async def test_a_reframed_stream_is_finished_only_once_its_last_piece_is_taken()
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
             assert isinstance(stream, ReframedStream)
-            piece = stream.step()
-            while piece is None:
-                await stream.arrival()
-                piece = stream.step()
+            piece = await _next_piece(stream)
             assert piece.count(b"data: ") == 1
             go_on.set()
             while not stream._reframer.done:  # the end read and reframed, not taken yet
@@ -2008,10 +2014,7 @@ async def test_an_upstream_read_that_completes_no_event_is_held_too(
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
             assert isinstance(stream, ReframedStream)
-            first = stream.step()
-            while first is None:
-                await stream.arrival()
-                first = stream.step()
+            first = await _next_piece(stream)
             assert b'"content":"hi"' in first
             taken.set()
             while not holds:  # the half event's read: nothing completed, yet held
@@ -2020,11 +2023,7 @@ async def test_an_upstream_read_that_completes_no_event_is_held_too(
             rest.set()
             body = b""
             while not body.endswith(b"data: [DONE]\n\n"):
-                piece = stream.step()
-                if piece is None:
-                    await stream.arrival()
-                    continue
-                body += piece
+                body += await _next_piece(stream)
         finally:
             await provider.close()
     assert body.count(b'"content":"hi"') == 1, body

@@ -357,6 +357,52 @@ class OthersWatch:
         self.cores = ticks / CLOCK_TICKS / max(self.monotonic() - started, 1e-9)
 
 
+_SS_COUNTER = re.compile(r"\b(segs_out|segs_in|data_segs_out):(\d+)")
+
+
+def parse_ss(text: str) -> dict[str, tuple[int, int, int]]:
+    """`ss -tinH`'s connections, by peer address: (segs_out, segs_in, data_segs_out). With
+    `-i` each connection's counters follow its address line on lines of their own, indented."""
+    found: dict[str, tuple[int, int, int]] = {}
+    peer = None
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            fields = line.split()
+            peer = fields[-1] if len(fields) >= 4 else None
+            continue
+        counters = dict(_SS_COUNTER.findall(line))
+        if peer is not None and counters:
+            found[peer] = (
+                int(counters.get("segs_out", 0)),
+                int(counters.get("segs_in", 0)),
+                int(counters.get("data_segs_out", 0)),
+            )
+            peer = None
+    return found
+
+
+def server_segments(port: int) -> dict[str, tuple[int, int, int]]:
+    """The TCP segments each established connection of the server listening on `port` has sent
+    and received so far (the kernel's per-socket counters, `ss`), by peer address."""
+    command = ["ss", "-tinH", "state", "established", f"( sport = :{port} )"]
+    return parse_ss(subprocess.run(command, capture_output=True, text=True, check=False).stdout)
+
+
+def segments_between(
+    before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]
+) -> tuple[int, int, int]:
+    """Segments sent, received and data segments sent between two `server_segments`: a
+    connection opened meanwhile counts from zero; one closed meanwhile is not seen."""
+    sums = [0, 0, 0]
+    for peer, counts in after.items():
+        start = before.get(peer, (0, 0, 0))
+        if any(c < s for c, s in zip(counts, start, strict=True)):
+            start = (0, 0, 0)  # the peer's port was reused by a new connection
+        for i in range(3):
+            sums[i] += counts[i] - start[i]
+    return sums[0], sums[1], sums[2]
+
+
 def run_queue_wait_s(pid: int) -> float:
     """How long a process's threads have waited, runnable, for a core so far (seconds; the
     second field of /proc/<pid>/task/<tid>/schedstat): what being queued behind other work on

@@ -140,6 +140,24 @@ ROWS = [
         False,
     ),
     ("gemini_upstream_cpu", "Gemini per line: upstream CPU (us) per stream", "{:.0f}", False),
+    (
+        "lines_upstream_segments",
+        "SSE chunk per line: TCP segments the upstream sent per stream (its socket counters)",
+        "{:.1f}",
+        False,
+    ),
+    (
+        "anth_upstream_segments",
+        "Anthropic per line: TCP segments the upstream sent per stream",
+        "{:.1f}",
+        False,
+    ),
+    (
+        "anth_upstream_segments_in",
+        "Anthropic per line: TCP segments the upstream took per stream (the reader's ACKs)",
+        "{:.1f}",
+        False,
+    ),
     ("lines_client_cpu", "SSE chunk per line: wrk's CPU (us) per stream", "{:.0f}", False),
     ("anth_client_cpu", "Anthropic per line: wrk's CPU (us) per stream", "{:.0f}", False),
     ("ttfb_p50_ms", "burst (1000 streams in 1 s, reopened): TTFB p50 (ms)", "{:.1f}", False),
@@ -289,7 +307,15 @@ def targets(samples: Samples) -> list[str]:
     for key, _, _, higher in ROWS:
         if key in ("p50_add", "p99_add", "burst_failed", "ttfb_p50_ms") or key.endswith(
             # (how a run read and what it cost the load generator's core: not targets)
-            ("_busy", "_store_wait", "_reads", "_upstream_cpu", "_client_cpu")
+            (
+                "_busy",
+                "_store_wait",
+                "_reads",
+                "_upstream_cpu",
+                "_client_cpu",
+                "_upstream_segments",
+                "_upstream_segments_in",
+            )
         ):
             continue
         r = ratio(rows, "gateway-redis", "gateway-sqlite", key)
@@ -478,10 +504,16 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
             continue
         costs = mine.get(f"{measure}_upstream_cpu") or []
         ref_costs = theirs.get(f"{measure}_upstream_cpu") or []
-        paired = len(costs) == len(ref_costs) == len(ratios)  # (none in a run from before them)
+        segments = mine.get(f"{measure}_upstream_segments") or []
+        ref_segments = theirs.get(f"{measure}_upstream_segments") or []
+        # (none in a run from before they were recorded)
+        paired = len(costs) == len(ref_costs) == len(ratios)
+        counted = len(segments) == len(ref_segments) == len(ratios)
         rounds = ", ".join(
             f"{r:.2f}x ({reads[i]:.1f} vs {ref_reads[i]:.1f}"
-            + (f"; upstream {costs[i]:.0f} vs {ref_costs[i]:.0f} us)" if paired else ")")
+            + (f"; upstream {costs[i]:.0f} vs {ref_costs[i]:.0f} us" if paired else "")
+            + (f", {segments[i]:.0f} vs {ref_segments[i]:.0f} segments" if counted else "")
+            + ")"
             for i, r in enumerate(ratios)
         )
         found.append(f"{measure} {rounds}")
@@ -489,7 +521,8 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
         return []
     return [
         f"Rounds of the stream measures, {name} ÷ {ref} in streams/s (read() calls per stream: "
-        f"{name} vs {ref}, and the upstream's CPU per stream while each ran; a saturated "
+        f"{name} vs {ref}, and the upstream's CPU and TCP segments sent per stream while each "
+        "ran; a saturated "
         "stream's rounds settle into few big reads or many small ones, and streams/s follow "
         "what the upstream, on the load generator's core, pays): " + "; ".join(found) + ".",
         "",

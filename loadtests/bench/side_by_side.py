@@ -49,6 +49,8 @@ from loadtests.bench.measure import (
     PeakRss,
     long_streams,
     run_queue_wait_s,
+    segments_between,
+    server_segments,
     tree_cpu_s,
     tree_syscalls,
     wrk,
@@ -278,6 +280,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                     reads_before, _ = tree_syscalls(contender.pid)
                     _, sent_before = tree_syscalls(found["upstream"].pid)
                     upstream_before = tree_cpu_s(found["upstream"].pid)
+                    segments_before = server_segments(_port(found["upstream"]))
                     client_before = _children_cpu_s()
                     store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
                     wait_before = (
@@ -310,8 +313,16 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         client_cpu = (_children_cpu_s() - client_before) * 1e6 / done
                         record(name, f"{measure}_upstream_cpu", upstream_cpu)
                         record(name, f"{measure}_client_cpu", client_cpu)
+                        # The TCP segments the upstream sent and took for those writes (its
+                        # socket counters): fewer when data waits for the reader's ACKs.
+                        sent, took, _ = segments_between(
+                            segments_before, server_segments(_port(found["upstream"]))
+                        )
+                        record(name, f"{measure}_upstream_segments", sent / done)
+                        record(name, f"{measure}_upstream_segments_in", took / done)
                         pieces = (
                             f"; {reads:.1f} reads, upstream {upstream_writes:.1f} writes a request"
+                            f" in {sent / done:.1f} segments, {took / done:.1f} taken"
                             f"; CPU us a request: upstream {upstream_cpu:.0f}, wrk {client_cpu:.0f}"
                         )
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done

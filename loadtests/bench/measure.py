@@ -383,9 +383,14 @@ def parse_ss(text: str) -> dict[str, tuple[int, int, int]]:
 
 def server_segments(port: int) -> dict[str, tuple[int, int, int]]:
     """The TCP segments each established connection of the server listening on `port` has sent
-    and received so far (the kernel's per-socket counters, `ss`), by peer address."""
+    and received so far (the kernel's per-socket counters, `ss`), by peer address; none without
+    iproute2's `ss`."""
     command = ["ss", "-tinH", "state", "established", f"( sport = :{port} )"]
-    return parse_ss(subprocess.run(command, capture_output=True, text=True, check=False).stdout)
+    try:
+        found = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return {}
+    return parse_ss(found.stdout)
 
 
 def segments_between(

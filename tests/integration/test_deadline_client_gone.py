@@ -15,32 +15,19 @@ import uvloop
 
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.integration.test_streams_freed import started
+from tests.integration.test_request_deadline import PATIENT, with_deadline
+from tests.integration.test_streams_freed import settled, started
 from tests.scrape import parse, total
 from tests.unit.test_retry_deadline import DrivenWheel
-
-# `hang-headers` holds its headers back for seconds: the try waits for them when it is cut
-PATIENT = """
-[providers.patient]
-kind = "openai"
-base_url = "{url}"
-api_key_env = "OPENAI_API_KEY"
-first_byte_timeout_s = 10
-timeout_s = 20
-
-[[models]]
-id = "patient/hang-headers"
-provider = "patient"
-upstream_model = "hang-headers"
-"""
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("deadline-gone") / "klawd.toml"
-    gateway_config(path, free_port(), fake_openai.base_url)
-    text = path.read_text().replace("[retry]\n", "[retry]\ndeadline_s = 30\n", 1)
-    path.write_text(text + PATIENT.format(url=fake_openai.base_url))
+    # `hang-headers` holds its headers back for seconds: the try waits for them when it is cut
+    extra = PATIENT.format(url=fake_openai.base_url)
+    gateway_config(path, free_port(), fake_openai.base_url, extra=extra)
+    with_deadline(path, 30)
     yield path
 
 
@@ -92,8 +79,7 @@ def test_a_client_gone_in_the_deadline_s_turn_is_a_client_gone_in_every_count(
                 status: int | None = (await call)[0]
             except asyncio.CancelledError:
                 status = None
-            for _ in range(10):  # the settlement's metrics
-                await asyncio.sleep(0.01)
+            await settled()  # the settlement's metrics
             after = parse(metrics.exposition().decode())
 
             def moved(name: str, **labels: str) -> float:

@@ -24,7 +24,9 @@ from tests.scrape import scrape, total
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
-PROVIDERS = """
+# The fake OpenAI upstream behind a patient provider: `hang-headers` holds its headers back for
+# 3 s, well within the provider's own bounds (a deadline shorter than that cuts the try).
+PATIENT = """
 [providers.patient]
 kind = "openai"
 base_url = "{url}"
@@ -36,7 +38,11 @@ timeout_s = 20
 id = "patient/hang-headers"
 provider = "patient"
 upstream_model = "hang-headers"
+"""
 
+PROVIDERS = (
+    PATIENT
+    + """
 [[models]]
 id = "patient/fail-429"
 provider = "patient"
@@ -62,6 +68,7 @@ kind = "image"
 usd_per_image = 0.02
 capabilities = ["images"]
 """
+)
 
 
 def with_deadline(config: Path, deadline_s: float, max_retry_after_s: int = 5) -> None:

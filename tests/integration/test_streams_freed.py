@@ -125,6 +125,24 @@ class App:
         return answer
 
 
+# Each way a stream ends, as (model, `App.request`'s `end`): whole, its client left, the drain
+# ended it; the upstream cut it, sent its own error event, fell silent past the idle timeout.
+STREAM_ENDS = [
+    ("openai/gpt-fake", ""),
+    ("openai/hold-fake", "leave"),
+    ("openai/hold-fake", "drain"),
+    ("openai/cut-fake", ""),
+    ("openai/error-event", ""),
+    ("slowai/stall-stream", ""),
+]
+
+
+async def settled() -> None:
+    """Lets what a request's end scheduled run (its settlement, the ledger, callbacks)."""
+    for _ in range(10):
+        await asyncio.sleep(0.01)
+
+
 async def lifespan(app: App, sent: asyncio.Queue[dict[str, Any]]) -> asyncio.Queue[Any]:
     incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": app.state}
@@ -191,8 +209,7 @@ def freed_after(
             gc.disable()
             try:
                 answer = await app.chat(model, end, route)
-                for _ in range(10):  # what the end scheduled (the ledger, callbacks) runs
-                    await asyncio.sleep(0.01)
+                await settled()
                 return answer, gateway_garbage()
             finally:
                 gc.enable()
@@ -319,19 +336,11 @@ def test_only_the_upstreams_failures_mid_stream_count_against_its_circuit(
             meter = app.state["klawd"].meter
             count = meter.on_broke_off
             assert count is not None
-            for model, end in [
-                ("openai/gpt-fake", ""),
-                ("openai/hold-fake", "leave"),
-                ("openai/hold-fake", "drain"),
-                ("openai/cut-fake", ""),
-                ("openai/error-event", ""),
-                ("slowai/stall-stream", ""),
-            ]:
+            for model, end in STREAM_ENDS:
                 calls: list[str] = []
                 meter.on_broke_off = lambda served, calls=calls: calls.append(served.model.id)
                 await app.chat(model, end, route)
-                for _ in range(10):  # the settlement runs after the stream's end
-                    await asyncio.sleep(0.01)
+                await settled()
                 counted[f"{model} {end}".strip()] = len(calls)
             meter.on_broke_off = count
         return counted

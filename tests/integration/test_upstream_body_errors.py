@@ -14,7 +14,7 @@ import uvloop
 
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.integration.test_streams_freed import started
+from tests.integration.test_streams_freed import STREAM_ENDS, settled, started
 from tests.scrape import parse, total
 
 BODY_ERRORS = "klawd_upstream_body_errors_total"
@@ -31,9 +31,7 @@ upstream_model = "rate-limit-event"
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("body-errors") / "klawd.toml"
-    gateway_config(path, free_port(), fake_openai.base_url)
-    with path.open("a") as toml:
-        toml.write(RATE_LIMITED)
+    gateway_config(path, free_port(), fake_openai.base_url, extra=RATE_LIMITED)
     yield path
 
 
@@ -52,19 +50,10 @@ def test_a_stream_the_upstream_broke_after_its_headers_is_a_body_error(
             observer = app.state["klawd"].meter.observer
             assert observer is not None
             metrics = observer.metrics
-            for model, end in [
-                ("openai/gpt-fake", ""),
-                ("openai/hold-fake", "leave"),
-                ("openai/hold-fake", "drain"),
-                ("openai/cut-fake", ""),
-                ("openai/error-event", ""),
-                ("slowai/stall-stream", ""),
-                ("openai/rate-limit-event", ""),
-            ]:
+            for model, end in [*STREAM_ENDS, ("openai/rate-limit-event", "")]:
                 before = parse(metrics.exposition().decode())
                 await app.chat(model, end, route)
-                for _ in range(10):  # the settlement runs after the stream's end
-                    await asyncio.sleep(0.01)
+                await settled()
                 after = parse(metrics.exposition().decode())
                 counted[f"{model} {end}".strip()] = {
                     kind: total(after, BODY_ERRORS, type=kind)

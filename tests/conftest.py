@@ -95,14 +95,18 @@ class Gateway:
         )
 
     def post(
-        self, key: str, body: dict[str, Any], route: str = "/v1/chat/completions"
+        self,
+        key: str,
+        body: dict[str, Any],
+        route: str = "/v1/chat/completions",
+        timeout: float = 10,
     ) -> httpx.Response:
-        """`body` posted to `route` with the API key, as a client would (10 s to answer)."""
+        """`body` posted to `route` with the API key, as a client would."""
         return httpx.post(
             f"{self.base_url}{route}",
             json=body,
             headers={"authorization": f"Bearer {key}"},
-            timeout=10,
+            timeout=timeout,
         )
 
     def new_key(

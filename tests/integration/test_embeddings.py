@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 
@@ -18,21 +16,10 @@ from tests.fakes.openai_upstream import FakeOpenAI, embedding_vector
 from tests.fakes.provider_config import EMBEDDING_PRICE_USD
 from tests.integration.test_limits_and_billing import wait_for_ledger
 
-CLIENTS: list[openai.OpenAI] = []
-
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
-    CLIENTS.append(sdk)
-    return sdk
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Pooled connections are closed by the test, not by the garbage collector."""
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    """(Closed as the test ends by conftest's close_sdk_clients.)"""
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
 def floats(b64: str) -> list[float]:
@@ -74,12 +61,8 @@ def test_openai_base64_is_relayed_and_decoded_by_the_sdk(
     sdk = client(gateway, api_key)
     result = sdk.embeddings.create(model="openai/embed-fake", input="hello")
     assert result.data[0].embedding == embedding_vector(0, 8)
-    raw = httpx.post(
-        f"{gateway.base_url}/v1/embeddings",
-        headers={"authorization": f"Bearer {api_key}"},
-        json={"model": "openai/embed-fake", "input": "hello", "encoding_format": "base64"},
-        timeout=10,
-    ).json()
+    body = {"model": "openai/embed-fake", "input": "hello", "encoding_format": "base64"}
+    raw = gateway.post(api_key, body, "/v1/embeddings").json()
     assert floats(raw["data"][0]["embedding"]) == embedding_vector(0, 8)
 
 
@@ -183,12 +166,7 @@ def test_catalog_lists_the_builtin_embedding_models(gateway: Gateway, api_key: s
 def test_a_provider_that_cannot_embed_is_a_503_or_its_fallback(
     gateway: Gateway, api_key: str
 ) -> None:
-    alone = httpx.post(
-        f"{gateway.base_url}/v1/embeddings",
-        headers={"authorization": f"Bearer {api_key}"},
-        json={"model": "anthropic/embed-none", "input": "x"},
-        timeout=10,
-    )
+    alone = gateway.post(api_key, {"model": "anthropic/embed-none", "input": "x"}, "/v1/embeddings")
     assert alone.status_code == 503
     assert alone.json()["error"] == {
         "message": "The provider 'anthropic' cannot embed.",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -17,22 +16,12 @@ from tests.fakes.provider_config import REPLICATE_TOKEN
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.fakes.server import PNG_1X1
 
-CLIENTS: list[openai.OpenAI] = []
+IMAGES = "/v1/images/generations"
 
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
-    CLIENTS.append(sdk)
-    return sdk
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Pooled connections are closed by the test, not by the garbage collector (which would
-    raise a ResourceWarning in whatever test runs then)."""
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    """(Closed as the test ends by conftest's close_sdk_clients.)"""
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
 def test_replicate_urls_with_cost_and_translated_input(
@@ -182,12 +171,8 @@ def test_free_plan_gets_403_and_nothing_reaches_the_upstream(
 
 
 def test_api_path_alias_serves_the_same_endpoint(gateway: Gateway, api_key: str) -> None:
-    response = httpx.post(
-        f"{gateway.base_url}/api/images/generations",
-        headers={"authorization": f"Bearer {api_key}"},
-        json={"model": "replicate/instant", "prompt": "x"},
-        timeout=30,
-    )
+    body = {"model": "replicate/instant", "prompt": "x"}
+    response = gateway.post(api_key, body, "/api/images/generations", timeout=30)
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"created", "data"}
@@ -231,11 +216,7 @@ def test_openai_image_model(
 def test_invalid_image_requests(
     gateway: Gateway, api_key: str, body: dict[str, object], status: int, param: str | None
 ) -> None:
-    response = httpx.post(
-        f"{gateway.base_url}/v1/images/generations",
-        headers={"authorization": f"Bearer {api_key}"},
-        json=body,
-    )
+    response = gateway.post(api_key, body, IMAGES)
     assert response.status_code == status
     if param is not None:
         assert response.json()["error"]["param"] == param
@@ -372,12 +353,7 @@ def test_images_are_limited_reserved_and_billed_per_image(gateway: Gateway) -> N
 def test_a_provider_that_cannot_make_images_is_a_503_or_its_fallback(
     gateway: Gateway, api_key: str
 ) -> None:
-    alone = httpx.post(
-        f"{gateway.base_url}/v1/images/generations",
-        headers={"authorization": f"Bearer {api_key}"},
-        json={"model": "google/img-none", "prompt": "x"},
-        timeout=10,
-    )
+    alone = gateway.post(api_key, {"model": "google/img-none", "prompt": "x"}, IMAGES)
     assert alone.status_code == 503
     assert alone.json()["error"] == {
         "message": "The provider 'google' cannot generate images.",

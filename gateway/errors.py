@@ -168,21 +168,36 @@ class GatewayTimeout(GatewayError):
 
 
 # The code of the 504 that ends a request whose deadline (`[retry] deadline_s`) passed, and
-# the message of the cancellation by which the deadline cuts a try (gateway/routing/retry.py).
+# the text of the cancellation by which the deadline cuts a try (gateway/routing/retry.py).
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
+class DeadlineCut(str):
+    """The message of the cancellation by which the request's deadline cuts a try: the text
+    DEADLINE_EXCEEDED, carrying `before`, the cancellations of the request's task asked for
+    and not taken back when the try began (someone else's, not the cut's). Made only when a
+    cut fires."""
+
+    before: int
+
+    def __new__(cls, before: int) -> DeadlineCut:
+        cut = super().__new__(cls, DEADLINE_EXCEEDED)
+        cut.before = before
+        return cut
+
+
 def cut_by_deadline(exc: asyncio.CancelledError) -> bool:
-    """Whether the request's deadline alone cancelled the call that sees `exc`: the cut's named
-    cancellation, and no other asked of the request's task. A client gone in the cut's own loop
-    turn (its cancel asked after the cut's, which names the error the task gets) makes the
-    request a client gone (`Retrier._before_deadline`), so the call is counted as one: not at
-    all. (The count is the cut's alone: nothing in the gateway leaves a cancellation of a
-    request's task asked and not taken back.)"""
-    if exc.args != (DEADLINE_EXCEEDED,):
+    """Whether the request's deadline alone cancelled the call that sees `exc`: the cut's
+    cancellation, and no other asked of the request's task since its try began (the rule of
+    `Retrier._before_deadline`, which then answers the deadline's 504). Another cancellation in
+    the cut's own loop turn, asked before or after it, makes the request a client gone: the call
+    is then counted as one (not at all). A cancellation asked before the try and never taken
+    back is in the cut's `before`: it neither hides the cut nor is read as it."""
+    message = exc.args[0] if exc.args else None
+    if not isinstance(message, DeadlineCut):
         return False
     task = asyncio.current_task()
-    return task is None or task.cancelling() <= 1
+    return task is None or task.cancelling() <= message.before + 1
 
 
 def model_not_found(model: str, param: str = "model") -> NotFound:

@@ -52,6 +52,7 @@ from gateway.admission_gate import GATE, closed_gate
 from gateway.errors import (
     DEADLINE_EXCEEDED,
     BadGateway,
+    DeadlineCut,
     GatewayError,
     GatewayTimeout,
     RateLimited,
@@ -139,9 +140,9 @@ class _Cut:
         if self.done:
             return
         self.fired = True
-        # named, so that the call it cuts can tell it from a client gone (HttpProvider._send
-        # counts a cut upstream call as a failure)
-        self.task.cancel(DEADLINE_EXCEEDED)
+        # named, with the count it is read against, so that the call it cuts can tell it from a
+        # client gone (HttpProvider._send counts a cut upstream call as a failure)
+        self.task.cancel(DeadlineCut(self.cancelling))
 
 
 async def _admitted() -> None:

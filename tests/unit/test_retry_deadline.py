@@ -5,6 +5,7 @@ fake clock stands still meanwhile), so the deadlines here are a few tens of ms. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import random
@@ -16,7 +17,13 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from gateway.app import create_app
-from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.errors import (
+    DEADLINE_EXCEEDED,
+    BadGateway,
+    DeadlineCut,
+    GatewayTimeout,
+    ServiceUnavailable,
+)
 from gateway.metrics import Metrics
 from gateway.observer import RequestObserver
 from gateway.providers.base import UpstreamRequest
@@ -338,27 +345,34 @@ class Noted:
         self.calls.append((provider, error_type))
 
 
-@pytest.mark.parametrize(
-    ("messages", "reported"),
-    [
-        ((DEADLINE_EXCEEDED,), [("up", "gateway_timeout")]),
-        ((None,), []),
-        ((DEADLINE_EXCEEDED, None), []),
-    ],
-    ids=["deadline", "client-gone", "client-gone-after-the-cut"],
-)
-async def test_an_upstream_call_cut_by_the_deadline_is_reported_a_client_gone_is_not(
-    messages: tuple[str | None, ...], reported: list[tuple[str, str | None]]
-) -> None:
-    """The deadline's cut names its cancellation (`_Cut.on_due`); `_send` reports a call ended
-    by it as the 504 it becomes, and nothing for any other cancellation, also one asked after
-    the cut's before the call resumed (the error it gets still bears the cut's name)."""
+def hanging_provider() -> tuple[OpenAIProvider, Noted, UpstreamRequest]:
     settings = ProviderSettings(kind="openai", base_url="http://upstream.invalid")
     provider = OpenAIProvider("up", settings, Secret("k"))
     provider._client = HangingClient()  # type: ignore[assignment]
     noted = Noted()
     provider.observer = noted  # type: ignore[assignment]
     upstream = UpstreamRequest("http://upstream.invalid/v1/chat/completions", {}, b"{}")
+    return provider, noted, upstream
+
+
+@pytest.mark.parametrize(
+    ("messages", "reported"),
+    [
+        ((DeadlineCut(0),), [("up", "gateway_timeout")]),
+        ((None,), []),
+        ((DeadlineCut(0), None), []),
+        ((DEADLINE_EXCEEDED,), []),
+    ],
+    ids=["deadline", "client-gone", "client-gone-after-the-cut", "the-cut-s-text-alone"],
+)
+async def test_an_upstream_call_cut_by_the_deadline_is_reported_a_client_gone_is_not(
+    messages: tuple[str | None, ...], reported: list[tuple[str, str | None]]
+) -> None:
+    """The deadline's cut names its cancellation (`_Cut._cut`: a `DeadlineCut`); `_send`
+    reports a call ended by it as the 504 it becomes, and nothing for any other cancellation,
+    also one asked after the cut's before the call resumed (the error it gets still bears the
+    cut's name), or one that only has its text."""
+    provider, noted, upstream = hanging_provider()
     call = asyncio.ensure_future(provider._send(upstream))
     await asyncio.sleep(0)  # the call is under way
     for message in messages:
@@ -521,3 +535,54 @@ async def test_a_fallback_not_sent_once_the_deadline_passed_is_not_counted() -> 
     await retrier_.call_targets([SONNET, TURBO], attempt)  # type: ignore[arg-type]
     assert calls == [SONNET.model.id, TURBO.model.id]
     assert counted(metrics, "klawd_fallbacks_total") == 1
+
+
+CUT_ALONE = (GatewayTimeout, [("up", "gateway_timeout")])
+CLIENT_GONE = (asyncio.CancelledError, [])
+
+
+@pytest.mark.parametrize("before", [0, 1], ids=["nothing-before", "a-cancel-left-before"])
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("deadline", CUT_ALONE),
+        ("deadline, client", CLIENT_GONE),
+        ("client, deadline", CLIENT_GONE),
+    ],
+)
+async def test_the_retrier_and_the_cut_call_agree_whatever_was_cancelled_before_the_try(
+    before: int, order: str, expected: tuple[type[BaseException], list[tuple[str, str | None]]]
+) -> None:
+    """The request's task may carry a cancellation asked before its try and never taken back
+    (a host's layer that swallowed it): the retrier reads the cut against the count at the
+    try's start, and so must the cut upstream call. The deadline alone: 504, and the call
+    counted as its 504. The client's cancel in the cut's turn, before or after it: a client
+    gone, and the call not counted. (Before, the call compared with 0: a cancel left from
+    before hid the cut, the retrier's 504 had no upstream failure.)"""
+    loop = asyncio.get_running_loop()
+    provider, noted, upstream = hanging_provider()
+    retrier_ = retrier(Clock(), 30)
+    wheel = retrier_._cuts = DrivenWheel(loop)  # type: ignore[assignment]
+
+    async def request() -> object:
+        task = asyncio.current_task()
+        assert task is not None
+        for _ in range(before):  # cancelled, and the cancel swallowed (not uncancelled)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+        assert task.cancelling() == before
+        return await retrier_.call_targets([SONNET], lambda _target: provider._send(upstream))
+
+    call = asyncio.ensure_future(request())
+    while not wheel.slots:  # the try is under way, its cut armed
+        await asyncio.sleep(0)
+    for step in order.split(", "):
+        if step == "deadline":
+            wheel.run()  # the cut is queued for the loop's next turn ...
+        else:
+            loop.call_soon(call.cancel)  # ... and the client leaves in that turn
+    ended, reported = expected
+    with pytest.raises(ended):
+        await call
+    assert noted.calls == reported

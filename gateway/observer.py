@@ -14,7 +14,7 @@ through the metrics buffer, flushed once a second):
   a non-streamed answer's body that then fails (HttpProvider.complete, _send_json), a
   generated image's download (HttpProvider.download_generated), and a stream the upstream
   broke after its headers (Meter.settle): `upstream_body_failed`; the images such a download
-  loses: `upstream_images_lost`;
+  loses: `upstream_images_lost` (both also on the request's log line);
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """
@@ -145,6 +145,7 @@ class RequestObserver:
         children[3] += cost_usd
         record = current_request.get()
         if record is not None:
+            record.settled_status = status
             record.model = model_id
             record.provider = provider_name
             record.provider_kind = served.provider.kind if served else None
@@ -208,12 +209,18 @@ class RequestObserver:
         `upstream_attempts` stays)."""
         m = self.metrics
         m.buffer.inc(m.child(m.upstream_body_errors, m.provider(provider), error_type))
+        record = current_request.get()
+        if record is not None:
+            record.body_error = error_type
 
     def upstream_images_lost(self, provider: str, images: int, error_type: str) -> None:
         """`images` a generation answered (made, and billed upstream) that the client will not
         get: their download failed or was cut by the request's deadline."""
         m = self.metrics
         m.buffer.inc(m.child(m.upstream_images_lost, m.provider(provider), error_type), images)
+        record = current_request.get()
+        if record is not None:
+            record.images_lost += images
 
     def retried(self, provider: str) -> None:
         m = self.metrics

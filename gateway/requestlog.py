@@ -63,11 +63,13 @@ class RequestRecord:
     __slots__ = (
         "account_id",
         "bodies",
+        "body_error",
         "cache",
         "completion_tokens",
         "cost_usd",
         "finish_reasons",
         "first_byte_at",
+        "images_lost",
         "method",
         "model",
         "operation",
@@ -78,6 +80,7 @@ class RequestRecord:
         "request_id",
         "request_model",
         "route",
+        "settled_status",
         "span",
         "status",
         "stream",
@@ -91,7 +94,8 @@ class RequestRecord:
         self.request_id = request_id
         self.method = method
         self.route = ""
-        self.status = 0
+        self.status = 0  # the HTTP status sent (0: no answer started)
+        self.settled_status = 0  # the ledger's, once the request is settled (Meter.settle)
         self.first_byte_at: float | None = None  # time.perf_counter() of the first body byte
         self.stream_open = False
         self.account_id: str | None = None
@@ -103,6 +107,8 @@ class RequestRecord:
         self.completion_tokens = 0
         self.cost_usd = 0.0
         self.upstream_attempts = 0
+        self.body_error: str | None = None  # an upstream answer that failed after its headers
+        self.images_lost = 0  # images generated upstream that the client did not get
         self.bodies: BodyCapture | None = None
         self.cache: str | None = None  # hit | miss | bypass when the request asked for the cache
         self.trace_id: str | None = None  # 32 hex digits when the request is traced
@@ -115,12 +121,17 @@ class RequestRecord:
         self.finish_reasons: list[str] | None = None
 
     def line(self, latency_ms: float, ttfb_ms: float | None) -> str:
+        # How the request ended: the ledger's status once settled (a stream the client left
+        # after its 200 is a 499 there, one the upstream broke a 502, one the drain ended a
+        # 503; a request whose client left before any answer has no HTTP status, and is a 499),
+        # else the HTTP status sent.
+        status = self.settled_status or self.status
         fields: dict[str, object] = {
             "event": "request",
             "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
-            "status": self.status,
+            "status": status,
             # To the microsecond by round() of the product: round(x, 3) rounds through the
             # number's decimal digits, twice the instructions (2.8K against 1.3K a call).
             "latency_ms": round(latency_ms * 1000) / 1000,
@@ -136,6 +147,12 @@ class RequestRecord:
             # Upstream calls beyond the first: retries of a target and fallbacks to the next.
             "retries": self.upstream_attempts - 1 if self.upstream_attempts > 1 else 0,
         }
+        if self.status != status and self.status:
+            fields["http_status"] = self.status  # the status line the client got said otherwise
+        if self.body_error is not None:
+            fields["upstream_body_error"] = self.body_error
+        if self.images_lost:
+            fields["images_lost"] = self.images_lost
         if self.cache is not None:
             fields["cache"] = self.cache
         if self.trace_id is not None:

@@ -90,6 +90,46 @@ def test_request_record_filled_in_context_becomes_one_json_line() -> None:
     assert line["ttfb_ms"] == 2.0
 
 
+def test_a_line_says_how_the_request_ended_its_failed_upstream_body_and_lost_images() -> None:
+    """`status` is the ledger's (what `settled` was told), `http_status` the status line's
+    when it differs; the type of an upstream answer that failed after its headers, and the
+    images lost, are named. A request that ended as its status line said carries none of
+    these three fields."""
+    watcher = observer()
+    record = RequestRecord("req_2", "POST")
+    record.status = 200  # the stream's head went out
+    token = current_request.set(record)
+    try:
+        watcher.upstream_body_failed("openai", "bad_gateway")
+        watcher.upstream_images_lost("openai", 2, "client_closed")
+        watcher.settled(None, TokenUsage(0, 0), 502, True, 0)
+    finally:
+        current_request.reset(token)
+    line = orjson.loads(record.line(1.0, None))
+    assert (line["status"], line["http_status"]) == (502, 200)
+    assert (line["upstream_body_error"], line["images_lost"]) == ("bad_gateway", 2)
+
+    plain = RequestRecord("req_3", "POST")
+    plain.status = 200
+    token = current_request.set(plain)
+    try:
+        watcher.settled(None, TokenUsage(0, 0), 200, False, 0)
+    finally:
+        current_request.reset(token)
+    line = orjson.loads(plain.line(1.0, None))
+    assert line["status"] == 200
+    assert not {"http_status", "upstream_body_error", "images_lost"} & line.keys()
+
+    gone = RequestRecord("req_4", "POST")  # the client left before any answer: none was sent
+    token = current_request.set(gone)
+    try:
+        watcher.settled(None, TokenUsage(0, 0), 499, False, 0)
+    finally:
+        current_request.reset(token)
+    line = orjson.loads(gone.line(1.0, None))
+    assert line["status"] == 499 and "http_status" not in line
+
+
 def without_created(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     samples = parse(generate_latest(metrics.registry).decode())
     return {key: value for key, value in samples.items() if not key[0].endswith("_created")}

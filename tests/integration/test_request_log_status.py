@@ -1,0 +1,135 @@
+"""The request log's `status` is the ledger's, however an admitted request ends; the line says
+what the status line said when that differs (a stream's 200), and names a failed upstream body.
+The app in process as Granian drives it (tests/integration/test_streams_freed.py's `App`), the
+log lines taken as the observer writes them and the ledger entries as the meter records them,
+matched by request id; the deadline made due by the test (`DrivenWheel`), never timed."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from gateway.requestlog import RequestRecord
+from gateway.store.base import UsageEntry
+from tests.conftest import free_port, gateway_config
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.test_deadline_client_gone import PATIENT
+from tests.integration.test_streams_freed import App, started
+from tests.unit.test_retry_deadline import DrivenWheel
+
+NUMBERS = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("log-status") / "klawd.toml"
+    gateway_config(path, free_port(), fake_openai.base_url)
+    text = path.read_text().replace("[retry]\n", "[retry]\ndeadline_s = 30\n", 1)
+    path.write_text(text + PATIENT.format(url=fake_openai.base_url))
+    yield path
+
+
+class Seen:
+    """The log lines and the ledger statuses of the app's requests, by request id."""
+
+    def __init__(self, app: App) -> None:
+        state = app.state["klawd"]
+        observer = state.meter.observer
+        assert observer is not None
+        self.lines: dict[str, dict[str, Any]] = {}
+        self.ledger: dict[str, int] = {}
+        write, record = observer.request_log.write, state.meter._recorder.record
+
+        def written(line: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
+            self.lines[line.request_id] = orjson.loads(line.line(latency_ms, ttfb_ms))
+            write(line, latency_ms, ttfb_ms)
+
+        def recorded(entry: UsageEntry) -> None:
+            self.ledger[entry.request_id] = entry.status
+            record(entry)
+
+        observer.request_log.write = written  # type: ignore[method-assign]
+        state.meter._recorder.record = recorded  # type: ignore[method-assign]
+
+
+async def ended(app: App, model: str, stream: bool, end: str) -> str:
+    """One chat request ended as `end` says: "" (as the upstream answers), "leave" / "drain"
+    (a stream's client leaves, or the drain ends it, after its first event), "deadline" (the
+    deadline passes while the try waits for its headers), "gone" (the client leaves then: the
+    server cancels the request's task). Its request id."""
+    request_id = f"req_log_status_{next(NUMBERS)}"
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    loop = asyncio.get_running_loop()
+    wheel = None
+    if end in ("deadline", "gone"):
+        wheel = app.state["klawd"].retrier._cuts = DrivenWheel(loop)
+    call = asyncio.ensure_future(
+        app.request(
+            "/v1/chat/completions",
+            orjson.dumps(body),
+            app.key,
+            end if end in ("leave", "drain") else "",
+            request_id,
+        )
+    )
+    if wheel is not None:
+        while not wheel.slots:  # the try was sent: it waits for its headers, its cut armed
+            await asyncio.sleep(0.01)
+        if end == "deadline":
+            wheel.run()
+        else:
+            app.requests[-1].cancel()
+    try:
+        await call
+    except asyncio.CancelledError:
+        assert end == "gone"
+    for _ in range(10):  # a stream's settlement, after its end
+        await asyncio.sleep(0.01)
+    return request_id
+
+
+@pytest.mark.parametrize(
+    ("model", "stream", "end", "status", "sent", "body_error"),
+    [
+        pytest.param("openai/gpt-fake", False, "", 200, None, None, id="answered"),
+        pytest.param("openai/gpt-fake", True, "", 200, None, None, id="answered-stream"),
+        pytest.param("openai/fail-400", False, "", 400, None, None, id="upstream-error"),
+        pytest.param("openai/fail-500", True, "", 503, None, None, id="upstream-error-stream"),
+        pytest.param("openai/cut-fake", True, "", 502, 200, "bad_gateway", id="broken-stream"),
+        pytest.param("patient/hang-headers", False, "deadline", 504, None, None, id="deadline"),
+        pytest.param("patient/hang-headers", False, "gone", 499, None, None, id="client-gone"),
+        pytest.param("openai/hold-fake", True, "leave", 499, 200, None, id="client-gone-stream"),
+        pytest.param("openai/hold-fake", True, "drain", 503, 200, None, id="shutdown-cut"),
+    ],
+)
+def test_the_log_line_s_status_is_the_ledger_s_however_the_request_ends(
+    config: Path,
+    model: str,
+    stream: bool,
+    end: str,
+    status: int,
+    sent: int | None,
+    body_error: str | None,
+) -> None:
+    """`status` is the ledger's (a 499 for a client gone before any answer, where no status
+    line was sent; a stream's end, where its status line said 200); `http_status` is the
+    status line's, only when it said otherwise; `upstream_body_error` the type of an upstream
+    answer that failed after its headers."""
+
+    async def main() -> tuple[dict[str, Any], int]:
+        async with started(config) as app:
+            seen = Seen(app)
+            request_id = await ended(app, model, stream, end)
+            return seen.lines[request_id], seen.ledger[request_id]
+
+    line, ledger = uvloop.run(asyncio.wait_for(main(), 30))
+    assert (line["status"], ledger) == (status, status)
+    assert line.get("http_status") == sent
+    assert line.get("upstream_body_error") == body_error

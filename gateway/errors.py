@@ -172,6 +172,12 @@ class GatewayTimeout(GatewayError):
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
+# The `type` label of what a request lost to its client's leaving (images generated and not
+# fetched: `klawd_upstream_images_lost_total`): no error of the gateway's, the ledger's 499
+# (nginx's "client closed request", gateway.pending_admission.CLIENT_CLOSED).
+CLIENT_CLOSED_TYPE = "client_closed"
+
+
 class DeadlineCut(str):
     """The message of the cancellation by which the request's deadline cuts a try: the text
     DEADLINE_EXCEEDED, carrying `before`, the cancellations of the request's task asked for

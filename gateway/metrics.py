@@ -166,8 +166,9 @@ class Metrics:
         self.upstream_images_lost = Counter(
             "klawd_upstream_images_lost_total",
             "Images an upstream generated (and bills) that no client got: the download of the "
-            "generation's answer failed, or the request's deadline cut it (the client is not "
-            "charged), by provider and the gateway error type the request became.",
+            "generation's answer failed, or the request's deadline or the client's leaving cut "
+            "it (the client is not charged), by provider and the gateway error type the request "
+            "became (client_closed: the client left).",
             ["provider", "type"],
             registry=r,
         )

@@ -14,7 +14,8 @@ through the metrics buffer, flushed once a second):
   a non-streamed answer's body that then fails (HttpProvider.complete, _send_json), a
   generated image's download (HttpProvider.download_generated), and a stream the upstream
   broke after its headers (Meter.settle): `upstream_body_failed`; the images such a download
-  loses: `upstream_images_lost` (both also on the request's log line);
+  loses, or a client gone during it: `upstream_images_lost` (both also on the request's log
+  line);
 - the retry/fallback loop (gateway/routing/retry.py): `retried` / `fell_back`;
 - a once-a-second task of the app: `circuits` (from gateway/routing/health.py).
 """
@@ -215,7 +216,8 @@ class RequestObserver:
 
     def upstream_images_lost(self, provider: str, images: int, error_type: str) -> None:
         """`images` a generation answered (made, and billed upstream) that the client will not
-        get: their download failed or was cut by the request's deadline."""
+        get: their download failed, or was cut by the request's deadline or by the client's
+        leaving (`error_type` "client_closed")."""
         m = self.metrics
         m.buffer.inc(m.child(m.upstream_images_lost, m.provider(provider), error_type), images)
         record = current_request.get()

@@ -32,6 +32,7 @@ from msgspec import Struct
 from gateway import _core
 from gateway.billing import TokenUsage
 from gateway.errors import (
+    CLIENT_CLOSED_TYPE,
     BadGateway,
     GatewayError,
     GatewayTimeout,
@@ -581,7 +582,8 @@ class HttpProvider:
         asked for b64_json). The generation was counted answered; a download that fails (or
         that the request's deadline cuts) loses its answer: counted once as its body error, and
         its `made` images, billed upstream and charged to nobody, as lost (an inline image
-        came whole with the answer, and is no body)."""
+        came whole with the answer, and is no body). A download cut by the client's leaving
+        loses them too (`CLIENT_CLOSED_TYPE`), but is no failure of the upstream's."""
         if url.startswith("data:"):
             return self._inline_image_b64(url)
         try:
@@ -592,6 +594,8 @@ class HttpProvider:
         except asyncio.CancelledError as exc:
             if cut_by_deadline(exc):
                 self._images_lost(made, GatewayTimeout.type)
+            elif self.observer is not None:
+                self.observer.upstream_images_lost(self.name, made, CLIENT_CLOSED_TYPE)
             raise
 
     def _images_lost(self, made: int, error_type: str) -> None:

@@ -18,7 +18,7 @@ from gateway.providers import replicate
 from gateway.providers.base import HttpProvider, ImageCall
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.replicate import ReplicateProvider
-from gateway.requestlog import RequestLog
+from gateway.requestlog import RequestLog, RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.images import decode_image_request
 from gateway.settings import ModelSettings, ProviderSettings
@@ -204,3 +204,61 @@ async def test_a_download_the_request_s_deadline_cuts_is_a_body_error() -> None:
     assert total(samples, "klawd_upstream_request_duration_seconds_count") == 1
     assert total(samples, "klawd_upstream_body_errors_total", type="gateway_timeout") == 1
     assert total(samples, IMAGES_LOST, provider="img", type="gateway_timeout") == 1
+
+
+@pytest.mark.parametrize("order", ["client", "deadline, client", "client, deadline"])
+async def test_images_lost_to_a_client_gone_during_their_download_are_counted(order: str) -> None:
+    """The client leaves (the server cancels the request's task) while a generated image is
+    being fetched, alone or in the deadline's own loop turn: the images the generation made
+    (and the upstream bills) are lost, counted with the type `client_closed`, and on the
+    request's log line; no upstream failure is counted (the upstream answered, and served)."""
+    loop = asyncio.get_running_loop()
+    retrier_ = retrier(Clock(), 30)
+    wheel = retrier_._cuts = DrivenWheel(loop)  # type: ignore[assignment]
+    server: list[Server] = []
+    request: list[asyncio.Task[object]] = []
+
+    def leave(s: Server) -> bytes:
+        for step in order.split(", "):
+            if step == "deadline":
+                wheel.run()  # the cut is queued for the loop's next turn ...
+            else:
+                loop.call_soon(request[0].cancel)  # ... the client's leaving in that turn
+        return b""  # the image never comes
+
+    routes: dict[str, Route] = {
+        "/v1/models/own/name/predictions": lambda s: prediction(
+            s, "succeeded", output=[s.url("/a.png"), s.url("/b.png")]
+        ),
+        "/a.png": leave,
+        "/cancel": lambda s: json_answer({}),
+    }
+    record = RequestRecord("req_images_lost", "POST")
+    async with asyncio.timeout(BOUND_S), serving(routed(routes, server)) as up:
+        server.append(up)
+        settings = ProviderSettings(kind="replicate", base_url=up.url())
+        provider = ReplicateProvider("img", settings, Secret("k"))
+        metrics = observed(provider)
+        call = image_call("img", "replicate", up.url(), "own/name", n=2)
+
+        def attempt(target: CatalogEntry) -> object:
+            return provider.generate_images(call)
+
+        async def served() -> object:
+            current_request.set(record)  # (this task's context: the request's)
+            return await retrier_.call_targets([SONNET], attempt)  # type: ignore[arg-type]
+
+        try:
+            request.append(asyncio.ensure_future(served()))
+            with pytest.raises(asyncio.CancelledError):
+                await request[0]
+        finally:
+            await provider.close()
+    samples = parse(metrics.exposition().decode())
+    assert total(samples, IMAGES_LOST, provider="img", type="client_closed") == 2
+    assert total(samples, IMAGES_LOST, type="gateway_timeout") == 0
+    assert counts(metrics) == {"answered": 1, "errors": 0, "body_errors": 0}
+    assert total(samples, "klawd_upstream_body_errors_total") == 0
+    line = orjson.loads(record.line(1.0, None))
+    assert line["images_lost"] == 2
+    assert "upstream_body_error" not in line

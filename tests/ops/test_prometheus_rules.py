@@ -127,6 +127,29 @@ def test_the_dashboard_plots_every_upstream_counter() -> None:
     assert not missing, f"upstream metrics without a panel: {sorted(missing)}"
 
 
+def test_an_alert_watches_every_upstream_failure_counter() -> None:
+    """Each counter of what an upstream failed to deliver is in an alert's expression (or in a
+    recording rule one uses): calls that failed, answers lost after their headers, and images
+    made and billed that no client got."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    recorded = {rule["record"]: rule["expr"] for rule in rules if "record" in rule}
+    alerted: set[str] = set()
+    for rule in rules:
+        if "alert" in rule:
+            expr = rule["expr"]
+            for name, recording in recorded.items():
+                if name in expr:
+                    expr += "\n" + recording
+            alerted |= set(METRIC.findall(expr))
+    failures = {
+        "klawd_upstream_errors_total",
+        "klawd_upstream_body_errors_total",
+        "klawd_upstream_images_lost_total",
+    }
+    assert not failures - alerted, f"failure counters no alert watches: {failures - alerted}"
+
+
 @pytest.fixture
 def prometheus(gateway: Gateway, tmp_path: Path) -> Iterator[str]:
     port = free_port()

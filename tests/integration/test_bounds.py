@@ -5,7 +5,6 @@ clients; the fakes record every request they get)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -29,26 +28,12 @@ def _nested(depth: int) -> dict[str, Any]:
     return schema
 
 
-CLIENTS: list[openai.OpenAI | anthropic.Anthropic] = []
-
-
 def openai_client(gateway: Gateway, key: str) -> openai.OpenAI:
-    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
-    CLIENTS.append(sdk)
-    return sdk
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
 def anthropic_client(gateway: Gateway, key: str) -> anthropic.Anthropic:
-    sdk = anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0)
-    CLIENTS.append(sdk)
-    return sdk
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    return anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0)
 
 
 def credits(gateway: Gateway, key: str) -> float:

@@ -105,22 +105,10 @@ upstream_model = "gpt-fake"
     assert "egress:" not in log_text, "a proxy user name leaked into the gateway's log"
 
 
-CLIENTS: list[openai.OpenAI] = []
-
-
 def sdk(gateway: Gateway) -> openai.OpenAI:
-    client = openai.OpenAI(
+    return openai.OpenAI(
         base_url=f"{gateway.base_url}/v1", api_key=gateway.new_key(), max_retries=0, timeout=30
     )
-    CLIENTS.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
 
 
 def test_https_providers_are_reached_through_a_connect_tunnel(

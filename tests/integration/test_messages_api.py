@@ -7,7 +7,6 @@ and on the body each fake received."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,22 +92,8 @@ FAMILIES = [
 IDS = [f.name for f in FAMILIES]
 
 
-CLIENTS: list[anthropic.Anthropic] = []
-
-
 def client(gateway: Gateway, key: str) -> anthropic.Anthropic:
-    sdk = anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=20)
-    CLIENTS.append(sdk)
-    return sdk
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Pooled connections are closed by the test, not by the garbage collector (which would
-    raise a ResourceWarning in whatever test runs then)."""
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    return anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=20)
 
 
 def usage_of(usage: Any) -> dict[str, int]:

@@ -6,7 +6,6 @@ the SDK parses or accumulates and on the body each fake received."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,20 +73,10 @@ FAMILIES = [
     ),
 ]
 IDS = [f.name for f in FAMILIES]
-CLIENTS: list[openai.OpenAI] = []
 
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
-    CLIENTS.append(sdk)
-    return sdk
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
 def usage_of(response: Any) -> tuple[int, int, int, int]:

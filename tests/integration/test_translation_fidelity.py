@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -15,7 +14,6 @@ from tests.conftest import Gateway
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 
-CLIENTS: list[anthropic.Anthropic | openai.OpenAI] = []
 HELLO: Any = [{"role": "user", "content": "Count to five"}]
 TOOLS: Any = [
     {"name": n, "input_schema": {"type": "object", "properties": {}}}
@@ -24,22 +22,11 @@ TOOLS: Any = [
 
 
 def claude(gateway: Gateway, key: str) -> anthropic.Anthropic:
-    sdk = anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=20)
-    CLIENTS.append(sdk)
-    return sdk
+    return anthropic.Anthropic(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=20)
 
 
 def chat(gateway: Gateway, key: str) -> openai.OpenAI:
-    sdk = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
-    CLIENTS.append(sdk)
-    return sdk
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
 def message(sdk: anthropic.Anthropic, stream: bool, **kwargs: Any) -> anthropic.types.Message:

@@ -4,8 +4,6 @@ token arrays) and google-genai's `embed_content` (which calls `:batchEmbedConten
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 from google import genai
@@ -15,20 +13,9 @@ from google.genai import types as genai_types
 from tests.fakes.gemini_upstream import FakeGemini, embedding_values
 from tests.fakes.openai_upstream import FakeOpenAI, embedding_vector
 
-CLIENTS: list[openai.OpenAI] = []
-
 
 def openai_client(fake: FakeOpenAI) -> openai.OpenAI:
-    client = openai.OpenAI(api_key="sk-test", base_url=f"{fake.base_url}", max_retries=0)
-    CLIENTS.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    return openai.OpenAI(api_key="sk-test", base_url=f"{fake.base_url}", max_retries=0)
 
 
 def test_openai_sdk_reads_float_embeddings_of_a_batch(fake_openai: FakeOpenAI) -> None:

@@ -29,20 +29,8 @@ MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say
 # -- Anthropic ---------------------------------------------------------------------------------
 
 
-CLIENTS: list[anthropic.Anthropic] = []
-
-
 def claude(fake: FakeAnthropic) -> anthropic.Anthropic:
-    client = anthropic.Anthropic(api_key="sk-ant-test", base_url=fake.base_url, max_retries=0)
-    CLIENTS.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
+    return anthropic.Anthropic(api_key="sk-ant-test", base_url=fake.base_url, max_retries=0)
 
 
 def test_anthropic_sdk_parses_the_fake_message(fake_anthropic: FakeAnthropic) -> None:

@@ -13,16 +13,20 @@ import asyncio
 
 import pytest
 
-from gateway.providers.http_client import HttpClient, HttpResponse, ResponseBroken
+from gateway.providers.http_client import ResponseBroken
 from tests.providers.test_http_client import (
     BOUND_S,
     EVENT_HEAD,
     EVENTS,
+    MALFORMED_CHUNKS,
     Conn,
     answer,
+    broken_and_dropped,
     client,
+    get,
     keep_serving,
     serving,
+    whole_and_dropped_after_its_end,
 )
 
 EVENTS_READ = b"data: 1\n\ndata: 2\n\n"
@@ -33,11 +37,6 @@ OTHER_CHUNKED = (  # (Bedrock's streams: chunked, not an event stream)
     b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.amazon.eventstream\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
 )
-
-
-async def stream_get(http: HttpClient, url: str) -> tuple[HttpResponse, bytes]:
-    response = await http.request("GET", url, {}, None, stream=True)
-    return response, await response.read()
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 4, 5, 20])
@@ -58,7 +57,7 @@ async def test_a_streamed_answer_s_head_may_end_in_any_read(cut: int, line_end: 
 
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
         for _ in range(2):
-            response, body = await stream_get(http, server.url())
+            response, body = await get(http, server.url(), stream=True)
             assert (response.status, body) == (200, EVENTS_READ)
             assert response.headers["content-type"] == "text/event-stream"
         assert server.accepted == 1  # kept alive
@@ -75,30 +74,17 @@ async def test_interim_answers_before_a_streamed_answer_are_skipped(split: bool)
         await conn.wait_closed_by_peer()
 
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
-        response, body = await stream_get(http, server.url())
+        response, body = await get(http, server.url(), stream=True)
         assert (response.status, body) == (200, EVENTS_READ)
 
 
-@pytest.mark.parametrize(
-    "body", [b"zz\r\n", b"5\r\nhelloXX", b"1;a b\r\nx\r\n", b"0\r\n:y\r\n\r\n"]
-)
+@MALFORMED_CHUNKS
 async def test_malformed_chunks_of_a_streamed_answer_are_broken(body: bytes) -> None:
-    async with (
-        asyncio.timeout(BOUND_S),
-        serving(keep_serving(EVENT_HEAD + body)) as server,
-        client() as http,
-    ):
-        response = await http.request("GET", server.url(), {}, None, stream=True)
-        with pytest.raises(ResponseBroken):
-            await response.read()
-        assert all(pool.count == 0 for pool in http._pools.values())  # dropped
+    await broken_and_dropped(body, stream=True)
 
 
 async def test_bytes_after_a_streamed_answer_s_end_drop_its_connection() -> None:
-    handler = keep_serving(EVENT_HEAD + EVENTS + b"HTTP/1.1 200", answer(b"next"))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
-        assert (await stream_get(http, server.url()))[1] == EVENTS_READ
-        assert all(pool.count == 0 for pool in http._pools.values())
+    await whole_and_dropped_after_its_end(stream=True)
 
 
 async def test_a_malformed_head_of_a_streamed_answer_is_broken() -> None:
@@ -130,6 +116,6 @@ async def test_answers_of_every_kind_to_stream_requests_are_read_in_turn() -> No
         client() as http,
     ):
         for _, read in wires:
-            _, body = await stream_get(http, server.url())
+            _, body = await get(http, server.url(), stream=True)
             assert body == read
         assert server.accepted == 1

@@ -166,8 +166,11 @@ CHUNKED_KINDS = pytest.mark.parametrize(
 )
 
 
-async def get(http: HttpClient, url: str, method: str = "GET") -> tuple[HttpResponse, bytes]:
-    response = await http.request(method, url, {}, None)
+async def get(
+    http: HttpClient, url: str, method: str = "GET", stream: bool = False
+) -> tuple[HttpResponse, bytes]:
+    """`stream`: asked as the providers' streams ask (test_event_stream_heads.py)."""
+    response = await http.request(method, url, {}, None, stream=stream)
     return response, await response.read()
 
 
@@ -469,27 +472,40 @@ async def test_interim_answers_before_an_event_stream_are_skipped() -> None:
         assert (response.status, body) == (200, b"data: 1\n\ndata: 2\n\n")
 
 
-@pytest.mark.parametrize(
+MALFORMED_CHUNKS = pytest.mark.parametrize(
     "body", [b"zz\r\n", b"5\r\nhelloXX", b"1;a b\r\nx\r\n", b"0\r\n:y\r\n\r\n"]
 )
-async def test_malformed_chunks_of_an_event_stream_are_broken(body: bytes) -> None:
+
+
+async def broken_and_dropped(body: bytes, stream: bool) -> None:
+    """An event stream whose chunks are `body`: its read is broken, its connection dropped."""
     async with (
         asyncio.timeout(BOUND_S),
         serving(keep_serving(EVENT_HEAD + body)) as server,
         client() as http,
     ):
-        response = await http.request("GET", server.url(), {}, None)
+        response = await http.request("GET", server.url(), {}, None, stream=stream)
         with pytest.raises(ResponseBroken):
             await response.read()
         assert all(pool.count == 0 for pool in http._pools.values())  # dropped
 
 
-async def test_bytes_after_an_event_stream_s_end_drop_its_connection() -> None:
-    """As httptools does for any answer: the answer is whole, the connection not reused."""
+async def whole_and_dropped_after_its_end(stream: bool) -> None:
+    """An event stream followed by bytes of no answer: read whole, its connection dropped."""
     handler = keep_serving(EVENT_HEAD + EVENTS + b"HTTP/1.1 200", answer(b"next"))
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
-        assert (await get(http, server.url()))[1] == b"data: 1\n\ndata: 2\n\n"
+        assert (await get(http, server.url(), stream=stream))[1] == b"data: 1\n\ndata: 2\n\n"
         assert all(pool.count == 0 for pool in http._pools.values())
+
+
+@MALFORMED_CHUNKS
+async def test_malformed_chunks_of_an_event_stream_are_broken(body: bytes) -> None:
+    await broken_and_dropped(body, stream=False)
+
+
+async def test_bytes_after_an_event_stream_s_end_drop_its_connection() -> None:
+    """As httptools does for any answer: the answer is whole, the connection not reused."""
+    await whole_and_dropped_after_its_end(stream=False)
 
 
 async def test_an_open_event_stream_holds_no_http_parser() -> None:

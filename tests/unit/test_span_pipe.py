@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -272,17 +273,31 @@ def test_an_unsampled_request_sends_no_row_but_passes_its_trace_id_on(
     assert sent == f"00-4bf92f3577b34da6a3ce929d0e0e4736-{span.span_id.hex()}-00"
 
 
+REFUSED = "http://127.0.0.1:9/v1/traces"  # nothing listens on port 9 (discard) on loopback
+
+
+def stopped_child(spans: SpanPipe) -> subprocess.Popen[bytes]:
+    """The pipe's exporter child, stopped: it reads nothing, so the pipe (64 KiB) fills."""
+    child = spans._child
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)
+    return child
+
+
+def wide_row(account_chars: int) -> tuple[Any, ...]:
+    """A server span's row made wide by an account id of `account_chars` characters."""
+    return row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * account_chars}))
+
+
 def test_a_child_that_does_not_read_makes_the_gateway_drop_and_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(pipe, "MAX_BUFFERED_BYTES", 256 * 1024)
     monkeypatch.setattr(pipe, "BATCH_SPANS", 64)
-    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
-    child = spans._child
-    assert child is not None
-    os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
+    spans = SpanPipe(REFUSED, "klawd-test")
+    child = stopped_child(spans)
     try:
-        wide = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * 200}))
+        wide = wide_row(200)
         for _ in range(4000):  # ~1 MiB of rows: more than the pipe and the buffer hold
             spans.add(wide)
         assert spans.dropped_spans > 0
@@ -436,7 +451,7 @@ def test_ids_are_random_never_zero_and_a_buffer_with_a_zero_id_is_not_used() -> 
 
 
 def test_a_row_msgpack_cannot_carry_is_dropped_and_counted_not_its_frame() -> None:
-    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    spans = SpanPipe(REFUSED, "klawd-test")
     spans.shutdown()
     good = row(SpanKind.SERVER, **HEAD, **SERVER_VALUES)
     bad = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"prompt_tokens": 2**70}))
@@ -451,7 +466,7 @@ def test_a_row_msgpack_cannot_carry_is_dropped_and_counted_not_its_frame() -> No
 
 
 def test_rows_recorded_after_a_frame_is_taken_go_in_the_next_frame() -> None:
-    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+    spans = SpanPipe(REFUSED, "klawd-test")
     spans.shutdown()
     first = row(SpanKind.SERVER, **HEAD, **SERVER_VALUES)
     spans.add(first)
@@ -569,18 +584,17 @@ def test_a_child_that_stops_reading_does_not_hold_the_shutdown(
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = _descriptors_below(1024) if past_select else []
     try:
-        spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
+        spans = SpanPipe(REFUSED, "klawd-test")
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, limits)
-    child = spans._child
-    assert child is not None and child.stdin is not None
-    assert (child.stdin.fileno() >= 1024) == past_select
     shutting = threading.Thread(target=spans.shutdown)
-    os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
+    child = stopped_child(spans)
     try:
-        wide = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * 200}))
+        assert child.stdin is not None
+        assert (child.stdin.fileno() >= 1024) == past_select
+        wide = wide_row(200)
         for _ in range(1000):  # ~250 KiB of rows: more than the pipe holds
             spans.add(wide)
         assert spans._unsent, "the pipe took every row: nothing would be left to write"
@@ -604,12 +618,10 @@ def test_a_cut_shutdown_counts_the_spans_not_written_to_the_child(
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # no timed flush in this test
     monkeypatch.setattr(pipe, "CHILD_EXIT_TIMEOUT_S", 0.2)
     monkeypatch.setattr(pipe, "BATCH_SPANS", 1)
-    spans = SpanPipe("http://127.0.0.1:9/v1/traces", "klawd-test")
-    child = spans._child
-    assert child is not None
-    os.kill(child.pid, signal.SIGSTOP)  # the child reads nothing: the pipe (64 KiB) fills
+    spans = SpanPipe(REFUSED, "klawd-test")
+    child = stopped_child(spans)
     try:
-        wide = row(SpanKind.SERVER, **HEAD, **(SERVER_VALUES | {"account_id": "x" * 1_000_000}))
+        wide = wide_row(1_000_000)
         for _ in range(3):
             spans.add(wide)
         spans.shutdown()  # cut after 0.2 s, the child killed

@@ -6,13 +6,10 @@ left of the shutdown's budget (`drain.shutdown_budget_s`), each cut one said in 
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import signal
-import threading
 import time
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 from starlette.testclient import TestClient
@@ -26,6 +23,8 @@ from gateway.requestlog import RequestLog
 from gateway.settings import load_settings
 from gateway.tracing import pipe
 from gateway.tracing.otel import Tracing
+from tests.unit.test_metrics_and_request_log import StuckStream
+from tests.unit.test_span_pipe import stopped_child
 
 
 def test_the_last_metrics_and_the_exit_come_before_the_log_s_and_the_exporter_s_closes(
@@ -53,26 +52,27 @@ def test_the_last_metrics_and_the_exit_come_before_the_log_s_and_the_exporter_s_
     monkeypatch.setattr(RequestLog, "aclose", log_closed)
     monkeypatch.setattr(Tracing, "close", exporter_closed)
     monkeypatch.setattr(gateway.app, "worker_exited", lambda pid: steps.append("worker exited"))
-    config = tmp_path / "klawd.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{tmp_path}/order.db"\n\n'
-        '[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n'
-    )
+    config = traced_config(tmp_path, "order")
     with TestClient(create_app(load_settings(config), environ={})):
         steps.clear()  # (no request: no span for the child to send to the closed port)
     assert steps == ["metrics flushed", "worker exited", "request log closed", "exporter closed"]
 
 
-class StuckStream(io.StringIO):
-    """A log stream whose writes block until `release` is set (a stalled log collector)."""
+def traced_config(tmp_path: Path, name: str) -> Path:
+    """A config with the span exporter on (its child sends to a closed port), store `name`."""
+    config = tmp_path / "klawd.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/{name}.db"\n\n'
+        '[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n'
+    )
+    return config
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
 
-    def write(self, text: str) -> int:
-        self.release.wait(60)
-        return super().write(text)
+def app_with_a_stopped_exporter(config: Path) -> tuple[GatewayMiddleware, Popen[bytes]]:
+    """The app of `config` (traced_config's), its exporter's child stopped: it reads nothing."""
+    app = create_app(load_settings(config), environ={})
+    assert isinstance(app, GatewayMiddleware) and app.tracing is not None
+    return app, stopped_child(app.tracing.pipe)
 
 
 def test_a_request_log_stream_that_takes_nothing_is_left_at_the_budget_s_end(
@@ -84,7 +84,7 @@ def test_a_request_log_stream_that_takes_nothing_is_left_at_the_budget_s_end(
     caplog.set_level(logging.ERROR, logger="klawd")
     config = tmp_path / "klawd.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/log.db"\n')
-    stream = StuckStream()
+    stream = StuckStream(wait_s=60)
     try:
         with TestClient(create_app(load_settings(config), environ={})) as client:
             request_log = client.app_state["klawd_observer"].request_log
@@ -108,16 +108,7 @@ def test_an_exporter_child_that_never_ends_is_left_at_the_budget_s_end(
     of the budget, and the close goes on in a daemon thread (the child, once its pipe is
     closed, sends what it read and ends: here it is stopped, and killed by the test)."""
     caplog.set_level(logging.ERROR, logger="klawd")
-    config = tmp_path / "klawd.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{tmp_path}/spans.db"\n\n'
-        '[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n'
-    )
-    app = create_app(load_settings(config), environ={})
-    assert isinstance(app, GatewayMiddleware) and app.tracing is not None
-    child = app.tracing.pipe._child
-    assert child is not None
-    os.kill(child.pid, signal.SIGSTOP)
+    app, child = app_with_a_stopped_exporter(traced_config(tmp_path, "spans"))
     try:
         with TestClient(app):
             pass
@@ -145,16 +136,7 @@ def test_with_the_kill_far_away_the_exporter_s_close_keeps_its_own_bound(
     signalled = tmp_path / "signalled"
     signalled.write_text(repr(time.time()), encoding="ascii")
     monkeypatch.setenv(DRAIN_FILE_ENV, str(signalled))
-    config = tmp_path / "klawd.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///{tmp_path}/far.db"\n\n'
-        '[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n'
-    )
-    app = create_app(load_settings(config), environ={})
-    assert isinstance(app, GatewayMiddleware) and app.tracing is not None
-    child = app.tracing.pipe._child
-    assert child is not None
-    os.kill(child.pid, signal.SIGSTOP)
+    app, child = app_with_a_stopped_exporter(traced_config(tmp_path, "far"))
     try:
         with TestClient(app):
             pass

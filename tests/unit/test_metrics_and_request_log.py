@@ -276,14 +276,16 @@ def test_a_sent_admission_is_timed_as_admit_from_sending_to_its_reply_errors_cou
 
 
 class StuckStream(io.StringIO):
-    """A stream whose writes block until `release` is set (a stalled log collector)."""
+    """A stream whose writes block until `release` is set (a stalled log collector), for
+    `wait_s` at the most."""
 
-    def __init__(self) -> None:
+    def __init__(self, wait_s: float = 10) -> None:
         super().__init__()
         self.release = threading.Event()
+        self.wait_s = wait_s
 
     def write(self, text: str) -> int:
-        self.release.wait(10)
+        self.release.wait(self.wait_s)
         return super().write(text)
 
 

@@ -8,23 +8,27 @@ come is cut (504 `deadline_exceeded`) and its connection dropped, never pooled h
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
 
 from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout
-from gateway.metrics import Metrics
-from gateway.observer import RequestObserver
 from gateway.providers.base import EmbeddingCall
 from gateway.providers.http_client import _Connection
 from gateway.providers.openai import OpenAIProvider
-from gateway.requestlog import RequestLog
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.embeddings import decode_embedding_request
 from gateway.settings import ModelSettings, ProviderSettings
-from tests.providers.test_http_client import BOUND_S, Conn, answer, openai_provider, serving
+from tests.providers.test_http_client import (
+    BOUND_S,
+    Conn,
+    answer,
+    observed,
+    openai_provider,
+    serving,
+    upstream_counts,
+)
 from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, Clock
 from tests.unit.test_retry_deadline import DrivenWheel, retrier
@@ -63,24 +67,6 @@ READS: dict[str, Callable[[OpenAIProvider], Awaitable[object]]] = {
     "complete": lambda provider: provider.complete(chat_call("openai", "m")),
     "send_json": lambda provider: provider.embed(embedding_call()),
 }
-
-
-def observed(provider: OpenAIProvider) -> Metrics:
-    """The provider's upstream calls counted on a metrics registry of their own."""
-    metrics = Metrics(["p/m"], [provider.name], ["free"], "sqlite")
-    provider.observer = RequestObserver(metrics, RequestLog(io.StringIO()))
-    return metrics
-
-
-def upstream_counts(metrics: Metrics) -> dict[str, float]:
-    """The provider's upstream calls as /metrics gives them: answered (their headers' latency
-    observed), failed before their headers, and failed in their body."""
-    samples = parse(metrics.exposition().decode())
-    return {
-        "answered": total(samples, "klawd_upstream_request_duration_seconds_count"),
-        "errors": total(samples, "klawd_upstream_errors_total"),
-        "body_errors": total(samples, BODY_ERRORS),
-    }
 
 
 def deadline_due_on_read(monkeypatch: pytest.MonkeyPatch, wheel: DrivenWheel) -> None:

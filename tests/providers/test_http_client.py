@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import gzip
+import io
 import shutil
 import socket
 import ssl
@@ -25,8 +26,10 @@ import pytest
 from gateway import _core
 from gateway.api.streaming import KEEPALIVE, Stepped, send_event_stream
 from gateway.errors import BadGateway, GatewayTimeout, RateLimited
+from gateway.metrics import Metrics
+from gateway.observer import RequestObserver
 from gateway.providers import http_client
-from gateway.providers.base import ReframedStream, UpstreamUnreachable
+from gateway.providers.base import HttpProvider, ReframedStream, UpstreamUnreachable
 from gateway.providers.http_client import (
     HIGH_WATER,
     ConnectFailed,
@@ -36,9 +39,11 @@ from gateway.providers.http_client import (
     ResponseBroken,
 )
 from gateway.providers.openai import OpenAIProvider
+from gateway.requestlog import RequestLog
 from gateway.settings import ProviderSettings
 from loadtests.bench.contenders import openai_events
 from tests.fakes.server import PNG_1X1 as PNG
+from tests.scrape import parse, total
 from tests.unit.translation_helpers import chat_call
 
 Handler = Callable[["Conn"], Awaitable[None]]
@@ -1313,6 +1318,24 @@ def openai_provider(origin: str, **settings: Any) -> OpenAIProvider:
     return OpenAIProvider(
         "p", ProviderSettings(kind="openai", base_url=f"{origin}/v1", **settings), None
     )
+
+
+def observed(provider: HttpProvider) -> Metrics:
+    """The provider's upstream calls counted on a metrics registry of their own."""
+    metrics = Metrics(["p/m"], [provider.name], ["free"], "sqlite")
+    provider.observer = RequestObserver(metrics, RequestLog(io.StringIO()))
+    return metrics
+
+
+def upstream_counts(metrics: Metrics, **body_labels: str) -> dict[str, float]:
+    """The provider's upstream calls as /metrics gives them: answered (their headers' latency
+    observed), failed before their headers, and failed in their body (those of `body_labels`)."""
+    samples = parse(metrics.exposition().decode())
+    return {
+        "answered": total(samples, "klawd_upstream_request_duration_seconds_count"),
+        "errors": total(samples, "klawd_upstream_errors_total"),
+        "body_errors": total(samples, "klawd_upstream_body_errors_total", **body_labels),
+    }
 
 
 async def relayed_before(

@@ -5,7 +5,6 @@ with URLs answered), against a loopback upstream and the real HTTP client."""
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Callable
 
 import orjson
@@ -13,16 +12,23 @@ import pytest
 
 from gateway.errors import DEADLINE_EXCEEDED, BadGateway, GatewayTimeout
 from gateway.metrics import Metrics
-from gateway.observer import RequestObserver
 from gateway.providers import replicate
 from gateway.providers.base import HttpProvider, ImageCall
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.replicate import ReplicateProvider
-from gateway.requestlog import RequestLog, RequestRecord, current_request
+from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.images import decode_image_request
 from gateway.settings import ModelSettings, ProviderSettings
-from tests.providers.test_http_client import BOUND_S, Conn, Server, answer, serving
+from tests.providers.test_http_client import (
+    BOUND_S,
+    Conn,
+    Server,
+    answer,
+    observed,
+    serving,
+    upstream_counts,
+)
 from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, Clock
 from tests.unit.test_retry_deadline import DrivenWheel, retrier
@@ -72,19 +78,9 @@ def image_call(provider: str, kind: str, base_url: str, upstream: str, n: int = 
     )
 
 
-def observed(provider: HttpProvider) -> Metrics:
-    metrics = Metrics(["p/m"], [provider.name], ["free"], "sqlite")
-    provider.observer = RequestObserver(metrics, RequestLog(io.StringIO()))
-    return metrics
-
-
 def counts(metrics: Metrics) -> dict[str, float]:
-    samples = parse(metrics.exposition().decode())
-    return {
-        "answered": total(samples, "klawd_upstream_request_duration_seconds_count"),
-        "errors": total(samples, "klawd_upstream_errors_total"),
-        "body_errors": total(samples, "klawd_upstream_body_errors_total", type="bad_gateway"),
-    }
+    """The upstream calls (upstream_counts), the body errors of type bad_gateway only."""
+    return upstream_counts(metrics, type="bad_gateway")
 
 
 def prediction(server: Server, status: str, **fields: object) -> bytes:

@@ -13,6 +13,7 @@ __all__ = [
     "ServerSpan",
     "SpanRecorder",
     "SseError",
+    "TranslationError",
     "UpstreamStreamError",
     "Usage",
     "__version__",
@@ -74,6 +75,9 @@ class SseError(ValueError):
 
 class EventStreamError(SseError):
     """Corrupted AWS event stream (Bedrock): a CRC mismatch, bad lengths or headers."""
+
+class TranslationError(SseError):
+    """A chained reframer's second stage could not translate the first one's output."""
 
 class UpstreamStreamError(Exception):
     """The upstream stream ended without its terminator (cut off)."""
@@ -137,6 +141,10 @@ class Reframer:
     # events (`event: response.…\ndata: <json>\n\n`, each with its sequence_number; response_id
     # = the response's id, created = its created_at; response_fields: a JSON object whose
     # members every response object carries, "{}" when None; ValueError if not an object).
+    # then: a chained reframer: `kind` (an upstream kind) writes OpenAI chunks that `then`
+    # ("openai_to_responses" or "openai_to_anthropic") translates in the same call; its state,
+    # usage and errors are the first stage's, a failure of the second's is TranslationError
+    # (none of that call's events are before_error()'s); ValueError for other pairs.
     def __new__(
         cls,
         kind: str,
@@ -146,7 +154,11 @@ class Reframer:
         include_usage: bool,
         max_event_bytes: int = 1048576,
         response_fields: str | None = None,
+        then: str | None = None,
     ) -> Self: ...
+    # A chained reframer's opening events (its second stage's, before any input: the
+    # stream's first piece); b"" for any other, and after any other call.
+    def opening(self) -> bytes: ...
     # Raises SseError for malformed data or an event larger than max_event_bytes (the buffer
     # stays bounded); the whole events of that same chunk that preceded the error are then
     # before_error()'s.
@@ -163,7 +175,7 @@ class Reframer:
     def before_error(self) -> bytes: ...
     @property
     def done(self) -> bool: ...
-    # done, and no upstream_error: the stream ended whole.
+    # done, no upstream_error and no failure (a chained reframer's translation): ended whole.
     def finished(self) -> bool: ...
     @property
     def usage(self) -> Usage | None: ...
@@ -176,6 +188,14 @@ class Reframer:
     # Characters of content + tool-call arguments relayed so far (thinking is not counted).
     @property
     def content_chars(self) -> int: ...
+    # Responses API events in the output returned so far (openai_to_responses, alone or as a
+    # chain's second stage: the next sequence_number); None for other kinds.
+    @property
+    def events(self) -> int | None: ...
+    # The response object (JSON) of response.completed / response.incomplete once written;
+    # None before, and for other kinds.
+    @property
+    def final_response(self) -> bytes | None: ...
 
 @final
 class Decision:

@@ -20,7 +20,7 @@ from gateway.api.common import (
     two_headers,
 )
 from gateway.api.streaming import KEEPALIVE, Deliver, Stepped, send_route_stream
-from gateway.api.translated import TranslatedStream
+from gateway.api.translated import SteppedStream
 from gateway.auth import AuthContext
 from gateway.billing import (
     TokenUsage,
@@ -309,7 +309,7 @@ class ReframedRelay(Stepped):
         state: AppState,
         ticket: Ticket,
         chat: ChatRequest,
-        stream: ReframedStream | TranslatedStream,
+        stream: SteppedStream,
         target: CatalogEntry,
         error_event: Callable[[GatewayError], bytes] = GatewayError.sse_event,
         cost_in_usage: bool = True,

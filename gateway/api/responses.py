@@ -41,7 +41,12 @@ from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
 from gateway.pending_admission import served_ticket
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.responses.answer import response_fields, to_response
-from gateway.responses.events import ResponseEvents
+from gateway.responses.events import (
+    ReframedEvents,
+    ResponseEvents,
+    response_events,
+    route_events,
+)
 from gateway.responses.translate import normalize_input, responses_param, to_chat_request
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
@@ -143,14 +148,20 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
         body = to_response(answer.body, response_id, created_at, target.model.id, echoed)
         return Completion(body, answer.usage)
 
-    async def open_stream(target: CatalogEntry) -> ResponseEvents:
+    async def open_stream(target: CatalogEntry) -> ReframedEvents | ResponseEvents:
         provider = state.providers[target.model.provider]
-        upstream: UpstreamStream = await provider.stream(
-            ChatCall(chat, chat_body, target, response_id, created_at)
-        )
-        if lookup is not None and lookup.key is not None:
-            upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
-        return ResponseEvents(upstream, target, response_id, created_at, echoed)
+        if lookup is not None and lookup.key is not None:  # the cache keeps the OpenAI chunks
+            upstream: UpstreamStream = AssemblingStream(
+                await provider.stream(ChatCall(chat, chat_body, target, response_id, created_at)),
+                state.cache.saver(lookup, target),
+            )
+        else:  # the provider's reframer writes the events (a chained one), if it can
+            upstream = await provider.stream(
+                ChatCall(
+                    chat, chat_body, target, response_id, created_at, route_events(target, echoed)
+                )
+            )
+        return response_events(upstream, target, response_id, created_at, echoed)
 
     async with pending.overlapping(chat.stream):
         if chat.stream:
@@ -223,7 +234,7 @@ class KeepingRelay(ReframedRelay):
         state: AppState,
         ticket: Ticket,
         chat: ChatRequest,
-        events: ResponseEvents,
+        events: ReframedEvents | ResponseEvents,
         target: CatalogEntry,
         keep: Callable[[dict[str, Any]], StoredResponse | None],
     ) -> None:

@@ -13,7 +13,8 @@ chunk), then each upstream piece's translation, then what `finish()` writes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from gateway import _core
 from gateway.api.streaming import Deliver
@@ -146,6 +147,15 @@ class TranslatedStream(StreamOver):
                 yield self._relayed(out)
         except _TRANSLATION_ERRORS as exc:
             raise BadGateway(self._failure) from exc
+
+
+class SteppedStream(UpstreamStream, Protocol):
+    """A stream relayed stepped (`ReframedRelay`): the provider's, one translated here, or
+    one whose reframer writes the route's events itself (gateway/responses/events.py)."""
+
+    def step(self) -> bytes | None: ...
+    def arrival(self) -> Awaitable[None]: ...
+    def deliver_to(self, deliver: Deliver | None) -> None: ...
 
 
 def _not_stepped() -> asyncio.Future[None]:

@@ -58,12 +58,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("klawd")
 
 
+class RouteEvents(Struct, frozen=True):
+    """A route's own events, written by the stream's Rust reframer after the OpenAI chunks in
+    the same call (its second stage: `_core.Reframer(..., then=kind)`): `kind` the reframer
+    of OpenAI chunks (`openai_to_responses`), `fields` its `response_fields`, `failure` the
+    message of the BadGateway when that stage cannot translate the chunks. A provider whose
+    stream is no `ReframedStream` ignores it (the route translates its chunks itself)."""
+
+    kind: str
+    fields: str
+    failure: str
+
+
 class ChatCall(Struct, frozen=True):
     request: ChatRequest
     body: bytes  # the client's raw JSON body, for pass-through of unknown fields
     target: CatalogEntry
     response_id: str
     created: int
+    events: RouteEvents | None = None  # a streamed answer in a route's own events
 
 
 class Completion:
@@ -665,14 +678,26 @@ class HttpProvider:
 
     async def stream(self, call: ChatCall) -> UpstreamStream:
         response = await self._send(self.build_request(call, stream=True), streamed=True)
+        events = call.events
+        if events is None:
+            reframer = _core.Reframer(
+                self.reframer_kind,
+                call.target.model.id,
+                call.response_id,
+                call.created,
+                call.request.include_usage,
+            )
+            return ReframedStream(self, response, reframer)
         reframer = _core.Reframer(
             self.reframer_kind,
             call.target.model.id,
             call.response_id,
             call.created,
             call.request.include_usage,
+            response_fields=events.fields,
+            then=events.kind,
         )
-        return ReframedStream(self, response, reframer)
+        return ReframedStream(self, response, reframer, events.failure)
 
 
 # How long a whole stream's connection waits for the HTTP answer's end before it is closed.
@@ -697,20 +722,31 @@ class ReframedStream:
 
     __slots__ = (
         "_ended",
+        "_held",
         "_noted",
         "_provider",
         "_reframer",
         "_released",
         "_response",
         "_sunk",
+        "_untranslatable",
         "arrival",
         "finished",
     )
 
     def __init__(
-        self, provider: HttpProvider, response: HttpResponse, reframer: _core.Reframer
+        self,
+        provider: HttpProvider,
+        response: HttpResponse,
+        reframer: _core.Reframer,
+        untranslatable: str = "",
     ) -> None:
+        """`untranslatable`: for a chained reframer (a route's events: `RouteEvents`), the
+        message of the BadGateway its second stage's failure becomes; its opening events are
+        the first piece, before the upstream's first byte."""
         self._provider = provider
+        self._untranslatable = untranslatable
+        self._held = reframer.opening() if untranslatable else b""
         # Nothing reads the answer's headers once the status said it streams: not kept for the
         # stream's life (about 0.6 KB per open stream).
         response.headers = {}
@@ -795,6 +831,10 @@ class ReframedStream:
         whole events already. The reframer runs ahead of them, so its state (ended, an upstream
         error, a failure) counts only once nothing it made is left to take. (The answer's
         fields are read here, not through its methods: this runs twice per wake.)"""
+        held = self._held
+        if held:  # a chained reframer's opening events
+            self._held = b""
+            return held
         if not self._sunk:
             return self._reframe_next()
         reframer = self._reframer
@@ -947,8 +987,21 @@ class ReframedStream:
             self._noted = True
             note_finish_reasons([self._reframer.finish_reason])
 
+    def route_reframer(self) -> _core.Reframer | None:
+        """The reframer, if it is chained (it writes a route's events: `RouteEvents`)."""
+        return self._reframer if self._untranslatable else None
+
+    def untaken_events(self) -> int:
+        """Events the reframer wrote that no step has taken yet (the opening, and a body
+        reframed as it is read: its pieces waiting): counted only when a route numbers the
+        events it sent (a failure's or the drain's)."""
+        waiting = self._response._chunks if self._sunk else ()
+        return self._held.count(b"\n\n") + sum(piece.count(b"\n\n") for piece in waiting)
+
     def _translated(self, exc: BaseException) -> BaseException:
         name = self._provider.name
+        if isinstance(exc, _core.TranslationError):  # (an SseError: asked first)
+            return BadGateway(self._untranslatable)
         if isinstance(exc, _core.UpstreamStreamError):
             return BadGateway(f"The upstream provider '{name}' ended the stream early.")
         if isinstance(exc, _core.EventStreamError):  # a CRC mismatch: bytes corrupted in transit

@@ -16,6 +16,10 @@ pub enum CoreError {
     StreamCutOff(String),
     /// A caller-supplied argument is invalid (unknown reframer kind). Python: `ValueError`.
     InvalidArgument(String),
+    /// A chained reframer's second stage could not translate what the first one wrote (e.g. a
+    /// tool call continued after another output item began). Python: `TranslationError` (an
+    /// `SseError`).
+    Translation(String),
 }
 
 impl fmt::Display for CoreError {
@@ -24,7 +28,8 @@ impl fmt::Display for CoreError {
             Self::Sse(m)
             | Self::EventStream(m)
             | Self::StreamCutOff(m)
-            | Self::InvalidArgument(m) => f.write_str(m),
+            | Self::InvalidArgument(m)
+            | Self::Translation(m) => f.write_str(m),
         }
     }
 }

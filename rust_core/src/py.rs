@@ -40,6 +40,12 @@ create_exception!(
 );
 create_exception!(
     _core,
+    TranslationError,
+    SseError,
+    "A chained reframer's second stage could not translate the first one's output."
+);
+create_exception!(
+    _core,
     UpstreamStreamError,
     PyException,
     "The upstream stream ended without its terminator (cut off)."
@@ -52,6 +58,7 @@ impl From<CoreError> for PyErr {
             CoreError::EventStream(m) => EventStreamError::new_err(m),
             CoreError::StreamCutOff(m) => UpstreamStreamError::new_err(m),
             CoreError::InvalidArgument(m) => PyValueError::new_err(m),
+            CoreError::Translation(m) => TranslationError::new_err(m),
         }
     }
 }
@@ -107,8 +114,9 @@ impl PyReframer {
     #[new]
     #[pyo3(signature = (
         kind, model, response_id, created, include_usage, max_event_bytes = 1_048_576,
-        response_fields = None
+        response_fields = None, then = None
     ))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         kind: &str,
         model: String,
@@ -117,6 +125,7 @@ impl PyReframer {
         include_usage: bool,
         max_event_bytes: usize,
         response_fields: Option<String>,
+        then: Option<&str>,
     ) -> PyResult<Self> {
         let opts = Options {
             model,
@@ -125,10 +134,19 @@ impl PyReframer {
             include_usage,
             response_fields: response_fields.unwrap_or_else(|| "{}".to_owned()),
         };
-        Ok(Self {
-            inner: Stream::new(kind, &opts, max_event_bytes)?,
-            out: Vec::new(),
-        })
+        // A chained reframer's opening events wait in `out` for `opening()`.
+        let mut out = Vec::new();
+        let inner = match then {
+            None => Stream::new(kind, &opts, max_event_bytes)?,
+            Some(then) => Stream::chained(kind, then, &opts, max_event_bytes, &mut out)?,
+        };
+        Ok(Self { inner, out })
+    }
+
+    /// A chained reframer's opening events (its second stage's, before any input: the first
+    /// piece of the stream); b"" for any other, and after any other call.
+    fn opening<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        self.take(py)
     }
 
     fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -194,11 +212,11 @@ impl PyReframer {
         self.inner.state().done
     }
 
-    /// Whether the stream has ended whole: the terminator read and no upstream error after it
+    /// Whether the stream has ended whole: the terminator read, no upstream error after it and
+    /// no failure (a chained reframer's translation)
     /// (a method, so that a relay can be handed it as its "was that the last piece" check).
     fn finished(&self) -> bool {
-        let state = self.inner.state();
-        state.done && state.upstream_error.is_none()
+        self.inner.finished()
     }
 
     #[getter]
@@ -219,6 +237,20 @@ impl PyReframer {
     #[getter]
     fn content_chars(&self) -> u64 {
         self.inner.state().content_chars
+    }
+
+    /// Responses API events in the output returned so far (`openai_to_responses`, alone or
+    /// as a chain's second stage): the next `sequence_number`; None for other kinds.
+    #[getter]
+    fn events(&self) -> Option<u64> {
+        self.inner.events_written()
+    }
+
+    /// The response object of the `response.completed` / `response.incomplete` event, once
+    /// written (JSON); None before, and for other kinds.
+    #[getter]
+    fn final_response<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.inner.final_response().map(|r| PyBytes::new(py, r))
     }
 }
 
@@ -429,6 +461,7 @@ mod _core {
         let py = m.py();
         m.add("SseError", py.get_type::<super::SseError>())?;
         m.add("EventStreamError", py.get_type::<super::EventStreamError>())?;
+        m.add("TranslationError", py.get_type::<super::TranslationError>())?;
         m.add(
             "UpstreamStreamError",
             py.get_type::<super::UpstreamStreamError>(),

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -21,9 +22,9 @@ from gateway import _core
 from gateway.api.messages import AnthropicEvents
 from gateway.api.streaming import Stepped, send_event_stream
 from gateway.api.translated import TranslatedStream
-from gateway.errors import BadGateway
-from gateway.providers.base import ReframedStream
-from gateway.responses.events import ResponseEvents
+from gateway.errors import BadGateway, GatewayError
+from gateway.providers.base import ReframedStream, RouteEvents
+from gateway.responses.events import ReframedEvents, ResponseEvents, response_events, route_events
 from tests.providers.test_http_client import (
     BOUND_S,
     EVENT_STREAM_HEAD,
@@ -123,11 +124,15 @@ FAILED = b"event: error\ndata: {}\n\n"  # (the harness's last event after a fail
 
 
 async def relay(
-    translate: Translate, reads: list[bytes], decline: Callable[[int], bool] = lambda n: False
-) -> tuple[list[dict[str, Any]], _Relayed, TranslatedStream]:
+    translate: Translate,
+    reads: list[bytes],
+    decline: Callable[[int], bool] = lambda n: False,
+    events: RouteEvents | None = None,
+) -> tuple[list[dict[str, Any]], _Relayed, Any]:
     """The upstream's `reads` (each an HTTP chunk, written a few loop turns apart once the
     relay's first piece is out) through the provider's stream, translated and relayed: the
-    messages sent to the client, the relay, the translated stream."""
+    messages sent to the client, the relay, the translated stream. `events`: the provider's
+    reframer is asked for them (chained)."""
     first_out = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
@@ -155,7 +160,12 @@ async def relay(
     async with asyncio.timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
-            stream = await provider.stream(chat_call("openai", "m", stream=True))
+            call = chat_call("openai", "m", stream=True)
+            if events is not None:  # (as the route asks: the response's id and created)
+                call = msgspec.structs.replace(
+                    call, response_id="resp_1", created=1700000000, events=events
+                )
+            stream = await provider.stream(call)
             assert isinstance(stream, ReframedStream)
             translated = translate(stream)
             assert translated.stepped
@@ -172,6 +182,16 @@ def anthropic(stream: ReframedStream) -> TranslatedStream:
 
 def responses(stream: ReframedStream) -> TranslatedStream:
     return ResponseEvents(stream, stream_target(), "resp_1", 1700000000, {"store": True})
+
+
+FIELDS = {"store": True}
+
+
+def one_pass(stream: ReframedStream) -> Any:
+    """The Responses events the provider's chained reframer wrote (`chained=True`)."""
+    events = response_events(stream, stream_target(), "resp_1", 1700000000, FIELDS)
+    assert isinstance(events, ReframedEvents)
+    return events
 
 
 def stream_target() -> Any:
@@ -300,3 +320,47 @@ def test_a_failure_s_numbers_follow_the_last_event_sent_not_one_held() -> None:
 
 
 _NOT_READ: Any = object()  # (an upstream the test never reads)
+
+
+# An upstream error event after some text, and a tool call continued after text began (which
+# the Responses events cannot place: a translation failure).
+ERROR_BODY = BODY[: BODY.index(b"data: ", 200)] + (
+    b'data: {"error":{"type":"server_error","message":"overloaded"}}\n\n'
+)
+UNPLACEABLE = b"".join(
+    [
+        _event({"tool_calls": [TOOL]}),
+        _event({"content": "Hel"}),
+        _event({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        b"data: [DONE]\n\n",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "body", [BODY, ERROR_BODY, UNPLACEABLE], ids=["whole", "upstream-error", "untranslatable"]
+)
+@pytest.mark.parametrize("sizes", [(1, 5, 17, 2, 40, 9, 3, 64), (7,), (300, 1)])
+async def test_responses_events_of_the_chained_reframer_are_the_translated_stream_s_bytes(
+    body: bytes, sizes: tuple[int, ...]
+) -> None:
+    """The provider's chained reframer (one Rust call per read) and the provider's chunks
+    translated here (`ResponseEvents`), over the same reads cut anywhere, with the relay
+    declining every third piece offered: the client gets the same bytes, the same failure
+    (type and message) and a failure numbered alike, and the same response is kept."""
+    decline = lambda n: n % 3 == 0  # noqa: E731
+    reads = awkward_reads(body, sizes)
+    old, old_relayed, old_events = await relay(responses, reads, decline)
+    new, new_relayed, new_events = await relay(
+        one_pass, reads, decline, route_events(stream_target(), FIELDS)
+    )
+    assert [m["body"] for m in new[1:]] == [m["body"] for m in old[1:]]
+    assert type(new_relayed.failure) is type(old_relayed.failure)
+    if old_relayed.failure is not None:
+        assert isinstance(old_relayed.failure, GatewayError)
+        assert isinstance(new_relayed.failure, GatewayError)
+        assert new_relayed.failure.message == old_relayed.failure.message
+        failure = BadGateway("cut off")
+        assert new_events.error_event(failure) == old_events.error_event(failure)
+    assert new_events.final == old_events.final
+    assert (new_events.final is None) == (body is not BODY)

@@ -174,7 +174,13 @@ fn message_event<'m>(m: &'m Message<'_>) -> Result<Event<'m>, CoreError> {
     })
 }
 
-/// An upstream stream being reframed: parser + state + provider reframer.
+/// The first chunk of choice 0, carrying nothing: it makes a reframer that reads the gateway's
+/// OpenAI chunks write its opening events (`message_start`; `response.created` and
+/// `response.in_progress`) before any upstream input.
+pub const OPENING: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{}}]}\n\n";
+
+/// An upstream stream being reframed: parser + state + provider reframer, and optionally a
+/// second reframer that the first one's output goes through before it is returned.
 #[derive(Debug)]
 pub struct Stream {
     parser: Framing,
@@ -182,6 +188,44 @@ pub struct Stream {
     kind: Kind,
     /// A parse error is sticky: every later call returns it again.
     failed: Option<CoreError>,
+    then: Option<Box<Chained>>,
+    /// Events of a numbering reframer's (`openai_to_responses`) in the output of the calls
+    /// that succeeded (a failed call's events are not counted: its caller sends none of them).
+    returned: u64,
+}
+
+/// The second stage of a chained stream (`Stream::chained`): a reframer of the gateway's own
+/// OpenAI chunks, fed what the first stage wrote in the same call (one crossing per upstream
+/// read for both).
+#[derive(Debug)]
+struct Chained {
+    stream: Stream,
+    /// The first stage's output of the call in progress (empty between calls).
+    mid: Vec<u8>,
+    /// Events of this stage's in the output returned so far, if it numbers them (a call that
+    /// failed in this stage returns none of its events).
+    events: Option<u64>,
+}
+
+impl Chained {
+    /// Feeds the first stage's output through, after `first` (the first stage's result, whose
+    /// whole events before a failure are in `mid`). A failure of this stage's drops every
+    /// event of the call (`out` back to `start`): it is a [`CoreError::Translation`].
+    fn pass(
+        &mut self,
+        first: Result<(), CoreError>,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), CoreError> {
+        let second = self.stream.feed(&self.mid, out);
+        self.mid.clear();
+        if let Err(e) = second {
+            out.truncate(start);
+            return Err(CoreError::Translation(e.to_string()));
+        }
+        self.events = self.stream.events_written();
+        first
+    }
 }
 
 impl Stream {
@@ -214,12 +258,72 @@ impl Stream {
             state: StreamState::default(),
             kind,
             failed: None,
+            then: None,
+            returned: 0,
         })
+    }
+
+    /// A `kind` stream (upstream → OpenAI chunks) whose output goes through a `then` reframer
+    /// (`"openai_to_responses"` or `"openai_to_anthropic"`: OpenAI chunks → a route's events)
+    /// in the same call. State, usage and errors are the first stage's; a failure of the
+    /// second's is a [`CoreError::Translation`]. `open` gets the second stage's opening events.
+    pub fn chained(
+        kind: &str,
+        then: &str,
+        opts: &Options,
+        max_event_bytes: usize,
+        open: &mut Vec<u8>,
+    ) -> Result<Self, CoreError> {
+        let readers = ["openai_to_responses", "openai_to_anthropic"];
+        if !readers.contains(&then) || readers.contains(&kind) || kind == "anthropic_passthrough" {
+            return Err(CoreError::InvalidArgument(format!(
+                "cannot chain {kind:?} into {then:?} (expected an upstream kind into \
+                 openai_to_responses or openai_to_anthropic)"
+            )));
+        }
+        let mut second = Stream::new(then, opts, max_event_bytes)?;
+        second.feed(OPENING, open)?;
+        let mut first = Stream::new(kind, opts, max_event_bytes)?;
+        first.then = Some(Box::new(Chained {
+            events: second.events_written(),
+            stream: second,
+            mid: Vec::new(),
+        }));
+        Ok(first)
+    }
+
+    /// Events written by a reframer that numbers them (`openai_to_responses`), or, for a
+    /// chained stream, those of its second stage in the output returned so far.
+    pub fn events_written(&self) -> Option<u64> {
+        match (&self.then, &self.kind) {
+            (Some(then), _) => then.events,
+            (None, Kind::ToResponses(_)) => Some(self.returned),
+            (None, _) => None,
+        }
+    }
+
+    /// The Responses API response object of the stream's `response.completed` (or
+    /// `response.incomplete`) event, once written (the last stage's, for a chained stream).
+    pub fn final_response(&self) -> Option<&[u8]> {
+        match (&self.then, &self.kind) {
+            (Some(then), _) => then.stream.final_response(),
+            (None, Kind::ToResponses(r)) => r.final_response(),
+            (None, _) => None,
+        }
     }
 
     /// The state reported so far.
     pub fn state(&self) -> &StreamState {
         &self.state
+    }
+
+    /// Whether the stream ended whole: the terminator read, no upstream error, and no failure
+    /// (of a chained stream's second stage either).
+    pub fn finished(&self) -> bool {
+        self.state.done
+            && self.state.upstream_error.is_none()
+            && self.failed.is_none()
+            && self.then.as_ref().is_none_or(|t| t.stream.failed.is_none())
     }
 
     /// Bytes buffered by the parser (bounded by `max_event_bytes`).
@@ -235,12 +339,46 @@ impl Stream {
         // About what the events take again (a stream's first piece grew an empty `out` by
         // doubling: a whole 8 KB body, a dozen reallocations and their copies).
         out.reserve(data.len() + data.len() / 8);
-        self.run(out, false, |parser, sink| parser.push(data, sink))
+        let Some(mut then) = self.then.take() else {
+            let result = self.run(out, false, |parser, sink| parser.push(data, sink));
+            self.count_returned(&result);
+            return result;
+        };
+        let start = out.len();
+        let first = self.run(&mut then.mid, false, |parser, sink| parser.push(data, sink));
+        let result = then.pass(first, out, start);
+        self.then = Some(then);
+        result
     }
 
     /// Upstream EOF: appends final events; errors when the stream was cut off.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), CoreError> {
-        self.run(out, true, |parser, sink| parser.finish(sink))
+        let Some(mut then) = self.then.take() else {
+            let result = self.run(out, true, |parser, sink| parser.finish(sink));
+            self.count_returned(&result);
+            return result;
+        };
+        let start = out.len();
+        let first = self.run(&mut then.mid, true, |parser, sink| parser.finish(sink));
+        let mut result = then.pass(first, out, start);
+        if result.is_ok() && self.state.done {
+            // The second stage's own end, once the first wrote its terminator (after an
+            // upstream error nothing follows: the route writes its own error events).
+            // (Its failure keeps the pass's events: they go out before it, as they would
+            // had the second stage's end been asked in a call of its own.)
+            match then.stream.finish(out) {
+                Ok(()) => then.events = then.stream.events_written(),
+                Err(e) => result = Err(CoreError::Translation(e.to_string())),
+            }
+        }
+        self.then = Some(then);
+        result
+    }
+
+    fn count_returned(&mut self, result: &Result<(), CoreError>) {
+        if let (Ok(()), Kind::ToResponses(r)) = (result, &self.kind) {
+            self.returned = r.events_written();
+        }
     }
 
     /// Runs the parser over `step`'s input, each event through the reframer, until the stream

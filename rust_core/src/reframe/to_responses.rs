@@ -67,6 +67,8 @@ pub struct ToResponsesReframer {
     output: Vec<u8>,
     /// The chunks' shared first members, scanned once (`chunk_scan::Prefix`).
     prefix: chunk_scan::Prefix,
+    /// The response object of the final event, once written (what the route keeps).
+    final_response: Option<Vec<u8>>,
 }
 
 /// Writes `event: <kind>\ndata: {"type":"<kind>","sequence_number":N<members>}\n\n`.
@@ -162,7 +164,18 @@ impl ToResponsesReframer {
             tools_seen: Vec::new(),
             output: Vec::new(),
             prefix: chunk_scan::Prefix::default(),
+            final_response: None,
         })
+    }
+
+    /// Events written so far (the next `sequence_number`).
+    pub fn events_written(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The response object of `response.completed` / `response.incomplete`, once written.
+    pub fn final_response(&self) -> Option<&[u8]> {
+        self.final_response.as_deref()
     }
 
     /// The response object: `output` is the closed items' JSON, `usage` null when `None`.
@@ -440,6 +453,7 @@ impl ToResponsesReframer {
             o.extend_from_slice(b",\"response\":");
             o.extend_from_slice(&response);
         });
+        self.final_response = Some(response);
         st.done = true;
     }
 }

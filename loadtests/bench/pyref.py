@@ -413,7 +413,33 @@ STOP_REASONS = {
 }
 
 
-class ToAnthropicRef(_Base):
+class _FromOpenAI(_Base):
+    """The reading of an OpenAI chunk shared by the references that translate them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cached = 0
+        self.written = 0
+
+    def _choices(self, data: str) -> list[dict[str, Any]]:
+        """The chunk's choices of index 0 (the one translated), its usage taken; none for an
+        upstream's error (taken)."""
+        obj = _loads(data)
+        if obj.get("error") is not None:
+            err = obj["error"] if isinstance(obj["error"], dict) else {}
+            kind = err.get("type") or err.get("code") or "error"
+            self.upstream_error = (kind, err.get("message") or "")
+            return []
+        if obj.get("usage"):
+            u = obj["usage"]
+            p, c = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
+            self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            self.cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            self.written = u.get("cache_creation_input_tokens") or 0
+        return [c for c in obj.get("choices") or [] if (c.get("index") or 0) == 0]
+
+
+class ToAnthropicRef(_FromOpenAI):
     """OpenAI chunks → Anthropic Messages events (Rust kind `openai_to_anthropic`)."""
 
     def __init__(self, *args: Any) -> None:
@@ -426,8 +452,6 @@ class ToAnthropicRef(_Base):
         self.pending: list[list[Any]] = []
         self.stop: str | None = None
         self.stop_sequence: str | None = None
-        self.cached = 0
-        self.written = 0
 
     def _start(self, out: list[bytes]) -> None:
         if not self.started:
@@ -509,21 +533,7 @@ class ToAnthropicRef(_Base):
             out.append(_anthropic_event("message_stop", {"type": "message_stop"}))
             self.done = True
             return
-        obj = _loads(data)
-        if obj.get("error") is not None:
-            err = obj["error"] if isinstance(obj["error"], dict) else {}
-            kind = err.get("type") or err.get("code") or "error"
-            self.upstream_error = (kind, err.get("message") or "")
-            return
-        if obj.get("usage"):
-            u = obj["usage"]
-            p, c = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
-            self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-            self.cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-            self.written = u.get("cache_creation_input_tokens") or 0
-        for choice in obj.get("choices") or []:
-            if (choice.get("index") or 0) != 0:
-                continue
+        for choice in self._choices(data):
             self._start(out)
             delta = choice.get("delta") or {}
             text = delta.get("content")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pyref import SseError, _Base, _loads
+from pyref import SseError, _FromOpenAI
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -18,7 +18,7 @@ def _typed_event(kind: str, sequence: int, obj: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
 
-class ToResponsesRef(_Base):
+class ToResponsesRef(_FromOpenAI):
     def __init__(
         self,
         model: str,
@@ -39,8 +39,6 @@ class ToResponsesRef(_Base):
         self.text = ""
         self.tools: list[int] = []
         self.output: list[dict[str, Any]] = []
-        self.cached = 0
-        self.written = 0
 
     def _emit(self, out: list[bytes], kind: str, obj: dict[str, Any]) -> None:
         out.append(_typed_event(kind, self.sequence, obj))
@@ -140,23 +138,7 @@ class ToResponsesRef(_Base):
             self._emit(out, kind, {"response": self._response(status, incomplete, usage)})
             self.done = True
             return
-        obj = _loads(data)
-        if obj.get("error") is not None:
-            err = obj["error"] if isinstance(obj["error"], dict) else {}
-            self.upstream_error = (
-                err.get("type") or err.get("code") or "error",
-                err.get("message") or "",
-            )
-            return
-        if obj.get("usage"):
-            u = obj["usage"]
-            p, c = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
-            self.usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-            self.cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-            self.written = u.get("cache_creation_input_tokens") or 0
-        for choice in obj.get("choices") or []:
-            if (choice.get("index") or 0) != 0:
-                continue
+        for choice in self._choices(data):
             self._start(out)
             delta = choice.get("delta") or {}
             text = delta.get("content")

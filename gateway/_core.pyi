@@ -20,11 +20,24 @@ __all__ = [
     "anthropic_chat_request",
     "chat_request_messages",
     "gemini_chat_request",
+    "head_fields",
     "json_nesting_depth",
     "openai_chat_answer",
     "openai_chat_request",
+    "read_head",
 ]
 __version__: str
+
+def read_head(data: bytes) -> tuple[int, int, int, bool] | None:
+    """An upstream answer's head at the start of `data`, when whole and plain (HTTP/1.1, a final
+    status with a body, one Content-Length or an event stream's chunked body, no
+    Content-Encoding, nothing httptools might read otherwise): (status, where the head ends,
+    the body's length or -1 for the chunked event stream, keep-alive). None: httptools reads it
+    (rust_core/src/head.rs)."""
+
+def head_fields(head: bytes) -> list[bytes]:
+    """The header fields of a head `read_head` read, as httptools gives them: name, value,
+    name, value, ... (ValueError for one it would not read)."""
 
 def json_nesting_depth(body: bytes, limit: int) -> int:
     """How deep the objects and arrays of `body` (valid JSON) nest, outside its strings,

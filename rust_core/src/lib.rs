@@ -1,6 +1,7 @@
 //! Klawd Gateway's hot path: pure Rust modules, with the PyO3 shell in `py.rs`.
 //!
 //! - [`sse`]: incremental SSE parser.
+//! - [`head`]: an HTTP/1.1 answer's plain head read in one call (the client's).
 //! - [`chunked`]: an HTTP/1.1 chunked body read incrementally (an event stream's, in the client).
 //! - [`eventstream`]: incremental AWS event stream decoder (Bedrock `ConverseStream`).
 //! - [`reframe`]: per-provider reframers to OpenAI chunks ([`reframe::Stream`]).
@@ -21,6 +22,7 @@ pub mod chunked;
 pub mod errors;
 pub mod eventstream;
 pub mod gemini_body;
+pub mod head;
 mod json;
 pub mod json_depth;
 mod json_scan;

@@ -16,6 +16,7 @@ use smallvec::SmallVec;
 use crate::bucket::BucketSpec;
 use crate::chunked::Dechunker;
 use crate::errors::CoreError;
+use crate::head::{self, Body};
 use crate::limiter::{BucketLimit, Decision, Limiter, QuotaLimit};
 use crate::reframe::{Options, Stream};
 use crate::usage::Usage;
@@ -305,6 +306,30 @@ impl PyDechunker {
     }
 }
 
+/// An answer's plain head at the start of `data` (`head::read_head`): `(status, end, length,
+/// keep_alive)`, `length` -1 for an event stream's chunked body; `None` when the head is not
+/// whole or not plain (httptools reads it then).
+#[pyfunction]
+fn read_head(data: &[u8]) -> Option<(u16, usize, i64, bool)> {
+    let head = head::read_head(data)?;
+    let length = match head.body {
+        Body::Length(n) => i64::try_from(n).ok()?,
+        Body::ChunkedEvents => -1,
+    };
+    Some((head.status, head.end, length, head.keep_alive))
+}
+
+/// The header fields of a head `read_head` read: name, value, name, value, ... as `bytes`.
+#[pyfunction]
+fn head_fields<'py>(py: Python<'py>, head: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    let fields = head::fields(head).ok_or_else(|| PyValueError::new_err("not a plain head"))?;
+    let items: Vec<Bound<'py, PyBytes>> = fields
+        .into_iter()
+        .flat_map(|(name, value)| [PyBytes::new(py, name), PyBytes::new(py, value)])
+        .collect();
+    PyList::new(py, items)
+}
+
 /// The answer of `Limiter.acquire` / `Limiter.peek`.
 #[pyclass(module = "gateway._core", name = "Decision", frozen, get_all)]
 struct PyDecision {
@@ -454,7 +479,7 @@ mod _core {
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
     #[pymodule_export]
-    use super::{PyDechunker, PyDecision, PyLimiter, PyReframer, PyUsage};
+    use super::{head_fields, read_head, PyDechunker, PyDecision, PyLimiter, PyReframer, PyUsage};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

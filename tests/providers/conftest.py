@@ -18,6 +18,7 @@ def pytest_asyncio_loop_factories(
             "tests/providers/test_http_client.py",
             "tests/providers/test_deadline_answer_in_hand.py",
             "tests/providers/test_event_stream_bodies.py",
+            "tests/providers/test_plain_heads.py",
         )
     ):
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

@@ -70,7 +70,8 @@ class AppState:
         """The worker's shutdown, within `drain.shutdown_budget_s` (what the drain deadline
         leaves before the kill): the writes still running get half of it, the ledger's flush
         what is left of three quarters (at least a quarter), the closes after it (providers,
-        capacity, webhooks, the store) what is left of seven eighths (at least an eighth). A
+        capacity, webhooks, the batch a cut flush left with the store and the after-settle
+        checks, then the store) what is left of seven eighths (at least an eighth). A
         store that never answers holds none of them until the kill (decision 0013, 19zzg,
         19zzn and 19zzu). The loop time at which the budget ends: what is left of it is the
         request log's and the span exporter's (gateway/app.py)."""
@@ -93,6 +94,8 @@ class AppState:
         ]
         if self.dispatcher is not None:
             steps.append(("the webhooks' dispatcher", self.dispatcher.close))
+        # (a check that meets the closed store fails: its event is never stored)
+        steps.append(("the ledger's late batch and checks", self.recorder.settled_and_checked))
         steps.append(("the store", self.store.close))
         closed = 0
 
@@ -108,6 +111,16 @@ class AppState:
                 ", ".join(what for what, _ in steps[closed:]),
                 within_s,
             )
+            checks, entries = self.recorder.checks_running
+            if checks:
+                log.error(
+                    "shutdown: %d after-settle check(s) of %d usage entries unfinished after "
+                    "%.2f s: left running to the process's exit (a crossing they have not "
+                    "stored by then waits for a later batch)",
+                    checks,
+                    entries,
+                    within_s,
+                )
 
     async def _end_writes(self, wait_s: float) -> None:
         """Waits for the writes still running, at most `wait_s`: a store that never answers

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -71,7 +72,9 @@ class UsageRecorder:
         self._in_flight: tuple[list[UsageEntry], asyncio.Future[dict[str, CreditGrant]]] | None = (
             None
         )
-        self._checks: set[asyncio.Task[None]] = set()  # (the loop holds tasks weakly)
+        # The after-settle checks running, and the entries of each (the loop holds tasks
+        # weakly): the store's close waits for them (`settled_and_checked`).
+        self._checks: dict[asyncio.Task[None], int] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="klawd-usage")
@@ -119,9 +122,28 @@ class UsageRecorder:
         self, batch: list[UsageEntry], grants: dict[str, CreditGrant]
     ) -> asyncio.Task[None]:
         task = asyncio.ensure_future(self._check(batch, grants))
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
+        self._checks[task] = len(batch)
+        task.add_done_callback(self._checks.pop)
         return task
+
+    @property
+    def checks_running(self) -> tuple[int, int]:
+        """The after-settle checks running, and the entries they check."""
+        return len(self._checks), sum(self._checks.values())
+
+    async def settled_and_checked(self) -> None:
+        """Waits for the batch a shutdown's cut left unanswered with the store (`close`), then
+        for every after-settle check still running, that batch's included: the store's close
+        must not come under them (a check that meets a closed store fails, and the
+        `budget.threshold` event it would store is never stored). Unbounded: the caller
+        bounds it."""
+        while True:
+            waits: set[asyncio.Future[Any]] = set(self._checks)
+            if self._in_flight is not None and not self._in_flight[1].done():
+                waits.add(self._in_flight[1])  # (its answer starts its checks: `_write_out`)
+            if not waits:
+                return
+            await asyncio.wait(waits)
 
     async def _check(self, batch: list[UsageEntry], grants: dict[str, CreditGrant]) -> None:
         for hook in self._after_settle:

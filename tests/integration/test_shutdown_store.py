@@ -17,7 +17,7 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -27,8 +27,10 @@ import uvloop
 
 import gateway.state
 from gateway.settings import load_settings
+from gateway.state import AppState
 from gateway.store import open_store
-from gateway.store.base import Delivery, UsageEntry, UsageRow, Webhook
+from gateway.store.base import CreditGrant, Delivery, UsageEntry, UsageRow, Webhook
+from gateway.webhooks.credits import CreditWatch
 from gateway.webhooks.events import BUDGET_THRESHOLD
 from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -99,12 +101,14 @@ def shut_down_with_a_held_store(
     caplog: pytest.LogCaptureFixture,
     cost: int = COST,
     deliveries: list[Delivery] | None = None,
+    before_closes: Callable[[Hold, AppState], Awaitable[float]] | None = None,
 ) -> tuple[str, UsageEntry]:
     """An entry of `cost` recorded while the store's writes are held, then the app's
     shutdown; the hold is released as the shutdown begins if `let_through`, else after it. The
     account (10 dollars of credit, a webhook for `budget.threshold`) and the entry. Given
     `deliveries`, it gets the account's webhook deliveries once there is one (10 s at most)
-    after the store answered late."""
+    after the store answered late. Given `before_closes`, it is awaited once the ledger's
+    flush ended, before the closes after it, which then get the time it returns."""
     url = load_settings(config).store.url
     held = Hold(url)
 
@@ -119,6 +123,15 @@ def shut_down_with_a_held_store(
             assert status == 201, made
             account_id = orjson.loads(made)["id"]
             store = app.state["klawd"].store
+            if before_closes is not None:
+                state: AppState = app.state["klawd"]
+                closes = state._close_the_rest
+
+                async def after(within_s: float) -> None:
+                    assert before_closes is not None
+                    await closes(await before_closes(held, state))
+
+                state._close_the_rest = after  # type: ignore[method-assign]
             hook = Webhook(
                 account_id, "https://hooks.example/x", (BUDGET_THRESHOLD,), "s", None, None, 1
             )
@@ -144,7 +157,8 @@ def shut_down_with_a_held_store(
                     if deliveries:
                         break
                     await asyncio.sleep(0.01)
-                await store.close()
+                if any("the store not closed after" in r.getMessage() for r in caplog.records):
+                    await store.close()  # (left open by the cut)
             return account_id, one
         finally:
             held.release()
@@ -232,3 +246,88 @@ def test_a_batch_the_store_answers_late_runs_the_after_settle_checks(
         80,
     )
     assert not [line for line in lines if "after-settle check failed" in line], lines
+
+
+async def release_and_answer(held: Hold, state: AppState) -> None:
+    """The flush was cut with the batch held in the store: released, the store answers it now,
+    before the closes (its after-settle checks start as it does)."""
+    assert state.recorder._in_flight is not None
+    _, settling = state.recorder._in_flight
+    held.release()
+    await asyncio.wait([settling])
+    assert state.recorder.checks_running == (1, 1)
+
+
+def slowed(monkeypatch: pytest.MonkeyPatch, before: Callable[[], Awaitable[object]]) -> None:
+    """The accounts' credit check awaits `before` first."""
+    settled = CreditWatch.settled
+
+    async def check(
+        self: CreditWatch, entries: list[UsageEntry], grants: dict[str, CreditGrant]
+    ) -> None:
+        await before()
+        await settled(self, entries, grants)
+
+    monkeypatch.setattr(CreditWatch, "settled", check)
+
+
+def test_the_late_batchs_checks_end_before_the_store_closes(
+    config: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush is cut with the batch (90 % of the account's credit) held in the store; the
+    store answers it before the closes, and its credit check takes a while (0.3 s more here: a
+    slow store, a batch of many accounts). The closes (30 s here) wait for the check before
+    the store's: its `budget.threshold` event (80 %) is stored. Before, they did not: the
+    store was closed under the check, and no event was stored."""
+    slowed(monkeypatch, lambda: asyncio.sleep(0.3))
+
+    async def answered(held: Hold, state: AppState) -> float:
+        await release_and_answer(held, state)
+        return 30.0
+
+    caplog.set_level(logging.WARNING, logger="klawd")
+    account_id, _ = shut_down_with_a_held_store(
+        config, False, caplog, cost=9_000_000, before_closes=answered
+    )
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "after-settle check" in line], lines
+    assert not [line for line in lines if "the store not closed after" in line], lines
+    settings = load_settings(config)
+
+    async def events() -> list[Delivery]:
+        store = open_store(settings.store.url, settings.store.reservation_hold_s)
+        try:
+            return await store.list_deliveries(account_id, 10)
+        finally:
+            await store.close()
+
+    deliveries = uvloop.run(events())
+    assert [(d.type, d.status) for d in deliveries] == [(BUDGET_THRESHOLD, "pending")]
+    assert orjson.loads(deliveries[0].body)["data"]["threshold_percent"] == 80
+
+
+def test_the_checks_cut_at_the_closes_bound_are_counted(
+    config: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same late batch, its check held past the closes' bound (0.2 s here): the line says
+    how many checks of how many entries were cut, left running with the store open (the
+    store's close is cut with them). Before: no such line."""
+    never = asyncio.Event()
+    slowed(monkeypatch, never.wait)
+
+    async def answered(held: Hold, state: AppState) -> float:
+        await release_and_answer(held, state)
+        return 0.2
+
+    caplog.set_level(logging.WARNING, logger="klawd")
+    shut_down_with_a_held_store(config, False, caplog, cost=9_000_000, before_closes=answered)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shutdown: ")]
+    # (not the request log's: the wait before the closes may leave it no time, a cut of its own)
+    lines = [line for line in lines if "request log" not in line]
+    assert lines == [
+        "shutdown: the ledger's late batch and checks, the store not closed after 0.20 s: left "
+        "to the process's exit",
+        "shutdown: 1 after-settle check(s) of 1 usage entries unfinished after 0.20 s: left "
+        "running to the process's exit (a crossing they have not stored by then waits for a "
+        "later batch)",
+    ]

@@ -307,8 +307,18 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         state.dispatcher.start()
         loop = asyncio.get_running_loop()
         circuits = loop.create_task(_report_metrics(state, observer), name="klawd-metrics")
+        shutdown_lines: list[ShutdownLog] = []  # begun by the drain, else by the shutdown
+
+        def shutdown_log() -> ShutdownLog:
+            if not shutdown_lines:
+                shutdown_lines.append(ShutdownLog.begin())
+            return shutdown_lines[0]
+
         draining = loop.create_task(
-            drain.watch(state.streams, settings.server.streams.drain_grace_s), name="klawd-drain"
+            drain.watch(
+                state.streams, settings.server.streams.drain_grace_s, on_drain=shutdown_log
+            ),
+            name="klawd-drain",
         )
         sweeping = loop.create_task(body_deadlines.sweep(), name="klawd-body-deadlines")
         # After a stream's own send deadline (which comes by send_timeout_s + keepalive_s, and
@@ -326,7 +336,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             draining.cancel()
             sweeping.cancel()
             listening.cancel()
-            lines = ShutdownLog.begin()  # (a log stream that takes nothing holds no step)
+            lines = shutdown_log()  # (a log stream that takes nothing holds no step)
             budget = drain.shutdown_budget_s(settings.server.streams.drain_grace_s)
             end = loop.time() + budget
             kill_at = None

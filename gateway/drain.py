@@ -125,12 +125,18 @@ def writes_wait_s(grace_s: float) -> float:
 
 
 async def watch(
-    streams: OpenStreams, grace_s: float, path: Path | None = None, supervisor: int | None = None
+    streams: OpenStreams,
+    grace_s: float,
+    path: Path | None = None,
+    supervisor: int | None = None,
+    on_drain: Callable[[], object] | None = None,
 ) -> None:
     """In a worker, for its lifetime: waits for the supervisor's drain file, then, at the drain
     deadline, ends every stream still open (and any opened after, until the worker stops).
     `supervisor`: the supervising process's PID; once it is no longer this worker's parent, the
-    worker drains and stops by itself."""
+    worker drains and stops by itself. `on_drain`: called once the drain begins, before this
+    logs anything (the lifespan's: from then on the log lines go through the shutdown's own
+    thread, gateway/shutdown_log.py, so that a stuck log stream cannot hold the drain)."""
     if path is None:
         named = os.environ.get(DRAIN_FILE_ENV)
         if not named:
@@ -141,16 +147,21 @@ async def watch(
         # Not its parent now: not one of its workers (the variable inherited by another
         # process), or it died before this worker started (then missed: a moment's window).
         supervisor = None
+    gone: int | None = None  # the supervising process, once it is gone
     while True:
         try:
             signalled_at = float(path.read_text(encoding="ascii"))
             break
         except (OSError, ValueError):
             if supervisor is not None and os.getppid() != supervisor:
-                signalled_at = orphaned(path, supervisor)
-                streams.orphaned = True
+                gone = supervisor
                 break
             await asyncio.sleep(WATCH_INTERVAL_S)
+    if on_drain is not None:
+        on_drain()
+    if gone is not None:
+        signalled_at = orphaned(path, gone)
+        streams.orphaned = True
     await asyncio.sleep(max(0.0, drain_deadline(signalled_at, grace_s) - time.time()))
     while True:
         ended = streams.end_all()

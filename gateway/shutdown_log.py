@@ -10,7 +10,9 @@ them with `os.write`: a write stuck there holds no lock that the loop, or the in
 exit, waits for. The lifespan waits for that thread in the last sixteenth of its budget
 (`end`): with a stream that takes lines, every line is written before the worker exits, those
 logged while it waits included.
-Lines logged before the shutdown (the drain deadline's) still go the usual way.
+Under `klawd serve` the thread takes the lines from the drain's start on (the signal: the drain
+deadline's `ended N open stream(s)` comes while Granian still waits for the streams), else
+from the lifespan's shutdown.
 """
 
 from __future__ import annotations

@@ -57,16 +57,63 @@ os._exit(0)
 """
 
 
-def run_child(tmp_path: Path, stderr: str) -> tuple[subprocess.Popen[bytes], bool]:
-    """The child started, and whether it said its shutdown ended (within 60 s)."""
+# The drain's line: the app under `klawd serve`'s drain file, one stream open (a task the
+# drain ends as it ends a relay's), the drain file written with a deadline long past. The
+# drain deadline's `ended 1 open stream(s)` comes while Granian still waits for the streams,
+# before the lifespan's shutdown.
+DRAINED = (
+    CHILD.split("with TestClient")[0]
+    + """
+import asyncio, time
+
+drain_file = config.parent / "drain"
+os.environ["KLAWD_DRAIN_FILE"] = str(drain_file)  # (read by the drain's watcher at start-up)
+with TestClient(create_app(load_settings(config), environ={})) as client:
+    streams = client.app_state["klawd"].streams
+
+    async def open_stream():
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        streams.add(task)
+        return task
+
+    stream = client.portal.call(open_stream)
+    if stuck:
+        os.set_blocking(2, False)
+        try:
+            while True:
+                os.write(2, b"." * 4096)
+        except BlockingIOError:
+            pass
+        os.set_blocking(2, True)
+    drain_file.write_text(repr(time.time() - 3600))
+
+    async def ended():
+        for _ in range(6000):  # (the watcher looks every 0.25 s; 60 s at most)
+            if stream.done():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    if client.portal.call(ended):  # (the loop's thread held by a log line: never answers)
+        print("stream ended", flush=True)
+print("shutdown ended", flush=True)
+os._exit(0)
+"""
+)
+
+
+def run_child(
+    tmp_path: Path, stderr: str, script: str = CHILD, said: bytes = b"shutdown ended\n"
+) -> tuple[subprocess.Popen[bytes], bool]:
+    """The child started, and whether the first line it said is `said` (within 60 s)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "klawd.toml"), stderr],
+        [sys.executable, "-c", script, str(tmp_path / "klawd.toml"), stderr],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], 60)
-    return child, bool(ready) and child.stdout.readline() == b"shutdown ended\n"
+    return child, bool(ready) and child.stdout.readline() == said
 
 
 @pytest.mark.parametrize("stderr", ["stuck", "read"])
@@ -85,6 +132,32 @@ def test_the_shutdown_ends_with_its_log_stream_stuck_and_loses_no_line_when_it_i
             cut = [line for line in lines if "shutdown: the request log not closed after" in line]
             assert len(cut) == 1, lines
             assert cut[0].startswith("ERROR klawd shutdown: ")
+    finally:
+        child.kill()
+        child.wait()
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.mark.parametrize("stderr", ["stuck", "read"])
+def test_the_drains_line_holds_no_stream_with_the_log_stream_stuck(
+    tmp_path: Path, stderr: str
+) -> None:
+    """Stuck: the drain deadline ends the open stream and says so; the line must not hold the
+    event loop (before: written on the loop's thread, it blocked there, so the stream never
+    ended: here no `stream ended`). Read: the line reaches stderr, once (before and after)."""
+    child, ended = run_child(tmp_path, stderr, DRAINED, b"stream ended\n")
+    try:
+        assert ended, "the drain's stream did not end"
+        if stderr == "read":
+            out, err = child.communicate(timeout=60)
+            assert out == b"shutdown ended\n"
+            lines = err.decode().splitlines()
+            drained = [line for line in lines if "drain deadline: ended" in line]
+            assert drained == [
+                "WARNING klawd drain deadline: ended 1 open stream(s) before shutdown"
+            ], lines
     finally:
         child.kill()
         child.wait()

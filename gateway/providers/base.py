@@ -475,13 +475,16 @@ class HttpProvider:
             text = text.replace(self.api_key.reveal(), "[redacted]")
         return text
 
-    async def _send(self, upstream: UpstreamRequest, streamed: bool = False) -> HttpResponse:
+    async def _send(
+        self, upstream: UpstreamRequest, streamed: bool = False, within_s: float | None = None
+    ) -> HttpResponse:
         """One upstream call up to its response headers (within `first_byte_timeout_s` for a
         stream, `answer_timeout_s` when set for a non-streamed answer; the whole call, body
         included, within `timeout_s`: the response expires then, its reader gets
         TimeoutError), reported to the observer; with traces on, it carries the trace context
-        (`traceparent`) of the attempt's span. One coroutine (the observed and the unobserved
-        call were two, one awaiting the other)."""
+        (`traceparent`) of the attempt's span. `within_s`: the caller's own, nearer bound on
+        both (a Replicate poll: what is left of its prediction's). One coroutine (the observed
+        and the unobserved call were two, one awaiting the other)."""
         headers = upstream.headers
         if self.tracing is not None:  # a copy with the traceparent (no new UpstreamRequest)
             headers = traced_headers(headers)
@@ -490,6 +493,11 @@ class HttpProvider:
         settings = self.settings
         timeout_s = settings.timeout_s
         first_byte_s = settings.headers_timeout_s(streamed)
+        if within_s is not None:  # (compared inline: min() is ~1K instructions, decision 0011)
+            if within_s < timeout_s:
+                timeout_s = within_s
+            if within_s < first_byte_s:
+                first_byte_s = within_s
         try:
             try:
                 response = await self._client.request(
@@ -563,9 +571,10 @@ class HttpProvider:
         if self.observer is not None:
             self.observer.upstream_body_failed(self.name, error_type)
 
-    async def _send_json(self, upstream: UpstreamRequest) -> Any:
-        """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error)."""
-        response = await self._send(upstream)
+    async def _send_json(self, upstream: UpstreamRequest, within_s: float | None = None) -> Any:
+        """Sends, reads the whole answer and parses it as JSON (errors mapped by map_error);
+        `within_s` as `_send`'s."""
+        response = await self._send(upstream, False, within_s)
         body = response.whole()  # an answer that came whole with its headers: no coroutine
         if body is None:
             body = await self._read_body(response)

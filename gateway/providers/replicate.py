@@ -3,11 +3,15 @@
 `POST {base_url}/v1/models/{owner}/{name}/predictions` with `Prefer: wait=N` creates the
 prediction and holds the connection while it runs (N below the first-byte timeout). If the answer
 is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succeeded`, `failed` or
-`canceled`, within the provider's `timeout_s`; past it the prediction is cancelled (`urls.cancel`,
-best effort) and the client gets 504. A call cancelled while it polls (the request's
-`retry.deadline_s` cut it, or its client went away), or whose poll fails (an error status,
-timed out, broken off: the client gets that error), cancels the prediction too, in a task of
-its own that `close` waits for: it would otherwise run on, billed by Replicate.
+`canceled`, within the provider's `timeout_s` (each poll too: it may not outlast what is left of
+it); past it the prediction is cancelled (`urls.cancel`, best effort) and the client gets 504.
+A poll that fails transiently (408, 429, 5xx, a connection refused, reset or timed out, a body
+broken off) is retried up to POLL_RETRIES times in a row, after its Retry-After or 0.25 s
+doubling, when that wait ends before the deadline (each retry in
+`klawd_upstream_retries_total`, each failure where any upstream failure is counted). A call
+cancelled while it polls (the request's `retry.deadline_s` cut it, or its client went away),
+or whose poll fails for good (the client gets that error), cancels the prediction too, in a
+task of its own that `close` waits for: it would otherwise run on, billed by Replicate.
 
 Input mapping (OpenAI Images → the model's input) follows each model's published schema for the
 models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: their size rules, and `n` > 1 as
@@ -17,9 +21,10 @@ honour is a 400 naming the parameter. The output (a URL or a list of URLs, none 
 output is a 502) becomes `data[].url`; `response_format: b64_json` makes the gateway download
 each image and base64-encode it (an inline `data:…;base64,` output is its own base64).
 
-Image generation is not idempotent: nothing here retries; the caller retries only
-`UpstreamUnreachable` from the create call (the request never reached Replicate). A connect
-failure while polling is a plain 503, since the prediction already exists.
+Image generation is not idempotent: the create call is never retried here; the caller retries
+only `UpstreamUnreachable` from it (the request never reached Replicate). A poll is a GET of a
+prediction that exists (idempotent), hence its retries; a connect failure while polling that
+is not retried is a plain 503, never `UpstreamUnreachable`.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from gateway.providers.base import (
     retry_after_from,
     status_error,
 )
+from gateway.providers.http_client import ResponseBroken
 from gateway.providers.translate import error_message
 from gateway.routing.catalog import Secret
 from gateway.schemas.images import ImageRequest
@@ -58,7 +64,19 @@ from gateway.settings import ProviderSettings
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 POLL_FIRST_S = 0.25
 POLL_MAX_S = 2.0
+# Polls again after a transient failure, in a row (a poll is a GET: idempotent). The official
+# SDK retries its GETs on 429, 503 and 504 up to 10 times (replicate/client.py RetryTransport);
+# fewer here, as a client waits behind each.
+POLL_RETRIES = 3
 MAX_WAIT_S = 60
+
+
+def transient(exc: GatewayError) -> bool:
+    """A poll's failure another poll may not meet: an error status Replicate gives when busy or
+    briefly down (408, 429, 500, 502-504: `retryable`), a connection refused, reset or timed
+    out, a body broken off. Not an answer that is no prediction (invalid JSON, no status), nor
+    another error status (401, 404)."""
+    return exc.retryable or isinstance(exc.__cause__, (ResponseBroken, TimeoutError))
 
 
 def generic_input(request: ImageRequest) -> dict[str, Any]:
@@ -178,19 +196,36 @@ class ReplicateProvider(HttpProvider):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.timeout_s
         prediction = self._prediction(await self._send_json(self.create_request(call)))
-        delay = POLL_FIRST_S
+        interval = wait = POLL_FIRST_S
+        failures = 0  # polls failed in a row
         try:
             while prediction.get("status") not in TERMINAL:
-                if loop.time() + delay > deadline:
+                if loop.time() + wait > deadline:
                     await self._cancel(prediction)
                     break
-                await asyncio.sleep(delay)
-                delay = min(POLL_MAX_S, delay * 2)
-                prediction = await self._poll(prediction)
+                await asyncio.sleep(wait)
+                try:
+                    # Each poll within what is left of the deadline (its own `timeout_s` would
+                    # let a hung poll keep the client up to twice the deadline).
+                    prediction = await self._poll(prediction, deadline - loop.time())
+                except GatewayError as exc:
+                    left_s = deadline - loop.time()
+                    if left_s <= 0:  # cut at the deadline: as the deadline passing between polls
+                        await self._cancel(prediction)
+                        break
+                    failures += 1
+                    again_in = self._poll_again_in(exc, failures, left_s)
+                    if again_in is None:
+                        raise
+                    wait = again_in
+                    continue
+                failures = 0
+                interval = wait = min(POLL_MAX_S, interval * 2)
         except (asyncio.CancelledError, GatewayError):
-            # The call was cancelled, or a poll failed (an error status, timed out, broken
-            # off): the prediction would run on, billed, for an answer nobody reads. Cancelled
-            # in a task of its own, the error the client's at once.
+            # The call was cancelled, or a poll failed for good (an error status, timed out,
+            # broken off, not transient or retried enough): the prediction would run on,
+            # billed, for an answer nobody reads. Cancelled in a task of its own, the error the
+            # client's at once.
             cancel = loop.create_task(self._cancel(prediction))
             self._cancels.add(cancel)
             cancel.add_done_callback(self._cancels.discard)
@@ -229,16 +264,35 @@ class ReplicateProvider(HttpProvider):
         url = urls.get(which) if isinstance(urls, dict) else None
         return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
-    async def _poll(self, prediction: Mapping[str, Any]) -> dict[str, Any]:
+    async def _poll(self, prediction: Mapping[str, Any], within_s: float) -> dict[str, Any]:
         url = self._url(prediction, "get")
         if url is None:
             raise BadGateway(f"The upstream provider '{self.name}' gave no URL to poll.")
         try:
-            parsed = await self._send_json(UpstreamRequest(url, self._headers(), b"", "GET"))
+            parsed = await self._send_json(
+                UpstreamRequest(url, self._headers(), b"", "GET"), within_s
+            )
         except UpstreamUnreachable as exc:
-            # The prediction exists: this must never look like "never reached the upstream".
-            raise ServiceUnavailable(exc.message) from exc
+            # The prediction exists: this must never look like "never reached the upstream"
+            # (so no `connect_failed`, which would let the caller create another one).
+            raise ServiceUnavailable(exc.message, retryable=True) from exc
         return self._prediction(parsed)
+
+    def _poll_again_in(self, exc: GatewayError, failures: int, left_s: float) -> float | None:
+        """After the failed poll `exc`, the `failures`-th in a row, with `left_s` left before
+        the deadline: how long to wait before polling again (its Retry-After, else
+        POLL_FIRST_S doubling), counted as a retry; None to give up (not transient, past
+        POLL_RETRIES, or the wait not within the deadline)."""
+        if failures > POLL_RETRIES or not transient(exc):
+            return None
+        wait = exc.retry_after_s
+        if wait is None:
+            wait = min(POLL_MAX_S, POLL_FIRST_S * 2 ** (failures - 1))
+        if wait >= left_s:
+            return None
+        if self.observer is not None:
+            self.observer.retried(self.name)
+        return wait
 
     async def _cancel(self, prediction: Mapping[str, Any]) -> None:
         url = self._url(prediction, "cancel")

@@ -73,10 +73,14 @@ class _Authorized(HttpProvider):
             f"{quote(model, safe='')}:{method}"
         )
 
-    async def _send(self, upstream: UpstreamRequest, streamed: bool = False) -> HttpResponse:
+    async def _send(
+        self, upstream: UpstreamRequest, streamed: bool = False, within_s: float | None = None
+    ) -> HttpResponse:
         token = await self.tokens.token()
         headers = {**upstream.headers, "authorization": f"Bearer {token.reveal()}"}
-        return await super()._send(msgspec.structs.replace(upstream, headers=headers), streamed)
+        return await super()._send(
+            msgspec.structs.replace(upstream, headers=headers), streamed, within_s
+        )
 
     def redact(self, text: str) -> str:
         return self.tokens.redact(super().redact(text))

@@ -22,6 +22,12 @@ Behaviour is chosen by the model name:
     canceled    create answers starting; the poll answers canceled
     never       stays processing forever (for the gateway's deadline)
     poll-fails  create answers starting; every poll answers 500 (the prediction runs on)
+    poll-flaky  create answers starting; poll 1 answers 503, poll 2 429 + retry-after: 1 (what
+                the official SDK retries its GETs on), poll 3 succeeded
+    poll-broken create answers starting; poll 1 is reset after part of its status line, poll 2
+                breaks off its body (Content-Length unmet), poll 3 succeeded
+    poll-hangs  create answers starting; polls 1-2 answer processing, later ones are never
+                answered (held until the client leaves, 60 s at most)
     rate-limited 429 + retry-after: 9    invalid 422    unauthorized 401 (detail holds the token)
     seedream-*  as instant, with bytedance/seedream-4.5's input schema (published on Replicate):
                 unknown input fields or out-of-range values are 422; `n` images come from
@@ -32,14 +38,18 @@ Behaviour is chosen by the model name:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
+import socket
+import struct
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.fakes.server import PNG_1X1, ThreadedServer
+from tests.fakes.server import PNG_1X1, ThreadedServer, cut_connection
 
 ERRORS: dict[str, tuple[int, str, str]] = {
     "rate-limited": (429, "Too Many Requests", "Request was throttled. Expected available in 9s."),
@@ -88,6 +98,29 @@ def output_count(model_input: dict[str, Any]) -> int:
             return 1
         return int(model_input.get("max_images", 1))
     return int(model_input.get("num_outputs", 1))
+
+
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An RFC 7807 problem details answer, as Replicate's API gives its errors."""
+    return web.json_response(
+        {"title": title, "detail": detail, "status": status},
+        status=status,
+        headers=headers,
+        content_type="application/problem+json",
+    )
+
+
+def reset(request: web.Request, sent: bytes) -> web.Response:
+    """`sent` (part of an answer), then the connection reset (RST: SO_LINGER 0)."""
+    transport = request.transport
+    assert transport is not None
+    transport.write(sent)
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return web.Response()  # (written to nobody)
 
 
 class FakeReplicate(ThreadedServer):
@@ -215,8 +248,8 @@ class FakeReplicate(ThreadedServer):
         # prediction is processing (so the SDKs poll).
         return web.json_response(prediction, status=201)
 
-    async def _get(self, request: web.Request) -> web.Response:
-        self.record(request, None)
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        self.record(request, None, at=time.monotonic())  # (when: a Retry-After's wait)
         if (refused := self._unauthorized(request)) is not None:
             return refused
         prediction = self.predictions.get(request.match_info["id"])
@@ -228,13 +261,28 @@ class FakeReplicate(ThreadedServer):
             )
         self.polls[prediction["id"]] += 1
         name = prediction["model"].split("/", 1)[1]
-        if name == "poll-fails" and prediction["status"] != "canceled":
-            return web.json_response(
-                {"title": "Internal Server Error", "detail": "try again", "status": 500},
-                status=500,
-                content_type="application/problem+json",
-            )
         polls = self.polls[prediction["id"]]
+        if name == "poll-fails" and prediction["status"] != "canceled":
+            return problem(500, "Internal Server Error", "try again")
+        if name == "poll-flaky" and polls == 1:
+            return problem(503, "Service Unavailable", "The service is temporarily unavailable.")
+        if name == "poll-flaky" and polls == 2:
+            return problem(429, "Too Many Requests", "Request was throttled.", {"retry-after": "1"})
+        if name == "poll-broken" and polls == 1:
+            return reset(request, b"HTTP/1.1 200")
+        if name == "poll-broken" and polls == 2:
+            body = orjson.dumps(prediction)
+            response = web.StreamResponse(headers={"content-type": "application/json"})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            return await cut_connection(request, response)
+        if name == "poll-hangs" and polls > 2 and prediction["status"] != "canceled":
+            for _ in range(600):  # until the client leaves (60 s at most)
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await asyncio.sleep(0.1)
+            return problem(504, "Gateway Timeout", "held")
         if prediction["status"] in ("succeeded", "failed", "canceled"):
             pass
         elif name == "fails":

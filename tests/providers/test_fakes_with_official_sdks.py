@@ -273,6 +273,56 @@ def test_replicate_sdk_sees_a_canceled_fake_prediction(
     assert prediction.status == "canceled"
 
 
+def test_replicate_sdk_retries_the_fakes_flaky_polls_after_their_retry_after(
+    replicate_client: replicate.Client, fake_replicate: FakeReplicate
+) -> None:
+    """The fake's 503 and 429 on a poll are what the SDK's own transport retries (its
+    RetryTransport: GETs on 429, 503 and 504), the 429 after its Retry-After (1 s); the third
+    poll succeeds."""
+    prediction = replicate_client.models.predictions.create(
+        model="fake-owner/poll-flaky", input={"prompt": "x"}
+    )
+    assert prediction.status == "starting"
+    prediction.wait()
+    assert prediction.status == "succeeded"
+    polls = [r for r in fake_replicate.requests if r["path"] == f"/v1/predictions/{prediction.id}"]
+    assert len(polls) == 3
+    assert polls[2]["at"] - polls[1]["at"] >= 0.99  # (time.sleep(1) between: never shorter)
+
+
+def test_replicate_sdk_sees_the_fakes_broken_polls_as_transport_errors(
+    replicate_client: replicate.Client,
+) -> None:
+    """The reset poll and the poll whose body breaks off fail in the SDK's HTTP client (which
+    retries no transport error); the next poll succeeds."""
+    prediction = replicate_client.models.predictions.create(
+        model="fake-owner/poll-broken", input={"prompt": "x"}
+    )
+    for _ in range(2):
+        with pytest.raises(httpx.TransportError):
+            prediction.reload()
+    prediction.reload()
+    assert prediction.status == "succeeded"
+
+
+def test_replicate_sdk_times_out_on_the_fakes_hung_poll(fake_replicate: FakeReplicate) -> None:
+    """Two polls answer processing; the third is never answered: the SDK's read times out."""
+    client = replicate.Client(
+        api_token="r8_test", base_url=fake_replicate.base_url, timeout=httpx.Timeout(0.5)
+    )
+    try:
+        prediction = client.models.predictions.create(
+            model="fake-owner/poll-hangs", input={"prompt": "x"}
+        )
+        for _ in range(2):
+            prediction.reload()
+            assert prediction.status == "processing"
+        with pytest.raises(httpx.ReadTimeout):
+            prediction.reload()
+    finally:
+        client._client.close()
+
+
 @pytest.mark.parametrize(("model", "status"), [("rate-limited", 429), ("invalid", 422)])
 def test_replicate_sdk_parses_the_fake_problem_details(
     replicate_client: replicate.Client, model: str, status: int

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ServiceUnavailable
+from gateway.providers import replicate
 from gateway.providers.base import ImageCall
 from gateway.providers.replicate import ReplicateProvider
 from gateway.routing.catalog import CatalogEntry, Secret
@@ -22,7 +23,10 @@ def image_call(settings: ProviderSettings, upstream_model: str) -> ImageCall:
     return ImageCall(request, b"{}", CatalogEntry(model, settings, None), 0)
 
 
-async def test_a_prediction_whose_poll_fails_is_cancelled(fake_replicate: FakeReplicate) -> None:
+async def test_a_prediction_whose_poll_fails_is_cancelled(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
     settings = ProviderSettings(kind="replicate", base_url=fake_replicate.base_url)
     provider = ReplicateProvider("r", settings, Secret(REPLICATE_TOKEN))
     known = set(fake_replicate.predictions)
@@ -32,7 +36,8 @@ async def test_a_prediction_whose_poll_fails_is_cancelled(fake_replicate: FakeRe
     finally:
         await provider.close()  # (waits for the cancel's task)
     (created,) = set(fake_replicate.predictions) - known
-    assert fake_replicate.polls[created] == 1, "not polled again after the failure"
+    # polled again after each transient failure, POLL_RETRIES times, then given up
+    assert fake_replicate.polls[created] == 1 + replicate.POLL_RETRIES
     cancels = [
         r for r in fake_replicate.requests if r["path"] == f"/v1/predictions/{created}/cancel"
     ]

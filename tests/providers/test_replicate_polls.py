@@ -1,0 +1,158 @@
+"""A Replicate prediction's polls, against the fake predictions API and the real HTTP client: a
+transient poll failure is polled again (a poll is a GET: idempotent) instead of losing the
+image, within the prediction's deadline, after the failure's Retry-After, counted; and no poll
+outlasts that deadline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.errors import GatewayTimeout, RateLimited
+from gateway.metrics import Metrics
+from gateway.providers import replicate
+from gateway.providers.http_client import HttpClient
+from gateway.providers.replicate import ReplicateProvider
+from gateway.routing.catalog import Secret
+from gateway.settings import ProviderSettings
+from tests.fakes.provider_config import REPLICATE_TOKEN
+from tests.fakes.replicate_upstream import FakeReplicate
+from tests.providers.test_http_client import observed
+from tests.providers.test_replicate_left_predictions import image_call
+from tests.scrape import parse, total
+
+
+def counted(metrics: Metrics) -> dict[str, float]:
+    samples = parse(metrics.exposition().decode())
+    return {
+        "answered": total(samples, "klawd_upstream_request_duration_seconds_count"),
+        "retries": total(samples, "klawd_upstream_retries_total"),
+        **{
+            f"error:{t}": total(samples, "klawd_upstream_errors_total", type=t)
+            for t in ("service_unavailable", "rate_limit_exceeded", "bad_gateway")
+        },
+        "body_errors": total(samples, "klawd_upstream_body_errors_total", type="bad_gateway"),
+    }
+
+
+def polls_of(fake: FakeReplicate, prediction_id: str) -> list[dict[str, Any]]:
+    return [r for r in fake.requests if r["path"] == f"/v1/predictions/{prediction_id}"]
+
+
+def cancels_of(fake: FakeReplicate, prediction_id: str) -> list[str]:
+    path = f"/v1/predictions/{prediction_id}/cancel"
+    return [r["method"] for r in fake.requests if r["path"] == path]
+
+
+async def generate(
+    fake: FakeReplicate, model: str, **settings: Any
+) -> tuple[Any, str, Metrics, ReplicateProvider]:
+    """One generation of `fake-owner/<model>` (closed after: its cancels waited for): the
+    result or the error raised, the prediction's id, the provider's metrics and the provider."""
+    provider_settings = ProviderSettings(kind="replicate", base_url=fake.base_url, **settings)
+    provider = ReplicateProvider("rep", provider_settings, Secret(REPLICATE_TOKEN))
+    metrics = observed(provider)
+    known = set(fake.predictions)
+    outcome: Any
+    try:
+        outcome = await provider.generate_images(
+            image_call(provider_settings, f"fake-owner/{model}")
+        )
+    except Exception as exc:
+        outcome = exc
+    finally:
+        await provider.close()
+    (created,) = set(fake.predictions) - known
+    return outcome, created, metrics, provider
+
+
+async def test_a_poll_answered_503_then_429_is_polled_again_after_its_retry_after(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """Poll 1: 503; poll 2: 429 with Retry-After: 1; poll 3 succeeds. Before, the 503 ended the
+    call (503 to the client) and cancelled the prediction: the image was lost."""
+    result, created, metrics, _ = await generate(fake_replicate, "poll-flaky")
+    assert not isinstance(result, Exception), result
+    assert [image.url for image in result.images] == [
+        f"{fake_replicate.base_url}/files/{created}/out-0.png"
+    ]
+    polls = polls_of(fake_replicate, created)
+    assert len(polls) == 3
+    assert polls[2]["at"] - polls[1]["at"] >= 0.99  # the 429's Retry-After (a sleep's floor)
+    assert cancels_of(fake_replicate, created) == []
+    assert counted(metrics) == {
+        "answered": 2,  # the create, the poll that succeeded
+        "retries": 2,
+        "error:service_unavailable": 1,
+        "error:rate_limit_exceeded": 1,
+        "error:bad_gateway": 0,
+        "body_errors": 0,
+    }
+
+
+async def test_a_reset_poll_and_a_poll_broken_off_are_polled_again(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Poll 1 reset after part of its status line, poll 2's body broken off, poll 3 succeeds.
+    Before, the reset ended the call (502) and cancelled the prediction."""
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
+    result, created, metrics, _ = await generate(fake_replicate, "poll-broken")
+    assert not isinstance(result, Exception), result
+    assert len(result.images) == 1
+    assert len(polls_of(fake_replicate, created)) == 3
+    assert cancels_of(fake_replicate, created) == []
+    assert counted(metrics) == {
+        "answered": 3,  # the create, the poll whose body broke (its headers came), the last
+        "retries": 2,
+        "error:service_unavailable": 0,
+        "error:rate_limit_exceeded": 0,
+        "error:bad_gateway": 1,  # the reset, before the headers
+        "body_errors": 1,
+    }
+
+
+async def test_a_retry_after_beyond_the_deadline_is_not_waited_for(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 429's Retry-After (1 s) ends after the prediction's deadline (`timeout_s` 0.9 s, the
+    429 a few hundredths of a second in): the 429 goes to the client at once, not retried, and
+    the prediction is cancelled. (Before, the 503 of poll 1 ended the call.)"""
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
+    error, created, metrics, _ = await generate(fake_replicate, "poll-flaky", timeout_s=0.9)
+    assert isinstance(error, RateLimited)
+    assert len(polls_of(fake_replicate, created)) == 2
+    assert cancels_of(fake_replicate, created) == ["POST"]
+    assert counted(metrics)["retries"] == 1  # the 503's
+
+
+async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls 1-2 answer processing, poll 3 is never answered. Each poll is given at most what is
+    left of the prediction's deadline (`timeout_s`), as its headers' and its whole answer's
+    bound: poll 3 starts after the sleeps before it (0.25 + 0.5 + 1 s), so its bound is at most
+    `timeout_s` less those. Before, every poll had the whole `timeout_s` (the client waited up
+    to 4.25 s here, not 2.5). The call ends in 504 and the prediction is cancelled."""
+    bounds: list[tuple[str, float | None, float | None]] = []
+    request = HttpClient.request
+
+    async def spied(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        headers_s, whole_s = args[2:4]  # (_send passes them positionally)
+        bounds.append((method, headers_s, whole_s))
+        return await request(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(HttpClient, "request", spied)
+    timeout_s = 2.5
+    error, created, _, _ = await generate(fake_replicate, "poll-hangs", timeout_s=timeout_s)
+    assert isinstance(error, GatewayTimeout)
+    polls = [(h, w) for method, h, w in bounds if method == "GET"]
+    assert len(polls) == 3
+    slept = 0.0
+    for (headers_s, whole_s), delay in zip(polls, (0.25, 0.5, 1.0), strict=True):
+        slept += delay
+        assert whole_s is not None and headers_s is not None
+        assert whole_s <= timeout_s - slept + 0.01  # (a timer may fire a little early)
+        assert headers_s <= whole_s
+    assert cancels_of(fake_replicate, created) == ["POST"]
+    assert fake_replicate.predictions[created]["status"] == "canceled"

@@ -13,23 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import _core
-from tests.core.test_differential import EOL, TEXT, chunked, pyref, sse
+from tests.core.test_differential import EOL, SETTINGS, TEXT, chunked, named_events, pyref, sse
 from tests.core.test_reframer import fixture, split
 
-SETTINGS = settings(max_examples=80, deadline=None, database=None)
 ARGS = ("prov/m", "msg_x", 0, True)
-
-
-def events(out: bytes) -> list[tuple[str, Any]]:
-    """(name, data) of each `event: <name>\\ndata: <json>\\n\\n`; fails on anything else."""
-    assert out == b"" or out.endswith(b"\n\n")
-    parsed = []
-    for raw in out.split(b"\n\n"):
-        if raw:
-            head, data = raw.split(b"\n")
-            assert head.startswith(b"event: ") and data.startswith(b"data: ")
-            parsed.append((head[7:].decode(), orjson.loads(data[6:])))
-    return parsed
 
 
 def run(kind: str, chunks: list[bytes]) -> tuple[bytes, Any]:
@@ -42,7 +29,7 @@ def compare(kind: str, chunks: list[bytes]) -> list[tuple[str, Any]]:
     out, rust = run(kind, chunks)
     ref = pyref.reframer(kind, *ARGS)
     expected = b"".join(ref.feed(c) for c in chunks) + ref.finish()
-    assert events(out) == events(expected)
+    assert named_events(out) == named_events(expected)
     assert rust.content_chars == ref.content_chars
     assert rust.finish_reason == ref.finish_reason
     assert rust.done == ref.done
@@ -50,7 +37,7 @@ def compare(kind: str, chunks: list[bytes]) -> list[tuple[str, Any]]:
     got = None if u is None else (u.prompt_tokens, u.completion_tokens, u.total_tokens)
     want = None if ref.usage is None else tuple(ref.usage[k] for k in list(ref.usage)[:3])
     assert got == want
-    return events(out)
+    return named_events(out)
 
 
 def check_sequence(evs: list[tuple[str, Any]]) -> tuple[str, list[str]]:
@@ -218,7 +205,7 @@ def test_provider_chunks_chain_into_a_valid_messages_stream(name: str, cuts: lis
     for piece in split(fixture(name), cuts):
         out += to_anthropic.feed(provider.feed(piece))
     out += to_anthropic.feed(provider.finish()) + to_anthropic.finish()
-    evs = events(out)
+    evs = named_events(out)
     _text, tools = check_sequence(evs)
     assert tools and all(isinstance(orjson.loads(t), dict) for t in tools)
     assert evs[-2][1]["delta"]["stop_reason"] == "tool_use"

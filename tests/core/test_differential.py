@@ -48,6 +48,18 @@ def sse(events: list[tuple[str | None, Any]], eol: str) -> bytes:
     return "".join(out).encode()
 
 
+def named_events(out: bytes) -> list[tuple[str, Any]]:
+    """(name, data) of each `event: <name>\\ndata: <json>\\n\\n`; fails on anything else."""
+    assert out == b"" or out.endswith(b"\n\n")
+    parsed = []
+    for raw in out.split(b"\n\n"):
+        if raw:
+            head, data = raw.split(b"\n")
+            assert head.startswith(b"event: ") and data.startswith(b"data: ")
+            parsed.append((head[7:].decode(), orjson.loads(data[6:])))
+    return parsed
+
+
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]

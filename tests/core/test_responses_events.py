@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from openai._models import construct_type
 from openai._types import omit
@@ -19,7 +19,16 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
 from gateway import _core
-from tests.core.test_differential import EOL, ROOT, TEXT, chunked, pyref, sse
+from tests.core.test_differential import (
+    EOL,
+    ROOT,
+    SETTINGS,
+    TEXT,
+    chunked,
+    named_events,
+    pyref,
+    sse,
+)
 from tests.core.test_reframer import fixture, split
 
 assert pyref  # loaded (as the module `pyref`) before the reference that imports it
@@ -30,22 +39,16 @@ assert _spec is not None and _spec.loader is not None
 pyref_responses = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pyref_responses)
 
-SETTINGS = settings(max_examples=80, deadline=None, database=None)
 FIELDS = orjson.dumps({"instructions": "Be brief.", "tools": [], "store": True}).decode()
 ARGS = ("prov/m", "resp_x", 1700000000, True)
 
 
 def events(out: bytes) -> list[dict[str, Any]]:
-    """The data of each `event: <type>\\ndata: <json>\\n\\n`; fails on anything else."""
-    assert out == b"" or out.endswith(b"\n\n")
+    """The data of each event (named_events'), its type checked against its name."""
     parsed = []
-    for raw in out.split(b"\n\n"):
-        if raw:
-            head, data = raw.split(b"\n")
-            assert head.startswith(b"event: ") and data.startswith(b"data: ")
-            event = orjson.loads(data[6:])
-            assert event["type"] == head[7:].decode()
-            parsed.append(event)
+    for name, event in named_events(out):
+        assert event["type"] == name
+        parsed.append(event)
     return parsed
 
 

@@ -57,6 +57,45 @@ def close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         sdk_client.close()
 
 
+# The scopes of the fixtures being set up now, innermost last (FixtureScopes), and the gateways
+# started by the running test or its function-scoped fixtures (kill_test_gateways).
+_fixture_scopes: list[str] = []
+_test_gateways: list[subprocess.Popen[bytes]] = []
+
+
+class FixtureScopes:
+    """Keeps `_fixture_scopes`. A plugin of its own, not this conftest's hook: pytest asks a
+    session-scoped fixture's setup hook of the session, which a conftest's hooks do not see."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
+        _fixture_scopes.append(fixturedef.scope)
+        try:
+            return (yield)
+        finally:
+            _fixture_scopes.pop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(FixtureScopes(), "klawd-fixture-scopes")
+
+
+@pytest.fixture(autouse=True)
+def kill_test_gateways() -> Iterator[None]:
+    """A gateway that a test (or its function-scoped fixture) started is stopped when it ends.
+
+    A test that fails before its own stop would otherwise leave its `klawd serve` running for the
+    rest of the session. This autouse fixture is set up before the test's other function-scoped
+    fixtures, so it is torn down after them: what they stop is already gone. Gateways of module-
+    or session-scoped fixtures are not the test's and are left to their fixtures.
+    """
+    yield
+    for process in _test_gateways:
+        if process.poll() is None:
+            stop(process)
+    _test_gateways.clear()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -280,6 +319,8 @@ def start_gateway(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    if not _fixture_scopes or _fixture_scopes[-1] == "function":
+        _test_gateways.append(process)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(base_url, process)

@@ -254,7 +254,7 @@ fn plain_size_line(data: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// A byte of an HTTP token (a field name): RFC 9110 §5.6.2.
-const fn is_token(byte: u8) -> bool {
+pub(crate) const fn is_token(byte: u8) -> bool {
     byte.is_ascii_alphanumeric()
         || matches!(
             byte,

@@ -12,6 +12,8 @@
 //! a value or reason holds no control byte but a tab. What it reads as a header is what
 //! httptools reads: the value without its leading spaces and tabs, its trailing ones kept.
 
+use crate::chunked::is_token;
+
 /// How the body after a plain head is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
@@ -150,7 +152,7 @@ fn crlf(buf: &[u8], at: usize) -> Option<usize> {
 
 /// A byte of a reason phrase or a field value: a tab, a space, visible ASCII or obs-text.
 const TEXT: u8 = 1;
-/// A token character (RFC 9110 §5.6.2).
+/// A token character (RFC 9110 §5.6.2: `chunked::is_token`).
 const TOKEN: u8 = 2;
 /// Each byte's classes (a table: a head's every byte is looked up).
 static CLASS: [u8; 256] = classes();
@@ -162,25 +164,7 @@ const fn classes() -> [u8; 256] {
         if b == b'\t' || b == b' ' || (b >= b'!' && b <= b'~') || b >= 0x80 {
             table[b as usize] |= TEXT;
         }
-        if b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            )
-        {
+        if is_token(b) {
             table[b as usize] |= TOKEN;
         }
         if b == u8::MAX {

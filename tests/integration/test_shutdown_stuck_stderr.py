@@ -40,15 +40,20 @@ class Held:
         pass
 
 
+def fill_stderr():
+    '''Writes to stderr's pipe, which nothing reads, until it is full.'''
+    os.set_blocking(2, False)
+    try:
+        while True:
+            os.write(2, b"." * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(2, True)
+
+
 with TestClient(create_app(load_settings(config), environ={})) as client:
     if stuck:  # stderr's pipe filled: the request log's writer and every log line block
-        os.set_blocking(2, False)
-        try:
-            while True:
-                os.write(2, b"." * 4096)
-        except BlockingIOError:
-            pass
-        os.set_blocking(2, True)
+        fill_stderr()
     else:  # stderr read: only the request log's stream takes nothing
         client.app_state["klawd_observer"].request_log._stream = Held()
     assert client.get("/healthz").status_code == 200
@@ -78,13 +83,7 @@ with TestClient(create_app(load_settings(config), environ={})) as client:
 
     stream = client.portal.call(open_stream)
     if stuck:
-        os.set_blocking(2, False)
-        try:
-            while True:
-                os.write(2, b"." * 4096)
-        except BlockingIOError:
-            pass
-        os.set_blocking(2, True)
+        fill_stderr()
     drain_file.write_text(repr(time.time() - 3600))
 
     async def ended():

@@ -6,6 +6,7 @@ import asyncio
 import io
 import threading
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -90,6 +91,19 @@ def test_request_record_filled_in_context_becomes_one_json_line() -> None:
     assert line["ttfb_ms"] == 2.0
 
 
+def settled_line(watcher: RequestObserver, request_id: str, sent: int, settled: int) -> Any:
+    """The log line of a request whose status line was `sent` (0: none) and that settled as
+    `settled`."""
+    record = RequestRecord(request_id, "POST")
+    record.status = sent
+    token = current_request.set(record)
+    try:
+        watcher.settled(None, TokenUsage(0, 0), settled, False, 0)
+    finally:
+        current_request.reset(token)
+    return orjson.loads(record.line(1.0, None))
+
+
 def test_a_line_says_how_the_request_ended_its_failed_upstream_body_and_lost_images() -> None:
     """`status` is the ledger's (what `settled` was told), `http_status` the status line's
     when it differs; the type of an upstream answer that failed after its headers, and the
@@ -109,24 +123,11 @@ def test_a_line_says_how_the_request_ended_its_failed_upstream_body_and_lost_ima
     assert (line["status"], line["http_status"]) == (502, 200)
     assert (line["upstream_body_error"], line["images_lost"]) == ("bad_gateway", 2)
 
-    plain = RequestRecord("req_3", "POST")
-    plain.status = 200
-    token = current_request.set(plain)
-    try:
-        watcher.settled(None, TokenUsage(0, 0), 200, False, 0)
-    finally:
-        current_request.reset(token)
-    line = orjson.loads(plain.line(1.0, None))
+    line = settled_line(watcher, "req_3", sent=200, settled=200)
     assert line["status"] == 200
     assert not {"http_status", "upstream_body_error", "images_lost"} & line.keys()
 
-    gone = RequestRecord("req_4", "POST")  # the client left before any answer: none was sent
-    token = current_request.set(gone)
-    try:
-        watcher.settled(None, TokenUsage(0, 0), 499, False, 0)
-    finally:
-        current_request.reset(token)
-    line = orjson.loads(gone.line(1.0, None))
+    line = settled_line(watcher, "req_4", sent=0, settled=499)  # the client left before any answer
     assert line["status"] == 499 and "http_status" not in line
 
 

@@ -61,7 +61,10 @@ pub fn read_head(buf: &[u8]) -> Option<Head> {
             let value = trim_end(value);
             keep_alive = !value.eq_ignore_ascii_case(b"close");
             (8, !keep_alive || value.eq_ignore_ascii_case(b"keep-alive"))
-        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+        } else if name.eq_ignore_ascii_case(b"content-encoding")
+            // (httptools reads it as `connection`: its `close` ends the connection)
+            || name.eq_ignore_ascii_case(b"proxy-connection")
+        {
             (16, false)
         } else {
             (0, true)
@@ -240,6 +243,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Connection: close\r\nContent-Length: 1\r\n\r\n",
             "HTTP/1.1 200 OK\r\n\r\n",
             "HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 200OK\r\nContent-Length: 0\r\n\r\n",

@@ -81,6 +81,9 @@ def test_a_plain_head_reads_as_httptools_reads_it(wire: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n",
+        # httptools (llhttp) reads Proxy-Connection as Connection: "close" ends the connection
+        b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nproxy-connection: keep-alive\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # not an event stream
         b"HTTP/1.1 200 OK\r\n\r\nuntil EOF",
         b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",

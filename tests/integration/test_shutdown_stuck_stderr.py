@@ -12,6 +12,8 @@ from __future__ import annotations
 import select
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,18 +103,27 @@ os._exit(0)
 )
 
 
+@contextmanager
 def run_child(
     tmp_path: Path, stderr: str, script: str = CHILD, said: bytes = b"shutdown ended\n"
-) -> tuple[subprocess.Popen[bytes], bool]:
-    """The child started, and whether the first line it said is `said` (within 60 s)."""
+) -> Iterator[tuple[subprocess.Popen[bytes], bool]]:
+    """The child started, and whether the first line it said is `said` (within 60 s); killed
+    and its pipes closed at the end."""
     child = subprocess.Popen(
         [sys.executable, "-c", script, str(tmp_path / "klawd.toml"), stderr],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert child.stdout is not None
-    ready, _, _ = select.select([child.stdout], [], [], 60)
-    return child, bool(ready) and child.stdout.readline() == said
+    try:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        yield child, bool(ready) and child.stdout.readline() == said
+    finally:
+        child.kill()
+        child.wait()
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.mark.parametrize("stderr", ["stuck", "read"])
@@ -122,8 +133,7 @@ def test_the_shutdown_ends_with_its_log_stream_stuck_and_loses_no_line_when_it_i
     """Stuck: the request log's close is cut at the budget's end, and its cut line must not
     hold the shutdown (before: it blocked the event loop until the kill; here no line on
     stdout). Read: the same cut line (the request log's own stream stuck) reaches stderr."""
-    child, ended = run_child(tmp_path, stderr)
-    try:
+    with run_child(tmp_path, stderr) as (child, ended):
         assert ended, "the shutdown did not end"
         if stderr == "read":
             _, err = child.communicate(timeout=60)
@@ -131,12 +141,6 @@ def test_the_shutdown_ends_with_its_log_stream_stuck_and_loses_no_line_when_it_i
             cut = [line for line in lines if "shutdown: the request log not closed after" in line]
             assert len(cut) == 1, lines
             assert cut[0].startswith("ERROR klawd shutdown: ")
-    finally:
-        child.kill()
-        child.wait()
-        for pipe in (child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 @pytest.mark.parametrize("stderr", ["stuck", "read"])
@@ -146,8 +150,7 @@ def test_the_drains_line_holds_no_stream_with_the_log_stream_stuck(
     """Stuck: the drain deadline ends the open stream and says so; the line must not hold the
     event loop (before: written on the loop's thread, it blocked there, so the stream never
     ended: here no `stream ended`). Read: the line reaches stderr, once (before and after)."""
-    child, ended = run_child(tmp_path, stderr, DRAINED, b"stream ended\n")
-    try:
+    with run_child(tmp_path, stderr, DRAINED, b"stream ended\n") as (child, ended):
         assert ended, "the drain's stream did not end"
         if stderr == "read":
             out, err = child.communicate(timeout=60)
@@ -157,9 +160,3 @@ def test_the_drains_line_holds_no_stream_with_the_log_stream_stuck(
             assert drained == [
                 "WARNING klawd drain deadline: ended 1 open stream(s) before shutdown"
             ], lines
-    finally:
-        child.kill()
-        child.wait()
-        for pipe in (child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()

@@ -1252,13 +1252,7 @@ class HttpResponse:
         self._heads = 1
         self.status = status
         self._head = data[:end]
-        self._headers_done = True
-        timer = self._timer  # (as `on_headers_complete`)
-        if (
-            timer is not None
-            and timer.at > self._last_bytes_at + self._read_timeout_s + RESOLUTION_S
-        ):
-            self._arm()
+        self._head_read()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -1268,6 +1262,17 @@ class HttpResponse:
         self._left = length
         self._length_body(data[end:] if end < len(data) else b"")
         return b""
+
+    def _head_read(self) -> None:
+        """The head is whole (read by `_first_read` or the parser): the read timer, if it
+        waited for the headers' deadline, waits for the silence's, which comes first."""
+        self._headers_done = True
+        timer = self._timer
+        if (
+            timer is not None
+            and timer.at > self._last_bytes_at + self._read_timeout_s + RESOLUTION_S
+        ):
+            self._arm()
 
     def _length_body(self, data: bytes) -> None:
         """Bytes of a plain head's Content-Length body; the answer ends with its last byte,
@@ -1402,13 +1407,7 @@ class HttpResponse:
             elif encoding == b"deflate":
                 self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
                 self._deflate_probe = True
-        self._headers_done = True
-        timer = self._timer
-        if (
-            timer is not None
-            and timer.at > self._last_bytes_at + self._read_timeout_s + RESOLUTION_S
-        ):
-            self._arm()  # the timer waited for the headers' deadline: the silence's comes first
+        self._head_read()
         if self._head_only:
             self._finish_message(self._parser.should_keep_alive())  # type: ignore[union-attr]
             return

@@ -357,6 +357,47 @@ class OthersWatch:
         self.cores = ticks / CLOCK_TICKS / max(self.monotonic() - started, 1e-9)
 
 
+class StealWatch:
+    """The time the hypervisor gave each of the machine's cores to someone else during a round
+    (`by_core`: the share of the round's wall clock, from /proc/stat's `steal` column; zero on
+    bare metal). On this VM a contender's single-answer rounds move by up to ±20 % with the
+    machine otherwise still (decision 0012, 19zzzq): a round the host took cores from is named in
+    the report, as one that shared the machine with other programs is (OthersWatch)."""
+
+    def __init__(
+        self,
+        stat: Path = Path("/proc/stat"),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stat = stat
+        self.monotonic = monotonic
+        self.by_core: dict[str, float] = {}
+
+    def _steal(self) -> dict[str, int]:
+        found = {}
+        for line in self.stat.read_text().splitlines():
+            fields = line.split()
+            # cpuN user nice system idle iowait irq softirq steal ...; "cpu" alone is the sum
+            if len(fields) > 8 and fields[0].startswith("cpu") and fields[0] != "cpu":
+                found[fields[0]] = int(fields[8])
+        return found
+
+    def __enter__(self) -> StealWatch:
+        self._start = (self._steal(), self.monotonic())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        before, started = self._start
+        wall = max(self.monotonic() - started, 1e-9)
+        self.by_core = {
+            core: max(0, ticks - before.get(core, ticks)) / CLOCK_TICKS / wall
+            for core, ticks in self._steal().items()
+        }
+
+    def __str__(self) -> str:
+        return ", ".join(f"{core} {share:.0%}" for core, share in self.by_core.items())
+
+
 _SS_COUNTER = re.compile(r"\b(segs_out|segs_in|data_segs_out):(\d+)")
 
 

@@ -446,6 +446,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             "",
             *clock_lines(notes.get("clock_steps") or {}),  # type: ignore[arg-type]
             *others_lines(notes.get("others") or {}),  # type: ignore[arg-type]
+            *steal_lines(notes.get("steal") or {}),  # type: ignore[arg-type]
             *reads_lines(samples),
             *profile_lines,
             END,
@@ -537,6 +538,19 @@ def others_lines(shared: dict[str, float]) -> list[str]:
     return [
         "Other programs took CPU during rounds (cores; those rounds shared the machine, and "
         f"their ratios may not be the quiet machine's): {shared}",
+        "",
+    ]
+
+
+def steal_lines(stolen: dict[str, dict[str, float]]) -> list[str]:
+    """The rounds in which the hypervisor took time from the machine's cores (side_by_side's
+    StealWatch), if any: the contender measured then had less of its core than the wall clock
+    says."""
+    if not stolen:
+        return []
+    return [
+        "The host took time from the cores during rounds (steal, a share of each core's time; "
+        f"those rounds' contenders had less of their core than their wall clock says): {stolen}",
         "",
     ]
 

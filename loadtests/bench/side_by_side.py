@@ -46,6 +46,7 @@ from loadtests.bench.measure import (
     ClockWatch,
     ListenWatch,
     OthersWatch,
+    StealWatch,
     PeakRss,
     long_streams,
     run_queue_wait_s,
@@ -113,6 +114,8 @@ AGENT = Path(__file__).with_name("agent_request.json")
 CLOCK_STEP_S = 0.5
 # A round in which programs outside the bench took this much CPU (cores) is reported.
 OTHERS_CORES = 0.05
+# A round in which the hypervisor took this share of a core's time (its steal) is reported.
+STEAL_SHARE = 0.02
 BURST_STREAMS = 1000
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
@@ -249,7 +252,7 @@ Samples = dict[str, dict[str, list[float]]]  # contender -> measure -> one value
 def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, object]]:
     samples: Samples = {name: {} for name in args.contenders}
     notes: dict[str, object] = {
-        "bad_responses": {}, "listen": {}, "clock_steps": {}, "others": {},
+        "bad_responses": {}, "listen": {}, "clock_steps": {}, "others": {}, "steal": {},
         "load": [os.getloadavg()[0]],
     }  # fmt: skip
 
@@ -290,7 +293,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         {"upstream": _port(found["upstream"]), name: _port(contender)},
                         found["upstream"].base_url,
                     )
-                    with watch, ClockWatch() as clock, OthersWatch() as others:
+                    with watch, ClockWatch() as clock, OthersWatch() as others, StealWatch() as steal:
                         result = wrk(contender.base_url + contender.path(scenario, route),
                                      scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
@@ -343,11 +346,14 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)
                     print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}; "
-                          f"other programs {others.cores:.2f} cores{pieces}",
+                          f"other programs {others.cores:.2f} cores; steal {steal}{pieces}",
                           flush=True)  # fmt: skip
                     if others.cores >= OTHERS_CORES:
                         shared = notes["others"]
                         shared[f"{name} {measure} round {rnd + 1}"] = round(others.cores, 2)  # type: ignore[index]
+                    if max(steal.by_core.values(), default=0.0) >= STEAL_SHARE:
+                        stolen = notes["steal"]
+                        stolen[f"{name} {measure} round {rnd + 1}"] = {core: round(share, 2) for core, share in steal.by_core.items()}  # type: ignore[index]  # fmt: skip
                     if abs(clock.step_s) > CLOCK_STEP_S:
                         print(
                             f"  the wall clock stepped {clock.step_s:+.1f} s in this round "

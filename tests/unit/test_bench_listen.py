@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.bench import contenders, measure
+from loadtests.bench import contenders, measure, report
 
 
 def test_the_listen_counters_are_read_from_tcpext_s_lines(tmp_path: Path) -> None:
@@ -109,3 +109,23 @@ def test_a_round_counts_the_cpu_of_programs_outside_the_bench_only(tmp_path: Pat
         shutil.rmtree(tmp_path / "201")
         _stat(tmp_path, 300, 1, 10)  # started during the round
     assert others.cores == pytest.approx((30 + 20 + 10) / measure.CLOCK_TICKS / 2.0)
+
+
+def _proc_stat(path: Path, steal: dict[str, int]) -> None:
+    """/proc/stat's cpu lines: user nice system idle iowait irq softirq steal guest guest_nice."""
+    lines = [f"cpu 1 2 3 4 5 6 7 {sum(steal.values())} 0 0"]
+    lines += [f"{core} 1 2 3 4 5 6 7 {ticks} 0 0" for core, ticks in steal.items()]
+    path.write_text("\n".join([*lines, "intr 1 2 3", "ctxt 99"]) + "\n")
+
+
+def test_a_round_reads_the_time_the_host_took_from_each_core(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    _proc_stat(stat, {"cpu0": 40, "cpu1": 7})
+    times = iter([10.0, 12.0])
+    with measure.StealWatch(stat, lambda: next(times)) as steal:
+        _proc_stat(stat, {"cpu0": 40 + measure.CLOCK_TICKS // 2, "cpu1": 7})
+    assert steal.by_core == {"cpu0": pytest.approx(0.25), "cpu1": 0.0}
+    assert str(steal) == "cpu0 25%, cpu1 0%"
+    assert report.steal_lines({}) == []
+    (line, _) = report.steal_lines({"bare rps round 2": {"cpu0": 0.25, "cpu1": 0.0}})
+    assert "bare rps round 2" in line and "0.25" in line

@@ -46,8 +46,8 @@ from loadtests.bench.measure import (
     ClockWatch,
     ListenWatch,
     OthersWatch,
-    StealWatch,
     PeakRss,
+    StealWatch,
     long_streams,
     run_queue_wait_s,
     segments_between,
@@ -293,7 +293,12 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         {"upstream": _port(found["upstream"]), name: _port(contender)},
                         found["upstream"].base_url,
                     )
-                    with watch, ClockWatch() as clock, OthersWatch() as others, StealWatch() as steal:
+                    with (
+                        watch,
+                        ClockWatch() as clock,
+                        OthersWatch() as others,
+                        StealWatch() as steal,
+                    ):
                         result = wrk(contender.base_url + contender.path(scenario, route),
                                      scripts[name], connections, args.seconds)  # fmt: skip
                     done = result.requests_per_s * max(1, round(args.seconds))
@@ -353,7 +358,9 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         shared[f"{name} {measure} round {rnd + 1}"] = round(others.cores, 2)  # type: ignore[index]
                     if max(steal.by_core.values(), default=0.0) >= STEAL_SHARE:
                         stolen = notes["steal"]
-                        stolen[f"{name} {measure} round {rnd + 1}"] = {core: round(share, 2) for core, share in steal.by_core.items()}  # type: ignore[index]  # fmt: skip
+                        stolen[f"{name} {measure} round {rnd + 1}"] = {  # type: ignore[index]
+                            core: round(share, 2) for core, share in steal.by_core.items()
+                        }
                     if abs(clock.step_s) > CLOCK_STEP_S:
                         print(
                             f"  the wall clock stepped {clock.step_s:+.1f} s in this round "

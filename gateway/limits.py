@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -167,9 +167,23 @@ class LeasingLimiter(Protocol):
     """A limiter that may hold admission leases (Redis: decision 0003, "Admission leases")."""
 
     def admit_leased(
-        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+        counted: bool = False,
     ) -> Admission | None:
-        """The admission decided in process from a lease held, or None (send it)."""
+        """The admission decided in process from a lease held, or None (wait for
+        `lease_asked`, or send it). `counted`: the request was counted already (asked again
+        after waiting for a lease)."""
+        ...
+
+    def lease_asked(
+        self, account_id: str, spec: LimitSpec, key: KeyGate | None = None
+    ) -> Awaitable[None] | None:
+        """The lease being asked for the account and key, to wait for before sending an
+        admission (it never raises), or None."""
         ...
 
     def end_leases(self, account_id: str | None = None) -> None:

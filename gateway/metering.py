@@ -322,6 +322,13 @@ class Meter:
         sender = self.sender
         if admission is None and self.leaser is not None:
             admission = self.leaser.admit_leased(account.id, spec, reserve_micros, gate)
+            if admission is None:
+                asked = self.leaser.lease_asked(account.id, spec, gate)
+                if asked is not None:  # a lease on its way: its reply comes before ours would
+                    await asked
+                    admission = self.leaser.admit_leased(
+                        account.id, spec, reserve_micros, gate, counted=True
+                    )
         if admission is None and sender is None:
             # decided in process (a cancellation there undoes itself), before the pending
             # admission is made: it is made decided

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -164,7 +164,10 @@ class _Lease:
 class _Seen:
     """One account and key's admissions on this worker: its rate, its lease."""
 
-    __slots__ = ("asking_until", "count", "ended", "lease", "next", "previous", "window")
+    __slots__ = (
+        "asked", "asking_until", "count", "ended", "lease", "next", "previous", "refused",
+        "room", "window",
+    )  # fmt: skip
 
     def __init__(self, now: float) -> None:
         self.window = now  # the start of the current window of LEASE_LIFE_S
@@ -174,6 +177,19 @@ class _Seen:
         self.next: _Lease | None = None  # granted while `lease` was in use: its successor
         self.asking_until = 0.0  # a lease is asked for until then (its reply not read yet)
         self.ended = 0  # times its leases were ended (`end_leases`): one asked before is void
+        self.refused = False  # the last lease asked for was not granted (near a bound)
+        # The lease being asked for: done once its reply is read (or given up on), and how
+        # many more requests may wait for it (`lease_asked`): as many as it was asked for.
+        self.asked: asyncio.Future[None] | None = None
+        self.room = 0
+
+
+def _answered(seen: _Seen, asked: asyncio.Future[None]) -> None:
+    """The lease asked for is answered (or no longer waited for): its waiters go on."""
+    if seen.asked is asked:
+        seen.asked, seen.room = None, 0
+    if not asked.done():
+        asked.set_result(None)
 
 
 class RedisLimiter:
@@ -282,12 +298,18 @@ class RedisLimiter:
 
     # -- leases -----------------------------------------------------------------------------
     def admit_leased(
-        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        reserve_micros: int,
+        key: KeyGate | None = None,
+        counted: bool = False,
     ) -> Admission | None:
         """The admission decided in process from the account and key's lease, if one is held
-        that covers it; None: call `send_admit` (which asks for a lease when the worker has
-        seen enough of this account and key lately). Counts the request either way, where
-        leases are asked for at all (the lean client: `RedisStore.lean`)."""
+        that covers it; None: await `lease_asked`'s future if it gives one (then call this
+        again, `counted`), else call `send_admit` (which asks for a lease when the worker has
+        seen enough of this account and key lately). Counts the request either way (unless
+        `counted`), where leases are asked for at all (the lean client: `RedisStore.lean`)."""
         if not self._store.lean:
             return None  # no lease is ever asked for (a Redis Cluster), nor held
         gate = (account_id, spec, key)
@@ -300,7 +322,8 @@ class RedisLimiter:
         elif now - seen.window >= LEASE_LIFE_S:
             seen.previous = seen.count if now - seen.window < 2 * LEASE_LIFE_S else 0
             seen.window, seen.count = now, 0
-        seen.count += 1
+        if not counted:
+            seen.count += 1
         lease = seen.lease
         while lease is not None and (now >= lease.until or lease.left <= 0):
             self._end(gate, seen, lease)  # over: its successor, if any, takes over
@@ -327,15 +350,49 @@ class RedisLimiter:
             hold_id=lease.hold if reserve_micros else "",
         )
 
+    def lease_asked(
+        self, account_id: str, spec: LimitSpec, key: KeyGate | None = None
+    ) -> Awaitable[None] | None:
+        """For a request `admit_leased` did not admit: the lease of its account and key being
+        asked for, to wait for (it never raises; cancelling the wait cancels nothing else), if
+        one is and it has room for one more waiter; then `admit_leased(..., counted=True)`.
+        In a burst, the requests arriving while a lease travels would each send an exact
+        admission, a round trip queued behind the lease's on the same connections: its reply
+        comes first and admits them in process. None: send the admission now (no lease asked,
+        or as many waiting as it asked for)."""
+        seen = self._seen.get((account_id, spec, key))
+        if seen is None or seen.asked is None or seen.room <= 0:
+            return None
+        seen.room -= 1
+        return asyncio.shield(seen.asked)
+
     def _lease_size(self, gate: _GateKey) -> int:
-        """How many requests to ask a lease for with this admission (0: none)."""
+        """How many requests to ask a lease for with this admission (0: none): as many as the
+        last window or this one saw, or, while the rate allows it, as many as this window's
+        rate brings in a lease's life."""
         seen = self._seen.get(gate)
-        if seen is None or seen.next is not None or self._clock() < seen.asking_until:
+        now = self._clock()
+        if seen is None or seen.next is not None or now < seen.asking_until:
             return 0
-        if gate[1].tokens_per_minute:
+        spec, key = gate[1], gate[2]
+        if spec.tokens_per_minute:
             return 0  # decided per request (klawd_admit_lease_v1 would not grant it)
         wanted = max(seen.previous, seen.count)
-        return min(wanted, LEASE_MAX) if wanted >= LEASE_MIN_SEEN else 0
+        if wanted < LEASE_MIN_SEEN:
+            return 0
+        elapsed = now - seen.window
+        if seen.count >= LEASE_MIN_SEEN and elapsed > 0 and not seen.refused:
+            # A burst's first lease: sized by the count so far it covers a few ms of arrivals,
+            # and each of its successors is asked for while the last one's requests run out,
+            # so the requests in between are admitted exactly, a round trip each. Never more
+            # than the requests per minute allow in a lease's life (nor, by the lease's rules,
+            # near any bound: refused once, the count sizes the next).
+            by_rate = (seen.count - 1) * LEASE_LIFE_S / elapsed
+            for per_minute in (spec.requests_per_minute, key.requests_per_minute if key else 0):
+                if per_minute:
+                    by_rate = min(by_rate, per_minute * LEASE_LIFE_S / 60)
+            wanted = max(wanted, round(by_rate))
+        return min(wanted, LEASE_MAX)
 
     def _send_lease(
         self,
@@ -364,7 +421,11 @@ class RedisLimiter:
         asked = self._clock()
         seen = self._seen[gate]
         seen.asking_until = asked + LEASE_ASKING_S
-        granted = functools.partial(self._granted, gate, lease_id, credit, asked, seen, seen.ended)
+        loop = asyncio.get_running_loop()
+        asked_for: asyncio.Future[None] = loop.create_future()
+        granted = functools.partial(
+            self._granted, gate, lease_id, credit, asked, seen, seen.ended, asked_for
+        )
         undo = None
         if dropped is not None:
             undo = functools.partial(self._lease_undone, granted, dropped, reserve_micros, key)
@@ -372,9 +433,15 @@ class RedisLimiter:
         if sent is None:
             seen.asking_until = 0.0
             return None
+        seen.asked, seen.room = asked_for, count
+        # not waited for longer than a lease is asked for (its reply lost with the connection
+        # after its request went away)
+        loop.call_later(LEASE_ASKING_S, _answered, seen, asked_for)
 
         def replied(future: asyncio.Future[Any]) -> None:
             if future.cancelled():
+                if dropped is None:
+                    _answered(seen, asked_for)  # its reply is dropped: no lease comes
                 return  # its reply goes to `undo`
             if future.exception() is None:
                 reply = future.result()
@@ -383,6 +450,7 @@ class RedisLimiter:
                 granted(reply)
             else:
                 seen.asking_until = 0.0  # lost with the connection (its credit: the hold)
+                _answered(seen, asked_for)
 
         sent[0].add_done_callback(replied)
         return sent
@@ -408,13 +476,32 @@ class RedisLimiter:
         asked: float,
         asker: _Seen,
         ended: int,
+        asked_for: asyncio.Future[None],
+        reply: Any,
+    ) -> None:
+        try:
+            self._install(gate, lease_id, credit, asked, asker, ended, reply)
+        finally:
+            _answered(asker, asked_for)  # its waiters go on, the lease installed (if granted)
+
+    def _install(
+        self,
+        gate: _GateKey,
+        lease_id: str,
+        credit: int,
+        asked: float,
+        asker: _Seen,
+        ended: int,
         reply: Any,
     ) -> None:
         seen = self._seen.get(gate)
         if seen is asker:
             seen.asking_until = 0.0
         if type(reply) is not list or len(reply) < 14 or not int(reply[11]):
+            if type(reply) is list and seen is asker:
+                asker.refused = True  # near a bound: the next is sized by the count alone
             return  # an error reply, or no lease granted
+        asker.refused = False
         # its hold: the member of the account's holds (with the key and day of a budgeted key)
         hold = reply[14].decode() if len(reply) > 14 and reply[14] else lease_id
         lease = _Lease(hold, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)

@@ -47,8 +47,8 @@ def test_a_busy_accounts_books_are_exact_with_leases(
     leased: list[str] = []
     admit_leased = RedisLimiter.admit_leased
 
-    def counted(self: RedisLimiter, *args: Any) -> Any:
-        admission = admit_leased(self, *args)
+    def counted(self: RedisLimiter, *args: Any, **kwargs: Any) -> Any:
+        admission = admit_leased(self, *args, **kwargs)
         if admission is not None:
             leased.append(admission.hold_id)
         return admission

@@ -69,6 +69,12 @@ async def admit(
     leased = limiter.admit_leased(account_id, spec, reserve, key)
     if leased is not None:
         return leased
+    asked = limiter.lease_asked(account_id, spec, key)
+    if asked is not None:
+        await asked
+        leased = limiter.admit_leased(account_id, spec, reserve, key, counted=True)
+        if leased is not None:
+            return leased
     sent = limiter.send_admit(account_id, spec, reserve, key)
     if sent is None:
         return await limiter.admit(account_id, spec, reserve, key)
@@ -650,3 +656,126 @@ async def test_a_dead_workers_lease_of_a_budgeted_key_is_given_back_to_its_budge
         await asyncio.sleep(0.25)
     assert await reserved_by_key(store, account.id, "key_d") == [0, 0, 0]
     assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == 0
+
+
+async def test_admissions_arriving_while_a_lease_travels_wait_for_it_and_are_admitted_from_it(
+    store: RedisStore,
+) -> None:
+    """A burst: the requests that come while the lease asked for is on its way wait for its
+    reply (before it they would each send an exact admission), as many as it asked for; the
+    others are sent at once."""
+    account = await store.create_account("burst", "free", CREDIT)
+    clock = Clock()
+    limiter = RedisLimiter(store, clock)
+    await warm(limiter, account.id)
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    sent = limiter.send_admit(account.id, BIG, RESERVE)  # asks for a lease of LEASE_MIN_SEEN
+    assert sent is not None
+    waits = []
+    for _ in range(LEASE_MIN_SEEN):
+        assert limiter.admit_leased(account.id, BIG, RESERVE) is None  # none held yet
+        asked = limiter.lease_asked(account.id, BIG)
+        assert asked is not None
+        waits.append(asked)
+    # one more than the lease asked for: not kept waiting, sent now
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    assert limiter.lease_asked(account.id, BIG) is None
+    await asyncio.wait_for(asyncio.gather(*waits), BOUND_S)
+    assert limiter.admission_of(await sent[0], account.id, RESERVE) is not None
+    sent_after = 0
+    from_lease = []
+    for _ in waits:  # each waiter goes on as `Meter.start` has it
+        leased = limiter.admit_leased(account.id, BIG, RESERVE, counted=True)
+        if leased is None:
+            sent_after += 1
+            assert (await admit(limiter, account.id)).admitted
+        else:
+            from_lease.append(leased)
+    # the lease half used, one asks for the next one, as without waiting; the others are
+    # admitted from the lease, with no call of their own
+    assert sent_after == 1
+    assert len(from_lease) == LEASE_MIN_SEEN - 1
+    assert all(a.admitted and a.hold_id.startswith("L") for a in from_lease)
+    assert len({a.hold_id for a in from_lease}) == 1
+    await returned(limiter)
+    # the warm-up, the two askers and the first lease's requests used; the rest given back
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN + 1 + len(from_lease)
+
+
+async def test_waiting_for_a_lease_cancelled_cancels_nothing_else(store: RedisStore) -> None:
+    account = await store.create_account("burst cancelled", "free", CREDIT)
+    limiter = RedisLimiter(store, Clock())
+    await warm(limiter, account.id)
+    assert limiter.admit_leased(account.id, BIG, RESERVE) is None
+    sent = limiter.send_admit(account.id, BIG, RESERVE)
+    assert sent is not None
+    first, second = limiter.lease_asked(account.id, BIG), limiter.lease_asked(account.id, BIG)
+    assert first is not None and second is not None
+    waiting = asyncio.ensure_future(first)
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.wait_for(second, BOUND_S)  # the other waiter still gets the answer
+    assert limiter.admission_of(await sent[0], account.id, RESERVE) is not None
+    leased = limiter.admit_leased(account.id, BIG, RESERVE, counted=True)
+    assert leased is not None and leased.hold_id.startswith("L")
+    await returned(limiter)
+
+
+async def test_waiters_for_a_lease_not_granted_are_admitted_exactly_never_beyond_the_limit(
+    store: RedisStore,
+) -> None:
+    account = await store.create_account("burst near a limit", "free", CREDIT)
+    limit = 3 * LEASE_MIN_SEEN  # a lease of LEASE_MIN_SEEN needs 4 times that left
+    spec = LimitSpec(requests_per_minute=limit, requests_per_day=1_000_000)
+    limiter = RedisLimiter(store, Clock())
+    for _ in range(LEASE_MIN_SEEN - 1):
+        assert (await admit(limiter, account.id, spec)).admitted
+    assert limiter.admit_leased(account.id, spec, RESERVE) is None
+    sent = limiter.send_admit(account.id, spec, RESERVE)  # asks, and is refused a lease
+    assert sent is not None
+    waits = [limiter.lease_asked(account.id, spec) for _ in range(LEASE_MIN_SEEN)]
+    assert all(w is not None for w in waits)
+    assert limiter.admission_of(await sent[0], account.id, RESERVE) is not None
+    outcomes = await asyncio.gather(*(admit(limiter, account.id, spec) for _ in range(limit)))
+    for wait in waits:
+        await asyncio.wait_for(wait, BOUND_S)  # type: ignore[arg-type]
+    # every one decided exactly: the limit's requests admitted, none beyond
+    assert sum(a.admitted for a in outcomes) == limit - LEASE_MIN_SEEN
+    assert await used_today(store, account.id) == limit
+    assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
+    await returned(limiter)
+
+
+async def test_a_bursts_lease_is_sized_by_its_rate_within_the_per_minute_limit(
+    store: RedisStore,
+) -> None:
+    """Requests 1 ms apart: the lease asked for covers a lease's life at that rate, not the
+    few requests seen yet; never more than the per-minute limit allows in a lease's life; and
+    once refused (near a bound: here the day's quota), the next is sized by the count."""
+    clock = Clock()
+
+    async def asked_for(spec: LimitSpec, name: str) -> tuple[str, int]:
+        account = await store.create_account(name, "free", CREDIT)
+        limiter = RedisLimiter(store, clock)
+        for _ in range(LEASE_MIN_SEEN):
+            await admit(limiter, account.id, spec)  # the last one asks
+            clock.now += 0.001
+        taken = await used_today(store, account.id) - LEASE_MIN_SEEN
+        await returned(limiter)
+        return account.id, taken
+
+    # seven intervals of 1 ms: 1,000 a second, 250 in a lease's life
+    assert (await asked_for(BIG, "fast"))[1] == min(round(LEASE_LIFE_S / 0.001), LEASE_MAX)
+    per_minute = LimitSpec(requests_per_minute=24_000, requests_per_day=1_000_000)
+    assert (await asked_for(per_minute, "capped"))[1] == round(24_000 * LEASE_LIFE_S / 60)
+    # a day's quota a lease of the rate's size would come near: refused, then the count's
+    small_day = LimitSpec(requests_per_minute=1_000_000, requests_per_day=800)
+    account = await store.create_account("small day", "free", CREDIT)
+    limiter = RedisLimiter(store, clock)
+    for _ in range(LEASE_MIN_SEEN):
+        await admit(limiter, account.id, small_day)  # the last one asks for 250: refused
+        clock.now += 0.001
+    assert await used_today(store, account.id) == LEASE_MIN_SEEN
+    await admit(limiter, account.id, small_day)  # asks for as many as the window saw
+    assert await used_today(store, account.id) == 2 * (LEASE_MIN_SEEN + 1)
+    await returned(limiter)

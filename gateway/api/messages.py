@@ -11,7 +11,10 @@ relay with keepalive → settle (ledger, metrics, request log). Per target:
 - every other provider gets the translated ChatRequest; its answer (a chat.completion, or
   OpenAI chunks from the provider's own reframer) is translated back (`to_message`, Rust
   reframer `openai_to_anthropic`). Gemini therefore streams Gemini → OpenAI chunks →
-  Anthropic events: two Rust passes, one translation to maintain.
+  Anthropic events: two Rust passes, one translation to maintain. A stream's two run in one
+  Rust call per upstream read: the provider's reframer is chained into `openai_to_anthropic`
+  (`route_events`) and its stream relayed as it is; a stream that is no `ReframedStream` is
+  translated piece by piece (`AnthropicEvents`).
 
 Errors are written in Anthropic's shape (`{"type":"error","error":{…}}`) with the statuses and
 Retry-After of DESIGN; after the first byte, as an `event: error`. Keepalive is an Anthropic
@@ -56,6 +59,8 @@ from gateway.providers.base import (
     Completion,
     MessagesBody,
     MessagesCall,
+    ReframedStream,
+    RouteEvents,
     UpstreamStream,
 )
 from gateway.routing.bounds import check_messages_shape
@@ -227,12 +232,20 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
             )
         if translation.refusal is not None:
             raise translation.refusal
-        upstream = await state.providers[target.model.provider].stream(
-            ChatCall(chat, translation.body, target, message_id, created)
+        provider = state.providers[target.model.provider]
+        if lookup is not None and lookup.key is not None:  # the cache keeps the OpenAI chunks
+            assembling = AssemblingStream(
+                await provider.stream(
+                    ChatCall(chat, translation.body, target, message_id, created)
+                ),
+                state.cache.saver(lookup, target),
+            )
+            return AnthropicEvents(assembling, target, message_id)
+        # The provider's reframer writes the events (a chained one), if it can.
+        upstream = await provider.stream(
+            ChatCall(chat, translation.body, target, message_id, created, route_events(target))
         )
-        if lookup is not None and lookup.key is not None:
-            upstream = AssemblingStream(upstream, state.cache.saver(lookup, target))
-        return AnthropicEvents(upstream, target, message_id)
+        return anthropic_events(upstream, target, message_id)
 
     async with pending.overlapping(chat.stream):
         if chat.stream:
@@ -340,9 +353,34 @@ async def _pieces(stream: UpstreamStream) -> AsyncGenerator[bytes, None]:
 DRAIN_EVENT = error_event(ShuttingDown())
 
 
+def route_events(target: CatalogEntry) -> RouteEvents:
+    """What asks a provider's stream for Anthropic events (its reframer's second stage, which
+    reads only the message id and the model: the `ChatCall`'s)."""
+    return RouteEvents("openai_to_anthropic", "{}", _untranslatable(target))
+
+
+def _untranslatable(target: CatalogEntry) -> str:
+    return f"The stream of '{target.model.id}' could not be translated to Anthropic events."
+
+
+def anthropic_events(
+    upstream: UpstreamStream, target: CatalogEntry, message_id: str
+) -> UpstreamStream:
+    """The stream as Anthropic events: the provider's as it is if its reframer writes them
+    (asked with `route_events`: message_start its first piece, before the upstream's first
+    byte; usage, stop reason and relayed characters its first stage's, as they bill the
+    request), else translated here. The error and drain events carry no count of the events
+    before them: nothing else is asked of the reframer."""
+    if isinstance(upstream, ReframedStream) and upstream.route_reframer() is not None:
+        return upstream
+    return AnthropicEvents(upstream, target, message_id)
+
+
 class AnthropicEvents(TranslatedStream):
-    """A provider's OpenAI chunk stream, reframed to Anthropic events by the Rust core
-    (message_start at once, as Anthropic sends it, before the upstream's first chunk)."""
+    """A provider's OpenAI chunk stream that is no chained `ReframedStream` (a cache's
+    assembling or replayed one, the echo provider's...), reframed to Anthropic events by the
+    Rust core (message_start at once, as Anthropic sends it, before the upstream's first
+    chunk)."""
 
     __slots__ = ()
 
@@ -350,5 +388,5 @@ class AnthropicEvents(TranslatedStream):
         super().__init__(
             upstream,
             _core.Reframer("openai_to_anthropic", target.model.id, message_id, 0, True),
-            f"The stream of '{target.model.id}' could not be translated to Anthropic events.",
+            _untranslatable(target),
         )

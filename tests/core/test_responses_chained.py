@@ -1,9 +1,9 @@
-"""A chained `gateway._core.Reframer` (`then="openai_to_responses"`: the upstream's events →
-OpenAI chunks → Responses API events in one call) against the two reframers it replaced, driven
-as the gateway drove them (gateway/api/translated.py over the provider's `ReframedStream`):
-at every split point of recorded upstream streams (text, tool calls, an error event mid-stream,
-a stream cut off), the same bytes, the same failure, the same event count and the same final
-response."""
+"""A chained `gateway._core.Reframer` (`then="openai_to_responses"` or `"openai_to_anthropic"`:
+the upstream's events → OpenAI chunks → a route's events in one call) against the two reframers
+it replaced, each made as its route made it and driven as the gateway drove them
+(gateway/api/translated.py over the provider's `ReframedStream`): at every split point of
+recorded upstream streams (text, tool calls, an error event mid-stream, a stream cut off), the
+same bytes, the same failure, the same event count and the same final response."""
 
 from __future__ import annotations
 
@@ -21,12 +21,24 @@ ARGS = ("prov/m", "resp_abc", 1700000000, True)
 Seen = tuple[bytes, str | None, int | None, Any]
 
 
-def two_reframers(kind: str, reads: list[bytes]) -> Seen:
-    """The provider's reframer, then `openai_to_responses` over each of its pieces: a failure
+RESPONSES = "openai_to_responses"
+MESSAGES = "openai_to_anthropic"
+
+
+def second_stage(then: str) -> _core.Reframer:
+    """The route's own reframer of the provider's chunks, as it made it (ResponseEvents,
+    AnthropicEvents: the Messages route's with no `created` and no fields)."""
+    if then == MESSAGES:
+        return _core.Reframer(MESSAGES, ARGS[0], ARGS[1], 0, True)
+    return _core.Reframer(RESPONSES, *ARGS, response_fields=FIELDS)
+
+
+def two_reframers(kind: str, reads: list[bytes], then: str = RESPONSES) -> Seen:
+    """The provider's reframer, then the route's (`then`) over each of its pieces: a failure
     of the first goes out after its events before it; one of the second sends none of that
     piece's; the second's end once the first ended whole."""
     first = _core.Reframer(kind, *ARGS)
-    second = _core.Reframer("openai_to_responses", *ARGS, response_fields=FIELDS)
+    second = second_stage(then)
     out = [second.feed(OPENING)]
     for read in [*reads, None]:
         failure: str | None = None
@@ -47,9 +59,11 @@ def two_reframers(kind: str, reads: list[bytes]) -> Seen:
     return b"".join(out), None, second.events, second.final_response
 
 
-def chained(kind: str, reads: list[bytes]) -> Seen:
-    """One chained reframer, driven as `ReframedStream` drives it."""
-    r = _core.Reframer(kind, *ARGS, response_fields=FIELDS, then="openai_to_responses")
+def chained(kind: str, reads: list[bytes], then: str = RESPONSES) -> Seen:
+    """One chained reframer, made as `HttpProvider.stream` makes it for the route's
+    `RouteEvents` and driven as `ReframedStream` drives it."""
+    fields = FIELDS if then == RESPONSES else "{}"
+    r = _core.Reframer(kind, *ARGS, response_fields=fields, then=then)
     out = [r.opening()]
     for read in [*reads, None]:
         try:
@@ -84,6 +98,29 @@ def test_a_chained_reframer_writes_what_two_reframers_wrote_at_every_split_point
     for cut in range(len(body) + 1):
         reads = [body[:cut], body[cut:]]
         assert chained(kind, reads) == two_reframers(kind, reads) == whole, cut
+
+
+MESSAGES_CASES = [
+    *CASES,
+    ("openai", fixture("openai_text_usage"), None),
+    ("openai", fixture("bench_openai"), None),
+    ("gemini", fixture("gemini_safety"), None),
+]
+
+
+@pytest.mark.parametrize(("kind", "body", "failure"), MESSAGES_CASES)
+def test_a_messages_chain_writes_what_two_reframers_wrote_at_every_split_point(
+    kind: str, body: bytes, failure: str | None
+) -> None:
+    """Into Anthropic events (the Messages route): no events are counted, no response kept."""
+    whole = two_reframers(kind, [body], MESSAGES)
+    assert whole[1] == failure
+    assert whole[0].startswith(b"event: message_start\n") and whole[0].count(b"\n\n") >= 3
+    assert (b"event: message_stop\n" in whole[0]) == (failure is None)
+    assert whole[2:] == (None, None)
+    for cut in range(len(body) + 1):
+        reads = [body[:cut], body[cut:]]
+        assert chained(kind, reads, MESSAGES) == two_reframers(kind, reads, MESSAGES) == whole, cut
 
 
 def test_a_translation_failure_sends_none_of_its_read_s_events() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -349,6 +350,83 @@ def test_messages_non_streamed_request_is_served_from_a_streamed_answer(
         b.text for b in streamed.content if b.type == "text"
     ]
     assert mentions(fake_openai.requests, marker) == 1
+
+
+TOOLS: Any = [
+    {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "openai/gpt-fake",
+        "openai/tools-fake",
+        "google/gemini-fake",
+        "google/gemini-tools",
+        "openai/error-event",
+        "openai/cut-fake",
+    ],
+)
+def test_messages_translated_stream_is_the_same_chained_or_assembled_for_the_cache(
+    cached_gateway: Gateway, model: str
+) -> None:
+    """A translated stream on /v1/messages takes one of two paths: asked without the cache,
+    the provider's reframer writes the Anthropic events itself (chained in Rust); asked with
+    it (a miss), the provider's OpenAI chunks are assembled for the cache and translated by
+    the route (`AnthropicEvents`). Through the real gateway and relay, the same bytes but the
+    message id, and the official SDK reads the same message (or the same error) from both."""
+    key = cached_gateway.new_key()
+
+    def sdk(cache: bool) -> anthropic.Anthropic:
+        headers = {"x-klawd-cache": "on"} if cache else {}
+        return anthropic.Anthropic(
+            base_url=cached_gateway.base_url,
+            api_key=key,
+            max_retries=0,
+            timeout=20,
+            default_headers=headers,
+        )
+
+    def asked() -> dict[str, Any]:
+        marker = uuid.uuid4().hex  # (a prompt of this test's: never a cache hit)
+        return {
+            "model": model,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": f"Weather in Paris? {marker}"}],
+            "extra_body": {"temperature": 0},
+            **({"tools": TOOLS} if "tools" in model else {}),
+        }
+
+    def raw(cache: bool, request: dict[str, Any]) -> bytes:
+        with sdk(cache).messages.with_streaming_response.create(**request, stream=True) as got:
+            assert got.headers.get("x-klawd-cache") == ("miss" if cache else None)
+            body = got.read()
+        # (the message id, and Gemini's tool call ids made of it)
+        return re.sub(rb"msg_[0-9a-f]{24}", b"msg_", body)
+
+    request = asked()  # (the cache's first: the chained stream's is not kept)
+    chained, assembled = raw(False, request), raw(True, request)
+    assert chained == assembled
+    assert chained.startswith(b"event: message_start\n")
+    whole = model not in ("openai/error-event", "openai/cut-fake")
+    assert (b"event: message_stop\n" in chained) == whole
+    assert (b"event: error\n" in chained) != whole
+
+    def read(cache: bool, request: dict[str, Any]) -> Any:
+        try:
+            with sdk(cache).messages.stream(**request) as stream:
+                final = orjson.dumps(stream.get_final_message().model_dump(mode="json"))
+                return re.sub(rb"msg_[0-9a-f]{24}", b"msg_", final)
+        except anthropic.APIStatusError as exc:
+            return type(exc), exc.message
+
+    request = asked()
+    assert read(False, request) == read(True, request)
 
 
 def test_non_stored_responses_are_cached_streamed_and_not(

@@ -19,12 +19,14 @@ import orjson
 import pytest
 
 from gateway import _core
-from gateway.api.messages import AnthropicEvents
+from gateway.api import messages
+from gateway.api.messages import AnthropicEvents, anthropic_events
 from gateway.api.streaming import Stepped, send_event_stream
-from gateway.api.translated import TranslatedStream
+from gateway.api.translated import TranslatedStream, stepped
 from gateway.errors import BadGateway, GatewayError
 from gateway.providers.base import ReframedStream, RouteEvents
 from gateway.responses.events import ReframedEvents, ResponseEvents, response_events, route_events
+from gateway.schemas.openai import ChatRequest, StreamOptions
 from tests.providers.test_http_client import (
     BOUND_S,
     EVENT_STREAM_HEAD,
@@ -128,11 +130,13 @@ async def relay(
     reads: list[bytes],
     decline: Callable[[int], bool] = lambda n: False,
     events: RouteEvents | None = None,
+    **call_fields: Any,
 ) -> tuple[list[dict[str, Any]], _Relayed, Any]:
     """The upstream's `reads` (each an HTTP chunk, written a few loop turns apart once the
     relay's first piece is out) through the provider's stream, translated and relayed: the
     messages sent to the client, the relay, the translated stream. `events`: the provider's
-    reframer is asked for them (chained)."""
+    reframer is asked for them (chained). `call_fields`: the ChatCall's, as the route makes it
+    (by default the Responses route's id and created)."""
     first_out = asyncio.Event()
 
     async def handler(conn: Conn) -> None:
@@ -162,13 +166,14 @@ async def relay(
         try:
             call = chat_call("openai", "m", stream=True)
             if events is not None:  # (as the route asks: the response's id and created)
-                call = msgspec.structs.replace(
-                    call, response_id="resp_1", created=1700000000, events=events
-                )
+                fields = {"response_id": "resp_1", "created": 1700000000} | call_fields
+                call = msgspec.structs.replace(call, events=events, **fields)
+            elif call_fields:
+                call = msgspec.structs.replace(call, **call_fields)
             stream = await provider.stream(call)
             assert isinstance(stream, ReframedStream)
             translated = translate(stream)
-            assert translated.stepped
+            assert isinstance(translated, ReframedEvents) or stepped(translated) is translated
             relayed = _Relayed(translated, decline)
             await send_event_stream(receive, send, [], relayed, 30, last=translated.finished)
         finally:
@@ -364,3 +369,65 @@ async def test_responses_events_of_the_chained_reframer_are_the_translated_strea
         assert new_events.error_event(failure) == old_events.error_event(failure)
     assert new_events.final == old_events.final
     assert (new_events.final is None) == (body is not BODY)
+
+
+def messages_one_pass(stream: ReframedStream) -> Any:
+    """The Anthropic events the provider's chained reframer wrote: the stream relayed as it is."""
+    events = anthropic_events(stream, stream_target(), "msg_1")
+    assert events is stream
+    return events
+
+
+# A tool call's arguments after the finish that wrote its block: Anthropic events cannot
+# follow (a translation failure).
+AFTER_FINISH = b"".join(
+    [
+        _event({"tool_calls": [TOOL]}),
+        _event({"content": "Hel"}),
+        _event({}, "tool_calls"),
+        _event({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        b"data: [DONE]\n\n",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [BODY, ERROR_BODY, AFTER_FINISH, BODY[:-40]],
+    ids=["whole", "upstream-error", "untranslatable", "cut-off"],
+)
+@pytest.mark.parametrize("sizes", [(1, 5, 17, 2, 40, 9, 3, 64), (7,), (300, 1)])
+async def test_anthropic_events_of_the_chained_reframer_are_the_translated_stream_s_bytes(
+    body: bytes, sizes: tuple[int, ...]
+) -> None:
+    """The Messages route's: the provider's chained reframer (asked with the route's
+    `route_events`) and the provider's chunks translated by `AnthropicEvents`, over the same
+    reads cut anywhere, the relay declining every third piece offered: the same bytes, the
+    same failure (type and message), the same usage and relayed characters (they bill)."""
+    decline = lambda n: n % 3 == 0  # noqa: E731
+    reads = awkward_reads(body, sizes)
+    # (the Messages route's call: its message id, usage asked for)
+    call: dict[str, Any] = {
+        "response_id": "msg_1",
+        "request": _with_usage(chat_call("openai", "m").request),
+    }
+    old, old_relayed, old_events = await relay(anthropic, reads, decline, **call)
+    new, new_relayed, new_events = await relay(
+        messages_one_pass, reads, decline, messages.route_events(stream_target()), **call
+    )
+    assert [m["body"] for m in new[1:]] == [m["body"] for m in old[1:]]
+    assert type(new_relayed.failure) is type(old_relayed.failure)
+    assert (new_relayed.failure is None) == (body is BODY)
+    if old_relayed.failure is not None:
+        assert isinstance(old_relayed.failure, GatewayError)
+        assert isinstance(new_relayed.failure, GatewayError)
+        assert new_relayed.failure.message == old_relayed.failure.message
+    assert new_events.usage == old_events.usage
+    assert new_events.content_chars == old_events.content_chars
+    assert new_events.finished() == old_events.finished() == (body is BODY)
+
+
+def _with_usage(request: ChatRequest) -> ChatRequest:
+    return msgspec.structs.replace(
+        request, stream=True, stream_options=StreamOptions(include_usage=True)
+    )

@@ -174,8 +174,9 @@ class Reframer:
     def opening(self) -> bytes: ...
     # Raises SseError for malformed data or an event larger than max_event_bytes (the buffer
     # stays bounded); the whole events of that same chunk that preceded the error are then
-    # before_error()'s.
-    def feed(self, data: bytes) -> bytes: ...
+    # before_error()'s. `start`: where the stream's bytes begin in `data` (a read that holds
+    # the HTTP head before them); ValueError when past its end.
+    def feed(self, data: bytes, start: int = 0) -> bytes: ...
     # feed() of the body bytes `dechunker` reads out of `data` (a read of an HTTP chunked
     # body), in one call; a malformed chunked body is Dechunker.feed()'s ValueError (then not
     # fed), the reframer's errors are feed()'s (SseError: a subclass of ValueError).

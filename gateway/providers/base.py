@@ -897,6 +897,11 @@ class ReframedStream:
                     raise self._provider.map_stream_error(*reframer.upstream_error)
                 if reframer.done:
                     break
+                # The body's first bytes that came in the head's read: that read fed from its
+                # body on, not sliced off it (`_skip`: a copy of the body less; the head's
+                # bytes are at the front of the piece `next_piece()` answers).
+                start = response._skip
+                response._skip = 0
                 data = response.next_piece()
                 if data is None:
                     return None
@@ -907,7 +912,7 @@ class ReframedStream:
                         return out
                     break
                 try:
-                    out = reframer.feed(data)
+                    out = reframer.feed(data, start)
                 except Exception as exc:
                     out = self._keep(exc)  # its events before the failure go out first
                 if out:

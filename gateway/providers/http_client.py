@@ -789,6 +789,7 @@ class HttpResponse:
         "_read_timeout_s",
         "_sink",
         "_sink_error",
+        "_skip",
         "_timer",
         "_timers",
         "_unbounded",
@@ -818,6 +819,10 @@ class HttpResponse:
         self._headers: dict[str, str] | None = None
         self._conn: _Connection | None = conn
         self._chunks: list[bytes] = []  # taken all at once (a deque's first block: 0.5 KB)
+        # The head's length at the start of `_chunks[0]`, when that is the head's read with the
+        # body's first bytes (`_first_read`): not sliced off (a copy of the body) until a
+        # reader takes it; a reframer's reader feeds the read from there (`ReframedStream`).
+        self._skip = 0
         # Each HTTP chunk of the body goes straight into the list (httptools looks `on_body` up
         # once, here): no Python frame per chunk; a compressed body is decoded when taken. A
         # HEAD answer has no body: one that arrives anyway is an error.
@@ -910,6 +915,8 @@ class HttpResponse:
                 await self._wait_until(self._is_complete)
             if self._decoder is None:  # `_take()`, inline: the body as it came
                 chunks = self._chunks
+                if self._skip:
+                    self._drop_head()
                 body = b"".join(chunks)  # (one piece: that piece itself, not a copy)
                 chunks.clear()
                 self._wire = 0
@@ -928,6 +935,8 @@ class HttpResponse:
         if not self._complete or self._decoder is not None or self._finished:
             return None
         chunks = self._chunks
+        if self._skip:
+            self._drop_head()
         body = b"".join(chunks)  # (one piece: that piece itself, not a copy)
         chunks.clear()
         self._wire = 0
@@ -967,6 +976,8 @@ class HttpResponse:
             while True:
                 chunks = self._chunks
                 if chunks and self._decoder is None:  # `_take()`, inline (once per read)
+                    if self._skip:
+                        self._drop_head()
                     piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     chunks.clear()
                     self._wire = 0
@@ -1038,12 +1049,21 @@ class HttpResponse:
     @property
     def _buffered(self) -> int:
         """Body bytes waiting to be taken."""
-        return sum(map(len, self._chunks))
+        return sum(map(len, self._chunks)) - self._skip
+
+    def _drop_head(self) -> None:
+        """The head before the body in the first piece (`_skip`) sliced off, for a reader
+        that takes the body as `bytes`."""
+        chunks = self._chunks
+        chunks[0] = chunks[0][self._skip :]
+        self._skip = 0
 
     def _take(self) -> bytes:
         """Everything that arrived since the last take, joined; decoded if compressed (the
         decoder's tail added once the whole answer is in). Raises ResponseBroken."""
         chunks = self._chunks
+        if self._skip:
+            self._drop_head()
         piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._wire = 0
@@ -1260,7 +1280,7 @@ class HttpResponse:
             self._dechunker = _core.Dechunker()
             return data[end:]
         self._left = length
-        self._length_body(data[end:] if end < len(data) else b"")
+        self._length_body(data, end)  # (the body not sliced off the read: `_skip`)
         return b""
 
     def _head_read(self) -> None:
@@ -1274,21 +1294,30 @@ class HttpResponse:
         ):
             self._arm()
 
-    def _length_body(self, data: bytes) -> None:
-        """Bytes of a plain head's Content-Length body; the answer ends with its last byte,
-        and a byte past it breaks the connection (ValueError)."""
+    def _length_body(self, data: bytes, start: int = 0) -> None:
+        """Bytes of a plain head's Content-Length body, from `start` in `data` (the head's
+        read: its head before them, kept as `_skip`); the answer ends with its last byte, and
+        a byte past it breaks the connection (ValueError)."""
         left = self._left
-        if len(data) < left:
-            if data:
-                self._left = left - len(data)
+        size = len(data) - start
+        if size < left:
+            if size:
+                self._left = left - size
                 self._chunks.append(data)
+                if start:  # (the answer's first read: nothing before it in `_chunks`)
+                    self._skip = start
             return
         self._left = 0
         if left:
-            self._chunks.append(data if len(data) == left else data[:left])
+            if size == left:
+                self._chunks.append(data)
+                if start:
+                    self._skip = start
+            else:
+                self._chunks.append(data[start : start + left])
         if not self._complete:
             self._finish_message(self._keep_alive)
-        if len(data) > left:
+        if size > left:
             raise ValueError("bytes after the answer")
 
     def _read_head(self, parser: httptools.HttpResponseParser, data: bytes) -> bytes:

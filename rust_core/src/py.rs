@@ -150,7 +150,18 @@ impl PyReframer {
         self.take(py)
     }
 
-    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    /// `start`: where the stream's bytes begin in `data` (a read whose first bytes are the
+    /// HTTP head that came with the body: fed from the body on, with no `bytes` sliced off).
+    #[pyo3(signature = (data, start = 0))]
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &[u8],
+        start: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = data
+            .get(start..)
+            .ok_or_else(|| PyValueError::new_err("start is past the data's end"))?;
         self.out.clear();
         let Self { inner, out } = self;
         let result = if data.len() > DETACH_ABOVE {

@@ -221,3 +221,28 @@ def test_the_bench_s_streams_give_their_recorded_bytes_at_every_split(name: str)
         assert r.content_chars == content_chars
         assert usage_tuple(r) == usage
         assert r.finish_reason == finish_reason
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 8310\r\n\r\n"
+
+
+def test_a_read_fed_from_its_start_gives_the_bytes_of_its_stream_at_every_split() -> None:
+    """`feed(data, start)`: `data`'s bytes before `start` (the HTTP head that came in the same
+    read as the body) are not the stream's; the rest is, as if `data[start:]` were fed."""
+    data = fixture("bench_openai")
+    expected = (FIXTURES / "bench_openai.expected").read_bytes()
+    for cut in range(len(data) + 1):
+        r = reframer("openai")
+        out = r.feed(HEAD + data[:cut], len(HEAD)) + r.feed(data[cut:]) + r.finish()
+        assert out == expected, cut
+    r = reframer("openai")
+    assert r.feed(data, len(data)) + r.feed(data, 0) + r.finish() == expected
+
+
+@pytest.mark.parametrize("start", [1, 100])
+def test_a_start_past_the_data_s_end_is_a_value_error_and_feeds_nothing(start: int) -> None:
+    data = fixture("bench_openai")
+    r = reframer("openai")
+    with pytest.raises(ValueError, match="start"):
+        r.feed(b"", start)
+    assert r.feed(data) + r.finish() == (FIXTURES / "bench_openai.expected").read_bytes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from typing import Any, cast
 
 import pytest
 
@@ -304,3 +305,51 @@ async def test_an_unchunked_event_stream_is_read_whole_by_a_reader_that_does_not
             await response.arrival()
         assert body == BODY
         assert server.accepted == (3 if framing == "EOF" else 1)
+
+
+class FeedsSeen:
+    """A reframer that notes what each `feed` is given, the real one doing the work."""
+
+    def __init__(self, inner: _core.Reframer) -> None:
+        self.inner = inner
+        self.feeds: list[tuple[int, int]] = []  # (the bytes' length, where the stream starts)
+
+    def feed(self, data: bytes, start: int = 0) -> bytes:
+        self.feeds.append((len(data), start))
+        return self.inner.feed(data, start)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize(
+    "cuts", [[], [HEAD_LENGTH + 1], [HEAD_LENGTH + 4000]], ids=["one read", "1", "4000"]
+)
+async def test_the_body_that_came_with_the_head_is_fed_from_the_head_s_read(
+    cuts: list[int],
+) -> None:
+    """The head's read is fed to the reframer past its head (`feed(read, start)`), its body not
+    sliced off into a copy; joined with the reads after it if they came before the reader
+    stepped. The same bytes as the reframer fed the whole body."""
+    wire = framed(BODY, "length")
+    go_on = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        first, *rest = pieces_at(wire, cuts)
+        await conn.send(first)
+        await go_on.wait()
+        if rest:
+            await conn.send(*rest)
+        await conn.wait_closed_by_peer()
+
+    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+        response = await http.request("GET", server.url(), {}, None)
+        go_on.set()
+        while not response._complete:  # every read in before the reader's first step
+            await asyncio.sleep(0.01)
+        spy = FeedsSeen(_core.Reframer("openai", "p/m", "chatcmpl-test1", 1700000000, True))
+        stream = ReframedStream(openai_provider(server.url("")), response, cast(Any, spy))
+        relayed = b"".join([piece async for piece in stream])
+        assert relayed == reframed(BODY)
+        assert spy.feeds == [(len(wire), HEAD_LENGTH)]

@@ -47,7 +47,7 @@ from gateway.responses.events import (
     response_events,
     route_events,
 )
-from gateway.responses.translate import normalize_input, responses_param, to_chat_request
+from gateway.responses.translate import read_input, responses_param, to_chat_request
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_chat
 from gateway.schemas.openai import ChatRequest
@@ -91,8 +91,8 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
                 code="previous_response_not_found",
             )
         history = [*previous.history, *previous.input_items, *previous.response["output"]]
-    input_items = normalize_input(responses_request)
-    translation = to_chat_request(responses_request, fields, [*history, *input_items])
+    input_items, turn = read_input(responses_request)
+    translation = to_chat_request(responses_request, fields, history, turn)
     chat, chat_body = translation.chat, translation.body
     echoed = response_fields(responses_request)
     # Only what this key may use (403 if nothing): cached answers are keyed by these.

@@ -18,6 +18,7 @@ are; `parallel_tool_calls` is passed in the chat body; `metadata` stays with the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -72,12 +73,19 @@ ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output
 def normalize_input(request: ResponsesRequest) -> list[dict[str, Any]]:
     """This turn's input as stored items (what `input_items` lists): each with an id, a type
     and a status; string content becomes one text part. Validates every item and part."""
+    return read_input(request)[0]
+
+
+def read_input(request: ResponsesRequest) -> tuple[list[dict[str, Any]], list[Item]]:
+    """`normalize_input`, and each stored item as it was parsed (for `to_chat_request`'s
+    `turn`: not parsed again)."""
     raw_items = (
         [{"type": "message", "role": "user", "content": request.input}]
         if isinstance(request.input, str)
         else request.input
     )
     items: list[dict[str, Any]] = []
+    parsed: list[Item] = []
     for index, raw in enumerate(raw_items):
         where = f"input[{index}]"
         if not isinstance(raw, dict):
@@ -93,9 +101,10 @@ def normalize_input(request: ResponsesRequest) -> list[dict[str, Any]]:
         stored["id"] = item.id or new_item_id(ITEM_ID_PREFIX[kind])
         stored["status"] = item.status or "completed"
         items.append(stored)
+        parsed.append(item)
     if not items:
         raise InvalidRequest("`input` holds no item a chat model can read.", param="input")
-    return items
+    return items, parsed
 
 
 def _normalized_content(item: MessageItem, where: str) -> list[dict[str, Any]]:
@@ -113,16 +122,22 @@ class Translation(Struct, frozen=True):
 
 
 def to_chat_request(
-    request: ResponsesRequest, fields: dict[str, Any], conversation: list[dict[str, Any]]
+    request: ResponsesRequest,
+    fields: dict[str, Any],
+    conversation: list[dict[str, Any]],
+    turn: Sequence[Item] = (),
 ) -> Translation:
-    """The chat request for `conversation` (earlier turns' items, then this turn's input, as
-    stored items) under this request's settings. `fields` is the raw request body."""
+    """The chat request for `conversation` (earlier turns' items, as stored items) and then
+    `turn` (this turn's input as `read_input` parsed it; named as if it were part of the
+    conversation) under this request's settings. `fields` is the raw request body."""
     check_unsupported(fields)
     messages: list[Message] = []
     if request.instructions:
         messages.append(Message(role="system", content=request.instructions))
     for index, raw in enumerate(conversation):
         _append_item(messages, parse_item(raw, f"input[{index}]"), f"input[{index}]")
+    for index, item in enumerate(turn, len(conversation)):
+        _append_item(messages, item, f"input[{index}]")
     tools = [
         Tool(
             function=FunctionDef(

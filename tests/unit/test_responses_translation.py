@@ -10,16 +10,37 @@ import pytest
 
 from gateway.errors import InvalidRequest
 from gateway.responses.answer import response_fields, to_response
-from gateway.responses.translate import normalize_input, responses_param, to_chat_request
+from gateway.responses.translate import (
+    normalize_input,
+    read_input,
+    responses_param,
+    to_chat_request,
+)
 from gateway.schemas.openai import ImagePart, TextPart
 from gateway.schemas.responses import decode_responses_request
 
 
 def translate(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> Any:
+    """As the route translates (this turn's items as `read_input` parsed them), checked
+    against the stored items parsed again (as the route did before 19zzzo): the same chat
+    request and body, or the same error (message and parameter)."""
     raw = orjson.dumps(body)
     request = decode_responses_request(raw)
-    items = normalize_input(request)
-    return to_chat_request(request, orjson.loads(raw), [*(history or []), *items])
+    fields = orjson.loads(raw)
+    try:
+        items = normalize_input(request)
+        parsed_again: Any = to_chat_request(request, fields, [*(history or []), *items])
+    except InvalidRequest as exc:
+        parsed_again = exc
+    try:
+        _, turn = read_input(request)
+        translation = to_chat_request(request, fields, history or [], turn)
+    except InvalidRequest as exc:
+        assert isinstance(parsed_again, InvalidRequest), exc
+        assert (exc.message, exc.param) == (parsed_again.message, parsed_again.param)
+        raise
+    assert translation == parsed_again
+    return translation
 
 
 def test_a_string_input_is_one_user_message_after_the_instructions() -> None:
@@ -225,3 +246,41 @@ def test_length_and_content_filter_make_the_response_incomplete(finish: str, rea
     )
     assert response["status"] == "incomplete"
     assert response["incomplete_details"] == {"reason": reason}
+
+
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        (
+            {"role": "assistant", "content": [{"type": "input_image", "image_url": "x"}]},
+            "input[2].content[0]",
+        ),
+        (
+            {"role": "user", "content": [{"type": "input_image", "file_id": "f"}]},
+            "input[2].content[0].image_url",
+        ),
+        (
+            {
+                "type": "function_call_output",
+                "call_id": "c",
+                "output": [{"type": "input_image", "image_url": "https://x/y.png"}],
+            },
+            "input[2].output",
+        ),
+        ({"role": "user", "content": [{"type": "file"}]}, "input[1].content[0].type"),
+        ({"type": "nope"}, "input[1].type"),
+    ],
+)
+def test_an_input_refused_after_the_history_names_the_same_parameter_as_before(
+    item: dict[str, Any], param: str
+) -> None:
+    """Errors raised while the chat request is made (not while the input is read) name the
+    item by its place after the history, as when the stored items were parsed again; a
+    skipped item (reasoning) takes no place."""
+    history = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]}
+    ]
+    body = {"model": "m/x", "input": [{"type": "reasoning", "summary": []}, item]}
+    with pytest.raises(InvalidRequest) as raised:
+        translate(body, [*history, *history])
+    assert raised.value.param == param

@@ -15,10 +15,17 @@ NEW_GRANT = (
     "UPDATE accounts SET grant_seq = grant_seq + 1, grant_micros = ?, grant_at = ?,"
     " grant_spent = 0 WHERE id = ?"
 )
-CHARGE = "UPDATE accounts SET grant_spent = grant_spent + ? WHERE id = ? AND grant_seq > 0"
-SELECT_GRANT = (
-    "SELECT grant_seq, grant_micros, grant_at, grant_spent FROM accounts"
-    " WHERE id = ? AND grant_seq > 0"
+# A settled batch moves each account once: its stored balance by the actual cost (the
+# reservation was only ever held in memory; never below zero: the ledger keeps the true cost) and
+# the cost counted against its grant, if it has one; then one read of both (two statements an
+# account, where the balance's update and read and the grant's were four).
+CHARGE = (
+    "UPDATE accounts SET credits_micros = MAX(0, credits_micros - ?),"
+    " grant_spent = grant_spent + (CASE WHEN grant_seq > 0 THEN ? ELSE 0 END) WHERE id = ?"
+)
+SELECT_CHARGED = (
+    "SELECT credits_micros, grant_seq, grant_micros, grant_at, grant_spent FROM accounts"
+    " WHERE id = ?"
 )
 
 
@@ -34,11 +41,18 @@ def new_grant(conn: sqlite3.Connection, account_id: str, balance: int, now: int)
     conn.execute(NEW_GRANT, (balance, now, account_id))
 
 
-def charge(conn: sqlite3.Connection, costs: dict[str, int]) -> dict[str, CreditGrant]:
-    """Counts each account's settled cost against its grant; returns the grants after."""
-    conn.executemany(CHARGE, [(cost, account_id) for account_id, cost in costs.items()])
-    return {
-        account_id: CreditGrant(*row)
-        for account_id in costs
-        if (row := conn.execute(SELECT_GRANT, (account_id,)).fetchone())
-    }
+def charge(
+    conn: sqlite3.Connection, costs: dict[str, int]
+) -> tuple[dict[str, int], dict[str, CreditGrant]]:
+    """Takes each account's settled cost from its balance and counts it against its grant;
+    returns the balances and the grants after."""
+    conn.executemany(CHARGE, [(cost, cost, account_id) for account_id, cost in costs.items()])
+    balances: dict[str, int] = {}
+    grants: dict[str, CreditGrant] = {}
+    for account_id in costs:
+        row = conn.execute(SELECT_CHARGED, (account_id,)).fetchone()
+        if row is not None:
+            balances[account_id] = row[0]
+            if row[1] > 0:
+                grants[account_id] = CreditGrant(row[1], row[2], row[3], row[4])
+    return balances, grants

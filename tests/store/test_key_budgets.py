@@ -194,3 +194,26 @@ async def test_one_batch_moves_spend_and_reservations_as_its_entries_would(store
     after = await store.get_account(account.id)
     assert after is not None
     assert after.credits_micros == 1_000_000 - (10 + 7 + 20 + 15) - (75 + 80), "in flight: 155"
+
+
+async def test_a_batch_over_a_months_end_moves_each_period_of_its_key(store: Store) -> None:  # noqa: F811
+    """One key's entries on the last day of a month and the first of the next, in one batch:
+    five periods of one key (two days, two months, the total) read back at once."""
+    account = await store.create_account("e", "free", 1_000_000)
+    limiter = store.limiter()
+    await store.settle(
+        [
+            settled(account.id, "key_e", 1, cost=30, reserved=0, day="2026-11-30"),
+            settled(account.id, "key_e", 2, cost=45, reserved=0, day="2026-12-01"),
+            settled(account.id, "key_e", 3, cost=5, reserved=0, day="2026-11-30"),
+        ]
+    )
+    spend = await store.key_spend(account.id, ["key_e"], "2026-12-01")
+    assert spend["key_e"] == KeySpend(today=45, month=45, total=80)
+    spend = await store.key_spend(account.id, ["key_e"], "2026-11-30")
+    assert spend["key_e"] == KeySpend(today=35, month=35, total=80)
+    december = gate("key_e", day="2026-12-01", day_micros=46, month_micros=100, total_micros=81)
+    assert (await limiter.admit(account.id, ROOMY, 2, december)).outcome == "key_budget_exceeded"
+    assert (await limiter.admit(account.id, ROOMY, 1, december)).admitted, "45 + 1 of 46, 81"
+    november = gate("key_e", day="2026-11-30", month_micros=36)
+    assert (await limiter.admit(account.id, ROOMY, 2, november)).outcome == "key_budget_exceeded"

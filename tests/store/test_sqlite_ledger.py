@@ -252,3 +252,25 @@ async def test_names_added_by_a_batch_rolled_back_are_not_used_after(
         astuple(other)[:16],
         astuple(entry(account.id, 1))[:16],
     ]
+
+
+async def test_a_replayed_entry_beside_new_names_rolls_back_and_settles_the_new_once(
+    tmp_path: Path,
+) -> None:
+    """A batch whose insert meets an id the ledger holds (a replay) after adding names new to the
+    file is rolled back whole, names and all, and settled again: the new entry once, under its
+    own names, the replayed one not again."""
+    store = open_store(f"sqlite:///{tmp_path / 'klawd.db'}")
+    try:
+        account = await store.create_account("a", "free", 1_000_000)
+        old = entry(account.id, 1)
+        await store.settle([old])
+        new = msgspec.structs.replace(entry(account.id, 2), model="m/new", provider="p-new")
+        await store.settle([new, old, new])
+        after = await store.get_account(account.id)
+    finally:
+        await store.close()
+    assert after is not None
+    assert after.credits_micros == 1_000_000 - old.cost_micros - new.cost_micros
+    rows = _ledger_rows(tmp_path / "klawd.db")
+    assert [row[1:] for row in rows] == [astuple(old)[:16], astuple(new)[:16]]

@@ -111,7 +111,7 @@ class Limiter(Protocol):
 
 
 # What a cancelled caller's admission decided, once its reply comes: the caller gives it back.
-Dropped = Callable[[Admission], None]
+Dropped = Callable[[Admission | None], None]  # None: nothing admitted (an error, lost)
 
 
 @runtime_checkable
@@ -131,7 +131,8 @@ class SendingLimiter(Protocol):
         at once (else it is queued with the loop turn's commands: await it now, and read it
         with `admission_of`). None: it cannot be sent without waiting; call `admit`.
         `dropped`: called with the Admission if the future is cancelled before its reply came
-        (the caller went away): the caller gives back what it took."""
+        (the caller went away): the caller gives back what it took; with None if nothing was
+        admitted (an error reply, or the connection lost before the reply)."""
         ...
 
     async def admit(

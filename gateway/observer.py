@@ -93,7 +93,11 @@ class RequestObserver:
             bounds, counts, total = ttfb
             counts[bisect_left(bounds, ttfb_s)] += 1
             total[0] += ttfb_s
-        self.request_log.write(record, duration_s * 1000, None if ttfb_s is None else ttfb_s * 1000)
+        ttfb_ms = None if ttfb_s is None else ttfb_s * 1000
+        if record.held is None:
+            self.request_log.write(record, duration_s * 1000, ttfb_ms)
+        else:  # its status is on its way: written by `RequestLog.release`
+            record.held = (duration_s * 1000, ttfb_ms)
 
     def _http_children(self, route: str, method: str, status: int, streamed: bool) -> Any:
         m = self.metrics

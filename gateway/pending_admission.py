@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.admission_gate import GATE, AdmissionRefused
 from gateway.billing import TokenUsage
 from gateway.limits import Admission, KeyGate, LimitSpec
+from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry
 from gateway.store.base import Account
 
@@ -39,6 +40,7 @@ class PendingAdmission:
         "_error",
         "_gate_token",
         "_meter",
+        "_record",
         "_sent",
         "_ticket",
         "account",
@@ -82,6 +84,7 @@ class PendingAdmission:
         self.reserve_micros = reserve_micros
         self.stream = False  # for the ledger entry of a dropped admission (`overlapping` sets it)
         self._gate_token: Any = None  # the gate set while the upstream call overlaps (`__aenter__`)
+        self._record: RequestRecord | None = None  # its log line held for `dropped` (`abandon`)
 
     def sent(self, future: asyncio.Future[Any]) -> None:
         """The admission's call is on its way: its reply is `future` (`passed` reads it)."""
@@ -91,12 +94,31 @@ class PendingAdmission:
         """The admission was awaited when it was started."""
         self._admission = admission
 
-    def dropped(self, admission: Admission) -> None:
+    def dropped(self, admission: Admission | None) -> None:
         """The reply of an admission whose request was cancelled before reading it (the client
         went away): what it took is given back, as a failed request's is (settled at no cost,
         ledger status 499: its reservation of credit and key budget released); a denial is
-        remembered as an awaited one is. Called by the Redis client when the reply comes."""
+        remembered as an awaited one is; None: nothing admitted (an error reply, the connection
+        lost). Called by the Redis client when the reply comes. The request's log line, held
+        for it (`abandon`), is written then, with the ledger's status."""
+        record = self._record
+        if record is None:
+            self._given_back(admission)
+            return
+        self._record = None
+        observer = self._meter.observer
+        assert observer is not None  # noqa: S101 (a record is held only with one)
+        token = current_request.set(record)  # the Redis client's context is not the request's
+        try:
+            self._given_back(admission)
+        finally:
+            current_request.reset(token)
+            observer.request_log.release(record)
+
+    def _given_back(self, admission: Admission | None) -> None:
         meter = self._meter
+        if admission is None:
+            return
         if admission.outcome != "admitted":  # a refusal took nothing
             if admission.outcome == "rate_limited":
                 meter._remember_denial(self.account.id, self.spec, self.key, admission)
@@ -116,14 +138,27 @@ class PendingAdmission:
         self._sent = None
         if not sent.done():
             sent.cancel()  # the Redis client hands its reply to `dropped`
+            self._hold_line()
             return
-        if sent.cancelled() or sent.exception() is not None:
-            return  # cancelled while awaited (handed to `dropped` too), or the store failed
+        if sent.cancelled():  # cancelled while awaited: handed to `dropped` too
+            self._hold_line()
+            return
+        if sent.exception() is not None:
+            return  # the store failed
         sender = self._meter.sender
         assert sender is not None  # noqa: S101 (only a sending limiter sends)
         admission = sender.reply_admission(sent.result(), self.reserve_micros, self.key)
         if admission is not None:
             self.dropped(admission)
+
+    def _hold_line(self) -> None:
+        """The request's log line waits for `dropped`: its ledger status (499 if the reply
+        admitted) is known only then, after the response has ended."""
+        observer = self._meter.observer
+        record = current_request.get()
+        if observer is not None and record is not None:
+            observer.request_log.hold(record)
+            self._record = record
 
     @property
     def in_flight(self) -> bool:

@@ -72,6 +72,7 @@ class RequestRecord:
         "cost_usd",
         "finish_reasons",
         "first_byte_at",
+        "held",
         "images_lost",
         "method",
         "model",
@@ -99,6 +100,9 @@ class RequestRecord:
         self.route = ""
         self.status = 0  # the HTTP status sent (0: no answer started)
         self.settled_status = 0  # the ledger's, once the request is settled (Meter.settle)
+        # The line waits for the ledger's status (`RequestLog.hold`): HELD, or the line's times
+        # once the response ended meanwhile.
+        self.held: object = None
         self.first_byte_at: float | None = None  # time.perf_counter() of the first body byte
         self.stream_open = False
         self.account_id: str | None = None
@@ -251,6 +255,20 @@ class RequestLog:
             except RuntimeError:  # no event loop (a script, a test): no batching
                 self._hand_over()
 
+    @staticmethod
+    def hold(record: RequestRecord) -> None:
+        """The record's line waits for `release`: a request cancelled while its admission's
+        reply travels (gateway/pending_admission.py), which the ledger settles 499 if the
+        reply admitted, once it comes."""
+        record.held = HELD
+
+    def release(self, record: RequestRecord) -> None:
+        """The held record's line is written now, if its response has ended (else when it
+        ends: `RequestObserver.http_finished`)."""
+        ended, record.held = record.held, None
+        if type(ended) is tuple:
+            self.write(record, *ended)
+
     def _hand_over(self) -> None:
         pending = self._pending
         if pending:
@@ -321,6 +339,7 @@ class RequestLog:
         return self._handed - self._written
 
 
+HELD = object()  # `RequestRecord.held`: the line waits for its status
 HAND_OVER_S = 0.05
 MAX_BATCH = 256
 # Lines handed to the writer and not yet written, at most (~300 bytes each: ~20 MB).

@@ -285,14 +285,12 @@ class RedisLimiter:
         return functools.partial(self._undone, dropped, reserve, key)
 
     def _undone(self, dropped: Dropped, reserve: int, key: KeyGate | None, reply: Any) -> None:
-        admission = self.reply_admission(reply, reserve, key)
-        if admission is not None:
-            dropped(admission)
+        dropped(self.reply_admission(reply, reserve, key))
 
     def reply_admission(
         self, reply: Any, reserve_micros: int, key: KeyGate | None = None
     ) -> Admission | None:
-        if type(reply) is RespReplyError:
+        if isinstance(reply, Exception):  # an error reply, or the connection lost
             return None
         return _admission(reply, reserve_micros, True, key)
 

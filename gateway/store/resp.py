@@ -225,7 +225,9 @@ class _Connection(asyncio.Protocol):
         while pending:
             future = pending.popleft()
             if undo:  # no reply will come: whether the command ran is unknown
-                undo.pop(future, None)
+                then = undo.pop(future, None)
+                if then is not None and future.done():  # its caller went away: told so
+                    _undo(then, _copy(error))
             if not future.done():
                 future.set_exception(_copy(error))  # one instance each: tracebacks stay apart
         if self.on_lost is not None:
@@ -341,8 +343,8 @@ class RespClient:
         """One command's reply; an error reply raises RespReplyError (`str()` is its message).
         `undo`: called with the reply (an error reply as a RespReplyError value) if the caller
         is cancelled after the command was sent and before its reply was read, to give back
-        what the command took (not called if the connection is lost first: whether the command
-        ran is then unknown)."""
+        what the command took; with the connection's error (a RespConnectionError value) if the
+        connection is lost first: whether the command ran is then unknown."""
         payload = hiredis.pack_command(args)
         connection = self._pick()
         if connection is None:

@@ -7,6 +7,7 @@ matched by request id; the deadline made due by the test (`DrivenWheel`), never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +15,18 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 import uvloop
 
 from gateway.requestlog import RequestRecord
+from gateway.store import resp
 from gateway.store.base import UsageEntry
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.test_cancelled_admission import chat_body, until, warmed
 from tests.integration.test_deadline_client_gone import PATIENT
 from tests.integration.test_streams_freed import App, started
+from tests.redis_server import RedisServer
 from tests.unit.test_retry_deadline import DrivenWheel
 
 NUMBERS = itertools.count()
@@ -133,3 +138,63 @@ def test_the_log_line_s_status_is_the_ledger_s_however_the_request_ends(
     assert (line["status"], ledger) == (status, status)
     assert line.get("http_status") == sent
     assert line.get("upstream_body_error") == body_error
+
+
+@pytest.fixture(scope="module")
+def redis_config(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI, redis_server: RedisServer
+) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("log-status-redis") / "klawd.toml"
+    gateway_config(path, free_port(), fake_openai.base_url, store_url=redis_server.url)
+    yield path
+
+
+def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_status(
+    redis_config: Path, redis_server: RedisServer
+) -> None:
+    """The Redis store: the request cancelled (its client gone) while its admission's reply is
+    held back (`CLIENT PAUSE`), its response ended long before the reply comes. The line waits
+    for the reply: the ledger settles the admitted request 499 then, and the line says 499
+    (before: 0, written before the reply)."""
+    paused = redis.Redis(port=redis_server.port)
+
+    async def main() -> tuple[dict[str, Any], int]:
+        async with started(redis_config) as app:
+            seen = Seen(app)
+            store, _, _, key = await warmed(app)
+            client = store._resp
+            assert client is not None
+
+            async def owed() -> bool:  # the admission's reply owed to the request
+                return any(c.pending or c.corked for c in client._connections)
+
+            await asyncio.sleep(0.001 + 2 * resp.QUIET_S)  # quiet: the admission sent at once
+            paused.client_pause(2000, all=True)
+            request_id = f"req_log_status_{next(NUMBERS)}"
+            request = asyncio.ensure_future(
+                app.request("/v1/chat/completions", chat_body(False), key, "", request_id)
+            )
+            await until(owed, "the admission sent")
+            app.requests[-1].cancel()  # the client went away (a server that cancels)
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            for _ in range(20):  # the response ended, its line due
+                await asyncio.sleep(0.005)
+            early = seen.lines.get(request_id)  # written before the ledger's status came
+            paused.client_unpause()
+
+            async def logged() -> bool:
+                return request_id in seen.lines
+
+            await until(logged, "the line written")
+            await until(lambda: asyncio.sleep(0, request_id in seen.ledger), "settled")
+            assert early is None, early
+            return seen.lines[request_id], seen.ledger[request_id]
+
+    try:
+        line, ledger = uvloop.run(asyncio.wait_for(main(), 30))
+    finally:
+        paused.client_unpause()
+        paused.close()
+    assert (line["status"], ledger) == (499, 499)
+    assert "http_status" not in line

@@ -27,6 +27,8 @@ from typing import ClassVar
 
 import orjson
 
+from gateway.store.base import StoreError
+
 
 class GatewayError(Exception):
     status: ClassVar[int] = 500
@@ -213,3 +215,15 @@ def model_not_found(model: str, param: str = "model") -> NotFound:
 
 
 INTERNAL_ERROR_MESSAGE = "The gateway failed to process the request. It has been logged."
+STORE_UNAVAILABLE_MESSAGE = "The gateway's store is unavailable; retry shortly."
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError | None:
+    """The one mapping of an exception to the error a client is answered with (the envelope,
+    api/middleware.py's `envelope_error`) and the ledger settles (`SettleOnFailure`, a
+    stream's failure): None for an unexpected one, a 500."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, StoreError):
+        return ServiceUnavailable(STORE_UNAVAILABLE_MESSAGE, retry_after_s=1)
+    return None

@@ -48,6 +48,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
     ShuttingDown,
+    as_gateway_error,
 )
 from gateway.keys import allowed_targets
 from gateway.limits import (
@@ -563,12 +564,11 @@ class SettleOnFailure:
     ) -> None:
         if exc is None:
             return
-        if isinstance(exc, GatewayError):
-            status = exc.status
-        elif isinstance(exc, asyncio.CancelledError):  # not the gateway's failure: say why
+        if isinstance(exc, asyncio.CancelledError):  # not the gateway's failure: say why
             status = ShuttingDown.status if is_drain(exc) else CLIENT_CLOSED
-        else:
-            status = 500
+        else:  # what the client is answered (a StoreError's 503)
+            error = as_gateway_error(exc)
+            status = 500 if error is None else error.status
         self.meter.settle(self.ticket, None, TokenUsage(0, 0), 0, status, self.stream)
         if isinstance(exc, GatewayError):
             exc.extra_headers.update(self.ticket.admission.headers())

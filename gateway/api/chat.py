@@ -38,6 +38,7 @@ from gateway.errors import (
     GatewayError,
     InternalError,
     ShuttingDown,
+    as_gateway_error,
 )
 from gateway.metering import (
     UPSTREAM_BROKE_OFF,
@@ -267,8 +268,9 @@ def _cost_if_done(target: CatalogEntry, piece: bytes) -> bytes:
 
 def _failure(exc: Exception, error_event: Callable[[GatewayError], bytes]) -> tuple[int, bytes]:
     """A relay's failure after the first byte: the status it bills with, and its last event."""
-    if isinstance(exc, GatewayError):
-        return exc.status, error_event(exc)
+    error = as_gateway_error(exc)  # the status the envelope would answer (a StoreError's 503)
+    if error is not None:
+        return error.status, error_event(error)
     log.error("stream relay failed", exc_info=exc)
     return 500, error_event(InternalError(INTERNAL_ERROR_MESSAGE))
 

@@ -32,7 +32,7 @@ from gateway.errors import (
     InternalError,
     RequestTimeout,
     RequestTooLarge,
-    ServiceUnavailable,
+    as_gateway_error,
 )
 from gateway.messages import error_body as anthropic_error_body
 from gateway.observer import RequestObserver
@@ -71,14 +71,9 @@ def route_template(scope: Scope) -> str:
 def envelope_error(exc: Exception) -> GatewayError | None:
     """The one mapping of an exception to the error envelope (Starlette's exception handlers use
     it too); None for an unexpected exception, which is a 500 with no internal text."""
-    if isinstance(exc, GatewayError):
-        return exc
     if isinstance(exc, StoreError):
         log.error("store error: %s", exc)
-        return ServiceUnavailable(
-            "The gateway's store is unavailable; retry shortly.", retry_after_s=1
-        )
-    return None
+    return as_gateway_error(exc)
 
 
 class GatewayMiddleware:

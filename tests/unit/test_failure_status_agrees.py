@@ -1,0 +1,61 @@
+"""The status a failed request is settled with in the ledger is the status its client is
+answered with: one mapping (`gateway.errors.as_gateway_error`) for the envelope
+(api/middleware.py's `envelope_error`), `SettleOnFailure` (a failure before the answer) and a
+stream's failure after its first byte (api/chat.py's `_failure`). Before, a `StoreError` was
+answered 503 and settled 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.api.chat import _failure
+from gateway.api.middleware import envelope_error
+from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.metering import SettleOnFailure
+from gateway.store.base import StoreError
+
+
+class Ledger:
+    """The meter's `settle`, as SettleOnFailure calls it: the statuses settled."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def settle(
+        self, ticket: Any, served: Any, usage: Any, images: int, status: int, *_: Any
+    ) -> None:
+        self.statuses.append(status)
+
+
+class Admission:
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class Ticket:
+    admission = Admission()
+
+
+FAILURES = [
+    StoreError("redis store failed: ConnectionError"),
+    BadGateway("broken"),
+    GatewayTimeout("late"),
+    ServiceUnavailable("busy"),
+    ValueError("a bug"),
+]
+
+
+@pytest.mark.parametrize("exc", FAILURES, ids=lambda exc: type(exc).__name__)
+def test_the_ledger_settles_a_failure_with_the_status_the_client_is_answered(
+    exc: Exception,
+) -> None:
+    error = envelope_error(exc)
+    answered = 500 if error is None else error.status
+    ledger = Ledger()
+    SettleOnFailure(ledger, Ticket(), False).__exit__(type(exc), exc, None)  # type: ignore[arg-type]
+    streamed, _ = _failure(exc, lambda error: error.type.encode())
+    assert (ledger.statuses, streamed) == ([answered], answered)
+    if isinstance(exc, StoreError):
+        assert answered == 503

@@ -9,7 +9,6 @@ reservation from them, in the same transaction that records the entry.
 
 from __future__ import annotations
 
-import functools
 import secrets
 import sqlite3
 import threading
@@ -106,23 +105,7 @@ def record_spend(conn: sqlite3.Connection, costs: Mapping[tuple[str, str], int])
         for period in periods(day):
             totals[(key_id, period)] = totals.get((key_id, period), 0) + micros
     conn.executemany(ADD_SPEND, [(k, p, micros) for (k, p), micros in totals.items()])
-    # Read back a key at a time (its three periods of a day in one statement, not three).
-    by_key: dict[str, list[str]] = {}
-    for key_id, period in totals:
-        by_key.setdefault(key_id, []).append(period)
-    spent: dict[str, int] = {}
-    for key_id, key_periods in by_key.items():
-        for period, micros in conn.execute(
-            _select_periods(len(key_periods)), (key_id, *key_periods)
-        ):
-            spent[f"{key_id}|{period}"] = int(micros)
-    return spent
-
-
-@functools.lru_cache(maxsize=8)
-def _select_periods(count: int) -> str:
-    marks = ", ".join("?" * count)
-    return f"SELECT period, micros FROM key_spend WHERE key_id = ? AND period IN ({marks})"  # noqa: S608
+    return {f"{k}|{p}": int(conn.execute(SELECT_SPEND, (k, p)).fetchone()[0]) for (k, p) in totals}
 
 
 def usage_by_key(

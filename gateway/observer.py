@@ -217,6 +217,7 @@ class RequestObserver:
         record = current_request.get()
         if record is not None:
             record.body_error = error_type
+            record.body_errors += 1
 
     def upstream_images_lost(self, provider: str, images: int, error_type: str) -> None:
         """`images` a generation answered (made, and billed upstream) that the client will not

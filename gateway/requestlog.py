@@ -67,6 +67,7 @@ class RequestRecord:
         "account_id",
         "bodies",
         "body_error",
+        "body_errors",
         "cache",
         "completion_tokens",
         "cost_usd",
@@ -114,7 +115,10 @@ class RequestRecord:
         self.completion_tokens = 0
         self.cost_usd = 0.0
         self.upstream_attempts = 0
-        self.body_error: str | None = None  # an upstream answer that failed after its headers
+        # An upstream answer that failed after its headers: the last one's type, and how many
+        # (a request retried or fell back over several).
+        self.body_error: str | None = None
+        self.body_errors = 0
         self.images_lost = 0  # images generated upstream that the client did not get
         self.bodies: BodyCapture | None = None
         self.cache: str | None = None  # hit | miss | bypass when the request asked for the cache
@@ -157,6 +161,7 @@ class RequestRecord:
             self.upstream_attempts - 1 if self.upstream_attempts > 1 else 0,
             sent if sent != status else 0,  # the status line the client got said otherwise
             self.body_error,
+            self.body_errors if self.body_errors > 1 else 0,
             self.images_lost,
             self.cache,
             self.trace_id,
@@ -192,6 +197,7 @@ class RequestLine(Struct, frozen=True, omit_defaults=True, tag_field="event", ta
     retries: int
     http_status: int = 0
     upstream_body_error: str | None = None
+    upstream_body_errors: int = 0
     images_lost: int = 0
     cache: str | None = None
     trace_id: str | None = None

@@ -123,6 +123,8 @@ def test_a_line_says_how_the_request_ended_its_failed_upstream_body_and_lost_ima
     assert (line["status"], line["http_status"]) == (502, 200)
     assert (line["upstream_body_error"], line["images_lost"]) == ("bad_gateway", 2)
 
+    assert "upstream_body_errors" not in line  # one body error: its type says it
+
     line = settled_line(watcher, "req_3", sent=200, settled=200)
     assert line["status"] == 200
     assert not {"http_status", "upstream_body_error", "images_lost"} & line.keys()
@@ -355,3 +357,21 @@ def test_the_shutdown_s_close_waits_for_the_writer_off_the_event_loop() -> None:
     finally:
         stream.release.set()
     assert log.close(10)  # released, the writer ends
+
+
+def test_a_line_counts_the_upstream_bodies_that_failed_and_names_the_last() -> None:
+    """A request retried or fell back over several upstream answers that failed after their
+    headers: `upstream_body_error` is the last one's type (the one nearest how the request
+    ended), `upstream_body_errors` how many there were (only when more than one)."""
+    watcher = observer()
+    record = RequestRecord("req_5", "POST")
+    token = current_request.set(record)
+    try:
+        watcher.upstream_body_failed("openai", "bad_gateway")
+        watcher.upstream_body_failed("openai", "upstream_timeout")
+        watcher.upstream_body_failed("anthropic", "gateway_timeout")
+        watcher.settled(None, TokenUsage(0, 0), 504, False, 0)
+    finally:
+        current_request.reset(token)
+    line = orjson.loads(record.line(1.0, None))
+    assert (line["upstream_body_error"], line["upstream_body_errors"]) == ("gateway_timeout", 3)

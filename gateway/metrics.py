@@ -174,8 +174,10 @@ class Metrics:
         )
         self.upstream_retries = Counter(
             "klawd_upstream_retries_total",
-            "Retries of the same target, by provider.",
-            ["provider"],
+            "Retries of the same target, by provider; kind: request (the retrier's, of a request's "
+            "upstream call) or poll (a Replicate prediction's poll polled again after a transient "
+            "failure).",
+            ["provider", "kind"],
             registry=r,
         )
         self.fallbacks = Counter(
@@ -248,7 +250,7 @@ class Metrics:
             self.upstream_errors.labels(provider, "service_unavailable")
             self.upstream_body_errors.labels(provider, "gateway_timeout")
             self.upstream_images_lost.labels(provider, "gateway_timeout")
-            self.upstream_retries.labels(provider)
+            self.upstream_retries.labels(provider, "request")
             self.fallbacks.labels(provider)
             self.circuit_state.labels(provider).set(0)
             self.upstream_duration.labels(provider)

@@ -229,9 +229,11 @@ class RequestObserver:
         if record is not None:
             record.images_lost += images
 
-    def retried(self, provider: str) -> None:
+    def retried(self, provider: str, kind: str = "request") -> None:
+        """`kind`: request (a request's upstream call tried again: gateway/routing/retry.py) or
+        poll (a Replicate prediction's poll polled again after a transient failure)."""
         m = self.metrics
-        m.buffer.inc(m.child(m.upstream_retries, m.provider(provider)))
+        m.buffer.inc(m.child(m.upstream_retries, m.provider(provider), kind))
 
     def fell_back(self, provider: str) -> None:
         m = self.metrics

@@ -291,7 +291,7 @@ class ReplicateProvider(HttpProvider):
         if wait >= left_s:
             return None
         if self.observer is not None:
-            self.observer.retried(self.name)
+            self.observer.retried(self.name, "poll")
         return wait
 
     async def _cancel(self, prediction: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.scrape import parse, total
 
 
 def post(gateway: Gateway, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -203,9 +204,8 @@ def test_slow_trickle_is_cut_by_the_total_timeout(gateway: Gateway, api_key: str
 
 
 def retries_of(gateway: Gateway, provider: str) -> float:
-    metrics = httpx.get(f"{gateway.base_url}/metrics").text
-    prefix = f'klawd_upstream_retries_total{{provider="{provider}"}} '
-    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+    samples = parse(httpx.get(f"{gateway.base_url}/metrics").text)
+    return total(samples, "klawd_upstream_retries_total", provider=provider, kind="request")
 
 
 def test_refused_connection_is_retried_then_503(gateway: Gateway) -> None:

@@ -27,7 +27,9 @@ def counted(metrics: Metrics) -> dict[str, float]:
     samples = parse(metrics.exposition().decode())
     return {
         "answered": total(samples, "klawd_upstream_request_duration_seconds_count"),
-        "retries": total(samples, "klawd_upstream_retries_total"),
+        # a poll polled again, told from a request's retries by its `kind`
+        "retries": total(samples, "klawd_upstream_retries_total", kind="poll"),
+        "request_retries": total(samples, "klawd_upstream_retries_total", kind="request"),
         **{
             f"error:{t}": total(samples, "klawd_upstream_errors_total", type=t)
             for t in ("service_unavailable", "rate_limit_exceeded", "bad_gateway")
@@ -84,6 +86,7 @@ async def test_a_poll_answered_503_then_429_is_polled_again_after_its_retry_afte
     assert counted(metrics) == {
         "answered": 2,  # the create, the poll that succeeded
         "retries": 2,
+        "request_retries": 0,
         "error:service_unavailable": 1,
         "error:rate_limit_exceeded": 1,
         "error:bad_gateway": 0,
@@ -105,6 +108,7 @@ async def test_a_reset_poll_and_a_poll_broken_off_are_polled_again(
     assert counted(metrics) == {
         "answered": 3,  # the create, the poll whose body broke (its headers came), the last
         "retries": 2,
+        "request_retries": 0,
         "error:service_unavailable": 0,
         "error:rate_limit_exceeded": 0,
         "error:bad_gateway": 1,  # the reset, before the headers

@@ -18,7 +18,7 @@ from gateway.cache import ResponseCache
 from gateway.drain import OpenStreams, shutdown_budget_s, writes_wait_s
 from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
-from gateway.providers.base import MessagesProvider, MissingCredentials, Provider
+from gateway.providers.base import HttpProvider, MessagesProvider, MissingCredentials, Provider
 from gateway.providers.registry import build_provider, uses_api_key
 from gateway.routing.balance import Balancer
 from gateway.routing.capacity import Capacity, MemoryCapacity
@@ -211,6 +211,8 @@ async def build_state(
             )
         else:
             providers[name] = provider
+            if isinstance(provider, HttpProvider):
+                provider.max_retry_after_s = settings.provider_retry(name).max_retry_after_s
     admin_value = environ.get(settings.server.admin_token_env)
     if not admin_value:
         log.warning(

@@ -48,7 +48,7 @@ from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.embeddings import EmbeddingRequest
 from gateway.schemas.images import ImageRequest
 from gateway.schemas.openai import ChatRequest
-from gateway.settings import ProviderSettings
+from gateway.settings import ProviderSettings, RetrySettings
 from gateway.tracing import note_finish_reasons, traced_headers
 
 if TYPE_CHECKING:
@@ -428,6 +428,10 @@ class HttpProvider:
     observer: RequestObserver | None = None
     # Traces on: the trace context goes upstream, finish reasons to the span; set by create_app.
     tracing: Tracing | None = None
+    # The longest Retry-After the provider's retry policy waits for (`[retry]`, or its own
+    # `[providers.X.retry]`), for what a provider retries itself (Replicate's polls); set by
+    # build_state.
+    max_retry_after_s: float = RetrySettings().max_retry_after_s
 
     def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
         self.name = name

@@ -282,12 +282,15 @@ class ReplicateProvider(HttpProvider):
         """After the failed poll `exc`, the `failures`-th in a row, with `left_s` left before
         the deadline: how long to wait before polling again (its Retry-After, else
         POLL_FIRST_S doubling), counted as a retry; None to give up (not transient, past
-        POLL_RETRIES, or the wait not within the deadline)."""
+        POLL_RETRIES, a Retry-After past the retry policy's `max_retry_after_s`, or the wait
+        not within the deadline)."""
         if failures > POLL_RETRIES or not transient(exc):
             return None
         wait = exc.retry_after_s
         if wait is None:
             wait = min(POLL_MAX_S, POLL_FIRST_S * 2 ** (failures - 1))
+        elif wait > self.max_retry_after_s:  # longer than the retry policy waits: as the retrier
+            return None
         if wait >= left_s:
             return None
         if self.observer is not None:

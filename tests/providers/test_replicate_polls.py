@@ -5,19 +5,26 @@ outlasts that deadline."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from gateway.errors import GatewayTimeout, RateLimited
 from gateway.metrics import Metrics
 from gateway.providers import replicate
+from gateway.providers.base import HttpProvider
 from gateway.providers.http_client import HttpClient
 from gateway.providers.replicate import ReplicateProvider
 from gateway.routing.catalog import Secret
-from gateway.settings import ProviderSettings
+from gateway.settings import ProviderSettings, load_settings
+from tests.conftest import free_port, gateway_config
+from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import REPLICATE_TOKEN
 from tests.fakes.replicate_upstream import FakeReplicate
+from tests.integration.test_streams_freed import started
 from tests.providers.test_http_client import observed
 from tests.providers.test_replicate_left_predictions import image_call
 from tests.scrape import parse, total
@@ -48,12 +55,15 @@ def cancels_of(fake: FakeReplicate, prediction_id: str) -> list[str]:
 
 
 async def generate(
-    fake: FakeReplicate, model: str, **settings: Any
+    fake: FakeReplicate, model: str, max_retry_after_s: float | None = None, **settings: Any
 ) -> tuple[Any, str, Metrics, ReplicateProvider]:
     """One generation of `fake-owner/<model>` (closed after: its cancels waited for): the
-    result or the error raised, the prediction's id, the provider's metrics and the provider."""
+    result or the error raised, the prediction's id, the provider's metrics and the provider.
+    `max_retry_after_s`: the retry policy's, as build_state gives it the provider."""
     provider_settings = ProviderSettings(kind="replicate", base_url=fake.base_url, **settings)
     provider = ReplicateProvider("rep", provider_settings, Secret(REPLICATE_TOKEN))
+    if max_retry_after_s is not None:
+        provider.max_retry_after_s = max_retry_after_s
     metrics = observed(provider)
     known = set(fake.predictions)
     outcome: Any
@@ -128,6 +138,45 @@ async def test_a_retry_after_beyond_the_deadline_is_not_waited_for(
     assert len(polls_of(fake_replicate, created)) == 2
     assert cancels_of(fake_replicate, created) == ["POST"]
     assert counted(metrics)["retries"] == 1  # the 503's
+
+
+async def test_a_retry_after_past_the_retry_policy_s_longest_is_not_waited_for(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 429's Retry-After (1 s) fits in the prediction's deadline but is longer than the
+    retry policy waits (`max_retry_after_s` 0.5): the poll gives up as the request's retrier
+    does, the 429 to the client at once and the prediction cancelled. Before, the 1 s was
+    waited for and the image came back."""
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
+    error, created, metrics, _ = await generate(fake_replicate, "poll-flaky", 0.5)
+    assert isinstance(error, RateLimited), error
+    assert len(polls_of(fake_replicate, created)) == 2
+    assert cancels_of(fake_replicate, created) == ["POST"]
+    assert counted(metrics)["retries"] == 1  # the 503's
+
+
+def test_the_app_gives_each_provider_its_retry_policy_s_longest_retry_after(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """build_state sets each HTTP provider's `max_retry_after_s` from its retry policy: the test
+    config's `[retry] max_retry_after_s = 5` (not the default 30), or a provider's own
+    `[providers.X.retry]`."""
+    path = tmp_path / "klawd.toml"
+    gateway_config(path, free_port(), fake_openai.base_url)
+
+    async def main() -> dict[str, float]:
+        async with started(path) as app:
+            providers = app.state["klawd"].providers
+            return {
+                name: provider.max_retry_after_s
+                for name, provider in providers.items()
+                if isinstance(provider, HttpProvider)
+            }
+
+    longest = uvloop.run(asyncio.wait_for(main(), 30))
+    settings = load_settings(path)
+    assert longest == {name: settings.provider_retry(name).max_retry_after_s for name in longest}
+    assert longest["replicate"] == 5  # the config's [retry], not the default 30
 
 
 async def test_a_hung_poll_is_cut_at_the_predictions_deadline(

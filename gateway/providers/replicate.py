@@ -201,7 +201,7 @@ class ReplicateProvider(HttpProvider):
         try:
             while prediction.get("status") not in TERMINAL:
                 if loop.time() + wait > deadline:
-                    await self._cancel(prediction)
+                    await self._cancel(prediction, self.settings.connect_timeout_s)
                     break
                 await asyncio.sleep(wait)
                 try:
@@ -211,7 +211,7 @@ class ReplicateProvider(HttpProvider):
                 except GatewayError as exc:
                     left_s = deadline - loop.time()
                     if left_s <= 0:  # cut at the deadline: as the deadline passing between polls
-                        await self._cancel(prediction)
+                        await self._cancel(prediction, self.settings.connect_timeout_s)
                         break
                     failures += 1
                     again_in = self._poll_again_in(exc, failures, left_s)
@@ -297,12 +297,15 @@ class ReplicateProvider(HttpProvider):
             self.observer.retried(self.name, "poll")
         return wait
 
-    async def _cancel(self, prediction: Mapping[str, Any]) -> None:
+    async def _cancel(self, prediction: Mapping[str, Any], within_s: float | None = None) -> None:
+        """`within_s`: a cancel the client waits for (at the deadline, before its 504) is bounded
+        by the connect timeout, not the whole `timeout_s`: a cancel that hangs must not keep
+        the client that long past the deadline."""
         url = self._url(prediction, "cancel")
         if url is None:
             return
         try:
-            await self._send_json(UpstreamRequest(url, self._headers(), b"", "POST"))
+            await self._send_json(UpstreamRequest(url, self._headers(), b"", "POST"), within_s)
         except GatewayError:
             pass  # best effort: the client gets the timeout either way
 

@@ -186,7 +186,9 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
     left of the prediction's deadline (`timeout_s`), as its headers' and its whole answer's
     bound: poll 3 starts after the sleeps before it (0.25 + 0.5 + 1 s), so its bound is at most
     `timeout_s` less those. Before, every poll had the whole `timeout_s` (the client waited up
-    to 4.25 s here, not 2.5). The call ends in 504 and the prediction is cancelled."""
+    to 4.25 s here, not 2.5). The call ends in 504 and the prediction is cancelled, that cancel
+    (which the client waits for) bounded by the connect timeout (0.5 s here), not the whole
+    `timeout_s` (before: 2.5 s)."""
     bounds: list[tuple[str, float | None, float | None]] = []
     request = HttpClient.request
 
@@ -197,7 +199,9 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
 
     monkeypatch.setattr(HttpClient, "request", spied)
     timeout_s = 2.5
-    error, created, _, _ = await generate(fake_replicate, "poll-hangs", timeout_s=timeout_s)
+    error, created, _, _ = await generate(
+        fake_replicate, "poll-hangs", timeout_s=timeout_s, connect_timeout_s=0.5
+    )
     assert isinstance(error, GatewayTimeout)
     polls = [(h, w) for method, h, w in bounds if method == "GET"]
     assert len(polls) == 3
@@ -209,3 +213,5 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
         assert headers_s <= whole_s
     assert cancels_of(fake_replicate, created) == ["POST"]
     assert fake_replicate.predictions[created]["status"] == "canceled"
+    _, cancel = [whole_s for method, _, whole_s in bounds if method == "POST"]  # create, cancel
+    assert cancel is not None and cancel <= 0.5

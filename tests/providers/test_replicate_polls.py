@@ -215,3 +215,26 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
     assert fake_replicate.predictions[created]["status"] == "canceled"
     _, cancel = [whole_s for method, _, whole_s in bounds if method == "POST"]  # create, cancel
     assert cancel is not None and cancel <= 0.5
+
+
+@pytest.mark.parametrize("left_s", [0.0, -0.001], ids=["zero", "past"])
+async def test_a_poll_given_nothing_left_of_the_deadline_ends_in_504_and_the_cancel(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch, left_s: float
+) -> None:
+    """Timer jitter can leave a poll `deadline - loop.time()` of zero or less after the sleep
+    before it (the review of session 20 traced it, untested): such a poll is cut at once by
+    the HTTP client's bounds, and the call ends in 504 with the prediction cancelled, never a
+    hang or another status. Poll 1 as asked; every later one given `left_s`."""
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
+    poll = ReplicateProvider._poll
+    given: list[float] = []
+
+    async def at_the_bound(self: Any, prediction: Any, within_s: float) -> Any:
+        given.append(within_s)
+        return await poll(self, prediction, within_s if len(given) == 1 else left_s)
+
+    monkeypatch.setattr(ReplicateProvider, "_poll", at_the_bound)
+    error, created, _, _ = await generate(fake_replicate, "poll-hangs", timeout_s=30)
+    assert isinstance(error, GatewayTimeout), error
+    assert len(given) >= 2
+    assert cancels_of(fake_replicate, created) == ["POST"]

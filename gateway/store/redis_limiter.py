@@ -477,45 +477,34 @@ class RedisLimiter:
         asked_for: asyncio.Future[None],
         reply: Any,
     ) -> None:
+        """A lease's reply: the lease installed if granted; its waiters go on either way."""
         try:
-            self._install(gate, lease_id, credit, asked, asker, ended, reply)
+            seen = self._seen.get(gate)
+            if seen is asker:
+                seen.asking_until = 0.0
+            if type(reply) is not list or len(reply) < 14 or not int(reply[11]):
+                if type(reply) is list and seen is asker:
+                    asker.refused = True  # near a bound: the next is sized by the count alone
+                return  # an error reply, or no lease granted
+            asker.refused = False
+            # its hold: the member of the account's holds (with the key and day of a budgeted key)
+            hold = reply[14].decode() if len(reply) > 14 and reply[14] else lease_id
+            lease = _Lease(hold, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)
+            if seen is not asker or asker.ended != ended or asker.next is not None:
+                # forgotten meanwhile, or its leases ended while it travelled (its account changed:
+                # it was taken under what changed): given back now, never used
+                self._return(gate, lease)
+                return
+            if seen.lease is None:
+                seen.lease = lease
+            else:
+                seen.next = lease
+            loop = asyncio.get_running_loop()
+            lease.timer = loop.call_later(
+                max(0.0, lease.until - self._clock()), self._over, gate, lease
+            )
         finally:
             _answered(asker, asked_for)  # its waiters go on, the lease installed (if granted)
-
-    def _install(
-        self,
-        gate: _GateKey,
-        lease_id: str,
-        credit: int,
-        asked: float,
-        asker: _Seen,
-        ended: int,
-        reply: Any,
-    ) -> None:
-        seen = self._seen.get(gate)
-        if seen is asker:
-            seen.asking_until = 0.0
-        if type(reply) is not list or len(reply) < 14 or not int(reply[11]):
-            if type(reply) is list and seen is asker:
-                asker.refused = True  # near a bound: the next is sized by the count alone
-            return  # an error reply, or no lease granted
-        asker.refused = False
-        # its hold: the member of the account's holds (with the key and day of a budgeted key)
-        hold = reply[14].decode() if len(reply) > 14 and reply[14] else lease_id
-        lease = _Lease(hold, int(reply[11]), credit, asked + int(reply[12]) / 1000, reply)
-        if seen is not asker or asker.ended != ended or asker.next is not None:
-            # forgotten meanwhile, or its leases ended while it travelled (its account changed:
-            # it was taken under what changed): given back now, never used
-            self._return(gate, lease)
-            return
-        if seen.lease is None:
-            seen.lease = lease
-        else:
-            seen.next = lease
-        loop = asyncio.get_running_loop()
-        lease.timer = loop.call_later(
-            max(0.0, lease.until - self._clock()), self._over, gate, lease
-        )
 
     def _over(self, gate: _GateKey, lease: _Lease) -> None:
         """A lease's life is over (its timer): given back, if it is still held."""

@@ -170,7 +170,8 @@ class RequestRecord:
         )
 
     def line(self, latency_ms: float, ttfb_ms: float | None) -> str:
-        return _LINE_ENCODER.encode(self.entry(latency_ms, ttfb_ms)).decode()
+        """The line alone, as the writer encodes it in a batch."""
+        return msgspec.json.encode(self.entry(latency_ms, ttfb_ms)).decode()
 
 
 class RequestLine(Struct, frozen=True, omit_defaults=True, tag_field="event", tag="request"):
@@ -203,9 +204,6 @@ class RequestLine(Struct, frozen=True, omit_defaults=True, tag_field="event", ta
     trace_id: str | None = None
     request_body: str | None = None
     response_body: str | None = None
-
-
-_LINE_ENCODER = msgspec.json.Encoder()
 
 
 current_request: ContextVar[RequestRecord | None] = ContextVar("klawd_request", default=None)

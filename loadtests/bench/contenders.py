@@ -579,16 +579,44 @@ def gateway(
     directory: Path,
     streams: int = 1024,
     source: Path | None = None,
+    gc_log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """`source`: a directory holding another version's `gateway` package (with its built
-    `_core`), run instead of this one, for a before/after comparison in one run."""
+    `_core`), run instead of this one, for a before/after comparison in one run. `gc_log`: a
+    file where every process of the gateway's tree logs its cycle collections (gc_site/)."""
     config = directory / f"{name}.toml"
     text = gateway_conf(port, upstream, store_url, streams)
     if source is not None:  # an older version may not know the newer [server] fields
         text = "\n".join(line for line in text.splitlines() if not line.startswith("max_in"))
     config.write_text(text)
     command, env, cwd = gateway_command(config, directory, source)
+    if gc_log is not None:
+        env["PYTHONPATH"] += os.pathsep + str(GC_SITE)
+        env["KLAWD_BENCH_GC_LOG"] = str(gc_log)
     return pinned(SERVER_CORE, command, directory / f"{name}.log", env, cwd)
+
+
+# A sitecustomize that logs a process's cycle collections (`gateway(gc_log=...)`).
+GC_SITE = Path(__file__).with_name("gc_site")
+
+
+def collections(log: Path, since: float, until: float) -> str:
+    """The collections `log` holds that started between `since` and `until` (time.monotonic()),
+    per generation: count, total and longest pause (the worker's: the process with the most)."""
+    rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    rows = [row for row in rows if since <= float(row[2]) <= until]
+    if not rows:
+        return "no collections"
+    pids = [row[0] for row in rows]
+    worker = max(set(pids), key=pids.count)
+    parts = []
+    for generation in ("0", "1", "2"):
+        pauses = [float(row[3]) * 1e3 for row in rows if row[0] == worker and row[1] == generation]
+        if pauses:
+            parts.append(
+                f"gen{generation} {len(pauses)} ({sum(pauses):.1f} ms, max {max(pauses):.1f})"
+            )
+    return "collector: " + ", ".join(parts)
 
 
 def gateway_key(base_url: str) -> str:

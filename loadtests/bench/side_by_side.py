@@ -19,6 +19,8 @@ and every process is stopped at the end.
 Each round's line also says what it did to the listen queues (measure.ListenWatch: listen drops
 and SYNs resent, machine-wide; the peak accept queues; the connections the upstream accepted).
 `--write-docs` replaces the side-by-side section of docs/benchmarks.md (other sections are kept).
+`--gc-log`: each gateway's processes log their cycle collections (gc_site/sitecustomize.py);
+each burst round then prints the worker's per generation: count, total and longest pause.
 """
 
 from __future__ import annotations
@@ -157,9 +159,11 @@ def started(
     redis_core: str = c.CLIENT_CORE,
     before_store: str = "sqlite",
     redis_realtime: bool | None = None,
+    gc_logs: bool = False,
 ) -> Iterator[dict[str, Contender]]:
     """Every process up front; all stopped on the way out, whatever happens. `redis_realtime`:
-    None is real-time where allowed (`--redis-priority`'s default)."""
+    None is real-time where allowed (`--redis-priority`'s default). `gc_logs`: each gateway
+    logs its cycle collections to `directory/NAME.gc`."""
     if redis_realtime is None:
         redis_realtime = c.realtime_allowed()
     processes: list[subprocess.Popen[bytes]] = []
@@ -209,7 +213,10 @@ def started(
                 continue
             port = c.free_port()
             source = before if name == BEFORE else None
-            process = keep(c.gateway(name, port, upstream_url, store, directory, source=source))
+            gc_log = directory / f"{name}.gc" if gc_logs else None
+            process = keep(
+                c.gateway(name, port, upstream_url, store, directory, source=source, gc_log=gc_log)
+            )
             base = f"http://127.0.0.1:{port}"
             c.wait_for(_ready(base), name)
             headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
@@ -262,7 +269,13 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     realtime = args.redis_priority == "realtime"
     notes["redis_priority"] = args.redis_priority
     with started(
-        directory, args.contenders, args.before, args.redis_core, args.before_store, realtime
+        directory,
+        args.contenders,
+        args.before,
+        args.redis_core,
+        args.before_store,
+        realtime,
+        args.gc_log,
     ) as found:
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
@@ -382,8 +395,12 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
         for rnd in range(args.reps if "burst" in args.measures else 0):
             for name, contender in in_turn(found, rnd):
+                since = time.monotonic()
                 outcome, peak_mb = burst(contender, args.burst_seconds)
                 print(f"  burst round {rnd + 1} {name}: {outcome}, {peak_mb:.0f} MB", flush=True)
+                if args.gc_log and contender.gateway:
+                    found_gc = c.collections(directory / f"{name}.gc", since, time.monotonic())
+                    print(f"  burst round {rnd + 1} {name}: {found_gc}", flush=True)
                 record(name, "ttfb_p50_ms", float(outcome["ttfb_p50_ms"] or 0))
                 record(name, "ttfb_p99_ms", float(outcome["ttfb_p99_ms"] or 0))
                 record(name, "rss_mb", peak_mb)
@@ -484,6 +501,12 @@ def main() -> int:
         "as `make bench`), or with the gateway worker, as the embedded store's work is",
     )
     c.add_redis_priority(parser)
+    parser.add_argument(
+        "--gc-log",
+        action="store_true",
+        help="each gateway logs its cycle collections; each burst round prints them (no "
+        "--write-docs)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.before is not None:
@@ -496,6 +519,7 @@ def main() -> int:
         args.measures != set(MEASURES) - OPT_IN
         or args.contenders != NAMES
         or args.redis_core != "1"
+        or args.gc_log
     ):
         parser.error("--write-docs needs every measure and every contender")
     if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10 and 2 <= args.burst_seconds <= 60):

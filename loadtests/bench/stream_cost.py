@@ -13,7 +13,10 @@ static body (what its per-event JSON pass costs a stream). Memory: `--open` stre
 minute-long upstream (an event a second) held open together, measured once all have their
 first event (then their clients leave): Python's allocations (tracemalloc, with the top sites)
 and the process's RSS growth per stream (the C heap's free pages released before its base
-reading), in two passes (tracemalloc off for the RSS one).
+reading), in two passes (tracemalloc off for the RSS one); and a third pass counts the cycle
+collector's tracked objects they add, by type (what every middle and full collection walks per
+open stream), with the collector off while they open (`gc.get_count`: the net tracked
+allocations per stream; and what a collection then finds in cycles).
 
 `--ramp N`: N long streams opened at once, as the long run's ramp does: the time until every
 one has its first event, the cycle collector's runs meanwhile (a full collection pauses every
@@ -51,6 +54,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -344,25 +348,64 @@ async def ramp(driver: Driver, count: int, hold_s: float = 0.0) -> str:
     )
 
 
-async def open_together(driver: Driver, count: int, traced: bool) -> dict[str, Any]:
+class TrackedObjects:
+    """The cycle collector's tracked objects that open streams add, by type: what a collection
+    walks for each open stream (a middle or full collection walks every one of them)."""
+
+    def __init__(self) -> None:
+        gc.collect()
+        self.base = Counter(_type_name(o) for o in gc.get_objects())
+
+    def opened(self, count: int, base_count: int) -> dict[str, Any]:
+        """With `count` streams open: the net tracked allocations since the base (gc.get_count
+        with the collector off meanwhile), the garbage a collection finds, and the live tracked
+        objects per stream by type."""
+        allocated = gc.get_count()[0] - base_count
+        garbage = gc.collect()
+        now = Counter(_type_name(o) for o in gc.get_objects())
+        now.subtract(self.base)
+        return {
+            "allocated": allocated / count,
+            "garbage": garbage / count,
+            "tracked": sum(now.values()) / count,
+            "by_type": [(name, n / count) for name, n in now.most_common() if n >= count / 10],
+        }
+
+
+def _type_name(obj: object) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+async def open_together(
+    driver: Driver, count: int, traced: bool, objects: bool = False
+) -> dict[str, Any]:
     """`count` streams of the upstream's minute-long stream (an event a second) open at once;
-    what they hold once all have their first event; then their clients leave."""
+    what they hold once all have their first event; then their clients leave. `objects`: the
+    tracked objects they add, counted with the collector off while they open (no RSS reading
+    then: the counts' own lists are in it)."""
     model = gateway_model("long")
     warm = [asyncio.ensure_future(driver.stream(model)) for _ in range(32)]
     await asyncio.sleep(1)
     driver.leave_all()
     await asyncio.gather(*warm)
     gc.collect()
+    counted = TrackedObjects() if objects else None
+    if objects:
+        gc.disable()
     release_free_heap()
     if traced:
         tracemalloc.start(1)
     base_traced = tracemalloc.get_traced_memory()[0] if traced else 0
     base_snapshot = tracemalloc.take_snapshot() if traced else None
     base_rss = rss_bytes()
+    base_count = gc.get_count()[0]
     firsts = [asyncio.Event() for _ in range(count)]
     tasks = [asyncio.ensure_future(driver.stream(model, first)) for first in firsts]
     await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 60)
     result: dict[str, Any] = {"rss_per_stream_kb": (rss_bytes() - base_rss) / count / 1024}
+    if counted is not None:
+        result["objects"] = counted.opened(count, base_count)
     if traced and base_snapshot is not None:
         result["python_per_stream_kb"] = (
             (tracemalloc.get_traced_memory()[0] - base_traced) / count / 1024
@@ -374,6 +417,8 @@ async def open_together(driver: Driver, count: int, traced: bool) -> dict[str, A
             for stat in top
         ]  # fmt: skip
         tracemalloc.stop()
+    if objects:
+        gc.enable()
     driver.leave_all()
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return result
@@ -437,6 +482,16 @@ async def run(args: argparse.Namespace, upstream: str, store: str) -> None:
             print(f"open {args.open}: Python +{traced['python_per_stream_kb']:.2f} KB per stream")
             for site, size in traced["top"]:
                 print(f"  {size:8.0f} B  {site}")
+            objects = (await open_together(driver, args.open, traced=False, objects=True))[
+                "objects"
+            ]
+            print(
+                f"open {args.open}: tracked objects +{objects['tracked']:.1f} per stream "
+                f"(net tracked allocations {objects['allocated']:.1f}, in cycles "
+                f"{objects['garbage']:.1f}; the driver's own included)"
+            )
+            for name, per in objects["by_type"]:
+                print(f"  {per:6.2f}  {name}")
     finally:
         await harness.stop()
         shutil.rmtree(directory, ignore_errors=True)

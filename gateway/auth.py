@@ -50,7 +50,9 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-class AuthContext(Struct, frozen=True):
+# gc=False: atoms and a frozen KeyPolicy, never in a reference cycle: the cycle collector need
+# not walk it (docs/decisions/0012, twenty-sixth pass).
+class AuthContext(Struct, frozen=True, gc=False):
     key_id: str
     account_id: str
     expires_at: int | None

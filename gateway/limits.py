@@ -33,13 +33,15 @@ from gateway.store.base import KeyBudget
 Outcome = Literal["admitted", "rate_limited", "insufficient_credits", "key_budget_exceeded"]
 
 
-class LimitSpec(Struct, frozen=True):
+# gc=False (here and below): atoms and frozen Structs, never in a reference cycle: the cycle
+# collector need not walk them, one per request (docs/decisions/0012, twenty-sixth pass).
+class LimitSpec(Struct, frozen=True, gc=False):
     requests_per_minute: int
     requests_per_day: int
     tokens_per_minute: int | None = None
 
 
-class KeyGate(Struct, frozen=True):
+class KeyGate(Struct, frozen=True, gc=False):
     """The API key's share of one admission: its limits, its budgets, and the UTC day whose
     (and whose month's) spend the reservation counts against."""
 
@@ -61,7 +63,7 @@ class KeyGate(Struct, frozen=True):
         return b.day_micros is not None or b.month_micros is not None or b.total_micros is not None
 
 
-class Admission(Struct, frozen=True):
+class Admission(Struct, frozen=True, gc=False):
     outcome: Outcome
     retry_after_s: float
     limit_requests: int

@@ -114,7 +114,9 @@ def upstream_tokens_for_chat(request: ChatRequest) -> int:
     return estimate_tokens(request.prompt_counts[0]) + request.output_budget * (request.n or 1)
 
 
-class Ticket(Struct):
+# gc=False: atoms, frozen Structs and the targets' list, never in a reference cycle: the cycle
+# collector need not walk it, one per request (docs/decisions/0012, twenty-sixth pass).
+class Ticket(Struct, gc=False):
     request_id: str
     account: Account
     key_id: str

@@ -123,7 +123,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         del body
         if lookup is not None and lookup.key is not None:
             stream = AssemblingStream(stream, state.cache.saver(lookup, target))
-        await send_route_stream(
+        sending = send_route_stream(
             state,
             receive,
             send,
@@ -137,6 +137,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             # The provider's own stream knows its last piece (ends the body in that send).
             stream.finished if isinstance(stream, ReframedStream) else None,
         )
+        # This frame waits as long as the stream is open: it keeps nothing the stream does not.
+        del headers, pending, targets, tries
+        await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     if ticket.spec.tokens_per_minute:  # (no coroutine made when no token limit applies)

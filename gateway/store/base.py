@@ -17,7 +17,9 @@ class StoreError(Exception):
     """The store could not be reached or answered badly (mapped to 503 by the API)."""
 
 
-class CustomLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+# gc=False (here and on Account and the key's Structs below): frozen, atoms, tuples of str and
+# str dicts, never in a reference cycle: the cycle collector need not walk them (decision 0012).
+class CustomLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """Per-account overrides of the plan's limits (enterprise accounts)."""
 
     requests_per_minute: int | None = None
@@ -25,7 +27,7 @@ class CustomLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_field
     tokens_per_minute: int | None = None
 
 
-class Account(Struct, frozen=True):
+class Account(Struct, frozen=True, gc=False):
     id: str
     name: str
     plan: str
@@ -46,7 +48,7 @@ class CreditGrant(Struct, frozen=True):
     spent_micros: int
 
 
-class KeyBudget(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class KeyBudget(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """A key's spending caps in integer micro-dollars per UTC day, UTC month and in total."""
 
     day_micros: int | None = None
@@ -54,14 +56,14 @@ class KeyBudget(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=T
     total_micros: int | None = None
 
 
-class KeyLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class KeyLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """A key's own request limits, applied on top of its account's plan (the tighter wins)."""
 
     requests_per_minute: int | None = None
     requests_per_day: int | None = None
 
 
-class KeyPolicy(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class KeyPolicy(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """What one key may do: budgets, limits, allowed models (ids, globs, routes; empty: all)
     and free-form tags for spend reports (gateway/keys.py validates and applies them)."""
 

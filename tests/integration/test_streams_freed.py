@@ -25,6 +25,9 @@ import pytest
 import uvloop
 
 from gateway.app import GC_THRESHOLDS, create_app
+from gateway.limits import KeyGate
+from gateway.metering import Ticket
+from gateway.pending_admission import PendingAdmission
 from gateway.settings import load_settings
 from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -319,6 +322,34 @@ def test_open_streams_hold_no_loop_timer_of_their_own(config: Path) -> None:
     one, more = asyncio.run(asyncio.wait_for(main(), 30))
     grown = {kind: more[kind] - one[kind] for kind in more if more[kind] - one[kind] >= added // 2}
     assert not grown, f"loop timers that grew with {added} more streams open: {grown}"
+
+
+def test_an_open_chat_stream_keeps_no_admission_state_for_the_collector(config: Path) -> None:
+    """What a stream holds while it waits is walked by every middle and full collection. Once
+    admitted, its route keeps no PendingAdmission (the ticket has what the settlement needs),
+    and the ticket and its key's share are not tracked by the collector (msgspec `gc=False`:
+    they never hold a cycle). docs/decisions/0012, twenty-sixth pass."""
+    opened = 4
+
+    async def main() -> collections.Counter[str]:
+        async with started(config) as app:
+            tasks = [asyncio.ensure_future(app.chat("openai/hold-fake")) for _ in range(opened)]
+            while app.first_events < opened:
+                await asyncio.sleep(0.01)
+            gc.collect()
+            tracked = collections.Counter(
+                type(thing).__qualname__
+                for thing in gc.get_objects()
+                if isinstance(thing, PendingAdmission | Ticket | KeyGate)
+            )
+            for gone in app.clients:
+                if not gone.done():
+                    gone.set_result({"type": "http.disconnect"})
+            await asyncio.gather(*tasks)
+        return tracked
+
+    tracked = uvloop.run(asyncio.wait_for(main(), 30))
+    assert tracked == {}, f"tracked with {opened} streams open: {dict(tracked)}"
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])

@@ -34,6 +34,7 @@ from gateway.api import (
     webhooks,
 )
 from gateway.api.middleware import BodyDeadlines, GatewayMiddleware, envelope_error
+from gateway.collector import bound_young
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     GatewayError,
@@ -332,10 +333,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         # What start-up built lives as long as the worker: out of the collector's sight, so that
         # full collections under load only walk what requests allocate.
         _COLLECTOR.started()
+        collecting = loop.create_task(bound_young(GC_THRESHOLDS), name="klawd-collector")
         try:
             yield {"klawd": state, "klawd_observer": observer}
         finally:
             circuits.cancel()
+            collecting.cancel()
             draining.cancel()
             sweeping.cancel()
             listening.cancel()

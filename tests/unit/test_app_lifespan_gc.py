@@ -132,3 +132,31 @@ def test_an_event_loop_that_ends_without_a_shutdown_still_shuts_the_app_down(
     finally:
         gc.unfreeze()
         gc.set_threshold(*kept)
+
+
+def test_a_running_app_collects_a_young_generation_grown_while_objects_are_freed(
+    tmp_path: Path,
+) -> None:
+    """While streams end as fast as new ones open, the count that starts CPython's young
+    collections stays low (the objects freed offset those allocated) and the young generation
+    grows with every new stream's objects; the app's check on its loop (gateway/collector.py)
+    collects it once it holds more than the first threshold's worth."""
+    kept = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(load_settings(_config(tmp_path, "young")), environ={})):
+            old: list[list[object]] = [[] for _ in range(20_000)]
+            gc.collect()
+            new = []
+            while old:  # as many allocated as freed: the count stays low
+                old.pop()
+                new.append([])
+            assert len(gc.get_objects(0)) > GC_THRESHOLDS[0]
+            deadline = time.monotonic() + 10
+            while len(gc.get_objects(0)) > GC_THRESHOLDS[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(gc.get_objects(0)) <= GC_THRESHOLDS[0]
+            assert len(new) == 20_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*kept)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.admission_gate import GATE, AdmissionRefused
 from gateway.billing import TokenUsage
+from gateway.errors import GatewayTimeout, cut_by_deadline
 from gateway.limits import Admission, KeyGate, LimitSpec
 from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry
@@ -24,6 +25,7 @@ from gateway.store.base import Account
 # The ledger status of a request whose client went away (nginx's convention): a stream the
 # client abandoned (api/chat.py), an admission whose request was cancelled (`dropped`).
 CLIENT_CLOSED = 499
+DEADLINE_STATUS = GatewayTimeout.status
 
 if TYPE_CHECKING:
     from gateway.metering import Meter, Ticket
@@ -42,6 +44,7 @@ class PendingAdmission:
         "_meter",
         "_record",
         "_sent",
+        "_status",
         "_ticket",
         "account",
         "key",
@@ -85,6 +88,9 @@ class PendingAdmission:
         self.stream = False  # for the ledger entry of a dropped admission (`overlapping` sets it)
         self._gate_token: Any = None  # the gate set while the upstream call overlaps (`__aenter__`)
         self._record: RequestRecord | None = None  # its log line held for `dropped` (`abandon`)
+        # The ledger status of an admission given back (`dropped`): the client gone, or 504
+        # when the request's deadline cut its wait for the reply (gateway/routing/retry.py).
+        self._status = CLIENT_CLOSED
 
     def sent(self, future: asyncio.Future[Any]) -> None:
         """The admission's call is on its way: its reply is `future` (`passed` reads it)."""
@@ -96,8 +102,9 @@ class PendingAdmission:
 
     def dropped(self, admission: Admission | None) -> None:
         """The reply of an admission whose request was cancelled before reading it (the client
-        went away): what it took is given back, as a failed request's is (settled at no cost,
-        ledger status 499: its reservation of credit and key budget released); a denial is
+        went away, or the request's deadline passed): what it took is given back, as a failed
+        request's is (settled at no cost, ledger status 499, or 504 for the deadline: its
+        reservation of credit and key budget released); a denial is
         remembered as an awaited one is; None: nothing admitted (an error reply, the connection
         lost). Called by the Redis client when the reply comes. The request's log line, held
         for it (`abandon`), is written then, with the ledger's status."""
@@ -127,7 +134,7 @@ class PendingAdmission:
             admission, self.request_id, self.account, self.key_id, self.spec, self.key, self.now,
             self.targets, self.reserve_micros,
         )  # fmt: skip
-        meter.settle(ticket, None, TokenUsage(0, 0), 0, CLIENT_CLOSED, self.stream)
+        meter.settle(ticket, None, TokenUsage(0, 0), 0, self._status, self.stream)
 
     def abandon(self) -> None:
         """The request is cancelled before it read its admission's reply: the reply goes to
@@ -199,7 +206,9 @@ class PendingAdmission:
             except Exception as exc:  # the store failed: its error is the request's answer
                 self._error = exc
             self._sent = None
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and cut_by_deadline(exc):
+                self._status = DEADLINE_STATUS
             self.abandon()
             raise
 
@@ -263,6 +272,10 @@ class PendingAdmission:
         if self._sent is not None:  # the call never reached the gate (or failed before it)
             await self.read_reply()
         if exc is not None:
+            if self._ticket is None and self._error is None and self._admission is None:
+                # Undecided: given back while the call waited at the gate (the request's
+                # deadline cut that wait); its reply settles it (`dropped`), the error stands.
+                return
             self._settle_failure(kind, exc, traceback)  # a refusal is raised first
         # else the route takes the ticket (on a refusal it undoes what the call holds)
 

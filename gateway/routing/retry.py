@@ -19,7 +19,9 @@ answered (routing/catalog.py). For each model in order:
 With `[retry] deadline_s` set, the request's deadline (counted from this call) bounds it all:
 each try is cut when it passes (504 `gateway_timeout`, code `deadline_exceeded`; nothing is
 tried after it); a try is not sent once it has passed (in the gateway's own waits before it:
-the call ends as when it passes between tries); a Retry-After or a resting deployment's return
+the call ends as when it passes between tries), and the request's admission still on its way
+at its first try is awaited under the same cut (the 504; the admission given back when its
+reply comes); a Retry-After or a resting deployment's return
 past it is not waited for (the next model is tried at once, else the call ends with the last
 failure's own error, or the deadline's 504 when nothing was tried), and the jitter's ceiling is
 at most the time left. A try the deadline cut never counts against its deployment's circuit
@@ -112,7 +114,7 @@ def backoff_delay(
 
 class _Unsent(Exception):
     """A try not sent: the request's deadline passed before it could leave (in the gateway's
-    own waits: the shared store's capacity take, the request's admission reply)."""
+    own waits: the shared store's capacity take)."""
 
 
 class _Cut:
@@ -306,10 +308,23 @@ class Retrier:
         started = 0.0  # the first try's start (the failures' latency, recorded at the end)
         try:
             while made < budget:
-                if deadline is not None and made:  # (read before each try but the model's first)
-                    now = self._clock()
-                    if now >= deadline:  # it passed between tries: the last failure stands
-                        return self._outcome(_ModelOutcome(error), alone)
+                if deadline is not None:
+                    if made:  # (read before each try but the model's first)
+                        now = self._clock()
+                        if now >= deadline:  # it passed between tries: the last failure stands
+                            return self._outcome(_ModelOutcome(error), alone)
+                    gate = GATE.get()
+                    if gate is not None and not gate.open:
+                        # The request's own admission still on its way (before its first try):
+                        # awaited here, under the cut, so that every later wait of this try
+                        # finds it decided. Its reply is the deadline's like any wait: a store
+                        # that does not answer holds the request no longer than the deadline
+                        # (cut, the admission is given back when its reply comes:
+                        # PendingAdmission.read_reply), not until the store's command timeout.
+                        try:
+                            await self._before_deadline(gate.passed(), deadline - self._clock())
+                        except GatewayTimeout as exc:  # (the cut's: `passed` raises no other)
+                            return self._outcome(_ModelOutcome(exc, cut=True), alone)
                 if failed is None and target.all_available and health.all_closed:
                     servable: Sequence[CatalogEntry] = deployments  # `_servable`'s first answer
                     reopens_s = 0.0
@@ -368,14 +383,8 @@ class Retrier:
                             self._moved_on(self.observer, made, tries)
                         result = await attempt(deployment)
                     else:
-                        gate = GATE.get()
-                        if gate is not None and not gate.open:
-                            # The request's own admission still on its way: its reply is read
-                            # whole, outside the cut (cut there, it was given back as a gone
-                            # client's and the request ended undecided: a 500)
-                            await gate.passed()
-                        # read as it leaves: the waits since call_started (the admission's
-                        # reply, here or with traces on) are the deadline's too
+                        # read as it leaves: the waits since the deadline began (the admission's
+                        # reply, a shared capacity take) are the deadline's too
                         left = deadline - self._clock()
                         if left <= 0:
                             # sent, it would be cut at once, maybe generated and billed

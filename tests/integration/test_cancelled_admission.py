@@ -63,13 +63,27 @@ async def account_with_budgeted_key(app: App) -> tuple[str, str, str]:
 
 async def warmed(app: App) -> tuple[RedisStore, Account, str, str]:
     """The app's Redis store and `account_with_budgeted_key`'s account and key, warmed by one
-    answered request: (store, the account after that request's settle batch, key id, key)."""
+    answered request: (store, the account after that request's settle batch, key id, key),
+    once the store is quiet (nothing of that request's still on its way)."""
     store = app.state["klawd"].store._inner  # behind the store's timing proxy
     assert isinstance(store, RedisStore)
     account_id, key_id, key = await account_with_budgeted_key(app)
     status, answer = await app.request("/v1/chat/completions", chat_body(False), key)
     assert status == 200, answer  # warm: Redis's connection open, its functions loaded
-    await asyncio.sleep(0.1)  # that request's settle batch
+    recorder = app.state["klawd"].meter._recorder
+    client = store._resp
+    assert client is not None
+
+    async def quiet() -> bool:
+        """That request's settle batch settled in Redis (its entries leave `pending` then), the
+        checks after it done, and no reply owed on the store's connections."""
+        return (
+            recorder.pending == 0
+            and recorder.checks_running == (0, 0)
+            and not any(c.pending or c.corked for c in client._connections)
+        )
+
+    await until(quiet, "the warm request's settle batch and its checks")
     account = await store.get_account(account_id)
     assert account is not None
     return store, account, key_id, key

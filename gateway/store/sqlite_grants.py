@@ -42,14 +42,14 @@ def new_grant(conn: sqlite3.Connection, account_id: str, balance: int, now: int)
 
 
 def charge(
-    conn: sqlite3.Connection, costs: dict[str, int]
+    conn: sqlite3.Cursor, costs: dict[str, int]
 ) -> tuple[dict[str, int], dict[str, CreditGrant]]:
     """Takes each account's settled cost from its balance and counts it against its grant;
     returns the balances and the grants after."""
-    conn.executemany(CHARGE, [(cost, cost, account_id) for account_id, cost in costs.items()])
     balances: dict[str, int] = {}
     grants: dict[str, CreditGrant] = {}
-    for account_id in costs:
+    for account_id, cost in costs.items():  # (a batch has one account or a few: no executemany)
+        conn.execute(CHARGE, (cost, cost, account_id))
         row = conn.execute(SELECT_CHARGED, (account_id,)).fetchone()
         if row is not None:
             balances[account_id] = row[0]

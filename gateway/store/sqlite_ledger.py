@@ -101,7 +101,7 @@ class LedgerNames:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
 
-    def name_columns(self, conn: sqlite3.Connection, values: list[Any], stride: int) -> None:
+    def name_columns(self, conn: sqlite3.Cursor, values: list[Any], stride: int) -> None:
         """Replaces the named columns of `values` (rows of `stride` values, flattened) by their
         names' ids, adding the names not in the file yet: one C-level map per column, no Python
         call per row."""

@@ -16,12 +16,13 @@ Control, whose bodies carry keys and secrets).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import queue
 import sys
 import threading
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 import msgspec
 import orjson
@@ -286,32 +287,38 @@ class RequestLog:
     def _run(self) -> None:
         behind_the_event_loop()
         encode_lines = self._encoder.encode_lines
+        stream, binary = self._stream, _utf8_bytes_under(self._stream)
         while (lines := self._queue.get()) is not None:
             try:
-                text = encode_lines(lines).decode()  # (the batch's JSON lines, in one call)
+                data = encode_lines(lines)  # (the batch's JSON lines, in one call)
             except (TypeError, ValueError):  # a value JSON cannot hold (a lone surrogate)
-                text = self._each_line(lines)
+                data = self._each_line(lines)
             dropped = self._dropped - self._dropped_said
             if dropped:
                 self._dropped_said += dropped
                 notice = {"event": "request_log_dropped", "lines": dropped, "why": DROPPED_WHY}
-                text = orjson.dumps(notice).decode() + "\n" + text
+                data = orjson.dumps(notice) + b"\n" + data
             try:
-                self._stream.write(text)
-                self._stream.flush()
+                if binary is not None:
+                    stream.flush()  # (text another writer left in the text layer goes first)
+                    binary.write(data)
+                    binary.flush()
+                else:
+                    stream.write(data.decode())
+                    stream.flush()
             except (OSError, ValueError):
                 pass  # a closed stream must not kill the writer: the lines are dropped
             self._written += len(lines)
 
-    def _each_line(self, lines: list[RequestLine]) -> str:
+    def _each_line(self, lines: list[RequestLine]) -> bytes:
         """The lines encoded one by one: one that cannot be is left out (it is counted
         written, as the lines a closed stream loses), not the batch with it."""
         encode = self._encoder.encode
-        text = []
+        data = []
         for line in lines:
             with contextlib.suppress(TypeError, ValueError):
-                text.append(encode(line).decode() + "\n")
-        return "".join(text)
+                data.append(encode(line) + b"\n")
+        return b"".join(data)
 
     def close(self, within_s: float = CLOSE_WAIT_S) -> bool:
         """Writes what is gathered, then stops the thread, waiting at most `within_s`: whether
@@ -341,6 +348,18 @@ class RequestLog:
     def unwritten(self) -> int:
         """Lines handed to the writer and not written yet (its count: the writer's thread's)."""
         return self._handed - self._written
+
+
+def _utf8_bytes_under(stream: TextIO) -> BinaryIO | None:
+    """The bytes under a UTF-8 text stream (stderr's buffer), for the writer to write the
+    batch's JSON (UTF-8 already) to as it is: no decode into a str that the text layer encodes
+    back (~0.7K instructions a line). None for a stream without one (a StringIO) or of another
+    encoding (whose errors handler may write non-ASCII otherwise): its text is written."""
+    binary = getattr(stream, "buffer", None)
+    encoding = getattr(stream, "encoding", None)
+    if binary is None or encoding is None or codecs.lookup(encoding).name != "utf-8":
+        return None
+    return cast("BinaryIO", binary)
 
 
 HELD = object()  # `RequestRecord.held`: the line waits for its status

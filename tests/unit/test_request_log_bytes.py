@@ -143,3 +143,36 @@ def test_a_line_json_cannot_hold_is_left_out_and_the_writer_goes_on() -> None:
     ]
     assert "req_before" in stream.getvalue() and "req_after" in stream.getvalue()
     assert log.unwritten == 0
+
+
+class _TextWritesCounted(io.TextIOWrapper):
+    text_writes = 0
+
+    def write(self, text: str) -> int:
+        self.text_writes += 1
+        return super().write(text)
+
+
+def test_a_utf8_text_stream_gets_the_batch_as_bytes_under_its_text_layer() -> None:
+    """stderr (UTF-8): the writer writes the batch's JSON to the bytes under it as encoded,
+    not decoded into a str for the text layer to encode again; the bytes are the same."""
+    raw = io.BytesIO()
+    stream = _TextWritesCounted(raw, encoding="utf-8", write_through=True)
+    stream.write("a line of another writer, before\n")
+    log = RequestLog(stream)
+    log.start()
+    written_together(log, [(record, latency, ttfb) for record, latency, ttfb in records()])
+    assert stream.text_writes == 1  # (the test's own line)
+    expected = "a line of another writer, before\n" + "".join(line + "\n" for line in EXPECTED)
+    assert raw.getvalue() == expected.encode()
+
+
+def test_a_text_stream_of_another_encoding_gets_text_through_its_encoder() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", errors="backslashreplace")
+    log = RequestLog(stream)
+    log.start()
+    written_together(log, [(record, latency, ttfb) for record, latency, ttfb in records()])
+    expected = "".join(line + "\n" for line in EXPECTED)
+    assert raw.getvalue() == expected.encode("ascii", errors="backslashreplace")
+    assert raw.getvalue() != expected.encode()  # (the lines hold non-ASCII text)

@@ -265,7 +265,7 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
         # The provider's stream (passed through or translated) relayed as the chat route's,
         # stepped, its last piece ending the body; a cache's assembling one by the generator.
         fast = stepped(stream)
-        await send_route_stream(
+        sending = send_route_stream(
             state,
             receive,
             send,
@@ -277,6 +277,9 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
             DRAIN_EVENT,
             None if fast is None else fast.finished,
         )
+        # This frame waits as long as the stream is open: it keeps nothing the stream does not.
+        del pending, tries, served, limit_headers
+        await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)

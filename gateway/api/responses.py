@@ -198,7 +198,7 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
                         await _keep_through(state, stored)
                 yield piece
 
-        await send_route_stream(
+        sending = send_route_stream(
             state,
             receive,
             send,
@@ -212,6 +212,9 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
             # a shutdown's deadline ends the stream with numbered error + response.failed
             lambda: events.error_event(ShuttingDown()),
         )
+        # This frame waits as long as the stream is open: it keeps nothing the stream does not.
+        del pending, tries, served, limit_headers
+        await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
     await state.meter.charge_tokens(ticket, completion.usage)

@@ -324,32 +324,49 @@ def test_open_streams_hold_no_loop_timer_of_their_own(config: Path) -> None:
     assert not grown, f"loop timers that grew with {added} more streams open: {grown}"
 
 
-def test_an_open_chat_stream_keeps_no_admission_state_for_the_collector(config: Path) -> None:
+def held_for_the_collector() -> collections.Counter[str]:
+    """Tickets and key gates the collector tracks, and admissions a route's coroutine holds."""
+    found: collections.Counter[str] = collections.Counter()
+    for thing in gc.get_objects():
+        if isinstance(thing, Ticket | KeyGate):
+            found[f"{type(thing).__qualname__} tracked"] += 1
+        elif isinstance(thing, PendingAdmission):
+            for holder in gc.get_referrers(thing):
+                if isinstance(
+                    holder, types.CoroutineType
+                ) and holder.cr_code.co_filename.startswith(f"{GATEWAY}/api/"):
+                    found[f"PendingAdmission held by {holder.cr_code.co_name}"] += 1
+    return found
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_an_open_stream_keeps_no_admission_state_for_the_collector(
+    config: Path, route: str
+) -> None:
     """What a stream holds while it waits is walked by every middle and full collection. Once
-    admitted, its route keeps no PendingAdmission (the ticket has what the settlement needs),
-    and the ticket and its key's share are not tracked by the collector (msgspec `gc=False`:
-    they never hold a cycle). docs/decisions/0012, twenty-sixth pass."""
+    admitted, its route's coroutine keeps no PendingAdmission (the ticket has what the
+    settlement needs), and the ticket and its key's share are not tracked by the collector
+    (msgspec `gc=False`: they never hold a cycle). docs/decisions/0012, twenty-sixth pass."""
     opened = 4
 
     async def main() -> collections.Counter[str]:
         async with started(config) as app:
-            tasks = [asyncio.ensure_future(app.chat("openai/hold-fake")) for _ in range(opened)]
+            tasks = [
+                asyncio.ensure_future(app.chat("openai/hold-fake", route=route))
+                for _ in range(opened)
+            ]
             while app.first_events < opened:
                 await asyncio.sleep(0.01)
             gc.collect()
-            tracked = collections.Counter(
-                type(thing).__qualname__
-                for thing in gc.get_objects()
-                if isinstance(thing, PendingAdmission | Ticket | KeyGate)
-            )
+            held = held_for_the_collector()
             for gone in app.clients:
                 if not gone.done():
                     gone.set_result({"type": "http.disconnect"})
             await asyncio.gather(*tasks)
-        return tracked
+        return held
 
-    tracked = uvloop.run(asyncio.wait_for(main(), 30))
-    assert tracked == {}, f"tracked with {opened} streams open: {dict(tracked)}"
+    held = uvloop.run(asyncio.wait_for(main(), 30))
+    assert held == {}, f"with {opened} streams open: {dict(held)}"
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])

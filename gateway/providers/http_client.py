@@ -554,8 +554,8 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_discarded",
+        "_hold_end",
         "closed",
-        "held",
         "holds",
         "idle_since",
         "paused",
@@ -572,7 +572,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.paused = False
-        self.held = False
+        self._hold_end: asyncio.Handle | None = None  # the last hold's end (`hold`)
         self.holds = pool.client._hold_reads
         self.idle_since = 0.0
         self._discarded = False
@@ -584,6 +584,7 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Drops the connection at once (idempotent)."""
         self.closed = True
+        self._hold_end = None  # (it refers to the transport)
         transport = self.transport
         if transport is not None:
             self.transport = None
@@ -597,6 +598,10 @@ class _Connection(asyncio.Protocol):
         if not self.paused and transport is not None and not transport.is_closing():
             self.paused = True
             transport.pause_reading()
+            hold_end = self._hold_end  # a hold in progress ends with the pause's `resume`
+            if hold_end is not None:
+                self._hold_end = None
+                hold_end.cancel()
 
     def resume(self) -> None:
         transport = self.transport
@@ -605,20 +610,27 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
 
     def hold(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Not read until the loop's next turn, unless paused already (by `pause`, whose
-        `resume` also ends a hold)."""
+        """Not read until the loop's next turn, unless not being read already (held, or
+        paused by `pause`, which cancels a hold's end: its `resume` ends both). Once per read
+        of a reframed stream, so its end is the transport's own `resume_reading`, queued
+        as it is: no Python frame (on a closing transport it does nothing, on uvloop's and
+        asyncio's alike)."""
         transport = self.transport
-        if self.held or self.paused or transport is None:
+        if transport is None or not transport.is_reading():
             return
-        self.held = True
         transport.pause_reading()
-        loop.call_soon(self._release)
+        self._hold_end = loop.call_soon(transport.resume_reading)
 
-    def _release(self) -> None:
-        self.held = False
+    @property
+    def held(self) -> bool:
+        """Whether a hold is what keeps the connection unread now."""
         transport = self.transport
-        if transport is not None and not self.paused and not transport.is_closing():
-            transport.resume_reading()
+        return (
+            not self.paused
+            and transport is not None
+            and not transport.is_closing()
+            and not transport.is_reading()
+        )
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -2077,19 +2077,37 @@ class _FakeTransport:
     def pause_reading(self) -> None:
         self.reading = False
 
-    def resume_reading(self) -> None:
-        self.reading = True
+    def resume_reading(self) -> None:  # (uvloop's and asyncio's: nothing once closing)
+        if not self.closing:
+            self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading and not self.closing
 
     def is_closing(self) -> bool:
         return self.closing
 
 
+class _FakeHandle:
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        self.callback = None
+
+    def __call__(self) -> None:  # the loop's turn: a cancelled handle does nothing
+        if self.callback is not None:
+            self.callback()
+
+
 class _FakeLoop:
     def __init__(self) -> None:
-        self.soon: list[Callable[[], None]] = []
+        self.soon: list[_FakeHandle] = []
 
-    def call_soon(self, callback: Callable[[], None]) -> None:
-        self.soon.append(callback)
+    def call_soon(self, callback: Callable[[], None]) -> _FakeHandle:
+        handle = _FakeHandle(callback)
+        self.soon.append(handle)
+        return handle
 
 
 def _held_connection() -> tuple[Any, _FakeTransport, _FakeLoop]:
@@ -2129,3 +2147,30 @@ def test_a_hold_ends_at_the_next_turn_and_leaves_a_pause_to_its_resume() -> None
     conn.pause()
     conn.hold(loop)  # paused: no hold, no callback
     assert not conn.held and not loop.soon
+
+
+async def test_a_hold_ending_on_a_closed_connection_reads_nothing() -> None:
+    """What `hold`'s end relies on, on the loop's own transports: `resume_reading` of a
+    transport closed during the hold neither reads nor fails."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    read: list[bytes] = []
+    lost = loop.create_future()
+
+    class Reader(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            read.append(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.set_result(None)
+
+    with theirs:
+        transport, _ = await loop.create_connection(Reader, sock=ours)
+        transport.pause_reading()
+        transport.close()
+        transport.resume_reading()
+        assert not transport.is_reading()
+        theirs.sendall(b"late")
+        await asyncio.wait_for(lost, BOUND_S)
+        transport.resume_reading()
+    assert read == []

@@ -33,6 +33,7 @@ from tests.integration.test_cancelled_admission import chat_body, until, warmed
 from tests.integration.test_request_deadline import with_deadline
 from tests.integration.test_request_log_status import Seen
 from tests.integration.test_streams_freed import started
+from tests.live_bound import within
 from tests.redis_server import RedisServer
 from tests.unit.test_retry_deadline import DrivenWheel
 
@@ -126,7 +127,7 @@ def test_a_deadline_passing_while_the_admission_is_owed_ends_the_request_with_50
             assert len(fake_openai.requests) == upstream_requests
 
     try:
-        uvloop.run(asyncio.wait_for(main(), 30))
+        uvloop.run(within(main(), 30))
     finally:
         paused.client_unpause()
         paused.close()

@@ -42,8 +42,13 @@ from tests.integration.test_fuzzed_answers import (
     pieces_of,
     repeated_or_dropped,
 )
+from tests.live_bound import call_within
 
 Script = tuple[int, str, list[bytes]]
+# A request's bound, in this process's running time (tests/live_bound.py): a hang's guard that
+# a machine stopped for a benchmark does not trip (each answer here takes milliseconds, a
+# Replicate poll up to its model's 1.5 s).
+BOUND_S = 30
 ROUTES = ["/v1/chat/completions", "/v1/messages", "/v1/responses"]
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 # model id -> the wire its upstream speaks (tests/fakes/cloud_config.py's models)
@@ -171,7 +176,10 @@ LEAKS = [*UPSTREAM_SECRETS, *(secret.encode() for secret in SECRETS)]
 @pytest.fixture(scope="module")
 def client(scripted: tuple[ScriptedUpstream, Gateway]) -> Iterator[httpx.Client]:
     key = scripted[1].new_key(credits_usd=1000.0, limits=UNLIMITED)
-    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as made:
+    # No timeout of the client's own (a wall clock, tripped by a stopped machine): each request
+    # is bounded by its running time instead (`call_within`).
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(headers=headers, timeout=None) as made:  # noqa: S113 (see above)
         yield made
 
 
@@ -211,8 +219,12 @@ def test_any_cloud_answer_gets_a_clear_answer(
         body |= {"input": "hi", "max_output_tokens": 16}
     else:
         body |= {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-    with client.stream("POST", f"{gateway.base_url}{route}", json=body) as response:
-        whole = response.read()
+
+    def streamed() -> tuple[httpx.Response, bytes]:
+        with client.stream("POST", f"{gateway.base_url}{route}", json=body) as response:
+            return response, response.read()
+
+    response, whole = call_within(streamed, BOUND_S)
     assert_clear(
         response, whole, stream, (route, script, response.status_code, whole[-600:]), LEAKS
     )
@@ -289,7 +301,9 @@ def test_any_replicate_prediction_gets_a_clear_answer(
         "n": n,
         "response_format": response_format,
     }
-    response = client.post(f"{gateway.base_url}/v1/images/generations", json=body)
+    response = call_within(
+        lambda: client.post(f"{gateway.base_url}/v1/images/generations", json=body), BOUND_S
+    )
     said = (scripts, upstream.script, response.status_code, response.text[:600])
     assert_clear(response, response.content, False, said, LEAKS)
     if response.status_code == 200:

@@ -1,0 +1,72 @@
+"""Bounds on a test's waits (a hang's guard) that count only the time this process ran.
+
+A wall-clock bound (`asyncio.wait_for(main(), 30)`, an HTTP client's 30 s read timeout) is
+tripped by a machine that is stopped rather than by a hang: the timed benchmark runs of this
+machine stop every other process (SIGSTOP) for up to minutes, and a wait that began before the
+stop has its 30 s gone when the processes resume, though the app would answer in milliseconds
+(docs/decisions/0011, twenty-sixth pass: each failure seen came with such a stop). Here the
+bound is counted in ticks of `TICK_S`: a gap between two ticks longer than `MOST_PER_TICK_S`
+(this process was stopped, or not scheduled) counts as `MOST_PER_TICK_S`, so a hang is still
+cut after about `seconds` of running, and a stop of any length costs at most one tick's worth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+TICK_S = 0.1
+MOST_PER_TICK_S = 0.5
+
+
+class Ran:
+    """The running time counted since it was made, tick by tick (`tick()`: the total)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last = clock()
+        self.seconds = 0.0
+
+    def tick(self) -> float:
+        now = self._clock()
+        self.seconds += min(now - self._last, MOST_PER_TICK_S)
+        self._last = now
+        return self.seconds
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """`asyncio.wait_for(awaitable, seconds)`, `seconds` of this process's running time."""
+    task = asyncio.ensure_future(awaitable)
+    ran = Ran(asyncio.get_running_loop().time)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=TICK_S)
+            if not task.done() and ran.tick() > seconds:
+                raise TimeoutError(f"not done within {seconds:g} s of running time")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    return task.result()
+
+
+def call_within(call: Callable[[], T], seconds: float) -> T:
+    """`call()` in a thread of its own, waited for `seconds` of this process's running time (a
+    call still running then is left to finish alone: the test fails with TimeoutError)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        future = pool.submit(call)
+        ran = Ran(time.monotonic)
+        while True:
+            try:
+                return future.result(timeout=TICK_S)
+            except concurrent.futures.TimeoutError:
+                if ran.tick() > seconds:
+                    raise TimeoutError(f"not done within {seconds:g} s of running time") from None
+    finally:
+        pool.shutdown(wait=False)

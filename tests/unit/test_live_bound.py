@@ -1,0 +1,65 @@
+"""tests/live_bound.py: a hang is still cut; a stopped process (the machine's timed runs stop
+every other process with SIGSTOP) is not taken for one. The process stops itself here, and a
+child it started resumes it (SIGCONT) after STOPPED_S: the wall clock runs on meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.live_bound import call_within, within
+
+STOPPED_S = 2.0
+BOUND_S = 1.0  # shorter than the stop: a wall-clock bound is tripped by it
+
+
+def stopped_for_a_while() -> str:
+    """This process stopped for STOPPED_S (then resumed by a child), as a frozen machine stops
+    it."""
+    resumer = subprocess.Popen(["sh", "-c", f"sleep {STOPPED_S}; kill -CONT {os.getpid()}"])
+    try:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    finally:
+        resumer.wait()
+    return "answered"
+
+
+async def stopped_then_answered() -> str:
+    """The process stopped while the bounded wait runs; the answer comes only after it resumes
+    (as the app's does once a frozen machine resumes)."""
+    await asyncio.sleep(0.05)  # the bound armed
+    stopped_for_a_while()
+    await asyncio.sleep(0.1)
+    return "answered"
+
+
+def test_a_stopped_process_trips_a_wall_clock_bound() -> None:
+    """What the bounds here replace: `wait_for` counts the stop against the wait."""
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(stopped_then_answered(), BOUND_S))
+
+
+def test_a_stopped_process_does_not_trip_the_running_time_bound() -> None:
+    started = time.monotonic()
+    assert asyncio.run(within(stopped_then_answered(), BOUND_S)) == "answered"
+    assert time.monotonic() - started >= STOPPED_S  # the stop happened inside the bound
+
+
+def test_a_stopped_call_in_a_thread_does_not_trip_the_running_time_bound() -> None:
+    def call() -> str:
+        time.sleep(0.05)
+        return stopped_for_a_while()
+
+    assert call_within(call, BOUND_S) == "answered"
+
+
+def test_a_hang_is_still_cut() -> None:
+    with pytest.raises(TimeoutError):
+        asyncio.run(within(asyncio.sleep(3600), 0.3))
+    with pytest.raises(TimeoutError):
+        call_within(lambda: time.sleep(3), 0.3)

@@ -198,9 +198,17 @@ async def test_one_batch_moves_spend_and_reservations_as_its_entries_would(store
 
 async def test_a_batch_over_a_months_end_moves_each_period_of_its_key(store: Store) -> None:  # noqa: F811
     """One key's entries on the last day of a month and the first of the next, in one batch:
-    five periods of one key (two days, two months, the total) read back at once."""
+    five periods of one key (two days, two months, the total) read back at once. Both days'
+    spend is read by an admission (reserving nothing) before the batch, so that the admissions
+    after it see what the batch's read-back wrote, not a fresh read of the store (the SQLite
+    store reads a key's periods once, then keeps them up to date from each batch: a period the
+    read-back missed would stay at its old spend and admit past the budget)."""
     account = await store.create_account("e", "free", 1_000_000)
     limiter = store.limiter()
+    december = gate("key_e", day="2026-12-01", day_micros=46, month_micros=100, total_micros=81)
+    november = gate("key_e", day="2026-11-30", month_micros=36)
+    for read in (december, november):
+        assert (await limiter.admit(account.id, ROOMY, 0, read)).admitted
     await store.settle(
         [
             settled(account.id, "key_e", 1, cost=30, reserved=0, day="2026-11-30"),
@@ -212,8 +220,6 @@ async def test_a_batch_over_a_months_end_moves_each_period_of_its_key(store: Sto
     assert spend["key_e"] == KeySpend(today=45, month=45, total=80)
     spend = await store.key_spend(account.id, ["key_e"], "2026-11-30")
     assert spend["key_e"] == KeySpend(today=35, month=35, total=80)
-    december = gate("key_e", day="2026-12-01", day_micros=46, month_micros=100, total_micros=81)
     assert (await limiter.admit(account.id, ROOMY, 2, december)).outcome == "key_budget_exceeded"
     assert (await limiter.admit(account.id, ROOMY, 1, december)).admitted, "45 + 1 of 46, 81"
-    november = gate("key_e", day="2026-11-30", month_micros=36)
     assert (await limiter.admit(account.id, ROOMY, 2, november)).outcome == "key_budget_exceeded"

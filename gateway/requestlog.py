@@ -287,8 +287,12 @@ class RequestLog:
     def _run(self) -> None:
         behind_the_event_loop()
         encode_lines = self._encoder.encode_lines
-        stream, binary = self._stream, _utf8_bytes_under(self._stream)
+        stream: TextIO | None = None
+        binary: BinaryIO | None = None
         while (lines := self._queue.get()) is not None:
+            current = self._stream  # (read a batch at a time, as it always was)
+            if current is not stream:
+                stream, binary = current, _utf8_bytes_under(current)
             try:
                 data = encode_lines(lines)  # (the batch's JSON lines, in one call)
             except (TypeError, ValueError):  # a value JSON cannot hold (a lone surrogate)
@@ -300,12 +304,12 @@ class RequestLog:
                 data = orjson.dumps(notice) + b"\n" + data
             try:
                 if binary is not None:
-                    stream.flush()  # (text another writer left in the text layer goes first)
+                    current.flush()  # (text another writer left in it goes first)
                     binary.write(data)
                     binary.flush()
                 else:
-                    stream.write(data.decode())
-                    stream.flush()
+                    current.write(data.decode())
+                    current.flush()
             except (OSError, ValueError):
                 pass  # a closed stream must not kill the writer: the lines are dropped
             self._written += len(lines)

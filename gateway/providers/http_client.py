@@ -42,6 +42,7 @@ A cancelled caller drops its connection. Error messages never quote a header val
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import socket
 import ssl
@@ -470,11 +471,18 @@ class _Pool:
                 try:
                     if target.tunnel is not None:
                         await open_tunnel(loop, sock, target.tunnel)
-                    await loop.create_connection(
-                        lambda: conn,
-                        sock=sock,
-                        ssl=client._ssl_context() if target.tls else None,
-                        server_hostname=target.origin if target.tls else None,
+                    # Made in a context of its own: both loops run a transport's callbacks in
+                    # the context current when it was made, and a pooled connection outlives
+                    # the request that opened it (its log record, its admission's gate). The
+                    # task is cancelled with this one (awaited directly).
+                    await loop.create_task(
+                        loop.create_connection(
+                            lambda: conn,
+                            sock=sock,
+                            ssl=client._ssl_context() if target.tls else None,
+                            server_hostname=target.origin if target.tls else None,
+                        ),
+                        context=contextvars.Context(),
                     )
                 except BaseException:
                     sock.close()  # a no-op if the failed transport closed it already

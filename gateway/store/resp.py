@@ -19,6 +19,7 @@ Decision record: docs/decisions/0010-redis-hot-path-client.md
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import ssl
@@ -102,6 +103,9 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # The timer's context: it is armed by a caller (a request), whose context it would keep
+        # until it fires; `_check` reads no context variable.
+        self._timer_context = contextvars.Context()
         self._progress = 0.0  # the last bytes read, or when replies began to be owed
         self.lost: RespConnectionError | None = None
         self.on_lost: Callable[[_Connection], None] | None = None  # the client forgets it
@@ -197,7 +201,9 @@ class _Connection(asyncio.Protocol):
         if not self.pending:
             self._progress = self._loop.time()
             if self._timer is None:
-                self._timer = self._loop.call_at(self._progress + self._timeout, self._check)
+                self._timer = self._loop.call_at(
+                    self._progress + self._timeout, self._check, context=self._timer_context
+                )
 
     def _check(self) -> None:
         """The connection's one timer: re-armed while replies are owed, idle otherwise."""
@@ -208,7 +214,7 @@ class _Connection(asyncio.Protocol):
         if self._loop.time() + 0.001 >= deadline:  # timers may fire a hair early (uvloop: ms)
             self.fail(RespTimeoutError(f"no reply from redis within {self._timeout:g} s"))
         else:
-            self._timer = self._loop.call_at(deadline, self._check)
+            self._timer = self._loop.call_at(deadline, self._check, context=self._timer_context)
 
     def fail(self, error: RespConnectionError) -> None:
         """Drops the connection: every reply owed fails with `error` (once; later calls no-op)."""
@@ -456,7 +462,10 @@ class RespClient:
         return await asyncio.shield(task)
 
     def _start_connecting(self) -> asyncio.Task[_Connection]:
-        task = asyncio.get_running_loop().create_task(self._open())
+        # In a context of its own: both loops run a transport's callbacks in the context current
+        # when it was made, and the caller that (re)connects may be a request (its log record,
+        # its admission's gate), which the connection outlives.
+        task = asyncio.get_running_loop().create_task(self._open(), context=contextvars.Context())
         self._connecting = task
         task.add_done_callback(self._connect_done)
         return task

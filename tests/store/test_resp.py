@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import gc
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -232,6 +235,42 @@ def test_execute_many_returns_error_replies_in_place(
 
 
 # -- URLs, AUTH and SELECT ----------------------------------------------------------------------
+class _Opener:
+    """What a request's context holds (a weakref tells whether anything still does)."""
+
+
+_OPENERS_CONTEXT: contextvars.ContextVar[_Opener | None] = contextvars.ContextVar(
+    "test_opener", default=None
+)
+
+
+def test_a_connection_keeps_nothing_of_the_request_that_opened_it(
+    run: Runner, redis_server: RedisServer
+) -> None:
+    # Both loops run a transport's callbacks in the context current when it was made, and a
+    # request's call may be the one that (re)connects: the connection must not keep that
+    # request's context variables (its log record, its admission's gate) for its life.
+    async def body() -> None:
+        async with client_for(redis_server.url, connections=1) as client:
+
+            async def opening_request() -> weakref.ref[_Opener]:
+                opener = _Opener()
+                _OPENERS_CONTEXT.set(opener)
+                assert await client.execute("ECHO", "one") == b"one"
+                return weakref.ref(opener)
+
+            opening = asyncio.create_task(opening_request())  # in a context of its own
+            opened = await opening
+            del opening  # (a task keeps its context, and the loop's handle that woke us the task)
+            await asyncio.sleep(0)
+            gc.collect()
+            assert opened() is None, "the connection keeps its opening request's context"
+            assert await client.execute("ECHO", "two") == b"two"
+            assert len(client._connections) == 1
+
+    run(body())
+
+
 def test_url_forms() -> None:
     client = RespClient.from_url("redis://localhost")
     assert (client.host, client.port, client.db, client._ssl) == ("localhost", 6379, 0, None)

@@ -149,6 +149,11 @@ impl<'a> Scan<'a> {
         if self.null()? {
             return Some(0);
         }
+        self.counted_text()
+    }
+
+    /// A string at `i` (its opening quote): the characters of its text, as `counted_string`.
+    pub(crate) fn counted_text(&mut self) -> Option<u64> {
         // `string`'s walk, counting as it goes the bytes that start a character (valid UTF-8:
         // the text is a slice of a `str` between ASCII quotes) and each escape as one: the
         // text is not walked a second time, byte by byte (421K instructions for the messages
@@ -272,6 +277,7 @@ impl<'a> Scan<'a> {
 
     /// The members of an object (not `null`): `member` reads the value of each key it knows
     /// (`Some(false)` for a key it does not, whose value is then skipped).
+    #[inline]
     pub(crate) fn members(
         &mut self,
         mut member: impl FnMut(&mut Self, &[u8]) -> Option<bool>,

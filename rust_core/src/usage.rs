@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Deserializer};
 
+use crate::json_scan::{once, Scan};
+
 /// A token count as the gateway's billing reads one (`gateway/billing.py`, `count`): an integer
 /// that fits, or a number with no fraction (`12.0`, `1.2e1`: some servers write floats);
 /// anything else (negative, fractional, a string, `null`) is no count, which the usage takes as
@@ -42,7 +44,7 @@ pub struct Usage {
 }
 
 /// OpenAI `usage` (chat completion chunk or response).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct OpenAiUsage {
     // Options: some OpenAI-compatible servers send `null` counts.
@@ -58,11 +60,64 @@ pub struct OpenAiUsage {
     cache_creation_input_tokens: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 struct OpenAiPromptDetails {
     #[serde(deserialize_with = "count")]
     cached_tokens: Option<u64>,
+}
+
+impl OpenAiUsage {
+    /// A `usage` object (not `null`) at the scan's position, read as `serde_json` reads it:
+    /// by the scan when each count is a plain integer or `null` and no member it reads comes
+    /// twice (a stream's usage chunk, once a stream: 1.4K instructions by `serde_json`'s typed
+    /// pass), else by `serde_json` from the value's span. `None` when the value is not JSON
+    /// or not a usage `serde_json` reads (the reader's typed view then decides).
+    pub(crate) fn read(scan: &mut Scan<'_>) -> Option<Self> {
+        let start = scan.i;
+        if let Some(usage) = Self::scanned(scan) {
+            return Some(usage);
+        }
+        scan.i = start;
+        serde_json::from_str(scan.span(2)?).ok()
+    }
+
+    /// The scan's reading (see [`Self::read`]); `None`: left to `serde_json`.
+    fn scanned(scan: &mut Scan<'_>) -> Option<Self> {
+        let mut u = Self::default();
+        let mut seen = [false; 5];
+        scan.members(|scan, key| {
+            let (i, slot) = match key {
+                b"prompt_tokens" => (0, &mut u.prompt_tokens),
+                b"completion_tokens" => (1, &mut u.completion_tokens),
+                b"total_tokens" => (2, &mut u.total_tokens),
+                b"cache_creation_input_tokens" => (3, &mut u.cache_creation_input_tokens),
+                b"prompt_tokens_details" => {
+                    once(&mut seen[4])?;
+                    if !scan.null()? {
+                        let (mut cached, mut once_cached) = (None, false);
+                        scan.members(|scan, key| {
+                            if key != b"cached_tokens" {
+                                return Some(false);
+                            }
+                            once(&mut once_cached)?;
+                            scan.opt_u64(&mut cached)?;
+                            Some(true)
+                        })?;
+                        u.prompt_tokens_details = Some(OpenAiPromptDetails {
+                            cached_tokens: cached,
+                        });
+                    }
+                    return Some(true);
+                }
+                _ => return Some(false),
+            };
+            once(&mut seen[i])?;
+            scan.opt_u64(slot)?;
+            Some(true)
+        })?;
+        Some(u)
+    }
 }
 
 impl From<&OpenAiUsage> for Usage {
@@ -247,6 +302,45 @@ mod tests {
             (115, 7, 122, 100)
         );
         assert_eq!(u.cache_write_tokens, 5);
+    }
+
+    #[test]
+    fn a_usage_read_by_the_scan_is_the_usage_serde_json_reads() {
+        for body in [
+            r#"{"prompt_tokens":12,"completion_tokens":47,"total_tokens":59}"#,
+            r#"{ "prompt_tokens" : 3 , "completion_tokens" : null , "x" : [ 1 , { } ] }"#,
+            r#"{"prompt_tokens":120,"prompt_tokens_details":{"cached_tokens":100,"audio_tokens":0},"cache_creation_input_tokens":15}"#,
+            r#"{"prompt_tokens_details":null,"total_tokens":0}"#,
+            r#"{"prompt_tokens_details":{}}"#,
+            "{}",
+            // left to serde_json: a float, a string, an overflow, a duplicate, an escaped key
+            r#"{"prompt_tokens":12.0,"completion_tokens":"4"}"#,
+            r#"{"prompt_tokens":18446744073709551616,"completion_tokens":1e1}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":2.0}}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}"#,
+            r#"{"prompt_tokens_details":{},"prompt_tokens_details":{}}"#,
+            r#"{"prompt_\u0074okens":1}"#,
+            r#"{"prompt_tokens_details":5}"#,
+            r#"{"prompt_tokens":[1]}"#,
+            r#"{"prompt_tokens":01}"#,
+            "[1]",
+            "nul",
+        ] {
+            let mut scan = Scan::new(body);
+            let read = OpenAiUsage::read(&mut scan);
+            assert_eq!(
+                read,
+                serde_json::from_str::<OpenAiUsage>(body).ok(),
+                "{body}"
+            );
+            if read.is_some() {
+                assert!(scan.at_end(), "{body}");
+            }
+        }
+        let mut scan = Scan::new(r#"{"prompt_tokens":1},"b":2"#);
+        assert!(OpenAiUsage::read(&mut scan).is_some());
+        assert_eq!(&scan.s[scan.i..], r#","b":2"#);
     }
 
     #[test]

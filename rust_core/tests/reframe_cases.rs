@@ -55,6 +55,59 @@ fn openai_model_is_replaced_wherever_and_however_it_is_written() {
 }
 
 #[test]
+fn openai_chunks_read_from_their_text_are_written_as_each_alone_is() {
+    // Text chunks of several shapes, each repeated (a chunk like the last text chunk is read,
+    // and written, from its text alone), between chunks of other shapes: every event out is
+    // the one the same chunk gives fed alone to a new stream (read by the whole scan).
+    let head = r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"gpt-x","#;
+    let text = |body: &str| {
+        format!(
+            r#"{head}"choices":[{{"index":0,"delta":{{"content":"{body}"}},"finish_reason":null}}]}}"#
+        )
+    };
+    let other = |body: &str| {
+        format!(
+            r#"{{"id":"c1","choices":[{{"delta":{{"content":"{body}"}},"logprobs":null}}],"model" : "m"}}"#
+        )
+    };
+    let bare = |body: &str| format!(r#"{{"choices":[{{"delta":{{"content":"{body}"}}}}]}}"#);
+    let args = |body: &str| {
+        format!(
+            r#"{head}"choices":[{{"delta":{{"tool_calls":[{{"function":{{"arguments":"{body}"}}}}]}}}}]}}"#
+        )
+    };
+    let chunks = [
+        text(""),
+        text("a"),
+        text(r#"b\n\u00e9 \"q\" é😀"#),
+        other("c"),
+        other("d"),
+        text("e"),
+        text("f"),
+        bare("g"),
+        bare("h"),
+        args(r#"{\"x"#),
+        args(r#"\":1}"#),
+        text("i"),
+        format!(r#"{head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#),
+        text("j"),
+    ];
+    let mut input = String::new();
+    let mut alone = Vec::new();
+    for chunk in &chunks {
+        let event = format!("data: {chunk}\n\n");
+        input += &event;
+        alone.extend(out_of("openai", &(event + "data: [DONE]\n\n")).0);
+        alone.pop(); // its [DONE]
+    }
+    input += "data: [DONE]\n\n";
+    let (evs, s) = out_of("openai", &input);
+    assert_eq!(evs[..chunks.len()], alone[..]);
+    assert_eq!(evs.len(), chunks.len() + 1);
+    assert_eq!(s.state().content_chars, 26);
+}
+
+#[test]
 fn openai_pretty_printed_multi_line_data_is_compacted_to_one_line() {
     let input = "data: {\"id\": \"x\",\ndata:  \"choices\": [ ],\ndata: \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 4, \"total_tokens\": 7}}\n\ndata: [DONE]\n\n";
     let (evs, s) = out_of("openai", input);

@@ -63,10 +63,8 @@ impl Reframe for AnthropicPassthrough {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        let data = ev
-            .data
-            .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
-        let data = if memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
+        let data = json::trim_ws(&ev.data);
+        let data = if !ev.one_line && memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
             self.compact.clear();
             json::write_compact(&mut self.compact, data);
             std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?

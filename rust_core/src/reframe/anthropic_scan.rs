@@ -445,6 +445,7 @@ mod tests {
                 event: Cow::Borrowed(""),
                 data: Cow::Borrowed(data),
                 id: Cow::Borrowed(""),
+                one_line: false,
             };
             let fed_result = fed.0.on_event(&event, &mut fed.1, &mut fed.2);
             assert_eq!(

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 
 use super::to_anthropic::{Choice, ChunkView, Delta, Function, ToolCall};
 use crate::json_scan::{once, Scan};
+use crate::usage::OpenAiUsage;
 
 /// The chunk as the typed view reads it, or `None` when the scan cannot tell (see the module
 /// docs). `data` is the event's data, trimmed of whitespace. (The reframers read through
@@ -88,7 +89,7 @@ fn members<'a>(mut scan: Scan<'a>, mut cut: Option<&mut usize>) -> Option<ChunkV
             b"usage" => {
                 once(&mut seen[1])?;
                 if !scan.null()? {
-                    view.usage = Some(serde_json::from_str(scan.span(2)?).ok()?);
+                    view.usage = Some(OpenAiUsage::read(&mut scan)?);
                 }
             }
             b"error" => {

@@ -171,6 +171,7 @@ fn message_event<'m>(m: &'m Message<'_>) -> Result<Event<'m>, CoreError> {
         event: Cow::Borrowed(name.unwrap_or("")),
         data: Cow::Borrowed(data),
         id: Cow::Borrowed(message_type),
+        one_line: false,
     })
 }
 

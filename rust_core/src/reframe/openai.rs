@@ -110,6 +110,10 @@ pub struct OpenAiReframer {
     compact: Vec<u8>,
     /// What the scan keeps of the upstream's chunks to read the next one (`openai_scan::Memo`).
     memo: openai_scan::Memo,
+    /// A text chunk's output up to its text's opening quote (`data: `, the `model` rewritten),
+    /// the same for every chunk read from its text until the memo's last text chunk changes
+    /// (in `read_with`: emptied before it); empty: not written yet.
+    text_head: Vec<u8>,
 }
 
 impl OpenAiReframer {
@@ -122,6 +126,7 @@ impl OpenAiReframer {
             include_usage: opts.include_usage,
             compact: Vec::new(),
             memo: openai_scan::Memo::default(),
+            text_head: Vec::new(),
         }
     }
 }
@@ -144,6 +149,30 @@ fn upstream_error(raw: &str) -> (String, String) {
             "error".to_owned(),
             serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned()),
         ),
+    }
+}
+
+impl OpenAiReframer {
+    /// A chunk read from its text, written as `rewrite` writes it: its head (made once while
+    /// the memo's text chunk stays the same), then its text and the rest as they came.
+    fn write_text(&mut self, data: &str, text: openai_scan::Text, out: &mut Vec<u8>) {
+        // (Without `model`, the rewrite inserts one at the end: not the same tail.)
+        let (Some((start, end)), Some((head, rest))) =
+            (text.model, data.as_bytes().split_at_checked(text.open + 1))
+        else {
+            return rewrite(data, text.model, &self.model_json, out);
+        };
+        if self.text_head.is_empty() {
+            self.text_head
+                .reserve(6 + head.len() + self.model_json.len() - (end - start));
+            self.text_head.extend_from_slice(b"data: ");
+            self.text_head.extend_from_slice(&head[..start]);
+            self.text_head.extend_from_slice(&self.model_json);
+            self.text_head.extend_from_slice(&head[end..]);
+        }
+        out.extend_from_slice(&self.text_head);
+        out.extend_from_slice(rest);
+        out.extend_from_slice(b"\n\n");
     }
 }
 
@@ -232,31 +261,31 @@ impl Reframe for OpenAiReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        let data = ev
-            .data
-            .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        let data = json::trim_ws(&ev.data);
         if data == "[DONE]" {
             out.extend_from_slice(DONE_EVENT);
             st.done = true;
             return Ok(());
         }
-        // A text chunk like the last one, read from its text alone, is one line as that one was.
-        let (data, chunk) = if let Some(chunk) = openai_scan::read_text(data, &self.memo) {
-            (data, chunk)
+        // A text chunk like the last one, read from its text alone, is one line as that one
+        // was, and has nothing for the state but its characters.
+        if let Some(text) = openai_scan::read_text(data, &self.memo) {
+            st.content_chars += text.chars;
+            self.write_text(data, text, out);
+            return Ok(());
+        }
+        // Pretty-printed JSON over several data lines would break the one-line output.
+        let data = if !ev.one_line && memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
+            self.compact.clear();
+            json::write_compact(&mut self.compact, data);
+            std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?
         } else {
-            // Pretty-printed JSON over several data lines would break the one-line output.
-            let data = if memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some() {
-                self.compact.clear();
-                json::write_compact(&mut self.compact, data);
-                std::str::from_utf8(&self.compact).map_err(|e| CoreError::Sse(e.to_string()))?
-            } else {
-                data
-            };
-            let chunk = match openai_scan::read_with(data, &mut self.memo) {
-                Some(chunk) => chunk,
-                None => Chunk::typed(data)?,
-            };
-            (data, chunk)
+            data
+        };
+        self.text_head.clear(); // (the memo's last text chunk may change)
+        let chunk = match openai_scan::read_with(data, &mut self.memo) {
+            Some(chunk) => chunk,
+            None => Chunk::typed(data)?,
         };
         if let Some(err) = chunk.error {
             st.upstream_error = Some(upstream_error(err));

@@ -100,9 +100,34 @@ struct TextChunk {
     other_chars: u64,
 }
 
+/// A chunk read from its text ([`read_text`]): the last text chunk's, but for the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Text {
+    /// Where the text's opening quote is: the bytes up to it are the last text chunk's.
+    pub(crate) open: usize,
+    /// Where the value of the top-level `model` is (before the text), as [`Chunk::model`].
+    pub(crate) model: Option<(usize, usize)>,
+    /// The characters of every text of the chunk, as [`Chunk::content_chars`].
+    pub(crate) chars: u64,
+    choices: usize,
+}
+
+impl Text {
+    /// The chunk as the whole scan reads it.
+    #[cfg(test)]
+    fn chunk(self) -> Chunk<'static> {
+        Chunk {
+            model: self.model,
+            choices: self.choices,
+            content_chars: self.chars,
+            ..Chunk::default()
+        }
+    }
+}
+
 impl TextChunk {
     /// `data` read from its text when it has the remembered bytes around a string there.
-    fn read<'a>(&self, data: &'a str) -> Option<Chunk<'a>> {
+    fn read(&self, data: &str) -> Option<Text> {
         let open = self.open;
         let (head, tail) = self.bytes.split_at_checked(open + 1)?;
         let b = data.as_bytes();
@@ -111,13 +136,13 @@ impl TextChunk {
         }
         let mut scan = Scan::new(data);
         scan.i = open;
-        let chars = scan.counted_string()?;
+        let chars = scan.counted_text()?;
         // The string's closing quote is the tail's.
-        (scan.i + tail.len() == b.len() + 1).then(|| Chunk {
+        (scan.i + tail.len() == b.len() + 1).then_some(Text {
+            open,
             model: self.model,
+            chars: self.other_chars + chars,
             choices: self.choices,
-            content_chars: self.other_chars + chars,
-            ..Chunk::default()
         })
     }
 
@@ -146,7 +171,7 @@ impl TextChunk {
 /// [`read`] from the text alone, when `data` has the last text chunk's bytes around it
 /// ([`TextChunk`]): then it is one line, as that chunk was. The reframer tries this first, then
 /// [`read_with`].
-pub(crate) fn read_text<'a>(data: &'a str, memo: &Memo) -> Option<Chunk<'a>> {
+pub(crate) fn read_text(data: &str, memo: &Memo) -> Option<Text> {
     memo.text.read(data)
 }
 
@@ -216,10 +241,7 @@ fn members<'a>(
             b"usage" => {
                 once(&mut seen.usage)?;
                 if !scan.null()? {
-                    let start = scan.i;
-                    scan.value(1)?;
-                    let u: OpenAiUsage = serde_json::from_str(&data[start..scan.i]).ok()?;
-                    chunk.usage = Some((&u).into());
+                    chunk.usage = Some((&OpenAiUsage::read(&mut scan)?).into());
                 }
             }
             b"error" => {
@@ -567,7 +589,9 @@ mod tests {
 
     /// As the reframer reads a chunk through its memo.
     fn read_memo<'a>(data: &'a str, memo: &mut Memo) -> Option<Chunk<'a>> {
-        read_text(data, memo).or_else(|| read_with(data, memo))
+        read_text(data, memo)
+            .map(Text::chunk)
+            .or_else(|| read_with(data, memo))
     }
 
     #[test]
@@ -602,9 +626,10 @@ mod tests {
         read_with(&events[11], &mut memo).unwrap();
         assert_eq!(memo.text.bytes, around(&events[11], "f"), "remembered");
         // read from its text: as the whole scan reads it
-        assert_eq!(memo.text.read(&events[12]), read(&events[12]));
+        let by_text = |data: &str, memo: &Memo| memo.text.read(data).map(Text::chunk);
+        assert_eq!(by_text(&events[12], &memo), read(&events[12]));
         assert_eq!(read(&events[12]).unwrap().content_chars, 8);
-        assert_eq!(memo.text.read(&events[14]), read(&events[14]));
+        assert_eq!(by_text(&events[14], &memo), read(&events[14]));
         // not remembered: a finish reason; a text before `model`
         for other in [&events[15], &events[9]] {
             assert_eq!(read_with(other, &mut memo), read(other), "{other}");
@@ -617,11 +642,11 @@ mod tests {
         for (first, text, next) in [(16, r#"{\"a"#, 17), (18, "j", 19)] {
             read_with(&events[first], &mut memo).unwrap();
             assert_eq!(memo.text.bytes, around(&events[first], text));
-            let chunk = memo.text.read(&events[next]);
+            let chunk = by_text(&events[next], &memo);
             assert!(chunk.is_some(), "{}", events[next]);
             assert_eq!(chunk, read(&events[next]));
         }
-        assert_eq!(memo.text.read(&events[19]).unwrap().content_chars, 3);
+        assert_eq!(memo.text.read(&events[19]).unwrap().chars, 3);
     }
 
     proptest! {

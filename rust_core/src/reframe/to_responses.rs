@@ -465,9 +465,7 @@ impl Reframe for ToResponsesReframer {
         st: &mut StreamState,
         out: &mut Vec<u8>,
     ) -> Result<(), CoreError> {
-        let data = ev
-            .data
-            .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        let data = json::trim_ws(&ev.data);
         if data == "[DONE]" {
             self.end(out, st);
             return Ok(());

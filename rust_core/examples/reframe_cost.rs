@@ -7,9 +7,12 @@
 //! responses of one text part each, with usage, the last one finishing); `bedrock` (a
 //! `ConverseStream` of 50 event stream messages, 47 of them text deltas).
 //!
+//! A third argument, `events`, feeds the body one event at a time, cut after each `\n\n` (a
+//! read per event, as `side_by_side`'s `event` measure sends it) rather than in one piece.
+//!
 //!     cargo build --release --example reframe_cost
-//!     valgrind --tool=callgrind target/release/examples/reframe_cost 110 [anthropic]  # and 10:
-//!         the difference / 100 is the instructions per stream, start-up cancelled out
+//!     valgrind --tool=callgrind target/release/examples/reframe_cost 110 [anthropic [events]]
+//!         # and 10: the difference / 100 is the instructions per stream, start-up cancelled out
 
 use _core::eventstream::encode_message;
 use _core::reframe::{Options, Stream};
@@ -117,6 +120,21 @@ fn bedrock_body() -> Vec<u8> {
     out
 }
 
+/// The body cut after each blank line (`\n\n`): one piece per event.
+fn events(body: &[u8]) -> Vec<&[u8]> {
+    let mut pieces = Vec::new();
+    let mut rest = body;
+    while let Some(end) = rest.windows(2).position(|w| w == b"\n\n") {
+        let (piece, tail) = rest.split_at(end + 2);
+        pieces.push(piece);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        pieces.push(rest);
+    }
+    pieces
+}
+
 fn main() {
     let streams: usize = std::env::args()
         .nth(1)
@@ -132,6 +150,11 @@ fn main() {
         "bedrock" => bedrock_body(),
         _ => std::process::exit(2),
     };
+    let pieces = if std::env::args().nth(3).as_deref() == Some("events") {
+        events(&body)
+    } else {
+        vec![&body[..]]
+    };
     let opts = Options {
         model: "benchsse/m".to_owned(),
         response_id: "chatcmpl-bench".to_owned(),
@@ -143,7 +166,9 @@ fn main() {
     for _ in 0..streams {
         let mut out = Vec::new();
         let reframed = Stream::new(&kind, &opts, 1 << 20).and_then(|mut stream| {
-            stream.feed(&body, &mut out)?;
+            for piece in &pieces {
+                stream.feed(piece, &mut out)?;
+            }
             stream.finish(&mut out)
         });
         if reframed.is_err() {

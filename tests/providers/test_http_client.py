@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
-import gc
 import gzip
 import io
 import shutil
@@ -17,7 +15,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import weakref
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +43,7 @@ from gateway.requestlog import RequestLog
 from gateway.settings import ProviderSettings
 from loadtests.bench.contenders import openai_events
 from tests.fakes.server import PNG_1X1 as PNG
+from tests.kept_context import context_kept_after
 from tests.scrape import parse, total
 from tests.unit.translation_helpers import chat_call
 
@@ -730,34 +728,16 @@ async def test_keep_alive_reuses_one_connection() -> None:
         assert server.accepted == 1
 
 
-class _Opener:
-    """What a request's context holds (a weakref tells whether anything still does)."""
-
-
-_OPENERS_CONTEXT: contextvars.ContextVar[_Opener | None] = contextvars.ContextVar(
-    "test_opener", default=None
-)
-
-
 async def test_a_pooled_connection_keeps_nothing_of_the_request_that_opened_it() -> None:
-    # Both loops run a transport's callbacks in the context current when it was made: a
-    # connection made in a request's context would keep that request's context variables
-    # (its log record, its admission's gate) for as long as the pool keeps the connection.
+    # A connection made in a request's context would keep that request's context variables for
+    # as long as the pool keeps the connection (tests/kept_context.py).
     handler = keep_serving(answer(b"one"), answer(b"two"))
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
 
-        async def opening_request() -> weakref.ref[_Opener]:
-            opener = _Opener()
-            _OPENERS_CONTEXT.set(opener)
+        async def opening_request() -> None:
             assert (await get(http, server.url()))[1] == b"one"
-            return weakref.ref(opener)
 
-        opening = asyncio.create_task(opening_request())  # in a context of its own
-        opened = await opening
-        del opening  # (a task keeps its context, and the loop's handle that woke us the task)
-        await asyncio.sleep(0)
-        gc.collect()
-        assert opened() is None, "the pooled connection keeps its opening request's context"
+        assert not await context_kept_after(opening_request), "the connection keeps it"
         assert (await get(http, server.url()))[1] == b"two"
         assert server.accepted == 1
 

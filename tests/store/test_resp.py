@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import gc
 import ssl
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from gateway.store.resp import (
     RespTimeoutError,
 )
 from tests.conftest import free_port
+from tests.kept_context import context_kept_after
 from tests.redis_server import RedisClusterServers, RedisServer
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -172,6 +170,24 @@ def test_thousands_in_flight_on_one_connection_each_get_their_own_answer(
     run(body())
 
 
+def test_a_connection_keeps_nothing_of_the_request_that_opened_it(
+    run: Runner, redis_server: RedisServer
+) -> None:
+    # A request's call may be the one that (re)connects, and arms the connection's timer: neither
+    # may keep that request's context variables (tests/kept_context.py).
+    async def body() -> None:
+        async with client_for(redis_server.url, connections=1) as client:
+
+            async def opening_request() -> None:
+                assert await client.execute("ECHO", "one") == b"one"
+
+            assert not await context_kept_after(opening_request), "the connection keeps it"
+            assert await client.execute("ECHO", "two") == b"two"
+            assert len(client._connections) == 1
+
+    run(body())
+
+
 def test_commands_spread_over_the_connections(run: Runner, redis_server: RedisServer) -> None:
     async def body() -> None:
         async with client_for(redis_server.url, connections=3) as client:
@@ -235,42 +251,6 @@ def test_execute_many_returns_error_replies_in_place(
 
 
 # -- URLs, AUTH and SELECT ----------------------------------------------------------------------
-class _Opener:
-    """What a request's context holds (a weakref tells whether anything still does)."""
-
-
-_OPENERS_CONTEXT: contextvars.ContextVar[_Opener | None] = contextvars.ContextVar(
-    "test_opener", default=None
-)
-
-
-def test_a_connection_keeps_nothing_of_the_request_that_opened_it(
-    run: Runner, redis_server: RedisServer
-) -> None:
-    # Both loops run a transport's callbacks in the context current when it was made, and a
-    # request's call may be the one that (re)connects: the connection must not keep that
-    # request's context variables (its log record, its admission's gate) for its life.
-    async def body() -> None:
-        async with client_for(redis_server.url, connections=1) as client:
-
-            async def opening_request() -> weakref.ref[_Opener]:
-                opener = _Opener()
-                _OPENERS_CONTEXT.set(opener)
-                assert await client.execute("ECHO", "one") == b"one"
-                return weakref.ref(opener)
-
-            opening = asyncio.create_task(opening_request())  # in a context of its own
-            opened = await opening
-            del opening  # (a task keeps its context, and the loop's handle that woke us the task)
-            await asyncio.sleep(0)
-            gc.collect()
-            assert opened() is None, "the connection keeps its opening request's context"
-            assert await client.execute("ECHO", "two") == b"two"
-            assert len(client._connections) == 1
-
-    run(body())
-
-
 def test_url_forms() -> None:
     client = RespClient.from_url("redis://localhost")
     assert (client.host, client.port, client.db, client._ssl) == ("localhost", 6379, 0, None)

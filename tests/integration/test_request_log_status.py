@@ -198,3 +198,60 @@ def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_s
         paused.close()
     assert (line["status"], ledger) == (499, 499)
     assert "http_status" not in line
+
+
+def test_a_held_line_is_written_when_the_admission_s_connection_is_lost(
+    redis_config: Path, redis_server: RedisServer
+) -> None:
+    """The Redis store: the request cancelled (its client gone) while its admission's reply is
+    held back (`CLIENT PAUSE WRITE`: the `FCALL` waits unrun), then the connection lost before
+    any reply (`CLIENT KILL` of the store's connections). No reply will come, so nothing is
+    known to have been admitted: the held line is written then, with no ledger status (0), and
+    no ledger entry. Before the lean client handed a lost connection to the cancelled caller's
+    undo, the line was never written."""
+    admin = redis.Redis(port=redis_server.port)
+
+    async def main() -> tuple[dict[str, Any] | None, dict[str, Any], bool]:
+        async with started(redis_config) as app:
+            seen = Seen(app)
+            store, _, _, key = await warmed(app)
+            client = store._resp
+            assert client is not None
+
+            async def owed() -> bool:  # the admission's reply owed to the request
+                return any(c.pending or c.corked for c in client._connections)
+
+            await asyncio.sleep(0.001 + 2 * resp.QUIET_S)  # quiet: the admission sent at once
+            admin.client_pause(5000, all=False)  # writes wait; CLIENT KILL does not
+            request_id = f"req_log_status_{next(NUMBERS)}"
+            request = asyncio.ensure_future(
+                app.request("/v1/chat/completions", chat_body(False), key, "", request_id)
+            )
+            await until(owed, "the admission sent")
+            app.requests[-1].cancel()  # the client went away (a server that cancels)
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            for _ in range(20):  # the response ended, its line due
+                await asyncio.sleep(0.005)
+            early = seen.lines.get(request_id)  # written before the connection was lost
+            for connection in client._connections:  # as Redis names them: ip:port
+                transport = connection._transport
+                assert transport is not None
+                host, port = transport.get_extra_info("sockname")[:2]
+                admin.client_kill(f"{host}:{port}")
+
+            async def logged() -> bool:
+                return request_id in seen.lines
+
+            await until(logged, "the line written")
+            admin.client_unpause()
+            return early, seen.lines[request_id], request_id in seen.ledger
+
+    try:
+        early, line, settled = uvloop.run(asyncio.wait_for(main(), 30))
+    finally:
+        admin.client_unpause()
+        admin.close()
+    assert early is None, early
+    assert line["status"] == 0
+    assert not settled

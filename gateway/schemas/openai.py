@@ -6,9 +6,9 @@ for OpenAI-shaped upstreams, passed through from the raw body untouched.
 
 from __future__ import annotations
 
-import functools
 import types
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 import orjson
@@ -120,6 +120,32 @@ MAX_REQUEST_FALLBACKS = 8
 ModelId = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
+_T = TypeVar("_T")
+
+
+class _Remembered(Generic[_T]):
+    """`functools.cached_property` without its lock: the first read computes the value and
+    keeps it in the instance's `__dict__`, where every later read finds it first. CPython
+    3.11's takes an RLock around each first read (60 opcodes of Python in its `__get__`, as
+    many as the counting itself: loadtests/bench/opcodes.py); 3.12 dropped that lock. A
+    request is read on one thread."""
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> _Remembered[_T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type) -> _T: ...
+    def __get__(self, instance: object, owner: type) -> _T | _Remembered[_T]:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 class ChatRequest(_Open, dict=True):
     """`dict=True` only to hold the prompt's counts, computed once per request (the bounds, the
     routing policy, the reservation and the upstream token estimate all read them)."""
@@ -173,7 +199,7 @@ class ChatRequest(_Open, dict=True):
         """Content parts of all messages together (a string content counts none)."""
         return self.prompt_counts[2]
 
-    @functools.cached_property
+    @_Remembered
     def prompt_counts(self) -> tuple[int, int, int, int]:
         """(characters, image parts, content parts, messages), counted in one pass over the
         messages (the request path reads the tuple: no method call per count)."""

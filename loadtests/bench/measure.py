@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from loadtests.bench.contenders import CLIENT_CORE
+from loadtests.bench.contenders import CLIENT_CORE, REPO, SERVER_CORE, pinned, stop
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
@@ -31,6 +32,20 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     bad_responses: int  # non-2xx/3xx answers and socket errors
+    # From the script's `done` hook (wrk_script): the requests completed in the window and
+    # their mean latency, unrounded (wrk's report rounds them); 0 for a script without it.
+    completed: int = 0
+    mean_ms: float = 0.0
+
+    def closed_loop_rate(self, connections: int) -> float:
+        """Requests a second as `connections` ÷ the mean latency (Little's law for wrk's closed
+        loop: each connection sends its next request as soon as the last one ends). Unlike
+        `requests_per_s` it does not count whole requests in a fixed window: with requests
+        as long as a paced stream (~1.3 s) every connection completes the same whole number
+        of them in a 4 s window, so wrk's rate can only be connections x k / window (192 or
+        128 streams/s at 256 connections), flipping on a 2 % change of the stream's length
+        (decision 0012, 19zzzzb)."""
+        return connections * 1000 / self.mean_ms if self.mean_ms else 0.0
 
 
 def _ms(text: str) -> float:
@@ -40,9 +55,17 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
+# The script's `done` hook: wrk's own counts, unrounded (WrkResult.completed, mean_ms).
+DONE_HOOK = """function done(summary, latency, requests)
+  io.write(string.format("klawd-wrk completed %d mean_us %.1f\\n", summary.requests, latency.mean))
+end"""
+_HOOK_LINE = re.compile(r"^klawd-wrk completed (\d+) mean_us ([\d.]+)$", re.MULTILINE)
+
+
 def wrk_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
     lines += [f"wrk.headers[{_lua_quoted(k)}] = {_lua_quoted(v)}" for k, v in headers.items()]
+    lines.append(DONE_HOOK)
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -77,7 +100,11 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
     if bad_count:  # which kind, for whoever looks into it (the result keeps only the count)
         kinds = [found.group(0) for found in (bad, errors) if found is not None]
         print(f"wrk {url}: {'; '.join(kinds)}", file=sys.stderr)
-    return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), bad_count)
+    hook = _HOOK_LINE.search(out)
+    completed, mean_ms = (int(hook.group(1)), float(hook.group(2)) / 1000) if hook else (0, 0.0)
+    return WrkResult(
+        float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), bad_count, completed, mean_ms
+    )
 
 
 # The kernel's counters (machine-wide, /proc/net/netstat) that say a connection was dropped on
@@ -396,6 +423,48 @@ class StealWatch:
 
     def __str__(self) -> str:
         return ", ".join(f"{core} {share:.0%}" for core, share in self.by_core.items())
+
+
+class SpeedProbe:
+    """speed_probe.py on each core for a whole run (one process each, SCHED_IDLE): `between`
+    gives each core's median CPU time (µs) for the probe's fixed loop over a stretch of time,
+    e.g. a round. A round whose cores ran it slower than the run's usual was measured on a
+    slower machine than the others (the host's doing: no steal need show it)."""
+
+    def __init__(self, directory: Path, cores: Sequence[str] = (SERVER_CORE, CLIENT_CORE)) -> None:
+        self.files = {core: directory / f"speed-{core}.txt" for core in cores}
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> SpeedProbe:
+        for core, path in self.files.items():
+            command = [sys.executable, "-m", "loadtests.bench.speed_probe", str(path)]
+            env = {"PYTHONPATH": str(REPO)}
+            self._processes.append(pinned(core, command, path.with_suffix(".log"), env))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self._processes:
+            stop(process)
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """Each core's median µs over the samples taken from `start` to `end` (monotonic
+        seconds); a core with no sample then is left out."""
+        found = {}
+        for core, path in self.files.items():
+            samples = probe_samples(path.read_text() if path.exists() else "", start, end)
+            if samples:
+                found[core] = statistics.median(samples)
+        return found
+
+
+def probe_samples(text: str, start: float, end: float) -> list[float]:
+    """The speed probe's samples (µs) taken from `start` to `end` (monotonic seconds)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and start <= int(fields[0]) / 1e9 <= end:
+            found.append(int(fields[1]) / 1000)
+    return found
 
 
 _SS_COUNTER = re.compile(r"\b(segs_out|segs_in|data_segs_out):(\d+)")

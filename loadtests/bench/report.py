@@ -37,9 +37,19 @@ ROWS = [
     ("sse", "SSE, static body (one piece), streams/s, 64 conn.", "{:,.0f}", True),
     ("event", "SSE, one chunk per event, streams/s, 64 conn.", "{:,.0f}", True),
     ("lines", "SSE, each line its own chunk, streams/s, 64 conn.", "{:,.0f}", True),
-    ("lines20", "SSE, per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
+    (
+        "lines20",
+        "SSE, per line, 20 ms between events, streams/s, 256 conn. (÷ mean stream time)",
+        "{:,.0f}",
+        True,
+    ),
     ("anth", "Anthropic per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
-    ("anth20", "Anthropic per line, 20 ms between events, streams/s, 256 conn.", "{:,.0f}", True),
+    (
+        "anth20",
+        "Anthropic per line, 20 ms between events, streams/s, 256 conn. (÷ mean stream time)",
+        "{:,.0f}",
+        True,
+    ),
     ("gemini", "Gemini per line, streams/s (gateway: → OpenAI; others relay)", "{:,.0f}", True),
     ("anth-agent", "Anthropic per line, an agent's 52.6 KB request, streams/s", "{:,.0f}", True),
     ("gemini-agent", "Gemini per line, an agent's 52.6 KB request, streams/s", "{:,.0f}", True),
@@ -55,6 +65,20 @@ ROWS = [
     ),
     ("messages-tools", "/v1/messages, the tool call passed through, streams/s", "{:,.0f}", True),
     ("responses-tools", "/v1/responses, the tool call translated, streams/s", "{:,.0f}", True),
+    ("lines20_stream_ms", "SSE per line, 20 ms: mean stream time (ms)", "{:,.0f}", False),
+    ("anth20_stream_ms", "Anthropic per line, 20 ms: mean stream time (ms)", "{:,.0f}", False),
+    (
+        "lines20_window",
+        "SSE per line, 20 ms: wrk's whole streams in the window ÷ window (quantized)",
+        "{:,.0f}",
+        True,
+    ),
+    (
+        "anth20_window",
+        "Anthropic per line, 20 ms: wrk's whole streams in the window ÷ window (quantized)",
+        "{:,.0f}",
+        True,
+    ),
     ("rps_cpu", "single answers: CPU µs per request", "{:,.0f}", False),
     ("sse_cpu", "SSE static body: CPU µs per stream", "{:,.0f}", False),
     ("event_cpu", "SSE chunk per event: CPU µs per stream", "{:,.0f}", False),
@@ -315,6 +339,10 @@ def targets(samples: Samples) -> list[str]:
                 "_client_cpu",
                 "_upstream_segments",
                 "_upstream_segments_in",
+                # (the paced measures' stream time is their rate's other face; wrk's window
+                # count is quantized: neither is a target of its own)
+                "_stream_ms",
+                "_window",
             )
         ):
             continue
@@ -447,6 +475,8 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             *clock_lines(notes.get("clock_steps") or {}),  # type: ignore[arg-type]
             *others_lines(notes.get("others") or {}),  # type: ignore[arg-type]
             *steal_lines(notes.get("steal") or {}),  # type: ignore[arg-type]
+            *speed_lines(samples),
+            *paced_lines(samples),
             *reads_lines(samples),
             *profile_lines,
             END,
@@ -551,6 +581,78 @@ def steal_lines(stolen: dict[str, dict[str, float]]) -> list[str]:
     return [
         "The host took time from the cores during rounds (steal, a share of each core's time; "
         f"those rounds' contenders had less of their core than their wall clock says): {stolen}",
+        "",
+    ]
+
+
+# A round whose speed probe took this much longer than in the same contender's other rounds of
+# the measure, on a core the contender used, ran on a slower machine (decision 0012, 19zzzzb).
+SLOW_ROUND = 1.15
+
+
+def slow_rounds(samples: Samples, threshold: float = SLOW_ROUND) -> dict[str, dict[str, float]]:
+    """The rounds whose speed probe (side_by_side's `{measure}_probe{core}`: µs for its fixed
+    loop) read `threshold` times the median of the same contender's rounds of that measure or
+    more, on some core: by "contender measure round N", each such core's ratio. The baseline is
+    the contender's own: a core that idles reads slower than a busy one on this VM (~380 µs
+    against ~225: the host runs something else on an idle vCPU's core), so contenders that load
+    the cores differently are not compared with each other; the direct upstream leaves the
+    server core idle, which is not read for it."""
+    found: dict[str, dict[str, float]] = {}
+    for name, measures in samples.items():
+        for key, values in measures.items():
+            measure, _, core = key.rpartition("_probe")
+            if not measure or not core.isdigit() or len(values) < 2:
+                continue
+            if name == "upstream" and core == c.SERVER_CORE:
+                continue
+            usual = statistics.median(values)
+            for i, value in enumerate(values):
+                if usual and value >= threshold * usual:
+                    slow = found.setdefault(f"{name} {measure} round {i + 1}", {})
+                    slow[f"core {core}"] = round(value / usual, 2)
+    return found
+
+
+def speed_lines(samples: Samples) -> list[str]:
+    """The rounds measured on a slower machine (`slow_rounds`), if any."""
+    slow = slow_rounds(samples)
+    if not slow:
+        return []
+    return [
+        "Rounds measured on a slower machine (the speed probe, a fixed loop run on each core at "
+        f"idle priority, took {SLOW_ROUND:g}x or more its time in the same contender's other "
+        f"rounds of the measure; that factor per core): {slow}. The host slows a core without "
+        "stealing it (no steal counted): every program on that core, the contender, the "
+        "upstream or wrk, was as much slower, so such a round reads low for its contender "
+        "alone, and its ratios are the machine's, not the code's.",
+        "",
+    ]
+
+
+def paced_lines(samples: Samples) -> list[str]:
+    """The paced measures' rounds: each contender's mean stream time and wrk's whole streams in
+    the window per connection (the same whole number for every connection when they open
+    together: wrk's own rate is then connections x k / seconds, the quantization that 19zzzzb
+    took out of the streams/s)."""
+    found = []
+    for measure in ("lines20", "anth20"):
+        parts = []
+        for name, measures in samples.items():
+            times, whole = measures.get(f"{measure}_stream_ms"), measures.get(f"{measure}_whole")
+            if times and whole and len(times) == len(whole):
+                pairs = zip(times, whole, strict=True)
+                parts.append(f"{name} " + ", ".join(f"{t:,.0f} ms ({w:.2f})" for t, w in pairs))
+        if parts:
+            found.append(f"{measure}: " + "; ".join(parts))
+    if not found:
+        return []
+    return [
+        "Paced measures' rounds, each contender's mean stream time (and wrk's whole streams in "
+        "the window per connection: its connections open together, so with ~1.3 s streams each "
+        "completes the same 2 or 3 in a 4 s window, and wrk's own rate can only read 128 or 192 "
+        "streams/s at 256 connections; the streams/s above are connections ÷ the mean stream "
+        "time): " + "; ".join(found) + ".",
         "",
     ]
 

@@ -21,6 +21,11 @@ and SYNs resent, machine-wide; the peak accept queues; the connections the upstr
 `--write-docs` replaces the side-by-side section of docs/benchmarks.md (other sections are kept).
 `--gc-log`: each gateway's processes log their cycle collections (gc_site/sitecustomize.py);
 each burst round then prints the worker's per generation: count, total and longest pause.
+The paced measures (PACED) read streams/s as connections ÷ the mean stream time, not wrk's
+whole streams in the window (quantized: `--paced-rate window` gives that, as before 19zzzzb).
+A speed probe (speed_probe.py) runs on each core at idle priority for the whole run: each round
+prints its µs for a fixed loop per core, and the report names the rounds measured on a slower
+machine than the same contender's others (decision 0012, 19zzzzb).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from loadtests.bench.measure import (
     ListenWatch,
     OthersWatch,
     PeakRss,
+    SpeedProbe,
     StealWatch,
     long_streams,
     run_queue_wait_s,
@@ -91,6 +97,13 @@ WRK_MEASURES = {
     "responses-tools": ("anthtools", 64),
 }
 MEASURES = [*WRK_MEASURES, "burst"]
+# The paced measures: their upstream sleeps between events, so a stream lasts ~1.3 s and wrk's
+# own rate (whole streams completed in the window ÷ the window) can only read connections x k /
+# seconds: at 256 connections in 4 s, 192 or 128 streams/s, flipping on a 2 % change of the
+# stream's length, for every contender alike (decision 0012, 19zzzzb). Their streams/s are
+# connections ÷ the mean stream time instead (`--paced-rate stream-time`, the default since
+# 19zzzzb); wrk's window count stays in the `_window` rows (`--paced-rate window`: as before).
+PACED = {m for m, (scenario, _) in WRK_MEASURES.items() if c.STREAMS.get(scenario, ("", 0, 0))[2]}
 # Named only (`--measures ...,anth-agent,gemini-agent`), not in make bench's set: a coding agent's
 # request (agent_request.json: 52.6 KB, tools, tool calls and results, an image, breakpoints)
 # answered by the `anth` or the `gemini` stream; the pass-throughs relay the body, the gateway
@@ -268,15 +281,18 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
 
     realtime = args.redis_priority == "realtime"
     notes["redis_priority"] = args.redis_priority
-    with started(
-        directory,
-        args.contenders,
-        args.before,
-        args.redis_core,
-        args.before_store,
-        realtime,
-        args.gc_log,
-    ) as found:
+    with (
+        started(
+            directory,
+            args.contenders,
+            args.before,
+            args.redis_core,
+            args.before_store,
+            realtime,
+            args.gc_log,
+        ) as found,
+        SpeedProbe(directory) as speed,
+    ):
         for measure, (scenario, connections) in WRK_MEASURES.items():
             if measure not in args.measures:
                 continue
@@ -312,9 +328,21 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         OthersWatch() as others,
                         StealWatch() as steal,
                     ):
+                        started_at = time.monotonic()
                         result = wrk(contender.base_url + contender.path(scenario, route),
                                      scripts[name], connections, args.seconds)  # fmt: skip
-                    done = result.requests_per_s * max(1, round(args.seconds))
+                    # Each core's speed over the round (the probe's µs for its fixed loop).
+                    speeds = speed.between(started_at, time.monotonic())
+                    for core, probe_us in speeds.items():
+                        record(name, f"{measure}_probe{core}", probe_us)
+                    rate = result.requests_per_s
+                    if measure in PACED:
+                        record(name, f"{measure}_window", result.requests_per_s)
+                        record(name, f"{measure}_stream_ms", result.mean_ms)
+                        record(name, f"{measure}_whole", result.completed / connections)
+                        if args.paced_rate == "stream-time":
+                            rate = result.closed_loop_rate(connections)
+                    done = rate * max(1, round(args.seconds))
                     pieces = ""
                     if measure != "lat" and done:
                         # How the run read its streams: a saturated stream settles for a whole
@@ -363,9 +391,15 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         if contender.store_pid:  # redis-server's wait for its core
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)
+                    if measure in PACED:
+                        pieces += (
+                            f"; {rate:.1f} streams/s; wrk completed {result.completed} streams"
+                            f" = {result.completed / connections:.2f} per connection"
+                        )
+                    probes = ", ".join(f"core {core} {us:.0f}" for core, us in speeds.items())
                     print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}; "
-                          f"other programs {others.cores:.2f} cores; steal {steal}{pieces}",
-                          flush=True)  # fmt: skip
+                          f"other programs {others.cores:.2f} cores; steal {steal}; "
+                          f"probe us {probes}{pieces}", flush=True)  # fmt: skip
                     if others.cores >= OTHERS_CORES:
                         shared = notes["others"]
                         shared[f"{name} {measure} round {rnd + 1}"] = round(others.cores, 2)  # type: ignore[index]
@@ -391,7 +425,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         record(name, "p50_ms", result.p50_ms)
                         record(name, "p99_ms", result.p99_ms)
                     else:
-                        record(name, measure, result.requests_per_s)
+                        record(name, measure, rate)
             notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
         for rnd in range(args.reps if "burst" in args.measures else 0):
             for name, contender in in_turn(found, rnd):
@@ -507,6 +541,14 @@ def main() -> int:
         help="each gateway logs its cycle collections; each burst round prints them (no "
         "--write-docs)",
     )
+    parser.add_argument(
+        "--paced-rate",
+        choices=("stream-time", "window"),
+        default="stream-time",
+        help=f"the paced measures' ({','.join(sorted(PACED))}) streams/s: connections ÷ the "
+        "mean stream time (the default since issue 19zzzzb), or wrk's whole streams completed "
+        "in the window ÷ the window (before 19zzzzb; quantized to connections x k / seconds)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.before is not None:
@@ -520,6 +562,7 @@ def main() -> int:
         or args.contenders != NAMES
         or args.redis_core != "1"
         or args.gc_log
+        or args.paced_rate != "stream-time"
     ):
         parser.error("--write-docs needs every measure and every contender")
     if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10 and 2 <= args.burst_seconds <= 60):

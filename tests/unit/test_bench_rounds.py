@@ -1,0 +1,100 @@
+"""What the bench makes of a round: the paced measures' rate, and the machine's speed in it."""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests.bench import contenders, measure, report, side_by_side
+
+
+def test_the_paced_measures_are_those_whose_upstream_sleeps_between_events() -> None:
+    assert side_by_side.PACED == {"lines20", "anth20"}
+
+
+def test_a_paced_rate_is_the_connections_over_the_mean_stream_time() -> None:
+    """wrk's own rate counts whole streams in the window: 256 connections that each completed
+    2 streams of ~1.3 s in 4 s read 128 streams/s, and 192 if the streams were 2 % shorter."""
+    result = measure.WrkResult(126.6, 1400.0, 1430.0, 0, completed=512, mean_ms=1300.0)
+    assert result.closed_loop_rate(256) == pytest.approx(256 / 1.3)
+    assert measure.WrkResult(126.6, 1400.0, 1430.0, 0).closed_loop_rate(256) == 0.0
+
+
+def test_wrk_gives_the_requests_it_completed_and_their_mean_latency_unrounded(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        pytest.skip("wrk and nginx are not installed")
+    if not Path(contenders.ECHO_MODULE).exists():
+        pytest.skip("nginx's echo module is not installed")
+    port = contenders.free_port()
+    (tmp_path / "nginx.conf").write_text(contenders.upstream_conf(tmp_path, port))
+    nginx = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        contenders.wait_for(lambda: httpx.get(f"{base}/nginx-status").status_code == 200, "nginx")
+        script = measure.wrk_script(tmp_path / "s.lua", b"{}", {"Content-Type": "application/json"})
+        result = measure.wrk(base + contenders.upstream_path("json"), script, 2, 1)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+    assert result.completed > 0
+    assert result.completed == pytest.approx(result.requests_per_s, rel=0.1)  # in 1 s
+    assert 0 < result.mean_ms < 1000
+
+
+def test_the_probe_s_samples_of_a_round_are_those_taken_during_it() -> None:
+    text = "1000000000 250000\n2000000000 300000\n3000000000 400000\nbroken\n"
+    assert measure.probe_samples(text, 1.5, 3.0) == [300.0, 400.0]
+
+
+def test_the_speed_probe_reads_each_core_while_it_runs(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with measure.SpeedProbe(tmp_path) as probe:
+        for _ in range(100):  # its first samples, within 10 s on a busy machine
+            time.sleep(0.1)
+            speeds = probe.between(started, time.monotonic())
+            if len(speeds) == 2:
+                break
+    assert set(speeds) == {contenders.SERVER_CORE, contenders.CLIENT_CORE}
+    assert all(us > 0 for us in speeds.values())
+
+
+def test_a_round_slower_than_the_contender_s_other_rounds_is_named_with_its_core() -> None:
+    samples = {
+        # the upstream leaves core 0 idle, which reads slower and is not read for it
+        "upstream": {"sse_probe0": [230.0, 380.0, 240.0], "sse_probe1": [230.0, 232.0, 231.0]},
+        "gateway-sqlite": {
+            "sse_probe0": [228.0, 227.0, 257.0],
+            "sse_probe1": [230.0, 240.0, 354.0],
+        },
+    }
+    assert report.slow_rounds(samples) == {"gateway-sqlite sse round 3": {"core 1": 1.48}}
+    line = report.speed_lines(samples)[0]
+    assert "{'gateway-sqlite sse round 3': {'core 1': 1.48}}" in line
+    assert report.speed_lines({"bare": {"sse_probe0": [230.0, 262.0, 231.0]}}) == []
+
+
+def test_the_paced_rounds_line_gives_each_stream_time_and_whole_streams_per_connection() -> None:
+    samples = {
+        "upstream": {"anth20_stream_ms": [1292.2, 1327.7], "anth20_whole": [2.0, 3.0]},
+        "bare": {"anth20_stream_ms": [1298.6], "anth20_whole": [3.0]},
+    }
+    line = report.paced_lines(samples)[0]
+    assert "anth20: upstream 1,292 ms (2.00), 1,328 ms (3.00); bare 1,299 ms (3.00)." in line
+    assert report.paced_lines({"bare": {"anth": [1.0]}}) == []
+
+
+def test_the_paced_stream_time_and_window_count_are_no_redis_over_embedded_target() -> None:
+    samples = {
+        name: {"anth20": [190.0], "anth20_stream_ms": [1300.0], "anth20_window": [128.0]}
+        for name in ("gateway-sqlite", "gateway-redis")
+    }
+    lines = report.targets(samples)
+    assert any("Redis ÷ embedded, anth20:" in x for x in lines)
+    assert not any("_stream_ms" in x or "_window" in x for x in lines)
+    table = report.table(samples)
+    assert "| Anthropic per line, 20 ms: mean stream time (ms) | 1,300 | 1,300 |" in table

@@ -12,7 +12,9 @@ Granian's does. After a warm-up, `--requests` requests run under `sys.settrace` 
 runs is counted once, for its code object (its own count) and for every code object on the
 traced stack at that moment (its inclusive count; a frame's recursion counted once). Printed per
 request: the total, the files, and the `--top` functions by own and by inclusive count, with how
-many times each frame was entered (a coroutine's resumptions are entries too).
+many times each frame was entered (a coroutine's resumptions are entries too); for the gateway,
+also by phase of the request path (loadtests/bench/phases.py's, the innermost phase function on
+the stack: the opcodes of the metrics a settlement records are "metrics").
 
 What it hides: C (uvloop, the asyncio Task's step, orjson, msgspec, `_core`, httptools, aiohttp's
 compiled parser, multidict, yarl) runs no bytecode and is not in the counts, but the Python it
@@ -49,6 +51,8 @@ if "--tree" in sys.argv:
 import orjson
 import uvloop
 
+from loadtests.bench.phases import ORDER, PhaseCounter
+
 CONCURRENCY = 16
 WARM_UP = 64
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
@@ -59,13 +63,18 @@ class OpcodeCounter:
     """Opcodes run per code object while installed (`with counter:`), on this thread; frames of
     code in `skip_file` are not traced (their callees are)."""
 
-    def __init__(self, skip_file: str = HERE) -> None:
+    def __init__(self, skip_file: str = HERE, phases: PhaseCounter | None = None) -> None:
         self.skip_file = skip_file
+        # `phases`: each opcode also counted for the phase of the request path it runs in
+        # (loadtests/bench/phases.py: the innermost phase function on the stack, else by file)
+        self.phases = phases
+        self.by_phase: Counter[str] = Counter()
+        self._phase = ""
         self.own: Counter[CodeType] = Counter()
         self.inclusive: Counter[CodeType] = Counter()
         self.entries: Counter[CodeType] = Counter()
         self.total = 0
-        self._stack: list[tuple[FrameType, int]] = []
+        self._stack: list[tuple[FrameType, int, str]] = []
         self._depth: Counter[CodeType] = Counter()
 
     def __enter__(self) -> OpcodeCounter:
@@ -85,33 +94,45 @@ class OpcodeCounter:
         frame.f_trace_opcodes = True
         self.entries[code] += 1
         self._depth[code] += 1
-        self._stack.append((frame, self.total))
+        if self.phases is not None:
+            self._phase = self.phases._phase(frame)
+        self._stack.append((frame, self.total, self._phase))
         # The RESUME that begins each entry (a call, a coroutine's resumption) runs before
         # the frame's trace function is set: no opcode event for it.
         self.total += 1
         self.own[code] += 1
+        self.by_phase[self._phase] += 1
         return self._local
 
     def _local(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any]:
         if event == "opcode":
             self.total += 1
             self.own[frame.f_code] += 1
+            self.by_phase[self._phase] += 1
         elif event == "return":
             # Unwind to this frame (a frame entered before the counter was installed has no
             # entry: nothing to pop for it).
             for index in range(len(self._stack) - 1, -1, -1):
                 if self._stack[index][0] is frame:
-                    for left, start in self._stack[index:][::-1]:
+                    for left, start, _ in self._stack[index:][::-1]:
                         code = left.f_code
                         self._depth[code] -= 1
                         if not self._depth[code]:  # the outermost of a recursion
                             self.inclusive[code] += self.total - start
                     del self._stack[index:]
+                    self._phase = self._stack[-1][2] if self._stack else ""
                     break
         return self._local
 
     def report(self, requests: int, top: int) -> list[str]:
         lines = [f"  {self.total / requests:9.1f} opcodes per request"]
+        if self.phases is not None:
+            lines.append("  by phase (loadtests/bench/phases.py):")
+            lines += [
+                f"    {self.by_phase[phase] / requests:8.1f}  {phase}"
+                for phase in ORDER
+                if self.by_phase[phase]
+            ]
         files: Counter[str] = Counter()
         for code, count in self.own.items():
             files[name_of(code, with_function=False)] += count
@@ -292,7 +313,7 @@ async def measure(
     try:
         await driver.rounds(body, WARM_UP)
         await asyncio.sleep(0.1)
-        counter = OpcodeCounter()
+        counter = OpcodeCounter(phases=PhaseCounter() if name != "bare" else None)
         with counter:
             await driver.rounds(body, args.requests)
         print(f"{name} {scenario}:", flush=True)

@@ -4,9 +4,10 @@ code object, its own and its callers' inclusive counts."""
 from __future__ import annotations
 
 import dis
-from types import CodeType
+from types import CodeType, FrameType
 
 from loadtests.bench.opcodes import OpcodeCounter
+from loadtests.bench.phases import PhaseCounter
 
 
 def straight(a: int, b: int) -> int:
@@ -82,3 +83,20 @@ def test_frames_of_the_skipped_file_are_not_counted_but_their_callees_are() -> N
     with counter:
         dis.opname.index("NOP")  # (C: nothing counted)
     assert counter.total == 0
+
+
+def test_each_opcode_goes_to_the_phase_of_the_innermost_phase_function_on_the_stack() -> None:
+    class Phases(PhaseCounter):
+        def _phase(self, frame: FrameType) -> str:
+            walk: FrameType | None = frame
+            while walk is not None:
+                if walk.f_code is straight.__code__:
+                    return "straight"
+                walk = walk.f_back
+            return "other"
+
+    counter = OpcodeCounter(skip_file="(none)", phases=Phases())
+    with counter:
+        caller(5)
+    assert counter.by_phase["straight"] == counter.own[straight.__code__]
+    assert counter.by_phase["other"] == counter.total - counter.own[straight.__code__]

@@ -585,47 +585,51 @@ def steal_lines(stolen: dict[str, dict[str, float]]) -> list[str]:
     ]
 
 
-# A round whose speed probe took this much longer than in the same contender's other rounds of
-# the measure, on a core the contender used, ran on a slower machine (decision 0012, 19zzzzb).
-SLOW_ROUND = 1.15
+# A round pair whose speed probes differ this much (either way), on a core, ran its two contenders
+# on machines of different speed (decision 0012, 19zzzzb).
+UNEVEN = 1.15
+# The pairs whose per-round ratios the report reads (the targets', and a paired run's).
+SPEED_PAIRS = (
+    ("gateway-sqlite", "bare"),
+    ("gateway-redis", "bare"),
+    ("gateway-redis", "gateway-sqlite"),
+    ("gateway-before", "gateway-sqlite"),
+)
 
 
-def slow_rounds(samples: Samples, threshold: float = SLOW_ROUND) -> dict[str, dict[str, float]]:
-    """The rounds whose speed probe (side_by_side's `{measure}_probe{core}`: µs for its fixed
-    loop) read `threshold` times the median of the same contender's rounds of that measure or
-    more, on some core: by "contender measure round N", each such core's ratio. The baseline is
-    the contender's own: a core that idles reads slower than a busy one on this VM (~380 µs
-    against ~225: the host runs something else on an idle vCPU's core), so contenders that load
-    the cores differently are not compared with each other; the direct upstream leaves the
-    server core idle, which is not read for it."""
+def uneven_rounds(samples: Samples, threshold: float = UNEVEN) -> dict[str, dict[str, float]]:
+    """The rounds in which a pair's two contenders ran at different machine speeds: the speed
+    probe (side_by_side's `{measure}_probe{core}`: µs for a fixed loop, per round) of the
+    first ÷ the second's in the same round, per core, where it is `threshold` or more or
+    1/`threshold` or less (above 1: the first ran on the slower machine). By "first ÷ second
+    measure round N"."""
     found: dict[str, dict[str, float]] = {}
-    for name, measures in samples.items():
-        for key, values in measures.items():
+    for name, ref in SPEED_PAIRS:
+        mine, theirs = samples.get(name, {}), samples.get(ref, {})
+        for key, values in mine.items():
             measure, _, core = key.rpartition("_probe")
-            if not measure or not core.isdigit() or len(values) < 2:
+            if not measure or not core.isdigit() or key not in theirs:
                 continue
-            if name == "upstream" and core == c.SERVER_CORE:
-                continue
-            usual = statistics.median(values)
-            for i, value in enumerate(values):
-                if usual and value >= threshold * usual:
-                    slow = found.setdefault(f"{name} {measure} round {i + 1}", {})
-                    slow[f"core {core}"] = round(value / usual, 2)
+            for i, (a, b) in enumerate(zip(values, theirs[key], strict=False)):
+                if a and b and not 1 / threshold < a / b < threshold:
+                    uneven = found.setdefault(f"{name} ÷ {ref} {measure} round {i + 1}", {})
+                    uneven[f"core {core}"] = round(a / b, 2)
     return found
 
 
 def speed_lines(samples: Samples) -> list[str]:
-    """The rounds measured on a slower machine (`slow_rounds`), if any."""
-    slow = slow_rounds(samples)
-    if not slow:
+    """The rounds whose pairs ran at different machine speeds (`uneven_rounds`), if any."""
+    uneven = uneven_rounds(samples)
+    if not uneven:
         return []
     return [
-        "Rounds measured on a slower machine (the speed probe, a fixed loop run on each core at "
-        f"idle priority, took {SLOW_ROUND:g}x or more its time in the same contender's other "
-        f"rounds of the measure; that factor per core): {slow}. The host slows a core without "
-        "stealing it (no steal counted): every program on that core, the contender, the "
-        "upstream or wrk, was as much slower, so such a round reads low for its contender "
-        "alone, and its ratios are the machine's, not the code's.",
+        "Rounds whose two contenders ran on machines of different speed (a speed probe runs a "
+        "fixed loop on each core at idle priority; its time in the first contender's round ÷ "
+        f"in the second's, per core, where they differ by {UNEVEN - 1:.0%} or more; above 1 the "
+        f"first ran on the slower machine): {uneven}. On this VM a core's speed moves between "
+        "two states (the probe at ~225 or ~350 µs) for seconds at a time with no steal "
+        "counted, and a contender that saturates its core runs about as much slower or "
+        "faster: such a round's ratio is the machine's, not the code's.",
         "",
     ]
 

@@ -63,19 +63,24 @@ def test_the_speed_probe_reads_each_core_while_it_runs(tmp_path: Path) -> None:
     assert all(us > 0 for us in speeds.values())
 
 
-def test_a_round_slower_than_the_contender_s_other_rounds_is_named_with_its_core() -> None:
+def test_a_round_whose_pair_ran_at_different_machine_speeds_is_named_with_its_core() -> None:
     samples = {
-        # the upstream leaves core 0 idle, which reads slower and is not read for it
-        "upstream": {"sse_probe0": [230.0, 380.0, 240.0], "sse_probe1": [230.0, 232.0, 231.0]},
+        # not a pair the report reads: the upstream leaves the server core idle
+        "upstream": {"sse_probe0": [370.0, 373.0, 366.0], "sse_probe1": [240.0, 244.0, 282.0]},
+        "bare": {"sse_probe0": [332.0, 225.0, 333.0], "sse_probe1": [363.0, 373.0, 365.0]},
         "gateway-sqlite": {
-            "sse_probe0": [228.0, 227.0, 257.0],
-            "sse_probe1": [230.0, 240.0, 354.0],
+            "sse_probe0": [280.0, 352.0, 320.0],
+            "sse_probe1": [360.0, 371.0, 342.0],
         },
     }
-    assert report.slow_rounds(samples) == {"gateway-sqlite sse round 3": {"core 1": 1.48}}
+    assert report.uneven_rounds(samples) == {
+        "gateway-sqlite ÷ bare sse round 1": {"core 0": 0.84},
+        "gateway-sqlite ÷ bare sse round 2": {"core 0": 1.56},
+    }
     line = report.speed_lines(samples)[0]
-    assert "{'gateway-sqlite sse round 3': {'core 1': 1.48}}" in line
-    assert report.speed_lines({"bare": {"sse_probe0": [230.0, 262.0, 231.0]}}) == []
+    assert "'gateway-sqlite ÷ bare sse round 2': {'core 0': 1.56}" in line
+    even = {name: {"sse_probe0": [230.0, 262.0]} for name in ("bare", "gateway-sqlite")}
+    assert report.speed_lines(even) == []
 
 
 def test_the_paced_rounds_line_gives_each_stream_time_and_whole_streams_per_connection() -> None:

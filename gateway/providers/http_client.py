@@ -680,15 +680,13 @@ class _Connection(asyncio.Protocol):
                         response._chunks.append(body)
                     ended = dechunker.done
                 elif response._sink_error is None:
-                    try:  # de-chunked and reframed in one call (no `bytes` of the body)
-                        out = sink.feed_chunked(dechunker, data)
+                    try:  # de-chunked and reframed in one call (no `bytes` of the body), the
+                        # body's end answered with it (not a crossing more for `done`)
+                        out, ended = sink.feed_chunked(dechunker, data)
                     except _core.SseError as exc:  # the reframer's (the Dechunker's: ValueError)
                         response._sink_failed(exc, sink.before_error())
                         ended = dechunker.done
                     else:
-                        # (asked once per read: each of the Rust objects' properties is a
-                        # crossing)
-                        ended = dechunker.done
                         if out:
                             # While the reader waits, its pieces may be sent from here (a
                             # reader's `deliver_to`): not the last one (the terminator, or
@@ -708,7 +706,11 @@ class _Connection(asyncio.Protocol):
                             ):
                                 response._chunks.append(out)
                         if self.holds and not ended:
-                            self.hold(response._loop)
+                            # `self.hold(response._loop)`, inline (once per read)
+                            transport = self.transport
+                            if transport is not None and transport.is_reading():
+                                transport.pause_reading()
+                                self._hold_end = response._loop.call_soon(transport.resume_reading)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

@@ -174,14 +174,16 @@ impl PyReframer {
     }
 
     /// `feed` of the body bytes that `dechunker` reads out of `data` (one read of an HTTP
-    /// chunked body): the two in one crossing, with no `bytes` of the body between them. A
-    /// malformed chunked body is `Dechunker.feed`'s `ValueError`, the reframer not fed.
+    /// chunked body): the two in one crossing, with no `bytes` of the body between them,
+    /// with whether the body has ended (the Dechunker's `done`, which the caller asks after
+    /// every read: answered here, not by a second crossing). A malformed chunked body is
+    /// `Dechunker.feed`'s `ValueError`, the reframer not fed.
     fn feed_chunked<'py>(
         &mut self,
         py: Python<'py>,
         mut dechunker: PyRefMut<'py, PyDechunker>,
         data: &[u8],
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<(Bound<'py, PyBytes>, bool)> {
         let PyDechunker {
             inner: chunked,
             out: body,
@@ -203,7 +205,7 @@ impl PyReframer {
             };
             result?;
         }
-        Ok(self.take(py))
+        Ok((self.take(py), chunked.done()))
     }
 
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {

@@ -197,7 +197,8 @@ def _reframer() -> _core.Reframer:
 def test_feed_chunked_is_the_dechunker_then_the_reframer_at_every_split() -> None:
     """`Reframer.feed_chunked(dechunker, data)` (the HTTP client's read of a reframed event
     stream) answers what `Dechunker.feed` then `Reframer.feed` answer, wherever the wire is
-    split (each line its own HTTP chunk), and leaves the Dechunker in the same state."""
+    split (each line its own HTTP chunk), and leaves the Dechunker in the same state; the
+    flag it answers with them is the Dechunker's `done` after that read."""
     lines = [line for event in ANTHROPIC_EVENTS for line in event.splitlines(keepends=True)]
     wire = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines) + b"0\r\n\r\n"
     whole = _reframer()
@@ -207,8 +208,13 @@ def test_feed_chunked_is_the_dechunker_then_the_reframer_at_every_split() -> Non
         for reads in ([wire[:cut], wire[cut:]], [wire[:cut], wire[cut:], b"extra"]):
             reframer, dechunker = _reframer(), _core.Dechunker()
             two, two_dechunker = _reframer(), _core.Dechunker()
-            out = b"".join(reframer.feed_chunked(dechunker, data) for data in reads)
-            theirs = b"".join(two.feed(two_dechunker.feed(data)) for data in reads)
+            out = b""
+            theirs = b""
+            for data in reads:
+                piece, ended = reframer.feed_chunked(dechunker, data)
+                out += piece
+                theirs += two.feed(two_dechunker.feed(data))
+                assert ended is two_dechunker.done
             assert out == theirs
             assert (dechunker.done, dechunker.leftover) == (
                 two_dechunker.done,
@@ -220,7 +226,7 @@ def test_feed_chunked_is_the_dechunker_then_the_reframer_at_every_split() -> Non
 def test_feed_chunked_refuses_malformed_framing_without_feeding_the_reframer() -> None:
     reframer, dechunker = _reframer(), _core.Dechunker()
     event = ANTHROPIC_EVENTS[0]
-    assert reframer.feed_chunked(dechunker, b"%x\r\n%s\r\n" % (len(event), event))
+    assert reframer.feed_chunked(dechunker, b"%x\r\n%s\r\n" % (len(event), event))[0]
     with pytest.raises(ValueError) as refused:
         reframer.feed_chunked(dechunker, b"zz\r\n" + ANTHROPIC_EVENTS[2])
     assert not isinstance(refused.value, _core.SseError)

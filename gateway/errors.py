@@ -225,5 +225,7 @@ def as_gateway_error(exc: BaseException) -> GatewayError | None:
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, StoreError):
-        return ServiceUnavailable(STORE_UNAVAILABLE_MESSAGE, retry_after_s=1)
+        error = ServiceUnavailable(STORE_UNAVAILABLE_MESSAGE, retry_after_s=1)
+        error.extra_headers.update(exc.extra_headers)  # an admitted request's rate headers
+        return error
     return None

@@ -63,7 +63,7 @@ from gateway.pending_admission import CLIENT_CLOSED, PendingAdmission
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import Settings
-from gateway.store.base import Account, CustomLimits, Store, UsageEntry
+from gateway.store.base import Account, CustomLimits, Store, StoreError, UsageEntry
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
@@ -575,5 +575,5 @@ class SettleOnFailure:
             error = as_gateway_error(exc)
             status = 500 if error is None else error.status
         self.meter.settle(self.ticket, None, TokenUsage(0, 0), 0, status, self.stream)
-        if isinstance(exc, GatewayError):
+        if isinstance(exc, GatewayError | StoreError):  # the envelope answers either
             exc.extra_headers.update(self.ticket.admission.headers())

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 class StoreError(Exception):
     """The store could not be reached or answered badly (mapped to 503 by the API)."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        # Headers that belong on the client's 503 too: an admitted request's rate headers,
+        # added where it is settled (gateway/metering.py's SettleOnFailure), as on a
+        # GatewayError's `extra_headers`.
+        self.extra_headers: dict[str, str] = {}
+
 
 # gc=False (here and on Account and the key's Structs below): frozen, atoms, tuples of str and
 # str dicts, never in a reference cycle: the cycle collector need not walk them (decision 0012).

@@ -2,7 +2,8 @@
 answered with: one mapping (`gateway.errors.as_gateway_error`) for the envelope
 (api/middleware.py's `envelope_error`), `SettleOnFailure` (a failure before the answer) and a
 stream's failure after its first byte (api/chat.py's `_failure`). Before, a `StoreError` was
-answered 503 and settled 500."""
+answered 503 and settled 500. An admitted request's answer carries its admission's rate headers
+whatever the failure (before, a `StoreError`'s 503 carried none)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,16 @@ class Ledger:
         self.statuses.append(status)
 
 
+RATE_HEADERS = {
+    "x-ratelimit-limit-requests": "10",
+    "x-ratelimit-remaining-requests": "7",
+    "x-ratelimit-reset-requests": "18s",
+}
+
+
 class Admission:
     def headers(self) -> dict[str, str]:
-        return {}
+        return dict(RATE_HEADERS)
 
 
 class Ticket:
@@ -59,3 +67,23 @@ def test_the_ledger_settles_a_failure_with_the_status_the_client_is_answered(
     assert (ledger.statuses, streamed) == ([answered], answered)
     if isinstance(exc, StoreError):
         assert answered == 503
+
+
+@pytest.mark.parametrize("exc", FAILURES[:4], ids=lambda exc: type(exc).__name__)
+def test_an_admitted_request_s_failure_is_answered_with_its_rate_headers(
+    exc: Exception,
+) -> None:
+    """Settled by `SettleOnFailure` (the request was admitted), then answered by the envelope:
+    the admission's rate headers are on the answer, a `StoreError`'s 503 as any other."""
+    SettleOnFailure(Ledger(), Ticket(), False).__exit__(type(exc), exc, None)  # type: ignore[arg-type]
+    error = envelope_error(exc)
+    assert error is not None
+    assert RATE_HEADERS.items() <= error.headers().items()
+
+
+def test_a_store_error_outside_an_admitted_request_carries_no_rate_headers() -> None:
+    """Not admitted (the admission itself failed on the store): nothing is known of the limits,
+    so the 503 says nothing of them; only its Retry-After."""
+    error = envelope_error(StoreError("redis store failed: ConnectionError"))
+    assert error is not None
+    assert error.headers() == {"retry-after": "1"}

@@ -156,6 +156,9 @@ class ProviderSettings(_Strict):
     location: str = ""
     credentials_file_env: str = "GOOGLE_APPLICATION_CREDENTIALS"
     token_refresh_margin_s: NonNegFloat = 300.0
+    # kind replicate: how long the client's 504 waits for the cancel of a prediction that ran
+    # past `timeout_s` (sent before the 504; Replicate answers a cancel at once).
+    cancel_timeout_s: PositiveFloat = 5.0
     # This key's own upstream limits (optional): the gateway keeps under them (routing/capacity.py).
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None

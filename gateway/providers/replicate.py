@@ -4,7 +4,8 @@
 prediction and holds the connection while it runs (N below the first-byte timeout). If the answer
 is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succeeded`, `failed` or
 `canceled`, within the provider's `timeout_s` (each poll too: it may not outlast what is left of
-it); past it the prediction is cancelled (`urls.cancel`, best effort) and the client gets 504.
+it); past it the prediction is cancelled (`urls.cancel`, best effort, waited for at most
+`cancel_timeout_s`) and the client gets 504.
 A poll that fails transiently (408, 429, 5xx, a connection refused, reset or timed out, a body
 broken off) is retried up to POLL_RETRIES times in a row, after its Retry-After or 0.25 s
 doubling, when that wait ends before the deadline (each retry in
@@ -201,7 +202,7 @@ class ReplicateProvider(HttpProvider):
         try:
             while prediction.get("status") not in TERMINAL:
                 if loop.time() + wait > deadline:
-                    await self._cancel(prediction, self.settings.connect_timeout_s)
+                    await self._cancel(prediction, self.settings.cancel_timeout_s)
                     break
                 await asyncio.sleep(wait)
                 try:
@@ -211,7 +212,7 @@ class ReplicateProvider(HttpProvider):
                 except GatewayError as exc:
                     left_s = deadline - loop.time()
                     if left_s <= 0:  # cut at the deadline: as the deadline passing between polls
-                        await self._cancel(prediction, self.settings.connect_timeout_s)
+                        await self._cancel(prediction, self.settings.cancel_timeout_s)
                         break
                     failures += 1
                     again_in = self._poll_again_in(exc, failures, left_s)
@@ -299,8 +300,8 @@ class ReplicateProvider(HttpProvider):
 
     async def _cancel(self, prediction: Mapping[str, Any], within_s: float | None = None) -> None:
         """`within_s`: a cancel the client waits for (at the deadline, before its 504) is bounded
-        by the connect timeout, not the whole `timeout_s`: a cancel that hangs must not keep
-        the client that long past the deadline."""
+        by the provider's `cancel_timeout_s`, not the whole `timeout_s`: a cancel that hangs
+        must not keep the client that long past the deadline."""
         url = self._url(prediction, "cancel")
         if url is None:
             return

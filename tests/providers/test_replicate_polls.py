@@ -187,8 +187,9 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
     bound: poll 3 starts after the sleeps before it (0.25 + 0.5 + 1 s), so its bound is at most
     `timeout_s` less those. Before, every poll had the whole `timeout_s` (the client waited up
     to 4.25 s here, not 2.5). The call ends in 504 and the prediction is cancelled, that cancel
-    (which the client waits for) bounded by the connect timeout (0.5 s here), not the whole
-    `timeout_s` (before: 2.5 s)."""
+    (which the client waits for) bounded by the provider's `cancel_timeout_s` (0.3 s here), not
+    the whole `timeout_s` (2.5 s before d5f5d50) nor the connect timeout (0.5 s: before
+    19zzzz)."""
     bounds: list[tuple[str, float | None, float | None]] = []
     request = HttpClient.request
 
@@ -200,7 +201,11 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
     monkeypatch.setattr(HttpClient, "request", spied)
     timeout_s = 2.5
     error, created, _, _ = await generate(
-        fake_replicate, "poll-hangs", timeout_s=timeout_s, connect_timeout_s=0.5
+        fake_replicate,
+        "poll-hangs",
+        timeout_s=timeout_s,
+        connect_timeout_s=0.5,
+        cancel_timeout_s=0.3,
     )
     assert isinstance(error, GatewayTimeout)
     polls = [(h, w) for method, h, w in bounds if method == "GET"]
@@ -214,7 +219,7 @@ async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
     assert cancels_of(fake_replicate, created) == ["POST"]
     assert fake_replicate.predictions[created]["status"] == "canceled"
     _, cancel = [whole_s for method, _, whole_s in bounds if method == "POST"]  # create, cancel
-    assert cancel is not None and cancel <= 0.5
+    assert cancel is not None and cancel <= 0.3
 
 
 @pytest.mark.parametrize("left_s", [0.0, -0.001], ids=["zero", "past"])

@@ -113,6 +113,10 @@ class RetrySettings(_Strict):
     base_delay_s: NonNegFloat = 0.25
     max_delay_s: NonNegFloat = 8.0
     max_retry_after_s: NonNegFloat = 30.0
+    # A poll of a job the upstream runs (Replicate's predictions: a GET, idempotent) that failed
+    # transiently is polled again up to this many times in a row; 0: never (the job cancelled).
+    # Not `attempts`: a poll is no try of the request (nothing is generated again).
+    poll_retries: NonNegInt = 3
     # `[retry]` only (refused in `[providers.X.retry]`: load_settings): the longest a request
     # may spend before its first byte, over every try, wait and fallback, given to the retrier
     # (gateway/state.py, gateway/routing/retry.py). Unset: no bound but each try's own.

@@ -212,7 +212,9 @@ async def build_state(
         else:
             providers[name] = provider
             if isinstance(provider, HttpProvider):
-                provider.max_retry_after_s = settings.provider_retry(name).max_retry_after_s
+                policy = settings.provider_retry(name)
+                provider.max_retry_after_s = policy.max_retry_after_s
+                provider.poll_retries = policy.poll_retries
     admin_value = environ.get(settings.server.admin_token_env)
     if not admin_value:
         log.warning(

@@ -432,6 +432,8 @@ class HttpProvider:
     # `[providers.X.retry]`), for what a provider retries itself (Replicate's polls); set by
     # build_state.
     max_retry_after_s: float = RetrySettings().max_retry_after_s
+    # The policy's polls again in a row after a transient failure (Replicate's); by build_state.
+    poll_retries: int = RetrySettings().poll_retries
 
     def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
         self.name = name

@@ -7,8 +7,8 @@ is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succee
 it); past it the prediction is cancelled (`urls.cancel`, best effort, waited for at most
 `cancel_timeout_s`) and the client gets 504.
 A poll that fails transiently (408, 429, 5xx, a connection refused, reset or timed out, a body
-broken off) is retried up to POLL_RETRIES times in a row, after its Retry-After or 0.25 s
-doubling, when that wait ends before the deadline (each retry in
+broken off) is retried up to the retry policy's `poll_retries` times in a row, after its
+Retry-After or 0.25 s doubling, when that wait ends before the deadline (each retry in
 `klawd_upstream_retries_total`, each failure where any upstream failure is counted). A call
 cancelled while it polls (the request's `retry.deadline_s` cut it, or its client went away),
 or whose poll fails for good (the client gets that error), cancels the prediction too, in a
@@ -65,10 +65,6 @@ from gateway.settings import ProviderSettings
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 POLL_FIRST_S = 0.25
 POLL_MAX_S = 2.0
-# Polls again after a transient failure, in a row (a poll is a GET: idempotent). The official
-# SDK retries its GETs on 429, 503 and 504 up to 10 times (replicate/client.py RetryTransport);
-# fewer here, as a client waits behind each.
-POLL_RETRIES = 3
 MAX_WAIT_S = 60
 
 
@@ -283,9 +279,11 @@ class ReplicateProvider(HttpProvider):
         """After the failed poll `exc`, the `failures`-th in a row, with `left_s` left before
         the deadline: how long to wait before polling again (its Retry-After, else
         POLL_FIRST_S doubling), counted as a retry; None to give up (not transient, past
-        POLL_RETRIES, a Retry-After past the retry policy's `max_retry_after_s`, or the wait
+        the retry policy's `poll_retries` (3 by default: the official SDK retries its GETs on
+        429, 503 and 504 up to 10 times, replicate/client.py RetryTransport; fewer, as a client
+        waits behind each), a Retry-After past the retry policy's `max_retry_after_s`, or the wait
         not within the deadline)."""
-        if failures > POLL_RETRIES or not transient(exc):
+        if failures > self.poll_retries or not transient(exc):
             return None
         wait = exc.retry_after_s
         if wait is None:

@@ -92,7 +92,7 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The create answered, its poll's headers came, the poll's body broke: one body error
-    per poll (each poll breaks here: polled again POLL_RETRIES times, then given up)."""
+    per poll (each poll breaks here: polled again `poll_retries` times, then given up)."""
     monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.001)
     server: list[Server] = []
     cancels: list[str] = []
@@ -118,7 +118,7 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
             await provider.close()
     # answered: the create, the polls (their headers) and the prediction's cancel, sent as the
     # last poll failed (close waits for it)
-    polls = 1 + replicate.POLL_RETRIES
+    polls = 1 + provider.poll_retries
     assert counts(metrics) == {"answered": 2 + polls, "errors": 0, "body_errors": polls}
     assert cancels == ["p1"]
     # the prediction may or may not have made its image: nothing is counted on a guess

@@ -179,6 +179,29 @@ def test_the_app_gives_each_provider_its_retry_policy_s_longest_retry_after(
     assert longest["replicate"] == 5  # the config's [retry], not the default 30
 
 
+def test_the_app_gives_each_provider_its_retry_policy_s_poll_retries(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """build_state sets each HTTP provider's `poll_retries` from its retry policy: Replicate's
+    own `[providers.replicate.retry] poll_retries = 1` here, the others `[retry]`'s default."""
+    path = tmp_path / "klawd.toml"
+    gateway_config(path, free_port(), fake_openai.base_url)
+    path.write_text(path.read_text() + "\n[providers.replicate.retry]\npoll_retries = 1\n")
+
+    async def main() -> dict[str, int]:
+        async with started(path) as app:
+            providers = app.state["klawd"].providers
+            return {
+                name: provider.poll_retries
+                for name, provider in providers.items()
+                if isinstance(provider, HttpProvider)
+            }
+
+    retries = uvloop.run(asyncio.wait_for(main(), 30))
+    assert retries["replicate"] == 1
+    assert {n for name, n in retries.items() if name != "replicate"} == {3}
+
+
 async def test_a_hung_poll_is_cut_at_the_predictions_deadline(
     fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,7 +5,11 @@
 //! `anthropic` (the bench's Anthropic Messages events, as `side_by_side`'s `anth` sends them);
 //! `anthropic_passthrough` relays the latter as they are (`/v1/messages`); `gemini` (50 Gemini
 //! responses of one text part each, with usage, the last one finishing); `bedrock` (a
-//! `ConverseStream` of 50 event stream messages, 47 of them text deltas).
+//! `ConverseStream` of 50 event stream messages, 47 of them text deltas); `bedrock_tools` (a
+//! `ConverseStream` tool call: a line of text, then one `toolUse` whose arguments, a 4.1 KB file
+//! to write, arrive in 295 `delta.toolUse.input` fragments, as `side_by_side`'s `anth-tools`
+//! sends Anthropic's `input_json_delta`s: `loadtests/bench/contenders.py`,
+//! `anthropic_tool_events`).
 //!
 //! A third argument, `events`, feeds the body one event at a time, cut after each `\n\n` (a
 //! read per event, as `side_by_side`'s `event` measure sends it) rather than in one piece.
@@ -13,6 +17,8 @@
 //!     cargo build --release --example reframe_cost
 //!     valgrind --tool=callgrind target/release/examples/reframe_cost 110 [anthropic [events]]
 //!         # and 10: the difference / 100 is the instructions per stream, start-up cancelled out
+
+use std::fmt::Write as _;
 
 use _core::eventstream::encode_message;
 use _core::reframe::{Options, Stream};
@@ -120,6 +126,61 @@ fn bedrock_body() -> Vec<u8> {
     out
 }
 
+/// `bedrock_body`'s tool-call twin: `contenders.anthropic_tool_events`'s text and 300-line file,
+/// its arguments cut into fragments of `ceil(len / 300)` characters (295 of them), each a
+/// `contentBlockDelta` of block 1 (`delta.toolUse.input`: JSON text inside a JSON string).
+fn bedrock_tools_body() -> Vec<u8> {
+    const TOOL_DELTAS: usize = 300;
+    let event = |name: &str, payload: &str| {
+        encode_message(
+            &[
+                (":event-type", name),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.as_bytes(),
+        )
+    };
+    let mut content = String::new();
+    for i in 0..TOOL_DELTAS {
+        writeln!(content, "line {i}: ok").unwrap_or_default();
+    }
+    let arguments = serde_json::json!({"path": "src/bench.py", "content": content}).to_string();
+    let size = arguments.len().div_ceil(TOOL_DELTAS); // ASCII: bytes are characters
+    let mut out = event("messageStart", "{\"role\":\"assistant\"}");
+    out.extend(event(
+        "contentBlockDelta",
+        "{\"contentBlockIndex\":0,\"delta\":{\"text\":\"Writing it.\"}}",
+    ));
+    out.extend(event("contentBlockStop", "{\"contentBlockIndex\":0}"));
+    out.extend(event(
+        "contentBlockStart",
+        "{\"contentBlockIndex\":1,\"start\":{\"toolUse\":{\"toolUseId\":\"tooluse_bench\",\
+         \"name\":\"write_file\"}}}",
+    ));
+    let mut sent = 0;
+    for fragment in arguments.as_bytes().chunks(size) {
+        let fragment = std::str::from_utf8(fragment).unwrap_or_default();
+        let delta = serde_json::json!(
+            {"contentBlockIndex": 1, "delta": {"toolUse": {"input": fragment}}}
+        );
+        out.extend(event("contentBlockDelta", &delta.to_string()));
+        sent += 1;
+    }
+    out.extend(event("contentBlockStop", "{\"contentBlockIndex\":1}"));
+    out.extend(event("messageStop", "{\"stopReason\":\"tool_use\"}"));
+    out.extend(event(
+        "metadata",
+        &format!(
+            "{{\"usage\":{{\"inputTokens\":12,\"outputTokens\":{},\"totalTokens\":{}}},\
+             \"metrics\":{{\"latencyMs\":5}}}}",
+            sent + 3,
+            sent + 15
+        ),
+    ));
+    out
+}
+
 /// The body cut after each blank line (`\n\n`): one piece per event.
 fn events(body: &[u8]) -> Vec<&[u8]> {
     let mut pieces = Vec::new();
@@ -148,6 +209,7 @@ fn main() {
         "anthropic" | "anthropic_passthrough" => anthropic_body(),
         "gemini" => gemini_body(),
         "bedrock" => bedrock_body(),
+        "bedrock_tools" => bedrock_tools_body(),
         _ => std::process::exit(2),
     };
     let pieces = if std::env::args().nth(3).as_deref() == Some("events") {
@@ -162,10 +224,15 @@ fn main() {
         include_usage: false,
         response_fields: "{}".to_owned(),
     };
+    let name = if kind == "bedrock_tools" {
+        "bedrock"
+    } else {
+        &kind
+    };
     let mut total = 0;
     for _ in 0..streams {
         let mut out = Vec::new();
-        let reframed = Stream::new(&kind, &opts, 1 << 20).and_then(|mut stream| {
+        let reframed = Stream::new(name, &opts, 1 << 20).and_then(|mut stream| {
             for piece in &pieces {
                 stream.feed(piece, &mut out)?;
             }

@@ -21,9 +21,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, TypedDict
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 
 import orjson
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 # Set only across the exec ("<pid> <spec as JSON>"), removed by the supervising process; a
 # value that another process left in the environment (another PID) is not obeyed.
@@ -147,16 +150,39 @@ def supervise(spec: Spec) -> int:
     return 0
 
 
-def _serve_metrics(host: str, port: int) -> None:
+# A metrics connection's longest wait for the client, reading its request or writing the answer
+# (Granian's header read timeout on the main port is 10 s too).
+METRICS_SOCKET_TIMEOUT_S = 10.0
+
+
+def _serve_metrics(
+    host: str, port: int, socket_timeout_s: float = METRICS_SOCKET_TIMEOUT_S
+) -> WSGIServer:
     """/metrics on its own port, from this (the supervising) process: it serves no traffic and
-    reads the workers' files at each scrape."""
+    reads the workers' files at each scrape. prometheus_client's server gives each connection a
+    thread and waits on it without a bound: a client that connected and sent nothing, or
+    stopped reading, held its thread for good. Each connection's socket now has
+    `socket_timeout_s`, after which it is closed (a request that never came, quietly)."""
     from prometheus_client import start_http_server  # after the env is set (by the CLI)
     from prometheus_client.multiprocess import MultiProcessCollector
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    handler = server.RequestHandlerClass
+
+    class Bounded(handler):  # type: ignore[valid-type, misc]
+        timeout = socket_timeout_s  # socketserver: the connection's settimeout
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except TimeoutError:  # the request or the answer's reader never came
+                self.close_connection = True
+
+    server.RequestHandlerClass = Bounded
+    return server
 
 
 if __name__ == "__main__":

@@ -428,8 +428,9 @@ class StealWatch:
 class SpeedProbe:
     """speed_probe.py on each core for a whole run (one process each, SCHED_IDLE): `between`
     gives each core's median CPU time (µs) for the probe's fixed loop over a stretch of time,
-    e.g. a round. A round whose cores ran it slower than the run's usual was measured on a
-    slower machine than the others (the host's doing: no steal need show it)."""
+    e.g. a round. On this VM a core reads ~225 or ~350-380 µs for seconds at a time, with no
+    steal counted (an idle vCPU goes cold, and more): two rounds whose probes differ ran on
+    machines of different speed (report.uneven_rounds)."""
 
     def __init__(self, directory: Path, cores: Sequence[str] = (SERVER_CORE, CLIENT_CORE)) -> None:
         self.files = {core: directory / f"speed-{core}.txt" for core in cores}

@@ -24,8 +24,8 @@ each burst round then prints the worker's per generation: count, total and longe
 The paced measures (PACED) read streams/s as connections ÷ the mean stream time, not wrk's
 whole streams in the window (quantized: `--paced-rate window` gives that, as before 19zzzzb).
 A speed probe (speed_probe.py) runs on each core at idle priority for the whole run: each round
-prints its µs for a fixed loop per core, and the report names the rounds measured on a slower
-machine than the same contender's others (decision 0012, 19zzzzb).
+prints its µs for a fixed loop per core, and the report names the rounds in which a compared
+pair's two contenders ran at different machine speeds (decision 0012, 19zzzzb).
 """
 
 from __future__ import annotations

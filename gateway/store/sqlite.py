@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from msgspec.structs import astuple
 
 from gateway.limits import EmbeddedLimiter, Limiter
 from gateway.store import sqlite_grants, sqlite_keys
@@ -32,7 +30,13 @@ from gateway.store.base import (
     UsageRow,
 )
 from gateway.store.sqlite_keys import SqliteKeys
-from gateway.store.sqlite_ledger import LEDGER_SCHEMA, LedgerNames, migrate_ledger
+from gateway.store.sqlite_ledger import (
+    LEDGER_SCHEMA,
+    LedgerBatch,
+    LedgerNames,
+    fixed_runs,
+    migrate_ledger,
+)
 from gateway.store.sqlite_responses import RESPONSES_SCHEMA, SqliteResponses
 from gateway.store.sqlite_tx import immediate
 from gateway.store.sqlite_webhooks import WEBHOOK_SCHEMA, SqliteWebhooks
@@ -76,11 +80,6 @@ INSERT_ACCOUNT = (
 )
 SELECT_ACCOUNT = (
     "SELECT id, name, plan, credits_micros, limits, created_at FROM accounts WHERE id = ?"
-)
-INSERT_USAGE = (
-    "INSERT OR IGNORE INTO ledger (id, ts, day, account, api_key, model, provider,"
-    " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
-    " request_id, stream) VALUES "
 )
 SELECT_USAGE = (
     "SELECT day, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),"
@@ -340,7 +339,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             cur = conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                settled = _insert_new(cur, entries, self._names)
+                settled = _insert_new(cur, LedgerBatch(entries), self._names)
                 if settled is None:  # (rolled back: a replay, an entry given twice)
                     cur.execute("BEGIN IMMEDIATE")
                     settled = _insert_replayed(cur, entries, self._names)
@@ -370,16 +369,14 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         return await self._run(select)
 
 
-def _insert_new(
-    conn: sqlite3.Cursor, entries: list[UsageEntry], names: LedgerNames
-) -> list[UsageEntry] | None:
+def _insert_new(conn: sqlite3.Cursor, batch: LedgerBatch, names: LedgerNames) -> LedgerBatch | None:
     """The entries into the ledger, in the transaction begun; returns them. Usually every one
     is new and the insert says so (each row written): no lookup, and no savepoint (a statement
     of its own, and its release at the commit, every batch). Otherwise (an id the ledger holds
     already, a replay, or one given twice) the transaction is rolled back, names and all, and
     None returned: `_insert_replayed` does it again in a new one."""
-    if _insert_usage(conn, _ledger_values(conn, entries, names)) == len(entries):
-        return entries
+    if batch.insert(conn, names) == len(batch.entries):
+        return batch
     names.forget()  # (names it added are gone; first: a ROLLBACK may raise)
     conn.execute("ROLLBACK")
     return None
@@ -387,11 +384,11 @@ def _insert_new(
 
 def _insert_replayed(
     conn: sqlite3.Cursor, entries: list[UsageEntry], names: LedgerNames
-) -> list[UsageEntry]:
+) -> LedgerBatch:
     """The entries not in the ledger yet, each new id's first entry alone, into it; returns
     those settled now."""
-    settled = _new_entries(entries, _ledger_ids(conn, [e.id for e in entries]))
-    _insert_usage(conn, _ledger_values(conn, settled, names))
+    settled = LedgerBatch(_new_entries(entries, _ledger_ids(conn, [e.id for e in entries])))
+    settled.insert(conn, names)
     return settled
 
 
@@ -409,29 +406,37 @@ def _new_entries(entries: list[UsageEntry], in_ledger: set[str]) -> list[UsageEn
 
 
 class _Sums:
-    """A batch's sums in one pass: per account its cost and what it had reserved, per (key id,
-    day) its cost and what it had reserved against the key's budgets. The entries are summed by
-    (account, key, day) first, of which a batch holds few: one key and one lookup per entry,
-    where adding into the four sums entry by entry was four (3.5K against 2.2K instructions
-    an entry, callgrind)."""
+    """A batch's sums: per account its cost and what it had reserved, per (key id, day) its
+    cost and what it had reserved against the key's budgets. A batch of one (account, key,
+    day) is summed a column at a time (C-level `sum`s of the batch's slices: ~0.2K
+    instructions an entry); any other, in one pass by (account, key, day) first, of which a
+    batch holds few: one key and one lookup per entry, where adding into the four sums entry
+    by entry was four (3.5K against 2.2K instructions an entry, callgrind)."""
 
     __slots__ = ("costs", "key_costs", "key_reserved", "reserved")
 
-    def __init__(self, entries: list[UsageEntry]) -> None:
+    def __init__(self, batch: LedgerBatch) -> None:
+        entries = batch.entries
         groups: dict[tuple[str, str, str], list[int]] = {}
-        for entry in entries:
-            group = (entry.account_id, entry.key_id, entry.day)
-            sums = groups.get(group)
-            if sums is None:
-                groups[group] = [
-                    entry.cost_micros,
-                    entry.reserved_micros,
-                    entry.key_reserved_micros,
-                ]
-            else:
-                sums[0] += entry.cost_micros
-                sums[1] += entry.reserved_micros
-                sums[2] += entry.key_reserved_micros
+        if entries and batch.same(_SUMMED_BY):
+            first = entries[0]
+            groups[(first.account_id, first.key_id, first.day)] = [
+                sum(batch.column(field)) for field in _SUMMED
+            ]
+        else:
+            for entry in entries:
+                group = (entry.account_id, entry.key_id, entry.day)
+                sums = groups.get(group)
+                if sums is None:
+                    groups[group] = [
+                        entry.cost_micros,
+                        entry.reserved_micros,
+                        entry.key_reserved_micros,
+                    ]
+                else:
+                    sums[0] += entry.cost_micros
+                    sums[1] += entry.reserved_micros
+                    sums[2] += entry.key_reserved_micros
         costs: dict[str, int] = {}
         reserved: dict[str, int] = {}
         key_costs: dict[tuple[str, str], int] = {}
@@ -450,58 +455,18 @@ class _Sums:
         self.key_reserved = key_reserved
 
 
+_SUMMED_BY = (3, 4, 2)  # UsageEntry's account_id, key_id, day
+_SUMMED = (10, 11, 16)  # its cost_micros, reserved_micros, key_reserved_micros
+
+
 def _ledger_ids(conn: sqlite3.Cursor, ids: list[str]) -> set[str]:
     """Which of `ids` the ledger already holds, looked up by statements of 256, 64, 16, 4 or 1
     ids (each prepared once and kept in the connection's statement cache: an IN list of the
     batch's own length was a statement of its own, parsed again for most batches)."""
     found: set[str] = set()
-    for count, start, end in _fixed_runs(len(ids), LOOKUP_IDS):
+    for count, start, end in fixed_runs(len(ids), LOOKUP_IDS):
         found.update(row[0] for row in conn.execute(_LOOKUPS[count], ids[start:end]))
     return found
-
-
-def _fixed_runs(total: int, sizes: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
-    """`total` items cut into runs of the fixed `sizes` (largest first, the last size 1), each
-    as (size, start, end): a statement per size, prepared once, serves every batch."""
-    done = 0
-    for size in sizes:
-        while total - done >= size:
-            yield size, done, done + size
-            done += size
-
-
-def _ledger_values(
-    conn: sqlite3.Cursor, entries: list[UsageEntry], names: LedgerNames
-) -> list[Any]:
-    """The entries' ledger rows, flattened, their names by id."""
-    values: list[Any] = []
-    extend = values.extend  # a row at a time (a comprehension stepped once per value)
-    for entry in entries:
-        extend(astuple(entry)[:LEDGER_COLUMNS])
-    # `stream` bound as an int (what SQLite stores for a bool anyway): the sqlite3 module binds
-    # a bool, not an exact int, through its adapter lookup, whose failed attribute lookup on its
-    # protocol type formats an AttributeError each time (~3.3K instructions a row).
-    last = LEDGER_COLUMNS - 1
-    # (`operator.index`: an exact int, as `int` gives, for ~40 % of its cost)
-    values[last::LEDGER_COLUMNS] = map(operator.index, values[last::LEDGER_COLUMNS])
-    names.name_columns(conn, values, LEDGER_COLUMNS)
-    return values
-
-
-def _insert_usage(conn: sqlite3.Cursor, values: list[Any]) -> int:
-    """Rows into the ledger by multi-row INSERTs of 62, 32, 16, 8, 4, 2 or 1 rows (each
-    statement prepared once; the rows past a multiple of 62 take 2.9 statements on average and
-    at most five, where runs of 16, 4 and 1 took 4.4 and up to eight, and each run has a fixed
-    cost whatever its rows), not an
-    executemany: SQLite ran its statement once per row, and the sqlite3 module lets go of the
-    GIL around each step and takes it back after (a wait on the event loop's thread whenever
-    that one held it then). Returns the rows written (an id the ledger holds already is not
-    written again: INSERT OR IGNORE)."""
-    written = 0
-    for rows, start, end in _fixed_runs(len(values) // LEDGER_COLUMNS, INSERT_ROWS):
-        cursor = conn.execute(_INSERTS[rows], values[start * LEDGER_COLUMNS : end * LEDGER_COLUMNS])
-        written += cursor.rowcount
-    return written
 
 
 LOOKUP_IDS = (256, 64, 16, 4, 1)  # (under SQLite's oldest limit of 999 variables)
@@ -509,11 +474,6 @@ _LOOKUPS = {
     count: f"SELECT id FROM ledger WHERE id IN ({','.join('?' * count)})"  # noqa: S608
     for count in LOOKUP_IDS
 }
-LEDGER_COLUMNS = 16  # UsageEntry's fields up to `stream`
-# (62 rows: 992 variables, under the 999 a statement of SQLite before 3.32 may bind)
-INSERT_ROWS = (62, 32, 16, 8, 4, 2, 1)
-_ROW_MARKS = "(" + ", ".join("?" * LEDGER_COLUMNS) + ")"
-_INSERTS = {rows: INSERT_USAGE + ", ".join([_ROW_MARKS] * rows) for rows in INSERT_ROWS}
 EXTERNAL_CHANGES_POLL_S = 0.5
 
 

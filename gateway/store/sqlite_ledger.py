@@ -15,9 +15,14 @@ every row kept with its rowid (the webhooks' usage cursors are rowids).
 
 from __future__ import annotations
 
+import operator
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
+from msgspec.structs import astuple
+
+from gateway.store.base import UsageEntry
 from gateway.store.sqlite_tx import immediate
 
 LEDGER_SCHEMA = """
@@ -86,9 +91,107 @@ def migrate_ledger(conn: sqlite3.Connection) -> None:
         conn.execute(USAGE_VIEW)
 
 
-# A ledger row's values in `ledger`'s column order are UsageEntry's first 16 fields; these are
-# the texts stored by their names' ids.
-NAMED_COLUMNS = (3, 4, 5, 6)  # account_id, key_id, model, provider
+# A ledger row's values in `ledger`'s column order are UsageEntry's first 16 fields (of the
+# ENTRY_FIELDS that msgspec's `astuple` gives). A batch's rows are inserted by statements that
+# bind the values most rows of a batch share once (`?1` to `?6`: day, model, provider, images,
+# status, stream) and each row's own values after them: 10 binds a row, not 16 (a bind costs
+# the sqlite3 module and SQLite ~300 instructions an integer and ~800 a text, the connection's
+# mutex taken each time; docs/decisions/0011, issue 19zzzy).
+ENTRY_FIELDS = 18
+SHARED = (2, 5, 6, 9, 13, 15)  # day, model, provider, images, status, stream
+OWN = (0, 1, 3, 4, 7, 8, 10, 11, 12, 14)  # id, ts, account_id, key_id, tokens, money, ...
+OWN_NAMED = (2, 3)  # account_id and key_id among a row's own values: stored by their names' ids
+# Rows a statement inserts (each prepared once and kept in the connection's statement cache):
+# 96 rows bind 966 variables, under the 999 a statement of SQLite before 3.32 may bind.
+INSERT_ROWS = (96, 32, 16, 8, 4, 2, 1)
+_INSERT_USAGE = (
+    "INSERT OR IGNORE INTO ledger (id, ts, day, account, api_key, model, provider,"
+    " prompt_tokens, completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
+    " request_id, stream) VALUES "
+)
+
+
+def _row_marks(row: int) -> str:
+    """A row's markers in the ledger's column order: the shared ones by their numbers, the
+    row's own ones after the shared six, ten a row."""
+    marks = []
+    for column in range(16):
+        if column in SHARED:
+            marks.append(f"?{SHARED.index(column) + 1}")
+        else:
+            marks.append(f"?{len(SHARED) + 1 + len(OWN) * row + OWN.index(column)}")
+    return "(" + ", ".join(marks) + ")"
+
+
+_shared = operator.itemgetter(*SHARED)  # (the first row's: every row's, in a group)
+_INSERTS = {rows: _INSERT_USAGE + ", ".join(map(_row_marks, range(rows))) for rows in INSERT_ROWS}
+
+
+def fixed_runs(total: int, sizes: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+    """`total` items cut into runs of the fixed `sizes` (largest first, the last size 1), each
+    as (size, start, end): a statement per size, prepared once, serves every batch."""
+    done = 0
+    for size in sizes:
+        while total - done >= size:
+            yield size, done, done + size
+            done += size
+
+
+class LedgerBatch:
+    """A batch's entries as ledger rows: `flat`, every entry's fields flattened (ENTRY_FIELDS a
+    row, by one C call an entry), read a column at a time by C-level slices."""
+
+    __slots__ = ("entries", "flat")
+
+    def __init__(self, entries: list[UsageEntry]) -> None:
+        flat: list[Any] = []
+        extend = flat.extend  # (an entry at a time: a comprehension steps once per value)
+        for entry in entries:
+            extend(astuple(entry))
+        self.entries = entries
+        self.flat = flat
+
+    def column(self, field: int) -> list[Any]:
+        return self.flat[field::ENTRY_FIELDS]
+
+    def same(self, fields: tuple[int, ...]) -> bool:
+        """Whether every row holds the first row's value in each of `fields`."""
+        flat, count = self.flat, len(self.entries)
+        for field in fields:
+            if flat[field::ENTRY_FIELDS].count(flat[field]) != count:
+                return False
+        return True
+
+    def insert(self, conn: sqlite3.Cursor, names: LedgerNames) -> int:
+        """The rows into the ledger, a statement run per group of rows sharing SHARED's values
+        (a batch of one model and status: one group); returns the rows written (an id the
+        ledger holds already is not written again: INSERT OR IGNORE)."""
+        if not self.entries:
+            return 0
+        if self.same(SHARED):
+            return self._insert_group(conn, names)
+        groups: dict[tuple[Any, ...], list[UsageEntry]] = {}
+        for entry in self.entries:
+            key = (entry.day, entry.model, entry.provider, entry.images, entry.status)
+            groups.setdefault((*key, entry.stream), []).append(entry)
+        return sum(LedgerBatch(group)._insert_group(conn, names) for group in groups.values())
+
+    def _insert_group(self, conn: sqlite3.Cursor, names: LedgerNames) -> int:
+        flat = self.flat
+        day, model, provider, images, status, stream = _shared(flat)
+        # (`stream` bound as an int, what SQLite stores for a bool anyway: the sqlite3 module
+        # binds a bool through its adapter lookup, ~3.3K instructions)
+        shared = [day, names.id_of(conn, model), names.id_of(conn, provider), images, status,
+                  operator.index(stream)]  # fmt: skip
+        own: list[Any] = [None] * (len(OWN) * len(self.entries))
+        for place, field in enumerate(OWN):
+            own[place :: len(OWN)] = flat[field::ENTRY_FIELDS]
+        names.name_columns(conn, own, len(OWN), OWN_NAMED)
+        written = 0
+        for rows, start, end in fixed_runs(len(self.entries), INSERT_ROWS):
+            values = shared + own[start * len(OWN) : end * len(OWN)]
+            written += conn.execute(_INSERTS[rows], values).rowcount
+        return written
 
 
 class LedgerNames:
@@ -101,21 +204,32 @@ class LedgerNames:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
 
-    def name_columns(self, conn: sqlite3.Cursor, values: list[Any], stride: int) -> None:
-        """Replaces the named columns of `values` (rows of `stride` values, flattened) by their
-        names' ids, adding the names not in the file yet: one C-level map per column, no Python
-        call per row."""
+    def id_of(self, conn: sqlite3.Cursor, name: str) -> int:
+        found = self._ids.get(name)
+        return self._add(conn, name) if found is None else found
+
+    def _add(self, conn: sqlite3.Cursor, name: str) -> int:
+        conn.execute("INSERT OR IGNORE INTO ledger_names (name) VALUES (?)", (name,))
+        row = conn.execute("SELECT id FROM ledger_names WHERE name = ?", (name,))
+        ident: int = row.fetchone()[0]
+        self._ids[name] = ident
+        return ident
+
+    def name_columns(
+        self, conn: sqlite3.Cursor, values: list[Any], stride: int, columns: tuple[int, ...]
+    ) -> None:
+        """Replaces `columns` of `values` (rows of `stride` values, flattened) by their names'
+        ids, adding the names not in the file yet: one C-level map per column, no Python call
+        per row."""
         ids = self._ids
         get = ids.__getitem__
-        for column in NAMED_COLUMNS:
+        for column in columns:
             names = values[column::stride]
             try:
                 values[column::stride] = map(get, names)
             except KeyError:
                 for name in set(names).difference(ids):
-                    conn.execute("INSERT OR IGNORE INTO ledger_names (name) VALUES (?)", (name,))
-                    row = conn.execute("SELECT id FROM ledger_names WHERE name = ?", (name,))
-                    ids[name] = row.fetchone()[0]
+                    self._add(conn, name)
                 values[column::stride] = map(get, names)
 
     def forget(self) -> None:

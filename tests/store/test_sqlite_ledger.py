@@ -1,6 +1,7 @@
 """The embedded store's ledger rows: every column of every settled entry, whatever the batch's size
-(the entries go in by multi-row INSERTs of 62, 16, 4 and 1 rows, the ids already in the ledger
-are looked up by statements of 256, 64, 16, 4 and 1 ids)."""
+and mix (the entries go in by multi-row INSERTs of 96, 32, 16, 8, 4, 2 and 1 rows, a statement
+run per group of rows sharing day, model, provider, images, status and stream; the ids already in
+the ledger are looked up by statements of 256, 64, 16, 4 and 1 ids)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,52 @@ async def test_every_column_of_every_entry_is_in_the_ledger(
             " request_id, stream FROM usage_ledger ORDER BY id"
         ).fetchall()
     assert rows == [astuple(e)[:16] for e in entries]
+
+
+def alike(account_id: str, n: int) -> UsageEntry:
+    """Entries of one day, model, provider, status and key, as one client's batch is: their
+    rows share the statement's six shared values, and their sums are taken a column at a time."""
+    return msgspec.structs.replace(
+        entry(account_id, n),
+        day="2026-11-12",
+        key_id="key_one",
+        model="m/one",
+        provider="p",
+        images=0,
+        status=200,
+        stream=True,
+        key_reserved_micros=n % 5,
+    )
+
+
+@pytest.mark.parametrize("sizes", [[1], [96], [97, 161], [2, 255, 33]])
+async def test_a_batch_of_one_model_and_key_stores_every_column_and_charges_its_sums(
+    tmp_path: Path, sizes: list[int]
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'klawd.db'}")
+    try:
+        account = await store.create_account("a", "free", 1_000_000)
+        entries = [alike(account.id, n) for n in range(sum(sizes))]
+        start = 0
+        for size in sizes:
+            await store.settle(entries[start : start + size])
+            start += size
+        await store.settle(entries[:40])  # replayed: nothing twice
+        after = await store.get_account(account.id)
+        spend = await store.key_spend(account.id, ["key_one"], "2026-11-12")
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "klawd.db") as conn:
+        rows = conn.execute(
+            "SELECT id, ts, day, account_id, key_id, model, provider, prompt_tokens,"
+            " completion_tokens, images, cost_micros, reserved_micros, latency_ms, status,"
+            " request_id, stream FROM usage_ledger ORDER BY id"
+        ).fetchall()
+    assert rows == [astuple(e)[:16] for e in entries]
+    cost = sum(e.cost_micros for e in entries)
+    assert after is not None
+    assert after.credits_micros == 1_000_000 - cost
+    assert spend["key_one"].today == spend["key_one"].total == cost
 
 
 async def test_a_batch_mixing_settled_and_new_entries_settles_each_new_one_once(

@@ -1,7 +1,8 @@
 """Instructions per request of a whole served worker under Granian, counted by callgrind.
 
     .venv/bin/python -m loadtests.bench.worker_instructions [--contenders gateway,bare]
-        [--before DIR] [--scenarios json,sse] [--requests 1024] [--by-object] [--keep DIR]
+        [--before DIR] [--scenarios json,sse] [--requests 1024] [--by-object] [--threads]
+        [--keep DIR]
 
 The worker as `make bench` runs it (`klawd serve` with the bench's config and the embedded
 store, `gateway-redis` on a redis-server of its own (not under callgrind), or the bare-ASGI
@@ -16,6 +17,11 @@ is the kernel's side (system calls, the GIL's hand-offs between threads), and ti
 grows with valgrind's wall time (a few K per request). `--before DIR`: also that checkout's
 gateway (its `gateway` package with its built `_core`), as side_by_side's. `--by-object`: the
 count split by the library it ran in (libpython, `_core`, Granian, libc, SQLite, ...).
+`--threads`: also split by thread (callgrind's `--separate-threads=yes`, one dump a thread),
+each named by what it runs: the event loop (the busiest), the store's SQLite thread (the
+ledger's batches, `sqlite3_step`), the request log's writer (`encode_lines`), the others
+(Granian's). A helper thread's count follows valgrind's wall time (the ledger's 50 ms batches
+hold fewer entries under valgrind than served: their fixed part weighs more a request).
 Each run takes a minute or two (bounded by timeouts); every process is stopped at the end.
 """
 
@@ -98,6 +104,7 @@ def measure(
     before: Path | None,
     by_object: bool,
     keep: Path | None = None,
+    threads: bool = False,
 ) -> float:
     """Instructions per request of `name`'s worker (K), printed with its breakdown; `keep`: a
     directory the worker's callgrind dump is copied into (for `callgrind_annotate`)."""
@@ -115,6 +122,8 @@ def measure(
         command, env, cwd = server_command(name, port, upstream, directory, before, redis_url)
         valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes",
                     f"--callgrind-out-file={directory}/callgrind.%p"]  # fmt: skip
+        if threads:
+            valgrind.append("--separate-threads=yes")  # (dumps `callgrind.PID.1-THREAD`)
         server = c.pinned(c.SERVER_CORE, [*valgrind, *command], directory / "server.log", env, cwd)
         try:
             headers = {"content-type": "application/json"}
@@ -144,8 +153,9 @@ def measure(
             for pid in mine:
                 subprocess.run(["callgrind_control", "-d", pid], capture_output=True, timeout=300)
             time.sleep(1)
-            dumps = list(directory.glob("callgrind.*.1"))
-            counts = {dump: _total(dump) for dump in dumps}
+            parts = _thread_dumps(directory) if threads else {}
+            dumps = list(parts) if threads else list(directory.glob("callgrind.*.1"))
+            counts = {dump: sum(map(_total, parts.get(dump, [dump]))) for dump in dumps}
             worker = max(counts, key=lambda dump: counts[dump])
             per_request = counts[worker] / requests / 1000
             bad = f", {failed} not 200" if failed else ""
@@ -153,9 +163,17 @@ def measure(
                   f"({counts[worker]:,} over {requests}{bad})", flush=True)  # fmt: skip
             if keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy(worker, keep / f"callgrind.{name}.{scenario}")
+                for n, part in enumerate(parts.get(worker, [worker])):
+                    suffix = f".{n}" if threads else ""
+                    shutil.copy(part, keep / f"callgrind.{name}.{scenario}{suffix}")
+            if threads:
+                for what, count in _by_thread(parts[worker]):
+                    print(f"    {count / requests / 1000:7.1f}K  {what}")
             if by_object:
-                for library, count in _by_object(worker).most_common(8):
+                objects: collections.Counter[str] = collections.Counter()
+                for part in parts.get(worker, [worker]):
+                    objects.update(_by_object(part))
+                for library, count in objects.most_common(8):
                     print(f"    {count / requests / 1000:7.1f}K  {library}")
             return per_request
         finally:
@@ -188,6 +206,33 @@ def _answers(port: int) -> bool:
 def _total(dump: Path) -> int:
     found = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
     return int(found.group(1)) if found else 0
+
+
+def _thread_dumps(directory: Path) -> dict[Path, list[Path]]:
+    """The dumps of each process, one a thread (`callgrind.PID.1-NN`), keyed by the process's
+    name for them (`callgrind.PID.1`)."""
+    parts: dict[Path, list[Path]] = collections.defaultdict(list)
+    for part in sorted(directory.glob("callgrind.*.1-*")):
+        parts[part.with_name(part.name.rsplit("-", 1)[0])].append(part)
+    return parts
+
+
+def _by_thread(parts: list[Path]) -> list[tuple[str, int]]:
+    """Each thread's count, named by what it runs (the busiest: the event loop)."""
+    counts = sorted(((_total(part), part) for part in parts), reverse=True)
+    named = []
+    for rank, (count, part) in enumerate(counts):
+        text = part.read_text(errors="replace")
+        if rank == 0:
+            what = "the event loop's thread"
+        elif " sqlite3_step" in text:
+            what = "the store's SQLite thread (the ledger's batches)"
+        elif "encode_lines" in text:
+            what = "the request log's writer"
+        else:
+            what = f"another thread ({part.name.rsplit('-', 1)[1]}: Granian's, ...)"
+        named.append((what, count))
+    return named
 
 
 def _by_object(dump: Path) -> collections.Counter[str]:
@@ -223,6 +268,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="json,sse", help="json, sse, event, lines, ...")
     parser.add_argument("--requests", type=int, default=1024)
     parser.add_argument("--by-object", action="store_true", help="split by library")
+    parser.add_argument("--threads", action="store_true", help="split by thread")
     parser.add_argument("--keep", type=Path, help="copy the workers' callgrind dumps here")
     args = parser.parse_args()
     if args.requests < CONNECTIONS or args.requests % CONNECTIONS:
@@ -231,7 +277,15 @@ def main() -> None:
     names = args.contenders.split(",") + (["before"] if args.before else [])
     for scenario in args.scenarios.split(","):
         for name in names:
-            measure(name, scenario, args.requests, args.before, args.by_object, args.keep)
+            measure(
+                name,
+                scenario,
+                args.requests,
+                args.before,
+                args.by_object,
+                args.keep,
+                args.threads,
+            )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ read/recvfrom/write/writev/epoll_ctl system calls (their fd and what they return
 apart by what it is while the load runs (a TCP connection to a port, from a client, an eventfd),
 so a read of the upstream is told from an event loop's wake-up; per thread and kind: calls per
 request, mean bytes per read, and the upstream reads' sizes (median, share under 512 bytes).
-`epoll_ctl` per request shows whether reading is paused and resumed (flow control).
+`epoll_ctl` per request shows a socket taken out of epoll (libuv's re-arms after a paused
+read go through its io_uring: `io_uring_enter` in the counts).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ EVENTS = [
     "syscalls:sys_enter_recvfrom",
     "syscalls:sys_enter_getrandom",
     "syscalls:sys_enter_getpid",
+    # libuv batches its epoll_ctl calls through an io_uring of its own: a socket whose reading
+    # was stopped and started again (a hold) costs two `io_uring_enter` at the next poll (an
+    # EPOLL_CTL_ADD that fails with EEXIST, then an EPOLL_CTL_MOD), no `epoll_ctl` (19zzzza).
+    "syscalls:sys_enter_epoll_ctl",
+    "syscalls:sys_enter_io_uring_enter",
     "raw_syscalls:sys_enter",
     "context-switches",
     "cpu-migrations",
@@ -73,6 +79,8 @@ SHORT["cpu-migrations"] = "migr"
 SHORT["sched:sched_wakeup"] = "wakes"
 SHORT["net:net_dev_xmit"] = "packets"
 SHORT["syscalls:sys_enter_epoll_pwait"] = "epoll_pw"
+SHORT["syscalls:sys_enter_epoll_ctl"] = "epoll_ct"
+SHORT["syscalls:sys_enter_io_uring_enter"] = "io_uring"
 
 
 def worker_pid(pid: int) -> int:

@@ -540,10 +540,27 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
         # (none in a run from before they were recorded)
         paired = len(costs) == len(ref_costs) == len(ratios)
         counted = len(segments) == len(ref_segments) == len(ratios)
+        # each core's speed probe in the two rounds (19zzzzb: a slow reader's core reads few
+        # big pieces); none in a run from before the probe
+        cores = [
+            (mine[f"{measure}_probe{core}"], theirs[f"{measure}_probe{core}"])
+            for core in (c.SERVER_CORE, c.CLIENT_CORE)
+            if len(mine.get(f"{measure}_probe{core}", [])) == len(ratios)
+            and len(theirs.get(f"{measure}_probe{core}", [])) == len(ratios)
+        ]
         rounds = ", ".join(
             f"{r:.2f}x ({reads[i]:.1f} vs {ref_reads[i]:.1f}"
             + (f"; upstream {costs[i]:.0f} vs {ref_costs[i]:.0f} us" if paired else "")
             + (f", {segments[i]:.0f} vs {ref_segments[i]:.0f} segments" if counted else "")
+            + (
+                "; probe "
+                + "/".join(f"{a[i]:.0f}" for a, _ in cores)
+                + " vs "
+                + "/".join(f"{b[i]:.0f}" for _, b in cores)
+                + " us"
+                if len(cores) == 2
+                else ""
+            )
             + ")"
             for i, r in enumerate(ratios)
         )
@@ -553,9 +570,10 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
     return [
         f"Rounds of the stream measures, {name} ÷ {ref} in streams/s (read() calls per stream: "
         f"{name} vs {ref}, and the upstream's CPU and TCP segments sent per stream while each "
-        "ran; a saturated "
+        "ran, and each core's speed probe, server/client core; a saturated "
         "stream's rounds settle into few big reads or many small ones, and streams/s follow "
-        "what the upstream, on the load generator's core, pays): " + "; ".join(found) + ".",
+        "what the upstream, on the load generator's core, pays; a reader on a slow core (the "
+        "probe at ~350 µs, not ~225) reads few big pieces): " + "; ".join(found) + ".",
         "",
     ]
 

@@ -103,3 +103,22 @@ def test_the_paced_stream_time_and_window_count_are_no_redis_over_embedded_targe
     assert not any("_stream_ms" in x or "_window" in x for x in lines)
     table = report.table(samples)
     assert "| Anthropic per line, 20 ms: mean stream time (ms) | 1,300 | 1,300 |" in table
+
+
+def test_each_stream_round_gives_both_cores_speed_beside_its_reads() -> None:
+    samples = {
+        "gateway-sqlite": {
+            "anth": [1440.9, 1470.7],
+            "anth_reads": [25.8, 9.6],
+            "anth_probe0": [226.0, 374.0],
+            "anth_probe1": [228.0, 249.0],
+        },
+        "bare": {
+            "anth": [1732.6, 1647.3],
+            "anth_reads": [6.2, 5.4],
+            "anth_probe0": [225.0, 225.0],
+            "anth_probe1": [226.0, 253.0],
+        },
+    }
+    line = report.reads_lines(samples)[0]
+    assert "0.89x (9.6 vs 5.4; probe 374/249 vs 225/253 us)." in line

@@ -168,7 +168,8 @@ def measure(
                     shutil.copy(part, keep / f"callgrind.{name}.{scenario}{suffix}")
             if threads:
                 for what, count in _by_thread(parts[worker]):
-                    print(f"    {count / requests / 1000:7.1f}K  {what}")
+                    if count >= 50 * requests:  # (Granian's idle workers: nothing a request)
+                        print(f"    {count / requests / 1000:7.1f}K  {what}")
             if by_object:
                 objects: collections.Counter[str] = collections.Counter()
                 for part in parts.get(worker, [worker]):

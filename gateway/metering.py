@@ -31,8 +31,8 @@ from gateway import ids
 from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
 from gateway.billing import (
-    CHARS_PER_TOKEN,
     TokenUsage,
+    estimate_tokens,
     model_cost_micros,
     prompt_price_ceiling,
     token_cost_micros,
@@ -111,10 +111,7 @@ def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
 def upstream_tokens_for_chat(request: ChatRequest) -> int:
     """What an upstream counts against its tokens-per-minute limit when the request is sent:
     the prompt plus the output budget (settled to the actual usage afterwards)."""
-    # estimate_tokens(), inline (no call per request)
-    return math.ceil(request.prompt_counts[0] / CHARS_PER_TOKEN) + request.output_budget * (
-        request.n or 1
-    )
+    return estimate_tokens(request.prompt_counts[0]) + request.output_budget * (request.n or 1)
 
 
 # gc=False: atoms, frozen Structs and the targets' list, never in a reference cycle: the cycle

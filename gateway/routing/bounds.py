@@ -82,16 +82,13 @@ def check_counts(
 def check_shape(request: ChatRequest, bounds: BoundsSettings) -> None:
     stop = request.stop
     _, _, parts, messages = request.prompt_counts
-    tools = len(request.tools or ())
-    stops = 0 if stop is None else 1 if isinstance(stop, str) else len(stop)
-    if (
-        messages <= bounds.max_messages
-        and parts <= bounds.max_content_parts
-        and tools <= bounds.max_tools
-        and stops <= bounds.max_stop_sequences
-    ):
-        return  # check_counts' own test, inline: no call per request within the bounds
-    check_counts(bounds, messages=messages, parts=parts, tools=tools, stops=stops)
+    check_counts(
+        bounds,
+        messages=messages,
+        parts=parts,
+        tools=len(request.tools or ()),
+        stops=0 if stop is None else 1 if isinstance(stop, str) else len(stop),
+    )
 
 
 def check_messages_shape(request: MessagesRequest, bounds: BoundsSettings) -> None:
@@ -126,22 +123,11 @@ def fitting_targets(
     """The targets whose context holds the request (ContextLengthExceeded when none does)."""
     if not bounds.check_context or not targets:
         return targets
-    # estimate_prompt_tokens and requested_output, inline (no call per request)
-    chars, images, _, messages = request.prompt_counts
-    prompt = (
-        math.ceil(chars / bounds.context_chars_per_token)
-        + TOKENS_PER_MESSAGE * messages
-        + TOKENS_PER_IMAGE * images
-    )
-    needed = prompt + (request.max_completion_tokens or request.max_tokens or 0)
-    if len(targets) == 1:  # the usual case (a model named alone): `fits` inline, no list made
-        limit = targets[0].model.context_length
-        if limit == 0 or needed <= limit:
-            return targets
-    else:
-        fitting = [t for t in targets if fits(t, needed)]
-        if fitting:
-            return fitting
+    prompt = estimate_prompt_tokens(request, bounds.context_chars_per_token)
+    needed = prompt + requested_output(request)
+    fitting = [t for t in targets if fits(t, needed)]
+    if fitting:
+        return fitting
     largest = max(t.model.context_length for t in targets)
     asked = requested_output(request)
     output = f" plus the {asked} output tokens asked for" if asked else ""

@@ -34,6 +34,7 @@ from gateway.store.sqlite_ledger import (
     LEDGER_SCHEMA,
     LedgerBatch,
     LedgerNames,
+    entry_fields,
     fixed_runs,
     migrate_ledger,
 )
@@ -455,8 +456,8 @@ class _Sums:
         self.key_reserved = key_reserved
 
 
-_SUMMED_BY = (3, 4, 2)  # UsageEntry's account_id, key_id, day
-_SUMMED = (10, 11, 16)  # its cost_micros, reserved_micros, key_reserved_micros
+_SUMMED_BY = entry_fields("account_id", "key_id", "day")
+_SUMMED = entry_fields("cost_micros", "reserved_micros", "key_reserved_micros")
 
 
 def _ledger_ids(conn: sqlite3.Cursor, ids: list[str]) -> set[str]:

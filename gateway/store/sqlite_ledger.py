@@ -91,16 +91,27 @@ def migrate_ledger(conn: sqlite3.Connection) -> None:
         conn.execute(USAGE_VIEW)
 
 
-# A ledger row's values in `ledger`'s column order are UsageEntry's first 16 fields (of the
-# ENTRY_FIELDS that msgspec's `astuple` gives). A batch's rows are inserted by statements that
-# bind the values most rows of a batch share once (`?1` to `?6`: day, model, provider, images,
-# status, stream) and each row's own values after them: 10 binds a row, not 16 (a bind costs
-# the sqlite3 module and SQLite ~300 instructions an integer and ~800 a text, the connection's
-# mutex taken each time; docs/decisions/0011, issue 19zzzy).
-ENTRY_FIELDS = 18
-SHARED = (2, 5, 6, 9, 13, 15)  # day, model, provider, images, status, stream
-OWN = (0, 1, 3, 4, 7, 8, 10, 11, 12, 14)  # id, ts, account_id, key_id, tokens, money, ...
-OWN_NAMED = (2, 3)  # account_id and key_id among a row's own values: stored by their names' ids
+def entry_fields(*names: str) -> tuple[int, ...]:
+    """The positions of UsageEntry's fields `names` in `astuple`'s order: a LedgerBatch's
+    columns."""
+    return tuple(map(UsageEntry.__struct_fields__.index, names))
+
+
+# A ledger row's values in `ledger`'s column order are UsageEntry's first LEDGER_COLUMNS fields
+# (of the ENTRY_FIELDS that msgspec's `astuple` gives). A batch's rows are inserted by
+# statements that bind the values most rows of a batch share once (`?1` to `?6`: day, model,
+# provider, images, status, stream) and each row's own values after them: 10 binds a row, not
+# 16 (a bind costs the sqlite3 module and SQLite ~300 instructions an integer and ~800 a text,
+# the connection's mutex taken each time; docs/decisions/0011, issue 19zzzy).
+ENTRY_FIELDS = len(UsageEntry.__struct_fields__)
+SHARED = entry_fields("day", "model", "provider", "images", "status", "stream")
+OWN = entry_fields(
+    "id", "ts", "account_id", "key_id", "prompt_tokens", "completion_tokens", "cost_micros",
+    "reserved_micros", "latency_ms", "request_id",
+)  # fmt: skip
+# account_id and key_id among a row's own values: stored by their names' ids
+OWN_NAMED = tuple(map(OWN.index, entry_fields("account_id", "key_id")))
+LEDGER_COLUMNS = len(SHARED) + len(OWN)
 # Rows a statement inserts (each prepared once and kept in the connection's statement cache):
 # 96 rows bind 966 variables, under the 999 a statement of SQLite before 3.32 may bind.
 INSERT_ROWS = (96, 32, 16, 8, 4, 2, 1)
@@ -115,7 +126,7 @@ def _row_marks(row: int) -> str:
     """A row's markers in the ledger's column order: the shared ones by their numbers, the
     row's own ones after the shared six, ten a row."""
     marks = []
-    for column in range(16):
+    for column in range(LEDGER_COLUMNS):
         if column in SHARED:
             marks.append(f"?{SHARED.index(column) + 1}")
         else:

@@ -47,6 +47,7 @@ from gateway.auth import AuthContext  # noqa: E402
 from gateway.metering import Meter  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from gateway.store.resp import RespClient  # noqa: E402
+from loadtests.bench.asgi_scope import http_scope  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -94,22 +95,8 @@ class Harness:
     async def request(
         self, method: str, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-            + [(b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-            "state": dict(self.lifespan_state),
-        }
+        pairs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        scope = http_scope(method, path, pairs, body, self.lifespan_state)
         sent_body = False
         status = 0
         chunks: list[bytes] = []

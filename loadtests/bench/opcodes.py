@@ -51,6 +51,7 @@ if "--tree" in sys.argv:
 import orjson
 import uvloop
 
+from loadtests.bench.asgi_scope import http_scope
 from loadtests.bench.phases import ORDER, PhaseCounter
 
 CONCURRENCY = 16
@@ -214,21 +215,7 @@ class Driver:
             elif not message.get("more_body") and not ended.done():
                 ended.set_result({"type": "http.disconnect"})
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": self.path,
-            "raw_path": self.path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [*self.headers, (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-            "state": dict(self.state),
-        }
+        scope = http_scope("POST", self.path, self.headers, body, self.state)
         await self.app(scope, receive, send)
         return status
 

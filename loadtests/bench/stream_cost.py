@@ -66,6 +66,7 @@ import orjson  # noqa: E402
 
 from gateway.app import create_app  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
+from loadtests.bench.asgi_scope import http_scope  # noqa: E402
 from loadtests.bench.contenders import (  # noqa: E402
     CLIENT_CORE,
     add_redis_priority,
@@ -182,21 +183,7 @@ class Driver:
                 if not message.get("more_body") and not ended.done():
                     ended.set_result({"type": "http.disconnect"})
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": self.path,
-            "raw_path": self.path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [*self.headers, (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-            "state": dict(self.harness.lifespan_state),
-        }
+        scope = http_scope("POST", self.path, self.headers, body, self.harness.lifespan_state)
         self.open.add(ended)
         try:
             await self.harness.app(scope, receive, send)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from gateway.limits import KeyGate
 from gateway.metering import Ticket
 from gateway.pending_admission import PendingAdmission
 from gateway.settings import load_settings
+from loadtests.bench.asgi_scope import http_scope
 from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.live_bound import within
@@ -97,26 +98,12 @@ class App:
             if (ended or (end == "leave" and chunks[-1])) and not gone.done():
                 gone.set_result({"type": "http.disconnect"})
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"authorization", f"Bearer {token}".encode()),
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *([(b"x-request-id", request_id.encode())] if request_id else []),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-            "state": dict(self.state),
-        }
+        headers = [
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/json"),
+            *([(b"x-request-id", request_id.encode())] if request_id else []),
+        ]
+        scope = http_scope("POST", path, headers, body, self.state)
         # In a task of its own, as a server runs each request: the drain cancels that task,
         # never the caller's, so nothing here depends on the cancel being taken back.
         request = asyncio.ensure_future(self.app(scope, receive, send))  # type: ignore[arg-type]

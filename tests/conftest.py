@@ -231,6 +231,18 @@ id = "openai/fail-429~again"
 provider = "openai"
 upstream_model = "fail-429"
 
+# the circuit tests' own failing models: `openai/fail-500`'s circuit is opened by tests all over
+# the session, and one opened ~cooldown_s before a circuit test turns half-open under it
+[[models]]
+id = "openai/fail-500~status"
+provider = "openai"
+upstream_model = "fail-500"
+
+[[models]]
+id = "openai/fail-500~open"
+provider = "openai"
+upstream_model = "fail-500"
+
 # streams the upstream cuts (for the circuit that counts them), then a model that serves
 [[models]]
 id = "openai/cut-then-fallback"

@@ -135,12 +135,12 @@ def test_client_disconnect_cancels_the_upstream_and_bills_what_was_sent(
 
 def test_status_shows_provider_health_as_json_and_html(gateway: Gateway, api_key: str) -> None:
     for _ in range(6):
-        post(gateway, api_key, {"model": "openai/fail-500", "messages": messages()})
+        post(gateway, api_key, {"model": "openai/fail-500~status", "messages": messages()})
     post(gateway, api_key, {"model": "openai/gpt-fake", "messages": messages()})
     status = httpx.get(f"{gateway.base_url}/status").json()
     openai_status = next(p for p in status["providers"] if p["name"] == "openai")
     models = {m["id"]: m for m in openai_status["models"]}
-    assert models["openai/fail-500"]["state"] == "open"
+    assert models["openai/fail-500~status"]["state"] == "open"
     assert models["openai/gpt-fake"]["state"] == "closed"
     assert openai_status["state"] == "degraded"
     assert 0 < openai_status["error_rate"] < 1
@@ -154,9 +154,9 @@ def test_open_circuit_answers_503_fast_without_calling_upstream(
     gateway: Gateway, api_key: str, fake_openai: FakeOpenAI
 ) -> None:
     for _ in range(6):
-        post(gateway, api_key, {"model": "openai/fail-500", "messages": messages()})
+        post(gateway, api_key, {"model": "openai/fail-500~open", "messages": messages()})
     before = len(fake_openai.requests)
-    response = post(gateway, api_key, {"model": "openai/fail-500", "messages": messages()})
+    response = post(gateway, api_key, {"model": "openai/fail-500~open", "messages": messages()})
     assert response.status_code == 503
     assert "circuit open" in response.json()["error"]["message"]
     assert int(response.headers["retry-after"]) >= 1

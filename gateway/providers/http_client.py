@@ -706,11 +706,7 @@ class _Connection(asyncio.Protocol):
                             ):
                                 response._chunks.append(out)
                         if self.holds and not ended:
-                            # `self.hold(response._loop)`, inline (once per read)
-                            transport = self.transport
-                            if transport is not None and transport.is_reading():
-                                transport.pause_reading()
-                                self._hold_end = response._loop.call_soon(transport.resume_reading)
+                            self.hold(response._loop)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

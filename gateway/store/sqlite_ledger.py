@@ -104,7 +104,8 @@ def entry_fields(*names: str) -> tuple[int, ...]:
 # 16 (a bind costs the sqlite3 module and SQLite ~300 instructions an integer and ~800 a text,
 # the connection's mutex taken each time; docs/decisions/0011, issue 19zzzy).
 ENTRY_FIELDS = len(UsageEntry.__struct_fields__)
-SHARED = entry_fields("day", "model", "provider", "images", "status", "stream")
+SHARED_NAMES = ("day", "model", "provider", "images", "status", "stream")
+SHARED = entry_fields(*SHARED_NAMES)
 OWN = entry_fields(
     "id", "ts", "account_id", "key_id", "prompt_tokens", "completion_tokens", "cost_micros",
     "reserved_micros", "latency_ms", "request_id",
@@ -135,6 +136,7 @@ def _row_marks(row: int) -> str:
 
 
 _shared = operator.itemgetter(*SHARED)  # (the first row's: every row's, in a group)
+_shared_of = operator.attrgetter(*SHARED_NAMES)  # an entry's, to group a mixed batch by
 _INSERTS = {rows: _INSERT_USAGE + ", ".join(map(_row_marks, range(rows))) for rows in INSERT_ROWS}
 
 
@@ -183,8 +185,7 @@ class LedgerBatch:
             return self._insert_group(conn, names)
         groups: dict[tuple[Any, ...], list[UsageEntry]] = {}
         for entry in self.entries:
-            key = (entry.day, entry.model, entry.provider, entry.images, entry.status)
-            groups.setdefault((*key, entry.stream), []).append(entry)
+            groups.setdefault(_shared_of(entry), []).append(entry)
         return sum(LedgerBatch(group)._insert_group(conn, names) for group in groups.values())
 
     def _insert_group(self, conn: sqlite3.Cursor, names: LedgerNames) -> int:

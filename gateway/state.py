@@ -212,9 +212,7 @@ async def build_state(
         else:
             providers[name] = provider
             if isinstance(provider, HttpProvider):
-                policy = settings.provider_retry(name)
-                provider.max_retry_after_s = policy.max_retry_after_s
-                provider.poll_retries = policy.poll_retries
+                provider.retry_policy = settings.provider_retry(name)
     admin_value = environ.get(settings.server.admin_token_env)
     if not admin_value:
         log.warning(

@@ -428,12 +428,10 @@ class HttpProvider:
     observer: RequestObserver | None = None
     # Traces on: the trace context goes upstream, finish reasons to the span; set by create_app.
     tracing: Tracing | None = None
-    # The longest Retry-After the provider's retry policy waits for (`[retry]`, or its own
-    # `[providers.X.retry]`), for what a provider retries itself (Replicate's polls); set by
-    # build_state.
-    max_retry_after_s: float = RetrySettings().max_retry_after_s
-    # The policy's polls again in a row after a transient failure (Replicate's); by build_state.
-    poll_retries: int = RetrySettings().poll_retries
+    # The provider's retry policy (`[retry]`, or its own `[providers.X.retry]`), for what a
+    # provider retries itself (Replicate's polls: how many, their backoff, the longest
+    # Retry-After); set by build_state.
+    retry_policy: RetrySettings = RetrySettings()
 
     def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
         self.name = name

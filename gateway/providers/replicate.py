@@ -7,12 +7,14 @@ is not yet terminal, `urls.get` is polled (0.25 s doubling to 2 s) until `succee
 it); past it the prediction is cancelled (`urls.cancel`, best effort, waited for at most
 `cancel_timeout_s`) and the client gets 504.
 A poll that fails transiently (408, 429, 5xx, a connection refused, reset or timed out, a body
-broken off) is retried up to the retry policy's `poll_retries` times in a row, after its
-Retry-After or 0.25 s doubling, when that wait ends before the deadline (each retry in
-`klawd_upstream_retries_total`, each failure where any upstream failure is counted). A call
-cancelled while it polls (the request's `retry.deadline_s` cut it, or its client went away),
-or whose poll fails for good (the client gets that error), cancels the prediction too, in a
-task of its own that `close` waits for: it would otherwise run on, billed by Replicate.
+broken off) is retried up to the retry policy's `poll_retries` times in a row, after the
+policy's backoff (full jitter: U(0, min(max_delay_s, base_delay_s * 2^n, time left)), as the
+request's retrier) or its Retry-After when longer, when that wait ends before the deadline
+(each retry in `klawd_upstream_retries_total`, each failure where any upstream failure is
+counted). A call cancelled while it polls (the request's `retry.deadline_s` cut it, or its
+client went away), or whose poll fails for good (the client gets that error), cancels the
+prediction too, in a task of its own that `close` waits for: it would otherwise run on,
+billed by Replicate.
 
 Input mapping (OpenAI Images → the model's input) follows each model's published schema for the
 models in `INPUT_MAPPINGS` (bytedance/seedream-4 and -4.5: their size rules, and `n` > 1 as
@@ -31,6 +33,7 @@ is not retried is a plain 503, never `UpstreamUnreachable`.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -59,6 +62,7 @@ from gateway.providers.base import (
 from gateway.providers.http_client import ResponseBroken
 from gateway.providers.translate import error_message
 from gateway.routing.catalog import Secret
+from gateway.routing.retry import backoff_delay
 from gateway.schemas.images import ImageRequest
 from gateway.settings import ProviderSettings
 
@@ -149,6 +153,7 @@ class ReplicateProvider(HttpProvider):
     def __init__(self, name: str, settings: ProviderSettings, api_key: Secret | None) -> None:
         super().__init__(name, settings, api_key)
         self._cancels: set[asyncio.Task[None]] = set()  # predictions left by cancelled calls
+        self.rng = random.Random()  # noqa: S311 (the polls' jitter, not secrets)
 
     async def close(self) -> None:
         if self._cancels:
@@ -277,19 +282,22 @@ class ReplicateProvider(HttpProvider):
 
     def _poll_again_in(self, exc: GatewayError, failures: int, left_s: float) -> float | None:
         """After the failed poll `exc`, the `failures`-th in a row, with `left_s` left before
-        the deadline: how long to wait before polling again (its Retry-After, else
-        POLL_FIRST_S doubling), counted as a retry; None to give up (not transient, past
-        the retry policy's `poll_retries` (3 by default: the official SDK retries its GETs on
-        429, 503 and 504 up to 10 times, replicate/client.py RetryTransport; fewer, as a client
-        waits behind each), a Retry-After past the retry policy's `max_retry_after_s`, or the wait
-        not within the deadline)."""
-        if failures > self.poll_retries or not transient(exc):
+        the deadline: how long to wait before polling again (the retry policy's backoff, full
+        jitter within `left_s`, or the failure's Retry-After when longer: as the request's
+        retrier), counted as a retry; None to give up (not transient, past the retry policy's
+        `poll_retries` (3 by default: the official SDK retries its GETs on 429, 503 and 504 up
+        to 10 times, replicate/client.py RetryTransport; fewer, as a client waits behind each),
+        a Retry-After past the policy's `max_retry_after_s`, or the wait not within the
+        deadline)."""
+        policy = self.retry_policy
+        if failures > policy.poll_retries or not transient(exc):
             return None
-        wait = exc.retry_after_s
-        if wait is None:
-            wait = min(POLL_MAX_S, POLL_FIRST_S * 2 ** (failures - 1))
-        elif wait > self.max_retry_after_s:  # longer than the retry policy waits: as the retrier
-            return None
+        retry_after = exc.retry_after_s
+        if retry_after is not None and retry_after > policy.max_retry_after_s:
+            return None  # longer than the retry policy waits: as the retrier
+        wait = backoff_delay(failures - 1, policy, self.rng, left_s)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
         if wait >= left_s:
             return None
         if self.observer is not None:

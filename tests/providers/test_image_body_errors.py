@@ -19,7 +19,7 @@ from gateway.providers.replicate import ReplicateProvider
 from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.images import decode_image_request
-from gateway.settings import ModelSettings, ProviderSettings
+from gateway.settings import ModelSettings, ProviderSettings, RetrySettings
 from tests.providers.test_http_client import (
     BOUND_S,
     Conn,
@@ -110,6 +110,7 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
         server.append(up)
         settings = ProviderSettings(kind="replicate", base_url=up.url())
         provider = ReplicateProvider("rep", settings, Secret("r8"))
+        provider.retry_policy = RetrySettings(base_delay_s=0.001, max_delay_s=0.002)
         metrics = observed(provider)
         try:
             with pytest.raises(BadGateway):
@@ -118,7 +119,7 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
             await provider.close()
     # answered: the create, the polls (their headers) and the prediction's cancel, sent as the
     # last poll failed (close waits for it)
-    polls = 1 + provider.poll_retries
+    polls = 1 + provider.retry_policy.poll_retries
     assert counts(metrics) == {"answered": 2 + polls, "errors": 0, "body_errors": polls}
     assert cancels == ["p1"]
     # the prediction may or may not have made its image: nothing is counted on a guess

@@ -33,8 +33,11 @@ async def test_a_prediction_whose_poll_fails_is_cancelled(
     monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
     settings = ProviderSettings(kind="replicate", base_url=fake_replicate.base_url)
     provider = ReplicateProvider("r", settings, Secret(REPLICATE_TOKEN))
+    # a short backoff (the retry policy's, as build_state gives it)
+    quick = RetrySettings(base_delay_s=0.01, max_delay_s=0.02)
     if poll_retries is not None:
-        provider.poll_retries = poll_retries
+        quick = RetrySettings(base_delay_s=0.01, max_delay_s=0.02, poll_retries=poll_retries)
+    provider.retry_policy = quick
     known = set(fake_replicate.predictions)
     try:
         with pytest.raises(ServiceUnavailable):  # the poll's 500, as the client gets it

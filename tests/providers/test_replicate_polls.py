@@ -6,20 +6,21 @@ outlasts that deadline."""
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 
-from gateway.errors import GatewayTimeout, RateLimited
+from gateway.errors import GatewayTimeout, RateLimited, ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.providers import replicate
 from gateway.providers.base import HttpProvider
 from gateway.providers.http_client import HttpClient
 from gateway.providers.replicate import ReplicateProvider
 from gateway.routing.catalog import Secret
-from gateway.settings import ProviderSettings, load_settings
+from gateway.settings import ProviderSettings, RetrySettings, load_settings
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import REPLICATE_TOKEN
@@ -54,16 +55,37 @@ def cancels_of(fake: FakeReplicate, prediction_id: str) -> list[str]:
     return [r["method"] for r in fake.requests if r["path"] == path]
 
 
+# A retry policy whose backoff is short: the polls' waits after a failure are its jitter.
+QUICK = RetrySettings(base_delay_s=0.01, max_delay_s=0.02)
+
+
+class Draws(random.Random):
+    """The jitter's source, recorded: each `uniform(low, high)`'s bounds; it draws the middle."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.bounds: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.bounds.append((a, b))
+        return (a + b) / 2
+
+
 async def generate(
-    fake: FakeReplicate, model: str, max_retry_after_s: float | None = None, **settings: Any
+    fake: FakeReplicate,
+    model: str,
+    policy: RetrySettings = QUICK,
+    rng: random.Random | None = None,
+    **settings: Any,
 ) -> tuple[Any, str, Metrics, ReplicateProvider]:
     """One generation of `fake-owner/<model>` (closed after: its cancels waited for): the
     result or the error raised, the prediction's id, the provider's metrics and the provider.
-    `max_retry_after_s`: the retry policy's, as build_state gives it the provider."""
+    `policy`: the retry policy, as build_state gives it the provider; `rng` its jitter's."""
     provider_settings = ProviderSettings(kind="replicate", base_url=fake.base_url, **settings)
     provider = ReplicateProvider("rep", provider_settings, Secret(REPLICATE_TOKEN))
-    if max_retry_after_s is not None:
-        provider.max_retry_after_s = max_retry_after_s
+    provider.retry_policy = policy
+    if rng is not None:
+        provider.rng = rng
     metrics = observed(provider)
     known = set(fake.predictions)
     outcome: Any
@@ -102,6 +124,52 @@ async def test_a_poll_answered_503_then_429_is_polled_again_after_its_retry_afte
         "error:bad_gateway": 0,
         "body_errors": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("policy", "ceilings"),
+    [
+        (RetrySettings(base_delay_s=0.01, max_delay_s=0.03), [0.01, 0.02, 0.03]),
+        (RetrySettings(base_delay_s=0.02, max_delay_s=8.0, poll_retries=2), [0.02, 0.04]),
+    ],
+    ids=["capped", "own-count"],
+)
+async def test_polls_after_a_failure_wait_the_retry_policy_s_backoff_with_full_jitter(
+    fake_replicate: FakeReplicate,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: RetrySettings,
+    ceilings: list[float],
+) -> None:
+    """Every poll answered 500 (no Retry-After): each poll again waits a draw of U(0,
+    min(max_delay_s, base_delay_s * 2^n)), n the failures before it, from the provider's retry
+    policy (`[providers.NAME.retry]`, as the request's retrier), `poll_retries` times. Before,
+    a fixed 0.25 s doubling to 2 s, whatever the policy, and nothing drawn."""
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
+    draws = Draws()
+    error, created, metrics, _ = await generate(fake_replicate, "poll-fails", policy, draws)
+    assert isinstance(error, ServiceUnavailable), error
+    assert draws.bounds == [(0.0, ceiling) for ceiling in ceilings]
+    assert len(polls_of(fake_replicate, created)) == 1 + policy.poll_retries
+    assert counted(metrics)["retries"] == policy.poll_retries
+
+
+async def test_a_poll_s_backoff_is_drawn_within_the_predictions_deadline(
+    fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy whose backoff (10 s) is longer than the prediction's `timeout_s` (2 s): the
+    jitter's ceiling is what is left of the deadline, so the poll is retried within it instead
+    of given up (as the request's retrier draws within its deadline)."""
+    monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
+    draws = Draws()
+    slow = RetrySettings(base_delay_s=10.0, max_delay_s=10.0, poll_retries=1)
+    error, created, metrics, _ = await generate(
+        fake_replicate, "poll-fails", slow, draws, timeout_s=2
+    )
+    assert isinstance(error, ServiceUnavailable), error  # the retried poll's 500
+    ((low, high),) = draws.bounds
+    assert low == 0.0 and 0.0 < high < 2.0
+    assert len(polls_of(fake_replicate, created)) == 2
+    assert counted(metrics)["retries"] == 1
 
 
 async def test_a_reset_poll_and_a_poll_broken_off_are_polled_again(
@@ -148,7 +216,8 @@ async def test_a_retry_after_past_the_retry_policy_s_longest_is_not_waited_for(
     does, the 429 to the client at once and the prediction cancelled. Before, the 1 s was
     waited for and the image came back."""
     monkeypatch.setattr(replicate, "POLL_FIRST_S", 0.01)
-    error, created, metrics, _ = await generate(fake_replicate, "poll-flaky", 0.5)
+    policy = RetrySettings(base_delay_s=0.01, max_delay_s=0.02, max_retry_after_s=0.5)
+    error, created, metrics, _ = await generate(fake_replicate, "poll-flaky", policy)
     assert isinstance(error, RateLimited), error
     assert len(polls_of(fake_replicate, created)) == 2
     assert cancels_of(fake_replicate, created) == ["POST"]
@@ -168,7 +237,7 @@ def test_the_app_gives_each_provider_its_retry_policy_s_longest_retry_after(
         async with started(path) as app:
             providers = app.state["klawd"].providers
             return {
-                name: provider.max_retry_after_s
+                name: provider.retry_policy.max_retry_after_s
                 for name, provider in providers.items()
                 if isinstance(provider, HttpProvider)
             }
@@ -192,7 +261,7 @@ def test_the_app_gives_each_provider_its_retry_policy_s_poll_retries(
         async with started(path) as app:
             providers = app.state["klawd"].providers
             return {
-                name: provider.poll_retries
+                name: provider.retry_policy.poll_retries
                 for name, provider in providers.items()
                 if isinstance(provider, HttpProvider)
             }

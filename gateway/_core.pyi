@@ -8,6 +8,7 @@ __all__ = [
     "Dechunker",
     "Decision",
     "EventStreamError",
+    "IdSource",
     "Limiter",
     "Reframer",
     "ServerSpan",
@@ -322,6 +323,20 @@ class ClientSpan:
     def target(self) -> Any: ...
     @property
     def attempt(self) -> int: ...
+
+@final
+class IdSource:
+    """Non-secret ids cut from random bytes `urandom(n)` gives (rust_core/src/ids.rs): a
+    `SLOT_BYTES` slot an id, `SLOTS` slots a read. Thread-safe; `forget()` after a fork."""
+
+    SLOT_BYTES: int
+    SLOTS: int
+    def __new__(cls, urandom: Callable[[int], bytes]) -> Self: ...
+    def new_id(self, prefix: str, nbytes: int) -> str:
+        """`prefix` then `nbytes` (1 to SLOT_BYTES) random bytes in hex (ValueError else)."""
+    def token_hex(self, nbytes: int) -> str:
+        """`nbytes` (1 to SLOT_BYTES) random bytes as hex, as `secrets.token_hex(nbytes)`."""
+    def forget(self) -> None: ...
 
 @final
 class SpanRecorder:

@@ -93,7 +93,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         allowed_already=True,
     )
     tokens = upstream_tokens_for_chat(chat)
-    response_id = f"chatcmpl-{ids.token_hex(12)}"
+    response_id = ids.new_id("chatcmpl-", 12)
     created = int(now)
     async with pending.overlapping(chat.stream):
         if chat.stream:
@@ -175,7 +175,7 @@ async def _serve_cached(
         | ticket.admission.headers()
         | {"x-klawd-cost-usd": format_usd(0), "x-klawd-cache": "hit"}
     )
-    response_id = f"chatcmpl-{ids.token_hex(12)}"
+    response_id = ids.new_id("chatcmpl-", 12)
     created = int(time.time())
     if not chat.stream:
         completion = chat_completion(answer.body, response_id, created)

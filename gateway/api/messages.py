@@ -180,7 +180,7 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
             cache_mode, auth.account_id, "messages", [t.model.id for t in targets], body
         )
     )
-    message_id = f"msg_{ids.token_hex(12)}"
+    message_id = ids.new_id("msg_", 12)
     if lookup is not None and lookup.answer is not None:
         target = state.catalog.get(lookup.answer.model) or targets[0]
         await _serve_cached(

@@ -48,7 +48,7 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def new_request_id() -> str:
-    return f"req_{ids.token_hex(12)}"
+    return ids.new_id("req_", 12)
 
 
 UNMATCHED_ROUTE = "unmatched"
@@ -123,7 +123,7 @@ class GatewayMiddleware:
                     declared_length = None
             elif name == b"transfer-encoding":
                 chunked = True  # the body's length is the chunks', not a Content-Length's
-        request_id = request_id or f"req_{ids.token_hex(12)}"  # new_request_id(), inline
+        request_id = request_id or ids.new_id("req_", 12)  # new_request_id(), inline
         scope.setdefault("state", {})["request_id"] = request_id
         # One coroutine for the whole request (a `_serve` awaited from here was one more frame
         # on every step of every request).

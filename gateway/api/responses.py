@@ -97,7 +97,7 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
     echoed = response_fields(responses_request)
     # Only what this key may use (403 if nothing): cached answers are keyed by these.
     targets = state.meter.allowed(auth, chat.model, resolve_chat(state.catalog, chat, chat_body))
-    response_id = f"resp_{ids.token_hex(16)}"
+    response_id = ids.new_id("resp_", 16)
     lookup = (
         None
         if asked is None  # the client did not ask: the cache is not consulted

@@ -64,7 +64,7 @@ from gateway.schemas.responses import (
 
 
 def new_item_id(prefix: str) -> str:
-    return f"{prefix}_{ids.token_hex(12)}"
+    return ids.new_id(f"{prefix}_", 12)
 
 
 ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}

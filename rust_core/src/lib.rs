@@ -12,6 +12,7 @@
 //! - [`gemini_body`]: the same for a Gemini `GenerateContentRequest` (both read the body with
 //!   `chat_body`'s readers).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
+//! - [`ids`]: non-secret ids (request, answer, ledger entry) cut from buffered random bytes.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
 pub mod anthropic_body;
@@ -23,6 +24,7 @@ pub mod errors;
 pub mod eventstream;
 pub mod gemini_body;
 pub mod head;
+pub mod ids;
 mod json;
 pub mod json_depth;
 mod json_scan;

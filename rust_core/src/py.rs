@@ -22,6 +22,7 @@ use crate::reframe::{Options, Stream};
 use crate::usage::Usage;
 
 mod bodies;
+mod ids;
 mod spans;
 
 /// Inputs above this size are processed with the interpreter detached.
@@ -489,6 +490,8 @@ mod _core {
         anthropic_chat_request, chat_request_messages, gemini_chat_request, json_nesting_depth,
         openai_chat_answer, openai_chat_request,
     };
+    #[pymodule_export]
+    use super::ids::PyIdSource;
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
     #[pymodule_export]

@@ -86,3 +86,12 @@ def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
     parent = "".join(ids.token_hex(16) for _ in range(4))
     assert len(child) == len(parent) == 128
     assert child != parent
+
+
+def test_an_id_with_its_prefix_is_one_call() -> None:
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", ids.new_id("chatcmpl-", 12))
+    assert re.fullmatch(r"resp_[0-9a-f]{32}", ids.new_id("resp_", 16))
+    with pytest.raises(ValueError, match="16"):
+        ids.new_id("req_", 0)
+    made = {ids.new_id("req_", 12) for _ in range(SLOTS * 2)}
+    assert len(made) == SLOTS * 2

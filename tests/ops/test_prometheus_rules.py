@@ -150,6 +150,21 @@ def test_an_alert_watches_every_upstream_failure_counter() -> None:
     assert not failures - alerted, f"failure counters no alert watches: {failures - alerted}"
 
 
+def test_an_alert_watches_the_polls_polled_again() -> None:
+    """A job's poll that failed transiently and was polled again (Replicate's predictions) is
+    counted in `klawd_upstream_retries_total{kind="poll"}`: an alert selects that kind (a poll
+    retried delays the client by a backoff; one retried `poll_retries` times loses the image)."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    selecting = [
+        rule["alert"]
+        for group in groups
+        for rule in group["rules"]
+        if "alert" in rule
+        and re.search(r'klawd_upstream_retries_total\{[^}]*kind="poll"', rule["expr"])
+    ]
+    assert selecting, 'no alert watches klawd_upstream_retries_total{kind="poll"}'
+
+
 @pytest.fixture
 def prometheus(gateway: Gateway, tmp_path: Path) -> Iterator[str]:
     port = free_port()

@@ -288,7 +288,20 @@ LONG_EVENTS = 60
 EVENTS_BLOCK = "events { worker_connections 16384; multi_accept on; }"
 
 
-def upstream_conf(directory: Path, port: int) -> str:
+# The upstream's clock: nginx reads it once a millisecond (a SIGALRM), not after each wait for
+# events. With its default (none) the echo module's `echo_sleep` is not 20 ms but 20 ms plus
+# the loop iteration that set it: nginx computes its epoll_wait timeout from the time cached at
+# the iteration's start, and the iteration that fires 256 paced streams' timers writes all
+# their lines first. Measured on the upstream alone (decision 0012, 19zzzzf): the 20 ms paced
+# streams (49 sleeps, 0.98 s) lasted 1,296 ms (`lines20`) and 1,423 ms (`anth20`) at 256
+# connections, 1,012 and 993 ms at one; with this, 1,013 and 992 ms at 256. None: as before
+# 19zzzzf (`side_by_side --upstream-timers loop`, for a comparison with older runs).
+UPSTREAM_TIMER_RESOLUTION = "1ms"
+
+
+def upstream_conf(
+    directory: Path, port: int, timer_resolution: str | None = UPSTREAM_TIMER_RESOLUTION
+) -> str:
     directory.chmod(0o755)  # nginx's workers run unprivileged and read the bodies from here
     (directory / "openai.sse").write_bytes(b"".join(openai_events()))
     (directory / "openai.sse").chmod(0o644)
@@ -311,6 +324,7 @@ def upstream_conf(directory: Path, port: int) -> str:
     return f"""
 load_module {ECHO_MODULE};
 worker_processes 1;
+{f"timer_resolution {timer_resolution};" if timer_resolution else ""}
 worker_rlimit_nofile 20000;
 daemon off;
 pid {directory}/upstream.pid;

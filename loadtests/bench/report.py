@@ -437,7 +437,15 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             "benchmark itself keeps both busy, so above ~2 means other work shared the machine).",
             "",
             "Setup: each contender runs one worker pinned to core 0; the fake upstream (nginx: "
-            "fixed bodies, and chunked streams through the echo module, 50 events each), "
+            "fixed bodies, and chunked streams through the echo module, 50 events each; "
+            + (
+                "its clock read every millisecond, so that a paced stream's 20 ms sleeps last "
+                "20 ms, since 19zzzzf"
+                if getattr(args, "upstream_timers", "loop") != "loop"
+                else "its clock read after each wait for events, as before 19zzzzf: a paced "
+                "stream's sleeps also last the loop iteration that set them"
+            )
+            + "), "
             "Redis, wrk and the stream client share core 1 (Redis "
             + (
                 "at real-time priority: run as soon as a command arrives, as on a core of "
@@ -670,10 +678,11 @@ def paced_lines(samples: Samples) -> list[str]:
     if not found:
         return []
     return [
-        "Paced measures' rounds, each contender's mean stream time (and wrk's whole streams in "
-        "the window per connection: its connections open together, so with ~1.3 s streams each "
-        "completes the same 2 or 3 in a 4 s window, and wrk's own rate can only read 128 or 192 "
-        "streams/s at 256 connections; the streams/s above are connections ÷ the mean stream "
+        "Paced measures' rounds, each contender's mean stream time (49 sleeps of 20 ms: 980 ms "
+        "and the relay; ~1.3 s before 19zzzzf, whose upstream's sleeps lasted longer) and wrk's "
+        "whole streams in the window per connection (its connections open together, so each "
+        "completes the same whole number in the window, and wrk's own rate can only read "
+        "connections x k / seconds; the streams/s above are connections ÷ the mean stream "
         "time): " + "; ".join(found) + ".",
         "",
     ]

@@ -173,10 +173,12 @@ def started(
     before_store: str = "sqlite",
     redis_realtime: bool | None = None,
     gc_logs: bool = False,
+    upstream_timers: str | None = c.UPSTREAM_TIMER_RESOLUTION,
 ) -> Iterator[dict[str, Contender]]:
     """Every process up front; all stopped on the way out, whatever happens. `redis_realtime`:
     None is real-time where allowed (`--redis-priority`'s default). `gc_logs`: each gateway
-    logs its cycle collections to `directory/NAME.gc`."""
+    logs its cycle collections to `directory/NAME.gc`. `upstream_timers`: the upstream nginx's
+    timer_resolution (None: its default, as before 19zzzzf)."""
     if redis_realtime is None:
         redis_realtime = c.realtime_allowed()
     processes: list[subprocess.Popen[bytes]] = []
@@ -188,8 +190,8 @@ def started(
     try:
         up_port, proxy_port, floor_port, bare_port, redis_port = (c.free_port() for _ in range(5))
         upstream_url = f"http://127.0.0.1:{up_port}"
-        up = keep(c.nginx(c.upstream_conf(directory, up_port), directory, "upstream",
-                          c.CLIENT_CORE))  # fmt: skip
+        conf = c.upstream_conf(directory, up_port, upstream_timers)
+        up = keep(c.nginx(conf, directory, "upstream", c.CLIENT_CORE))
         found: dict[str, Contender] = {
             "upstream": Contender("upstream", upstream_url, up.pid, False)
         }
@@ -290,6 +292,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             args.before_store,
             realtime,
             args.gc_log,
+            None if args.upstream_timers == "loop" else c.UPSTREAM_TIMER_RESOLUTION,
         ) as found,
         SpeedProbe(directory) as speed,
     ):
@@ -549,6 +552,15 @@ def main() -> int:
         "mean stream time (the default since issue 19zzzzb), or wrk's whole streams completed "
         "in the window ÷ the window (before 19zzzzb; quantized to connections x k / seconds)",
     )
+    parser.add_argument(
+        "--upstream-timers",
+        choices=(c.UPSTREAM_TIMER_RESOLUTION, "loop"),
+        default=c.UPSTREAM_TIMER_RESOLUTION,
+        help="the upstream nginx's clock: read every millisecond (the default since issue "
+        "19zzzzf: a paced stream's 20 ms sleeps last 20 ms), or after each wait for events "
+        "(`loop`, before 19zzzzf: each sleep also lasts the loop iteration that set it, and "
+        "the 20 ms paced streams last ~1.3 s, not ~1.0)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.before is not None:
@@ -563,6 +575,7 @@ def main() -> int:
         or args.redis_core != "1"
         or args.gc_log
         or args.paced_rate != "stream-time"
+        or args.upstream_timers != c.UPSTREAM_TIMER_RESOLUTION
     ):
         parser.error("--write-docs needs every measure and every contender")
     if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10 and 2 <= args.burst_seconds <= 60):

@@ -139,6 +139,7 @@ def one(name: str, args: argparse.Namespace, streams: int, directory: Path) -> d
         cpu_before, upstream_cpu_before = tree_cpu_s(watched), tree_cpu_s(fake.pid)
         with PeakRss(watched, pss=True) as rss:
             outcome = long_streams(spec)
+        outcome.pop("ttfb_ms", None)  # (every stream's: the percentiles are kept)
         return {
             **outcome,
             **phases(rss.timeline, args.ramp),

@@ -16,6 +16,16 @@ Reported over all events, and over the events the upstream wrote after the ramp 
 after the start: once every stream is open). The client's own lag is measured too: a 10 ms
 ticker on its loop records how late it woke, so a late client shows up as itself.
 
+With `"events": true` in the spec, each event's relay delay too (decision 0012, 19zzzzf): the
+answer is de-chunked and, for every whole event (its blank line read) that the upstream wrote
+once every stream is open, the time it was read minus its stamp (paced_upstream.py's
+`--stamp-us`: microseconds), over all such events: p50, p99, max (`relay_*`); and each
+stream's time from its request to its last byte (`stream_ms_mean`). Off by default: the
+de-chunking costs the client's core.
+
+Every stream's TTFB is returned too (`ttfb_ms`, in the order the streams were opened), so that
+rounds can be pooled (report.pooled_p99).
+
 The client is a bare asyncio Protocol on uvloop (no HTTP library): with thousands of streams a
 chunk per line, a heavier client would measure itself. Prints one JSON object. Bounded: each
 stream has a timeout of `timeout_s`, the run ends by `until_s` + `timeout_s`.
@@ -33,8 +43,57 @@ from urllib.parse import urlsplit
 import orjson
 import uvloop
 
-STAMP = re.compile(rb"tok\d+ (\d{10}\.\d{3})")
+STAMP = re.compile(rb"tok\d+ (\d{10}\.\d{3,6})")
 END = b"0\r\n\r\n"
+
+
+class Dechunker:
+    """An HTTP/1.1 chunked body, read incrementally (`feed` gives the body's bytes so far)."""
+
+    def __init__(self) -> None:
+        self.pending = b""  # an unfinished size line
+        self.left = 0  # bytes of the current chunk's data still to come
+        self.skip = 0  # bytes of the CRLF after a chunk's data still to come
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        data = self.pending + data
+        self.pending = b""
+        out = []
+        at = 0
+        while at < len(data) and not self.done:
+            if self.left:
+                piece = data[at : at + self.left]
+                out.append(piece)
+                self.left -= len(piece)
+                at += len(piece)
+                if not self.left:
+                    self.skip = 2
+            elif self.skip:
+                taken = min(self.skip, len(data) - at)
+                self.skip -= taken
+                at += taken
+            else:
+                end = data.find(b"\r\n", at)
+                if end < 0:
+                    self.pending = data[at:]
+                    break
+                size = int(data[at:end].split(b";", 1)[0], 16)
+                at = end + 2
+                self.done = size == 0
+                self.left = size
+        return b"".join(out)
+
+
+def relay_delays(events: list[bytes], read_at: float, since: float) -> list[float]:
+    """For each whole event stamped at or after `since` (unix seconds): `read_at` minus its
+    stamp, in ms."""
+    found = []
+    for event in events:
+        stamp = STAMP.search(event)
+        if stamp is not None and float(stamp.group(1)) >= since:
+            found.append((read_at - float(stamp.group(1))) * 1000)
+    return found
 
 
 class Stream(asyncio.Protocol):
@@ -44,6 +103,8 @@ class Stream(asyncio.Protocol):
     started_at = 0.0  # unix time of the start (set by `run`)
     # the worst lateness of the events the upstream wrote in each second of the run
     late_by_second: list[float] = []  # noqa: RUF012 (one run per process)
+    # each whole event's relay delay (ms), with `"events": true` (set by `run`)
+    delays: list[float] | None = None
 
     def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
         self.request = request
@@ -58,6 +119,9 @@ class Stream(asyncio.Protocol):
         self.max_late_s = 0.0
         self.max_late_after_s = 0.0  # of events the upstream wrote after `Stream.steady_from`
         self.transport: asyncio.Transport | None = None
+        self.last_byte_s = 0.0
+        self.body: Dechunker | None = None
+        self.events_text = b""  # the body since its last whole event
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -68,6 +132,8 @@ class Stream(asyncio.Protocol):
             self.ttfb_s = time.perf_counter() - self.started
             self.status_ok = data.startswith(b"HTTP/1.1 200")
         now = time.time()
+        if Stream.delays is not None:
+            self.read_events(data, now)
         window = self.tail + data  # a stamp split across reads is found whole (max: no harm)
         for stamp in STAMP.findall(window):
             written = float(stamp)
@@ -82,7 +148,23 @@ class Stream(asyncio.Protocol):
             self.saw_done = True
         self.tail = window[-32:]
         if self.tail.endswith(END) and self.transport is not None:
+            self.last_byte_s = time.perf_counter() - self.started
             self.transport.close()
+
+    def read_events(self, data: bytes, now: float) -> None:
+        """The whole events this read completes, each one's relay delay kept."""
+        if self.body is None:  # the head first
+            head_end = (self.events_text + data).find(b"\r\n\r\n")
+            if head_end < 0:
+                self.events_text += data
+                return
+            data = (self.events_text + data)[head_end + 4 :]
+            self.events_text = b""
+            self.body = Dechunker()
+        text = self.events_text + self.body.feed(data)
+        *events, self.events_text = text.split(b"\n\n")
+        if events and Stream.delays is not None:
+            Stream.delays.extend(relay_delays(events, now, self.steady_from))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -150,6 +232,7 @@ async def run(spec: dict[str, object]) -> dict[str, object]:
     Stream.steady_from = time.time() + ramp + 1
     Stream.started_at = time.time()
     Stream.late_by_second = [0.0] * int(ramp + float(spec["timeout_s"]) + until + 2)  # type: ignore[arg-type]
+    Stream.delays = [] if spec.get("events") else None
     lags = [0.0]
     tick = asyncio.ensure_future(ticker(lags))
     try:
@@ -160,9 +243,24 @@ async def run(spec: dict[str, object]) -> dict[str, object]:
         tick.cancel()
     attempts = [outcome for outcomes in per_slot for outcome in outcomes]
     streams = [s for s in attempts if s is not None]
-    ttfb = [s.ttfb_s * 1000 for s in streams if s.ttfb_s is not None]
+    # in the order the streams were opened: the first `count` are the burst's own
+    ttfb = [
+        s.ttfb_s * 1000 for s in sorted(streams, key=lambda s: s.started) if s.ttfb_s is not None
+    ]
     late = [s.max_late_s * 1000 for s in streams if s.complete]
     late_after = [s.max_late_after_s * 1000 for s in streams if s.complete]
+    relayed: dict[str, object] = {}
+    if Stream.delays is not None:
+        delays = Stream.delays
+        whole = [s.last_byte_s * 1000 for s in streams if s.complete and s.last_byte_s]
+        relayed = {
+            "relay_events": len(delays),
+            "relay_p50_ms": percentile(delays, 0.5) if delays else None,
+            "relay_p99_ms": percentile(delays, 0.99) if delays else None,
+            "relay_max_ms": max(delays) if delays else None,
+            "stream_ms_mean": sum(whole) / len(whole) if whole else None,
+            "ttfb_ms_mean": sum(ttfb) / len(ttfb) if ttfb else None,
+        }
     return {
         "streams": len(attempts),
         "completed": sum(1 for s in streams if s.complete),
@@ -177,6 +275,8 @@ async def run(spec: dict[str, object]) -> dict[str, object]:
         "client_lag_max_ms": lags[0] * 1000,
         "late_by_second_ms": [round(value * 1000) for value in Stream.late_by_second],
         "seconds": time.perf_counter() - started,
+        "ttfb_ms": [round(value, 2) for value in ttfb],
+        **relayed,
     }
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -569,7 +570,7 @@ class PeakRss:
         self._thread.join(timeout=5)
 
 
-def long_streams(spec: dict[str, object]) -> dict[str, float | int | None]:
+def long_streams(spec: dict[str, object]) -> dict[str, Any]:
     """loadtests/bench/long_streams.py on the client core (its spec: see there)."""
     command = ["taskset", "-c", CLIENT_CORE, sys.executable, "-m", "loadtests.bench.long_streams",
                orjson.dumps(spec).decode()]  # fmt: skip
@@ -577,7 +578,7 @@ def long_streams(spec: dict[str, object]) -> dict[str, float | int | None]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, timeout=bound, check=True).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result: dict[str, float | int | None] = orjson.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
     # The client's own CPU (the only child waited for meanwhile): whether it had its core.
     result["client_cpu_s"] = round(
         after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2

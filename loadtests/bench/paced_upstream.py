@@ -2,7 +2,10 @@
 sent on a fixed schedule (start + i * interval), each line its own HTTP chunk, each content delta
 stamped with the time it is written.
 
-    python -m loadtests.bench.paced_upstream PORT [--events 60] [--interval 1.0]
+    python -m loadtests.bench.paced_upstream PORT [--events 60] [--interval 1.0] [--stamp-us]
+
+`--stamp-us`: the stamps in microseconds, not milliseconds (relay_delay.py: a relay's delay per
+event is well under a millisecond).
 
 Why not nginx's echo module (the other benches' upstream): `echo_sleep` schedules the next event
 relative to nginx's cached time, i.e. the start of the loop iteration that wrote the last one.
@@ -42,9 +45,12 @@ def chunk(piece: bytes) -> bytes:
 class PacedStream(asyncio.Protocol):
     """One connection: each request read whole is answered with the paced stream."""
 
-    def __init__(self, events: list[list[bytes]], interval_s: float) -> None:
+    def __init__(
+        self, events: list[list[bytes]], interval_s: float, stamp: bytes = b"%.3f"
+    ) -> None:
         self.events = events
         self.interval_s = interval_s
+        self.stamp = stamp
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -79,7 +85,7 @@ class PacedStream(asyncio.Protocol):
             return
         for piece in self.events[index]:
             if STAMP in piece:
-                piece = piece.replace(STAMP, b"%.3f" % time.time())
+                piece = piece.replace(STAMP, self.stamp % time.time())
             self.transport.write(chunk(piece))
         if index + 1 < len(self.events):
             due = start + (index + 1) * self.interval_s
@@ -96,11 +102,11 @@ class PacedStream(asyncio.Protocol):
             self.timer.cancel()
 
 
-async def serve(port: int, events: int, interval_s: float) -> None:
+async def serve(port: int, events: int, interval_s: float, stamp: bytes = b"%.3f") -> None:
     pieces = [event.splitlines(keepends=True) for event in openai_events(events, stamped=True)]
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: PacedStream(pieces, interval_s), "127.0.0.1", port, backlog=4096
+        lambda: PacedStream(pieces, interval_s, stamp), "127.0.0.1", port, backlog=4096
     )
     print("ready", flush=True)
     async with server:
@@ -112,12 +118,14 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--events", type=int, default=LONG_EVENTS)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--stamp-us", action="store_true", help="stamps in microseconds")
     args = parser.parse_args()
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    uvloop.run(serve(args.port, args.events, args.interval))
+    stamp = b"%.6f" if args.stamp_us else b"%.3f"
+    uvloop.run(serve(args.port, args.events, args.interval, stamp))
 
 
 if __name__ == "__main__":

@@ -434,7 +434,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             for name, contender in in_turn(found, rnd):
                 since = time.monotonic()
                 outcome, peak_mb = burst(contender, args.burst_seconds)
-                print(f"  burst round {rnd + 1} {name}: {outcome}, {peak_mb:.0f} MB", flush=True)
+                shown = {key: value for key, value in outcome.items() if key != "ttfb_ms"}
+                print(f"  burst round {rnd + 1} {name}: {shown}, {peak_mb:.0f} MB", flush=True)
                 if args.gc_log and contender.gateway:
                     found_gc = c.collections(directory / f"{name}.gc", since, time.monotonic())
                     print(f"  burst round {rnd + 1} {name}: {found_gc}", flush=True)
@@ -443,6 +444,9 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 record(name, "rss_mb", peak_mb)
                 record(name, "burst_failed", float(outcome["streams"] - outcome["completed"]))  # type: ignore[operator]
                 record(name, "burst_streams", float(outcome["streams"] or 0))
+                # every stream's TTFB, for the p99 pooled over rounds (report.pooled_lines)
+                ttfbs = notes.setdefault("ttfb", {})
+                ttfbs.setdefault(name, []).append(outcome["ttfb_ms"])  # type: ignore[attr-defined]
             notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
         if args.profile and "gateway-sqlite" in found:
             notes["profile"] = profile(found["gateway-sqlite"], directory, args.seconds,
@@ -561,6 +565,12 @@ def main() -> int:
         "(`loop`, before 19zzzzf: each sleep also lasts the loop iteration that set it, and "
         "the 20 ms paced streams last ~1.3 s, not ~1.0)",
     )
+    parser.add_argument(
+        "--samples-out",
+        type=Path,
+        help="also write the rounds' figures and the burst's every TTFB here (JSON), for a "
+        "closer look at the statistics",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.before is not None:
@@ -592,6 +602,9 @@ def main() -> int:
             for log in Path(tmp).glob("*.log"):
                 shutil.copy(log, kept)
             print(f"bad responses: the contenders' logs are kept in {kept}", file=sys.stderr)
+    if args.samples_out is not None:
+        kept = {"samples": samples, "ttfb": notes.get("ttfb") or {}}
+        args.samples_out.write_bytes(orjson.dumps(kept))
     text = report.section(samples, notes, args)
     print(text)
     if args.write_docs:

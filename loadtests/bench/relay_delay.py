@@ -51,18 +51,28 @@ FIGURES = (
 
 @contextlib.contextmanager
 def started(
-    directory: Path, names: list[str], interval_s: float, before: Path | None
+    directory: Path,
+    names: list[str],
+    interval_s: float,
+    before: Path | None,
+    nginx: bool = False,
 ) -> Iterator[dict[str, tuple[str, dict[str, str], str, int | None]]]:
-    """The upstream and every contender, up front: name -> (url, headers, model, server pid)."""
+    """The upstream and every contender, up front: name -> (url, headers, model, server pid).
+    `nginx`: the side-by-side's upstream instead (its `lines20` location, 20 ms apart whatever
+    `interval_s`; its stamps are its cached clock in ms, coarser than the relays' delay)."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         up_port = c.free_port()
         upstream = f"http://127.0.0.1:{up_port}"
-        command = [sys.executable, "-m", "loadtests.bench.paced_upstream", str(up_port),
-                   "--events", str(EVENTS), "--interval", str(interval_s),
-                   "--stamp-us"]  # fmt: skip
-        processes.append(c.pinned(c.CLIENT_CORE, command, directory / "upstream.log",
-                                  {"PYTHONPATH": str(c.REPO)}))  # fmt: skip
+        if nginx:
+            conf = c.upstream_conf(directory, up_port)
+            processes.append(c.nginx(conf, directory, "upstream", c.CLIENT_CORE))
+        else:
+            command = [sys.executable, "-m", "loadtests.bench.paced_upstream", str(up_port),
+                       "--events", str(EVENTS), "--interval", str(interval_s),
+                       "--stamp-us"]  # fmt: skip
+            processes.append(c.pinned(c.CLIENT_CORE, command, directory / "upstream.log",
+                                      {"PYTHONPATH": str(c.REPO)}))  # fmt: skip
         c.wait_for(lambda: listening(up_port), "the upstream")
         path = c.upstream_path("lines20")
         found: dict[str, tuple[str, dict[str, str], str, int | None]] = {}
@@ -165,6 +175,13 @@ def main() -> int:
         default=NAMES,
     )
     parser.add_argument("--before", type=Path, help=f"add {BEFORE}: this checkout's gateway")
+    parser.add_argument(
+        "--upstream",
+        choices=("paced", "nginx"),
+        default="paced",
+        help="paced: paced_upstream.py (µs stamps, each stream on its own schedule); nginx: the "
+        "side-by-side's `lines20` (ms stamps of its cached clock: its relay delays are coarse)",
+    )
     args = parser.parse_args()
     if args.before is not None and BEFORE not in args.contenders:
         args.contenders.append(BEFORE)
@@ -176,7 +193,9 @@ def main() -> int:
     rounds: dict[str, list[dict[str, object]]] = {name: [] for name in args.contenders}
     with (
         tempfile.TemporaryDirectory(prefix="klawd-relay-") as tmp,
-        started(Path(tmp), args.contenders, args.interval, args.before) as found,
+        started(
+            Path(tmp), args.contenders, args.interval, args.before, args.upstream == "nginx"
+        ) as found,
     ):
         for rnd in range(args.reps):
             order = list(found.items())

@@ -16,6 +16,7 @@ supervisor and the CLI before the CLI's modules are imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 # value that another process left in the environment (another PID) is not obeyed.
 SPEC_ENV = "KLAWD_SUPERVISOR"
 SCRIPT = "klawd"
+
+log = logging.getLogger(__name__)
 
 
 class Spec(TypedDict):
@@ -162,7 +165,11 @@ def _serve_metrics(
     reads the workers' files at each scrape. prometheus_client's server gives each connection a
     thread and waits on it without a bound: a client that connected and sent nothing, or
     stopped reading, held its thread for good. Each connection's socket now has
-    `socket_timeout_s`, after which it is closed (a request that never came, quietly)."""
+    `socket_timeout_s`, after which it is closed: a request that never came, quietly; an answer
+    whose client stopped reading, with one log line (wsgiref's error handling printed the
+    timeout's traceback on stderr)."""
+    from wsgiref.simple_server import ServerHandler
+
     from prometheus_client import start_http_server  # after the env is set (by the CLI)
     from prometheus_client.multiprocess import MultiProcessCollector
     from prometheus_client.registry import CollectorRegistry
@@ -172,14 +179,41 @@ def _serve_metrics(
     server, _ = start_http_server(port, addr=host, registry=registry)
     handler = server.RequestHandlerClass
 
+    class CutQuietly(ServerHandler):
+        request_handler: Any  # wsgiref's back pointer to the connection's handler
+
+        def log_exception(self, exc_info: Any) -> None:
+            if not isinstance(exc_info[1], TimeoutError):
+                super().log_exception(exc_info)
+                return
+            client = self.request_handler.client_address
+            log.warning(
+                "metrics port: the client %s:%s stopped reading its answer for %s s: cut",
+                *client[:2],
+                socket_timeout_s,
+            )
+
     class Bounded(handler):  # type: ignore[valid-type, misc]
         timeout = socket_timeout_s  # socketserver: the connection's settimeout
 
         def handle(self) -> None:
+            """WSGIRequestHandler.handle (Python 3.11-3.13), its ServerHandler the one above."""
             try:
-                super().handle()
-            except TimeoutError:  # the request or the answer's reader never came
+                self.raw_requestline = self.rfile.readline(65537)
+            except TimeoutError:  # the request never came
                 self.close_connection = True
+                return
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not self.parse_request():  # an error answered already
+                return
+            served = CutQuietly(
+                self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=False
+            )
+            served.request_handler = self
+            served.run(self.server.get_app())
 
     server.RequestHandlerClass = Bounded
     return server

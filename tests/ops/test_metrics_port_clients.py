@@ -5,6 +5,7 @@ that connects and sends nothing (or stops reading) no longer holds one of its th
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +41,51 @@ def test_a_scrape_is_still_answered(metrics_port: int) -> None:
         while chunk := client.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.0 200 OK\r\n")
+
+
+def many_series(directory: Path, count: int) -> None:
+    """`count` counters in the multiprocess files a worker would have written: an answer far
+    larger than a socket's buffers."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    counters = MmapedDict(str(directory / "counter_1.db"))
+    try:
+        for n in range(count):
+            labels = [f"{n:08d}" + "x" * 300]
+            key = mmap_key("klawd_padding_total", "klawd_padding_total", ["pad"], labels, "pad")
+            counters.write_value(key, 1.0, 0.0)
+    finally:
+        counters.close()
+
+
+def test_a_client_that_stops_reading_a_large_answer_is_cut_with_one_quiet_line(
+    tmp_path: Path,
+    metrics_port: int,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scrape whose client stops reading an answer larger than the sockets' buffers is cut
+    after the connection's bound, with one log line naming it; before, wsgiref's error handling
+    printed the TimeoutError's traceback on the supervisor's stderr."""
+    many_series(tmp_path, 20_000)  # about 7 MB of exposition
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(PATIENCE_S)
+        client.connect(("127.0.0.1", metrics_port))
+        client.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        received = len(client.recv(1))  # the answer began
+        time.sleep(1)  # then reads nothing, well past the server's 0.2 s
+        try:
+            while chunk := client.recv(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < 20_000 * 300  # cut: the answer (each series above 300 bytes) not whole
+    cut = "stopped reading"
+    deadline = time.monotonic() + PATIENCE_S
+    while not any(cut in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "no line for the cut client"
+        time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if cut in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in capfd.readouterr().err

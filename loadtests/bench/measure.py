@@ -533,6 +533,17 @@ def run_queue_wait_s(pid: int) -> float:
     return waited / 1e9
 
 
+def tree_waits(pid: int) -> int:
+    """How many times a process's and its descendants' threads have slept so far (their
+    voluntary context switches): for an event loop, each time it found nothing to do and
+    waited in epoll, to be woken by the next packet, whose sender pays the wake-up."""
+    waits = 0
+    for p in _tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*/status"):
+            waits += _kb(str(task), "voluntary_ctxt_switches:")
+    return waits
+
+
 class PeakRss:
     """Samples a process tree's RSS every 100 ms in a thread (and with `pss`, the largest
     process's RSS and the tree's PSS every second); the peaks after `stop()`."""

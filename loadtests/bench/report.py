@@ -607,6 +607,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             *speed_lines(samples),
             *paced_lines(samples),
             *reads_lines(samples),
+            *client_core_lines(samples),
             *profile_lines,
             END,
         ]
@@ -703,6 +704,48 @@ def reads_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare
         "stream's rounds settle into few big reads or many small ones, and streams/s follow "
         "what the upstream, on the load generator's core, pays; a reader on a slow core (the "
         "probe at ~350 µs, not ~225) reads few big pieces): " + "; ".join(found) + ".",
+        "",
+    ]
+
+
+def client_core_lines(
+    samples: Samples, name: str = "gateway-redis", ref: str = "gateway-sqlite"
+) -> list[str]:
+    """Each saturated stream measure's rounds: `name` ÷ `ref` in streams/s beside the load
+    generator's core's CPU per stream while each ran (side_by_side's `{measure}_client_core_us`:
+    the upstream's, wrk's and, where it runs there, redis-server's) and how busy that core was.
+    Where that core is full, it sets the rate: a round's ratio is then about `ref`'s µs ÷
+    `name`'s, whatever the worker's own cost (decision 0010, 19zzzze: the per-line streams,
+    redis-server's share of that core with them)."""
+    mine, theirs = samples.get(name, {}), samples.get(ref, {})
+    found = []
+    for measure in READ_MEASURES:
+        ratios = round_ratios(samples, name, ref, measure)
+        costs = mine.get(f"{measure}_client_core_us") or []
+        ref_costs = theirs.get(f"{measure}_client_core_us") or []
+        busy = mine.get(f"{measure}_client_core") or []
+        ref_busy = theirs.get(f"{measure}_client_core") or []
+        # (none in a run from before they were recorded)
+        if not ratios or not len(ratios) == len(costs) == len(ref_costs) == len(busy) == len(
+            ref_busy
+        ):
+            continue
+        rounds = ", ".join(
+            f"{r:.2f}x ({costs[i]:.0f} vs {ref_costs[i]:.0f} us, ÷ {ref_costs[i] / costs[i]:.2f}x;"
+            f" busy {busy[i]:.2f} vs {ref_busy[i]:.2f})"
+            for i, r in enumerate(ratios)
+            if costs[i] > 0
+        )
+        found.append(f"{measure} {rounds}")
+    if not found:
+        return []
+    return [
+        f"Rounds of the stream measures, {name} ÷ {ref} in streams/s beside the load generator's "
+        f"core's CPU per stream ({name} vs {ref}: the upstream's, wrk's and redis-server's when "
+        "it runs there; ÷: the rate that core alone allows, the second's µs ÷ the first's) and "
+        "how busy that core was (near 0.95 it was full and set the rate): "
+        + "; ".join(found)
+        + ".",
         "",
     ]
 

@@ -62,6 +62,7 @@ from loadtests.bench.measure import (
     server_segments,
     tree_cpu_s,
     tree_syscalls,
+    tree_waits,
     wrk,
     wrk_script,
 )
@@ -313,6 +314,8 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                 for name, contender in in_turn(found, rnd):
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
                     reads_before, _ = tree_syscalls(contender.pid)
+                    waits_before = tree_waits(contender.pid)
+                    upstream_waits_before = tree_waits(found["upstream"].pid)
                     _, sent_before = tree_syscalls(found["upstream"].pid)
                     upstream_before = tree_cpu_s(found["upstream"].pid)
                     segments_before = server_segments(_port(found["upstream"]))
@@ -384,6 +387,17 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                             time.monotonic() - wall_before
                         )
                         record(name, f"{measure}_busy", busy)
+                        # Its sleeps: each one's wake-up is paid by the sender of what woke it
+                        # (the upstream, on the load generator's core).
+                        waits = (tree_waits(contender.pid) - waits_before) / done
+                        upstream_waits = (
+                            tree_waits(found["upstream"].pid) - upstream_waits_before
+                        ) / done
+                        record(name, f"{measure}_waits", waits)
+                        pieces += (
+                            f", worker {cpu_us:.0f} ({busy:.2f} of its core, {waits:.1f} sleeps;"
+                            f" upstream {upstream_waits:.1f} sleeps)"
+                        )
                         if contender.gateway:  # + redis-server's (the embedded store: inside)
                             store_s = (
                                 tree_cpu_s(contender.store_pid) - store_before
@@ -391,6 +405,19 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                                 else 0.0
                             )
                             record(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
+                            if contender.store_pid:
+                                pieces += f", redis-server {store_s * 1e6 / done:.1f}"
+                        # The load generator's core's share taken by the programs on it (the
+                        # upstream, wrk and, with --redis-core 1, redis-server): near 1, that
+                        # core and not the contender's set the round's rate (decision 0010,
+                        # 19zzzze).
+                        on_client_core = upstream_cpu + client_cpu
+                        if contender.store_pid and args.redis_core == c.CLIENT_CORE:
+                            on_client_core += store_s * 1e6 / done
+                        client_core = on_client_core * done / 1e6 / (time.monotonic() - wall_before)
+                        record(name, f"{measure}_client_core_us", on_client_core)
+                        record(name, f"{measure}_client_core", client_core)
+                        pieces += f"; load generator's core {client_core:.2f} busy"
                         if contender.store_pid:  # redis-server's wait for its core
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
                             record(name, f"{measure}_store_wait", waited * 1e6 / done)

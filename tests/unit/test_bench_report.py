@@ -132,3 +132,33 @@ def test_the_load_generator_s_costs_are_no_redis_over_embedded_target() -> None:
     lines = report.targets(samples)
     assert any("Redis ÷ embedded, anth:" in x for x in lines)
     assert not any("_upstream_cpu" in x or "_client_cpu" in x for x in lines)
+
+
+def test_each_stream_round_gives_the_load_generator_s_core_per_stream_of_redis_and_embedded() -> (
+    None
+):
+    """Where the load generator's core is full it sets the rate (decision 0010, 19zzzze): a
+    round's Redis ÷ embedded ratio is read beside that core's µs per stream for each."""
+    samples = {
+        "gateway-redis": {
+            "lines": [1800.0, 2000.0],
+            "lines_client_core_us": [540.0, 470.0],
+            "lines_client_core": [0.95, 0.94],
+            "rps": [1.0],
+        },
+        "gateway-sqlite": {
+            "lines": [2000.0, 2000.0],
+            "lines_client_core_us": [486.0, 470.0],
+            "lines_client_core": [0.94, 0.95],
+            "rps": [1.0],
+        },
+    }
+    line = report.client_core_lines(samples)[0]
+    assert (
+        "lines 0.90x (540 vs 486 us, ÷ 0.90x; busy 0.95 vs 0.94), "
+        "1.00x (470 vs 470 us, ÷ 1.00x; busy 0.94 vs 0.95)." in line
+    )
+    assert "rps" not in line.split(":", 1)[1]
+    # a run from before the core's share was recorded: no line
+    assert report.client_core_lines({k: {"lines": v["lines"]} for k, v in samples.items()}) == []
+    assert not any("client_core" in x for x in report.targets(samples))

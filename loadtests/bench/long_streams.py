@@ -23,6 +23,9 @@ once every stream is open, the time it was read minus its stamp (paced_upstream.
 stream's time from its request to its last byte (`stream_ms_mean`). Off by default: the
 de-chunking costs the client's core.
 
+With `"keepalive": true`, each slot keeps one connection and sends its next request on it as
+soon as the last answer ends, as wrk does (`kept_slot`); by default each stream has its own.
+
 Every stream's TTFB is returned too (`ttfb_ms`, in the order the streams were opened), so that
 rounds can be pooled (report.pooled_p99).
 
@@ -106,9 +109,10 @@ class Stream(asyncio.Protocol):
     # each whole event's relay delay (ms), with `"events": true` (set by `run`)
     delays: list[float] | None = None
 
-    def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
+    def __init__(self, request: bytes, done: asyncio.Future[None], kept: bool = False) -> None:
         self.request = request
         self.done = done
+        self.kept = kept  # on a kept-alive connection: its end leaves the connection open
         self.started = time.perf_counter()
         self.ttfb_s: float | None = None
         self.head = b""
@@ -149,7 +153,10 @@ class Stream(asyncio.Protocol):
         self.tail = window[-32:]
         if self.tail.endswith(END) and self.transport is not None:
             self.last_byte_s = time.perf_counter() - self.started
-            self.transport.close()
+            if not self.kept:
+                self.transport.close()
+            elif not self.done.done():
+                self.done.set_result(None)
 
     def read_events(self, data: bytes, now: float) -> None:
         """The whole events this read completes, each one's relay delay kept."""
@@ -195,7 +202,9 @@ def http_request(spec: dict[str, object]) -> tuple[str, int, bytes]:
     url = urlsplit(str(spec["url"]))
     body = str(spec["body"]).encode()
     headers = {"host": url.netloc, "content-type": "application/json",
-               "content-length": str(len(body)), "connection": "close", **dict(spec["headers"])}  # type: ignore[call-overload]  # fmt: skip
+               "content-length": str(len(body)),
+               "connection": "keep-alive" if spec.get("keepalive") else "close",
+               **dict(spec["headers"])}  # type: ignore[call-overload]  # fmt: skip
     head = f"POST {url.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     return url.hostname or "127.0.0.1", url.port or 80, head.encode() + b"\r\n" + body
 
@@ -207,6 +216,64 @@ async def slot(spec: dict[str, object], delay_s: float, deadline: float) -> list
     outcomes = [await one(host, port, request, timeout_s)]
     while time.perf_counter() < deadline:
         outcomes.append(await one(host, port, request, timeout_s))
+    return outcomes
+
+
+class Kept(asyncio.Protocol):
+    """One kept-alive connection: its bytes go to the stream in flight on it."""
+
+    def __init__(self) -> None:
+        self.current: Stream | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.current is not None:
+            self.current.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.current is not None:
+            self.current.connection_lost(exc)
+
+
+async def kept_slot(
+    spec: dict[str, object], delay_s: float, deadline: float
+) -> list[Stream | None]:
+    """`slot` with `"keepalive": true`: one connection, each next request sent on it as soon as
+    the last answer's end is read (as wrk does); a connection lost or a stream timed out ends
+    the slot."""
+    await asyncio.sleep(delay_s)
+    host, port, request = http_request(spec)
+    timeout_s = float(spec["timeout_s"])  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    kept = Kept()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.create_connection(lambda: kept, host, port)
+    except (OSError, TimeoutError):
+        return [None]
+    outcomes: list[Stream | None] = []
+    try:
+        while not outcomes or time.perf_counter() < deadline:
+            if kept.transport is None or kept.transport.is_closing():
+                break
+            stream = Stream(request, loop.create_future(), kept=True)
+            stream.transport = kept.transport
+            kept.current = stream
+            kept.transport.write(request)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await stream.done
+            except TimeoutError:
+                outcomes.append(stream if stream.ttfb_s is not None else None)
+                break
+            outcomes.append(stream)
+    finally:
+        if kept.transport is not None:
+            kept.transport.close()
     return outcomes
 
 
@@ -236,8 +303,9 @@ async def run(spec: dict[str, object]) -> dict[str, object]:
     lags = [0.0]
     tick = asyncio.ensure_future(ticker(lags))
     try:
+        each = kept_slot if spec.get("keepalive") else slot
         per_slot = await asyncio.gather(
-            *(slot(spec, i * ramp / count, started + until) for i in range(count))
+            *(each(spec, i * ramp / count, started + until) for i in range(count))
         )
     finally:
         tick.cancel()

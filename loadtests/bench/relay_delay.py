@@ -109,7 +109,13 @@ def started(
 
 
 def one_round(
-    url: str, headers: dict[str, str], model: str, streams: int, seconds: float, ramp_s: float
+    url: str,
+    headers: dict[str, str],
+    model: str,
+    streams: int,
+    seconds: float,
+    ramp_s: float,
+    keepalive: bool = False,
 ) -> dict[str, object]:
     message = {"role": "user", "content": "Say hello to the benchmark."}
     body = {"model": model, "stream": True, "max_tokens": 64, "messages": [message]}
@@ -122,6 +128,7 @@ def one_round(
         "until_s": seconds,
         "timeout_s": 30.0,
         "events": True,
+        "keepalive": keepalive,
     }
     outcome: dict[str, object] = dict(long_streams(spec))
     outcome.pop("ttfb_ms", None)
@@ -182,6 +189,12 @@ def main() -> int:
         help="paced: paced_upstream.py (µs stamps, each stream on its own schedule); nginx: the "
         "side-by-side's `lines20` (ms stamps of its cached clock: its relay delays are coarse)",
     )
+    parser.add_argument(
+        "--keepalive",
+        action="store_true",
+        help="each slot's streams on one kept-alive connection, the next request sent as soon "
+        "as the last answer ends (as wrk does); by default a connection per stream",
+    )
     args = parser.parse_args()
     if args.before is not None and BEFORE not in args.contenders:
         args.contenders.append(BEFORE)
@@ -201,7 +214,9 @@ def main() -> int:
             order = list(found.items())
             for name, (url, headers, model, pid) in order[::-1] if rnd % 2 else order:
                 cpu = tree_cpu_s(pid) if pid else 0.0
-                outcome = one_round(url, headers, model, args.streams, args.seconds, args.ramp)
+                outcome = one_round(
+                    url, headers, model, args.streams, args.seconds, args.ramp, args.keepalive
+                )
                 if pid:
                     used = tree_cpu_s(pid) - cpu
                     outcome["server_cpu_us_per_stream"] = used * 1e6 / max(1, outcome["streams"])  # type: ignore[call-overload]

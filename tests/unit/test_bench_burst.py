@@ -1,6 +1,9 @@
 """The burst's TTFB p99 pooled over rounds, and the per-event relay delay's reading
 (report.pooled*, long_streams.Dechunker and relay_delays; decision 0012, 19zzzzf)."""
 
+import asyncio
+import time
+
 from loadtests.bench import long_streams, report
 
 
@@ -81,3 +84,35 @@ def test_a_whole_event_s_relay_delay_is_its_read_minus_its_stamp() -> None:
     ]
     delays = long_streams.relay_delays(events, 1765000000.2515, since=1765000000.2)
     assert [round(d, 3) for d in delays] == [1.5]
+
+
+def test_a_kept_alive_slot_sends_each_next_request_on_the_same_connection() -> None:
+    """`"keepalive": true` (as wrk does): the streams of a slot share one connection; here the
+    server closes it after its third answer, which ends the slot."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+    )
+    accepted = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        for _ in range(3):
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)  # the body, "{}"
+            writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> list[long_streams.Stream | None]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        spec = {"url": f"http://127.0.0.1:{port}/x", "body": "{}", "headers": {},
+                "timeout_s": 5.0, "keepalive": True}  # fmt: skip
+        async with server:
+            return await long_streams.kept_slot(spec, 0.0, time.perf_counter() + 60)
+
+    outcomes = asyncio.run(main())
+    assert len(accepted) == 1
+    streams = [s for s in outcomes if s is not None]
+    assert [s.complete for s in streams][:3] == [True, True, True]
+    assert len(streams) <= 4  # (a fourth request may be sent before the close is read)

@@ -526,7 +526,17 @@ class Meter:
             return  # nothing to charge (the limiters' own early return, without their call)
         if not usage.in_bounds():
             usage = usage.bounded()  # (said once, by `settle`, which gets the same usage)
-        await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)
+        try:
+            await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)
+        except StoreError as exc:
+            # The answer is served and settled (billed): a token limit the store could not
+            # charge must not turn it into the client's 503. Fails open, said.
+            log.warning(
+                "store error: %d tokens of request %s not charged to the token limit: %s",
+                usage.total_tokens,
+                ticket.request_id,
+                exc,
+            )
 
 
 def counted(usage: TokenUsage, served: str) -> TokenUsage:

@@ -9,6 +9,7 @@ order against one shared server:
                   same call, whole)
     length-fake   text answer with finish_reason length; filter-fake: content_filter
     pause-fake    streamed: one event, then waits until the test releases it
+    answer-pause-fake  not streamed: the answer (gpt-fake's) waits until the test releases it
     done-stall-fake  streamed: every event and [DONE], then the body's end waits until the
                   test releases it
     cut-fake      streamed: two events, then the connection is cut (no [DONE])
@@ -459,6 +460,9 @@ class FakeOpenAI:
             await asyncio.sleep(3)
         if model == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="text/html")
+        if model == "answer-pause-fake" and not stream:
+            self._release.clear()
+            await asyncio.wait_for(self._release.wait(), timeout=30)
         stop = body.get("stop")
         stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else None
         if not stream:

@@ -4,7 +4,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self, final
 
 __all__ = [
+    "AdmitPlan",
     "ClientSpan",
+    "CreditBook",
     "Dechunker",
     "Decision",
     "EventStreamError",
@@ -260,7 +262,74 @@ class Limiter:
     def charge(
         self, key: str, capacity: float, refill_per_s: float, amount: float, now_s: float
     ) -> None: ...
+    # The embedded store's admission in one call (rust_core/src/admission.rs): the plan's
+    # limits, the book's credit (reserve_micros > 0) and the key's budgets decided and taken
+    # together under the limiter's lock. Returns the plan's admission type made with the
+    # answer (gateway.limits.Admission), or an int of the reads needed first (1: the balance,
+    # never read or short and not read just now; 2: the key's spend, never read), nothing
+    # taken. fresh: those read just now (a short balance then refuses).
+    def admit(
+        self,
+        plan: AdmitPlan,
+        book: CreditBook,
+        reserve_micros: int,
+        now_s: float,
+        fresh: int = 0,
+    ) -> Any: ...
     def __len__(self) -> int: ...
+
+@final
+class AdmitPlan:
+    """One account's (and key's) admission arguments for Limiter.admit, made once per distinct
+    limits (frozen): the limits as acquire takes them (buckets [rpm, key rpm?, tpm?], quotas
+    [rpd, key rpd?]), the key's own limits (the rate headers show the tighter), the key's
+    budget periods' names in the book and their caps (None: no budget), and the type the
+    answer is made as (called with outcome, retry_after_s, limit_requests, remaining_requests,
+    reset_requests_s, limit_requests_day, remaining_requests_day, reserved_micros,
+    limited_by_key, key_reserved_micros)."""
+
+    def __new__(
+        cls,
+        account_id: str,
+        buckets: list[tuple[str, float, float, float]],
+        quotas: list[tuple[str, int, int]],
+        requests_per_minute: int,
+        requests_per_day: int,
+        key_requests_per_minute: int | None,
+        key_requests_per_day: int | None,
+        budget_names: tuple[str, str, str] | None,
+        budget_caps: tuple[int | None, int | None, int | None] | None,
+        admission: Callable[..., Any],
+    ) -> Self: ...
+
+@final
+class CreditBook:
+    """The embedded store's credit balances and key spend held in memory (thread-safe), with
+    the reservations of requests in flight: per account the stored balance as last read or
+    written; per key period (`key|d:YYYY-MM-DD`, `key|m:YYYY-MM`, `key|t`) the settled spend."""
+
+    def __new__(cls) -> Self: ...
+    # The stored balance as just read; returns what requests in flight reserve of it.
+    def load_balance(self, account_id: str, balance: int) -> int: ...
+    # None: the balance was never read; else whether the reservation was made.
+    def reserve_credits(self, account_id: str, micros: int) -> bool | None: ...
+    def release_credits(self, account_id: str, micros: int) -> None: ...
+    def reserved_credits(self, account_id: str) -> int: ...
+    # A settled batch: reservations given back, balances as now stored.
+    def settled_credits(self, released: dict[str, int], balances: dict[str, int]) -> None: ...
+    def forget_balances(self) -> None: ...
+    def load_spend(self, names: tuple[str, str, str], spent: tuple[int, int, int]) -> None: ...
+    # None: the key's spend was never read; else whether every cap still covers it.
+    def reserve_spend(
+        self,
+        names: tuple[str, str, str],
+        caps: tuple[int | None, int | None, int | None],
+        micros: int,
+    ) -> bool | None: ...
+    def release_spend(self, names: tuple[str, str, str], micros: int) -> None: ...
+    # A settled batch: reservations given back per period name, the totals as now stored.
+    def settled_spend(self, released: dict[str, int], totals: dict[str, int]) -> None: ...
+    def forget_spend(self) -> None: ...
 
 @final
 class ServerSpan:

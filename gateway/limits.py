@@ -63,6 +63,23 @@ class KeyGate(Struct, frozen=True, gc=False):
         return b.day_micros is not None or b.month_micros is not None or b.total_micros is not None
 
 
+def periods(day: str) -> tuple[str, str, str]:
+    """A key budget's periods of a UTC day: the day, its month, ever (gateway/store/sqlite_keys)."""
+    return f"d:{day}", f"m:{day[:7]}", "t"
+
+
+def spend_names(key_id: str, day: str) -> tuple[str, str, str]:
+    """The credit book's names of a key's three periods of `day` (gateway._core.CreditBook)."""
+    day_period, month, ever = periods(day)
+    return f"{key_id}|{day_period}", f"{key_id}|{month}", f"{key_id}|{ever}"
+
+
+def budget_caps(key: KeyGate) -> tuple[int | None, int | None, int | None]:
+    """The key's caps, in `spend_names`' order."""
+    b = key.budget
+    return b.day_micros, b.month_micros, b.total_micros
+
+
 class Admission(Struct, frozen=True, gc=False):
     outcome: Outcome
     retry_after_s: float
@@ -194,23 +211,55 @@ class LeasingLimiter(Protocol):
         ...
 
 
+@runtime_checkable
+class DecidingLimiter(Protocol):
+    """A limiter that decides an admission in process, never in flight (the embedded store's):
+    `Meter.start` makes it a DecidedAdmission, without a pending admission's gate."""
+
+    def decide(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | int:
+        """The Admission, decided now; or an int: what must be read first (call `admit`)."""
+        ...
+
+    async def admit(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission: ...
+
+
 def bucket_keys(account_id: str) -> tuple[str, str, str]:
     return f"rpm:{account_id}", f"rpd:{account_id}", f"tpm:{account_id}"
 
 
 class Reservations(Protocol):
-    """The embedded store's side of an admission (gateway/store/sqlite.py)."""
+    """The embedded store's side of an admission (gateway/store/sqlite.py): the credit book
+    the limiter decides against, and the reads of what the book has not read yet."""
 
-    async def reserve_credits(self, account_id: str, micros: int) -> bool: ...
-    async def release_credits(self, account_id: str, micros: int) -> None: ...
-    async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
-        """Count `micros` against the key's spend if every budget still covers it."""
+    book: _core.CreditBook
+
+    async def read_balance(self, account_id: str) -> bool:
+        """The account's stored balance read into the book (False: no such account)."""
         ...
 
-    async def release_key_spend(self, key: KeyGate, micros: int) -> None: ...
+    async def read_key_spend(self, key: KeyGate) -> None:
+        """The key's settled spend of its periods of `key.day` read into the book."""
+        ...
+
+
+# `_core.Limiter.admit`'s reads asked for (and said done, `fresh`): the balance, the key's spend.
+READ_BALANCE = 1
+READ_SPEND = 2
 
 
 class EmbeddedLimiter:
+    """The limits, the credit reservation and the key's budgets decided in one call
+    (`_core.Limiter.admit`, rust_core/src/admission.rs) against the store's credit book, under
+    the limiter's lock: atomic, so no store call sits between the check and the take. What the
+    book has not read (a balance never read, a short balance to read again before refusing,
+    since credits added by another process land in the file; a key's spend never read) is read
+    through the store and the call made again, saying what was just read; nothing is taken
+    before that, so a cancellation meanwhile has nothing to give back."""
+
     def __init__(
         self,
         store: Reservations,
@@ -219,13 +268,43 @@ class EmbeddedLimiter:
     ) -> None:
         self._core = _core.Limiter(max_keys)
         self._store = store
+        self._book = store.book
         self._clock = clock
-        # (account, spec, key) -> the admission's (buckets, quotas) arguments: built once per
-        # distinct account and limits, not per request (the core only reads them).
-        self._admit_args: dict[
-            tuple[str, LimitSpec, KeyGate | None],
-            tuple[list[tuple[str, float, float, float]], list[tuple[str, int, int]]],
-        ] = {}
+        # (account, spec, key) -> the admission's plan (limits, which are the key's, budgets):
+        # built once per distinct account, limits and key's day, not per request.
+        self._plans: dict[tuple[str, LimitSpec, KeyGate | None], _core.AdmitPlan] = {}
+
+    def _plan(self, account_id: str, spec: LimitSpec, key: KeyGate | None) -> _core.AdmitPlan:
+        plan_key = (account_id, spec, key)
+        plan = self._plans.get(plan_key)
+        if plan is not None:
+            return plan
+        if len(self._plans) >= 100_000:
+            self._plans.clear()
+        buckets, quotas = self._limits(account_id, spec, key)
+        budgeted = key if key is not None and key.has_budget else None
+        plan = self._plans[plan_key] = _core.AdmitPlan(
+            account_id,
+            buckets,
+            quotas,
+            spec.requests_per_minute,
+            spec.requests_per_day,
+            (key.requests_per_minute or None) if key is not None else None,
+            (key.requests_per_day or None) if key is not None else None,
+            spend_names(budgeted.key_id, budgeted.day) if budgeted is not None else None,
+            budget_caps(budgeted) if budgeted is not None else None,
+            Admission,
+        )
+        return plan
+
+    def decide(
+        self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
+    ) -> Admission | int:
+        """`admit` without awaiting: the Admission, or the reads it needs first (an int:
+        `READ_BALANCE | READ_SPEND`; then call `admit`, which reads them)."""
+        plan = self._plans.get((account_id, spec, key)) or self._plan(account_id, spec, key)
+        answer: Admission | int = self._core.admit(plan, self._book, reserve_micros, self._clock())
+        return answer
 
     def _limits(
         self, account_id: str, spec: LimitSpec, key: KeyGate | None, cost: int = 1
@@ -294,43 +373,19 @@ class EmbeddedLimiter:
     async def admit(
         self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
     ) -> Admission:
-        args_key = (account_id, spec, key)
-        args = self._admit_args.get(args_key)
-        if args is None:
-            if len(self._admit_args) >= 100_000:
-                self._admit_args.clear()
-            args = self._admit_args[args_key] = self._limits(account_id, spec, key)
-        buckets, quotas = args
-        first = self._core.peek(buckets, quotas, self._clock())
-        if not first.allowed:
-            return self._admission(spec, key, first, "rate_limited")
-        if reserve_micros > 0 and not await self._store.reserve_credits(account_id, reserve_micros):
-            return self._admission(spec, key, first, "insufficient_credits")
-        budgeted = key if key is not None and key.has_budget else None
-        if budgeted is not None:
-            try:
-                fits = await self._store.reserve_key_spend(budgeted, reserve_micros)
-            except BaseException:  # cancelled (the client went away) while the spend was read
-                if reserve_micros > 0:
-                    await self._store.release_credits(account_id, reserve_micros)
-                raise
-            if not fits:
-                if reserve_micros > 0:
-                    await self._store.release_credits(account_id, reserve_micros)
-                return self._admission(spec, key, first, "key_budget_exceeded")
-        # The store calls yielded to the event loop: another request may have taken the last
-        # token meanwhile, so acquire for real and give the reservations back if that lost.
-        decision = self._core.acquire(buckets, quotas, self._clock())
-        if not decision.allowed:
-            if reserve_micros > 0:
-                await self._store.release_credits(account_id, reserve_micros)
-            if budgeted is not None:
-                await self._store.release_key_spend(budgeted, reserve_micros)
-            return self._admission(spec, key, decision, "rate_limited")
-        admitted = self._admission(spec, key, decision, "admitted", reserve_micros)
-        if budgeted is None:
-            return admitted
-        return msgspec.structs.replace(admitted, key_reserved_micros=reserve_micros)
+        plan = self._plan(account_id, spec, key)
+        fresh = 0
+        while True:  # (at most three calls: each read is asked for once)
+            answer: Admission | int = self._core.admit(
+                plan, self._book, reserve_micros, self._clock(), fresh
+            )
+            if not isinstance(answer, int):
+                return answer
+            if answer & READ_BALANCE:
+                await self._store.read_balance(account_id)
+            if answer & READ_SPEND and key is not None:
+                await self._store.read_key_spend(key)
+            fresh |= answer
 
     async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
         if not spec.tokens_per_minute or tokens <= 0:

@@ -53,13 +53,19 @@ from gateway.errors import (
 from gateway.keys import allowed_targets
 from gateway.limits import (
     Admission,
+    DecidingLimiter,
     KeyGate,
     LeasingLimiter,
     Limiter,
     LimitSpec,
     SendingLimiter,
 )
-from gateway.pending_admission import CLIENT_CLOSED, PendingAdmission
+from gateway.pending_admission import (
+    CLIENT_CLOSED,
+    Admitting,
+    DecidedAdmission,
+    PendingAdmission,
+)
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import Settings
@@ -245,6 +251,9 @@ class Meter:
         self.sender = limiter if isinstance(limiter, SendingLimiter) else None
         # ... and decided in process while the worker holds a lease (Redis, decision 0003).
         self.leaser = limiter if isinstance(limiter, LeasingLimiter) else None
+        # ... or decided in one call, never in flight (the embedded store): `start` makes it
+        # a DecidedAdmission, without the pending admission's gate.
+        self.embedded = limiter if isinstance(limiter, DecidingLimiter) else None
         self._recorder = recorder
         self._clock = clock
         # Metrics and the request log line (gateway/observer.py); set by create_app.
@@ -307,11 +316,12 @@ class Meter:
         targets: list[CatalogEntry],
         reserve_for: Callable[[list[CatalogEntry]], int],
         allowed_already: bool = False,
-    ) -> PendingAdmission:
+    ) -> Admitting:
         """`admit`, but the admission's round trip (Redis) is only sent: the route prepares its
         upstream call under `PendingAdmission.overlapping` while the reply is on its way
         (gateway/admission_gate.py). The allowlist's 403 and an unknown account's 401 are raised
-        here, as `admit` raises them."""
+        here, as `admit` raises them; an embedded admission is decided here (a
+        DecidedAdmission, its refusal raised here)."""
         if self._recorder.overflowing:
             raise LedgerUnwritable()
         allowed = targets if allowed_already else self.allowed(auth, requested, targets)
@@ -322,6 +332,21 @@ class Meter:
         now = self._clock()
         gate = key_gate(auth, _day_name(int(now // SECONDS_PER_DAY)))
         admission = self._still_denied(account.id, spec, gate) if self._denied else None
+        embedded = self.embedded
+        if embedded is not None:  # decided in one call (reads first if the book asks them)
+            remember = admission is None
+            if admission is None:
+                decided = embedded.decide(account.id, spec, reserve_micros, gate)
+                admission = (
+                    decided
+                    if not isinstance(decided, int)
+                    else await embedded.admit(account.id, spec, reserve_micros, gate)
+                )
+            ticket = self.admission_ticket(
+                admission, request_id, account, auth.key_id, spec, gate, now, allowed,
+                reserve_micros, remember,
+            )  # fmt: skip
+            return DecidedAdmission(self, ticket)
         sender = self.sender
         if admission is None and self.leaser is not None:
             admission = self.leaser.admit_leased(account.id, spec, reserve_micros, gate)

@@ -289,8 +289,51 @@ class PendingAdmission:
         failure.__exit__(kind, exc, traceback)
 
 
+class DecidedAdmission:
+    """An admission decided when it was started, the embedded store's (never in flight, so no
+    gate, no reply to read or to give back): the route's side of PendingAdmission alone. A
+    refusal was raised by `Meter.start`; an admitted request's failure in `overlapping` is
+    settled at no cost with the admission's headers on its error (`Meter.settle_on_failure`)."""
+
+    __slots__ = ("_meter", "_ticket", "stream", "targets")
+
+    def __init__(self, meter: Meter, ticket: Ticket) -> None:
+        self._meter = meter
+        self._ticket = ticket
+        self.targets = ticket.targets  # what this key may use, in order: call only these
+        self.stream = False
+
+    async def read_reply(self) -> None:
+        """Nothing on its way (PendingAdmission's)."""
+
+    def ticket(self) -> Ticket:
+        return self._ticket
+
+    def overlapping(self, stream: bool) -> DecidedAdmission:
+        """`async with admission.overlapping(stream):` around the route's upstream call."""
+        self.stream = stream
+        return self
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:  # (a cancellation too: the admitted request is settled)
+            failure = self._meter.settle_on_failure(self._ticket, self.stream)
+            failure.__exit__(kind, exc, traceback)
+
+
+# What `Meter.start` returns: an admission on its way (Redis), or decided (embedded).
+Admitting = PendingAdmission | DecidedAdmission
+
+
 def served_answer_ticket(
-    pending: PendingAdmission,
+    pending: Admitting,
     retrier: Retrier,
     served: CatalogEntry,
     tokens: int,
@@ -309,7 +352,7 @@ def served_answer_ticket(
 
 
 async def served_ticket(
-    pending: PendingAdmission,
+    pending: Admitting,
     retrier: Retrier,
     served: CatalogEntry,
     tokens: int,

@@ -28,6 +28,8 @@ class _Timed:
         timed: Callable[..., Any]
         if name in _SENT:  # sent now, its reply read later: timed from sending to the reply
             timed = _timed_send(attr, _SENT[name], self._metrics)
+        elif name in _DECIDED:
+            timed = _timed_decide(attr, _DECIDED[name], self._metrics)
         elif name in _REPLIES:
             setattr(self, name, attr)  # the rest of a timed send: not timed twice
             return attr
@@ -43,6 +45,34 @@ class _Timed:
 # operation it stands for, from sending to its reply, as an awaited one is.
 _SENT = {"send_admit": "admit"}
 _REPLIES = frozenset({"admission_of", "admit_leased"})
+
+
+# An admission decided in process without awaiting (the embedded store's, one Rust call):
+# timed as the operation it stands for. One that must read first (an int: the reads it
+# needs) is not: the awaited `admit` that follows is timed, once for the admission.
+_DECIDED = {"decide": "admit"}
+
+
+def _timed_decide(call: Callable[..., Any], operation: str, metrics: Metrics) -> Callable[..., Any]:
+    duration = metrics.store_duration.labels(metrics.store_backend, operation)
+    errors = metrics.store_errors.labels(metrics.store_backend, operation)
+    buffer = metrics.buffer
+    bounds, counts, total = buffer.pending(duration)  # added into directly, as `_timed` does
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            answer = call(*args, **kwargs)
+        except Exception:
+            buffer.inc(errors)
+            raise
+        if answer.__class__ is not int:
+            took = time.perf_counter() - started
+            counts[bisect_left(bounds, took)] += 1
+            total[0] += took
+        return answer
+
+    return timed
 
 
 def _timed_send(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from gateway import _core
 from gateway.limits import EmbeddedLimiter, Limiter
 from gateway.store import sqlite_grants, sqlite_keys
 from gateway.store.base import (
@@ -110,14 +111,14 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         self._conn: sqlite3.Connection | None = None
         # Credit reservations live in memory: an embedded store belongs to exactly one process,
         # so the check-and-reserve of every request needs no thread hop. The stored balance
-        # moves at settlement (by the actual cost). The store's thread updates these inside the
-        # same job as the SQL it mirrors, so every read through the store is one consistent
-        # snapshot; the lock only makes the event loop's check-and-reserve atomic with that.
-        self._credits_lock = threading.Lock()
+        # moves at settlement (by the actual cost). The book (gateway._core.CreditBook: per
+        # account the stored balance as last read or written and what requests not settled yet
+        # reserve; per key and period the same of its spend) is updated by the store's thread
+        # inside the same job as the SQL it mirrors, so every read through the store is one
+        # consistent snapshot; the embedded limiter decides an admission against it in one
+        # call (decision 0011, twenty-eighth pass).
+        self.book = _core.CreditBook()
         self._puts_lock = threading.Lock()  # the Responses API's batch of rows to keep
-        self._balance: dict[str, int] = {}  # stored balance, as last read or written
-        self._reserved: dict[str, int] = {}  # reserved by requests not settled yet
-        self._key_spend = sqlite_keys.KeySpendBook()  # the same for key budgets
         self._names = LedgerNames()  # the ledger's names' ids (the store's thread alone)
         # Changes made by another connection (the `klawd` CLI on the same file): watched with
         # PRAGMA data_version once a server registers its caches (on_invalidate).
@@ -188,9 +189,8 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
             except StoreError:
                 current = None
             if seen is not None and current is not None and current != seen:
-                with self._credits_lock:
-                    self._balance.clear()  # read again at each account's next reservation
-                self._key_spend.forget()
+                self.book.forget_balances()  # read again at each account's next reservation
+                self.book.forget_spend()
                 for handler in self._handlers:
                     handler("all", "")
             if current is not None:
@@ -254,9 +254,7 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         account = _get_account(conn, account_id)
         if account is None:
             return None
-        with self._credits_lock:
-            self._balance[account.id] = account.credits_micros
-            reserved = self._reserved.get(account.id, 0)
+        reserved = self.book.load_balance(account.id, account.credits_micros)
         if not reserved:
             return account
         return msgspec.structs.replace(account, credits_micros=account.credits_micros - reserved)
@@ -292,40 +290,21 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
         return await self._run(update)
 
     # -- credits and usage ----------------------------------------------------------------------
-    async def _read_balance(self, account_id: str) -> bool:
+    async def read_balance(self, account_id: str) -> bool:
+        """The account's stored balance read into the credit book; False: no such account."""
         return await self._run(lambda conn: self._get(conn, account_id) is not None)
 
-    def _reserve_now(self, account_id: str, micros: int) -> bool | None:
-        """None when the balance was never read; else whether the reservation was made."""
-        with self._credits_lock:
-            balance = self._balance.get(account_id)
-            if balance is None:
-                return None
-            reserved = self._reserved.get(account_id, 0)
-            if balance - reserved < micros:
-                return False
-            self._reserved[account_id] = reserved + micros
-            return True
-
     async def reserve_credits(self, account_id: str, micros: int) -> bool:
-        if self._reserve_now(account_id, micros):
+        if self.book.reserve_credits(account_id, micros):
             return True
         # Never read, or not enough: the stored balance may have grown since it was read
         # (credits added with the CLI), so read it again before refusing.
-        if not await self._read_balance(account_id):
+        if not await self.read_balance(account_id):
             return False
-        return bool(self._reserve_now(account_id, micros))
+        return bool(self.book.reserve_credits(account_id, micros))
 
     async def release_credits(self, account_id: str, micros: int) -> None:
-        with self._credits_lock:
-            self._release(account_id, micros)
-
-    def _release(self, account_id: str, micros: int) -> None:
-        left = self._reserved.get(account_id, 0) - micros
-        if left > 0:
-            self._reserved[account_id] = left
-        else:
-            self._reserved.pop(account_id, None)
+        self.book.release_credits(account_id, micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
         """One transaction per batch, set-based (a few statements, not two per entry), so the
@@ -353,11 +332,8 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                 if conn.in_transaction:  # (SQLite may have rolled back itself: sqlite_tx.py)
                     conn.execute("ROLLBACK")
                 raise
-            with self._credits_lock:
-                for account_id, micros in sums.reserved.items():
-                    self._release(account_id, micros)
-                self._balance.update(balances)
-            self._key_spend.settled(sums.key_reserved, key_totals)
+            self.book.settled_credits(sums.reserved, balances)
+            self.book.settled_spend(sqlite_keys.released_spend(sums.key_reserved), key_totals)
             return grants
 
         return await self._run(settle)

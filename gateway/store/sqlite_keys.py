@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from gateway.limits import KeyGate
+from gateway import _core
+from gateway.limits import KeyGate, budget_caps, periods, spend_names
 from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow
 
 T = TypeVar("T")
@@ -82,10 +82,6 @@ SELECT_USAGE_BY_KEY = (
 )
 
 
-def periods(day: str) -> tuple[str, str, str]:
-    return f"d:{day}", f"m:{day[:7]}", "t"
-
-
 def migrate_keys(conn: sqlite3.Connection) -> None:
     """Files made before keys had policies get the column (added empty: no limits)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
@@ -133,67 +129,18 @@ def spend_of(conn: sqlite3.Connection, key_ids: list[str], day: str) -> dict[str
     return {key_id: KeySpend(*read_spend(conn, key_id, day)) for key_id in key_ids}
 
 
-class KeySpendBook:
-    """Settled spend as last read or written, and reservations in flight, per key and period.
-    The lock makes the event loop's check-and-reserve atomic with the store thread's updates."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spent: dict[str, int] = {}  # "key|period" -> settled micros
-        self._reserved: dict[str, int] = {}  # "key|period" -> reserved micros
-
-    def try_reserve(self, key: KeyGate, micros: int) -> bool | None:
-        """None when the key's spend of this day was never read; else whether it fits."""
-        names = [f"{key.key_id}|{p}" for p in periods(key.day)]
-        caps = (key.budget.day_micros, key.budget.month_micros, key.budget.total_micros)
-        with self._lock:
-            if any(name not in self._spent for name in names):
-                return None
-            for name, cap in zip(names, caps, strict=True):
-                if cap is not None and (
-                    self._spent[name] + self._reserved.get(name, 0) + micros > cap
-                ):
-                    return False
-            if micros:
-                for name in names:
-                    self._reserved[name] = self._reserved.get(name, 0) + micros
-            return True
-
-    def load(self, key_id: str, day: str, spent: tuple[int, int, int]) -> None:
-        with self._lock:
-            if len(self._spent) > 300_000:
-                self._spent.clear()
-            for period, value in zip(periods(day), spent, strict=True):
-                self._spent[f"{key_id}|{period}"] = value
-
-    def release(self, key_id: str, day: str, micros: int) -> None:
-        with self._lock:
-            self._release(key_id, day, micros)
-
-    def _release(self, key_id: str, day: str, micros: int) -> None:
-        for period in periods(day):
-            name = f"{key_id}|{period}"
-            left = self._reserved.get(name, 0) - micros
-            if left > 0:
-                self._reserved[name] = left
-            else:
-                self._reserved.pop(name, None)
-
-    def settled(self, reserved: Mapping[tuple[str, str], int], totals: dict[str, int]) -> None:
-        """`reserved`: (key id, day) -> what the settled entries had reserved against it."""
-        with self._lock:
-            for (key_id, day), micros in reserved.items():
-                self._release(key_id, day, micros)
-            self._spent.update(totals)
-
-    def forget(self) -> None:
-        with self._lock:
-            self._spent.clear()
+def released_spend(reserved: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """(key id, day) -> micros settled, as the book's names of their periods -> micros."""
+    released: dict[str, int] = {}
+    for (key_id, day), micros in reserved.items():
+        for name in spend_names(key_id, day):
+            released[name] = released.get(name, 0) + micros
+    return released
 
 
 class SqliteKeys:
     if TYPE_CHECKING:
-        _key_spend: KeySpendBook
+        book: _core.CreditBook
 
         async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T: ...
 
@@ -264,16 +211,21 @@ class SqliteKeys:
     async def key_spend(self, account_id: str, key_ids: list[str], day: str) -> dict[str, KeySpend]:
         return await self._run(lambda conn: spend_of(conn, key_ids, day))
 
+    async def read_key_spend(self, key: KeyGate) -> None:
+        """The key's settled spend of its periods of `key.day`, read into the credit book."""
+        spent = await self._run(lambda conn: read_spend(conn, key.key_id, key.day))
+        self.book.load_spend(spend_names(key.key_id, key.day), spent)
+
     async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
-        fits = self._key_spend.try_reserve(key, micros)
+        names = spend_names(key.key_id, key.day)
+        fits = self.book.reserve_spend(names, budget_caps(key), micros)
         if fits is None:
-            spent = await self._run(lambda conn: read_spend(conn, key.key_id, key.day))
-            self._key_spend.load(key.key_id, key.day, spent)
-            fits = self._key_spend.try_reserve(key, micros)
+            await self.read_key_spend(key)
+            fits = self.book.reserve_spend(names, budget_caps(key), micros)
         return bool(fits)
 
     async def release_key_spend(self, key: KeyGate, micros: int) -> None:
-        self._key_spend.release(key.key_id, key.day, micros)
+        self.book.release_spend(spend_names(key.key_id, key.day), micros)
 
     async def usage_by_key(
         self, account_id: str, since_day: str, until_day: str

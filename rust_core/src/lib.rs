@@ -13,8 +13,10 @@
 //!   `chat_body`'s readers).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 //! - [`ids`]: non-secret ids (request, answer, ledger entry) cut from buffered random bytes.
+//! - [`admission`]: the embedded store's admission (limits, credit, key budgets) in one call.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
 
+pub mod admission;
 pub mod anthropic_body;
 pub mod bucket;
 mod chat_body;

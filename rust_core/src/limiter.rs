@@ -240,7 +240,22 @@ impl Limiter {
         quotas: &[QuotaLimit<'_>],
         now: f64,
     ) -> Result<Decision, CoreError> {
-        self.decide(buckets, quotas, now, true)
+        Ok(self.decide(buckets, quotas, now, true, || true)?.0)
+    }
+
+    /// `acquire` with one more condition decided under the limiter's lock (the credit and key
+    /// budget reservations of an admission: `crate::admission`): `gate` runs only when every
+    /// limit allows, and the limits are consumed only if it returns true. Returns the decision
+    /// (the limits' own: `allowed` with a refusing gate is a peek's answer) and whether the
+    /// limits were consumed.
+    pub fn acquire_if(
+        &self,
+        buckets: &[BucketLimit<'_>],
+        quotas: &[QuotaLimit<'_>],
+        now: f64,
+        gate: impl FnOnce() -> bool,
+    ) -> Result<(Decision, bool), CoreError> {
+        self.decide(buckets, quotas, now, true, gate)
     }
 
     /// The answer `acquire` would give, consuming nothing.
@@ -250,7 +265,7 @@ impl Limiter {
         quotas: &[QuotaLimit<'_>],
         now: f64,
     ) -> Result<Decision, CoreError> {
-        self.decide(buckets, quotas, now, false)
+        Ok(self.decide(buckets, quotas, now, false, || true)?.0)
     }
 
     /// An after-the-fact charge (e.g. tokens per minute from actual usage); may drive the level
@@ -280,7 +295,8 @@ impl Limiter {
         quotas: &[QuotaLimit<'_>],
         now: f64,
         consume: bool,
-    ) -> Result<Decision, CoreError> {
+        gate: impl FnOnce() -> bool,
+    ) -> Result<(Decision, bool), CoreError> {
         check_now(now)?;
         for b in buckets {
             check_bucket(b.spec, b.cost)?;
@@ -329,7 +345,8 @@ impl Limiter {
             }
             used.push((u, need));
         }
-        let consumed = allowed && consume;
+        // (the gate runs under the lock: what it reserves and the limits move together)
+        let consumed = allowed && consume && gate();
 
         for (b, &(level, need)) in buckets.iter().zip(&levels) {
             let after = if allowed { level - need } else { level };
@@ -358,11 +375,12 @@ impl Limiter {
             inner.touch(buckets, quotas);
         }
         drop(inner);
-        Ok(Decision {
+        let decision = Decision {
             allowed,
             retry_after_s: if allowed { 0.0 } else { retry_after },
             remaining,
             reset_s,
-        })
+        };
+        Ok((decision, consumed))
     }
 }

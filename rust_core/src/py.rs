@@ -21,6 +21,7 @@ use crate::limiter::{BucketLimit, Decision, Limiter, QuotaLimit};
 use crate::reframe::{Options, Stream};
 use crate::usage::Usage;
 
+mod admission;
 mod bodies;
 mod ids;
 mod spans;
@@ -457,6 +458,21 @@ impl PyLimiter {
         Ok(self.inner.peek(&b, &q, now_s)?.into())
     }
 
+    /// The embedded store's admission in one call (`crate::admission`): an Admission of
+    /// `plan`'s type, or the reads it needs first (1: the balance, 2: the key's spend, or both).
+    #[pyo3(signature = (plan, book, reserve_micros, now_s, fresh = 0))]
+    fn admit(
+        &self,
+        py: Python<'_>,
+        plan: &admission::PyAdmitPlan,
+        book: &admission::PyCreditBook,
+        reserve_micros: i64,
+        now_s: f64,
+        fresh: u8,
+    ) -> PyResult<Py<PyAny>> {
+        admission::admit(py, &self.inner, plan, book, reserve_micros, now_s, fresh)
+    }
+
     fn charge(
         &self,
         key: &str,
@@ -485,6 +501,8 @@ mod _core {
     #[pymodule_export]
     const __version__: &str = crate::VERSION;
 
+    #[pymodule_export]
+    use super::admission::{PyAdmitPlan, PyCreditBook};
     #[pymodule_export]
     use super::bodies::{
         anthropic_chat_request, chat_request_messages, gemini_chat_request, json_nesting_depth,

@@ -22,7 +22,10 @@ const PRELUDE_LEN: usize = 12;
 const OVERHEAD: usize = PRELUDE_LEN + 4;
 
 /// A header value (only strings matter to the reframer; the rest is decoded to be skipped
-/// correctly and kept for completeness).
+/// correctly and kept for completeness). A string's bytes are checked as UTF-8 when it is read
+/// ([`Message::header_str`]), not when decoded: a message carries three string headers, the
+/// reframer reads one or two, and the check of each short string was most of the decoder's
+/// cost (a tenth of a tool-call stream's: docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderValue<'a> {
     /// Types 0 and 1.
@@ -37,8 +40,8 @@ pub enum HeaderValue<'a> {
     Long(i64),
     /// Type 6.
     Bytes(&'a [u8]),
-    /// Type 7.
-    Str(&'a str),
+    /// Type 7: its bytes, UTF-8 not yet checked.
+    Str(&'a [u8]),
     /// Type 8: milliseconds since the epoch.
     Timestamp(i64),
     /// Type 9.
@@ -48,18 +51,23 @@ pub enum HeaderValue<'a> {
 /// One decoded message, borrowing the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
-    /// The headers in wire order.
-    pub headers: Vec<(&'a str, HeaderValue<'a>)>,
+    /// The headers in wire order (names as bytes: compared, never returned).
+    pub headers: Vec<(&'a [u8], HeaderValue<'a>)>,
     /// The payload bytes (JSON for Bedrock).
     pub payload: &'a [u8],
 }
 
 impl Message<'_> {
-    /// The first string header of that name.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find_map(|(n, v)| match v {
-            HeaderValue::Str(s) if *n == name => Some(*s),
+    /// The first string header of that name; its value not UTF-8 is a malformed header.
+    pub fn header_str(&self, name: &str) -> Result<Option<&str>, CoreError> {
+        let found = self.headers.iter().find_map(|(n, v)| match v {
+            HeaderValue::Str(raw) if *n == name.as_bytes() => Some(*raw),
             _ => None,
+        });
+        found.map_or(Ok(None), |raw| {
+            std::str::from_utf8(raw)
+                .map(Some)
+                .map_err(|_| malformed("string is not UTF-8"))
         })
     }
 }
@@ -195,13 +203,12 @@ fn fixed<const N: usize>(bytes: &[u8], at: &mut usize) -> Result<[u8; N], CoreEr
     Ok(out)
 }
 
-fn parse_headers(bytes: &[u8]) -> Result<Vec<(&str, HeaderValue<'_>)>, CoreError> {
+fn parse_headers(bytes: &[u8]) -> Result<Vec<(&[u8], HeaderValue<'_>)>, CoreError> {
     let mut headers = Vec::with_capacity(4);
     let mut at = 0;
     while at < bytes.len() {
         let name_len = usize::from(take(bytes, &mut at, 1)?[0]);
-        let name = std::str::from_utf8(take(bytes, &mut at, name_len)?)
-            .map_err(|_| malformed("name is not UTF-8"))?;
+        let name = take(bytes, &mut at, name_len)?;
         let kind = take(bytes, &mut at, 1)?[0];
         let value = match kind {
             0 => HeaderValue::Bool(true),
@@ -216,9 +223,7 @@ fn parse_headers(bytes: &[u8]) -> Result<Vec<(&str, HeaderValue<'_>)>, CoreError
                 if kind == 6 {
                     HeaderValue::Bytes(raw)
                 } else {
-                    HeaderValue::Str(
-                        std::str::from_utf8(raw).map_err(|_| malformed("string is not UTF-8"))?,
-                    )
+                    HeaderValue::Str(raw)
                 }
             }
             8 => HeaderValue::Timestamp(i64::from_be_bytes(fixed::<8>(bytes, &mut at)?)),
@@ -295,17 +300,32 @@ mod tests {
         assert_eq!(
             headers,
             Ok(vec![
-                ("a", HeaderValue::Bool(true)),
-                ("b", HeaderValue::Bool(false)),
-                ("c", HeaderValue::Byte(-1)),
-                ("d", HeaderValue::Short(2)),
-                ("e", HeaderValue::Int(3)),
-                ("f", HeaderValue::Long(4)),
-                ("g", HeaderValue::Bytes(&[9, 8])),
-                ("h", HeaderValue::Timestamp(5)),
-                ("i", HeaderValue::Uuid([7; 16])),
+                (&b"a"[..], HeaderValue::Bool(true)),
+                (b"b", HeaderValue::Bool(false)),
+                (b"c", HeaderValue::Byte(-1)),
+                (b"d", HeaderValue::Short(2)),
+                (b"e", HeaderValue::Int(3)),
+                (b"f", HeaderValue::Long(4)),
+                (b"g", HeaderValue::Bytes(&[9, 8])),
+                (b"h", HeaderValue::Timestamp(5)),
+                (b"i", HeaderValue::Uuid([7; 16])),
             ])
         );
+    }
+
+    #[test]
+    fn a_string_header_read_is_checked_as_utf8() {
+        let head = [1, b'a', 7, 0, 2, 0xc3, 0x28, 1, b'b', 7, 0, 2, b'o', b'k'];
+        let message = Message {
+            headers: parse_headers(&head).unwrap_or_default(),
+            payload: b"",
+        };
+        assert_eq!(message.header_str("b"), Ok(Some("ok")));
+        assert_eq!(message.header_str("c"), Ok(None));
+        assert!(matches!(
+            message.header_str("a"),
+            Err(CoreError::EventStream(m)) if m.contains("not UTF-8")
+        ));
     }
 
     #[test]

@@ -158,12 +158,14 @@ impl Framing {
 }
 
 fn message_event<'m>(m: &'m Message<'_>) -> Result<Event<'m>, CoreError> {
-    let message_type = m.header_str(":message-type").unwrap_or("event");
+    let message_type = m.header_str(":message-type")?.unwrap_or("event");
     let name = if message_type == "event" {
-        m.header_str(":event-type")
+        m.header_str(":event-type")?
     } else {
-        m.header_str(":exception-type")
-            .or_else(|| m.header_str(":error-code"))
+        match m.header_str(":exception-type")? {
+            Some(kind) => Some(kind),
+            None => m.header_str(":error-code")?,
+        }
     };
     let data = std::str::from_utf8(m.payload)
         .map_err(|_| CoreError::EventStream("event stream payload is not UTF-8".to_owned()))?;

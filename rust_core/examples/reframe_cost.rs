@@ -9,7 +9,10 @@
 //! `ConverseStream` tool call: a line of text, then one `toolUse` whose arguments, a 4.1 KB file
 //! to write, arrive in 295 `delta.toolUse.input` fragments, as `side_by_side`'s `anth-tools`
 //! sends Anthropic's `input_json_delta`s: `loadtests/bench/contenders.py`,
-//! `anthropic_tool_events`).
+//! `anthropic_tool_events`); `anthropic_tools` (that Anthropic stream itself: a line of text,
+//! then one `tool_use` block whose arguments arrive in 295 `input_json_delta` fragments; the
+//! recorded `rust_core/tests/fixtures/bench_anthropic_tools.sse`, which the `anthropic` SDK reads
+//! as a tool call in `tests/core/test_bench_tool_stream_sdk.py`).
 //!
 //! A third argument, `events`, feeds the body one event at a time, cut after each `\n\n` (a
 //! read per event, as `side_by_side`'s `event` measure sends it) rather than in one piece.
@@ -210,6 +213,7 @@ fn main() {
         "gemini" => gemini_body(),
         "bedrock" => bedrock_body(),
         "bedrock_tools" => bedrock_tools_body(),
+        "anthropic_tools" => include_bytes!("../tests/fixtures/bench_anthropic_tools.sse").to_vec(),
         _ => std::process::exit(2),
     };
     let pieces = if std::env::args().nth(3).as_deref() == Some("events") {
@@ -224,10 +228,10 @@ fn main() {
         include_usage: false,
         response_fields: "{}".to_owned(),
     };
-    let name = if kind == "bedrock_tools" {
-        "bedrock"
-    } else {
-        &kind
+    let name = match kind.as_str() {
+        "bedrock_tools" => "bedrock",
+        "anthropic_tools" => "anthropic",
+        other => other,
     };
     let mut total = 0;
     for _ in 0..streams {

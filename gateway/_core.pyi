@@ -12,6 +12,7 @@ __all__ = [
     "EventStreamError",
     "IdSource",
     "Limiter",
+    "PendingHistogram",
     "Reframer",
     "ServerSpan",
     "SpanRecorder",
@@ -406,6 +407,18 @@ class IdSource:
     def token_hex(self, nbytes: int) -> str:
         """`nbytes` (1 to SLOT_BYTES) random bytes as hex, as `secrets.token_hex(nbytes)`."""
     def forget(self) -> None: ...
+
+@final
+class PendingHistogram:
+    """A histogram child's observations since the last `take` (gateway/metrics_buffer.py,
+    rust_core/src/histogram.rs): `observe(value)` counts it in the first bucket whose upper
+    bound is not below it (`bisect_left`) and adds it to the sum; `take()` gives the counts
+    per bucket and the sum, zeroed (None when nothing was observed). ValueError without
+    bounds."""
+
+    def __new__(cls, bounds: Sequence[float]) -> Self: ...
+    def observe(self, value: float) -> None: ...
+    def take(self) -> tuple[list[int], float] | None: ...
 
 @final
 class SpanRecorder:

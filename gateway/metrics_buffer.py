@@ -12,26 +12,27 @@ layout prometheus-client's `Histogram.observe` writes; tests/unit/test_metrics_a
 checks that a flushed histogram reads exactly as one observed directly.
 
 The request path's own hooks (gateway/observer.py) go one step further: `tally(children)` and
-`pending(histogram)` hand out the running totals themselves (a list per set of counters, the
-bucket counts and sum per histogram child), kept for the app's life and zeroed in place at each
-flush, so that a hook adds into them with no call per update (docs/decisions/0011, issue 19m).
+`pending(histogram)` hand out the running totals themselves, kept for the app's life and zeroed
+at each flush: a list per set of counters, which a hook adds into with no call per update
+(docs/decisions/0011, issue 19m); and per histogram child a `_core.PendingHistogram`
+(rust_core/src/histogram.rs), whose `observe(value)` is one call for the bucket's search, its
+count and the sum (`bisect_left` and two float additions in Python were ~1.9K instructions an
+observation, three a request: decision 0011, issue 19zzzzd).
 """
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# A histogram child's pending observations: (its upper bounds, the count per bucket, [sum]).
-Pending = tuple[list[float], list[int], list[float]]
+from gateway._core import PendingHistogram
 
 
 class MetricBuffer:
     def __init__(self) -> None:
         self._counters: dict[Counter | Gauge, float] = {}
-        self._histograms: dict[Histogram, Pending] = {}
+        self._histograms: dict[Histogram, PendingHistogram] = {}
         self._tallies: dict[tuple[Counter | Gauge, ...], list[float]] = {}
 
     def tally(self, children: tuple[Counter | Gauge, ...]) -> list[float]:
@@ -43,13 +44,12 @@ class MetricBuffer:
             totals = self._tallies[children] = [0.0] * len(children)
         return totals
 
-    def pending(self, child: Histogram) -> Pending:
-        """This histogram child's pending observations, for the caller to add into:
-        `counts[bisect_left(bounds, value)] += 1; total[0] += value` is one `observe`."""
+    def pending(self, child: Histogram) -> PendingHistogram:
+        """This histogram child's pending observations, for the caller to observe into
+        (`pending.observe(value)`, as the child's `observe` counts it)."""
         pending = self._histograms.get(child)
         if pending is None:
-            bounds: list[float] = child._upper_bounds
-            pending = self._histograms[child] = (bounds, [0] * len(bounds), [0.0])
+            pending = self._histograms[child] = PendingHistogram(child._upper_bounds)
         return pending
 
     def inc(self, child: Counter | Gauge, amount: float = 1.0) -> None:
@@ -57,12 +57,7 @@ class MetricBuffer:
         self._counters[child] = self._counters.get(child, 0.0) + amount
 
     def observe(self, child: Histogram, value: float) -> None:
-        pending = self._histograms.get(child)
-        if pending is None:
-            pending = self.pending(child)
-        bounds, counts, total = pending
-        counts[bisect.bisect_left(bounds, value)] += 1
-        total[0] += value
+        (self._histograms.get(child) or self.pending(child)).observe(value)
 
     def flush(self) -> None:
         counters, self._counters = self._counters, {}
@@ -74,14 +69,14 @@ class MetricBuffer:
                 if amount:
                     children[index].inc(amount)
                     totals[index] = 0.0
-        # Zeroed in place, not replaced: the request path holds these lists (`pending`).
-        for histogram, (_, counts, total) in self._histograms.items():
-            if not any(counts):
+        # Taken and zeroed in place: the request path holds these objects (`pending`).
+        for histogram, pending in self._histograms.items():
+            taken = pending.take()
+            if taken is None:
                 continue
+            counts, total = taken
             values: list[Any] = histogram._buckets
             for index, count in enumerate(counts):
                 if count:
                     values[index].inc(count)
-                    counts[index] = 0
-            histogram._sum.inc(total[0])
-            total[0] = 0.0
+            histogram._sum.inc(total)

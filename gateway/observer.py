@@ -22,7 +22,6 @@ through the metrics buffer, flushed once a second):
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -84,15 +83,13 @@ class RequestObserver:
         children = self._http.get(key)
         if children is None:
             children = _remember(self._http, key, self._http_children(*key))
-        # The running totals themselves (gateway/metrics_buffer.py): no call per update.
-        requests, (bounds, counts, total), ttfb = children
+        # The running totals themselves (gateway/metrics_buffer.py): no call per counter, one
+        # per histogram.
+        requests, duration, ttfb = children
         requests[0] += 1.0
-        counts[bisect_left(bounds, duration_s)] += 1
-        total[0] += duration_s
+        duration.observe(duration_s)
         if ttfb_s is not None:
-            bounds, counts, total = ttfb
-            counts[bisect_left(bounds, ttfb_s)] += 1
-            total[0] += ttfb_s
+            ttfb.observe(ttfb_s)
         ttfb_ms = None if ttfb_s is None else ttfb_s * 1000
         if record.held is None:
             self.request_log.write(record, duration_s * 1000, ttfb_ms)
@@ -191,9 +188,7 @@ class RequestObserver:
         if child is None:
             child = _remember(self._upstream, key, self._upstream_child(provider, error_type))
         if error_type is None:
-            bounds, counts, total = child
-            counts[bisect_left(bounds, duration_s)] += 1
-            total[0] += duration_s
+            child.observe(duration_s)
         else:
             child[0] += 1.0
         record = current_request.get()

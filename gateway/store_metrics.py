@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -57,7 +56,7 @@ def _timed_decide(call: Callable[..., Any], operation: str, metrics: Metrics) ->
     duration = metrics.store_duration.labels(metrics.store_backend, operation)
     errors = metrics.store_errors.labels(metrics.store_backend, operation)
     buffer = metrics.buffer
-    bounds, counts, total = buffer.pending(duration)  # added into directly, as `_timed` does
+    observe = buffer.pending(duration).observe  # observed into directly, as `_timed` does
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -67,9 +66,7 @@ def _timed_decide(call: Callable[..., Any], operation: str, metrics: Metrics) ->
             buffer.inc(errors)
             raise
         if answer.__class__ is not int:
-            took = time.perf_counter() - started
-            counts[bisect_left(bounds, took)] += 1
-            total[0] += took
+            observe(time.perf_counter() - started)
         return answer
 
     return timed
@@ -81,7 +78,7 @@ def _timed_send(
     duration = metrics.store_duration.labels(metrics.store_backend, operation)
     errors = metrics.store_errors.labels(metrics.store_backend, operation)
     buffer = metrics.buffer
-    bounds, counts, total = buffer.pending(duration)  # added into directly, as `_timed` does
+    observe = buffer.pending(duration).observe  # observed into directly, as `_timed` does
 
     def timed(*args: Any, **kwargs: Any) -> tuple[asyncio.Future[Any], bool] | None:
         started = time.perf_counter()
@@ -97,9 +94,7 @@ def _timed_send(
                     failed = True
                 if failed:
                     buffer.inc(errors)
-                took = time.perf_counter() - started
-                counts[bisect_left(bounds, took)] += 1
-                total[0] += took
+                observe(time.perf_counter() - started)
 
             sent[0].add_done_callback(replied)
         return sent
@@ -113,8 +108,8 @@ def _timed(
     duration = metrics.store_duration.labels(metrics.store_backend, operation)
     errors = metrics.store_errors.labels(metrics.store_backend, operation)
     buffer = metrics.buffer
-    # The duration's pending buckets and sum, added into directly (gateway/metrics_buffer.py).
-    bounds, counts, total = buffer.pending(duration)
+    # The duration's pending observations, observed into directly (gateway/metrics_buffer.py).
+    observe = buffer.pending(duration).observe
 
     async def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -124,9 +119,7 @@ def _timed(
             buffer.inc(errors)
             raise
         finally:
-            took = time.perf_counter() - started
-            counts[bisect_left(bounds, took)] += 1
-            total[0] += took
+            observe(time.perf_counter() - started)
 
     return timed
 

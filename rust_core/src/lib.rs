@@ -12,6 +12,7 @@
 //! - [`gemini_body`]: the same for a Gemini `GenerateContentRequest` (both read the body with
 //!   `chat_body`'s readers).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
+//! - [`histogram`]: a histogram child's pending observations (the metrics buffer's).
 //! - [`ids`]: non-secret ids (request, answer, ledger entry) cut from buffered random bytes.
 //! - [`admission`]: the embedded store's admission (limits, credit, key budgets) in one call.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
@@ -26,6 +27,7 @@ pub mod errors;
 pub mod eventstream;
 pub mod gemini_body;
 pub mod head;
+pub mod histogram;
 pub mod ids;
 mod json;
 pub mod json_depth;

@@ -23,6 +23,7 @@ use crate::usage::Usage;
 
 mod admission;
 mod bodies;
+mod histogram;
 mod ids;
 mod spans;
 
@@ -508,6 +509,8 @@ mod _core {
         anthropic_chat_request, chat_request_messages, gemini_chat_request, json_nesting_depth,
         openai_chat_answer, openai_chat_request,
     };
+    #[pymodule_export]
+    use super::histogram::PyPendingHistogram;
     #[pymodule_export]
     use super::ids::PyIdSource;
     #[pymodule_export]

@@ -137,8 +137,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             # The provider's own stream knows its last piece (ends the body in that send).
             stream.finished if isinstance(stream, ReframedStream) else None,
         )
-        # This frame waits as long as the stream is open: it keeps nothing the stream does not.
-        del headers, pending, targets, tries
+        # This frame waits as long as the stream is open: it keeps nothing the stream does not
+        # (the relay keeps the request's prompt size, not the request).
+        del headers, pending, targets, tries, chat
         await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
@@ -281,17 +282,18 @@ def _failure(exc: Exception, error_event: Callable[[GatewayError], bytes]) -> tu
 async def _settle(
     state: AppState,
     ticket: Ticket,
-    chat: ChatRequest,
+    prompt_chars: int,
     stream: UpstreamStream,
     target: CatalogEntry,
     status: int,
     failed: bool = False,
 ) -> None:
     """However a relay ended: the upstream released (dropped if not whole), what was generated
-    billed. `failed`: the stream ended on a failure after its first byte (`status` is its)."""
+    billed (`prompt_chars`: the request's, for the estimate when the upstream gave no usage).
+    `failed`: the stream ended on a failure after its first byte (`status` is its)."""
     await stream.aclose()
     usage = stream.usage or TokenUsage(
-        estimate_tokens(chat.prompt_chars()), estimate_tokens(stream.content_chars)
+        estimate_tokens(prompt_chars), estimate_tokens(stream.content_chars)
     )
     broke_off = failed and status in UPSTREAM_BROKE_OFF
     state.meter.settle(ticket, target, usage, 0, status, True, broke_off, failed)
@@ -307,7 +309,7 @@ class ReframedRelay(Stepped):
     route's stream, and the Messages and Responses routes' (the provider's stream passed
     through, or translated: gateway/api/translated.py) when it is stepped."""
 
-    __slots__ = ("chat", "error_event", "state", "status", "stream", "target", "ticket")
+    __slots__ = ("error_event", "prompt_chars", "state", "status", "stream", "target", "ticket")
 
     def __init__(
         self,
@@ -328,7 +330,8 @@ class ReframedRelay(Stepped):
         )
         self.state = state
         self.ticket = ticket
-        self.chat = chat
+        # what the settlement reads of the request (held for the stream's life: not the request)
+        self.prompt_chars = chat.prompt_chars()
         self.stream = stream
         self.target = target
         self.error_event = error_event
@@ -347,7 +350,9 @@ class ReframedRelay(Stepped):
         status = self.status or (
             200 if whole else ShuttingDown.status if drained else CLIENT_CLOSED
         )
-        return _settle(self.state, self.ticket, self.chat, self.stream, self.target, status, failed)
+        return _settle(
+            self.state, self.ticket, self.prompt_chars, self.stream, self.target, status, failed
+        )
 
 
 async def relay(
@@ -367,6 +372,8 @@ async def relay(
     status = CLIENT_CLOSED
     failed = False
     add_cost = cost_in_usage and chat.include_usage
+    prompt_chars = chat.prompt_chars()
+    del chat  # the generator's frame lives as long as the stream: not the request
     try:
         if isinstance(stream, ReframedStream):
             # Its pieces stepped to and its bytes awaited here: no coroutine of the stream's
@@ -397,4 +404,4 @@ async def relay(
         # No anyio shield here (it cost 16-20 us a stream): the gateway cancels with asyncio's
         # own `Task.cancel`, which an anyio shield does not hold back, and after the one cancel
         # that ends a stream these awaits run normally.
-        await _settle(state, ticket, chat, stream, target, status, failed)
+        await _settle(state, ticket, prompt_chars, stream, target, status, failed)

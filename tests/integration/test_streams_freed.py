@@ -29,6 +29,7 @@ from gateway.app import GC_THRESHOLDS, create_app
 from gateway.limits import KeyGate
 from gateway.metering import Ticket
 from gateway.pending_admission import PendingAdmission
+from gateway.schemas.openai import ChatRequest
 from gateway.settings import load_settings
 from loadtests.bench.asgi_scope import http_scope
 from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY, free_port, gateway_config
@@ -401,3 +402,27 @@ def test_only_the_upstreams_failures_mid_stream_count_against_its_circuit(
         "openai/error-event": 1,
         "slowai/stall-stream": 1,
     }
+
+
+def test_an_open_chat_stream_holds_no_chat_request(config: Path) -> None:
+    """After its head, a chat stream's relay needs of the request only its prompt's size (the
+    settlement's estimate when the upstream gives no usage): neither the route's frame nor the
+    relay keeps the decoded request (~0.6 KB of Python objects a stream, docs/decisions/0005,
+    twenty-seventh pass) for the stream's life."""
+    opened = 4
+
+    async def main() -> int:
+        async with started(config) as app:
+            tasks = [asyncio.ensure_future(app.chat("openai/hold-fake")) for _ in range(opened)]
+            while app.first_events < opened:
+                await asyncio.sleep(0.01)
+            gc.collect()
+            held = sum(isinstance(thing, ChatRequest) for thing in gc.get_objects())
+            for gone in app.clients:
+                if not gone.done():
+                    gone.set_result({"type": "http.disconnect"})
+            await asyncio.gather(*tasks)
+        return held
+
+    held = uvloop.run(within(main(), 30))
+    assert held == 0, f"{held} ChatRequest objects held by {opened} open streams"

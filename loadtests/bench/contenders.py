@@ -1,8 +1,9 @@
 """The processes of `make bench`: the fake upstream, and the contenders measured against it.
 
 Core 0 runs the server under test (every contender is pinned there, each started up front and
-measured in turn); core 1 runs the fake upstream, Redis and the load generator (Redis at real-time
-priority where allowed: it runs as soon as a command arrives, as on a core of its own).
+measured in turn) and, in `make bench`, redis-server (as the embedded store's SQLite work runs
+there; decision 0012, issue 19zzzze); core 1 runs the fake upstream and the load generator.
+Redis runs at real-time priority where allowed: as soon as a command arrives.
 
 The fake upstream is Debian's nginx answering fixed bodies: an OpenAI chat.completion (`/json`),
 a 50-event OpenAI stream as one static body (`/sse`), and chunked streams sent the way real

@@ -1,13 +1,14 @@
 """What one request costs the Redis store, counted per request: not a ratio, an inventory.
 
     .venv/bin/python -m loadtests.bench.redis_costs [--measures rps,event,lines,lines20]
-        [--seconds 3] [--reps 3] [--redis-core 1] [--before DIR] [--this DIR]
+        [--seconds 3] [--reps 3] [--redis-core 0] [--before DIR] [--this DIR]
 
 One gateway worker on Redis (pinned to core 0, as `make bench` runs it), the fake upstream (nginx)
-and wrk on core 1, redis-server on `--redis-core` (1 as in `make bench`; 0 shares the worker's
-core, as the embedded store's SQLite work does). For each measure and round, from the counters
-before and after one wrk run: Redis commands per request (`INFO commandstats`: the FCALLs and
-the commands they run inside, plus anything else a request sends), Redis's own time per request
+and wrk on core 1, redis-server on `--redis-core` (0 as in `make bench` since issue 19zzzze:
+the worker's core, as the embedded store's SQLite work; 1: the load generator's, as before).
+For each measure and round, from the counters before and after one wrk run: Redis commands
+per request (`INFO commandstats`: the FCALLs and the commands they run inside, plus anything
+else a request sends), Redis's own time per request
 (`usec` of those commands), the server's reads and writes per request (`INFO stats`: how
 many commands arrive together), redis-server's CPU per request from /proc (user + system: what the
 commands, the event loop and the replies cost its core), the gateway worker's CPU per request,
@@ -272,7 +273,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--redis-core", choices=("0", "1"), default=c.CLIENT_CORE)
+    parser.add_argument("--redis-core", choices=("0", "1"), default=c.SERVER_CORE)
     c.add_redis_priority(parser)
     parser.add_argument(
         "--before", type=Path, help="also a gateway running this checkout's `gateway` package"

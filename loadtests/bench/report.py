@@ -566,14 +566,21 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
                 "stream's sleeps also last the loop iteration that set them"
             )
             + "), "
-            "Redis, wrk and the stream client share core 1 (Redis "
+            "wrk and the stream client share core 1; "
             + (
-                "at real-time priority: run as soon as a command arrives, as on a core of "
-                "its own, its wait for the core reported per request"
-                if notes.get("redis_priority") == "realtime"
-                else "at normal priority: queued behind wrk and the upstream"
+                "redis-server runs on core 0 with the contenders (since 19zzzze: its CPU taken "
+                "from the gateway's core, as the embedded store's SQLite work is; on core 1 the "
+                "per-line measure's full load-generator core decided the Redis rounds)"
+                if getattr(args, "redis_core", c.CLIENT_CORE) == c.SERVER_CORE
+                else "redis-server runs on core 1 with them, as before 19zzzze"
             )
-            + "). Each round measures every contender once, back to back (the order reversed "
+            + (
+                ", at real-time priority: run as soon as a command arrives, its wait for the "
+                "core reported per request"
+                if notes.get("redis_priority") == "realtime"
+                else ", at normal priority: queued behind the others on its core"
+            )
+            + ". Each round measures every contender once, back to back (the order reversed "
             f"every other round), for {args.seconds:g} s (after a 1 s warm-up); figures are "
             f"medians of {args.reps} rounds and ratios medians of the per-round ratios. Added "
             "latency = the contender's wrk latency at 1 connection minus the upstream's own. "

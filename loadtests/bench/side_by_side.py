@@ -4,10 +4,12 @@
     .venv/bin/python -m loadtests.bench.side_by_side --measures lat,lines --seconds 3   # a look
 
 Every contender is started up front, pinned to core 0 (one worker each); the fake upstream
-(nginx: fixed bodies, chunked streams with the echo module), Redis, wrk and the stream client run
-on core 1 (`--redis-core 0`: Redis on the gateway's core instead, a quick look), Redis at
-real-time priority there (`--redis-priority normal`: as before issue 19zd, queued behind wrk and
-the upstream for its turn on the core; its wait per request is reported either way). For the
+(nginx: fixed bodies, chunked streams with the echo module), wrk and the stream client run on
+core 1; redis-server runs on core 0 with the contenders, as the embedded store's SQLite work
+does (`--redis-core 1`: on the load generator's core, as before issue 19zzzze, whose per-line
+rounds that full core decided), at real-time priority (`--redis-priority normal`: as before
+issue 19zd, queued behind the others for its turn on the core; its wait per request is reported
+either way). For the
 gateways the CPU per request is also given with redis-server's own added (`*_all_cpu`). The two
 pass-throughs share the stack (Granian + uvloop + one aiohttp session): the Starlette floor
 (floor_app.py) and the bare ASGI callable (bare_app.py); `--contenders ...,bare-rsgi` adds
@@ -170,7 +172,7 @@ def started(
     directory: Path,
     names: list[str],
     before: Path | None = None,
-    redis_core: str = c.CLIENT_CORE,
+    redis_core: str = c.SERVER_CORE,
     before_store: str = "sqlite",
     redis_realtime: bool | None = None,
     gc_logs: bool = False,
@@ -564,9 +566,11 @@ def main() -> int:
     parser.add_argument(
         "--redis-core",
         choices=(c.SERVER_CORE, c.CLIENT_CORE),
-        default=c.CLIENT_CORE,
-        help="where redis-server runs: with the load generator and the upstream (the default, "
-        "as `make bench`), or with the gateway worker, as the embedded store's work is",
+        default=c.SERVER_CORE,
+        help="where redis-server runs: with the gateway worker, as the embedded store's work is "
+        "(the default since issue 19zzzze, as `make bench`), or with the load generator and the "
+        "upstream (1: before 19zzzze; on the per-line measure that core is full and its share "
+        "of redis-server's work decides the Redis rounds)",
     )
     c.add_redis_priority(parser)
     parser.add_argument(
@@ -609,7 +613,7 @@ def main() -> int:
     if args.write_docs and (
         args.measures != set(MEASURES) - OPT_IN
         or args.contenders != NAMES
-        or args.redis_core != "1"
+        or args.redis_core != c.SERVER_CORE
         or args.gc_log
         or args.paced_rate != "stream-time"
         or args.upstream_timers != c.UPSTREAM_TIMER_RESOLUTION

@@ -277,6 +277,9 @@ class Limiter:
         now_s: float,
         fresh: int = 0,
     ) -> Any: ...
+    # What an admission on the plan's limits alone would answer now, nothing taken (an
+    # Admission of the plan's type: admitted or rate limited, the headers of what is left).
+    def peek_admission(self, plan: AdmitPlan, now_s: float) -> Any: ...
     def __len__(self) -> int: ...
 
 @final

@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import msgspec
 from msgspec import Struct
 
 from gateway import _core
@@ -307,68 +306,32 @@ class EmbeddedLimiter:
         return answer
 
     def _limits(
-        self, account_id: str, spec: LimitSpec, key: KeyGate | None, cost: int = 1
+        self, account_id: str, spec: LimitSpec, key: KeyGate | None
     ) -> tuple[list[tuple[str, float, float, float]], list[tuple[str, int, int]]]:
         """Buckets: the account's requests/minute, the key's (if any), tokens/minute (if any);
-        quotas: the account's requests/day, the key's (if any). See _admission for the order."""
+        quotas: the account's requests/day, the key's (if any): the order the plan's layout
+        reads the headers in (rust_core/src/admission.rs, `Layout`). Each request costs one."""
         rpm_key, rpd_key, tpm_key = bucket_keys(account_id)
         rpm = float(spec.requests_per_minute)
-        buckets = [(rpm_key, rpm, rpm / 60.0, float(cost))]
-        quotas = [(rpd_key, spec.requests_per_day, cost)]
+        buckets = [(rpm_key, rpm, rpm / 60.0, 1.0)]
+        quotas = [(rpd_key, spec.requests_per_day, 1)]
         if key is not None and key.requests_per_minute:
             key_rpm = float(key.requests_per_minute)
-            buckets.append((f"krpm:{key.key_id}", key_rpm, key_rpm / 60.0, float(cost)))
+            buckets.append((f"krpm:{key.key_id}", key_rpm, key_rpm / 60.0, 1.0))
         if key is not None and key.requests_per_day:
-            quotas.append((f"krpd:{key.key_id}", key.requests_per_day, cost))
+            quotas.append((f"krpd:{key.key_id}", key.requests_per_day, 1))
         if spec.tokens_per_minute:
             tpm = float(spec.tokens_per_minute)
             buckets.append((tpm_key, tpm, tpm / 60.0, 0.0))
         return buckets, quotas
 
-    def _admission(
-        self,
-        spec: LimitSpec,
-        key: KeyGate | None,
-        decision: _core.Decision,
-        outcome: Outcome,
-        reserved: int = 0,
-    ) -> Admission:
-        """The tighter of the account's and the key's limits goes into the headers."""
-        remaining, reset = decision.remaining, decision.reset_s
-        key_rpm = key.requests_per_minute if key is not None else None
-        key_rpd = key.requests_per_day if key is not None else None
-        day_index = 2 if key_rpm else 1
-        if spec.tokens_per_minute:
-            day_index += 1
-        limit, left, reset_s = spec.requests_per_minute, remaining[0], reset[0]
-        by_key = False
-        if key_rpm and remaining[1] < left:
-            limit, left, reset_s, by_key = key_rpm, remaining[1], reset[1], True
-        limit_day, left_day = spec.requests_per_day, remaining[day_index]
-        if key_rpd and remaining[day_index + 1] < left_day:
-            limit_day, left_day = key_rpd, remaining[day_index + 1]
-            by_key = by_key or left_day == 0
-        return Admission(
-            outcome=outcome,
-            retry_after_s=decision.retry_after_s,
-            limit_requests=limit,
-            remaining_requests=left,
-            reset_requests_s=reset_s,
-            limit_requests_day=limit_day,
-            remaining_requests_day=left_day,
-            reserved_micros=reserved,
-            limited_by_key=by_key and outcome == "rate_limited",
-        )
-
     async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
-        """Would one more request be admitted, and what is left now (nothing consumed)."""
-        now = self._clock()
-        one = self._core.peek(*self._limits(account_id, spec, None), now)
-        left = self._core.peek(*self._limits(account_id, spec, None, cost=0), now)
-        return msgspec.structs.replace(
-            self._admission(spec, None, left, "admitted" if one.allowed else "rate_limited"),
-            retry_after_s=one.retry_after_s,
+        """Would one more request be admitted, and what is left now (nothing consumed): the
+        headers made as an admission's are (`_core.Limiter.peek_admission`)."""
+        peeked: Admission = self._core.peek_admission(
+            self._plan(account_id, spec, None), self._clock()
         )
+        return peeked
 
     async def admit(
         self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None

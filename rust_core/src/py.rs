@@ -474,6 +474,17 @@ impl PyLimiter {
         admission::admit(py, &self.inner, plan, book, reserve_micros, now_s, fresh)
     }
 
+    /// What an admission on `plan`'s limits alone would answer now, taking nothing (the
+    /// account page's and `/v1/account`'s figures): an Admission of `plan`'s type.
+    fn peek_admission(
+        &self,
+        py: Python<'_>,
+        plan: &admission::PyAdmitPlan,
+        now_s: f64,
+    ) -> PyResult<Py<PyAny>> {
+        admission::peek(py, &self.inner, plan, now_s)
+    }
+
     fn charge(
         &self,
         key: &str,

@@ -265,6 +265,19 @@ async def test_peek_consumes_nothing(store: Store) -> None:
     assert (await limiter.admit(account.id, spec, 0)).admitted
 
 
+async def test_peek_of_a_spent_minute_says_rate_limited_with_its_wait(store: Store) -> None:
+    account = await store.create_account("q", "free", 0)
+    limiter = store.limiter()
+    spec = LimitSpec(requests_per_minute=1, requests_per_day=10)
+    assert (await limiter.admit(account.id, spec, 0)).admitted
+    peek = await limiter.peek(account.id, spec)
+    assert peek.outcome == "rate_limited" and not peek.limited_by_key
+    assert (peek.limit_requests, peek.remaining_requests) == (1, 0)
+    assert (peek.limit_requests_day, peek.remaining_requests_day) == (10, 9)
+    assert 0 < peek.retry_after_s <= 60 and 0 < peek.reset_requests_s <= 60
+    assert peek.reserved_micros == 0
+
+
 async def test_tokens_per_minute_debt_blocks_until_repaid(store: Store) -> None:
     account = await store.create_account("t", "free", 0)
     limiter = store.limiter()

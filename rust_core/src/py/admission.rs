@@ -10,7 +10,7 @@ use pyo3::types::PyList;
 
 use super::{extract_list, limits, BucketArg, QuotaArg};
 use crate::admission::{self, Admitted, Book, Budget, Claim, Layout, Outcome};
-use crate::limiter::Limiter;
+use crate::limiter::{BucketLimit, Limiter, QuotaLimit};
 
 type Names = (String, String, String);
 
@@ -140,6 +140,47 @@ impl PyAdmitPlan {
             admission,
         })
     }
+}
+
+/// `Limiter.peek_admission`: what an admission on `plan`'s limits alone would answer now,
+/// taking nothing: admitted or rate limited with its Retry-After, and the headers of what is
+/// left (a peek at no cost), made by the plan's layout as `admit`'s are. No credit, no budget.
+pub fn peek(
+    py: Python<'_>,
+    limiter: &Limiter,
+    plan: &PyAdmitPlan,
+    now_s: f64,
+) -> PyResult<Py<PyAny>> {
+    let (buckets, quotas) = limits(&plan.buckets, &plan.quotas);
+    let one = limiter.peek(&buckets, &quotas, now_s)?;
+    let free_buckets: Vec<_> = buckets
+        .iter()
+        .map(|b| BucketLimit { cost: 0.0, ..*b })
+        .collect();
+    let free_quotas: Vec<_> = quotas
+        .iter()
+        .map(|q| QuotaLimit { cost: 0, ..*q })
+        .collect();
+    let left = limiter.peek(&free_buckets, &free_quotas, now_s)?;
+    let h = plan.layout.headers(&left, buckets.len());
+    let name = if one.allowed {
+        intern!(py, "admitted")
+    } else {
+        intern!(py, "rate_limited")
+    };
+    let made = plan.admission.bind(py).call1((
+        name,
+        one.retry_after_s,
+        h.limit,
+        h.remaining,
+        h.reset_s,
+        h.limit_day,
+        h.remaining_day,
+        0i64,
+        h.by_key && !one.allowed,
+        0i64,
+    ))?;
+    Ok(made.unbind())
 }
 
 /// `Limiter.admit`: the Admission, or the reads it needs first (`admission::BALANCE |

@@ -17,9 +17,9 @@ import collections
 import contextlib
 import gc
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -35,6 +35,8 @@ from loadtests.bench.asgi_scope import http_scope
 from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.live_bound import within
+
+T = TypeVar("T")
 
 GATEWAY = str(Path(__file__).resolve().parents[2] / "gateway")
 
@@ -338,6 +340,27 @@ def held_for_the_collector() -> collections.Counter[str]:
     return found
 
 
+async def while_streams_open(
+    config: Path, opened: int, look: Callable[[], T], route: str = "/v1/chat/completions"
+) -> T:
+    """`look()`'s answer, after a full collection, while `opened` streams of `route` wait
+    between events (each past its first); the streams' clients leave after."""
+    async with started(config) as app:
+        assert app.first_events == 0  # (the start-up's admin answers are no streams)
+        tasks = [
+            asyncio.ensure_future(app.chat("openai/hold-fake", route=route)) for _ in range(opened)
+        ]
+        while app.first_events < opened:
+            await asyncio.sleep(0.01)
+        gc.collect()
+        seen = look()
+        for gone in app.clients:
+            if not gone.done():
+                gone.set_result({"type": "http.disconnect"})
+        await asyncio.gather(*tasks)
+    return seen
+
+
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
 def test_an_open_stream_keeps_no_admission_state_for_the_collector(
     config: Path, route: str
@@ -348,24 +371,7 @@ def test_an_open_stream_keeps_no_admission_state_for_the_collector(
     (msgspec `gc=False`: they never hold a cycle). docs/decisions/0012, twenty-sixth pass."""
     opened = 4
 
-    async def main() -> collections.Counter[str]:
-        async with started(config) as app:
-            assert app.first_events == 0  # (the start-up's admin answers are no streams)
-            tasks = [
-                asyncio.ensure_future(app.chat("openai/hold-fake", route=route))
-                for _ in range(opened)
-            ]
-            while app.first_events < opened:
-                await asyncio.sleep(0.01)
-            gc.collect()
-            held = held_for_the_collector()
-            for gone in app.clients:
-                if not gone.done():
-                    gone.set_result({"type": "http.disconnect"})
-            await asyncio.gather(*tasks)
-        return held
-
-    held = uvloop.run(within(main(), 30))
+    held = uvloop.run(within(while_streams_open(config, opened, held_for_the_collector, route), 30))
     assert held == {}, f"with {opened} streams open: {dict(held)}"
 
 
@@ -411,18 +417,8 @@ def test_an_open_chat_stream_holds_no_chat_request(config: Path) -> None:
     twenty-seventh pass) for the stream's life."""
     opened = 4
 
-    async def main() -> int:
-        async with started(config) as app:
-            tasks = [asyncio.ensure_future(app.chat("openai/hold-fake")) for _ in range(opened)]
-            while app.first_events < opened:
-                await asyncio.sleep(0.01)
-            gc.collect()
-            held = sum(isinstance(thing, ChatRequest) for thing in gc.get_objects())
-            for gone in app.clients:
-                if not gone.done():
-                    gone.set_result({"type": "http.disconnect"})
-            await asyncio.gather(*tasks)
-        return held
+    def requests_held() -> int:
+        return sum(isinstance(thing, ChatRequest) for thing in gc.get_objects())
 
-    held = uvloop.run(within(main(), 30))
+    held = uvloop.run(within(while_streams_open(config, opened, requests_held), 30))
     assert held == 0, f"{held} ChatRequest objects held by {opened} open streams"

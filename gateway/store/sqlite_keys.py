@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from gateway import _core
-from gateway.limits import KeyGate, budget_caps, periods, spend_names
+from gateway.limits import KeyGate, periods, spend_names
 from gateway.store.base import NO_POLICY, ApiKey, KeyPolicy, KeySpend, KeyUsageRow
 
 T = TypeVar("T")
@@ -215,17 +215,6 @@ class SqliteKeys:
         """The key's settled spend of its periods of `key.day`, read into the credit book."""
         spent = await self._run(lambda conn: read_spend(conn, key.key_id, key.day))
         self.book.load_spend(spend_names(key.key_id, key.day), spent)
-
-    async def reserve_key_spend(self, key: KeyGate, micros: int) -> bool:
-        names = spend_names(key.key_id, key.day)
-        fits = self.book.reserve_spend(names, budget_caps(key), micros)
-        if fits is None:
-            await self.read_key_spend(key)
-            fits = self.book.reserve_spend(names, budget_caps(key), micros)
-        return bool(fits)
-
-    async def release_key_spend(self, key: KeyGate, micros: int) -> None:
-        self.book.release_spend(spend_names(key.key_id, key.day), micros)
 
     async def usage_by_key(
         self, account_id: str, since_day: str, until_day: str

@@ -66,23 +66,6 @@ impl PyCreditBook {
             .load_spend(self::names(&names), [spent.0, spent.1, spent.2]);
     }
 
-    fn reserve_spend(
-        &self,
-        names: Names,
-        caps: (Option<i64>, Option<i64>, Option<i64>),
-        micros: i64,
-    ) -> Option<bool> {
-        let budget = Budget {
-            names: self::names(&names),
-            caps: [caps.0, caps.1, caps.2],
-        };
-        self.inner.reserve_spend(budget, micros)
-    }
-
-    fn release_spend(&self, names: Names, micros: i64) {
-        self.inner.release_spend(self::names(&names), micros);
-    }
-
     fn settled_spend(&self, released: HashMap<String, i64>, totals: HashMap<String, i64>) {
         self.inner.settled_spend(&pairs(&released), &pairs(&totals));
     }

@@ -277,8 +277,10 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
             DRAIN_EVENT,
             None if fast is None else fast.finished,
         )
-        # This frame waits as long as the stream is open: it keeps nothing the stream does not.
-        del pending, tries, served, limit_headers
+        # This frame waits as long as the stream is open: it keeps nothing the stream does not
+        # (the relay keeps the request's prompt size; the calls' closures lose their cells).
+        del pending, tries, served, limit_headers, complete, open_stream
+        del body, anthropic_request, translation, chat, passthrough
         await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)

@@ -91,6 +91,7 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
                 code="previous_response_not_found",
             )
         history = [*previous.history, *previous.input_items, *previous.response["output"]]
+        del previous  # (its items are in `history`: a stream does not hold it whole)
     input_items, turn = read_input(responses_request)
     translation = to_chat_request(responses_request, fields, history, turn)
     chat, chat_body = translation.chat, translation.body
@@ -126,9 +127,10 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
     )
     tokens = upstream_tokens_for_chat(chat)
     chat_form: dict[str, Any] | None = None  # the answer as the cache keeps it
+    store = responses_request.store  # (what `keep` reads of the request: not the request)
 
     def keep(answer: dict[str, Any]) -> StoredResponse | None:
-        if not responses_request.store:
+        if not store:
             return None
         return StoredResponse(
             id=response_id,
@@ -179,11 +181,11 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
 
-        async def relay_and_keep() -> AsyncGenerator[bytes, None]:
+        async def relay_and_keep(
+            pieces: AsyncGenerator[bytes, None],
+        ) -> AsyncGenerator[bytes, None]:
             kept = False
-            async for piece in relay(
-                state, ticket, chat, events, target, events.error_event, cost_in_usage=False
-            ):
+            async for piece in pieces:
                 if not kept and events.final is not None:
                     # Kept before the piece that ends the answer goes out (a client that read
                     # it finds it), and through if the client leaves meanwhile: after its
@@ -207,13 +209,18 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
             # one by the generator.
             KeepingRelay(state, ticket, chat, events, target, keep)
             if events.stepped
-            else relay_and_keep(),
+            else relay_and_keep(
+                relay(state, ticket, chat, events, target, events.error_event, cost_in_usage=False)
+            ),
             KEEPALIVE,
             # a shutdown's deadline ends the stream with numbered error + response.failed
             lambda: events.error_event(ShuttingDown()),
         )
-        # This frame waits as long as the stream is open: it keeps nothing the stream does not.
-        del pending, tries, served, limit_headers
+        # This frame waits as long as the stream is open: it keeps nothing the stream does not
+        # (the relay keeps the request's prompt size, `keep` what a stored response needs; the
+        # calls' closures lose their cells).
+        del pending, tries, served, limit_headers, complete, open_stream
+        del body, fields, responses_request, translation, chat, chat_body
         await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)

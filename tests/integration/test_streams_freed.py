@@ -27,9 +27,13 @@ import uvloop
 
 from gateway.app import GC_THRESHOLDS, create_app
 from gateway.limits import KeyGate
+from gateway.messages import Translation as MessagesTranslation
 from gateway.metering import Ticket
 from gateway.pending_admission import PendingAdmission
+from gateway.responses.translate import Translation as ResponsesTranslation
+from gateway.schemas.anthropic import MessagesRequest
 from gateway.schemas.openai import ChatRequest
+from gateway.schemas.responses import ResponsesRequest
 from gateway.settings import load_settings
 from loadtests.bench.asgi_scope import http_scope
 from tests.conftest import ADMIN_TOKEN, UPSTREAM_KEY, free_port, gateway_config
@@ -422,3 +426,45 @@ def test_an_open_chat_stream_holds_no_chat_request(config: Path) -> None:
 
     held = uvloop.run(within(while_streams_open(config, opened, requests_held), 30))
     assert held == 0, f"{held} ChatRequest objects held by {opened} open streams"
+
+
+# What a route decodes of a request: the client's request, its translation, the chat request.
+REQUEST_TYPES = (
+    ChatRequest,
+    MessagesRequest,
+    MessagesTranslation,
+    ResponsesRequest,
+    ResponsesTranslation,
+)
+HOLDERS = (types.FrameType, types.CellType)
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/responses"])
+def test_an_open_messages_or_responses_stream_holds_no_request(config: Path, route: str) -> None:
+    """As a chat stream (above): once its head is out, a Messages or Responses stream keeps
+    neither the client's decoded request, nor its translation, nor the chat request made of it
+    (the route's frame, its closures and the relay keep only what the stream still needs: the
+    prompt's size, and for a stored response its input items and history)."""
+    opened = 4
+
+    def requests_held() -> dict[str, int]:
+        """By type: the tracked ones, and those a frame, a closure's cell or a gateway object
+        refers to (a struct of strings alone, such as a request whose input is a string, is
+        not tracked by the collector)."""
+        found = {
+            id(thing): thing
+            for tracked in gc.get_objects()
+            for thing in (
+                (tracked, *gc.get_referents(tracked))
+                if isinstance(tracked, HOLDERS) or type(tracked).__module__.startswith("gateway")
+                else (tracked,)
+            )
+            if isinstance(thing, REQUEST_TYPES)
+        }
+        held = collections.Counter(
+            f"{type(thing).__module__}.{type(thing).__qualname__}" for thing in found.values()
+        )
+        return dict(held)
+
+    held = uvloop.run(within(while_streams_open(config, opened, requests_held, route), 30))
+    assert held == {}, f"held by {opened} open streams of {route}: {held}"

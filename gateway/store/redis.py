@@ -87,7 +87,7 @@ CAPACITY_LIBRARY = (
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 _entry_encoder = msgspec.json.Encoder()
-# klawd_settle_v12's entries but their ledger records, one MessagePack array
+# klawd_settle_v13's names and entries but their ledger records, one MessagePack array
 _entries_encoder = msgspec.msgpack.Encoder()
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
@@ -132,7 +132,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v12` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v13` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -149,48 +149,76 @@ def _by_account(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
     ]
 
 
+def _position(flat: list[Any], positions: dict[str, int], name: str) -> int:
+    """`name`'s position among a settle call's names (Lua's index in the array), added to them
+    the first time."""
+    at = positions.get(name)
+    if at is None:
+        flat.append(name)
+        at = positions[name] = len(flat)
+    return at
+
+
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v12` for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v13` for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
     day and key, each entry naming its group of them, its id and the second of its time (where
-    its marker is kept); the entries in one MessagePack argument (their arguments packed one by
-    one cost the worker more than the rest of the call: decision 0010, issue 19zr), but for
-    their ledger records, an argument each (read into Redis's Lua once: issue 19zz)."""
+    its marker is kept); its model, API key and hold named once a call, each entry giving their
+    positions (issue 19zzzzh); the names and entries in one MessagePack argument (their
+    arguments packed one by one cost the worker more than the rest of the call: decision 0010,
+    issue 19zr), but for their ledger records, an argument each (read into Redis's Lua once:
+    issue 19zz)."""
     key = _acct(entries[0].account_id)
-    groups: dict[tuple[str, str], int] = {}
+    groups: dict[tuple[str, str], tuple[int, int]] = {}  # (day, key) -> (group, key's position)
     shared: list[str] = []
+    # flat[0] (Lua's 1) is the number of names; a name's position is its 1-based index in Lua
+    flat: list[Any] = [0]
+    positions: dict[str, int] = {}
     values: list[Any] = []
     records: list[bytes] = []
+    # (a call's entries are mostly of one model and one lease: the last ones' positions kept)
+    last_model: str | None = None
+    last_hold: str | None = None
+    model = hold = 0
     for entry in entries:
         key_id = entry.key_id or "-"
         day = entry.day
-        group = groups.get((day, key_id))
-        if group is None:
-            group = groups[day, key_id] = len(groups) + 1
+        found = groups.get((day, key_id))
+        if found is None:
+            key_at = _position(flat, positions, key_id)
+            found = groups[day, key_id] = (len(groups) + 1, key_at)
             shared += (
                 f"{key}:usage:{day}",
                 f"{key}:kusage:{day}",
                 *_spend_keys_in(key, key_id, day),
             )
+        group, key_at = found
+        if entry.model != last_model:
+            last_model = entry.model
+            model = _position(flat, positions, last_model or "-")
+        if entry.hold_id != last_hold:
+            last_hold = entry.hold_id
+            hold = _position(flat, positions, last_hold) if last_hold else 0  # 0: no hold
         values += (
             entry.reserved_micros - entry.cost_micros,
-            entry.model or "-",
+            model,
             entry.prompt_tokens,
             entry.completion_tokens,
             entry.images,
             entry.cost_micros,
-            0,  # (the ledger record: in `records`)
-            key_id,
-            entry.key_reserved_micros,
-            entry.hold_id,
             group,
+            key_at,
+            entry.key_reserved_micros,
+            hold,
             entry.id,
             int(entry.ts),
         )
         records.append(_entry_encoder.encode(entry))
+    flat[0] = len(flat) - 1
+    flat += values
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
     return (
-        "FCALL", "klawd_settle_v12", len(keys), *keys, _entries_encoder.encode(values), *records
+        "FCALL", "klawd_settle_v13", len(keys), *keys, _entries_encoder.encode(flat), *records
     )  # fmt: skip
 
 
@@ -617,7 +645,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v12` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v13` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -694,7 +722,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v12's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v13's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

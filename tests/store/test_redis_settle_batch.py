@@ -1,13 +1,15 @@
-"""The Redis store settles a batch with one `klawd_settle_v12` per account (`klawd_settle_v11`,
-which lets go of the markers of the entries a failing call had not reached; v11 is
-`klawd_settle_v10` with each ledger record an argument of its own and a call's markers written
-together; v10 is `klawd_settle_v9` with its entries' markers in a set per second of entry time;
-v9 is `klawd_settle_v7` with its entries in one MessagePack argument; v7 is `klawd_settle_v6` with
-the keys its entries share named once; for entries without a hold, what `klawd_settle_v5` does),
-summing the entries' counters inside Redis: the keys it leaves must hold exactly what
-`klawd_settle_v4`, one call per entry, and the batches of earlier releases (`klawd_settle_v6`,
-`klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`, `klawd_settle_v11`) leave (replicas of
-these releases share one Redis), and a batch costs one call per account."""
+"""The Redis store settles a batch with one `klawd_settle_v13` per account (`klawd_settle_v12`
+with the names its entries share, their model, API key and hold, sent once a call; v12 is
+`klawd_settle_v11`, which lets go of the markers of the entries a failing call had not reached;
+v11 is `klawd_settle_v10` with each ledger record an argument of its own and a call's markers
+written together; v10 is `klawd_settle_v9` with its entries' markers in a set per second of entry
+time; v9 is `klawd_settle_v7` with its entries in one MessagePack argument; v7 is
+`klawd_settle_v6` with the keys its entries share named once; for entries without a hold, what
+`klawd_settle_v5` does), summing the entries' counters inside Redis: the keys it leaves must
+hold exactly what `klawd_settle_v4`, one call per entry, and the batches of earlier releases
+(`klawd_settle_v6`, `klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`, `klawd_settle_v11`,
+`klawd_settle_v12`) leave (replicas of these releases share one Redis), and a batch costs one
+call per account."""
 
 from __future__ import annotations
 
@@ -135,13 +137,22 @@ def v10_call(batch: list[UsageEntry]) -> tuple[object, ...]:
     return _packed_call(batch, "klawd_settle_v10", lambda key, e: (e.id, int(e.ts)))
 
 
+def v12_call(batch: list[UsageEntry], function: str = "klawd_settle_v12") -> tuple[object, ...]:
+    """The previous release's call (`klawd_settle_v12`; v11's arguments are the same): v10's
+    with the ledger record's slot 0 and each record an argument of its own after it."""
+    call = _packed_call(batch, function, lambda key, e: (e.id, int(e.ts)), records=False)
+    return (*call, *(msgspec.json.encode(e) for e in batch))
+
+
 def _packed_call(
     batch: list[UsageEntry],
     function: str,
     marker: Callable[[str, UsageEntry], tuple[object, ...]],
+    records: bool = True,
 ) -> tuple[object, ...]:
     """v9's and v10's call: an entry's eleven values, then `marker`'s (the account's key, the
-    entry), all in one MessagePack argument."""
+    entry), all in one MessagePack argument (`records` False: the ledger record's slot 0, as
+    v11's and v12's)."""
     key = _acct(batch[0].account_id)
     groups: dict[tuple[str, str], int] = {}
     shared: list[str] = []
@@ -158,8 +169,8 @@ def _packed_call(
         values += (
             entry.reserved_micros - entry.cost_micros, entry.model or "-", entry.prompt_tokens,
             entry.completion_tokens, entry.images, entry.cost_micros,
-            msgspec.json.encode(entry).decode(), key_id, entry.key_reserved_micros,
-            entry.hold_id, group, *marker(key, entry),
+            msgspec.json.encode(entry).decode() if records else 0, key_id,
+            entry.key_reserved_micros, entry.hold_id, group, *marker(key, entry),
         )  # fmt: skip
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
     return ("FCALL", function, len(keys), *keys, msgspec.msgpack.encode(values))
@@ -314,6 +325,48 @@ async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
         await redis_store.close()
 
 
+async def test_the_store_call_leaves_what_v12_leaves_and_each_sees_the_others(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The store's call (`klawd_settle_v13`: the call's models, API keys and holds named once)
+    against the previous release's (`klawd_settle_v12`, every name with every entry): the same
+    keys, values and expiries, markers included, over entries of several models, keys, days
+    and holds (a lease's, an exact admission's, none); and a batch settled by one is not settled
+    again by the other (replicas of both releases on one Redis)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        batched, previous = await two_accounts(redis_store, client, "batched", "previous")
+        await redis_store._ensure_library()
+        held = {}
+        for account in (batched, previous):
+            prefix = _acct(account.id)
+            # a lease holding 100 (its hold member "<id>|0") and two exact admissions' holds
+            await client.hset(f"{prefix}:leases", "Lone", 100)
+            await client.zadd(f"{prefix}:holds", {"Lone|0": 9e12, "h1": 9e12, "h2": 9e12})
+            holds = ["Lone", "h1", "", "Lone", "h2"]
+            held[account.id] = [
+                msgspec.structs.replace(e, hold_id=holds[n % 5])
+                for n, e in enumerate(entries(account.id))
+            ]
+        await redis_store.settle(held[batched.id][:25])
+        await client.execute_command(*v12_call(held[batched.id][10:]))  # 15 settled already
+        await client.execute_command(*v12_call(held[previous.id][:25]))
+        await redis_store.settle(held[previous.id][10:])  # ... by v12
+        await assert_left_alike(client, batched, previous)
+        for account in (batched, previous):
+            prefix = _acct(account.id)
+            assert await client.zrange(f"{prefix}:holds", 0, -1) == []
+            assert await client.hgetall(f"{prefix}:leases") == {}
+            ledger = await client.xlen(f"{prefix}:ledger")
+            assert ledger == len({e.id for e in entries(account.id)})
+            sets = {raw async for raw in client.scan_iter(match=f"{prefix}:settled:w*")}
+            marked = {m for name in sets for m in await client.smembers(name)}
+            assert marked == {e.id.encode() for e in entries(account.id)}
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
 async def test_a_batch_settled_by_the_previous_release_v9_is_not_settled_again(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
@@ -440,7 +493,7 @@ async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
         await state.close()
 
 
-@pytest.mark.parametrize("version", ["v11", "v12"])
+@pytest.mark.parametrize("version", ["v11", "v12", "v13"])
 async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     redis_store: RedisStore, redis_server: RedisServer, version: str
 ) -> None:
@@ -450,23 +503,25 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     ledger, but their sums, balance and spends (written after the loop) are not; the failing
     entry is marked, not applied. v11 (the previous release's call) leaves the five after it
     marked and not applied: the recorder's retry, once the key is mended, applies none of them
-    (lost). v12 (the store's) unmarks them as it fails: the retry applies those five, and
-    nothing twice."""
+    (lost). v12 (the previous release's) and v13 (the store's) unmark them as they fail: the
+    retry applies those five, and nothing twice."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("midway", "free", 1_000)
         batch = entries(account.id)[:10]  # one day, ten ids, no hold
         failing = 4
         batch[failing] = msgspec.structs.replace(batch[failing], hold_id="Lmidway|0")
-        later = batch[failing + 1 :] if version == "v12" else []
+        later = batch[failing + 1 :] if version != "v11" else []
         leases = f"{_acct(account.id)}:leases"
         await client.set(leases, "not a hash")
         credits = await client.get(f"{_acct(account.id)}:credits")
         await redis_store._ensure_library()
         call = _settle_command(batch)
-        assert call[1] == "klawd_settle_v12"
+        assert call[1] == "klawd_settle_v13"
+        if version != "v13":
+            call = v12_call(batch, f"klawd_settle_{version}")
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            await client.execute_command(call[0], f"klawd_settle_{version}", *call[2:])
+            await client.execute_command(*call)
         ledger = f"{_acct(account.id)}:ledger"
 
         async def recorded() -> list[bytes]:
@@ -496,19 +551,20 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
 
 
 @pytest.mark.parametrize("broken", ["a key of the wrong type", "a balance not a number"])
-async def test_a_failing_v12_call_replies_the_error_v11_replies(
+async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
     redis_store: RedisStore, redis_server: RedisServer, broken: str
 ) -> None:
     """v12 catches a failing call's error (to unmark the entries it had not reached) and raises
     it again: its reply is v11's, Redis's own error with its code (WRONGTYPE) or a Lua runtime
     error's text as it was raised, not a second `user_function:LINE:` before it (decision 0010,
-    nineteenth pass). Only the line named after `script:` differs (where v12 raised it again)."""
+    nineteenth pass); v13's (v12's with its names sent once) too. Only the line named after
+    `script:` differs (where v12 raised it again)."""
     client = aioredis.Redis.from_url(redis_server.url)
     resp = RespClient("127.0.0.1", redis_server.port)
     try:
         await redis_store._ensure_library()
         replies = {}
-        for version in ("v11", "v12"):
+        for version in ("v11", "v12", "v13"):
             account = await redis_store.create_account(f"broken {version}", "free", 1_000)
             batch = entries(account.id)[:3]
             if broken == "a key of the wrong type":
@@ -516,13 +572,16 @@ async def test_a_failing_v12_call_replies_the_error_v11_replies(
                 await client.set(f"{_acct(account.id)}:leases", "not a hash")
             else:
                 await client.set(f"{_acct(account.id)}:credits", "not a number")
-            call = _settle_command(batch)
+            function = f"klawd_settle_{version}"
+            call = _settle_command(batch) if version == "v13" else v12_call(batch, function)
+            assert call[1] == function
             with pytest.raises(RespReplyError) as failed:
-                await resp.execute(call[0], f"klawd_settle_{version}", *call[2:])
+                await resp.execute(*call)
             reply, _, where = str(failed.value).partition(" script: ")
             assert where.startswith(f"klawd_settle_{version}, on @user_function:")
             replies[version] = reply
         assert replies["v12"] == replies["v11"]
+        assert replies["v13"] == replies["v11"]
         code = "WRONGTYPE" if broken == "a key of the wrong type" else "ERR"
         assert replies["v11"].split()[0] == code
     finally:

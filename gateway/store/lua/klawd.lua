@@ -679,7 +679,10 @@ local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|ima
 -- (keys_of's second value) is set, unless it exists (ten minutes), as v2 to v9 do.
 -- `records` (v11): the call's ARGV, where entry i's ledger record is records[i + 2] (else it is
 -- the entry's seventh argument).
-local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records)
+-- `names` (v13): an entry's model, key and hold are positions in `names` (its hold 0: none), each
+-- name sent once a call; else they are the names themselves.
+local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records,
+                              names)
   local byte = string.byte  -- (a local: a global is a lookup in a table each use)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
@@ -732,6 +735,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       local cost = args[a + 6] + 0
       local delta, reserved = args[a + 1] + 0, args[a + 9] + 0
       local hold = holds and args[a + 10]
+      if names and hold then hold = names[hold] end
       if hold and hold ~= '' then
         local held
         if hold == last_hold then
@@ -776,6 +780,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
   leases_written(holds, leased, lease_order)
   for _, key in ipairs(sum_keys) do
     for name, sum in pairs(sums[key]) do
+      if names then name = names[name] end
       for f = 1, 5 do
         redis.call('HINCRBY', key, name .. USAGE_FIELDS[f], string.format('%d', sum[f]))
       end
@@ -871,13 +876,14 @@ local function settle_v9(keys, args)
   return reply
 end
 
--- The ids of a v10 or v11 call's entries (thirteen values an entry in `flat`: the twelfth its
--- id, the thirteenth its second) settled before: in their second's set, or under v8's and v9's
--- marker key. -> id -> true
-local function settled_before(prefix, flat, entries)
+-- The ids of a v10 to v13 call's entries (`stride` values an entry in `flat` from `first`: the
+-- last but one its id, the last its second) settled before: in their second's set, or under
+-- v8's and v9's marker key. -> id -> true
+local function settled_before(prefix, flat, entries, first, stride)
   local by_second, seconds, legacy = {}, {}, {}
   for i = 0, entries - 1 do
-    local id, second = flat[13 * i + 12], flat[13 * i + 13]
+    local a = first + stride * i + stride
+    local id, second = flat[a - 1], flat[a]
     local ids = by_second[second]
     if ids == nil then
       ids = {}
@@ -897,7 +903,7 @@ local function settled_before(prefix, flat, entries)
   end
   if redis.call('EXISTS', unpack(legacy)) > 0 then
     for i, name in ipairs(legacy) do
-      if redis.call('EXISTS', name) == 1 then done[flat[13 * i - 1]] = true end
+      if redis.call('EXISTS', name) == 1 then done[flat[first + stride * i - 1]] = true end
     end
   end
   return done
@@ -919,7 +925,7 @@ local function settle_v10(keys, args)
   local flat = cmsgpack.unpack(args[1])
   local entries = #flat / 13
   local prefix = keys[3] .. ':settled:'
-  local done = settled_before(prefix, flat, entries)  -- and ids earlier in this call
+  local done = settled_before(prefix, flat, entries, 0, 13)  -- and ids earlier in this call
   local renewed = {}  -- second -> true: its set's expiry renewed by this call
   -- An entry's id joins its set just before the entry's effects, as v9's `SET NX` came before
   -- them: a call that fails midway (Redis does not roll a function back) leaves at most that
@@ -951,18 +957,21 @@ end
 local function as_raised(err) return err end
 
 -- v11's call (as its comment below says); `repair`: v12's, which lets go of the markers of the
--- entries a failing call had not reached
-local function settle_marked(keys, args, repair)
+-- entries a failing call had not reached; `named`: v13's layout (its comment below), else v11's
+local function settle_marked(keys, args, repair, named)
   local flat = cmsgpack.unpack(args[1])
   local entries = #args - 1
+  local first, stride, group, names = 0, 13, 11, nil
+  if named then first, stride, group, names = 1 + flat[1], 12, 7, flat end
   local prefix = keys[3] .. ':settled:'
-  local done = settled_before(prefix, flat, entries)
+  local done = settled_before(prefix, flat, entries, first, stride)
   local new, fresh, seconds = {}, {}, {}  -- new: i -> true; fresh: second -> ids to mark
   for i = 0, entries - 1 do
-    local id = flat[13 * i + 12]
+    local a = first + stride * i + stride
+    local id = flat[a - 1]
     if not done[id] then
       done[id], new[i] = true, true
-      local second = flat[13 * i + 13]
+      local second = flat[a]
       local ids = fresh[second]
       if ids == nil then
         ids = {}
@@ -986,26 +995,28 @@ local function settle_marked(keys, args, repair)
     return new[i] == true
   end
   local function keys_of(i)
-    local g = 4 + 5 * (flat[13 * i + 11] - 1)
+    local g = 4 + 5 * (flat[first + stride * i + group] - 1)
     return g + 1, nil, g + 2, g + 3
   end
   local released = release_holds(keys[4], keys[1], now_ms())
   if not repair then
-    local reply = settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+    local reply = settle_entries(keys, flat, first, stride, entries, keys_of, keys[4], once, args,
+                                 names)
     reply[6] = released
     return reply
   end
   -- (xpcall, not pcall: Redis's pcall gives a command's error as its text, which raised again
   -- replies `ERR` and a second position before it instead of the command's own code)
   local ok, reply = xpcall(function()
-    return settle_entries(keys, flat, 0, 13, entries, keys_of, keys[4], once, args)
+    return settle_entries(keys, flat, first, stride, entries, keys_of, keys[4], once, args, names)
   end, as_raised)
   if not ok then
     -- Failed on entry `reached` (or after the loop: the last). The entries after it are marked
     -- and untouched: unmarked, a retry applies them. (Nothing is rolled back: the failing
     -- entry, maybe half-applied, stays marked, as in v10.)
     for i = reached + 1, entries - 1 do
-      if new[i] then redis.call('SREM', prefix .. 'w' .. flat[13 * i + 13], flat[13 * i + 12]) end
+      local a = first + stride * i + stride
+      if new[i] then redis.call('SREM', prefix .. 'w' .. flat[a], flat[a - 1]) end
     end
     error(reply, 0)  -- as it was raised (level 0: no position added)
   end
@@ -1040,6 +1051,21 @@ local function settle_v12(keys, args)
   return settle_marked(keys, args, true)
 end
 
+-- v13: v12 with each name a call's entries share sent once a call. A call's entries are mostly
+-- of one model, one API key and one lease, and v12 sent those three names with every entry:
+-- three strings an entry that Redis's Lua makes (and hashes byte by byte) from the MessagePack
+-- (decision 0010, twenty-second pass). The keys, values, expiries and markers left are v12's:
+-- a batch settled by one is recognised by the other.
+-- KEYS: as v12
+-- ARGV: the entries (MessagePack): the number of names n, the call's distinct names (models,
+--       API keys, holds), then twelve values an entry: v12's first six (its model the position
+--       of its name in this array), its group, its key (a position), its key reservation, its
+--       hold (a position; 0: none), its id, its second; then each entry's ledger record
+-- -> as v12
+local function settle_v13(keys, args)
+  return settle_marked(keys, args, true, true)
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
@@ -1056,6 +1082,7 @@ redis.register_function('klawd_settle_v9', settle_v9)
 redis.register_function('klawd_settle_v10', settle_v10)
 redis.register_function('klawd_settle_v11', settle_v11)
 redis.register_function('klawd_settle_v12', settle_v12)
+redis.register_function('klawd_settle_v13', settle_v13)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

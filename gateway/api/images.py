@@ -1,6 +1,6 @@
 """POST /api/images/generations (alias /v1/images/generations), OpenAI Images-shaped.
 
-auth → decode → resolve model → plan check → provider → respond. Image generation is not
+auth → decode → resolve model → plan check → admit → provider → respond. Image generation is not
 idempotent: a target is retried only after a connect error (the request provably never reached
 the upstream), never after a timeout or an answer; then the model's fallbacks are tried.
 """
@@ -18,9 +18,11 @@ from starlette.responses import Response
 from gateway.api.common import app_state, authenticate, json_response
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, format_usd, usd_to_micros
-from gateway.errors import AuthenticationError, GatewayError, PermissionDenied, ServiceUnavailable
+from gateway.errors import GatewayError, PermissionDenied, ServiceUnavailable
+from gateway.pending_admission import served_ticket
 from gateway.providers.base import ImageCall, ImageResult
 from gateway.routing.catalog import CatalogEntry
+from gateway.routing.retry import Attempt
 from gateway.routing.router import resolve_image
 from gateway.schemas.images import ImageRequest, decode_image_request
 from gateway.state import AppState
@@ -37,7 +39,9 @@ async def image_generations(request: Request) -> Response:
     images = decode_image_request(body)
     targets = resolve_image(state.catalog, images.model, images.n)
     await require_image_plan(state, auth)
-    ticket = await state.meter.admit(
+    # Sent; on Redis the upstream call waits for its reply at the gate, inside the retry loop
+    # and so under `[retry] deadline_s` as the other routes' (gateway/admission_gate.py).
+    pending = await state.meter.start(
         auth,
         request.state.request_id,
         images.model,
@@ -46,10 +50,11 @@ async def image_generations(request: Request) -> Response:
             max(usd_to_micros(t.model.usd_per_image) for t in allowed) * (images.n or 1)
         ),
     )
-    limit_headers = ticket.admission.headers()
     created = int(time.time())
-    with state.meter.settle_on_failure(ticket, False):
-        result, target = await _generate(state, images, body, ticket.targets, created)
+    async with pending.overlapping(False):
+        result, target, tries = await _generate(state, images, body, pending.targets, created)
+    ticket = await served_ticket(pending, state.retrier, target, 0, tries)
+    limit_headers = ticket.admission.headers()
     cost = state.meter.settle(ticket, target, TokenUsage(0, 0), len(result.images), 200, False)
     return json_response(
         {"created": created, "data": msgspec.to_builtins(result.images)},
@@ -63,9 +68,10 @@ async def image_generations(request: Request) -> Response:
 
 
 async def require_image_plan(state: AppState, auth: AuthContext) -> None:
-    account = await state.store.get_account(auth.account_id)
-    if account is None:
-        raise AuthenticationError("The API key's account no longer exists.")
+    """The account as the admission reads it (the account cache, dropped at once when any
+    replica changes it): no store round trip of its own before the request's retry loop, where
+    `[retry] deadline_s` would not bound it."""
+    account = await state.meter.account(auth)
     plan = state.settings.plans.get(account.plan)
     if plan is None or not plan.images:
         raise PermissionDenied(
@@ -80,7 +86,7 @@ async def _generate(
     body: bytes,
     targets: list[CatalogEntry],
     created: int,
-) -> tuple[ImageResult, CatalogEntry]:
+) -> tuple[ImageResult, CatalogEntry, list[Attempt]]:
     async def attempt(target: CatalogEntry) -> ImageResult:
         # None if the provider has no `generate_images`: what `isinstance(p, ImageProvider)`
         # told, without the runtime Protocol's walk of its members (~110K instructions a try).
@@ -97,7 +103,6 @@ async def _generate(
     def never_sent(exc: GatewayError) -> bool:
         return exc.connect_failed
 
-    result, target, _ = await state.retrier.call_targets(
+    return await state.retrier.call_targets(
         targets, attempt, may_retry=never_sent, may_fall_back=never_sent
     )
-    return result, target

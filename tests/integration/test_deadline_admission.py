@@ -39,6 +39,25 @@ from tests.unit.test_retry_deadline import DrivenWheel
 
 PAUSE_MS = 60_000  # lifted by the test; this only bounds a test that dies holding it
 NUMBERS = itertools.count()
+IMAGES = """
+[[models]]
+id = "openai/img-fake"
+provider = "openai"
+upstream_model = "img-fake"
+kind = "image"
+usd_per_image = 0.04
+capabilities = ["images"]
+"""
+# Each route whose admission the first try may wait for: (path, body, the model it serves).
+REQUESTS = {
+    "single": ("/v1/chat/completions", chat_body(False), "openai/gpt-fake"),
+    "stream": ("/v1/chat/completions", chat_body(True), "openai/gpt-fake"),
+    "image": (
+        "/v1/images/generations",
+        orjson.dumps({"model": "openai/img-fake", "prompt": "a cat"}),
+        "openai/img-fake",
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +67,22 @@ def config(
     path = tmp_path_factory.mktemp("deadline-admission") / "klawd.toml"
     # the store's command timeout well past the test's bounds: only the deadline can end the wait
     store_url = f"{redis_server.url}?socket_timeout=60"
-    gateway_config(path, free_port(), fake_openai.base_url, store_url=store_url)
+    gateway_config(path, free_port(), fake_openai.base_url, extra=IMAGES, store_url=store_url)
     with_deadline(path, 30)  # made due by the test, never reached
     yield path
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["single", "stream"])
+@pytest.mark.parametrize("kind", list(REQUESTS))
 def test_a_deadline_passing_while_the_admission_is_owed_ends_the_request_with_504(
     config: Path,
     redis_server: RedisServer,
     fake_openai: FakeOpenAI,
     monkeypatch: pytest.MonkeyPatch,
-    stream: bool,
+    kind: str,
 ) -> None:
+    """An image's too (before, its route awaited the whole admission before its retry loop,
+    outside the deadline: it waited as long as the store did)."""
+    route, body, model = REQUESTS[kind]
     paused = redis.Redis(port=redis_server.port)
     # Every command written at once to an idle connection (not queued with a busy loop turn's,
     # where `Meter.start` reads the reply before the retry loop, and its deadline, begin).
@@ -73,7 +95,7 @@ def test_a_deadline_passing_while_the_admission_is_owed_ends_the_request_with_50
             state = app.state["klawd"]
             store, before, _, key = await warmed(app)
             seen = Seen(app)
-            deployment = state.catalog.get("openai/gpt-fake").key
+            deployment = state.catalog.get(model).key
             sends: list[tuple[asyncio.Future[Any], bool]] = []
             send_admit = state.meter.sender.send_admit
 
@@ -87,9 +109,7 @@ def test_a_deadline_passing_while_the_admission_is_owed_ends_the_request_with_50
             upstream_requests = len(fake_openai.requests)
             paused.client_pause(PAUSE_MS, all=False)
             try:
-                call = asyncio.ensure_future(
-                    app.request("/v1/chat/completions", chat_body(stream), key, "", request_id)
-                )
+                call = asyncio.ensure_future(app.request(route, body, key, "", request_id))
 
                 async def cut_armed() -> bool:
                     assert not call.done(), call.result()

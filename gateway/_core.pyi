@@ -14,6 +14,7 @@ __all__ = [
     "Limiter",
     "PendingHistogram",
     "Reframer",
+    "RunningTotals",
     "ServerSpan",
     "SpanRecorder",
     "SseError",
@@ -414,6 +415,43 @@ class PendingHistogram:
     def __new__(cls, bounds: Sequence[float]) -> Self: ...
     def observe(self, value: float) -> None: ...
     def take(self) -> tuple[list[int], float] | None: ...
+
+@final
+class RunningTotals:
+    """The request path's counters and histograms between two flushes, by slot
+    (gateway/metrics_buffer.py, rust_core/src/totals.rs): each counter adds as a float `+=`
+    does, each histogram as `PendingHistogram`. IndexError for a slot it did not give out."""
+
+    def __new__(cls) -> Self: ...
+    def counters(self, n: int) -> int:
+        """`n` new counters: the first one's slot (the others follow it)."""
+    def histogram(self, bounds: Sequence[float]) -> int:
+        """A new histogram with these upper bounds (ValueError without any): its slot."""
+    def requests(self, counter: int, duration: int, ttfb: int) -> int:
+        """An HTTP label set's request counter and duration and TTFB histograms: its slot."""
+    def add(self, counter: int, amount: float) -> None: ...
+    def observe(self, histogram: int, value: float) -> None: ...
+    def settle(
+        self, counters: int, prompt_tokens: float, completion_tokens: float, cost_usd: float
+    ) -> None:
+        """A settlement: its four counters (from `counters`) get 1, the tokens and the cost."""
+    def end(
+        self,
+        requests: int,
+        duration_s: float,
+        ttfb_s: float | None,
+        settled: int,
+        prompt_tokens: float,
+        completion_tokens: float,
+        cost_usd: float,
+    ) -> tuple[float, float | None]:
+        """A request's end: its request counted, its times observed and, when `settled` is a
+        slot (not negative), its settlement as `settle`. Returns its duration and time to
+        first byte in ms to the microsecond (`round(ms * 1000) / 1000`), for its log line."""
+    def take_counters(self) -> list[tuple[int, float]]:
+        """Each counter not at zero: its slot and amount since the last take, zeroed."""
+    def take_histograms(self) -> list[tuple[int, list[int], float]]:
+        """Each histogram observed into: its slot, counts per bucket and sum, zeroed."""
 
 @final
 class SpanRecorder:

@@ -7,7 +7,8 @@ through the metrics buffer, flushed once a second):
   request (route template, status, duration, time to first byte), which also queues the JSON
   log line;
 - Meter.admit: `admitted_or_refused` (by plan);
-- Meter.settle: `settled`, once per billable request (served model, tokens, cost);
+- Meter.settle: `settled`, once per billable request (served model, tokens, cost): counted with
+  the request's end (`http_finished`), or at once when there is none to come;
 - ResponseCache: `cache_consulted` (hit, miss or bypass) and `cache_saved`;
 - HttpProvider._send: `upstream_finished`, once per upstream call (latency or error type; a
   call cut by the request's deadline is a `gateway_timeout`, a client gone is not counted);
@@ -27,7 +28,7 @@ from typing import Any
 
 from gateway.billing import MICROS_PER_USD, TokenUsage
 from gateway.metrics import CIRCUIT_STATES, Metrics, status_class
-from gateway.requestlog import RequestLog, RequestRecord, current_request
+from gateway.requestlog import ENDED, NOT_SETTLED, RequestLog, RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -48,11 +49,15 @@ class RequestObserver:
     the request reports (route, method, status; served deployment, status), built on first use:
     the label normalisation and `labels()` lookups run once per key, not per request. What it
     finds are the buffer's running totals of those children (`MetricBuffer.tally` and
-    `pending`), which the hook adds into directly."""
+    `pending`), which the hook adds into directly, or their slots in the buffer's
+    `RunningTotals` (`requests`, `counters`): what a request's end counts (its HTTP request,
+    duration and time to first byte, and its settlement) is one call there, `http_finished`'s
+    (decision 0011, issue 19zzzzi)."""
 
     def __init__(self, metrics: Metrics, request_log: RequestLog) -> None:
         self.metrics = metrics
         self.request_log = request_log
+        self._totals = metrics.buffer.totals
         self._http: dict[Hashable, Any] = {}
         self._settled: dict[Hashable, Any] = {}
         self._admitted: dict[Hashable, Any] = {}
@@ -75,34 +80,36 @@ class RequestObserver:
         return _remember(self._streams, route, tally)  # type: ignore[no-any-return]
 
     def http_finished(self, record: RequestRecord, arrived: float, ended: float) -> None:
-        """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end."""
-        duration_s = ended - arrived
-        ttfb_s = None if record.first_byte_at is None else record.first_byte_at - arrived
+        """`arrived`, `ended`: time.perf_counter() at the request's arrival and response's end.
+        One call into the running totals for the whole request: its request counter and
+        histograms, and its settlement's counters if it settled meanwhile (`settled`)."""
+        first_byte_at = record.first_byte_at
         method = record.method if record.method in HTTP_METHODS else "other"
         key = (record.route, method, record.status, record.stream_open)
-        children = self._http.get(key)
-        if children is None:
-            children = _remember(self._http, key, self._http_children(*key))
-        # The running totals themselves (gateway/metrics_buffer.py): no call per counter, one
-        # per histogram.
-        requests, duration, ttfb = children
-        requests[0] += 1.0
-        duration.observe(duration_s)
-        if ttfb_s is not None:
-            ttfb.observe(ttfb_s)
-        ttfb_ms = None if ttfb_s is None else ttfb_s * 1000
+        requests = self._http.get(key)
+        if requests is None:
+            requests = _remember(self._http, key, self._http_slot(*key))
+        settled, record.settled_counters = record.settled_counters, ENDED
+        latency_ms, ttfb_ms = self._totals.end(
+            requests,
+            ended - arrived,
+            None if first_byte_at is None else first_byte_at - arrived,
+            settled,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.cost_usd,
+        )  # (the line's milliseconds, to the microsecond)
         if record.held is None:
-            self.request_log.write(record, duration_s * 1000, ttfb_ms)
+            self.request_log.add(record.rounded_entry(latency_ms, ttfb_ms))
         else:  # its status is on its way: written by `RequestLog.release`
-            record.held = (duration_s * 1000, ttfb_ms)
+            record.held = (latency_ms, ttfb_ms)
 
-    def _http_children(self, route: str, method: str, status: int, streamed: bool) -> Any:
+    def _http_slot(self, route: str, method: str, status: int, streamed: bool) -> int:
         m = self.metrics
-        buffer = m.buffer
-        return (
-            buffer.tally((m.child(m.http_requests, route, method, status_class(status)),)),
-            buffer.pending(m.child(m.http_duration, route, "true" if streamed else "false")),
-            buffer.pending(m.child(m.http_ttfb, route)),
+        return m.buffer.requests(
+            m.child(m.http_requests, route, method, status_class(status)),
+            m.child(m.http_duration, route, "true" if streamed else "false"),
+            m.child(m.http_ttfb, route),
         )
 
     # -- admission and billing (Meter) ------------------------------------------------------------
@@ -135,18 +142,30 @@ class RequestObserver:
         model_id = served.model.id if served else None
         provider_name = served.model.provider if served else None
         key = (model_id, provider_name, served.model.kind if served else "none", stream, status)
-        children = self._settled.get(key)
-        if children is None:
-            children = _remember(self._settled, key, self._settled_children(*key))
+        counters = self._settled.get(key)
+        if counters is None:
+            counters = _remember(self._settled, key, self._settled_counters(*key))
         # requests, prompt tokens, completion tokens, cost: running totals (a zero adds nothing
         # at the flush, as a skipped update did)
         cost_usd = cost_micros / MICROS_PER_USD  # micros_to_usd, without the call
-        children[0] += 1.0
-        children[1] += usage.prompt_tokens
-        children[2] += usage.completion_tokens
-        children[3] += cost_usd
         record = current_request.get()
-        if record is not None:
+        if record is None:
+            self._totals.settle(counters, usage.prompt_tokens, usage.completion_tokens, cost_usd)
+        else:
+            # Counted with the request's end (`http_finished`: one call), which always follows
+            # while the request runs (its middleware's `finally`, a failure's or a cancellation's
+            # too); after it (a held line's late settlement), or a request's second one, now.
+            pending = record.settled_counters
+            if pending == ENDED:
+                self._totals.settle(
+                    counters, usage.prompt_tokens, usage.completion_tokens, cost_usd
+                )
+            else:
+                if pending != NOT_SETTLED:  # the earlier one, with what it put on the record
+                    self._totals.settle(
+                        pending, record.prompt_tokens, record.completion_tokens, record.cost_usd
+                    )
+                record.settled_counters = counters
             record.settled_status = status
             record.model = model_id
             record.provider = provider_name
@@ -156,12 +175,12 @@ class RequestObserver:
             record.completion_tokens = usage.completion_tokens
             record.cost_usd = cost_usd
 
-    def _settled_children(
+    def _settled_counters(
         self, model_id: str | None, provider_name: str | None, kind: str, stream: bool, status: int
-    ) -> Any:
+    ) -> int:
         m = self.metrics
         model, provider = m.model(model_id), m.provider(provider_name)
-        return m.buffer.tally((
+        return m.buffer.counters((
             m.child(m.requests, model, provider, kind, "true" if stream else "false",
                     status_class(status)),
             m.child(m.tokens, model, provider, "prompt"),

@@ -86,6 +86,7 @@ class RequestRecord:
         "request_id",
         "request_model",
         "route",
+        "settled_counters",
         "settled_status",
         "span",
         "status",
@@ -102,6 +103,9 @@ class RequestRecord:
         self.route = ""
         self.status = 0  # the HTTP status sent (0: no answer started)
         self.settled_status = 0  # the ledger's, once the request is settled (Meter.settle)
+        # Its settlement's counters, counted with its end (gateway/observer.py): their slot
+        # once settled, NOT_SETTLED before, ENDED once the end has counted.
+        self.settled_counters = NOT_SETTLED
         # The line waits for the ledger's status (`RequestLog.hold`): HELD, or the line's times
         # once the response ended meanwhile.
         self.held: object = None
@@ -134,6 +138,16 @@ class RequestRecord:
 
     def entry(self, latency_ms: float, ttfb_ms: float | None) -> RequestLine:
         """The log line's fields as of now (the record may change after; the entry does not)."""
+        return self.rounded_entry(
+            # To the microsecond by round() of the product: round(x, 3) rounds through the
+            # number's decimal digits, twice the instructions (2.8K against 1.3K a call).
+            round(latency_ms * 1000) / 1000,
+            None if ttfb_ms is None else round(ttfb_ms * 1000) / 1000,
+        )
+
+    def rounded_entry(self, latency_ms: float, ttfb_ms: float | None) -> RequestLine:
+        """`entry`, the times rounded to the microsecond already (as `entry` rounds them: the
+        observer's `RunningTotals.end` gives them so)."""
         # How the request ended: the ledger's status once settled (a stream the client left
         # after its 200 is a 499 there, one the upstream broke a 502, one the drain ended a
         # 503; a request whose client left before any answer has no HTTP status, and is a 499),
@@ -146,10 +160,8 @@ class RequestRecord:
             self.method,
             self.route,
             status,
-            # To the microsecond by round() of the product: round(x, 3) rounds through the
-            # number's decimal digits, twice the instructions (2.8K against 1.3K a call).
-            round(latency_ms * 1000) / 1000,
-            None if ttfb_ms is None else round(ttfb_ms * 1000) / 1000,
+            latency_ms,
+            ttfb_ms,
             self.account_id,
             self.plan,
             self.model,
@@ -249,8 +261,12 @@ class RequestLog:
         self._thread.start()
 
     def write(self, record: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
+        self.add(record.entry(latency_ms, ttfb_ms))
+
+    def add(self, line: RequestLine) -> None:
+        """A line made (`RequestRecord.entry`, `rounded_entry`), for the writer."""
         pending = self._pending
-        pending.append(record.entry(latency_ms, ttfb_ms))
+        pending.append(line)
         gathered = len(pending)
         if gathered >= MAX_BATCH:
             self._hand_over()
@@ -269,10 +285,10 @@ class RequestLog:
 
     def release(self, record: RequestRecord) -> None:
         """The held record's line is written now, if its response has ended (else when it
-        ends: `RequestObserver.http_finished`)."""
+        ends: `RequestObserver.http_finished`, which left its times rounded)."""
         ended, record.held = record.held, None
         if type(ended) is tuple:
-            self.write(record, *ended)
+            self.add(record.rounded_entry(*ended))
 
     def _hand_over(self) -> None:
         pending = self._pending
@@ -367,6 +383,9 @@ def _utf8_bytes_under(stream: TextIO) -> BinaryIO | None:
 
 
 HELD = object()  # `RequestRecord.held`: the line waits for its status
+# `RequestRecord.settled_counters` before a settlement, and once the request's end counted.
+NOT_SETTLED = -1
+ENDED = -2
 HAND_OVER_S = 0.05
 MAX_BATCH = 256
 # Lines handed to the writer and not yet written, at most (~300 bytes each: ~20 MB).

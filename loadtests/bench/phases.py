@@ -70,6 +70,8 @@ FUNCTIONS: dict[tuple[str, str], str] = {
     ("metering.py", "charge_tokens"): SETTLEMENT,
     ("requestlog.py", "write"): LOG_LINE,
     ("requestlog.py", "line"): LOG_LINE,
+    ("requestlog.py", "add"): LOG_LINE,
+    ("requestlog.py", "rounded_entry"): LOG_LINE,
     ("observer.py", "http_finished"): METRICS,
     ("observer.py", "settled"): METRICS,
     ("observer.py", "admitted_or_refused"): METRICS,

@@ -13,6 +13,8 @@
 //!   `chat_body`'s readers).
 //! - [`limiter`]: token buckets and daily quotas under one keyed, bounded map.
 //! - [`histogram`]: a histogram child's pending observations (the metrics buffer's).
+//! - [`totals`]: the request path's running totals (counters, histograms), one update a
+//!   request at its end.
 //! - [`ids`]: non-secret ids (request, answer, ledger entry) cut from buffered random bytes.
 //! - [`admission`]: the embedded store's admission (limits, credit, key budgets) in one call.
 //! - [`spans`]: the trace span recorder's msgpack rows, ids and `traceparent`.
@@ -38,6 +40,7 @@ pub mod quota;
 pub mod reframe;
 pub mod spans;
 pub mod sse;
+pub mod totals;
 pub mod usage;
 
 #[cfg(feature = "python")]

@@ -26,6 +26,7 @@ mod bodies;
 mod histogram;
 mod ids;
 mod spans;
+mod totals;
 
 /// Inputs above this size are processed with the interpreter detached.
 const DETACH_ABOVE: usize = 64 * 1024;
@@ -526,6 +527,8 @@ mod _core {
     use super::ids::PyIdSource;
     #[pymodule_export]
     use super::spans::{PyClientSpan, PyServerSpan, PySpanRecorder};
+    #[pymodule_export]
+    use super::totals::PyRunningTotals;
     #[pymodule_export]
     use super::{head_fields, read_head, PyDechunker, PyDecision, PyLimiter, PyReframer, PyUsage};
 

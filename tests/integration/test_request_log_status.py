@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 import redis
 import uvloop
 
-from gateway.requestlog import RequestRecord
+from gateway.requestlog import RequestLine
 from gateway.store import resp
 from gateway.store.base import UsageEntry
 from tests.conftest import free_port, gateway_config
@@ -27,6 +28,7 @@ from tests.integration.test_cancelled_admission import chat_body, until, warmed
 from tests.integration.test_deadline_client_gone import PATIENT
 from tests.integration.test_streams_freed import App, started
 from tests.redis_server import RedisServer
+from tests.scrape import parse
 from tests.unit.test_retry_deadline import DrivenWheel
 
 NUMBERS = itertools.count()
@@ -50,18 +52,28 @@ class Seen:
         assert observer is not None
         self.lines: dict[str, dict[str, Any]] = {}
         self.ledger: dict[str, int] = {}
-        write, record = observer.request_log.write, state.meter._recorder.record
+        add, record = observer.request_log.add, state.meter._recorder.record
 
-        def written(line: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
-            self.lines[line.request_id] = orjson.loads(line.line(latency_ms, ttfb_ms))
-            write(line, latency_ms, ttfb_ms)
+        def added(line: RequestLine) -> None:
+            self.lines[line.request_id] = orjson.loads(msgspec.json.encode(line))
+            add(line)
 
         def recorded(entry: UsageEntry) -> None:
             self.ledger[entry.request_id] = entry.status
             record(entry)
 
-        observer.request_log.write = written  # type: ignore[method-assign]
+        observer.request_log.add = added  # type: ignore[method-assign]
         state.meter._recorder.record = recorded  # type: ignore[method-assign]
+        self.metrics = observer.metrics
+
+    def billed(self) -> dict[str, float]:
+        """klawd_requests_total by status class, as /metrics says now (the buffer flushed)."""
+        samples = parse(self.metrics.exposition().decode())
+        return {
+            labels["status_class"]: value
+            for (name, pairs), value in samples.items()
+            if name == "klawd_requests_total" and (labels := dict(pairs)) and value
+        }
 
 
 async def ended(app: App, model: str, stream: bool, end: str) -> str:
@@ -128,14 +140,17 @@ def test_the_log_line_s_status_is_the_ledger_s_however_the_request_ends(
     status line's, only when it said otherwise; `upstream_body_error` the type of an upstream
     answer that failed after its headers."""
 
-    async def main() -> tuple[dict[str, Any], int]:
+    async def main() -> tuple[dict[str, Any], int, dict[str, float]]:
         async with started(config) as app:
             seen = Seen(app)
             request_id = await ended(app, model, stream, end)
-            return seen.lines[request_id], seen.ledger[request_id]
+            return seen.lines[request_id], seen.ledger[request_id], seen.billed()
 
-    line, ledger = uvloop.run(asyncio.wait_for(main(), 30))
+    line, ledger, billed = uvloop.run(asyncio.wait_for(main(), 30))
     assert (line["status"], ledger) == (status, status)
+    # Counted once, with the ledger's status, however it ended (a failure's, a cancellation's
+    # settlement too: counted with the request's end since 19zzzzi).
+    assert billed == {f"{status // 100}xx": 1}
     assert line.get("http_status") == sent
     assert line.get("upstream_body_error") == body_error
 
@@ -189,14 +204,16 @@ def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_s
             await until(logged, "the line written")
             await until(lambda: asyncio.sleep(0, request_id in seen.ledger), "settled")
             assert early is None, early
-            return seen.lines[request_id], seen.ledger[request_id]
+            return seen.lines[request_id], seen.ledger[request_id], seen.billed()
 
     try:
-        line, ledger = uvloop.run(asyncio.wait_for(main(), 30))
+        line, ledger, billed = uvloop.run(asyncio.wait_for(main(), 30))
     finally:
         paused.client_unpause()
         paused.close()
     assert (line["status"], ledger) == (499, 499)
+    # Settled after its response's end: counted then (the end had nothing to count with it).
+    assert billed.get("4xx") == 1
     assert "http_status" not in line
 
 

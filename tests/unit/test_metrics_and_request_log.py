@@ -375,3 +375,58 @@ def test_a_line_counts_the_upstream_bodies_that_failed_and_names_the_last() -> N
         current_request.reset(token)
     line = orjson.loads(record.line(1.0, None))
     assert (line["upstream_body_error"], line["upstream_body_errors"]) == ("gateway_timeout", 3)
+
+
+def billed(watcher: RequestObserver) -> tuple[float, float, float]:
+    """klawd_requests_total, klawd_tokens_total and klawd_cost_usd_total as /metrics says now."""
+    samples = parse(watcher.metrics.exposition().decode())  # flushes the buffer first
+    return (
+        total(samples, "klawd_requests_total"),
+        total(samples, "klawd_tokens_total"),
+        total(samples, "klawd_cost_usd_total"),
+    )
+
+
+def test_a_request_s_settlement_is_counted_with_its_end_in_one_call() -> None:
+    """Settled while its request runs, a request's billing counters move with its end
+    (`http_finished`: one call into the running totals for the request, its settlement with
+    it), and count it once, as they did at the settlement itself before."""
+    watcher = observer()
+    entry = Catalog(load_settings(None), {}).get("openai/gpt-4-turbo")
+    assert entry is not None
+    record = RequestRecord("req_6", "POST")
+    record.route, record.status = "/v1/chat/completions", 200
+    token = current_request.set(record)
+    try:
+        watcher.settled(entry, TokenUsage(10, 5), 200, False, 1_500_000)
+    finally:
+        current_request.reset(token)
+    assert billed(watcher) == (0, 0, 0)  # not yet: with the end
+    watcher.http_finished(record, 10.0, 10.5)
+    assert billed(watcher) == (1, 15, 1.5)
+    watcher.http_finished(RequestRecord("req_7", "GET"), 10.0, 10.5)  # nothing settled
+    assert billed(watcher) == (1, 15, 1.5)
+
+
+def test_a_settlement_after_its_request_s_end_or_a_second_one_is_counted() -> None:
+    """A settlement that comes after the request's end (a held line's late ledger status), and
+    a request settled twice: each counted, with its own tokens and cost."""
+    watcher = observer()
+    entry = Catalog(load_settings(None), {}).get("openai/gpt-4-turbo")
+    assert entry is not None
+    record = RequestRecord("req_8", "POST")
+    token = current_request.set(record)
+    try:
+        watcher.settled(entry, TokenUsage(1, 2), 200, False, 1_000_000)
+        watcher.settled(entry, TokenUsage(3, 4), 200, False, 2_000_000)  # the last one's line
+    finally:
+        current_request.reset(token)
+    watcher.http_finished(record, 10.0, 10.5)
+    assert billed(watcher) == (2, 10, 3.0)
+    token = current_request.set(record)  # (as PendingAdmission.dropped sets it)
+    try:
+        watcher.settled(None, TokenUsage(0, 0), 499, False, 0)
+    finally:
+        current_request.reset(token)
+    assert billed(watcher) == (3, 10, 3.0)
+    assert record.settled_status == 499

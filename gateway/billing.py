@@ -171,8 +171,25 @@ def model_cost_micros(usage: TokenUsage, model: ModelSettings) -> int:
 def prompt_price_ceiling(model: ModelSettings) -> float:
     """The dearest price a prompt token of this model may cost (a cache write can cost more
     than plain input): what a worst-case reservation must assume."""
-    write = model.cache_write_usd_per_mtok or 0.0
-    return write if write > model.input_usd_per_mtok else model.input_usd_per_mtok
+    return _price_ceiling(model.input_usd_per_mtok, model.cache_write_usd_per_mtok)
+
+
+def _price_ceiling(input_usd_per_mtok: float, cache_write_usd_per_mtok: float | None) -> float:
+    write = cache_write_usd_per_mtok or 0.0
+    return write if write > input_usd_per_mtok else input_usd_per_mtok
+
+
+@functools.lru_cache(maxsize=1024)
+def worst_prices_micros(
+    input_usd_per_mtok: float, cache_write_usd_per_mtok: float | None, output_usd_per_mtok: float
+) -> tuple[int, int]:
+    """A model's worst-case prices, micro-dollars per million tokens: a prompt token at
+    `prompt_price_ceiling`, an output token at the output price. Remembered per set of prices
+    (a catalog has a few): a reservation does not convert them again."""
+    return (
+        usd_to_micros(_price_ceiling(input_usd_per_mtok, cache_write_usd_per_mtok)),
+        usd_to_micros(output_usd_per_mtok),
+    )
 
 
 def format_usd(micros: int) -> str:

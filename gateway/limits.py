@@ -225,6 +225,14 @@ class DecidingLimiter(Protocol):
         self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
     ) -> Admission: ...
 
+    def timed_decide(
+        self, observe: Callable[[float], None], failed: Callable[[], None]
+    ) -> Callable[[str, LimitSpec, int, KeyGate | None], Admission | int]:
+        """`decide`, timed by the limiter itself (gateway/store_metrics.py): each decided
+        admission's duration in seconds to `observe` (an int is not: the awaited `admit` after
+        it is timed), each failure to `failed`."""
+        ...
+
 
 def bucket_keys(account_id: str) -> tuple[str, str, str]:
     return f"rpm:{account_id}", f"rpd:{account_id}", f"tpm:{account_id}"
@@ -272,6 +280,9 @@ class EmbeddedLimiter:
         # (account, spec, key) -> the admission's plan (limits, which are the key's, budgets):
         # built once per distinct account, limits and key's day, not per request.
         self._plans: dict[tuple[str, LimitSpec, KeyGate | None], _core.AdmitPlan] = {}
+        # `decide`'s timing, once the store's metrics ask for it (`timed_decide`)
+        self._observe: Callable[[float], None] | None = None
+        self._failed: Callable[[], None] | None = None
 
     def _plan(self, account_id: str, spec: LimitSpec, key: KeyGate | None) -> _core.AdmitPlan:
         plan_key = (account_id, spec, key)
@@ -301,9 +312,28 @@ class EmbeddedLimiter:
     ) -> Admission | int:
         """`admit` without awaiting: the Admission, or the reads it needs first (an int:
         `READ_BALANCE | READ_SPEND`; then call `admit`, which reads them)."""
-        plan = self._plans.get((account_id, spec, key)) or self._plan(account_id, spec, key)
-        answer: Admission | int = self._core.admit(plan, self._book, reserve_micros, self._clock())
+        started = time.perf_counter()
+        try:
+            plan = self._plans.get((account_id, spec, key)) or self._plan(account_id, spec, key)
+            answer: Admission | int = self._core.admit(
+                plan, self._book, reserve_micros, self._clock()
+            )
+        except Exception:
+            if self._failed is not None:
+                self._failed()
+            raise
+        if self._observe is not None and answer.__class__ is not int:
+            self._observe(time.perf_counter() - started)
         return answer
+
+    def timed_decide(
+        self, observe: Callable[[float], None], failed: Callable[[], None]
+    ) -> Callable[[str, LimitSpec, int, KeyGate | None], Admission | int]:
+        """`DecidingLimiter.timed_decide`: `decide` observes itself (no timing wrapper's frame
+        around each admission)."""
+        self._observe = observe
+        self._failed = failed
+        return self.decide
 
     def _limits(
         self, account_id: str, spec: LimitSpec, key: KeyGate | None

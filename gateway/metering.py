@@ -31,11 +31,11 @@ from gateway import ids
 from gateway.accounts import effective_limits
 from gateway.auth import AuthContext
 from gateway.billing import (
+    MICROS_PER_USD,
     TokenUsage,
     estimate_tokens,
     model_cost_micros,
-    prompt_price_ceiling,
-    token_cost_micros,
+    worst_prices_micros,
 )
 from gateway.drain import is_drain
 from gateway.errors import (
@@ -97,27 +97,40 @@ RESERVE_TOKENS_PER_MESSAGE = 4
 RESERVE_TOKENS_PER_IMAGE = 1600
 
 
-def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
-    """Worst case over every target the request may fall back to."""
+def chat_estimates(request: ChatRequest, targets: list[CatalogEntry]) -> tuple[int, int]:
+    """What a chat request's admission reserves and its upstream call counts, in one pass:
+    (`reserve_for_chat`, `upstream_tokens_for_chat`). The chat route's, whose targets are the
+    ones the key may use already; each model's prices worked out once (`worst_prices_micros`)."""
     chars, images, _, messages = request.prompt_counts
+    n = request.n or 1
+    output = request.output_budget * n
     prompt = (
         math.ceil(chars / RESERVE_CHARS_PER_TOKEN)
         + RESERVE_TOKENS_PER_MESSAGE * messages
         + RESERVE_TOKENS_PER_IMAGE * images
-    ) * (request.n or 1)
-    worst = TokenUsage(prompt, request.output_budget * (request.n or 1))
+    ) * n
     most = 0  # (a loop, not max() of a list: one target is the usual case)
     for t in targets:
-        cost = token_cost_micros(worst, prompt_price_ceiling(t.model), t.model.output_usd_per_mtok)
-        if cost > most:
-            most = cost
-    return most
+        model = t.model
+        prompt_price, output_price = worst_prices_micros(
+            model.input_usd_per_mtok, model.cache_write_usd_per_mtok, model.output_usd_per_mtok
+        )
+        scaled = prompt * prompt_price + output * output_price
+        if scaled > most:
+            most = scaled
+    # the dearest target's cost, rounded up to the next whole micro-dollar (`token_cost_micros`)
+    return -(-most // MICROS_PER_USD), estimate_tokens(chars) + output
+
+
+def reserve_for_chat(request: ChatRequest, targets: list[CatalogEntry]) -> int:
+    """Worst case over every target the request may fall back to."""
+    return chat_estimates(request, targets)[0]
 
 
 def upstream_tokens_for_chat(request: ChatRequest) -> int:
     """What an upstream counts against its tokens-per-minute limit when the request is sent:
     the prompt plus the output budget (settled to the actual usage afterwards)."""
-    return estimate_tokens(request.prompt_counts[0]) + request.output_budget * (request.n or 1)
+    return chat_estimates(request, [])[1]
 
 
 # gc=False: atoms, frozen Structs and the targets' list, never in a reference cycle: the cycle
@@ -293,11 +306,12 @@ class Meter:
         request_id: str,
         requested: str,
         targets: list[CatalogEntry],
-        reserve_for: Callable[[list[CatalogEntry]], int],
+        reserve_for: Callable[[list[CatalogEntry]], int] | int,
         allowed_already: bool = False,
     ) -> Ticket:
         """`requested`: the model id the request named; `targets`: what it resolved to;
-        `reserve_for(targets)`: the worst-case cost over the targets the key may use.
+        `reserve_for(targets)`: the worst-case cost over the targets the key may use (or that
+        cost itself, worked out by a caller whose targets are `allowed_already`).
         `allowed_already`: `targets` is `allowed(...)`'s answer already (chat filters first, as
         its cache lookup is keyed by what the key may use): not filtered a second time.
         A request cancelled while its admission travels gives back what the admission took
@@ -314,7 +328,7 @@ class Meter:
         request_id: str,
         requested: str,
         targets: list[CatalogEntry],
-        reserve_for: Callable[[list[CatalogEntry]], int],
+        reserve_for: Callable[[list[CatalogEntry]], int] | int,
         allowed_already: bool = False,
     ) -> Admitting:
         """`admit`, but the admission's round trip (Redis) is only sent: the route prepares its
@@ -325,7 +339,7 @@ class Meter:
         if self._recorder.overflowing:
             raise LedgerUnwritable()
         allowed = targets if allowed_already else self.allowed(auth, requested, targets)
-        reserve_micros = reserve_for(allowed)
+        reserve_micros = reserve_for if isinstance(reserve_for, int) else reserve_for(allowed)
         account = self._accounts.cached(auth.account_id) or await self.account(auth)
         # `spec(account)` and `utc_day(now)`, their remembered answers read inline
         spec = self._specs.get((account.plan, account.limits)) or self.spec(account)
@@ -401,36 +415,48 @@ class Meter:
         """The admitted request's ticket, or the refusal's error (429, 402). `remember`: the
         admission came from the limiter just now (a denial is remembered until its
         Retry-After)."""
-        if remember and admission.outcome == "rate_limited":
-            self._remember_denial(account.id, spec, gate, admission)
+        outcome = admission.outcome
         if self.observer is not None:
-            self.observer.admitted_or_refused(account.id, account.plan, admission.outcome)
+            self.observer.admitted_or_refused(account.id, account.plan, outcome)
+        if outcome != "admitted":
+            self._refuse(admission, account, spec, gate, reserve_micros, remember)
+        return Ticket(request_id, account, key_id, spec, admission, now, gate.day, allowed)
+
+    def _refuse(
+        self,
+        admission: Admission,
+        account: Account,
+        spec: LimitSpec,
+        gate: KeyGate,
+        reserve_micros: int,
+        remember: bool,
+    ) -> None:
+        """Raises a refused admission's error (429, 402) with the admission's headers."""
         if admission.outcome == "rate_limited":
-            error = RateLimited(
+            if remember:
+                self._remember_denial(account.id, spec, gate, admission)
+            error: GatewayError = RateLimited(
                 _rate_limit_message(spec, gate, admission),
                 retry_after_s=admission.retry_after_s
                 if math.isfinite(admission.retry_after_s)
                 else 86_400.0,
             )
-            error.extra_headers.update(admission.headers())
-            raise error
-        if admission.outcome == "insufficient_credits":
-            error_402 = InsufficientCredits(
+        elif admission.outcome == "insufficient_credits":
+            error = InsufficientCredits(
                 "Your credit balance cannot cover this request's worst-case cost "
                 f"(${reserve_micros / 1_000_000:.6f}); add credits or lower max_tokens."
             )
-            error_402.extra_headers.update(admission.headers())
-            raise error_402
-        if admission.outcome == "key_budget_exceeded":
-            error_key = InsufficientCredits(
+        elif admission.outcome == "key_budget_exceeded":
+            error = InsufficientCredits(
                 "This API key's budget cannot cover this request's worst-case cost "
                 f"(${reserve_micros / 1_000_000:.6f}); raise the key's budget or lower "
                 "max_tokens.",
                 code="key_budget_exceeded",
             )
-            error_key.extra_headers.update(admission.headers())
-            raise error_key
-        return Ticket(request_id, account, key_id, spec, admission, now, gate.day, allowed)
+        else:  # (no other outcome: admitted, as before)
+            return
+        error.extra_headers.update(admission.headers())
+        raise error
 
     @staticmethod
     def allowed(

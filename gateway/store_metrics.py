@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from gateway.limits import Limiter
+from gateway.limits import Admission, DecidingLimiter, Limiter
 from gateway.metrics import Metrics
 from gateway.store.base import Store
 
@@ -28,7 +28,7 @@ class _Timed:
         if name in _SENT:  # sent now, its reply read later: timed from sending to the reply
             timed = _timed_send(attr, _SENT[name], self._metrics)
         elif name in _DECIDED:
-            timed = _timed_decide(attr, _DECIDED[name], self._metrics)
+            timed = _timed_decide(cast(DecidingLimiter, self._inner), _DECIDED[name], self._metrics)
         elif name in _REPLIES:
             setattr(self, name, attr)  # the rest of a timed send: not timed twice
             return attr
@@ -47,29 +47,20 @@ _REPLIES = frozenset({"admission_of", "admit_leased"})
 
 
 # An admission decided in process without awaiting (the embedded store's, one Rust call):
-# timed as the operation it stands for. One that must read first (an int: the reads it
+# timed as the operation it stands for, by the limiter itself (`DecidingLimiter.timed_decide`:
+# no wrapper's frame around each admission). One that must read first (an int: the reads it
 # needs) is not: the awaited `admit` that follows is timed, once for the admission.
 _DECIDED = {"decide": "admit"}
 
 
-def _timed_decide(call: Callable[..., Any], operation: str, metrics: Metrics) -> Callable[..., Any]:
+def _timed_decide(
+    limiter: DecidingLimiter, operation: str, metrics: Metrics
+) -> Callable[..., Admission | int]:
     duration = metrics.store_duration.labels(metrics.store_backend, operation)
     errors = metrics.store_errors.labels(metrics.store_backend, operation)
     buffer = metrics.buffer
-    observe = buffer.pending(duration).observe  # observed into directly, as `_timed` does
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            answer = call(*args, **kwargs)
-        except Exception:
-            buffer.inc(errors)
-            raise
-        if answer.__class__ is not int:
-            observe(time.perf_counter() - started)
-        return answer
-
-    return timed
+    # observed into directly, as `_timed` does
+    return limiter.timed_decide(buffer.pending(duration).observe, lambda: buffer.inc(errors))
 
 
 def _timed_send(

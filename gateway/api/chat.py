@@ -40,12 +40,7 @@ from gateway.errors import (
     ShuttingDown,
     as_gateway_error,
 )
-from gateway.metering import (
-    UPSTREAM_BROKE_OFF,
-    Ticket,
-    reserve_for_chat,
-    upstream_tokens_for_chat,
-)
+from gateway.metering import UPSTREAM_BROKE_OFF, Ticket, chat_estimates
 from gateway.pending_admission import CLIENT_CLOSED, served_answer_ticket, served_ticket
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
@@ -84,15 +79,11 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         return
     # The admission is sent; on Redis the upstream call is prepared while its reply travels, and
     # nothing leaves for the upstream before it admitted (gateway/admission_gate.py).
+    # The worst-case cost over the targets the key may use, and the upstream token estimate
+    reserve_micros, tokens = chat_estimates(chat, targets)
     pending = await state.meter.start(
-        auth,
-        scope["state"]["request_id"],
-        chat.model,
-        targets,
-        functools.partial(reserve_for_chat, chat),  # (a partial: no Python frame of its own)
-        allowed_already=True,
+        auth, scope["state"]["request_id"], chat.model, targets, reserve_micros, True
     )
-    tokens = upstream_tokens_for_chat(chat)
     response_id = ids.new_id("chatcmpl-", 12)
     created = int(now)
     async with pending.overlapping(chat.stream):

@@ -45,6 +45,7 @@ FUNCTIONS: dict[tuple[str, str], str] = {
     ("metering.py", "start"): ADMISSION,
     ("metering.py", "admit"): ADMISSION,
     ("metering.py", "upstream_tokens_for_chat"): ADMISSION,
+    ("metering.py", "chat_estimates"): ADMISSION,
     ("pending_admission.py", "served_answer_ticket"): ADMISSION,
     ("pending_admission.py", "served_ticket"): ADMISSION,
     ("pending_admission.py", "__aenter__"): ADMISSION,

@@ -10,17 +10,22 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import generate_latest
 
 from gateway.auth import AuthContext
 from gateway.errors import InsufficientCredits, RateLimited
 from gateway.limits import READ_BALANCE, READ_SPEND, Admission, EmbeddedLimiter, KeyGate, LimitSpec
 from gateway.metering import AccountCache, Meter
+from gateway.metrics import Metrics
 from gateway.pending_admission import CLIENT_CLOSED, DecidedAdmission
 from gateway.settings import load_settings
 from gateway.store.base import KeyBudget, UsageEntry
 from gateway.store.sqlite import SqliteStore
+from gateway.store_metrics import _Timed
+from tests.scrape import parse, total
 
 DAY = "2026-11-26"
 SPEC = LimitSpec(requests_per_minute=5, requests_per_day=100)
@@ -169,3 +174,46 @@ async def test_meter_start_decides_an_embedded_admission_at_once(sqlite: SqliteS
     assert limited.value.extra_headers["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(RateLimited):  # the remembered denial: no limiter call
         await meter.start(auth, "req_4", "m", [], lambda _: 0)
+
+
+def store_samples(metrics: Metrics) -> tuple[float, float]:
+    """(admit durations observed, admit errors counted) of the embedded store."""
+    metrics.buffer.flush()
+    samples = parse(generate_latest(metrics.registry).decode())
+    return (
+        total(samples, "klawd_store_operation_duration_seconds_count", operation="admit"),
+        total(samples, "klawd_store_errors_total", operation="admit"),
+    )
+
+
+async def test_the_limiter_times_its_decided_admissions_as_the_stores_admit(
+    sqlite: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind the store's timing proxy, `decide` is the limiter's own (no wrapper's frame per
+    admission, decision 0011's twenty-ninth pass) and times itself as `operation="admit"`: one
+    duration per decided admission, admitted or refused; none for an answer that asks for a
+    read first (the awaited `admit` after it is timed, once for the admission); a failure
+    counted as the operation's error."""
+    account = await sqlite.create_account("t", "free", 100)
+    metrics = Metrics([], [], ["free"], "sqlite")
+    inner = limiter_of(sqlite)
+    timed = _Timed(inner, metrics)
+    assert timed.decide == inner.decide, "the limiter's own method, no wrapper around it"
+    assert timed.decide(account.id, SPEC, 10) == READ_BALANCE, "a balance never read"
+    assert store_samples(metrics) == (0, 0)
+    assert (await timed.admit(account.id, SPEC, 10)).admitted  # reads it: timed as admit
+    assert store_samples(metrics) == (1, 0)
+    own = KeyGate("key_t", DAY, requests_per_minute=1)
+    decided = timed.decide(account.id, SPEC, 10, own)
+    refused = timed.decide(account.id, SPEC, 10, own)
+    assert isinstance(decided, Admission) and decided.admitted
+    assert isinstance(refused, Admission) and refused.outcome == "rate_limited"
+    assert store_samples(metrics) == (3, 0)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the book is gone")
+
+    monkeypatch.setattr(inner, "_core", SimpleNamespace(admit=broken))
+    with pytest.raises(RuntimeError):
+        timed.decide(account.id, SPEC, 10)
+    assert store_samples(metrics) == (3, 1)

@@ -206,8 +206,9 @@ REQUEST = decode_image_request(b'{"model":"p/img","prompt":"p"}')
 
 async def test_connect_errors_are_retried() -> None:
     provider = ScriptedImages([UpstreamUnreachable("down"), UpstreamUnreachable("down")])
-    result, target = await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+    result, target, tries = await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
     assert provider.calls == 3
+    assert len(tries) == 3  # (the request log's retries: two)
     assert result.images[0].url == "https://x/1.png" and target is TARGET
 
 

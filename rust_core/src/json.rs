@@ -36,6 +36,51 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// The characters of the string that `raw` (a JSON string's text between its quotes) stands
+/// for, when [`write_str`] writes that string back as exactly `raw`: no quote or raw control
+/// character, and every escape one `write_str` writes (`\"`, `\\`, the five short control
+/// escapes, `\u00xx` in lowercase for the other controls). `None` otherwise (not a string's
+/// text, or one `write_str` would write otherwise: `\/`, `\u00e9`, uppercase hex, ...). A
+/// fragment of escaped JSON that passes is relayed as it came, with no unescaping and
+/// escaping again.
+pub fn as_written(raw: &str) -> Option<u64> {
+    const SHORT: [u8; 5] = [0x08, 0x09, 0x0A, 0x0C, 0x0D];
+    let b = raw.as_bytes();
+    let mut chars = 0u64;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => match *b.get(i + 1)? {
+                b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f' => i += 2,
+                b'u' => {
+                    let hex = b.get(i + 2..i + 6)?;
+                    let digit = |c: u8| match c {
+                        b'0'..=b'9' => Some(c - b'0'),
+                        b'a'..=b'f' => Some(c - b'a' + 10),
+                        _ => None,
+                    };
+                    let (high, low) = (digit(hex[2])?, digit(hex[3])?);
+                    let value = (high << 4) | low;
+                    if &hex[..2] != b"00" || value >= 0x20 || SHORT.contains(&value) {
+                        return None;
+                    }
+                    i += 6;
+                }
+                _ => return None,
+            },
+            b'"' | 0x00..=0x1F => return None,
+            c => {
+                i += 1;
+                if c & 0xC0 == 0x80 {
+                    continue; // a continuation byte: its character is counted
+                }
+            }
+        }
+        chars += 1;
+    }
+    Some(chars)
+}
+
 /// Appends `raw` (valid JSON text) with the insignificant whitespace outside strings removed.
 pub fn write_compact(out: &mut Vec<u8>, raw: &str) {
     let mut in_string = false;
@@ -181,7 +226,77 @@ pub fn is_null(v: &RawValue) -> bool {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // tests: a failure is the test failing
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// `s` as `write_str` writes it, without its quotes.
+    fn written(s: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s);
+        String::from_utf8(out[1..out.len() - 1].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_string_s_text_as_write_str_writes_it_is_relayed_as_it_came() {
+        for (raw, chars) in [
+            ("", Some(0)),
+            ("plain", Some(5)),
+            (r#"{\"path\": \"a.txt\"}"#, Some(17)),
+            (r"a\nb\tc\\d\re\bf\fg", Some(13)),
+            (r"\u0001\u001f\u000b", Some(3)),
+            ("é€😀", Some(3)),
+            (r"\/", None),     // `write_str` leaves a slash alone
+            (r"\u00e9", None), // and writes é as it is
+            (r"\u000a", None), // and a line feed as \n
+            (r"\u001F", None), // in lowercase
+            (r"\u0100", None),
+            (r"\ud83d\ude00", None),
+            (r"\x", None),
+            (r"\u00", None),
+            ("\\", None),      // a lone backslash
+            (r#"a"b"#, None),  // a quote ends the string
+            ("a\u{1}b", None), // a raw control character
+        ] {
+            assert_eq!(as_written(raw), chars, "{raw}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Whatever `write_str` writes is relayed as it came, its characters counted.
+        #[test]
+        fn write_str_s_text_is_as_written(
+            s in proptest::collection::vec(
+                prop::sample::select(vec!['a', ' ', '"', '\\', '/', '\n', '\r', '\t', '\u{8}',
+                    '\u{c}', '\u{0}', '\u{1f}', '\u{7f}', 'é', '😀']),
+                0..12,
+            ),
+        ) {
+            let s: String = s.into_iter().collect();
+            prop_assert_eq!(as_written(&written(&s)), Some(char_count(&s)));
+        }
+
+        /// Any text `as_written` takes is a JSON string's, which `write_str` writes back as it
+        /// is, with the characters it counted.
+        #[test]
+        fn what_as_written_takes_is_written_back_the_same(
+            parts in proptest::collection::vec(
+                prop::sample::select(vec!["a", " ", "\"", "\\", "\\\"", "\\\\", "\\n",
+                    "\\/", "\\u00", "\\u0001", "\\u001f", "\\u001F", "\\u000a", "\\u00e9",
+                    "é", "\u{1}", "u", "0", "f"]),
+                0..10,
+            ),
+        ) {
+            let raw: String = parts.concat();
+            if let Some(chars) = as_written(&raw) {
+                let s: String = serde_json::from_str(&format!("\"{raw}\"")).unwrap();
+                prop_assert_eq!(written(&s), raw);
+                prop_assert_eq!(char_count(&s), chars);
+            }
+        }
+    }
 
     #[test]
     fn trim_ws_trims_as_trim_matches_does() {

@@ -106,6 +106,8 @@ pub struct AnthropicReframer {
     tool_blocks: Vec<(u64, u32)>,
     /// The bytes text deltas repeat (the scan resumes after them).
     delta_prefix: anthropic_scan::DeltaPrefix,
+    /// The bytes a tool call's argument fragments repeat (their fragments copied as they came).
+    fragment_prefix: anthropic_scan::FragmentPrefix,
 }
 
 impl AnthropicReframer {
@@ -118,6 +120,7 @@ impl AnthropicReframer {
             usage: AnthropicUsage::default(),
             tool_blocks: Vec::new(),
             delta_prefix: anthropic_scan::DeltaPrefix::default(),
+            fragment_prefix: anthropic_scan::FragmentPrefix::default(),
         }
     }
 
@@ -159,8 +162,21 @@ impl Reframe for AnthropicReframer {
             self.text_delta(text, st, out);
             return Ok(());
         }
+        // An argument fragment like the last one: its escaped text copied into the chunk (what
+        // `on_parsed` writes for it, with no unescaping and escaping again).
+        if let Some((block, written, chars)) = self.fragment_prefix.fragment(&ev.data) {
+            if let (Some(tool), false) = (self.tool_index(block), written.is_empty()) {
+                self.ensure_role(out);
+                st.content_chars += chars;
+                self.writer.tool_call_arguments_written(out, tool, written);
+            }
+            return Ok(());
+        }
         let e = match anthropic_scan::read_with(&ev.data, &mut self.delta_prefix) {
-            Some(e) => e,
+            Some(e) => {
+                self.fragment_prefix.remember(&ev.data, &e);
+                e
+            }
             None => parse("anthropic", &ev.data)?,
         };
         self.on_parsed(e, &ev.event, st, out);

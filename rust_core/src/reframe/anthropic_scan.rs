@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 
 use super::anthropic::{AnthropicEvent, ContentBlock, Delta, ErrorBody, Message};
+use crate::json;
 use crate::json_scan::{once, Scan};
 use crate::usage::AnthropicUsage;
 
@@ -177,6 +178,82 @@ impl DeltaPrefix {
         self.bytes.clear();
         self.bytes.push_str(&data[..quote]);
         self.index = e.index;
+    }
+}
+
+/// A tool call's argument fragments relayed as they came. An `input_json_delta`'s
+/// `partial_json` is JSON inside a JSON string: read, it is unescaped, and written into the
+/// chunk's `arguments` it is escaped again, the same bytes in most fragments. This remembers
+/// the bytes before the fragment of the last plain `input_json_delta` (an event of nothing but
+/// `type`, `index` and a `delta` of `type` and `partial_json`, the fragment last in both
+/// objects), and a next event that starts with them and ends as `"…"}}`, its fragment written
+/// by [`json::as_written`] exactly as it came, is that fragment's delta: the reframer copies
+/// the escaped bytes into its chunk. Anything else is read by the scan, as before.
+#[derive(Debug, Default)]
+pub struct FragmentPrefix {
+    bytes: String,
+    index: u64,
+}
+
+impl FragmentPrefix {
+    /// The content block's index and the fragment as it came (its escaped text between the
+    /// quotes) with its characters, when `data` is a fragment like the remembered one's.
+    pub fn fragment<'a>(&self, data: &'a str) -> Option<(u64, &'a str, u64)> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let raw = data
+            .strip_prefix(self.bytes.as_str())?
+            .strip_prefix('"')?
+            .strip_suffix("\"}}")?;
+        Some((self.index, raw, json::as_written(raw)?))
+    }
+
+    /// Remembers `data`'s bytes before its fragment if `e` (its reading by the scan) is a plain
+    /// `input_json_delta` whose fragment ends `data` as `"…"}}`; otherwise keeps what it had.
+    /// Where the fragment starts is told by reading those bytes with two other fragments: both
+    /// must read as the same plain delta with that fragment (the scan's state after the bytes
+    /// depends on them alone, so any fragment after them is read into that slot).
+    pub fn remember(&mut self, data: &str, e: &AnthropicEvent<'_>) {
+        const KEY: &str = "\"partial_json\":";
+        let plain = |e: &AnthropicEvent<'_>, fragment: &str| {
+            e.kind.as_deref() == Some("content_block_delta")
+                && e.message.is_none()
+                && e.content_block.is_none()
+                && e.usage.is_none()
+                && e.error.is_none()
+                && e.delta.as_ref().is_some_and(|d| {
+                    d.kind.as_deref() == Some("input_json_delta")
+                        && d.partial_json.as_deref() == Some(fragment)
+                        && d.text.is_none()
+                        && d.stop_reason.is_none()
+                        && d.stop_sequence.is_none()
+                })
+        };
+        let Some(fragment) = e.delta.as_ref().and_then(|d| d.partial_json.as_deref()) else {
+            return;
+        };
+        if !plain(e, fragment) || !data.ends_with("\"}}") {
+            return;
+        }
+        if !self.bytes.is_empty() && data.starts_with(self.bytes.as_str()) {
+            return; // the same bytes (a fragment `json::as_written` refused)
+        }
+        let Some(at) = data.find(KEY).map(|at| at + KEY.len()) else {
+            return;
+        };
+        let bytes = &data[..at];
+        let index = e.index.unwrap_or(0);
+        for probe in ["", "x"] {
+            let whole = format!("{bytes}\"{probe}\"}}}}");
+            match read(&whole) {
+                Some(p) if plain(&p, probe) && p.index.unwrap_or(0) == index => {}
+                _ => return,
+            }
+        }
+        self.bytes.clear();
+        self.bytes.push_str(bytes);
+        self.index = index;
     }
 }
 
@@ -391,6 +468,13 @@ mod tests {
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\n\"b\" \u00e9\ud83d\ude00"}}"#,
             r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#,
             r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"location\": \"Par"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"is\", \"note\": \"a\\nb\\u0001\"}"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"a\/b \u00e9"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"42"}}"#,
+            r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"7"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json" :"x"},"y":{"partial_json":"z"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json" :"x"},"y":{"partial_json":"w"}}"#,
             r#"{"type":"content_block_delta","index":2,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#,
             r#"{"type":"content_block_stop","index":0}"#,
             r#"{"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":{"output_tokens":15}}"#,
@@ -510,6 +594,45 @@ mod tests {
         let mut events = seeds();
         events.extend([delta("a"), delta("b c"), delta(""), delta("\\n")]);
         same_through_the_prefix(&events);
+    }
+
+    #[test]
+    fn argument_fragments_after_the_first_are_copied_as_they_came() {
+        let delta = |fragment: &str| {
+            format!(
+                r#"{{"type":"content_block_delta","index":1,"delta":{{"type":"input_json_delta","partial_json":"{fragment}"}}}}"#
+            )
+        };
+        let mut prefix = FragmentPrefix::default();
+        let first = delta(r#"{\"path\": \"a"#);
+        assert_eq!(prefix.fragment(&first), None); // nothing remembered yet
+        prefix.remember(&first, &read(&first).unwrap());
+        assert_eq!(
+            prefix.bytes,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"#
+        );
+        let next = delta(r#".txt\", \"text\": \"x\\n\u0001"#);
+        assert_eq!(
+            prefix.fragment(&next),
+            Some((1, r#".txt\", \"text\": \"x\\n\u0001"#, 20))
+        );
+        // written otherwise by `write_str`, or not a plain fragment's end: the scan reads it
+        for other in [
+            delta(r"a\/b"),
+            delta(r"\u00e9"),
+            format!("{} ", delta("a")),
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"a","x":1}}"#.to_owned(),
+        ] {
+            assert_eq!(prefix.fragment(&other), None, "{other}");
+        }
+        // The first `"partial_json":` is not always the delta's: with a space before its colon,
+        // the one found is another object's, and those bytes are not remembered.
+        let mut other = FragmentPrefix::default();
+        let tricky = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json" :"x"},"y":{"partial_json":"z"}}"#;
+        let e = read(tricky).unwrap();
+        assert_eq!(e.delta.as_ref().unwrap().partial_json.as_deref(), Some("x"));
+        other.remember(tricky, &e);
+        assert_eq!(other.bytes, "");
     }
 
     #[test]

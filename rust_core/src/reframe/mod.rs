@@ -541,6 +541,18 @@ impl ChunkWriter {
         });
     }
 
+    /// [`Self::tool_call_arguments`] of a fragment given as its JSON string's text, which
+    /// `json::write_str` writes as it is (`json::as_written`): copied, not escaped again.
+    pub fn tool_call_arguments_written(&self, out: &mut Vec<u8>, index: u32, written: &str) {
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+            o.extend_from_slice(index.to_string().as_bytes());
+            o.extend_from_slice(b",\"function\":{\"arguments\":\"");
+            o.extend_from_slice(written.as_bytes());
+            o.extend_from_slice(b"\"}}]}");
+        });
+    }
+
     /// The finish chunk: empty delta and the finish reason.
     pub fn finish(&self, out: &mut Vec<u8>, reason: &str) {
         self.chunk(out, Some(reason), |o| o.extend_from_slice(b"{}"));

@@ -28,6 +28,13 @@ so a read of the upstream is told from an event loop's wake-up; per thread and k
 request, mean bytes per read, and the upstream reads' sizes (median, share under 512 bytes).
 `epoll_ctl` per request shows a socket taken out of epoll (libuv's re-arms after a paused
 read go through its io_uring: `io_uring_enter` in the counts).
+
+`--core-profile TOP`: the load generator's core instead of the worker (`perf record -a -C 1 -e
+cpu-clock -g` while wrk drives the contender): each program's CPU per request there (the
+upstream nginx, wrk, idle) with its kernel part by system call, and the TOP (program, symbol)
+pairs. On the saturated per-line measures that core is full, so what a contender's way of
+reading costs the upstream and wrk decides its rate (decision 0012, 19zzzzk: the gateway's
+upstream pays its extra inside `writev`, per segment and per ACK).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from loadtests.bench.contenders import CLIENT_CORE
 from loadtests.bench.measure import WrkResult, _tree, wrk, wrk_script
 from loadtests.bench.side_by_side import BEFORE, CHOICES, WRK_MEASURES, Contender, started
 
@@ -367,6 +375,79 @@ def profile(
     return "\n".join(lines)
 
 
+def core_profile(
+    contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path, top: int
+) -> str:
+    """`--core-profile`: where the load generator's core goes while wrk drives `contender`,
+    every program on it sampled every 200 us of the core's time (idle too)."""
+    script, url, _ = warmed(contender, scenario, connections, tmp, "core")
+    data = tmp / f"core-{contender.name}-{scenario}.data"
+    command = ["perf", "record", "-q", "-g", "-a", "-C", CLIENT_CORE, "-e", "cpu-clock"]
+    perf = subprocess.Popen(
+        [*command, "-F", "5000", "-o", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.3)  # perf attached
+    load, results = loader(url, script, connections, seconds)
+    load.start()
+    load.join(timeout=seconds + 60)
+    perf.send_signal(2)
+    perf.wait(timeout=60)
+    per_s = rate(results)
+    done = max(1.0, per_s * seconds)
+    script_out = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "comm,tid,ip,sym,dso", "--no-demangle"],
+        capture_output=True, text=True, timeout=300, check=False,
+    ).stdout  # fmt: skip
+    head = f"{contender.name}, {scenario}, {connections} connections: {per_s:.0f}/s"
+    # A sample stands for 200 us of the core; the window is wrk's plus perf's start and end,
+    # so the idle line is a little high, the busy ones are not.
+    return "\n".join([head, *core_lines(_comm_samples(script_out), 200 / done, top)])
+
+
+def core_lines(
+    samples: Iterator[tuple[str, list[tuple[str, str]]]], weight_us: float, top: int
+) -> list[str]:
+    """Per program (its comm, "idle" for the idle task): us per request, its kernel part by
+    system call; then the `top` (program, symbol) pairs. `weight_us`: one sample's us per
+    request."""
+    programs: collections.Counter[str] = collections.Counter()
+    kernel: collections.Counter[tuple[str, str]] = collections.Counter()
+    symbols: collections.Counter[tuple[str, str]] = collections.Counter()
+    for comm, chain in samples:
+        program = "idle" if comm.startswith("swapper") else comm[:16]
+        programs[program] += 1
+        if chain[0][1].startswith("[kernel"):
+            kernel[(program, _kernel_path(chain))] += 1
+        symbols[(program, chain[0][0][:48])] += 1
+    lines = []
+    for program, count in programs.most_common():
+        paths = sorted(((n, path) for (p, path), n in kernel.items() if p == program), reverse=True)
+        split = ", ".join(f"{path} {n * weight_us:.1f}" for n, path in paths[:6])
+        lines.append(f"  {program:16} {count * weight_us:7.1f} us/req  kernel: {split}")
+    for (program, symbol), count in symbols.most_common(top):
+        lines.append(f"  {count * weight_us:7.1f} us  {program:16} {symbol}")
+    return lines
+
+
+def _comm_samples(script_out: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """`perf script -F comm,tid,ip,sym,dso` of a `-g -a` record: (the program's comm, its
+    frames from the leaf up, each (symbol, object))."""
+    comm: str | None = None
+    chain: list[tuple[str, str]] = []
+    for line in [*script_out.splitlines(), ""]:
+        frame = re.match(r"\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line)
+        if frame is not None and comm is not None:
+            chain.append((frame[1].split("+0x")[0], frame[2].rsplit("/", 1)[-1]))
+            continue
+        if chain and comm is not None:
+            yield comm, chain
+        chain = []
+        head = re.fullmatch(r"(\S.*?)\s+(\d+)\s*", line)
+        comm = head[1] if head is not None else None
+
+
 def _samples(script_out: str) -> Iterator[tuple[int, list[tuple[str, str]]]]:
     """`perf script -F tid,ip,sym,dso` of a `-g` record: (tid, its frames from the leaf up,
     each (symbol, object))."""
@@ -424,6 +505,13 @@ def main() -> int:
         help="perf record -e cpu-clock of the worker: CPU per request by thread, kernel and the "
         "TOP symbols",
     )
+    mode.add_argument(
+        "--core-profile",
+        type=int,
+        metavar="TOP",
+        help=f"perf record of the load generator's core ({CLIENT_CORE}): CPU per request by "
+        "program (nginx, wrk, idle), kernel and the TOP symbols",
+    )
     args = parser.parse_args()
     if not (1 <= args.seconds <= 30 and 1 <= args.reps <= 5):
         parser.error("bounds: --seconds 1..30, --reps 1..5")
@@ -443,6 +531,11 @@ def main() -> int:
                     if args.profile:
                         print(profile(contender, scenario, args.connections, args.seconds,
                                       Path(tmp), args.profile))  # fmt: skip
+                    elif args.core_profile:
+                        if contender.name == "upstream":
+                            continue  # (wrk against nginx alone: nothing to compare)
+                        print(core_profile(contender, scenario, args.connections, args.seconds,
+                                           Path(tmp), args.core_profile))  # fmt: skip
                     else:
                         run = reads if args.reads else measure
                         print(run(contender, scenario, args.connections, args.seconds, Path(tmp)))

@@ -8,7 +8,15 @@ import os
 import socket
 import threading
 
-from loadtests.bench.syscalls import _kernel_path, _samples, fd_kinds, per_thread, threads
+from loadtests.bench.syscalls import (
+    _comm_samples,
+    _kernel_path,
+    _samples,
+    core_lines,
+    fd_kinds,
+    per_thread,
+    threads,
+)
 
 PERF_STAT = """\
 # started on Sat Dec  5 18:05:01 2026
@@ -40,6 +48,46 @@ PERF_SCRIPT = """\
 \tffffffff81000d46 asm_sysvec_apic_timer_interrupt ([kernel.kallsyms])
 \t           9c847 memset (/usr/lib/x86_64-linux-gnu/libc.so.6)
 """
+
+
+# `perf script -F comm,tid,ip,sym,dso` of a `perf record -a -C 1 -g` (a whole core: every
+# program on it, the idle task too).
+CORE_SCRIPT = """\
+nginx 29348 
+\tffffffff8223c951 __pv_queued_spin_lock_slowpath ([kernel.kallsyms])
+\tffffffff81f10000 lock_sock_nested ([kernel.kallsyms])
+\tffffffff81f20000 tcp_sendmsg ([kernel.kallsyms])
+\tffffffff816e9a00 do_writev ([kernel.kallsyms])
+\tffffffff8223df91 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t           d4ad7 __GI___writev (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+nginx 29348 
+\t           62a10 ngx_palloc+0x20 (/usr/sbin/nginx)
+
+swapper     0 
+\tffffffff82240000 pv_native_safe_halt ([kernel.kallsyms])
+\tffffffff81000000 common_startup_64 ([kernel.kallsyms])
+
+perf-exec 29362 
+\tffffffff817057a2 __d_lookup_rcu ([kernel.kallsyms])
+"""
+
+
+def test_a_core_s_samples_by_program_and_what_each_costs_a_request() -> None:
+    samples = list(_comm_samples(CORE_SCRIPT))
+    assert [(comm, len(chain)) for comm, chain in samples] == [
+        ("nginx", 7),
+        ("nginx", 1),
+        ("swapper", 2),
+        ("perf-exec", 1),
+    ]
+    assert samples[1][1][0] == ("ngx_palloc", "nginx")  # +0x.. cut, the object's name
+    lines = core_lines(iter(samples), 2.0, top=2)  # each sample 2 us a request
+    assert lines[0].split() == ["nginx", "4.0", "us/req", "kernel:", "do_writev", "2.0"]
+    assert lines[1].split()[:3] == ["idle", "2.0", "us/req"]  # the idle task, named so
+    assert lines[1].endswith("<common_startup_64> 2.0")  # not in a system call
+    assert lines[3].split() == ["2.0", "us", "nginx", "__pv_queued_spin_lock_slowpath"]
 
 
 def test_perf_stat_per_thread_counts_whole_numbers_by_short_name() -> None:

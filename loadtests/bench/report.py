@@ -510,6 +510,16 @@ def cpu_model() -> str:
     return "?"
 
 
+def congestion_control(path: Path = Path("/proc/sys/net/ipv4/tcp_congestion_control")) -> str:
+    """The host's TCP congestion control, which every contender's and the upstream's sockets
+    use: under BBR (with no fq qdisc) each socket paces its own sends, so how often a reader
+    ACKs sets how many segments the upstream writes (decision 0012, 19zzzzk)."""
+    try:
+        return path.read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
 def versions() -> str:
     def tool(command: list[str]) -> str:
         try:
@@ -525,7 +535,8 @@ def versions() -> str:
     return (
         f"Python {platform.python_version()}, {packages}; {tool(['nginx', '-v'])}; "
         f"{tool(['wrk', '--version'])}; {tool(['redis-server', '--version'])}; "
-        f"Linux {platform.release()}, {os.cpu_count()} cores ({cpu_model()})"
+        f"Linux {platform.release()} (TCP congestion control {congestion_control()}), "
+        f"{os.cpu_count()} cores ({cpu_model()})"
     )
 
 

@@ -1,5 +1,7 @@
 """The benchmark report's targets: each ratio printed with the spread of its rounds."""
 
+from pathlib import Path
+
 from loadtests.bench import report
 
 
@@ -162,3 +164,11 @@ def test_each_stream_round_gives_the_load_generator_s_core_per_stream_of_redis_a
     # a run from before the core's share was recorded: no line
     assert report.client_core_lines({k: {"lines": v["lines"]} for k, v in samples.items()}) == []
     assert not any("client_core" in x for x in report.targets(samples))
+
+
+def test_the_report_names_the_host_s_tcp_congestion_control(tmp_path: Path) -> None:
+    setting = tmp_path / "tcp_congestion_control"
+    setting.write_text("bbr\n")
+    assert report.congestion_control(setting) == "bbr"
+    assert report.congestion_control(tmp_path / "absent") == "?"
+    assert f"(TCP congestion control {report.congestion_control()})" in report.versions()

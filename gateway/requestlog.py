@@ -260,9 +260,6 @@ class RequestLog:
     def start(self) -> None:
         self._thread.start()
 
-    def write(self, record: RequestRecord, latency_ms: float, ttfb_ms: float | None) -> None:
-        self.add(record.entry(latency_ms, ttfb_ms))
-
     def add(self, line: RequestLine) -> None:
         """A line made (`RequestRecord.entry`, `rounded_entry`), for the writer."""
         pending = self._pending

@@ -218,7 +218,7 @@ def test_request_lines_reach_the_writer_in_batches_not_one_wake_up_per_line() ->
     async def write_all() -> None:
         for i in range(lines):
             record = RequestRecord(f"req_{i}", "GET")
-            log.write(record, 1.0, None)
+            log.add(record.entry(1.0, None))
         for _ in range(500):  # the timer hands over the last partial batch
             if stream.getvalue().count("\n") == lines:
                 return
@@ -305,7 +305,7 @@ def test_lines_a_stuck_stream_does_not_take_are_bounded_then_dropped_and_said(
 
     async def write_all() -> None:
         for i in range(sent):
-            log.write(RequestRecord(f"req_{i}", "GET"), 1.0, None)
+            log.add(RequestRecord(f"req_{i}", "GET").entry(1.0, None))
             if i % 50 == 49:
                 await asyncio.sleep(0.06)  # the timer hands over each 50
 
@@ -315,7 +315,7 @@ def test_lines_a_stuck_stream_does_not_take_are_bounded_then_dropped_and_said(
     deadline = time.monotonic() + 10
     while log._written < log._handed and time.monotonic() < deadline:
         time.sleep(0.01)
-    log.write(RequestRecord("req_after", "GET"), 1.0, None)  # (no loop: handed over at once)
+    log.add(RequestRecord("req_after", "GET").entry(1.0, None))  # (no loop: handed over at once)
     log.close()
     written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     notices = [line for line in written if line["event"] == "request_log_dropped"]
@@ -343,7 +343,7 @@ def test_the_shutdown_s_close_waits_for_the_writer_off_the_event_loop() -> None:
 
     async def close() -> tuple[bool, int]:
         ticking = asyncio.ensure_future(tick())
-        log.write(RequestRecord("req_stuck", "GET"), 1.0, None)
+        log.add(RequestRecord("req_stuck", "GET").entry(1.0, None))
         ended = await log.aclose(0.3)
         seen = ticks  # (read before anything else runs)
         ticking.cancel()

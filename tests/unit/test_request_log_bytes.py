@@ -110,7 +110,7 @@ def written_together(
 
     async def write() -> None:
         for record, latency_ms, ttfb_ms in lines:
-            log.write(record, latency_ms, ttfb_ms)
+            log.add(record.entry(latency_ms, ttfb_ms))
         assert log.unwritten == 0, "gathered, not handed over yet"
         assert log.close()
 

@@ -39,7 +39,9 @@ def config(
     tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI, redis_server: RedisServer
 ) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("cancelled-admission") / "klawd.toml"
-    gateway_config(path, free_port(), fake_openai.base_url, store_url=redis_server.url)
+    # the store's command timeout (2 s by default) out of the way of the reply the test holds
+    store_url = f"{redis_server.url}?socket_timeout=60"
+    gateway_config(path, free_port(), fake_openai.base_url, store_url=store_url)
     yield path
 
 
@@ -148,16 +150,21 @@ def test_a_request_cancelled_while_its_admission_travels_gives_back_what_it_took
 
             # past QUIET_S on every loop (uvloop's timers count whole milliseconds)
             await asyncio.sleep(0.001 + 2 * resp.QUIET_S if client_state == "quiet" else 0)
-            paused.client_pause(1000, all=True)  # every reply held back for a second
+            # The admission's `FCALL` waits unrun until the test lifts the pause (a timed 1 s
+            # `PAUSE ALL` could run out before the cancel on a loaded machine: the test then
+            # cancelled an admitted request instead, and passed without its case).
+            paused.client_pause(60_000, all=False)
             request = asyncio.ensure_future(
                 app.request("/v1/chat/completions", chat_body(stream), key)
             )
 
             await until(owed, "the admission sent")
             await asyncio.sleep(0.05)  # what the request does while the reply is held back
+            assert await owed(), "the admission's reply still held at the cancel"
             request.cancel()  # the client went away
             with contextlib.suppress(asyncio.CancelledError):
                 await request
+            paused.client_unpause()  # the reply comes now, to a request gone
 
             async def given_back() -> bool:
                 account = await store.get_account(account_id)

@@ -32,6 +32,7 @@ from tests.scrape import parse
 from tests.unit.test_retry_deadline import DrivenWheel
 
 NUMBERS = itertools.count()
+PAUSE_MS = 60_000  # a pause the test lifts itself: only a hang's guard
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,11 @@ def redis_config(
     tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI, redis_server: RedisServer
 ) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("log-status-redis") / "klawd.toml"
-    gateway_config(path, free_port(), fake_openai.base_url, store_url=redis_server.url)
+    # The store's command timeout (2 s by default) out of the way of the replies the tests hold
+    # back: a reply held past it fails the connection, which is the second test's case, not the
+    # first's (seen on a loaded machine: the first test's line said 0, never settled).
+    store_url = f"{redis_server.url}?socket_timeout=60"
+    gateway_config(path, free_port(), fake_openai.base_url, store_url=store_url)
     yield path
 
 
@@ -168,9 +173,11 @@ def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_s
     redis_config: Path, redis_server: RedisServer
 ) -> None:
     """The Redis store: the request cancelled (its client gone) while its admission's reply is
-    held back (`CLIENT PAUSE`), its response ended long before the reply comes. The line waits
-    for the reply: the ledger settles the admitted request 499 then, and the line says 499
-    (before: 0, written before the reply)."""
+    held back (`CLIENT PAUSE WRITE`: the `FCALL` waits unrun until the test lifts the pause),
+    its response ended long before the reply comes. The line waits for the reply: the ledger
+    settles the admitted request 499 then, and the line says 499 (before: 0, written before the
+    reply). The pause is lifted by the test, not timed: a 2 s `PAUSE ALL` ran out, or outlived
+    the store's command timeout, on a loaded machine."""
     paused = redis.Redis(port=redis_server.port)
 
     async def main() -> tuple[dict[str, Any], int]:
@@ -184,7 +191,7 @@ def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_s
                 return any(c.pending or c.corked for c in client._connections)
 
             await asyncio.sleep(0.001 + 2 * resp.QUIET_S)  # quiet: the admission sent at once
-            paused.client_pause(2000, all=True)
+            paused.client_pause(PAUSE_MS, all=False)  # writes wait until lifted below
             request_id = f"req_log_status_{next(NUMBERS)}"
             request = asyncio.ensure_future(
                 app.request("/v1/chat/completions", chat_body(False), key, "", request_id)
@@ -196,6 +203,7 @@ def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_s
             for _ in range(20):  # the response ended, its line due
                 await asyncio.sleep(0.005)
             early = seen.lines.get(request_id)  # written before the ledger's status came
+            assert await owed(), "the admission's reply still held when the line was looked for"
             paused.client_unpause()
 
             async def logged() -> bool:

@@ -4,6 +4,7 @@ chart. Screenshots of each step go to tests/artifacts/ (gitignored)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests.fakes.webhook_receiver import WebhookReceiver, verify
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
+IMPLICIT_WAIT_S = 10
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -58,9 +60,21 @@ def browser() -> Iterator[WebDriver]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
-    driver.implicitly_wait(10)  # element lookups wait (bounded) for the page a click led to
+    driver.implicitly_wait(IMPLICIT_WAIT_S)  # lookups wait (bounded) for the page a click led to
     yield driver
     driver.quit()
+
+
+@contextlib.contextmanager
+def at_once(driver: WebDriver) -> Iterator[None]:
+    """Lookups answered from the page as it is, for an element that may rightly be absent, once
+    the page is known to be there: the implicit wait spends its whole bound on each absent one
+    (30 s of the suite's slowest test went so)."""
+    driver.implicitly_wait(0)
+    try:
+        yield
+    finally:
+        driver.implicitly_wait(IMPLICIT_WAIT_S)
 
 
 def shot(driver: WebDriver, name: str) -> Path:
@@ -307,11 +321,12 @@ def test_a_key_created_with_budgets_limits_models_and_tags_shows_them_and_bad_on
     assert row.find_element(By.CSS_SELECTOR, ".models").text == "openai/gpt-*, klawd/standard"
     assert row.find_element(By.CSS_SELECTOR, ".tags").text.split() == ["team=batch", "env=staging"]
     row.find_element(By.CSS_SELECTOR, "details.key-settings summary").click()
-    settings = {
-        name: row.find_element(By.CSS_SELECTOR, f'[name="{name}"]').get_attribute("value")
-        for name in ("usd_per_day", "usd_month", "requests_per_minute", "requests_per_day")
-        if row.find_elements(By.CSS_SELECTOR, f'[name="{name}"]')
-    }
+    with at_once(browser):  # the row is on the page: its inputs are (or are not) with it
+        settings = {
+            name: row.find_element(By.CSS_SELECTOR, f'[name="{name}"]').get_attribute("value")
+            for name in ("usd_per_day", "usd_month", "requests_per_minute", "requests_per_day")
+            if row.find_elements(By.CSS_SELECTOR, f'[name="{name}"]')
+        }
     assert settings == {
         "usd_per_day": "1.25",
         "requests_per_minute": "12",
@@ -337,7 +352,8 @@ def test_a_key_created_with_budgets_limits_models_and_tags_shows_them_and_bad_on
         browser.find_element(By.ID, "create-key").click()
         error = browser.find_element(By.CSS_SELECTOR, ".error[role=alert]").text
         assert named in error, error
-        assert not browser.find_elements(By.ID, "new-key"), "no key was made"
+        with at_once(browser):  # the page the refusal led to is there (its error found)
+            assert not browser.find_elements(By.ID, "new-key"), "no key was made"
         form = browser.find_element(By.CSS_SELECTOR, new_key_form)
         kept = form.find_element(By.CSS_SELECTOR, f'[name="{field}"]').get_attribute("value")
         assert kept == bad, "the form comes back as typed"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -70,3 +70,29 @@ def call_within(call: Callable[[], T], seconds: float) -> T:
                     raise TimeoutError(f"not done within {seconds:g} s of running time") from None
     finally:
         pool.shutdown(wait=False)
+
+
+def polls(seconds: float, every_s: float) -> Iterator[int]:
+    """A polling loop's turns (`for _ in polls(30, 0.05): if done(): break`), `every_s` apart,
+    until `seconds` of this process's running time passed: a hang's guard, not a count of turns
+    whose total a loaded machine's slow requests stretch past what the condition needs."""
+    ran = Ran(time.monotonic)
+    turn = 0
+    while True:
+        yield turn
+        if ran.tick() > seconds:
+            return
+        time.sleep(every_s)
+        turn += 1
+
+
+async def polls_async(seconds: float, every_s: float) -> AsyncIterator[int]:
+    """`polls` on an event loop (its sleeps are the loop's)."""
+    ran = Ran(time.monotonic)
+    turn = 0
+    while True:
+        yield turn
+        if ran.tick() > seconds:
+            return
+        await asyncio.sleep(every_s)
+        turn += 1

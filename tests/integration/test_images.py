@@ -4,7 +4,6 @@ process → the fake Replicate predictions API or the fake OpenAI images endpoin
 from __future__ import annotations
 
 import base64
-import time
 
 import httpx
 import openai
@@ -15,6 +14,9 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import REPLICATE_TOKEN
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.fakes.server import PNG_1X1
+from tests.live_bound import polls
+
+BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
 IMAGES = "/v1/images/generations"
 
@@ -287,13 +289,12 @@ def test_seedream_bill_counts_the_images_returned_not_requested(gateway: Gateway
     assert images.data is not None and len(images.data) == 1
     assert response.headers["x-klawd-cost-usd"] == "0.020000"
     view: dict[str, object] = {}
-    for _ in range(100):  # the ledger is written after the answer
+    for _ in polls(BOUND_S, 0.05):  # the ledger is written after the answer
         view = httpx.get(
             f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}
         ).json()
         if view["usage_today"]["images"] == 1:  # type: ignore[index]
             break
-        time.sleep(0.05)
     assert view["usage_today"]["images"] == 1  # type: ignore[index]
     # the reservation of 4 images was settled to the 1 returned: nothing else is held
     assert view["credits_usd"] == pytest.approx(0.98)
@@ -335,11 +336,10 @@ def test_images_are_limited_reserved_and_billed_per_image(gateway: Gateway) -> N
     )
     assert one.status_code == 402, "$0.01 left cannot cover one $0.02 image either"
     view: dict[str, object] = {}
-    for _ in range(100):
+    for _ in polls(BOUND_S, 0.05):
         view = httpx.get(f"{gateway.base_url}/v1/account", headers=headers).json()
         if view["usage_today"]["images"] == 2:  # type: ignore[index]
             break
-        time.sleep(0.05)
     assert view["usage_today"] == {  # type: ignore[comparison-overlap]
         "requests": 1,
         "prompt_tokens": 0,

@@ -7,7 +7,6 @@ with Retry-After: 7 (under `max_retry_after_s` = 30: without the deadline it is 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,10 @@ from tests.conftest import Gateway, free_port, gateway_config, start_gateway, st
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV
 from tests.fakes.replicate_upstream import FakeReplicate
+from tests.live_bound import polls
 from tests.scrape import scrape, total
+
+BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
@@ -191,8 +193,7 @@ def test_an_image_generation_cut_by_the_deadline_is_cancelled_upstream(
     creations = fake_replicate.creations("never")
     assert len(creations) == before + 1, "not retried after a timeout"
     prediction = [p for p in fake_replicate.predictions.values() if p["model"].endswith("/never")]
-    for _ in range(100):  # the cancel is sent in a task of its own, just after the answer
+    for _ in polls(BOUND_S, 0.02):  # the cancel is sent in a task of its own, after the answer
         if prediction[-1]["status"] == "canceled":
             break
-        time.sleep(0.02)
     assert prediction[-1]["status"] == "canceled"

@@ -13,7 +13,10 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import polls
 from tests.scrape import parse, total
+
+BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
 
 def post(gateway: Gateway, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -216,12 +219,11 @@ def test_refused_connection_is_retried_then_503(gateway: Gateway) -> None:
     assert response.status_code == 503
     assert "unreachable" in response.json()["error"]["message"]
     view: dict[str, Any] = {}
-    for _ in range(100):
+    for _ in polls(BOUND_S, 0.05):  # the ledger is written after the answer
         view = httpx.get(
             f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}
         ).json()
         if view["usage_today"]["requests"] == 1:
             break
-        time.sleep(0.05)
     assert view["usage_today"]["requests"] == 1
     assert view["credits_usd"] == 1.0, "nothing billed, the reservation released"

@@ -21,7 +21,10 @@ from gateway.store.base import (
     Webhook,
     open_store,
 )
+from tests.live_bound import polls_async
 from tests.redis_server import RedisClusterServers, RedisServer
+
+BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
 
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -57,10 +60,10 @@ async def test_changes_are_announced_to_every_other_process(shared_url: str) -> 
         key = await writer.create_key(account.id, "k", "sk-klawd-abcd", "e" * 64, None)
         await writer.update_account(account.id, plan="pro")
         await writer.revoke_key(key.id, 5)
-        for _ in range(100):  # (a Redis listener also drops every cache once subscribed)
+        # (a Redis listener also drops every cache once subscribed)
+        async for _ in polls_async(BOUND_S, 0.02):
             if ("account", account.id) in heard and ("key", key.id) in heard:
                 break
-            await asyncio.sleep(0.02)
         assert ("account", account.id) in heard
         assert ("key", key.id) in heard
     finally:

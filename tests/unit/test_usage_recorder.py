@@ -11,7 +11,10 @@ import pytest
 
 from gateway.store.base import UsageEntry
 from gateway.usage import UsageRecorder
+from tests.live_bound import polls_async
 from tests.usage_entries import usage_entry
+
+BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
 
 def entry(n: int) -> UsageEntry:
@@ -33,10 +36,9 @@ class HeldStore:
 
 
 async def settled_batches(store: HeldStore, count: int) -> None:
-    for _ in range(500):  # bounded: 5 s
+    async for _ in polls_async(BOUND_S, 0.01):
         if len(store.batches) >= count:
             return
-        await asyncio.sleep(0.01)
     raise AssertionError(f"{count} batches expected, {len(store.batches)} settled")
 
 
@@ -144,10 +146,9 @@ async def test_a_batch_the_store_answers_after_the_cut_is_counted_apart_and_said
     )
     assert len(lines) == 4  # the line, then each entry's
     store.release.set()  # the store answers, late
-    for _ in range(500):  # bounded: 5 s
+    async for _ in polls_async(BOUND_S, 0.01):
         if len(caplog.records) > 4:
             break
-        await asyncio.sleep(0.01)
     assert [r.getMessage() for r in caplog.records[4:]] == [
         "usage entries sent to the store before the shutdown's cut were settled after all: "
         "1 entries (10 micro-dollars), ids use_recorder_1"
@@ -201,10 +202,9 @@ async def test_a_batch_the_store_answers_after_the_cut_runs_the_after_settle_che
     await asyncio.wait_for(recorder.close(within_s=0.05), 10)
     assert checked == []
     store.release.set()  # the store answers, late
-    for _ in range(500):  # bounded: 5 s
+    async for _ in polls_async(BOUND_S, 0.01):
         if checked:
             break
-        await asyncio.sleep(0.01)
     assert checked == [(["use_recorder_1"], {})]
 
 
@@ -232,8 +232,7 @@ async def test_the_checks_of_a_batch_settled_before_the_cut_run_to_their_end(
     await asyncio.wait_for(recorder.close(within_s=0.05), 10)
     assert caplog.records == []  # settled: nothing to replay
     release.set()
-    for _ in range(500):  # bounded: 5 s
+    async for _ in polls_async(BOUND_S, 0.01):
         if checked:
             break
-        await asyncio.sleep(0.01)
     assert checked == [["use_recorder_1"]]

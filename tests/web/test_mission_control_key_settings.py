@@ -6,12 +6,14 @@ from __future__ import annotations
 import html
 import re
 import secrets
-import time
 
 import httpx
 
 from tests.conftest import Gateway
+from tests.live_bound import polls
 from tests.web.test_mission_control_http import MC, browser, csrf_of, sign_up
+
+BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
 
 def test_the_account_holder_sets_a_keys_budget_limits_models_and_tags(
@@ -54,11 +56,10 @@ def test_the_account_holder_sets_a_keys_budget_limits_models_and_tags(
         )
         assert answer.status_code == 200
         cost = answer.headers["x-klawd-cost-usd"]
-        for _ in range(100):  # the ledger settles in the background
+        for _ in polls(BOUND_S, 0.05):  # the ledger settles in the background
             page_text = client.get(f"{MC}/keys").text
             if f"${cost.rstrip('0')}" in page_text:
                 break
-            time.sleep(0.05)
         tag_table = page_text.split('id="tag-spend"', 1)[1]
         assert "team=search" in tag_table and f"${cost.rstrip('0')}" in tag_table
         bad = client.post(

@@ -46,9 +46,13 @@ def test_a_process_on_a_single_redis_never_imports_redis_py(redis_server: RedisS
             await store.settle([entry])
             assert (await store.key_spend(account.id, [key.id], "2026-11-26"))[key.id].today == 100
             await store.ping()
-            await asyncio.sleep(0.3)  # the subscription settles
+            for _ in range(1500):  # the subscription confirmed (it drops every cache): 30 s
+                if ("all", "") in heard:
+                    break
+                await asyncio.sleep(0.02)
+            assert ("all", "") in heard, heard
             await store.revoke_key(key.id, 5)
-            for _ in range(100):
+            for _ in range(1500):  # bounded: 30 s (a hang's guard)
                 if ("key", key.id) in heard:
                     break
                 await asyncio.sleep(0.02)

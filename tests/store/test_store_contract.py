@@ -55,7 +55,12 @@ async def test_changes_are_announced_to_every_other_process(shared_url: str) -> 
     heard: list[tuple[str, str]] = []
     try:
         listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
-        await asyncio.sleep(0.3)  # let the subscription settle
+        # the subscription confirmed: the listener drops every cache then ("all"), and hears
+        # what is published after (a fixed 0.3 s was not always enough on a loaded machine)
+        async for _ in polls_async(BOUND_S, 0.02):
+            if ("all", "") in heard:
+                break
+        assert ("all", "") in heard, heard
         account = await writer.create_account("x", "free", 0)
         key = await writer.create_key(account.id, "k", "sk-klawd-abcd", "e" * 64, None)
         await writer.update_account(account.id, plan="pro")

@@ -183,10 +183,11 @@ class Reframer:
     # the HTTP head before them); ValueError when past its end.
     def feed(self, data: bytes, start: int = 0) -> bytes: ...
     # feed() of the body bytes `dechunker` reads out of `data` (a read of an HTTP chunked
-    # body), in one call, and whether the body has ended (`dechunker.done` after it); a
-    # malformed chunked body is Dechunker.feed()'s ValueError (then not fed), the reframer's
-    # errors are feed()'s (SseError: a subclass of ValueError).
-    def feed_chunked(self, dechunker: Dechunker, data: bytes) -> tuple[bytes, bool]: ...
+    # body), in one call, and after it: 2 when the body has ended (`dechunker.done`), else 1
+    # when the reframer is closed (`done`, or an `upstream_error` read), else 0; a malformed
+    # chunked body is Dechunker.feed()'s ValueError (then not fed), the reframer's errors
+    # are feed()'s (SseError: a subclass of ValueError).
+    def feed_chunked(self, dechunker: Dechunker, data: bytes) -> tuple[bytes, int]: ...
     # At upstream EOF: final events (gemini: usage chunk + [DONE]). Raises UpstreamStreamError
     # when the stream was cut off (no terminator) and no upstream_error was seen.
     def finish(self) -> bytes: ...

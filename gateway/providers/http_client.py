@@ -207,6 +207,11 @@ def _parse_target(url: str, proxies: ProxyPolicy | None) -> _Target:
     )
 
 
+# `Reframer.feed_chunked`'s answer after a read when the body has ended; 1: it goes on and the
+# reframer read its terminator or an upstream error; 0: both go on (its events may then be sent
+# from the read: `_direct`).
+_BODY_ENDED: Final = 2
+
 # A reframed event stream's upstream is not read again in the loop turn after a read that did
 # not end it (`_Connection.hold`), whether its events were sent from the read callback, left for
 # the relay, or none completed. One turn, not a time: uvloop (the server's loop) rounds
@@ -620,9 +625,9 @@ class _Connection(asyncio.Protocol):
     def hold(self, loop: asyncio.AbstractEventLoop) -> None:
         """Not read until the loop's next turn, unless not being read already (held, or
         paused by `pause`, which cancels a hold's end: its `resume` ends both). Once per read
-        of a reframed stream, so its end is the transport's own `resume_reading`, queued
-        as it is: no Python frame (on a closing transport it does nothing, on uvloop's and
-        asyncio's alike)."""
+        of a reframed stream (`data_received` does it inline: no frame per read), so its end
+        is the transport's own `resume_reading`, queued as it is: no Python frame (on a
+        closing transport it does nothing, on uvloop's and asyncio's alike)."""
         transport = self.transport
         if transport is None or not transport.is_reading():
             return
@@ -681,32 +686,34 @@ class _Connection(asyncio.Protocol):
                     ended = dechunker.done
                 elif response._sink_error is None:
                     try:  # de-chunked and reframed in one call (no `bytes` of the body), the
-                        # body's end answered with it (not a crossing more for `done`)
-                        out, ended = sink.feed_chunked(dechunker, data)
+                        # body's end and the reframer's answered with it (no crossing more for them)
+                        out, after = sink.feed_chunked(dechunker, data)
                     except _core.SseError as exc:  # the reframer's (the Dechunker's: ValueError)
                         response._sink_failed(exc, sink.before_error())
                         ended = dechunker.done
                     else:
+                        ended = after == _BODY_ENDED
                         if out:
                             # While the reader waits, its pieces may be sent from here (a
-                            # reader's `deliver_to`): not the last one (the terminator, or
-                            # the body's end: its closing events go with it), nor before a
-                            # failure.
+                            # reader's `deliver_to`): not the last one (the terminator, an
+                            # upstream error, or the body's end: its closing events go with
+                            # it), nor before a failure.
                             direct = response._direct
                             waiter = response._waiter
                             if (
-                                ended
+                                after
                                 or direct is None
                                 or waiter is None
                                 or response._chunks
                                 or waiter.done()
-                                or sink.done
-                                or sink.upstream_error is not None
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
-                        if self.holds and not ended:
-                            self.hold(response._loop)
+                        if not ended and self.holds:  # `hold()`, inline (once per read)
+                            transport = self.transport
+                            if transport is not None and transport.is_reading():
+                                transport.pause_reading()
+                                self._hold_end = response._loop.call_soon(transport.resume_reading)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

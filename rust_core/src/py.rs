@@ -31,6 +31,10 @@ mod totals;
 /// Inputs above this size are processed with the interpreter detached.
 const DETACH_ABOVE: usize = 64 * 1024;
 
+/// `Reframer.feed_chunked`'s answer when the chunked body has ended (0: it goes on, the
+/// stream open; 1: it goes on, the reframer closed).
+const BODY_ENDED: u8 = 2;
+
 create_exception!(
     _core,
     SseError,
@@ -179,15 +183,17 @@ impl PyReframer {
 
     /// `feed` of the body bytes that `dechunker` reads out of `data` (one read of an HTTP
     /// chunked body): the two in one crossing, with no `bytes` of the body between them,
-    /// with whether the body has ended (the Dechunker's `done`, which the caller asks after
-    /// every read: answered here, not by a second crossing). A malformed chunked body is
-    /// `Dechunker.feed`'s `ValueError`, the reframer not fed.
+    /// and what the caller asks after every read, answered here rather than by more
+    /// crossings: `BODY_ENDED` (2) when the body has ended (the Dechunker's `done`), else
+    /// `CLOSED` (1) once the reframer read its terminator or an upstream error (`done` or
+    /// `upstream_error`), else `OPEN` (0). A malformed chunked body is `Dechunker.feed`'s
+    /// `ValueError`, the reframer not fed.
     fn feed_chunked<'py>(
         &mut self,
         py: Python<'py>,
         mut dechunker: PyRefMut<'py, PyDechunker>,
         data: &[u8],
-    ) -> PyResult<(Bound<'py, PyBytes>, bool)> {
+    ) -> PyResult<(Bound<'py, PyBytes>, u8)> {
         let PyDechunker {
             inner: chunked,
             out: body,
@@ -209,7 +215,12 @@ impl PyReframer {
             };
             result?;
         }
-        Ok((self.take(py), chunked.done()))
+        let after = if chunked.done() {
+            BODY_ENDED
+        } else {
+            u8::from(self.inner.state().closed())
+        };
+        Ok((self.take(py), after))
     }
 
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {

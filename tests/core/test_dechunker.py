@@ -197,8 +197,9 @@ def _reframer() -> _core.Reframer:
 def test_feed_chunked_is_the_dechunker_then_the_reframer_at_every_split() -> None:
     """`Reframer.feed_chunked(dechunker, data)` (the HTTP client's read of a reframed event
     stream) answers what `Dechunker.feed` then `Reframer.feed` answer, wherever the wire is
-    split (each line its own HTTP chunk), and leaves the Dechunker in the same state; the
-    flag it answers with them is the Dechunker's `done` after that read."""
+    split (each line its own HTTP chunk), and leaves the Dechunker in the same state; what
+    it answers with them is 2 when the Dechunker is `done` after that read, else 1 when the
+    reframer is (its terminator read), else 0."""
     lines = [line for event in ANTHROPIC_EVENTS for line in event.splitlines(keepends=True)]
     wire = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines) + b"0\r\n\r\n"
     whole = _reframer()
@@ -211,16 +212,32 @@ def test_feed_chunked_is_the_dechunker_then_the_reframer_at_every_split() -> Non
             out = b""
             theirs = b""
             for data in reads:
-                piece, ended = reframer.feed_chunked(dechunker, data)
+                piece, after = reframer.feed_chunked(dechunker, data)
                 out += piece
                 theirs += two.feed(two_dechunker.feed(data))
-                assert ended is two_dechunker.done
+                assert after == (2 if two_dechunker.done else 1 if two.done else 0)
             assert out == theirs
             assert (dechunker.done, dechunker.leftover) == (
                 two_dechunker.done,
                 two_dechunker.leftover,
             )
             assert out + reframer.finish() == expected
+
+
+def test_feed_chunked_answers_an_upstream_error_as_the_reframer_closed() -> None:
+    """An upstream `error` event closes the reframer before its body ends: 1, so that the
+    HTTP client leaves the error to the relay (never sent from the read)."""
+    reframer, dechunker = _reframer(), _core.Dechunker()
+    error = (
+        b"event: error\ndata: "
+        b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'
+    )
+    for event, expected in ((ANTHROPIC_EVENTS[0], 0), (error, 1)):
+        assert reframer.feed_chunked(dechunker, b"%x\r\n%s\r\n" % (len(event), event))[1] == (
+            expected
+        )
+    assert reframer.upstream_error == ("overloaded_error", "busy")
+    assert reframer.feed_chunked(dechunker, b"0\r\n\r\n") == (b"", 2)
 
 
 def test_feed_chunked_refuses_malformed_framing_without_feeding_the_reframer() -> None:

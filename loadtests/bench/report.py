@@ -25,8 +25,10 @@ TITLES = {
     "nginx": "nginx proxy",
     "floor": "Starlette floor",
     "bare": "bare-ASGI pass-through",
+    "bare-twin": "bare-ASGI, its twin (A/A)",
     "bare-rsgi": "bare-RSGI pass-through (informational)",
     "gateway-sqlite": "gateway, embedded",
+    "gateway-sqlite-twin": "gateway, embedded, its twin (A/A)",
     "gateway-redis": "gateway, Redis",
     "gateway-before": "gateway, before (--before)",
 }
@@ -591,9 +593,18 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
                 if notes.get("redis_priority") == "realtime"
                 else ", at normal priority: queued behind the others on its core"
             )
-            + ". Each round measures every contender once, back to back (the order reversed "
-            f"every other round), for {args.seconds:g} s (after a 1 s warm-up); figures are "
-            f"medians of {args.reps} rounds and ratios medians of the per-round ratios. Added "
+            + (
+                ". Each round measures every contender once, back to back (the order reversed "
+                f"every other round), for {args.seconds:g} s (after a 1 s warm-up)"
+                if getattr(args, "method", "whole") == "whole"
+                else f". Each round gives every contender {args.seconds:g} s (after a 1 s "
+                "warm-up): on the saturated measures in 1 s slices interleaved with the others' "
+                "(the order reversed every slice and every other round; a round's figure the "
+                "mean of its slices, `--method sliced`), on the paced and latency measures in "
+                "one turn"
+            )
+            + f"; figures are medians of {args.reps} rounds and ratios medians of the "
+            f"per-round ratios. {AA_RESOLUTION} Added "
             "latency = the contender's wrk latency at 1 connection minus the upstream's own. "
             "Each round also measures the CPU that programs outside the bench took (all "
             "processes but the bench's own tree); rounds where it reached 0.05 of a core are "
@@ -623,6 +634,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             *others_lines(notes.get("others") or {}),  # type: ignore[arg-type]
             *steal_lines(notes.get("steal") or {}),  # type: ignore[arg-type]
             *speed_lines(samples),
+            *aa_lines(samples),
             *paced_lines(samples),
             *reads_lines(samples),
             *client_core_lines(samples),
@@ -796,12 +808,16 @@ def steal_lines(stolen: dict[str, dict[str, float]]) -> list[str]:
 # A round pair whose speed probes differ this much (either way), on a core, ran its two contenders
 # on machines of different speed (decision 0012, 19zzzzb).
 UNEVEN = 1.15
+# The A/A pairs (side_by_side.TWINS): the same program twice, so a ratio's distance from 1 is the
+# method's own noise (decision 0012, 19zzzzo).
+TWINS = (("bare-twin", "bare"), ("gateway-sqlite-twin", "gateway-sqlite"))
 # The pairs whose per-round ratios the report reads (the targets', and a paired run's).
 SPEED_PAIRS = (
     ("gateway-sqlite", "bare"),
     ("gateway-redis", "bare"),
     ("gateway-redis", "gateway-sqlite"),
     ("gateway-before", "gateway-sqlite"),
+    *TWINS,
 )
 
 
@@ -838,6 +854,51 @@ def speed_lines(samples: Samples) -> list[str]:
         "two states (the probe at ~225 or ~350 µs) for seconds at a time with no steal "
         "counted, and a contender that saturates its core runs about as much slower or "
         "faster: such a round's ratio is the machine's, not the code's.",
+        "",
+    ]
+
+
+# What one run can resolve, measured by A/A runs (the same program twice as two contenders:
+# `--contenders bare,bare-twin,gateway-sqlite,gateway-sqlite-twin`; decision 0012, 19zzzzo).
+AA_RESOLUTION = (
+    "A/A runs (the same program twice as two contenders; 3 runs of 4 rounds of whole turns, "
+    "2026-12-07 06:10 to 06:42 UTC; decision 0012, 19zzzzo) read the twin ÷ its original's "
+    "median of the rounds at 0.955 to 1.018 on single answers, 0.910 to 1.144 on the static "
+    "body, 0.990 to 1.074 per line and 0.963 to 1.060 on Anthropic, single rounds from 0.75 "
+    "to 1.32: a ratio nearer 1 than that, on those measures, is not resolved by one run."
+)
+# The rates an A/A run reads (`aa_lines`).
+AA_MEASURES = ("rps", "sse", "event", "lines", "lines20", "anth", "anth20", "gemini")
+
+
+def aa_spread(ratios: list[float]) -> float:
+    """How far from 1 the farthest of an A/A pair's ratios is, either way (1.10 and 1/1.10 are
+    both 10 %): what a ratio taken the same way cannot tell from 1."""
+    return max(max(r, 1 / r) for r in ratios) - 1 if ratios else 0.0
+
+
+def aa_lines(samples: Samples) -> list[str]:
+    """Each A/A pair's rounds per measure: the twin ÷ its original in each round, their median
+    (what the report's ratios are) and the farthest from 1 of both (`aa_spread`)."""
+    found = []
+    for name, ref in TWINS:
+        parts = []
+        for measure in AA_MEASURES:
+            ratios = round_ratios(samples, name, ref, measure)
+            if ratios:
+                parts.append(
+                    f"{measure} {statistics.median(ratios):.3f} (rounds "
+                    + ", ".join(f"{r:.3f}" for r in ratios)
+                    + f"; ±{aa_spread(ratios):.1%})"
+                )
+        if parts:
+            found.append(f"{name} ÷ {ref}: " + "; ".join(parts))
+    if not found:
+        return []
+    return [
+        "A/A pairs (the same program twice, started alike: their ratio differs from 1 by the "
+        "method's own noise only; decision 0012, 19zzzzo), median of the per-round ratios "
+        "(each round's ratio; the farthest from 1 either way): " + ". ".join(found) + ".",
         "",
     ]
 

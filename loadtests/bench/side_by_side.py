@@ -73,7 +73,11 @@ NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"
 # Informational, chosen with --contenders (not in `make bench`'s default set, not a target): the
 # bare pass-through's relay over Granian's RSGI interface (bare_rsgi_app.py), what ASGI costs.
 BARE_RSGI = "bare-rsgi"
-CHOICES = [*NAMES[:4], BARE_RSGI, *NAMES[4:]]
+# Named only too, for an A/A run (decision 0012, 19zzzzo): a second bare and a second embedded
+# gateway, each started as its original is; a twin ÷ its original can only differ by the
+# method's own noise, which is what a ratio of the report can resolve.
+TWINS = {"bare-twin": "bare", "gateway-sqlite-twin": "gateway-sqlite"}
+CHOICES = [*NAMES[:4], "bare-twin", BARE_RSGI, "gateway-sqlite", "gateway-sqlite-twin", *NAMES[5:]]
 # A quick look only (never written to the docs): the gateway of another checkout, `--before DIR`
 # (DIR holds that version's `gateway` package with its built `_core`), on the embedded store or,
 # with `--before-store redis`, on the same redis-server as gateway-redis (its own database).
@@ -208,6 +212,11 @@ def started(
         if "bare" in names:
             bare = keep(c.bare(bare_port, upstream_url, directory))
             found["bare"] = Contender("bare", f"http://127.0.0.1:{bare_port}", bare.pid, False)
+        if "bare-twin" in names:
+            port = c.free_port()
+            twin = keep(c.pass_through("bare-twin", "loadtests.bench.bare_app:app", port,
+                                       upstream_url, directory))  # fmt: skip
+            found["bare-twin"] = Contender("bare-twin", f"http://127.0.0.1:{port}", twin.pid, False)
         if BARE_RSGI in names:
             port = c.free_port()
             rsgi = keep(c.bare_rsgi(port, upstream_url, directory))
@@ -219,6 +228,7 @@ def started(
             redis_pid = keep(c.redis_server(redis_port, directory, redis_core, redis_realtime)).pid
         for name, store in (
             ("gateway-sqlite", f"sqlite:///{directory / 'bench.db'}"),
+            ("gateway-sqlite-twin", f"sqlite:///{directory / 'twin.db'}"),
             ("gateway-redis", f"redis://127.0.0.1:{redis_port}/0"),
             (
                 BEFORE,
@@ -284,6 +294,13 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     def record(name: str, measure: str, value: float) -> None:
         samples[name].setdefault(measure, []).append(value)
 
+    # A round's figures per turn (a contender's several slices, `--method sliced`), each
+    # contender's then folded into one a round (`fold`).
+    turns: Samples = {}
+
+    def record_turn(name: str, measure: str, value: float) -> None:
+        turns.setdefault(name, {}).setdefault(measure, []).append(value)
+
     realtime = args.redis_priority == "realtime"
     notes["redis_priority"] = args.redis_priority
     with (
@@ -312,8 +329,12 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
             for name, contender in found.items():  # warm-up, not counted
                 wrk(contender.base_url + contender.path(scenario, route), scripts[name],
                     connections, 1)  # fmt: skip
+            slices, seconds = turn_plan(measure, args.method, args.seconds)
             for rnd in range(args.reps):
-                for name, contender in in_turn(found, rnd):
+                turns.clear()
+                for turn, name in enumerate(schedule(list(found), rnd, slices)):
+                    contender = found[name]
+                    where = f" slice {turn // len(found) + 1}" if slices > 1 else ""
                     cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
                     reads_before, _ = tree_syscalls(contender.pid)
                     waits_before = tree_waits(contender.pid)
@@ -338,19 +359,19 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                     ):
                         started_at = time.monotonic()
                         result = wrk(contender.base_url + contender.path(scenario, route),
-                                     scripts[name], connections, args.seconds)  # fmt: skip
+                                     scripts[name], connections, seconds)  # fmt: skip
                     # Each core's speed over the round (the probe's µs for its fixed loop).
                     speeds = speed.between(started_at, time.monotonic())
                     for core, probe_us in speeds.items():
-                        record(name, f"{measure}_probe{core}", probe_us)
+                        record_turn(name, f"{measure}_probe{core}", probe_us)
                     rate = result.requests_per_s
                     if measure in PACED:
-                        record(name, f"{measure}_window", result.requests_per_s)
-                        record(name, f"{measure}_stream_ms", result.mean_ms)
-                        record(name, f"{measure}_whole", result.completed / connections)
+                        record_turn(name, f"{measure}_window", result.requests_per_s)
+                        record_turn(name, f"{measure}_stream_ms", result.mean_ms)
+                        record_turn(name, f"{measure}_whole", result.completed / connections)
                         if args.paced_rate == "stream-time":
                             rate = result.closed_loop_rate(connections)
-                    done = rate * max(1, round(args.seconds))
+                    done = rate * max(1, round(seconds))
                     pieces = ""
                     if measure != "lat" and done:
                         # How the run read its streams: a saturated stream settles for a whole
@@ -360,42 +381,42 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         upstream_writes = (
                             tree_syscalls(found["upstream"].pid)[1] - sent_before
                         ) / done
-                        record(name, f"{measure}_reads", reads)
-                        record(name, f"{measure}_upstream_writes", upstream_writes)
+                        record_turn(name, f"{measure}_reads", reads)
+                        record_turn(name, f"{measure}_upstream_writes", upstream_writes)
                         # The load generator's core's two programs (decision 0012, 19zzy): the
                         # upstream nginx and wrk (this process's only child reaped meanwhile).
                         upstream_cpu = (
                             (tree_cpu_s(found["upstream"].pid) - upstream_before) * 1e6 / done
                         )
                         client_cpu = (_children_cpu_s() - client_before) * 1e6 / done
-                        record(name, f"{measure}_upstream_cpu", upstream_cpu)
-                        record(name, f"{measure}_client_cpu", client_cpu)
+                        record_turn(name, f"{measure}_upstream_cpu", upstream_cpu)
+                        record_turn(name, f"{measure}_client_cpu", client_cpu)
                         # The TCP segments the upstream sent and took for those writes (its
                         # socket counters): fewer when data waits for the reader's ACKs.
                         sent, took, _ = segments_between(
                             segments_before, server_segments(_port(found["upstream"]))
                         )
-                        record(name, f"{measure}_upstream_segments", sent / done)
-                        record(name, f"{measure}_upstream_segments_in", took / done)
+                        record_turn(name, f"{measure}_upstream_segments", sent / done)
+                        record_turn(name, f"{measure}_upstream_segments_in", took / done)
                         pieces = (
                             f"; {reads:.1f} reads, upstream {upstream_writes:.1f} writes a request"
                             f" in {sent / done:.1f} segments, {took / done:.1f} taken"
                             f"; CPU us a request: upstream {upstream_cpu:.0f}, wrk {client_cpu:.0f}"
                         )
                         cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
-                        record(name, f"{measure}_cpu", cpu_us)
+                        record_turn(name, f"{measure}_cpu", cpu_us)
                         # below 1: the worker waited (on the store, the upstream, the client)
                         busy = (tree_cpu_s(contender.pid) - cpu_before) / (
                             time.monotonic() - wall_before
                         )
-                        record(name, f"{measure}_busy", busy)
+                        record_turn(name, f"{measure}_busy", busy)
                         # Its sleeps: each one's wake-up is paid by the sender of what woke it
                         # (the upstream, on the load generator's core).
                         waits = (tree_waits(contender.pid) - waits_before) / done
                         upstream_waits = (
                             tree_waits(found["upstream"].pid) - upstream_waits_before
                         ) / done
-                        record(name, f"{measure}_waits", waits)
+                        record_turn(name, f"{measure}_waits", waits)
                         pieces += (
                             f", worker {cpu_us:.0f} ({busy:.2f} of its core, {waits:.1f} sleeps;"
                             f" upstream {upstream_waits:.1f} sleeps)"
@@ -406,7 +427,7 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                                 if contender.store_pid
                                 else 0.0
                             )
-                            record(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
+                            record_turn(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
                             if contender.store_pid:
                                 pieces += f", redis-server {store_s * 1e6 / done:.1f}"
                         # The load generator's core's share taken by the programs on it (the
@@ -417,27 +438,27 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                         if contender.store_pid and args.redis_core == c.CLIENT_CORE:
                             on_client_core += store_s * 1e6 / done
                         client_core = on_client_core * done / 1e6 / (time.monotonic() - wall_before)
-                        record(name, f"{measure}_client_core_us", on_client_core)
-                        record(name, f"{measure}_client_core", client_core)
+                        record_turn(name, f"{measure}_client_core_us", on_client_core)
+                        record_turn(name, f"{measure}_client_core", client_core)
                         pieces += f"; load generator's core {client_core:.2f} busy"
                         if contender.store_pid:  # redis-server's wait for its core
                             waited = run_queue_wait_s(contender.store_pid) - wait_before
-                            record(name, f"{measure}_store_wait", waited * 1e6 / done)
+                            record_turn(name, f"{measure}_store_wait", waited * 1e6 / done)
                     if measure in PACED:
                         pieces += (
                             f"; {rate:.1f} streams/s; wrk completed {result.completed} streams"
                             f" = {result.completed / connections:.2f} per connection"
                         )
                     probes = ", ".join(f"core {core} {us:.0f}" for core, us in speeds.items())
-                    print(f"  {measure} round {rnd + 1} {name}: {result}; {watch}; "
+                    print(f"  {measure} round {rnd + 1}{where} {name}: {result}; {watch}; "
                           f"other programs {others.cores:.2f} cores; steal {steal}; "
                           f"probe us {probes}{pieces}", flush=True)  # fmt: skip
                     if others.cores >= OTHERS_CORES:
                         shared = notes["others"]
-                        shared[f"{name} {measure} round {rnd + 1}"] = round(others.cores, 2)  # type: ignore[index]
+                        shared[f"{name} {measure} round {rnd + 1}{where}"] = round(others.cores, 2)  # type: ignore[index]
                     if max(steal.by_core.values(), default=0.0) >= STEAL_SHARE:
                         stolen = notes["steal"]
-                        stolen[f"{name} {measure} round {rnd + 1}"] = {  # type: ignore[index]
+                        stolen[f"{name} {measure} round {rnd + 1}{where}"] = {  # type: ignore[index]
                             core: round(share, 2) for core, share in steal.by_core.items()
                         }
                     if abs(clock.step_s) > CLOCK_STEP_S:
@@ -447,17 +468,25 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
                             flush=True,
                         )
                         steps = notes["clock_steps"]
-                        steps[f"{name} {measure} round {rnd + 1}"] = round(clock.step_s, 1)  # type: ignore[index]
+                        steps[f"{name} {measure} round {rnd + 1}{where}"] = round(clock.step_s, 1)  # type: ignore[index]
                     listen = notes["listen"]
                     listen.setdefault(f"{name} {measure}", []).append(watch.counters)  # type: ignore[attr-defined]
                     if result.bad_responses:
                         bad = notes["bad_responses"]
                         bad[f"{name} {measure}"] = result.bad_responses  # type: ignore[index]
                     if measure == "lat":
-                        record(name, "p50_ms", result.p50_ms)
-                        record(name, "p99_ms", result.p99_ms)
+                        record_turn(name, "p50_ms", result.p50_ms)
+                        record_turn(name, "p99_ms", result.p99_ms)
                     else:
-                        record(name, measure, rate)
+                        record_turn(name, measure, rate)
+                if slices > 1:  # each slice's own figures, for --samples-out
+                    kept = notes.setdefault("slices", {})
+                    kept.setdefault(measure, []).append(  # type: ignore[attr-defined]
+                        {name: dict(figures) for name, figures in turns.items()}
+                    )
+                for name, figures in fold(turns).items():
+                    for key, value in figures.items():
+                        record(name, key, value)
             notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
         for rnd in range(args.reps if "burst" in args.measures else 0):
             for name, contender in in_turn(found, rnd):
@@ -485,6 +514,44 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
 
 def _port(contender: Contender) -> int:
     return int(contender.base_url.rsplit(":", 1)[1])
+
+
+# The measures `--method sliced` slices: the saturated ones, whose rate holds from a second's
+# run. Not the paced ones (a stream lasts ~1 s: a 1 s slice completes about none) nor the
+# latency at one connection (a p99 of one slice is not one of the turn).
+SLICED = {m for m in WRK_MEASURES if m not in PACED and m != "lat"}
+SLICE_S = 1
+
+
+def turn_plan(measure: str, method: str, seconds: float) -> tuple[int, float]:
+    """How a round gives each contender its `seconds` on `measure`: (slices, seconds a slice).
+    `whole`: one turn of `seconds` (as before 19zzzzo); `sliced`: `seconds` slices of
+    SLICE_S, interleaved with the other contenders' (`schedule`), where the measure allows it."""
+    if method == "sliced" and measure in SLICED:
+        return max(1, round(seconds / SLICE_S)), SLICE_S
+    return 1, seconds
+
+
+def schedule(names: list[str], rnd: int, slices: int) -> list[str]:
+    """The turns of round `rnd`: every contender once a slice, the order reversed every other
+    slice (A B C C B A A B C ...: a pair's slices stand as often before as after each other,
+    so a drift of the machine's speed within the round falls on both alike) and, as `in_turn`,
+    every other round."""
+    order = names[::-1] if rnd % 2 else names
+    found: list[str] = []
+    for k in range(slices):
+        found += order[::-1] if k % 2 else order
+    return found
+
+
+def fold(turns: Samples) -> dict[str, dict[str, float]]:
+    """Each contender's figures of a round from those of its slices: their mean (the slices
+    last alike, so the mean rate is the requests of all ÷ their time; a per-request figure is
+    the mean of the slices' own). A figure of a one-turn round is kept as it is."""
+    return {
+        name: {key: statistics.fmean(values) for key, values in figures.items() if values}
+        for name, figures in turns.items()
+    }
 
 
 def in_turn(found: dict[str, Contender], rnd: int) -> list[tuple[str, Contender]]:
@@ -597,6 +664,16 @@ def main() -> int:
         "the 20 ms paced streams last ~1.3 s, not ~1.0)",
     )
     parser.add_argument(
+        "--method",
+        choices=("sliced", "whole"),
+        default="whole",
+        help=f"how a round gives each contender its --seconds on the saturated measures "
+        f"({','.join(sorted(SLICED))}): `whole`, one turn each, back to back (`make bench`'s); "
+        f"`sliced`, in slices of {SLICE_S} s interleaved with the others' (A B C C B A ...), "
+        "tried in issue 19zzzzo for a pair to meet the same machine states: its A/A spread "
+        "was no tighter (decision 0012)",
+    )
+    parser.add_argument(
         "--samples-out",
         type=Path,
         help="also write the rounds' figures and the burst's every TTFB here (JSON), for a "
@@ -634,7 +711,11 @@ def main() -> int:
                 shutil.copy(log, kept)
             print(f"bad responses: the contenders' logs are kept in {kept}", file=sys.stderr)
     if args.samples_out is not None:
-        kept = {"samples": samples, "ttfb": notes.get("ttfb") or {}}
+        kept = {
+            "samples": samples,
+            "ttfb": notes.get("ttfb") or {},
+            "slices": notes.get("slices") or {},
+        }
         args.samples_out.write_bytes(orjson.dumps(kept))
     text = report.section(samples, notes, args)
     print(text)

@@ -125,3 +125,45 @@ def test_each_stream_round_gives_both_cores_speed_beside_its_reads() -> None:
     }
     line = report.reads_lines(samples)[0]
     assert "0.89x (9.6 vs 5.4; probe 374/249 vs 225/253 us)." in line
+
+
+def test_a_sliced_round_alternates_the_order_every_slice_and_every_round() -> None:
+    names = ["a", "b", "c"]
+    assert side_by_side.schedule(names, 0, 4) == [*"abc", *"cba", *"abc", *"cba"]
+    assert side_by_side.schedule(names, 1, 2) == [*"cba", *"abc"]
+    # one slice: a whole turn each, in in_turn's order
+    assert side_by_side.schedule(names, 1, 1) == ["c", "b", "a"]
+
+
+def test_only_the_saturated_measures_are_sliced_and_only_with_the_sliced_method() -> None:
+    assert side_by_side.turn_plan("sse", "sliced", 4) == (4, 1)
+    assert side_by_side.turn_plan("anth", "sliced", 3.4) == (3, 1)
+    assert side_by_side.turn_plan("sse", "whole", 4) == (1, 4)
+    # a paced stream lasts ~1 s, and a one-connection p99 is the turn's: neither is sliced
+    assert side_by_side.turn_plan("lines20", "sliced", 4) == (1, 4)
+    assert side_by_side.turn_plan("lat", "sliced", 4) == (1, 4)
+
+
+def test_a_round_s_figures_are_the_mean_of_its_slices() -> None:
+    turns = {
+        "bare": {"sse": [5000.0, 6000.0, 5500.0, 5500.0], "sse_probe1": [230.0, 370.0]},
+        "upstream": {"p50_ms": [0.02]},
+    }
+    assert side_by_side.fold(turns) == {
+        "bare": {"sse": 5500.0, "sse_probe1": 300.0},
+        "upstream": {"p50_ms": 0.02},
+    }
+
+
+def test_the_a_a_line_gives_each_twin_s_rounds_and_its_farthest_from_one() -> None:
+    samples = {
+        "bare": {"sse": [100.0, 100.0, 100.0]},
+        "bare-twin": {"sse": [110.0, 95.0, 100.0]},
+        "gateway-sqlite": {"rps": [50.0]},
+    }
+    assert report.aa_spread([1.1, 0.95, 1.0]) == pytest.approx(0.1)
+    assert report.aa_spread([1.05, 1 / 1.2]) == pytest.approx(0.2)
+    line = report.aa_lines(samples)[0]
+    assert "bare-twin ÷ bare: sse 1.000 (rounds 1.100, 0.950, 1.000; ±10.0%)." in line
+    assert "gateway-sqlite-twin" not in line
+    assert report.aa_lines({"bare": {"sse": [1.0]}}) == []

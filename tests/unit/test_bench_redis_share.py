@@ -1,0 +1,50 @@
+from loadtests.bench import redis_share
+from loadtests.bench.redis_dummy import Plan, cpu_target_s, next_deadline, run
+
+
+def test_the_dummy_is_sized_as_the_process_it_stands_for() -> None:
+    # redis-server slept 1,800 times and used 0.09 s of CPU in a 2 s round
+    plan = Plan.like(wakes=1800, cpu_s=0.09, wall_s=2.0)
+    assert plan.wakes_per_s == 900.0
+    assert abs(plan.burn_us - 50.0) < 1e-9
+    assert abs(plan.period_s - 1 / 900) < 1e-12
+    assert Plan.like(wakes=0, cpu_s=0.1, wall_s=2.0) == Plan(0.0, 0.0)
+
+
+def test_the_dummy_keeps_its_deadlines_and_does_not_catch_up_in_a_burst() -> None:
+    assert next_deadline(10.0, 0.001, now=10.0005) == 10.001  # on time: the fixed grid
+    assert next_deadline(10.0, 0.001, now=10.0015) == 10.001  # late by less than a period
+    # stopped for 0.5 s: the next wake is a period from now, not 500 wakes at once
+    assert abs(next_deadline(10.0, 0.001, now=10.5) - 10.501) < 1e-9
+
+
+def test_the_dummy_s_cpu_budget_is_kept_in_total() -> None:
+    assert cpu_target_s(0, 50.0) == 0.0
+    assert abs(cpu_target_s(900, 50.0) - 0.045) < 1e-12
+
+
+def test_the_dummy_wakes_as_planned_and_burns_its_budget() -> None:
+    import time
+
+    cpu0 = time.process_time()
+    wakes = run(Plan(200.0, 100.0), for_s=0.25)
+    used = time.process_time() - cpu0
+    assert 1 <= wakes <= 50  # at most 0.25 s at 200 a second: a late wake skips, never adds
+    assert used >= cpu_target_s(wakes, 100.0)
+
+
+def test_a_mode_s_rounds_are_compared_with_the_same_round_s_embedded_one() -> None:
+    per = {
+        "embedded": [{"worker_cpu_us": 100.0}, {"worker_cpu_us": 110.0}, {"worker_cpu_us": 90.0}],
+        "redis0": [{"worker_cpu_us": 120.0}, {"worker_cpu_us": 115.0}, {"worker_cpu_us": 99.0}],
+        "dummy": [{"worker_cpu_us": 95.0}, {"worker_cpu_us": 100.0}],  # its first round skipped
+    }
+    assert redis_share.against_embedded(per, "redis0", "worker_cpu_us") == [20.0, 5.0, 9.0]
+    assert redis_share.against_embedded(per, "dummy", "worker_cpu_us") == [-15.0, 10.0]
+
+
+def test_context_switches_are_read_for_every_thread_of_the_tree() -> None:
+    import os
+
+    voluntary, involuntary = redis_share.switches(os.getpid())
+    assert voluntary > 0 and involuntary >= 0

@@ -96,6 +96,7 @@ async def best_of(call: Callable[[], Awaitable[Any]], runs: int = 5, calls: int 
 
 
 async def pieces(harness: Harness, key: str) -> None:
+    from gateway import metering
     from gateway.api import chat
     from gateway.billing import TokenUsage
     from gateway.requestlog import RequestRecord, current_request
@@ -109,7 +110,7 @@ async def pieces(harness: Harness, key: str) -> None:
     current_request.set(record)
 
     async def admit() -> Any:
-        reserve = chat.reserve_for_chat
+        reserve = metering.reserve_for_chat
         return await state.meter.admit(
             auth, "req_bench", request.model, targets, lambda allowed: reserve(request, allowed)
         )

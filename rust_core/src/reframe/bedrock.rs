@@ -20,7 +20,9 @@
 //!
 //! `contentBlockDelta`, the event of every token, is read by one validating scan
 //! (`bedrock_scan.rs`) into its typed view, `serde_json` deciding whatever the scan cannot read
-//! exactly as it would; the other events (a few per stream) by `serde_json`.
+//! exactly as it would; the other events (a few per stream) by `serde_json`. A tool call's
+//! argument fragment in Bedrock's compact form is copied into its chunk as it came (escaped),
+//! not unescaped and escaped again (`bedrock_scan::tool_fragment`).
 
 use std::borrow::Cow;
 
@@ -169,10 +171,16 @@ impl BedrockReframer {
         }
     }
 
-    fn tool_index(&self, block: u32) -> Option<u32> {
+    /// The tool call index of the tool-use block an argument fragment names.
+    fn fragment_index(&self, block: u32) -> Result<u32, CoreError> {
         self.tool_blocks
             .iter()
             .find_map(|(b, i)| (*b == block).then_some(*i))
+            .ok_or_else(|| {
+                CoreError::Sse(
+                    "bedrock stream: tool input for a block that never started".to_owned(),
+                )
+            })
     }
 }
 
@@ -203,6 +211,21 @@ impl Reframe for BedrockReframer {
                 }
             }
             "contentBlockDelta" => {
+                // Before any tool call the typed path decides (a text delta, or a fragment's error).
+                let fragment = if self.tool_blocks.is_empty() {
+                    None
+                } else {
+                    bedrock_scan::tool_fragment(&ev.data)
+                };
+                if let Some((block, written, chars)) = fragment {
+                    self.ensure_role(out);
+                    if !written.is_empty() {
+                        let index = self.fragment_index(block)?;
+                        st.content_chars += chars;
+                        self.writer.tool_call_arguments_written(out, index, written);
+                    }
+                    return Ok(());
+                }
                 let delta = match bedrock_scan::read_delta(&ev.data) {
                     Some(delta) => delta,
                     None => parse("bedrock", &ev.data)?,
@@ -214,11 +237,7 @@ impl Reframe for BedrockReframer {
                     self.writer.content_read(out, text);
                 }
                 if let Some(tool) = d.tool_use.filter(|t| !t.input.is_empty()) {
-                    let Some(index) = self.tool_index(delta.content_block_index) else {
-                        return Err(CoreError::Sse(
-                            "bedrock stream: tool input for a block that never started".to_owned(),
-                        ));
-                    };
+                    let index = self.fragment_index(delta.content_block_index)?;
                     st.content_chars += json::char_count(&tool.input);
                     self.writer.tool_call_arguments(out, index, &tool.input);
                 }

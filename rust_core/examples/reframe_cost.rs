@@ -12,7 +12,10 @@
 //! `anthropic_tool_events`); `anthropic_tools` (that Anthropic stream itself: a line of text,
 //! then one `tool_use` block whose arguments arrive in 295 `input_json_delta` fragments; the
 //! recorded `rust_core/tests/fixtures/bench_anthropic_tools.sse`, which the `anthropic` SDK reads
-//! as a tool call in `tests/core/test_bench_tool_stream_sdk.py`).
+//! as a tool call in `tests/core/test_bench_tool_stream_sdk.py`); `openai_tools` (their OpenAI
+//! twin: a line of text, then one tool call whose arguments arrive in 295 `function.arguments`
+//! fragments), relayed as chat chunks, and `openai_tools_to_anthropic` /
+//! `openai_tools_to_responses`, that stream reframed for the Messages and Responses APIs.
 //!
 //! A third argument, `events`, feeds the body one event at a time, cut after each `\n\n` (a
 //! read per event, as `side_by_side`'s `event` measure sends it) rather than in one piece.
@@ -184,6 +187,54 @@ fn bedrock_tools_body() -> Vec<u8> {
     out
 }
 
+/// `bedrock_tools_body`'s OpenAI twin, what the Messages and Responses reframers read from an
+/// OpenAI upstream: a line of text, then one tool call whose arguments (the same 4.1 KB file)
+/// arrive in 295 `function.arguments` fragments, the finish, usage and `[DONE]`.
+fn openai_tools_body() -> Vec<u8> {
+    const TOOL_DELTAS: usize = 300;
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+             \"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    let mut content = String::new();
+    for i in 0..TOOL_DELTAS {
+        writeln!(content, "line {i}: ok").unwrap_or_default();
+    }
+    let arguments = serde_json::json!({"path": "src/bench.py", "content": content}).to_string();
+    let size = arguments.len().div_ceil(TOOL_DELTAS); // ASCII: bytes are characters
+    let mut out = chunk(
+        "{\"role\":\"assistant\",\"content\":\"Writing it.\"}",
+        "null",
+    );
+    out += &chunk(
+        "{\"tool_calls\":[{\"index\":0,\"id\":\"call_bench\",\"type\":\"function\",\
+         \"function\":{\"name\":\"write_file\",\"arguments\":\"\"}}]}",
+        "null",
+    );
+    let mut sent = 0;
+    for fragment in arguments.as_bytes().chunks(size) {
+        let fragment = std::str::from_utf8(fragment).unwrap_or_default();
+        let delta = serde_json::json!(
+            {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
+        );
+        out += &chunk(&delta.to_string(), "null");
+        sent += 1;
+    }
+    out += &chunk("{}", "\"tool_calls\"");
+    write!(
+        out,
+        "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+         \"model\":\"bench\",\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\
+         \"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
+        sent + 3,
+        sent + 15
+    )
+    .unwrap_or_default();
+    out.into_bytes()
+}
+
 /// The body cut after each blank line (`\n\n`): one piece per event.
 fn events(body: &[u8]) -> Vec<&[u8]> {
     let mut pieces = Vec::new();
@@ -213,6 +264,9 @@ fn main() {
         "gemini" => gemini_body(),
         "bedrock" => bedrock_body(),
         "bedrock_tools" => bedrock_tools_body(),
+        "openai_tools" | "openai_tools_to_anthropic" | "openai_tools_to_responses" => {
+            openai_tools_body()
+        }
         "anthropic_tools" => include_bytes!("../tests/fixtures/bench_anthropic_tools.sse").to_vec(),
         _ => std::process::exit(2),
     };
@@ -231,6 +285,9 @@ fn main() {
     let name = match kind.as_str() {
         "bedrock_tools" => "bedrock",
         "anthropic_tools" => "anthropic",
+        "openai_tools" => "openai",
+        "openai_tools_to_anthropic" => "openai_to_anthropic",
+        "openai_tools_to_responses" => "openai_to_responses",
         other => other,
     };
     let mut total = 0;

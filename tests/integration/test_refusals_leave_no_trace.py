@@ -6,7 +6,8 @@ both stores: the embedded one refuses inside `Meter.start` (decided there, since
 before the route's `overlapping`; Redis refuses once the admission's reply is read, at the
 upstream call's gate or `overlapping`'s exit. What a route does between the two is what this
 watches. The app in process as Granian drives it (tests/integration/test_streams_freed.py's
-`App`)."""
+`App`). /v1/messages both ways: reframed to an OpenAI upstream, and passed through to an
+Anthropic one (the fake Anthropic API)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import uvloop
 
 from gateway.store.base import StoredResponse
 from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_request_log_status import Seen
 from tests.integration.test_streams_freed import App, started
@@ -42,6 +44,13 @@ upstream_model = "img-fake"
 kind = "image"
 usd_per_image = 0.04
 capabilities = ["images"]
+
+[[models]]
+id = "anthropic/claude-fake"
+provider = "anthropic"
+upstream_model = "claude-fake"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
 """
 
 HI = [{"role": "user", "content": "hi"}]
@@ -57,6 +66,14 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
     "messages-stream": (
         "/v1/messages",
         {"model": "openai/gpt-fake", "messages": HI, "max_tokens": 64, "stream": True},
+    ),
+    "messages-passthrough": (
+        "/v1/messages",
+        {"model": "anthropic/claude-fake", "messages": HI, "max_tokens": 64},
+    ),
+    "messages-passthrough-stream": (
+        "/v1/messages",
+        {"model": "anthropic/claude-fake", "messages": HI, "max_tokens": 64, "stream": True},
     ),
     "responses": ("/v1/responses", {"model": "openai/gpt-fake", "input": "hi"}),
     "responses-stream": (
@@ -91,13 +108,21 @@ def config(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
 ) -> Iterator[Path]:
     store_url = None
     if request.param == "redis":
         redis_server: RedisServer = request.getfixturevalue("redis_server")
         store_url = redis_server.url
     path = tmp_path_factory.mktemp(f"refusals-{request.param}") / "klawd.toml"
-    gateway_config(path, free_port(), fake_openai.base_url, extra=MODELS, store_url=store_url)
+    # The app's environment holds one upstream key (`App`); the fake takes any.
+    anthropic = (
+        f'[providers.anthropic]\nbase_url = "{fake_anthropic.base_url}"\n'
+        'api_key_env = "OPENAI_API_KEY"\n'
+    )
+    gateway_config(
+        path, free_port(), fake_openai.base_url, extra=anthropic + MODELS, store_url=store_url
+    )
     yield path
 
 
@@ -150,8 +175,14 @@ def refusals_and_admissions(app: App) -> dict[str, float]:
     ],
 )
 def test_a_refused_request_leaves_no_trace_on_any_metered_route(
-    config: Path, fake_openai: FakeOpenAI, refusal: str, status: int, outcome: str
+    config: Path,
+    fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
+    refusal: str,
+    status: int,
+    outcome: str,
 ) -> None:
+
     async def main() -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         async with started(config) as app:
@@ -173,7 +204,7 @@ def test_a_refused_request_leaves_no_trace_on_any_metered_route(
                     body = body | {"previous_response_id": previous}
                 await asyncio.sleep(0.05)  # the echo's ledger entry settled
                 before = refusals_and_admissions(app)
-                upstream_before = len(fake_openai.requests)
+                upstream_before = len(fake_openai.requests) + len(fake_anthropic.requests)
                 kept.clear()
                 request_id = f"req_refused_{next(NUMBERS)}"
                 answer_status, answer = await app.request(
@@ -185,7 +216,9 @@ def test_a_refused_request_leaves_no_trace_on_any_metered_route(
                 found[name] = {
                     "status": answer_status,
                     "error": "error" in orjson.loads(answer),
-                    "upstream calls": len(fake_openai.requests) - upstream_before,
+                    "upstream calls": len(fake_openai.requests)
+                    + len(fake_anthropic.requests)
+                    - upstream_before,
                     "responses kept": len(kept),
                     "ledger": seen.ledger.get(request_id),
                     "logged": seen.lines.get(request_id, {}).get("status"),

@@ -37,6 +37,10 @@ class Plan:
             return cls(0.0, 0.0)
         return cls(wakes / wall_s, cpu_s * 1e6 / wakes)
 
+    def split(self, parts: int) -> Plan:
+        """The same CPU a second in `parts` times as many wakes, each `parts` times shorter."""
+        return Plan(self.wakes_per_s * parts, self.burn_us / parts)
+
     @property
     def period_s(self) -> float:
         return 1.0 / self.wakes_per_s if self.wakes_per_s > 0 else float("inf")

@@ -176,6 +176,7 @@ def run(args: argparse.Namespace, directory: Path) -> Rounds:
                             row["worker_cpu_in_probes"] = row["worker_cpu_us"] / probes["0"]
                         if mode == "redis0":
                             plan = Plan.like(int(row["_wakes"]), row["_cpu_s"], row["_wall_s"])
+                            plan = plan.split(args.dummy_split)
                         shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                           if not k.startswith("_"))  # fmt: skip
                         print(f"  {measure} round {rep + 1} {mode}: {shown}", flush=True)
@@ -234,6 +235,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--touch-kb", type=int, default=0, help="the dummy's buffer read a wake")
+    parser.add_argument(
+        "--dummy-split",
+        type=int,
+        default=1,
+        help="the dummy wakes N times as often, burning 1/N as much a wake (the same CPU in "
+        "shorter bursts)",
+    )
     parser.add_argument("--samples-out", type=Path, help="every round's figures (JSON)")
     args = parser.parse_args()
     if not set(args.modes) <= set(MODES) or "embedded" not in args.modes:
@@ -244,6 +252,8 @@ def main() -> int:
         parser.error("--measures among rps,sse,event,lines,lat")
     if not (1 <= args.seconds <= 10 and 1 <= args.reps <= 12 and 0 <= args.touch_kb <= 8192):
         parser.error("bounds: --seconds 1..10, --reps 1..12, --touch-kb 0..8192")
+    if not 1 <= args.dummy_split <= 100:
+        parser.error("bounds: --dummy-split 1..100")
     if not c.realtime_allowed():
         parser.error("needs root and chrt (redis-server and the dummy at SCHED_FIFO)")
     with tempfile.TemporaryDirectory(prefix="klawd-redis-share-") as tmp:

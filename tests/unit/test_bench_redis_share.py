@@ -9,6 +9,8 @@ def test_the_dummy_is_sized_as_the_process_it_stands_for() -> None:
     assert abs(plan.burn_us - 50.0) < 1e-9
     assert abs(plan.period_s - 1 / 900) < 1e-12
     assert Plan.like(wakes=0, cpu_s=0.1, wall_s=2.0) == Plan(0.0, 0.0)
+    # the same CPU a second in ten times as many, ten times shorter wakes
+    assert plan.split(10) == Plan(9000.0, 5.0)
 
 
 def test_the_dummy_keeps_its_deadlines_and_does_not_catch_up_in_a_burst() -> None:

@@ -625,9 +625,9 @@ class _Connection(asyncio.Protocol):
     def hold(self, loop: asyncio.AbstractEventLoop) -> None:
         """Not read until the loop's next turn, unless not being read already (held, or
         paused by `pause`, which cancels a hold's end: its `resume` ends both). Once per read
-        of a reframed stream (`data_received` does it inline: no frame per read), so its end
-        is the transport's own `resume_reading`, queued as it is: no Python frame (on a
-        closing transport it does nothing, on uvloop's and asyncio's alike)."""
+        of a reframed stream, so its end is the transport's own `resume_reading`, queued as
+        it is: no Python frame (on a closing transport it does nothing, on uvloop's and
+        asyncio's alike). `data_received` calls it, so its tests test the read path's hold."""
         transport = self.transport
         if transport is None or not transport.is_reading():
             return
@@ -709,11 +709,8 @@ class _Connection(asyncio.Protocol):
                                 or not direct(out, waiter)
                             ):
                                 response._chunks.append(out)
-                        if not ended and self.holds:  # `hold()`, inline (once per read)
-                            transport = self.transport
-                            if transport is not None and transport.is_reading():
-                                transport.pause_reading()
-                                self._hold_end = response._loop.call_soon(transport.resume_reading)
+                        if not ended and self.holds:
+                            self.hold(response._loop)
                 else:  # (the reframer failed: the body is still read, for its end)
                     dechunker.feed(data)
                     ended = dechunker.done

@@ -808,8 +808,8 @@ def steal_lines(stolen: dict[str, dict[str, float]]) -> list[str]:
 # A round pair whose speed probes differ this much (either way), on a core, ran its two contenders
 # on machines of different speed (decision 0012, 19zzzzb).
 UNEVEN = 1.15
-# The A/A pairs (side_by_side.TWINS): the same program twice, so a ratio's distance from 1 is the
-# method's own noise (decision 0012, 19zzzzo).
+# The A/A pairs (side_by_side's twin contenders and their originals): the same program twice,
+# so a ratio's distance from 1 is the method's own noise (decision 0012, 19zzzzo).
 TWINS = (("bare-twin", "bare"), ("gateway-sqlite-twin", "gateway-sqlite"))
 # The pairs whose per-round ratios the report reads (the targets', and a paired run's).
 SPEED_PAIRS = (

@@ -75,8 +75,7 @@ NAMES = ["upstream", "nginx", "floor", "bare", "gateway-sqlite", "gateway-redis"
 BARE_RSGI = "bare-rsgi"
 # Named only too, for an A/A run (decision 0012, 19zzzzo): a second bare and a second embedded
 # gateway, each started as its original is; a twin ÷ its original can only differ by the
-# method's own noise, which is what a ratio of the report can resolve.
-TWINS = {"bare-twin": "bare", "gateway-sqlite-twin": "gateway-sqlite"}
+# method's own noise, which is what a ratio of the report can resolve (the pairs: report.TWINS).
 CHOICES = [*NAMES[:4], "bare-twin", BARE_RSGI, "gateway-sqlite", "gateway-sqlite-twin", *NAMES[5:]]
 # A quick look only (never written to the docs): the gateway of another checkout, `--before DIR`
 # (DIR holds that version's `gateway` package with its built `_core`), on the embedded store or,
@@ -558,8 +557,7 @@ def in_turn(found: dict[str, Contender], rnd: int) -> list[tuple[str, Contender]
     """The contenders of round `rnd`: in their order in even rounds, reversed in odd ones, so
     that none always runs just after the same other (whose leftovers, e.g. a ledger batch
     still being written or sockets closing, would load its rounds alone)."""
-    order = list(found.items())
-    return order[::-1] if rnd % 2 else order
+    return [(name, found[name]) for name in schedule(list(found), rnd, 1)]
 
 
 def burst(contender: Contender, seconds: float) -> tuple[dict[str, float | int | None], float]:

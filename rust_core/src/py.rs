@@ -184,9 +184,9 @@ impl PyReframer {
     /// `feed` of the body bytes that `dechunker` reads out of `data` (one read of an HTTP
     /// chunked body): the two in one crossing, with no `bytes` of the body between them,
     /// and what the caller asks after every read, answered here rather than by more
-    /// crossings: `BODY_ENDED` (2) when the body has ended (the Dechunker's `done`), else
-    /// `CLOSED` (1) once the reframer read its terminator or an upstream error (`done` or
-    /// `upstream_error`), else `OPEN` (0). A malformed chunked body is `Dechunker.feed`'s
+    /// crossings: `BODY_ENDED` (2) when the body has ended (the Dechunker's `done`), else 1
+    /// once the reframer read its terminator or an upstream error (`done` or
+    /// `upstream_error`), else 0. A malformed chunked body is `Dechunker.feed`'s
     /// `ValueError`, the reframer not fed.
     fn feed_chunked<'py>(
         &mut self,

@@ -549,6 +549,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
     profiles: dict[str, list[str]] = notes.get("profile") or {}  # type: ignore[assignment]
     bad = notes.get("bad_responses") or {}
     load = ", ".join(f"{value:.2f}" for value in notes["load"])  # type: ignore[attr-defined]
+    method = getattr(args, "method", "whole")  # (how the rounds were made: side_by_side.METHODS)
     profile_lines = []
     for scenario, lines in profiles.items():
         what = {"json": "single answers", "lines": "SSE, each line its own chunk"}.get(
@@ -566,7 +567,8 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             f"--burst-seconds {args.burst_seconds:g} --write-docs"
             f"{' --profile' if args.profile else ''}`).",
             f"Versions: {versions()}.",
-            f"Load average (1 min) at the start and after each measure: {load} (2 cores; the "
+            "Load average (1 min) at the start and after each "
+            f"{'round' if method == 'fresh' else 'measure'}: {load} (2 cores; the "
             "benchmark itself keeps both busy, so above ~2 means other work shared the machine).",
             "",
             "Setup: each contender runs one worker pinned to core 0; the fake upstream (nginx: "
@@ -596,7 +598,14 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             + (
                 ". Each round measures every contender once, back to back (the order reversed "
                 f"every other round), for {args.seconds:g} s (after a 1 s warm-up)"
-                if getattr(args, "method", "whole") == "whole"
+                if method == "whole"
+                else ". Each round starts every contender but the upstream and the nginx proxy "
+                "afresh (the pass-throughs, the gateways and redis-server, with new stores; "
+                "`--method fresh`, since 19zzzzr: the rounds then sample each process's own "
+                "offset, which lasts its life), warms each measure up for 1 s a contender, then "
+                "measures every contender once, back to back (the order reversed every other "
+                f"round), for {args.seconds:g} s"
+                if method == "fresh"
                 else f". Each round gives every contender {args.seconds:g} s (after a 1 s "
                 "warm-up): on the saturated measures in 1 s slices interleaved with the others' "
                 "(the order reversed every slice and every other round; a round's figure the "

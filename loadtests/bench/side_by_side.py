@@ -171,20 +171,51 @@ class Contender:
 
 
 @contextlib.contextmanager
-def started(
+def rig(
+    directory: Path, names: list[str], upstream_timers: str | None = c.UPSTREAM_TIMER_RESOLUTION
+) -> Iterator[dict[str, Contender]]:
+    """The run's fixed processes: the fake upstream and, if named, the nginx proxy (the same
+    programs every round, whatever the method: the upstream serves every contender alike, so
+    its own state falls on both sides of a ratio). Stopped on the way out. `upstream_timers`:
+    the upstream nginx's timer_resolution (None: its default, as before 19zzzzf)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        up_port, proxy_port = c.free_port(), c.free_port()
+        upstream_url = f"http://127.0.0.1:{up_port}"
+        conf = c.upstream_conf(directory, up_port, upstream_timers)
+        processes.append(c.nginx(conf, directory, "upstream", c.CLIENT_CORE))
+        found = {"upstream": Contender("upstream", upstream_url, processes[-1].pid, False)}
+        if "nginx" in names:
+            processes.append(c.nginx(c.proxy_conf(directory, proxy_port, up_port), directory,
+                                     "proxy", c.SERVER_CORE))  # fmt: skip
+            found["nginx"] = Contender(
+                "nginx", f"http://127.0.0.1:{proxy_port}", processes[-1].pid, False
+            )
+        for contender in found.values():
+            c.wait_for(_answers(contender), contender.name)
+        yield found
+    finally:
+        for process in reversed(processes):
+            c.stop(process)
+
+
+@contextlib.contextmanager
+def servers(
     directory: Path,
     names: list[str],
+    upstream_url: str,
     before: Path | None = None,
     redis_core: str = c.SERVER_CORE,
     before_store: str = "sqlite",
     redis_realtime: bool | None = None,
     gc_logs: bool = False,
-    upstream_timers: str | None = c.UPSTREAM_TIMER_RESOLUTION,
 ) -> Iterator[dict[str, Contender]]:
-    """Every process up front; all stopped on the way out, whatever happens. `redis_realtime`:
-    None is real-time where allowed (`--redis-priority`'s default). `gc_logs`: each gateway
-    logs its cycle collections to `directory/NAME.gc`. `upstream_timers`: the upstream nginx's
-    timer_resolution (None: its default, as before 19zzzzf)."""
+    """The named contenders that are Python servers (the pass-throughs and the gateways, with
+    redis-server for a Redis store, empty), started against the upstream at `upstream_url`,
+    each answering before it is yielded; all stopped on the way out, whatever happens. Their
+    logs, configs and stores are written in `directory`. `redis_realtime`: None is real-time
+    where allowed (`--redis-priority`'s default). `gc_logs`: each gateway logs its cycle
+    collections to `directory/NAME.gc`."""
     if redis_realtime is None:
         redis_realtime = c.realtime_allowed()
     processes: list[subprocess.Popen[bytes]] = []
@@ -194,17 +225,8 @@ def started(
         return process
 
     try:
-        up_port, proxy_port, floor_port, bare_port, redis_port = (c.free_port() for _ in range(5))
-        upstream_url = f"http://127.0.0.1:{up_port}"
-        conf = c.upstream_conf(directory, up_port, upstream_timers)
-        up = keep(c.nginx(conf, directory, "upstream", c.CLIENT_CORE))
-        found: dict[str, Contender] = {
-            "upstream": Contender("upstream", upstream_url, up.pid, False)
-        }
-        if "nginx" in names:
-            proxy = keep(c.nginx(c.proxy_conf(directory, proxy_port, up_port), directory,
-                                 "proxy", c.SERVER_CORE))  # fmt: skip
-            found["nginx"] = Contender("nginx", f"http://127.0.0.1:{proxy_port}", proxy.pid, False)
+        floor_port, bare_port, redis_port = (c.free_port() for _ in range(3))
+        found: dict[str, Contender] = {}
         if "floor" in names:
             floor = keep(c.floor(floor_port, upstream_url, directory))
             found["floor"] = Contender("floor", f"http://127.0.0.1:{floor_port}", floor.pid, False)
@@ -250,10 +272,40 @@ def started(
             store_pid = redis_pid if "redis" in store else None
             found[name] = Contender(name, base, process.pid, True, headers, store_pid)
             c.wait_for(_answers(found[name]), name)
-        yield {name: found[name] for name in names}
+        yield found
     finally:
         for process in reversed(processes):
             c.stop(process)
+
+
+@contextlib.contextmanager
+def started(
+    directory: Path,
+    names: list[str],
+    before: Path | None = None,
+    redis_core: str = c.SERVER_CORE,
+    before_store: str = "sqlite",
+    redis_realtime: bool | None = None,
+    gc_logs: bool = False,
+    upstream_timers: str | None = c.UPSTREAM_TIMER_RESOLUTION,
+) -> Iterator[dict[str, Contender]]:
+    """Every named process up front (`rig`, then `servers`), in the order of `names`; all
+    stopped on the way out, whatever happens."""
+    with (
+        rig(directory, names, upstream_timers) as fixed,
+        servers(
+            directory,
+            names,
+            fixed["upstream"].base_url,
+            before,
+            redis_core,
+            before_store,
+            redis_realtime,
+            gc_logs,
+        ) as own,  # fmt: skip
+    ):
+        found = fixed | own
+        yield {name: found[name] for name in names}
 
 
 def _children_cpu_s() -> float:
@@ -300,214 +352,243 @@ def run(args: argparse.Namespace, directory: Path) -> tuple[Samples, dict[str, o
     def record_turn(name: str, measure: str, value: float) -> None:
         turns.setdefault(name, {}).setdefault(measure, []).append(value)
 
+    def warmed(found: dict[str, Contender], measure: str, place: Path) -> dict[str, Path]:
+        """`measure`'s wrk script for each contender, after a 1 s warm-up each (not counted)."""
+        scenario, connections = WRK_MEASURES[measure]
+        route = ROUTES.get(measure, "chat")
+        scripts = {
+            name: wrk_script(place / f"{name}-{measure}.lua",
+                             contender.body(scenario, measure.endswith("-agent"), route),
+                             contender.headers | {"Content-Type": "application/json"})
+            for name, contender in found.items()
+        }  # fmt: skip
+        for name, contender in found.items():
+            wrk(contender.base_url + contender.path(scenario, route), scripts[name],
+                connections, 1)  # fmt: skip
+        return scripts
+
+    def play(
+        found: dict[str, Contender],
+        measure: str,
+        rnd: int,
+        scripts: dict[str, Path],
+        speed: SpeedProbe,
+    ) -> None:
+        """Round `rnd` of a wrk measure: every contender's turn (or slices), recorded."""
+        scenario, connections = WRK_MEASURES[measure]
+        route = ROUTES.get(measure, "chat")
+        slices, seconds = turn_plan(measure, args.method, args.seconds)
+        turns.clear()
+        for turn, name in enumerate(schedule(list(found), rnd, slices)):
+            contender = found[name]
+            where = f" slice {turn // len(found) + 1}" if slices > 1 else ""
+            cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
+            reads_before, _ = tree_syscalls(contender.pid)
+            waits_before = tree_waits(contender.pid)
+            upstream_waits_before = tree_waits(found["upstream"].pid)
+            _, sent_before = tree_syscalls(found["upstream"].pid)
+            upstream_before = tree_cpu_s(found["upstream"].pid)
+            segments_before = server_segments(_port(found["upstream"]))
+            client_before = _children_cpu_s()
+            store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
+            wait_before = run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
+            watch = ListenWatch(
+                {"upstream": _port(found["upstream"]), name: _port(contender)},
+                found["upstream"].base_url,
+            )
+            with (
+                watch,
+                ClockWatch() as clock,
+                OthersWatch() as others,
+                StealWatch() as steal,
+            ):
+                started_at = time.monotonic()
+                result = wrk(contender.base_url + contender.path(scenario, route),
+                             scripts[name], connections, seconds)  # fmt: skip
+            # Each core's speed over the round (the probe's µs for its fixed loop).
+            speeds = speed.between(started_at, time.monotonic())
+            for core, probe_us in speeds.items():
+                record_turn(name, f"{measure}_probe{core}", probe_us)
+            rate = result.requests_per_s
+            if measure in PACED:
+                record_turn(name, f"{measure}_window", result.requests_per_s)
+                record_turn(name, f"{measure}_stream_ms", result.mean_ms)
+                record_turn(name, f"{measure}_whole", result.completed / connections)
+                if args.paced_rate == "stream-time":
+                    rate = result.closed_loop_rate(connections)
+            done = rate * max(1, round(seconds))
+            pieces = ""
+            if measure != "lat" and done:
+                # How the run read its streams: a saturated stream settles for a whole
+                # run into few big reads or a read per chunk or two (decision 0012,
+                # 19zzr), and streams/s follow; the upstream's writes say what it sent.
+                reads = (tree_syscalls(contender.pid)[0] - reads_before) / done
+                upstream_writes = (tree_syscalls(found["upstream"].pid)[1] - sent_before) / done
+                record_turn(name, f"{measure}_reads", reads)
+                record_turn(name, f"{measure}_upstream_writes", upstream_writes)
+                # The load generator's core's two programs (decision 0012, 19zzy): the
+                # upstream nginx and wrk (this process's only child reaped meanwhile).
+                upstream_cpu = (tree_cpu_s(found["upstream"].pid) - upstream_before) * 1e6 / done
+                client_cpu = (_children_cpu_s() - client_before) * 1e6 / done
+                record_turn(name, f"{measure}_upstream_cpu", upstream_cpu)
+                record_turn(name, f"{measure}_client_cpu", client_cpu)
+                # The TCP segments the upstream sent and took for those writes (its
+                # socket counters): fewer when data waits for the reader's ACKs.
+                sent, took, _ = segments_between(
+                    segments_before, server_segments(_port(found["upstream"]))
+                )
+                record_turn(name, f"{measure}_upstream_segments", sent / done)
+                record_turn(name, f"{measure}_upstream_segments_in", took / done)
+                pieces = (
+                    f"; {reads:.1f} reads, upstream {upstream_writes:.1f} writes a request"
+                    f" in {sent / done:.1f} segments, {took / done:.1f} taken"
+                    f"; CPU us a request: upstream {upstream_cpu:.0f}, wrk {client_cpu:.0f}"
+                )
+                cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
+                record_turn(name, f"{measure}_cpu", cpu_us)
+                # below 1: the worker waited (on the store, the upstream, the client)
+                busy = (tree_cpu_s(contender.pid) - cpu_before) / (time.monotonic() - wall_before)
+                record_turn(name, f"{measure}_busy", busy)
+                # Its sleeps: each one's wake-up is paid by the sender of what woke it
+                # (the upstream, on the load generator's core).
+                waits = (tree_waits(contender.pid) - waits_before) / done
+                upstream_waits = (tree_waits(found["upstream"].pid) - upstream_waits_before) / done
+                record_turn(name, f"{measure}_waits", waits)
+                pieces += (
+                    f", worker {cpu_us:.0f} ({busy:.2f} of its core, {waits:.1f} sleeps;"
+                    f" upstream {upstream_waits:.1f} sleeps)"
+                )
+                if contender.gateway:  # + redis-server's (the embedded store: inside)
+                    store_s = (
+                        tree_cpu_s(contender.store_pid) - store_before
+                        if contender.store_pid
+                        else 0.0
+                    )
+                    record_turn(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
+                    if contender.store_pid:
+                        pieces += f", redis-server {store_s * 1e6 / done:.1f}"
+                # The load generator's core's share taken by the programs on it (the
+                # upstream, wrk and, with --redis-core 1, redis-server): near 1, that
+                # core and not the contender's set the round's rate (decision 0010,
+                # 19zzzze).
+                on_client_core = upstream_cpu + client_cpu
+                if contender.store_pid and args.redis_core == c.CLIENT_CORE:
+                    on_client_core += store_s * 1e6 / done
+                client_core = on_client_core * done / 1e6 / (time.monotonic() - wall_before)
+                record_turn(name, f"{measure}_client_core_us", on_client_core)
+                record_turn(name, f"{measure}_client_core", client_core)
+                pieces += f"; load generator's core {client_core:.2f} busy"
+                if contender.store_pid:  # redis-server's wait for its core
+                    waited = run_queue_wait_s(contender.store_pid) - wait_before
+                    record_turn(name, f"{measure}_store_wait", waited * 1e6 / done)
+            if measure in PACED:
+                pieces += (
+                    f"; {rate:.1f} streams/s; wrk completed {result.completed} streams"
+                    f" = {result.completed / connections:.2f} per connection"
+                )
+            probes = ", ".join(f"core {core} {us:.0f}" for core, us in speeds.items())
+            print(f"  {measure} round {rnd + 1}{where} {name}: {result}; {watch}; "
+                  f"other programs {others.cores:.2f} cores; steal {steal}; "
+                  f"probe us {probes}{pieces}", flush=True)  # fmt: skip
+            if others.cores >= OTHERS_CORES:
+                shared = notes["others"]
+                shared[f"{name} {measure} round {rnd + 1}{where}"] = round(others.cores, 2)  # type: ignore[index]
+            if max(steal.by_core.values(), default=0.0) >= STEAL_SHARE:
+                stolen = notes["steal"]
+                stolen[f"{name} {measure} round {rnd + 1}{where}"] = {  # type: ignore[index]
+                    core: round(share, 2) for core, share in steal.by_core.items()
+                }
+            if abs(clock.step_s) > CLOCK_STEP_S:
+                print(
+                    f"  the wall clock stepped {clock.step_s:+.1f} s in this round "
+                    "(the machine paused?): wrk's figures for it are wrong",
+                    flush=True,
+                )
+                steps = notes["clock_steps"]
+                steps[f"{name} {measure} round {rnd + 1}{where}"] = round(clock.step_s, 1)  # type: ignore[index]
+            listen = notes["listen"]
+            listen.setdefault(f"{name} {measure}", []).append(watch.counters)  # type: ignore[attr-defined]
+            if result.bad_responses:
+                bad = notes["bad_responses"]
+                bad[f"{name} {measure}"] = result.bad_responses  # type: ignore[index]
+            if measure == "lat":
+                record_turn(name, "p50_ms", result.p50_ms)
+                record_turn(name, "p99_ms", result.p99_ms)
+            else:
+                record_turn(name, measure, rate)
+        if slices > 1:  # each slice's own figures, for --samples-out
+            kept = notes.setdefault("slices", {})
+            kept.setdefault(measure, []).append(  # type: ignore[attr-defined]
+                {name: dict(figures) for name, figures in turns.items()}
+            )
+        for name, figures in fold(turns).items():
+            for key, value in figures.items():
+                record(name, key, value)
+
+    def burst_round(found: dict[str, Contender], rnd: int, place: Path) -> None:
+        """Round `rnd` of the burst: every contender in turn, recorded."""
+        for name, contender in in_turn(found, rnd):
+            since = time.monotonic()
+            outcome, peak_mb = burst(contender, args.burst_seconds)
+            shown = {key: value for key, value in outcome.items() if key != "ttfb_ms"}
+            print(f"  burst round {rnd + 1} {name}: {shown}, {peak_mb:.0f} MB", flush=True)
+            if args.gc_log and contender.gateway:
+                found_gc = c.collections(place / f"{name}.gc", since, time.monotonic())
+                print(f"  burst round {rnd + 1} {name}: {found_gc}", flush=True)
+            record(name, "ttfb_p50_ms", float(outcome["ttfb_p50_ms"] or 0))
+            record(name, "ttfb_p99_ms", float(outcome["ttfb_p99_ms"] or 0))
+            record(name, "rss_mb", peak_mb)
+            record(name, "burst_failed", float(outcome["streams"] - outcome["completed"]))  # type: ignore[operator]
+            record(name, "burst_streams", float(outcome["streams"] or 0))
+            # every stream's TTFB, for the p99 pooled over rounds (report.pooled_lines)
+            ttfbs = notes.setdefault("ttfb", {})
+            ttfbs.setdefault(name, []).append(outcome["ttfb_ms"])  # type: ignore[attr-defined]
+
     realtime = args.redis_priority == "realtime"
     notes["redis_priority"] = args.redis_priority
+    lives = lifetimes(args.method, [m for m in MEASURES if m in args.measures], args.reps)
     with (
-        started(
+        rig(
             directory,
             args.contenders,
-            args.before,
-            args.redis_core,
-            args.before_store,
-            realtime,
-            args.gc_log,
             None if args.upstream_timers == "loop" else c.UPSTREAM_TIMER_RESOLUTION,
-        ) as found,
+        ) as fixed,
         SpeedProbe(directory) as speed,
     ):
-        for measure, (scenario, connections) in WRK_MEASURES.items():
-            if measure not in args.measures:
-                continue
-            route = ROUTES.get(measure, "chat")
-            scripts = {
-                name: wrk_script(directory / f"{name}-{measure}.lua",
-                                 contender.body(scenario, measure.endswith("-agent"), route),
-                                 contender.headers | {"Content-Type": "application/json"})
-                for name, contender in found.items()
-            }  # fmt: skip
-            for name, contender in found.items():  # warm-up, not counted
-                wrk(contender.base_url + contender.path(scenario, route), scripts[name],
-                    connections, 1)  # fmt: skip
-            slices, seconds = turn_plan(measure, args.method, args.seconds)
-            for rnd in range(args.reps):
-                turns.clear()
-                for turn, name in enumerate(schedule(list(found), rnd, slices)):
-                    contender = found[name]
-                    where = f" slice {turn // len(found) + 1}" if slices > 1 else ""
-                    cpu_before, wall_before = tree_cpu_s(contender.pid), time.monotonic()
-                    reads_before, _ = tree_syscalls(contender.pid)
-                    waits_before = tree_waits(contender.pid)
-                    upstream_waits_before = tree_waits(found["upstream"].pid)
-                    _, sent_before = tree_syscalls(found["upstream"].pid)
-                    upstream_before = tree_cpu_s(found["upstream"].pid)
-                    segments_before = server_segments(_port(found["upstream"]))
-                    client_before = _children_cpu_s()
-                    store_before = tree_cpu_s(contender.store_pid) if contender.store_pid else 0
-                    wait_before = (
-                        run_queue_wait_s(contender.store_pid) if contender.store_pid else 0
-                    )
-                    watch = ListenWatch(
-                        {"upstream": _port(found["upstream"]), name: _port(contender)},
-                        found["upstream"].base_url,
-                    )
-                    with (
-                        watch,
-                        ClockWatch() as clock,
-                        OthersWatch() as others,
-                        StealWatch() as steal,
-                    ):
-                        started_at = time.monotonic()
-                        result = wrk(contender.base_url + contender.path(scenario, route),
-                                     scripts[name], connections, seconds)  # fmt: skip
-                    # Each core's speed over the round (the probe's µs for its fixed loop).
-                    speeds = speed.between(started_at, time.monotonic())
-                    for core, probe_us in speeds.items():
-                        record_turn(name, f"{measure}_probe{core}", probe_us)
-                    rate = result.requests_per_s
-                    if measure in PACED:
-                        record_turn(name, f"{measure}_window", result.requests_per_s)
-                        record_turn(name, f"{measure}_stream_ms", result.mean_ms)
-                        record_turn(name, f"{measure}_whole", result.completed / connections)
-                        if args.paced_rate == "stream-time":
-                            rate = result.closed_loop_rate(connections)
-                    done = rate * max(1, round(seconds))
-                    pieces = ""
-                    if measure != "lat" and done:
-                        # How the run read its streams: a saturated stream settles for a whole
-                        # run into few big reads or a read per chunk or two (decision 0012,
-                        # 19zzr), and streams/s follow; the upstream's writes say what it sent.
-                        reads = (tree_syscalls(contender.pid)[0] - reads_before) / done
-                        upstream_writes = (
-                            tree_syscalls(found["upstream"].pid)[1] - sent_before
-                        ) / done
-                        record_turn(name, f"{measure}_reads", reads)
-                        record_turn(name, f"{measure}_upstream_writes", upstream_writes)
-                        # The load generator's core's two programs (decision 0012, 19zzy): the
-                        # upstream nginx and wrk (this process's only child reaped meanwhile).
-                        upstream_cpu = (
-                            (tree_cpu_s(found["upstream"].pid) - upstream_before) * 1e6 / done
-                        )
-                        client_cpu = (_children_cpu_s() - client_before) * 1e6 / done
-                        record_turn(name, f"{measure}_upstream_cpu", upstream_cpu)
-                        record_turn(name, f"{measure}_client_cpu", client_cpu)
-                        # The TCP segments the upstream sent and took for those writes (its
-                        # socket counters): fewer when data waits for the reader's ACKs.
-                        sent, took, _ = segments_between(
-                            segments_before, server_segments(_port(found["upstream"]))
-                        )
-                        record_turn(name, f"{measure}_upstream_segments", sent / done)
-                        record_turn(name, f"{measure}_upstream_segments_in", took / done)
-                        pieces = (
-                            f"; {reads:.1f} reads, upstream {upstream_writes:.1f} writes a request"
-                            f" in {sent / done:.1f} segments, {took / done:.1f} taken"
-                            f"; CPU us a request: upstream {upstream_cpu:.0f}, wrk {client_cpu:.0f}"
-                        )
-                        cpu_us = (tree_cpu_s(contender.pid) - cpu_before) * 1e6 / done
-                        record_turn(name, f"{measure}_cpu", cpu_us)
-                        # below 1: the worker waited (on the store, the upstream, the client)
-                        busy = (tree_cpu_s(contender.pid) - cpu_before) / (
-                            time.monotonic() - wall_before
-                        )
-                        record_turn(name, f"{measure}_busy", busy)
-                        # Its sleeps: each one's wake-up is paid by the sender of what woke it
-                        # (the upstream, on the load generator's core).
-                        waits = (tree_waits(contender.pid) - waits_before) / done
-                        upstream_waits = (
-                            tree_waits(found["upstream"].pid) - upstream_waits_before
-                        ) / done
-                        record_turn(name, f"{measure}_waits", waits)
-                        pieces += (
-                            f", worker {cpu_us:.0f} ({busy:.2f} of its core, {waits:.1f} sleeps;"
-                            f" upstream {upstream_waits:.1f} sleeps)"
-                        )
-                        if contender.gateway:  # + redis-server's (the embedded store: inside)
-                            store_s = (
-                                tree_cpu_s(contender.store_pid) - store_before
-                                if contender.store_pid
-                                else 0.0
-                            )
-                            record_turn(name, f"{measure}_all_cpu", cpu_us + store_s * 1e6 / done)
-                            if contender.store_pid:
-                                pieces += f", redis-server {store_s * 1e6 / done:.1f}"
-                        # The load generator's core's share taken by the programs on it (the
-                        # upstream, wrk and, with --redis-core 1, redis-server): near 1, that
-                        # core and not the contender's set the round's rate (decision 0010,
-                        # 19zzzze).
-                        on_client_core = upstream_cpu + client_cpu
-                        if contender.store_pid and args.redis_core == c.CLIENT_CORE:
-                            on_client_core += store_s * 1e6 / done
-                        client_core = on_client_core * done / 1e6 / (time.monotonic() - wall_before)
-                        record_turn(name, f"{measure}_client_core_us", on_client_core)
-                        record_turn(name, f"{measure}_client_core", client_core)
-                        pieces += f"; load generator's core {client_core:.2f} busy"
-                        if contender.store_pid:  # redis-server's wait for its core
-                            waited = run_queue_wait_s(contender.store_pid) - wait_before
-                            record_turn(name, f"{measure}_store_wait", waited * 1e6 / done)
-                    if measure in PACED:
-                        pieces += (
-                            f"; {rate:.1f} streams/s; wrk completed {result.completed} streams"
-                            f" = {result.completed / connections:.2f} per connection"
-                        )
-                    probes = ", ".join(f"core {core} {us:.0f}" for core, us in speeds.items())
-                    print(f"  {measure} round {rnd + 1}{where} {name}: {result}; {watch}; "
-                          f"other programs {others.cores:.2f} cores; steal {steal}; "
-                          f"probe us {probes}{pieces}", flush=True)  # fmt: skip
-                    if others.cores >= OTHERS_CORES:
-                        shared = notes["others"]
-                        shared[f"{name} {measure} round {rnd + 1}{where}"] = round(others.cores, 2)  # type: ignore[index]
-                    if max(steal.by_core.values(), default=0.0) >= STEAL_SHARE:
-                        stolen = notes["steal"]
-                        stolen[f"{name} {measure} round {rnd + 1}{where}"] = {  # type: ignore[index]
-                            core: round(share, 2) for core, share in steal.by_core.items()
-                        }
-                    if abs(clock.step_s) > CLOCK_STEP_S:
-                        print(
-                            f"  the wall clock stepped {clock.step_s:+.1f} s in this round "
-                            "(the machine paused?): wrk's figures for it are wrong",
-                            flush=True,
-                        )
-                        steps = notes["clock_steps"]
-                        steps[f"{name} {measure} round {rnd + 1}{where}"] = round(clock.step_s, 1)  # type: ignore[index]
-                    listen = notes["listen"]
-                    listen.setdefault(f"{name} {measure}", []).append(watch.counters)  # type: ignore[attr-defined]
-                    if result.bad_responses:
-                        bad = notes["bad_responses"]
-                        bad[f"{name} {measure}"] = result.bad_responses  # type: ignore[index]
-                    if measure == "lat":
-                        record_turn(name, "p50_ms", result.p50_ms)
-                        record_turn(name, "p99_ms", result.p99_ms)
+        for life, plan in enumerate(lives):
+            # a life's own logs, configs and stores (`--method fresh`: each round's new ones)
+            place = directory if len(lives) == 1 else directory / f"round{life + 1}"
+            place.mkdir(exist_ok=True)
+            began = time.monotonic()
+            with servers(
+                place,
+                args.contenders,
+                fixed["upstream"].base_url,
+                args.before,
+                args.redis_core,
+                args.before_store,
+                realtime,
+                args.gc_log,
+            ) as own:
+                found = {name: (fixed | own)[name] for name in args.contenders}
+                print(f"  life {life + 1} of {len(lives)}: {len(own)} contenders started in "
+                      f"{time.monotonic() - began:.1f} s", flush=True)  # fmt: skip
+                scripts: dict[str, dict[str, Path]] = {}
+                for step, (measure, rnd) in enumerate(plan):
+                    if measure == "burst":
+                        burst_round(found, rnd, place)
                     else:
-                        record_turn(name, measure, rate)
-                if slices > 1:  # each slice's own figures, for --samples-out
-                    kept = notes.setdefault("slices", {})
-                    kept.setdefault(measure, []).append(  # type: ignore[attr-defined]
-                        {name: dict(figures) for name, figures in turns.items()}
-                    )
-                for name, figures in fold(turns).items():
-                    for key, value in figures.items():
-                        record(name, key, value)
-            notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
-        for rnd in range(args.reps if "burst" in args.measures else 0):
-            for name, contender in in_turn(found, rnd):
-                since = time.monotonic()
-                outcome, peak_mb = burst(contender, args.burst_seconds)
-                shown = {key: value for key, value in outcome.items() if key != "ttfb_ms"}
-                print(f"  burst round {rnd + 1} {name}: {shown}, {peak_mb:.0f} MB", flush=True)
-                if args.gc_log and contender.gateway:
-                    found_gc = c.collections(directory / f"{name}.gc", since, time.monotonic())
-                    print(f"  burst round {rnd + 1} {name}: {found_gc}", flush=True)
-                record(name, "ttfb_p50_ms", float(outcome["ttfb_p50_ms"] or 0))
-                record(name, "ttfb_p99_ms", float(outcome["ttfb_p99_ms"] or 0))
-                record(name, "rss_mb", peak_mb)
-                record(name, "burst_failed", float(outcome["streams"] - outcome["completed"]))  # type: ignore[operator]
-                record(name, "burst_streams", float(outcome["streams"] or 0))
-                # every stream's TTFB, for the p99 pooled over rounds (report.pooled_lines)
-                ttfbs = notes.setdefault("ttfb", {})
-                ttfbs.setdefault(name, []).append(outcome["ttfb_ms"])  # type: ignore[attr-defined]
-            notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
-        if args.profile and "gateway-sqlite" in found:
-            notes["profile"] = profile(found["gateway-sqlite"], directory, args.seconds,
-                                       args.profile_scenarios)  # fmt: skip
+                        if measure not in scripts:  # once a measure in each life
+                            scripts[measure] = warmed(found, measure, place)
+                        play(found, measure, rnd, scripts[measure], speed)
+                    following = plan[step + 1][0] if step + 1 < len(plan) else None
+                    if len(lives) == 1 and following != measure:  # after each measure
+                        notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
+                if len(lives) > 1:  # after each round
+                    notes["load"].append(os.getloadavg()[0])  # type: ignore[attr-defined]
+                if args.profile and life == len(lives) - 1 and "gateway-sqlite" in found:
+                    notes["profile"] = profile(found["gateway-sqlite"], place, args.seconds,
+                                               args.profile_scenarios)  # fmt: skip
     return samples, notes
 
 
@@ -520,6 +601,24 @@ def _port(contender: Contender) -> int:
 # latency at one connection (a p99 of one slice is not one of the turn).
 SLICED = {m for m in WRK_MEASURES if m not in PACED and m != "lat"}
 SLICE_S = 1
+
+
+# How a run's rounds are made (`--method`): `whole`, one turn each, back to back, every process
+# started up front; `sliced`, as `whole` but the saturated measures' turns in 1 s slices
+# interleaved (19zzzzo); `fresh`, as `whole` but every round with new processes (19zzzzr).
+METHODS = ("whole", "sliced", "fresh")
+
+
+def lifetimes(method: str, measures: list[str], reps: int) -> list[list[tuple[str, int]]]:
+    """The contenders' lives in a run, each the (measure, round) it serves, in order. One life
+    with every measure's rounds in a row (`whole`, `sliced`: every process started up front),
+    or a life a round with every measure once (`fresh`): each round then starts every
+    contender afresh (the rig, the upstream and the nginx proxy, stays), so that the rounds
+    sample each process's own offset, which lasts its life (decision 0012, 19zzzzo) and which
+    rounds of the same processes all share."""
+    if method == "fresh":
+        return [[(measure, rnd) for measure in measures] for rnd in range(reps)]
+    return [[(measure, rnd) for measure in measures for rnd in range(reps)]]
 
 
 def turn_plan(measure: str, method: str, seconds: float) -> tuple[int, float]:
@@ -663,13 +762,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--method",
-        choices=("sliced", "whole"),
+        choices=METHODS,
         default="whole",
-        help=f"how a round gives each contender its --seconds on the saturated measures "
-        f"({','.join(sorted(SLICED))}): `whole`, one turn each, back to back (`make bench`'s); "
-        f"`sliced`, in slices of {SLICE_S} s interleaved with the others' (A B C C B A ...), "
-        "tried in issue 19zzzzo for a pair to meet the same machine states: its A/A spread "
-        "was no tighter (decision 0012)",
+        help="how a run's rounds are made: `whole`, every process started up front, each round "
+        "one turn each, back to back (`make bench`'s); `fresh`, as `whole` but each round "
+        "starts every contender afresh (the upstream and the nginx proxy stay) and warms it "
+        "up, so that the rounds sample each process's own offset (issue 19zzzzr); `sliced`, as "
+        f"`whole` but the saturated measures ({','.join(sorted(SLICED))}) in slices of "
+        f"{SLICE_S} s interleaved with the others' (A B C C B A ...), tried in issue 19zzzzo: "
+        "its A/A spread was no tighter (decision 0012)",
     )
     parser.add_argument(
         "--samples-out",
@@ -705,8 +806,8 @@ def main() -> int:
         samples, notes = run(args, Path(tmp))
         if notes["bad_responses"]:  # the contenders' logs say why: kept past the run
             kept = Path(tempfile.mkdtemp(prefix="klawd-bench-bad-"))
-            for log in Path(tmp).glob("*.log"):
-                shutil.copy(log, kept)
+            for log in Path(tmp).rglob("*.log"):  # (a fresh round's in its own directory)
+                shutil.copy(log, kept / "-".join(log.relative_to(tmp).parts))
             print(f"bad responses: the contenders' logs are kept in {kept}", file=sys.stderr)
     if args.samples_out is not None:
         kept = {

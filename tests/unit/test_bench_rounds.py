@@ -1,5 +1,6 @@
 """What the bench makes of a round: the paced measures' rate, and the machine's speed in it."""
 
+import argparse
 import shutil
 import subprocess
 import time
@@ -167,3 +168,39 @@ def test_the_a_a_line_gives_each_twin_s_rounds_and_its_farthest_from_one() -> No
     assert "bare-twin ÷ bare: sse 1.000 (rounds 1.100, 0.950, 1.000; ±10.0%)." in line
     assert "gateway-sqlite-twin" not in line
     assert report.aa_lines({"bare": {"sse": [1.0]}}) == []
+
+
+def test_fresh_rounds_are_each_a_life_of_new_processes_serving_every_measure_once() -> None:
+    measures = ["rps", "lines20", "burst"]
+    assert side_by_side.lifetimes("fresh", measures, 3) == [
+        [("rps", 0), ("lines20", 0), ("burst", 0)],
+        [("rps", 1), ("lines20", 1), ("burst", 1)],
+        [("rps", 2), ("lines20", 2), ("burst", 2)],
+    ]
+
+
+def test_whole_and_sliced_rounds_share_one_life_with_each_measure_s_rounds_in_a_row() -> None:
+    plan = [("rps", 0), ("rps", 1), ("burst", 0), ("burst", 1)]
+    assert side_by_side.lifetimes("whole", ["rps", "burst"], 2) == [plan]
+    assert side_by_side.lifetimes("sliced", ["rps", "burst"], 2) == [plan]
+    # fresh rounds are whole turns: only the sliced method slices
+    assert side_by_side.turn_plan("sse", "fresh", 4) == (1, 4)
+
+
+def test_every_method_serves_each_measure_s_every_round_exactly_once() -> None:
+    measures = [*side_by_side.WRK_MEASURES, "burst"]
+    for method in side_by_side.METHODS:
+        served = [turn for life in side_by_side.lifetimes(method, measures, 4) for turn in life]
+        assert sorted(served) == sorted((m, rnd) for m in measures for rnd in range(4))
+
+
+def test_the_setup_paragraph_says_how_the_rounds_were_made() -> None:
+    args = argparse.Namespace(seconds=3.0, reps=5, burst_seconds=8.0, profile=False, method="fresh")
+    text = report.section({}, {"load": [0.5, 1.9]}, args)
+    assert "Each round starts every contender but the upstream and the nginx proxy afresh" in text
+    assert "after each round: 0.50, 1.90" in text
+    whole = report.section(
+        {}, {"load": [0.5]}, argparse.Namespace(**{**vars(args), "method": "whole"})
+    )
+    assert "Each round measures every contender once, back to back" in whole
+    assert "afresh" not in whole and "after each measure: 0.50" in whole

@@ -86,8 +86,10 @@ loadtest: $(PY)
 
 # Side-by-side speed (not part of the tests): upstream, nginx, the stack floor and the gateway,
 # pinned to cores; nginx (+ echo module) and wrk from Debian when missing. Results are written
-# into docs/benchmarks.md. BENCH_ARGS="--seconds 2 --reps 1" for a quick look.
-BENCH_ARGS ?= --seconds 4 --reps 4 --profile
+# into docs/benchmarks.md. BENCH_ARGS="--seconds 2 --reps 1" for a quick look. Each round starts
+# the contenders afresh (decision 0012, 19zzzzr): 4 rounds of 3 s turns keep make bench near its
+# ~27 min (a fifth round would cost ~4 min more).
+BENCH_ARGS ?= --seconds 3 --reps 4 --profile
 # Traces on vs off and the cache-hit path (loadtests/bench/trace_cache_bench.py).
 TRACE_CACHE_BENCH_ARGS ?= --seconds 5 --reps 3
 bench: $(PY)

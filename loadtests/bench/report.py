@@ -868,13 +868,18 @@ def speed_lines(samples: Samples) -> list[str]:
 
 
 # What one run can resolve, measured by A/A runs (the same program twice as two contenders:
-# `--contenders bare,bare-twin,gateway-sqlite,gateway-sqlite-twin`; decision 0012, 19zzzzo).
+# `--contenders bare,bare-twin,gateway-sqlite,gateway-sqlite-twin`; decision 0012, 19zzzzo,
+# and with fresh processes each round, 19zzzzr; aa_runs.py reads such runs).
 AA_RESOLUTION = (
-    "A/A runs (the same program twice as two contenders; 3 runs of 4 rounds of whole turns, "
-    "2026-12-07 06:10 to 06:42 UTC; decision 0012, 19zzzzo) read the twin ÷ its original's "
-    "median of the rounds at 0.955 to 1.018 on single answers, 0.910 to 1.144 on the static "
-    "body, 0.990 to 1.074 per line and 0.963 to 1.060 on Anthropic, single rounds from 0.75 "
-    "to 1.32: a ratio nearer 1 than that, on those measures, is not resolved by one run."
+    "A/A runs (the same program twice as two contenders; 3 runs of 4 rounds of 3 s with new "
+    "processes each round, as here, alternating with 3 runs whose processes served every round, "
+    "2026-12-07 09:02 to 09:34 UTC; decision 0012, 19zzzzr) read the twin ÷ its original's "
+    "median of the rounds at 0.985 to 1.034 on single answers, 0.976 to 1.047 on the static "
+    "body, 0.988 to 1.001 per event, 0.950 to 1.039 per line, 0.888 to 1.025 on Anthropic, "
+    "0.974 to 0.996 on Gemini and 0.997 to 1.009 per line with 20 ms between events, single "
+    "rounds from 0.78 to 1.12: a ratio nearer 1 than that, on those measures, is not resolved "
+    "by one run (with the same processes every round, 0.68 to 1.05: each process's own offset "
+    "lasts its life)."
 )
 # The rates an A/A run reads (`aa_lines`).
 AA_MEASURES = ("rps", "sse", "event", "lines", "lines20", "anth", "anth20", "gemini")

@@ -1,9 +1,11 @@
 """`make bench`: the gateway side by side with the upstream, nginx and two pass-throughs.
 
-    .venv/bin/python -m loadtests.bench.side_by_side [--seconds 4] [--reps 4] [--write-docs]
+    .venv/bin/python -m loadtests.bench.side_by_side [--seconds 3] [--reps 4] [--write-docs]
     .venv/bin/python -m loadtests.bench.side_by_side --measures lat,lines --seconds 3   # a look
 
-Every contender is started up front, pinned to core 0 (one worker each); the fake upstream
+Every contender runs pinned to core 0 (one worker each), started afresh for each round (the
+fake upstream and the nginx proxy stay for the run; `--method whole`: every process started
+up front, as before issue 19zzzzr); the fake upstream
 (nginx: fixed bodies, chunked streams with the echo module), wrk and the stream client run on
 core 1; redis-server runs on core 0 with the contenders, as the embedded store's SQLite work
 does (`--redis-core 1`: on the load generator's core, as before issue 19zzzze, whose per-line
@@ -16,7 +18,10 @@ pass-throughs share the stack (Granian + uvloop + one aiohttp session): the Star
 the bare relay over Granian's RSGI interface (bare_rsgi_app.py, informational). Each measure
 runs for every contender in turn, `--reps` rounds; each round measures every contender once
 (the order reversed every other round), so noise from the shared machine hits them alike, and
-the ratios are medians of per-round ratios. Every run is bounded (wrk -d, subprocess timeouts)
+the ratios are medians of per-round ratios. A process settles into a speed of its own for its
+life (A/A twins differed by up to 1.5x in every round of a run), so new processes each round
+make the rounds sample that offset too (`lifetimes`; decision 0012, 19zzzzo and 19zzzzr).
+Every run is bounded (wrk -d, subprocess timeouts)
 and every process is stopped at the end.
 Each round's line also says what it did to the listen queues (measure.ListenWatch: listen drops
 and SYNs resent, machine-wide; the peak accept queues; the connections the upstream accepted).
@@ -763,11 +768,12 @@ def main() -> int:
     parser.add_argument(
         "--method",
         choices=METHODS,
-        default="whole",
-        help="how a run's rounds are made: `whole`, every process started up front, each round "
-        "one turn each, back to back (`make bench`'s); `fresh`, as `whole` but each round "
-        "starts every contender afresh (the upstream and the nginx proxy stay) and warms it "
-        "up, so that the rounds sample each process's own offset (issue 19zzzzr); `sliced`, as "
+        default="fresh",
+        help="how a run's rounds are made: `fresh` (`make bench`'s since issue 19zzzzr), each "
+        "round starts every contender afresh (the upstream and the nginx proxy stay) and warms "
+        "it up, then measures one turn each, back to back, so that the rounds sample each "
+        "process's own offset; `whole`, every process started up front (before 19zzzzr: A/A "
+        "run medians ~3x as far from 1, decision 0012); `sliced`, as "
         f"`whole` but the saturated measures ({','.join(sorted(SLICED))}) in slices of "
         f"{SLICE_S} s interleaved with the others' (A B C C B A ...), tried in issue 19zzzzo: "
         "its A/A spread was no tighter (decision 0012)",
@@ -793,6 +799,7 @@ def main() -> int:
         or args.gc_log
         or args.paced_rate != "stream-time"
         or args.upstream_timers != c.UPSTREAM_TIMER_RESOLUTION
+        or args.method != "fresh"  # (the resolution the report states is fresh rounds')
     ):
         parser.error("--write-docs needs every measure and every contender")
     if not (1 <= args.seconds <= 60 and 1 <= args.reps <= 10 and 2 <= args.burst_seconds <= 60):

@@ -48,11 +48,13 @@ class OpenStreams(set[asyncio.Task[Any]]):
     (one loop timer for all of them: gateway/timer_wheel.py). A set itself: every stream adds
     and discards its task, and the set's own methods are C calls (no Python frame)."""
 
-    __slots__ = ("_keepalives", "on_send_timeout", "orphaned")
+    __slots__ = ("_keepalives", "ended", "on_send_timeout", "orphaned")
 
     def __init__(self) -> None:
         super().__init__()
         self._keepalives: TimerWheel | None = None
+        # The tasks `end_all` cancelled (filled only by the drain, at shutdown): `drained`.
+        self.ended: set[asyncio.Task[Any]] = set()
         self.orphaned = False  # the supervising process died: this worker stops by itself
         # Called once per stream ended by the send deadline (its client stopped reading).
         self.on_send_timeout: Callable[[], None] | None = None
@@ -68,12 +70,27 @@ class OpenStreams(set[asyncio.Task[Any]]):
     def end_all(self) -> int:
         """Cancels every open stream with the DRAIN message; how many there were."""
         tasks = list(self)
+        self.ended.update(tasks)
         for task in tasks:
             task.cancel(DRAIN)
         return len(tasks)
 
+    def drained(self, exc: BaseException) -> bool:
+        """Whether `exc`, raised in the current task, is the drain's end of it: the DRAIN
+        message, or a task the drain cancelled. A task waiting on a future and cancelled twice
+        in one loop turn gets the first message: after a deadline's cut in the same turn, the
+        drain's cancel arrives bearing the cut's (docs/decisions/0005, thirtieth pass)."""
+        if is_drain(exc):
+            return True
+        return (
+            bool(self.ended)
+            and isinstance(exc, asyncio.CancelledError)
+            and asyncio.current_task() in self.ended
+        )
+
 
 def is_drain(exc: BaseException) -> bool:
+    """The DRAIN message (a task the drain ended may bear another: `OpenStreams.drained`)."""
     return isinstance(exc, asyncio.CancelledError) and DRAIN in exc.args
 
 

@@ -37,7 +37,7 @@ from gateway.billing import (
     model_cost_micros,
     worst_prices_micros,
 )
-from gateway.drain import is_drain
+from gateway.drain import OpenStreams, is_drain
 from gateway.errors import (
     AuthenticationError,
     BadGateway,
@@ -70,6 +70,7 @@ from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.openai import ChatRequest
 from gateway.settings import Settings
 from gateway.store.base import Account, CustomLimits, Store, StoreError, UsageEntry
+from gateway.token_charges import TokenCharges
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
@@ -256,10 +257,13 @@ class Meter:
         limiter: Limiter,
         recorder: UsageRecorder,
         clock: Callable[[], float] = time.time,
+        token_charges: TokenCharges | None = None,
     ) -> None:
         self._settings = settings
         self._accounts = accounts
         self._limiter = limiter
+        # A served answer's tokens charged to its account's token limit, kept across an outage.
+        self.token_charges = token_charges or TokenCharges(limiter)
         # The limiter's admission can be sent before it is awaited (Redis): `start` overlaps it.
         self.sender = limiter if isinstance(limiter, SendingLimiter) else None
         # ... and decided in process while the worker holds a lease (Redis, decision 0003).
@@ -276,6 +280,8 @@ class Meter:
         self.on_served: Callable[[CatalogEntry, int, int], None] | None = None
         # A served stream the upstream broke off (settled 502 or 504): its circuit counts it.
         self.on_broke_off: Callable[[CatalogEntry], None] | None = None
+        # The worker's open streams, which know the tasks the drain ended; set by build_state.
+        self.streams: OpenStreams | None = None
         # account id (or key id, for a key's own limits) -> (monotonic time until which it is
         # surely denied, the limits that said so, the admission). A denial is exact until its
         # Retry-After: nothing another request or replica does can admit sooner, and a changed
@@ -577,17 +583,9 @@ class Meter:
             return  # nothing to charge (the limiters' own early return, without their call)
         if not usage.in_bounds():
             usage = usage.bounded()  # (said once, by `settle`, which gets the same usage)
-        try:
-            await self._limiter.charge_tokens(ticket.account.id, ticket.spec, usage.total_tokens)
-        except StoreError as exc:
-            # The answer is served and settled (billed): a token limit the store could not
-            # charge must not turn it into the client's 503. Fails open, said.
-            log.warning(
-                "store error: %d tokens of request %s not charged to the token limit: %s",
-                usage.total_tokens,
-                ticket.request_id,
-                exc,
-            )
+        await self.token_charges.charge(
+            ticket.account.id, ticket.spec, usage.total_tokens, ticket.request_id
+        )
 
 
 def counted(usage: TokenUsage, served: str) -> TokenUsage:
@@ -628,7 +626,9 @@ class SettleOnFailure:
         if exc is None:
             return
         if isinstance(exc, asyncio.CancelledError):  # not the gateway's failure: say why
-            status = ShuttingDown.status if is_drain(exc) else CLIENT_CLOSED
+            streams = self.meter.streams
+            drained = is_drain(exc) if streams is None else streams.drained(exc)
+            status = ShuttingDown.status if drained else CLIENT_CLOSED
         else:  # what the client is answered (a StoreError's 503)
             error = as_gateway_error(exc)
             status = 500 if error is None else error.status

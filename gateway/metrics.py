@@ -41,6 +41,9 @@ LIMIT_OUTCOMES = ("rate_limited", "insufficient_credits")
 CACHE_ROUTES = ("chat", "messages", "responses", "embeddings")
 CACHE_RESULTS = ("hit", "miss", "bypass")
 CACHE_SAVES = ("stored", "too_large", "failed")
+# Why a served answer's tokens were never charged to its account's token limit
+# (gateway/token_charges.py): the charge's outcome unknown, or the worker's keep of them full.
+NOT_CHARGED_REASONS = ("unknown", "full")
 
 
 Collector = TypeVar("Collector", Counter, Gauge, Histogram)
@@ -110,6 +113,16 @@ class Metrics:
             "with backoff; 0 once a write succeeds again), summed over live workers.",
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.tokens_not_charged = Counter(
+            "klawd_tokens_not_charged_total",
+            "Tokens of served answers never charged to their account's tokens_per_minute, by "
+            "reason: unknown (the store's connection lost with the charge sent: it may have "
+            "run) or full (too many accounts owed charges kept while the store was not "
+            "reached). Charges that never reached the store are kept and charged when it "
+            "answers again: not counted here.",
+            ["reason"],
+            registry=r,
         )
         self.requests = Counter(
             "klawd_requests_total",
@@ -268,6 +281,11 @@ class Metrics:
             for outcome in CACHE_SAVES:
                 self.cache_saves.labels(route, outcome)
         self.store_duration.labels(self.store_backend, "admit")
+        for reason in NOT_CHARGED_REASONS:
+            self.tokens_not_charged.labels(reason)
+
+    def tokens_not_charged_by_reason(self, reason: str, tokens: int) -> None:
+        self.tokens_not_charged.labels(reason).inc(tokens)
 
     def child(self, collector: Collector, *labels: str) -> Collector:
         """`collector.labels(*labels)`, memoised: the label sets are bounded, and labels() costs

@@ -29,6 +29,7 @@ from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.store.base import CreditGrant, UsageEntry
 from gateway.store_metrics import timed_store
+from gateway.token_charges import TokenCharges
 from gateway.usage import UsageRecorder
 from gateway.webhooks.budgets import BudgetWatch
 from gateway.webhooks.credits import CreditWatch
@@ -240,10 +241,15 @@ async def build_state(
     async def key_budgets(batch: list[UsageEntry], _grants: dict[str, CreditGrant]) -> None:
         await budgets.settled(batch)
 
+    limiter = store.limiter()
+    token_charges = TokenCharges(
+        limiter, None if metrics is None else metrics.tokens_not_charged_by_reason
+    )
     recorder = UsageRecorder(
         store,
         store.settle_interval_s,
-        after_settle=(key_budgets, CreditWatch(store).settled),
+        # (a settled batch: the store answers again, so what an outage kept is charged)
+        after_settle=(key_budgets, CreditWatch(store).settled, token_charges.charge_owed),
         on_backlog=None if metrics is None else metrics.unsettled_usage.set,
     )
     recorder.start()
@@ -255,11 +261,12 @@ async def build_state(
         cooldown_s=settings.routing.cooldown_s,
         deadline_s=settings.retry.deadline_s,
     )
-    meter = Meter(settings, accounts, store.limiter(), recorder)
+    meter = Meter(settings, accounts, limiter, recorder, token_charges=token_charges)
     meter.on_served = retrier.release
     meter.on_broke_off = retrier.broke_off
     store.on_invalidate(meter.invalidated)  # an account's change ends its admission leases
     streams = OpenStreams()
+    meter.streams = streams  # (a try cancelled by the drain settles as the drain's)
     if metrics is not None:
         streams.on_send_timeout = metrics.send_timeouts.inc
     return AppState(

@@ -32,7 +32,6 @@ from gateway.billing import (
 from gateway.cache import HEADER as CACHE_HEADER
 from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, chat_completion, chat_events
-from gateway.drain import is_drain
 from gateway.errors import (
     INTERNAL_ERROR_MESSAGE,
     GatewayError,
@@ -384,7 +383,7 @@ async def relay(
                 yield piece
         status = 200
     except asyncio.CancelledError as exc:
-        if is_drain(exc):
+        if state.streams.drained(exc):
             status = ShuttingDown.status
         raise
     except Exception as exc:

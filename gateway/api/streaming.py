@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from starlette.types import Message, Receive, Send
 
 from gateway.api.common import encode_headers
-from gateway.drain import DRAIN, OpenStreams, is_drain
+from gateway.drain import DRAIN, OpenStreams
 from gateway.timer_wheel import Slot, TimerWheel
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ async def send_event_stream(
             task.uncancel()
             if watch.deaf and drain is not None and drain.streams.on_send_timeout is not None:
                 drain.streams.on_send_timeout()
-        elif drain is not None and is_drain(exc):
+        elif drain is not None and drain.streams.drained(exc):
             task.uncancel()
             drained = True
         else:

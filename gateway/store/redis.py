@@ -54,6 +54,7 @@ from gateway.store.base import (
     CreditGrant,
     CustomLimits,
     StoreError,
+    StoreNotReached,
     UsageEntry,
     UsageRow,
 )
@@ -67,7 +68,7 @@ from gateway.store.redis_limiter import (
 )
 from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
-from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
+from gateway.store.resp import RespClient, RespConnectionError, RespNotSent, RespReplyError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -346,6 +347,9 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                     self._library_loaded = False
                     continue
                 raise StoreError(f"redis function {function} failed: {message}") from exc
+            except RespNotSent as exc:
+                cause = exc.__cause__ or exc  # the connection's error
+                raise StoreNotReached(f"redis store failed: {type(cause).__name__}") from exc
             except RespConnectionError as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")

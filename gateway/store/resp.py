@@ -31,7 +31,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 
-__all__ = ["RespClient", "RespConnectionError", "RespError", "RespReplyError", "RespTimeoutError"]
+__all__ = [
+    "RespClient",
+    "RespConnectionError",
+    "RespError",
+    "RespNotSent",
+    "RespReplyError",
+    "RespTimeoutError",
+]
 
 _log = logging.getLogger("klawd.store")
 
@@ -50,6 +57,11 @@ class RespConnectionError(RespError):
 
 class RespTimeoutError(RespConnectionError):
     """Replies were owed and none arrived within the command timeout."""
+
+
+class RespNotSent(RespConnectionError):
+    """`execute`'s command was never written (no connection could be opened, or the one it was
+    given was lost already): it did not run. Its cause is the connection's error."""
 
 
 class _ProtocolError(Exception):
@@ -352,10 +364,13 @@ class RespClient:
         what the command took; with the connection's error (a RespConnectionError value) if the
         connection is lost first: whether the command ran is then unknown."""
         payload = hiredis.pack_command(args)
-        connection = self._pick()
-        if connection is None:
-            connection = await self._connect()
-        future = connection.send_one(payload)
+        try:
+            connection = self._pick()
+            if connection is None:
+                connection = await self._connect()
+            future = connection.send_one(payload)
+        except RespConnectionError as exc:
+            raise RespNotSent(*exc.args) from exc
         if undo is None:
             reply = await future
         else:

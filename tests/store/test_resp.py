@@ -24,6 +24,7 @@ from gateway.store.resp import (
     QUIET_S,
     RespClient,
     RespConnectionError,
+    RespNotSent,
     RespReplyError,
     RespTimeoutError,
 )
@@ -357,7 +358,20 @@ def test_a_handshake_that_never_answers_fails_the_connect(run: Runner) -> None:
             raw_server(silent) as url,
             client_for(f"{url}/3", connect_timeout_s=0.2) as client,
         ):
-            with pytest.raises(RespTimeoutError):
+            with pytest.raises(RespNotSent) as raised:  # never written: it did not run
+                await asyncio.wait_for(client.execute("PING"), BOUND_S)
+            assert isinstance(raised.value.__cause__, RespTimeoutError)
+
+    run(body())
+
+
+def test_a_command_no_connection_could_be_opened_for_was_not_sent(run: Runner) -> None:
+    """Nothing listens: the connect is refused, and the command says it was never written
+    (a caller may send it again without running it twice: gateway/token_charges.py)."""
+
+    async def body() -> None:
+        async with client_for(f"redis://127.0.0.1:{free_port()}") as client:
+            with pytest.raises(RespNotSent, match="could not connect"):
                 await asyncio.wait_for(client.execute("PING"), BOUND_S)
 
     run(body())

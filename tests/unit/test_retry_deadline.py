@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from gateway.app import create_app
+from gateway.drain import DRAIN, OpenStreams
 from gateway.errors import (
     DEADLINE_EXCEEDED,
     BadGateway,
@@ -24,6 +25,7 @@ from gateway.errors import (
     GatewayTimeout,
     ServiceUnavailable,
 )
+from gateway.metering import SettleOnFailure
 from gateway.metrics import Metrics
 from gateway.observer import RequestObserver
 from gateway.providers.base import UpstreamRequest
@@ -586,3 +588,71 @@ async def test_the_retrier_and_the_cut_call_agree_whatever_was_cancelled_before_
     with pytest.raises(ended):
         await call
     assert noted.calls == reported
+
+
+class Settled:
+    """A Meter as `SettleOnFailure` sees it: the statuses settled, and the worker's streams."""
+
+    def __init__(self, streams: OpenStreams) -> None:
+        self.streams = streams
+        self.statuses: list[int] = []
+
+    def settle(self, _ticket: object, _served: object, _usage: object, *rest: Any) -> int:
+        self.statuses.append(rest[1])
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("order", "status", "message"),
+    [
+        ("drain", 503, DRAIN),
+        ("deadline, drain", 503, "the cut's"),
+        ("drain, deadline", 503, DRAIN),
+        ("deadline, client", 499, "the cut's"),
+    ],
+)
+async def test_a_try_the_drain_cancels_in_the_deadline_s_turn_settles_as_the_drain(
+    order: str, status: int, message: str
+) -> None:
+    """A try inside a stream the drain ends (no route runs one there today: each opens its
+    upstream stream through the retrier before the stream is registered; this orders the cancels
+    by hand). The drain's cancel in the deadline's cut's loop turn, after the cut: the task gets
+    the cut's message (the first of two cancels of a task waiting on a future), the retrier
+    re-raises it (another cancel came), and the drain told by its message alone settled 499, a
+    client gone, where the drain settles 503. The open streams know the tasks they ended."""
+    loop = asyncio.get_running_loop()
+    provider, noted, upstream = hanging_provider()
+    retrier_ = retrier(Clock(), 30)
+    wheel = retrier_._cuts = DrivenWheel(loop)  # type: ignore[assignment]
+    streams = OpenStreams()
+    meter = Settled(streams)
+    seen: list[asyncio.CancelledError] = []
+
+    async def stream() -> object:
+        task = asyncio.current_task()
+        assert task is not None
+        streams.add(task)  # registered as `send_event_stream` registers an open stream's task
+        with SettleOnFailure(meter, None, True):  # type: ignore[arg-type]
+            try:
+                return await retrier_.call_targets(
+                    [SONNET], lambda _target: provider._send(upstream)
+                )
+            except asyncio.CancelledError as exc:
+                seen.append(exc)
+                raise
+
+    call = asyncio.ensure_future(stream())
+    while not wheel.slots:  # the try is under way, its cut armed
+        await asyncio.sleep(0)
+    for step in order.split(", "):
+        if step == "deadline":
+            wheel.run()  # the cut is queued for the loop's next turn ...
+        elif step == "drain":
+            loop.call_soon(streams.end_all)  # ... and the drain ends the open streams in it
+        else:
+            loop.call_soon(call.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert (seen[0].args[0] == DRAIN) == (message == DRAIN), seen[0].args
+    assert meter.statuses == [status]
+    assert noted.calls == []  # the call counted as no upstream failure

@@ -25,7 +25,8 @@ symbols over all threads, in us per request.
 read/recvfrom/write/writev/epoll_ctl system calls (their fd and what they returned), each fd told
 apart by what it is while the load runs (a TCP connection to a port, from a client, an eventfd),
 so a read of the upstream is told from an event loop's wake-up; per thread and kind: calls per
-request, mean bytes per read, and the upstream reads' sizes (median, share under 512 bytes).
+request, mean bytes per read or write, and the sizes (median, share under 512 bytes) of the
+upstream reads and of the writes to the client (what the load generator reads).
 `epoll_ctl` per request shows a socket taken out of epoll (libuv's re-arms after a paused
 read go through its io_uring: `io_uring_enter` in the counts).
 
@@ -222,7 +223,9 @@ READ_EVENTS = [
     "syscalls:sys_enter_recvfrom",
     "syscalls:sys_exit_recvfrom",
     "syscalls:sys_enter_write",
+    "syscalls:sys_exit_write",
     "syscalls:sys_enter_writev",
+    "syscalls:sys_exit_writev",
     "syscalls:sys_enter_epoll_ctl",
 ]
 
@@ -254,6 +257,44 @@ def fd_kinds(pid: int, own_port: int) -> dict[int, str]:
     return kinds
 
 
+def syscall_sizes(
+    script_out: str, kinds: dict[int, str]
+) -> tuple[collections.Counter[tuple[int, str, str]], dict[tuple[int, str, str], list[int]]]:
+    """`perf script -F tid,event,trace` of the READ_EVENTS: the calls by (thread, call, what
+    its fd is: `kinds`, cut to 22 characters), and what each returned (bytes, or -errno)."""
+    calls: collections.Counter[tuple[int, str, str]] = collections.Counter()
+    sizes: dict[tuple[int, str, str], list[int]] = collections.defaultdict(list)
+    entered: dict[int, tuple[str, str]] = {}
+    for line in script_out.splitlines():
+        found = re.match(r"\s*(\d+)\s+\S+:sys_(enter|exit)_(\w+):\s*(.*)$", line)
+        if not found:
+            continue
+        tid, side, call, trace = int(found[1]), found[2], found[3], found[4]
+        if side == "enter":
+            fd_field = re.search(r"\bfd: (0x[0-9a-f]+|\d+)", trace) or re.search(
+                r"\bepfd: (0x[0-9a-f]+|\d+)", trace
+            )
+            fd = int(fd_field[1], 0) if fd_field else -1
+            kind = "-" if call == "epoll_ctl" else kinds.get(fd, "closed since")[-22:]
+            calls[(tid, call, kind)] += 1
+            entered[tid] = (call, kind)
+        elif tid in entered:
+            call, kind = entered.pop(tid)
+            returned = re.search(r"(0x[0-9a-f]+|-?\d+)\s*$", trace)
+            if returned:  # (an error, -errno, is printed as a 64-bit hex number)
+                value = int(returned[1], 0)
+                sizes[(tid, call, kind)].append(value - (1 << 64) if value >= 1 << 63 else value)
+    return calls, sizes
+
+
+def size_note(sizes: list[int]) -> str:
+    """The sizes of one kind of read or write (bytes, each > 0): their median and the share
+    under 512 bytes (a piece of an event or two, not a batch of them)."""
+    ordered = sorted(sizes)
+    small = sum(1 for n in ordered if n < 512) / len(ordered)
+    return f"median {ordered[len(ordered) // 2]} B, {small:.0%} under 512 B"
+
+
 def reads(contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path) -> str:
     """`--reads`: each read/recvfrom/write of the worker's threads by what its fd is."""
     name = contender.name
@@ -277,39 +318,16 @@ def reads(contender: Contender, scenario: str, connections: int, seconds: float,
         ["perf", "script", "-i", str(data), "-F", "tid,event,trace"],
         capture_output=True, text=True, timeout=300, check=False,
     ).stdout  # fmt: skip
-    calls: collections.Counter[tuple[int, str, str]] = collections.Counter()
-    sizes: dict[tuple[int, str, str], list[int]] = collections.defaultdict(list)
-    entered: dict[int, tuple[str, str]] = {}
-    for line in script_out.splitlines():
-        found = re.match(r"\s*(\d+)\s+\S+:sys_(enter|exit)_(\w+):\s*(.*)$", line)
-        if not found:
-            continue
-        tid, side, call, trace = int(found[1]), found[2], found[3], found[4]
-        if side == "enter":
-            fd_field = re.search(r"\bfd: (0x[0-9a-f]+|\d+)", trace) or re.search(
-                r"\bepfd: (0x[0-9a-f]+|\d+)", trace
-            )
-            fd = int(fd_field[1], 0) if fd_field else -1
-            kind = "-" if call == "epoll_ctl" else kinds.get(fd, "closed since")[-22:]
-            calls[(tid, call, kind)] += 1
-            entered[tid] = (call, kind)
-        elif tid in entered:
-            call, kind = entered.pop(tid)
-            returned = re.search(r"(0x[0-9a-f]+|-?\d+)\s*$", trace)
-            if returned:  # (an error, -errno, is printed as a 64-bit hex number)
-                value = int(returned[1], 0)
-                sizes[(tid, call, kind)].append(value - (1 << 64) if value >= 1 << 63 else value)
+    calls, sizes = syscall_sizes(script_out, kinds)
     lines = [f"{name}, {scenario}, {connections} connections: {done:.0f} requests "
              f"({per_s:.0f}/s), load {os.getloadavg()[0]:.2f}"]  # fmt: skip
-    lines.append(f"  {'thread':>8} {'call':10} {'fd':22} {'per req':>8} {'bytes':>7}  upstream")
+    lines.append(f"  {'thread':>8} {'call':10} {'fd':22} {'per req':>8} {'bytes':>7}  sizes")
     for (tid, call, kind), count in sorted(calls.items(), key=lambda item: -item[1]):
         got = [n for n in sizes.get((tid, call, kind), []) if n > 0]
         mean = f"{sum(got) / len(got):7.0f}" if got else f"{'':7}"
-        note = ""
-        if got and kind.startswith("tcp to") and call in ("read", "recvfrom"):
-            got.sort()
-            small = sum(1 for n in got if n < 512) / len(got)
-            note = f"median {got[len(got) // 2]} B, {small:.0%} under 512 B"
+        upstream_read = kind.startswith("tcp to") and call in ("read", "recvfrom")
+        client_write = kind == "tcp from a client" and call in ("write", "writev")
+        note = size_note(got) if got and (upstream_read or client_write) else ""
         lines.append(f"  {tid:>8} {call:10} {kind:22} {count / done:8.2f} {mean}  {note}")
     return "\n".join(lines)
 

@@ -9,12 +9,15 @@ import socket
 import threading
 
 from loadtests.bench.syscalls import (
+    READ_EVENTS,
     _comm_samples,
     _kernel_path,
     _samples,
     core_lines,
     fd_kinds,
     per_thread,
+    size_note,
+    syscall_sizes,
     threads,
 )
 
@@ -141,3 +144,36 @@ def test_this_process_threads_and_descriptors_by_kind() -> None:
             closing.close()
         for fd in (wake, read_end, write_end):
             os.close(fd)
+
+
+# `perf script -F tid,event,trace` of a `perf record` of the READ_EVENTS: a writev of two
+# pieces and a write to fd 3 (a socket), a write to fd 2 (stderr), and another thread's exit
+# whose entry was not recorded.
+WRITES_SCRIPT = """\
+23467  syscalls:sys_enter_write: fd: 0x00000002, buf: 0x5589519874b0, count: 0x000000ed
+23467   syscalls:sys_exit_write: 0xed
+23469   syscalls:sys_exit_write: 0x12
+23467 syscalls:sys_enter_writev: fd: 0x00000003, vec: 0x7f528913b710, vlen: 0x00000002
+23467  syscalls:sys_exit_writev: 0x12
+23467  syscalls:sys_enter_write: fd: 0x00000003, buf: 0x7f5288dd2a50, count: 0x00000005
+23467   syscalls:sys_exit_write: 0xfffffffffffffff5
+"""
+
+
+def test_writes_to_the_client_counted_with_their_sizes() -> None:
+    # what a write returned is recorded, as a read's is (the client's pieces' sizes)
+    assert {"syscalls:sys_exit_write", "syscalls:sys_exit_writev"} <= set(READ_EVENTS)
+    calls, sizes = syscall_sizes(WRITES_SCRIPT, {2: "pipe", 3: "tcp from a client"})
+    assert calls == {
+        (23467, "write", "pipe"): 1,
+        (23467, "writev", "tcp from a client"): 1,
+        (23467, "write", "tcp from a client"): 1,
+    }
+    assert sizes[(23467, "writev", "tcp from a client")] == [18]  # both pieces, one call
+    assert sizes[(23467, "write", "tcp from a client")] == [-11]  # -EAGAIN
+    assert sizes[(23467, "write", "pipe")] == [237]
+
+
+def test_sizes_read_by_their_median_and_small_share() -> None:
+    assert size_note([2006, 120, 3000, 300]) == "median 2006 B, 50% under 512 B"
+    assert size_note([699]) == "median 699 B, 0% under 512 B"

@@ -3,7 +3,8 @@ split between redis-server's own CPU, being preempted by a real-time process, an
 path in the worker.
 
     .venv/bin/python -m loadtests.bench.redis_share [--measures rps,sse] [--seconds 2]
-        [--reps 6] [--modes embedded,redis0,redis1,dummy] [--touch-kb 0] [--samples-out F]
+        [--reps 6] [--modes embedded,redis0,redis1,dummy] [--dummy-split 1[,8...]]
+        [--touch-kb 0] [--bursts] [--samples-out F]
 
 `side_by_side`'s processes (the fake upstream and wrk on core 1; the embedded gateway and the one
 on Redis on core 0, one worker each; redis-server at real-time priority, SCHED_FIFO) and the
@@ -15,22 +16,31 @@ speed probes, and per round, in turn (the order reversed every other round):
 - `dummy`: the embedded contender beside redis_dummy.py at SCHED_FIFO on core 0, waking as often
   a second and burning as much CPU a wake as redis-server did in the last `redis0` round (the
   decisive control: if the embedded worker loses as much beside it, the cost is sharing a core
-  with any woken real-time process, not the Redis client).
+  with any woken real-time process, not the Redis client). `--dummy-split 1,8` runs it twice a
+  round: `dummy` as sized, `dummy/8` with the same CPU in 8 times as many, 8 times shorter wakes
+  (whether the bursts' length is what costs the worker).
 Per round: requests a second; the worker's CPU, voluntary switches (its sleeps) and involuntary
 ones (its preemptions) a request; redis-server's (or the dummy's) CPU, wakes (voluntary
 switches) a request and a second, and commands a request (`INFO commandstats`, FCALLs apart);
-each core's speed probe. Then, per measure, medians by mode and each round's worker µs a request
-against the same round's `embedded`. Needs root (chrt). Every run is bounded (wrk -d, timeouts).
+each core's speed probe; with `--bursts`, the neighbour's bursts on a core (from `perf record -e
+sched:sched_switch`, filtered in the kernel to its main thread: each run from being switched in
+to being switched out, µs: median, 90th percentile, longest; what its wakes' average hides).
+Then, per measure, medians by mode and each round's worker µs a request against the same round's
+`embedded`. Needs root (chrt). Every run is bounded (wrk -d, timeouts).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +80,66 @@ def commands(port: int) -> tuple[int, int]:
     stats = commandstats(port)
     every = sum(calls for name, (calls, _) in stats.items() if name not in NOT_A_REQUEST)
     return every, stats.get("fcall", (0, 0))[0]
+
+
+def split_of(mode: str) -> int:
+    """How many parts a dummy mode's wakes are split into: `dummy` 1, `dummy/8` 8."""
+    return int(mode.partition("/")[2] or 1)
+
+
+def expanded(modes: list[str], splits: list[int]) -> list[str]:
+    """`dummy` in `modes` as one mode per split (`dummy` for 1, `dummy/N` for N)."""
+    dummies = ["dummy" if n == 1 else f"dummy/{n}" for n in splits]
+    return [m for mode in modes for m in (dummies if mode == "dummy" else [mode])]
+
+
+SWITCH = re.compile(rb"(\d+\.\d+):.*prev_pid=(\d+) .*next_pid=(\d+)")
+
+
+def bursts_us(script: bytes, pid: int) -> list[float]:
+    """Each run of `pid` on a core, µs, from `perf script` lines of `sched:sched_switch` events
+    (in time order): from a switch to it to the next switch away from it."""
+    runs: list[float] = []
+    since: float | None = None
+    for match in SWITCH.finditer(script):
+        at, prev_pid, next_pid = float(match[1]), int(match[2]), int(match[3])
+        if prev_pid == pid and since is not None:
+            runs.append((at - since) * 1e6)
+            since = None
+        if next_pid == pid:
+            since = at
+    return runs
+
+
+@contextmanager
+def traced(pid: int, directory: Path) -> Iterator[list[float]]:
+    """The bursts of `pid` while the block runs (the list is filled when it ends): perf on the
+    load generator's core, its events filtered in the kernel to `pid`'s switches."""
+    data = directory / "bursts.data"
+    command = ["perf", "record", "-q", "-o", str(data), "-e", "sched:sched_switch", "-a",
+               "--filter", f"prev_pid == {pid} || next_pid == {pid}"]  # fmt: skip
+    perf = c.pinned(c.CLIENT_CORE, command, directory / "perf.log")
+    time.sleep(0.3)  # perf's buffers set up before the round starts
+    runs: list[float] = []
+    try:
+        yield runs
+    finally:
+        c.stop(perf)
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "time,trace"],
+                            capture_output=True, check=True, timeout=60).stdout  # fmt: skip
+    runs += bursts_us(script, pid)
+
+
+def burst_figures(runs: list[float]) -> dict[str, float]:
+    if not runs:
+        return {}
+    ordered = sorted(runs)
+    return {
+        "bursts": float(len(ordered)),
+        "burst_p50_us": statistics.median(ordered),
+        "burst_p90_us": ordered[int(0.9 * (len(ordered) - 1))],
+        "burst_max_us": ordered[-1],
+    }
 
 
 def move(pid: int, core: str) -> None:
@@ -156,27 +226,33 @@ def run(args: argparse.Namespace, directory: Path) -> Rounds:
                         move(redis_pid, "1" if mode == "redis1" else c.SERVER_CORE)
                         process = None
                         neighbour = redis
-                        if mode == "dummy":
+                        if mode.startswith("dummy"):
                             if not plan.wakes_per_s:
                                 continue  # no redis0 round yet to size it from
-                            process = dummy(plan, args.seconds + 1.5, directory, args.touch_kb)
+                            process = dummy(plan.split(split_of(mode)), args.seconds + 1.8,
+                                            directory, args.touch_kb)  # fmt: skip
                             neighbour = Neighbour(process.pid)
                         time.sleep(0.4)  # the last round's settle batch; the dummy started
+                        none: list[float] = []
+                        tracing: AbstractContextManager[list[float]] = (
+                            traced(neighbour.pid, directory) if args.bursts else nullcontext(none)
+                        )
                         try:
-                            started_at = time.monotonic()
-                            row = one_round(found[name], urls[name], scripts[name], connections,
-                                            args.seconds, neighbour)  # fmt: skip
-                            probes = speed.between(started_at, time.monotonic())
+                            with tracing as runs:
+                                started_at = time.monotonic()
+                                row = one_round(found[name], urls[name], scripts[name],
+                                                connections, args.seconds, neighbour)  # fmt: skip
+                                probes = speed.between(started_at, time.monotonic())
                         finally:
                             if process is not None:
                                 c.stop(process)
+                        row |= burst_figures(runs)
                         for core, us in probes.items():
                             row[f"probe{core}_us"] = us
                         if probes.get(c.SERVER_CORE):  # the worker's cost in its core's speed
                             row["worker_cpu_in_probes"] = row["worker_cpu_us"] / probes["0"]
                         if mode == "redis0":
                             plan = Plan.like(int(row["_wakes"]), row["_cpu_s"], row["_wall_s"])
-                            plan = plan.split(args.dummy_split)
                         shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                           if not k.startswith("_"))  # fmt: skip
                         print(f"  {measure} round {rep + 1} {mode}: {shown}", flush=True)
@@ -237,10 +313,15 @@ def main() -> int:
     parser.add_argument("--touch-kb", type=int, default=0, help="the dummy's buffer read a wake")
     parser.add_argument(
         "--dummy-split",
-        type=int,
-        default=1,
-        help="the dummy wakes N times as often, burning 1/N as much a wake (the same CPU in "
-        "shorter bursts)",
+        type=lambda t: [int(n) for n in t.split(",")],
+        default=[1],
+        help="N[,M...]: a dummy round for each, waking N times as often and burning 1/N as much "
+        "a wake (the same CPU in shorter bursts); 1 is the dummy as sized",
+    )
+    parser.add_argument(
+        "--bursts",
+        action="store_true",
+        help="the neighbour's runs on a core, from perf's sched_switch events (needs perf)",
     )
     parser.add_argument("--samples-out", type=Path, help="every round's figures (JSON)")
     args = parser.parse_args()
@@ -252,8 +333,13 @@ def main() -> int:
         parser.error("--measures among rps,sse,event,lines,lat")
     if not (1 <= args.seconds <= 10 and 1 <= args.reps <= 12 and 0 <= args.touch_kb <= 8192):
         parser.error("bounds: --seconds 1..10, --reps 1..12, --touch-kb 0..8192")
-    if not 1 <= args.dummy_split <= 100:
-        parser.error("bounds: --dummy-split 1..100")
+    if not all(1 <= n <= 100 for n in args.dummy_split) or len(set(args.dummy_split)) < len(
+        args.dummy_split
+    ):
+        parser.error("bounds: --dummy-split 1..100, each once")
+    if args.bursts and shutil.which("perf") is None:
+        parser.error("--bursts needs perf")
+    args.modes = expanded(args.modes, args.dummy_split)
     if not c.realtime_allowed():
         parser.error("needs root and chrt (redis-server and the dummy at SCHED_FIFO)")
     with tempfile.TemporaryDirectory(prefix="klawd-redis-share-") as tmp:

@@ -50,3 +50,37 @@ def test_context_switches_are_read_for_every_thread_of_the_tree() -> None:
 
     voluntary, involuntary = redis_share.switches(os.getpid())
     assert voluntary > 0 and involuntary >= 0
+
+
+def test_the_dummy_runs_once_a_round_per_split() -> None:
+    modes = redis_share.expanded(["embedded", "redis0", "dummy"], [1, 8])
+    assert modes == ["embedded", "redis0", "dummy", "dummy/8"]
+    assert [redis_share.split_of(mode) for mode in modes[2:]] == [1, 8]
+    assert redis_share.expanded(["embedded", "redis0", "dummy"], [8]) == [
+        "embedded",
+        "redis0",
+        "dummy/8",
+    ]
+
+
+def test_a_burst_runs_from_the_switch_to_the_process_to_the_switch_away() -> None:
+    # `perf script -F time,trace` lines of sched_switch events, filtered to pid 42's
+    script = b"\n".join(
+        [
+            b" 100.000100: prev_comm=python prev_pid=7 prev_prio=120 prev_state=R ==> "
+            b"next_comm=redis-server next_pid=42 next_prio=98",
+            b" 100.001000: prev_comm=redis-server prev_pid=42 prev_prio=98 prev_state=S ==> "
+            b"next_comm=python next_pid=7 next_prio=120",
+            b" 100.002000: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> "
+            b"next_comm=redis-server next_pid=42 next_prio=98",
+            b" 100.002050: prev_comm=redis-server prev_pid=42 prev_prio=98 prev_state=S ==> "
+            b"next_comm=swapper/0 next_pid=0 next_prio=120",
+            # switched away from before the trace saw it switched to: not a whole burst
+            b" 100.003000: prev_comm=redis-server prev_pid=42 prev_prio=98 prev_state=S ==> "
+            b"next_comm=swapper/0 next_pid=0 next_prio=120",
+        ]
+    )
+    runs = redis_share.bursts_us(script, 42)
+    assert [round(us, 3) for us in runs] == [900.0, 50.0]
+    figures = redis_share.burst_figures(runs)
+    assert figures["bursts"] == 2 and figures["burst_max_us"] == runs[0]

@@ -17,6 +17,7 @@ from tests.cluster.test_replicas_share_redis import burst
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.webhook_receiver import WebhookReceiver, verify
+from tests.live_bound import polls
 from tests.redis_server import RedisServer
 
 HOOKS = """
@@ -90,10 +91,9 @@ def test_each_period_is_reported_once_across_replicas(
         got = receiver.deliveries("/cluster")
         return sum(g["event"]["data"]["total"]["requests"] for g in got)
 
-    for _ in range(200):  # bounded: 10 s
+    for _ in polls(10, 0.05):  # 10 s of running time
         if reported() >= made:
             break
-        time.sleep(0.05)
     time.sleep(1.5)  # more periods pass: late duplicates would show now
     got = receiver.deliveries("/cluster")
     assert reported() == made, "every request reported exactly once"
@@ -132,10 +132,9 @@ def test_an_accounts_credit_thresholds_are_announced_once_across_replicas(
     for grant in (1, 2):
         statuses = [r.status_code for r in burst(replicas, key, {**body, "max_tokens": 1}, 30)]
         assert 200 in statuses and 402 in statuses, "the grant is spent on both replicas"
-        for _ in range(200):  # bounded: 10 s
+        for _ in polls(10, 0.05):  # 10 s of running time
             if len(announced()) >= 2 * grant:
                 break
-            time.sleep(0.05)
         time.sleep(1.0)  # late duplicates from the other replica's settlements would show now
         # each once; the two of one burst may arrive in either order (two replicas may each
         # claim one, and deliver it)

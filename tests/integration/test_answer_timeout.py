@@ -5,7 +5,6 @@ fake upstream holds the headers of `hang-headers` back for 3 s, streamed or not.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import uvloop
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import started
+from tests.live_bound import within
 
 PROVIDERS = """
 [providers.patient]
@@ -79,4 +79,4 @@ def test_a_non_streamed_answer_waits_answer_timeout_s(
             else:
                 assert orjson.loads(answer)["choices"][0]["message"]["content"]
 
-    uvloop.run(asyncio.wait_for(main(), 30))
+    uvloop.run(within(main(), 30))

@@ -22,6 +22,7 @@ from gateway.drain import DRAIN
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import started
+from tests.live_bound import within
 
 BOUND_S = 10  # every wait here is bounded by this (never a timing assertion)
 HANGING = """
@@ -81,4 +82,4 @@ def test_an_admitted_single_answer_cancelled_is_settled_with_why(
                 await asyncio.sleep(0.02)
             assert found == status
 
-    uvloop.run(asyncio.wait_for(main(), 30))
+    uvloop.run(within(main(), 30))

@@ -17,6 +17,7 @@ from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_request_deadline import PATIENT, with_deadline
 from tests.integration.test_streams_freed import settled, started
+from tests.live_bound import within
 from tests.scrape import parse, total
 from tests.unit.test_retry_deadline import DrivenWheel
 
@@ -93,4 +94,4 @@ def test_a_client_gone_in_the_deadline_s_turn_is_a_client_gone_in_every_count(
                 "settled 4xx": moved("klawd_requests_total", status_class="4xx"),
             }
 
-    assert uvloop.run(asyncio.wait_for(main(), 30)) == (ended, counted)
+    assert uvloop.run(within(main(), 30)) == (ended, counted)

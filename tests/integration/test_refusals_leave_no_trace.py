@@ -27,6 +27,7 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_request_log_status import Seen
 from tests.integration.test_streams_freed import App, started
+from tests.live_bound import within
 from tests.redis_server import RedisServer
 
 MODELS = """
@@ -226,7 +227,7 @@ def test_a_refused_request_leaves_no_trace_on_any_metered_route(
                 }
         return found
 
-    found = uvloop.run(asyncio.wait_for(main(), 120))
+    found = uvloop.run(within(main(), 120))
     metrics = {
         "rate_limited": 0,
         "insufficient_credits": 0,

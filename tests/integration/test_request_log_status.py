@@ -27,6 +27,7 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_cancelled_admission import chat_body, until, warmed
 from tests.integration.test_deadline_client_gone import PATIENT
 from tests.integration.test_streams_freed import App, started
+from tests.live_bound import within
 from tests.redis_server import RedisServer
 from tests.scrape import parse
 from tests.unit.test_retry_deadline import DrivenWheel
@@ -147,7 +148,7 @@ def test_the_log_line_s_status_is_the_ledger_s_however_the_request_ends(
             request_id = await ended(app, model, stream, end)
             return seen.lines[request_id], seen.ledger[request_id], seen.billed()
 
-    line, ledger, billed = uvloop.run(asyncio.wait_for(main(), 30))
+    line, ledger, billed = uvloop.run(within(main(), 30))
     assert (line["status"], ledger) == (status, status)
     # Counted once, with the ledger's status, however it ended (a failure's, a cancellation's
     # settlement too: counted with the request's end since 19zzzzi).
@@ -215,7 +216,7 @@ def test_a_client_gone_while_its_admission_travels_is_logged_with_the_ledger_s_s
             return seen.lines[request_id], seen.ledger[request_id], seen.billed()
 
     try:
-        line, ledger, billed = uvloop.run(asyncio.wait_for(main(), 30))
+        line, ledger, billed = uvloop.run(within(main(), 30))
     finally:
         paused.client_unpause()
         paused.close()
@@ -273,7 +274,7 @@ def test_a_held_line_is_written_when_the_admission_s_connection_is_lost(
             return early, seen.lines[request_id], request_id in seen.ledger
 
     try:
-        early, line, settled = uvloop.run(asyncio.wait_for(main(), 30))
+        early, line, settled = uvloop.run(within(main(), 30))
     finally:
         admin.client_unpause()
         admin.close()

@@ -118,20 +118,20 @@ def test_client_disconnect_cancels_the_upstream_and_bills_what_was_sent(
         first = next(response.iter_raw())
         assert first.startswith(b"data: {")
         closed_at = time.monotonic()
-    deadline = time.monotonic() + 10
-    while user not in fake_openai.disconnected_at and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert user in fake_openai.disconnected_at, "the upstream connection was never closed"
+    # within 5 s of this process's running time (a stop of the machine counts 0.5 s): the
+    # upstream (held 60 s) closed at once, not at its own end
+    for _ in polls(5, 0.02):
+        if user in fake_openai.disconnected_at:
+            break
+    assert user in fake_openai.disconnected_at, "the upstream connection was not closed in 5 s"
     print(f"upstream closed {fake_openai.disconnected_at[user] - closed_at:.3f} s after the client")
-    assert fake_openai.disconnected_at[user] - closed_at < 5
     view: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    for _ in polls(10, 0.05):
         view = httpx.get(
             f"{gateway.base_url}/v1/account", headers={"authorization": f"Bearer {key}"}
         ).json()
         if view["usage_today"]["requests"] == 1:
             break
-        time.sleep(0.05)
     assert view["usage_today"]["requests"] == 1, "the abandoned stream is in the ledger"
     assert view["usage_today"]["prompt_tokens"] >= 1, "billed by estimate: no upstream usage came"
 

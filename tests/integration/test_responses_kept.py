@@ -20,6 +20,7 @@ from gateway.store.base import StoredResponse
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import App, started
+from tests.live_bound import within
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def echo(config: Path, at_write: AtWrite) -> tuple[StoredResponse | None, bytes]
             finally:
                 state.store = held.store
 
-    return uvloop.run(asyncio.wait_for(main(), 30))
+    return uvloop.run(within(main(), 30))
 
 
 async def leave(app: App, request: asyncio.Task[Any]) -> bool:

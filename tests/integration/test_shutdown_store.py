@@ -35,6 +35,7 @@ from gateway.webhooks.events import BUDGET_THRESHOLD
 from tests.conftest import ADMIN_TOKEN, free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import App, lifespan
+from tests.live_bound import polls_async, within
 from tests.redis_server import RedisServer
 from tests.usage_entries import usage_entry
 
@@ -147,16 +148,15 @@ def shut_down_with_a_held_store(
             await app.lifespan
             if not let_through:  # what the process's exit does with the store left open
                 held.release()
-                for _ in range(1000):  # until the store answers the batch left in it (10 s)
+                # until the store answers the batch left in it (10 s of running time)
+                async for _ in polls_async(10, 0.01):
                     if any(r.getMessage().startswith(LATE) for r in caplog.records):
                         break
-                    await asyncio.sleep(0.01)
-                for _ in range(0 if deliveries is None else 1000):  # until an event (10 s)
-                    assert deliveries is not None
-                    deliveries.extend(await store.list_deliveries(account_id, 10))
-                    if deliveries:
-                        break
-                    await asyncio.sleep(0.01)
+                if deliveries is not None:
+                    async for _ in polls_async(10, 0.01):  # until an event
+                        deliveries.extend(await store.list_deliveries(account_id, 10))
+                        if deliveries:
+                            break
                 if any("the store not closed after" in r.getMessage() for r in caplog.records):
                     await store.close()  # (left open by the cut)
             return account_id, one
@@ -165,7 +165,7 @@ def shut_down_with_a_held_store(
             gc.unfreeze()
             gc.set_threshold(*thresholds)
 
-    return uvloop.run(asyncio.wait_for(main(), 90))
+    return uvloop.run(within(main(), 90))
 
 
 def usage(config: Path, account_id: str) -> list[UsageRow]:

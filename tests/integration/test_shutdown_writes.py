@@ -23,6 +23,7 @@ from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_responses_kept import HeldStore, leave
 from tests.integration.test_streams_freed import App, lifespan
+from tests.live_bound import within
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def shut_down_during_a_write(config: Path, let_through: bool) -> tuple[Any, Held
             gc.unfreeze()
             gc.set_threshold(*thresholds)
 
-    return uvloop.run(asyncio.wait_for(main(), 30))
+    return uvloop.run(within(main(), 30))
 
 
 def test_a_store_write_that_never_ends_does_not_hold_the_shutdown(

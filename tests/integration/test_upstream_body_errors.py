@@ -5,7 +5,6 @@ Granian drives it (tests/integration/test_streams_freed.py's `App`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import uvloop
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import STREAM_ENDS, settled, started
+from tests.live_bound import within
 from tests.scrape import parse, total
 
 BODY_ERRORS = "klawd_upstream_body_errors_total"
@@ -63,7 +63,7 @@ def test_a_stream_the_upstream_broke_after_its_headers_is_a_body_error(
                 }
         return counted
 
-    counted = uvloop.run(asyncio.wait_for(main(), 30))
+    counted = uvloop.run(within(main(), 30))
     assert counted == {
         "openai/gpt-fake": {},
         "openai/hold-fake leave": {},

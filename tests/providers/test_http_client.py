@@ -44,6 +44,7 @@ from gateway.settings import ProviderSettings
 from loadtests.bench.contenders import openai_events
 from tests.fakes.server import PNG_1X1 as PNG
 from tests.kept_context import context_kept_after
+from tests.live_bound import within
 from tests.scrape import parse, total
 from tests.unit.translation_helpers import chat_call
 
@@ -2187,6 +2188,6 @@ async def test_a_hold_ending_on_a_closed_connection_reads_nothing() -> None:
         transport.resume_reading()
         assert not transport.is_reading()
         theirs.sendall(b"late")
-        await asyncio.wait_for(lost, BOUND_S)
+        await within(lost, BOUND_S)
         transport.resume_reading()
     assert read == []

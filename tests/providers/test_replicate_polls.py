@@ -5,7 +5,6 @@ outlasts that deadline."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import REPLICATE_TOKEN
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.integration.test_streams_freed import started
+from tests.live_bound import within
 from tests.providers.test_http_client import observed
 from tests.providers.test_replicate_left_predictions import image_call
 from tests.scrape import parse, total
@@ -242,7 +242,7 @@ def test_the_app_gives_each_provider_its_retry_policy_s_longest_retry_after(
                 if isinstance(provider, HttpProvider)
             }
 
-    longest = uvloop.run(asyncio.wait_for(main(), 30))
+    longest = uvloop.run(within(main(), 30))
     settings = load_settings(path)
     assert longest == {name: settings.provider_retry(name).max_retry_after_s for name in longest}
     assert longest["replicate"] == 5  # the config's [retry], not the default 30
@@ -266,7 +266,7 @@ def test_the_app_gives_each_provider_its_retry_policy_s_poll_retries(
                 if isinstance(provider, HttpProvider)
             }
 
-    retries = uvloop.run(asyncio.wait_for(main(), 30))
+    retries = uvloop.run(within(main(), 30))
     assert retries["replicate"] == 1
     assert {n for name, n in retries.items() if name != "replicate"} == {3}
 

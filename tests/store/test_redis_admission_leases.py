@@ -26,6 +26,7 @@ from gateway.store.redis_limiter import (
     _acct,
     _spend_keys,
 )
+from tests.live_bound import within
 from tests.redis_server import RedisClusterServers, RedisServer
 from tests.usage_entries import admitted_entry
 
@@ -680,7 +681,7 @@ async def test_admissions_arriving_while_a_lease_travels_wait_for_it_and_are_adm
     # one more than the lease asked for: not kept waiting, sent now
     assert limiter.admit_leased(account.id, BIG, RESERVE) is None
     assert limiter.lease_asked(account.id, BIG) is None
-    await asyncio.wait_for(asyncio.gather(*waits), BOUND_S)
+    await within(asyncio.gather(*waits), BOUND_S)
     assert limiter.admission_of(await sent[0], account.id, RESERVE) is not None
     sent_after = 0
     from_lease = []
@@ -714,7 +715,7 @@ async def test_waiting_for_a_lease_cancelled_cancels_nothing_else(store: RedisSt
     waiting = asyncio.ensure_future(first)
     await asyncio.sleep(0)
     waiting.cancel()
-    await asyncio.wait_for(second, BOUND_S)  # the other waiter still gets the answer
+    await within(second, BOUND_S)  # the other waiter still gets the answer
     assert limiter.admission_of(await sent[0], account.id, RESERVE) is not None
     leased = limiter.admit_leased(account.id, BIG, RESERVE, counted=True)
     assert leased is not None and leased.hold_id.startswith("L")
@@ -738,7 +739,7 @@ async def test_waiters_for_a_lease_not_granted_are_admitted_exactly_never_beyond
     assert limiter.admission_of(await sent[0], account.id, RESERVE) is not None
     outcomes = await asyncio.gather(*(admit(limiter, account.id, spec) for _ in range(limit)))
     for wait in waits:
-        await asyncio.wait_for(wait, BOUND_S)  # type: ignore[arg-type]
+        await within(wait, BOUND_S)  # type: ignore[arg-type]
     # every one decided exactly: the limit's requests admitted, none beyond
     assert sum(a.admitted for a in outcomes) == limit - LEASE_MIN_SEEN
     assert await used_today(store, account.id) == limit

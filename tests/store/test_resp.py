@@ -30,6 +30,7 @@ from gateway.store.resp import (
 )
 from tests.conftest import free_port
 from tests.kept_context import context_kept_after
+from tests.live_bound import within
 from tests.redis_server import RedisClusterServers, RedisServer
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -45,7 +46,7 @@ def run(request: pytest.FixtureRequest) -> Runner:
 
     def runner(coro: Coroutine[Any, Any, None]) -> None:
         with asyncio.Runner(loop_factory=factory) as loop_runner:
-            loop_runner.run(asyncio.wait_for(coro, 60))
+            loop_runner.run(within(coro, 60))
 
     return runner
 
@@ -316,7 +317,7 @@ def test_connection_refused(run: Runner) -> None:
         async with client_for(f"redis://127.0.0.1:{free_port()}") as client:
             for _ in range(2):
                 with pytest.raises(RespConnectionError):
-                    await asyncio.wait_for(client.execute("PING"), BOUND_S)
+                    await within(client.execute("PING"), BOUND_S)
             results = await asyncio.gather(
                 *[client.execute("PING") for _ in range(20)], return_exceptions=True
             )
@@ -335,14 +336,14 @@ def test_a_server_that_never_answers_times_out(run: Runner) -> None:
 
     async def body() -> None:
         async with raw_server(silent) as url, client_for(url, command_timeout_s=0.2) as client:
-            results = await asyncio.wait_for(
+            results = await within(
                 asyncio.gather(*[client.execute("PING") for _ in range(5)], return_exceptions=True),
                 BOUND_S,
             )
             assert all(isinstance(r, RespTimeoutError) for r in results), results
             assert client._connections == []  # dropped
             with pytest.raises(RespTimeoutError):
-                await asyncio.wait_for(client.execute_many([("PING",), ("PING",)]), BOUND_S)
+                await within(client.execute_many([("PING",), ("PING",)]), BOUND_S)
             assert received > 0
 
     run(body())
@@ -359,7 +360,7 @@ def test_a_handshake_that_never_answers_fails_the_connect(run: Runner) -> None:
             client_for(f"{url}/3", connect_timeout_s=0.2) as client,
         ):
             with pytest.raises(RespNotSent) as raised:  # never written: it did not run
-                await asyncio.wait_for(client.execute("PING"), BOUND_S)
+                await within(client.execute("PING"), BOUND_S)
             assert isinstance(raised.value.__cause__, RespTimeoutError)
 
     run(body())
@@ -372,7 +373,7 @@ def test_a_command_no_connection_could_be_opened_for_was_not_sent(run: Runner) -
     async def body() -> None:
         async with client_for(f"redis://127.0.0.1:{free_port()}") as client:
             with pytest.raises(RespNotSent, match="could not connect"):
-                await asyncio.wait_for(client.execute("PING"), BOUND_S)
+                await within(client.execute("PING"), BOUND_S)
 
     run(body())
 
@@ -390,7 +391,7 @@ def test_server_closing_mid_flight_fails_the_pending_and_the_next_call_reconnect
             ids = [c["id"] for c in sync_redis.client_list() if c.get("name") == "resp-kill-me"]
             assert len(ids) == 1
             sync_redis.execute_command("CLIENT", "KILL", "ID", ids[0])
-            results = await asyncio.wait_for(
+            results = await within(
                 asyncio.gather(blocked, *behind, return_exceptions=True), BOUND_S
             )
             assert all(isinstance(r, RespConnectionError) for r in results), results
@@ -545,9 +546,9 @@ def test_store_fails_closed_while_redis_is_down_and_recovers(run: Runner, tmp_pa
             saver.close()
             server.stop()
             with pytest.raises(StoreError, match="redis store failed"):
-                await asyncio.wait_for(store.reserve_credits(account.id, 1), BOUND_S)
+                await within(store.reserve_credits(account.id, 1), BOUND_S)
             with pytest.raises(StoreError, match="redis store failed"):
-                await asyncio.wait_for(store.settle([usage_entry(account.id, 1)]), BOUND_S)
+                await within(store.settle([usage_entry(account.id, 1)]), BOUND_S)
             server.start()  # the dump brings the account and the functions back
             assert await store.reserve_credits(account.id, 1)
             await store.settle([usage_entry(account.id, 1)])

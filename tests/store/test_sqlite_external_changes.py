@@ -10,6 +10,7 @@ import pytest
 
 from gateway.store import sqlite as sqlite_store
 from gateway.store.base import open_store
+from tests.live_bound import within
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ async def test_a_commit_by_another_connection_drops_every_cache_and_balance(
             "UPDATE accounts SET credits_micros = credits_micros + 5000 WHERE id = ?",
             (account.id,),
         )
-    await asyncio.wait_for(seen.wait(), 5)
+    await within(seen.wait(), 5)
     assert signals[0] == ("all", "")
     # the balance is read again: the added credits count at once, the reservation still holds
     assert await store.reserve_credits(account.id, 5_000)

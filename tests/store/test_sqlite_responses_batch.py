@@ -12,6 +12,7 @@ import pytest
 
 from gateway.store.base import StoreError
 from gateway.store.sqlite import SqliteStore
+from tests.live_bound import within
 from tests.store.test_responses_store import NOW, stored
 
 
@@ -58,4 +59,4 @@ async def test_a_put_after_the_store_closed_fails_and_leaves_no_batch_behind(
     await store.close()
     for n in range(2):
         with pytest.raises(RuntimeError):
-            await asyncio.wait_for(store.put_response(stored("acct_a", n)), 5)
+            await within(store.put_response(stored("acct_a", n)), 5)

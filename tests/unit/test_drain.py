@@ -24,6 +24,7 @@ from gateway.drain import (
     shutdown_budget_s,
     writes_wait_s,
 )
+from tests.live_bound import within
 
 
 def test_the_deadline_keeps_a_margin_before_the_kill() -> None:
@@ -47,7 +48,7 @@ def test_the_watcher_ends_open_streams_once_the_supervisor_announced_the_drain(
         untouched = not stream.done()  # nothing announced yet
         announce(signal_file, time.time())
         try:
-            await asyncio.wait_for(stream, 5)
+            await within(stream, 5)
         except asyncio.CancelledError as exc:
             ended_by_drain = is_drain(exc)
         else:

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.api.streaming import KEEPALIVE, Drain, Stepped, send_event_stream
 from gateway.drain import OpenStreams, is_drain
+from tests.live_bound import within
 
 
 class Client:
@@ -54,7 +55,7 @@ def test_pieces_are_sent_in_order_each_in_one_send_then_the_end() -> None:
         await send_event_stream(client.receive, client.send, {"x-a": "b"}, pieces(), 30)
         return client
 
-    client = asyncio.run(asyncio.wait_for(main(), 5))
+    client = asyncio.run(within(main(), 5))
     start = client.sent[0]
     assert start["status"] == 200
     assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
@@ -96,7 +97,7 @@ def test_a_source_that_knows_its_last_piece_ends_the_body_with_it_and_still_runs
         )
         return client, billed, await cancellations_left()
 
-    client, billed, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    client, billed, cancelling = asyncio.run(within(main(), 5))
     assert client.bodies() == [b"data: 0\n\n", b"data: [DONE]\n\n"]
     assert [m["more_body"] for m in client.sent[1:]] == [True, False]
     assert billed
@@ -122,7 +123,7 @@ def test_a_silent_source_gets_keepalives_and_then_its_piece() -> None:
         await waiter
         return client
 
-    client = asyncio.run(asyncio.wait_for(main(), 10))
+    client = asyncio.run(within(main(), 10))
     bodies = client.bodies()
     assert bodies[-2:] == [b"data: late\n\n", b""]
     assert set(bodies[:-2]) == {KEEPALIVE} and len(bodies) >= 4
@@ -150,7 +151,7 @@ def test_a_client_that_leaves_closes_the_source_and_the_request_task_is_not_canc
         await leaver
         return closed.is_set(), await cancellations_left()
 
-    closed, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    closed, cancelling = asyncio.run(within(main(), 5))
     assert closed
     assert cancelling == 0
 
@@ -177,7 +178,7 @@ def test_a_disconnect_right_at_the_end_does_not_cancel_the_request_task() -> Non
             await asyncio.sleep(0)
         return "not cancelled"
 
-    assert asyncio.run(asyncio.wait_for(main(), 5)) == "not cancelled"
+    assert asyncio.run(within(main(), 5)) == "not cancelled"
 
 
 def test_cancellation_from_outside_still_propagates() -> None:
@@ -204,7 +205,7 @@ def test_cancellation_from_outside_still_propagates() -> None:
             return closed.is_set()
         return False
 
-    assert asyncio.run(asyncio.wait_for(main(), 5))
+    assert asyncio.run(within(main(), 5))
 
 
 def drained_run(
@@ -249,7 +250,7 @@ def drained_run(
         await ender
         return client.bodies(), seen, await cancellations_left() + len(streams)
 
-    return asyncio.run(asyncio.wait_for(main(), 5))
+    return asyncio.run(within(main(), 5))
 
 
 @pytest.mark.parametrize("block_in_send", [False, True])
@@ -328,7 +329,7 @@ def test_a_server_future_is_watched_without_a_task_and_its_disconnect_closes_the
         cancelling = send_task.cancelling()
         return tasks_while_open - tasks_before, closed.is_set(), client.receives, cancelling
 
-    new_tasks, closed, receives, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    new_tasks, closed, receives, cancelling = asyncio.run(within(main(), 5))
     assert new_tasks == 2, "the leaver and the fake server's own waiter, no watcher task"
     assert closed
     assert receives == 1
@@ -367,7 +368,7 @@ def test_a_server_future_that_answers_other_messages_is_watched_again() -> None:
         await leaver
         return client.receives, closed.is_set()
 
-    receives, closed = asyncio.run(asyncio.wait_for(main(), 5))
+    receives, closed = asyncio.run(within(main(), 5))
     assert receives == 1, "after the stray message, the next receive() is watched"
     assert closed
 
@@ -399,7 +400,7 @@ def test_a_stream_that_ended_is_freed_without_the_cycle_collector() -> None:
     gc.collect()
     gc.disable()
     try:
-        marker = asyncio.run(asyncio.wait_for(main(), 5))
+        marker = asyncio.run(within(main(), 5))
         assert marker() is None
     finally:
         gc.enable()
@@ -421,7 +422,7 @@ def test_a_stream_that_never_waits_never_watches_the_client() -> None:
         await asyncio.sleep(0)  # the call that would have armed the watcher runs (or not)
         return client.receives, client.bodies()
 
-    receives, bodies = asyncio.run(asyncio.wait_for(main(), 5))
+    receives, bodies = asyncio.run(within(main(), 5))
     assert receives == 0
     assert bodies == [b"data: 0\n\n", b"data: [DONE]\n\n", b""]
 
@@ -456,7 +457,7 @@ def test_a_watch_whose_arming_fails_still_ends_the_stream_and_closes_its_source(
         await send_event_stream(refusing, client.send, {}, pieces(), 30)
         return client, closed, failures
 
-    client, closed, failures = asyncio.run(asyncio.wait_for(main(), 5))
+    client, closed, failures = asyncio.run(within(main(), 5))
     assert closed, "the source was closed when the stream ended"
     assert client.bodies() == [b"data: 0\n\n", b"data: 1\n\n", b""]
     assert [type(f) for f in failures] == [RuntimeError], "the arming's own failure, reported"
@@ -485,7 +486,7 @@ def test_a_client_gone_before_the_stream_waits_is_seen_at_its_first_wait() -> No
         assert task is not None
         return closed.is_set(), client.bodies(), task.cancelling()
 
-    closed, bodies, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    closed, bodies, cancelling = asyncio.run(within(main(), 5))
     assert closed
     assert bodies == [b"data: first\n\n"]
     assert cancelling == 0
@@ -549,7 +550,7 @@ def test_a_stepped_source_is_stepped_awaited_edited_and_closed_whole() -> None:
         await feeder
         return client, source
 
-    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    client, source = asyncio.run(within(main(), 5))
     assert client.bodies() == [b"DATA: A\n\n", b"DATA: B\n\n", b"DATA: C\n\n", b""]
     assert source.closed == (True, False)
 
@@ -577,7 +578,7 @@ def test_a_stepped_source_that_runs_to_its_end_is_closed_before_the_body_ends_on
         await send_event_stream(client.receive, client.send, {}, source, 30)
         return client, source
 
-    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    client, source = asyncio.run(within(main(), 5))
     assert client.bodies() == [b"data: a\n\n", b""]
     assert source.sent_at_close == [2]  # the start and the piece, not the body's end
     assert source.closed == (True, False)
@@ -623,7 +624,7 @@ def test_a_client_gone_while_a_source_that_ran_to_its_end_closes_does_not_cut_th
         await leaver
         return source, await cancellations_left()
 
-    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    source, cancelling = asyncio.run(within(main(), 5))
     assert source.done, "the close ran through"
     assert source.closed == (True, False)
     assert cancelling == 0
@@ -653,7 +654,7 @@ def test_the_drain_while_a_source_that_ran_to_its_end_closes_sends_no_event_afte
         await ender
         return client.bodies(), source, await cancellations_left() + len(streams)
 
-    bodies, source, left = asyncio.run(asyncio.wait_for(main(), 5))
+    bodies, source, left = asyncio.run(within(main(), 5))
     assert bodies == [b"data: a\n\n", b""]
     assert source.done, "the close ran through"
     assert source.closed == (True, False)
@@ -668,7 +669,7 @@ def test_a_stepped_source_that_fails_ends_with_its_last_piece_and_is_closed_whol
         await send_event_stream(client.receive, client.send, {}, source, 30)
         return client, source
 
-    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    client, source = asyncio.run(within(main(), 5))
     assert client.bodies() == [b"data: a\n\n", b"data: failed\n\n", b""]
     assert [str(e) for e in source.errors] == ["broken"]
     assert source.closed == (True, False)
@@ -689,7 +690,7 @@ def test_a_stepped_source_gets_keepalives_while_it_waits() -> None:
         await waiter
         return client
 
-    bodies = asyncio.run(asyncio.wait_for(main(), 10)).bodies()
+    bodies = asyncio.run(within(main(), 10)).bodies()
     assert bodies[-2:] == [b"data: late\n\n", b""]
     assert set(bodies[:-2]) == {KEEPALIVE} and len(bodies) >= 4
 
@@ -710,7 +711,7 @@ def test_a_client_gone_while_a_stepped_source_waits_closes_it_not_whole() -> Non
         await leaver
         return source, await cancellations_left()
 
-    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    source, cancelling = asyncio.run(within(main(), 5))
     assert source.closed == (False, False)
     assert cancelling == 0
 
@@ -734,7 +735,7 @@ def test_the_drain_ends_a_waiting_stepped_source_with_its_event_and_closes_it_dr
         await ender
         return client.bodies(), source, await cancellations_left() + len(streams)
 
-    bodies, source, left = asyncio.run(asyncio.wait_for(main(), 5))
+    bodies, source, left = asyncio.run(within(main(), 5))
     assert bodies == [b"data: first\n\n", b"data: bye\n\n"]
     assert source.closed == (False, True)
     assert left == 0
@@ -821,7 +822,7 @@ def test_a_send_the_client_never_takes_ends_the_stream_as_if_it_had_left(stuck: 
         left = await cancellations_left()
         return closed.is_set(), left, lasted
 
-    closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
+    closed, cancelling, lasted = asyncio.run(within(main(), 5))
     assert closed
     assert cancelling == 0
     assert lasted >= 0.3
@@ -909,7 +910,7 @@ def test_a_body_s_end_the_client_never_takes_ends_the_stream_as_if_it_had_left(e
         left = await cancellations_left()
         return source.closed if isinstance(source, Source) else closed, left, lasted
 
-    closed, cancelling, lasted = asyncio.run(asyncio.wait_for(main(), 5))
+    closed, cancelling, lasted = asyncio.run(within(main(), 5))
     at_hand = end in ("stepped-last-at-hand", "stepped-start-at-hand")
     assert closed == (
         (True, False) if end.startswith("stepped-end") else (False, False) if at_hand else True
@@ -939,7 +940,7 @@ def test_a_send_the_client_takes_slowly_does_not_end_the_stream() -> None:
         await send_with_deadline(client, slow_send, pieces(), timeouts)
         return client
 
-    client = asyncio.run(asyncio.wait_for(main(), 10))
+    client = asyncio.run(within(main(), 10))
     assert [b for b in client.bodies() if b != KEEPALIVE] == [
         *(f"data: {i}\n\n".encode() for i in range(10)),
         b"",
@@ -1001,7 +1002,7 @@ def test_pieces_that_arrive_while_the_stream_waits_are_sent_at_once_edited_in_or
         await feeder
         return client, source
 
-    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    client, source = asyncio.run(within(main(), 5))
     assert client.bodies() == [b"DATA: A\n\n", b"DATA: B\n\n", b"DATA: C\n\n", b"DATA: D\n\n", b""]
     assert source.delivered == [b"data: b\n\n", b"data: c\n\n", b"data: d\n\n"]
     assert source.closed == (True, False)
@@ -1047,7 +1048,7 @@ def test_a_delivered_piece_the_client_never_takes_ends_the_stream_as_if_it_had_l
         await feeder
         return client, source, await cancellations_left()
 
-    client, source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    client, source, cancelling = asyncio.run(within(main(), 5))
     assert source.delivered == [b"data: 1\n\n"]
     assert [b for b in client.bodies() if b != KEEPALIVE] == [b"data: 0\n\n", b"data: 1\n\n"]
     assert source.closed == (False, False)
@@ -1082,7 +1083,7 @@ def test_delivered_pieces_the_client_takes_slowly_are_all_sent_in_order() -> Non
         await feeder
         return client, source
 
-    client, source = asyncio.run(asyncio.wait_for(main(), 10))
+    client, source = asyncio.run(within(main(), 10))
     assert [b for b in client.bodies() if b != KEEPALIVE] == [
         *(f"data: {i}\n\n".encode() for i in range(6)),
         b"",
@@ -1116,7 +1117,7 @@ def test_a_client_gone_while_a_delivered_piece_is_pending_closes_the_source_not_
         await feeder
         return source, await cancellations_left()
 
-    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    source, cancelling = asyncio.run(within(main(), 5))
     assert source.delivered == [b"data: 1\n\n"]
     assert source.closed == (False, False)
     assert cancelling == 0
@@ -1150,7 +1151,7 @@ def test_a_piece_that_arrives_during_a_keepalive_s_send_waits_for_it_in_the_step
         await ender
         return client, source
 
-    client, source = asyncio.run(asyncio.wait_for(main(), 5))
+    client, source = asyncio.run(within(main(), 5))
     bodies = client.bodies()
     assert bodies[:3] == [b"data: 0\n\n", KEEPALIVE, b"data: 1\n\n"]
     assert source.delivered == []
@@ -1194,7 +1195,7 @@ def test_a_refused_delivered_send_dropped_as_the_client_leaves_is_not_logged() -
         assert task is not None
         return source, task.cancelling()
 
-    source, cancelling = asyncio.run(asyncio.wait_for(main(), 5))
+    source, cancelling = asyncio.run(within(main(), 5))
     gc.collect()
     assert source.delivered == [b"data: 1\n\n"]
     assert source.closed == (False, False)

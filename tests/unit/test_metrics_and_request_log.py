@@ -21,6 +21,7 @@ from gateway.routing.catalog import Catalog
 from gateway.settings import load_settings
 from gateway.store.resp import RespConnectionError, RespReplyError
 from gateway.store_metrics import _Timed
+from tests.live_bound import polls_async, within
 from tests.scrape import parse, total
 
 
@@ -219,12 +220,11 @@ def test_request_lines_reach_the_writer_in_batches_not_one_wake_up_per_line() ->
         for i in range(lines):
             record = RequestRecord(f"req_{i}", "GET")
             log.add(record.entry(1.0, None))
-        for _ in range(500):  # the timer hands over the last partial batch
+        async for _ in polls_async(5, 0.01):  # the timer hands over the last partial batch
             if stream.getvalue().count("\n") == lines:
                 return
-            await asyncio.sleep(0.01)
 
-    asyncio.run(asyncio.wait_for(write_all(), 10))
+    asyncio.run(within(write_all(), 10))
     log.close()
     written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["request_id"] for line in written] == [f"req_{i}" for i in range(lines)]
@@ -309,7 +309,7 @@ def test_lines_a_stuck_stream_does_not_take_are_bounded_then_dropped_and_said(
             if i % 50 == 49:
                 await asyncio.sleep(0.06)  # the timer hands over each 50
 
-    asyncio.run(asyncio.wait_for(write_all(), 10))
+    asyncio.run(within(write_all(), 10))
     assert log._handed <= 100 + MAX_BATCH, "the backlog grew past its bound"
     stream.release.set()
     deadline = time.monotonic() + 10
@@ -350,7 +350,7 @@ def test_the_shutdown_s_close_waits_for_the_writer_off_the_event_loop() -> None:
         return ended, seen
 
     try:
-        ended, seen = asyncio.run(asyncio.wait_for(close(), 10))
+        ended, seen = asyncio.run(within(close(), 10))
         assert not ended
         assert seen > 0
         assert log.unwritten == 1

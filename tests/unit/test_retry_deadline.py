@@ -45,6 +45,7 @@ from gateway.settings import (
 )
 from gateway.timer_wheel import Due, Slot
 from gateway.tracing.otel import Tracing
+from tests.live_bound import within
 from tests.scrape import parse, total
 from tests.unit.test_retry_and_health import SONNET, TURBO, Clock, script, unavailable
 from tests.unit.test_span_pipe import Kept
@@ -105,7 +106,7 @@ async def test_a_fallback_s_try_is_bounded_by_the_time_left() -> None:
     call = retrier(clock, 10).call_targets([SONNET, TURBO], attempt)
     # (the guard only ends the test if the fallback were not cut; 0.05 s is what it has left)
     with pytest.raises(GatewayTimeout) as raised:
-        await asyncio.wait_for(call, 30)
+        await within(call, 30)
     assert raised.value.code == "deadline_exceeded"
 
 

@@ -15,6 +15,7 @@ from gateway.metering import AccountCache, Meter
 from gateway.settings import load_settings
 from gateway.store.base import StoreError, UsageEntry, open_store
 from gateway.usage import UsageRecorder
+from tests.live_bound import within
 from tests.usage_entries import usage_entry
 
 
@@ -65,7 +66,7 @@ def test_failed_flushes_report_the_entries_kept_then_zero_once_written() -> None
         await recorder.close()
         return reported, failing, store
 
-    reported, failing, store = asyncio.run(asyncio.wait_for(main(), 10))
+    reported, failing, store = asyncio.run(within(main(), 10))
     assert reported == [5, 5, 5, 0]
     assert failing[0] is None and failing[1] is not None and failing[2] is None
     assert [e.id for e in store.settled] == [f"use_backlog_{n}" for n in range(5)]
@@ -107,6 +108,6 @@ def test_past_the_bound_of_unsettled_entries_requests_are_refused_until_a_write_
             await store.close()
         return outcomes, len(flaky.settled)
 
-    outcomes, settled = asyncio.run(asyncio.wait_for(main(), 20))
+    outcomes, settled = asyncio.run(within(main(), 20))
     assert outcomes == ["recorded"] * 3 + ["503 service_unavailable", "admitted"]
     assert settled == 3

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.store.base import UsageEntry
 from gateway.usage import UsageRecorder
-from tests.live_bound import polls_async
+from tests.live_bound import polls_async, within
 from tests.usage_entries import usage_entry
 
 BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
@@ -90,7 +90,7 @@ async def test_a_flush_that_never_returns_is_cut_and_its_entries_logged(
     recorder.record(entry(1))
     await settled_batches(store, 1)  # the background task waits in the store
     recorder.record(entry(2))
-    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    await within(recorder.close(within_s=0.05), 10)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == (
         "usage flush unfinished after 0.05 s at shutdown: 1 entries of 1 accounts not settled "
@@ -138,7 +138,7 @@ async def test_a_batch_the_store_answers_after_the_cut_is_counted_apart_and_said
     await settled_batches(store, 1)  # entry 1 is in the store, unanswered
     recorder.record(entry(2))
     recorder.record(entry(3))
-    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    await within(recorder.close(within_s=0.05), 10)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].endswith(
         ": 2 entries of 1 accounts not settled (20 micro-dollars), and 1 sent to the store "
@@ -199,7 +199,7 @@ async def test_a_batch_the_store_answers_after_the_cut_runs_the_after_settle_che
     recorder.start()
     recorder.record(entry(1))
     await settled_batches(store, 1)  # entry 1 is in the store, unanswered
-    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    await within(recorder.close(within_s=0.05), 10)
     assert checked == []
     store.release.set()  # the store answers, late
     async for _ in polls_async(BOUND_S, 0.01):
@@ -228,8 +228,8 @@ async def test_the_checks_of_a_batch_settled_before_the_cut_run_to_their_end(
     recorder = UsageRecorder(store, flush_interval_s=0.01, after_settle=(check,))  # type: ignore[arg-type]
     recorder.start()
     recorder.record(entry(1))
-    await asyncio.wait_for(checking.wait(), 5)  # settled, its check under way
-    await asyncio.wait_for(recorder.close(within_s=0.05), 10)
+    await within(checking.wait(), 5)  # settled, its check under way
+    await within(recorder.close(within_s=0.05), 10)
     assert caplog.records == []  # settled: nothing to replay
     release.set()
     async for _ in polls_async(BOUND_S, 0.01):

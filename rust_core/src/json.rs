@@ -6,9 +6,16 @@ use serde_json::value::RawValue;
 /// Appends `s` as a JSON string literal (quotes included). Escapes `"`, `\` and control
 /// characters exactly as `serde_json` does, so the output never contains a raw CR or LF.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_escaped(out, s);
+    out.push(b'"');
+}
+
+/// Appends the text [`write_str`] writes between the quotes. Each character is escaped on its
+/// own, so the texts of a string's pieces, one after another, are the text of the whole string.
+pub fn write_escaped(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -33,7 +40,6 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// The characters of the string that `raw` (a JSON string's text between its quotes) stands

@@ -393,6 +393,23 @@ fn recorded_openai_fixtures_translate_to_valid_sequences() {
     }
 }
 
+/// OpenAI tool calls whose arguments hold every kind of escape (`\uXXXX` in either case,
+/// surrogate pairs, controls, `\/`, raw UTF-8 and DEL), `null` arguments, escaped names, text
+/// while a call is open, and (`openai_tools_interleaved`) calls interleaved: the events recorded
+/// at 861f655, before the fragments were copied as they came, whole and at every split.
+#[test]
+fn recorded_tool_call_escapes_give_their_recorded_events_at_every_split() {
+    for name in ["openai_tool_escapes", "openai_tools_interleaved"] {
+        let input = common::read(&format!("{name}.sse"));
+        let expected = common::read(&format!("{name}.anthropic.expected"));
+        for cut in 0..=input.len() {
+            let (out, err) = common::run(TO, &[&input[..cut], &input[cut..]], true);
+            assert!(err.is_none(), "{name} at {cut}: {err:?}");
+            assert!(out == expected, "{name} at {cut}");
+        }
+    }
+}
+
 #[test]
 fn passthrough_relays_every_event_and_rewrites_the_model() {
     let input = common::read("anthropic_text_tool_use.sse");

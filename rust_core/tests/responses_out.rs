@@ -355,6 +355,21 @@ fn response_fields_must_be_a_json_object() {
     ));
 }
 
+/// OpenAI tool calls whose arguments hold every kind of escape (`\uXXXX` in either case,
+/// surrogate pairs, controls, `\/`, raw UTF-8 and DEL), `null` arguments, an escaped name and
+/// text after the calls: the events recorded at 861f655, before the fragments were copied as
+/// they came (and the whole arguments kept escaped), whole and at every split.
+#[test]
+fn recorded_tool_call_escapes_give_their_recorded_events_at_every_split() {
+    let input = common::read("openai_tool_escapes.sse");
+    let expected = common::read("openai_tool_escapes.responses.expected");
+    for cut in 0..=input.len() {
+        let (out, err) = run(&[&input[..cut], &input[cut..]]);
+        assert!(err.is_none(), "at {cut}: {err:?}");
+        assert!(out == expected, "at {cut}");
+    }
+}
+
 #[test]
 fn recorded_openai_fixtures_translate_to_valid_sequences() {
     for name in ["openai_text_usage", "openai_tool_calls"] {

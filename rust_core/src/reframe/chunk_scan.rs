@@ -20,7 +20,8 @@
 
 use serde_json::value::RawValue;
 
-use super::to_anthropic::{Choice, ChunkView, Delta, Function, ToolCall};
+use super::to_anthropic::{Arguments, Choice, ChunkView, Delta, Function, ToolCall};
+use crate::json;
 use crate::json_scan::{once, Scan};
 use crate::usage::OpenAiUsage;
 
@@ -238,22 +239,44 @@ fn function<'a>(scan: &mut Scan<'a>) -> Option<Function<'a>> {
     };
     let mut seen = [false; 2];
     scan.members(|scan, key| {
-        let (slot, at) = match key {
-            b"name" => (&mut f.name, 0),
-            b"arguments" => (&mut f.arguments, 1),
+        match key {
+            b"name" => {
+                once(&mut seen[0])?;
+                scan.opt_str(&mut f.name)?;
+            }
+            b"arguments" => {
+                once(&mut seen[1])?;
+                if !scan.null()? {
+                    f.arguments = Some(arguments(scan)?);
+                }
+            }
             _ => return Some(false),
-        };
-        once(&mut seen[at])?;
-        scan.opt_str(slot)?;
+        }
         Some(true)
     })?;
     Some(f)
+}
+
+/// A string at `scan.i`: its text as it came when `json::write_str` writes its value back so
+/// (`json::as_written`), to be copied; otherwise its value (`\/`, `\u00e9`, a surrogate pair:
+/// rare in arguments).
+fn arguments<'a>(scan: &mut Scan<'a>) -> Option<Arguments<'a>> {
+    let at = scan.i;
+    let (start, end, _) = scan.string()?;
+    let text = scan.s.get(start..end)?;
+    if let Some(chars) = json::as_written(text) {
+        return Some(Arguments::Written(text, chars));
+    }
+    scan.i = at;
+    Some(Arguments::Value(scan.str_cow()?))
 }
 
 #[cfg(test)]
 mod tests {
     // Tests may unwrap: a failure is the test failing.
     #![allow(clippy::unwrap_used)]
+    use std::fmt::Write as _;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -268,6 +291,75 @@ mod tests {
         let typed: ChunkView<'_> = parse("openai", data).unwrap();
         assert_eq!(format!("{scanned:?}"), format!("{typed:?}"), "{data}");
         true
+    }
+
+    /// The arguments the scan keeps as they came (`Arguments::Written`): the typed view reads
+    /// a value that `json::write_str` writes as that text, with those characters. How many.
+    fn written_agrees(data: &str) -> usize {
+        fn calls(view: ChunkView<'_>) -> Vec<Option<Arguments<'_>>> {
+            let choices = view.choices.into_iter().flatten();
+            let deltas = choices.filter_map(|c| c.delta);
+            let calls = deltas.flat_map(|d| d.tool_calls.into_iter().flatten());
+            calls
+                .map(|t| t.function.and_then(|f| f.arguments))
+                .collect()
+        }
+        let Some(scanned) = read(data) else {
+            return 0;
+        };
+        let typed: ChunkView<'_> = parse("openai", data).unwrap();
+        let mut written = 0;
+        for (scanned, typed) in calls(scanned).into_iter().zip(calls(typed)) {
+            if let Some(Arguments::Written(text, chars)) = scanned {
+                let Some(Arguments::Value(value)) = typed else {
+                    unreachable!("{data}");
+                };
+                let mut out = Vec::new();
+                json::write_escaped(&mut out, &value);
+                assert_eq!(out, text.as_bytes(), "{data}");
+                assert_eq!(json::char_count(&value), chars, "{data}");
+                written += 1;
+            }
+        }
+        written
+    }
+
+    /// A chunk of one tool call fragment whose JSON string's text is `text`.
+    fn fragment(text: &str) -> String {
+        format!(
+            r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"{text}"}}}}]}}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn arguments_written_as_write_str_writes_them_are_kept_as_they_came() {
+        for text in [
+            "",
+            r#"{\"path\": \"a.txt\"}"#,
+            r#"\n\t\b\f\r\\\""#,
+            r"\u0001\u001f",
+            "é€😀\u{7f}",
+        ] {
+            let data = fragment(text);
+            assert!(agrees(&data), "{data}");
+            assert_eq!(written_agrees(&data), 1, "{data}");
+        }
+        // Kept as values, written by `write_str` as before: `/`, `é`, a line feed as `\n`,
+        // lowercase hex, `A`, DEL and the emoji as they are.
+        for text in [
+            r"a\/b",
+            r"\u00e9",
+            r"\u000a",
+            r"\u001F",
+            r"\u0041",
+            r"\u007f", // DEL is written as it is
+            r"\ud83d\ude00",
+            r"\uD83D\uDE00",
+        ] {
+            let data = fragment(text);
+            assert!(agrees(&data), "{data}");
+            assert_eq!(written_agrees(&data), 0, "{data}");
+        }
     }
 
     #[test]
@@ -323,6 +415,12 @@ mod tests {
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a \"b\"\n\u00e9\ud83d\ude00"},"finish_reason":null}]}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"location\": \"Par"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"is\n\u0001\u007fé\"\\"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\/\u00e9\ud83d\ude00\u001F"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a\t\"b\"\/"},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_2","type":"function","function":{"name":"f","arguments":"{\"q\":\"\t"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"\u00e9"}}]},"finish_reason":null}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"}"}}]},"finish_reason":null}]}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop","stop_reason":"END"}]}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":47,"total_tokens":59,"prompt_tokens_details":{"cached_tokens":4}}}"#,
         ]
@@ -371,8 +469,11 @@ mod tests {
 
     #[test]
     fn a_whole_stream_reframes_to_the_same_bytes_by_either_path() {
+        let seeds = seeds();
         for kind in ["openai_to_anthropic", "openai_to_responses"] {
-            same_output(kind, &seeds());
+            same_output(kind, &seeds);
+            // Without the interleaved call's, which the Responses API refuses.
+            same_output(kind, &[&seeds[..7], &seeds[10..]].concat());
         }
     }
 
@@ -416,7 +517,7 @@ mod tests {
         /// their shared first members), each reads as its whole scan does.
         #[test]
         fn the_scan_never_reads_a_chunk_otherwise_than_the_typed_view(
-            edits in crate::reframe::stream_edits::edits(6),
+            edits in crate::reframe::stream_edits::edits(12),
         ) {
             let events: Vec<String> = crate::reframe::stream_edits::edited(seeds(), edits)
                 .into_iter()
@@ -424,10 +525,75 @@ mod tests {
                 .collect();
             for data in &events {
                 agrees(data);
+                written_agrees(data);
             }
             resumed_agree(&events);
             for kind in ["openai_to_anthropic", "openai_to_responses"] {
                 same_output(kind, &events);
+            }
+        }
+
+        /// Arguments of quotes, backslashes, slashes, controls, DEL, é and an emoji, each
+        /// character written as `serde_json` writes it or escaped otherwise (`\/`, `\u00XX` in
+        /// either case, `\uXXXX` and surrogate pairs), in one or two interleaved calls: a
+        /// fragment is kept as it came exactly when its text is `write_str`'s, and the
+        /// reframers write the same bytes as through the typed view.
+        #[test]
+        fn arguments_are_kept_as_they_came_exactly_when_write_str_writes_them_so(
+            fragments in proptest::collection::vec(
+                (
+                    0u32..2,
+                    proptest::collection::vec(
+                        (
+                            prop::sample::select(vec!['a', ' ', '"', '\\', '/', '\n', '\r',
+                                '\t', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}', 'é', '😀',
+                                '{', ':']),
+                            0u8..4,
+                        ),
+                        0..8,
+                    ),
+                ),
+                1..6,
+            ),
+        ) {
+            let mut events = vec![seeds()[0].clone()];
+            for (call, chars) in &fragments {
+                let value: String = chars.iter().map(|(c, _)| *c).collect();
+                let text: String = chars.iter().map(|&(c, how)| escaped(c, how)).collect();
+                let mut written = Vec::new();
+                json::write_escaped(&mut written, &value);
+                let data = fragment(&text).replace(r#""index":0,"f"#, &format!(r#""index":{call},"f"#));
+                prop_assert!(agrees(&data), "{}", data);
+                let kept = written_agrees(&data) == 1;
+                prop_assert_eq!(kept, written == text.as_bytes(), "{}", data);
+                events.push(data);
+            }
+            for kind in ["openai_to_anthropic", "openai_to_responses"] {
+                same_output(kind, &events);
+            }
+        }
+    }
+
+    /// `c` in a JSON string: `how` 0 as `serde_json` writes it, 1 `\u00XX` / `\uXXXX` (a
+    /// surrogate pair beyond the BMP) in lowercase, 2 the same in uppercase, 3 `\/` for a slash.
+    fn escaped(c: char, how: u8) -> String {
+        match how {
+            1 | 2 => {
+                let mut units = [0u16; 2];
+                let mut text = String::new();
+                for u in c.encode_utf16(&mut units) {
+                    write!(text, "\\u{u:04x}").unwrap();
+                }
+                if how == 2 {
+                    text.to_uppercase().replace("\\U", "\\u")
+                } else {
+                    text
+                }
+            }
+            3 if c == '/' => r"\/".to_owned(),
+            _ => {
+                let json = serde_json::to_string(&c.to_string()).unwrap();
+                json[1..json.len() - 1].to_owned()
             }
         }
     }

@@ -96,7 +96,77 @@ pub(super) struct Function<'a> {
     #[serde(borrow, default)]
     pub(super) name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub(super) arguments: Option<Cow<'a, str>>,
+    pub(super) arguments: Option<Arguments<'a>>,
+}
+
+/// A tool call's `arguments` fragment, as the writers need it: escaped JSON text in a JSON
+/// string, which they write into a string again. The scan (`chunk_scan.rs`) keeps a fragment
+/// that `json::write_str` writes back as it came (`json::as_written`) as that text, copied
+/// rather than unescaped and escaped again; the typed view reads its value.
+pub(super) enum Arguments<'a> {
+    /// The JSON string's text between its quotes, as `json::write_str` writes it, and the
+    /// characters of its value.
+    Written(&'a str, u64),
+    /// The string's value.
+    Value(Cow<'a, str>),
+}
+
+impl Arguments<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Self::Written(text, _) => text.is_empty(),
+            Self::Value(value) => value.is_empty(),
+        }
+    }
+
+    /// The characters of the value, as relayed text is counted.
+    pub(super) fn chars(&self) -> u64 {
+        match self {
+            Self::Written(_, chars) => *chars,
+            Self::Value(value) => json::char_count(value),
+        }
+    }
+
+    /// Appends the text `json::write_str` writes between the quotes.
+    pub(super) fn write_escaped(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Written(text, _) => out.extend_from_slice(text.as_bytes()),
+            Self::Value(value) => json::write_escaped(out, value),
+        }
+    }
+}
+
+/// The value, either way: the scan's reading and the typed view's print alike (their tests
+/// compare the two by their debug text).
+impl std::fmt::Debug for Arguments<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Written(text, _) => {
+                let value = crate::json_scan::unescape(text).ok_or(std::fmt::Error)?;
+                write!(f, "{value:?}")
+            }
+            Self::Value(value) => write!(f, "{value:?}"),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Arguments<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Arguments<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Arguments::Value(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Arguments::Value(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -149,7 +219,8 @@ struct Pending {
     kind: Open,
     id: String,
     name: String,
-    fragments: Vec<String>,
+    /// Each fragment's text as `json::write_str` writes it between the quotes.
+    fragments: Vec<Vec<u8>>,
 }
 
 /// Reframer from the gateway's OpenAI chunks to Anthropic Messages events.
@@ -257,33 +328,36 @@ impl ToAnthropicReframer {
         if text.is_empty() {
             return;
         }
+        st.content_chars += json::char_count(text);
         if matches!(self.open, Open::Tool(_)) {
-            st.content_chars += json::char_count(text);
+            let mut fragment = Vec::with_capacity(text.len());
+            json::write_escaped(&mut fragment, text);
             match self.pending.last_mut() {
-                Some(last) if last.kind == Open::Text => last.fragments.push(text.to_owned()),
+                Some(last) if last.kind == Open::Text => last.fragments.push(fragment),
                 _ => self.pending.push(Pending {
                     kind: Open::Text,
                     id: String::new(),
                     name: String::new(),
-                    fragments: vec![text.to_owned()],
+                    fragments: vec![fragment],
                 }),
             }
             return;
         }
-        st.content_chars += json::char_count(text);
-        self.write_text(out, text);
+        self.write_text(out, |o| json::write_escaped(o, text));
     }
 
-    fn write_text(&mut self, out: &mut Vec<u8>, text: &str) {
+    /// A `text_delta` (opening a text block if none is open); `text` appends its text as
+    /// `json::write_str` writes it between the quotes.
+    fn write_text(&mut self, out: &mut Vec<u8>, text: impl FnOnce(&mut Vec<u8>)) {
         if self.open != Open::Text {
             self.open_block(out, Open::Text, |o| {
                 o.extend_from_slice(b"{\"type\":\"text\",\"text\":\"\"}");
             });
         }
         self.delta(out, |o| {
-            o.extend_from_slice(b"{\"type\":\"text_delta\",\"text\":");
-            json::write_str(o, text);
-            o.push(b'}');
+            o.extend_from_slice(b"{\"type\":\"text_delta\",\"text\":\"");
+            text(o);
+            o.extend_from_slice(b"\"}");
         });
     }
 
@@ -295,10 +369,19 @@ impl ToAnthropicReframer {
     ) -> Result<(), CoreError> {
         let index = call.index.unwrap_or(0);
         let function = call.function.as_ref();
-        let args = function.and_then(|f| f.arguments.as_deref()).unwrap_or("");
-        st.content_chars += json::char_count(args);
+        let args = function
+            .and_then(|f| f.arguments.as_ref())
+            .filter(|a| !a.is_empty());
+        st.content_chars += args.map_or(0, Arguments::chars);
+        let escaped = |args: &Arguments<'_>| {
+            let mut fragment = Vec::new();
+            args.write_escaped(&mut fragment);
+            fragment
+        };
         if self.open == Open::Tool(index) {
-            self.write_arguments(out, args);
+            if let Some(args) = args {
+                self.write_arguments(out, |o| args.write_escaped(o));
+            }
             return Ok(());
         }
         if let Some(p) = self
@@ -313,9 +396,7 @@ impl ToAnthropicReframer {
                 let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
                 name.clone_into(&mut p.name);
             }
-            if !args.is_empty() {
-                p.fragments.push(args.to_owned());
-            }
+            p.fragments.extend(args.map(escaped));
             return Ok(());
         }
         if self.tools_seen.contains(&index) {
@@ -331,16 +412,14 @@ impl ToAnthropicReframer {
                 kind: Open::Tool(index),
                 id: id.to_owned(),
                 name: name.to_owned(),
-                fragments: if args.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![args.to_owned()]
-                },
+                fragments: args.map(escaped).into_iter().collect(),
             });
             return Ok(());
         }
         self.open_tool(out, index, id, name);
-        self.write_arguments(out, args);
+        if let Some(args) = args {
+            self.write_arguments(out, |o| args.write_escaped(o));
+        }
         Ok(())
     }
 
@@ -354,14 +433,14 @@ impl ToAnthropicReframer {
         });
     }
 
-    fn write_arguments(&self, out: &mut Vec<u8>, args: &str) {
-        if !args.is_empty() {
-            self.delta(out, |o| {
-                o.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":");
-                json::write_str(o, args);
-                o.push(b'}');
-            });
-        }
+    /// An `input_json_delta` of the open block; `args` appends the fragment's text as
+    /// `json::write_str` writes it between the quotes.
+    fn write_arguments(&self, out: &mut Vec<u8>, args: impl FnOnce(&mut Vec<u8>)) {
+        self.delta(out, |o| {
+            o.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":\"");
+            args(o);
+            o.extend_from_slice(b"\"}");
+        });
     }
 
     /// The finish: closes the open block and writes the held-back blocks after it, in order.
@@ -375,14 +454,14 @@ impl ToAnthropicReframer {
                 Open::Tool(index) => {
                     self.open_tool(out, index, &p.id, &p.name);
                     for fragment in &p.fragments {
-                        self.write_arguments(out, fragment);
+                        self.write_arguments(out, |o| o.extend_from_slice(fragment));
                     }
                     // Later text is a block of its own (the call is finished).
                     self.close_block(out);
                 }
                 Open::Text | Open::None => {
                     for fragment in &p.fragments {
-                        self.write_text(out, fragment);
+                        self.write_text(out, |o| o.extend_from_slice(fragment));
                     }
                 }
             }

@@ -59,8 +59,11 @@ pub struct ToResponsesReframer {
     item_id: String,
     call_id: String,
     name: String,
-    /// The open message's text, or the open call's arguments, so far.
-    text: String,
+    /// The open message's text, or the open call's arguments, so far, as `json::write_str`
+    /// writes them between the quotes: written once, as their deltas are, and copied into the
+    /// item's `.done` events and the response (each character is escaped on its own, so the
+    /// deltas' texts add up to the whole's).
+    text: Vec<u8>,
     /// OpenAI tool-call indices whose item was opened (in order).
     tools_seen: Vec<u32>,
     /// The JSON of every closed item, comma separated.
@@ -160,7 +163,7 @@ impl ToResponsesReframer {
             item_id: String::new(),
             call_id: String::new(),
             name: String::new(),
-            text: String::new(),
+            text: Vec::new(),
             tools_seen: Vec::new(),
             output: Vec::new(),
             prefix: chunk_scan::Prefix::default(),
@@ -246,9 +249,11 @@ impl ToResponsesReframer {
             Open::Tool(_) => {
                 o.extend_from_slice(b",\"type\":\"function_call\",\"status\":");
                 json::write_str(o, status);
-                o.extend_from_slice(b",\"arguments\":");
-                json::write_str(o, if done { &self.text } else { "" });
-                o.extend_from_slice(b",\"call_id\":");
+                o.extend_from_slice(b",\"arguments\":\"");
+                if done {
+                    o.extend_from_slice(&self.text);
+                }
+                o.extend_from_slice(b"\",\"call_id\":");
                 json::write_str(o, &self.call_id);
                 o.extend_from_slice(b",\"name\":");
                 json::write_str(o, &self.name);
@@ -261,10 +266,10 @@ impl ToResponsesReframer {
     /// The message's `output_text` part with the text so far.
     fn write_part(&self, o: &mut Vec<u8>) {
         o.extend_from_slice(
-            b"{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":",
+            b"{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"",
         );
-        json::write_str(o, &self.text);
-        o.push(b'}');
+        o.extend_from_slice(&self.text);
+        o.extend_from_slice(b"\"}");
     }
 
     /// `,"item_id":…,"output_index":N` of the open item.
@@ -331,9 +336,9 @@ impl ToResponsesReframer {
                 let text = &self.text;
                 write_event(out, &mut self.sequence, "response.output_text.done", |o| {
                     o.extend_from_slice(&reference);
-                    o.extend_from_slice(b",\"content_index\":0,\"text\":");
-                    json::write_str(o, text);
-                    o.extend_from_slice(b",\"logprobs\":[]");
+                    o.extend_from_slice(b",\"content_index\":0,\"text\":\"");
+                    o.extend_from_slice(text);
+                    o.extend_from_slice(b"\",\"logprobs\":[]");
                 });
                 write_event(out, &mut self.sequence, "response.content_part.done", |o| {
                     o.extend_from_slice(&reference);
@@ -349,8 +354,9 @@ impl ToResponsesReframer {
                     "response.function_call_arguments.done",
                     |o| {
                         o.extend_from_slice(&reference);
-                        o.extend_from_slice(b",\"arguments\":");
-                        json::write_str(o, arguments);
+                        o.extend_from_slice(b",\"arguments\":\"");
+                        o.extend_from_slice(arguments);
+                        o.push(b'"');
                     },
                 );
             }
@@ -380,14 +386,16 @@ impl ToResponsesReframer {
             self.open_item(out, Open::Message, "", "");
         }
         st.content_chars += json::char_count(text);
-        self.text.push_str(text);
+        let at = self.text.len();
+        json::write_escaped(&mut self.text, text);
         let mut reference = Vec::with_capacity(64);
         self.write_item_ref(&mut reference);
+        let delta = &self.text[at..];
         write_event(out, &mut self.sequence, "response.output_text.delta", |o| {
             o.extend_from_slice(&reference);
-            o.extend_from_slice(b",\"content_index\":0,\"delta\":");
-            json::write_str(o, text);
-            o.extend_from_slice(b",\"logprobs\":[]");
+            o.extend_from_slice(b",\"content_index\":0,\"delta\":\"");
+            o.extend_from_slice(delta);
+            o.extend_from_slice(b"\",\"logprobs\":[]");
         });
     }
 
@@ -410,20 +418,23 @@ impl ToResponsesReframer {
             let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
             self.open_item(out, Open::Tool(index), id, name);
         }
-        if let Some(args) = function.and_then(|f| f.arguments.as_deref()) {
+        if let Some(args) = function.and_then(|f| f.arguments.as_ref()) {
             if !args.is_empty() {
-                st.content_chars += json::char_count(args);
-                self.text.push_str(args);
+                st.content_chars += args.chars();
+                let at = self.text.len();
+                args.write_escaped(&mut self.text);
                 let mut reference = Vec::with_capacity(64);
                 self.write_item_ref(&mut reference);
+                let delta = &self.text[at..];
                 write_event(
                     out,
                     &mut self.sequence,
                     "response.function_call_arguments.delta",
                     |o| {
                         o.extend_from_slice(&reference);
-                        o.extend_from_slice(b",\"delta\":");
-                        json::write_str(o, args);
+                        o.extend_from_slice(b",\"delta\":\"");
+                        o.extend_from_slice(delta);
+                        o.push(b'"');
                     },
                 );
             }

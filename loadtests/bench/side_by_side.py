@@ -307,7 +307,7 @@ def started(
             before_store,
             redis_realtime,
             gc_logs,
-        ) as own,  # fmt: skip
+        ) as own,
     ):
         found = fixed | own
         yield {name: found[name] for name in names}

@@ -13,6 +13,8 @@ chosen by the upstream model name:
     claude-refusal     stop_reason refusal
     claude-error-event streamed: some text, then `event: error` overloaded_error
     claude-cut         streamed: some text, then the connection is cut (no message_stop)
+    claude-hold        streamed: its first events, then nothing until the client leaves (30 s at
+                       most): a stream held open
     claude-overloaded  529 overloaded_error         claude-rate-limit 429 + retry-after: 13
     claude-invalid     400 invalid_request_error    claude-auth       401 (message holds the key)
     claude-permission  403 permission_error         claude-not-found  404 not_found_error
@@ -24,6 +26,8 @@ fail it the same way).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -270,6 +274,14 @@ class FakeAnthropic(ThreadedServer):
         elif model == "claude-cut":
             await response.write(b"".join(events[:5]) + events[5][:20])
             return await cut_connection(request, response)
+        elif model == "claude-hold":
+            await response.write(b"".join(events[:4]))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    return response
+                await asyncio.sleep(0.02)
         else:
             for piece in awkward_pieces(events):
                 await response.write(piece)

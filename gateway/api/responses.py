@@ -220,7 +220,9 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
         # (the relay keeps the request's prompt size, `keep` what a stored response needs; the
         # calls' closures lose their cells).
         del pending, tries, served, limit_headers, complete, open_stream
-        del body, fields, responses_request, translation, chat, chat_body
+        del body, fields, responses_request, translation, chat, chat_body, turn
+        if not store:  # (`keep` reads them for a stored response only)
+            del input_items, history
         await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)

@@ -107,12 +107,6 @@ async def held_a_stream(app: App, model: str, route: str, opened: int) -> float:
     return (during - before) / opened
 
 
-# An open Responses stream holds about its input's size more (~28.7 KB a stream with the 16 KB
-# prompt and `store: false`, ~12 KB with a 2-character one): found by this test at 19zzzzu, its
-# holder not yet (decision 0005, thirtieth pass (issue 19zzzzu)).
-HOLDS_ITS_INPUT = pytest.mark.xfail(strict=True, reason="holds its input: not yet found where")
-
-
 # (route, model, bytes a stream at most): about 1.3 times what 19zzzzu measured
 # (docs/benchmarks.md), below what holding the prompt would add.
 @pytest.mark.parametrize(
@@ -120,10 +114,10 @@ HOLDS_ITS_INPUT = pytest.mark.xfail(strict=True, reason="holds its input: not ye
     [
         ("/v1/chat/completions", "openai/hold-fake", 10_000),
         ("/v1/messages", "openai/hold-fake", 10_000),
-        pytest.param("/v1/responses", "openai/hold-fake", 16_000, marks=HOLDS_ITS_INPUT),
+        ("/v1/responses", "openai/hold-fake", 16_000),
         ("/v1/chat/completions", "anthropic/claude-hold", 10_000),
         ("/v1/messages", "anthropic/claude-hold", 10_000),  # passed through
-        pytest.param("/v1/responses", "anthropic/claude-hold", 16_000, marks=HOLDS_ITS_INPUT),
+        ("/v1/responses", "anthropic/claude-hold", 16_000),
     ],
 )
 def test_an_open_stream_holds_a_bounded_few_kilobytes_of_the_gateway_s(

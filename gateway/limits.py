@@ -125,7 +125,14 @@ class Limiter(Protocol):
         """Would one more request be admitted, and what is left now (nothing consumed)."""
         ...
 
-    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None: ...
+    async def charge_tokens(
+        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+    ) -> None:
+        """May leave the tokens/minute bucket in debt. `kept_s`: the tokens are the shortfall of
+        a bucket the worker kept while the store was not reached, started full that many seconds
+        ago and refilled since (gateway/token_charges.py): taken from the level the bucket had
+        then, so its refill since is not counted twice."""
+        ...
 
 
 # What a cancelled caller's admission decided, once its reply comes: the caller gives it back.
@@ -380,7 +387,10 @@ class EmbeddedLimiter:
                 await self._store.read_key_spend(key)
             fresh |= answer
 
-    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
+    async def charge_tokens(
+        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+    ) -> None:
+        # (`kept_s` is always 0 here: the in-process bucket never misses a charge, none is kept)
         if not spec.tokens_per_minute or tokens <= 0:
             return
         tpm = float(spec.tokens_per_minute)

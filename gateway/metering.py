@@ -368,6 +368,10 @@ class Meter:
             )  # fmt: skip
             return DecidedAdmission(self, ticket)
         sender = self.sender
+        if admission is None and spec.tokens_per_minute and self.token_charges.kept:
+            # tokens kept while the store was not reached are charged first: the account's
+            # bucket they put in debt refuses this admission, as it would have without the outage
+            await self.token_charges.landed(account.id)
         if admission is None and self.leaser is not None:
             admission = self.leaser.admit_leased(account.id, spec, reserve_micros, gate)
             if admission is None:

@@ -644,11 +644,20 @@ class RedisLimiter:
     async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
         return await self._run(account_id, spec, 0, consume=False)
 
-    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
+    async def charge_tokens(
+        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+    ) -> None:
         if not spec.tokens_per_minute or tokens <= 0:
             return
+        if kept_s <= 0:
+            await self._store.fcall(
+                "klawd_charge_tokens_v1",
+                [f"{_acct(account_id)}:tpm"],
+                [spec.tokens_per_minute, tokens],
+            )
+            return
         await self._store.fcall(
-            "klawd_charge_tokens_v1",
+            "klawd_charge_tokens_v2",
             [f"{_acct(account_id)}:tpm"],
-            [spec.tokens_per_minute, tokens],
+            [spec.tokens_per_minute, tokens, math.ceil(kept_s * 1000)],
         )

@@ -42,7 +42,9 @@ class CountingLimiter:
     async def peek(self, account_id: str, spec: LimitSpec) -> Admission:
         raise NotImplementedError
 
-    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
+    async def charge_tokens(
+        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+    ) -> None:
         return None
 
 

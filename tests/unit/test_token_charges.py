@@ -18,12 +18,16 @@ class Limiter:
 
     def __init__(self) -> None:
         self.charged: list[tuple[str, int]] = []
+        self.kept_s: dict[str, float] = {}  # account id -> its last late charge's `kept_s`
         self.failing: StoreError | None = None
 
-    async def charge_tokens(self, account_id: str, spec: LimitSpec, tokens: int) -> None:
+    async def charge_tokens(
+        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+    ) -> None:
         if self.failing is not None:
             raise self.failing
         self.charged.append((account_id, tokens))
+        self.kept_s[account_id] = kept_s
 
 
 class Clock:
@@ -118,5 +122,57 @@ def test_past_the_accounts_kept_a_new_account_s_charge_is_dropped_and_counted() 
         await charges.charge("a0", SPEC, 5, "r")  # an account kept already: still kept
         await charges.charge("late", SPEC, 7, "r")
         assert (charges.owing, dropped) == (MAX_OWING, [("full", 7)])
+
+    asyncio.run(main())
+
+
+def test_a_late_charge_says_how_long_ago_its_bucket_was_full() -> None:
+    """`kept_s`: since the account's first kept charge (the store takes the shortfall from its
+    bucket as it was then), kept across a late charge that did not reach the store either."""
+
+    async def main() -> None:
+        limiter, clock = Limiter(), Clock()
+        charges, _ = made(limiter, clock)
+        limiter.failing = StoreNotReached("not reached")
+        await charges.charge("a", SPEC, 300, "r1")
+        clock.now += 2
+        await charges.charge("a", SPEC, 100, "r2")
+        clock.now += 3
+        await charges.charge_owed([], {})  # not reached: kept as it was
+        clock.now += 1
+        limiter.failing = None
+        await charges.charge_owed([], {})
+        assert (limiter.charged, limiter.kept_s) == ([("a", 340)], {"a": 6.0})
+
+    asyncio.run(main())
+
+
+def test_an_owing_account_s_admissions_wait_for_one_late_charge() -> None:
+    """`landed`: the account's kept charge sent before its admission, once however many of its
+    admissions wait; another account's admission waits for nothing; the store still not
+    reached, the charge is kept again."""
+
+    async def main() -> None:
+        limiter, clock = Limiter(), Clock()
+        charges, _ = made(limiter, clock)
+        limiter.failing = StoreNotReached("not reached")
+        await charges.charge("a", SPEC, 300, "r1")
+        await charges.charge("b", SPEC, 60, "r2")
+        await charges.landed("a")
+        assert (limiter.charged, charges.owing) == ([], 2)
+        limiter.failing = None
+        await charges.landed("c")
+        assert (limiter.charged, charges.kept) == ([], True)
+
+        async def admitted() -> list[tuple[str, int]]:
+            await charges.landed("a")
+            return list(limiter.charged)  # what the admission would see charged
+
+        seen = await asyncio.gather(admitted(), admitted(), admitted())
+        assert list(seen) == [[("a", 300)]] * 3
+        assert (limiter.charged, charges.owing) == ([("a", 300)], 1)
+        await charges.charge_owed([], {})
+        await charges.landed("b")
+        assert (limiter.charged, charges.kept) == ([("a", 300), ("b", 60)], False)
 
     asyncio.run(main())

@@ -423,11 +423,17 @@ local function lease_return(keys, args)
   return 1
 end
 
--- KEYS: tpm bucket; ARGV: tpm, tokens. May leave the bucket in debt.
+-- KEYS: tpm bucket; ARGV: tpm, tokens, and (v2) kept_ms. May leave the bucket in debt.
+-- kept_ms (v2): the tokens are the shortfall of a bucket that a worker kept while the store was
+-- not reached (gateway/token_charges.py), started full kept_ms ago and refilled since; they are
+-- taken from this bucket's level as it was then (a level stored later than that, by a charge
+-- meanwhile, as it stands), so the refill since is not counted twice and a bucket already short
+-- when the outage began stays as short. v1: kept_ms 0.
 local function charge_tokens(keys, args)
   local now = now_ms()
   local cap, amount = tonumber(args[1]), tonumber(args[2])
-  local level = level_of(keys[1], cap, now) - amount
+  local kept = tonumber(args[3] or '0')
+  local level = level_of(keys[1], cap, now - kept) - amount
   store_level(keys[1], cap, level, now)
   return 1
 end
@@ -544,6 +550,7 @@ end
 
 redis.register_function('klawd_admit_v1', admit)
 redis.register_function('klawd_charge_tokens_v1', charge_tokens)
+redis.register_function('klawd_charge_tokens_v2', charge_tokens)
 redis.register_function('klawd_reserve_v1', reserve)
 -- How long a settled entry is recognised (a batch retried after a lost reply, a replay).
 local MARKER_MS = 600000

@@ -26,7 +26,8 @@ read/recvfrom/write/writev/epoll_ctl system calls (their fd and what they return
 apart by what it is while the load runs (a TCP connection to a port, from a client, an eventfd),
 so a read of the upstream is told from an event loop's wake-up; per thread and kind: calls per
 request, mean bytes per read or write, and the sizes (median, share under 512 bytes) of the
-upstream reads and of the writes to the client (what the load generator reads).
+upstream reads and of the writes to the client (what the load generator reads), with the
+client's writes' recurring sizes per request (the head alone, the body's end alone: 5 bytes).
 `epoll_ctl` per request shows a socket taken out of epoll (libuv's re-arms after a paused
 read go through its io_uring: `io_uring_enter` in the counts).
 
@@ -295,6 +296,16 @@ def size_note(sizes: list[int]) -> str:
     return f"median {ordered[len(ordered) // 2]} B, {small:.0%} under 512 B"
 
 
+def recurring_sizes(sizes: list[int], done: float, top: int = 4) -> str:
+    """The `top` exact sizes that recur most among one kind of write, each with its count per
+    request: a write that carries no events has a size of its own that recurs (the response's
+    head alone, its headers' length; the chunked body's end alone, `0\\r\\n\\r\\n`, 5 bytes),
+    where writes of events vary with how many they carry (issue 19zzzzy)."""
+    counted = collections.Counter(sizes).most_common()
+    recurring = [(size, count) for size, count in counted if count > 1][:top]
+    return ", ".join(f"{size} B {count / done:.2f}" for size, count in recurring)
+
+
 def reads(contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path) -> str:
     """`--reads`: each read/recvfrom/write of the worker's threads by what its fd is."""
     name = contender.name
@@ -328,6 +339,8 @@ def reads(contender: Contender, scenario: str, connections: int, seconds: float,
         upstream_read = kind.startswith("tcp to") and call in ("read", "recvfrom")
         client_write = kind == "tcp from a client" and call in ("write", "writev")
         note = size_note(got) if got and (upstream_read or client_write) else ""
+        if got and client_write:
+            note += f"; recurring (a request): {recurring_sizes(got, done)}"
         lines.append(f"  {tid:>8} {call:10} {kind:22} {count / done:8.2f} {mean}  {note}")
     return "\n".join(lines)
 

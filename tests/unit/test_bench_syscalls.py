@@ -16,6 +16,7 @@ from loadtests.bench.syscalls import (
     core_lines,
     fd_kinds,
     per_thread,
+    recurring_sizes,
     size_note,
     syscall_sizes,
     threads,
@@ -177,3 +178,11 @@ def test_writes_to_the_client_counted_with_their_sizes() -> None:
 def test_sizes_read_by_their_median_and_small_share() -> None:
     assert size_note([2006, 120, 3000, 300]) == "median 2006 B, 50% under 512 B"
     assert size_note([699]) == "median 699 B, 0% under 512 B"
+
+
+def test_writes_that_carry_no_events_told_by_their_recurring_size() -> None:
+    # two streams: each head alone (505 B), the end alone once (5 B); events' writes vary
+    sizes = [505, 700, 4000, 5, 505, 812, 6100]
+    assert recurring_sizes(sizes, done=2) == "505 B 1.00"
+    assert recurring_sizes([*sizes, 5], done=2) == "505 B 1.00, 5 B 1.00"
+    assert recurring_sizes([699, 2006], done=1) == ""

@@ -20,7 +20,8 @@ With `"events": true` in the spec, each event's relay delay too (decision 0012, 
 answer is de-chunked and, for every whole event (its blank line read) that the upstream wrote
 once every stream is open, the time it was read minus its stamp (paced_upstream.py's
 `--stamp-us`: microseconds), over all such events: p50, p99, max (`relay_*`); and each
-stream's time from its request to its last byte (`stream_ms_mean`). Off by default: the
+stream's time from its request to its last byte (`stream_ms_mean`), and both means for the
+first `count` streams opened and for the rest apart (`first_wave`). Off by default: the
 de-chunking costs the client's core.
 
 With `"keepalive": true`, each slot keeps one connection and sends its next request on it as
@@ -277,6 +278,23 @@ async def kept_slot(
     return outcomes
 
 
+def first_wave(streams: list[Stream], count: int) -> dict[str, float | None]:
+    """The first `count` streams opened (every slot's first: with `ramp_s` 0 they start
+    together, as wrk's connections do) against the streams opened after them: mean TTFB and
+    mean stream time (request to last byte) of the complete ones in each."""
+    opened = sorted(streams, key=lambda s: s.started)
+    found: dict[str, float | None] = {}
+    for wave, members in (("first", opened[:count]), ("later", opened[count:])):
+        whole = [s for s in members if s.complete and s.last_byte_s and s.ttfb_s is not None]
+        found[f"ttfb_ms_{wave}_mean"] = (
+            sum(s.ttfb_s or 0.0 for s in whole) * 1000 / len(whole) if whole else None
+        )
+        found[f"stream_ms_{wave}_mean"] = (
+            sum(s.last_byte_s for s in whole) * 1000 / len(whole) if whole else None
+        )
+    return found
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -322,6 +340,7 @@ async def run(spec: dict[str, object]) -> dict[str, object]:
         delays = Stream.delays
         whole = [s.last_byte_s * 1000 for s in streams if s.complete and s.last_byte_s]
         relayed = {
+            **first_wave(streams, count),
             "relay_events": len(delays),
             "relay_p50_ms": percentile(delays, 0.5) if delays else None,
             "relay_p99_ms": percentile(delays, 0.99) if delays else None,

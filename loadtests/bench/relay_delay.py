@@ -2,6 +2,7 @@
 
     .venv/bin/python -m loadtests.bench.relay_delay [--streams 256] [--seconds 4] [--reps 2]
         [--interval 0.02] [--contenders direct,bare,gateway-sqlite,gateway-redis] [--before DIR]
+        [--upstream paced|nginx] [--ramp S] [--keepalive] [--cut S]
 
 The upstream is paced_upstream.py (50 events `--interval` apart, each line its own chunk, each
 stream on its own schedule, each content delta stamped in microseconds when written) on core 1
@@ -13,8 +14,13 @@ contender and round: the relay delay (the client's read of a whole event minus t
 stamp) of every event written once all streams are open, p50 / p99 / max; the mean stream time
 (request to last byte); the client's worst lag; the server's CPU per stream. `direct` is the
 client straight to the upstream: what the client and the upstream add by themselves, on the
-same core. Bounded: each round by `--seconds` + the streams' timeout, every process stopped at
-the end. Decision 0012, 19zzzzf.
+same core. Also the mean TTFB and stream time of each round's first wave (its first
+`--streams` streams, opened together with `--ramp 0`) and of the streams after it apart, and,
+over nginx, the upstream connections the round opened: `--cut` closes every stream mid-way
+before each round, as wrk's window end does before the side-by-side's turns (decision 0012,
+19zzzzx: the gateway then opens a new upstream connection for each of its first wave's
+streams, the bare pass-through none). Bounded: each round by `--seconds` + the streams'
+timeout, every process stopped at the end. Decision 0012, 19zzzzf.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import orjson
 
 from loadtests.bench import contenders as c
 from loadtests.bench.long_run import listening
-from loadtests.bench.measure import long_streams, tree_cpu_s
+from loadtests.bench.measure import long_streams, nginx_accepts, tree_cpu_s
 
 NAMES = ["direct", "bare", "gateway-sqlite", "gateway-redis"]
 BEFORE = "gateway-before"
@@ -46,6 +52,12 @@ FIGURES = (
     "stream_ms_mean",
     "ttfb_ms_mean",
     "client_lag_max_ms",
+    # the first `--streams` streams opened (all at once with `--ramp 0`) and the rest apart
+    "ttfb_ms_first_mean",
+    "ttfb_ms_later_mean",
+    "stream_ms_first_mean",
+    "stream_ms_later_mean",
+    "upstream_accepted",
 )
 
 
@@ -56,8 +68,9 @@ def started(
     interval_s: float,
     before: Path | None,
     nginx: bool = False,
-) -> Iterator[dict[str, tuple[str, dict[str, str], str, int | None]]]:
-    """The upstream and every contender, up front: name -> (url, headers, model, server pid).
+) -> Iterator[tuple[str, dict[str, tuple[str, dict[str, str], str, int | None]]]]:
+    """The upstream and every contender, up front: the upstream's base URL, and name -> (url,
+    headers, model, server pid).
     `nginx`: the side-by-side's upstream instead (its `lines20` location, 20 ms apart whatever
     `interval_s`; its stamps are its cached clock in ms, coarser than the relays' delay)."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -102,24 +115,19 @@ def started(
             headers = {"authorization": f"Bearer {c.gateway_key(base)}"}
             found[name] = (base + "/v1/chat/completions", headers, c.gateway_model("lines20"),
                            server.pid)  # fmt: skip
-        yield found
+        yield upstream, found
     finally:
         for process in reversed(processes):
             c.stop(process)
 
 
-def one_round(
-    url: str,
-    headers: dict[str, str],
-    model: str,
-    streams: int,
-    seconds: float,
-    ramp_s: float,
-    keepalive: bool = False,
-) -> dict[str, object]:
+def stream_spec(
+    url: str, headers: dict[str, str], model: str, streams: int, seconds: float, ramp_s: float,
+    keepalive: bool,
+) -> dict[str, object]:  # fmt: skip
     message = {"role": "user", "content": "Say hello to the benchmark."}
     body = {"model": model, "stream": True, "max_tokens": 64, "messages": [message]}
-    spec = {
+    return {
         "url": url,
         "body": orjson.dumps(body).decode(),
         "headers": headers,
@@ -130,10 +138,25 @@ def one_round(
         "events": True,
         "keepalive": keepalive,
     }
+
+
+def one_round(spec: dict[str, object]) -> dict[str, object]:
     outcome: dict[str, object] = dict(long_streams(spec))
     outcome.pop("ttfb_ms", None)
     outcome.pop("late_by_second_ms", None)
     return outcome
+
+
+def cut(spec: dict[str, object], cut_s: float, stream_s: float) -> None:
+    """`spec`'s streams opened at once and each closed `cut_s` in, before its end, as wrk's
+    window closes its connections at the end of a warm-up or a turn: a gateway cancels each
+    such stream by closing its upstream connection (DESIGN: "If the client disconnects, the
+    upstream request is cancelled at once"); the bare pass-through reads it on and keeps
+    its connection. Then a stream's length (`stream_s`) for what is read on to end, as other
+    contenders' turns pass between a warm-up and a turn in the side-by-side. Nothing
+    measured: the round that follows is."""
+    long_streams(spec | {"ramp_s": 0, "until_s": 0, "timeout_s": cut_s, "events": False})
+    time.sleep(stream_s)
 
 
 def summary(rounds: dict[str, list[dict[str, object]]], ref: str = "bare") -> list[str]:
@@ -195,28 +218,44 @@ def main() -> int:
         help="each slot's streams on one kept-alive connection, the next request sent as soon "
         "as the last answer ends (as wrk does); by default a connection per stream",
     )
+    parser.add_argument(
+        "--cut",
+        type=float,
+        default=0.0,
+        help="before each round, every stream opened at once and closed this many seconds "
+        "in (0: none), as wrk's window end closes its connections mid-stream; with "
+        "`--upstream nginx` each round also counts the upstream connections it opened",
+    )
     args = parser.parse_args()
     if args.before is not None and BEFORE not in args.contenders:
         args.contenders.append(BEFORE)
     if not (1 <= args.streams <= 2000 and 2 <= args.seconds <= 30 and 1 <= args.reps <= 10
-            and 0.001 <= args.interval <= 1 and 0 <= args.ramp <= 10):  # fmt: skip
+            and 0.001 <= args.interval <= 1 and 0 <= args.ramp <= 10
+            and 0 <= args.cut <= 5):  # fmt: skip
         parser.error(
-            "bounds: --streams 1..2000, --seconds 2..30, --reps 1..10, --interval ≤ 1, --ramp 0..10"
+            "bounds: --streams 1..2000, --seconds 2..30, --reps 1..10, --interval ≤ 1, "
+            "--ramp 0..10, --cut 0..5"
         )
     rounds: dict[str, list[dict[str, object]]] = {name: [] for name in args.contenders}
     with (
         tempfile.TemporaryDirectory(prefix="klawd-relay-") as tmp,
         started(
             Path(tmp), args.contenders, args.interval, args.before, args.upstream == "nginx"
-        ) as found,
+        ) as (upstream, found),
     ):
+        counted = args.upstream == "nginx"
         for rnd in range(args.reps):
             order = list(found.items())
             for name, (url, headers, model, pid) in order[::-1] if rnd % 2 else order:
                 cpu = tree_cpu_s(pid) if pid else 0.0
-                outcome = one_round(
-                    url, headers, model, args.streams, args.seconds, args.ramp, args.keepalive
-                )
+                spec = stream_spec(url, headers, model, args.streams, args.seconds,
+                                   args.ramp, args.keepalive)  # fmt: skip
+                if args.cut:
+                    cut(spec, args.cut, EVENTS * args.interval)
+                accepts = nginx_accepts(upstream) if counted else 0
+                outcome = one_round(spec)
+                if counted:  # (less this count's own connection)
+                    outcome["upstream_accepted"] = nginx_accepts(upstream) - accepts - 1
                 if pid:
                     used = tree_cpu_s(pid) - cpu
                     outcome["server_cpu_us_per_stream"] = used * 1e6 / max(1, outcome["streams"])  # type: ignore[call-overload]

@@ -643,6 +643,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             *others_lines(notes.get("others") or {}),  # type: ignore[arg-type]
             *steal_lines(notes.get("steal") or {}),  # type: ignore[arg-type]
             *speed_lines(samples),
+            *fast_lines(samples),
             *aa_lines(samples),
             *paced_lines(samples),
             *reads_lines(samples),
@@ -830,6 +831,12 @@ SPEED_PAIRS = (
 )
 
 
+def _probe_measure(key: str) -> str | None:
+    """The measure of a speed-probe key (`{measure}_probe{core}`), else None."""
+    measure, _, core = key.rpartition("_probe")
+    return measure if measure and core.isdigit() else None
+
+
 def uneven_rounds(samples: Samples, threshold: float = UNEVEN) -> dict[str, dict[str, float]]:
     """The rounds in which a pair's two contenders ran at different machine speeds: the speed
     probe (side_by_side's `{measure}_probe{core}`: µs for a fixed loop, per round) of the
@@ -840,9 +847,10 @@ def uneven_rounds(samples: Samples, threshold: float = UNEVEN) -> dict[str, dict
     for name, ref in SPEED_PAIRS:
         mine, theirs = samples.get(name, {}), samples.get(ref, {})
         for key, values in mine.items():
-            measure, _, core = key.rpartition("_probe")
-            if not measure or not core.isdigit() or key not in theirs:
+            measure = _probe_measure(key)
+            if measure is None or key not in theirs:
                 continue
+            core = key.rpartition("_probe")[2]
             for i, (a, b) in enumerate(zip(values, theirs[key], strict=False)):
                 if a and b and not 1 / threshold < a / b < threshold:
                     uneven = found.setdefault(f"{name} ÷ {ref} {measure} round {i + 1}", {})
@@ -863,6 +871,100 @@ def speed_lines(samples: Samples) -> list[str]:
         "two states (the probe at ~225 or ~350 µs) for seconds at a time with no steal "
         "counted, and a contender that saturates its core runs about as much slower or "
         "faster: such a round's ratio is the machine's, not the code's.",
+        "",
+    ]
+
+
+# A round is in the fast state, for a pair, when every speed probe of both contenders' turns
+# read, on every core, within this of the run's fastest reading (decision 0012, 19zzzzx): both
+# cores ran fast for both, the state in which the gateway's reads per stream show in full.
+FAST = 1.15
+# The pairs whose fast rounds the report reads apart (`fast_lines`).
+FAST_PAIRS = (
+    ("gateway-sqlite", "bare"),
+    ("gateway-redis", "bare"),
+    ("gateway-redis", "gateway-sqlite"),
+    ("gateway-before", "gateway-sqlite"),
+)
+
+
+def fastest_probe(samples: Samples) -> float | None:
+    """The run's fastest speed-probe reading: every contender's, every measure's, either core."""
+    readings = [
+        value
+        for measures in samples.values()
+        for key, values in measures.items()
+        if _probe_measure(key)
+        for value in values
+        if value > 0
+    ]
+    return min(readings) if readings else None
+
+
+def fast_ratios(
+    samples: Samples, name: str, ref: str, measure: str, within: float = FAST
+) -> list[tuple[int, float]]:
+    """`name` ÷ `ref` on `measure` in its even, fast rounds: (round, ratio), the rounds (from
+    1) in which every probe of both turns, on every core, read at most `within` times the
+    run's fastest reading (`fastest_probe`)."""
+    fastest = fastest_probe(samples)
+    mine, theirs = samples.get(name, {}), samples.get(ref, {})
+    cores = [key for key in mine if _probe_measure(key) == measure and key in theirs]
+    if fastest is None or not cores or measure not in mine or measure not in theirs:
+        return []
+    found = []
+    for i, (a, b) in enumerate(zip(mine[measure], theirs[measure], strict=False)):
+        probes = [values[i] for key in cores for values in (mine[key], theirs[key])
+                  if i < len(values)]  # fmt: skip
+        if b and len(probes) == 2 * len(cores) and all(0 < v <= fastest * within for v in probes):
+            found.append((i + 1, a / b))
+    return found
+
+
+def fast_lines(samples: Samples) -> list[str]:
+    """Each pair's ratio per rate measure (the single answers and every stream measure), the
+    median of all rounds beside the median of its even, fast rounds only (`fast_ratios`)."""
+    fastest = fastest_probe(samples)
+    pairs = [(name, ref) for name, ref in FAST_PAIRS if name in samples and ref in samples]
+    if fastest is None or not pairs:
+        return []
+    lines = [
+        "| measure | "
+        + " | ".join(f"{TITLES[n]} ÷ {TITLES[r]}: all rounds | even, fast rounds" for n, r in pairs)
+        + " |",
+        "| --- |" + " ---: | --- |" * len(pairs),
+    ]
+    for key, title, _, _ in ROWS:
+        cells = []
+        for name, ref in pairs:
+            every = ratio(samples, name, ref, key)
+            if every is None or not any(_probe_measure(k) == key for k in samples[name]):
+                cells += ["—", "—"]
+                continue
+            fast = fast_ratios(samples, name, ref, key)
+            rounds = len(round_ratios(samples, name, ref, key))
+            cells.append(f"{every:.2f}x")
+            cells.append(
+                f"{statistics.median(r for _, r in fast):.2f}x ({len(fast)} of {rounds}: "
+                + ", ".join(f"round {i} {r:.2f}" for i, r in fast)
+                + ")"
+                if fast
+                else f"none of {rounds}"
+            )
+        if any(cell != "—" for cell in cells):
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return []
+    return [
+        "The targets' ratios in the machine's fast state (decision 0012, 19zzzzx): a round is "
+        "even and fast, for a pair, when every speed-probe reading of both contenders' turns, "
+        f"on both cores, is within {FAST - 1:.0%} of the run's fastest reading ({fastest:.0f} "
+        "µs), i.e. both cores ran fast for both. The medians above mix the states; where most "
+        "rounds had a slow core the gateway reads a stream in fewer, bigger pieces and wins, "
+        "so the fast rounds' median is read beside the all-rounds one (few rounds: each is "
+        "named).",
+        "",
+        *lines,
         "",
     ]
 

@@ -86,6 +86,35 @@ def test_a_whole_event_s_relay_delay_is_its_read_minus_its_stamp() -> None:
     assert [round(d, 3) for d in delays] == [1.5]
 
 
+def test_the_first_wave_is_the_first_streams_opened_and_only_complete_ones_count() -> None:
+    """relay_delay's split (19zzzzx): the first `count` streams opened (wrk's connections all
+    start together) against the ones opened after them, each mean over complete streams."""
+    answer = b"HTTP/1.1 200 OK\r\n\r\n5\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+
+    def stream(
+        started: float, ttfb_s: float, last_byte_s: float, whole: bool
+    ) -> long_streams.Stream:
+        made = long_streams.Stream(b"", None)  # type: ignore[arg-type]
+        made.started, made.ttfb_s, made.last_byte_s = started, ttfb_s, last_byte_s
+        made.status_ok = made.saw_done = True
+        made.tail = answer[-32:] if whole else b""
+        return made
+
+    streams = [
+        stream(3.0, 0.010, 1.010, True),  # the later wave, opened last
+        stream(1.0, 0.060, 1.060, True),
+        stream(2.0, 0.020, 1.020, True),  # later
+        stream(1.1, 0.080, 1.080, True),
+        stream(1.2, 0.900, 0.0, False),  # first wave, never complete: not counted
+    ]
+    found = long_streams.first_wave(streams, 3)
+    assert round(found["ttfb_ms_first_mean"] or 0, 6) == 70.0
+    assert round(found["stream_ms_first_mean"] or 0, 6) == 1070.0
+    assert round(found["ttfb_ms_later_mean"] or 0, 6) == 15.0
+    assert round(found["stream_ms_later_mean"] or 0, 6) == 1015.0
+    assert long_streams.first_wave(streams[:2], 2)["ttfb_ms_later_mean"] is None
+
+
 def test_a_kept_alive_slot_sends_each_next_request_on_the_same_connection() -> None:
     """`"keepalive": true` (as wrk does): the streams of a slot share one connection; here the
     server closes it after its third answer, which ends the slot."""

@@ -87,6 +87,82 @@ def test_a_round_whose_pair_ran_at_different_machine_speeds_is_named_with_its_co
     assert report.speed_lines(even) == []
 
 
+# Captured: `make bench` at ddde1b7, 2026-12-07 10:34-11:00 UTC (its log's rounds): the rate and
+# both cores' speed probe (µs) in each of the four rounds, bare and embedded gateway.
+CLOSING_27 = {
+    "bare": {
+        "rps": [5174.44, 7067.75, 7174.31, 5593.86],
+        "rps_probe0": [280.0, 227.0, 226.0, 350.0],
+        "rps_probe1": [358.0, 340.0, 377.0, 382.0],
+        "lines": [2077.87, 1532.83, 1645.7, 1319.91],
+        "lines_probe0": [228.0, 374.0, 228.0, 229.0],
+        "lines_probe1": [246.0, 246.0, 367.0, 374.0],
+        "anth": [1169.8, 1022.95, 1724.21, 1209.84],
+        "anth_probe0": [228.0, 234.0, 227.0, 357.0],
+        "anth_probe1": [258.0, 314.0, 242.0, 396.0],
+    },
+    "gateway-sqlite": {
+        "rps": [6673.4, 8168.51, 7731.87, 7589.71],
+        "rps_probe0": [230.0, 227.0, 227.0, 228.0],
+        "rps_probe1": [378.0, 255.0, 250.0, 379.0],
+        "lines": [1735.35, 2051.9, 1765.31, 1668.25],
+        "lines_probe0": [227.0, 374.0, 372.0, 344.0],
+        "lines_probe1": [247.0, 245.0, 261.0, 327.0],
+        "anth": [1324.84, 1289.09, 1262.42, 1355.34],
+        "anth_probe0": [263.0, 286.0, 226.0, 353.0],
+        "anth_probe1": [249.0, 281.0, 244.0, 255.0],
+    },
+}
+
+
+def test_a_round_is_fast_when_every_probe_of_both_turns_is_near_the_run_s_fastest() -> None:
+    """The closing's fastest reading is 226 µs, so fast is up to 259.9: per line only round 1
+    (Anthropic's round 1 had the gateway's core 0 at 263), no single-answer round at all."""
+    assert report.fastest_probe(CLOSING_27) == 226.0
+    lines = report.fast_ratios(CLOSING_27, "gateway-sqlite", "bare", "lines")
+    assert [(i, round(r, 6)) for i, r in lines] == [(1, round(1735.35 / 2077.87, 6))]
+    anth = report.fast_ratios(CLOSING_27, "gateway-sqlite", "bare", "anth")
+    assert [(i, round(r, 6)) for i, r in anth] == [(3, round(1262.42 / 1724.21, 6))]
+    assert report.fast_ratios(CLOSING_27, "gateway-sqlite", "bare", "rps") == []
+    # a looser bound takes Anthropic's round 1 in (263 ÷ 226 = 1.16)
+    looser = report.fast_ratios(CLOSING_27, "gateway-sqlite", "bare", "anth", within=1.17)
+    assert [i for i, _ in looser] == [1, 3]
+
+
+def test_a_round_missing_a_probe_reading_is_not_called_fast() -> None:
+    samples = {
+        "bare": {"sse": [100.0, 100.0], "sse_probe0": [230.0, 230.0], "sse_probe1": [230.0]},
+        "gateway-sqlite": {
+            "sse": [90.0, 110.0],
+            "sse_probe0": [230.0, 230.0],
+            "sse_probe1": [230.0, 230.0],
+        },
+    }
+    assert report.fast_ratios(samples, "gateway-sqlite", "bare", "sse") == [(1, 0.9)]
+
+
+def test_the_fast_rounds_table_gives_each_target_s_median_beside_the_all_rounds_one() -> None:
+    text = "\n".join(report.fast_lines(CLOSING_27))
+    assert "within 15% of the run's fastest reading (226 µs)" in text
+    title = "bare-ASGI pass-through"
+    assert f"| measure | gateway, embedded ÷ {title}: all rounds | even, fast rounds |" in text
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| single answers, req/s, 64 connections"].endswith("| 1.22x | none of 4 |")
+    assert rows["| SSE, each line its own chunk, streams/s, 64 conn."].endswith(
+        "| 1.17x | 0.84x (1 of 4: round 1 0.84) |"
+    )
+    anth = "| Anthropic per line, streams/s (gateway: → OpenAI; others relay)"
+    assert rows[anth].endswith("| 1.13x | 0.73x (1 of 4: round 3 0.73) |")
+    # only the measures the run had, and none of the CPU rows
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 2 + 3
+
+
+def test_a_run_without_speed_probes_adds_no_fast_rounds_table() -> None:
+    samples = {"bare": {"rps": [5000.0]}, "gateway-sqlite": {"rps": [6000.0]}}
+    assert report.fast_lines(samples) == []
+    assert report.fast_lines({"bare": CLOSING_27["bare"]}) == []
+
+
 def test_the_paced_rounds_line_gives_each_stream_time_and_whole_streams_per_connection() -> None:
     samples = {
         "upstream": {"anth20_stream_ms": [1292.2, 1327.7], "anth20_whole": [2.0, 3.0]},

@@ -8,7 +8,11 @@ Runs redis-server under valgrind twice: `--calls` settle calls of `--small` leas
 then of `--large` (each call's entries admitted first from a lease, by one
 `klawd_admit_lease_v1`, as `settle_cost` does: inside `FCALL` too, once a call). Per entry: the
 slope between the two; per call: the rest (the admission included). `--tree DIR`: another
-checkout's `gateway` package (its library and its client), for a before/after.
+checkout's `gateway` package (its library and its client), for a before/after. `--by-function N`:
+also the N functions whose inclusive instructions grow most an entry (`callgrind_annotate
+--inclusive=yes`, the same slope), to tell an entry's pieces apart (Debian's redis-server has no
+symbols for its Lua: the VM and its string making show as their callers, e.g. `luaD_precall`,
+`lua_pushlstring`).
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ async def settle(url: str, calls: int, size: int) -> None:
         await store.close()
 
 
-def instructions(calls: int, size: int) -> int:
-    """redis-server's instructions inside FCALL over `calls` calls of `size` entries."""
+def instructions(calls: int, size: int, by_function: bool = False) -> tuple[int, dict[str, int]]:
+    """redis-server's instructions inside FCALL over `calls` calls of `size` entries, and (with
+    `by_function`) each function's inclusive count."""
     with tempfile.TemporaryDirectory(prefix="klawd-settle-instr-") as tmp:
         port = free_port()
         out = Path(tmp) / "callgrind.out"
@@ -63,7 +68,22 @@ def instructions(calls: int, size: int) -> int:
             server.wait()
         found = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)
         assert found is not None, "callgrind wrote no totals"
-        return int(found.group(1))
+        return int(found.group(1)), inclusive(out) if by_function else {}
+
+
+def inclusive(out: Path) -> dict[str, int]:
+    """function -> its inclusive instructions, from callgrind_annotate."""
+    text = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = re.findall(r"^\s*([\d,]+) \([^)]*\)\s+(?:\?\?\?:)?(\S+)", text, re.MULTILINE)
+    # named functions only: the stripped ones are bare addresses, recursion repeats a name ('2)
+    return {
+        name: int(count.replace(",", ""))
+        for count, name in rows
+        if not name.startswith("0x") and "'" not in name and "/" not in name
+    }
 
 
 def main() -> None:
@@ -72,17 +92,25 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--large", type=int, default=90)
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
+    parser.add_argument("--by-function", type=int, default=0, metavar="N")
     args = parser.parse_args()
     import gateway
 
-    small = instructions(args.calls, args.small)
-    large = instructions(args.calls, args.large)
-    per_entry = (large - small) / (args.large - args.small) / args.calls
+    by_function = args.by_function > 0
+    small, small_fns = instructions(args.calls, args.small, by_function)
+    large, large_fns = instructions(args.calls, args.large, by_function)
+    slope = (args.large - args.small) * args.calls
+    per_entry = (large - small) / slope
     per_call = small / args.calls - args.small * per_entry
     print(f"gateway from {Path(gateway.__file__).parent}; {args.calls} calls of {args.small} and"
           f" of {args.large} leased entries: redis-server's instructions inside FCALL"
           f" {per_entry / 1000:.2f} K an entry, {per_call / 1000:.1f} K a call (with the"
           " lease's admission)")  # fmt: skip
+    grown = {name: (large_fns[name] - small_fns.get(name, 0)) / slope for name in large_fns}
+    # (below FCALL: the functions above it and FCALL's own hold the whole count)
+    below = [item for item in grown.items() if item[1] < 0.99 * per_entry]
+    for name, count in sorted(below, key=lambda item: -item[1])[: args.by_function]:
+        print(f"  {count / 1000:7.2f} K an entry, inclusive  {name}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -45,8 +46,10 @@ from gateway.store.base import (
 
 DUE = "klawd:webhooks:due"
 WEBHOOKS = "klawd:webhooks"
-LEDGER_PAGE = 1000
-LEDGER_MAX_PAGES = 10_000  # a usage event reads at most this many pages; the rest waits an hour
+# Stream entries a page: each holds one record (before klawd_settle_v14) or a settle call's, up
+# to SETTLE_CHUNK (100): a page is at most 25,000 records
+LEDGER_PAGE = 250
+LEDGER_MAX_PAGES = 40_000  # a usage event reads at most this many pages; the rest waits an hour
 
 
 class _LedgerUsage(msgspec.Struct):
@@ -60,6 +63,14 @@ class _LedgerUsage(msgspec.Struct):
 
 
 _ledger_entry = msgspec.json.Decoder(_LedgerUsage)
+
+
+def _records(fields: dict[bytes, bytes] | list[bytes]) -> Iterable[bytes]:
+    """A ledger stream entry's records, every field's value one: its field `entry` (a request's,
+    before klawd_settle_v14), or a settle call's `e1`, `e2`, … (v14: one stream entry a call)."""
+    return fields.values() if isinstance(fields, dict) else fields[1::2]
+
+
 _delivery = msgspec.json.Decoder(Delivery)
 _invoice = msgspec.json.Decoder(Invoice)
 _user = msgspec.json.Decoder(User)
@@ -167,14 +178,14 @@ class RedisWebhooks:
             page = await self._call("XRANGE", ledger, f"({position}", "+", "COUNT", LEDGER_PAGE)
             for entry_id, fields in page:
                 position = _text(entry_id)
-                raw = fields[b"entry"] if isinstance(fields, dict) else fields[1]
-                entry = _ledger_entry.decode(raw)
-                t = totals.setdefault(entry.model, [0, 0, 0, 0, 0])
-                t[0] += 1
-                t[1] += entry.prompt_tokens
-                t[2] += entry.completion_tokens
-                t[3] += entry.images
-                t[4] += entry.cost_micros
+                for raw in _records(fields):
+                    entry = _ledger_entry.decode(raw)
+                    t = totals.setdefault(entry.model, [0, 0, 0, 0, 0])
+                    t[0] += 1
+                    t[1] += entry.prompt_tokens
+                    t[2] += entry.completion_tokens
+                    t[3] += entry.images
+                    t[4] += entry.cost_micros
             if len(page) < LEDGER_PAGE:
                 break
         rows = [UsageRow("", model, *totals[model]) for model in sorted(totals)]

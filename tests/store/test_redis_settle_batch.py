@@ -1,4 +1,5 @@
-"""The Redis store settles a batch with one `klawd_settle_v13` per account (`klawd_settle_v12`
+"""The Redis store settles a batch with one `klawd_settle_v14` per account (`klawd_settle_v13`
+with the call's ledger records in one stream entry; v13 is `klawd_settle_v12`
 with the names its entries share, their model, API key and hold, sent once a call; v12 is
 `klawd_settle_v11`, which lets go of the markers of the entries a failing call had not reached;
 v11 is `klawd_settle_v10` with each ledger record an argument of its own and a call's markers
@@ -8,7 +9,8 @@ time; v9 is `klawd_settle_v7` with its entries in one MessagePack argument; v7 i
 `klawd_settle_v5` does), summing the entries' counters inside Redis: the keys it leaves must
 hold exactly what `klawd_settle_v4`, one call per entry, and the batches of earlier releases
 (`klawd_settle_v6`, `klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`, `klawd_settle_v11`,
-`klawd_settle_v12`) leave (replicas of these releases share one Redis), and a batch costs one
+`klawd_settle_v12`, `klawd_settle_v13`) leave (replicas of these releases share one Redis), the
+ledger's records compared in order whatever stream entries hold them, and a batch costs one
 call per account."""
 
 from __future__ import annotations
@@ -144,6 +146,13 @@ def v12_call(batch: list[UsageEntry], function: str = "klawd_settle_v12") -> tup
     return (*call, *(msgspec.json.encode(e) for e in batch))
 
 
+def v13_call(batch: list[UsageEntry]) -> tuple[object, ...]:
+    """The previous release's call (`klawd_settle_v13`): the store's arguments (v14 takes v13's),
+    each record written by an `XADD` of its own."""
+    call = _settle_command(batch)
+    return (call[0], "klawd_settle_v13", *call[2:])
+
+
 def _packed_call(
     batch: list[UsageEntry],
     function: str,
@@ -193,13 +202,19 @@ async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]
         if kind == "hash":
             value: object = await client.hgetall(name)
         elif kind == "stream":
-            records = await client.xrange(name)
-            value = [fields[b"entry"].replace(account_id.encode(), b"A") for _, fields in records]
+            value = [r.replace(account_id.encode(), b"A") for r in await ledger(client, account_id)]
         else:
             value = await client.get(name)
         ttl = await client.pttl(name)
         out[short] = (kind, value, -1 if ttl < 0 else round(ttl / 86_400_000))
     return out
+
+
+async def ledger(client: aioredis.Redis, account_id: str) -> list[bytes]:
+    """The account's ledger records in order: each stream entry's fields' values (one `entry`
+    a request before `klawd_settle_v14`, a call's `e1`, `e2`, … since)."""
+    stream = await client.xrange(f"{_acct(account_id)}:ledger")
+    return [record for _, fields in stream for record in fields.values()]
 
 
 @pytest.fixture
@@ -287,8 +302,7 @@ async def test_v9_leaves_what_the_release_before_v8_leaves_and_each_sees_the_oth
         await client.execute_command(*v8_call(entries(previous.id)[:25]))
         await client.execute_command(*v9_call(entries(previous.id)[10:]))  # ... by v8
         await assert_left_alike(client, batched, previous)
-        ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
-        assert ledger == len({e.id for e in entries(batched.id)})
+        assert len(await ledger(client, batched.id)) == len({e.id for e in entries(batched.id)})
     finally:
         await client.aclose()
         await redis_store.close()
@@ -311,8 +325,7 @@ async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
         await client.execute_command(*v10_call(entries(previous.id)[:25]))
         await redis_store.settle(entries(previous.id)[10:])  # ... by v10
         await assert_left_alike(client, batched, previous)
-        ledger = await client.xlen(f"{_acct(batched.id)}:ledger")
-        assert ledger == len({e.id for e in entries(batched.id)})
+        assert len(await ledger(client, batched.id)) == len({e.id for e in entries(batched.id)})
         for account in (batched, previous):
             prefix = f"{_acct(account.id)}:settled:"
             sets = {raw async for raw in client.scan_iter(match=f"{prefix}w*")}
@@ -325,14 +338,19 @@ async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
         await redis_store.close()
 
 
-async def test_the_store_call_leaves_what_v12_leaves_and_each_sees_the_others(
-    redis_store: RedisStore, redis_server: RedisServer
+@pytest.mark.parametrize("previous_call", [v12_call, v13_call], ids=["v12", "v13"])
+async def test_the_store_call_leaves_what_v12_and_v13_leave_and_each_sees_the_others(
+    redis_store: RedisStore,
+    redis_server: RedisServer,
+    previous_call: Callable[[list[UsageEntry]], tuple[object, ...]],
 ) -> None:
-    """The store's call (`klawd_settle_v13`: the call's models, API keys and holds named once)
-    against the previous release's (`klawd_settle_v12`, every name with every entry): the same
-    keys, values and expiries, markers included, over entries of several models, keys, days
-    and holds (a lease's, an exact admission's, none); and a batch settled by one is not settled
-    again by the other (replicas of both releases on one Redis)."""
+    """The store's call (`klawd_settle_v14`: v13's, the call's records in one stream entry)
+    against earlier releases' (`klawd_settle_v13`: the call's models, API keys and holds named
+    once, an `XADD` a record; `klawd_settle_v12`, every name with every entry): the same keys,
+    values and expiries, markers included, the same ledger records in order, over entries of
+    several models, keys, days and holds (a lease's, an exact admission's, none); and a batch
+    settled by one is not settled again by the other (replicas of these releases on one
+    Redis)."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         batched, previous = await two_accounts(redis_store, client, "batched", "previous")
@@ -349,16 +367,15 @@ async def test_the_store_call_leaves_what_v12_leaves_and_each_sees_the_others(
                 for n, e in enumerate(entries(account.id))
             ]
         await redis_store.settle(held[batched.id][:25])
-        await client.execute_command(*v12_call(held[batched.id][10:]))  # 15 settled already
-        await client.execute_command(*v12_call(held[previous.id][:25]))
-        await redis_store.settle(held[previous.id][10:])  # ... by v12
+        await client.execute_command(*previous_call(held[batched.id][10:]))  # 15 settled already
+        await client.execute_command(*previous_call(held[previous.id][:25]))
+        await redis_store.settle(held[previous.id][10:])  # ... by the previous release
         await assert_left_alike(client, batched, previous)
         for account in (batched, previous):
             prefix = _acct(account.id)
             assert await client.zrange(f"{prefix}:holds", 0, -1) == []
             assert await client.hgetall(f"{prefix}:leases") == {}
-            ledger = await client.xlen(f"{prefix}:ledger")
-            assert ledger == len({e.id for e in entries(account.id)})
+            assert len(await ledger(client, account.id)) == len({e.id for e in entries(account.id)})
             sets = {raw async for raw in client.scan_iter(match=f"{prefix}:settled:w*")}
             marked = {m for name in sets for m in await client.smembers(name)}
             assert marked == {e.id.encode() for e in entries(account.id)}
@@ -382,8 +399,7 @@ async def test_a_batch_settled_by_the_previous_release_v9_is_not_settled_again(
         await client.execute_command(*v9_call(entries(previous.id)[:25]))
         await client.execute_command(*v9_call(entries(previous.id)[10:]))
         await assert_left_alike(client, upgraded, previous)
-        ledger = await client.xlen(f"{_acct(upgraded.id)}:ledger")
-        assert ledger == len({e.id for e in entries(upgraded.id)})
+        assert len(await ledger(client, upgraded.id)) == len({e.id for e in entries(upgraded.id)})
     finally:
         await client.aclose()
         await redis_store.close()
@@ -412,7 +428,7 @@ async def test_settled_entries_are_marked_in_a_set_per_second_kept_ten_minutes(
         await client.pexpire(f"{prefix}w{seconds[0]}", 300_000)
         await redis_store.settle(batch)  # replayed: nothing settled, no marker's life renewed
         assert await client.get(f"{_acct(account.id)}:credits") == credits
-        assert await client.xlen(f"{_acct(account.id)}:ledger") == len({e.id for e in batch})
+        assert len(await ledger(client, account.id)) == len({e.id for e in batch})
         assert await client.pttl(f"{prefix}w{seconds[0]}") <= 300_000
         late = msgspec.structs.replace(batch[0], id=f"{batch[0].id}_late")
         await redis_store.settle([late])  # a new id of that second: kept ten minutes again
@@ -439,11 +455,10 @@ async def test_a_call_that_fails_after_its_entries_leaves_them_marked_for_the_re
         await client.set(usage, "not a hash")
         with pytest.raises(StoreError, match="redis settle failed"):
             await redis_store.settle(batch)
-        ledger = f"{_acct(account.id)}:ledger"
-        assert await client.xlen(ledger) == len(batch)  # applied before the failure
+        assert len(await ledger(client, account.id)) == len(batch)  # applied before the failure
         await client.delete(usage)
         await redis_store.settle(batch)  # the retry
-        assert await client.xlen(ledger) == len(batch)
+        assert len(await ledger(client, account.id)) == len(batch)
     finally:
         await client.aclose()
         await redis_store.close()
@@ -493,7 +508,7 @@ async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
         await state.close()
 
 
-@pytest.mark.parametrize("version", ["v11", "v12", "v13"])
+@pytest.mark.parametrize("version", ["v11", "v12", "v13", "v14"])
 async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     redis_store: RedisStore, redis_server: RedisServer, version: str
 ) -> None:
@@ -503,8 +518,9 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     ledger, but their sums, balance and spends (written after the loop) are not; the failing
     entry is marked, not applied. v11 (the previous release's call) leaves the five after it
     marked and not applied: the recorder's retry, once the key is mended, applies none of them
-    (lost). v12 (the previous release's) and v13 (the store's) unmark them as they fail: the
-    retry applies those five, and nothing twice."""
+    (lost). v12, v13 (the previous releases') and v14 (the store's: the call's records in one
+    stream entry, here written as it fails) unmark them as they fail: the retry applies those
+    five, and nothing twice."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("midway", "free", 1_000)
@@ -517,18 +533,16 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
         credits = await client.get(f"{_acct(account.id)}:credits")
         await redis_store._ensure_library()
         call = _settle_command(batch)
-        assert call[1] == "klawd_settle_v13"
-        if version != "v13":
+        assert call[1] == "klawd_settle_v14"
+        if version == "v13":
+            call = v13_call(batch)
+        elif version != "v14":
             call = v12_call(batch, f"klawd_settle_{version}")
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
             await client.execute_command(*call)
-        ledger = f"{_acct(account.id)}:ledger"
 
         async def recorded() -> list[bytes]:
-            return [
-                orjson.loads(fields[b"entry"])["id"].encode()
-                for _, fields in await client.xrange(ledger)
-            ]
+            return [orjson.loads(r)["id"].encode() for r in await ledger(client, account.id)]
 
         assert await recorded() == [e.id.encode() for e in batch[:failing]]
         prefix = f"{_acct(account.id)}:settled:"
@@ -564,7 +578,7 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
     try:
         await redis_store._ensure_library()
         replies = {}
-        for version in ("v11", "v12", "v13"):
+        for version in ("v11", "v12", "v13", "v14"):
             account = await redis_store.create_account(f"broken {version}", "free", 1_000)
             batch = entries(account.id)[:3]
             if broken == "a key of the wrong type":
@@ -573,7 +587,8 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
             else:
                 await client.set(f"{_acct(account.id)}:credits", "not a number")
             function = f"klawd_settle_{version}"
-            call = _settle_command(batch) if version == "v13" else v12_call(batch, function)
+            call = {"v13": v13_call(batch), "v14": _settle_command(batch)}.get(version)
+            call = call or v12_call(batch, function)
             assert call[1] == function
             with pytest.raises(RespReplyError) as failed:
                 await resp.execute(*call)
@@ -582,9 +597,94 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
             replies[version] = reply
         assert replies["v12"] == replies["v11"]
         assert replies["v13"] == replies["v11"]
+        assert replies["v14"] == replies["v11"]
         code = "WRONGTYPE" if broken == "a key of the wrong type" else "ERR"
         assert replies["v11"].split()[0] == code
     finally:
         await resp.close()
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_call_writes_its_ledger_records_in_one_stream_entry(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """`klawd_settle_v14` writes a call's records by one `XADD` (one `XADD` a record was the
+    biggest part of an entry's work in Redis: decision 0010, twenty-fifth pass): one stream
+    entry whose fields `e1`, `e2`, … hold the records of the entries settled for the first time,
+    in order, and no `entry` field, so that a reader of an earlier release fails on it rather than
+    count one record of it. A replay writes none."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("folded", "free", 1_000)
+        batch = entries(account.id)  # 41 entries, one of them twice
+        await redis_store.settle(batch)
+        await redis_store.settle(batch[:20])  # a replay
+        [(_, fields)] = await client.xrange(f"{_acct(account.id)}:ledger")
+        unique = list({e.id: e for e in batch}.values())
+        assert list(fields) == [f"e{n}".encode() for n in range(1, len(unique) + 1)]
+        assert list(fields.values()) == [msgspec.json.encode(e) for e in unique]
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_ledger_of_the_wrong_type_fails_the_call_before_anything_is_written(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """v14 writes the ledger after the entries' loop, so it checks the ledger's type first: a
+    ledger key that is not a stream fails the call with nothing marked, no hold taken and no
+    balance moved, and the recorder's retry, once the key is mended, applies every entry (v13's
+    first `XADD` failed after its entry's hold was taken)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("broken ledger", "free", 1_000)
+        prefix = _acct(account.id)
+        await client.zadd(f"{prefix}:holds", {"h1": 9e12})
+        batch = entries(account.id)[:10]
+        batch[0] = msgspec.structs.replace(batch[0], hold_id="h1")
+        await client.set(f"{prefix}:ledger", "not a stream")
+        credits = await client.get(f"{prefix}:credits")
+        with pytest.raises(StoreError, match="redis settle failed"):
+            await redis_store.settle(batch)
+        assert [raw async for raw in client.scan_iter(match=f"{prefix}:settled:*")] == []
+        assert await client.zrange(f"{prefix}:holds", 0, -1) == [b"h1"]
+        assert await client.get(f"{prefix}:credits") == credits
+        await client.delete(f"{prefix}:ledger")
+        await redis_store.settle(batch)  # the retry
+        assert await ledger(client, account.id) == [msgspec.json.encode(e) for e in batch]
+        assert await client.zrange(f"{prefix}:holds", 0, -1) == []
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_usage_events_read_the_ledger_written_before_and_since_v14(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The usage events' reader (`usage_since`) counts every record of a ledger that holds both
+    shapes, as a store upgraded during a rolling deploy does: a record a stream entry (field
+    `entry`, `klawd_settle_v13` and earlier) and a call's records in one (v14)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("both shapes", "free", 1_000)
+        batch = entries(account.id)[:12]
+        start = await redis_store.usage_cursor(account.id)
+        await redis_store._ensure_library()
+        await client.execute_command(*v13_call(batch[:5]))  # the previous release's
+        await redis_store.settle(batch[5:])
+        rows, cursor = await redis_store.usage_since(account.id, start)
+        assert len(await client.xrange(f"{_acct(account.id)}:ledger")) == 6
+        by_model = {row.model: row for row in rows}
+        for model in {e.model for e in batch}:
+            mine = [e for e in batch if e.model == model]
+            row = by_model[model]
+            assert (row.requests, row.prompt_tokens, row.completion_tokens, row.images,
+                    row.cost_micros) == (len(mine), sum(e.prompt_tokens for e in mine),
+                    sum(e.completion_tokens for e in mine), sum(e.images for e in mine),
+                    sum(e.cost_micros for e in mine))  # fmt: skip
+        assert cursor == await redis_store.usage_cursor(account.id)
+        assert await redis_store.usage_since(account.id, cursor) == ([], cursor)
+    finally:
         await client.aclose()
         await redis_store.close()

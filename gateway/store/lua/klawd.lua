@@ -682,14 +682,21 @@ end
 
 local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|images',
                       '|cost_micros'}
+-- v14's ledger: the field names of a stream entry's records, `e1`, `e2`, … (a call of more
+-- entries than SETTLE_CHUNK makes the rest's names)
+local LEDGER_FIELDS = {}
+for n = 1, 100 do LEDGER_FIELDS[n] = 'e' .. n end
 -- `once(i)` (v10): whether entry i is settled for the first time; without it, its marker
 -- (keys_of's second value) is set, unless it exists (ten minutes), as v2 to v9 do.
 -- `records` (v11): the call's ARGV, where entry i's ledger record is records[i + 2] (else it is
 -- the entry's seventh argument).
 -- `names` (v13): an entry's model, key and hold are positions in `names` (its hold 0: none), each
 -- name sent once a call; else they are the names themselves.
+-- `ledger` (v14): the applied entries' records gather in it (LEDGER_FIELDS' names, then the
+-- record, in entry order) and go into the ledger by one `XADD` after the loop (its `written` then
+-- true); else each entry's record is a stream entry of its own, by an `XADD` each.
 local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records,
-                              names)
+                              names, ledger)
   local byte = string.byte  -- (a local: a global is a lookup in a table each use)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   local moved = false
@@ -777,11 +784,21 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
         m[5] + cost
       k[1], k[2], k[3], k[4], k[5] = k[1] + 1, k[2] + prompt, k[3] + completion, k[4] + images,
         k[5] + cost
-      redis.call('XADD', keys[2], '*', 'entry', records and records[i + 2] or args[a + 7])
+      if ledger then
+        local n = #ledger
+        ledger[n + 1], ledger[n + 2] = LEDGER_FIELDS[n / 2 + 1] or ('e' .. (n / 2 + 1)),
+          records[i + 2]
+      else
+        redis.call('XADD', keys[2], '*', 'entry', records and records[i + 2] or args[a + 7])
+      end
       day[1], day[2] = day[1] + cost, day[2] + reserved
       month[1], month[2] = month[1] + cost, month[2] + reserved
       total[1], total[2] = total[1] + cost, total[2] + reserved
     end
+  end
+  if ledger and #ledger > 0 then
+    redis.call('XADD', keys[2], '*', unpack(ledger))
+    ledger.written = true
   end
   if moved then redis.call('SET', keys[1], string.format('%d', balance)) end
   leases_written(holds, leased, lease_order)
@@ -964,8 +981,16 @@ end
 local function as_raised(err) return err end
 
 -- v11's call (as its comment below says); `repair`: v12's, which lets go of the markers of the
--- entries a failing call had not reached; `named`: v13's layout (its comment below), else v11's
-local function settle_marked(keys, args, repair, named)
+-- entries a failing call had not reached; `named`: v13's layout (its comment below), else v11's;
+-- `folded`: v14's ledger (its comment below)
+local function settle_marked(keys, args, repair, named, folded)
+  local ledger
+  if folded then
+    -- a ledger of the wrong type fails the call here, before anything is written (v12's first
+    -- entry's XADD failed after its hold was removed)
+    redis.call('XLEN', keys[2])
+    ledger = {}
+  end
   local flat = cmsgpack.unpack(args[1])
   local entries = #args - 1
   local first, stride, group, names = 0, 13, 11, nil
@@ -1015,12 +1040,17 @@ local function settle_marked(keys, args, repair, named)
   -- (xpcall, not pcall: Redis's pcall gives a command's error as its text, which raised again
   -- replies `ERR` and a second position before it instead of the command's own code)
   local ok, reply = xpcall(function()
-    return settle_entries(keys, flat, first, stride, entries, keys_of, keys[4], once, args, names)
+    return settle_entries(keys, flat, first, stride, entries, keys_of, keys[4], once, args, names,
+                          ledger)
   end, as_raised)
   if not ok then
     -- Failed on entry `reached` (or after the loop: the last). The entries after it are marked
     -- and untouched: unmarked, a retry applies them. (Nothing is rolled back: the failing
-    -- entry, maybe half-applied, stays marked, as in v10.)
+    -- entry, maybe half-applied, stays marked, as in v10.) v14: the records of the entries
+    -- before it go into the ledger now, as v12's XADD an entry had put them.
+    if ledger and not ledger.written and #ledger > 0 then
+      redis.call('XADD', keys[2], '*', unpack(ledger))
+    end
     for i = reached + 1, entries - 1 do
       local a = first + stride * i + stride
       if new[i] then redis.call('SREM', prefix .. 'w' .. flat[a], flat[a - 1]) end
@@ -1073,6 +1103,20 @@ local function settle_v13(keys, args)
   return settle_marked(keys, args, true, true)
 end
 
+-- v14: v13 with the call's ledger records in one stream entry, by one `XADD` a call: v13's
+-- `XADD` an entry was the biggest part of an entry's work in Redis (decision 0010, twenty-fifth
+-- pass). The stream entry's fields are `e1`, `e2`, … (no `entry`), one record each, in entry
+-- order: readers take every field of a stream entry as a record (gateway/store/redis_webhooks.py),
+-- and a reader of a release before v14 fails on such an entry rather than count one record of
+-- it (its usage event then waits for the next period). Every other key, value, expiry and
+-- marker is v13's: a batch settled by one is recognised by the other. A call failing midway
+-- keeps what v13 keeps (the records of the entries before the failing one); a ledger of the
+-- wrong type fails it before anything is written.
+-- KEYS, ARGV, reply: as v13
+local function settle_v14(keys, args)
+  return settle_marked(keys, args, true, true, true)
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
@@ -1090,6 +1134,7 @@ redis.register_function('klawd_settle_v10', settle_v10)
 redis.register_function('klawd_settle_v11', settle_v11)
 redis.register_function('klawd_settle_v12', settle_v12)
 redis.register_function('klawd_settle_v13', settle_v13)
+redis.register_function('klawd_settle_v14', settle_v14)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

@@ -688,3 +688,23 @@ async def test_usage_events_read_the_ledger_written_before_and_since_v14(
     finally:
         await client.aclose()
         await redis_store.close()
+
+
+async def test_a_call_of_more_entries_than_a_chunk_names_every_record(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """v14's field names are built at the library's load up to SETTLE_CHUNK; a call of more
+    entries (another client's) names the rest in the call: `e1` … `e130`, every record kept."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("long call", "free", 10**9)
+        base = entries(account.id)[0]
+        batch = [msgspec.structs.replace(base, id=f"{base.id}_{n}") for n in range(130)]
+        await redis_store._ensure_library()
+        await client.execute_command(*_settle_command(batch))
+        [(_, fields)] = await client.xrange(f"{_acct(account.id)}:ledger")
+        assert list(fields) == [f"e{n}".encode() for n in range(1, 131)]
+        assert list(fields.values()) == [msgspec.json.encode(e) for e in batch]
+    finally:
+        await client.aclose()
+        await redis_store.close()

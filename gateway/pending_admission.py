@@ -323,9 +323,15 @@ class DecidedAdmission:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is not None:  # (a cancellation too: the admitted request is settled)
-            failure = self._meter.settle_on_failure(self._ticket, self.stream)
-            failure.__exit__(kind, exc, traceback)
+        if exc is not None:
+            self.failed(exc, self.stream)
+
+    def failed(self, exc: BaseException, stream: bool) -> None:
+        """The upstream call failed, or was cancelled: the admitted request is settled at no
+        cost, with the admission's headers on its error. What `overlapping`'s way out does on
+        a failure, for a route that calls it from its own `except` (gateway/api/chat.py)."""
+        failure = self._meter.settle_on_failure(self._ticket, stream)
+        failure.__exit__(type(exc), exc, exc.__traceback__)
 
 
 # What `Meter.start` returns: an admission on its way (Redis), or decided (embedded).

@@ -40,7 +40,12 @@ from gateway.errors import (
     as_gateway_error,
 )
 from gateway.metering import UPSTREAM_BROKE_OFF, Ticket, chat_estimates
-from gateway.pending_admission import CLIENT_CLOSED, served_answer_ticket, served_ticket
+from gateway.pending_admission import (
+    CLIENT_CLOSED,
+    DecidedAdmission,
+    served_answer_ticket,
+    served_ticket,
+)
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.retry import Attempt
@@ -85,20 +90,38 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     )
     response_id = ids.new_id("chatcmpl-", 12)
     created = int(now)
-    async with pending.overlapping(chat.stream):
-        if chat.stream:
-            stream, target, tries = await _open_stream(
-                state, chat, body, pending.targets, response_id, created, tokens
-            )
-        else:
-            completion, target, tries = await _complete(
-                state, chat, body, pending.targets, response_id, created, tokens
-            )
-    ticket = (
-        await served_ticket(pending, state.retrier, target, tokens, tries, stream)
-        if chat.stream
-        else served_answer_ticket(pending, state.retrier, target, tokens, tries)
-    )
+    if isinstance(pending, DecidedAdmission):
+        # The embedded store's admission, decided already: no gate to hold, no reply to read
+        # and no refusal left, so no context manager around the call (`async with` and its
+        # two coroutines were ~3K instructions a request) and no coroutine for the ticket.
+        try:
+            if chat.stream:
+                stream, target, tries = await _open_stream(
+                    state, chat, body, pending.targets, response_id, created, tokens
+                )
+            else:
+                completion, target, tries = await _complete(
+                    state, chat, body, pending.targets, response_id, created, tokens
+                )
+        except BaseException as exc:
+            pending.failed(exc, chat.stream)  # what `overlapping` would do on the way out
+            raise
+        ticket = served_answer_ticket(pending, state.retrier, target, tokens, tries)
+    else:
+        async with pending.overlapping(chat.stream):
+            if chat.stream:
+                stream, target, tries = await _open_stream(
+                    state, chat, body, pending.targets, response_id, created, tokens
+                )
+            else:
+                completion, target, tries = await _complete(
+                    state, chat, body, pending.targets, response_id, created, tokens
+                )
+        ticket = (
+            await served_ticket(pending, state.retrier, target, tokens, tries, stream)
+            if chat.stream
+            else served_answer_ticket(pending, state.retrier, target, tokens, tries)
+        )
     # The headers built as bytes (the same names, values and order as the dictionaries the
     # other routes encode): served by, the limits, the cache's answer if asked (and the cost).
     headers = [

@@ -148,8 +148,12 @@ def test_settlement_charges_exactly_the_reported_cost(gateway: Gateway) -> None:
 
 def test_failed_upstream_call_is_recorded_and_costs_nothing(gateway: Gateway) -> None:
     _, key = new_account(gateway, plan="pro", credits_usd=1.0)
-    assert chat(gateway, key, {**FAKE, "model": "openai/fail-500"}).status_code == 503
-    view = wait_for_ledger(gateway, key, 1)
+    for stream in (False, True):
+        failed = chat(gateway, key, {**FAKE, "model": "openai/fail-500", "stream": stream})
+        assert failed.status_code == 503
+        # the admission's headers on the error, however the request asked
+        assert failed.headers["x-ratelimit-limit-requests"] == "100"
+    view = wait_for_ledger(gateway, key, 2)
     assert view["credits_usd"] == pytest.approx(1.0), "the reservation was released"
     assert view["usage_today"]["cost_usd"] == 0
 

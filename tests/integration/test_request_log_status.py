@@ -54,6 +54,7 @@ class Seen:
         assert observer is not None
         self.lines: dict[str, dict[str, Any]] = {}
         self.ledger: dict[str, int] = {}
+        self.streamed: dict[str, bool] = {}  # the ledger entry's `stream`, by request id
         add, record = observer.request_log.add, state.meter._recorder.record
 
         def added(line: RequestLine) -> None:
@@ -62,6 +63,7 @@ class Seen:
 
         def recorded(entry: UsageEntry) -> None:
             self.ledger[entry.request_id] = entry.status
+            self.streamed[entry.request_id] = entry.stream
             record(entry)
 
         observer.request_log.add = added  # type: ignore[method-assign]
@@ -142,14 +144,18 @@ def test_the_log_line_s_status_is_the_ledger_s_however_the_request_ends(
     status line's, only when it said otherwise; `upstream_body_error` the type of an upstream
     answer that failed after its headers."""
 
-    async def main() -> tuple[dict[str, Any], int, dict[str, float]]:
+    async def main() -> tuple[dict[str, Any], int, bool, dict[str, float]]:
         async with started(config) as app:
             seen = Seen(app)
             request_id = await ended(app, model, stream, end)
-            return seen.lines[request_id], seen.ledger[request_id], seen.billed()
+            ledger = seen.ledger[request_id]
+            return seen.lines[request_id], ledger, seen.streamed[request_id], seen.billed()
 
-    line, ledger, billed = uvloop.run(within(main(), 30))
+    line, ledger, streamed, billed = uvloop.run(within(main(), 30))
     assert (line["status"], ledger) == (status, status)
+    # A request that failed before its first byte is settled as what it asked for (a stream's
+    # failure too: gateway/api/chat.py settles a decided admission's failure itself).
+    assert streamed == stream
     # Counted once, with the ledger's status, however it ended (a failure's, a cancellation's
     # settlement too: counted with the request's end since 19zzzzi).
     assert billed == {f"{status // 100}xx": 1}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpcore
 import httpx
 import openai
 import pytest
@@ -27,12 +28,23 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.fakes.vertex_upstream import FakeVertex
+from tests.live_bound import running_time_reads
 from tests.redis_server import RedisClusterServers, RedisServer, cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
 KLAWD = str(Path(sys.executable).parent / "klawd")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 UPSTREAM_KEY = "sk-upstream-SECRET-do-not-leak-42"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def client_reads_count_running_time() -> Iterator[None]:
+    """Every httpx client's and official SDK's read timeout (`timeout=20`: a hang guard)
+    counted in this process's running time (tests/live_bound.running_time_reads)."""
+    with pytest.MonkeyPatch.context() as patch:
+        stream = httpcore._backends.sync.SyncStream
+        patch.setattr(stream, "read", running_time_reads(stream.read))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpcore
 
 T = TypeVar("T")
 
@@ -70,6 +73,60 @@ def call_within(call: Callable[[], T], seconds: float) -> T:
                     raise TimeoutError(f"not done within {seconds:g} s of running time") from None
     finally:
         pool.shutdown(wait=False)
+
+
+def running_time_reads(read: Callable[[Any, int, float | None], bytes]) -> Callable[..., bytes]:
+    """An httpcore sync stream's `read(max_bytes, timeout)` (what every httpx client and
+    official SDK of the tests reads with) whose timeout is `timeout` seconds of this process's
+    running time: a client's `timeout=20` is the test's hang guard, and a machine stopped longer
+    than that with the gateway (one process group, SIGCONTed together) would otherwise fail it
+    the moment both resume, before the gateway has written the answer it owes."""
+
+    def read_counting_running_time(
+        stream: Any, max_bytes: int, timeout: float | None = None
+    ) -> bytes:
+        if timeout is None or timeout <= TICK_S:
+            return read(stream, max_bytes, timeout)
+        ran = Ran(time.monotonic)
+        while True:
+            try:
+                return read(stream, max_bytes, TICK_S)
+            except httpcore.ReadTimeout:
+                if ran.tick() > timeout:
+                    raise
+
+    return read_counting_running_time
+
+
+class Stops:
+    """Whether this process was stopped (or not run) longer than MOST_PER_TICK_S while a block
+    ran: a thread of its own ticks every TICK_S and sees the gap. For a test that races a timer
+    of the gateway's against the fake upstream's pace (the gateway's timers are wall-clock,
+    and a stop spends them): a run that was stopped proves nothing either way."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while True:
+            done = self._done.wait(TICK_S)
+            now = time.monotonic()
+            if now - last > MOST_PER_TICK_S:
+                self.seen = True
+            if done:
+                return
+            last = now
+
+    def __enter__(self) -> Stops:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def polls(seconds: float, every_s: float) -> Iterator[int]:

@@ -29,6 +29,10 @@ order against one shared server:
                   it, finish_reason stop and the choice's `stop_reason` naming the string
     cached-fake   usage reports a prompt-cache hit: prompt_tokens_details.cached_tokens 1920 of
                   2006 prompt tokens (OpenAI's automatic prompt caching)
+    hang-headers  holds its headers back until the gateway lets go (HELD_S of running time at
+                  most, then gpt-fake's answer); stall-stream: streamed, one event, then the
+                  same hold, then the body's end (no [DONE]); slow-headers: gpt-fake's
+                  answer, its headers held back 3 s
 
 Embeddings (`POST /v1/embeddings`): `embed-fake` answers one vector per input (`dimensions`
 long, else 8; `embedding_vector(i, n)`) as floats or, with encoding_format base64, as base64
@@ -56,8 +60,10 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.server import PNG_1X1
+from tests.live_bound import polls_async
 
 ANSWER_WORDS = ["Hello", " from", " the fake"]
+HELD_S = 30  # hang-headers' and stall-stream's hold: the tests' gateways cut it (running time)
 
 
 FINISH_REASONS = {"length-fake": "length", "filter-fake": "content_filter"}
@@ -310,6 +316,17 @@ class FakeOpenAI:
     def release(self) -> None:
         self._loop.call_soon_threadsafe(self._release.set)
 
+    @staticmethod
+    async def _held_until_let_go(request: web.Request) -> None:
+        """Until the gateway lets go of the request (its own timer cut it), at most HELD_S of
+        this process's running time. A fixed pause (3 s, before) raced the gateway's 1 s timer
+        after a stop of the machine longer than both: resumed together, the fake could answer
+        first and the gateway serve what the test expects it to cut."""
+        async for _ in polls_async(HELD_S, 0.02):
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+
     def last_request(self, model: str) -> dict[str, Any]:
         for recorded in reversed(self.requests):
             if recorded["body"].get("model") == model:
@@ -457,6 +474,8 @@ class FakeOpenAI:
                     headers={"retry-after": "0"},
                 )
         if model == "hang-headers":
+            await self._held_until_let_go(request)
+        if model == "slow-headers":
             await asyncio.sleep(3)
         if model == "garbage":
             return web.Response(body=b"<html>oops</html>", content_type="text/html")
@@ -528,7 +547,7 @@ class FakeOpenAI:
                 return response
         elif model == "stall-stream":
             await response.write(text_stream(model, include_usage)[0])
-            await asyncio.sleep(3)
+            await self._held_until_let_go(request)
         elif model == "cut-fake":
             events = text_stream(model, include_usage)
             await response.write(events[0] + events[1])

@@ -2,8 +2,9 @@
 fake OpenAI upstream, driven by httpx and the official openai SDK.
 
 The fake answers by upstream model name (tests/fakes/openai_upstream.py): `hang-headers` holds
-its headers back for 3 s (the provider's own first-byte bound here is 10 s), `fail-429` is a 429
-with Retry-After: 7 (under `max_retry_after_s` = 30: without the deadline it is waited for)."""
+its headers back until the gateway lets go (the provider's own first-byte bound here is 10 s),
+`fail-429` is a 429 with Retry-After: 7 (under `max_retry_after_s` = 30: without the deadline it
+is waited for)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing ass
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
-# The fake OpenAI upstream behind a patient provider: `hang-headers` holds its headers back for
-# 3 s, well within the provider's own bounds (a deadline shorter than that cuts the try).
+# The fake OpenAI upstream behind a patient provider: `hang-headers` holds its headers back
+# until the gateway lets go, past the deadline (which cuts the try) and within the provider's
+# own bounds.
 PATIENT = """
 [providers.patient]
 kind = "openai"

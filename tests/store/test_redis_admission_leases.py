@@ -26,7 +26,7 @@ from gateway.store.redis_limiter import (
     _acct,
     _spend_keys,
 )
-from tests.live_bound import within
+from tests.live_bound import polls_async, within
 from tests.redis_server import RedisClusterServers, RedisServer
 from tests.usage_entries import admitted_entry
 
@@ -196,10 +196,9 @@ async def test_a_lease_expires_after_its_life_and_is_given_back(store: RedisStor
     await warm(limiter, account.id)
     assert (await admit(limiter, account.id)).admitted
     assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 1
-    deadline = time.monotonic() + BOUND_S
+    turns = polls_async(BOUND_S, LEASE_LIFE_S / 2)
     while await store._call("EXISTS", f"{_acct(account.id)}:leases"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(LEASE_LIFE_S / 2)
+        assert await anext(turns, None) is not None
     assert await used_today(store, account.id) == 2 * LEASE_MIN_SEEN
 
 
@@ -411,10 +410,9 @@ async def test_a_lease_whose_worker_died_has_its_credit_given_back_when_its_hold
         if seen.lease is not None and seen.lease.timer is not None:
             seen.lease.timer.cancel()
         seen.lease = None
-    deadline = time.monotonic() + BOUND_S
+    turns = polls_async(BOUND_S, 0.25)
     while (await store.get_account(account.id)).credits_micros != CREDIT:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, "the lease's hold was not given back"
-        await asyncio.sleep(0.25)
+        assert await anext(turns, None) is not None, "the lease's hold was not given back"
     assert await store._call("EXISTS", f"{_acct(account.id)}:leases") == 0
     assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == 0
 
@@ -434,10 +432,9 @@ async def test_a_lease_asked_for_by_a_cancelled_request_is_kept_and_its_admissio
     sent = limiter.send_admit(account.id, BIG, RESERVE, None, given_back.append)
     assert sent is not None
     sent[0].cancel()
-    deadline = time.monotonic() + BOUND_S
+    turns = polls_async(BOUND_S, 0.01)
     while not given_back:
-        assert time.monotonic() < deadline, "the cancelled call's reply never came back"
-        await asyncio.sleep(0.01)
+        assert await anext(turns, None) is not None, "the cancelled call's reply never came back"
     assert len(given_back) == 1 and given_back[0].admitted
     assert given_back[0].hold_id and not given_back[0].hold_id.startswith("L")
     leased = limiter.admit_leased(account.id, BIG, RESERVE)
@@ -651,10 +648,9 @@ async def test_a_dead_workers_lease_of_a_budgeted_key_is_given_back_to_its_budge
         if seen.lease is not None and seen.lease.timer is not None:
             seen.lease.timer.cancel()
         seen.lease = None
-    deadline = time.monotonic() + BOUND_S
+    turns = polls_async(BOUND_S, 0.25)
     while (await store.get_account(account.id)).credits_micros != CREDIT:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, "the lease's hold was not given back"
-        await asyncio.sleep(0.25)
+        assert await anext(turns, None) is not None, "the lease's hold was not given back"
     assert await reserved_by_key(store, account.id, "key_d") == [0, 0, 0]
     assert await store._call("ZCARD", f"{_acct(account.id)}:holds") == 0
 

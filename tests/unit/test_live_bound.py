@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 
+import httpx
 import pytest
 
-from tests.live_bound import call_within, within
+from tests.live_bound import Stops, call_within, within
 
 STOPPED_S = 2.0
 BOUND_S = 1.0  # shorter than the stop: a wall-clock bound is tripped by it
@@ -63,3 +66,42 @@ def test_a_hang_is_still_cut() -> None:
         asyncio.run(within(asyncio.sleep(3600), 0.3))
     with pytest.raises(TimeoutError):
         call_within(lambda: time.sleep(3), 0.3)
+
+
+def test_a_client_read_timeout_counts_running_time() -> None:
+    """An httpx client (as every official SDK of the tests reads) waiting on a server that is
+    stopped with it, as a frozen machine stops the test and its gateway together: on resuming,
+    the answer is still to be written. The client's `timeout=1` is counted in running time
+    (tests/conftest.py's `client_reads_count_running_time`); a wall-clock read timeout expired
+    during the 2 s stop and failed the read at once (httpx.ReadTimeout, seen before it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)  # the request
+            time.sleep(0.05)  # the client waits on its read
+            stopped_for_a_while()
+            time.sleep(0.2)  # resumed: the answer is written only now
+            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered")
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        with httpx.Client(timeout=BOUND_S) as client:
+            started = time.monotonic()
+            assert client.get(f"http://127.0.0.1:{port}/").text == "answered"
+            assert time.monotonic() - started >= STOPPED_S  # the stop was inside the read
+    finally:
+        server.join(10)
+        listener.close()
+
+
+def test_a_stop_is_seen_and_a_run_without_one_is_not() -> None:
+    with Stops() as quiet:
+        time.sleep(0.3)
+    with Stops() as stopped:
+        time.sleep(0.05)
+        stopped_for_a_while()
+    assert (quiet.seen, stopped.seen) == (False, True)

@@ -7,26 +7,28 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.conftest import ADMIN_TOKEN, REPO, Gateway
 from tests.fakes.webhook_receiver import WebhookReceiver, verify
+from tests.live_bound import polls
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 IMPLICIT_WAIT_S = 10
+BOUND_S = 30  # a wait's hang guard, in running time (tests/live_bound.py)
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -84,10 +86,19 @@ def shot(driver: WebDriver, name: str) -> Path:
     return path
 
 
+def until(driver: WebDriver, condition: Callable[[WebDriver], object]) -> None:
+    """`WebDriverWait(driver, BOUND_S).until(condition)` over BOUND_S of this process's running
+    time: WebDriverWait's bound is the wall clock's, which a stop of the machine spends."""
+    for _ in polls(BOUND_S, 0.1):
+        if condition(driver):
+            return
+    raise TimeoutException(f"not within {BOUND_S} s of running time")
+
+
 def arrive(driver: WebDriver, path: str) -> None:
     """A click submits a form; wait (bounded) for the page it leads to."""
     try:
-        WebDriverWait(driver, 15).until(expected_conditions.url_contains(path))
+        until(driver, expected_conditions.url_contains(path))
     except Exception:
         shot(driver, "unexpected-page")
         raise
@@ -103,11 +114,12 @@ def submit_and_arrive_again(driver: WebDriver, button: str, path: str) -> None:
     driver.execute_script("document.documentElement.dataset.leaving = 'yes'")
     driver.find_element(By.CSS_SELECTOR, button).click()
     try:
-        WebDriverWait(driver, 15).until(
+        until(
+            driver,
             lambda d: d.execute_script(
                 "return document.readyState === 'complete'"
                 " && !document.documentElement.dataset.leaving"
-            )
+            ),
         )
     except Exception:
         shot(driver, "unexpected-page")
@@ -156,7 +168,7 @@ def test_sign_up_create_a_key_use_it_and_see_it_in_the_usage_chart(
     assert reply.choices[0].message.content
 
     bars: list[str] = []
-    for _ in range(50):  # bounded: the ledger settles within a fraction of a second
+    for _ in polls(BOUND_S, 0.1):  # the ledger settles within a fraction of a second
         browser.get(f"{base}/mission-control/dashboard")
         bars = [
             bar.get_attribute("data-value") or ""
@@ -166,7 +178,6 @@ def test_sign_up_create_a_key_use_it_and_see_it_in_the_usage_chart(
         ]
         if "1" in bars:
             break
-        time.sleep(0.1)
     assert bars[-1] == "1", "today's bar shows the one request"
     models = browser.find_elements(
         By.CSS_SELECTOR, 'svg[data-chart="requests-by-model"] rect[data-label="openai/gpt-fake"]'
@@ -203,12 +214,11 @@ def test_webhook_page_saves_reveals_and_sends_a_signed_test_event(
     browser.find_element(By.ID, "send-test").click()
     arrive(browser, "/mission-control/webhook/test")
     statuses: list[str] = []
-    for _ in range(50):  # bounded: the scheduler polls every 0.2 s here
+    for _ in polls(BOUND_S, 0.1):  # the scheduler polls every 0.2 s here
         browser.get(f"{mc_gateway.base_url}/mission-control/webhook")
         statuses = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#deliveries .tag")]
         if statuses == ["delivered"]:
             break
-        time.sleep(0.1)
     assert statuses == ["delivered"]
     browser.find_element(By.ID, "reveal-secret").click()
     arrive(browser, "/mission-control/webhook/reveal")
@@ -233,14 +243,13 @@ def test_operator_sees_accounts_plans_and_top_spenders(
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     arrive(browser, "/mission-control/operator")
     spenders: list[str] = []
-    for _ in range(50):  # bounded: until the ledger has settled
+    for _ in polls(BOUND_S, 0.1):  # until the ledger has settled
         spenders = [
             bar.get_attribute("data-label") or ""
             for bar in browser.find_elements(By.CSS_SELECTOR, 'svg[data-chart="top-spenders"] rect')
         ]
         if any(label.startswith("test (") for label in spenders):
             break
-        time.sleep(0.1)
         browser.refresh()
     assert any(label.startswith("test (") for label in spenders), "the account that just spent"
     plans = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "table tr td:first-child")]
@@ -282,12 +291,11 @@ def test_a_keys_budget_models_and_tags_are_set_in_the_browser_and_enforced(
     )
     client.close()
     spent = ""
-    for _ in range(50):  # bounded: the ledger settles within a fraction of a second
+    for _ in polls(BOUND_S, 0.1):  # the ledger settles within a fraction of a second
         browser.get(f"{base}/mission-control/keys")
         spent = browser.find_element(By.CSS_SELECTOR, "#keys-table .spend").text
         if spent != "$0.00 / $0.00 / $0.00":
             break
-        time.sleep(0.1)
     assert spent == "$0.00002 / $0.00002 / $0.00002", "12 + 4 tokens at $1 and $2 per million"
     tag_row = browser.find_element(By.CSS_SELECTOR, "#tag-spend tbody tr")
     assert "team=search" in tag_row.text and spent.split(" / ")[0] in tag_row.text

@@ -28,7 +28,7 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.fakes.vertex_upstream import FakeVertex
-from tests.live_bound import running_time_reads
+from tests.live_bound import running_time_reads, running_time_reads_async
 from tests.redis_server import RedisClusterServers, RedisServer, cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,10 +40,13 @@ UPSTREAM_KEY = "sk-upstream-SECRET-do-not-leak-42"
 @pytest.fixture(scope="session", autouse=True)
 def client_reads_count_running_time() -> Iterator[None]:
     """Every httpx client's and official SDK's read timeout (`timeout=20`: a hang guard)
-    counted in this process's running time (tests/live_bound.running_time_reads)."""
+    counted in this process's running time (tests/live_bound.running_time_reads), sync or
+    async."""
     with pytest.MonkeyPatch.context() as patch:
         stream = httpcore._backends.sync.SyncStream
         patch.setattr(stream, "read", running_time_reads(stream.read))
+        async_stream = httpcore._backends.anyio.AnyIOStream
+        patch.setattr(async_stream, "read", running_time_reads_async(async_stream.read))
         yield
 
 

@@ -129,6 +129,29 @@ class Stops:
         self._thread.join()
 
 
+def running_time_reads_async(
+    read: Callable[[Any, int, float | None], Awaitable[bytes]],
+) -> Callable[..., Awaitable[bytes]]:
+    """`running_time_reads` for httpcore's async stream (httpx.AsyncClient's): each slice's
+    receive is cancelled at TICK_S and waited for again, the data staying in the stream's
+    buffer."""
+
+    async def read_counting_running_time(
+        stream: Any, max_bytes: int, timeout: float | None = None
+    ) -> bytes:
+        if timeout is None or timeout <= TICK_S:
+            return await read(stream, max_bytes, timeout)
+        ran = Ran(time.monotonic)
+        while True:
+            try:
+                return await read(stream, max_bytes, TICK_S)
+            except httpcore.ReadTimeout:
+                if ran.tick() > timeout:
+                    raise
+
+    return read_counting_running_time
+
+
 def polls(seconds: float, every_s: float) -> Iterator[int]:
     """A polling loop's turns (`for _ in polls(30, 0.05): if done(): break`), `every_s` apart,
     until `seconds` of this process's running time passed: a hang's guard, not a count of turns

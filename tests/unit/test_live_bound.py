@@ -68,14 +68,10 @@ def test_a_hang_is_still_cut() -> None:
         call_within(lambda: time.sleep(3), 0.3)
 
 
-def test_a_client_read_timeout_counts_running_time() -> None:
-    """An httpx client (as every official SDK of the tests reads) waiting on a server that is
-    stopped with it, as a frozen machine stops the test and its gateway together: on resuming,
-    the answer is still to be written. The client's `timeout=1` is counted in running time
-    (tests/conftest.py's `client_reads_count_running_time`); a wall-clock read timeout expired
-    during the 2 s stop and failed the read at once (httpx.ReadTimeout, seen before it)."""
+def stopping_server() -> tuple[socket.socket, threading.Thread]:
+    """A server of one answer that stops the whole process (client included) while the client
+    reads it, and answers 0.2 s after resuming, as a just-resumed gateway does."""
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
     def serve() -> None:
         connection, _ = listener.accept()
@@ -88,6 +84,35 @@ def test_a_client_read_timeout_counts_running_time() -> None:
 
     server = threading.Thread(target=serve)
     server.start()
+    return listener, server
+
+
+def test_an_async_client_read_timeout_counts_running_time() -> None:
+    """The same for httpx.AsyncClient (its timeout is anyio's, on the loop's clock)."""
+    listener, server = stopping_server()
+    port = listener.getsockname()[1]
+
+    async def asked() -> str:
+        async with httpx.AsyncClient(timeout=BOUND_S) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/")).text
+
+    try:
+        started = time.monotonic()
+        assert asyncio.run(asked()) == "answered"
+        assert time.monotonic() - started >= STOPPED_S
+    finally:
+        server.join(10)
+        listener.close()
+
+
+def test_a_client_read_timeout_counts_running_time() -> None:
+    """An httpx client (as every official SDK of the tests reads) waiting on a server that is
+    stopped with it, as a frozen machine stops the test and its gateway together: on resuming,
+    the answer is still to be written. The client's `timeout=1` is counted in running time
+    (tests/conftest.py's `client_reads_count_running_time`); a wall-clock read timeout expired
+    during the 2 s stop and failed the read at once (httpx.ReadTimeout, seen before it)."""
+    listener, server = stopping_server()
+    port = listener.getsockname()[1]
     try:
         with httpx.Client(timeout=BOUND_S) as client:
             started = time.monotonic()

@@ -14,6 +14,7 @@ from typing import Any
 
 import anthropic
 import httpcore
+import httpcore2
 import httpx
 import openai
 import pytest
@@ -43,10 +44,11 @@ def client_reads_count_running_time() -> Iterator[None]:
     counted in this process's running time (tests/live_bound.running_time_reads), sync or
     async."""
     with pytest.MonkeyPatch.context() as patch:
-        stream = httpcore._backends.sync.SyncStream
-        patch.setattr(stream, "read", running_time_reads(stream.read))
-        async_stream = httpcore._backends.anyio.AnyIOStream
-        patch.setattr(async_stream, "read", running_time_reads_async(async_stream.read))
+        for library in (httpcore, httpcore2):  # httpx's, and the SDKs' httpx2's
+            stream = library._backends.sync.SyncStream
+            patch.setattr(stream, "read", running_time_reads(stream.read, library.ReadTimeout))
+            aio = library._backends.anyio.AnyIOStream
+            patch.setattr(aio, "read", running_time_reads_async(aio.read, library.ReadTimeout))
         yield
 
 

@@ -19,8 +19,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import httpcore
-
 T = TypeVar("T")
 
 TICK_S = 0.1
@@ -75,10 +73,13 @@ def call_within(call: Callable[[], T], seconds: float) -> T:
         pool.shutdown(wait=False)
 
 
-def running_time_reads(read: Callable[[Any, int, float | None], bytes]) -> Callable[..., bytes]:
+def running_time_reads(
+    read: Callable[[Any, int, float | None], bytes], timed_out: type[Exception]
+) -> Callable[..., bytes]:
     """An httpcore sync stream's `read(max_bytes, timeout)` (what every httpx client and
-    official SDK of the tests reads with) whose timeout is `timeout` seconds of this process's
-    running time: a client's `timeout=20` is the test's hang guard, and a machine stopped longer
+    official SDK of the tests reads with: httpcore, or httpcore2 under the SDKs' httpx2), whose
+    timeout is `timeout` seconds of this process's running time; `timed_out`: the library's
+    ReadTimeout. A client's `timeout=20` is the test's hang guard, and a machine stopped longer
     than that with the gateway (one process group, SIGCONTed together) would otherwise fail it
     the moment both resume, before the gateway has written the answer it owes."""
 
@@ -91,7 +92,30 @@ def running_time_reads(read: Callable[[Any, int, float | None], bytes]) -> Calla
         while True:
             try:
                 return read(stream, max_bytes, TICK_S)
-            except httpcore.ReadTimeout:
+            except timed_out:
+                if ran.tick() > timeout:
+                    raise
+
+    return read_counting_running_time
+
+
+def running_time_reads_async(
+    read: Callable[[Any, int, float | None], Awaitable[bytes]], timed_out: type[Exception]
+) -> Callable[..., Awaitable[bytes]]:
+    """`running_time_reads` for an httpcore async stream (httpx.AsyncClient's): each slice's
+    receive is cancelled at TICK_S and waited for again, the data staying in the stream's
+    buffer."""
+
+    async def read_counting_running_time(
+        stream: Any, max_bytes: int, timeout: float | None = None
+    ) -> bytes:
+        if timeout is None or timeout <= TICK_S:
+            return await read(stream, max_bytes, timeout)
+        ran = Ran(time.monotonic)
+        while True:
+            try:
+                return await read(stream, max_bytes, TICK_S)
+            except timed_out:
                 if ran.tick() > timeout:
                     raise
 
@@ -127,29 +151,6 @@ class Stops:
     def __exit__(self, *_: object) -> None:
         self._done.set()
         self._thread.join()
-
-
-def running_time_reads_async(
-    read: Callable[[Any, int, float | None], Awaitable[bytes]],
-) -> Callable[..., Awaitable[bytes]]:
-    """`running_time_reads` for httpcore's async stream (httpx.AsyncClient's): each slice's
-    receive is cancelled at TICK_S and waited for again, the data staying in the stream's
-    buffer."""
-
-    async def read_counting_running_time(
-        stream: Any, max_bytes: int, timeout: float | None = None
-    ) -> bytes:
-        if timeout is None or timeout <= TICK_S:
-            return await read(stream, max_bytes, timeout)
-        ran = Ran(time.monotonic)
-        while True:
-            try:
-                return await read(stream, max_bytes, TICK_S)
-            except httpcore.ReadTimeout:
-                if ran.tick() > timeout:
-                    raise
-
-    return read_counting_running_time
 
 
 def polls(seconds: float, every_s: float) -> Iterator[int]:

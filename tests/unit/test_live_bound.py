@@ -11,8 +11,10 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Any
 
 import httpx
+import httpx2
 import pytest
 
 from tests.live_bound import Stops, call_within, within
@@ -87,14 +89,15 @@ def stopping_server() -> tuple[socket.socket, threading.Thread]:
     return listener, server
 
 
-def test_an_async_client_read_timeout_counts_running_time() -> None:
-    """The same for httpx.AsyncClient (its timeout is anyio's, on the loop's clock)."""
+@pytest.mark.parametrize("library", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_an_async_client_read_timeout_counts_running_time(library: Any) -> None:
+    """The same for an AsyncClient (its timeout is anyio's, on the loop's clock)."""
     listener, server = stopping_server()
     port = listener.getsockname()[1]
 
     async def asked() -> str:
-        async with httpx.AsyncClient(timeout=BOUND_S) as client:
-            return (await client.get(f"http://127.0.0.1:{port}/")).text
+        async with library.AsyncClient(timeout=BOUND_S) as client:
+            return str((await client.get(f"http://127.0.0.1:{port}/")).text)
 
     try:
         started = time.monotonic()
@@ -105,16 +108,17 @@ def test_an_async_client_read_timeout_counts_running_time() -> None:
         listener.close()
 
 
-def test_a_client_read_timeout_counts_running_time() -> None:
-    """An httpx client (as every official SDK of the tests reads) waiting on a server that is
-    stopped with it, as a frozen machine stops the test and its gateway together: on resuming,
-    the answer is still to be written. The client's `timeout=1` is counted in running time
-    (tests/conftest.py's `client_reads_count_running_time`); a wall-clock read timeout expired
-    during the 2 s stop and failed the read at once (httpx.ReadTimeout, seen before it)."""
+@pytest.mark.parametrize("library", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_a_client_read_timeout_counts_running_time(library: Any) -> None:
+    """A client (httpx, or httpx2, what the official SDKs read with) waiting on a server that
+    is stopped with it, as a frozen machine stops the test and its gateway together: on
+    resuming, the answer is still to be written. The client's `timeout=1` is counted in running
+    time (tests/conftest.py's `client_reads_count_running_time`); a wall-clock read timeout
+    expired during the 2 s stop and failed the read at once (ReadTimeout, seen before it)."""
     listener, server = stopping_server()
     port = listener.getsockname()[1]
     try:
-        with httpx.Client(timeout=BOUND_S) as client:
+        with library.Client(timeout=BOUND_S) as client:
             started = time.monotonic()
             assert client.get(f"http://127.0.0.1:{port}/").text == "answered"
             assert time.monotonic() - started >= STOPPED_S  # the stop was inside the read

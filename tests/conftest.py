@@ -463,6 +463,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+# A redis-server's data that survives its restart (`redis_alone`: accounts, keys, buckets)
+PERSISTED = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+@pytest.fixture
+def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server a test may stop and start again (not the suite's), its data persisted."""
+    server = RedisServer(free_port(), tmp_path / "redis")
+    server.start(*PERSISTED)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     cluster = RedisClusterServers(cluster_ports(3), tmp_path_factory.mktemp("redis-cluster"))

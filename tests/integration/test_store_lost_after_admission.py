@@ -18,7 +18,7 @@ import openai
 import pytest
 import redis
 
-from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
+from tests.conftest import PERSISTED, Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.live_bound import polls
 from tests.redis_server import RedisServer
@@ -34,19 +34,6 @@ output_usd_per_mtok = 2.0
 """
 BOUND_S = 20  # each wait's (the fake holds an answer 30 s at most)
 KEPT = "kept, to be charged to the token limit when the store answers again"
-# The server's data survives a restart (the accounts and keys the test made)
-PERSISTED = ("--appendonly", "yes", "--appendfsync", "always")
-
-
-@pytest.fixture
-def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server this test may stop and start again (not the suite's)."""
-    server = RedisServer(free_port(), tmp_path / "redis")
-    server.start(*PERSISTED)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

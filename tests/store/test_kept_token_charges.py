@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -22,22 +21,8 @@ from gateway.settings import load_settings
 from gateway.store.base import CustomLimits
 from gateway.store.redis import RedisStore
 from gateway.usage import UsageRecorder
-from tests.conftest import free_port
+from tests.conftest import PERSISTED
 from tests.redis_server import RedisServer
-
-# The server's data survives a restart (the account and its buckets)
-PERSISTED = ("--appendonly", "yes", "--appendfsync", "always")
-
-
-@pytest.fixture
-def redis_alone(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server this test may stop and start again (not the suite's)."""
-    server = RedisServer(free_port(), tmp_path / "redis")
-    server.start(*PERSISTED)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -651,6 +651,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             *paced_lines(samples),
             *reads_lines(samples),
             *client_core_lines(samples),
+            *cores_lines(samples),
             *profile_lines,
             END,
         ]
@@ -969,6 +970,59 @@ def fast_lines(samples: Samples) -> list[str]:
         "this VM, ~350 slow) these rounds are only even.",
         "",
         *lines,
+        "",
+    ]
+
+
+def cores_lines(samples: Samples, name: str = "gateway-sqlite", ref: str = "bare") -> list[str]:
+    """Which core set each saturated stream measure's rate, fast and slow rounds apart: `name`
+    ÷ `ref` in streams/s beside how busy each core was in each one's turn (the worker's: its
+    CPU s ÷ the turn's wall s, side_by_side's `{measure}_busy`; the load generator's: the
+    upstream's and wrk's, `{measure}_client_core`) and its CPU per stream there (`_cpu`,
+    `_client_core_us`): the medians of the even, fast rounds (`fast_ratios`) and of the others.
+    A worker with idle time while the other core is full would make a round measure the load
+    generator's core, not the worker (issue 19zzzzzf)."""
+    mine, theirs = samples.get(name, {}), samples.get(ref, {})
+    keys = ("_busy", "_cpu", "_client_core", "_client_core_us")
+    rows = []
+    for measure in READ_MEASURES:
+        ratios = round_ratios(samples, name, ref, measure)
+        figures = [(mine.get(measure + k) or [], theirs.get(measure + k) or []) for k in keys]
+        # (a run from before these were recorded has none: no row)
+        if not ratios or any(len(a) != len(ratios) or len(b) != len(ratios) for a, b in figures):
+            continue
+        fast = {i - 1 for i, _ in fast_ratios(samples, name, ref, measure)}
+        for state, chosen in (("fast", sorted(fast)), ("other", [
+            i for i in range(len(ratios)) if i not in fast
+        ])):  # fmt: skip
+            if not chosen:
+                continue
+            cells = [
+                f"{statistics.median(a[i] for i in chosen):{form}} vs "
+                f"{statistics.median(b[i] for i in chosen):{form}}"
+                for (a, b), form in zip(figures, (".2f", ".0f", ".2f", ".0f"), strict=True)
+            ]
+            ratio_cell = f"{statistics.median(ratios[i] for i in chosen):.2f}x"
+            rows.append(
+                f"| {measure} | {state} ({', '.join(str(i + 1) for i in chosen)}) | {ratio_cell} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if not rows:
+        return []
+    return [
+        f"Which core set the rate, {name} vs {ref}, each stream measure's even, fast rounds "
+        "(as above) and its other rounds apart, medians (issue 19zzzzzf): how busy the worker's "
+        "core was (its CPU s ÷ the turn's wall s; the wall holds wrk's start and end, so a full "
+        "core reads a little under 1, ~0.92 here) and the load generator's (the upstream's and "
+        "wrk's CPU ÷ the same wall), and each one's CPU per stream. A worker's core well below "
+        "full while the other is full would make a round measure the load generator's core, "
+        "not the worker.",
+        "",
+        f"| measure | rounds | {name} ÷ {ref} | worker's core busy | worker µs a stream "
+        "| load generator's core busy | its µs a stream |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
         "",
     ]
 

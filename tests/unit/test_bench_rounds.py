@@ -280,3 +280,44 @@ def test_the_setup_paragraph_says_how_the_rounds_were_made() -> None:
     )
     assert "Each round measures every contender once, back to back" in whole
     assert "afresh" not in whole and "after each measure: 0.50" in whole
+
+
+# The per-line rounds of a frozen paired run (2026-12-07 14:42 UTC, side_by_side --samples-out,
+# issue 19zzzzzf): round 1 even and fast; round 2 the bare's core 1 at 264 µs (18 % above the
+# run's fastest, 222.96 here); round 3 both slow.
+CORES_RUN = {
+    "bare": {
+        "lines": [1973.84, 1914.98, 1427.64],
+        "lines_probe0": [222.96, 228.5, 323.63],
+        "lines_probe1": [239.56, 264.04, 374.24],
+        "lines_busy": [0.91, 0.9, 0.87],
+        "lines_cpu": [486.36, 497.83, 667.77],
+        "lines_client_core": [0.89, 0.87, 0.79],
+        "lines_client_core_us": [476.7, 484.38, 610.1],
+    },
+    "gateway-sqlite": {
+        "lines": [1732.58, 1788.6, 1532.89],
+        "lines_probe0": [223.87, 223.51, 368.37],
+        "lines_probe1": [239.73, 242.81, 365.71],
+        "lines_busy": [0.91, 0.91, 0.88],
+        "lines_cpu": [552.16, 536.73, 617.57],
+        "lines_client_core": [0.92, 0.93, 0.88],
+        "lines_client_core_us": [557.58, 546.47, 615.34],
+    },
+}
+
+
+def test_the_cores_table_gives_both_cores_busy_and_cost_in_fast_rounds_and_the_others() -> None:
+    text = "\n".join(report.cores_lines(CORES_RUN))
+    rows = [line for line in text.splitlines() if line.startswith("| lines")]
+    assert rows == [
+        "| lines | fast (1) | 0.88x | 0.91 vs 0.91 | 552 vs 486 | 0.92 vs 0.89 | 558 vs 477 |",
+        "| lines | other (2, 3) | 1.00x | 0.90 vs 0.89 | 577 vs 583 | 0.91 vs 0.83 | 581 vs 547 |",
+    ]
+
+
+def test_a_run_without_the_cores_figures_adds_no_cores_table() -> None:
+    assert report.cores_lines(CLOSING_27) == []  # (rates and probes only)
+    partial = {name: dict(figures) for name, figures in CORES_RUN.items()}
+    partial["bare"]["lines_busy"] = [0.91, 0.9]  # a round short
+    assert report.cores_lines(partial) == []

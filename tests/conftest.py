@@ -37,6 +37,8 @@ KLAWD = str(Path(sys.executable).parent / "klawd")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 UPSTREAM_KEY = "sk-upstream-SECRET-do-not-leak-42"
 
+pytest_plugins = ["tests.running_timeout"]  # the per-test timeout in running time
+
 
 @pytest.fixture(scope="session", autouse=True)
 def client_reads_count_running_time() -> Iterator[None]:

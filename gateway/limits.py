@@ -117,6 +117,10 @@ class Admission(Struct, frozen=True, gc=False):
         ]
 
 
+# What a token charge is made of: (charge id, tokens) each (Limiter.charge_tokens)
+Charges = tuple[tuple[str, int], ...]
+
+
 class Limiter(Protocol):
     async def admit(
         self, account_id: str, spec: LimitSpec, reserve_micros: int, key: KeyGate | None = None
@@ -126,12 +130,19 @@ class Limiter(Protocol):
         ...
 
     async def charge_tokens(
-        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        tokens: int,
+        charges: Charges = (),
+        kept_s: float = 0.0,
     ) -> None:
-        """May leave the tokens/minute bucket in debt. `kept_s`: the tokens are the shortfall of
-        a bucket the worker kept while the store was not reached, started full that many seconds
-        ago and refilled since (gateway/token_charges.py): taken from the level the bucket had
-        then, so its refill since is not counted twice."""
+        """May leave the tokens/minute bucket in debt. `charges`: what the tokens are made of,
+        (charge id, tokens) each: a charge the store saw already is not taken again, so one
+        whose reply was lost may be sent again. `kept_s`: the tokens are the shortfall of a
+        bucket the worker kept while its charges failed, started full that many seconds ago and
+        refilled since (gateway/token_charges.py): taken from the level the bucket had then, so
+        its refill since is not counted twice."""
         ...
 
 
@@ -388,9 +399,15 @@ class EmbeddedLimiter:
             fresh |= answer
 
     async def charge_tokens(
-        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        tokens: int,
+        charges: Charges = (),
+        kept_s: float = 0.0,
     ) -> None:
-        # (`kept_s` is always 0 here: the in-process bucket never misses a charge, none is kept)
+        # (`charges` unread and `kept_s` always 0 here: the in-process bucket never misses a
+        # charge, none is kept or sent again)
         if not spec.tokens_per_minute or tokens <= 0:
             return
         tpm = float(spec.tokens_per_minute)

@@ -42,8 +42,9 @@ CACHE_ROUTES = ("chat", "messages", "responses", "embeddings")
 CACHE_RESULTS = ("hit", "miss", "bypass")
 CACHE_SAVES = ("stored", "too_large", "failed")
 # Why a served answer's tokens were never charged to its account's token limit
-# (gateway/token_charges.py): the charge's outcome unknown, or the worker's keep of them full.
-NOT_CHARGED_REASONS = ("unknown", "full")
+# (gateway/token_charges.py): the worker's keep of them full, kept past its life, or still kept
+# when the worker stopped.
+NOT_CHARGED_REASONS = ("full", "expired", "shutdown")
 
 
 Collector = TypeVar("Collector", Counter, Gauge, Histogram)
@@ -117,10 +118,10 @@ class Metrics:
         self.tokens_not_charged = Counter(
             "klawd_tokens_not_charged_total",
             "Tokens of served answers never charged to their account's tokens_per_minute, by "
-            "reason: unknown (the store's connection lost with the charge sent: it may have "
-            "run) or full (too many accounts owed charges kept while the store was not "
-            "reached). Charges that never reached the store are kept and charged when it "
-            "answers again: not counted here.",
+            "reason: full (too many accounts owed charges kept while the store failed them), "
+            "expired (kept longer than the store remembers a charge's id) or shutdown (still "
+            "kept when the worker stopped). Failed charges are kept and sent again, with their "
+            "ids, when the store answers: not counted here.",
             ["reason"],
             registry=r,
         )

@@ -70,7 +70,8 @@ class AppState:
     async def close(self) -> float:
         """The worker's shutdown, within `drain.shutdown_budget_s` (what the drain deadline
         leaves before the kill): the writes still running get half of it, the ledger's flush
-        what is left of three quarters (at least a quarter), the closes after it (providers,
+        what is left of three quarters (at least a quarter), the kept token charges what is left
+        of thirteen sixteenths (at least a sixteenth), the closes after them (providers,
         capacity, webhooks, the batch a cut flush left with the store and the after-settle
         checks, then the store) what is left of seven eighths (at least an eighth). A
         store that never answers holds none of them until the kill (decision 0013, 19zzg,
@@ -85,6 +86,8 @@ class AppState:
         # The ledger first: what it cannot write is logged for `klawd usage replay`, and
         # a Replicate prediction's cancel (a provider's close waits for them) runs meanwhile.
         await self.recorder.close(max(budget / 4, end - budget / 4 - loop.time()))
+        # The token charges the store failed (its flush above may have sent them already)
+        await self.meter.token_charges.close(max(budget / 16, end - budget * 3 / 16 - loop.time()))
         await self._close_the_rest(max(budget / 8, end - budget / 8 - loop.time()))
         return end
 

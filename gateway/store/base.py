@@ -24,12 +24,6 @@ class StoreError(Exception):
         self.extra_headers: dict[str, str] = {}
 
 
-class StoreNotReached(StoreError):
-    """The store was not reached: the command never left the worker (no connection could be
-    opened, or the one it was given was lost already), so it did not run. A StoreError's
-    other failures (a reply lost with the connection, an error reply) leave that unknown."""
-
-
 # gc=False (here and on Account and the key's Structs below): frozen, atoms, tuples of str and
 # str dicts, never in a reference cycle: the cycle collector need not walk them (decision 0012).
 class CustomLimits(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):

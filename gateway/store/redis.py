@@ -6,6 +6,8 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
                                 grant: grant_seq, grant (micros), grant_at, grant_spent
     klawd:acct:{A}:credits      integer micro-dollars
     klawd:acct:{A}:rpm|rpd|tpm  limiter state (gateway/store/lua/klawd.lua)
+    klawd:acct:{A}:charges      sorted set: the ids of the tpm bucket's charges of the last 5
+                                minutes, by the time first seen (klawd_charge_tokens_v3)
     klawd:acct:{A}:usage:DAY    hash: "<model>|requests", "<model>|cost_micros", …
     klawd:acct:{A}:kusage:DAY   hash: "<key id>|requests", "<key id>|cost_micros", …
     klawd:acct:{A}:krpm|krpd:K  the API key K's own limiter state
@@ -56,7 +58,6 @@ from gateway.store.base import (
     CreditGrant,
     CustomLimits,
     StoreError,
-    StoreNotReached,
     UsageEntry,
     UsageRow,
 )
@@ -70,7 +71,7 @@ from gateway.store.redis_limiter import (
 )
 from gateway.store.redis_responses import RedisResponses
 from gateway.store.redis_webhooks import RedisWebhooks
-from gateway.store.resp import RespClient, RespConnectionError, RespNotSent, RespReplyError
+from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -350,9 +351,6 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
                     self._library_loaded = False
                     continue
                 raise StoreError(f"redis function {function} failed: {message}") from exc
-            except RespNotSent as exc:
-                cause = exc.__cause__ or exc  # the connection's error
-                raise StoreNotReached(f"redis store failed: {type(cause).__name__}") from exc
             except RespConnectionError as exc:
                 raise StoreError(f"redis store failed: {exc.__class__.__name__}") from exc
         raise StoreError(f"redis function {function} is not available")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 
 from gateway import ids
-from gateway.limits import Admission, Dropped, KeyGate, LimitSpec, Outcome
+from gateway.limits import Admission, Charges, Dropped, KeyGate, LimitSpec, Outcome
 from gateway.store.base import StoreError
 from gateway.store.resp import RespConnectionError, RespReplyError
 
@@ -645,19 +645,23 @@ class RedisLimiter:
         return await self._run(account_id, spec, 0, consume=False)
 
     async def charge_tokens(
-        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        tokens: int,
+        charges: Charges = (),
+        kept_s: float = 0.0,
     ) -> None:
         if not spec.tokens_per_minute or tokens <= 0:
             return
-        if kept_s <= 0:
-            await self._store.fcall(
-                "klawd_charge_tokens_v1",
-                [f"{_acct(account_id)}:tpm"],
-                [spec.tokens_per_minute, tokens],
-            )
-            return
+        acct = _acct(account_id)
         await self._store.fcall(
-            "klawd_charge_tokens_v2",
-            [f"{_acct(account_id)}:tpm"],
-            [spec.tokens_per_minute, tokens, math.ceil(kept_s * 1000)],
+            "klawd_charge_tokens_v3",
+            [f"{acct}:tpm", f"{acct}:charges"],
+            [
+                spec.tokens_per_minute,
+                tokens,
+                math.ceil(kept_s * 1000),
+                *(part for charge in charges for part in charge),
+            ],
         )

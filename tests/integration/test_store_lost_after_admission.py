@@ -132,7 +132,7 @@ def test_tokens_the_store_could_not_be_charged_count_once_it_answers_again(
     redis_alone.start(*PERSISTED)
     until(
         lambda: (
-            "while it was not reached charged to the token limits of 1 accounts"
+            "while it failed their charges charged to the token limits of 1 accounts"
             in log_path.read_text(errors="replace")
         ),
         "the kept tokens charged",

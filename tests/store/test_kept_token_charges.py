@@ -48,8 +48,9 @@ async def admitted(meter: Meter, auth: AuthContext, request_id: str) -> Ticket:
 
 async def stopped(server: RedisServer) -> None:
     """The server stopped, and its connections' end read by the store's client (a loop turn
-    that polls): a charge is then not sent at all (not reached), rather than sent on a
-    connection whose end is still unread (its outcome unknown: never kept)."""
+    that polls): a charge then fails at once (not reached) rather than on its command timeout
+    (sent on a connection whose end is still unread; kept as well, test_idempotent_token_charges
+    has that case)."""
     server.stop()
     await asyncio.sleep(0.05)
 

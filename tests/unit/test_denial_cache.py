@@ -11,7 +11,7 @@ import pytest
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage
 from gateway.errors import RateLimited
-from gateway.limits import Admission, LimitSpec
+from gateway.limits import Admission, Charges, LimitSpec
 from gateway.metering import AccountCache, Meter
 from gateway.routing.catalog import Catalog
 from gateway.settings import load_settings
@@ -43,7 +43,12 @@ class CountingLimiter:
         raise NotImplementedError
 
     async def charge_tokens(
-        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        tokens: int,
+        charges: Charges = (),
+        kept_s: float = 0.0,
     ) -> None:
         return None
 

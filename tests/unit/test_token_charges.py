@@ -1,33 +1,49 @@
 """TokenCharges (gateway/token_charges.py) over a limiter that fails as told and a driven clock:
-what is kept, what a late charge charges, what is never charged twice. The store itself, stopped
-and started again, is tests/integration/test_store_lost_after_admission.py's."""
+what is kept, what a late charge charges, what is never charged twice, what a shutdown sends.
+The store itself is tests/store/test_idempotent_token_charges.py's and
+tests/integration/test_store_lost_after_admission.py's."""
 
 from __future__ import annotations
 
 import asyncio
 
-from gateway.limits import LimitSpec
-from gateway.store.base import StoreError, StoreNotReached
-from gateway.token_charges import MAX_OWING, TokenCharges
+from gateway.limits import Charges, LimitSpec
+from gateway.store.base import StoreError
+from gateway.token_charges import KEPT_LIFE_S, MAX_OWING, TokenCharges
 
 SPEC = LimitSpec(requests_per_minute=100, requests_per_day=1000, tokens_per_minute=600)
 
 
 class Limiter:
-    """Records the charges it ran; `failing`: the error the next calls raise instead."""
+    """Records the charges it ran, and remembers their ids as the store does
+    (`klawd_charge_tokens_v3`: a charge seen already is not taken again). `failing`: the error
+    the next calls raise instead of running; `lost_replies`: the next calls run, then raise
+    (their reply lost)."""
 
     def __init__(self) -> None:
         self.charged: list[tuple[str, int]] = []
         self.kept_s: dict[str, float] = {}  # account id -> its last late charge's `kept_s`
+        self.seen: set[str] = set()
         self.failing: StoreError | None = None
+        self.lost_replies = False
 
     async def charge_tokens(
-        self, account_id: str, spec: LimitSpec, tokens: int, kept_s: float = 0.0
+        self,
+        account_id: str,
+        spec: LimitSpec,
+        tokens: int,
+        charges: Charges = (),
+        kept_s: float = 0.0,
     ) -> None:
         if self.failing is not None:
             raise self.failing
-        self.charged.append((account_id, tokens))
-        self.kept_s[account_id] = kept_s
+        tokens -= sum(part for charge_id, part in charges if charge_id in self.seen)
+        self.seen |= {charge_id for charge_id, _ in charges}
+        if tokens > 0:
+            self.charged.append((account_id, tokens))
+            self.kept_s[account_id] = kept_s
+        if self.lost_replies:
+            raise StoreError("redis store failed: RespTimeoutError")
 
 
 class Clock:
@@ -48,7 +64,7 @@ def test_a_charge_the_store_was_not_reached_for_is_charged_once_it_answers() -> 
     async def main() -> None:
         limiter, clock = Limiter(), Clock()
         charges, dropped = made(limiter, clock)
-        limiter.failing = StoreNotReached("redis store failed: RespConnectionError")
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
         await charges.charge("a", SPEC, 100, "r1")
         await charges.charge("a", SPEC, 50, "r2")
         await charges.charge("b", SPEC, 30, "r3")
@@ -72,7 +88,7 @@ def test_what_is_charged_late_is_what_the_bucket_would_still_be_short_of() -> No
     async def main() -> None:
         limiter, clock = Limiter(), Clock()
         charges, _ = made(limiter, clock)
-        limiter.failing = StoreNotReached("not reached")
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
         await charges.charge("a", SPEC, 300, "r1")
         clock.now += 6
         await charges.charge("b", SPEC, 300, "r2")
@@ -80,7 +96,7 @@ def test_what_is_charged_late_is_what_the_bucket_would_still_be_short_of() -> No
         limiter.failing = None
         await charges.charge_owed([], {})
         assert sorted(limiter.charged) == [("a", 180), ("b", 240)]
-        limiter.failing = StoreNotReached("not reached")
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
         await charges.charge("c", SPEC, 300, "r3")
         clock.now += 30
         limiter.failing = None
@@ -90,24 +106,68 @@ def test_what_is_charged_late_is_what_the_bucket_would_still_be_short_of() -> No
     asyncio.run(main())
 
 
-def test_a_charge_whose_outcome_is_unknown_is_never_charged_again() -> None:
-    """A reply lost with its connection: the charge may have run. Not kept (it could count
-    twice), counted as dropped; the same for a kept charge whose late charge loses its reply."""
+def test_a_charge_whose_reply_was_lost_is_sent_again_and_counts_once() -> None:
+    """A reply lost with its connection: the charge may have run. Kept and sent again with its
+    id: once if it had run (the store saw the id), once if it had not; the same for a late
+    charge whose reply is lost."""
+
+    async def main() -> None:
+        limiter, clock = Limiter(), Clock()
+        charges, dropped = made(limiter, clock)
+        limiter.lost_replies = True  # a ran, its reply lost
+        await charges.charge("a", SPEC, 100, "r1")
+        limiter.lost_replies = False
+        limiter.failing = StoreError("redis store failed: RespTimeoutError")  # b never ran
+        await charges.charge("b", SPEC, 40, "r2")
+        assert (limiter.charged, charges.owing) == ([("a", 100)], 2)
+        limiter.failing, limiter.lost_replies = None, True  # the late charges run, replies lost
+        await charges.charge_owed([], {})
+        assert (sorted(limiter.charged), charges.owing) == ([("a", 100), ("b", 40)], 2)
+        limiter.lost_replies = False
+        await charges.charge_owed([], {})
+        await charges.charge_owed([], {})
+        assert (sorted(limiter.charged), charges.owing) == ([("a", 100), ("b", 40)], 0)
+        assert dropped == []
+
+    asyncio.run(main())
+
+
+def test_a_charge_kept_past_its_life_is_dropped_and_counted() -> None:
+    """The store remembers a charge's id for a while only: a charge kept longer is not sent
+    (it could count twice), but counted."""
+
+    async def main() -> None:
+        limiter, clock = Limiter(), Clock()
+        charges, dropped = made(limiter, clock)
+        limiter.failing = StoreError("redis store failed: ConnectionError")
+        await charges.charge("a", SPEC, 3000, "r1")  # 5 minutes' worth: 1790 short at 121 s
+        clock.now += KEPT_LIFE_S + 1
+        limiter.failing = None
+        await charges.charge_owed([], {})
+        assert (limiter.charged, charges.owing, dropped) == ([], 0, [("expired", 1790)])
+
+    asyncio.run(main())
+
+
+def test_the_shutdown_sends_what_is_kept_and_counts_what_the_store_still_fails() -> None:
+    """`close`: the store back, the kept charge lands; still failing, sent again until the
+    bound, then said and counted (`shutdown`)."""
 
     async def main() -> None:
         limiter, clock = Limiter(), Clock()
         charges, dropped = made(limiter, clock)
         limiter.failing = StoreError("redis store failed: RespConnectionError")
         await charges.charge("a", SPEC, 100, "r1")
-        assert (charges.owing, dropped) == (0, [("unknown", 100)])
-        limiter.failing = StoreNotReached("not reached")
-        await charges.charge("b", SPEC, 40, "r2")
-        limiter.failing = StoreError("redis store failed: RespTimeoutError")
-        await charges.charge_owed([], {})
-        assert (charges.owing, dropped[-1]) == (0, ("unknown", 40))
         limiter.failing = None
-        await charges.charge_owed([], {})
-        assert limiter.charged == []
+        await charges.close(1.0)
+        assert (limiter.charged, charges.kept, dropped) == ([("a", 100)], False, [])
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
+        await charges.charge("b", SPEC, 70, "r2")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await charges.close(0.3)
+        assert loop.time() - began < 0.5
+        assert (limiter.charged, dropped) == ([("a", 100)], [("shutdown", 70)])
 
     asyncio.run(main())
 
@@ -116,7 +176,7 @@ def test_past_the_accounts_kept_a_new_account_s_charge_is_dropped_and_counted() 
     async def main() -> None:
         limiter, clock = Limiter(), Clock()
         charges, dropped = made(limiter, clock)
-        limiter.failing = StoreNotReached("not reached")
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
         for n in range(MAX_OWING):
             await charges.charge(f"a{n}", SPEC, 1, "r")
         await charges.charge("a0", SPEC, 5, "r")  # an account kept already: still kept
@@ -133,7 +193,7 @@ def test_a_late_charge_says_how_long_ago_its_bucket_was_full() -> None:
     async def main() -> None:
         limiter, clock = Limiter(), Clock()
         charges, _ = made(limiter, clock)
-        limiter.failing = StoreNotReached("not reached")
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
         await charges.charge("a", SPEC, 300, "r1")
         clock.now += 2
         await charges.charge("a", SPEC, 100, "r2")
@@ -155,7 +215,7 @@ def test_an_owing_account_s_admissions_wait_for_one_late_charge() -> None:
     async def main() -> None:
         limiter, clock = Limiter(), Clock()
         charges, _ = made(limiter, clock)
-        limiter.failing = StoreNotReached("not reached")
+        limiter.failing = StoreError("redis store failed: RespConnectionError")
         await charges.charge("a", SPEC, 300, "r1")
         await charges.charge("b", SPEC, 60, "r2")
         await charges.landed("a")

@@ -438,6 +438,35 @@ local function charge_tokens(keys, args)
   return 1
 end
 
+-- How long klawd_charge_tokens_v3 remembers a charge's id: 5 minutes, past the latest a worker
+-- sends a kept charge again (gateway/token_charges.py's KEPT_LIFE_S, 2 minutes after its first
+-- charge), with room for the command timeouts and the worker's clock against this one.
+local CHARGE_ID_MS = 300000
+
+-- v3: v2, idempotent. KEYS: tpm bucket, the account's charge ids (sorted set: id -> the Redis
+-- time it was first seen, trimmed to CHARGE_ID_MS on every call). ARGV: tpm, tokens, kept_ms,
+-- then the charges the tokens are made of, an id and its tokens each (one for an answer's
+-- charge, every kept one for a late charge). A charge whose id is remembered ran already: its
+-- tokens are not taken again (the amount lessened by them, never below 0), so a charge whose
+-- reply was lost can be sent again. -> the tokens taken
+local function charge_tokens_v3(keys, args)
+  local now = now_ms()
+  local amount = tonumber(args[2])
+  if #args > 3 then
+    redis.call('ZREMRANGEBYSCORE', keys[2], '-inf', now - CHARGE_ID_MS)
+    for i = 4, #args, 2 do
+      if redis.call('ZADD', keys[2], 'NX', now, args[i]) == 0 then
+        amount = amount - tonumber(args[i + 1])
+      end
+    end
+    redis.call('PEXPIRE', keys[2], CHARGE_ID_MS)
+  end
+  if amount <= 0 then return 0 end
+  local cap, kept = tonumber(args[1]), tonumber(args[3])
+  store_level(keys[1], cap, level_of(keys[1], cap, now - kept) - amount, now)
+  return amount
+end
+
 -- KEYS: credits; ARGV: micros. Takes them only if the balance covers them.
 local function reserve(keys, args)
   local amount = tonumber(args[1])
@@ -551,6 +580,7 @@ end
 redis.register_function('klawd_admit_v1', admit)
 redis.register_function('klawd_charge_tokens_v1', charge_tokens)
 redis.register_function('klawd_charge_tokens_v2', charge_tokens)
+redis.register_function('klawd_charge_tokens_v3', charge_tokens_v3)
 redis.register_function('klawd_reserve_v1', reserve)
 -- How long a settled entry is recognised (a batch retried after a lost reply, a replay).
 local MARKER_MS = 600000

@@ -16,7 +16,8 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
                                 "<hold id>|<micros>[|<key id>|<day>]" (klawd_admit_v3), and
                                 "<lease id>|0" for an admission lease's (klawd_admit_lease_v1)
     klawd:acct:{A}:leases       hash: lease id ("L…") -> the micros its hold still holds
-    klawd:acct:{A}:ledger       stream: one entry per settle call (klawd_settle_v14: fields e1,
+    klawd:acct:{A}:ledger       stream: one entry per settle call (klawd_settle_v15: its field
+                                `records`, a request's JSON record a line; v14: fields e1,
                                 e2, … a request's JSON record each; before v14, one entry per
                                 request, its field `entry`)
     klawd:accounts              set of account ids
@@ -91,7 +92,7 @@ CAPACITY_LIBRARY = (
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 _entry_encoder = msgspec.json.Encoder()
-# klawd_settle_v14's names and entries but their ledger records, one MessagePack array
+# klawd_settle_v15's names and entries but their ledger records, one MessagePack array
 _entries_encoder = msgspec.msgpack.Encoder()
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
@@ -136,7 +137,7 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v14` call: a call runs alone on the Redis server, so a batch of many
+# Entries per `klawd_settle_v15` call: a call runs alone on the Redis server, so a batch of many
 # entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
@@ -164,15 +165,15 @@ def _position(flat: list[Any], positions: dict[str, int], name: str) -> int:
 
 
 def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v14` for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v15` for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
     day and key, each entry naming its group of them, its id and the second of its time (where
     its marker is kept); its model, API key and hold named once a call, each entry giving their
     positions (issue 19zzzzh); the names and entries in one MessagePack argument (their
     arguments packed one by one cost the worker more than the rest of the call: decision 0010,
-    issue 19zr), but for their ledger records, an argument each (read into Redis's Lua once:
-    issue 19zz), which v14 writes into the ledger in one stream entry a call (decision 0010,
-    twenty-fifth pass)."""
+    issue 19zr), but for their ledger records, one argument of their JSON lines (encoded in one
+    call), which v15 stores as it comes in one field of the call's stream entry: one Lua string a
+    call instead of one a record (decision 0010, twenty-sixth pass)."""
     key = _acct(entries[0].account_id)
     groups: dict[tuple[str, str], tuple[int, int]] = {}  # (day, key) -> (group, key's position)
     shared: list[str] = []
@@ -180,7 +181,6 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
     flat: list[Any] = [0]
     positions: dict[str, int] = {}
     values: list[Any] = []
-    records: list[bytes] = []
     # (a call's entries are mostly of one model and one lease: the last ones' positions kept)
     last_model: str | None = None
     last_hold: str | None = None
@@ -218,12 +218,12 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
             entry.id,
             int(entry.ts),
         )
-        records.append(_entry_encoder.encode(entry))
     flat[0] = len(flat) - 1
     flat += values
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
     return (
-        "FCALL", "klawd_settle_v14", len(keys), *keys, _entries_encoder.encode(flat), *records
+        "FCALL", "klawd_settle_v15", len(keys), *keys, _entries_encoder.encode(flat),
+        _entry_encoder.encode_lines(entries),
     )  # fmt: skip
 
 
@@ -650,7 +650,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
     async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v14` per account (and
+        """One round trip for the batch: a pipeline of one `klawd_settle_v15` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice."""
@@ -727,7 +727,7 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v14's replies (one per chunk of
+    """Each account's grant after the batch, from klawd_settle_v15's replies (one per chunk of
     one account's entries): the latest grant and, within it, the most spent (the replies for
     one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}

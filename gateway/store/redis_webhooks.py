@@ -65,10 +65,12 @@ class _LedgerUsage(msgspec.Struct):
 _ledger_entry = msgspec.json.Decoder(_LedgerUsage)
 
 
-def _records(fields: dict[bytes, bytes] | list[bytes]) -> Iterable[bytes]:
-    """A ledger stream entry's records, every field's value one: its field `entry` (a request's,
-    before klawd_settle_v14), or a settle call's `e1`, `e2`, … (v14: one stream entry a call)."""
-    return fields.values() if isinstance(fields, dict) else fields[1::2]
+def _records(fields: dict[bytes, bytes] | list[bytes]) -> Iterable[_LedgerUsage]:
+    """A ledger stream entry's records, each line of every field's value one: its field `entry`
+    (a request's, before klawd_settle_v14), a settle call's `e1`, `e2`, … (v14: one stream entry
+    a call), or its `records`, a record a line (v15)."""
+    for value in fields.values() if isinstance(fields, dict) else fields[1::2]:
+        yield from _ledger_entry.decode_lines(value)
 
 
 _delivery = msgspec.json.Decoder(Delivery)
@@ -178,8 +180,7 @@ class RedisWebhooks:
             page = await self._call("XRANGE", ledger, f"({position}", "+", "COUNT", LEDGER_PAGE)
             for entry_id, fields in page:
                 position = _text(entry_id)
-                for raw in _records(fields):
-                    entry = _ledger_entry.decode(raw)
+                for entry in _records(fields):
                     t = totals.setdefault(entry.model, [0, 0, 0, 0, 0])
                     t[0] += 1
                     t[1] += entry.prompt_tokens

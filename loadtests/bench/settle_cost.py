@@ -1,4 +1,4 @@
-"""What a settled entry costs the Redis server: the store's settle call (`klawd_settle_v14`) over
+"""What a settled entry costs the Redis server: the store's settle call (`klawd_settle_v15`) over
 batches of one account's entries as the usage recorder sends them (`RedisStore.settle`), counted
 by Redis itself.
 

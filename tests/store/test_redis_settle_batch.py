@@ -1,5 +1,6 @@
-"""The Redis store settles a batch with one `klawd_settle_v14` per account (`klawd_settle_v13`
-with the call's ledger records in one stream entry; v13 is `klawd_settle_v12`
+"""The Redis store settles a batch with one `klawd_settle_v15` per account (`klawd_settle_v14`
+with the call's ledger records sent as one argument of their lines and stored as it came; v14 is
+`klawd_settle_v13` with the call's ledger records in one stream entry; v13 is `klawd_settle_v12`
 with the names its entries share, their model, API key and hold, sent once a call; v12 is
 `klawd_settle_v11`, which lets go of the markers of the entries a failing call had not reached;
 v11 is `klawd_settle_v10` with each ledger record an argument of its own and a call's markers
@@ -9,9 +10,9 @@ time; v9 is `klawd_settle_v7` with its entries in one MessagePack argument; v7 i
 `klawd_settle_v5` does), summing the entries' counters inside Redis: the keys it leaves must
 hold exactly what `klawd_settle_v4`, one call per entry, and the batches of earlier releases
 (`klawd_settle_v6`, `klawd_settle_v8`, `klawd_settle_v9`, `klawd_settle_v10`, `klawd_settle_v11`,
-`klawd_settle_v12`, `klawd_settle_v13`) leave (replicas of these releases share one Redis), the
-ledger's records compared in order whatever stream entries hold them, and a batch costs one
-call per account."""
+`klawd_settle_v12`, `klawd_settle_v13`, `klawd_settle_v14`) leave (replicas of these releases
+share one Redis), the ledger's records compared in order whatever stream entries hold them, and a
+batch costs one call per account."""
 
 from __future__ import annotations
 
@@ -146,11 +147,17 @@ def v12_call(batch: list[UsageEntry], function: str = "klawd_settle_v12") -> tup
     return (*call, *(msgspec.json.encode(e) for e in batch))
 
 
-def v13_call(batch: list[UsageEntry]) -> tuple[object, ...]:
-    """The previous release's call (`klawd_settle_v13`): the store's arguments (v14 takes v13's),
-    each record written by an `XADD` of its own."""
+def v14_call(batch: list[UsageEntry], function: str = "klawd_settle_v14") -> tuple[object, ...]:
+    """The previous release's call (`klawd_settle_v14`; v13's arguments are the same): the store's
+    MessagePack argument, then each record an argument of its own (v15: their lines in one)."""
     call = _settle_command(batch)
-    return (call[0], "klawd_settle_v13", *call[2:])
+    return (call[0], function, *call[2:-1], *(msgspec.json.encode(e) for e in batch))
+
+
+def v13_call(batch: list[UsageEntry]) -> tuple[object, ...]:
+    """The release before's call (`klawd_settle_v13`): v14's arguments, each record written by
+    an `XADD` of its own."""
+    return v14_call(batch, "klawd_settle_v13")
 
 
 def _packed_call(
@@ -211,10 +218,11 @@ async def snapshot(client: aioredis.Redis, account_id: str) -> dict[str, object]
 
 
 async def ledger(client: aioredis.Redis, account_id: str) -> list[bytes]:
-    """The account's ledger records in order: each stream entry's fields' values (one `entry`
-    a request before `klawd_settle_v14`, a call's `e1`, `e2`, … since)."""
+    """The account's ledger records in order: each line of each stream entry's fields' values
+    (one `entry` a request before `klawd_settle_v14`, a call's `e1`, `e2`, … in v14, a call's
+    `records`, a record a line, since v15)."""
     stream = await client.xrange(f"{_acct(account_id)}:ledger")
-    return [record for _, fields in stream for record in fields.values()]
+    return [r for _, fields in stream for value in fields.values() for r in value.splitlines()]
 
 
 @pytest.fixture
@@ -338,15 +346,17 @@ async def test_the_store_call_leaves_what_v10_leaves_and_each_sees_the_others(
         await redis_store.close()
 
 
-@pytest.mark.parametrize("previous_call", [v12_call, v13_call], ids=["v12", "v13"])
-async def test_the_store_call_leaves_what_v12_and_v13_leave_and_each_sees_the_others(
+@pytest.mark.parametrize("previous_call", [v12_call, v13_call, v14_call], ids=["v12", "v13", "v14"])
+async def test_the_store_call_leaves_what_v12_to_v14_leave_and_each_sees_the_others(
     redis_store: RedisStore,
     redis_server: RedisServer,
     previous_call: Callable[[list[UsageEntry]], tuple[object, ...]],
 ) -> None:
-    """The store's call (`klawd_settle_v14`: v13's, the call's records in one stream entry)
-    against earlier releases' (`klawd_settle_v13`: the call's models, API keys and holds named
-    once, an `XADD` a record; `klawd_settle_v12`, every name with every entry): the same keys,
+    """The store's call (`klawd_settle_v15`: v14's, the call's records one argument of their
+    lines, stored as it came) against earlier releases' (`klawd_settle_v14`: a record an argument
+    and a field of the call's stream entry; `klawd_settle_v13`: the call's models, API keys and
+    holds named once, an `XADD` a record; `klawd_settle_v12`, every name with every entry): the
+    same keys,
     values and expiries, markers included, the same ledger records in order, over entries of
     several models, keys, days and holds (a lease's, an exact admission's, none); and a batch
     settled by one is not settled again by the other (replicas of these releases on one
@@ -508,7 +518,7 @@ async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
         await state.close()
 
 
-@pytest.mark.parametrize("version", ["v11", "v12", "v13", "v14"])
+@pytest.mark.parametrize("version", ["v11", "v12", "v13", "v14", "v15"])
 async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     redis_store: RedisStore, redis_server: RedisServer, version: str
 ) -> None:
@@ -518,9 +528,9 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     ledger, but their sums, balance and spends (written after the loop) are not; the failing
     entry is marked, not applied. v11 (the previous release's call) leaves the five after it
     marked and not applied: the recorder's retry, once the key is mended, applies none of them
-    (lost). v12, v13 (the previous releases') and v14 (the store's: the call's records in one
-    stream entry, here written as it fails) unmark them as they fail: the retry applies those
-    five, and nothing twice."""
+    (lost). v12, v13, v14 (the previous releases') and v15 (the store's: the call's records in
+    one stream entry, here written as it fails, the lines of the four picked from the call's)
+    unmark them as they fail: the retry applies those five, and nothing twice."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("midway", "free", 1_000)
@@ -533,10 +543,10 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
         credits = await client.get(f"{_acct(account.id)}:credits")
         await redis_store._ensure_library()
         call = _settle_command(batch)
-        assert call[1] == "klawd_settle_v14"
-        if version == "v13":
-            call = v13_call(batch)
-        elif version != "v14":
+        assert call[1] == "klawd_settle_v15"
+        if version in ("v13", "v14"):
+            call = v14_call(batch, f"klawd_settle_{version}")
+        elif version != "v15":
             call = v12_call(batch, f"klawd_settle_{version}")
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
             await client.execute_command(*call)
@@ -578,7 +588,7 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
     try:
         await redis_store._ensure_library()
         replies = {}
-        for version in ("v11", "v12", "v13", "v14"):
+        for version in ("v11", "v12", "v13", "v14", "v15"):
             account = await redis_store.create_account(f"broken {version}", "free", 1_000)
             batch = entries(account.id)[:3]
             if broken == "a key of the wrong type":
@@ -587,7 +597,9 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
             else:
                 await client.set(f"{_acct(account.id)}:credits", "not a number")
             function = f"klawd_settle_{version}"
-            call = {"v13": v13_call(batch), "v14": _settle_command(batch)}.get(version)
+            call = {
+                "v13": v13_call(batch), "v14": v14_call(batch), "v15": _settle_command(batch)
+            }.get(version)  # fmt: skip
             call = call or v12_call(batch, function)
             assert call[1] == function
             with pytest.raises(RespReplyError) as failed:
@@ -598,6 +610,7 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
         assert replies["v12"] == replies["v11"]
         assert replies["v13"] == replies["v11"]
         assert replies["v14"] == replies["v11"]
+        assert replies["v15"] == replies["v11"]
         code = "WRONGTYPE" if broken == "a key of the wrong type" else "ERR"
         assert replies["v11"].split()[0] == code
     finally:
@@ -606,24 +619,57 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
         await redis_store.close()
 
 
-async def test_a_call_writes_its_ledger_records_in_one_stream_entry(
+async def test_a_v14_call_writes_its_ledger_records_in_one_stream_entry(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
-    """`klawd_settle_v14` writes a call's records by one `XADD` (one `XADD` a record was the
-    biggest part of an entry's work in Redis: decision 0010, twenty-fifth pass): one stream
-    entry whose fields `e1`, `e2`, … hold the records of the entries settled for the first time,
-    in order, and no `entry` field, so that a reader of an earlier release fails on it rather than
-    count one record of it. A replay writes none."""
+    """`klawd_settle_v14` (the previous release's) writes a call's records by one `XADD` (one
+    `XADD` a record was the biggest part of an entry's work in Redis: decision 0010,
+    twenty-fifth pass): one stream entry whose fields `e1`, `e2`, … hold the records of the
+    entries settled for the first time, in order, and no `entry` field, so that a reader of an
+    earlier release fails on it rather than count one record of it. A replay writes none."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("folded", "free", 1_000)
         batch = entries(account.id)  # 41 entries, one of them twice
-        await redis_store.settle(batch)
-        await redis_store.settle(batch[:20])  # a replay
+        await redis_store._ensure_library()
+        await client.execute_command(*v14_call(batch))
+        await client.execute_command(*v14_call(batch[:20]))  # a replay
         [(_, fields)] = await client.xrange(f"{_acct(account.id)}:ledger")
         unique = list({e.id: e for e in batch}.values())
         assert list(fields) == [f"e{n}".encode() for n in range(1, len(unique) + 1)]
         assert list(fields.values()) == [msgspec.json.encode(e) for e in unique]
+    finally:
+        await client.aclose()
+        await redis_store.close()
+
+
+async def test_a_call_stores_its_records_lines_as_they_came_in_one_field(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """`klawd_settle_v15` (the store's) takes a call's records as one argument, their JSON lines,
+    and stores it as it came in the one field `records` of the call's stream entry (a record an
+    argument was a Lua string and a field each: decision 0010, twenty-sixth pass); when some of
+    the call's entries were settled before (here one entry twice, then a batch with new and old
+    entries), only the new entries' lines, in order. A replay writes nothing. A field of two
+    records or more is no JSON document, so a reader of an earlier release (one record a field)
+    fails on it rather than count one record of it."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        account = await redis_store.create_account("lines", "free", 1_000)
+        batch = entries(account.id)  # 41 entries, one of them twice
+        whole, rest = batch[:20], batch[20:]
+        await redis_store.settle(whole)
+        await redis_store.settle(batch[10:])  # ten settled before
+        await redis_store.settle(batch[:20])  # a replay
+        stream = await client.xrange(f"{_acct(account.id)}:ledger")
+        assert [list(fields) for _, fields in stream] == [[b"records"], [b"records"]]
+        lines = [fields[b"records"] for _, fields in stream]
+        assert lines[0] == _settle_command(whole)[-1]
+        new = [e for e in rest if e not in whole]  # (one of the rest is one of the first 20)
+        assert lines[1] == b"".join(msgspec.json.encode(e) + b"\n" for e in new)
+        assert len(new) == len(rest) - 1
+        with pytest.raises(msgspec.DecodeError, match="trailing characters"):
+            msgspec.json.decode(lines[1])
     finally:
         await client.aclose()
         await redis_store.close()
@@ -659,20 +705,22 @@ async def test_a_ledger_of_the_wrong_type_fails_the_call_before_anything_is_writ
         await redis_store.close()
 
 
-async def test_usage_events_read_the_ledger_written_before_and_since_v14(
+async def test_usage_events_read_the_ledger_written_before_and_since_v14_and_v15(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
-    """The usage events' reader (`usage_since`) counts every record of a ledger that holds both
-    shapes, as a store upgraded during a rolling deploy does: a record a stream entry (field
-    `entry`, `klawd_settle_v13` and earlier) and a call's records in one (v14)."""
+    """The usage events' reader (`usage_since`) counts every record of a ledger that holds every
+    shape, as a store upgraded during rolling deploys does: a record a stream entry (field
+    `entry`, `klawd_settle_v13` and earlier), a call's records in one, a field each (v14), and a
+    call's records in one field, a line each (v15)."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("both shapes", "free", 1_000)
         batch = entries(account.id)[:12]
         start = await redis_store.usage_cursor(account.id)
         await redis_store._ensure_library()
-        await client.execute_command(*v13_call(batch[:5]))  # the previous release's
-        await redis_store.settle(batch[5:])
+        await client.execute_command(*v13_call(batch[:4]))  # the releases before's
+        await client.execute_command(*v14_call(batch[4:8]))
+        await redis_store.settle(batch[8:])
         rows, cursor = await redis_store.usage_since(account.id, start)
         assert len(await client.xrange(f"{_acct(account.id)}:ledger")) == 6
         by_model = {row.model: row for row in rows}
@@ -690,7 +738,7 @@ async def test_usage_events_read_the_ledger_written_before_and_since_v14(
         await redis_store.close()
 
 
-async def test_a_call_of_more_entries_than_a_chunk_names_every_record(
+async def test_a_v14_call_of_more_entries_than_a_chunk_names_every_record(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
     """v14's field names are built at the library's load up to SETTLE_CHUNK; a call of more
@@ -701,7 +749,7 @@ async def test_a_call_of_more_entries_than_a_chunk_names_every_record(
         base = entries(account.id)[0]
         batch = [msgspec.structs.replace(base, id=f"{base.id}_{n}") for n in range(130)]
         await redis_store._ensure_library()
-        await client.execute_command(*_settle_command(batch))
+        await client.execute_command(*v14_call(batch))
         [(_, fields)] = await client.xrange(f"{_acct(account.id)}:ledger")
         assert list(fields) == [f"e{n}".encode() for n in range(1, 131)]
         assert list(fields.values()) == [msgspec.json.encode(e) for e in batch]

@@ -716,14 +716,38 @@ local USAGE_FIELDS = {'|requests', '|prompt_tokens', '|completion_tokens', '|ima
 -- entries than SETTLE_CHUNK makes the rest's names)
 local LEDGER_FIELDS = {}
 for n = 1, 100 do LEDGER_FIELDS[n] = 'e' .. n end
+
+-- The fields of v14's and v15's stream entry of a call's records. `ledger` (settle_entries'):
+-- the indices of the applied entries, in entry order, and `lines`; `records`: the call's ARGV.
+-- v14: a field a record, `e1`, `e2`, …, each an argument of its own (records[i + 2]). v15: one
+-- field, `records`, the records' lines as the worker sent them in one argument (records[2]) when
+-- every entry is applied, else the applied entries' lines (a retried or replayed batch: rare).
+local function ledger_fields(ledger, records, entries)
+  if not ledger.lines then
+    local fields = {}
+    for n, i in ipairs(ledger) do
+      fields[2 * n - 1], fields[2 * n] = LEDGER_FIELDS[n] or ('e' .. n), records[i + 2]
+    end
+    return fields
+  end
+  local text = records[2]
+  if #ledger == entries then return {'records', text} end
+  local picked, at, n = {}, 1, 1
+  for i = 0, entries - 1 do
+    local stop = string.find(text, '\n', at, true)
+    if i == ledger[n] then picked[n], n = string.sub(text, at, stop), n + 1 end
+    at = stop + 1
+  end
+  return {'records', table.concat(picked)}
+end
 -- `once(i)` (v10): whether entry i is settled for the first time; without it, its marker
 -- (keys_of's second value) is set, unless it exists (ten minutes), as v2 to v9 do.
 -- `records` (v11): the call's ARGV, where entry i's ledger record is records[i + 2] (else it is
 -- the entry's seventh argument).
 -- `names` (v13): an entry's model, key and hold are positions in `names` (its hold 0: none), each
 -- name sent once a call; else they are the names themselves.
--- `ledger` (v14): the applied entries' records gather in it (LEDGER_FIELDS' names, then the
--- record, in entry order) and go into the ledger by one `XADD` after the loop (its `written` then
+-- `ledger` (v14, v15): the applied entries' indices gather in it, in entry order, and their
+-- records go into the ledger by one `XADD` after the loop (ledger_fields; its `written` then
 -- true); else each entry's record is a stream entry of its own, by an `XADD` each.
 local function settle_entries(keys, args, first, stride, entries, keys_of, holds, once, records,
                               names, ledger)
@@ -815,9 +839,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
       k[1], k[2], k[3], k[4], k[5] = k[1] + 1, k[2] + prompt, k[3] + completion, k[4] + images,
         k[5] + cost
       if ledger then
-        local n = #ledger
-        ledger[n + 1], ledger[n + 2] = LEDGER_FIELDS[n / 2 + 1] or ('e' .. (n / 2 + 1)),
-          records[i + 2]
+        ledger[#ledger + 1] = i
       else
         redis.call('XADD', keys[2], '*', 'entry', records and records[i + 2] or args[a + 7])
       end
@@ -827,7 +849,7 @@ local function settle_entries(keys, args, first, stride, entries, keys_of, holds
     end
   end
   if ledger and #ledger > 0 then
-    redis.call('XADD', keys[2], '*', unpack(ledger))
+    redis.call('XADD', keys[2], '*', unpack(ledger_fields(ledger, records, entries)))
     ledger.written = true
   end
   if moved then redis.call('SET', keys[1], string.format('%d', balance)) end
@@ -1012,19 +1034,20 @@ local function as_raised(err) return err end
 
 -- v11's call (as its comment below says); `repair`: v12's, which lets go of the markers of the
 -- entries a failing call had not reached; `named`: v13's layout (its comment below), else v11's;
--- `folded`: v14's ledger (its comment below)
+-- `folded`: v14's ledger ('fields') or v15's ('lines') (their comments below)
 local function settle_marked(keys, args, repair, named, folded)
   local ledger
   if folded then
     -- a ledger of the wrong type fails the call here, before anything is written (v12's first
     -- entry's XADD failed after its hold was removed)
     redis.call('XLEN', keys[2])
-    ledger = {}
+    ledger = {lines = folded == 'lines'}
   end
   local flat = cmsgpack.unpack(args[1])
-  local entries = #args - 1
   local first, stride, group, names = 0, 13, 11, nil
   if named then first, stride, group, names = 1 + flat[1], 12, 7, flat end
+  -- (v15's records are one argument: its entries are counted in the MessagePack)
+  local entries = folded == 'lines' and (#flat - first) / stride or #args - 1
   local prefix = keys[3] .. ':settled:'
   local done = settled_before(prefix, flat, entries, first, stride)
   local new, fresh, seconds = {}, {}, {}  -- new: i -> true; fresh: second -> ids to mark
@@ -1079,7 +1102,7 @@ local function settle_marked(keys, args, repair, named, folded)
     -- entry, maybe half-applied, stays marked, as in v10.) v14: the records of the entries
     -- before it go into the ledger now, as v12's XADD an entry had put them.
     if ledger and not ledger.written and #ledger > 0 then
-      redis.call('XADD', keys[2], '*', unpack(ledger))
+      redis.call('XADD', keys[2], '*', unpack(ledger_fields(ledger, args, entries)))
     end
     for i = reached + 1, entries - 1 do
       local a = first + stride * i + stride
@@ -1144,7 +1167,24 @@ end
 -- wrong type fails it before anything is written.
 -- KEYS, ARGV, reply: as v13
 local function settle_v14(keys, args)
-  return settle_marked(keys, args, true, true, true)
+  return settle_marked(keys, args, true, true, 'fields')
+end
+
+-- v15: v14 with the call's ledger records sent as one argument, their lines (each record's JSON
+-- and '\n', in entry order), stored as they came in one field, `records`, of the call's stream
+-- entry. v14's records, an argument each, were ~430 bytes an entry that Redis makes a Lua string
+-- of (hashing every byte) and then a field of the stream entry of its own (decision 0010,
+-- twenty-sixth pass); one argument is one string a call. Readers take each line of a field as a
+-- record (gateway/store/redis_webhooks.py); a reader of a release before v15 fails on a field of
+-- two lines or more rather than count one record of it (its usage event then waits for the next
+-- period). Every other key, value, expiry and marker is v14's: a batch settled by one is
+-- recognised by the other; a call failing midway keeps the lines of the entries before the
+-- failing one, as v14 keeps their records.
+-- KEYS: as v14
+-- ARGV: the entries (MessagePack, as v14's), then the entries' records' lines, one argument
+-- -> as v14
+local function settle_v15(keys, args)
+  return settle_marked(keys, args, true, true, 'lines')
 end
 
 redis.register_function('klawd_settle_v1', settle)
@@ -1165,6 +1205,7 @@ redis.register_function('klawd_settle_v11', settle_v11)
 redis.register_function('klawd_settle_v12', settle_v12)
 redis.register_function('klawd_settle_v13', settle_v13)
 redis.register_function('klawd_settle_v14', settle_v14)
+redis.register_function('klawd_settle_v15', settle_v15)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_lease_v1', admit_lease)

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.replicate_upstream import FakeReplicate
 from tests.fakes.vertex_upstream import FakeVertex
-from tests.live_bound import running_time_reads, running_time_reads_async
+from tests.live_bound import polls, running_time_reads, running_time_reads_async, wait_exit
 from tests.redis_server import RedisClusterServers, RedisServer, cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,8 +124,7 @@ def free_port() -> int:
 def wait_until_healthy(
     base_url: str, process: subprocess.Popen[bytes], timeout_s: float = 30
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    for _ in polls(timeout_s, 0.1):  # running time: a start across a stop of the machine
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}")
         try:
@@ -134,7 +132,6 @@ def wait_until_healthy(
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
     raise RuntimeError("gateway did not become healthy")
 
 
@@ -364,10 +361,10 @@ def start_gateway(
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
-        process.wait(timeout=15)
+        wait_exit(process, 15)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait(timeout=5)
+        wait_exit(process, 5)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -120,6 +122,34 @@ def running_time_reads_async(
                     raise
 
     return read_counting_running_time
+
+
+def recv(sock: socket.socket, size: int, seconds: float) -> bytes:
+    """`sock.recv(size)` waited for `seconds` of this process's running time (TimeoutError
+    then), the socket's own timeout kept. A raw socket's `settimeout(20)` is the wall clock's:
+    a test stopped with the server it reads from (one process group, or one process) resumes
+    with it spent, before the server has written what it owes."""
+    kept = sock.gettimeout()
+    ran = Ran(time.monotonic)
+    sock.settimeout(TICK_S)
+    try:
+        while True:
+            try:
+                return sock.recv(size)
+            except TimeoutError:
+                if ran.tick() > seconds:
+                    raise TimeoutError(f"nothing within {seconds:g} s of running time") from None
+    finally:
+        sock.settimeout(kept)
+
+
+def wait_exit(process: subprocess.Popen[Any], seconds: float) -> int:
+    """`process.wait(timeout=seconds)` over `seconds` of this process's running time: a child
+    stopped with the test (SIGTERMed just before, say) has not exited the moment both resume."""
+    for _ in polls(seconds, 0.05):
+        if (code := process.poll()) is not None:
+            return code
+    raise subprocess.TimeoutExpired(process.args, seconds)
 
 
 class Stops:

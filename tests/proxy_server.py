@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.live_bound import polls, wait_exit
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -94,7 +94,7 @@ class Tinyproxy:
             self.process = subprocess.Popen(
                 [binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=stderr
             )
-        deadline = time.monotonic() + 10
+        turns = polls(10, 0.05)  # running time: a start across a stop of the machine
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tinyproxy exited with {self.process.returncode}")
@@ -102,17 +102,16 @@ class Tinyproxy:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
-                if time.monotonic() > deadline:
+                if next(turns, None) is None:
                     raise
-                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is None:
             return
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            wait_exit(self.process, 10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait(timeout=5)
+            wait_exit(self.process, 5)
         self.process = None

@@ -6,24 +6,23 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
+from tests.live_bound import polls, wait_exit
+
 
 def wait_until_answering(port: int, timeout_s: float = 10) -> None:
     client = redis.Redis(port=port)
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
+        for _ in polls(timeout_s, 0.05):  # running time: a start across a stop of the machine
             try:
                 client.ping()
                 return
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                pass
+        client.ping()  # the last try: its ConnectionError says why
     finally:
         client.close()
 
@@ -66,7 +65,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            wait_exit(self.process, 10)
             self.process = None
 
     def flush(self) -> None:
@@ -135,14 +134,13 @@ class RedisClusterServers:
             stderr=subprocess.DEVNULL,
             timeout=30,
         )
-        deadline = time.monotonic() + 20
+        turns = polls(20, 0.1)
         for node in self.nodes:
             client = redis.Redis(port=node.port)
             try:
                 while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                    if time.monotonic() > deadline:
+                    if next(turns, None) is None:
                         raise RuntimeError("the redis cluster did not come up")
-                    time.sleep(0.1)
             finally:
                 client.close()
 

@@ -17,7 +17,7 @@ import httpx
 import httpx2
 import pytest
 
-from tests.live_bound import Stops, call_within, within
+from tests.live_bound import Stops, call_within, recv, wait_exit, within
 
 STOPPED_S = 2.0
 BOUND_S = 1.0  # shorter than the stop: a wall-clock bound is tripped by it
@@ -125,6 +125,51 @@ def test_a_client_read_timeout_counts_running_time(library: Any) -> None:
     finally:
         server.join(10)
         listener.close()
+
+
+def test_a_raw_socket_read_counts_running_time() -> None:
+    """`recv`: a raw socket's read across a stop of the process (its server stopped with it)
+    is answered, and the socket keeps its own timeout."""
+    listener, server = stopping_server()
+    try:
+        with socket.create_connection(listener.getsockname()) as client:
+            client.settimeout(30)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            assert recv(client, 65536, BOUND_S).startswith(b"HTTP/1.1 200 OK")
+            assert time.monotonic() - started >= STOPPED_S  # the stop was inside the read
+            assert client.gettimeout() == 30
+    finally:
+        server.join(10)
+        listener.close()
+
+
+def test_a_raw_socket_timeout_is_spent_by_a_stop() -> None:
+    """What `recv` replaces: `settimeout(BOUND_S)` counts the stop against the read."""
+    listener, server = stopping_server()
+    try:
+        with socket.create_connection(listener.getsockname()) as client:
+            client.settimeout(BOUND_S)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises(TimeoutError):
+                client.recv(65536)
+            server.join(10)
+    finally:
+        listener.close()
+
+
+def test_a_silent_socket_and_a_lasting_process_are_still_cut() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname()) as client:
+            with pytest.raises(TimeoutError):
+                recv(client, 1, 0.3)
+    lasting = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(lasting, 0.3)
+    finally:
+        lasting.kill()
+        assert wait_exit(lasting, 10) == -signal.SIGKILL
 
 
 def test_a_stop_is_seen_and_a_run_without_one_is_not() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO, free_port
+from tests.live_bound import wait_exit
 
 
 def test_make_run_prints_a_working_key_and_curl_line(tmp_path: Path) -> None:
@@ -62,4 +63,4 @@ def test_make_run_prints_a_working_key_and_curl_line(tmp_path: Path) -> None:
         assert response.json()["choices"][0]["message"]["content"] == "Hello, Klawd!"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        wait_exit(process, 30)

@@ -22,6 +22,7 @@ from tests.conftest import (
     stop,
 )
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import wait_exit
 from tests.redis_server import RedisServer
 
 HOLD_S = 3  # short for the test; the second gateway's answers are settled within their own
@@ -84,7 +85,7 @@ def test_a_killed_gateways_reservation_is_given_back_after_its_hold(
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)
             killed.process.kill()
-            killed.process.wait(timeout=10)
+            wait_exit(killed.process, 10)
         fake_openai.release()
         other = start_gateway(config_b, port_b)
         assert balance() == CREDIT_MICROS - held  # still reserved by the killed gateway

@@ -16,6 +16,7 @@ import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_responses_shutdown import draining_gateway, typed_events
+from tests.live_bound import wait_exit
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,7 @@ def test_a_stall_after_done_is_not_waited_for_and_the_drain_finds_nothing_open(
             answer = b"".join(response.iter_raw())  # ends with the stream, upstream still held
         assert fake_openai.stalls_ended == stalls_ended, "the upstream's body ended first"
         gateway.process.send_signal(signal.SIGTERM)
-        assert gateway.process.wait(timeout=30) == 0, "ended cleanly, not killed"
+        assert wait_exit(gateway.process, 30) == 0, "ended cleanly, not killed"
     finally:
         fake_openai.release()
     events = typed_events(answer)

@@ -13,6 +13,7 @@ import orjson
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import wait_exit
 
 
 def draining_gateway(fake_openai: FakeOpenAI, tmp_path: Path, extra: str = "") -> Gateway:
@@ -54,7 +55,7 @@ def test_a_responses_stream_ended_by_the_drain_gets_numbered_final_events(
             assert first.startswith(b"event: response.created")
             gateway.process.send_signal(signal.SIGTERM)
             rest = first + b"".join(reads)  # ends when the gateway ends the stream
-        assert gateway.process.wait(timeout=30) == 0, "ended cleanly, not killed"
+        assert wait_exit(gateway.process, 30) == 0, "ended cleanly, not killed"
     finally:
         fake_openai.release()
     events = typed_events(rest)

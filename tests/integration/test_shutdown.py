@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import Gateway, children, free_port, gateway_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import wait_exit
 
 
 @contextlib.contextmanager
@@ -53,7 +54,7 @@ def test_sigterm_drains_open_streams_and_loses_no_usage(
         fake_openai.release()
         rest = b"".join(reads)
     assert rest.endswith(b"data: [DONE]\n\n"), "the open stream finished"
-    assert gateway.process.wait(timeout=30) == 0
+    assert wait_exit(gateway.process, 30) == 0
     with sqlite3.connect(tmp_path / "klawd.db") as db:
         row = db.execute(
             "SELECT status, prompt_tokens, completion_tokens FROM usage_ledger"
@@ -85,7 +86,7 @@ def test_a_stream_still_open_at_the_drain_deadline_is_ended_billed_and_told_why(
             assert next(reads).startswith(b"data: {")
             gateway.process.send_signal(signal.SIGTERM)
             rest = b"".join(reads)  # ends when the gateway ends the stream
-        assert gateway.process.wait(timeout=30) == 0, "ended cleanly, not killed"
+        assert wait_exit(gateway.process, 30) == 0, "ended cleanly, not killed"
     finally:
         fake_openai.release()
     events = [e for e in rest.split(b"\n\n") if e.startswith(b"data: ")]
@@ -114,7 +115,7 @@ def test_a_worker_whose_supervisor_was_killed_drains_and_stops(
             made = _temporary_dirs(worker)
             assert made and all(directory.is_dir() for directory in made)
             gateway.process.kill()
-            gateway.process.wait(timeout=10)
+            wait_exit(gateway.process, 10)
             rest = b"".join(reads)  # ends when the orphaned worker ends the stream
         deadline = time.monotonic() + 30
         while Path(f"/proc/{worker}").exists() and _state(worker) != "Z":

@@ -17,6 +17,7 @@ import yaml
 
 from gateway.metrics import Metrics
 from tests.conftest import REPO, Gateway, free_port
+from tests.live_bound import wait_exit
 from tests.scrape import metric_names, scrape
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -199,10 +200,10 @@ scrape_configs:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            wait_exit(process, 15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=5)
+            wait_exit(process, 5)
         log.close()
 
 

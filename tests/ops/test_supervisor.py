@@ -25,6 +25,7 @@ from tests.conftest import (
     wait_until_healthy,
 )
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import wait_exit
 
 
 def _mapped(pid: int) -> str:
@@ -55,7 +56,7 @@ def test_the_supervisor_keeps_the_command_line_and_loads_none_of_the_cli(
         assert "_core.cpython" in _mapped(int(workers[0]))
     finally:
         gateway.process.send_signal(signal.SIGTERM)
-        assert gateway.process.wait(timeout=30) == 0
+        assert wait_exit(gateway.process, 30) == 0
         stop(gateway.process)
 
 

@@ -302,6 +302,11 @@ def tree_cpu_s(pid: int) -> float:
     """CPU time (user + system, seconds) used so far by a process and its descendants that
     are alive, from /proc: on a shared machine, CPU per request does not depend on how much of
     the core the contender was given, where requests per second does."""
+    return sum(tree_cpu_split_s(pid))
+
+
+def tree_cpu_split_s(pid: int) -> tuple[float, float]:
+    """`tree_cpu_s` as (user, system) seconds: the kernel's share (system calls, wakes) apart."""
     children: dict[int, list[int]] = collections.defaultdict(list)
     stats: dict[int, list[str]] = {}
     for status in Path("/proc").glob("[0-9]*/stat"):
@@ -311,15 +316,16 @@ def tree_cpu_s(pid: int) -> float:
             continue
         stats[int(status.parent.name)] = fields
         children[int(fields[1])].append(int(status.parent.name))
-    ticks = 0
+    user = system = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         pending.extend(children.get(current, []))
-        fields = stats.get(current)
-        if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (after the comm field)
-    return ticks / CLOCK_TICKS
+        own = stats.get(current)
+        if own is not None:
+            user += int(own[11])  # utime, stime (after the comm field)
+            system += int(own[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

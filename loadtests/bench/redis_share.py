@@ -4,7 +4,7 @@ path in the worker.
 
     .venv/bin/python -m loadtests.bench.redis_share [--measures rps,sse] [--seconds 2]
         [--reps 6] [--modes embedded,redis0,redis1,dummy] [--dummy-split 1[,8...]]
-        [--touch-kb 0] [--bursts] [--samples-out F]
+        [--touch-kb 0] [--bursts] [--profile] [--samples-out F]
 
 `side_by_side`'s processes (the fake upstream and wrk on core 1; the embedded gateway and the one
 on Redis on core 0, one worker each; redis-server at real-time priority, SCHED_FIFO) and the
@@ -19,14 +19,19 @@ speed probes, and per round, in turn (the order reversed every other round):
   with any woken real-time process, not the Redis client). `--dummy-split 1,8` runs it twice a
   round: `dummy` as sized, `dummy/8` with the same CPU in 8 times as many, 8 times shorter wakes
   (whether the bursts' length is what costs the worker).
-Per round: requests a second; the worker's CPU, voluntary switches (its sleeps) and involuntary
-ones (its preemptions) a request; redis-server's (or the dummy's) CPU, wakes (voluntary
-switches) a request and a second, and commands a request (`INFO commandstats`, FCALLs apart);
+Per round: requests a second; the worker's CPU (and its system part), voluntary switches (its
+sleeps) and involuntary ones (its preemptions) a request; redis-server's (or the dummy's) CPU,
+wakes (voluntary switches) a request and a second, and commands a request (`INFO commandstats`,
+FCALLs apart);
 each core's speed probe; with `--bursts`, the neighbour's bursts on a core (from `perf record -e
 sched:sched_switch`, filtered in the kernel to its main thread: each run from being switched in
-to being switched out, µs: median, 90th percentile, longest; what its wakes' average hides).
+to being switched out, µs: median, 90th percentile, longest; what its wakes' average hides);
+with `--profile`, py-spy on the worker (every Python thread, idle samples left out, not pausing
+it), each function's share of the round's samples times the worker's CPU a request: its µs a
+request, by itself and with what it calls.
 Then, per measure, medians by mode and each round's worker µs a request against the same round's
-`embedded`. Needs root (chrt). Every run is bounded (wrk -d, timeouts).
+`embedded`, and with `--profile` the functions whose µs a request differ most from `embedded`'s.
+Needs root (chrt). Every run is bounded (wrk -d, timeouts).
 """
 
 from __future__ import annotations
@@ -48,11 +53,20 @@ import orjson
 
 from loadtests.bench import contenders as c
 from loadtests.bench import side_by_side as s
-from loadtests.bench.measure import SpeedProbe, _kb, _tree, tree_cpu_s, wrk, wrk_script
+from loadtests.bench.measure import (
+    SpeedProbe,
+    _kb,
+    _tree,
+    tree_cpu_s,
+    tree_cpu_split_s,
+    wrk,
+    wrk_script,
+)
 from loadtests.bench.redis_costs import commandstats
 from loadtests.bench.redis_dummy import Plan
 
 MODES = ("embedded", "redis0", "redis1", "dummy")
+PROFILE_RATE = 500  # py-spy's samples a second
 NOT_A_REQUEST = ("config|resetstat", "info", "ping", "hello", "client|setinfo", "client|setname")
 
 
@@ -130,6 +144,69 @@ def traced(pid: int, directory: Path) -> Iterator[list[float]]:
     runs += bursts_us(script, pid)
 
 
+@contextmanager
+def sampled(pid: int, raw: Path, seconds: float) -> Iterator[None]:
+    """py-spy's raw stacks of `pid`'s tree while the block runs (from the client's core)."""
+    binary = shutil.which("py-spy") or str(c.BIN / "py-spy")
+    command = [binary, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+               "--rate", str(PROFILE_RATE), "--duration", str(max(1, int(seconds))),
+               "--format", "raw", "--output", str(raw)]  # fmt: skip
+    spy = c.pinned(c.CLIENT_CORE, command, raw.with_suffix(".log"))
+    time.sleep(0.2)  # attached before the round starts
+    try:
+        yield
+    finally:
+        try:
+            spy.wait(timeout=seconds + 30)
+        finally:
+            c.stop(spy)
+
+
+def _function(frame: str) -> str:
+    """`name (/a/b/dir/file.py:12)` -> `name (dir/file.py)`: a function, whichever line ran."""
+    found = re.fullmatch(r"(.*) \((.*):\d+\)", frame)
+    if found is None:
+        return frame
+    return f"{found[1]} ({'/'.join(found[2].split('/')[-2:])})"
+
+
+def by_function(raw: str) -> tuple[int, dict[str, int], dict[str, int]]:
+    """From py-spy's raw stacks (`frame;frame;... count`, the leaf last): the samples, and each
+    function's (`name (dir/file.py)`) samples as the leaf and anywhere in the stack."""
+    total = 0
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [
+            _function(frame)
+            for frame in stack.split(";")
+            if not frame.startswith(("process ", "thread "))
+        ]
+        total += n
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for name in dict.fromkeys(frames):
+            within[name] = within.get(name, 0) + n
+    return total, own, within
+
+
+def per_request(
+    rows: list[dict[str, float]], profiles: list[str], inclusive: bool
+) -> dict[str, float]:
+    """Each function's µs a request: its share of a round's samples times the round's worker
+    CPU a request, averaged over the rounds."""
+    out: dict[str, float] = {}
+    for row, raw in zip(rows, profiles, strict=True):
+        total, own, within = by_function(raw)
+        for name, n in (within if inclusive else own).items():
+            out[name] = out.get(name, 0.0) + row["worker_cpu_us"] * n / max(1, total) / len(rows)
+    return out
+
+
 def burst_figures(runs: list[float]) -> dict[str, float]:
     if not runs:
         return {}
@@ -171,17 +248,19 @@ def dummy(plan: Plan, seconds: float, directory: Path, touch_kb: int) -> subproc
 
 def one_round(contender: s.Contender, url: str, script: Path, connections: int, seconds: float,
               neighbour: Neighbour) -> dict[str, float]:  # fmt: skip
-    cpu0, (vol0, invol0) = tree_cpu_s(contender.pid), switches(contender.pid)
+    (user0, system0), (vol0, invol0) = tree_cpu_split_s(contender.pid), switches(contender.pid)
     n_cpu0, n_wakes0, every0, fcalls0 = neighbour.counters()
     wall0 = time.monotonic()
     result = wrk(url, script, connections, seconds)
     wall = time.monotonic() - wall0
-    cpu, (vol, invol) = tree_cpu_s(contender.pid), switches(contender.pid)
+    (user, system), (vol, invol) = tree_cpu_split_s(contender.pid), switches(contender.pid)
+    cpu, cpu0 = user + system, user0 + system0
     n_cpu, n_wakes, every, fcalls = neighbour.counters()
     done = max(1, result.completed or round(result.requests_per_s * seconds))
     return {
         "requests_per_s": result.requests_per_s,
         "worker_cpu_us": (cpu - cpu0) * 1e6 / done,
+        "worker_system_us": (system - system0) * 1e6 / done,
         "worker_sleeps": (vol - vol0) / done,
         "worker_preempted": (invol - invol0) / done,
         "neighbour_cpu_us": (n_cpu - n_cpu0) * 1e6 / done,
@@ -199,8 +278,12 @@ def one_round(contender: s.Contender, url: str, script: Path, connections: int, 
 Rounds = dict[str, dict[str, list[dict[str, float]]]]  # measure -> mode -> rounds
 
 
-def run(args: argparse.Namespace, directory: Path) -> Rounds:
+Profiles = dict[str, dict[str, list[str]]]  # measure -> mode -> each round's raw stacks
+
+
+def run(args: argparse.Namespace, directory: Path) -> tuple[Rounds, Profiles]:
     rounds: Rounds = {}
+    profiles: Profiles = {}
     names = ["upstream", "gateway-sqlite", "gateway-redis"]
     with s.started(directory, names, redis_core=c.SERVER_CORE, redis_realtime=True) as found, \
             SpeedProbe(directory) as speed:  # fmt: skip
@@ -219,6 +302,7 @@ def run(args: argparse.Namespace, directory: Path) -> Rounds:
                     urls[name] = contender.base_url + contender.path(scenario)
                     wrk(urls[name], scripts[name], connections, 1)  # warm-up
                 per: dict[str, list[dict[str, float]]] = {mode: [] for mode in args.modes}
+                stacks: dict[str, list[str]] = {mode: [] for mode in args.modes}
                 plan = Plan(0.0, 0.0)
                 for rep in range(args.reps):
                     for mode in args.modes if rep % 2 == 0 else args.modes[::-1]:
@@ -237,8 +321,14 @@ def run(args: argparse.Namespace, directory: Path) -> Rounds:
                         tracing: AbstractContextManager[list[float]] = (
                             traced(neighbour.pid, directory) if args.bursts else nullcontext(none)
                         )
+                        raw = directory / f"profile-{measure}-{rep}-{mode.replace('/', '-')}.txt"
+                        profiling: AbstractContextManager[None] = (
+                            sampled(found[name].pid, raw, args.seconds)
+                            if args.profile
+                            else nullcontext()
+                        )
                         try:
-                            with tracing as runs:
+                            with tracing as runs, profiling:
                                 started_at = time.monotonic()
                                 row = one_round(found[name], urls[name], scripts[name],
                                                 connections, args.seconds, neighbour)  # fmt: skip
@@ -257,10 +347,13 @@ def run(args: argparse.Namespace, directory: Path) -> Rounds:
                                           if not k.startswith("_"))  # fmt: skip
                         print(f"  {measure} round {rep + 1} {mode}: {shown}", flush=True)
                         per[mode].append(row)
+                        if args.profile:
+                            stacks[mode].append(raw.read_text() if raw.exists() else "")
                 rounds[measure] = per
+                profiles[measure] = stacks
         finally:
             move(redis_pid, c.SERVER_CORE)
-    return rounds
+    return rounds, profiles
 
 
 def against_embedded(per: dict[str, list[dict[str, float]]], mode: str, key: str) -> list[float]:
@@ -304,6 +397,29 @@ def summary(rounds: Rounds) -> str:
     return "\n".join(lines)
 
 
+def profile_summary(rounds: Rounds, profiles: Profiles, shown: int = 20) -> str:
+    """Per measure and mode, the functions whose µs a request (by themselves, then with what
+    they call) differ most from `embedded`'s."""
+    lines = []
+    for measure, stacks in profiles.items():
+        per = rounds[measure]
+        for inclusive in (False, True):
+            base = per_request(per["embedded"], stacks["embedded"], inclusive)
+            for mode in (m for m in per if m != "embedded" and per[m]):
+                mine = per_request(per[mode], stacks[mode], inclusive)
+                names = sorted(set(base) | set(mine),
+                               key=lambda n: -abs(mine.get(n, 0.0) - base.get(n, 0.0)))  # fmt: skip
+                what = "with what they call" if inclusive else "by themselves"
+                lines.append(f"\n{measure}: {mode} - embedded, µs a request, {what} "
+                             f"({mode} / embedded)")  # fmt: skip
+                lines += [
+                    f"  {mine.get(n, 0.0) - base.get(n, 0.0):+7.2f}  "
+                    f"({mine.get(n, 0.0):6.2f} / {base.get(n, 0.0):6.2f})  {n}"
+                    for n in names[:shown]
+                ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measures", type=lambda t: t.split(","), default=["rps", "sse"])
@@ -322,6 +438,11 @@ def main() -> int:
         "--bursts",
         action="store_true",
         help="the neighbour's runs on a core, from perf's sched_switch events (needs perf)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy on the worker each round: each function's µs a request, against embedded",
     )
     parser.add_argument("--samples-out", type=Path, help="every round's figures (JSON)")
     args = parser.parse_args()
@@ -343,10 +464,12 @@ def main() -> int:
     if not c.realtime_allowed():
         parser.error("needs root and chrt (redis-server and the dummy at SCHED_FIFO)")
     with tempfile.TemporaryDirectory(prefix="klawd-redis-share-") as tmp:
-        rounds = run(args, Path(tmp))
+        rounds, profiles = run(args, Path(tmp))
     if args.samples_out is not None:
         args.samples_out.write_bytes(orjson.dumps(rounds))
     print(summary(rounds))
+    if args.profile:
+        print(profile_summary(rounds, profiles))
     return 0
 
 

@@ -84,3 +84,28 @@ def test_a_burst_runs_from_the_switch_to_the_process_to_the_switch_away() -> Non
     assert [round(us, 3) for us in runs] == [900.0, 50.0]
     figures = redis_share.burst_figures(runs)
     assert figures["bursts"] == 2 and figures["burst_max_us"] == runs[0]
+
+
+def test_a_profile_s_samples_are_counted_by_function_whichever_line_ran() -> None:
+    raw = (
+        'process 7:"granian --interface asgi";thread 0x1;serve (/x/gateway/app.py:10);'
+        "admit (/x/gateway/limits.py:40) 3\n"
+        'process 7:"granian --interface asgi";thread 0x1;serve (/x/gateway/app.py:12);'
+        "admit (/x/gateway/limits.py:41) 1\n"
+        'process 7:"granian --interface asgi";thread 0x2;serve (/x/gateway/app.py:11) 4\n'
+        "\n"
+    )
+    total, own, within = redis_share.by_function(raw)
+    assert total == 8
+    assert own == {"admit (gateway/limits.py)": 4, "serve (gateway/app.py)": 4}
+    assert within == {"serve (gateway/app.py)": 8, "admit (gateway/limits.py)": 4}
+
+
+def test_a_function_s_share_of_the_samples_is_read_as_us_a_request() -> None:
+    rows = [{"worker_cpu_us": 100.0}, {"worker_cpu_us": 200.0}]
+    profiles = ["a (p/f.py:1);b (p/f.py:2) 1\na (p/f.py:1) 3\n", "a (p/f.py:1);b (p/f.py:2) 2\n"]
+    assert redis_share.per_request(rows, profiles, inclusive=False) == {
+        "b (p/f.py)": (25.0 + 200.0) / 2,
+        "a (p/f.py)": 75.0 / 2,
+    }
+    assert redis_share.per_request(rows, profiles, inclusive=True)["a (p/f.py)"] == 150.0

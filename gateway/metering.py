@@ -341,7 +341,8 @@ class Meter:
         upstream call under `PendingAdmission.overlapping` while the reply is on its way
         (gateway/admission_gate.py). The allowlist's 403 and an unknown account's 401 are raised
         here, as `admit` raises them; an embedded admission is decided here (a
-        DecidedAdmission, its refusal raised here)."""
+        DecidedAdmission, its refusal raised here), and so is a Redis one admitted from the
+        worker's lease."""
         if self._recorder.overflowing:
             raise LedgerUnwritable()
         allowed = targets if allowed_already else self.allowed(auth, requested, targets)
@@ -381,6 +382,15 @@ class Meter:
                     admission = self.leaser.admit_leased(
                         account.id, spec, reserve_micros, gate, counted=True
                     )
+            if admission is not None:
+                # Admitted in process from the lease, as the embedded store admits: decided
+                # here, no pending admission, gate or context manager (decision 0010,
+                # twenty-seventh pass).
+                ticket = self.admission_ticket(
+                    admission, request_id, account, auth.key_id, spec, gate, now, allowed,
+                    reserve_micros,
+                )  # fmt: skip
+                return DecidedAdmission(self, ticket)
         if admission is None and sender is None:
             # decided in process (a cancellation there undoes itself), before the pending
             # admission is made: it is made decided

@@ -290,10 +290,11 @@ class PendingAdmission:
 
 
 class DecidedAdmission:
-    """An admission decided when it was started, the embedded store's (never in flight, so no
-    gate, no reply to read or to give back): the route's side of PendingAdmission alone. A
-    refusal was raised by `Meter.start`; an admitted request's failure in `overlapping` is
-    settled at no cost with the admission's headers on its error (`Meter.settle_on_failure`)."""
+    """An admission decided when it was started: the embedded store's, or a Redis one admitted
+    from the worker's lease (never in flight, so no gate, no reply to read or to give back): the
+    route's side of PendingAdmission alone. A refusal was raised by `Meter.start`; an admitted
+    request's failure in `overlapping` is settled at no cost with the admission's headers on its
+    error (`Meter.settle_on_failure`)."""
 
     __slots__ = ("_meter", "_ticket", "stream", "targets")
 
@@ -334,7 +335,8 @@ class DecidedAdmission:
         failure.__exit__(type(exc), exc, exc.__traceback__)
 
 
-# What `Meter.start` returns: an admission on its way (Redis), or decided (embedded).
+# What `Meter.start` returns: an admission on its way (Redis), or decided (embedded, or a
+# Redis one admitted from the worker's lease).
 Admitting = PendingAdmission | DecidedAdmission
 
 

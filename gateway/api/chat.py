@@ -91,7 +91,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     response_id = ids.new_id("chatcmpl-", 12)
     created = int(now)
     if isinstance(pending, DecidedAdmission):
-        # The embedded store's admission, decided already: no gate to hold, no reply to read
+        # Decided already (embedded, or from a Redis lease): no gate to hold, no reply to read
         # and no refusal left, so no context manager around the call (`async with` and its
         # two coroutines were ~3K instructions a request) and no coroutine for the ticket.
         try:

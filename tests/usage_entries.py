@@ -45,3 +45,15 @@ def admitted_entry(admission: Admission, **fields: Any) -> UsageEntry:
         hold_id=admission.hold_id,
         **fields,
     )
+
+
+class Recorded:
+    """The meter's recorder, keeping the entries (nothing settles)."""
+
+    overflowing = False
+
+    def __init__(self) -> None:
+        self.entries: list[UsageEntry] = []
+
+    def record(self, entry: UsageEntry) -> None:
+        self.entries.append(entry)

@@ -22,10 +22,11 @@ from gateway.metering import AccountCache, Meter
 from gateway.metrics import Metrics
 from gateway.pending_admission import CLIENT_CLOSED, DecidedAdmission
 from gateway.settings import load_settings
-from gateway.store.base import KeyBudget, UsageEntry
+from gateway.store.base import KeyBudget
 from gateway.store.sqlite import SqliteStore
 from gateway.store_metrics import _Timed
 from tests.scrape import parse, total
+from tests.usage_entries import Recorded
 
 DAY = "2026-11-26"
 SPEC = LimitSpec(requests_per_minute=5, requests_per_day=100)
@@ -135,18 +136,6 @@ async def test_an_admission_cancelled_while_reading_takes_nothing(
         await admitting
     assert sqlite.book.reserved_credits(account.id) == 0
     assert await left_this_minute(limiter, account.id) == 5
-
-
-class Recorded:
-    """The meter's recorder, keeping the entries (nothing settles)."""
-
-    overflowing = False
-
-    def __init__(self) -> None:
-        self.entries: list[UsageEntry] = []
-
-    def record(self, entry: UsageEntry) -> None:
-        self.entries.append(entry)
 
 
 async def test_meter_start_decides_an_embedded_admission_at_once(sqlite: SqliteStore) -> None:

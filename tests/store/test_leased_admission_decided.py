@@ -15,25 +15,14 @@ from gateway.auth import AuthContext
 from gateway.metering import AccountCache, Meter
 from gateway.pending_admission import CLIENT_CLOSED, DecidedAdmission, PendingAdmission
 from gateway.settings import load_settings
-from gateway.store.base import CustomLimits, UsageEntry, open_store
+from gateway.store.base import CustomLimits, open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import LEASE_MAX
 from tests.redis_server import RedisServer
+from tests.usage_entries import Recorded
 
 RESERVE = 1_000
 BIG = CustomLimits(requests_per_minute=1_000_000, requests_per_day=1_000_000)
-
-
-class Recorded:
-    """The meter's recorder, keeping the entries (nothing settles)."""
-
-    overflowing = False
-
-    def __init__(self) -> None:
-        self.entries: list[UsageEntry] = []
-
-    def record(self, entry: UsageEntry) -> None:
-        self.entries.append(entry)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ redis-py is never imported by a process that opens such a store (docs/decisions/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import redis
 from gateway.store.base import open_store
 from gateway.store.redis import RedisStore
 from gateway.store.resp import RespClient, RespConnectionError
+from tests.redis_relay import RedisRelay
 from tests.redis_server import RedisServer
 
 BOUND_S = 10  # every wait is bounded by this (never a timing assertion)
@@ -133,49 +133,6 @@ async def test_subscribe_yields_what_is_published(redis_server: RedisServer) -> 
         await client.close()
 
 
-class Blackhole:
-    """A TCP proxy to Redis that can go silent on the connections it carries (nothing forwarded
-    either way, nothing closed): a connection dead without a word, as behind a NAT or a
-    firewall that forgot it. Connections made afterwards are carried normally."""
-
-    def __init__(self, port: int) -> None:
-        self.target_port = port
-        self.silent: set[asyncio.StreamWriter] = set()
-        self.carried: list[asyncio.StreamWriter] = []
-        self.upstream: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    def go_silent(self) -> None:
-        self.silent.update(self.carried)
-
-    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.carried.append(writer)
-        self.upstream.append(up_writer)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    if writer not in self.silent:
-                        dst.write(data)
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        writer.close()
-        up_writer.close()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for writer in self.carried + self.upstream:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-
 async def test_a_silently_dead_subscription_is_found_by_its_ping_and_taken_again(
     redis_server: RedisServer,
 ) -> None:
@@ -183,7 +140,7 @@ async def test_a_silently_dead_subscription_is_found_by_its_ping_and_taken_again
     command timeout, finds it dead; every cache is dropped, the channel is taken again, and a
     revocation published after that reaches the listener."""
     redis_server.flush()
-    proxy = Blackhole(redis_server.port)
+    proxy = RedisRelay(redis_server.port)
     listener = open_store(await proxy.start())
     writer = open_store(redis_server.url)
     assert isinstance(listener, RedisStore) and listener._resp is not None

@@ -12,8 +12,8 @@ import redis
 
 from gateway.store.base import open_store
 from gateway.store.redis import RedisStore
+from tests.redis_relay import RedisRelay
 from tests.redis_server import RedisClusterServers, RedisServer
-from tests.store.test_redis_lean_client_only import Blackhole
 
 BOUND_S = 10  # every wait is bounded by this (never a timing assertion)
 
@@ -25,7 +25,7 @@ async def test_a_silently_dead_cluster_subscription_is_found_by_its_ping_and_tak
     closing anything: only the subscription's own PING finds it dead; the channel is taken
     again and a revocation published after that reaches the listener."""
     redis_cluster.flush()
-    proxy = Blackhole(redis_cluster.nodes[0].port)
+    proxy = RedisRelay(redis_cluster.nodes[0].port)
     seed = (await proxy.start()).removeprefix("redis://").removesuffix("/0")
     listener = open_store(f"redis+cluster://{seed}")
     writer = open_store(redis_cluster.url)

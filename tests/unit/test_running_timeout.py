@@ -13,7 +13,9 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PLUGIN = ["-p", "tests.running_timeout"]
-PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio"]
+# -rN: no short summary, whose lines repeat each failure's message only when the terminal is
+# wide enough to hold them (CI's is): the counts below are of the failures' own sections.
+PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", "-rN"]
 
 HANGS = """
 import threading

@@ -97,7 +97,12 @@ class RedisKeys:
         return {key_id: KeySpend(*values[3 * i : 3 * i + 3]) for i, key_id in enumerate(key_ids)}
 
     async def mark_once(self, name: str) -> bool:
-        return bool(await self._call("SET", f"klawd:mark:{name}", "1", "NX"))
+        # The mark holds a nonce of this call: a retry of the SET (redis-py sends it again when
+        # its reply timed out) finds its own nonce and claims, another call's refuses.
+        key, claim = f"klawd:mark:{name}", secrets.token_hex(8)
+        return bool(await self._call("SET", key, claim, "NX")) or (
+            await self._call("GET", key) == claim.encode()
+        )
 
     async def usage_by_key(
         self, account_id: str, since_day: str, until_day: str

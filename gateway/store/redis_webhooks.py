@@ -7,6 +7,8 @@ A mixin of RedisStore (gateway/store/redis.py). Keys (one account's share its ha
     klawd:acct:{A}:wh:dlv         hash: delivery id -> Delivery JSON
     klawd:acct:{A}:wh:log         zset: delivery id -> created (the newest DELIVERIES_KEPT)
     klawd:acct:{A}:wh:pending     zset: delivery id -> next attempt (the truth about what is due)
+    klawd:acct:{A}:wh:call:<n>    a call's marker (10 min): a call redis-py sends again after
+                                  its reply timed out answers as its first try (klawd.lua, v2)
     klawd:acct:{A}:invoices       hash: invoice id -> Invoice JSON
     klawd:acct:{A}:keys           set of the account's key ids
     klawd:webhooks                set of account ids with a webhook
@@ -86,6 +88,12 @@ def _acct(account_id: str) -> str:
 def _delivery_keys(account_id: str) -> list[str]:
     base = _acct(account_id)
     return [f"{base}:wh:dlv", f"{base}:wh:log", f"{base}:wh:pending"]
+
+
+def _call_marker(account_id: str) -> str:
+    """A key of the account's slot, drawn once per call: `klawd_*_v2` set it when the call
+    stored something, so a retry of the same call finds it (redis-py's, after a timed-out read)."""
+    return f"{_acct(account_id)}:wh:call:{secrets.token_hex(8)}"
 
 
 def _delivery_args(d: Delivery) -> list[Any]:
@@ -204,8 +212,8 @@ class RedisWebhooks:
         self, account_id: str, period: int, cursor: str, delivery: Delivery
     ) -> bool:
         added = await self.fcall(
-            "klawd_usage_event_v1",
-            [f"{_acct(account_id)}:webhook", *_delivery_keys(account_id)],
+            "klawd_usage_event_v2",
+            [f"{_acct(account_id)}:webhook", *_delivery_keys(account_id), _call_marker(account_id)],
             [period, cursor, *_delivery_args(delivery), DELIVERIES_KEPT],
         )
         if added:
@@ -217,8 +225,8 @@ class RedisWebhooks:
 
     async def add_delivery(self, delivery: Delivery) -> bool:
         added = await self.fcall(
-            "klawd_delivery_add_v1",
-            _delivery_keys(delivery.account_id),
+            "klawd_delivery_add_v2",
+            [*_delivery_keys(delivery.account_id), _call_marker(delivery.account_id)],
             [*_delivery_args(delivery), DELIVERIES_KEPT],
         )
         if added:
@@ -307,8 +315,12 @@ class RedisWebhooks:
             [*_delivery_args(delivery), DELIVERIES_KEPT] if delivery else ["", "", 0, 0, 0]
         )
         changed, raw = await self.fcall(
-            "klawd_invoice_paid_v1",
-            [f"{_acct(invoice.account_id)}:invoices", *_delivery_keys(invoice.account_id)],
+            "klawd_invoice_paid_v2",
+            [
+                f"{_acct(invoice.account_id)}:invoices",
+                *_delivery_keys(invoice.account_id),
+                _call_marker(invoice.account_id),
+            ],
             [invoice.id, msgspec.json.encode(paid), *event_args],
         )
         if int(changed) == 1 and delivery is not None:
@@ -317,10 +329,11 @@ class RedisWebhooks:
 
     # -- users, secrets, lease ------------------------------------------------------------------
     async def create_user(self, user: User) -> bool:
-        created = await self._call(
-            "SET", f"klawd:user:{user.email}", msgspec.json.encode(user), "NX"
+        key, record = f"klawd:user:{user.email}", msgspec.json.encode(user)
+        # a retry of the SET (redis-py's, after a timed-out read) finds this very record
+        return bool(await self._call("SET", key, record, "NX")) or (
+            await self._call("GET", key) == record
         )
-        return bool(created)
 
     async def get_user(self, email: str) -> User | None:
         raw = await self._call("GET", f"klawd:user:{email}")

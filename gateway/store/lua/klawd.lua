@@ -1187,6 +1187,39 @@ local function settle_v15(keys, args)
   return settle_marked(keys, args, true, true, 'lines')
 end
 
+-- v2 of delivery_add, usage_event and invoice_paid: KEYS end with the call's own marker (a
+-- nonce the caller draws for the call), set for MARKER_MS when the call stores something.
+-- redis-py sends a call again when its reply timed out although the call ran (the Redis
+-- Cluster's client, across a stop of the process longer than its read timeout): the retry finds
+-- its marker and answers as the first try did, not "the id exists" / "the period was reported",
+-- which left the stored delivery out of the due index (docs/decisions/0006, issue 19zzzzzj).
+local function call_marked(marker, changed)
+  if changed == 1 then redis.call('SET', marker, '1', 'PX', MARKER_MS) end
+  return changed
+end
+
+-- KEYS: as v1, then the call's marker; ARGV: as v1
+local function delivery_add_v2(keys, args)
+  if redis.call('EXISTS', keys[4]) == 1 then return 1 end
+  return call_marked(keys[4], delivery_add(keys, args))
+end
+
+-- KEYS: as v1, then the call's marker; ARGV: as v1
+local function usage_event_v2(keys, args)
+  if redis.call('EXISTS', keys[5]) == 1 then return 1 end
+  return call_marked(keys[5], usage_event(keys, args))
+end
+
+-- KEYS: as v1, then the call's marker; ARGV: as v1 -> as v1 ({1, the paid invoice} again)
+local function invoice_paid_v2(keys, args)
+  if redis.call('EXISTS', keys[5]) == 1 then
+    return {1, redis.call('HGET', keys[1], args[1])}
+  end
+  local reply = invoice_paid(keys, args)
+  call_marked(keys[5], reply[1])
+  return reply
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
@@ -1215,4 +1248,7 @@ redis.register_function('klawd_delivery_add_v1', delivery_add)
 redis.register_function('klawd_delivery_save_v1', delivery_save)
 redis.register_function('klawd_usage_event_v1', usage_event)
 redis.register_function('klawd_invoice_paid_v1', invoice_paid)
+redis.register_function('klawd_delivery_add_v2', delivery_add_v2)
+redis.register_function('klawd_usage_event_v2', usage_event_v2)
+redis.register_function('klawd_invoice_paid_v2', invoice_paid_v2)
 redis.register_function('klawd_lease_v1', lease)

@@ -3,7 +3,7 @@
 The charge follows the answer (its tokens are known only then), after the answer was settled
 (billed): a store that fails it must not turn the answer into a 503 (decision 0005,
 twenty-seventh pass). What it must not do either is forget the tokens: every charge carries an
-id of its own, which the store remembers (`klawd_charge_tokens_v3`: a charge seen already is not
+id of its own, which the store remembers (`klawd_charge_tokens_v4`: a charge seen already is not
 taken again), so a charge that failed, whether it never left the worker or its reply was lost
 (it may have run; a Redis Cluster's client cannot tell the two apart), is kept here and sent
 again, with its id, once the store answers: it counts once either way. The signal that it
@@ -23,8 +23,8 @@ already short when the outage began stays as short. The late charge lists the id
 charge it is made of: those the store saw already (they ran before their reply was lost) are
 taken out of it.
 
-Decision record: docs/decisions/0005-resilience.md, "Thirtieth pass", "Thirty-first pass" and
-"Thirty-second pass".
+Decision record: docs/decisions/0005-resilience.md, "Thirtieth pass", "Thirty-first pass",
+"Thirty-second pass" and "Thirty-third pass".
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ log = logging.getLogger("klawd.limits")
 # charge of another account past it is dropped, and counted.
 MAX_OWING = 10_000
 # How long after its first kept charge an account's are sent again at most: the store remembers
-# a charge's id 5 minutes (klawd.lua's CHARGE_ID_MS), so one sent later could count twice. An
-# account whose answers are each below its limit has refilled its shortfall within a minute.
+# a charge's id 5 minutes (store/redis_limiter.py's CHARGE_ID_MS), so one sent later could count
+# twice. An account whose answers are each below its limit has refilled its shortfall within a
+# minute.
 KEPT_LIFE_S = 120.0
 # The shutdown's pause between two sends of what the store did not take (doubled each time)
 CLOSE_PAUSE_S = 0.05

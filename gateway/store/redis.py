@@ -6,8 +6,10 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
                                 grant: grant_seq, grant (micros), grant_at, grant_spent
     klawd:acct:{A}:credits      integer micro-dollars
     klawd:acct:{A}:rpm|rpd|tpm  limiter state (gateway/store/lua/klawd.lua)
-    klawd:acct:{A}:charges      sorted set: the ids of the tpm bucket's charges of the last 5
-                                minutes, by the time first seen (klawd_charge_tokens_v3)
+    klawd:acct:{A}:charge_ids   sorted set: the ids of the tpm bucket's charges of the last 5
+                                minutes (and up to 30 s more), by minus the time first seen
+                                (klawd_charge_tokens_v4); `:charges`, by the time first seen:
+                                the previous release's (v3)
     klawd:acct:{A}:usage:DAY    hash: "<model>|requests", "<model>|cost_micros", …
     klawd:acct:{A}:kusage:DAY   hash: "<key id>|requests", "<key id>|cost_micros", …
     klawd:acct:{A}:krpm|krpd:K  the API key K's own limiter state

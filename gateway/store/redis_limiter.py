@@ -77,6 +77,11 @@ OUTCOMES: dict[int, Outcome] = {
 # the reservation (the plan's limits) and after it (consume, and the key's limits and budgets).
 _Call = tuple[list[str], list[int], list[int]]
 CALLS_KEPT = 100_000
+# How long the store remembers a token charge's id at least (klawd_charge_tokens_v4's window):
+# past the latest its worker sends it again (gateway/token_charges.py's KEPT_LIFE_S, 2 minutes
+# after the account's first kept charge), with room for the command timeouts and the worker's
+# clock against Redis's.
+CHARGE_ID_MS = 300_000
 
 
 def _packed(*args: Any) -> bytes:
@@ -656,12 +661,13 @@ class RedisLimiter:
             return
         acct = _acct(account_id)
         await self._store.fcall(
-            "klawd_charge_tokens_v3",
-            [f"{acct}:tpm", f"{acct}:charges"],
+            "klawd_charge_tokens_v4",
+            [f"{acct}:tpm", f"{acct}:charge_ids"],
             [
                 spec.tokens_per_minute,
                 tokens,
                 math.ceil(kept_s * 1000),
+                CHARGE_ID_MS,
                 *(part for charge in charges for part in charge),
             ],
         )

@@ -1,8 +1,10 @@
-"""Token charges that can be sent again (`klawd_charge_tokens_v3`: every charge's id remembered
+"""Token charges that can be sent again (`klawd_charge_tokens_v4`: every charge's id remembered
 beside the account's bucket; gateway/token_charges.py), against real redis-servers: a charge whose
 reply a relay on loopback swallowed is kept, sent again and counts once; one whose command it
-swallowed counts once too; the same id twice counts once; a previous release's v2 charge shares
-the bucket; on a Redis Cluster of the test's own, a charge failed by its slot's primary stopped
+swallowed counts once too; the same id twice counts once; previous releases' v2 and v3 charges
+share the bucket; the ids' set, trimmed and given its expiry only when due, remembers every id
+for the window and holds none much longer (a small window given through the function's
+argument); on a Redis Cluster of the test's own, a charge failed by its slot's primary stopped
 is kept and lands once that primary is back. And a worker's shutdown (`AppState.close`, what
 `klawd serve`'s drain ends with) sends the charges it keeps: they land on a store back up; on a
 store still silent the shutdown ends within its budget and counts what it lost."""
@@ -24,7 +26,8 @@ from gateway.metrics import Metrics
 from gateway.settings import load_settings
 from gateway.state import AppState, build_state
 from gateway.store.redis import RedisStore
-from gateway.token_charges import TokenCharges
+from gateway.store.redis_limiter import CHARGE_ID_MS
+from gateway.token_charges import KEPT_LIFE_S, TokenCharges
 from tests.redis_relay import RedisRelay
 from tests.redis_server import RedisClusterServers, RedisServer, cluster_ports
 
@@ -54,6 +57,10 @@ async def store(relay: RedisRelay) -> AsyncIterator[RedisStore]:
 
 def tpm_key(account_id: str) -> str:
     return f"klawd:acct:{{{account_id}}}:tpm"
+
+
+def ids_key(account_id: str) -> str:
+    return f"klawd:acct:{{{account_id}}}:charge_ids"
 
 
 def stored_level(client: redis.Redis | redis.RedisCluster, account_id: str) -> float:
@@ -89,7 +96,7 @@ async def test_a_charge_whose_reply_was_lost_is_sent_again_and_lands_once(
     with redis.Redis(port=redis_server.port) as client:
         # stored by the charge as it first ran, untouched by the one sent again
         assert stored_level(client, account_id) == TPM - 1000
-        assert client.zcard(f"klawd:acct:{{{account_id}}}:charges") == 1
+        assert client.zcard(ids_key(account_id)) == 1
 
 
 async def test_a_charge_whose_command_was_lost_is_sent_again_and_lands_once(
@@ -127,16 +134,17 @@ async def test_the_same_charge_id_twice_counts_once(
         assert stored_level(client, account_id) == TPM - 700
         await limiter.charge_tokens(account_id, SPEC, 300, (("c2", 300),))
         assert stored_level(client, account_id) <= TPM - 1000 + 20  # (the refill meanwhile)
-        seen = f"klawd:acct:{{{account_id}}}:charges"
-        assert client.zrange(seen, 0, -1) == [b"c1", b"c2"]
-        assert 299_000 < client.pttl(seen) <= 300_000
+        assert client.zrange(ids_key(account_id), 0, -1) == [b"c2", b"c1"]  # the newest first
+        # the window and a tenth, from the first charge's upkeep (the next is due 30 s later)
+        assert 329_000 < client.pttl(ids_key(account_id)) <= 330_000
+        assert CHARGE_ID_MS / 1000 > KEPT_LIFE_S + 60  # a kept charge's ids outlive its keep
 
 
-async def test_a_previous_release_s_v2_charge_and_a_v3_one_share_the_bucket(
+async def test_a_previous_release_s_v2_charge_and_a_v4_one_share_the_bucket(
     store: RedisStore, redis_server: RedisServer
 ) -> None:
-    """A rolling deploy: a worker of the previous release charges with v2 (no id, never sent
-    again), this release's with v3, on one account: both taken from the one bucket, once."""
+    """A rolling deploy: a worker of an older release charges with v2 (no id, never sent
+    again), this release's with v4, on one account: both taken from the one bucket, once."""
     limiter = store.limiter()
     account_id = f"acct_{ids.token_hex(6)}"
     await limiter.charge_tokens(account_id, SPEC, 700, (("c1", 700),))
@@ -145,6 +153,115 @@ async def test_a_previous_release_s_v2_charge_and_a_v3_one_share_the_bucket(
         assert TPM - 1000 <= stored_level(client, account_id) <= TPM - 1000 + 20
         await limiter.charge_tokens(account_id, SPEC, 700, (("c1", 700),))  # seen: nothing
         assert TPM - 1000 <= stored_level(client, account_id) <= TPM - 1000 + 20
+
+
+async def test_v3_and_v4_charges_interleaved_on_one_account_each_count_once(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """A rolling deploy from the previous release: its workers charge with v3 (their ids in
+    `:charges`), this release's with v4 (`:charge_ids`), turn about on one account, each sending
+    some charges again (a lost reply) through its own function, as a kept charge is: every
+    charge is taken once from the one bucket, and neither version's upkeep loses the other's
+    ids."""
+    limiter = store.limiter()
+    account_id = f"acct_{ids.token_hex(6)}"
+    v3_ids = f"klawd:acct:{{{account_id}}}:charges"
+    with redis.Redis(port=redis_server.port) as client:
+
+        def charge_v3(charge_id: str, tokens: int) -> int:
+            keys = (tpm_key(account_id), v3_ids)
+            return int(client.fcall("klawd_charge_tokens_v3", 2, *keys, TPM, tokens, 0,
+                                    charge_id, tokens))  # fmt: skip
+
+        taken = []
+        for turn in range(3):
+            taken.append(charge_v3(f"a{turn}", 100))
+            await limiter.charge_tokens(account_id, SPEC, 200, ((f"b{turn}", 200),))
+            taken.append(charge_v3(f"a{turn}", 100))  # sent again: nothing
+            await limiter.charge_tokens(account_id, SPEC, 200, ((f"b{turn}", 200),))  # nothing
+            await limiter.charge_tokens(  # a late charge of a kept one and one that ran
+                account_id, SPEC, 250, ((f"c{turn}", 50), (f"b{turn}", 200))
+            )
+        assert taken == [100, 0] * 3
+        # 3 x (100 + 200 + 50) once each, the refill meanwhile at 100 tokens a second
+        assert TPM - 1050 <= stored_level(client, account_id) <= TPM - 1050 + 50
+        assert client.zcard(v3_ids) == 3
+        assert client.zcard(ids_key(account_id)) == 6
+
+
+def charge_v4(client: redis.Redis, account_id: str, window_ms: int, *charges: str) -> int:
+    """`klawd_charge_tokens_v4` with the window given: each charge 10 tokens, by its id."""
+    keys = (tpm_key(account_id), ids_key(account_id))
+    parts = [part for charge_id in charges for part in (charge_id, 10)]
+    reply = client.fcall("klawd_charge_tokens_v4", 2, *keys, TPM, 10 * len(charges), 0,
+                         window_ms, *parts)  # fmt: skip
+    return int(reply)
+
+
+def remembered_until(client: redis.Redis, account_id: str) -> tuple[float, dict[bytes, int]]:
+    """The ids' set's expiry (Redis's milliseconds), and each id's first-seen time."""
+    pipe = client.pipeline(transaction=True)
+    pipe.time()
+    pipe.pttl(ids_key(account_id))
+    pipe.zrange(ids_key(account_id), 0, -1, withscores=True)
+    (seconds, micros), pttl, members = pipe.execute()
+    now_ms = seconds * 1000 + micros // 1000
+    return now_ms + pttl, {member: -int(score) for member, score in members}
+
+
+async def test_the_ids_set_s_trim_and_expiry_run_only_when_due(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The cost v4 cuts (v3 trimmed the set and set its expiry on every call): a charge within
+    a tenth of the window after the last upkeep leaves the set's expiry as it is; a bucket
+    without the upkeep's time (expired, or written by v3 only) runs the upkeep again."""
+    await loaded(store)
+    account_id = f"acct_{ids.token_hex(6)}"
+    with redis.Redis(port=redis_server.port) as client:
+        assert charge_v4(client, account_id, 60_000, "a") == 10
+        expires, _ = remembered_until(client, account_id)
+        await asyncio.sleep(0.2)
+        assert charge_v4(client, account_id, 60_000, "b") == 10
+        assert abs(remembered_until(client, account_id)[0] - expires) <= 2  # not set again
+        client.hdel(tpm_key(account_id), "upkeep")
+        assert charge_v4(client, account_id, 60_000, "c") == 10
+        assert remembered_until(client, account_id)[0] >= expires + 200
+
+
+async def test_every_id_is_remembered_for_the_window_and_gone_soon_after(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """With a 1 s window (the function's argument; the gateway gives 5 minutes): a charge every
+    30-60 ms for 1.5 s, each new, the one before and the oldest seen within 0.9 s sent again
+    (taking nothing). After every call each id in the set is kept until its first sight plus the
+    window at least, none seen over the window and its tenth before the call is left, and the
+    set is gone once no charge came for the window and its tenth."""
+    await loaded(store)
+    account_id = f"acct_{ids.token_hex(6)}"
+    window = 1000
+    with redis.Redis(port=redis_server.port) as client:
+        sent: list[str] = []
+        ends = time.monotonic() + 1.5
+        while time.monotonic() < ends:
+            charge_id = f"r{len(sent)}"
+            assert charge_v4(client, account_id, window, charge_id) == 10
+            if sent:  # the one before: nothing
+                assert charge_v4(client, account_id, window, sent[-1]) == 0
+            sent.append(charge_id)
+            expires, members = remembered_until(client, account_id)
+            called_at = members[charge_id.encode()]
+            for member, seen_ms in members.items():
+                assert expires + 2 >= seen_ms + window, (member, expires, seen_ms)
+                # trimmed at the last upkeep, a tenth of the window ago at most
+                assert seen_ms > called_at - window - window // 10, (member, called_at, seen_ms)
+            within = [member for member, seen_ms in members.items() if seen_ms > called_at - 900]
+            oldest = min(within, key=members.__getitem__).decode()  # (after a hundred ms)
+            assert charge_v4(client, account_id, window, oldest) == 0
+            await asyncio.sleep(0.03 * (1 + len(sent) % 2))
+        assert len(sent) > 20
+        assert not client.exists(ids_key(account_id)) or client.pttl(ids_key(account_id)) <= 1100
+        await asyncio.sleep(1.15)
+        assert not client.exists(ids_key(account_id))
 
 
 async def test_on_a_redis_cluster_a_failed_charge_is_kept_and_lands_once_it_answers(

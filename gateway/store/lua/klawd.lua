@@ -10,19 +10,26 @@ local function now_ms()
 end
 
 -- A token bucket stored as {level, ts}; an absent key is a full bucket.
-local function level_of(key, capacity, now)
-  local state = redis.call('HMGET', key, 'level', 'ts')
+local function level_at(state, capacity, now)
   local level = tonumber(state[1])
   if level == nil then return capacity end
   local elapsed = math.max(0, now - tonumber(state[2]))
   return math.min(capacity, level + elapsed * capacity / 60000.0)
 end
 
+local function level_of(key, capacity, now)
+  return level_at(redis.call('HMGET', key, 'level', 'ts'), capacity, now)
+end
+
+-- A bucket's life once stored at `level`: until it has refilled, and a second more (once
+-- refilled the bucket is full, which is what an absent key means)
+local function refill_ms(capacity, level)
+  return math.ceil((capacity - level) * 60000.0 / capacity) + 1000
+end
+
 local function store_level(key, capacity, level, now)
   redis.call('HSET', key, 'level', string.format('%.17g', level), 'ts', now)
-  -- once refilled the bucket is full, which is what an absent key means
-  local refill_ms = math.ceil((capacity - level) * 60000.0 / capacity) + 1000
-  redis.call('PEXPIRE', key, refill_ms)
+  redis.call('PEXPIRE', key, refill_ms(capacity, level))
 end
 
 -- KEYS: rpm bucket, rpd quota, tpm bucket, credits
@@ -467,6 +474,59 @@ local function charge_tokens_v3(keys, args)
   return amount
 end
 
+-- v4: v3 at a lower cost (decision 0005, thirty-third pass). KEYS: tpm bucket, the account's
+-- charge ids (klawd:acct:{A}:charge_ids: a set of v4's own, since a charge is only ever sent
+-- again by the worker that made it, through the same function). ARGV: tpm, tokens, kept_ms,
+-- window_ms (how long an id is remembered at least), then the charges, an id and its tokens
+-- each, as v3. The set's trim and expiry (its upkeep) run only on a call at or past the time
+-- kept in the bucket (`upkeep`, the bucket living until then at least), which is then set a
+-- tenth of the window later: the set lives the window and that tenth past its last upkeep, so
+-- every id added meanwhile lives the window at least, and ids past the window are gone by the
+-- next upkeep. A bucket without that time (new, expired, written by v1-v3 only) runs it. An
+-- id's score is minus the time it was first seen: a new id goes at the set's head, which a
+-- small set (a listpack) inserts at without walking it (the upkeep's trim walks it instead).
+-- Redis's time goes to the commands as TIME's own text: a Lua number given to redis.call is
+-- printed with snprintf (3-4K instructions each). -> the tokens taken
+local function charge_tokens_v4(keys, args)
+  local t = redis.call('TIME')
+  local now_text = t[1] .. string.sub('00000' .. t[2], -6, -4)
+  local now = tonumber(now_text)
+  local cap, amount = tonumber(args[1]), tonumber(args[2])
+  local kept, window = tonumber(args[3]), tonumber(args[4])
+  local state = redis.call('HMGET', keys[1], 'level', 'ts', 'upkeep')
+  local upkeep_at = tonumber(state[3])
+  local upkeep = false
+  if #args > 4 then
+    upkeep = upkeep_at == nil or now >= upkeep_at
+    if upkeep then
+      -- first seen at now - window or before: a score of at least its minus
+      redis.call('ZREMRANGEBYSCORE', keys[2], window - now, '+inf')
+    end
+    for i = 5, #args, 2 do
+      if redis.call('ZADD', keys[2], 'NX', '-' .. now_text, args[i]) == 0 then
+        amount = amount - tonumber(args[i + 1])
+      end
+    end
+    if upkeep then
+      local period = math.ceil(window / 10)
+      redis.call('PEXPIRE', keys[2], window + period)
+      upkeep_at = now + period
+    end
+  end
+  if amount <= 0 then return 0 end
+  local level = level_at(state, cap, now - kept) - amount
+  local level_text = string.format('%.17g', level)
+  if upkeep then
+    redis.call('HSET', keys[1], 'level', level_text, 'ts', now_text, 'upkeep', upkeep_at)
+  else
+    redis.call('HSET', keys[1], 'level', level_text, 'ts', now_text)
+  end
+  local life = refill_ms(cap, level)
+  if upkeep_at then life = math.max(life, upkeep_at - now) end
+  redis.call('PEXPIRE', keys[1], life)
+  return amount
+end
+
 -- KEYS: credits; ARGV: micros. Takes them only if the balance covers them.
 local function reserve(keys, args)
   local amount = tonumber(args[1])
@@ -581,6 +641,7 @@ redis.register_function('klawd_admit_v1', admit)
 redis.register_function('klawd_charge_tokens_v1', charge_tokens)
 redis.register_function('klawd_charge_tokens_v2', charge_tokens)
 redis.register_function('klawd_charge_tokens_v3', charge_tokens_v3)
+redis.register_function('klawd_charge_tokens_v4', charge_tokens_v4)
 redis.register_function('klawd_reserve_v1', reserve)
 -- How long a settled entry is recognised (a batch retried after a lost reply, a replay).
 local MARKER_MS = 600000

@@ -393,8 +393,11 @@ def gateway_model(scenario: str) -> str:
     return f"bench{scenario}/m"
 
 
-def gateway_conf(port: int, upstream: str, store_url: str, streams: int = 1024) -> str:
-    """`streams`: how many may be open at once (max_in_flight and the providers' pools)."""
+def gateway_conf(
+    port: int, upstream: str, store_url: str, streams: int = 1024, tpm: int | None = None
+) -> str:
+    """`streams`: how many may be open at once (max_in_flight and the providers' pools); `tpm`:
+    the bench plan's `tokens_per_minute` (every answer's tokens then charged to it)."""
     providers = {f"bench{name}": ("openai", f"{upstream}/{name}/v1") for name in ("json", "sse")}
     providers |= {
         f"bench{name}": (KINDS.get(body, body), f"{upstream}/{name}") if body in PATHS
@@ -422,6 +425,7 @@ url = "{store_url}"
 requests_per_minute = 1000000000
 requests_per_day = 1000000000
 starting_credit_usd = 1000000.0
+{"" if tpm is None else f"tokens_per_minute = {tpm}"}
 
 {tables}
 """
@@ -595,12 +599,14 @@ def gateway(
     streams: int = 1024,
     source: Path | None = None,
     gc_log: Path | None = None,
+    tpm: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """`source`: a directory holding another version's `gateway` package (with its built
-    `_core`), run instead of this one, for a before/after comparison in one run. `gc_log`: a
+    `_core`), run instead of this one, for a before/after comparison in one run. `tpm`: the
+    bench plan's token limit (`gateway_conf`). `gc_log`: a
     file where every process of the gateway's tree logs its cycle collections (gc_site/)."""
     config = directory / f"{name}.toml"
-    text = gateway_conf(port, upstream, store_url, streams)
+    text = gateway_conf(port, upstream, store_url, streams, tpm)
     if source is not None:  # an older version may not know the newer [server] fields
         text = "\n".join(line for line in text.splitlines() if not line.startswith("max_in"))
     config.write_text(text)

@@ -1,7 +1,7 @@
 """What one request costs the Redis store, counted per request: not a ratio, an inventory.
 
     .venv/bin/python -m loadtests.bench.redis_costs [--measures rps,event,lines,lines20]
-        [--seconds 3] [--reps 3] [--redis-core 0] [--before DIR] [--this DIR]
+        [--seconds 3] [--reps 3] [--redis-core 0] [--before DIR] [--this DIR] [--tpm N]
 
 One gateway worker on Redis (pinned to core 0, as `make bench` runs it), the fake upstream (nginx)
 and wrk on core 1, redis-server on `--redis-core` (0 as in `make bench` since issue 19zzzze:
@@ -22,7 +22,10 @@ wait for its core per request (schedstat: runnable, queued behind other work on 
 as on a core of its own; `normal` queues it behind wrk and the upstream (before issue 19zd).
 Figures are medians over rounds. `--before DIR` (DIR holds another version's `gateway` package
 with its built `_core`): that version too, with its own redis-server, the two taking turns round
-by round, for a before/after in one run. Every run is bounded (wrk -d, timeouts).
+by round, for a before/after in one run. `--tpm N`: the bench account's plan has a token limit
+of N a minute (make it large: 10**12), so every answer's tokens are charged to it as well
+(`klawd_charge_tokens_v*`, one more FCALL a request): the token charge's cost beside the
+others, against a run without it. Every run is bounded (wrk -d, timeouts).
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ def started(
     before: Path | None,
     this: Path | None = None,
     realtime: bool = False,
+    tpm: int | None = None,
 ) -> Iterator[list[Variant]]:
     """One gateway on Redis, with its own redis-server (and with `before`, a second one running
     that checkout's `gateway` package; `this`: another checkout's instead of this one's);
@@ -136,7 +140,7 @@ def started(
             processes.append(c.redis_server(redis_port, directory, redis_core, realtime))
             store = f"redis://127.0.0.1:{redis_port}/0"
             tag = "gateway-redis" + ("-before" if name == "before" else "")
-            gateway = c.gateway(tag, port, upstream, store, directory, source=source)
+            gateway = c.gateway(tag, port, upstream, store, directory, source=source, tpm=tpm)
             processes.append(gateway)
             base = f"http://127.0.0.1:{port}"
             c.wait_for(_ready(base), name)
@@ -236,7 +240,9 @@ Figures = dict[str, dict[str, dict[str, float]]]  # measure -> variant -> figure
 def measure(args: argparse.Namespace, directory: Path) -> Figures:
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     realtime = args.redis_priority == "realtime"
-    with started(directory, args.redis_core, args.before, args.this, realtime) as variants:
+    with started(
+        directory, args.redis_core, args.before, args.this, realtime, args.tpm
+    ) as variants:
         for name in args.measures:
             scenario, connections = SCENARIOS[name]
             payload: dict[str, object] = {
@@ -284,6 +290,7 @@ def main() -> int:
     parser.add_argument(
         "--measures", type=lambda text: text.split(","), default=["rps", "event", "lines20"]
     )
+    parser.add_argument("--tpm", type=int, help="the bench plan's tokens_per_minute")
     args = parser.parse_args()
     if not set(args.measures) <= set(SCENARIOS):
         parser.error(f"--measures: choose among {','.join(SCENARIOS)}")

@@ -1,9 +1,7 @@
 """An admission on its way: the route prepares its upstream call while the reply travels.
 
     pending = await meter.start(auth, request_id, requested, targets, reserve_for)
-    async with pending.overlapping(stream):
-        result = await <the upstream call over pending.targets>
-    ticket = await served_ticket(pending, retrier, served, tokens, tries, stream)
+    result, served, ticket = await admitted_call(pending, retrier, attempt, stream, tokens)
 
 What the gate holds back and why: gateway/admission_gate.py.
 """
@@ -11,8 +9,9 @@ What the gate holds back and why: gateway/admission_gate.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gateway.admission_gate import GATE, AdmissionRefused
 from gateway.billing import TokenUsage
@@ -26,6 +25,7 @@ from gateway.store.base import Account
 # client abandoned (api/chat.py), an admission whose request was cancelled (`dropped`).
 CLIENT_CLOSED = 499
 DEADLINE_STATUS = GatewayTimeout.status
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from gateway.metering import Meter, Ticket
@@ -293,8 +293,8 @@ class DecidedAdmission:
     """An admission decided when it was started: the embedded store's, or a Redis one admitted
     from the worker's lease (never in flight, so no gate, no reply to read or to give back): the
     route's side of PendingAdmission alone. A refusal was raised by `Meter.start`; an admitted
-    request's failure in `overlapping` is settled at no cost with the admission's headers on its
-    error (`Meter.settle_on_failure`)."""
+    request's failure is settled at no cost with the admission's headers on its error
+    (`failed`: `admitted_call` calls it with no context manager, `overlapping`'s way out too)."""
 
     __slots__ = ("_meter", "_ticket", "stream", "targets")
 
@@ -329,8 +329,7 @@ class DecidedAdmission:
 
     def failed(self, exc: BaseException, stream: bool) -> None:
         """The upstream call failed, or was cancelled: the admitted request is settled at no
-        cost, with the admission's headers on its error. What `overlapping`'s way out does on
-        a failure, for a route that calls it from its own `except` (gateway/api/chat.py)."""
+        cost, with the admission's headers on its error (`Meter.settle_on_failure`)."""
         failure = self._meter.settle_on_failure(self._ticket, stream)
         failure.__exit__(type(exc), exc, exc.__traceback__)
 
@@ -340,44 +339,60 @@ class DecidedAdmission:
 Admitting = PendingAdmission | DecidedAdmission
 
 
-def served_answer_ticket(
+async def admitted_call(
     pending: Admitting,
     retrier: Retrier,
-    served: CatalogEntry,
-    tokens: int,
-    tries: list[Any],
-) -> Ticket:
-    """`served_ticket` of a single answer, which has no stream to close on a refusal: a plain
-    function (no coroutine per request)."""
+    attempt: Callable[[CatalogEntry], Awaitable[T]],
+    stream: bool,
+    tokens: int = 0,
+) -> tuple[T, CatalogEntry, Ticket]:
+    """The route's upstream call under its admission: `attempt` tried by `retrier` over the
+    targets the key may use, and the served call's ticket (`served_ticket`). `stream`: the
+    call opens a stream (the ledger entry of a failure says so; a refused one is closed).
+
+    A decided admission (embedded, or from a Redis lease) has no gate to hold, no reply to
+    read and no refusal left: the call runs with no context manager around it (`async with`
+    and its two coroutines were ~3K instructions a request), a failure or a cancellation
+    settled at no cost on the way out (`DecidedAdmission.failed`). One that may be on its way
+    runs under `overlapping` (gateway/admission_gate.py)."""
+    if isinstance(pending, DecidedAdmission):
+        try:
+            result, served, tries = await retrier.call_targets(
+                pending.targets, attempt, tokens=tokens
+            )
+        except BaseException as exc:
+            pending.failed(exc, stream)
+            raise
+        ticket = pending._ticket  # (`served_ticket` without its call: nothing can refuse)
+        ticket.upstream_tokens = tokens
+        ticket.retries = len(tries) - 1
+        return result, served, ticket
+    async with pending.overlapping(stream):
+        result, served, tries = await retrier.call_targets(pending.targets, attempt, tokens=tokens)
     try:
-        ticket = pending._ticket or pending.ticket()  # the ticket, once decided (no call)
+        return result, served, served_ticket(pending, retrier, served, tokens, tries)
     except Exception:
-        retrier.release(served, tokens, 0)
+        if stream:  # refused: the stream opened is closed
+            await cast("UpstreamStream", result).aclose()
         raise
-    ticket.upstream_tokens = tokens
-    ticket.retries = len(tries) - 1
-    return ticket
 
 
-async def served_ticket(
+def served_ticket(
     pending: Admitting,
     retrier: Retrier,
     served: CatalogEntry,
     tokens: int,
     tries: list[Any],
-    stream: UpstreamStream | None = None,
 ) -> Ticket:
     """The ticket of a served call, with its upstream token estimate and its retries. A call
     whose admission was not admitted by the time it was served (possible only for a call that
     never went through the gate: klawd/echo answers in process) has its refusal raised, after
-    undoing what the call holds (the served deployment's place in flight and its token estimate,
-    the stream)."""
+    undoing what the call holds (the served deployment's place in flight and its token
+    estimate; a stream is closed by the caller)."""
     try:
         ticket = pending._ticket or pending.ticket()  # the ticket, once decided (no call)
     except Exception:
         retrier.release(served, tokens, 0)
-        if stream is not None:
-            await stream.aclose()
         raise
     ticket.upstream_tokens = tokens
     ticket.retries = len(tries) - 1

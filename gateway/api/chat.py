@@ -40,15 +40,9 @@ from gateway.errors import (
     as_gateway_error,
 )
 from gateway.metering import UPSTREAM_BROKE_OFF, Ticket, chat_estimates
-from gateway.pending_admission import (
-    CLIENT_CLOSED,
-    DecidedAdmission,
-    served_answer_ticket,
-    served_ticket,
-)
+from gateway.pending_admission import CLIENT_CLOSED, admitted_call
 from gateway.providers.base import ChatCall, Completion, ReframedStream, UpstreamStream
 from gateway.routing.catalog import CatalogEntry
-from gateway.routing.retry import Attempt
 from gateway.routing.router import resolve_chat
 from gateway.schemas.openai import ChatRequest, decode_chat_request
 from gateway.state import AppState
@@ -90,37 +84,23 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     )
     response_id = ids.new_id("chatcmpl-", 12)
     created = int(now)
-    if isinstance(pending, DecidedAdmission):
-        # Decided already (embedded, or from a Redis lease): no gate to hold, no reply to read
-        # and no refusal left, so no context manager around the call (`async with` and its
-        # two coroutines were ~3K instructions a request) and no coroutine for the ticket.
-        try:
-            if chat.stream:
-                stream, target, tries = await _open_stream(
-                    state, chat, body, pending.targets, response_id, created, tokens
-                )
-            else:
-                completion, target, tries = await _complete(
-                    state, chat, body, pending.targets, response_id, created, tokens
-                )
-        except BaseException as exc:
-            pending.failed(exc, chat.stream)  # what `overlapping` would do on the way out
-            raise
-        ticket = served_answer_ticket(pending, state.retrier, target, tokens, tries)
+    # The upstream call under its admission, and its ticket (gateway/pending_admission.py);
+    # each try's call passed as made (a local would hold the request for the stream's life).
+    if chat.stream:
+        stream, target, ticket = await admitted_call(
+            pending,
+            state.retrier,
+            _stream_attempt(state, chat, body, response_id, created),
+            True,
+            tokens,
+        )
     else:
-        async with pending.overlapping(chat.stream):
-            if chat.stream:
-                stream, target, tries = await _open_stream(
-                    state, chat, body, pending.targets, response_id, created, tokens
-                )
-            else:
-                completion, target, tries = await _complete(
-                    state, chat, body, pending.targets, response_id, created, tokens
-                )
-        ticket = (
-            await served_ticket(pending, state.retrier, target, tokens, tries, stream)
-            if chat.stream
-            else served_answer_ticket(pending, state.retrier, target, tokens, tries)
+        completion, target, ticket = await admitted_call(
+            pending,
+            state.retrier,
+            _answer_attempt(state, chat, body, response_id, created),
+            False,
+            tokens,
         )
     # The headers built as bytes (the same names, values and order as the dictionaries the
     # other routes encode): served by, the limits, the cache's answer if asked (and the cost).
@@ -152,7 +132,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         )
         # This frame waits as long as the stream is open: it keeps nothing the stream does not
         # (the relay keeps the request's prompt size, not the request).
-        del headers, pending, targets, tries, chat
+        del headers, pending, targets, chat
         await sending
         return
     cost = state.meter.settle(ticket, target, completion.usage, 0, 200, False)
@@ -213,44 +193,31 @@ def _served_by_raw(model_id: str, provider: str) -> tuple[tuple[bytes, bytes], .
     )
 
 
-def _complete(
-    state: AppState,
-    chat: ChatRequest,
-    body: bytes,
-    targets: list[CatalogEntry],
-    response_id: str,
-    created: int,
-    tokens: int,
-) -> Awaitable[tuple[Completion, CatalogEntry, list[Attempt]]]:
-    """The retry loop's awaitable itself, and each attempt the provider's (no coroutine of
-    our own around either: two frames less on every step of the upstream call)."""
+def _answer_attempt(
+    state: AppState, chat: ChatRequest, body: bytes, response_id: str, created: int
+) -> Callable[[CatalogEntry], Awaitable[Completion]]:
+    """Each try of a single answer: the provider's awaitable itself (no coroutine of our own
+    around it: one frame less on every step of the upstream call)."""
 
     def attempt(target: CatalogEntry) -> Awaitable[Completion]:
         call = ChatCall(chat, body, target, response_id, created)
         return state.providers[target.model.provider].complete(call)
 
-    return state.retrier.call_targets(targets, attempt, tokens=tokens)
+    return attempt
 
 
-def _open_stream(
-    state: AppState,
-    chat: ChatRequest,
-    body: bytes,
-    targets: list[CatalogEntry],
-    response_id: str,
-    created: int,
-    tokens: int,
-) -> Awaitable[tuple[UpstreamStream, CatalogEntry, list[Attempt]]]:
-    """Opens the upstream stream before answering, so that failures before the first byte are
-    real HTTP errors (retried, then falling back); after this, failures become a final error
-    event and nothing is retried. (As `_complete`: the retry loop's awaitable, no coroutine of
-    our own around it or around each attempt.)"""
+def _stream_attempt(
+    state: AppState, chat: ChatRequest, body: bytes, response_id: str, created: int
+) -> Callable[[CatalogEntry], Awaitable[UpstreamStream]]:
+    """Each try of a stream, opened before answering, so that failures before the first byte
+    are real HTTP errors (retried, then falling back); after this, failures become a final
+    error event and nothing is retried. (As `_answer_attempt`: no coroutine of our own.)"""
 
     def attempt(target: CatalogEntry) -> Awaitable[UpstreamStream]:
         call = ChatCall(chat, body, target, response_id, created)
         return state.providers[target.model.provider].stream(call)
 
-    return state.retrier.call_targets(targets, attempt, tokens=tokens)
+    return attempt
 
 
 DONE = b"data: [DONE]\n\n"

@@ -21,7 +21,7 @@ from gateway.billing import TokenUsage, format_usd, token_cost_micros
 from gateway.cache import CachedAnswer
 from gateway.errors import ServiceUnavailable
 from gateway.metering import RESERVE_CHARS_PER_TOKEN
-from gateway.pending_admission import served_ticket
+from gateway.pending_admission import admitted_call
 from gateway.providers.base import EmbeddingCall, EmbeddingResult
 from gateway.routing.catalog import CatalogEntry
 from gateway.routing.router import resolve_embedding
@@ -73,11 +73,7 @@ async def create_embeddings(request: Request) -> Response:
             )
         return await embed(EmbeddingCall(embedding, body, target))
 
-    async with pending.overlapping(False):
-        result, target, tries = await state.retrier.call_targets(
-            pending.targets, attempt, tokens=tokens
-        )
-    ticket = await served_ticket(pending, state.retrier, target, tokens, tries)
+    result, target, ticket = await admitted_call(pending, state.retrier, attempt, False, tokens)
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     usage = TokenUsage(result.prompt_tokens, 0)
     cost = state.meter.settle(ticket, target, usage, 0, 200, False)

@@ -53,7 +53,7 @@ async def image_generations(request: Request) -> Response:
     created = int(time.time())
     async with pending.overlapping(False):
         result, target, tries = await _generate(state, images, body, pending.targets, created)
-    ticket = await served_ticket(pending, state.retrier, target, 0, tries)
+    ticket = served_ticket(pending, state.retrier, target, 0, tries)
     limit_headers = ticket.admission.headers()
     cost = state.meter.settle(ticket, target, TokenUsage(0, 0), len(result.images), 200, False)
     return json_response(

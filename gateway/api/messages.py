@@ -52,7 +52,7 @@ from gateway.metering import (
     reserve_for_chat,
     upstream_tokens_for_chat,
 )
-from gateway.pending_admission import served_ticket
+from gateway.pending_admission import admitted_call
 from gateway.providers.anthropic import translate_response
 from gateway.providers.base import (
     ChatCall,
@@ -247,18 +247,15 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
         )
         return anthropic_events(upstream, target, message_id)
 
-    async with pending.overlapping(chat.stream):
-        if chat.stream:
-            stream, target, tries = await state.retrier.call_targets(
-                pending.targets, open_stream, tokens=tokens
-            )
-        else:
-            completion, target, tries = await state.retrier.call_targets(
-                pending.targets, complete, tokens=tokens
-            )
-    ticket = await served_ticket(
-        pending, state.retrier, target, tokens, tries, stream if chat.stream else None
-    )
+    # The upstream call under the admission, and the ticket (gateway/pending_admission.py)
+    if chat.stream:
+        stream, target, ticket = await admitted_call(
+            pending, state.retrier, open_stream, True, tokens
+        )
+    else:
+        completion, target, ticket = await admitted_call(
+            pending, state.retrier, complete, False, tokens
+        )
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
@@ -279,7 +276,7 @@ async def create_message(scope: Scope, receive: Receive, send: Send) -> None:
         )
         # This frame waits as long as the stream is open: it keeps nothing the stream does not
         # (the relay keeps the request's prompt size; the calls' closures lose their cells).
-        del pending, tries, served, limit_headers, complete, open_stream
+        del pending, served, limit_headers, complete, open_stream
         del body, anthropic_request, translation, chat, passthrough
         await sending
         return

@@ -38,7 +38,7 @@ from gateway.cache import CachedAnswer
 from gateway.cache.replay import AssemblingStream, ReplayedStream, chat_completion
 from gateway.errors import InvalidRequest, NotFound, ShuttingDown
 from gateway.metering import Ticket, reserve_for_chat, upstream_tokens_for_chat
-from gateway.pending_admission import served_ticket
+from gateway.pending_admission import admitted_call
 from gateway.providers.base import ChatCall, Completion, UpstreamStream
 from gateway.responses.answer import response_fields, to_response
 from gateway.responses.events import (
@@ -165,18 +165,15 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
             )
         return response_events(upstream, target, response_id, created_at, echoed)
 
-    async with pending.overlapping(chat.stream):
-        if chat.stream:
-            events, target, tries = await state.retrier.call_targets(
-                pending.targets, open_stream, tokens=tokens
-            )
-        else:
-            completion, target, tries = await state.retrier.call_targets(
-                pending.targets, complete, tokens=tokens
-            )
-    ticket = await served_ticket(
-        pending, state.retrier, target, tokens, tries, events if chat.stream else None
-    )
+    # The upstream call under the admission, and the ticket (gateway/pending_admission.py)
+    if chat.stream:
+        events, target, ticket = await admitted_call(
+            pending, state.retrier, open_stream, True, tokens
+        )
+    else:
+        completion, target, ticket = await admitted_call(
+            pending, state.retrier, complete, False, tokens
+        )
     limit_headers = ticket.admission.headers() | (lookup.header() if lookup else {})
     served = {"x-klawd-model": target.model.id, "x-klawd-provider": target.model.provider}
     if chat.stream:
@@ -219,7 +216,7 @@ async def _create_response(scope: Scope, receive: Receive, send: Send) -> None:
         # This frame waits as long as the stream is open: it keeps nothing the stream does not
         # (the relay keeps the request's prompt size, `keep` what a stored response needs; the
         # calls' closures lose their cells).
-        del pending, tries, served, limit_headers, complete, open_stream
+        del pending, served, limit_headers, complete, open_stream
         del body, fields, responses_request, translation, chat, chat_body, turn
         if not store:  # (`keep` reads them for a stored response only)
             del input_items, history

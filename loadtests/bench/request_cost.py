@@ -2,6 +2,7 @@
 
     .venv/bin/python -m loadtests.bench.request_cost [--requests 3000] [--reps 3] [--tree DIR]
         [--store sqlite|redis] [--top N] [--phases [--detail N]]
+        [--route chat|messages|responses]
 
 The app is driven directly (no server: Granian's share is the same for every version), with the
 bench's OpenAI-shaped model in front of nginx on loopback (the real HTTP client and provider),
@@ -16,6 +17,10 @@ embedded store, every feature on as in `make bench`. It prints:
 `--store redis`: the Redis store instead, on a redis-server of its own pinned to the upstream's
 core at real-time priority where allowed (as `make bench` runs it; `--redis-priority normal`: as
 before issue 19zd); its CPU per request (from /proc) is printed beside the worker's.
+
+`--route messages|responses`: the whole request is a short request of that route's shape
+(stream_cost's, not streamed) to the same model, translated, instead of the chat body; the
+pieces timed alone are the chat route's and are skipped.
 
 `--tree DIR` runs another checkout's `gateway` package (with its built `_core`) instead: run the
 command twice for a before/after comparison (docs/benchmarks.md, "Single answers, second pass").
@@ -49,6 +54,7 @@ from loadtests.bench import contenders as c
 from loadtests.bench.measure import tree_cpu_s
 from loadtests.bench.metering_bench import ADMIN, Harness
 from loadtests.bench.phases import ORDER, PhaseCounter
+from loadtests.bench.stream_cost import ROUTES
 
 
 class ConfiguredHarness(Harness):
@@ -150,13 +156,16 @@ async def whole(
     store_pid: int | None = None,
     phases: bool = False,
     detail: int = 0,
+    route: str = "chat",
 ) -> None:
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     concurrency = 16
+    path, short = ROUTES[route]
+    body = BODY if route == "chat" else orjson.dumps(short | {"model": c.gateway_model("json")})
 
     async def client(count: int) -> None:
         for _ in range(count):
-            status, answer = await harness.request("POST", "/v1/chat/completions", BODY, headers)
+            status, answer = await harness.request("POST", path, body, headers)
             if status != 200:
                 raise RuntimeError(f"{status}: {answer[:200]!r}")
 
@@ -222,7 +231,8 @@ async def main(args: argparse.Namespace) -> None:
         path = f"/admin/accounts/{orjson.loads(body)['id']}/keys"
         _, body = await harness.request("POST", path, b"{}", admin)
         key: str = orjson.loads(body)["key"]
-        await pieces(harness, key)
+        if args.route == "chat":
+            await pieces(harness, key)
         await whole(
             harness,
             key,
@@ -232,6 +242,7 @@ async def main(args: argparse.Namespace) -> None:
             redis.pid if redis else None,
             args.phases,
             args.detail,
+            args.route,
         )
         await harness.stop()
     finally:
@@ -247,6 +258,7 @@ if __name__ == "__main__":
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
     parser.add_argument("--top", type=int, default=0, help="the top functions by own time")
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--route", choices=tuple(ROUTES), default="chat")
     c.add_redis_priority(parser)
     parser.add_argument(
         "--phases",

@@ -60,6 +60,7 @@ class App:
         self.clients: list[asyncio.Future[dict[str, Any]]] = []  # `gone`: set to disconnect
         self.requests: list[asyncio.Task[None]] = []  # each request's own task, as a server's
         self.first_events = 0  # streams that had their first event
+        self.head: dict[bytes, bytes] = {}  # the last response's headers
 
     async def request(
         self, path: str, body: bytes, token: str, end: str = "", request_id: str = ""
@@ -89,6 +90,7 @@ class App:
             nonlocal status, streamed
             if message["type"] == "http.response.start":
                 status = message["status"]
+                self.head = dict(message.get("headers", ()))
                 streamed = any(
                     name.lower() == b"content-type" and value.startswith(b"text/event-stream")
                     for name, value in message.get("headers", ())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import socket
 import subprocess
 import threading
@@ -56,6 +57,29 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
             task.cancel()
             await asyncio.wait({task})
     return task.result()
+
+
+@contextlib.asynccontextmanager
+async def running_timeout(seconds: float) -> AsyncIterator[None]:
+    """`asyncio.timeout(seconds)` (the block cancelled, TimeoutError raised) after `seconds` of
+    this process's running time: the loop's timeout is pushed on every TICK_S by what ran. On
+    resuming from a stop the tick is due before the timeout (earlier in the loop's heap) and
+    pushes it on in the same turn, so a stop of any length costs one tick's worth."""
+    loop = asyncio.get_running_loop()
+    ran = Ran(loop.time)
+    ticking: asyncio.TimerHandle | None = None
+    async with asyncio.timeout(seconds) as bound:
+
+        def tick() -> None:
+            nonlocal ticking
+            bound.reschedule(loop.time() + max(0.0, seconds - ran.tick()))
+            ticking = loop.call_later(TICK_S, tick)
+
+        ticking = loop.call_later(TICK_S, tick)
+        try:
+            yield
+        finally:
+            ticking.cancel()
 
 
 def call_within(call: Callable[[], T], seconds: float) -> T:
@@ -181,6 +205,14 @@ class Stops:
     def __exit__(self, *_: object) -> None:
         self._done.set()
         self._thread.join()
+
+
+def running_deadline(seconds: float) -> Callable[[], bool]:
+    """A polling loop's `deadline = time.monotonic() + seconds`, in this process's running time:
+    the call says whether `seconds` have passed (each call is a tick of a `Ran`: a stop counts
+    MOST_PER_TICK_S, as in `polls`)."""
+    ran = Ran(time.monotonic)
+    return lambda: ran.tick() > seconds
 
 
 def polls(seconds: float, every_s: float) -> Iterator[int]:

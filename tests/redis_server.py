@@ -119,21 +119,25 @@ class RedisClusterServers:
                 "--cluster-node-timeout",
                 "2000",
             )
-        subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{n.port}" for n in self.nodes],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-        )
+        create = [
+            cli,
+            "--cluster",
+            "create",
+            *[f"127.0.0.1:{n.port}" for n in self.nodes],
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
+        with subprocess.Popen(
+            create, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ) as creating:
+            try:  # 30 s of running time: a stop of the machine spends none of it
+                code = wait_exit(creating, 30)
+            except subprocess.TimeoutExpired:
+                creating.kill()
+                raise
+        if code != 0:
+            raise subprocess.CalledProcessError(code, create)
         turns = polls(20, 0.1)
         for node in self.nodes:
             client = redis.Redis(port=node.port)

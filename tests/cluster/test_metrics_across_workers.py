@@ -14,6 +14,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import running_deadline
 from tests.redis_server import RedisServer
 from tests.scrape import parse, scrape, total
 
@@ -67,11 +68,11 @@ def test_metrics_sum_the_requests_of_both_workers(
         )
         assert response.status_code == 200
     # Each worker moves its buffered updates into the shared files once a second.
-    deadline = time.monotonic() + 10
+    passed = running_deadline(10)
     while True:
         _, samples = scrape(f"{gateway.base_url}/metrics")
         counted = total(samples, "klawd_http_requests_total", route=ROUTE, status_class="2xx")
-        if counted == REQUESTS or time.monotonic() > deadline:
+        if counted == REQUESTS or passed():
             break
         time.sleep(0.2)
     assert counted == REQUESTS

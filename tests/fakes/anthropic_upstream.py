@@ -27,7 +27,6 @@ fail it the same way).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
@@ -35,6 +34,7 @@ from aiohttp import web
 
 from tests.fakes.openai_upstream import awkward_pieces
 from tests.fakes.server import ThreadedServer, cut_connection
+from tests.live_bound import running_deadline
 
 COUNTED_TOKENS = 123
 ANSWER = ["Hello", " from", " the fake", " claude"]
@@ -276,8 +276,8 @@ class FakeAnthropic(ThreadedServer):
             return await cut_connection(request, response)
         elif model == "claude-hold":
             await response.write(b"".join(events[:4]))
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            passed = running_deadline(30)
+            while not passed():
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     return response

@@ -60,7 +60,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.server import PNG_1X1
-from tests.live_bound import polls_async
+from tests.live_bound import polls_async, running_deadline
 
 ANSWER_WORDS = ["Hello", " from", " the fake"]
 HELD_S = 30  # hang-headers' and stall-stream's hold: the tests' gateways cut it (running time)
@@ -516,8 +516,8 @@ class FakeOpenAI:
                 self.stalls_ended += 1
         elif model == "hold-fake":
             await response.write(text_stream(model, include_usage)[0])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            passed = running_deadline(30)
+            while not passed():
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     self.disconnected_at[str(body.get("user"))] = time.monotonic()
@@ -535,9 +535,9 @@ class FakeOpenAI:
             # events as fast as the gateway takes them (bounded: 30 s), until it lets go
             await response.write(text_stream(model, include_usage)[0])
             filler = sse(chunk(model, {"content": "x" * 1000}))
-            deadline = time.monotonic() + 30
+            passed = running_deadline(30)
             try:
-                while time.monotonic() < deadline:
+                while not passed():
                     await response.write(filler)
                     transport = request.transport
                     if transport is None or transport.is_closing():

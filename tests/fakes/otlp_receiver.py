@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.fakes.server import ThreadedServer
+from tests.live_bound import running_deadline
 
 
 def any_value(value: AnyValue) -> Any:
@@ -82,8 +83,8 @@ class OtlpReceiver(ThreadedServer):
 
     def trace(self, trace_id: str, spans: int, timeout_s: float = 15) -> list[ReceivedSpan]:
         """The spans of one trace once at least `spans` have arrived (bounded wait)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        passed = running_deadline(timeout_s)
+        while not passed():
             found = [s for s in list(self.spans) if s.trace_id == trace_id]
             if len(found) >= spans:
                 return found

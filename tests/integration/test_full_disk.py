@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, stop
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import running_deadline
 
 
 @pytest.fixture
@@ -84,16 +85,17 @@ def test_a_full_disk_fails_closed_then_settles_every_entry(
         assert set(statuses) <= {200, 402}, statuses
         assert statuses.get(402) == 1, f"the reservations held never used up the credit: {statuses}"
         served = statuses[200]
-        deadline = time.monotonic() + 20
+        passed = running_deadline(20)
         ready = httpx.get(f"{gateway.base_url}/readyz", timeout=10)
-        while ready.status_code == 200 and time.monotonic() < deadline:
+        while ready.status_code == 200 and not passed():
             time.sleep(0.2)
             ready = httpx.get(f"{gateway.base_url}/readyz", timeout=10)
         assert ready.status_code == 503, ready.text
         assert ready.json() == {"status": "usage ledger writes failing"}
         assert unsettled(gateway) > 0  # (the count at the last failed write)
         filler.unlink()
-        while time.monotonic() < deadline + 20:
+        passed = running_deadline(40)  # (was: 20 s past the first wait's end of 20 s)
+        while not passed():
             view = httpx.get(f"{gateway.base_url}/v1/account", headers=headers, timeout=10).json()
             if view["usage_today"]["requests"] >= served:
                 break

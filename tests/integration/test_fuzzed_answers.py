@@ -34,6 +34,7 @@ from tests.conftest import (
     stop,
 )
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
+from tests.live_bound import running_deadline
 
 COUNT = st.integers(0, 50) | st.sampled_from([-1, 2**63, 2**70]) | st.floats(0, 1e20)
 JSON = st.recursive(
@@ -409,7 +410,7 @@ def test_any_upstream_answer_gets_a_clear_answer(
 def ledger_rows(gateway: Gateway, account_id: str, requests: int) -> list[dict[str, Any]]:
     """The account's usage rows once its ledger holds `requests` requests (the ledger is
     written in batches: a bounded wait, not a timing assertion)."""
-    deadline = time.monotonic() + 10
+    passed = running_deadline(10)
     with gateway.admin() as admin:
         while True:
             rows: list[dict[str, Any]] = admin.get(f"/admin/accounts/{account_id}/usage").json()[
@@ -417,7 +418,7 @@ def ledger_rows(gateway: Gateway, account_id: str, requests: int) -> list[dict[s
             ]
             if rows and rows[0]["requests"] == requests:
                 return rows
-            assert time.monotonic() < deadline, f"the ledger stopped writing: {rows}"
+            assert not passed(), f"the ledger stopped writing: {rows}"
             time.sleep(0.1)
 
 

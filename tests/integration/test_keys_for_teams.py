@@ -18,6 +18,7 @@ from tests.conftest import (
     Gateway,
 )
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import running_deadline
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,10 @@ def shown(gateway: Gateway, key_id: str) -> dict[str, Any]:
 
 
 def wait_for_spend(gateway: Gateway, key_id: str, total_usd: float) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
+    passed = running_deadline(10)
     while True:
         key = shown(gateway, key_id)
-        if abs(key["spend_usd"]["total"] - total_usd) < 1e-9 or time.monotonic() > deadline:
+        if abs(key["spend_usd"]["total"] - total_usd) < 1e-9 or passed():
             return key
         time.sleep(0.05)
 

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import Gateway
+from tests.live_bound import running_deadline
 
 ECHO = {"model": "klawd/echo", "messages": [{"role": "user", "content": "hi"}]}
 FAKE = {"model": "openai/gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
@@ -41,10 +42,10 @@ def account_view(gateway: Gateway, key: str) -> dict[str, Any]:
 
 
 def wait_for_ledger(gateway: Gateway, key: str, requests: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
+    passed = running_deadline(10)
     while True:
         view = account_view(gateway, key)
-        if view["usage_today"]["requests"] >= requests or time.monotonic() > deadline:
+        if view["usage_today"]["requests"] >= requests or passed():
             return view
         time.sleep(0.05)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO, free_port
-from tests.live_bound import wait_exit
+from tests.live_bound import running_deadline, wait_exit
 
 
 def test_make_run_prints_a_working_key_and_curl_line(tmp_path: Path) -> None:
@@ -37,8 +37,8 @@ def test_make_run_prints_a_working_key_and_curl_line(tmp_path: Path) -> None:
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        passed = running_deadline(300)
+        while not passed():
             assert process.poll() is None, output.read_text()
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:

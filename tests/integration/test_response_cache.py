@@ -22,6 +22,7 @@ from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import ANSWER_WORDS, FakeOpenAI
 from tests.fakes.provider_config import PROVIDER_ENV, provider_config
 from tests.fakes.replicate_upstream import FakeReplicate
+from tests.live_bound import running_deadline
 from tests.redis_server import RedisServer
 
 ANSWER = "".join(ANSWER_WORDS)
@@ -226,11 +227,11 @@ def test_hits_are_in_the_ledger_metrics_and_log_line_at_no_cost(cached_gateway: 
     messages = prompt()
     for _ in range(2):
         sdk.chat.completions.create(model="openai/gpt-fake", messages=messages, temperature=0)
-    deadline = time.monotonic() + 10
+    passed = running_deadline(10)
     metrics = log = ""
     account: dict[str, Any] = {}
     log_path = Path(cached_gateway.config).parent / "gateway.log"
-    while time.monotonic() < deadline:
+    while not passed():
         # (the ledger is written in batches: the account's usage too is waited for)
         account = httpx.get(
             f"{cached_gateway.base_url}/v1/account",

@@ -11,6 +11,7 @@ from starlette.routing import Mount
 from gateway.app import routes
 from tests.conftest import UPSTREAM_KEY, Gateway
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.live_bound import running_deadline
 from tests.scrape import scrape, total
 
 PROMPT = "a prompt that must never reach a log line or a label"
@@ -44,7 +45,7 @@ def route_templates() -> set[str]:
 
 def log_lines(gateway: Gateway, request_id: str) -> list[dict[str, object]]:
     """The JSON request lines of `request_id` (the writer thread may lag a little)."""
-    deadline = time.monotonic() + 10
+    passed = running_deadline(10)
     while True:
         text = (gateway.config.parent / "gateway.log").read_text(errors="replace")
         lines = [
@@ -52,7 +53,7 @@ def log_lines(gateway: Gateway, request_id: str) -> list[dict[str, object]]:
             for line in text.splitlines()
             if line.startswith("{") and f'"request_id":"{request_id}"' in line
         ]
-        if lines or time.monotonic() > deadline:
+        if lines or passed():
             return lines
         time.sleep(0.05)
 

@@ -26,6 +26,7 @@ from tests.conftest import (
 )
 from tests.fakes.openai_upstream import ANSWER_WORDS, FakeOpenAI
 from tests.fakes.otlp_receiver import CLIENT, ERROR, SERVER, OtlpReceiver, ReceivedSpan
+from tests.live_bound import running_deadline
 
 SECRET_PROMPT = "tell nobody: the-prompt-text-7f3a"
 
@@ -79,8 +80,8 @@ def messages() -> list[dict[str, Any]]:
 def log_line(gateway: Gateway, request_id: str) -> dict[str, Any]:
     """The request's JSON log line (written in batches: a bounded wait)."""
     path = Path(gateway.config).parent / "gateway.log"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    passed = running_deadline(10)
+    while not passed():
         for text in path.read_text(errors="replace").splitlines():
             if f'"request_id":"{request_id}"' in text:
                 line: dict[str, Any] = orjson.loads(text)

@@ -20,6 +20,7 @@ from gateway.providers.openai import OpenAIProvider
 from gateway.routing.catalog import CatalogEntry
 from gateway.schemas.embeddings import decode_embedding_request
 from gateway.settings import ModelSettings, ProviderSettings
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import (
     BOUND_S,
     Conn,
@@ -89,7 +90,7 @@ async def test_an_answer_read_whole_in_the_deadline_s_turn_is_served_and_kept_al
         while await conn.request() is not None:
             await conn.send(answer(COMPLETION, "Content-Type: application/json"))
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         retrier_ = retrier(Clock(), 30)
         wheel = retrier_._cuts = DrivenWheel(asyncio.get_running_loop())  # type: ignore[assignment]
@@ -121,7 +122,7 @@ async def test_an_answer_whose_body_is_still_to_come_is_cut_and_its_connection_d
         await conn.wait_closed_by_peer()
         closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         metrics = observed(provider)
         retrier_ = retrier(Clock(), 30)
@@ -156,7 +157,7 @@ async def test_a_body_broken_off_is_counted_a_body_error(read: str) -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
         conn.reset()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         metrics = observed(provider)
         try:

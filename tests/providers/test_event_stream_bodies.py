@@ -21,6 +21,7 @@ from gateway.errors import BadGateway
 from gateway.providers.base import ReframedStream
 from gateway.providers.http_client import ResponseBroken
 from loadtests.bench.contenders import openai_events
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import (
     BOUND_S,
     OPENAI_EVENT,
@@ -106,7 +107,7 @@ async def test_an_unchunked_stream_split_anywhere_is_relayed_byte_for_byte(
             conn.writer.close()
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         relayed, pools = await relay(server.url(""))
         assert relayed == reframed(BODY)
         if framing == "length":
@@ -123,7 +124,7 @@ async def test_an_unchunked_stream_written_byte_by_byte_is_relayed_whole(framing
         await conn.send(*(wire[i : i + 1] for i in range(len(wire))))
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         relayed, _ = await relay(server.url(""))
         assert relayed == reframed(body)
 
@@ -144,7 +145,7 @@ async def test_a_stream_s_connection_is_reused_once_its_content_length_is_read()
             await conn.send(answer(b"next"))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         reframer = _core.Reframer("openai", "p/m", "chatcmpl-test1", 1700000000, True)
         sunk = response.reframe_into(reframer)  # (if it reads the body into the reframer)
@@ -177,7 +178,7 @@ async def test_bytes_after_a_stream_s_content_length_drop_its_connection(where: 
         await conn.send(*pieces_at(wire, cuts) if server.accepted == 1 else [answer(b"next")])
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         assert (await get(http, server.url()))[1] == BODY
         while any(pool.count for pool in http._pools.values()):  # (until the bytes after)
             await asyncio.sleep(0.01)
@@ -196,7 +197,7 @@ async def test_an_unchunked_stream_cut_by_a_reset_is_broken(framing: str) -> Non
         await sent.wait()
         conn.reset()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             assert await relayed_before(provider, BadGateway, "broke off the stream", each=sent)
@@ -210,7 +211,7 @@ async def test_a_body_cut_short_of_its_content_length_by_eof_is_broken() -> None
         await conn.send(framed(BODY, "length")[:-10])
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         with pytest.raises(ResponseBroken):
             await response.read()
@@ -228,7 +229,7 @@ async def test_a_malformed_event_mid_body_comes_after_the_events_before_it() -> 
         await conn.send(wire[HEAD_LENGTH + len(OPENAI_EVENT) + 1 :])
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             pieces = await relayed_before(provider, BadGateway, "malformed stream", each=go_on)
@@ -247,7 +248,7 @@ async def test_an_unchunked_stream_closed_mid_body_drops_its_connection() -> Non
         await conn.wait_closed_by_peer()
         peer_closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
@@ -270,7 +271,7 @@ async def test_a_compressed_event_stream_is_decoded_by_its_reader(framing: str) 
         await conn.send(wire)
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client() as http:
             response = await http.request("GET", server.url(), {}, None)
             assert not response.reframe_into(_core.Reframer("openai", "gw/m", "c", 7, False))
@@ -296,7 +297,7 @@ async def test_an_unchunked_event_stream_is_read_whole_by_a_reader_that_does_not
                 conn.writer.close()
                 return
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         assert (await get(http, server.url()))[1] == BODY
         response = await http.request("GET", server.url(), {}, None)
         assert b"".join([chunk async for chunk in response.chunks()]) == BODY
@@ -343,7 +344,7 @@ async def test_the_body_that_came_with_the_head_is_fed_from_the_head_s_read(
             await conn.send(*rest)
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         go_on.set()
         while not response._complete:  # every read in before the reader's first step

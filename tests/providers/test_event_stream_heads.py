@@ -9,11 +9,10 @@ on one connection. Raw loopback servers; no timing thresholds."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from gateway.providers.http_client import ResponseBroken
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import (
     BOUND_S,
     EVENT_HEAD,
@@ -55,7 +54,7 @@ async def test_a_streamed_answer_s_head_may_end_in_any_read(cut: int, line_end: 
         await conn.send(wire)
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         for _ in range(2):
             response, body = await get(http, server.url(), stream=True)
             assert (response.status, body) == (200, EVENTS_READ)
@@ -73,7 +72,7 @@ async def test_interim_answers_before_a_streamed_answer_are_skipped(split: bool)
         await conn.send(*((wire[:40], wire[40:90], wire[90:]) if split else (wire,)))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url(), stream=True)
         assert (response.status, body) == (200, EVENTS_READ)
 
@@ -89,7 +88,7 @@ async def test_bytes_after_a_streamed_answer_s_end_drop_its_connection() -> None
 
 async def test_a_malformed_head_of_a_streamed_answer_is_broken() -> None:
     handler = keep_serving(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n" + EVENTS)
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         with pytest.raises(ResponseBroken):
             await http.request("GET", server.url(), {}, None, stream=True)
 
@@ -111,7 +110,7 @@ async def test_answers_of_every_kind_to_stream_requests_are_read_in_turn() -> No
         (EVENT_HEAD + EVENTS, EVENTS_READ),
     ]
     async with (
-        asyncio.timeout(BOUND_S),
+        running_timeout(BOUND_S),
         serving(keep_serving(*(wire for wire, _ in wires))) as server,
         client() as http,
     ):

@@ -44,7 +44,7 @@ from gateway.settings import ProviderSettings
 from loadtests.bench.contenders import openai_events
 from tests.fakes.server import PNG_1X1 as PNG
 from tests.kept_context import context_kept_after
-from tests.live_bound import within
+from tests.live_bound import running_timeout, within
 from tests.scrape import parse, total
 from tests.unit.translation_helpers import chat_call
 
@@ -192,7 +192,7 @@ async def test_content_length_body_and_the_request_as_sent() -> None:
         await conn.send(answer(b'{"ok":true}', "Content-Type: application/json", "X-Two: a"))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request(
             "POST", server.url("/v1/chat?x=1"), {"authorization": "Bearer k"}, b"hello"
         )
@@ -221,7 +221,7 @@ async def test_chunked_body_split_at_every_byte(kind: bytes) -> None:
         await conn.send(*(wire[i : i + 1] for i in range(len(wire))))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url())
         assert body == b"0123456789abcdefxyz"
         assert response.headers["x-a"] == "1"
@@ -245,7 +245,7 @@ async def test_chunked_body_split_inside_the_size_line_and_crlf(kind: bytes) -> 
         await conn.send(*pieces)
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         _, body = await get(http, server.url())
         assert body == b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -256,7 +256,7 @@ async def test_eof_delimited_body() -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ", b"two")
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         _, body = await get(http, server.url())
         assert body == b"part one, two"
 
@@ -267,7 +267,7 @@ async def test_a_body_cut_short_of_its_content_length_is_broken() -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         with pytest.raises(ResponseBroken):
             await response.read()
@@ -285,7 +285,7 @@ async def test_reset_mid_body_is_broken(kind: bytes) -> None:
         await sent.wait()
         conn.reset()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         chunks = response.chunks()
         assert await anext(chunks) == b"first"
@@ -301,7 +301,7 @@ async def test_malformed_answer_is_broken() -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         with pytest.raises(ResponseBroken):
             await http.request("GET", server.url(), {}, None)
 
@@ -314,7 +314,7 @@ async def test_sloppy_answers_aiohttp_accepted_are_accepted(kind: bytes) -> None
         b"HTTP/1.1 200 OK\nContent-Type: " + media + b"\nTransfer-Encoding: chunked\n\n"
         b"3 \r\nabc\n2;x\nde\r\n0\r\nX: y\n\n"
     )
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url())
         assert (response.headers["content-type"].encode(), body) == (media, b"abcde")
 
@@ -348,14 +348,14 @@ async def test_compressed_bodies_are_decoded(
         )
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         _, body = await get(http, server.url())
         assert body == plain
 
 
 async def test_corrupt_gzip_is_broken() -> None:
     async with (
-        asyncio.timeout(BOUND_S),
+        running_timeout(BOUND_S),
         serving(keep_serving(answer(b"not gzip at all", "Content-Encoding: gzip"))) as server,
         client() as http,
     ):
@@ -371,7 +371,7 @@ async def test_head_204_and_304_have_no_body_and_keep_the_connection() -> None:
         b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n",
         answer(b"after"),
     )
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url(), "HEAD")
         assert (response.status, body, response.headers["content-length"]) == (200, b"", "1234")
         response, body = await get(http, server.url(), "DELETE")
@@ -388,7 +388,7 @@ async def test_interim_answers_are_skipped() -> None:
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
         + answer(b"final", "X-Final: yes")
     )
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url())
         assert (response.status, body) == (200, b"final")
         assert response.headers == {"content-length": "5", "x-final": "yes"}
@@ -396,7 +396,7 @@ async def test_interim_answers_are_skipped() -> None:
 
 async def test_repeated_headers_are_joined() -> None:
     handler = keep_serving(answer(b"", "Vary: a", "vary: b", "Retry-After: 3"))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, _ = await get(http, server.url())
         assert response.headers["vary"] == "a, b"
         assert response.headers.get("retry-after") == "3"
@@ -419,7 +419,7 @@ async def test_framing_headers_are_read_whatever_their_case_and_repetition() -> 
         + body
         + b"\r\n0\r\n\r\n",
     )
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body_read = await get(http, server.url())
         assert (body_read, response.headers) == (
             b"abc",
@@ -455,7 +455,7 @@ async def test_an_event_stream_s_head_may_end_in_any_read(cut: int, line_end: by
             await conn.send(answer(b"next"))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(two_writes) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(two_writes) as server, client() as http:
         response, body = await get(http, server.url())
         assert (response.headers["content-type"], body) == (
             "text/event-stream",
@@ -474,7 +474,7 @@ async def test_interim_answers_before_an_event_stream_are_skipped() -> None:
         await conn.send(wire[:40], wire[40:90], wire[90:])
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url())
         assert (response.status, body) == (200, b"data: 1\n\ndata: 2\n\n")
 
@@ -487,7 +487,7 @@ MALFORMED_CHUNKS = pytest.mark.parametrize(
 async def broken_and_dropped(body: bytes, stream: bool) -> None:
     """An event stream whose chunks are `body`: its read is broken, its connection dropped."""
     async with (
-        asyncio.timeout(BOUND_S),
+        running_timeout(BOUND_S),
         serving(keep_serving(EVENT_HEAD + body)) as server,
         client() as http,
     ):
@@ -500,7 +500,7 @@ async def broken_and_dropped(body: bytes, stream: bool) -> None:
 async def whole_and_dropped_after_its_end(stream: bool) -> None:
     """An event stream followed by bytes of no answer: read whole, its connection dropped."""
     handler = keep_serving(EVENT_HEAD + EVENTS + b"HTTP/1.1 200", answer(b"next"))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         assert (await get(http, server.url(), stream=stream))[1] == b"data: 1\n\ndata: 2\n\n"
         assert all(pool.count == 0 for pool in http._pools.values())
 
@@ -529,7 +529,7 @@ async def test_an_open_event_stream_holds_no_http_parser() -> None:
             await conn.send(answer(b"next"))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         while (piece := response.next_piece()) is None:
             await response.arrival()
@@ -576,7 +576,7 @@ async def test_the_bench_s_stream_is_relayed_byte_for_byte_however_it_is_framed(
 
     reference = _core.Reframer("openai", "p/m", "chatcmpl-test1", 1700000000, True)
     expected = reference.feed(body) + reference.finish()
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             call = chat_call("openai", "m", stream=True, stream_options={"include_usage": True})
@@ -607,7 +607,7 @@ async def test_chunks_arrive_before_the_body_ends(kind: bytes) -> None:
         await conn.send(b"6\r\ndata:2\r\n0\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         chunks = response.chunks()
         assert await anext(chunks) == b"data:1"
@@ -631,7 +631,7 @@ async def test_a_reader_that_waits_itself_gets_each_piece_then_the_end(kind: byt
         await conn.send(b"6\r\ndata:2\r\n0\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         while (piece := response.next_piece()) is None:
             await response.arrival()
@@ -661,7 +661,7 @@ async def test_a_reader_that_waits_itself_is_timed_out_only_while_it_waits(kind:
         sent.set()
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(read_timeout_s=0.2) as http:
             response = await http.request("GET", server.url(), {}, None)
             await sent.wait()
@@ -693,7 +693,7 @@ async def test_chunks_that_arrived_together_are_read_as_one_piece(kind: bytes) -
         await conn.send(b"0\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         await body_sent.wait()
         while response._buffered < len(b"data: 1\n\ndata: 2\n\n"):  # every chunk parsed
@@ -705,7 +705,7 @@ async def test_chunks_that_arrived_together_are_read_as_one_piece(kind: bytes) -
 async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
     payload = bytes(range(256)) * 8192  # 2 MiB: well past the high-water mark
     handler = keep_serving(answer(payload), answer(b"next"))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         conn = response._conn
         assert conn is not None
@@ -721,7 +721,7 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
 # -- keep-alive and the pool --------------------------------------------------------------------
 async def test_keep_alive_reuses_one_connection() -> None:
     handler = keep_serving(answer(b"one"), answer(b"two"), answer(b"three"))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         assert (await get(http, server.url()))[1] == b"one"
         assert (await get(http, server.url()))[1] == b"two"
         response = await http.request("POST", server.url(), {}, b"x")
@@ -732,6 +732,9 @@ async def test_keep_alive_reuses_one_connection() -> None:
 async def test_a_pooled_connection_keeps_nothing_of_the_request_that_opened_it() -> None:
     # A connection made in a request's context would keep that request's context variables for
     # as long as the pool keeps the connection (tests/kept_context.py).
+    # The wall-clock guard, not running_timeout: its ticking timer would sit at the top of the
+    # loop's heap, where asyncio drops cancelled timers, and keep the opening connect's
+    # cancelled `timeout_at` (armed in the request's context) until its 5 s were due.
     handler = keep_serving(answer(b"one"), answer(b"two"))
     async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
 
@@ -758,7 +761,7 @@ async def test_an_answer_whole_with_its_headers_is_taken_without_waiting() -> No
         await conn.send(b"ee")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         assert response.whole() == b"one"  # released: the next request reuses the connection
         compressed = await http.request("GET", server.url(), {}, None)
@@ -773,7 +776,7 @@ async def test_an_answer_whole_with_its_headers_is_taken_without_waiting() -> No
 
 async def test_connection_close_answers_are_not_reused() -> None:
     handler = keep_serving(answer(b"bye", "Connection: close"))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         assert (await get(http, server.url()))[1] == b"bye"
         assert (await get(http, server.url()))[1] == b"bye"
         assert server.accepted == 2
@@ -792,7 +795,7 @@ async def test_an_idle_connection_closed_by_the_server_is_not_reused() -> None:
             return
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         await get(http, server.url())
         await closed.wait()
         pool = next(iter(http._pools.values()))
@@ -822,7 +825,7 @@ async def test_a_reused_connection_closed_as_we_send_is_retried_once() -> None:
             return
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         assert (await get(http, server.url()))[1] == b"first"
         assert (await get(http, server.url()))[1] == b"first"
         assert server.accepted == 2
@@ -837,7 +840,7 @@ async def test_no_retry_once_answer_bytes_arrived() -> None:
         await conn.send(b"HTTP/1.1 200 O")  # an answer had begun
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         await get(http, server.url())
         with pytest.raises(ResponseBroken):
             await http.request("GET", server.url(), {}, None)
@@ -849,7 +852,7 @@ async def test_no_retry_on_a_new_connection() -> None:
         await conn.request()
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         with pytest.raises(ResponseBroken):
             await http.request("POST", server.url(), {}, b"{}")
         assert server.accepted == 1
@@ -870,7 +873,7 @@ async def test_at_the_pool_limit_callers_wait_their_turn() -> None:
             else:
                 await conn.send(answer(name.encode()))
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
         first = await http.request("GET", server.url("/a"), {}, None)
         waiting = [asyncio.create_task(get(http, server.url(f"/{n}"))) for n in "bcd"]
         pool = next(iter(http._pools.values()))
@@ -894,7 +897,7 @@ async def test_a_cancelled_waiter_passes_its_turn_on() -> None:
                 await finish.wait()
             await conn.send(answer(b"ok"))
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
         holder = asyncio.create_task(get(http, server.url("/hold")))
         pool = None
         while pool is None or pool.count < 1:
@@ -918,7 +921,7 @@ async def test_a_waiter_cancelled_right_after_its_turn_came_passes_it_on(how: st
     """The first waiter is handed the connection (released) or a slot (closed), and cancelled
     before it runs: the next waiter gets it, and the pool's count stays right."""
     handler = keep_serving(*[answer(b"ok")] * 3)
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client(pool_size=1) as http:
         first = await http.request("GET", server.url(), {}, None)
         while not first._complete:
             await asyncio.sleep(0)
@@ -944,7 +947,7 @@ async def test_refused_connection_is_connect_failed() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed at once: nothing listens there
-    async with asyncio.timeout(BOUND_S), client() as http:
+    async with running_timeout(BOUND_S), client() as http:
         with pytest.raises(ConnectFailed):
             await http.request("GET", f"http://127.0.0.1:{port}/", {}, None)
         with pytest.raises(ConnectFailed):
@@ -958,7 +961,7 @@ async def test_tls_handshake_failure_is_connect_failed() -> None:
         conn.writer.write(b"HTTP/1.1 400 this is no TLS\r\n\r\n")
         await conn.writer.drain()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         with pytest.raises(ConnectFailed):
             await http.request("GET", f"https://127.0.0.1:{server.port}/", {}, None)
 
@@ -968,7 +971,7 @@ async def test_silence_before_the_headers_is_a_timeout() -> None:
         await conn.request()
         await conn.wait_closed_by_peer()  # never answers
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(read_timeout_s=0.2) as http:
             with pytest.raises(TimeoutError):
                 await http.request("GET", server.url(), {}, None)
@@ -985,7 +988,7 @@ async def test_silence_before_the_headers_is_bounded_by_their_own_deadline() -> 
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(read_timeout_s=0.2) as http:
             response = await http.request("GET", server.url(), {}, None, 5.0)
             assert await response.read() == b"ok"
@@ -1006,7 +1009,7 @@ async def test_silence_mid_body_is_a_timeout(headers_by: float | None) -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(read_timeout_s=0.2) as http:
             response = await http.request("GET", server.url(), {}, None, headers_by)
             chunks = response.chunks()
@@ -1027,7 +1030,7 @@ async def test_headers_timeout_bounds_a_trickling_answer() -> None:
                 await conn.send(b"X-Slow: 1\r\n")
                 await asyncio.sleep(0.02)
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(read_timeout_s=5) as http:
             with pytest.raises(TimeoutError):
                 await http.request("GET", server.url(), {}, None, headers_timeout_s=0.3)
@@ -1041,7 +1044,7 @@ async def test_headers_timeout_bounds_the_wait_for_a_pooled_connection() -> None
             await release.wait()
             await conn.send(answer(b"late"))
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(pool_size=1, read_timeout_s=5) as http:
             busy = asyncio.create_task(get(http, server.url("/a")))
             pool = None
@@ -1066,7 +1069,7 @@ async def test_a_reader_that_pauses_is_not_timed_out_by_the_upstream_s_silence()
         sent_all.set()
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         async with client(read_timeout_s=0.2) as http:
             response = await http.request("GET", server.url(), {}, None)
             await sent_all.wait()
@@ -1084,7 +1087,7 @@ async def test_expire_at_bounds_the_whole_body() -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         response.expire_at(asyncio.get_running_loop().time() + 0.1)
         with pytest.raises(TimeoutError):
@@ -1099,7 +1102,7 @@ async def test_whole_timeout_bounds_the_whole_body_from_the_request() -> None:
         await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None, 5.0, whole_timeout_s=0.1)
         with pytest.raises(TimeoutError):
             await response.read()
@@ -1116,7 +1119,7 @@ async def test_cancelling_mid_request_closes_the_connection() -> None:
         await conn.wait_closed_by_peer()
         peer_closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         task = asyncio.create_task(http.request("POST", server.url(), {}, b"{}"))
         await got_request.wait()
         task.cancel()
@@ -1135,7 +1138,7 @@ async def test_cancelling_a_stream_reader_closes_the_connection() -> None:
         await conn.wait_closed_by_peer()
         peer_closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
 
         async def consume() -> list[bytes]:
@@ -1159,7 +1162,7 @@ async def test_close_drops_a_stream_upstream() -> None:
         await conn.wait_closed_by_peer()
         peer_closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         response.close()
         response.close()
@@ -1189,7 +1192,7 @@ async def test_a_stream_released_before_its_end_goes_back_to_the_pool_when_the_e
         await conn.send(answer(b"next"))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         assert await anext(response.chunks()) == b"data:1"
         response.release_when_whole(BOUND_S)
@@ -1214,7 +1217,7 @@ async def test_a_stream_released_before_its_end_is_closed_when_the_end_does_not_
         await conn.wait_closed_by_peer()
         peer_closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         assert await anext(response.chunks()) == b"data:1"
         response.release_when_whole(0.05)
@@ -1231,7 +1234,7 @@ async def test_client_close_closes_pooled_connections() -> None:
         await conn.wait_closed_by_peer()
         peer_closed.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         http = HttpClient(pool_size=1, connect_timeout_s=5, read_timeout_s=5)
         await get(http, server.url())
         await http.close()
@@ -1251,7 +1254,7 @@ async def test_client_close_closes_pooled_connections() -> None:
     ],
 )
 async def test_header_injection_is_refused(headers: dict[str, str]) -> None:
-    async with asyncio.timeout(BOUND_S), serving(keep_serving()) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(keep_serving()) as server, client() as http:
         with pytest.raises(ValueError, match="CR or LF") as caught:
             await http.request("POST", server.url(), headers, b"{}")
         assert "Injected" not in str(caught.value), "messages never quote header values"
@@ -1273,7 +1276,7 @@ async def test_fixed_headers_are_sent_as_a_dict_of_them_is() -> None:
     fixed = FixedHeaders(given)
     assert dict(fixed) == given and {**fixed, "x": "1"} == {**given, "x": "1"}
     assert "Bearer" not in repr(fixed)
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         for headers in (given, fixed):
             response = await http.request("POST", server.url("/p"), headers, b"{}")
             assert await response.read() == b"{}"
@@ -1288,7 +1291,7 @@ async def test_bodyless_requests_and_odd_paths() -> None:
             seen.append(request[0])
             await conn.send(answer(b""))
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         await get(http, f"http://127.0.0.1:{server.port}")
         await get(http, server.url("/a b/ü?q=1 2"))
         await (await http.request("POST", server.url("/p"), {}, None)).read()
@@ -1314,7 +1317,7 @@ async def test_ipv6_literal_hosts() -> None:
         pytest.skip("no IPv6 loopback")
     port = server.sockets[0].getsockname()[1]
     try:
-        async with asyncio.timeout(BOUND_S), client() as http:
+        async with running_timeout(BOUND_S), client() as http:
             _, body = await get(http, f"http://[::1]:{port}/x")
             assert body == b"six"
     finally:
@@ -1379,7 +1382,7 @@ async def test_image_downloads_follow_redirects() -> None:
         answer(b"", "Location: /elsewhere/img.png", status="302 Found"),
         answer(PNG, "Content-Type: image/png"),
     )
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             encoded = await provider.download_b64(server.url("/img"))
@@ -1402,7 +1405,7 @@ async def test_a_stream_is_cut_by_the_whole_request_timeout() -> None:
             await conn.send(event)
             await asyncio.sleep(0.02)
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(
             server.url(""), stream_idle_timeout_s=5, first_byte_timeout_s=5, timeout_s=0.3
         )
@@ -1433,7 +1436,7 @@ async def test_failures_map_to_the_gateway_errors(wire: bytes | None, error: typ
         await conn.send(wire)
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         origin = server.url("")
         if wire is None:
             with socket.socket() as sock:
@@ -1514,7 +1517,7 @@ async def test_https_keep_alive_and_cancellation(certificate: tuple[Path, Path])
     listener = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=server_tls)
     port = listener.sockets[0].getsockname()[1]
     try:
-        async with asyncio.timeout(BOUND_S), client() as http:
+        async with running_timeout(BOUND_S), client() as http:
             http._ssl = ssl.create_default_context(cafile=str(cert))  # trust the test's CA
             for host in ("127.0.0.1", "localhost"):
                 url = f"https://{host}:{port}/"
@@ -1530,7 +1533,7 @@ async def test_https_keep_alive_and_cancellation(certificate: tuple[Path, Path])
             with pytest.raises(asyncio.CancelledError):
                 await reader
             await peer_closed.wait()
-        async with asyncio.timeout(BOUND_S), client() as http:  # the default trust store
+        async with running_timeout(BOUND_S), client() as http:  # the default trust store
             with pytest.raises(ConnectFailed):
                 await http.request("GET", f"https://127.0.0.1:{port}/", {}, None)
     finally:
@@ -1574,7 +1577,7 @@ async def test_an_answer_larger_than_the_bound_is_broken_not_held(
     fails once the bound is passed, and the connection is dropped. Before, every byte was
     held until the whole-request deadline, however many."""
     monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", SMALL_LIMIT)
-    async with asyncio.timeout(BOUND_S), serving(endless(head, piece)) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(endless(head, piece)) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         with pytest.raises(ResponseBroken, match="larger than"):
             await response.read()
@@ -1586,7 +1589,7 @@ async def test_a_decompression_bomb_is_broken_not_inflated(monkeypatch: pytest.M
     monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", SMALL_LIMIT)
     bomb = gzip.compress(b"\0" * (8 * SMALL_LIMIT))
     async with (
-        asyncio.timeout(BOUND_S),
+        running_timeout(BOUND_S),
         serving(keep_serving(answer(bomb, "Content-Encoding: gzip"))) as server,
         client() as http,
     ):
@@ -1601,7 +1604,7 @@ async def test_an_answer_at_the_bound_is_read_whole(monkeypatch: pytest.MonkeyPa
     plain = answer(body)
     zipped = answer(gzip.compress(body), "Content-Encoding: gzip")
     async with (
-        asyncio.timeout(BOUND_S),
+        running_timeout(BOUND_S),
         serving(keep_serving(plain, zipped)) as server,
         client() as http,
     ):
@@ -1621,7 +1624,7 @@ async def test_an_answer_at_the_bound_is_read_whole(monkeypatch: pytest.MonkeyPa
 async def test_a_head_without_end_is_broken_not_held(head: bytes, piece: bytes) -> None:
     """Header lines without end, or interim answers without end: the answer fails once its
     head passes 64 KiB. Before, every header was kept (a probe grew a client to 2.5 GB)."""
-    async with asyncio.timeout(BOUND_S), serving(endless(head, piece)) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(endless(head, piece)) as server, client() as http:
         with pytest.raises(ResponseBroken, match="head larger than 64 KiB"):
             response = await http.request("GET", server.url(), {}, None)
             await response.read()
@@ -1633,7 +1636,7 @@ async def test_a_large_head_within_the_bound_and_a_body_in_the_same_read_are_rea
     pad = "X-Pad: " + "a" * 1000
     body = b"y" * (1024 * 1024)
     async with (
-        asyncio.timeout(BOUND_S),
+        running_timeout(BOUND_S),
         serving(keep_serving(answer(body, *[pad] * 60))) as server,
         client() as http,
     ):
@@ -1683,7 +1686,7 @@ async def test_a_reframed_stream_s_reader_is_woken_only_by_reads_that_complete_a
         await conn.send(_chunk(b"\n") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         reframer = _core.Reframer("openai", "gw/m", "chatcmpl-1", 7, False)
         assert response.reframe_into(reframer)
@@ -1715,7 +1718,7 @@ async def test_a_reframed_stream_s_failure_comes_after_the_events_before_it() ->
         await conn.send(_chunk(b"data: " + b"x" * 300))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         reframer = _core.Reframer("openai", "gw/m", "chatcmpl-1", 7, False, max_event_bytes=256)
         assert response.reframe_into(reframer)
@@ -1742,7 +1745,7 @@ async def test_a_reframed_stream_relays_its_events_then_a_malformed_stream_s_err
         await conn.send(_chunk(b"data: " + b"x" * (1 << 21)))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             pieces = await relayed_before(provider, BadGateway, "malformed stream", each=go_on)
@@ -1775,7 +1778,7 @@ async def test_the_events_a_read_completes_before_a_malformed_one_go_out_before_
             await conn.send(_chunk(body))
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
@@ -1802,7 +1805,7 @@ async def test_only_a_plain_chunked_event_stream_is_reframed_as_it_is_read(kind:
         await conn.send(head + b"\r\n" + (_chunk(body) + b"0\r\n\r\n" if kind else body))
         conn.writer.close()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         assert not response.reframe_into(_core.Reframer("openai", "gw/m", "c", 7, False))
         response.close()
@@ -1830,7 +1833,7 @@ async def test_a_reframed_stream_is_finished_only_once_its_last_piece_is_taken()
         await conn.send(_chunk(OPENAI_EVENT + b"\ndata: [DONE]\n\n") + b"0\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
@@ -1916,7 +1919,7 @@ async def test_pieces_read_while_the_relay_waits_are_sent_from_the_read() -> Non
         await asyncio.Future()  # the client never leaves
         raise AssertionError
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
@@ -1957,7 +1960,7 @@ async def test_a_reframed_stream_s_end_read_during_a_keepalive_loses_none_of_its
         await asyncio.Future()  # the client never leaves
         raise AssertionError
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
@@ -2001,7 +2004,7 @@ async def test_an_upstream_whose_piece_was_sent_from_its_read_is_held_then_read_
         raise AssertionError
 
     holds: list[tuple[bool, bool]] = []  # (held, reading) seen after each piece's send
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))
@@ -2065,7 +2068,7 @@ async def test_an_upstream_read_that_completes_no_event_is_held_too(
         await conn.send(b"0\r\n\r\n")
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             stream = await provider.stream(chat_call("openai", "m", stream=True))

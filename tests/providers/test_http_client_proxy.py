@@ -16,6 +16,7 @@ import pytest
 from gateway.providers.http_client import ConnectFailed, HttpClient, _parse_target
 from gateway.providers.proxy import ProxyPolicy, proxy_policy
 from tests.conftest import free_port
+from tests.live_bound import running_timeout
 from tests.proxy_server import Tinyproxy, make_certificate
 
 BOUND_S = 20
@@ -119,7 +120,7 @@ def env_policy(**environ: str) -> ProxyPolicy:
 
 
 async def test_plain_http_goes_to_the_proxy_as_an_absolute_uri(proxy: Tinyproxy) -> None:
-    async with asyncio.timeout(BOUND_S), origin() as upstream:
+    async with running_timeout(BOUND_S), origin() as upstream:
         http = client(env_policy(HTTP_PROXY=proxy.url()))
         try:
             url = f"http://127.0.0.1:{upstream.port}/v1/chat?x=1"
@@ -135,7 +136,7 @@ async def test_plain_http_goes_to_the_proxy_as_an_absolute_uri(proxy: Tinyproxy)
 async def test_https_goes_through_a_connect_tunnel_with_tls_to_the_origin(
     proxy: Tinyproxy, certificate: tuple[Path, Path]
 ) -> None:
-    async with asyncio.timeout(BOUND_S), origin(server_tls(certificate)) as upstream:
+    async with running_timeout(BOUND_S), origin(server_tls(certificate)) as upstream:
         http = client(env_policy(HTTPS_PROXY=proxy.url()), cafile=certificate[0])
         try:
             url = f"https://localhost:{upstream.port}/v1/models"
@@ -152,7 +153,7 @@ async def test_https_goes_through_a_connect_tunnel_with_tls_to_the_origin(
 async def test_the_origin_certificate_is_checked_inside_the_tunnel(
     proxy: Tinyproxy, certificate: tuple[Path, Path]
 ) -> None:
-    async with asyncio.timeout(BOUND_S), origin(server_tls(certificate)) as upstream:
+    async with running_timeout(BOUND_S), origin(server_tls(certificate)) as upstream:
         http = client(env_policy(HTTPS_PROXY=proxy.url()))  # the default trust store
         try:
             with pytest.raises(ConnectFailed, match="SSLCertVerificationError"):
@@ -164,7 +165,7 @@ async def test_the_origin_certificate_is_checked_inside_the_tunnel(
 async def test_proxy_credentials_come_from_the_url_and_never_show(
     auth_proxy: Tinyproxy, certificate: tuple[Path, Path]
 ) -> None:
-    async with asyncio.timeout(BOUND_S), origin(server_tls(certificate)) as tls_upstream:
+    async with running_timeout(BOUND_S), origin(server_tls(certificate)) as tls_upstream:
         async with origin() as plain_upstream:
             https_url = f"https://localhost:{tls_upstream.port}/"
             http_url = f"http://127.0.0.1:{plain_upstream.port}/"
@@ -195,7 +196,7 @@ async def test_proxy_credentials_come_from_the_url_and_never_show(
 
 async def test_no_proxy_sends_matching_hosts_direct() -> None:
     dead_proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    async with asyncio.timeout(BOUND_S), origin() as upstream:
+    async with running_timeout(BOUND_S), origin() as upstream:
         url = f"http://127.0.0.1:{upstream.port}/"
         through = client(env_policy(http_proxy=dead_proxy))
         bypass = client(env_policy(http_proxy=dead_proxy, no_proxy="example.com, 127.0.0.0/8"))
@@ -214,7 +215,7 @@ async def test_a_proxy_that_is_down_is_a_connect_failure_naming_it(
     dead_proxy = f"http://user:hunter2@127.0.0.1:{free_port()}"
     http = client(env_policy(HTTPS_PROXY=dead_proxy), cafile=certificate[0])
     try:
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             with pytest.raises(ConnectFailed) as caught:
                 await get(http, "https://localhost:9/")
     finally:

@@ -20,6 +20,7 @@ from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.schemas.images import decode_image_request
 from gateway.settings import ModelSettings, ProviderSettings, RetrySettings
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import (
     BOUND_S,
     Conn,
@@ -106,7 +107,7 @@ async def test_a_replicate_poll_whose_body_breaks_is_a_body_error(
         "/get": lambda s: None,
         "/cancel": cancel,
     }
-    async with asyncio.timeout(BOUND_S), serving(routed(routes, server)) as up:
+    async with running_timeout(BOUND_S), serving(routed(routes, server)) as up:
         server.append(up)
         settings = ProviderSettings(kind="replicate", base_url=up.url())
         provider = ReplicateProvider("rep", settings, Secret("r8"))
@@ -141,7 +142,7 @@ async def test_generated_images_whose_download_breaks_are_a_body_error(kind: str
         "/a.png": lambda s: answer(b"\x89PNG", "Content-Type: image/png"),
         "/b.png": lambda s: None,
     }
-    async with asyncio.timeout(BOUND_S), serving(routed(routes, server)) as up:
+    async with running_timeout(BOUND_S), serving(routed(routes, server)) as up:
         server.append(up)
         base = up.url() if kind == "replicate" else up.url("/v1")
         settings = ProviderSettings(kind=kind, base_url=base)  # type: ignore[arg-type]
@@ -183,7 +184,7 @@ async def test_a_download_the_request_s_deadline_cuts_is_a_body_error() -> None:
         "/a.png": due,
         "/cancel": lambda s: json_answer({}),
     }
-    async with asyncio.timeout(BOUND_S), serving(routed(routes, server)) as up:
+    async with running_timeout(BOUND_S), serving(routed(routes, server)) as up:
         server.append(up)
         settings = ProviderSettings(kind="replicate", base_url=up.url())
         provider = ReplicateProvider("img", settings, Secret("k"))
@@ -233,7 +234,7 @@ async def test_images_lost_to_a_client_gone_during_their_download_are_counted(or
         "/cancel": lambda s: json_answer({}),
     }
     record = RequestRecord("req_images_lost", "POST")
-    async with asyncio.timeout(BOUND_S), serving(routed(routes, server)) as up:
+    async with running_timeout(BOUND_S), serving(routed(routes, server)) as up:
         server.append(up)
         settings = ProviderSettings(kind="replicate", base_url=up.url())
         provider = ReplicateProvider("img", settings, Secret("k"))

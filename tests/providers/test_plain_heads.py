@@ -14,6 +14,7 @@ import pytest
 
 from gateway.providers import http_client
 from gateway.providers.http_client import ResponseBroken
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import (
     BOUND_S,
     Conn,
@@ -79,7 +80,7 @@ async def test_a_plain_head_is_read_without_a_parser(parsers: Parsers) -> None:
     """Odd casing, repeated headers and trailing spaces read as httptools reads them (the
     dictionary of `headers`), and the connection kept alive, with no parser made."""
     handler = keep_serving(ODD, ODD)
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         for _ in range(2):
             response, body = await get(http, server.url())
             assert (response.status, body) == (201, b'{"ok":true}')
@@ -106,7 +107,7 @@ async def test_a_head_split_over_reads_reads_the_same(cut: int, parsers: Parsers
         await conn.send(ODD[cut:])
         await keep_serving(ODD)(conn)
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response, body = await get(http, server.url())
         assert (response.status, body, response.headers["vary"]) == (201, b'{"ok":true}', "a, b")
         response, body = await get(http, server.url())
@@ -125,7 +126,7 @@ async def test_a_length_body_over_many_reads_is_read_whole() -> None:
     head = len(wire) - len(body)
     cuts = [head, head + 1, head + 1000, head + 5000, len(wire) - 1]
     handler = serve_in_pieces(pieces(wire, cuts), pieces(wire, [head + 7]))
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         for _ in range(2):
             response = await http.request("GET", server.url(), {}, None)
             got = b""
@@ -138,7 +139,7 @@ async def test_a_length_body_over_many_reads_is_read_whole() -> None:
 async def test_a_byte_past_the_length_breaks_the_connection_not_the_answer() -> None:
     """The answer stands; the connection is not reused (the next request opens another)."""
     handler = keep_serving(answer(b"abc") + b"X")
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         for _ in range(2):
             _, body = await get(http, server.url())
             assert body == b"abc"
@@ -153,7 +154,7 @@ async def test_connection_close_is_not_reused_and_empty_bodies_end_at_once() -> 
     async def either(conn: Conn) -> None:
         await next(handlers)(conn)
 
-    async with asyncio.timeout(BOUND_S), serving(either) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(either) as server, client() as http:
         response, body = await get(http, server.url())
         assert (response.status, body) == (200, b"")
         response, body = await get(http, server.url())
@@ -166,7 +167,7 @@ async def test_a_plain_head_then_a_cut_body_is_broken() -> None:
         await conn.request()
         await conn.send(answer(b"0123456789")[:-4])
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server, client() as http:
+    async with running_timeout(BOUND_S), serving(handler) as server, client() as http:
         response = await http.request("GET", server.url(), {}, None)
         with pytest.raises(ResponseBroken, match="closed the connection mid-answer"):
             await response.read()

@@ -13,6 +13,7 @@ import pytest
 from gateway.errors import BadGateway, GatewayError, ServiceUnavailable
 from gateway.providers.gemini import GeminiProvider
 from gateway.settings import ProviderSettings
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import BOUND_S, Conn, serving
 from tests.unit.translation_helpers import chat_call
 
@@ -46,7 +47,7 @@ async def read(*sends: bytes, out: list[bytes]) -> None:
             await conn.send(send)
         await conn.wait_closed_by_peer()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = GeminiProvider(
             "p", ProviderSettings(kind="gemini", base_url=server.url("")), None
         )

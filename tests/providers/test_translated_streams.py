@@ -27,6 +27,7 @@ from gateway.errors import BadGateway, GatewayError
 from gateway.providers.base import ReframedStream, RouteEvents
 from gateway.responses.events import ReframedEvents, ResponseEvents, response_events, route_events
 from gateway.schemas.openai import ChatRequest, StreamOptions
+from tests.live_bound import running_timeout
 from tests.providers.test_http_client import (
     BOUND_S,
     EVENT_STREAM_HEAD,
@@ -161,7 +162,7 @@ async def relay(
         if message["type"] == "http.response.body":
             first_out.set()
 
-    async with asyncio.timeout(BOUND_S), serving(handler) as server:
+    async with running_timeout(BOUND_S), serving(handler) as server:
         provider = openai_provider(server.url(""))
         try:
             call = chat_call("openai", "m", stream=True)

@@ -15,6 +15,7 @@ import redis
 from gateway.store.base import open_store
 from gateway.store.redis import RedisStore
 from gateway.store.resp import RespClient, RespConnectionError
+from tests.live_bound import running_timeout
 from tests.redis_relay import RedisRelay
 from tests.redis_server import RedisServer
 
@@ -81,7 +82,7 @@ async def test_a_lost_subscription_drops_the_caches_and_resubscribes(
     try:
         listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
         account = await writer.create_account("x", "free", 0)
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 0:
                 await asyncio.sleep(0.02)  # until the subscription exists, then cut it
             while ("all", "") not in heard:
@@ -101,7 +102,7 @@ async def test_a_refused_subscription_raises(redis_server: RedisServer) -> None:
     client = RespClient.from_url(f"redis://:wrong@127.0.0.1:{redis_server.port}/0")
     try:
         with pytest.raises(RespConnectionError, match="refused the subscription"):
-            async with asyncio.timeout(BOUND_S):
+            async with running_timeout(BOUND_S):
                 async for _ in client.subscribe("klawd:test"):
                     pass
     finally:
@@ -121,7 +122,7 @@ async def test_subscribe_yields_what_is_published(redis_server: RedisServer) -> 
 
     task = asyncio.create_task(listen())
     try:
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while publisher.publish("klawd:test", "one") == 0:
                 await asyncio.sleep(0.02)  # until subscribed
             publisher.publish("klawd:test", "two")
@@ -150,12 +151,12 @@ async def test_a_silently_dead_subscription_is_found_by_its_ping_and_taken_again
         listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
         account = await writer.create_account("x", "free", 0)
         key = await writer.create_key(account.id, "k", "sk-klawd-dead", "d" * 64, None)
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while ("all", "") not in heard:  # subscribed (every cache dropped once then)
                 await asyncio.sleep(0.02)
         heard.clear()
         proxy.go_silent()
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while heard.count(("all", "")) < 2:  # lost (found by the PING), then taken again
                 await asyncio.sleep(0.02)
             await writer.revoke_key(key.id, 5)
@@ -181,7 +182,7 @@ async def test_what_was_published_while_the_channel_was_down_is_covered_by_a_dro
         listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
         account = await writer.create_account("x", "free", 0)
         key = await writer.create_key(account.id, "k", "sk-klawd-gap", "g" * 64, None)
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while ("all", "") not in heard:
                 await asyncio.sleep(0.02)
             heard.clear()

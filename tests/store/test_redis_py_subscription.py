@@ -12,6 +12,7 @@ import redis
 
 from gateway.store.base import open_store
 from gateway.store.redis import RedisStore
+from tests.live_bound import running_timeout
 from tests.redis_relay import RedisRelay
 from tests.redis_server import RedisClusterServers, RedisServer
 
@@ -36,14 +37,14 @@ async def test_a_silently_dead_cluster_subscription_is_found_by_its_ping_and_tak
         listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
         account = await writer.create_account("x", "free", 0)
         key = await writer.create_key(account.id, "k", "sk-klawd-cdead", "c" * 64, None)
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while ("all", "") not in heard:  # subscribed (every cache dropped once then)
                 await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)  # silent a while: answered PINGs keep the channel
         assert heard == [("all", "")], "a live channel is not taken again"
         heard.clear()
         proxy.go_silent()
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while heard.count(("all", "")) < 2:  # lost (found by the PING), then taken again
                 await asyncio.sleep(0.02)
             await writer.revoke_key(key.id, 5)
@@ -71,7 +72,7 @@ async def test_a_redis_py_subscription_drops_every_cache_once_taken_again(
         listener.on_invalidate(lambda kind, ident: heard.append((kind, ident)))
         account = await writer.create_account("x", "free", 0)
         key = await writer.create_key(account.id, "k", "sk-klawd-pygap", "p" * 64, None)
-        async with asyncio.timeout(BOUND_S):
+        async with running_timeout(BOUND_S):
             while ("all", "") not in heard:
                 await asyncio.sleep(0.02)
             heard.clear()

@@ -19,6 +19,7 @@ from gateway.state import count_given_back_holds
 from gateway.store.base import UsageEntry, open_store
 from gateway.store.redis import RedisStore
 from gateway.store.redis_limiter import RedisLimiter, _acct, _spend_keys
+from tests.live_bound import running_deadline
 from tests.redis_server import RedisClusterServers, RedisServer
 from tests.usage_entries import admitted_entry
 
@@ -86,14 +87,14 @@ async def reserved_by_key(store: RedisStore, account_id: str, key_id: str) -> li
 async def past_the_hold(store: RedisStore, account_id: str) -> None:
     """Waits (bounded) until the account's holds have all expired by Redis's clock."""
     key = _acct(account_id)
-    deadline = time.monotonic() + BOUND_S
+    passed = running_deadline(BOUND_S)
     while True:
         seconds, micros = await store._call("TIME")
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         latest = await store._call("ZRANGE", f"{key}:holds", -1, -1)
         if not latest or float(await store._call("ZSCORE", f"{key}:holds", latest[0])) < now_ms:
             return
-        assert time.monotonic() < deadline, f"holds not expired within {BOUND_S} s"
+        assert not passed(), f"holds not expired within {BOUND_S} s"
         await asyncio.sleep(HOLD_S / 4)
 
 

@@ -30,7 +30,7 @@ from gateway.store.resp import (
 )
 from tests.conftest import free_port
 from tests.kept_context import context_kept_after
-from tests.live_bound import within
+from tests.live_bound import running_timeout, within
 from tests.redis_server import RedisClusterServers, RedisServer
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -92,7 +92,7 @@ async def raw_server(
 
 async def wait_for_pending(client: RespClient, count: int) -> None:
     """Until the client's connections owe `count` replies in all (every command was written)."""
-    async with asyncio.timeout(BOUND_S):
+    async with running_timeout(BOUND_S):
         while sum(len(c.pending) for c in client._connections) < count:
             await asyncio.sleep(0.005)
 

@@ -11,13 +11,23 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
 import httpx2
 import pytest
 
-from tests.live_bound import Stops, call_within, recv, wait_exit, within
+from tests.live_bound import (
+    Stops,
+    call_within,
+    recv,
+    running_deadline,
+    running_timeout,
+    wait_exit,
+    within,
+)
 
 STOPPED_S = 2.0
 BOUND_S = 1.0  # shorter than the stop: a wall-clock bound is tripped by it
@@ -55,6 +65,29 @@ def test_a_stopped_process_does_not_trip_the_running_time_bound() -> None:
     assert time.monotonic() - started >= STOPPED_S  # the stop happened inside the bound
 
 
+def test_a_stopped_process_does_not_trip_the_running_time_block_bound() -> None:
+    """`running_timeout`, the block form: `asyncio.timeout` over the same stop raises."""
+
+    async def bounded(timeout: Callable[[float], AbstractAsyncContextManager[Any]]) -> str:
+        async with timeout(BOUND_S):
+            return await stopped_then_answered()
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(bounded(asyncio.timeout))
+    started = time.monotonic()
+    assert asyncio.run(bounded(running_timeout)) == "answered"
+    assert time.monotonic() - started >= STOPPED_S
+
+
+def test_a_stopped_process_has_not_passed_a_running_deadline_and_a_hang_does() -> None:
+    passed = running_deadline(BOUND_S)
+    time.sleep(0.05)
+    stopped_for_a_while()
+    assert not passed(), "the stop counted"
+    while not passed():  # a loop that never sees its condition still ends
+        time.sleep(0.05)
+
+
 def test_a_stopped_call_in_a_thread_does_not_trip_the_running_time_bound() -> None:
     def call() -> str:
         time.sleep(0.05)
@@ -68,6 +101,13 @@ def test_a_hang_is_still_cut() -> None:
         asyncio.run(within(asyncio.sleep(3600), 0.3))
     with pytest.raises(TimeoutError):
         call_within(lambda: time.sleep(3), 0.3)
+
+    async def hung_block() -> None:
+        async with running_timeout(0.3):
+            await asyncio.sleep(3600)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(hung_block())
 
 
 def stopping_server() -> tuple[socket.socket, threading.Thread]:

@@ -21,7 +21,7 @@ from gateway.routing.catalog import Catalog
 from gateway.settings import load_settings
 from gateway.store.resp import RespConnectionError, RespReplyError
 from gateway.store_metrics import _Timed
-from tests.live_bound import polls_async, within
+from tests.live_bound import polls_async, running_deadline, within
 from tests.scrape import parse, total
 
 
@@ -312,8 +312,8 @@ def test_lines_a_stuck_stream_does_not_take_are_bounded_then_dropped_and_said(
     asyncio.run(within(write_all(), 10))
     assert log._handed <= 100 + MAX_BATCH, "the backlog grew past its bound"
     stream.release.set()
-    deadline = time.monotonic() + 10
-    while log._written < log._handed and time.monotonic() < deadline:
+    passed = running_deadline(10)
+    while log._written < log._handed and not passed():
         time.sleep(0.01)
     log.add(RequestRecord("req_after", "GET").entry(1.0, None))  # (no loop: handed over at once)
     log.close()

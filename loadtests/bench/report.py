@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench import contenders as c
+from loadtests.bench import redis_split
 
 DOCS = c.REPO / "docs" / "benchmarks.md"
 START, END = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
@@ -652,6 +653,7 @@ def section(samples: Samples, notes: dict[str, object], args: argparse.Namespace
             *reads_lines(samples),
             *client_core_lines(samples),
             *cores_lines(samples),
+            *redis_split.lines(samples),
             *profile_lines,
             END,
         ]

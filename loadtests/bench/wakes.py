@@ -32,8 +32,20 @@ thread that wants it while another holds it waits in `futex` and is woken by the
 `futex` wake when dropped, so GIL hand-offs read `A [futex wait] <- B [futex wake]`; the loop
 woken by `call_soon_threadsafe` (an eventfd) reads `main [epoll_pwait] <- B [write]`.
 
+On the stream measures (`--measures lines,anth --contenders bare,gateway-sqlite
+--connections 64`) "a request" is a stream. Each window's line gives the cores' speed-probe
+medians while perf recorded (~225 µs a fast core, ~350 a slow one: decision 0012), and a
+"hand-offs" line sums the wakes that pass work between the loop and the other threads
+(`handoffs`): the loop woken in its poll by a socket, by an eventfd `write` (Granian's
+`call_soon_threadsafe`) or by a timer alone; Granian's runtime woken by the loop's `write` (a
+response piece handed to it, a `receive()` spawned); the GIL handed each way; the loop's
+preemptions. perf's tracepoints cost every traced thread and every process's system calls,
+so a traced run is slower than `side_by_side`'s (the rates and states are not the bench's;
+the counts per request are what it reads).
+
 Runs are bounded (wrk -d, perf's own `sleep`) and every process is stopped at the end.
-Decision 0010, twenty-eighth pass (issue 19zzzzzg).
+Decision 0010, twenty-eighth pass (issue 19zzzzzg); the hand-offs and probes, decision 0012,
+thirty-third pass (issue 19zzzzzp).
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.bench.contenders import SERVER_CORE
+from loadtests.bench.measure import SpeedProbe
 from loadtests.bench.side_by_side import BEFORE, CHOICES, WRK_MEASURES, Contender, started
 from loadtests.bench.syscalls import TICKS, loader, rate, warmed
 
@@ -254,7 +267,13 @@ def _call_name(call: tuple[int, tuple[int, ...]] | None) -> str:
 
 
 def wakes(
-    contender: Contender, scenario: str, connections: int, seconds: float, tmp: Path, top: int
+    contender: Contender,
+    scenario: str,
+    connections: int,
+    seconds: float,
+    tmp: Path,
+    top: int,
+    speed: SpeedProbe | None = None,
 ) -> str:
     script, url, pid = warmed(contender, scenario, connections, tmp, "wakes")
     named = names(pid, contender.store_pid)
@@ -264,9 +283,11 @@ def wakes(
     load.start()
     time.sleep(0.5)  # the connections open and busy: perf records inside wrk's window
     scheduled, idle = schedstats(sorted(named)), idle_ticks(SERVER_CORE)
+    began = time.monotonic()
     perf = record(sorted(named), data, seconds)
     perf.wait(timeout=seconds + 60)
     scheduled_after, idle = schedstats(sorted(named)), idle_ticks(SERVER_CORE) - idle
+    probes = {} if speed is None else speed.between(began, time.monotonic())
     load.join(timeout=seconds + 60)
     per_s = rate(results)
     done = max(1.0, per_s * seconds)  # the requests inside perf's window
@@ -277,7 +298,7 @@ def wakes(
     seen, woken = parse(script_out, named, ranges)
     lines = [f"{contender.name}, {scenario}, {connections} connections: {per_s:.0f}/s, "
              f"core {SERVER_CORE} idle {idle / TICKS / seconds:.0%}, "
-             f"load {os.getloadavg()[0]:.2f}; a request:"]  # fmt: skip
+             f"load {os.getloadavg()[0]:.2f}{probed(probes)}; a request:"]  # fmt: skip
     lines.append(f"  {'thread':28} {'cpu us':>7} {'wait us':>7} {'slices':>6} {'sleeps':>6} "
                  f"{'preempt':>7} {'futex w':>7} {'wakes':>6} {'woke':>6}")  # fmt: skip
     rows = []
@@ -296,6 +317,7 @@ def wakes(
             f"{thread.futex_woke / done:6.2f}"
         )
         notes = [
+            ("calls", thread.calls.most_common(5)),
             ("preempted by", thread.preempted_by.most_common(4)),
             ("futex waits", thread.futex_waits.most_common(3)),
             ("epoll_wait by timeout", sorted(thread.polls.items())),
@@ -307,10 +329,57 @@ def wakes(
         if thread.polls:
             lines.append(f"  {'':30}epoll_wait {sum(thread.polls.values()) / seconds:.0f}/s, "
                          f"timer-only {thread.timer_only / seconds:.0f}/s")  # fmt: skip
+    cells = ", ".join(f"{name} {count / done:.2f}" for name, count in handoffs(seen, woken).items())
+    lines.append(f"  hand-offs a request: {cells}")
     lines.append(f"  wakes ({sum(woken.values()) / done:.2f}): the woken [in] <- the waker [in]")
     for (sleeper, waker), count in woken.most_common(top):
         lines.append(f"    {count / done:6.3f}  {sleeper[:42]:42} <- {waker}")
     return "\n".join(lines)
+
+
+def handoffs(
+    seen: dict[int, Thread], woken: collections.Counter[tuple[str, str]]
+) -> dict[str, int]:
+    """The wakes of `parse` that pass work between the event loop (the `(main)` thread) and
+    the others, by kind: the loop woken in its poll by a socket (another process's packet: the
+    upstream's; or an interrupt on an idle core), by one of the worker's threads' `write` (an
+    eventfd: Granian's `call_soon_threadsafe`), or by a timer alone; Granian's runtime
+    (`tokio-rt-worker`) woken by the loop's `write` (a response or body piece handed to it,
+    or a `receive()` spawned); GIL hand-offs either way (a `futex wait` ended by the other
+    side's `futex wake`); and the loop's preemptions (by any thread)."""
+    loop = next((t.name for t in seen.values() if t.name.endswith("(main)")), "")
+    counts = dict.fromkeys(
+        ("loop<-socket", "loop<-eventfd", "loop<-timer", "tokio<-loop", "GIL loop<-thread",
+         "GIL thread<-loop", "loop preempted"),
+        0,
+    )  # fmt: skip
+    for (sleeper, waker), count in woken.items():
+        woken_name, _, woken_call = sleeper.rpartition(" [")
+        waker_name, _, waker_call = waker.rpartition(" [")
+        if woken_name == loop and woken_call.startswith("epoll"):
+            if waker.startswith(("other: ", "idle core")):
+                counts["loop<-socket"] += count
+            elif waker_call == "write]":
+                counts["loop<-eventfd"] += count
+        elif woken_name.startswith("tokio-rt-worker") and waker == f"{loop} [write]":
+            counts["tokio<-loop"] += count
+        elif woken_call == "futex wait]" and waker_call == "futex wake]":
+            if woken_name == loop:
+                counts["GIL loop<-thread"] += count
+            elif waker_name == loop:
+                counts["GIL thread<-loop"] += count
+    for thread in seen.values():
+        if thread.name == loop:
+            counts["loop<-timer"] = thread.timer_only
+            counts["loop preempted"] = sum(thread.preempted_by.values())
+    return counts
+
+
+def probed(probes: dict[str, float]) -> str:
+    """The cores' speed-probe medians over the traced window (µs: ~225 a fast core, ~350-380
+    a slow one, decision 0012), as the report's rounds read them; "" without a reading."""
+    cells = ", ".join(f"core {core} {us:.0f}" for core, us in sorted(probes.items()))
+    return f", probe µs {cells}" if cells else ""
 
 
 def main() -> int:
@@ -346,13 +415,14 @@ def main() -> int:
         started(
             Path(tmp), chosen, args.before, args.redis_core, before_store=args.before_store
         ) as found,
+        SpeedProbe(Path(tmp)) as speed,
     ):
         for measure in args.measures.split(","):
             scenario, _ = WRK_MEASURES[measure]
             for _ in range(args.reps):
                 for contender in found.values():
                     print(wakes(contender, scenario, args.connections, args.seconds,
-                                Path(tmp), args.top), flush=True)  # fmt: skip
+                                Path(tmp), args.top, speed), flush=True)  # fmt: skip
                     print(flush=True)
     return 0
 

@@ -7,7 +7,16 @@ from __future__ import annotations
 import os
 import threading
 
-from loadtests.bench.wakes import filters, names, parse, place, schedstats, static_ranges
+from loadtests.bench.wakes import (
+    filters,
+    handoffs,
+    names,
+    parse,
+    place,
+    probed,
+    schedstats,
+    static_ranges,
+)
 
 LIBPYTHON = (0x7F0000000000, 0x7F0000100000, "libpython3.11.so.1.0")
 
@@ -70,6 +79,45 @@ def test_wakes_name_the_waker_and_its_call_and_preemptions_name_the_taker() -> N
     assert wakes[("python (main) [other]", "idle core (interrupt)")] == 1
     assert seen[100].preempted_by == {"tokio-rt-worker (0)": 1}
     assert seen[100].calls == {"futex": 1, "epoll_pwait": 2, "write": 1}
+
+
+# main polls with no timer and is woken by the upstream's packet (nginx, on the other core), then
+# by the blocking thread's eventfd `write` (Granian's call_soon_threadsafe); the blocking thread
+# then waits for the GIL and main's drop wakes it.
+POLLS = """\
+          python   100 raw_syscalls:sys_enter: NR 281 (3, 7ffd1000, 400, ffffffff, 0, 8)
+           nginx   777     sched:sched_waking: comm=python pid=100 prio=120 target_cpu=000
+          python   100  raw_syscalls:sys_exit: NR 281 = 1
+          python   100 raw_syscalls:sys_enter: NR 281 (3, 7ffd1000, 400, ffffffff, 0, 8)
+          python   101 raw_syscalls:sys_enter: NR 1 (9, 7ffd4000, 8, 0, 0, 0)
+          python   101     sched:sched_waking: comm=python pid=100 prio=120 target_cpu=000
+          python   101  raw_syscalls:sys_exit: NR 1 = 8
+          python   100  raw_syscalls:sys_exit: NR 281 = 1
+          python   101 raw_syscalls:sys_enter: NR 202 (7f0000000a10, 80, 2, 0, 0, 0)
+          python   100 raw_syscalls:sys_enter: NR 202 (7f0000000a10, 81, 1, 0, 1, 1)
+          python   100     sched:sched_waking: comm=python pid=101 prio=120 target_cpu=000
+          python   100  raw_syscalls:sys_exit: NR 202 = 1
+"""
+
+
+def test_hand_offs_sort_the_loops_wakes_by_cause_and_the_gil_by_direction() -> None:
+    assert handoffs(*parse(SCRIPT, NAMED, [LIBPYTHON])) == {
+        "loop<-socket": 0,
+        "loop<-eventfd": 0,
+        "loop<-timer": 1,
+        "tokio<-loop": 1,
+        "GIL loop<-thread": 1,
+        "GIL thread<-loop": 0,
+        "loop preempted": 1,
+    }
+    found = handoffs(*parse(POLLS, NAMED, [LIBPYTHON]))
+    assert found["loop<-socket"] == 1 and found["loop<-eventfd"] == 1
+    assert found["GIL thread<-loop"] == 1 and found["GIL loop<-thread"] == 0
+
+
+def test_the_speed_probe_is_named_per_core_and_left_out_without_a_reading() -> None:
+    assert probed({"1": 253.4, "0": 226.0}) == ", probe µs core 0 226, core 1 253"
+    assert probed({}) == ""
 
 
 def test_a_futex_is_placed_in_the_mapping_that_holds_it() -> None:

@@ -36,7 +36,10 @@ KLAWD = str(Path(sys.executable).parent / "klawd")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 UPSTREAM_KEY = "sk-upstream-SECRET-do-not-leak-42"
 
-pytest_plugins = ["tests.running_timeout"]  # the per-test timeout in running time
+pytest_plugins = [
+    "tests.running_timeout",  # the per-test timeout in running time
+    "tests.asked_again",  # a failure in a stopped run asked again, where a case is marked so
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

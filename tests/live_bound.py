@@ -178,22 +178,26 @@ def wait_exit(process: subprocess.Popen[Any], seconds: float) -> int:
 
 class Stops:
     """Whether this process was stopped (or not run) longer than MOST_PER_TICK_S while a block
-    ran: a thread of its own ticks every TICK_S and sees the gap. For a test that races a timer
-    of the gateway's against the fake upstream's pace (the gateway's timers are wall-clock,
-    and a stop spends them): a run that was stopped proves nothing either way."""
+    ran (`seen`), and the block's running time (`ran_s`, a stop counting MOST_PER_TICK_S): a
+    thread of its own ticks every TICK_S and sees the gap. For a test that races a timer of the
+    gateway's against the fake upstream's pace (the gateway's timers are wall-clock, and a stop
+    spends them): a run that was stopped proves nothing either way (tests/asked_again.py)."""
 
     def __init__(self) -> None:
         self.seen = False
+        self.ran_s = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
+        ran = Ran(time.monotonic)
         last = time.monotonic()
         while True:
             done = self._done.wait(TICK_S)
             now = time.monotonic()
             if now - last > MOST_PER_TICK_S:
                 self.seen = True
+            self.ran_s = ran.tick()
             if done:
                 return
             last = now

@@ -16,9 +16,7 @@ import uvloop
 from tests.conftest import free_port, gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.test_streams_freed import started
-from tests.live_bound import Stops, polls_async, within
-
-ASKED_AGAIN_S = 20  # running time for the tries a stop of the machine spoiled
+from tests.live_bound import within
 
 PROVIDERS = """
 [providers.patient]
@@ -64,6 +62,9 @@ def config(tmp_path: Path, fake_openai: FakeOpenAI) -> Iterator[Path]:
     yield path
 
 
+# A stop of the machine spends the gateway's (wall-clock) timers, not the fake's pace: a run it
+# came in and failed proves nothing and is asked again (tests/asked_again.py).
+@pytest.mark.asked_again_if_stopped
 @pytest.mark.parametrize(
     ("model", "stream", "status"),
     [
@@ -80,20 +81,11 @@ def test_a_non_streamed_answer_waits_answer_timeout_s(
             body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
             if stream:
                 body["stream"] = True
-            async for _ in polls_async(ASKED_AGAIN_S, 0):
-                with Stops() as stops:
-                    found, answer = await app.request(
-                        "/v1/chat/completions", orjson.dumps(body), app.key
-                    )
-                # A stop of the machine spends the gateway's (wall-clock) timers, not the
-                # fake's pace: a run it came in proves nothing; asked again, ASKED_AGAIN_S of
-                # running time at most (was 5 times: 5 stops in a row failed it).
-                if not stops.seen:
-                    break
+            found, answer = await app.request("/v1/chat/completions", orjson.dumps(body), app.key)
             assert found == status, answer
             if status == 504:
                 assert orjson.loads(answer)["error"]["type"] == "gateway_timeout"
             else:
                 assert orjson.loads(answer)["choices"][0]["message"]["content"]
 
-    uvloop.run(within(main(), ASKED_AGAIN_S + 30))
+    uvloop.run(within(main(), 30))

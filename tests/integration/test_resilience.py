@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.live_bound import Stops, polls
+from tests.live_bound import polls
 from tests.scrape import parse, total
 
 BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
@@ -199,17 +199,14 @@ def test_streams_the_upstream_breaks_off_open_the_circuit_and_the_fallback_serve
         assert response.read().endswith(b"data: [DONE]\n\n")
 
 
+@pytest.mark.asked_again_if_stopped
 def test_slow_trickle_is_cut_by_the_total_timeout(gateway: Gateway, api_key: str) -> None:
     """Never idle for 1 s, but 5 s in all: the 3 s whole-request timeout ends it. A stream
-    during which the machine was stopped (the gateway with it) is asked again, for BOUND_S of
-    running time at most (was 5 times: 5 stops in a row failed it): resumed, the gateway's 1 s
-    idle timer (or its 3 s one) has run out in the stop, not in the trickle's pace, and cuts
-    the stream after too few events to show anything."""
-    for _ in polls(BOUND_S, 0):
-        with Stops() as stops:
-            blob, events = stream_events(gateway, api_key, "slowai/trickle")
-        if not stops.seen:
-            break
+    during which the machine was stopped (the gateway with it) and that failed is asked again
+    (tests/asked_again.py): resumed, the gateway's 1 s idle timer (or its 3 s one) has run out
+    in the stop, not in the trickle's pace, and cuts the stream after too few events to show
+    anything."""
+    blob, events = stream_events(gateway, api_key, "slowai/trickle")
     assert len(events) > 3, "the trickle was relayed while it lasted"
     assert b"[DONE]" not in blob
     assert orjson.loads(events[-1][len(b"data: ") :])["error"]["type"] == "gateway_timeout"

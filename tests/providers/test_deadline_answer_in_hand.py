@@ -35,6 +35,10 @@ from tests.unit.test_retry_and_health import SONNET, Clock
 from tests.unit.test_retry_deadline import DrivenWheel, retrier
 from tests.unit.translation_helpers import chat_call
 
+# The client's own timers (connect, read, headers) are the event loop's, on the wall clock: a
+# case that fails in a run this process was stopped in is asked again (tests/asked_again.py).
+pytestmark = pytest.mark.asked_again_if_stopped
+
 COMPLETION = orjson.dumps(
     {
         "id": "chatcmpl-up",

@@ -35,6 +35,10 @@ from tests.providers.test_http_client import (
 )
 from tests.unit.translation_helpers import chat_call
 
+# The client's own timers (connect, read, headers) are the event loop's, on the wall clock: a
+# case that fails in a run this process was stopped in is asked again (tests/asked_again.py).
+pytestmark = pytest.mark.asked_again_if_stopped
+
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 BODY = b"".join(openai_events())  # the bench's stream: 50 events, ~8.3 KB
 

@@ -28,6 +28,10 @@ from tests.providers.test_http_client import (
     whole_and_dropped_after_its_end,
 )
 
+# The client's own timers (connect, read, headers) are the event loop's, on the wall clock: a
+# case that fails in a run this process was stopped in is asked again (tests/asked_again.py).
+pytestmark = pytest.mark.asked_again_if_stopped
+
 EVENTS_READ = b"data: 1\n\ndata: 2\n\n"
 LENGTH_STREAM = answer(EVENTS_READ, "Content-Type: text/event-stream")
 ERROR = answer(b'{"error":{"message":"slow down"}}', "Content-Type: application/json",

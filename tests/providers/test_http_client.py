@@ -1,7 +1,8 @@
 """The providers' HTTP/1.1 client against raw loopback servers that control every byte.
 
 No timing thresholds: the servers and the tests move in step through events; every test is
-bounded by `asyncio.timeout`, and runs on both asyncio's event loop and uvloop (conftest.py)."""
+bounded by `running_timeout`, runs on both asyncio's event loop and uvloop (conftest.py), and is
+asked again when it fails in a run the process was stopped in (tests/asked_again.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ from tests.unit.translation_helpers import chat_call
 
 Handler = Callable[["Conn"], Awaitable[None]]
 BOUND_S = 10  # no test legitimately comes near this
+# The client's own timers (connect, read, headers) are the event loop's, on the wall clock: a
+# case that fails in a run this process was stopped in is asked again (tests/asked_again.py).
+pytestmark = pytest.mark.asked_again_if_stopped
 
 
 class Conn:

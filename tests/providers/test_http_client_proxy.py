@@ -21,6 +21,9 @@ from tests.proxy_server import Tinyproxy, make_certificate
 
 BOUND_S = 20
 CREDENTIALS = "klawd:pr0xy-S3CRET-pass"
+# The client's own timers (connect, read, headers) are the event loop's, on the wall clock: a
+# case that fails in a run this process was stopped in is asked again (tests/asked_again.py).
+pytestmark = pytest.mark.asked_again_if_stopped
 
 
 @pytest.fixture(scope="module")

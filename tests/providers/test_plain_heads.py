@@ -25,6 +25,10 @@ from tests.providers.test_http_client import (
     serving,
 )
 
+# The client's own timers (connect, read, headers) are the event loop's, on the wall clock: a
+# case that fails in a run this process was stopped in is asked again (tests/asked_again.py).
+pytestmark = pytest.mark.asked_again_if_stopped
+
 
 class Parsers:
     """The httptools parsers the client makes: how many, and an event set at the first."""

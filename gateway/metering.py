@@ -145,7 +145,6 @@ class Ticket(Struct, gc=False):
     started: float
     day: str  # the UTC day the reservation counts against (the key's budgets and the ledger)
     targets: list[CatalogEntry]  # what this key may use, in order: call only these
-    retries: int = 0  # upstream tries beyond the first (all targets)
     # The token estimate reserved from the served deployment's upstream budget (routing/capacity.py)
     upstream_tokens: int = 0
 

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gateway.admission_gate import GATE, AdmissionRefused
 from gateway.billing import TokenUsage
-from gateway.errors import GatewayTimeout, cut_by_deadline
+from gateway.errors import GatewayError, GatewayTimeout, cut_by_deadline
 from gateway.limits import Admission, KeyGate, LimitSpec
 from gateway.requestlog import RequestRecord, current_request
 from gateway.routing.catalog import CatalogEntry
+from gateway.routing.retry import any_failure, retryable
 from gateway.store.base import Account
 
 # The ledger status of a request whose client went away (nginx's convention): a stream the
@@ -294,21 +295,22 @@ class DecidedAdmission:
     from the worker's lease (never in flight, so no gate, no reply to read or to give back): the
     route's side of PendingAdmission alone. A refusal was raised by `Meter.start`; an admitted
     request's failure is settled at no cost with the admission's headers on its error
-    (`failed`: `admitted_call` calls it with no context manager, `overlapping`'s way out too)."""
+    (`failed`: the retrier calls it, `admitted_call` handing it the admission; `overlapping`'s
+    way out too)."""
 
-    __slots__ = ("_meter", "_ticket", "stream", "targets")
+    __slots__ = ("_meter", "admitted", "stream", "targets")
 
     def __init__(self, meter: Meter, ticket: Ticket) -> None:
         self._meter = meter
-        self._ticket = ticket
+        self.admitted = ticket  # returned with the served result (Retrier.call_targets)
         self.targets = ticket.targets  # what this key may use, in order: call only these
-        self.stream = False
+        self.stream = False  # the call opens a stream (its failure's ledger entry says so)
 
     async def read_reply(self) -> None:
         """Nothing on its way (PendingAdmission's)."""
 
     def ticket(self) -> Ticket:
-        return self._ticket
+        return self.admitted
 
     def overlapping(self, stream: bool) -> DecidedAdmission:
         """`async with admission.overlapping(stream):` around the route's upstream call."""
@@ -325,12 +327,12 @@ class DecidedAdmission:
         traceback: TracebackType | None,
     ) -> None:
         if exc is not None:
-            self.failed(exc, self.stream)
+            self.failed(exc)
 
-    def failed(self, exc: BaseException, stream: bool) -> None:
+    def failed(self, exc: BaseException) -> None:
         """The upstream call failed, or was cancelled: the admitted request is settled at no
         cost, with the admission's headers on its error (`Meter.settle_on_failure`)."""
-        failure = self._meter.settle_on_failure(self._ticket, stream)
+        failure = self._meter.settle_on_failure(self.admitted, self.stream)
         failure.__exit__(type(exc), exc, exc.__traceback__)
 
 
@@ -339,38 +341,51 @@ class DecidedAdmission:
 Admitting = PendingAdmission | DecidedAdmission
 
 
-async def admitted_call(
+def admitted_call(
     pending: Admitting,
     retrier: Retrier,
     attempt: Callable[[CatalogEntry], Awaitable[T]],
     stream: bool,
     tokens: int = 0,
-) -> tuple[T, CatalogEntry, Ticket]:
+    may_retry: Callable[[GatewayError], bool] = retryable,
+    may_fall_back: Callable[[GatewayError], bool] = any_failure,
+) -> Awaitable[tuple[T, CatalogEntry, Ticket]]:
     """The route's upstream call under its admission: `attempt` tried by `retrier` over the
-    targets the key may use, and the served call's ticket (`served_ticket`). `stream`: the
-    call opens a stream (the ledger entry of a failure says so; a refused one is closed).
+    targets the key may use (`may_retry` / `may_fall_back`: Retrier.call_targets'), and the
+    served call's ticket (`served_ticket`). `stream`: the call opens a stream (the ledger
+    entry of a failure says so; a refused one is closed).
 
     A decided admission (embedded, or from a Redis lease) has no gate to hold, no reply to
-    read and no refusal left: the call runs with no context manager around it (`async with`
-    and its two coroutines were ~3K instructions a request), a failure or a cancellation
-    settled at no cost on the way out (`DecidedAdmission.failed`). One that may be on its way
-    runs under `overlapping` (gateway/admission_gate.py)."""
+    read and no refusal left: the call is the retrier's own awaitable, handed the admission
+    (its ticket returned with the result, its `failed` settling a failure or a cancellation
+    at no cost), with no coroutine or context manager of ours around it (`async with` and
+    its two coroutines were ~3K instructions a request, a coroutine ~1.1K). One that may be
+    on its way runs under `overlapping` (gateway/admission_gate.py)."""
     if isinstance(pending, DecidedAdmission):
-        try:
-            result, served, tries = await retrier.call_targets(
-                pending.targets, attempt, tokens=tokens
-            )
-        except BaseException as exc:
-            pending.failed(exc, stream)
-            raise
-        ticket = pending._ticket  # (`served_ticket` without its call: nothing can refuse)
-        ticket.upstream_tokens = tokens
-        ticket.retries = len(tries) - 1
-        return result, served, ticket
+        pending.admitted.upstream_tokens = tokens  # (`served_ticket`'s: nothing can refuse)
+        pending.stream = stream
+        return retrier.call_targets(
+            pending.targets, attempt, may_retry, may_fall_back, tokens, pending
+        )
+    return _overlapping_call(pending, retrier, attempt, stream, tokens, may_retry, may_fall_back)
+
+
+async def _overlapping_call(
+    pending: PendingAdmission,
+    retrier: Retrier,
+    attempt: Callable[[CatalogEntry], Awaitable[T]],
+    stream: bool,
+    tokens: int,
+    may_retry: Callable[[GatewayError], bool],
+    may_fall_back: Callable[[GatewayError], bool],
+) -> tuple[T, CatalogEntry, Ticket]:
+    """`admitted_call` of an admission that may be on its way."""
     async with pending.overlapping(stream):
-        result, served, tries = await retrier.call_targets(pending.targets, attempt, tokens=tokens)
+        result, served, _ = await retrier.call_targets(
+            pending.targets, attempt, may_retry, may_fall_back, tokens
+        )
     try:
-        return result, served, served_ticket(pending, retrier, served, tokens, tries)
+        return result, served, served_ticket(pending, retrier, served, tokens)
     except Exception:
         if stream:  # refused: the stream opened is closed
             await cast("UpstreamStream", result).aclose()
@@ -378,22 +393,17 @@ async def admitted_call(
 
 
 def served_ticket(
-    pending: Admitting,
-    retrier: Retrier,
-    served: CatalogEntry,
-    tokens: int,
-    tries: list[Any],
+    pending: PendingAdmission, retrier: Retrier, served: CatalogEntry, tokens: int
 ) -> Ticket:
-    """The ticket of a served call, with its upstream token estimate and its retries. A call
-    whose admission was not admitted by the time it was served (possible only for a call that
-    never went through the gate: klawd/echo answers in process) has its refusal raised, after
-    undoing what the call holds (the served deployment's place in flight and its token
-    estimate; a stream is closed by the caller)."""
+    """The ticket of a served call, with its upstream token estimate. A call whose admission
+    was not admitted by the time it was served (possible only for a call that never went
+    through the gate: klawd/echo answers in process) has its refusal raised, after undoing
+    what the call holds (the served deployment's place in flight and its token estimate; a
+    stream is closed by the caller)."""
     try:
         ticket = pending._ticket or pending.ticket()  # the ticket, once decided (no call)
     except Exception:
         retrier.release(served, tokens, 0)
         raise
     ticket.upstream_tokens = tokens
-    ticket.retries = len(tries) - 1
     return ticket

@@ -18,11 +18,11 @@ from starlette.responses import Response
 from gateway.api.common import app_state, authenticate, json_response
 from gateway.auth import AuthContext
 from gateway.billing import TokenUsage, format_usd, usd_to_micros
-from gateway.errors import GatewayError, PermissionDenied, ServiceUnavailable
-from gateway.pending_admission import served_ticket
+from gateway.errors import PermissionDenied, ServiceUnavailable
+from gateway.pending_admission import admitted_call
 from gateway.providers.base import ImageCall, ImageResult
 from gateway.routing.catalog import CatalogEntry
-from gateway.routing.retry import Attempt
+from gateway.routing.retry import never_sent
 from gateway.routing.router import resolve_image
 from gateway.schemas.images import ImageRequest, decode_image_request
 from gateway.state import AppState
@@ -51,9 +51,16 @@ async def image_generations(request: Request) -> Response:
         ),
     )
     created = int(time.time())
-    async with pending.overlapping(False):
-        result, target, tries = await _generate(state, images, body, pending.targets, created)
-    ticket = served_ticket(pending, state.retrier, target, 0, tries)
+    # Retried and fallen back only after a connect error (`never_sent`), under the admission
+    result, target, ticket = await admitted_call(
+        pending,
+        state.retrier,
+        _generate_attempt(state, images, body, created),
+        False,
+        0,
+        never_sent,
+        never_sent,
+    )
     limit_headers = ticket.admission.headers()
     cost = state.meter.settle(ticket, target, TokenUsage(0, 0), len(result.images), 200, False)
     return json_response(
@@ -80,13 +87,11 @@ async def require_image_plan(state: AppState, auth: AuthContext) -> None:
         )
 
 
-async def _generate(
-    state: AppState,
-    images: ImageRequest,
-    body: bytes,
-    targets: list[CatalogEntry],
-    created: int,
-) -> tuple[ImageResult, CatalogEntry, list[Attempt]]:
+def _generate_attempt(
+    state: AppState, images: ImageRequest, body: bytes, created: int
+) -> Callable[[CatalogEntry], Awaitable[ImageResult]]:
+    """Each try: the target's provider asked to generate."""
+
     async def attempt(target: CatalogEntry) -> ImageResult:
         # None if the provider has no `generate_images`: what `isinstance(p, ImageProvider)`
         # told, without the runtime Protocol's walk of its members (~110K instructions a try).
@@ -100,9 +105,4 @@ async def _generate(
             )
         return await generate(ImageCall(images, body, target, created))
 
-    def never_sent(exc: GatewayError) -> bool:
-        return exc.connect_failed
-
-    return await state.retrier.call_targets(
-        targets, attempt, may_retry=never_sent, may_fall_back=never_sent
-    )
+    return attempt

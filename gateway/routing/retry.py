@@ -46,7 +46,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from msgspec import Struct
 
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from gateway.tracing.otel import ClientSpan
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Upstream failures after which the next target (a route's, or a model's fallback) is tried.
 FALLBACK_ON = (ServiceUnavailable, RateLimited, GatewayTimeout, BadGateway)
@@ -93,6 +94,32 @@ def upstream_capacity(retry_after_s: float) -> RateLimited:
         code="upstream_capacity",
         retry_after_s=max(retry_after_s, 0.001),
     )
+
+
+def retryable(exc: GatewayError) -> bool:
+    """The default retry policy: the failure says whether trying again may help."""
+    return exc.retryable
+
+
+def any_failure(exc: GatewayError) -> bool:
+    """The default fallback policy: any upstream failure moves on to the next target."""
+    return True
+
+
+def never_sent(exc: GatewayError) -> bool:
+    """Image generation's policy, to retry and to fall back: only after a failure that provably
+    never reached the upstream (a connect error), which may have generated already otherwise."""
+    return exc.connect_failed
+
+
+class DecidedCall(Protocol[R]):
+    """A call whose admission was decided before it (gateway/pending_admission.py's
+    `DecidedAdmission`), handed to `Retrier.call_targets`."""
+
+    admitted: R  # returned with the served result (the admission's ticket)
+
+    def failed(self, exc: BaseException) -> None:
+        """Called once if the whole call fails or is cancelled (the admission settled)."""
 
 
 class _ModelOutcome(Struct):
@@ -212,27 +239,58 @@ class Retrier:
         # Traces on: a client span per attempt (gateway/tracing/); set by create_app.
         self.tracing: Tracing | None = None
 
+    @overload
     def call_targets(
         self,
         targets: list[CatalogEntry],
         attempt: Callable[[CatalogEntry], Awaitable[T]],
-        may_retry: Callable[[GatewayError], bool] = lambda exc: exc.retryable,
-        may_fall_back: Callable[[GatewayError], bool] = lambda exc: True,
+        may_retry: Callable[[GatewayError], bool] = ...,
+        may_fall_back: Callable[[GatewayError], bool] = ...,
+        tokens: int = ...,
+        decided: None = None,
+    ) -> Awaitable[tuple[T, CatalogEntry, list[Attempt]]]: ...
+
+    @overload
+    def call_targets(
+        self,
+        targets: list[CatalogEntry],
+        attempt: Callable[[CatalogEntry], Awaitable[T]],
+        may_retry: Callable[[GatewayError], bool],
+        may_fall_back: Callable[[GatewayError], bool],
+        tokens: int,
+        decided: DecidedCall[R],
+    ) -> Awaitable[tuple[T, CatalogEntry, R]]: ...
+
+    def call_targets(
+        self,
+        targets: list[CatalogEntry],
+        attempt: Callable[[CatalogEntry], Awaitable[T]],
+        may_retry: Callable[[GatewayError], bool] = retryable,
+        may_fall_back: Callable[[GatewayError], bool] = any_failure,
         tokens: int = 0,
-    ) -> Awaitable[tuple[T, CatalogEntry, list[Attempt]]]:
+        decided: DecidedCall[Any] | None = None,
+    ) -> Awaitable[tuple[T, CatalogEntry, Any]]:
         """`may_retry` / `may_fall_back` narrow what is tried again: image generation passes
-        "only after a connect error" for both, as the upstream may have generated already.
+        `never_sent` for both, as the upstream may have generated already.
         `tokens`: the request's estimate, reserved from a capped provider's token budget.
         One target (no fallback): its model's own loop is the awaitable, raising what this
-        would (no coroutine of ours around it, resumed on every step of the call)."""
+        would (no coroutine of ours around it, resumed on every step of the call).
+
+        `decided`: the call's admission, decided before it (DecidedCall): served,
+        `decided.admitted` comes back in place of the tries; failed or cancelled,
+        `decided.failed(exc)` is called once, in the call's own outermost frame, before the
+        error goes on, so that the caller needs no coroutine of its own around the call (an
+        `async def` awaited is ~1.1K instructions a request: decision 0011, 19zzzzza)."""
         deadline = self._deadline_s and self._clock() + self._deadline_s  # None: no deadline
         if len(targets) == 1:
             # Alone, the model's loop raises rather than returns an outcome (typing.cast would
             # be a Python call per request).
             return self._serve_model(  # type: ignore[return-value]
-                targets[0], attempt, may_retry, may_fall_back, tokens, [], True, deadline
+                targets[0], attempt, may_retry, may_fall_back, tokens, [], True, deadline, decided
             )
-        return self._call_in_turn(targets, attempt, may_retry, may_fall_back, tokens, deadline)
+        return self._call_in_turn(
+            targets, attempt, may_retry, may_fall_back, tokens, deadline, decided
+        )
 
     async def _call_in_turn(
         self,
@@ -242,20 +300,27 @@ class Retrier:
         may_fall_back: Callable[[GatewayError], bool],
         tokens: int,
         deadline: float | None,
-    ) -> tuple[T, CatalogEntry, list[Attempt]]:
+        decided: DecidedCall[Any] | None,
+    ) -> tuple[T, CatalogEntry, Any]:
         tries: list[Attempt] = []
         outcomes: list[_ModelOutcome] = []
-        for index, target in enumerate(targets):
-            if index:
-                if deadline is not None and (outcomes[-1].cut or self._clock() >= deadline):
-                    break  # the deadline passed: the last failure stands
-            served = await self._serve_model(
-                target, attempt, may_retry, may_fall_back, tokens, tries, False, deadline
-            )
-            if not isinstance(served, _ModelOutcome):
-                return served
-            outcomes.append(served)
-        raise _final_error(outcomes)
+        try:
+            for index, target in enumerate(targets):
+                if index:
+                    if deadline is not None and (outcomes[-1].cut or self._clock() >= deadline):
+                        break  # the deadline passed: the last failure stands
+                served = await self._serve_model(
+                    target, attempt, may_retry, may_fall_back, tokens, tries, False, deadline,
+                    decided,
+                )  # fmt: skip
+                if not isinstance(served, _ModelOutcome):
+                    return served
+                outcomes.append(served)
+            raise _final_error(outcomes)
+        except BaseException as exc:
+            if decided is not None:
+                decided.failed(exc)
+            raise
 
     def _servable(
         self, target: CatalogEntry, failed: set[str] | None
@@ -289,9 +354,11 @@ class Retrier:
         tries: list[Attempt],
         alone: bool,
         deadline: float | None,
-    ) -> tuple[T, CatalogEntry, list[Attempt]] | _ModelOutcome:
+        decided: DecidedCall[Any] | None,
+    ) -> tuple[T, CatalogEntry, Any] | _ModelOutcome:
         """One model's deployments tried; `alone`: the call's only model, whose outcome when
-        none served is raised here (call_targets' error) rather than returned. `deadline`: the
+        none served is raised here (call_targets' error) rather than returned, and whose
+        failure `decided` is told of (else `_call_in_turn` tells it). `deadline`: the
         request's, on the retrier's clock (None: unbounded but for each try's own bounds)."""
         deployments = target.deployments or (target,)
         health = self._health
@@ -307,162 +374,172 @@ class Retrier:
         slept = 0.0
         started = 0.0  # the first try's start (the failures' latency, recorded at the end)
         try:
-            while made < budget:
-                if deadline is not None:
-                    if made:  # (read before each try but the model's first)
-                        now = self._clock()
-                        if now >= deadline:  # it passed between tries: the last failure stands
-                            return self._outcome(_ModelOutcome(error), alone)
-                    gate = GATE.get()
-                    if gate is not None and not gate.open:
-                        # The request's own admission still on its way (before its first try):
-                        # awaited here, under the cut, so that every later wait of this try
-                        # finds it decided. Its reply is the deadline's like any wait: a store
-                        # that does not answer holds the request no longer than the deadline
-                        # (cut, the admission is given back when its reply comes:
-                        # PendingAdmission.read_reply), not until the store's command timeout.
-                        try:
-                            await self._before_deadline(gate.passed(), deadline - self._clock())
-                        except GatewayTimeout as exc:  # (the cut's: `passed` raises no other)
-                            return self._outcome(_ModelOutcome(exc, cut=True), alone)
-                if failed is None and target.all_available and health.all_closed:
-                    servable: Sequence[CatalogEntry] = deployments  # `_servable`'s first answer
-                    reopens_s = 0.0
-                else:
-                    servable, reopens_s = self._servable(target, failed)
-                ordered = self.balancer.order(servable) if len(servable) > 1 else servable
-                taken = self.capacity.take_local(ordered, tokens)
-                if taken is None:
-                    await _admitted()  # a take on the shared store
-                    taken = await self.capacity.take(ordered, tokens)
-                deployment = taken.deployment
-                if deployment is None:
-                    back, failing = (
-                        (taken.back_in_s, taken.failing) if servable else (reopens_s, True)
-                    )
-                    if error is None:  # nothing tried: every deployment rests or is capped
-                        return self._outcome(_ModelOutcome(None, back, failing), alone)
-                    if policy is None:
-                        policy = self._policy_for(deployments[0])
-                    left = math.inf if deadline is None else deadline - now
-                    if not self._waits(error, back, policy, may_retry, left) or waits >= budget:
-                        return self._outcome(_ModelOutcome(error), alone)
-                    # every deployment failed (or rests briefly): back off, then again
-                    delay = max(backoff_delay(waits, policy, self._rng, left), back)
-                    if error.retry_after_s is not None:
-                        delay = max(delay, error.retry_after_s)
-                    waits += 1
-                    await self._sleep(delay)
-                    slept = delay
-                    failed = None
-                    continue
-                made += 1
-                key = deployment.key
-                if not health.all_closed:
-                    await _admitted()  # a half-open circuit's probe is claimed for an admitted call
-                    health.claim(key)  # (a no-op while every circuit is closed)
-                self.balancer.started(key)
-                call_started = self._clock()
-                if made == 1:
-                    started = call_started
-                # Traces on: the attempt's client span (gateway/tracing/), ended with its error
-                # type (a gateway error's, else the exception's class) or None
-                span = record = None
-                tracing = self.tracing
-                try:
-                    if tracing is not None:
-                        # _admitted() inline, no call: no attempt span for a refused request
+            try:
+                while made < budget:
+                    if deadline is not None:
+                        if made:  # (read before each try but the model's first)
+                            now = self._clock()
+                            if now >= deadline:  # it passed between tries: the last failure stands
+                                return self._outcome(_ModelOutcome(error), alone)
                         gate = GATE.get()
                         if gate is not None and not gate.open:
-                            await gate.passed()
-                        record = current_request.get()
-                        if record is not None:
-                            span = tracing.start_attempt(record, deployment, len(tries))
-                    if deadline is None:
-                        if tries and self.observer is not None:
-                            self._moved_on(self.observer, made, tries)
-                        result = await attempt(deployment)
+                            # The request's own admission still on its way (before its first try):
+                            # awaited here, under the cut, so that every later wait of this try
+                            # finds it decided. Its reply is the deadline's like any wait: a store
+                            # that does not answer holds the request no longer than the deadline
+                            # (cut, the admission is given back when its reply comes:
+                            # PendingAdmission.read_reply), not until the store's command timeout.
+                            try:
+                                await self._before_deadline(gate.passed(), deadline - self._clock())
+                            except GatewayTimeout as exc:  # (the cut's: `passed` raises no other)
+                                return self._outcome(_ModelOutcome(exc, cut=True), alone)
+                    if failed is None and target.all_available and health.all_closed:
+                        servable: Sequence[CatalogEntry] = deployments  # `_servable`'s first answer
+                        reopens_s = 0.0
                     else:
-                        # read as it leaves: the waits since the deadline began (the admission's
-                        # reply, a shared capacity take) are the deadline's too
-                        left = deadline - self._clock()
-                        if left <= 0:
-                            # sent, it would be cut at once, maybe generated and billed
-                            # upstream for nothing
-                            raise _Unsent
-                        if tries and self.observer is not None:
-                            self._moved_on(self.observer, made, tries)
-                        result = await self._before_deadline(attempt(deployment), left)
-                except _Unsent:
-                    if span is not None and tracing is not None and record is not None:
-                        tracing.drop_attempt(record)  # no upstream attempt: no client span
-                    self.release(deployment, tokens, 0)
+                        servable, reopens_s = self._servable(target, failed)
+                    ordered = self.balancer.order(servable) if len(servable) > 1 else servable
+                    taken = self.capacity.take_local(ordered, tokens)
+                    if taken is None:
+                        await _admitted()  # a take on the shared store
+                        taken = await self.capacity.take(ordered, tokens)
+                    deployment = taken.deployment
+                    if deployment is None:
+                        back, failing = (
+                            (taken.back_in_s, taken.failing) if servable else (reopens_s, True)
+                        )
+                        if error is None:  # nothing tried: every deployment rests or is capped
+                            return self._outcome(_ModelOutcome(None, back, failing), alone)
+                        if policy is None:
+                            policy = self._policy_for(deployments[0])
+                        left = math.inf if deadline is None else deadline - now
+                        if not self._waits(error, back, policy, may_retry, left) or waits >= budget:
+                            return self._outcome(_ModelOutcome(error), alone)
+                        # every deployment failed (or rests briefly): back off, then again
+                        delay = max(backoff_delay(waits, policy, self._rng, left), back)
+                        if error.retry_after_s is not None:
+                            delay = max(delay, error.retry_after_s)
+                        waits += 1
+                        await self._sleep(delay)
+                        slept = delay
+                        failed = None
+                        continue
+                    made += 1
+                    key = deployment.key
                     if not health.all_closed:
-                        health.release(key)  # nothing to record of a deployment not asked
-                    # the deadline passed between tries: the last failure stands, as at the
-                    # loop's top; nothing tried yet, the deadline's 504
-                    if error is None and not tries:
-                        error = self._deadline_exceeded()
-                    return self._outcome(_ModelOutcome(error, cut=True), alone)
-                except FALLBACK_ON as exc:
-                    if span is not None:
-                        self._end_span(record, span, exc.type)
-                    self.release(deployment, tokens, 0)
-                    # Failed before it reached an upstream (the admission still on its way):
-                    # nothing is recorded, rested or tried again for a refused request.
-                    await _admitted()
-                    if policy is None:
-                        policy = self._policy_for(deployments[0])
-                        budget = max(policy.attempts, len(deployments))
-                    provider = deployment.model.provider
-                    tries.append(Attempt(target.model.id, exc.type, slept, provider))
-                    slept = 0.0
-                    failed = failed or set()
-                    failed.add(key)
-                    cut = deadline is not None and exc.code == DEADLINE_EXCEEDED
-                    if cut:
-                        # The request's deadline ran out, not the deployment: that says nothing
-                        # of it (a probe it claimed goes to the next call). Its own timeouts,
-                        # when shorter, fire first and count (docs/decisions/0005, 19zzt).
+                        # a half-open circuit's probe is claimed for an admitted call
+                        await _admitted()
+                        health.claim(key)  # (a no-op while every circuit is closed)
+                    self.balancer.started(key)
+                    call_started = self._clock()
+                    if made == 1:
+                        started = call_started
+                    # Traces on: the attempt's client span (gateway/tracing/), ended with its error
+                    # type (a gateway error's, else the exception's class) or None
+                    span = record = None
+                    tracing = self.tracing
+                    try:
+                        if tracing is not None:
+                            # _admitted() inline, no call: no attempt span for a refused request
+                            gate = GATE.get()
+                            if gate is not None and not gate.open:
+                                await gate.passed()
+                            record = current_request.get()
+                            if record is not None:
+                                span = tracing.start_attempt(record, deployment, len(tries))
+                        if deadline is None:
+                            if tries and self.observer is not None:
+                                self._moved_on(self.observer, made, tries)
+                            result = await attempt(deployment)
+                        else:
+                            # read as it leaves: the waits since the deadline began (the admission's
+                            # reply, a shared capacity take) are the deadline's too
+                            left = deadline - self._clock()
+                            if left <= 0:
+                                # sent, it would be cut at once, maybe generated and billed
+                                # upstream for nothing
+                                raise _Unsent
+                            if tries and self.observer is not None:
+                                self._moved_on(self.observer, made, tries)
+                            result = await self._before_deadline(attempt(deployment), left)
+                    except _Unsent:
+                        if span is not None and tracing is not None and record is not None:
+                            tracing.drop_attempt(record)  # no upstream attempt: no client span
+                        self.release(deployment, tokens, 0)
                         if not health.all_closed:
-                            health.release(key)
-                    else:
-                        failures.add(key)
-                    error = exc
-                    if cut:
-                        return self._outcome(_ModelOutcome(exc, cut=True), alone)
-                    if isinstance(exc, RateLimited) and exc.retry_after_s:
-                        await self._rest(key, exc.retry_after_s, failing=False)
-                    if not may_fall_back(exc) and not may_retry(exc):
+                            health.release(key)  # nothing to record of a deployment not asked
+                        # the deadline passed between tries: the last failure stands, as at the
+                        # loop's top; nothing tried yet, the deadline's 504
+                        if error is None and not tries:
+                            error = self._deadline_exceeded()
+                        return self._outcome(_ModelOutcome(error, cut=True), alone)
+                    except FALLBACK_ON as exc:
+                        if span is not None:
+                            self._end_span(record, span, exc.type)
+                        self.release(deployment, tokens, 0)
+                        # Failed before it reached an upstream (the admission still on its way):
+                        # nothing is recorded, rested or tried again for a refused request.
+                        await _admitted()
+                        if policy is None:
+                            policy = self._policy_for(deployments[0])
+                            budget = max(policy.attempts, len(deployments))
+                        provider = deployment.model.provider
+                        tries.append(Attempt(target.model.id, exc.type, slept, provider))
+                        slept = 0.0
+                        failed = failed or set()
+                        failed.add(key)
+                        cut = deadline is not None and exc.code == DEADLINE_EXCEEDED
+                        if cut:
+                            # The request's deadline ran out, not the deployment: that says nothing
+                            # of it (a probe it claimed goes to the next call). Its own timeouts,
+                            # when shorter, fire first and count (docs/decisions/0005, 19zzt).
+                            if not health.all_closed:
+                                health.release(key)
+                        else:
+                            failures.add(key)
+                        error = exc
+                        if cut:
+                            return self._outcome(_ModelOutcome(exc, cut=True), alone)
+                        if isinstance(exc, RateLimited) and exc.retry_after_s:
+                            await self._rest(key, exc.retry_after_s, failing=False)
+                        if not may_fall_back(exc) and not may_retry(exc):
+                            raise
+                        if not may_retry(exc) and not self._servable(target, failed)[0]:
+                            return self._outcome(_ModelOutcome(error), alone)
+                        continue
+                    except BaseException as exc:
+                        if span is not None:
+                            failure = (
+                                exc.type if isinstance(exc, GatewayError) else type(exc).__name__
+                            )
+                            self._end_span(record, span, failure)
+                        self.release(deployment, tokens, 0)
+                        if not health.all_closed:
+                            health.release(key)  # a probe that told nothing: the next one probes
                         raise
-                    if not may_retry(exc) and not self._servable(target, failed)[0]:
-                        return self._outcome(_ModelOutcome(error), alone)
-                    continue
-                except BaseException as exc:
-                    if span is not None:
-                        failure = exc.type if isinstance(exc, GatewayError) else type(exc).__name__
-                        self._end_span(record, span, failure)
-                    self.release(deployment, tokens, 0)
-                    if not health.all_closed:
-                        health.release(key)  # a probe that told nothing: the next one probes
-                    raise
-                if span is not None and tracing is not None and record is not None:
-                    tracing.end_attempt(record, span, None)  # inline: the served attempt's
-                latency = self._clock() - call_started
-                health.record(key, ok=True, latency_s=latency)
-                if self.balancer.policy == "least-latency":
-                    self.balancer.observe(key, latency)
-                if failures:
-                    failures.discard(key)
-                tries.append(Attempt(target.model.id, None, slept, deployment.model.provider))
-                return result, deployment, tries
-            return self._outcome(_ModelOutcome(error), alone)
-        finally:
-            for key in failures:
-                # The circuit counts what a deployment did for a request (served it or not), not
-                # each try: a flaky upstream that answers on the second try is slow, not down.
-                if health.record(key, ok=False, latency_s=self._clock() - started):
-                    await self._rest(key, self._cooldown_s, failing=True)
+                    if span is not None and tracing is not None and record is not None:
+                        tracing.end_attempt(record, span, None)  # inline: the served attempt's
+                    latency = self._clock() - call_started
+                    health.record(key, ok=True, latency_s=latency)
+                    if self.balancer.policy == "least-latency":
+                        self.balancer.observe(key, latency)
+                    if failures:
+                        failures.discard(key)
+                    tries.append(Attempt(target.model.id, None, slept, deployment.model.provider))
+                    return result, deployment, tries if decided is None else decided.admitted
+                return self._outcome(_ModelOutcome(error), alone)
+            finally:
+                for key in failures:
+                    # The circuit counts what a deployment did for a request (served it or not), not
+                    # each try: a flaky upstream that answers on the second try is slow, not down.
+                    if health.record(key, ok=False, latency_s=self._clock() - started):
+                        await self._rest(key, self._cooldown_s, failing=True)
+        except BaseException as exc:
+            # (around the `finally` too: a cancellation while a circuit's rest is awaited, after
+            # a try served, is the call's failure as well)
+            if alone and decided is not None:
+                decided.failed(exc)
+            raise
 
     @staticmethod
     def _moved_on(observer: RequestObserver, made: int, tries: list[Attempt]) -> None:

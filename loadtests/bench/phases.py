@@ -51,6 +51,7 @@ FUNCTIONS: dict[tuple[str, str], str] = {
     ("pending_admission.py", "__aexit__"): ADMISSION,
     ("pending_admission.py", "overlapping"): ADMISSION,
     ("pending_admission.py", "admitted_call"): UPSTREAM,
+    ("pending_admission.py", "_overlapping_call"): UPSTREAM,
     ("chat.py", "_answer_attempt"): UPSTREAM,
     ("chat.py", "_stream_attempt"): UPSTREAM,
     ("messages.py", "complete"): UPSTREAM,

@@ -1,10 +1,10 @@
-"""Chat, Messages and Responses run their upstream call through one function
+"""Chat, Messages, Responses and images run their upstream call through one function
 (gateway/pending_admission.py, `admitted_call`): under a decided admission (the embedded
 store's, or a Redis one admitted from the worker's lease) with no context manager around it
-(issue 19zzzzzk), and a failed call settled at no cost, as what it asked for (a stream or not),
-with the admission's headers on its error. Both stores; the app in process as Granian drives it
-(tests/integration/test_streams_freed.py's `App`), the ledger entries as the meter records
-them."""
+(issue 19zzzzzk; images since 19zzzzzm), and a failed call settled at no cost, as what it asked
+for (a stream or not), with the admission's headers on its error. Both stores; the app in
+process as Granian drives it (tests/integration/test_streams_freed.py's `App`), the ledger
+entries as the meter records them."""
 
 from __future__ import annotations
 
@@ -30,7 +30,38 @@ ROUTES = {
     "chat": "/v1/chat/completions",
     "messages": "/v1/messages",
     "responses": "/v1/responses",
+    "images": "/v1/images/generations",
 }
+# What each route asks, served and failing before the first byte: the image model's upstream
+# refuses every connection (retried, as images are only then, and failing: 503).
+SERVED = {"images": "openai/img-fake"}
+FAILING = {"images": "unreachable/img-fake"}
+# (route, stream): images are never streamed
+CALLS = [
+    pytest.param(route, stream, id=f"{route}-{'stream' if stream else 'answer'}")
+    for route in ROUTES
+    for stream in ([False] if route == "images" else [False, True])
+]
+IMAGE_MODELS = """
+[[models]]
+id = "openai/img-fake"
+provider = "openai"
+upstream_model = "img-fake"
+kind = "image"
+usd_per_image = 0.01
+
+[providers.unreachable]
+kind = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[[models]]
+id = "unreachable/img-fake"
+provider = "unreachable"
+upstream_model = "img-fake"
+kind = "image"
+usd_per_image = 0.01
+"""
 NUMBERS = itertools.count()
 # Requests until one is admitted from the worker's lease (Redis; the embedded store decides
 # every admission): a lease is taken a few admissions in.
@@ -48,11 +79,15 @@ def config(
         redis_server: RedisServer = request.getfixturevalue("redis_server")
         store_url = redis_server.url
     path = tmp_path_factory.mktemp(f"admitted-{request.param}") / "klawd.toml"
-    gateway_config(path, free_port(), fake_openai.base_url, store_url=store_url)
+    # (a free port nothing listens on: every connection refused)
+    extra = IMAGE_MODELS.format(port=free_port())
+    gateway_config(path, free_port(), fake_openai.base_url, extra, store_url=store_url)
     yield path
 
 
 def body(route: str, model: str, stream: bool) -> bytes:
+    if route == "images":
+        return orjson.dumps({"model": model, "prompt": "a red fox"})
     request: dict[str, Any] = {"model": model, "stream": stream}
     if route == "responses":
         request["input"] = "hi"
@@ -111,19 +146,19 @@ class Admitted:
         raise AssertionError(f"no admission decided in {TRIES} requests")
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
-@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize(("route", "stream"), CALLS)
 def test_a_decided_admission_s_call_runs_with_no_context_manager(
     config: Path, route: str, stream: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Served under a decided admission, each route answers as before (billed, its stream
     flag) and never enters `async with admission.overlapping(...)` (before 19zzzzzk the
-    Messages and Responses routes did, ~3K instructions a request)."""
+    Messages and Responses routes did, ~3K instructions a request; images until 19zzzzzm)."""
 
     async def main() -> tuple[int, dict[bytes, bytes], UsageEntry, int]:
         async with started(config) as app:
             admitted = Admitted(app, monkeypatch)
-            served = await admitted.until_decided(app, route, "openai/gpt-fake", stream)
+            model = SERVED.get(route, "openai/gpt-fake")
+            served = await admitted.until_decided(app, route, model, stream)
             return (*served, admitted.entered)
 
     status, head, entry, entered = uvloop.run(within(main(), 60))
@@ -134,19 +169,20 @@ def test_a_decided_admission_s_call_runs_with_no_context_manager(
     assert b"x-ratelimit-remaining-requests" in head
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
-@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize(("route", "stream"), CALLS)
 def test_a_failed_call_under_a_decided_admission_is_settled_at_no_cost(
     config: Path, route: str, stream: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The upstream fails before the first byte (500 on every try): the route answers 503
+    """The upstream fails before the first byte (500 on every try; images: every connection
+    refused, the one failure they are retried after): the route answers 503
     with the admission's rate headers, and the request is settled at no cost (its
     reservation released) as what it asked for, the ledger's status the answer's."""
 
     async def main() -> tuple[int, dict[bytes, bytes], UsageEntry, int]:
         async with started(config) as app:
             admitted = Admitted(app, monkeypatch)
-            served = await admitted.until_decided(app, route, "openai/fail-500", stream)
+            model = FAILING.get(route, "openai/fail-500")
+            served = await admitted.until_decided(app, route, model, stream)
             return (*served, admitted.entered)
 
     status, head, entry, entered = uvloop.run(within(main(), 60))

@@ -469,7 +469,12 @@ class _Pool:
         if deadline is not None:
             connect_by = min(connect_by, deadline)
         try:
-            async with asyncio.timeout_at(connect_by) as scope:
+            async with asyncio.timeout_at(None) as scope:
+                # The deadline's timer armed in a context of its own: cancelled once connected,
+                # asyncio keeps it in its heap until it comes to the top (up to its 5 s) with
+                # the context it was made in: the request's would be kept that long after the
+                # request (its log record, its admission). (uvloop drops it at once.)
+                contextvars.Context().run(scope.reschedule, connect_by)
                 sock = await aiohappyeyeballs.start_connection(
                     await client._resolve(target.host, target.port),
                     happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,

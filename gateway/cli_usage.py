@@ -96,7 +96,7 @@ async def replay(store: Store, entries: list[UsageEntry]) -> None:
     budgets, credits = BudgetWatch(store), CreditWatch(store)
     for start in range(0, len(entries), BATCH):
         batch = entries[start : start + BATCH]
-        grants = await store.settle(batch)
+        grants = await store.settle(batch, resent=True)  # settled after all, some may be
         await budgets.settled(batch)
         await credits.settled(batch, grants)
 

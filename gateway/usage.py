@@ -103,7 +103,11 @@ class UsageRecorder:
         batch = self._pending[: self._max_batch]
         if not batch:
             return
-        settling = asyncio.ensure_future(self._store.settle(batch))
+        # After a failure the batch's head may have been settled by a call whose reply was
+        # lost: `resent` gets its accounts' grants all the same (Store.settle)
+        settling = asyncio.ensure_future(
+            self._store.settle(batch, resent=self.failing_since is not None)
+        )
         self._in_flight = (batch, settling)
         try:
             grants = await asyncio.shield(settling)

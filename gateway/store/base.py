@@ -291,11 +291,16 @@ class Store(Protocol):
         ...
 
     async def release_credits(self, account_id: str, micros: int) -> None: ...
-    async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
+    async def settle(
+        self, entries: list[UsageEntry], resent: bool = False
+    ) -> dict[str, CreditGrant]:
         """Record the entries and settle their reservations, each atomically; each entry's cost
         also counts against its account's current grant. Returns the grant of each account whose
         entries settled now, as it stands after them (accounts with no recorded grant, made
-        before grants were, and entries settled before are left out)."""
+        before grants were, and entries settled before are left out). `resent`: the batch is
+        sent again after a failure whose call may have settled it (its reply lost): every
+        account of the batch with a recorded grant is returned, settled now or before, so the
+        grant the lost reply carried is not missed (issue 19zzzzzl)."""
         ...
 
     async def usage(self, account_id: str, since_day: str, until_day: str) -> list[UsageRow]:

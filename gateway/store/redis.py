@@ -15,8 +15,10 @@ Keys (every key of an account shares the hash tag `{acct_…}`, so one FCALL tou
     klawd:acct:{A}:krpm|krpd:K  the API key K's own limiter state
     klawd:acct:{A}:kspend:K:d:DAY|m:MONTH|t   hash: s (settled micros), r (reserved micros)
     klawd:acct:{A}:holds        sorted set: the reservations of requests in flight by expiry,
-                                "<hold id>|<micros>[|<key id>|<day>]" (klawd_admit_v3), and
-                                "<lease id>|0" for an admission lease's (klawd_admit_lease_v1)
+                                "<hold id>|<micros>[|<key id>|<day>]" (klawd_admit_v3),
+                                "<hold id>|0" for klawd_admit_v4's call reserving nothing (its
+                                retry's proof), and "<lease id>|0" for an admission lease's
+                                (klawd_admit_lease_v1)
     klawd:acct:{A}:leases       hash: lease id ("L…") -> the micros its hold still holds
     klawd:acct:{A}:ledger       stream: one entry per settle call (klawd_settle_v15: its field
                                 `records`, a request's JSON record a line; v14: fields e1,
@@ -73,7 +75,7 @@ from gateway.store.redis_limiter import (
     holds_given_back,
 )
 from gateway.store.redis_responses import RedisResponses
-from gateway.store.redis_webhooks import RedisWebhooks
+from gateway.store.redis_webhooks import RedisWebhooks, _call_marker
 from gateway.store.resp import RespClient, RespConnectionError, RespReplyError
 
 if TYPE_CHECKING:
@@ -166,8 +168,11 @@ def _position(flat: list[Any], positions: dict[str, int], name: str) -> int:
     return at
 
 
-def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v15` for entries of one account (gateway/store/lua/klawd.lua): the
+def _settle_command(
+    entries: list[UsageEntry], function: str = "klawd_settle_v15"
+) -> tuple[Any, ...]:
+    """`FCALL klawd_settle_v15` (or v16, its twin for a batch sent again: `RedisStore.settle`)
+    for entries of one account (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
     day and key, each entry naming its group of them, its id and the second of its time (where
     its marker is kept); its model, API key and hold named once a call, each entry giving their
@@ -224,7 +229,7 @@ def _settle_command(entries: list[UsageEntry]) -> tuple[Any, ...]:
     flat += values
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
     return (
-        "FCALL", "klawd_settle_v15", len(keys), *keys, _entries_encoder.encode(flat),
+        "FCALL", function, len(keys), *keys, _entries_encoder.encode(flat),
         _entry_encoder.encode_lines(entries),
     )  # fmt: skip
 
@@ -645,19 +650,27 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
     # -- credits and usage ----------------------------------------------------------------------
     async def reserve_credits(self, account_id: str, micros: int) -> bool:
-        taken = await self.fcall("klawd_reserve_v1", [f"{_acct(account_id)}:credits"], [micros])
-        return bool(taken)
+        credits = f"{_acct(account_id)}:credits"
+        if self._resp is not None:  # the lean client sends nothing twice
+            return bool(await self.fcall("klawd_reserve_v1", [credits], [micros]))
+        # redis-py may send it again after a timed-out read: v2 takes the credit once a call
+        marker = _call_marker(account_id)
+        return bool(await self.fcall("klawd_reserve_v2", [credits, marker], [micros]))
 
     async def release_credits(self, account_id: str, micros: int) -> None:
         await self._call("INCRBY", f"{_acct(account_id)}:credits", micros)
 
-    async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
+    async def settle(
+        self, entries: list[UsageEntry], resent: bool = False
+    ) -> dict[str, CreditGrant]:
         """One round trip for the batch: a pipeline of one `klawd_settle_v15` per account (and
         per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
-        nothing twice."""
+        nothing twice; `resent`, it is `klawd_settle_v16`, whose call that applies nothing
+        answers the account's grant as v15's first try did (issue 19zzzzzl)."""
         chunks = _by_account(entries)
-        commands = [_settle_command(chunk) for chunk in chunks]
+        function = "klawd_settle_v16" if resent else "klawd_settle_v15"
+        commands = [_settle_command(chunk, function) for chunk in chunks]
         if self._resp is not None:
             try:
                 if not self._library_loaded:

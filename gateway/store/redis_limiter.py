@@ -213,6 +213,11 @@ class RedisLimiter:
         # tail between them (`_sent_call`).
         self._sent_calls: dict[tuple[str, LimitSpec, KeyGate | None], tuple[bytes, str]] = {}
         self._hold_ms = _packed(store.reservation_hold_ms).decode()
+        # redis-py (a Redis Cluster) sends a call again when its read timed out, though the call
+        # may have run: its admissions are `klawd_admit_v4`'s, which answers that retry as the
+        # first try did. The lean client never sends a call twice: v3 (issue 19zzzzzl).
+        self._resent = not store.lean
+        self._admit_function = "klawd_admit_v4" if self._resent else "klawd_admit_v3"
         # The error replies of lease calls not yet read: `admission_of` names their function.
         # Weak: a reply no admission reads (its request cancelled) is not kept.
         self._lease_errors: weakref.WeakSet[RespReplyError] = weakref.WeakSet()
@@ -273,16 +278,18 @@ class RedisLimiter:
         keys, head, tail = self._call(account_id, spec, consume, key)
         undo = None if dropped is None else self._undo(dropped, reserve, key)
         reply = await self._store.fcall(
-            "klawd_admit_v3", keys, [*head, reserve, *tail, *self._hold(consume and reserve)], undo
+            self._admit_function, keys, [*head, reserve, *tail, *self._hold(consume, reserve)], undo
         )
         if reply[10]:  # expired holds given back (only when the credit would refuse)
             self._store.holds_given_back(account_id, int(reply[10]))
         return _admission(reply, reserve, consume, key)
 
-    def _hold(self, reserving: int | bool) -> tuple[str, int]:
-        """The last two arguments of `klawd_admit_v3`: the id of the hold it records if it
-        reserves (echoed in its reply), and the hold's length."""
-        return (ids.token_hex(8) if reserving else "", self._store.reservation_hold_ms)
+    def _hold(self, consume: bool, reserve: int) -> tuple[str, int]:
+        """The last two arguments of `klawd_admit_v3` and `_v4`: the id of the hold it records
+        if it reserves (echoed in its reply; v4's, whenever it takes a request: its retry's
+        proof), and the hold's length."""
+        drawn = consume and (reserve > 0 or self._resent)
+        return (ids.token_hex(8) if drawn else "", self._store.reservation_hold_ms)
 
     def _undo(self, dropped: Dropped, reserve: int, key: KeyGate | None) -> Callable[[Any], None]:
         """The lean client's `undo` of an admission: its reply made an Admission for `dropped`

@@ -306,12 +306,15 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
     async def release_credits(self, account_id: str, micros: int) -> None:
         self.book.release_credits(account_id, micros)
 
-    async def settle(self, entries: list[UsageEntry]) -> dict[str, CreditGrant]:
+    async def settle(
+        self, entries: list[UsageEntry], resent: bool = False
+    ) -> dict[str, CreditGrant]:
         """One transaction per batch, set-based (a few statements, not two per entry), so the
         writer thread holds the GIL briefly: the entries are inserted (an id already in the
         ledger, a replayed entry, settles nothing twice), and each account's balance, each key's
         spend and each reservation move once per batch by the sums of its entries (one pass
-        over the entries)."""
+        over the entries). `resent`: each account of the batch is charged (by 0 if none of its
+        entries settled now), so its grant is returned (Store.settle)."""
 
         def settle(conn: sqlite3.Connection) -> dict[str, CreditGrant]:
             # One cursor for the batch's statements: `conn.execute` makes a cursor each
@@ -324,7 +327,10 @@ class SqliteStore(SqliteKeys, SqliteWebhooks, SqliteResponses):
                     cur.execute("BEGIN IMMEDIATE")
                     settled = _insert_replayed(cur, entries, self._names)
                 sums = _Sums(settled)
-                balances, grants = sqlite_grants.charge(cur, sums.costs)
+                costs = sums.costs
+                if resent:
+                    costs = {entry.account_id: 0 for entry in entries} | costs
+                balances, grants = sqlite_grants.charge(cur, costs)
                 key_totals = sqlite_keys.record_spend(cur, sums.key_costs)
                 cur.execute("COMMIT")
             except BaseException:

@@ -3,6 +3,7 @@
 and per call, repeatable where `settle_cost`'s times move with the machine's load.
 
     .venv/bin/python -m loadtests.bench.settle_instructions [--calls 20] [--tree DIR]
+        [--admissions N [--redis-py]]
 
 Runs redis-server under valgrind twice: `--calls` settle calls of `--small` leased entries,
 then of `--large` (each call's entries admitted first from a lease, by one
@@ -13,6 +14,11 @@ also the N functions whose inclusive instructions grow most an entry (`callgrind
 --inclusive=yes`, the same slope), to tell an entry's pieces apart (Debian's redis-server has no
 symbols for its Lua: the VM and its string making show as their callers, e.g. `luaD_precall`,
 `lua_pushlstring`).
+
+`--admissions N`: instead, N admissions of one account (each reserving, as a priced request's:
+`RedisLimiter.admit`, one `FCALL` each) and their count per admission: `klawd_admit_v3` on the
+lean client; `--redis-py`, the store on redis-py (a URL the lean client does not take, as on a
+Redis Cluster), whose admissions are `klawd_admit_v4` since issue 19zzzzzl.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 if "--tree" in sys.argv:
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
+from gateway.limits import LimitSpec
 from gateway.store.base import open_store
 from gateway.store.redis import RedisStore
 from loadtests.bench.settle_cost import CREDIT, batch_holds, entry
@@ -48,9 +56,26 @@ async def settle(url: str, calls: int, size: int) -> None:
         await store.close()
 
 
-def instructions(calls: int, size: int, by_function: bool = False) -> tuple[int, dict[str, int]]:
-    """redis-server's instructions inside FCALL over `calls` calls of `size` entries, and (with
-    `by_function`) each function's inclusive count."""
+async def admit(url: str, admissions: int) -> None:
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    try:
+        account = await store.create_account("admit", "free", CREDIT)
+        limiter, spec = store.limiter(), LimitSpec(10**9, 10**9)
+        for _ in range(admissions):
+            assert (await limiter.admit(account.id, spec, 1)).admitted
+    finally:
+        await store.close()
+
+
+def instructions(
+    calls: int,
+    size: int,
+    by_function: bool = False,
+    run: Callable[[str], Awaitable[None]] | None = None,
+) -> tuple[int, dict[str, int]]:
+    """redis-server's instructions inside FCALL over `calls` calls of `size` entries (or what
+    `run(url)` sends), and (with `by_function`) each function's inclusive count."""
     with tempfile.TemporaryDirectory(prefix="klawd-settle-instr-") as tmp:
         port = free_port()
         out = Path(tmp) / "callgrind.out"
@@ -62,7 +87,8 @@ def instructions(calls: int, size: int, by_function: bool = False) -> tuple[int,
         )  # fmt: skip
         try:
             wait_until_answering(port, 60)
-            asyncio.run(settle(f"redis://127.0.0.1:{port}/0", calls, size))
+            url = f"redis://127.0.0.1:{port}/0"
+            asyncio.run(settle(url, calls, size) if run is None else run(url))
         finally:
             server.terminate()
             server.wait()
@@ -93,8 +119,19 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=90)
     parser.add_argument("--tree", type=Path, help="another checkout's gateway package")
     parser.add_argument("--by-function", type=int, default=0, metavar="N")
+    parser.add_argument("--admissions", type=int, default=0, metavar="N")
+    parser.add_argument("--redis-py", action="store_true", help="the store on redis-py")
     args = parser.parse_args()
     import gateway
+
+    if args.admissions:
+        query = "?client_name=bench" if args.redis_py else ""  # (the lean client refuses it)
+        total, _ = instructions(0, 0, run=lambda url: admit(url + query, args.admissions))
+        client = "redis-py" if args.redis_py else "the lean client"
+        print(f"gateway from {Path(gateway.__file__).parent}; {args.admissions} admissions on"
+              f" {client}: redis-server's instructions inside FCALL"
+              f" {total / args.admissions / 1000:.2f} K an admission")  # fmt: skip
+        return
 
     by_function = args.by_function > 0
     small, small_fns = instructions(args.calls, args.small, by_function)

@@ -31,7 +31,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 class DownStore:
     """A store that is unreachable: every settlement fails."""
 
-    async def settle(self, entries: list[UsageEntry]) -> Any:
+    async def settle(self, entries: list[UsageEntry], resent: bool = False) -> Any:
         raise StoreError("redis store failed: ConnectionError")
 
 

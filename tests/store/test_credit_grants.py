@@ -59,6 +59,22 @@ async def test_an_entry_settled_twice_counts_once_against_the_grant(store: Store
     assert await store.settle([twice]) == {}, "nothing settled now: no grant to report"
 
 
+async def test_a_batch_resent_reports_the_grant_of_entries_settled_before(
+    store: Store,  # noqa: F811
+) -> None:
+    """The batch a lost reply left unknown, sent again: the grant its first try reported."""
+    account = await store.create_account("j", "free", 1_000)
+    other = await store.create_account("k", "free", 500)
+    first = entry(account.id, 1, cost=100, reserved=0)
+    await store.settle([first])
+    grants = await store.settle([first, entry(other.id, 2, cost=5, reserved=0)], resent=True)
+    assert grants == {
+        account.id: CreditGrant(1, 1_000, account.created_at, 100),
+        other.id: CreditGrant(1, 500, other.created_at, 5),
+    }
+    assert (await store.get_account(account.id)).credits_micros == 900, "settled once"  # type: ignore[union-attr]
+
+
 async def test_a_reservation_in_flight_is_not_spent_until_it_settles(store: Store) -> None:  # noqa: F811
     account = await store.create_account("r", "free", 1_000)
     assert await store.reserve_credits(account.id, 600)

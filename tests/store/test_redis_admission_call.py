@@ -96,6 +96,7 @@ class _Sent:
 
     reservation_hold_ms = 3_600_000
     sends_packed = True
+    lean = True  # (only the lean client's calls are sent packed)
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []

@@ -1,5 +1,5 @@
 """A write redis-py sent again after its reply timed out, though the first try had run: the
-answer is the first try's, not "already there".
+answer is the first try's, not "already there", and what it takes is taken once.
 
 redis-py (the Redis Cluster's client) sends a command again when its read times out (2 s
 `socket_timeout`), and a stop of the process longer than that times the read out on resuming
@@ -8,7 +8,9 @@ PAUSE … WRITE` on every node), then the test's own process is SIGSTOPped, Redi
 command runs, its reply waits in the socket) and the process resumed 3 s later: its read times
 out and redis-py sends the command again (the nodes count two calls). A "stored once" write
 that answered the retry by what the first try had stored ("exists": False) lost, on the
-gateway, the delivery's place in the due index (never sent) or a budget's threshold event.
+gateway, the delivery's place in the due index (never sent) or a budget's threshold event; an
+admission or a reservation took the request's credit and rate tokens twice, and a settle call
+lost the credit grant its first try had reported (issue 19zzzzzl).
 """
 
 from __future__ import annotations
@@ -20,12 +22,24 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 
-from gateway.store.base import Delivery, Store, User, Webhook, open_store
+from gateway.limits import KeyGate, LimitSpec
+from gateway.store.base import (
+    CreditGrant,
+    Delivery,
+    KeyBudget,
+    Store,
+    StoreError,
+    User,
+    Webhook,
+    open_store,
+)
 from tests.live_bound import polls_async, wait_exit
 from tests.redis_server import RedisClusterServers
+from tests.store.test_store_contract import entry
 
 BOUND_S = 30  # a polling wait's hang guard, in running time (never a timing assertion)
 
@@ -73,10 +87,11 @@ def calls_of(cluster: RedisClusterServers, command: str) -> int:
 
 
 async def retried_after_a_stop(
-    cluster: RedisClusterServers, call: Callable[[], Awaitable[Any]], command: str
+    cluster: RedisClusterServers, call: Callable[[], Awaitable[Any]], command: str, calls: int = 2
 ) -> Any:
     """`call()`'s answer when its `command` ran once, held, and was sent again by redis-py
-    after a stop of this process spent its read timeout (the premise checked: two calls)."""
+    after a stop of this process spent its read timeout (the premise checked: `calls` calls;
+    1: redis-py did not send it again)."""
     on_every_node(cluster, "CONFIG", "RESETSTAT")
     on_every_node(cluster, "CLIENT", "PAUSE", "30000", "WRITE")  # the stopper lifts it
     ports = [str(node.port) for node in cluster.nodes]
@@ -97,7 +112,7 @@ async def retried_after_a_stop(
             on_every_node(cluster, "CLIENT", "UNPAUSE")
             stopper.stdin.close()
             assert wait_exit(stopper, BOUND_S) == 0
-    assert calls_of(cluster, command) == 2, "redis-py sent the write again"
+    assert calls_of(cluster, command) == calls, "redis-py sent the write again (or not)"
     return result
 
 
@@ -185,3 +200,113 @@ async def test_a_user_created_by_the_first_try_is_created(
     assert created is True
     assert await store.get_user("ada@example.com") == user
     assert not await store.create_user(User("ada@example.com", account.id, "scrypt$y", 6))
+
+
+# Two requests a minute: the 3 s stop refills a tenth of one, so a request taken twice shows.
+PLAN = LimitSpec(requests_per_minute=2, requests_per_day=1000)
+
+
+def holds_of(cluster: RedisClusterServers, account_id: str) -> int:
+    """How many holds the account's admissions recorded and no settle removed yet."""
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        return int(client.zcard(f"klawd:acct:{{{account_id}}}:holds"))
+    finally:
+        client.close()
+
+
+async def balance(store: Store, account_id: str) -> int:
+    account = await store.get_account(account_id)
+    assert account is not None
+    return account.credits_micros
+
+
+async def test_an_admission_taken_by_the_first_try_is_taken_once(
+    store: Store, redis_cluster: RedisClusterServers
+) -> None:
+    account = await store.create_account("a", "free", 10_000)
+    limiter = store.limiter()
+    admission = await retried_after_a_stop(
+        redis_cluster, lambda: limiter.admit(account.id, PLAN, 3_000), "fcall"
+    )
+    assert admission.admitted and admission.reserved_micros == 3_000 and admission.hold_id
+    assert (admission.remaining_requests, admission.remaining_requests_day) == (1, 999)
+    assert await balance(store, account.id) == 7_000, "reserved once"
+    assert holds_of(redis_cluster, account.id) == 1
+    held = msgspec.structs.replace(
+        entry(account.id, 1, cost=1_000, reserved=3_000), hold_id=admission.hold_id
+    )
+    await store.settle([held])
+    assert await balance(store, account.id) == 9_000, "its hold settled: nothing left held"
+    assert holds_of(redis_cluster, account.id) == 0
+    after = await limiter.admit(account.id, PLAN, 0)
+    assert (after.remaining_requests, after.remaining_requests_day) == (0, 998), "one request"
+
+
+async def test_an_admission_reserving_nothing_takes_its_request_once(
+    store: Store, redis_cluster: RedisClusterServers
+) -> None:
+    account = await store.create_account("z", "free", 0)
+    limiter = store.limiter()
+    admission = await retried_after_a_stop(
+        redis_cluster, lambda: limiter.admit(account.id, PLAN, 0), "fcall"
+    )
+    assert admission.admitted and admission.hold_id.endswith("|0"), "a hold of nothing"
+    assert (admission.remaining_requests, admission.remaining_requests_day) == (1, 999)
+    held = msgspec.structs.replace(
+        entry(account.id, 1, cost=0, reserved=0), hold_id=admission.hold_id
+    )
+    assert holds_of(redis_cluster, account.id) == 1
+    assert await store.settle([held]) == {account.id: CreditGrant(1, 0, account.created_at, 0)}
+    assert holds_of(redis_cluster, account.id) == 0, "its settle removed it"
+    after = await limiter.admit(account.id, PLAN, 0)
+    assert after.admitted and after.remaining_requests_day == 998, "a second call takes one"
+
+
+async def test_an_admission_held_against_a_key_budget_is_held_once(
+    store: Store, redis_cluster: RedisClusterServers
+) -> None:
+    account = await store.create_account("k", "free", 10_000)
+    key = KeyGate("key_1", "2026-11-26", budget=KeyBudget(day_micros=7_000))
+    limiter = store.limiter()
+    admission = await retried_after_a_stop(
+        redis_cluster, lambda: limiter.admit(account.id, PLAN, 3_000, key), "fcall"
+    )
+    assert admission.admitted and admission.key_reserved_micros == 3_000
+    assert admission.hold_id.endswith("|key_1|2026-11-26")
+    assert await balance(store, account.id) == 7_000
+    second = await limiter.admit(account.id, PLAN, 3_000, key)
+    assert second.admitted, "the key's budget holds the first request once (6,000 of 7,000)"
+
+
+async def test_a_reservation_taken_by_the_first_try_is_taken_once(
+    store: Store, redis_cluster: RedisClusterServers
+) -> None:
+    account = await store.create_account("r", "free", 1_000)
+    taken = await retried_after_a_stop(
+        redis_cluster, lambda: store.reserve_credits(account.id, 300), "fcall"
+    )
+    assert taken is True
+    assert await balance(store, account.id) == 700
+    assert await store.reserve_credits(account.id, 700), "a second call takes its own"
+    assert not await store.reserve_credits(account.id, 1)
+
+
+async def test_a_settle_batch_resent_after_its_lost_reply_reports_the_credit_grant(
+    store: Store, redis_cluster: RedisClusterServers
+) -> None:
+    """redis-py's pipeline does not send a settle call again after its read timed out: the
+    batch fails, though it was settled, and the usage recorder sends it again (`resent`)."""
+    account = await store.create_account("s", "free", 1_000)
+    settled = entry(account.id, 1, cost=100, reserved=0)
+
+    async def lost() -> None:
+        with pytest.raises(StoreError):
+            await store.settle([settled])
+
+    await retried_after_a_stop(redis_cluster, lost, "fcall", calls=1)
+    assert await balance(store, account.id) == 900, "the first try settled it"
+    grants = await store.settle([settled], resent=True)
+    assert grants == {account.id: CreditGrant(1, 1_000, account.created_at, 100)}
+    assert await balance(store, account.id) == 900, "settled once"
+    assert await store.settle([settled]) == {}, "a second batch settles nothing: no grant"

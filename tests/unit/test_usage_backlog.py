@@ -25,8 +25,10 @@ class FlakyStore:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.settled: list[UsageEntry] = []
+        self.resent: list[bool] = []  # each call's flag
 
-    async def settle(self, entries: list[UsageEntry]) -> dict[str, Any]:
+    async def settle(self, entries: list[UsageEntry], resent: bool = False) -> dict[str, Any]:
+        self.resent.append(resent)
         if self.failures:
             self.failures -= 1
             raise StoreError("database or disk is full")
@@ -70,6 +72,8 @@ def test_failed_flushes_report_the_entries_kept_then_zero_once_written() -> None
     assert reported == [5, 5, 5, 0]
     assert failing[0] is None and failing[1] is not None and failing[2] is None
     assert [e.id for e in store.settled] == [f"use_backlog_{n}" for n in range(5)]
+    # a batch sent after a failure may have been settled by it: its grants asked for anyway
+    assert store.resent[:4] == [False, True, True, True]
 
 
 def test_past_the_bound_of_unsettled_entries_requests_are_refused_until_a_write_succeeds(

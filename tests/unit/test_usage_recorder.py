@@ -29,7 +29,7 @@ class HeldStore:
         self.batches: list[list[str]] = []
         self.release = asyncio.Event()
 
-    async def settle(self, entries: list[UsageEntry]) -> dict[str, Any]:
+    async def settle(self, entries: list[UsageEntry], resent: bool = False) -> dict[str, Any]:
         self.batches.append([e.id for e in entries])
         await self.release.wait()
         return {}

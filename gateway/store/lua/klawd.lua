@@ -245,6 +245,19 @@ local function account_v1(keys, args)
   return {redis.call('HGETALL', keys[1]), redis.call('GET', keys[2]), released}
 end
 
+-- The member of the hold an admission records: "id|micros", and "|key id|day" after it when the
+-- key's budget periods of that day hold it too (a key with a budget has the reservation in all
+-- three of its spend periods, as v2).
+local function hold_member(keys, args, with_key, reserve)
+  local hold = args[#args - 1] .. '|' .. string.format('%d', reserve)
+  if with_key and (tonumber(args[8]) >= 0 or tonumber(args[9]) >= 0
+                   or tonumber(args[10]) >= 0) then
+    local key_id, day = string.match(keys[7], ':kspend:(.+):d:([^:]+)$')
+    hold = hold .. '|' .. key_id .. '|' .. day
+  end
+  return hold
+end
+
 local function admit_v3_at(keys, args, now)
   local n, m = #keys, #args
   local holds, with_key = keys[n], n >= 10
@@ -259,8 +272,9 @@ local function admit_v3_at(keys, args, now)
   local reserve = tonumber(args[4])
   reply[10] = ''
   if reply[1] == 0 and args[5] == '1' and reserve > 0 then
+    -- (hold_member's, inline: a Lua call here is ~1 K instructions an admission on the single
+    -- Redis's path, which v3 serves: decision 0005, thirty-fourth pass)
     local hold = args[m - 1] .. '|' .. string.format('%d', reserve)
-    -- a key with a budget has the reservation in all three of its spend periods (as v2)
     if with_key and (tonumber(args[8]) >= 0 or tonumber(args[9]) >= 0
                      or tonumber(args[10]) >= 0) then
       local key_id, day = string.match(keys[7], ':kspend:(.+):d:([^:]+)$')
@@ -1281,6 +1295,60 @@ local function invoice_paid_v2(keys, args)
   return reply
 end
 
+-- Issue 19zzzzzl (docs/decisions/0005, thirty-fourth pass): the writes redis-py's clients send
+-- again after a read that timed out are answered as their first try was, taking nothing twice.
+-- (The lean client of a single Redis sends nothing twice: its calls stay v3, v1 and v15.)
+
+-- v4 of admit: v3, and its retry answers as its first try did: every call that takes a request
+-- records a hold, its id drawn per call (a call reserving nothing too: "id|0", which its settle
+-- removes and whose expiry gives back nothing), and a call that finds its own hold is its retry
+-- (no new key). The retry's figures are the limits as they stand, after the first try's take.
+-- KEYS, ARGV: as v3 (the hold's id sent whenever the call consumes) -> as v3
+local function admit_v4(keys, args)
+  local now = now_ms()
+  local n, m = #keys, #args
+  local id, reserve = args[m - 1], tonumber(args[4])
+  if args[5] ~= '1' or id == '' then return admit_v3_at(keys, args, now) end
+  local with_key, hold = n >= 10, id .. '|0'
+  if reserve > 0 then hold = hold_member(keys, args, with_key, reserve) end
+  if not redis.call('ZSCORE', keys[n], hold) then
+    local reply = admit_v3_at(keys, args, now)
+    if reply[1] == 0 and reserve == 0 then
+      redis.call('ZADD', keys[n], now + tonumber(args[m]), hold)
+      reply[10] = hold
+    end
+    return reply
+  end
+  args[5] = '0'  -- the figures now, taking nothing: the first try took the request
+  local reply = admit_core(keys, args, with_key, now)
+  reply[1], reply[2], reply[9], reply[10], reply[11] = 0, 0, 0, hold, 0
+  return reply
+end
+
+-- v2 of reserve: KEYS: credits, the call's marker (its nonce); ARGV: micros. -> as v1, once.
+local function reserve_v2(keys, args)
+  if redis.call('EXISTS', keys[2]) == 1 then return 1 end
+  return call_marked(keys[2], reserve(keys, args))
+end
+
+-- v16 of settle: v15 for a batch sent again after its reply was lost (the usage recorder's
+-- retry of a batch that failed: redis-py's pipeline does not resend a call whose read timed
+-- out, nor does the lean client), whose entries the first try may have settled: a call that
+-- applies none answers the account's grant as it stands (v15: none), the grant its first try
+-- reported or one later, so the credit's thresholds crossed by it are announced. The first try
+-- of a batch is v15's.
+-- KEYS, ARGV, reply: as v15
+local function settle_v16(keys, args)
+  local reply = settle_v15(keys, args)
+  if reply[1] == 0 then
+    local grant = redis.call('HMGET', keys[3], 'grant_seq', 'grant', 'grant_at', 'grant_spent')
+    if grant[1] then
+      for i = 1, 4 do reply[i + 1] = tonumber(grant[i]) or 0 end
+    end
+  end
+  return reply
+end
+
 redis.register_function('klawd_settle_v1', settle)
 redis.register_function('klawd_settle_v2', settle_once)
 redis.register_function('klawd_settle_v3', settle_v3)
@@ -1300,8 +1368,11 @@ redis.register_function('klawd_settle_v12', settle_v12)
 redis.register_function('klawd_settle_v13', settle_v13)
 redis.register_function('klawd_settle_v14', settle_v14)
 redis.register_function('klawd_settle_v15', settle_v15)
+redis.register_function('klawd_settle_v16', settle_v16)
 redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
+redis.register_function('klawd_admit_v4', admit_v4)
+redis.register_function('klawd_reserve_v2', reserve_v2)
 redis.register_function('klawd_admit_lease_v1', admit_lease)
 redis.register_function('klawd_lease_return_v1', lease_return)
 redis.register_function('klawd_account_v1', account_v1)

@@ -640,9 +640,11 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
         if mapping:
             await self._call("HSET", key, *[x for pair in mapping.items() for x in pair])
         if add_credits_micros > 0:
-            await self.fcall(
-                "klawd_grant_v1", [key, f"{key}:credits"], [add_credits_micros, int(time.time())]
-            )
+            keys, args = [key, f"{key}:credits"], [add_credits_micros, int(time.time())]
+            if self._resp is not None:  # the lean client sends nothing twice
+                await self.fcall("klawd_grant_v1", keys, args)
+            else:  # redis-py may send it again after a timed-out read: v2 adds them once a call
+                await self.fcall("klawd_grant_v2", [*keys, _call_marker(account_id)], args)
         elif add_credits_micros:
             await self._call("INCRBY", f"{key}:credits", add_credits_micros)
         await self._publish("account", account_id)

@@ -9,7 +9,7 @@ A mixin of RedisStore (gateway/store/redis.py). Keys (one account's share its ha
     klawd:acct:{A}:wh:pending     zset: delivery id -> next attempt (the truth about what is due)
     klawd:acct:{A}:wh:call:<n>    a call's marker (10 min): a call redis-py sends again after
                                   its reply timed out answers as its first try (klawd.lua, v2;
-                                  klawd_reserve_v2's too)
+                                  klawd_reserve_v2's and klawd_grant_v2's too)
     klawd:acct:{A}:invoices       hash: invoice id -> Invoice JSON
     klawd:acct:{A}:keys           set of the account's key ids
     klawd:webhooks                set of account ids with a webhook

@@ -310,3 +310,21 @@ async def test_a_settle_batch_resent_after_its_lost_reply_reports_the_credit_gra
     assert grants == {account.id: CreditGrant(1, 1_000, account.created_at, 100)}
     assert await balance(store, account.id) == 900, "settled once"
     assert await store.settle([settled]) == {}, "a second batch settles nothing: no grant"
+
+
+async def test_credits_added_by_the_first_try_are_added_once(
+    store: Store, redis_cluster: RedisClusterServers
+) -> None:
+    account = await store.create_account("c", "free", 1_000)
+    updated = await retried_after_a_stop(
+        redis_cluster,
+        lambda: store.update_account(account.id, add_credits_micros=500),
+        "fcall",
+        calls=3,  # the grant twice, then the account read back
+    )
+    assert updated is not None and updated.credits_micros == 1_500
+    grants = await store.settle([entry(account.id, 1, cost=0, reserved=0)])
+    grant = grants[account.id]
+    assert (grant.seq, grant.granted_micros) == (2, 1_500), "one grant of the credits added"
+    topped = await store.update_account(account.id, add_credits_micros=1)
+    assert topped is not None and topped.credits_micros == 1_501, "a second call adds its own"

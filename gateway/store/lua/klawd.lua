@@ -1297,7 +1297,8 @@ end
 
 -- Issue 19zzzzzl (docs/decisions/0005, thirty-fourth pass): the writes redis-py's clients send
 -- again after a read that timed out are answered as their first try was, taking nothing twice.
--- (The lean client of a single Redis sends nothing twice: its calls stay v3, v1 and v15.)
+-- (The lean client of a single Redis sends nothing twice: it keeps admit v3, reserve v1, grant
+-- v1; a first settle is v15 on both.)
 
 -- v4 of admit: v3, and its retry answers as its first try did: every call that takes a request
 -- records a hold, its id drawn per call (a call reserving nothing too: "id|0", which its settle
@@ -1329,6 +1330,15 @@ end
 local function reserve_v2(keys, args)
   if redis.call('EXISTS', keys[2]) == 1 then return 1 end
   return call_marked(keys[2], reserve(keys, args))
+end
+
+-- v2 of grant: KEYS as v1, then the call's marker (its nonce); a call that finds it answers the
+-- balance as it stands: its first try added the credits and made the grant. -> as v1, once.
+local function grant_v2(keys, args)
+  if redis.call('EXISTS', keys[3]) == 1 then return tonumber(redis.call('GET', keys[2])) end
+  local balance = grant(keys, args)
+  if balance then redis.call('SET', keys[3], '1', 'PX', MARKER_MS) end
+  return balance
 end
 
 -- v16 of settle: v15 for a batch sent again after its reply was lost (the usage recorder's
@@ -1373,6 +1383,7 @@ redis.register_function('klawd_admit_v2', admit_v2)
 redis.register_function('klawd_admit_v3', admit_v3)
 redis.register_function('klawd_admit_v4', admit_v4)
 redis.register_function('klawd_reserve_v2', reserve_v2)
+redis.register_function('klawd_grant_v2', grant_v2)
 redis.register_function('klawd_admit_lease_v1', admit_lease)
 redis.register_function('klawd_lease_return_v1', lease_return)
 redis.register_function('klawd_account_v1', account_v1)

@@ -169,10 +169,11 @@ def _position(flat: list[Any], positions: dict[str, int], name: str) -> int:
 
 
 def _settle_command(
-    entries: list[UsageEntry], function: str = "klawd_settle_v15"
+    entries: list[UsageEntry], function: str = "klawd_settle_v17"
 ) -> tuple[Any, ...]:
-    """`FCALL klawd_settle_v15` (or v16, its twin for a batch sent again: `RedisStore.settle`)
-    for entries of one account (gateway/store/lua/klawd.lua): the
+    """`FCALL klawd_settle_v17` (or v16, v15's twin for a batch sent again: `RedisStore.settle`;
+    or v15, whose arguments v17 takes before its sums) for entries of one account
+    (gateway/store/lua/klawd.lua): the
     keys its entries share (their day's usage, their API key's usage and spend) named once per
     day and key, each entry naming its group of them, its id and the second of its time (where
     its marker is kept); its model, API key and hold named once a call, each entry giving their
@@ -228,10 +229,72 @@ def _settle_command(
     flat[0] = len(flat) - 1
     flat += values
     keys = [f"{key}:credits", f"{key}:ledger", key, f"{key}:holds", *shared]
-    return (
+    command = (
         "FCALL", function, len(keys), *keys, _entries_encoder.encode(flat),
         _entry_encoder.encode_lines(entries),
     )  # fmt: skip
+    if function != "klawd_settle_v17":
+        return command
+    return (*command, _settle_sums(entries, groups, shared))
+
+
+def _settle_sums(
+    entries: list[UsageEntry], groups: dict[tuple[str, str], tuple[int, int]], shared: list[str]
+) -> bytes:
+    """`klawd_settle_v17`'s sums of a call's entries (its comment in klawd.lua), which it applies
+    at once when none of the entries was settled before and their holds are leases that hold
+    them all; b'' when the per-entry path must settle them anyway (an id twice in the call).
+    Hashes are named by their first index in KEYS (a month's and the total's spend, and a day's
+    usage, are shared by the groups of several days or keys), summed as v15 sums them."""
+    if len({entry.id for entry in entries}) != len(entries):
+        return b""
+    running = low = spent = 0
+    seconds: dict[int, list[str]] = {}
+    # (group, model) -> requests, prompt, completion, images, cost, key reservation
+    rows: dict[tuple[int, str], list[int]] = {}
+    leases: dict[str, list[int]] = {}  # hold -> micros, micros before its last entry
+    for entry in entries:
+        running += entry.reserved_micros - entry.cost_micros
+        low = min(low, running)
+        spent += entry.cost_micros
+        seconds.setdefault(int(entry.ts), []).append(entry.id)
+        group = groups[entry.day, entry.key_id or "-"][0]
+        row = rows.get((group, entry.model or "-"))
+        if row is None:
+            row = rows[group, entry.model or "-"] = [0, 0, 0, 0, 0, 0]
+        row[0] += 1
+        row[1] += entry.prompt_tokens
+        row[2] += entry.completion_tokens
+        row[3] += entry.images
+        row[4] += entry.cost_micros
+        row[5] += entry.key_reserved_micros
+        if entry.hold_id:
+            lease = leases.setdefault(entry.hold_id, [0, 0])
+            lease[1] = lease[0]
+            lease[0] += entry.reserved_micros  # (its balance delta and cost)
+    first: dict[str, int] = {}  # key -> its first index in KEYS (Lua's)
+    for at, name in enumerate(shared, start=5):
+        first.setdefault(name, at)
+    key_ids = {group: key_id for (_, key_id), (group, _) in groups.items()}
+    usage: dict[tuple[int, str], list[int]] = {}
+    spends: dict[int, list[int]] = {}
+    for (group, model), row in rows.items():
+        base = 5 * (group - 1)  # the group's five keys: usage, key usage, spends
+        for hash_at, name in ((base, model), (base + 1, key_ids[group])):
+            sums = usage.setdefault((first[shared[hash_at]], name), [0, 0, 0, 0, 0])
+            for f in range(5):
+                sums[f] += row[f]
+        for period in (1, 2, 3):
+            spend = spends.setdefault(first[shared[base + 1 + period]], [period, 0, 0])
+            spend[1] += row[4]
+            spend[2] += row[5]
+    return _entries_encoder.encode([
+        low, running, spent,
+        [[second, ids] for second, ids in seconds.items()],
+        [[at, name, *sums] for (at, name), sums in usage.items()],
+        [[at, *spend] for at, spend in spends.items()],
+        [[hold, *lease] for hold, lease in leases.items()],
+    ])  # fmt: skip
 
 
 class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
@@ -665,13 +728,14 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
     async def settle(
         self, entries: list[UsageEntry], resent: bool = False
     ) -> dict[str, CreditGrant]:
-        """One round trip for the batch: a pipeline of one `klawd_settle_v15` per account (and
-        per SETTLE_CHUNK of its entries), which sums the entries' counters inside Redis. Each
+        """One round trip for the batch: a pipeline of one `klawd_settle_v17` per account (and
+        per SETTLE_CHUNK of its entries), which applies the entries' sums at once when it can,
+        else sums their counters inside Redis entry by entry as v15 (issue 19zzzzzq). Each
         entry is applied once (its marker), so a batch retried after a lost reply settles
         nothing twice; `resent`, it is `klawd_settle_v16`, whose call that applies nothing
         answers the account's grant as v15's first try did (issue 19zzzzzl)."""
         chunks = _by_account(entries)
-        function = "klawd_settle_v16" if resent else "klawd_settle_v15"
+        function = "klawd_settle_v16" if resent else "klawd_settle_v17"
         commands = [_settle_command(chunk, function) for chunk in chunks]
         if self._resp is not None:
             try:

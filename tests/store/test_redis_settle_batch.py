@@ -150,7 +150,7 @@ def v12_call(batch: list[UsageEntry], function: str = "klawd_settle_v12") -> tup
 def v14_call(batch: list[UsageEntry], function: str = "klawd_settle_v14") -> tuple[object, ...]:
     """The previous release's call (`klawd_settle_v14`; v13's arguments are the same): the store's
     MessagePack argument, then each record an argument of its own (v15: their lines in one)."""
-    call = _settle_command(batch)
+    call = _settle_command(batch, "klawd_settle_v15")
     return (call[0], function, *call[2:-1], *(msgspec.json.encode(e) for e in batch))
 
 
@@ -518,7 +518,7 @@ async def test_the_app_settles_the_redis_ledger_in_50_ms_batches(
         await state.close()
 
 
-@pytest.mark.parametrize("version", ["v11", "v12", "v13", "v14", "v15"])
+@pytest.mark.parametrize("version", ["v11", "v12", "v13", "v14", "v15", "v17"])
 async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     redis_store: RedisStore, redis_server: RedisServer, version: str
 ) -> None:
@@ -528,9 +528,11 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
     ledger, but their sums, balance and spends (written after the loop) are not; the failing
     entry is marked, not applied. v11 (the previous release's call) leaves the five after it
     marked and not applied: the recorder's retry, once the key is mended, applies none of them
-    (lost). v12, v13, v14 (the previous releases') and v15 (the store's: the call's records in
-    one stream entry, here written as it fails, the lines of the four picked from the call's)
-    unmark them as they fail: the retry applies those five, and nothing twice."""
+    (lost). v12, v13, v14 (the previous releases') and v15 (the call's records in one stream
+    entry, here written as it fails, the lines of the four picked from the call's) unmark them
+    as they fail: the retry applies those five, and nothing twice. v17 (the store's: v15's
+    sums at once when it can) reads the lease's hash before writing anything, finds it not a
+    hash and takes v15's path: the same."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         account = await redis_store.create_account("midway", "free", 1_000)
@@ -542,11 +544,11 @@ async def test_a_call_that_fails_on_an_entry_keeps_what_decision_0010_says(
         await client.set(leases, "not a hash")
         credits = await client.get(f"{_acct(account.id)}:credits")
         await redis_store._ensure_library()
-        call = _settle_command(batch)
-        assert call[1] == "klawd_settle_v15"
+        call = _settle_command(batch, f"klawd_settle_{version}")
+        assert _settle_command(batch)[1] == "klawd_settle_v17"  # the store's
         if version in ("v13", "v14"):
             call = v14_call(batch, f"klawd_settle_{version}")
-        elif version != "v15":
+        elif version in ("v11", "v12"):
             call = v12_call(batch, f"klawd_settle_{version}")
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
             await client.execute_command(*call)
@@ -588,7 +590,7 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
     try:
         await redis_store._ensure_library()
         replies = {}
-        for version in ("v11", "v12", "v13", "v14", "v15"):
+        for version in ("v11", "v12", "v13", "v14", "v15", "v17"):
             account = await redis_store.create_account(f"broken {version}", "free", 1_000)
             batch = entries(account.id)[:3]
             if broken == "a key of the wrong type":
@@ -598,7 +600,8 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
                 await client.set(f"{_acct(account.id)}:credits", "not a number")
             function = f"klawd_settle_{version}"
             call = {
-                "v13": v13_call(batch), "v14": v14_call(batch), "v15": _settle_command(batch)
+                "v13": v13_call(batch), "v14": v14_call(batch),
+                "v15": _settle_command(batch, function), "v17": _settle_command(batch),
             }.get(version)  # fmt: skip
             call = call or v12_call(batch, function)
             assert call[1] == function
@@ -611,6 +614,7 @@ async def test_a_failing_v12_or_v13_call_replies_the_error_v11_replies(
         assert replies["v13"] == replies["v11"]
         assert replies["v14"] == replies["v11"]
         assert replies["v15"] == replies["v11"]
+        assert replies["v17"] == replies["v11"]
         code = "WRONGTYPE" if broken == "a key of the wrong type" else "ERR"
         assert replies["v11"].split()[0] == code
     finally:
@@ -646,9 +650,10 @@ async def test_a_v14_call_writes_its_ledger_records_in_one_stream_entry(
 async def test_a_call_stores_its_records_lines_as_they_came_in_one_field(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
-    """`klawd_settle_v15` (the store's) takes a call's records as one argument, their JSON lines,
-    and stores it as it came in the one field `records` of the call's stream entry (a record an
-    argument was a Lua string and a field each: decision 0010, twenty-sixth pass); when some of
+    """`klawd_settle_v15` (and v17, the store's) takes a call's records as one argument, their
+    JSON lines, and stores it as it came in the one field `records` of the call's stream entry
+    (a record an argument was a Lua string and a field each: decision 0010, twenty-sixth pass);
+    when some of
     the call's entries were settled before (here one entry twice, then a batch with new and old
     entries), only the new entries' lines, in order. A replay writes nothing. A field of two
     records or more is no JSON document, so a reader of an earlier release (one record a field)
@@ -664,7 +669,7 @@ async def test_a_call_stores_its_records_lines_as_they_came_in_one_field(
         stream = await client.xrange(f"{_acct(account.id)}:ledger")
         assert [list(fields) for _, fields in stream] == [[b"records"], [b"records"]]
         lines = [fields[b"records"] for _, fields in stream]
-        assert lines[0] == _settle_command(whole)[-1]
+        assert lines[0] == _settle_command(whole, "klawd_settle_v15")[-1]
         new = [e for e in rest if e not in whole]  # (one of the rest is one of the first 20)
         assert lines[1] == b"".join(msgspec.json.encode(e) + b"\n" for e in new)
         assert len(new) == len(rest) - 1

@@ -9,7 +9,7 @@ import msgspec
 import orjson
 import pytest
 
-from gateway.api.images import _generate
+from gateway.api.images import _generate_attempt
 from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest, ServiceUnavailable
 from gateway.providers.base import (
     GeneratedImage,
@@ -20,7 +20,7 @@ from gateway.providers.base import (
 from gateway.providers.replicate import ReplicateProvider, output_urls, prediction_input
 from gateway.routing.catalog import CatalogEntry, Secret
 from gateway.routing.health import Health
-from gateway.routing.retry import Retrier
+from gateway.routing.retry import Attempt, Retrier, never_sent
 from gateway.schemas.images import decode_image_request
 from gateway.settings import ModelSettings, ProviderSettings, RetrySettings, Settings
 
@@ -204,9 +204,16 @@ TARGET = CatalogEntry(
 REQUEST = decode_image_request(b'{"model":"p/img","prompt":"p"}')
 
 
+async def generate(state: FakeState) -> tuple[ImageResult, CatalogEntry, list[Attempt]]:
+    """The image route's tries over TARGET, with its policy (`never_sent`), as `admitted_call`
+    asks the retrier for them."""
+    attempt = _generate_attempt(state, REQUEST, b"{}", 0)  # type: ignore[arg-type]
+    return await state.retrier.call_targets([TARGET], attempt, never_sent, never_sent)
+
+
 async def test_connect_errors_are_retried() -> None:
     provider = ScriptedImages([UpstreamUnreachable("down"), UpstreamUnreachable("down")])
-    result, target, tries = await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+    result, target, tries = await generate(FakeState({"p": provider}))
     assert provider.calls == 3
     assert len(tries) == 3  # (the request log's retries: two)
     assert result.images[0].url == "https://x/1.png" and target is TARGET
@@ -225,12 +232,12 @@ async def test_failures_after_the_request_reached_the_upstream_are_not_retried(
 ) -> None:
     provider = ScriptedImages([error])
     with pytest.raises(type(error)):
-        await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+        await generate(FakeState({"p": provider}))
     assert provider.calls == 1
 
 
 async def test_unreachable_every_time_gives_up_after_the_configured_attempts() -> None:
     provider = ScriptedImages([UpstreamUnreachable("down")] * 5)
     with pytest.raises(UpstreamUnreachable):
-        await _generate(FakeState({"p": provider}), REQUEST, b"{}", [TARGET], 0)  # type: ignore[arg-type]
+        await generate(FakeState({"p": provider}))
     assert provider.calls == 3

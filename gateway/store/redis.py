@@ -242,17 +242,17 @@ def _settle_sums(
     entries: list[UsageEntry], groups: dict[tuple[str, str], tuple[int, int]], shared: list[str]
 ) -> bytes:
     """`klawd_settle_v17`'s sums of a call's entries (its comment in klawd.lua), which it applies
-    at once when none of the entries was settled before and their holds are leases that hold
-    them all; b'' when the per-entry path must settle them anyway (an id twice in the call).
-    Hashes are named by their first index in KEYS (a month's and the total's spend, and a day's
-    usage, are shared by the groups of several days or keys), summed as v15 sums them."""
+    at once when none of the entries was settled before and their holds hold them all; b''
+    when the per-entry path must settle them anyway (an id twice in the call). Hashes are named
+    by their first index in KEYS (a month's and the total's spend, and a day's usage, are shared
+    by the groups of several days or keys), summed as v15 sums them."""
     if len({entry.id for entry in entries}) != len(entries):
         return b""
     running = low = spent = 0
     seconds: dict[int, list[str]] = {}
     # (group, model) -> requests, prompt, completion, images, cost, key reservation
     rows: dict[tuple[int, str], list[int]] = {}
-    leases: dict[str, list[int]] = {}  # hold -> micros, micros before its last entry
+    holds: dict[str, list[int]] = {}  # hold -> micros, micros before its last entry, entries
     for entry in entries:
         running += entry.reserved_micros - entry.cost_micros
         low = min(low, running)
@@ -269,9 +269,10 @@ def _settle_sums(
         row[4] += entry.cost_micros
         row[5] += entry.key_reserved_micros
         if entry.hold_id:
-            lease = leases.setdefault(entry.hold_id, [0, 0])
-            lease[1] = lease[0]
-            lease[0] += entry.reserved_micros  # (its balance delta and cost)
+            hold = holds.setdefault(entry.hold_id, [0, 0, 0])
+            hold[1] = hold[0]
+            hold[0] += entry.reserved_micros  # (its balance delta and cost)
+            hold[2] += 1
     first: dict[str, int] = {}  # key -> its first index in KEYS (Lua's)
     for at, name in enumerate(shared, start=5):
         first.setdefault(name, at)
@@ -293,7 +294,7 @@ def _settle_sums(
         [[second, ids] for second, ids in seconds.items()],
         [[at, name, *sums] for (at, name), sums in usage.items()],
         [[at, *spend] for at, spend in spends.items()],
-        [[hold, *lease] for hold, lease in leases.items()],
+        [[hold, *sums] for hold, sums in holds.items()],
     ])  # fmt: skip
 
 

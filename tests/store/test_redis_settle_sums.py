@@ -165,9 +165,10 @@ async def pair(redis_server: RedisServer) -> Pair:
 
 
 async def test_the_sums_leave_what_v15_leaves_batch_after_batch(pair: Pair) -> None:
-    """Fresh batches (several accounts, models, keys, days, both lease forms and no hold: the
-    sums' path); a batch partly settled before, a replay, a resent batch (v16), a plain hold,
-    a balance that would stop at zero, an id twice in a call (v15's path); the leases used up
+    """Fresh batches (several accounts, models, keys, days, both lease forms, exact admissions'
+    holds and no hold: the sums' path); a batch partly settled before, a replay, a resent batch
+    (v16), a hold of several entries, holds given back already, a balance that would stop at
+    zero, an id twice in a call (v15's path); the leases used up
     exactly at their last entries (the sums' path: each lease's hash field and hold removed)
     and before them (v15's path), the expired hold given back by the first call, the grant's
     spend growing past its thresholds: the same keys, values, expiries, markers and replies."""
@@ -179,7 +180,23 @@ async def test_the_sums_leave_what_v15_leaves_batch_after_batch(pair: Pair) -> N
         await pair.settle(batch(range(50, 70)), summed=False)  # ten settled before
         await pair.settle(batch(range(0, 10)), summed=False)  # a replay
         await pair.resend(batch(range(60, 80)))  # ten settled before, ten new
+        for client in (pair.v15, pair.v17):
+            for account in ACCOUNTS:
+                await client.zadd(f"{_acct(account)}:holds", {"hplain|5": FAR})
+        # one exact admission's hold named by ten entries: the first holds, the others do not
         await pair.settle(batch(range(80, 90), hold_id="hplain|5"), summed=False)
+        plain = [msgspec.structs.replace(e, hold_id=f"h{e.id}|50") for e in batch(range(200, 210))]
+        for client in (pair.v15, pair.v17):
+            for account in ACCOUNTS:
+                await client.zadd(
+                    f"{_acct(account)}:holds",
+                    {e.hold_id: FAR for e in plain if e.account_id == account},
+                )
+        await pair.settle([*plain[:6], *batch(range(86, 88))], summed=False)  # 86, 87: settled
+        await pair.settle(plain[6:], summed=True)  # a hold an entry, each held
+        await pair.settle(plain[:4], summed=False)  # a replay: their holds are gone
+        await pair.settle([msgspec.structs.replace(e, id=f"again_{e.id}") for e in plain[:4]],
+                          summed=False)  # fmt: skip
         await pair.settle(batch(range(90, 95), cost_micros=60_000, reserved_micros=0),
                           summed=False)  # fmt: skip
         await pair.settle([*batch(range(95, 100)), entry(ACCOUNTS[0], 96)], summed=None)

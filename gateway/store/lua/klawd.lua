@@ -1363,13 +1363,14 @@ end
 -- v17 of settle: v15 for a batch's first try, its effects applied as sums when it can be. v15
 -- runs ~33 K redis-server instructions an entry, most of them its Lua's per-entry work
 -- (unpacking twelve values, three loops over the entries: decision 0010, thirtieth pass). A
--- batch of entries none of which was settled before, whose holds are leases that hold all their
--- entries to the end and whose balance goes below zero after none of them, leaves the same
--- keys when its sums are applied at once: the worker sends them beside v15's arguments, and
--- only the ids' markers are handled an entry. Any other batch (an id settled before, a plain
--- hold, a lease given back or used up before its last entry, a balance that would stop at
--- zero) is settled by v15's per-entry path. Every key, value, expiry and marker is v15's: a
--- batch settled by one is recognised by the other.
+-- batch of entries none of which was settled before, whose holds are all held (leases that hold
+-- their entries to the last, an exact admission's hold of its one entry) and whose balance goes
+-- below zero after none of them, leaves the same keys when its sums are applied at once: the
+-- worker sends them beside v15's arguments, and only the ids' markers are handled an entry.
+-- Any other batch (an id settled before, a hold given back, a lease used up before its last
+-- entry, a hold of two entries, a balance that would stop at zero) is settled by v15's
+-- per-entry path. Every key, value, expiry and marker is v15's: a batch settled by one is
+-- recognised by the other.
 -- KEYS: as v15
 -- ARGV: as v15, then the sums (MessagePack; '' for none: v15's path), an array of
 --   low: the lowest running sum of the entries' balance deltas, in entry order (<= 0),
@@ -1378,22 +1379,27 @@ end
 --   usage: {{KEYS index, name, requests, prompt, completion, images, cost}, ...}: per usage
 --     (by model) and key usage (by API key) hash and name,
 --   spends: {{KEYS index, period (1 day, 2 month, 3 total), cost, key reservation}, ...},
---   leases: {{hold, micros, micros before its last entry}, ...}: per hold named
+--   holds: {{hold, micros, micros before its last entry, entries}, ...}: per hold named
 -- -> as v15
 local function settle_sums(keys, args, sums, released)
-  local low, delta, spent, seconds, usage, spends, leases = unpack(sums)
+  local low, delta, spent, seconds, usage, spends, holds = unpack(sums)
   -- (a batch v15 would fail on, it fails the same way: its balance not a number, its leases'
   -- hash of another type)
   local balance = tonumber(redis.call('GET', keys[1]) or '0')
   if not balance or balance + low < 0 then return nil end
   local leases_key = string.sub(keys[4], 1, -6) .. 'leases'
-  local ids, members, seen = {}, {}, {}
-  for n, lease in ipairs(leases) do
-    local hold = lease[1]
-    if string.byte(hold, 1) ~= LEASE then return nil end
-    local id, member = lease_member(hold)
-    if seen[id] then return nil end  -- two names of one lease: in entry order, v15's path
-    seen[id], ids[n], members[n] = true, id, member
+  local leases, ids, members, seen, plain = {}, {}, {}, {}, {}
+  for _, hold in ipairs(holds) do
+    if string.byte(hold[1], 1) == LEASE then
+      local id, member = lease_member(hold[1])
+      if seen[id] then return nil end  -- two names of one lease: in entry order, v15's path
+      seen[id] = true
+      leases[#leases + 1], ids[#ids + 1], members[#members + 1] = hold, id, member
+    elseif hold[4] > 1 then
+      return nil  -- its second entry finds it removed: not held
+    else
+      plain[#plain + 1] = hold[1]
+    end
   end
   local held = #ids > 0 and redis.pcall('HMGET', leases_key, unpack(ids)) or {}
   if held.err then return nil end
@@ -1403,12 +1409,20 @@ local function settle_sums(keys, args, sums, released)
     if not micros or lease[3] >= micros then return nil end
     held[n] = micros
   end
+  if #plain > 0 then
+    local scores = redis.pcall('ZMSCORE', keys[4], unpack(plain))
+    if scores.err then return nil end
+    for n = 1, #plain do
+      if not scores[n] then return nil end  -- given back (expired): its cost only
+    end
+  end
   local prefix = keys[3] .. ':settled:'
   for _, second in ipairs(seconds) do
     local set = prefix .. 'w' .. second[1]
     redis.call('SADD', set, unpack(second[2]))
     redis.call('PEXPIRE', set, MARKER_MS)
   end
+  if #plain > 0 then redis.call('ZREM', keys[4], unpack(plain)) end
   redis.call('XADD', keys[2], '*', 'records', args[2])
   redis.call('SET', keys[1], string.format('%d', balance + delta))
   for n, lease in ipairs(leases) do

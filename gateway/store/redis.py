@@ -96,7 +96,8 @@ CAPACITY_LIBRARY = (
 )
 _limits_decoder = msgspec.json.Decoder(CustomLimits)
 _entry_encoder = msgspec.json.Encoder()
-# klawd_settle_v15's names and entries but their ledger records, one MessagePack array
+# klawd_settle_v15's names and entries but their ledger records, one MessagePack array (and
+# v17's sums, another)
 _entries_encoder = msgspec.msgpack.Encoder()
 
 InvalidationHandler = Callable[[str, str], None]  # (kind "key" | "account", id)
@@ -141,8 +142,8 @@ def _reply_message(exc: RespReplyError) -> str:
     return message[4:] if message.startswith("ERR ") else message
 
 
-# Entries per `klawd_settle_v15` call: a call runs alone on the Redis server, so a batch of many
-# entries is cut into calls that each take well under a millisecond there.
+# Entries per settle call (`klawd_settle_v17`): a call runs alone on the Redis server, so a
+# batch of many entries is cut into calls that each take well under a millisecond there.
 SETTLE_CHUNK = 100
 
 
@@ -809,9 +810,9 @@ class RedisStore(RedisKeys, RedisWebhooks, RedisResponses):
 
 
 def _grants_after(chunks: list[list[UsageEntry]], results: list[Any]) -> dict[str, CreditGrant]:
-    """Each account's grant after the batch, from klawd_settle_v15's replies (one per chunk of
-    one account's entries): the latest grant and, within it, the most spent (the replies for
-    one account only ever grow)."""
+    """Each account's grant after the batch, from klawd_settle_v17's replies (v15's; one per
+    chunk of one account's entries): the latest grant and, within it, the most spent (the
+    replies for one account only ever grow)."""
     grants: dict[str, CreditGrant] = {}
     for chunk, result in zip(chunks, results, strict=True):
         if not isinstance(result, list) or int(result[1]) == 0:

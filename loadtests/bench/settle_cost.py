@@ -1,6 +1,6 @@
-"""What a settled entry costs the Redis server: the store's settle call (`klawd_settle_v15`) over
-batches of one account's entries as the usage recorder sends them (`RedisStore.settle`), counted
-by Redis itself.
+"""What a settled entry costs the Redis server: the store's settle call (`klawd_settle_v17`
+since issue 19zzzzzq) over batches of one account's entries as the usage recorder sends them
+(`RedisStore.settle`), counted by Redis itself.
 
     .venv/bin/python -m loadtests.bench.settle_cost [--batches 200] [--batch 50] [--tree DIR]
 
